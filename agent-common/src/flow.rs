@@ -1,0 +1,139 @@
+//! The flow table: key, per-flow state, and the flow-end event.
+
+/// Traffic leaving the workload (TC ingress of its host-side interface).
+pub const DIR_OUT: usize = 0;
+/// Traffic going to the workload (TC egress of its host-side interface).
+pub const DIR_IN: usize = 1;
+
+/// Capacity of the LRU flow map (entries). At 256 bytes per entry (key + value) this is
+/// 16 MiB of kernel memory at most.
+pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
+/// Size of the flow-end ring buffer in bytes (a power of two, a multiple of the page size).
+pub const FLOW_EVENT_RING_BYTES: u32 = 256 * 1024;
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `FlowStats::state` bits.
+pub mod state {
+    /// The flow's first packet was seen: a TCP SYN (or SYN-ACK) or the first UDP datagram.
+    /// Unset for a connection that was already running when it was first observed.
+    pub const OPENED: u32 = 1 << 0;
+    pub const FIN_OUT: u32 = 1 << 1;
+    pub const FIN_IN: u32 = 1 << 2;
+    pub const RST: u32 = 1 << 3;
+    /// A flow-end event was posted for this flow.
+    pub const END_REPORTED: u32 = 1 << 4;
+}
+
+/// `FlowStats::turn`: who sent the last payload of a request/response exchange.
+pub mod turn {
+    pub const NONE: u8 = 0;
+    /// The client spoke last: a request is outstanding, `turn_start_ns` is its start.
+    pub const CLIENT: u8 = 1;
+    pub const SERVER: u8 = 2;
+}
+
+/// Number of request-latency histogram buckets kept per flow in the kernel.
+pub const LATENCY_BUCKETS: usize = 48;
+
+/// A flow as seen on one workload interface. Addresses and ports are those of the workload
+/// (`local`) and its peer (`remote`), so both directions of a connection share one entry.
+/// IPv4 addresses use the first four bytes of the 16; the rest are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub ifindex: u32,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
+
+/// Per-flow state kept by the kernel program. Counters are cumulative since the entry was
+/// created; the agent computes deltas. Timestamps are `CLOCK_MONOTONIC` nanoseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowStats {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Indexed by `DIR_OUT` / `DIR_IN`. GSO packets count as their segment count.
+    pub packets: [u64; 2],
+    /// Layer-3 bytes (IP header included).
+    pub bytes: [u64; 2],
+    /// Transport payload bytes.
+    pub payload_bytes: [u64; 2],
+    /// Start of the handshake measurement: SYN sent by a local client, or SYN-ACK sent by a
+    /// local server.
+    pub handshake_mark_ns: u64,
+    /// SYN to SYN-ACK (local client) or SYN-ACK to ACK (local server); 0 until measured.
+    pub handshake_rtt_ns: u64,
+    /// When the outstanding request started (first payload byte of the client's turn).
+    pub turn_start_ns: u64,
+    /// Sum of completed request latencies.
+    pub latency_sum_ns: u64,
+    /// Completed request/response turns.
+    pub requests: u32,
+    /// TCP RST packets seen (either direction).
+    pub resets: u32,
+    /// TCP flags seen, OR-ed, per direction.
+    pub tcp_flags: [u8; 2],
+    /// 1 when the workload is the client (opened the connection).
+    pub client_is_local: u8,
+    /// A `turn::*` value.
+    pub turn: u8,
+    /// `state::*` bits.
+    pub state: u32,
+    /// Completed request latencies by `latency::bucket_of` (wrapping counters).
+    pub latency_hist: [u16; LATENCY_BUCKETS],
+}
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 208);
+
+impl FlowStats {
+    pub const ZERO: FlowStats = FlowStats {
+        first_seen_ns: 0,
+        last_seen_ns: 0,
+        packets: [0; 2],
+        bytes: [0; 2],
+        payload_bytes: [0; 2],
+        handshake_mark_ns: 0,
+        handshake_rtt_ns: 0,
+        turn_start_ns: 0,
+        latency_sum_ns: 0,
+        requests: 0,
+        resets: 0,
+        tcp_flags: [0; 2],
+        client_is_local: 0,
+        turn: turn::NONE,
+        state: 0,
+        latency_hist: [0; LATENCY_BUCKETS],
+    };
+}
+
+/// Posted to the flow-end ring buffer when a flow closes (RST, or FIN both ways): the
+/// flow's final state, so the agent has it even if the LRU map evicts the entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlowEvent {
+    pub key: FlowKey,
+    pub _pad: [u8; 4],
+    pub stats: FlowStats,
+}
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 256);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data: repr(C), no implicit padding (checked by the size asserts),
+    // every bit pattern valid.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::FlowEvent {}
+}
