@@ -1,0 +1,338 @@
+//! The lab: hypervisor namespaces (bridge `br0`, controller uplink) and workload namespaces
+//! (`eth0` with IPv4 and IPv6, host side `wl-<name>` on the bridge). Drop removes it all.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+use crate::links::{self, Place};
+use crate::names;
+use crate::netns::{self, Netns};
+
+/// Where the lab keeps its lock files.
+const LOCK_DIR: &str = "/run/weft-lab";
+/// Bridge name in every hypervisor namespace.
+pub const BRIDGE: &str = "br0";
+/// Uplink name inside every hypervisor namespace.
+pub const UPLINK: &str = "up0";
+/// First host number of workload addresses (198.18.X.11, fd00:X::11, ...).
+pub const FIRST_HOST: usize = 11;
+
+static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A hypervisor namespace: the bridge the workloads hang off and the uplink to the root
+/// namespace where the controller listens.
+#[derive(Debug)]
+pub struct Hypervisor {
+    pub name: String,
+    pub netns: Netns,
+    /// Bridge addresses, the workloads' default gateways.
+    pub gateway4: String,
+    pub gateway6: String,
+    /// Root-namespace end of the uplink and its address (the controller binds here).
+    pub uplink_root_if: String,
+    pub uplink_root_addr: String,
+    /// Hypervisor-namespace end (`up0`) address.
+    pub uplink_addr: String,
+}
+
+/// A workload namespace with `eth0`, and its host-side interface on a hypervisor.
+#[derive(Debug)]
+pub struct Workload {
+    pub name: String,
+    pub netns: Netns,
+    pub ipv4: String,
+    pub ipv6: String,
+    /// `wl-<name>` in the hypervisor namespace.
+    pub host_if: String,
+    /// Index into `Lab::hypervisors()`.
+    pub hypervisor: usize,
+    /// The lab's temp dir (servers keep their state below it).
+    pub dir: PathBuf,
+}
+
+impl Workload {
+    /// `[fd00:X::N]`, for URLs.
+    pub fn ipv6_url_host(&self) -> String {
+        format!("[{}]", self.ipv6)
+    }
+}
+
+/// Describes a lab before it is built.
+#[derive(Debug, Default)]
+pub struct LabBuilder {
+    hypervisors: Vec<String>,
+    workloads: Vec<(String, usize)>,
+    shared: bool,
+}
+
+impl LabBuilder {
+    /// Adds a hypervisor namespace; workloads added after it go on it.
+    pub fn hypervisor(mut self, name: &str) -> Self {
+        self.hypervisors.push(name.to_string());
+        self
+    }
+
+    /// Adds a workload on the last hypervisor added (the first one, `hv1`, by default).
+    pub fn workload(mut self, name: &str) -> Self {
+        let hv = self.hypervisors.len().saturating_sub(1);
+        self.workloads.push((name.to_string(), hv));
+        self
+    }
+
+    /// Lets this lab run beside others (by default labs take a machine-wide lock and run
+    /// one at a time, so timing-sensitive tests do not compete for 2 cores).
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
+        self
+    }
+
+    pub fn build(mut self) -> Result<Lab> {
+        if self.hypervisors.is_empty() {
+            self.hypervisors.push("hv1".to_string());
+        }
+        if self.hypervisors.len() > 1 {
+            bail!("one hypervisor per lab for now (workloads share one bridge subnet)");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for n in self.hypervisors.iter().chain(self.workloads.iter().map(|(n, _)| n)) {
+            names::validate_role(n)?;
+            if !seen.insert(n.clone()) {
+                bail!("name {n:?} used twice in one lab");
+            }
+        }
+        if self.workloads.len() + FIRST_HOST > 250 {
+            bail!("too many workloads");
+        }
+        std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("create {LOCK_DIR}"))?;
+        let mut locks = Vec::new();
+        if !self.shared {
+            locks.push(lock(&Path::new(LOCK_DIR).join("lab.lock"), true)?);
+        }
+        let (x, xlock) = allocate_x()?;
+        locks.push(xlock);
+        sweep_stale(x);
+
+        let run = names::run_id();
+        let dir = std::env::temp_dir().join(format!("weft-lab-{run}-{x}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("remove old {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        // Servers run as other users (postgres): let them traverse the lab dir.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+
+        let mut lab = Lab {
+            x,
+            run,
+            dir,
+            hypervisors: Vec::new(),
+            workloads: Vec::new(),
+            _locks: locks,
+        };
+        for (i, name) in self.hypervisors.iter().enumerate() {
+            lab.add_hypervisor(i, name)?;
+        }
+        for (i, (name, hv)) in self.workloads.iter().enumerate() {
+            lab.add_workload(FIRST_HOST + i, name, *hv)?;
+        }
+        Ok(lab)
+    }
+}
+
+/// A built lab. Dropping it kills everything still running in its namespaces, deletes
+/// them (which removes their links) and removes the temp dir (kept after a panic, for
+/// its logs).
+#[derive(Debug)]
+pub struct Lab {
+    x: u8,
+    run: String,
+    dir: PathBuf,
+    hypervisors: Vec<Hypervisor>,
+    workloads: Vec<Workload>,
+    _locks: Vec<File>,
+}
+
+impl Lab {
+    pub fn builder() -> LabBuilder {
+        LabBuilder::default()
+    }
+
+    /// The lab's number: its subnets are 198.18.X.0/24, fd00:X::/64 and 198.19.X.0/30.
+    pub fn x(&self) -> u8 {
+        self.x
+    }
+
+    /// The temp dir holding configs, logs and server state.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn hypervisors(&self) -> &[Hypervisor] {
+        &self.hypervisors
+    }
+
+    /// The first hypervisor.
+    pub fn hypervisor(&self) -> &Hypervisor {
+        &self.hypervisors[0]
+    }
+
+    pub fn workloads(&self) -> &[Workload] {
+        &self.workloads
+    }
+
+    pub fn workload(&self, name: &str) -> Result<&Workload> {
+        self.workloads
+            .iter()
+            .find(|w| w.name == name)
+            .with_context(|| format!("no workload {name:?} in this lab"))
+    }
+
+    /// Names of all namespaces of this lab.
+    pub fn netns_names(&self) -> Vec<String> {
+        self.hypervisors
+            .iter()
+            .map(|h| h.netns.name().to_string())
+            .chain(self.workloads.iter().map(|w| w.netns.name().to_string()))
+            .collect()
+    }
+
+    fn add_hypervisor(&mut self, i: usize, name: &str) -> Result<()> {
+        let x = self.x;
+        let netns = Netns::create(&names::netns_name(&self.run, x, name))?;
+        let at = Place::Ns(&netns);
+        links::bridge(at, BRIDGE)?;
+        let gateway4 = format!("198.18.{x}.1");
+        let gateway6 = format!("fd00:{x}::1");
+        links::addr(at, BRIDGE, &format!("{gateway4}/24"))?;
+        links::addr(at, BRIDGE, &format!("{gateway6}/64"))?;
+        let uplink_root_if = names::uplink_name(x, i);
+        let uplink_root_addr = format!("198.19.{x}.{}", 4 * i + 1);
+        let uplink_addr = format!("198.19.{x}.{}", 4 * i + 2);
+        let hv = Hypervisor {
+            name: name.to_string(),
+            netns,
+            gateway4,
+            gateway6,
+            uplink_root_if,
+            uplink_root_addr,
+            uplink_addr,
+        };
+        // Pushed before the uplink exists so a failure below still cleans up.
+        self.hypervisors.push(hv);
+        let hv = &self.hypervisors[i];
+        links::veth(Place::Root, &hv.uplink_root_if, Place::Ns(&hv.netns), UPLINK)?;
+        links::addr(Place::Root, &hv.uplink_root_if, &format!("{}/30", hv.uplink_root_addr))?;
+        links::addr(Place::Ns(&hv.netns), UPLINK, &format!("{}/30", hv.uplink_addr))?;
+        Ok(())
+    }
+
+    fn add_workload(&mut self, host: usize, name: &str, hv_index: usize) -> Result<()> {
+        let x = self.x;
+        let netns = Netns::create(&names::netns_name(&self.run, x, name))?;
+        let w = Workload {
+            name: name.to_string(),
+            netns,
+            ipv4: format!("198.18.{x}.{host}"),
+            ipv6: format!("fd00:{x}::{host}"),
+            host_if: names::host_ifname(name),
+            hypervisor: hv_index,
+            dir: self.dir.clone(),
+        };
+        self.workloads.push(w);
+        let w = self.workloads.last().context("workload just pushed")?;
+        let hv = &self.hypervisors[hv_index];
+        let hv_at = Place::Ns(&hv.netns);
+        let w_at = Place::Ns(&w.netns);
+        links::veth(hv_at, &w.host_if, w_at, "eth0")?;
+        links::enslave(hv_at, &w.host_if, BRIDGE)?;
+        links::addr(w_at, "eth0", &format!("{}/24", w.ipv4))?;
+        links::addr(w_at, "eth0", &format!("{}/64", w.ipv6))?;
+        links::default_route(w_at, &hv.gateway4)?;
+        links::default_route(w_at, &hv.gateway6)?;
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let uplinks: Vec<String> = self.hypervisors.iter().map(|h| h.uplink_root_if.clone()).collect();
+        self.workloads.clear();
+        self.hypervisors.clear();
+        for u in uplinks {
+            links::delete_root_link(&u);
+        }
+        if std::thread::panicking() {
+            eprintln!("lab logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Opens and flocks `path`. Blocking: waits (and says so) for the holder to finish.
+fn lock(path: &Path, blocking: bool) -> Result<File> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open lock {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(f);
+    }
+    if !blocking {
+        bail!("{} is held", path.display());
+    }
+    eprintln!("waiting for another lab to finish ({} is held)", path.display());
+    // SAFETY: as above.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    if rc != 0 {
+        bail!("flock {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// Picks a lab number X no live lab holds (a flock per X, released when its process dies).
+fn allocate_x() -> Result<(u8, File)> {
+    let seq = LAB_SEQ.fetch_add(1, Ordering::Relaxed);
+    let start = (std::process::id().wrapping_mul(31).wrapping_add(seq.wrapping_mul(7))) % 254;
+    for k in 0..254u32 {
+        let x = u8::try_from((start + k) % 254 + 1).context("lab number")?;
+        if let Ok(f) = lock(&Path::new(LOCK_DIR).join(format!("x-{x}.lock")), false) {
+            return Ok((x, f));
+        }
+    }
+    bail!("all 254 lab numbers are in use")
+}
+
+/// Removes namespaces left by lab processes that no longer exist, and root-namespace
+/// uplinks of lab number `x` (which we now hold).
+fn sweep_stale(x: u8) {
+    if let Ok(all) = netns::list() {
+        for name in all {
+            if let Some(pid) = names::netns_owner(&name) {
+                if !process_alive(pid) {
+                    eprintln!("removing namespace {name} left by a finished run");
+                    netns::delete_netns(&name);
+                }
+            }
+        }
+    }
+    for i in 0..4 {
+        links::delete_root_link(&names::uplink_name(x, i));
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

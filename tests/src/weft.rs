@@ -1,0 +1,218 @@
+//! weft's own binaries in the lab: locating them, the agent's workloads file, the
+//! controller in the root namespace and the agent in a hypervisor namespace.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::{Lab, Workload};
+use crate::process::Child;
+use crate::topology::Topology;
+
+/// Controller and agent readiness bound.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The agent's metrics port (inside the hypervisor namespace).
+pub const AGENT_METRICS_PORT: u16 = 9464;
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// The cargo target dir: `$CARGO_TARGET_DIR` (relative to the workspace root) or
+/// `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let p = PathBuf::from(d);
+            if p.is_absolute() { p } else { workspace_root().join(p) }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// Path of a built binary of the workspace (debug profile).
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let p = target_dir().join("debug").join(name);
+    if !p.is_file() {
+        bail!("{} is not built: run `cargo build --workspace` (or `cargo xtask build`) first", p.display());
+    }
+    Ok(p)
+}
+
+/// A free TCP port on `ip` (bound and released; good enough for a lab that holds its
+/// addresses alone).
+pub fn free_port(ip: &str) -> Result<u16> {
+    let l = TcpListener::bind((ip, 0)).with_context(|| format!("bind {ip}:0"))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The agent's workloads file (TOML), one `[[workload]]` table per workload.
+pub fn workloads_toml(workloads: &[&Workload]) -> String {
+    let mut s = String::new();
+    for w in workloads {
+        s.push_str("[[workload]]\n");
+        s.push_str(&format!("name = {}\n", toml_str(&w.name)));
+        s.push_str(&format!("interface = {}\n", toml_str(&w.host_if)));
+        s.push_str(&format!("addresses = [{}, {}]\n\n", toml_str(&w.ipv4), toml_str(&w.ipv6)));
+    }
+    s
+}
+
+/// A TOML basic string.
+pub fn toml_str(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\t' => s.push_str("\\t"),
+            c if c.is_control() => s.push_str(&format!("\\u{:04X}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
+}
+
+/// The controller, in the root namespace, gRPC on the lab's uplink address.
+pub struct Controller {
+    pub child: Child,
+    pub grpc_addr: String,
+    pub http_addr: String,
+}
+
+impl Controller {
+    /// Starts `weft-controller` for `lab` on fresh ports and waits for its
+    /// `weft-controller listening` line.
+    pub fn start(lab: &Lab) -> Result<Controller> {
+        let ip = lab.hypervisor().uplink_root_addr.clone();
+        let grpc = format!("{ip}:{}", free_port(&ip)?);
+        let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
+        Self::start_on(lab, &grpc, &http)
+    }
+
+    /// Starts `weft-controller` on the given addresses (used to restart on the same ports).
+    pub fn start_on(lab: &Lab, grpc_addr: &str, http_addr: &str) -> Result<Controller> {
+        let bin = binary("weft-controller")?;
+        let mut c = Command::new(&bin);
+        c.args(["--grpc-listen", grpc_addr, "--http-listen", http_addr]);
+        c.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        let mut child = Child::spawn(c, lab.dir(), "weft-controller")?;
+        child.wait_for_line(&["weft-controller listening"], START_TIMEOUT)?;
+        Ok(Controller { child, grpc_addr: grpc_addr.to_string(), http_addr: http_addr.to_string() })
+    }
+
+    /// `http://<grpc addr>`, what the agent dials.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// GET `path` on the REST listener; fails unless 2xx.
+    pub fn get(&self, path: &str) -> Result<String> {
+        let url = format!("http://{}{}", self.http_addr, path);
+        let resp = ureq::get(&url)
+            .timeout(Duration::from_secs(5))
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        resp.into_string().with_context(|| format!("read body of {url}"))
+    }
+
+    pub fn topology(&self) -> Result<Topology> {
+        Topology::parse(&self.get("/topology")?)
+    }
+
+    /// Sum of the `/metrics` samples whose name contains `name` (e.g. "records_ingested").
+    pub fn metric(&self, name: &str) -> Result<f64> {
+        Ok(sum_metric(&self.get("/metrics")?, name))
+    }
+}
+
+/// Sums the samples of Prometheus text whose metric name contains `name`.
+pub fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            if metric.contains(name) { value.parse::<f64>().ok() } else { None }
+        })
+        .sum()
+}
+
+/// The agent, inside a hypervisor namespace.
+pub struct Agent {
+    pub child: Child,
+    pub workloads_file: PathBuf,
+    hv_index: usize,
+}
+
+impl Agent {
+    /// Writes the workloads file for the workloads on hypervisor `hv_index`, starts
+    /// `weft-agent` in that namespace and waits until it attached to every workload
+    /// interface (a `weft-agent attached` line naming each).
+    pub fn start(lab: &Lab, hv_index: usize, controller_url: &str) -> Result<Agent> {
+        let hv = lab.hypervisors().get(hv_index).context("no such hypervisor")?;
+        let workloads: Vec<&Workload> = lab.workloads().iter().filter(|w| w.hypervisor == hv_index).collect();
+        let file = lab.dir().join(format!("workloads-{}.toml", hv.name));
+        std::fs::write(&file, workloads_toml(&workloads)).with_context(|| format!("write {}", file.display()))?;
+        let bin = binary("weft-agent")?;
+        let bin_s = bin.to_string_lossy().into_owned();
+        let file_s = file.to_string_lossy().into_owned();
+        let metrics = format!("127.0.0.1:{AGENT_METRICS_PORT}");
+        let mut cmd = hv.netns.command(&[
+            &bin_s, "--host-id", &hv.name, "--controller", controller_url, "--workloads", &file_s,
+            "--interfaces", "wl-*", "--metrics-listen", &metrics, "--drain-interval-ms", "1000",
+        ]);
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        let mut child = Child::spawn(cmd, lab.dir(), &format!("weft-agent-{}", hv.name))?;
+        for w in &workloads {
+            child.wait_for_line(&["weft-agent attached", &w.host_if], START_TIMEOUT)?;
+        }
+        Ok(Agent { child, workloads_file: file, hv_index })
+    }
+
+    /// The agent's `/metrics` text (read from inside its namespace).
+    pub fn metrics(&self, lab: &Lab) -> Result<String> {
+        let hv = lab.hypervisors().get(self.hv_index).context("no such hypervisor")?;
+        hv.netns.exec_timeout(Duration::from_secs(5), &[
+            "curl", "-sS", "--max-time", "3", &format!("http://127.0.0.1:{AGENT_METRICS_PORT}/metrics"),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_str("web"), "\"web\"");
+        assert_eq!(toml_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+        assert_eq!(toml_str("\u{1}"), "\"\\u0001\"");
+    }
+
+    #[test]
+    fn sums_metric_samples_by_name() {
+        let text = "# HELP weft_controller_records_ingested_total x\n\
+                    weft_controller_records_ingested_total 40\n\
+                    weft_controller_records_ingested_total{agent=\"hv2\"} 2\n\
+                    weft_other 7\n";
+        assert_eq!(sum_metric(text, "records_ingested"), 42.0);
+        assert_eq!(sum_metric(text, "missing"), 0.0);
+    }
+
+    #[test]
+    fn target_dir_defaults_under_the_workspace() {
+        if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+            assert_eq!(target_dir(), workspace_root().join("target"));
+        }
+        assert!(workspace_root().join("Cargo.toml").is_file());
+    }
+}
