@@ -1,1 +1,156 @@
-fn main() {}
+//! weft-agent: loads the TC flow observer onto this hypervisor's workload interfaces and
+//! streams flow records to the controller.
+
+mod attach;
+mod collector;
+mod config;
+mod exporter;
+mod flows;
+mod metrics;
+mod queue;
+mod workloads;
+
+use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering::Relaxed};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use aya::maps::{HashMap as BpfHashMap, RingBuf};
+use clap::Parser as _;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::{
+    attach::Attacher, collector::Collector, config::Args, exporter::Exporter, flows::FlowTracker,
+    metrics::Metrics, queue::RecordQueue, workloads::Registry,
+};
+
+/// The flow observer, built from agent-ebpf by build.rs.
+static FLOW_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-flow"));
+
+/// How long the agent keeps trying to hand its last records over at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let workloads = match &args.workloads {
+        Some(path) => config::load_workloads(path)?,
+        None => Vec::new(),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let registry = Arc::new(Registry::new(workloads));
+    let queue = Arc::new(RecordQueue::new(args.queue_capacity, metrics.clone()));
+
+    let mut ebpf = aya::Ebpf::load(FLOW_OBJECT).context("loading the flow object")?;
+    let flows: BpfHashMap<_, _, _> = BpfHashMap::try_from(
+        ebpf.take_map("FLOWS").ok_or_else(|| anyhow!("map FLOWS missing from the flow object"))?,
+    )
+    .context("FLOWS map")?;
+    let events = RingBuf::try_from(
+        ebpf.take_map("FLOW_EVENTS").ok_or_else(|| anyhow!("map FLOW_EVENTS missing"))?,
+    )
+    .context("FLOW_EVENTS map")?;
+    metrics.flow_map_capacity.store(agent_common::flow::FLOW_TABLE_ENTRIES as u64, Relaxed);
+    let attacher = Attacher::new(
+        ebpf,
+        args.interfaces.clone(),
+        args.exclude.clone(),
+        registry.clone(),
+        metrics.clone(),
+    )?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding metrics listener {}", args.metrics_listen))?;
+    let metrics_app = {
+        let m = metrics.clone();
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = m.clone();
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+                }
+            }),
+        )
+    };
+    let mut metrics_shutdown = shutdown_rx.clone();
+    let metrics_task = tokio::spawn(async move {
+        axum::serve(metrics_listener, metrics_app)
+            .with_graceful_shutdown(async move {
+                let _ = metrics_shutdown.changed().await;
+            })
+            .await
+    });
+
+    let stop_collector = Arc::new(AtomicBool::new(false));
+    let collector = Collector {
+        flows,
+        events,
+        tracker: FlowTracker::default(),
+        registry: registry.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        drain_interval: args.drain_interval(),
+        idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        ending: Default::default(),
+    };
+    let collector_thread = {
+        let stop = stop_collector.clone();
+        std::thread::Builder::new()
+            .name("flow-collector".into())
+            .spawn(move || collector.run(stop))
+            .context("starting the collector thread")?
+    };
+
+    let exporter = Exporter {
+        controller: args.controller.clone(),
+        host_id: args.host_id.clone(),
+        instance: format!("{:016x}", rand::random::<u64>()),
+        batch_size: args.batch_size.max(1),
+        queue: queue.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+    };
+    let exporter_task = tokio::spawn(exporter.run(shutdown_rx.clone(), SHUTDOWN_GRACE));
+    let attach_task = tokio::spawn(attacher.watch(shutdown_rx.clone()));
+
+    println!(
+        "weft-agent started host_id={} controller={} metrics={}",
+        args.host_id, args.controller, args.metrics_listen
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupt: shutting down"),
+        _ = term.recv() => info!("terminate: shutting down"),
+    }
+
+    // Order: stop reading the kernel (a last drain flushes every flow's counters), then let
+    // the exporter hand the queue over within the grace period, then detach the programs.
+    stop_collector.store(true, Relaxed);
+    let joined = tokio::task::spawn_blocking(move || collector_thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        error!("collector thread panicked");
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = exporter_task.await;
+    match attach_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = format!("{e:#}"), "interface watcher failed"),
+        Err(e) => error!(error = %e, "interface watcher panicked"),
+    }
+    let _ = metrics_task.await;
+    info!(
+        sent = metrics.records_sent.load(Relaxed),
+        dropped = metrics.records_dropped.load(Relaxed),
+        "stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Reads the kernel flow state: the flow-end ring buffer as events arrive, and the whole
+//! flow map every drain interval. Runs on its own thread (map reads are syscalls) and
+//! hands records to the bounded queue; it never blocks on the controller.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering::Relaxed},
+};
+use std::time::{Duration, Instant};
+
+use agent_common::{FlowEvent, FlowKey, FlowStats, flow::state};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use tracing::{debug, warn};
+use weft_proto::v1::FlowRecord;
+
+use crate::{
+    flows::{FlowTracker, RecordContext, local_ip},
+    metrics::Metrics,
+    queue::RecordQueue,
+    workloads::Registry,
+};
+
+/// A flow-end event is finalised this long after it arrives, so that the connection's
+/// last ACK is counted too.
+const END_SETTLE: Duration = Duration::from_millis(250);
+
+pub struct Collector {
+    pub flows: BpfHashMap<MapData, FlowKey, FlowStats>,
+    pub events: RingBuf<MapData>,
+    pub tracker: FlowTracker,
+    pub registry: Arc<Registry>,
+    pub queue: Arc<RecordQueue>,
+    pub metrics: Arc<Metrics>,
+    pub drain_interval: Duration,
+    pub idle_timeout: Duration,
+    /// Flows whose end was announced: final state from the event, and when to finalise.
+    pub ending: HashMap<FlowKey, (FlowStats, Instant)>,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn mono_to_unix_offset() -> i128 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    unix - monotonic_ns() as i128
+}
+
+impl Collector {
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        let mut next_drain = Instant::now() + self.drain_interval;
+        while !stop.load(Relaxed) {
+            let now = Instant::now();
+            let mut wake = next_drain;
+            if let Some(t) = self.ending.values().map(|(_, t)| *t).min() {
+                wake = wake.min(t);
+            }
+            // Short polls so a stop request is seen quickly.
+            let timeout = wake.saturating_duration_since(now).min(Duration::from_millis(200));
+            self.wait_for_events(timeout);
+            self.read_events();
+            self.finalise_ended(false);
+            if Instant::now() >= next_drain {
+                self.drain();
+                next_drain = Instant::now() + self.drain_interval;
+            }
+        }
+        // Last look before the agent exits: everything observed so far goes out.
+        self.read_events();
+        self.finalise_ended(true);
+        self.drain();
+    }
+
+    fn wait_for_events(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd { fd: self.events.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    }
+
+    fn read_events(&mut self) {
+        let due = Instant::now() + END_SETTLE;
+        while let Some(item) = self.events.next() {
+            if item.len() < std::mem::size_of::<FlowEvent>() {
+                warn!(len = item.len(), "short flow event ignored");
+                continue;
+            }
+            // SAFETY: the kernel wrote a FlowEvent (agent-common layout); read unaligned.
+            let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            self.metrics.flow_events.fetch_add(1, Relaxed);
+            self.ending.insert(ev.key, (ev.stats, due));
+        }
+    }
+
+    fn context_offset() -> i128 {
+        mono_to_unix_offset()
+    }
+
+    /// Sends the last record of flows whose end event has settled and removes them from
+    /// the kernel map.
+    fn finalise_ended(&mut self, all: bool) {
+        let now = Instant::now();
+        let due: Vec<FlowKey> =
+            self.ending.iter().filter(|(_, (_, t))| all || *t <= now).map(|(k, _)| *k).collect();
+        if due.is_empty() {
+            return;
+        }
+        let names = self.registry.names();
+        let offset = Self::context_offset();
+        let mut out = Vec::with_capacity(due.len());
+        for key in due {
+            let Some((ev_stats, _)) = self.ending.remove(&key) else { continue };
+            let current = self.flows.get(&key, 0).ok();
+            let stats = match current {
+                // Same flow: the map has the latest counters (its last ACK included).
+                Some(s) if s.first_seen_ns == ev_stats.first_seen_ns => {
+                    let _ = self.flows.remove(&key);
+                    s
+                }
+                // Evicted, or the tuple was already reused by a new connection.
+                _ => ev_stats,
+            };
+            if let Some(r) = self.record(&names, offset, &key, &stats, true) {
+                out.push(r);
+            }
+        }
+        self.queue.push(out);
+    }
+
+    fn record(
+        &mut self,
+        names: &HashMap<u32, (String, String)>,
+        offset: i128,
+        key: &FlowKey,
+        stats: &FlowStats,
+        ended: bool,
+    ) -> Option<FlowRecord> {
+        let (workload, interface) = match names.get(&key.ifindex) {
+            Some((w, i)) => (w.as_str(), i.as_str()),
+            // The interface went away before we read its last flows.
+            None => ("unknown", "unknown"),
+        };
+        let ctx = RecordContext { workload, interface, mono_to_unix_offset_ns: offset };
+        self.tracker.update(key, stats, ended, &ctx)
+    }
+
+    /// Reads every flow, reports what changed, ends idle flows.
+    fn drain(&mut self) {
+        let started = Instant::now();
+        let names = self.registry.names();
+        let learning: HashSet<u32> = self.registry.learning().into_iter().collect();
+        let offset = Self::context_offset();
+        let now_mono = monotonic_ns();
+        let idle_ns = self.idle_timeout.as_nanos() as u64;
+        let mut live = HashSet::new();
+        let mut entries = Vec::new();
+        for item in self.flows.iter() {
+            match item {
+                Ok((k, s)) => entries.push((k, s)),
+                Err(e) => {
+                    // The entry vanished between get_next_key and lookup (LRU eviction).
+                    debug!(error = %e, "flow map entry vanished during drain");
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut remove = Vec::new();
+        for (key, stats) in &entries {
+            live.insert(*key);
+            if self.ending.contains_key(key) {
+                continue;
+            }
+            if learning.contains(&key.ifindex) {
+                self.registry.learn(key.ifindex, local_ip(key));
+            }
+            let idle = now_mono.saturating_sub(stats.last_seen_ns) > idle_ns;
+            // END_REPORTED without a pending event: the ring buffer was full.
+            let ended = idle || stats.state & state::END_REPORTED != 0;
+            if let Some(r) = self.record(&names, offset, key, stats, ended) {
+                out.push(r);
+            }
+            if ended {
+                remove.push(*key);
+            }
+        }
+        for key in &remove {
+            let _ = self.flows.remove(key);
+        }
+        let evicted = self.tracker.retain_live(&live);
+        self.metrics.flows_evicted_unreported.fetch_add(evicted as u64, Relaxed);
+        self.metrics.flow_map_entries.store((entries.len() - remove.len()) as u64, Relaxed);
+        self.metrics.drains.fetch_add(1, Relaxed);
+        self.metrics
+            .drain_seconds_last
+            .store(started.elapsed().as_secs_f64().to_bits(), Relaxed);
+        self.queue.push(out);
+    }
+}

@@ -1,0 +1,215 @@
+//! Agent configuration: command-line flags and the workloads file.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "weft-agent", version, about = "weft's per-hypervisor eBPF flow agent")]
+pub struct Args {
+    /// Identity of this hypervisor, as the controller shows it.
+    #[arg(long, env = "WEFT_HOST_ID")]
+    pub host_id: String,
+    /// Controller gRPC endpoint, e.g. http://198.19.0.1:7071.
+    #[arg(long, env = "WEFT_CONTROLLER", default_value = "http://127.0.0.1:7071")]
+    pub controller: String,
+    /// TOML file listing the workloads on this host ([[workload]] name, interface, addresses).
+    #[arg(long)]
+    pub workloads: Option<PathBuf>,
+    /// Glob (`*`, `?`) of the workload interfaces to attach to; only veth and tap/tun
+    /// devices are considered. Repeat for several patterns.
+    #[arg(long = "interfaces", default_value = "*")]
+    pub interfaces: Vec<String>,
+    /// Interfaces never to attach to (globs), e.g. the host's uplink.
+    #[arg(long = "exclude")]
+    pub exclude: Vec<String>,
+    /// Where /metrics is served.
+    #[arg(long, default_value = "127.0.0.1:9101")]
+    pub metrics_listen: std::net::SocketAddr,
+    /// How often the flow map is read.
+    #[arg(long, default_value_t = 2000)]
+    pub drain_interval_ms: u64,
+    /// A flow with no packet for this long is reported ended and removed from the map.
+    #[arg(long, default_value_t = 120)]
+    pub idle_timeout_s: u64,
+    /// Flow records held while the controller is unreachable; beyond this the oldest are
+    /// dropped and counted.
+    #[arg(long, default_value_t = 100_000)]
+    pub queue_capacity: usize,
+    /// Records per batch sent to the controller.
+    #[arg(long, default_value_t = 2_000)]
+    pub batch_size: usize,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Args {
+    pub fn drain_interval(&self) -> Duration {
+        Duration::from_millis(self.drain_interval_ms.max(100))
+    }
+}
+
+/// A workload on this host, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    pub name: String,
+    pub interface: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: workload #{index} ({name:?}): {message}")]
+    Workload { path: PathBuf, index: usize, name: String, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadsFile {
+    #[serde(default)]
+    workload: Vec<RawWorkload>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    name: String,
+    interface: String,
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+/// Parses a workloads file. Errors name the line (TOML syntax) or the workload and field.
+pub fn parse_workloads(path: &std::path::Path, text: &str) -> Result<Vec<WorkloadSpec>, ConfigError> {
+    let file: WorkloadsFile = toml::from_str(text)
+        .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+    let mut out: Vec<WorkloadSpec> = Vec::with_capacity(file.workload.len());
+    for (i, w) in file.workload.into_iter().enumerate() {
+        let err = |message: String| ConfigError::Workload {
+            path: path.to_owned(),
+            index: i + 1,
+            name: w.name.clone(),
+            message,
+        };
+        if w.name.trim().is_empty() {
+            return Err(err("field `name` is empty".into()));
+        }
+        if w.interface.is_empty() || w.interface.len() > 15 {
+            return Err(err(format!(
+                "field `interface` {:?} is not a Linux interface name (1-15 characters)",
+                w.interface
+            )));
+        }
+        if out.iter().any(|o| o.interface == w.interface) {
+            return Err(err(format!("interface {:?} is listed twice", w.interface)));
+        }
+        let mut addresses = Vec::with_capacity(w.addresses.len());
+        for a in &w.addresses {
+            let ip: IpAddr = a
+                .parse()
+                .map_err(|_| err(format!("field `addresses`: {a:?} is not an IP address")))?;
+            addresses.push(ip);
+        }
+        out.push(WorkloadSpec { name: w.name.clone(), interface: w.interface, addresses });
+    }
+    Ok(out)
+}
+
+pub fn load_workloads(path: &std::path::Path) -> Result<Vec<WorkloadSpec>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse_workloads(path, &text)
+}
+
+/// Shell-style glob with `*` and `?`.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn parses_workloads_file() {
+        let w = parse_workloads(
+            Path::new("w.toml"),
+            "[[workload]]\nname = \"web\"\ninterface = \"wl-web\"\naddresses = [\"198.18.1.11\", \"fd00:1::11\"]\n",
+        )
+        .unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].name, "web");
+        assert_eq!(w[0].addresses.len(), 2);
+        assert!(w[0].addresses[1].is_ipv6());
+    }
+
+    #[test]
+    fn bad_address_names_workload_and_field() {
+        let e = parse_workloads(
+            Path::new("w.toml"),
+            "[[workload]]\nname = \"db\"\ninterface = \"wl-db\"\naddresses = [\"300.1.1.1\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("workload #1") && e.contains("\"db\"") && e.contains("addresses"), "{e}");
+    }
+
+    #[test]
+    fn toml_syntax_error_names_the_line() {
+        let e = parse_workloads(Path::new("w.toml"), "[[workload]]\nname = \"db\nx").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_and_duplicate_interface_are_refused() {
+        let e = parse_workloads(Path::new("w.toml"), "[[workload]]\nname=\"a\"\ninterface=\"x\"\nport=1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = parse_workloads(
+            Path::new("w.toml"),
+            "[[workload]]\nname=\"a\"\ninterface=\"x\"\n[[workload]]\nname=\"b\"\ninterface=\"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("workload #2") && e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("*", "wl-web"));
+        assert!(glob_match("wl-*", "wl-web"));
+        assert!(!glob_match("wl-*", "up0"));
+        assert!(glob_match("t?p*", "tap12"));
+        assert!(!glob_match("wl-?", "wl-ab"));
+        assert!(glob_match("*-web", "wl-web"));
+    }
+}

@@ -1,0 +1,99 @@
+//! The bounded queue of flow records between the collector and the exporter. When it is
+//! full the oldest records are dropped and counted: the collector never waits for the
+//! controller.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, atomic::Ordering::Relaxed};
+
+use tokio::sync::Notify;
+use weft_proto::v1::FlowRecord;
+
+use crate::metrics::Metrics;
+
+pub struct RecordQueue {
+    records: Mutex<VecDeque<FlowRecord>>,
+    capacity: usize,
+    ready: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl RecordQueue {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            records: Mutex::new(VecDeque::with_capacity(capacity.min(65_536))),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<FlowRecord>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends records, dropping the oldest beyond capacity.
+    pub fn push(&self, batch: Vec<FlowRecord>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut q = self.lock();
+        q.extend(batch);
+        let over = q.len().saturating_sub(self.capacity);
+        if over > 0 {
+            q.drain(..over);
+            self.metrics.records_dropped.fetch_add(over as u64, Relaxed);
+        }
+        self.metrics.records_queued.store(q.len() as u64, Relaxed);
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Takes up to `max` records from the front.
+    pub fn take(&self, max: usize) -> Vec<FlowRecord> {
+        let mut q = self.lock();
+        let n = q.len().min(max);
+        let out: Vec<FlowRecord> = q.drain(..n).collect();
+        self.metrics.records_queued.store(q.len() as u64, Relaxed);
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Waits until records are pushed (or returns at once if some are queued).
+    pub async fn wait(&self) {
+        if self.len() > 0 {
+            return;
+        }
+        self.ready.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(port: u32) -> FlowRecord {
+        FlowRecord { local_port: port, ..Default::default() }
+    }
+
+    #[test]
+    fn full_queue_drops_oldest_and_counts() {
+        let m = Arc::new(Metrics::default());
+        let q = RecordQueue::new(3, m.clone());
+        q.push((1..=5).map(rec).collect());
+        assert_eq!(m.records_dropped.load(Relaxed), 2);
+        let got: Vec<u32> = q.take(10).iter().map(|r| r.local_port).collect();
+        assert_eq!(got, vec![3, 4, 5]);
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn take_is_bounded_and_in_order() {
+        let q = RecordQueue::new(100, Arc::new(Metrics::default()));
+        q.push((1..=10).map(rec).collect());
+        assert_eq!(q.take(4).iter().map(|r| r.local_port).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(q.len(), 6);
+    }
+}

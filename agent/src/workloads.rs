@@ -1,0 +1,154 @@
+//! Which workload each attached interface belongs to. Configured workloads come from the
+//! workloads file; an interface that matches the attach patterns but is not in the file
+//! becomes a workload named after the interface, with addresses learned from its traffic.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use crate::config::WorkloadSpec;
+
+/// At most this many addresses are learned per interface.
+const MAX_LEARNED_ADDRESSES: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    pub interface: String,
+    pub addresses: BTreeSet<IpAddr>,
+    pub configured: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    configured: HashMap<String, WorkloadSpec>,
+    by_ifindex: HashMap<u32, Workload>,
+    version: u64,
+}
+
+/// Shared between the interface watcher, the collector and the exporter; touched once per
+/// drain or interface change, never per packet.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+impl Registry {
+    pub fn new(configured: Vec<WorkloadSpec>) -> Self {
+        let inner = Inner {
+            configured: configured.into_iter().map(|w| (w.interface.clone(), w)).collect(),
+            ..Default::default()
+        };
+        Self { inner: Mutex::new(inner) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn attached(&self, ifindex: u32, interface: &str) {
+        let mut g = self.lock();
+        let w = match g.configured.get(interface) {
+            Some(spec) => Workload {
+                name: spec.name.clone(),
+                interface: interface.to_owned(),
+                addresses: spec.addresses.iter().copied().collect(),
+                configured: true,
+            },
+            None => Workload {
+                name: interface.to_owned(),
+                interface: interface.to_owned(),
+                addresses: BTreeSet::new(),
+                configured: false,
+            },
+        };
+        g.by_ifindex.insert(ifindex, w);
+        g.version += 1;
+    }
+
+    pub fn detached(&self, ifindex: u32) {
+        let mut g = self.lock();
+        if g.by_ifindex.remove(&ifindex).is_some() {
+            g.version += 1;
+        }
+    }
+
+    /// Records a local address seen on an unconfigured interface.
+    pub fn learn(&self, ifindex: u32, addr: IpAddr) {
+        let mut g = self.lock();
+        let changed = match g.by_ifindex.get_mut(&ifindex) {
+            Some(w) if !w.configured && w.addresses.len() < MAX_LEARNED_ADDRESSES => {
+                w.addresses.insert(addr)
+            }
+            _ => false,
+        };
+        if changed {
+            g.version += 1;
+        }
+    }
+
+    /// (workload name, interface name) of an ifindex.
+    pub fn names(&self) -> HashMap<u32, (String, String)> {
+        self.lock()
+            .by_ifindex
+            .iter()
+            .map(|(i, w)| (*i, (w.name.clone(), w.interface.clone())))
+            .collect()
+    }
+
+    /// Unconfigured interfaces (whose addresses are learned).
+    pub fn learning(&self) -> Vec<u32> {
+        self.lock().by_ifindex.iter().filter(|(_, w)| !w.configured).map(|(i, _)| *i).collect()
+    }
+
+    /// All workloads and the version of this list (it changes whenever the list does).
+    pub fn snapshot(&self) -> (u64, Vec<Workload>) {
+        let g = self.lock();
+        let mut v: Vec<Workload> = g.by_ifindex.values().cloned().collect();
+        // Configured workloads whose interface does not exist yet are still announced, so
+        // the controller can name their addresses.
+        for spec in g.configured.values() {
+            if !v.iter().any(|w| w.interface == spec.interface) {
+                v.push(Workload {
+                    name: spec.name.clone(),
+                    interface: spec.interface.clone(),
+                    addresses: spec.addresses.iter().copied().collect(),
+                    configured: true,
+                });
+            }
+        }
+        v.sort_by(|a, b| a.interface.cmp(&b.interface));
+        (g.version, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_interface_takes_its_name_and_unknown_one_learns() {
+        let r = Registry::new(vec![WorkloadSpec {
+            name: "web".into(),
+            interface: "wl-web".into(),
+            addresses: vec!["198.18.1.11".parse().unwrap()],
+        }]);
+        let (v0, list) = r.snapshot();
+        assert_eq!(list.len(), 1, "configured workloads are announced before they attach");
+        r.attached(3, "wl-web");
+        r.attached(4, "tap9");
+        assert_eq!(r.names()[&3].0, "web");
+        assert_eq!(r.names()[&4].0, "tap9");
+        r.learn(4, "198.18.1.50".parse().unwrap());
+        r.learn(3, "198.18.1.99".parse().unwrap()); // configured: not learned
+        let (v1, list) = r.snapshot();
+        assert!(v1 > v0);
+        let web = list.iter().find(|w| w.name == "web").unwrap();
+        assert_eq!(web.addresses.len(), 1);
+        let tap = list.iter().find(|w| w.name == "tap9").unwrap();
+        assert!(tap.addresses.contains(&"198.18.1.50".parse().unwrap()));
+        assert_eq!(r.learning(), vec![4]);
+        r.detached(4);
+        assert_eq!(r.snapshot().1.len(), 1);
+    }
+}
