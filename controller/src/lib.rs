@@ -1,1 +1,20 @@
+//! weft's controller: ingests flow records from agents, holds the topology, and serves it
+//! over gRPC (agents), REST and `/metrics`.
+//!
+//! - [`model`]: domain types, converted from the wire types at the API edge.
+//! - [`registry`]: registered agents and their workloads.
+//! - [`topology`]: services and dependencies built from observations.
+//! - [`render`]: the topology as ASCII, Graphviz DOT or JSON.
+//! - [`metrics`]: controller counters and the Prometheus text exposition.
+//! - [`api`]: the gRPC agent service and the HTTP router.
 
+pub mod api;
+pub mod metrics;
+pub mod model;
+pub mod registry;
+pub mod render;
+pub mod state;
+pub mod time;
+pub mod topology;
+
+pub use state::AppState;

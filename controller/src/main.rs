@@ -1,1 +1,122 @@
-fn main() {}
+//! `weft-controller`: serves the agent gRPC API and the HTTP API until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tracing_subscriber::EnvFilter;
+use weft_controller::api::grpc::AgentApi;
+use weft_controller::api::http;
+use weft_controller::metrics::Metrics;
+use weft_controller::AppState;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(name = "weft-controller", version, about = "weft's controller: topology from agent flow records")]
+struct Args {
+    /// Address of the agent gRPC API.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    grpc_listen: SocketAddr,
+    /// Address of the HTTP API (topology, /metrics, /healthz).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    http_listen: SocketAddr,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `weft_controller=debug`.
+    #[arg(long, default_value = "info", env = "WEFT_LOG")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_new(&args.log)
+        .with_context(|| format!("invalid --log filter {:?}", args.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let state = AppState::new(Arc::new(Metrics::default()));
+
+    let grpc_listener = TcpListener::bind(args.grpc_listen)
+        .await
+        .with_context(|| format!("binding the gRPC listener on {}", args.grpc_listen))?;
+    let http_listener = TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {}", args.http_listen))?;
+    let grpc_addr = grpc_listener.local_addr().context("gRPC listener address")?;
+    let http_addr = http_listener.local_addr().context("HTTP listener address")?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which also means stop.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentApi::new(state.clone()).into_service())
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc_listener),
+                stopped(shutdown_rx.clone()),
+            ),
+    );
+    let http = tokio::spawn(
+        axum::serve(http_listener, http::app(state.clone()))
+            .with_graceful_shutdown(stopped(shutdown_rx))
+            .into_future(),
+    );
+
+    println!("weft-controller listening grpc={grpc_addr} http={http_addr}");
+    tracing::info!(%grpc_addr, %http_addr, instance = %state.controller_instance, "controller started");
+
+    let mut grpc = grpc;
+    let mut http = http;
+    tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            tracing::info!("shutting down");
+        }
+        result = &mut grpc => {
+            result.context("gRPC server task")?.context("gRPC server")?;
+            anyhow::bail!("gRPC server stopped unexpectedly");
+        }
+        result = &mut http => {
+            result.context("HTTP server task")?.context("HTTP server")?;
+            anyhow::bail!("HTTP server stopped unexpectedly");
+        }
+    }
+    // Receivers may already be gone if a server stopped; nothing else to tell then.
+    let _ = shutdown_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let grpc = grpc.await;
+        let http = http.await;
+        (grpc, http)
+    })
+    .await;
+    match drained {
+        Ok((grpc, http)) => {
+            grpc.context("gRPC server task")?.context("gRPC server")?;
+            http.context("HTTP server task")?.context("HTTP server")?;
+        }
+        Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "servers did not drain in time"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

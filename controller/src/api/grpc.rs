@@ -1,0 +1,134 @@
+//! `weft.v1.AgentService`: agents register, then push batches of flow records.
+
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+use weft_proto::v1 as wire;
+use weft_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+
+use crate::model::{FlowObservation, Workload};
+use crate::state::AppState;
+
+/// The agent-facing gRPC service.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    state: AppState,
+}
+
+impl AgentApi {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+
+    /// The tonic service to add to a server.
+    pub fn into_service(self) -> AgentServiceServer<Self> {
+        AgentServiceServer::new(self)
+    }
+}
+
+fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    let value = value.trim();
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("field `{field}` must not be empty")))
+    } else {
+        Ok(value)
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn register(
+        &self,
+        request: Request<wire::RegisterRequest>,
+    ) -> Result<Response<wire::RegisterResponse>, Status> {
+        let request = request.into_inner();
+        let host_id = required("host_id", &request.host_id)?;
+        let agent_instance = required("agent_instance", &request.agent_instance)?;
+        let workloads = request
+            .workloads
+            .iter()
+            .map(Workload::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let workload_count = workloads.len();
+        let last_sequence =
+            self.state
+                .registry
+                .register(host_id, agent_instance, workloads, Instant::now());
+        tracing::info!(
+            host_id,
+            agent_instance,
+            agent_version = %request.agent_version,
+            workloads = workload_count,
+            last_sequence,
+            "agent registered"
+        );
+        Ok(Response::new(wire::RegisterResponse {
+            controller_instance: self.state.controller_instance.to_string(),
+            last_sequence,
+        }))
+    }
+
+    async fn push_flows(
+        &self,
+        request: Request<wire::FlowBatch>,
+    ) -> Result<Response<wire::PushFlowsResponse>, Status> {
+        let batch = request.into_inner();
+        let agent = self
+            .state
+            .registry
+            .agent(&batch.host_id, &batch.agent_instance)
+            .map_err(|error| Status::failed_precondition(error.to_string()))?;
+        agent.touch(Instant::now());
+        agent.set_dropped_records_total(batch.dropped_records_total);
+
+        let metrics = &self.state.metrics;
+        if batch.records.is_empty() {
+            metrics.heartbeat();
+            return Ok(Response::new(wire::PushFlowsResponse { accepted: 0 }));
+        }
+
+        let topology = &self.state.topology;
+        let registry = self.state.registry.as_ref();
+        let merged = agent.merge_batch(batch.sequence, || {
+            let mut accepted = 0u64;
+            for (index, record) in batch.records.iter().enumerate() {
+                match FlowObservation::try_from(record) {
+                    Ok(observation) => {
+                        topology.ingest(&observation, registry);
+                        accepted += 1;
+                    }
+                    Err(error) => {
+                        metrics.record_rejected();
+                        tracing::warn!(
+                            host_id = %batch.host_id,
+                            sequence = batch.sequence,
+                            index,
+                            field = error.field(),
+                            %error,
+                            "skipping invalid flow record"
+                        );
+                    }
+                }
+            }
+            accepted
+        });
+        let accepted = match merged {
+            Some(accepted) => {
+                metrics.batch_merged();
+                accepted
+            }
+            None => {
+                metrics.batch_duplicate();
+                tracing::debug!(
+                    host_id = %batch.host_id,
+                    sequence = batch.sequence,
+                    last_sequence = agent.last_sequence(),
+                    "ignoring batch already merged"
+                );
+                0
+            }
+        };
+        Ok(Response::new(wire::PushFlowsResponse { accepted }))
+    }
+}

@@ -1,0 +1,380 @@
+//! Domain types of the observation path, and their conversion from the wire types.
+//!
+//! Wire types (prost) stop here: the gRPC layer converts a `FlowRecord` into a
+//! [`FlowObservation`] and a wire `Workload` into a [`Workload`] with `TryFrom`, so the
+//! registry and the topology only ever see validated values.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use weft_proto::v1 as wire;
+
+/// Why a wire value could not become a domain value. Every variant names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConversionError {
+    #[error("field `{field}`: an IP address must be 4 or 16 bytes, got {len}")]
+    IpLength { field: &'static str, len: usize },
+    #[error("field `{field}`: port {value} is out of range (0..=65535)")]
+    PortRange { field: &'static str, value: u32 },
+    #[error("field `{field}`: must be specified")]
+    Unspecified { field: &'static str },
+    #[error("field `{field}`: unknown enum value {value}")]
+    UnknownEnum { field: &'static str, value: i32 },
+    #[error("field `{field}`: `{value}` is not an IP address")]
+    InvalidAddress { field: &'static str, value: String },
+    #[error("field `{field}`: must not be empty")]
+    Empty { field: &'static str },
+}
+
+impl ConversionError {
+    /// The wire field the error is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::IpLength { field, .. }
+            | Self::PortRange { field, .. }
+            | Self::Unspecified { field }
+            | Self::UnknownEnum { field, .. }
+            | Self::InvalidAddress { field, .. }
+            | Self::Empty { field } => field,
+        }
+    }
+}
+
+/// Transport protocol of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// Who opened the flow, seen from the workload that reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The reporting workload is the client.
+    Outbound,
+    /// The reporting workload is the server.
+    Inbound,
+}
+
+/// One request-latency histogram bucket: `count` requests took less than
+/// `upper_bound_ns` and at least the previous bucket's bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyBucket {
+    pub upper_bound_ns: u64,
+    pub count: u64,
+}
+
+/// Traffic of one flow during one interval, as seen on one workload interface.
+/// "out" leaves the workload, "in" reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowObservation {
+    /// Name of the reporting workload; `None` when the agent did not name it.
+    pub workload: Option<String>,
+    pub interface: String,
+    pub transport: Transport,
+    pub local_ip: IpAddr,
+    pub local_port: u16,
+    pub remote_ip: IpAddr,
+    pub remote_port: u16,
+    pub direction: Direction,
+    pub packets_out: u64,
+    pub packets_in: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub payload_bytes_out: u64,
+    pub payload_bytes_in: u64,
+    pub first_seen_unix_ns: u64,
+    pub last_seen_unix_ns: u64,
+    pub tcp_flags_out: u32,
+    pub tcp_flags_in: u32,
+    /// Handshake RTT, if this record carries it.
+    pub handshake_rtt_ns: Option<u64>,
+    pub requests: u64,
+    pub latency_sum_ns: u64,
+    /// Buckets sorted by upper bound.
+    pub latency: Vec<LatencyBucket>,
+    pub first_record: bool,
+    pub opened: bool,
+    pub ended: bool,
+    pub resets: u32,
+}
+
+fn ip_from_bytes(field: &'static str, bytes: &[u8]) -> Result<IpAddr, ConversionError> {
+    if let Ok(octets) = <[u8; 4]>::try_from(bytes) {
+        return Ok(IpAddr::V4(Ipv4Addr::from(octets)));
+    }
+    if let Ok(octets) = <[u8; 16]>::try_from(bytes) {
+        return Ok(IpAddr::V6(Ipv6Addr::from(octets)));
+    }
+    Err(ConversionError::IpLength {
+        field,
+        len: bytes.len(),
+    })
+}
+
+fn port(field: &'static str, value: u32) -> Result<u16, ConversionError> {
+    u16::try_from(value).map_err(|_| ConversionError::PortRange { field, value })
+}
+
+fn transport(value: i32) -> Result<Transport, ConversionError> {
+    const FIELD: &str = "transport";
+    match wire::Transport::try_from(value) {
+        Ok(wire::Transport::Tcp) => Ok(Transport::Tcp),
+        Ok(wire::Transport::Udp) => Ok(Transport::Udp),
+        Ok(wire::Transport::Unspecified) => Err(ConversionError::Unspecified { field: FIELD }),
+        Err(_) => Err(ConversionError::UnknownEnum {
+            field: FIELD,
+            value,
+        }),
+    }
+}
+
+fn direction(value: i32) -> Result<Direction, ConversionError> {
+    const FIELD: &str = "direction";
+    match wire::FlowDirection::try_from(value) {
+        Ok(wire::FlowDirection::Outbound) => Ok(Direction::Outbound),
+        Ok(wire::FlowDirection::Inbound) => Ok(Direction::Inbound),
+        Ok(wire::FlowDirection::Unspecified) => {
+            Err(ConversionError::Unspecified { field: FIELD })
+        }
+        Err(_) => Err(ConversionError::UnknownEnum {
+            field: FIELD,
+            value,
+        }),
+    }
+}
+
+impl TryFrom<&wire::FlowRecord> for FlowObservation {
+    type Error = ConversionError;
+
+    fn try_from(record: &wire::FlowRecord) -> Result<Self, Self::Error> {
+        let local_ip = ip_from_bytes("local_ip", &record.local_ip)?;
+        let remote_ip = ip_from_bytes("remote_ip", &record.remote_ip)?;
+        let mut latency: Vec<LatencyBucket> = record
+            .latency
+            .iter()
+            .map(|bucket| LatencyBucket {
+                upper_bound_ns: bucket.upper_bound_ns,
+                count: bucket.count,
+            })
+            .collect();
+        latency.sort_by_key(|bucket| bucket.upper_bound_ns);
+        let workload = Some(record.workload.trim())
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned);
+        Ok(Self {
+            workload,
+            interface: record.interface.clone(),
+            transport: transport(record.transport)?,
+            local_ip,
+            local_port: port("local_port", record.local_port)?,
+            remote_ip,
+            remote_port: port("remote_port", record.remote_port)?,
+            direction: direction(record.direction)?,
+            packets_out: record.packets_out,
+            packets_in: record.packets_in,
+            bytes_out: record.bytes_out,
+            bytes_in: record.bytes_in,
+            payload_bytes_out: record.payload_bytes_out,
+            payload_bytes_in: record.payload_bytes_in,
+            first_seen_unix_ns: record.first_seen_unix_ns,
+            last_seen_unix_ns: record.last_seen_unix_ns,
+            tcp_flags_out: record.tcp_flags_out,
+            tcp_flags_in: record.tcp_flags_in,
+            handshake_rtt_ns: Some(record.handshake_rtt_ns).filter(|rtt| *rtt > 0),
+            requests: record.requests,
+            latency_sum_ns: record.latency_sum_ns,
+            latency,
+            first_record: record.first_record,
+            opened: record.opened,
+            ended: record.ended,
+            resets: record.resets,
+        })
+    }
+}
+
+impl TryFrom<wire::FlowRecord> for FlowObservation {
+    type Error = ConversionError;
+
+    fn try_from(record: wire::FlowRecord) -> Result<Self, Self::Error> {
+        Self::try_from(&record)
+    }
+}
+
+/// A workload an agent hosts: a service instance behind one host-side interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub name: String,
+    pub interface: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl TryFrom<&wire::Workload> for Workload {
+    type Error = ConversionError;
+
+    fn try_from(workload: &wire::Workload) -> Result<Self, Self::Error> {
+        let name = workload.name.trim();
+        if name.is_empty() {
+            return Err(ConversionError::Empty {
+                field: "workload.name",
+            });
+        }
+        let addresses = workload
+            .addresses
+            .iter()
+            .map(|text| {
+                text.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| ConversionError::InvalidAddress {
+                        field: "workload.addresses",
+                        value: text.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            name: name.to_owned(),
+            interface: workload.interface.clone(),
+            addresses,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_record() -> wire::FlowRecord {
+        wire::FlowRecord {
+            workload: "web".into(),
+            interface: "veth-web".into(),
+            transport: wire::Transport::Tcp as i32,
+            local_ip: vec![10, 0, 0, 1],
+            local_port: 40000,
+            remote_ip: vec![10, 0, 0, 2],
+            remote_port: 5432,
+            direction: wire::FlowDirection::Outbound as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_record_converts() {
+        let observation = FlowObservation::try_from(&valid_record()).expect("valid record");
+        assert_eq!(observation.local_ip, IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(observation.remote_port, 5432);
+        assert_eq!(observation.direction, Direction::Outbound);
+        assert_eq!(observation.transport, Transport::Tcp);
+        assert_eq!(observation.handshake_rtt_ns, None);
+    }
+
+    #[test]
+    fn ipv6_addresses_convert_from_16_bytes() {
+        let mut record = valid_record();
+        record.local_ip = vec![0; 16];
+        record.remote_ip = Ipv6Addr::LOCALHOST.octets().to_vec();
+        let observation = FlowObservation::try_from(&record).expect("valid record");
+        assert_eq!(observation.remote_ip, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn local_ip_of_wrong_length_names_the_field() {
+        let mut record = valid_record();
+        record.local_ip = vec![1, 2, 3];
+        let error = FlowObservation::try_from(&record).unwrap_err();
+        assert_eq!(error.field(), "local_ip");
+        assert!(error.to_string().contains("local_ip"), "{error}");
+    }
+
+    #[test]
+    fn remote_ip_of_wrong_length_names_the_field() {
+        let mut record = valid_record();
+        record.remote_ip = vec![];
+        let error = FlowObservation::try_from(&record).unwrap_err();
+        assert_eq!(error.field(), "remote_ip");
+        assert!(error.to_string().contains("remote_ip"), "{error}");
+    }
+
+    #[test]
+    fn port_above_65535_names_the_field() {
+        let mut record = valid_record();
+        record.remote_port = 65536;
+        let error = FlowObservation::try_from(&record).unwrap_err();
+        assert_eq!(error.field(), "remote_port");
+        let mut record = valid_record();
+        record.local_port = 70000;
+        let error = FlowObservation::try_from(&record).unwrap_err();
+        assert_eq!(error.field(), "local_port");
+        assert!(error.to_string().contains("70000"), "{error}");
+    }
+
+    #[test]
+    fn unspecified_direction_names_the_field() {
+        let mut record = valid_record();
+        record.direction = wire::FlowDirection::Unspecified as i32;
+        let error = FlowObservation::try_from(&record).unwrap_err();
+        assert_eq!(error, ConversionError::Unspecified { field: "direction" });
+        record.direction = 42;
+        assert_eq!(
+            FlowObservation::try_from(&record).unwrap_err().field(),
+            "direction"
+        );
+    }
+
+    #[test]
+    fn unspecified_transport_names_the_field() {
+        let mut record = valid_record();
+        record.transport = 0;
+        let error = FlowObservation::try_from(&record).unwrap_err();
+        assert_eq!(error.field(), "transport");
+    }
+
+    #[test]
+    fn latency_buckets_are_sorted_by_upper_bound() {
+        let mut record = valid_record();
+        record.latency = vec![
+            wire::LatencyBucket {
+                upper_bound_ns: 2_000,
+                count: 1,
+            },
+            wire::LatencyBucket {
+                upper_bound_ns: 1_000,
+                count: 2,
+            },
+        ];
+        let observation = FlowObservation::try_from(&record).expect("valid record");
+        let bounds: Vec<u64> = observation.latency.iter().map(|b| b.upper_bound_ns).collect();
+        assert_eq!(bounds, vec![1_000, 2_000]);
+    }
+
+    #[test]
+    fn workload_with_bad_address_names_the_field() {
+        let workload = wire::Workload {
+            name: "db".into(),
+            interface: "veth-db".into(),
+            addresses: vec!["10.0.0.2".into(), "not-an-ip".into()],
+        };
+        let error = Workload::try_from(&workload).unwrap_err();
+        assert_eq!(error.field(), "workload.addresses");
+        assert!(error.to_string().contains("not-an-ip"));
+    }
+
+    #[test]
+    fn workload_parses_v4_and_v6_addresses() {
+        let workload = wire::Workload {
+            name: "db".into(),
+            interface: "veth-db".into(),
+            addresses: vec!["10.0.0.2".into(), "fd00::2".into()],
+        };
+        let workload = Workload::try_from(&workload).expect("valid workload");
+        assert_eq!(workload.addresses.len(), 2);
+        assert!(workload.addresses[1].is_ipv6());
+    }
+}

@@ -1,0 +1,248 @@
+//! Registered agents and the workloads they host.
+//!
+//! Each agent (keyed by host id) carries the instance id it registered with, its workloads,
+//! when it last contacted the controller and the last batch sequence merged from it. An
+//! index maps every registered workload address to the workload's name, over all agents.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::model::Workload;
+
+/// Names endpoints: which registered workload owns an address, and on which host a
+/// workload runs. The topology depends on this trait, not on the registry itself.
+pub trait WorkloadDirectory {
+    fn workload_at(&self, address: &IpAddr) -> Option<String>;
+    fn host_of(&self, workload: &str) -> Option<String>;
+}
+
+/// One registered agent.
+#[derive(Debug)]
+pub struct Agent {
+    pub host_id: String,
+    pub agent_instance: String,
+    pub workloads: Vec<Workload>,
+    last_contact: Mutex<Instant>,
+    /// Last merged batch sequence. Held while a batch is merged, so two pushes of the same
+    /// batch cannot both pass the duplicate check.
+    sequence: Mutex<u64>,
+    dropped_records_total: Mutex<u64>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values are plain numbers: a panic elsewhere cannot leave them invalid.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Agent {
+    pub fn last_contact(&self) -> Instant {
+        *lock(&self.last_contact)
+    }
+
+    pub fn touch(&self, now: Instant) {
+        *lock(&self.last_contact) = now;
+    }
+
+    pub fn last_sequence(&self) -> u64 {
+        *lock(&self.sequence)
+    }
+
+    /// Runs `merge` if `sequence` is newer than the last merged one, then records it.
+    /// Returns `None` (without calling `merge`) for a batch already merged.
+    pub fn merge_batch<R>(&self, sequence: u64, merge: impl FnOnce() -> R) -> Option<R> {
+        let mut last = lock(&self.sequence);
+        if sequence <= *last {
+            return None;
+        }
+        let result = merge();
+        *last = sequence;
+        Some(result)
+    }
+
+    pub fn set_dropped_records_total(&self, total: u64) {
+        *lock(&self.dropped_records_total) = total;
+    }
+
+    pub fn dropped_records_total(&self) -> u64 {
+        *lock(&self.dropped_records_total)
+    }
+}
+
+/// Why a batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("agent {host_id} instance {agent_instance} is not registered; call Register first")]
+pub struct NotRegistered {
+    pub host_id: String,
+    pub agent_instance: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    agents: DashMap<String, Arc<Agent>>,
+    /// Workload address -> workload name, over all agents.
+    addresses: DashMap<IpAddr, String>,
+    /// Workload name -> host id.
+    hosts: DashMap<String, String>,
+    /// Serialises registrations so the indexes are rebuilt from one consistent view.
+    registration: Mutex<()>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers (or re-registers) an agent, replacing its workload list. Returns the last
+    /// batch sequence merged from this agent instance (0 for a new instance).
+    pub fn register(
+        &self,
+        host_id: &str,
+        agent_instance: &str,
+        workloads: Vec<Workload>,
+        now: Instant,
+    ) -> u64 {
+        let _registration = lock(&self.registration);
+        let last_sequence = self
+            .agents
+            .get(host_id)
+            .filter(|agent| agent.agent_instance == agent_instance)
+            .map_or(0, |agent| agent.last_sequence());
+        let agent = Agent {
+            host_id: host_id.to_owned(),
+            agent_instance: agent_instance.to_owned(),
+            workloads,
+            last_contact: Mutex::new(now),
+            sequence: Mutex::new(last_sequence),
+            dropped_records_total: Mutex::new(0),
+        };
+        self.agents.insert(host_id.to_owned(), Arc::new(agent));
+        self.rebuild_indexes();
+        last_sequence
+    }
+
+    /// Rebuilds the address and host indexes from all agents. Agents are visited in host id
+    /// order so that an address claimed by two hosts resolves the same way every time.
+    fn rebuild_indexes(&self) {
+        let mut agents: Vec<Arc<Agent>> = self.agents.iter().map(|a| a.value().clone()).collect();
+        agents.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        let mut addresses = HashMap::new();
+        let mut hosts = HashMap::new();
+        for agent in &agents {
+            for workload in &agent.workloads {
+                hosts.insert(workload.name.clone(), agent.host_id.clone());
+                for address in &workload.addresses {
+                    addresses.insert(*address, workload.name.clone());
+                }
+            }
+        }
+        self.addresses.retain(|address, _| addresses.contains_key(address));
+        for (address, name) in addresses {
+            self.addresses.insert(address, name);
+        }
+        self.hosts.retain(|name, _| hosts.contains_key(name));
+        for (name, host) in hosts {
+            self.hosts.insert(name, host);
+        }
+    }
+
+    /// The agent registered for `host_id` with exactly this instance id.
+    pub fn agent(&self, host_id: &str, agent_instance: &str) -> Result<Arc<Agent>, NotRegistered> {
+        self.agents
+            .get(host_id)
+            .filter(|agent| agent.agent_instance == agent_instance)
+            .map(|agent| agent.value().clone())
+            .ok_or_else(|| NotRegistered {
+                host_id: host_id.to_owned(),
+                agent_instance: agent_instance.to_owned(),
+            })
+    }
+
+    /// Agents whose last contact is less than `window` before `now`.
+    pub fn connected(&self, now: Instant, window: Duration) -> usize {
+        self.agents
+            .iter()
+            .filter(|agent| now.saturating_duration_since(agent.last_contact()) < window)
+            .count()
+    }
+
+    /// Records the agents had to drop, summed over agents.
+    pub fn dropped_records_total(&self) -> u64 {
+        self.agents
+            .iter()
+            .map(|agent| agent.dropped_records_total())
+            .fold(0, u64::saturating_add)
+    }
+}
+
+impl WorkloadDirectory for Registry {
+    fn workload_at(&self, address: &IpAddr) -> Option<String> {
+        self.addresses.get(address).map(|name| name.value().clone())
+    }
+
+    fn host_of(&self, workload: &str) -> Option<String> {
+        self.hosts.get(workload).map(|host| host.value().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(name: &str, address: &str) -> Workload {
+        Workload {
+            name: name.into(),
+            interface: format!("veth-{name}"),
+            addresses: vec![address.parse().expect("test address")],
+        }
+    }
+
+    #[test]
+    fn addresses_resolve_to_workloads_of_all_agents() {
+        let registry = Registry::new();
+        let now = Instant::now();
+        registry.register("host-a", "i1", vec![workload("web", "10.0.0.1")], now);
+        registry.register("host-b", "i2", vec![workload("db", "10.0.0.2")], now);
+        assert_eq!(registry.workload_at(&"10.0.0.1".parse().unwrap()).as_deref(), Some("web"));
+        assert_eq!(registry.workload_at(&"10.0.0.2".parse().unwrap()).as_deref(), Some("db"));
+        assert_eq!(registry.host_of("db").as_deref(), Some("host-b"));
+        assert_eq!(registry.workload_at(&"10.0.0.3".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn re_registering_replaces_the_workload_list() {
+        let registry = Registry::new();
+        let now = Instant::now();
+        registry.register("host-a", "i1", vec![workload("web", "10.0.0.1")], now);
+        registry.register("host-a", "i1", vec![workload("api", "10.0.0.9")], now);
+        assert_eq!(registry.workload_at(&"10.0.0.1".parse().unwrap()), None);
+        assert_eq!(registry.workload_at(&"10.0.0.9".parse().unwrap()).as_deref(), Some("api"));
+        assert_eq!(registry.host_of("web"), None);
+    }
+
+    #[test]
+    fn same_instance_keeps_its_sequence_and_a_new_instance_starts_at_zero() {
+        let registry = Registry::new();
+        let now = Instant::now();
+        assert_eq!(registry.register("host-a", "i1", vec![], now), 0);
+        let agent = registry.agent("host-a", "i1").expect("registered");
+        assert_eq!(agent.merge_batch(5, || ()), Some(()));
+        assert_eq!(agent.merge_batch(5, || ()), None, "duplicate batch");
+        assert_eq!(registry.register("host-a", "i1", vec![], now), 5);
+        assert_eq!(registry.register("host-a", "i2", vec![], now), 0);
+        assert!(registry.agent("host-a", "i1").is_err());
+    }
+
+    #[test]
+    fn connected_counts_only_recent_contacts() {
+        let registry = Registry::new();
+        let start = Instant::now();
+        registry.register("host-a", "i1", vec![], start);
+        registry.register("host-b", "i2", vec![], start + Duration::from_secs(20));
+        let now = start + Duration::from_secs(21);
+        assert_eq!(registry.connected(now, Duration::from_secs(15)), 1);
+    }
+}

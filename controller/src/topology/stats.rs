@@ -1,0 +1,302 @@
+//! Traffic statistics of one dependency, and their associative merge.
+
+use hdrhistogram::Histogram;
+
+use crate::model::{Direction, FlowObservation, LatencyBucket};
+
+/// Significant figures of the latency histograms (values in microseconds).
+const SIGNIFICANT_FIGURES: u8 = 3;
+
+fn new_histogram() -> Histogram<u64> {
+    // Auto-resizing, lowest discernible value 1: `new` fails only for more than 5
+    // significant figures, which the constant above rules out.
+    Histogram::new(SIGNIFICANT_FIGURES).expect("3 significant figures is a valid precision")
+}
+
+/// Latencies above an hour are recorded as an hour: the histogram grows to fit the largest
+/// value it sees, and this bounds that growth.
+const MAX_RECORDED_US: u64 = 3_600_000_000;
+
+/// Records `count` values into an auto-resizing histogram.
+fn record_value(histogram: &mut Histogram<u64>, value_us: u64, count: u64) {
+    let value_us = value_us.min(MAX_RECORDED_US);
+    // `saturating_record_n` would clamp to the current range instead of growing it, so
+    // grow first; it fails only if the histogram cannot be resized, and then clamping is
+    // the best left to do.
+    if histogram.record_n(value_us, count).is_err() {
+        histogram.saturating_record_n(value_us, count);
+    }
+}
+
+fn ns_to_us(ns: f64) -> u64 {
+    // `as` saturates for floats out of range, which is what a histogram value wants.
+    (ns / 1_000.0).round() as u64
+}
+
+/// Everything counted for one dependency (client service -> server service on one port).
+/// Directional counters are from the client's point of view: "sent" is client -> server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DependencyStats {
+    /// Flows started: records with `first_record` set.
+    pub flows: u64,
+    pub requests: u64,
+    /// Errors; TCP resets for now.
+    pub errors: u64,
+    pub resets: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub payload_bytes_sent: u64,
+    pub payload_bytes_received: u64,
+    /// Exact sum and count of request latencies, for the mean.
+    pub latency_sum_ns: u64,
+    pub latency_count: u64,
+    /// Request latencies in microseconds, from the records' buckets.
+    pub latency_us: Histogram<u64>,
+    pub handshake_rtt_sum_ns: u64,
+    /// One handshake RTT per record that carries one, in microseconds.
+    pub handshake_rtt_us: Histogram<u64>,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    pub first_seen_unix_ns: Option<u64>,
+    pub last_seen_unix_ns: Option<u64>,
+}
+
+impl Default for DependencyStats {
+    fn default() -> Self {
+        Self {
+            flows: 0,
+            requests: 0,
+            errors: 0,
+            resets: 0,
+            packets_sent: 0,
+            packets_received: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            payload_bytes_sent: 0,
+            payload_bytes_received: 0,
+            latency_sum_ns: 0,
+            latency_count: 0,
+            latency_us: new_histogram(),
+            handshake_rtt_sum_ns: 0,
+            handshake_rtt_us: new_histogram(),
+            ipv4: false,
+            ipv6: false,
+            first_seen_unix_ns: None,
+            last_seen_unix_ns: None,
+        }
+    }
+}
+
+fn min_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn max_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    a.max(b)
+}
+
+/// The value recorded for every request of a latency bucket: the geometric midpoint of
+/// the bucket, whose lower bound is the previous bucket's upper bound (for the first
+/// bucket, its upper bound / 1.5), in microseconds.
+pub(crate) fn bucket_midpoints_us(buckets: &[LatencyBucket]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut previous_upper: Option<u64> = None;
+    buckets.iter().filter_map(move |bucket| {
+        let upper = bucket.upper_bound_ns as f64;
+        let lower = previous_upper.map_or(upper / 1.5, |previous| previous as f64);
+        previous_upper = Some(bucket.upper_bound_ns);
+        (bucket.count > 0).then(|| (ns_to_us((lower * upper).sqrt()), bucket.count))
+    })
+}
+
+impl DependencyStats {
+    /// Adds one observation. `observation.direction` tells which side reported it, and so
+    /// which of its directional counters is "sent" from the client's point of view.
+    pub fn record(&mut self, observation: &FlowObservation) {
+        let o = observation;
+        let (packets_sent, packets_received, bytes_sent, bytes_received, payload_sent, payload_received) =
+            match o.direction {
+                Direction::Outbound => (
+                    o.packets_out,
+                    o.packets_in,
+                    o.bytes_out,
+                    o.bytes_in,
+                    o.payload_bytes_out,
+                    o.payload_bytes_in,
+                ),
+                Direction::Inbound => (
+                    o.packets_in,
+                    o.packets_out,
+                    o.bytes_in,
+                    o.bytes_out,
+                    o.payload_bytes_in,
+                    o.payload_bytes_out,
+                ),
+            };
+        // Recorded in place rather than merged from a one-record value: this is the ingest
+        // hot path and a fresh pair of histograms per record would allocate.
+        let add = |total: &mut u64, value: u64| *total = total.saturating_add(value);
+        add(&mut self.flows, u64::from(o.first_record));
+        add(&mut self.requests, o.requests);
+        add(&mut self.errors, u64::from(o.resets));
+        add(&mut self.resets, u64::from(o.resets));
+        add(&mut self.packets_sent, packets_sent);
+        add(&mut self.packets_received, packets_received);
+        add(&mut self.bytes_sent, bytes_sent);
+        add(&mut self.bytes_received, bytes_received);
+        add(&mut self.payload_bytes_sent, payload_sent);
+        add(&mut self.payload_bytes_received, payload_received);
+        add(&mut self.latency_sum_ns, o.latency_sum_ns);
+        let bucketed: u64 = o.latency.iter().map(|b| b.count).fold(0, u64::saturating_add);
+        let latency_count = if bucketed > 0 {
+            bucketed
+        } else if o.latency_sum_ns > 0 {
+            o.requests
+        } else {
+            0
+        };
+        add(&mut self.latency_count, latency_count);
+        for (value_us, count) in bucket_midpoints_us(&o.latency) {
+            record_value(&mut self.latency_us, value_us, count);
+        }
+        if let Some(rtt_ns) = o.handshake_rtt_ns {
+            add(&mut self.handshake_rtt_sum_ns, rtt_ns);
+            record_value(&mut self.handshake_rtt_us, ns_to_us(rtt_ns as f64), 1);
+        }
+        self.ipv4 |= o.remote_ip.is_ipv4();
+        self.ipv6 |= o.remote_ip.is_ipv6();
+        self.first_seen_unix_ns =
+            min_option(self.first_seen_unix_ns, Some(o.first_seen_unix_ns).filter(|ns| *ns > 0));
+        self.last_seen_unix_ns =
+            max_option(self.last_seen_unix_ns, Some(o.last_seen_unix_ns).filter(|ns| *ns > 0));
+    }
+
+    /// Folds `other` into `self`. Associative and commutative: counters add (saturating),
+    /// histograms add bucket by bucket, flags OR, first seen takes the minimum and last
+    /// seen the maximum.
+    pub fn merge(&mut self, other: &Self) {
+        self.flows = self.flows.saturating_add(other.flows);
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.resets = self.resets.saturating_add(other.resets);
+        self.packets_sent = self.packets_sent.saturating_add(other.packets_sent);
+        self.packets_received = self.packets_received.saturating_add(other.packets_received);
+        self.bytes_sent = self.bytes_sent.saturating_add(other.bytes_sent);
+        self.bytes_received = self.bytes_received.saturating_add(other.bytes_received);
+        self.payload_bytes_sent = self.payload_bytes_sent.saturating_add(other.payload_bytes_sent);
+        self.payload_bytes_received =
+            self.payload_bytes_received.saturating_add(other.payload_bytes_received);
+        self.latency_sum_ns = self.latency_sum_ns.saturating_add(other.latency_sum_ns);
+        self.latency_count = self.latency_count.saturating_add(other.latency_count);
+        add_histogram(&mut self.latency_us, &other.latency_us);
+        self.handshake_rtt_sum_ns = self.handshake_rtt_sum_ns.saturating_add(other.handshake_rtt_sum_ns);
+        add_histogram(&mut self.handshake_rtt_us, &other.handshake_rtt_us);
+        self.ipv4 |= other.ipv4;
+        self.ipv6 |= other.ipv6;
+        self.first_seen_unix_ns = min_option(self.first_seen_unix_ns, other.first_seen_unix_ns);
+        self.last_seen_unix_ns = max_option(self.last_seen_unix_ns, other.last_seen_unix_ns);
+    }
+}
+
+fn add_histogram(into: &mut Histogram<u64>, from: &Histogram<u64>) {
+    // Both histograms auto-resize with the same precision, so adding cannot fail; if it
+    // ever did, fall back to re-recording every value, which saturates instead.
+    if into.add(from).is_err() {
+        for value in from.iter_recorded() {
+            record_value(into, value.value_iterated_to(), value.count_at_value());
+        }
+    }
+}
+
+/// Request-latency style summary in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub avg: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl LatencySummary {
+    /// `count` and `sum_ns` are exact; quantiles and max come from the histogram (µs).
+    pub fn new(count: u64, sum_ns: u64, histogram: &Histogram<u64>) -> Self {
+        if count == 0 {
+            return Self::default();
+        }
+        let us_to_ms = |us: u64| us as f64 / 1_000.0;
+        let quantile = |q: f64| {
+            if histogram.is_empty() {
+                0.0
+            } else {
+                us_to_ms(histogram.value_at_quantile(q))
+            }
+        };
+        Self {
+            count,
+            avg: sum_ns as f64 / count as f64 / 1_000_000.0,
+            p50: quantile(0.5),
+            p95: quantile(0.95),
+            p99: quantile(0.99),
+            max: if histogram.is_empty() { 0.0 } else { us_to_ms(histogram.max()) },
+        }
+    }
+}
+
+impl DependencyStats {
+    pub fn latency_summary(&self) -> LatencySummary {
+        LatencySummary::new(self.latency_count, self.latency_sum_ns, &self.latency_us)
+    }
+
+    pub fn handshake_rtt_summary(&self) -> LatencySummary {
+        LatencySummary::new(
+            self.handshake_rtt_us.len(),
+            self.handshake_rtt_sum_ns,
+            &self.handshake_rtt_us,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bucket_lower_bound_is_upper_over_one_and_a_half() {
+        let buckets = [LatencyBucket {
+            upper_bound_ns: 1_500_000,
+            count: 3,
+        }];
+        let points: Vec<_> = bucket_midpoints_us(&buckets).collect();
+        // sqrt(1.0 ms * 1.5 ms) = 1.2247 ms
+        assert_eq!(points, vec![(1_225, 3)]);
+    }
+
+    #[test]
+    fn later_buckets_start_at_the_previous_upper_bound() {
+        let buckets = [
+            LatencyBucket {
+                upper_bound_ns: 1_000_000,
+                count: 0,
+            },
+            LatencyBucket {
+                upper_bound_ns: 4_000_000,
+                count: 2,
+            },
+        ];
+        let points: Vec<_> = bucket_midpoints_us(&buckets).collect();
+        assert_eq!(points, vec![(2_000, 2)], "empty buckets record nothing");
+    }
+
+    #[test]
+    fn empty_summary_is_all_zero() {
+        let stats = DependencyStats::default();
+        assert_eq!(stats.latency_summary(), LatencySummary::default());
+        assert_eq!(stats.handshake_rtt_summary(), LatencySummary::default());
+    }
+}
