@@ -1,1 +1,76 @@
-fn main() {}
+//! `cargo xtask <command>`: setup (toolchain, packages, bpffs), build, test, demo.
+
+mod demo;
+mod setup;
+mod sh;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "weft's developer tasks (run as root on Debian 12)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what builds and tests need: nightly rust-src, bpf-linker, Debian packages,
+    /// bpffs. Idempotent; seconds when everything is there.
+    Setup,
+    /// setup, then `cargo build --workspace`.
+    Build,
+    /// setup, build, then `cargo test --workspace` (unit and end-to-end lab tests).
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// setup, build, then a namespace lab with real servers and traffic; prints and writes
+    /// the topology the controller built, checks its edges, and removes the lab.
+    Demo {
+        /// Seconds of traffic.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Where topology.json/.dot/.svg go (relative to the workspace root).
+        #[arg(long, default_value = "demo-out")]
+        out: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => setup::setup().and_then(|()| build()),
+        Cmd::Test { args } => setup::setup().and_then(|()| build()).and_then(|()| test(&args)),
+        Cmd::Demo { seconds, out } => {
+            setup::setup().and_then(|()| build()).and_then(|()| demo::run(seconds, &out))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    sh::step("cargo build --workspace");
+    sh::run_inherit(sh::cargo().args(["build", "--workspace"]))
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    sh::step("cargo test --workspace (namespace labs run one at a time: they share a lock)");
+    let mut c = sh::cargo();
+    c.args(["test", "--workspace"]);
+    if !extra.is_empty() {
+        c.args(extra);
+    }
+    sh::run_inherit(&mut c)
+}
