@@ -10,6 +10,9 @@ mod metrics;
 mod queue;
 mod workloads;
 
+#[cfg(test)]
+mod testrun;
+
 use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering::Relaxed};
 use std::time::Duration;
 

@@ -1,0 +1,291 @@
+//! The flow programs run on crafted packets through `BPF_PROG_TEST_RUN`: no network
+//! needed, only root (to load programs). Each test loads its own copy of the object, so
+//! maps are private to it.
+
+use agent_common::{
+    FlowEvent, FlowKey, FlowStats,
+    flow::{DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, state},
+};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, RingBuf},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+
+use crate::{FLOW_OBJECT, attach::{PROG_EGRESS, PROG_INGRESS}};
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const PSH: u8 = 0x08;
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+/// What the programs return: "no verdict", so the packet passes.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+const CLIENT: [u8; 4] = [198, 18, 7, 10];
+const SERVER: [u8; 4] = [198, 18, 7, 11];
+
+fn is_root() -> bool {
+    // SAFETY: no arguments, no side effects.
+    unsafe { libc::geteuid() == 0 }
+}
+
+struct Loaded {
+    ebpf: Ebpf,
+    flows: BpfHashMap<MapData, FlowKey, FlowStats>,
+    events: RingBuf<MapData>,
+}
+
+fn load() -> Loaded {
+    let mut ebpf = Ebpf::load(FLOW_OBJECT).expect("load object");
+    let flows = BpfHashMap::try_from(ebpf.take_map("FLOWS").unwrap()).unwrap();
+    let events = RingBuf::try_from(ebpf.take_map("FLOW_EVENTS").unwrap()).unwrap();
+    for name in [PROG_INGRESS, PROG_EGRESS] {
+        let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        p.load().expect("verifier accepts the program");
+    }
+    Loaded { ebpf, flows, events }
+}
+
+impl Loaded {
+    /// Runs one program on `frame`; asserts the frame passes unchanged.
+    fn run(&mut self, prog: &str, frame: &[u8]) {
+        let p: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 64];
+        let res = p
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .expect("test run");
+        assert_eq!(res.return_value, TC_ACT_UNSPEC, "observation must never decide a verdict");
+        assert_eq!(&out[..res.data_size_out as usize], frame, "packet must pass untouched");
+    }
+    fn out(&mut self, frame: &[u8]) {
+        self.run(PROG_INGRESS, frame)
+    }
+    fn inn(&mut self, frame: &[u8]) {
+        self.run(PROG_EGRESS, frame)
+    }
+    fn entries(&self) -> Vec<(FlowKey, FlowStats)> {
+        self.flows.iter().map(|r| r.unwrap()).collect()
+    }
+}
+
+fn eth(ethertype: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let total = (20 + l4.len()) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(l4);
+    h
+}
+
+fn ipv6(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[proto, 64]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(l4);
+    h
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(payload);
+    t
+}
+
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+fn frame4(src: [u8; 4], dst: [u8; 4], l4proto: u8, l4: Vec<u8>) -> Vec<u8> {
+    let mut f = eth(0x0800);
+    f.extend(ipv4(src, dst, l4proto, &l4));
+    f
+}
+
+/// Client packet leaving the client workload, and server packet arriving to it.
+fn c2s(flags: u8, payload: &[u8]) -> Vec<u8> {
+    frame4(CLIENT, SERVER, 6, tcp(40000, 80, flags, payload))
+}
+fn s2c(flags: u8, payload: &[u8]) -> Vec<u8> {
+    frame4(SERVER, CLIENT, 6, tcp(80, 40000, flags, payload))
+}
+
+macro_rules! root_only {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: loading BPF programs needs root");
+            return;
+        }
+    };
+}
+
+#[test]
+fn tcp_exchange_is_one_flow_with_rtt_requests_and_payload() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(SYN, b""));
+    l.inn(&s2c(SYN | ACK, b""));
+    l.out(&c2s(ACK, b""));
+    for _ in 0..3 {
+        l.out(&c2s(ACK | PSH, b"GET / HTTP/1.1\r\n\r\n")); // 18 bytes
+        l.inn(&s2c(ACK, b""));
+        l.inn(&s2c(ACK | PSH, &[b'x'; 100]));
+        l.inn(&s2c(ACK | PSH, &[b'y'; 50])); // same turn: not a new response
+    }
+    let e = l.entries();
+    assert_eq!(e.len(), 1, "both directions share one entry");
+    let (k, s) = &e[0];
+    assert_eq!((k.local_port, k.remote_port, k.proto, k.family), (40000, 80, PROTO_TCP, FAMILY_IPV4));
+    assert_eq!(&k.local_addr[..4], &CLIENT);
+    assert_eq!(s.client_is_local, 1);
+    assert_ne!(s.state & state::OPENED, 0);
+    assert_eq!(s.packets, [5, 10]);
+    assert_eq!(s.payload_bytes, [54, 450]);
+    assert_eq!(s.bytes[DIR_OUT], 2 * 40 + 3 * 58);
+    assert_eq!(s.requests, 3, "one request per client turn");
+    assert!(s.handshake_rtt_ns > 0, "SYN -> SYN-ACK measured");
+    assert_eq!(s.latency_hist.iter().map(|&c| c as u32).sum::<u32>(), 3);
+    assert_eq!(s.tcp_flags[DIR_OUT] & SYN, SYN);
+    assert_eq!(s.tcp_flags[DIR_IN] & (SYN | ACK), SYN | ACK);
+}
+
+#[test]
+fn server_side_flow_measures_synack_to_ack() {
+    root_only!();
+    let mut l = load();
+    // Seen on the server's interface: the client's packets arrive (egress prog).
+    let to_server = |f: u8| frame4(CLIENT, SERVER, 6, tcp(40001, 5432, f, b""));
+    let from_server = |f: u8| frame4(SERVER, CLIENT, 6, tcp(5432, 40001, f, b""));
+    l.inn(&to_server(SYN));
+    l.out(&from_server(SYN | ACK));
+    l.inn(&to_server(ACK));
+    let e = l.entries();
+    let (k, s) = &e[0];
+    assert_eq!(&k.local_addr[..4], &SERVER);
+    assert_eq!(s.client_is_local, 0, "the workload is the server");
+    assert!(s.handshake_rtt_ns > 0);
+}
+
+#[test]
+fn closing_flow_posts_its_final_state_once() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(SYN, b""));
+    l.inn(&s2c(SYN | ACK, b""));
+    l.out(&c2s(ACK | FIN, b""));
+    assert!(l.events.next().is_none(), "one FIN is not the end");
+    l.inn(&s2c(ACK | FIN, b""));
+    l.out(&c2s(ACK, b""));
+    let item = l.events.next().expect("flow-end event");
+    // SAFETY: the program writes a FlowEvent.
+    let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+    drop(item);
+    assert_eq!(ev.key.remote_port, 80);
+    assert_eq!(ev.stats.packets, [2, 2]);
+    assert!(l.events.next().is_none(), "reported once");
+    // The last ACK still counted in the map.
+    assert_eq!(l.entries()[0].1.packets, [3, 2]);
+}
+
+#[test]
+fn reset_counts_and_ends_the_flow() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(SYN, b""));
+    l.inn(&s2c(RST | ACK, b""));
+    let s = l.entries()[0].1;
+    assert_eq!(s.resets, 1);
+    assert!(l.events.next().is_some());
+}
+
+#[test]
+fn tail_of_unknown_connection_creates_no_flow() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(ACK, b""));
+    l.out(&c2s(ACK | FIN, b""));
+    assert!(l.entries().is_empty(), "pure ACK/FIN of an unknown flow is not a flow");
+    l.out(&c2s(ACK | PSH, b"data"));
+    let s = l.entries()[0].1;
+    assert_eq!(s.state & state::OPENED, 0, "joined mid-connection");
+    assert_eq!(s.client_is_local, 1, "higher port is the client");
+}
+
+#[test]
+fn ipv6_udp_and_vlan_tagged_packets_are_parsed() {
+    root_only!();
+    let mut l = load();
+    let a: [u8; 16] = "fd00:7::10".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let b: [u8; 16] = "fd00:7::11".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let mut f = eth(0x86DD);
+    f.extend(ipv6(a, b, 17, &udp(5353, 53, b"query")));
+    l.out(&f);
+    let mut v = eth(0x8100);
+    v.extend_from_slice(&[0, 42, 0x08, 0x00]);
+    v.extend(ipv4(CLIENT, SERVER, 6, &tcp(40002, 6379, SYN, b"")));
+    l.out(&v);
+    let e = l.entries();
+    assert_eq!(e.len(), 2);
+    let udp6 = e.iter().find(|(k, _)| k.family == FAMILY_IPV6).expect("IPv6 flow");
+    assert_eq!((udp6.0.proto, udp6.0.remote_port), (PROTO_UDP, 53));
+    assert_eq!(&udp6.0.local_addr, &a);
+    assert_eq!(udp6.1.payload_bytes[DIR_OUT], 5);
+    assert_eq!(udp6.1.client_is_local, 1);
+    assert!(e.iter().any(|(k, _)| k.remote_port == 6379), "VLAN-tagged TCP parsed");
+}
+
+#[test]
+fn unparseable_packets_pass_untouched_and_are_not_counted() {
+    root_only!();
+    let mut l = load();
+    let mut arp = eth(0x0806);
+    arp.extend_from_slice(&[0u8; 28]);
+    let icmp = frame4(CLIENT, SERVER, 1, vec![8, 0, 0, 0, 0, 1, 0, 1]);
+    let mut bad_ihl = frame4(CLIENT, SERVER, 6, tcp(1, 2, SYN, b""));
+    bad_ihl[14] = 0x43; // IHL 3 words: invalid
+    let mut truncated = c2s(SYN, b"");
+    truncated.truncate(14 + 20 + 10); // TCP header cut short
+    let mut fragment = c2s(SYN, b"");
+    fragment[14 + 6] = 0x00;
+    fragment[14 + 7] = 0x10; // fragment offset 16: no TCP header here
+    let mut gre = eth(0x0800);
+    gre.extend(ipv4(CLIENT, SERVER, 47, &[0u8; 24]));
+    for f in [arp, icmp, bad_ihl, truncated, fragment, gre, vec![0u8; 14], vec![0u8; 60]] {
+        l.out(&f);
+        l.inn(&f);
+    }
+    assert!(l.entries().is_empty(), "nothing the parser cannot read is recorded");
+}
+
+#[test]
+fn tuple_reused_after_close_starts_a_new_flow() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(SYN, b""));
+    l.inn(&s2c(RST, b""));
+    let first = l.entries()[0].1.first_seen_ns;
+    l.out(&c2s(SYN, b""));
+    let s = l.entries()[0].1;
+    assert!(s.first_seen_ns > first);
+    assert_eq!(s.packets, [1, 0]);
+    assert_eq!(s.resets, 0);
+}
