@@ -1,0 +1,98 @@
+//! `weft topology show` against a fake controller on a local socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Output};
+use std::thread::{self, JoinHandle};
+
+/// Serves one HTTP request with `status`, `content_type` and `body`; returns the request
+/// line it received.
+fn fake_controller(status: &'static str, content_type: &'static str, body: &'static str) -> (SocketAddr, JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let handle = thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut reader = BufReader::new(stream);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).expect("request line");
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).expect("header");
+            if header == "\r\n" || header.is_empty() {
+                break;
+            }
+        }
+        let mut stream = reader.into_inner();
+        write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("respond");
+        request_line.trim().to_owned()
+    });
+    (addr, handle)
+}
+
+fn weft(args: &[&str], controller: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .env("WEFT_CONTROLLER", controller)
+        .output()
+        .expect("run weft")
+}
+
+#[test]
+fn ascii_format_prints_the_controllers_text_map() {
+    let (addr, server) = fake_controller("200 OK", "text/plain", "APPLICATION TOPOLOGY MAP\n");
+    let output = weft(&["topology", "show", "--format", "ascii"], &format!("http://{addr}"));
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "APPLICATION TOPOLOGY MAP\n");
+    assert_eq!(server.join().expect("server"), "GET /topology.txt HTTP/1.1");
+}
+
+#[test]
+fn json_format_fetches_topology_and_pretty_prints_it() {
+    let (addr, server) = fake_controller("200 OK", "application/json", r#"{"services":[],"dependencies":[]}"#);
+    let output = weft(
+        &["topology", "show", "--format", "json", "--controller", &format!("http://{addr}/")],
+        "http://127.0.0.1:1",
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("\n  \"services\": []"), "{stdout}");
+    assert_eq!(server.join().expect("server"), "GET /topology HTTP/1.1");
+}
+
+#[test]
+fn dot_format_fetches_the_dot_path() {
+    let (addr, server) = fake_controller("200 OK", "text/vnd.graphviz", "digraph weft_topology {\n}\n");
+    let output = weft(&["topology", "show", "--format", "dot"], &format!("http://{addr}"));
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("digraph"));
+    assert_eq!(server.join().expect("server"), "GET /topology.dot HTTP/1.1");
+}
+
+#[test]
+fn controller_error_prints_the_problem_detail_and_fails() {
+    let (addr, _server) = fake_controller(
+        "500 Internal Server Error",
+        "application/problem+json",
+        r#"{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"internal error: boom"}"#,
+    );
+    let output = weft(&["topology", "show"], &format!("http://{addr}"));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("answered 500"), "{stderr}");
+    assert!(stderr.contains("internal error: boom"), "{stderr}");
+}
+
+#[test]
+fn unreachable_controller_is_a_clear_error() {
+    // Bind then drop: the port is very likely closed afterwards.
+    let addr = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+    let output = weft(&["topology", "show"], &format!("http://{addr}"));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot reach the controller at http://{addr}")), "{stderr}");
+}
