@@ -97,16 +97,17 @@ fn fetch(base: &str, path: &str) -> anyhow::Result<String> {
                 problem_message(&body)
             ))
         }
-        Err(error @ ureq::Error::Transport(_)) => Err(anyhow!(error))
-            .with_context(|| format!("cannot reach the controller at {base} (GET {url})")),
+        Err(error @ ureq::Error::Transport(_)) => {
+            Err(anyhow!(error)).with_context(|| format!("cannot reach the controller at {base}"))
+        }
     }
 }
 
 fn show(controller: &str, format: Format) -> anyhow::Result<String> {
     let body = fetch(controller, format.path())?;
     let mut text = if format == Format::Json {
-        let value: serde_json::Value = serde_json::from_str(&body)
-            .context("the controller's topology is not valid JSON")?;
+        let value: serde_json::Value =
+            serde_json::from_str(&body).context("the controller's topology is not valid JSON")?;
         serde_json::to_string_pretty(&value).context("formatting the topology")?
     } else {
         body
@@ -145,8 +146,14 @@ mod tests {
 
     #[test]
     fn endpoint_joins_without_doubling_slashes() {
-        assert_eq!(endpoint("http://c:7070/", "/topology"), "http://c:7070/topology");
-        assert_eq!(endpoint("http://c:7070", "/topology.dot"), "http://c:7070/topology.dot");
+        assert_eq!(
+            endpoint("http://c:7070/", "/topology"),
+            "http://c:7070/topology"
+        );
+        assert_eq!(
+            endpoint("http://c:7070", "/topology.dot"),
+            "http://c:7070/topology.dot"
+        );
     }
 
     #[test]
@@ -167,13 +174,23 @@ mod tests {
     #[test]
     fn command_line_parses_format_and_controller() {
         let cli = Cli::try_parse_from([
-            "weft", "topology", "show", "--format", "dot", "--controller", "http://h:1",
+            "weft",
+            "topology",
+            "show",
+            "--format",
+            "dot",
+            "--controller",
+            "http://h:1",
         ])
         .expect("valid command line");
         assert_eq!(cli.controller, "http://h:1");
         assert!(matches!(
             cli.command,
-            Command::Topology { command: TopologyCommand::Show { format: Format::Dot } }
+            Command::Topology {
+                command: TopologyCommand::Show {
+                    format: Format::Dot
+                }
+            }
         ));
         assert!(Cli::try_parse_from(["weft", "topology", "show", "--format", "svg"]).is_err());
     }

@@ -7,7 +7,11 @@ use std::thread::{self, JoinHandle};
 
 /// Serves one HTTP request with `status`, `content_type` and `body`; returns the request
 /// line it received.
-fn fake_controller(status: &'static str, content_type: &'static str, body: &'static str) -> (SocketAddr, JoinHandle<String>) {
+fn fake_controller(
+    status: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+) -> (SocketAddr, JoinHandle<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
     let handle = thread::spawn(move || {
@@ -45,17 +49,34 @@ fn weft(args: &[&str], controller: &str) -> Output {
 #[test]
 fn ascii_format_prints_the_controllers_text_map() {
     let (addr, server) = fake_controller("200 OK", "text/plain", "APPLICATION TOPOLOGY MAP\n");
-    let output = weft(&["topology", "show", "--format", "ascii"], &format!("http://{addr}"));
+    let output = weft(
+        &["topology", "show", "--format", "ascii"],
+        &format!("http://{addr}"),
+    );
     assert!(output.status.success(), "{output:?}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "APPLICATION TOPOLOGY MAP\n");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "APPLICATION TOPOLOGY MAP\n"
+    );
     assert_eq!(server.join().expect("server"), "GET /topology.txt HTTP/1.1");
 }
 
 #[test]
 fn json_format_fetches_topology_and_pretty_prints_it() {
-    let (addr, server) = fake_controller("200 OK", "application/json", r#"{"services":[],"dependencies":[]}"#);
+    let (addr, server) = fake_controller(
+        "200 OK",
+        "application/json",
+        r#"{"services":[],"dependencies":[]}"#,
+    );
     let output = weft(
-        &["topology", "show", "--format", "json", "--controller", &format!("http://{addr}/")],
+        &[
+            "topology",
+            "show",
+            "--format",
+            "json",
+            "--controller",
+            &format!("http://{addr}/"),
+        ],
         "http://127.0.0.1:1",
     );
     assert!(output.status.success(), "{output:?}");
@@ -66,8 +87,15 @@ fn json_format_fetches_topology_and_pretty_prints_it() {
 
 #[test]
 fn dot_format_fetches_the_dot_path() {
-    let (addr, server) = fake_controller("200 OK", "text/vnd.graphviz", "digraph weft_topology {\n}\n");
-    let output = weft(&["topology", "show", "--format", "dot"], &format!("http://{addr}"));
+    let (addr, server) = fake_controller(
+        "200 OK",
+        "text/vnd.graphviz",
+        "digraph weft_topology {\n}\n",
+    );
+    let output = weft(
+        &["topology", "show", "--format", "dot"],
+        &format!("http://{addr}"),
+    );
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("digraph"));
     assert_eq!(server.join().expect("server"), "GET /topology.dot HTTP/1.1");
@@ -90,9 +118,15 @@ fn controller_error_prints_the_problem_detail_and_fails() {
 #[test]
 fn unreachable_controller_is_a_clear_error() {
     // Bind then drop: the port is very likely closed afterwards.
-    let addr = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address");
     let output = weft(&["topology", "show"], &format!("http://{addr}"));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&format!("cannot reach the controller at http://{addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach the controller at http://{addr}")),
+        "{stderr}"
+    );
 }

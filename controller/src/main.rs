@@ -10,16 +10,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing_subscriber::EnvFilter;
+use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::http;
 use weft_controller::metrics::Metrics;
-use weft_controller::AppState;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
-#[command(name = "weft-controller", version, about = "weft's controller: topology from agent flow records")]
+#[command(
+    name = "weft-controller",
+    version,
+    about = "weft's controller: topology from agent flow records"
+)]
 struct Args {
     /// Address of the agent gRPC API.
     #[arg(long, default_value = "127.0.0.1:7071")]
@@ -50,8 +54,12 @@ async fn main() -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener on {}", args.http_listen))?;
-    let grpc_addr = grpc_listener.local_addr().context("gRPC listener address")?;
-    let http_addr = http_listener.local_addr().context("HTTP listener address")?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .context("gRPC listener address")?;
+    let http_addr = http_listener
+        .local_addr()
+        .context("HTTP listener address")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -8,6 +8,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::state::AppState;
+use crate::topology::DependencyStats;
+
+/// Reads one counter of a dependency.
+type StatFn = fn(&DependencyStats) -> u64;
 
 /// Counters of the ingest path. Records merged into the topology are counted by the
 /// topology itself.
@@ -151,10 +155,22 @@ pub fn render(state: &AppState) -> String {
         })
         .collect();
 
-    let counters: [(&str, &str, fn(&crate::topology::DependencyStats) -> u64); 3] = [
-        ("weft_dependency_requests_total", "Requests between two services.", |s| s.requests),
-        ("weft_dependency_flows_total", "Flows (connections) opened between two services.", |s| s.flows),
-        ("weft_dependency_errors_total", "Errors (TCP resets) between two services.", |s| s.errors),
+    let counters: [(&str, &str, StatFn); 3] = [
+        (
+            "weft_dependency_requests_total",
+            "Requests between two services.",
+            |s| s.requests,
+        ),
+        (
+            "weft_dependency_flows_total",
+            "Flows (connections) opened between two services.",
+            |s| s.flows,
+        ),
+        (
+            "weft_dependency_errors_total",
+            "Errors (TCP resets) between two services.",
+            |s| s.errors,
+        ),
     ];
     for (name, help, value) in counters {
         header(&mut out, name, "counter", help);
@@ -171,15 +187,32 @@ pub fn render(state: &AppState) -> String {
         "Layer-3 bytes between two services; direction is from the client's point of view.",
     );
     for (labels, stats) in &labels {
-        let _ = writeln!(out, r#"{name}{{{labels},direction="sent"}} {}"#, stats.bytes_sent);
-        let _ = writeln!(out, r#"{name}{{{labels},direction="received"}} {}"#, stats.bytes_received);
+        let _ = writeln!(
+            out,
+            r#"{name}{{{labels},direction="sent"}} {}"#,
+            stats.bytes_sent
+        );
+        let _ = writeln!(
+            out,
+            r#"{name}{{{labels},direction="received"}} {}"#,
+            stats.bytes_received
+        );
     }
 
     let name = "weft_dependency_request_duration_seconds";
-    header(&mut out, name, "summary", "Request latency between two services.");
+    header(
+        &mut out,
+        name,
+        "summary",
+        "Request latency between two services.",
+    );
     for (labels, stats) in &labels {
         let summary = stats.latency_summary();
-        for (quantile, value_ms) in [("0.5", summary.p50), ("0.95", summary.p95), ("0.99", summary.p99)] {
+        for (quantile, value_ms) in [
+            ("0.5", summary.p50),
+            ("0.95", summary.p95),
+            ("0.99", summary.p99),
+        ] {
             let _ = writeln!(
                 out,
                 r#"{name}{{{labels},quantile="{quantile}"}} {}"#,
@@ -214,7 +247,10 @@ mod tests {
             "weft_controller_agents_connected 0",
             "# TYPE weft_dependency_request_duration_seconds summary",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 }

@@ -142,9 +142,7 @@ fn direction(value: i32) -> Result<Direction, ConversionError> {
     match wire::FlowDirection::try_from(value) {
         Ok(wire::FlowDirection::Outbound) => Ok(Direction::Outbound),
         Ok(wire::FlowDirection::Inbound) => Ok(Direction::Inbound),
-        Ok(wire::FlowDirection::Unspecified) => {
-            Err(ConversionError::Unspecified { field: FIELD })
-        }
+        Ok(wire::FlowDirection::Unspecified) => Err(ConversionError::Unspecified { field: FIELD }),
         Err(_) => Err(ConversionError::UnknownEnum {
             field: FIELD,
             value,
@@ -350,7 +348,11 @@ mod tests {
             },
         ];
         let observation = FlowObservation::try_from(&record).expect("valid record");
-        let bounds: Vec<u64> = observation.latency.iter().map(|b| b.upper_bound_ns).collect();
+        let bounds: Vec<u64> = observation
+            .latency
+            .iter()
+            .map(|b| b.upper_bound_ns)
+            .collect();
         assert_eq!(bounds, vec![1_000, 2_000]);
     }
 

@@ -139,7 +139,8 @@ impl Registry {
                 }
             }
         }
-        self.addresses.retain(|address, _| addresses.contains_key(address));
+        self.addresses
+            .retain(|address, _| addresses.contains_key(address));
         for (address, name) in addresses {
             self.addresses.insert(address, name);
         }
@@ -206,8 +207,18 @@ mod tests {
         let now = Instant::now();
         registry.register("host-a", "i1", vec![workload("web", "10.0.0.1")], now);
         registry.register("host-b", "i2", vec![workload("db", "10.0.0.2")], now);
-        assert_eq!(registry.workload_at(&"10.0.0.1".parse().unwrap()).as_deref(), Some("web"));
-        assert_eq!(registry.workload_at(&"10.0.0.2".parse().unwrap()).as_deref(), Some("db"));
+        assert_eq!(
+            registry
+                .workload_at(&"10.0.0.1".parse().unwrap())
+                .as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            registry
+                .workload_at(&"10.0.0.2".parse().unwrap())
+                .as_deref(),
+            Some("db")
+        );
         assert_eq!(registry.host_of("db").as_deref(), Some("host-b"));
         assert_eq!(registry.workload_at(&"10.0.0.3".parse().unwrap()), None);
     }
@@ -219,7 +230,12 @@ mod tests {
         registry.register("host-a", "i1", vec![workload("web", "10.0.0.1")], now);
         registry.register("host-a", "i1", vec![workload("api", "10.0.0.9")], now);
         assert_eq!(registry.workload_at(&"10.0.0.1".parse().unwrap()), None);
-        assert_eq!(registry.workload_at(&"10.0.0.9".parse().unwrap()).as_deref(), Some("api"));
+        assert_eq!(
+            registry
+                .workload_at(&"10.0.0.9".parse().unwrap())
+                .as_deref(),
+            Some("api")
+        );
         assert_eq!(registry.host_of("web"), None);
     }
 

@@ -40,8 +40,11 @@ impl AppState {
 
     /// The topology now.
     pub fn snapshot(&self) -> TopologySnapshot {
-        self.topology
-            .snapshot(self.registry.as_ref(), now_unix_ns(), self.agents_connected())
+        self.topology.snapshot(
+            self.registry.as_ref(),
+            now_unix_ns(),
+            self.agents_connected(),
+        )
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub fn now_unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        })
 }
 
 /// Formats Unix nanoseconds as RFC 3339 in UTC with microsecond precision,
@@ -60,6 +62,9 @@ mod tests {
     #[test]
     fn formats_the_end_of_a_year() {
         // 2026-12-31T23:59:59Z
-        assert_eq!(rfc3339(1_798_761_599_000_000_000), "2026-12-31T23:59:59.000000Z");
+        assert_eq!(
+            rfc3339(1_798_761_599_000_000_000),
+            "2026-12-31T23:59:59.000000Z"
+        );
     }
 }

@@ -8,20 +8,32 @@ use std::time::{Duration, Instant};
 #[test]
 fn binary_announces_both_listeners_serves_http_and_exits_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
-        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log", "warn"])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn weft-controller");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the announcement");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the announcement");
     let rest = line
         .trim()
         .strip_prefix("weft-controller listening grpc=")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     let (grpc, http) = rest.split_once(" http=").expect("http address");
-    assert!(grpc.starts_with("127.0.0.1:") && !grpc.ends_with(":0"), "{grpc}");
+    assert!(
+        grpc.starts_with("127.0.0.1:") && !grpc.ends_with(":0"),
+        "{grpc}"
+    );
 
     let mut stream = TcpStream::connect(http).expect("connect to HTTP");
     stream
@@ -42,7 +54,10 @@ fn binary_announces_both_listeners_serves_http_and_exits_on_sigterm() {
         if let Some(exit) = child.try_wait().expect("wait") {
             break exit;
         }
-        assert!(Instant::now() < deadline, "controller did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "controller did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit status {exit}");

@@ -9,9 +9,7 @@ use tonic::transport::server::TcpIncoming;
 use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
 use weft_proto::v1::agent_service_client::AgentServiceClient;
-use weft_proto::v1::{
-    FlowBatch, FlowDirection, FlowRecord, RegisterRequest, Transport, Workload,
-};
+use weft_proto::v1::{FlowBatch, FlowDirection, FlowRecord, RegisterRequest, Transport, Workload};
 
 async fn serve(state: AppState) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -98,7 +96,10 @@ async fn register_push_and_duplicate_sequence_round_trip() {
         .expect("register")
         .into_inner();
     assert_eq!(registered.last_sequence, 0);
-    assert_eq!(registered.controller_instance, state.controller_instance.as_ref());
+    assert_eq!(
+        registered.controller_instance,
+        state.controller_instance.as_ref()
+    );
 
     // Both ends of one connection plus one invalid record: two accepted, one counted.
     let mut invalid = record(FlowDirection::Outbound, 1);
@@ -127,8 +128,14 @@ async fn register_push_and_duplicate_sequence_round_trip() {
     let snapshot = state.snapshot();
     assert_eq!(snapshot.dependencies.len(), 1);
     let dependency = &snapshot.dependencies[0];
-    assert_eq!((dependency.source.as_str(), dependency.target.as_str()), ("web", "db"));
-    assert_eq!(dependency.requests, 3, "neither the inbound view nor the resend counted");
+    assert_eq!(
+        (dependency.source.as_str(), dependency.target.as_str()),
+        ("web", "db")
+    );
+    assert_eq!(
+        dependency.requests, 3,
+        "neither the inbound view nor the resend counted"
+    );
     assert_eq!(dependency.flows, 1);
     assert_eq!(snapshot.stats.records_ingested, 2);
 
@@ -160,7 +167,11 @@ async fn unregistered_agent_gets_failed_precondition() {
     let state = AppState::default();
     let mut client = client(serve(state.clone()).await).await;
     let status = client
-        .push_flows(batch("never-registered", 1, vec![record(FlowDirection::Outbound, 1)]))
+        .push_flows(batch(
+            "never-registered",
+            1,
+            vec![record(FlowDirection::Outbound, 1)],
+        ))
         .await
         .expect_err("must be refused");
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -170,8 +181,14 @@ async fn unregistered_agent_gets_failed_precondition() {
     );
 
     // A new instance of the same host replaces the old one, whose batches are then refused.
-    client.register(register_request("old")).await.expect("register old");
-    client.register(register_request("new")).await.expect("register new");
+    client
+        .register(register_request("old"))
+        .await
+        .expect("register old");
+    client
+        .register(register_request("new"))
+        .await
+        .expect("register new");
     let status = client
         .push_flows(batch("old", 5, vec![]))
         .await
@@ -187,7 +204,11 @@ async fn register_rejects_bad_workload_addresses() {
     request.workloads[0].addresses.push("10.0.0.300".into());
     let status = client.register(request).await.expect_err("invalid");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("workload.addresses"), "{}", status.message());
+    assert!(
+        status.message().contains("workload.addresses"),
+        "{}",
+        status.message()
+    );
 
     let mut request = register_request("i1");
     request.host_id.clear();

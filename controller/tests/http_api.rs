@@ -62,7 +62,9 @@ fn state_with_traffic(resets: u32) -> AppState {
     state
         .registry
         .register("host-b", "i-b", vec![workload("db", "10.0.0.2")], now);
-    state.topology.ingest(&web_to_db(resets), state.registry.as_ref());
+    state
+        .topology
+        .ingest(&web_to_db(resets), state.registry.as_ref());
     state
 }
 
@@ -72,7 +74,10 @@ async fn call(state: AppState, method: Method, uri: &str) -> (StatusCode, String
         .uri(uri)
         .body(Body::empty())
         .expect("request");
-    let response = app(state).oneshot(request).await.expect("infallible router");
+    let response = app(state)
+        .oneshot(request)
+        .await
+        .expect("infallible router");
     let status = response.status();
     let content_type = response
         .headers()
@@ -80,8 +85,17 @@ async fn call(state: AppState, method: Method, uri: &str) -> (StatusCode, String
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    (status, content_type, String::from_utf8(body.to_vec()).expect("utf-8 body"))
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).expect("utf-8 body"),
+    )
 }
 
 #[tokio::test]
@@ -90,7 +104,11 @@ async fn topology_json_has_services_dependencies_and_stats() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(content_type, "application/json");
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
-    assert!(json["generated_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        json["generated_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
     assert_eq!(json["stats"]["records_ingested"], 1);
     assert_eq!(json["stats"]["agents_connected"], 2);
 
@@ -132,7 +150,10 @@ async fn topology_txt_is_the_ascii_map() {
     assert!(content_type.starts_with("text/plain"));
     assert!(body.contains("APPLICATION TOPOLOGY MAP"));
     assert!(body.contains("  • db (database)\n    - 10.0.0.2:5432 [postgres]"));
-    assert!(body.contains("  web\n    → db [2 reqs, 1.50 ms avg, p99 "), "{body}");
+    assert!(
+        body.contains("  web\n    → db [2 reqs, 1.50 ms avg, p99 "),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +188,10 @@ async fn metrics_expose_controller_and_dependency_series() {
         format!("weft_dependency_request_duration_seconds_sum{{{labels}}} 0.003"),
         format!("weft_dependency_request_duration_seconds_count{{{labels}}} 2"),
     ] {
-        assert!(body.lines().any(|l| l == line), "missing {line:?} in\n{body}");
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
     }
     let p99 = body
         .lines()
@@ -178,7 +202,10 @@ async fn metrics_expose_controller_and_dependency_series() {
         })
         .and_then(|v| v.parse::<f64>().ok())
         .expect("p99 sample");
-    assert!((0.001..0.002).contains(&p99), "p99 {p99}s outside its bucket");
+    assert!(
+        (0.001..0.002).contains(&p99),
+        "p99 {p99}s outside its bucket"
+    );
 }
 
 #[tokio::test]
@@ -196,7 +223,11 @@ async fn unknown_path_is_a_problem_json_404() {
     let problem: serde_json::Value = serde_json::from_str(&body).expect("JSON problem");
     assert_eq!(problem["status"], 404);
     assert_eq!(problem["title"], "Not Found");
-    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("/nope")));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("/nope"))
+    );
 }
 
 #[tokio::test]
@@ -206,7 +237,11 @@ async fn wrong_method_is_a_problem_json_405() {
     assert_eq!(content_type, "application/problem+json");
     let problem: serde_json::Value = serde_json::from_str(&body).expect("JSON problem");
     assert_eq!(problem["status"], 405);
-    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("POST")));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("POST"))
+    );
 }
 
 #[tokio::test]

@@ -50,6 +50,11 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
         };
-        (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(problem)).into_response()
+        (
+            status,
+            [(header::CONTENT_TYPE, PROBLEM_JSON)],
+            Json(problem),
+        )
+            .into_response()
     }
 }

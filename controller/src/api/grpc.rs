@@ -29,7 +29,9 @@ impl AgentApi {
 fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     let value = value.trim();
     if value.is_empty() {
-        Err(Status::invalid_argument(format!("field `{field}` must not be empty")))
+        Err(Status::invalid_argument(format!(
+            "field `{field}` must not be empty"
+        )))
     } else {
         Ok(value)
     }

@@ -52,7 +52,12 @@ pub fn ascii(snapshot: &TopologySnapshot) -> String {
         let _ = writeln!(out, "  (none)");
     }
     for service in &snapshot.services {
-        let _ = writeln!(out, "  • {} ({})", service.name, service.service_type.as_str());
+        let _ = writeln!(
+            out,
+            "  • {} ({})",
+            service.name,
+            service.service_type.as_str()
+        );
         for endpoint in &service.endpoints {
             let _ = writeln!(
                 out,
@@ -95,7 +100,9 @@ mod tests {
         assert!(text.contains("Total Services: 4\n"));
         assert!(text.contains("Total Dependencies: 3\n"));
         assert!(text.contains("  • db (database)\n    - 10.0.0.3:5432 [postgres]\n"));
-        assert!(text.contains("  • [2001:db8::1]:443 (web_server)\n    - [2001:db8::1]:443 [https]\n"));
+        assert!(
+            text.contains("  • [2001:db8::1]:443 (web_server)\n    - [2001:db8::1]:443 [https]\n")
+        );
         assert!(text.contains("  • web (client)\n"));
         assert!(text.contains(
             "  api\n    → [2001:db8::1]:443 [150 reqs, 35.00 ms avg, p99 80.50 ms, 50000 bytes] https tcp/443\n"

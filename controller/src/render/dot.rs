@@ -32,7 +32,10 @@ pub fn dot(snapshot: &TopologySnapshot) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph weft_topology {{");
     let _ = writeln!(out, "  rankdir=LR;");
-    let _ = writeln!(out, r#"  node [shape=box, style="rounded,filled", fontname="Helvetica"];"#);
+    let _ = writeln!(
+        out,
+        r#"  node [shape=box, style="rounded,filled", fontname="Helvetica"];"#
+    );
     let _ = writeln!(out, r#"  edge [fontname="Helvetica", fontsize=10];"#);
     for service in &snapshot.services {
         let label = format!("{}\n({})", service.name, service.service_type.as_str());
@@ -78,7 +81,10 @@ mod tests {
         assert!(text.starts_with("digraph weft_topology {\n"));
         assert!(text.trim_end().ends_with('}'));
         assert_eq!(text.matches('{').count(), text.matches('}').count());
-        assert!(text.contains(r##"  "db" [label="db\n(database)", fillcolor="#9ecae1"];"##), "{text}");
+        assert!(
+            text.contains(r##"  "db" [label="db\n(database)", fillcolor="#9ecae1"];"##),
+            "{text}"
+        );
         assert!(text.contains(r##"  "web" [label="web\n(client)", fillcolor="#d9d9d9"];"##));
         assert!(text.contains(
             r##"  "web" -> "api" [label="http\n150 reqs\n35.00 ms avg", color="#555555"];"##
@@ -88,7 +94,10 @@ mod tests {
     #[test]
     fn edges_with_errors_are_red_and_others_are_not() {
         let text = dot(&fixtures::snapshot());
-        let red: Vec<&str> = text.lines().filter(|l| l.contains(r#"color="red""#)).collect();
+        let red: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(r#"color="red""#))
+            .collect();
         assert_eq!(red.len(), 1, "{text}");
         assert!(red[0].starts_with(r#"  "api" -> "db" "#));
         assert!(red[0].contains(r"3 errors"));

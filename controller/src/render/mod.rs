@@ -21,7 +21,11 @@ pub(crate) mod fixtures {
         TopologySnapshot,
     };
 
-    fn service(name: &str, service_type: ServiceType, endpoints: &[(&str, u16, &str)]) -> ServiceView {
+    fn service(
+        name: &str,
+        service_type: ServiceType,
+        endpoints: &[(&str, u16, &str)],
+    ) -> ServiceView {
         ServiceView {
             name: name.into(),
             service_type,
@@ -79,9 +83,17 @@ pub(crate) mod fixtures {
         TopologySnapshot {
             generated_at: "2026-11-23T16:02:00.000000Z".into(),
             services: vec![
-                service("[2001:db8::1]:443", ServiceType::WebServer, &[("2001:db8::1", 443, "https")]),
+                service(
+                    "[2001:db8::1]:443",
+                    ServiceType::WebServer,
+                    &[("2001:db8::1", 443, "https")],
+                ),
                 service("api", ServiceType::WebServer, &[("10.0.0.2", 8080, "http")]),
-                service("db", ServiceType::Database, &[("10.0.0.3", 5432, "postgres")]),
+                service(
+                    "db",
+                    ServiceType::Database,
+                    &[("10.0.0.3", 5432, "postgres")],
+                ),
                 service("web", ServiceType::Client, &[]),
             ],
             dependencies: vec![
@@ -117,10 +129,26 @@ mod tests {
         assert_eq!(service["endpoints"][0]["protocol"], "postgres");
         let dependency = &value["dependencies"][1];
         for field in [
-            "source", "target", "transport", "port", "protocol", "flows", "requests", "errors",
-            "resets", "packets_sent", "packets_received", "bytes_sent", "bytes_received",
-            "payload_bytes_sent", "payload_bytes_received", "latency_ms", "handshake_rtt_ms",
-            "address_families", "first_seen", "last_seen",
+            "source",
+            "target",
+            "transport",
+            "port",
+            "protocol",
+            "flows",
+            "requests",
+            "errors",
+            "resets",
+            "packets_sent",
+            "packets_received",
+            "bytes_sent",
+            "bytes_received",
+            "payload_bytes_sent",
+            "payload_bytes_received",
+            "latency_ms",
+            "handshake_rtt_ms",
+            "address_families",
+            "first_seen",
+            "last_seen",
         ] {
             assert!(dependency.get(field).is_some(), "missing {field}");
         }

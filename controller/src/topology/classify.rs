@@ -115,11 +115,23 @@ mod tests {
 
     #[test]
     fn service_type_follows_the_served_protocol() {
-        assert_eq!(ServiceType::classify(["postgres"], true), ServiceType::Database);
+        assert_eq!(
+            ServiceType::classify(["postgres"], true),
+            ServiceType::Database
+        );
         assert_eq!(ServiceType::classify(["redis"], false), ServiceType::Cache);
-        assert_eq!(ServiceType::classify(["kafka"], true), ServiceType::MessageQueue);
-        assert_eq!(ServiceType::classify(["http", "mysql"], true), ServiceType::Database);
-        assert_eq!(ServiceType::classify(["https"], false), ServiceType::WebServer);
+        assert_eq!(
+            ServiceType::classify(["kafka"], true),
+            ServiceType::MessageQueue
+        );
+        assert_eq!(
+            ServiceType::classify(["http", "mysql"], true),
+            ServiceType::Database
+        );
+        assert_eq!(
+            ServiceType::classify(["https"], false),
+            ServiceType::WebServer
+        );
         assert_eq!(ServiceType::classify(["tcp"], true), ServiceType::Workload);
         assert_eq!(ServiceType::classify([], true), ServiceType::Client);
         assert_eq!(ServiceType::classify(["tcp"], false), ServiceType::External);

@@ -23,9 +23,7 @@ use crate::registry::WorkloadDirectory;
 use crate::time::rfc3339;
 
 pub use classify::{ServiceType, protocol_for};
-pub use snapshot::{
-    DependencyView, EndpointView, ServiceView, SnapshotStats, TopologySnapshot,
-};
+pub use snapshot::{DependencyView, EndpointView, ServiceView, SnapshotStats, TopologySnapshot};
 pub use stats::{DependencyStats, LatencySummary};
 
 /// Identity of a dependency: who calls whom, over which transport, on which server port.
@@ -170,7 +168,10 @@ impl Topology {
         if let Some(mut stats) = self.dependencies.get_mut(&key) {
             stats.record(observation);
         } else {
-            self.dependencies.entry(key).or_default().record(observation);
+            self.dependencies
+                .entry(key)
+                .or_default()
+                .record(observation);
         }
         Ingested::Counted
     }
@@ -213,7 +214,9 @@ impl Topology {
 
     /// Statistics of one dependency, if it was seen.
     pub fn dependency(&self, key: &DependencyKey) -> Option<DependencyStats> {
-        self.dependencies.get(key).map(|stats| stats.value().clone())
+        self.dependencies
+            .get(key)
+            .map(|stats| stats.value().clone())
     }
 
     /// Dependency statistics merged per (source, target, protocol): the label set of the

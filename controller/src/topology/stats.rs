@@ -103,7 +103,9 @@ fn max_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 /// The value recorded for every request of a latency bucket: the geometric midpoint of
 /// the bucket, whose lower bound is the previous bucket's upper bound (for the first
 /// bucket, its upper bound / 1.5), in microseconds.
-pub(crate) fn bucket_midpoints_us(buckets: &[LatencyBucket]) -> impl Iterator<Item = (u64, u64)> + '_ {
+pub(crate) fn bucket_midpoints_us(
+    buckets: &[LatencyBucket],
+) -> impl Iterator<Item = (u64, u64)> + '_ {
     let mut previous_upper: Option<u64> = None;
     buckets.iter().filter_map(move |bucket| {
         let upper = bucket.upper_bound_ns as f64;
@@ -118,25 +120,31 @@ impl DependencyStats {
     /// which of its directional counters is "sent" from the client's point of view.
     pub fn record(&mut self, observation: &FlowObservation) {
         let o = observation;
-        let (packets_sent, packets_received, bytes_sent, bytes_received, payload_sent, payload_received) =
-            match o.direction {
-                Direction::Outbound => (
-                    o.packets_out,
-                    o.packets_in,
-                    o.bytes_out,
-                    o.bytes_in,
-                    o.payload_bytes_out,
-                    o.payload_bytes_in,
-                ),
-                Direction::Inbound => (
-                    o.packets_in,
-                    o.packets_out,
-                    o.bytes_in,
-                    o.bytes_out,
-                    o.payload_bytes_in,
-                    o.payload_bytes_out,
-                ),
-            };
+        let (
+            packets_sent,
+            packets_received,
+            bytes_sent,
+            bytes_received,
+            payload_sent,
+            payload_received,
+        ) = match o.direction {
+            Direction::Outbound => (
+                o.packets_out,
+                o.packets_in,
+                o.bytes_out,
+                o.bytes_in,
+                o.payload_bytes_out,
+                o.payload_bytes_in,
+            ),
+            Direction::Inbound => (
+                o.packets_in,
+                o.packets_out,
+                o.bytes_in,
+                o.bytes_out,
+                o.payload_bytes_in,
+                o.payload_bytes_out,
+            ),
+        };
         // Recorded in place rather than merged from a one-record value: this is the ingest
         // hot path and a fresh pair of histograms per record would allocate.
         let add = |total: &mut u64, value: u64| *total = total.saturating_add(value);
@@ -151,7 +159,11 @@ impl DependencyStats {
         add(&mut self.payload_bytes_sent, payload_sent);
         add(&mut self.payload_bytes_received, payload_received);
         add(&mut self.latency_sum_ns, o.latency_sum_ns);
-        let bucketed: u64 = o.latency.iter().map(|b| b.count).fold(0, u64::saturating_add);
+        let bucketed: u64 = o
+            .latency
+            .iter()
+            .map(|b| b.count)
+            .fold(0, u64::saturating_add);
         let latency_count = if bucketed > 0 {
             bucketed
         } else if o.latency_sum_ns > 0 {
@@ -169,10 +181,14 @@ impl DependencyStats {
         }
         self.ipv4 |= o.remote_ip.is_ipv4();
         self.ipv6 |= o.remote_ip.is_ipv6();
-        self.first_seen_unix_ns =
-            min_option(self.first_seen_unix_ns, Some(o.first_seen_unix_ns).filter(|ns| *ns > 0));
-        self.last_seen_unix_ns =
-            max_option(self.last_seen_unix_ns, Some(o.last_seen_unix_ns).filter(|ns| *ns > 0));
+        self.first_seen_unix_ns = min_option(
+            self.first_seen_unix_ns,
+            Some(o.first_seen_unix_ns).filter(|ns| *ns > 0),
+        );
+        self.last_seen_unix_ns = max_option(
+            self.last_seen_unix_ns,
+            Some(o.last_seen_unix_ns).filter(|ns| *ns > 0),
+        );
     }
 
     /// Folds `other` into `self`. Associative and commutative: counters add (saturating),
@@ -187,13 +203,18 @@ impl DependencyStats {
         self.packets_received = self.packets_received.saturating_add(other.packets_received);
         self.bytes_sent = self.bytes_sent.saturating_add(other.bytes_sent);
         self.bytes_received = self.bytes_received.saturating_add(other.bytes_received);
-        self.payload_bytes_sent = self.payload_bytes_sent.saturating_add(other.payload_bytes_sent);
-        self.payload_bytes_received =
-            self.payload_bytes_received.saturating_add(other.payload_bytes_received);
+        self.payload_bytes_sent = self
+            .payload_bytes_sent
+            .saturating_add(other.payload_bytes_sent);
+        self.payload_bytes_received = self
+            .payload_bytes_received
+            .saturating_add(other.payload_bytes_received);
         self.latency_sum_ns = self.latency_sum_ns.saturating_add(other.latency_sum_ns);
         self.latency_count = self.latency_count.saturating_add(other.latency_count);
         add_histogram(&mut self.latency_us, &other.latency_us);
-        self.handshake_rtt_sum_ns = self.handshake_rtt_sum_ns.saturating_add(other.handshake_rtt_sum_ns);
+        self.handshake_rtt_sum_ns = self
+            .handshake_rtt_sum_ns
+            .saturating_add(other.handshake_rtt_sum_ns);
         add_histogram(&mut self.handshake_rtt_us, &other.handshake_rtt_us);
         self.ipv4 |= other.ipv4;
         self.ipv6 |= other.ipv6;
@@ -243,7 +264,11 @@ impl LatencySummary {
             p50: quantile(0.5),
             p95: quantile(0.95),
             p99: quantile(0.99),
-            max: if histogram.is_empty() { 0.0 } else { us_to_ms(histogram.max()) },
+            max: if histogram.is_empty() {
+                0.0
+            } else {
+                us_to_ms(histogram.max())
+            },
         }
     }
 }

@@ -133,7 +133,10 @@ fn a_connection_seen_at_both_ends_counts_once() {
     let snapshot = snapshot(&topology);
     assert_eq!(snapshot.dependencies.len(), 1);
     let dependency = &snapshot.dependencies[0];
-    assert_eq!((dependency.source.as_str(), dependency.target.as_str()), ("web", "db"));
+    assert_eq!(
+        (dependency.source.as_str(), dependency.target.as_str()),
+        ("web", "db")
+    );
     assert_eq!(dependency.flows, 1);
     assert_eq!(dependency.requests, 3);
     assert_eq!(dependency.bytes_sent, 1_000);
@@ -169,7 +172,11 @@ fn inbound_from_an_unknown_client_counts_with_the_client_named_by_address() {
         .expect("client service");
     assert_eq!(client.service_type, ServiceType::External);
     assert!(client.endpoints.is_empty());
-    let db = snapshot.services.iter().find(|s| s.name == "db").expect("db");
+    let db = snapshot
+        .services
+        .iter()
+        .find(|s| s.name == "db")
+        .expect("db");
     assert_eq!(db.service_type, ServiceType::Database);
     assert_eq!(db.host.as_deref(), Some("host-b"));
     assert_eq!(
@@ -187,21 +194,39 @@ fn unknown_servers_are_named_ip_port_with_ipv6_bracketed() {
     let topology = Topology::new();
     let directory = Directory::lab();
     topology.ingest(
-        &observation("web", Direction::Outbound, ("10.0.0.1", 40_001), ("203.0.113.5", 443)),
+        &observation(
+            "web",
+            Direction::Outbound,
+            ("10.0.0.1", 40_001),
+            ("203.0.113.5", 443),
+        ),
         &directory,
     );
     topology.ingest(
-        &observation("web", Direction::Outbound, ("fd00::1", 40_002), ("2001:db8::5", 8080)),
+        &observation(
+            "web",
+            Direction::Outbound,
+            ("fd00::1", 40_002),
+            ("2001:db8::5", 8080),
+        ),
         &directory,
     );
     let snapshot = snapshot(&topology);
-    let targets: Vec<&str> = snapshot.dependencies.iter().map(|d| d.target.as_str()).collect();
+    let targets: Vec<&str> = snapshot
+        .dependencies
+        .iter()
+        .map(|d| d.target.as_str())
+        .collect();
     assert_eq!(targets, vec!["203.0.113.5:443", "[2001:db8::5]:8080"]);
     assert_eq!(snapshot.dependencies[0].protocol, "https");
     assert_eq!(snapshot.dependencies[1].protocol, "http");
     assert_eq!(snapshot.dependencies[0].address_families, vec!["ipv4"]);
     assert_eq!(snapshot.dependencies[1].address_families, vec!["ipv6"]);
-    let web = snapshot.services.iter().find(|s| s.name == "web").expect("web");
+    let web = snapshot
+        .services
+        .iter()
+        .find(|s| s.name == "web")
+        .expect("web");
     assert_eq!(web.service_type, ServiceType::Client);
     let external = snapshot
         .services
@@ -216,7 +241,10 @@ fn unknown_servers_are_named_ip_port_with_ipv6_bracketed() {
 #[test]
 fn unknown_ipv6_client_is_named_without_brackets() {
     assert_eq!(unknown_client_name(ip("2001:db8::9")), "2001:db8::9");
-    assert_eq!(unknown_server_name(ip("2001:db8::9"), 53), "[2001:db8::9]:53");
+    assert_eq!(
+        unknown_server_name(ip("2001:db8::9"), 53),
+        "[2001:db8::9]:53"
+    );
     assert_eq!(unknown_server_name(ip("192.0.2.1"), 53), "192.0.2.1:53");
 }
 
@@ -235,7 +263,9 @@ fn flows_requests_bytes_and_resets_are_summed() {
     topology.ingest(&first, &directory);
     topology.ingest(&second, &directory);
     topology.ingest(&third, &directory);
-    let stats = topology.dependency(&key("web", "db", 5432)).expect("dependency");
+    let stats = topology
+        .dependency(&key("web", "db", 5432))
+        .expect("dependency");
     assert_eq!(stats.flows, 2, "only first records start a flow");
     assert_eq!(stats.requests, 9);
     assert_eq!(stats.packets_sent, 30);
@@ -257,18 +287,37 @@ fn latency_mean_is_exact_and_p99_falls_in_the_right_bucket() {
     o.requests = 100;
     o.latency_sum_ns = 90 * 1_500_000 + 10 * 12_000_000;
     o.latency = vec![
-        LatencyBucket { upper_bound_ns: 1_000_000, count: 0 },
-        LatencyBucket { upper_bound_ns: 2_000_000, count: 90 },
-        LatencyBucket { upper_bound_ns: 4_000_000, count: 0 },
-        LatencyBucket { upper_bound_ns: 8_000_000, count: 0 },
-        LatencyBucket { upper_bound_ns: 16_000_000, count: 10 },
+        LatencyBucket {
+            upper_bound_ns: 1_000_000,
+            count: 0,
+        },
+        LatencyBucket {
+            upper_bound_ns: 2_000_000,
+            count: 90,
+        },
+        LatencyBucket {
+            upper_bound_ns: 4_000_000,
+            count: 0,
+        },
+        LatencyBucket {
+            upper_bound_ns: 8_000_000,
+            count: 0,
+        },
+        LatencyBucket {
+            upper_bound_ns: 16_000_000,
+            count: 10,
+        },
     ];
     o.handshake_rtt_ns = Some(250_000);
     topology.ingest(&o, &Directory::lab());
     let snapshot = snapshot(&topology);
     let latency = snapshot.dependencies[0].latency_ms;
     assert_eq!(latency.count, 100);
-    assert!((latency.avg - 2.55).abs() < 1e-9, "exact mean, got {}", latency.avg);
+    assert!(
+        (latency.avg - 2.55).abs() < 1e-9,
+        "exact mean, got {}",
+        latency.avg
+    );
     assert!((1.0..2.0).contains(&latency.p50), "p50 {}", latency.p50);
     assert!((8.0..16.0).contains(&latency.p95), "p95 {}", latency.p95);
     assert!((8.0..16.0).contains(&latency.p99), "p99 {}", latency.p99);
@@ -284,18 +333,33 @@ fn snapshot_is_sorted_and_times_are_rfc3339() {
     let topology = Topology::new();
     let directory = Directory::lab();
     topology.ingest(
-        &observation("web", Direction::Outbound, ("10.0.0.1", 1), ("198.51.100.1", 9999)),
+        &observation(
+            "web",
+            Direction::Outbound,
+            ("10.0.0.1", 1),
+            ("198.51.100.1", 9999),
+        ),
         &directory,
     );
     topology.ingest(&web_to_db(), &directory);
     let snapshot = topology.snapshot(&directory, 1_709_210_096_000_000_000, 2);
     let names: Vec<&str> = snapshot.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, vec!["198.51.100.1:9999", "db", "web"]);
-    let targets: Vec<&str> = snapshot.dependencies.iter().map(|d| d.target.as_str()).collect();
+    let targets: Vec<&str> = snapshot
+        .dependencies
+        .iter()
+        .map(|d| d.target.as_str())
+        .collect();
     assert_eq!(targets, vec!["198.51.100.1:9999", "db"]);
     assert_eq!(snapshot.dependencies[0].protocol, "tcp");
     assert_eq!(snapshot.generated_at, "2024-02-29T12:34:56.000000Z");
-    assert_eq!(snapshot.stats, SnapshotStats { records_ingested: 2, agents_connected: 2 });
+    assert_eq!(
+        snapshot.stats,
+        SnapshotStats {
+            records_ingested: 2,
+            agents_connected: 2
+        }
+    );
     assert_eq!(
         snapshot.dependencies[1].first_seen.as_deref(),
         Some("1970-01-01T00:00:00.000001Z")
@@ -306,9 +370,19 @@ fn snapshot_is_sorted_and_times_are_rfc3339() {
 fn stats_by_edge_merges_ports_of_one_protocol() {
     let topology = Topology::new();
     let directory = Directory::lab();
-    let mut a = observation("web", Direction::Outbound, ("10.0.0.1", 1), ("10.0.0.2", 80));
+    let mut a = observation(
+        "web",
+        Direction::Outbound,
+        ("10.0.0.1", 1),
+        ("10.0.0.2", 80),
+    );
     a.requests = 2;
-    let mut b = observation("web", Direction::Outbound, ("10.0.0.1", 2), ("10.0.0.2", 8080));
+    let mut b = observation(
+        "web",
+        Direction::Outbound,
+        ("10.0.0.1", 2),
+        ("10.0.0.2", 8080),
+    );
     b.requests = 5;
     topology.ingest(&a, &directory);
     topology.ingest(&b, &directory);
@@ -352,7 +426,11 @@ fn arb_observation() -> impl Strategy<Value = FlowObservation> {
                 (packets, bytes, requests, resets, first_seen, span, rtt),
                 buckets,
             )| {
-                let direction = if outbound { Direction::Outbound } else { Direction::Inbound };
+                let direction = if outbound {
+                    Direction::Outbound
+                } else {
+                    Direction::Inbound
+                };
                 let mut o = observation(workload, direction, (local, 40_000), (remote, port));
                 if !outbound {
                     o.local_port = port;
@@ -373,7 +451,10 @@ fn arb_observation() -> impl Strategy<Value = FlowObservation> {
                 o.handshake_rtt_ns = rtt;
                 let mut latency: Vec<LatencyBucket> = buckets
                     .into_iter()
-                    .map(|(upper_bound_ns, count)| LatencyBucket { upper_bound_ns, count })
+                    .map(|(upper_bound_ns, count)| LatencyBucket {
+                        upper_bound_ns,
+                        count,
+                    })
                     .collect();
                 latency.sort_by_key(|b| b.upper_bound_ns);
                 o.latency_sum_ns = latency.iter().map(|b| b.count * b.upper_bound_ns / 2).sum();
