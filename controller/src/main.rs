@@ -1,5 +1,6 @@
 //! `weft-controller`: serves the agent gRPC API and the HTTP API until SIGINT/SIGTERM.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let state = AppState::new(Arc::new(Metrics::default()));
