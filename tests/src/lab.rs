@@ -204,6 +204,12 @@ impl Lab {
     fn add_hypervisor(&mut self, i: usize, name: &str) -> Result<()> {
         let x = self.x;
         let netns = Netns::create(&names::netns_name(&self.run, x, name))?;
+        // With br_netfilter loaded, bridged IP frames would go through the hypervisor's
+        // netfilter, which validates and drops malformed IP headers: a lab bridge is a plain
+        // switch. Best effort: the keys only exist when the module is loaded.
+        for fam in ["iptables", "ip6tables", "arptables"] {
+            let _ = netns.exec(&["sysctl", "-q", "-w", &format!("net.bridge.bridge-nf-call-{fam}=0")]);
+        }
         let at = Place::Ns(&netns);
         links::bridge(at, BRIDGE)?;
         let gateway4 = format!("198.18.{x}.1");

@@ -6,12 +6,14 @@
 //! Everything the lab creates is removed when its guard drops, also on panic.
 
 pub mod cmd;
+pub mod delay;
 pub mod eventually;
 pub mod lab;
 pub mod links;
 pub mod names;
 pub mod netns;
 pub mod process;
+pub mod rawframes;
 pub mod servers;
 pub mod topology;
 pub mod traffic;

@@ -58,3 +58,42 @@ fn servers_answer_inside_the_lab() {
     let out = traffic::redis_benchmark(client, &cache.ipv4, 200, 2).unwrap();
     assert!(out.contains("SET") && out.contains("GET"), "{out}");
 }
+
+#[test]
+fn raw_frames_udp_and_netem_work_in_the_lab() {
+    if skip_unless_root("raw_frames_udp_and_netem_work_in_the_lab") {
+        return;
+    }
+    use std::time::Duration;
+    use weft_lab::{rawframes, servers};
+    let lab = Lab::builder().workload("sender").workload("receiver").build().unwrap();
+    let s = lab.workload("sender").unwrap();
+    let r = lab.workload("receiver").unwrap();
+
+    let mut rx = rawframes::start_receiver(r, 20).unwrap();
+    rawframes::send(s, r).unwrap();
+    rawframes::wait_all_received(&mut rx, Duration::from_secs(15)).unwrap();
+
+    let echo = servers::udp_echo(r, 5005).unwrap();
+    assert_eq!(traffic::udp_roundtrips(&s.netns, &echo.ipv4, echo.port, 3).unwrap(), 3);
+    let tcp = servers::tcp_echo(r, 7007).unwrap();
+    let out = s
+        .netns
+        .exec_timeout(Duration::from_secs(10), &["sh", "-c", &format!("echo hello-tcp | socat -t 2 - TCP6:[{}]:{}", r.ipv6, tcp.port)])
+        .unwrap();
+    assert!(out.contains("hello-tcp"), "{out}");
+
+    let delay = weft_lab::delay::egress_delay(r, 20).unwrap();
+    println!("delay by {}", delay.method());
+    let out = s.netns.exec_timeout(Duration::from_secs(10), &["ping", "-n", "-c", "3", "-i", "0.2", &r.ipv4]).unwrap();
+    let avg: f64 = out
+        .lines()
+        .find_map(|l| l.split(" = ").nth(1))
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no rtt in {out}"));
+    assert!((19.0..40.0).contains(&avg), "ping avg {avg} ms with a 20 ms delay ({})", delay.method());
+    // TCP handshakes and transfers still work through the delay.
+    let t = traffic::curl_each(&s.netns, &format!("http://{}:{}/", r.ipv4, 80), 1, &[]);
+    assert!(t.is_err(), "no web server in this lab: the connection must be refused, not hang");
+}

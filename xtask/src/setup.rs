@@ -11,7 +11,7 @@ use crate::sh::{self, probe, run_inherit, step, tools_dir};
 /// Debian packages the lab, the tests and the demo use.
 pub const PACKAGES: &[&str] = &[
     "iproute2", "iputils-ping", "nftables", "ethtool", "tcpdump", "bpftool", "curl", "socat",
-    "python3", "nginx", "postgresql", "redis-server", "redis-tools", "wrk", "graphviz",
+    "python3", "iptables", "nginx", "postgresql", "redis-server", "redis-tools", "wrk", "graphviz",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab
