@@ -92,33 +92,42 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
     let worker = &lab.workload("worker")?.netns;
     traffic::pgbench_init(worker, &db.ipv4).context("pgbench -i")?;
     println!("    worker -> db: pgbench -i done");
-    let half = (seconds / 2).max(2);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     let web_url = format!("{}/items.json", web.url());
     let blob_url = format!("{}/blob.bin", web.url());
+    let mut sent = Sent::default();
     let results = std::thread::scope(|s| -> Result<()> {
-        let http = s.spawn(|| -> Result<String> {
-            let mut said = String::new();
-            let t = traffic::curl_each(client, &web_url, 10, &[])?;
-            said.push_str(&format!("client -> web: 10 curl requests, {} bytes\n", traffic::total_download(&t)));
-            let t = traffic::curl_keepalive(client, &blob_url, 20, &[])?;
-            said.push_str(&format!("client -> web: 20 keep-alive requests, {} bytes\n", traffic::total_download(&t)));
-            let w = traffic::wrk(client, &web_url, 4, half.saturating_sub(1).max(1))?;
-            said.push_str(&format!("client -> web: wrk {} requests ({:.0}/s)\n", w.requests, w.requests_per_sec));
-            Ok(said)
+        let http = s.spawn(|| -> Result<u64> {
+            println!("    client -> web: 10 curl requests, one connection each");
+            traffic::curl_each(client, &web_url, 10, &[])?;
+            println!("    client -> web: 20 requests on one keep-alive connection (64 KiB each)");
+            traffic::curl_keepalive(client, &blob_url, 20, &[])?;
+            let secs = deadline.saturating_duration_since(Instant::now()).as_secs().max(1);
+            println!("    client -> web: wrk, 4 keep-alive connections, {secs} s");
+            let w = traffic::wrk(client, &web_url, 4, secs)?;
+            println!("    client -> web: wrk done: {} requests ({:.0}/s)", w.requests, w.requests_per_sec);
+            Ok(30 + w.requests)
         });
-        let data = s.spawn(|| -> Result<String> {
-            let n = traffic::pgbench_run(worker, &db.ipv4, half, 2)?;
-            let mut said = format!("worker -> db: pgbench {n} transactions\n");
-            traffic::redis_benchmark(worker, &cache.ipv4, 20_000, 4)?;
-            said.push_str("worker -> cache: redis-benchmark 20000 SET+GET\n");
-            Ok(said)
+        let data = s.spawn(|| -> Result<(u64, u64)> {
+            let secs = (seconds / 2).max(1);
+            println!("    worker -> db: pgbench, 2 clients, {secs} s");
+            let tx = traffic::pgbench_run(worker, &db.ipv4, secs, 2)?;
+            println!("    worker -> db: pgbench done: {tx} transactions");
+            println!("    worker -> cache: redis-benchmark rounds of 10000 SET + 10000 GET, 4 clients, until the end");
+            let mut redis = 0;
+            while redis == 0 || (Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst)) {
+                traffic::redis_benchmark(worker, &cache.ipv4, 10_000, 4)?;
+                redis += 20_000;
+            }
+            println!("    worker -> cache: redis-benchmark done: {redis} commands");
+            Ok((tx, redis))
         });
-        println!("    client -> web: curl (new connections, then keep-alive), then wrk");
-        println!("    worker -> db: pgbench; worker -> cache: redis-benchmark");
         let mut last = Instant::now();
+        let mut told = false;
         while !(http.is_finished() && data.is_finished()) {
             std::thread::sleep(Duration::from_millis(200));
-            if INTERRUPTED.load(Ordering::SeqCst) {
+            if !told && INTERRUPTED.load(Ordering::SeqCst) {
+                told = true;
                 println!("    interrupted: waiting for the clients to stop");
             }
             if last.elapsed() >= Duration::from_secs(3) {
@@ -126,11 +135,8 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
                 progress(&controller);
             }
         }
-        let http = http.join().map_err(|_| anyhow::anyhow!("http traffic thread panicked"))??;
-        let data = data.join().map_err(|_| anyhow::anyhow!("data traffic thread panicked"))??;
-        for l in http.lines().chain(data.lines()) {
-            println!("    {l}");
-        }
+        sent.http = http.join().map_err(|_| anyhow::anyhow!("http traffic thread panicked"))??;
+        (sent.pgbench_tx, sent.redis) = data.join().map_err(|_| anyhow::anyhow!("data traffic thread panicked"))??;
         Ok(())
     });
     check_interrupted()?;
@@ -151,21 +157,36 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
             bail!("edges so far: {edges:?}")
         }
     });
+    if let Err(e) = &waited {
+        check_interrupted()?;
+        println!("    {e:#}");
+    }
+    // The agent drains every second: wait until the request totals stop moving.
+    let mut previous = u64::MAX;
+    let settled = eventually(Duration::from_secs(20), Duration::from_millis(2500), || {
+        check_interrupted()?;
+        let total: u64 = controller.topology()?.dependencies.iter().map(|d| d.requests).sum();
+        let same = total == previous;
+        previous = total;
+        if same { Ok(()) } else { bail!("request total still moving ({total})") }
+    });
+    if let Err(e) = settled {
+        check_interrupted()?;
+        println!("    {e:#}");
+    }
     progress(&controller);
-    let topology = match waited {
-        Ok(t) => t,
-        Err(e) => {
-            check_interrupted()?;
-            println!("    {e:#}");
-            controller.topology().context("GET /topology")?
-        }
-    };
+    let topology = controller.topology().context("GET /topology")?;
 
     step("demo: topology (GET /topology.txt)");
     let txt = controller.get("/topology.txt").context("GET /topology.txt")?;
     println!("{txt}");
     write_outputs(&controller, &root().join(out))?;
     print_edges(&topology);
+    println!(
+        "    sent: client->web {} HTTP requests (curl + wrk; web->api carries the same), \
+         worker->db {} pgbench transactions (7 statements each), worker->cache {} Redis commands",
+        sent.http, sent.pgbench_tx, sent.redis
+    );
 
     let edges: BTreeSet<String> = topology.edges();
     let elapsed = started.elapsed().as_secs();
@@ -180,6 +201,14 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
         let extra: Vec<_> = edges.difference(&expected).collect();
         bail!("the topology's dependencies differ from the traffic sent: missing {missing:?}, unexpected {extra:?}")
     }
+}
+
+/// What the demo's clients reported sending.
+#[derive(Default)]
+struct Sent {
+    http: u64,
+    pgbench_tx: u64,
+    redis: u64,
 }
 
 fn progress(controller: &Controller) {
@@ -211,10 +240,10 @@ fn write_outputs(controller: &Controller, dir: &Path) -> Result<()> {
 }
 
 fn print_edges(t: &Topology) {
-    println!("    {:<16} {:<5} {:>5} {:<9} {:>6} {:>9} {:>11} {:>11}", "edge", "proto", "port", "transport", "flows", "requests", "p50 ms", "p99 ms");
+    println!("    {:<16} {:<8} {:>5} {:<9} {:>6} {:>9} {:>11} {:>11}", "edge", "proto", "port", "transport", "flows", "requests", "p50 ms", "p99 ms");
     for d in &t.dependencies {
         println!(
-            "    {:<16} {:<5} {:>5} {:<9} {:>6} {:>9} {:>11.3} {:>11.3}",
+            "    {:<16} {:<8} {:>5} {:<9} {:>6} {:>9} {:>11.3} {:>11.3}",
             format!("{}->{}", d.source, d.target),
             d.protocol,
             d.port,

@@ -38,6 +38,9 @@ enum Cmd {
         /// Where topology.json/.dot/.svg go (relative to the workspace root).
         #[arg(long, default_value = "demo-out")]
         out: String,
+        /// Use the binaries already in the target dir instead of running setup and build.
+        #[arg(long)]
+        no_build: bool,
     },
 }
 
@@ -47,8 +50,9 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::setup(),
         Cmd::Build => setup::setup().and_then(|()| build()),
         Cmd::Test { args } => setup::setup().and_then(|()| build()).and_then(|()| test(&args)),
-        Cmd::Demo { seconds, out } => {
-            setup::setup().and_then(|()| build()).and_then(|()| demo::run(seconds, &out))
+        Cmd::Demo { seconds, out, no_build } => {
+            let ready = if no_build { Ok(()) } else { setup::setup().and_then(|()| build()) };
+            ready.and_then(|()| demo::run(seconds, &out))
         }
     };
     match result {
