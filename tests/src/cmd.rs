@@ -39,14 +39,16 @@ pub fn run(cmd: &mut Command) -> Result<String> {
 /// Runs `cmd` to completion and returns its output whatever its status.
 pub fn output(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null());
-    cmd.output().with_context(|| format!("cannot start `{}`", describe(cmd)))
+    cmd.output()
+        .with_context(|| format!("cannot start `{}`", describe(cmd)))
 }
 
 /// Builds a command that runs `args` under coreutils `timeout` (SIGTERM after `limit`,
 /// SIGKILL 5 s later), so a stuck client can never hang a test.
 pub fn with_timeout(limit: Duration, args: &[&str]) -> Command {
     let mut c = Command::new("timeout");
-    c.arg("--kill-after=5").arg(format!("{}", limit.as_secs().max(1)));
+    c.arg("--kill-after=5")
+        .arg(format!("{}", limit.as_secs().max(1)));
     c.args(args);
     c
 }
@@ -57,7 +59,14 @@ fn tail_hint(stdout: &[u8]) -> String {
     if s.is_empty() {
         String::new()
     } else {
-        let tail: String = s.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(400)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!(" (stdout: {tail})")
     }
 }

@@ -44,11 +44,26 @@ pub fn egress_delay(w: &Workload, ms: u32) -> Result<Delay> {
     let script_s = script.to_string_lossy().into_owned();
     let q = QUEUE.to_string();
     let delay = ms.to_string();
-    let mut child = w.netns.spawn(&w.dir, &format!("nfq-delay-{}", w.name), &[&python(), "-u", &script_s, &q, &delay])?;
+    let mut child = w.netns.spawn(
+        &w.dir,
+        &format!("nfq-delay-{}", w.name),
+        &[&python(), "-u", &script_s, &q, &delay],
+    )?;
     child.wait_for_line(&["delayer ready"], Duration::from_secs(10))?;
     for tool in ["iptables", "ip6tables"] {
         w.netns
-            .exec(&[tool, "-A", "OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", &q, "--queue-bypass"])
+            .exec(&[
+                tool,
+                "-A",
+                "OUTPUT",
+                "-o",
+                "eth0",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &q,
+                "--queue-bypass",
+            ])
             .with_context(|| format!("{tool} NFQUEUE rule (is the iptables package installed?)"))?;
     }
     if !child.is_running() {

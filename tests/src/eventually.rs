@@ -49,9 +49,11 @@ mod tests {
 
     #[test]
     fn eventually_reports_last_error_on_timeout() {
-        let err = eventually(Duration::from_millis(20), Duration::from_millis(5), || -> Result<()> {
-            bail!("still broken")
-        })
+        let err = eventually(
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || -> Result<()> { bail!("still broken") },
+        )
         .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("still broken"), "{msg}");

@@ -99,7 +99,11 @@ impl LabBuilder {
             bail!("one hypervisor per lab for now (workloads share one bridge subnet)");
         }
         let mut seen = std::collections::BTreeSet::new();
-        for n in self.hypervisors.iter().chain(self.workloads.iter().map(|(n, _)| n)) {
+        for n in self
+            .hypervisors
+            .iter()
+            .chain(self.workloads.iter().map(|(n, _)| n))
+        {
             names::validate_role(n)?;
             if !seen.insert(n.clone()) {
                 bail!("name {n:?} used twice in one lab");
@@ -120,7 +124,8 @@ impl LabBuilder {
         let run = names::run_id();
         let dir = std::env::temp_dir().join(format!("weft-lab-{run}-{x}"));
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("remove old {}", dir.display()))?;
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("remove old {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         // Servers run as other users (postgres): let them traverse the lab dir.
@@ -208,7 +213,12 @@ impl Lab {
         // netfilter, which validates and drops malformed IP headers: a lab bridge is a plain
         // switch. Best effort: the keys only exist when the module is loaded.
         for fam in ["iptables", "ip6tables", "arptables"] {
-            let _ = netns.exec(&["sysctl", "-q", "-w", &format!("net.bridge.bridge-nf-call-{fam}=0")]);
+            let _ = netns.exec(&[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.bridge.bridge-nf-call-{fam}=0"),
+            ]);
         }
         let at = Place::Ns(&netns);
         links::bridge(at, BRIDGE)?;
@@ -231,9 +241,22 @@ impl Lab {
         // Pushed before the uplink exists so a failure below still cleans up.
         self.hypervisors.push(hv);
         let hv = &self.hypervisors[i];
-        links::veth(Place::Root, &hv.uplink_root_if, Place::Ns(&hv.netns), UPLINK)?;
-        links::addr(Place::Root, &hv.uplink_root_if, &format!("{}/30", hv.uplink_root_addr))?;
-        links::addr(Place::Ns(&hv.netns), UPLINK, &format!("{}/30", hv.uplink_addr))?;
+        links::veth(
+            Place::Root,
+            &hv.uplink_root_if,
+            Place::Ns(&hv.netns),
+            UPLINK,
+        )?;
+        links::addr(
+            Place::Root,
+            &hv.uplink_root_if,
+            &format!("{}/30", hv.uplink_root_addr),
+        )?;
+        links::addr(
+            Place::Ns(&hv.netns),
+            UPLINK,
+            &format!("{}/30", hv.uplink_addr),
+        )?;
         Ok(())
     }
 
@@ -266,7 +289,11 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let uplinks: Vec<String> = self.hypervisors.iter().map(|h| h.uplink_root_if.clone()).collect();
+        let uplinks: Vec<String> = self
+            .hypervisors
+            .iter()
+            .map(|h| h.uplink_root_if.clone())
+            .collect();
         self.workloads.clear();
         self.hypervisors.clear();
         for u in uplinks {
@@ -296,11 +323,18 @@ fn lock(path: &Path, blocking: bool) -> Result<File> {
     if !blocking {
         bail!("{} is held", path.display());
     }
-    eprintln!("waiting for another lab to finish ({} is held)", path.display());
+    eprintln!(
+        "waiting for another lab to finish ({} is held)",
+        path.display()
+    );
     // SAFETY: as above.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
     if rc != 0 {
-        bail!("flock {}: {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "flock {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(f)
 }
@@ -308,7 +342,10 @@ fn lock(path: &Path, blocking: bool) -> Result<File> {
 /// Picks a lab number X no live lab holds (a flock per X, released when its process dies).
 fn allocate_x() -> Result<(u8, File)> {
     let seq = LAB_SEQ.fetch_add(1, Ordering::Relaxed);
-    let start = (std::process::id().wrapping_mul(31).wrapping_add(seq.wrapping_mul(7))) % 254;
+    let start = (std::process::id()
+        .wrapping_mul(31)
+        .wrapping_add(seq.wrapping_mul(7)))
+        % 254;
     for k in 0..254u32 {
         let x = u8::try_from((start + k) % 254 + 1).context("lab number")?;
         if let Ok(f) = lock(&Path::new(LOCK_DIR).join(format!("x-{x}.lock")), false) {
@@ -323,11 +360,11 @@ fn allocate_x() -> Result<(u8, File)> {
 fn sweep_stale(x: u8) {
     if let Ok(all) = netns::list() {
         for name in all {
-            if let Some(pid) = names::netns_owner(&name) {
-                if !process_alive(pid) {
-                    eprintln!("removing namespace {name} left by a finished run");
-                    netns::delete_netns(&name);
-                }
+            if let Some(pid) = names::netns_owner(&name)
+                && !process_alive(pid)
+            {
+                eprintln!("removing namespace {name} left by a finished run");
+                netns::delete_netns(&name);
             }
         }
     }
@@ -337,7 +374,9 @@ fn sweep_stale(x: u8) {
 }
 
 fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else { return false };
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
     // SAFETY: signal 0 only checks that the process exists.
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)

@@ -57,15 +57,25 @@ pub fn veth(a: Place<'_>, a_name: &str, b: Place<'_>, b_name: &str) -> Result<()
 
 /// Sets link `dev` up.
 pub fn up(at: Place<'_>, dev: &str) -> Result<()> {
-    at.ip(&["link", "set", dev, "up"]).with_context(|| format!("set {dev} up in {}", at.label()))?;
+    at.ip(&["link", "set", dev, "up"])
+        .with_context(|| format!("set {dev} up in {}", at.label()))?;
     Ok(())
 }
 
 /// Creates bridge `name` (no STP, no multicast snooping) and brings it up.
 pub fn bridge(at: Place<'_>, name: &str) -> Result<()> {
     at.ip(&[
-        "link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0",
-        "mcast_snooping", "0",
+        "link",
+        "add",
+        name,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "forward_delay",
+        "0",
+        "mcast_snooping",
+        "0",
     ])
     .with_context(|| format!("create bridge {name} in {}", at.label()))?;
     up(at, name)
@@ -84,7 +94,8 @@ pub fn addr(at: Place<'_>, dev: &str, cidr: &str) -> Result<()> {
     if cidr.contains(':') {
         args.push("nodad");
     }
-    at.ip(&args).with_context(|| format!("add {cidr} to {dev} in {}", at.label()))?;
+    at.ip(&args)
+        .with_context(|| format!("add {cidr} to {dev} in {}", at.label()))?;
     Ok(())
 }
 
@@ -98,8 +109,18 @@ pub fn default_route(at: Place<'_>, gateway: &str) -> Result<()> {
 
 /// Adds `tc qdisc add dev DEV root netem delay <ms>ms` inside `ns`.
 pub fn netem_delay(ns: &Netns, dev: &str, delay_ms: u32) -> Result<()> {
-    ns.exec(&["tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", &format!("{delay_ms}ms")])
-        .with_context(|| format!("netem delay {delay_ms}ms on {dev}"))?;
+    ns.exec(&[
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        dev,
+        "root",
+        "netem",
+        "delay",
+        &format!("{delay_ms}ms"),
+    ])
+    .with_context(|| format!("netem delay {delay_ms}ms on {dev}"))?;
     Ok(())
 }
 

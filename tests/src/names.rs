@@ -42,7 +42,10 @@ pub fn validate_role(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_IFNAME - 3 {
         bail!("name {name:?} must have 1 to {} characters", MAX_IFNAME - 3);
     }
-    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
         bail!("name {name:?} may only hold a-z, 0-9 and '-'");
     }
     Ok(())

@@ -22,11 +22,23 @@ impl Netns {
     pub fn create(name: &str) -> Result<Netns> {
         cmd::run(Command::new("ip").args(["netns", "add", name]))
             .with_context(|| format!("create network namespace {name}"))?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         for key in ["all", "default"] {
-            ns.exec(&["sysctl", "-q", "-w", &format!("net.ipv6.conf.{key}.accept_dad=0")])?;
-            ns.exec(&["sysctl", "-q", "-w", &format!("net.ipv6.conf.{key}.disable_ipv6=0")])?;
+            ns.exec(&[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{key}.accept_dad=0"),
+            ])?;
+            ns.exec(&[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{key}.disable_ipv6=0"),
+            ])?;
         }
         Ok(ns)
     }
@@ -87,7 +99,11 @@ impl Drop for Netns {
 /// Process ids inside namespace `name`.
 pub fn pids_of(name: &str) -> Vec<i32> {
     cmd::run(Command::new("ip").args(["netns", "pids", name]))
-        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -124,6 +140,9 @@ mod tests {
     #[test]
     fn parses_netns_list_with_and_without_ids() {
         let out = "wft-1a-3-web (id: 2)\nblue\n\n";
-        assert_eq!(parse_netns_list(out), vec!["wft-1a-3-web".to_string(), "blue".to_string()]);
+        assert_eq!(
+            parse_netns_list(out),
+            vec!["wft-1a-3-web".to_string(), "blue".to_string()]
+        );
     }
 }

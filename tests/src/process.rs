@@ -2,9 +2,9 @@
 //! output captured to files, killed (whole group) when dropped.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -35,9 +35,14 @@ impl Child {
         let stderr = log_dir.join(format!("{name}.{n}.stderr"));
         let out = File::create(&stdout).with_context(|| format!("create {}", stdout.display()))?;
         let err = File::create(&stderr).with_context(|| format!("create {}", stderr.display()))?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         let command = describe(&cmd);
-        let child = cmd.spawn().with_context(|| format!("cannot start {name}: `{command}`"))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}: `{command}`"))?;
         Ok(Child {
             name: name.to_string(),
             command,
@@ -92,7 +97,10 @@ impl Child {
 
     /// Number of output lines that contain every string of `needles`.
     pub fn count_lines(&self, needles: &[&str]) -> usize {
-        self.output().lines().filter(|l| needles.iter().all(|n| l.contains(n))).count()
+        self.output()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
     }
 
     /// Waits (at most `timeout`) until a line of output contains every string of `needles`;
@@ -107,13 +115,20 @@ impl Child {
             if !self.is_running() {
                 bail!(
                     "{} exited before printing {:?} (`{}`); last output:\n{}",
-                    self.name, needles, self.command, self.tail(30)
+                    self.name,
+                    needles,
+                    self.command,
+                    self.tail(30)
                 );
             }
             if start.elapsed() > timeout {
                 bail!(
                     "{} did not print {:?} within {:?} (`{}`); last output:\n{}",
-                    self.name, needles, timeout, self.command, self.tail(30)
+                    self.name,
+                    needles,
+                    timeout,
+                    self.command,
+                    self.tail(30)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -158,7 +173,9 @@ impl Drop for Child {
 }
 
 fn signal_group(pgid: u32, sig: libc::c_int) {
-    let Ok(pgid) = i32::try_from(pgid) else { return };
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return;
+    };
     // SAFETY: kill has no memory-safety preconditions; a negative pid addresses the group
     // this guard created with process_group(0), whose id is the leader's pid.
     unsafe {
@@ -173,7 +190,9 @@ mod tests {
     /// Alive and not a zombie (the container's init may reap orphans late).
     fn running(pid: &str) -> bool {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
             Err(_) => false,
         }
     }
@@ -184,17 +203,30 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let pidfile = dir.join("grandchild.pid");
         let mut c = Command::new("sh");
-        let script = format!("sleep 1000 & echo $! > {}; echo ready now; wait", pidfile.display());
+        let script = format!(
+            "sleep 1000 & echo $! > {}; echo ready now; wait",
+            pidfile.display()
+        );
         c.args(["-c", &script]);
-        let mut child = Child::spawn(c, &dir, "sh").unwrap().with_grace(Duration::from_secs(1));
-        let line = child.wait_for_line(&["ready"], Duration::from_secs(5)).unwrap();
+        let mut child = Child::spawn(c, &dir, "sh")
+            .unwrap()
+            .with_grace(Duration::from_secs(1));
+        let line = child
+            .wait_for_line(&["ready"], Duration::from_secs(5))
+            .unwrap();
         assert_eq!(line, "ready now");
         assert_eq!(child.count_lines(&["now"]), 1);
-        let grandchild = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+        let grandchild = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .to_string();
         assert!(running(&grandchild));
         drop(child);
         crate::eventually(Duration::from_secs(5), Duration::from_millis(20), || {
-            anyhow::ensure!(!running(&grandchild), "grandchild {grandchild} still running");
+            anyhow::ensure!(
+                !running(&grandchild),
+                "grandchild {grandchild} still running"
+            );
             Ok(())
         })
         .unwrap();
@@ -208,7 +240,9 @@ mod tests {
         let mut c = Command::new("sh");
         c.args(["-c", "echo boom >&2; exit 3"]);
         let mut child = Child::spawn(c, &dir, "failing").unwrap();
-        let err = child.wait_for_line(&["never"], Duration::from_secs(5)).unwrap_err();
+        let err = child
+            .wait_for_line(&["never"], Duration::from_secs(5))
+            .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("exited") && msg.contains("boom"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);

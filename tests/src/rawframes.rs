@@ -11,11 +11,21 @@ use crate::lab::Workload;
 use crate::process::Child;
 
 /// Markers carried by the frames, one per kind.
-pub const MARKERS: &[&str] = &["WEFT-ETHERTYPE", "WEFT-IPPROTO", "WEFT-BADIHL", "WEFT-IP6PROTO", "WEFT-VLAN"];
+pub const MARKERS: &[&str] = &[
+    "WEFT-ETHERTYPE",
+    "WEFT-IPPROTO",
+    "WEFT-BADIHL",
+    "WEFT-IP6PROTO",
+    "WEFT-VLAN",
+];
 
 /// Debian's python3 (not a user's shim).
 pub fn python() -> String {
-    if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3".into() } else { "python3".into() }
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3".into()
+    } else {
+        "python3".into()
+    }
 }
 
 /// MAC address of the workload's eth0.
@@ -26,7 +36,10 @@ pub fn mac_of(w: &Workload) -> Result<String> {
 
 /// The address after `link/ether` in `ip -o link` output.
 pub fn parse_mac(out: &str) -> Option<String> {
-    out.split_whitespace().skip_while(|t| *t != "link/ether").nth(1).map(str::to_string)
+    out.split_whitespace()
+        .skip_while(|t| *t != "link/ether")
+        .nth(1)
+        .map(str::to_string)
 }
 
 fn script(w: &Workload) -> Result<String> {
@@ -40,7 +53,11 @@ fn script(w: &Workload) -> Result<String> {
 pub fn start_receiver(w: &Workload, seconds: u32) -> Result<Child> {
     let script = script(w)?;
     let secs = seconds.to_string();
-    let mut rx = w.netns.spawn(&w.dir, &format!("raw-receiver-{}", w.name), &[&python(), "-u", &script, "receive", "eth0", &secs])?;
+    let mut rx = w.netns.spawn(
+        &w.dir,
+        &format!("raw-receiver-{}", w.name),
+        &[&python(), "-u", &script, "receive", "eth0", &secs],
+    )?;
     rx.wait_for_line(&["receiver ready"], Duration::from_secs(10))?;
     Ok(rx)
 }
@@ -49,9 +66,21 @@ pub fn start_receiver(w: &Workload, seconds: u32) -> Result<Child> {
 pub fn send(from: &Workload, to: &Workload) -> Result<()> {
     let script = script(from)?;
     let mac = mac_of(to)?;
-    from.netns.exec_timeout(Duration::from_secs(20), &[
-        &python(), "-u", &script, "send", "eth0", &mac, &from.ipv4, &to.ipv4, &from.ipv6, &to.ipv6,
-    ])?;
+    from.netns.exec_timeout(
+        Duration::from_secs(20),
+        &[
+            &python(),
+            "-u",
+            &script,
+            "send",
+            "eth0",
+            &mac,
+            &from.ipv4,
+            &to.ipv4,
+            &from.ipv6,
+            &to.ipv6,
+        ],
+    )?;
     Ok(())
 }
 
@@ -61,25 +90,6 @@ pub fn wait_all_received(rx: &mut Child, timeout: Duration) -> Result<()> {
         rx.wait_for_line(&["got", m], timeout)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_mac_from_ip_link() {
-        let out = "7: eth0@if8: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue state UP mode DEFAULT \\    link/ether 6a:1b:2c:3d:4e:5f brd ff:ff:ff:ff:ff:ff link-netns x";
-        assert_eq!(parse_mac(out).as_deref(), Some("6a:1b:2c:3d:4e:5f"));
-        assert_eq!(parse_mac("lo: <LOOPBACK>"), None);
-    }
-
-    #[test]
-    fn script_knows_every_marker() {
-        for m in MARKERS {
-            assert!(SCRIPT.contains(m), "{m}");
-        }
-    }
 }
 
 const SCRIPT: &str = r#"
@@ -149,3 +159,22 @@ if __name__ == "__main__":
     else:
         receive(sys.argv[2], float(sys.argv[3]))
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mac_from_ip_link() {
+        let out = "7: eth0@if8: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue state UP mode DEFAULT \\    link/ether 6a:1b:2c:3d:4e:5f brd ff:ff:ff:ff:ff:ff link-netns x";
+        assert_eq!(parse_mac(out).as_deref(), Some("6a:1b:2c:3d:4e:5f"));
+        assert_eq!(parse_mac("lo: <LOOPBACK>"), None);
+    }
+
+    #[test]
+    fn script_knows_every_marker() {
+        for m in MARKERS {
+            assert!(SCRIPT.contains(m), "{m}");
+        }
+    }
+}

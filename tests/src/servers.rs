@@ -49,7 +49,9 @@ pub enum Site {
 
 /// A deterministic body of exactly `size` bytes (printable, so logs stay readable).
 pub fn blob(size: usize) -> Vec<u8> {
-    (0..size).map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789\n"[i % 37]).collect()
+    (0..size)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789\n"[i % 37])
+        .collect()
 }
 
 /// Renders an nginx.conf for one instance under `prefix`, listening on both addresses.
@@ -69,12 +71,21 @@ pub fn nginx_conf(prefix: &Path, ipv4: &str, ipv6: &str, port: u16, site: &Site)
          \x20 keepalive_timeout 30s;\n  keepalive_requests 10000;\n  sendfile on;\n"
     );
     if let Site::Proxy { upstream } = site {
-        let _ = write!(c, "  upstream backend {{\n    server {upstream};\n    keepalive 16;\n  }}\n");
+        let _ = write!(
+            c,
+            "  upstream backend {{\n    server {upstream};\n    keepalive 16;\n  }}\n"
+        );
     }
-    let _ = write!(c, "  server {{\n    listen {ipv4}:{port};\n    listen [{ipv6}]:{port};\n");
+    let _ = write!(
+        c,
+        "  server {{\n    listen {ipv4}:{port};\n    listen [{ipv6}]:{port};\n"
+    );
     match site {
         Site::Static(_) => {
-            let _ = write!(c, "    root {p}/www;\n    location / {{ try_files $uri $uri/ =404; }}\n");
+            let _ = write!(
+                c,
+                "    root {p}/www;\n    location / {{ try_files $uri $uri/ =404; }}\n"
+            );
         }
         Site::Proxy { .. } => {
             let _ = write!(
@@ -116,13 +127,28 @@ pub fn nginx(w: &Workload, site: Site) -> Result<Server> {
     w.netns
         .exec(&["nginx", "-t", "-q", "-p", &prefix_s, "-c", &conf_s])
         .context("nginx rejected the generated config")?;
-    let mut child = w.netns.spawn(&w.dir, &format!("nginx-{}", w.name), &["nginx", "-p", &prefix_s, "-c", &conf_s])?;
+    let mut child = w.netns.spawn(
+        &w.dir,
+        &format!("nginx-{}", w.name),
+        &["nginx", "-p", &prefix_s, "-c", &conf_s],
+    )?;
     let url = format!("http://{}:{port}/", w.ipv4);
     wait_ready(&mut child, "nginx", || {
         // Any HTTP answer means nginx is up (a proxy may answer 502 before its upstream runs).
-        let code = w.netns.exec_timeout(Duration::from_secs(3), &[
-            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", &url,
-        ])?;
+        let code = w.netns.exec_timeout(
+            Duration::from_secs(3),
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+                &url,
+            ],
+        )?;
         anyhow::ensure!(code.trim() != "000", "no HTTP answer yet");
         Ok(())
     })?;
@@ -142,9 +168,23 @@ pub fn postgres(w: &Workload) -> Result<Server> {
     chown_postgres(&sock)?;
     let initdb = bin.join("initdb");
     let pgdata_s = pgdata.to_string_lossy().into_owned();
-    cmd::run(Command::new("runuser").current_dir("/").args(["-u", "postgres", "--"]).arg(&initdb).args([
-        "-D", &pgdata_s, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8",
-    ]))
+    cmd::run(
+        Command::new("runuser")
+            .current_dir("/")
+            .args(["-u", "postgres", "--"])
+            .arg(&initdb)
+            .args([
+                "-D",
+                &pgdata_s,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]),
+    )
     .context("initdb")?;
     std::fs::write(
         pgdata.join("pg_hba.conf"),
@@ -154,15 +194,48 @@ pub fn postgres(w: &Workload) -> Result<Server> {
     let postgres = bin.join("postgres").to_string_lossy().into_owned();
     let listen = format!("listen_addresses={},{}", w.ipv4, w.ipv6);
     let sockdir = format!("unix_socket_directories={}", sock.display());
-    let mut child = w.netns.spawn(&w.dir, &format!("postgres-{}", w.name), &[
-        "runuser", "-u", "postgres", "--", &postgres, "-D", &pgdata_s, "-c", &listen, "-c", &sockdir,
-        "-c", "port=5432", "-c", "fsync=off", "-c", "synchronous_commit=off",
-        "-c", "full_page_writes=off", "-c", "max_connections=50",
-    ])?;
+    let mut child = w.netns.spawn(
+        &w.dir,
+        &format!("postgres-{}", w.name),
+        &[
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            &postgres,
+            "-D",
+            &pgdata_s,
+            "-c",
+            &listen,
+            "-c",
+            &sockdir,
+            "-c",
+            "port=5432",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=50",
+        ],
+    )?;
     wait_ready(&mut child, "postgres", || {
-        w.netns.exec_timeout(Duration::from_secs(5), &[
-            "pg_isready", "-h", &w.ipv4, "-p", "5432", "-U", "postgres", "-t", "2",
-        ])?;
+        w.netns.exec_timeout(
+            Duration::from_secs(5),
+            &[
+                "pg_isready",
+                "-h",
+                &w.ipv4,
+                "-p",
+                "5432",
+                "-U",
+                "postgres",
+                "-t",
+                "2",
+            ],
+        )?;
         Ok(())
     })?;
     Ok(server(child, w, port))
@@ -173,14 +246,32 @@ pub fn redis(w: &Workload) -> Result<Server> {
     let port = 6379;
     let dir = server_dir(w, "redis")?;
     let dir_s = dir.to_string_lossy().into_owned();
-    let mut child = w.netns.spawn(&w.dir, &format!("redis-{}", w.name), &[
-        "redis-server", "--bind", &w.ipv4, "--port", "6379", "--save", "", "--appendonly", "no",
-        "--dir", &dir_s, "--daemonize", "no", "--protected-mode", "no",
-    ])?;
+    let mut child = w.netns.spawn(
+        &w.dir,
+        &format!("redis-{}", w.name),
+        &[
+            "redis-server",
+            "--bind",
+            &w.ipv4,
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir_s,
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+    )?;
     wait_ready(&mut child, "redis", || {
-        let out = w.netns.exec_timeout(Duration::from_secs(3), &[
-            "redis-cli", "-h", &w.ipv4, "-p", "6379", "ping",
-        ])?;
+        let out = w.netns.exec_timeout(
+            Duration::from_secs(3),
+            &["redis-cli", "-h", &w.ipv4, "-p", "6379", "ping"],
+        )?;
         anyhow::ensure!(out.trim() == "PONG", "redis answered {out:?}");
         Ok(())
     })?;
@@ -190,11 +281,15 @@ pub fn redis(w: &Workload) -> Result<Server> {
 /// Starts a UDP echo server (socat) on `port` of the workload's IPv4 address.
 pub fn udp_echo(w: &Workload, port: u16) -> Result<Server> {
     let listen = format!("UDP4-RECVFROM:{port},bind={},fork", w.ipv4);
-    let mut child = w.netns.spawn(&w.dir, &format!("udp-echo-{}", w.name), &[
-        "socat", &listen, "PIPE",
-    ])?;
+    let mut child = w.netns.spawn(
+        &w.dir,
+        &format!("udp-echo-{}", w.name),
+        &["socat", &listen, "PIPE"],
+    )?;
     wait_ready(&mut child, "udp echo", || {
-        let out = w.netns.exec(&["ss", "-Hlun", &format!("sport = :{port}")])?;
+        let out = w
+            .netns
+            .exec(&["ss", "-Hlun", &format!("sport = :{port}")])?;
         anyhow::ensure!(!out.trim().is_empty(), "not bound yet");
         Ok(())
     })?;
@@ -204,11 +299,15 @@ pub fn udp_echo(w: &Workload, port: u16) -> Result<Server> {
 /// Starts a plain TCP echo server (socat) on `port`, both address families.
 pub fn tcp_echo(w: &Workload, port: u16) -> Result<Server> {
     let listen = format!("TCP6-LISTEN:{port},ipv6only=0,reuseaddr,fork");
-    let mut child = w.netns.spawn(&w.dir, &format!("tcp-echo-{}", w.name), &[
-        "socat", &listen, "PIPE",
-    ])?;
+    let mut child = w.netns.spawn(
+        &w.dir,
+        &format!("tcp-echo-{}", w.name),
+        &["socat", &listen, "PIPE"],
+    )?;
     wait_ready(&mut child, "tcp echo", || {
-        let out = w.netns.exec(&["ss", "-Hltn", &format!("sport = :{port}")])?;
+        let out = w
+            .netns
+            .exec(&["ss", "-Hltn", &format!("sport = :{port}")])?;
         anyhow::ensure!(!out.trim().is_empty(), "not listening yet");
         Ok(())
     })?;
@@ -216,7 +315,13 @@ pub fn tcp_echo(w: &Workload, port: u16) -> Result<Server> {
 }
 
 fn server(child: Child, w: &Workload, port: u16) -> Server {
-    Server { child, workload: w.name.clone(), ipv4: w.ipv4.clone(), ipv6: w.ipv6.clone(), port }
+    Server {
+        child,
+        workload: w.name.clone(),
+        ipv4: w.ipv4.clone(),
+        ipv6: w.ipv6.clone(),
+        port,
+    }
 }
 
 fn server_dir(w: &Workload, kind: &str) -> Result<PathBuf> {
@@ -227,8 +332,13 @@ fn server_dir(w: &Workload, kind: &str) -> Result<PathBuf> {
 }
 
 fn chown_postgres(path: &Path) -> Result<()> {
-    cmd::run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(path))
-        .context("chown to postgres (is the postgresql package installed?)")?;
+    cmd::run(
+        Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(path),
+    )
+    .context("chown to postgres (is the postgresql package installed?)")?;
     Ok(())
 }
 
@@ -239,7 +349,13 @@ fn wait_ready(child: &mut Child, what: &str, mut probe: impl FnMut() -> Result<(
         }
         probe()
     })
-    .with_context(|| format!("{what} ({}) did not become ready; output:\n{}", child.name(), child.tail(20)))
+    .with_context(|| {
+        format!(
+            "{what} ({}) did not become ready; output:\n{}",
+            child.name(),
+            child.tail(20)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -254,9 +370,15 @@ mod tests {
 
     #[test]
     fn nginx_proxy_conf_keeps_upstream_connections_alive() {
-        let c = nginx_conf(Path::new("/tmp/x"), "198.18.1.12", "fd00:1::12", 80, &Site::Proxy {
-            upstream: "198.18.1.13:80".into(),
-        });
+        let c = nginx_conf(
+            Path::new("/tmp/x"),
+            "198.18.1.12",
+            "fd00:1::12",
+            80,
+            &Site::Proxy {
+                upstream: "198.18.1.13:80".into(),
+            },
+        );
         assert!(c.contains("server 198.18.1.13:80;"));
         assert!(c.contains("keepalive 16;"));
         assert!(c.contains("proxy_http_version 1.1;"));
@@ -269,7 +391,13 @@ mod tests {
 
     #[test]
     fn nginx_static_conf_serves_docroot() {
-        let c = nginx_conf(Path::new("/p"), "198.18.1.11", "fd00:1::11", 80, &Site::Static(vec![]));
+        let c = nginx_conf(
+            Path::new("/p"),
+            "198.18.1.11",
+            "fd00:1::11",
+            80,
+            &Site::Static(vec![]),
+        );
         assert!(c.contains("root /p/www;"));
         assert!(!c.contains("upstream"));
         assert_eq!(c.matches('{').count(), c.matches('}').count());

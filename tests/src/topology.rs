@@ -54,12 +54,18 @@ impl Topology {
 
     /// The set of `source->target` edges.
     pub fn edges(&self) -> BTreeSet<String> {
-        self.dependencies.iter().map(|d| format!("{}->{}", d.source, d.target)).collect()
+        self.dependencies
+            .iter()
+            .map(|d| format!("{}->{}", d.source, d.target))
+            .collect()
     }
 
     /// All dependencies from `source` to `target` (one per port/transport).
     pub fn between(&self, source: &str, target: &str) -> Vec<&Dependency> {
-        self.dependencies.iter().filter(|d| d.source == source && d.target == target).collect()
+        self.dependencies
+            .iter()
+            .filter(|d| d.source == source && d.target == target)
+            .collect()
     }
 
     /// The dependency from `source` to `target`; fails when missing.
@@ -67,7 +73,12 @@ impl Topology {
         self.dependencies
             .iter()
             .find(|d| d.source == source && d.target == target)
-            .with_context(|| format!("no dependency {source}->{target}; edges: {:?}", self.edges()))
+            .with_context(|| {
+                format!(
+                    "no dependency {source}->{target}; edges: {:?}",
+                    self.edges()
+                )
+            })
     }
 }
 

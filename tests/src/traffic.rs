@@ -20,8 +20,7 @@ pub struct CurlTransfer {
 }
 
 /// The `-w` format `parse_curl_line` reads.
-pub const CURL_FORMAT: &str =
-    "weft-curl %{http_code} %{size_download} %{size_upload} %{size_request} %{size_header} %{num_connects}\\n";
+pub const CURL_FORMAT: &str = "weft-curl %{http_code} %{size_download} %{size_upload} %{size_request} %{size_header} %{num_connects}\\n";
 
 /// Parses one line written with `CURL_FORMAT`.
 pub fn parse_curl_line(line: &str) -> Result<CurlTransfer> {
@@ -30,8 +29,11 @@ pub fn parse_curl_line(line: &str) -> Result<CurlTransfer> {
         bail!("not a curl report line: {line:?}");
     }
     let mut num = |what: &str| -> Result<u64> {
-        let v = it.next().with_context(|| format!("{what} missing in {line:?}"))?;
-        v.parse::<u64>().with_context(|| format!("{what} is {v:?} in {line:?}"))
+        let v = it
+            .next()
+            .with_context(|| format!("{what} missing in {line:?}"))?;
+        v.parse::<u64>()
+            .with_context(|| format!("{what} is {v:?} in {line:?}"))
     };
     let http_code = u16::try_from(num("http_code")?).context("http_code")?;
     Ok(CurlTransfer {
@@ -46,12 +48,20 @@ pub fn parse_curl_line(line: &str) -> Result<CurlTransfer> {
 
 /// Parses all report lines of a curl run.
 pub fn parse_curl_output(out: &str) -> Result<Vec<CurlTransfer>> {
-    out.lines().filter(|l| l.starts_with("weft-curl")).map(parse_curl_line).collect()
+    out.lines()
+        .filter(|l| l.starts_with("weft-curl"))
+        .map(parse_curl_line)
+        .collect()
 }
 
 /// Fetches `url` `times` times over ONE connection (curl reuses it: keep-alive).
 /// Fails unless every transfer returned 2xx.
-pub fn curl_keepalive(ns: &Netns, url: &str, times: usize, extra: &[&str]) -> Result<Vec<CurlTransfer>> {
+pub fn curl_keepalive(
+    ns: &Netns,
+    url: &str,
+    times: usize,
+    extra: &[&str],
+) -> Result<Vec<CurlTransfer>> {
     let mut args = vec!["curl", "-sS", "--max-time", "20", "-w", CURL_FORMAT];
     args.extend_from_slice(extra);
     for _ in 0..times {
@@ -74,7 +84,10 @@ pub fn curl_each(ns: &Netns, url: &str, times: usize, extra: &[&str]) -> Result<
 
 fn check_transfers(t: &[CurlTransfer], want: usize, url: &str) -> Result<()> {
     if t.len() != want {
-        bail!("curl reported {} transfers for {url}, expected {want}", t.len());
+        bail!(
+            "curl reported {} transfers for {url}, expected {want}",
+            t.len()
+        );
     }
     if let Some(bad) = t.iter().find(|t| !(200..300).contains(&t.http_code)) {
         bail!("curl {url} got HTTP {}", bad.http_code);
@@ -101,29 +114,45 @@ pub fn parse_wrk(out: &str) -> Result<WrkSummary> {
         .lines()
         .find_map(|l| {
             let l = l.trim();
-            l.split_once(" requests in ").and_then(|(n, _)| n.trim().parse::<u64>().ok())
+            l.split_once(" requests in ")
+                .and_then(|(n, _)| n.trim().parse::<u64>().ok())
         })
         .with_context(|| format!("no request count in wrk output: {out}"))?;
     let requests_per_sec = out
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:").and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Requests/sec:")
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0.0);
-    Ok(WrkSummary { requests, requests_per_sec, socket_errors: out.contains("Socket errors") })
+    Ok(WrkSummary {
+        requests,
+        requests_per_sec,
+        socket_errors: out.contains("Socket errors"),
+    })
 }
 
 /// Runs `wrk -t1 -c<conns> -d<secs>s url` (keep-alive connections).
 pub fn wrk(ns: &Netns, url: &str, conns: u32, secs: u64) -> Result<WrkSummary> {
     let c = format!("-c{conns}");
     let d = format!("-d{secs}s");
-    let out = ns.exec_timeout(Duration::from_secs(secs + 15), &["wrk", "-t1", &c, &d, "--timeout", "5s", url])?;
+    let out = ns.exec_timeout(
+        Duration::from_secs(secs + 15),
+        &["wrk", "-t1", &c, &d, "--timeout", "5s", url],
+    )?;
     parse_wrk(&out)
 }
 
 /// Runs `pgbench -i` against `host` (database `postgres`, user `postgres`).
 pub fn pgbench_init(ns: &Netns, host: &str) -> Result<()> {
-    ns.exec_timeout(Duration::from_secs(120), &[
-        "pgbench", "-i", "-q", "-s", "1", "-h", host, "-p", "5432", "-U", "postgres", "postgres",
-    ])
+    ns.exec_timeout(
+        Duration::from_secs(120),
+        &[
+            "pgbench", "-i", "-q", "-s", "1", "-h", host, "-p", "5432", "-U", "postgres",
+            "postgres",
+        ],
+    )
     .context("pgbench -i")?;
     Ok(())
 }
@@ -133,9 +162,13 @@ pub fn pgbench_init(ns: &Netns, host: &str) -> Result<()> {
 pub fn pgbench_run(ns: &Netns, host: &str, secs: u64, clients: u32) -> Result<u64> {
     let t = secs.to_string();
     let c = clients.to_string();
-    let out = ns.exec_timeout(Duration::from_secs(secs + 30), &[
-        "pgbench", "-n", "-T", &t, "-c", &c, "-h", host, "-p", "5432", "-U", "postgres", "postgres",
-    ])?;
+    let out = ns.exec_timeout(
+        Duration::from_secs(secs + 30),
+        &[
+            "pgbench", "-n", "-T", &t, "-c", &c, "-h", host, "-p", "5432", "-U", "postgres",
+            "postgres",
+        ],
+    )?;
     parse_pgbench(&out)
 }
 
@@ -155,15 +188,33 @@ pub fn parse_pgbench(out: &str) -> Result<u64> {
 pub fn redis_benchmark(ns: &Netns, host: &str, requests: u64, clients: u32) -> Result<String> {
     let n = requests.to_string();
     let c = clients.to_string();
-    ns.exec_timeout(Duration::from_secs(120), &[
-        "redis-benchmark", "-h", host, "-p", "6379", "-n", &n, "-c", &c, "-t", "set,get", "-q",
-    ])
+    ns.exec_timeout(
+        Duration::from_secs(120),
+        &[
+            "redis-benchmark",
+            "-h",
+            host,
+            "-p",
+            "6379",
+            "-n",
+            &n,
+            "-c",
+            &c,
+            "-t",
+            "set,get",
+            "-q",
+        ],
+    )
 }
 
 /// Sends `count` UDP datagrams to `host:port` (one socat each) and returns how many echoes
 /// came back.
 pub fn udp_roundtrips(ns: &Netns, host: &str, port: u16, count: usize) -> Result<usize> {
-    let target = if host.contains(':') { format!("UDP6:[{host}]:{port}") } else { format!("UDP4:{host}:{port}") };
+    let target = if host.contains(':') {
+        format!("UDP6:[{host}]:{port}")
+    } else {
+        format!("UDP4:{host}:{port}")
+    };
     let mut echoed = 0;
     for i in 0..count {
         let script = format!("echo weft-udp-{i} | socat -t 2 - {target}");
@@ -175,19 +226,45 @@ pub fn udp_roundtrips(ns: &Netns, host: &str, port: u16, count: usize) -> Result
     Ok(echoed)
 }
 
-/// Pings `host` `count` times and returns the packet loss in percent.
+/// Pings `host` `count` times and returns the packet loss in percent (ping's non-zero
+/// exit on loss is not an error; no summary at all is).
 pub fn ping_loss(ns: &Netns, host: &str, count: u32) -> Result<f64> {
     let c = count.to_string();
-    let out = ns.exec_timeout(Duration::from_secs(u64::from(count) + 10), &[
-        "ping", "-n", "-q", "-c", &c, "-i", "0.2", "-W", "2", host,
-    ])?;
-    parse_ping_loss(&out)
+    let secs = (u64::from(count) + 10).to_string();
+    let mut cmd = ns.command(&[
+        "timeout",
+        "--kill-after=5",
+        &secs,
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        &c,
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        host,
+    ]);
+    let out = crate::cmd::output(&mut cmd)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_ping_loss(&text).with_context(|| {
+        format!(
+            "ping {host} in {}: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
 }
 
 /// Reads "N% packet loss" from ping's summary.
 pub fn parse_ping_loss(out: &str) -> Result<f64> {
     out.split(',')
-        .find_map(|p| p.trim().strip_suffix("% packet loss").and_then(|v| v.trim().parse().ok()))
+        .find_map(|p| {
+            p.trim()
+                .strip_suffix("% packet loss")
+                .and_then(|v| v.trim().parse().ok())
+        })
         .with_context(|| format!("no packet loss figure in ping output: {out}"))
 }
 

@@ -29,7 +29,11 @@ pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) if !d.is_empty() => {
             let p = PathBuf::from(d);
-            if p.is_absolute() { p } else { workspace_root().join(p) }
+            if p.is_absolute() {
+                p
+            } else {
+                workspace_root().join(p)
+            }
         }
         _ => workspace_root().join("target"),
     }
@@ -39,7 +43,10 @@ pub fn target_dir() -> PathBuf {
 pub fn binary(name: &str) -> Result<PathBuf> {
     let p = target_dir().join("debug").join(name);
     if !p.is_file() {
-        bail!("{} is not built: run `cargo build --workspace` (or `cargo xtask build`) first", p.display());
+        bail!(
+            "{} is not built: run `cargo build --workspace` (or `cargo xtask build`) first",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -58,7 +65,11 @@ pub fn workloads_toml(workloads: &[&Workload]) -> String {
         s.push_str("[[workload]]\n");
         s.push_str(&format!("name = {}\n", toml_str(&w.name)));
         s.push_str(&format!("interface = {}\n", toml_str(&w.host_if)));
-        s.push_str(&format!("addresses = [{}, {}]\n\n", toml_str(&w.ipv4), toml_str(&w.ipv6)));
+        s.push_str(&format!(
+            "addresses = [{}, {}]\n\n",
+            toml_str(&w.ipv4),
+            toml_str(&w.ipv6)
+        ));
     }
     s
 }
@@ -103,10 +114,17 @@ impl Controller {
         let bin = binary("weft-controller")?;
         let mut c = Command::new(&bin);
         c.args(["--grpc-listen", grpc_addr, "--http-listen", http_addr]);
-        c.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        c.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let mut child = Child::spawn(c, lab.dir(), "weft-controller")?;
         child.wait_for_line(&["weft-controller listening"], START_TIMEOUT)?;
-        Ok(Controller { child, grpc_addr: grpc_addr.to_string(), http_addr: http_addr.to_string() })
+        Ok(Controller {
+            child,
+            grpc_addr: grpc_addr.to_string(),
+            http_addr: http_addr.to_string(),
+        })
     }
 
     /// `http://<grpc addr>`, what the agent dials.
@@ -121,7 +139,8 @@ impl Controller {
             .timeout(Duration::from_secs(5))
             .call()
             .with_context(|| format!("GET {url}"))?;
-        resp.into_string().with_context(|| format!("read body of {url}"))
+        resp.into_string()
+            .with_context(|| format!("read body of {url}"))
     }
 
     pub fn topology(&self) -> Result<Topology> {
@@ -141,7 +160,11 @@ pub fn sum_metric(text: &str, name: &str) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let metric = series.split('{').next()?;
-            if metric.contains(name) { value.parse::<f64>().ok() } else { None }
+            if metric.contains(name) {
+                value.parse::<f64>().ok()
+            } else {
+                None
+            }
         })
         .sum()
 }
@@ -158,32 +181,68 @@ impl Agent {
     /// `weft-agent` in that namespace and waits until it attached to every workload
     /// interface (a `weft-agent attached` line naming each).
     pub fn start(lab: &Lab, hv_index: usize, controller_url: &str) -> Result<Agent> {
-        let hv = lab.hypervisors().get(hv_index).context("no such hypervisor")?;
-        let workloads: Vec<&Workload> = lab.workloads().iter().filter(|w| w.hypervisor == hv_index).collect();
+        let hv = lab
+            .hypervisors()
+            .get(hv_index)
+            .context("no such hypervisor")?;
+        let workloads: Vec<&Workload> = lab
+            .workloads()
+            .iter()
+            .filter(|w| w.hypervisor == hv_index)
+            .collect();
         let file = lab.dir().join(format!("workloads-{}.toml", hv.name));
-        std::fs::write(&file, workloads_toml(&workloads)).with_context(|| format!("write {}", file.display()))?;
+        std::fs::write(&file, workloads_toml(&workloads))
+            .with_context(|| format!("write {}", file.display()))?;
         let bin = binary("weft-agent")?;
         let bin_s = bin.to_string_lossy().into_owned();
         let file_s = file.to_string_lossy().into_owned();
         let metrics = format!("127.0.0.1:{AGENT_METRICS_PORT}");
         let mut cmd = hv.netns.command(&[
-            &bin_s, "--host-id", &hv.name, "--controller", controller_url, "--workloads", &file_s,
-            "--interfaces", "wl-*", "--metrics-listen", &metrics, "--drain-interval-ms", "1000",
+            &bin_s,
+            "--host-id",
+            &hv.name,
+            "--controller",
+            controller_url,
+            "--workloads",
+            &file_s,
+            "--interfaces",
+            "wl-*",
+            "--metrics-listen",
+            &metrics,
+            "--drain-interval-ms",
+            "1000",
         ]);
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let mut child = Child::spawn(cmd, lab.dir(), &format!("weft-agent-{}", hv.name))?;
         for w in &workloads {
             child.wait_for_line(&["weft-agent attached", &w.host_if], START_TIMEOUT)?;
         }
-        Ok(Agent { child, workloads_file: file, hv_index })
+        Ok(Agent {
+            child,
+            workloads_file: file,
+            hv_index,
+        })
     }
 
     /// The agent's `/metrics` text (read from inside its namespace).
     pub fn metrics(&self, lab: &Lab) -> Result<String> {
-        let hv = lab.hypervisors().get(self.hv_index).context("no such hypervisor")?;
-        hv.netns.exec_timeout(Duration::from_secs(5), &[
-            "curl", "-sS", "--max-time", "3", &format!("http://127.0.0.1:{AGENT_METRICS_PORT}/metrics"),
-        ])
+        let hv = lab
+            .hypervisors()
+            .get(self.hv_index)
+            .context("no such hypervisor")?;
+        hv.netns.exec_timeout(
+            Duration::from_secs(5),
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                &format!("http://127.0.0.1:{AGENT_METRICS_PORT}/metrics"),
+            ],
+        )
     }
 }
 

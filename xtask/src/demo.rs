@@ -40,7 +40,12 @@ fn check_interrupted() -> Result<()> {
 }
 
 /// The edges the demo's traffic creates, and only those.
-pub const EXPECTED: &[(&str, &str)] = &[("client", "web"), ("web", "api"), ("worker", "db"), ("worker", "cache")];
+pub const EXPECTED: &[(&str, &str)] = &[
+    ("client", "web"),
+    ("web", "api"),
+    ("worker", "db"),
+    ("worker", "cache"),
+];
 
 pub fn run(seconds: u64, out: &str) -> Result<()> {
     if !weft_lab::is_root() {
@@ -60,18 +65,38 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
         .build()
         .context("build the lab")?;
     for w in lab.workloads() {
-        println!("    {:<7} {:<15} {:<14} netns {}", w.name, w.ipv4, w.ipv6, w.netns.name());
+        println!(
+            "    {:<7} {:<15} {:<14} netns {}",
+            w.name,
+            w.ipv4,
+            w.ipv6,
+            w.netns.name()
+        );
     }
     println!("    lab dir {}", lab.dir().display());
     check_interrupted()?;
 
     step("demo: starting servers");
-    let api = servers::nginx(lab.workload("api")?, Site::Static(vec![
-        ("items.json".into(), br#"{"items":[{"id":1,"name":"weft"},{"id":2,"name":"warp"}]}"#.to_vec()),
-        ("blob.bin".into(), servers::blob(64 * 1024)),
-    ]))?;
-    println!("    api:   nginx serving JSON and static content on {}", api.addr());
-    let web = servers::nginx(lab.workload("web")?, Site::Proxy { upstream: api.addr() })?;
+    let api = servers::nginx(
+        lab.workload("api")?,
+        Site::Static(vec![
+            (
+                "items.json".into(),
+                br#"{"items":[{"id":1,"name":"weft"},{"id":2,"name":"warp"}]}"#.to_vec(),
+            ),
+            ("blob.bin".into(), servers::blob(64 * 1024)),
+        ]),
+    )?;
+    println!(
+        "    api:   nginx serving JSON and static content on {}",
+        api.addr()
+    );
+    let web = servers::nginx(
+        lab.workload("web")?,
+        Site::Proxy {
+            upstream: api.addr(),
+        },
+    )?;
     println!("    web:   nginx proxying to api on {}", web.addr());
     check_interrupted()?;
     let db = servers::postgres(lab.workload("db")?)?;
@@ -82,9 +107,15 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
 
     step("demo: starting weft-controller (root namespace) and weft-agent (hv1)");
     let controller = Controller::start(&lab)?;
-    println!("    controller: gRPC {} REST http://{}", controller.grpc_addr, controller.http_addr);
+    println!(
+        "    controller: gRPC {} REST http://{}",
+        controller.grpc_addr, controller.http_addr
+    );
     let mut agent = Agent::start(&lab, 0, &controller.grpc_url())?;
-    println!("    agent: attached to {} workload interfaces", lab.workloads().len());
+    println!(
+        "    agent: attached to {} workload interfaces",
+        lab.workloads().len()
+    );
     check_interrupted()?;
 
     step(&format!("demo: traffic for {seconds} s"));
@@ -102,10 +133,16 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
             traffic::curl_each(client, &web_url, 10, &[])?;
             println!("    client -> web: 20 requests on one keep-alive connection (64 KiB each)");
             traffic::curl_keepalive(client, &blob_url, 20, &[])?;
-            let secs = deadline.saturating_duration_since(Instant::now()).as_secs().max(1);
+            let secs = deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+                .max(1);
             println!("    client -> web: wrk, 4 keep-alive connections, {secs} s");
             let w = traffic::wrk(client, &web_url, 4, secs)?;
-            println!("    client -> web: wrk done: {} requests ({:.0}/s)", w.requests, w.requests_per_sec);
+            println!(
+                "    client -> web: wrk done: {} requests ({:.0}/s)",
+                w.requests, w.requests_per_sec
+            );
             Ok(30 + w.requests)
         });
         let data = s.spawn(|| -> Result<(u64, u64)> {
@@ -135,14 +172,21 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
                 progress(&controller);
             }
         }
-        sent.http = http.join().map_err(|_| anyhow::anyhow!("http traffic thread panicked"))??;
-        (sent.pgbench_tx, sent.redis) = data.join().map_err(|_| anyhow::anyhow!("data traffic thread panicked"))??;
+        sent.http = http
+            .join()
+            .map_err(|_| anyhow::anyhow!("http traffic thread panicked"))??;
+        (sent.pgbench_tx, sent.redis) = data
+            .join()
+            .map_err(|_| anyhow::anyhow!("data traffic thread panicked"))??;
         Ok(())
     });
     check_interrupted()?;
     results?;
     if !agent.child.is_running() {
-        bail!("weft-agent exited during the demo; its output:\n{}", agent.child.tail(30));
+        bail!(
+            "weft-agent exited during the demo; its output:\n{}",
+            agent.child.tail(30)
+        );
     }
 
     step("demo: waiting for the controller to hold every edge");
@@ -165,10 +209,19 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
     let mut previous = u64::MAX;
     let settled = eventually(Duration::from_secs(20), Duration::from_millis(2500), || {
         check_interrupted()?;
-        let total: u64 = controller.topology()?.dependencies.iter().map(|d| d.requests).sum();
+        let total: u64 = controller
+            .topology()?
+            .dependencies
+            .iter()
+            .map(|d| d.requests)
+            .sum();
         let same = total == previous;
         previous = total;
-        if same { Ok(()) } else { bail!("request total still moving ({total})") }
+        if same {
+            Ok(())
+        } else {
+            bail!("request total still moving ({total})")
+        }
     });
     if let Err(e) = settled {
         check_interrupted()?;
@@ -178,7 +231,9 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
     let topology = controller.topology().context("GET /topology")?;
 
     step("demo: topology (GET /topology.txt)");
-    let txt = controller.get("/topology.txt").context("GET /topology.txt")?;
+    let txt = controller
+        .get("/topology.txt")
+        .context("GET /topology.txt")?;
     println!("{txt}");
     write_outputs(&controller, &root().join(out))?;
     print_edges(&topology);
@@ -199,7 +254,9 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
     } else {
         let missing: Vec<_> = expected.difference(&edges).collect();
         let extra: Vec<_> = edges.difference(&expected).collect();
-        bail!("the topology's dependencies differ from the traffic sent: missing {missing:?}, unexpected {extra:?}")
+        bail!(
+            "the topology's dependencies differ from the traffic sent: missing {missing:?}, unexpected {extra:?}"
+        )
     }
 }
 
@@ -213,7 +270,10 @@ struct Sent {
 
 fn progress(controller: &Controller) {
     match (controller.metric("records_ingested"), controller.topology()) {
-        (Ok(n), Ok(t)) => println!("    ... records_ingested {n:.0}, {} dependencies so far", t.dependencies.len()),
+        (Ok(n), Ok(t)) => println!(
+            "    ... records_ingested {n:.0}, {} dependencies so far",
+            t.dependencies.len()
+        ),
         (Err(e), _) | (_, Err(e)) => println!("    ... controller not answering yet: {e:#}"),
     }
 }
@@ -225,22 +285,36 @@ fn write_outputs(controller: &Controller, dir: &Path) -> Result<()> {
         .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or(json);
     std::fs::write(dir.join("topology.json"), pretty)?;
-    let dot = controller.get("/topology.dot").context("GET /topology.dot")?;
+    let dot = controller
+        .get("/topology.dot")
+        .context("GET /topology.dot")?;
     let dot_path = dir.join("topology.dot");
     std::fs::write(&dot_path, &dot)?;
     println!("    wrote {}", dir.join("topology.json").display());
     println!("    wrote {}", dot_path.display());
     let svg = dir.join("topology.svg");
-    match Command::new("dot").arg("-Tsvg").arg(&dot_path).arg("-o").arg(&svg).output() {
+    match Command::new("dot")
+        .arg("-Tsvg")
+        .arg(&dot_path)
+        .arg("-o")
+        .arg(&svg)
+        .output()
+    {
         Ok(o) if o.status.success() => println!("    wrote {}", svg.display()),
-        Ok(o) => println!("    dot could not render the graph: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Ok(o) => println!(
+            "    dot could not render the graph: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
         Err(_) => println!("    Graphviz `dot` not found: no SVG"),
     }
     Ok(())
 }
 
 fn print_edges(t: &Topology) {
-    println!("    {:<16} {:<8} {:>5} {:<9} {:>6} {:>9} {:>11} {:>11}", "edge", "proto", "port", "transport", "flows", "requests", "p50 ms", "p99 ms");
+    println!(
+        "    {:<16} {:<8} {:>5} {:<9} {:>6} {:>9} {:>11} {:>11}",
+        "edge", "proto", "port", "transport", "flows", "requests", "p50 ms", "p99 ms"
+    );
     for d in &t.dependencies {
         println!(
             "    {:<16} {:<8} {:>5} {:<9} {:>6} {:>9} {:>11.3} {:>11.3}",

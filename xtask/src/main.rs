@@ -10,7 +10,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "weft's developer tasks (run as root on Debian 12)")]
+#[command(
+    name = "xtask",
+    about = "weft's developer tasks (run as root on Debian 12)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -49,9 +52,19 @@ fn main() -> ExitCode {
     let result: Result<()> = match cli.command {
         Cmd::Setup => setup::setup(),
         Cmd::Build => setup::setup().and_then(|()| build()),
-        Cmd::Test { args } => setup::setup().and_then(|()| build()).and_then(|()| test(&args)),
-        Cmd::Demo { seconds, out, no_build } => {
-            let ready = if no_build { Ok(()) } else { setup::setup().and_then(|()| build()) };
+        Cmd::Test { args } => setup::setup()
+            .and_then(|()| build())
+            .and_then(|()| test(&args)),
+        Cmd::Demo {
+            seconds,
+            out,
+            no_build,
+        } => {
+            let ready = if no_build {
+                Ok(())
+            } else {
+                setup::setup().and_then(|()| build())
+            };
             ready.and_then(|()| demo::run(seconds, &out))
         }
     };

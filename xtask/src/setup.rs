@@ -10,8 +10,22 @@ use crate::sh::{self, probe, run_inherit, step, tools_dir};
 
 /// Debian packages the lab, the tests and the demo use.
 pub const PACKAGES: &[&str] = &[
-    "iproute2", "iputils-ping", "nftables", "ethtool", "tcpdump", "bpftool", "curl", "socat",
-    "python3", "iptables", "nginx", "postgresql", "redis-server", "redis-tools", "wrk", "graphviz",
+    "iproute2",
+    "iputils-ping",
+    "nftables",
+    "ethtool",
+    "tcpdump",
+    "bpftool",
+    "curl",
+    "socat",
+    "python3",
+    "iptables",
+    "nginx",
+    "postgresql",
+    "redis-server",
+    "redis-tools",
+    "wrk",
+    "graphviz",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab
@@ -36,12 +50,28 @@ fn is_root() -> bool {
 }
 
 fn rust_src() -> Result<()> {
-    let (ok, out) = probe(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
-    if ok && out.lines().any(|l| l.trim() == "rust-src" || l.starts_with("rust-src")) {
+    let (ok, out) = probe(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
+    if ok
+        && out
+            .lines()
+            .any(|l| l.trim() == "rust-src" || l.starts_with("rust-src"))
+    {
         println!("    rust-src for nightly: installed");
         return Ok(());
     }
-    run_inherit(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    run_inherit(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 fn bpf_linker() -> Result<()> {
@@ -52,7 +82,9 @@ fn bpf_linker() -> Result<()> {
         println!("    bpf-linker: {} ({})", out.trim(), bin.display());
         return Ok(());
     }
-    println!("    bpf-linker: building {BPF_LINKER_VERSION} against the nightly toolchain's libLLVM (about a minute)");
+    println!(
+        "    bpf-linker: building {BPF_LINKER_VERSION} against the nightly toolchain's libLLVM (about a minute)"
+    );
     let (ok, sysroot) = probe(Command::new("rustc").args(["+nightly", "--print", "sysroot"]));
     if !ok {
         bail!("`rustc +nightly --print sysroot` failed: is the nightly toolchain installed?");
@@ -75,12 +107,20 @@ fn bpf_linker() -> Result<()> {
     let so_name = so.file_name().context("libLLVM file name")?;
     for link in [llvm_lib.join("libLLVM.so"), llvm_lib.join(so_name)] {
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&so, &link).with_context(|| format!("symlink {}", link.display()))?;
+        std::os::unix::fs::symlink(&so, &link)
+            .with_context(|| format!("symlink {}", link.display()))?;
     }
     run_inherit(
         sh::cargo()
             .env("LLVM_PREFIX", tools.join("llvm"))
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{major}"))
             .arg("--root")
             .arg(&tools),
@@ -116,7 +156,11 @@ fn packages() -> Result<()> {
     if !is_root() {
         bail!("installing packages needs root: run as root (sudo -E cargo xtask setup)");
     }
-    run_inherit(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run_inherit(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     run_inherit(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])

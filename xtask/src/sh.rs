@@ -25,7 +25,10 @@ pub fn path_with_tools() -> String {
     let tools = tools_dir().join("bin");
     match std::env::var("PATH") {
         Ok(p) if !p.is_empty() => format!("{}:{p}", tools.display()),
-        _ => format!("{}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", tools.display()),
+        _ => format!(
+            "{}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            tools.display()
+        ),
     }
 }
 
@@ -58,7 +61,10 @@ pub fn run_inherit(cmd: &mut Command) -> Result<()> {
 /// Runs `cmd` quietly; returns (success, stdout).
 pub fn probe(cmd: &mut Command) -> (bool, String) {
     match cmd.stdin(Stdio::null()).stderr(Stdio::null()).output() {
-        Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        ),
         Err(_) => (false, String::new()),
     }
 }

@@ -22,7 +22,12 @@ fn topology_edges_are_exactly_the_generated_ones() -> Result<()> {
     }
     let lab = support::lab(&["client", "web", "api", "worker", "db", "cache"])?;
     let api = servers::nginx(lab.workload("api")?, support::static_site())?;
-    let web = servers::nginx(lab.workload("web")?, Site::Proxy { upstream: api.addr() })?;
+    let web = servers::nginx(
+        lab.workload("web")?,
+        Site::Proxy {
+            upstream: api.addr(),
+        },
+    )?;
     let db = servers::postgres(lab.workload("db")?)?;
     let cache = servers::redis(lab.workload("cache")?)?;
     let weft = Weft::start(&lab)?;
@@ -35,20 +40,43 @@ fn topology_edges_are_exactly_the_generated_ones() -> Result<()> {
     traffic::pgbench_run(worker, &db.ipv4, 2, 2)?;
     traffic::redis_benchmark(worker, &cache.ipv4, 1000, 2)?;
 
-    let expected = edge_set(&[("client", "web"), ("web", "api"), ("worker", "db"), ("worker", "cache")]);
+    let expected = edge_set(&[
+        ("client", "web"),
+        ("web", "api"),
+        ("worker", "db"),
+        ("worker", "cache"),
+    ]);
     let topology = eventually(Duration::from_secs(20), Duration::from_millis(500), || {
         let t = weft.controller.topology()?;
-        ensure!(expected.is_subset(&t.edges()), "edges so far: {:?}", t.edges());
-        ensure!(t.dependencies.iter().all(|d| d.requests > 0), "an edge has no requests yet: {:?}", t.dependencies);
+        ensure!(
+            expected.is_subset(&t.edges()),
+            "edges so far: {:?}",
+            t.edges()
+        );
+        ensure!(
+            t.dependencies.iter().all(|d| d.requests > 0),
+            "an edge has no requests yet: {:?}",
+            t.dependencies
+        );
         Ok(t)
     })
     .with_context(|| weft.logs())?;
-    assert_eq!(topology.edges(), expected, "dependencies must be exactly the generated ones");
-    for (source, target, protocol) in
-        [("client", "web", "http"), ("web", "api", "http"), ("worker", "db", "postgres"), ("worker", "cache", "redis")]
-    {
+    assert_eq!(
+        topology.edges(),
+        expected,
+        "dependencies must be exactly the generated ones"
+    );
+    for (source, target, protocol) in [
+        ("client", "web", "http"),
+        ("web", "api", "http"),
+        ("worker", "db", "postgres"),
+        ("worker", "cache", "redis"),
+    ] {
         let d = topology.edge(source, target)?;
-        assert_eq!(d.protocol, protocol, "protocol of {source}->{target}: {d:?}");
+        assert_eq!(
+            d.protocol, protocol,
+            "protocol of {source}->{target}: {d:?}"
+        );
         assert_eq!(d.transport, "tcp", "transport of {source}->{target}: {d:?}");
     }
     Ok(())
@@ -68,17 +96,40 @@ fn curl_connections_and_requests_are_counted() -> Result<()> {
     let url = format!("{}/blob.bin", web.url());
     let mut transfers = traffic::curl_each(client, &url, N, &[])?;
     let keepalive = traffic::curl_keepalive(client, &url, M, &[])?;
-    assert_eq!(keepalive.iter().map(|t| t.num_connects).sum::<u64>(), 1, "curl must reuse one connection");
+    assert_eq!(
+        keepalive.iter().map(|t| t.num_connects).sum::<u64>(),
+        1,
+        "curl must reuse one connection"
+    );
     transfers.extend(keepalive);
     let downloaded = traffic::total_download(&transfers);
     assert_eq!(downloaded, ((N + M) * BLOB_SIZE) as u64);
-    let request_bytes: u64 = transfers.iter().map(|t| t.size_request + t.size_upload).sum();
+    let request_bytes: u64 = transfers
+        .iter()
+        .map(|t| t.size_request + t.size_upload)
+        .sum();
 
-    let d = wait_edge(&weft, "client", "web", |d| d.flows >= (N + 1) as u64 && d.requests >= (N + M) as u64)?;
-    assert_eq!(d.flows, (N + 1) as u64, "flows: {N} single-request connections + 1 keep-alive: {d:?}");
+    let d = wait_edge(&weft, "client", "web", |d| {
+        d.flows >= (N + 1) as u64 && d.requests >= (N + M) as u64
+    })?;
+    assert_eq!(
+        d.flows,
+        (N + 1) as u64,
+        "flows: {N} single-request connections + 1 keep-alive: {d:?}"
+    );
     assert_eq!(d.requests, (N + M) as u64, "requests: {N} + {M}: {d:?}");
-    assert_within(d.payload_bytes_received, downloaded, 0.03, "payload_bytes_received vs curl size_download")?;
-    assert_within(d.payload_bytes_sent, request_bytes, 0.05, "payload_bytes_sent vs curl size_request+size_upload")?;
+    assert_within(
+        d.payload_bytes_received,
+        downloaded,
+        0.03,
+        "payload_bytes_received vs curl size_download",
+    )?;
+    assert_within(
+        d.payload_bytes_sent,
+        request_bytes,
+        0.05,
+        "payload_bytes_sent vs curl size_request+size_upload",
+    )?;
     assert!(d.bytes_received >= d.payload_bytes_received, "{d:?}");
     assert!(d.bytes_sent >= d.payload_bytes_sent, "{d:?}");
     Ok(())
@@ -99,11 +150,20 @@ fn handshake_rtt_reads_netem_delay() -> Result<()> {
     let client = &lab.workload("client")?.netns;
     traffic::curl_each(client, &format!("{}/small.json", web.url()), 10, &[])?;
 
-    let d = wait_edge(&weft, "client", "web", |d| d.flows >= 10 && d.handshake_rtt_ms.count >= 10)?;
+    let d = wait_edge(&weft, "client", "web", |d| {
+        d.flows >= 10 && d.handshake_rtt_ms.count >= 10
+    })?;
     let p50 = d.handshake_rtt_ms.p50;
     let how = delay.method();
-    assert!((18.0..=26.0).contains(&p50), "handshake RTT p50 {p50} ms with a 20 ms delay ({how}): {d:?}");
-    assert!(d.latency_ms.avg >= 20.0, "request latency avg {} ms with a 20 ms delay ({how}): {d:?}", d.latency_ms.avg);
+    assert!(
+        (18.0..=26.0).contains(&p50),
+        "handshake RTT p50 {p50} ms with a 20 ms delay ({how}): {d:?}"
+    );
+    assert!(
+        d.latency_ms.avg >= 20.0,
+        "request latency avg {} ms with a 20 ms delay ({how}): {d:?}",
+        d.latency_ms.avg
+    );
     Ok(())
 }
 
@@ -120,18 +180,31 @@ fn udp_and_ipv6_flows_are_seen() -> Result<()> {
     let client = &lab.workload("client")?.netns;
     let echoed = traffic::udp_roundtrips(client, &echo.ipv4, echo.port, 5)?;
     assert_eq!(echoed, 5, "every UDP datagram must come back");
-    traffic::curl_each(client, &format!("http://[{}]/small.json", server_wl.ipv6), 3, &["-6"])?;
+    traffic::curl_each(
+        client,
+        &format!("http://[{}]/small.json", server_wl.ipv6),
+        3,
+        &["-6"],
+    )?;
 
     let deps = eventually(Duration::from_secs(20), Duration::from_millis(500), || {
         let t = weft.controller.topology()?;
         let deps: Vec<Dependency> = t.between("client", "server").into_iter().cloned().collect();
         let udp = deps.iter().any(|d| d.transport.eq_ignore_ascii_case("udp"));
-        let v6 = deps.iter().any(|d| d.transport.eq_ignore_ascii_case("tcp") && has_ipv6(d));
-        ensure!(udp && v6, "client->server so far (udp seen: {udp}, tcp over ipv6 seen: {v6}): {deps:?}");
+        let v6 = deps
+            .iter()
+            .any(|d| d.transport.eq_ignore_ascii_case("tcp") && has_ipv6(d));
+        ensure!(
+            udp && v6,
+            "client->server so far (udp seen: {udp}, tcp over ipv6 seen: {v6}): {deps:?}"
+        );
         Ok(deps)
     })
     .with_context(|| weft.logs())?;
-    let udp = deps.iter().find(|d| d.transport.eq_ignore_ascii_case("udp")).context("udp edge")?;
+    let udp = deps
+        .iter()
+        .find(|d| d.transport.eq_ignore_ascii_case("udp"))
+        .context("udp edge")?;
     assert_eq!(udp.port, 5005, "{udp:?}");
     assert!(udp.flows >= 1, "{udp:?}");
     Ok(())
@@ -162,7 +235,11 @@ fn unparseable_packets_pass_untouched() -> Result<()> {
     traffic::curl_each(&sender.netns, &format!("{}/small.json", web.url()), 2, &[])?;
     wait_edge(&weft, "sender", "receiver", |d| d.requests >= 2)?;
     let mut agent = weft.agent;
-    ensure!(agent.child.is_running(), "weft-agent died: {}", agent.child.tail(30));
+    ensure!(
+        agent.child.is_running(),
+        "weft-agent died: {}",
+        agent.child.tail(30)
+    );
     Ok(())
 }
 
@@ -181,16 +258,25 @@ fn agent_reconnects_after_controller_restart() -> Result<()> {
     traffic::curl_each(client, &url, BEFORE, &[])?;
     wait_edge(&weft, "client", "web", |d| d.requests >= BEFORE as u64)?;
 
-    let (grpc, http) = (weft.controller.grpc_addr.clone(), weft.controller.http_addr.clone());
+    let (grpc, http) = (
+        weft.controller.grpc_addr.clone(),
+        weft.controller.http_addr.clone(),
+    );
     weft.controller.child.kill_hard();
     traffic::curl_each(client, &url, K, &[])?;
     // Same ports again (retried while the killed process's sockets go away).
-    let second = eventually(Duration::from_secs(10), Duration::from_millis(500), || Controller::start_on(&lab, &grpc, &http))?;
+    let second = eventually(Duration::from_secs(10), Duration::from_millis(500), || {
+        Controller::start_on(&lab, &grpc, &http)
+    })?;
     weft.controller = second;
     let d = eventually(Duration::from_secs(45), Duration::from_secs(1), || {
         let t = weft.controller.topology()?;
         let d = t.edge("client", "web")?.clone();
-        ensure!(d.requests >= K as u64, "new controller has {} of the {K} requests: {d:?}", d.requests);
+        ensure!(
+            d.requests >= K as u64,
+            "new controller has {} of the {K} requests: {d:?}",
+            d.requests
+        );
         Ok(d)
     })
     .with_context(|| weft.logs())?;
@@ -199,13 +285,18 @@ fn agent_reconnects_after_controller_restart() -> Result<()> {
 }
 
 fn has_ipv6(d: &Dependency) -> bool {
-    d.address_families.iter().any(|f| f.eq_ignore_ascii_case("ipv6"))
+    d.address_families
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case("ipv6"))
 }
 
 fn assert_within(actual: u64, expected: u64, tolerance: f64, what: &str) -> Result<()> {
     let diff = (actual as f64 - expected as f64).abs();
     if diff > expected as f64 * tolerance {
-        bail!("{what}: {actual} is not within {:.0}% of {expected}", tolerance * 100.0);
+        bail!(
+            "{what}: {actual} is not within {:.0}% of {expected}",
+            tolerance * 100.0
+        );
     }
     Ok(())
 }

@@ -54,7 +54,12 @@ impl Weft {
 
 /// Waits (20 s) until the controller has the dependency `source->target` and `ready`
 /// holds for it.
-pub fn wait_edge(weft: &Weft, source: &str, target: &str, ready: impl Fn(&Dependency) -> bool) -> Result<Dependency> {
+pub fn wait_edge(
+    weft: &Weft,
+    source: &str,
+    target: &str,
+    ready: impl Fn(&Dependency) -> bool,
+) -> Result<Dependency> {
     eventually(Duration::from_secs(20), Duration::from_millis(500), || {
         let t = weft.controller.topology()?;
         let d = t.edge(source, target)?;
