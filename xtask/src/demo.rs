@@ -165,7 +165,17 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
             std::thread::sleep(Duration::from_millis(200));
             if !told && INTERRUPTED.load(Ordering::SeqCst) {
                 told = true;
-                println!("    interrupted: waiting for the clients to stop");
+                println!("    interrupted: stopping the clients");
+                // The clients run under `timeout`, in process groups of their own: stop
+                // them through their namespaces.
+                for ns in [client, worker] {
+                    for pid in ns.pids() {
+                        // SAFETY: kill has no memory-safety preconditions.
+                        unsafe {
+                            libc::kill(pid, libc::SIGTERM);
+                        }
+                    }
+                }
             }
             if last.elapsed() >= Duration::from_secs(3) {
                 last = Instant::now();
