@@ -206,6 +206,33 @@ impl Lab {
             .collect()
     }
 
+    /// Adds a workload to a running lab (its host-side interface appears on the
+    /// hypervisor now, as when an orchestrator starts a VM or container).
+    pub fn add_late_workload(&mut self, name: &str) -> Result<&Workload> {
+        names::validate_role(name)?;
+        if self.workloads.iter().any(|w| w.name == name) {
+            bail!("name {name:?} used twice in one lab");
+        }
+        let host = FIRST_HOST + self.workloads.len();
+        if host > 250 {
+            bail!("too many workloads");
+        }
+        self.add_workload(host, name, 0)?;
+        self.workloads.last().context("workload just added")
+    }
+
+    /// Removes a workload: its namespace and with it both ends of its veth.
+    pub fn remove_workload(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .workloads
+            .iter()
+            .position(|w| w.name == name)
+            .with_context(|| format!("no workload {name:?} in this lab"))?;
+        // Dropping the guard kills its processes and deletes the namespace.
+        self.workloads.remove(i);
+        Ok(())
+    }
+
     fn add_hypervisor(&mut self, i: usize, name: &str) -> Result<()> {
         let x = self.x;
         let netns = Netns::create(&names::netns_name(&self.run, x, name))?;

@@ -181,6 +181,16 @@ impl Agent {
     /// `weft-agent` in that namespace and waits until it attached to every workload
     /// interface (a `weft-agent attached` line naming each).
     pub fn start(lab: &Lab, hv_index: usize, controller_url: &str) -> Result<Agent> {
+        Self::start_with(lab, hv_index, controller_url, &[])
+    }
+
+    /// As [`Agent::start`], with extra command-line flags.
+    pub fn start_with(
+        lab: &Lab,
+        hv_index: usize,
+        controller_url: &str,
+        extra_args: &[&str],
+    ) -> Result<Agent> {
         let hv = lab
             .hypervisors()
             .get(hv_index)
@@ -212,6 +222,7 @@ impl Agent {
             "--drain-interval-ms",
             "1000",
         ]);
+        cmd.args(extra_args);
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

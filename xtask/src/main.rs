@@ -24,9 +24,9 @@ enum Cmd {
     /// Install what builds and tests need: nightly rust-src, bpf-linker, Debian packages,
     /// bpffs. Idempotent; seconds when everything is there.
     Setup,
-    /// setup, then `cargo build --workspace`.
+    /// setup, then `cargo build` (the default members; the agent builds agent-ebpf).
     Build,
-    /// setup, build, then `cargo test --workspace` (unit and end-to-end lab tests).
+    /// setup, build, then `cargo test` of the default members (unit and end-to-end lab tests).
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -78,14 +78,14 @@ fn main() -> ExitCode {
 }
 
 fn build() -> Result<()> {
-    sh::step("cargo build --workspace");
-    sh::run_inherit(sh::cargo().args(["build", "--workspace"]))
+    sh::step("cargo build");
+    sh::run_inherit(sh::cargo().args(["build"]))
 }
 
 fn test(extra: &[String]) -> Result<()> {
-    sh::step("cargo test --workspace (namespace labs run one at a time: they share a lock)");
+    sh::step("cargo test (namespace labs run one at a time: they share a lock)");
     let mut c = sh::cargo();
-    c.args(["test", "--workspace"]);
+    c.args(["test"]);
     if !extra.is_empty() {
         c.args(extra);
     }

@@ -280,7 +280,104 @@ fn agent_reconnects_after_controller_restart() -> Result<()> {
         Ok(d)
     })
     .with_context(|| weft.logs())?;
-    assert!(d.flows >= K as u64, "{d:?}");
+    // The records of the outage are exactly the K connections made while it lasted: the
+    // ones before it were acknowledged by the first controller and are not sent again.
+    assert_eq!(d.requests, K as u64, "{d:?}");
+    assert_eq!(d.flows, K as u64, "{d:?}");
+    Ok(())
+}
+
+#[test]
+fn agent_counts_what_it_drops_when_its_queue_overflows() -> Result<()> {
+    if skip_unless_root("agent_counts_what_it_drops_when_its_queue_overflows") {
+        return Ok(());
+    }
+    const CAPACITY: usize = 4;
+    const CONNECTIONS: usize = 12;
+    let lab = support::lab(&["client", "web"])?;
+    let web = servers::nginx(lab.workload("web")?, support::static_site())?;
+    let controller = Controller::start(&lab)?;
+    let (grpc, http) = (controller.grpc_addr.clone(), controller.http_addr.clone());
+    let agent = weft_lab::weft::Agent::start_with(
+        &lab,
+        0,
+        &controller.grpc_url(),
+        &["--queue-capacity", &CAPACITY.to_string()],
+    )?;
+    let mut weft = Weft { controller, agent };
+    weft.controller.child.kill_hard();
+    let client = &lab.workload("client")?.netns;
+    traffic::curl_each(client, &format!("{}/small.json", web.url()), CONNECTIONS, &[])?;
+    // Each connection gives at least one record per interface it crossed (2 here): far
+    // more than the queue holds.
+    let dropped = eventually(Duration::from_secs(15), Duration::from_millis(500), || {
+        let m = weft.agent.metrics(&lab)?;
+        let dropped = weft_lab::weft::sum_metric(&m, "weft_agent_records_dropped_total");
+        let queued = weft_lab::weft::sum_metric(&m, "weft_agent_records_queued");
+        ensure!(queued <= CAPACITY as f64, "queue holds {queued} > {CAPACITY}");
+        ensure!(dropped > 0.0, "nothing dropped yet:\n{m}");
+        Ok(dropped)
+    })
+    .with_context(|| weft.logs())?;
+    ensure!(weft.agent.child.is_running(), "agent died: {}", weft.agent.child.tail(20));
+
+    weft.controller = eventually(Duration::from_secs(10), Duration::from_millis(500), || {
+        Controller::start_on(&lab, &grpc, &http)
+    })?;
+    // What the queue kept arrives, and the controller learns how much was dropped.
+    let reported = eventually(Duration::from_secs(30), Duration::from_millis(500), || {
+        let reported = weft.controller.metric("weft_controller_agent_dropped_records")?;
+        ensure!(reported >= dropped, "controller knows {reported} dropped, agent {dropped}");
+        Ok(reported)
+    })
+    .with_context(|| weft.logs())?;
+    let t = weft.controller.topology()?;
+    let requests: u64 = t.dependencies.iter().map(|d| d.requests).sum();
+    assert!(
+        requests < CONNECTIONS as u64,
+        "{requests} requests arrived although records were dropped ({reported})"
+    );
+    Ok(())
+}
+
+#[test]
+fn new_interface_is_attached_within_a_second_and_a_vanished_one_forgotten() -> Result<()> {
+    if skip_unless_root("new_interface_is_attached_within_a_second_and_a_vanished_one_forgotten") {
+        return Ok(());
+    }
+    let mut lab = support::lab(&["client", "web"])?;
+    let web = servers::nginx(lab.workload("web")?, support::static_site())?;
+    let url = format!("{}/small.json", web.url());
+    let mut weft = Weft::start(&lab)?;
+    let attached = |weft: &Weft, lab: &weft_lab::Lab| -> Result<f64> {
+        Ok(weft_lab::weft::sum_metric(&weft.agent.metrics(lab)?, "weft_agent_interfaces_attached"))
+    };
+    assert_eq!(attached(&weft, &lab)?, 2.0);
+
+    let started = std::time::Instant::now();
+    let late_if = lab.add_late_workload("late")?.host_if.clone();
+    weft.agent
+        .child
+        .wait_for_line(&["weft-agent attached", &late_if], Duration::from_secs(5))?;
+    let took = started.elapsed();
+    assert!(took <= Duration::from_secs(1), "{late_if} attached after {took:?}");
+
+    // The new workload is not in the agent's workloads file: it is named after its
+    // interface, and its traffic is observed.
+    traffic::curl_each(&lab.workload("late")?.netns, &url, 2, &[])?;
+    let d = wait_edge(&weft, &late_if, "web", |d| d.requests >= 2)?;
+    assert_eq!(d.requests, 2, "{d:?}");
+
+    lab.remove_workload("late")?;
+    eventually(Duration::from_secs(5), Duration::from_millis(100), || {
+        let n = attached(&weft, &lab)?;
+        ensure!(n == 2.0, "{n} interfaces attached");
+        Ok(())
+    })
+    .with_context(|| weft.logs())?;
+    // The others are still observed.
+    traffic::curl_each(&lab.workload("client")?.netns, &url, 1, &[])?;
+    wait_edge(&weft, "client", "web", |d| d.requests >= 1)?;
     Ok(())
 }
 
