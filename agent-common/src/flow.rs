@@ -10,6 +10,10 @@ pub const DIR_IN: usize = 1;
 pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
 /// Size of the flow-end ring buffer in bytes (a power of two, a multiple of the page size).
 pub const FLOW_EVENT_RING_BYTES: u32 = 256 * 1024;
+/// Size of the payload-sample ring buffer: about 20,000 samples in flight.
+pub const PAYLOAD_RING_BYTES: u32 = 4 * 1024 * 1024;
+/// Payload bytes copied per sample.
+pub const PAYLOAD_SAMPLE_BYTES: usize = 128;
 
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
@@ -26,6 +30,9 @@ pub mod state {
     pub const RST: u32 = 1 << 3;
     /// A flow-end event was posted for this flow.
     pub const END_REPORTED: u32 = 1 << 4;
+    /// The first payload bytes of the direction were posted to `PAYLOADS`.
+    pub const SAMPLED_OUT: u32 = 1 << 5;
+    pub const SAMPLED_IN: u32 = 1 << 6;
 }
 
 /// `FlowStats::turn`: who sent the last payload of a request/response exchange.
@@ -129,6 +136,44 @@ pub struct FlowEvent {
 }
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 256);
 
+/// `PayloadSample::kind`.
+pub mod sample {
+    /// The first payload of a direction that does not start or answer a request (a server
+    /// that speaks first, e.g. a MySQL greeting).
+    pub const FIRST: u8 = 0;
+    /// The client starts a request turn.
+    pub const REQUEST: u8 = 1;
+    /// The server's first payload answering the outstanding request; `latency_ns` is set.
+    pub const RESPONSE: u8 = 2;
+}
+
+/// The first bytes of a payload at a turn of the conversation, for user space to detect
+/// the application protocol and read method, path, status or error. Posted at most twice
+/// per request (request start, response start), never per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PayloadSample {
+    pub key: FlowKey,
+    /// A `sample::*` value.
+    pub kind: u8,
+    /// `DIR_OUT` or `DIR_IN`.
+    pub dir: u8,
+    /// Bytes of `data` that are valid.
+    pub captured: u16,
+    /// Identifies the flow generation (a reused 5-tuple has another value).
+    pub flow_first_seen_ns: u64,
+    pub ts_ns: u64,
+    /// For `RESPONSE`: time since the request started.
+    pub latency_ns: u64,
+    /// Payload length of the packet (may exceed `captured`).
+    pub payload_len: u32,
+    /// 1 when this is the first payload seen in its direction.
+    pub first_of_direction: u8,
+    pub _pad: [u8; 3],
+    pub data: [u8; PAYLOAD_SAMPLE_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<PayloadSample>() == 208);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data: repr(C), no implicit padding (checked by the size asserts),
@@ -136,4 +181,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::PayloadSample {}
 }

@@ -6,4 +6,4 @@
 pub mod flow;
 pub mod latency;
 
-pub use flow::{FlowEvent, FlowKey, FlowStats};
+pub use flow::{FlowEvent, FlowKey, FlowStats, PayloadSample};

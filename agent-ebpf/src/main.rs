@@ -17,19 +17,21 @@
 mod parse;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::ptr::addr_of_mut;
 
 use agent_common::{
-    FlowEvent, FlowKey, FlowStats,
+    FlowEvent, FlowKey, FlowStats, PayloadSample,
     flow::{
-        DIR_IN, DIR_OUT, FLOW_EVENT_RING_BYTES, FLOW_TABLE_ENTRIES, PROTO_TCP, state, turn,
+        DIR_IN, DIR_OUT, FLOW_EVENT_RING_BYTES, FLOW_TABLE_ENTRIES, PAYLOAD_RING_BYTES,
+        PAYLOAD_SAMPLE_BYTES, PROTO_TCP, sample, state, turn,
     },
     latency,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{LruHashMap, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 
@@ -43,6 +45,14 @@ static FLOWS: LruHashMap<FlowKey, FlowStats> =
 /// Final state of flows that closed (FIN both ways, or RST).
 #[map(name = "FLOW_EVENTS")]
 static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENT_RING_BYTES, 0);
+
+/// First payload bytes at each turn of a conversation (see `PayloadSample`).
+#[map(name = "PAYLOADS")]
+static PAYLOADS: RingBuf = RingBuf::with_byte_size(PAYLOAD_RING_BYTES, 0);
+
+/// Samples that did not fit in `PAYLOADS` (per CPU), so the loss is visible.
+#[map(name = "PAYLOADS_LOST")]
+static PAYLOADS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
 pub fn flow_ingress(ctx: TcContext) -> i32 {
@@ -104,7 +114,17 @@ fn observe(ctx: &TcContext, dir: usize) -> Result<(), ()> {
         track_handshake(s, dir, syn, ack, local_is_client, now);
     }
     if pkt.payload_len > 0 {
-        track_turn(s, dir == DIR_OUT && local_is_client || dir == DIR_IN && !local_is_client, now);
+        let from_client = dir == DIR_OUT && local_is_client || dir == DIR_IN && !local_is_client;
+        let first_bit = if dir == DIR_OUT { state::SAMPLED_OUT } else { state::SAMPLED_IN };
+        let first = s.state & first_bit == 0;
+        if first {
+            s.state |= first_bit;
+        }
+        let (kind, latency_ns) = track_turn(s, from_client, now);
+        if kind != NO_SAMPLE || first {
+            let kind = if kind == NO_SAMPLE { sample::FIRST } else { kind };
+            post_sample(ctx, &key, s.first_seen_ns, &pkt, dir, kind, first, now, latency_ns);
+        }
     }
     if is_tcp && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         track_close(&key, s, dir, pkt.tcp_flags);
@@ -178,16 +198,22 @@ fn track_handshake(s: &mut FlowStats, dir: usize, syn: bool, ack: bool, local_is
     }
 }
 
+const NO_SAMPLE: u8 = 0xff;
+
 /// Request/response turns: the first payload byte of a client turn starts a request; the
-/// first payload byte of the server's reply completes it.
+/// first payload byte of the server's reply completes it. Returns the sample kind this
+/// packet starts (or `NO_SAMPLE`) and, for a response, the request's latency.
 #[inline(always)]
-fn track_turn(s: &mut FlowStats, from_client: bool, now: u64) {
+fn track_turn(s: &mut FlowStats, from_client: bool, now: u64) -> (u8, u64) {
     if from_client {
         if s.turn != turn::CLIENT {
             s.turn = turn::CLIENT;
             s.turn_start_ns = now;
+            return (sample::REQUEST, 0);
         }
+        (NO_SAMPLE, 0)
     } else {
+        let mut out = (NO_SAMPLE, 0);
         if s.turn == turn::CLIENT {
             let lat = now - s.turn_start_ns;
             s.requests += 1;
@@ -196,9 +222,71 @@ fn track_turn(s: &mut FlowStats, from_client: bool, now: u64) {
             if let Some(slot) = s.latency_hist.get_mut(b) {
                 *slot = slot.wrapping_add(1);
             }
+            out = (sample::RESPONSE, lat);
         }
         s.turn = turn::SERVER;
+        out
     }
+}
+
+/// Copies the first payload bytes of this packet to `PAYLOADS`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn post_sample(
+    ctx: &TcContext,
+    key: &FlowKey,
+    flow_first_seen_ns: u64,
+    pkt: &Packet,
+    dir: usize,
+    kind: u8,
+    first: bool,
+    now: u64,
+    latency_ns: u64,
+) {
+    let Some(mut entry) = PAYLOADS.reserve::<PayloadSample>(0) else {
+        if let Some(lost) = PAYLOADS_LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, only this CPU writes it.
+            unsafe { *lost += 1 };
+        }
+        return;
+    };
+    // Only the bytes inside the packet are copied; the verifier needs a constant bound.
+    let avail = pkt.payload_len as usize;
+    let n = if avail > PAYLOAD_SAMPLE_BYTES { PAYLOAD_SAMPLE_BYTES } else { avail };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: the reservation is exactly one PayloadSample, exclusively ours until submit;
+    // fields are written through raw pointers (the memory is uninitialised).
+    unsafe {
+        addr_of_mut!((*ev).key).write(*key);
+        addr_of_mut!((*ev).kind).write(kind);
+        addr_of_mut!((*ev).dir).write(dir as u8);
+        addr_of_mut!((*ev).flow_first_seen_ns).write(flow_first_seen_ns);
+        addr_of_mut!((*ev).ts_ns).write(now);
+        addr_of_mut!((*ev).latency_ns).write(latency_ns);
+        addr_of_mut!((*ev).payload_len).write(pkt.payload_len);
+        addr_of_mut!((*ev).first_of_direction).write(first as u8);
+        addr_of_mut!((*ev)._pad).write([0; 3]);
+    }
+    let mut copied = 0u16;
+    if n > 0 {
+        // Masked into 1..=128 so that the verifier sees a non-zero, bounded length.
+        let len = ((n as u32 - 1) & (PAYLOAD_SAMPLE_BYTES as u32 - 1)) + 1;
+        // SAFETY: `len` bytes fit in `data`; the destination is reserved ring memory.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                pkt.payload_off,
+                addr_of_mut!((*ev).data).cast(),
+                len,
+            )
+        };
+        if rc == 0 {
+            copied = len as u16;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { addr_of_mut!((*ev).captured).write(copied) };
+    entry.submit(0);
 }
 
 #[inline(always)]
@@ -218,9 +306,9 @@ fn track_close(key: &FlowKey, s: &mut FlowStats, dir: usize, flags: u8) {
             // SAFETY: the reservation is exactly one FlowEvent, exclusively ours.
             unsafe {
                 let ev = entry.as_mut_ptr();
-                (*ev).key = *key;
-                (*ev)._pad = [0; 4];
-                core::ptr::copy_nonoverlapping(s as *const FlowStats, &mut (*ev).stats, 1);
+                addr_of_mut!((*ev).key).write(*key);
+                addr_of_mut!((*ev)._pad).write([0; 4]);
+                core::ptr::copy_nonoverlapping(s as *const FlowStats, addr_of_mut!((*ev).stats), 1);
             }
             entry.submit(0);
         }

@@ -31,6 +31,8 @@ pub struct Packet {
     pub l3_len: u32,
     /// Transport payload length.
     pub payload_len: u32,
+    /// Offset of the transport payload from the start of the frame.
+    pub payload_off: u32,
 }
 
 /// A pointer to a `T` at `offset` into the packet, if the whole `T` is inside it.
@@ -147,5 +149,6 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, ()> {
         tcp_flags,
         l3_len,
         payload_len,
+        payload_off: (l4_off as u32) + hdr_len,
     })
 }

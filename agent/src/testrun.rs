@@ -3,8 +3,8 @@
 //! maps are private to it.
 
 use agent_common::{
-    FlowEvent, FlowKey, FlowStats,
-    flow::{DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, state},
+    FlowEvent, FlowKey, FlowStats, PayloadSample,
+    flow::{DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, sample, state},
 };
 use aya::{
     Ebpf,
@@ -34,17 +34,19 @@ struct Loaded {
     ebpf: Ebpf,
     flows: BpfHashMap<MapData, FlowKey, FlowStats>,
     events: RingBuf<MapData>,
+    payloads: RingBuf<MapData>,
 }
 
 fn load() -> Loaded {
     let mut ebpf = Ebpf::load(FLOW_OBJECT).expect("load object");
     let flows = BpfHashMap::try_from(ebpf.take_map("FLOWS").unwrap()).unwrap();
     let events = RingBuf::try_from(ebpf.take_map("FLOW_EVENTS").unwrap()).unwrap();
+    let payloads = RingBuf::try_from(ebpf.take_map("PAYLOADS").unwrap()).unwrap();
     for name in [PROG_INGRESS, PROG_EGRESS] {
         let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("verifier accepts the program");
     }
-    Loaded { ebpf, flows, events }
+    Loaded { ebpf, flows, events, payloads }
 }
 
 impl Loaded {
@@ -66,6 +68,14 @@ impl Loaded {
     }
     fn entries(&self) -> Vec<(FlowKey, FlowStats)> {
         self.flows.iter().map(|r| r.unwrap()).collect()
+    }
+    fn samples(&mut self) -> Vec<PayloadSample> {
+        let mut out = Vec::new();
+        while let Some(item) = self.payloads.next() {
+            // SAFETY: the program writes PayloadSamples.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadSample>()) });
+        }
+        out
     }
 }
 
@@ -288,4 +298,50 @@ fn tuple_reused_after_close_starts_a_new_flow() {
     assert!(s.first_seen_ns > first);
     assert_eq!(s.packets, [1, 0]);
     assert_eq!(s.resets, 0);
+}
+
+#[test]
+fn turns_post_payload_samples_once_per_request_and_response() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(SYN, b""));
+    l.inn(&s2c(SYN | ACK, b""));
+    let big = [b'z'; 300];
+    for _ in 0..2 {
+        l.out(&c2s(ACK | PSH, b"GET /users/42 HTTP/1.1\r\nHost: web\r\n\r\n"));
+        l.out(&c2s(ACK | PSH, b"more of the same request"));
+        let mut resp = b"HTTP/1.1 503 Service Unavailable\r\n".to_vec();
+        resp.extend_from_slice(&big);
+        l.inn(&s2c(ACK | PSH, &resp));
+        l.inn(&s2c(ACK | PSH, b"rest of the response"));
+    }
+    let s = l.samples();
+    let kinds: Vec<u8> = s.iter().map(|x| x.kind).collect();
+    assert_eq!(kinds, vec![sample::REQUEST, sample::RESPONSE, sample::REQUEST, sample::RESPONSE]);
+    let req = &s[0];
+    assert_eq!(req.dir as usize, DIR_OUT);
+    assert_eq!(req.first_of_direction, 1);
+    assert_eq!(&req.data[..req.captured as usize], b"GET /users/42 HTTP/1.1\r\nHost: web\r\n\r\n");
+    let resp = &s[1];
+    assert_eq!(resp.dir as usize, DIR_IN);
+    assert_eq!(resp.captured, 128, "long payloads are cut at 128 bytes");
+    assert_eq!(resp.payload_len, 34 + 300);
+    assert!(resp.data.starts_with(b"HTTP/1.1 503"));
+    assert!(resp.latency_ns > 0);
+    assert_eq!(s[2].first_of_direction, 0);
+    assert_eq!(s[0].flow_first_seen_ns, l.entries()[0].1.first_seen_ns);
+}
+
+#[test]
+fn server_that_speaks_first_posts_a_first_sample() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(SYN, b""));
+    l.inn(&s2c(SYN | ACK, b""));
+    l.inn(&s2c(ACK | PSH, b"\x4a\x00\x00\x00\x0a8.0.36"));
+    let s = l.samples();
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].kind, sample::FIRST);
+    assert_eq!(s[0].first_of_direction, 1);
+    assert_eq!(s[0].captured, 11);
 }
