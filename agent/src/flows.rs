@@ -144,6 +144,8 @@ fn build_record(
         opened: first && cur.state & state::OPENED != 0,
         ended,
         resets: cur.resets.wrapping_sub(p.resets),
+        // Filled in by the L7 table when payload samples told more.
+        ..Default::default()
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod metrics;
 pub mod model;
+pub mod observation;
 pub mod registry;
 pub mod render;
 pub mod state;
