@@ -1,0 +1,143 @@
+//! TLS record / handshake recognition and SNI extraction on truncated prefixes.
+
+use crate::util::{be16, be24, slice, u8_at};
+use crate::{Request, Response};
+
+/// A TLS record header: content type 20..=23, version 3.0..=3.4, length <= 2^14 + 2048.
+pub(crate) fn record_header(b: &[u8]) -> Option<(u8, u16)> {
+    let kind = u8_at(b, 0)?;
+    let major = u8_at(b, 1)?;
+    let minor = u8_at(b, 2)?;
+    if !(20..=23).contains(&kind) || major != 3 || minor > 4 {
+        return None;
+    }
+    // The length may be cut off in very short captures; accept when it is not visible.
+    if let Some(len) = be16(b, 3) {
+        if len == 0 || len > 16384 + 2048 {
+            return None;
+        }
+    }
+    Some((kind, len_or_zero(b)))
+}
+
+fn len_or_zero(b: &[u8]) -> u16 {
+    be16(b, 3).unwrap_or(0)
+}
+
+/// Result of parsing a ClientHello prefix.
+#[derive(Debug, Default)]
+pub(crate) struct ClientHello {
+    pub sni: Option<String>,
+}
+
+/// Recognises a ClientHello (record type 22, handshake type 1) and extracts the SNI when the
+/// server_name extension is complete within the bytes.
+pub(crate) fn client_hello(b: &[u8]) -> Option<ClientHello> {
+    let (kind, _) = record_header(b)?;
+    if kind != 22 || u8_at(b, 5)? != 1 {
+        return None;
+    }
+    // Handshake length (24 bits) then client_version 3.x when visible.
+    if let Some(v) = u8_at(b, 9) {
+        if v != 3 {
+            return None;
+        }
+    }
+    Some(ClientHello { sni: sni(b) })
+}
+
+fn sni(b: &[u8]) -> Option<String> {
+    let hs_len = be24(b, 6)? as usize;
+    let hs_end = 9usize.checked_add(hs_len)?;
+    // client_version(2) random(32)
+    let mut i = 9 + 2 + 32;
+    let sid_len = usize::from(u8_at(b, i)?);
+    if sid_len > 32 {
+        return None;
+    }
+    i += 1 + sid_len;
+    let cs_len = usize::from(be16(b, i)?);
+    i += 2 + cs_len;
+    let comp_len = usize::from(u8_at(b, i)?);
+    i += 1 + comp_len;
+    let ext_len = usize::from(be16(b, i)?);
+    i += 2;
+    let ext_end = i.checked_add(ext_len)?.min(hs_end);
+    while i + 4 <= ext_end {
+        let typ = be16(b, i)?;
+        let len = usize::from(be16(b, i + 2)?);
+        let data = i + 4;
+        if typ == 0 {
+            // server_name_list: u16 length, then entries (type u8, name u16-prefixed).
+            let list_len = usize::from(be16(b, data)?);
+            let mut j = data + 2;
+            let list_end = (data + 2).checked_add(list_len)?.min(data + len);
+            while j + 3 <= list_end {
+                let name_type = u8_at(b, j)?;
+                let nlen = usize::from(be16(b, j + 1)?);
+                let name = slice(b, j + 3, nlen)?;
+                if name_type == 0 {
+                    return host_name(name);
+                }
+                j += 3 + nlen;
+            }
+            return None;
+        }
+        i = data.checked_add(len)?;
+    }
+    None
+}
+
+fn host_name(name: &[u8]) -> Option<String> {
+    if name.is_empty()
+        || name.len() > 255
+        || !name
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+    {
+        return None;
+    }
+    Some(String::from_utf8_lossy(name).to_ascii_lowercase())
+}
+
+/// ServerHello (record type 22, handshake type 2).
+pub(crate) fn is_server_hello(b: &[u8]) -> bool {
+    matches!(record_header(b), Some((22, _))) && u8_at(b, 5) == Some(2)
+}
+
+/// Any plausible TLS record that cannot be a start of a plaintext protocol: handshake,
+/// alert, or application data with a consistent header.
+pub(crate) fn is_record(b: &[u8]) -> bool {
+    b.len() >= 5 && record_header(b).is_some()
+}
+
+pub(crate) fn parse_request(b: &[u8]) -> Option<Request> {
+    let hello = client_hello(b)?;
+    Some(Request {
+        method: "CLIENT_HELLO".to_string(),
+        path: hello.sni,
+        operation: None,
+    })
+}
+
+/// Plaintext alerts (TLS 1.2 and handshake failures) are visible: a fatal alert is an error
+/// and its description is the status.
+pub(crate) fn parse_response(b: &[u8]) -> Option<Response> {
+    let (kind, len) = record_header(b)?;
+    match kind {
+        21 if len == 2 => {
+            let level = u8_at(b, 5)?;
+            let desc = u8_at(b, 6)?;
+            Some(Response {
+                status: Some(u16::from(desc)),
+                error: level == 2,
+                code: None,
+            })
+        }
+        _ => Some(Response {
+            status: None,
+            error: false,
+            code: None,
+        }),
+    }
+}
