@@ -10,13 +10,14 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 
-use agent_common::{FlowEvent, FlowKey, FlowStats, flow::state};
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use agent_common::{FlowEvent, FlowKey, FlowStats, PayloadSample, flow::state};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tracing::{debug, warn};
 use weft_proto::v1::FlowRecord;
 
 use crate::{
     flows::{FlowTracker, RecordContext, local_ip},
+    l7table::L7Table,
     metrics::Metrics,
     queue::RecordQueue,
     workloads::Registry,
@@ -29,7 +30,12 @@ const END_SETTLE: Duration = Duration::from_millis(250);
 pub struct Collector {
     pub flows: BpfHashMap<MapData, FlowKey, FlowStats>,
     pub events: RingBuf<MapData>,
+    /// Payload samples at request/response turns.
+    pub payloads: RingBuf<MapData>,
+    /// Samples the kernel could not post (ring full), per CPU.
+    pub payloads_lost: PerCpuArray<MapData, u64>,
     pub tracker: FlowTracker,
+    pub l7: L7Table,
     pub registry: Arc<Registry>,
     pub queue: Arc<RecordQueue>,
     pub metrics: Arc<Metrics>,
@@ -66,6 +72,7 @@ impl Collector {
             // Short polls so a stop request is seen quickly.
             let timeout = wake.saturating_duration_since(now).min(Duration::from_millis(200));
             self.wait_for_events(timeout);
+            self.read_payloads();
             self.read_events();
             self.finalise_ended(false);
             if Instant::now() >= next_drain {
@@ -74,15 +81,34 @@ impl Collector {
             }
         }
         // Last look before the agent exits: everything observed so far goes out.
+        self.read_payloads();
         self.read_events();
         self.finalise_ended(true);
         self.drain();
     }
 
     fn wait_for_events(&self, timeout: Duration) {
-        let mut pfd = libc::pollfd { fd: self.events.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+        let mut pfds = [
+            libc::pollfd { fd: self.events.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.payloads.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds.
+        unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
+    }
+
+    /// Reads payload samples; bounded per call so flow-end events are not starved.
+    fn read_payloads(&mut self) {
+        for _ in 0..100_000 {
+            let Some(item) = self.payloads.next() else { break };
+            if item.len() < std::mem::size_of::<PayloadSample>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a PayloadSample (agent-common layout); read unaligned.
+            let s: PayloadSample = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            drop(item);
+            self.metrics.payload_samples.fetch_add(1, Relaxed);
+            self.l7.observe(&s);
+        }
     }
 
     fn read_events(&mut self) {
@@ -148,7 +174,9 @@ impl Collector {
             None => ("unknown", "unknown"),
         };
         let ctx = RecordContext { workload, interface, mono_to_unix_offset_ns: offset };
-        self.tracker.update(key, stats, ended, &ctx)
+        let mut record = self.tracker.update(key, stats, ended, &ctx)?;
+        self.l7.fill(key, stats.first_seen_ns, &mut record);
+        Some(record)
     }
 
     /// Reads every flow, reports what changed, ends idle flows.
@@ -194,6 +222,10 @@ impl Collector {
             let _ = self.flows.remove(key);
         }
         let evicted = self.tracker.retain_live(&live);
+        self.l7.retain_live(&live);
+        if let Ok(lost) = self.payloads_lost.get(&0, 0) {
+            self.metrics.payload_samples_lost.store(lost.iter().sum(), Relaxed);
+        }
         self.metrics.flows_evicted_unreported.fetch_add(evicted as u64, Relaxed);
         self.metrics.flow_map_entries.store((entries.len() - remove.len()) as u64, Relaxed);
         self.metrics.drains.fetch_add(1, Relaxed);

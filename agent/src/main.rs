@@ -6,6 +6,7 @@ mod collector;
 mod config;
 mod exporter;
 mod flows;
+mod l7table;
 mod metrics;
 mod queue;
 mod workloads;
@@ -17,7 +18,7 @@ use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{HashMap as BpfHashMap, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
 use clap::Parser as _;
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -58,6 +59,14 @@ async fn main() -> anyhow::Result<()> {
         ebpf.take_map("FLOW_EVENTS").ok_or_else(|| anyhow!("map FLOW_EVENTS missing"))?,
     )
     .context("FLOW_EVENTS map")?;
+    let payloads = RingBuf::try_from(
+        ebpf.take_map("PAYLOADS").ok_or_else(|| anyhow!("map PAYLOADS missing"))?,
+    )
+    .context("PAYLOADS map")?;
+    let payloads_lost = PerCpuArray::try_from(
+        ebpf.take_map("PAYLOADS_LOST").ok_or_else(|| anyhow!("map PAYLOADS_LOST missing"))?,
+    )
+    .context("PAYLOADS_LOST map")?;
     metrics.flow_map_capacity.store(agent_common::flow::FLOW_TABLE_ENTRIES as u64, Relaxed);
     let attacher = Attacher::new(
         ebpf,
@@ -97,7 +106,10 @@ async fn main() -> anyhow::Result<()> {
     let collector = Collector {
         flows,
         events,
+        payloads,
+        payloads_lost,
         tracker: FlowTracker::default(),
+        l7: Default::default(),
         registry: registry.clone(),
         queue: queue.clone(),
         metrics: metrics.clone(),

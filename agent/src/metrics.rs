@@ -21,6 +21,8 @@ pub struct Metrics {
     pub drain_seconds_last: AtomicU64, // f64 bits
     pub interfaces_attached: AtomicU64,
     pub attach_errors: AtomicU64,
+    pub payload_samples: AtomicU64,
+    pub payload_samples_lost: AtomicU64,
 }
 
 impl Metrics {
@@ -45,6 +47,8 @@ impl Metrics {
         line("weft_agent_drain_duration_seconds", "gauge", "Duration of the last full read of the flow map.", f64::from_bits(self.drain_seconds_last.load(Relaxed)).to_string());
         line("weft_agent_interfaces_attached", "gauge", "Workload interfaces with the flow programs attached.", g(&self.interfaces_attached));
         line("weft_agent_attach_errors_total", "counter", "Failed attempts to attach to an interface.", g(&self.attach_errors));
+        line("weft_agent_payload_samples_total", "counter", "Payload samples (request/response starts) read from the kernel.", g(&self.payload_samples));
+        line("weft_agent_payload_samples_lost_total", "counter", "Payload samples the kernel dropped because the ring buffer was full.", g(&self.payload_samples_lost));
         out
     }
 }
