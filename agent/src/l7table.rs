@@ -55,7 +55,8 @@ fn sides(s: &PayloadSample) -> (bool, u16) {
 }
 
 impl L7Table {
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.flows.len()
     }
 
