@@ -27,7 +27,7 @@ fn found(protocol: Protocol) -> Detection {
 /// Redis RESP array or inline command, MongoDB header, Kafka request header, DNS over TCP,
 /// MySQL COM_QUERY; then server side: MySQL greeting, HTTP/1 status line, HTTP/2 SETTINGS,
 /// TLS ServerHello, PostgreSQL authentication request, Redis refusals. UDP: DNS query or
-/// response.
+/// response. HTTP/2 on port 50051 without visible gRPC evidence is reported as gRPC.
 pub fn detect(
     transport: Transport,
     server_port: u16,
@@ -38,7 +38,11 @@ pub fn detect(
         Transport::Udp => detect_udp(client_first, server_first),
         Transport::Tcp => detect_tcp(client_first, server_first),
     };
-    if let Some(d) = by_payload {
+    if let Some(mut d) = by_payload {
+        // HTTP/2 whose gRPC evidence was cut off: the gRPC port decides.
+        if d.protocol == Protocol::Http2 && transport == Transport::Tcp && server_port == 50051 {
+            d.protocol = Protocol::Grpc;
+        }
         return d;
     }
     let port_protocol = match (transport, server_port) {

@@ -394,3 +394,71 @@ mod tests {
         assert!(out[0].partial);
     }
 }
+
+/// Huffman encoder (tests only): canonical codes rebuilt from the code lengths.
+#[cfg(test)]
+pub(crate) fn huffman_encode(s: &[u8]) -> Vec<u8> {
+    let mut syms: Vec<u16> = (0..=256).collect();
+    let len_of = |s: u16| CODE_LEN.get(s as usize).copied().unwrap_or(30);
+    syms.sort_by_key(|&s| (len_of(s), s));
+    let mut codes = [(0u32, 0u8); 257];
+    let (mut code, mut prev) = (0u32, 0u8);
+    for (i, &s) in syms.iter().enumerate() {
+        let l = len_of(s);
+        if i > 0 {
+            code = (code + 1) << (l - prev);
+        } else {
+            code <<= l;
+        }
+        prev = l;
+        codes[s as usize] = (code, l);
+    }
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u64, 0u32);
+    for &c in s {
+        let (code, l) = codes[c as usize];
+        acc = (acc << l) | u64::from(code);
+        bits += u32::from(l);
+        while bits >= 8 {
+            out.push((acc >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    if bits > 0 {
+        // Pad with the most significant bits of EOS (all ones).
+        out.push(((acc << (8 - bits)) as u8) | (0xff >> bits));
+    }
+    out
+}
+
+#[cfg(test)]
+mod huffman_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn encoder_matches_rfc_vector() {
+        assert_eq!(
+            huffman_encode(b"www.example.com"),
+            [
+                0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff
+            ]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn huffman_round_trip(s in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(huffman_decode(&huffman_encode(&s)).unwrap(), s);
+        }
+
+        #[test]
+        fn decoder_never_panics(block in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut out = Vec::new();
+            let mut d = Decoder::default();
+            d.decode(&block, &mut out);
+            d.decode(&block, &mut out);
+            let _ = huffman_decode(&block);
+        }
+    }
+}

@@ -426,3 +426,61 @@ pub(crate) fn parse_response_h2(b: &[u8]) -> Option<Response> {
         code: grpc.map(|g| g.to_string()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hpack::huffman_encode;
+
+    fn huff_lit(name_index: u8, value: &str) -> Vec<u8> {
+        let enc = huffman_encode(value.as_bytes());
+        assert!(enc.len() < 127);
+        let mut v = vec![name_index, 0x80 | enc.len() as u8];
+        v.extend(enc);
+        v
+    }
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        v.extend([kind, flags, 0, 0, 0, 1]);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// grpc-go style: every string Huffman-coded, so "application/grpc" never appears raw.
+    #[test]
+    fn grpc_with_huffman_strings() {
+        let mut block = vec![0x83, 0x86];
+        block.extend(huff_lit(0x44, "/grpc.health.v1.Health/Check"));
+        block.extend(huff_lit(0x41, "health.svc:9000"));
+        let mut c = H2_PREFACE.to_vec();
+        c.extend(frame(4, 0, &[]));
+        c.extend(frame(1, 0x04, &block));
+        assert!(find(&c, b"/grpc.health").is_none());
+        assert!(h2_is_grpc(&c));
+        assert_eq!(h2_authority(&c).as_deref(), Some("health.svc:9000"));
+        let r = parse_request_h2(&c).unwrap();
+        assert_eq!(r.path.as_deref(), Some("/grpc.health.v1.Health/Check"));
+
+        // Only content-type (Huffman) as evidence, REST-like path.
+        let mut block = vec![0x83, 0x86, 0x84];
+        block.extend(huff_lit(0x5f, "application/grpc+proto"));
+        let mut c = H2_PREFACE.to_vec();
+        c.extend(frame(1, 0x04, &block));
+        assert!(h2_is_grpc(&c));
+
+        // Plain HTTP/2 GET: not gRPC.
+        let mut c = H2_PREFACE.to_vec();
+        c.extend(frame(1, 0x05, &[0x82, 0x87, 0x84]));
+        assert!(!h2_is_grpc(&c));
+    }
+
+    #[test]
+    fn grpc_path_shapes() {
+        assert!(is_grpc_path("/helloworld.Greeter/SayHello"));
+        assert!(is_grpc_path("/Greeter/SayHello"));
+        assert!(!is_grpc_path("/api/users"));
+        assert!(!is_grpc_path("/index.html"));
+        assert!(!is_grpc_path("/pkg.Service/Method/extra"));
+    }
+}

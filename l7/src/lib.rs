@@ -14,7 +14,8 @@
 //! - [`dns_answers`]: `name -> address` pairs from DNS responses seen on the wire (CNAME
 //!   chains map every alias), used to name services.
 //!
-//! Everything is pure: no I/O, no allocation beyond the results, and no panics on any input.
+//! Everything is pure: no I/O, no global state beyond a lazily built constant table (HPACK
+//! Huffman), and no panics on any input (property-tested).
 //! Inputs are expected to be truncated; parsers work on prefixes and return partial results
 //! (or `None`) rather than failing.
 
@@ -197,8 +198,8 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// Numeric status where the protocol has one: HTTP status (HTTP/1, HTTP/2, gRPC's
-    /// `:status`, WebSocket handshake), DNS rcode, MySQL error number, AMQP reply code,
-    /// WebSocket close code, TLS alert description.
+    /// `:status`, WebSocket handshake), DNS rcode, MySQL error number, MongoDB error `code`,
+    /// AMQP reply code, WebSocket close code, TLS alert description.
     pub status: Option<u16>,
     /// The turn failed: HTTP 5xx (4xx is visible in `status` but not an error), Redis error
     /// reply, PostgreSQL ErrorResponse, MySQL ERR packet, DNS rcode != 0, gRPC status

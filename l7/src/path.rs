@@ -9,7 +9,8 @@ pub const MAX_PATTERN_LEN: usize = 128;
 ///   query string and the fragment;
 /// - replaces id-like segments with `{id}`: all digits; UUIDs; hex strings of 8 or more
 ///   characters containing a digit; base64/base64url-like tokens longer than 16 characters
-///   with at least two digits (unless they read as a lower-case dash-separated slug);
+///   containing a digit, unless they read as a lower-case slug of short words separated by
+///   `-` or `_` (`release-notes-2024-v2` stays);
 /// - keeps words, empty segments and a trailing slash;
 /// - truncates the result to [`MAX_PATTERN_LEN`] bytes (at a character boundary).
 ///
@@ -77,14 +78,15 @@ fn is_id(seg: &str) -> bool {
         return true;
     }
     if b.len() > 16
-        && digits >= 2
+        && digits >= 1
         && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'=' | b'%'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'='))
     {
-        // A lower-case slug such as "release-2024-notes-v2-final" is a word, not a token.
+        // A lower-case slug such as "release-2024-notes-v2-final" is words, not a token.
+        let sep = |c: &u8| *c == b'-' || *c == b'_';
         let slug = !b.iter().any(u8::is_ascii_uppercase)
-            && b.contains(&b'-')
-            && b.split(|&c| c == b'-').all(|part| part.len() <= 12);
+            && b.iter().any(sep)
+            && b.split(sep).all(|part| part.len() <= 12);
         return !slug;
     }
     false

@@ -62,14 +62,14 @@ pub(crate) fn pg_detect_client(b: &[u8]) -> bool {
     }
     match u8_at(b, 0) {
         Some(b'Q') if pg_typed_len(b).is_some() => {
-            let (sql, _) = cstr(b, 5);
-            sql_keyword(sql).is_some_and(|k| is_sql_keyword(&k))
+            let (sql, done) = cstr(b, 5);
+            sql_keyword(sql, done).is_some_and(|k| is_sql_keyword(&k))
         }
         Some(b'P') if pg_typed_len(b).is_some() => {
             let (name, done) = cstr(b, 5);
             done && {
-                let (sql, _) = cstr(b, 5 + name.len() + 1);
-                sql_keyword(sql).is_some_and(|k| is_sql_keyword(&k))
+                let (sql, done) = cstr(b, 5 + name.len() + 1);
+                sql_keyword(sql, done).is_some_and(|k| is_sql_keyword(&k))
             }
         }
         _ => false,
@@ -96,11 +96,15 @@ pub(crate) fn pg_parse_request(b: &[u8]) -> Option<Request> {
     let method = PG_FRONTEND.iter().find(|(c, _)| *c == t)?.1;
     pg_typed_len(b)?;
     let operation = match t {
-        b'Q' => sql_keyword(cstr(b, 5).0),
+        b'Q' => {
+            let (sql, done) = cstr(b, 5);
+            sql_keyword(sql, done)
+        }
         b'P' => {
             let (name, done) = cstr(b, 5);
             if done {
-                sql_keyword(cstr(b, 5 + name.len() + 1).0)
+                let (sql, done) = cstr(b, 5 + name.len() + 1);
+                sql_keyword(sql, done)
             } else {
                 None
             }
@@ -215,9 +219,16 @@ pub(crate) fn mysql_detect_client(b: &[u8]) -> bool {
     seq == 0
         && u8_at(b, 4) == Some(0x03)
         && len >= 2
-        && b.get(5..)
-            .and_then(sql_keyword)
+        && mysql_statement(b, len)
+            .and_then(|(s, done)| sql_keyword(s, done))
             .is_some_and(|k| is_sql_keyword(&k))
+}
+
+/// Statement text of a COM_QUERY / COM_STMT_PREPARE packet: (visible text, complete).
+fn mysql_statement(b: &[u8], len: u32) -> Option<(&[u8], bool)> {
+    let end = 4usize.checked_add(len as usize)?;
+    let complete = b.len() >= end;
+    Some((b.get(5..end.min(b.len()))?, complete))
 }
 
 const MYSQL_COMMANDS: &[(u8, &str)] = &[
@@ -272,7 +283,7 @@ pub(crate) fn mysql_parse_request(b: &[u8]) -> Option<Request> {
     let cmd = u8_at(b, 4)?;
     let method = MYSQL_COMMANDS.iter().find(|(c, _)| *c == cmd)?.1;
     let operation = match cmd {
-        0x03 | 0x16 => b.get(5..).and_then(sql_keyword),
+        0x03 | 0x16 => mysql_statement(b, len).and_then(|(s, done)| sql_keyword(s, done)),
         _ => None,
     };
     let path = match cmd {

@@ -68,8 +68,9 @@ pub(crate) fn label(b: &[u8]) -> String {
 }
 
 /// First SQL keyword of a statement: skips whitespace, `--` and `/* */` comments and opening
-/// parentheses; returns the upper-cased alphabetic run (at most 32 letters).
-pub(crate) fn sql_keyword(b: &[u8]) -> Option<String> {
+/// parentheses; returns the upper-cased alphabetic run (at most 32 letters). `complete`: the
+/// statement ends with the bytes (otherwise a keyword running into the end may be cut).
+pub(crate) fn sql_keyword(b: &[u8], complete: bool) -> Option<String> {
     let mut i = 0usize;
     loop {
         match b.get(i) {
@@ -96,7 +97,7 @@ pub(crate) fn sql_keyword(b: &[u8]) -> Option<String> {
     }
     // A keyword cut by the end of the bytes may be incomplete: only accept it when a
     // delimiter follows.
-    if n == rest.len() {
+    if n == rest.len() && !complete {
         return None;
     }
     Some(String::from_utf8_lossy(rest.get(..n)?).to_ascii_uppercase())

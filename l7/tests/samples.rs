@@ -284,6 +284,8 @@ fn plain_http2_and_preface_prefix() {
     );
     // Only the start of the preface was captured.
     assert_eq!(tcp(8080, &PREFACE[..10], &[]).protocol, Protocol::Http2);
+    // On the gRPC port, HTTP/2 whose gRPC headers were cut off is gRPC.
+    assert_eq!(tcp(50051, &PREFACE[..10], &[]).protocol, Protocol::Grpc);
 }
 
 #[test]
@@ -846,6 +848,9 @@ fn path_patterns() {
         ("/words/abcdefab", "/words/abcdefab"),
         ("/t/eyJhbGciOiJIUzI1NiJ9x2", "/t/{id}"),
         ("/docs/release-notes-2024-v2", "/docs/release-notes-2024-v2"),
+        ("/svc/my_service_v2_canary", "/svc/my_service_v2_canary"),
+        ("/s/averyverylongtoken1", "/s/{id}"),
+        ("/q/hello%20world%20again", "/q/hello%20world%20again"),
         ("/Users/42#frag", "/Users/{id}"),
         ("http://proxy.example:8080/a/77?z", "/a/{id}"),
         ("/a//b", "/a//b"),
