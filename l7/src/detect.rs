@@ -83,10 +83,10 @@ fn detect_udp(client: &[u8], server: &[u8]) -> Option<Detection> {
 }
 
 fn detect_tcp(client: &[u8], server: &[u8]) -> Option<Detection> {
-    if !client.is_empty() {
-        if let Some(d) = detect_tcp_client(client, server) {
-            return Some(d);
-        }
+    if !client.is_empty()
+        && let Some(d) = detect_tcp_client(client, server)
+    {
+        return Some(d);
     }
     detect_tcp_server(server)
 }

@@ -122,10 +122,10 @@ fn sane(m: &[u8], want_response: Option<bool>) -> Option<(Header, Option<Questio
         return None;
     }
     let h = header(m)?;
-    if let Some(r) = want_response {
-        if h.qr != r {
-            return None;
-        }
+    if let Some(r) = want_response
+        && h.qr != r
+    {
+        return None;
     }
     if !matches!(h.opcode, 0 | 1 | 2 | 4 | 5) || h.qd != 1 || h.an > 256 || h.ns > 256 || h.ar > 256
     {
@@ -137,10 +137,10 @@ fn sane(m: &[u8], want_response: Option<bool>) -> Option<(Header, Option<Questio
     let q = match read_name(m, 12) {
         Ok((name, after)) => {
             let qclass = be16(m, after + 2);
-            if let Some(c) = qclass {
-                if !matches!(c & 0x7fff, 1 | 3 | 4 | 254 | 255) {
-                    return None;
-                }
+            if let Some(c) = qclass
+                && !matches!(c & 0x7fff, 1 | 3 | 4 | 254 | 255)
+            {
+                return None;
             }
             if name == "." && qclass.is_none() {
                 return None;

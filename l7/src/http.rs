@@ -110,10 +110,12 @@ pub(crate) fn status_line(b: &[u8]) -> Option<(u16, &[u8])> {
     if !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    if let Some(c) = u8_at(b, 12) {
-        if c != b' ' && c != b'\r' && c != b'\n' {
-            return None;
-        }
+    if let Some(c) = u8_at(b, 12)
+        && c != b' '
+        && c != b'\r'
+        && c != b'\n'
+    {
+        return None;
     }
     let status = digits
         .iter()

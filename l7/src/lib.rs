@@ -14,6 +14,21 @@
 //! - [`dns_answers`]: `name -> address` pairs from DNS responses seen on the wire (CNAME
 //!   chains map every alias), used to name services.
 //!
+//! ```
+//! use weft_l7::{detect, parse_request, parse_response, path_pattern, Confidence, Protocol, Transport};
+//!
+//! // Redis on a non-standard port is recognised by its payload.
+//! let d = detect(Transport::Tcp, 7777, b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n");
+//! assert_eq!((d.protocol, d.confidence), (Protocol::Redis, Confidence::Payload));
+//!
+//! let req = parse_request(Protocol::Http1, b"GET /users/42?x=1 HTTP/1.1\r\nHost: a\r\n").unwrap();
+//! assert_eq!(req.method, "GET");
+//! assert_eq!(path_pattern(req.path.as_deref().unwrap()), "/users/{id}");
+//!
+//! let resp = parse_response(Protocol::Redis, b"-ERR unknown command 'FOO'\r\n").unwrap();
+//! assert!(resp.error);
+//! ```
+//!
 //! Everything is pure: no I/O, no global state beyond a lazily built constant table (HPACK
 //! Huffman), and no panics on any input (property-tested).
 //! Inputs are expected to be truncated; parsers work on prefixes and return partial results

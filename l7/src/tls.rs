@@ -3,25 +3,20 @@
 use crate::util::{be16, be24, slice, u8_at};
 use crate::{Request, Response};
 
-/// A TLS record header: content type 20..=23, version 3.0..=3.4, length <= 2^14 + 2048.
-pub(crate) fn record_header(b: &[u8]) -> Option<(u8, u16)> {
+/// A TLS record header: content type 20..=23, version 3.0..=3.4, length 1..=2^14 + 2048.
+/// Returns (content type, length); the length is `None` when the copy ends before it.
+pub(crate) fn record_header(b: &[u8]) -> Option<(u8, Option<u16>)> {
     let kind = u8_at(b, 0)?;
     let major = u8_at(b, 1)?;
     let minor = u8_at(b, 2)?;
     if !(20..=23).contains(&kind) || major != 3 || minor > 4 {
         return None;
     }
-    // The length may be cut off in very short captures; accept when it is not visible.
-    if let Some(len) = be16(b, 3) {
-        if len == 0 || len > 16384 + 2048 {
-            return None;
-        }
+    let len = be16(b, 3);
+    if len.is_some_and(|l| l == 0 || l > 16384 + 2048) {
+        return None;
     }
-    Some((kind, len_or_zero(b)))
-}
-
-fn len_or_zero(b: &[u8]) -> u16 {
-    be16(b, 3).unwrap_or(0)
+    Some((kind, len))
 }
 
 /// Result of parsing a ClientHello prefix.
@@ -38,10 +33,10 @@ pub(crate) fn client_hello(b: &[u8]) -> Option<ClientHello> {
         return None;
     }
     // Handshake length (24 bits) then client_version 3.x when visible.
-    if let Some(v) = u8_at(b, 9) {
-        if v != 3 {
-            return None;
-        }
+    if let Some(v) = u8_at(b, 9)
+        && v != 3
+    {
+        return None;
     }
     Some(ClientHello { sni: sni(b) })
 }
@@ -125,7 +120,7 @@ pub(crate) fn parse_request(b: &[u8]) -> Option<Request> {
 pub(crate) fn parse_response(b: &[u8]) -> Option<Response> {
     let (kind, len) = record_header(b)?;
     match kind {
-        21 if len == 2 => {
+        21 if len == Some(2) => {
             let level = u8_at(b, 5)?;
             let desc = u8_at(b, 6)?;
             Some(Response {

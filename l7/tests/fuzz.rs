@@ -70,11 +70,10 @@ proptest! {
         if let Some(r) = parse_request(p, &b) {
             prop_assert!(!r.method.is_empty());
         }
-        if let Some(r) = parse_response(p, &b) {
-            if p == Protocol::Http1 {
+        if let Some(r) = parse_response(p, &b)
+            && p == Protocol::Http1 {
                 prop_assert_eq!(r.error, r.status.is_some_and(|s| s >= 500));
             }
-        }
     }
 
     #[test]

@@ -388,10 +388,7 @@ fn postgres_query_and_error_response() {
     // RowDescription ... CommandComplete, ReadyForQuery: fine.
     let mut ok = pg(b'C', b"SELECT 1\0");
     ok.extend(pg(b'Z', b"I"));
-    assert_eq!(
-        parse_response(Protocol::Postgres, &ok).unwrap().error,
-        false
-    );
+    assert!(!parse_response(Protocol::Postgres, &ok).unwrap().error);
     // ErrorResponse cut before the SQLSTATE: still an error, code unknown.
     assert_eq!(
         parse_response(Protocol::Postgres, &err[..9]).unwrap(),
@@ -435,11 +432,10 @@ fn mysql_greeting_on_3307_and_truncated() {
         tcp(3307, &[], &MYSQL_GREETING[..8]).protocol,
         Protocol::Mysql
     );
-    assert_eq!(
-        parse_response(Protocol::Mysql, MYSQL_GREETING)
+    assert!(
+        !parse_response(Protocol::Mysql, MYSQL_GREETING)
             .unwrap()
-            .error,
-        false
+            .error
     );
 }
 
@@ -468,7 +464,7 @@ fn mysql_query_and_err_packet() {
         }
     );
     let ok = my(1, &[0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00]);
-    assert_eq!(parse_response(Protocol::Mysql, &ok).unwrap().error, false);
+    assert!(!parse_response(Protocol::Mysql, &ok).unwrap().error);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -509,7 +505,7 @@ fn redis_ping_and_error_on_nonstandard_port() {
         b"$-1\r\n",
         b"*2\r\n$1\r\na\r\n",
     ] {
-        assert_eq!(parse_response(Protocol::Redis, ok).unwrap().error, false);
+        assert!(!parse_response(Protocol::Redis, ok).unwrap().error);
     }
     assert_eq!(
         parse_response(Protocol::Redis, b"HTTP/1.1 200 OK\r\n"),
