@@ -84,7 +84,8 @@ pub fn nginx_conf(prefix: &Path, ipv4: &str, ipv6: &str, port: u16, site: &Site)
         Site::Static(_) => {
             let _ = write!(
                 c,
-                "    root {p}/www;\n    location / {{ try_files $uri $uri/ =404; }}\n"
+                "    root {p}/www;\n    location / {{ try_files $uri $uri/ =404; }}\n\
+                 \x20   location = /fail {{ return 503; }}\n"
             );
         }
         Site::Proxy { .. } => {
@@ -243,18 +244,23 @@ pub fn postgres(w: &Workload) -> Result<Server> {
 
 /// Starts Redis in `w` bound to the workload's IPv4 address, no persistence.
 pub fn redis(w: &Workload) -> Result<Server> {
-    let port = 6379;
-    let dir = server_dir(w, "redis")?;
+    redis_on(w, 6379)
+}
+
+/// Starts Redis on `port` (a non-standard port tests detection from payload).
+pub fn redis_on(w: &Workload, port: u16) -> Result<Server> {
+    let port_s = port.to_string();
+    let dir = server_dir(w, &format!("redis-{port}"))?;
     let dir_s = dir.to_string_lossy().into_owned();
     let mut child = w.netns.spawn(
         &w.dir,
-        &format!("redis-{}", w.name),
+        &format!("redis-{}-{port}", w.name),
         &[
             "redis-server",
             "--bind",
             &w.ipv4,
             "--port",
-            "6379",
+            &port_s,
             "--save",
             "",
             "--appendonly",
@@ -270,9 +276,46 @@ pub fn redis(w: &Workload) -> Result<Server> {
     wait_ready(&mut child, "redis", || {
         let out = w.netns.exec_timeout(
             Duration::from_secs(3),
-            &["redis-cli", "-h", &w.ipv4, "-p", "6379", "ping"],
+            &["redis-cli", "-h", &w.ipv4, "-p", &port_s, "ping"],
         )?;
         anyhow::ensure!(out.trim() == "PONG", "redis answered {out:?}");
+        Ok(())
+    })?;
+    Ok(server(child, w, port))
+}
+
+/// Starts dnsmasq in `w` as an authoritative-only DNS server on port 53 answering `records`
+/// (name, IPv4 address) and nothing else (no upstream, no hosts file).
+pub fn dns(w: &Workload, records: &[(&str, &str)]) -> Result<Server> {
+    let port = 53;
+    let dir = server_dir(w, "dnsmasq")?;
+    let mut args: Vec<String> = [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--bind-interfaces",
+        "--user=root",
+        "--log-facility=-",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--listen-address={}", w.ipv4));
+    args.push(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
+    for (name, ip) in records {
+        args.push(format!("--address=/{name}/{ip}"));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = w.netns.spawn(&w.dir, &format!("dnsmasq-{}", w.name), &argv)?;
+    let probe = records.first().map_or("probe.invalid", |(n, _)| *n).to_string();
+    wait_ready(&mut child, "dnsmasq", || {
+        let out = w.netns.exec_timeout(
+            Duration::from_secs(3),
+            &["dig", "+short", "+time=1", "+tries=1", &format!("@{}", w.ipv4), &probe],
+        )?;
+        anyhow::ensure!(records.is_empty() || !out.trim().is_empty(), "no answer yet");
         Ok(())
     })?;
     Ok(server(child, w, port))

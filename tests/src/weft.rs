@@ -191,6 +191,18 @@ impl Agent {
         controller_url: &str,
         extra_args: &[&str],
     ) -> Result<Agent> {
+        Self::start_excluding(lab, hv_index, controller_url, &[], extra_args)
+    }
+
+    /// As [`Agent::start_with`], leaving the workloads named in `unmanaged` out of the
+    /// agent's workloads file and interfaces (as if they were hosts weft does not manage).
+    pub fn start_excluding(
+        lab: &Lab,
+        hv_index: usize,
+        controller_url: &str,
+        unmanaged: &[&str],
+        extra_args: &[&str],
+    ) -> Result<Agent> {
         let hv = lab
             .hypervisors()
             .get(hv_index)
@@ -198,7 +210,13 @@ impl Agent {
         let workloads: Vec<&Workload> = lab
             .workloads()
             .iter()
-            .filter(|w| w.hypervisor == hv_index)
+            .filter(|w| w.hypervisor == hv_index && !unmanaged.contains(&w.name.as_str()))
+            .collect();
+        let excluded: Vec<String> = lab
+            .workloads()
+            .iter()
+            .filter(|w| unmanaged.contains(&w.name.as_str()))
+            .flat_map(|w| ["--exclude".to_string(), w.host_if.clone()])
             .collect();
         let file = lab.dir().join(format!("workloads-{}.toml", hv.name));
         std::fs::write(&file, workloads_toml(&workloads))
@@ -223,6 +241,7 @@ impl Agent {
             "1000",
         ]);
         cmd.args(extra_args);
+        cmd.args(&excluded);
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -26,6 +26,9 @@ pub const PACKAGES: &[&str] = &[
     "redis-tools",
     "wrk",
     "graphviz",
+    // A DNS server (binary only, no system service) and dig, for DNS-named services.
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab

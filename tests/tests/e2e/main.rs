@@ -3,6 +3,7 @@
 //! `GET /topology`. Needs root and built binaries (`cargo xtask test` does both). Labs
 //! take a machine-wide lock, so these tests run one at a time even in parallel threads.
 
+mod l7;
 mod support;
 
 use std::time::Duration;
