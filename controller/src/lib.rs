@@ -9,6 +9,7 @@
 //! - [`api`]: the gRPC agent service and the HTTP router.
 
 pub mod api;
+pub mod import;
 pub mod metrics;
 pub mod model;
 pub mod observation;
