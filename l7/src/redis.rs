@@ -85,7 +85,25 @@ pub(crate) fn detect_client(b: &[u8]) -> bool {
                 .all(|x| x.is_ascii_alphabetic() || x == b'.' || x == b'_')
         });
     }
-    inline_command(b).is_some_and(|c| INLINE.contains(&c.as_str()))
+    // Inline commands: CRLF-terminated (as redis-cli and RESP clients send them), a known
+    // command, for HELLO a numeric protocol version when an argument is given, and no
+    // argument for commands that take none.
+    let Some(end) = find(b, b"\r\n") else {
+        return false;
+    };
+    let Some(cmd) = inline_command(b) else {
+        return false;
+    };
+    if !INLINE.contains(&cmd.as_str()) {
+        return false;
+    }
+    let line = b.get(..end).unwrap_or(&[]);
+    let mut words = line.split(|&c| c == b' ').filter(|w| !w.is_empty()).skip(1);
+    match (cmd.as_str(), words.next()) {
+        ("HELLO", Some(v)) => v.iter().all(u8::is_ascii_digit),
+        ("QUIT" | "DBSIZE" | "MONITOR", Some(_)) => false,
+        _ => true,
+    }
 }
 
 /// Server evidence when the client said nothing: the protected-mode refusal or NOAUTH.

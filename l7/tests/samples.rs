@@ -937,3 +937,75 @@ fn every_prefix_of_every_sample_is_safe() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Things that must not be mistaken for a known protocol.
+
+#[test]
+fn unrelated_protocols_stay_plain_tcp() {
+    let cases: [(&[u8], &[u8]); 6] = [
+        (
+            b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13\r\n",
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+        ),
+        (
+            b"EHLO client.example\r\n",
+            b"220 mail.example ESMTP Postfix\r\n",
+        ),
+        (b"", b"+OK POP3 server ready\r\n"),
+        (b"a001 LOGIN user pass\r\n", b"* OK IMAP4rev1 ready\r\n"),
+        (
+            &[
+                0x00, 0x01, 0x02, 0x03, 0xfe, 0xff, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80,
+            ],
+            b"",
+        ),
+        (b"hello world, this is not a protocol\n", b""),
+    ];
+    for (c, s) in cases {
+        let d = tcp(4444, c, s);
+        assert_eq!(
+            (d.protocol, d.confidence),
+            (Protocol::Tcp, Confidence::Fallback),
+            "{:?}",
+            String::from_utf8_lossy(c)
+        );
+    }
+    // Inline commands need CRLF; HELLO needs a numeric protocol version.
+    assert_eq!(tcp(4444, b"HELLO 3\r\n", &[]).protocol, Protocol::Redis);
+    assert_eq!(tcp(4444, b"HELLO there\r\n", &[]).protocol, Protocol::Tcp);
+    assert_eq!(tcp(4444, b"PING\n", &[]).protocol, Protocol::Tcp);
+    // "GET key" is a Redis inline command, not HTTP/0.9.
+    assert_eq!(tcp(4444, b"GET user:1\r\n", &[]).protocol, Protocol::Redis);
+    // A random UDP datagram is not DNS.
+    assert_eq!(
+        detect(Transport::Udp, 4444, b"\x12\x34\x56\x78garbage", &[]).protocol,
+        Protocol::Udp
+    );
+}
+
+#[test]
+fn mongodb_legacy_op_query_hello() {
+    // OP_QUERY admin.$cmd { isMaster: 1 } as sent by drivers before OP_MSG is negotiated.
+    let mut doc = vec![0x10];
+    doc.extend_from_slice(b"isMaster\0");
+    doc.extend_from_slice(&1i32.to_le_bytes());
+    doc.push(0);
+    let mut bson = ((doc.len() + 4) as i32).to_le_bytes().to_vec();
+    bson.extend(doc);
+    let mut body = 0i32.to_le_bytes().to_vec(); // flags
+    body.extend_from_slice(b"admin.$cmd\0");
+    body.extend_from_slice(&0i32.to_le_bytes()); // numberToSkip
+    body.extend_from_slice(&(-1i32).to_le_bytes()); // numberToReturn
+    body.extend(bson);
+    let mut m = ((16 + body.len()) as i32).to_le_bytes().to_vec();
+    m.extend_from_slice(&1i32.to_le_bytes()); // requestID
+    m.extend_from_slice(&0i32.to_le_bytes()); // responseTo
+    m.extend_from_slice(&2004i32.to_le_bytes()); // OP_QUERY
+    m.extend(body);
+    assert_eq!(tcp(40000, &m, &[]).protocol, Protocol::Mongodb);
+    assert_eq!(
+        parse_request(Protocol::Mongodb, &m).unwrap(),
+        req("isMaster", None, None)
+    );
+}
