@@ -8,8 +8,11 @@
 //! - [`metrics`]: controller counters and the Prometheus text exposition.
 //! - [`api`]: the gRPC agent service and the HTTP router.
 
+pub mod analytics;
 pub mod api;
 pub mod import;
+pub mod glob;
+pub mod mapper;
 pub mod metrics;
 pub mod model;
 pub mod observation;

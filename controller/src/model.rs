@@ -23,6 +23,8 @@ pub enum ConversionError {
     InvalidAddress { field: &'static str, value: String },
     #[error("field `{field}`: must not be empty")]
     Empty { field: &'static str },
+    #[error("field `{field}`: unknown protocol `{value}` (known: {known})", known = crate::observation::PROTOCOLS.join(", "))]
+    UnknownProtocol { field: &'static str, value: String },
 }
 
 impl ConversionError {
@@ -34,7 +36,8 @@ impl ConversionError {
             | Self::Unspecified { field }
             | Self::UnknownEnum { field, .. }
             | Self::InvalidAddress { field, .. }
-            | Self::Empty { field } => field,
+            | Self::Empty { field }
+            | Self::UnknownProtocol { field, .. } => field,
         }
     }
 }
@@ -105,6 +108,109 @@ pub struct FlowObservation {
     pub opened: bool,
     pub ended: bool,
     pub resets: u32,
+    /// What the payload (or the agent's port guess) showed about the application layer.
+    pub l7: L7Info,
+}
+
+/// Application-layer facts of one flow record. `Default` is "nothing known".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct L7Info {
+    /// Detected application protocol, one of [`crate::observation::PROTOCOLS`].
+    pub protocol: Option<String>,
+    /// `protocol` came from payload bytes rather than from the port.
+    pub protocol_from_payload: bool,
+    /// TLS SNI or HTTP Host (without a port) the client sent.
+    pub server_name: Option<String>,
+    pub request_groups: Vec<RequestGroup>,
+    pub dns_answers: Vec<DnsAnswer>,
+}
+
+/// Requests of one kind: same method, path pattern and status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestGroup {
+    pub method: String,
+    pub path: String,
+    /// 0 when the protocol has none.
+    pub status: u32,
+    pub count: u64,
+    pub errors: u64,
+    pub latency_sum_ns: u64,
+}
+
+/// A DNS answer seen on the wire: `name` resolves to `ip` for `ttl_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsAnswer {
+    pub name: String,
+    pub ip: IpAddr,
+    pub ttl_seconds: u32,
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    Some(text.trim()).filter(|t| !t.is_empty()).map(str::to_owned)
+}
+
+/// A host name without a trailing `:port` (IPv6 literals in brackets keep their colons).
+fn host_without_port(text: &str) -> &str {
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host,
+        _ => text,
+    }
+}
+
+impl TryFrom<&wire::FlowRecord> for L7Info {
+    type Error = ConversionError;
+
+    fn try_from(record: &wire::FlowRecord) -> Result<Self, Self::Error> {
+        let protocol = match non_empty(&record.protocol) {
+            Some(name) => {
+                let name = name.to_ascii_lowercase();
+                if !crate::observation::is_known_protocol(&name) {
+                    return Err(ConversionError::UnknownProtocol {
+                        field: "protocol",
+                        value: record.protocol.clone(),
+                    });
+                }
+                Some(name)
+            }
+            None => None,
+        };
+        let dns_answers = record
+            .dns_answers
+            .iter()
+            .filter_map(|answer| {
+                let name = non_empty(&answer.name)?;
+                Some(
+                    ip_from_bytes("dns_answers.ip", &answer.ip).map(|ip| DnsAnswer {
+                        name: name.trim_end_matches('.').to_ascii_lowercase(),
+                        ip,
+                        ttl_seconds: answer.ttl_seconds,
+                    }),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            protocol_from_payload: protocol.is_some() && record.protocol_from_payload,
+            protocol,
+            server_name: non_empty(host_without_port(record.server_name.trim()))
+                .map(|name| name.to_ascii_lowercase()),
+            request_groups: record
+                .request_groups
+                .iter()
+                .map(|group| RequestGroup {
+                    method: group.method.clone(),
+                    path: group.path.clone(),
+                    status: group.status,
+                    count: group.count,
+                    errors: group.errors,
+                    latency_sum_ns: group.latency_sum_ns,
+                })
+                .collect(),
+            dns_answers,
+        })
+    }
 }
 
 fn ip_from_bytes(field: &'static str, bytes: &[u8]) -> Result<IpAddr, ConversionError> {
@@ -195,6 +301,7 @@ impl TryFrom<&wire::FlowRecord> for FlowObservation {
             opened: record.opened,
             ended: record.ended,
             resets: record.resets,
+            l7: L7Info::try_from(record)?,
         })
     }
 }
@@ -354,6 +461,64 @@ mod tests {
             .map(|b| b.upper_bound_ns)
             .collect();
         assert_eq!(bounds, vec![1_000, 2_000]);
+    }
+
+    #[test]
+    fn l7_fields_convert() {
+        let mut record = valid_record();
+        record.protocol = "HTTP".into();
+        record.protocol_from_payload = true;
+        record.server_name = "API.example.com:8443".into();
+        record.request_groups = vec![wire::RequestGroup {
+            method: "GET".into(),
+            path: "/users/{id}".into(),
+            status: 500,
+            count: 3,
+            errors: 3,
+            latency_sum_ns: 9,
+        }];
+        record.dns_answers = vec![wire::DnsAnswer {
+            name: "db.lab.".into(),
+            ip: vec![10, 0, 0, 9],
+            ttl_seconds: 30,
+        }];
+        let l7 = FlowObservation::try_from(&record).expect("valid record").l7;
+        assert_eq!(l7.protocol.as_deref(), Some("http"));
+        assert!(l7.protocol_from_payload);
+        assert_eq!(l7.server_name.as_deref(), Some("api.example.com"));
+        assert_eq!(l7.request_groups[0].errors, 3);
+        assert_eq!(l7.dns_answers[0].name, "db.lab");
+        assert_eq!(l7.dns_answers[0].ip, IpAddr::from([10, 0, 0, 9]));
+    }
+
+    #[test]
+    fn unknown_protocol_and_bad_dns_ip_name_their_fields() {
+        let mut record = valid_record();
+        record.protocol = "gopher".into();
+        let error = FlowObservation::try_from(&record).unwrap_err();
+        assert_eq!(error.field(), "protocol");
+        assert!(error.to_string().contains("gopher"), "{error}");
+        let mut record = valid_record();
+        record.dns_answers = vec![wire::DnsAnswer {
+            name: "x".into(),
+            ip: vec![1, 2],
+            ttl_seconds: 1,
+        }];
+        assert_eq!(
+            FlowObservation::try_from(&record).unwrap_err().field(),
+            "dns_answers.ip"
+        );
+    }
+
+    #[test]
+    fn empty_protocol_is_unknown_and_server_name_loses_its_port() {
+        let mut record = valid_record();
+        record.protocol_from_payload = true;
+        record.server_name = "[fd00::1]:443".into();
+        let l7 = FlowObservation::try_from(&record).expect("valid").l7;
+        assert_eq!(l7.protocol, None);
+        assert!(!l7.protocol_from_payload);
+        assert_eq!(l7.server_name.as_deref(), Some("fd00::1"));
     }
 
     #[test]

@@ -49,6 +49,7 @@ fn web_to_db(resets: u32) -> FlowObservation {
         opened: true,
         ended: false,
         resets,
+        l7: Default::default(),
     }
 }
 

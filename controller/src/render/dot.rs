@@ -12,9 +12,11 @@ pub fn colour(service_type: ServiceType) -> &'static str {
         ServiceType::Cache => "#fdae6b",
         ServiceType::MessageQueue => "#bcbddc",
         ServiceType::WebServer => "#a1d99b",
-        ServiceType::Workload => "#fff2a8",
+        ServiceType::LoadBalancer => "#c7e9c0",
+        ServiceType::ApiGateway => "#fdd0a2",
+        ServiceType::Microservice => "#fff2a8",
         ServiceType::Client => "#d9d9d9",
-        ServiceType::External => "#f7f7f7",
+        ServiceType::ExternalApi => "#f7f7f7",
     }
 }
 

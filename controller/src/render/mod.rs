@@ -47,9 +47,9 @@ pub(crate) mod fixtures {
         DependencyView {
             source: source.into(),
             target: target.into(),
-            transport: "tcp",
+            transport: "tcp".into(),
             port,
-            protocol,
+            protocol: protocol.into(),
             flows: 4,
             requests: 150,
             errors: 0,
@@ -69,7 +69,8 @@ pub(crate) mod fixtures {
                 max: 90.0,
             },
             handshake_rtt_ms: LatencySummary::default(),
-            address_families: vec!["ipv4"],
+            address_families: vec!["ipv4".into()],
+            request_groups: Vec::new(),
             first_seen: Some("2026-11-23T16:00:00.000000Z".into()),
             last_seen: Some("2026-11-23T16:01:00.000000Z".into()),
         }
@@ -101,6 +102,7 @@ pub(crate) mod fixtures {
                 failing,
                 dependency("web", "api", 8080, "http"),
             ],
+            totals: Default::default(),
             stats: SnapshotStats {
                 records_ingested: 10,
                 agents_connected: 2,

@@ -2,7 +2,10 @@
 
 use hdrhistogram::Histogram;
 
+use super::evidence::{Evidence, ProtocolEvidence};
+use super::groups::{GroupStats, RequestGroups};
 use crate::model::{Direction, FlowObservation, LatencyBucket};
+use crate::observation::TrafficObservation;
 
 /// Significant figures of the latency histograms (values in microseconds).
 const SIGNIFICANT_FIGURES: u8 = 3;
@@ -40,7 +43,7 @@ pub struct DependencyStats {
     /// Flows started: records with `first_record` set.
     pub flows: u64,
     pub requests: u64,
-    /// Errors; TCP resets for now.
+    /// Errors: TCP resets plus requests whose reply was an error.
     pub errors: u64,
     pub resets: u64,
     pub packets_sent: u64,
@@ -61,6 +64,9 @@ pub struct DependencyStats {
     pub ipv6: bool,
     pub first_seen_unix_ns: Option<u64>,
     pub last_seen_unix_ns: Option<u64>,
+    /// Best evidence of the application protocol.
+    pub protocol: ProtocolEvidence,
+    pub request_groups: RequestGroups,
 }
 
 impl Default for DependencyStats {
@@ -85,6 +91,8 @@ impl Default for DependencyStats {
             ipv6: false,
             first_seen_unix_ns: None,
             last_seen_unix_ns: None,
+            protocol: ProtocolEvidence::default(),
+            request_groups: RequestGroups::default(),
         }
     }
 }
@@ -151,6 +159,25 @@ impl DependencyStats {
         add(&mut self.flows, u64::from(o.first_record));
         add(&mut self.requests, o.requests);
         add(&mut self.errors, u64::from(o.resets));
+        for group in &o.l7.request_groups {
+            add(&mut self.errors, group.errors);
+            self.request_groups.add(
+                (group.method.clone(), group.path.clone(), group.status),
+                GroupStats {
+                    count: group.count,
+                    errors: group.errors,
+                    latency_sum_ns: group.latency_sum_ns,
+                },
+            );
+        }
+        if let Some(protocol) = &o.l7.protocol {
+            let evidence = if o.l7.protocol_from_payload {
+                Evidence::Payload
+            } else {
+                Evidence::Port
+            };
+            self.protocol.offer(evidence, protocol);
+        }
         add(&mut self.resets, u64::from(o.resets));
         add(&mut self.packets_sent, packets_sent);
         add(&mut self.packets_received, packets_received);
@@ -220,6 +247,55 @@ impl DependencyStats {
         self.ipv6 |= other.ipv6;
         self.first_seen_unix_ns = min_option(self.first_seen_unix_ns, other.first_seen_unix_ns);
         self.last_seen_unix_ns = max_option(self.last_seen_unix_ns, other.last_seen_unix_ns);
+        self.protocol.merge(&other.protocol);
+        self.request_groups.merge(&other.request_groups);
+    }
+
+    /// Adds one request of the library API / importers. `protocol` is the caller's
+    /// declared protocol (already validated); `timestamp_unix_ns` is when it happened.
+    pub fn record_request(
+        &mut self,
+        o: &TrafficObservation,
+        evidence: Evidence,
+        protocol: &str,
+        timestamp_unix_ns: u64,
+        ipv6: Option<bool>,
+    ) {
+        let add = |total: &mut u64, value: u64| *total = total.saturating_add(value);
+        let error = o.is_error();
+        let latency_ns = (o.latency_ms * 1_000_000.0).round() as u64;
+        add(&mut self.requests, 1);
+        add(&mut self.errors, u64::from(error));
+        add(&mut self.bytes_sent, o.bytes_sent);
+        add(&mut self.bytes_received, o.bytes_received);
+        add(&mut self.payload_bytes_sent, o.bytes_sent);
+        add(&mut self.payload_bytes_received, o.bytes_received);
+        add(&mut self.latency_sum_ns, latency_ns);
+        add(&mut self.latency_count, 1);
+        record_value(&mut self.latency_us, ns_to_us(latency_ns as f64), 1);
+        match ipv6 {
+            Some(true) => self.ipv6 = true,
+            Some(false) => self.ipv4 = true,
+            None => {}
+        }
+        self.protocol.offer(evidence, protocol);
+        if o.method.is_some() || o.path.is_some() || o.status_code.is_some() {
+            self.request_groups.add(
+                (
+                    o.method.clone().unwrap_or_default(),
+                    o.path.clone().unwrap_or_default(),
+                    o.status_code.map_or(0, u32::from),
+                ),
+                GroupStats {
+                    count: 1,
+                    errors: u64::from(error),
+                    latency_sum_ns: latency_ns,
+                },
+            );
+        }
+        let seen = Some(timestamp_unix_ns).filter(|ns| *ns > 0);
+        self.first_seen_unix_ns = min_option(self.first_seen_unix_ns, seen);
+        self.last_seen_unix_ns = max_option(self.last_seen_unix_ns, seen);
     }
 }
 
@@ -234,7 +310,7 @@ fn add_histogram(into: &mut Histogram<u64>, from: &Histogram<u64>) {
 }
 
 /// Request-latency style summary in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     pub count: u64,
     pub avg: f64,

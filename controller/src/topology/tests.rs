@@ -72,6 +72,7 @@ fn observation(
         opened: true,
         ended: false,
         resets: 0,
+        l7: Default::default(),
     }
 }
 
@@ -170,7 +171,7 @@ fn inbound_from_an_unknown_client_counts_with_the_client_named_by_address() {
         .iter()
         .find(|s| s.name == "192.0.2.7")
         .expect("client service");
-    assert_eq!(client.service_type, ServiceType::External);
+    assert_eq!(client.service_type, ServiceType::Client);
     assert!(client.endpoints.is_empty());
     let db = snapshot
         .services
@@ -233,7 +234,7 @@ fn unknown_servers_are_named_ip_port_with_ipv6_bracketed() {
         .iter()
         .find(|s| s.name == "[2001:db8::5]:8080")
         .expect("external server");
-    assert_eq!(external.service_type, ServiceType::WebServer);
+    assert_eq!(external.service_type, ServiceType::ExternalApi);
     assert_eq!(external.endpoints[0].address, "2001:db8::5");
     assert_eq!(external.host, None);
 }
@@ -388,7 +389,7 @@ fn stats_by_edge_merges_ports_of_one_protocol() {
     topology.ingest(&b, &directory);
     let edges = topology.stats_by_edge();
     assert_eq!(edges.len(), 1);
-    let stats = &edges[&("web".to_owned(), "db".to_owned(), "http")];
+    let stats = &edges[&("web".to_owned(), "db".to_owned(), "http".to_owned())];
     assert_eq!(stats.requests, 7);
 }
 

@@ -1,0 +1,167 @@
+//! Time-bucketed statistics of one dependency: an all-time total plus fixed-width buckets
+//! kept for a bounded retention, so a window query merges the buckets in range.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::stats::DependencyStats;
+
+/// Width and retention of the buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketConfig {
+    pub width: Duration,
+    pub retention: Duration,
+}
+
+impl Default for BucketConfig {
+    fn default() -> Self {
+        Self {
+            width: Duration::from_secs(60),
+            retention: Duration::from_secs(24 * 3_600),
+        }
+    }
+}
+
+impl BucketConfig {
+    fn width_ns(&self) -> u64 {
+        u64::try_from(self.width.as_nanos()).unwrap_or(u64::MAX).max(1)
+    }
+
+    fn retention_ns(&self) -> u64 {
+        u64::try_from(self.retention.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A time window, Unix nanoseconds, both ends inclusive; `None` is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Window {
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+}
+
+impl Window {
+    pub const ALL: Self = Self {
+        since: None,
+        until: None,
+    };
+
+    pub fn is_all(&self) -> bool {
+        self.since.is_none() && self.until.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BucketedStats {
+    pub total: DependencyStats,
+    /// (bucket start, stats), sorted by start.
+    buckets: VecDeque<(u64, DependencyStats)>,
+}
+
+impl BucketedStats {
+    /// Records into the total and into the bucket holding `at_unix_ns`, dropping buckets
+    /// older than the retention before the newest.
+    pub fn record(
+        &mut self,
+        config: &BucketConfig,
+        at_unix_ns: u64,
+        apply: impl Fn(&mut DependencyStats),
+    ) {
+        apply(&mut self.total);
+        let width = config.width_ns();
+        let start = at_unix_ns - at_unix_ns % width;
+        let position = self.buckets.iter().rposition(|(s, _)| *s <= start);
+        match position {
+            Some(i) if self.buckets[i].0 == start => apply(&mut self.buckets[i].1),
+            _ => {
+                let mut stats = DependencyStats::default();
+                apply(&mut stats);
+                let index = position.map_or(0, |i| i + 1);
+                self.buckets.insert(index, (start, stats));
+            }
+        }
+        let newest = self.buckets.back().map_or(0, |(s, _)| *s);
+        let oldest_kept = newest.saturating_sub(config.retention_ns());
+        while self.buckets.front().is_some_and(|(s, _)| *s < oldest_kept) {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// The stats within `window` (the total when it is open at both ends); `None` when
+    /// nothing falls in it. A bucket counts when it overlaps the window.
+    pub fn in_window(&self, config: &BucketConfig, window: &Window) -> Option<DependencyStats> {
+        if window.is_all() {
+            return Some(self.total.clone());
+        }
+        let since = window.since.unwrap_or(0);
+        let until = window.until.unwrap_or(u64::MAX);
+        let mut merged: Option<DependencyStats> = None;
+        for (start, stats) in &self.buckets {
+            if start.saturating_add(config.width_ns()) > since && *start <= until {
+                match &mut merged {
+                    Some(m) => m.merge(stats),
+                    None => merged = Some(stats.clone()),
+                }
+            }
+        }
+        merged
+    }
+
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000_000_000;
+
+    fn one_request(stats: &mut DependencyStats) {
+        stats.requests += 1;
+    }
+
+    #[test]
+    fn a_window_merges_only_the_buckets_in_range() {
+        let config = BucketConfig::default();
+        let mut b = BucketedStats::default();
+        for minute in [10, 10, 11, 13] {
+            b.record(&config, minute * MIN + 5, one_request);
+        }
+        assert_eq!(b.total.requests, 4);
+        assert_eq!(b.bucket_count(), 3);
+        let w = |since: u64, until: u64| Window {
+            since: Some(since * MIN),
+            until: Some(until * MIN),
+        };
+        assert_eq!(b.in_window(&config, &w(10, 10)).map(|s| s.requests), Some(2));
+        assert_eq!(b.in_window(&config, &w(11, 13)).map(|s| s.requests), Some(2));
+        assert!(b.in_window(&config, &w(12, 12)).is_none());
+        assert_eq!(b.in_window(&config, &Window::ALL).map(|s| s.requests), Some(4));
+    }
+
+    #[test]
+    fn out_of_order_records_land_in_their_bucket() {
+        let config = BucketConfig::default();
+        let mut b = BucketedStats::default();
+        b.record(&config, 12 * MIN, one_request);
+        b.record(&config, 10 * MIN, one_request);
+        b.record(&config, 11 * MIN, one_request);
+        let starts: Vec<u64> = b.buckets.iter().map(|(s, _)| s / MIN).collect();
+        assert_eq!(starts, vec![10, 11, 12]);
+    }
+
+    #[test]
+    fn buckets_older_than_the_retention_are_dropped_but_the_total_keeps_them() {
+        let config = BucketConfig {
+            width: Duration::from_secs(60),
+            retention: Duration::from_secs(120),
+        };
+        let mut b = BucketedStats::default();
+        for minute in 0..10 {
+            b.record(&config, minute * MIN, one_request);
+        }
+        assert_eq!(b.bucket_count(), 3, "minutes 7, 8, 9");
+        assert_eq!(b.total.requests, 10);
+    }
+}

@@ -1,0 +1,142 @@
+//! The library/import path: one [`TrafficObservation`] (a request between two endpoints
+//! named by host) merged into the topology.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+
+use super::evidence::Evidence;
+use super::{
+    DependencyKey, NewEndpoint, Topology, protocol_for, unknown_client_name, unknown_server_name,
+};
+use crate::model::Transport;
+use crate::observation::{TrafficObservation, is_known_protocol};
+use crate::registry::WorkloadDirectory;
+use crate::time::now_unix_ns;
+
+/// Why an observation was refused; names the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ObservationError {
+    #[error("field `{field}`: must not be empty")]
+    EmptyHost { field: &'static str },
+    #[error("field `protocol`: unknown protocol `{0}` (known: {known})", known = crate::observation::PROTOCOLS.join(", "))]
+    UnknownProtocol(String),
+    #[error("field `latency_ms`: must be a finite number >= 0, got {0}")]
+    Latency(f64),
+}
+
+impl ObservationError {
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::EmptyHost { field } => field,
+            Self::UnknownProtocol(_) => "protocol",
+            Self::Latency(_) => "latency_ms",
+        }
+    }
+}
+
+impl Topology {
+    /// Merges one request. Hosts that are IP addresses are named like agent records
+    /// (registry, DNS answer, `ip:port` / `ip`); other hosts name their service as they
+    /// are (lower-cased). An empty protocol means "guess from the port".
+    pub fn observe_traffic(
+        &self,
+        o: &TrafficObservation,
+        directory: &impl WorkloadDirectory,
+    ) -> Result<(), ObservationError> {
+        let source_host = o.source.host.trim();
+        let destination_host = o.destination.host.trim();
+        if source_host.is_empty() {
+            return Err(ObservationError::EmptyHost {
+                field: "source.host",
+            });
+        }
+        if destination_host.is_empty() {
+            return Err(ObservationError::EmptyHost {
+                field: "destination.host",
+            });
+        }
+        if !o.latency_ms.is_finite() || o.latency_ms < 0.0 {
+            return Err(ObservationError::Latency(o.latency_ms));
+        }
+        let protocol = o.protocol.trim().to_ascii_lowercase();
+        if !protocol.is_empty() && !is_known_protocol(&protocol) {
+            return Err(ObservationError::UnknownProtocol(o.protocol.clone()));
+        }
+        let at = if o.timestamp_unix_ns > 0 {
+            o.timestamp_unix_ns
+        } else {
+            now_unix_ns()
+        };
+        let transport = if matches!(protocol.as_str(), "udp" | "dns") {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
+        let port = o.destination.port;
+        let (evidence, protocol) = if protocol.is_empty() {
+            (Evidence::Port, protocol_for(transport, port).to_owned())
+        } else {
+            (Evidence::Declared, protocol)
+        };
+
+        let source_ip = parse_ip(source_host);
+        let destination_ip = parse_ip(destination_host);
+        let (client, client_registered) = match source_ip {
+            Some(ip) => self.name_ip(ip, directory, at, unknown_client_name(ip)),
+            None => (source_host.to_ascii_lowercase(), false),
+        };
+        let (server, server_registered) = match destination_ip {
+            Some(ip) => self.name_ip(ip, directory, at, unknown_server_name(ip, port)),
+            None => (destination_host.to_ascii_lowercase(), false),
+        };
+        let key = DependencyKey {
+            client,
+            server,
+            transport,
+            port,
+        };
+        let seen = Some(at);
+        self.touch_service(&key.client, client_registered, None, seen, seen);
+        self.touch_service(
+            &key.server,
+            server_registered,
+            Some(NewEndpoint {
+                host: destination_ip.map_or_else(
+                    || destination_host.to_ascii_lowercase(),
+                    |ip| ip.to_string(),
+                ),
+                port,
+                port_guess: key.protocol(),
+                evidence: Some((evidence, &protocol)),
+            }),
+            seen,
+            seen,
+        );
+        let ipv6 = destination_ip.map(|ip| ip.is_ipv6());
+        self.record(key, at, |stats| {
+            stats.record_request(o, evidence, &protocol, at, ipv6);
+        });
+        self.observations_ingested.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn name_ip(
+        &self,
+        ip: IpAddr,
+        directory: &impl WorkloadDirectory,
+        at: u64,
+        unknown: String,
+    ) -> (String, bool) {
+        match self.known_name(&ip, directory, at) {
+            (Some(name), registered) => (name, registered),
+            (None, _) => (unknown, false),
+        }
+    }
+}
+
+fn parse_ip(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
