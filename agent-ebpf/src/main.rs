@@ -28,7 +28,7 @@ use agent_common::{
     latency,
 };
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -286,7 +286,9 @@ fn post_sample(
     }
     // SAFETY: as above.
     unsafe { addr_of_mut!((*ev).captured).write(copied) };
-    entry.submit(0);
+    // No wakeup per sample (that would cost an interrupt per request): the agent reads
+    // this ring on a short timer.
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
 }
 
 #[inline(always)]
