@@ -103,7 +103,7 @@ fn message(b: &[u8], tcp: bool) -> Option<&[u8]> {
             return None;
         }
         let m = b.get(2..)?;
-        Some(m.get(..len.min(m.len()))?)
+        m.get(..len.min(m.len()))
     } else {
         Some(b)
     }

@@ -195,11 +195,12 @@ pub(crate) fn mysql_detect_server(b: &[u8]) -> bool {
     }
     match u8_at(b, 4) {
         Some(10) => {
-            let (ver, done) = cstr(b, 5);
-            let plausible = ver.first().is_some_and(u8::is_ascii_digit)
+            // Version such as "8.0.36" or "5.5.5-10.11.6-MariaDB", possibly cut.
+            let (ver, _) = cstr(b, 5);
+            ver.first().is_some_and(u8::is_ascii_digit)
+                && ver.get(1).is_none_or(|c| c.is_ascii_digit() || *c == b'.')
                 && ver.iter().all(|c| c.is_ascii_graphic())
-                && ver.len() <= 64;
-            plausible && (done || ver.len() >= 3 || b.len() <= 5 + ver.len())
+                && ver.len() <= 64
         }
         Some(0xff) => {
             le16(b, 5).is_some_and(|code| (1000..=5000).contains(&code))
