@@ -19,6 +19,7 @@ pub mod observation;
 pub mod registry;
 pub mod render;
 pub mod state;
+pub mod store;
 pub mod time;
 pub mod topology;
 

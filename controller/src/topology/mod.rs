@@ -411,3 +411,5 @@ impl Topology {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_identity;
