@@ -12,6 +12,7 @@ pub mod analytics;
 pub mod api;
 pub mod import;
 pub mod glob;
+pub mod history;
 pub mod mapper;
 pub mod metrics;
 pub mod model;

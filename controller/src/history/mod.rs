@@ -1,0 +1,219 @@
+//! Topology history: snapshots kept in the store over time, diffs between two times,
+//! events when a dependency appears, and the allow-list check of observed dependencies.
+
+pub mod allow;
+pub mod diff;
+pub mod events;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError};
+use crate::time::rfc3339;
+use crate::topology::TopologySnapshot;
+
+pub use allow::{AllowList, AllowRule, Violation};
+pub use diff::{DiffThresholds, TopologyDiff, diff};
+pub use events::{EventBus, TopologyEvent};
+
+const SNAPSHOTS: &str = "topology/snapshots/";
+const INDEX: &str = "topology/snapshot-index/";
+const ALLOW_LIST: &str = "policy/allowed-dependencies";
+
+/// Snapshots kept at most (a week of one-minute snapshots); older ones are deleted.
+pub const DEFAULT_MAX_SNAPSHOTS: usize = 7 * 24 * 60;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub taken_at: String,
+    pub taken_at_unix_ns: u64,
+    pub services: usize,
+    pub dependencies: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored snapshot {key} is unreadable: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+#[derive(Debug)]
+pub struct History {
+    store: Arc<dyn Store>,
+    pub events: EventBus,
+    /// (source, target, protocol) of every dependency seen so far.
+    known: Mutex<Option<BTreeSet<(String, String, String)>>>,
+    allowed: RwLock<Option<AllowList>>,
+    unauthorized: AtomicU64,
+    max_snapshots: usize,
+}
+
+fn key(prefix: &str, unix_ns: u64) -> String {
+    format!("{prefix}{unix_ns:020}")
+}
+
+impl History {
+    /// History over `store`, with the allow-list stored there (if any) loaded.
+    pub fn new(store: Arc<dyn Store>) -> Result<Self, HistoryError> {
+        let allowed = match store.get(ALLOW_LIST)? {
+            Some(bytes) => Some(
+                AllowList::parse(&String::from_utf8_lossy(&bytes), ALLOW_LIST).map_err(
+                    |message| HistoryError::Corrupt {
+                        key: ALLOW_LIST.into(),
+                        message,
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            store,
+            events: EventBus::default(),
+            known: Mutex::new(None),
+            allowed: RwLock::new(allowed),
+            unauthorized: AtomicU64::new(0),
+            max_snapshots: DEFAULT_MAX_SNAPSHOTS,
+        })
+    }
+
+    /// Stores `snapshot` as taken at `at_unix_ns` (durably), deleting the oldest beyond
+    /// the bound.
+    pub fn take_snapshot(
+        &self,
+        snapshot: &TopologySnapshot,
+        at_unix_ns: u64,
+    ) -> Result<SnapshotInfo, HistoryError> {
+        let info = SnapshotInfo {
+            taken_at: rfc3339(at_unix_ns),
+            taken_at_unix_ns: at_unix_ns,
+            services: snapshot.services.len(),
+            dependencies: snapshot.dependencies.len(),
+        };
+        let body = serde_json::to_vec(snapshot).map_err(|e| StoreError(e.to_string()))?;
+        let index = serde_json::to_vec(&info).map_err(|e| StoreError(e.to_string()))?;
+        self.store.put(&key(SNAPSHOTS, at_unix_ns), &body)?;
+        self.store.put(&key(INDEX, at_unix_ns), &index)?;
+        let all = self.store.scan_prefix(INDEX)?;
+        if all.len() > self.max_snapshots {
+            for (index_key, _) in &all[..all.len() - self.max_snapshots] {
+                let suffix = &index_key[INDEX.len()..];
+                self.store.delete(&format!("{SNAPSHOTS}{suffix}"))?;
+                self.store.delete(index_key)?;
+            }
+        }
+        Ok(info)
+    }
+
+    /// Stored snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, HistoryError> {
+        self.store
+            .scan_prefix(INDEX)?
+            .into_iter()
+            .map(|(k, v)| {
+                serde_json::from_slice(&v).map_err(|e| HistoryError::Corrupt {
+                    key: k,
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The newest snapshot taken at or before `unix_ns`.
+    pub fn snapshot_at(&self, unix_ns: u64) -> Result<Option<TopologySnapshot>, HistoryError> {
+        let Some(info) = self
+            .snapshots()?
+            .into_iter()
+            .rev()
+            .find(|s| s.taken_at_unix_ns <= unix_ns)
+        else {
+            return Ok(None);
+        };
+        let k = key(SNAPSHOTS, info.taken_at_unix_ns);
+        let Some(bytes) = self.store.get(&k)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| HistoryError::Corrupt {
+                key: k,
+                message: e.to_string(),
+            })
+    }
+
+    /// Compares `snapshot` with the dependencies seen before: publishes an event for each
+    /// new one (and for each new one the allow-list refuses), and updates the count of
+    /// unauthorised dependencies. The first call only learns what exists.
+    pub fn observe(&self, snapshot: &TopologySnapshot) {
+        let violations = self.violations(snapshot);
+        self.unauthorized
+            .store(violations.len() as u64, Ordering::Relaxed);
+        let current: BTreeSet<(String, String, String)> = snapshot
+            .dependencies
+            .iter()
+            .map(|d| (d.source.clone(), d.target.clone(), d.protocol.clone()))
+            .collect();
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(seen) = known.as_mut() else {
+            *known = Some(current);
+            return;
+        };
+        for edge in current {
+            if seen.contains(&edge) {
+                continue;
+            }
+            let data = serde_json::json!({
+                "source": edge.0, "target": edge.1, "protocol": edge.2,
+            });
+            self.events.publish(
+                "weft.topology.dependency.appeared",
+                snapshot.generated_at.clone(),
+                data.clone(),
+            );
+            let unauthorized = violations
+                .iter()
+                .any(|v| v.source == edge.0 && v.target == edge.1 && v.protocol == edge.2);
+            if unauthorized {
+                self.events.publish(
+                    "weft.topology.dependency.unauthorized",
+                    snapshot.generated_at.clone(),
+                    data,
+                );
+            }
+            seen.insert(edge);
+        }
+    }
+
+    /// Replaces the allow-list and stores its text durably.
+    pub fn set_allow_list(&self, list: AllowList, text: &str) -> Result<(), HistoryError> {
+        self.store.put(ALLOW_LIST, text.as_bytes())?;
+        *self.allowed.write().unwrap_or_else(PoisonError::into_inner) = Some(list);
+        Ok(())
+    }
+
+    pub fn allow_list(&self) -> Option<AllowList> {
+        self.allowed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Observed dependencies the allow-list does not allow (none without an allow-list).
+    pub fn violations(&self, snapshot: &TopologySnapshot) -> Vec<Violation> {
+        self.allow_list()
+            .map(|list| list.violations(snapshot))
+            .unwrap_or_default()
+    }
+
+    /// Unauthorised dependencies at the last [`Self::observe`].
+    pub fn unauthorized_dependencies(&self) -> u64 {
+        self.unauthorized.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests;
