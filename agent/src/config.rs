@@ -57,6 +57,52 @@ pub struct WorkloadSpec {
     pub name: String,
     pub interface: String,
     pub addresses: Vec<IpAddr>,
+    /// Network namespace holding the workload's own interface (where the controller's
+    /// addresses go); `None` = not managed by the agent.
+    pub netns: Option<Netns>,
+    /// The workload's own interface inside `netns`.
+    pub device: String,
+}
+
+/// Default name of the workload's own interface inside its namespace.
+pub const DEFAULT_DEVICE: &str = "eth0";
+
+/// Where a workload's network namespace is: a name under /run/netns or a netns file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Netns {
+    Named(String),
+    Path(PathBuf),
+}
+
+impl Netns {
+    /// The file to `setns(2)` into.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Netns::Named(n) => std::path::Path::new("/run/netns").join(n),
+            Netns::Path(p) => p.clone(),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with('/') {
+            return Ok(Netns::Path(PathBuf::from(text)));
+        }
+        if text.is_empty() || text == "." || text == ".." || text.contains('/') || text.contains('\0') {
+            return Err(format!(
+                "field `netns` {text:?} is neither a name under /run/netns nor an absolute path"
+            ));
+        }
+        Ok(Netns::Named(text.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Netns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Netns::Named(n) => f.write_str(n),
+            Netns::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +129,18 @@ struct RawWorkload {
     interface: String,
     #[serde(default)]
     addresses: Vec<String>,
+    #[serde(default)]
+    netns: Option<String>,
+    #[serde(default)]
+    device: Option<String>,
+}
+
+fn is_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
 /// Parses a workloads file. Errors name the line (TOML syntax) or the workload and field.
@@ -116,7 +174,26 @@ pub fn parse_workloads(path: &std::path::Path, text: &str) -> Result<Vec<Workloa
                 .map_err(|_| err(format!("field `addresses`: {a:?} is not an IP address")))?;
             addresses.push(ip);
         }
-        out.push(WorkloadSpec { name: w.name.clone(), interface: w.interface, addresses });
+        let netns = w.netns.as_deref().map(Netns::parse).transpose().map_err(err)?;
+        let device = match &w.device {
+            Some(d) if netns.is_none() => {
+                return Err(err(format!("field `device` {d:?} needs `netns` (the namespace it lives in)")));
+            }
+            Some(d) if !is_interface_name(d) => {
+                return Err(err(format!(
+                    "field `device` {d:?} is not a Linux interface name (1-15 characters, no '/', ':' or spaces)"
+                )));
+            }
+            Some(d) => d.clone(),
+            None => DEFAULT_DEVICE.to_owned(),
+        };
+        out.push(WorkloadSpec {
+            name: w.name.clone(),
+            interface: w.interface,
+            addresses,
+            netns,
+            device,
+        });
     }
     Ok(out)
 }
@@ -201,6 +278,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("workload #2") && e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn netns_and_device_are_parsed_with_defaults() {
+        let w = parse_workloads(
+            Path::new("w.toml"),
+            "[[workload]]\nname=\"a\"\ninterface=\"wl-a\"\nnetns=\"wl-a\"\n\
+             [[workload]]\nname=\"b\"\ninterface=\"wl-b\"\nnetns=\"/proc/1/ns/net\"\ndevice=\"ens3\"\n\
+             [[workload]]\nname=\"c\"\ninterface=\"wl-c\"\n",
+        )
+        .unwrap();
+        assert_eq!(w[0].netns, Some(Netns::Named("wl-a".into())));
+        assert_eq!(w[0].netns.as_ref().unwrap().path(), PathBuf::from("/run/netns/wl-a"));
+        assert_eq!(w[0].device, "eth0");
+        assert_eq!(w[1].netns.as_ref().unwrap().path(), PathBuf::from("/proc/1/ns/net"));
+        assert_eq!(w[1].device, "ens3");
+        assert_eq!(w[2].netns, None);
+    }
+
+    #[test]
+    fn bad_netns_or_device_names_workload_and_field() {
+        for (body, field) in [
+            ("netns=\"../x\"", "netns"),
+            ("netns=\"\"", "netns"),
+            ("netns=\"a/b\"", "netns"),
+            ("netns=\"n\"\ndevice=\"a-name-that-is-too-long\"", "device"),
+            ("netns=\"n\"\ndevice=\"eth 0\"", "device"),
+            ("device=\"eth1\"", "device"),
+        ] {
+            let e = parse_workloads(
+                Path::new("w.toml"),
+                &format!("[[workload]]\nname=\"db\"\ninterface=\"wl-db\"\n{body}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("workload #1") && e.contains("\"db\"") && e.contains(field), "{body}: {e}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod flows;
 mod l7table;
 mod metrics;
 mod queue;
+mod realize;
 mod workloads;
 
 #[cfg(test)]
@@ -47,6 +48,8 @@ async fn main() -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let metrics = Arc::new(Metrics::default());
+    let control_metrics = Arc::new(realize::ControlMetrics::default());
+    let realizer = Arc::new(realize::Realizer::new(&workloads));
     let registry = Arc::new(Registry::new(workloads));
     let queue = Arc::new(RecordQueue::new(args.queue_capacity, metrics.clone()));
 
@@ -83,12 +86,14 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding metrics listener {}", args.metrics_listen))?;
     let metrics_app = {
         let m = metrics.clone();
+        let c = control_metrics.clone();
         axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let m = m.clone();
+                let (m, c) = (m.clone(), c.clone());
                 async move {
-                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+                    let text = m.render() + &c.render();
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
                 }
             }),
         )
@@ -125,10 +130,12 @@ async fn main() -> anyhow::Result<()> {
             .context("starting the collector thread")?
     };
 
+    // One instance id for the flow stream and the control stream.
+    let instance = format!("{:016x}", rand::random::<u64>());
     let exporter = Exporter {
         controller: args.controller.clone(),
         host_id: args.host_id.clone(),
-        instance: format!("{:016x}", rand::random::<u64>()),
+        instance: instance.clone(),
         batch_size: args.batch_size.max(1),
         queue: queue.clone(),
         registry: registry.clone(),
@@ -136,6 +143,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let exporter_task = tokio::spawn(exporter.run(shutdown_rx.clone(), SHUTDOWN_GRACE));
     let attach_task = tokio::spawn(attacher.watch(shutdown_rx.clone()));
+    let control = realize::ControlClient {
+        controller: args.controller.clone(),
+        host_id: args.host_id.clone(),
+        instance,
+        realizer,
+        metrics: control_metrics,
+    };
+    let control_task = tokio::spawn(control.run(shutdown_rx.clone()));
 
     println!(
         "weft-agent started host_id={} controller={} metrics={}",
@@ -156,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let _ = exporter_task.await;
+    let _ = control_task.await;
     match attach_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = format!("{e:#}"), "interface watcher failed"),

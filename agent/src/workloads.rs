@@ -132,6 +132,8 @@ mod tests {
             name: "web".into(),
             interface: "wl-web".into(),
             addresses: vec!["198.18.1.11".parse().unwrap()],
+            netns: None,
+            device: crate::config::DEFAULT_DEVICE.into(),
         }]);
         let (v0, list) = r.snapshot();
         assert_eq!(list.len(), 1, "configured workloads are announced before they attach");

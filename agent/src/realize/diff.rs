@@ -1,0 +1,383 @@
+//! The pure part of the realizer: what a device should look like (desired addresses and
+//! gateways), what it looks like (read over netlink), and the operations that turn one
+//! into the other. Nothing here touches a socket.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// An interface address with its prefix length, e.g. `198.18.128.5/22`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not an address with a prefix length (like 198.18.128.5/22): {why}")]
+pub struct CidrError {
+    text: String,
+    why: &'static str,
+}
+
+impl Cidr {
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        (prefix <= max_prefix(&addr)).then_some(Self { addr, prefix })
+    }
+
+    /// The network this address is in (host bits cleared).
+    pub fn network(&self) -> Cidr {
+        let addr = match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        Cidr { addr, prefix: self.prefix }
+    }
+
+    /// Whether `ip` lies in this prefix (same family, same network bits).
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(*ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(*ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn max_prefix(addr: &IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |why| CidrError { text: text.to_owned(), why };
+        let (addr, prefix) = text.split_once('/').ok_or_else(|| err("no '/prefix'"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| err("bad address"))?;
+        let prefix: u8 = prefix.parse().map_err(|_| err("bad prefix length"))?;
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+            return Err(err("not a unicast interface address"));
+        }
+        if let IpAddr::V4(v4) = addr
+            && v4.is_broadcast()
+        {
+            return Err(err("not a unicast interface address"));
+        }
+        Cidr::new(addr, prefix).ok_or_else(|| err("prefix length too long for the family"))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Link-local addresses belong to the kernel and the workload: never touched.
+pub fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// One address the controller wants on a device, with the default gateway of its family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DesiredAddress {
+    pub cidr: Cidr,
+    pub gateway: Option<IpAddr>,
+}
+
+/// What the device holds now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Current {
+    pub addresses: Vec<Cidr>,
+    pub link_up: bool,
+    /// Gateways of the default routes (main table) through the device.
+    pub default_gateways: Vec<IpAddr>,
+}
+
+/// Which addresses on a device are weft's to change. Everything else (link-local, the
+/// workloads file's static addresses, anything outside the ranges the controller ever
+/// sent) is left alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Managed {
+    /// Addresses that appeared in a desired state.
+    pub seen: BTreeSet<IpAddr>,
+    /// Shard ranges: the networks of desired addresses (`198.18.128.5/22` -> `198.18.128.0/22`).
+    pub ranges: BTreeSet<Cidr>,
+    /// Static addresses from the workloads file.
+    pub statics: BTreeSet<IpAddr>,
+}
+
+impl Managed {
+    pub fn with_statics(statics: impl IntoIterator<Item = IpAddr>) -> Self {
+        Self { statics: statics.into_iter().collect(), ..Default::default() }
+    }
+
+    pub fn owns(&self, ip: &IpAddr) -> bool {
+        !is_link_local(ip)
+            && !self.statics.contains(ip)
+            && (self.seen.contains(ip) || self.ranges.iter().any(|r| r.contains(ip)))
+    }
+
+    /// Adds what a desired state names (before planning against it).
+    pub fn learn(&mut self, desired: &[DesiredAddress]) {
+        for d in desired {
+            self.seen.insert(d.cidr.addr);
+            self.ranges.insert(d.cidr.network());
+        }
+    }
+
+    /// After a successful apply: forget what is neither desired nor still on the device,
+    /// so the memory stays as small as the device.
+    pub fn prune(&mut self, desired: &[DesiredAddress], present: &[Cidr]) {
+        let keep_ip = |ip: &IpAddr| {
+            desired.iter().any(|d| d.cidr.addr == *ip) || present.iter().any(|c| c.addr == *ip)
+        };
+        self.seen.retain(keep_ip);
+        self.ranges.retain(|r| {
+            desired.iter().any(|d| d.cidr.prefix == r.prefix && r.contains(&d.cidr.addr))
+                || present.iter().any(|c| r.contains(&c.addr) && !self.statics.contains(&c.addr))
+        });
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOp {
+    /// Add or replace the default route of the gateway's family.
+    Replace(IpAddr),
+    /// Remove the default route through this gateway.
+    Delete(IpAddr),
+}
+
+/// The netlink operations that bring a device to its desired state, in order: (link down
+/// if re-addressing), remove, add, link up, routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub remove: Vec<Cidr>,
+    pub add: Vec<Cidr>,
+    pub routes: Vec<RouteOp>,
+    /// Set the link up (it is down, or re-addressing takes it down).
+    pub link_up: bool,
+    /// An address is replaced by another: the link goes down for the swap.
+    pub readdress: bool,
+}
+
+impl Plan {
+    /// Netlink writes this plan makes on the device (a re-address counts down and up).
+    pub fn changes(&self) -> usize {
+        self.remove.len()
+            + self.add.len()
+            + self.routes.len()
+            + usize::from(self.link_up)
+            + usize::from(self.readdress)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes() == 0
+    }
+}
+
+/// Desired vs current. `managed` must already have learnt `desired`.
+pub fn plan(desired: &[DesiredAddress], current: &Current, managed: &Managed) -> Plan {
+    let wanted: BTreeSet<Cidr> = desired.iter().map(|d| d.cidr).collect();
+    let remove: Vec<Cidr> = current
+        .addresses
+        .iter()
+        .filter(|c| !wanted.contains(c) && managed.owns(&c.addr))
+        .copied()
+        .collect();
+    let add: Vec<Cidr> =
+        wanted.iter().filter(|w| !current.addresses.contains(w)).copied().collect();
+    let readdress = !remove.is_empty() && !add.is_empty();
+
+    let mut routes = Vec::new();
+    for v4 in [true, false] {
+        let family = |ip: &IpAddr| ip.is_ipv4() == v4;
+        let gateway = desired.iter().filter(|d| family(&d.cidr.addr)).find_map(|d| d.gateway);
+        match gateway {
+            // Taking the link down drops its routes: re-addressing always sets it again.
+            Some(g) if readdress || !current.default_gateways.contains(&g) => {
+                routes.push(RouteOp::Replace(g));
+            }
+            Some(_) => {}
+            None => routes.extend(
+                current
+                    .default_gateways
+                    .iter()
+                    .filter(|g| family(g) && managed.ranges.iter().any(|r| r.contains(g)))
+                    .map(|g| RouteOp::Delete(*g)),
+            ),
+        }
+    }
+    Plan { remove, add, routes, link_up: !current.link_up || readdress, readdress }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+    fn d(cidr: &str, gw: Option<&str>) -> DesiredAddress {
+        DesiredAddress { cidr: c(cidr), gateway: gw.map(ip) }
+    }
+    fn managed_for(desired: &[DesiredAddress]) -> Managed {
+        let mut m = Managed::with_statics([ip("198.18.128.200")]);
+        m.learn(desired);
+        m
+    }
+
+    #[test]
+    fn cidr_parses_and_refuses_bad_input() {
+        assert_eq!(c("198.18.128.5/22").to_string(), "198.18.128.5/22");
+        assert_eq!(c("fd00:80::5/64").prefix, 64);
+        for bad in ["198.18.1.1", "198.18.1.1/33", "fd00::1/129", "x/24", "198.18.1.1/x", "0.0.0.0/0", "224.0.0.1/4", "::1/128"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        assert!(c("198.18.128.0/22").contains(&ip("198.18.131.255")));
+        assert!(!c("198.18.128.0/22").contains(&ip("198.18.132.0")));
+        assert!(c("fd00:80::/64").contains(&ip("fd00:80::ffff")));
+        assert!(!c("fd00:80::/64").contains(&ip("198.18.0.1")));
+        assert!(c("198.18.0.1/0").contains(&ip("10.0.0.1")));
+        assert_eq!(c("198.18.130.7/22").network(), c("198.18.128.0/22"));
+        assert_eq!(c("fd00:80::5/64").network().to_string(), "fd00:80::/64");
+    }
+
+    #[test]
+    fn fresh_device_gets_addresses_link_up_and_gateway() {
+        let want = [d("198.18.128.5/22", Some("198.18.128.1")), d("fd00:80::5/64", None)];
+        let cur = Current { addresses: vec![c("fe80::1/64")], link_up: false, default_gateways: vec![] };
+        let p = plan(&want, &cur, &managed_for(&want));
+        assert_eq!(p.add, vec![c("198.18.128.5/22"), c("fd00:80::5/64")]);
+        assert!(p.remove.is_empty(), "link-local stays");
+        assert!(p.link_up && !p.readdress);
+        assert_eq!(p.routes, vec![RouteOp::Replace(ip("198.18.128.1"))]);
+    }
+
+    #[test]
+    fn same_state_again_plans_nothing() {
+        let want = [d("198.18.128.5/22", Some("198.18.128.1"))];
+        let cur = Current {
+            addresses: vec![c("198.18.128.5/22"), c("198.18.128.200/22"), c("fe80::1/64")],
+            link_up: true,
+            default_gateways: vec![ip("198.18.128.1")],
+        };
+        let p = plan(&want, &cur, &managed_for(&want));
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(p.changes(), 0);
+    }
+
+    #[test]
+    fn unmanaged_static_and_link_local_addresses_are_left_alone() {
+        let want = [d("198.18.128.5/22", None)];
+        let cur = Current {
+            addresses: vec![
+                c("198.18.128.200/22"), // static in the workloads file, inside the shard
+                c("198.19.7.7/24"),     // outside every range the controller sent
+                c("169.254.1.1/16"),
+                c("fe80::1/64"),
+                c("198.18.129.9/22"), // inside the shard range, not desired: weft's
+            ],
+            link_up: true,
+            default_gateways: vec![ip("198.19.7.1")],
+        };
+        let p = plan(&want, &cur, &managed_for(&want));
+        assert_eq!(p.remove, vec![c("198.18.129.9/22")]);
+        assert_eq!(p.add, vec![c("198.18.128.5/22")]);
+        assert!(p.routes.is_empty(), "a default route outside weft's ranges stays: {p:?}");
+    }
+
+    #[test]
+    fn migration_to_another_shard_is_a_readdress_with_route_replaced() {
+        let before = [d("198.18.128.5/22", Some("198.18.128.1"))];
+        let mut m = managed_for(&before);
+        let after = [d("198.18.132.9/22", Some("198.18.132.1"))];
+        m.learn(&after);
+        let cur = Current {
+            addresses: vec![c("198.18.128.5/22")],
+            link_up: true,
+            default_gateways: vec![ip("198.18.128.1")],
+        };
+        let p = plan(&after, &cur, &m);
+        assert!(p.readdress && p.link_up);
+        assert_eq!(p.remove, vec![c("198.18.128.5/22")]);
+        assert_eq!(p.add, vec![c("198.18.132.9/22")]);
+        assert_eq!(p.routes, vec![RouteOp::Replace(ip("198.18.132.1"))]);
+        assert_eq!(p.changes(), 5);
+    }
+
+    #[test]
+    fn readdress_sets_the_route_even_if_the_gateway_is_unchanged() {
+        let before = [d("198.18.128.5/22", Some("198.18.128.1"))];
+        let after = [d("198.18.128.6/22", Some("198.18.128.1"))];
+        let mut m = managed_for(&before);
+        m.learn(&after);
+        let cur = Current {
+            addresses: vec![c("198.18.128.5/22")],
+            link_up: true,
+            default_gateways: vec![ip("198.18.128.1")],
+        };
+        let p = plan(&after, &cur, &m);
+        assert!(p.readdress);
+        assert_eq!(p.routes, vec![RouteOp::Replace(ip("198.18.128.1"))]);
+    }
+
+    #[test]
+    fn emptied_desired_state_removes_managed_addresses_and_their_route() {
+        let before = [d("198.18.128.5/22", Some("198.18.128.1"))];
+        let m = managed_for(&before);
+        let cur = Current {
+            addresses: vec![c("198.18.128.5/22"), c("198.18.128.200/22")],
+            link_up: true,
+            default_gateways: vec![ip("198.18.128.1")],
+        };
+        let p = plan(&[], &cur, &m);
+        assert_eq!(p.remove, vec![c("198.18.128.5/22")]);
+        assert!(p.add.is_empty() && !p.readdress && !p.link_up);
+        assert_eq!(p.routes, vec![RouteOp::Delete(ip("198.18.128.1"))]);
+    }
+
+    #[test]
+    fn prefix_change_replaces_the_address() {
+        let want = [d("198.18.128.5/24", None)];
+        let mut m = managed_for(&[d("198.18.128.5/22", None)]);
+        m.learn(&want);
+        let cur = Current { addresses: vec![c("198.18.128.5/22")], link_up: true, default_gateways: vec![] };
+        let p = plan(&want, &cur, &m);
+        assert_eq!((p.remove.clone(), p.add.clone()), (vec![c("198.18.128.5/22")], vec![c("198.18.128.5/24")]));
+    }
+
+    #[test]
+    fn prune_forgets_old_shards_once_their_addresses_are_gone() {
+        let before = [d("198.18.128.5/22", None)];
+        let after = [d("198.18.132.9/22", None)];
+        let mut m = managed_for(&before);
+        m.learn(&after);
+        m.prune(&after, &[c("198.18.128.5/22"), c("198.18.132.9/22")]);
+        assert!(m.owns(&ip("198.18.128.5")), "still present: still weft's");
+        m.prune(&after, &[c("198.18.132.9/22"), c("198.18.128.200/22")]);
+        assert!(!m.owns(&ip("198.18.128.5")));
+        assert_eq!(m.ranges.len(), 1);
+        assert!(m.owns(&ip("198.18.133.1")));
+    }
+}
