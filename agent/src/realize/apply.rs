@@ -378,3 +378,8 @@ async fn flush_neighbours(netns: Option<&Path>, addresses: &[IpAddr]) -> Result<
     }
     Ok(flushed)
 }
+
+#[cfg(test)]
+pub(super) async fn read_current_for_tests(h: &Handle, index: u32) -> Current {
+    read_current(h, index).await.expect("reading the device").0
+}

@@ -1,0 +1,410 @@
+//! Root-only tests on real network namespaces (skipped with a printed reason otherwise):
+//! each test builds its namespaces through [`TestNetns`], whose `Drop` removes them, puts
+//! a dummy `eth0` in the "workload" namespace and drives the realizer or the control
+//! client against it. Addresses are from 198.18.0.0/15 and fd00::/8 only.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::TryStreamExt as _;
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+use weft_proto::v1::{
+    AddressAssignment, DesiredState, ObservedState, ReportObservedResponse, WatchDesiredStateRequest,
+    WorkloadDesired,
+    agent_control_service_server::{AgentControlService, AgentControlServiceServer},
+};
+
+use super::diff::Cidr;
+use super::{ControlClient, ControlMetrics, DesiredAddress, DesiredWorkload, Realizer, netns};
+use crate::config::{Netns, WorkloadSpec};
+
+fn is_root() -> bool {
+    // SAFETY: no arguments, no side effects.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root to create network namespaces");
+            return;
+        }
+    };
+}
+
+/// A named network namespace under /run/netns, removed on drop (also when a test fails).
+struct TestNetns {
+    name: String,
+    path: PathBuf,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl TestNetns {
+    fn new() -> Self {
+        let name = format!("wftr{}-{}", std::process::id(), NEXT.fetch_add(1, Relaxed));
+        let path = PathBuf::from("/run/netns").join(&name);
+        std::fs::create_dir_all("/run/netns").expect("creating /run/netns");
+        std::fs::File::create(&path).expect("creating the netns mount point");
+        let guard = Self { name, path: path.clone() };
+        // unshare(CLONE_NEWNET) changes the calling thread only: a scratch thread makes the
+        // namespace and bind-mounts it so it outlives the thread.
+        let made = std::thread::spawn(move || -> std::io::Result<()> {
+            // SAFETY: plain syscalls on this thread; strings are NUL-terminated CStrings.
+            unsafe {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let src = c"/proc/thread-self/ns/net";
+                let dst = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path without NUL");
+                if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+        .join()
+        .expect("netns thread");
+        made.expect("creating a network namespace");
+        guard
+    }
+
+    async fn handle(&self) -> netns::NetnsHandle {
+        netns::connect(Some(&self.path)).await.expect("netlink in the test namespace")
+    }
+
+    /// A veth device (down) in this namespace, its peer (`<name>p`, up) beside it; returns
+    /// the device's index. (veth rather than dummy: the dummy module is not everywhere.)
+    async fn dummy(&self, name: &str) -> u32 {
+        let h = self.handle().await;
+        let peer = format!("{name}p");
+        h.handle.link().add(LinkVeth::new(name, &peer).build()).execute().await.expect("adding a veth pair");
+        let p = index_of(&h, &peer).await;
+        h.handle.link().set(LinkUnspec::new_with_index(p).up().build()).execute().await.expect("peer up");
+        index_of(&h, name).await
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        if let Ok(dst) = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: unmounting our own bind mount; failure leaves only an empty file.
+            unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn index_of(h: &netns::NetnsHandle, name: &str) -> u32 {
+    h.handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .expect("link lookup")
+        .expect("link exists")
+        .header
+        .index
+}
+
+async fn add_address(h: &netns::NetnsHandle, index: u32, cidr: &str) {
+    let c: Cidr = cidr.parse().unwrap();
+    h.handle.address().add(index, c.addr, c.prefix).execute().await.expect("adding an address");
+}
+
+/// Default-route gateways through the device, read independently of the realizer.
+async fn gateways(ns: &TestNetns, index: u32) -> Vec<IpAddr> {
+    let h = ns.handle().await;
+    super::apply::read_current_for_tests(&h.handle, index).await.default_gateways
+}
+
+fn spec(name: &str, netns: Option<Netns>, device: &str, statics: &[&str]) -> WorkloadSpec {
+    WorkloadSpec {
+        name: name.into(),
+        interface: format!("wl-{name}"),
+        addresses: statics.iter().map(|s| s.parse().unwrap()).collect(),
+        netns,
+        device: device.into(),
+    }
+}
+
+fn want(name: &str, addrs: &[(&str, Option<&str>)]) -> DesiredWorkload {
+    DesiredWorkload {
+        name: name.into(),
+        addresses: addrs
+            .iter()
+            .map(|(c, g)| DesiredAddress { cidr: c.parse().unwrap(), gateway: g.map(|g| g.parse().unwrap()) })
+            .collect(),
+    }
+}
+
+fn cidrs(list: &[Cidr]) -> Vec<String> {
+    list.iter().map(ToString::to_string).collect()
+}
+
+#[tokio::test]
+async fn addresses_are_added_unmanaged_ones_kept_and_reapplying_changes_nothing() {
+    require_root!();
+    let ns = TestNetns::new();
+    let idx = ns.dummy("eth0").await;
+    {
+        let h = ns.handle().await;
+        add_address(&h, idx, "198.19.7.7/24").await; // not weft's: outside every shard range
+        add_address(&h, idx, "198.18.128.200/22").await; // static in the workloads file
+    }
+    let r = Realizer::new(&[spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &["198.18.128.200"])]);
+    let desired = want("web", &[("198.18.128.5/22", Some("198.18.128.1")), ("fd00:80::5/64", Some("fd00:80::1"))]);
+
+    let first = r.apply(vec![desired.clone()]).await;
+    assert_eq!(first.len(), 1);
+    let a = &first[0];
+    assert_eq!(a.error, None);
+    assert!(a.link_up);
+    let have = cidrs(&a.addresses);
+    for c in ["198.18.128.5/22", "fd00:80::5/64", "198.19.7.7/24", "198.18.128.200/22"] {
+        assert!(have.contains(&c.to_owned()), "{c} missing from {have:?}");
+    }
+    assert!(a.changes >= 5, "2 addresses, link up, 2 routes: {a:?}");
+    assert_eq!(a.readdress_down, None);
+    let gws = gateways(&ns, idx).await;
+    assert!(gws.contains(&"198.18.128.1".parse().unwrap()) && gws.contains(&"fd00:80::1".parse().unwrap()), "{gws:?}");
+
+    let again = r.apply(vec![desired]).await;
+    assert_eq!(again[0].error, None);
+    assert_eq!(again[0].changes, 0, "re-applying the same state is a no-op: {:?}", again[0]);
+    assert_eq!(cidrs(&again[0].addresses), have);
+}
+
+#[tokio::test]
+async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbours() {
+    require_root!();
+    let ns = TestNetns::new();
+    let hv = TestNetns::new();
+    ns.dummy("eth0").await;
+    let idx = index_of(&ns.handle().await, "eth0").await;
+    // The hypervisor side: a bridge that has learnt the old address's MAC.
+    let br = {
+        let h = hv.handle().await;
+        h.handle.link().add(LinkBridge::new("br0").build()).execute().await.expect("adding a bridge");
+        let br = index_of(&h, "br0").await;
+        h.handle
+            .neighbours()
+            .add(br, "198.18.128.5".parse().unwrap())
+            .link_local_address(&[0x02, 0, 0, 0, 0, 0x05])
+            .state(NeighbourState::Stale)
+            .execute()
+            .await
+            .expect("adding a neighbour entry");
+        br
+    };
+    let r = Realizer::new(&[spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &[])])
+        .with_neighbour_netns(Some(hv.path.clone()));
+    let first = r.apply(vec![want("web", &[("198.18.128.5/22", Some("198.18.128.1"))])]).await;
+    assert_eq!(first[0].error, None);
+
+    let moved = r.apply(vec![want("web", &[("198.18.132.9/22", Some("198.18.132.1"))])]).await;
+    let a = &moved[0];
+    assert_eq!(a.error, None);
+    assert_eq!(cidrs(&a.addresses), vec!["198.18.132.9/22".to_owned()]);
+    assert!(a.link_up);
+    let down = a.readdress_down.expect("a re-address reports its down time");
+    eprintln!("re-address down time: {} us ({} netlink changes)", down.as_micros(), a.changes);
+    assert!(down > Duration::ZERO && down < Duration::from_millis(50), "{down:?}");
+    assert_eq!(gateways(&ns, idx).await, vec!["198.18.132.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(a.neighbours_flushed, 1);
+    let h = hv.handle().await;
+    let left: Vec<_> = h.handle.neighbours().get().execute().try_collect().await.unwrap();
+    let stale_left = left.iter().any(|n| {
+        n.header.ifindex == br
+            && n.attributes.iter().any(|a| {
+                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) if ip.to_string() == "198.18.128.5")
+            })
+    });
+    assert!(!stale_left, "the old address's neighbour entry is gone");
+
+    // Emptied: the managed address goes, nothing else changes, and the route through a
+    // weft gateway goes with it.
+    let emptied = r.apply(vec![]).await;
+    assert_eq!(emptied.len(), 1, "a workload weft addressed before is still reconciled");
+    assert!(emptied[0].addresses.is_empty(), "{:?}", emptied[0]);
+    assert!(gateways(&ns, idx).await.is_empty());
+}
+
+#[tokio::test]
+async fn missing_namespace_or_device_fails_that_workload_only() {
+    require_root!();
+    let ns = TestNetns::new();
+    ns.dummy("eth0").await;
+    let r = Realizer::new(&[
+        spec("ghost", Some(Netns::Named(format!("{}-gone", ns.name))), "eth0", &[]),
+        spec("nodev", Some(Netns::Path(ns.path.clone())), "eth9", &[]),
+        spec("plain", None, "eth0", &[]),
+        spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &[]),
+    ]);
+    let out = r
+        .apply(vec![
+            want("ghost", &[("198.18.128.7/22", None)]),
+            want("nodev", &[("198.18.128.8/22", None)]),
+            want("plain", &[("198.18.128.9/22", None)]),
+            want("stranger", &[("198.18.128.10/22", None)]),
+            want("web", &[("fd00:80::5/64", None)]),
+        ])
+        .await;
+    let by = |n: &str| out.iter().find(|a| a.workload == n).unwrap().clone();
+    let err = |n: &str| by(n).error.unwrap_or_default();
+    assert!(err("ghost").contains("opening network namespace") && err("ghost").contains("-gone"), "{}", err("ghost"));
+    assert!(err("nodev").contains("\"eth9\" not found"), "{}", err("nodev"));
+    assert!(err("plain").contains("no `netns`"), "{}", err("plain"));
+    assert!(err("stranger").contains("not in this host's workloads file"), "{}", err("stranger"));
+    assert_eq!(by("web").error, None);
+    assert_eq!(cidrs(&by("web").addresses), vec!["fd00:80::5/64".to_owned()]);
+}
+
+/// A controller that streams the desired states it is given and records the reports.
+#[derive(Clone, Default)]
+struct FakeController {
+    states: Arc<Mutex<VecDeque<DesiredState>>>,
+    watchers: Arc<Mutex<Vec<WatchDesiredStateRequest>>>,
+    reports: Arc<Mutex<Vec<ObservedState>>>,
+}
+
+#[tonic::async_trait]
+impl AgentControlService for FakeController {
+    type WatchDesiredStateStream =
+        Pin<Box<dyn futures::Stream<Item = Result<DesiredState, Status>> + Send + 'static>>;
+
+    async fn watch_desired_state(
+        &self,
+        req: Request<WatchDesiredStateRequest>,
+    ) -> Result<Response<Self::WatchDesiredStateStream>, Status> {
+        self.watchers.lock().unwrap().push(req.into_inner());
+        let (tx, rx) = mpsc::channel(4);
+        let states: Vec<DesiredState> = self.states.lock().unwrap().iter().cloned().collect();
+        let reports = self.reports.clone();
+        tokio::spawn(async move {
+            // One generation at a time: the next goes out once the previous is reported.
+            for (i, s) in states.into_iter().enumerate() {
+                while reports.lock().unwrap().len() < i {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if tx.send(Ok(s)).await.is_err() {
+                    return;
+                }
+            }
+            // Keep the stream open until the client goes away.
+            tx.closed().await;
+        });
+        Ok(Response::new(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        }))))
+    }
+
+    async fn report_observed(&self, req: Request<ObservedState>) -> Result<Response<ReportObservedResponse>, Status> {
+        self.reports.lock().unwrap().push(req.into_inner());
+        Ok(Response::new(ReportObservedResponse {}))
+    }
+}
+
+fn wire(workload: &str, cidr: &str, gateway: &str, shard: &str, seq: u64) -> WorkloadDesired {
+    WorkloadDesired {
+        workload: workload.into(),
+        addresses: vec![AddressAssignment {
+            cidr: cidr.into(),
+            gateway: gateway.into(),
+            shard_id: shard.into(),
+            allocation_seq: seq,
+        }],
+    }
+}
+
+async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+#[tokio::test]
+async fn control_client_applies_two_generations_and_reports_them() {
+    require_root!();
+    let ns = TestNetns::new();
+    ns.dummy("eth0").await;
+    let fake = FakeController::default();
+    fake.states.lock().unwrap().extend([
+        DesiredState {
+            generation: 1,
+            workloads: vec![
+                wire("web", "198.18.128.5/22", "198.18.128.1", "shard-a", 1),
+                wire("ghost", "198.18.128.6/22", "", "shard-a", 2),
+            ],
+        },
+        DesiredState {
+            generation: 2,
+            workloads: vec![
+                wire("web", "198.18.132.9/22", "198.18.132.1", "shard-b", 3),
+                wire("ghost", "198.18.128.6/22", "", "shard-a", 2),
+            ],
+        },
+    ]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentControlServiceServer::new(fake.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let metrics = Arc::new(ControlMetrics::default());
+    let client = ControlClient {
+        controller: format!("http://{addr}"),
+        host_id: "hv-test".into(),
+        instance: "00000000000000aa".into(),
+        realizer: Arc::new(Realizer::new(&[
+            spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &[]),
+            spec("ghost", Some(Netns::Named(format!("{}-gone", ns.name))), "eth0", &[]),
+        ])),
+        metrics: metrics.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(client.run(stop_rx));
+    let reports = fake.reports.clone();
+    assert!(eventually(Duration::from_secs(10), || reports.lock().unwrap().len() >= 2).await, "two reports");
+    let _ = stop_tx.send(true);
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("client stops on shutdown").unwrap();
+    server.abort();
+
+    let watchers = fake.watchers.lock().unwrap().clone();
+    assert_eq!(watchers[0].host_id, "hv-test");
+    assert_eq!(watchers[0].agent_instance, "00000000000000aa");
+    let reports = reports.lock().unwrap().clone();
+    let (r1, r2) = (&reports[0], &reports[1]);
+    assert_eq!((r1.applied_generation, r2.applied_generation), (1, 2));
+    assert_eq!(r1.host_id, "hv-test");
+    let web = |r: &ObservedState| r.workloads.iter().find(|w| w.workload == "web").unwrap().clone();
+    let ghost = |r: &ObservedState| r.workloads.iter().find(|w| w.workload == "ghost").unwrap().clone();
+    assert_eq!(web(r1).addresses, vec!["198.18.128.5/22".to_owned()]);
+    assert!(web(r1).link_up && web(r1).error.is_empty());
+    assert_eq!(web(r1).readdress_down_us, 0);
+    assert_eq!(web(r2).addresses, vec!["198.18.132.9/22".to_owned()]);
+    assert!(web(r2).readdress_down_us > 0, "{:?}", web(r2));
+    eprintln!("re-address down time over the control path: {} us", web(r2).readdress_down_us);
+    assert!(ghost(r1).error.contains("opening network namespace"), "{:?}", ghost(r1));
+    assert!(ghost(r2).error.contains("opening network namespace"));
+    assert_eq!(metrics.desired_generation.load(Relaxed), 2);
+    assert_eq!(metrics.applied_generation.load(Relaxed), 2);
+    assert_eq!(metrics.readdress_total.load(Relaxed), 1);
+    assert_eq!(metrics.apply_errors_total.load(Relaxed), 2);
+}
