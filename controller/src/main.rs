@@ -13,8 +13,13 @@ use tonic::transport::server::TcpIncoming;
 use tracing_subscriber::EnvFilter;
 use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
+use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
+use weft_controller::history::AllowList;
 use weft_controller::metrics::Metrics;
+use weft_controller::store::{MemoryStore, RedbStore, Store};
+use weft_controller::time::{now_unix_ns, parse_duration};
+use weft_controller::topology::{BucketConfig, Rules, ServiceClassifier};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -35,6 +40,84 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `weft_controller=debug`.
     #[arg(long, default_value = "info", env = "WEFT_LOG")]
     log: String,
+    /// Directory of the store (`weft.redb`); an empty value keeps everything in memory.
+    #[arg(long, default_value = "./weft-data")]
+    data_dir: String,
+    /// How often a topology snapshot is stored (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    snapshot_interval: Duration,
+    /// Width of the topology's time buckets (e.g. 60s).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    bucket_width: Duration,
+    /// How long time buckets are kept (e.g. 24h).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    retention: Duration,
+    /// TOML file of service classification rules (`[[rule]] match_name/match_port/
+    /// match_protocol`, `type`).
+    #[arg(long)]
+    classifier_rules: Option<std::path::PathBuf>,
+    /// TOML or JSON file of allowed dependencies (`source -> target [protocol]`, globs).
+    #[arg(long)]
+    allowed_deps: Option<std::path::PathBuf>,
+}
+
+/// How often new dependencies and allow-list violations are looked for.
+const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+fn build_state(args: &Args) -> anyhow::Result<AppState> {
+    let classifier = match &args.classifier_rules {
+        Some(path) => ServiceClassifier::with_rules(Rules::load(path)?),
+        None => ServiceClassifier::default(),
+    };
+    let store: Arc<dyn Store> = if args.data_dir.is_empty() {
+        Arc::new(MemoryStore::default())
+    } else {
+        Arc::new(RedbStore::open_dir(std::path::Path::new(&args.data_dir))?)
+    };
+    if args.bucket_width.is_zero() {
+        anyhow::bail!("--bucket-width must be more than 0");
+    }
+    if args.snapshot_interval.is_zero() {
+        anyhow::bail!("--snapshot-interval must be more than 0");
+    }
+    let buckets = BucketConfig {
+        width: args.bucket_width,
+        retention: args.retention,
+    };
+    let state = AppState::with_parts(Arc::new(Metrics::default()), classifier, store, buckets)?;
+    if let Some(path) = &args.allowed_deps {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --allowed-deps {}", path.display()))?;
+        let list = AllowList::parse(&text, &path.display().to_string())
+            .map_err(|e| anyhow::anyhow!("--allowed-deps: {e}"))?;
+        state.history.set_allow_list(list, &text)?;
+    }
+    Ok(state)
+}
+
+/// Looks for new dependencies every [`WATCH_INTERVAL`] and stores a snapshot every
+/// `snapshot_interval`, until `stop` resolves.
+async fn history_loop(
+    state: AppState,
+    snapshot_interval: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    let mut snapshots = tokio::time::interval(snapshot_interval);
+    snapshots.tick().await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = watch.tick() => state.history.observe(&state.snapshot()),
+            _ = snapshots.tick() => {
+                let snapshot = state.snapshot();
+                if let Err(error) = state.history.take_snapshot(&snapshot, now_unix_ns()) {
+                    tracing::warn!(%error, "storing a topology snapshot failed");
+                }
+            }
+        }
+    }
 }
 
 #[tokio::main]
@@ -48,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let state = AppState::new(Arc::new(Metrics::default()));
+    let state = build_state(&args)?;
 
     let grpc_listener = TcpListener::bind(args.grpc_listen)
         .await
@@ -72,11 +155,18 @@ async fn main() -> anyhow::Result<()> {
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AgentApi::new(state.clone()).into_service())
+            .add_service(TopologyApi::new(state.clone()).into_service())
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc_listener),
                 stopped(shutdown_rx.clone()),
             ),
     );
+    // Stops with the servers; its last snapshot is at most one interval old.
+    let history = tokio::spawn(history_loop(
+        state.clone(),
+        args.snapshot_interval,
+        stopped(shutdown_rx.clone()),
+    ));
     let http = tokio::spawn(
         axum::serve(http_listener, http::app(state.clone()))
             .with_graceful_shutdown(stopped(shutdown_rx))
@@ -110,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
         (grpc, http)
     })
     .await;
+    let _ = history.await;
     match drained {
         Ok((grpc, http)) => {
             grpc.context("gRPC server task")?.context("gRPC server")?;

@@ -86,6 +86,13 @@ pub fn render(state: &AppState) -> String {
     let mut out = String::new();
     single(
         &mut out,
+        "weft_topology_unauthorized_dependencies",
+        "gauge",
+        "Observed dependencies the allow-list does not allow (0 without an allow-list).",
+        state.history.unauthorized_dependencies(),
+    );
+    single(
+        &mut out,
         "weft_controller_records_ingested_total",
         "counter",
         "Flow records accepted from agents and merged into the topology.",

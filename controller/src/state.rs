@@ -3,10 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::history::{History, HistoryError};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::store::{MemoryStore, Store};
 use crate::time::now_unix_ns;
-use crate::topology::{Topology, TopologySnapshot};
+use crate::topology::{BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window};
 
 /// An agent counts as connected while its last contact is younger than this.
 pub const CONNECTED_WINDOW: Duration = Duration::from_secs(15);
@@ -19,17 +21,40 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Random id of this controller process, returned to registering agents.
     pub controller_instance: Arc<str>,
+    pub classifier: Arc<ServiceClassifier>,
+    /// Snapshots over time, events and the allow-list, kept in the store.
+    pub history: Arc<History>,
 }
 
 impl AppState {
     /// A fresh controller state with a random instance id, reporting into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
+        let history = History::new(Arc::new(MemoryStore::default()))
+            .expect("an empty memory store holds nothing unreadable");
         Self {
             registry: Arc::new(Registry::new()),
             topology: Arc::new(Topology::new()),
             metrics,
             controller_instance: format!("{:016x}", rand::random::<u64>()).into(),
+            classifier: Arc::new(ServiceClassifier::default()),
+            history: Arc::new(history),
         }
+    }
+
+    /// A controller state over `store`, classifying with `classifier` and keeping time
+    /// buckets as `buckets` says.
+    pub fn with_parts(
+        metrics: Arc<Metrics>,
+        classifier: ServiceClassifier,
+        store: Arc<dyn Store>,
+        buckets: BucketConfig,
+    ) -> Result<Self, HistoryError> {
+        Ok(Self {
+            topology: Arc::new(Topology::with_buckets(buckets)),
+            classifier: Arc::new(classifier),
+            history: Arc::new(History::new(store)?),
+            ..Self::new(metrics)
+        })
     }
 
     /// Agents heard from within [`CONNECTED_WINDOW`].
@@ -40,8 +65,15 @@ impl AppState {
 
     /// The topology now.
     pub fn snapshot(&self) -> TopologySnapshot {
-        self.topology.snapshot(
+        self.snapshot_in(&Window::ALL)
+    }
+
+    /// The topology within a time window.
+    pub fn snapshot_in(&self, window: &Window) -> TopologySnapshot {
+        self.topology.snapshot_with(
             self.registry.as_ref(),
+            &self.classifier,
+            window,
             now_unix_ns(),
             self.agents_connected(),
         )

@@ -15,6 +15,8 @@ fn binary_announces_both_listeners_serves_http_and_exits_on_sigterm() {
             "127.0.0.1:0",
             "--log",
             "warn",
+            "--data-dir",
+            "",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

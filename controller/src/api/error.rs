@@ -14,8 +14,23 @@ pub enum ApiError {
     NotFound(String),
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    #[error("query parameter `{parameter}`: {message}")]
+    BadParameter { parameter: String, message: String },
+    #[error("request body: {0}")]
+    BadBody(String),
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl ApiError {
+    pub fn parameter(parameter: &str, message: impl Into<String>) -> Self {
+        Self::BadParameter {
+            parameter: parameter.to_owned(),
+            message: message.into(),
+        }
+    }
 }
 
 impl ApiError {
@@ -23,6 +38,8 @@ impl ApiError {
         match self {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadParameter { .. } | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -36,6 +53,9 @@ struct Problem {
     title: &'static str,
     status: u16,
     detail: String,
+    /// The query parameter at fault, for 400s about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameter: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -49,6 +69,10 @@ impl IntoResponse for ApiError {
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: self.to_string(),
+            parameter: match &self {
+                Self::BadParameter { parameter, .. } => Some(parameter.clone()),
+                _ => None,
+            },
         };
         (
             status,

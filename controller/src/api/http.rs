@@ -1,45 +1,46 @@
-//! The REST router: topology in three formats, Prometheus metrics and a health check.
+//! The REST router: topology views, services, analytics, history, observations,
+//! Prometheus metrics and a health check.
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{Method, Uri, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use super::error::ApiError;
+use super::{analytics_routes, history_routes, observations, views};
 use crate::state::AppState;
-use crate::{metrics, render};
+use crate::metrics;
 
 /// Builds the HTTP API.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/topology", get(topology_json))
-        .route("/topology.dot", get(topology_dot))
-        .route("/topology.txt", get(topology_txt))
+        .route("/topology", get(views::topology_json))
+        .route("/topology.dot", get(views::topology_dot))
+        .route("/topology.txt", get(views::topology_txt))
+        .route("/topology.svg", get(views::topology_svg))
+        .route("/services", get(views::services))
+        .route("/services/{name}/dependencies", get(views::service_dependencies))
+        .route("/analytics/critical", get(analytics_routes::critical))
+        .route("/analytics/bottlenecks", get(analytics_routes::bottlenecks))
+        .route("/analytics/patterns", get(analytics_routes::patterns))
+        .route("/topology/diff", get(history_routes::topology_diff))
+        .route(
+            "/topology/snapshots",
+            get(history_routes::list_snapshots).post(history_routes::take_snapshot),
+        )
+        .route("/topology/violations", get(history_routes::violations))
+        .route(
+            "/policy/allowed-dependencies",
+            get(history_routes::get_allowed).put(history_routes::put_allowed),
+        )
+        .route("/events/topology", get(history_routes::events))
+        .route("/observations", post(observations::post_observations))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-}
-
-async fn topology_json(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let body = render::json(&state.snapshot()).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body))
-}
-
-async fn topology_dot(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
-        render::dot(&state.snapshot()),
-    )
-}
-
-async fn topology_txt(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        render::ascii(&state.snapshot()),
-    )
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {

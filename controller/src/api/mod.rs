@@ -1,8 +1,14 @@
 //! The controller's edges: gRPC for agents, HTTP for people and Prometheus. Wire types are
 //! converted into domain types here and go no further.
 
+pub mod analytics_routes;
 pub mod error;
 pub mod grpc;
+pub mod grpc_topology;
+pub mod history_routes;
 pub mod http;
+pub mod observations;
+pub mod query;
+pub mod views;
 
 pub use error::ApiError;

@@ -88,6 +88,8 @@ impl History {
         snapshot: &TopologySnapshot,
         at_unix_ns: u64,
     ) -> Result<SnapshotInfo, HistoryError> {
+        // Whole microseconds, so the RFC 3339 `taken_at` finds this very snapshot again.
+        let at_unix_ns = at_unix_ns - at_unix_ns % 1_000;
         let info = SnapshotInfo {
             taken_at: rfc3339(at_unix_ns),
             taken_at_unix_ns: at_unix_ns,

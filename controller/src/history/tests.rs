@@ -36,14 +36,14 @@ fn snapshots_are_listed_and_found_by_time_and_bounded() {
     h.max_snapshots = 2;
     let one = map(&[("a", "b", "http", 1.0, None)]);
     let two = map(&[("a", "b", "http", 1.0, None), ("b", "c", "http", 1.0, None)]);
-    h.take_snapshot(&one, 100).expect("take");
-    h.take_snapshot(&two, 200).expect("take");
-    assert_eq!(h.snapshot_at(150).expect("read").expect("some").dependencies.len(), 1);
-    assert_eq!(h.snapshot_at(250).expect("read").expect("some").dependencies.len(), 2);
-    assert!(h.snapshot_at(50).expect("read").is_none());
-    h.take_snapshot(&two, 300).expect("take");
+    h.take_snapshot(&one, 100_000).expect("take");
+    h.take_snapshot(&two, 200_000).expect("take");
+    assert_eq!(h.snapshot_at(150_000).expect("read").expect("some").dependencies.len(), 1);
+    assert_eq!(h.snapshot_at(250_000).expect("read").expect("some").dependencies.len(), 2);
+    assert!(h.snapshot_at(50_000).expect("read").is_none());
+    h.take_snapshot(&two, 300_000).expect("take");
     let times: Vec<u64> = h.snapshots().expect("list").iter().map(|s| s.taken_at_unix_ns).collect();
-    assert_eq!(times, vec![200, 300], "the oldest is dropped beyond the bound");
+    assert_eq!(times, vec![200_000, 300_000], "the oldest is dropped beyond the bound");
 }
 
 #[test]

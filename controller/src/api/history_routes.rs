@@ -1,0 +1,122 @@
+//! History: snapshots, diffs, violations of the allow-list, and topology events (SSE).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::StreamExt as _;
+
+use super::error::ApiError;
+use super::query::Params;
+use crate::history::{AllowList, DiffThresholds, HistoryError, diff};
+use crate::state::AppState;
+use crate::time::{now_unix_ns, rfc3339};
+
+fn internal(error: HistoryError) -> ApiError {
+    ApiError::Internal(error.to_string())
+}
+
+pub async fn list_snapshots(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.history.snapshots().map_err(internal)?))
+}
+
+pub async fn take_snapshot(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let snapshot = state.snapshot();
+    let info = state
+        .history
+        .take_snapshot(&snapshot, now_unix_ns())
+        .map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+pub async fn topology_diff(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let params = Params(params);
+    params.only(&["from", "to", "latency_ratio", "error_rate"])?;
+    let from = params.time_or("from", None)?;
+    let to = params.time_or("to", Some(now_unix_ns()))?;
+    if to < from {
+        return Err(ApiError::parameter("to", "is before `from`"));
+    }
+    let thresholds = DiffThresholds {
+        latency_ratio: params.number("latency_ratio", DiffThresholds::default().latency_ratio)?,
+        error_rate: params.number("error_rate", DiffThresholds::default().error_rate)?,
+    };
+    let before = state.history.snapshot_at(from).map_err(internal)?.ok_or_else(|| {
+        ApiError::parameter(
+            "from",
+            format!("no snapshot was taken at or before {}", rfc3339(from)),
+        )
+    })?;
+    // "to" in the present (or future) means the live topology.
+    let after = if to >= now_unix_ns().saturating_sub(1_000_000_000) {
+        state.snapshot()
+    } else {
+        state.history.snapshot_at(to).map_err(internal)?.ok_or_else(|| {
+            ApiError::parameter("to", format!("no snapshot was taken at or before {}", rfc3339(to)))
+        })?
+    };
+    Ok(Json(diff(&before, &after, thresholds)))
+}
+
+pub async fn violations(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let snapshot = state.snapshot();
+    let configured = state.history.allow_list().is_some();
+    Ok(Json(serde_json::json!({
+        "allow_list_configured": configured,
+        "violations": state.history.violations(&snapshot),
+    })))
+}
+
+pub async fn get_allowed(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    match state.history.allow_list() {
+        Some(list) => Ok(Json(list)),
+        None => Err(ApiError::NotFound(
+            "/policy/allowed-dependencies (no allow-list is set)".into(),
+        )),
+    }
+}
+
+pub async fn put_allowed(
+    State(state): State<AppState>,
+    body: String,
+) -> Result<impl IntoResponse, ApiError> {
+    let list = AllowList::parse(&body, "body").map_err(ApiError::BadBody)?;
+    state
+        .history
+        .set_allow_list(list.clone(), &body)
+        .map_err(internal)?;
+    state.history.observe(&state.snapshot());
+    Ok(Json(list))
+}
+
+/// Server-sent events: the events still in the ring, then live ones.
+pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
+    let receiver = state.history.events.subscribe();
+    let live = futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(event) => return Some((event, receiver)),
+                // A lagging subscriber skips what it missed (the ring still has it).
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let recent = futures::stream::iter(state.history.events.recent());
+    let to_sse = |event: crate::history::TopologyEvent| {
+        Event::default()
+            .id(event.id.clone())
+            .event(event.event_type)
+            .json_data(&event)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
+    };
+    let stream = recent.chain(live).map(to_sse).map(Ok::<_, Infallible>);
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

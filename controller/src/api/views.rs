@@ -1,0 +1,139 @@
+//! Topology views: JSON, ASCII, DOT and SVG (through Graphviz `dot`), and services.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use tokio::io::AsyncWriteExt as _;
+
+use super::error::ApiError;
+use super::query::Params;
+use crate::analytics::dependencies_of;
+use crate::render;
+use crate::state::AppState;
+
+const WINDOW: &[&str] = &["since", "until"];
+/// How long `dot -Tsvg` may take.
+pub const DOT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn topology_json(
+    State(state): State<AppState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let window = Params(params).only(WINDOW)?.window()?;
+    let body = render::json(&state.snapshot_in(&window))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body))
+}
+
+pub async fn topology_dot(
+    State(state): State<AppState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let window = Params(params).only(WINDOW)?.window()?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
+        render::dot(&state.snapshot_in(&window)),
+    ))
+}
+
+pub async fn topology_txt(
+    State(state): State<AppState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let window = Params(params).only(WINDOW)?.window()?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        render::ascii(&state.snapshot_in(&window)),
+    ))
+}
+
+pub async fn topology_svg(
+    State(state): State<AppState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let window = Params(params).only(WINDOW)?.window()?;
+    let dot = render::dot(&state.snapshot_in(&window));
+    let svg = run_dot("dot", &dot, DOT_TIMEOUT).await?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg))
+}
+
+/// Renders DOT text to SVG with the Graphviz program `program`.
+pub async fn run_dot(program: &str, dot: &str, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+    let child = tokio::process::Command::new(program)
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::NotImplemented(format!(
+                "SVG needs Graphviz, and `{program}` is not installed on the controller host; \
+                 install graphviz, or fetch /topology.dot and render it elsewhere"
+            )));
+        }
+        Err(e) => return Err(ApiError::Internal(format!("starting `{program}`: {e}"))),
+    };
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| ApiError::Internal("no stdin for dot".into()))?;
+    let input = dot.as_bytes().to_vec();
+    let writer = async move {
+        // A write error shows up as dot's own failure below.
+        let _ = stdin.write_all(&input).await;
+    };
+    let run = async {
+        writer.await;
+        child.wait_with_output().await
+    };
+    let output = tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| ApiError::Internal(format!("`{program} -Tsvg` took longer than {timeout:?}")))?
+        .map_err(|e| ApiError::Internal(format!("running `{program}`: {e}")))?;
+    if !output.status.success() {
+        return Err(ApiError::Internal(format!(
+            "`{program} -Tsvg` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(output.stdout)
+}
+
+pub async fn services(
+    State(state): State<AppState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let window = Params(params).only(WINDOW)?.window()?;
+    Ok(Json(state.snapshot_in(&window).services))
+}
+
+pub async fn service_dependencies(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let params = Params(params);
+    params.only(&["since", "until", "direction"])?;
+    let window = params.window()?;
+    let direction = params.direction()?;
+    let snapshot = state.snapshot_in(&window);
+    if snapshot.service(&name).is_none() {
+        return Err(ApiError::NotFound(format!("/services/{name} (no such service)")));
+    }
+    let deps: Vec<_> = dependencies_of(&snapshot, &name, direction)
+        .into_iter()
+        .cloned()
+        .collect();
+    Ok(Json(serde_json::json!({
+        "service": name,
+        "direction": direction,
+        "dependencies": deps,
+    })))
+}
