@@ -95,46 +95,62 @@ impl Realizer {
     /// Applies a host's full desired state. Workloads that had managed addresses before
     /// but are absent now are emptied (level-triggered). Reports come back sorted by name.
     pub async fn apply(&self, desired: Vec<DesiredWorkload>) -> Vec<Applied> {
-        let mut all = desired;
+        let mut all: Vec<(DesiredWorkload, bool)> = desired.into_iter().map(|w| (w, true)).collect();
         let remembered: Vec<String> = self.managed().keys().cloned().collect();
         for name in remembered {
-            if !all.iter().any(|w| w.name == name) {
-                all.push(DesiredWorkload { name, addresses: Vec::new() });
+            if !all.iter().any(|(w, _)| w.name == name) {
+                all.push((DesiredWorkload { name, addresses: Vec::new() }, false));
             }
         }
-        let mut out: Vec<Applied> = futures::stream::iter(all)
-            .map(|w| async move { self.apply_workload(&w).await })
+        let results: Vec<(Applied, bool, bool)> = futures::stream::iter(all)
+            .map(|(w, asked)| async move {
+                let (applied, gone) = self.apply_one(&w).await;
+                (applied, gone, asked)
+            })
             .buffer_unordered(PARALLEL_APPLIES)
             .collect()
             .await;
+        let mut out = Vec::with_capacity(results.len());
+        for (applied, gone, asked) in results {
+            if !asked && gone {
+                // No longer desired and its namespace or device is gone with its addresses:
+                // nothing left to clean up or report.
+                self.managed().remove(&applied.workload);
+                continue;
+            }
+            out.push(applied);
+        }
         out.sort_by(|a, b| a.workload.cmp(&b.workload));
         out
     }
 
-    /// Brings one workload's device to its desired addresses and reads it back.
-    pub async fn apply_workload(&self, w: &DesiredWorkload) -> Applied {
+    /// Brings one workload's device to its desired addresses and reads it back. Returns
+    /// the report, and whether the workload's namespace or device does not exist.
+    async fn apply_one(&self, w: &DesiredWorkload) -> (Applied, bool) {
         let mut applied = Applied { workload: w.name.clone(), ..Default::default() };
         let Some(target) = self.targets.get(&w.name) else {
             applied.error = Some(RealizeError::UnknownWorkload(w.name.clone()).to_string());
-            return applied;
+            return (applied, false);
         };
         let Some(netns_path) = target.netns.as_deref() else {
             applied.error = Some(RealizeError::NoNetns(w.name.clone()).to_string());
-            return applied;
+            return (applied, false);
         };
         let conn = match netns::connect(Some(netns_path)).await {
             Ok(c) => c,
             Err(e) => {
+                let gone = matches!(&e, RealizeError::NetnsOpen { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
                 applied.error = Some(e.to_string());
-                return applied;
+                return (applied, gone);
             }
         };
         let h = &conn.handle;
         let index = match link_index(h, target).await {
             Ok(i) => i,
             Err(e) => {
+                let gone = matches!(e, RealizeError::NoDevice { .. });
                 applied.error = Some(e.to_string());
-                return applied;
+                return (applied, gone);
             }
         };
         let result = self.reconcile(h, index, w, target, &mut applied).await;
@@ -156,7 +172,7 @@ impl Realizer {
         if let Err(e) = result {
             applied.error = Some(e.to_string());
         }
-        applied
+        (applied, false)
     }
 
     async fn reconcile(
@@ -245,6 +261,18 @@ fn default_gateway(msg: &RouteMessage, index: u32) -> Option<IpAddr> {
     })
 }
 
+async fn list_addresses(h: &Handle, index: u32) -> Result<Vec<(Cidr, AddressMessage)>, RealizeError> {
+    let messages: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("listing addresses"))?;
+    Ok(messages.into_iter().filter_map(|m| Some((address_of(&m)?, m))).collect())
+}
+
 /// The device's addresses (with their netlink messages, for deletion), link state and
 /// default routes.
 async fn read_current(h: &Handle, index: u32) -> Result<(Current, Vec<(Cidr, AddressMessage)>), RealizeError> {
@@ -258,16 +286,7 @@ async fn read_current(h: &Handle, index: u32) -> Result<(Current, Vec<(Cidr, Add
         .await
         .map_err(nl("reading the link"))?;
     current.link_up = link.is_some_and(|l| l.header.flags.contains(LinkFlags::Up));
-    let messages: Vec<AddressMessage> = h
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl("listing addresses"))?;
-    let messages: Vec<(Cidr, AddressMessage)> =
-        messages.into_iter().filter_map(|m| Some((address_of(&m)?, m))).collect();
+    let messages = list_addresses(h, index).await?;
     current.addresses = messages.iter().map(|(c, _)| *c).collect();
     for family in [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()] {
         let routes: Vec<RouteMessage> =
@@ -302,10 +321,35 @@ async fn execute(
     changes: &mut usize,
 ) -> Result<Option<Duration>, RealizeError> {
     let mut down_since = None;
+    let mut restore = Vec::new();
     if plan.readdress {
         set_link(h, index, false).await?;
         down_since = Some(Instant::now());
         *changes += 1;
+        // Taking a link down drops all its IPv6 addresses (keep_addr_on_down = 0, the
+        // default): whatever was there and stays wanted is put back before it comes up.
+        let now = list_addresses(h, index).await?;
+        restore = messages
+            .iter()
+            .map(|(c, _)| *c)
+            .filter(|c| {
+                !plan.remove.contains(c)
+                    && !plan.add.contains(c)
+                    && !is_link_local(&c.addr)
+                    && !now.iter().any(|(n, _)| n == c)
+            })
+            .collect();
+    }
+    // Routes go before the addresses they leave through (the kernel drops an IPv4 route
+    // whose gateway became unreachable itself: already gone counts as done).
+    for op in &plan.routes {
+        if let RouteOp::Delete(g) = *op {
+            match h.route().del(default_route(index, g)).execute().await {
+                Ok(()) => *changes += 1,
+                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ESRCH => {}
+                Err(e) => return Err(nl(format!("removing the default route via {g}"))(e)),
+            }
+        }
     }
     for cidr in &plan.remove {
         if let Some((_, msg)) = messages.iter().find(|(c, _)| c == cidr) {
@@ -313,7 +357,7 @@ async fn execute(
             *changes += 1;
         }
     }
-    for cidr in &plan.add {
+    for cidr in plan.add.iter().chain(&restore) {
         let mut req = h.address().add(index, cidr.addr, cidr.prefix);
         if cidr.addr.is_ipv6() {
             // The controller hands each address to one workload: duplicate address
@@ -330,22 +374,15 @@ async fn execute(
         *changes += 1;
     }
     for op in &plan.routes {
-        match *op {
-            RouteOp::Replace(g) => h
-                .route()
+        if let RouteOp::Replace(g) = *op {
+            h.route()
                 .add(default_route(index, g))
                 .replace()
                 .execute()
                 .await
-                .map_err(nl(format!("setting the default route via {g}")))?,
-            RouteOp::Delete(g) => h
-                .route()
-                .del(default_route(index, g))
-                .execute()
-                .await
-                .map_err(nl(format!("removing the default route via {g}")))?,
+                .map_err(nl(format!("setting the default route via {g}")))?;
+            *changes += 1;
         }
-        *changes += 1;
     }
     Ok(down)
 }

@@ -165,8 +165,9 @@ pub enum RouteOp {
     Delete(IpAddr),
 }
 
-/// The netlink operations that bring a device to its desired state, in order: (link down
-/// if re-addressing), remove, add, link up, routes.
+/// The netlink operations that bring a device to its desired state, in order: link down
+/// (if re-addressing), route deletions, address removals, additions, link up, route
+/// replacements.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub remove: Vec<Cidr>,

@@ -207,20 +207,29 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
             .expect("adding a neighbour entry");
         br
     };
-    let r = Realizer::new(&[spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &[])])
+    // A static IPv6 address the workloads file lists: the link going down drops it, the
+    // realizer puts it back.
+    add_address(&ns.handle().await, idx, "fd00:99::7/64").await;
+    let r = Realizer::new(&[spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &["fd00:99::7"])])
         .with_neighbour_netns(Some(hv.path.clone()));
-    let first = r.apply(vec![want("web", &[("198.18.128.5/22", Some("198.18.128.1"))])]).await;
+    let v6 = ("fd00:80::5/64", Some("fd00:80::1"));
+    let first = r.apply(vec![want("web", &[("198.18.128.5/22", Some("198.18.128.1")), v6])]).await;
     assert_eq!(first[0].error, None);
 
-    let moved = r.apply(vec![want("web", &[("198.18.132.9/22", Some("198.18.132.1"))])]).await;
+    let moved = r.apply(vec![want("web", &[("198.18.132.9/22", Some("198.18.132.1")), v6])]).await;
     let a = &moved[0];
     assert_eq!(a.error, None);
-    assert_eq!(cidrs(&a.addresses), vec!["198.18.132.9/22".to_owned()]);
+    let mut have = cidrs(&a.addresses);
+    have.sort();
+    assert_eq!(have, ["198.18.132.9/22", "fd00:80::5/64", "fd00:99::7/64"]);
     assert!(a.link_up);
     let down = a.readdress_down.expect("a re-address reports its down time");
     eprintln!("re-address down time: {} us ({} netlink changes)", down.as_micros(), a.changes);
     assert!(down > Duration::ZERO && down < Duration::from_millis(50), "{down:?}");
-    assert_eq!(gateways(&ns, idx).await, vec!["198.18.132.1".parse::<IpAddr>().unwrap()]);
+    let gws = gateways(&ns, idx).await;
+    assert_eq!(gws, ["198.18.132.1".parse::<IpAddr>().unwrap(), "fd00:80::1".parse().unwrap()]);
+    let again = r.apply(vec![want("web", &[("198.18.132.9/22", Some("198.18.132.1")), v6])]).await;
+    assert_eq!(again[0].changes, 0, "{:?}", again[0]);
     assert_eq!(a.neighbours_flushed, 1);
     let h = hv.handle().await;
     let left: Vec<_> = h.handle.neighbours().get().execute().try_collect().await.unwrap();
@@ -236,7 +245,8 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     // weft gateway goes with it.
     let emptied = r.apply(vec![]).await;
     assert_eq!(emptied.len(), 1, "a workload weft addressed before is still reconciled");
-    assert!(emptied[0].addresses.is_empty(), "{:?}", emptied[0]);
+    assert_eq!(emptied[0].error, None);
+    assert_eq!(cidrs(&emptied[0].addresses), ["fd00:99::7/64"], "{:?}", emptied[0]);
     assert!(gateways(&ns, idx).await.is_empty());
 }
 
@@ -268,6 +278,19 @@ async fn missing_namespace_or_device_fails_that_workload_only() {
     assert!(err("stranger").contains("not in this host's workloads file"), "{}", err("stranger"));
     assert_eq!(by("web").error, None);
     assert_eq!(cidrs(&by("web").addresses), vec!["fd00:80::5/64".to_owned()]);
+}
+
+#[tokio::test]
+async fn workload_no_longer_desired_whose_namespace_is_gone_is_forgotten() {
+    require_root!();
+    let ns = TestNetns::new();
+    ns.dummy("eth0").await;
+    let r = Realizer::new(&[spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &[])]);
+    assert_eq!(r.apply(vec![want("web", &[("198.18.128.5/22", None)])]).await[0].error, None);
+    drop(ns);
+    assert!(r.apply(vec![]).await.is_empty(), "nothing to clean, nothing to report");
+    let asked = r.apply(vec![want("web", &[("198.18.128.5/22", None)])]).await;
+    assert!(asked[0].error.as_deref().unwrap_or("").contains("opening network namespace"), "{asked:?}");
 }
 
 /// A controller that streams the desired states it is given and records the reports.
