@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+mod topology;
+
+use topology::TopologyCommand;
 
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about = "Client of the weft controller")]
@@ -29,34 +33,6 @@ enum Command {
         #[command(subcommand)]
         command: TopologyCommand,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum TopologyCommand {
-    /// Print the topology.
-    Show {
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Ascii)]
-        format: Format,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Ascii,
-    Dot,
-    Json,
-}
-
-impl Format {
-    /// The controller path serving this format.
-    fn path(self) -> &'static str {
-        match self {
-            Self::Ascii => "/topology.txt",
-            Self::Dot => "/topology.dot",
-            Self::Json => "/topology",
-        }
-    }
 }
 
 /// `base` joined with an absolute `path`, without doubling the slash.
@@ -103,26 +79,9 @@ fn fetch(base: &str, path: &str) -> anyhow::Result<String> {
     }
 }
 
-fn show(controller: &str, format: Format) -> anyhow::Result<String> {
-    let body = fetch(controller, format.path())?;
-    let mut text = if format == Format::Json {
-        let value: serde_json::Value =
-            serde_json::from_str(&body).context("the controller's topology is not valid JSON")?;
-        serde_json::to_string_pretty(&value).context("formatting the topology")?
-    } else {
-        body
-    };
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    Ok(text)
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let text = match cli.command {
-        Command::Topology {
-            command: TopologyCommand::Show { format },
-        } => show(&cli.controller, format)?,
+        Command::Topology { command } => topology::run(&cli.controller, &command)?,
     };
     std::io::stdout()
         .lock()
@@ -166,9 +125,78 @@ mod tests {
 
     #[test]
     fn formats_map_to_controller_paths() {
+        use topology::Format;
         assert_eq!(Format::Ascii.path(), "/topology.txt");
         assert_eq!(Format::Dot.path(), "/topology.dot");
         assert_eq!(Format::Json.path(), "/topology");
+        assert_eq!(Format::Svg.path(), "/topology.svg");
+    }
+
+    fn path_of(args: &[&str]) -> String {
+        let mut full = vec!["weft", "topology"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full).expect("valid command line").command {
+            Command::Topology { command } => topology::request_path(&command),
+        }
+    }
+
+    #[test]
+    fn topology_subcommands_map_to_controller_requests() {
+        assert_eq!(path_of(&["show", "--since", "15m"]), "/topology.txt?since=15m");
+        assert_eq!(
+            path_of(&["show", "--format", "svg", "--since", "2026-11-23T16:00:00+01:00"]),
+            "/topology.svg?since=2026-11-23T16%3A00%3A00%2B01%3A00"
+        );
+        assert_eq!(path_of(&["services"]), "/services");
+        assert_eq!(
+            path_of(&["deps", "user service", "--direction", "inbound"]),
+            "/services/user%20service/dependencies?direction=inbound"
+        );
+        assert_eq!(path_of(&["critical", "--until", "1h"]), "/analytics/critical?until=1h");
+        assert_eq!(
+            path_of(&["bottlenecks", "--threshold-ms", "30", "--stat", "p99"]),
+            "/analytics/bottlenecks?threshold_ms=30&stat=p99"
+        );
+        assert_eq!(path_of(&["patterns"]), "/analytics/patterns");
+        assert_eq!(path_of(&["diff", "--from", "1h"]), "/topology/diff?from=1h");
+    }
+
+    #[test]
+    fn bad_topology_arguments_are_refused() {
+        for args in [
+            vec!["weft", "topology", "deps"],
+            vec!["weft", "topology", "deps", "x", "--direction", "sideways"],
+            vec!["weft", "topology", "bottlenecks", "--stat", "p42"],
+            vec!["weft", "topology", "bottlenecks", "--threshold-ms", "fast"],
+            vec!["weft", "topology", "diff"],
+            vec!["weft", "topology", "services", "--format", "dot"],
+        ] {
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn analytics_render_as_text() {
+        let cmd = |args: &[&str]| {
+            let mut full = vec!["weft", "topology"];
+            full.extend_from_slice(args);
+            match Cli::try_parse_from(full).expect("valid").command {
+                Command::Topology { command } => command,
+            }
+        };
+        let patterns = serde_json::json!({
+            "total_observations": 455, "total_bytes": 10, "total_errors": 5,
+            "avg_latency_ms": 26.2, "p50_latency_ms": 25.0, "p95_latency_ms": 53.0,
+            "p99_latency_ms": 150.0, "error_rate": 5.0 / 455.0,
+            "protocol_distribution": {"http": 205}, "service_count": 6, "dependency_count": 5,
+        });
+        let text = topology::render(&cmd(&["patterns"]), &patterns);
+        assert!(text.contains("Total observations: 455"), "{text}");
+        assert!(text.contains("Error rate: 1.10% (5 errors)"), "{text}");
+        assert!(text.contains("http=205"), "{text}");
+        let critical = serde_json::json!([{"service": "api", "connections": 3, "disconnects": 2}]);
+        let text = topology::render(&cmd(&["critical"]), &critical);
+        assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("api") && l.ends_with('2')), "{text}");
     }
 
     #[test]
@@ -188,10 +216,11 @@ mod tests {
             cli.command,
             Command::Topology {
                 command: TopologyCommand::Show {
-                    format: Format::Dot
+                    format: topology::Format::Dot,
+                    ..
                 }
             }
         ));
-        assert!(Cli::try_parse_from(["weft", "topology", "show", "--format", "svg"]).is_err());
+        assert!(Cli::try_parse_from(["weft", "topology", "show", "--format", "png"]).is_err());
     }
 }
