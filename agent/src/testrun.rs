@@ -345,3 +345,44 @@ fn server_that_speaks_first_posts_a_first_sample() {
     assert_eq!(s[0].first_of_direction, 1);
     assert_eq!(s[0].captured, 11);
 }
+
+/// Kernel-measured run time per packet (`BPF_PROG_TEST_RUN` with `repeat`), printed as
+/// `RESULT` lines for `cargo xtask bench`: a TCP data packet of an established flow, a UDP
+/// datagram of a known flow (both repeated 1M times), and a new connection's SYN (20,000
+/// distinct flows, one run each).
+#[test]
+#[ignore = "benchmark, run by `cargo xtask bench`"]
+fn bench_run_time_per_packet() {
+    root_only!();
+    let mut l = load();
+    let ns_per_run = |l: &mut Loaded, frame: &[u8], repeat: u32| -> f64 {
+        let p: &mut SchedClassifier = l.ebpf.program_mut(PROG_INGRESS).unwrap().try_into().unwrap();
+        let res = p
+            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })
+            .expect("test run");
+        assert_eq!(res.return_value, TC_ACT_UNSPEC);
+        res.duration.as_nanos() as f64
+    };
+    l.out(&c2s(SYN, b""));
+    l.inn(&s2c(SYN | ACK, b""));
+    l.out(&c2s(ACK, b""));
+    let data = c2s(ACK | PSH, &[b'x'; 100]);
+    l.out(&data);
+    let tcp_data = ns_per_run(&mut l, &data, 1_000_000);
+    let datagram = frame4(CLIENT, SERVER, 17, udp(40_001, 53, &[0u8; 64]));
+    l.out(&datagram);
+    let udp_datagram = ns_per_run(&mut l, &datagram, 1_000_000);
+    let flows = 20_000u32;
+    let mut syn_total = 0.0;
+    for i in 0..flows {
+        let syn = frame4(CLIENT, [198, 18, 8, (i % 200) as u8], 6, tcp(10_000 + (i / 200) as u16, 443, SYN, b""));
+        syn_total += ns_per_run(&mut l, &syn, 1);
+    }
+    println!("RESULT bpf_tcp_data_ns {tcp_data:.1} ns TCP data packet (100 B payload) of an established flow, repeat 1,000,000");
+    println!("RESULT bpf_udp_ns {udp_datagram:.1} ns UDP datagram (64 B payload) of a known flow, repeat 1,000,000");
+    // Single runs carry the kernel's per-call timer overhead; the same data packet run once
+    // at a time shows how much of the SYN figure that is.
+    let single_total: f64 = (0..flows).map(|_| ns_per_run(&mut l, &data, 1)).sum();
+    println!("RESULT bpf_new_syn_ns {:.1} ns SYN of a new connection, mean of {flows} distinct flows, one run each", syn_total / f64::from(flows));
+    println!("RESULT bpf_single_run_data_ns {:.1} ns the established-flow data packet run once at a time ({flows} runs): the one-run timing baseline for the SYN figure", single_total / f64::from(flows));
+}

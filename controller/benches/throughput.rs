@@ -19,7 +19,11 @@ use tower::ServiceExt as _;
 use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::http;
-use weft_controller::model::{Direction, FlowObservation, LatencyBucket, Transport};
+use weft_controller::mapper::TopologyMapper;
+use weft_controller::model::{
+    Direction, FlowObservation, L7Info, LatencyBucket, RequestGroup, Transport,
+};
+use weft_controller::observation::{NetworkEndpoint, TrafficObservation};
 use weft_controller::registry::Registry;
 use weft_controller::topology::Topology;
 use weft_proto::v1 as wire;
@@ -81,6 +85,20 @@ fn observation(client: u32, server: u32, requests: u64) -> FlowObservation {
         opened: true,
         ended: false,
         resets: 0,
+        l7: L7Info {
+            protocol: Some("http".into()),
+            protocol_from_payload: true,
+            server_name: None,
+            request_groups: vec![RequestGroup {
+                method: "GET".into(),
+                path: "/users/{id}".into(),
+                status: 200,
+                count: requests,
+                errors: 0,
+                latency_sum_ns: requests * 1_500_000,
+            }],
+            dns_answers: Vec::new(),
+        },
     }
 }
 
@@ -118,15 +136,75 @@ fn wire_record(client: u32, server: u32) -> wire::FlowRecord {
         }],
         first_record: true,
         opened: true,
+        protocol: "http".into(),
+        protocol_from_payload: true,
+        request_groups: vec![wire::RequestGroup {
+            method: "GET".into(),
+            path: "/users/{id}".into(),
+            status: 200,
+            count: 3,
+            errors: 0,
+            latency_sum_ns: 3 * 1_500_000,
+        }],
         ..Default::default()
     }
+}
+
+/// The spec's observation: one request from client `client` to server `server`.
+fn traffic(client: u32, server: u32, i: u32) -> TrafficObservation {
+    TrafficObservation {
+        timestamp_unix_ns: 1_700_000_000_000_000_000 + u64::from(i) * 1_000,
+        source: NetworkEndpoint::new(format!("client-{client}"), 40_000),
+        destination: NetworkEndpoint::new(format!("server-{server}.internal"), 8080),
+        protocol: "http".into(),
+        bytes_sent: 600,
+        bytes_received: 8_000,
+        latency_ms: 1.5 + f64::from(i % 7),
+        status_code: Some(if i.is_multiple_of(50) { 503 } else { 200 }),
+        method: Some("GET".into()),
+        path: Some("/users/{id}".into()),
+        error: false,
+    }
+}
+
+/// The library API: observations per second into `TopologyMapper::observe_traffic_batch`
+/// on this thread, 1M prebuilt spec observations over 1,000 dependencies.
+fn mapper() {
+    const N: u32 = 1_000_000;
+    let observations: Vec<TrafficObservation> = (0..N)
+        .map(|i| traffic(i % 100, (i / 100) % 10, i))
+        .collect();
+    let mapper = TopologyMapper::new();
+    black_box(mapper.observe_traffic_batch(&observations[..100_000]));
+    let mut best = f64::MAX;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut rounds = 0;
+    let mut accepted = 0;
+    while rounds < 3 || (Instant::now() < deadline && rounds < 10) {
+        let start = Instant::now();
+        accepted = black_box(mapper.observe_traffic_batch(&observations)).accepted;
+        best = best.min(start.elapsed().as_secs_f64());
+        rounds += 1;
+    }
+    if accepted != N as usize {
+        eprintln!("mapper: only {accepted} of {N} observations accepted");
+    }
+    let rate = f64::from(N) / best;
+    result(
+        "mapper_observations_per_s",
+        rate,
+        "observations/s",
+        "TopologyMapper::observe_traffic_batch, one thread, spec TrafficObservations over 1,000 dependencies, best of rounds of 1M",
+    );
 }
 
 /// Flow records per second into `Topology::ingest` on this thread: 1M prebuilt records over
 /// 1,000 dependencies (100 clients x 10 servers), the shape of steady agent traffic.
 fn ingest() {
     const N: u32 = 1_000_000;
-    let records: Vec<FlowObservation> = (0..N).map(|i| observation(i % 100, (i / 100) % 10, 3)).collect();
+    let records: Vec<FlowObservation> = (0..N)
+        .map(|i| observation(i % 100, (i / 100) % 10, 3))
+        .collect();
     let registry = Registry::new();
     let topology = Topology::new();
     for r in records.iter().take(100_000) {
@@ -144,18 +222,35 @@ fn ingest() {
         rounds += 1;
     }
     let rate = f64::from(N) / best;
-    result("ingest_records_per_s", rate, "records/s", "Topology::ingest, one thread, 1,000 dependencies, best of rounds of 1M");
-    result("ingest_ns_per_record", best * 1e9 / f64::from(N), "ns", "per record, same run");
+    result(
+        "ingest_records_per_s",
+        rate,
+        "records/s",
+        "Topology::ingest, one thread, 1,000 dependencies, best of rounds of 1M",
+    );
+    result(
+        "ingest_ns_per_record",
+        best * 1e9 / f64::from(N),
+        "ns",
+        "per record, same run",
+    );
 
     // Distinct dependencies: every record creates a dependency (and a server service).
-    let fresh: Vec<FlowObservation> = (0..200_000u32).map(|i| observation(i % 1000, i, 1)).collect();
+    let fresh: Vec<FlowObservation> = (0..200_000u32)
+        .map(|i| observation(i % 1000, i, 1))
+        .collect();
     let topology = Topology::new();
     let start = Instant::now();
     for r in &fresh {
         black_box(topology.ingest(r, &registry));
     }
     let secs = start.elapsed().as_secs_f64();
-    result("ingest_new_dependency_per_s", fresh.len() as f64 / secs, "records/s", "Topology::ingest, every record a new dependency (200k)");
+    result(
+        "ingest_new_dependency_per_s",
+        fresh.len() as f64 / secs,
+        "records/s",
+        "Topology::ingest, every record a new dependency (200k)",
+    );
 }
 
 /// Flow records per second from a tonic client through gRPC into the topology over
@@ -257,8 +352,18 @@ fn memory() {
     }
     let after = rss_bytes();
     let deps = f64::from(CLIENTS * PER_CLIENT);
-    result("memory_bytes_per_dependency", (after.saturating_sub(before)) as f64 / deps, "bytes", "RSS growth / 100,000 distinct dependencies (101,000 services)");
-    result("memory_rss_mib", after as f64 / 1048576.0, "MiB", "RSS after the 100,000 dependencies");
+    result(
+        "memory_bytes_per_dependency",
+        (after.saturating_sub(before)) as f64 / deps,
+        "bytes",
+        "RSS growth / 100,000 distinct dependencies (101,000 services)",
+    );
+    result(
+        "memory_rss_mib",
+        after as f64 / 1048576.0,
+        "MiB",
+        "RSS after the 100,000 dependencies",
+    );
     black_box(&topology);
 }
 
@@ -272,10 +377,14 @@ fn topology_get() {
     for c in 0..CLIENTS {
         for k in 0..PER_CLIENT {
             let server = (c * PER_CLIENT + k) % SERVERS;
-            state.topology.ingest(&observation(c, server, 2), state.registry.as_ref());
+            state
+                .topology
+                .ingest(&observation(c, server, 2), state.registry.as_ref());
         }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let Ok(runtime) = runtime else {
         eprintln!("topology: no tokio runtime");
         return;
@@ -305,14 +414,30 @@ fn topology_get() {
     rest.sort_by(f64::total_cmp);
     let median = rest[rest.len() / 2];
     let snapshot = state.snapshot();
-    result("topology_get_ms", median * 1e3, "ms", &format!("GET /topology, {} services, {} dependencies, median of 5 after a warm-up, {} MiB of JSON", snapshot.services.len(), snapshot.dependencies.len(), size / 1048576));
+    result(
+        "topology_get_ms",
+        median * 1e3,
+        "ms",
+        &format!(
+            "GET /topology, {} services, {} dependencies, median of 5 after a warm-up, {} MiB of JSON",
+            snapshot.services.len(),
+            snapshot.dependencies.len(),
+            size / 1048576
+        ),
+    );
 }
 
 fn main() {
-    let sections: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let sections: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let wanted = |name: &str| sections.is_empty() || sections.iter().any(|s| s == name);
     if wanted("memory") {
         memory();
+    }
+    if wanted("mapper") {
+        mapper();
     }
     if wanted("ingest") {
         ingest();

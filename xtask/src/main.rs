@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: setup (toolchain, packages, bpffs), build, test, demo.
 
+mod bench;
 mod demo;
 mod setup;
 mod sh;
@@ -45,6 +46,13 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
+    /// setup, build, then the benchmarks (controller ingestion, gRPC, memory, GET /topology;
+    /// flow programs' run time per packet as root); writes BENCHMARKS.md.
+    Bench {
+        /// Skip setup and build (the binaries and the BPF object are already built).
+        #[arg(long)]
+        no_build: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +74,14 @@ fn main() -> ExitCode {
                 setup::setup().and_then(|()| build())
             };
             ready.and_then(|()| demo::run(seconds, &out))
+        }
+        Cmd::Bench { no_build } => {
+            let ready = if no_build {
+                Ok(())
+            } else {
+                setup::setup().and_then(|()| build())
+            };
+            ready.and_then(|()| bench::run())
         }
     };
     match result {
