@@ -135,16 +135,28 @@ mod tests {
     fn path_of(args: &[&str]) -> String {
         let mut full = vec!["weft", "topology"];
         full.extend_from_slice(args);
-        match Cli::try_parse_from(full).expect("valid command line").command {
+        match Cli::try_parse_from(full)
+            .expect("valid command line")
+            .command
+        {
             Command::Topology { command } => topology::request_path(&command),
         }
     }
 
     #[test]
     fn topology_subcommands_map_to_controller_requests() {
-        assert_eq!(path_of(&["show", "--since", "15m"]), "/topology.txt?since=15m");
         assert_eq!(
-            path_of(&["show", "--format", "svg", "--since", "2026-11-23T16:00:00+01:00"]),
+            path_of(&["show", "--since", "15m"]),
+            "/topology.txt?since=15m"
+        );
+        assert_eq!(
+            path_of(&[
+                "show",
+                "--format",
+                "svg",
+                "--since",
+                "2026-11-23T16:00:00+01:00"
+            ]),
             "/topology.svg?since=2026-11-23T16%3A00%3A00%2B01%3A00"
         );
         assert_eq!(path_of(&["services"]), "/services");
@@ -152,7 +164,10 @@ mod tests {
             path_of(&["deps", "user service", "--direction", "inbound"]),
             "/services/user%20service/dependencies?direction=inbound"
         );
-        assert_eq!(path_of(&["critical", "--until", "1h"]), "/analytics/critical?until=1h");
+        assert_eq!(
+            path_of(&["critical", "--until", "1h"]),
+            "/analytics/critical?until=1h"
+        );
         assert_eq!(
             path_of(&["bottlenecks", "--threshold-ms", "30", "--stat", "p99"]),
             "/analytics/bottlenecks?threshold_ms=30&stat=p99"
@@ -196,7 +211,12 @@ mod tests {
         assert!(text.contains("http=205"), "{text}");
         let critical = serde_json::json!([{"service": "api", "connections": 3, "disconnects": 2}]);
         let text = topology::render(&cmd(&["critical"]), &critical);
-        assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("api") && l.ends_with('2')), "{text}");
+        assert!(
+            text.lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with("api") && l.ends_with('2')),
+            "{text}"
+        );
     }
 
     #[test]

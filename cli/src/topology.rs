@@ -153,7 +153,10 @@ pub fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
 }
 
 fn window_pairs(window: &WindowArgs) -> Vec<(&'static str, Option<String>)> {
-    vec![("since", window.since.clone()), ("until", window.until.clone())]
+    vec![
+        ("since", window.since.clone()),
+        ("until", window.until.clone()),
+    ]
 }
 
 fn value_name<T: ValueEnum>(value: T) -> String {
@@ -166,17 +169,32 @@ fn value_name<T: ValueEnum>(value: T) -> String {
 /// The controller path (with query) a command reads.
 pub fn request_path(command: &TopologyCommand) -> String {
     match command {
-        TopologyCommand::Show { format, window } => with_query(format.path(), &window_pairs(window)),
+        TopologyCommand::Show { format, window } => {
+            with_query(format.path(), &window_pairs(window))
+        }
         TopologyCommand::Services { window, .. } => with_query("/services", &window_pairs(window)),
-        TopologyCommand::Deps { service, direction, window, .. } => {
+        TopologyCommand::Deps {
+            service,
+            direction,
+            window,
+            ..
+        } => {
             let mut pairs = window_pairs(window);
             pairs.push(("direction", Some(value_name(*direction))));
-            with_query(&format!("/services/{}/dependencies", encode(service)), &pairs)
+            with_query(
+                &format!("/services/{}/dependencies", encode(service)),
+                &pairs,
+            )
         }
         TopologyCommand::Critical { window, .. } => {
             with_query("/analytics/critical", &window_pairs(window))
         }
-        TopologyCommand::Bottlenecks { threshold_ms, stat, window, .. } => {
+        TopologyCommand::Bottlenecks {
+            threshold_ms,
+            stat,
+            window,
+            ..
+        } => {
             let mut pairs = window_pairs(window);
             pairs.push(("threshold_ms", Some(threshold_ms.to_string())));
             pairs.push(("stat", Some(value_name(*stat))));
@@ -211,9 +229,13 @@ pub fn run(controller: &str, command: &TopologyCommand) -> anyhow::Result<String
         serde_json::from_str(body).context("the controller's answer is not valid JSON")
     };
     let mut text = match (command, table_format(command)) {
-        (TopologyCommand::Show { format: Format::Json, .. }, _) => {
-            serde_json::to_string_pretty(&json(&body)?)?
-        }
+        (
+            TopologyCommand::Show {
+                format: Format::Json,
+                ..
+            },
+            _,
+        ) => serde_json::to_string_pretty(&json(&body)?)?,
         (TopologyCommand::Show { .. }, _) => body,
         (_, Some(TableFormat::Json)) => serde_json::to_string_pretty(&json(&body)?)?,
         (command, _) => render(command, &json(&body)?),
@@ -264,9 +286,22 @@ pub fn render(command: &TopologyCommand, v: &Value) -> String {
             for service in list(v) {
                 let endpoints: Vec<String> = list(&service["endpoints"])
                     .iter()
-                    .map(|e| format!("{}:{} [{}]", s(&e["address"]), s(&e["port"]), s(&e["protocol"])))
+                    .map(|e| {
+                        format!(
+                            "{}:{} [{}]",
+                            s(&e["address"]),
+                            s(&e["port"]),
+                            s(&e["protocol"])
+                        )
+                    })
                     .collect();
-                let _ = writeln!(out, "{} ({})  {}", s(&service["name"]), s(&service["type"]), endpoints.join(", "));
+                let _ = writeln!(
+                    out,
+                    "{} ({})  {}",
+                    s(&service["name"]),
+                    s(&service["type"]),
+                    endpoints.join(", ")
+                );
             }
         }
         TopologyCommand::Deps { .. } => {
@@ -276,13 +311,28 @@ pub fn render(command: &TopologyCommand, v: &Value) -> String {
             }
         }
         TopologyCommand::Critical { .. } => {
-            let _ = writeln!(out, "{:<40} {:>11} {:>12}", "SERVICE", "CONNECTIONS", "DISCONNECTS");
+            let _ = writeln!(
+                out,
+                "{:<40} {:>11} {:>12}",
+                "SERVICE", "CONNECTIONS", "DISCONNECTS"
+            );
             for c in list(v) {
-                let _ = writeln!(out, "{:<40} {:>11} {:>12}", s(&c["service"]), s(&c["connections"]), s(&c["disconnects"]));
+                let _ = writeln!(
+                    out,
+                    "{:<40} {:>11} {:>12}",
+                    s(&c["service"]),
+                    s(&c["connections"]),
+                    s(&c["disconnects"])
+                );
             }
         }
         TopologyCommand::Bottlenecks { .. } => {
-            let _ = writeln!(out, "Dependencies with {} latency above {} ms:", s(&v["stat"]), s(&v["threshold_ms"]));
+            let _ = writeln!(
+                out,
+                "Dependencies with {} latency above {} ms:",
+                s(&v["stat"]),
+                s(&v["threshold_ms"])
+            );
             for d in list(&v["dependencies"]) {
                 let _ = writeln!(out, "  {}", dependency_line(d));
             }
@@ -290,10 +340,26 @@ pub fn render(command: &TopologyCommand, v: &Value) -> String {
         TopologyCommand::Patterns { .. } => {
             let _ = writeln!(out, "Total observations: {}", s(&v["total_observations"]));
             let _ = writeln!(out, "Total bytes: {}", s(&v["total_bytes"]));
-            let _ = writeln!(out, "Average latency: {} ms (p50 {}, p95 {}, p99 {})", ms(&v["avg_latency_ms"]), ms(&v["p50_latency_ms"]), ms(&v["p95_latency_ms"]), ms(&v["p99_latency_ms"]));
+            let _ = writeln!(
+                out,
+                "Average latency: {} ms (p50 {}, p95 {}, p99 {})",
+                ms(&v["avg_latency_ms"]),
+                ms(&v["p50_latency_ms"]),
+                ms(&v["p95_latency_ms"]),
+                ms(&v["p99_latency_ms"])
+            );
             let rate = v["error_rate"].as_f64().unwrap_or(0.0) * 100.0;
-            let _ = writeln!(out, "Error rate: {rate:.2}% ({} errors)", s(&v["total_errors"]));
-            let _ = writeln!(out, "Services: {}  Dependencies: {}", s(&v["service_count"]), s(&v["dependency_count"]));
+            let _ = writeln!(
+                out,
+                "Error rate: {rate:.2}% ({} errors)",
+                s(&v["total_errors"])
+            );
+            let _ = writeln!(
+                out,
+                "Services: {}  Dependencies: {}",
+                s(&v["service_count"]),
+                s(&v["dependency_count"])
+            );
             if let Some(map) = v["protocol_distribution"].as_object() {
                 let parts: Vec<String> = map.iter().map(|(k, n)| format!("{k}={}", s(n))).collect();
                 let _ = writeln!(out, "Protocols: {}", parts.join(" "));
@@ -303,21 +369,39 @@ pub fn render(command: &TopologyCommand, v: &Value) -> String {
             let _ = writeln!(out, "From {} to {}", s(&v["from"]), s(&v["to"]));
             for (title, key) in [("Appeared", "appeared"), ("Vanished", "vanished")] {
                 for e in list(&v[key]) {
-                    let _ = writeln!(out, "  {title}: {} -> {} [{}]", s(&e["source"]), s(&e["target"]), s(&e["protocol"]));
+                    let _ = writeln!(
+                        out,
+                        "  {title}: {} -> {} [{}]",
+                        s(&e["source"]),
+                        s(&e["target"]),
+                        s(&e["protocol"])
+                    );
                 }
             }
             for c in list(&v["changed"]) {
                 let _ = writeln!(
                     out,
                     "  Changed: {} -> {} [{}] avg {} -> {} ms, p99 {} -> {} ms, error rate {} -> {} ({})",
-                    s(&c["source"]), s(&c["target"]), s(&c["protocol"]),
-                    ms(&c["avg_latency_ms"][0]), ms(&c["avg_latency_ms"][1]),
-                    ms(&c["p99_latency_ms"][0]), ms(&c["p99_latency_ms"][1]),
-                    ms(&c["error_rate"][0]), ms(&c["error_rate"][1]),
-                    list(&c["reasons"]).iter().map(s).collect::<Vec<_>>().join(", "),
+                    s(&c["source"]),
+                    s(&c["target"]),
+                    s(&c["protocol"]),
+                    ms(&c["avg_latency_ms"][0]),
+                    ms(&c["avg_latency_ms"][1]),
+                    ms(&c["p99_latency_ms"][0]),
+                    ms(&c["p99_latency_ms"][1]),
+                    ms(&c["error_rate"][0]),
+                    ms(&c["error_rate"][1]),
+                    list(&c["reasons"])
+                        .iter()
+                        .map(s)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 );
             }
-            if list(&v["appeared"]).is_empty() && list(&v["vanished"]).is_empty() && list(&v["changed"]).is_empty() {
+            if list(&v["appeared"]).is_empty()
+                && list(&v["vanished"]).is_empty()
+                && list(&v["changed"]).is_empty()
+            {
                 let _ = writeln!(out, "  no changes");
             }
         }

@@ -6,7 +6,11 @@ use std::process::{Command, Output};
 use std::thread::{self, JoinHandle};
 
 /// Serves one HTTP request; returns the request line it received.
-fn fake_controller(status: &'static str, content_type: &'static str, body: &'static str) -> (SocketAddr, JoinHandle<String>) {
+fn fake_controller(
+    status: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+) -> (SocketAddr, JoinHandle<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
     let handle = thread::spawn(move || {
@@ -48,10 +52,25 @@ fn bottlenecks_ask_for_the_threshold_and_stat_and_print_each_slow_dependency() {
         "application/json",
         r#"{"threshold_ms":30.0,"stat":"p99","dependencies":[{"source":"api","target":"db","protocol":"postgres","transport":"tcp","port":5432,"requests":7,"errors":1,"latency_ms":{"avg":40.5,"p99":150.0}}]}"#,
     );
-    let output = weft(&["topology", "bottlenecks", "--threshold-ms", "30", "--stat", "p99", "--since", "15m"], addr);
+    let output = weft(
+        &[
+            "topology",
+            "bottlenecks",
+            "--threshold-ms",
+            "30",
+            "--stat",
+            "p99",
+            "--since",
+            "15m",
+        ],
+        addr,
+    );
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("api -> db  postgres tcp/5432  reqs=7 errors=1 avg=40.50ms p99=150.00ms"), "{stdout}");
+    assert!(
+        stdout.contains("api -> db  postgres tcp/5432  reqs=7 errors=1 avg=40.50ms p99=150.00ms"),
+        "{stdout}"
+    );
     assert_eq!(
         server.join().expect("server"),
         "GET /analytics/bottlenecks?since=15m&threshold_ms=30&stat=p99 HTTP/1.1"

@@ -173,14 +173,14 @@ async fn main() -> anyhow::Result<()> {
             .into_future(),
     );
 
+    let shutdown = shutdown_signal()?;
     println!("weft-controller listening grpc={grpc_addr} http={http_addr}");
     tracing::info!(%grpc_addr, %http_addr, instance = %state.controller_instance, "controller started");
 
     let mut grpc = grpc;
     let mut http = http;
     tokio::select! {
-        signal = shutdown_signal() => {
-            signal?;
+        () = shutdown => {
             tracing::info!("shutting down");
         }
         result = &mut grpc => {
@@ -211,13 +211,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
-        _ = terminate.recv() => {}
-    }
-    Ok(())
+/// Installs the SIGINT and SIGTERM handlers now (before the controller says it is
+/// listening, so a signal right after that line is not lost) and resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

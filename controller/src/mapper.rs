@@ -84,7 +84,10 @@ impl TopologyMapper {
     }
 
     /// Merges one observation; a refused one changes nothing.
-    pub fn observe_traffic(&self, observation: &TrafficObservation) -> Result<(), ObservationError> {
+    pub fn observe_traffic(
+        &self,
+        observation: &TrafficObservation,
+    ) -> Result<(), ObservationError> {
         self.topology.observe_traffic(observation, &NoDirectory)
     }
 

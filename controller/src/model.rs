@@ -146,7 +146,9 @@ pub struct DnsAnswer {
 }
 
 fn non_empty(text: &str) -> Option<String> {
-    Some(text.trim()).filter(|t| !t.is_empty()).map(str::to_owned)
+    Some(text.trim())
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
 }
 
 /// A host name without a trailing `:port` (IPv6 literals in brackets keep their colons).

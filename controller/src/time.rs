@@ -85,15 +85,28 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     let bad = || format!("`{text}` is not an RFC 3339 time such as 2026-11-23T16:03:17Z");
     let b = text.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return Err(bad());
     }
     let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
-        text.get(range).and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad)
+        text.get(range)
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(bad)
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return Err(bad());
     }
     let mut rest = &text[19..];
@@ -109,7 +122,10 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     }
     let offset_seconds: i64 = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
+        _ if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && &rest[3..4] == ":" =>
+        {
             let hours: i64 = rest[1..3].parse().map_err(|_| bad())?;
             let minutes: i64 = rest[4..6].parse().map_err(|_| bad())?;
             let sign = if rest.starts_with('-') { -1 } else { 1 };
@@ -128,7 +144,9 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
 /// Parses a duration such as `90s`, `15m`, `2h`, `1d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: u64 = number
         .parse()
@@ -138,9 +156,15 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "m" => 60,
         "h" => 3_600,
         "d" => 86_400,
-        _ => return Err(format!("`{text}` has an unknown unit `{unit}` (use s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{unit}` (use s, m, h or d)"
+            ));
+        }
     };
-    Ok(std::time::Duration::from_secs(value.saturating_mul(seconds)))
+    Ok(std::time::Duration::from_secs(
+        value.saturating_mul(seconds),
+    ))
 }
 
 /// A point in time: RFC 3339, or a duration before `now_unix_ns` (`15m` = 15 minutes ago).
@@ -149,8 +173,9 @@ pub fn parse_time(text: &str, now_unix_ns: u64) -> Result<u64, String> {
     if text.contains('T') || text.contains('t') || text.contains('-') {
         return parse_rfc3339(text);
     }
-    let ago = parse_duration(text)
-        .map_err(|_| format!("`{text}` is neither an RFC 3339 time nor a relative one such as 15m"))?;
+    let ago = parse_duration(text).map_err(|_| {
+        format!("`{text}` is neither an RFC 3339 time nor a relative one such as 15m")
+    })?;
     Ok(now_unix_ns.saturating_sub(u64::try_from(ago.as_nanos()).unwrap_or(u64::MAX)))
 }
 

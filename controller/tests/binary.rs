@@ -64,3 +64,31 @@ fn binary_announces_both_listeners_serves_http_and_exits_on_sigterm() {
     };
     assert!(exit.success(), "exit status {exit}");
 }
+
+#[test]
+fn a_bad_classifier_rules_file_stops_the_controller_with_the_line() {
+    let dir = std::env::temp_dir().join(format!("weft-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, "[[rule]]\nmatch_port = 5432\ntype = \"toaster\"\n").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "",
+        ])
+        .arg("--classifier-rules")
+        .arg(&rules)
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("rules.toml") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+}

@@ -8,13 +8,21 @@ use tower::ServiceExt;
 use weft_controller::AppState;
 use weft_controller::api::http::app;
 
-async fn call(state: &AppState, method: Method, uri: &str, body: &str) -> (StatusCode, String, String) {
+async fn call(
+    state: &AppState,
+    method: Method,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, String, String) {
     let request = Request::builder()
         .method(method)
         .uri(uri)
         .body(Body::from(body.to_owned()))
         .expect("request");
-    let response = app(state.clone()).oneshot(request).await.expect("infallible router");
+    let response = app(state.clone())
+        .oneshot(request)
+        .await
+        .expect("infallible router");
     let status = response.status();
     let content_type = response
         .headers()
@@ -22,8 +30,17 @@ async fn call(state: &AppState, method: Method, uri: &str, body: &str) -> (Statu
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    (status, content_type, String::from_utf8_lossy(&body).into_owned())
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 async fn get_json(state: &AppState, uri: &str) -> Value {
@@ -32,7 +49,14 @@ async fn get_json(state: &AppState, uri: &str) -> Value {
     serde_json::from_str(&body).expect("JSON")
 }
 
-fn observation(source: &str, target: &str, port: u16, protocol: &str, latency: f64, status: Option<u16>) -> Value {
+fn observation(
+    source: &str,
+    target: &str,
+    port: u16,
+    protocol: &str,
+    latency: f64,
+    status: Option<u16>,
+) -> Value {
     json!({
         "timestamp_unix_ns": 0,
         "source": {"host": source, "port": 40000},
@@ -79,14 +103,26 @@ async fn observations_report_bad_lines_and_keep_the_good_ones() {
     let array = json!([good, {"nonsense": true}]).to_string();
     let (_, _, answer) = call(&state, Method::POST, "/observations", &array).await;
     let answer: Value = serde_json::from_str(&answer).expect("JSON");
-    assert_eq!((answer["accepted"].as_u64(), answer["errors"][0]["index"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (
+            answer["accepted"].as_u64(),
+            answer["errors"][0]["index"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
     let (status, content_type, _) = call(&state, Method::POST, "/observations", "garbage").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(content_type, "application/json", "a per-line report, all lines refused");
+    assert_eq!(
+        content_type, "application/json",
+        "a per-line report, all lines refused"
+    );
     let (status, content_type, problem) = call(&state, Method::POST, "/observations", "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(content_type, "application/problem+json", "{problem}");
-    assert_eq!(get_json(&state, "/analytics/patterns").await["total_observations"], 2);
+    assert_eq!(
+        get_json(&state, "/analytics/patterns").await["total_observations"],
+        2
+    );
 }
 
 #[tokio::test]
@@ -97,13 +133,29 @@ async fn services_dependencies_and_analytics() {
         .as_array()
         .expect("list")
         .iter()
-        .map(|s| (s["name"].as_str().unwrap_or_default().to_owned(), s["type"].as_str().unwrap_or_default().to_owned()))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_owned(),
+                s["type"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
         .collect();
-    assert!(types.contains(&("db".into(), "database".into())), "{types:?}");
-    assert!(types.contains(&("cache".into(), "cache".into())), "{types:?}");
+    assert!(
+        types.contains(&("db".into(), "database".into())),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&("cache".into(), "cache".into())),
+        "{types:?}"
+    );
 
     let out = get_json(&state, "/services/api/dependencies?direction=outbound").await;
-    let targets: Vec<&str> = out["dependencies"].as_array().expect("list").iter().filter_map(|d| d["target"].as_str()).collect();
+    let targets: Vec<&str> = out["dependencies"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|d| d["target"].as_str())
+        .collect();
     assert_eq!(targets, vec!["cache", "db"]);
     let inbound = get_json(&state, "/services/api/dependencies?direction=inbound").await;
     assert_eq!(inbound["dependencies"][0]["source"], "web");
@@ -113,7 +165,12 @@ async fn services_dependencies_and_analytics() {
     assert_eq!(critical[0]["disconnects"], 2);
 
     let slow = get_json(&state, "/analytics/bottlenecks?threshold_ms=20&stat=p99").await;
-    let slow: Vec<&str> = slow["dependencies"].as_array().expect("list").iter().filter_map(|d| d["target"].as_str()).collect();
+    let slow: Vec<&str> = slow["dependencies"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|d| d["target"].as_str())
+        .collect();
     assert_eq!(slow, vec!["db"]);
 
     let patterns = get_json(&state, "/analytics/patterns").await;
@@ -140,7 +197,12 @@ async fn bad_parameters_are_problems_naming_the_parameter() {
         assert_eq!(content_type, "application/problem+json", "{uri}");
         let problem: Value = serde_json::from_str(&body).expect("JSON");
         assert_eq!(problem["parameter"], parameter, "{uri}: {body}");
-        assert!(problem["detail"].as_str().is_some_and(|d| d.contains(parameter)), "{uri}: {body}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(parameter)),
+            "{uri}: {body}"
+        );
     }
     let (status, _, _) = call(&state, Method::GET, "/services/nobody/dependencies", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -161,7 +223,11 @@ async fn windows_select_recent_traffic() {
     assert_eq!(all["dependencies"].as_array().map(Vec::len), Some(4));
     let recent = get_json(&state, "/topology?since=15m").await;
     assert_eq!(recent["dependencies"].as_array().map(Vec::len), Some(3));
-    let then = get_json(&state, "/topology?since=2001-09-09T00:00:00Z&until=2001-09-10T00:00:00Z").await;
+    let then = get_json(
+        &state,
+        "/topology?since=2001-09-09T00:00:00Z&until=2001-09-10T00:00:00Z",
+    )
+    .await;
     assert_eq!(then["dependencies"][0]["target"], "legacy");
     assert_eq!(then["dependencies"].as_array().map(Vec::len), Some(1));
 }
@@ -183,15 +249,29 @@ async fn snapshots_diff_and_violations() {
 
     let none = get_json(&state, "/topology/violations").await;
     assert_eq!(none["allow_list_configured"], false);
-    let (status, content_type, body) =
-        call(&state, Method::PUT, "/policy/allowed-dependencies", "allow = [\"web -> api\", \"api -> *\"]").await;
+    let (status, content_type, body) = call(
+        &state,
+        Method::PUT,
+        "/policy/allowed-dependencies",
+        "allow = [\"web -> api\", \"api -> *\"]",
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{content_type} {body}");
     let found = get_json(&state, "/topology/violations").await;
     assert_eq!(found["violations"].as_array().map(Vec::len), Some(1));
     assert_eq!(found["violations"][0]["target"], "payments.example.net");
     let (_, _, metrics) = call(&state, Method::GET, "/metrics", "").await;
-    assert!(metrics.contains("weft_topology_unauthorized_dependencies 1"), "{metrics}");
-    let (status, content_type, body) = call(&state, Method::PUT, "/policy/allowed-dependencies", "[\"a b c\"]").await;
+    assert!(
+        metrics.contains("weft_topology_unauthorized_dependencies 1"),
+        "{metrics}"
+    );
+    let (status, content_type, body) = call(
+        &state,
+        Method::PUT,
+        "/policy/allowed-dependencies",
+        "[\"a b c\"]",
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(content_type, "application/problem+json");
     assert!(body.contains("entry 1"), "{body}");
@@ -201,7 +281,10 @@ async fn snapshots_diff_and_violations() {
 async fn views_render_and_svg_uses_graphviz_or_says_it_is_missing() {
     let state = seeded().await;
     let (_, _, text) = call(&state, Method::GET, "/topology.txt?since=1h", "").await;
-    assert!(text.contains("APPLICATION TOPOLOGY MAP") && text.contains("→ db"), "{text}");
+    assert!(
+        text.contains("APPLICATION TOPOLOGY MAP") && text.contains("→ db"),
+        "{text}"
+    );
     let (_, _, dot) = call(&state, Method::GET, "/topology.dot", "").await;
     assert!(dot.contains("\"api\" -> \"db\""), "{dot}");
     let (status, content_type, body) = call(&state, Method::GET, "/topology.svg", "").await;
@@ -217,9 +300,13 @@ async fn views_render_and_svg_uses_graphviz_or_says_it_is_missing() {
 
 #[tokio::test]
 async fn missing_graphviz_is_a_501_problem() {
-    let error = weft_controller::api::views::run_dot("weft-no-such-dot", "digraph {}", std::time::Duration::from_secs(1))
-        .await
-        .unwrap_err();
+    let error = weft_controller::api::views::run_dot(
+        "weft-no-such-dot",
+        "digraph {}",
+        std::time::Duration::from_secs(1),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.status(), StatusCode::NOT_IMPLEMENTED);
     assert!(error.to_string().contains("weft-no-such-dot"), "{error}");
 }

@@ -88,7 +88,12 @@ fn articulation_points(adjacency: &[BTreeSet<usize>]) -> Vec<bool> {
         order[root] = counter;
         low[root] = counter;
         counter += 1;
-        stack.push((root, usize::MAX, adjacency[root].iter().copied().collect(), 0));
+        stack.push((
+            root,
+            usize::MAX,
+            adjacency[root].iter().copied().collect(),
+            0,
+        ));
         while let Some(top) = stack.last_mut() {
             let (node, parent) = (top.0, top.1);
             if top.3 < top.2.len() {

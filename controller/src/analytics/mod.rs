@@ -93,7 +93,9 @@ impl std::str::FromStr for LatencyStat {
             "p50" | "median" => Ok(Self::P50),
             "p95" => Ok(Self::P95),
             "p99" => Ok(Self::P99),
-            _ => Err(format!("`{text}` is not a statistic (avg, p50, p95 or p99)")),
+            _ => Err(format!(
+                "`{text}` is not a statistic (avg, p50, p95 or p99)"
+            )),
         }
     }
 }

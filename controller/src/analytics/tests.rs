@@ -4,7 +4,12 @@ use crate::mapper::{TopologyMapper, create_traffic_observation};
 /// A chain a -> b -> c -> d plus b -> e, latencies given per edge.
 fn chain() -> TopologySnapshot {
     let mapper = TopologyMapper::new();
-    for (source, target, latency) in [("a", "b", 10.0), ("b", "c", 50.0), ("c", "d", 5.0), ("b", "e", 200.0)] {
+    for (source, target, latency) in [
+        ("a", "b", 10.0),
+        ("b", "c", 50.0),
+        ("c", "d", 5.0),
+        ("b", "e", 200.0),
+    ] {
         for i in 0..10 {
             let mut o = create_traffic_observation(source, 1, target, 80, "http");
             o.latency_ms = if i == 9 { latency * 10.0 } else { latency };
@@ -27,7 +32,12 @@ fn articulation_impact_counts_services_cut_off() {
     assert_eq!(all[0].service, "b");
     assert!(all[0].articulation_point);
     assert_eq!(all[0].connections, 3);
-    assert!(!all.iter().find(|c| c.service == "a").expect("a").articulation_point);
+    assert!(
+        !all.iter()
+            .find(|c| c.service == "a")
+            .expect("a")
+            .articulation_point
+    );
 }
 
 #[test]
@@ -66,8 +76,16 @@ fn bottlenecks_use_the_chosen_statistic() {
 
 #[test]
 fn directions_parse_and_bad_ones_say_why() {
-    assert_eq!("Inbound".parse::<TrafficDirection>(), Ok(TrafficDirection::Inbound));
-    assert!("sideways".parse::<TrafficDirection>().unwrap_err().contains("sideways"));
+    assert_eq!(
+        "Inbound".parse::<TrafficDirection>(),
+        Ok(TrafficDirection::Inbound)
+    );
+    assert!(
+        "sideways"
+            .parse::<TrafficDirection>()
+            .unwrap_err()
+            .contains("sideways")
+    );
     assert_eq!("p95".parse::<LatencyStat>(), Ok(LatencyStat::P95));
     assert!("p42".parse::<LatencyStat>().is_err());
 }

@@ -16,7 +16,9 @@ pub async fn critical(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let window = Params(params).only(&["since", "until"])?.window()?;
-    Ok(Json(analytics::critical_services(&state.snapshot_in(&window))))
+    Ok(Json(analytics::critical_services(
+        &state.snapshot_in(&window),
+    )))
 }
 
 pub async fn bottlenecks(

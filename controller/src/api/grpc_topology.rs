@@ -140,11 +140,16 @@ impl TopologyService for TopologyApi {
                 .map_err(|e| Status::invalid_argument(format!("field `direction`: {e}")))?
         };
         if request.service.trim().is_empty() {
-            return Err(Status::invalid_argument("field `service`: must not be empty"));
+            return Err(Status::invalid_argument(
+                "field `service`: must not be empty",
+            ));
         }
         let snapshot = self.snapshot(request.window.as_ref())?;
         if snapshot.service(&request.service).is_none() {
-            return Err(Status::not_found(format!("no service `{}`", request.service)));
+            return Err(Status::not_found(format!(
+                "no service `{}`",
+                request.service
+            )));
         }
         Ok(Response::new(wire::TopologyDependencyList {
             dependencies: analytics::dependencies_of(&snapshot, &request.service, direction)
@@ -231,12 +236,15 @@ impl TopologyService for TopologyApi {
         let to = time("to", &request.to, now)?;
         let history = &self.state.history;
         let internal = |e: crate::history::HistoryError| Status::internal(e.to_string());
-        let before = history.snapshot_at(from).map_err(internal)?.ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "field `from`: no snapshot was taken at or before {}",
-                rfc3339(from)
-            ))
-        })?;
+        let before = history
+            .snapshot_at(from)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "field `from`: no snapshot was taken at or before {}",
+                    rfc3339(from)
+                ))
+            })?;
         let after = match to {
             None => self.state.snapshot(),
             Some(to) => history.snapshot_at(to).map_err(internal)?.ok_or_else(|| {
@@ -250,8 +258,16 @@ impl TopologyService for TopologyApi {
         Ok(Response::new(wire::TopologyDiff {
             from: d.from,
             to: d.to,
-            appeared: d.appeared.iter().map(|e| edge(&e.source, &e.target, &e.protocol)).collect(),
-            vanished: d.vanished.iter().map(|e| edge(&e.source, &e.target, &e.protocol)).collect(),
+            appeared: d
+                .appeared
+                .iter()
+                .map(|e| edge(&e.source, &e.target, &e.protocol))
+                .collect(),
+            vanished: d
+                .vanished
+                .iter()
+                .map(|e| edge(&e.source, &e.target, &e.protocol))
+                .collect(),
             changed: d
                 .changed
                 .iter()

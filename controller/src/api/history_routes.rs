@@ -48,19 +48,30 @@ pub async fn topology_diff(
         latency_ratio: params.number("latency_ratio", DiffThresholds::default().latency_ratio)?,
         error_rate: params.number("error_rate", DiffThresholds::default().error_rate)?,
     };
-    let before = state.history.snapshot_at(from).map_err(internal)?.ok_or_else(|| {
-        ApiError::parameter(
-            "from",
-            format!("no snapshot was taken at or before {}", rfc3339(from)),
-        )
-    })?;
+    let before = state
+        .history
+        .snapshot_at(from)
+        .map_err(internal)?
+        .ok_or_else(|| {
+            ApiError::parameter(
+                "from",
+                format!("no snapshot was taken at or before {}", rfc3339(from)),
+            )
+        })?;
     // "to" in the present (or future) means the live topology.
     let after = if to >= now_unix_ns().saturating_sub(1_000_000_000) {
         state.snapshot()
     } else {
-        state.history.snapshot_at(to).map_err(internal)?.ok_or_else(|| {
-            ApiError::parameter("to", format!("no snapshot was taken at or before {}", rfc3339(to)))
-        })?
+        state
+            .history
+            .snapshot_at(to)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                ApiError::parameter(
+                    "to",
+                    format!("no snapshot was taken at or before {}", rfc3339(to)),
+                )
+            })?
     };
     Ok(Json(diff(&before, &after, thresholds)))
 }

@@ -9,8 +9,8 @@ use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::{analytics_routes, history_routes, observations, views};
-use crate::state::AppState;
 use crate::metrics;
+use crate::state::AppState;
 
 /// Builds the HTTP API.
 pub fn app(state: AppState) -> Router {
@@ -20,7 +20,10 @@ pub fn app(state: AppState) -> Router {
         .route("/topology.txt", get(views::topology_txt))
         .route("/topology.svg", get(views::topology_svg))
         .route("/services", get(views::services))
-        .route("/services/{name}/dependencies", get(views::service_dependencies))
+        .route(
+            "/services/{name}/dependencies",
+            get(views::service_dependencies),
+        )
         .route("/analytics/critical", get(analytics_routes::critical))
         .route("/analytics/bottlenecks", get(analytics_routes::bottlenecks))
         .route("/analytics/patterns", get(analytics_routes::patterns))

@@ -39,16 +39,17 @@ pub fn ingest_body(state: &AppState, body: &str) -> Result<Accepted, ApiError> {
     }
     let mut accepted = 0;
     let mut errors = Vec::new();
-    let mut merge = |o: &TrafficObservation, line: Option<usize>, index: Option<usize>| {
-        match state.topology.observe_traffic(o, state.registry.as_ref()) {
-            Ok(()) => accepted += 1,
-            Err(e) => errors.push(LineError {
-                line,
-                index,
-                field: Some(e.field().to_owned()),
-                message: e.to_string(),
-            }),
-        }
+    let mut merge = |o: &TrafficObservation, line: Option<usize>, index: Option<usize>| match state
+        .topology
+        .observe_traffic(o, state.registry.as_ref())
+    {
+        Ok(()) => accepted += 1,
+        Err(e) => errors.push(LineError {
+            line,
+            index,
+            field: Some(e.field().to_owned()),
+            message: e.to_string(),
+        }),
     };
     if trimmed.starts_with('[') {
         let items: Vec<serde_json::Value> = serde_json::from_str(body)

@@ -22,14 +22,20 @@ impl Params {
         match unknown.first() {
             Some(name) => Err(ApiError::parameter(
                 name,
-                format!("unknown parameter (this endpoint takes: {})", allowed.join(", ")),
+                format!(
+                    "unknown parameter (this endpoint takes: {})",
+                    allowed.join(", ")
+                ),
             )),
             None => Ok(self),
         }
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
     }
 
     fn time(&self, name: &str, now: u64) -> Result<Option<u64>, ApiError> {
@@ -63,13 +69,15 @@ impl Params {
     pub fn direction(&self) -> Result<TrafficDirection, ApiError> {
         self.get("direction")
             .map_or(Ok(TrafficDirection::Both), |d| {
-                d.parse().map_err(|e: String| ApiError::parameter("direction", e))
+                d.parse()
+                    .map_err(|e: String| ApiError::parameter("direction", e))
             })
     }
 
     pub fn stat(&self) -> Result<LatencyStat, ApiError> {
         self.get("stat").map_or(Ok(LatencyStat::Avg), |s| {
-            s.parse().map_err(|e: String| ApiError::parameter("stat", e))
+            s.parse()
+                .map_err(|e: String| ApiError::parameter("stat", e))
         })
     }
 
@@ -82,9 +90,7 @@ impl Params {
                 .parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| {
-                    ApiError::parameter(name, format!("`{text}` is not a number >= 0"))
-                }),
+                .ok_or_else(|| ApiError::parameter(name, format!("`{text}` is not a number >= 0"))),
         }
     }
 }

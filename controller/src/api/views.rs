@@ -23,8 +23,8 @@ pub async fn topology_json(
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let window = Params(params).only(WINDOW)?.window()?;
-    let body = render::json(&state.snapshot_in(&window))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let body =
+        render::json(&state.snapshot_in(&window)).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body))
 }
 
@@ -125,7 +125,9 @@ pub async fn service_dependencies(
     let direction = params.direction()?;
     let snapshot = state.snapshot_in(&window);
     if snapshot.service(&name).is_none() {
-        return Err(ApiError::NotFound(format!("/services/{name} (no such service)")));
+        return Err(ApiError::NotFound(format!(
+            "/services/{name} (no such service)"
+        )));
     }
     let deps: Vec<_> = dependencies_of(&snapshot, &name, direction)
         .into_iter()

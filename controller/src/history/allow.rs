@@ -22,12 +22,18 @@ impl AllowRule {
             .split_once("->")
             .ok_or_else(|| format!("`{text}` is not `source -> target [protocol]`"))?;
         let mut parts = rest.split_whitespace();
-        let target = parts.next().ok_or_else(|| format!("`{text}` has no target"))?;
-        let protocol = parts
+        let target = parts
             .next()
-            .map(|p| p.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase());
+            .ok_or_else(|| format!("`{text}` has no target"))?;
+        let protocol = parts.next().map(|p| {
+            p.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        });
         if parts.next().is_some() {
-            return Err(format!("`{text}` has more than `source -> target [protocol]`"));
+            return Err(format!(
+                "`{text}` has more than `source -> target [protocol]`"
+            ));
         }
         let source = source.trim();
         if source.is_empty() || source.contains(char::is_whitespace) {
@@ -43,7 +49,10 @@ impl AllowRule {
     fn allows(&self, source: &str, target: &str, protocol: &str) -> bool {
         glob_match(&self.source, source)
             && glob_match(&self.target, target)
-            && self.protocol.as_ref().is_none_or(|p| glob_match(p, protocol))
+            && self
+                .protocol
+                .as_ref()
+                .is_none_or(|p| glob_match(p, protocol))
     }
 }
 
@@ -56,9 +65,7 @@ pub struct AllowList {
 #[serde(untagged)]
 enum AllowFile {
     List(Vec<String>),
-    Table {
-        allow: Vec<String>,
-    },
+    Table { allow: Vec<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,7 +92,9 @@ impl AllowList {
                 allow: Vec<String>,
             }
             let parsed: TomlFile = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
-            AllowFile::Table { allow: parsed.allow }
+            AllowFile::Table {
+                allow: parsed.allow,
+            }
         };
         let entries = match file {
             AllowFile::List(list) | AllowFile::Table { allow: list } => list,
@@ -93,7 +102,9 @@ impl AllowList {
         let rules = entries
             .iter()
             .enumerate()
-            .map(|(i, entry)| AllowRule::parse(entry).map_err(|e| format!("{origin}: entry {}: {e}", i + 1)))
+            .map(|(i, entry)| {
+                AllowRule::parse(entry).map_err(|e| format!("{origin}: entry {}: {e}", i + 1))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { rules })
     }
@@ -103,7 +114,12 @@ impl AllowList {
         snapshot
             .dependencies
             .iter()
-            .filter(|d| !self.rules.iter().any(|r| r.allows(&d.source, &d.target, &d.protocol)))
+            .filter(|d| {
+                !self
+                    .rules
+                    .iter()
+                    .any(|r| r.allows(&d.source, &d.target, &d.protocol))
+            })
             .map(|d| Violation {
                 source: d.source.clone(),
                 target: d.target.clone(),

@@ -76,8 +76,16 @@ pub fn diff(from: &TopologySnapshot, to: &TopologySnapshot, t: DiffThresholds) -
         target: t.clone(),
         protocol: p.clone(),
     };
-    let appeared = after.keys().filter(|k| !before.contains_key(*k)).map(edge).collect();
-    let vanished = before.keys().filter(|k| !after.contains_key(*k)).map(edge).collect();
+    let appeared = after
+        .keys()
+        .filter(|k| !before.contains_key(*k))
+        .map(edge)
+        .collect();
+    let vanished = before
+        .keys()
+        .filter(|k| !after.contains_key(*k))
+        .map(edge)
+        .collect();
     let mut changed = Vec::new();
     for (key, a) in &before {
         let Some(b) = after.get(key) else { continue };

@@ -42,7 +42,10 @@ impl Default for EventBus {
 
 impl EventBus {
     pub fn publish(&self, event_type: &'static str, time: String, data: serde_json::Value) {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let event = TopologyEvent {
             specversion: "1.0",
             id: id.to_string(),

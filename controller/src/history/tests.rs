@@ -21,13 +21,40 @@ fn history() -> History {
 
 #[test]
 fn diff_finds_appeared_vanished_and_changed_dependencies() {
-    let before = map(&[("web", "api", "http", 10.0, None), ("api", "db", "postgres", 5.0, None), ("api", "old", "http", 1.0, None)]);
-    let after = map(&[("web", "api", "http", 30.0, None), ("api", "db", "postgres", 5.5, Some(500)), ("api", "new", "http", 1.0, None)]);
+    let before = map(&[
+        ("web", "api", "http", 10.0, None),
+        ("api", "db", "postgres", 5.0, None),
+        ("api", "old", "http", 1.0, None),
+    ]);
+    let after = map(&[
+        ("web", "api", "http", 30.0, None),
+        ("api", "db", "postgres", 5.5, Some(500)),
+        ("api", "new", "http", 1.0, None),
+    ]);
     let d = diff(&before, &after, DiffThresholds::default());
-    assert_eq!(d.appeared.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(), vec!["new"]);
-    assert_eq!(d.vanished.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(), vec!["old"]);
-    let reasons: Vec<(&str, Vec<&str>)> = d.changed.iter().map(|c| (c.target.as_str(), c.reasons.clone())).collect();
-    assert_eq!(reasons, vec![("db", vec!["errors"]), ("api", vec!["latency"])]);
+    assert_eq!(
+        d.appeared
+            .iter()
+            .map(|e| e.target.as_str())
+            .collect::<Vec<_>>(),
+        vec!["new"]
+    );
+    assert_eq!(
+        d.vanished
+            .iter()
+            .map(|e| e.target.as_str())
+            .collect::<Vec<_>>(),
+        vec!["old"]
+    );
+    let reasons: Vec<(&str, Vec<&str>)> = d
+        .changed
+        .iter()
+        .map(|c| (c.target.as_str(), c.reasons.clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![("db", vec!["errors"]), ("api", vec!["latency"])]
+    );
 }
 
 #[test]
@@ -38,28 +65,64 @@ fn snapshots_are_listed_and_found_by_time_and_bounded() {
     let two = map(&[("a", "b", "http", 1.0, None), ("b", "c", "http", 1.0, None)]);
     h.take_snapshot(&one, 100_000).expect("take");
     h.take_snapshot(&two, 200_000).expect("take");
-    assert_eq!(h.snapshot_at(150_000).expect("read").expect("some").dependencies.len(), 1);
-    assert_eq!(h.snapshot_at(250_000).expect("read").expect("some").dependencies.len(), 2);
+    assert_eq!(
+        h.snapshot_at(150_000)
+            .expect("read")
+            .expect("some")
+            .dependencies
+            .len(),
+        1
+    );
+    assert_eq!(
+        h.snapshot_at(250_000)
+            .expect("read")
+            .expect("some")
+            .dependencies
+            .len(),
+        2
+    );
     assert!(h.snapshot_at(50_000).expect("read").is_none());
     h.take_snapshot(&two, 300_000).expect("take");
-    let times: Vec<u64> = h.snapshots().expect("list").iter().map(|s| s.taken_at_unix_ns).collect();
-    assert_eq!(times, vec![200_000, 300_000], "the oldest is dropped beyond the bound");
+    let times: Vec<u64> = h
+        .snapshots()
+        .expect("list")
+        .iter()
+        .map(|s| s.taken_at_unix_ns)
+        .collect();
+    assert_eq!(
+        times,
+        vec![200_000, 300_000],
+        "the oldest is dropped beyond the bound"
+    );
 }
 
 #[test]
 fn new_dependencies_raise_events_and_unauthorised_ones_are_counted() {
     let h = history();
-    let list = AllowList::parse("allow = [\"web -> api http\", \"api -> db* [postgres]\"]", "t").expect("valid");
+    let list = AllowList::parse(
+        "allow = [\"web -> api http\", \"api -> db* [postgres]\"]",
+        "t",
+    )
+    .expect("valid");
     h.set_allow_list(list, "").expect("set");
     let mut events = h.events.subscribe();
     h.observe(&map(&[("web", "api", "http", 1.0, None)]));
     assert!(events.try_recv().is_err(), "the first look only learns");
-    h.observe(&map(&[("web", "api", "http", 1.0, None), ("api", "db-1", "postgres", 1.0, None), ("web", "db-1", "postgres", 1.0, None)]));
+    h.observe(&map(&[
+        ("web", "api", "http", 1.0, None),
+        ("api", "db-1", "postgres", 1.0, None),
+        ("web", "db-1", "postgres", 1.0, None),
+    ]));
     let types: Vec<(&str, String)> = h
         .events
         .recent()
         .iter()
-        .map(|e| (e.event_type, e.data["target"].as_str().unwrap_or_default().to_owned()))
+        .map(|e| {
+            (
+                e.event_type,
+                e.data["target"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         types,
@@ -69,7 +132,10 @@ fn new_dependencies_raise_events_and_unauthorised_ones_are_counted() {
             ("weft.topology.dependency.unauthorized", "db-1".to_owned()),
         ]
     );
-    assert_eq!(events.try_recv().expect("broadcast").event_type, "weft.topology.dependency.appeared");
+    assert_eq!(
+        events.try_recv().expect("broadcast").event_type,
+        "weft.topology.dependency.appeared"
+    );
     assert_eq!(h.unauthorized_dependencies(), 1);
 }
 
@@ -81,7 +147,10 @@ fn allow_lists_parse_from_json_and_toml_and_errors_name_the_entry() {
     let object = AllowList::parse(r#"{"allow": ["a -> b"]}"#, "a.json").expect("object");
     assert_eq!(object.rules[0].target, "b");
     let error = AllowList::parse(r#"["a -> b", "nonsense"]"#, "a.json").unwrap_err();
-    assert!(error.contains("entry 2") && error.contains("nonsense"), "{error}");
+    assert!(
+        error.contains("entry 2") && error.contains("nonsense"),
+        "{error}"
+    );
     let error = AllowList::parse("allowed = []", "a.toml").unwrap_err();
     assert!(error.contains("a.toml"), "{error}");
 }
@@ -91,7 +160,9 @@ fn the_allow_list_survives_a_restart_on_the_same_store() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
     let text = "allow = [\"a -> b\"]";
     let first = History::new(store.clone()).expect("history");
-    first.set_allow_list(AllowList::parse(text, "t").expect("valid"), text).expect("set");
+    first
+        .set_allow_list(AllowList::parse(text, "t").expect("valid"), text)
+        .expect("set");
     let second = History::new(store).expect("history");
     assert_eq!(second.allow_list().expect("loaded").rules.len(), 1);
 }

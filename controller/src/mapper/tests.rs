@@ -18,42 +18,78 @@ fn complete_example() -> TopologyMapper {
     let mapper = TopologyMapper::new();
     let mut all = Vec::new();
     for i in 0..100u16 {
-        let mut o = obs("client.external", 54321 + i, "api.example.com", 443, "https");
+        let mut o = obs(
+            "client.external",
+            54321 + i,
+            "api.example.com",
+            443,
+            "https",
+        );
         o.method = Some("GET".into());
         o.path = Some("/api/users".into());
         o.latency_ms = 45.0 + f64::from(i % 10);
         mapper.observe_traffic(&o).expect("valid");
     }
     for _ in 0..100 {
-        let mut o = obs("api.example.com", 443, "auth-service.internal", 8080, "http");
+        let mut o = obs(
+            "api.example.com",
+            443,
+            "auth-service.internal",
+            8080,
+            "http",
+        );
         o.method = Some("POST".into());
         o.path = Some("/verify".into());
         o.latency_ms = 20.0;
         all.push(o);
     }
     for _ in 0..100 {
-        let mut o = obs("api.example.com", 443, "user-service.internal", 8080, "http");
+        let mut o = obs(
+            "api.example.com",
+            443,
+            "user-service.internal",
+            8080,
+            "http",
+        );
         o.method = Some("GET".into());
         o.path = Some("/users".into());
         o.latency_ms = 35.0;
         all.push(o);
     }
     for _ in 0..50 {
-        let mut o = obs("user-service.internal", 8080, "postgres.db.internal", 5432, "postgres");
+        let mut o = obs(
+            "user-service.internal",
+            8080,
+            "postgres.db.internal",
+            5432,
+            "postgres",
+        );
         o.bytes_sent = 512;
         o.bytes_received = 4096;
         o.latency_ms = 25.0;
         all.push(o);
     }
     for _ in 0..100 {
-        let mut o = obs("user-service.internal", 8080, "redis.cache.internal", 6379, "redis");
+        let mut o = obs(
+            "user-service.internal",
+            8080,
+            "redis.cache.internal",
+            6379,
+            "redis",
+        );
         o.bytes_sent = 256;
         o.bytes_received = 1024;
         o.latency_ms = 5.0;
         all.push(o);
     }
     for _ in 0..5 {
-        let mut o = obs("api.example.com", 443, "user-service.internal", 8080, "http");
+        let mut o = obs(
+            "api.example.com",
+            443,
+            "user-service.internal",
+            8080,
+            "http",
+        );
         o.method = Some("GET".into());
         o.path = Some("/users".into());
         o.status_code = Some(500);
@@ -96,7 +132,14 @@ fn complete_example_services_and_dependencies() {
     assert_eq!(map.dependencies.len(), 5);
     let expected = [
         ("client.external", "api.example.com", 100, 49.5, 0, "https"),
-        ("api.example.com", "auth-service.internal", 100, 20.0, 0, "http"),
+        (
+            "api.example.com",
+            "auth-service.internal",
+            100,
+            20.0,
+            0,
+            "http",
+        ),
         (
             "api.example.com",
             "user-service.internal",
@@ -105,24 +148,48 @@ fn complete_example_services_and_dependencies() {
             5,
             "http",
         ),
-        ("user-service.internal", "postgres.db.internal", 50, 25.0, 0, "postgres"),
-        ("user-service.internal", "redis.cache.internal", 100, 5.0, 0, "redis"),
+        (
+            "user-service.internal",
+            "postgres.db.internal",
+            50,
+            25.0,
+            0,
+            "postgres",
+        ),
+        (
+            "user-service.internal",
+            "redis.cache.internal",
+            100,
+            5.0,
+            0,
+            "redis",
+        ),
     ];
     for (source, target, requests, avg, errors, protocol) in expected {
         let d = dep(&map, source, target);
         assert_eq!(d.request_count(), requests, "{source}->{target}");
-        assert!(close(d.avg_latency_ms(), avg), "{source}->{target}: {}", d.avg_latency_ms());
+        assert!(
+            close(d.avg_latency_ms(), avg),
+            "{source}->{target}: {}",
+            d.avg_latency_ms()
+        );
         assert_eq!(d.error_count(), errors, "{source}->{target}");
         assert_eq!(d.protocol, protocol);
     }
-    assert_eq!(dep(&map, "user-service.internal", "postgres.db.internal").total_bytes(), 50 * (512 + 4096));
+    assert_eq!(
+        dep(&map, "user-service.internal", "postgres.db.internal").total_bytes(),
+        50 * (512 + 4096)
+    );
     let users = dep(&map, "api.example.com", "user-service.internal");
     let failed = users
         .request_groups
         .iter()
         .find(|g| g.status == 500)
         .expect("5xx group");
-    assert_eq!((failed.count, failed.errors, failed.path.as_str()), (5, 5, "/users"));
+    assert_eq!(
+        (failed.count, failed.errors, failed.path.as_str()),
+        (5, 5, "/users")
+    );
 }
 
 #[test]
@@ -132,8 +199,13 @@ fn complete_example_patterns() {
     assert_eq!(patterns.total_observations, 455);
     assert_eq!(patterns.total_errors, 5);
     assert!(close(patterns.error_rate, 5.0 / 455.0));
-    let latency_sum = 100.0 * 49.5 + 100.0 * 20.0 + 100.0 * 35.0 + 50.0 * 25.0 + 100.0 * 5.0 + 5.0 * 150.0;
-    assert!(close(patterns.avg_latency_ms, latency_sum / 455.0), "{}", patterns.avg_latency_ms);
+    let latency_sum =
+        100.0 * 49.5 + 100.0 * 20.0 + 100.0 * 35.0 + 50.0 * 25.0 + 100.0 * 5.0 + 5.0 * 150.0;
+    assert!(
+        close(patterns.avg_latency_ms, latency_sum / 455.0),
+        "{}",
+        patterns.avg_latency_ms
+    );
     assert_eq!(patterns.total_bytes, 50 * (512 + 4096) + 100 * (256 + 1024));
     assert_eq!(patterns.service_count, 6);
     assert_eq!(patterns.dependency_count, 5);
@@ -144,9 +216,21 @@ fn complete_example_patterns() {
     // Sorted: 100 x 5, 100 x 20, 50 x 25, 100 x 35, 100 x 45..54, 5 x 150 ms. The median
     // (rank 228) is 25; rank 433 falls in 45..54; the top 5 (1.1 %) are 150.
     let near = |a: f64, b: f64| (a - b).abs() <= b * 0.002;
-    assert!(near(patterns.p50_latency_ms, 25.0), "{}", patterns.p50_latency_ms);
-    assert!((45.0..=54.1).contains(&patterns.p95_latency_ms), "{}", patterns.p95_latency_ms);
-    assert!(near(patterns.p99_latency_ms, 150.0), "{}", patterns.p99_latency_ms);
+    assert!(
+        near(patterns.p50_latency_ms, 25.0),
+        "{}",
+        patterns.p50_latency_ms
+    );
+    assert!(
+        (45.0..=54.1).contains(&patterns.p95_latency_ms),
+        "{}",
+        patterns.p95_latency_ms
+    );
+    assert!(
+        near(patterns.p99_latency_ms, 150.0),
+        "{}",
+        patterns.p99_latency_ms
+    );
 }
 
 #[test]
@@ -165,7 +249,10 @@ fn complete_example_critical_services_and_bottlenecks() {
     assert_eq!(service.service_type, ServiceType::ApiGateway);
 
     let slow = mapper.find_bottlenecks(30.0);
-    let pairs: Vec<(&str, &str)> = slow.iter().map(|d| (d.source.as_str(), d.target.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = slow
+        .iter()
+        .map(|d| (d.source.as_str(), d.target.as_str()))
+        .collect();
     assert_eq!(
         pairs,
         vec![
@@ -209,7 +296,10 @@ fn dependencies_by_direction() {
             .map(|d| format!("{}->{}", d.source, d.target))
             .collect()
     };
-    assert_eq!(targets(TrafficDirection::Inbound), vec!["api.example.com->user-service.internal"]);
+    assert_eq!(
+        targets(TrafficDirection::Inbound),
+        vec!["api.example.com->user-service.internal"]
+    );
     assert_eq!(
         targets(TrafficDirection::Outbound),
         vec![
@@ -225,7 +315,10 @@ fn exports_and_views() {
     let map = complete_example().generate_topology_map();
     let dict = map.to_dict();
     assert_eq!(dict["services"].as_object().expect("map").len(), 6);
-    assert_eq!(dict["services"]["api.example.com"]["service_type"], "api_gateway");
+    assert_eq!(
+        dict["services"]["api.example.com"]["service_type"],
+        "api_gateway"
+    );
     let deps = dict["dependencies"].as_array().expect("list");
     let users = deps
         .iter()
@@ -239,9 +332,15 @@ fn exports_and_views() {
     let ascii = visualizer.generate_ascii_map();
     assert!(ascii.contains("Total Services: 6"), "{ascii}");
     assert!(ascii.contains("• api.example.com (api_gateway)"), "{ascii}");
-    assert!(ascii.contains("→ user-service.internal [105 reqs"), "{ascii}");
+    assert!(
+        ascii.contains("→ user-service.internal [105 reqs"),
+        "{ascii}"
+    );
     let dot = visualizer.generate_dot_graph();
-    assert!(dot.contains("\"api.example.com\" -> \"user-service.internal\""), "{dot}");
+    assert!(
+        dot.contains("\"api.example.com\" -> \"user-service.internal\""),
+        "{dot}"
+    );
 }
 
 #[test]
@@ -254,18 +353,30 @@ fn bad_observations_are_refused_by_field_and_the_rest_merged() {
     bad_host.destination.host = " ".into();
     let mut bad_latency = good.clone();
     bad_latency.latency_ms = f64::NAN;
-    let outcome = mapper.observe_traffic_batch(&[bad_protocol, good.clone(), bad_host, bad_latency]);
+    let outcome =
+        mapper.observe_traffic_batch(&[bad_protocol, good.clone(), bad_host, bad_latency]);
     assert_eq!(outcome.accepted, 1);
-    let fields: Vec<(usize, &str)> = outcome.errors.iter().map(|(i, e)| (*i, e.field())).collect();
-    assert_eq!(fields, vec![(0, "protocol"), (2, "destination.host"), (3, "latency_ms")]);
+    let fields: Vec<(usize, &str)> = outcome
+        .errors
+        .iter()
+        .map(|(i, e)| (*i, e.field()))
+        .collect();
+    assert_eq!(
+        fields,
+        vec![(0, "protocol"), (2, "destination.host"), (3, "latency_ms")]
+    );
     assert_eq!(mapper.generate_topology_map().totals.requests, 1);
 }
 
 #[test]
 fn empty_protocol_is_guessed_from_the_port_and_a_declared_one_wins() {
     let mapper = TopologyMapper::new();
-    mapper.observe_traffic(&obs("a", 1, "10.0.0.5", 6379, "")).expect("valid");
-    mapper.observe_traffic(&obs("a", 1, "10.0.0.6", 6379, "http")).expect("valid");
+    mapper
+        .observe_traffic(&obs("a", 1, "10.0.0.5", 6379, ""))
+        .expect("valid");
+    mapper
+        .observe_traffic(&obs("a", 1, "10.0.0.6", 6379, "http"))
+        .expect("valid");
     let map = mapper.generate_topology_map();
     assert_eq!(dep(&map, "a", "10.0.0.5:6379").protocol, "redis");
     assert_eq!(dep(&map, "a", "10.0.0.6:6379").protocol, "http");

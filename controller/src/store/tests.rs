@@ -7,15 +7,32 @@ fn suite(store: &dyn Store) {
     store.put("snap/2", b"two").expect("put");
     store.put("snap/1", b"one").expect("put");
     store.put("snaq", b"x").expect("put");
-    assert_eq!(store.get("snap/1").expect("get").as_deref(), Some(&b"one"[..]));
-    let keys: Vec<String> = store.scan_prefix("snap/").expect("scan").into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        store.get("snap/1").expect("get").as_deref(),
+        Some(&b"one"[..])
+    );
+    let keys: Vec<String> = store
+        .scan_prefix("snap/")
+        .expect("scan")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(keys, vec!["snap/1", "snap/2"]);
     assert!(store.delete("snap/1").expect("delete"));
     assert!(!store.delete("snap/1").expect("delete"));
-    assert!(!store.compare_and_swap("k", Some(b"v"), Some(b"w")).expect("cas"), "absent is not v");
+    assert!(
+        !store
+            .compare_and_swap("k", Some(b"v"), Some(b"w"))
+            .expect("cas"),
+        "absent is not v"
+    );
     assert!(store.compare_and_swap("k", None, Some(b"v")).expect("cas"));
     assert!(!store.compare_and_swap("k", None, Some(b"x")).expect("cas"));
-    assert!(store.compare_and_swap("k", Some(b"v"), Some(b"w")).expect("cas"));
+    assert!(
+        store
+            .compare_and_swap("k", Some(b"v"), Some(b"w"))
+            .expect("cas")
+    );
     assert_eq!(store.get("k").expect("get").as_deref(), Some(&b"w"[..]));
     assert!(store.compare_and_swap("k", Some(b"w"), None).expect("cas"));
     assert_eq!(store.get("k").expect("get"), None);
@@ -28,15 +45,25 @@ fn memory_store_passes_the_suite() {
 
 #[test]
 fn redb_store_passes_the_suite_and_keeps_writes_across_reopen() {
-    let dir = std::env::temp_dir().join(format!("weft-store-test-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "weft-store-test-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     {
         let store = RedbStore::open_dir(&dir).expect("open");
         suite(&store);
         store.put("durable", b"yes").expect("put");
     }
     let reopened = RedbStore::open_dir(&dir).expect("reopen");
-    assert_eq!(reopened.get("durable").expect("get").as_deref(), Some(&b"yes"[..]));
-    assert_eq!(reopened.get("snap/2").expect("get").as_deref(), Some(&b"two"[..]));
+    assert_eq!(
+        reopened.get("durable").expect("get").as_deref(),
+        Some(&b"yes"[..])
+    );
+    assert_eq!(
+        reopened.get("snap/2").expect("get").as_deref(),
+        Some(&b"two"[..])
+    );
     drop(reopened);
     let _ = std::fs::remove_dir_all(&dir);
 }

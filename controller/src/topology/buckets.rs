@@ -24,7 +24,9 @@ impl Default for BucketConfig {
 
 impl BucketConfig {
     fn width_ns(&self) -> u64 {
-        u64::try_from(self.width.as_nanos()).unwrap_or(u64::MAX).max(1)
+        u64::try_from(self.width.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     fn retention_ns(&self) -> u64 {
@@ -134,10 +136,19 @@ mod tests {
             since: Some(since * MIN),
             until: Some(until * MIN),
         };
-        assert_eq!(b.in_window(&config, &w(10, 10)).map(|s| s.requests), Some(2));
-        assert_eq!(b.in_window(&config, &w(11, 13)).map(|s| s.requests), Some(2));
+        assert_eq!(
+            b.in_window(&config, &w(10, 10)).map(|s| s.requests),
+            Some(2)
+        );
+        assert_eq!(
+            b.in_window(&config, &w(11, 13)).map(|s| s.requests),
+            Some(2)
+        );
         assert!(b.in_window(&config, &w(12, 12)).is_none());
-        assert_eq!(b.in_window(&config, &Window::ALL).map(|s| s.requests), Some(4));
+        assert_eq!(
+            b.in_window(&config, &Window::ALL).map(|s| s.requests),
+            Some(4)
+        );
     }
 
     #[test]

@@ -114,27 +114,64 @@ impl ServiceFacts {
 
 /// Name tokens (split on `.`, `-`, `_`) and the type each one suggests, checked in order.
 const NAME_HINTS: &[(&[&str], ServiceType)] = &[
-    (&["gateway", "gw", "apigw", "apigateway", "kong"], ServiceType::ApiGateway),
     (
-        &["lb", "haproxy", "loadbalancer", "balancer", "elb", "alb", "traefik"],
+        &["gateway", "gw", "apigw", "apigateway", "kong"],
+        ServiceType::ApiGateway,
+    ),
+    (
+        &[
+            "lb",
+            "haproxy",
+            "loadbalancer",
+            "balancer",
+            "elb",
+            "alb",
+            "traefik",
+        ],
         ServiceType::LoadBalancer,
     ),
     (
-        &["db", "postgres", "postgresql", "pg", "mysql", "mariadb", "mongo", "mongodb", "database"],
+        &[
+            "db",
+            "postgres",
+            "postgresql",
+            "pg",
+            "mysql",
+            "mariadb",
+            "mongo",
+            "mongodb",
+            "database",
+        ],
         ServiceType::Database,
     ),
-    (&["redis", "cache", "memcached", "memcache", "valkey"], ServiceType::Cache),
     (
-        &["kafka", "rabbit", "rabbitmq", "amqp", "queue", "mq", "nats", "broker"],
+        &["redis", "cache", "memcached", "memcache", "valkey"],
+        ServiceType::Cache,
+    ),
+    (
+        &[
+            "kafka", "rabbit", "rabbitmq", "amqp", "queue", "mq", "nats", "broker",
+        ],
         ServiceType::MessageQueue,
     ),
-    (&["nginx", "www", "web", "apache", "httpd"], ServiceType::WebServer),
+    (
+        &["nginx", "www", "web", "apache", "httpd"],
+        ServiceType::WebServer,
+    ),
 ];
 
 /// Suffixes of names inside the cluster; a dotted name outside these is external.
 const INTERNAL_SUFFIXES: &[&str] = &[
-    ".internal", ".local", ".svc", ".cluster", ".lan", ".localdomain", ".lab", ".home",
-    ".corp", ".intranet",
+    ".internal",
+    ".local",
+    ".svc",
+    ".cluster",
+    ".lan",
+    ".localdomain",
+    ".lab",
+    ".home",
+    ".corp",
+    ".intranet",
 ];
 
 fn tokens(name: &str) -> impl Iterator<Item = String> + '_ {
@@ -241,14 +278,21 @@ impl ServiceClassifier {
         }
         let external = !facts.registered
             && (is_external_host(&facts.name)
-                || facts.endpoints.iter().all(|(host, _, _)| is_external_host(host)));
+                || facts
+                    .endpoints
+                    .iter()
+                    .all(|(host, _, _)| is_external_host(host)));
         if external {
             return ServiceType::ExternalApi;
         }
         if !serves_http || facts.upstreams > 0 {
             return ServiceType::Microservice;
         }
-        if facts.paths.iter().any(|p| p == "/api" || p.starts_with("/api/")) {
+        if facts
+            .paths
+            .iter()
+            .any(|p| p == "/api" || p.starts_with("/api/"))
+        {
             return ServiceType::Microservice;
         }
         if tokens(&facts.name).any(|t| t == "service" || t == "svc" || t == "api") {

@@ -39,8 +39,8 @@ impl ProtocolEvidence {
         if evidence == Evidence::None || name.is_empty() {
             return;
         }
-        let better = evidence > self.evidence
-            || (evidence == self.evidence && name < self.name.as_str());
+        let better =
+            evidence > self.evidence || (evidence == self.evidence && name < self.name.as_str());
         if better {
             self.evidence = evidence;
             name.clone_into(&mut self.name);

@@ -34,8 +34,8 @@ pub use classify::{ServiceClassifier, ServiceFacts, ServiceType, protocol_for};
 pub use evidence::{Evidence, ProtocolEvidence};
 pub use rules::{Rules, RulesError};
 pub use snapshot::{
-    DependencyView, EndpointView, RequestGroupView, ServiceView, SnapshotStats, Totals,
-    TopologySnapshot,
+    DependencyView, EndpointView, RequestGroupView, ServiceView, SnapshotStats, TopologySnapshot,
+    Totals,
 };
 pub use stats::{DependencyStats, LatencySummary};
 pub use traffic::ObservationError;
@@ -175,7 +175,8 @@ impl Topology {
             .filter(|ns| *ns > 0)
             .unwrap_or_else(now_unix_ns);
         for answer in &observation.l7.dns_answers {
-            self.dns.learn(answer.ip, &answer.name, answer.ttl_seconds, at);
+            self.dns
+                .learn(answer.ip, &answer.name, answer.ttl_seconds, at);
         }
         let local = observation
             .workload
@@ -254,12 +255,7 @@ impl Topology {
     }
 
     /// Applies `apply` to the dependency's total and to its time bucket at `at_unix_ns`.
-    fn record(
-        &self,
-        key: DependencyKey,
-        at_unix_ns: u64,
-        apply: impl Fn(&mut DependencyStats),
-    ) {
+    fn record(&self, key: DependencyKey, at_unix_ns: u64, apply: impl Fn(&mut DependencyStats)) {
         let config = self.buckets;
         if let Some(mut entry) = self.dependencies.get_mut(&key) {
             entry.record(&config, at_unix_ns, apply);
@@ -398,7 +394,8 @@ impl Topology {
             view::Parts {
                 services,
                 dependencies,
-                records_ingested: self.records_ingested()
+                records_ingested: self
+                    .records_ingested()
                     .saturating_add(self.observations_ingested()),
                 agents_connected,
                 generated_at_unix_ns,

@@ -71,7 +71,9 @@ impl Rules {
         };
         let rules: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         for (index, rule) in rules.rules.iter().enumerate() {
-            if rule.match_name.is_none() && rule.match_port.is_none() && rule.match_protocol.is_none()
+            if rule.match_name.is_none()
+                && rule.match_port.is_none()
+                && rule.match_protocol.is_none()
             {
                 return Err(invalid(format!(
                     "rule {} (type = \"{}\") has no match_name, match_port or match_protocol",

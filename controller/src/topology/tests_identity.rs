@@ -69,7 +69,12 @@ fn two_agents_registering_one_name_make_one_service_with_both_endpoints() {
     topology.ingest(&record("web", "10.0.0.1", "10.0.0.2", 8080, T0), &registry);
     topology.ingest(&record("web", "10.0.0.1", "10.0.1.2", 8080, T0), &registry);
     let snapshot = topology.snapshot(&registry, T0, 0);
-    assert_eq!(snapshot.dependencies.len(), 1, "{:?}", snapshot.dependencies);
+    assert_eq!(
+        snapshot.dependencies.len(),
+        1,
+        "{:?}",
+        snapshot.dependencies
+    );
     assert_eq!(snapshot.dependencies[0].requests, 2);
     let api = snapshot.service("api").expect("one api service");
     let addresses: Vec<&str> = api.endpoints.iter().map(|e| e.address.as_str()).collect();
@@ -88,8 +93,14 @@ fn peers_are_named_by_dns_answers_seen_on_the_wire_until_the_ttl_ends() {
         ttl_seconds: 300,
     }];
     topology.ingest(&lookup, &registry);
-    topology.ingest(&record("web", "10.0.0.1", "10.0.9.9", 5432, T0 + MIN), &registry);
-    topology.ingest(&record("web", "10.0.0.1", "10.0.9.9", 5432, T0 + 10 * MIN), &registry);
+    topology.ingest(
+        &record("web", "10.0.0.1", "10.0.9.9", 5432, T0 + MIN),
+        &registry,
+    );
+    topology.ingest(
+        &record("web", "10.0.0.1", "10.0.9.9", 5432, T0 + 10 * MIN),
+        &registry,
+    );
     let targets: Vec<String> = topology
         .snapshot(&registry, T0, 0)
         .dependencies
@@ -105,8 +116,16 @@ fn the_registry_beats_dns_and_dns_beats_the_server_name() {
     let topology = Topology::new();
     let mut lookup = record("web", "10.0.0.1", "10.0.0.53", 53, T0);
     lookup.l7.dns_answers = vec![
-        DnsAnswer { name: "other-name".into(), ip: "10.0.0.2".parse().expect("ip"), ttl_seconds: 60 },
-        DnsAnswer { name: "from-dns".into(), ip: "10.0.0.3".parse().expect("ip"), ttl_seconds: 60 },
+        DnsAnswer {
+            name: "other-name".into(),
+            ip: "10.0.0.2".parse().expect("ip"),
+            ttl_seconds: 60,
+        },
+        DnsAnswer {
+            name: "from-dns".into(),
+            ip: "10.0.0.3".parse().expect("ip"),
+            ttl_seconds: 60,
+        },
     ];
     topology.ingest(&lookup, &registry);
     let mut to_db = record("web", "10.0.0.1", "10.0.0.2", 5432, T0);
@@ -124,7 +143,10 @@ fn the_registry_beats_dns_and_dns_beats_the_server_name() {
     }
     assert!(snapshot.service("sni-name").is_none());
     assert_eq!(
-        snapshot.service("api.example.com").expect("sni").service_type,
+        snapshot
+            .service("api.example.com")
+            .expect("sni")
+            .service_type,
         ServiceType::ExternalApi
     );
 }
@@ -140,8 +162,22 @@ fn a_protocol_learned_mid_flow_keeps_one_dependency_and_payload_wins() {
     later.l7.protocol = Some("http".into());
     later.l7.protocol_from_payload = true;
     later.l7.request_groups = vec![
-        RequestGroup { method: "GET".into(), path: "/fail".into(), status: 503, count: 2, errors: 2, latency_sum_ns: 4_000_000 },
-        RequestGroup { method: "GET".into(), path: "/".into(), status: 200, count: 3, errors: 0, latency_sum_ns: 3_000_000 },
+        RequestGroup {
+            method: "GET".into(),
+            path: "/fail".into(),
+            status: 503,
+            count: 2,
+            errors: 2,
+            latency_sum_ns: 4_000_000,
+        },
+        RequestGroup {
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            count: 3,
+            errors: 0,
+            latency_sum_ns: 3_000_000,
+        },
     ];
     later.resets = 1;
     let mut again = record("web", "10.0.0.1", "10.0.0.7", 443, T0 + 2);
@@ -156,7 +192,11 @@ fn a_protocol_learned_mid_flow_keeps_one_dependency_and_payload_wins() {
     assert_eq!(d.protocol, "http");
     assert_eq!(d.flows, 1);
     assert_eq!(d.errors, 3, "2 error replies + 1 reset");
-    let fail = d.request_groups.iter().find(|g| g.path == "/fail").expect("group");
+    let fail = d
+        .request_groups
+        .iter()
+        .find(|g| g.path == "/fail")
+        .expect("group");
     assert_eq!((fail.count, fail.errors, fail.status), (2, 2, 503));
     assert!((fail.avg_latency_ms - 2.0).abs() < 1e-9);
     let server = snapshot.service("10.0.0.7:443").expect("server");
@@ -168,15 +208,30 @@ fn a_window_snapshot_merges_only_buckets_in_range() {
     let registry = registry(&[("host-a", "web", "10.0.0.1")]);
     let topology = Topology::new();
     topology.ingest(&record("web", "10.0.0.1", "10.0.0.2", 80, T0), &registry);
-    topology.ingest(&record("web", "10.0.0.1", "10.0.0.2", 80, T0 + 5 * MIN), &registry);
-    topology.ingest(&record("web", "10.0.0.1", "10.0.0.3", 80, T0 + 10 * MIN), &registry);
+    topology.ingest(
+        &record("web", "10.0.0.1", "10.0.0.2", 80, T0 + 5 * MIN),
+        &registry,
+    );
+    topology.ingest(
+        &record("web", "10.0.0.1", "10.0.0.3", 80, T0 + 10 * MIN),
+        &registry,
+    );
     let classifier = ServiceClassifier::default();
-    let window = |since: u64, until: u64| Window { since: Some(since), until: Some(until) };
+    let window = |since: u64, until: u64| Window {
+        since: Some(since),
+        until: Some(until),
+    };
     let early = topology.snapshot_with(&registry, &classifier, &window(T0, T0 + 6 * MIN), 0, 0);
     assert_eq!(early.dependencies.len(), 1);
     assert_eq!(early.dependencies[0].requests, 2);
     assert_eq!(early.services.len(), 2, "10.0.0.3 is outside the window");
-    let late = topology.snapshot_with(&registry, &classifier, &window(T0 + 9 * MIN, u64::MAX), 0, 0);
+    let late = topology.snapshot_with(
+        &registry,
+        &classifier,
+        &window(T0 + 9 * MIN, u64::MAX),
+        0,
+        0,
+    );
     assert_eq!(late.dependencies.len(), 1);
     assert_eq!(late.dependencies[0].target, "10.0.0.3:80");
     assert_eq!(topology.snapshot(&registry, 0, 0).totals.requests, 3);

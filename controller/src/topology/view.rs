@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::classify::{ServiceClassifier, ServiceFacts, is_http};
 use super::snapshot::{
-    DependencyView, EndpointView, RequestGroupView, ServiceView, SnapshotStats, Totals,
-    TopologySnapshot,
+    DependencyView, EndpointView, RequestGroupView, ServiceView, SnapshotStats, TopologySnapshot,
+    Totals,
 };
 use super::stats::DependencyStats;
 use super::{DependencyKey, ServiceState};

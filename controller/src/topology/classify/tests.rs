@@ -40,11 +40,23 @@ fn well_known_ports_name_their_protocol() {
 
 #[test]
 fn served_protocol_decides_database_cache_and_queue() {
-    assert_eq!(classify(&facts("x", &[("10.0.0.2", 9999, "postgres")])), ServiceType::Database);
-    assert_eq!(classify(&facts("x", &[("10.0.0.2", 7000, "redis")])), ServiceType::Cache);
-    assert_eq!(classify(&facts("x", &[("10.0.0.2", 1, "amqp")])), ServiceType::MessageQueue);
     assert_eq!(
-        classify(&facts("x", &[("10.0.0.2", 80, "http"), ("10.0.0.2", 3306, "mysql")])),
+        classify(&facts("x", &[("10.0.0.2", 9999, "postgres")])),
+        ServiceType::Database
+    );
+    assert_eq!(
+        classify(&facts("x", &[("10.0.0.2", 7000, "redis")])),
+        ServiceType::Cache
+    );
+    assert_eq!(
+        classify(&facts("x", &[("10.0.0.2", 1, "amqp")])),
+        ServiceType::MessageQueue
+    );
+    assert_eq!(
+        classify(&facts(
+            "x",
+            &[("10.0.0.2", 80, "http"), ("10.0.0.2", 3306, "mysql")]
+        )),
         ServiceType::Database,
         "the most specific protocol wins"
     );
@@ -61,7 +73,11 @@ fn hostname_patterns_suggest_types() {
     assert_eq!(tcp("rabbit.internal"), ServiceType::MessageQueue);
     assert_eq!(tcp("kafka-0"), ServiceType::MessageQueue);
     assert_eq!(tcp("nginx"), ServiceType::WebServer);
-    assert_eq!(tcp("dbx-tool"), ServiceType::Microservice, "tokens, not substrings");
+    assert_eq!(
+        tcp("dbx-tool"),
+        ServiceType::Microservice,
+        "tokens, not substrings"
+    );
 }
 
 #[test]
@@ -72,7 +88,11 @@ fn http_fan_out_to_two_http_services_is_a_gateway() {
     f.upstreams = 2;
     assert_eq!(classify(&f), ServiceType::ApiGateway);
     f.http_upstreams = 1;
-    assert_eq!(classify(&f), ServiceType::Microservice, "one upstream, one client");
+    assert_eq!(
+        classify(&f),
+        ServiceType::Microservice,
+        "one upstream, one client"
+    );
 }
 
 #[test]
@@ -86,9 +106,24 @@ fn http_proxy_with_one_upstream_and_many_clients_is_a_load_balancer() {
 
 #[test]
 fn public_addresses_and_outside_names_are_external() {
-    assert_eq!(classify(&facts("93.184.216.34:443", &[("93.184.216.34", 443, "https")])), ServiceType::ExternalApi);
-    assert_eq!(classify(&facts("api.stripe.com", &[("api.stripe.com", 443, "https")])), ServiceType::ExternalApi);
-    assert_eq!(classify(&facts("10.0.0.9:443", &[("10.0.0.9", 443, "https")])), ServiceType::WebServer);
+    assert_eq!(
+        classify(&facts(
+            "93.184.216.34:443",
+            &[("93.184.216.34", 443, "https")]
+        )),
+        ServiceType::ExternalApi
+    );
+    assert_eq!(
+        classify(&facts(
+            "api.stripe.com",
+            &[("api.stripe.com", 443, "https")]
+        )),
+        ServiceType::ExternalApi
+    );
+    assert_eq!(
+        classify(&facts("10.0.0.9:443", &[("10.0.0.9", 443, "https")])),
+        ServiceType::WebServer
+    );
     let mut registered = facts("api.stripe.com", &[("api.stripe.com", 443, "https")]);
     registered.registered = true;
     assert_ne!(classify(&registered), ServiceType::ExternalApi);
@@ -108,14 +143,20 @@ fn api_paths_and_onward_calls_make_a_microservice_else_web_server() {
     f.upstreams = 1;
     assert_eq!(classify(&f), ServiceType::Microservice);
     assert_eq!(
-        classify(&facts("auth-service.internal", &[("auth-service.internal", 8080, "http")])),
+        classify(&facts(
+            "auth-service.internal",
+            &[("auth-service.internal", 8080, "http")]
+        )),
         ServiceType::Microservice
     );
 }
 
 #[test]
 fn a_service_that_serves_nothing_is_a_client() {
-    assert_eq!(classify(&facts("client.external", &[])), ServiceType::Client);
+    assert_eq!(
+        classify(&facts("client.external", &[])),
+        ServiceType::Client
+    );
 }
 
 #[test]
@@ -139,10 +180,22 @@ type = "database"
     )
     .expect("valid rules");
     let c = ServiceClassifier::with_rules(rules);
-    assert_eq!(c.classify(&facts("PAY-api", &[("10.0.0.2", 80, "http")])), ServiceType::ExternalApi);
-    assert_eq!(c.classify(&facts("x", &[("10.0.0.2", 9000, "tcp")])), ServiceType::MessageQueue);
-    assert_eq!(c.classify(&facts("x", &[("10.0.0.2", 9001, "tcp")])), ServiceType::Microservice);
-    assert_eq!(c.classify(&facts("x", &[("10.0.0.2", 6379, "redis")])), ServiceType::Database);
+    assert_eq!(
+        c.classify(&facts("PAY-api", &[("10.0.0.2", 80, "http")])),
+        ServiceType::ExternalApi
+    );
+    assert_eq!(
+        c.classify(&facts("x", &[("10.0.0.2", 9000, "tcp")])),
+        ServiceType::MessageQueue
+    );
+    assert_eq!(
+        c.classify(&facts("x", &[("10.0.0.2", 9001, "tcp")])),
+        ServiceType::Microservice
+    );
+    assert_eq!(
+        c.classify(&facts("x", &[("10.0.0.2", 6379, "redis")])),
+        ServiceType::Database
+    );
 }
 
 #[test]
@@ -150,19 +203,27 @@ fn bad_rules_name_the_line_or_field() {
     let unknown_type = Rules::parse("[[rule]]\nmatch_port = 1\ntype = \"toaster\"\n", "r.toml")
         .unwrap_err()
         .to_string();
-    assert!(unknown_type.contains("r.toml") && unknown_type.contains("line 3"), "{unknown_type}");
+    assert!(
+        unknown_type.contains("r.toml") && unknown_type.contains("line 3"),
+        "{unknown_type}"
+    );
     let unknown_field = Rules::parse("[[rule]]\nmatch_nmae = \"x\"\ntype = \"cache\"\n", "r.toml")
         .unwrap_err()
         .to_string();
     assert!(unknown_field.contains("match_nmae"), "{unknown_field}");
-    let no_match = Rules::parse("[[rule]]\ntype = \"cache\"\n", "r.toml").unwrap_err().to_string();
+    let no_match = Rules::parse("[[rule]]\ntype = \"cache\"\n", "r.toml")
+        .unwrap_err()
+        .to_string();
     assert!(no_match.contains("rule 1"), "{no_match}");
     let bad_port = Rules::parse("[[rule]]\nmatch_port = 70000\ntype = \"cache\"\n", "r.toml")
         .unwrap_err()
         .to_string();
     assert!(bad_port.contains("line 2"), "{bad_port}");
-    let bad_protocol = Rules::parse("[[rule]]\nmatch_protocol = \"gopher\"\ntype = \"cache\"\n", "r.toml")
-        .unwrap_err()
-        .to_string();
+    let bad_protocol = Rules::parse(
+        "[[rule]]\nmatch_protocol = \"gopher\"\ntype = \"cache\"\n",
+        "r.toml",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(bad_protocol.contains("match_protocol"), "{bad_protocol}");
 }
