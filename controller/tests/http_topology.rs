@@ -310,3 +310,37 @@ async fn missing_graphviz_is_a_501_problem() {
     assert_eq!(error.status(), StatusCode::NOT_IMPLEMENTED);
     assert!(error.to_string().contains("weft-no-such-dot"), "{error}");
 }
+
+#[tokio::test]
+async fn topology_events_stream_as_server_sent_events() {
+    let state = seeded().await;
+    state.history.observe(&state.snapshot());
+    let extra = observation("web", "newcomer", 9000, "tcp", 1.0, None);
+    call(&state, Method::POST, "/observations", &extra.to_string()).await;
+    state.history.observe(&state.snapshot());
+    let request = Request::builder()
+        .uri("/events/topology")
+        .body(Body::empty())
+        .expect("request");
+    let response = app(state.clone()).oneshot(request).await.expect("router");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut body = response.into_body();
+    let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+        .await
+        .expect("an event in time")
+        .expect("a frame")
+        .expect("no error");
+    let text = String::from_utf8_lossy(frame.data_ref().expect("data")).into_owned();
+    assert!(
+        text.contains("event: weft.topology.dependency.appeared"),
+        "{text}"
+    );
+    assert!(text.contains("\"target\":\"newcomer\""), "{text}");
+}
