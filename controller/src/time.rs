@@ -170,7 +170,10 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 /// A point in time: RFC 3339, or a duration before `now_unix_ns` (`15m` = 15 minutes ago).
 pub fn parse_time(text: &str, now_unix_ns: u64) -> Result<u64, String> {
     let text = text.trim();
-    if text.contains('T') || text.contains('t') || text.contains('-') {
+    let looks_like_a_date = text.len() > 4
+        && text.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+        && text.as_bytes()[4] == b'-';
+    if looks_like_a_date {
         return parse_rfc3339(text);
     }
     let ago = parse_duration(text).map_err(|_| {
@@ -202,6 +205,16 @@ mod parse_tests {
         assert_eq!(parse_time("1d", now), Ok(0));
         let error = parse_time("15 fortnights", now).unwrap_err();
         assert!(error.contains("15 fortnights"), "{error}");
+        let error = parse_time("yesterday", now).unwrap_err();
+        assert!(
+            error.contains("neither an RFC 3339 time nor a relative one"),
+            "{error}"
+        );
+        assert!(
+            parse_time("2026-13-01T00:00:00Z", now)
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
         assert!(parse_duration("3w").unwrap_err().contains("unit"));
     }
 }
