@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing_subscriber::EnvFilter;
+use weft_controller::control::grpc::ControlApi;
 use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;
@@ -156,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .add_service(AgentApi::new(state.clone()).into_service())
             .add_service(TopologyApi::new(state.clone()).into_service())
+            .add_service(ControlApi::new(state.control.clone()).into_service())
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc_listener),
                 stopped(shutdown_rx.clone()),

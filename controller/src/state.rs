@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::control::ControlHub;
 use crate::history::{History, HistoryError};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub classifier: Arc<ServiceClassifier>,
     /// Snapshots over time, events and the allow-list, kept in the store.
     pub history: Arc<History>,
+    /// Desired addresses per host and what the agents report (the control path).
+    pub control: Arc<ControlHub>,
 }
 
 impl AppState {
@@ -38,6 +41,7 @@ impl AppState {
             controller_instance: format!("{:016x}", rand::random::<u64>()).into(),
             classifier: Arc::new(ServiceClassifier::default()),
             history: Arc::new(history),
+            control: Arc::new(ControlHub::default()),
         }
     }
 
