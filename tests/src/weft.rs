@@ -65,6 +65,9 @@ pub fn workloads_toml(workloads: &[&Workload]) -> String {
         s.push_str("[[workload]]\n");
         s.push_str(&format!("name = {}\n", toml_str(&w.name)));
         s.push_str(&format!("interface = {}\n", toml_str(&w.host_if)));
+        // Where the workload's own interface lives, so the agent can address it.
+        s.push_str(&format!("netns = {}\n", toml_str(w.netns.name())));
+        s.push_str("device = \"eth0\"\n");
         s.push_str(&format!(
             "addresses = [{}, {}]\n\n",
             toml_str(&w.ipv4),
