@@ -1,5 +1,5 @@
 //! The controller's key-value store: one [`Store`] trait (get, put, delete, prefix scan,
-//! compare-and-swap) so the embedded back end ([`redb_store::RedbStore`], one file) and a
+//! compare-and-swap, multi-key transaction) so the embedded back end ([`redb_store::RedbStore`], one file) and a
 //! later etcd one are interchangeable; [`MemoryStore`] for tests and `--data-dir ""`.
 //! Every acknowledged write is durable (the redb back end commits with fsync).
 
@@ -13,6 +13,12 @@ pub use redb_store::RedbStore;
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
 pub struct StoreError(pub String);
+
+/// One comparison of a transaction: the key's current value must equal the expected one
+/// (`None` = absent).
+pub type Compare<'a> = (&'a str, Option<&'a [u8]>);
+/// One write of a transaction: put the value, or delete the key for `None`.
+pub type Op<'a> = (&'a str, Option<&'a [u8]>);
 
 pub trait Store: Send + Sync + std::fmt::Debug {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -29,6 +35,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool, StoreError>;
+    /// Atomic multi-key transaction (etcd's `Txn` with only a success branch): when every
+    /// compare holds, every op is applied, atomically and durably; otherwise nothing is
+    /// written. Returns whether the ops were applied.
+    fn txn(&self, compares: &[Compare<'_>], ops: &[Op<'_>]) -> Result<bool, StoreError>;
+    /// Up to `limit` (key, value) pairs whose key starts with `prefix` and is `>= start`,
+    /// in key order.
+    fn scan_from(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 }
 
 /// An in-memory store: nothing survives the process.
@@ -82,6 +100,36 @@ impl Store for MemoryStore {
             None => map.remove(key),
         };
         Ok(true)
+    }
+
+    fn txn(&self, compares: &[Compare<'_>], ops: &[Op<'_>]) -> Result<bool, StoreError> {
+        let mut map = self.map();
+        if compares.iter().any(|(k, expected)| map.get(*k).map(Vec::as_slice) != *expected) {
+            return Ok(false);
+        }
+        for (k, v) in ops {
+            match v {
+                Some(value) => map.insert((*k).to_owned(), value.to_vec()),
+                None => map.remove(*k),
+            };
+        }
+        Ok(true)
+    }
+
+    fn scan_from(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let from = if start > prefix { start } else { prefix };
+        Ok(self
+            .map()
+            .range(from.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 

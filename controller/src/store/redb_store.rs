@@ -5,7 +5,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::{Store, StoreError};
+use super::{Compare, Op, Store, StoreError};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("weft");
 
@@ -99,5 +99,55 @@ impl Store for RedbStore {
             }
             Ok(true)
         })
+    }
+
+    fn txn(&self, compares: &[Compare<'_>], ops: &[Op<'_>]) -> Result<bool, StoreError> {
+        // One write transaction: compares and ops see the same snapshot, and nothing is
+        // committed (the transaction is dropped, i.e. aborted) when a compare fails.
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(TABLE).map_err(err)?;
+            for (key, expected) in compares {
+                let current = table.get(*key).map_err(err)?;
+                if current.as_ref().map(|v| v.value()) != *expected {
+                    return Ok(false);
+                }
+            }
+            for (key, value) in ops {
+                match value {
+                    Some(value) => {
+                        table.insert(*key, *value).map_err(err)?;
+                    }
+                    None => {
+                        table.remove(*key).map_err(err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(true)
+    }
+
+    fn scan_from(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let from = if start > prefix { start } else { prefix };
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(TABLE).map_err(err)?;
+        let mut out = Vec::new();
+        for entry in table.range(from..).map_err(err)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry.map_err(err)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 }
