@@ -64,7 +64,11 @@ pub struct ImportArgs {
 
 /// One line of summary for stderr.
 fn summary(args: &ImportArgs, report: &ImportReport) -> String {
-    let unit = if args.kind == Kind::Pcap { "packets" } else { "lines" };
+    let unit = if args.kind == Kind::Pcap {
+        "packets"
+    } else {
+        "lines"
+    };
     let mut text = format!(
         "{}: {} observations from {} {unit}, {} malformed",
         args.file.display(),
@@ -106,7 +110,10 @@ fn offline(observations: &[TrafficObservation], format: OfflineFormat) -> anyhow
         eprintln!("weft: observation {}: refused: {error}", index + 1);
     }
     if outcome.accepted == 0 {
-        bail!("none of the {} observations was accepted", observations.len());
+        bail!(
+            "none of the {} observations was accepted",
+            observations.len()
+        );
     }
     let map = mapper.generate_topology_map();
     Ok(match format {
@@ -150,13 +157,19 @@ fn post(controller: &str, observations: &[TrafficObservation]) -> anyhow::Result
         if let Some(errors) = answer.get("errors").and_then(|v| v.as_array()) {
             refused += errors.len();
             for e in errors.iter().take(ERRORS_SHOWN) {
-                let message = e.get("message").and_then(|m| m.as_str()).unwrap_or("refused");
+                let message = e
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("refused");
                 eprintln!("weft: the controller refused an observation: {message}");
             }
         }
     }
     if accepted == 0 {
-        bail!("the controller accepted none of the {} observations", observations.len());
+        bail!(
+            "the controller accepted none of the {} observations",
+            observations.len()
+        );
     }
     Ok(format!(
         "posted {} observations to {controller}: {accepted} accepted, {refused} refused\n",
@@ -215,8 +228,11 @@ mod tests {
             "good.jsonl",
             "{\"source_host\":\"web\",\"source_port\":1,\"dest_host\":\"db.internal\",\"dest_port\":5432,\"protocol\":\"postgres\",\"latency_ms\":4}\nnot json\n",
         );
-        let text = run("http://unused", &args(Kind::Jsonl, file.clone(), OfflineFormat::Json))
-            .expect("one good line is enough");
+        let text = run(
+            "http://unused",
+            &args(Kind::Jsonl, file.clone(), OfflineFormat::Json),
+        )
+        .expect("one good line is enough");
         let _ = std::fs::remove_file(&file);
         let json: serde_json::Value = serde_json::from_str(&text).expect("JSON topology");
         assert!(text.contains("db.internal"), "{json}");
@@ -225,13 +241,23 @@ mod tests {
     #[test]
     fn nothing_importable_is_an_error() {
         let file = jsonl_file("bad.jsonl", "not json\n{}\n");
-        let error = run("http://unused", &args(Kind::Jsonl, file.clone(), OfflineFormat::Ascii))
-            .expect_err("nothing imported");
+        let error = run(
+            "http://unused",
+            &args(Kind::Jsonl, file.clone(), OfflineFormat::Ascii),
+        )
+        .expect_err("nothing imported");
         let _ = std::fs::remove_file(&file);
-        assert!(error.to_string().contains("nothing could be imported"), "{error}");
+        assert!(
+            error.to_string().contains("nothing could be imported"),
+            "{error}"
+        );
         let missing = run(
             "http://unused",
-            &args(Kind::Pcap, PathBuf::from("/nonexistent/x.pcap"), OfflineFormat::Ascii),
+            &args(
+                Kind::Pcap,
+                PathBuf::from("/nonexistent/x.pcap"),
+                OfflineFormat::Ascii,
+            ),
         )
         .expect_err("missing file");
         assert!(format!("{missing:#}").contains("/nonexistent/x.pcap"));

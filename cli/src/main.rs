@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use clap::{Parser, Subcommand};
 
+mod import;
 mod topology;
 
 use topology::TopologyCommand;
@@ -33,6 +34,9 @@ enum Command {
         #[command(subcommand)]
         command: TopologyCommand,
     },
+    /// Import traffic weft did not capture: a pcap, JSON lines of observations, or an
+    /// Envoy access log; posted to the controller, or printed as a topology (--offline).
+    Import(import::ImportArgs),
 }
 
 /// `base` joined with an absolute `path`, without doubling the slash.
@@ -82,6 +86,7 @@ fn fetch(base: &str, path: &str) -> anyhow::Result<String> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let text = match cli.command {
         Command::Topology { command } => topology::run(&cli.controller, &command)?,
+        Command::Import(args) => import::run(&cli.controller, &args)?,
     };
     std::io::stdout()
         .lock()
@@ -140,6 +145,7 @@ mod tests {
             .command
         {
             Command::Topology { command } => topology::request_path(&command),
+            Command::Import(_) => unreachable!("a topology command line"),
         }
     }
 
@@ -197,6 +203,7 @@ mod tests {
             full.extend_from_slice(args);
             match Cli::try_parse_from(full).expect("valid").command {
                 Command::Topology { command } => command,
+                Command::Import(_) => unreachable!("a topology command line"),
             }
         };
         let patterns = serde_json::json!({

@@ -82,6 +82,7 @@ fn fmt_int(value: f64) -> String {
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut figures: BTreeMap<String, Figure> = BTreeMap::new();
 
     sh::step("controller benches (release): ingest, gRPC, memory, GET /topology");
@@ -132,8 +133,23 @@ pub fn run() -> Result<()> {
     let nproc = first_line(&mut Command::new("nproc"));
     let kernel = first_line(Command::new("uname").args(["-r"]));
     let rustc = first_line(Command::new("rustc").arg("--version"));
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = format!(
+        "{} before, {} after (1/5/15 min; other work on the machine shows here)",
+        load_before
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        load_after
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let md = render(
         &figures,
+        &load,
         &date,
         &nproc,
         &cpu_model(),
@@ -156,6 +172,7 @@ pub fn run() -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn render(
     f: &BTreeMap<String, Figure>,
+    load: &str,
     date: &str,
     nproc: &str,
     model: &str,
@@ -178,6 +195,7 @@ fn render(
     );
     let _ = writeln!(md, "- **Date**: {date}");
     let _ = writeln!(md, "- **Machine**: {nproc} CPUs, {model}, Linux {kernel}");
+    let _ = writeln!(md, "- **Load average**: {load}");
     let _ = writeln!(md, "- **Toolchain**: {rustc}, release profile");
     let _ = writeln!(
         md,
@@ -204,7 +222,7 @@ fn render(
     if let Some(rate) = get("ingest_records_per_s") {
         row(
             &mut md,
-            "library ingestion rate",
+            "ingestion of agent flow records (library)",
             "ingest_records_per_s",
             format!("{} records/s ({:.0} ns each)", fmt_int(rate), 1e9 / rate),
         );
@@ -261,7 +279,7 @@ fn render(
         if let Some(fresh) = get("ingest_new_dependency_per_s") {
             let _ = writeln!(
                 md,
-                "A record that creates a dependency costs far more ({} records/s): the dependency's statistics (latency histograms) are allocated then.",
+                "A record that creates a dependency costs far more ({} records/s): its state (statistics, histograms, time buckets) is allocated then.",
                 fmt_int(fresh)
             );
         }
