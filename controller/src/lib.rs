@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod observation;
 pub mod registry;
+pub mod shards;
 pub mod render;
 pub mod state;
 pub mod store;

@@ -18,6 +18,8 @@ use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
 use weft_controller::history::AllowList;
 use weft_controller::metrics::Metrics;
+use weft_controller::shards::ShardManager;
+use weft_controller::shards::flags::ShardArgs;
 use weft_controller::store::{MemoryStore, RedbStore, Store};
 use weft_controller::time::{now_unix_ns, parse_duration};
 use weft_controller::topology::{BucketConfig, Rules, ServiceClassifier};
@@ -60,6 +62,8 @@ struct Args {
     /// TOML or JSON file of allowed dependencies (`source -> target [protocol]`, globs).
     #[arg(long)]
     allowed_deps: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    shards: ShardArgs,
 }
 
 /// How often new dependencies and allow-list violations are looked for.
@@ -85,7 +89,10 @@ fn build_state(args: &Args) -> anyhow::Result<AppState> {
         width: args.bucket_width,
         retention: args.retention,
     };
-    let state = AppState::with_parts(Arc::new(Metrics::default()), classifier, store, buckets)?;
+    let shard_config = args.shards.config().map_err(|e| anyhow::anyhow!(e))?;
+    let state = AppState::with_parts(Arc::new(Metrics::default()), classifier, store.clone(), buckets)?;
+    let shards = ShardManager::open(store, shard_config, state.control.clone())?;
+    let state = state.with_shards(shards);
     if let Some(path) = &args.allowed_deps {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading --allowed-deps {}", path.display()))?;

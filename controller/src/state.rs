@@ -7,6 +7,7 @@ use crate::control::ControlHub;
 use crate::history::{History, HistoryError};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::shards::{ShardConfig, ShardManager};
 use crate::store::{MemoryStore, Store};
 use crate::time::now_unix_ns;
 use crate::topology::{BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window};
@@ -27,6 +28,8 @@ pub struct AppState {
     pub history: Arc<History>,
     /// Desired addresses per host and what the agents report (the control path).
     pub control: Arc<ControlHub>,
+    /// IP shards, address allocation and migrations; feeds `control`.
+    pub shards: ShardManager,
 }
 
 impl AppState {
@@ -34,6 +37,7 @@ impl AppState {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         let history = History::new(Arc::new(MemoryStore::default()))
             .expect("an empty memory store holds nothing unreadable");
+        let control = Arc::new(ControlHub::default());
         Self {
             registry: Arc::new(Registry::new()),
             topology: Arc::new(Topology::new()),
@@ -41,7 +45,9 @@ impl AppState {
             controller_instance: format!("{:016x}", rand::random::<u64>()).into(),
             classifier: Arc::new(ServiceClassifier::default()),
             history: Arc::new(history),
-            control: Arc::new(ControlHub::default()),
+            control: control.clone(),
+            shards: ShardManager::open(Arc::new(MemoryStore::default()), ShardConfig::default(), control)
+                .expect("an empty memory store holds nothing unreadable"),
         }
     }
 
@@ -81,6 +87,13 @@ impl AppState {
             now_unix_ns(),
             self.agents_connected(),
         )
+    }
+}
+
+impl AppState {
+    /// The same state with `shards` as its shard manager (and its control hub).
+    pub fn with_shards(self, shards: ShardManager) -> Self {
+        Self { control: shards.hub().clone(), shards, ..self }
     }
 }
 

@@ -18,6 +18,14 @@ pub enum ApiError {
     BadParameter { parameter: String, message: String },
     #[error("request body: {0}")]
     BadBody(String),
+    /// A field of a JSON body (or a path segment) is wrong.
+    #[error("field `{field}`: {message}")]
+    BadField { field: String, message: String },
+    /// Unknown resource, with a message that says what to do.
+    #[error("{0}")]
+    Missing(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     NotImplemented(String),
     #[error("internal error: {0}")]
@@ -38,7 +46,9 @@ impl ApiError {
         match self {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BadParameter { .. } | Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::BadParameter { .. } | Self::BadBody(_) | Self::BadField { .. } => StatusCode::BAD_REQUEST,
+            Self::Missing(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +81,7 @@ impl IntoResponse for ApiError {
             detail: self.to_string(),
             parameter: match &self {
                 Self::BadParameter { parameter, .. } => Some(parameter.clone()),
+                Self::BadField { field, .. } => Some(field.clone()),
                 _ => None,
             },
         };

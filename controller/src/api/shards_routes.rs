@@ -1,0 +1,406 @@
+//! REST for the shard manager, as the spec names it: `POST /shards`, `GET /shards/{id}`,
+//! `DELETE /shards/{id}`, `POST|DELETE /networks/{network_id}/shards/{shard_id}`; plus
+//! listing, migrations, address allocation and release, and `GET /events` (server-sent
+//! CloudEvents; `id:` is the sequence, so `Last-Event-ID` resumes).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use crate::shards::{
+    Allocation, CreateShard, Deallocation, Family, Migration, Shard, ShardError, ShardStatus, default_prefix,
+    prefix_bounds,
+};
+use crate::state::AppState;
+use crate::time::rfc3339;
+
+/// The shard routes, merged into [`super::http::app`].
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/shards", post(create_shard).get(list_shards))
+        .route("/shards/{shard_id}", get(get_shard).delete(delete_shard))
+        .route("/networks/{network_id}/shards/{shard_id}", post(assign_shard).delete(deallocate_shard))
+        .route("/networks/{network_id}/addresses", post(allocate_address))
+        .route("/networks/{network_id}/addresses/{address}", delete(release_address))
+        .route(
+            "/networks/{network_id}/workloads/{workload}/addresses",
+            get(workload_addresses).delete(release_workload),
+        )
+        .route("/migrations", get(list_migrations))
+        .route("/migrations/{migration_id}", get(get_migration))
+        .route("/events", get(events))
+}
+
+impl From<ShardError> for ApiError {
+    fn from(e: ShardError) -> Self {
+        match e {
+            ShardError::Invalid { field, message } => Self::BadField { field, message },
+            ShardError::NotFound(m) => Self::Missing(m),
+            ShardError::Conflict(m) => Self::Conflict(m),
+            ShardError::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+pub fn shard_json(s: &Shard) -> Value {
+    json!({
+        "id": s.id,
+        "cidr": s.cidr.to_string(),
+        "family": s.family.as_str(),
+        "prefix_len": s.cidr.prefix_len,
+        "size": u64::try_from(s.cidr.size()).unwrap_or(u64::MAX),
+        "gateway": s.gateway.to_string(),
+        "network_id": s.network_id,
+        "status": s.status.as_str(),
+        "resource_count": s.resource_count,
+        "last_accessed": rfc3339(s.last_accessed_ns),
+        "created": rfc3339(s.created_ns),
+    })
+}
+
+pub fn allocation_json(a: &Allocation, prefix_len: Option<u8>) -> Value {
+    json!({
+        "address": a.address.to_string(),
+        "cidr": prefix_len.map(|l| format!("{}/{l}", a.address)),
+        "seq": a.seq,
+        "shard_id": a.shard_id,
+        "network_id": a.network_id,
+        "workload": a.workload,
+        "host_id": a.host_id,
+        "allocated": rfc3339(a.allocated_ns),
+        "retiring": a.retiring,
+    })
+}
+
+pub fn migration_json(m: &Migration) -> Value {
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("created".into(), json!(rfc3339(m.created_ns)));
+        o.insert("updated".into(), json!(rfc3339(m.updated_ns)));
+        let done = m.moves.iter().filter(|mv| !matches!(mv.state, crate::shards::MoveState::Pending | crate::shards::MoveState::Moving)).count();
+        o.insert("moved".into(), json!(done));
+        o.insert("total".into(), json!(m.moves.len()));
+    }
+    v
+}
+
+/// A JSON object body whose fields are all in `allowed`.
+fn body_object(body: &Bytes, allowed: &[&str]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if body.is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadBody(format!("not valid JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::BadBody(format!("expected a JSON object with fields {}", allowed.join(", "))));
+    };
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::BadField {
+            field: unknown.clone(),
+            message: format!("unknown field (this endpoint takes: {})", allowed.join(", ")),
+        });
+    }
+    Ok(map)
+}
+
+fn bad(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::BadField { field: field.to_owned(), message: message.into() }
+}
+
+fn opt_str<'a>(map: &'a serde_json::Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(other) => Err(bad(field, format!("expected a string, got {other}"))),
+    }
+}
+
+fn opt_u64(map: &serde_json::Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| bad(field, format!("expected a non-negative integer, got {v}"))),
+    }
+}
+
+fn family_field(map: &serde_json::Map<String, Value>) -> Result<Family, ApiError> {
+    opt_str(map, "family")?.map_or(Ok(Family::Ipv4), |f| f.parse().map_err(|e: String| bad("family", e)))
+}
+
+/// Parses `POST /shards`: `size` (addresses, a power of two) or `prefix_len`, `family`
+/// (default ipv4), `network_id`, `reserved`.
+pub fn parse_create(map: &serde_json::Map<String, Value>) -> Result<CreateShard, ApiError> {
+    let family = family_field(map)?;
+    let (min, max) = prefix_bounds(family);
+    let bits = u32::from(match family {
+        Family::Ipv4 => 32u8,
+        Family::Ipv6 => 128,
+    });
+    let from_size = match opt_u64(map, "size")? {
+        None => None,
+        Some(size) => {
+            let (lo, hi) = (1u64 << (bits - u32::from(max)), 1u64 << (bits - u32::from(min)));
+            if !size.is_power_of_two() || !(lo..=hi).contains(&size) {
+                return Err(bad(
+                    "size",
+                    format!("{size} is not a shard size: use a power of two from {lo} to {hi} addresses (default 1024)"),
+                ));
+            }
+            Some(u8::try_from(bits - size.trailing_zeros()).unwrap_or(0))
+        }
+    };
+    let from_len = match opt_u64(map, "prefix_len")? {
+        None => None,
+        Some(len) => {
+            let len = u8::try_from(len).ok().filter(|l| (min..=max).contains(l)).ok_or_else(|| {
+                bad("prefix_len", format!("/{len} is outside the {} shard prefixes /{min} to /{max}", family.as_str()))
+            })?;
+            Some(len)
+        }
+    };
+    let prefix_len = match (from_size, from_len) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(bad("size", format!("size means /{a} but prefix_len says /{b}; give one of them")));
+        }
+        (a, b) => a.or(b).unwrap_or_else(|| default_prefix(family)),
+    };
+    let reserved = match map.get("reserved") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(bad("reserved", format!("expected true or false, got {other}"))),
+    };
+    Ok(CreateShard { family, prefix_len, network_id: opt_str(map, "network_id")?.map(str::to_owned), reserved })
+}
+
+async fn create_shard(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let map = body_object(&body, &["size", "prefix_len", "family", "network_id", "reserved"])?;
+    let req = parse_create(&map)?;
+    let shard = state.shards.create_shard(req).await?;
+    let location = format!("/shards/{}", shard.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(shard_json(&shard))).into_response())
+}
+
+async fn get_shard(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let shard = state.shards.shard(&id).ok_or_else(|| {
+        ApiError::Missing(format!("shard {id} does not exist; list the shards with GET /shards"))
+    })?;
+    Ok(Json(shard_json(&shard)))
+}
+
+async fn delete_shard(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let shard = state.shards.delete_shard(&id).await?;
+    Ok(Json(shard_json(&shard)))
+}
+
+/// Listing filter and page.
+pub struct ListQuery {
+    pub network_id: Option<String>,
+    pub status: Option<ShardStatus>,
+    pub family: Option<Family>,
+    pub limit: usize,
+    pub page_token: Option<String>,
+}
+
+pub fn parse_list(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
+    const ALLOWED: &[&str] = &["network_id", "status", "family", "limit", "page_token"];
+    if let Some(k) = params.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+        return Err(ApiError::parameter(k, format!("unknown parameter (this endpoint takes: {})", ALLOWED.join(", "))));
+    }
+    let status = params
+        .get("status")
+        .map(|s| {
+            ShardStatus::parse(s).ok_or_else(|| {
+                ApiError::parameter("status", format!("`{s}` is not a status; use Available, In-Use, Migrating or Reserved"))
+            })
+        })
+        .transpose()?;
+    let family = params
+        .get("family")
+        .map(|f| f.parse::<Family>().map_err(|e| ApiError::parameter("family", e)))
+        .transpose()?;
+    let limit = params
+        .get("limit")
+        .map(|l| {
+            l.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| ApiError::parameter("limit", format!("`{l}` is not a page size from 1 to 1000")))
+        })
+        .transpose()?
+        .unwrap_or(100);
+    Ok(ListQuery {
+        network_id: params.get("network_id").cloned(),
+        status,
+        family,
+        limit,
+        page_token: params.get("page_token").cloned().filter(|t| !t.is_empty()),
+    })
+}
+
+/// One page of shards (ordered by id); the next page token is the last id.
+pub fn list_page(state: &AppState, q: &ListQuery) -> (Vec<Shard>, Option<String>) {
+    let index = state.shards.read();
+    let mut page: Vec<Shard> = index
+        .shards()
+        .filter(|s| q.page_token.as_ref().is_none_or(|t| s.id.as_str() > t.as_str()))
+        .filter(|s| q.network_id.as_ref().is_none_or(|n| s.network_id.as_ref() == Some(n)))
+        .filter(|s| q.status.is_none_or(|st| s.status == st))
+        .filter(|s| q.family.is_none_or(|f| s.family == f))
+        .take(q.limit + 1)
+        .cloned()
+        .collect();
+    let next = (page.len() > q.limit).then(|| {
+        page.truncate(q.limit);
+        page.last().map(|s| s.id.clone()).unwrap_or_default()
+    });
+    (page, next)
+}
+
+async fn list_shards(State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    let q = parse_list(&params)?;
+    let (page, next) = list_page(&state, &q);
+    Ok(Json(json!({
+        "shards": page.iter().map(shard_json).collect::<Vec<_>>(),
+        "next_page_token": next,
+    })))
+}
+
+async fn assign_shard(
+    State(state): State<AppState>,
+    Path((network, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let shard = state.shards.assign_shard(&network, &id).await?;
+    Ok(Json(shard_json(&shard)))
+}
+
+async fn deallocate_shard(
+    State(state): State<AppState>,
+    Path((network, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(match state.shards.deallocate_shard(&network, &id).await? {
+        Deallocation::Released(shard) => Json(shard_json(&shard)).into_response(),
+        Deallocation::Migrating(m) => {
+            let location = format!("/migrations/{}", m.id);
+            (
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location.clone())],
+                Json(json!({
+                    "migration_id": m.id,
+                    "status_url": location,
+                    "shard_id": m.shard_id,
+                    "network_id": m.network_id,
+                    "workloads": m.moves.len(),
+                })),
+            )
+                .into_response()
+        }
+    })
+}
+
+async fn allocate_address(
+    State(state): State<AppState>,
+    Path(network): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let map = body_object(&body, &["workload", "host_id", "family"])?;
+    let workload = opt_str(&map, "workload")?.ok_or_else(|| bad("workload", "required: the workload the address is for"))?;
+    let host = opt_str(&map, "host_id")?.ok_or_else(|| bad("host_id", "required: the host the workload runs on"))?;
+    let family = family_field(&map)?;
+    let a = state.shards.allocate_address(&network, workload, host, family).await?;
+    let prefix = state.shards.shard(&a.shard_id).map(|s| s.cidr.prefix_len);
+    let location = format!("/networks/{network}/addresses/{}", a.address);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(allocation_json(&a, prefix))).into_response())
+}
+
+async fn release_address(
+    State(state): State<AppState>,
+    Path((network, address)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(k) = params.keys().find(|k| k.as_str() != "seq") {
+        return Err(ApiError::parameter(k, "unknown parameter (this endpoint takes: seq)"));
+    }
+    let address: IpAddr = address
+        .parse()
+        .map_err(|_| bad("address", format!("`{address}` is not an IPv4 or IPv6 address")))?;
+    let seq = params
+        .get("seq")
+        .ok_or_else(|| ApiError::parameter("seq", "required: the allocation seq returned when the address was allocated"))?;
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| ApiError::parameter("seq", format!("`{seq}` is not an allocation sequence (a non-negative integer)")))?;
+    let a = state.shards.release_address(&network, address, seq).await?;
+    Ok(Json(allocation_json(&a, None)))
+}
+
+async fn workload_addresses(
+    State(state): State<AppState>,
+    Path((network, workload)): Path<(String, String)>,
+) -> Json<Value> {
+    let index = state.shards.read();
+    let list: Vec<Value> = index
+        .workload_addresses(&network, &workload)
+        .iter()
+        .map(|a| allocation_json(a, index.shard(&a.shard_id).map(|s| s.cidr.prefix_len)))
+        .collect();
+    Json(json!({ "addresses": list }))
+}
+
+async fn release_workload(
+    State(state): State<AppState>,
+    Path((network, workload)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let released = state.shards.release_workload(&network, &workload).await?;
+    Ok(Json(json!({ "released": released.iter().map(|a| allocation_json(a, None)).collect::<Vec<_>>() })))
+}
+
+async fn list_migrations(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "migrations": state.shards.migrations().iter().map(migration_json).collect::<Vec<_>>() }))
+}
+
+async fn get_migration(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let m = state
+        .shards
+        .migration(&id)
+        .ok_or_else(|| ApiError::Missing(format!("migration {id} does not exist; list them with GET /migrations")))?;
+    Ok(Json(migration_json(&m)))
+}
+
+/// `GET /events?from=N`: stored events from sequence N, then live ones. Without `from`,
+/// `Last-Event-ID: N` resumes after N; without either, only new events.
+async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(k) = params.keys().find(|k| k.as_str() != "from") {
+        return Err(ApiError::parameter(k, "unknown parameter (this endpoint takes: from)"));
+    }
+    let from = match (params.get("from"), headers.get("last-event-id")) {
+        (Some(f), _) => f
+            .parse::<u64>()
+            .map_err(|_| ApiError::parameter("from", format!("`{f}` is not an event sequence (a non-negative integer)")))?,
+        (None, Some(id)) => {
+            let id = id.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
+                ApiError::BadBody("header Last-Event-ID: not an event sequence (a non-negative integer)".into())
+            })?;
+            id + 1
+        }
+        (None, None) => state.shards.next_event(),
+    };
+    let stream = crate::shards::events::stream_from(state.shards.clone(), from).map(|e| {
+        let data = serde_json::to_string(e.as_ref()).unwrap_or_default();
+        Ok::<_, Infallible>(Event::default().id(e.id.clone()).event(e.event_type.clone()).data(data))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

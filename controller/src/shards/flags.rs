@@ -1,0 +1,65 @@
+//! The shard manager's flags of `weft-controller` (flattened into its arguments).
+
+use std::time::Duration;
+
+use super::cidr::Cidr;
+use super::model::ShardConfig;
+use crate::time::parse_duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShardArgs {
+    /// Prefix shards are carved from (repeat for several; IPv4 and IPv6). Shards are
+    /// IPv4 /20../28 or IPv6 /116../124 (the same address counts), default /22 and /118.
+    #[arg(long = "shard-pool", value_name = "CIDR", default_values_t = ["198.18.128.0/17".to_owned(), "fd00:80::/56".to_owned()])]
+    pub pools: Vec<String>,
+    /// Range no shard may overlap (repeat for several).
+    #[arg(long = "shard-reserved", value_name = "CIDR")]
+    pub reserved: Vec<String>,
+    /// Most shards one network may hold.
+    #[arg(long, default_value_t = 16)]
+    pub max_shards_per_network: usize,
+    /// How long a migration waits for an agent to report a re-addressed workload before
+    /// it pauses (and retries).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub migration_timeout: Duration,
+    /// Workloads of one migration re-addressed at once.
+    #[arg(long, default_value_t = 64)]
+    pub migration_concurrency: usize,
+    /// Shard events kept in the store for consumers that resume.
+    #[arg(long, default_value_t = 100_000)]
+    pub event_retention: u64,
+}
+
+impl ShardArgs {
+    pub fn config(&self) -> Result<ShardConfig, String> {
+        let parse = |flag: &str, values: &[String]| {
+            values
+                .iter()
+                .map(|v| v.parse::<Cidr>().map_err(|e| format!("--{flag}: {e}")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let pools = parse("shard-pool", &self.pools)?;
+        for (i, a) in pools.iter().enumerate() {
+            if let Some(b) = pools[i + 1..].iter().find(|b| b.overlaps(a)) {
+                return Err(format!("--shard-pool: {a} overlaps {b}; give each address range once"));
+            }
+        }
+        if self.max_shards_per_network == 0 {
+            return Err("--max-shards-per-network must be at least 1".into());
+        }
+        if self.migration_concurrency == 0 {
+            return Err("--migration-concurrency must be at least 1".into());
+        }
+        if self.migration_timeout.is_zero() {
+            return Err("--migration-timeout must be more than 0".into());
+        }
+        Ok(ShardConfig {
+            pools,
+            reserved: parse("shard-reserved", &self.reserved)?,
+            max_shards_per_network: self.max_shards_per_network,
+            migration_timeout: self.migration_timeout,
+            migration_concurrency: self.migration_concurrency,
+            event_retention: self.event_retention.max(1),
+        })
+    }
+}

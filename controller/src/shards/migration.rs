@@ -1,0 +1,102 @@
+//! Running a migration: for every workload address in the shard, a new address from
+//! another shard of the network becomes the workload's desired address (its agent takes
+//! the interface down, swaps the addresses, brings it up and reports), then the old one
+//! is released. Moves run concurrently (bounded). A move that fails (agent offline, or
+//! reporting an error) pauses the migration with the error visible, and the runner
+//! retries with backoff until the agent answers; every step is persisted, so a restarted
+//! controller resumes where it stopped.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+
+use super::model::{MigrationState, MoveState};
+use super::{Op, Reply, ShardError, ShardManager, unexpected};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+pub(super) async fn run(manager: &ShardManager, id: &str) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let Some(m) = manager.migration(id) else { return };
+        if !m.is_active() {
+            return;
+        }
+        let open: Vec<usize> = m
+            .moves
+            .iter()
+            .enumerate()
+            .filter(|(_, mv)| matches!(mv.state, MoveState::Pending | MoveState::Moving))
+            .map(|(i, _)| i)
+            .collect();
+        let concurrency = manager.config().migration_concurrency.max(1);
+        let failures: Vec<String> = futures::stream::iter(open)
+            .map(|idx| async move { move_one(manager, id, idx).await.err() })
+            .buffer_unordered(concurrency)
+            .filter_map(|e| async move { e })
+            .collect()
+            .await;
+        if failures.is_empty() {
+            if m.state == MigrationState::Paused {
+                if let Err(error) = manager.call(Op::Resume { migration: id.to_owned() }).await {
+                    tracing::warn!(migration = %id, %error, "resuming failed");
+                }
+            }
+            match manager.call(Op::Finish { migration: id.to_owned() }).await {
+                Ok(_) => {
+                    tracing::info!(migration = %id, "migration completed");
+                    return;
+                }
+                Err(error) => {
+                    // E.g. an address allocated meanwhile; look again after a pause.
+                    tracing::warn!(migration = %id, %error, "migration not finished yet");
+                }
+            }
+        } else {
+            let error = format!("{} of the workloads have not moved; first: {}", failures.len(), failures[0]);
+            tracing::warn!(migration = %id, %error, "migration paused");
+            if let Err(e) = manager.call(Op::Pause { migration: id.to_owned(), error }).await {
+                tracing::warn!(migration = %id, error = %e, "pausing failed");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if failures.is_empty() {
+            backoff = BACKOFF_MIN;
+        }
+    }
+}
+
+/// One workload: new address desired, agent applied it, old address released.
+async fn move_one(manager: &ShardManager, id: &str, idx: usize) -> Result<(), String> {
+    let result = async {
+        let step = match manager.call(Op::PrepareMove { migration: id.to_owned(), idx }).await? {
+            Reply::Step(step) => step,
+            other => return Err(unexpected(other)),
+        };
+        if matches!(step.state, MoveState::Done | MoveState::Skipped) {
+            return Ok(());
+        }
+        let timeout = manager.config().migration_timeout;
+        let observed = manager
+            .hub()
+            .wait_applied(&step.host_id, step.generation, &step.workload, timeout)
+            .await
+            .map_err(|e| ShardError::Conflict(e.to_string()))?;
+        manager
+            .call(Op::CompleteMove { migration: id.to_owned(), idx, down_us: observed.readdress_down_us })
+            .await?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let error = error.to_string();
+            // Visible per workload in GET /migrations/{id}.
+            let _ = manager.call(Op::MoveFailed { migration: id.to_owned(), idx, error: error.clone() }).await;
+            Err(error)
+        }
+    }
+}
