@@ -256,7 +256,7 @@ fn ingest() {
 /// Flow records per second from a tonic client through gRPC into the topology over
 /// loopback, batches of 2,000 records (the agent's default), one batch in flight like the
 /// agent's acked exporter.
-fn grpc() {
+fn grpc(nodelay: bool) {
     const BATCH: u32 = 2_000;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -276,7 +276,7 @@ fn grpc() {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(AgentApi::new(state.clone()).into_service())
-                .serve_with_incoming(TcpIncoming::from(listener)),
+                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(nodelay))),
         );
         let mut client = match AgentServiceClient::connect(format!("http://{addr}")).await {
             Ok(c) => c,
@@ -332,7 +332,20 @@ fn grpc() {
             }
         }
         let secs = start.elapsed().as_secs_f64();
-        result("grpc_records_per_s", records as f64 / secs, "records/s", "tonic client -> PushFlows -> topology over loopback, 2,000-record batches, one in flight (the clone of each batch is inside the timing)");
+        let (key, socket) = if nodelay {
+            ("grpc_nodelay_records_per_s", "server socket with TCP_NODELAY")
+        } else {
+            (
+                "grpc_records_per_s",
+                "server socket as controller/src/main.rs makes it (TcpIncoming::from, Nagle on)",
+            )
+        };
+        result(
+            key,
+            records as f64 / secs,
+            "records/s",
+            &format!("tonic client -> PushFlows -> topology over loopback, 2,000-record batches, one in flight, {socket}"),
+        );
         server.abort();
     });
 }
@@ -443,7 +456,8 @@ fn main() {
         ingest();
     }
     if wanted("grpc") {
-        grpc();
+        grpc(false);
+        grpc(true);
     }
     if wanted("topology") {
         topology_get();

@@ -683,3 +683,29 @@ fn envoy_default_text_format_and_json_lines() {
             .all(|o| o.source.host == "frontend")
     );
 }
+
+#[test]
+fn pcap_with_random_corruption_never_panics() {
+    let (capture, _) = lab_capture();
+    // xorshift: deterministic, no dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..2_000 {
+        let mut bytes = capture.bytes.clone();
+        for _ in 0..(next() % 8 + 1) {
+            let at = (next() % bytes.len() as u64) as usize;
+            bytes[at] = next() as u8;
+        }
+        let report = pcap::import(&bytes);
+        // Every record takes at least its 16-byte header.
+        assert!(report.units_read as usize <= bytes.len() / 16 + 1);
+        for o in &report.observations {
+            assert!(o.latency_ms >= 0.0 && o.latency_ms.is_finite());
+        }
+    }
+}

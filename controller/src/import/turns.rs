@@ -279,7 +279,11 @@ impl Tracker {
         for (i, turn) in complete.into_iter().enumerate() {
             let request = weft_l7::parse_request(protocol, &turn.request_head);
             let response = weft_l7::parse_response(protocol, &turn.response_head);
-            let latency_ns = turn.response_ns.unwrap_or(turn.start_ns) - turn.start_ns;
+            // Captures merged from several interfaces can step back in time: never negative.
+            let latency_ns = turn
+                .response_ns
+                .unwrap_or(turn.start_ns)
+                .saturating_sub(turn.start_ns);
             out.push((
                 TrafficObservation {
                     timestamp_unix_ns: turn.start_ns,
