@@ -114,9 +114,23 @@ impl Controller {
 
     /// Starts `weft-controller` on the given addresses (used to restart on the same ports).
     pub fn start_on(lab: &Lab, grpc_addr: &str, http_addr: &str) -> Result<Controller> {
+        Self::start_with(lab, grpc_addr, http_addr, &[])
+    }
+
+    /// As [`Controller::start_on`], with extra flags. The controller keeps its store in
+    /// the lab's directory, so a restart within the lab finds it and nothing outlives it.
+    pub fn start_with(
+        lab: &Lab,
+        grpc_addr: &str,
+        http_addr: &str,
+        extra_args: &[&str],
+    ) -> Result<Controller> {
         let bin = binary("weft-controller")?;
+        let data_dir = lab.dir().join("controller-data");
         let mut c = Command::new(&bin);
         c.args(["--grpc-listen", grpc_addr, "--http-listen", http_addr]);
+        c.arg("--data-dir").arg(&data_dir);
+        c.args(extra_args);
         c.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -144,6 +158,32 @@ impl Controller {
             .with_context(|| format!("GET {url}"))?;
         resp.into_string()
             .with_context(|| format!("read body of {url}"))
+    }
+
+    /// Sends `method path` with a JSON `body` to the REST listener; returns the status and
+    /// the body, for any status.
+    pub fn send(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<(u16, String)> {
+        let url = format!("http://{}{}", self.http_addr, path);
+        let req = ureq::request(method, &url).timeout(Duration::from_secs(10));
+        let result = match body {
+            Some(b) => req.set("content-type", "application/json").send_string(&b.to_string()),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(e).with_context(|| format!("{method} {url}")),
+        };
+        let status = resp.status();
+        let text = resp.into_string().with_context(|| format!("read body of {url}"))?;
+        Ok((status, text))
+    }
+
+    /// As [`Controller::send`], failing unless the status is 2xx; the body as JSON.
+    pub fn json(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value> {
+        let (status, text) = self.send(method, path, body)?;
+        anyhow::ensure!((200..300).contains(&status), "{method} {path}: {status} {text}");
+        serde_json::from_str(&text).with_context(|| format!("{method} {path}: not JSON: {text}"))
     }
 
     pub fn topology(&self) -> Result<Topology> {
