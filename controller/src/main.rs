@@ -16,6 +16,7 @@ use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
+use weft_controller::api::shards_grpc::ShardApi;
 use weft_controller::history::AllowList;
 use weft_controller::metrics::Metrics;
 use weft_controller::shards::ShardManager;
@@ -165,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
             .add_service(AgentApi::new(state.clone()).into_service())
             .add_service(TopologyApi::new(state.clone()).into_service())
             .add_service(ControlApi::new(state.control.clone()).into_service())
+            .add_service(ShardApi::new(state.clone()).into_service())
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc_listener),
                 stopped(shutdown_rx.clone()),

@@ -9,6 +9,7 @@ pub mod history_routes;
 pub mod http;
 pub mod observations;
 pub mod query;
+pub mod shards_grpc;
 pub mod shards_routes;
 pub mod views;
 

@@ -70,10 +70,11 @@ pub fn shard_json(s: &Shard) -> Value {
     })
 }
 
-pub fn allocation_json(a: &Allocation, prefix_len: Option<u8>) -> Value {
+pub fn allocation_json(a: &Allocation) -> Value {
     json!({
         "address": a.address.to_string(),
-        "cidr": prefix_len.map(|l| format!("{}/{l}", a.address)),
+        "cidr": a.cidr(),
+        "gateway": a.gateway().to_string(),
         "seq": a.seq,
         "shard_id": a.shard_id,
         "network_id": a.network_id,
@@ -317,9 +318,8 @@ async fn allocate_address(
     let host = opt_str(&map, "host_id")?.ok_or_else(|| bad("host_id", "required: the host the workload runs on"))?;
     let family = family_field(&map)?;
     let a = state.shards.allocate_address(&network, workload, host, family).await?;
-    let prefix = state.shards.shard(&a.shard_id).map(|s| s.cidr.prefix_len);
     let location = format!("/networks/{network}/addresses/{}", a.address);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(allocation_json(&a, prefix))).into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(allocation_json(&a))).into_response())
 }
 
 async fn release_address(
@@ -340,7 +340,7 @@ async fn release_address(
         .parse()
         .map_err(|_| ApiError::parameter("seq", format!("`{seq}` is not an allocation sequence (a non-negative integer)")))?;
     let a = state.shards.release_address(&network, address, seq).await?;
-    Ok(Json(allocation_json(&a, None)))
+    Ok(Json(allocation_json(&a)))
 }
 
 async fn workload_addresses(
@@ -351,7 +351,7 @@ async fn workload_addresses(
     let list: Vec<Value> = index
         .workload_addresses(&network, &workload)
         .iter()
-        .map(|a| allocation_json(a, index.shard(&a.shard_id).map(|s| s.cidr.prefix_len)))
+        .map(allocation_json)
         .collect();
     Json(json!({ "addresses": list }))
 }
@@ -361,7 +361,7 @@ async fn release_workload(
     Path((network, workload)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let released = state.shards.release_workload(&network, &workload).await?;
-    Ok(Json(json!({ "released": released.iter().map(|a| allocation_json(a, None)).collect::<Vec<_>>() })))
+    Ok(Json(json!({ "released": released.iter().map(allocation_json).collect::<Vec<_>>() })))
 }
 
 async fn list_migrations(State(state): State<AppState>) -> Json<Value> {

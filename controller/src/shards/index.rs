@@ -170,6 +170,8 @@ pub struct Index {
     by_host_workload: HashMap<(String, String), BTreeSet<IpAddr>>,
     by_network: HashMap<String, BTreeSet<String>>,
     migrations: BTreeMap<String, Migration>,
+    /// Last sequence of every stored event record, oldest first.
+    event_chunks: std::collections::VecDeque<u64>,
     pub counters: Counters,
 }
 
@@ -188,6 +190,7 @@ impl Index {
             by_host_workload: HashMap::new(),
             by_network: HashMap::new(),
             migrations: BTreeMap::new(),
+            event_chunks: std::collections::VecDeque::new(),
             counters: Counters { oldest_event: 1, ..Counters::default() },
         }
     }
@@ -204,15 +207,20 @@ impl Index {
             index.insert_slot(shard);
         }
         for (key, raw) in store.scan_prefix(ADDR_PREFIX)? {
-            let a: Allocation = serde_json::from_slice(&raw).map_err(|e| bad(&key, e))?;
+            let mut a: Allocation = serde_json::from_slice(&raw).map_err(|e| bad(&key, e))?;
             let slot = index
                 .slots
                 .get_mut(&a.shard_id)
                 .ok_or_else(|| StoreError(format!("{key}: shard {} does not exist", a.shard_id)))?;
+            a.prefix_len = slot.shard.cidr.prefix_len;
             let offset = slot.offset_of(a.address);
             slot.set(offset, true);
             slot.cursor = slot.cursor.max(offset + 1);
             index.link(a);
+        }
+        for (key, _) in store.scan_prefix(EVENT_PREFIX)? {
+            let last = key[EVENT_PREFIX.len()..].parse().map_err(|_| StoreError(format!("{key}: not an event record key")))?;
+            index.event_chunks.push_back(last);
         }
         for (key, raw) in store.scan_prefix(MIG_PREFIX)? {
             let m: Migration = serde_json::from_slice(&raw).map_err(|e| bad(&key, e))?;
@@ -617,6 +625,7 @@ impl Index {
             seq: self.counters.alloc_seq,
             allocated_ns: batch.now_ns,
             retiring: false,
+            prefix_len: slot.shard.cidr.prefix_len,
         };
         self.link(a.clone());
         batch.dirty_shards.insert(shard_id.to_owned());
@@ -926,16 +935,21 @@ impl Index {
         if ops.is_empty() && batch.events.is_empty() {
             return Ok(ops);
         }
-        for e in &batch.events {
-            ops.push((event_key(e.sequence), Some(json(e)?)));
+        // The batch's events in one record, keyed by its last sequence: a reader from
+        // sequence N scans from N and the first record it meets holds N.
+        if let Some(last) = batch.events.last().map(|e| e.sequence) {
+            ops.push((event_key(last), Some(json(&batch.events)?)));
+            self.event_chunks.push_back(last);
         }
-        // Retention: drop the oldest events, a bounded number per batch.
+        // Retention: drop whole records once all their events are older than it.
         let keep_from = self.counters.event_seq.saturating_sub(self.config.event_retention) + 1;
-        let mut dropped = 0;
-        while self.counters.oldest_event < keep_from && dropped < 2 * batch.events.len() + 64 {
-            ops.push((event_key(self.counters.oldest_event), None));
-            self.counters.oldest_event += 1;
-            dropped += 1;
+        while let Some(&oldest) = self.event_chunks.front() {
+            if oldest >= keep_from {
+                break;
+            }
+            ops.push((event_key(oldest), None));
+            self.event_chunks.pop_front();
+            self.counters.oldest_event = oldest + 1;
         }
         ops.push((COUNTERS_KEY.to_owned(), Some(json(&self.counters)?)));
         Ok(ops)

@@ -239,14 +239,22 @@ impl ShardManager {
         self.inner.events.subscribe()
     }
 
-    /// Stored events with sequence >= `from`, at most `limit`.
+    /// Stored events with sequence >= `from`, at most about `limit` (whole records).
     pub fn stored_events(&self, from: u64, limit: usize) -> Result<Vec<CloudEvent>, StoreError> {
-        self.inner
-            .store
-            .scan_from(index::EVENT_PREFIX, &index::event_key(from), limit)?
-            .into_iter()
-            .map(|(k, v)| serde_json::from_slice(&v).map_err(|e| StoreError(format!("{k}: {e}"))))
-            .collect()
+        let mut out = Vec::new();
+        let mut start = index::event_key(from);
+        loop {
+            let records = self.inner.store.scan_from(index::EVENT_PREFIX, &start, 16)?;
+            let Some((last_key, _)) = records.last() else { return Ok(out) };
+            start = format!("{last_key}\u{0}");
+            for (k, v) in &records {
+                let events: Vec<CloudEvent> = serde_json::from_slice(v).map_err(|e| StoreError(format!("{k}: {e}")))?;
+                out.extend(events.into_iter().filter(|e| e.sequence >= from));
+            }
+            if out.len() >= limit {
+                return Ok(out);
+            }
+        }
     }
 
     /// The sequence the next event will have.

@@ -123,6 +123,24 @@ pub struct Allocation {
     /// Being replaced by a migration: no longer in the workload's desired state.
     #[serde(default)]
     pub retiring: bool,
+    /// The shard's prefix length (the address's interface prefix).
+    #[serde(default)]
+    pub prefix_len: u8,
+}
+
+impl Allocation {
+    /// `address/prefix_len`, as the agent configures it.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.address, self.prefix_len)
+    }
+
+    /// The shard's gateway: the first address after the shard's network address.
+    pub fn gateway(&self) -> IpAddr {
+        let family = Family::of(self.address);
+        let host_bits = u32::from(family.bits() - self.prefix_len.min(family.bits()));
+        let mask = if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+        super::cidr::from_u128(family, (super::cidr::to_u128(self.address) & !mask) + 1)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
