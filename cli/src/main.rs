@@ -8,6 +8,7 @@ use anyhow::{Context as _, anyhow};
 use clap::{Parser, Subcommand};
 
 mod import;
+mod shards;
 mod topology;
 
 use topology::TopologyCommand;
@@ -37,6 +38,18 @@ enum Command {
     /// Import traffic weft did not capture: a pcap, JSON lines of observations, or an
     /// Envoy access log; posted to the controller, or printed as a topology (--offline).
     Import(import::ImportArgs),
+    /// IP shards: create, get, list, delete, allocate to / deallocate from a network.
+    Shards {
+        #[command(subcommand)]
+        command: shards::ShardsCommand,
+    },
+    /// Workload addresses from a network's shards: allocate, release, list.
+    Addresses {
+        #[command(subcommand)]
+        command: shards::AddressesCommand,
+    },
+    /// Shard events (CloudEvents): the retained ones, or --follow new ones.
+    Events(shards::EventsArgs),
 }
 
 /// `base` joined with an absolute `path`, without doubling the slash.
@@ -87,6 +100,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let text = match cli.command {
         Command::Topology { command } => topology::run(&cli.controller, &command)?,
         Command::Import(args) => import::run(&cli.controller, &args)?,
+        Command::Shards { command } => shards::run_shards(&cli.controller, &command)?,
+        Command::Addresses { command } => shards::run_addresses(&cli.controller, &command)?,
+        Command::Events(args) => shards::run_events(&cli.controller, &args)?,
     };
     std::io::stdout()
         .lock()
@@ -145,7 +161,7 @@ mod tests {
             .command
         {
             Command::Topology { command } => topology::request_path(&command),
-            Command::Import(_) => unreachable!("a topology command line"),
+            _ => unreachable!("a topology command line"),
         }
     }
 
@@ -203,7 +219,7 @@ mod tests {
             full.extend_from_slice(args);
             match Cli::try_parse_from(full).expect("valid").command {
                 Command::Topology { command } => command,
-                Command::Import(_) => unreachable!("a topology command line"),
+                _ => unreachable!("a topology command line"),
             }
         };
         let patterns = serde_json::json!({

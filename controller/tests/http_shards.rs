@@ -172,6 +172,8 @@ async fn every_bad_input_gets_its_4xx_problem_with_a_clear_message() {
         (Method::DELETE, "/networks/blue/workloads/a%2Fb/addresses", "", StatusCode::BAD_REQUEST, Some("workload"), "letters"),
         (Method::GET, "/migrations/mig-999999", "", StatusCode::NOT_FOUND, None, "GET /migrations"),
         (Method::GET, "/events?from=-1", "", StatusCode::BAD_REQUEST, Some("from"), "event sequence"),
+        (Method::GET, "/events?follow=maybe", "", StatusCode::BAD_REQUEST, Some("follow"), "true or false"),
+        (Method::GET, "/events?since=3", "", StatusCode::BAD_REQUEST, Some("since"), "unknown parameter"),
         (Method::PUT, "/shards", "", StatusCode::METHOD_NOT_ALLOWED, None, "not allowed"),
     ];
     for (method, uri, body, expected, field, words) in cases {
@@ -227,6 +229,10 @@ async fn events_are_cloudevents_with_sequences_that_resume() {
     let types: Vec<&str> = all.iter().map(|(_, e)| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["weft.shard.created", "weft.shard.allocated", "weft.address.allocated"]);
     assert_eq!(all.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2, 3]);
+    let (status, _, listed) = call(&s, Method::GET, "/events?follow=false&from=2", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["events"].as_array().unwrap().len(), 2);
+    assert_eq!((listed["events"][0]["sequence"].as_u64(), listed["next"].as_u64()), (Some(2), Some(4)));
     let e = &all[0].1;
     assert_eq!((e["specversion"].as_str(), e["id"].as_str(), e["source"].as_str()), (Some("1.0"), Some("1"), Some("/weft/controller/shards")));
     assert_eq!(e["data"]["id"], shard["id"]);

@@ -376,16 +376,23 @@ async fn get_migration(State(state): State<AppState>, Path(id): Path<String>) ->
     Ok(Json(migration_json(&m)))
 }
 
-/// `GET /events?from=N`: stored events from sequence N, then live ones. Without `from`,
-/// `Last-Event-ID: N` resumes after N; without either, only new events.
+/// `GET /events?from=N`: stored events from sequence N, then live ones (server-sent
+/// events). Without `from`, `Last-Event-ID: N` resumes after N; without either, only new
+/// events. `follow=false` answers the stored events from N (default 1) as one JSON
+/// document instead: `{"events": [...], "next": M}`.
 async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<impl IntoResponse, ApiError> {
-    if let Some(k) = params.keys().find(|k| k.as_str() != "from") {
-        return Err(ApiError::parameter(k, "unknown parameter (this endpoint takes: from)"));
+) -> Result<Response, ApiError> {
+    if let Some(k) = params.keys().find(|k| !matches!(k.as_str(), "from" | "follow" | "limit")) {
+        return Err(ApiError::parameter(k, "unknown parameter (this endpoint takes: from, follow, limit)"));
     }
+    let follow = match params.get("follow").map(String::as_str) {
+        None | Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(other) => return Err(ApiError::parameter("follow", format!("`{other}` is not true or false"))),
+    };
     let from = match (params.get("from"), headers.get("last-event-id")) {
         (Some(f), _) => f
             .parse::<u64>()
@@ -396,11 +403,28 @@ async fn events(
             })?;
             id + 1
         }
-        (None, None) => state.shards.next_event(),
+        (None, None) if follow => state.shards.next_event(),
+        (None, None) => 1,
     };
+    if !follow {
+        let limit = params
+            .get("limit")
+            .map(|l| {
+                l.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| ApiError::parameter("limit", format!("`{l}` is not a count from 1 to 10000")))
+            })
+            .transpose()?
+            .unwrap_or(1000);
+        let mut events = state.shards.stored_events(from, limit).map_err(|e| ApiError::Internal(e.to_string()))?;
+        events.truncate(limit);
+        let next = events.last().map_or(from.max(state.shards.oldest_event()), |e| e.sequence + 1);
+        return Ok(Json(json!({ "events": events, "next": next })).into_response());
+    }
     let stream = crate::shards::events::stream_from(state.shards.clone(), from).map(|e| {
         let data = serde_json::to_string(e.as_ref()).unwrap_or_default();
         Ok::<_, Infallible>(Event::default().id(e.id.clone()).event(e.event_type.clone()).data(data))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }

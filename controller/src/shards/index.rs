@@ -465,8 +465,9 @@ impl Index {
     pub fn delete_shard(&mut self, id: &str, batch: &mut Batch) -> Result<Shard, ShardError> {
         let shard = self.slot(id)?.shard.clone();
         if shard.status == ShardStatus::Migrating {
+            let mid = self.migrations.values().find(|m| m.shard_id == id && m.is_active()).map_or("?", |m| m.id.as_str());
             return Err(ShardError::Conflict(format!(
-                "shard {id} is migrating; wait until its migration completes (GET /migrations/...) and delete it then"
+                "shard {id} is migrating; wait until its migration completes (GET /migrations/{mid}) and delete it then"
             )));
         }
         if shard.resource_count > 0 {
