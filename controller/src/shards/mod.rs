@@ -90,6 +90,9 @@ struct Inner {
     events: broadcast::Sender<Arc<CloudEvent>>,
     /// Migrations with a runner task now.
     running: Mutex<std::collections::HashSet<String>>,
+    /// Set by [`ShardManager::shutdown`]: migration runners stop (they resume from the
+    /// store at the next start).
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Cheap to clone. The writer thread stops when the last clone is dropped.
@@ -121,6 +124,7 @@ impl ShardManager {
             hub,
             events: broadcast::channel(EVENT_CHANNEL).0,
             running: Mutex::new(Default::default()),
+            stop: tokio::sync::watch::channel(false).0,
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_inner = inner.clone();
@@ -141,6 +145,12 @@ impl ShardManager {
     pub fn in_memory() -> Self {
         Self::open(Arc::new(crate::store::MemoryStore::default()), ShardConfig::default(), Arc::default())
             .expect("a memory store cannot fail")
+    }
+
+    /// Stops the migration runners (what they did is persisted; they resume at the next
+    /// start). The writer stops once every clone of the manager is dropped.
+    pub fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
     }
 
     pub fn hub(&self) -> &Arc<ControlHub> {
@@ -285,8 +295,12 @@ impl ShardManager {
         let id = id.to_owned();
         // Detached: a migration outlives the request that started it; it is persisted,
         // so one cut short by shutdown resumes at the next start.
+        let mut stop = self.inner.stop.subscribe();
         tokio::spawn(async move {
-            migration::run(&manager, &id).await;
+            tokio::select! {
+                () = migration::run(&manager, &id) => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
             manager.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
         });
     }

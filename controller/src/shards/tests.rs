@@ -261,6 +261,7 @@ async fn migration_moves_every_workload_to_a_new_address_then_frees_the_shard() 
     .await;
     let elapsed = started.elapsed();
     eprintln!("256 workloads migrated in {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     let s = m.shard(&shard.id).unwrap();
     assert_eq!((s.status, s.network_id.as_deref(), s.resource_count), (ShardStatus::Available, None, 0));
     let mig = m.migration(&mid).unwrap();
@@ -563,6 +564,7 @@ async fn run_actions(actions: Vec<Action>, redb: bool) -> Result<(), TestCaseErr
                 }
             }
             Action::Restart => {
+                m.shutdown();
                 drop(m);
                 m = open(hub.clone()).await;
             }
@@ -576,6 +578,7 @@ async fn run_actions(actions: Vec<Action>, redb: bool) -> Result<(), TestCaseErr
     for a in agents {
         a.abort();
     }
+    m.shutdown();
     drop(m);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -596,5 +599,72 @@ proptest! {
     fn no_sequence_double_allocates_or_overlaps_redb(actions in proptest::collection::vec(action(), 1..40)) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(run_actions(actions, true))?;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reporting_an_error_pauses_the_migration_with_that_error() {
+    let hub = Arc::new(ControlHub::default());
+    let m = ShardManager::open(Arc::new(MemoryStore::default()), migration_config(), hub.clone()).unwrap();
+    let (shard, _) = fill(&m, "blue", 4, 1).await;
+    // An agent that fails to apply anything.
+    let failing = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut rx = hub.watch("hv0");
+            loop {
+                let d = rx.borrow_and_update().clone();
+                let workloads = d
+                    .workloads
+                    .keys()
+                    .map(|w| (w.clone(), WorkloadObserved { error: "netns vm0 is gone".into(), ..Default::default() }))
+                    .collect();
+                hub.report("hv0", HostObserved { applied_generation: d.generation, workloads, reported_at: Some(Instant::now()) });
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let Deallocation::Migrating(mig) = m.deallocate_shard("blue", &shard.id).await.unwrap() else { panic!() };
+    eventually(Duration::from_secs(3), "paused with the agent's error", || {
+        m.migration(&mig.id).is_some_and(|x| x.state == MigrationState::Paused && x.error.contains("netns vm0 is gone"))
+    })
+    .await;
+    failing.abort();
+    let _ = failing.await;
+    let fixed = fake_agent(hub.clone(), "hv0");
+    eventually(Duration::from_secs(5), "completed once the agent applies", || {
+        m.migration(&mig.id).is_some_and(|x| x.state == MigrationState::Completed)
+    })
+    .await;
+    fixed.abort();
+}
+
+#[tokio::test]
+async fn events_beyond_the_retention_are_dropped_and_readers_skip_to_the_oldest() {
+    use futures::StreamExt as _;
+    let config = ShardConfig { event_retention: 10, ..small_config() };
+    let m = ShardManager::open(Arc::new(MemoryStore::default()), config, Arc::default()).unwrap();
+    m.create_shard(v4(27, Some("blue"))).await.unwrap(); // events 1, 2
+    for i in 0..20 {
+        m.allocate_address("blue", &format!("w{i}"), "h", Family::Ipv4).await.unwrap(); // 3..=22
+    }
+    let stored = m.stored_events(1, 1000).unwrap();
+    let first = stored.first().unwrap().sequence;
+    assert!(first > 1 && first <= 13, "old records dropped, the last 10 kept: first {first}");
+    assert_eq!(stored.last().unwrap().sequence, 22);
+    assert!(stored.windows(2).all(|w| w[1].sequence == w[0].sequence + 1));
+    // A reader from sequence 1 gets the oldest retained, in order, then live ones.
+    let mut stream = Box::pin(events::stream_from(m.clone(), 1));
+    let e = stream.next().await.unwrap();
+    assert_eq!(e.sequence, first);
+    let m2 = m.clone();
+    tokio::spawn(async move { m2.allocate_address("blue", "late", "h", Family::Ipv4).await.unwrap() });
+    let mut last = e.sequence;
+    while last < 23 {
+        let e = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap();
+        assert_eq!(e.sequence, last + 1);
+        last = e.sequence;
     }
 }
