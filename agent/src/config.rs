@@ -41,7 +41,8 @@ pub struct Args {
     #[arg(long, default_value_t = 2_000)]
     pub batch_size: usize,
     /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    /// (netlink-packet-route warns about every attribute newer than itself: kept quiet.)
+    #[arg(long, env = "WEFT_LOG", default_value = "info,netlink_packet_route=error")]
     pub log: String,
 }
 

@@ -168,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
             .add_service(ControlApi::new(state.control.clone()).into_service())
             .add_service(ShardApi::new(state.clone()).into_service())
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc_listener),
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 stopped(shutdown_rx.clone()),
             ),
     );

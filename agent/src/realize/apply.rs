@@ -207,7 +207,10 @@ impl Realizer {
                 down_us = d.as_micros() as u64,
                 "re-addressed"
             );
-            let old: Vec<IpAddr> = plan.remove.iter().map(|c| c.addr).collect();
+            // Old addresses: the hypervisor must stop sending to this MAC for them. New
+            // ones: an entry left FAILED by traffic that arrived before the address existed
+            // would hold packets back until it expires.
+            let old: Vec<IpAddr> = plan.remove.iter().chain(&plan.add).map(|c| c.addr).collect();
             match flush_neighbours(self.neighbour_netns.as_deref(), &old).await {
                 Ok(n) => applied.neighbours_flushed = n,
                 Err(e) => warn!(workload = %w.name, error = %e, "flushing neighbours of the old address failed"),
