@@ -84,7 +84,11 @@ pub enum AddressesCommand {
         #[arg(long)]
         network: String,
         /// The address to release (with --seq).
-        #[arg(required_unless_present = "workload", conflicts_with = "workload", requires = "seq")]
+        #[arg(
+            required_unless_present = "workload",
+            conflicts_with = "workload",
+            requires = "seq"
+        )]
         address: Option<String>,
         /// Allocation sequence returned when the address was allocated.
         #[arg(long)]
@@ -133,7 +137,9 @@ fn call(base: &str, method: &str, path: &str, body: Option<&Value>) -> anyhow::R
     };
     match result {
         Ok(response) => {
-            let text = response.into_string().with_context(|| format!("reading the answer of {url}"))?;
+            let text = response
+                .into_string()
+                .with_context(|| format!("reading the answer of {url}"))?;
             if text.trim().is_empty() {
                 return Ok(Value::Null);
             }
@@ -141,7 +147,10 @@ fn call(base: &str, method: &str, path: &str, body: Option<&Value>) -> anyhow::R
         }
         Err(ureq::Error::Status(code, response)) => {
             let body = response.into_string().unwrap_or_default();
-            Err(anyhow!("the controller answered {code} for {method} {path}: {}", problem_message(&body)))
+            Err(anyhow!(
+                "the controller answered {code} for {method} {path}: {}",
+                problem_message(&body)
+            ))
         }
         Err(error @ ureq::Error::Transport(_)) => {
             Err(anyhow!(error)).with_context(|| format!("cannot reach the controller at {base}"))
@@ -157,7 +166,9 @@ fn pretty(v: &Value) -> String {
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -173,7 +184,13 @@ fn s(v: &Value) -> String {
 
 pub fn run_shards(base: &str, command: &ShardsCommand) -> anyhow::Result<String> {
     match command {
-        ShardsCommand::Create { size, prefix_len, family, network, reserved } => {
+        ShardsCommand::Create {
+            size,
+            prefix_len,
+            family,
+            network,
+            reserved,
+        } => {
             let mut body = json!({ "family": family });
             if let Some(size) = size {
                 body["size"] = json!(size);
@@ -189,13 +206,27 @@ pub fn run_shards(base: &str, command: &ShardsCommand) -> anyhow::Result<String>
             }
             Ok(pretty(&call(base, "POST", "/shards", Some(&body))?))
         }
-        ShardsCommand::Get { shard_id } => Ok(pretty(&call(base, "GET", &format!("/shards/{}", enc(shard_id)), None)?)),
-        ShardsCommand::List { network, status, family, json } => {
+        ShardsCommand::Get { shard_id } => Ok(pretty(&call(
+            base,
+            "GET",
+            &format!("/shards/{}", enc(shard_id)),
+            None,
+        )?)),
+        ShardsCommand::List {
+            network,
+            status,
+            family,
+            json,
+        } => {
             let mut shards = Vec::new();
             let mut token: Option<String> = None;
             loop {
                 let mut query = vec!["limit=1000".to_owned()];
-                for (k, v) in [("network_id", network), ("status", status), ("family", family)] {
+                for (k, v) in [
+                    ("network_id", network),
+                    ("status", status),
+                    ("family", family),
+                ] {
                     if let Some(v) = v {
                         query.push(format!("{k}={}", enc(v)));
                     }
@@ -213,7 +244,10 @@ pub fn run_shards(base: &str, command: &ShardsCommand) -> anyhow::Result<String>
             if *json {
                 return Ok(pretty(&Value::Array(shards)));
             }
-            let mut out = format!("{:<14} {:<22} {:<10} {:<12} {:>9}  {}\n", "ID", "CIDR", "STATUS", "NETWORK", "RESOURCES", "LAST ACCESSED");
+            let mut out = format!(
+                "{:<14} {:<22} {:<10} {:<12} {:>9}  {}\n",
+                "ID", "CIDR", "STATUS", "NETWORK", "RESOURCES", "LAST ACCESSED"
+            );
             for sh in &shards {
                 out.push_str(&format!(
                     "{:<14} {:<22} {:<10} {:<12} {:>9}  {}\n",
@@ -237,64 +271,125 @@ pub fn run_shards(base: &str, command: &ShardsCommand) -> anyhow::Result<String>
             &format!("/networks/{}/shards/{}", enc(network), enc(shard_id)),
             None,
         )?)),
-        ShardsCommand::Deallocate { shard_id, network, wait } => {
-            let answer = call(base, "DELETE", &format!("/networks/{}/shards/{}", enc(network), enc(shard_id)), None)?;
+        ShardsCommand::Deallocate {
+            shard_id,
+            network,
+            wait,
+        } => {
+            let answer = call(
+                base,
+                "DELETE",
+                &format!("/networks/{}/shards/{}", enc(network), enc(shard_id)),
+                None,
+            )?;
             let Some(mid) = answer["migration_id"].as_str() else {
-                return Ok(format!("shard {shard_id} deallocated from {network}; it is Available\n"));
+                return Ok(format!(
+                    "shard {shard_id} deallocated from {network}; it is Available\n"
+                ));
             };
             let mut out = std::io::stdout().lock();
-            writeln!(out, "shard {shard_id} is in use: migration {mid} moves its {} workloads", s(&answer["workloads"]))?;
+            writeln!(
+                out,
+                "shard {shard_id} is in use: migration {mid} moves its {} workloads",
+                s(&answer["workloads"])
+            )?;
             if !wait {
                 return Ok(format!("follow it with: weft shards migration {mid}\n"));
             }
             let mut last = String::new();
             loop {
                 let m = call(base, "GET", &format!("/migrations/{}", enc(mid)), None)?;
-                let line = format!("{} {}/{} moved{}", s(&m["state"]), s(&m["moved"]), s(&m["total"]), match m["error"].as_str() {
-                    Some(e) if !e.is_empty() => format!(" (paused: {e})"),
-                    _ => String::new(),
-                });
+                let line = format!(
+                    "{} {}/{} moved{}",
+                    s(&m["state"]),
+                    s(&m["moved"]),
+                    s(&m["total"]),
+                    match m["error"].as_str() {
+                        Some(e) if !e.is_empty() => format!(" (paused: {e})"),
+                        _ => String::new(),
+                    }
+                );
                 if line != last {
                     writeln!(out, "{line}")?;
                     last = line;
                 }
                 match m["state"].as_str() {
-                    Some("Completed") => return Ok(format!("shard {shard_id} deallocated from {network}\n")),
+                    Some("Completed") => {
+                        return Ok(format!("shard {shard_id} deallocated from {network}\n"));
+                    }
                     Some("Failed") => bail!("migration {mid} failed: {}", s(&m["error"])),
                     _ => std::thread::sleep(Duration::from_millis(200)),
                 }
             }
         }
-        ShardsCommand::Migration { migration_id } => {
-            Ok(pretty(&call(base, "GET", &format!("/migrations/{}", enc(migration_id)), None)?))
-        }
+        ShardsCommand::Migration { migration_id } => Ok(pretty(&call(
+            base,
+            "GET",
+            &format!("/migrations/{}", enc(migration_id)),
+            None,
+        )?)),
     }
 }
 
 pub fn run_addresses(base: &str, command: &AddressesCommand) -> anyhow::Result<String> {
     match command {
-        AddressesCommand::Allocate { network, workload, host, family } => {
+        AddressesCommand::Allocate {
+            network,
+            workload,
+            host,
+            family,
+        } => {
             let body = json!({ "workload": workload, "host_id": host, "family": family });
-            Ok(pretty(&call(base, "POST", &format!("/networks/{}/addresses", enc(network)), Some(&body))?))
+            Ok(pretty(&call(
+                base,
+                "POST",
+                &format!("/networks/{}/addresses", enc(network)),
+                Some(&body),
+            )?))
         }
-        AddressesCommand::Release { network, address, seq, workload } => match (address, workload) {
+        AddressesCommand::Release {
+            network,
+            address,
+            seq,
+            workload,
+        } => match (address, workload) {
             (Some(address), _) => {
                 let seq = seq.ok_or_else(|| anyhow!("--seq is required with an address"))?;
-                let path = format!("/networks/{}/addresses/{}?seq={seq}", enc(network), enc(address));
+                let path = format!(
+                    "/networks/{}/addresses/{}?seq={seq}",
+                    enc(network),
+                    enc(address)
+                );
                 call(base, "DELETE", &path, None)?;
                 Ok(format!("released {address} (seq {seq})\n"))
             }
             (None, Some(workload)) => {
-                let path = format!("/networks/{}/workloads/{}/addresses", enc(network), enc(workload));
+                let path = format!(
+                    "/networks/{}/workloads/{}/addresses",
+                    enc(network),
+                    enc(workload)
+                );
                 let answer = call(base, "DELETE", &path, None)?;
-                let released: Vec<String> =
-                    answer["released"].as_array().into_iter().flatten().map(|a| s(&a["address"])).collect();
-                Ok(format!("released {} addresses of {workload}: {}\n", released.len(), released.join(" ")))
+                let released: Vec<String> = answer["released"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| s(&a["address"]))
+                    .collect();
+                Ok(format!(
+                    "released {} addresses of {workload}: {}\n",
+                    released.len(),
+                    released.join(" ")
+                ))
             }
             (None, None) => bail!("give an address (with --seq) or --workload"),
         },
         AddressesCommand::List { network, workload } => {
-            let path = format!("/networks/{}/workloads/{}/addresses", enc(network), enc(workload));
+            let path = format!(
+                "/networks/{}/workloads/{}/addresses",
+                enc(network),
+                enc(workload)
+            );
             Ok(pretty(&call(base, "GET", &path, None)?))
         }
     }
@@ -304,7 +399,13 @@ fn event_line(e: &Value, as_json: bool) -> String {
     if as_json {
         return format!("{e}\n");
     }
-    format!("{:>8} {} {:<34} {}\n", s(&e["sequence"]), s(&e["time"]), s(&e["type"]), s(&e["subject"]))
+    format!(
+        "{:>8} {} {:<34} {}\n",
+        s(&e["sequence"]),
+        s(&e["time"]),
+        s(&e["type"]),
+        s(&e["subject"])
+    )
 }
 
 pub fn run_events(base: &str, args: &EventsArgs) -> anyhow::Result<String> {
@@ -312,7 +413,12 @@ pub fn run_events(base: &str, args: &EventsArgs) -> anyhow::Result<String> {
         let mut out = String::new();
         let mut from = args.from.unwrap_or(1);
         loop {
-            let page = call(base, "GET", &format!("/events?follow=false&from={from}&limit=1000"), None)?;
+            let page = call(
+                base,
+                "GET",
+                &format!("/events?follow=false&from={from}&limit=1000"),
+                None,
+            )?;
             let events = page["events"].as_array().cloned().unwrap_or_default();
             for e in &events {
                 out.push_str(&event_line(e, args.json));
@@ -328,19 +434,30 @@ pub fn run_events(base: &str, args: &EventsArgs) -> anyhow::Result<String> {
         None => "/events".to_owned(),
     };
     let url = endpoint(base, &path);
-    let response = match agent(None).get(&url).set("Accept", "text/event-stream").call() {
+    let response = match agent(None)
+        .get(&url)
+        .set("Accept", "text/event-stream")
+        .call()
+    {
         Ok(r) => r,
         Err(ureq::Error::Status(code, response)) => {
             let body = response.into_string().unwrap_or_default();
-            bail!("the controller answered {code} for GET {path}: {}", problem_message(&body));
+            bail!(
+                "the controller answered {code} for GET {path}: {}",
+                problem_message(&body)
+            );
         }
-        Err(error) => return Err(anyhow!(error)).with_context(|| format!("cannot reach the controller at {base}")),
+        Err(error) => {
+            return Err(anyhow!(error))
+                .with_context(|| format!("cannot reach the controller at {base}"));
+        }
     };
     let mut out = std::io::stdout().lock();
     for line in BufReader::new(response.into_reader()).lines() {
         let line = line.context("reading the event stream")?;
         if let Some(data) = line.strip_prefix("data:") {
-            let e: Value = serde_json::from_str(data.trim()).context("an event that is not JSON")?;
+            let e: Value =
+                serde_json::from_str(data.trim()).context("an event that is not JSON")?;
             out.write_all(event_line(&e, args.json).as_bytes())?;
             out.flush()?;
         }
@@ -356,19 +473,67 @@ mod tests {
     fn command_lines_parse_or_are_refused() {
         use clap::Parser as _;
         for ok in [
-            &["weft", "shards", "create", "--size", "1024", "--network", "blue"][..],
+            &[
+                "weft",
+                "shards",
+                "create",
+                "--size",
+                "1024",
+                "--network",
+                "blue",
+            ][..],
             &["weft", "shards", "list", "--status", "In-Use"],
-            &["weft", "shards", "deallocate", "shard-000001", "--network", "blue", "--wait"],
-            &["weft", "addresses", "release", "--network", "blue", "198.18.128.2", "--seq", "3"],
-            &["weft", "addresses", "release", "--network", "blue", "--workload", "web"],
+            &[
+                "weft",
+                "shards",
+                "deallocate",
+                "shard-000001",
+                "--network",
+                "blue",
+                "--wait",
+            ],
+            &[
+                "weft",
+                "addresses",
+                "release",
+                "--network",
+                "blue",
+                "198.18.128.2",
+                "--seq",
+                "3",
+            ],
+            &[
+                "weft",
+                "addresses",
+                "release",
+                "--network",
+                "blue",
+                "--workload",
+                "web",
+            ],
             &["weft", "events", "--from", "10", "--follow"],
         ] {
             assert!(crate::Cli::try_parse_from(ok).is_ok(), "{ok:?}");
         }
         for bad in [
-            &["weft", "shards", "create", "--size", "1024", "--prefix-len", "22"][..],
+            &[
+                "weft",
+                "shards",
+                "create",
+                "--size",
+                "1024",
+                "--prefix-len",
+                "22",
+            ][..],
             &["weft", "shards", "allocate", "shard-000001"],
-            &["weft", "addresses", "release", "--network", "blue", "198.18.128.2"],
+            &[
+                "weft",
+                "addresses",
+                "release",
+                "--network",
+                "blue",
+                "198.18.128.2",
+            ],
             &["weft", "addresses", "release", "--network", "blue"],
             &["weft", "events", "--from", "x"],
         ] {
@@ -387,7 +552,10 @@ mod tests {
     fn event_lines_show_sequence_type_and_subject() {
         let e = json!({"sequence": 7, "time": "2026-11-23T16:00:00.000000Z", "type": "weft.shard.created", "subject": "shards/shard-000001"});
         let line = event_line(&e, false);
-        assert!(line.contains("7 2026-11-23T16:00:00.000000Z weft.shard.created"), "{line}");
+        assert!(
+            line.contains("7 2026-11-23T16:00:00.000000Z weft.shard.created"),
+            "{line}"
+        );
         assert!(line.trim_end().ends_with("shards/shard-000001"));
         assert_eq!(event_line(&e, true).trim_end(), e.to_string());
     }

@@ -16,7 +16,15 @@ use weft_controller::store::RedbStore;
 
 fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
-        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .args(extra)
         .stdout(Stdio::piped())
@@ -24,8 +32,14 @@ fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
         .spawn()
         .expect("spawn weft-controller");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("announcement");
-    let http = line.trim().rsplit_once(" http=").map(|(_, h)| h.to_owned()).unwrap_or_else(|| panic!("{line:?}"));
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("announcement");
+    let http = line
+        .trim()
+        .rsplit_once(" http=")
+        .map(|(_, h)| h.to_owned())
+        .unwrap_or_else(|| panic!("{line:?}"));
     (child, http)
 }
 
@@ -40,7 +54,10 @@ impl Conn {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Self { reader: BufReader::new(s.try_clone()?), writer: s })
+        Ok(Self {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        })
     }
 
     fn request(&mut self, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
@@ -52,23 +69,33 @@ impl Conn {
         self.writer.write_all(request.as_bytes())?;
         let mut status = String::new();
         if self.reader.read_line(&mut status)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
         }
-        let code: u16 = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         let mut length = 0usize;
         loop {
             let mut h = String::new();
             if self.reader.read_line(&mut h)? == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
             }
             let h = h.trim_end();
             if h.is_empty() {
                 break;
             }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
             }
         }
         let mut body = vec![0; length];
@@ -85,7 +112,13 @@ fn field<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 fn prepare(http: &str, shards: usize) {
     let mut c = Conn::open(http).expect("connect");
     for _ in 0..shards {
-        let (code, body) = c.request("POST", "/shards", r#"{"prefix_len":20,"network_id":"blue"}"#).expect("create");
+        let (code, body) = c
+            .request(
+                "POST",
+                "/shards",
+                r#"{"prefix_len":20,"network_id":"blue"}"#,
+            )
+            .expect("create");
         assert_eq!(code, 201, "{body}");
     }
 }
@@ -99,7 +132,12 @@ struct Ack {
 
 /// `clients` threads allocating until `stop` (or the connection dies); every 201 is
 /// recorded.
-fn hammer(http: &str, clients: usize, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) -> Vec<std::thread::JoinHandle<Vec<Ack>>> {
+fn hammer(
+    http: &str,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) -> Vec<std::thread::JoinHandle<Vec<Ack>>> {
     (0..clients)
         .map(|t| {
             let http = http.to_owned();
@@ -107,7 +145,9 @@ fn hammer(http: &str, clients: usize, stop: Arc<AtomicBool>, count: Arc<AtomicU6
             let count = count.clone();
             std::thread::spawn(move || {
                 let mut acks = Vec::new();
-                let Ok(mut c) = Conn::open(&http) else { return acks };
+                let Ok(mut c) = Conn::open(&http) else {
+                    return acks;
+                };
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let workload = format!("w{t}-{i}");
@@ -135,7 +175,11 @@ fn hammer(http: &str, clients: usize, stop: Arc<AtomicBool>, count: Arc<AtomicU6
 
 #[test]
 fn kill_9_during_an_allocation_burst_loses_no_acknowledged_allocation() {
-    let dir = std::env::temp_dir().join(format!("weft-kill9-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "weft-kill9-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let (mut child, http) = start(&dir, &[]);
     prepare(&http, 4);
     let stop = Arc::new(AtomicBool::new(false));
@@ -148,12 +192,23 @@ fn kill_9_during_an_allocation_burst_loses_no_acknowledged_allocation() {
     child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
     child.wait().expect("reap");
     stop.store(true, Ordering::Relaxed);
-    let acks: Vec<Ack> = threads.into_iter().flat_map(|t| t.join().expect("client thread")).collect();
-    assert!(acks.len() >= 3_000, "only {} acknowledged before the kill", acks.len());
+    let acks: Vec<Ack> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect();
+    assert!(
+        acks.len() >= 3_000,
+        "only {} acknowledged before the kill",
+        acks.len()
+    );
 
     let mut by_address: HashMap<&str, &Ack> = HashMap::new();
     for a in &acks {
-        assert!(by_address.insert(&a.address, a).is_none(), "{} acknowledged twice", a.address);
+        assert!(
+            by_address.insert(&a.address, a).is_none(),
+            "{} acknowledged twice",
+            a.address
+        );
     }
     {
         // What a restarted controller rebuilds from.
@@ -162,25 +217,51 @@ fn kill_9_during_an_allocation_burst_loses_no_acknowledged_allocation() {
         index.check_invariants().expect("invariants after kill -9");
         for a in &acks {
             let ip = a.address.parse().unwrap();
-            let stored = index.allocation(ip).unwrap_or_else(|| panic!("acknowledged {} lost", a.address));
-            assert_eq!((stored.seq, stored.workload.as_str()), (a.seq, a.workload.as_str()), "{}", a.address);
+            let stored = index
+                .allocation(ip)
+                .unwrap_or_else(|| panic!("acknowledged {} lost", a.address));
+            assert_eq!(
+                (stored.seq, stored.workload.as_str()),
+                (a.seq, a.workload.as_str()),
+                "{}",
+                a.address
+            );
         }
-        eprintln!("{} acknowledged allocations before SIGKILL, {} stored", acks.len(), index.allocations().count());
+        eprintln!(
+            "{} acknowledged allocations before SIGKILL, {} stored",
+            acks.len(),
+            index.allocations().count()
+        );
     }
 
     // The restarted binary serves them and hands out only fresh addresses.
     let (mut child, http) = start(&dir, &[]);
     let mut c = Conn::open(&http).expect("connect");
     let sample = &acks[acks.len() / 2];
-    let (code, body) = c.request("GET", &format!("/networks/blue/workloads/{}/addresses", sample.workload), "").unwrap();
+    let (code, body) = c
+        .request(
+            "GET",
+            &format!("/networks/blue/workloads/{}/addresses", sample.workload),
+            "",
+        )
+        .unwrap();
     assert_eq!(code, 200);
     assert!(body.contains(&format!("\"{}\"", sample.address)), "{body}");
     for i in 0..50 {
-        let (code, body) = c.request("POST", "/networks/blue/addresses", &format!(r#"{{"workload":"after-{i}","host_id":"h0"}}"#)).unwrap();
+        let (code, body) = c
+            .request(
+                "POST",
+                "/networks/blue/addresses",
+                &format!(r#"{{"workload":"after-{i}","host_id":"h0"}}"#),
+            )
+            .unwrap();
         assert_eq!(code, 201, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let address = field(&v, "address").as_str().unwrap();
-        assert!(!by_address.contains_key(address), "{address} handed out again after the restart");
+        assert!(
+            !by_address.contains_key(address),
+            "{address} handed out again after the restart"
+        );
     }
     child.kill().expect("kill");
     child.wait().expect("reap");
@@ -192,12 +273,27 @@ fn kill_9_during_an_allocation_burst_loses_no_acknowledged_allocation() {
 #[test]
 #[ignore = "a measurement; run on a release build"]
 fn durable_allocations_per_second_over_http() {
-    let dir = std::env::temp_dir().join(format!("weft-alloc-rate-{}-{}", std::process::id(), rand::random::<u32>()));
-    let (mut child, http) = start(&dir, &["--shard-pool", "10.0.0.0/12", "--max-shards-per-network", "64"]);
+    let dir = std::env::temp_dir().join(format!(
+        "weft-alloc-rate-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let (mut child, http) = start(
+        &dir,
+        &[
+            "--shard-pool",
+            "10.0.0.0/12",
+            "--max-shards-per-network",
+            "64",
+        ],
+    );
     prepare(&http, 48);
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
-    let clients: usize = std::env::var("WEFT_CLIENTS").ok().and_then(|c| c.parse().ok()).unwrap_or(256);
+    let clients: usize = std::env::var("WEFT_CLIENTS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(256);
     let threads = hammer(&http, clients, stop.clone(), count.clone());
     std::thread::sleep(Duration::from_millis(500));
     let (c0, t0) = (count.load(Ordering::Relaxed), Instant::now());
@@ -206,7 +302,9 @@ fn durable_allocations_per_second_over_http() {
     stop.store(true, Ordering::Relaxed);
     let total: usize = threads.into_iter().map(|t| t.join().unwrap().len()).sum();
     let rate = (c1 - c0) as f64 / (t1 - t0).as_secs_f64();
-    eprintln!("durable allocations over HTTP: {rate:.0}/s ({clients} keep-alive clients, {total} in all)");
+    eprintln!(
+        "durable allocations over HTTP: {rate:.0}/s ({clients} keep-alive clients, {total} in all)"
+    );
     child.kill().expect("kill");
     child.wait().expect("reap");
     let _ = std::fs::remove_dir_all(&dir);
@@ -216,31 +314,62 @@ fn durable_allocations_per_second_over_http() {
 #[test]
 #[ignore = "a measurement; run on a release build"]
 fn durable_allocations_per_second_in_process() {
-    let dir = std::env::temp_dir().join(format!("weft-alloc-rate-ip-{}-{}", std::process::id(), rand::random::<u32>()));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "weft-alloc-rate-ip-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let config = ShardConfig { pools: vec!["10.0.0.0/12".parse().unwrap()], max_shards_per_network: 64, ..ShardConfig::default() };
-        let store: Arc<dyn weft_controller::store::Store> = if std::env::var_os("WEFT_MEMORY").is_some() {
-            Arc::new(weft_controller::store::MemoryStore::default())
-        } else {
-            Arc::new(RedbStore::open_dir(&dir).unwrap())
+        let config = ShardConfig {
+            pools: vec!["10.0.0.0/12".parse().unwrap()],
+            max_shards_per_network: 64,
+            ..ShardConfig::default()
         };
+        let store: Arc<dyn weft_controller::store::Store> =
+            if std::env::var_os("WEFT_MEMORY").is_some() {
+                Arc::new(weft_controller::store::MemoryStore::default())
+            } else {
+                Arc::new(RedbStore::open_dir(&dir).unwrap())
+            };
         let m = weft_controller::shards::ShardManager::open(store, config, Arc::default()).unwrap();
         for _ in 0..48 {
-            m.create_shard(weft_controller::shards::CreateShard { family: weft_controller::shards::Family::Ipv4, prefix_len: 20, network_id: Some("blue".into()), reserved: false }).await.unwrap();
+            m.create_shard(weft_controller::shards::CreateShard {
+                family: weft_controller::shards::Family::Ipv4,
+                prefix_len: 20,
+                network_id: Some("blue".into()),
+                reserved: false,
+            })
+            .await
+            .unwrap();
         }
         for clients in [64usize, 512] {
             let start = Instant::now();
             let per = 20_000 / clients;
-            let tasks: Vec<_> = (0..clients).map(|t| {
-                let m = m.clone();
-                tokio::spawn(async move {
-                    for i in 0..per {
-                        m.allocate_address("blue", &format!("c{clients}-w{t}-{i}"), "h0", weft_controller::shards::Family::Ipv4).await.unwrap();
-                    }
+            let tasks: Vec<_> = (0..clients)
+                .map(|t| {
+                    let m = m.clone();
+                    tokio::spawn(async move {
+                        for i in 0..per {
+                            m.allocate_address(
+                                "blue",
+                                &format!("c{clients}-w{t}-{i}"),
+                                "h0",
+                                weft_controller::shards::Family::Ipv4,
+                            )
+                            .await
+                            .unwrap();
+                        }
+                    })
                 })
-            }).collect();
-            for t in tasks { t.await.unwrap(); }
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
             let rate = (per * clients) as f64 / start.elapsed().as_secs_f64();
             eprintln!("in-process durable allocations, {clients} concurrent: {rate:.0}/s");
         }
@@ -259,8 +388,16 @@ fn redb_txn_cost() {
         let start = Instant::now();
         let mut n = 0u64;
         for _ in 0..50 {
-            let keys: Vec<String> = (0..batch * 2).map(|_| { n += 1; format!("shards/event/{n:020}") }).collect();
-            let ops: Vec<(&str, Option<&[u8]>)> = keys.iter().map(|k| (k.as_str(), Some(value.as_slice()))).collect();
+            let keys: Vec<String> = (0..batch * 2)
+                .map(|_| {
+                    n += 1;
+                    format!("shards/event/{n:020}")
+                })
+                .collect();
+            let ops: Vec<(&str, Option<&[u8]>)> = keys
+                .iter()
+                .map(|k| (k.as_str(), Some(value.as_slice())))
+                .collect();
             store.txn(&[], &ops).unwrap();
         }
         let per = start.elapsed() / 50;

@@ -10,7 +10,9 @@ use weft_proto::v1 as wire;
 use weft_proto::v1::shard_service_server::{ShardService, ShardServiceServer};
 
 use super::shards_routes::{ListQuery, list_page, parse_create};
-use crate::shards::{Allocation, Deallocation, Family, Migration, Shard, ShardError, ShardManager, ShardStatus};
+use crate::shards::{
+    Allocation, Deallocation, Family, Migration, Shard, ShardError, ShardManager, ShardStatus,
+};
 use crate::state::AppState;
 
 #[derive(Debug, Clone)]
@@ -52,7 +54,9 @@ fn api_status(e: super::ApiError) -> Status {
 
 fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     if value.trim().is_empty() {
-        return Err(Status::invalid_argument(format!("field `{field}` must not be empty")));
+        return Err(Status::invalid_argument(format!(
+            "field `{field}` must not be empty"
+        )));
     }
     Ok(value.trim())
 }
@@ -61,7 +65,9 @@ fn family(value: &str) -> Result<Family, Status> {
     if value.is_empty() {
         return Ok(Family::Ipv4);
     }
-    value.parse().map_err(|e: String| Status::invalid_argument(format!("field `family`: {e}")))
+    value
+        .parse()
+        .map_err(|e: String| Status::invalid_argument(format!("field `family`: {e}")))
 }
 
 fn shard_info(s: &Shard) -> wire::ShardInfo {
@@ -124,7 +130,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<wire::ShardEvent, Status>> +
 
 #[tonic::async_trait]
 impl ShardService for ShardApi {
-    async fn create_shard(&self, request: Request<wire::CreateShardRequest>) -> Result<Response<wire::ShardInfo>, Status> {
+    async fn create_shard(
+        &self,
+        request: Request<wire::CreateShardRequest>,
+    ) -> Result<Response<wire::ShardInfo>, Status> {
         let r = request.into_inner();
         // One parser for both edges: the REST body's rules (size vs prefix_len, bounds).
         let mut body = serde_json::Map::new();
@@ -146,31 +155,51 @@ impl ShardService for ShardApi {
         Ok(Response::new(shard_info(&shard)))
     }
 
-    async fn get_shard(&self, request: Request<wire::GetShardRequest>) -> Result<Response<wire::ShardInfo>, Status> {
+    async fn get_shard(
+        &self,
+        request: Request<wire::GetShardRequest>,
+    ) -> Result<Response<wire::ShardInfo>, Status> {
         let id = request.into_inner().shard_id;
         let shard = self
             .shards()
             .shard(required("shard_id", &id)?)
-            .ok_or_else(|| Status::not_found(format!("shard {id} does not exist; list the shards with ListShards")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "shard {id} does not exist; list the shards with ListShards"
+                ))
+            })?;
         Ok(Response::new(shard_info(&shard)))
     }
 
-    async fn list_shards(&self, request: Request<wire::ListShardsRequest>) -> Result<Response<wire::ListShardsResponse>, Status> {
+    async fn list_shards(
+        &self,
+        request: Request<wire::ListShardsRequest>,
+    ) -> Result<Response<wire::ListShardsResponse>, Status> {
         let r = request.into_inner();
         let status_filter = match r.status.as_str() {
             "" => None,
             s => Some(ShardStatus::parse(s).ok_or_else(|| {
-                Status::invalid_argument(format!("field `status`: `{s}` is not Available, In-Use, Migrating or Reserved"))
+                Status::invalid_argument(format!(
+                    "field `status`: `{s}` is not Available, In-Use, Migrating or Reserved"
+                ))
             })?),
         };
         let q = ListQuery {
             network_id: Some(r.network_id).filter(|n| !n.is_empty()),
             status: status_filter,
-            family: if r.family.is_empty() { None } else { Some(family(&r.family)?) },
+            family: if r.family.is_empty() {
+                None
+            } else {
+                Some(family(&r.family)?)
+            },
             limit: match r.page_size {
                 0 => 100,
                 n @ 1..=1000 => n as usize,
-                n => return Err(Status::invalid_argument(format!("field `page_size`: {n} is more than 1000"))),
+                n => {
+                    return Err(Status::invalid_argument(format!(
+                        "field `page_size`: {n} is more than 1000"
+                    )));
+                }
             },
             page_token: Some(r.page_token).filter(|t| !t.is_empty()),
         };
@@ -181,17 +210,30 @@ impl ShardService for ShardApi {
         }))
     }
 
-    async fn delete_shard(&self, request: Request<wire::DeleteShardRequest>) -> Result<Response<wire::ShardInfo>, Status> {
+    async fn delete_shard(
+        &self,
+        request: Request<wire::DeleteShardRequest>,
+    ) -> Result<Response<wire::ShardInfo>, Status> {
         let id = request.into_inner().shard_id;
-        let shard = self.shards().delete_shard(required("shard_id", &id)?).await.map_err(status)?;
+        let shard = self
+            .shards()
+            .delete_shard(required("shard_id", &id)?)
+            .await
+            .map_err(status)?;
         Ok(Response::new(shard_info(&shard)))
     }
 
-    async fn allocate_shard(&self, request: Request<wire::NetworkShardRequest>) -> Result<Response<wire::ShardInfo>, Status> {
+    async fn allocate_shard(
+        &self,
+        request: Request<wire::NetworkShardRequest>,
+    ) -> Result<Response<wire::ShardInfo>, Status> {
         let r = request.into_inner();
         let shard = self
             .shards()
-            .assign_shard(required("network_id", &r.network_id)?, required("shard_id", &r.shard_id)?)
+            .assign_shard(
+                required("network_id", &r.network_id)?,
+                required("shard_id", &r.shard_id)?,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(shard_info(&shard)))
@@ -204,19 +246,31 @@ impl ShardService for ShardApi {
         let r = request.into_inner();
         let d = self
             .shards()
-            .deallocate_shard(required("network_id", &r.network_id)?, required("shard_id", &r.shard_id)?)
+            .deallocate_shard(
+                required("network_id", &r.network_id)?,
+                required("shard_id", &r.shard_id)?,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(match d {
-            Deallocation::Released(s) => wire::DeallocateShardResponse { shard: Some(shard_info(&s)), migration_id: String::new() },
+            Deallocation::Released(s) => wire::DeallocateShardResponse {
+                shard: Some(shard_info(&s)),
+                migration_id: String::new(),
+            },
             Deallocation::Migrating(m) => {
                 let shard = self.shards().shard(&m.shard_id).map(|s| shard_info(&s));
-                wire::DeallocateShardResponse { shard, migration_id: m.id }
+                wire::DeallocateShardResponse {
+                    shard,
+                    migration_id: m.id,
+                }
             }
         }))
     }
 
-    async fn get_migration(&self, request: Request<wire::GetMigrationRequest>) -> Result<Response<wire::MigrationInfo>, Status> {
+    async fn get_migration(
+        &self,
+        request: Request<wire::GetMigrationRequest>,
+    ) -> Result<Response<wire::MigrationInfo>, Status> {
         let id = request.into_inner().migration_id;
         let m = self
             .shards()
@@ -248,10 +302,12 @@ impl ShardService for ShardApi {
         request: Request<wire::ReleaseAddressRequest>,
     ) -> Result<Response<wire::AddressAllocation>, Status> {
         let r = request.into_inner();
-        let address: IpAddr = r
-            .address
-            .parse()
-            .map_err(|_| Status::invalid_argument(format!("field `address`: `{}` is not an IPv4 or IPv6 address", r.address)))?;
+        let address: IpAddr = r.address.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "field `address`: `{}` is not an IPv4 or IPv6 address",
+                r.address
+            ))
+        })?;
         let a = self
             .shards()
             .release_address(required("network_id", &r.network_id)?, address, r.seq)
@@ -267,17 +323,23 @@ impl ShardService for ShardApi {
         let r = request.into_inner();
         let released = self
             .shards()
-            .release_workload(required("network_id", &r.network_id)?, required("workload", &r.workload)?)
+            .release_workload(
+                required("network_id", &r.network_id)?,
+                required("workload", &r.workload)?,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(wire::ReleaseWorkloadResponse {
-            released: released.iter().map(|a| allocation(a)).collect(),
+            released: released.iter().map(allocation).collect(),
         }))
     }
 
     type WatchEventsStream = EventStream;
 
-    async fn watch_events(&self, request: Request<wire::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
+    async fn watch_events(
+        &self,
+        request: Request<wire::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let from = match request.into_inner().from_sequence {
             0 => self.shards().next_event(),
             n => n,

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use crate::shards::{
-    Allocation, CreateShard, Deallocation, Family, Migration, Shard, ShardError, ShardStatus, default_prefix,
-    prefix_bounds,
+    Allocation, CreateShard, Deallocation, Family, Migration, Shard, ShardError, ShardStatus,
+    default_prefix, prefix_bounds,
 };
 use crate::state::AppState;
 use crate::time::rfc3339;
@@ -31,9 +31,15 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/shards", post(create_shard).get(list_shards))
         .route("/shards/{shard_id}", get(get_shard).delete(delete_shard))
-        .route("/networks/{network_id}/shards/{shard_id}", post(assign_shard).delete(deallocate_shard))
+        .route(
+            "/networks/{network_id}/shards/{shard_id}",
+            post(assign_shard).delete(deallocate_shard),
+        )
         .route("/networks/{network_id}/addresses", post(allocate_address))
-        .route("/networks/{network_id}/addresses/{address}", delete(release_address))
+        .route(
+            "/networks/{network_id}/addresses/{address}",
+            delete(release_address),
+        )
         .route(
             "/networks/{network_id}/workloads/{workload}/addresses",
             get(workload_addresses).delete(release_workload),
@@ -90,7 +96,16 @@ pub fn migration_json(m: &Migration) -> Value {
     if let Some(o) = v.as_object_mut() {
         o.insert("created".into(), json!(rfc3339(m.created_ns)));
         o.insert("updated".into(), json!(rfc3339(m.updated_ns)));
-        let done = m.moves.iter().filter(|mv| !matches!(mv.state, crate::shards::MoveState::Pending | crate::shards::MoveState::Moving)).count();
+        let done = m
+            .moves
+            .iter()
+            .filter(|mv| {
+                !matches!(
+                    mv.state,
+                    crate::shards::MoveState::Pending | crate::shards::MoveState::Moving
+                )
+            })
+            .count();
         o.insert("moved".into(), json!(done));
         o.insert("total".into(), json!(m.moves.len()));
     }
@@ -102,24 +117,37 @@ fn body_object(body: &Bytes, allowed: &[&str]) -> Result<serde_json::Map<String,
     if body.is_empty() {
         return Ok(serde_json::Map::new());
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadBody(format!("not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadBody(format!("not valid JSON: {e}")))?;
     let Value::Object(map) = value else {
-        return Err(ApiError::BadBody(format!("expected a JSON object with fields {}", allowed.join(", "))));
+        return Err(ApiError::BadBody(format!(
+            "expected a JSON object with fields {}",
+            allowed.join(", ")
+        )));
     };
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(ApiError::BadField {
             field: unknown.clone(),
-            message: format!("unknown field (this endpoint takes: {})", allowed.join(", ")),
+            message: format!(
+                "unknown field (this endpoint takes: {})",
+                allowed.join(", ")
+            ),
         });
     }
     Ok(map)
 }
 
 fn bad(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::BadField { field: field.to_owned(), message: message.into() }
+    ApiError::BadField {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
-fn opt_str<'a>(map: &'a serde_json::Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
+fn opt_str<'a>(
+    map: &'a serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ApiError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
@@ -130,12 +158,17 @@ fn opt_str<'a>(map: &'a serde_json::Map<String, Value>, field: &str) -> Result<O
 fn opt_u64(map: &serde_json::Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| bad(field, format!("expected a non-negative integer, got {v}"))),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad(field, format!("expected a non-negative integer, got {v}"))),
     }
 }
 
 fn family_field(map: &serde_json::Map<String, Value>) -> Result<Family, ApiError> {
-    opt_str(map, "family")?.map_or(Ok(Family::Ipv4), |f| f.parse().map_err(|e: String| bad("family", e)))
+    opt_str(map, "family")?.map_or(Ok(Family::Ipv4), |f| {
+        f.parse().map_err(|e: String| bad("family", e))
+    })
 }
 
 /// Parses `POST /shards`: `size` (addresses, a power of two) or `prefix_len`, `family`
@@ -150,11 +183,16 @@ pub fn parse_create(map: &serde_json::Map<String, Value>) -> Result<CreateShard,
     let from_size = match opt_u64(map, "size")? {
         None => None,
         Some(size) => {
-            let (lo, hi) = (1u64 << (bits - u32::from(max)), 1u64 << (bits - u32::from(min)));
+            let (lo, hi) = (
+                1u64 << (bits - u32::from(max)),
+                1u64 << (bits - u32::from(min)),
+            );
             if !size.is_power_of_two() || !(lo..=hi).contains(&size) {
                 return Err(bad(
                     "size",
-                    format!("{size} is not a shard size: use a power of two from {lo} to {hi} addresses (default 1024)"),
+                    format!(
+                        "{size} is not a shard size: use a power of two from {lo} to {hi} addresses (default 1024)"
+                    ),
                 ));
             }
             Some(u8::try_from(bits - size.trailing_zeros()).unwrap_or(0))
@@ -163,42 +201,80 @@ pub fn parse_create(map: &serde_json::Map<String, Value>) -> Result<CreateShard,
     let from_len = match opt_u64(map, "prefix_len")? {
         None => None,
         Some(len) => {
-            let len = u8::try_from(len).ok().filter(|l| (min..=max).contains(l)).ok_or_else(|| {
-                bad("prefix_len", format!("/{len} is outside the {} shard prefixes /{min} to /{max}", family.as_str()))
-            })?;
+            let len = u8::try_from(len)
+                .ok()
+                .filter(|l| (min..=max).contains(l))
+                .ok_or_else(|| {
+                    bad(
+                        "prefix_len",
+                        format!(
+                            "/{len} is outside the {} shard prefixes /{min} to /{max}",
+                            family.as_str()
+                        ),
+                    )
+                })?;
             Some(len)
         }
     };
     let prefix_len = match (from_size, from_len) {
         (Some(a), Some(b)) if a != b => {
-            return Err(bad("size", format!("size means /{a} but prefix_len says /{b}; give one of them")));
+            return Err(bad(
+                "size",
+                format!("size means /{a} but prefix_len says /{b}; give one of them"),
+            ));
         }
         (a, b) => a.or(b).unwrap_or_else(|| default_prefix(family)),
     };
     let reserved = match map.get("reserved") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(bad("reserved", format!("expected true or false, got {other}"))),
+        Some(other) => {
+            return Err(bad(
+                "reserved",
+                format!("expected true or false, got {other}"),
+            ));
+        }
     };
-    Ok(CreateShard { family, prefix_len, network_id: opt_str(map, "network_id")?.map(str::to_owned), reserved })
+    Ok(CreateShard {
+        family,
+        prefix_len,
+        network_id: opt_str(map, "network_id")?.map(str::to_owned),
+        reserved,
+    })
 }
 
 async fn create_shard(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let map = body_object(&body, &["size", "prefix_len", "family", "network_id", "reserved"])?;
+    let map = body_object(
+        &body,
+        &["size", "prefix_len", "family", "network_id", "reserved"],
+    )?;
     let req = parse_create(&map)?;
     let shard = state.shards.create_shard(req).await?;
     let location = format!("/shards/{}", shard.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(shard_json(&shard))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(shard_json(&shard)),
+    )
+        .into_response())
 }
 
-async fn get_shard(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_shard(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let shard = state.shards.shard(&id).ok_or_else(|| {
-        ApiError::Missing(format!("shard {id} does not exist; list the shards with GET /shards"))
+        ApiError::Missing(format!(
+            "shard {id} does not exist; list the shards with GET /shards"
+        ))
     })?;
     Ok(Json(shard_json(&shard)))
 }
 
-async fn delete_shard(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn delete_shard(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let shard = state.shards.delete_shard(&id).await?;
     Ok(Json(shard_json(&shard)))
 }
@@ -215,19 +291,31 @@ pub struct ListQuery {
 pub fn parse_list(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
     const ALLOWED: &[&str] = &["network_id", "status", "family", "limit", "page_token"];
     if let Some(k) = params.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
-        return Err(ApiError::parameter(k, format!("unknown parameter (this endpoint takes: {})", ALLOWED.join(", "))));
+        return Err(ApiError::parameter(
+            k,
+            format!(
+                "unknown parameter (this endpoint takes: {})",
+                ALLOWED.join(", ")
+            ),
+        ));
     }
     let status = params
         .get("status")
         .map(|s| {
             ShardStatus::parse(s).ok_or_else(|| {
-                ApiError::parameter("status", format!("`{s}` is not a status; use Available, In-Use, Migrating or Reserved"))
+                ApiError::parameter(
+                    "status",
+                    format!("`{s}` is not a status; use Available, In-Use, Migrating or Reserved"),
+                )
             })
         })
         .transpose()?;
     let family = params
         .get("family")
-        .map(|f| f.parse::<Family>().map_err(|e| ApiError::parameter("family", e)))
+        .map(|f| {
+            f.parse::<Family>()
+                .map_err(|e| ApiError::parameter("family", e))
+        })
         .transpose()?;
     let limit = params
         .get("limit")
@@ -235,7 +323,9 @@ pub fn parse_list(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
             l.parse::<usize>()
                 .ok()
                 .filter(|n| (1..=1000).contains(n))
-                .ok_or_else(|| ApiError::parameter("limit", format!("`{l}` is not a page size from 1 to 1000")))
+                .ok_or_else(|| {
+                    ApiError::parameter("limit", format!("`{l}` is not a page size from 1 to 1000"))
+                })
         })
         .transpose()?
         .unwrap_or(100);
@@ -253,8 +343,16 @@ pub fn list_page(state: &AppState, q: &ListQuery) -> (Vec<Shard>, Option<String>
     let index = state.shards.read();
     let mut page: Vec<Shard> = index
         .shards()
-        .filter(|s| q.page_token.as_ref().is_none_or(|t| s.id.as_str() > t.as_str()))
-        .filter(|s| q.network_id.as_ref().is_none_or(|n| s.network_id.as_ref() == Some(n)))
+        .filter(|s| {
+            q.page_token
+                .as_ref()
+                .is_none_or(|t| s.id.as_str() > t.as_str())
+        })
+        .filter(|s| {
+            q.network_id
+                .as_ref()
+                .is_none_or(|n| s.network_id.as_ref() == Some(n))
+        })
         .filter(|s| q.status.is_none_or(|st| s.status == st))
         .filter(|s| q.family.is_none_or(|f| s.family == f))
         .take(q.limit + 1)
@@ -267,7 +365,10 @@ pub fn list_page(state: &AppState, q: &ListQuery) -> (Vec<Shard>, Option<String>
     (page, next)
 }
 
-async fn list_shards(State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+async fn list_shards(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     let q = parse_list(&params)?;
     let (page, next) = list_page(&state, &q);
     Ok(Json(json!({
@@ -314,12 +415,22 @@ async fn allocate_address(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let map = body_object(&body, &["workload", "host_id", "family"])?;
-    let workload = opt_str(&map, "workload")?.ok_or_else(|| bad("workload", "required: the workload the address is for"))?;
-    let host = opt_str(&map, "host_id")?.ok_or_else(|| bad("host_id", "required: the host the workload runs on"))?;
+    let workload = opt_str(&map, "workload")?
+        .ok_or_else(|| bad("workload", "required: the workload the address is for"))?;
+    let host = opt_str(&map, "host_id")?
+        .ok_or_else(|| bad("host_id", "required: the host the workload runs on"))?;
     let family = family_field(&map)?;
-    let a = state.shards.allocate_address(&network, workload, host, family).await?;
+    let a = state
+        .shards
+        .allocate_address(&network, workload, host, family)
+        .await?;
     let location = format!("/networks/{network}/addresses/{}", a.address);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(allocation_json(&a))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(allocation_json(&a)),
+    )
+        .into_response())
 }
 
 async fn release_address(
@@ -328,17 +439,29 @@ async fn release_address(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(k) = params.keys().find(|k| k.as_str() != "seq") {
-        return Err(ApiError::parameter(k, "unknown parameter (this endpoint takes: seq)"));
+        return Err(ApiError::parameter(
+            k,
+            "unknown parameter (this endpoint takes: seq)",
+        ));
     }
-    let address: IpAddr = address
-        .parse()
-        .map_err(|_| bad("address", format!("`{address}` is not an IPv4 or IPv6 address")))?;
-    let seq = params
-        .get("seq")
-        .ok_or_else(|| ApiError::parameter("seq", "required: the allocation seq returned when the address was allocated"))?;
-    let seq: u64 = seq
-        .parse()
-        .map_err(|_| ApiError::parameter("seq", format!("`{seq}` is not an allocation sequence (a non-negative integer)")))?;
+    let address: IpAddr = address.parse().map_err(|_| {
+        bad(
+            "address",
+            format!("`{address}` is not an IPv4 or IPv6 address"),
+        )
+    })?;
+    let seq = params.get("seq").ok_or_else(|| {
+        ApiError::parameter(
+            "seq",
+            "required: the allocation seq returned when the address was allocated",
+        )
+    })?;
+    let seq: u64 = seq.parse().map_err(|_| {
+        ApiError::parameter(
+            "seq",
+            format!("`{seq}` is not an allocation sequence (a non-negative integer)"),
+        )
+    })?;
     let a = state.shards.release_address(&network, address, seq).await?;
     Ok(Json(allocation_json(&a)))
 }
@@ -361,18 +484,26 @@ async fn release_workload(
     Path((network, workload)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let released = state.shards.release_workload(&network, &workload).await?;
-    Ok(Json(json!({ "released": released.iter().map(allocation_json).collect::<Vec<_>>() })))
+    Ok(Json(
+        json!({ "released": released.iter().map(allocation_json).collect::<Vec<_>>() }),
+    ))
 }
 
 async fn list_migrations(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "migrations": state.shards.migrations().iter().map(migration_json).collect::<Vec<_>>() }))
+    Json(
+        json!({ "migrations": state.shards.migrations().iter().map(migration_json).collect::<Vec<_>>() }),
+    )
 }
 
-async fn get_migration(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let m = state
-        .shards
-        .migration(&id)
-        .ok_or_else(|| ApiError::Missing(format!("migration {id} does not exist; list them with GET /migrations")))?;
+async fn get_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let m = state.shards.migration(&id).ok_or_else(|| {
+        ApiError::Missing(format!(
+            "migration {id} does not exist; list them with GET /migrations"
+        ))
+    })?;
     Ok(Json(migration_json(&m)))
 }
 
@@ -385,22 +516,43 @@ async fn events(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    if let Some(k) = params.keys().find(|k| !matches!(k.as_str(), "from" | "follow" | "limit")) {
-        return Err(ApiError::parameter(k, "unknown parameter (this endpoint takes: from, follow, limit)"));
+    if let Some(k) = params
+        .keys()
+        .find(|k| !matches!(k.as_str(), "from" | "follow" | "limit"))
+    {
+        return Err(ApiError::parameter(
+            k,
+            "unknown parameter (this endpoint takes: from, follow, limit)",
+        ));
     }
     let follow = match params.get("follow").map(String::as_str) {
         None | Some("true" | "1") => true,
         Some("false" | "0") => false,
-        Some(other) => return Err(ApiError::parameter("follow", format!("`{other}` is not true or false"))),
+        Some(other) => {
+            return Err(ApiError::parameter(
+                "follow",
+                format!("`{other}` is not true or false"),
+            ));
+        }
     };
     let from = match (params.get("from"), headers.get("last-event-id")) {
-        (Some(f), _) => f
-            .parse::<u64>()
-            .map_err(|_| ApiError::parameter("from", format!("`{f}` is not an event sequence (a non-negative integer)")))?,
+        (Some(f), _) => f.parse::<u64>().map_err(|_| {
+            ApiError::parameter(
+                "from",
+                format!("`{f}` is not an event sequence (a non-negative integer)"),
+            )
+        })?,
         (None, Some(id)) => {
-            let id = id.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
-                ApiError::BadBody("header Last-Event-ID: not an event sequence (a non-negative integer)".into())
-            })?;
+            let id = id
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadBody(
+                        "header Last-Event-ID: not an event sequence (a non-negative integer)"
+                            .into(),
+                    )
+                })?;
             id + 1
         }
         (None, None) if follow => state.shards.next_event(),
@@ -413,18 +565,35 @@ async fn events(
                 l.parse::<usize>()
                     .ok()
                     .filter(|n| (1..=10_000).contains(n))
-                    .ok_or_else(|| ApiError::parameter("limit", format!("`{l}` is not a count from 1 to 10000")))
+                    .ok_or_else(|| {
+                        ApiError::parameter(
+                            "limit",
+                            format!("`{l}` is not a count from 1 to 10000"),
+                        )
+                    })
             })
             .transpose()?
             .unwrap_or(1000);
-        let mut events = state.shards.stored_events(from, limit).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut events = state
+            .shards
+            .stored_events(from, limit)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         events.truncate(limit);
-        let next = events.last().map_or(from.max(state.shards.oldest_event()), |e| e.sequence + 1);
+        let next = events
+            .last()
+            .map_or(from.max(state.shards.oldest_event()), |e| e.sequence + 1);
         return Ok(Json(json!({ "events": events, "next": next })).into_response());
     }
     let stream = crate::shards::events::stream_from(state.shards.clone(), from).map(|e| {
         let data = serde_json::to_string(e.as_ref()).unwrap_or_default();
-        Ok::<_, Infallible>(Event::default().id(e.id.clone()).event(e.event_type.clone()).data(data))
+        Ok::<_, Infallible>(
+            Event::default()
+                .id(e.id.clone())
+                .event(e.event_type.clone())
+                .data(data),
+        )
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

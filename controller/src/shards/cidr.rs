@@ -42,7 +42,9 @@ impl FromStr for Family {
         match s.to_ascii_lowercase().as_str() {
             "ipv4" | "v4" | "4" | "inet" => Ok(Self::Ipv4),
             "ipv6" | "v6" | "6" | "inet6" => Ok(Self::Ipv6),
-            _ => Err(format!("`{s}` is not an address family; use `ipv4` or `ipv6`")),
+            _ => Err(format!(
+                "`{s}` is not an address family; use `ipv4` or `ipv6`"
+            )),
         }
     }
 }
@@ -72,12 +74,20 @@ pub struct Cidr {
 
 impl Cidr {
     pub fn new(family: Family, start: u128, prefix_len: u8) -> Self {
-        Self { family, start, prefix_len }
+        Self {
+            family,
+            start,
+            prefix_len,
+        }
     }
 
     fn host_mask(family: Family, prefix_len: u8) -> u128 {
         let host_bits = u32::from(family.bits() - prefix_len.min(family.bits()));
-        if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 }
+        if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        }
     }
 
     /// The last address of the prefix.
@@ -120,16 +130,24 @@ impl fmt::Display for Cidr {
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, len) = s
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}` is not a prefix: write it as address/length, e.g. 198.18.128.0/17"))?;
-        let ip: IpAddr = addr.parse().map_err(|_| format!("`{addr}` is not an IPv4 or IPv6 address"))?;
+        let (addr, len) = s.split_once('/').ok_or_else(|| {
+            format!("`{s}` is not a prefix: write it as address/length, e.g. 198.18.128.0/17")
+        })?;
+        let ip: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IPv4 or IPv6 address"))?;
         let family = Family::of(ip);
         let prefix_len: u8 = len
             .parse()
             .ok()
             .filter(|l| *l <= family.bits())
-            .ok_or_else(|| format!("`{len}` is not a prefix length of {} (0..={})", family.as_str(), family.bits()))?;
+            .ok_or_else(|| {
+                format!(
+                    "`{len}` is not a prefix length of {} (0..={})",
+                    family.as_str(),
+                    family.bits()
+                )
+            })?;
         let start = to_u128(ip);
         if start & Self::host_mask(family, prefix_len) != 0 {
             let network = start & !Self::host_mask(family, prefix_len);
@@ -138,7 +156,11 @@ impl FromStr for Cidr {
                 from_u128(family, network)
             ));
         }
-        Ok(Self { family, start, prefix_len })
+        Ok(Self {
+            family,
+            start,
+            prefix_len,
+        })
     }
 }
 
@@ -164,11 +186,19 @@ mod tests {
         let c: Cidr = "198.18.128.0/22".parse().unwrap();
         assert_eq!(c.size(), 1024);
         assert_eq!(c.nth(1).to_string(), "198.18.128.1");
-        assert_eq!(from_u128(Family::Ipv4, c.last()).to_string(), "198.18.131.255");
+        assert_eq!(
+            from_u128(Family::Ipv4, c.last()).to_string(),
+            "198.18.131.255"
+        );
         let v6: Cidr = "fd00:80::/118".parse().unwrap();
         assert_eq!(v6.size(), 1024);
         assert_eq!(v6.to_string(), "fd00:80::/118");
-        assert!("198.18.128.1/22".parse::<Cidr>().unwrap_err().contains("198.18.128.0/22"));
+        assert!(
+            "198.18.128.1/22"
+                .parse::<Cidr>()
+                .unwrap_err()
+                .contains("198.18.128.0/22")
+        );
         assert!("198.18.128.0/33".parse::<Cidr>().is_err());
         let all: Cidr = "::/0".parse().unwrap();
         assert_eq!(all.last(), u128::MAX);

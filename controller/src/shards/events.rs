@@ -33,7 +33,13 @@ pub struct CloudEvent {
 }
 
 impl CloudEvent {
-    pub fn new(sequence: u64, kind: &str, subject: &str, now_ns: u64, data: serde_json::Value) -> Self {
+    pub fn new(
+        sequence: u64,
+        kind: &str,
+        subject: &str,
+        now_ns: u64,
+        data: serde_json::Value,
+    ) -> Self {
         Self {
             specversion: "1.0".into(),
             event_type: kind.into(),
@@ -51,50 +57,61 @@ impl CloudEvent {
 /// Events from sequence `from` on: the stored ones first, then live ones as they are
 /// committed. A consumer that falls behind the live channel re-reads from the store, so
 /// it sees every event still retained, in order, without gaps or repeats.
-pub fn stream_from(manager: ShardManager, from: u64) -> impl Stream<Item = Arc<CloudEvent>> + Send + 'static {
+pub fn stream_from(
+    manager: ShardManager,
+    from: u64,
+) -> impl Stream<Item = Arc<CloudEvent>> + Send + 'static {
     // Subscribe before reading the store, so nothing committed in between is missed.
     let rx = manager.subscribe();
-    let state = (manager, rx, from.max(1), std::collections::VecDeque::<Arc<CloudEvent>>::new());
-    futures::stream::unfold(state, |(manager, mut rx, mut next, mut pending)| async move {
-        loop {
-            if let Some(e) = pending.pop_front() {
-                return Some((e, (manager, rx, next, pending)));
-            }
-            match manager.stored_events(next, 512) {
-                Ok(events) if !events.is_empty() => {
-                    next = events.last().map_or(next, |e| e.sequence + 1);
-                    pending.extend(events.into_iter().map(Arc::new));
-                    continue;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "reading stored shard events failed; ending the stream");
-                    return None;
-                }
-            }
-            // Caught up with the store: follow the live channel.
+    let state = (
+        manager,
+        rx,
+        from.max(1),
+        std::collections::VecDeque::<Arc<CloudEvent>>::new(),
+    );
+    futures::stream::unfold(
+        state,
+        |(manager, mut rx, mut next, mut pending)| async move {
             loop {
-                match rx.recv().await {
-                    Ok(e) if e.sequence < next => {}
-                    Ok(e) if e.sequence == next => {
-                        next += 1;
-                        pending.push_back(e);
-                        break;
+                if let Some(e) = pending.pop_front() {
+                    return Some((e, (manager, rx, next, pending)));
+                }
+                match manager.stored_events(next, 512) {
+                    Ok(events) if !events.is_empty() => {
+                        next = events.last().map_or(next, |e| e.sequence + 1);
+                        pending.extend(events.into_iter().map(Arc::new));
+                        continue;
                     }
-                    // A gap (events committed before we subscribed, or retention moved
-                    // past `next`): read the store again.
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "reading stored shard events failed; ending the stream");
+                        return None;
+                    }
+                }
+                // Caught up with the store: follow the live channel.
+                loop {
+                    match rx.recv().await {
+                        Ok(e) if e.sequence < next => {}
+                        Ok(e) if e.sequence == next => {
+                            next += 1;
+                            pending.push_back(e);
+                            break;
+                        }
+                        // A gap (events committed before we subscribed, or retention moved
+                        // past `next`): read the store again.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+                if pending.is_empty() {
+                    // Read the store again after a gap; if retention dropped `next`, skip to
+                    // the oldest retained event.
+                    let oldest = manager.oldest_event();
+                    if next < oldest {
+                        next = oldest;
+                    }
                 }
             }
-            if pending.is_empty() {
-                // Read the store again after a gap; if retention dropped `next`, skip to
-                // the oldest retained event.
-                let oldest = manager.oldest_event();
-                if next < oldest {
-                    next = oldest;
-                }
-            }
-        }
-    })
+        },
+    )
 }

@@ -41,7 +41,9 @@ impl ShardArgs {
         let pools = parse("shard-pool", &self.pools)?;
         for (i, a) in pools.iter().enumerate() {
             if let Some(b) = pools[i + 1..].iter().find(|b| b.overlaps(a)) {
-                return Err(format!("--shard-pool: {a} overlaps {b}; give each address range once"));
+                return Err(format!(
+                    "--shard-pool: {a} overlaps {b}; give each address range once"
+                ));
             }
         }
         if self.max_shards_per_network == 0 {

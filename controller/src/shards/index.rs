@@ -29,6 +29,9 @@ pub fn event_key(seq: u64) -> String {
     format!("{EVENT_PREFIX}{seq:020}")
 }
 
+/// One write of a store transaction: put (Some) or delete (None).
+pub type StoreOp = (String, Option<Vec<u8>>);
+
 /// Counters persisted with every batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -83,7 +86,11 @@ impl Slot {
     fn new(shard: Shard) -> Self {
         let size = shard.cidr.size();
         let words = usize::try_from(size.div_ceil(64)).unwrap_or(0);
-        Self { shard, used: vec![0; words], cursor: 0 }
+        Self {
+            shard,
+            used: vec![0; words],
+            cursor: 0,
+        }
     }
 
     fn size(&self) -> u64 {
@@ -111,7 +118,9 @@ impl Slot {
 
     fn is_set(&self, offset: u64) -> bool {
         let (w, b) = (offset / 64, offset % 64);
-        self.used.get(usize::try_from(w).unwrap_or(usize::MAX)).is_some_and(|word| word & (1 << b) != 0)
+        self.used
+            .get(usize::try_from(w).unwrap_or(usize::MAX))
+            .is_some_and(|word| word & (1 << b) != 0)
     }
 
     fn set(&mut self, offset: u64, value: bool) {
@@ -130,7 +139,9 @@ impl Slot {
         let (first, last) = self.usable();
         let span = last + 1 - first;
         let start = self.cursor.clamp(first, last);
-        (0..span).map(|i| first + (start - first + i) % span).find(|o| !self.is_set(*o))
+        (0..span)
+            .map(|i| first + (start - first + i) % span)
+            .find(|o| !self.is_set(*o))
     }
 
     fn offset_of(&self, ip: IpAddr) -> u64 {
@@ -152,7 +163,10 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(now_ns: u64) -> Self {
-        Self { now_ns, ..Self::default() }
+        Self {
+            now_ns,
+            ..Self::default()
+        }
     }
 }
 
@@ -191,13 +205,17 @@ impl Index {
             by_network: HashMap::new(),
             migrations: BTreeMap::new(),
             event_chunks: std::collections::VecDeque::new(),
-            counters: Counters { oldest_event: 1, ..Counters::default() },
+            counters: Counters {
+                oldest_event: 1,
+                ..Counters::default()
+            },
         }
     }
 
     /// Rebuilds the index from the store.
     pub fn load(store: &dyn Store, config: Arc<ShardConfig>) -> Result<Self, StoreError> {
-        let bad = |key: &str, e: serde_json::Error| StoreError(format!("{key}: unreadable record: {e}"));
+        let bad =
+            |key: &str, e: serde_json::Error| StoreError(format!("{key}: unreadable record: {e}"));
         let mut index = Self::new(config);
         if let Some(raw) = store.get(COUNTERS_KEY)? {
             index.counters = serde_json::from_slice(&raw).map_err(|e| bad(COUNTERS_KEY, e))?;
@@ -219,7 +237,9 @@ impl Index {
             index.link(a);
         }
         for (key, _) in store.scan_prefix(EVENT_PREFIX)? {
-            let last = key[EVENT_PREFIX.len()..].parse().map_err(|_| StoreError(format!("{key}: not an event record key")))?;
+            let last = key[EVENT_PREFIX.len()..]
+                .parse()
+                .map_err(|_| StoreError(format!("{key}: not an event record key")))?;
             index.event_chunks.push_back(last);
         }
         for (key, raw) in store.scan_prefix(MIG_PREFIX)? {
@@ -230,25 +250,41 @@ impl Index {
     }
 
     fn insert_slot(&mut self, shard: Shard) {
-        self.by_start.insert((shard.family, shard.cidr.start), shard.id.clone());
+        self.by_start
+            .insert((shard.family, shard.cidr.start), shard.id.clone());
         if let Some(n) = &shard.network_id {
-            self.by_network.entry(n.clone()).or_default().insert(shard.id.clone());
+            self.by_network
+                .entry(n.clone())
+                .or_default()
+                .insert(shard.id.clone());
         }
         self.slots.insert(shard.id.clone(), Slot::new(shard));
     }
 
     /// Adds an allocation to the address and workload indexes.
     fn link(&mut self, a: Allocation) {
-        self.by_workload.entry((a.network_id.clone(), a.workload.clone())).or_default().insert(a.address);
-        self.by_host_workload.entry((a.host_id.clone(), a.workload.clone())).or_default().insert(a.address);
+        self.by_workload
+            .entry((a.network_id.clone(), a.workload.clone()))
+            .or_default()
+            .insert(a.address);
+        self.by_host_workload
+            .entry((a.host_id.clone(), a.workload.clone()))
+            .or_default()
+            .insert(a.address);
         self.addrs.insert(a.address, a);
     }
 
     fn unlink(&mut self, address: IpAddr) -> Option<Allocation> {
         let a = self.addrs.remove(&address)?;
         for (map, key) in [
-            (&mut self.by_workload, (a.network_id.clone(), a.workload.clone())),
-            (&mut self.by_host_workload, (a.host_id.clone(), a.workload.clone())),
+            (
+                &mut self.by_workload,
+                (a.network_id.clone(), a.workload.clone()),
+            ),
+            (
+                &mut self.by_host_workload,
+                (a.host_id.clone(), a.workload.clone()),
+            ),
         ] {
             if let Some(set) = map.get_mut(&key) {
                 set.remove(&address);
@@ -281,7 +317,11 @@ impl Index {
     pub fn workload_addresses(&self, network: &str, workload: &str) -> Vec<Allocation> {
         self.by_workload
             .get(&(network.to_owned(), workload.to_owned()))
-            .map(|set| set.iter().filter_map(|a| self.addrs.get(a).cloned()).collect())
+            .map(|set| {
+                set.iter()
+                    .filter_map(|a| self.addrs.get(a).cloned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -301,7 +341,10 @@ impl Index {
     /// The addresses `workload` on `host` should have: all it holds except those a
     /// migration is replacing.
     pub fn desired(&self, host: &str, workload: &str) -> Vec<AddressAssignment> {
-        let Some(set) = self.by_host_workload.get(&(host.to_owned(), workload.to_owned())) else {
+        let Some(set) = self
+            .by_host_workload
+            .get(&(host.to_owned(), workload.to_owned()))
+        else {
             return Vec::new();
         };
         set.iter()
@@ -331,11 +374,21 @@ impl Index {
 
     fn emit(&mut self, batch: &mut Batch, kind: &str, subject: &str, data: serde_json::Value) {
         self.counters.event_seq += 1;
-        batch.events.push(CloudEvent::new(self.counters.event_seq, kind, subject, batch.now_ns, data));
+        batch.events.push(CloudEvent::new(
+            self.counters.event_seq,
+            kind,
+            subject,
+            batch.now_ns,
+            data,
+        ));
     }
 
     fn shard_event(&mut self, batch: &mut Batch, kind: &str, id: &str) {
-        let data = self.slots.get(id).map(|s| serde_json::to_value(&s.shard).unwrap_or_default()).unwrap_or_default();
+        let data = self
+            .slots
+            .get(id)
+            .map(|s| serde_json::to_value(&s.shard).unwrap_or_default())
+            .unwrap_or_default();
         self.emit(batch, kind, &format!("shards/{id}"), data);
     }
 
@@ -360,13 +413,17 @@ impl Index {
     /// The first aligned free position of a `prefix_len` shard in the pools.
     fn carve(&self, family: Family, prefix_len: u8) -> Option<Cidr> {
         let size = Cidr::new(family, 0, prefix_len).size();
-        for pool in self.config.pools.iter().filter(|p| p.family == family && p.prefix_len <= prefix_len) {
+        for pool in self
+            .config
+            .pools
+            .iter()
+            .filter(|p| p.family == family && p.prefix_len <= prefix_len)
+        {
             let mut candidate = pool.start;
-            loop {
-                let Some(end) = candidate.checked_add(size - 1) else { break };
-                if end > pool.last() {
-                    break;
-                }
+            while let Some(end) = candidate
+                .checked_add(size - 1)
+                .filter(|end| *end <= pool.last())
+            {
                 let cidr = Cidr::new(family, candidate, prefix_len);
                 // The shard with the greatest start not after `end` is the only one
                 // that may overlap (shards never overlap each other).
@@ -377,12 +434,20 @@ impl Index {
                     .and_then(|(_, id)| self.slots.get(id))
                     .map(|s| s.shard.cidr)
                     .filter(|c| c.overlaps(&cidr))
-                    .or_else(|| self.config.reserved.iter().find(|r| r.overlaps(&cidr)).copied());
+                    .or_else(|| {
+                        self.config
+                            .reserved
+                            .iter()
+                            .find(|r| r.overlaps(&cidr))
+                            .copied()
+                    });
                 match blocker {
                     None => return Some(cidr),
                     Some(b) => {
                         // Next aligned position after the blocker.
-                        let Some(next) = b.last().checked_add(1) else { break };
+                        let Some(next) = b.last().checked_add(1) else {
+                            break;
+                        };
                         candidate = next.div_ceil(size).saturating_mul(size);
                     }
                 }
@@ -391,7 +456,11 @@ impl Index {
         None
     }
 
-    pub fn create_shard(&mut self, req: &CreateShard, batch: &mut Batch) -> Result<Shard, ShardError> {
+    pub fn create_shard(
+        &mut self,
+        req: &CreateShard,
+        batch: &mut Batch,
+    ) -> Result<Shard, ShardError> {
         let (min, max) = prefix_bounds(req.family);
         if !(min..=max).contains(&req.prefix_len) {
             return Err(ShardError::invalid(
@@ -408,7 +477,10 @@ impl Index {
         if let Some(n) = &req.network_id {
             check_name("network_id", n)?;
             if req.reserved {
-                return Err(ShardError::invalid("network_id", "a reserved shard cannot belong to a network"));
+                return Err(ShardError::invalid(
+                    "network_id",
+                    "a reserved shard cannot belong to a network",
+                ));
             }
             self.check_network_room(n)?;
         }
@@ -458,14 +530,20 @@ impl Index {
 
     fn slot(&self, id: &str) -> Result<&Slot, ShardError> {
         self.slots.get(id).ok_or_else(|| {
-            ShardError::NotFound(format!("shard {id} does not exist; list the shards with GET /shards"))
+            ShardError::NotFound(format!(
+                "shard {id} does not exist; list the shards with GET /shards"
+            ))
         })
     }
 
     pub fn delete_shard(&mut self, id: &str, batch: &mut Batch) -> Result<Shard, ShardError> {
         let shard = self.slot(id)?.shard.clone();
         if shard.status == ShardStatus::Migrating {
-            let mid = self.migrations.values().find(|m| m.shard_id == id && m.is_active()).map_or("?", |m| m.id.as_str());
+            let mid = self
+                .migrations
+                .values()
+                .find(|m| m.shard_id == id && m.is_active())
+                .map_or("?", |m| m.id.as_str());
             return Err(ShardError::Conflict(format!(
                 "shard {id} is migrating; wait until its migration completes (GET /migrations/{mid}) and delete it then"
             )));
@@ -497,7 +575,12 @@ impl Index {
         }
     }
 
-    pub fn assign_shard(&mut self, network: &str, id: &str, batch: &mut Batch) -> Result<Shard, ShardError> {
+    pub fn assign_shard(
+        &mut self,
+        network: &str,
+        id: &str,
+        batch: &mut Batch,
+    ) -> Result<Shard, ShardError> {
         check_name("network_id", network)?;
         let shard = self.slot(id)?.shard.clone();
         match (&shard.network_id, shard.status) {
@@ -514,22 +597,35 @@ impl Index {
                 )));
             }
             (None, ShardStatus::Migrating) => {
-                return Err(ShardError::Conflict(format!("shard {id} is migrating; wait for its migration to complete")));
+                return Err(ShardError::Conflict(format!(
+                    "shard {id} is migrating; wait for its migration to complete"
+                )));
             }
             (None, _) => {}
         }
         self.check_network_room(network)?;
-        let slot = self.slots.get_mut(id).ok_or_else(|| internal("shard vanished"))?;
+        let slot = self
+            .slots
+            .get_mut(id)
+            .ok_or_else(|| internal("shard vanished"))?;
         slot.shard.network_id = Some(network.to_owned());
         slot.shard.status = ShardStatus::InUse;
         let shard = slot.shard.clone();
-        self.by_network.entry(network.to_owned()).or_default().insert(id.to_owned());
+        self.by_network
+            .entry(network.to_owned())
+            .or_default()
+            .insert(id.to_owned());
         batch.dirty_shards.insert(id.to_owned());
         self.shard_event(batch, "weft.shard.allocated", id);
         Ok(shard)
     }
 
-    pub fn deallocate_shard(&mut self, network: &str, id: &str, batch: &mut Batch) -> Result<Deallocation, ShardError> {
+    pub fn deallocate_shard(
+        &mut self,
+        network: &str,
+        id: &str,
+        batch: &mut Batch,
+    ) -> Result<Deallocation, ShardError> {
         check_name("network_id", network)?;
         let shard = self.slot(id)?.shard.clone();
         match &shard.network_id {
@@ -546,11 +642,20 @@ impl Index {
             }
         }
         if shard.status == ShardStatus::Migrating {
-            let active = self.migrations.values().find(|m| m.shard_id == id && m.is_active()).cloned();
-            return active.map(Deallocation::Migrating).ok_or_else(|| internal("migrating shard without a migration"));
+            let active = self
+                .migrations
+                .values()
+                .find(|m| m.shard_id == id && m.is_active())
+                .cloned();
+            return active
+                .map(Deallocation::Migrating)
+                .ok_or_else(|| internal("migrating shard without a migration"));
         }
         if shard.resource_count == 0 {
-            let slot = self.slots.get_mut(id).ok_or_else(|| internal("shard vanished"))?;
+            let slot = self
+                .slots
+                .get_mut(id)
+                .ok_or_else(|| internal("shard vanished"))?;
             slot.shard.network_id = None;
             slot.shard.status = ShardStatus::Available;
             let shard = slot.shard.clone();
@@ -608,9 +713,21 @@ impl Index {
     // ----- addresses -----
 
     /// Allocates in `shard_id` (which must have room).
-    fn allocate_in(&mut self, shard_id: &str, network: &str, workload: &str, host: &str, batch: &mut Batch) -> Result<Allocation, ShardError> {
-        let slot = self.slots.get_mut(shard_id).ok_or_else(|| internal("shard vanished"))?;
-        let offset = slot.find_free().ok_or_else(|| internal("full shard chosen"))?;
+    fn allocate_in(
+        &mut self,
+        shard_id: &str,
+        network: &str,
+        workload: &str,
+        host: &str,
+        batch: &mut Batch,
+    ) -> Result<Allocation, ShardError> {
+        let slot = self
+            .slots
+            .get_mut(shard_id)
+            .ok_or_else(|| internal("shard vanished"))?;
+        let offset = slot
+            .find_free()
+            .ok_or_else(|| internal("full shard chosen"))?;
         slot.set(offset, true);
         slot.cursor = offset + 1;
         slot.shard.resource_count += 1;
@@ -642,7 +759,12 @@ impl Index {
     }
 
     /// A shard of `network` with room for a `family` address, other than `except`.
-    fn shard_with_room(&self, network: &str, family: Family, except: Option<&str>) -> Option<String> {
+    fn shard_with_room(
+        &self,
+        network: &str,
+        family: Family,
+        except: Option<&str>,
+    ) -> Option<String> {
         self.by_network.get(network)?.iter().find_map(|id| {
             let slot = self.slots.get(id)?;
             (slot.shard.family == family
@@ -685,7 +807,9 @@ impl Index {
         }
         batch.dirty_shards.insert(a.shard_id.clone());
         batch.dirty_addrs.insert(address);
-        batch.touched.insert((a.host_id.clone(), a.workload.clone()));
+        batch
+            .touched
+            .insert((a.host_id.clone(), a.workload.clone()));
         self.emit(
             batch,
             "weft.address.released",
@@ -695,44 +819,81 @@ impl Index {
         Some(a)
     }
 
-    pub fn release_address(&mut self, network: &str, address: IpAddr, seq: u64, batch: &mut Batch) -> Result<Allocation, ShardError> {
+    pub fn release_address(
+        &mut self,
+        network: &str,
+        address: IpAddr,
+        seq: u64,
+        batch: &mut Batch,
+    ) -> Result<Allocation, ShardError> {
         check_name("network_id", network)?;
         let a = self
             .addrs
             .get(&address)
             .filter(|a| a.network_id == network)
-            .ok_or_else(|| ShardError::NotFound(format!("address {address} is not allocated in network {network}; nothing to release")))?;
+            .ok_or_else(|| {
+                ShardError::NotFound(format!(
+                    "address {address} is not allocated in network {network}; nothing to release"
+                ))
+            })?;
         if a.seq != seq {
-            let why = if seq < a.seq { "an earlier holder of this address" } else { "no allocation of it yet" };
+            let why = if seq < a.seq {
+                "an earlier holder of this address"
+            } else {
+                "no allocation of it yet"
+            };
             return Err(ShardError::Conflict(format!(
                 "address {address} is held by allocation seq {} (workload {}); seq {seq} names {why}, so the \
                  release is refused; release with the current seq",
                 a.seq, a.workload
             )));
         }
-        self.release(address, batch).ok_or_else(|| internal("allocation vanished"))
+        self.release(address, batch)
+            .ok_or_else(|| internal("allocation vanished"))
     }
 
-    pub fn release_workload(&mut self, network: &str, workload: &str, batch: &mut Batch) -> Result<Vec<Allocation>, ShardError> {
+    pub fn release_workload(
+        &mut self,
+        network: &str,
+        workload: &str,
+        batch: &mut Batch,
+    ) -> Result<Vec<Allocation>, ShardError> {
         check_name("network_id", network)?;
         check_name("workload", workload)?;
-        let addresses = self.by_workload.get(&(network.to_owned(), workload.to_owned())).cloned().unwrap_or_default();
-        Ok(addresses.into_iter().filter_map(|a| self.release(a, batch)).collect())
+        let addresses = self
+            .by_workload
+            .get(&(network.to_owned(), workload.to_owned()))
+            .cloned()
+            .unwrap_or_default();
+        Ok(addresses
+            .into_iter()
+            .filter_map(|a| self.release(a, batch))
+            .collect())
     }
 
     // ----- migrations -----
 
     fn active_migration(&self, id: &str) -> Result<&Migration, ShardError> {
-        let m = self.migrations.get(id).ok_or_else(|| ShardError::NotFound(format!("migration {id} does not exist")))?;
+        let m = self
+            .migrations
+            .get(id)
+            .ok_or_else(|| ShardError::NotFound(format!("migration {id} does not exist")))?;
         if !m.is_active() {
-            return Err(ShardError::Conflict(format!("migration {id} is {:?}", m.state)));
+            return Err(ShardError::Conflict(format!(
+                "migration {id} is {:?}",
+                m.state
+            )));
         }
         Ok(m)
     }
 
     fn the_move(&self, id: &str, idx: usize) -> Result<(Migration, WorkloadMove), ShardError> {
         let m = self.active_migration(id)?;
-        let mv = m.moves.get(idx).cloned().ok_or_else(|| internal("no such move"))?;
+        let mv = m
+            .moves
+            .get(idx)
+            .cloned()
+            .ok_or_else(|| internal("no such move"))?;
         Ok((m.clone(), mv))
     }
 
@@ -749,7 +910,12 @@ impl Index {
     /// Gives the workload of move `idx` its new address (from another shard of the
     /// network, or a shard carved for it within policy) and retires the old one from its
     /// desired state.
-    pub fn prepare_move(&mut self, id: &str, idx: usize, batch: &mut Batch) -> Result<MoveStep, ShardError> {
+    pub fn prepare_move(
+        &mut self,
+        id: &str,
+        idx: usize,
+        batch: &mut Batch,
+    ) -> Result<MoveStep, ShardError> {
         let (m, mut mv) = self.the_move(id, idx)?;
         let step = |mv: &WorkloadMove| MoveStep {
             host_id: mv.host_id.clone(),
@@ -760,7 +926,10 @@ impl Index {
         if mv.state != MoveState::Pending {
             return Ok(step(&mv));
         }
-        let still_held = self.addrs.get(&mv.old_address).is_some_and(|a| a.seq == mv.old_seq);
+        let still_held = self
+            .addrs
+            .get(&mv.old_address)
+            .is_some_and(|a| a.seq == mv.old_seq);
         if !still_held {
             mv.state = MoveState::Skipped;
             self.set_move(id, idx, mv.clone(), batch);
@@ -771,9 +940,19 @@ impl Index {
             Some(t) => t,
             None => {
                 let prefix_len = self.slot(&m.shard_id)?.shard.cidr.prefix_len;
-                let req = CreateShard { family, prefix_len, network_id: Some(m.network_id.clone()), reserved: false };
+                let req = CreateShard {
+                    family,
+                    prefix_len,
+                    network_id: Some(m.network_id.clone()),
+                    reserved: false,
+                };
                 self.create_shard(&req, batch)
-                    .map_err(|e| ShardError::Conflict(format!("no other shard of network {} has room and none could be carved: {e}", m.network_id)))?
+                    .map_err(|e| {
+                        ShardError::Conflict(format!(
+                            "no other shard of network {} has room and none could be carved: {e}",
+                            m.network_id
+                        ))
+                    })?
                     .id
             }
         };
@@ -791,12 +970,22 @@ impl Index {
     }
 
     /// The agent applied the new address: releases the old one.
-    pub fn complete_move(&mut self, id: &str, idx: usize, down_us: u64, batch: &mut Batch) -> Result<(), ShardError> {
+    pub fn complete_move(
+        &mut self,
+        id: &str,
+        idx: usize,
+        down_us: u64,
+        batch: &mut Batch,
+    ) -> Result<(), ShardError> {
         let (_, mut mv) = self.the_move(id, idx)?;
         if mv.state != MoveState::Moving {
             return Ok(());
         }
-        if self.addrs.get(&mv.old_address).is_some_and(|a| a.seq == mv.old_seq) {
+        if self
+            .addrs
+            .get(&mv.old_address)
+            .is_some_and(|a| a.seq == mv.old_seq)
+        {
             self.release(mv.old_address, batch);
         }
         mv.state = MoveState::Done;
@@ -807,7 +996,13 @@ impl Index {
     }
 
     /// Records why move `idx` has not finished (visible in GET /migrations/{id}).
-    pub fn move_failed(&mut self, id: &str, idx: usize, error: &str, batch: &mut Batch) -> Result<(), ShardError> {
+    pub fn move_failed(
+        &mut self,
+        id: &str,
+        idx: usize,
+        error: &str,
+        batch: &mut Batch,
+    ) -> Result<(), ShardError> {
         let (_, mut mv) = self.the_move(id, idx)?;
         if mv.error != error {
             mv.error = error.to_owned();
@@ -816,7 +1011,12 @@ impl Index {
         Ok(())
     }
 
-    pub fn pause_migration(&mut self, id: &str, error: &str, batch: &mut Batch) -> Result<(), ShardError> {
+    pub fn pause_migration(
+        &mut self,
+        id: &str,
+        error: &str,
+        batch: &mut Batch,
+    ) -> Result<(), ShardError> {
         let m = self.active_migration(id)?.clone();
         if m.state == MigrationState::Paused && m.error == error {
             return Ok(());
@@ -860,14 +1060,28 @@ impl Index {
     }
 
     /// Every move done: the shard leaves its network and is Available again.
-    pub fn finish_migration(&mut self, id: &str, batch: &mut Batch) -> Result<Migration, ShardError> {
+    pub fn finish_migration(
+        &mut self,
+        id: &str,
+        batch: &mut Batch,
+    ) -> Result<Migration, ShardError> {
         let m = self.active_migration(id)?.clone();
-        if let Some(mv) = m.moves.iter().find(|mv| !matches!(mv.state, MoveState::Done | MoveState::Skipped)) {
-            return Err(ShardError::Conflict(format!("workload {} has not moved yet", mv.workload)));
+        if let Some(mv) = m
+            .moves
+            .iter()
+            .find(|mv| !matches!(mv.state, MoveState::Done | MoveState::Skipped))
+        {
+            return Err(ShardError::Conflict(format!(
+                "workload {} has not moved yet",
+                mv.workload
+            )));
         }
         let count = self.slot(&m.shard_id)?.shard.resource_count;
         if count > 0 {
-            return Err(ShardError::Conflict(format!("shard {} still holds {count} addresses", m.shard_id)));
+            return Err(ShardError::Conflict(format!(
+                "shard {} still holds {count} addresses",
+                m.shard_id
+            )));
         }
         if let Some(slot) = self.slots.get_mut(&m.shard_id) {
             slot.shard.network_id = None;
@@ -876,7 +1090,10 @@ impl Index {
         self.remove_from_network(&m.network_id, &m.shard_id);
         batch.dirty_shards.insert(m.shard_id.clone());
         let finished = {
-            let stored = self.migrations.get_mut(id).ok_or_else(|| internal("migration vanished"))?;
+            let stored = self
+                .migrations
+                .get_mut(id)
+                .ok_or_else(|| internal("migration vanished"))?;
             stored.state = MigrationState::Completed;
             stored.error.clear();
             stored.updated_ns = batch.now_ns;
@@ -892,8 +1109,17 @@ impl Index {
             &format!("shards/{}", m.shard_id),
             serde_json::json!({"shard_id": m.shard_id, "network_id": m.network_id, "migration_id": id}),
         );
-        let moved = finished.moves.iter().filter(|mv| mv.state == MoveState::Done).count();
-        let max_down = finished.moves.iter().map(|mv| mv.down_us).max().unwrap_or(0);
+        let moved = finished
+            .moves
+            .iter()
+            .filter(|mv| mv.state == MoveState::Done)
+            .count();
+        let max_down = finished
+            .moves
+            .iter()
+            .map(|mv| mv.down_us)
+            .max()
+            .unwrap_or(0);
         self.emit(
             batch,
             "weft.shard.migration.completed",
@@ -909,7 +1135,7 @@ impl Index {
 
     /// The store writes of everything `batch` changed, plus the counters and the events
     /// (and deletions of events beyond the retention).
-    pub fn flush(&mut self, batch: &mut Batch) -> Result<Vec<(String, Option<Vec<u8>>)>, ShardError> {
+    pub fn flush(&mut self, batch: &mut Batch) -> Result<Vec<StoreOp>, ShardError> {
         let mut ops = Vec::new();
         let json = |v: &dyn erased::Json| v.to_json().map_err(internal);
         for id in std::mem::take(&mut batch.dirty_shards) {
@@ -943,7 +1169,11 @@ impl Index {
             self.event_chunks.push_back(last);
         }
         // Retention: drop whole records once all their events are older than it.
-        let keep_from = self.counters.event_seq.saturating_sub(self.config.event_retention) + 1;
+        let keep_from = self
+            .counters
+            .event_seq
+            .saturating_sub(self.config.event_retention)
+            + 1;
         while let Some(&oldest) = self.event_chunks.front() {
             if oldest >= keep_from {
                 break;
@@ -975,9 +1205,14 @@ impl Index {
         }
         let mut per_shard: HashMap<&str, u64> = HashMap::new();
         for (ip, a) in &self.addrs {
-            let slot = self.shard_of(*ip).ok_or_else(|| format!("{ip} is in no shard"))?;
+            let slot = self
+                .shard_of(*ip)
+                .ok_or_else(|| format!("{ip} is in no shard"))?;
             if slot.shard.id != a.shard_id {
-                return Err(format!("{ip} recorded in {} but lies in {}", a.shard_id, slot.shard.id));
+                return Err(format!(
+                    "{ip} recorded in {} but lies in {}",
+                    a.shard_id, slot.shard.id
+                ));
             }
             if !slot.is_set(slot.offset_of(*ip)) {
                 return Err(format!("{ip} allocated but its bit is clear"));
@@ -988,10 +1223,17 @@ impl Index {
                 return Err(format!("{ip} is a network, gateway or broadcast address"));
             }
             if slot.shard.network_id.as_deref() != Some(&a.network_id) {
-                return Err(format!("{ip} of network {} is in shard {} of {:?}", a.network_id, slot.shard.id, slot.shard.network_id));
+                return Err(format!(
+                    "{ip} of network {} is in shard {} of {:?}",
+                    a.network_id, slot.shard.id, slot.shard.network_id
+                ));
             }
             *per_shard.entry(&a.shard_id).or_default() += 1;
-            if !self.by_workload.get(&(a.network_id.clone(), a.workload.clone())).is_some_and(|s| s.contains(ip)) {
+            if !self
+                .by_workload
+                .get(&(a.network_id.clone(), a.workload.clone()))
+                .is_some_and(|s| s.contains(ip))
+            {
                 return Err(format!("{ip} missing from its workload index"));
             }
         }
@@ -999,16 +1241,26 @@ impl Index {
             let bits: u64 = s.used.iter().map(|w| u64::from(w.count_ones())).sum();
             let count = per_shard.get(s.shard.id.as_str()).copied().unwrap_or(0);
             if bits != count || s.shard.resource_count != count {
-                return Err(format!("{}: {bits} bits, resource_count {}, {count} allocations", s.shard.id, s.shard.resource_count));
+                return Err(format!(
+                    "{}: {bits} bits, resource_count {}, {count} allocations",
+                    s.shard.id, s.shard.resource_count
+                ));
             }
-            let in_net = s.shard.network_id.as_ref().is_some_and(|n| self.by_network.get(n).is_some_and(|set| set.contains(&s.shard.id)));
+            let in_net = s.shard.network_id.as_ref().is_some_and(|n| {
+                self.by_network
+                    .get(n)
+                    .is_some_and(|set| set.contains(&s.shard.id))
+            });
             if s.shard.network_id.is_some() != in_net {
                 return Err(format!("{} network index disagrees", s.shard.id));
             }
         }
         let indexed: usize = self.by_workload.values().map(BTreeSet::len).sum();
         if indexed != self.addrs.len() {
-            return Err(format!("workload index holds {indexed}, {} allocations", self.addrs.len()));
+            return Err(format!(
+                "workload index holds {indexed}, {} allocations",
+                self.addrs.len()
+            ));
         }
         for (n, set) in &self.by_network {
             if set.len() > self.config.max_shards_per_network {

@@ -19,7 +19,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub(super) async fn run(manager: &ShardManager, id: &str) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let Some(m) = manager.migration(id) else { return };
+        let Some(m) = manager.migration(id) else {
+            return;
+        };
         if !m.is_active() {
             return;
         }
@@ -38,12 +40,21 @@ pub(super) async fn run(manager: &ShardManager, id: &str) {
             .collect()
             .await;
         if failures.is_empty() {
-            if m.state == MigrationState::Paused {
-                if let Err(error) = manager.call(Op::Resume { migration: id.to_owned() }).await {
-                    tracing::warn!(migration = %id, %error, "resuming failed");
-                }
+            if m.state == MigrationState::Paused
+                && let Err(error) = manager
+                    .call(Op::Resume {
+                        migration: id.to_owned(),
+                    })
+                    .await
+            {
+                tracing::warn!(migration = %id, %error, "resuming failed");
             }
-            match manager.call(Op::Finish { migration: id.to_owned() }).await {
+            match manager
+                .call(Op::Finish {
+                    migration: id.to_owned(),
+                })
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(migration = %id, "migration completed");
                     return;
@@ -54,9 +65,19 @@ pub(super) async fn run(manager: &ShardManager, id: &str) {
                 }
             }
         } else {
-            let error = format!("{} of the workloads have not moved; first: {}", failures.len(), failures[0]);
+            let error = format!(
+                "{} of the workloads have not moved; first: {}",
+                failures.len(),
+                failures[0]
+            );
             tracing::warn!(migration = %id, %error, "migration paused");
-            if let Err(e) = manager.call(Op::Pause { migration: id.to_owned(), error }).await {
+            if let Err(e) = manager
+                .call(Op::Pause {
+                    migration: id.to_owned(),
+                    error,
+                })
+                .await
+            {
                 tracing::warn!(migration = %id, error = %e, "pausing failed");
             }
         }
@@ -71,7 +92,13 @@ pub(super) async fn run(manager: &ShardManager, id: &str) {
 /// One workload: new address desired, agent applied it, old address released.
 async fn move_one(manager: &ShardManager, id: &str, idx: usize) -> Result<(), String> {
     let result = async {
-        let step = match manager.call(Op::PrepareMove { migration: id.to_owned(), idx }).await? {
+        let step = match manager
+            .call(Op::PrepareMove {
+                migration: id.to_owned(),
+                idx,
+            })
+            .await?
+        {
             Reply::Step(step) => step,
             other => return Err(unexpected(other)),
         };
@@ -85,7 +112,11 @@ async fn move_one(manager: &ShardManager, id: &str, idx: usize) -> Result<(), St
             .await
             .map_err(|e| ShardError::Conflict(e.to_string()))?;
         manager
-            .call(Op::CompleteMove { migration: id.to_owned(), idx, down_us: observed.readdress_down_us })
+            .call(Op::CompleteMove {
+                migration: id.to_owned(),
+                idx,
+                down_us: observed.readdress_down_us,
+            })
             .await?;
         Ok(())
     }
@@ -95,7 +126,13 @@ async fn move_one(manager: &ShardManager, id: &str, idx: usize) -> Result<(), St
         Err(error) => {
             let error = error.to_string();
             // Visible per workload in GET /migrations/{id}.
-            let _ = manager.call(Op::MoveFailed { migration: id.to_owned(), idx, error: error.clone() }).await;
+            let _ = manager
+                .call(Op::MoveFailed {
+                    migration: id.to_owned(),
+                    idx,
+                    error: error.clone(),
+                })
+                .await;
             Err(error)
         }
     }

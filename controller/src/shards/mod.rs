@@ -35,8 +35,8 @@ pub use cidr::{Cidr, Family};
 pub use events::CloudEvent;
 pub use index::{CreateShard, Deallocation, Index, MoveStep};
 pub use model::{
-    Allocation, Migration, MigrationState, MoveState, Shard, ShardConfig, ShardError, ShardStatus, WorkloadMove,
-    default_prefix, prefix_bounds,
+    Allocation, Migration, MigrationState, MoveState, Shard, ShardConfig, ShardError, ShardStatus,
+    WorkloadMove, default_prefix, prefix_bounds,
 };
 
 /// Requests waiting for the writer; senders wait when it is full (backpressure).
@@ -54,17 +54,53 @@ const FENCE_KEY: &str = "shards/meta/writer";
 enum Op {
     Create(CreateShard),
     Delete(String),
-    Assign { network: String, shard: String },
-    Deallocate { network: String, shard: String },
-    Allocate { network: String, workload: String, host: String, family: Family },
-    Release { network: String, address: IpAddr, seq: u64 },
-    ReleaseWorkload { network: String, workload: String },
-    PrepareMove { migration: String, idx: usize },
-    CompleteMove { migration: String, idx: usize, down_us: u64 },
-    MoveFailed { migration: String, idx: usize, error: String },
-    Pause { migration: String, error: String },
-    Resume { migration: String },
-    Finish { migration: String },
+    Assign {
+        network: String,
+        shard: String,
+    },
+    Deallocate {
+        network: String,
+        shard: String,
+    },
+    Allocate {
+        network: String,
+        workload: String,
+        host: String,
+        family: Family,
+    },
+    Release {
+        network: String,
+        address: IpAddr,
+        seq: u64,
+    },
+    ReleaseWorkload {
+        network: String,
+        workload: String,
+    },
+    PrepareMove {
+        migration: String,
+        idx: usize,
+    },
+    CompleteMove {
+        migration: String,
+        idx: usize,
+        down_us: u64,
+    },
+    MoveFailed {
+        migration: String,
+        idx: usize,
+        error: String,
+    },
+    Pause {
+        migration: String,
+        error: String,
+    },
+    Resume {
+        migration: String,
+    },
+    Finish {
+        migration: String,
+    },
 }
 
 #[derive(Debug)]
@@ -110,7 +146,11 @@ impl ShardManager {
     /// Opens the manager over `store`: rebuilds the index, puts every workload's
     /// addresses into `hub`, starts the writer thread and (inside a tokio runtime)
     /// resumes unfinished migrations.
-    pub fn open(store: Arc<dyn Store>, config: ShardConfig, hub: Arc<ControlHub>) -> Result<Self, StoreError> {
+    pub fn open(
+        store: Arc<dyn Store>,
+        config: ShardConfig,
+        hub: Arc<ControlHub>,
+    ) -> Result<Self, StoreError> {
         let config = Arc::new(config);
         let index = Index::load(store.as_ref(), config.clone())?;
         let fence = format!("{:016x}", rand::random::<u64>());
@@ -143,8 +183,12 @@ impl ShardManager {
 
     /// A manager over a memory store with the default configuration.
     pub fn in_memory() -> Self {
-        Self::open(Arc::new(crate::store::MemoryStore::default()), ShardConfig::default(), Arc::default())
-            .expect("a memory store cannot fail")
+        Self::open(
+            Arc::new(crate::store::MemoryStore::default()),
+            ShardConfig::default(),
+            Arc::default(),
+        )
+        .expect("a memory store cannot fail")
     }
 
     /// Stops the migration runners (what they did is persisted; they resume at the next
@@ -163,7 +207,10 @@ impl ShardManager {
 
     /// The index, for reading.
     pub fn read(&self) -> RwLockReadGuard<'_, Index> {
-        self.inner.index.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn call(&self, op: Op) -> Result<Reply, ShardError> {
@@ -172,7 +219,8 @@ impl ShardManager {
             .send(Request { op, reply })
             .await
             .map_err(|_| ShardError::Internal("the shard writer has stopped".into()))?;
-        rx.await.map_err(|_| ShardError::Internal("the shard writer dropped the request".into()))?
+        rx.await
+            .map_err(|_| ShardError::Internal("the shard writer dropped the request".into()))?
     }
 
     pub async fn create_shard(&self, req: CreateShard) -> Result<Shard, ShardError> {
@@ -190,7 +238,13 @@ impl ShardManager {
     }
 
     pub async fn assign_shard(&self, network: &str, shard: &str) -> Result<Shard, ShardError> {
-        match self.call(Op::Assign { network: network.to_owned(), shard: shard.to_owned() }).await? {
+        match self
+            .call(Op::Assign {
+                network: network.to_owned(),
+                shard: shard.to_owned(),
+            })
+            .await?
+        {
             Reply::Shard(s) => Ok(s),
             other => Err(unexpected(other)),
         }
@@ -198,8 +252,18 @@ impl ShardManager {
 
     /// Deallocates a shard from its network; a shard in use starts a migration (run in
     /// the background; see [`ShardManager::migration`]).
-    pub async fn deallocate_shard(&self, network: &str, shard: &str) -> Result<Deallocation, ShardError> {
-        match self.call(Op::Deallocate { network: network.to_owned(), shard: shard.to_owned() }).await? {
+    pub async fn deallocate_shard(
+        &self,
+        network: &str,
+        shard: &str,
+    ) -> Result<Deallocation, ShardError> {
+        match self
+            .call(Op::Deallocate {
+                network: network.to_owned(),
+                shard: shard.to_owned(),
+            })
+            .await?
+        {
             Reply::Deallocation(d) => {
                 if let Deallocation::Migrating(m) = &d {
                     self.spawn_migration(&m.id);
@@ -210,24 +274,57 @@ impl ShardManager {
         }
     }
 
-    pub async fn allocate_address(&self, network: &str, workload: &str, host: &str, family: Family) -> Result<Allocation, ShardError> {
-        let op = Op::Allocate { network: network.to_owned(), workload: workload.to_owned(), host: host.to_owned(), family };
+    pub async fn allocate_address(
+        &self,
+        network: &str,
+        workload: &str,
+        host: &str,
+        family: Family,
+    ) -> Result<Allocation, ShardError> {
+        let op = Op::Allocate {
+            network: network.to_owned(),
+            workload: workload.to_owned(),
+            host: host.to_owned(),
+            family,
+        };
         match self.call(op).await? {
             Reply::Allocation(a) => Ok(a),
             other => Err(unexpected(other)),
         }
     }
 
-    pub async fn release_address(&self, network: &str, address: IpAddr, seq: u64) -> Result<Allocation, ShardError> {
-        match self.call(Op::Release { network: network.to_owned(), address, seq }).await? {
+    pub async fn release_address(
+        &self,
+        network: &str,
+        address: IpAddr,
+        seq: u64,
+    ) -> Result<Allocation, ShardError> {
+        match self
+            .call(Op::Release {
+                network: network.to_owned(),
+                address,
+                seq,
+            })
+            .await?
+        {
             Reply::Allocation(a) => Ok(a),
             other => Err(unexpected(other)),
         }
     }
 
     /// Releases every address `workload` holds in `network` (one index lookup).
-    pub async fn release_workload(&self, network: &str, workload: &str) -> Result<Vec<Allocation>, ShardError> {
-        match self.call(Op::ReleaseWorkload { network: network.to_owned(), workload: workload.to_owned() }).await? {
+    pub async fn release_workload(
+        &self,
+        network: &str,
+        workload: &str,
+    ) -> Result<Vec<Allocation>, ShardError> {
+        match self
+            .call(Op::ReleaseWorkload {
+                network: network.to_owned(),
+                workload: workload.to_owned(),
+            })
+            .await?
+        {
             Reply::Released(v) => Ok(v),
             other => Err(unexpected(other)),
         }
@@ -254,11 +351,17 @@ impl ShardManager {
         let mut out = Vec::new();
         let mut start = index::event_key(from);
         loop {
-            let records = self.inner.store.scan_from(index::EVENT_PREFIX, &start, 16)?;
-            let Some((last_key, _)) = records.last() else { return Ok(out) };
+            let records = self
+                .inner
+                .store
+                .scan_from(index::EVENT_PREFIX, &start, 16)?;
+            let Some((last_key, _)) = records.last() else {
+                return Ok(out);
+            };
             start = format!("{last_key}\u{0}");
             for (k, v) in &records {
-                let events: Vec<CloudEvent> = serde_json::from_slice(v).map_err(|e| StoreError(format!("{k}: {e}")))?;
+                let events: Vec<CloudEvent> =
+                    serde_json::from_slice(v).map_err(|e| StoreError(format!("{k}: {e}")))?;
                 out.extend(events.into_iter().filter(|e| e.sequence >= from));
             }
             if out.len() >= limit {
@@ -277,7 +380,12 @@ impl ShardManager {
     }
 
     fn resume_migrations(&self) {
-        let active: Vec<String> = self.read().migrations().filter(|m| m.is_active()).map(|m| m.id.clone()).collect();
+        let active: Vec<String> = self
+            .read()
+            .migrations()
+            .filter(|m| m.is_active())
+            .map(|m| m.id.clone())
+            .collect();
         for id in active {
             tracing::info!(migration = %id, "resuming an unfinished migration");
             self.spawn_migration(&id);
@@ -286,7 +394,11 @@ impl ShardManager {
 
     fn spawn_migration(&self, id: &str) {
         {
-            let mut running = self.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut running = self
+                .inner
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !running.insert(id.to_owned()) {
                 return;
             }
@@ -301,7 +413,12 @@ impl ShardManager {
                 () = migration::run(&manager, &id) => {}
                 _ = stop.wait_for(|stop| *stop) => {}
             }
-            manager.inner.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+            manager
+                .inner
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
         });
     }
 }
@@ -311,18 +428,39 @@ fn apply(index: &mut Index, op: &Op, batch: &mut index::Batch) -> Result<Reply, 
         Op::Create(req) => Reply::Shard(index.create_shard(req, batch)?),
         Op::Delete(id) => Reply::Shard(index.delete_shard(id, batch)?),
         Op::Assign { network, shard } => Reply::Shard(index.assign_shard(network, shard, batch)?),
-        Op::Deallocate { network, shard } => Reply::Deallocation(index.deallocate_shard(network, shard, batch)?),
-        Op::Allocate { network, workload, host, family } => {
-            Reply::Allocation(index.allocate_address(network, workload, host, *family, batch)?)
+        Op::Deallocate { network, shard } => {
+            Reply::Deallocation(index.deallocate_shard(network, shard, batch)?)
         }
-        Op::Release { network, address, seq } => Reply::Allocation(index.release_address(network, *address, *seq, batch)?),
-        Op::ReleaseWorkload { network, workload } => Reply::Released(index.release_workload(network, workload, batch)?),
-        Op::PrepareMove { migration, idx } => Reply::Step(index.prepare_move(migration, *idx, batch)?),
-        Op::CompleteMove { migration, idx, down_us } => {
+        Op::Allocate {
+            network,
+            workload,
+            host,
+            family,
+        } => Reply::Allocation(index.allocate_address(network, workload, host, *family, batch)?),
+        Op::Release {
+            network,
+            address,
+            seq,
+        } => Reply::Allocation(index.release_address(network, *address, *seq, batch)?),
+        Op::ReleaseWorkload { network, workload } => {
+            Reply::Released(index.release_workload(network, workload, batch)?)
+        }
+        Op::PrepareMove { migration, idx } => {
+            Reply::Step(index.prepare_move(migration, *idx, batch)?)
+        }
+        Op::CompleteMove {
+            migration,
+            idx,
+            down_us,
+        } => {
             index.complete_move(migration, *idx, *down_us, batch)?;
             Reply::Done
         }
-        Op::MoveFailed { migration, idx, error } => {
+        Op::MoveFailed {
+            migration,
+            idx,
+            error,
+        } => {
             index.move_failed(migration, *idx, error, batch)?;
             Reply::Done
         }
@@ -352,7 +490,10 @@ fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>, fence: String) {
                 Err(_) => break,
             }
         }
-        let mut index = inner.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut index = inner
+            .index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if poisoned {
             match Index::load(inner.store.as_ref(), index.config.clone()) {
                 Ok(fresh) => {
@@ -362,14 +503,19 @@ fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>, fence: String) {
                 Err(error) => {
                     drop(index);
                     for r in requests {
-                        let _ = r.reply.send(Err(ShardError::Internal(format!("the store is unreadable: {error}"))));
+                        let _ = r.reply.send(Err(ShardError::Internal(format!(
+                            "the store is unreadable: {error}"
+                        ))));
                     }
                     continue;
                 }
             }
         }
         let mut batch = index::Batch::new(now_unix_ns());
-        let mut results: Vec<Result<Reply, ShardError>> = requests.iter().map(|r| apply(&mut index, &r.op, &mut batch)).collect();
+        let mut results: Vec<Result<Reply, ShardError>> = requests
+            .iter()
+            .map(|r| apply(&mut index, &r.op, &mut batch))
+            .collect();
         let commit = index.flush(&mut batch).and_then(|ops| {
             if ops.is_empty() {
                 return Ok(());
@@ -396,7 +542,9 @@ fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>, fence: String) {
         }
         // Durable: tell the agents, then the event consumers, then the callers.
         for (host, workload) in &batch.touched {
-            inner.hub.set_workload(host, workload, index.desired(host, workload));
+            inner
+                .hub
+                .set_workload(host, workload, index.desired(host, workload));
         }
         for result in &mut results {
             if let Ok(Reply::Step(step)) = result {

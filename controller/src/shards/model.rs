@@ -138,7 +138,11 @@ impl Allocation {
     pub fn gateway(&self) -> IpAddr {
         let family = Family::of(self.address);
         let host_bits = u32::from(family.bits() - self.prefix_len.min(family.bits()));
-        let mask = if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+        let mask = if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
         super::cidr::from_u128(family, (super::cidr::to_u128(self.address) & !mask) + 1)
     }
 }
@@ -221,7 +225,10 @@ pub enum ShardError {
 
 impl ShardError {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::Invalid { field: field.to_owned(), message: message.into() }
+        Self::Invalid {
+            field: field.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -233,7 +240,10 @@ pub fn check_name(field: &str, value: &str) -> Result<(), ShardError> {
     if value.len() > 128 {
         return Err(ShardError::invalid(field, "must be at most 128 characters"));
     }
-    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
         return Err(ShardError::invalid(
             field,
             format!("`{value}` contains {c:?}; use letters, digits, `.`, `_` and `-` only"),
