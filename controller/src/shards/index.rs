@@ -665,10 +665,12 @@ impl Index {
             return Ok(Deallocation::Released(shard));
         }
         // In use: every address in it moves to another shard of the network.
-        let mut moves: Vec<WorkloadMove> = self
-            .addrs
-            .values()
-            .filter(|a| a.shard_id == id)
+        // The shard's own bitmap says which addresses to look up (no scan of every
+        // allocation).
+        let slot = self.slot(id)?;
+        let mut moves: Vec<WorkloadMove> = (0..slot.size())
+            .filter(|o| slot.is_set(*o))
+            .filter_map(|o| self.addrs.get(&slot.shard.cidr.nth(u128::from(o))))
             .map(|a| WorkloadMove {
                 workload: a.workload.clone(),
                 host_id: a.host_id.clone(),
