@@ -1,8 +1,12 @@
 //! Pure functions over a [`TopologySnapshot`] (which may cover a time window): dependencies
 //! by direction, critical services, bottlenecks and traffic patterns.
 
+pub mod anomaly;
 pub mod critical;
+pub mod learned;
 pub mod patterns;
+pub mod scaling;
+pub mod series;
 
 use serde::{Deserialize, Serialize};
 
@@ -122,3 +126,5 @@ pub fn bottlenecks(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_learned;

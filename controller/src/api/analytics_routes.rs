@@ -51,3 +51,105 @@ pub async fn patterns(
         &state.snapshot_in(&window),
     )))
 }
+
+/// `since`/`until` as the span of complete buckets to read: `until` (default now) ends
+/// it, `since` defaults to `default_buckets` bucket widths before.
+fn bucket_span(
+    state: &AppState,
+    params: &Params,
+    default_buckets: u64,
+) -> Result<(u64, u64), ApiError> {
+    let window = params.window()?;
+    let until = window.until.unwrap_or_else(crate::time::now_unix_ns);
+    let width = u64::try_from(state.topology.bucket_config().width.as_nanos()).unwrap_or(u64::MAX);
+    let since = window
+        .since
+        .unwrap_or_else(|| until.saturating_sub(width.saturating_mul(default_buckets)));
+    Ok((since, until))
+}
+
+fn positive(params: &Params, name: &str, default: f64) -> Result<f64, ApiError> {
+    let value = params.number(name, default)?;
+    if value > 0.0 {
+        Ok(value)
+    } else {
+        Err(ApiError::parameter(name, "must be more than 0"))
+    }
+}
+
+fn count(params: &Params, name: &str, default: usize, min: usize) -> Result<usize, ApiError> {
+    let value = params.number(name, default as f64)?;
+    if value.fract() != 0.0 || value < min as f64 || value > 10_000.0 {
+        return Err(ApiError::parameter(
+            name,
+            format!("`{value}` is not a whole number from {min} to 10000"),
+        ));
+    }
+    Ok(value as usize)
+}
+
+/// `GET /analytics/anomalies?since=&until=&threshold=&min_baseline=`: the latest complete
+/// bucket before `until` (default now) against the buckets from `since` (default an
+/// hour before). On demand: nothing is published as an event here.
+pub async fn anomalies(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let params = Params(params);
+    params.only(&["since", "until", "threshold", "min_baseline"])?;
+    let defaults = analytics::anomaly::AnomalyConfig::default();
+    let config = analytics::anomaly::AnomalyConfig {
+        threshold: positive(&params, "threshold", defaults.threshold)?,
+        min_baseline: count(&params, "min_baseline", defaults.min_baseline, 2)?,
+        ..defaults
+    };
+    let (since, until) = bucket_span(&state, &params, 60)?;
+    Ok(Json(analytics::anomaly::detect(
+        &state.topology,
+        since,
+        until,
+        &config,
+    )))
+}
+
+/// `GET /analytics/scaling?since=&until=&latency_target_ms=&horizon=`.
+pub async fn scaling(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let params = Params(params);
+    params.only(&["since", "until", "latency_target_ms", "horizon"])?;
+    let defaults = analytics::scaling::ScalingConfig::default();
+    let config = analytics::scaling::ScalingConfig {
+        latency_target_ms: positive(&params, "latency_target_ms", defaults.latency_target_ms)?,
+        horizon: count(&params, "horizon", defaults.horizon, 1)?,
+        ..defaults
+    };
+    let (since, until) = bucket_span(&state, &params, 30)?;
+    Ok(Json(analytics::scaling::recommend(
+        &state.topology,
+        since,
+        until,
+        &config,
+    )))
+}
+
+/// `GET /analytics/classification?since=&until=`; `POST` the same with a TOML body of
+/// `[[example]] service = "x" type = "cache"` training labels.
+pub async fn classification(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    body: String,
+) -> Result<impl IntoResponse, ApiError> {
+    let window = Params(params).only(&["since", "until"])?.window()?;
+    let examples = if body.trim().is_empty() {
+        analytics::learned::Examples::default()
+    } else {
+        analytics::learned::Examples::parse(&body, "(request body)").map_err(ApiError::BadBody)?
+    };
+    Ok(Json(analytics::learned::classify(
+        &state.snapshot_in(&window),
+        &state.classifier,
+        &examples,
+    )))
+}

@@ -27,6 +27,12 @@ pub fn app(state: AppState) -> Router {
         .route("/analytics/critical", get(analytics_routes::critical))
         .route("/analytics/bottlenecks", get(analytics_routes::bottlenecks))
         .route("/analytics/patterns", get(analytics_routes::patterns))
+        .route("/analytics/anomalies", get(analytics_routes::anomalies))
+        .route("/analytics/scaling", get(analytics_routes::scaling))
+        .route(
+            "/analytics/classification",
+            get(analytics_routes::classification).post(analytics_routes::classification),
+        )
         .route("/topology/diff", get(history_routes::topology_diff))
         .route(
             "/topology/snapshots",

@@ -227,6 +227,35 @@ pub fn is_external_host(host: &str) -> bool {
     host.contains('.') && !INTERNAL_SUFFIXES.iter().any(|s| host.ends_with(s))
 }
 
+/// Which step of [`ServiceClassifier::classify`] decided a type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// A user rule.
+    Rule,
+    /// A database, cache or queue protocol served.
+    Protocol,
+    /// Nothing served.
+    Client,
+    /// A name hint.
+    Name,
+    /// HTTP fan-out or proxy shape.
+    Shape,
+    /// An external host.
+    External,
+    /// `/api` paths.
+    Paths,
+    /// Nothing more specific: the fallback.
+    Default,
+}
+
+impl Basis {
+    /// A user rule or a protocol that names the type: good enough to learn from.
+    pub fn is_strong(self) -> bool {
+        matches!(self, Self::Rule | Self::Protocol)
+    }
+}
+
 /// Classifies services: user rules first, then the built-in factors.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceClassifier {
@@ -252,8 +281,14 @@ impl ServiceClassifier {
     /// external host; `/api` paths or onward calls make a microservice; other HTTP a web
     /// server; anything else served a microservice; nothing served a client.
     pub fn classify(&self, facts: &ServiceFacts) -> ServiceType {
+        self.classify_explained(facts).0
+    }
+
+    /// [`Self::classify`] with the step that decided, so callers (the learned
+    /// classifier of `analytics::learned`) can tell strong evidence from a weak guess.
+    pub fn classify_explained(&self, facts: &ServiceFacts) -> (ServiceType, Basis) {
         if let Some(kind) = self.rules.classify(facts) {
-            return kind;
+            return (kind, Basis::Rule);
         }
         if let Some(kind) = facts
             .endpoints
@@ -261,20 +296,20 @@ impl ServiceClassifier {
             .filter_map(|(_, _, p)| ServiceType::from_protocol(p))
             .min()
         {
-            return kind;
+            return (kind, Basis::Protocol);
         }
         if facts.endpoints.is_empty() {
-            return ServiceType::Client;
+            return (ServiceType::Client, Basis::Client);
         }
         if let Some(kind) = type_from_name(&facts.name) {
-            return kind;
+            return (kind, Basis::Name);
         }
         let serves_http = facts.serves_http();
         if serves_http && facts.http_upstreams >= 2 {
-            return ServiceType::ApiGateway;
+            return (ServiceType::ApiGateway, Basis::Shape);
         }
         if serves_http && facts.http_upstreams == 1 && facts.upstreams == 1 && facts.clients >= 2 {
-            return ServiceType::LoadBalancer;
+            return (ServiceType::LoadBalancer, Basis::Shape);
         }
         let external = !facts.registered
             && (is_external_host(&facts.name)
@@ -283,22 +318,22 @@ impl ServiceClassifier {
                     .iter()
                     .all(|(host, _, _)| is_external_host(host)));
         if external {
-            return ServiceType::ExternalApi;
+            return (ServiceType::ExternalApi, Basis::External);
         }
         if !serves_http || facts.upstreams > 0 {
-            return ServiceType::Microservice;
+            return (ServiceType::Microservice, Basis::Default);
         }
         if facts
             .paths
             .iter()
             .any(|p| p == "/api" || p.starts_with("/api/"))
         {
-            return ServiceType::Microservice;
+            return (ServiceType::Microservice, Basis::Paths);
         }
         if tokens(&facts.name).any(|t| t == "service" || t == "svc" || t == "api") {
-            return ServiceType::Microservice;
+            return (ServiceType::Microservice, Basis::Name);
         }
-        ServiceType::WebServer
+        (ServiceType::WebServer, Basis::Default)
     }
 }
 
