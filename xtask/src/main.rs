@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: setup (toolchain, packages, bpffs), build, test, demo.
 
 mod bench;
+mod bench_shards;
 mod demo;
 mod setup;
 mod sh;
@@ -52,6 +53,9 @@ enum Cmd {
         /// Skip setup and build (the binaries and the BPF object are already built).
         #[arg(long)]
         no_build: bool,
+        /// `shards`: only the IP shard benchmarks (durable allocations/s over the API; the
+        /// migration of a full default shard of 256 workloads), which also end a full run.
+        only: Option<String>,
     },
 }
 
@@ -75,13 +79,17 @@ fn main() -> ExitCode {
             };
             ready.and_then(|()| demo::run(seconds, &out))
         }
-        Cmd::Bench { no_build } => {
+        Cmd::Bench { no_build, only } => {
             let ready = if no_build {
                 Ok(())
             } else {
                 setup::setup().and_then(|()| build())
             };
-            ready.and_then(|()| bench::run())
+            ready.and_then(|()| match only.as_deref() {
+                None => bench::run().and_then(|()| bench_shards::run()),
+                Some("shards") => bench_shards::run(),
+                Some(other) => Err(anyhow::anyhow!("unknown bench {other:?} (known: shards)")),
+            })
         }
     };
     match result {

@@ -1,0 +1,1166 @@
+//! `cargo xtask bench shards` (and the end of `cargo xtask bench`): the IP shard benchmarks
+//! of issue 4, on release binaries.
+//!
+//! 1. Durable allocations per second over the REST API: a controller with its redb store on
+//!    disk, many keep-alive HTTP/1.1 connections POSTing allocations for distinct workloads;
+//!    afterwards every acknowledged address is checked (distinct, counted by the shards,
+//!    readable per workload).
+//! 2. Migration of a full default shard (/22) holding 256 workloads in the namespace lab: a
+//!    UDP prober measures each workload's unreachability window while the shard migrates.
+//!
+//! The figures go into BENCHMARKS.md between the `shards` markers (other sections stay).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use serde_json::{Value, json};
+use weft_lab::links::{self, Place};
+use weft_lab::netns::Netns;
+use weft_lab::process::Child;
+use weft_lab::weft::{Controller, free_port, target_dir, toml_str};
+use weft_lab::{Lab, eventually, names};
+
+use crate::sh;
+
+const BEGIN: &str = "<!-- shards:begin (written by `cargo xtask bench shards`) -->";
+const END: &str = "<!-- shards:end -->";
+
+/// Allocation benchmark bounds: whichever comes first.
+const ALLOC_MAX: u64 = 200_000;
+const ALLOC_SECONDS: u64 = 20;
+const ALLOC_CONNECTIONS: usize = 64;
+const ALLOC_NETWORK: &str = "bench";
+
+/// Migration benchmark.
+const WORKLOADS: usize = 256;
+const MIG_NETWORK: &str = "net1";
+const ECHO_PORT: u16 = 7007;
+/// Every workload's current addresses are probed this often.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    sh::step("IP shard benchmarks: release controller and agent");
+    sh::run_inherit(sh::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "weft-controller",
+        "-p",
+        "weft-agent",
+    ]))?;
+    let load_before = loadavg();
+    let mut md = String::new();
+    let _ = writeln!(md, "{BEGIN}");
+    let _ = writeln!(md, "## IP shards (release binaries)\n");
+    let _ = writeln!(
+        md,
+        "- **Date**: {}",
+        first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+    );
+    let _ = writeln!(
+        md,
+        "- **Machine**: {} CPUs, {}, Linux {}",
+        first_line(&mut Command::new("nproc")),
+        cpu_model(),
+        first_line(Command::new("uname").args(["-r"]))
+    );
+    let _ = writeln!(
+        md,
+        "- **Command**: `cargo xtask bench shards` (also the last part of `cargo xtask bench`); binaries from `cargo build --release -p weft-controller -p weft-agent`"
+    );
+
+    sh::step("durable allocations per second over the REST API");
+    let alloc = bench_allocations();
+    let load_mid = loadavg();
+    let mig = if weft_lab::is_root() {
+        sh::step(&format!(
+            "migration of a full default shard holding {WORKLOADS} workloads (namespace lab)"
+        ));
+        Some(bench_migration())
+    } else {
+        println!("    (not root: the migration benchmark needs the namespace lab)");
+        None
+    };
+    let load_after = loadavg();
+    let _ = writeln!(
+        md,
+        "- **Load average** (1/5/15 min): {load_before} before, {load_mid} between the two, {load_after} after ({} s in all; other work on the machine shows here)\n",
+        started.elapsed().as_secs()
+    );
+    match alloc {
+        Ok(a) => a.render(&mut md),
+        Err(e) => {
+            eprintln!("allocation benchmark failed: {e:#}");
+            let _ = writeln!(
+                md,
+                "### Durable allocations over the API\n\nFailed: {}\n",
+                one_line(&format!("{e:#}"))
+            );
+        }
+    }
+    match mig {
+        Some(Ok(m)) => m.render(&mut md),
+        Some(Err(e)) => {
+            eprintln!("migration benchmark failed: {e:#}");
+            let _ = writeln!(
+                md,
+                "### Migration of a full default shard ({WORKLOADS} workloads)\n\nFailed: {}\n",
+                one_line(&format!("{e:#}"))
+            );
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "### Migration of a full default shard ({WORKLOADS} workloads)\n\nNot measured: the namespace lab needs root.\n"
+            );
+        }
+    }
+    let _ = writeln!(md, "{END}");
+    splice(&md)?;
+    Ok(())
+}
+
+/// Replaces the shards section of BENCHMARKS.md (or appends it).
+fn splice(section: &str) -> Result<()> {
+    let path = sh::root().join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => {
+            format!(
+                "{}{}{}",
+                &old[..b],
+                section,
+                &old[e + END.len()..].trim_start_matches('\n')
+            )
+        }
+        _ => format!("{}\n{section}", old.trim_end()),
+    };
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    println!("==> wrote the IP shard sections of {}", path.display());
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.replace('\n', " ").chars().take(600).collect()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    let (_, out) = sh::probe(cmd);
+    out.lines().next().unwrap_or("unknown").trim().to_string()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn release_binary(name: &str) -> Result<PathBuf> {
+    let p = target_dir().join("release").join(name);
+    ensure!(p.is_file(), "{} is not built", p.display());
+    Ok(p)
+}
+
+/// Starts the release controller with its store in `data_dir`.
+fn start_controller(
+    dir: &Path,
+    grpc: &str,
+    http: &str,
+    data_dir: &Path,
+    extra: &[&str],
+) -> Result<Controller> {
+    let mut c = Command::new(release_binary("weft-controller")?);
+    c.args(["--grpc-listen", grpc, "--http-listen", http]);
+    c.arg("--data-dir").arg(data_dir);
+    c.args(extra);
+    let mut child = Child::spawn(c, dir, "weft-controller-release")?;
+    child.wait_for_line(&["weft-controller listening"], Duration::from_secs(60))?;
+    Ok(Controller {
+        child,
+        grpc_addr: grpc.to_string(),
+        http_addr: http.to_string(),
+    })
+}
+
+/// The value at quantile `q` of sorted `v`.
+fn pct<T: Copy + Default>(v: &[T], q: f64) -> T {
+    if v.is_empty() {
+        return T::default();
+    }
+    let i = ((v.len() as f64) * q).ceil() as usize;
+    v[i.saturating_sub(1).min(v.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Durable allocations per second
+
+struct AllocFigures {
+    acked: u64,
+    errors: u64,
+    seconds: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    shards: usize,
+    verify: String,
+    disk: String,
+    fsync_note: String,
+}
+
+impl AllocFigures {
+    fn render(&self, md: &mut String) {
+        let rate = self.acked as f64 / self.seconds;
+        let _ = writeln!(md, "### Durable allocations over the API\n");
+        let _ = writeln!(
+            md,
+            "A release `weft-controller` with its redb store on disk ({}; {}), {} /20 shards of one network carved from `--shard-pool 10.0.0.0/12` (`--max-shards-per-network 64`), then {ALLOC_CONNECTIONS} keep-alive HTTP/1.1 connections (one client thread each, on the same 2 CPUs as the controller) POSTing `/networks/{ALLOC_NETWORK}/addresses` for distinct workloads, one request in flight per connection, until {} allocations or {ALLOC_SECONDS} s. Only 2xx answers count.\n",
+            self.disk,
+            self.fsync_note,
+            self.shards,
+            fmt_int(ALLOC_MAX as f64),
+        );
+        let _ = writeln!(md, "| figure | value |\n|---|---|");
+        let _ = writeln!(
+            md,
+            "| acknowledged allocations | {} in {:.1} s ({} errors) |",
+            fmt_int(self.acked as f64),
+            self.seconds,
+            self.errors
+        );
+        let _ = writeln!(md, "| **allocations/s** | **{}** |", fmt_int(rate));
+        let _ = writeln!(
+            md,
+            "| latency per allocation (client view) | p50 {}, p99 {}, max {} |",
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.max)
+        );
+        let _ = writeln!(md, "| verification | {} |\n", self.verify);
+        let _ = writeln!(
+            md,
+            "Against the target (at least 20,000/s on this machine; Kea's best published figure is about 19,000 leases/s on 6 cores): {} ({:.0}% of the target, on 2 CPUs shared by the client and the server).\n",
+            if rate >= 20_000.0 {
+                "met"
+            } else {
+                "**not met**"
+            },
+            rate / 200.0
+        );
+    }
+}
+
+fn fmt_int(value: f64) -> String {
+    let digits = format!("{value:.0}");
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One keep-alive HTTP/1.1 connection, one request in flight.
+struct Conn {
+    s: TcpStream,
+    host: String,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Result<Conn> {
+        let s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn {
+            s,
+            host: addr.to_string(),
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends one request, returns (status, body).
+    fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Vec<u8>)> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        if let Some(b) = body {
+            let _ = write!(
+                req,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            );
+        } else {
+            req.push_str("\r\n");
+        }
+        self.s.write_all(req.as_bytes())?;
+        // Headers.
+        let head_end = loop {
+            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
+                break p;
+            }
+            self.fill()?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).context("response head")?;
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line: {head}"))?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .with_context(|| format!("no content-length: {head}"))?;
+        let start = head_end + 4;
+        while self.buf.len() < start + len {
+            self.fill()?;
+        }
+        let body = self.buf[start..start + len].to_vec();
+        self.buf.drain(..start + len);
+        Ok((status, body))
+    }
+
+    fn fill(&mut self) -> Result<()> {
+        let mut tmp = [0u8; 8192];
+        let n = self.s.read(&mut tmp)?;
+        ensure!(n > 0, "connection closed by the controller");
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(())
+    }
+}
+
+/// The string value of `"field":"..."` in a compact JSON object.
+fn json_str_field<'a>(body: &'a [u8], field: &str) -> Option<&'a str> {
+    let key = format!("\"{field}\":\"");
+    let at = find(body, key.as_bytes())? + key.len();
+    let len = body[at..].iter().position(|&c| c == b'"')?;
+    std::str::from_utf8(&body[at..at + len]).ok()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// What one client thread saw: acknowledged (workload, address), latencies in us, errors.
+type ClientResult = (Vec<(String, IpAddr)>, Vec<u32>, u64);
+
+fn bench_allocations() -> Result<AllocFigures> {
+    let dir = std::env::temp_dir().join(format!("weft-bench-alloc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let result = allocations_in(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn allocations_in(dir: &Path) -> Result<AllocFigures> {
+    let disk = {
+        let (_, out) = sh::probe(Command::new("df").args(["--output=source,fstype"]).arg(dir));
+        let l = out
+            .lines()
+            .nth(1)
+            .unwrap_or("unknown")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("`{}` on {l}", dir.display())
+    };
+    let grpc = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
+    let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
+    let data = dir.join("data");
+    let controller = start_controller(
+        dir,
+        &grpc,
+        &http,
+        &data,
+        &[
+            "--shard-pool",
+            "10.0.0.0/12",
+            "--max-shards-per-network",
+            "64",
+        ],
+    )?;
+    let c = &controller;
+    let shards = (ALLOC_MAX as usize).div_ceil(4094) + 1;
+    for _ in 0..shards {
+        c.json(
+            "POST",
+            "/shards",
+            Some(&json!({"prefix_len": 20, "network_id": ALLOC_NETWORK})),
+        )
+        .with_context(|| controller.child.tail(20))?;
+    }
+    println!(
+        "    {shards} /20 shards for network {ALLOC_NETWORK}; {ALLOC_CONNECTIONS} connections"
+    );
+    let issued = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(ALLOC_SECONDS);
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..ALLOC_CONNECTIONS {
+        let (http, issued) = (http.clone(), issued.clone());
+        handles.push(std::thread::spawn(move || -> Result<ClientResult> {
+            let mut conn = Conn::open(&http)?;
+            let (mut ok, mut lat, mut errors) = (Vec::new(), Vec::new(), 0u64);
+            let path = format!("/networks/{ALLOC_NETWORK}/addresses");
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if n >= ALLOC_MAX || Instant::now() >= deadline {
+                    break;
+                }
+                let workload = format!("w{t}-{n}");
+                let body =
+                    format!(r#"{{"workload":"{workload}","host_id":"hv-bench","family":"ipv4"}}"#);
+                let s = Instant::now();
+                match conn.request("POST", &path, Some(&body)) {
+                    Ok((status, b)) if (200..300).contains(&status) => {
+                        lat.push(s.elapsed().as_micros() as u32);
+                        // The xtask is a debug build: no JSON parse in the hot loop.
+                        let a = json_str_field(&b, "address").with_context(|| {
+                            format!("no address in {}", String::from_utf8_lossy(&b))
+                        })?;
+                        ok.push((workload, a.parse()?));
+                    }
+                    Ok((status, b)) => {
+                        errors += 1;
+                        if errors <= 3 {
+                            eprintln!(
+                                "    allocation answered {status}: {}",
+                                String::from_utf8_lossy(&b)
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        eprintln!("    allocation failed: {e:#}; reconnecting");
+                        conn = Conn::open(&http)?;
+                    }
+                }
+            }
+            Ok((ok, lat, errors))
+        }));
+    }
+    let mut acked: Vec<(String, IpAddr)> = Vec::new();
+    let mut lat: Vec<u32> = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        let (o, l, e) = h.join().map_err(|_| anyhow!("client thread panicked"))??;
+        acked.extend(o);
+        lat.extend(l);
+        errors += e;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    println!(
+        "    {} acknowledged allocations in {seconds:.1} s: {:.0}/s, p50 {} us, p99 {} us, {errors} errors",
+        acked.len(),
+        acked.len() as f64 / seconds,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+
+    // Verification: distinct addresses, the shards count them, each reads back.
+    sh::step("verifying the acknowledged allocations");
+    let distinct: HashSet<IpAddr> = acked.iter().map(|(_, a)| *a).collect();
+    ensure!(
+        distinct.len() == acked.len(),
+        "{} acknowledged allocations but only {} distinct addresses: an address was handed twice",
+        acked.len(),
+        distinct.len()
+    );
+    let mut counted = 0u64;
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = format!("/shards?network_id={ALLOC_NETWORK}&limit=1000");
+        if let Some(t) = &token {
+            path.push_str(&format!("&page_token={t}"));
+        }
+        let v = c.json("GET", &path, None)?;
+        for s in v["shards"].as_array().context("shards")? {
+            counted += s["resource_count"].as_u64().unwrap_or(0);
+        }
+        match v["next_page_token"].as_str() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    ensure!(
+        counted == acked.len() as u64,
+        "the shards count {counted} allocations, {} were acknowledged",
+        acked.len()
+    );
+    // Every workload reads back its one address (64 connections again).
+    let acked = Arc::new(acked);
+    let next = Arc::new(AtomicU64::new(0));
+    let vt = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..ALLOC_CONNECTIONS {
+        let (http, acked, next) = (http.clone(), acked.clone(), next.clone());
+        handles.push(std::thread::spawn(move || -> Result<()> {
+            let mut conn = Conn::open(&http)?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some((w, a)) = acked.get(i) else {
+                    return Ok(());
+                };
+                let (status, b) = conn.request(
+                    "GET",
+                    &format!("/networks/{ALLOC_NETWORK}/workloads/{w}/addresses"),
+                    None,
+                )?;
+                ensure!(status == 200, "GET addresses of {w}: {status}");
+                let v: Value = serde_json::from_slice(&b)?;
+                let held: Vec<&str> = v["addresses"]
+                    .as_array()
+                    .map(|x| x.iter().filter_map(|a| a["address"].as_str()).collect())
+                    .unwrap_or_default();
+                ensure!(
+                    held == [a.to_string().as_str()],
+                    "{w} holds {held:?}, was acknowledged {a}"
+                );
+            }
+        }));
+    }
+    for h in handles {
+        h.join().map_err(|_| anyhow!("verify thread panicked"))??;
+    }
+    let verify = format!(
+        "{} acknowledged addresses all distinct; the shards' resource counts sum to {counted}; every workload's GET returns exactly its acknowledged address ({:.1} s)",
+        fmt_int(acked.len() as f64),
+        vt.elapsed().as_secs_f64()
+    );
+    println!("    {verify}");
+    Ok(AllocFigures {
+        acked: acked.len() as u64,
+        errors,
+        seconds,
+        p50: Duration::from_micros(pct(&lat, 0.5).into()),
+        p99: Duration::from_micros(pct(&lat, 0.99).into()),
+        max: Duration::from_micros(lat.last().copied().unwrap_or(0).into()),
+        shards,
+        verify,
+        disk,
+        fsync_note: "group commit: the shard writer commits up to 4,096 queued requests in one redb transaction, fsync'd, and answers each only after it".into(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Migration of a full default shard holding 256 workloads
+
+struct MigFigures {
+    workloads: usize,
+    build_lab_s: f64,
+    total: Duration,
+    readdress: Vec<Duration>,
+    gaps: Vec<Duration>,
+    down_us: Vec<u64>,
+    not_answered: usize,
+    /// When each window began, after the DELETE (sorted).
+    gap_starts: Vec<Duration>,
+    prober_stall: Duration,
+    flags: String,
+}
+
+impl MigFigures {
+    fn render(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "### Migration of a full default shard ({} workloads)\n",
+            self.workloads
+        );
+        let _ = writeln!(
+            md,
+            "A namespace lab (built in {:.0} s): one hypervisor, {} workload namespaces and a prober. Release controller (`{}`) and agent. A /22 shard (1,024 addresses) of network `{MIG_NETWORK}`, one address allocated per workload, then a second /22 shard; once every workload has its address on eth0 (checked with `ip` in each namespace), the prober (one UDP socket) sends every {} ms to every current address of every workload, the echo answering with the payload that names the probed address, and the new addresses are followed from the migration's moves. `DELETE /networks/{MIG_NETWORK}/shards/{{id}}` starts the migration; probing goes on until every new address answered. Re-address time: from the DELETE to the workload's first answer at its new address. Unreachability: the longest time without any answer from the workload between the DELETE and the end (resolution: the {} ms probe interval, so a workload that never dropped shows about that).\n",
+            self.build_lab_s,
+            self.workloads,
+            self.flags,
+            PROBE_EVERY.as_millis(),
+            PROBE_EVERY.as_millis(),
+        );
+        let mut r = self.readdress.clone();
+        r.sort();
+        let mut g = self.gaps.clone();
+        g.sort();
+        let mut d = self.down_us.clone();
+        d.sort();
+        let dd = |v: u64| ms(Duration::from_micros(v));
+        let _ = writeln!(
+            md,
+            "| figure | p50 | p95 | p99 | max |\n|---|---|---|---|---|"
+        );
+        let _ = writeln!(
+            md,
+            "| re-address time (DELETE -> first answer at the new address) | {} | {} | {} | {} |",
+            ms(pct(&r, 0.5)),
+            ms(pct(&r, 0.95)),
+            ms(pct(&r, 0.99)),
+            ms(r.last().copied().unwrap_or_default())
+        );
+        let _ = writeln!(
+            md,
+            "| unreachability window per workload (prober) | {} | {} | {} | {} |",
+            ms(pct(&g, 0.5)),
+            ms(pct(&g, 0.95)),
+            ms(pct(&g, 0.99)),
+            ms(g.last().copied().unwrap_or_default())
+        );
+        let _ = writeln!(
+            md,
+            "| link down, reported by the agent (`down_us`) | {} | {} | {} | {} |\n",
+            dd(pct(&d, 0.5)),
+            dd(pct(&d, 0.95)),
+            dd(pct(&d, 0.99)),
+            dd(d.last().copied().unwrap_or_default())
+        );
+        let last = r.last().copied().unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "Total migration time (DELETE -> migration Completed, polled every 20 ms): **{}**; last workload answering at its new address: {}. {} of {} workloads never answered at their new address within 10 s after completion.\n",
+            ms(self.total),
+            ms(last),
+            self.not_answered,
+            self.workloads
+        );
+        let _ = writeln!(
+            md,
+            "The windows began between {} and {} after the DELETE (p50 {}); the prober's own longest interval between two rounds was {} (a stall of the prober would show as a window of every workload at once).\n",
+            ms(self.gap_starts.first().copied().unwrap_or_default()),
+            ms(self.gap_starts.last().copied().unwrap_or_default()),
+            ms(pct(&self.gap_starts, 0.5)),
+            ms(self.prober_stall)
+        );
+        let p99 = pct(&g, 0.99);
+        let _ = writeln!(
+            md,
+            "Against the targets: all re-addressed within 5 s: {} ({} total, {} until the last answer); each unreachable at most 50 ms at p99: {} (p99 {}).\n",
+            if self.total <= Duration::from_secs(5)
+                && last <= Duration::from_secs(5)
+                && self.not_answered == 0
+            {
+                "met"
+            } else {
+                "**not met**"
+            },
+            ms(self.total),
+            ms(last),
+            if p99 <= Duration::from_millis(50) && self.not_answered == 0 {
+                "met"
+            } else {
+                "**not met**"
+            },
+            ms(p99),
+        );
+    }
+}
+
+/// Workload namespaces beyond what `Lab` holds (it numbers lab addresses in one /24): eth0
+/// only, addressed by the agent from the shards. Deleted on drop.
+struct ExtraWorkloads {
+    ns: Vec<Netns>,
+}
+
+fn build_extra(lab: &Lab, n: usize) -> Result<ExtraWorkloads> {
+    let hv = lab.hypervisor();
+    let run = names::run_id();
+    let mut extra = ExtraWorkloads { ns: Vec::new() };
+    let t = Instant::now();
+    for i in 0..n {
+        let name = format!("w{i}");
+        let ns = Netns::create(&names::netns_name(&run, lab.x(), &name))?;
+        extra.ns.push(ns);
+        let ns = extra.ns.last().context("pushed")?;
+        let host_if = names::host_ifname(&name);
+        links::veth(Place::Ns(&hv.netns), &host_if, Place::Ns(ns), "eth0")?;
+        links::enslave(Place::Ns(&hv.netns), &host_if, weft_lab::lab::BRIDGE)?;
+        if (i + 1) % 32 == 0 {
+            println!(
+                "    {} of {n} workload namespaces ({:.0} s)",
+                i + 1,
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(extra)
+}
+
+/// Echo threads: one UDP socket bound in each workload namespace, answering with the payload
+/// and ignoring send errors (while the link is down there is no route back).
+fn start_echoes(nss: &[String], stop: Arc<AtomicBool>) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut hs = Vec::new();
+    for ns in nss {
+        let f = std::fs::File::open(format!("/run/netns/{ns}"))
+            .with_context(|| format!("open netns {ns}"))?;
+        let stop = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Result<()>>();
+        hs.push(
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    // SAFETY: setns on this thread only, with a valid namespace fd.
+                    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        let _ = tx.send(Err(anyhow!("setns: {}", std::io::Error::last_os_error())));
+                        return;
+                    }
+                    let s = match UdpSocket::bind(("0.0.0.0", ECHO_PORT)) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                    let _ = tx.send(Ok(()));
+                    let mut buf = [0u8; 128];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((n, from)) = s.recv_from(&mut buf) {
+                            let _ = s.send_to(&buf[..n], from);
+                        }
+                    }
+                })?,
+        );
+        rx.recv()
+            .map_err(|_| anyhow!("echo thread for {ns} died"))??;
+    }
+    Ok(hs)
+}
+
+/// Replies per workload: (when, the address that was probed).
+type Replies = Arc<Mutex<Vec<Vec<(Instant, IpAddr)>>>>;
+
+/// Returns the prober's own longest interval between two rounds (a stall of the prober
+/// would look like unreachability of every workload).
+fn probe(
+    netns: String,
+    targets: Arc<Mutex<Vec<Vec<IpAddr>>>>,
+    replies: Replies,
+    stop: Arc<AtomicBool>,
+) -> Result<Duration> {
+    let f = std::fs::File::open(format!("/run/netns/{netns}")).context("open prober netns")?;
+    // SAFETY: setns on this thread only, with a valid namespace fd.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns: {}", std::io::Error::last_os_error());
+    }
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    // Room for a round of answers.
+    let size: libc::c_int = 4 << 20;
+    // SAFETY: setsockopt with a valid fd and an int option.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    sock.set_read_timeout(Some(Duration::from_millis(1)))?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut buf = [0u8; 128];
+    let mut got: Vec<(usize, Instant, IpAddr)> = Vec::with_capacity(1024);
+    let mut longest_round = Duration::ZERO;
+    let mut last_round: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let round = Instant::now();
+        if let Some(l) = last_round {
+            longest_round = longest_round.max(round - l);
+        }
+        last_round = Some(round);
+        let t = targets.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+        for (i, addrs) in t.iter().enumerate() {
+            for a in addrs {
+                let _ = sock.send_to(
+                    format!("{i} {a}").as_bytes(),
+                    SocketAddr::new(*a, ECHO_PORT),
+                );
+            }
+        }
+        while round.elapsed() < PROBE_EVERY {
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && let Some((i, a)) = std::str::from_utf8(&buf[..n]).unwrap_or("").split_once(' ')
+                && let (Ok(i), Ok(a)) = (i.parse::<usize>(), a.parse::<IpAddr>())
+            {
+                got.push((i, Instant::now(), a));
+            }
+        }
+        if let Ok(mut r) = replies.lock() {
+            for (i, t, a) in got.drain(..) {
+                if let Some(v) = r.get_mut(i) {
+                    v.push((t, a));
+                }
+            }
+        }
+    }
+    Ok(longest_round)
+}
+
+/// The longest time without any reply between `from` and `to`, and when it began.
+fn longest_gap(replies: &[(Instant, IpAddr)], from: Instant, to: Instant) -> (Duration, Instant) {
+    let mut last = from;
+    let mut gap = (Duration::ZERO, from);
+    for (t, _) in replies.iter().filter(|(t, _)| *t >= from && *t <= to) {
+        if t.duration_since(last) > gap.0 {
+            gap = (t.duration_since(last), last);
+        }
+        last = *t;
+    }
+    if to.saturating_duration_since(last) > gap.0 {
+        gap = (to.saturating_duration_since(last), last);
+    }
+    gap
+}
+
+struct StopOnDrop(Arc<AtomicBool>);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn bench_migration() -> Result<MigFigures> {
+    let t_lab = Instant::now();
+    println!("    building the lab: hypervisor hv1, prober, {WORKLOADS} workloads");
+    let lab = Lab::builder()
+        .hypervisor("hv1")
+        .workload("prober")
+        .build()?;
+    let extra = build_extra(&lab, WORKLOADS)?;
+    // Echo threads hold sockets in the namespaces: they stop (guard below) before the
+    // namespaces go.
+    let result = migration_in(&lab, &extra, t_lab);
+    drop(extra);
+    drop(lab);
+    result
+}
+
+fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<MigFigures> {
+    let hv = lab.hypervisor();
+    for key in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.br0.send_redirects=0",
+    ] {
+        hv.netns.exec(&["sysctl", "-q", "-w", key])?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop = StopOnDrop(stop.clone());
+    let ns_names: Vec<String> = extra.ns.iter().map(|n| n.name().to_string()).collect();
+    let echoes = start_echoes(&ns_names, stop.clone())?;
+    let build_lab_s = t_lab.elapsed().as_secs_f64();
+    println!("    lab ready in {build_lab_s:.1} s");
+
+    let ip = hv.uplink_root_addr.clone();
+    let grpc = format!("{ip}:{}", free_port(&ip)?);
+    let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
+    let flags = [
+        "--shard-pool",
+        "100.64.0.0/21",
+        "--migration-timeout",
+        "10s",
+    ];
+    let controller = start_controller(
+        lab.dir(),
+        &grpc,
+        &http,
+        &lab.dir().join("controller-data"),
+        &flags,
+    )?;
+    let c = &controller;
+
+    // The agent, release, managing the 256 workloads (the prober is left out).
+    let file = lab.dir().join("workloads-hv1.toml");
+    let mut toml = String::new();
+    for (i, ns) in ns_names.iter().enumerate() {
+        let name = format!("w{i}");
+        let _ = write!(
+            toml,
+            "[[workload]]\nname = {}\ninterface = {}\nnetns = {}\ndevice = \"eth0\"\n\n",
+            toml_str(&name),
+            toml_str(&names::host_ifname(&name)),
+            toml_str(ns)
+        );
+    }
+    std::fs::write(&file, toml)?;
+    let agent_bin = release_binary("weft-agent")?.to_string_lossy().into_owned();
+    let file_s = file.to_string_lossy().into_owned();
+    let url = format!("http://{grpc}");
+    let prober_if = names::host_ifname("prober");
+    let cmd = hv.netns.command(&[
+        &agent_bin,
+        "--host-id",
+        &hv.name,
+        "--controller",
+        &url,
+        "--workloads",
+        &file_s,
+        "--interfaces",
+        "wl-*",
+        "--metrics-listen",
+        "127.0.0.1:9464",
+        "--drain-interval-ms",
+        "1000",
+        "--exclude",
+        &prober_if,
+    ]);
+    let mut agent = Child::spawn(cmd, lab.dir(), "weft-agent-release")?;
+    let logs = |c: &Controller, a: &Child| {
+        format!("controller:\n{}\nagent:\n{}", c.child.tail(20), a.tail(20))
+    };
+    let ta = Instant::now();
+    eventually(Duration::from_secs(120), Duration::from_millis(200), || {
+        ensure!(agent.is_running(), "the agent exited");
+        let n = agent.count_lines(&["weft-agent attached"]);
+        ensure!(
+            n >= WORKLOADS,
+            "agent attached to {n} of {WORKLOADS} interfaces"
+        );
+        Ok(())
+    })
+    .with_context(|| logs(c, &agent))?;
+    println!(
+        "    agent attached to {WORKLOADS} interfaces in {:.1} s",
+        ta.elapsed().as_secs_f64()
+    );
+
+    let create = || {
+        c.json(
+            "POST",
+            "/shards",
+            Some(&json!({"prefix_len": 22, "network_id": MIG_NETWORK})),
+        )
+    };
+    let old = create().with_context(|| logs(c, &agent))?;
+    let old_id = old["id"].as_str().context("shard id")?.to_owned();
+    let gw = |s: &Value| -> Result<String> {
+        Ok(format!(
+            "{}/{}",
+            s["gateway"].as_str().context("gateway")?,
+            s["prefix_len"].as_u64().context("prefix_len")?
+        ))
+    };
+    hv.netns.ip(&["addr", "add", &gw(&old)?, "dev", "br0"])?;
+    let mut first: Vec<IpAddr> = Vec::new();
+    for i in 0..WORKLOADS {
+        let a = c.json(
+            "POST",
+            &format!("/networks/{MIG_NETWORK}/addresses"),
+            Some(&json!({"workload": format!("w{i}"), "host_id": hv.name, "family": "ipv4"})),
+        )?;
+        first.push(a["address"].as_str().context("address")?.parse()?);
+    }
+    let new = create()?;
+    hv.netns.ip(&["addr", "add", &gw(&new)?, "dev", "br0"])?;
+    println!(
+        "    shard {old_id} holds {WORKLOADS} allocations; second shard {}",
+        new["id"]
+    );
+
+    let tw = Instant::now();
+    for (i, a) in first.iter().enumerate() {
+        let ns = &extra.ns[i];
+        eventually(Duration::from_secs(60), Duration::from_millis(100), || {
+            let out = ns.ip(&["-4", "addr", "show", "dev", "eth0"])?;
+            ensure!(out.contains(&format!("{a}/")), "w{i} has no {a} yet: {out}");
+            Ok(())
+        })
+        .with_context(|| logs(c, &agent))?;
+    }
+    println!(
+        "    every workload has its address on eth0 ({:.1} s)",
+        tw.elapsed().as_secs_f64()
+    );
+
+    let targets = Arc::new(Mutex::new(
+        first.iter().map(|a| vec![*a]).collect::<Vec<_>>(),
+    ));
+    let replies: Replies = Arc::new(Mutex::new(vec![Vec::new(); WORKLOADS]));
+    let prober = {
+        let (t, r, s) = (targets.clone(), replies.clone(), stop.clone());
+        let ns = lab.workload("prober")?.netns.name().to_owned();
+        std::thread::spawn(move || probe(ns, t, r, s))
+    };
+    eventually(Duration::from_secs(30), Duration::from_millis(100), || {
+        let r = replies.lock().map_err(|_| anyhow!("poisoned"))?;
+        let silent = r.iter().filter(|v| v.is_empty()).count();
+        ensure!(silent == 0, "{silent} workloads do not answer yet");
+        Ok(())
+    })
+    .with_context(|| logs(c, &agent))?;
+    // A second of steady probing before the migration.
+    std::thread::sleep(Duration::from_secs(1));
+    println!("    all {WORKLOADS} workloads answer the prober; deleting shard {old_id}");
+
+    let index: HashMap<String, usize> = (0..WORKLOADS).map(|i| (format!("w{i}"), i)).collect();
+    let follow = |m: &Value| {
+        for mv in m["moves"].as_array().into_iter().flatten() {
+            if let (Some(w), Some(a)) = (
+                mv["workload"].as_str().and_then(|w| index.get(w)),
+                mv["new_address"]
+                    .as_str()
+                    .and_then(|a| a.parse::<IpAddr>().ok()),
+            ) && let Ok(mut t) = targets.lock()
+                && !t[*w].contains(&a)
+            {
+                t[*w].push(a);
+            }
+        }
+    };
+    let started = Instant::now();
+    let (status, body) = c.send(
+        "DELETE",
+        &format!("/networks/{MIG_NETWORK}/shards/{old_id}"),
+        None,
+    )?;
+    ensure!(
+        status == 202,
+        "deallocating a shard in use starts a migration: {status} {body}"
+    );
+    let v: Value = serde_json::from_str(&body)?;
+    let mid = v["migration_id"]
+        .as_str()
+        .context("migration id")?
+        .to_owned();
+    let done = eventually(Duration::from_secs(120), Duration::from_millis(20), || {
+        let m = c.json("GET", &format!("/migrations/{mid}"), None)?;
+        follow(&m);
+        ensure!(
+            m["state"] == "Completed",
+            "migration {}: {} of {}",
+            m["state"],
+            m["moved"],
+            m["total"]
+        );
+        Ok(m)
+    })
+    .with_context(|| logs(c, &agent))?;
+    let total = started.elapsed();
+    follow(&done);
+    println!("    migration completed in {}", ms(total));
+    let new_of: Vec<Option<IpAddr>> = {
+        let mut v = vec![None; WORKLOADS];
+        for mv in done["moves"].as_array().context("moves")? {
+            if let (Some(w), Some(a)) = (
+                mv["workload"].as_str().and_then(|w| index.get(w)),
+                mv["new_address"]
+                    .as_str()
+                    .and_then(|a| a.parse::<IpAddr>().ok()),
+            ) {
+                v[*w] = Some(a);
+            }
+        }
+        v
+    };
+    let answered_new = |r: &[Vec<(Instant, IpAddr)>]| -> usize {
+        (0..WORKLOADS)
+            .filter(|&i| {
+                new_of[i].is_some_and(|a| r[i].iter().any(|(t, x)| *x == a && *t > started))
+            })
+            .count()
+    };
+    let _ = eventually(Duration::from_secs(10), Duration::from_millis(10), || {
+        let r = replies.lock().map_err(|_| anyhow!("poisoned"))?;
+        let n = answered_new(&r);
+        ensure!(
+            n == WORKLOADS,
+            "{n} of {WORKLOADS} answered at their new address"
+        );
+        Ok(())
+    });
+    // A little more probing, so the end of each window is seen.
+    std::thread::sleep(Duration::from_millis(200));
+    let end = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    let prober_stall = prober.join().map_err(|_| anyhow!("prober panicked"))??;
+    for h in echoes {
+        let _ = h.join();
+    }
+
+    let r = replies.lock().map_err(|_| anyhow!("poisoned"))?;
+    let mut readdress = Vec::new();
+    let mut gaps = Vec::new();
+    let mut gap_starts = Vec::new();
+    let mut not_answered = 0;
+    for i in 0..WORKLOADS {
+        match new_of[i].and_then(|a| r[i].iter().find(|(t, x)| *x == a && *t > started)) {
+            Some((t, _)) => readdress.push(t.duration_since(started)),
+            None => not_answered += 1,
+        }
+        let (gap, from) = longest_gap(&r[i], started, end);
+        gaps.push(gap);
+        gap_starts.push(from.duration_since(started));
+    }
+    let down_us: Vec<u64> = done["moves"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|mv| mv["down_us"].as_u64().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut g = gaps.clone();
+    g.sort();
+    println!(
+        "    unreachability p50 {} p99 {} max {}; {not_answered} never answered at the new address",
+        ms(pct(&g, 0.5)),
+        ms(pct(&g, 0.99)),
+        ms(g.last().copied().unwrap_or_default())
+    );
+    gap_starts.sort();
+    println!(
+        "    windows began {} to {} after the DELETE (p50 {}); the prober's longest round interval {}",
+        ms(gap_starts.first().copied().unwrap_or_default()),
+        ms(gap_starts.last().copied().unwrap_or_default()),
+        ms(pct(&gap_starts, 0.5)),
+        ms(prober_stall)
+    );
+    let old_shard = c.json("GET", &format!("/shards/{old_id}"), None)?;
+    ensure!(
+        old_shard["resource_count"] == 0,
+        "the old shard still counts allocations: {old_shard}"
+    );
+    drop(agent);
+    drop(controller);
+    Ok(MigFigures {
+        workloads: WORKLOADS,
+        build_lab_s,
+        total,
+        readdress,
+        gaps,
+        down_us,
+        not_answered,
+        gap_starts,
+        prober_stall,
+        flags: format!("{} (default --migration-concurrency 64)", flags.join(" ")),
+    })
+}
