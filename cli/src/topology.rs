@@ -74,6 +74,40 @@ pub enum TopologyCommand {
         #[arg(long, value_enum, default_value_t = TableFormat::Ascii)]
         format: TableFormat,
     },
+    /// Service types: the rules' type and, for weak guesses, the type learned from the
+    /// traffic shape of services known for sure (nearest centroid), with a confidence.
+    Classify {
+        /// TOML training labels: `[[example]] service = "x" type = "cache"` (posted to
+        /// the controller with the request).
+        #[arg(long)]
+        classifier_examples: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value_t = TableFormat::Ascii)]
+        format: TableFormat,
+        #[command(flatten)]
+        window: WindowArgs,
+    },
+    /// Dependencies whose latest complete minute departs from the baseline before it
+    /// (request rate, error rate, p99 latency; robust z-score), and new dependencies.
+    Anomalies {
+        /// |robust z-score| above which a metric is anomalous.
+        #[arg(long, default_value_t = 4.0)]
+        threshold: f64,
+        #[arg(long, value_enum, default_value_t = TableFormat::Ascii)]
+        format: TableFormat,
+        /// `--since` starts the baseline (default an hour before `--until`, default now).
+        #[command(flatten)]
+        window: WindowArgs,
+    },
+    /// Scale out / in / hold per service, from its inbound rate trend, p99 vs a target,
+    /// errors and saturation.
+    Scaling {
+        #[arg(long, default_value_t = 100.0)]
+        latency_target_ms: f64,
+        #[arg(long, value_enum, default_value_t = TableFormat::Ascii)]
+        format: TableFormat,
+        #[command(flatten)]
+        window: WindowArgs,
+    },
 }
 
 /// A time window: RFC 3339 (`2026-11-23T16:00:00Z`) or relative (`15m`, `2h`, `1d` ago).
@@ -207,6 +241,25 @@ pub fn request_path(command: &TopologyCommand) -> String {
             "/topology/diff",
             &[("from", Some(from.clone())), ("to", to.clone())],
         ),
+        TopologyCommand::Classify { window, .. } => {
+            with_query("/analytics/classification", &window_pairs(window))
+        }
+        TopologyCommand::Anomalies {
+            threshold, window, ..
+        } => {
+            let mut pairs = window_pairs(window);
+            pairs.push(("threshold", Some(threshold.to_string())));
+            with_query("/analytics/anomalies", &pairs)
+        }
+        TopologyCommand::Scaling {
+            latency_target_ms,
+            window,
+            ..
+        } => {
+            let mut pairs = window_pairs(window);
+            pairs.push(("latency_target_ms", Some(latency_target_ms.to_string())));
+            with_query("/analytics/scaling", &pairs)
+        }
     }
 }
 
@@ -218,13 +271,32 @@ fn table_format(command: &TopologyCommand) -> Option<TableFormat> {
         | TopologyCommand::Critical { format, .. }
         | TopologyCommand::Bottlenecks { format, .. }
         | TopologyCommand::Patterns { format, .. }
-        | TopologyCommand::Diff { format, .. } => Some(*format),
+        | TopologyCommand::Diff { format, .. }
+        | TopologyCommand::Classify { format, .. }
+        | TopologyCommand::Anomalies { format, .. }
+        | TopologyCommand::Scaling { format, .. } => Some(*format),
     }
 }
 
 /// Runs a topology command against the controller and returns what to print.
 pub fn run(controller: &str, command: &TopologyCommand) -> anyhow::Result<String> {
-    let body = fetch(controller, &request_path(command))?;
+    let body = match command {
+        TopologyCommand::Classify {
+            classifier_examples: Some(file),
+            ..
+        } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            // Checked here too, so a bad file is named before anything is sent.
+            weft_controller::analytics::learned::Examples::parse(
+                &text,
+                &file.display().to_string(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            post_text(controller, &request_path(command), &text)?
+        }
+        _ => fetch(controller, &request_path(command))?,
+    };
     let json = |body: &str| -> anyhow::Result<Value> {
         serde_json::from_str(body).context("the controller's answer is not valid JSON")
     };
@@ -244,6 +316,30 @@ pub fn run(controller: &str, command: &TopologyCommand) -> anyhow::Result<String
         text.push('\n');
     }
     Ok(text)
+}
+
+/// POSTs `text` and returns the answer's body.
+fn post_text(base: &str, path: &str, text: &str) -> anyhow::Result<String> {
+    let url = crate::endpoint(base, path);
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .build();
+    match agent
+        .post(&url)
+        .set("content-type", "application/toml")
+        .send_string(text)
+    {
+        Ok(response) => response
+            .into_string()
+            .with_context(|| format!("reading the answer of {url}")),
+        Err(ureq::Error::Status(code, response)) => Err(anyhow::anyhow!(
+            "the controller answered {code} for {url}: {}",
+            crate::problem_message(&response.into_string().unwrap_or_default())
+        )),
+        Err(error @ ureq::Error::Transport(_)) => Err(anyhow::anyhow!(error))
+            .with_context(|| format!("cannot reach the controller at {base}")),
+    }
 }
 
 fn s(v: &Value) -> String {
@@ -405,6 +501,183 @@ pub fn render(command: &TopologyCommand, v: &Value) -> String {
                 let _ = writeln!(out, "  no changes");
             }
         }
+        TopologyCommand::Classify { .. } => {
+            let _ = writeln!(
+                out,
+                "{:<32} {:<14} {:<9} {:<14} {:>10}  NEAREST",
+                "SERVICE", "RULE TYPE", "BASIS", "LEARNED", "CONFIDENCE"
+            );
+            for c in list(&v["services"]) {
+                let learned = if c["training"].as_bool() == Some(true) {
+                    let label = if c["example_type"].is_null() {
+                        &c["rule_type"]
+                    } else {
+                        &c["example_type"]
+                    };
+                    format!("(trains: {})", s(label))
+                } else {
+                    s(&c["learned_type"])
+                };
+                let confidence = c["confidence"].as_f64().map_or_else(
+                    || "-".to_owned(),
+                    |x| {
+                        let flag = if c["ambiguous"].as_bool() == Some(true) {
+                            "?"
+                        } else {
+                            ""
+                        };
+                        format!("{x:.2}{flag}")
+                    },
+                );
+                let nearest: Vec<String> = list(&c["nearest"])
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{} ({}, {:.2})",
+                            s(&n["service"]),
+                            s(&n["type"]),
+                            n["distance"].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:<14} {:<9} {:<14} {:>10}  {}",
+                    s(&c["service"]),
+                    s(&c["rule_type"]),
+                    s(&c["basis"]),
+                    learned,
+                    confidence,
+                    nearest.join(", ")
+                );
+            }
+        }
+        TopologyCommand::Anomalies { .. } => {
+            let _ = writeln!(
+                out,
+                "Bucket {} against {} baseline buckets from {} (|z| > {}):",
+                s(&v["current_bucket"]),
+                s(&v["baseline_buckets"]),
+                s(&v["baseline_since"]),
+                s(&v["threshold"])
+            );
+            for a in list(&v["anomalies"]) {
+                let score = a["score"]
+                    .as_f64()
+                    .map_or_else(|| "new".to_owned(), |z| format!("z={z:.1}"));
+                let _ = writeln!(
+                    out,
+                    "  {} -> {} [{}/{}] {}: {} (baseline {}, {score}, {})",
+                    s(&a["source"]),
+                    s(&a["target"]),
+                    s(&a["protocol"]),
+                    s(&a["port"]),
+                    s(&a["metric"]),
+                    ms(&a["current"]),
+                    ms(&a["baseline"]),
+                    s(&a["direction"])
+                );
+            }
+            if list(&v["anomalies"]).is_empty() {
+                let _ = writeln!(out, "  no anomalies");
+            }
+        }
+        TopologyCommand::Scaling { .. } => {
+            let _ = writeln!(
+                out,
+                "{:<32} {:<10} {:>6} {:>9} {:>9} {:>9}  REASON",
+                "SERVICE", "ACTION", "FACTOR", "RPS", "PROJECTED", "P99 MS"
+            );
+            for r in list(&v["services"]) {
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:<10} {:>6} {:>9} {:>9} {:>9}  {}",
+                    s(&r["service"]),
+                    s(&r["action"]),
+                    ms(&r["factor"]),
+                    ms(&r["current_rps"]),
+                    ms(&r["projected_rps"]),
+                    ms(&r["p99_latency_ms"]),
+                    s(&r["reason"])
+                );
+            }
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod learned_tests {
+    use super::*;
+
+    #[test]
+    fn classify_anomalies_and_scaling_render_their_answers() {
+        let command = TopologyCommand::Anomalies {
+            threshold: 4.0,
+            format: TableFormat::Ascii,
+            window: WindowArgs::default(),
+        };
+        assert_eq!(request_path(&command), "/analytics/anomalies?threshold=4");
+        let answer = serde_json::json!({
+            "threshold": 4.0, "current_bucket": "t", "baseline_buckets": 30, "baseline_since": "t0",
+            "anomalies": [{"source": "a", "target": "b", "protocol": "http", "port": 80,
+                "metric": "p99_latency_ms", "current": 400.0, "baseline": 10.0, "score": 39.0,
+                "direction": "up"}],
+        });
+        let text = render(&command, &answer);
+        assert!(
+            text.contains("a -> b [http/80] p99_latency_ms: 400.00 (baseline 10.00, z=39.0, up)"),
+            "{text}"
+        );
+
+        let command = TopologyCommand::Scaling {
+            latency_target_ms: 50.0,
+            format: TableFormat::Ascii,
+            window: WindowArgs {
+                since: Some("30m".into()),
+                until: None,
+            },
+        };
+        assert_eq!(
+            request_path(&command),
+            "/analytics/scaling?since=30m&latency_target_ms=50"
+        );
+        let answer = serde_json::json!({"services": [{"service": "b", "action": "scale_out",
+            "factor": 2.0, "current_rps": 1.0, "projected_rps": 2.0, "p99_latency_ms": 10.0,
+            "reason": "request rate rising"}]});
+        assert!(render(&command, &answer).contains("scale_out"));
+
+        let command = TopologyCommand::Classify {
+            classifier_examples: None,
+            format: TableFormat::Ascii,
+            window: WindowArgs::default(),
+        };
+        assert_eq!(request_path(&command), "/analytics/classification");
+        let answer = serde_json::json!({"services": [{"service": "kv", "rule_type": "microservice",
+            "basis": "default", "training": false, "learned_type": "cache", "confidence": 0.9,
+            "ambiguous": false, "nearest": [{"service": "redis", "type": "cache", "distance": 0.1}]}]});
+        let text = render(&command, &answer);
+        assert!(
+            text.contains("cache") && text.contains("0.90") && text.contains("redis (cache, 0.10)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_bad_examples_file_is_named_before_anything_is_sent() {
+        let file = std::env::temp_dir().join(format!("weft-examples-{}.toml", std::process::id()));
+        std::fs::write(&file, "[[example]]\nservice = \"a\"\ntype = \"toaster\"\n").expect("write");
+        let command = TopologyCommand::Classify {
+            classifier_examples: Some(file.clone()),
+            format: TableFormat::Ascii,
+            window: WindowArgs::default(),
+        };
+        // Nothing listens on port 9: the error must come from the file, not the network.
+        let error = run("http://127.0.0.1:9", &command).unwrap_err().to_string();
+        std::fs::remove_file(&file).ok();
+        assert!(
+            error.contains("line 3") && error.contains("weft-examples"),
+            "{error}"
+        );
+    }
 }

@@ -139,7 +139,9 @@ pub fn detect_in(series: &Series, config: &AnomalyConfig) -> AnomalyReport {
     let Some(current_index) = series.starts.len().checked_sub(1) else {
         return report;
     };
-    let observed_buckets = (0..current_index).filter(|i| series.any_traffic(*i)).count();
+    let observed_buckets = (0..current_index)
+        .filter(|i| series.any_traffic(*i))
+        .count();
     let width_s = series.width_seconds();
     let bucket = rfc3339(series.starts[current_index]);
     for (key, points) in &series.dependencies {
@@ -195,8 +197,12 @@ pub fn detect_in(series: &Series, config: &AnomalyConfig) -> AnomalyReport {
             .map(|p| p.as_ref().map_or(0.0, |s| s.requests as f64))
             .collect();
         if rates.len() >= config.min_baseline
-            && let Some(mut a) =
-                anomaly(Metric::RequestRate, current.requests as f64, &rates, rate_scale)
+            && let Some(mut a) = anomaly(
+                Metric::RequestRate,
+                current.requests as f64,
+                &rates,
+                rate_scale,
+            )
         {
             a.current /= width_s;
             a.baseline /= width_s;
@@ -243,11 +249,14 @@ pub fn detect_in(series: &Series, config: &AnomalyConfig) -> AnomalyReport {
     report
 }
 
+/// (source, target, port, metric, bucket) of an anomaly published.
+type Published = (String, String, u16, Metric, String);
+
 /// Publishes each anomaly once as a `weft.topology.anomaly` event. Meant for a periodic
 /// check; remembers what it published (per dependency, metric and bucket).
 #[derive(Debug, Default)]
 pub struct AnomalyWatch {
-    published: Mutex<BTreeSet<(String, String, u16, Metric, String)>>,
+    published: Mutex<BTreeSet<Published>>,
 }
 
 impl AnomalyWatch {

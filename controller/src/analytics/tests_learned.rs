@@ -126,11 +126,19 @@ fn an_error_burst_and_a_traffic_jump_are_flagged() {
     );
 
     let mapper = steady_then(|m| send(m, 30, "a", "b", 1_000, &Req::default()));
-    let report = detect(mapper.topology(), T0, T0 + 31 * MIN, &AnomalyConfig::default());
+    let report = detect(
+        mapper.topology(),
+        T0,
+        T0 + 31 * MIN,
+        &AnomalyConfig::default(),
+    );
     assert_eq!(report.anomalies.len(), 1, "{report:#?}");
     let a = &report.anomalies[0];
     assert_eq!(a.metric, Metric::RequestRate);
-    assert!((a.current - 1_000.0 / 60.0).abs() < 1e-6, "per second: {a:?}");
+    assert!(
+        (a.current - 1_000.0 / 60.0).abs() < 1e-6,
+        "per second: {a:?}"
+    );
     // A higher threshold lets it pass.
     let lenient = AnomalyConfig {
         threshold: 1_000.0,
@@ -161,14 +169,24 @@ fn a_new_dependency_is_flagged_and_a_short_baseline_is_not_judged() {
     }
     send(&young, 3, "a", "b", 5_000, &Req::default());
     send(&young, 3, "a", "c", 5, &Req::default());
-    let report = detect(young.topology(), T0, T0 + 4 * MIN, &AnomalyConfig::default());
+    let report = detect(
+        young.topology(),
+        T0,
+        T0 + 4 * MIN,
+        &AnomalyConfig::default(),
+    );
     assert!(report.anomalies.is_empty(), "{report:#?}");
 }
 
 #[test]
 fn the_watch_publishes_each_anomaly_once() {
     let mapper = steady_then(|m| send(m, 30, "a", "b", 1_000, &Req::default()));
-    let report = detect(mapper.topology(), T0, T0 + 31 * MIN, &AnomalyConfig::default());
+    let report = detect(
+        mapper.topology(),
+        T0,
+        T0 + 31 * MIN,
+        &AnomalyConfig::default(),
+    );
     let events = EventBus::default();
     let watch = AnomalyWatch::default();
     assert_eq!(watch.publish(&report, &events), 1);
@@ -196,7 +214,14 @@ fn scaling_of(mapper: &TopologyMapper, minutes: u64) -> Vec<(String, Action, f64
 fn growing_idle_steady_and_slow_services_get_their_recommendation() {
     let mapper = TopologyMapper::new();
     for minute in 0..20 {
-        send(&mapper, minute, "c", "growing", 60 + 30 * minute, &Req::default());
+        send(
+            &mapper,
+            minute,
+            "c",
+            "growing",
+            60 + 30 * minute,
+            &Req::default(),
+        );
         send(&mapper, minute, "c", "idle", 1, &Req::default());
         send(&mapper, minute, "c", "steady", 120, &Req::default());
         let slow = Req {
@@ -218,11 +243,7 @@ fn growing_idle_steady_and_slow_services_get_their_recommendation() {
     assert!((2.5..=3.5).contains(&slow.2), "p99 / target: {slow:?}");
     assert_eq!(got[0].1, Action::ScaleOut, "scale_out listed first");
     // Too little history: hold.
-    assert!(
-        scaling_of(&mapper, 3)
-            .iter()
-            .all(|r| r.1 == Action::Hold)
-    );
+    assert!(scaling_of(&mapper, 3).iter().all(|r| r.1 == Action::Hold));
 }
 
 /// A redis cache and a postgres database with many / few clients, plus `extra`.
@@ -318,7 +339,11 @@ fn equally_near_types_give_low_confidence() {
         .expect("x-three");
     assert!(three.confidence.expect("scored") < 0.05, "{three:#?}");
     assert!(three.ambiguous);
-    let one = report.services.iter().find(|s| s.service == "x-one").expect("x-one");
+    let one = report
+        .services
+        .iter()
+        .find(|s| s.service == "x-one")
+        .expect("x-one");
     assert_eq!(one.example_type, Some(ServiceType::Cache));
     assert!(one.training);
 }
@@ -370,19 +395,32 @@ fn an_http_fan_out_is_learned_as_a_gateway_from_examples() {
         .find(|s| s.service == "front")
         .expect("front");
     assert_eq!(front.rule_type, ServiceType::Microservice);
-    assert_eq!(front.learned_type, Some(ServiceType::ApiGateway), "{front:#?}");
+    assert_eq!(
+        front.learned_type,
+        Some(ServiceType::ApiGateway),
+        "{front:#?}"
+    );
     assert!(!front.ambiguous, "{front:#?}");
 }
 
 #[test]
 fn example_files_errors_name_the_line_or_field() {
-    let bad_type = Examples::parse("[[example]]\nservice = \"a\"\ntype = \"toaster\"\n", "ex.toml")
-        .unwrap_err();
-    assert!(bad_type.contains("ex.toml") && bad_type.contains("line 3"), "{bad_type}");
-    let unknown = Examples::parse("[[example]]\nservice = \"a\"\nkind = \"cache\"\n", "ex.toml")
-        .unwrap_err();
+    let bad_type = Examples::parse(
+        "[[example]]\nservice = \"a\"\ntype = \"toaster\"\n",
+        "ex.toml",
+    )
+    .unwrap_err();
+    assert!(
+        bad_type.contains("ex.toml") && bad_type.contains("line 3"),
+        "{bad_type}"
+    );
+    let unknown = Examples::parse(
+        "[[example]]\nservice = \"a\"\nkind = \"cache\"\n",
+        "ex.toml",
+    )
+    .unwrap_err();
     assert!(unknown.contains("kind"), "{unknown}");
-    let empty = Examples::parse("[[example]]\nservice = \"\"\ntype = \"cache\"\n", "ex.toml")
-        .unwrap_err();
+    let empty =
+        Examples::parse("[[example]]\nservice = \"\"\ntype = \"cache\"\n", "ex.toml").unwrap_err();
     assert!(empty.contains("example 1: field service"), "{empty}");
 }
