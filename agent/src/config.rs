@@ -40,6 +40,10 @@ pub struct Args {
     /// Records per batch sent to the controller.
     #[arg(long, default_value_t = 2_000)]
     pub batch_size: usize,
+    /// Network namespace file (e.g. /run/netns/hv1) whose neighbour cache is flushed for
+    /// re-addressed workloads: where the workloads' bridge is. Default: the agent's own.
+    #[arg(long)]
+    pub neighbour_netns: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax).
     /// (netlink-packet-route warns about every attribute newer than itself: kept quiet.)
     #[arg(long, env = "WEFT_LOG", default_value = "info,netlink_packet_route=error")]
