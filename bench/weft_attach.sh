@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# WEFT_ATTACH_CMD for shared/bench/flow-overhead/run.sh: runs weft-agent (release) in the
+# current (host) namespace, attached to the interfaces given as arguments, in the
+# foreground until SIGTERM. No controller is reachable: the agent keeps observing and
+# counts what it cannot send, as in production during an outage.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${WEFT_AGENT_BIN:-$HERE/target/release/weft-agent}
+[ -x "$BIN" ] || { echo "build it first: cargo build --release -p weft-agent" >&2; exit 2; }
+args=()
+for i in "$@"; do args+=(--interfaces "$i"); done
+exec "$BIN" --host-id bench --controller http://127.0.0.1:9 --metrics-listen 127.0.0.1:0 \
+  --log warn "${args[@]}"
