@@ -81,23 +81,43 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// Parses RFC 3339 (`2026-11-23T16:03:17Z`, fractions and `+01:00` offsets allowed) into
-/// Unix nanoseconds.
+/// Unix nanoseconds. Unlike [`parse_timestamp`], the offset is required: an API parameter
+/// without one is ambiguous.
 pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     let bad = || format!("`{text}` is not an RFC 3339 time such as 2026-11-23T16:03:17Z");
     let b = text.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    let n = b.len();
+    let has_offset = matches!(b.last(), Some(b'Z' | b'z'))
+        || (n >= 6 && matches!(b[n - 6], b'+' | b'-') && b[n - 3] == b':');
+    if n < 20 || b[10] == b' ' || !has_offset {
         return Err(bad());
     }
-    let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
-        text.get(range)
-            .and_then(|s| s.parse::<i64>().ok())
-            .ok_or_else(bad)
+    parse_timestamp(text).map_err(|e| {
+        if e.ends_with("before 1970") { format!("`{text}` is before 1970") } else { bad() }
+    })
+}
+
+/// Parses `2026-11-23T16:03:17.123Z`, `2026-11-23T16:03:17+01:00`, `2026-11-23 16:03:17`
+/// (no offset: UTC, as Python's `datetime.isoformat()` writes naive times) into Unix
+/// nanoseconds.
+pub fn parse_timestamp(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not an RFC 3339 timestamp");
+    let s = text.trim().as_bytes();
+    if s.len() < 19 || !matches!(s[10], b'T' | b't' | b' ') || s[4] != b'-' || s[7] != b'-' {
+        return Err(bad());
+    }
+    if s[13] != b':' || s[16] != b':' {
+        return Err(bad());
+    }
+    let num = |range: std::ops::Range<usize>| -> Result<u64, String> {
+        let part = &s[range];
+        if part.iter().all(u8::is_ascii_digit) {
+            Ok(part
+                .iter()
+                .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0')))
+        } else {
+            Err(bad())
+        }
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -109,36 +129,39 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     {
         return Err(bad());
     }
-    let mut rest = &text[19..];
-    let mut nanos: i64 = 0;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits: String = fraction.chars().take_while(char::is_ascii_digit).collect();
-        if digits.is_empty() {
+    let mut rest = &s[19..];
+    let mut nanos = 0u64;
+    if let Some((b'.' | b',', frac)) = rest.split_first() {
+        let digits = frac.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
             return Err(bad());
         }
-        let padded = format!("{:0<9}", &digits[..digits.len().min(9)]);
-        nanos = padded.parse().map_err(|_| bad())?;
-        rest = &fraction[digits.len()..];
+        for (i, d) in frac[..digits].iter().enumerate() {
+            if i < 9 {
+                nanos += u64::from(d - b'0') * 10u64.pow(8 - i as u32);
+            }
+        }
+        rest = &frac[digits..];
     }
-    let offset_seconds: i64 = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
-        {
-            let hours: i64 = rest[1..3].parse().map_err(|_| bad())?;
-            let minutes: i64 = rest[4..6].parse().map_err(|_| bad())?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (hours * 3_600 + minutes * 60)
+    let offset_s: i64 = match rest {
+        [] | [b'Z'] | [b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] | [sign @ (b'+' | b'-'), h1, h2, m1, m2] => {
+            let digits = [*h1, *h2, *m1, *m2];
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return Err(bad());
+            }
+            let v = |a: u8, b: u8| i64::from(a - b'0') * 10 + i64::from(b - b'0');
+            let off = v(digits[0], digits[1]) * 3600 + v(digits[2], digits[3]) * 60;
+            if *sign == b'-' { -off } else { off }
         }
         _ => return Err(bad()),
     };
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second
-        - offset_seconds;
-    if seconds < 0 {
-        return Err(format!("`{text}` is before 1970"));
-    }
-    Ok(seconds as u64 * 1_000_000_000 + nanos as u64)
+    let days = days_from_civil(year as i64, month as i64, day as i64);
+    let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64 - offset_s;
+    let secs = u64::try_from(secs).map_err(|_| format!("{text:?} is before 1970"))?;
+    secs.checked_mul(1_000_000_000)
+        .and_then(|ns| ns.checked_add(nanos))
+        .ok_or_else(bad)
 }
 
 /// Parses a duration such as `90s`, `15m`, `2h`, `1d` (a bare number is seconds).
