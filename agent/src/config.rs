@@ -44,6 +44,10 @@ pub struct Args {
     /// re-addressed workloads: where the workloads' bridge is. Default: the agent's own.
     #[arg(long)]
     pub neighbour_netns: Option<PathBuf>,
+    /// How a workload is moved to a new address: `down-up` (the specification's interface
+    /// shutdown and restart) or `make-before-break` (no link change, no unreachability).
+    #[arg(long, value_enum, default_value_t = crate::realize::ReaddressMode::DownUp)]
+    pub readdress_mode: crate::realize::ReaddressMode,
     /// Log filter (tracing EnvFilter syntax).
     /// (netlink-packet-route warns about every attribute newer than itself: kept quiet.)
     #[arg(long, env = "WEFT_LOG", default_value = "info,netlink_packet_route=error")]

@@ -50,7 +50,9 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let control_metrics = Arc::new(realize::ControlMetrics::default());
     let realizer = Arc::new(
-        realize::Realizer::new(&workloads).with_neighbour_netns(args.neighbour_netns.clone()),
+        realize::Realizer::new(&workloads)
+            .with_neighbour_netns(args.neighbour_netns.clone())
+            .with_readdress_mode(args.readdress_mode),
     );
     let registry = Arc::new(Registry::new(workloads));
     let queue = Arc::new(RecordQueue::new(args.queue_capacity, metrics.clone()));

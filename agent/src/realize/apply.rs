@@ -58,6 +58,22 @@ pub struct Realizer {
     /// Per workload: which addresses are weft's. In memory: an agent restart forgets the
     /// addresses of earlier states (ranges of current desired addresses still count).
     managed: Mutex<HashMap<String, Managed>>,
+    /// How a re-address is carried out.
+    readdress_mode: ReaddressMode,
+}
+
+/// How the agent moves a workload from its old address to its new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReaddressMode {
+    /// As the specification describes it: interface down, address swapped, interface up.
+    /// The carrier change travels through the kernel's link watcher, which batches
+    /// events: in a burst of re-addresses each workload can stay unreachable for hundreds
+    /// of milliseconds.
+    #[default]
+    DownUp,
+    /// The new address and route first, then the old address removed: the interface
+    /// never goes down (no carrier change), so the workload is reachable throughout.
+    MakeBeforeBreak,
 }
 
 fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> RealizeError {
@@ -79,7 +95,17 @@ impl Realizer {
                 (s.name.clone(), t)
             })
             .collect();
-        Self { targets, neighbour_netns: None, managed: Mutex::new(HashMap::new()) }
+        Self {
+            targets,
+            neighbour_netns: None,
+            managed: Mutex::new(HashMap::new()),
+            readdress_mode: ReaddressMode::default(),
+        }
+    }
+
+    pub fn with_readdress_mode(mut self, mode: ReaddressMode) -> Self {
+        self.readdress_mode = mode;
+        self
     }
 
     /// Flush neighbours of replaced addresses in this namespace instead of the agent's.
@@ -197,7 +223,11 @@ impl Realizer {
         if plan.is_empty() {
             return Ok(());
         }
-        let down = execute(h, index, &plan, &messages, &mut applied.changes).await?;
+        let down = if plan.readdress && self.readdress_mode == ReaddressMode::MakeBeforeBreak {
+            make_before_break(h, index, &plan, &messages, &mut applied.changes).await?
+        } else {
+            execute(h, index, &plan, &messages, &mut applied.changes).await?
+        };
         applied.readdress_down = down;
         if let Some(d) = down {
             info!(
@@ -313,6 +343,57 @@ async fn set_link(h: &Handle, index: u32, up: bool) -> Result<(), RealizeError> 
         LinkUnspec::new_with_index(index).down().build()
     };
     h.link().set(msg).execute().await.map_err(nl(if up { "setting the link up" } else { "setting the link down" }))
+}
+
+/// Re-addresses without taking the link down: new addresses, then the default routes
+/// through the new gateways, then the old routes and addresses go. Returns a zero down
+/// time (the link stayed up).
+async fn make_before_break(
+    h: &Handle,
+    index: u32,
+    plan: &Plan,
+    messages: &[(Cidr, AddressMessage)],
+    changes: &mut usize,
+) -> Result<Option<Duration>, RealizeError> {
+    for cidr in &plan.add {
+        let mut req = h.address().add(index, cidr.addr, cidr.prefix);
+        if cidr.addr.is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.map_err(nl(format!("adding {cidr}")))?;
+        *changes += 1;
+    }
+    if plan.link_up {
+        set_link(h, index, true).await?;
+        *changes += 1;
+    }
+    for op in &plan.routes {
+        if let RouteOp::Replace(g) = *op {
+            h.route()
+                .add(default_route(index, g))
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!("setting the default route via {g}")))?;
+            *changes += 1;
+        }
+    }
+    for op in &plan.routes {
+        if let RouteOp::Delete(g) = *op {
+            match h.route().del(default_route(index, g)).execute().await {
+                Ok(()) => *changes += 1,
+                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ESRCH => {}
+                Err(e) => return Err(nl(format!("removing the default route via {g}"))(e)),
+            }
+        }
+    }
+    for cidr in &plan.remove {
+        if let Some((_, msg)) = messages.iter().find(|(c, _)| c == cidr) {
+            h.address().del(msg.clone()).execute().await.map_err(nl(format!("removing {cidr}")))?;
+            *changes += 1;
+        }
+    }
+    Ok(Some(Duration::ZERO))
 }
 
 /// Runs the plan; returns how long the link was down when re-addressing.

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use weft_proto::v1::WorkloadDesired;
 
-pub use apply::{Applied, Realizer};
+pub use apply::{Applied, ReaddressMode, Realizer};
 pub use control::ControlClient;
 pub use diff::{Cidr, DesiredAddress};
 

@@ -85,6 +85,20 @@ fn workloads_keep_answering_while_their_shard_migrates() -> Result<()> {
     if skip_unless_root("workloads_keep_answering_while_their_shard_migrates") {
         return Ok(());
     }
+    migrate_and_measure("down-up")
+}
+
+#[test]
+fn make_before_break_migration_keeps_workloads_reachable() -> Result<()> {
+    if skip_unless_root("make_before_break_migration_keeps_workloads_reachable") {
+        return Ok(());
+    }
+    migrate_and_measure("make-before-break")
+}
+
+/// Four workloads addressed from a shard, probed while it migrates; the agent re-addresses
+/// them in `readdress_mode`.
+fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
     const MOVERS: [&str; 4] = ["m1", "m2", "m3", "m4"];
     // The echo ignores send errors: while its link is down for the re-address there is no
     // route back, and an echo that died there would look like an unreachable workload.
@@ -113,7 +127,7 @@ fn workloads_keep_answering_while_their_shard_migrates() -> Result<()> {
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
     let pool = format!("198.19.{x}.128/25");
     let controller = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool, "--migration-timeout", "10s"])?;
-    let agent = Agent::start(&lab, 0, &controller.grpc_url())?;
+    let agent = Agent::start_with(&lab, 0, &controller.grpc_url(), &["--readdress-mode", readdress_mode])?;
     let weft = Weft { controller, agent };
     let c = &weft.controller;
 
@@ -251,7 +265,7 @@ fn workloads_keep_answering_while_their_shard_migrates() -> Result<()> {
     }
     let moves = done["moves"].as_array().cloned().unwrap_or_default();
     eprintln!(
-        "migration of {} workloads took {:?}; unreachability per workload: {:?}; agent-reported link-down (us): {:?}",
+        "{readdress_mode}: migration of {} workloads took {:?}; unreachability per workload: {:?}; agent-reported link-down (us): {:?}",
         MOVERS.len(),
         finished - started,
         report,
