@@ -602,10 +602,11 @@ impl MigFigures {
         );
         let _ = writeln!(
             md,
-            "A namespace lab (built in {:.0} s): one hypervisor, {} workload namespaces and a prober. Release controller (`{}`) and agent. A /22 shard (1,024 addresses) of network `{MIG_NETWORK}`, one address allocated per workload, then a second /22 shard; once every workload has its address on eth0 (checked with `ip` in each namespace), the prober (one UDP socket) sends every {} ms to every current address of every workload, the echo answering with the payload that names the probed address, and the new addresses are followed from the migration's moves. `DELETE /networks/{MIG_NETWORK}/shards/{{id}}` starts the migration; probing goes on until every new address answered. Re-address time: from the DELETE to the workload's first answer at its new address. Unreachability: the longest time without any answer from the workload between the DELETE and the end (resolution: the {} ms probe interval, so a workload that never dropped shows about that).\n",
+            "A namespace lab (built in {:.0} s): one hypervisor, {} workload namespaces and a prober. Release controller (`{}`) and agent (`--readdress-mode {}`). A /22 shard (1,024 addresses) of network `{MIG_NETWORK}`, one address allocated per workload, then a second /22 shard; once every workload has its address on eth0 (checked with `ip` in each namespace), the prober (one UDP socket) sends every {} ms to every current address of every workload, the echo answering with the payload that names the probed address, and the new addresses are followed from the migration's moves. `DELETE /networks/{MIG_NETWORK}/shards/{{id}}` starts the migration; probing goes on until every new address answered. Re-address time: from the DELETE to the workload's first answer at its new address. Unreachability: the longest time without any answer from the workload between the DELETE and the end (resolution: the {} ms probe interval, so a workload that never dropped shows about that).\n",
             self.build_lab_s,
             self.workloads,
             self.flags,
+            readdress_mode(),
             PROBE_EVERY.as_millis(),
             PROBE_EVERY.as_millis(),
         );
@@ -933,6 +934,10 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
         "--exclude",
         &prober_if,
     ]);
+    let mut cmd = cmd;
+    // The agent's re-address mode: the specification's down-up by default,
+    // WEFT_BENCH_READDRESS_MODE=make-before-break to measure the other.
+    cmd.args(["--readdress-mode", &readdress_mode()]);
     let mut agent = Child::spawn(cmd, lab.dir(), "weft-agent-release")?;
     let logs = |c: &Controller, a: &Child| {
         format!("controller:\n{}\nagent:\n{}", c.child.tail(20), a.tail(20))
@@ -1163,4 +1168,9 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
         prober_stall,
         flags: format!("{} (default --migration-concurrency 64)", flags.join(" ")),
     })
+}
+
+/// The agent's `--readdress-mode` for the migration benchmark.
+fn readdress_mode() -> String {
+    std::env::var("WEFT_BENCH_READDRESS_MODE").unwrap_or_else(|_| "down-up".to_owned())
 }
