@@ -355,44 +355,14 @@ async fn make_before_break(
     messages: &[(Cidr, AddressMessage)],
     changes: &mut usize,
 ) -> Result<Option<Duration>, RealizeError> {
-    for cidr in &plan.add {
-        let mut req = h.address().add(index, cidr.addr, cidr.prefix);
-        if cidr.addr.is_ipv6() {
-            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
-        req.execute().await.map_err(nl(format!("adding {cidr}")))?;
-        *changes += 1;
-    }
+    add_addresses(h, index, &plan.add, changes).await?;
     if plan.link_up {
         set_link(h, index, true).await?;
         *changes += 1;
     }
-    for op in &plan.routes {
-        if let RouteOp::Replace(g) = *op {
-            h.route()
-                .add(default_route(index, g))
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(format!("setting the default route via {g}")))?;
-            *changes += 1;
-        }
-    }
-    for op in &plan.routes {
-        if let RouteOp::Delete(g) = *op {
-            match h.route().del(default_route(index, g)).execute().await {
-                Ok(()) => *changes += 1,
-                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ESRCH => {}
-                Err(e) => return Err(nl(format!("removing the default route via {g}"))(e)),
-            }
-        }
-    }
-    for cidr in &plan.remove {
-        if let Some((_, msg)) = messages.iter().find(|(c, _)| c == cidr) {
-            h.address().del(msg.clone()).execute().await.map_err(nl(format!("removing {cidr}")))?;
-            *changes += 1;
-        }
-    }
+    replace_routes(h, index, plan, changes).await?;
+    delete_routes(h, index, plan, changes).await?;
+    remove_addresses(h, plan, messages, changes).await?;
     Ok(Some(Duration::ZERO))
 }
 
@@ -426,22 +396,22 @@ async fn execute(
     }
     // Routes go before the addresses they leave through (the kernel drops an IPv4 route
     // whose gateway became unreachable itself: already gone counts as done).
-    for op in &plan.routes {
-        if let RouteOp::Delete(g) = *op {
-            match h.route().del(default_route(index, g)).execute().await {
-                Ok(()) => *changes += 1,
-                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ESRCH => {}
-                Err(e) => return Err(nl(format!("removing the default route via {g}"))(e)),
-            }
-        }
+    delete_routes(h, index, plan, changes).await?;
+    remove_addresses(h, plan, messages, changes).await?;
+    let adds: Vec<Cidr> = plan.add.iter().chain(&restore).copied().collect();
+    add_addresses(h, index, &adds, changes).await?;
+    let mut down = None;
+    if plan.link_up {
+        set_link(h, index, true).await?;
+        down = down_since.map(|t| t.elapsed());
+        *changes += 1;
     }
-    for cidr in &plan.remove {
-        if let Some((_, msg)) = messages.iter().find(|(c, _)| c == cidr) {
-            h.address().del(msg.clone()).execute().await.map_err(nl(format!("removing {cidr}")))?;
-            *changes += 1;
-        }
-    }
-    for cidr in plan.add.iter().chain(&restore) {
+    replace_routes(h, index, plan, changes).await?;
+    Ok(down)
+}
+
+async fn add_addresses(h: &Handle, index: u32, cidrs: &[Cidr], changes: &mut usize) -> Result<(), RealizeError> {
+    for cidr in cidrs {
         let mut req = h.address().add(index, cidr.addr, cidr.prefix);
         if cidr.addr.is_ipv6() {
             // The controller hands each address to one workload: duplicate address
@@ -451,12 +421,25 @@ async fn execute(
         req.execute().await.map_err(nl(format!("adding {cidr}")))?;
         *changes += 1;
     }
-    let mut down = None;
-    if plan.link_up {
-        set_link(h, index, true).await?;
-        down = down_since.map(|t| t.elapsed());
-        *changes += 1;
+    Ok(())
+}
+
+async fn remove_addresses(
+    h: &Handle,
+    plan: &Plan,
+    messages: &[(Cidr, AddressMessage)],
+    changes: &mut usize,
+) -> Result<(), RealizeError> {
+    for cidr in &plan.remove {
+        if let Some((_, msg)) = messages.iter().find(|(c, _)| c == cidr) {
+            h.address().del(msg.clone()).execute().await.map_err(nl(format!("removing {cidr}")))?;
+            *changes += 1;
+        }
     }
+    Ok(())
+}
+
+async fn replace_routes(h: &Handle, index: u32, plan: &Plan, changes: &mut usize) -> Result<(), RealizeError> {
     for op in &plan.routes {
         if let RouteOp::Replace(g) = *op {
             h.route()
@@ -468,7 +451,21 @@ async fn execute(
             *changes += 1;
         }
     }
-    Ok(down)
+    Ok(())
+}
+
+/// Deletes the plan's default routes; one already gone counts as done.
+async fn delete_routes(h: &Handle, index: u32, plan: &Plan, changes: &mut usize) -> Result<(), RealizeError> {
+    for op in &plan.routes {
+        if let RouteOp::Delete(g) = *op {
+            match h.route().del(default_route(index, g)).execute().await {
+                Ok(()) => *changes += 1,
+                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ESRCH => {}
+                Err(e) => return Err(nl(format!("removing the default route via {g}"))(e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deletes neighbour entries (ARP / NDP cache) for `addresses` in a namespace, so the
