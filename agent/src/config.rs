@@ -40,12 +40,20 @@ pub struct Args {
     /// Records per batch sent to the controller.
     #[arg(long, default_value_t = 2_000)]
     pub batch_size: usize,
-    /// Network namespace file (e.g. /run/netns/hv1) whose neighbour cache is flushed for
-    /// re-addressed workloads: where the workloads' bridge is. Default: the agent's own.
+    /// Network namespace file (e.g. /run/netns/hv1) whose neighbour cache is updated for
+    /// re-addressed workloads (new addresses set, old ones deleted), and where their
+    /// gateways' hardware addresses are looked up: where the workloads' bridge is.
+    /// Default: the agent's own.
     #[arg(long)]
     pub neighbour_netns: Option<PathBuf>,
+    /// Milliseconds after a re-address before the neighbour entries of the old addresses
+    /// are deleted (until then stray packets to them reach the workload and are dropped
+    /// there instead of starting an ARP broadcast each).
+    #[arg(long, default_value_t = 3000)]
+    pub old_neighbour_grace_ms: u64,
     /// How a workload is moved to a new address: `down-up` (the specification's interface
-    /// shutdown and restart) or `make-before-break` (no link change, no unreachability).
+    /// shutdown and restart) or `make-before-break` (no link change: the new address and
+    /// route first, the old address removed after).
     #[arg(long, value_enum, default_value_t = crate::realize::ReaddressMode::DownUp)]
     pub readdress_mode: crate::realize::ReaddressMode,
     /// Log filter (tracing EnvFilter syntax).

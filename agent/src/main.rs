@@ -52,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
     let realizer = Arc::new(
         realize::Realizer::new(&workloads)
             .with_neighbour_netns(args.neighbour_netns.clone())
-            .with_readdress_mode(args.readdress_mode),
+            .with_readdress_mode(args.readdress_mode)
+            .with_old_neighbour_grace(std::time::Duration::from_millis(args.old_neighbour_grace_ms)),
     );
     let registry = Arc::new(Registry::new(workloads));
     let queue = Arc::new(RecordQueue::new(args.queue_capacity, metrics.clone()));

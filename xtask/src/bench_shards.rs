@@ -130,6 +130,19 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// The migration benchmark alone (for working on it): figures printed, BENCHMARKS.md
+/// left as it is.
+pub fn run_migration_only() -> Result<()> {
+    sh::step("migration benchmark only: release controller and agent");
+    sh::run_inherit(sh::cargo().args(["build", "--release", "-p", "weft-controller", "-p", "weft-agent"]))?;
+    ensure!(weft_lab::is_root(), "the migration benchmark needs root (namespace lab)");
+    let m = bench_migration()?;
+    let mut md = String::new();
+    m.render(&mut md);
+    println!("{md}");
+    Ok(())
+}
+
 /// Replaces the shards section of BENCHMARKS.md (or appends it).
 fn splice(section: &str) -> Result<()> {
     let path = sh::root().join("BENCHMARKS.md");
@@ -590,7 +603,93 @@ struct MigFigures {
     /// When each window began, after the DELETE (sorted).
     gap_starts: Vec<Duration>,
     prober_stall: Duration,
+    breakdown: WindowBreakdown,
     flags: String,
+    /// The kernel neighbour table thresholds of the run.
+    neighbour_limits: String,
+}
+
+/// Where each workload's window goes, from the prober's side: the old address's last
+/// answer, when the prober learned the new address, and the new address's first answer
+/// (all after the DELETE; sorted, for percentiles).
+#[derive(Default)]
+struct WindowBreakdown {
+    /// DELETE -> the old address's last answer.
+    old_last: Vec<Duration>,
+    /// DELETE -> the new address known to the prober.
+    learned: Vec<Duration>,
+    /// Old address's last answer -> new address's first answer (the swap as seen on the wire).
+    swap: Vec<Duration>,
+    /// New address known -> its first answer.
+    learned_to_answer: Vec<Duration>,
+}
+
+impl WindowBreakdown {
+    fn of(
+        replies: &[Vec<(Instant, IpAddr)>],
+        old_of: &[IpAddr],
+        new_of: &[Option<IpAddr>],
+        learned: &[Option<Instant>],
+        started: Instant,
+    ) -> Self {
+        let mut b = Self::default();
+        for (i, r) in replies.iter().enumerate() {
+            let old_last = r.iter().filter(|(t, a)| *a == old_of[i] && *t > started).map(|(t, _)| *t).max();
+            let new_first = new_of[i]
+                .and_then(|n| r.iter().filter(|(t, a)| *a == n && *t > started).map(|(t, _)| *t).min());
+            if let Some(o) = old_last {
+                b.old_last.push(o.duration_since(started));
+            }
+            if let Some(l) = learned[i] {
+                b.learned.push(l.saturating_duration_since(started));
+                if let Some(n) = new_first {
+                    b.learned_to_answer.push(n.saturating_duration_since(l));
+                }
+            }
+            if let (Some(o), Some(n)) = (old_last, new_first) {
+                b.swap.push(n.saturating_duration_since(o));
+            }
+        }
+        for v in [&mut b.old_last, &mut b.learned, &mut b.swap, &mut b.learned_to_answer] {
+            v.sort();
+        }
+        b
+    }
+
+    fn rows(&self) -> [(&'static str, &Vec<Duration>); 4] {
+        [
+            ("DELETE -> old address's last answer", &self.old_last),
+            ("DELETE -> new address known to the prober", &self.learned),
+            ("old address's last answer -> new address's first answer", &self.swap),
+            ("new address known -> its first answer", &self.learned_to_answer),
+        ]
+    }
+
+    fn print(&self) {
+        for (name, v) in self.rows() {
+            println!(
+                "    {name}: p50 {} p99 {} max {} (n={})",
+                ms(pct(v, 0.5)),
+                ms(pct(v, 0.99)),
+                ms(v.last().copied().unwrap_or_default()),
+                v.len()
+            );
+        }
+    }
+
+    fn render(&self, md: &mut String) {
+        let _ = writeln!(md, "Where the windows go (prober's view):\n\n| interval | p50 | p99 | max |\n|---|---|---|---|");
+        for (name, v) in self.rows() {
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} |",
+                ms(pct(v, 0.5)),
+                ms(pct(v, 0.99)),
+                ms(v.last().copied().unwrap_or_default())
+            );
+        }
+        let _ = writeln!(md);
+    }
 }
 
 impl MigFigures {
@@ -602,9 +701,10 @@ impl MigFigures {
         );
         let _ = writeln!(
             md,
-            "A namespace lab (built in {:.0} s): one hypervisor, {} workload namespaces and a prober. Release controller (`{}`) and agent (`--readdress-mode {}`). A /22 shard (1,024 addresses) of network `{MIG_NETWORK}`, one address allocated per workload, then a second /22 shard; once every workload has its address on eth0 (checked with `ip` in each namespace), the prober (one UDP socket) sends every {} ms to every current address of every workload, the echo answering with the payload that names the probed address, and the new addresses are followed from the migration's moves. `DELETE /networks/{MIG_NETWORK}/shards/{{id}}` starts the migration; probing goes on until every new address answered. Re-address time: from the DELETE to the workload's first answer at its new address. Unreachability: the longest time without any answer from the workload between the DELETE and the end (resolution: the {} ms probe interval, so a workload that never dropped shows about that).\n",
+            "A namespace lab (built in {:.0} s): one hypervisor, {} workload namespaces and a prober (kernel neighbour table, shared by all of them: {}). Release controller (`{}`) and agent (`--readdress-mode {}`). A /22 shard (1,024 addresses) of network `{MIG_NETWORK}`, one address allocated per workload, then a second /22 shard; once every workload has its address on eth0 (checked with `ip` in each namespace), the prober (one UDP socket) sends every {} ms to every current address of every workload, the echo answering with the payload that names the probed address, and the new addresses are followed from the migration's moves (probed from the moment the controller allocated them, learnt from its event stream `GET /events`; the old address is no longer probed once the new one answered). `DELETE /networks/{MIG_NETWORK}/shards/{{id}}` starts the migration; probing goes on until every new address answered. Re-address time: from the DELETE to the workload's first answer at its new address. Unreachability: the longest time without any answer from the workload between the DELETE and the end (resolution: the {} ms probe interval, so a workload that never dropped shows about that).\n",
             self.build_lab_s,
             self.workloads,
+            self.neighbour_limits,
             self.flags,
             readdress_mode(),
             PROBE_EVERY.as_millis(),
@@ -662,6 +762,7 @@ impl MigFigures {
             ms(pct(&self.gap_starts, 0.5)),
             ms(self.prober_stall)
         );
+        self.breakdown.render(md);
         let p99 = pct(&g, 0.99);
         let _ = writeln!(
             md,
@@ -734,6 +835,7 @@ fn start_echoes(nss: &[String], stop: Arc<AtomicBool>) -> Result<Vec<std::thread
                         let _ = tx.send(Err(anyhow!("setns: {}", std::io::Error::last_os_error())));
                         return;
                     }
+                    instrument_priority();
                     let s = match UdpSocket::bind(("0.0.0.0", ECHO_PORT)) {
                         Ok(s) => s,
                         Err(e) => {
@@ -757,6 +859,96 @@ fn start_echoes(nss: &[String], stop: Arc<AtomicBool>) -> Result<Vec<std::thread
     Ok(hs)
 }
 
+/// The prober and the echo responders are measuring instruments: a real-time priority
+/// (SCHED_FIFO 1, they block between packets) keeps them from waiting behind the agent,
+/// the controller and each other on a small machine, which would show as windows of every
+/// workload at once. The network path they measure (softirq work, the kernel's neighbour
+/// and bridge code) gets no such help. Best effort.
+fn instrument_priority() {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sched_setscheduler on the calling thread (0) with a valid parameter.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
+    }
+}
+
+/// Follows the controller's shard events (server-sent events, from now on) on a thread and
+/// hands every address allocation (workload, address) to `learn` as the controller makes
+/// it. Returns once the stream is open.
+fn follow_allocations(
+    http: &str,
+    stop: Arc<AtomicBool>,
+    learn: impl Fn(&str, IpAddr) + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    let mut s = TcpStream::connect(http).with_context(|| format!("connect {http}"))?;
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    write!(s, "GET /events HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n")?;
+    // The response head: the subscription is in place once it is sent.
+    let mut raw: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let head_end = loop {
+        if let Some(p) = find(&raw, b"\r\n\r\n") {
+            break p;
+        }
+        ensure!(Instant::now() < deadline, "no response head from GET /events");
+        match s.read(&mut buf) {
+            Ok(0) => bail!("GET /events: connection closed"),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e).context("GET /events"),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    ensure!(head.starts_with("http/1.1 200"), "GET /events: {}", head.lines().next().unwrap_or(""));
+    let chunked = head.contains("transfer-encoding: chunked");
+    raw.drain(..head_end + 4);
+    Ok(std::thread::spawn(move || {
+        let mut body: Vec<u8> = Vec::new();
+        loop {
+            if chunked {
+                // Whole chunks only: size line, data, CRLF.
+                while let Some(p) = find(&raw, b"\r\n") {
+                    let size_text = String::from_utf8_lossy(&raw[..p]);
+                    let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else {
+                        return;
+                    };
+                    if raw.len() < p + 2 + size + 2 {
+                        break;
+                    }
+                    body.extend_from_slice(&raw[p + 2..p + 2 + size]);
+                    raw.drain(..p + 2 + size + 2);
+                }
+            } else {
+                body.append(&mut raw);
+            }
+            while let Some(p) = find(&body, b"\n") {
+                let line: Vec<u8> = body.drain(..=p).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(data) = line.trim_end().strip_prefix("data:")
+                    && let Ok(e) = serde_json::from_str::<Value>(data.trim())
+                    && e["type"] == "weft.address.allocated"
+                    && let (Some(w), Some(a)) = (
+                        e["data"]["workload"].as_str(),
+                        e["data"]["address"].as_str().and_then(|a| a.parse::<IpAddr>().ok()),
+                    )
+                {
+                    learn(w, a);
+                }
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    }))
+}
+
 /// Replies per workload: (when, the address that was probed).
 type Replies = Arc<Mutex<Vec<Vec<(Instant, IpAddr)>>>>;
 
@@ -773,6 +965,7 @@ fn probe(
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         bail!("setns: {}", std::io::Error::last_os_error());
     }
+    instrument_priority();
     let sock = UdpSocket::bind("0.0.0.0:0")?;
     // Room for a round of answers.
     let size: libc::c_int = 4 << 20;
@@ -792,21 +985,30 @@ fn probe(
     let mut got: Vec<(usize, Instant, IpAddr)> = Vec::with_capacity(1024);
     let mut longest_round = Duration::ZERO;
     let mut last_round: Option<Instant> = None;
+    let mut current: Vec<Vec<IpAddr>> = Vec::new();
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let round = Instant::now();
         if let Some(l) = last_round {
             longest_round = longest_round.max(round - l);
         }
         last_round = Some(round);
-        let t = targets.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+        // Never waits for a lock another (lower-priority) thread holds: last round's
+        // targets are used again, replies are handed over next round.
+        if let Ok(t) = targets.try_lock() {
+            current.clone_from(&t);
+        }
+        let t = &current;
+        // Sends do not wait: probes to an address whose neighbour entry on the hypervisor
+        // is still resolving are held there, charged to this socket; blocking sends would
+        // stall the prober (a window for every workload at once) once they fill its send
+        // buffer. A probe that does not fit is dropped, as a lost packet would be.
+        sock.set_nonblocking(true)?;
         for (i, addrs) in t.iter().enumerate() {
             for a in addrs {
-                let _ = sock.send_to(
-                    format!("{i} {a}").as_bytes(),
-                    SocketAddr::new(*a, ECHO_PORT),
-                );
+                let _ = sock.send_to(format!("{i} {a}").as_bytes(), SocketAddr::new(*a, ECHO_PORT));
             }
         }
+        sock.set_nonblocking(false)?;
         while round.elapsed() < PROBE_EVERY {
             if let Ok((n, _)) = sock.recv_from(&mut buf)
                 && let Some((i, a)) = std::str::from_utf8(&buf[..n]).unwrap_or("").split_once(' ')
@@ -815,12 +1017,30 @@ fn probe(
                 got.push((i, Instant::now(), a));
             }
         }
-        if let Ok(mut r) = replies.lock() {
+        // A workload that answered at its newest address is no longer probed at the older
+        // ones (its clients have moved on).
+        if let Ok(mut t) = targets.try_lock() {
+            for (i, _, a) in &got {
+                if let Some(addrs) = t.get_mut(*i)
+                    && addrs.len() > 1
+                    && addrs.last() == Some(a)
+                {
+                    addrs.drain(..addrs.len() - 1);
+                }
+            }
+        }
+        if let Ok(mut r) = replies.try_lock() {
             for (i, t, a) in got.drain(..) {
                 if let Some(v) = r.get_mut(i) {
                     v.push((t, a));
                 }
             }
+        }
+    }
+    let mut r = replies.lock().map_err(|_| anyhow!("poisoned"))?;
+    for (i, t, a) in got.drain(..) {
+        if let Some(v) = r.get_mut(i) {
+            v.push((t, a));
         }
     }
     Ok(longest_round)
@@ -849,7 +1069,55 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// Raises the kernel's neighbour table thresholds for the run, restores them on drop.
+/// Every namespace of the host shares one table (the thresholds live in the initial
+/// namespace): 256 workload namespaces with entries for their gateways, and the
+/// hypervisor's for 256 old and 256 new addresses, pass the default hard limit of 1,024,
+/// and above the soft limit of 512 the kernel evicts entries in use. A hypervisor whose
+/// workloads are VMs keeps only its own entries there; hosts of many containers raise
+/// these limits (as this run does).
+struct NeighbourLimits {
+    saved: Vec<(String, String)>,
+}
+
+impl NeighbourLimits {
+    const RAISED: [(&'static str, u64); 3] = [("gc_thresh1", 2048), ("gc_thresh2", 8192), ("gc_thresh3", 16384)];
+
+    fn raise() -> Result<Self> {
+        let mut saved = Vec::new();
+        for family in ["ipv4", "ipv6"] {
+            for (name, value) in Self::RAISED {
+                let path = format!("/proc/sys/net/{family}/neigh/default/{name}");
+                let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+                let old = old.trim().to_owned();
+                if old.parse::<u64>().is_ok_and(|v| v < value) {
+                    std::fs::write(&path, value.to_string()).with_context(|| format!("writing {path}"))?;
+                    saved.push((path, old));
+                }
+            }
+        }
+        Ok(Self { saved })
+    }
+
+    fn describe(&self) -> String {
+        if self.saved.is_empty() {
+            return "already at least gc_thresh1/2/3 = 2048/8192/16384".to_owned();
+        }
+        let v4: Vec<&str> = self.saved.iter().filter(|(p, _)| p.contains("ipv4")).map(|(_, o)| o.as_str()).collect();
+        format!("gc_thresh1/2/3 raised from {} to 2048/8192/16384 for the run (restored after)", v4.join("/"))
+    }
+}
+
+impl Drop for NeighbourLimits {
+    fn drop(&mut self) {
+        for (path, old) in &self.saved {
+            let _ = std::fs::write(path, old);
+        }
+    }
+}
+
 fn bench_migration() -> Result<MigFigures> {
+    let limits = NeighbourLimits::raise()?;
     let t_lab = Instant::now();
     println!("    building the lab: hypervisor hv1, prober, {WORKLOADS} workloads");
     let lab = Lab::builder()
@@ -859,9 +1127,13 @@ fn bench_migration() -> Result<MigFigures> {
     let extra = build_extra(&lab, WORKLOADS)?;
     // Echo threads hold sockets in the namespaces: they stop (guard below) before the
     // namespaces go.
-    let result = migration_in(&lab, &extra, t_lab);
+    let result = migration_in(&lab, &extra, t_lab).map(|mut m| {
+        m.neighbour_limits = limits.describe();
+        m
+    });
     drop(extra);
     drop(lab);
+    drop(limits);
     result
 }
 
@@ -884,12 +1156,13 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
     let ip = hv.uplink_root_addr.clone();
     let grpc = format!("{ip}:{}", free_port(&ip)?);
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
-    let flags = [
-        "--shard-pool",
-        "100.64.0.0/21",
-        "--migration-timeout",
-        "10s",
-    ];
+    // WEFT_BENCH_MIGRATION_CONCURRENCY: the controller's --migration-concurrency (its
+    // default otherwise).
+    let concurrency = std::env::var("WEFT_BENCH_MIGRATION_CONCURRENCY").ok();
+    let mut flags = vec!["--shard-pool", "100.64.0.0/21", "--migration-timeout", "10s"];
+    if let Some(c) = &concurrency {
+        flags.extend(["--migration-concurrency", c.as_str()]);
+    }
     let controller = start_controller(
         lab.dir(),
         &grpc,
@@ -1026,22 +1299,41 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
     std::thread::sleep(Duration::from_secs(1));
     println!("    all {WORKLOADS} workloads answer the prober; deleting shard {old_id}");
 
-    let index: HashMap<String, usize> = (0..WORKLOADS).map(|i| (format!("w{i}"), i)).collect();
-    let follow = |m: &Value| {
-        for mv in m["moves"].as_array().into_iter().flatten() {
-            if let (Some(w), Some(a)) = (
-                mv["workload"].as_str().and_then(|w| index.get(w)),
-                mv["new_address"]
-                    .as_str()
-                    .and_then(|a| a.parse::<IpAddr>().ok()),
-            ) && let Ok(mut t) = targets.lock()
+    let index: Arc<HashMap<String, usize>> = Arc::new((0..WORKLOADS).map(|i| (format!("w{i}"), i)).collect());
+    // When the prober learned each workload's new address.
+    let learned: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; WORKLOADS]));
+    let learn = {
+        let (index, targets, learned) = (index.clone(), targets.clone(), learned.clone());
+        move |workload: &str, a: IpAddr| {
+            if let Some(w) = index.get(workload)
+                && let Ok(mut t) = targets.lock()
                 && !t[*w].contains(&a)
             {
                 t[*w].push(a);
+                if let Ok(mut l) = learned.lock() {
+                    l[*w] = Some(Instant::now());
+                }
+            }
+        }
+    };
+    // New addresses as the controller allocates them (its event stream), and from the
+    // migration's moves as a fallback.
+    let events = follow_allocations(&http, stop.clone(), learn.clone())?;
+    let follow = |m: &Value| {
+        for mv in m["moves"].as_array().into_iter().flatten() {
+            if let (Some(w), Some(a)) = (
+                mv["workload"].as_str(),
+                mv["new_address"].as_str().and_then(|a| a.parse::<IpAddr>().ok()),
+            ) {
+                learn(w, a);
             }
         }
     };
     let started = Instant::now();
+    let started_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let (status, body) = c.send(
         "DELETE",
         &format!("/networks/{MIG_NETWORK}/shards/{old_id}"),
@@ -1107,6 +1399,7 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
     let end = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let prober_stall = prober.join().map_err(|_| anyhow!("prober panicked"))??;
+    let _ = events.join();
     for h in echoes {
         let _ = h.join();
     }
@@ -1133,6 +1426,35 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
                 .collect()
         })
         .unwrap_or_default();
+    let learned = learned.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    if let Ok(path) = std::env::var("WEFT_BENCH_DUMP") {
+        // Every reply, for working on the windows: one line per workload.
+        let mut out = String::new();
+        let at = |t: Instant| t.saturating_duration_since(started).as_secs_f64() * 1e3;
+        for i in 0..WORKLOADS {
+            let rs: Vec<(f64, bool)> = r[i]
+                .iter()
+                .filter(|(t, _)| *t > started)
+                .map(|(t, a)| (at(*t), *a == first[i]))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{}",
+                json!({"w": i, "old": first[i].to_string(), "new": new_of[i].map(|a| a.to_string()),
+                       "learned_ms": learned[i].map(at), "replies": rs})
+            );
+        }
+        let _ = writeln!(out, "{}", json!({"started_unix_ms": started_wall}));
+        std::fs::write(&path, out)?;
+        for e in std::fs::read_dir(lab.dir())?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("weft-agent") || name.starts_with("controller") {
+                let _ = std::fs::copy(e.path(), format!("{path}.{name}"));
+            }
+        }
+    }
+    let breakdown = WindowBreakdown::of(&r, &first, &new_of, &learned, started);
+    breakdown.print();
     let mut g = gaps.clone();
     g.sort();
     println!(
@@ -1166,7 +1488,13 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
         not_answered,
         gap_starts,
         prober_stall,
-        flags: format!("{} (default --migration-concurrency 64)", flags.join(" ")),
+        breakdown,
+        neighbour_limits: String::new(),
+        flags: if concurrency.is_some() {
+            flags.join(" ")
+        } else {
+            format!("{} (default --migration-concurrency)", flags.join(" "))
+        },
     })
 }
 

@@ -4,22 +4,25 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, TryStreamExt as _};
+use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::{
+    AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressFlags, AddressMessage},
-    link::LinkFlags,
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+    link::{LinkAttribute, LinkFlags, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tracing::{info, warn};
 
-use super::diff::{Cidr, Current, Managed, Plan, RouteOp, is_link_local, plan};
-use super::{DesiredWorkload, RealizeError, netns};
+use super::diff::{Cidr, Current, DesiredAddress, Managed, Plan, RouteOp, is_link_local, plan};
+use super::netns::NetnsConnections;
+use super::{DesiredWorkload, RealizeError};
 use crate::config::WorkloadSpec;
 
 /// Workloads applied at once (each holds a netlink thread while it runs).
@@ -37,8 +40,8 @@ pub struct Applied {
     pub readdress_down: Option<Duration>,
     /// Netlink writes made on the device (0 when it already matched).
     pub changes: usize,
-    /// Neighbour entries for replaced addresses removed on the hypervisor side.
-    pub neighbours_flushed: usize,
+    /// Neighbour entries of new addresses set on the hypervisor side.
+    pub neighbours_set: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +63,58 @@ pub struct Realizer {
     managed: Mutex<HashMap<String, Managed>>,
     /// How a re-address is carried out.
     readdress_mode: ReaddressMode,
+    /// Per workload: the desired addresses of its last apply without error, and its report.
+    last_applied: Mutex<HashMap<String, (Vec<DesiredAddress>, Applied)>>,
+    /// One netlink connection per namespace, kept.
+    conns: NetnsConnections,
+    /// Hardware addresses of gateways held by the neighbour namespace, found recently.
+    gateway_macs: Mutex<HashMap<IpAddr, (Instant, Vec<u8>)>>,
+    /// One gateway lookup at a time: it dumps addresses on the shared connection into the
+    /// neighbour namespace, and a netlink socket runs one dump at a time (EBUSY).
+    gateway_lookup: tokio::sync::Mutex<()>,
+    /// See [`OLD_NEIGHBOUR_GRACE`].
+    old_neighbour_grace: Duration,
+}
+
+/// How long after a re-address the hypervisor's neighbour entries of the old addresses
+/// are deleted. Deleted at once, every packet still sent to an old address during a
+/// burst of re-addresses would start an ARP broadcast, flooded to every port of the
+/// bridge; a while later, stray traffic has stopped and the entries go quietly.
+const OLD_NEIGHBOUR_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a gateway's hardware address is trusted before it is looked up again.
+const GATEWAY_MAC_TTL: Duration = Duration::from_secs(10);
+
+/// A workload's device, as the re-address steps need it.
+struct Device<'a> {
+    h: &'a Handle,
+    index: u32,
+    /// Gateways of the plan's routes whose hardware address is known.
+    gateways: &'a [(IpAddr, Vec<u8>)],
+    /// The hypervisor's namespace, where the new addresses are announced.
+    hv: Option<&'a Handle>,
+    /// The device's hardware address.
+    mac: Option<&'a [u8]>,
+}
+
+impl Device<'_> {
+    /// Points the hypervisor's neighbour entries of the new addresses at this device, so
+    /// the first packet to them goes straight here. Best effort (the hypervisor then
+    /// resolves them itself).
+    async fn announce(&self, plan: &Plan, announced: &mut usize) {
+        let Some(hv) = self.hv else {
+            return;
+        };
+        let new: Vec<IpAddr> = plan.add.iter().map(|c| c.addr).collect();
+        match set_neighbours(hv, &new, self.mac).await {
+            Ok(n) => *announced += n,
+            Err(e) => warn!(error = %e, "setting the hypervisor's neighbour entries of the new addresses failed"),
+        }
+    }
+}
+
+fn list(cidrs: &[Cidr]) -> String {
+    cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// How the agent moves a workload from its old address to its new one.
@@ -100,11 +155,22 @@ impl Realizer {
             neighbour_netns: None,
             managed: Mutex::new(HashMap::new()),
             readdress_mode: ReaddressMode::default(),
+            last_applied: Mutex::new(HashMap::new()),
+            conns: NetnsConnections::default(),
+            gateway_macs: Mutex::new(HashMap::new()),
+            gateway_lookup: tokio::sync::Mutex::new(()),
+            old_neighbour_grace: OLD_NEIGHBOUR_GRACE,
         }
     }
 
     pub fn with_readdress_mode(mut self, mode: ReaddressMode) -> Self {
         self.readdress_mode = mode;
+        self
+    }
+
+    /// How long the hypervisor keeps neighbour entries of replaced addresses.
+    pub fn with_old_neighbour_grace(mut self, grace: Duration) -> Self {
+        self.old_neighbour_grace = grace;
         self
     }
 
@@ -118,9 +184,66 @@ impl Realizer {
         self.managed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies a host's full desired state. Workloads that had managed addresses before
-    /// but are absent now are emptied (level-triggered). Reports come back sorted by name.
+    fn last_applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<DesiredAddress>, Applied)>> {
+        self.last_applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The hardware address of `gateway` when the neighbour namespace (the hypervisor)
+    /// holds it on one of its devices; `None` otherwise (the workload then resolves it
+    /// itself, with ARP or NDP).
+    async fn gateway_mac(&self, gateway: IpAddr) -> Option<Vec<u8>> {
+        let cached = || {
+            let macs = self.gateway_macs.lock().unwrap_or_else(|p| p.into_inner());
+            macs.get(&gateway).filter(|(at, _)| at.elapsed() < GATEWAY_MAC_TTL).map(|(_, mac)| mac.clone())
+        };
+        if let Some(mac) = cached() {
+            return Some(mac);
+        }
+        let _one = self.gateway_lookup.lock().await;
+        // Found by the lookup this one waited for.
+        if let Some(mac) = cached() {
+            return Some(mac);
+        }
+        let found = async {
+            let h = self.conns.get(self.neighbour_netns.as_deref()).await?;
+            local_address_mac(&h, gateway).await
+        }
+        .await;
+        match found {
+            Ok(Some(mac)) => {
+                self.gateway_macs.lock().unwrap_or_else(|p| p.into_inner()).insert(gateway, (Instant::now(), mac.clone()));
+                Some(mac)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(%gateway, error = %e, "looking up the gateway's hardware address failed");
+                None
+            }
+        }
+    }
+
+    /// Netlink connections open into namespaces (one per workload namespace touched, and
+    /// the neighbour namespace).
+    pub fn open_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Applies a host's full desired state: every workload is read back from its device
+    /// and brought to its desired addresses (level-triggered). Workloads that had managed
+    /// addresses before but are absent now are emptied. Reports come back sorted by name.
     pub async fn apply(&self, desired: Vec<DesiredWorkload>) -> Vec<Applied> {
+        self.apply_with(desired, false).await
+    }
+
+    /// Like [`apply`](Self::apply), but a workload whose desired addresses are the same as
+    /// at its last successful apply is not touched: its last report is given again. For
+    /// the stream of desired states, where one generation changes a few workloads of
+    /// hundreds; a full [`apply`](Self::apply) now and then catches drift.
+    pub async fn apply_changed(&self, desired: Vec<DesiredWorkload>) -> Vec<Applied> {
+        self.apply_with(desired, true).await
+    }
+
+    async fn apply_with(&self, desired: Vec<DesiredWorkload>, skip_unchanged: bool) -> Vec<Applied> {
         let mut all: Vec<(DesiredWorkload, bool)> = desired.into_iter().map(|w| (w, true)).collect();
         let remembered: Vec<String> = self.managed().keys().cloned().collect();
         for name in remembered {
@@ -128,26 +251,90 @@ impl Realizer {
                 all.push((DesiredWorkload { name, addresses: Vec::new() }, false));
             }
         }
-        let results: Vec<(Applied, bool, bool)> = futures::stream::iter(all)
+        let mut out = Vec::with_capacity(all.len());
+        if skip_unchanged {
+            let last = self.last_applied();
+            all.retain(|(w, _)| match last.get(&w.name) {
+                Some((addresses, applied)) if *addresses == w.addresses => {
+                    out.push(Applied { readdress_down: None, changes: 0, neighbours_set: 0, ..applied.clone() });
+                    false
+                }
+                _ => true,
+            });
+        }
+        self.preannounce(&all).await;
+        let results: Vec<(Applied, bool, bool, Vec<DesiredAddress>)> = futures::stream::iter(all)
             .map(|(w, asked)| async move {
                 let (applied, gone) = self.apply_one(&w).await;
-                (applied, gone, asked)
+                (applied, gone, asked, w.addresses)
             })
             .buffer_unordered(PARALLEL_APPLIES)
             .collect()
             .await;
-        let mut out = Vec::with_capacity(results.len());
-        for (applied, gone, asked) in results {
+        for (applied, gone, asked, addresses) in results {
             if !asked && gone {
                 // No longer desired and its namespace or device is gone with its addresses:
                 // nothing left to clean up or report.
                 self.managed().remove(&applied.workload);
+                self.last_applied().remove(&applied.workload);
                 continue;
+            }
+            if applied.error.is_none() {
+                self.last_applied().insert(applied.workload.clone(), (addresses, applied.clone()));
+            } else {
+                self.last_applied().remove(&applied.workload);
             }
             out.push(applied);
         }
         out.sort_by(|a, b| a.workload.cmp(&b.workload));
         out
+    }
+
+    /// Before any workload is changed: the hypervisor's neighbour entries of every address
+    /// new to a workload point at its device. Traffic that reaches a new address before
+    /// the workload has it is then dropped by the workload, instead of each address
+    /// starting ARP broadcasts on the bridge (every port, every second) while it waits
+    /// its turn in a burst of re-addresses. Best effort, like the announce after a change.
+    async fn preannounce(&self, workloads: &[(DesiredWorkload, bool)]) {
+        let Ok(hv) = self.conns.get(self.neighbour_netns.as_deref()).await else {
+            return;
+        };
+        let fresh: Vec<(&Target, Vec<IpAddr>)> = {
+            let last = self.last_applied();
+            workloads
+                .iter()
+                .filter_map(|(w, _)| {
+                    let before = last.get(&w.name).map(|(a, _)| a.as_slice()).unwrap_or(&[]);
+                    let new: Vec<IpAddr> = w
+                        .addresses
+                        .iter()
+                        .filter(|d| !before.iter().any(|b| b.cidr.addr == d.cidr.addr))
+                        .map(|d| d.cidr.addr)
+                        .collect();
+                    let target = self.targets.get(&w.name)?;
+                    (!new.is_empty() && target.netns.is_some()).then_some((target, new))
+                })
+                .collect()
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        futures::stream::iter(fresh)
+            .for_each_concurrent(PARALLEL_APPLIES, |(target, new)| {
+                let hv = &hv;
+                async move {
+                    let Ok(h) = self.conns.get(target.netns.as_deref()).await else {
+                        return;
+                    };
+                    let Ok((_, Some(mac))) = link_of(&h, target).await else {
+                        return;
+                    };
+                    if let Err(e) = set_neighbours(hv, &new, Some(&mac)).await {
+                        warn!(device = %target.device, error = %e, "announcing new addresses to the hypervisor failed");
+                    }
+                }
+            })
+            .await;
     }
 
     /// Brings one workload's device to its desired addresses and reads it back. Returns
@@ -162,24 +349,27 @@ impl Realizer {
             applied.error = Some(RealizeError::NoNetns(w.name.clone()).to_string());
             return (applied, false);
         };
-        let conn = match netns::connect(Some(netns_path)).await {
-            Ok(c) => c,
+        let h = match self.conns.get(Some(netns_path)).await {
+            Ok(h) => h,
             Err(e) => {
                 let gone = matches!(&e, RealizeError::NetnsOpen { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+                if gone {
+                    self.conns.forget(Some(netns_path));
+                }
                 applied.error = Some(e.to_string());
                 return (applied, gone);
             }
         };
-        let h = &conn.handle;
-        let index = match link_index(h, target).await {
-            Ok(i) => i,
+        let h = &h;
+        let (index, mac) = match link_of(h, target).await {
+            Ok(l) => l,
             Err(e) => {
                 let gone = matches!(e, RealizeError::NoDevice { .. });
                 applied.error = Some(e.to_string());
                 return (applied, gone);
             }
         };
-        let result = self.reconcile(h, index, w, target, &mut applied).await;
+        let result = self.reconcile(h, (index, mac.as_deref()), w, target, &mut applied).await;
         match read_current(h, index).await {
             Ok((current, _)) => {
                 if result.is_ok() {
@@ -204,7 +394,7 @@ impl Realizer {
     async fn reconcile(
         &self,
         h: &Handle,
-        index: u32,
+        (index, mac): (u32, Option<&[u8]>),
         w: &DesiredWorkload,
         target: &Target,
         applied: &mut Applied,
@@ -223,42 +413,83 @@ impl Realizer {
         if plan.is_empty() {
             return Ok(());
         }
-        let down = if plan.readdress && self.readdress_mode == ReaddressMode::MakeBeforeBreak {
-            make_before_break(h, index, &plan, &messages, &mut applied.changes).await?
+        // The workload is told its new gateways' hardware addresses with the routes, so it
+        // does not broadcast an ARP request for them (on a bridge of hundreds of ports, a
+        // burst of re-addresses would flood every port hundreds of times).
+        let mut gateways = Vec::new();
+        for op in &plan.routes {
+            if let RouteOp::Replace(g) = *op
+                && let Some(gw_mac) = self.gateway_mac(g).await
+            {
+                gateways.push((g, gw_mac));
+            }
+        }
+        // The hypervisor's side (its neighbour entries), when it can be reached.
+        let hv = if plan.add.is_empty() && plan.remove.is_empty() {
+            None
         } else {
-            execute(h, index, &plan, &messages, &mut applied.changes).await?
+            match self.conns.get(self.neighbour_netns.as_deref()).await {
+                Ok(nh) => Some(nh),
+                Err(e) => {
+                    warn!(workload = %w.name, error = %e, "the hypervisor's neighbour entries cannot be updated");
+                    None
+                }
+            }
+        };
+        let dev = Device { h, index, gateways: &gateways, hv: hv.as_ref(), mac };
+        let mut announced = 0;
+        let down = if plan.readdress && self.readdress_mode == ReaddressMode::MakeBeforeBreak {
+            make_before_break(&dev, &plan, &messages, &mut applied.changes, &mut announced).await?
+        } else {
+            execute(&dev, &plan, &messages, &mut applied.changes, &mut announced).await?
         };
         applied.readdress_down = down;
+        applied.neighbours_set = announced;
         if let Some(d) = down {
             info!(
                 workload = %w.name,
-                removed = ?plan.remove.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                added = ?plan.add.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                removed = %list(&plan.remove),
+                added = %list(&plan.add),
                 down_us = d.as_micros() as u64,
                 "re-addressed"
             );
-            // Old addresses: the hypervisor must stop sending to this MAC for them. New
-            // ones: an entry left FAILED by traffic that arrived before the address existed
-            // would hold packets back until it expires.
-            let old: Vec<IpAddr> = plan.remove.iter().chain(&plan.add).map(|c| c.addr).collect();
-            match flush_neighbours(self.neighbour_netns.as_deref(), &old).await {
-                Ok(n) => applied.neighbours_flushed = n,
-                Err(e) => warn!(workload = %w.name, error = %e, "flushing neighbours of the old address failed"),
-            }
+        }
+        // The old addresses' entries on the hypervisor go after a grace period (nothing is
+        // sent to this MAC for them any more; see OLD_NEIGHBOUR_GRACE).
+        if let Some(nh) = hv
+            && !plan.remove.is_empty()
+        {
+            let old: Vec<IpAddr> = plan.remove.iter().map(|c| c.addr).collect();
+            let workload = w.name.clone();
+            let grace = self.old_neighbour_grace;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                if let Err(e) = flush_neighbours(&nh, &old).await {
+                    warn!(%workload, error = %e, "deleting the hypervisor's neighbour entries of the old addresses failed");
+                }
+            });
         }
         Ok(())
     }
 }
 
-async fn link_index(h: &Handle, target: &Target) -> Result<u32, RealizeError> {
+/// The device's index and its hardware address.
+async fn link_of(h: &Handle, target: &Target) -> Result<(u32, Option<Vec<u8>>), RealizeError> {
     let no_device = || RealizeError::NoDevice { device: target.device.clone(), netns: target.netns_label.clone() };
     let mut links = h.link().get().match_name(target.device.clone()).execute();
     match links.try_next().await {
-        Ok(Some(msg)) => Ok(msg.header.index),
+        Ok(Some(msg)) => Ok((msg.header.index, hardware_address(&msg))),
         Ok(None) => Err(no_device()),
         Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Err(no_device()),
         Err(e) => Err(nl(format!("looking up device {:?}", target.device))(e)),
     }
+}
+
+fn hardware_address(msg: &LinkMessage) -> Option<Vec<u8>> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(mac) if mac.len() == 6 && mac.iter().any(|b| *b != 0) => Some(mac.clone()),
+        _ => None,
+    })
 }
 
 fn address_of(msg: &AddressMessage) -> Option<Cidr> {
@@ -349,31 +580,36 @@ async fn set_link(h: &Handle, index: u32, up: bool) -> Result<(), RealizeError> 
 /// through the new gateways, then the old routes and addresses go. Returns a zero down
 /// time (the link stayed up).
 async fn make_before_break(
-    h: &Handle,
-    index: u32,
+    dev: &Device<'_>,
     plan: &Plan,
     messages: &[(Cidr, AddressMessage)],
     changes: &mut usize,
+    announced: &mut usize,
 ) -> Result<Option<Duration>, RealizeError> {
+    let (h, index) = (dev.h, dev.index);
     add_addresses(h, index, &plan.add, changes).await?;
     if plan.link_up {
         set_link(h, index, true).await?;
         *changes += 1;
     }
+    set_gateway_neighbours(dev, changes).await;
     replace_routes(h, index, plan, changes).await?;
+    dev.announce(plan, announced).await;
     delete_routes(h, index, plan, changes).await?;
+    forget_old_gateways(h, index, plan).await;
     remove_addresses(h, plan, messages, changes).await?;
     Ok(Some(Duration::ZERO))
 }
 
 /// Runs the plan; returns how long the link was down when re-addressing.
 async fn execute(
-    h: &Handle,
-    index: u32,
+    dev: &Device<'_>,
     plan: &Plan,
     messages: &[(Cidr, AddressMessage)],
     changes: &mut usize,
+    announced: &mut usize,
 ) -> Result<Option<Duration>, RealizeError> {
+    let (h, index) = (dev.h, dev.index);
     let mut down_since = None;
     let mut restore = Vec::new();
     if plan.readdress {
@@ -406,7 +642,10 @@ async fn execute(
         down = down_since.map(|t| t.elapsed());
         *changes += 1;
     }
+    // After the link is up: taking it down flushes the device's neighbour entries.
+    set_gateway_neighbours(dev, changes).await;
     replace_routes(h, index, plan, changes).await?;
+    dev.announce(plan, announced).await;
     Ok(down)
 }
 
@@ -468,33 +707,197 @@ async fn delete_routes(h: &Handle, index: u32, plan: &Plan, changes: &mut usize)
     Ok(())
 }
 
-/// Deletes neighbour entries (ARP / NDP cache) for `addresses` in a namespace, so the
-/// hypervisor side does not keep sending to the MAC an old address had. Permanent and
-/// no-ARP entries are configuration, not cache: left alone.
-async fn flush_neighbours(netns: Option<&Path>, addresses: &[IpAddr]) -> Result<usize, RealizeError> {
-    if addresses.is_empty() {
-        return Ok(0);
+/// Tells the workload the hardware addresses of its gateways (entries that age like any
+/// learnt one: the kernel confirms them again when they go stale). Best effort: a
+/// workload that cannot be told (the kernel's neighbour table is full, say) resolves the
+/// gateway itself.
+async fn set_gateway_neighbours(dev: &Device<'_>, changes: &mut usize) {
+    for (g, mac) in dev.gateways {
+        let set = dev
+            .h
+            .neighbours()
+            .add(dev.index, *g)
+            .link_local_address(mac)
+            .state(NeighbourState::Reachable)
+            .replace()
+            .execute()
+            .await;
+        match set {
+            Ok(()) => *changes += 1,
+            Err(e) => warn!(gateway = %g, error = %e, "setting the workload's neighbour entry of its gateway failed"),
+        }
     }
-    let conn = netns::connect(netns).await?;
-    let h = &conn.handle;
-    let entries: Vec<_> =
-        h.neighbours().get().execute().try_collect().await.map_err(nl("listing neighbours"))?;
-    let mut flushed = 0;
-    for e in entries {
-        if matches!(e.header.state, NeighbourState::Permanent | NeighbourState::Noarp) {
+}
+
+/// Deletes the workload's neighbour entries of gateways its routes no longer use (when
+/// the link stays up; taking it down flushed them already). Best effort, like
+/// [`set_gateway_neighbours`].
+async fn forget_old_gateways(h: &Handle, index: u32, plan: &Plan) {
+    for op in &plan.routes {
+        if let RouteOp::Delete(g) = *op
+            && let Err(e) = delete_neighbour(h, index, g).await
+        {
+            warn!(gateway = %g, error = %e, "deleting the workload's neighbour entry of its old gateway failed");
+        }
+    }
+}
+
+/// Deletes the entry of `addr` on device `ifindex`; one that is not there counts as done.
+async fn delete_neighbour(h: &Handle, ifindex: u32, addr: IpAddr) -> Result<(), RealizeError> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family_of(addr);
+    msg.header.ifindex = ifindex;
+    msg.attributes.push(NeighbourAttribute::Destination(match addr {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }));
+    match h.neighbours().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENOENT => Ok(()),
+        Err(e) => Err(nl(format!("deleting the neighbour entry of {addr}"))(e)),
+    }
+}
+
+/// The hypervisor's neighbour entries (ARP / NDP cache) of a workload's new addresses, in
+/// its namespace, set to the workload's hardware address `mac` (packets held by an entry
+/// still resolving are sent at once); deleted instead when `mac` is not known. Each
+/// address is looked up where it lives (the route's output device, then that one entry),
+/// never by listing the table: the kernel's neighbour table is shared by every namespace
+/// of the host. Permanent and no-ARP entries are configuration, not cache: left alone.
+/// Returns the entries changed.
+async fn set_neighbours(h: &Handle, new: &[IpAddr], mac: Option<&[u8]>) -> Result<usize, RealizeError> {
+    let Some(mac) = mac else {
+        return flush_neighbours(h, new).await;
+    };
+    let mut changed = 0;
+    for &addr in new {
+        // Only where the address is on a link of this namespace (behind a gateway it has
+        // no entry here).
+        let Some((oif, true)) = route_device(h, addr).await? else {
+            continue;
+        };
+        if neighbour_entry(h, oif, addr)
+            .await?
+            .is_some_and(|e| matches!(e.header.state, NeighbourState::Permanent | NeighbourState::Noarp))
+        {
             continue;
         }
-        let dst = e.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
-            _ => None,
-        });
-        if dst.is_some_and(|d| addresses.contains(&d)) {
-            h.neighbours().del(e).execute().await.map_err(nl("deleting a neighbour entry"))?;
-            flushed += 1;
+        h.neighbours()
+            .add(oif, addr)
+            .link_local_address(mac)
+            .state(NeighbourState::Reachable)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("setting the neighbour entry of {addr}")))?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+/// Deletes the neighbour entries of `addresses` (see [`set_neighbours`]).
+async fn flush_neighbours(h: &Handle, addresses: &[IpAddr]) -> Result<usize, RealizeError> {
+    let mut flushed = 0;
+    for &addr in addresses {
+        let Some((oif, _)) = route_device(h, addr).await? else {
+            continue;
+        };
+        let Some(entry) = neighbour_entry(h, oif, addr).await? else {
+            continue;
+        };
+        if matches!(entry.header.state, NeighbourState::Permanent | NeighbourState::Noarp) {
+            continue;
+        }
+        match h.neighbours().del(entry).execute().await {
+            Ok(()) => flushed += 1,
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENOENT => {}
+            Err(e) => return Err(nl(format!("deleting the neighbour entry of {addr}"))(e)),
         }
     }
     Ok(flushed)
+}
+
+fn family_of(addr: IpAddr) -> AddressFamily {
+    if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 }
+}
+
+/// Sends one (non-dump) request; returns its answer, `None` when the kernel says `missing`.
+async fn request_one(
+    h: &Handle,
+    msg: RouteNetlinkMessage,
+    missing: &[i32],
+    op: &str,
+) -> Result<Option<RouteNetlinkMessage>, RealizeError> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST;
+    let mut answers = h.clone().request(req).map_err(nl(op))?;
+    let mut found = None;
+    while let Some(m) = answers.next().await {
+        match m.payload {
+            NetlinkPayload::InnerMessage(inner) => found = Some(inner),
+            NetlinkPayload::Error(e) if missing.contains(&-e.raw_code()) => return Ok(None),
+            NetlinkPayload::Error(e) => return Err(nl(op)(rtnetlink::Error::NetlinkError(e))),
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// The device the namespace would send to `addr` through (a route lookup, as `ip route get`),
+/// and whether `addr` is on that device's link (no gateway in between).
+async fn route_device(h: &Handle, addr: IpAddr) -> Result<Option<(u32, bool)>, RealizeError> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family_of(addr);
+    msg.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
+    msg.attributes.push(RouteAttribute::Destination(match addr {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }));
+    let op = format!("looking up the route to {addr}");
+    let missing = [libc::ENETUNREACH, libc::EHOSTUNREACH, libc::ENOENT, libc::ESRCH];
+    Ok(match request_one(h, RouteNetlinkMessage::GetRoute(msg), &missing, &op).await? {
+        Some(RouteNetlinkMessage::NewRoute(r)) => {
+            let on_link = !r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_)));
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some((*i, on_link)),
+                _ => None,
+            })
+        }
+        _ => None,
+    })
+}
+
+/// The hardware address of the device that holds `addr` as one of its own addresses.
+async fn local_address_mac(h: &Handle, addr: IpAddr) -> Result<Option<Vec<u8>>, RealizeError> {
+    let mut addrs = h.address().get().set_address_filter(addr).execute();
+    let mut index = None;
+    while let Some(m) = addrs.try_next().await.map_err(nl(format!("looking for {addr} among the addresses")))? {
+        if address_of(&m).is_some_and(|c| c.addr == addr) {
+            index = Some(m.header.index);
+            break;
+        }
+    }
+    let Some(index) = index else {
+        return Ok(None);
+    };
+    let link = h.link().get().match_index(index).execute().try_next().await.map_err(nl("reading the gateway's device"))?;
+    Ok(link.as_ref().and_then(hardware_address))
+}
+
+/// The neighbour entry for `addr` on device `ifindex`, if there is one.
+async fn neighbour_entry(h: &Handle, ifindex: u32, addr: IpAddr) -> Result<Option<NeighbourMessage>, RealizeError> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family_of(addr);
+    msg.header.ifindex = ifindex;
+    msg.attributes.push(NeighbourAttribute::Destination(match addr {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }));
+    let op = format!("looking up the neighbour entry of {addr}");
+    Ok(match request_one(h, RouteNetlinkMessage::GetNeighbour(msg), &[libc::ENOENT], &op).await? {
+        Some(RouteNetlinkMessage::NewNeighbour(n)) => Some(n),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

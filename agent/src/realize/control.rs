@@ -21,6 +21,10 @@ use super::{Applied, ControlMetrics, DesiredWorkload, Realizer};
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between two generations only changed workloads are applied; this often the last state
+/// is applied again in full (every device read back), which repairs drift (an address
+/// removed by hand, a workload namespace made again).
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 pub struct ControlClient {
     pub controller: String,
@@ -32,8 +36,10 @@ pub struct ControlClient {
 }
 
 /// Applies one desired state and builds the report of what is there afterwards.
-/// Workloads that cannot even be read from the message get their error too.
-pub async fn apply_state(realizer: &Realizer, state: &DesiredState) -> Vec<Applied> {
+/// Workloads that cannot even be read from the message get their error too. `full`: every
+/// workload is read back and reconciled; otherwise only those whose desired addresses
+/// changed since their last successful apply.
+pub async fn apply_state(realizer: &Realizer, state: &DesiredState, full: bool) -> Vec<Applied> {
     let mut desired = Vec::with_capacity(state.workloads.len());
     let mut refused = Vec::new();
     for w in &state.workloads {
@@ -56,7 +62,7 @@ pub async fn apply_state(realizer: &Realizer, state: &DesiredState) -> Vec<Appli
             }),
         }
     }
-    let mut applied = realizer.apply(desired).await;
+    let mut applied = if full { realizer.apply(desired).await } else { realizer.apply_changed(desired).await };
     applied.extend(refused);
     applied.sort_by(|a, b| a.workload.cmp(&b.workload));
     applied
@@ -127,21 +133,39 @@ impl ControlClient {
         *streamed = true;
         self.metrics.control_connected.store(1, Relaxed);
         info!(controller = %self.controller, "watching desired state");
+        // The first state of a stream is applied in full (the agent may have restarted, or
+        // missed generations while disconnected), then changes only, with a full resync
+        // every RESYNC_EVERY.
+        let mut last: Option<DesiredState> = None;
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.reset();
         loop {
-            let state = tokio::select! {
+            let (state, full) = tokio::select! {
                 m = stream.message() => match m {
-                    Ok(Some(state)) => state,
+                    Ok(Some(state)) => {
+                        let full = last.is_none();
+                        (state, full)
+                    }
                     Ok(None) => return Err("the controller ended the desired-state stream".into()),
                     Err(s) => return Err(format!("desired-state stream: {} ({:?})", s.message(), s.code())),
                 },
+                _ = resync.tick(), if last.is_some() => match last.take() {
+                    Some(state) => (state, true),
+                    None => continue,
+                },
                 _ = shutdown.changed() => return Ok(()),
             };
+            if full {
+                resync.reset();
+            }
             self.metrics.desired_generation.store(state.generation, Relaxed);
-            let applied = apply_state(&self.realizer, &state).await;
+            let applied = apply_state(&self.realizer, &state, full).await;
             let errors = applied.iter().filter(|a| a.error.is_some()).count() as u64;
             let readdressed = applied.iter().filter(|a| a.readdress_down.is_some()).count() as u64;
             self.metrics.apply_errors_total.fetch_add(errors, Relaxed);
             self.metrics.readdress_total.fetch_add(readdressed, Relaxed);
+            self.metrics.netns_connections.store(self.realizer.open_connections() as u64, Relaxed);
             for a in applied.iter().filter(|a| a.error.is_some()) {
                 warn!(workload = %a.workload, generation = state.generation, error = a.error.as_deref().unwrap_or(""), "desired state not applied");
             }
@@ -158,6 +182,7 @@ impl ControlClient {
                 .await
                 .map_err(|s| format!("report observed: {} ({:?})", s.message(), s.code()))?;
             self.metrics.applied_generation.store(state.generation, Relaxed);
+            last = Some(state);
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::TryStreamExt as _;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
 use tokio::sync::mpsc;
@@ -148,6 +149,17 @@ fn want(name: &str, addrs: &[(&str, Option<&str>)]) -> DesiredWorkload {
     }
 }
 
+async fn link_mac(h: &netns::NetnsHandle, index: u32) -> Vec<u8> {
+    let link = h.handle.link().get().match_index(index).execute().try_next().await.unwrap().expect("the link");
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            rtnetlink::packet_route::link::LinkAttribute::Address(m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("a hardware address")
+}
+
 fn cidrs(list: &[Cidr]) -> Vec<String> {
     list.iter().map(ToString::to_string).collect()
 }
@@ -179,10 +191,31 @@ async fn addresses_are_added_unmanaged_ones_kept_and_reapplying_changes_nothing(
     let gws = gateways(&ns, idx).await;
     assert!(gws.contains(&"198.18.128.1".parse().unwrap()) && gws.contains(&"fd00:80::1".parse().unwrap()), "{gws:?}");
 
-    let again = r.apply(vec![desired]).await;
+    let again = r.apply(vec![desired.clone()]).await;
     assert_eq!(again[0].error, None);
     assert_eq!(again[0].changes, 0, "re-applying the same state is a no-op: {:?}", again[0]);
     assert_eq!(cidrs(&again[0].addresses), have);
+    // One into the workload's namespace, one into the neighbour namespace (the test's own
+    // here) where the gateway's hardware address was looked for.
+    assert_eq!(r.open_connections(), 2, "one netlink connection per namespace, kept");
+
+    // Drift behind the realizer's back: a changes-only apply does not look (same desired
+    // state: the last report is given again); a full apply repairs it.
+    {
+        let h = ns.handle().await;
+        let msgs: Vec<_> = h.handle.address().get().set_link_index_filter(idx).execute().try_collect().await.unwrap();
+        let v4 = msgs
+            .into_iter()
+            .find(|m| m.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(ip) if ip.to_string() == "198.18.128.5")))
+            .expect("the desired address is there");
+        h.handle.address().del(v4).execute().await.expect("removing it by hand");
+    }
+    let unchanged = r.apply_changed(vec![desired.clone()]).await;
+    assert_eq!((unchanged[0].changes, cidrs(&unchanged[0].addresses)), (0, have.clone()));
+    let repaired = r.apply(vec![desired]).await;
+    assert_eq!(repaired[0].error, None);
+    assert!(repaired[0].changes >= 1, "{:?}", repaired[0]);
+    assert!(cidrs(&repaired[0].addresses).contains(&"198.18.128.5/22".to_owned()), "{:?}", repaired[0]);
 }
 
 #[tokio::test]
@@ -197,6 +230,10 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
         let h = hv.handle().await;
         h.handle.link().add(LinkBridge::new("br0").build()).execute().await.expect("adding a bridge");
         let br = index_of(&h, "br0").await;
+        // The gateway's side of the shard: the route that says where its addresses live.
+        h.handle.link().set(LinkUnspec::new_with_index(br).up().build()).execute().await.expect("bridge up");
+        add_address(&h, br, "198.18.128.1/22").await;
+        add_address(&h, br, "198.18.132.1/22").await;
         h.handle
             .neighbours()
             .add(br, "198.18.128.5".parse().unwrap())
@@ -211,7 +248,8 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     // realizer puts it back.
     add_address(&ns.handle().await, idx, "fd00:99::7/64").await;
     let r = Realizer::new(&[spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &["fd00:99::7"])])
-        .with_neighbour_netns(Some(hv.path.clone()));
+        .with_neighbour_netns(Some(hv.path.clone()))
+        .with_old_neighbour_grace(Duration::from_millis(100));
     let v6 = ("fd00:80::5/64", Some("fd00:80::1"));
     let first = r.apply(vec![want("web", &[("198.18.128.5/22", Some("198.18.128.1")), v6])]).await;
     assert_eq!(first[0].error, None);
@@ -230,16 +268,53 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     assert_eq!(gws, ["198.18.132.1".parse::<IpAddr>().unwrap(), "fd00:80::1".parse().unwrap()]);
     let again = r.apply(vec![want("web", &[("198.18.132.9/22", Some("198.18.132.1")), v6])]).await;
     assert_eq!(again[0].changes, 0, "{:?}", again[0]);
-    assert_eq!(a.neighbours_flushed, 1);
+    assert_eq!(a.neighbours_set, 1, "the new address's entry set");
     let h = hv.handle().await;
-    let left: Vec<_> = h.handle.neighbours().get().execute().try_collect().await.unwrap();
-    let stale_left = left.iter().any(|n| {
-        n.header.ifindex == br
-            && n.attributes.iter().any(|a| {
-                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) if ip.to_string() == "198.18.128.5")
+    // The old address's entry goes after the grace period.
+    let mut left: Vec<_> = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = h.handle.neighbours().get().execute().try_collect().await.unwrap();
+        let old_there = left.iter().any(|n| {
+            n.attributes.iter().any(|a| {
+                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) if v4.to_string() == "198.18.128.5")
             })
-    });
-    assert!(!stale_left, "the old address's neighbour entry is gone");
+        });
+        if !old_there {
+            break;
+        }
+    }
+    let entry = |ip: &str| {
+        left.iter().find(|n| {
+            n.header.ifindex == br
+                && n.attributes.iter().any(|a| {
+                    matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) if v4.to_string() == ip)
+                })
+        })
+    };
+    assert!(entry("198.18.128.5").is_none(), "the old address's neighbour entry is gone");
+    let mac_of = |n: &rtnetlink::packet_route::neighbour::NeighbourMessage| {
+        n.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::LinkLocalAddress(m) => Some(m.clone()),
+            _ => None,
+        })
+    };
+    let workload_mac = link_mac(&ns.handle().await, idx).await;
+    let new_entry = entry("198.18.132.9").expect("the hypervisor has an entry for the new address");
+    assert_eq!(mac_of(new_entry), Some(workload_mac), "pointing at the workload's device");
+    // The workload was told its new gateway's hardware address (no ARP broadcast needed).
+    let br_mac = link_mac(&h, br).await;
+    let wl: Vec<_> = ns.handle().await.handle.neighbours().get().execute().try_collect().await.unwrap();
+    let gw = wl
+        .iter()
+        .find(|n| {
+            n.header.ifindex == idx
+                && n.attributes.iter().any(|a| {
+                    matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) if v4.to_string() == "198.18.132.1")
+                })
+        })
+        .expect("the workload has an entry for its new gateway");
+    assert_eq!(mac_of(gw), Some(br_mac));
 
     // Emptied: the managed address goes, nothing else changes, and the route through a
     // weft gateway goes with it.

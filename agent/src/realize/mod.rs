@@ -98,6 +98,7 @@ pub struct ControlMetrics {
     pub readdress_total: AtomicU64,
     pub apply_errors_total: AtomicU64,
     pub control_connected: AtomicU64,
+    pub netns_connections: AtomicU64,
 }
 
 impl ControlMetrics {
@@ -111,6 +112,7 @@ impl ControlMetrics {
         line("weft_agent_readdress_total", "counter", "Workload interfaces re-addressed (address swapped with the link down).", &self.readdress_total);
         line("weft_agent_apply_errors_total", "counter", "Workloads whose desired state could not be applied.", &self.apply_errors_total);
         line("weft_agent_control_connected", "gauge", "1 while the desired-state stream from the controller is open.", &self.control_connected);
+        line("weft_agent_netns_connections", "gauge", "Netlink connections kept open into workload (and neighbour) namespaces.", &self.netns_connections);
         out
     }
 }
