@@ -46,6 +46,11 @@ pub struct Args {
     /// Default: the agent's own.
     #[arg(long)]
     pub neighbour_netns: Option<PathBuf>,
+    /// File where the agent keeps which workload addresses are weft's, so that after a
+    /// restart it still removes an address it set before (a migration interrupted by the
+    /// restart). Without it that memory is lost with the process.
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
     /// Milliseconds after a re-address before the neighbour entries of the old addresses
     /// are deleted (until then stray packets to them reach the workload and are dropped
     /// there instead of starting an ARP broadcast each).

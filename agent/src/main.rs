@@ -49,12 +49,18 @@ async fn main() -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::default());
     let control_metrics = Arc::new(realize::ControlMetrics::default());
-    let realizer = Arc::new(
-        realize::Realizer::new(&workloads)
-            .with_neighbour_netns(args.neighbour_netns.clone())
-            .with_readdress_mode(args.readdress_mode)
-            .with_old_neighbour_grace(std::time::Duration::from_millis(args.old_neighbour_grace_ms)),
-    );
+    let mut realizer = realize::Realizer::new(&workloads)
+        .with_neighbour_netns(args.neighbour_netns.clone())
+        .with_readdress_mode(args.readdress_mode)
+        .with_old_neighbour_grace(std::time::Duration::from_millis(args.old_neighbour_grace_ms));
+    match &args.state_file {
+        Some(path) => realizer = realizer.with_state_file(path)?,
+        None if !workloads.is_empty() => tracing::warn!(
+            "no --state-file: after a restart the agent does not recognise addresses it set before (a migration interrupted by the restart can leave the old address on a workload)"
+        ),
+        None => {}
+    }
+    let realizer = Arc::new(realizer);
     let registry = Arc::new(Registry::new(workloads));
     let queue = Arc::new(RecordQueue::new(args.queue_capacity, metrics.clone()));
 

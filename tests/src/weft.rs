@@ -283,6 +283,9 @@ impl Agent {
             "--drain-interval-ms",
             "1000",
         ]);
+        // Kept in the lab directory: a restarted agent of this hypervisor finds it again.
+        let state = lab.dir().join(format!("agent-state-{}.json", hv.name));
+        cmd.arg("--state-file").arg(&state);
         cmd.args(extra_args);
         cmd.args(&excluded);
         cmd.env(

@@ -1208,6 +1208,7 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
         &prober_if,
     ]);
     let mut cmd = cmd;
+    cmd.arg("--state-file").arg(lab.dir().join("agent-state-hv1.json"));
     // The agent's re-address mode: the specification's down-up by default,
     // WEFT_BENCH_READDRESS_MODE=make-before-break to measure the other.
     cmd.args(["--readdress-mode", &readdress_mode()]);

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use super::diff::{Cidr, Current, DesiredAddress, Managed, Plan, RouteOp, is_link_local, plan};
 use super::netns::NetnsConnections;
+use super::state::StateFile;
 use super::{DesiredWorkload, RealizeError};
 use crate::config::WorkloadSpec;
 
@@ -74,6 +75,8 @@ pub struct Realizer {
     gateway_lookup: tokio::sync::Mutex<()>,
     /// See [`OLD_NEIGHBOUR_GRACE`].
     old_neighbour_grace: Duration,
+    /// Where `managed` is kept across restarts (`None`: memory only).
+    state: Option<StateFile>,
 }
 
 /// How long after a re-address the hypervisor's neighbour entries of the old addresses
@@ -160,12 +163,45 @@ impl Realizer {
             gateway_macs: Mutex::new(HashMap::new()),
             gateway_lookup: tokio::sync::Mutex::new(()),
             old_neighbour_grace: OLD_NEIGHBOUR_GRACE,
+            state: None,
         }
     }
 
     pub fn with_readdress_mode(mut self, mode: ReaddressMode) -> Self {
         self.readdress_mode = mode;
         self
+    }
+
+    /// Keeps which addresses are weft's in `path` across restarts, starting from what it
+    /// holds. Workloads it names that are not in the workloads file are dropped (this
+    /// agent cannot reach them).
+    pub fn with_state_file(mut self, path: &std::path::Path) -> Result<Self, super::state::StateError> {
+        let (file, remembered) = StateFile::open(path)?;
+        {
+            let mut managed = self.managed();
+            for (name, (seen, ranges)) in remembered {
+                let Some(target) = self.targets.get(&name) else {
+                    warn!(workload = %name, file = %path.display(), "the state file names a workload that is not in the workloads file: forgotten");
+                    continue;
+                };
+                let mut m = Managed::with_statics(target.statics.iter().copied());
+                m.seen = seen;
+                m.ranges = ranges;
+                managed.insert(name, m);
+            }
+        }
+        self.state = Some(file);
+        Ok(self)
+    }
+
+    /// Writes `managed` to the state file (if there is one and it changed).
+    fn save_state(&self) {
+        if let Some(file) = &self.state {
+            let managed = self.managed().clone();
+            if let Err(e) = file.save(&managed) {
+                warn!(error = %e, "keeping the managed addresses failed");
+            }
+        }
     }
 
     /// How long the hypervisor keeps neighbour entries of replaced addresses.
@@ -262,6 +298,19 @@ impl Realizer {
                 _ => true,
             });
         }
+        // Learnt before acting, and kept: an agent that stops half-way through still
+        // recognises these addresses as weft's when it starts again.
+        {
+            let mut m = self.managed();
+            for (w, _) in &all {
+                if let Some(target) = self.targets.get(&w.name) {
+                    m.entry(w.name.clone())
+                        .or_insert_with(|| Managed::with_statics(target.statics.iter().copied()))
+                        .learn(&w.addresses);
+                }
+            }
+        }
+        self.save_state();
         self.preannounce(&all).await;
         let results: Vec<(Applied, bool, bool, Vec<DesiredAddress>)> = futures::stream::iter(all)
             .map(|(w, asked)| async move {
@@ -286,6 +335,7 @@ impl Realizer {
             }
             out.push(applied);
         }
+        self.save_state();
         out.sort_by(|a, b| a.workload.cmp(&b.workload));
         out
     }

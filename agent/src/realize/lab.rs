@@ -326,6 +326,46 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
 }
 
 #[tokio::test]
+async fn a_restarted_agent_removes_the_old_address_only_if_it_kept_its_state() {
+    require_root!();
+    let state_dir = std::env::temp_dir().join(format!("weft-lab-state-{}", std::process::id()));
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let state = state_dir.join("agent-state.json");
+    let _ = std::fs::remove_file(&state);
+    let moved = want("web", &[("198.18.132.9/22", None)]);
+    let run = |with_state: bool| {
+        let ns = TestNetns::new();
+        let state = state.clone();
+        let moved = moved.clone();
+        async move {
+            ns.dummy("eth0").await;
+            let specs = [spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &[])];
+            let _ = std::fs::remove_file(&state);
+            // Before the restart: the workload got its address from the first shard.
+            let before = Realizer::new(&specs).with_state_file(&state).expect("a fresh state file");
+            assert_eq!(before.apply(vec![want("web", &[("198.18.128.5/22", None)])]).await[0].error, None);
+            drop(before);
+            // After it: the desired state names the new shard's address only.
+            let after = if with_state {
+                Realizer::new(&specs).with_state_file(&state).expect("the kept state")
+            } else {
+                Realizer::new(&specs)
+            };
+            let applied = after.apply(vec![moved]).await;
+            assert_eq!(applied[0].error, None);
+            cidrs(&applied[0].addresses)
+        }
+    };
+    assert_eq!(run(true).await, ["198.18.132.9/22"], "the kept state names the old address as weft's");
+    let forgot = run(false).await;
+    assert!(
+        forgot.contains(&"198.18.128.5/22".to_owned()),
+        "without it the old address is not recognised (left on the device): {forgot:?}"
+    );
+    let _ = std::fs::remove_dir_all(&state_dir);
+}
+
+#[tokio::test]
 async fn missing_namespace_or_device_fails_that_workload_only() {
     require_root!();
     let ns = TestNetns::new();

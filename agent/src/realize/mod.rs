@@ -12,6 +12,7 @@ pub mod apply;
 pub mod control;
 pub mod diff;
 mod netns;
+pub mod state;
 
 #[cfg(test)]
 mod lab;

@@ -287,3 +287,67 @@ fn scopeguard(flag: Arc<AtomicBool>) -> impl Drop {
     }
     Guard(flag)
 }
+
+/// An agent killed before a migration and started again during it (same state file, as a
+/// restarted service would be) finishes the move: the workload ends with only its new
+/// address. The old one is recognised as weft's from the kept state, although the desired
+/// state the restarted agent receives no longer names it.
+#[test]
+fn agent_restarted_during_a_migration_removes_the_old_address() -> Result<()> {
+    if skip_unless_root("agent_restarted_during_a_migration_removes_the_old_address") {
+        return Ok(());
+    }
+    let lab: Lab = support::lab(&["r1"])?;
+    let x = lab.x();
+    let hv = lab.hypervisor();
+    let ip = hv.uplink_root_addr.clone();
+    let grpc = format!("{ip}:{}", free_port(&ip)?);
+    let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
+    let pool = format!("198.19.{x}.128/25");
+    let controller = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool, "--migration-timeout", "1s"])?;
+    let mut weft = Weft { agent: Agent::start(&lab, 0, &controller.grpc_url())?, controller };
+    let c = &weft.controller;
+    let old = create_shard(c)?;
+    let old_id = old["id"].as_str().context("shard id")?.to_owned();
+    let a = c.json("POST", &format!("/networks/{NETWORK}/addresses"), Some(&json!({"workload": "r1", "host_id": hv.name, "family": "ipv4"})))?;
+    let first = a["address"].as_str().context("address")?.to_owned();
+    let r1 = lab.workload("r1")?;
+    let eth0 = || r1.netns.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
+    eventually(Duration::from_secs(15), Duration::from_millis(100), || {
+        ensure!(eth0()?.contains(&format!("{first}/")), "r1 has no {first} yet");
+        Ok(())
+    })
+    .with_context(|| weft.logs())?;
+    create_shard(c)?;
+
+    weft.agent.child.kill_hard();
+    let (status, body) = c.send("DELETE", &format!("/networks/{NETWORK}/shards/{old_id}"), None)?;
+    ensure!(status == 202, "deallocating a shard in use starts a migration: {status} {body}");
+    let mid = serde_json::from_str::<Value>(&body)?["migration_id"].as_str().context("migration id")?.to_owned();
+    // With the agent gone the move cannot complete: the migration waits, visibly.
+    let waiting = eventually(Duration::from_secs(15), Duration::from_millis(100), || {
+        let m = c.json("GET", &format!("/migrations/{mid}"), None)?;
+        ensure!(m["state"] == "Paused", "migration {}: {m}", m["state"]);
+        Ok(m)
+    })
+    .with_context(|| weft.logs())?;
+    assert!(!waiting["error"].as_str().unwrap_or("").is_empty(), "a paused migration says why: {waiting}");
+    assert!(eth0()?.contains(&format!("{first}/")), "nothing changed on the workload yet");
+
+    weft.agent = Agent::start(&lab, 0, &weft.controller.grpc_url())?;
+    let c = &weft.controller;
+    let done = eventually(Duration::from_secs(30), Duration::from_millis(100), || {
+        let m = c.json("GET", &format!("/migrations/{mid}"), None)?;
+        ensure!(m["state"] == "Completed", "migration {}: {m}", m["state"]);
+        Ok(m)
+    })
+    .with_context(|| weft.logs())?;
+    let new = done["moves"][0]["new_address"].as_str().context("new address")?.to_owned();
+    eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+        let out = eth0()?;
+        ensure!(out.contains(&format!("{new}/")) && !out.contains(&format!("{first}/")), "r1 eth0: {out}");
+        Ok(())
+    })
+    .with_context(|| weft.logs())?;
+    Ok(())
+}
