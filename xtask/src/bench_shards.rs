@@ -86,7 +86,7 @@ pub fn run() -> Result<()> {
         sh::step(&format!(
             "migration of a full default shard holding {WORKLOADS} workloads (namespace lab)"
         ));
-        Some(bench_migration())
+        Some(readdress_modes().into_iter().map(|mode| (mode.clone(), bench_migration(&mode))).collect::<Vec<_>>())
     } else {
         println!("    (not root: the migration benchmark needs the namespace lab)");
         None
@@ -109,14 +109,20 @@ pub fn run() -> Result<()> {
         }
     }
     match mig {
-        Some(Ok(m)) => m.render(&mut md),
-        Some(Err(e)) => {
-            eprintln!("migration benchmark failed: {e:#}");
-            let _ = writeln!(
-                md,
-                "### Migration of a full default shard ({WORKLOADS} workloads)\n\nFailed: {}\n",
-                one_line(&format!("{e:#}"))
-            );
+        Some(runs) => {
+            for (mode, run) in runs {
+                match run {
+                    Ok(m) => m.render(&mut md),
+                    Err(e) => {
+                        eprintln!("migration benchmark ({mode}) failed: {e:#}");
+                        let _ = writeln!(
+                            md,
+                            "### Migration of a full default shard ({WORKLOADS} workloads, `--readdress-mode {mode}`)\n\nFailed: {}\n",
+                            one_line(&format!("{e:#}"))
+                        );
+                    }
+                }
+            }
         }
         None => {
             let _ = writeln!(
@@ -136,9 +142,10 @@ pub fn run_migration_only() -> Result<()> {
     sh::step("migration benchmark only: release controller and agent");
     sh::run_inherit(sh::cargo().args(["build", "--release", "-p", "weft-controller", "-p", "weft-agent"]))?;
     ensure!(weft_lab::is_root(), "the migration benchmark needs root (namespace lab)");
-    let m = bench_migration()?;
     let mut md = String::new();
-    m.render(&mut md);
+    for mode in readdress_modes() {
+        bench_migration(&mode)?.render(&mut md);
+    }
     println!("{md}");
     Ok(())
 }
@@ -607,6 +614,8 @@ struct MigFigures {
     flags: String,
     /// The kernel neighbour table thresholds of the run.
     neighbour_limits: String,
+    /// The agent's --readdress-mode.
+    mode: String,
 }
 
 /// Where each workload's window goes, from the prober's side: the old address's last
@@ -696,8 +705,8 @@ impl MigFigures {
     fn render(&self, md: &mut String) {
         let _ = writeln!(
             md,
-            "### Migration of a full default shard ({} workloads)\n",
-            self.workloads
+            "### Migration of a full default shard ({} workloads, `--readdress-mode {}`)\n",
+            self.workloads, self.mode
         );
         let _ = writeln!(
             md,
@@ -706,7 +715,7 @@ impl MigFigures {
             self.workloads,
             self.neighbour_limits,
             self.flags,
-            readdress_mode(),
+            self.mode,
             PROBE_EVERY.as_millis(),
             PROBE_EVERY.as_millis(),
         );
@@ -1116,7 +1125,7 @@ impl Drop for NeighbourLimits {
     }
 }
 
-fn bench_migration() -> Result<MigFigures> {
+fn bench_migration(mode: &str) -> Result<MigFigures> {
     let limits = NeighbourLimits::raise()?;
     let t_lab = Instant::now();
     println!("    building the lab: hypervisor hv1, prober, {WORKLOADS} workloads");
@@ -1127,7 +1136,7 @@ fn bench_migration() -> Result<MigFigures> {
     let extra = build_extra(&lab, WORKLOADS)?;
     // Echo threads hold sockets in the namespaces: they stop (guard below) before the
     // namespaces go.
-    let result = migration_in(&lab, &extra, t_lab).map(|mut m| {
+    let result = migration_in(&lab, &extra, t_lab, mode).map(|mut m| {
         m.neighbour_limits = limits.describe();
         m
     });
@@ -1137,7 +1146,7 @@ fn bench_migration() -> Result<MigFigures> {
     result
 }
 
-fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<MigFigures> {
+fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -> Result<MigFigures> {
     let hv = lab.hypervisor();
     for key in [
         "net.ipv4.ip_forward=1",
@@ -1211,7 +1220,7 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
     cmd.arg("--state-file").arg(lab.dir().join("agent-state-hv1.json"));
     // The agent's re-address mode: the specification's down-up by default,
     // WEFT_BENCH_READDRESS_MODE=make-before-break to measure the other.
-    cmd.args(["--readdress-mode", &readdress_mode()]);
+    cmd.args(["--readdress-mode", mode]);
     let mut agent = Child::spawn(cmd, lab.dir(), "weft-agent-release")?;
     let logs = |c: &Controller, a: &Child| {
         format!("controller:\n{}\nagent:\n{}", c.child.tail(20), a.tail(20))
@@ -1491,6 +1500,7 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
         prober_stall,
         breakdown,
         neighbour_limits: String::new(),
+        mode: mode.to_owned(),
         flags: if concurrency.is_some() {
             flags.join(" ")
         } else {
@@ -1499,7 +1509,11 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant) -> Result<Mig
     })
 }
 
-/// The agent's `--readdress-mode` for the migration benchmark.
-fn readdress_mode() -> String {
-    std::env::var("WEFT_BENCH_READDRESS_MODE").unwrap_or_else(|_| "down-up".to_owned())
+/// The agent's re-address modes the migration benchmark runs: both (the specification's
+/// down-up, then make-before-break), or the one WEFT_BENCH_READDRESS_MODE names.
+fn readdress_modes() -> Vec<String> {
+    match std::env::var("WEFT_BENCH_READDRESS_MODE") {
+        Ok(m) => vec![m],
+        Err(_) => vec!["down-up".to_owned(), "make-before-break".to_owned()],
+    }
 }

@@ -73,12 +73,6 @@ pub async fn connect(netns: Option<&Path>) -> Result<NetnsHandle, RealizeError> 
                     let _ = ready_tx.send(Err(fail(std::io::Error::last_os_error())));
                     return;
                 }
-                // Announce addresses with a gratuitous ARP whenever a link comes up, so
-                // the hypervisor's neighbour cache learns a re-addressed workload at once
-                // instead of after its entry for the new address times out. Per-netns
-                // sysctl, read for this thread's namespace; best effort (a workload that
-                // cannot be told still works, only slower to reach after a re-address).
-                let _ = std::fs::write("/proc/sys/net/ipv4/conf/all/arp_notify", "1");
             }
             // The socket registers with the agent's runtime (its reactor drives it).
             let _entered = runtime.enter();
