@@ -41,7 +41,8 @@ pub struct Applied {
     pub readdress_down: Option<Duration>,
     /// Netlink writes made on the device (0 when it already matched).
     pub changes: usize,
-    /// Neighbour entries of new addresses set on the hypervisor side.
+    /// Neighbour entries of new addresses set on the hypervisor side (before the change,
+    /// or after it).
     pub neighbours_set: usize,
 }
 
@@ -98,6 +99,8 @@ struct Device<'a> {
     hv: Option<&'a Handle>,
     /// The device's hardware address.
     mac: Option<&'a [u8]>,
+    /// New addresses already announced to the hypervisor (before the change).
+    announced: &'a [IpAddr],
 }
 
 impl Device<'_> {
@@ -108,7 +111,11 @@ impl Device<'_> {
         let Some(hv) = self.hv else {
             return;
         };
-        let new: Vec<IpAddr> = plan.add.iter().map(|c| c.addr).collect();
+        let new: Vec<IpAddr> =
+            plan.add.iter().map(|c| c.addr).filter(|a| !self.announced.contains(a)).collect();
+        if new.is_empty() {
+            return;
+        }
         match set_neighbours(hv, &new, self.mac).await {
             Ok(n) => *announced += n,
             Err(e) => warn!(error = %e, "setting the hypervisor's neighbour entries of the new addresses failed"),
@@ -311,10 +318,13 @@ impl Realizer {
             }
         }
         self.save_state();
-        self.preannounce(&all).await;
+        let announced = self.preannounce(&all).await;
+        let announced = &announced;
         let results: Vec<(Applied, bool, bool, Vec<DesiredAddress>)> = futures::stream::iter(all)
             .map(|(w, asked)| async move {
-                let (applied, gone) = self.apply_one(&w).await;
+                let (done, n) = announced.get(&w.name).map(|(a, n)| (a.as_slice(), *n)).unwrap_or((&[], 0));
+                let (mut applied, gone) = self.apply_one(&w, done).await;
+                applied.neighbours_set += n;
                 (applied, gone, asked, w.addresses)
             })
             .buffer_unordered(PARALLEL_APPLIES)
@@ -345,11 +355,12 @@ impl Realizer {
     /// the workload has it is then dropped by the workload, instead of each address
     /// starting ARP broadcasts on the bridge (every port, every second) while it waits
     /// its turn in a burst of re-addresses. Best effort, like the announce after a change.
-    async fn preannounce(&self, workloads: &[(DesiredWorkload, bool)]) {
+    /// Returns, per workload, the addresses announced and how many entries were set.
+    async fn preannounce(&self, workloads: &[(DesiredWorkload, bool)]) -> HashMap<String, (Vec<IpAddr>, usize)> {
         let Ok(hv) = self.conns.get(self.neighbour_netns.as_deref()).await else {
-            return;
+            return HashMap::new();
         };
-        let fresh: Vec<(&Target, Vec<IpAddr>)> = {
+        let fresh: Vec<(String, Target, Vec<IpAddr>)> = {
             let last = self.last_applied();
             workloads
                 .iter()
@@ -362,34 +373,39 @@ impl Realizer {
                         .map(|d| d.cidr.addr)
                         .collect();
                     let target = self.targets.get(&w.name)?;
-                    (!new.is_empty() && target.netns.is_some()).then_some((target, new))
+                    (!new.is_empty() && target.netns.is_some()).then(|| (w.name.clone(), target.clone(), new))
                 })
                 .collect()
         };
         if fresh.is_empty() {
-            return;
+            return HashMap::new();
         }
         futures::stream::iter(fresh)
-            .for_each_concurrent(PARALLEL_APPLIES, |(target, new)| {
+            .map(|(name, target, new)| {
                 let hv = &hv;
                 async move {
-                    let Ok(h) = self.conns.get(target.netns.as_deref()).await else {
-                        return;
+                    let h = self.conns.get(target.netns.as_deref()).await.ok()?;
+                    let Ok((_, Some(mac))) = link_of(&h, &target).await else {
+                        return None;
                     };
-                    let Ok((_, Some(mac))) = link_of(&h, target).await else {
-                        return;
-                    };
-                    if let Err(e) = set_neighbours(hv, &new, Some(&mac)).await {
-                        warn!(device = %target.device, error = %e, "announcing new addresses to the hypervisor failed");
+                    match set_neighbours(hv, &new, Some(&mac)).await {
+                        Ok(n) => Some((name, (new, n))),
+                        Err(e) => {
+                            warn!(device = %target.device, error = %e, "announcing new addresses to the hypervisor failed");
+                            None
+                        }
                     }
                 }
             })
-            .await;
+            .buffer_unordered(PARALLEL_APPLIES)
+            .filter_map(|done| async move { done })
+            .collect()
+            .await
     }
 
     /// Brings one workload's device to its desired addresses and reads it back. Returns
     /// the report, and whether the workload's namespace or device does not exist.
-    async fn apply_one(&self, w: &DesiredWorkload) -> (Applied, bool) {
+    async fn apply_one(&self, w: &DesiredWorkload, announced: &[IpAddr]) -> (Applied, bool) {
         let mut applied = Applied { workload: w.name.clone(), ..Default::default() };
         let Some(target) = self.targets.get(&w.name) else {
             applied.error = Some(RealizeError::UnknownWorkload(w.name.clone()).to_string());
@@ -419,7 +435,7 @@ impl Realizer {
                 return (applied, gone);
             }
         };
-        let result = self.reconcile(h, (index, mac.as_deref()), w, target, &mut applied).await;
+        let result = self.reconcile(h, (index, mac.as_deref()), w, target, announced, &mut applied).await;
         match read_current(h, index).await {
             Ok((current, _)) => {
                 if result.is_ok() {
@@ -447,6 +463,7 @@ impl Realizer {
         (index, mac): (u32, Option<&[u8]>),
         w: &DesiredWorkload,
         target: &Target,
+        announced: &[IpAddr],
         applied: &mut Applied,
     ) -> Result<(), RealizeError> {
         let (current, messages) = read_current(h, index).await?;
@@ -486,15 +503,15 @@ impl Realizer {
                 }
             }
         };
-        let dev = Device { h, index, gateways: &gateways, hv: hv.as_ref(), mac };
-        let mut announced = 0;
+        let dev = Device { h, index, gateways: &gateways, hv: hv.as_ref(), mac, announced };
+        let mut set_after = 0;
         let down = if plan.readdress && self.readdress_mode == ReaddressMode::MakeBeforeBreak {
-            make_before_break(&dev, &plan, &messages, &mut applied.changes, &mut announced).await?
+            make_before_break(&dev, &plan, &messages, &mut applied.changes, &mut set_after).await?
         } else {
-            execute(&dev, &plan, &messages, &mut applied.changes, &mut announced).await?
+            execute(&dev, &plan, &messages, &mut applied.changes, &mut set_after).await?
         };
         applied.readdress_down = down;
-        applied.neighbours_set = announced;
+        applied.neighbours_set += set_after;
         if let Some(d) = down {
             info!(
                 workload = %w.name,
