@@ -22,6 +22,11 @@ pub struct ShardArgs {
     /// it pauses (and retries).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub migration_timeout: Duration,
+    /// Fail a migration not completed this long after it started (e.g. 30m): its
+    /// unfinished moves are rolled back, as `POST /migrations/{id}/cancel` does. Without
+    /// it, a migration retries until its agents answer.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub migration_deadline: Option<Duration>,
     /// Workloads of one migration re-addressed at once.
     #[arg(long, default_value_t = 64)]
     pub migration_concurrency: usize,
@@ -55,11 +60,17 @@ impl ShardArgs {
         if self.migration_timeout.is_zero() {
             return Err("--migration-timeout must be more than 0".into());
         }
+        if self.migration_deadline.is_some_and(|d| d.is_zero()) {
+            return Err(
+                "--migration-deadline must be more than 0 (leave it out for no deadline)".into(),
+            );
+        }
         Ok(ShardConfig {
             pools,
             reserved: parse("shard-reserved", &self.reserved)?,
             max_shards_per_network: self.max_shards_per_network,
             migration_timeout: self.migration_timeout,
+            migration_deadline: self.migration_deadline,
             migration_concurrency: self.migration_concurrency,
             event_retention: self.event_retention.max(1),
         })
