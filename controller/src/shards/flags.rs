@@ -76,3 +76,41 @@ impl ShardArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        shards: ShardArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<ShardConfig, String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("weft-controller").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        cli.shards.config()
+    }
+
+    #[test]
+    fn migration_deadline_is_off_unless_given_and_never_zero() {
+        assert_eq!(config(&[]).unwrap().migration_deadline, None);
+        assert_eq!(
+            config(&["--migration-deadline", "30m"])
+                .unwrap()
+                .migration_deadline,
+            Some(Duration::from_secs(1_800))
+        );
+        let zero = config(&["--migration-deadline", "0s"]).unwrap_err();
+        assert!(
+            zero.contains("--migration-deadline must be more than 0"),
+            "{zero}"
+        );
+        let bad = config(&["--migration-deadline", "soon"]).unwrap_err();
+        assert!(bad.contains("not a duration"), "{bad}");
+    }
+}
