@@ -258,13 +258,23 @@ async fn cancelling_a_completed_migration_is_a_conflict_that_says_why() {
     hv1.abort();
 }
 
+/// (method, uri, body, status, field named or None, words the message must contain)
+type Case<'a> = (
+    Method,
+    &'a str,
+    &'a str,
+    StatusCode,
+    Option<&'a str>,
+    &'a str,
+);
+
 #[tokio::test]
 async fn bad_cancel_requests_get_their_4xx_problem() {
     let s = state();
     let (_, mid, _) = migrating(&s, 1).await;
     let cancel = format!("/migrations/{mid}/cancel");
     let cancel = cancel.as_str();
-    let cases: Vec<(Method, &str, &str, StatusCode, Option<&str>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/migrations/mig-999999/cancel",
