@@ -500,3 +500,50 @@ async fn a_migration_that_completes_in_time_is_not_touched_by_its_deadline() {
     assert_eq!(m.shard(&shard.id).unwrap().status, ShardStatus::Available);
     agent.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_that_released_addresses_mid_move_is_not_given_them_back() {
+    let hub = Arc::new(ControlHub::default());
+    let m = manager(&hub, migration_config());
+    let (shard, old) = fill(&m, "blue", 3, 1).await; // no agent reports
+    let mig = start_migration(&m, &shard.id).await;
+    eventually(Duration::from_secs(3), "every move in flight", || {
+        m.migration(&mig.id).is_some_and(|x| x.counts().moving == 3)
+    })
+    .await;
+    // vm0 gives up its old address (the new one is all it has then); vm1 goes away.
+    let by_name = |w: &str| old.iter().find(|a| a.workload == w).unwrap().clone();
+    let vm0 = by_name("vm0");
+    m.release_address("blue", vm0.address, vm0.seq)
+        .await
+        .unwrap();
+    assert_eq!(m.release_workload("blue", "vm1").await.unwrap().len(), 2);
+
+    let failed = m.cancel_migration(&mig.id).await.unwrap();
+    let state = |w: &str| {
+        failed
+            .moves
+            .iter()
+            .find(|mv| mv.workload == w)
+            .unwrap()
+            .clone()
+    };
+    let (mv0, mv1, mv2) = (state("vm0"), state("vm1"), state("vm2"));
+    assert_eq!(mv0.state, MoveState::Done, "vm0 keeps its new address");
+    let held = m.read().workload_addresses("blue", "vm0");
+    assert_eq!(
+        held.iter().map(|a| (a.address, a.seq)).collect::<Vec<_>>(),
+        [(mv0.new_address.unwrap(), mv0.new_seq)]
+    );
+    assert_eq!(mv1.state, MoveState::RolledBack);
+    assert!(m.read().workload_addresses("blue", "vm1").is_empty());
+    assert!(!hub.desired("hv0").workloads.contains_key("vm1"));
+    assert_eq!(mv2.state, MoveState::RolledBack);
+    assert_agents_told_the_index(&m, &[by_name("vm0"), by_name("vm2")]);
+    assert_eq!(
+        m.shard(&shard.id).unwrap().resource_count,
+        1,
+        "vm2's old address"
+    );
+    m.read().check_invariants().unwrap();
+}
