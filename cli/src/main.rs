@@ -38,7 +38,8 @@ enum Command {
     /// Import traffic weft did not capture: a pcap, JSON lines of observations, or an
     /// Envoy access log; posted to the controller, or printed as a topology (--offline).
     Import(import::ImportArgs),
-    /// IP shards: create, get, list, delete, allocate to / deallocate from a network.
+    /// IP shards: create, get, list, delete, allocate to / deallocate from a network;
+    /// show or cancel a migration.
     Shards {
         #[command(subcommand)]
         command: shards::ShardsCommand,

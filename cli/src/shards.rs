@@ -64,6 +64,9 @@ pub enum ShardsCommand {
     },
     /// Show a migration (its state, error and each workload's move).
     Migration { migration_id: String },
+    /// Cancel a running or paused migration: workloads not moved yet get their old
+    /// addresses back (moved ones keep their new ones) and the shard stays in its network.
+    CancelMigration { migration_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,7 +297,9 @@ pub fn run_shards(base: &str, command: &ShardsCommand) -> anyhow::Result<String>
                 s(&answer["workloads"])
             )?;
             if !wait {
-                return Ok(format!("follow it with: weft shards migration {mid}\n"));
+                return Ok(format!(
+                    "follow it with: weft shards migration {mid} (stop it with: weft shards cancel-migration {mid})\n"
+                ));
             }
             let mut last = String::new();
             loop {
@@ -304,8 +309,8 @@ pub fn run_shards(base: &str, command: &ShardsCommand) -> anyhow::Result<String>
                     s(&m["state"]),
                     s(&m["moved"]),
                     s(&m["total"]),
-                    match m["error"].as_str() {
-                        Some(e) if !e.is_empty() => format!(" (paused: {e})"),
+                    match (m["state"].as_str(), m["error"].as_str()) {
+                        (Some("Paused"), Some(e)) if !e.is_empty() => format!(" (paused: {e})"),
                         _ => String::new(),
                     }
                 );
@@ -328,7 +333,30 @@ pub fn run_shards(base: &str, command: &ShardsCommand) -> anyhow::Result<String>
             &format!("/migrations/{}", enc(migration_id)),
             None,
         )?)),
+        ShardsCommand::CancelMigration { migration_id } => {
+            let m = call(
+                base,
+                "POST",
+                &format!("/migrations/{}/cancel", enc(migration_id)),
+                None,
+            )?;
+            Ok(cancelled_summary(migration_id, &m))
+        }
     }
+}
+
+/// What a cancel did, from the failed migration the controller answered.
+fn cancelled_summary(migration_id: &str, m: &Value) -> String {
+    format!(
+        "migration {migration_id} cancelled ({}): {} of {} workloads had moved and keep their new addresses, \
+         {} rolled back to their old addresses; shard {} stays in network {}\n",
+        s(&m["error"]),
+        s(&m["moved"]),
+        s(&m["total"]),
+        s(&m["rolled_back"]),
+        s(&m["shard_id"]),
+        s(&m["network_id"]),
+    )
 }
 
 pub fn run_addresses(base: &str, command: &AddressesCommand) -> anyhow::Result<String> {
@@ -512,6 +540,7 @@ mod tests {
                 "web",
             ],
             &["weft", "events", "--from", "10", "--follow"],
+            &["weft", "shards", "cancel-migration", "mig-000001"],
         ] {
             assert!(crate::Cli::try_parse_from(ok).is_ok(), "{ok:?}");
         }
@@ -536,9 +565,22 @@ mod tests {
             ],
             &["weft", "addresses", "release", "--network", "blue"],
             &["weft", "events", "--from", "x"],
+            &["weft", "shards", "cancel-migration"],
         ] {
             assert!(crate::Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_cancel_summary_says_what_moved_and_what_was_rolled_back() {
+        let m = json!({"id": "mig-000002", "state": "Failed", "error": "cancelled by the operator",
+            "moved": 3, "rolled_back": 5, "total": 8, "shard_id": "shard-000001", "network_id": "blue"});
+        assert_eq!(
+            cancelled_summary("mig-000002", &m),
+            "migration mig-000002 cancelled (cancelled by the operator): 3 of 8 workloads had moved and \
+             keep their new addresses, 5 rolled back to their old addresses; shard shard-000001 stays \
+             in network blue\n"
+        );
     }
 
     #[test]

@@ -108,6 +108,7 @@ fn migration_info(m: &Migration) -> wire::MigrationInfo {
         error: m.error.clone(),
         created_unix_ns: m.created_ns,
         updated_unix_ns: m.updated_ns,
+        finished_unix_ns: m.finished_ns,
         moves: m
             .moves
             .iter()
@@ -276,6 +277,19 @@ impl ShardService for ShardApi {
             .shards()
             .migration(required("migration_id", &id)?)
             .ok_or_else(|| Status::not_found(format!("migration {id} does not exist")))?;
+        Ok(Response::new(migration_info(&m)))
+    }
+
+    async fn cancel_migration(
+        &self,
+        request: Request<wire::CancelMigrationRequest>,
+    ) -> Result<Response<wire::MigrationInfo>, Status> {
+        let id = request.into_inner().migration_id;
+        let m = self
+            .shards()
+            .cancel_migration(required("migration_id", &id)?)
+            .await
+            .map_err(status)?;
         Ok(Response::new(migration_info(&m)))
     }
 

@@ -1,7 +1,8 @@
 //! REST for the shard manager, as the spec names it: `POST /shards`, `GET /shards/{id}`,
 //! `DELETE /shards/{id}`, `POST|DELETE /networks/{network_id}/shards/{shard_id}`; plus
-//! listing, migrations, address allocation and release, and `GET /events` (server-sent
-//! CloudEvents; `id:` is the sequence, so `Last-Event-ID` resumes).
+//! listing, migrations (and `POST /migrations/{id}/cancel`), address allocation and
+//! release, and `GET /events` (server-sent CloudEvents; `id:` is the sequence, so
+//! `Last-Event-ID` resumes).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -46,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/migrations", get(list_migrations))
         .route("/migrations/{migration_id}", get(get_migration))
+        .route("/migrations/{migration_id}/cancel", post(cancel_migration))
         .route("/events", get(events))
 }
 
@@ -96,17 +98,14 @@ pub fn migration_json(m: &Migration) -> Value {
     if let Some(o) = v.as_object_mut() {
         o.insert("created".into(), json!(rfc3339(m.created_ns)));
         o.insert("updated".into(), json!(rfc3339(m.updated_ns)));
-        let done = m
-            .moves
-            .iter()
-            .filter(|mv| {
-                !matches!(
-                    mv.state,
-                    crate::shards::MoveState::Pending | crate::shards::MoveState::Moving
-                )
-            })
-            .count();
-        o.insert("moved".into(), json!(done));
+        if m.finished_ns != 0 {
+            o.insert("finished".into(), json!(rfc3339(m.finished_ns)));
+        }
+        let c = m.counts();
+        // Skipped moves (the workload released its address) count as moved: nothing is
+        // left to move for them.
+        o.insert("moved".into(), json!(c.done + c.skipped));
+        o.insert("rolled_back".into(), json!(c.rolled_back));
         o.insert("total".into(), json!(m.moves.len()));
     }
     v
@@ -135,6 +134,22 @@ fn body_object(body: &Bytes, allowed: &[&str]) -> Result<serde_json::Map<String,
         });
     }
     Ok(map)
+}
+
+/// Refuses a body on an endpoint that takes none (an empty JSON object is fine).
+fn no_body(body: &Bytes) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => match map.keys().next() {
+            None => Ok(()),
+            Some(field) => Err(bad(field, "unknown field (this endpoint takes no body)")),
+        },
+        _ => Err(ApiError::BadBody(
+            "this endpoint takes no body (or an empty JSON object)".into(),
+        )),
+    }
 }
 
 fn bad(field: &str, message: impl Into<String>) -> ApiError {
@@ -504,6 +519,18 @@ async fn get_migration(
             "migration {id} does not exist; list them with GET /migrations"
         ))
     })?;
+    Ok(Json(migration_json(&m)))
+}
+
+/// `POST /migrations/{id}/cancel`: rolls back the moves not done and fails the migration;
+/// answers the failed migration. No body (or an empty JSON object).
+async fn cancel_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    no_body(&body)?;
+    let m = state.shards.cancel_migration(&id).await?;
     Ok(Json(migration_json(&m)))
 }
 

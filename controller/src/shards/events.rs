@@ -16,7 +16,8 @@ pub const SOURCE: &str = "/weft/controller/shards";
 pub struct CloudEvent {
     pub specversion: String,
     /// `weft.shard.created`, `weft.shard.deleted`, `weft.shard.allocated`,
-    /// `weft.shard.deallocated`, `weft.shard.migration.started|paused|resumed|completed`,
+    /// `weft.shard.deallocated`,
+    /// `weft.shard.migration.started|paused|resumed|completed|failed`,
     /// `weft.address.allocated`, `weft.address.released`.
     #[serde(rename = "type")]
     pub event_type: String,

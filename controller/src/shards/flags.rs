@@ -22,6 +22,11 @@ pub struct ShardArgs {
     /// it pauses (and retries).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub migration_timeout: Duration,
+    /// Fail a migration not completed this long after it started (e.g. 30m): its
+    /// unfinished moves are rolled back, as `POST /migrations/{id}/cancel` does. Without
+    /// it, a migration retries until its agents answer.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub migration_deadline: Option<Duration>,
     /// Workloads of one migration re-addressed at once.
     #[arg(long, default_value_t = 64)]
     pub migration_concurrency: usize,
@@ -55,13 +60,57 @@ impl ShardArgs {
         if self.migration_timeout.is_zero() {
             return Err("--migration-timeout must be more than 0".into());
         }
+        if self.migration_deadline.is_some_and(|d| d.is_zero()) {
+            return Err(
+                "--migration-deadline must be more than 0 (leave it out for no deadline)".into(),
+            );
+        }
         Ok(ShardConfig {
             pools,
             reserved: parse("shard-reserved", &self.reserved)?,
             max_shards_per_network: self.max_shards_per_network,
             migration_timeout: self.migration_timeout,
+            migration_deadline: self.migration_deadline,
             migration_concurrency: self.migration_concurrency,
             event_retention: self.event_retention.max(1),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        shards: ShardArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<ShardConfig, String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("weft-controller").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        cli.shards.config()
+    }
+
+    #[test]
+    fn migration_deadline_is_off_unless_given_and_never_zero() {
+        assert_eq!(config(&[]).unwrap().migration_deadline, None);
+        assert_eq!(
+            config(&["--migration-deadline", "30m"])
+                .unwrap()
+                .migration_deadline,
+            Some(Duration::from_secs(1_800))
+        );
+        let zero = config(&["--migration-deadline", "0s"]).unwrap_err();
+        assert!(
+            zero.contains("--migration-deadline must be more than 0"),
+            "{zero}"
+        );
+        let bad = config(&["--migration-deadline", "soon"]).unwrap_err();
+        assert!(bad.contains("not a duration"), "{bad}");
     }
 }

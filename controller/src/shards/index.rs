@@ -19,6 +19,8 @@ use super::model::{
 use crate::control::AddressAssignment;
 use crate::store::{Store, StoreError};
 
+mod rollback;
+
 pub const SHARD_PREFIX: &str = "shards/shard/";
 pub const ADDR_PREFIX: &str = "shards/addr/";
 pub const MIG_PREFIX: &str = "shards/mig/";
@@ -1257,6 +1259,7 @@ impl Index {
                 return Err(format!("{} network index disagrees", s.shard.id));
             }
         }
+        self.check_migrations()?;
         let indexed: usize = self.by_workload.values().map(BTreeSet::len).sum();
         if indexed != self.addrs.len() {
             return Err(format!(
@@ -1267,6 +1270,59 @@ impl Index {
         for (n, set) in &self.by_network {
             if set.len() > self.config.max_shards_per_network {
                 return Err(format!("network {n} holds {} shards", set.len()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Index {
+    /// Migrations and shard states agree: a shard is Migrating exactly while one active
+    /// migration empties it, and an address is retiring only while an active migration
+    /// moves it (so a cancelled or finished migration leaves none behind).
+    fn check_migrations(&self) -> Result<(), String> {
+        let mut active: HashMap<&str, &str> = HashMap::new();
+        let mut moving: BTreeSet<(IpAddr, u64)> = BTreeSet::new();
+        for m in self.migrations.values().filter(|m| m.is_active()) {
+            if let Some(other) = active.insert(&m.shard_id, &m.id) {
+                return Err(format!("{} and {other} both migrate {}", m.id, m.shard_id));
+            }
+            moving.extend(
+                m.moves
+                    .iter()
+                    .filter(|mv| mv.state == MoveState::Moving)
+                    .map(|mv| (mv.old_address, mv.old_seq)),
+            );
+        }
+        for m in self.migrations.values().filter(|m| !m.is_active()) {
+            if let Some(mv) = m
+                .moves
+                .iter()
+                .find(|mv| matches!(mv.state, MoveState::Moving))
+            {
+                return Err(format!(
+                    "{} is {:?} with {} moving",
+                    m.id, m.state, mv.workload
+                ));
+            }
+        }
+        for s in self.slots.values() {
+            let migrating = s.shard.status == ShardStatus::Migrating;
+            if migrating != active.contains_key(s.shard.id.as_str()) {
+                return Err(format!(
+                    "{} is {} but {} active migration",
+                    s.shard.id,
+                    s.shard.status.as_str(),
+                    if migrating { "has no" } else { "has an" }
+                ));
+            }
+        }
+        for a in self.addrs.values().filter(|a| a.retiring) {
+            if !moving.contains(&(a.address, a.seq)) {
+                return Err(format!(
+                    "{} (seq {}) is retiring but no active migration moves it",
+                    a.address, a.seq
+                ));
             }
         }
         Ok(())

@@ -4,7 +4,9 @@
 //! is released. Moves run concurrently (bounded). A move that fails (agent offline, or
 //! reporting an error) pauses the migration with the error visible, and the runner
 //! retries with backoff until the agent answers; every step is persisted, so a restarted
-//! controller resumes where it stopped.
+//! controller resumes where it stopped. With `--migration-deadline`, a migration not
+//! completed that long after it started fails instead: its runner stops and the moves not
+//! done are rolled back, as a cancel by the operator does.
 
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use futures::StreamExt as _;
 
 use super::model::{MigrationState, MoveState};
 use super::{Op, Reply, ShardError, ShardManager, unexpected};
+use crate::time::now_unix_ns;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -135,5 +138,64 @@ async fn move_one(manager: &ShardManager, id: &str, idx: usize) -> Result<(), St
                 .await;
             Err(error)
         }
+    }
+}
+
+/// Resolves when migration `id` is past its deadline (counted from when it started, so
+/// also across restarts); never without a deadline.
+pub(super) async fn deadline(manager: &ShardManager, id: &str) {
+    let created_ns = manager.migration(id).map(|m| m.created_ns);
+    let (Some(limit), Some(created_ns)) = (manager.config().migration_deadline, created_ns) else {
+        return std::future::pending().await;
+    };
+    let due_ns = created_ns.saturating_add(u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX));
+    tokio::time::sleep(Duration::from_nanos(due_ns.saturating_sub(now_unix_ns()))).await;
+}
+
+/// Fails migration `id` for being past its deadline.
+pub(super) async fn expire(manager: &ShardManager, id: &str) {
+    let Some(limit) = manager.config().migration_deadline else {
+        return;
+    };
+    let reason = format!(
+        "deadline of {} exceeded (--migration-deadline)",
+        human(limit)
+    );
+    match manager.fail_migration(id, &reason).await {
+        Ok(m) => {
+            let c = m.counts();
+            tracing::warn!(migration = %id, moved = c.done, rolled_back = c.rolled_back, "{reason}; migration failed");
+        }
+        // Completed or cancelled just before: nothing to do.
+        Err(error) => tracing::info!(migration = %id, %error, "deadline reached"),
+    }
+}
+
+/// `90s`, `15m`, `2h`, `1d`, or `250ms`: the units of the duration flags.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    match secs {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_read_in_the_flag_units() {
+        assert_eq!(human(Duration::from_secs(90)), "90s");
+        assert_eq!(human(Duration::from_secs(900)), "15m");
+        assert_eq!(human(Duration::from_secs(7_200)), "2h");
+        assert_eq!(human(Duration::from_secs(86_400)), "1d");
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
     }
 }

@@ -35,8 +35,8 @@ pub use cidr::{Cidr, Family};
 pub use events::CloudEvent;
 pub use index::{CreateShard, Deallocation, Index, MoveStep};
 pub use model::{
-    Allocation, Migration, MigrationState, MoveState, Shard, ShardConfig, ShardError, ShardStatus,
-    WorkloadMove, default_prefix, prefix_bounds,
+    Allocation, Migration, MigrationState, MoveCounts, MoveState, Shard, ShardConfig, ShardError,
+    ShardStatus, WorkloadMove, default_prefix, prefix_bounds,
 };
 
 /// Requests waiting for the writer; senders wait when it is full (backpressure).
@@ -45,6 +45,8 @@ const QUEUE: usize = 16_384;
 const MAX_BATCH: usize = 4_096;
 /// Live events buffered per subscriber before it falls back to reading the store.
 const EVENT_CHANNEL: usize = 8_192;
+/// Why a migration fails when the operator cancels it.
+pub const CANCELLED: &str = "cancelled by the operator";
 /// Key of the writer's fencing token: every transaction compares it, so a second writer
 /// on a shared store (etcd later) makes the first one's commits fail instead of
 /// interleaving.
@@ -101,6 +103,11 @@ enum Op {
     Finish {
         migration: String,
     },
+    /// Cancelled, or past its deadline: roll back and fail.
+    Fail {
+        migration: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
@@ -110,6 +117,7 @@ enum Reply {
     Allocation(Allocation),
     Released(Vec<Allocation>),
     Step(MoveStep),
+    Migration(Migration),
     Done,
 }
 
@@ -124,8 +132,8 @@ struct Inner {
     store: Arc<dyn Store>,
     hub: Arc<ControlHub>,
     events: broadcast::Sender<Arc<CloudEvent>>,
-    /// Migrations with a runner task now.
-    running: Mutex<std::collections::HashSet<String>>,
+    /// Migrations with a runner task now, and how to stop it (a cancel does).
+    running: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// Set by [`ShardManager::shutdown`]: migration runners stop (they resume from the
     /// store at the next start).
     stop: tokio::sync::watch::Sender<bool>,
@@ -330,6 +338,39 @@ impl ShardManager {
         }
     }
 
+    /// Cancels an active migration: its runner stops, the moves not done are rolled back
+    /// (those workloads have their old addresses again; moved ones keep their new ones),
+    /// the shard is back In-Use in its network, and the migration is Failed with
+    /// [`CANCELLED`] as its error. A completed or failed migration is a conflict.
+    pub async fn cancel_migration(&self, id: &str) -> Result<Migration, ShardError> {
+        let failed = self.fail_migration(id, CANCELLED).await?;
+        // The runner's next step would be refused anyway (the migration is no longer
+        // active); stop it now instead of after its current wait.
+        let runner = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+        if let Some(runner) = runner {
+            runner.abort();
+        }
+        Ok(failed)
+    }
+
+    async fn fail_migration(&self, id: &str, reason: &str) -> Result<Migration, ShardError> {
+        match self
+            .call(Op::Fail {
+                migration: id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?
+        {
+            Reply::Migration(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub fn shard(&self, id: &str) -> Option<Shard> {
         self.read().shard(id).cloned()
     }
@@ -393,25 +434,30 @@ impl ShardManager {
     }
 
     fn spawn_migration(&self, id: &str) {
-        {
-            let mut running = self
-                .inner
-                .running
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !running.insert(id.to_owned()) {
-                return;
-            }
+        // Held while spawning, so the task's own removal below comes after the insert.
+        let mut running = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if running.contains_key(id) {
+            return;
         }
         let manager = self.clone();
-        let id = id.to_owned();
+        let task_id = id.to_owned();
         // Detached: a migration outlives the request that started it; it is persisted,
-        // so one cut short by shutdown resumes at the next start.
+        // so one cut short by shutdown resumes at the next start. A cancel aborts it
+        // through the handle kept in `running`.
         let mut stop = self.inner.stop.subscribe();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = migration::run(&manager, &id) => {}
-                _ = stop.wait_for(|stop| *stop) => {}
+        let task = tokio::spawn(async move {
+            let id = task_id;
+            let expired = tokio::select! {
+                () = migration::run(&manager, &id) => false,
+                () = migration::deadline(&manager, &id) => true,
+                _ = stop.wait_for(|stop| *stop) => false,
+            };
+            if expired {
+                migration::expire(&manager, &id).await;
             }
             manager
                 .inner
@@ -420,6 +466,7 @@ impl ShardManager {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&id);
         });
+        running.insert(id.to_owned(), task.abort_handle());
     }
 }
 
@@ -475,6 +522,9 @@ fn apply(index: &mut Index, op: &Op, batch: &mut index::Batch) -> Result<Reply, 
         Op::Finish { migration } => {
             index.finish_migration(migration, batch)?;
             Reply::Done
+        }
+        Op::Fail { migration, reason } => {
+            Reply::Migration(index.fail_migration(migration, reason, batch)?)
         }
     })
 }

@@ -35,6 +35,9 @@ pub struct ShardConfig {
     pub max_shards_per_network: usize,
     /// How long a migration waits for an agent to report a re-addressed workload.
     pub migration_timeout: Duration,
+    /// A migration not completed this long after it started fails: its unfinished moves
+    /// are rolled back as if the operator had cancelled it. `None`: no deadline.
+    pub migration_deadline: Option<Duration>,
     /// Workloads of one migration re-addressed at once.
     pub migration_concurrency: usize,
     /// Events kept in the store (older ones are dropped).
@@ -51,6 +54,7 @@ impl Default for ShardConfig {
             reserved: Vec::new(),
             max_shards_per_network: 16,
             migration_timeout: Duration::from_secs(5),
+            migration_deadline: None,
             migration_concurrency: 64,
             event_retention: 100_000,
         }
@@ -153,6 +157,8 @@ pub enum MigrationState {
     /// Waiting for an agent (offline or failing); retried with backoff.
     Paused,
     Completed,
+    /// Cancelled by the operator or past its deadline: the moves not done were rolled
+    /// back and the shard is back in its network (`error` says why).
     Failed,
 }
 
@@ -166,6 +172,9 @@ pub enum MoveState {
     Done,
     /// The workload released its old address meanwhile: nothing to move.
     Skipped,
+    /// The migration failed before this move completed: the new address (if still held)
+    /// was released and the workload's old address is desired again.
+    RolledBack,
 }
 
 /// One workload address a migration moves.
@@ -207,6 +216,31 @@ impl Migration {
     pub fn is_active(&self) -> bool {
         matches!(self.state, MigrationState::Running | MigrationState::Paused)
     }
+
+    /// How many of its moves are in each state.
+    pub fn counts(&self) -> MoveCounts {
+        let mut c = MoveCounts::default();
+        for mv in &self.moves {
+            *match mv.state {
+                MoveState::Pending => &mut c.pending,
+                MoveState::Moving => &mut c.moving,
+                MoveState::Done => &mut c.done,
+                MoveState::Skipped => &mut c.skipped,
+                MoveState::RolledBack => &mut c.rolled_back,
+            } += 1;
+        }
+        c
+    }
+}
+
+/// A migration's moves per state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MoveCounts {
+    pub pending: usize,
+    pub moving: usize,
+    pub done: usize,
+    pub skipped: usize,
+    pub rolled_back: usize,
 }
 
 /// Why a shard operation was refused; the API maps the kinds onto 400/404/409.

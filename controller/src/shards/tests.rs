@@ -13,6 +13,8 @@ use super::*;
 use crate::control::{ControlHub, HostObserved, WorkloadObserved};
 use crate::store::{MemoryStore, RedbStore};
 
+mod cancel;
+
 fn v4(prefix_len: u8, network: Option<&str>) -> CreateShard {
     CreateShard {
         family: Family::Ipv4,
@@ -31,6 +33,7 @@ fn small_config() -> ShardConfig {
         reserved: vec!["10.0.0.64/27".parse().unwrap()],
         max_shards_per_network: 3,
         migration_timeout: Duration::from_millis(300),
+        migration_deadline: None,
         migration_concurrency: 8,
         event_retention: 100_000,
     }
@@ -395,6 +398,7 @@ fn migration_config() -> ShardConfig {
         reserved: Vec::new(),
         max_shards_per_network: 4,
         migration_timeout: Duration::from_millis(200),
+        migration_deadline: None,
         migration_concurrency: 64,
         event_retention: 1_000_000,
     }
@@ -755,10 +759,15 @@ enum Action {
         network: u8,
         shard: u8,
     },
+    /// With `wait`, until its migration (if any) completes or gives up; without, the
+    /// migration runs on in the background while the next actions happen.
     Deallocate {
         network: u8,
         shard: u8,
+        wait: bool,
     },
+    /// Cancels a migration, whatever its state.
+    Cancel(u8),
     Allocate {
         network: u8,
         workload: u8,
@@ -781,8 +790,9 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (26u8..=28, proptest::option::of(0u8..3), any::<bool>()).prop_map(|(prefix_len, network, v6)| Action::Create { prefix_len, network, v6 }),
         1 => any::<u8>().prop_map(Action::Delete),
         2 => (0u8..3, any::<u8>()).prop_map(|(network, shard)| Action::Assign { network, shard }),
-        1 => (0u8..3, any::<u8>()).prop_map(|(network, shard)| Action::Deallocate { network, shard }),
-        8 => (0u8..3, 0u8..6, 0u8..2, any::<bool>()).prop_map(|(network, workload, host, v6)| Action::Allocate { network, workload, host, v6 }),
+        1 => (0u8..3, any::<u8>(), any::<bool>()).prop_map(|(network, shard, wait)| Action::Deallocate { network, shard, wait }),
+        1 => any::<u8>().prop_map(Action::Cancel),
+        8 => (0u8..3, 0u8..6, 0u8..3, any::<bool>()).prop_map(|(network, workload, host, v6)| Action::Allocate { network, workload, host, v6 }),
         4 => (any::<u8>(), any::<bool>()).prop_map(|(pick, stale)| Action::Release { pick, stale }),
         1 => (0u8..3, 0u8..6).prop_map(|(network, workload)| Action::ReleaseWorkload { network, workload }),
         1 => Just(Action::Restart),
@@ -799,9 +809,25 @@ struct Model {
 }
 
 /// Takes what migrations did (in the background) into the model, from one consistent
-/// view of the index: new addresses still held are live, old addresses of finished moves
-/// are released.
+/// view of the index: old addresses of finished moves and new addresses of rolled-back
+/// ones are released, then new addresses still held are live. (Releases first: an
+/// address released by one migration may be a new address of another.)
 fn sync(model: &mut Model, index: &Index) {
+    for mig in index.migrations() {
+        for mv in &mig.moves {
+            let released = match mv.state {
+                MoveState::Done => Some((mv.old_address, mv.old_seq)),
+                MoveState::RolledBack => mv.new_address.map(|new| (new, mv.new_seq)),
+                _ => None,
+            };
+            if let Some((ip, seq)) = released
+                && model.live.get(&ip).is_some_and(|v| v.2 == seq)
+            {
+                model.live.remove(&ip);
+                model.stale.push((mig.network_id.clone(), ip, seq));
+            }
+        }
+    }
     for mig in index.migrations() {
         for mv in &mig.moves {
             if let Some(new) = mv.new_address
@@ -812,17 +838,6 @@ fn sync(model: &mut Model, index: &Index) {
                     new,
                     (mig.network_id.clone(), mv.workload.clone(), mv.new_seq),
                 );
-            }
-            if mv.state == MoveState::Done
-                && model
-                    .live
-                    .get(&mv.old_address)
-                    .is_some_and(|v| v.2 == mv.old_seq)
-            {
-                model.live.remove(&mv.old_address);
-                model
-                    .stale
-                    .push((mig.network_id.clone(), mv.old_address, mv.old_seq));
             }
         }
     }
@@ -848,6 +863,7 @@ async fn run_actions(actions: Vec<Action>, redb: bool) -> Result<(), TestCaseErr
         }
     };
     let mut m = open(hub.clone()).await;
+    // h2 has no agent: migrations of its workloads pause until cancelled.
     let agents = [fake_agent(hub.clone(), "h0"), fake_agent(hub.clone(), "h1")];
     let mut model = Model::default();
     let net = |n: u8| format!("n{n}");
@@ -885,22 +901,45 @@ async fn run_actions(actions: Vec<Action>, redb: bool) -> Result<(), TestCaseErr
                     let _ = m.assign_shard(&net(network), &id).await;
                 }
             }
-            Action::Deallocate { network, shard } => {
+            Action::Deallocate {
+                network,
+                shard,
+                wait,
+            } => {
                 if let Some(id) = pick(&shards, shard)
                     && let Ok(Deallocation::Migrating(mig)) =
                         m.deallocate_shard(&net(network), &id).await
+                    && wait
                 {
-                    // Wait for the fake agents to finish it (or give up: no room).
+                    // Wait for the fake agents to finish it, or until it pauses (no room,
+                    // or a workload on h2).
                     let deadline = Instant::now() + Duration::from_secs(3);
                     loop {
                         let x = m.migration(&mig.id).unwrap();
-                        if x.state == MigrationState::Completed || Instant::now() > deadline {
+                        if x.state != MigrationState::Running || Instant::now() > deadline {
                             break;
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     // What the migration changed is taken into the model by `sync`.
                     let _ = mig;
+                }
+            }
+            Action::Cancel(i) => {
+                let ids: Vec<String> = m.migrations().into_iter().map(|x| x.id).collect();
+                if let Some(id) = pick(&ids, i) {
+                    match m.cancel_migration(&id).await {
+                        Ok(failed) => {
+                            prop_assert_eq!(failed.state, MigrationState::Failed);
+                            prop_assert_eq!(failed.counts().moving, 0);
+                            let shard = m.shard(&failed.shard_id);
+                            prop_assert_eq!(shard.map(|s| s.status), Some(ShardStatus::InUse));
+                        }
+                        Err(ShardError::Conflict(_)) => {
+                            prop_assert!(!m.migration(&id).unwrap().is_active());
+                        }
+                        Err(e) => prop_assert!(false, "cancelling {}: {}", id, e),
+                    }
                 }
             }
             Action::Allocate {

@@ -1,0 +1,549 @@
+//! Migrations that fail: cancelled by the operator (paused, part done, mid-flight,
+//! completed, unknown, across a restart) or past their deadline. After each, the moves
+//! not done are rolled back, what the agents are told matches the index, and the shard is
+//! back In-Use.
+
+use super::*;
+
+/// A manager over a memory store with [`migration_config`] and `hub`.
+fn manager(hub: &Arc<ControlHub>, config: ShardConfig) -> ShardManager {
+    ShardManager::open(Arc::new(MemoryStore::default()), config, hub.clone()).unwrap()
+}
+
+async fn start_migration(m: &ShardManager, shard: &str) -> Migration {
+    match m.deallocate_shard("blue", shard).await.unwrap() {
+        Deallocation::Migrating(mig) => mig,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every workload of `allocs` is told exactly the addresses the index says it should have
+/// (none retiring), and holds exactly one address.
+fn assert_agents_told_the_index(m: &ShardManager, allocs: &[Allocation]) {
+    let index = m.read();
+    for a in allocs {
+        let held = index.workload_addresses("blue", &a.workload);
+        assert_eq!(held.len(), 1, "{}: {held:?}", a.workload);
+        assert!(!held[0].retiring, "{}: {held:?}", a.workload);
+        let desired = m.hub().desired(&a.host_id);
+        let told = desired
+            .workloads
+            .get(&a.workload)
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            told,
+            index.desired(&a.host_id, &a.workload),
+            "{}",
+            a.workload
+        );
+        assert_eq!(told.len(), 1, "{}", a.workload);
+        assert_eq!(told[0].cidr, held[0].cidr(), "{}", a.workload);
+        assert_eq!(told[0].allocation_seq, held[0].seq, "{}", a.workload);
+    }
+}
+
+fn event_types(m: &ShardManager, from: u64) -> Vec<CloudEvent> {
+    let events = m.stored_events(from, 100_000).unwrap();
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[1].sequence == w[0].sequence + 1),
+        "gapless sequences"
+    );
+    events
+}
+
+fn is_running(m: &ShardManager, id: &str) -> bool {
+    m.inner
+        .running
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains_key(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_paused_migration_rolls_every_move_back_and_gives_the_shard_back() {
+    let hub = Arc::new(ControlHub::default());
+    let m = manager(&hub, migration_config());
+    // No agent ever reports: every move gets its new address, then waits.
+    let (shard, old) = fill(&m, "blue", 16, 2).await;
+    let from = m.next_event();
+    let mig = start_migration(&m, &shard.id).await;
+    eventually(Duration::from_secs(3), "paused", || {
+        m.migration(&mig.id).is_some_and(|x| {
+            x.state == MigrationState::Paused
+                && x.moves.iter().all(|mv| mv.state == MoveState::Moving)
+        })
+    })
+    .await;
+    let paused = m.migration(&mig.id).unwrap();
+    let new: Vec<IpAddr> = paused
+        .moves
+        .iter()
+        .filter_map(|mv| mv.new_address)
+        .collect();
+    assert_eq!(new.len(), 16);
+    let carved = m.read().allocation(new[0]).unwrap().shard_id.clone();
+    assert_ne!(carved, shard.id);
+    assert!(
+        hub.desired("hv0")
+            .workloads
+            .values()
+            .all(|v| v[0].shard_id == carved),
+        "the agents were told the new addresses"
+    );
+
+    let failed = m.cancel_migration(&mig.id).await.unwrap();
+    assert_eq!(failed.state, MigrationState::Failed);
+    assert!(failed.error.starts_with(CANCELLED), "{}", failed.error);
+    assert!(failed.error.contains("it was paused"), "{}", failed.error);
+    assert!(failed.finished_ns >= failed.created_ns && failed.finished_ns > 0);
+    assert!(
+        failed
+            .moves
+            .iter()
+            .all(|mv| mv.state == MoveState::RolledBack)
+    );
+    assert_eq!(
+        m.migration(&mig.id).unwrap(),
+        failed,
+        "what was answered is stored"
+    );
+
+    // Old addresses desired again, under their own allocation sequence; new ones free.
+    for a in &old {
+        let held = m.read().workload_addresses("blue", &a.workload);
+        assert_eq!(held.len(), 1);
+        assert_eq!((held[0].address, held[0].seq), (a.address, a.seq));
+    }
+    assert_agents_told_the_index(&m, &old);
+    for ip in &new {
+        assert!(m.read().allocation(*ip).is_none(), "{ip} released");
+    }
+    assert_eq!(m.shard(&carved).unwrap().resource_count, 0);
+    let s = m.shard(&shard.id).unwrap();
+    assert_eq!(
+        (s.status, s.network_id.as_deref(), s.resource_count),
+        (ShardStatus::InUse, Some("blue"), 16)
+    );
+    m.read().check_invariants().unwrap();
+
+    // The runner stopped: nothing changes any more, however long we wait.
+    assert!(!is_running(&m, &mig.id));
+    let last = m.next_event();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(m.migration(&mig.id).unwrap(), failed);
+    assert_eq!(m.next_event(), last, "no event after the cancel");
+
+    let events = event_types(&m, from);
+    let failed_event = events.last().unwrap();
+    assert_eq!(failed_event.event_type, "weft.shard.migration.failed");
+    assert_eq!(failed_event.subject, format!("migrations/{}", mig.id));
+    assert_eq!(failed_event.data["reason"], failed.error.as_str());
+    assert_eq!(failed_event.data["moved"], 0);
+    assert_eq!(failed_event.data["rolled_back"], 16);
+    assert_eq!(failed_event.data["shard_status"], "In-Use");
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let pos = |t: &str| {
+        types
+            .iter()
+            .position(|x| *x == t)
+            .unwrap_or_else(|| panic!("no {t}"))
+    };
+    assert!(pos("weft.shard.migration.started") < pos("weft.shard.migration.paused"));
+    let released: Vec<&CloudEvent> = events
+        .iter()
+        .filter(|e| e.event_type == "weft.address.released")
+        .collect();
+    assert_eq!(released.len(), 16, "one per new address");
+    assert!(
+        released
+            .iter()
+            .all(|e| e.data["shard_id"] == carved.as_str())
+    );
+
+    // Allocations from the shard are allowed again, and it can be migrated again.
+    let late = m
+        .allocate_address("blue", "late", "hv0", Family::Ipv4)
+        .await
+        .unwrap();
+    assert_eq!(late.shard_id, shard.id);
+    let again = m.cancel_migration(&mig.id).await.unwrap_err();
+    assert!(
+        matches!(&again, ShardError::Conflict(msg) if msg.contains("already failed") && msg.contains(CANCELLED)),
+        "{again}"
+    );
+    let agents = [
+        fake_agent(hub.clone(), "hv0"),
+        fake_agent(hub.clone(), "hv1"),
+    ];
+    let retry = start_migration(&m, &shard.id).await;
+    assert_ne!(retry.id, mig.id);
+    assert_eq!(retry.moves.len(), 17);
+    eventually(
+        Duration::from_secs(5),
+        "the second migration completed",
+        || {
+            m.migration(&retry.id)
+                .is_some_and(|x| x.state == MigrationState::Completed)
+        },
+    )
+    .await;
+    assert_eq!(m.shard(&shard.id).unwrap().status, ShardStatus::Available);
+    m.read().check_invariants().unwrap();
+    for a in agents {
+        a.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_after_some_moves_completed_keeps_their_new_addresses() {
+    let hub = Arc::new(ControlHub::default());
+    let m = manager(&hub, migration_config());
+    let hv0 = fake_agent(hub.clone(), "hv0");
+    let (shard, old) = fill(&m, "blue", 16, 2).await; // hv1 has no agent
+    let mig = start_migration(&m, &shard.id).await;
+    eventually(Duration::from_secs(3), "hv0's workloads moved", || {
+        m.migration(&mig.id).is_some_and(|x| {
+            x.state == MigrationState::Paused && x.counts().done == 8 && x.counts().moving == 8
+        })
+    })
+    .await;
+    let failed = m.cancel_migration(&mig.id).await.unwrap();
+    let c = failed.counts();
+    assert_eq!((c.done, c.rolled_back, c.pending, c.moving), (8, 8, 0, 0));
+    for mv in &failed.moves {
+        let held = m.read().workload_addresses("blue", &mv.workload);
+        assert_eq!(held.len(), 1, "{held:?}");
+        match mv.host_id.as_str() {
+            "hv0" => {
+                assert_eq!(mv.state, MoveState::Done);
+                assert_eq!(
+                    (Some(held[0].address), held[0].seq),
+                    (mv.new_address, mv.new_seq)
+                );
+                assert_ne!(held[0].shard_id, shard.id);
+            }
+            _ => {
+                assert_eq!(mv.state, MoveState::RolledBack);
+                assert_eq!((held[0].address, held[0].seq), (mv.old_address, mv.old_seq));
+                assert!(m.read().allocation(mv.new_address.unwrap()).is_none());
+            }
+        }
+    }
+    assert_agents_told_the_index(&m, &old);
+    let s = m.shard(&shard.id).unwrap();
+    assert_eq!((s.status, s.resource_count), (ShardStatus::InUse, 8));
+    let e = m.stored_events(1, 100_000).unwrap().pop().unwrap();
+    assert_eq!(e.event_type, "weft.shard.migration.failed");
+    assert_eq!(
+        (e.data["moved"].as_u64(), e.data["rolled_back"].as_u64()),
+        (Some(8), Some(8))
+    );
+    m.read().check_invariants().unwrap();
+    hv0.abort();
+}
+
+/// An agent that applies its host's desired state `delay` after each change.
+fn slow_agent(hub: Arc<ControlHub>, host: &str, delay: Duration) -> tokio::task::JoinHandle<()> {
+    let host = host.to_owned();
+    tokio::spawn(async move {
+        let mut rx = hub.watch(&host);
+        loop {
+            tokio::time::sleep(delay).await;
+            let desired = rx.borrow_and_update().clone();
+            let workloads = desired
+                .workloads
+                .iter()
+                .map(|(w, addrs)| {
+                    let observed = WorkloadObserved {
+                        addresses: addrs.iter().map(|a| a.cidr.clone()).collect(),
+                        link_up: true,
+                        error: String::new(),
+                        readdress_down_us: 300,
+                    };
+                    (w.clone(), observed)
+                })
+                .collect();
+            let observed = HostObserved {
+                applied_generation: desired.generation,
+                workloads,
+                reported_at: Some(Instant::now()),
+            };
+            hub.report(&host, observed);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_racing_the_runner_leaves_every_workload_one_address_it_is_told() {
+    for round in 0..6u64 {
+        let hub = Arc::new(ControlHub::default());
+        let config = ShardConfig {
+            migration_concurrency: 8,
+            ..migration_config()
+        };
+        let m = manager(&hub, config);
+        let agents: Vec<_> = (0..4)
+            .map(|h| slow_agent(hub.clone(), &format!("hv{h}"), Duration::from_millis(15)))
+            .collect();
+        let (shard, old) = fill(&m, "blue", 64, 4).await;
+        let mig = start_migration(&m, &shard.id).await;
+        tokio::time::sleep(Duration::from_millis(10 + round * 25)).await;
+        let failed = match m.cancel_migration(&mig.id).await {
+            Ok(failed) => failed,
+            Err(ShardError::Conflict(msg)) if msg.contains("already completed") => {
+                eprintln!("round {round}: completed before the cancel");
+                agents.iter().for_each(|a| a.abort());
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let c = failed.counts();
+        eprintln!("round {round}: {c:?}");
+        assert_eq!(c.moving, 0);
+        assert_eq!(c.done + c.rolled_back + c.pending + c.skipped, 64);
+        // Whatever the runner was doing when the cancel came, nothing changes after it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(m.migration(&mig.id).unwrap(), failed);
+        assert_agents_told_the_index(&m, &old);
+        let index = m.read();
+        index.check_invariants().unwrap();
+        assert_eq!(index.allocations().count(), 64, "no address leaked or lost");
+        let s = index.shard(&shard.id).unwrap();
+        assert_eq!(s.status, ShardStatus::InUse);
+        assert_eq!(s.resource_count as usize, c.rolled_back + c.pending);
+        drop(index);
+        for a in agents {
+            a.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_or_unknown_migration_cannot_be_cancelled() {
+    let hub = Arc::new(ControlHub::default());
+    let m = manager(&hub, migration_config());
+    let agent = fake_agent(hub.clone(), "hv0");
+    let (shard, _) = fill(&m, "blue", 4, 1).await;
+    let mig = start_migration(&m, &shard.id).await;
+    eventually(Duration::from_secs(5), "completed", || {
+        m.migration(&mig.id)
+            .is_some_and(|x| x.state == MigrationState::Completed)
+    })
+    .await;
+    let done = m.migration(&mig.id).unwrap();
+    let from = m.next_event();
+    let err = m.cancel_migration(&mig.id).await.unwrap_err();
+    assert!(
+        matches!(&err, ShardError::Conflict(msg) if msg.contains("already completed") && msg.contains("nothing to cancel")),
+        "{err}"
+    );
+    assert_eq!(m.migration(&mig.id).unwrap(), done, "unchanged");
+    assert_eq!(m.shard(&shard.id).unwrap().status, ShardStatus::Available);
+    let err = m.cancel_migration("mig-424242").await.unwrap_err();
+    assert!(
+        matches!(&err, ShardError::NotFound(msg) if msg.contains("GET /migrations")),
+        "{err}"
+    );
+    assert_eq!(m.next_event(), from, "a refused cancel emits nothing");
+    agent.abort();
+}
+
+#[test]
+fn a_cancel_survives_a_restart() {
+    let dir = temp_dir("cancel-restart");
+    let config = migration_config();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (shard_id, failed, old) = {
+        let rt = runtime();
+        let r = rt.block_on(async {
+            let m = ShardManager::open(
+                Arc::new(RedbStore::open_dir(&dir).unwrap()),
+                config.clone(),
+                Arc::default(),
+            )
+            .unwrap();
+            let (shard, old) = fill(&m, "blue", 32, 2).await;
+            let mig = start_migration(&m, &shard.id).await;
+            eventually(Duration::from_secs(3), "paused", || {
+                m.migration(&mig.id)
+                    .is_some_and(|x| x.state == MigrationState::Paused)
+            })
+            .await;
+            let failed = m.cancel_migration(&mig.id).await.unwrap();
+            (shard.id, failed, old)
+        });
+        drop(rt); // the controller "dies" right after the cancel
+        r
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let hub = Arc::new(ControlHub::default());
+        let m = reopen(&dir, config, hub.clone()).await;
+        m.read().check_invariants().unwrap();
+        assert_eq!(m.migration(&failed.id).unwrap(), failed);
+        assert!(
+            !is_running(&m, &failed.id),
+            "a failed migration is not resumed"
+        );
+        let s = m.shard(&shard_id).unwrap();
+        assert_eq!((s.status, s.resource_count), (ShardStatus::InUse, 32));
+        for a in &old {
+            let held = m.read().workload_addresses("blue", &a.workload);
+            assert_eq!((held.len(), held[0].seq), (1, a.seq), "{held:?}");
+        }
+        // The hub is rebuilt with the old addresses.
+        assert_agents_told_the_index(&m, &old);
+        assert_eq!(m.read().allocations().count(), 32);
+        let late = m
+            .allocate_address("blue", "late", "hv0", Family::Ipv4)
+            .await
+            .unwrap();
+        assert_eq!(late.shard_id, shard_id);
+        let again = m.cancel_migration(&failed.id).await.unwrap_err();
+        assert!(matches!(again, ShardError::Conflict(_)), "{again}");
+        let types: Vec<String> = m
+            .stored_events(1, 100_000)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
+        assert!(types.contains(&"weft.shard.migration.failed".to_owned()));
+    });
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_past_its_deadline_fails_and_is_rolled_back() {
+    let hub = Arc::new(ControlHub::default());
+    let config = ShardConfig {
+        migration_deadline: Some(Duration::from_millis(700)),
+        ..migration_config()
+    };
+    let m = manager(&hub, config);
+    let (shard, old) = fill(&m, "blue", 8, 1).await; // no agent reports
+    let mig = start_migration(&m, &shard.id).await;
+    let started = Instant::now();
+    eventually(Duration::from_secs(5), "failed at its deadline", || {
+        m.migration(&mig.id)
+            .is_some_and(|x| x.state == MigrationState::Failed)
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+    let failed = m.migration(&mig.id).unwrap();
+    assert!(
+        failed.error.starts_with("deadline of 700ms exceeded"),
+        "{}",
+        failed.error
+    );
+    assert!(
+        failed
+            .moves
+            .iter()
+            .all(|mv| mv.state == MoveState::RolledBack)
+    );
+    assert_agents_told_the_index(&m, &old);
+    assert_eq!(m.shard(&shard.id).unwrap().status, ShardStatus::InUse);
+    eventually(Duration::from_secs(1), "runner gone", || {
+        !is_running(&m, &mig.id)
+    })
+    .await;
+    let e = m.stored_events(1, 100_000).unwrap().pop().unwrap();
+    assert_eq!(e.event_type, "weft.shard.migration.failed");
+    assert!(
+        e.data["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deadline of 700ms")
+    );
+    let err = m.cancel_migration(&mig.id).await.unwrap_err();
+    assert!(
+        matches!(&err, ShardError::Conflict(msg) if msg.contains("deadline of 700ms")),
+        "{err}"
+    );
+    m.read().check_invariants().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_that_completes_in_time_is_not_touched_by_its_deadline() {
+    let hub = Arc::new(ControlHub::default());
+    let config = ShardConfig {
+        migration_deadline: Some(Duration::from_secs(3)),
+        ..migration_config()
+    };
+    let m = manager(&hub, config);
+    let agent = fake_agent(hub.clone(), "hv0");
+    let (shard, _) = fill(&m, "blue", 8, 1).await;
+    let mig = start_migration(&m, &shard.id).await;
+    eventually(Duration::from_secs(3), "completed", || {
+        m.migration(&mig.id)
+            .is_some_and(|x| x.state == MigrationState::Completed)
+    })
+    .await;
+    eventually(Duration::from_secs(1), "runner gone", || {
+        !is_running(&m, &mig.id)
+    })
+    .await;
+    assert_eq!(m.shard(&shard.id).unwrap().status, ShardStatus::Available);
+    agent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_that_released_addresses_mid_move_is_not_given_them_back() {
+    let hub = Arc::new(ControlHub::default());
+    let m = manager(&hub, migration_config());
+    let (shard, old) = fill(&m, "blue", 3, 1).await; // no agent reports
+    let mig = start_migration(&m, &shard.id).await;
+    eventually(Duration::from_secs(3), "every move in flight", || {
+        m.migration(&mig.id).is_some_and(|x| x.counts().moving == 3)
+    })
+    .await;
+    // vm0 gives up its old address (the new one is all it has then); vm1 goes away.
+    let by_name = |w: &str| old.iter().find(|a| a.workload == w).unwrap().clone();
+    let vm0 = by_name("vm0");
+    m.release_address("blue", vm0.address, vm0.seq)
+        .await
+        .unwrap();
+    assert_eq!(m.release_workload("blue", "vm1").await.unwrap().len(), 2);
+
+    let failed = m.cancel_migration(&mig.id).await.unwrap();
+    let state = |w: &str| {
+        failed
+            .moves
+            .iter()
+            .find(|mv| mv.workload == w)
+            .unwrap()
+            .clone()
+    };
+    let (mv0, mv1, mv2) = (state("vm0"), state("vm1"), state("vm2"));
+    assert_eq!(mv0.state, MoveState::Done, "vm0 keeps its new address");
+    let held = m.read().workload_addresses("blue", "vm0");
+    assert_eq!(
+        held.iter().map(|a| (a.address, a.seq)).collect::<Vec<_>>(),
+        [(mv0.new_address.unwrap(), mv0.new_seq)]
+    );
+    assert_eq!(mv1.state, MoveState::RolledBack);
+    assert!(m.read().workload_addresses("blue", "vm1").is_empty());
+    assert!(!hub.desired("hv0").workloads.contains_key("vm1"));
+    assert_eq!(mv2.state, MoveState::RolledBack);
+    assert_agents_told_the_index(&m, &[by_name("vm0"), by_name("vm2")]);
+    assert_eq!(
+        m.shard(&shard.id).unwrap().resource_count,
+        1,
+        "vm2's old address"
+    );
+    m.read().check_invariants().unwrap();
+}
