@@ -37,7 +37,7 @@ const END: &str = "<!-- shards:end -->";
 /// Allocation benchmark bounds: whichever comes first.
 const ALLOC_MAX: u64 = 200_000;
 const ALLOC_SECONDS: u64 = 20;
-const ALLOC_CONNECTIONS: usize = 64;
+const ALLOC_CONNECTIONS: usize = 128;
 const ALLOC_NETWORK: &str = "bench";
 
 /// Migration benchmark.
@@ -133,6 +133,17 @@ pub fn run() -> Result<()> {
     }
     let _ = writeln!(md, "{END}");
     splice(&md)?;
+    Ok(())
+}
+
+/// The allocation benchmark alone (for working on it): figures printed, BENCHMARKS.md
+/// left as it is.
+pub fn run_allocations_only() -> Result<()> {
+    sh::step("allocation benchmark only: release controller");
+    sh::run_inherit(sh::cargo().args(["build", "--release", "-p", "weft-controller"]))?;
+    let mut md = String::new();
+    bench_allocations()?.render(&mut md);
+    println!("{md}");
     Ok(())
 }
 
@@ -467,7 +478,7 @@ fn allocations_in(dir: &Path) -> Result<AllocFigures> {
                 match conn.request("POST", &path, Some(&body)) {
                     Ok((status, b)) if (200..300).contains(&status) => {
                         lat.push(s.elapsed().as_micros() as u32);
-                        // The xtask is a debug build: no JSON parse in the hot loop.
+                        // Kept light (it shares the CPUs with the server): no JSON parse in the hot loop.
                         let a = json_str_field(&b, "address").with_context(|| {
                             format!("no address in {}", String::from_utf8_lossy(&b))
                         })?;

@@ -55,7 +55,7 @@ enum Cmd {
         no_build: bool,
         /// `shards`: only the IP shard benchmarks (durable allocations/s over the API; the
         /// migration of a full default shard of 256 workloads), which also end a full run.
-        /// `migration`: only that migration, printed (BENCHMARKS.md is left as it is).
+        /// `migration`, `allocations`: only that part, printed (BENCHMARKS.md is left as it is).
         only: Option<String>,
     },
 }
@@ -90,8 +90,9 @@ fn main() -> ExitCode {
                 None => bench::run().and_then(|()| bench_shards::run()),
                 Some("shards") => bench_shards::run(),
                 Some("migration") => bench_shards::run_migration_only(),
+                Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: shards, migration)"
+                    "unknown bench {other:?} (known: shards, migration, allocations)"
                 )),
             })
         }
