@@ -299,7 +299,9 @@ impl Realizer {
             let last = self.last_applied();
             all.retain(|(w, _)| match last.get(&w.name) {
                 Some((addresses, applied)) if *addresses == w.addresses => {
-                    out.push(Applied { readdress_down: None, changes: 0, neighbours_set: 0, ..applied.clone() });
+                    // The last report again, with its re-address time (the controller may
+                    // read this report for the move that caused it); nothing was written.
+                    out.push(Applied { changes: 0, neighbours_set: 0, ..applied.clone() });
                     false
                 }
                 _ => true,

@@ -162,7 +162,8 @@ impl ControlClient {
             self.metrics.desired_generation.store(state.generation, Relaxed);
             let applied = apply_state(&self.realizer, &state, full).await;
             let errors = applied.iter().filter(|a| a.error.is_some()).count() as u64;
-            let readdressed = applied.iter().filter(|a| a.readdress_down.is_some()).count() as u64;
+            // Re-addressed now: a report repeated for an unchanged workload wrote nothing.
+            let readdressed = applied.iter().filter(|a| a.readdress_down.is_some() && a.changes > 0).count() as u64;
             self.metrics.apply_errors_total.fetch_add(errors, Relaxed);
             self.metrics.readdress_total.fetch_add(readdressed, Relaxed);
             self.metrics.netns_connections.store(self.realizer.open_connections() as u64, Relaxed);
