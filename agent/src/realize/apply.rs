@@ -687,21 +687,26 @@ async fn execute(
         *changes += 1;
         // Taking a link down drops all its IPv6 addresses (keep_addr_on_down = 0, the
         // default): whatever was there and stays wanted is put back before it comes up.
-        let now = list_addresses(h, index).await?;
-        restore = messages
+        // Looked at only when there is such an address: every step here is time the
+        // workload cannot be reached.
+        let kept_v6: Vec<Cidr> = messages
             .iter()
             .map(|(c, _)| *c)
             .filter(|c| {
-                !plan.remove.contains(c)
-                    && !plan.add.contains(c)
-                    && !is_link_local(&c.addr)
-                    && !now.iter().any(|(n, _)| n == c)
+                c.addr.is_ipv6() && !plan.remove.contains(c) && !plan.add.contains(c) && !is_link_local(&c.addr)
             })
             .collect();
+        if !kept_v6.is_empty() {
+            let now = list_addresses(h, index).await?;
+            restore = kept_v6.into_iter().filter(|c| !now.iter().any(|(n, _)| n == c)).collect();
+        }
+    } else {
+        // Routes go before the addresses they leave through (the kernel drops an IPv4
+        // route whose gateway became unreachable itself: already gone counts as done).
+        // With the link down the kernel has removed the device's routes already: their
+        // deletion waits until the link is up again.
+        delete_routes(h, index, plan, changes).await?;
     }
-    // Routes go before the addresses they leave through (the kernel drops an IPv4 route
-    // whose gateway became unreachable itself: already gone counts as done).
-    delete_routes(h, index, plan, changes).await?;
     remove_addresses(h, plan, messages, changes).await?;
     let adds: Vec<Cidr> = plan.add.iter().chain(&restore).copied().collect();
     add_addresses(h, index, &adds, changes).await?;
@@ -715,6 +720,9 @@ async fn execute(
     set_gateway_neighbours(dev, changes).await;
     replace_routes(h, index, plan, changes).await?;
     dev.announce(plan, announced).await;
+    if plan.readdress {
+        delete_routes(h, index, plan, changes).await?;
+    }
     Ok(down)
 }
 
@@ -740,8 +748,12 @@ async fn remove_addresses(
 ) -> Result<(), RealizeError> {
     for cidr in &plan.remove {
         if let Some((_, msg)) = messages.iter().find(|(c, _)| c == cidr) {
-            h.address().del(msg.clone()).execute().await.map_err(nl(format!("removing {cidr}")))?;
-            *changes += 1;
+            match h.address().del(msg.clone()).execute().await {
+                Ok(()) => *changes += 1,
+                // Gone already (IPv6 addresses go with the link when it is taken down).
+                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EADDRNOTAVAIL => {}
+                Err(e) => return Err(nl(format!("removing {cidr}"))(e)),
+            }
         }
     }
     Ok(())

@@ -366,6 +366,20 @@ async fn a_restarted_agent_removes_the_old_address_only_if_it_kept_its_state() {
 }
 
 #[tokio::test]
+async fn an_ipv6_address_moves_although_the_link_going_down_took_it_already() {
+    require_root!();
+    let ns = TestNetns::new();
+    ns.dummy("eth0").await;
+    let r = Realizer::new(&[spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &[])]);
+    let first = r.apply(vec![want("web", &[("fd00:80::5/64", Some("fd00:80::1"))])]).await;
+    assert_eq!(first[0].error, None);
+    let moved = r.apply(vec![want("web", &[("fd00:81::9/64", Some("fd00:81::1"))])]).await;
+    assert_eq!(moved[0].error, None, "{:?}", moved[0]);
+    assert!(moved[0].readdress_down.is_some(), "a re-address: {:?}", moved[0]);
+    assert_eq!(cidrs(&moved[0].addresses), ["fd00:81::9/64"]);
+}
+
+#[tokio::test]
 async fn missing_namespace_or_device_fails_that_workload_only() {
     require_root!();
     let ns = TestNetns::new();
