@@ -86,7 +86,7 @@ pub fn run() -> Result<()> {
         sh::step(&format!(
             "migration of a full default shard holding {WORKLOADS} workloads (namespace lab)"
         ));
-        Some(readdress_modes().into_iter().map(|mode| (mode.clone(), bench_migration(&mode))).collect::<Vec<_>>())
+        Some(readdress_modes().into_iter().map(|mode| (mode.clone(), bench_migration_runs(&mode))).collect::<Vec<_>>())
     } else {
         println!("    (not root: the migration benchmark needs the namespace lab)");
         None
@@ -155,7 +155,7 @@ pub fn run_migration_only() -> Result<()> {
     ensure!(weft_lab::is_root(), "the migration benchmark needs root (namespace lab)");
     let mut md = String::new();
     for mode in readdress_modes() {
-        bench_migration(&mode)?.render(&mut md);
+        bench_migration_runs(&mode)?.render(&mut md);
     }
     println!("{md}");
     Ok(())
@@ -627,6 +627,8 @@ struct MigFigures {
     neighbour_limits: String,
     /// The agent's --readdress-mode.
     mode: String,
+    /// Every run of this mode, in order (total, p99 window, max window); empty for one.
+    runs: Vec<(Duration, Duration, Duration)>,
 }
 
 /// Where each workload's window goes, from the prober's side: the old address's last
@@ -713,6 +715,16 @@ impl WindowBreakdown {
 }
 
 impl MigFigures {
+    fn p99_gap(&self) -> Duration {
+        let mut g = self.gaps.clone();
+        g.sort();
+        pct(&g, 0.99)
+    }
+
+    fn max_gap(&self) -> Duration {
+        self.gaps.iter().max().copied().unwrap_or_default()
+    }
+
     fn render(&self, md: &mut String) {
         let _ = writeln!(
             md,
@@ -721,7 +733,7 @@ impl MigFigures {
         );
         let _ = writeln!(
             md,
-            "A namespace lab (built in {:.0} s): one hypervisor, {} workload namespaces and a prober (kernel neighbour table, shared by all of them: {}). Release controller (`{}`) and agent (`--readdress-mode {}`). A /22 shard (1,024 addresses) of network `{MIG_NETWORK}`, one address allocated per workload, then a second /22 shard; once every workload has its address on eth0 (checked with `ip` in each namespace), the prober (one UDP socket) sends every {} ms to every current address of every workload, the echo answering with the payload that names the probed address, and the new addresses are followed from the migration's moves (probed from the moment the controller allocated them, learnt from its event stream `GET /events`; the old address is no longer probed once the new one answered). `DELETE /networks/{MIG_NETWORK}/shards/{{id}}` starts the migration; probing goes on until every new address answered. Re-address time: from the DELETE to the workload's first answer at its new address. Unreachability: the longest time without any answer from the workload between the DELETE and the end (resolution: the {} ms probe interval, so a workload that never dropped shows about that).\n",
+            "A namespace lab (built in {:.0} s): one hypervisor (its bridge snooping multicast, with a querier), {} workload namespaces and a prober (kernel neighbour table, shared by all of them: {}). Release controller (`{}`) and agent (`--readdress-mode {}`). A /22 shard (1,024 addresses) of network `{MIG_NETWORK}`, one address allocated per workload, then a second /22 shard; once every workload has its address on eth0 (checked with `ip` in each namespace), the prober (one UDP socket) sends every {} ms to every current address of every workload, the echo answering with the payload that names the probed address, and the new addresses are followed from the migration's moves (probed from the moment the controller allocated them, learnt from its event stream `GET /events`; the old address is no longer probed once the new one answered). `DELETE /networks/{MIG_NETWORK}/shards/{{id}}` starts the migration; probing goes on until every new address answered. Re-address time: from the DELETE to the workload's first answer at its new address. Unreachability: the longest time without any answer from the workload between the DELETE and the end (resolution: the {} ms probe interval, so a workload that never dropped shows about that).\n",
             self.build_lab_s,
             self.workloads,
             self.neighbour_limits,
@@ -783,6 +795,14 @@ impl MigFigures {
             ms(self.prober_stall)
         );
         self.breakdown.render(md);
+        if !self.runs.is_empty() {
+            let _ = writeln!(md, "All {} runs of this mode (the detail above is the last):\n\n| run | total migration | unreachability p99 | max |\n|---|---|---|---|", self.runs.len());
+            for (i, (total, p99, max)) in self.runs.iter().enumerate() {
+                let _ = writeln!(md, "| {} | {} | {} | {} |", i + 1, ms(*total), ms(*p99), ms(*max));
+            }
+            let met = self.runs.iter().filter(|(t, p, _)| *t <= Duration::from_secs(5) && *p <= Duration::from_millis(50)).count();
+            let _ = writeln!(md, "\nBoth targets met in {met} of {} runs.\n", self.runs.len());
+        }
         let p99 = pct(&g, 0.99);
         let _ = writeln!(
             md,
@@ -1136,6 +1156,23 @@ impl Drop for NeighbourLimits {
     }
 }
 
+/// Migration runs per re-address mode: the windows move by some 15 ms from run to run on
+/// a 2-CPU machine, so one run says little about the p99.
+const MIG_RUNS: usize = 3;
+
+/// [`MIG_RUNS`] migrations in `mode`: the last one in detail, the others in its summary.
+fn bench_migration_runs(mode: &str) -> Result<MigFigures> {
+    let mut runs = Vec::new();
+    for i in 0..MIG_RUNS {
+        println!("    run {} of {MIG_RUNS} ({mode})", i + 1);
+        runs.push(bench_migration(mode)?);
+    }
+    let summary = runs.iter().map(|r| (r.total, r.p99_gap(), r.max_gap())).collect();
+    let mut last = runs.pop().context("no run")?;
+    last.runs = summary;
+    Ok(last)
+}
+
 fn bench_migration(mode: &str) -> Result<MigFigures> {
     let limits = NeighbourLimits::raise()?;
     let t_lab = Instant::now();
@@ -1166,6 +1203,12 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -
     ] {
         hv.netns.exec(&["sysctl", "-q", "-w", key])?;
     }
+    // The hypervisor's bridge forwards multicast only to the ports that joined it (IGMP/MLD
+    // snooping, with the bridge as querier), as a bridge of hundreds of ports is set up:
+    // otherwise every IPv6 neighbour solicitation and MLD report of a workload whose link
+    // came up is flooded to all 257 ports (measured: p99 window 57-98 ms down-up without,
+    // 44-51 ms with).
+    hv.netns.ip(&["link", "set", "br0", "type", "bridge", "mcast_snooping", "1", "mcast_querier", "1"])?;
     let stop = Arc::new(AtomicBool::new(false));
     let _stop = StopOnDrop(stop.clone());
     let ns_names: Vec<String> = extra.ns.iter().map(|n| n.name().to_string()).collect();
@@ -1512,6 +1555,7 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -
         breakdown,
         neighbour_limits: String::new(),
         mode: mode.to_owned(),
+        runs: Vec::new(),
         flags: if concurrency.is_some() {
             flags.join(" ")
         } else {

@@ -27,8 +27,12 @@ pub struct ShardArgs {
     /// it, a migration retries until its agents answer.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub migration_deadline: Option<Duration>,
-    /// Workloads of one migration re-addressed at once.
-    #[arg(long, default_value_t = 64)]
+    /// Workloads of one migration re-addressed at once. Each re-address makes the
+    /// hypervisor and the workload resolve addresses again (and, taking the link down,
+    /// renews its IPv6 and bridge state): a smaller burst disturbs the other workloads of
+    /// the host less. 256 workloads on one 2-CPU hypervisor: 16 kept every window under
+    /// 30 ms (make-before-break) where 64 gave 44-58 ms, and all moved within 1.2 s.
+    #[arg(long, default_value_t = 16)]
     pub migration_concurrency: usize,
     /// Shard events kept in the store for consumers that resume.
     #[arg(long, default_value_t = 100_000)]

@@ -55,7 +55,7 @@ impl Default for ShardConfig {
             max_shards_per_network: 16,
             migration_timeout: Duration::from_secs(5),
             migration_deadline: None,
-            migration_concurrency: 64,
+            migration_concurrency: 16,
             event_retention: 100_000,
         }
     }
