@@ -90,6 +90,7 @@ pub fn allocation_json(a: &Allocation) -> Value {
         "host_id": a.host_id,
         "allocated": rfc3339(a.allocated_ns),
         "retiring": a.retiring,
+        "releasing": a.releasing,
     })
 }
 

@@ -316,15 +316,27 @@ impl Index {
         self.addrs.values()
     }
 
+    /// The addresses `workload` holds (not those `releasing`: it gave them up).
     pub fn workload_addresses(&self, network: &str, workload: &str) -> Vec<Allocation> {
         self.by_workload
             .get(&(network.to_owned(), workload.to_owned()))
             .map(|set| {
                 set.iter()
-                    .filter_map(|a| self.addrs.get(a).cloned())
+                    .filter_map(|a| self.addrs.get(a))
+                    .filter(|a| !a.releasing)
+                    .cloned()
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Every address rolled back and waiting for its agent before it is released.
+    pub fn releasing(&self) -> Vec<Allocation> {
+        self.addrs
+            .values()
+            .filter(|a| a.releasing)
+            .cloned()
+            .collect()
     }
 
     pub fn migration(&self, id: &str) -> Option<&Migration> {
@@ -341,7 +353,7 @@ impl Index {
     }
 
     /// The addresses `workload` on `host` should have: all it holds except those a
-    /// migration is replacing.
+    /// migration is replacing and those rolled back (`releasing`).
     pub fn desired(&self, host: &str, workload: &str) -> Vec<AddressAssignment> {
         let Some(set) = self
             .by_host_workload
@@ -351,7 +363,7 @@ impl Index {
         };
         set.iter()
             .filter_map(|ip| self.addrs.get(ip))
-            .filter(|a| !a.retiring)
+            .filter(|a| !a.retiring && !a.releasing)
             .filter_map(|a| {
                 let shard = &self.slots.get(&a.shard_id)?.shard;
                 Some(AddressAssignment {
@@ -673,6 +685,9 @@ impl Index {
         let mut moves: Vec<WorkloadMove> = (0..slot.size())
             .filter(|o| slot.is_set(*o))
             .filter_map(|o| self.addrs.get(&slot.shard.cidr.nth(u128::from(o))))
+            // A releasing address belongs to no workload any more: it is released once
+            // its agent has dropped it, and the migration finishes after that.
+            .filter(|a| !a.releasing)
             .map(|a| WorkloadMove {
                 workload: a.workload.clone(),
                 host_id: a.host_id.clone(),
@@ -747,6 +762,7 @@ impl Index {
             seq: self.counters.alloc_seq,
             allocated_ns: batch.now_ns,
             retiring: false,
+            releasing: false,
             prefix_len: slot.shard.cidr.prefix_len,
         };
         self.link(a.clone());
@@ -852,6 +868,13 @@ impl Index {
                 a.seq, a.workload
             )));
         }
+        if a.releasing {
+            return Err(ShardError::Conflict(format!(
+                "address {address} (seq {seq}) was rolled back by a failed migration and is released \
+                 by the controller itself once the agent of host {} has dropped it; nothing to release",
+                a.host_id
+            )));
+        }
         self.release(address, batch)
             .ok_or_else(|| internal("allocation vanished"))
     }
@@ -869,10 +892,27 @@ impl Index {
             .get(&(network.to_owned(), workload.to_owned()))
             .cloned()
             .unwrap_or_default();
+        // A releasing address stays held: its agent may still have it on the interface
+        // (releasing the workload does not wait for the agent either).
+        let addresses: Vec<IpAddr> = addresses
+            .into_iter()
+            .filter(|a| self.addrs.get(a).is_some_and(|a| !a.releasing))
+            .collect();
         Ok(addresses
             .into_iter()
             .filter_map(|a| self.release(a, batch))
             .collect())
+    }
+
+    /// Releases `address` rolled back by a failed migration, once its agent has applied
+    /// the rollback; only if it is still releasing under `seq` (never a later holder).
+    /// Whether it was released.
+    pub fn release_rolled_back(&mut self, address: IpAddr, seq: u64, batch: &mut Batch) -> bool {
+        let still = self
+            .addrs
+            .get(&address)
+            .is_some_and(|a| a.seq == seq && a.releasing);
+        still && self.release(address, batch).is_some()
     }
 
     // ----- migrations -----
@@ -1082,6 +1122,8 @@ impl Index {
         }
         let count = self.slot(&m.shard_id)?.shard.resource_count;
         if count > 0 {
+            // Also addresses rolled back by an earlier failed migration, until their
+            // agents have dropped them.
             return Err(ShardError::Conflict(format!(
                 "shard {} still holds {count} addresses",
                 m.shard_id
@@ -1323,6 +1365,38 @@ impl Index {
                     "{} (seq {}) is retiring but no active migration moves it",
                     a.address, a.seq
                 ));
+            }
+        }
+        self.check_releasing()
+    }
+
+    /// An address is releasing exactly when it is the new address of a rolled-back move,
+    /// still held under the sequence that move allocated: a rollback never leaves the
+    /// new address desired, and nothing else holds an address back. (Releasing addresses
+    /// count in their shard like any other: the bit and `resource_count` checks cover
+    /// them, so none of them can be handed out.)
+    fn check_releasing(&self) -> Result<(), String> {
+        let rolled_back: BTreeSet<(IpAddr, u64)> = self
+            .migrations
+            .values()
+            .filter(|m| m.state == MigrationState::Failed)
+            .flat_map(|m| &m.moves)
+            .filter(|mv| mv.state == MoveState::RolledBack)
+            .filter_map(|mv| mv.new_address.map(|new| (new, mv.new_seq)))
+            .collect();
+        for a in self.addrs.values() {
+            let rolled = rolled_back.contains(&(a.address, a.seq));
+            if a.releasing != rolled {
+                return Err(format!(
+                    "{} (seq {}) is {}releasing but {} rolled back",
+                    a.address,
+                    a.seq,
+                    if a.releasing { "" } else { "not " },
+                    if rolled { "was" } else { "was not" }
+                ));
+            }
+            if a.releasing && a.retiring {
+                return Err(format!("{} is both retiring and releasing", a.address));
             }
         }
         Ok(())

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 
-use super::model::{MigrationState, MoveState};
+use super::model::{Allocation, MigrationState, MoveState};
 use super::{Op, Reply, ShardError, ShardManager, unexpected};
 use crate::time::now_unix_ns;
 
@@ -137,6 +137,44 @@ async fn move_one(manager: &ShardManager, id: &str, idx: usize) -> Result<(), St
                 })
                 .await;
             Err(error)
+        }
+    }
+}
+
+/// Releases `rolled_back` (a new address of a failed migration's move) once its host's
+/// agent has applied a desired state without it. Until then the agent may still have it
+/// on the interface, so it stays held however long that takes (an agent offline, or
+/// reporting an error for the workload): waiting is retried with backoff.
+pub(super) async fn release_when_applied(manager: &ShardManager, rolled_back: &Allocation) {
+    let (host, workload) = (&rolled_back.host_id, &rolled_back.workload);
+    // The address left the host's desired state before this task started (the writer
+    // updates the hub before it answers; at start the hub is rebuilt without it), so
+    // any state the agent applies from this generation on no longer has it.
+    let generation = manager.hub().desired(host).generation;
+    let timeout = manager.config().migration_timeout;
+    let mut backoff = BACKOFF_MIN;
+    while let Err(error) = manager
+        .hub()
+        .wait_applied(host, generation, workload, timeout)
+        .await
+    {
+        tracing::debug!(address = %rolled_back.address, %error, "rolled-back address still held");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let op = Op::ReleaseRolledBack {
+            address: rolled_back.address,
+            seq: rolled_back.seq,
+        };
+        match manager.call(op).await {
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(address = %rolled_back.address, %error, "releasing a rolled-back address failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
         }
     }
 }

@@ -108,6 +108,12 @@ enum Op {
         migration: String,
         reason: String,
     },
+    /// A rolled-back address the agent has dropped: free it (if still releasing under
+    /// `seq`).
+    ReleaseRolledBack {
+        address: IpAddr,
+        seq: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -185,6 +191,7 @@ impl ShardManager {
         let manager = Self { inner, tx };
         if tokio::runtime::Handle::try_current().is_ok() {
             manager.resume_migrations();
+            manager.resume_releases();
         }
         Ok(manager)
     }
@@ -339,7 +346,8 @@ impl ShardManager {
     }
 
     /// Cancels an active migration: its runner stops, the moves not done are rolled back
-    /// (those workloads have their old addresses again; moved ones keep their new ones),
+    /// (those workloads have their old addresses again, and their new ones are released
+    /// once their agents applied that; moved ones keep their new ones),
     /// the shard is back In-Use in its network, and the migration is Failed with
     /// [`CANCELLED`] as its error. A completed or failed migration is a conflict.
     pub async fn cancel_migration(&self, id: &str) -> Result<Migration, ShardError> {
@@ -358,17 +366,69 @@ impl ShardManager {
         Ok(failed)
     }
 
+    /// Fails migration `id`, then starts the release of the new addresses it rolled
+    /// back (they stay `releasing` until their agents applied the rollback).
     async fn fail_migration(&self, id: &str, reason: &str) -> Result<Migration, ShardError> {
-        match self
-            .call(Op::Fail {
-                migration: id.to_owned(),
-                reason: reason.to_owned(),
-            })
-            .await?
-        {
-            Reply::Migration(m) => Ok(m),
-            other => Err(unexpected(other)),
+        let manager = self.clone();
+        let op = Op::Fail {
+            migration: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        // In a task of its own, so a caller that goes away (a client disconnecting)
+        // after the rollback was committed does not leave its addresses without a
+        // release task until the next start.
+        tokio::spawn(async move {
+            let failed = match manager.call(op).await? {
+                Reply::Migration(m) => m,
+                other => return Err(unexpected(other)),
+            };
+            manager.release_rolled_back(&failed);
+            Ok(failed)
+        })
+        .await
+        .map_err(|e| ShardError::Internal(format!("failing migration {id}: {e}")))?
+    }
+
+    /// Starts a release task for every new address `failed` rolled back.
+    fn release_rolled_back(&self, failed: &Migration) {
+        let releasing: Vec<Allocation> = {
+            let index = self.read();
+            failed
+                .moves
+                .iter()
+                .filter(|mv| mv.state == MoveState::RolledBack)
+                .filter_map(|mv| {
+                    let a = index.allocation(mv.new_address?)?;
+                    (a.releasing && a.seq == mv.new_seq).then(|| a.clone())
+                })
+                .collect()
+        };
+        for a in releasing {
+            self.spawn_release(a);
         }
+    }
+
+    /// At start: rolled-back addresses still waiting for their agents get their release
+    /// task again.
+    fn resume_releases(&self) {
+        let releasing = self.read().releasing();
+        for a in releasing {
+            tracing::info!(address = %a.address, host = %a.host_id, "rolled-back address waits for its agent before release");
+            self.spawn_release(a);
+        }
+    }
+
+    fn spawn_release(&self, releasing: Allocation) {
+        let manager = self.clone();
+        let mut stop = self.inner.stop.subscribe();
+        // Detached: the address is persisted as releasing, so a task cut short by
+        // shutdown starts again at the next start.
+        tokio::spawn(async move {
+            tokio::select! {
+                () = migration::release_when_applied(&manager, &releasing) => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+        });
     }
 
     pub fn shard(&self, id: &str) -> Option<Shard> {
@@ -525,6 +585,10 @@ fn apply(index: &mut Index, op: &Op, batch: &mut index::Batch) -> Result<Reply, 
         }
         Op::Fail { migration, reason } => {
             Reply::Migration(index.fail_migration(migration, reason, batch)?)
+        }
+        Op::ReleaseRolledBack { address, seq } => {
+            index.release_rolled_back(*address, *seq, batch);
+            Reply::Done
         }
     })
 }

@@ -127,6 +127,13 @@ pub struct Allocation {
     /// Being replaced by a migration: no longer in the workload's desired state.
     #[serde(default)]
     pub retiring: bool,
+    /// Rolled back by a failed migration (its workload has its old address again), but
+    /// not released yet: the agent may still have it on the interface until it applies
+    /// the rollback. Neither desired nor allocatable (it keeps its bit and counts in its
+    /// shard's `resource_count`); released once the host's agent reports a desired state
+    /// generation that no longer holds it.
+    #[serde(default)]
+    pub releasing: bool,
     /// The shard's prefix length (the address's interface prefix).
     #[serde(default)]
     pub prefix_len: u8,
@@ -172,8 +179,9 @@ pub enum MoveState {
     Done,
     /// The workload released its old address meanwhile: nothing to move.
     Skipped,
-    /// The migration failed before this move completed: the new address (if still held)
-    /// was released and the workload's old address is desired again.
+    /// The migration failed before this move completed: the workload's old address is
+    /// desired again; the new address (if still held) is `releasing` until the agent
+    /// applied that, then released.
     RolledBack,
 }
 

@@ -3,9 +3,12 @@
 //! network, and the migration is Failed.
 //!
 //! Rolling a move back never hands an address out: the old address was never released
-//! (it was only `retiring`), so it is desired again under its own allocation sequence;
-//! the new address is released only if it is still held under the sequence the move
-//! allocated, so a later holder of it is never touched.
+//! (it was only `retiring`), so it is desired again under its own allocation sequence.
+//! The new address (if still held under the sequence the move allocated, so a later
+//! holder of it is never touched) is not released yet but `releasing`: no longer desired,
+//! still not allocatable, because the agent may have it on the interface until it applies
+//! the rollback. The manager releases it once the agent reported that
+//! ([`Index::release_rolled_back`]); until then two workloads can never share it.
 
 use std::net::IpAddr;
 
@@ -18,9 +21,10 @@ impl Index {
         self.addrs.get(&address).is_some_and(|a| a.seq == seq)
     }
 
-    /// Fails the active migration `id` with `reason`: rolls back every move in flight,
-    /// puts the shard back In-Use in its network (new allocations from it are allowed
-    /// again) and emits `weft.shard.migration.failed`. Completed and failed migrations
+    /// Fails the active migration `id` with `reason`: rolls back every move in flight
+    /// (their new addresses become `releasing`), puts the shard back In-Use in its
+    /// network (new allocations from it are allowed again) and emits
+    /// `weft.shard.migration.failed`. Completed and failed migrations
     /// are refused (409), unknown ones are 404.
     pub fn fail_migration(
         &mut self,
@@ -50,6 +54,7 @@ impl Index {
             }
         }
         let mut moves = m.moves.clone();
+        let mut releasing = 0usize;
         for mv in &mut moves {
             if mv.state != MoveState::Moving {
                 continue;
@@ -64,7 +69,8 @@ impl Index {
                 }
                 (_, new) => {
                     if let Some(new) = new {
-                        self.release(new, batch);
+                        self.hold_for_release(new, batch);
+                        releasing += 1;
                     }
                     if old_held && let Some(old) = self.addrs.get_mut(&mv.old_address) {
                         old.retiring = false;
@@ -115,9 +121,23 @@ impl Index {
             serde_json::json!({"migration_id": id, "shard_id": m.shard_id, "network_id": m.network_id,
                 "reason": error, "workloads": failed.moves.len(), "moved": counts.done,
                 "rolled_back": counts.rolled_back, "not_started": counts.pending,
-                "skipped": counts.skipped, "shard_status": shard_status.as_str(),
+                "skipped": counts.skipped, "releasing": releasing,
+                "shard_status": shard_status.as_str(),
                 "duration_ms": (batch.now_ns.saturating_sub(failed.created_ns)) / 1_000_000}),
         );
         Ok(failed)
+    }
+
+    /// Takes the rolled-back new `address` out of its workload's desired state without
+    /// freeing it (see the module comment).
+    fn hold_for_release(&mut self, address: IpAddr, batch: &mut Batch) {
+        if let Some(a) = self.addrs.get_mut(&address) {
+            a.releasing = true;
+            a.retiring = false;
+            batch.dirty_addrs.insert(address);
+            batch
+                .touched
+                .insert((a.host_id.clone(), a.workload.clone()));
+        }
     }
 }

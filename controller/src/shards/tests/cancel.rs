@@ -43,6 +43,41 @@ fn assert_agents_told_the_index(m: &ShardManager, allocs: &[Allocation]) {
     }
 }
 
+/// Every new address `failed` rolled back is still allocated under its move's sequence
+/// and `releasing`: in no workload's addresses, told to no agent.
+fn assert_releasing(m: &ShardManager, failed: &Migration) {
+    let index = m.read();
+    for mv in failed
+        .moves
+        .iter()
+        .filter(|mv| mv.state == MoveState::RolledBack)
+    {
+        let new = mv.new_address.unwrap();
+        let a = index
+            .allocation(new)
+            .unwrap_or_else(|| panic!("{new} released before its agent applied the rollback"));
+        assert!(a.releasing && a.seq == mv.new_seq, "{a:?}");
+        assert!(
+            index
+                .workload_addresses("blue", &mv.workload)
+                .iter()
+                .all(|w| w.address != new)
+        );
+        let prefix = format!("{new}/");
+        assert!(
+            m.hub()
+                .desired(&mv.host_id)
+                .workloads
+                .values()
+                .flatten()
+                .all(|told| !told.cidr.starts_with(&prefix)),
+            "{new} still told to {}",
+            mv.host_id
+        );
+    }
+    index.check_invariants().unwrap();
+}
+
 fn event_types(m: &ShardManager, from: u64) -> Vec<CloudEvent> {
     let events = m.stored_events(from, 100_000).unwrap();
     assert!(
@@ -111,17 +146,16 @@ async fn cancelling_a_paused_migration_rolls_every_move_back_and_gives_the_shard
         "what was answered is stored"
     );
 
-    // Old addresses desired again, under their own allocation sequence; new ones free.
+    // Old addresses desired again, under their own allocation sequence; new ones held
+    // (releasing) until the agents report they applied that: none does here.
     for a in &old {
         let held = m.read().workload_addresses("blue", &a.workload);
         assert_eq!(held.len(), 1);
         assert_eq!((held[0].address, held[0].seq), (a.address, a.seq));
     }
     assert_agents_told_the_index(&m, &old);
-    for ip in &new {
-        assert!(m.read().allocation(*ip).is_none(), "{ip} released");
-    }
-    assert_eq!(m.shard(&carved).unwrap().resource_count, 0);
+    assert_releasing(&m, &failed);
+    assert_eq!(m.shard(&carved).unwrap().resource_count, 16);
     let s = m.shard(&shard.id).unwrap();
     assert_eq!(
         (s.status, s.network_id.as_deref(), s.resource_count),
@@ -129,12 +163,14 @@ async fn cancelling_a_paused_migration_rolls_every_move_back_and_gives_the_shard
     );
     m.read().check_invariants().unwrap();
 
-    // The runner stopped: nothing changes any more, however long we wait.
+    // The runner stopped: nothing changes any more, however long we wait (the new
+    // addresses stay held: no agent reports).
     assert!(!is_running(&m, &mig.id));
     let last = m.next_event();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(m.migration(&mig.id).unwrap(), failed);
     assert_eq!(m.next_event(), last, "no event after the cancel");
+    assert_releasing(&m, &failed);
 
     let events = event_types(&m, from);
     let failed_event = events.last().unwrap();
@@ -143,6 +179,7 @@ async fn cancelling_a_paused_migration_rolls_every_move_back_and_gives_the_shard
     assert_eq!(failed_event.data["reason"], failed.error.as_str());
     assert_eq!(failed_event.data["moved"], 0);
     assert_eq!(failed_event.data["rolled_back"], 16);
+    assert_eq!(failed_event.data["releasing"], 16);
     assert_eq!(failed_event.data["shard_status"], "In-Use");
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let pos = |t: &str| {
@@ -152,15 +189,9 @@ async fn cancelling_a_paused_migration_rolls_every_move_back_and_gives_the_shard
             .unwrap_or_else(|| panic!("no {t}"))
     };
     assert!(pos("weft.shard.migration.started") < pos("weft.shard.migration.paused"));
-    let released: Vec<&CloudEvent> = events
-        .iter()
-        .filter(|e| e.event_type == "weft.address.released")
-        .collect();
-    assert_eq!(released.len(), 16, "one per new address");
     assert!(
-        released
-            .iter()
-            .all(|e| e.data["shard_id"] == carved.as_str())
+        !types.contains(&"weft.address.released"),
+        "nothing released before an agent applied the rollback"
     );
 
     // Allocations from the shard are allowed again, and it can be migrated again.
@@ -178,6 +209,21 @@ async fn cancelling_a_paused_migration_rolls_every_move_back_and_gives_the_shard
         fake_agent(hub.clone(), "hv0"),
         fake_agent(hub.clone(), "hv1"),
     ];
+    // The agents applied the rollback: the new addresses are released now.
+    eventually(Duration::from_secs(3), "new addresses released", || {
+        new.iter().all(|ip| m.read().allocation(*ip).is_none())
+    })
+    .await;
+    let released: Vec<CloudEvent> = event_types(&m, last)
+        .into_iter()
+        .filter(|e| e.event_type == "weft.address.released")
+        .collect();
+    assert_eq!(released.len(), 16, "one per new address");
+    assert!(
+        released
+            .iter()
+            .all(|e| e.data["shard_id"] == carved.as_str())
+    );
     let retry = start_migration(&m, &shard.id).await;
     assert_ne!(retry.id, mig.id);
     assert_eq!(retry.moves.len(), 17);
@@ -228,7 +274,13 @@ async fn cancelling_after_some_moves_completed_keeps_their_new_addresses() {
             _ => {
                 assert_eq!(mv.state, MoveState::RolledBack);
                 assert_eq!((held[0].address, held[0].seq), (mv.old_address, mv.old_seq));
-                assert!(m.read().allocation(mv.new_address.unwrap()).is_none());
+                // hv1 has no agent: its new address is held until one reports.
+                let new = m
+                    .read()
+                    .allocation(mv.new_address.unwrap())
+                    .cloned()
+                    .unwrap();
+                assert!(new.releasing && new.seq == mv.new_seq, "{new:?}");
             }
         }
     }
@@ -311,13 +363,23 @@ async fn a_cancel_racing_the_runner_leaves_every_workload_one_address_it_is_told
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(m.migration(&mig.id).unwrap(), failed);
         assert_agents_told_the_index(&m, &old);
-        let index = m.read();
-        index.check_invariants().unwrap();
-        assert_eq!(index.allocations().count(), 64, "no address leaked or lost");
-        let s = index.shard(&shard.id).unwrap();
-        assert_eq!(s.status, ShardStatus::InUse);
-        assert_eq!(s.resource_count as usize, c.rolled_back + c.pending);
-        drop(index);
+        {
+            let index = m.read();
+            index.check_invariants().unwrap();
+            let held = index.allocations().filter(|a| !a.releasing).count();
+            assert_eq!(held, 64, "no address leaked or lost");
+            let s = index.shard(&shard.id).unwrap();
+            assert_eq!(s.status, ShardStatus::InUse);
+            assert_eq!(s.resource_count as usize, c.rolled_back + c.pending);
+        }
+        // The agents applied the rollback: rolled-back new addresses are released.
+        eventually(
+            Duration::from_secs(3),
+            "rolled-back addresses released",
+            || m.read().allocations().count() == 64,
+        )
+        .await;
+        m.read().check_invariants().unwrap();
         for a in agents {
             a.abort();
         }
@@ -405,7 +467,9 @@ fn a_cancel_survives_a_restart() {
         }
         // The hub is rebuilt with the old addresses.
         assert_agents_told_the_index(&m, &old);
-        assert_eq!(m.read().allocations().count(), 32);
+        // The rolled-back new addresses are still held: no agent reported since.
+        assert_releasing(&m, &failed);
+        assert_eq!(m.read().allocations().count(), 64);
         let late = m
             .allocate_address("blue", "late", "hv0", Family::Ipv4)
             .await
@@ -546,4 +610,170 @@ async fn a_workload_that_released_addresses_mid_move_is_not_given_them_back() {
         "vm2's old address"
     );
     m.read().check_invariants().unwrap();
+}
+
+/// Network `blue` with one /28 shard holding vm0 and vm1 (on hv0, whose agent does not
+/// report), deallocated, and the migration cancelled with both moves in flight: the
+/// workloads have their old addresses again; their new ones, in the /28 the migration
+/// carved, are releasing. Returns the failed migration and those new addresses.
+async fn cancel_in_flight(m: &ShardManager) -> (Migration, Vec<IpAddr>) {
+    let shard = m.create_shard(v4(28, Some("blue"))).await.unwrap();
+    for w in ["vm0", "vm1"] {
+        m.allocate_address("blue", w, "hv0", Family::Ipv4)
+            .await
+            .unwrap();
+    }
+    let mig = start_migration(m, &shard.id).await;
+    eventually(Duration::from_secs(3), "both moves in flight", || {
+        m.migration(&mig.id).is_some_and(|x| x.counts().moving == 2)
+    })
+    .await;
+    let failed = m.cancel_migration(&mig.id).await.unwrap();
+    let new: Vec<IpAddr> = failed
+        .moves
+        .iter()
+        .filter_map(|mv| mv.new_address)
+        .collect();
+    assert_eq!(new.len(), 2);
+    assert_releasing(m, &failed);
+    (failed, new)
+}
+
+/// Allocates every free address of `blue` (to workloads of hv9), checks that none of
+/// `held` is among them, and releases them again. The addresses it got.
+async fn allocate_everything(m: &ShardManager, held: &[IpAddr]) -> Vec<IpAddr> {
+    let mut got = Vec::new();
+    loop {
+        let workload = format!("fill{}", got.len());
+        match m
+            .allocate_address("blue", &workload, "hv9", Family::Ipv4)
+            .await
+        {
+            Ok(a) => {
+                assert!(!held.contains(&a.address), "{} handed out again", a.address);
+                got.push(a);
+            }
+            Err(ShardError::Conflict(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    for a in &got {
+        m.release_address("blue", a.address, a.seq).await.unwrap();
+    }
+    got.into_iter().map(|a| a.address).collect()
+}
+
+/// The `weft.address.released` events of `addresses` from sequence `from` on.
+fn released_events(m: &ShardManager, from: u64, addresses: &[IpAddr]) -> usize {
+    event_types(m, from)
+        .iter()
+        .filter(|e| e.event_type == "weft.address.released")
+        .filter(|e| {
+            addresses
+                .iter()
+                .any(|ip| e.subject == format!("networks/blue/addresses/{ip}"))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_address_is_not_handed_out_before_its_agent_applied_the_rollback() {
+    let hub = Arc::new(ControlHub::default());
+    let m = manager(&hub, migration_config());
+    let (failed, new) = cancel_in_flight(&m).await;
+    let e = m.stored_events(1, 100_000).unwrap().pop().unwrap();
+    assert_eq!(e.event_type, "weft.shard.migration.failed");
+    assert_eq!(
+        (e.data["rolled_back"].as_u64(), e.data["releasing"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let from = m.next_event();
+    // Two /28 shards (13 usable addresses each): 2 old and 2 releasing are taken.
+    assert_eq!(allocate_everything(&m, &new).await.len(), 22);
+    // Far longer than the agent wait (--migration-timeout 200ms) and its retries.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_releasing(&m, &failed);
+    // The caller cannot release it either (the controller does, once it is safe).
+    let vm0 = failed.moves.iter().find(|mv| mv.workload == "vm0").unwrap();
+    let err = m
+        .release_address("blue", vm0.new_address.unwrap(), vm0.new_seq)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ShardError::Conflict(msg) if msg.contains("rolled back")),
+        "{err}"
+    );
+    // vm1 goes away meanwhile: its old address is released, its rolled-back one is not.
+    let vm1 = failed.moves.iter().find(|mv| mv.workload == "vm1").unwrap();
+    let gone = m.release_workload("blue", "vm1").await.unwrap();
+    assert_eq!(
+        gone.iter().map(|a| (a.address, a.seq)).collect::<Vec<_>>(),
+        [(vm1.old_address, vm1.old_seq)]
+    );
+    assert_releasing(&m, &failed);
+    assert_eq!(allocate_everything(&m, &new).await.len(), 23);
+    assert_eq!(released_events(&m, from, &new), 0);
+
+    // hv0's agent applies its desired state (the rollback) and reports it.
+    let agent = fake_agent(hub.clone(), "hv0");
+    eventually(Duration::from_secs(3), "released after the report", || {
+        new.iter().all(|ip| m.read().allocation(*ip).is_none())
+    })
+    .await;
+    assert_eq!(released_events(&m, from, &new), 2, "one per address");
+    m.read().check_invariants().unwrap();
+    // Allocatable again: they are among the network's free addresses now.
+    let all = allocate_everything(&m, &[]).await;
+    assert_eq!(all.len(), 25);
+    assert!(new.iter().all(|ip| all.contains(ip)), "{all:?} {new:?}");
+    m.read().check_invariants().unwrap();
+    agent.abort();
+}
+
+#[test]
+fn a_rolled_back_address_stays_held_across_a_restart_until_its_agent_reports() {
+    let dir = temp_dir("releasing-restart");
+    let config = migration_config();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (failed, new) = {
+        let rt = runtime();
+        let r = rt.block_on(async {
+            let m = ShardManager::open(
+                Arc::new(RedbStore::open_dir(&dir).unwrap()),
+                config.clone(),
+                Arc::default(),
+            )
+            .unwrap();
+            cancel_in_flight(&m).await
+        });
+        drop(rt); // the controller "dies" before any agent reported
+        r
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let hub = Arc::new(ControlHub::default());
+        let m = reopen(&dir, config, hub.clone()).await;
+        assert_releasing(&m, &failed);
+        let from = m.next_event();
+        assert_eq!(allocate_everything(&m, &new).await.len(), 22);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_releasing(&m, &failed);
+        assert_eq!(released_events(&m, from, &new), 0);
+        let agent = fake_agent(hub.clone(), "hv0");
+        eventually(Duration::from_secs(3), "released after the report", || {
+            new.iter().all(|ip| m.read().allocation(*ip).is_none())
+        })
+        .await;
+        assert_eq!(released_events(&m, from, &new), 2);
+        m.read().check_invariants().unwrap();
+        agent.abort();
+    });
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
 }
