@@ -3,54 +3,21 @@
 //! back, the shard is In-Use again, the migration is Failed, and every refusal is a
 //! problem (or status) that says what to do.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt as _;
+use axum::http::{Method, StatusCode};
 use serde_json::Value;
-use tower::ServiceExt as _;
 use weft_controller::AppState;
-use weft_controller::api::http::app;
+
+use common::{call, shard_state};
 use weft_controller::control::{ControlHub, HostObserved, WorkloadObserved};
-use weft_controller::shards::{ShardConfig, ShardManager};
-use weft_controller::store::MemoryStore;
+use weft_controller::shards::ShardConfig;
 
 fn state() -> AppState {
-    let shards = ShardManager::open(
-        Arc::new(MemoryStore::default()),
-        ShardConfig::default(),
-        Arc::new(ControlHub::default()),
-    )
-    .unwrap();
-    AppState::default().with_shards(shards)
-}
-
-async fn call(
-    state: &AppState,
-    method: Method,
-    uri: &str,
-    body: &str,
-) -> (StatusCode, String, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_owned()))
-        .unwrap();
-    let response = app(state.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes)
-        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, content_type, json)
+    shard_state(ShardConfig::default())
 }
 
 /// A shard of `blue` with `workloads` addresses on host hv1, being deallocated: returns

@@ -3,6 +3,8 @@
 //! they say; events resume by sequence; many concurrent clients never share an address.
 //! And the same over gRPC (`ShardService`).
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,49 +15,17 @@ use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 use weft_controller::AppState;
+
+use common::{call, shard_state};
 use weft_controller::api::http::app;
-use weft_controller::control::ControlHub;
 use weft_controller::shards::{ShardConfig, ShardManager};
 use weft_controller::store::MemoryStore;
 
 fn state() -> AppState {
-    let config = ShardConfig {
+    shard_state(ShardConfig {
         max_shards_per_network: 2,
         ..ShardConfig::default()
-    };
-    let shards = ShardManager::open(
-        Arc::new(MemoryStore::default()),
-        config,
-        Arc::new(ControlHub::default()),
-    )
-    .unwrap();
-    AppState::default().with_shards(shards)
-}
-
-async fn call(
-    state: &AppState,
-    method: Method,
-    uri: &str,
-    body: &str,
-) -> (StatusCode, String, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_owned()))
-        .unwrap();
-    let response = app(state.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes)
-        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, content_type, json)
+    })
 }
 
 #[tokio::test]

@@ -1,0 +1,40 @@
+//! What the shard REST tests share: a controller state with a shard manager on a memory
+//! store, and one request through the router in-process (`app(state)` + `oneshot`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt as _;
+use serde_json::Value;
+use tower::ServiceExt as _;
+use weft_controller::AppState;
+use weft_controller::api::http::app;
+use weft_controller::control::ControlHub;
+use weft_controller::shards::{ShardConfig, ShardManager};
+use weft_controller::store::MemoryStore;
+
+/// A state whose shard manager runs with `config` on a fresh memory store.
+pub fn shard_state(config: ShardConfig) -> AppState {
+    let shards = ShardManager::open(Arc::new(MemoryStore::default()), config, Arc::new(ControlHub::default())).unwrap();
+    AppState::default().with_shards(shards)
+}
+
+/// One JSON request: (status, content type, body as JSON, or as a JSON string when it is
+/// not JSON).
+pub async fn call(state: &AppState, method: Method, uri: &str, body: &str) -> (StatusCode, String, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type =
+        response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json =
+        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, content_type, json)
+}
