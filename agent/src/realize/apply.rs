@@ -469,15 +469,12 @@ impl Realizer {
         applied: &mut Applied,
     ) -> Result<(), RealizeError> {
         let (current, messages) = read_current(h, index).await?;
-        let managed = {
-            let mut m = self.managed();
-            let managed = m
-                .entry(w.name.clone())
-                .or_insert_with(|| Managed::with_statics(target.statics.iter().copied()));
-            // Learnt before acting: a half-applied state is still recognised as weft's.
-            managed.learn(&w.addresses);
-            managed.clone()
-        };
+        // Learnt (and kept) by `apply_with` before any workload was touched.
+        let managed = self
+            .managed()
+            .get(&w.name)
+            .cloned()
+            .unwrap_or_else(|| Managed::with_statics(target.statics.iter().copied()));
         let plan = plan(&w.addresses, &current, &managed);
         if plan.is_empty() {
             return Ok(());
@@ -816,15 +813,25 @@ async fn set_gateway_neighbours(dev: &Device<'_>, changes: &mut usize) {
 async fn forget_old_gateways(h: &Handle, index: u32, plan: &Plan) {
     for op in &plan.routes {
         if let RouteOp::Delete(g) = *op
-            && let Err(e) = delete_neighbour(h, index, g).await
+            && let Err(e) = delete_neighbour(h, neighbour_key(index, g), g).await
         {
             warn!(gateway = %g, error = %e, "deleting the workload's neighbour entry of its old gateway failed");
         }
     }
 }
 
-/// Deletes the entry of `addr` on device `ifindex`; one that is not there counts as done.
-async fn delete_neighbour(h: &Handle, ifindex: u32, addr: IpAddr) -> Result<(), RealizeError> {
+/// Deletes the entry `key` (of `addr`); one that is not there counts as done. Returns
+/// whether there was one.
+async fn delete_neighbour(h: &Handle, key: NeighbourMessage, addr: IpAddr) -> Result<bool, RealizeError> {
+    match h.neighbours().del(key).execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENOENT => Ok(false),
+        Err(e) => Err(nl(format!("deleting the neighbour entry of {addr}"))(e)),
+    }
+}
+
+/// The key of `addr`'s entry on device `ifindex` (for a get or a delete).
+fn neighbour_key(ifindex: u32, addr: IpAddr) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = family_of(addr);
     msg.header.ifindex = ifindex;
@@ -832,11 +839,7 @@ async fn delete_neighbour(h: &Handle, ifindex: u32, addr: IpAddr) -> Result<(), 
         IpAddr::V4(a) => NeighbourAddress::Inet(a),
         IpAddr::V6(a) => NeighbourAddress::Inet6(a),
     }));
-    match h.neighbours().del(msg).execute().await {
-        Ok(()) => Ok(()),
-        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENOENT => Ok(()),
-        Err(e) => Err(nl(format!("deleting the neighbour entry of {addr}"))(e)),
-    }
+    msg
 }
 
 /// The hypervisor's neighbour entries (ARP / NDP cache) of a workload's new addresses, in
@@ -889,10 +892,8 @@ async fn flush_neighbours(h: &Handle, addresses: &[IpAddr]) -> Result<usize, Rea
         if matches!(entry.header.state, NeighbourState::Permanent | NeighbourState::Noarp) {
             continue;
         }
-        match h.neighbours().del(entry).execute().await {
-            Ok(()) => flushed += 1,
-            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENOENT => {}
-            Err(e) => return Err(nl(format!("deleting the neighbour entry of {addr}"))(e)),
+        if delete_neighbour(h, entry, addr).await? {
+            flushed += 1;
         }
     }
     Ok(flushed)
@@ -967,13 +968,7 @@ async fn local_address_mac(h: &Handle, addr: IpAddr) -> Result<Option<Vec<u8>>, 
 
 /// The neighbour entry for `addr` on device `ifindex`, if there is one.
 async fn neighbour_entry(h: &Handle, ifindex: u32, addr: IpAddr) -> Result<Option<NeighbourMessage>, RealizeError> {
-    let mut msg = NeighbourMessage::default();
-    msg.header.family = family_of(addr);
-    msg.header.ifindex = ifindex;
-    msg.attributes.push(NeighbourAttribute::Destination(match addr {
-        IpAddr::V4(a) => NeighbourAddress::Inet(a),
-        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-    }));
+    let msg = neighbour_key(ifindex, addr);
     let op = format!("looking up the neighbour entry of {addr}");
     Ok(match request_one(h, RouteNetlinkMessage::GetNeighbour(msg), &[libc::ENOENT], &op).await? {
         Some(RouteNetlinkMessage::NewNeighbour(n)) => Some(n),
