@@ -10,6 +10,7 @@
 
 pub mod analytics;
 pub mod api;
+pub mod compose;
 pub mod control;
 pub mod import;
 pub mod glob;

@@ -19,7 +19,6 @@ use weft_controller::api::http;
 use weft_controller::api::shards_grpc::ShardApi;
 use weft_controller::history::AllowList;
 use weft_controller::metrics::Metrics;
-use weft_controller::shards::ShardManager;
 use weft_controller::shards::flags::ShardArgs;
 use weft_controller::store::{MemoryStore, RedbStore, Store};
 use weft_controller::time::{now_unix_ns, parse_duration};
@@ -91,9 +90,9 @@ fn build_state(args: &Args) -> anyhow::Result<AppState> {
         retention: args.retention,
     };
     let shard_config = args.shards.config().map_err(|e| anyhow::anyhow!(e))?;
-    let state = AppState::with_parts(Arc::new(Metrics::default()), classifier, store.clone(), buckets)?;
-    let shards = ShardManager::open(store, shard_config, state.control.clone())?;
-    let state = state.with_shards(shards);
+    let state = AppState::with_parts(Arc::new(Metrics::default()), classifier, store.clone(), buckets)?
+        .open_control_plane(store, shard_config)?;
+    tracing::info!(epoch = state.control.epoch(), "control plane open");
     if let Some(path) = &args.allowed_deps {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading --allowed-deps {}", path.display()))?;

@@ -8,7 +8,8 @@ use crate::history::{History, HistoryError};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::shards::{ShardConfig, ShardManager};
-use crate::store::{MemoryStore, Store};
+use crate::compose::HubAddresses;
+use crate::store::{MemoryStore, Store, StoreError};
 use crate::time::now_unix_ns;
 use crate::topology::{BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window};
 
@@ -46,8 +47,12 @@ impl AppState {
             classifier: Arc::new(ServiceClassifier::default()),
             history: Arc::new(history),
             control: control.clone(),
-            shards: ShardManager::open(Arc::new(MemoryStore::default()), ShardConfig::default(), control)
-                .expect("an empty memory store holds nothing unreadable"),
+            shards: ShardManager::open(
+                Arc::new(MemoryStore::default()),
+                ShardConfig::default(),
+                HubAddresses::new(control),
+            )
+            .expect("an empty memory store holds nothing unreadable"),
         }
     }
 
@@ -91,9 +96,18 @@ impl AppState {
 }
 
 impl AppState {
-    /// The same state with `shards` as its shard manager (and its control hub).
-    pub fn with_shards(self, shards: ShardManager) -> Self {
-        Self { control: shards.hub().clone(), shards, ..self }
+    /// The same state with a shard manager over `store`, publishing into this state's
+    /// control hub.
+    pub fn open_shards(self, store: Arc<dyn Store>, config: ShardConfig) -> Result<Self, StoreError> {
+        let shards = ShardManager::open(store, config, HubAddresses::new(self.control.clone()))?;
+        Ok(Self { shards, ..self })
+    }
+
+    /// The same state with the control plane kept in `store`: a control hub of the next
+    /// epoch, and the shard manager over `store` publishing into it.
+    pub fn open_control_plane(self, store: Arc<dyn Store>, config: ShardConfig) -> Result<Self, StoreError> {
+        let control = Arc::new(ControlHub::open(store.as_ref())?);
+        Self { control, ..self }.open_shards(store, config)
     }
 }
 

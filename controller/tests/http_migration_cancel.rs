@@ -13,7 +13,8 @@ use serde_json::Value;
 use weft_controller::AppState;
 
 use common::{call, shard_state};
-use weft_controller::control::{ControlHub, HostObserved, WorkloadObserved};
+use weft_controller::control::ControlHub;
+use weft_controller::control::fake::FakeAgent;
 use weft_controller::shards::ShardConfig;
 
 fn state() -> AppState {
@@ -64,36 +65,7 @@ async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) 
 
 /// Reports every desired state of `host` as applied, until aborted.
 fn agent(hub: Arc<ControlHub>, host: &'static str) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut rx = hub.watch(host);
-        loop {
-            let desired = rx.borrow_and_update().clone();
-            let workloads = desired
-                .workloads
-                .iter()
-                .map(|(w, addrs)| {
-                    let addresses = addrs.iter().map(|a| a.cidr.clone()).collect();
-                    (
-                        w.clone(),
-                        WorkloadObserved {
-                            addresses,
-                            link_up: true,
-                            ..Default::default()
-                        },
-                    )
-                })
-                .collect();
-            let observed = HostObserved {
-                applied_generation: desired.generation,
-                workloads,
-                reported_at: Some(Instant::now()),
-            };
-            hub.report(host, observed);
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    })
+    FakeAgent::default().spawn(hub, host)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +76,7 @@ async fn cancelling_over_rest_rolls_back_and_gives_the_shard_back() {
     eventually(Duration::from_secs(3), "new addresses desired", || {
         s.control
             .desired("hv1")
-            .workloads
+            .workload_addresses()
             .values()
             .all(|v| v[0].shard_id != shard)
     })
@@ -147,7 +119,7 @@ async fn cancelling_over_rest_rolls_back_and_gives_the_shard_back() {
     );
     let desired = s.control.desired("hv1");
     for a in &addresses {
-        let told = &desired.workloads[a["workload"].as_str().unwrap()];
+        let told = &desired.workload_addresses()[a["workload"].as_str().unwrap()];
         assert_eq!(told.len(), 1);
         assert_eq!(
             (told[0].cidr.as_str(), told[0].allocation_seq),

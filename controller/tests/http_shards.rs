@@ -18,7 +18,7 @@ use weft_controller::AppState;
 
 use common::{call, shard_state};
 use weft_controller::api::http::app;
-use weft_controller::shards::{ShardConfig, ShardManager};
+use weft_controller::shards::ShardConfig;
 use weft_controller::store::MemoryStore;
 
 fn state() -> AppState {
@@ -95,7 +95,7 @@ async fn spec_endpoints_create_get_allocate_deallocate_and_delete() {
     .await;
     assert_eq!(b["address"], "fd00:80::2");
     assert_eq!(
-        s.control.desired("hv1").workloads["web"].len(),
+        s.control.desired("hv1").workload_addresses()["web"].len(),
         2,
         "the agent is told"
     );
@@ -140,7 +140,7 @@ async fn spec_endpoints_create_get_allocate_deallocate_and_delete() {
         (status, all["released"].as_array().unwrap().len()),
         (StatusCode::OK, 1)
     );
-    assert!(!s.control.desired("hv1").workloads.contains_key("web"));
+    assert!(!s.control.desired("hv1").workload_addresses().contains_key("web"));
 
     let (status, _, d) = call(
         &s,
@@ -750,9 +750,7 @@ async fn concurrent_clients_over_the_router_never_share_an_address() {
         max_shards_per_network: 8,
         ..ShardConfig::default()
     };
-    let shards =
-        ShardManager::open(Arc::new(MemoryStore::default()), config, Arc::default()).unwrap();
-    let s = AppState::default().with_shards(shards);
+    let s = AppState::default().open_shards(Arc::new(MemoryStore::default()), config).unwrap();
     let tasks: Vec<_> = (0..48)
         .map(|t| {
             let s = s.clone();

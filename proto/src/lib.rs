@@ -5,3 +5,19 @@
 pub mod v1 {
     tonic::include_proto!("weft.v1");
 }
+
+/// Resource kinds of the control path (`weft.v1.Resource.kind`): one name per `spec` case,
+/// shared by the controller that publishes them and the agents that reconcile them.
+pub mod kinds {
+    use super::v1::resource::Spec;
+
+    /// A workload's addresses (`WorkloadAddresses`), keyed by workload name.
+    pub const WORKLOAD_ADDRESSES: &str = "workload-addresses";
+
+    /// The kind name of a spec case.
+    pub fn of(spec: &Spec) -> &'static str {
+        match spec {
+            Spec::WorkloadAddresses(_) => WORKLOAD_ADDRESSES,
+        }
+    }
+}

@@ -9,7 +9,9 @@ use tonic::{Request, Response, Status};
 use weft_proto::v1 as wire;
 use weft_proto::v1::agent_control_service_server::{AgentControlService, AgentControlServiceServer};
 
-use super::{ControlHub, HostDesired, HostObserved, WorkloadObserved};
+use super::{
+    ControlHub, DriftRepaired, HostDesired, HostObserved, ResourceKey, ResourceObserved, ResourceStatus,
+};
 
 #[derive(Debug, Clone)]
 pub struct ControlApi {
@@ -28,21 +30,16 @@ impl ControlApi {
 
 fn to_wire(d: &HostDesired) -> wire::DesiredState {
     wire::DesiredState {
+        controller_epoch: d.epoch,
         generation: d.generation,
-        workloads: d
-            .workloads
+        resources: d
+            .resources
             .iter()
-            .map(|(name, addrs)| wire::WorkloadDesired {
-                workload: name.clone(),
-                addresses: addrs
-                    .iter()
-                    .map(|a| wire::AddressAssignment {
-                        cidr: a.cidr.clone(),
-                        gateway: a.gateway.clone(),
-                        shard_id: a.shard_id.clone(),
-                        allocation_seq: a.allocation_seq,
-                    })
-                    .collect(),
+            .map(|(rk, r)| wire::Resource {
+                kind: rk.kind.clone(),
+                key: rk.key.clone(),
+                generation: r.generation,
+                spec: Some(r.spec.clone()),
             })
             .collect(),
     }
@@ -54,6 +51,30 @@ fn required(field: &str, value: &str) -> Result<String, Status> {
         return Err(Status::invalid_argument(format!("field `{field}` must not be empty")));
     }
     Ok(v.to_owned())
+}
+
+/// One resource's report (wire types stop here).
+fn resource_observed(i: usize, r: wire::ResourceObserved) -> Result<(ResourceKey, ResourceObserved), Status> {
+    let kind = required(&format!("resources[{i}].kind"), &r.kind)?;
+    let status = match wire::ResourceStatus::try_from(r.status) {
+        Ok(wire::ResourceStatus::Applied) => ResourceStatus::Applied,
+        Ok(wire::ResourceStatus::Failed) => ResourceStatus::Failed,
+        Ok(wire::ResourceStatus::Unsupported) => ResourceStatus::Unsupported,
+        Ok(wire::ResourceStatus::Unspecified) | Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "field `resources[{i}].status` ({}) must be APPLIED, FAILED or UNSUPPORTED",
+                r.status
+            )));
+        }
+    };
+    let observed = ResourceObserved {
+        generation: r.generation,
+        status,
+        error: r.error,
+        measurements: r.measurements.into_iter().filter(|(_, v)| v.is_finite()).collect(),
+        observed: r.observed,
+    };
+    Ok((ResourceKey { kind, key: r.key }, observed))
 }
 
 type DesiredStream = Pin<Box<dyn Stream<Item = Result<wire::DesiredState, Status>> + Send>>;
@@ -68,7 +89,8 @@ impl AgentControlService for ControlApi {
     ) -> Result<Response<Self::WatchDesiredStateStream>, Status> {
         let r = request.into_inner();
         let host = required("host_id", &r.host_id)?;
-        tracing::info!(host_id = %host, instance = %r.agent_instance, "agent watches its desired state");
+        tracing::info!(host_id = %host, instance = %r.agent_instance, kinds = ?r.kinds, "agent watches its desired state");
+        self.hub.announce(&host, r.kinds);
         let rx = self.hub.watch(&host);
         // The current state first, then each change (intermediate states may be skipped:
         // the state is level-triggered, only the latest matters).
@@ -88,25 +110,42 @@ impl AgentControlService for ControlApi {
     ) -> Result<Response<wire::ReportObservedResponse>, Status> {
         let r = request.into_inner();
         let host = required("host_id", &r.host_id)?;
-        let workloads = r
-            .workloads
+        let resources = r
+            .resources
             .into_iter()
-            .map(|w| {
-                (
-                    w.workload,
-                    WorkloadObserved {
-                        addresses: w.addresses,
-                        link_up: w.link_up,
-                        error: w.error,
-                        readdress_down_us: w.readdress_down_us,
-                    },
-                )
+            .enumerate()
+            .map(|(i, o)| resource_observed(i, o))
+            .collect::<Result<_, _>>()?;
+        let drift = r
+            .drift
+            .into_iter()
+            .map(|d| DriftRepaired {
+                host: host.clone(),
+                resource: ResourceKey { kind: d.kind, key: d.key },
+                what: d.what,
+                detected_unix_ns: d.detected_unix_ns,
+                repaired_unix_ns: d.repaired_unix_ns,
+                error: d.error,
             })
             .collect();
-        self.hub.report(
+        let current = self.hub.report(
             &host,
-            HostObserved { applied_generation: r.applied_generation, workloads, reported_at: Some(Instant::now()) },
+            HostObserved {
+                epoch: r.controller_epoch,
+                applied_generation: r.applied_generation,
+                resources,
+                reported_at: Some(Instant::now()),
+            },
         );
+        // Drift is news whatever the epoch: something on the host changed.
+        self.hub.drift(drift);
+        if !current {
+            return Err(Status::failed_precondition(format!(
+                "the report answers controller epoch {}, this controller is at epoch {}: apply the current desired state and report again",
+                r.controller_epoch,
+                self.hub.epoch()
+            )));
+        }
         Ok(Response::new(wire::ReportObservedResponse {}))
     }
 }
@@ -114,19 +153,23 @@ impl AgentControlService for ControlApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::AddressAssignment;
     use tokio_stream::StreamExt as _;
     use weft_proto::v1::agent_control_service_client::AgentControlServiceClient;
+    use weft_proto::v1::resource::Spec;
 
     #[tokio::test]
     async fn stream_delivers_current_state_then_changes_and_reports_arrive() {
-        let hub = Arc::new(ControlHub::default());
-        hub.set_workload("hv1", "web", vec![AddressAssignment {
-            cidr: "198.18.128.5/22".into(),
-            gateway: "198.18.128.1".into(),
-            shard_id: "s1".into(),
-            allocation_seq: 1,
-        }]);
+        let hub = Arc::new(ControlHub::with_epoch(7));
+        let spec = Spec::WorkloadAddresses(wire::WorkloadAddresses {
+            workload: "web".into(),
+            addresses: vec![wire::AddressAssignment {
+                cidr: "198.18.128.5/22".into(),
+                gateway: "198.18.128.1".into(),
+                shard_id: "s1".into(),
+                allocation_seq: 1,
+            }],
+        });
+        let g1 = hub.publish("hv1", "web", spec);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let svc = ControlApi::new(hub.clone()).into_service();
@@ -137,30 +180,59 @@ mod tests {
                 .await
         });
         let mut client = AgentControlServiceClient::connect(format!("http://{addr}")).await.unwrap();
-        let mut stream = client
-            .watch_desired_state(wire::WatchDesiredStateRequest { host_id: "hv1".into(), agent_instance: "i".into() })
-            .await
-            .unwrap()
-            .into_inner();
+        let watch = wire::WatchDesiredStateRequest {
+            host_id: "hv1".into(),
+            agent_instance: "i".into(),
+            kinds: vec![crate::control::kinds::WORKLOAD_ADDRESSES.into()],
+        };
+        let mut stream = client.watch_desired_state(watch).await.unwrap().into_inner();
         let first = stream.next().await.unwrap().unwrap();
-        assert_eq!(first.generation, 1);
-        assert_eq!(first.workloads[0].addresses[0].gateway, "198.18.128.1");
-        hub.set_workload("hv1", "web", vec![]);
+        assert_eq!((first.controller_epoch, first.generation), (7, g1));
+        assert_eq!(first.resources[0].kind, "workload-addresses");
+        assert_eq!(first.resources[0].generation, g1);
+        let Some(Spec::WorkloadAddresses(w)) = &first.resources[0].spec else { panic!("{first:?}") };
+        assert_eq!(w.addresses[0].gateway, "198.18.128.1");
+        assert_eq!(hub.kinds("hv1"), vec!["workload-addresses".to_owned()]);
+        let g2 = hub.withdraw("hv1", "workload-addresses", "web");
         let second = stream.next().await.unwrap().unwrap();
-        assert_eq!((second.generation, second.workloads.len()), (2, 0));
+        assert_eq!((second.generation, second.resources.len()), (g2, 0));
 
-        client
-            .report_observed(wire::ObservedState {
-                host_id: "hv1".into(),
-                agent_instance: "i".into(),
-                applied_generation: 2,
-                workloads: vec![wire::WorkloadObserved { workload: "web".into(), link_up: true, ..Default::default() }],
-            })
-            .await
-            .unwrap();
-        assert_eq!(hub.observed("hv1").applied_generation, 2);
+        let report = |epoch: u64, status: i32| wire::ObservedState {
+            host_id: "hv1".into(),
+            agent_instance: "i".into(),
+            controller_epoch: epoch,
+            applied_generation: g2,
+            resources: vec![wire::ResourceObserved {
+                kind: "workload-addresses".into(),
+                key: "web".into(),
+                generation: g1,
+                status,
+                measurements: [("readdress_down_seconds".to_owned(), 0.001)].into(),
+                ..Default::default()
+            }],
+            drift: vec![wire::DriftRepaired {
+                kind: "workload-addresses".into(),
+                key: "web".into(),
+                what: "address 198.18.128.5/22 removed".into(),
+                detected_unix_ns: 1,
+                repaired_unix_ns: 2,
+                error: String::new(),
+            }],
+        };
+        client.report_observed(report(7, wire::ResourceStatus::Applied as i32)).await.unwrap();
+        let o = hub.observed("hv1");
+        assert_eq!(o.applied_generation, g2);
+        assert_eq!(o.resources.values().next().unwrap().measurements["readdress_down_seconds"], 0.001);
+        assert_eq!(hub.drift_of("hv1")[0].what, "address 198.18.128.5/22 removed");
+
+        let stale = client.report_observed(report(6, wire::ResourceStatus::Applied as i32)).await.unwrap_err();
+        assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
+        assert!(stale.message().contains("epoch 6"), "{}", stale.message());
+        let bad = client.report_observed(report(7, 0)).await.unwrap_err();
+        assert!(bad.message().contains("resources[0].status"), "{}", bad.message());
+
         let err = client
-            .watch_desired_state(wire::WatchDesiredStateRequest { host_id: " ".into(), agent_instance: "i".into() })
+            .watch_desired_state(wire::WatchDesiredStateRequest { host_id: " ".into(), ..Default::default() })
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);

@@ -1,116 +1,274 @@
-//! The control path, controller side: the desired state of every host (which addresses
-//! each of its workloads should have), streamed to its agent whenever it changes, and what
-//! the agent reports back. Level-triggered: a reconnecting agent receives the full current
-//! state; applying it twice changes nothing.
+//! The control plane, controller side: one store of desired state per host, made of typed
+//! resources (`weft.v1.Resource`: a kind, a key, a spec), streamed whole to the host's agent
+//! whenever it changes, and the agent's per-resource reports.
+//!
+//! ```text
+//!  domain (shards, ...) --publish/withdraw--> ControlHub --DesiredState stream--> agent
+//!            ^                                   |                                  |
+//!            +------- wait_applied <--- observed <------- ObservedState report -----+
+//! ```
+//!
+//! Level-triggered: a reconnecting agent receives the full current state; applying it
+//! twice changes nothing. Every change bumps the host's generation; each resource carries
+//! the generation at which its spec last changed, and the agent reports per resource which
+//! generation it applied. `epoch` grows at every controller start (kept in the store) and
+//! generations start at `epoch << 40`, so they never go backwards for a host across
+//! restarts; reports of another epoch are ignored.
 //!
 //! Nothing here talks to sockets; [`grpc`] exposes it as `weft.v1.AgentControlService`.
+//! The hub knows no domain: a new kind is a new `Resource.spec` case, published by its
+//! domain through [`ControlHub::publish`] and reconciled by an agent reconciler.
 
+pub mod fake;
 pub mod grpc;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+pub use weft_proto::kinds;
+pub use weft_proto::v1::resource::Spec;
 
-/// One address a workload should have.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct AddressAssignment {
-    /// `198.18.128.5/22`.
-    pub cidr: String,
-    /// Default gateway for the family; empty for none.
-    pub gateway: String,
-    pub shard_id: String,
-    pub allocation_seq: u64,
+use crate::store::{Store, StoreError};
+
+/// Where the controller epoch is kept.
+const EPOCH_KEY: &str = "control/epoch";
+/// Generations of one epoch: `epoch << GENERATION_BITS` up to the next epoch's start.
+const GENERATION_BITS: u32 = 40;
+/// Drift reports kept per host for status queries.
+const DRIFT_KEPT: usize = 64;
+/// Control events buffered for slow subscribers.
+const EVENT_CHANNEL: usize = 1024;
+
+/// Names one resource on its host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceKey {
+    pub kind: String,
+    pub key: String,
 }
 
-/// The desired state of one host: workload name -> addresses.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostDesired {
+impl ResourceKey {
+    pub fn new(kind: &str, key: &str) -> Self {
+        Self { kind: kind.to_owned(), key: key.to_owned() }
+    }
+}
+
+impl std::fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.key)
+    }
+}
+
+/// One resource as desired: its spec and the host generation at which it last changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredResource {
     pub generation: u64,
-    pub workloads: BTreeMap<String, Vec<AddressAssignment>>,
+    pub spec: Spec,
 }
 
-/// What an agent reported for one workload.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WorkloadObserved {
-    pub addresses: Vec<String>,
-    pub link_up: bool,
-    /// Empty when the desired state was applied.
+/// The desired state of one host.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostDesired {
+    pub epoch: u64,
+    pub generation: u64,
+    pub resources: BTreeMap<ResourceKey, DesiredResource>,
+}
+
+impl HostDesired {
+    /// The `workload-addresses` resources, by workload: the addresses view of the state.
+    pub fn workload_addresses(&self) -> BTreeMap<String, Vec<weft_proto::v1::AddressAssignment>> {
+        self.resources
+            .values()
+            .map(|r| match &r.spec {
+                Spec::WorkloadAddresses(w) => (w.workload.clone(), w.addresses.clone()),
+            })
+            .collect()
+    }
+}
+
+/// What an agent said of one resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ResourceStatus {
+    #[default]
+    Applied,
+    Failed,
+    /// The agent has no reconciler for the kind.
+    Unsupported,
+}
+
+/// The agent's report of one resource.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourceObserved {
+    /// The resource generation the report is about.
+    pub generation: u64,
+    pub status: ResourceStatus,
     pub error: String,
-    pub readdress_down_us: u64,
+    /// Base units in the names (`readdress_down_seconds`).
+    pub measurements: BTreeMap<String, f64>,
+    /// What is there now, in the kind's own words.
+    pub observed: Vec<String>,
+}
+
+/// An out-of-band change an agent found on something weft manages, and its repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftRepaired {
+    pub host: String,
+    pub resource: ResourceKey,
+    pub what: String,
+    pub detected_unix_ns: u64,
+    /// 0 when the repair failed.
+    pub repaired_unix_ns: u64,
+    pub error: String,
 }
 
 /// The last report of one host.
 #[derive(Debug, Clone, Default)]
 pub struct HostObserved {
+    pub epoch: u64,
+    /// Every resource of this host generation was processed.
     pub applied_generation: u64,
-    pub workloads: BTreeMap<String, WorkloadObserved>,
+    pub resources: BTreeMap<ResourceKey, ResourceObserved>,
     pub reported_at: Option<Instant>,
+}
+
+/// Things the control plane tells whoever listens (the event log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlEvent {
+    Drift(DriftRepaired),
+    /// An agent reported resources of a kind it has no reconciler for.
+    Unsupported { host: String, kind: String, keys: usize },
 }
 
 #[derive(Debug)]
 struct Host {
     desired: watch::Sender<HostDesired>,
     observed: watch::Sender<HostObserved>,
+    /// Kinds the host's agent announced when it last connected.
+    kinds: Mutex<Vec<String>>,
+    drift: Mutex<std::collections::VecDeque<DriftRepaired>>,
     /// Serialises changes to this host's desired state.
     edit: Mutex<()>,
 }
 
 impl Host {
-    fn new() -> Self {
+    fn new(epoch: u64) -> Self {
+        let base = epoch << GENERATION_BITS;
         Self {
-            desired: watch::channel(HostDesired::default()).0,
-            observed: watch::channel(HostObserved::default()).0,
+            desired: watch::channel(HostDesired { epoch, generation: base, resources: BTreeMap::new() }).0,
+            observed: watch::channel(HostObserved { epoch, ..Default::default() }).0,
+            kinds: Mutex::default(),
+            drift: Mutex::default(),
             edit: Mutex::new(()),
         }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Why waiting for an agent ended without success.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WaitError {
-    #[error("host {host}: no report of generation {generation} within {timeout:?} (agent offline?)")]
-    Timeout { host: String, generation: u64, timeout: Duration },
-    #[error("host {host}: workload {workload}: {error}")]
-    Failed { host: String, workload: String, error: String },
+    #[error("host {host}: no report of {resource} at generation {generation} within {timeout:?} (agent offline?)")]
+    Timeout { host: String, resource: ResourceKey, generation: u64, timeout: Duration },
+    #[error(
+        "host {host}: the agent does not understand resources of kind {:?} (it has no reconciler for them; upgrade it)",
+        resource.kind
+    )]
+    Unsupported { host: String, resource: ResourceKey },
+    #[error("host {host}: {resource}: {error}")]
+    Failed { host: String, resource: ResourceKey, error: String },
 }
 
 /// Desired and observed state of every host.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ControlHub {
-    hosts: DashMap<String, std::sync::Arc<Host>>,
+    epoch: u64,
+    hosts: DashMap<String, Arc<Host>>,
+    events: broadcast::Sender<ControlEvent>,
+}
+
+impl Default for ControlHub {
+    /// Epoch 0: for tests and controllers without a store.
+    fn default() -> Self {
+        Self::with_epoch(0)
+    }
 }
 
 impl ControlHub {
-    fn host(&self, host_id: &str) -> std::sync::Arc<Host> {
-        self.hosts.entry(host_id.to_owned()).or_insert_with(|| std::sync::Arc::new(Host::new())).clone()
+    pub fn with_epoch(epoch: u64) -> Self {
+        Self { epoch, hosts: DashMap::new(), events: broadcast::channel(EVENT_CHANNEL).0 }
     }
 
-    /// Changes the addresses of one workload (an empty list removes them); returns the
-    /// new generation, or the current one when nothing changed.
-    pub fn set_workload(&self, host_id: &str, workload: &str, mut addresses: Vec<AddressAssignment>) -> u64 {
-        addresses.sort();
+    /// A hub whose epoch is one above the last one kept in `store` (kept before it is used).
+    pub fn open(store: &dyn Store) -> Result<Self, StoreError> {
+        let last = match store.get(EPOCH_KEY)? {
+            None => 0,
+            Some(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                text.trim()
+                    .parse::<u64>()
+                    .map_err(|_| StoreError(format!("{EPOCH_KEY}: {text:?} is not a number")))?
+            }
+        };
+        let epoch = last + 1;
+        if epoch >= 1 << (64 - GENERATION_BITS) {
+            return Err(StoreError(format!("{EPOCH_KEY}: epoch {epoch} is out of range")));
+        }
+        store.put(EPOCH_KEY, epoch.to_string().as_bytes())?;
+        Ok(Self::with_epoch(epoch))
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn host(&self, host_id: &str) -> Arc<Host> {
+        if let Some(h) = self.hosts.get(host_id) {
+            return h.clone();
+        }
+        self.hosts.entry(host_id.to_owned()).or_insert_with(|| Arc::new(Host::new(self.epoch))).clone()
+    }
+
+    /// Sets one resource's spec (kind from the spec's case); returns the host generation
+    /// that carries it: a new one, or the resource's own when the spec is unchanged.
+    pub fn publish(&self, host_id: &str, key: &str, spec: Spec) -> u64 {
+        let rk = ResourceKey::new(kinds::of(&spec), key);
+        self.edit(host_id, rk, Some(spec))
+    }
+
+    /// Removes one resource; returns the host generation without it (the current one when
+    /// it was not there).
+    pub fn withdraw(&self, host_id: &str, kind: &str, key: &str) -> u64 {
+        self.edit(host_id, ResourceKey::new(kind, key), None)
+    }
+
+    fn edit(&self, host_id: &str, rk: ResourceKey, spec: Option<Spec>) -> u64 {
         let host = self.host(host_id);
-        let _guard = host.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = lock(&host.edit);
         let mut generation = host.desired.borrow().generation;
         host.desired.send_if_modified(|d| {
-            let current = d.workloads.get(workload);
-            let unchanged = match current {
-                Some(c) => *c == addresses,
-                None => addresses.is_empty(),
-            };
-            if unchanged {
-                return false;
-            }
-            if addresses.is_empty() {
-                d.workloads.remove(workload);
-            } else {
-                d.workloads.insert(workload.to_owned(), addresses.clone());
+            match (&spec, d.resources.get(&rk)) {
+                (Some(s), Some(cur)) if cur.spec == *s => {
+                    generation = cur.generation;
+                    return false;
+                }
+                (None, None) => return false,
+                _ => {}
             }
             d.generation += 1;
             generation = d.generation;
+            match spec {
+                Some(spec) => {
+                    d.resources.insert(rk, DesiredResource { generation, spec });
+                }
+                None => {
+                    d.resources.remove(&rk);
+                }
+            }
             true
         });
         generation
@@ -120,44 +278,122 @@ impl ControlHub {
         self.host(host_id).desired.borrow().clone()
     }
 
-    /// A receiver that sees the current desired state at once and every change after.
-    pub fn watch(&self, host_id: &str) -> watch::Receiver<HostDesired> {
-        let rx = self.host(host_id).desired.subscribe();
-        rx
+    /// The host's current generation.
+    pub fn generation(&self, host_id: &str) -> u64 {
+        self.host(host_id).desired.borrow().generation
     }
 
-    pub fn report(&self, host_id: &str, observed: HostObserved) {
+    /// One resource's spec as desired now.
+    pub fn resource(&self, host_id: &str, kind: &str, key: &str) -> Option<DesiredResource> {
+        self.host(host_id).desired.borrow().resources.get(&ResourceKey::new(kind, key)).cloned()
+    }
+
+    /// A receiver that sees the current desired state at once and every change after.
+    pub fn watch(&self, host_id: &str) -> watch::Receiver<HostDesired> {
+        self.host(host_id).desired.subscribe()
+    }
+
+    /// Records the kinds the host's agent understands (at each connect).
+    pub fn announce(&self, host_id: &str, kinds: Vec<String>) {
+        *lock(&self.host(host_id).kinds) = kinds;
+    }
+
+    /// Kinds the host's agent announced.
+    pub fn kinds(&self, host_id: &str) -> Vec<String> {
+        lock(&self.host(host_id).kinds).clone()
+    }
+
+    /// Takes a report. A report of another epoch (sent before this controller started) is
+    /// ignored and `false` returned: its generations mean nothing here.
+    pub fn report(&self, host_id: &str, observed: HostObserved) -> bool {
+        if observed.epoch != self.epoch {
+            tracing::debug!(host = host_id, epoch = observed.epoch, current = self.epoch, "report of another controller epoch ignored");
+            return false;
+        }
+        let mut unsupported: BTreeMap<&str, usize> = BTreeMap::new();
+        for (rk, o) in &observed.resources {
+            if o.status == ResourceStatus::Unsupported {
+                *unsupported.entry(rk.kind.as_str()).or_default() += 1;
+            }
+        }
+        for (kind, keys) in unsupported {
+            let _ = self.events.send(ControlEvent::Unsupported { host: host_id.to_owned(), kind: kind.to_owned(), keys });
+        }
         self.host(host_id).observed.send_replace(observed);
+        true
+    }
+
+    /// Takes drift an agent found and repaired (or failed to).
+    pub fn drift(&self, items: Vec<DriftRepaired>) {
+        for d in items {
+            tracing::info!(host = %d.host, resource = %d.resource, what = %d.what, error = %d.error, "drift reported by agent");
+            let host = self.host(&d.host);
+            {
+                let mut kept = lock(&host.drift);
+                if kept.len() == DRIFT_KEPT {
+                    kept.pop_front();
+                }
+                kept.push_back(d.clone());
+            }
+            let _ = self.events.send(ControlEvent::Drift(d));
+        }
+    }
+
+    /// The last drift reports of a host, oldest first.
+    pub fn drift_of(&self, host_id: &str) -> Vec<DriftRepaired> {
+        lock(&self.host(host_id).drift).iter().cloned().collect()
+    }
+
+    /// Control events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ControlEvent> {
+        self.events.subscribe()
     }
 
     pub fn observed(&self, host_id: &str) -> HostObserved {
         self.host(host_id).observed.borrow().clone()
     }
 
-    /// Waits until the host's agent reports a generation >= `generation`; fails if the
-    /// report carries an error for `workload`, or after `timeout`.
+    /// Waits until the host's agent has applied `kind/key` at `generation` or later, and
+    /// returns its report. For a resource withdrawn by then: until the agent applied a host
+    /// generation >= `generation` (one without it) and reported no error for it. Fails on
+    /// a reported error, or after `timeout` (saying so if the agent does not know the kind:
+    /// such a resource is never counted as applied).
     pub async fn wait_applied(
         &self,
         host_id: &str,
+        kind: &str,
+        key: &str,
         generation: u64,
-        workload: &str,
         timeout: Duration,
-    ) -> Result<WorkloadObserved, WaitError> {
-        let mut rx = self.host(host_id).observed.subscribe();
+    ) -> Result<ResourceObserved, WaitError> {
+        let rk = ResourceKey::new(kind, key);
+        let host = self.host(host_id);
+        let mut rx = host.observed.subscribe();
+        let mut unsupported = false;
         let wait = async {
             loop {
                 {
                     let o = rx.borrow_and_update();
-                    if o.applied_generation >= generation {
-                        let w = o.workloads.get(workload).cloned().unwrap_or_default();
-                        if !w.error.is_empty() {
-                            return Err(WaitError::Failed {
-                                host: host_id.to_owned(),
-                                workload: workload.to_owned(),
-                                error: w.error,
-                            });
+                    if let Some(r) = o.resources.get(&rk).filter(|r| r.generation >= generation) {
+                        match r.status {
+                            ResourceStatus::Applied => return Ok(r.clone()),
+                            ResourceStatus::Failed => {
+                                return Err(WaitError::Failed {
+                                    host: host_id.to_owned(),
+                                    resource: rk.clone(),
+                                    error: r.error.clone(),
+                                });
+                            }
+                            ResourceStatus::Unsupported => unsupported = true,
                         }
-                        return Ok(w);
+                    } else if o.applied_generation >= generation
+                        && !o.resources.contains_key(&rk)
+                        && !host.desired.borrow().resources.contains_key(&rk)
+                    {
+                        // Withdrawn, and the agent applied a state without it.
+                        return Ok(ResourceObserved { generation: o.applied_generation, ..Default::default() });
+                    } else if o.resources.get(&rk).is_some_and(|r| r.status == ResourceStatus::Unsupported) {
+                        unsupported = true;
                     }
                 }
                 if rx.changed().await.is_err() {
@@ -167,70 +403,14 @@ impl ControlHub {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait).await.unwrap_or(Err(WaitError::Timeout {
-            host: host_id.to_owned(),
-            generation,
-            timeout,
-        }))
+        let result = tokio::time::timeout(timeout, wait).await;
+        match result {
+            Ok(r) => r,
+            Err(_) if unsupported => Err(WaitError::Unsupported { host: host_id.to_owned(), resource: rk }),
+            Err(_) => Err(WaitError::Timeout { host: host_id.to_owned(), resource: rk, generation, timeout }),
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(cidr: &str) -> AddressAssignment {
-        AddressAssignment { cidr: cidr.into(), gateway: String::new(), shard_id: "s1".into(), allocation_seq: 1 }
-    }
-
-    #[test]
-    fn generation_moves_only_on_change() {
-        let hub = ControlHub::default();
-        assert_eq!(hub.set_workload("hv1", "web", vec![addr("198.18.128.5/22")]), 1);
-        assert_eq!(hub.set_workload("hv1", "web", vec![addr("198.18.128.5/22")]), 1, "same state");
-        assert_eq!(hub.set_workload("hv1", "db", vec![addr("198.18.128.6/22")]), 2);
-        assert_eq!(hub.set_workload("hv1", "db", vec![]), 3);
-        assert_eq!(hub.set_workload("hv1", "ghost", vec![]), 3, "removing nothing");
-        let d = hub.desired("hv1");
-        assert_eq!(d.workloads.len(), 1);
-        assert_eq!(hub.desired("hv2").generation, 0);
-    }
-
-    #[tokio::test]
-    async fn watcher_sees_current_state_then_changes() {
-        let hub = ControlHub::default();
-        hub.set_workload("hv1", "web", vec![addr("198.18.128.5/22")]);
-        let mut rx = hub.watch("hv1");
-        assert_eq!(rx.borrow_and_update().generation, 1);
-        hub.set_workload("hv1", "web", vec![addr("198.18.132.5/22")]);
-        rx.changed().await.unwrap();
-        assert_eq!(rx.borrow().workloads["web"][0].cidr, "198.18.132.5/22");
-    }
-
-    #[tokio::test]
-    async fn wait_applied_returns_report_error_or_times_out() {
-        let hub = std::sync::Arc::new(ControlHub::default());
-        let g = hub.set_workload("hv1", "web", vec![addr("198.18.128.5/22")]);
-        let err = hub.wait_applied("hv1", g, "web", Duration::from_millis(50)).await.unwrap_err();
-        assert!(matches!(err, WaitError::Timeout { .. }), "{err}");
-
-        let h = hub.clone();
-        let waiter = tokio::spawn(async move { h.wait_applied("hv1", g, "web", Duration::from_secs(5)).await });
-        tokio::task::yield_now().await;
-        let mut workloads = BTreeMap::new();
-        workloads.insert(
-            "web".to_owned(),
-            WorkloadObserved { addresses: vec!["198.18.128.5/22".into()], link_up: true, error: String::new(), readdress_down_us: 300 },
-        );
-        hub.report("hv1", HostObserved { applied_generation: g, workloads, reported_at: Some(Instant::now()) });
-        let w = waiter.await.unwrap().unwrap();
-        assert_eq!(w.readdress_down_us, 300);
-
-        let g2 = hub.set_workload("hv1", "web", vec![addr("198.18.132.5/22")]);
-        let mut workloads = BTreeMap::new();
-        workloads.insert("web".to_owned(), WorkloadObserved { error: "no netns".into(), ..Default::default() });
-        hub.report("hv1", HostObserved { applied_generation: g2, workloads, reported_at: None });
-        let err = hub.wait_applied("hv1", g2, "web", Duration::from_secs(1)).await.unwrap_err();
-        assert_eq!(err, WaitError::Failed { host: "hv1".into(), workload: "web".into(), error: "no netns".into() });
-    }
-}
+mod tests;

@@ -16,7 +16,7 @@ use super::model::{
     Allocation, Migration, MigrationState, MoveState, Shard, ShardConfig, ShardError, ShardStatus,
     WorkloadMove, check_name, prefix_bounds,
 };
-use crate::control::AddressAssignment;
+use super::publish::AddressAssignment;
 use crate::store::{Store, StoreError};
 
 mod rollback;

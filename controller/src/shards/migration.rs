@@ -110,10 +110,10 @@ async fn move_one(manager: &ShardManager, id: &str, idx: usize) -> Result<(), St
         }
         let timeout = manager.config().migration_timeout;
         let observed = manager
-            .hub()
-            .wait_applied(&step.host_id, step.generation, &step.workload, timeout)
+            .addresses()
+            .wait_applied(&step.host_id, &step.workload, step.generation, timeout)
             .await
-            .map_err(|e| ShardError::Conflict(e.to_string()))?;
+            .map_err(ShardError::Conflict)?;
         manager
             .call(Op::CompleteMove {
                 migration: id.to_owned(),
@@ -150,12 +150,12 @@ pub(super) async fn release_when_applied(manager: &ShardManager, rolled_back: &A
     // The address left the host's desired state before this task started (the writer
     // updates the hub before it answers; at start the hub is rebuilt without it), so
     // any state the agent applies from this generation on no longer has it.
-    let generation = manager.hub().desired(host).generation;
+    let generation = manager.addresses().generation(host, workload);
     let timeout = manager.config().migration_timeout;
     let mut backoff = BACKOFF_MIN;
     while let Err(error) = manager
-        .hub()
-        .wait_applied(host, generation, workload, timeout)
+        .addresses()
+        .wait_applied(host, workload, generation, timeout)
         .await
     {
         tracing::debug!(address = %rolled_back.address, %error, "rolled-back address still held");

@@ -19,6 +19,7 @@ pub mod flags;
 pub mod index;
 mod migration;
 pub mod model;
+pub mod publish;
 
 #[cfg(test)]
 mod tests;
@@ -28,11 +29,11 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::control::ControlHub;
 use crate::store::{Store, StoreError};
 use crate::time::now_unix_ns;
 pub use cidr::{Cidr, Family};
 pub use events::CloudEvent;
+pub use publish::{AddressAssignment, AddressPublisher, AddressesApplied};
 pub use index::{CreateShard, Deallocation, Index, MoveStep};
 pub use model::{
     Allocation, Migration, MigrationState, MoveCounts, MoveState, Shard, ShardConfig, ShardError,
@@ -136,7 +137,8 @@ struct Request {
 struct Inner {
     index: RwLock<Index>,
     store: Arc<dyn Store>,
-    hub: Arc<ControlHub>,
+    /// Where each workload's desired addresses go (the control plane).
+    addresses: Arc<dyn AddressPublisher>,
     events: broadcast::Sender<Arc<CloudEvent>>,
     /// Migrations with a runner task now, and how to stop it (a cancel does).
     running: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
@@ -158,24 +160,24 @@ fn unexpected(reply: Reply) -> ShardError {
 
 impl ShardManager {
     /// Opens the manager over `store`: rebuilds the index, puts every workload's
-    /// addresses into `hub`, starts the writer thread and (inside a tokio runtime)
+    /// addresses into `addresses`, starts the writer thread and (inside a tokio runtime)
     /// resumes unfinished migrations.
     pub fn open(
         store: Arc<dyn Store>,
         config: ShardConfig,
-        hub: Arc<ControlHub>,
+        addresses: Arc<dyn AddressPublisher>,
     ) -> Result<Self, StoreError> {
         let config = Arc::new(config);
         let index = Index::load(store.as_ref(), config.clone())?;
         let fence = format!("{:016x}", rand::random::<u64>());
         store.put(FENCE_KEY, fence.as_bytes())?;
         for (host, workload) in index.host_workloads() {
-            hub.set_workload(&host, &workload, index.desired(&host, &workload));
+            addresses.publish(&host, &workload, index.desired(&host, &workload));
         }
         let inner = Arc::new(Inner {
             index: RwLock::new(index),
             store,
-            hub,
+            addresses,
             events: broadcast::channel(EVENT_CHANNEL).0,
             running: Mutex::new(Default::default()),
             stop: tokio::sync::watch::channel(false).0,
@@ -196,24 +198,15 @@ impl ShardManager {
         Ok(manager)
     }
 
-    /// A manager over a memory store with the default configuration.
-    pub fn in_memory() -> Self {
-        Self::open(
-            Arc::new(crate::store::MemoryStore::default()),
-            ShardConfig::default(),
-            Arc::default(),
-        )
-        .expect("a memory store cannot fail")
-    }
-
     /// Stops the migration runners (what they did is persisted; they resume at the next
     /// start). The writer stops once every clone of the manager is dropped.
     pub fn shutdown(&self) {
         self.inner.stop.send_replace(true);
     }
 
-    pub fn hub(&self) -> &Arc<ControlHub> {
-        &self.inner.hub
+    /// Where the desired addresses go.
+    pub fn addresses(&self) -> &Arc<dyn AddressPublisher> {
+        &self.inner.addresses
     }
 
     pub fn config(&self) -> Arc<ShardConfig> {
@@ -657,12 +650,12 @@ fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>, fence: String) {
         // Durable: tell the agents, then the event consumers, then the callers.
         for (host, workload) in &batch.touched {
             inner
-                .hub
-                .set_workload(host, workload, index.desired(host, workload));
+                .addresses
+                .publish(host, workload, index.desired(host, workload));
         }
         for result in &mut results {
             if let Ok(Reply::Step(step)) = result {
-                step.generation = inner.hub.desired(&step.host_id).generation;
+                step.generation = inner.addresses.generation(&step.host_id, &step.workload);
             }
         }
         drop(index);

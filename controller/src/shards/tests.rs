@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::control::{ControlHub, HostObserved, WorkloadObserved};
+use crate::compose::HubAddresses;
+use crate::control::ControlHub;
+use crate::control::fake::FakeAgent;
 use crate::store::{MemoryStore, RedbStore};
 
 mod cancel;
@@ -59,39 +61,7 @@ async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) 
 /// An agent that applies every desired state of `host` at once and reports it (with a
 /// made-up 300 us down time), until the returned handle is aborted.
 fn fake_agent(hub: Arc<ControlHub>, host: &str) -> tokio::task::JoinHandle<()> {
-    let host = host.to_owned();
-    tokio::spawn(async move {
-        let mut rx = hub.watch(&host);
-        loop {
-            let desired = rx.borrow_and_update().clone();
-            let workloads = desired
-                .workloads
-                .iter()
-                .map(|(w, addrs)| {
-                    (
-                        w.clone(),
-                        WorkloadObserved {
-                            addresses: addrs.iter().map(|a| a.cidr.clone()).collect(),
-                            link_up: true,
-                            error: String::new(),
-                            readdress_down_us: 300,
-                        },
-                    )
-                })
-                .collect();
-            hub.report(
-                &host,
-                HostObserved {
-                    applied_generation: desired.generation,
-                    workloads,
-                    reported_at: Some(Instant::now()),
-                },
-            );
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    })
+    FakeAgent::default().spawn(hub, host)
 }
 
 #[tokio::test]
@@ -99,7 +69,7 @@ async fn shards_are_carved_aligned_around_reserved_ranges_and_never_overlap() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         small_config(),
-        Arc::default(),
+        HubAddresses::new(Arc::default()),
     )
     .unwrap();
     let a = m.create_shard(v4(26, None)).await.unwrap();
@@ -154,7 +124,7 @@ async fn reused_address_cannot_be_released_by_earlier_holder() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         small_config(),
-        Arc::default(),
+        HubAddresses::new(Arc::default()),
     )
     .unwrap();
     m.create_shard(v4(28, Some("blue"))).await.unwrap();
@@ -215,7 +185,7 @@ async fn releasing_a_workload_frees_all_its_addresses_and_its_desired_state() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         small_config(),
-        hub.clone(),
+        HubAddresses::new(hub.clone()),
     )
     .unwrap();
     m.create_shard(v4(28, Some("blue"))).await.unwrap();
@@ -238,8 +208,8 @@ async fn releasing_a_workload_frees_all_its_addresses_and_its_desired_state() {
     m.allocate_address("blue", "db", "h1", Family::Ipv4)
         .await
         .unwrap();
-    let desired = hub.desired("h1");
-    let web: Vec<&str> = desired.workloads["web"]
+    let desired = hub.desired("h1").workload_addresses();
+    let web: Vec<&str> = desired["web"]
         .iter()
         .map(|a| a.cidr.as_str())
         .collect();
@@ -248,11 +218,11 @@ async fn releasing_a_workload_frees_all_its_addresses_and_its_desired_state() {
         web.contains(&format!("{}/28", a.address).as_str())
             && web.contains(&format!("{}/124", b.address).as_str())
     );
-    assert!(!desired.workloads["web"][0].gateway.is_empty());
+    assert!(!desired["web"][0].gateway.is_empty());
     let released = m.release_workload("blue", "web").await.unwrap();
     assert_eq!(released.len(), 2);
-    assert!(!hub.desired("h1").workloads.contains_key("web"));
-    assert!(hub.desired("h1").workloads.contains_key("db"));
+    assert!(!hub.desired("h1").workload_addresses().contains_key("web"));
+    assert!(hub.desired("h1").workload_addresses().contains_key("db"));
     assert!(m.release_workload("blue", "web").await.unwrap().is_empty());
     m.read().check_invariants().unwrap();
 }
@@ -262,7 +232,7 @@ async fn network_policy_and_shard_ownership_are_enforced() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         small_config(),
-        Arc::default(),
+        HubAddresses::new(Arc::default()),
     )
     .unwrap();
     let mut ids = Vec::new();
@@ -321,10 +291,11 @@ async fn restart_rebuilds_the_index_and_the_control_hub_from_the_store() {
     let dir = temp_dir("restart");
     let config = small_config();
     let (before, allocs) = {
+        let first_hub = Arc::new(ControlHub::default());
         let m = ShardManager::open(
             Arc::new(RedbStore::open_dir(&dir).unwrap()),
             config.clone(),
-            Arc::default(),
+            HubAddresses::new(first_hub.clone()),
         )
         .unwrap();
         m.create_shard(v4(27, Some("blue"))).await.unwrap();
@@ -344,11 +315,11 @@ async fn restart_rebuilds_the_index_and_the_control_hub_from_the_store() {
         m.release_address("blue", allocs[3].address, allocs[3].seq)
             .await
             .unwrap();
-        (m.hub().desired("h0"), allocs)
+        (first_hub.desired("h0"), allocs)
     };
     let hub = Arc::new(ControlHub::default());
     let m = reopen(&dir, config, hub.clone()).await;
-    assert_eq!(hub.desired("h0").workloads, before.workloads);
+    assert_eq!(hub.desired("h0").workload_addresses(), before.workload_addresses());
     for (i, a) in allocs.iter().enumerate() {
         assert_eq!(
             m.read().allocation(a.address).is_some(),
@@ -381,7 +352,7 @@ async fn reopen(dir: &std::path::Path, config: ShardConfig, hub: Arc<ControlHub>
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match RedbStore::open_dir(dir) {
-            Ok(store) => return ShardManager::open(Arc::new(store), config, hub).unwrap(),
+            Ok(store) => return ShardManager::open(Arc::new(store), config, HubAddresses::new(hub)).unwrap(),
             Err(e) => {
                 assert!(Instant::now() < deadline, "reopening: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -434,7 +405,7 @@ async fn migration_moves_every_workload_to_a_new_address_then_frees_the_shard() 
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         migration_config(),
-        hub.clone(),
+        HubAddresses::new(hub.clone()),
     )
     .unwrap();
     let agents: Vec<_> = (0..4)
@@ -484,9 +455,9 @@ async fn migration_moves_every_workload_to_a_new_address_then_frees_the_shard() 
         assert_ne!(now[0].shard_id, shard.id);
         assert!(!now[0].retiring);
         let desired = hub.desired(&a.host_id);
-        assert_eq!(desired.workloads[&a.workload].len(), 1);
+        assert_eq!(desired.workload_addresses()[&a.workload].len(), 1);
         assert_eq!(
-            desired.workloads[&a.workload][0].cidr,
+            desired.workload_addresses()[&a.workload][0].cidr,
             format!("{}/22", now[0].address)
         );
     }
@@ -532,7 +503,7 @@ async fn an_agent_that_does_not_report_pauses_the_migration_until_it_does() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         migration_config(),
-        hub.clone(),
+        HubAddresses::new(hub.clone()),
     )
     .unwrap();
     let hv0 = fake_agent(hub.clone(), "hv0");
@@ -611,7 +582,7 @@ fn a_restarted_controller_resumes_a_migration_without_double_allocation() {
             let m = ShardManager::open(
                 Arc::new(RedbStore::open_dir(&dir).unwrap()),
                 config.clone(),
-                hub.clone(),
+                HubAddresses::new(hub.clone()),
             )
             .unwrap();
             let (shard, old) = fill(&m, "blue", 32, 2).await;
@@ -652,7 +623,7 @@ fn a_restarted_controller_resumes_a_migration_without_double_allocation() {
         // The hub was rebuilt with only the new addresses desired.
         assert!(
             hub.desired("hv0")
-                .workloads
+                .workload_addresses()
                 .values()
                 .all(|v| v.len() == 1 && !v[0].shard_id.is_empty())
         );
@@ -691,7 +662,7 @@ async fn many_concurrent_clients_never_share_an_address() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         migration_config(),
-        Arc::default(),
+        HubAddresses::new(Arc::default()),
     )
     .unwrap();
     let tasks: Vec<_> = (0..32)
@@ -866,7 +837,7 @@ async fn run_actions(actions: Vec<Action>, redb: bool) -> Result<(), TestCaseErr
             if redb {
                 reopen(&dir, small_config(), hub).await
             } else {
-                ShardManager::open(memory, small_config(), hub).unwrap()
+                ShardManager::open(memory, small_config(), HubAddresses::new(hub)).unwrap()
             }
         }
     };
@@ -1067,44 +1038,12 @@ async fn an_agent_reporting_an_error_pauses_the_migration_with_that_error() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         migration_config(),
-        hub.clone(),
+        HubAddresses::new(hub.clone()),
     )
     .unwrap();
     let (shard, _) = fill(&m, "blue", 4, 1).await;
     // An agent that fails to apply anything.
-    let failing = {
-        let hub = hub.clone();
-        tokio::spawn(async move {
-            let mut rx = hub.watch("hv0");
-            loop {
-                let d = rx.borrow_and_update().clone();
-                let workloads = d
-                    .workloads
-                    .keys()
-                    .map(|w| {
-                        (
-                            w.clone(),
-                            WorkloadObserved {
-                                error: "netns vm0 is gone".into(),
-                                ..Default::default()
-                            },
-                        )
-                    })
-                    .collect();
-                hub.report(
-                    "hv0",
-                    HostObserved {
-                        applied_generation: d.generation,
-                        workloads,
-                        reported_at: Some(Instant::now()),
-                    },
-                );
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-    };
+    let failing = FakeAgent { fail: Some("netns vm0 is gone".into()), ..Default::default() }.spawn(hub.clone(), "hv0");
     let Deallocation::Migrating(mig) = m.deallocate_shard("blue", &shard.id).await.unwrap() else {
         panic!()
     };
@@ -1140,7 +1079,7 @@ async fn events_beyond_the_retention_are_dropped_and_readers_skip_to_the_oldest(
         event_retention: 10,
         ..small_config()
     };
-    let m = ShardManager::open(Arc::new(MemoryStore::default()), config, Arc::default()).unwrap();
+    let m = ShardManager::open(Arc::new(MemoryStore::default()), config, HubAddresses::new(Arc::default())).unwrap();
     m.create_shard(v4(27, Some("blue"))).await.unwrap(); // events 1, 2
     for i in 0..20 {
         m.allocate_address("blue", &format!("w{i}"), "h", Family::Ipv4)

@@ -10,14 +10,12 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 use weft_controller::AppState;
 use weft_controller::api::http::app;
-use weft_controller::control::ControlHub;
-use weft_controller::shards::{ShardConfig, ShardManager};
+use weft_controller::shards::ShardConfig;
 use weft_controller::store::MemoryStore;
 
 /// A state whose shard manager runs with `config` on a fresh memory store.
 pub fn shard_state(config: ShardConfig) -> AppState {
-    let shards = ShardManager::open(Arc::new(MemoryStore::default()), config, Arc::new(ControlHub::default())).unwrap();
-    AppState::default().with_shards(shards)
+    AppState::default().open_shards(Arc::new(MemoryStore::default()), config).unwrap()
 }
 
 /// One JSON request: (status, content type, body as JSON, or as a JSON string when it is

@@ -7,7 +7,7 @@ use super::*;
 
 /// A manager over a memory store with [`migration_config`] and `hub`.
 fn manager(hub: &Arc<ControlHub>, config: ShardConfig) -> ShardManager {
-    ShardManager::open(Arc::new(MemoryStore::default()), config, hub.clone()).unwrap()
+    ShardManager::open(Arc::new(MemoryStore::default()), config, HubAddresses::new(hub.clone())).unwrap()
 }
 
 async fn start_migration(m: &ShardManager, shard: &str) -> Migration {
@@ -19,21 +19,24 @@ async fn start_migration(m: &ShardManager, shard: &str) -> Migration {
 
 /// Every workload of `allocs` is told exactly the addresses the index says it should have
 /// (none retiring), and holds exactly one address.
-fn assert_agents_told_the_index(m: &ShardManager, allocs: &[Allocation]) {
+fn assert_agents_told_the_index(m: &ShardManager, hub: &ControlHub, allocs: &[Allocation]) {
     let index = m.read();
     for a in allocs {
         let held = index.workload_addresses("blue", &a.workload);
         assert_eq!(held.len(), 1, "{}: {held:?}", a.workload);
         assert!(!held[0].retiring, "{}: {held:?}", a.workload);
-        let desired = m.hub().desired(&a.host_id);
+        let desired = hub.desired(&a.host_id);
         let told = desired
-            .workloads
+            .workload_addresses()
             .get(&a.workload)
             .cloned()
             .unwrap_or_default();
+        let told_cidrs: Vec<(&str, u64)> = told.iter().map(|t| (t.cidr.as_str(), t.allocation_seq)).collect();
+        let in_index = index.desired(&a.host_id, &a.workload);
+        let index_cidrs: Vec<(&str, u64)> = in_index.iter().map(|t| (t.cidr.as_str(), t.allocation_seq)).collect();
         assert_eq!(
-            told,
-            index.desired(&a.host_id, &a.workload),
+            told_cidrs,
+            index_cidrs,
             "{}",
             a.workload
         );
@@ -45,7 +48,7 @@ fn assert_agents_told_the_index(m: &ShardManager, allocs: &[Allocation]) {
 
 /// Every new address `failed` rolled back is still allocated under its move's sequence
 /// and `releasing`: in no workload's addresses, told to no agent.
-fn assert_releasing(m: &ShardManager, failed: &Migration) {
+fn assert_releasing(m: &ShardManager, hub: &ControlHub, failed: &Migration) {
     let index = m.read();
     for mv in failed
         .moves
@@ -65,9 +68,9 @@ fn assert_releasing(m: &ShardManager, failed: &Migration) {
         );
         let prefix = format!("{new}/");
         assert!(
-            m.hub()
+            hub
                 .desired(&mv.host_id)
-                .workloads
+                .workload_addresses()
                 .values()
                 .flatten()
                 .all(|told| !told.cidr.starts_with(&prefix)),
@@ -123,7 +126,7 @@ async fn cancelling_a_paused_migration_rolls_every_move_back_and_gives_the_shard
     assert_ne!(carved, shard.id);
     assert!(
         hub.desired("hv0")
-            .workloads
+            .workload_addresses()
             .values()
             .all(|v| v[0].shard_id == carved),
         "the agents were told the new addresses"
@@ -153,8 +156,8 @@ async fn cancelling_a_paused_migration_rolls_every_move_back_and_gives_the_shard
         assert_eq!(held.len(), 1);
         assert_eq!((held[0].address, held[0].seq), (a.address, a.seq));
     }
-    assert_agents_told_the_index(&m, &old);
-    assert_releasing(&m, &failed);
+    assert_agents_told_the_index(&m, &hub, &old);
+    assert_releasing(&m, &hub, &failed);
     assert_eq!(m.shard(&carved).unwrap().resource_count, 16);
     let s = m.shard(&shard.id).unwrap();
     assert_eq!(
@@ -170,7 +173,7 @@ async fn cancelling_a_paused_migration_rolls_every_move_back_and_gives_the_shard
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(m.migration(&mig.id).unwrap(), failed);
     assert_eq!(m.next_event(), last, "no event after the cancel");
-    assert_releasing(&m, &failed);
+    assert_releasing(&m, &hub, &failed);
 
     let events = event_types(&m, from);
     let failed_event = events.last().unwrap();
@@ -284,7 +287,7 @@ async fn cancelling_after_some_moves_completed_keeps_their_new_addresses() {
             }
         }
     }
-    assert_agents_told_the_index(&m, &old);
+    assert_agents_told_the_index(&m, &hub, &old);
     let s = m.shard(&shard.id).unwrap();
     assert_eq!((s.status, s.resource_count), (ShardStatus::InUse, 8));
     let e = m.stored_events(1, 100_000).unwrap().pop().unwrap();
@@ -299,36 +302,7 @@ async fn cancelling_after_some_moves_completed_keeps_their_new_addresses() {
 
 /// An agent that applies its host's desired state `delay` after each change.
 fn slow_agent(hub: Arc<ControlHub>, host: &str, delay: Duration) -> tokio::task::JoinHandle<()> {
-    let host = host.to_owned();
-    tokio::spawn(async move {
-        let mut rx = hub.watch(&host);
-        loop {
-            tokio::time::sleep(delay).await;
-            let desired = rx.borrow_and_update().clone();
-            let workloads = desired
-                .workloads
-                .iter()
-                .map(|(w, addrs)| {
-                    let observed = WorkloadObserved {
-                        addresses: addrs.iter().map(|a| a.cidr.clone()).collect(),
-                        link_up: true,
-                        error: String::new(),
-                        readdress_down_us: 300,
-                    };
-                    (w.clone(), observed)
-                })
-                .collect();
-            let observed = HostObserved {
-                applied_generation: desired.generation,
-                workloads,
-                reported_at: Some(Instant::now()),
-            };
-            hub.report(&host, observed);
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    })
+    FakeAgent { delay, ..Default::default() }.spawn(hub, host)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,7 +336,7 @@ async fn a_cancel_racing_the_runner_leaves_every_workload_one_address_it_is_told
         // Whatever the runner was doing when the cancel came, nothing changes after it.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(m.migration(&mig.id).unwrap(), failed);
-        assert_agents_told_the_index(&m, &old);
+        assert_agents_told_the_index(&m, &hub, &old);
         {
             let index = m.read();
             index.check_invariants().unwrap();
@@ -433,7 +407,7 @@ fn a_cancel_survives_a_restart() {
             let m = ShardManager::open(
                 Arc::new(RedbStore::open_dir(&dir).unwrap()),
                 config.clone(),
-                Arc::default(),
+                HubAddresses::new(Arc::default()),
             )
             .unwrap();
             let (shard, old) = fill(&m, "blue", 32, 2).await;
@@ -466,9 +440,9 @@ fn a_cancel_survives_a_restart() {
             assert_eq!((held.len(), held[0].seq), (1, a.seq), "{held:?}");
         }
         // The hub is rebuilt with the old addresses.
-        assert_agents_told_the_index(&m, &old);
+        assert_agents_told_the_index(&m, &hub, &old);
         // The rolled-back new addresses are still held: no agent reported since.
-        assert_releasing(&m, &failed);
+        assert_releasing(&m, &hub, &failed);
         assert_eq!(m.read().allocations().count(), 64);
         let late = m
             .allocate_address("blue", "late", "hv0", Family::Ipv4)
@@ -519,7 +493,7 @@ async fn a_migration_past_its_deadline_fails_and_is_rolled_back() {
             .iter()
             .all(|mv| mv.state == MoveState::RolledBack)
     );
-    assert_agents_told_the_index(&m, &old);
+    assert_agents_told_the_index(&m, &hub, &old);
     assert_eq!(m.shard(&shard.id).unwrap().status, ShardStatus::InUse);
     eventually(Duration::from_secs(1), "runner gone", || {
         !is_running(&m, &mig.id)
@@ -601,9 +575,9 @@ async fn a_workload_that_released_addresses_mid_move_is_not_given_them_back() {
     );
     assert_eq!(mv1.state, MoveState::RolledBack);
     assert!(m.read().workload_addresses("blue", "vm1").is_empty());
-    assert!(!hub.desired("hv0").workloads.contains_key("vm1"));
+    assert!(!hub.desired("hv0").workload_addresses().contains_key("vm1"));
     assert_eq!(mv2.state, MoveState::RolledBack);
-    assert_agents_told_the_index(&m, &[by_name("vm0"), by_name("vm2")]);
+    assert_agents_told_the_index(&m, &hub, &[by_name("vm0"), by_name("vm2")]);
     assert_eq!(
         m.shard(&shard.id).unwrap().resource_count,
         1,
@@ -616,7 +590,7 @@ async fn a_workload_that_released_addresses_mid_move_is_not_given_them_back() {
 /// report), deallocated, and the migration cancelled with both moves in flight: the
 /// workloads have their old addresses again; their new ones, in the /28 the migration
 /// carved, are releasing. Returns the failed migration and those new addresses.
-async fn cancel_in_flight(m: &ShardManager) -> (Migration, Vec<IpAddr>) {
+async fn cancel_in_flight(m: &ShardManager, hub: &ControlHub) -> (Migration, Vec<IpAddr>) {
     let shard = m.create_shard(v4(28, Some("blue"))).await.unwrap();
     for w in ["vm0", "vm1"] {
         m.allocate_address("blue", w, "hv0", Family::Ipv4)
@@ -635,7 +609,7 @@ async fn cancel_in_flight(m: &ShardManager) -> (Migration, Vec<IpAddr>) {
         .filter_map(|mv| mv.new_address)
         .collect();
     assert_eq!(new.len(), 2);
-    assert_releasing(m, &failed);
+    assert_releasing(m, hub, &failed);
     (failed, new)
 }
 
@@ -680,7 +654,7 @@ fn released_events(m: &ShardManager, from: u64, addresses: &[IpAddr]) -> usize {
 async fn a_rolled_back_address_is_not_handed_out_before_its_agent_applied_the_rollback() {
     let hub = Arc::new(ControlHub::default());
     let m = manager(&hub, migration_config());
-    let (failed, new) = cancel_in_flight(&m).await;
+    let (failed, new) = cancel_in_flight(&m, &hub).await;
     let e = m.stored_events(1, 100_000).unwrap().pop().unwrap();
     assert_eq!(e.event_type, "weft.shard.migration.failed");
     assert_eq!(
@@ -692,7 +666,7 @@ async fn a_rolled_back_address_is_not_handed_out_before_its_agent_applied_the_ro
     assert_eq!(allocate_everything(&m, &new).await.len(), 22);
     // Far longer than the agent wait (--migration-timeout 200ms) and its retries.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_releasing(&m, &failed);
+    assert_releasing(&m, &hub, &failed);
     // The caller cannot release it either (the controller does, once it is safe).
     let vm0 = failed.moves.iter().find(|mv| mv.workload == "vm0").unwrap();
     let err = m
@@ -710,7 +684,7 @@ async fn a_rolled_back_address_is_not_handed_out_before_its_agent_applied_the_ro
         gone.iter().map(|a| (a.address, a.seq)).collect::<Vec<_>>(),
         [(vm1.old_address, vm1.old_seq)]
     );
-    assert_releasing(&m, &failed);
+    assert_releasing(&m, &hub, &failed);
     assert_eq!(allocate_everything(&m, &new).await.len(), 23);
     assert_eq!(released_events(&m, from, &new), 0);
 
@@ -744,13 +718,14 @@ fn a_rolled_back_address_stays_held_across_a_restart_until_its_agent_reports() {
     let (failed, new) = {
         let rt = runtime();
         let r = rt.block_on(async {
+            let hub = Arc::new(ControlHub::default());
             let m = ShardManager::open(
                 Arc::new(RedbStore::open_dir(&dir).unwrap()),
                 config.clone(),
-                Arc::default(),
+                HubAddresses::new(hub.clone()),
             )
             .unwrap();
-            cancel_in_flight(&m).await
+            cancel_in_flight(&m, &hub).await
         });
         drop(rt); // the controller "dies" before any agent reported
         r
@@ -759,11 +734,11 @@ fn a_rolled_back_address_stays_held_across_a_restart_until_its_agent_reports() {
     rt.block_on(async {
         let hub = Arc::new(ControlHub::default());
         let m = reopen(&dir, config, hub.clone()).await;
-        assert_releasing(&m, &failed);
+        assert_releasing(&m, &hub, &failed);
         let from = m.next_event();
         assert_eq!(allocate_everything(&m, &new).await.len(), 22);
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_releasing(&m, &failed);
+        assert_releasing(&m, &hub, &failed);
         assert_eq!(released_events(&m, from, &new), 0);
         let agent = fake_agent(hub.clone(), "hv0");
         eventually(Duration::from_secs(3), "released after the report", || {

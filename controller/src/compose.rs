@@ -1,0 +1,70 @@
+//! How the controller's domains are joined to the control plane: the shard manager's
+//! desired addresses become `workload-addresses` resources on the [`ControlHub`]. New
+//! domains (networks, sampling policies, weave routes) get their adapter here, so neither
+//! the domain nor the hub knows the other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use weft_proto::v1 as wire;
+
+use crate::control::{ControlHub, Spec, kinds};
+use crate::shards::publish::{AddressAssignment, AddressPublisher, AddressesApplied};
+
+/// The shard manager's [`AddressPublisher`] on a control hub.
+#[derive(Debug, Clone)]
+pub struct HubAddresses(pub Arc<ControlHub>);
+
+impl HubAddresses {
+    pub fn new(hub: Arc<ControlHub>) -> Arc<dyn AddressPublisher> {
+        Arc::new(Self(hub))
+    }
+}
+
+impl AddressPublisher for HubAddresses {
+    fn publish(&self, host: &str, workload: &str, mut addresses: Vec<AddressAssignment>) -> u64 {
+        if addresses.is_empty() {
+            return self.0.withdraw(host, kinds::WORKLOAD_ADDRESSES, workload);
+        }
+        addresses.sort();
+        let spec = Spec::WorkloadAddresses(wire::WorkloadAddresses {
+            workload: workload.to_owned(),
+            addresses: addresses
+                .into_iter()
+                .map(|a| wire::AddressAssignment {
+                    cidr: a.cidr,
+                    gateway: a.gateway,
+                    shard_id: a.shard_id,
+                    allocation_seq: a.allocation_seq,
+                })
+                .collect(),
+        });
+        self.0.publish(host, workload, spec)
+    }
+
+    fn generation(&self, host: &str, workload: &str) -> u64 {
+        match self.0.resource(host, kinds::WORKLOAD_ADDRESSES, workload) {
+            Some(r) => r.generation,
+            None => self.0.generation(host),
+        }
+    }
+
+    fn wait_applied<'a>(
+        &'a self,
+        host: &'a str,
+        workload: &'a str,
+        generation: u64,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<AddressesApplied, String>> {
+        Box::pin(async move {
+            let o = self
+                .0
+                .wait_applied(host, kinds::WORKLOAD_ADDRESSES, workload, generation, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let down = o.measurements.get("readdress_down_seconds").copied().unwrap_or(0.0);
+            Ok(AddressesApplied { readdress_down_us: (down * 1e6).round() as u64 })
+        })
+    }
+}

@@ -1,0 +1,86 @@
+//! A fake agent on the hub itself, for tests of the domains that publish through it (no
+//! sockets, no dataplane): it "applies" every resource of the kinds it knows at once and
+//! reports the rest as not understood, as a real agent does.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{ControlHub, HostObserved, ResourceObserved, ResourceStatus, Spec};
+
+/// How a fake agent behaves.
+#[derive(Debug, Clone)]
+pub struct FakeAgent {
+    /// Kinds it has a reconciler for; `None`: every kind.
+    pub kinds: Option<BTreeSet<String>>,
+    /// Reported as `readdress_down_seconds` for address resources.
+    pub readdress_down_us: u64,
+    /// Waited after each change before reporting (an agent that is slow to apply).
+    pub delay: std::time::Duration,
+    /// Every known resource fails with this error (an agent that cannot apply anything).
+    pub fail: Option<String>,
+}
+
+impl Default for FakeAgent {
+    fn default() -> Self {
+        Self { kinds: None, readdress_down_us: 300, delay: std::time::Duration::ZERO, fail: None }
+    }
+}
+
+impl FakeAgent {
+    /// The report of one desired state.
+    pub fn observe(&self, hub: &ControlHub, host: &str) -> HostObserved {
+        let desired = hub.desired(host);
+        let resources = desired
+            .resources
+            .iter()
+            .map(|(rk, r)| {
+                let known = self.kinds.as_ref().is_none_or(|k| k.contains(&rk.kind));
+                let mut o = ResourceObserved { generation: r.generation, ..Default::default() };
+                if !known {
+                    o.status = ResourceStatus::Unsupported;
+                    o.error = format!("no reconciler for kind {:?}", rk.kind);
+                } else if let Some(error) = &self.fail {
+                    o.status = ResourceStatus::Failed;
+                    o.error = error.clone();
+                } else {
+                    match &r.spec {
+                        Spec::WorkloadAddresses(w) => {
+                            o.observed = w.addresses.iter().map(|a| a.cidr.clone()).collect();
+                            o.measurements
+                                .insert("readdress_down_seconds".into(), self.readdress_down_us as f64 / 1e6);
+                        }
+                    }
+                }
+                (rk.clone(), o)
+            })
+            .collect();
+        HostObserved {
+            epoch: desired.epoch,
+            applied_generation: desired.generation,
+            resources,
+            reported_at: Some(Instant::now()),
+        }
+    }
+
+    /// Runs on `host` until the returned handle is aborted: reports every desired state.
+    pub fn spawn(self, hub: Arc<ControlHub>, host: &str) -> tokio::task::JoinHandle<()> {
+        let host = host.to_owned();
+        if let Some(k) = &self.kinds {
+            hub.announce(&host, k.iter().cloned().collect());
+        }
+        tokio::spawn(async move {
+            let mut rx = hub.watch(&host);
+            loop {
+                if !self.delay.is_zero() {
+                    tokio::time::sleep(self.delay).await;
+                }
+                rx.borrow_and_update();
+                hub.report(&host, self.observe(&hub, &host));
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+}
