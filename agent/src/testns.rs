@@ -1,0 +1,113 @@
+//! Test support: named network namespaces (`wft-<pid>-ev-<n>` under /run/netns) removed
+//! by `Drop`, also when a test fails, and rtnetlink connections inside them. Root only;
+//! tests call [`is_root`] first and skip with a printed reason otherwise. Addresses used
+//! by the tests are from 198.18.0.0/15 and fd00::/8 only.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+use futures::TryStreamExt as _;
+use rtnetlink::{Handle, LinkUnspec, LinkVeth};
+
+use crate::hostevents::in_netns;
+
+pub fn is_root() -> bool {
+    // SAFETY: no arguments, no side effects.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !$crate::testns::is_root() {
+            eprintln!("skipped: needs root to create network namespaces");
+            return;
+        }
+    };
+}
+pub(crate) use require_root;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A named network namespace, removed on drop.
+pub struct TestNetns {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl TestNetns {
+    pub fn new() -> Self {
+        let name = format!("wft-{}-ev-{}", std::process::id(), NEXT.fetch_add(1, Relaxed));
+        let path = PathBuf::from("/run/netns").join(&name);
+        std::fs::create_dir_all("/run/netns").expect("creating /run/netns");
+        std::fs::File::create(&path).expect("creating the netns mount point");
+        let guard = Self { name, path: path.clone() };
+        // unshare(CLONE_NEWNET) changes the calling thread only: a scratch thread makes the
+        // namespace and bind-mounts it so that it outlives the thread.
+        std::thread::spawn(move || -> std::io::Result<()> {
+            // SAFETY: plain syscalls on this thread; strings are NUL-terminated.
+            unsafe {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let src = c"/proc/thread-self/ns/net";
+                let dst = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path without NUL");
+                if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+        .join()
+        .expect("netns thread")
+        .expect("creating a network namespace");
+        guard
+    }
+
+    /// An rtnetlink handle inside this namespace (its connection runs on the current runtime).
+    pub async fn handle(&self) -> Handle {
+        let runtime = tokio::runtime::Handle::current();
+        let (conn, handle, _) = in_netns(&self.path, move || {
+            let _entered = runtime.enter();
+            rtnetlink::new_connection()
+        })
+        .await
+        .expect("entering the test namespace")
+        .expect("rtnetlink in the test namespace");
+        tokio::spawn(conn);
+        handle
+    }
+
+    /// A veth pair `name` / `<name>p` in this namespace, both up; returns `name`'s index.
+    pub async fn veth(&self, h: &Handle, name: &str) -> u32 {
+        let peer = format!("{name}p");
+        h.link().add(LinkVeth::new(name, &peer).build()).execute().await.expect("adding a veth pair");
+        for n in [&peer, name] {
+            let i = index_of(h, n).await;
+            h.link().set(LinkUnspec::new_with_index(i).up().build()).execute().await.expect("link up");
+        }
+        index_of(h, name).await
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        if let Ok(dst) = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: unmounting our own bind mount; failure leaves only an empty file.
+            unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub async fn index_of(h: &Handle, name: &str) -> u32 {
+    h.link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .expect("link lookup")
+        .expect("link exists")
+        .header
+        .index
+}
