@@ -4,6 +4,7 @@
 mod attach;
 mod collector;
 mod config;
+mod control;
 mod exporter;
 mod flows;
 // The flow attacher subscribes in the next commit; the lead's reconcilers follow.
@@ -27,7 +28,7 @@ use anyhow::{Context as _, anyhow};
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
 use clap::Parser as _;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     attach::Attacher, collector::Collector, config::Args, exporter::Exporter, flows::FlowTracker,
@@ -53,13 +54,17 @@ async fn main() -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let metrics = Arc::new(Metrics::default());
-    let control_metrics = Arc::new(realize::ControlMetrics::default());
+    let control_metrics = Arc::new(control::ControlMetrics::default());
     let mut realizer = realize::Realizer::new(&workloads)
         .with_neighbour_netns(args.neighbour_netns.clone())
         .with_readdress_mode(args.readdress_mode)
         .with_old_neighbour_grace(std::time::Duration::from_millis(args.old_neighbour_grace_ms));
     match &args.state_file {
-        Some(path) => realizer = realizer.with_state_file(path)?,
+        Some(path) => {
+            // One file, one section per resource kind.
+            let state = Arc::new(control::state::StateFile::open(path)?);
+            realizer = realizer.with_state(state)?;
+        }
         None if !workloads.is_empty() => tracing::warn!(
             "no --state-file: after a restart the agent does not recognise addresses it set before (a migration interrupted by the restart can leave the old address on a workload)"
         ),
@@ -159,11 +164,22 @@ async fn main() -> anyhow::Result<()> {
     };
     let exporter_task = tokio::spawn(exporter.run(shutdown_rx.clone(), SHUTDOWN_GRACE));
     let attach_task = tokio::spawn(attacher.watch(shutdown_rx.clone()));
-    let control = realize::ControlClient {
+    // One netlink listener for the host: drift of what the reconcilers manage is repaired
+    // as soon as it happens.
+    let host_events = match hostevents::HostEvents::start(hostevents::Config::default()) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            warn!(error = %e, "no netlink listener: drift is repaired at the periodic resync only");
+            None
+        }
+    };
+    let addresses = realize::AddressReconciler { realizer, metrics: control_metrics.clone() };
+    let control = control::driver::ControlDriver {
         controller: args.controller.clone(),
         host_id: args.host_id.clone(),
         instance,
-        realizer,
+        reconcilers: vec![Arc::new(addresses)],
+        events: host_events,
         metrics: control_metrics,
     };
     let control_task = tokio::spawn(control.run(shutdown_rx.clone()));

@@ -22,7 +22,8 @@ use tracing::{info, warn};
 
 use super::diff::{Cidr, Current, DesiredAddress, Managed, Plan, RouteOp, is_link_local, plan};
 use super::netns::NetnsConnections;
-use super::state::StateFile;
+use crate::control::state::{StateError, StateFile};
+use crate::hostevents::Change;
 use super::{DesiredWorkload, RealizeError};
 use crate::config::WorkloadSpec;
 
@@ -77,7 +78,10 @@ pub struct Realizer {
     /// See [`OLD_NEIGHBOUR_GRACE`].
     old_neighbour_grace: Duration,
     /// Where `managed` is kept across restarts (`None`: memory only).
-    state: Option<StateFile>,
+    state: Option<std::sync::Arc<StateFile>>,
+    /// Per workload: when its device was last read back by an apply. Host events from
+    /// before are already accounted for (most are the apply's own writes).
+    read_back_at: Mutex<HashMap<String, Instant>>,
 }
 
 /// How long after a re-address the hypervisor's neighbour entries of the old addresses
@@ -171,6 +175,7 @@ impl Realizer {
             gateway_lookup: tokio::sync::Mutex::new(()),
             old_neighbour_grace: OLD_NEIGHBOUR_GRACE,
             state: None,
+            read_back_at: Mutex::default(),
         }
     }
 
@@ -180,15 +185,21 @@ impl Realizer {
     }
 
     /// Keeps which addresses are weft's in `path` across restarts, starting from what it
-    /// holds. Workloads it names that are not in the workloads file are dropped (this
-    /// agent cannot reach them).
-    pub fn with_state_file(mut self, path: &std::path::Path) -> Result<Self, super::state::StateError> {
-        let (file, remembered) = StateFile::open(path)?;
+    /// holds (its `workload-addresses` section).
+    pub fn with_state_file(self, path: &std::path::Path) -> Result<Self, StateError> {
+        self.with_state(std::sync::Arc::new(StateFile::open(path)?))
+    }
+
+    /// Keeps which addresses are weft's in the agent's state file, starting from what it
+    /// holds. Workloads it names that are not in the workloads file are dropped (this agent
+    /// cannot reach them).
+    pub fn with_state(mut self, file: std::sync::Arc<StateFile>) -> Result<Self, StateError> {
+        let remembered = super::state::load(&file)?;
         {
             let mut managed = self.managed();
             for (name, (seen, ranges)) in remembered {
                 let Some(target) = self.targets.get(&name) else {
-                    warn!(workload = %name, file = %path.display(), "the state file names a workload that is not in the workloads file: forgotten");
+                    warn!(workload = %name, file = %file.path().display(), "the state file names a workload that is not in the workloads file: forgotten");
                     continue;
                 };
                 let mut m = Managed::with_statics(target.statics.iter().copied());
@@ -205,7 +216,7 @@ impl Realizer {
     fn save_state(&self) {
         if let Some(file) = &self.state {
             let managed = self.managed().clone();
-            if let Err(e) = file.save(&managed) {
+            if let Err(e) = super::state::save(file, &managed) {
                 warn!(error = %e, "keeping the managed addresses failed");
             }
         }
@@ -265,6 +276,63 @@ impl Realizer {
         }
     }
 
+    /// Workload namespaces (where the host events of the managed devices come from).
+    pub fn namespaces(&self) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = self.targets.values().filter_map(|t| t.netns.clone()).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Workloads with addresses weft manages.
+    pub fn managed_workloads(&self) -> Vec<String> {
+        let m = self.managed();
+        let mut names: Vec<String> =
+            m.iter().filter(|(_, m)| !m.seen.is_empty() || !m.ranges.is_empty()).map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// Which workloads a change in namespace `netns` (seen at `at`) moved away from what
+    /// was last applied to them, and how: a desired address or the default route via a
+    /// desired gateway removed, an address weft manages but no longer wants added, the
+    /// device down or gone. Changes from before a workload's last read-back are its own
+    /// apply's (or already seen by it).
+    pub fn drifted(&self, netns: &std::path::Path, at: Instant, change: &Change) -> Vec<(String, String)> {
+        let last = self.last_applied();
+        let read_back = self.read_back_at.lock().unwrap_or_else(|p| p.into_inner());
+        let managed = self.managed();
+        let mut out = Vec::new();
+        for (name, target) in self.targets.iter().filter(|(_, t)| t.netns.as_deref() == Some(netns)) {
+            let Some((desired, _)) = last.get(name) else { continue };
+            if read_back.get(name).is_some_and(|t| *t >= at) {
+                continue;
+            }
+            let dev = &target.device;
+            let what = match change {
+                Change::AddrDel { addr, prefix, .. } if desired.iter().any(|d| d.cidr.addr == *addr) => {
+                    format!("address {addr}/{prefix} removed from {dev}")
+                }
+                Change::AddrNew { addr, prefix, .. }
+                    if !desired.iter().any(|d| d.cidr.addr == *addr)
+                        && managed.get(name).is_some_and(|m| m.owns(addr)) =>
+                {
+                    format!("address {addr}/{prefix} added to {dev}, which weft manages and does not want there")
+                }
+                Change::LinkNew { name: n, up: false, .. } if n == dev => format!("{dev} set down"),
+                Change::LinkDel { name: n, .. } if n == dev => format!("{dev} deleted"),
+                Change::RouteDel { prefix: 0, gateway: Some(g), .. }
+                    if desired.iter().any(|d| d.gateway == Some(*g)) =>
+                {
+                    format!("default route via {g} removed")
+                }
+                _ => continue,
+            };
+            out.push((name.clone(), what));
+        }
+        out
+    }
+
     /// Netlink connections open into namespaces (one per workload namespace touched, and
     /// the neighbour namespace).
     pub fn open_connections(&self) -> usize {
@@ -275,7 +343,13 @@ impl Realizer {
     /// and brought to its desired addresses (level-triggered). Workloads that had managed
     /// addresses before but are absent now are emptied. Reports come back sorted by name.
     pub async fn apply(&self, desired: Vec<DesiredWorkload>) -> Vec<Applied> {
-        self.apply_with(desired, false).await
+        self.apply_with(desired, false, true).await
+    }
+
+    /// Reads back and repairs only these workloads (drift): the others are not touched,
+    /// whatever they hold.
+    pub async fn repair(&self, desired: Vec<DesiredWorkload>) -> Vec<Applied> {
+        self.apply_with(desired, false, false).await
     }
 
     /// Like [`apply`](Self::apply), but a workload whose desired addresses are the same as
@@ -283,12 +357,15 @@ impl Realizer {
     /// the stream of desired states, where one generation changes a few workloads of
     /// hundreds; a full [`apply`](Self::apply) now and then catches drift.
     pub async fn apply_changed(&self, desired: Vec<DesiredWorkload>) -> Vec<Applied> {
-        self.apply_with(desired, true).await
+        self.apply_with(desired, true, true).await
     }
 
-    async fn apply_with(&self, desired: Vec<DesiredWorkload>, skip_unchanged: bool) -> Vec<Applied> {
+    /// `empty_absent`: workloads with managed addresses that `desired` does not list are
+    /// emptied (a whole host state); otherwise left alone (a repair of some workloads).
+    async fn apply_with(&self, desired: Vec<DesiredWorkload>, skip_unchanged: bool, empty_absent: bool) -> Vec<Applied> {
         let mut all: Vec<(DesiredWorkload, bool)> = desired.into_iter().map(|w| (w, true)).collect();
-        let remembered: Vec<String> = self.managed().keys().cloned().collect();
+        let remembered: Vec<String> =
+            if empty_absent { self.managed().keys().cloned().collect() } else { Vec::new() };
         for name in remembered {
             if !all.iter().any(|(w, _)| w.name == name) {
                 all.push((DesiredWorkload { name, addresses: Vec::new() }, false));
@@ -438,6 +515,7 @@ impl Realizer {
             }
         };
         let result = self.reconcile(h, (index, mac.as_deref()), w, target, announced, &mut applied).await;
+        self.read_back_at.lock().unwrap_or_else(|p| p.into_inner()).insert(w.name.clone(), Instant::now());
         match read_current(h, index).await {
             Ok((current, _)) => {
                 if result.is_ok() {

@@ -18,13 +18,17 @@ use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use weft_proto::v1::{
-    AddressAssignment, DesiredState, ObservedState, ReportObservedResponse, WatchDesiredStateRequest,
-    WorkloadDesired,
+    AddressAssignment, DesiredState, ObservedState, ReportObservedResponse, Resource, ResourceObserved, ResourceStatus,
+    WatchDesiredStateRequest, WorkloadAddresses,
     agent_control_service_server::{AgentControlService, AgentControlServiceServer},
+    resource::Spec,
 };
 
 use super::diff::Cidr;
-use super::{ControlClient, ControlMetrics, DesiredAddress, DesiredWorkload, Realizer, netns};
+use super::{AddressReconciler, DesiredAddress, DesiredWorkload, Realizer, netns};
+use crate::control::ControlMetrics;
+use crate::control::driver::ControlDriver;
+use crate::hostevents::HostEvents;
 use crate::config::{Netns, WorkloadSpec};
 
 fn is_root() -> bool {
@@ -467,15 +471,20 @@ impl AgentControlService for FakeController {
     }
 }
 
-fn wire(workload: &str, cidr: &str, gateway: &str, shard: &str, seq: u64) -> WorkloadDesired {
-    WorkloadDesired {
-        workload: workload.into(),
-        addresses: vec![AddressAssignment {
-            cidr: cidr.into(),
-            gateway: gateway.into(),
-            shard_id: shard.into(),
-            allocation_seq: seq,
-        }],
+fn wire(workload: &str, cidr: &str, gateway: &str, shard: &str, seq: u64) -> Resource {
+    Resource {
+        kind: "workload-addresses".into(),
+        key: workload.into(),
+        generation: seq,
+        spec: Some(Spec::WorkloadAddresses(WorkloadAddresses {
+            workload: workload.into(),
+            addresses: vec![AddressAssignment {
+                cidr: cidr.into(),
+                gateway: gateway.into(),
+                shard_id: shard.into(),
+                allocation_seq: seq,
+            }],
+        })),
     }
 }
 
@@ -490,28 +499,8 @@ async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-#[tokio::test]
-async fn control_client_applies_two_generations_and_reports_them() {
-    require_root!();
-    let ns = TestNetns::new();
-    ns.dummy("eth0").await;
-    let fake = FakeController::default();
-    fake.states.lock().unwrap().extend([
-        DesiredState {
-            generation: 1,
-            workloads: vec![
-                wire("web", "198.18.128.5/22", "198.18.128.1", "shard-a", 1),
-                wire("ghost", "198.18.128.6/22", "", "shard-a", 2),
-            ],
-        },
-        DesiredState {
-            generation: 2,
-            workloads: vec![
-                wire("web", "198.18.132.9/22", "198.18.132.1", "shard-b", 3),
-                wire("ghost", "198.18.128.6/22", "", "shard-a", 2),
-            ],
-        },
-    ]);
+/// A fake controller on a loopback port; the returned server task is aborted by the test.
+async fn serve(fake: &FakeController) -> (String, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(
@@ -519,17 +508,61 @@ async fn control_client_applies_two_generations_and_reports_them() {
             .add_service(AgentControlServiceServer::new(fake.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let metrics = Arc::new(ControlMetrics::default());
-    let client = ControlClient {
-        controller: format!("http://{addr}"),
+    (format!("http://{addr}"), server)
+}
+
+fn driver(controller: String, realizer: Realizer, events: Option<HostEvents>, metrics: Arc<ControlMetrics>) -> ControlDriver {
+    let addresses = AddressReconciler { realizer: Arc::new(realizer), metrics: metrics.clone() };
+    ControlDriver {
+        controller,
         host_id: "hv-test".into(),
         instance: "00000000000000aa".into(),
-        realizer: Arc::new(Realizer::new(&[
-            spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &[]),
-            spec("ghost", Some(Netns::Named(format!("{}-gone", ns.name))), "eth0", &[]),
-        ])),
-        metrics: metrics.clone(),
-    };
+        reconcilers: vec![Arc::new(addresses)],
+        events,
+        metrics,
+    }
+}
+
+fn resource<'a>(r: &'a ObservedState, key: &str) -> &'a ResourceObserved {
+    r.resources.iter().find(|o| o.key == key).unwrap_or_else(|| panic!("no report of {key}: {r:?}"))
+}
+
+#[tokio::test]
+async fn control_driver_applies_two_generations_and_reports_them() {
+    require_root!();
+    let ns = TestNetns::new();
+    ns.dummy("eth0").await;
+    let fake = FakeController::default();
+    let mut unknown = wire("vm9", "198.18.128.7/22", "", "shard-a", 1);
+    unknown.kind = "weave-route".into();
+    unknown.spec = None; // a spec case this agent was built without
+    fake.states.lock().unwrap().extend([
+        DesiredState {
+            controller_epoch: 4,
+            generation: 1,
+            resources: vec![
+                wire("web", "198.18.128.5/22", "198.18.128.1", "shard-a", 1),
+                wire("ghost", "198.18.128.6/22", "", "shard-a", 1),
+                unknown.clone(),
+            ],
+        },
+        DesiredState {
+            controller_epoch: 4,
+            generation: 2,
+            resources: vec![
+                wire("web", "198.18.132.9/22", "198.18.132.1", "shard-b", 2),
+                wire("ghost", "198.18.128.6/22", "", "shard-a", 1),
+                unknown,
+            ],
+        },
+    ]);
+    let (url, server) = serve(&fake).await;
+    let metrics = Arc::new(ControlMetrics::default());
+    let realizer = Realizer::new(&[
+        spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &[]),
+        spec("ghost", Some(Netns::Named(format!("{}-gone", ns.name))), "eth0", &[]),
+    ]);
+    let client = driver(url, realizer, None, metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(client.run(stop_rx));
     let reports = fake.reports.clone();
@@ -541,22 +574,106 @@ async fn control_client_applies_two_generations_and_reports_them() {
     let watchers = fake.watchers.lock().unwrap().clone();
     assert_eq!(watchers[0].host_id, "hv-test");
     assert_eq!(watchers[0].agent_instance, "00000000000000aa");
+    assert_eq!(watchers[0].kinds, vec!["workload-addresses".to_owned()], "the agent announces its kinds");
     let reports = reports.lock().unwrap().clone();
     let (r1, r2) = (&reports[0], &reports[1]);
     assert_eq!((r1.applied_generation, r2.applied_generation), (1, 2));
-    assert_eq!(r1.host_id, "hv-test");
-    let web = |r: &ObservedState| r.workloads.iter().find(|w| w.workload == "web").unwrap().clone();
-    let ghost = |r: &ObservedState| r.workloads.iter().find(|w| w.workload == "ghost").unwrap().clone();
-    assert_eq!(web(r1).addresses, vec!["198.18.128.5/22".to_owned()]);
-    assert!(web(r1).link_up && web(r1).error.is_empty());
-    assert_eq!(web(r1).readdress_down_us, 0);
-    assert_eq!(web(r2).addresses, vec!["198.18.132.9/22".to_owned()]);
-    assert!(web(r2).readdress_down_us > 0, "{:?}", web(r2));
-    eprintln!("re-address down time over the control path: {} us", web(r2).readdress_down_us);
-    assert!(ghost(r1).error.contains("opening network namespace"), "{:?}", ghost(r1));
-    assert!(ghost(r2).error.contains("opening network namespace"));
+    assert_eq!((r1.controller_epoch, r1.host_id.as_str()), (4, "hv-test"));
+    let web1 = resource(r1, "web");
+    assert_eq!(web1.observed, vec!["198.18.128.5/22".to_owned(), "link up".to_owned()]);
+    assert_eq!((web1.status, web1.generation), (ResourceStatus::Applied as i32, 1));
+    assert!(web1.error.is_empty() && web1.measurements.is_empty(), "{web1:?}");
+    let web2 = resource(r2, "web");
+    assert_eq!(web2.observed[0], "198.18.132.9/22");
+    assert_eq!(web2.generation, 2);
+    let down = web2.measurements["readdress_down_seconds"];
+    assert!(down > 0.0, "{web2:?}");
+    eprintln!("re-address down time over the control path: {:.0} us", down * 1e6);
+    for r in [r1, r2] {
+        let ghost = resource(r, "ghost");
+        assert_eq!(ghost.status, ResourceStatus::Failed as i32);
+        assert!(ghost.error.contains("opening network namespace"), "{ghost:?}");
+        let vm9 = resource(r, "vm9");
+        assert_eq!((vm9.kind.as_str(), vm9.status), ("weave-route", ResourceStatus::Unsupported as i32), "{vm9:?}");
+        assert!(vm9.error.contains("no reconciler"), "{vm9:?}");
+    }
     assert_eq!(metrics.desired_generation.load(Relaxed), 2);
     assert_eq!(metrics.applied_generation.load(Relaxed), 2);
     assert_eq!(metrics.readdress_total.load(Relaxed), 1);
     assert_eq!(metrics.apply_errors_total.load(Relaxed), 2);
+    assert_eq!(metrics.unsupported_resources.load(Relaxed), 1);
+}
+
+/// The addresses on `device` in `ns` now, read with `ip` (independently of the agent).
+fn ip_addresses(ns: &TestNetns, device: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "-o", "addr", "show", "dev", device])
+        .output()
+        .expect("running ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(ns: &TestNetns, args: &[&str]) {
+    let status = std::process::Command::new("ip").arg("-n").arg(&ns.name).args(args).status().expect("running ip");
+    assert!(status.success(), "ip -n {} {args:?}", ns.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_deleted_by_hand_is_restored_at_once_and_reported_as_drift() {
+    require_root!();
+    let ns = TestNetns::new();
+    ns.dummy("eth0").await;
+    let fake = FakeController::default();
+    fake.states.lock().unwrap().push_back(DesiredState {
+        controller_epoch: 1,
+        generation: 1,
+        resources: vec![wire("web", "198.18.128.5/22", "198.18.128.1", "shard-a", 1)],
+    });
+    let (url, server) = serve(&fake).await;
+    let metrics = Arc::new(ControlMetrics::default());
+    let events = HostEvents::start(crate::hostevents::Config::default()).expect("a netlink listener");
+    let realizer = Realizer::new(&[spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &[])]);
+    let client = driver(url, realizer, Some(events), metrics.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(client.run(stop_rx));
+    let reports = fake.reports.clone();
+    assert!(eventually(Duration::from_secs(10), || !reports.lock().unwrap().is_empty()).await, "first report");
+    assert!(ip_addresses(&ns, "eth0").contains("198.18.128.5/22"));
+
+    // Behind the agent's back, three times: the address, the default route, the link.
+    let mut restored = Vec::new();
+    for (undo, what) in [
+        (vec!["addr", "del", "198.18.128.5/22", "dev", "eth0"], "address 198.18.128.5/22 removed from eth0"),
+        (vec!["route", "del", "default"], "default route via 198.18.128.1 removed"),
+        (vec!["link", "set", "eth0", "down"], "eth0 set down"),
+    ] {
+        let before = metrics.drift_repaired_total.load(Relaxed);
+        let t0 = std::time::Instant::now();
+        ip(&ns, &undo);
+        let back = eventually(Duration::from_secs(5), || {
+            let a = ip_addresses(&ns, "eth0");
+            metrics.drift_repaired_total.load(Relaxed) > before && a.contains("198.18.128.5/22")
+        })
+        .await;
+        assert!(back, "{what}: not repaired (metrics {:?})", metrics.render());
+        restored.push(t0.elapsed());
+        let reported = eventually(Duration::from_secs(5), || {
+            reports.lock().unwrap().iter().flat_map(|r| r.drift.iter()).any(|d| d.what.contains(what))
+        })
+        .await;
+        assert!(reported, "no drift report naming {what:?}: {:?}", reports.lock().unwrap().last());
+    }
+    let gws = gateways(&ns, {
+        let h = ns.handle().await;
+        index_of(&h, "eth0").await
+    })
+    .await;
+    assert_eq!(gws, vec!["198.18.128.1".parse::<IpAddr>().unwrap()], "the default route is back");
+    assert!(ip_addresses(&ns, "eth0").contains("state UP") || ip_addresses(&ns, "eth0").contains("198.18.128.5"));
+    let drift = reports.lock().unwrap().iter().flat_map(|r| r.drift.clone()).collect::<Vec<_>>();
+    assert!(drift.iter().all(|d| d.kind == "workload-addresses" && d.key == "web" && d.repaired_unix_ns >= d.detected_unix_ns), "{drift:?}");
+    eprintln!("drift restored after (including `ip` runs): {restored:?}");
+    let _ = stop_tx.send(true);
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("driver stops").unwrap();
+    server.abort();
 }

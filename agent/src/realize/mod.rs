@@ -1,31 +1,30 @@
-//! The control path on the agent: the controller's desired state (which addresses each
-//! workload's own interface must have) made real with netlink, level-triggered.
+//! The address reconciler (kind `workload-addresses`): which addresses each workload's own
+//! interface must have, made real with netlink, level-triggered.
 //!
 //! - [`diff`]: desired vs current -> a plan of address, link and route operations (pure).
 //! - [`apply`]: reads a workload's device inside its network namespace and carries the
 //!   plan out ([`Realizer`]); a re-address (shard migration) takes the link down for the
 //!   swap and measures how long it was down.
-//! - [`control`]: the client that watches the controller's `DesiredState` stream, applies
-//!   every generation and reports what it observes afterwards.
+//! - [`reconciler`]: the [`crate::control::Reconciler`] of the kind, driven by the control
+//!   driver with the other kinds.
+//! - [`state`]: its section of the agent state file.
 
 pub mod apply;
-pub mod control;
 pub mod diff;
 mod netns;
+pub mod reconciler;
 pub mod state;
 
 #[cfg(test)]
 mod lab;
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use weft_proto::v1::WorkloadDesired;
+use weft_proto::v1::WorkloadAddresses;
 
 pub use apply::{Applied, ReaddressMode, Realizer};
-pub use control::ControlClient;
+pub use reconciler::AddressReconciler;
 pub use diff::{Cidr, DesiredAddress};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +52,10 @@ pub struct DesiredWorkload {
     pub addresses: Vec<DesiredAddress>,
 }
 
-impl TryFrom<&WorkloadDesired> for DesiredWorkload {
+impl TryFrom<&WorkloadAddresses> for DesiredWorkload {
     type Error = RealizeError;
 
-    fn try_from(w: &WorkloadDesired) -> Result<Self, Self::Error> {
+    fn try_from(w: &WorkloadAddresses) -> Result<Self, Self::Error> {
         let bad = |message: String| RealizeError::BadDesired { workload: w.workload.clone(), message };
         if w.workload.is_empty() {
             return Err(bad("empty workload name".into()));
@@ -91,40 +90,13 @@ impl TryFrom<&WorkloadDesired> for DesiredWorkload {
     }
 }
 
-/// Counters of the control path (created at start, passed down like `Metrics`).
-#[derive(Default)]
-pub struct ControlMetrics {
-    pub desired_generation: AtomicU64,
-    pub applied_generation: AtomicU64,
-    pub readdress_total: AtomicU64,
-    pub apply_errors_total: AtomicU64,
-    pub control_connected: AtomicU64,
-    pub netns_connections: AtomicU64,
-}
-
-impl ControlMetrics {
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(1024);
-        let mut line = |name: &str, kind: &str, help: &str, a: &AtomicU64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", a.load(Relaxed));
-        };
-        line("weft_agent_desired_generation", "gauge", "Generation of the last desired state received from the controller.", &self.desired_generation);
-        line("weft_agent_applied_generation", "gauge", "Generation of the last desired state applied and reported.", &self.applied_generation);
-        line("weft_agent_readdress_total", "counter", "Workload interfaces re-addressed (address swapped with the link down).", &self.readdress_total);
-        line("weft_agent_apply_errors_total", "counter", "Workloads whose desired state could not be applied.", &self.apply_errors_total);
-        line("weft_agent_control_connected", "gauge", "1 while the desired-state stream from the controller is open.", &self.control_connected);
-        line("weft_agent_netns_connections", "gauge", "Netlink connections kept open into workload (and neighbour) namespaces.", &self.netns_connections);
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use weft_proto::v1::AddressAssignment;
 
-    fn wire(addrs: &[(&str, &str)]) -> WorkloadDesired {
-        WorkloadDesired {
+    fn wire(addrs: &[(&str, &str)]) -> WorkloadAddresses {
+        WorkloadAddresses {
             workload: "web".into(),
             addresses: addrs
                 .iter()
@@ -153,14 +125,5 @@ mod tests {
             let e = DesiredWorkload::try_from(&wire(&bad)).unwrap_err().to_string();
             assert!(e.contains("\"web\"") && e.contains(why), "{why}: {e}");
         }
-    }
-
-    #[test]
-    fn renders_control_metrics() {
-        let m = ControlMetrics::default();
-        m.applied_generation.store(4, Relaxed);
-        let text = m.render();
-        assert!(text.contains("# TYPE weft_agent_applied_generation gauge\nweft_agent_applied_generation 4\n"));
-        assert!(text.contains("weft_agent_readdress_total 0"));
     }
 }

@@ -1,0 +1,411 @@
+//! Watches the controller's desired state for this host and makes it real through the
+//! reconcilers, one per kind: every `DesiredState` on the stream is applied (what changed;
+//! everything at the first state of a stream and every [`RESYNC_EVERY`]) and answered with
+//! an `ObservedState`. Host events (netlink) that show a managed object changed behind
+//! weft's back are repaired at once and reported as drift. On any error the stream is
+//! opened again after a backoff (200 ms to 5 s, with jitter); the controller then sends the
+//! full state again, and applying it again changes nothing that already matches.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, atomic::Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+use weft_proto::kinds;
+use weft_proto::v1::{
+    DesiredState, DriftRepaired, ObservedState, ResourceObserved, ResourceStatus, WatchDesiredStateRequest,
+    agent_control_service_client::AgentControlServiceClient,
+};
+
+use super::{ControlMetrics, DesiredResource, Reconciler, ResourceReport, Scope};
+use crate::hostevents::{Change, HostEvents, Received, Subscription};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between two generations only changed resources are applied; this often the last state
+/// is applied again in full (every object read back), which repairs drift that no host
+/// event showed (and namespaces that could not be watched).
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// Drift reports kept for the next report when sending fails (oldest dropped).
+const DRIFT_PENDING: usize = 256;
+
+pub struct ControlDriver {
+    pub controller: String,
+    pub host_id: String,
+    /// The exporter's agent instance id.
+    pub instance: String,
+    pub reconcilers: Vec<Arc<dyn Reconciler>>,
+    /// The host's netlink listener; `None`: drift is found by the periodic resync only.
+    pub events: Option<HostEvents>,
+    pub metrics: Arc<ControlMetrics>,
+}
+
+fn now_unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// When `at` was, on the wall clock.
+fn unix_ns_at(at: Instant) -> u64 {
+    now_unix_ns().saturating_sub(at.elapsed().as_nanos() as u64)
+}
+
+/// What the driver knows between states: the last state, and the last report of every
+/// resource.
+#[derive(Default)]
+struct Known {
+    state: Option<DesiredState>,
+    /// (kind, key) -> report.
+    reports: BTreeMap<(String, String), ResourceObserved>,
+    /// Drift found since the last report went out.
+    drift: Vec<DriftRepaired>,
+}
+
+impl ControlDriver {
+    fn reconciler(&self, kind: &str) -> Option<&Arc<dyn Reconciler>> {
+        self.reconcilers.iter().find(|r| r.kind() == kind)
+    }
+
+    /// The resources of `state` per known kind, and the reports of those no reconciler
+    /// takes (unknown kind, a spec case this agent cannot read, a key listed twice).
+    fn split(&self, state: &DesiredState) -> (HashMap<&'static str, Vec<DesiredResource>>, Vec<ResourceObserved>) {
+        let mut by_kind: HashMap<&'static str, Vec<DesiredResource>> =
+            self.reconcilers.iter().map(|r| (r.kind(), Vec::new())).collect();
+        let mut refused = Vec::new();
+        let known: Vec<&str> = self.reconcilers.iter().map(|r| r.kind()).collect();
+        for r in &state.resources {
+            let reject = |status: ResourceStatus, error: String| ResourceObserved {
+                kind: r.kind.clone(),
+                key: r.key.clone(),
+                generation: r.generation,
+                status: status as i32,
+                error,
+                ..Default::default()
+            };
+            let (Some(rec), Some(spec)) = (self.reconciler(&r.kind), r.spec.as_ref()) else {
+                refused.push(reject(
+                    ResourceStatus::Unsupported,
+                    format!("this agent has no reconciler for kind {:?} (it knows {known:?})", r.kind),
+                ));
+                continue;
+            };
+            if kinds::of(spec) != r.kind {
+                refused.push(reject(
+                    ResourceStatus::Failed,
+                    format!("kind {:?} with a spec of kind {:?}", r.kind, kinds::of(spec)),
+                ));
+                continue;
+            }
+            let list = by_kind.entry(rec.kind()).or_default();
+            if list.iter().any(|d| d.key == r.key) {
+                list.retain(|d| d.key != r.key);
+                refused.push(reject(ResourceStatus::Failed, format!("{}/{} is listed twice in the desired state", r.kind, r.key)));
+                continue;
+            }
+            list.push(DesiredResource { key: r.key.clone(), generation: r.generation, spec: spec.clone() });
+        }
+        (by_kind, refused)
+    }
+
+    fn observed(kind: &str, generation: u64, r: ResourceReport) -> ResourceObserved {
+        ResourceObserved {
+            kind: kind.to_owned(),
+            key: r.key,
+            generation,
+            status: if r.error.is_some() { ResourceStatus::Failed } else { ResourceStatus::Applied } as i32,
+            error: r.error.unwrap_or_default(),
+            measurements: r.measurements.into_iter().collect(),
+            observed: r.observed,
+        }
+    }
+
+    /// Applies `state` (`full`: everything, else what changed) and records the reports.
+    async fn apply(&self, known: &mut Known, state: &DesiredState, full: bool) {
+        let (by_kind, refused) = self.split(state);
+        self.metrics.unsupported_resources.store(
+            refused.iter().filter(|r| r.status == ResourceStatus::Unsupported as i32).count() as u64,
+            Relaxed,
+        );
+        known.reports.clear();
+        for r in refused {
+            known.reports.insert((r.kind.clone(), r.key.clone()), r);
+        }
+        let scope = if full { Scope::All } else { Scope::Changed };
+        for rec in &self.reconcilers {
+            let desired = by_kind.get(rec.kind()).map(Vec::as_slice).unwrap_or(&[]);
+            let reports = rec.reconcile(desired, scope).await;
+            self.count(&reports);
+            for r in reports {
+                if let Some(e) = &r.error {
+                    warn!(kind = rec.kind(), key = %r.key, generation = state.generation, error = %e, "desired state not applied");
+                }
+                // A resource removed is reported at the generation that removed it.
+                let generation = desired.iter().find(|d| d.key == r.key).map_or(state.generation, |d| d.generation);
+                let o = Self::observed(rec.kind(), generation, r);
+                known.reports.insert((o.kind.clone(), o.key.clone()), o);
+            }
+        }
+        let managed: usize = self.reconcilers.iter().map(|r| r.managed().len()).sum();
+        self.metrics.managed_objects.store(managed as u64, Relaxed);
+    }
+
+    fn count(&self, reports: &[ResourceReport]) {
+        let errors = reports.iter().filter(|a| a.error.is_some()).count() as u64;
+        // Re-addressed now: a report repeated for an unchanged workload wrote nothing.
+        let readdressed = reports
+            .iter()
+            .filter(|a| a.changes > 0 && a.measurements.iter().any(|(k, _)| k == "readdress_down_seconds"))
+            .count() as u64;
+        self.metrics.apply_errors_total.fetch_add(errors, Relaxed);
+        self.metrics.readdress_total.fetch_add(readdressed, Relaxed);
+    }
+
+    /// Reads back and repairs the resources a host event says drifted; true when a report
+    /// should go out.
+    async fn repair(&self, known: &mut Known, drifted: Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)>, at: Instant) -> bool {
+        let Some(state) = known.state.clone() else { return false };
+        let (by_kind, _) = self.split(&state);
+        let mut news = false;
+        for (rec, drift) in drifted {
+            let keys: Vec<String> = drift.iter().map(|d| d.key.clone()).collect();
+            let desired = by_kind.get(rec.kind()).map(Vec::as_slice).unwrap_or(&[]);
+            let reports = rec.reconcile(desired, Scope::Only(&keys)).await;
+            let repaired_at = now_unix_ns();
+            for r in reports {
+                let what: Vec<&str> =
+                    drift.iter().filter(|d| d.key == r.key).map(|d| d.what.as_str()).collect();
+                if r.changes == 0 && r.error.is_none() {
+                    // Already as desired (the event was weft's own, or undone already).
+                    debug!(kind = rec.kind(), key = %r.key, ?what, "host event, no drift");
+                    continue;
+                }
+                self.metrics.drift_detected_total.fetch_add(1, Relaxed);
+                let error = r.error.clone().unwrap_or_default();
+                if error.is_empty() {
+                    self.metrics.drift_repaired_total.fetch_add(1, Relaxed);
+                    info!(kind = rec.kind(), key = %r.key, ?what, changes = r.changes, after_us = at.elapsed().as_micros() as u64, "drift repaired");
+                } else {
+                    self.metrics.drift_repair_failed_total.fetch_add(1, Relaxed);
+                    warn!(kind = rec.kind(), key = %r.key, ?what, %error, "drift found, repair failed");
+                }
+                if known.drift.len() == DRIFT_PENDING {
+                    known.drift.remove(0);
+                }
+                known.drift.push(DriftRepaired {
+                    kind: rec.kind().to_owned(),
+                    key: r.key.clone(),
+                    what: what.join("; "),
+                    detected_unix_ns: unix_ns_at(at),
+                    repaired_unix_ns: if error.is_empty() { repaired_at } else { 0 },
+                    error,
+                });
+                let generation = desired.iter().find(|d| d.key == r.key).map_or(state.generation, |d| d.generation);
+                let o = Self::observed(rec.kind(), generation, r);
+                known.reports.insert((o.kind.clone(), o.key.clone()), o);
+                news = true;
+            }
+        }
+        news
+    }
+
+    /// Which reconcilers a host event concerns, with what drifted.
+    fn drifted(&self, event: &crate::hostevents::HostEvent) -> Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)> {
+        self.reconcilers
+            .iter()
+            .filter_map(|r| {
+                let d = r.drift(event);
+                (!d.is_empty()).then(|| (r.clone(), d))
+            })
+            .collect()
+    }
+
+    /// Starts watching every namespace a reconciler needs (again: a namespace made again
+    /// is watched anew). Namespaces that do not exist yet are tried at the next resync.
+    async fn watch_namespaces(&self) {
+        let Some(events) = &self.events else { return };
+        for rec in &self.reconcilers {
+            for ns in rec.namespaces() {
+                if let Err(e) = events.watch_netns(&ns).await {
+                    debug!(netns = %ns.display(), error = %e, "not watching namespace (yet)");
+                }
+            }
+        }
+    }
+
+    fn report(&self, known: &mut Known) -> Option<ObservedState> {
+        let state = known.state.as_ref()?;
+        Some(ObservedState {
+            host_id: self.host_id.clone(),
+            agent_instance: self.instance.clone(),
+            applied_generation: state.generation,
+            controller_epoch: state.controller_epoch,
+            resources: known.reports.values().cloned().collect(),
+            drift: std::mem::take(&mut known.drift),
+        })
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = BACKOFF_MIN;
+        let mut known = Known::default();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let mut streamed = false;
+            match self.session(&mut known, &mut shutdown, &mut streamed).await {
+                Ok(()) => return,
+                Err(why) => {
+                    self.metrics.control_connected.store(0, Relaxed);
+                    if streamed {
+                        backoff = BACKOFF_MIN;
+                    }
+                    warn!(controller = %self.controller, error = %why, retry_in = ?backoff, "desired-state stream lost");
+                    let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff + jitter) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<AgentControlServiceClient<Channel>, String> {
+        // No request timeout on the channel: the desired-state stream stays open for as
+        // long as the agent runs; keep-alives find a dead controller instead.
+        let endpoint = Endpoint::from_shared(self.controller.clone())
+            .map_err(|e| format!("bad controller URL {:?}: {e}", self.controller))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        Ok(AgentControlServiceClient::new(channel))
+    }
+
+    /// One stream: `Ok` on shutdown, `Err` with the reason to reconnect. `streamed` turns
+    /// true once the stream is open (the backoff starts over).
+    async fn session(
+        &self,
+        known: &mut Known,
+        shutdown: &mut watch::Receiver<bool>,
+        streamed: &mut bool,
+    ) -> Result<(), String> {
+        let mut client = self.connect().await?;
+        let req = WatchDesiredStateRequest {
+            host_id: self.host_id.clone(),
+            agent_instance: self.instance.clone(),
+            kinds: self.reconcilers.iter().map(|r| r.kind().to_owned()).collect(),
+        };
+        let mut stream = client
+            .watch_desired_state(req)
+            .await
+            .map_err(|s| format!("watch desired state: {} ({:?})", s.message(), s.code()))?
+            .into_inner();
+        *streamed = true;
+        self.metrics.control_connected.store(1, Relaxed);
+        info!(controller = %self.controller, "watching desired state");
+        let mut events: Option<Subscription> = self.events.as_ref().map(HostEvents::subscribe);
+        self.watch_namespaces().await;
+        // The first state of a stream is applied in full (the agent may have restarted, or
+        // missed generations while disconnected), then changes only, with a full resync
+        // every RESYNC_EVERY, and repairs when host events show drift.
+        let mut first = true;
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.reset();
+        loop {
+            enum Next {
+                Apply(DesiredState, bool),
+                Repair(Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)>, Instant),
+                Nothing,
+            }
+            let next = tokio::select! {
+                m = stream.message() => match m {
+                    Ok(Some(state)) => {
+                        let full = std::mem::take(&mut first)
+                            || known.state.as_ref().is_none_or(|s| s.controller_epoch != state.controller_epoch);
+                        Next::Apply(state, full)
+                    }
+                    Ok(None) => return Err("the controller ended the desired-state stream".into()),
+                    Err(s) => return Err(format!("desired-state stream: {} ({:?})", s.message(), s.code())),
+                },
+                _ = resync.tick(), if !first => match known.state.clone() {
+                    Some(state) => {
+                        self.watch_namespaces().await;
+                        Next::Apply(state, true)
+                    }
+                    None => Next::Nothing,
+                },
+                ev = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() && !first => match ev {
+                    Some(Received::Event(ev)) => {
+                        self.metrics.host_events_total.fetch_add(1, Relaxed);
+                        match (&ev.change, known.state.clone()) {
+                            (Change::Overrun | Change::NetnsGone, Some(state)) => {
+                                self.metrics.host_event_resyncs_total.fetch_add(1, Relaxed);
+                                self.watch_namespaces().await;
+                                Next::Apply(state, true)
+                            }
+                            _ => {
+                                let drifted = self.drifted(&ev);
+                                if drifted.is_empty() { Next::Nothing } else { Next::Repair(drifted, ev.at) }
+                            }
+                        }
+                    }
+                    Some(Received::Lagged { missed }) => {
+                        warn!(missed, "host events lost: full resync");
+                        self.metrics.host_event_resyncs_total.fetch_add(1, Relaxed);
+                        match known.state.clone() {
+                            Some(state) => Next::Apply(state, true),
+                            None => Next::Nothing,
+                        }
+                    }
+                    None => {
+                        warn!("the host event listener stopped: drift is repaired at the periodic resync only");
+                        events = None;
+                        Next::Nothing
+                    }
+                },
+                _ = shutdown.changed() => return Ok(()),
+            };
+            match next {
+                Next::Nothing => continue,
+                Next::Apply(state, full) => {
+                    if full {
+                        resync.reset();
+                    }
+                    self.metrics.desired_generation.store(state.generation, Relaxed);
+                    self.apply(known, &state, full).await;
+                    known.state = Some(state);
+                }
+                Next::Repair(drifted, at) => {
+                    if !self.repair(known, drifted, at).await {
+                        continue;
+                    }
+                }
+            }
+            let Some(report) = self.report(known) else { continue };
+            let generation = report.applied_generation;
+            let drift = report.drift.clone();
+            let mut req = tonic::Request::new(report);
+            req.set_timeout(REPORT_TIMEOUT);
+            if let Err(s) = client.report_observed(req).await {
+                // Keep the drift for the next report.
+                known.drift.splice(0..0, drift);
+                known.drift.truncate(DRIFT_PENDING);
+                if s.code() == tonic::Code::FailedPrecondition {
+                    // Another controller epoch: its state is on the way (or a new stream).
+                    warn!(error = %s.message(), "report refused");
+                    continue;
+                }
+                return Err(format!("report observed: {} ({:?})", s.message(), s.code()));
+            }
+            self.metrics.applied_generation.store(generation, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The control plane, agent side: one driver ([`driver::ControlDriver`]) for every kind of
+//! desired state, and one [`Reconciler`] per kind that makes its resources real.
+//!
+//! ```text
+//! controller --DesiredState stream--> driver --per kind--> Reconciler::reconcile
+//!      ^                                |  ^                       |
+//!      +------ ObservedState report ----+  +-- hostevents (netlink) -> Reconciler::drift
+//! ```
+//!
+//! The driver applies what changed between two states, everything at the first state of a
+//! stream and every [`driver::RESYNC_EVERY`], and what a host event says was changed behind
+//! weft's back (drift) at once. Resources of a kind no reconciler knows are reported
+//! `UNSUPPORTED`. A new kind is a new `Resource.spec` case on the wire and a new reconciler
+//! registered in `main.rs`; nothing else changes.
+
+pub mod driver;
+pub mod state;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use futures::future::BoxFuture;
+use weft_proto::v1::resource::Spec;
+
+use crate::hostevents::HostEvent;
+
+/// One resource of the reconciler's kind, as desired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredResource {
+    pub key: String,
+    /// The host generation at which its spec last changed.
+    pub generation: u64,
+    pub spec: Spec,
+}
+
+/// What reconciling one resource did and left.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourceReport {
+    pub key: String,
+    /// Why it is not as desired; `None` when it is.
+    pub error: Option<String>,
+    /// Base units in the names (`readdress_down_seconds`).
+    pub measurements: Vec<(String, f64)>,
+    /// What is there now, in the kind's own words.
+    pub observed: Vec<String>,
+    /// Writes made to bring it about (0: it already matched).
+    pub changes: usize,
+}
+
+/// Which resources a reconcile must look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every resource read back and repaired; objects weft manages that no resource wants
+    /// any more are removed.
+    All,
+    /// Only resources whose spec changed since their last successful apply (and removed
+    /// ones); the others are reported as last time.
+    Changed,
+    /// These keys, read back and repaired (drift).
+    Only(&'a [String]),
+}
+
+/// Something a host event says changed under a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub key: String,
+    pub what: String,
+}
+
+/// Makes one kind of resource real on this host.
+///
+/// Implementations read the current state of what they manage, compute a plan with a pure
+/// function (today's address `diff::plan`), apply it, and remember which objects are weft's
+/// (kept in the agent's state file, one section per kind) so that objects of resources no
+/// longer desired are removed, also after a restart.
+pub trait Reconciler: Send + Sync {
+    /// The kind's name on the wire (`weft_proto::kinds`).
+    fn kind(&self) -> &'static str;
+
+    /// Brings `desired` (every resource of this kind for this host) about, as `scope` says.
+    /// Reports every resource looked at, and objects removed because no resource wants
+    /// them any more (under their key).
+    fn reconcile<'a>(&'a self, desired: &'a [DesiredResource], scope: Scope<'a>) -> BoxFuture<'a, Vec<ResourceReport>>;
+
+    /// Whether `event` changed something this reconciler manages away from what it last
+    /// applied. Cheap: answered from memory; the reconcile that follows reads back.
+    fn drift(&self, event: &HostEvent) -> Vec<Drift>;
+
+    /// Network namespaces whose host events this reconciler needs.
+    fn namespaces(&self) -> Vec<PathBuf>;
+
+    /// Keys of the objects weft manages for this kind now.
+    fn managed(&self) -> Vec<String>;
+}
+
+/// Counters of the control path (created at start, passed down like `Metrics`).
+#[derive(Default)]
+pub struct ControlMetrics {
+    pub desired_generation: AtomicU64,
+    pub applied_generation: AtomicU64,
+    pub readdress_total: AtomicU64,
+    pub apply_errors_total: AtomicU64,
+    pub control_connected: AtomicU64,
+    pub netns_connections: AtomicU64,
+    pub unsupported_resources: AtomicU64,
+    pub managed_objects: AtomicU64,
+    pub drift_detected_total: AtomicU64,
+    pub drift_repaired_total: AtomicU64,
+    pub drift_repair_failed_total: AtomicU64,
+    pub host_events_total: AtomicU64,
+    pub host_event_resyncs_total: AtomicU64,
+}
+
+impl ControlMetrics {
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut line = |name: &str, kind: &str, help: &str, a: &AtomicU64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", a.load(Relaxed));
+        };
+        line("weft_agent_desired_generation", "gauge", "Generation of the last desired state received from the controller.", &self.desired_generation);
+        line("weft_agent_applied_generation", "gauge", "Generation of the last desired state applied and reported.", &self.applied_generation);
+        line("weft_agent_readdress_total", "counter", "Workload interfaces re-addressed.", &self.readdress_total);
+        line("weft_agent_apply_errors_total", "counter", "Resources whose desired state could not be applied.", &self.apply_errors_total);
+        line("weft_agent_control_connected", "gauge", "1 while the desired-state stream from the controller is open.", &self.control_connected);
+        line("weft_agent_netns_connections", "gauge", "Netlink connections kept open into workload (and neighbour) namespaces.", &self.netns_connections);
+        line("weft_agent_unsupported_resources", "gauge", "Resources of the last desired state of a kind this agent has no reconciler for.", &self.unsupported_resources);
+        line("weft_agent_managed_objects", "gauge", "Objects weft manages on this host (all kinds; kept in the state file).", &self.managed_objects);
+        line("weft_agent_drift_detected_total", "counter", "Out-of-band changes to managed objects found by host events and confirmed by a read-back.", &self.drift_detected_total);
+        line("weft_agent_drift_repaired_total", "counter", "Drifted resources brought back to their desired state.", &self.drift_repaired_total);
+        line("weft_agent_drift_repair_failed_total", "counter", "Drifted resources whose repair failed.", &self.drift_repair_failed_total);
+        line("weft_agent_host_events_total", "counter", "Netlink host events seen by the control driver.", &self.host_events_total);
+        line("weft_agent_host_event_resyncs_total", "counter", "Full resyncs because host events were lost (overrun or lag).", &self.host_event_resyncs_total);
+        out
+    }
+}
