@@ -58,8 +58,11 @@ impl NftRuleset {
         self.tables
             .iter()
             .map(|(f, n)| {
-                cmd::run(&mut netns::command_in(&self.netns, &["nft", "list", "table", f, n]))
-                    .unwrap_or_else(|e| format!("{e:#}"))
+                cmd::run(&mut netns::command_in(
+                    &self.netns,
+                    &["nft", "list", "table", f, n],
+                ))
+                .unwrap_or_else(|e| format!("{e:#}"))
             })
             .collect()
     }

@@ -326,8 +326,14 @@ mod tests {
             max_backoff: Duration::from_millis(40),
             grace: Duration::from_secs(1),
         };
-        let s = Supervised::start(None, &["sh", "-c", "echo run; exit 3"], &dir, "failing", policy)
-            .unwrap();
+        let s = Supervised::start(
+            None,
+            &["sh", "-c", "echo run; exit 3"],
+            &dir,
+            "failing",
+            policy,
+        )
+        .unwrap();
         crate::eventually(Duration::from_secs(10), Duration::from_millis(20), || {
             anyhow::ensure!(s.gave_up(), "still restarting: {:?}", s.runs());
             Ok(())
@@ -336,7 +342,11 @@ mod tests {
         let runs = s.runs();
         assert_eq!(runs.len(), 4, "{runs:?}");
         assert_eq!(s.restarts(), 3);
-        assert!(runs.iter().all(|r| r.exit.as_deref() == Some("exit status: 3")), "{runs:?}");
+        assert!(
+            runs.iter()
+                .all(|r| r.exit.as_deref() == Some("exit status: 3")),
+            "{runs:?}"
+        );
         assert_eq!(s.output().matches("run\n").count(), 4);
         assert_eq!(s.pid(), None);
         drop(s);

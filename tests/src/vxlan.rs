@@ -52,7 +52,10 @@ impl VxlanSpec {
     /// `ip link add` arguments for this device.
     pub fn link_add_args(&self) -> Result<Vec<String>> {
         if self.name.is_empty() || self.name.len() > crate::names::MAX_IFNAME {
-            bail!("VXLAN device name {:?} must have 1 to 15 characters", self.name);
+            bail!(
+                "VXLAN device name {:?} must have 1 to 15 characters",
+                self.name
+            );
         }
         if self.vni == 0 || self.vni >= 1 << 24 {
             bail!("VNI {} is outside 1..2^24", self.vni);
@@ -94,8 +97,14 @@ impl Vxlan {
     pub fn create(ns: &Netns, spec: &VxlanSpec) -> Result<Vxlan> {
         let args = spec.link_add_args()?;
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ns.ip(&args)
-            .with_context(|| format!("create VXLAN {} (VNI {}) in {}", spec.name, spec.vni, ns.name()))?;
+        ns.ip(&args).with_context(|| {
+            format!(
+                "create VXLAN {} (VNI {}) in {}",
+                spec.name,
+                spec.vni,
+                ns.name()
+            )
+        })?;
         // From here on the guard removes the device, also when a step below fails.
         let v = Vxlan {
             netns: ns.name().to_string(),
@@ -117,7 +126,14 @@ impl Vxlan {
     /// Adds `remote` (an underlay address) as a flooding peer.
     pub fn add_peer(&self, ns: &Netns, remote: &str) -> Result<()> {
         ns.exec(&[
-            "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", &self.name, "dst", remote,
+            "bridge",
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            &self.name,
+            "dst",
+            remote,
         ])
         .with_context(|| format!("add VXLAN peer {remote} to {}", self.name))?;
         Ok(())

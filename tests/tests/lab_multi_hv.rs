@@ -56,7 +56,10 @@ fn vxlan_over_the_underlay_joins_two_hypervisors() -> Result<()> {
     assert_eq!(vxlans[0].peers()?, vec![u2.addr4.clone()]);
     // a1's neighbour entry for b1 is still failing from the ping above: wait it out.
     eventually(Duration::from_secs(10), Duration::from_millis(200), || {
-        ensure!(traffic::ping_loss(&a1.netns, &b1.ipv4, 1)? == 0.0, "b1 not reachable yet");
+        ensure!(
+            traffic::ping_loss(&a1.netns, &b1.ipv4, 1)? == 0.0,
+            "b1 not reachable yet"
+        );
         Ok(())
     })?;
     assert_eq!(traffic::ping_loss(&a1.netns, &b1.ipv4, 3)?, 0.0);
@@ -64,16 +67,25 @@ fn vxlan_over_the_underlay_joins_two_hypervisors() -> Result<()> {
     // A full 1500-byte IPv4 packet, not fragmented: the underlay has room for VXLAN.
     a1.netns.exec_timeout(
         Duration::from_secs(10),
-        &["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", &b1.ipv4],
+        &[
+            "ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", &b1.ipv4,
+        ],
     )?;
 
     let dev = vxlans[0].name().to_string();
     drop(vxlans);
-    ensure!(hv1.netns.ip(&["link", "show", "dev", &dev]).is_err(), "{dev} still exists");
+    ensure!(
+        hv1.netns.ip(&["link", "show", "dev", &dev]).is_err(),
+        "{dev} still exists"
+    );
     assert_eq!(traffic::ping_loss(&a1.netns, &b1.ipv4, 1)?, 100.0);
 
     let names = lab.netns_names();
-    assert_eq!(names.len(), 5, "two hypervisors, two workloads, the underlay: {names:?}");
+    assert_eq!(
+        names.len(),
+        5,
+        "two hypervisors, two workloads, the underlay: {names:?}"
+    );
     let uplinks = [hv1.uplink_root_if.clone(), hv2.uplink_root_if.clone()];
     drop(lab);
     let listed = netns::list()?;
@@ -93,7 +105,10 @@ fn nft_ruleset_blocks_a_port_until_dropped() -> Result<()> {
     if skip_unless_root("nft_ruleset_blocks_a_port_until_dropped") {
         return Ok(());
     }
-    let lab = Lab::builder().workload("client").workload("server").build()?;
+    let lab = Lab::builder()
+        .workload("client")
+        .workload("server")
+        .build()?;
     let client = lab.workload("client")?;
     let server = lab.workload("server")?;
     let echo = servers::tcp_echo(server, 7007)?;
@@ -110,7 +125,10 @@ fn nft_ruleset_blocks_a_port_until_dropped() -> Result<()> {
             ],
         )
     };
-    ensure!(connect()?.contains("hello-nft"), "the echo answers before the rule");
+    ensure!(
+        connect()?.contains("hello-nft"),
+        "the echo answers before the rule"
+    );
 
     let rules = NftRuleset::load(
         &server.netns,
@@ -121,15 +139,25 @@ fn nft_ruleset_blocks_a_port_until_dropped() -> Result<()> {
            }\n\
          }\n",
     )?;
-    assert_eq!(rules.tables(), [("inet".to_string(), "weftlab".to_string())]);
-    assert!(connect().is_err(), "connect must fail while port 7007 is dropped:\n{}", rules.listing());
+    assert_eq!(
+        rules.tables(),
+        [("inet".to_string(), "weftlab".to_string())]
+    );
+    assert!(
+        connect().is_err(),
+        "connect must fail while port 7007 is dropped:\n{}",
+        rules.listing()
+    );
     // The same table cannot be loaded twice (drop would remove the other's table).
     assert!(NftRuleset::load(&server.netns, "table inet weftlab { }\n").is_err());
 
     drop(rules);
     let tables = server.netns.exec(&["nft", "list", "tables"])?;
     ensure!(!tables.contains("weftlab"), "table left behind: {tables}");
-    ensure!(connect()?.contains("hello-nft"), "the echo answers again after the drop");
+    ensure!(
+        connect()?.contains("hello-nft"),
+        "the echo answers again after the drop"
+    );
     Ok(())
 }
 
@@ -157,7 +185,11 @@ fn supervised_process_comes_back_after_sigkill() -> Result<()> {
     // In the namespace once `ip netns exec` switched to it.
     let in_netns = |pid: u32| {
         eventually(Duration::from_secs(5), Duration::from_millis(20), || {
-            ensure!(hv.netns.pids().contains(&i32::try_from(pid)?), "{pid} not in {}", hv.netns.name());
+            ensure!(
+                hv.netns.pids().contains(&i32::try_from(pid)?),
+                "{pid} not in {}",
+                hv.netns.name()
+            );
             Ok(())
         })
     };
@@ -167,7 +199,10 @@ fn supervised_process_comes_back_after_sigkill() -> Result<()> {
     in_netns(first)?;
     // Killed only once it runs the command (not while `ip netns exec` still prepares).
     eventually(Duration::from_secs(5), Duration::from_millis(20), || {
-        ensure!(s.output().contains(&format!("started {first}\n")), "not started yet");
+        ensure!(
+            s.output().contains(&format!("started {first}\n")),
+            "not started yet"
+        );
         Ok(())
     })?;
 
@@ -180,12 +215,19 @@ fn supervised_process_comes_back_after_sigkill() -> Result<()> {
     in_netns(second)?;
     let runs = s.runs();
     assert_eq!(runs.len(), 2);
-    assert!(runs[0].exit.as_deref().unwrap_or("").contains("SIGKILL"), "{runs:?}");
-    assert_ne!(runs[0].stdout, runs[1].stdout, "each run logs to its own file");
+    assert!(
+        runs[0].exit.as_deref().unwrap_or("").contains("SIGKILL"),
+        "{runs:?}"
+    );
+    assert_ne!(
+        runs[0].stdout, runs[1].stdout,
+        "each run logs to its own file"
+    );
     eventually(Duration::from_secs(5), Duration::from_millis(20), || {
         let out = s.output();
         ensure!(
-            out.contains(&format!("started {first}\n")) && out.contains(&format!("started {second}\n")),
+            out.contains(&format!("started {first}\n"))
+                && out.contains(&format!("started {second}\n")),
             "both runs logged: {out:?}; runs {:?}",
             s.runs()
         );
@@ -194,7 +236,10 @@ fn supervised_process_comes_back_after_sigkill() -> Result<()> {
 
     drop(s);
     eventually(Duration::from_secs(5), Duration::from_millis(20), || {
-        ensure!(!hv.netns.pids().contains(&i32::try_from(second)?), "{second} still runs");
+        ensure!(
+            !hv.netns.pids().contains(&i32::try_from(second)?),
+            "{second} still runs"
+        );
         Ok(())
     })?;
     Ok(())

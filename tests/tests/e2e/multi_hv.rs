@@ -69,11 +69,16 @@ fn workloads_on_two_hypervisors_get_addresses_from_one_shard() -> Result<()> {
     };
 
     let shard = controller
-        .json("POST", "/shards", Some(&json!({"prefix_len": 28, "network_id": NETWORK})))
+        .json(
+            "POST",
+            "/shards",
+            Some(&json!({"prefix_len": 28, "network_id": NETWORK})),
+        )
         .with_context(logs)?;
     let shard_id = shard["id"].as_str().context("shard id")?.to_owned();
     let gateway = shard["gateway"].as_str().context("gateway")?.to_owned();
-    hv1.netns.ip(&["addr", "add", &format!("{gateway}/28"), "dev", "br0"])?;
+    hv1.netns
+        .ip(&["addr", "add", &format!("{gateway}/28"), "dev", "br0"])?;
 
     // (workload, address, cidr) as the controller handed them out.
     let mut given: Vec<(&str, String, String)> = Vec::new();
@@ -86,7 +91,11 @@ fn workloads_on_two_hypervisors_get_addresses_from_one_shard() -> Result<()> {
                 Some(&json!({"workload": w, "host_id": host, "family": "ipv4"})),
             )
             .with_context(logs)?;
-        assert_eq!(a["shard_id"], shard_id.as_str(), "{w} is addressed from the one shard: {a}");
+        assert_eq!(
+            a["shard_id"],
+            shard_id.as_str(),
+            "{w} is addressed from the one shard: {a}"
+        );
         assert_eq!(a["host_id"], host.as_str(), "{a}");
         let address = a["address"].as_str().context("address")?.to_owned();
         let cidr = a["cidr"].as_str().context("cidr")?.to_owned();
@@ -96,14 +105,21 @@ fn workloads_on_two_hypervisors_get_addresses_from_one_shard() -> Result<()> {
     let mut distinct: Vec<&String> = given.iter().map(|(_, a, _)| a).collect();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct.len(), WORKLOADS.len(), "every workload has its own address: {given:?}");
+    assert_eq!(
+        distinct.len(),
+        WORKLOADS.len(),
+        "every workload has its own address: {given:?}"
+    );
 
     // Each hypervisor's agent puts the address on its own workloads' eth0.
     for (w, _, cidr) in &given {
         let wl = lab.workload(w)?;
         eventually(Duration::from_secs(20), Duration::from_millis(100), || {
             let out = wl.netns.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])?;
-            ensure!(out.contains(&format!(" {cidr} ")), "{w} has no {cidr} yet: {out}");
+            ensure!(
+                out.contains(&format!(" {cidr} ")),
+                "{w} has no {cidr} yet: {out}"
+            );
             Ok(())
         })
         .with_context(logs)?;
@@ -126,7 +142,10 @@ fn workloads_on_two_hypervisors_get_addresses_from_one_shard() -> Result<()> {
     // hv2's workloads use the shard's gateway, which only hv1 holds: through the overlay.
     let b1 = lab.workload("b1")?;
     let route = b1.netns.ip(&["-4", "route", "show", "default"])?;
-    ensure!(route.contains(&gateway), "b1 routes through the shard gateway: {route}");
+    ensure!(
+        route.contains(&gateway),
+        "b1 routes through the shard gateway: {route}"
+    );
     eventually(Duration::from_secs(10), Duration::from_millis(200), || {
         ping_from(&b1.netns, &given[2].1, &gateway)
     })?;
