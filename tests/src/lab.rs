@@ -1,5 +1,18 @@
 //! The lab: hypervisor namespaces (bridge `br0`, controller uplink) and workload namespaces
-//! (`eth0` with IPv4 and IPv6, host side `wl-<name>` on the bridge). Drop removes it all.
+//! (`eth0` with IPv4 and IPv6, host side `wl-<name>` on the bridge). With more than one
+//! hypervisor, an underlay namespace joins them (bridge `ul0`, a veth into each hypervisor).
+//! Drop removes it all.
+//!
+//! Addresses of lab X (only 198.18.0.0/15 and fd00::/8):
+//! - 198.18.X.0/24, fd00:X::/64: workloads (host numbers from [`FIRST_HOST`], unique in
+//!   the lab); hypervisor i's `br0` holds 198.18.X.(1+i) and fd00:X::(1+i). Each bridge is
+//!   its own L2 segment until a test joins them (e.g. [`Lab::join_bridges`]).
+//! - 198.19.X.(4i)/30: hypervisor i's controller uplink (root end .4i+1, `up0` .4i+2).
+//!   Every hypervisor routes 198.19.X.0/27 through its own uplink, so all agents reach a
+//!   controller bound on the first uplink's root address.
+//! - 198.19.X.64/27, fd00:X:ff::/64: the underlay; hypervisor i's `ul0` holds
+//!   198.19.X.(65+i) and fd00:X:ff::(1+i).
+//! - 198.19.X.128/25: free for tests (shard pools).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -12,6 +25,7 @@ use anyhow::{Context, Result, bail};
 use crate::links::{self, Place};
 use crate::names;
 use crate::netns::{self, Netns};
+use crate::vxlan::{Vxlan, VxlanSpec};
 
 /// Where the lab keeps its lock files.
 const LOCK_DIR: &str = "/run/weft-lab";
@@ -21,6 +35,15 @@ pub const BRIDGE: &str = "br0";
 pub const UPLINK: &str = "up0";
 /// First host number of workload addresses (198.18.X.11, fd00:X::11, ...).
 pub const FIRST_HOST: usize = 11;
+/// At most this many hypervisors per lab (their bridge addresses sit below `FIRST_HOST`).
+pub const MAX_HYPERVISORS: usize = 8;
+/// Role (namespace name suffix) of the underlay namespace; no workload may be called so.
+pub const UNDERLAY_ROLE: &str = "underlay";
+/// The underlay bridge (in the underlay namespace) and the underlay port in every
+/// hypervisor namespace.
+pub const UNDERLAY: &str = "ul0";
+/// MTU of the underlay: room for a 1500-byte frame plus VXLAN's 50 bytes.
+pub const UNDERLAY_MTU: u32 = 1600;
 
 static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -38,6 +61,20 @@ pub struct Hypervisor {
     pub uplink_root_addr: String,
     /// Hypervisor-namespace end (`up0`) address.
     pub uplink_addr: String,
+    /// The port on the underlay (labs with more than one hypervisor).
+    pub underlay: Option<UnderlayPort>,
+}
+
+/// A hypervisor's port on the underlay: `ul0` in its namespace, a veth to the underlay
+/// bridge.
+#[derive(Debug, Clone)]
+pub struct UnderlayPort {
+    /// `ul0`.
+    pub dev: String,
+    /// 198.19.X.(65+i), in 198.19.X.64/27.
+    pub addr4: String,
+    /// fd00:X:ff::(1+i), in fd00:X:ff::/64.
+    pub addr6: String,
 }
 
 /// A workload namespace with `eth0`, and its host-side interface on a hypervisor.
@@ -95,8 +132,8 @@ impl LabBuilder {
         if self.hypervisors.is_empty() {
             self.hypervisors.push("hv1".to_string());
         }
-        if self.hypervisors.len() > 1 {
-            bail!("one hypervisor per lab for now (workloads share one bridge subnet)");
+        if self.hypervisors.len() > MAX_HYPERVISORS {
+            bail!("at most {MAX_HYPERVISORS} hypervisors per lab");
         }
         let mut seen = std::collections::BTreeSet::new();
         for n in self
@@ -105,6 +142,9 @@ impl LabBuilder {
             .chain(self.workloads.iter().map(|(n, _)| n))
         {
             names::validate_role(n)?;
+            if n == UNDERLAY_ROLE {
+                bail!("{UNDERLAY_ROLE:?} is the underlay namespace's name");
+            }
             if !seen.insert(n.clone()) {
                 bail!("name {n:?} used twice in one lab");
             }
@@ -137,8 +177,17 @@ impl LabBuilder {
             dir,
             hypervisors: Vec::new(),
             workloads: Vec::new(),
+            underlay: None,
             _locks: locks,
         };
+        if self.hypervisors.len() > 1 {
+            let ns = Netns::create(&names::netns_name(&lab.run, x, UNDERLAY_ROLE))?;
+            // Kept by the lab before anything exists in it, so a failure below cleans up.
+            let ns = lab.underlay.insert(ns);
+            let at = Place::Ns(ns);
+            links::bridge(at, UNDERLAY)?;
+            links::mtu(at, UNDERLAY, UNDERLAY_MTU)?;
+        }
         for (i, name) in self.hypervisors.iter().enumerate() {
             lab.add_hypervisor(i, name)?;
         }
@@ -159,6 +208,8 @@ pub struct Lab {
     dir: PathBuf,
     hypervisors: Vec<Hypervisor>,
     workloads: Vec<Workload>,
+    /// The underlay namespace (labs with more than one hypervisor).
+    underlay: Option<Netns>,
     _locks: Vec<File>,
 }
 
@@ -167,7 +218,8 @@ impl Lab {
         LabBuilder::default()
     }
 
-    /// The lab's number: its subnets are 198.18.X.0/24, fd00:X::/64 and 198.19.X.0/30.
+    /// The lab's number: its subnets are 198.18.X.0/24, fd00:X::/64 and 198.19.X.0/24
+    /// (see the module documentation for the layout).
     pub fn x(&self) -> u8 {
         self.x
     }
@@ -197,27 +249,103 @@ impl Lab {
             .with_context(|| format!("no workload {name:?} in this lab"))
     }
 
-    /// Names of all namespaces of this lab.
+    /// The hypervisor called `name`, with its index into [`Lab::hypervisors`].
+    pub fn hypervisor_named(&self, name: &str) -> Result<(usize, &Hypervisor)> {
+        self.hypervisors
+            .iter()
+            .enumerate()
+            .find(|(_, h)| h.name == name)
+            .with_context(|| format!("no hypervisor {name:?} in this lab"))
+    }
+
+    /// The underlay namespace (bridge `ul0`), in labs with more than one hypervisor.
+    pub fn underlay(&self) -> Option<&Netns> {
+        self.underlay.as_ref()
+    }
+
+    /// Workloads on hypervisor `hv_index`.
+    pub fn workloads_on(&self, hv_index: usize) -> Vec<&Workload> {
+        self.workloads
+            .iter()
+            .filter(|w| w.hypervisor == hv_index)
+            .collect()
+    }
+
+    /// Names of all namespaces of this lab (the underlay's last, when there is one).
     pub fn netns_names(&self) -> Vec<String> {
         self.hypervisors
             .iter()
             .map(|h| h.netns.name().to_string())
             .chain(self.workloads.iter().map(|w| w.netns.name().to_string()))
+            .chain(self.underlay.iter().map(|u| u.name().to_string()))
             .collect()
     }
 
-    /// Adds a workload to a running lab (its host-side interface appears on the
-    /// hypervisor now, as when an orchestrator starts a VM or container).
+    /// Joins every hypervisor's `br0` into one L2 segment: a VXLAN device `vx<vni>` on each
+    /// bridge, over the underlay, with every other hypervisor as a flooding peer. The
+    /// devices live as long as the returned guards.
+    #[must_use = "the VXLAN devices are removed when the guards drop"]
+    pub fn join_bridges(&self, vni: u32) -> Result<Vec<Vxlan>> {
+        let mut out = Vec::new();
+        for hv in &self.hypervisors {
+            let port = hv
+                .underlay
+                .as_ref()
+                .context("joining bridges needs an underlay (more than one hypervisor)")?;
+            let peers = self
+                .hypervisors
+                .iter()
+                .filter(|o| o.name != hv.name)
+                .filter_map(|o| o.underlay.as_ref().map(|p| p.addr4.clone()))
+                .collect();
+            let spec = VxlanSpec {
+                name: format!("vx{vni}"),
+                vni,
+                local: port.addr4.clone(),
+                underlay_dev: port.dev.clone(),
+                peers,
+                bridge: Some(BRIDGE.to_string()),
+                ..VxlanSpec::default()
+            };
+            out.push(
+                Vxlan::create(&hv.netns, &spec)
+                    .with_context(|| format!("join {}'s bridge", hv.name))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Adds a workload to a running lab on the first hypervisor (its host-side interface
+    /// appears on the hypervisor now, as when an orchestrator starts a VM or container).
     pub fn add_late_workload(&mut self, name: &str) -> Result<&Workload> {
+        self.add_late_workload_on(name, 0)
+    }
+
+    /// As [`Lab::add_late_workload`], on hypervisor `hv_index`.
+    pub fn add_late_workload_on(&mut self, name: &str, hv_index: usize) -> Result<&Workload> {
         names::validate_role(name)?;
-        if self.workloads.iter().any(|w| w.name == name) {
+        if name == UNDERLAY_ROLE {
+            bail!("{UNDERLAY_ROLE:?} is the underlay namespace's name");
+        }
+        if self.workloads.iter().any(|w| w.name == name)
+            || self.hypervisors.iter().any(|h| h.name == name)
+        {
             bail!("name {name:?} used twice in one lab");
         }
-        let host = FIRST_HOST + self.workloads.len();
+        if hv_index >= self.hypervisors.len() {
+            bail!("no hypervisor {hv_index} in this lab");
+        }
+        // Host numbers stay unique after removals: one past the highest in use.
+        let host = self
+            .workloads
+            .iter()
+            .filter_map(|w| w.ipv4.rsplit('.').next()?.parse::<usize>().ok())
+            .max()
+            .map_or(FIRST_HOST, |h| h + 1);
         if host > 250 {
             bail!("too many workloads");
         }
-        self.add_workload(host, name, 0)?;
+        self.add_workload(host, name, hv_index)?;
         self.workloads.last().context("workload just added")
     }
 
@@ -249,8 +377,8 @@ impl Lab {
         }
         let at = Place::Ns(&netns);
         links::bridge(at, BRIDGE)?;
-        let gateway4 = format!("198.18.{x}.1");
-        let gateway6 = format!("fd00:{x}::1");
+        let gateway4 = format!("198.18.{x}.{}", 1 + i);
+        let gateway6 = format!("fd00:{x}::{}", 1 + i);
         links::addr(at, BRIDGE, &format!("{gateway4}/24"))?;
         links::addr(at, BRIDGE, &format!("{gateway6}/64"))?;
         let uplink_root_if = names::uplink_name(x, i);
@@ -264,6 +392,7 @@ impl Lab {
             uplink_root_if,
             uplink_root_addr,
             uplink_addr,
+            underlay: None,
         };
         // Pushed before the uplink exists so a failure below still cleans up.
         self.hypervisors.push(hv);
@@ -284,6 +413,36 @@ impl Lab {
             UPLINK,
             &format!("{}/30", hv.uplink_addr),
         )?;
+        if i > 0 {
+            // The controller binds on the first uplink's root end: reach it (and every
+            // other uplink's) through this hypervisor's own uplink.
+            Place::Ns(&hv.netns)
+                .ip(&[
+                    "route",
+                    "add",
+                    &format!("198.19.{x}.0/27"),
+                    "via",
+                    &hv.uplink_root_addr,
+                ])
+                .with_context(|| format!("route to the uplinks from {name}"))?;
+        }
+        if let Some(ul) = &self.underlay {
+            let port = UnderlayPort {
+                dev: UNDERLAY.to_string(),
+                addr4: format!("198.19.{x}.{}", 65 + i),
+                addr6: format!("fd00:{x}:ff::{}", 1 + i),
+            };
+            let ul_at = Place::Ns(ul);
+            let hv_at = Place::Ns(&hv.netns);
+            let ul_if = format!("ul-{name}");
+            links::veth(ul_at, &ul_if, hv_at, UNDERLAY)?;
+            links::mtu(ul_at, &ul_if, UNDERLAY_MTU)?;
+            links::mtu(hv_at, UNDERLAY, UNDERLAY_MTU)?;
+            links::enslave(ul_at, &ul_if, UNDERLAY)?;
+            links::addr(hv_at, UNDERLAY, &format!("{}/27", port.addr4))?;
+            links::addr(hv_at, UNDERLAY, &format!("{}/64", port.addr6))?;
+            self.hypervisors[i].underlay = Some(port);
+        }
         Ok(())
     }
 
@@ -323,6 +482,7 @@ impl Drop for Lab {
             .collect();
         self.workloads.clear();
         self.hypervisors.clear();
+        self.underlay = None;
         for u in uplinks {
             links::delete_root_link(&u);
         }
@@ -395,7 +555,7 @@ fn sweep_stale(x: u8) {
             }
         }
     }
-    for i in 0..4 {
+    for i in 0..MAX_HYPERVISORS {
         links::delete_root_link(&names::uplink_name(x, i));
     }
 }

@@ -12,17 +12,21 @@ pub mod lab;
 pub mod links;
 pub mod names;
 pub mod netns;
+pub mod nft;
 pub mod process;
 pub mod rawframes;
 pub mod servers;
+pub mod supervise;
 pub mod topology;
 pub mod traffic;
+pub mod vxlan;
 pub mod weft;
 
 pub use eventually::eventually;
 pub use lab::{Hypervisor, Lab, LabBuilder, Workload};
 pub use netns::Netns;
 pub use process::Child;
+pub use supervise::Supervised;
 
 /// True when the current process runs as root (the lab needs it).
 pub fn is_root() -> bool {

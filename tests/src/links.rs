@@ -81,6 +81,13 @@ pub fn bridge(at: Place<'_>, name: &str) -> Result<()> {
     up(at, name)
 }
 
+/// Sets the MTU of link `dev`.
+pub fn mtu(at: Place<'_>, dev: &str, mtu: u32) -> Result<()> {
+    at.ip(&["link", "set", dev, "mtu", &mtu.to_string()])
+        .with_context(|| format!("set the MTU of {dev} to {mtu} in {}", at.label()))?;
+    Ok(())
+}
+
 /// Enslaves `dev` to `bridge`.
 pub fn enslave(at: Place<'_>, dev: &str, bridge: &str) -> Result<()> {
     at.ip(&["link", "set", dev, "master", bridge])

@@ -49,12 +49,7 @@ impl Netns {
 
     /// A command that runs `program args...` inside the namespace.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]);
-        c.args(args);
-        // Servers may run as other users (postgres): start from a directory they can read.
-        c.current_dir("/");
-        c
+        command_in(&self.name, args)
     }
 
     /// Runs `args` inside the namespace to completion; returns stdout, fails on non-zero.
@@ -94,6 +89,21 @@ impl Drop for Netns {
     fn drop(&mut self) {
         delete_netns(&self.name);
     }
+}
+
+/// A command that runs `program args...` inside namespace `name` (`ip netns exec`).
+pub fn command_in(name: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", name]);
+    c.args(args);
+    // Servers may run as other users (postgres): start from a directory they can read.
+    c.current_dir("/");
+    c
+}
+
+/// Whether namespace `name` exists (`/run/netns/<name>`).
+pub fn exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
 }
 
 /// Process ids inside namespace `name`.

@@ -95,6 +95,11 @@ impl Child {
         !self.done && matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The exit status once the process has exited (reaps it), `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Number of output lines that contain every string of `needles`.
     pub fn count_lines(&self, needles: &[&str]) -> usize {
         self.output()

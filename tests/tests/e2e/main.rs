@@ -5,6 +5,7 @@
 
 mod l7;
 mod migration;
+mod multi_hv;
 mod support;
 
 use std::time::Duration;
