@@ -17,7 +17,7 @@ use crate::shards::publish::{AddressAssignment, AddressPublisher, AddressesAppli
 pub struct HubAddresses(pub Arc<ControlHub>);
 
 impl HubAddresses {
-    pub fn new(hub: Arc<ControlHub>) -> Arc<dyn AddressPublisher> {
+    pub fn publisher(hub: Arc<ControlHub>) -> Arc<dyn AddressPublisher> {
         Arc::new(Self(hub))
     }
 }

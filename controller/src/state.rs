@@ -50,7 +50,7 @@ impl AppState {
             shards: ShardManager::open(
                 Arc::new(MemoryStore::default()),
                 ShardConfig::default(),
-                HubAddresses::new(control),
+                HubAddresses::publisher(control),
             )
             .expect("an empty memory store holds nothing unreadable"),
         }
@@ -99,7 +99,7 @@ impl AppState {
     /// The same state with a shard manager over `store`, publishing into this state's
     /// control hub.
     pub fn open_shards(self, store: Arc<dyn Store>, config: ShardConfig) -> Result<Self, StoreError> {
-        let shards = ShardManager::open(store, config, HubAddresses::new(self.control.clone()))?;
+        let shards = ShardManager::open(store, config, HubAddresses::publisher(self.control.clone()))?;
         Ok(Self { shards, ..self })
     }
 

@@ -336,7 +336,7 @@ fn durable_allocations_per_second_in_process() {
             } else {
                 Arc::new(RedbStore::open_dir(&dir).unwrap())
             };
-        let m = weft_controller::shards::ShardManager::open(store, config, weft_controller::compose::HubAddresses::new(Arc::default())).unwrap();
+        let m = weft_controller::shards::ShardManager::open(store, config, weft_controller::compose::HubAddresses::publisher(Arc::default())).unwrap();
         for _ in 0..48 {
             m.create_shard(weft_controller::shards::CreateShard {
                 family: weft_controller::shards::Family::Ipv4,

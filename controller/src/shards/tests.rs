@@ -69,7 +69,7 @@ async fn shards_are_carved_aligned_around_reserved_ranges_and_never_overlap() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         small_config(),
-        HubAddresses::new(Arc::default()),
+        HubAddresses::publisher(Arc::default()),
     )
     .unwrap();
     let a = m.create_shard(v4(26, None)).await.unwrap();
@@ -124,7 +124,7 @@ async fn reused_address_cannot_be_released_by_earlier_holder() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         small_config(),
-        HubAddresses::new(Arc::default()),
+        HubAddresses::publisher(Arc::default()),
     )
     .unwrap();
     m.create_shard(v4(28, Some("blue"))).await.unwrap();
@@ -185,7 +185,7 @@ async fn releasing_a_workload_frees_all_its_addresses_and_its_desired_state() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         small_config(),
-        HubAddresses::new(hub.clone()),
+        HubAddresses::publisher(hub.clone()),
     )
     .unwrap();
     m.create_shard(v4(28, Some("blue"))).await.unwrap();
@@ -232,7 +232,7 @@ async fn network_policy_and_shard_ownership_are_enforced() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         small_config(),
-        HubAddresses::new(Arc::default()),
+        HubAddresses::publisher(Arc::default()),
     )
     .unwrap();
     let mut ids = Vec::new();
@@ -295,7 +295,7 @@ async fn restart_rebuilds_the_index_and_the_control_hub_from_the_store() {
         let m = ShardManager::open(
             Arc::new(RedbStore::open_dir(&dir).unwrap()),
             config.clone(),
-            HubAddresses::new(first_hub.clone()),
+            HubAddresses::publisher(first_hub.clone()),
         )
         .unwrap();
         m.create_shard(v4(27, Some("blue"))).await.unwrap();
@@ -352,7 +352,7 @@ async fn reopen(dir: &std::path::Path, config: ShardConfig, hub: Arc<ControlHub>
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match RedbStore::open_dir(dir) {
-            Ok(store) => return ShardManager::open(Arc::new(store), config, HubAddresses::new(hub)).unwrap(),
+            Ok(store) => return ShardManager::open(Arc::new(store), config, HubAddresses::publisher(hub)).unwrap(),
             Err(e) => {
                 assert!(Instant::now() < deadline, "reopening: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -405,7 +405,7 @@ async fn migration_moves_every_workload_to_a_new_address_then_frees_the_shard() 
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         migration_config(),
-        HubAddresses::new(hub.clone()),
+        HubAddresses::publisher(hub.clone()),
     )
     .unwrap();
     let agents: Vec<_> = (0..4)
@@ -503,7 +503,7 @@ async fn an_agent_that_does_not_report_pauses_the_migration_until_it_does() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         migration_config(),
-        HubAddresses::new(hub.clone()),
+        HubAddresses::publisher(hub.clone()),
     )
     .unwrap();
     let hv0 = fake_agent(hub.clone(), "hv0");
@@ -582,7 +582,7 @@ fn a_restarted_controller_resumes_a_migration_without_double_allocation() {
             let m = ShardManager::open(
                 Arc::new(RedbStore::open_dir(&dir).unwrap()),
                 config.clone(),
-                HubAddresses::new(hub.clone()),
+                HubAddresses::publisher(hub.clone()),
             )
             .unwrap();
             let (shard, old) = fill(&m, "blue", 32, 2).await;
@@ -662,7 +662,7 @@ async fn many_concurrent_clients_never_share_an_address() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         migration_config(),
-        HubAddresses::new(Arc::default()),
+        HubAddresses::publisher(Arc::default()),
     )
     .unwrap();
     let tasks: Vec<_> = (0..32)
@@ -837,7 +837,7 @@ async fn run_actions(actions: Vec<Action>, redb: bool) -> Result<(), TestCaseErr
             if redb {
                 reopen(&dir, small_config(), hub).await
             } else {
-                ShardManager::open(memory, small_config(), HubAddresses::new(hub)).unwrap()
+                ShardManager::open(memory, small_config(), HubAddresses::publisher(hub)).unwrap()
             }
         }
     };
@@ -1038,7 +1038,7 @@ async fn an_agent_reporting_an_error_pauses_the_migration_with_that_error() {
     let m = ShardManager::open(
         Arc::new(MemoryStore::default()),
         migration_config(),
-        HubAddresses::new(hub.clone()),
+        HubAddresses::publisher(hub.clone()),
     )
     .unwrap();
     let (shard, _) = fill(&m, "blue", 4, 1).await;
@@ -1079,7 +1079,7 @@ async fn events_beyond_the_retention_are_dropped_and_readers_skip_to_the_oldest(
         event_retention: 10,
         ..small_config()
     };
-    let m = ShardManager::open(Arc::new(MemoryStore::default()), config, HubAddresses::new(Arc::default())).unwrap();
+    let m = ShardManager::open(Arc::new(MemoryStore::default()), config, HubAddresses::publisher(Arc::default())).unwrap();
     m.create_shard(v4(27, Some("blue"))).await.unwrap(); // events 1, 2
     for i in 0..20 {
         m.allocate_address("blue", &format!("w{i}"), "h", Family::Ipv4)

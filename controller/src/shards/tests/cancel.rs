@@ -7,7 +7,7 @@ use super::*;
 
 /// A manager over a memory store with [`migration_config`] and `hub`.
 fn manager(hub: &Arc<ControlHub>, config: ShardConfig) -> ShardManager {
-    ShardManager::open(Arc::new(MemoryStore::default()), config, HubAddresses::new(hub.clone())).unwrap()
+    ShardManager::open(Arc::new(MemoryStore::default()), config, HubAddresses::publisher(hub.clone())).unwrap()
 }
 
 async fn start_migration(m: &ShardManager, shard: &str) -> Migration {
@@ -407,7 +407,7 @@ fn a_cancel_survives_a_restart() {
             let m = ShardManager::open(
                 Arc::new(RedbStore::open_dir(&dir).unwrap()),
                 config.clone(),
-                HubAddresses::new(Arc::default()),
+                HubAddresses::publisher(Arc::default()),
             )
             .unwrap();
             let (shard, old) = fill(&m, "blue", 32, 2).await;
@@ -722,7 +722,7 @@ fn a_rolled_back_address_stays_held_across_a_restart_until_its_agent_reports() {
             let m = ShardManager::open(
                 Arc::new(RedbStore::open_dir(&dir).unwrap()),
                 config.clone(),
-                HubAddresses::new(hub.clone()),
+                HubAddresses::publisher(hub.clone()),
             )
             .unwrap();
             cancel_in_flight(&m, &hub).await
