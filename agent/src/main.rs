@@ -98,12 +98,13 @@ async fn main() -> anyhow::Result<()> {
     let metrics_app = {
         let m = metrics.clone();
         let c = control_metrics.clone();
+        let h = host_events.clone();
         axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let (m, c) = (m.clone(), c.clone());
+                let (m, c, h) = (m.clone(), c.clone(), h.clone());
                 async move {
-                    let text = m.render() + &c.render();
+                    let text = m.render() + &c.render() + &h.stats().render();
                     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
                 }
             }),
