@@ -1,26 +1,32 @@
-//! Loads the flow programs and keeps them attached to the workload interfaces of this
-//! host: a new veth/tap that matches the patterns is attached within a poll interval
-//! (500 ms); one that disappears is forgotten.
+//! Keeps the flow programs attached to the workload interfaces of this host. It follows
+//! the host's link events ([`HostEvents`]): a new veth/tap that matches the patterns is
+//! attached as soon as the kernel announces it, one that disappears is detached and
+//! forgotten. A full listing of the links (resync) runs at start, after any event loss
+//! (receive-buffer overrun, a lagging subscription) and every [`SAFETY_RESYNC`] in case
+//! an event was missed some other way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, atomic::Ordering::Relaxed};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
-use aya::{
-    Ebpf,
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
-};
+use anyhow::Context as _;
 use futures::TryStreamExt as _;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::LinkMessage;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::{config::glob_match, metrics::Metrics, workloads::Registry};
+use crate::{
+    config::glob_match,
+    datapath::{Hook, Order, SharedDatapath},
+    hostevents::{Change, HostEvents, Received, link_name_kind},
+    metrics::Metrics,
+    workloads::Registry,
+};
 
 pub const PROG_INGRESS: &str = "flow_ingress";
 pub const PROG_EGRESS: &str = "flow_egress";
-const POLL: Duration = Duration::from_millis(500);
+/// A full listing of the links this often, in case an event was missed without notice.
+const SAFETY_RESYNC: Duration = Duration::from_secs(30);
 
 /// A link as seen over netlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,165 +45,185 @@ pub fn wanted(link: &Link, include: &[String], exclude: &[String]) -> bool {
 }
 
 fn link_from_message(msg: &LinkMessage) -> Option<Link> {
-    let mut name = None;
-    let mut kind = None;
-    for attr in &msg.attributes {
-        match attr {
-            LinkAttribute::IfName(n) => name = Some(n.clone()),
-            LinkAttribute::LinkInfo(infos) => {
-                for i in infos {
-                    if let LinkInfo::Kind(k) = i {
-                        kind = Some(match k {
-                            InfoKind::Veth => "veth".to_owned(),
-                            InfoKind::Tun => "tun".to_owned(),
-                            other => format!("{other:?}").to_lowercase(),
-                        });
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    let (name, kind) = link_name_kind(msg);
     Some(Link { index: msg.header.index, name: name?, kind })
 }
 
-struct Attached {
-    ifindex: u32,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
-}
-
 pub struct Attacher {
-    ebpf: Ebpf,
-    attached: HashMap<String, Attached>,
+    datapath: SharedDatapath,
+    /// Observed interfaces: name -> index.
+    attached: HashMap<String, u32>,
     include: Vec<String>,
     exclude: Vec<String>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
 }
 
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} missing from the flow object"))?
-        .try_into()
-        .with_context(|| format!("program {name} is not a TC classifier"))
-}
-
 impl Attacher {
-    /// `ebpf` must hold the loaded flow programs.
+    /// Loads the flow programs of `datapath` into the kernel (verifier).
     pub fn new(
-        mut ebpf: Ebpf,
+        datapath: SharedDatapath,
         include: Vec<String>,
         exclude: Vec<String>,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        for name in [PROG_INGRESS, PROG_EGRESS] {
-            classifier(&mut ebpf, name)?
-                .load()
-                .with_context(|| format!("loading {name} into the kernel (verifier)"))?;
+        {
+            let mut dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
+            for name in [PROG_INGRESS, PROG_EGRESS] {
+                dp.load_classifier(name)?;
+            }
         }
-        Ok(Self { ebpf, attached: HashMap::new(), include, exclude, registry, metrics })
+        Ok(Self { datapath, attached: HashMap::new(), include, exclude, registry, metrics })
     }
 
     fn attach(&mut self, link: &Link) -> anyhow::Result<()> {
-        let ingress = classifier(&mut self.ebpf, PROG_INGRESS)?
-            .attach(&link.name, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {PROG_INGRESS} to {}", link.name))?;
-        let egress = match classifier(&mut self.ebpf, PROG_EGRESS)?
-            .attach(&link.name, TcAttachType::Egress)
-            .with_context(|| format!("attaching {PROG_EGRESS} to {}", link.name))
-        {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = classifier(&mut self.ebpf, PROG_INGRESS)?.detach(ingress);
-                return Err(e);
-            }
-        };
-        self.attached.insert(link.name.clone(), Attached { ifindex: link.index, ingress, egress });
+        let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        // The observer runs first on both hooks: it sees packets as they arrived, before any
+        // other weft program acts on them.
+        let done = dp
+            .attach(&link.name, link.index, Hook::Ingress, PROG_INGRESS, Order::First)
+            .and_then(|()| dp.attach(&link.name, link.index, Hook::Egress, PROG_EGRESS, Order::First));
+        if let Err(e) = done {
+            dp.detach(link.index, Hook::Ingress, PROG_INGRESS);
+            return Err(e.into());
+        }
+        drop(dp);
+        self.attached.insert(link.name.clone(), link.index);
         self.registry.attached(link.index, &link.name);
         Ok(())
     }
 
-    fn detach(&mut self, name: &str) {
-        if let Some(a) = self.attached.remove(name) {
-            // The kernel already dropped the links of a deleted device; errors are expected.
-            if let Ok(p) = classifier(&mut self.ebpf, PROG_INGRESS) {
-                let _ = p.detach(a.ingress);
+    /// Forgets an observed interface. `gone`: the device is deleted, so every program of
+    /// the datapath on it goes; otherwise (renamed, moved) only the flow programs.
+    fn forget(&mut self, name: &str, gone: bool) {
+        let Some(index) = self.attached.remove(name) else { return };
+        let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        if gone {
+            dp.detach_interface(index);
+        } else {
+            dp.detach(index, Hook::Ingress, PROG_INGRESS);
+            dp.detach(index, Hook::Egress, PROG_EGRESS);
+        }
+        drop(dp);
+        self.registry.detached(index);
+        info!(interface = %name, "interface gone; forgotten");
+    }
+
+    /// A link exists now (new or changed): attach it if it is wanted and not observed yet.
+    fn link_seen(&mut self, link: &Link) {
+        // Same name on another device, or this device under another name: start over.
+        let stale: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(name, index)| (**name == link.name) != (**index == link.index))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            self.forget(&name, false);
+        }
+        if self.attached.contains_key(&link.name) || !wanted(link, &self.include, &self.exclude) {
+            return;
+        }
+        match self.attach(link) {
+            Ok(()) => {
+                // Tests and the demo wait for this line.
+                println!("weft-agent attached interface={} ifindex={}", link.name, link.index);
+                info!(interface = %link.name, ifindex = link.index, "attached flow programs");
             }
-            if let Ok(p) = classifier(&mut self.ebpf, PROG_EGRESS) {
-                let _ = p.detach(a.egress);
+            Err(e) => {
+                self.metrics.attach_errors.fetch_add(1, Relaxed);
+                warn!(interface = %link.name, error = format!("{e:#}"), "attach failed; retrying at the next resync");
             }
-            self.registry.detached(a.ifindex);
         }
     }
 
-    /// Brings the attachments in line with the current links.
+    fn link_gone(&mut self, index: u32, name: &str) {
+        if self.attached.get(name) == Some(&index) {
+            self.forget(name, true);
+        } else {
+            // Not observed, but another weft program may be on it.
+            self.datapath.lock().unwrap_or_else(|p| p.into_inner()).detach_interface(index);
+        }
+    }
+
+    /// Brings the attachments in line with the current links (a full listing).
     pub fn reconcile(&mut self, links: &[Link]) {
         let gone: Vec<String> = self
             .attached
             .iter()
-            .filter(|(name, a)| !links.iter().any(|l| &l.name == *name && l.index == a.ifindex))
+            .filter(|(name, index)| !links.iter().any(|l| &l.name == *name && l.index == **index))
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
-            info!(interface = %name, "interface gone; forgotten");
-            self.detach(&name);
+            let deleted = !links.iter().any(|l| Some(&l.index) == self.attached.get(&name));
+            self.forget(&name, deleted);
         }
         for link in links {
-            if self.attached.contains_key(&link.name) || !wanted(link, &self.include, &self.exclude) {
-                continue;
-            }
-            match self.attach(link) {
-                Ok(()) => {
-                    // Tests and the demo wait for this line.
-                    println!("weft-agent attached interface={} ifindex={}", link.name, link.index);
-                    info!(interface = %link.name, ifindex = link.index, "attached flow programs");
-                }
-                Err(e) => {
-                    self.metrics.attach_errors.fetch_add(1, Relaxed);
-                    warn!(interface = %link.name, error = format!("{e:#}"), "attach failed; retrying");
-                }
-            }
+            self.link_seen(link);
         }
+        self.publish_count();
+    }
+
+    fn publish_count(&self) {
         self.metrics.interfaces_attached.store(self.attached.len() as u64, Relaxed);
     }
 
-    /// Polls the links of this network namespace until `shutdown`, then detaches
+    async fn resync(&mut self, handle: &rtnetlink::Handle) {
+        let mut links = Vec::new();
+        let mut stream = handle.link().get().execute();
+        let listed = async {
+            while let Some(msg) = stream.try_next().await? {
+                links.extend(link_from_message(&msg));
+            }
+            Ok::<_, rtnetlink::Error>(())
+        }
+        .await;
+        match listed {
+            Ok(()) => self.reconcile(&links),
+            Err(e) => warn!(error = %e, "listing links failed; next try at the safety resync"),
+        }
+    }
+
+    /// Follows the links of this network namespace until `shutdown`, then detaches
     /// everything (dropping the programs' links).
-    pub async fn watch(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn watch(mut self, events: HostEvents, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         // The connection task ends when `handle` is dropped at the end of this function.
         let conn = tokio::spawn(conn);
-        loop {
-            let mut links = Vec::new();
-            let mut stream = handle.link().get().execute();
-            match async {
-                while let Some(msg) = stream.try_next().await? {
-                    if let Some(l) = link_from_message(&msg) {
-                        links.push(l);
-                    }
-                }
-                Ok::<_, rtnetlink::Error>(())
-            }
-            .await
-            {
-                Ok(()) => self.reconcile(&links),
-                Err(e) => warn!(error = %e, "listing links failed"),
-            }
+        // Subscribe before listing, so that no change falls between the two.
+        let mut sub = events.subscribe();
+        self.resync(&handle).await;
+        let mut safety = tokio::time::interval(SAFETY_RESYNC);
+        safety.tick().await;
+        let outcome = loop {
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                _ = shutdown.changed() => break,
+                received = sub.recv() => match received {
+                    Some(Received::Event(ev)) if ev.netns.is_none() => match ev.change {
+                        Change::LinkNew { ifindex, name, kind, .. } => {
+                            self.link_seen(&Link { index: ifindex, name, kind });
+                            self.publish_count();
+                        }
+                        Change::LinkDel { ifindex, name } => {
+                            self.link_gone(ifindex, &name);
+                            self.publish_count();
+                        }
+                        Change::Overrun => self.resync(&handle).await,
+                        _ => {}
+                    },
+                    Some(Received::Event(_)) => {}
+                    Some(Received::Lagged { .. }) => self.resync(&handle).await,
+                    None => break Err(anyhow::anyhow!("the host event listener stopped")),
+                },
+                _ = safety.tick() => self.resync(&handle).await,
+                _ = shutdown.changed() => break Ok(()),
             }
-        }
-        let names: Vec<String> = self.attached.keys().cloned().collect();
-        for n in names {
-            self.detach(&n);
-        }
-        info!("flow programs detached from all interfaces");
+        };
+        let n = self.datapath.lock().unwrap_or_else(|p| p.into_inner()).detach_all();
+        info!(links = n, "flow programs detached from all interfaces");
         drop(handle);
         conn.abort();
-        Ok(())
+        outcome
     }
 }
 

@@ -301,6 +301,24 @@ impl HostEvents {
     }
 }
 
+impl Stats {
+    /// Prometheus exposition text (until the agent has one metrics registry, issue 9).
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(1024);
+        for (name, kind, help, value) in [
+            ("weft_agent_host_events_total", "counter", "Netlink changes (links, addresses, routes, neighbours) fanned out.", self.events),
+            ("weft_agent_host_event_overruns_total", "counter", "Netlink receive-buffer overruns (ENOBUFS); each makes subscribers resync.", self.overruns),
+            ("weft_agent_host_events_lagged_total", "counter", "Events subscribers missed by falling behind (they resync).", self.lagged),
+            ("weft_agent_host_events_undecodable_total", "counter", "Netlink messages that could not be decoded.", self.undecodable),
+            ("weft_agent_host_events_namespaces", "gauge", "Network namespaces watched besides the agent's own.", self.watched as u64),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        out
+    }
+}
+
 /// Runs `f` on a fresh thread inside the namespace of `path` and returns its result. The
 /// thread ends right after (it never has to find its way back to the agent's namespace).
 pub async fn in_netns<T: Send + 'static>(

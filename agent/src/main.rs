@@ -5,9 +5,11 @@ mod attach;
 mod collector;
 mod config;
 mod control;
+// Part of its API is for the reconcilers to come (sampling, routing).
+#[allow(dead_code)]
+mod datapath;
 mod exporter;
 mod flows;
-// The flow attacher subscribes in the next commit; the lead's reconcilers follow.
 #[allow(dead_code)]
 mod hostevents;
 mod l7table;
@@ -24,14 +26,15 @@ mod testrun;
 use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering::Relaxed};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
 use clap::Parser as _;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::{
-    attach::Attacher, collector::Collector, config::Args, exporter::Exporter, flows::FlowTracker,
+    attach::Attacher, collector::Collector, config::Args, datapath::Datapath, exporter::Exporter,
+    flows::FlowTracker, hostevents::HostEvents,
     metrics::Metrics, queue::RecordQueue, workloads::Registry,
 };
 
@@ -74,31 +77,23 @@ async fn main() -> anyhow::Result<()> {
     let registry = Arc::new(Registry::new(workloads));
     let queue = Arc::new(RecordQueue::new(args.queue_capacity, metrics.clone()));
 
-    let mut ebpf = aya::Ebpf::load(FLOW_OBJECT).context("loading the flow object")?;
-    let flows: BpfHashMap<_, _, _> = BpfHashMap::try_from(
-        ebpf.take_map("FLOWS").ok_or_else(|| anyhow!("map FLOWS missing from the flow object"))?,
-    )
-    .context("FLOWS map")?;
-    let events = RingBuf::try_from(
-        ebpf.take_map("FLOW_EVENTS").ok_or_else(|| anyhow!("map FLOW_EVENTS missing"))?,
-    )
-    .context("FLOW_EVENTS map")?;
-    let payloads = RingBuf::try_from(
-        ebpf.take_map("PAYLOADS").ok_or_else(|| anyhow!("map PAYLOADS missing"))?,
-    )
-    .context("PAYLOADS map")?;
-    let payloads_lost = PerCpuArray::try_from(
-        ebpf.take_map("PAYLOADS_LOST").ok_or_else(|| anyhow!("map PAYLOADS_LOST missing"))?,
-    )
-    .context("PAYLOADS_LOST map")?;
+    let mut datapath = Datapath::load(FLOW_OBJECT).context("the flow object")?;
+    let flows: BpfHashMap<_, _, _> = BpfHashMap::try_from(datapath.take_map("FLOWS")?).context("FLOWS map")?;
+    let events = RingBuf::try_from(datapath.take_map("FLOW_EVENTS")?).context("FLOW_EVENTS map")?;
+    let payloads = RingBuf::try_from(datapath.take_map("PAYLOADS")?).context("PAYLOADS map")?;
+    let payloads_lost =
+        PerCpuArray::try_from(datapath.take_map("PAYLOADS_LOST")?).context("PAYLOADS_LOST map")?;
     metrics.flow_map_capacity.store(agent_common::flow::FLOW_TABLE_ENTRIES as u64, Relaxed);
+    let datapath = datapath.into_shared();
     let attacher = Attacher::new(
-        ebpf,
+        datapath.clone(),
         args.interfaces.clone(),
         args.exclude.clone(),
         registry.clone(),
         metrics.clone(),
     )?;
+    // One netlink listener for the agent; the attacher follows the links of this namespace.
+    let host_events = HostEvents::start(hostevents::Config::default()).context("starting the netlink listener")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -108,12 +103,13 @@ async fn main() -> anyhow::Result<()> {
     let metrics_app = {
         let m = metrics.clone();
         let c = control_metrics.clone();
+        let h = host_events.clone();
         axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let (m, c) = (m.clone(), c.clone());
+                let (m, c, h) = (m.clone(), c.clone(), h.clone());
                 async move {
-                    let text = m.render() + &c.render();
+                    let text = m.render() + &c.render() + &h.stats().render();
                     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
                 }
             }),
@@ -163,23 +159,16 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
     };
     let exporter_task = tokio::spawn(exporter.run(shutdown_rx.clone(), SHUTDOWN_GRACE));
-    let attach_task = tokio::spawn(attacher.watch(shutdown_rx.clone()));
-    // One netlink listener for the host: drift of what the reconcilers manage is repaired
-    // as soon as it happens.
-    let host_events = match hostevents::HostEvents::start(hostevents::Config::default()) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            warn!(error = %e, "no netlink listener: drift is repaired at the periodic resync only");
-            None
-        }
-    };
+    let attach_task = tokio::spawn(attacher.watch(host_events.clone(), shutdown_rx.clone()));
+    // The same listener feeds the control driver: drift of what the reconcilers manage is
+    // repaired as soon as it happens.
     let addresses = realize::AddressReconciler { realizer, metrics: control_metrics.clone() };
     let control = control::driver::ControlDriver {
         controller: args.controller.clone(),
         host_id: args.host_id.clone(),
         instance,
         reconcilers: vec![Arc::new(addresses)],
-        events: host_events,
+        events: Some(host_events),
         metrics: control_metrics,
     };
     let control_task = tokio::spawn(control.run(shutdown_rx.clone()));

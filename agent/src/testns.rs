@@ -1,4 +1,5 @@
-//! Test support: named network namespaces (`wft-<pid>-ev-<n>` under /run/netns) removed
+//! Test support: named network namespaces (`wft-<pid in hex>-ev-<n>` under /run/netns,
+//! the lab's naming, so that a lab sweeping leftovers of finished runs leaves them alone) removed
 //! by `Drop`, also when a test fails, and rtnetlink connections inside them. Root only;
 //! tests call [`is_root`] first and skip with a printed reason otherwise. Addresses used
 //! by the tests are from 198.18.0.0/15 and fd00::/8 only.
@@ -36,7 +37,7 @@ pub struct TestNetns {
 
 impl TestNetns {
     pub fn new() -> Self {
-        let name = format!("wft-{}-ev-{}", std::process::id(), NEXT.fetch_add(1, Relaxed));
+        let name = format!("wft-{:x}-ev-{}", std::process::id(), NEXT.fetch_add(1, Relaxed));
         let path = PathBuf::from("/run/netns").join(&name);
         std::fs::create_dir_all("/run/netns").expect("creating /run/netns");
         std::fs::File::create(&path).expect("creating the netns mount point");

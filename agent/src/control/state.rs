@@ -226,13 +226,13 @@ mod tests {
         let dir = TestDir::new("bad");
         let path = dir.path().join("state.json");
         std::fs::write(&path, "{\n  \"version\": 2,\n  \"kinds\": {\n    \"x\": { \"version\": 1, \"objects\": 7 }\n  }\n}\n").unwrap();
-        let e = StateFile::open(&path).err().expect("refused").to_string();
+        let e = StateFile::open(&path).expect_err("refused").to_string();
         assert!(e.contains("state.json") && e.contains("line 4"), "{e}");
         std::fs::write(&path, r#"{"version": 7, "kinds": {}}"#).unwrap();
-        let e = StateFile::open(&path).err().expect("refused").to_string();
+        let e = StateFile::open(&path).expect_err("refused").to_string();
         assert!(e.contains("version 7"), "{e}");
         std::fs::write(&path, "{\"version\": 1}").unwrap();
-        let e = StateFile::open(&path).err().expect("refused").to_string();
+        let e = StateFile::open(&path).expect_err("refused").to_string();
         assert!(e.contains("workloads"), "{e}");
     }
 }

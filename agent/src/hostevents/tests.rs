@@ -193,7 +193,9 @@ async fn a_receive_buffer_overrun_asks_for_a_resync() {
     assert!(child.wait().unwrap().success());
     let ev = expect(&mut sub, &ns.path, "overrun", |c| *c == Change::Overrun).await;
     assert!(ev.needs_resync());
-    assert!(events.stats().overruns >= 1);
+    let stats = events.stats();
+    assert!(stats.overruns >= 1);
+    assert!(stats.render().contains("# TYPE weft_agent_host_event_overruns_total counter\nweft_agent_host_event_overruns_total "));
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -186,6 +186,7 @@ impl Realizer {
 
     /// Keeps which addresses are weft's in `path` across restarts, starting from what it
     /// holds (its `workload-addresses` section).
+    #[cfg(test)]
     pub fn with_state_file(self, path: &std::path::Path) -> Result<Self, StateError> {
         self.with_state(std::sync::Arc::new(StateFile::open(path)?))
     }

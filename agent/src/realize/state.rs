@@ -99,10 +99,11 @@ mod tests {
     }
 
     fn managed(seen: &[&str], ranges: &[&str]) -> Managed {
-        let mut m = Managed::default();
-        m.seen = seen.iter().map(|s| s.parse().unwrap()).collect();
-        m.ranges = ranges.iter().map(|s| s.parse().unwrap()).collect();
-        m
+        Managed {
+            seen: seen.iter().map(|s| s.parse().unwrap()).collect(),
+            ranges: ranges.iter().map(|s| s.parse().unwrap()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -363,6 +363,7 @@ fn new_interface_is_attached_within_a_second_and_a_vanished_one_forgotten() -> R
         .child
         .wait_for_line(&["weft-agent attached", &late_if], Duration::from_secs(5))?;
     let took = started.elapsed();
+    println!("{late_if} attached {took:?} after the workload was started (veth, namespace and addresses included)");
     assert!(took <= Duration::from_secs(1), "{late_if} attached after {took:?}");
 
     // The new workload is not in the agent's workloads file: it is named after its
