@@ -39,9 +39,11 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// Path of a built binary of the workspace (debug profile).
+/// Path of a built binary of the workspace: debug profile, or the one `WEFT_LAB_PROFILE`
+/// names (`release` for benchmarks).
 pub fn binary(name: &str) -> Result<PathBuf> {
-    let p = target_dir().join("debug").join(name);
+    let profile = std::env::var("WEFT_LAB_PROFILE").unwrap_or_else(|_| "debug".into());
+    let p = target_dir().join(profile).join(name);
     if !p.is_file() {
         bail!(
             "{} is not built: run `cargo build --workspace` (or `cargo xtask build`) first",

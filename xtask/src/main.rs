@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: setup (toolchain, packages, bpffs), build, test, demo.
 
 mod bench;
+mod bench_drift;
 mod bench_shards;
 mod demo;
 mod setup;
@@ -87,12 +88,13 @@ fn main() -> ExitCode {
                 setup::setup().and_then(|()| build())
             };
             ready.and_then(|()| match only.as_deref() {
-                None => bench::run().and_then(|()| bench_shards::run()),
+                None => bench::run().and_then(|()| bench_shards::run()).and_then(|()| bench_drift::run()),
+                Some("drift") => bench_drift::run(),
                 Some("shards") => bench_shards::run(),
                 Some("migration") => bench_shards::run_migration_only(),
                 Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: shards, migration, allocations)"
+                    "unknown bench {other:?} (known: shards, migration, allocations, drift)"
                 )),
             })
         }
