@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::state::AppState;
-use crate::topology::DependencyStats;
+use weft_topology::topology::DependencyStats;
 
 /// Reads one counter of a dependency.
 type StatFn = fn(&DependencyStats) -> u64;

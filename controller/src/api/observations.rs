@@ -8,8 +8,8 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 
 use super::error::ApiError;
-use crate::observation::TrafficObservation;
 use crate::state::AppState;
+use weft_topology::observation::TrafficObservation;
 
 #[derive(Debug, Serialize)]
 pub struct LineError {

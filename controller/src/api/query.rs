@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 
 use super::error::ApiError;
-use crate::analytics::{LatencyStat, TrafficDirection};
-use crate::time::{now_unix_ns, parse_time};
-use crate::topology::Window;
+use weft_topology::analytics::{LatencyStat, TrafficDirection};
+use weft_topology::time::{now_unix_ns, parse_time};
+use weft_topology::topology::Window;
 
 #[derive(Debug, Default)]
 pub struct Params(pub HashMap<String, String>);

@@ -25,7 +25,7 @@ use crate::shards::{
     default_prefix, prefix_bounds,
 };
 use crate::state::AppState;
-use crate::time::rfc3339;
+use weft_topology::time::rfc3339;
 
 /// The shard routes, merged into [`super::http::app`].
 pub fn routes() -> Router<AppState> {

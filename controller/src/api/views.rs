@@ -10,9 +10,9 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::error::ApiError;
 use super::query::Params;
-use crate::analytics::dependencies_of;
-use crate::render;
 use crate::state::AppState;
+use weft_topology::analytics::dependencies_of;
+use weft_topology::render;
 
 const WINDOW: &[&str] = &["since", "until"];
 /// How long `dot -Tsvg` may take.

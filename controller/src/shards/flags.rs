@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::cidr::Cidr;
 use super::model::ShardConfig;
-use crate::time::parse_duration;
+use weft_topology::time::parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShardArgs {

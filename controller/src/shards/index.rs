@@ -17,7 +17,7 @@ use super::model::{
     WorkloadMove, check_name, prefix_bounds,
 };
 use crate::control::AddressAssignment;
-use crate::store::{Store, StoreError};
+use weft_store::{Store, StoreError};
 
 mod rollback;
 

@@ -27,10 +27,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
+use weft_store::{Store, StoreError};
+use weft_topology::time::now_unix_ns;
 
 use crate::control::ControlHub;
-use crate::store::{Store, StoreError};
-use crate::time::now_unix_ns;
 pub use cidr::{Cidr, Family};
 pub use events::CloudEvent;
 pub use index::{CreateShard, Deallocation, Index, MoveStep};
@@ -199,7 +199,7 @@ impl ShardManager {
     /// A manager over a memory store with the default configuration.
     pub fn in_memory() -> Self {
         Self::open(
-            Arc::new(crate::store::MemoryStore::default()),
+            Arc::new(weft_store::MemoryStore::default()),
             ShardConfig::default(),
             Arc::default(),
         )

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::control::{ControlHub, HostObserved, WorkloadObserved};
-use crate::store::{MemoryStore, RedbStore};
+use weft_store::{MemoryStore, RedbStore};
 
 mod cancel;
 
