@@ -17,11 +17,11 @@ use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
 use weft_controller::api::shards_grpc::ShardApi;
-use weft_topology::history::AllowList;
 use weft_controller::metrics::Metrics;
 use weft_controller::shards::ShardManager;
 use weft_controller::shards::flags::ShardArgs;
 use weft_store::{MemoryStore, RedbStore, Store};
+use weft_topology::history::AllowList;
 use weft_topology::time::{now_unix_ns, parse_duration};
 use weft_topology::topology::{BucketConfig, Rules, ServiceClassifier};
 

@@ -3,14 +3,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::control::ControlHub;
-use weft_topology::history::{History, HistoryError};
-use crate::metrics::Metrics;
-use weft_topology::registry::Registry;
-use crate::shards::{ShardConfig, ShardManager};
 use weft_store::{MemoryStore, Store};
+use weft_topology::history::{History, HistoryError};
+use weft_topology::registry::Registry;
 use weft_topology::time::now_unix_ns;
 use weft_topology::topology::{BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window};
+
+use crate::control::ControlHub;
+use crate::metrics::Metrics;
+use crate::shards::{ShardConfig, ShardManager};
 
 /// An agent counts as connected while its last contact is younger than this.
 pub const CONNECTED_WINDOW: Duration = Duration::from_secs(15);

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
+use weft_topology::analytics;
 
 use super::error::ApiError;
 use super::query::Params;
 use crate::state::AppState;
-use weft_topology::analytics;
 
 pub async fn critical(
     State(state): State<AppState>,

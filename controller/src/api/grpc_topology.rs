@@ -3,12 +3,12 @@
 use tonic::{Request, Response, Status};
 use weft_proto::v1 as wire;
 use weft_proto::v1::topology_service_server::{TopologyService, TopologyServiceServer};
-
-use crate::state::AppState;
 use weft_topology::analytics::{self, LatencyStat, TrafficDirection};
 use weft_topology::history::{DiffThresholds, diff};
 use weft_topology::time::{now_unix_ns, parse_time, rfc3339};
 use weft_topology::topology::{DependencyView, ServiceView, TopologySnapshot, Window};
+
+use crate::state::AppState;
 
 #[derive(Debug, Clone)]
 pub struct TopologyApi {

@@ -9,12 +9,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::StreamExt as _;
+use weft_topology::history::{AllowList, DiffThresholds, HistoryError, diff};
+use weft_topology::time::{now_unix_ns, rfc3339};
 
 use super::error::ApiError;
 use super::query::Params;
 use crate::state::AppState;
-use weft_topology::history::{AllowList, DiffThresholds, HistoryError, diff};
-use weft_topology::time::{now_unix_ns, rfc3339};
 
 fn internal(error: HistoryError) -> ApiError {
     ApiError::Internal(error.to_string())

@@ -6,10 +6,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Serialize;
+use weft_topology::observation::TrafficObservation;
 
 use super::error::ApiError;
 use crate::state::AppState;
-use weft_topology::observation::TrafficObservation;
 
 #[derive(Debug, Serialize)]
 pub struct LineError {

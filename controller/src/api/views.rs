@@ -7,12 +7,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use tokio::io::AsyncWriteExt as _;
+use weft_topology::analytics::dependencies_of;
+use weft_topology::render;
 
 use super::error::ApiError;
 use super::query::Params;
 use crate::state::AppState;
-use weft_topology::analytics::dependencies_of;
-use weft_topology::render;
 
 const WINDOW: &[&str] = &["since", "until"];
 /// How long `dot -Tsvg` may take.

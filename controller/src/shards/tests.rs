@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use weft_store::{MemoryStore, RedbStore};
 
 use super::*;
 use crate::control::{ControlHub, HostObserved, WorkloadObserved};
-use weft_store::{MemoryStore, RedbStore};
 
 mod cancel;
 

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
+use weft_store::{Store, StoreError};
 
 use crate::time::rfc3339;
 use crate::topology::TopologySnapshot;
-use weft_store::{Store, StoreError};
 
 pub use allow::{AllowList, AllowRule, Violation};
 pub use diff::{DiffThresholds, TopologyDiff, diff};
