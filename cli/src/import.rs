@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, ValueEnum};
-use weft_controller::import::{self, Format, ImportOptions, ImportReport};
-use weft_controller::mapper::{TopologyMapper, TopologyVisualizer};
-use weft_controller::observation::TrafficObservation;
+use weft_topology::import::{self, Format, ImportOptions, ImportReport};
+use weft_topology::mapper::{TopologyMapper, TopologyVisualizer};
+use weft_topology::observation::TrafficObservation;
 
 /// Observations per `POST /observations` request.
 const POST_BATCH: usize = 5_000;

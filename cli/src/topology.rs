@@ -288,11 +288,8 @@ pub fn run(controller: &str, command: &TopologyCommand) -> anyhow::Result<String
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
             // Checked here too, so a bad file is named before anything is sent.
-            weft_controller::analytics::learned::Examples::parse(
-                &text,
-                &file.display().to_string(),
-            )
-            .map_err(anyhow::Error::msg)?;
+            weft_topology::analytics::learned::Examples::parse(&text, &file.display().to_string())
+                .map_err(anyhow::Error::msg)?;
             post_text(controller, &request_path(command), &text)?
         }
         _ => fetch(controller, &request_path(command))?,

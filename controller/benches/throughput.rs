@@ -19,15 +19,15 @@ use tower::ServiceExt as _;
 use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::http;
-use weft_controller::mapper::TopologyMapper;
-use weft_controller::model::{
-    Direction, FlowObservation, L7Info, LatencyBucket, RequestGroup, Transport,
-};
-use weft_controller::observation::{NetworkEndpoint, TrafficObservation};
-use weft_controller::registry::Registry;
-use weft_controller::topology::Topology;
 use weft_proto::v1 as wire;
 use weft_proto::v1::agent_service_client::AgentServiceClient;
+use weft_topology::mapper::TopologyMapper;
+use weft_topology::model::{
+    Direction, FlowObservation, L7Info, LatencyBucket, RequestGroup, Transport,
+};
+use weft_topology::observation::{NetworkEndpoint, TrafficObservation};
+use weft_topology::registry::Registry;
+use weft_topology::topology::Topology;
 
 fn result(key: &str, value: f64, unit: &str, what: &str) {
     println!("RESULT {key} {value:.3} {unit} {what}");

@@ -1,30 +1,19 @@
-//! weft's controller: ingests flow records from agents, holds the topology, and serves it
-//! over gRPC (agents), REST and `/metrics`.
+//! weft's controller: the composition root. It ingests flow records from agents into the
+//! topology ([`weft_topology`]), keeps state in a store ([`weft_store`]), hands desired
+//! state to agents, and serves everything over gRPC, REST and `/metrics`.
 //!
-//! - [`model`]: domain types, converted from the wire types at the API edge.
-//! - [`registry`]: registered agents and their workloads.
-//! - [`topology`]: services and dependencies built from observations.
-//! - [`render`]: the topology as ASCII, Graphviz DOT or JSON.
+//! - [`api`]: the gRPC agent service and the HTTP router; wire types become domain types
+//!   here ([`api::convert`]) and go no further.
+//! - [`control`]: desired state per host and the agents' control streams.
+//! - [`shards`]: IP shards of the networks and their migrations.
+//! - [`state`]: the shared application state the API serves.
 //! - [`metrics`]: controller counters and the Prometheus text exposition.
-//! - [`api`]: the gRPC agent service and the HTTP router.
 
-pub mod analytics;
 pub mod api;
 pub mod compose;
 pub mod control;
-pub mod import;
-pub mod glob;
-pub mod history;
-pub mod mapper;
 pub mod metrics;
-pub mod model;
-pub mod observation;
-pub mod registry;
 pub mod shards;
-pub mod render;
 pub mod state;
-pub mod store;
-pub mod time;
-pub mod topology;
 
 pub use state::AppState;

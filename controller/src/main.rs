@@ -17,12 +17,12 @@ use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
 use weft_controller::api::shards_grpc::ShardApi;
-use weft_controller::history::AllowList;
 use weft_controller::metrics::Metrics;
 use weft_controller::shards::flags::ShardArgs;
-use weft_controller::store::{MemoryStore, RedbStore, Store};
-use weft_controller::time::{now_unix_ns, parse_duration};
-use weft_controller::topology::{BucketConfig, Rules, ServiceClassifier};
+use weft_store::{MemoryStore, RedbStore, Store};
+use weft_topology::history::AllowList;
+use weft_topology::time::{now_unix_ns, parse_duration};
+use weft_topology::topology::{BucketConfig, Rules, ServiceClassifier};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -7,8 +7,9 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use weft_topology::topology::DependencyStats;
+
 use crate::state::AppState;
-use crate::topology::DependencyStats;
 
 /// Reads one counter of a dependency.
 type StatFn = fn(&DependencyStats) -> u64;

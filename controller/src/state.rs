@@ -3,15 +3,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use weft_store::{MemoryStore, Store, StoreError};
+use weft_topology::history::{History, HistoryError};
+use weft_topology::registry::Registry;
+use weft_topology::time::now_unix_ns;
+use weft_topology::topology::{BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window};
+
 use crate::control::ControlHub;
-use crate::history::{History, HistoryError};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 use crate::shards::{ShardConfig, ShardManager};
 use crate::compose::HubAddresses;
-use crate::store::{MemoryStore, Store, StoreError};
-use crate::time::now_unix_ns;
-use crate::topology::{BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window};
 
 /// An agent counts as connected while its last contact is younger than this.
 pub const CONNECTED_WINDOW: Duration = Duration::from_secs(15);

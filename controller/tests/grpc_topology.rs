@@ -8,11 +8,11 @@ use tonic::Code;
 use tonic::transport::server::TcpIncoming;
 use weft_controller::AppState;
 use weft_controller::api::grpc_topology::TopologyApi;
-use weft_controller::mapper::{NoDirectory, create_traffic_observation};
 use weft_proto::v1::topology_service_client::TopologyServiceClient;
 use weft_proto::v1::{
     FindBottlenecksRequest, GetDependenciesRequest, TopologyDiffRequest, TopologyQuery,
 };
+use weft_topology::mapper::{NoDirectory, create_traffic_observation};
 
 async fn serve(state: AppState) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 use weft_controller::AppState;
 use weft_controller::api::http::app;
-use weft_controller::model::{Direction, FlowObservation, LatencyBucket, Transport, Workload};
+use weft_topology::model::{Direction, FlowObservation, LatencyBucket, Transport, Workload};
 
 fn workload(name: &str, address: &str) -> Workload {
     Workload {

@@ -7,8 +7,8 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 use weft_controller::AppState;
 use weft_controller::api::http::app;
-use weft_controller::mapper::create_traffic_observation;
-use weft_controller::time::{now_unix_ns, rfc3339};
+use weft_topology::mapper::create_traffic_observation;
+use weft_topology::time::{now_unix_ns, rfc3339};
 
 const MIN: u64 = 60_000_000_000;
 

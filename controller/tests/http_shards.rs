@@ -19,7 +19,7 @@ use weft_controller::AppState;
 use common::{call, shard_state};
 use weft_controller::api::http::app;
 use weft_controller::shards::ShardConfig;
-use weft_controller::store::MemoryStore;
+use weft_store::MemoryStore;
 
 fn state() -> AppState {
     shard_state(ShardConfig {

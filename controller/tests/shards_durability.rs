@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use weft_controller::shards::{Index, ShardConfig};
-use weft_controller::store::RedbStore;
+use weft_store::RedbStore;
 
 fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
@@ -330,9 +330,9 @@ fn durable_allocations_per_second_in_process() {
             max_shards_per_network: 64,
             ..ShardConfig::default()
         };
-        let store: Arc<dyn weft_controller::store::Store> =
+        let store: Arc<dyn weft_store::Store> =
             if std::env::var_os("WEFT_MEMORY").is_some() {
-                Arc::new(weft_controller::store::MemoryStore::default())
+                Arc::new(weft_store::MemoryStore::default())
             } else {
                 Arc::new(RedbStore::open_dir(&dir).unwrap())
             };
@@ -380,7 +380,7 @@ fn durable_allocations_per_second_in_process() {
 #[test]
 #[ignore = "a measurement; run on a release build"]
 fn redb_txn_cost() {
-    use weft_controller::store::Store as _;
+    use weft_store::Store as _;
     let dir = std::env::temp_dir().join(format!("weft-redb-cost-{}", rand::random::<u32>()));
     let store = RedbStore::open_dir(&dir).unwrap();
     let value = vec![b'x'; 300];

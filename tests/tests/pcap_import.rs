@@ -8,13 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use weft_controller::import::pcap;
-use weft_controller::mapper::TopologyMapper;
-use weft_controller::observation::TrafficObservation;
 use weft_lab::lab::BRIDGE;
 use weft_lab::servers::{self, Site};
 use weft_lab::weft::{Agent, Controller};
 use weft_lab::{Lab, eventually, skip_unless_root, traffic};
+use weft_topology::import::pcap;
+use weft_topology::mapper::TopologyMapper;
+use weft_topology::observation::TrafficObservation;
 
 /// `(source, target) -> requests`, summed over ports.
 type Edges = BTreeMap<(String, String), u64>;

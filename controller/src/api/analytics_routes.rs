@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
+use weft_topology::analytics;
 
 use super::error::ApiError;
 use super::query::Params;
-use crate::analytics;
 use crate::state::AppState;
 
 pub async fn critical(
@@ -60,7 +60,9 @@ fn bucket_span(
     default_buckets: u64,
 ) -> Result<(u64, u64), ApiError> {
     let window = params.window()?;
-    let until = window.until.unwrap_or_else(crate::time::now_unix_ns);
+    let until = window
+        .until
+        .unwrap_or_else(weft_topology::time::now_unix_ns);
     let width = u64::try_from(state.topology.bucket_config().width.as_nanos()).unwrap_or(u64::MAX);
     let since = window
         .since

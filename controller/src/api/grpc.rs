@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use weft_proto::v1 as wire;
 use weft_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 
-use crate::model::{FlowObservation, Workload};
+use crate::api::convert;
 use crate::state::AppState;
 
 /// The agent-facing gRPC service.
@@ -49,7 +49,7 @@ impl AgentService for AgentApi {
         let workloads = request
             .workloads
             .iter()
-            .map(Workload::try_from)
+            .map(convert::workload_from_wire)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let workload_count = workloads.len();
@@ -95,7 +95,7 @@ impl AgentService for AgentApi {
         let merged = agent.merge_batch(batch.sequence, || {
             let mut accepted = 0u64;
             for (index, record) in batch.records.iter().enumerate() {
-                match FlowObservation::try_from(record) {
+                match convert::flow_from_wire(record) {
                     Ok(observation) => {
                         topology.ingest(&observation, registry);
                         accepted += 1;

@@ -3,12 +3,12 @@
 use tonic::{Request, Response, Status};
 use weft_proto::v1 as wire;
 use weft_proto::v1::topology_service_server::{TopologyService, TopologyServiceServer};
+use weft_topology::analytics::{self, LatencyStat, TrafficDirection};
+use weft_topology::history::{DiffThresholds, diff};
+use weft_topology::time::{now_unix_ns, parse_time, rfc3339};
+use weft_topology::topology::{DependencyView, ServiceView, TopologySnapshot, Window};
 
-use crate::analytics::{self, LatencyStat, TrafficDirection};
-use crate::history::{DiffThresholds, diff};
 use crate::state::AppState;
-use crate::time::{now_unix_ns, parse_time, rfc3339};
-use crate::topology::{DependencyView, ServiceView, TopologySnapshot, Window};
 
 #[derive(Debug, Clone)]
 pub struct TopologyApi {
@@ -235,7 +235,7 @@ impl TopologyService for TopologyApi {
             .ok_or_else(|| Status::invalid_argument("field `from`: is required"))?;
         let to = time("to", &request.to, now)?;
         let history = &self.state.history;
-        let internal = |e: crate::history::HistoryError| Status::internal(e.to_string());
+        let internal = |e: weft_topology::history::HistoryError| Status::internal(e.to_string());
         let before = history
             .snapshot_at(from)
             .map_err(internal)?

@@ -9,12 +9,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::StreamExt as _;
+use weft_topology::history::{AllowList, DiffThresholds, HistoryError, diff};
+use weft_topology::time::{now_unix_ns, rfc3339};
 
 use super::error::ApiError;
 use super::query::Params;
-use crate::history::{AllowList, DiffThresholds, HistoryError, diff};
 use crate::state::AppState;
-use crate::time::{now_unix_ns, rfc3339};
 
 fn internal(error: HistoryError) -> ApiError {
     ApiError::Internal(error.to_string())
@@ -121,7 +121,7 @@ pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
         }
     });
     let recent = futures::stream::iter(state.history.events.recent());
-    let to_sse = |event: crate::history::TopologyEvent| {
+    let to_sse = |event: weft_topology::history::TopologyEvent| {
         Event::default()
             .id(event.id.clone())
             .event(event.event_type)

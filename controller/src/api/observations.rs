@@ -6,9 +6,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Serialize;
+use weft_topology::observation::TrafficObservation;
 
 use super::error::ApiError;
-use crate::observation::TrafficObservation;
 use crate::state::AppState;
 
 #[derive(Debug, Serialize)]

@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 
+use weft_topology::analytics::{LatencyStat, TrafficDirection};
+use weft_topology::time::{now_unix_ns, parse_time};
+use weft_topology::topology::Window;
+
 use super::error::ApiError;
-use crate::analytics::{LatencyStat, TrafficDirection};
-use crate::time::{now_unix_ns, parse_time};
-use crate::topology::Window;
 
 #[derive(Debug, Default)]
 pub struct Params(pub HashMap<String, String>);

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use weft_topology::time::rfc3339;
 
 use super::error::ApiError;
 use crate::shards::{
@@ -25,7 +26,6 @@ use crate::shards::{
     default_prefix, prefix_bounds,
 };
 use crate::state::AppState;
-use crate::time::rfc3339;
 
 /// The shard routes, merged into [`super::http::app`].
 pub fn routes() -> Router<AppState> {

@@ -7,11 +7,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use tokio::io::AsyncWriteExt as _;
+use weft_topology::analytics::dependencies_of;
+use weft_topology::render;
 
 use super::error::ApiError;
 use super::query::Params;
-use crate::analytics::dependencies_of;
-use crate::render;
 use crate::state::AppState;
 
 const WINDOW: &[&str] = &["since", "until"];

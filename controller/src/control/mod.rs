@@ -31,7 +31,7 @@ use tokio::sync::{broadcast, watch};
 pub use weft_proto::kinds;
 pub use weft_proto::v1::resource::Spec;
 
-use crate::store::{Store, StoreError};
+use weft_store::{Store, StoreError};
 
 /// Where the controller epoch is kept.
 const EPOCH_KEY: &str = "control/epoch";

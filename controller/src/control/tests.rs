@@ -4,7 +4,7 @@ use weft_proto::v1::{AddressAssignment, WorkloadAddresses};
 
 use super::fake::FakeAgent;
 use super::*;
-use crate::store::MemoryStore;
+use weft_store::MemoryStore;
 
 fn addresses(workload: &str, cidr: &str) -> Spec {
     Spec::WorkloadAddresses(WorkloadAddresses {

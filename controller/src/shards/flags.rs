@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use weft_topology::time::parse_duration;
+
 use super::cidr::Cidr;
 use super::model::ShardConfig;
-use crate::time::parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShardArgs {

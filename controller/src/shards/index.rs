@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use weft_store::{Store, StoreError};
 
 use super::cidr::{Cidr, Family, to_u128};
 use super::events::CloudEvent;
@@ -17,7 +18,6 @@ use super::model::{
     WorkloadMove, check_name, prefix_bounds,
 };
 use super::publish::AddressAssignment;
-use crate::store::{Store, StoreError};
 
 mod rollback;
 

@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use weft_topology::time::now_unix_ns;
 
 use super::model::{Allocation, MigrationState, MoveState};
 use super::{Op, Reply, ShardError, ShardManager, unexpected};
-use crate::time::now_unix_ns;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);

@@ -28,9 +28,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
+use weft_store::{Store, StoreError};
+use weft_topology::time::now_unix_ns;
 
-use crate::store::{Store, StoreError};
-use crate::time::now_unix_ns;
 pub use cidr::{Cidr, Family};
 pub use events::CloudEvent;
 pub use publish::{AddressAssignment, AddressPublisher, AddressesApplied};

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use weft_store::{MemoryStore, RedbStore};
 
 use super::*;
 use crate::compose::HubAddresses;
 use crate::control::ControlHub;
 use crate::control::fake::FakeAgent;
-use crate::store::{MemoryStore, RedbStore};
 
 mod cancel;
 

@@ -11,7 +11,7 @@ use tower::ServiceExt as _;
 use weft_controller::AppState;
 use weft_controller::api::http::app;
 use weft_controller::shards::ShardConfig;
-use weft_controller::store::MemoryStore;
+use weft_store::MemoryStore;
 
 /// A state whose shard manager runs with `config` on a fresh memory store.
 pub fn shard_state(config: ShardConfig) -> AppState {

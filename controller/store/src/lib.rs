@@ -3,11 +3,13 @@
 //! later etcd one are interchangeable; [`MemoryStore`] for tests and `--data-dir ""`.
 //! Every acknowledged write is durable (the redb back end commits with fsync).
 
+#[cfg(feature = "redb")]
 pub mod redb_store;
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
+#[cfg(feature = "redb")]
 pub use redb_store::RedbStore;
 
 #[derive(Debug, thiserror::Error)]

@@ -71,6 +71,7 @@ fn memory_store_passes_the_suite() {
     suite(&MemoryStore::default());
 }
 
+#[cfg(feature = "redb")]
 #[test]
 fn redb_store_passes_the_suite_and_keeps_writes_across_reopen() {
     let dir = std::env::temp_dir().join(format!(

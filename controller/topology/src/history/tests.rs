@@ -1,6 +1,7 @@
+use weft_store::MemoryStore;
+
 use super::*;
 use crate::mapper::{TopologyMapper, create_traffic_observation};
-use crate::store::MemoryStore;
 
 fn map(edges: &[(&str, &str, &str, f64, Option<u16>)]) -> TopologySnapshot {
     let mapper = TopologyMapper::new();

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
+use weft_store::{Store, StoreError};
 
-use crate::store::{Store, StoreError};
 use crate::time::rfc3339;
 use crate::topology::TopologySnapshot;
 

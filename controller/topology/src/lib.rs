@@ -1,0 +1,24 @@
+//! weft's topology library: what the controller and the CLI's offline mode share. It turns
+//! observations into services and dependencies and answers questions about them; it opens
+//! no socket and runs no server.
+//!
+//! - [`observation`], [`model`]: what goes in (traffic observations, validated flow records).
+//! - [`registry`]: registered agents and their workloads (names for addresses).
+//! - [`topology`]: services and dependencies built from observations.
+//! - [`analytics`], [`history`]: critical services, patterns, anomalies, scaling; snapshots
+//!   kept in a [`weft_store::Store`], diffs, events and the allow-list.
+//! - [`mapper`]: the topology of a set of observations, in one call.
+//! - [`import`]: pcap, JSON lines and Envoy access logs as observations.
+//! - [`render`]: the topology as ASCII, Graphviz DOT or JSON.
+
+pub mod analytics;
+pub mod glob;
+pub mod history;
+pub mod import;
+pub mod mapper;
+pub mod model;
+pub mod observation;
+pub mod registry;
+pub mod render;
+pub mod time;
+pub mod topology;
