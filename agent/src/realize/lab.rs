@@ -5,9 +5,8 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,80 +30,29 @@ use crate::control::driver::ControlDriver;
 use crate::hostevents::HostEvents;
 use crate::config::{Netns, WorkloadSpec};
 
-fn is_root() -> bool {
-    // SAFETY: no arguments, no side effects.
-    unsafe { libc::geteuid() == 0 }
+use crate::testns::{TestNetns, require_root};
+
+/// What these tests need of a test namespace beyond the shared guard.
+trait RealizeNetns {
+    /// A netlink connection into the namespace, as the realizer makes them.
+    async fn nl(&self) -> netns::NetnsHandle;
+    async fn dummy(&self, name: &str) -> u32;
 }
 
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root to create network namespaces");
-            return;
-        }
-    };
-}
-
-/// A named network namespace under /run/netns, removed on drop (also when a test fails).
-struct TestNetns {
-    name: String,
-    path: PathBuf,
-}
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-impl TestNetns {
-    fn new() -> Self {
-        let name = format!("wftr{}-{}", std::process::id(), NEXT.fetch_add(1, Relaxed));
-        let path = PathBuf::from("/run/netns").join(&name);
-        std::fs::create_dir_all("/run/netns").expect("creating /run/netns");
-        std::fs::File::create(&path).expect("creating the netns mount point");
-        let guard = Self { name, path: path.clone() };
-        // unshare(CLONE_NEWNET) changes the calling thread only: a scratch thread makes the
-        // namespace and bind-mounts it so it outlives the thread.
-        let made = std::thread::spawn(move || -> std::io::Result<()> {
-            // SAFETY: plain syscalls on this thread; strings are NUL-terminated CStrings.
-            unsafe {
-                if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let src = c"/proc/thread-self/ns/net";
-                let dst = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path without NUL");
-                if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        })
-        .join()
-        .expect("netns thread");
-        made.expect("creating a network namespace");
-        guard
-    }
-
-    async fn handle(&self) -> netns::NetnsHandle {
+impl RealizeNetns for TestNetns {
+    async fn nl(&self) -> netns::NetnsHandle {
         netns::connect(Some(&self.path)).await.expect("netlink in the test namespace")
     }
 
     /// A veth device (down) in this namespace, its peer (`<name>p`, up) beside it; returns
     /// the device's index. (veth rather than dummy: the dummy module is not everywhere.)
     async fn dummy(&self, name: &str) -> u32 {
-        let h = self.handle().await;
+        let h = self.nl().await;
         let peer = format!("{name}p");
         h.handle.link().add(LinkVeth::new(name, &peer).build()).execute().await.expect("adding a veth pair");
         let p = index_of(&h, &peer).await;
         h.handle.link().set(LinkUnspec::new_with_index(p).up().build()).execute().await.expect("peer up");
         index_of(&h, name).await
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        if let Ok(dst) = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()) {
-            // SAFETY: unmounting our own bind mount; failure leaves only an empty file.
-            unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -129,7 +77,7 @@ async fn add_address(h: &netns::NetnsHandle, index: u32, cidr: &str) {
 
 /// Default-route gateways through the device, read independently of the realizer.
 async fn gateways(ns: &TestNetns, index: u32) -> Vec<IpAddr> {
-    let h = ns.handle().await;
+    let h = ns.nl().await;
     super::apply::read_current_for_tests(&h.handle, index).await.default_gateways
 }
 
@@ -174,7 +122,7 @@ async fn addresses_are_added_unmanaged_ones_kept_and_reapplying_changes_nothing(
     let ns = TestNetns::new();
     let idx = ns.dummy("eth0").await;
     {
-        let h = ns.handle().await;
+        let h = ns.nl().await;
         add_address(&h, idx, "198.19.7.7/24").await; // not weft's: outside every shard range
         add_address(&h, idx, "198.18.128.200/22").await; // static in the workloads file
     }
@@ -206,7 +154,7 @@ async fn addresses_are_added_unmanaged_ones_kept_and_reapplying_changes_nothing(
     // Drift behind the realizer's back: a changes-only apply does not look (same desired
     // state: the last report is given again); a full apply repairs it.
     {
-        let h = ns.handle().await;
+        let h = ns.nl().await;
         let msgs: Vec<_> = h.handle.address().get().set_link_index_filter(idx).execute().try_collect().await.unwrap();
         let v4 = msgs
             .into_iter()
@@ -228,10 +176,10 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     let ns = TestNetns::new();
     let hv = TestNetns::new();
     ns.dummy("eth0").await;
-    let idx = index_of(&ns.handle().await, "eth0").await;
+    let idx = index_of(&ns.nl().await, "eth0").await;
     // The hypervisor side: a bridge that has learnt the old address's MAC.
     let br = {
-        let h = hv.handle().await;
+        let h = hv.nl().await;
         h.handle.link().add(LinkBridge::new("br0").build()).execute().await.expect("adding a bridge");
         let br = index_of(&h, "br0").await;
         // The gateway's side of the shard: the route that says where its addresses live.
@@ -250,7 +198,7 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     };
     // A static IPv6 address the workloads file lists: the link going down drops it, the
     // realizer puts it back.
-    add_address(&ns.handle().await, idx, "fd00:99::7/64").await;
+    add_address(&ns.nl().await, idx, "fd00:99::7/64").await;
     let r = Realizer::new(&[spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &["fd00:99::7"])])
         .with_neighbour_netns(Some(hv.path.clone()))
         .with_old_neighbour_grace(Duration::from_millis(100));
@@ -273,7 +221,7 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     let again = r.apply(vec![want("web", &[("198.18.132.9/22", Some("198.18.132.1")), v6])]).await;
     assert_eq!(again[0].changes, 0, "{:?}", again[0]);
     assert_eq!(a.neighbours_set, 1, "the new address's entry set");
-    let h = hv.handle().await;
+    let h = hv.nl().await;
     // The old address's entry goes after the grace period.
     let mut left: Vec<_> = Vec::new();
     for _ in 0..40 {
@@ -303,12 +251,12 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
             _ => None,
         })
     };
-    let workload_mac = link_mac(&ns.handle().await, idx).await;
+    let workload_mac = link_mac(&ns.nl().await, idx).await;
     let new_entry = entry("198.18.132.9").expect("the hypervisor has an entry for the new address");
     assert_eq!(mac_of(new_entry), Some(workload_mac), "pointing at the workload's device");
     // The workload was told its new gateway's hardware address (no ARP broadcast needed).
     let br_mac = link_mac(&h, br).await;
-    let wl: Vec<_> = ns.handle().await.handle.neighbours().get().execute().try_collect().await.unwrap();
+    let wl: Vec<_> = ns.nl().await.handle.neighbours().get().execute().try_collect().await.unwrap();
     let gw = wl
         .iter()
         .find(|n| {
@@ -664,7 +612,7 @@ async fn an_address_deleted_by_hand_is_restored_at_once_and_reported_as_drift() 
         assert!(reported, "no drift report naming {what:?}: {:?}", reports.lock().unwrap().last());
     }
     let gws = gateways(&ns, {
-        let h = ns.handle().await;
+        let h = ns.nl().await;
         index_of(&h, "eth0").await
     })
     .await;

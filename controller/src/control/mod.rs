@@ -310,16 +310,23 @@ impl ControlHub {
             tracing::debug!(host = host_id, epoch = observed.epoch, current = self.epoch, "report of another controller epoch ignored");
             return false;
         }
-        let mut unsupported: BTreeMap<&str, usize> = BTreeMap::new();
-        for (rk, o) in &observed.resources {
-            if o.status == ResourceStatus::Unsupported {
-                *unsupported.entry(rk.kind.as_str()).or_default() += 1;
+        let host = self.host(host_id);
+        let unsupported = |o: &HostObserved| {
+            let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+            for (rk, r) in &o.resources {
+                if r.status == ResourceStatus::Unsupported {
+                    *by_kind.entry(rk.kind.clone()).or_default() += 1;
+                }
             }
+            by_kind
+        };
+        let now = unsupported(&observed);
+        let before = unsupported(&host.observed.borrow());
+        // Told once per change, not at every report that repeats it.
+        for (kind, keys) in now.into_iter().filter(|(k, n)| before.get(k) != Some(n)) {
+            let _ = self.events.send(ControlEvent::Unsupported { host: host_id.to_owned(), kind, keys });
         }
-        for (kind, keys) in unsupported {
-            let _ = self.events.send(ControlEvent::Unsupported { host: host_id.to_owned(), kind: kind.to_owned(), keys });
-        }
-        self.host(host_id).observed.send_replace(observed);
+        host.observed.send_replace(observed);
         true
     }
 
