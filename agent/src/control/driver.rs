@@ -20,7 +20,7 @@ use weft_proto::v1::{
 };
 
 use super::{ControlMetrics, DesiredResource, Reconciler, ResourceReport, Scope};
-use crate::hostevents::{Change, HostEvents, Received, Subscription};
+use crate::hostevents::{Change, HostEvent, HostEvents, Received, Subscription};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -61,6 +61,25 @@ struct Known {
     reports: BTreeMap<(String, String), ResourceObserved>,
     /// Drift found since the last report went out.
     drift: Vec<DriftRepaired>,
+}
+
+/// Host events taken in one go, at most.
+const EVENT_BURST: usize = 4096;
+
+/// `first` and every event already queued behind it (up to [`EVENT_BURST`]); true when
+/// events were lost on the way (the subscriber lagged).
+fn drain(sub: &mut Subscription, first: HostEvent) -> (Vec<HostEvent>, bool) {
+    use futures::FutureExt as _;
+    let mut batch = vec![first];
+    while batch.len() < EVENT_BURST {
+        match sub.recv().now_or_never() {
+            Some(Some(Received::Event(e))) => batch.push(e),
+            Some(Some(Received::Lagged { .. })) => return (batch, true),
+            // Nothing queued now (or the listener went: the next recv says so).
+            Some(None) | None => break,
+        }
+    }
+    (batch, false)
 }
 
 impl ControlDriver {
@@ -210,12 +229,12 @@ impl ControlDriver {
         news
     }
 
-    /// Which reconcilers a host event concerns, with what drifted.
-    fn drifted(&self, event: &crate::hostevents::HostEvent) -> Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)> {
+    /// Which reconcilers a burst of host events concerns, with what drifted.
+    fn drifted(&self, events: &[HostEvent]) -> Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)> {
         self.reconcilers
             .iter()
             .filter_map(|r| {
-                let d = r.drift(event);
+                let d = r.drift(events);
                 (!d.is_empty()).then(|| (r.clone(), d))
             })
             .collect()
@@ -344,16 +363,19 @@ impl ControlDriver {
                 },
                 ev = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() && !first => match ev {
                     Some(Received::Event(ev)) => {
-                        self.metrics.host_events_total.fetch_add(1, Relaxed);
-                        match (&ev.change, known.state.clone()) {
-                            (Change::Overrun | Change::NetnsGone, Some(state)) => {
+                        // The whole burst at once: only its net effect can be drift.
+                        let (batch, lost) = drain(events.as_mut().expect("guarded"), ev);
+                        self.metrics.host_events_total.fetch_add(batch.len() as u64, Relaxed);
+                        let resync = lost || batch.iter().any(|e| matches!(e.change, Change::Overrun | Change::NetnsGone));
+                        match known.state.as_ref() {
+                            Some(state) if resync => {
                                 self.metrics.host_event_resyncs_total.fetch_add(1, Relaxed);
                                 self.watch_namespaces().await;
-                                Next::Apply(state, true)
+                                Next::Apply(state.clone(), true)
                             }
                             _ => {
-                                let drifted = self.drifted(&ev);
-                                if drifted.is_empty() { Next::Nothing } else { Next::Repair(drifted, ev.at) }
+                                let drifted = self.drifted(&batch);
+                                if drifted.is_empty() { Next::Nothing } else { Next::Repair(drifted, batch[0].at) }
                             }
                         }
                     }
