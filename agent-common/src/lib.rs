@@ -1,9 +1,18 @@
 //! Types that cross the kernel/user boundary. Every struct here is `#[repr(C)]` with
 //! explicit padding and a compile-time size check, because the kernel program and the
 //! agent must agree on the layout byte for byte.
-#![no_std]
+//!
+//! With the `std` feature (user space only; the kernel crate builds without it) it also
+//! holds the vocabulary the agent and the controller share: IP prefixes and families
+//! ([`net`]) and shell-style globs ([`glob`]).
+#![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod flow;
 pub mod latency;
+
+#[cfg(feature = "std")]
+pub mod glob;
+#[cfg(feature = "std")]
+pub mod net;
 
 pub use flow::{FlowEvent, FlowKey, FlowStats, PayloadSample};

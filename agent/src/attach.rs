@@ -15,8 +15,9 @@ use rtnetlink::packet_route::link::LinkMessage;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use agent_common::glob::glob_match;
+
 use crate::{
-    config::glob_match,
     datapath::{Hook, Order, SharedDatapath},
     hostevents::{Change, HostEvents, Received, link_name_kind},
     metrics::Metrics,

@@ -226,32 +226,6 @@ pub fn load_workloads(path: &std::path::Path) -> Result<Vec<WorkloadSpec>, Confi
     parse_workloads(path, &text)
 }
 
-/// Shell-style glob with `*` and `?`.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,15 +311,5 @@ mod tests {
             .to_string();
             assert!(e.contains("workload #1") && e.contains("\"db\"") && e.contains(field), "{body}: {e}");
         }
-    }
-
-    #[test]
-    fn glob() {
-        assert!(glob_match("*", "wl-web"));
-        assert!(glob_match("wl-*", "wl-web"));
-        assert!(!glob_match("wl-*", "up0"));
-        assert!(glob_match("t?p*", "tap12"));
-        assert!(!glob_match("wl-?", "wl-ab"));
-        assert!(glob_match("*-web", "wl-web"));
     }
 }

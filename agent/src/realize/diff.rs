@@ -3,89 +3,11 @@
 //! into the other. Nothing here touches a socket.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
-/// An interface address with its prefix length, e.g. `198.18.128.5/22`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{text:?} is not an address with a prefix length (like 198.18.128.5/22): {why}")]
-pub struct CidrError {
-    text: String,
-    why: &'static str,
-}
-
-impl Cidr {
-    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
-        (prefix <= max_prefix(&addr)).then_some(Self { addr, prefix })
-    }
-
-    /// The network this address is in (host bits cleared).
-    pub fn network(&self) -> Cidr {
-        let addr = match self.addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        };
-        Cidr { addr, prefix: self.prefix }
-    }
-
-    /// Whether `ip` lies in this prefix (same family, same network bits).
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(*ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(*ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-fn max_prefix(addr: &IpAddr) -> u8 {
-    if addr.is_ipv4() { 32 } else { 128 }
-}
-
-impl FromStr for Cidr {
-    type Err = CidrError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |why| CidrError { text: text.to_owned(), why };
-        let (addr, prefix) = text.split_once('/').ok_or_else(|| err("no '/prefix'"))?;
-        let addr: IpAddr = addr.parse().map_err(|_| err("bad address"))?;
-        let prefix: u8 = prefix.parse().map_err(|_| err("bad prefix length"))?;
-        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
-            return Err(err("not a unicast interface address"));
-        }
-        if let IpAddr::V4(v4) = addr
-            && v4.is_broadcast()
-        {
-            return Err(err("not a unicast interface address"));
-        }
-        Cidr::new(addr, prefix).ok_or_else(|| err("prefix length too long for the family"))
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+/// An interface address with its prefix length, e.g. `198.18.128.5/22` (the shared
+/// [`agent_common::net::IfAddr`]; its parse error names the text).
+pub use agent_common::net::{IfAddr as Cidr, ParseError as CidrError};
 
 /// Link-local addresses belong to the kernel and the workload: never touched.
 pub fn is_link_local(ip: &IpAddr) -> bool {
@@ -246,22 +168,6 @@ mod tests {
         let mut m = Managed::with_statics([ip("198.18.128.200")]);
         m.learn(desired);
         m
-    }
-
-    #[test]
-    fn cidr_parses_and_refuses_bad_input() {
-        assert_eq!(c("198.18.128.5/22").to_string(), "198.18.128.5/22");
-        assert_eq!(c("fd00:80::5/64").prefix, 64);
-        for bad in ["198.18.1.1", "198.18.1.1/33", "fd00::1/129", "x/24", "198.18.1.1/x", "0.0.0.0/0", "224.0.0.1/4", "::1/128"] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
-        }
-        assert!(c("198.18.128.0/22").contains(&ip("198.18.131.255")));
-        assert!(!c("198.18.128.0/22").contains(&ip("198.18.132.0")));
-        assert!(c("fd00:80::/64").contains(&ip("fd00:80::ffff")));
-        assert!(!c("fd00:80::/64").contains(&ip("198.18.0.1")));
-        assert!(c("198.18.0.1/0").contains(&ip("10.0.0.1")));
-        assert_eq!(c("198.18.130.7/22").network(), c("198.18.128.0/22"));
-        assert_eq!(c("fd00:80::5/64").network().to_string(), "fd00:80::/64");
     }
 
     #[test]

@@ -66,8 +66,8 @@ fn family(value: &str) -> Result<Family, Status> {
         return Ok(Family::Ipv4);
     }
     value
-        .parse()
-        .map_err(|e: String| Status::invalid_argument(format!("field `family`: {e}")))
+        .parse::<Family>()
+        .map_err(|e| Status::invalid_argument(format!("field `family`: {e}")))
 }
 
 fn shard_info(s: &Shard) -> wire::ShardInfo {

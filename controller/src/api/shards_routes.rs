@@ -183,7 +183,7 @@ fn opt_u64(map: &serde_json::Map<String, Value>, field: &str) -> Result<Option<u
 
 fn family_field(map: &serde_json::Map<String, Value>) -> Result<Family, ApiError> {
     opt_str(map, "family")?.map_or(Ok(Family::Ipv4), |f| {
-        f.parse().map_err(|e: String| bad("family", e))
+        f.parse::<Family>().map_err(|e| bad("family", e))
     })
 }
 

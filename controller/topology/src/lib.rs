@@ -12,7 +12,6 @@
 //! - [`render`]: the topology as ASCII, Graphviz DOT or JSON.
 
 pub mod analytics;
-pub mod glob;
 pub mod history;
 pub mod import;
 pub mod mapper;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::glob::glob_match;
+use agent_common::glob::glob_match_ignore_case as glob_match;
 use crate::topology::TopologySnapshot;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

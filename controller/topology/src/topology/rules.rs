@@ -14,7 +14,7 @@
 use serde::Deserialize;
 
 use super::classify::{ServiceFacts, ServiceType};
-use crate::glob::glob_match;
+use agent_common::glob::glob_match_ignore_case as glob_match;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
