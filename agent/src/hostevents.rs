@@ -59,13 +59,16 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-/// Legacy multicast group bits (`RTMGRP_*`): links, neighbours, IPv4/IPv6 addresses and routes.
-const GROUPS: u32 = libc::RTMGRP_LINK as u32
-    | libc::RTMGRP_NEIGH as u32
+/// Legacy multicast group bits (`RTMGRP_*`): links, IPv4/IPv6 addresses and routes.
+pub const GROUPS_DEFAULT: u32 = libc::RTMGRP_LINK as u32
     | libc::RTMGRP_IPV4_IFADDR as u32
     | libc::RTMGRP_IPV4_ROUTE as u32
     | libc::RTMGRP_IPV6_IFADDR as u32
     | libc::RTMGRP_IPV6_ROUTE as u32;
+/// [`GROUPS_DEFAULT`] and neighbours. Neighbour entries change all the time on a busy host
+/// (every state transition of every entry: thousands a second during a migration burst),
+/// so they are listened to only by whoever needs them.
+pub const GROUPS_WITH_NEIGHBOURS: u32 = GROUPS_DEFAULT | libc::RTMGRP_NEIGH as u32;
 
 /// One datagram read; notifications are one message of a few KiB each.
 const READ_BUF: usize = 64 * 1024;
@@ -138,11 +141,13 @@ pub struct Config {
     pub rcvbuf: usize,
     /// How often a watch checks that its namespace file still names its namespace.
     pub netns_check: Duration,
+    /// Multicast groups listened to ([`GROUPS_DEFAULT`] or [`GROUPS_WITH_NEIGHBOURS`]).
+    pub groups: u32,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { capacity: 4096, rcvbuf: 4 << 20, netns_check: Duration::from_secs(1) }
+        Self { capacity: 16384, rcvbuf: 4 << 20, netns_check: Duration::from_secs(1), groups: GROUPS_DEFAULT }
     }
 }
 
@@ -227,7 +232,7 @@ impl HostEvents {
     pub fn start(config: Config) -> Result<Self, HostEventsError> {
         let (tx, _) = broadcast::channel(config.capacity.max(1));
         let counters = Arc::new(Counters::default());
-        let socket = open_socket(config.rcvbuf)
+        let socket = open_socket(config.rcvbuf, config.groups)
             .and_then(register)
             .map_err(|source| HostEventsError::Socket { netns: "(agent namespace)".into(), source })?;
         let own = tokio::spawn(listen(socket, None, None, tx.clone(), counters.clone(), config.netns_check));
@@ -253,8 +258,8 @@ impl HostEvents {
         if self.watching(path, identity) {
             return Ok(());
         }
-        let rcvbuf = self.shared.config.rcvbuf;
-        let socket = in_netns_fd(file, path, move || open_socket(rcvbuf))
+        let (rcvbuf, groups) = (self.shared.config.rcvbuf, self.shared.config.groups);
+        let socket = in_netns_fd(file, path, move || open_socket(rcvbuf, groups))
             .await?
             .and_then(register)
             .map_err(|source| HostEventsError::Socket { netns: path.display().to_string(), source })?;
@@ -355,8 +360,8 @@ async fn in_netns_fd<T: Send + 'static>(
     }
 }
 
-/// A non-blocking rtnetlink socket in the calling thread's namespace, joined to [`GROUPS`].
-fn open_socket(rcvbuf: usize) -> io::Result<rtnetlink::sys::Socket> {
+/// A non-blocking rtnetlink socket in the calling thread's namespace, joined to `groups`.
+fn open_socket(rcvbuf: usize, groups: u32) -> io::Result<rtnetlink::sys::Socket> {
     let mut socket = rtnetlink::sys::Socket::new(NETLINK_ROUTE)?;
     let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
     let set = |opt| {
@@ -375,7 +380,7 @@ fn open_socket(rcvbuf: usize) -> io::Result<rtnetlink::sys::Socket> {
     if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
         return Err(io::Error::last_os_error());
     }
-    socket.bind(&SocketAddr::new(0, GROUPS))?;
+    socket.bind(&SocketAddr::new(0, groups))?;
     socket.set_non_blocking(true)?;
     Ok(socket)
 }

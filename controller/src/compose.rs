@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use weft_proto::v1 as wire;
 
-use crate::control::{ControlHub, Spec, kinds};
+use weft_control::{ControlHub, Spec, kinds};
 use crate::shards::publish::{AddressAssignment, AddressPublisher, AddressesApplied};
 
 /// The shard manager's [`AddressPublisher`] on a control hub.

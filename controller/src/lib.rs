@@ -11,7 +11,6 @@
 
 pub mod api;
 pub mod compose;
-pub mod control;
 pub mod metrics;
 pub mod shards;
 pub mod state;

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing_subscriber::EnvFilter;
-use weft_controller::control::grpc::ControlApi;
+use weft_control::grpc::ControlApi;
 use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;

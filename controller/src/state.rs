@@ -9,7 +9,7 @@ use weft_topology::registry::Registry;
 use weft_topology::time::now_unix_ns;
 use weft_topology::topology::{BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window};
 
-use crate::control::ControlHub;
+use weft_control::ControlHub;
 use crate::metrics::Metrics;
 use crate::shards::{ShardConfig, ShardManager};
 use crate::compose::HubAddresses;

@@ -13,8 +13,8 @@ use serde_json::Value;
 use weft_controller::AppState;
 
 use common::{call, shard_state};
-use weft_controller::control::ControlHub;
-use weft_controller::control::fake::FakeAgent;
+use weft_control::ControlHub;
+use weft_control::fake::FakeAgent;
 use weft_controller::shards::ShardConfig;
 
 fn state() -> AppState {

@@ -20,7 +20,7 @@ use weft_proto::v1::{
 };
 
 use super::{ControlMetrics, DesiredResource, Reconciler, ResourceReport, Scope};
-use crate::hostevents::{Change, HostEvents, Received, Subscription};
+use crate::hostevents::{Change, HostEvent, HostEvents, Received, Subscription};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -29,6 +29,9 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// is applied again in full (every object read back), which repairs drift that no host
 /// event showed (and namespaces that could not be watched).
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// After host events were lost, the full resync waits this long, so that a burst of
+/// losses costs one.
+const RESYNC_AFTER_LOSS: Duration = Duration::from_millis(500);
 /// Drift reports kept for the next report when sending fails (oldest dropped).
 const DRIFT_PENDING: usize = 256;
 
@@ -61,6 +64,25 @@ struct Known {
     reports: BTreeMap<(String, String), ResourceObserved>,
     /// Drift found since the last report went out.
     drift: Vec<DriftRepaired>,
+}
+
+/// Host events taken in one go, at most.
+const EVENT_BURST: usize = 4096;
+
+/// `first` and every event already queued behind it (up to [`EVENT_BURST`]); true when
+/// events were lost on the way (the subscriber lagged).
+fn drain(sub: &mut Subscription, first: HostEvent) -> (Vec<HostEvent>, bool) {
+    use futures::FutureExt as _;
+    let mut batch = vec![first];
+    while batch.len() < EVENT_BURST {
+        match sub.recv().now_or_never() {
+            Some(Some(Received::Event(e))) => batch.push(e),
+            Some(Some(Received::Lagged { .. })) => return (batch, true),
+            // Nothing queued now (or the listener went: the next recv says so).
+            Some(None) | None => break,
+        }
+    }
+    (batch, false)
 }
 
 impl ControlDriver {
@@ -210,12 +232,12 @@ impl ControlDriver {
         news
     }
 
-    /// Which reconcilers a host event concerns, with what drifted.
-    fn drifted(&self, event: &crate::hostevents::HostEvent) -> Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)> {
+    /// Which reconcilers a burst of host events concerns, with what drifted.
+    fn drifted(&self, events: &[HostEvent]) -> Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)> {
         self.reconcilers
             .iter()
             .filter_map(|r| {
-                let d = r.drift(event);
+                let d = r.drift(events);
                 (!d.is_empty()).then(|| (r.clone(), d))
             })
             .collect()
@@ -316,6 +338,8 @@ impl ControlDriver {
         // missed generations while disconnected), then changes only, with a full resync
         // every RESYNC_EVERY, and repairs when host events show drift.
         let mut first = true;
+        // A full resync owed because host events were lost (overrun, lag, a namespace gone).
+        let mut resync_due: Option<tokio::time::Instant> = None;
         let mut resync = tokio::time::interval(RESYNC_EVERY);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.reset();
@@ -335,6 +359,15 @@ impl ControlDriver {
                     Ok(None) => return Err("the controller ended the desired-state stream".into()),
                     Err(s) => return Err(format!("desired-state stream: {} ({:?})", s.message(), s.code())),
                 },
+                _ = tokio::time::sleep_until(resync_due.unwrap_or_else(tokio::time::Instant::now)), if resync_due.is_some() => {
+                    resync_due = None;
+                    self.metrics.host_event_resyncs_total.fetch_add(1, Relaxed);
+                    self.watch_namespaces().await;
+                    match known.state.clone() {
+                        Some(state) => Next::Apply(state, true),
+                        None => Next::Nothing,
+                    }
+                }
                 _ = resync.tick(), if !first => match known.state.clone() {
                     Some(state) => {
                         self.watch_namespaces().await;
@@ -344,26 +377,21 @@ impl ControlDriver {
                 },
                 ev = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() && !first => match ev {
                     Some(Received::Event(ev)) => {
-                        self.metrics.host_events_total.fetch_add(1, Relaxed);
-                        match (&ev.change, known.state.clone()) {
-                            (Change::Overrun | Change::NetnsGone, Some(state)) => {
-                                self.metrics.host_event_resyncs_total.fetch_add(1, Relaxed);
-                                self.watch_namespaces().await;
-                                Next::Apply(state, true)
-                            }
-                            _ => {
-                                let drifted = self.drifted(&ev);
-                                if drifted.is_empty() { Next::Nothing } else { Next::Repair(drifted, ev.at) }
-                            }
+                        // The whole burst at once: only its net effect can be drift.
+                        let (batch, lost) = drain(events.as_mut().expect("guarded"), ev);
+                        self.metrics.host_events_total.fetch_add(batch.len() as u64, Relaxed);
+                        let resync = lost || batch.iter().any(|e| matches!(e.change, Change::Overrun | Change::NetnsGone));
+                        if resync {
+                            // Once, a moment later: losses come in bursts.
+                            resync_due.get_or_insert_with(|| tokio::time::Instant::now() + RESYNC_AFTER_LOSS);
                         }
+                        let drifted = self.drifted(&batch);
+                        if drifted.is_empty() { Next::Nothing } else { Next::Repair(drifted, batch[0].at) }
                     }
                     Some(Received::Lagged { missed }) => {
                         warn!(missed, "host events lost: full resync");
-                        self.metrics.host_event_resyncs_total.fetch_add(1, Relaxed);
-                        match known.state.clone() {
-                            Some(state) => Next::Apply(state, true),
-                            None => Next::Nothing,
-                        }
+                        resync_due.get_or_insert_with(|| tokio::time::Instant::now() + RESYNC_AFTER_LOSS);
+                        Next::Nothing
                     }
                     None => {
                         warn!("the host event listener stopped: drift is repaired at the periodic resync only");
@@ -378,6 +406,7 @@ impl ControlDriver {
                 Next::Apply(state, full) => {
                     if full {
                         resync.reset();
+                        resync_due = None;
                     }
                     self.metrics.desired_generation.store(state.generation, Relaxed);
                     self.apply(known, &state, full).await;

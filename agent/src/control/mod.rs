@@ -83,9 +83,10 @@ pub trait Reconciler: Send + Sync {
     /// them any more (under their key).
     fn reconcile<'a>(&'a self, desired: &'a [DesiredResource], scope: Scope<'a>) -> BoxFuture<'a, Vec<ResourceReport>>;
 
-    /// Whether `event` changed something this reconciler manages away from what it last
-    /// applied. Cheap: answered from memory; the reconcile that follows reads back.
-    fn drift(&self, event: &HostEvent) -> Vec<Drift>;
+    /// Whether `events` (a burst, in the order they happened) left something this
+    /// reconciler manages away from what it last applied; only their net effect counts.
+    /// Cheap: answered from memory; the reconcile that follows reads back.
+    fn drift(&self, events: &[HostEvent]) -> Vec<Drift>;
 
     /// Network namespaces whose host events this reconciler needs.
     fn namespaces(&self) -> Vec<PathBuf>;

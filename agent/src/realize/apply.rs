@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::diff::{Cidr, Current, DesiredAddress, Managed, Plan, RouteOp, is_link_local, plan};
 use super::netns::NetnsConnections;
 use crate::control::state::{StateError, StateFile};
-use crate::hostevents::Change;
+use crate::hostevents::{Change, HostEvent};
 use super::{DesiredWorkload, RealizeError};
 use crate::config::WorkloadSpec;
 
@@ -58,6 +58,8 @@ struct Target {
 /// Applies desired addresses to the workloads of the workloads file.
 pub struct Realizer {
     targets: HashMap<String, Target>,
+    /// Workload names by namespace file (host events name the namespace).
+    by_netns: HashMap<PathBuf, Vec<String>>,
     /// Where neighbour entries of replaced addresses are flushed (the hypervisor side);
     /// `None` = the agent's own namespace.
     neighbour_netns: Option<PathBuf>,
@@ -152,7 +154,7 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> RealizeError {
 
 impl Realizer {
     pub fn new(specs: &[WorkloadSpec]) -> Self {
-        let targets = specs
+        let targets: HashMap<String, Target> = specs
             .iter()
             .map(|s| {
                 let t = Target {
@@ -164,8 +166,15 @@ impl Realizer {
                 (s.name.clone(), t)
             })
             .collect();
+        let mut by_netns: HashMap<PathBuf, Vec<String>> = HashMap::new();
+        for (name, t) in &targets {
+            if let Some(ns) = &t.netns {
+                by_netns.entry(ns.clone()).or_default().push(name.clone());
+            }
+        }
         Self {
             targets,
+            by_netns,
             neighbour_netns: None,
             managed: Mutex::new(HashMap::new()),
             readdress_mode: ReaddressMode::default(),
@@ -294,43 +303,79 @@ impl Realizer {
         names
     }
 
-    /// Which workloads a change in namespace `netns` (seen at `at`) moved away from what
-    /// was last applied to them, and how: a desired address or the default route via a
-    /// desired gateway removed, an address weft manages but no longer wants added, the
-    /// device down or gone. Changes from before a workload's last read-back are its own
-    /// apply's (or already seen by it).
-    pub fn drifted(&self, netns: &std::path::Path, at: Instant, change: &Change) -> Vec<(String, String)> {
-        let last = self.last_applied();
+    /// Which workloads these host events (in the order they happened) left away from what
+    /// was last applied to them, and how: a desired address, or the default route via a
+    /// desired gateway, gone; an address weft manages but no longer wants there; the device
+    /// down or deleted. Only the net effect counts (an address removed and added again by
+    /// the same burst of changes is no drift), and events from before a workload's last
+    /// read-back are its own apply's (or already seen by it).
+    pub fn drifted(&self, events: &[HostEvent]) -> Vec<(String, String)> {
+        /// What the events say of one workload's device, last word first.
+        #[derive(Default)]
+        struct Net {
+            addrs: HashMap<IpAddr, (bool, u8)>,
+            link: Option<&'static str>,
+            routes: HashMap<IpAddr, bool>,
+        }
         let read_back = self.read_back_at.lock().unwrap_or_else(|p| p.into_inner());
+        let mut net: HashMap<&str, Net> = HashMap::new();
+        for e in events {
+            let Some(ns) = &e.netns else { continue };
+            for name in self.by_netns.get(ns).into_iter().flatten() {
+                if read_back.get(name).is_some_and(|t| *t >= e.at) {
+                    continue;
+                }
+                let dev = &self.targets[name].device;
+                let n = net.entry(name.as_str()).or_default();
+                match &e.change {
+                    Change::AddrNew { addr, prefix, .. } => {
+                        n.addrs.insert(*addr, (true, *prefix));
+                    }
+                    Change::AddrDel { addr, prefix, .. } => {
+                        n.addrs.insert(*addr, (false, *prefix));
+                    }
+                    Change::LinkNew { name: l, up, .. } if l == dev => n.link = Some(if *up { "up" } else { "down" }),
+                    Change::LinkDel { name: l, .. } if l == dev => n.link = Some("deleted"),
+                    Change::RouteNew { prefix: 0, gateway: Some(g), .. } => {
+                        n.routes.insert(*g, true);
+                    }
+                    Change::RouteDel { prefix: 0, gateway: Some(g), .. } => {
+                        n.routes.insert(*g, false);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        drop(read_back);
+        let last = self.last_applied();
         let managed = self.managed();
         let mut out = Vec::new();
-        for (name, target) in self.targets.iter().filter(|(_, t)| t.netns.as_deref() == Some(netns)) {
+        for (name, n) in net {
             let Some((desired, _)) = last.get(name) else { continue };
-            if read_back.get(name).is_some_and(|t| *t >= at) {
-                continue;
+            let dev = &self.targets[name].device;
+            let mut what: Vec<String> = Vec::new();
+            for (addr, (present, prefix)) in &n.addrs {
+                let wanted = desired.iter().any(|d| d.cidr.addr == *addr);
+                if wanted && !present {
+                    what.push(format!("address {addr}/{prefix} removed from {dev}"));
+                } else if !wanted && *present && managed.get(name).is_some_and(|m| m.owns(addr)) {
+                    what.push(format!("address {addr}/{prefix} added to {dev}, which weft manages and does not want there"));
+                }
             }
-            let dev = &target.device;
-            let what = match change {
-                Change::AddrDel { addr, prefix, .. } if desired.iter().any(|d| d.cidr.addr == *addr) => {
-                    format!("address {addr}/{prefix} removed from {dev}")
+            match n.link {
+                Some("down") => what.push(format!("{dev} set down")),
+                Some("deleted") => what.push(format!("{dev} deleted")),
+                _ => {}
+            }
+            for (g, present) in &n.routes {
+                if !present && desired.iter().any(|d| d.gateway == Some(*g)) {
+                    what.push(format!("default route via {g} removed"));
                 }
-                Change::AddrNew { addr, prefix, .. }
-                    if !desired.iter().any(|d| d.cidr.addr == *addr)
-                        && managed.get(name).is_some_and(|m| m.owns(addr)) =>
-                {
-                    format!("address {addr}/{prefix} added to {dev}, which weft manages and does not want there")
-                }
-                Change::LinkNew { name: n, up: false, .. } if n == dev => format!("{dev} set down"),
-                Change::LinkDel { name: n, .. } if n == dev => format!("{dev} deleted"),
-                Change::RouteDel { prefix: 0, gateway: Some(g), .. }
-                    if desired.iter().any(|d| d.gateway == Some(*g)) =>
-                {
-                    format!("default route via {g} removed")
-                }
-                _ => continue,
-            };
-            out.push((name.clone(), what));
+            }
+            what.sort();
+            out.extend(what.into_iter().map(|w| (name.to_owned(), w)));
         }
+        out.sort();
         out
     }
 

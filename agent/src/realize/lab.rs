@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -624,4 +625,31 @@ async fn an_address_deleted_by_hand_is_restored_at_once_and_reported_as_drift() 
     let _ = stop_tx.send(true);
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("driver stops").unwrap();
     server.abort();
+}
+
+#[tokio::test]
+async fn only_the_net_effect_of_a_burst_of_host_events_is_drift() {
+    use crate::hostevents::{Change, HostEvent};
+    require_root!();
+    let ns = TestNetns::new();
+    let idx = ns.dummy("eth0").await;
+    let r = Realizer::new(&[spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &[])]);
+    let applied = r.apply(vec![want("web", &[("198.18.128.5/22", Some("198.18.128.1"))])]).await;
+    assert_eq!(applied[0].error, None, "{applied:?}");
+    let addr: IpAddr = "198.18.128.5".parse().unwrap();
+    let ev = |change: Change| HostEvent { netns: Some(ns.path.clone()), at: std::time::Instant::now(), change };
+    let del = || ev(Change::AddrDel { ifindex: idx, addr, prefix: 22 });
+    let add = || ev(Change::AddrNew { ifindex: idx, addr, prefix: 22 });
+    let down = || ev(Change::LinkNew { ifindex: idx, name: "eth0".into(), up: false, kind: None });
+    let up = || ev(Change::LinkNew { ifindex: idx, name: "eth0".into(), up: true, kind: None });
+    assert!(r.drifted(&[del(), add()]).is_empty(), "removed and added back in one burst");
+    assert!(r.drifted(&[down(), up()]).is_empty(), "down and up again");
+    assert_eq!(r.drifted(&[add(), del()]), vec![("web".to_owned(), "address 198.18.128.5/22 removed from eth0".to_owned())]);
+    assert_eq!(r.drifted(&[up(), down()]), vec![("web".to_owned(), "eth0 set down".to_owned())]);
+    let mut other = del();
+    other.netns = Some(PathBuf::from("/run/netns/not-a-workload"));
+    assert!(r.drifted(&[other]).is_empty(), "another namespace");
+    let mut old = del();
+    old.at -= Duration::from_secs(60);
+    assert!(r.drifted(&[old]).is_empty(), "from before the last read-back: the apply's own");
 }

@@ -75,10 +75,9 @@ impl Reconciler for AddressReconciler {
         })
     }
 
-    fn drift(&self, event: &HostEvent) -> Vec<Drift> {
-        let Some(netns) = &event.netns else { return Vec::new() };
+    fn drift(&self, events: &[HostEvent]) -> Vec<Drift> {
         self.realizer
-            .drifted(netns, event.at, &event.change)
+            .drifted(events)
             .into_iter()
             .map(|(key, what)| Drift { key, what })
             .collect()

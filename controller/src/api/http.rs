@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 use super::error::ApiError;
-use super::{analytics_routes, history_routes, observations, shards_routes, views};
+use super::{analytics_routes, control_routes, history_routes, observations, shards_routes, views};
 use crate::metrics;
 use crate::state::AppState;
 
@@ -48,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .merge(shards_routes::routes())
+        .merge(control_routes::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -2,6 +2,7 @@
 //! converted into domain types here and go no further.
 
 pub mod analytics_routes;
+pub mod control_routes;
 pub mod convert;
 pub mod error;
 pub mod grpc;

@@ -12,8 +12,8 @@ use weft_store::{MemoryStore, RedbStore};
 
 use super::*;
 use crate::compose::HubAddresses;
-use crate::control::ControlHub;
-use crate::control::fake::FakeAgent;
+use weft_control::ControlHub;
+use weft_control::fake::FakeAgent;
 
 mod cancel;
 

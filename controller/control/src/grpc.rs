@@ -183,7 +183,7 @@ mod tests {
         let watch = wire::WatchDesiredStateRequest {
             host_id: "hv1".into(),
             agent_instance: "i".into(),
-            kinds: vec![crate::control::kinds::WORKLOAD_ADDRESSES.into()],
+            kinds: vec![crate::kinds::WORKLOAD_ADDRESSES.into()],
         };
         let mut stream = client.watch_desired_state(watch).await.unwrap().into_inner();
         let first = stream.next().await.unwrap().unwrap();

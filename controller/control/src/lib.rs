@@ -1,4 +1,4 @@
-//! The control plane, controller side: one store of desired state per host, made of typed
+//! weft-control: the control plane, controller side: one store of desired state per host, made of typed
 //! resources (`weft.v1.Resource`: a kind, a key, a spec), streamed whole to the host's agent
 //! whenever it changes, and the agent's per-resource reports.
 //!
@@ -131,6 +131,40 @@ pub struct HostObserved {
     pub applied_generation: u64,
     pub resources: BTreeMap<ResourceKey, ResourceObserved>,
     pub reported_at: Option<Instant>,
+}
+
+/// One resource of a host as desired and as last reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceState {
+    pub resource: ResourceKey,
+    /// The generation at which its spec last changed; `None`: withdrawn, still reported.
+    pub desired_generation: Option<u64>,
+    /// The agent's last report of it; `None`: not reported yet.
+    pub observed: Option<ResourceObserved>,
+}
+
+impl ResourceState {
+    /// Whether the agent reported the desired spec applied.
+    pub fn applied(&self) -> bool {
+        match (self.desired_generation, &self.observed) {
+            (Some(g), Some(o)) => o.status == ResourceStatus::Applied && o.generation >= g,
+            _ => false,
+        }
+    }
+}
+
+/// A host's desired state against its agent's reports (for status queries).
+#[derive(Debug, Clone)]
+pub struct HostStatus {
+    pub host: String,
+    pub epoch: u64,
+    pub desired_generation: u64,
+    pub applied_generation: u64,
+    pub reported_at: Option<Instant>,
+    pub kinds: Vec<String>,
+    pub resources: Vec<ResourceState>,
+    /// The last drift reports, oldest first.
+    pub drift: Vec<DriftRepaired>,
 }
 
 /// Things the control plane tells whoever listens (the event log).
@@ -276,6 +310,44 @@ impl ControlHub {
 
     pub fn desired(&self, host_id: &str) -> HostDesired {
         self.host(host_id).desired.borrow().clone()
+    }
+
+    /// Hosts with desired state, an agent or reports, sorted.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.hosts.iter().map(|e| e.key().clone()).collect();
+        all.sort();
+        all
+    }
+
+    /// A host's desired state against its reports; `None` for a host the hub never heard
+    /// of (looking does not make one).
+    pub fn status(&self, host_id: &str) -> Option<HostStatus> {
+        let host = self.hosts.get(host_id)?.clone();
+        let desired = host.desired.borrow().clone();
+        let observed = host.observed.borrow().clone();
+        let mut resources: Vec<ResourceState> = desired
+            .resources
+            .iter()
+            .map(|(rk, r)| ResourceState {
+                resource: rk.clone(),
+                desired_generation: Some(r.generation),
+                observed: observed.resources.get(rk).cloned(),
+            })
+            .collect();
+        resources.extend(observed.resources.iter().filter(|(rk, _)| !desired.resources.contains_key(*rk)).map(
+            |(rk, o)| ResourceState { resource: rk.clone(), desired_generation: None, observed: Some(o.clone()) },
+        ));
+        resources.sort_by(|a, b| a.resource.cmp(&b.resource));
+        Some(HostStatus {
+            host: host_id.to_owned(),
+            epoch: self.epoch,
+            desired_generation: desired.generation,
+            applied_generation: observed.applied_generation,
+            reported_at: observed.reported_at,
+            kinds: lock(&host.kinds).clone(),
+            resources,
+            drift: lock(&host.drift).iter().cloned().collect(),
+        })
     }
 
     /// The host's current generation.

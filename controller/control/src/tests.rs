@@ -168,3 +168,27 @@ fn drift_is_kept_bounded_and_sent_as_events() {
     assert_eq!(kept[0].detected_unix_ns, 100 - DRIFT_KEPT as u64, "the oldest are dropped");
     assert_eq!(events.try_recv().unwrap(), ControlEvent::Drift(item(0)));
 }
+
+#[tokio::test]
+async fn status_sets_desired_against_reported_and_does_not_make_hosts() {
+    let hub = Arc::new(ControlHub::default());
+    assert!(hub.status("hv9").is_none(), "an unknown host");
+    assert!(hub.hosts().is_empty(), "looking made no host");
+    let g = hub.publish("hv1", "web", addresses("web", "198.18.128.5/22"));
+    let s = hub.status("hv1").unwrap();
+    assert_eq!((s.desired_generation, s.applied_generation), (g, 0));
+    assert!(!s.resources[0].applied() && s.resources[0].observed.is_none(), "pending: {s:?}");
+    let agent = FakeAgent::default().spawn(hub.clone(), "hv1");
+    hub.wait_applied("hv1", ADDR, "web", g, Duration::from_secs(5)).await.unwrap();
+    let s = hub.status("hv1").unwrap();
+    assert!(s.resources[0].applied(), "{s:?}");
+    assert_eq!(s.resources[0].observed.as_ref().unwrap().observed, vec!["198.18.128.5/22".to_owned()]);
+    agent.abort();
+    // Withdrawn, but the last report still has it.
+    hub.withdraw("hv1", ADDR, "web");
+    let s = hub.status("hv1").unwrap();
+    assert_eq!(s.resources.len(), 1);
+    assert_eq!(s.resources[0].desired_generation, None);
+    assert!(!s.resources[0].applied());
+    assert_eq!(hub.hosts(), vec!["hv1".to_owned()]);
+}
