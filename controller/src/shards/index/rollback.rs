@@ -140,4 +140,15 @@ impl Index {
                 .insert((a.host_id.clone(), a.workload.clone()));
         }
     }
+
+    /// Releases `address` rolled back by a failed migration, once its agent has applied
+    /// the rollback; only if it is still releasing under `seq` (never a later holder).
+    /// Whether it was released.
+    pub fn release_rolled_back(&mut self, address: IpAddr, seq: u64, batch: &mut Batch) -> bool {
+        let still = self
+            .addrs
+            .get(&address)
+            .is_some_and(|a| a.seq == seq && a.releasing);
+        still && self.release(address, batch).is_some()
+    }
 }
