@@ -6,7 +6,7 @@
 //! an event was missed some other way.
 
 use std::collections::HashMap;
-use std::sync::{Arc, atomic::Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -133,7 +133,7 @@ impl Attacher {
                 info!(interface = %link.name, ifindex = link.index, "attached flow programs");
             }
             Err(e) => {
-                self.metrics.attach_errors.fetch_add(1, Relaxed);
+                self.metrics.attach_errors.inc();
                 warn!(interface = %link.name, error = format!("{e:#}"), "attach failed; retrying at the next resync");
             }
         }
@@ -167,7 +167,7 @@ impl Attacher {
     }
 
     fn publish_count(&self) {
-        self.metrics.interfaces_attached.store(self.attached.len() as u64, Relaxed);
+        self.metrics.interfaces_attached.set(self.attached.len() as u64);
     }
 
     async fn resync(&mut self, handle: &rtnetlink::Handle) {

@@ -110,7 +110,7 @@ impl Collector {
             // SAFETY: the kernel wrote a PayloadSample (agent-common layout); read unaligned.
             let s: PayloadSample = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             drop(item);
-            self.metrics.payload_samples.fetch_add(1, Relaxed);
+            self.metrics.payload_samples.inc();
             self.l7.observe(&s);
         }
     }
@@ -124,7 +124,7 @@ impl Collector {
             }
             // SAFETY: the kernel wrote a FlowEvent (agent-common layout); read unaligned.
             let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            self.metrics.flow_events.fetch_add(1, Relaxed);
+            self.metrics.flow_events.inc();
             self.ending.insert(ev.key, (ev.stats, due));
         }
     }
@@ -228,14 +228,14 @@ impl Collector {
         let evicted = self.tracker.retain_live(&live);
         self.l7.retain_live(&live);
         if let Ok(lost) = self.payloads_lost.get(&0, 0) {
-            self.metrics.payload_samples_lost.store(lost.iter().sum(), Relaxed);
+            self.metrics.payload_samples_lost.set_total(lost.iter().sum());
         }
-        self.metrics.flows_evicted_unreported.fetch_add(evicted as u64, Relaxed);
-        self.metrics.flow_map_entries.store((entries.len() - remove.len()) as u64, Relaxed);
-        self.metrics.drains.fetch_add(1, Relaxed);
+        self.metrics.flows_evicted_unreported.inc_by(evicted as u64);
+        self.metrics.flow_map_entries.set((entries.len() - remove.len()) as u64);
+        self.metrics.drains.inc();
         self.metrics
             .drain_seconds_last
-            .store(started.elapsed().as_secs_f64().to_bits(), Relaxed);
+            .set(started.elapsed().as_secs_f64());
         self.queue.push(out);
     }
 }

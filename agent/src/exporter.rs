@@ -4,7 +4,7 @@
 //! the controller ignores a sequence it has already merged. Reconnects back off
 //! exponentially (200 ms to 5 s, with jitter).
 
-use std::sync::{Arc, atomic::Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -56,8 +56,8 @@ impl Exporter {
             match self.session(&mut pending, &mut next_seq, &mut shutdown, deadline).await {
                 Outcome::Done => return,
                 Outcome::Reconnect(why) => {
-                    self.metrics.controller_connected.store(0, Relaxed);
-                    self.metrics.send_errors.fetch_add(1, Relaxed);
+                    self.metrics.controller_connected.set(0);
+                    self.metrics.send_errors.inc();
                     warn!(controller = %self.controller, error = %why, retry_in = ?backoff, "controller unreachable");
                     let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
                     tokio::select! {
@@ -67,7 +67,7 @@ impl Exporter {
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
-            if self.metrics.controller_connected.load(Relaxed) == 1 {
+            if self.metrics.controller_connected.get() == 1 {
                 backoff = BACKOFF_MIN;
             }
         }
@@ -125,8 +125,8 @@ impl Exporter {
             // Merged before the acknowledgement was lost.
             *pending = None;
         }
-        self.metrics.controller_connected.store(1, Relaxed);
-        self.metrics.reconnects.fetch_add(1, Relaxed);
+        self.metrics.controller_connected.set(1);
+        self.metrics.reconnects.inc();
         info!(controller = %self.controller, host_id = %self.host_id, "registered with controller");
         loop {
             let (version, _) = self.registry.snapshot();
@@ -161,12 +161,12 @@ impl Exporter {
                 agent_instance: self.instance.clone(),
                 sequence: *seq,
                 records: records.clone(),
-                dropped_records_total: self.metrics.records_dropped.load(Relaxed),
+                dropped_records_total: self.metrics.records_dropped.get(),
             };
             match client.push_flows(batch).await {
                 Ok(_) => {
-                    self.metrics.records_sent.fetch_add(records.len() as u64, Relaxed);
-                    self.metrics.batches_sent.fetch_add(1, Relaxed);
+                    self.metrics.records_sent.inc_by(records.len() as u64);
+                    self.metrics.batches_sent.inc();
                     *pending = None;
                 }
                 Err(status) if status.code() == Code::FailedPrecondition => {

@@ -306,21 +306,33 @@ impl HostEvents {
     }
 }
 
-impl Stats {
-    /// Prometheus exposition text (until the agent has one metrics registry, issue 9).
-    pub fn render(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::with_capacity(1024);
+/// The listener's counters in the agent's metrics registry, read at every scrape.
+pub struct StatsCollector(pub HostEvents);
+
+impl std::fmt::Debug for StatsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StatsCollector").field(&self.0.stats()).finish()
+    }
+}
+
+impl prometheus_client::collector::Collector for StatsCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType::{Counter, Gauge};
+        let s = self.0.stats();
         for (name, kind, help, value) in [
-            ("weft_agent_host_events_total", "counter", "Netlink changes (links, addresses, routes, neighbours) fanned out.", self.events),
-            ("weft_agent_host_event_overruns_total", "counter", "Netlink receive-buffer overruns (ENOBUFS); each makes subscribers resync.", self.overruns),
-            ("weft_agent_host_events_lagged_total", "counter", "Events subscribers missed by falling behind (they resync).", self.lagged),
-            ("weft_agent_host_events_undecodable_total", "counter", "Netlink messages that could not be decoded.", self.undecodable),
-            ("weft_agent_host_events_namespaces", "gauge", "Network namespaces watched besides the agent's own.", self.watched as u64),
+            ("weft_agent_host_events_total", Counter, "Netlink changes (links, addresses, routes, neighbours) fanned out.", s.events),
+            ("weft_agent_host_event_overruns_total", Counter, "Netlink receive-buffer overruns (ENOBUFS); each makes subscribers resync.", s.overruns),
+            ("weft_agent_host_events_lagged_total", Counter, "Events subscribers missed by falling behind (they resync).", s.lagged),
+            ("weft_agent_host_events_undecodable_total", Counter, "Netlink messages that could not be decoded.", s.undecodable),
+            ("weft_agent_host_events_namespaces", Gauge, "Network namespaces watched besides the agent's own.", s.watched as u64),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            // Counters as text format 0.0.4 names them (see `metrics::Counter`): the sample
+            // is the name, `_total` included.
+            encoder
+                .encode_descriptor(name, help, None, kind)?
+                .encode_gauge(&i64::try_from(value).unwrap_or(i64::MAX))?;
         }
-        out
+        Ok(())
     }
 }
 

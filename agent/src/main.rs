@@ -56,8 +56,10 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => config::load_workloads(path)?,
         None => Vec::new(),
     };
-    let metrics = Arc::new(Metrics::default());
-    let control_metrics = Arc::new(control::ControlMetrics::default());
+    // Every metric of the agent registers here; served at --metrics-listen.
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut metrics_registry));
+    let control_metrics = Arc::new(control::ControlMetrics::new(&mut metrics_registry));
     let mut realizer = realize::Realizer::new(&workloads)
         .with_neighbour_netns(args.neighbour_netns.clone())
         .with_readdress_mode(args.readdress_mode)
@@ -83,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let payloads = RingBuf::try_from(datapath.take_map("PAYLOADS")?).context("PAYLOADS map")?;
     let payloads_lost =
         PerCpuArray::try_from(datapath.take_map("PAYLOADS_LOST")?).context("PAYLOADS_LOST map")?;
-    metrics.flow_map_capacity.store(agent_common::flow::FLOW_TABLE_ENTRIES as u64, Relaxed);
+    metrics.flow_map_capacity.set(agent_common::flow::FLOW_TABLE_ENTRIES as u64);
     let datapath = datapath.into_shared();
     let attacher = Attacher::new(
         datapath.clone(),
@@ -94,27 +96,14 @@ async fn main() -> anyhow::Result<()> {
     )?;
     // One netlink listener for the agent; the attacher follows the links of this namespace.
     let host_events = HostEvents::start(hostevents::Config::default()).context("starting the netlink listener")?;
+    metrics_registry.register_collector(Box::new(hostevents::StatsCollector(host_events.clone())));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding metrics listener {}", args.metrics_listen))?;
-    let metrics_app = {
-        let m = metrics.clone();
-        let c = control_metrics.clone();
-        let h = host_events.clone();
-        axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let (m, c, h) = (m.clone(), c.clone(), h.clone());
-                async move {
-                    let text = m.render() + &c.render() + &h.stats().render();
-                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
-                }
-            }),
-        )
-    };
+    let metrics_app = crate::metrics::app(Arc::new(metrics_registry));
     let mut metrics_shutdown = shutdown_rx.clone();
     let metrics_task = tokio::spawn(async move {
         axum::serve(metrics_listener, metrics_app)
@@ -200,8 +189,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = metrics_task.await;
     info!(
-        sent = metrics.records_sent.load(Relaxed),
-        dropped = metrics.records_dropped.load(Relaxed),
+        sent = metrics.records_sent.get(),
+        dropped = metrics.records_dropped.get(),
         "stopped"
     );
     Ok(())

@@ -1,68 +1,142 @@
-//! The agent's own counters and their Prometheus text rendering. Created once at start and
-//! passed down; updated with relaxed atomics (no lock on any path).
+//! The agent's metrics: one `prometheus-client` registry, built in `main` and passed to
+//! whatever has metrics ([`Metrics::new`], [`crate::control::ControlMetrics::new`], the host
+//! events' collector), then served at `/metrics` ([`app`]) as Prometheus text format 0.0.4.
+//! Counters and gauges are relaxed atomics: no lock on any path.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry};
+
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// A gauge of a count or size.
+pub type Gauge = prometheus_client::metrics::gauge::Gauge<u64, AtomicU64>;
+/// A gauge of a measurement.
+pub type GaugeF64 = prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>;
+
+/// A counter named as text format 0.0.4 names it: the family (`# TYPE` line) and the
+/// sample are both the registered name, which ends in `_total`. (prometheus-client's own
+/// counter appends `_total` to the sample only, as OpenMetrics does.)
+#[derive(Debug, Clone, Default)]
+pub struct Counter(prometheus_client::metrics::counter::Counter);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+
+    pub fn inc_by(&self, v: u64) {
+        self.0.inc_by(v);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+
+    /// Sets the count to a total kept elsewhere (the kernel's), which only grows.
+    pub fn set_total(&self, total: u64) {
+        self.0.inner().store(total, Relaxed);
+    }
+}
+
+impl EncodeMetric for Counter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // A gauge sample is the name as registered, with no suffix. The text encoder
+        // writes integers as i64 (a count past i64::MAX is not reached).
+        encoder.encode_gauge(&i64::try_from(self.get()).unwrap_or(i64::MAX))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// Registers `metric` under `name`. prometheus-client ends every help text with a full
+/// stop itself, so the one `help` has is taken off.
+pub fn register(registry: &mut Registry, name: &str, help: &str, metric: impl Metric) {
+    registry.register(name, help.strip_suffix('.').unwrap_or(help), metric);
+}
+
+/// The text exposition of `registry` (format 0.0.4: no `# EOF`).
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::with_capacity(4096);
+    encode_registry(&mut out, registry)?;
+    Ok(out)
+}
+
+/// The `/metrics` endpoint.
+pub fn app(registry: Arc<Registry>) -> axum::Router {
+    use axum::http::{StatusCode, header::CONTENT_TYPE as HEADER};
+    use axum::response::IntoResponse as _;
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                match render(&registry) {
+                    Ok(text) => ([(HEADER, CONTENT_TYPE)], text).into_response(),
+                    Err(_) => {
+                        tracing::error!("encoding the metrics failed");
+                        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    }
+                }
+            }
+        }),
+    )
+}
+
+/// Counters and gauges of the flow path.
 #[derive(Default)]
 pub struct Metrics {
-    pub records_sent: AtomicU64,
-    pub records_dropped: AtomicU64,
-    pub records_queued: AtomicU64,
-    pub batches_sent: AtomicU64,
-    pub send_errors: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub controller_connected: AtomicU64,
-    pub flow_map_entries: AtomicU64,
-    pub flow_map_capacity: AtomicU64,
-    pub flow_events: AtomicU64,
-    pub flows_evicted_unreported: AtomicU64,
-    pub drains: AtomicU64,
-    pub drain_seconds_last: AtomicU64, // f64 bits
-    pub interfaces_attached: AtomicU64,
-    pub attach_errors: AtomicU64,
-    pub payload_samples: AtomicU64,
-    pub payload_samples_lost: AtomicU64,
+    pub records_sent: Counter,
+    pub records_dropped: Counter,
+    pub records_queued: Gauge,
+    pub batches_sent: Counter,
+    pub send_errors: Counter,
+    pub reconnects: Counter,
+    pub controller_connected: Gauge,
+    pub flow_map_entries: Gauge,
+    pub flow_map_capacity: Gauge,
+    pub flow_events: Counter,
+    pub flows_evicted_unreported: Counter,
+    pub drains: Counter,
+    pub drain_seconds_last: GaugeF64,
+    pub interfaces_attached: Gauge,
+    pub attach_errors: Counter,
+    pub payload_samples: Counter,
+    pub payload_samples_lost: Counter,
 }
 
 impl Metrics {
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut line = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        };
-        let g = |a: &AtomicU64| a.load(Relaxed).to_string();
-        line("weft_agent_records_sent_total", "counter", "Flow records acknowledged by the controller.", g(&self.records_sent));
-        line("weft_agent_records_dropped_total", "counter", "Flow records dropped because the send queue was full.", g(&self.records_dropped));
-        line("weft_agent_records_queued", "gauge", "Flow records waiting to be sent.", g(&self.records_queued));
-        line("weft_agent_batches_sent_total", "counter", "Batches acknowledged by the controller.", g(&self.batches_sent));
-        line("weft_agent_send_errors_total", "counter", "Failed attempts to send a batch or register.", g(&self.send_errors));
-        line("weft_agent_controller_reconnects_total", "counter", "Connections (re)established to the controller.", g(&self.reconnects));
-        line("weft_agent_controller_connected", "gauge", "1 while registered with the controller.", g(&self.controller_connected));
-        line("weft_agent_flow_map_entries", "gauge", "Entries in the kernel flow map at the last drain.", g(&self.flow_map_entries));
-        line("weft_agent_flow_map_capacity", "gauge", "Capacity of the kernel flow map.", g(&self.flow_map_capacity));
-        line("weft_agent_flow_end_events_total", "counter", "Flow-end events read from the ring buffer.", g(&self.flow_events));
-        line("weft_agent_flows_evicted_unreported_total", "counter", "Flows evicted from the LRU map before their last record.", g(&self.flows_evicted_unreported));
-        line("weft_agent_drains_total", "counter", "Full reads of the flow map.", g(&self.drains));
-        line("weft_agent_drain_duration_seconds", "gauge", "Duration of the last full read of the flow map.", f64::from_bits(self.drain_seconds_last.load(Relaxed)).to_string());
-        line("weft_agent_interfaces_attached", "gauge", "Workload interfaces with the flow programs attached.", g(&self.interfaces_attached));
-        line("weft_agent_attach_errors_total", "counter", "Failed attempts to attach to an interface.", g(&self.attach_errors));
-        line("weft_agent_payload_samples_total", "counter", "Payload samples (request/response starts) read from the kernel.", g(&self.payload_samples));
-        line("weft_agent_payload_samples_lost_total", "counter", "Payload samples the kernel dropped because the ring buffer was full.", g(&self.payload_samples_lost));
-        out
+    /// The metrics, registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry;
+        register(r, "weft_agent_records_sent_total", "Flow records acknowledged by the controller.", m.records_sent.clone());
+        register(r, "weft_agent_records_dropped_total", "Flow records dropped because the send queue was full.", m.records_dropped.clone());
+        register(r, "weft_agent_records_queued", "Flow records waiting to be sent.", m.records_queued.clone());
+        register(r, "weft_agent_batches_sent_total", "Batches acknowledged by the controller.", m.batches_sent.clone());
+        register(r, "weft_agent_send_errors_total", "Failed attempts to send a batch or register.", m.send_errors.clone());
+        register(r, "weft_agent_controller_reconnects_total", "Connections (re)established to the controller.", m.reconnects.clone());
+        register(r, "weft_agent_controller_connected", "1 while registered with the controller.", m.controller_connected.clone());
+        register(r, "weft_agent_flow_map_entries", "Entries in the kernel flow map at the last drain.", m.flow_map_entries.clone());
+        register(r, "weft_agent_flow_map_capacity", "Capacity of the kernel flow map.", m.flow_map_capacity.clone());
+        register(r, "weft_agent_flow_end_events_total", "Flow-end events read from the ring buffer.", m.flow_events.clone());
+        register(r, "weft_agent_flows_evicted_unreported_total", "Flows evicted from the LRU map before their last record.", m.flows_evicted_unreported.clone());
+        register(r, "weft_agent_drains_total", "Full reads of the flow map.", m.drains.clone());
+        register(r, "weft_agent_drain_duration_seconds", "Duration of the last full read of the flow map.", m.drain_seconds_last.clone());
+        register(r, "weft_agent_interfaces_attached", "Workload interfaces with the flow programs attached.", m.interfaces_attached.clone());
+        register(r, "weft_agent_attach_errors_total", "Failed attempts to attach to an interface.", m.attach_errors.clone());
+        register(r, "weft_agent_payload_samples_total", "Payload samples (request/response starts) read from the kernel.", m.payload_samples.clone());
+        register(r, "weft_agent_payload_samples_lost_total", "Payload samples the kernel dropped because the ring buffer was full.", m.payload_samples_lost.clone());
+        m
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_counters_with_types() {
-        let m = Metrics::default();
-        m.records_dropped.store(7, Relaxed);
-        let text = m.render();
-        assert!(text.contains("# TYPE weft_agent_records_dropped_total counter\nweft_agent_records_dropped_total 7\n"));
-        assert!(text.contains("weft_agent_flow_map_entries 0"));
-    }
-}
+mod tests;

@@ -3,7 +3,7 @@
 //! controller.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, atomic::Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use weft_proto::v1::FlowRecord;
@@ -41,9 +41,9 @@ impl RecordQueue {
         let over = q.len().saturating_sub(self.capacity);
         if over > 0 {
             q.drain(..over);
-            self.metrics.records_dropped.fetch_add(over as u64, Relaxed);
+            self.metrics.records_dropped.inc_by(over as u64);
         }
-        self.metrics.records_queued.store(q.len() as u64, Relaxed);
+        self.metrics.records_queued.set(q.len() as u64);
         drop(q);
         self.ready.notify_one();
     }
@@ -53,7 +53,7 @@ impl RecordQueue {
         let mut q = self.lock();
         let n = q.len().min(max);
         let out: Vec<FlowRecord> = q.drain(..n).collect();
-        self.metrics.records_queued.store(q.len() as u64, Relaxed);
+        self.metrics.records_queued.set(q.len() as u64);
         out
     }
 
@@ -83,7 +83,7 @@ mod tests {
         let m = Arc::new(Metrics::default());
         let q = RecordQueue::new(3, m.clone());
         q.push((1..=5).map(rec).collect());
-        assert_eq!(m.records_dropped.load(Relaxed), 2);
+        assert_eq!(m.records_dropped.get(), 2);
         let got: Vec<u32> = q.take(10).iter().map(|r| r.local_port).collect();
         assert_eq!(got, vec![3, 4, 5]);
         assert_eq!(q.len(), 0);

@@ -7,7 +7,7 @@
 //! - [`control`]: desired state per host and the agents' control streams.
 //! - [`shards`]: IP shards of the networks and their migrations.
 //! - [`state`]: the shared application state the API serves.
-//! - [`metrics`]: controller counters and the Prometheus text exposition.
+//! - [`metrics`]: the metrics registry (built when the state starts) and its exposition.
 
 pub mod api;
 pub mod compose;

@@ -17,7 +17,6 @@ use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
 use weft_controller::api::shards_grpc::ShardApi;
-use weft_controller::metrics::Metrics;
 use weft_controller::shards::flags::ShardArgs;
 use weft_store::{MemoryStore, RedbStore, Store};
 use weft_topology::history::AllowList;
@@ -90,8 +89,11 @@ fn build_state(args: &Args) -> anyhow::Result<AppState> {
         retention: args.retention,
     };
     let shard_config = args.shards.config().map_err(|e| anyhow::anyhow!(e))?;
-    let state = AppState::with_parts(Arc::new(Metrics::default()), classifier, store.clone(), buckets)?
-        .open_control_plane(store, shard_config)?;
+    let state = AppState::builder()
+        .classifier(classifier)
+        .buckets(buckets)
+        .shard_config(shard_config)
+        .start(store)?;
     tracing::info!(epoch = state.control.epoch(), "control plane open");
     if let Some(path) = &args.allowed_deps {
         let text = std::fs::read_to_string(path)
@@ -189,34 +191,48 @@ async fn main() -> anyhow::Result<()> {
 
     let mut grpc = grpc;
     let mut http = http;
-    tokio::select! {
+    // A server that stops by itself is an error, but the state is still shut down below.
+    let stopped_early: anyhow::Result<()> = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
+            Ok(())
         }
         result = &mut grpc => {
-            result.context("gRPC server task")?.context("gRPC server")?;
-            anyhow::bail!("gRPC server stopped unexpectedly");
+            result.context("gRPC server task").and_then(|r| r.context("gRPC server"))
+                .and_then(|()| Err(anyhow::anyhow!("gRPC server stopped unexpectedly")))
         }
         result = &mut http => {
-            result.context("HTTP server task")?.context("HTTP server")?;
-            anyhow::bail!("HTTP server stopped unexpectedly");
+            result.context("HTTP server task").and_then(|r| r.context("HTTP server"))
+                .and_then(|()| Err(anyhow::anyhow!("HTTP server stopped unexpectedly")))
         }
-    }
+    };
     // Receivers may already be gone if a server stopped; nothing else to tell then.
     let _ = shutdown_tx.send(true);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        let grpc = grpc.await;
-        let http = http.await;
-        (grpc, http)
-    })
-    .await;
+    let drained = if stopped_early.is_ok() {
+        tokio::time::timeout(SHUTDOWN_GRACE, async {
+            let grpc = grpc.await;
+            let http = http.await;
+            (grpc, http)
+        })
+        .await
+        .ok()
+    } else {
+        grpc.abort();
+        http.abort();
+        None
+    };
     let _ = history.await;
+    // After the servers: no new request reaches the shard manager. Migration runners stop,
+    // and what was queued for the shard writer is committed before the process ends.
+    state.shutdown().await;
+    tracing::info!("shard writer drained");
+    stopped_early?;
     match drained {
-        Ok((grpc, http)) => {
+        Some((grpc, http)) => {
             grpc.context("gRPC server task")?.context("gRPC server")?;
             http.context("HTTP server task")?.context("HTTP server")?;
         }
-        Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "servers did not drain in time"),
+        None => tracing::warn!(grace = ?SHUTDOWN_GRACE, "servers did not drain in time"),
     }
     Ok(())
 }

@@ -1,68 +1,148 @@
-//! Controller counters and the Prometheus text exposition (format 0.0.4) of them and of
-//! the per-dependency traffic.
+//! The controller's metrics: one `prometheus-client` registry, built when the state starts
+//! ([`crate::state::AppStateBuilder::start`]) and encoded at every scrape of `/metrics` as
+//! Prometheus text format 0.0.4.
 //!
-//! The [`Metrics`] value is created at start and passed down through [`AppState`]; nothing
-//! reaches it through a global.
+//! - [`Metrics`]: counters of the ingest path, registered in the registry and updated by
+//!   the gRPC service.
+//! - [`StateCollector`]: what is read from the topology, the history and the agent registry
+//!   at scrape time (records merged, agents connected, per-dependency traffic).
+//! - the per-dependency latency summaries, written by [`Exposition::render`] after the
+//!   registry: prometheus-client 0.23 has no summary type.
+//!
+//! Nothing reaches the registry through a global.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use weft_topology::topology::DependencyStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry};
+use weft_topology::history::History;
+use weft_topology::registry::Registry as Agents;
+use weft_topology::topology::{DependencyStats, Topology};
 
-use crate::state::AppState;
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Reads one counter of a dependency.
-type StatFn = fn(&DependencyStats) -> u64;
+/// A counter named as text format 0.0.4 names it: the family (`# TYPE` line) and the
+/// sample are both the registered name, which ends in `_total`. (prometheus-client's own
+/// counter appends `_total` to the sample only, as OpenMetrics does.)
+#[derive(Debug, Clone, Default)]
+pub struct Counter(prometheus_client::metrics::counter::Counter);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl EncodeMetric for Counter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // A gauge sample is the name as registered, with no suffix.
+        encoder.encode_gauge(&sample(self.get()))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// The sample value of a `u64`: the text encoder writes integers as `i64` (a count past
+/// `i64::MAX` is not reached).
+fn sample(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Registers `metric` under `name`. prometheus-client ends every help text with a full
+/// stop itself, so the one `help` has is taken off.
+fn register(registry: &mut Registry, name: &str, help: &str, metric: impl Metric) {
+    registry.register(name, help.strip_suffix('.').unwrap_or(help), metric);
+}
 
 /// Counters of the ingest path. Records merged into the topology are counted by the
 /// topology itself.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    batches: AtomicU64,
-    batches_duplicate: AtomicU64,
-    heartbeats: AtomicU64,
-    records_rejected: AtomicU64,
+    batches: Counter,
+    batches_duplicate: Counter,
+    heartbeats: Counter,
+    records_rejected: Counter,
 }
 
 impl Metrics {
+    /// The counters, registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        register(
+            registry,
+            "weft_controller_records_rejected_total",
+            "Flow records skipped because they failed validation.",
+            metrics.records_rejected.clone(),
+        );
+        register(
+            registry,
+            "weft_controller_batches_total",
+            "Non-empty flow batches received, duplicates included.",
+            metrics.batches.clone(),
+        );
+        register(
+            registry,
+            "weft_controller_batches_duplicate_total",
+            "Flow batches ignored because their sequence was already merged.",
+            metrics.batches_duplicate.clone(),
+        );
+        register(
+            registry,
+            "weft_controller_heartbeats_total",
+            "Empty flow batches (heartbeats) received.",
+            metrics.heartbeats.clone(),
+        );
+        metrics
+    }
+
     pub fn batch_merged(&self) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batches.inc();
     }
 
     pub fn batch_duplicate(&self) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.batches_duplicate.fetch_add(1, Ordering::Relaxed);
+        self.batches.inc();
+        self.batches_duplicate.inc();
     }
 
     pub fn heartbeat(&self) {
-        self.heartbeats.fetch_add(1, Ordering::Relaxed);
+        self.heartbeats.inc();
     }
 
     pub fn record_rejected(&self) {
-        self.records_rejected.fetch_add(1, Ordering::Relaxed);
+        self.records_rejected.inc();
     }
 
     pub fn batches_total(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
+        self.batches.get()
     }
 
     pub fn batches_duplicate_total(&self) -> u64 {
-        self.batches_duplicate.load(Ordering::Relaxed)
+        self.batches_duplicate.get()
     }
 
     pub fn heartbeats_total(&self) -> u64 {
-        self.heartbeats.load(Ordering::Relaxed)
+        self.heartbeats.get()
     }
 
     pub fn records_rejected_total(&self) -> u64 {
-        self.records_rejected.load(Ordering::Relaxed)
+        self.records_rejected.get()
     }
 }
 
-/// Content type of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Escapes a label value: backslash, double quote and newline.
+/// Escapes a label value: backslash, double quote and newline (prometheus-client writes
+/// label values as they are).
 fn escape_label(value: &str) -> String {
     value
         .replace('\\', r"\\")
@@ -70,173 +150,203 @@ fn escape_label(value: &str) -> String {
         .replace('\n', r"\n")
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    // Writing to a String cannot fail.
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// One unlabelled sample of a family; counters keep their name as it is (see [`Counter`]).
+fn single(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    kind: MetricType,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(name, help, None, kind)?
+        .encode_gauge(&sample(value))
 }
 
-fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    header(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
-}
+/// Reads one counter of a dependency.
+type StatFn = fn(&DependencyStats) -> u64;
 
-/// Renders every metric of the controller.
-pub fn render(state: &AppState) -> String {
-    let metrics = &state.metrics;
-    let mut out = String::new();
-    single(
-        &mut out,
-        "weft_topology_unauthorized_dependencies",
-        "gauge",
-        "Observed dependencies the allow-list does not allow (0 without an allow-list).",
-        state.history.unauthorized_dependencies(),
-    );
-    single(
-        &mut out,
-        "weft_controller_records_ingested_total",
-        "counter",
-        "Flow records accepted from agents and merged into the topology.",
-        state.topology.records_ingested(),
-    );
-    single(
-        &mut out,
-        "weft_controller_records_deduplicated_total",
-        "counter",
-        "Server-side flow records skipped because the client side reports the same connection.",
-        state.topology.records_deduplicated(),
-    );
-    single(
-        &mut out,
-        "weft_controller_records_rejected_total",
-        "counter",
-        "Flow records skipped because they failed validation.",
-        metrics.records_rejected_total(),
-    );
-    single(
-        &mut out,
-        "weft_controller_batches_total",
-        "counter",
-        "Non-empty flow batches received, duplicates included.",
-        metrics.batches_total(),
-    );
-    single(
-        &mut out,
-        "weft_controller_batches_duplicate_total",
-        "counter",
-        "Flow batches ignored because their sequence was already merged.",
-        metrics.batches_duplicate_total(),
-    );
-    single(
-        &mut out,
-        "weft_controller_heartbeats_total",
-        "counter",
-        "Empty flow batches (heartbeats) received.",
-        metrics.heartbeats_total(),
-    );
-    single(
-        &mut out,
-        "weft_controller_agent_dropped_records",
-        "gauge",
-        "Records the connected agents report having dropped since they started, summed.",
-        state.registry.dropped_records_total(),
-    );
-    single(
-        &mut out,
-        "weft_controller_agents_connected",
-        "gauge",
-        "Agents heard from in the last 15 seconds.",
-        state.agents_connected(),
-    );
+/// The labels of one dependency, escaped.
+type EdgeLabels = [(&'static str, String); 3];
 
-    let edges = state.topology.stats_by_edge();
-    let labels: Vec<(String, &_)> = edges
+fn edge_labels(edges: &std::collections::BTreeMap<(String, String, String), DependencyStats>) -> Vec<(EdgeLabels, &DependencyStats)> {
+    edges
         .iter()
         .map(|((source, target, protocol), stats)| {
-            let labels = format!(
-                r#"source="{}",target="{}",protocol="{}""#,
-                escape_label(source),
-                escape_label(target),
-                escape_label(protocol)
-            );
+            let labels = [
+                ("source", escape_label(source)),
+                ("target", escape_label(target)),
+                ("protocol", escape_label(protocol)),
+            ];
             (labels, stats)
         })
-        .collect();
+        .collect()
+}
 
-    let counters: [(&str, &str, StatFn); 3] = [
-        (
-            "weft_dependency_requests_total",
-            "Requests between two services.",
-            |s| s.requests,
-        ),
-        (
-            "weft_dependency_flows_total",
-            "Flows (connections) opened between two services.",
-            |s| s.flows,
-        ),
-        (
-            "weft_dependency_errors_total",
-            "Errors (TCP resets) between two services.",
-            |s| s.errors,
-        ),
-    ];
-    for (name, help, value) in counters {
-        header(&mut out, name, "counter", help);
+/// What the controller's parts count themselves, read at every scrape.
+#[derive(Debug)]
+pub struct StateCollector {
+    pub topology: Arc<Topology>,
+    pub history: Arc<History>,
+    pub agents: Arc<Agents>,
+    /// An agent counts as connected while its last contact is younger than this.
+    pub connected_window: Duration,
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &mut encoder;
+        single(
+            e,
+            "weft_topology_unauthorized_dependencies",
+            MetricType::Gauge,
+            "Observed dependencies the allow-list does not allow (0 without an allow-list).",
+            self.history.unauthorized_dependencies(),
+        )?;
+        single(
+            e,
+            "weft_controller_records_ingested_total",
+            MetricType::Counter,
+            "Flow records accepted from agents and merged into the topology.",
+            self.topology.records_ingested(),
+        )?;
+        single(
+            e,
+            "weft_controller_records_deduplicated_total",
+            MetricType::Counter,
+            "Server-side flow records skipped because the client side reports the same connection.",
+            self.topology.records_deduplicated(),
+        )?;
+        single(
+            e,
+            "weft_controller_agent_dropped_records",
+            MetricType::Gauge,
+            "Records the connected agents report having dropped since they started, summed.",
+            self.agents.dropped_records_total(),
+        )?;
+        let connected = self.agents.connected(Instant::now(), self.connected_window);
+        single(
+            e,
+            "weft_controller_agents_connected",
+            MetricType::Gauge,
+            "Agents heard from in the last 15 seconds.",
+            u64::try_from(connected).unwrap_or(u64::MAX),
+        )?;
+
+        let edges = self.topology.stats_by_edge();
+        let labels = edge_labels(&edges);
+        let counters: [(&str, &str, StatFn); 3] = [
+            (
+                "weft_dependency_requests_total",
+                "Requests between two services.",
+                |s| s.requests,
+            ),
+            (
+                "weft_dependency_flows_total",
+                "Flows (connections) opened between two services.",
+                |s| s.flows,
+            ),
+            (
+                "weft_dependency_errors_total",
+                "Errors (TCP resets) between two services.",
+                |s| s.errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, stats) in &labels {
+                family
+                    .encode_family(labels)?
+                    .encode_gauge(&sample(value(stats)))?;
+            }
+        }
+
+        let mut family = e.encode_descriptor(
+            "weft_dependency_bytes_total",
+            "Layer-3 bytes between two services; direction is from the client's point of view.",
+            None,
+            MetricType::Counter,
+        )?;
         for (labels, stats) in &labels {
-            let _ = writeln!(out, "{name}{{{labels}}} {}", value(stats));
+            for (direction, value) in [("sent", stats.bytes_sent), ("received", stats.bytes_received)] {
+                let [source, target, protocol] = labels.clone();
+                let labels = [source, target, protocol, ("direction", direction.to_owned())];
+                family.encode_family(&labels)?.encode_gauge(&sample(value))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The per-dependency request latency, a summary. Written by hand because
+/// prometheus-client 0.23 has no summary type; the registry writes everything else.
+#[derive(Debug)]
+struct LatencySummaries {
+    topology: Arc<Topology>,
+}
+
+impl LatencySummaries {
+    fn write(&self, out: &mut String) {
+        let name = "weft_dependency_request_duration_seconds";
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "# HELP {name} Request latency between two services.");
+        let _ = writeln!(out, "# TYPE {name} summary");
+        let edges = self.topology.stats_by_edge();
+        for (labels, stats) in edge_labels(&edges) {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| format!(r#"{k}="{v}""#))
+                .collect::<Vec<_>>()
+                .join(",");
+            let summary = stats.latency_summary();
+            for (quantile, value_ms) in [
+                ("0.5", summary.p50),
+                ("0.95", summary.p95),
+                ("0.99", summary.p99),
+            ] {
+                let _ = writeln!(
+                    out,
+                    r#"{name}{{{labels},quantile="{quantile}"}} {}"#,
+                    value_ms / 1_000.0
+                );
+            }
+            let sum_seconds = stats.latency_sum_ns as f64 / 1e9;
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum_seconds}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", stats.latency_count);
+        }
+    }
+}
+
+/// Every metric of the controller: the registry and the summaries it cannot hold.
+#[derive(Debug)]
+pub struct Exposition {
+    registry: Registry,
+    summaries: LatencySummaries,
+}
+
+impl Exposition {
+    /// `registry` holds every metric but the latency summaries, which are read from
+    /// `topology`.
+    pub fn new(registry: Registry, topology: Arc<Topology>) -> Self {
+        Self {
+            registry,
+            summaries: LatencySummaries { topology },
         }
     }
 
-    let name = "weft_dependency_bytes_total";
-    header(
-        &mut out,
-        name,
-        "counter",
-        "Layer-3 bytes between two services; direction is from the client's point of view.",
-    );
-    for (labels, stats) in &labels {
-        let _ = writeln!(
-            out,
-            r#"{name}{{{labels},direction="sent"}} {}"#,
-            stats.bytes_sent
-        );
-        let _ = writeln!(
-            out,
-            r#"{name}{{{labels},direction="received"}} {}"#,
-            stats.bytes_received
-        );
+    /// The text exposition (format 0.0.4: no `# EOF`).
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(4096);
+        encode_registry(&mut out, &self.registry)?;
+        self.summaries.write(&mut out);
+        Ok(out)
     }
-
-    let name = "weft_dependency_request_duration_seconds";
-    header(
-        &mut out,
-        name,
-        "summary",
-        "Request latency between two services.",
-    );
-    for (labels, stats) in &labels {
-        let summary = stats.latency_summary();
-        for (quantile, value_ms) in [
-            ("0.5", summary.p50),
-            ("0.95", summary.p95),
-            ("0.99", summary.p99),
-        ] {
-            let _ = writeln!(
-                out,
-                r#"{name}{{{labels},quantile="{quantile}"}} {}"#,
-                value_ms / 1_000.0
-            );
-        }
-        let sum_seconds = stats.latency_sum_ns as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum_seconds}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", stats.latency_count);
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::AppState;
 
     #[test]
     fn label_values_are_escaped() {
@@ -246,7 +356,7 @@ mod tests {
     #[test]
     fn empty_controller_exposes_its_counters_at_zero() {
         let state = AppState::default();
-        let text = render(&state);
+        let text = state.exposition.render().unwrap();
         for line in [
             "weft_controller_records_ingested_total 0",
             "weft_controller_records_rejected_total 0",

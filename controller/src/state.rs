@@ -9,20 +9,24 @@ use weft_topology::registry::Registry;
 use weft_topology::time::now_unix_ns;
 use weft_topology::topology::{BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window};
 
-use weft_control::ControlHub;
-use crate::metrics::Metrics;
-use crate::shards::{ShardConfig, ShardManager};
 use crate::compose::HubAddresses;
+use weft_control::ControlHub;
+use crate::metrics::{Exposition, Metrics, StateCollector};
+use crate::shards::{ShardConfig, ShardManager};
 
 /// An agent counts as connected while its last contact is younger than this.
 pub const CONNECTED_WINDOW: Duration = Duration::from_secs(15);
 
-/// Cheap to clone: every part is behind an `Arc`.
+/// Cheap to clone: every part is behind an `Arc`. Made by [`AppState::builder`] and
+/// [`AppStateBuilder::start`], ended by [`AppState::shutdown`].
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub topology: Arc<Topology>,
+    /// Counters of the ingest path (registered in `exposition`).
     pub metrics: Arc<Metrics>,
+    /// Every metric, for `/metrics`.
+    pub exposition: Arc<Exposition>,
     /// Random id of this controller process, returned to registering agents.
     pub controller_instance: Arc<str>,
     pub classifier: Arc<ServiceClassifier>,
@@ -34,43 +38,85 @@ pub struct AppState {
     pub shards: ShardManager,
 }
 
-impl AppState {
-    /// A fresh controller state with a random instance id, reporting into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        let history = History::new(Arc::new(MemoryStore::default()))
-            .expect("an empty memory store holds nothing unreadable");
-        let control = Arc::new(ControlHub::default());
-        Self {
-            registry: Arc::new(Registry::new()),
-            topology: Arc::new(Topology::new()),
-            metrics,
-            controller_instance: format!("{:016x}", rand::random::<u64>()).into(),
-            classifier: Arc::new(ServiceClassifier::default()),
-            history: Arc::new(history),
-            control: control.clone(),
-            shards: ShardManager::open(
-                Arc::new(MemoryStore::default()),
-                ShardConfig::default(),
-                HubAddresses::publisher(control),
-            )
-            .expect("an empty memory store holds nothing unreadable"),
-        }
+/// Why a controller state could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("topology history: {0}")]
+    History(#[from] HistoryError),
+    #[error("control plane: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The settings of a controller state; [`AppStateBuilder::start`] opens it over a store.
+#[derive(Debug, Default)]
+pub struct AppStateBuilder {
+    classifier: ServiceClassifier,
+    buckets: BucketConfig,
+    shard_config: ShardConfig,
+}
+
+impl AppStateBuilder {
+    /// How services are classified (default: the built-in rules).
+    pub fn classifier(self, classifier: ServiceClassifier) -> Self {
+        Self { classifier, ..self }
     }
 
-    /// A controller state over `store`, classifying with `classifier` and keeping time
-    /// buckets as `buckets` says.
-    pub fn with_parts(
-        metrics: Arc<Metrics>,
-        classifier: ServiceClassifier,
-        store: Arc<dyn Store>,
-        buckets: BucketConfig,
-    ) -> Result<Self, HistoryError> {
-        Ok(Self {
-            topology: Arc::new(Topology::with_buckets(buckets)),
-            classifier: Arc::new(classifier),
-            history: Arc::new(History::new(store)?),
-            ..Self::new(metrics)
+    /// The topology's time buckets (default: 60 s wide, kept 24 h).
+    pub fn buckets(self, buckets: BucketConfig) -> Self {
+        Self { buckets, ..self }
+    }
+
+    /// The shard manager's pools and limits.
+    pub fn shard_config(self, shard_config: ShardConfig) -> Self {
+        Self { shard_config, ..self }
+    }
+
+    /// Opens everything kept in `store`: the history, a control hub of the next epoch, and
+    /// the shard manager publishing into it (its writer thread starts; inside a tokio
+    /// runtime, unfinished migrations resume). Builds the metrics registry and registers
+    /// every part's metrics in it.
+    pub fn start(self, store: Arc<dyn Store>) -> Result<AppState, StartError> {
+        let history = Arc::new(History::new(store.clone())?);
+        let control = Arc::new(ControlHub::open(store.as_ref())?);
+        let shards = ShardManager::open(store, self.shard_config, HubAddresses::publisher(control.clone()))?;
+        let topology = Arc::new(Topology::with_buckets(self.buckets));
+        let registry = Arc::new(Registry::new());
+
+        let mut metrics_registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut metrics_registry));
+        metrics_registry.register_collector(Box::new(StateCollector {
+            topology: topology.clone(),
+            history: history.clone(),
+            agents: registry.clone(),
+            connected_window: CONNECTED_WINDOW,
+        }));
+        let exposition = Arc::new(Exposition::new(metrics_registry, topology.clone()));
+
+        Ok(AppState {
+            registry,
+            topology,
+            metrics,
+            exposition,
+            controller_instance: format!("{:016x}", rand::random::<u64>()).into(),
+            classifier: Arc::new(self.classifier),
+            history,
+            control,
+            shards,
         })
+    }
+}
+
+impl AppState {
+    /// A controller state with default settings; see [`AppStateBuilder::start`].
+    pub fn builder() -> AppStateBuilder {
+        AppStateBuilder::default()
+    }
+
+    /// Stops the migration runners and the shard writer once it has committed every
+    /// request queued before this call (later ones fail), and waits for it. Unfinished
+    /// migrations resume at the next start.
+    pub async fn shutdown(&self) {
+        self.shards.drain().await;
     }
 
     /// Agents heard from within [`CONNECTED_WINDOW`].
@@ -96,24 +142,11 @@ impl AppState {
     }
 }
 
-impl AppState {
-    /// The same state with a shard manager over `store`, publishing into this state's
-    /// control hub.
-    pub fn open_shards(self, store: Arc<dyn Store>, config: ShardConfig) -> Result<Self, StoreError> {
-        let shards = ShardManager::open(store, config, HubAddresses::publisher(self.control.clone()))?;
-        Ok(Self { shards, ..self })
-    }
-
-    /// The same state with the control plane kept in `store`: a control hub of the next
-    /// epoch, and the shard manager over `store` publishing into it.
-    pub fn open_control_plane(self, store: Arc<dyn Store>, config: ShardConfig) -> Result<Self, StoreError> {
-        let control = Arc::new(ControlHub::open(store.as_ref())?);
-        Self { control, ..self }.open_shards(store, config)
-    }
-}
-
+/// A state over a fresh memory store with default settings (tests, benchmarks).
 impl Default for AppState {
     fn default() -> Self {
-        Self::new(Arc::new(Metrics::default()))
+        AppState::builder()
+            .start(Arc::new(MemoryStore::default()))
+            .expect("a fresh memory store holds nothing unreadable")
     }
 }

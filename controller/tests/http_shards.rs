@@ -750,7 +750,7 @@ async fn concurrent_clients_over_the_router_never_share_an_address() {
         max_shards_per_network: 8,
         ..ShardConfig::default()
     };
-    let s = AppState::default().open_shards(Arc::new(MemoryStore::default()), config).unwrap();
+    let s = AppState::builder().shard_config(config).start(Arc::new(MemoryStore::default())).unwrap();
     let tasks: Vec<_> = (0..48)
         .map(|t| {
             let s = s.clone();

@@ -7,7 +7,7 @@
 //! full state again, and applying it again changes nothing that already matches.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, atomic::Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -146,9 +146,8 @@ impl ControlDriver {
     /// Applies `state` (`full`: everything, else what changed) and records the reports.
     async fn apply(&self, known: &mut Known, state: &DesiredState, full: bool) {
         let (by_kind, refused) = self.split(state);
-        self.metrics.unsupported_resources.store(
+        self.metrics.unsupported_resources.set(
             refused.iter().filter(|r| r.status == ResourceStatus::Unsupported as i32).count() as u64,
-            Relaxed,
         );
         known.reports.clear();
         for r in refused {
@@ -170,7 +169,7 @@ impl ControlDriver {
             }
         }
         let managed: usize = self.reconcilers.iter().map(|r| r.managed().len()).sum();
-        self.metrics.managed_objects.store(managed as u64, Relaxed);
+        self.metrics.managed_objects.set(managed as u64);
     }
 
     fn count(&self, reports: &[ResourceReport]) {
@@ -180,8 +179,8 @@ impl ControlDriver {
             .iter()
             .filter(|a| a.changes > 0 && a.measurements.iter().any(|(k, _)| k == "readdress_down_seconds"))
             .count() as u64;
-        self.metrics.apply_errors_total.fetch_add(errors, Relaxed);
-        self.metrics.readdress_total.fetch_add(readdressed, Relaxed);
+        self.metrics.apply_errors_total.inc_by(errors);
+        self.metrics.readdress_total.inc_by(readdressed);
     }
 
     /// Reads back and repairs the resources a host event says drifted; true when a report
@@ -203,13 +202,13 @@ impl ControlDriver {
                     debug!(kind = rec.kind(), key = %r.key, ?what, "host event, no drift");
                     continue;
                 }
-                self.metrics.drift_detected_total.fetch_add(1, Relaxed);
+                self.metrics.drift_detected_total.inc();
                 let error = r.error.clone().unwrap_or_default();
                 if error.is_empty() {
-                    self.metrics.drift_repaired_total.fetch_add(1, Relaxed);
+                    self.metrics.drift_repaired_total.inc();
                     info!(kind = rec.kind(), key = %r.key, ?what, changes = r.changes, after_us = at.elapsed().as_micros() as u64, "drift repaired");
                 } else {
-                    self.metrics.drift_repair_failed_total.fetch_add(1, Relaxed);
+                    self.metrics.drift_repair_failed_total.inc();
                     warn!(kind = rec.kind(), key = %r.key, ?what, %error, "drift found, repair failed");
                 }
                 if known.drift.len() == DRIFT_PENDING {
@@ -280,7 +279,7 @@ impl ControlDriver {
             match self.session(&mut known, &mut shutdown, &mut streamed).await {
                 Ok(()) => return,
                 Err(why) => {
-                    self.metrics.control_connected.store(0, Relaxed);
+                    self.metrics.control_connected.set(0);
                     if streamed {
                         backoff = BACKOFF_MIN;
                     }
@@ -330,7 +329,7 @@ impl ControlDriver {
             .map_err(|s| format!("watch desired state: {} ({:?})", s.message(), s.code()))?
             .into_inner();
         *streamed = true;
-        self.metrics.control_connected.store(1, Relaxed);
+        self.metrics.control_connected.set(1);
         info!(controller = %self.controller, "watching desired state");
         let mut events: Option<Subscription> = self.events.as_ref().map(HostEvents::subscribe);
         self.watch_namespaces().await;
@@ -361,7 +360,7 @@ impl ControlDriver {
                 },
                 _ = tokio::time::sleep_until(resync_due.unwrap_or_else(tokio::time::Instant::now)), if resync_due.is_some() => {
                     resync_due = None;
-                    self.metrics.host_event_resyncs_total.fetch_add(1, Relaxed);
+                    self.metrics.host_event_resyncs_total.inc();
                     self.watch_namespaces().await;
                     match known.state.clone() {
                         Some(state) => Next::Apply(state, true),
@@ -379,7 +378,7 @@ impl ControlDriver {
                     Some(Received::Event(ev)) => {
                         // The whole burst at once: only its net effect can be drift.
                         let (batch, lost) = drain(events.as_mut().expect("guarded"), ev);
-                        self.metrics.host_events_total.fetch_add(batch.len() as u64, Relaxed);
+                        self.metrics.host_events_total.inc_by(batch.len() as u64);
                         let resync = lost || batch.iter().any(|e| matches!(e.change, Change::Overrun | Change::NetnsGone));
                         if resync {
                             // Once, a moment later: losses come in bursts.
@@ -408,7 +407,7 @@ impl ControlDriver {
                         resync.reset();
                         resync_due = None;
                     }
-                    self.metrics.desired_generation.store(state.generation, Relaxed);
+                    self.metrics.desired_generation.set(state.generation);
                     self.apply(known, &state, full).await;
                     known.state = Some(state);
                 }
@@ -434,7 +433,7 @@ impl ControlDriver {
                 }
                 return Err(format!("report observed: {} ({:?})", s.message(), s.code()));
             }
-            self.metrics.applied_generation.store(generation, Relaxed);
+            self.metrics.applied_generation.set(generation);
         }
     }
 }

@@ -16,14 +16,14 @@
 pub mod driver;
 pub mod state;
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use futures::future::BoxFuture;
+use prometheus_client::registry::Registry;
 use weft_proto::v1::resource::Spec;
 
 use crate::hostevents::HostEvent;
+use crate::metrics::{Counter, Gauge, register};
 
 /// One resource of the reconciler's kind, as desired.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,43 +95,45 @@ pub trait Reconciler: Send + Sync {
     fn managed(&self) -> Vec<String>;
 }
 
-/// Counters of the control path (created at start, passed down like `Metrics`).
+/// Counters and gauges of the control path (created at start, registered in the agent's
+/// registry and passed down like `Metrics`).
 #[derive(Default)]
 pub struct ControlMetrics {
-    pub desired_generation: AtomicU64,
-    pub applied_generation: AtomicU64,
-    pub readdress_total: AtomicU64,
-    pub apply_errors_total: AtomicU64,
-    pub control_connected: AtomicU64,
-    pub netns_connections: AtomicU64,
-    pub unsupported_resources: AtomicU64,
-    pub managed_objects: AtomicU64,
-    pub drift_detected_total: AtomicU64,
-    pub drift_repaired_total: AtomicU64,
-    pub drift_repair_failed_total: AtomicU64,
-    pub host_events_total: AtomicU64,
-    pub host_event_resyncs_total: AtomicU64,
+    pub desired_generation: Gauge,
+    pub applied_generation: Gauge,
+    pub readdress_total: Counter,
+    pub apply_errors_total: Counter,
+    pub control_connected: Gauge,
+    pub netns_connections: Gauge,
+    pub unsupported_resources: Gauge,
+    pub managed_objects: Gauge,
+    pub drift_detected_total: Counter,
+    pub drift_repaired_total: Counter,
+    pub drift_repair_failed_total: Counter,
+    pub host_events_total: Counter,
+    pub host_event_resyncs_total: Counter,
 }
 
 impl ControlMetrics {
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut line = |name: &str, kind: &str, help: &str, a: &AtomicU64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", a.load(Relaxed));
-        };
-        line("weft_agent_desired_generation", "gauge", "Generation of the last desired state received from the controller.", &self.desired_generation);
-        line("weft_agent_applied_generation", "gauge", "Generation of the last desired state applied and reported.", &self.applied_generation);
-        line("weft_agent_readdress_total", "counter", "Workload interfaces re-addressed.", &self.readdress_total);
-        line("weft_agent_apply_errors_total", "counter", "Resources whose desired state could not be applied.", &self.apply_errors_total);
-        line("weft_agent_control_connected", "gauge", "1 while the desired-state stream from the controller is open.", &self.control_connected);
-        line("weft_agent_netns_connections", "gauge", "Netlink connections kept open into workload (and neighbour) namespaces.", &self.netns_connections);
-        line("weft_agent_unsupported_resources", "gauge", "Resources of the last desired state of a kind this agent has no reconciler for.", &self.unsupported_resources);
-        line("weft_agent_managed_objects", "gauge", "Objects weft manages on this host (all kinds; kept in the state file).", &self.managed_objects);
-        line("weft_agent_drift_detected_total", "counter", "Out-of-band changes to managed objects found by host events and confirmed by a read-back.", &self.drift_detected_total);
-        line("weft_agent_drift_repaired_total", "counter", "Drifted resources brought back to their desired state.", &self.drift_repaired_total);
-        line("weft_agent_drift_repair_failed_total", "counter", "Drifted resources whose repair failed.", &self.drift_repair_failed_total);
-        line("weft_agent_host_events_total", "counter", "Netlink host events seen by the control driver.", &self.host_events_total);
-        line("weft_agent_host_event_resyncs_total", "counter", "Full resyncs because host events were lost (overrun or lag).", &self.host_event_resyncs_total);
-        out
+    /// The metrics, registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry;
+        register(r, "weft_agent_desired_generation", "Generation of the last desired state received from the controller.", m.desired_generation.clone());
+        register(r, "weft_agent_applied_generation", "Generation of the last desired state applied and reported.", m.applied_generation.clone());
+        register(r, "weft_agent_readdress_total", "Workload interfaces re-addressed.", m.readdress_total.clone());
+        register(r, "weft_agent_apply_errors_total", "Resources whose desired state could not be applied.", m.apply_errors_total.clone());
+        register(r, "weft_agent_control_connected", "1 while the desired-state stream from the controller is open.", m.control_connected.clone());
+        register(r, "weft_agent_netns_connections", "Netlink connections kept open into workload (and neighbour) namespaces.", m.netns_connections.clone());
+        register(r, "weft_agent_unsupported_resources", "Resources of the last desired state of a kind this agent has no reconciler for.", m.unsupported_resources.clone());
+        register(r, "weft_agent_managed_objects", "Objects weft manages on this host (all kinds; kept in the state file).", m.managed_objects.clone());
+        register(r, "weft_agent_drift_detected_total", "Out-of-band changes to managed objects found by host events and confirmed by a read-back.", m.drift_detected_total.clone());
+        register(r, "weft_agent_drift_repaired_total", "Drifted resources brought back to their desired state.", m.drift_repaired_total.clone());
+        register(r, "weft_agent_drift_repair_failed_total", "Drifted resources whose repair failed.", m.drift_repair_failed_total.clone());
+        // Not `weft_agent_host_events_total`: that is the listener's (`hostevents`), and one
+        // name can be one family only.
+        register(r, "weft_agent_control_host_events_total", "Netlink host events seen by the control driver.", m.host_events_total.clone());
+        register(r, "weft_agent_host_event_resyncs_total", "Full resyncs because host events were lost (overrun or lag).", m.host_event_resyncs_total.clone());
+        m
     }
 }

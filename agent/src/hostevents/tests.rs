@@ -195,7 +195,10 @@ async fn a_receive_buffer_overrun_asks_for_a_resync() {
     assert!(ev.needs_resync());
     let stats = events.stats();
     assert!(stats.overruns >= 1);
-    assert!(stats.render().contains("# TYPE weft_agent_host_event_overruns_total counter\nweft_agent_host_event_overruns_total "));
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(StatsCollector(events.clone())));
+    let text = crate::metrics::render(&registry).unwrap();
+    assert!(text.contains("# TYPE weft_agent_host_event_overruns_total counter\nweft_agent_host_event_overruns_total "));
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -7,7 +7,6 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -546,11 +545,11 @@ async fn control_driver_applies_two_generations_and_reports_them() {
         assert_eq!((vm9.kind.as_str(), vm9.status), ("weave-route", ResourceStatus::Unsupported as i32), "{vm9:?}");
         assert!(vm9.error.contains("no reconciler"), "{vm9:?}");
     }
-    assert_eq!(metrics.desired_generation.load(Relaxed), 2);
-    assert_eq!(metrics.applied_generation.load(Relaxed), 2);
-    assert_eq!(metrics.readdress_total.load(Relaxed), 1);
-    assert_eq!(metrics.apply_errors_total.load(Relaxed), 2);
-    assert_eq!(metrics.unsupported_resources.load(Relaxed), 1);
+    assert_eq!(metrics.desired_generation.get(), 2);
+    assert_eq!(metrics.applied_generation.get(), 2);
+    assert_eq!(metrics.readdress_total.get(), 1);
+    assert_eq!(metrics.apply_errors_total.get(), 2);
+    assert_eq!(metrics.unsupported_resources.get(), 1);
 }
 
 /// The addresses on `device` in `ns` now, read with `ip` (independently of the agent).
@@ -579,7 +578,8 @@ async fn an_address_deleted_by_hand_is_restored_at_once_and_reported_as_drift() 
         resources: vec![wire("web", "198.18.128.5/22", "198.18.128.1", "shard-a", 1)],
     });
     let (url, server) = serve(&fake).await;
-    let metrics = Arc::new(ControlMetrics::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(ControlMetrics::new(&mut registry));
     let events = HostEvents::start(crate::hostevents::Config::default()).expect("a netlink listener");
     let realizer = Realizer::new(&[spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &[])]);
     let client = driver(url, realizer, Some(events), metrics.clone());
@@ -596,15 +596,15 @@ async fn an_address_deleted_by_hand_is_restored_at_once_and_reported_as_drift() 
         (vec!["route", "del", "default"], "default route via 198.18.128.1 removed"),
         (vec!["link", "set", "eth0", "down"], "eth0 set down"),
     ] {
-        let before = metrics.drift_repaired_total.load(Relaxed);
+        let before = metrics.drift_repaired_total.get();
         let t0 = std::time::Instant::now();
         ip(&ns, &undo);
         let back = eventually(Duration::from_secs(5), || {
             let a = ip_addresses(&ns, "eth0");
-            metrics.drift_repaired_total.load(Relaxed) > before && a.contains("198.18.128.5/22")
+            metrics.drift_repaired_total.get() > before && a.contains("198.18.128.5/22")
         })
         .await;
-        assert!(back, "{what}: not repaired (metrics {:?})", metrics.render());
+        assert!(back, "{what}: not repaired (metrics {:?})", crate::metrics::render(&registry));
         restored.push(t0.elapsed());
         let reported = eventually(Duration::from_secs(5), || {
             reports.lock().unwrap().iter().flat_map(|r| r.drift.iter()).any(|d| d.what.contains(what))

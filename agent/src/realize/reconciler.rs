@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use futures::future::BoxFuture;
 use weft_proto::kinds::WORKLOAD_ADDRESSES;
@@ -67,7 +66,7 @@ impl Reconciler for AddressReconciler {
                 Scope::Changed => self.realizer.apply_changed(workloads).await,
                 Scope::Only(_) => self.realizer.repair(workloads).await,
             };
-            self.metrics.netns_connections.store(self.realizer.open_connections() as u64, Relaxed);
+            self.metrics.netns_connections.set(self.realizer.open_connections() as u64);
             let mut out: Vec<ResourceReport> = applied.into_iter().map(report).collect();
             out.extend(refused);
             out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -54,11 +54,14 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&state),
-    )
+async fn metrics_text(State(state): State<AppState>) -> axum::response::Response {
+    match state.exposition.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => {
+            tracing::error!("encoding the metrics failed");
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 async fn healthz() -> impl IntoResponse {

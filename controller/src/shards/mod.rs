@@ -115,6 +115,8 @@ enum Op {
         address: IpAddr,
         seq: u64,
     },
+    /// Stop taking requests: those queued before are still committed ([`ShardManager::drain`]).
+    Close,
 }
 
 #[derive(Debug)]
@@ -145,6 +147,8 @@ struct Inner {
     /// Set by [`ShardManager::shutdown`]: migration runners stop (they resume from the
     /// store at the next start).
     stop: tokio::sync::watch::Sender<bool>,
+    /// The writer thread, taken by [`ShardManager::drain`] to wait for it.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Cheap to clone. The writer thread stops when the last clone is dropped.
@@ -181,15 +185,17 @@ impl ShardManager {
             events: broadcast::channel(EVENT_CHANNEL).0,
             running: Mutex::new(Default::default()),
             stop: tokio::sync::watch::channel(false).0,
+            writer: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_inner = inner.clone();
-        // Not joined: it ends by itself once every sender (every manager clone) is gone,
-        // after committing what was queued.
-        std::thread::Builder::new()
+        // It ends after committing what was queued, at [`ShardManager::drain`] or once
+        // every sender (every manager clone) is gone.
+        let handle = std::thread::Builder::new()
             .name("weft-shard-writer".into())
             .spawn(move || writer(writer_inner, rx, fence))
             .map_err(|e| StoreError(format!("starting the shard writer: {e}")))?;
+        *inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
         let manager = Self { inner, tx };
         if tokio::runtime::Handle::try_current().is_ok() {
             manager.resume_migrations();
@@ -202,6 +208,21 @@ impl ShardManager {
     /// start). The writer stops once every clone of the manager is dropped.
     pub fn shutdown(&self) {
         self.inner.stop.send_replace(true);
+    }
+
+    /// [`Self::shutdown`], then stops the writer: every request queued before this call is
+    /// committed and answered, later ones fail. Returns once the writer thread has ended
+    /// (clones of the manager may live on).
+    pub async fn drain(&self) {
+        self.shutdown();
+        // An error: the writer has stopped already.
+        let _ = self.call(Op::Close).await;
+        let handle = self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(handle) = handle
+            && !matches!(tokio::task::spawn_blocking(move || handle.join()).await, Ok(Ok(())))
+        {
+            tracing::error!("the shard writer panicked");
+        }
     }
 
     /// Where the desired addresses go.
@@ -583,6 +604,7 @@ fn apply(index: &mut Index, op: &Op, batch: &mut index::Batch) -> Result<Reply, 
             index.release_rolled_back(*address, *seq, batch);
             Reply::Done
         }
+        Op::Close => Reply::Done,
     })
 }
 
@@ -596,6 +618,10 @@ fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>, fence: String) {
                 Ok(r) => requests.push(r),
                 Err(_) => break,
             }
+        }
+        if requests.iter().any(|r| matches!(r.op, Op::Close)) {
+            // Later sends fail; what is queued is still received (and committed) below.
+            rx.close();
         }
         let mut index = inner
             .index

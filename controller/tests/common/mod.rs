@@ -15,7 +15,7 @@ use weft_store::MemoryStore;
 
 /// A state whose shard manager runs with `config` on a fresh memory store.
 pub fn shard_state(config: ShardConfig) -> AppState {
-    AppState::default().open_shards(Arc::new(MemoryStore::default()), config).unwrap()
+    AppState::builder().shard_config(config).start(Arc::new(MemoryStore::default())).unwrap()
 }
 
 /// One JSON request: (status, content type, body as JSON, or as a JSON string when it is

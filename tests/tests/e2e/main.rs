@@ -82,6 +82,14 @@ fn topology_edges_are_exactly_the_generated_ones() -> Result<()> {
         );
         assert_eq!(d.transport, "tcp", "transport of {source}->{target}: {d:?}");
     }
+    // Both /metrics endpoints (text format 0.0.4 from their registries) count the traffic.
+    let controller = weft.controller.get("/metrics")?;
+    assert!(weft_lab::weft::sum_metric(&controller, "weft_dependency_requests_total") > 0.0, "{controller}");
+    assert!(controller.contains("# TYPE weft_dependency_request_duration_seconds summary"), "{controller}");
+    let agent = weft.agent.metrics(&lab)?;
+    assert!(weft_lab::weft::sum_metric(&agent, "weft_agent_records_sent_total") > 0.0, "{agent}");
+    assert!(agent.contains("# TYPE weft_agent_interfaces_attached gauge"), "{agent}");
+    assert!(!controller.contains("# EOF") && !agent.contains("# EOF"));
     Ok(())
 }
 
