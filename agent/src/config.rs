@@ -61,10 +61,21 @@ pub struct Args {
     /// route first, the old address removed after).
     #[arg(long, value_enum, default_value_t = crate::realize::ReaddressMode::DownUp)]
     pub readdress_mode: crate::realize::ReaddressMode,
+    /// How drift of what weft manages is found: `events` (netlink host events, repaired at
+    /// once, and the periodic full resync) or `resync` (the periodic full resync only).
+    #[arg(long, value_enum, default_value_t = DriftRepair::Events)]
+    pub drift_repair: DriftRepair,
     /// Log filter (tracing EnvFilter syntax).
     /// (netlink-packet-route warns about every attribute newer than itself: kept quiet.)
     #[arg(long, env = "WEFT_LOG", default_value = "info,netlink_packet_route=error")]
     pub log: String,
+}
+
+/// See [`Args::drift_repair`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriftRepair {
+    Events,
+    Resync,
 }
 
 impl Args {

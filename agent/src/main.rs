@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         host_id: args.host_id.clone(),
         instance,
         reconcilers: vec![Arc::new(addresses)],
-        events: Some(host_events),
+        events: (args.drift_repair == config::DriftRepair::Events).then_some(host_events),
         metrics: control_metrics,
     };
     let control_task = tokio::spawn(control.run(shutdown_rx.clone()));

@@ -1275,6 +1275,10 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -
     // The agent's re-address mode: the specification's down-up by default,
     // WEFT_BENCH_READDRESS_MODE=make-before-break to measure the other.
     cmd.args(["--readdress-mode", mode]);
+    // WEFT_BENCH_AGENT_ARGS: more agent flags, for comparisons (e.g. `--drift-repair resync`).
+    if let Ok(extra) = std::env::var("WEFT_BENCH_AGENT_ARGS") {
+        cmd.args(extra.split_whitespace());
+    }
     let mut agent = Child::spawn(cmd, lab.dir(), "weft-agent-release")?;
     let logs = |c: &Controller, a: &Child| {
         format!("controller:\n{}\nagent:\n{}", c.child.tail(20), a.tail(20))
