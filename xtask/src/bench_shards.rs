@@ -1544,6 +1544,13 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -
         old_shard["resource_count"] == 0,
         "the old shard still counts allocations: {old_shard}"
     );
+    // WEFT_BENCH_KEEP_LOGS=DIR: the agent's and the controller's output kept there (the
+    // lab's directory goes with the lab).
+    if let Ok(dir) = std::env::var("WEFT_BENCH_KEEP_LOGS") {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(std::path::Path::new(&dir).join(format!("agent-{mode}.log")), agent.output())?;
+        std::fs::write(std::path::Path::new(&dir).join(format!("controller-{mode}.log")), controller.child.output())?;
+    }
     drop(agent);
     drop(controller);
     Ok(MigFigures {

@@ -408,7 +408,9 @@ impl ControlDriver {
                         resync_due = None;
                     }
                     self.metrics.desired_generation.set(state.generation);
+                    let started = Instant::now();
                     self.apply(known, &state, full).await;
+                    debug!(generation = state.generation, full, took_us = started.elapsed().as_micros() as u64, "applied");
                     known.state = Some(state);
                 }
                 Next::Repair(drifted, at) => {
@@ -434,6 +436,7 @@ impl ControlDriver {
                 return Err(format!("report observed: {} ({:?})", s.message(), s.code()));
             }
             self.metrics.applied_generation.set(generation);
+            debug!(generation, "reported");
         }
     }
 }
