@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt as _;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
@@ -72,7 +73,6 @@ const EVENT_BURST: usize = 4096;
 /// `first` and every event already queued behind it (up to [`EVENT_BURST`]); true when
 /// events were lost on the way (the subscriber lagged).
 fn drain(sub: &mut Subscription, first: HostEvent) -> (Vec<HostEvent>, bool) {
-    use futures::FutureExt as _;
     let mut batch = vec![first];
     while batch.len() < EVENT_BURST {
         match sub.recv().now_or_never() {
@@ -350,7 +350,17 @@ impl ControlDriver {
             }
             let next = tokio::select! {
                 m = stream.message() => match m {
-                    Ok(Some(state)) => {
+                    Ok(Some(mut state)) => {
+                        // Level-triggered: of the states already here, only the newest
+                        // matters (a burst of changes is applied once, not one by one).
+                        let mut skipped = 0u64;
+                        while let Some(Ok(Some(newer))) = stream.message().now_or_never() {
+                            state = newer;
+                            skipped += 1;
+                        }
+                        if skipped > 0 {
+                            debug!(skipped, generation = state.generation, "older desired states skipped");
+                        }
                         let full = std::mem::take(&mut first)
                             || known.state.as_ref().is_none_or(|s| s.controller_epoch != state.controller_epoch);
                         Next::Apply(state, full)
