@@ -57,17 +57,7 @@ impl RealizeNetns for TestNetns {
 }
 
 async fn index_of(h: &netns::NetnsHandle, name: &str) -> u32 {
-    h.handle
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await
-        .expect("link lookup")
-        .expect("link exists")
-        .header
-        .index
+    crate::testns::index_of(&h.handle, name).await
 }
 
 async fn add_address(h: &netns::NetnsHandle, index: u32, cidr: &str) {
