@@ -56,7 +56,10 @@ mod tests {
         assert!(glob_match("t?p*", "tap12"));
         assert!(!glob_match("wl-?", "wl-ab"));
         assert!(glob_match("*-web", "wl-web"));
-        assert!(!glob_match("wl-*", "WL-web"), "link names are case-sensitive");
+        assert!(
+            !glob_match("wl-*", "WL-web"),
+            "link names are case-sensitive"
+        );
     }
 
     #[test]

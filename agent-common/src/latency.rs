@@ -76,7 +76,10 @@ mod tests {
         let mut v = 1024u64;
         while v < (1u64 << 34) {
             let b = bucket_of(v);
-            assert!(bucket_lower_ns(b) <= v && v < bucket_upper_ns(b), "{v} in bucket {b}");
+            assert!(
+                bucket_lower_ns(b) <= v && v < bucket_upper_ns(b),
+                "{v} in bucket {b}"
+            );
             v = v * 9 / 8 + 1;
         }
     }

@@ -14,5 +14,7 @@ pub mod latency;
 pub mod glob;
 #[cfg(feature = "std")]
 pub mod net;
+#[cfg(feature = "std")]
+pub mod time;
 
 pub use flow::{FlowEvent, FlowKey, FlowStats, PayloadSample};

@@ -22,7 +22,10 @@ pub struct ParseError {
 
 impl ParseError {
     fn new(input: &str, message: String) -> Self {
-        Self { input: input.to_owned(), message }
+        Self {
+            input: input.to_owned(),
+            message,
+        }
     }
 
     /// The text that was refused.
@@ -78,7 +81,11 @@ impl Family {
     /// The bits below a prefix of `prefix_len` (longer lengths count as the longest).
     pub fn host_mask(self, prefix_len: u8) -> u128 {
         let host_bits = u32::from(self.bits() - prefix_len.min(self.bits()));
-        if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 }
+        if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        }
     }
 }
 
@@ -94,7 +101,10 @@ impl FromStr for Family {
         match s.to_ascii_lowercase().as_str() {
             "ipv4" | "v4" | "4" | "inet" => Ok(Self::Ipv4),
             "ipv6" | "v6" | "6" | "inet6" => Ok(Self::Ipv6),
-            _ => Err(ParseError::new(s, format!("`{s}` is not an address family; use `ipv4` or `ipv6`"))),
+            _ => Err(ParseError::new(
+                s,
+                format!("`{s}` is not an address family; use `ipv4` or `ipv6`"),
+            )),
         }
     }
 }
@@ -127,15 +137,24 @@ impl Cidr {
     /// No checks: `start` is taken as the network address and `prefix_len` should not
     /// exceed the family's width (see [`FromStr`] for the checked way in).
     pub fn new(family: Family, start: u128, prefix_len: u8) -> Self {
-        Self { family, start, prefix_len }
+        Self {
+            family,
+            start,
+            prefix_len,
+        }
     }
 
     /// The prefix of length `prefix_len` that holds `ip` (host bits cleared), or `None`
     /// if the length is too long for the family.
     pub fn containing(ip: IpAddr, prefix_len: u8) -> Option<Self> {
         let family = Family::of(ip);
-        (prefix_len <= family.bits())
-            .then(|| Self::new(family, to_u128(ip) & !family.host_mask(prefix_len), prefix_len))
+        (prefix_len <= family.bits()).then(|| {
+            Self::new(
+                family,
+                to_u128(ip) & !family.host_mask(prefix_len),
+                prefix_len,
+            )
+        })
     }
 
     /// The last address of the prefix.
@@ -182,20 +201,29 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, ParseError> {
         let err = |message: String| ParseError::new(s, message);
         let (addr, len) = s.split_once('/').ok_or_else(|| {
-            err(format!("`{s}` is not a prefix: write it as address/length, e.g. 198.18.128.0/17"))
-        })?;
-        let ip: IpAddr =
-            addr.parse().map_err(|_| err(format!("`{addr}` in `{s}` is not an IPv4 or IPv6 address")))?;
-        let family = Family::of(ip);
-        let cidr = len.parse().ok().and_then(|l| Self::containing(ip, l)).ok_or_else(|| {
             err(format!(
-                "`{len}` in `{s}` is not a prefix length of {} (0..={})",
-                family.as_str(),
-                family.bits()
+                "`{s}` is not a prefix: write it as address/length, e.g. 198.18.128.0/17"
             ))
         })?;
+        let ip: IpAddr = addr
+            .parse()
+            .map_err(|_| err(format!("`{addr}` in `{s}` is not an IPv4 or IPv6 address")))?;
+        let family = Family::of(ip);
+        let cidr = len
+            .parse()
+            .ok()
+            .and_then(|l| Self::containing(ip, l))
+            .ok_or_else(|| {
+                err(format!(
+                    "`{len}` in `{s}` is not a prefix length of {} (0..={})",
+                    family.as_str(),
+                    family.bits()
+                ))
+            })?;
         if cidr.start != to_u128(ip) {
-            return Err(err(format!("`{s}` has host bits set; did you mean {cidr}?")));
+            return Err(err(format!(
+                "`{s}` has host bits set; did you mean {cidr}?"
+            )));
         }
         Ok(cidr)
     }
@@ -235,12 +263,19 @@ impl IfAddr {
     /// The prefix this address is in (`198.18.130.7/22` -> `198.18.128.0/22`).
     pub fn subnet(&self) -> Cidr {
         let family = self.family();
-        Cidr::new(family, to_u128(self.addr) & !family.host_mask(self.prefix), self.prefix)
+        Cidr::new(
+            family,
+            to_u128(self.addr) & !family.host_mask(self.prefix),
+            self.prefix,
+        )
     }
 
     /// The network this address is in, as an address with host bits cleared.
     pub fn network(&self) -> IfAddr {
-        IfAddr { addr: self.subnet().network(), prefix: self.prefix }
+        IfAddr {
+            addr: self.subnet().network(),
+            prefix: self.prefix,
+        }
     }
 
     /// Whether `ip` lies in this address's prefix (same family, same network bits).
@@ -256,7 +291,9 @@ impl FromStr for IfAddr {
         let err = |why: &str| {
             ParseError::new(
                 text,
-                format!("{text:?} is not an address with a prefix length (like 198.18.128.5/22): {why}"),
+                format!(
+                    "{text:?} is not an address with a prefix length (like 198.18.128.5/22): {why}"
+                ),
             )
         };
         let (addr, prefix) = text.split_once('/').ok_or_else(|| err("no '/prefix'"))?;
@@ -302,7 +339,10 @@ mod tests {
         let p = c("198.18.128.0/22");
         assert_eq!(p.size(), 1024);
         assert_eq!(p.nth(1).to_string(), "198.18.128.1");
-        assert_eq!(from_u128(Family::Ipv4, p.last()).to_string(), "198.18.131.255");
+        assert_eq!(
+            from_u128(Family::Ipv4, p.last()).to_string(),
+            "198.18.131.255"
+        );
         let v6 = c("fd00:80::/118");
         assert_eq!(v6.size(), 1024);
         assert_eq!(v6.to_string(), "fd00:80::/118");
@@ -320,10 +360,19 @@ mod tests {
     #[test]
     fn prefixes_refuse_bad_input_and_name_it() {
         let host_bits = "198.18.128.1/22".parse::<Cidr>().unwrap_err();
-        assert!(host_bits.to_string().contains("198.18.128.0/22"), "{host_bits}");
+        assert!(
+            host_bits.to_string().contains("198.18.128.0/22"),
+            "{host_bits}"
+        );
         assert_eq!(host_bits.input(), "198.18.128.1/22");
         assert!(c("fd00:80::/64").to_string() == "fd00:80::/64");
-        assert!("fd00:80::1/64".parse::<Cidr>().unwrap_err().to_string().contains("fd00:80::/64"));
+        assert!(
+            "fd00:80::1/64"
+                .parse::<Cidr>()
+                .unwrap_err()
+                .to_string()
+                .contains("fd00:80::/64")
+        );
         for (bad, named) in [
             ("198.18.128.0/33", "`33`"),
             ("fd00::/129", "`129`"),
@@ -344,7 +393,10 @@ mod tests {
     fn prefixes_and_families_serialize_as_strings() {
         let p = c("198.18.128.0/17");
         assert_eq!(serde_json::to_string(&p).unwrap(), "\"198.18.128.0/17\"");
-        assert_eq!(serde_json::from_str::<Cidr>("\"198.18.128.0/17\"").unwrap(), p);
+        assert_eq!(
+            serde_json::from_str::<Cidr>("\"198.18.128.0/17\"").unwrap(),
+            p
+        );
         assert!(serde_json::from_str::<Cidr>("\"198.18.128.1/17\"").is_err());
         assert_eq!(serde_json::to_string(&Family::Ipv6).unwrap(), "\"ipv6\"");
     }
@@ -388,7 +440,8 @@ mod tests {
 
     fn any_cidr() -> impl Strategy<Value = Cidr> {
         (any_ip(), 0u8..=128).prop_map(|(ip, len)| {
-            Cidr::containing(ip, len % (Family::of(ip).bits() + 1)).expect("length within the family")
+            Cidr::containing(ip, len % (Family::of(ip).bits() + 1))
+                .expect("length within the family")
         })
     }
 

@@ -39,8 +39,7 @@ use crate::parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Per-flow state, keyed by the workload-relative 5-tuple and interface.
 #[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowStats> =
-    LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
 
 /// Final state of flows that closed (FIN both ways, or RST).
 #[map(name = "FLOW_EVENTS")]
@@ -102,7 +101,11 @@ fn observe(ctx: &TcContext, dir: usize) -> Result<(), ()> {
     // SAFETY: a map value pointer stays valid for the rest of the program run (RCU).
     let s = unsafe { &mut *stats };
 
-    let segs = if skb.gso_segs > 1 { skb.gso_segs as u64 } else { 1 };
+    let segs = if skb.gso_segs > 1 {
+        skb.gso_segs as u64
+    } else {
+        1
+    };
     add(&mut s.packets[dir], segs);
     add(&mut s.bytes[dir], pkt.l3_len as u64);
     add(&mut s.payload_bytes[dir], pkt.payload_len as u64);
@@ -115,15 +118,33 @@ fn observe(ctx: &TcContext, dir: usize) -> Result<(), ()> {
     }
     if pkt.payload_len > 0 {
         let from_client = dir == DIR_OUT && local_is_client || dir == DIR_IN && !local_is_client;
-        let first_bit = if dir == DIR_OUT { state::SAMPLED_OUT } else { state::SAMPLED_IN };
+        let first_bit = if dir == DIR_OUT {
+            state::SAMPLED_OUT
+        } else {
+            state::SAMPLED_IN
+        };
         let first = s.state & first_bit == 0;
         if first {
             s.state |= first_bit;
         }
         let (kind, latency_ns) = track_turn(s, from_client, now);
         if kind != NO_SAMPLE || first {
-            let kind = if kind == NO_SAMPLE { sample::FIRST } else { kind };
-            post_sample(ctx, &key, s.first_seen_ns, &pkt, dir, kind, first, now, latency_ns);
+            let kind = if kind == NO_SAMPLE {
+                sample::FIRST
+            } else {
+                kind
+            };
+            post_sample(
+                ctx,
+                &key,
+                s.first_seen_ns,
+                &pkt,
+                dir,
+                kind,
+                first,
+                now,
+                latency_ns,
+            );
         }
     }
     if is_tcp && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -166,8 +187,11 @@ fn new_flow(pkt: &Packet, dir: usize, now: u64) -> FlowStats {
     } else if syn && ack {
         (!sender_is_local, true)
     } else {
-        let (local_port, remote_port) =
-            if sender_is_local { (pkt.sport, pkt.dport) } else { (pkt.dport, pkt.sport) };
+        let (local_port, remote_port) = if sender_is_local {
+            (pkt.sport, pkt.dport)
+        } else {
+            (pkt.dport, pkt.sport)
+        };
         (local_port > remote_port, false)
     };
     let mut s = FlowStats::ZERO;
@@ -182,7 +206,14 @@ fn new_flow(pkt: &Packet, dir: usize, now: u64) -> FlowStats {
 /// Handshake RTT: SYN out to SYN-ACK in when the workload is the client; SYN-ACK out to
 /// the client's ACK in when it is the server. Both measure the path beyond the host.
 #[inline(always)]
-fn track_handshake(s: &mut FlowStats, dir: usize, syn: bool, ack: bool, local_is_client: bool, now: u64) {
+fn track_handshake(
+    s: &mut FlowStats,
+    dir: usize,
+    syn: bool,
+    ack: bool,
+    local_is_client: bool,
+    now: u64,
+) {
     if s.handshake_rtt_ns != 0 {
         return;
     }
@@ -191,7 +222,11 @@ fn track_handshake(s: &mut FlowStats, dir: usize, syn: bool, ack: bool, local_is
             s.handshake_mark_ns = now;
         }
     } else if s.handshake_mark_ns != 0 {
-        let done = if local_is_client { syn && ack } else { ack && !syn };
+        let done = if local_is_client {
+            syn && ack
+        } else {
+            ack && !syn
+        };
         if done {
             s.handshake_rtt_ns = now - s.handshake_mark_ns;
         }
@@ -252,7 +287,11 @@ fn post_sample(
     };
     // Only the bytes inside the packet are copied; the verifier needs a constant bound.
     let avail = pkt.payload_len as usize;
-    let n = if avail > PAYLOAD_SAMPLE_BYTES { PAYLOAD_SAMPLE_BYTES } else { avail };
+    let n = if avail > PAYLOAD_SAMPLE_BYTES {
+        PAYLOAD_SAMPLE_BYTES
+    } else {
+        avail
+    };
     let ev = entry.as_mut_ptr();
     // SAFETY: the reservation is exactly one PayloadSample, exclusively ours until submit;
     // fields are written through raw pointers (the memory is uninitialised).
@@ -298,7 +337,11 @@ fn track_close(key: &FlowKey, s: &mut FlowStats, dir: usize, flags: u8) {
         s.state |= state::RST;
     }
     if flags & TCP_FIN != 0 {
-        s.state |= if dir == DIR_OUT { state::FIN_OUT } else { state::FIN_IN };
+        s.state |= if dir == DIR_OUT {
+            state::FIN_OUT
+        } else {
+            state::FIN_IN
+        };
     }
     let closed = s.state & state::RST != 0
         || s.state & (state::FIN_OUT | state::FIN_IN) == (state::FIN_OUT | state::FIN_IN);

@@ -53,7 +53,9 @@ fn u8_at(ctx: &TcContext, offset: usize) -> Result<u8, ()> {
 
 #[inline(always)]
 fn be16_at(ctx: &TcContext, offset: usize) -> Result<u16, ()> {
-    Ok(u16::from_be(unsafe { core::ptr::read_unaligned(ptr_at::<u16>(ctx, offset)?) }))
+    Ok(u16::from_be(unsafe {
+        core::ptr::read_unaligned(ptr_at::<u16>(ctx, offset)?)
+    }))
 }
 
 #[inline(always)]
@@ -104,7 +106,11 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, ()> {
             dst[..4].copy_from_slice(&d);
             // GSO/GRO super-packets can carry tot_len 0 (BIG TCP) or a stale value:
             // trust the skb length then.
-            let l3 = if tot_len == 0 || tot_len > avail { avail } else { tot_len };
+            let l3 = if tot_len == 0 || tot_len > avail {
+                avail
+            } else {
+                tot_len
+            };
             if (ihl as u32) > l3 {
                 return Err(());
             }
@@ -118,7 +124,11 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, ()> {
             let proto = u8_at(ctx, off + 6)?;
             src = bytes_at(ctx, off + 8)?;
             dst = bytes_at(ctx, off + 24)?;
-            let l3 = if payload_len == 0 || payload_len + 40 > avail { avail } else { payload_len + 40 };
+            let l3 = if payload_len == 0 || payload_len + 40 > avail {
+                avail
+            } else {
+                payload_len + 40
+            };
             (FAMILY_IPV6, proto, l3, off + 40)
         }
         _ => return Err(()),
@@ -138,7 +148,11 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, ()> {
         PROTO_UDP => (0, 8),
         _ => return Err(()),
     };
-    let payload_len = if l4_avail > hdr_len { l4_avail - hdr_len } else { 0 };
+    let payload_len = if l4_avail > hdr_len {
+        l4_avail - hdr_len
+    } else {
+        0
+    };
     Ok(Packet {
         src,
         dst,

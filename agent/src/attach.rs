@@ -47,7 +47,11 @@ pub fn wanted(link: &Link, include: &[String], exclude: &[String]) -> bool {
 
 fn link_from_message(msg: &LinkMessage) -> Option<Link> {
     let (name, kind) = link_name_kind(msg);
-    Some(Link { index: msg.header.index, name: name?, kind })
+    Some(Link {
+        index: msg.header.index,
+        name: name?,
+        kind,
+    })
 }
 
 pub struct Attacher {
@@ -75,7 +79,14 @@ impl Attacher {
                 dp.load_classifier(name)?;
             }
         }
-        Ok(Self { datapath, attached: HashMap::new(), include, exclude, registry, metrics })
+        Ok(Self {
+            datapath,
+            attached: HashMap::new(),
+            include,
+            exclude,
+            registry,
+            metrics,
+        })
     }
 
     fn attach(&mut self, link: &Link) -> anyhow::Result<()> {
@@ -83,8 +94,22 @@ impl Attacher {
         // The observer runs first on both hooks: it sees packets as they arrived, before any
         // other weft program acts on them.
         let done = dp
-            .attach(&link.name, link.index, Hook::Ingress, PROG_INGRESS, Order::First)
-            .and_then(|()| dp.attach(&link.name, link.index, Hook::Egress, PROG_EGRESS, Order::First));
+            .attach(
+                &link.name,
+                link.index,
+                Hook::Ingress,
+                PROG_INGRESS,
+                Order::First,
+            )
+            .and_then(|()| {
+                dp.attach(
+                    &link.name,
+                    link.index,
+                    Hook::Egress,
+                    PROG_EGRESS,
+                    Order::First,
+                )
+            });
         if let Err(e) = done {
             dp.detach(link.index, Hook::Ingress, PROG_INGRESS);
             return Err(e.into());
@@ -98,7 +123,9 @@ impl Attacher {
     /// Forgets an observed interface. `gone`: the device is deleted, so every program of
     /// the datapath on it goes; otherwise (renamed, moved) only the flow programs.
     fn forget(&mut self, name: &str, gone: bool) {
-        let Some(index) = self.attached.remove(name) else { return };
+        let Some(index) = self.attached.remove(name) else {
+            return;
+        };
         let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
         if gone {
             dp.detach_interface(index);
@@ -129,7 +156,10 @@ impl Attacher {
         match self.attach(link) {
             Ok(()) => {
                 // Tests and the demo wait for this line.
-                println!("weft-agent attached interface={} ifindex={}", link.name, link.index);
+                println!(
+                    "weft-agent attached interface={} ifindex={}",
+                    link.name, link.index
+                );
                 info!(interface = %link.name, ifindex = link.index, "attached flow programs");
             }
             Err(e) => {
@@ -144,7 +174,10 @@ impl Attacher {
             self.forget(name, true);
         } else {
             // Not observed, but another weft program may be on it.
-            self.datapath.lock().unwrap_or_else(|p| p.into_inner()).detach_interface(index);
+            self.datapath
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .detach_interface(index);
         }
     }
 
@@ -157,7 +190,9 @@ impl Attacher {
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
-            let deleted = !links.iter().any(|l| Some(&l.index) == self.attached.get(&name));
+            let deleted = !links
+                .iter()
+                .any(|l| Some(&l.index) == self.attached.get(&name));
             self.forget(&name, deleted);
         }
         for link in links {
@@ -167,7 +202,9 @@ impl Attacher {
     }
 
     fn publish_count(&self) {
-        self.metrics.interfaces_attached.set(self.attached.len() as u64);
+        self.metrics
+            .interfaces_attached
+            .set(self.attached.len() as u64);
     }
 
     async fn resync(&mut self, handle: &rtnetlink::Handle) {
@@ -188,7 +225,11 @@ impl Attacher {
 
     /// Follows the links of this network namespace until `shutdown`, then detaches
     /// everything (dropping the programs' links).
-    pub async fn watch(mut self, events: HostEvents, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn watch(
+        mut self,
+        events: HostEvents,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         // The connection task ends when `handle` is dropped at the end of this function.
         let conn = tokio::spawn(conn);
@@ -220,7 +261,11 @@ impl Attacher {
                 _ = shutdown.changed() => break Ok(()),
             }
         };
-        let n = self.datapath.lock().unwrap_or_else(|p| p.into_inner()).detach_all();
+        let n = self
+            .datapath
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .detach_all();
         info!(links = n, "flow programs detached from all interfaces");
         drop(handle);
         conn.abort();
@@ -233,7 +278,11 @@ mod tests {
     use super::*;
 
     fn link(name: &str, kind: Option<&str>) -> Link {
-        Link { index: 1, name: name.into(), kind: kind.map(Into::into) }
+        Link {
+            index: 1,
+            name: name.into(),
+            kind: kind.map(Into::into),
+        }
     }
 
     #[test]

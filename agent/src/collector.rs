@@ -49,7 +49,10 @@ pub struct Collector {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -93,8 +96,16 @@ impl Collector {
 
     fn wait_for_events(&self, timeout: Duration) {
         let mut pfds = [
-            libc::pollfd { fd: self.events.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.payloads.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: self.events.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.payloads.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: two valid pollfds.
         unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
@@ -103,7 +114,9 @@ impl Collector {
     /// Reads payload samples; bounded per call so flow-end events are not starved.
     fn read_payloads(&mut self) {
         for _ in 0..100_000 {
-            let Some(item) = self.payloads.next() else { break };
+            let Some(item) = self.payloads.next() else {
+                break;
+            };
             if item.len() < std::mem::size_of::<PayloadSample>() {
                 continue;
             }
@@ -137,8 +150,12 @@ impl Collector {
     /// the kernel map.
     fn finalise_ended(&mut self, all: bool) {
         let now = Instant::now();
-        let due: Vec<FlowKey> =
-            self.ending.iter().filter(|(_, (_, t))| all || *t <= now).map(|(k, _)| *k).collect();
+        let due: Vec<FlowKey> = self
+            .ending
+            .iter()
+            .filter(|(_, (_, t))| all || *t <= now)
+            .map(|(k, _)| *k)
+            .collect();
         if due.is_empty() {
             return;
         }
@@ -146,7 +163,9 @@ impl Collector {
         let offset = Self::context_offset();
         let mut out = Vec::with_capacity(due.len());
         for key in due {
-            let Some((ev_stats, _)) = self.ending.remove(&key) else { continue };
+            let Some((ev_stats, _)) = self.ending.remove(&key) else {
+                continue;
+            };
             let current = self.flows.get(&key, 0).ok();
             let stats = match current {
                 // Same flow: the map has the latest counters (its last ACK included).
@@ -177,7 +196,11 @@ impl Collector {
             // The interface went away before we read its last flows.
             None => ("unknown", "unknown"),
         };
-        let ctx = RecordContext { workload, interface, mono_to_unix_offset_ns: offset };
+        let ctx = RecordContext {
+            workload,
+            interface,
+            mono_to_unix_offset_ns: offset,
+        };
         let mut record = self.tracker.update(key, stats, ended, &ctx)?;
         self.l7.fill(key, stats.first_seen_ns, &mut record);
         Some(record)
@@ -228,10 +251,14 @@ impl Collector {
         let evicted = self.tracker.retain_live(&live);
         self.l7.retain_live(&live);
         if let Ok(lost) = self.payloads_lost.get(&0, 0) {
-            self.metrics.payload_samples_lost.set_total(lost.iter().sum());
+            self.metrics
+                .payload_samples_lost
+                .set_total(lost.iter().sum());
         }
         self.metrics.flows_evicted_unreported.inc_by(evicted as u64);
-        self.metrics.flow_map_entries.set((entries.len() - remove.len()) as u64);
+        self.metrics
+            .flow_map_entries
+            .set((entries.len() - remove.len()) as u64);
         self.metrics.drains.inc();
         self.metrics
             .drain_seconds_last

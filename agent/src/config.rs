@@ -6,7 +6,11 @@ use clap::Parser;
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "weft-agent", version, about = "weft's per-hypervisor eBPF flow agent")]
+#[command(
+    name = "weft-agent",
+    version,
+    about = "weft's per-hypervisor eBPF flow agent"
+)]
 pub struct Args {
     /// Identity of this hypervisor, as the controller shows it.
     #[arg(long, env = "WEFT_HOST_ID")]
@@ -67,7 +71,11 @@ pub struct Args {
     pub drift_repair: DriftRepair,
     /// Log filter (tracing EnvFilter syntax).
     /// (netlink-packet-route warns about every attribute newer than itself: kept quiet.)
-    #[arg(long, env = "WEFT_LOG", default_value = "info,netlink_packet_route=error")]
+    #[arg(
+        long,
+        env = "WEFT_LOG",
+        default_value = "info,netlink_packet_route=error"
+    )]
     pub log: String,
 }
 
@@ -120,7 +128,12 @@ impl Netns {
         if text.starts_with('/') {
             return Ok(Netns::Path(PathBuf::from(text)));
         }
-        if text.is_empty() || text == "." || text == ".." || text.contains('/') || text.contains('\0') {
+        if text.is_empty()
+            || text == "."
+            || text == ".."
+            || text.contains('/')
+            || text.contains('\0')
+        {
             return Err(format!(
                 "field `netns` {text:?} is neither a name under /run/netns nor an absolute path"
             ));
@@ -141,11 +154,19 @@ impl std::fmt::Display for Netns {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: workload #{index} ({name:?}): {message}")]
-    Workload { path: PathBuf, index: usize, name: String, message: String },
+    Workload {
+        path: PathBuf,
+        index: usize,
+        name: String,
+        message: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -173,13 +194,20 @@ fn is_interface_name(name: &str) -> bool {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
 /// Parses a workloads file. Errors name the line (TOML syntax) or the workload and field.
-pub fn parse_workloads(path: &std::path::Path, text: &str) -> Result<Vec<WorkloadSpec>, ConfigError> {
-    let file: WorkloadsFile = toml::from_str(text)
-        .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+pub fn parse_workloads(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<Vec<WorkloadSpec>, ConfigError> {
+    let file: WorkloadsFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
     let mut out: Vec<WorkloadSpec> = Vec::with_capacity(file.workload.len());
     for (i, w) in file.workload.into_iter().enumerate() {
         let err = |message: String| ConfigError::Workload {
@@ -207,10 +235,17 @@ pub fn parse_workloads(path: &std::path::Path, text: &str) -> Result<Vec<Workloa
                 .map_err(|_| err(format!("field `addresses`: {a:?} is not an IP address")))?;
             addresses.push(ip);
         }
-        let netns = w.netns.as_deref().map(Netns::parse).transpose().map_err(err)?;
+        let netns = w
+            .netns
+            .as_deref()
+            .map(Netns::parse)
+            .transpose()
+            .map_err(err)?;
         let device = match &w.device {
             Some(d) if netns.is_none() => {
-                return Err(err(format!("field `device` {d:?} needs `netns` (the namespace it lives in)")));
+                return Err(err(format!(
+                    "field `device` {d:?} needs `netns` (the namespace it lives in)"
+                )));
             }
             Some(d) if !is_interface_name(d) => {
                 return Err(err(format!(
@@ -232,8 +267,10 @@ pub fn parse_workloads(path: &std::path::Path, text: &str) -> Result<Vec<Workloa
 }
 
 pub fn load_workloads(path: &std::path::Path) -> Result<Vec<WorkloadSpec>, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse_workloads(path, &text)
 }
 
@@ -263,20 +300,28 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("workload #1") && e.contains("\"db\"") && e.contains("addresses"), "{e}");
+        assert!(
+            e.contains("workload #1") && e.contains("\"db\"") && e.contains("addresses"),
+            "{e}"
+        );
     }
 
     #[test]
     fn toml_syntax_error_names_the_line() {
-        let e = parse_workloads(Path::new("w.toml"), "[[workload]]\nname = \"db\nx").unwrap_err().to_string();
+        let e = parse_workloads(Path::new("w.toml"), "[[workload]]\nname = \"db\nx")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]
     fn unknown_field_and_duplicate_interface_are_refused() {
-        let e = parse_workloads(Path::new("w.toml"), "[[workload]]\nname=\"a\"\ninterface=\"x\"\nport=1\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse_workloads(
+            Path::new("w.toml"),
+            "[[workload]]\nname=\"a\"\ninterface=\"x\"\nport=1\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("port"), "{e}");
         let e = parse_workloads(
             Path::new("w.toml"),
@@ -297,9 +342,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(w[0].netns, Some(Netns::Named("wl-a".into())));
-        assert_eq!(w[0].netns.as_ref().unwrap().path(), PathBuf::from("/run/netns/wl-a"));
+        assert_eq!(
+            w[0].netns.as_ref().unwrap().path(),
+            PathBuf::from("/run/netns/wl-a")
+        );
         assert_eq!(w[0].device, "eth0");
-        assert_eq!(w[1].netns.as_ref().unwrap().path(), PathBuf::from("/proc/1/ns/net"));
+        assert_eq!(
+            w[1].netns.as_ref().unwrap().path(),
+            PathBuf::from("/proc/1/ns/net")
+        );
         assert_eq!(w[1].device, "ens3");
         assert_eq!(w[2].netns, None);
     }
@@ -320,7 +371,10 @@ mod tests {
             )
             .unwrap_err()
             .to_string();
-            assert!(e.contains("workload #1") && e.contains("\"db\"") && e.contains(field), "{body}: {e}");
+            assert!(
+                e.contains("workload #1") && e.contains("\"db\"") && e.contains(field),
+                "{body}: {e}"
+            );
         }
     }
 }

@@ -74,17 +74,39 @@ pub enum DatapathError {
     #[error("program {0} is not in the eBPF object")]
     NoProgram(String),
     #[error("program {name}: {source}")]
-    Program { name: String, source: Box<ProgramError> },
+    Program {
+        name: String,
+        source: Box<ProgramError>,
+    },
     #[error("loading program {name} into the kernel (verifier): {source}")]
-    Verifier { name: String, source: Box<ProgramError> },
+    Verifier {
+        name: String,
+        source: Box<ProgramError>,
+    },
     #[error("attaching {program} to {hook} of {interface}: {source}")]
-    Attach { program: String, hook: Hook, interface: String, source: Box<ProgramError> },
-    #[error("{program} cannot go next to {anchor} on {hook} of {interface}: {anchor} is not attached there")]
-    NoAnchor { program: String, anchor: String, hook: Hook, interface: String },
+    Attach {
+        program: String,
+        hook: Hook,
+        interface: String,
+        source: Box<ProgramError>,
+    },
+    #[error(
+        "{program} cannot go next to {anchor} on {hook} of {interface}: {anchor} is not attached there"
+    )]
+    NoAnchor {
+        program: String,
+        anchor: String,
+        hook: Hook,
+        interface: String,
+    },
     #[error("map {0} is not in the eBPF object (or was taken already)")]
     NoMap(String),
     #[error("querying the programs on {hook} of {interface}: {source}")]
-    Query { hook: Hook, interface: String, source: Box<ProgramError> },
+    Query {
+        hook: Hook,
+        interface: String,
+        source: Box<ProgramError>,
+    },
 }
 
 struct Attachment {
@@ -113,7 +135,10 @@ impl Datapath {
     /// Loads an eBPF object (maps are created; programs are loaded with [`Self::load_classifier`]).
     pub fn load(object: &[u8]) -> Result<Self, DatapathError> {
         let ebpf = Ebpf::load(object).map_err(|e| DatapathError::Load(Box::new(e)))?;
-        Ok(Self { ebpf, links: HashMap::new() })
+        Ok(Self {
+            ebpf,
+            links: HashMap::new(),
+        })
     }
 
     pub fn into_shared(self) -> SharedDatapath {
@@ -125,7 +150,10 @@ impl Datapath {
             .program_mut(name)
             .ok_or_else(|| DatapathError::NoProgram(name.to_owned()))?
             .try_into()
-            .map_err(|e| DatapathError::Program { name: name.to_owned(), source: Box::new(e) })
+            .map_err(|e| DatapathError::Program {
+                name: name.to_owned(),
+                source: Box::new(e),
+            })
     }
 
     /// Loads a TC classifier of the object into the kernel (runs the verifier). Loading
@@ -135,14 +163,20 @@ impl Datapath {
         if prog.fd().is_ok() {
             return Ok(());
         }
-        prog.load().map_err(|e| DatapathError::Verifier { name: name.to_owned(), source: Box::new(e) })
+        prog.load().map_err(|e| DatapathError::Verifier {
+            name: name.to_owned(),
+            source: Box::new(e),
+        })
     }
 
     fn program_id(&mut self, name: &str) -> Result<u32, DatapathError> {
         let prog = self.classifier(name)?;
         prog.info()
             .map(|i| i.id())
-            .map_err(|e| DatapathError::Program { name: name.to_owned(), source: Box::new(e) })
+            .map_err(|e| DatapathError::Program {
+                name: name.to_owned(),
+                source: Box::new(e),
+            })
     }
 
     /// Attaches `program` (loaded) to `hook` of the interface `name` (index `ifindex`, in
@@ -171,7 +205,11 @@ impl Datapath {
             Order::First => LinkOrder::first(),
             Order::Last => LinkOrder::last(),
             Order::Before(a) | Order::After(a) => {
-                let id = if self.is_attached(ifindex, hook, a) { self.program_id(a)? } else { anchor(a)? };
+                let id = if self.is_attached(ifindex, hook, a) {
+                    self.program_id(a)?
+                } else {
+                    anchor(a)?
+                };
                 // SAFETY: `id` is the id of a program this datapath holds loaded.
                 let id = unsafe { ProgramId::new(id) };
                 match order {
@@ -182,24 +220,36 @@ impl Datapath {
         };
         let link = self
             .classifier(program)?
-            .attach_with_options(interface, hook.attach_type(), TcAttachOptions::TcxOrder(link_order))
+            .attach_with_options(
+                interface,
+                hook.attach_type(),
+                TcAttachOptions::TcxOrder(link_order),
+            )
             .map_err(|e| DatapathError::Attach {
                 program: program.to_owned(),
                 hook,
                 interface: interface.to_owned(),
                 source: Box::new(e),
             })?;
-        self.links.entry(ifindex).or_default().push(Attachment { program: program.to_owned(), hook, link });
+        self.links.entry(ifindex).or_default().push(Attachment {
+            program: program.to_owned(),
+            hook,
+            link,
+        });
         Ok(())
     }
 
     pub fn is_attached(&self, ifindex: u32, hook: Hook, program: &str) -> bool {
-        self.links.get(&ifindex).is_some_and(|v| v.iter().any(|a| a.hook == hook && a.program == program))
+        self.links
+            .get(&ifindex)
+            .is_some_and(|v| v.iter().any(|a| a.hook == hook && a.program == program))
     }
 
     /// This datapath's programs on `ifindex`: (hook, program), in the order they were attached.
     pub fn attached(&self, ifindex: u32) -> Vec<(Hook, String)> {
-        self.links.get(&ifindex).map_or_else(Vec::new, |v| v.iter().map(|a| (a.hook, a.program.clone())).collect())
+        self.links.get(&ifindex).map_or_else(Vec::new, |v| {
+            v.iter().map(|a| (a.hook, a.program.clone())).collect()
+        })
     }
 
     /// Interfaces with at least one of this datapath's programs.
@@ -209,8 +259,15 @@ impl Datapath {
 
     /// Detaches `program` from `hook` of `ifindex`; returns whether it was attached.
     pub fn detach(&mut self, ifindex: u32, hook: Hook, program: &str) -> bool {
-        let Some(v) = self.links.get_mut(&ifindex) else { return false };
-        let Some(pos) = v.iter().position(|a| a.hook == hook && a.program == program) else { return false };
+        let Some(v) = self.links.get_mut(&ifindex) else {
+            return false;
+        };
+        let Some(pos) = v
+            .iter()
+            .position(|a| a.hook == hook && a.program == program)
+        else {
+            return false;
+        };
         let a = v.remove(pos);
         if v.is_empty() {
             self.links.remove(&ifindex);
@@ -233,7 +290,10 @@ impl Datapath {
 
     /// Detaches every program from every interface.
     pub fn detach_all(&mut self) -> usize {
-        self.interfaces().into_iter().map(|i| self.detach_interface(i)).sum()
+        self.interfaces()
+            .into_iter()
+            .map(|i| self.detach_interface(i))
+            .sum()
     }
 
     fn drop_link(&mut self, a: Attachment) {
@@ -245,23 +305,35 @@ impl Datapath {
 
     /// Takes a map out of the object for an owner that keeps it (e.g. a ring buffer reader).
     pub fn take_map(&mut self, name: &str) -> Result<Map, DatapathError> {
-        self.ebpf.take_map(name).ok_or_else(|| DatapathError::NoMap(name.to_owned()))
+        self.ebpf
+            .take_map(name)
+            .ok_or_else(|| DatapathError::NoMap(name.to_owned()))
     }
 
     /// A map for an update under the datapath's lock (`aya::maps::HashMap::try_from(map)`...).
     pub fn map_mut(&mut self, name: &str) -> Result<&mut Map, DatapathError> {
-        self.ebpf.map_mut(name).ok_or_else(|| DatapathError::NoMap(name.to_owned()))
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| DatapathError::NoMap(name.to_owned()))
     }
 
     /// The programs on `hook` of `interface` (calling thread's namespace) in the order the
     /// kernel runs them, with which of them are this datapath's.
     pub fn query(&mut self, interface: &str, hook: Hook) -> Result<Vec<OnHook>, DatapathError> {
-        let (_, infos) = SchedClassifier::query_tcx(interface, hook.attach_type()).map_err(|e| {
-            DatapathError::Query { hook, interface: interface.to_owned(), source: Box::new(e) }
-        })?;
+        let (_, infos) =
+            SchedClassifier::query_tcx(interface, hook.attach_type()).map_err(|e| {
+                DatapathError::Query {
+                    hook,
+                    interface: interface.to_owned(),
+                    source: Box::new(e),
+                }
+            })?;
         let ours: Vec<u32> = {
             let names: Vec<String> = self.ebpf.programs().map(|(n, _)| n.to_owned()).collect();
-            names.iter().filter_map(|n| self.program_id(n).ok()).collect()
+            names
+                .iter()
+                .filter_map(|n| self.program_id(n).ok())
+                .collect()
         };
         Ok(infos
             .iter()

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tonic::{Code, transport::{Channel, Endpoint}};
+use tonic::{
+    Code,
+    transport::{Channel, Endpoint},
+};
 use tracing::{info, warn};
 use weft_proto::v1::{
     FlowBatch, FlowRecord, RegisterRequest, Workload as WireWorkload,
@@ -50,16 +53,24 @@ impl Exporter {
                 deadline = Some(tokio::time::Instant::now() + grace);
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                warn!(queued = self.queue.len(), "shutdown grace period over; unsent records are lost");
+                warn!(
+                    queued = self.queue.len(),
+                    "shutdown grace period over; unsent records are lost"
+                );
                 return;
             }
-            match self.session(&mut pending, &mut next_seq, &mut shutdown, deadline).await {
+            match self
+                .session(&mut pending, &mut next_seq, &mut shutdown, deadline)
+                .await
+            {
                 Outcome::Done => return,
                 Outcome::Reconnect(why) => {
                     self.metrics.controller_connected.set(0);
                     self.metrics.send_errors.inc();
                     warn!(controller = %self.controller, error = %why, retry_in = ?backoff, "controller unreachable");
-                    let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
+                    let jitter = Duration::from_millis(
+                        rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1),
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(backoff + jitter) => {}
                         _ = shutdown.changed(), if deadline.is_none() => {}
@@ -81,13 +92,19 @@ impl Exporter {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         Ok(AgentServiceClient::new(channel))
     }
 
     /// Registers and returns the registry version announced and the controller's last
     /// merged sequence for this agent instance.
-    async fn register(&self, client: &mut AgentServiceClient<Channel>) -> Result<(u64, u64), String> {
+    async fn register(
+        &self,
+        client: &mut AgentServiceClient<Channel>,
+    ) -> Result<(u64, u64), String> {
         let (version, workloads) = self.registry.snapshot();
         let req = RegisterRequest {
             host_id: self.host_id.clone(),
@@ -102,7 +119,10 @@ impl Exporter {
                 .collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        let resp = client.register(req).await.map_err(|s| format!("register: {}", s.message()))?;
+        let resp = client
+            .register(req)
+            .await
+            .map_err(|s| format!("register: {}", s.message()))?;
         Ok((version, resp.into_inner().last_sequence))
     }
 
@@ -155,7 +175,9 @@ impl Exporter {
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Outcome::Done;
             }
-            let Some((seq, records)) = pending.as_ref() else { continue };
+            let Some((seq, records)) = pending.as_ref() else {
+                continue;
+            };
             let batch = FlowBatch {
                 host_id: self.host_id.clone(),
                 agent_instance: self.instance.clone(),

@@ -37,7 +37,11 @@ fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
 }
 
 fn ip_bytes(family: u8, raw: &[u8; 16]) -> Vec<u8> {
-    if family == FAMILY_IPV4 { raw[..4].to_vec() } else { raw.to_vec() }
+    if family == FAMILY_IPV4 {
+        raw[..4].to_vec()
+    } else {
+        raw.to_vec()
+    }
 }
 
 /// What the agent last reported of each flow.
@@ -61,7 +65,10 @@ impl FlowTracker {
         ended: bool,
         ctx: &RecordContext<'_>,
     ) -> Option<FlowRecord> {
-        let prev = self.seen.get(key).filter(|p| p.first_seen_ns == cur.first_seen_ns);
+        let prev = self
+            .seen
+            .get(key)
+            .filter(|p| p.first_seen_ns == cur.first_seen_ns);
         let first = prev.is_none();
         let p = prev.copied().unwrap_or(FlowStats::ZERO);
         let changed = first || ended || cur.packets != p.packets || cur.requests != p.requests;
@@ -136,7 +143,11 @@ fn build_record(
         last_seen_unix_ns: to_unix(cur.last_seen_ns, ctx.mono_to_unix_offset_ns),
         tcp_flags_out: cur.tcp_flags[DIR_OUT] as u32,
         tcp_flags_in: cur.tcp_flags[DIR_IN] as u32,
-        handshake_rtt_ns: if p.handshake_rtt_ns == 0 { cur.handshake_rtt_ns } else { 0 },
+        handshake_rtt_ns: if p.handshake_rtt_ns == 0 {
+            cur.handshake_rtt_ns
+        } else {
+            0
+        },
         requests: cur.requests.wrapping_sub(p.requests) as u64,
         latency_sum_ns: d(cur.latency_sum_ns, p.latency_sum_ns),
         latency,
@@ -169,7 +180,11 @@ mod tests {
     }
 
     fn ctx() -> RecordContext<'static> {
-        RecordContext { workload: "client", interface: "wl-client", mono_to_unix_offset_ns: 1_000 }
+        RecordContext {
+            workload: "client",
+            interface: "wl-client",
+            mono_to_unix_offset_ns: 1_000,
+        }
     }
 
     fn stats(pk_out: u64, pk_in: u64, requests: u32) -> FlowStats {
@@ -211,7 +226,10 @@ mod tests {
         let mut s = stats(3, 2, 1);
         s.handshake_rtt_ns = 42;
         t.update(&key(), &s, false, &ctx()).unwrap();
-        assert!(t.update(&key(), &s, false, &ctx()).is_none(), "unchanged flow gives no record");
+        assert!(
+            t.update(&key(), &s, false, &ctx()).is_none(),
+            "unchanged flow gives no record"
+        );
         let mut s2 = stats(10, 8, 4);
         s2.handshake_rtt_ns = 42;
         let r = t.update(&key(), &s2, false, &ctx()).unwrap();
@@ -257,7 +275,9 @@ mod tests {
         k.local_addr = "fd00:1::10".parse::<Ipv6Addr>().unwrap().octets();
         let mut s = stats(1, 1, 0);
         s.client_is_local = 0;
-        let r = FlowTracker::default().update(&k, &s, false, &ctx()).unwrap();
+        let r = FlowTracker::default()
+            .update(&k, &s, false, &ctx())
+            .unwrap();
         assert_eq!(r.local_ip.len(), 16);
         assert_eq!(r.direction, FlowDirection::Inbound as i32);
         assert_eq!(local_ip(&k), "fd00:1::10".parse::<IpAddr>().unwrap());

@@ -104,18 +104,53 @@ impl HostEvent {
 pub enum Change {
     /// A link exists now (new, or any of its properties changed). `kind` is the
     /// `IFLA_INFO_KIND` ("veth", "tun", "bridge"...), when the kernel sent it.
-    LinkNew { ifindex: u32, name: String, up: bool, kind: Option<String> },
-    LinkDel { ifindex: u32, name: String },
-    AddrNew { ifindex: u32, addr: IpAddr, prefix: u8 },
-    AddrDel { ifindex: u32, addr: IpAddr, prefix: u8 },
+    LinkNew {
+        ifindex: u32,
+        name: String,
+        up: bool,
+        kind: Option<String>,
+    },
+    LinkDel {
+        ifindex: u32,
+        name: String,
+    },
+    AddrNew {
+        ifindex: u32,
+        addr: IpAddr,
+        prefix: u8,
+    },
+    AddrDel {
+        ifindex: u32,
+        addr: IpAddr,
+        prefix: u8,
+    },
     /// `dst`/`prefix` is `0.0.0.0/0` or `::/0` for a default route; `ifindex` is `None` for
     /// multipath routes; `table` is the routing table (254 = main, 255 = local).
-    RouteNew { dst: IpAddr, prefix: u8, gateway: Option<IpAddr>, ifindex: Option<u32>, table: u32 },
-    RouteDel { dst: IpAddr, prefix: u8, gateway: Option<IpAddr>, ifindex: Option<u32>, table: u32 },
+    RouteNew {
+        dst: IpAddr,
+        prefix: u8,
+        gateway: Option<IpAddr>,
+        ifindex: Option<u32>,
+        table: u32,
+    },
+    RouteDel {
+        dst: IpAddr,
+        prefix: u8,
+        gateway: Option<IpAddr>,
+        ifindex: Option<u32>,
+        table: u32,
+    },
     /// An IPv4/IPv6 neighbour entry exists now (new or changed); `lladdr` as the kernel
     /// sent it (none while the entry is incomplete).
-    NeighNew { ifindex: u32, addr: IpAddr, lladdr: Option<Vec<u8>> },
-    NeighDel { ifindex: u32, addr: IpAddr },
+    NeighNew {
+        ifindex: u32,
+        addr: IpAddr,
+        lladdr: Option<Vec<u8>>,
+    },
+    NeighDel {
+        ifindex: u32,
+        addr: IpAddr,
+    },
     /// The kernel dropped messages for this namespace (receive buffer full): resync it.
     Overrun,
     /// The watched namespace file is gone or names another namespace: the watch ended.
@@ -128,7 +163,9 @@ pub enum Received {
     Event(HostEvent),
     /// The subscriber fell behind and `missed` events (of any namespace) are lost: it must
     /// resync everything it follows.
-    Lagged { missed: u64 },
+    Lagged {
+        missed: u64,
+    },
 }
 
 /// Listener settings.
@@ -147,7 +184,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { capacity: 16384, rcvbuf: 4 << 20, netns_check: Duration::from_secs(1), groups: GROUPS_DEFAULT }
+        Self {
+            capacity: 16384,
+            rcvbuf: 4 << 20,
+            netns_check: Duration::from_secs(1),
+            groups: GROUPS_DEFAULT,
+        }
     }
 }
 
@@ -234,27 +276,51 @@ impl HostEvents {
         let counters = Arc::new(Counters::default());
         let socket = open_socket(config.rcvbuf, config.groups)
             .and_then(register)
-            .map_err(|source| HostEventsError::Socket { netns: "(agent namespace)".into(), source })?;
-        let own = tokio::spawn(listen(socket, None, None, tx.clone(), counters.clone(), config.netns_check));
+            .map_err(|source| HostEventsError::Socket {
+                netns: "(agent namespace)".into(),
+                source,
+            })?;
+        let own = tokio::spawn(listen(
+            socket,
+            None,
+            None,
+            tx.clone(),
+            counters.clone(),
+            config.netns_check,
+        ));
         Ok(Self {
-            shared: Arc::new(Shared { tx, counters, config, own, watches: Mutex::new(HashMap::new()) }),
+            shared: Arc::new(Shared {
+                tx,
+                counters,
+                config,
+                own,
+                watches: Mutex::new(HashMap::new()),
+            }),
         })
     }
 
     pub fn subscribe(&self) -> Subscription {
-        Subscription { rx: self.shared.tx.subscribe(), counters: self.shared.counters.clone() }
+        Subscription {
+            rx: self.shared.tx.subscribe(),
+            counters: self.shared.counters.clone(),
+        }
     }
 
     /// Starts listening in the namespace of `path` (a netns file). Changes made after this
     /// returns are delivered. Watching a namespace already watched is a no-op, unless the
     /// file now names another namespace (deleted and made again): then the watch restarts.
     pub async fn watch_netns(&self, path: &Path) -> Result<(), HostEventsError> {
-        let file = std::fs::File::open(path)
-            .map_err(|source| HostEventsError::NetnsOpen { path: path.to_owned(), source })?;
+        let file = std::fs::File::open(path).map_err(|source| HostEventsError::NetnsOpen {
+            path: path.to_owned(),
+            source,
+        })?;
         let identity = file
             .metadata()
             .map(|m| (m.dev(), m.ino()))
-            .map_err(|source| HostEventsError::NetnsOpen { path: path.to_owned(), source })?;
+            .map_err(|source| HostEventsError::NetnsOpen {
+                path: path.to_owned(),
+                source,
+            })?;
         if self.watching(path, identity) {
             return Ok(());
         }
@@ -262,7 +328,10 @@ impl HostEvents {
         let socket = in_netns_fd(file, path, move || open_socket(rcvbuf, groups))
             .await?
             .and_then(register)
-            .map_err(|source| HostEventsError::Socket { netns: path.display().to_string(), source })?;
+            .map_err(|source| HostEventsError::Socket {
+                netns: path.display().to_string(),
+                source,
+            })?;
         let task = tokio::spawn(listen(
             socket,
             Some(path.to_owned()),
@@ -271,27 +340,50 @@ impl HostEvents {
             self.shared.counters.clone(),
             self.shared.config.netns_check,
         ));
-        let mut watches = self.shared.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let mut watches = self
+            .shared
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         // A concurrent watch of the same namespace may have won: keep one (either is fine).
         watches.insert(path.to_owned(), Watch { identity, task });
         Ok(())
     }
 
     fn watching(&self, path: &Path, identity: (u64, u64)) -> bool {
-        let watches = self.shared.watches.lock().unwrap_or_else(|p| p.into_inner());
-        watches.get(path).is_some_and(|w| w.identity == identity && !w.task.is_finished())
+        let watches = self
+            .shared
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        watches
+            .get(path)
+            .is_some_and(|w| w.identity == identity && !w.task.is_finished())
     }
 
     /// Stops listening in `path`'s namespace (releasing the socket's hold on it). Returns
     /// whether it was watched.
     pub fn unwatch_netns(&self, path: &Path) -> bool {
-        self.shared.watches.lock().unwrap_or_else(|p| p.into_inner()).remove(path).is_some()
+        self.shared
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path)
+            .is_some()
     }
 
     /// Namespaces watched now (a watch whose namespace went is not listed).
     pub fn watched(&self) -> Vec<PathBuf> {
-        let watches = self.shared.watches.lock().unwrap_or_else(|p| p.into_inner());
-        watches.iter().filter(|(_, w)| !w.task.is_finished()).map(|(p, _)| p.clone()).collect()
+        let watches = self
+            .shared
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        watches
+            .iter()
+            .filter(|(_, w)| !w.task.is_finished())
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
     pub fn stats(&self) -> Stats {
@@ -311,20 +403,50 @@ pub struct StatsCollector(pub HostEvents);
 
 impl std::fmt::Debug for StatsCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("StatsCollector").field(&self.0.stats()).finish()
+        f.debug_tuple("StatsCollector")
+            .field(&self.0.stats())
+            .finish()
     }
 }
 
 impl prometheus_client::collector::Collector for StatsCollector {
-    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
         use prometheus_client::metrics::MetricType::{Counter, Gauge};
         let s = self.0.stats();
         for (name, kind, help, value) in [
-            ("weft_agent_host_events_total", Counter, "Netlink changes (links, addresses, routes, neighbours) fanned out.", s.events),
-            ("weft_agent_host_event_overruns_total", Counter, "Netlink receive-buffer overruns (ENOBUFS); each makes subscribers resync.", s.overruns),
-            ("weft_agent_host_events_lagged_total", Counter, "Events subscribers missed by falling behind (they resync).", s.lagged),
-            ("weft_agent_host_events_undecodable_total", Counter, "Netlink messages that could not be decoded.", s.undecodable),
-            ("weft_agent_host_events_namespaces", Gauge, "Network namespaces watched besides the agent's own.", s.watched as u64),
+            (
+                "weft_agent_host_events_total",
+                Counter,
+                "Netlink changes (links, addresses, routes, neighbours) fanned out.",
+                s.events,
+            ),
+            (
+                "weft_agent_host_event_overruns_total",
+                Counter,
+                "Netlink receive-buffer overruns (ENOBUFS); each makes subscribers resync.",
+                s.overruns,
+            ),
+            (
+                "weft_agent_host_events_lagged_total",
+                Counter,
+                "Events subscribers missed by falling behind (they resync).",
+                s.lagged,
+            ),
+            (
+                "weft_agent_host_events_undecodable_total",
+                Counter,
+                "Netlink messages that could not be decoded.",
+                s.undecodable,
+            ),
+            (
+                "weft_agent_host_events_namespaces",
+                Gauge,
+                "Network namespaces watched besides the agent's own.",
+                s.watched as u64,
+            ),
         ] {
             // Counters as text format 0.0.4 names them (see `metrics::Counter`): the sample
             // is the name, `_total` included.
@@ -342,8 +464,10 @@ pub async fn in_netns<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, HostEventsError> {
-    let file =
-        std::fs::File::open(path).map_err(|source| HostEventsError::NetnsOpen { path: path.to_owned(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| HostEventsError::NetnsOpen {
+        path: path.to_owned(),
+        source,
+    })?;
     in_netns_fd(file, path, f).await
 }
 
@@ -353,7 +477,10 @@ async fn in_netns_fd<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, HostEventsError> {
     let (tx, rx) = oneshot::channel();
-    let enter = |source| HostEventsError::NetnsEnter { path: path.to_owned(), source };
+    let enter = |source| HostEventsError::NetnsEnter {
+        path: path.to_owned(),
+        source,
+    };
     std::thread::Builder::new()
         .name("weft-netns".into())
         .spawn(move || {
@@ -417,7 +544,11 @@ async fn listen(
     let emit = |at, change| {
         counters.events.fetch_add(1, Relaxed);
         // No subscriber is fine: nobody is waiting for the change.
-        let _ = tx.send(HostEvent { netns: netns.clone(), at, change });
+        let _ = tx.send(HostEvent {
+            netns: netns.clone(),
+            at,
+            change,
+        });
     };
     loop {
         tokio::select! {
@@ -518,26 +649,53 @@ fn change_of(msg: RouteNetlinkMessage) -> Option<Change> {
                 kind,
             })
         }
-        M::DelLink(m) => Some(Change::LinkDel { ifindex: m.header.index, name: link_name_kind(&m).0? }),
+        M::DelLink(m) => Some(Change::LinkDel {
+            ifindex: m.header.index,
+            name: link_name_kind(&m).0?,
+        }),
         M::NewAddress(m) => {
             let (ifindex, addr, prefix) = address(&m)?;
-            Some(Change::AddrNew { ifindex, addr, prefix })
+            Some(Change::AddrNew {
+                ifindex,
+                addr,
+                prefix,
+            })
         }
         M::DelAddress(m) => {
             let (ifindex, addr, prefix) = address(&m)?;
-            Some(Change::AddrDel { ifindex, addr, prefix })
+            Some(Change::AddrDel {
+                ifindex,
+                addr,
+                prefix,
+            })
         }
         M::NewRoute(m) => {
             let r = route(&m)?;
-            Some(Change::RouteNew { dst: r.0, prefix: r.1, gateway: r.2, ifindex: r.3, table: r.4 })
+            Some(Change::RouteNew {
+                dst: r.0,
+                prefix: r.1,
+                gateway: r.2,
+                ifindex: r.3,
+                table: r.4,
+            })
         }
         M::DelRoute(m) => {
             let r = route(&m)?;
-            Some(Change::RouteDel { dst: r.0, prefix: r.1, gateway: r.2, ifindex: r.3, table: r.4 })
+            Some(Change::RouteDel {
+                dst: r.0,
+                prefix: r.1,
+                gateway: r.2,
+                ifindex: r.3,
+                table: r.4,
+            })
         }
         M::NewNeighbour(m) => {
             let (ifindex, addr, lladdr) = neighbour(&m)?;
-            Some(Change::NeighNew { ifindex, addr, lladdr })
+            Some(Change::NeighNew {
+                ifindex,
+                addr,
+                lladdr,
+            })
         }
         M::DelNeighbour(m) => {
             let (ifindex, addr, _) = neighbour(&m)?;
@@ -616,7 +774,13 @@ fn route(m: &RouteMessage) -> Option<RouteParts> {
             _ => {}
         }
     }
-    Some((dst.unwrap_or(unspecified), m.header.destination_prefix_length, gateway, ifindex, table))
+    Some((
+        dst.unwrap_or(unspecified),
+        m.header.destination_prefix_length,
+        gateway,
+        ifindex,
+        table,
+    ))
 }
 
 fn neighbour(m: &NeighbourMessage) -> Option<(u32, IpAddr, Option<Vec<u8>>)> {
@@ -624,8 +788,12 @@ fn neighbour(m: &NeighbourMessage) -> Option<(u32, IpAddr, Option<Vec<u8>>)> {
     let mut lladdr = None;
     for a in &m.attributes {
         match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => addr = Some(IpAddr::V4(*ip)),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => addr = Some(IpAddr::V6(*ip)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                addr = Some(IpAddr::V4(*ip))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                addr = Some(IpAddr::V6(*ip))
+            }
             NeighbourAttribute::LinkLocalAddress(l) => lladdr = Some(l.clone()),
             _ => {}
         }

@@ -49,8 +49,16 @@ pub struct L7Table {
 fn sides(s: &PayloadSample) -> (bool, u16) {
     let from_client = s.kind == sample::REQUEST;
     let sender_is_local = s.dir as usize == DIR_OUT;
-    let server_is_local = if from_client { !sender_is_local } else { sender_is_local };
-    let server_port = if server_is_local { s.key.local_port } else { s.key.remote_port };
+    let server_is_local = if from_client {
+        !sender_is_local
+    } else {
+        sender_is_local
+    };
+    let server_port = if server_is_local {
+        s.key.local_port
+    } else {
+        s.key.remote_port
+    };
     (from_client, server_port)
 }
 
@@ -68,12 +76,19 @@ impl L7Table {
         let f = self.flows.entry(s.key).or_default();
         if f.flow_first_seen_ns != s.flow_first_seen_ns {
             // A new flow on a reused 5-tuple.
-            *f = FlowL7 { flow_first_seen_ns: s.flow_first_seen_ns, ..Default::default() };
+            *f = FlowL7 {
+                flow_first_seen_ns: s.flow_first_seen_ns,
+                ..Default::default()
+            };
         }
         let n = (s.captured as usize).min(s.data.len());
         let data = &s.data[..n];
         let (from_client, server_port) = sides(s);
-        let transport = if s.key.proto == PROTO_UDP { Transport::Udp } else { Transport::Tcp };
+        let transport = if s.key.proto == PROTO_UDP {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
 
         let mut redetect = false;
         if from_client && f.client_first.is_empty() && n > 0 {
@@ -84,7 +99,10 @@ impl L7Table {
             f.server_first = data.to_vec();
             redetect = true;
         }
-        let settled = f.detection.as_ref().is_some_and(|d| d.confidence == Confidence::Payload);
+        let settled = f
+            .detection
+            .as_ref()
+            .is_some_and(|d| d.confidence == Confidence::Payload);
         if redetect && !settled || f.detection.is_none() {
             let d = weft_l7::detect(transport, server_port, &f.client_first, &f.server_first);
             // Keep the names learned earlier if this look no longer sees them.
@@ -110,9 +128,13 @@ impl L7Table {
                             _ => r.method,
                         };
                         let path = match (protocol, r.path) {
-                            (Protocol::Http1 | Protocol::Http2 | Protocol::Grpc | Protocol::WebSocket, Some(p)) => {
-                                weft_l7::path_pattern(&p)
-                            }
+                            (
+                                Protocol::Http1
+                                | Protocol::Http2
+                                | Protocol::Grpc
+                                | Protocol::WebSocket,
+                                Some(p),
+                            ) => weft_l7::path_pattern(&p),
                             (_, Some(p)) => p.chars().take(128).collect(),
                             (_, None) => String::new(),
                         };
@@ -130,7 +152,14 @@ impl L7Table {
                         protocol,
                         Protocol::Http1 | Protocol::Http2 | Protocol::Grpc | Protocol::WebSocket
                     );
-                    (if labelled { r.status.unwrap_or(0) as u32 } else { 0 }, r.error)
+                    (
+                        if labelled {
+                            r.status.unwrap_or(0) as u32
+                        } else {
+                            0
+                        },
+                        r.error,
+                    )
                 });
                 if protocol == Protocol::Dns && f.dns.len() < MAX_DNS_ANSWERS {
                     let tcp = transport == Transport::Tcp;
@@ -157,14 +186,20 @@ impl L7Table {
     /// Moves what is known of `key` into its record (request groups and DNS answers since
     /// the last record); forgets the flow when the record is its last.
     pub fn fill(&mut self, key: &FlowKey, first_seen_ns: u64, record: &mut FlowRecord) {
-        let Some(f) = self.flows.get_mut(key) else { return };
+        let Some(f) = self.flows.get_mut(key) else {
+            return;
+        };
         if f.flow_first_seen_ns != first_seen_ns {
             return;
         }
         if let Some(d) = &f.detection {
             record.protocol = d.protocol.as_str().to_owned();
             record.protocol_from_payload = d.confidence == Confidence::Payload;
-            record.server_name = d.tls_sni.clone().or_else(|| d.http_host.clone()).unwrap_or_default();
+            record.server_name = d
+                .tls_sni
+                .clone()
+                .or_else(|| d.http_host.clone())
+                .unwrap_or_default();
         }
         record.request_groups = f
             .groups
@@ -178,7 +213,9 @@ impl L7Table {
                 latency_sum_ns: g.latency_sum_ns,
             })
             .collect();
-        record.request_groups.sort_by(|a, b| (&a.method, &a.path, a.status).cmp(&(&b.method, &b.path, b.status)));
+        record
+            .request_groups
+            .sort_by(|a, b| (&a.method, &a.path, a.status).cmp(&(&b.method, &b.path, b.status)));
         record.dns_answers = f
             .dns
             .drain(..)
@@ -208,10 +245,24 @@ mod tests {
     use agent_common::flow::{DIR_IN, FAMILY_IPV4, PAYLOAD_SAMPLE_BYTES, PROTO_TCP};
 
     fn key(local_port: u16, remote_port: u16, proto: u8) -> FlowKey {
-        FlowKey { local_port, remote_port, proto, family: FAMILY_IPV4, ifindex: 3, ..Default::default() }
+        FlowKey {
+            local_port,
+            remote_port,
+            proto,
+            family: FAMILY_IPV4,
+            ifindex: 3,
+            ..Default::default()
+        }
     }
 
-    fn sample(k: FlowKey, kind: u8, dir: usize, data: &[u8], latency_ns: u64, first: bool) -> PayloadSample {
+    fn sample(
+        k: FlowKey,
+        kind: u8,
+        dir: usize,
+        data: &[u8],
+        latency_ns: u64,
+        first: bool,
+    ) -> PayloadSample {
         let mut buf = [0u8; PAYLOAD_SAMPLE_BYTES];
         let n = data.len().min(PAYLOAD_SAMPLE_BYTES);
         buf[..n].copy_from_slice(&data[..n]);
@@ -231,7 +282,10 @@ mod tests {
     }
 
     fn record(ended: bool) -> FlowRecord {
-        FlowRecord { ended, ..Default::default() }
+        FlowRecord {
+            ended,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -240,9 +294,23 @@ mod tests {
         let mut t = L7Table::default();
         for (i, status) in [(1, "200 OK"), (2, "200 OK"), (3, "503 Service Unavailable")] {
             let req = format!("GET /users/{i} HTTP/1.1\r\nHost: api.internal\r\n\r\n");
-            t.observe(&sample(k, sample::REQUEST, DIR_OUT, req.as_bytes(), 0, i == 1));
+            t.observe(&sample(
+                k,
+                sample::REQUEST,
+                DIR_OUT,
+                req.as_bytes(),
+                0,
+                i == 1,
+            ));
             let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
-            t.observe(&sample(k, sample::RESPONSE, DIR_IN, resp.as_bytes(), 1_000_000, i == 1));
+            t.observe(&sample(
+                k,
+                sample::RESPONSE,
+                DIR_IN,
+                resp.as_bytes(),
+                1_000_000,
+                i == 1,
+            ));
         }
         let mut r = record(false);
         t.fill(&k, 7, &mut r);
@@ -251,7 +319,10 @@ mod tests {
         assert_eq!(r.server_name, "api.internal");
         assert_eq!(r.request_groups.len(), 2);
         let ok = r.request_groups.iter().find(|g| g.status == 200).unwrap();
-        assert_eq!((ok.method.as_str(), ok.path.as_str(), ok.count, ok.errors), ("GET", "/users/{id}", 2, 0));
+        assert_eq!(
+            (ok.method.as_str(), ok.path.as_str(), ok.count, ok.errors),
+            ("GET", "/users/{id}", 2, 0)
+        );
         assert_eq!(ok.latency_sum_ns, 2_000_000);
         let bad = r.request_groups.iter().find(|g| g.status == 503).unwrap();
         assert_eq!((bad.count, bad.errors), (1, 1));
@@ -266,16 +337,48 @@ mod tests {
     fn redis_errors_count_on_the_server_side_view() {
         let k = key(6380, 51000, PROTO_TCP); // local server on a non-standard port
         let mut t = L7Table::default();
-        t.observe(&sample(k, sample::REQUEST, DIR_IN, b"*1\r\n$4\r\nPING\r\n", 0, true));
-        t.observe(&sample(k, sample::RESPONSE, DIR_OUT, b"+PONG\r\n", 10, true));
-        t.observe(&sample(k, sample::REQUEST, DIR_IN, b"*2\r\n$4\r\nINCR\r\n$1\r\nx\r\n", 0, false));
-        t.observe(&sample(k, sample::RESPONSE, DIR_OUT, b"-WRONGTYPE Operation against a key\r\n", 10, false));
+        t.observe(&sample(
+            k,
+            sample::REQUEST,
+            DIR_IN,
+            b"*1\r\n$4\r\nPING\r\n",
+            0,
+            true,
+        ));
+        t.observe(&sample(
+            k,
+            sample::RESPONSE,
+            DIR_OUT,
+            b"+PONG\r\n",
+            10,
+            true,
+        ));
+        t.observe(&sample(
+            k,
+            sample::REQUEST,
+            DIR_IN,
+            b"*2\r\n$4\r\nINCR\r\n$1\r\nx\r\n",
+            0,
+            false,
+        ));
+        t.observe(&sample(
+            k,
+            sample::RESPONSE,
+            DIR_OUT,
+            b"-WRONGTYPE Operation against a key\r\n",
+            10,
+            false,
+        ));
         let mut r = record(true);
         t.fill(&k, 7, &mut r);
         assert_eq!(r.protocol, "redis");
         let errors: u64 = r.request_groups.iter().map(|g| g.errors).sum();
         assert_eq!(errors, 1);
-        assert!(r.request_groups.iter().any(|g| g.method == "INCR" && g.errors == 1));
+        assert!(
+            r.request_groups
+                .iter()
+                .any(|g| g.method == "INCR" && g.errors == 1)
+        );
         assert_eq!(t.len(), 0, "an ended flow is forgotten");
     }
 
@@ -283,8 +386,22 @@ mod tests {
     fn reused_tuple_resets_what_was_learned() {
         let k = key(40000, 80, PROTO_TCP);
         let mut t = L7Table::default();
-        t.observe(&sample(k, sample::REQUEST, DIR_OUT, b"GET / HTTP/1.1\r\n\r\n", 0, true));
-        let mut s = sample(k, sample::REQUEST, DIR_OUT, b"*1\r\n$4\r\nPING\r\n", 0, true);
+        t.observe(&sample(
+            k,
+            sample::REQUEST,
+            DIR_OUT,
+            b"GET / HTTP/1.1\r\n\r\n",
+            0,
+            true,
+        ));
+        let mut s = sample(
+            k,
+            sample::REQUEST,
+            DIR_OUT,
+            b"*1\r\n$4\r\nPING\r\n",
+            0,
+            true,
+        );
         s.flow_first_seen_ns = 99;
         t.observe(&s);
         let mut r = record(false);
@@ -300,8 +417,22 @@ mod tests {
         let mut t = L7Table::default();
         for i in 0..100 {
             let req = format!("GET /p{i}x HTTP/1.1\r\n\r\n");
-            t.observe(&sample(k, sample::REQUEST, DIR_OUT, req.as_bytes(), 0, i == 0));
-            t.observe(&sample(k, sample::RESPONSE, DIR_IN, b"HTTP/1.1 200 OK\r\n\r\n", 1, i == 0));
+            t.observe(&sample(
+                k,
+                sample::REQUEST,
+                DIR_OUT,
+                req.as_bytes(),
+                0,
+                i == 0,
+            ));
+            t.observe(&sample(
+                k,
+                sample::RESPONSE,
+                DIR_IN,
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                1,
+                i == 0,
+            ));
         }
         let mut r = record(false);
         t.fill(&k, 7, &mut r);

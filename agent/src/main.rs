@@ -34,8 +34,8 @@ use tracing::{error, info};
 
 use crate::{
     attach::Attacher, collector::Collector, config::Args, datapath::Datapath, exporter::Exporter,
-    flows::FlowTracker, hostevents::HostEvents,
-    metrics::Metrics, queue::RecordQueue, workloads::Registry,
+    flows::FlowTracker, hostevents::HostEvents, metrics::Metrics, queue::RecordQueue,
+    workloads::Registry,
 };
 
 /// The flow observer, built from agent-ebpf by build.rs.
@@ -63,7 +63,9 @@ async fn main() -> anyhow::Result<()> {
     let mut realizer = realize::Realizer::new(&workloads)
         .with_neighbour_netns(args.neighbour_netns.clone())
         .with_readdress_mode(args.readdress_mode)
-        .with_old_neighbour_grace(std::time::Duration::from_millis(args.old_neighbour_grace_ms));
+        .with_old_neighbour_grace(std::time::Duration::from_millis(
+            args.old_neighbour_grace_ms,
+        ));
     match &args.state_file {
         Some(path) => {
             // One file, one section per resource kind.
@@ -80,12 +82,15 @@ async fn main() -> anyhow::Result<()> {
     let queue = Arc::new(RecordQueue::new(args.queue_capacity, metrics.clone()));
 
     let mut datapath = Datapath::load(FLOW_OBJECT).context("the flow object")?;
-    let flows: BpfHashMap<_, _, _> = BpfHashMap::try_from(datapath.take_map("FLOWS")?).context("FLOWS map")?;
+    let flows: BpfHashMap<_, _, _> =
+        BpfHashMap::try_from(datapath.take_map("FLOWS")?).context("FLOWS map")?;
     let events = RingBuf::try_from(datapath.take_map("FLOW_EVENTS")?).context("FLOW_EVENTS map")?;
     let payloads = RingBuf::try_from(datapath.take_map("PAYLOADS")?).context("PAYLOADS map")?;
     let payloads_lost =
         PerCpuArray::try_from(datapath.take_map("PAYLOADS_LOST")?).context("PAYLOADS_LOST map")?;
-    metrics.flow_map_capacity.set(agent_common::flow::FLOW_TABLE_ENTRIES as u64);
+    metrics
+        .flow_map_capacity
+        .set(agent_common::flow::FLOW_TABLE_ENTRIES as u64);
     let datapath = datapath.into_shared();
     let attacher = Attacher::new(
         datapath.clone(),
@@ -95,7 +100,8 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     // One netlink listener for the agent; the attacher follows the links of this namespace.
-    let host_events = HostEvents::start(hostevents::Config::default()).context("starting the netlink listener")?;
+    let host_events = HostEvents::start(hostevents::Config::default())
+        .context("starting the netlink listener")?;
     metrics_registry.register_collector(Box::new(hostevents::StatsCollector(host_events.clone())));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -151,7 +157,10 @@ async fn main() -> anyhow::Result<()> {
     let attach_task = tokio::spawn(attacher.watch(host_events.clone(), shutdown_rx.clone()));
     // The same listener feeds the control driver: drift of what the reconcilers manage is
     // repaired as soon as it happens.
-    let addresses = realize::AddressReconciler { realizer, metrics: control_metrics.clone() };
+    let addresses = realize::AddressReconciler {
+        realizer,
+        metrics: control_metrics.clone(),
+    };
     let control = control::driver::ControlDriver {
         controller: args.controller.clone(),
         host_id: args.host_id.clone(),

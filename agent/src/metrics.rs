@@ -117,23 +117,108 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
         let r = registry;
-        register(r, "weft_agent_records_sent_total", "Flow records acknowledged by the controller.", m.records_sent.clone());
-        register(r, "weft_agent_records_dropped_total", "Flow records dropped because the send queue was full.", m.records_dropped.clone());
-        register(r, "weft_agent_records_queued", "Flow records waiting to be sent.", m.records_queued.clone());
-        register(r, "weft_agent_batches_sent_total", "Batches acknowledged by the controller.", m.batches_sent.clone());
-        register(r, "weft_agent_send_errors_total", "Failed attempts to send a batch or register.", m.send_errors.clone());
-        register(r, "weft_agent_controller_reconnects_total", "Connections (re)established to the controller.", m.reconnects.clone());
-        register(r, "weft_agent_controller_connected", "1 while registered with the controller.", m.controller_connected.clone());
-        register(r, "weft_agent_flow_map_entries", "Entries in the kernel flow map at the last drain.", m.flow_map_entries.clone());
-        register(r, "weft_agent_flow_map_capacity", "Capacity of the kernel flow map.", m.flow_map_capacity.clone());
-        register(r, "weft_agent_flow_end_events_total", "Flow-end events read from the ring buffer.", m.flow_events.clone());
-        register(r, "weft_agent_flows_evicted_unreported_total", "Flows evicted from the LRU map before their last record.", m.flows_evicted_unreported.clone());
-        register(r, "weft_agent_drains_total", "Full reads of the flow map.", m.drains.clone());
-        register(r, "weft_agent_drain_duration_seconds", "Duration of the last full read of the flow map.", m.drain_seconds_last.clone());
-        register(r, "weft_agent_interfaces_attached", "Workload interfaces with the flow programs attached.", m.interfaces_attached.clone());
-        register(r, "weft_agent_attach_errors_total", "Failed attempts to attach to an interface.", m.attach_errors.clone());
-        register(r, "weft_agent_payload_samples_total", "Payload samples (request/response starts) read from the kernel.", m.payload_samples.clone());
-        register(r, "weft_agent_payload_samples_lost_total", "Payload samples the kernel dropped because the ring buffer was full.", m.payload_samples_lost.clone());
+        register(
+            r,
+            "weft_agent_records_sent_total",
+            "Flow records acknowledged by the controller.",
+            m.records_sent.clone(),
+        );
+        register(
+            r,
+            "weft_agent_records_dropped_total",
+            "Flow records dropped because the send queue was full.",
+            m.records_dropped.clone(),
+        );
+        register(
+            r,
+            "weft_agent_records_queued",
+            "Flow records waiting to be sent.",
+            m.records_queued.clone(),
+        );
+        register(
+            r,
+            "weft_agent_batches_sent_total",
+            "Batches acknowledged by the controller.",
+            m.batches_sent.clone(),
+        );
+        register(
+            r,
+            "weft_agent_send_errors_total",
+            "Failed attempts to send a batch or register.",
+            m.send_errors.clone(),
+        );
+        register(
+            r,
+            "weft_agent_controller_reconnects_total",
+            "Connections (re)established to the controller.",
+            m.reconnects.clone(),
+        );
+        register(
+            r,
+            "weft_agent_controller_connected",
+            "1 while registered with the controller.",
+            m.controller_connected.clone(),
+        );
+        register(
+            r,
+            "weft_agent_flow_map_entries",
+            "Entries in the kernel flow map at the last drain.",
+            m.flow_map_entries.clone(),
+        );
+        register(
+            r,
+            "weft_agent_flow_map_capacity",
+            "Capacity of the kernel flow map.",
+            m.flow_map_capacity.clone(),
+        );
+        register(
+            r,
+            "weft_agent_flow_end_events_total",
+            "Flow-end events read from the ring buffer.",
+            m.flow_events.clone(),
+        );
+        register(
+            r,
+            "weft_agent_flows_evicted_unreported_total",
+            "Flows evicted from the LRU map before their last record.",
+            m.flows_evicted_unreported.clone(),
+        );
+        register(
+            r,
+            "weft_agent_drains_total",
+            "Full reads of the flow map.",
+            m.drains.clone(),
+        );
+        register(
+            r,
+            "weft_agent_drain_duration_seconds",
+            "Duration of the last full read of the flow map.",
+            m.drain_seconds_last.clone(),
+        );
+        register(
+            r,
+            "weft_agent_interfaces_attached",
+            "Workload interfaces with the flow programs attached.",
+            m.interfaces_attached.clone(),
+        );
+        register(
+            r,
+            "weft_agent_attach_errors_total",
+            "Failed attempts to attach to an interface.",
+            m.attach_errors.clone(),
+        );
+        register(
+            r,
+            "weft_agent_payload_samples_total",
+            "Payload samples (request/response starts) read from the kernel.",
+            m.payload_samples.clone(),
+        );
+        register(
+            r,
+            "weft_agent_payload_samples_lost_total",
+            "Payload samples the kernel dropped because the ring buffer was full.",
+            m.payload_samples_lost.clone(),
+        );
         m
     }
 }

@@ -75,7 +75,10 @@ mod tests {
     use super::*;
 
     fn rec(port: u32) -> FlowRecord {
-        FlowRecord { local_port: port, ..Default::default() }
+        FlowRecord {
+            local_port: port,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -93,7 +96,10 @@ mod tests {
     fn take_is_bounded_and_in_order() {
         let q = RecordQueue::new(100, Arc::new(Metrics::default()));
         q.push((1..=10).map(rec).collect());
-        assert_eq!(q.take(4).iter().map(|r| r.local_port).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            q.take(4).iter().map(|r| r.local_port).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
         assert_eq!(q.len(), 6);
     }
 }

@@ -37,11 +37,18 @@ pub struct TestNetns {
 
 impl TestNetns {
     pub fn new() -> Self {
-        let name = format!("wft-{:x}-ev-{}", std::process::id(), NEXT.fetch_add(1, Relaxed));
+        let name = format!(
+            "wft-{:x}-ev-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Relaxed)
+        );
         let path = PathBuf::from("/run/netns").join(&name);
         std::fs::create_dir_all("/run/netns").expect("creating /run/netns");
         std::fs::File::create(&path).expect("creating the netns mount point");
-        let guard = Self { name, path: path.clone() };
+        let guard = Self {
+            name,
+            path: path.clone(),
+        };
         // unshare(CLONE_NEWNET) changes the calling thread only: a scratch thread makes the
         // namespace and bind-mounts it so that it outlives the thread.
         std::thread::spawn(move || -> std::io::Result<()> {
@@ -51,8 +58,16 @@ impl TestNetns {
                     return Err(std::io::Error::last_os_error());
                 }
                 let src = c"/proc/thread-self/ns/net";
-                let dst = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path without NUL");
-                if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                let dst = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                    .expect("path without NUL");
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -81,10 +96,18 @@ impl TestNetns {
     /// A veth pair `name` / `<name>p` in this namespace, both up; returns `name`'s index.
     pub async fn veth(&self, h: &Handle, name: &str) -> u32 {
         let peer = format!("{name}p");
-        h.link().add(LinkVeth::new(name, &peer).build()).execute().await.expect("adding a veth pair");
+        h.link()
+            .add(LinkVeth::new(name, &peer).build())
+            .execute()
+            .await
+            .expect("adding a veth pair");
         for n in [&peer, name] {
             let i = index_of(h, n).await;
-            h.link().set(LinkUnspec::new_with_index(i).up().build()).execute().await.expect("link up");
+            h.link()
+                .set(LinkUnspec::new_with_index(i).up().build())
+                .execute()
+                .await
+                .expect("link up");
         }
         index_of(h, name).await
     }

@@ -12,7 +12,10 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 
-use crate::{FLOW_OBJECT, attach::{PROG_EGRESS, PROG_INGRESS}};
+use crate::{
+    FLOW_OBJECT,
+    attach::{PROG_EGRESS, PROG_INGRESS},
+};
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -46,7 +49,12 @@ fn load() -> Loaded {
         let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("verifier accepts the program");
     }
-    Loaded { ebpf, flows, events, payloads }
+    Loaded {
+        ebpf,
+        flows,
+        events,
+        payloads,
+    }
 }
 
 impl Loaded {
@@ -55,10 +63,21 @@ impl Loaded {
         let p: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 64];
         let res = p
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("test run");
-        assert_eq!(res.return_value, TC_ACT_UNSPEC, "observation must never decide a verdict");
-        assert_eq!(&out[..res.data_size_out as usize], frame, "packet must pass untouched");
+        assert_eq!(
+            res.return_value, TC_ACT_UNSPEC,
+            "observation must never decide a verdict"
+        );
+        assert_eq!(
+            &out[..res.data_size_out as usize],
+            frame,
+            "packet must pass untouched"
+        );
     }
     fn out(&mut self, frame: &[u8]) {
         self.run(PROG_INGRESS, frame)
@@ -164,7 +183,10 @@ fn tcp_exchange_is_one_flow_with_rtt_requests_and_payload() {
     let e = l.entries();
     assert_eq!(e.len(), 1, "both directions share one entry");
     let (k, s) = &e[0];
-    assert_eq!((k.local_port, k.remote_port, k.proto, k.family), (40000, 80, PROTO_TCP, FAMILY_IPV4));
+    assert_eq!(
+        (k.local_port, k.remote_port, k.proto, k.family),
+        (40000, 80, PROTO_TCP, FAMILY_IPV4)
+    );
     assert_eq!(&k.local_addr[..4], &CLIENT);
     assert_eq!(s.client_is_local, 1);
     assert_ne!(s.state & state::OPENED, 0);
@@ -233,7 +255,10 @@ fn tail_of_unknown_connection_creates_no_flow() {
     let mut l = load();
     l.out(&c2s(ACK, b""));
     l.out(&c2s(ACK | FIN, b""));
-    assert!(l.entries().is_empty(), "pure ACK/FIN of an unknown flow is not a flow");
+    assert!(
+        l.entries().is_empty(),
+        "pure ACK/FIN of an unknown flow is not a flow"
+    );
     l.out(&c2s(ACK | PSH, b"data"));
     let s = l.entries()[0].1;
     assert_eq!(s.state & state::OPENED, 0, "joined mid-connection");
@@ -255,12 +280,18 @@ fn ipv6_udp_and_vlan_tagged_packets_are_parsed() {
     l.out(&v);
     let e = l.entries();
     assert_eq!(e.len(), 2);
-    let udp6 = e.iter().find(|(k, _)| k.family == FAMILY_IPV6).expect("IPv6 flow");
+    let udp6 = e
+        .iter()
+        .find(|(k, _)| k.family == FAMILY_IPV6)
+        .expect("IPv6 flow");
     assert_eq!((udp6.0.proto, udp6.0.remote_port), (PROTO_UDP, 53));
     assert_eq!(&udp6.0.local_addr, &a);
     assert_eq!(udp6.1.payload_bytes[DIR_OUT], 5);
     assert_eq!(udp6.1.client_is_local, 1);
-    assert!(e.iter().any(|(k, _)| k.remote_port == 6379), "VLAN-tagged TCP parsed");
+    assert!(
+        e.iter().any(|(k, _)| k.remote_port == 6379),
+        "VLAN-tagged TCP parsed"
+    );
 }
 
 #[test]
@@ -279,11 +310,23 @@ fn unparseable_packets_pass_untouched_and_are_not_counted() {
     fragment[14 + 7] = 0x10; // fragment offset 16: no TCP header here
     let mut gre = eth(0x0800);
     gre.extend(ipv4(CLIENT, SERVER, 47, &[0u8; 24]));
-    for f in [arp, icmp, bad_ihl, truncated, fragment, gre, vec![0u8; 14], vec![0u8; 60]] {
+    for f in [
+        arp,
+        icmp,
+        bad_ihl,
+        truncated,
+        fragment,
+        gre,
+        vec![0u8; 14],
+        vec![0u8; 60],
+    ] {
         l.out(&f);
         l.inn(&f);
     }
-    assert!(l.entries().is_empty(), "nothing the parser cannot read is recorded");
+    assert!(
+        l.entries().is_empty(),
+        "nothing the parser cannot read is recorded"
+    );
 }
 
 #[test]
@@ -308,7 +351,10 @@ fn turns_post_payload_samples_once_per_request_and_response() {
     l.inn(&s2c(SYN | ACK, b""));
     let big = [b'z'; 300];
     for _ in 0..2 {
-        l.out(&c2s(ACK | PSH, b"GET /users/42 HTTP/1.1\r\nHost: web\r\n\r\n"));
+        l.out(&c2s(
+            ACK | PSH,
+            b"GET /users/42 HTTP/1.1\r\nHost: web\r\n\r\n",
+        ));
         l.out(&c2s(ACK | PSH, b"more of the same request"));
         let mut resp = b"HTTP/1.1 503 Service Unavailable\r\n".to_vec();
         resp.extend_from_slice(&big);
@@ -317,11 +363,22 @@ fn turns_post_payload_samples_once_per_request_and_response() {
     }
     let s = l.samples();
     let kinds: Vec<u8> = s.iter().map(|x| x.kind).collect();
-    assert_eq!(kinds, vec![sample::REQUEST, sample::RESPONSE, sample::REQUEST, sample::RESPONSE]);
+    assert_eq!(
+        kinds,
+        vec![
+            sample::REQUEST,
+            sample::RESPONSE,
+            sample::REQUEST,
+            sample::RESPONSE
+        ]
+    );
     let req = &s[0];
     assert_eq!(req.dir as usize, DIR_OUT);
     assert_eq!(req.first_of_direction, 1);
-    assert_eq!(&req.data[..req.captured as usize], b"GET /users/42 HTTP/1.1\r\nHost: web\r\n\r\n");
+    assert_eq!(
+        &req.data[..req.captured as usize],
+        b"GET /users/42 HTTP/1.1\r\nHost: web\r\n\r\n"
+    );
     let resp = &s[1];
     assert_eq!(resp.dir as usize, DIR_IN);
     assert_eq!(resp.captured, 128, "long payloads are cut at 128 bytes");
@@ -356,9 +413,18 @@ fn bench_run_time_per_packet() {
     root_only!();
     let mut l = load();
     let ns_per_run = |l: &mut Loaded, frame: &[u8], repeat: u32| -> f64 {
-        let p: &mut SchedClassifier = l.ebpf.program_mut(PROG_INGRESS).unwrap().try_into().unwrap();
+        let p: &mut SchedClassifier = l
+            .ebpf
+            .program_mut(PROG_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let res = p
-            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
             .expect("test run");
         assert_eq!(res.return_value, TC_ACT_UNSPEC);
         res.duration.as_nanos() as f64
@@ -375,14 +441,29 @@ fn bench_run_time_per_packet() {
     let flows = 20_000u32;
     let mut syn_total = 0.0;
     for i in 0..flows {
-        let syn = frame4(CLIENT, [198, 18, 8, (i % 200) as u8], 6, tcp(10_000 + (i / 200) as u16, 443, SYN, b""));
+        let syn = frame4(
+            CLIENT,
+            [198, 18, 8, (i % 200) as u8],
+            6,
+            tcp(10_000 + (i / 200) as u16, 443, SYN, b""),
+        );
         syn_total += ns_per_run(&mut l, &syn, 1);
     }
-    println!("RESULT bpf_tcp_data_ns {tcp_data:.1} ns TCP data packet (100 B payload) of an established flow, repeat 1,000,000");
-    println!("RESULT bpf_udp_ns {udp_datagram:.1} ns UDP datagram (64 B payload) of a known flow, repeat 1,000,000");
+    println!(
+        "RESULT bpf_tcp_data_ns {tcp_data:.1} ns TCP data packet (100 B payload) of an established flow, repeat 1,000,000"
+    );
+    println!(
+        "RESULT bpf_udp_ns {udp_datagram:.1} ns UDP datagram (64 B payload) of a known flow, repeat 1,000,000"
+    );
     // Single runs carry the kernel's per-call timer overhead; the same data packet run once
     // at a time shows how much of the SYN figure that is.
     let single_total: f64 = (0..flows).map(|_| ns_per_run(&mut l, &data, 1)).sum();
-    println!("RESULT bpf_new_syn_ns {:.1} ns SYN of a new connection, mean of {flows} distinct flows, one run each", syn_total / f64::from(flows));
-    println!("RESULT bpf_single_run_data_ns {:.1} ns the established-flow data packet run once at a time ({flows} runs): the one-run timing baseline for the SYN figure", single_total / f64::from(flows));
+    println!(
+        "RESULT bpf_new_syn_ns {:.1} ns SYN of a new connection, mean of {flows} distinct flows, one run each",
+        syn_total / f64::from(flows)
+    );
+    println!(
+        "RESULT bpf_single_run_data_ns {:.1} ns the established-flow data packet run once at a time ({flows} runs): the one-run timing baseline for the SYN figure",
+        single_total / f64::from(flows)
+    );
 }

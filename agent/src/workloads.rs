@@ -36,10 +36,15 @@ pub struct Registry {
 impl Registry {
     pub fn new(configured: Vec<WorkloadSpec>) -> Self {
         let inner = Inner {
-            configured: configured.into_iter().map(|w| (w.interface.clone(), w)).collect(),
+            configured: configured
+                .into_iter()
+                .map(|w| (w.interface.clone(), w))
+                .collect(),
             ..Default::default()
         };
-        Self { inner: Mutex::new(inner) }
+        Self {
+            inner: Mutex::new(inner),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -98,7 +103,12 @@ impl Registry {
 
     /// Unconfigured interfaces (whose addresses are learned).
     pub fn learning(&self) -> Vec<u32> {
-        self.lock().by_ifindex.iter().filter(|(_, w)| !w.configured).map(|(i, _)| *i).collect()
+        self.lock()
+            .by_ifindex
+            .iter()
+            .filter(|(_, w)| !w.configured)
+            .map(|(i, _)| *i)
+            .collect()
     }
 
     /// All workloads and the version of this list (it changes whenever the list does).
@@ -136,7 +146,11 @@ mod tests {
             device: crate::config::DEFAULT_DEVICE.into(),
         }]);
         let (v0, list) = r.snapshot();
-        assert_eq!(list.len(), 1, "configured workloads are announced before they attach");
+        assert_eq!(
+            list.len(),
+            1,
+            "configured workloads are announced before they attach"
+        );
         r.attached(3, "wl-web");
         r.attached(4, "tap9");
         assert_eq!(r.names()[&3].0, "web");

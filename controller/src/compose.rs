@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use weft_proto::v1 as wire;
 
 use weft_control::{ControlHub, Spec, kinds};
-use crate::shards::publish::{AddressAssignment, AddressPublisher, AddressesApplied};
+use weft_shards::publish::{AddressAssignment, AddressPublisher, AddressesApplied};
 
 /// The shard manager's [`AddressPublisher`] on a control hub.
 #[derive(Debug, Clone)]
@@ -60,11 +60,23 @@ impl AddressPublisher for HubAddresses {
         Box::pin(async move {
             let o = self
                 .0
-                .wait_applied(host, kinds::WORKLOAD_ADDRESSES, workload, generation, timeout)
+                .wait_applied(
+                    host,
+                    kinds::WORKLOAD_ADDRESSES,
+                    workload,
+                    generation,
+                    timeout,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
-            let down = o.measurements.get("readdress_down_seconds").copied().unwrap_or(0.0);
-            Ok(AddressesApplied { readdress_down_us: (down * 1e6).round() as u64 })
+            let down = o
+                .measurements
+                .get("readdress_down_seconds")
+                .copied()
+                .unwrap_or(0.0);
+            Ok(AddressesApplied {
+                readdress_down_us: (down * 1e6).round() as u64,
+            })
         })
     }
 }

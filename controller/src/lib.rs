@@ -12,7 +12,7 @@
 pub mod api;
 pub mod compose;
 pub mod metrics;
-pub mod shards;
+pub mod shard_flags;
 pub mod state;
 
 pub use state::AppState;

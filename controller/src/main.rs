@@ -17,7 +17,7 @@ use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
 use weft_controller::api::shards_grpc::ShardApi;
-use weft_controller::shards::flags::ShardArgs;
+use weft_controller::shard_flags::ShardArgs;
 use weft_store::{MemoryStore, RedbStore, Store};
 use weft_topology::history::AllowList;
 use weft_topology::time::{now_unix_ns, parse_duration};

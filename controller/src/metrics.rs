@@ -169,7 +169,9 @@ type StatFn = fn(&DependencyStats) -> u64;
 /// The labels of one dependency, escaped.
 type EdgeLabels = [(&'static str, String); 3];
 
-fn edge_labels(edges: &std::collections::BTreeMap<(String, String, String), DependencyStats>) -> Vec<(EdgeLabels, &DependencyStats)> {
+fn edge_labels(
+    edges: &std::collections::BTreeMap<(String, String, String), DependencyStats>,
+) -> Vec<(EdgeLabels, &DependencyStats)> {
     edges
         .iter()
         .map(|((source, target, protocol), stats)| {
@@ -268,10 +270,20 @@ impl Collector for StateCollector {
             MetricType::Counter,
         )?;
         for (labels, stats) in &labels {
-            for (direction, value) in [("sent", stats.bytes_sent), ("received", stats.bytes_received)] {
+            for (direction, value) in [
+                ("sent", stats.bytes_sent),
+                ("received", stats.bytes_received),
+            ] {
                 let [source, target, protocol] = labels.clone();
-                let labels = [source, target, protocol, ("direction", direction.to_owned())];
-                family.encode_family(&labels)?.encode_gauge(&sample(value))?;
+                let labels = [
+                    source,
+                    target,
+                    protocol,
+                    ("direction", direction.to_owned()),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_gauge(&sample(value))?;
             }
         }
         Ok(())

@@ -7,12 +7,14 @@ use weft_store::{MemoryStore, Store, StoreError};
 use weft_topology::history::{History, HistoryError};
 use weft_topology::registry::Registry;
 use weft_topology::time::now_unix_ns;
-use weft_topology::topology::{BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window};
+use weft_topology::topology::{
+    BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window,
+};
 
 use crate::compose::HubAddresses;
-use weft_control::ControlHub;
 use crate::metrics::{Exposition, Metrics, StateCollector};
-use crate::shards::{ShardConfig, ShardManager};
+use weft_control::ControlHub;
+use weft_shards::{ShardConfig, ShardManager};
 
 /// An agent counts as connected while its last contact is younger than this.
 pub const CONNECTED_WINDOW: Duration = Duration::from_secs(15);
@@ -68,7 +70,10 @@ impl AppStateBuilder {
 
     /// The shard manager's pools and limits.
     pub fn shard_config(self, shard_config: ShardConfig) -> Self {
-        Self { shard_config, ..self }
+        Self {
+            shard_config,
+            ..self
+        }
     }
 
     /// Opens everything kept in `store`: the history, a control hub of the next epoch, and
@@ -78,7 +83,11 @@ impl AppStateBuilder {
     pub fn start(self, store: Arc<dyn Store>) -> Result<AppState, StartError> {
         let history = Arc::new(History::new(store.clone())?);
         let control = Arc::new(ControlHub::open(store.as_ref())?);
-        let shards = ShardManager::open(store, self.shard_config, HubAddresses::publisher(control.clone()))?;
+        let shards = ShardManager::open(
+            store,
+            self.shard_config,
+            HubAddresses::publisher(control.clone()),
+        )?;
         let topology = Arc::new(Topology::with_buckets(self.buckets));
         let registry = Arc::new(Registry::new());
 

@@ -9,15 +9,20 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use weft_control::fake::FakeAgent;
 use weft_control::{DriftRepaired, ResourceKey, Spec, kinds};
-use weft_controller::shards::ShardConfig;
 use weft_proto::v1::{AddressAssignment, WorkloadAddresses};
+use weft_shards::ShardConfig;
 
 use common::{call, shard_state};
 
 fn addresses(workload: &str, cidr: &str) -> Spec {
     Spec::WorkloadAddresses(WorkloadAddresses {
         workload: workload.into(),
-        addresses: vec![AddressAssignment { cidr: cidr.into(), gateway: String::new(), shard_id: "s1".into(), allocation_seq: 1 }],
+        addresses: vec![AddressAssignment {
+            cidr: cidr.into(),
+            gateway: String::new(),
+            shard_id: "s1".into(),
+            allocation_seq: 1,
+        }],
     })
 }
 
@@ -27,7 +32,13 @@ async fn host_status_shows_pending_applied_failed_and_drift() {
     let hub = s.control.clone();
     let (status, _, body) = call(&s, Method::GET, "/hosts/hv1/status", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert!(body["detail"].as_str().unwrap_or_default().contains("GET /hosts"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("GET /hosts"),
+        "{body}"
+    );
 
     let g = hub.publish("hv1", "web", addresses("web", "198.18.128.5/22"));
     let (status, _, body) = call(&s, Method::GET, "/hosts/hv1/status", "").await;
@@ -36,10 +47,21 @@ async fn host_status_shows_pending_applied_failed_and_drift() {
     assert_eq!(body["in_sync"], false);
 
     let agent = FakeAgent::default().spawn(hub.clone(), "hv1");
-    hub.wait_applied("hv1", kinds::WORKLOAD_ADDRESSES, "web", g, Duration::from_secs(5)).await.unwrap();
+    hub.wait_applied(
+        "hv1",
+        kinds::WORKLOAD_ADDRESSES,
+        "web",
+        g,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     let (_, _, body) = call(&s, Method::GET, "/hosts/hv1/status", "").await;
     let web = &body["resources"][0];
-    assert_eq!((web["kind"].as_str(), web["key"].as_str()), (Some("workload-addresses"), Some("web")));
+    assert_eq!(
+        (web["kind"].as_str(), web["key"].as_str()),
+        (Some("workload-addresses"), Some("web"))
+    );
     assert_eq!(web["status"], "applied", "{body}");
     assert_eq!(web["applied_generation"], g);
     assert_eq!(web["observed"][0], "198.18.128.5/22");
@@ -48,9 +70,21 @@ async fn host_status_shows_pending_applied_failed_and_drift() {
     agent.abort();
     let _ = agent.await;
 
-    let failing = FakeAgent { fail: Some("netns web is gone".into()), ..Default::default() }.spawn(Arc::clone(&hub), "hv1");
+    let failing = FakeAgent {
+        fail: Some("netns web is gone".into()),
+        ..Default::default()
+    }
+    .spawn(Arc::clone(&hub), "hv1");
     let g2 = hub.publish("hv1", "web", addresses("web", "198.18.132.5/22"));
-    let _ = hub.wait_applied("hv1", kinds::WORKLOAD_ADDRESSES, "web", g2, Duration::from_secs(5)).await;
+    let _ = hub
+        .wait_applied(
+            "hv1",
+            kinds::WORKLOAD_ADDRESSES,
+            "web",
+            g2,
+            Duration::from_secs(5),
+        )
+        .await;
     failing.abort();
     hub.drift(vec![DriftRepaired {
         host: "hv1".into(),
@@ -63,7 +97,10 @@ async fn host_status_shows_pending_applied_failed_and_drift() {
     let (_, _, body) = call(&s, Method::GET, "/hosts/hv1/status", "").await;
     assert_eq!(body["resources"][0]["status"], "failed", "{body}");
     assert_eq!(body["resources"][0]["error"], "netns web is gone");
-    assert_eq!(body["drift"][0]["what"], "address 198.18.128.5/22 removed from eth0");
+    assert_eq!(
+        body["drift"][0]["what"],
+        "address 198.18.128.5/22 removed from eth0"
+    );
     assert_eq!(body["drift"][0]["repaired_unix_ns"], 20);
     assert_eq!(body["drift_repaired"], 1);
 

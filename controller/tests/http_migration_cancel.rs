@@ -15,7 +15,7 @@ use weft_controller::AppState;
 use common::{call, shard_state};
 use weft_control::ControlHub;
 use weft_control::fake::FakeAgent;
-use weft_controller::shards::ShardConfig;
+use weft_shards::ShardConfig;
 
 fn state() -> AppState {
     shard_state(ShardConfig::default())

@@ -18,7 +18,7 @@ use weft_controller::AppState;
 
 use common::{call, shard_state};
 use weft_controller::api::http::app;
-use weft_controller::shards::ShardConfig;
+use weft_shards::ShardConfig;
 use weft_store::MemoryStore;
 
 fn state() -> AppState {
@@ -140,7 +140,12 @@ async fn spec_endpoints_create_get_allocate_deallocate_and_delete() {
         (status, all["released"].as_array().unwrap().len()),
         (StatusCode::OK, 1)
     );
-    assert!(!s.control.desired("hv1").workload_addresses().contains_key("web"));
+    assert!(
+        !s.control
+            .desired("hv1")
+            .workload_addresses()
+            .contains_key("web")
+    );
 
     let (status, _, d) = call(
         &s,
@@ -750,7 +755,10 @@ async fn concurrent_clients_over_the_router_never_share_an_address() {
         max_shards_per_network: 8,
         ..ShardConfig::default()
     };
-    let s = AppState::builder().shard_config(config).start(Arc::new(MemoryStore::default())).unwrap();
+    let s = AppState::builder()
+        .shard_config(config)
+        .start(Arc::new(MemoryStore::default()))
+        .unwrap();
     let tasks: Vec<_> = (0..48)
         .map(|t| {
             let s = s.clone();

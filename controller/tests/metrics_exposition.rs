@@ -25,12 +25,32 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("weft_controller_heartbeats_total", "counter", &[]),
     ("weft_controller_agent_dropped_records", "gauge", &[]),
     ("weft_controller_agents_connected", "gauge", &[]),
-    ("weft_dependency_requests_total", "counter", &["protocol", "source", "target"]),
-    ("weft_dependency_flows_total", "counter", &["protocol", "source", "target"]),
-    ("weft_dependency_errors_total", "counter", &["protocol", "source", "target"]),
-    ("weft_dependency_bytes_total", "counter", &["direction", "protocol", "source", "target"]),
+    (
+        "weft_dependency_requests_total",
+        "counter",
+        &["protocol", "source", "target"],
+    ),
+    (
+        "weft_dependency_flows_total",
+        "counter",
+        &["protocol", "source", "target"],
+    ),
+    (
+        "weft_dependency_errors_total",
+        "counter",
+        &["protocol", "source", "target"],
+    ),
+    (
+        "weft_dependency_bytes_total",
+        "counter",
+        &["direction", "protocol", "source", "target"],
+    ),
     // Quantile samples carry `quantile`; `_sum` and `_count` do not.
-    ("weft_dependency_request_duration_seconds", "summary", &["protocol", "quantile", "source", "target"]),
+    (
+        "weft_dependency_request_duration_seconds",
+        "summary",
+        &["protocol", "quantile", "source", "target"],
+    ),
 ];
 
 /// One family as parsed: its type and the label names of each of its samples.
@@ -55,20 +75,32 @@ fn parse(text: &str) -> Result<BTreeMap<String, Family>, String> {
             return Err(at("OpenMetrics EOF in a 0.0.4 exposition"));
         }
         if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, _) = rest.split_once(' ').ok_or_else(|| at("HELP without text"))?;
+            let (name, _) = rest
+                .split_once(' ')
+                .ok_or_else(|| at("HELP without text"))?;
             if families.contains_key(name) {
                 return Err(at("family declared twice"));
             }
-            families.insert(name.to_owned(), Family { help: true, ..Family::default() });
+            families.insert(
+                name.to_owned(),
+                Family {
+                    help: true,
+                    ..Family::default()
+                },
+            );
             current = Some(name.to_owned());
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').ok_or_else(|| at("TYPE without a type"))?;
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or_else(|| at("TYPE without a type"))?;
             if current.as_deref() != Some(name) {
                 return Err(at("TYPE not right after its HELP"));
             }
-            let family = families.get_mut(name).ok_or_else(|| at("TYPE of no family"))?;
+            let family = families
+                .get_mut(name)
+                .ok_or_else(|| at("TYPE of no family"))?;
             if !family.kind.is_empty() {
                 return Err(at("second TYPE"));
             }
@@ -82,15 +114,21 @@ fn parse(text: &str) -> Result<BTreeMap<String, Family>, String> {
             return Err(at("unexpected line"));
         }
         let (name, labels, value) = sample(line).map_err(|e| at(&e))?;
-        let family_name = current.clone().ok_or_else(|| at("sample before any family"))?;
-        let family = families.get_mut(&family_name).ok_or_else(|| at("no family"))?;
+        let family_name = current
+            .clone()
+            .ok_or_else(|| at("sample before any family"))?;
+        let family = families
+            .get_mut(&family_name)
+            .ok_or_else(|| at("no family"))?;
         let named = name == family_name
             || (family.kind == "summary"
                 && [format!("{family_name}_sum"), format!("{family_name}_count")].contains(&name));
         if !named || family.kind.is_empty() {
             return Err(at(&format!("sample outside its family {family_name}")));
         }
-        value.parse::<f64>().map_err(|_| at("value is not a number"))?;
+        value
+            .parse::<f64>()
+            .map_err(|_| at("value is not a number"))?;
         let mut names: Vec<String> = labels;
         names.sort();
         if name == family_name {
@@ -105,7 +143,11 @@ fn parse(text: &str) -> Result<BTreeMap<String, Family>, String> {
 fn sample(line: &str) -> Result<(String, Vec<String>, String), String> {
     let name_end = line.find(['{', ' ']).ok_or("no value")?;
     let name = &line[..name_end];
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
         return Err("bad metric name".into());
     }
     let mut rest = &line[name_end..];
@@ -179,7 +221,10 @@ fn observation() -> FlowObservation {
         handshake_rtt_ns: Some(100_000),
         requests: 2,
         latency_sum_ns: 3_000_000,
-        latency: vec![LatencyBucket { upper_bound_ns: 2_000_000, count: 2 }],
+        latency: vec![LatencyBucket {
+            upper_bound_ns: 2_000_000,
+            count: 2,
+        }],
         first_record: true,
         opened: true,
         ended: false,
@@ -198,7 +243,11 @@ async fn metrics_parse_and_keep_every_family() {
         interface: "veth-web".into(),
         addresses: vec!["10.0.0.1".parse().expect("test address")],
     };
-    let db = Workload { name: "db".into(), interface: "veth-db".into(), addresses: vec!["10.0.0.2".parse().expect("test address")] };
+    let db = Workload {
+        name: "db".into(),
+        interface: "veth-db".into(),
+        addresses: vec!["10.0.0.2".parse().expect("test address")],
+    };
     state.registry.register("host-a", "i-a", vec![web], now);
     state.registry.register("host-b", "i-b", vec![db], now);
     let mut flow = observation();
@@ -208,27 +257,51 @@ async fn metrics_parse_and_keep_every_family() {
     state.metrics.heartbeat();
 
     let response = app(state)
-        .oneshot(Request::builder().uri("/metrics").body(Body::empty()).expect("request"))
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
         .await
         .expect("infallible router");
     assert_eq!(response.status(), StatusCode::OK);
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     let text = String::from_utf8(bytes.to_vec()).expect("UTF-8");
 
     let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     for (name, kind, labels) in FAMILIES {
-        let family = families.get(*name).unwrap_or_else(|| panic!("no family {name} in\n{text}"));
+        let family = families
+            .get(*name)
+            .unwrap_or_else(|| panic!("no family {name} in\n{text}"));
         assert_eq!(family.kind, *kind, "{name}");
         assert!(family.help, "{name}: no HELP");
         assert!(family.samples > 0, "{name}: no sample in\n{text}");
         let labels: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
         assert_eq!(family.label_names, BTreeSet::from([labels]), "{name}");
     }
-    assert_eq!(families.len(), FAMILIES.len(), "families added or removed: {:?}", families.keys());
+    assert_eq!(
+        families.len(),
+        FAMILIES.len(),
+        "families added or removed: {:?}",
+        families.keys()
+    );
     assert!(
         text.contains(r#"source="web \"blue\"\\1""#),
         "label value not escaped in\n{text}"
     );
-    assert!(text.lines().any(|l| l == "weft_controller_batches_total 1"), "{text}");
-    assert!(text.lines().any(|l| l == "# HELP weft_controller_heartbeats_total Empty flow batches (heartbeats) received."), "{text}");
+    assert!(
+        text.lines().any(|l| l == "weft_controller_batches_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l
+            == "# HELP weft_controller_heartbeats_total Empty flow batches (heartbeats) received."),
+        "{text}"
+    );
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use weft_controller::shards::{Index, ShardConfig};
+use weft_shards::{Index, ShardConfig};
 use weft_store::RedbStore;
 
 fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
@@ -330,16 +330,20 @@ fn durable_allocations_per_second_in_process() {
             max_shards_per_network: 64,
             ..ShardConfig::default()
         };
-        let store: Arc<dyn weft_store::Store> =
-            if std::env::var_os("WEFT_MEMORY").is_some() {
-                Arc::new(weft_store::MemoryStore::default())
-            } else {
-                Arc::new(RedbStore::open_dir(&dir).unwrap())
-            };
-        let m = weft_controller::shards::ShardManager::open(store, config, weft_controller::compose::HubAddresses::publisher(Arc::default())).unwrap();
+        let store: Arc<dyn weft_store::Store> = if std::env::var_os("WEFT_MEMORY").is_some() {
+            Arc::new(weft_store::MemoryStore::default())
+        } else {
+            Arc::new(RedbStore::open_dir(&dir).unwrap())
+        };
+        let m = weft_shards::ShardManager::open(
+            store,
+            config,
+            weft_controller::compose::HubAddresses::publisher(Arc::default()),
+        )
+        .unwrap();
         for _ in 0..48 {
-            m.create_shard(weft_controller::shards::CreateShard {
-                family: weft_controller::shards::Family::Ipv4,
+            m.create_shard(weft_shards::CreateShard {
+                family: weft_shards::Family::Ipv4,
                 prefix_len: 20,
                 network_id: Some("blue".into()),
                 reserved: false,
@@ -359,7 +363,7 @@ fn durable_allocations_per_second_in_process() {
                                 "blue",
                                 &format!("c{clients}-w{t}-{i}"),
                                 "h0",
-                                weft_controller::shards::Family::Ipv4,
+                                weft_shards::Family::Ipv4,
                             )
                             .await
                             .unwrap();

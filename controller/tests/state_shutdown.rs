@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use weft_controller::AppState;
-use weft_controller::shards::{CreateShard, Family};
+use weft_shards::{CreateShard, Family};
 use weft_store::{MemoryStore, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,14 +13,23 @@ async fn shutdown_commits_what_was_queued_and_refuses_the_rest() {
     let state = AppState::builder().start(store.clone()).expect("start");
     state
         .shards
-        .create_shard(CreateShard { family: Family::Ipv4, prefix_len: 22, network_id: Some("blue".into()), reserved: false })
+        .create_shard(CreateShard {
+            family: Family::Ipv4,
+            prefix_len: 22,
+            network_id: Some("blue".into()),
+            reserved: false,
+        })
         .await
         .expect("shard");
     // Requests in flight while the shutdown starts; each task holds a clone of the manager.
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let shards = state.shards.clone();
-            tokio::spawn(async move { shards.allocate_address("blue", &format!("w{i}"), "h1", Family::Ipv4).await })
+            tokio::spawn(async move {
+                shards
+                    .allocate_address("blue", &format!("w{i}"), "h1", Family::Ipv4)
+                    .await
+            })
         })
         .collect();
     tokio::task::yield_now().await;
@@ -34,7 +43,11 @@ async fn shutdown_commits_what_was_queued_and_refuses_the_rest() {
             Err(error) => assert!(error.to_string().contains("writer has stopped"), "{error}"),
         }
     }
-    let late = state.shards.allocate_address("blue", "late", "h1", Family::Ipv4).await.expect_err("refused");
+    let late = state
+        .shards
+        .allocate_address("blue", "late", "h1", Family::Ipv4)
+        .await
+        .expect_err("refused");
     assert!(late.to_string().contains("writer has stopped"), "{late}");
 
     // Every acknowledged allocation was committed: a state started over the store has it.
@@ -42,6 +55,11 @@ async fn shutdown_commits_what_was_queued_and_refuses_the_rest() {
     let again = AppState::builder().start(store).expect("restart");
     let index = again.shards.read();
     for a in &acked {
-        assert_eq!(index.allocation(a.address).map(|b| b.workload.as_str()), Some(a.workload.as_str()), "{}", a.address);
+        assert_eq!(
+            index.allocation(a.address).map(|b| b.workload.as_str()),
+            Some(a.workload.as_str()),
+            "{}",
+            a.address
+        );
     }
 }

@@ -308,14 +308,29 @@ pub fn dns(w: &Workload, records: &[(&str, &str)]) -> Result<Server> {
         args.push(format!("--address=/{name}/{ip}"));
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = w.netns.spawn(&w.dir, &format!("dnsmasq-{}", w.name), &argv)?;
-    let probe = records.first().map_or("probe.invalid", |(n, _)| *n).to_string();
+    let mut child = w
+        .netns
+        .spawn(&w.dir, &format!("dnsmasq-{}", w.name), &argv)?;
+    let probe = records
+        .first()
+        .map_or("probe.invalid", |(n, _)| *n)
+        .to_string();
     wait_ready(&mut child, "dnsmasq", || {
         let out = w.netns.exec_timeout(
             Duration::from_secs(3),
-            &["dig", "+short", "+time=1", "+tries=1", &format!("@{}", w.ipv4), &probe],
+            &[
+                "dig",
+                "+short",
+                "+time=1",
+                "+tries=1",
+                &format!("@{}", w.ipv4),
+                &probe,
+            ],
         )?;
-        anyhow::ensure!(records.is_empty() || !out.trim().is_empty(), "no answer yet");
+        anyhow::ensure!(
+            records.is_empty() || !out.trim().is_empty(),
+            "no answer yet"
+        );
         Ok(())
     })?;
     Ok(server(child, w, port))

@@ -164,11 +164,18 @@ impl Controller {
 
     /// Sends `method path` with a JSON `body` to the REST listener; returns the status and
     /// the body, for any status.
-    pub fn send(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<(u16, String)> {
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, String)> {
         let url = format!("http://{}{}", self.http_addr, path);
         let req = ureq::request(method, &url).timeout(Duration::from_secs(10));
         let result = match body {
-            Some(b) => req.set("content-type", "application/json").send_string(&b.to_string()),
+            Some(b) => req
+                .set("content-type", "application/json")
+                .send_string(&b.to_string()),
             None => req.call(),
         };
         let resp = match result {
@@ -177,14 +184,24 @@ impl Controller {
             Err(e) => return Err(e).with_context(|| format!("{method} {url}")),
         };
         let status = resp.status();
-        let text = resp.into_string().with_context(|| format!("read body of {url}"))?;
+        let text = resp
+            .into_string()
+            .with_context(|| format!("read body of {url}"))?;
         Ok((status, text))
     }
 
     /// As [`Controller::send`], failing unless the status is 2xx; the body as JSON.
-    pub fn json(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value> {
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
         let (status, text) = self.send(method, path, body)?;
-        anyhow::ensure!((200..300).contains(&status), "{method} {path}: {status} {text}");
+        anyhow::ensure!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {text}"
+        );
         serde_json::from_str(&text).with_context(|| format!("{method} {path}: not JSON: {text}"))
     }
 

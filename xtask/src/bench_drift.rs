@@ -19,8 +19,18 @@ const NETWORK: &str = "drift";
 
 pub fn run() -> Result<()> {
     sh::step("drift repair: release controller and agent");
-    sh::run_inherit(sh::cargo().args(["build", "--release", "-p", "weft-controller", "-p", "weft-agent"]))?;
-    ensure!(weft_lab::is_root(), "the drift benchmark needs root (namespace lab)");
+    sh::run_inherit(sh::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "weft-controller",
+        "-p",
+        "weft-agent",
+    ]))?;
+    ensure!(
+        weft_lab::is_root(),
+        "the drift benchmark needs root (namespace lab)"
+    );
     // SAFETY: set before any thread of this process starts (the lab and the children read it).
     unsafe { std::env::set_var("WEFT_LAB_PROFILE", "release") };
     let lab = Lab::builder().hypervisor("hv1").workload("web").build()?;
@@ -31,7 +41,11 @@ pub fn run() -> Result<()> {
     let pool = format!("198.19.{}.128/25", lab.x());
     let c = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool])?;
     let agent = Agent::start(&lab, 0, &c.grpc_url())?;
-    c.json("POST", "/shards", Some(&json!({"prefix_len": 28, "network_id": NETWORK})))?;
+    c.json(
+        "POST",
+        "/shards",
+        Some(&json!({"prefix_len": 28, "network_id": NETWORK})),
+    )?;
     let a = c.json(
         "POST",
         &format!("/networks/{NETWORK}/addresses"),
@@ -41,12 +55,21 @@ pub fn run() -> Result<()> {
     let prefix = a["prefix_len"].as_u64().unwrap_or(28) as u8;
     let web = lab.workload("web")?;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !web.netns.ip(&["-4", "addr", "show", "dev", "eth0"])?.contains(&format!("{addr}/")) {
-        ensure!(Instant::now() < deadline, "the agent never put {addr} on web's eth0");
+    while !web
+        .netns
+        .ip(&["-4", "addr", "show", "dev", "eth0"])?
+        .contains(&format!("{addr}/"))
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the agent never put {addr} on web's eth0"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let netns = format!("/run/netns/{}", web.netns.name());
-    let times = std::thread::spawn(move || measure(&netns, addr, prefix)).join().map_err(|_| anyhow::anyhow!("measuring thread panicked"))??;
+    let times = std::thread::spawn(move || measure(&netns, addr, prefix))
+        .join()
+        .map_err(|_| anyhow::anyhow!("measuring thread panicked"))??;
     let drift = sum_metric(&agent.metrics(&lab)?, "weft_agent_drift_repaired_total");
     let mut sorted = times.clone();
     sorted.sort();
@@ -82,7 +105,8 @@ fn measure(netns: &str, addr: Ipv4Addr, prefix: u8) -> Result<Vec<Duration>> {
         std::thread::sleep(Duration::from_millis(20));
         let t0 = Instant::now();
         send_deladdr(&request, seq, ifindex, addr, prefix)?;
-        wait_newaddr(&listen, addr, Duration::from_secs(2)).with_context(|| format!("deletion {seq}"))?;
+        wait_newaddr(&listen, addr, Duration::from_secs(2))
+            .with_context(|| format!("deletion {seq}"))?;
         times.push(t0.elapsed());
     }
     Ok(times)
@@ -91,16 +115,37 @@ fn measure(netns: &str, addr: Ipv4Addr, prefix: u8) -> Result<Vec<Duration>> {
 fn socket(groups: u32) -> Result<OwnedFd> {
     // SAFETY: plain socket calls; the fd is owned at once.
     unsafe {
-        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
-        ensure!(fd >= 0, "netlink socket: {}", std::io::Error::last_os_error());
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        ensure!(
+            fd >= 0,
+            "netlink socket: {}",
+            std::io::Error::last_os_error()
+        );
         let fd = OwnedFd::from_raw_fd(fd);
         let mut sa: libc::sockaddr_nl = std::mem::zeroed();
         sa.nl_family = libc::AF_NETLINK as u16;
         sa.nl_groups = groups;
-        let rc = libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as u32);
+        let rc = libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        );
         ensure!(rc == 0, "netlink bind: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
         Ok(fd)
     }
 }
@@ -123,13 +168,25 @@ fn send_deladdr(fd: &OwnedFd, seq: u32, ifindex: u32, addr: Ipv4Addr, prefix: u8
     }
     // SAFETY: sending our own buffer on our socket (to the kernel: no address needed).
     let sent = unsafe { libc::send(fd.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) };
-    ensure!(sent == m.len() as isize, "RTM_DELADDR: {}", std::io::Error::last_os_error());
+    ensure!(
+        sent == m.len() as isize,
+        "RTM_DELADDR: {}",
+        std::io::Error::last_os_error()
+    );
     let mut buf = [0u8; 4096];
     // SAFETY: reading into our own buffer.
     let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    ensure!(n >= 20, "no ack to RTM_DELADDR: {}", std::io::Error::last_os_error());
+    ensure!(
+        n >= 20,
+        "no ack to RTM_DELADDR: {}",
+        std::io::Error::last_os_error()
+    );
     let error = i32::from_ne_bytes(buf[16..20].try_into().expect("4 bytes"));
-    ensure!(error == 0, "RTM_DELADDR failed: {}", std::io::Error::from_raw_os_error(-error));
+    ensure!(
+        error == 0,
+        "RTM_DELADDR failed: {}",
+        std::io::Error::from_raw_os_error(-error)
+    );
     Ok(())
 }
 
@@ -159,7 +216,10 @@ fn wait_newaddr(fd: &OwnedFd, addr: Ipv4Addr, limit: Duration) -> Result<()> {
                     if alen < 4 {
                         break;
                     }
-                    if (akind == libc::IFA_LOCAL || akind == libc::IFA_ADDRESS) && alen == 8 && buf[a + 4..a + 8] == addr.octets() {
+                    if (akind == libc::IFA_LOCAL || akind == libc::IFA_ADDRESS)
+                        && alen == 8
+                        && buf[a + 4..a + 8] == addr.octets()
+                    {
                         return Ok(());
                     }
                     a += (alen + 3) & !3;

@@ -86,7 +86,12 @@ pub fn run() -> Result<()> {
         sh::step(&format!(
             "migration of a full default shard holding {WORKLOADS} workloads (namespace lab)"
         ));
-        Some(readdress_modes().into_iter().map(|mode| (mode.clone(), bench_migration_runs(&mode))).collect::<Vec<_>>())
+        Some(
+            readdress_modes()
+                .into_iter()
+                .map(|mode| (mode.clone(), bench_migration_runs(&mode)))
+                .collect::<Vec<_>>(),
+        )
     } else {
         println!("    (not root: the migration benchmark needs the namespace lab)");
         None
@@ -151,8 +156,18 @@ pub fn run_allocations_only() -> Result<()> {
 /// left as it is.
 pub fn run_migration_only() -> Result<()> {
     sh::step("migration benchmark only: release controller and agent");
-    sh::run_inherit(sh::cargo().args(["build", "--release", "-p", "weft-controller", "-p", "weft-agent"]))?;
-    ensure!(weft_lab::is_root(), "the migration benchmark needs root (namespace lab)");
+    sh::run_inherit(sh::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "weft-controller",
+        "-p",
+        "weft-agent",
+    ]))?;
+    ensure!(
+        weft_lab::is_root(),
+        "the migration benchmark needs root (namespace lab)"
+    );
     let mut md = String::new();
     for mode in readdress_modes() {
         bench_migration_runs(&mode)?.render(&mut md);
@@ -656,9 +671,17 @@ impl WindowBreakdown {
     ) -> Self {
         let mut b = Self::default();
         for (i, r) in replies.iter().enumerate() {
-            let old_last = r.iter().filter(|(t, a)| *a == old_of[i] && *t > started).map(|(t, _)| *t).max();
-            let new_first = new_of[i]
-                .and_then(|n| r.iter().filter(|(t, a)| *a == n && *t > started).map(|(t, _)| *t).min());
+            let old_last = r
+                .iter()
+                .filter(|(t, a)| *a == old_of[i] && *t > started)
+                .map(|(t, _)| *t)
+                .max();
+            let new_first = new_of[i].and_then(|n| {
+                r.iter()
+                    .filter(|(t, a)| *a == n && *t > started)
+                    .map(|(t, _)| *t)
+                    .min()
+            });
             if let Some(o) = old_last {
                 b.old_last.push(o.duration_since(started));
             }
@@ -672,7 +695,12 @@ impl WindowBreakdown {
                 b.swap.push(n.saturating_duration_since(o));
             }
         }
-        for v in [&mut b.old_last, &mut b.learned, &mut b.swap, &mut b.learned_to_answer] {
+        for v in [
+            &mut b.old_last,
+            &mut b.learned,
+            &mut b.swap,
+            &mut b.learned_to_answer,
+        ] {
             v.sort();
         }
         b
@@ -682,8 +710,14 @@ impl WindowBreakdown {
         [
             ("DELETE -> old address's last answer", &self.old_last),
             ("DELETE -> new address known to the prober", &self.learned),
-            ("old address's last answer -> new address's first answer", &self.swap),
-            ("new address known -> its first answer", &self.learned_to_answer),
+            (
+                "old address's last answer -> new address's first answer",
+                &self.swap,
+            ),
+            (
+                "new address known -> its first answer",
+                &self.learned_to_answer,
+            ),
         ]
     }
 
@@ -700,7 +734,10 @@ impl WindowBreakdown {
     }
 
     fn render(&self, md: &mut String) {
-        let _ = writeln!(md, "Where the windows go (prober's view):\n\n| interval | p50 | p99 | max |\n|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "Where the windows go (prober's view):\n\n| interval | p50 | p99 | max |\n|---|---|---|---|"
+        );
         for (name, v) in self.rows() {
             let _ = writeln!(
                 md,
@@ -796,12 +833,31 @@ impl MigFigures {
         );
         self.breakdown.render(md);
         if !self.runs.is_empty() {
-            let _ = writeln!(md, "All {} runs of this mode (the detail above is the last):\n\n| run | total migration | unreachability p99 | max |\n|---|---|---|---|", self.runs.len());
+            let _ = writeln!(
+                md,
+                "All {} runs of this mode (the detail above is the last):\n\n| run | total migration | unreachability p99 | max |\n|---|---|---|---|",
+                self.runs.len()
+            );
             for (i, (total, p99, max)) in self.runs.iter().enumerate() {
-                let _ = writeln!(md, "| {} | {} | {} | {} |", i + 1, ms(*total), ms(*p99), ms(*max));
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} |",
+                    i + 1,
+                    ms(*total),
+                    ms(*p99),
+                    ms(*max)
+                );
             }
-            let met = self.runs.iter().filter(|(t, p, _)| *t <= Duration::from_secs(5) && *p <= Duration::from_millis(50)).count();
-            let _ = writeln!(md, "\nBoth targets met in {met} of {} runs.\n", self.runs.len());
+            let met = self
+                .runs
+                .iter()
+                .filter(|(t, p, _)| *t <= Duration::from_secs(5) && *p <= Duration::from_millis(50))
+                .count();
+            let _ = writeln!(
+                md,
+                "\nBoth targets met in {met} of {} runs.\n",
+                self.runs.len()
+            );
         }
         let p99 = pct(&g, 0.99);
         let _ = writeln!(
@@ -922,7 +978,10 @@ fn follow_allocations(
 ) -> Result<std::thread::JoinHandle<()>> {
     let mut s = TcpStream::connect(http).with_context(|| format!("connect {http}"))?;
     s.set_read_timeout(Some(Duration::from_millis(100)))?;
-    write!(s, "GET /events HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n")?;
+    write!(
+        s,
+        "GET /events HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n"
+    )?;
     // The response head: the subscription is in place once it is sent.
     let mut raw: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -931,16 +990,27 @@ fn follow_allocations(
         if let Some(p) = find(&raw, b"\r\n\r\n") {
             break p;
         }
-        ensure!(Instant::now() < deadline, "no response head from GET /events");
+        ensure!(
+            Instant::now() < deadline,
+            "no response head from GET /events"
+        );
         match s.read(&mut buf) {
             Ok(0) => bail!("GET /events: connection closed"),
             Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(e).context("GET /events"),
         }
     };
     let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
-    ensure!(head.starts_with("http/1.1 200"), "GET /events: {}", head.lines().next().unwrap_or(""));
+    ensure!(
+        head.starts_with("http/1.1 200"),
+        "GET /events: {}",
+        head.lines().next().unwrap_or("")
+    );
     let chunked = head.contains("transfer-encoding: chunked");
     raw.drain(..head_end + 4);
     Ok(std::thread::spawn(move || {
@@ -950,7 +1020,9 @@ fn follow_allocations(
                 // Whole chunks only: size line, data, CRLF.
                 while let Some(p) = find(&raw, b"\r\n") {
                     let size_text = String::from_utf8_lossy(&raw[..p]);
-                    let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else {
+                    let Ok(size) =
+                        usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                    else {
                         return;
                     };
                     if raw.len() < p + 2 + size + 2 {
@@ -970,7 +1042,9 @@ fn follow_allocations(
                     && e["type"] == "weft.address.allocated"
                     && let (Some(w), Some(a)) = (
                         e["data"]["workload"].as_str(),
-                        e["data"]["address"].as_str().and_then(|a| a.parse::<IpAddr>().ok()),
+                        e["data"]["address"]
+                            .as_str()
+                            .and_then(|a| a.parse::<IpAddr>().ok()),
                     )
                 {
                     learn(w, a);
@@ -982,7 +1056,11 @@ fn follow_allocations(
             match s.read(&mut buf) {
                 Ok(0) => return,
                 Ok(n) => raw.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => return,
             }
         }
@@ -1045,7 +1123,10 @@ fn probe(
         sock.set_nonblocking(true)?;
         for (i, addrs) in t.iter().enumerate() {
             for a in addrs {
-                let _ = sock.send_to(format!("{i} {a}").as_bytes(), SocketAddr::new(*a, ECHO_PORT));
+                let _ = sock.send_to(
+                    format!("{i} {a}").as_bytes(),
+                    SocketAddr::new(*a, ECHO_PORT),
+                );
             }
         }
         sock.set_nonblocking(false)?;
@@ -1121,17 +1202,23 @@ struct NeighbourLimits {
 }
 
 impl NeighbourLimits {
-    const RAISED: [(&'static str, u64); 3] = [("gc_thresh1", 2048), ("gc_thresh2", 8192), ("gc_thresh3", 16384)];
+    const RAISED: [(&'static str, u64); 3] = [
+        ("gc_thresh1", 2048),
+        ("gc_thresh2", 8192),
+        ("gc_thresh3", 16384),
+    ];
 
     fn raise() -> Result<Self> {
         let mut saved = Vec::new();
         for family in ["ipv4", "ipv6"] {
             for (name, value) in Self::RAISED {
                 let path = format!("/proc/sys/net/{family}/neigh/default/{name}");
-                let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+                let old =
+                    std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
                 let old = old.trim().to_owned();
                 if old.parse::<u64>().is_ok_and(|v| v < value) {
-                    std::fs::write(&path, value.to_string()).with_context(|| format!("writing {path}"))?;
+                    std::fs::write(&path, value.to_string())
+                        .with_context(|| format!("writing {path}"))?;
                     saved.push((path, old));
                 }
             }
@@ -1143,8 +1230,16 @@ impl NeighbourLimits {
         if self.saved.is_empty() {
             return "already at least gc_thresh1/2/3 = 2048/8192/16384".to_owned();
         }
-        let v4: Vec<&str> = self.saved.iter().filter(|(p, _)| p.contains("ipv4")).map(|(_, o)| o.as_str()).collect();
-        format!("gc_thresh1/2/3 raised from {} to 2048/8192/16384 for the run (restored after)", v4.join("/"))
+        let v4: Vec<&str> = self
+            .saved
+            .iter()
+            .filter(|(p, _)| p.contains("ipv4"))
+            .map(|(_, o)| o.as_str())
+            .collect();
+        format!(
+            "gc_thresh1/2/3 raised from {} to 2048/8192/16384 for the run (restored after)",
+            v4.join("/")
+        )
     }
 }
 
@@ -1167,7 +1262,10 @@ fn bench_migration_runs(mode: &str) -> Result<MigFigures> {
         println!("    run {} of {MIG_RUNS} ({mode})", i + 1);
         runs.push(bench_migration(mode)?);
     }
-    let summary = runs.iter().map(|r| (r.total, r.p99_gap(), r.max_gap())).collect();
+    let summary = runs
+        .iter()
+        .map(|r| (r.total, r.p99_gap(), r.max_gap()))
+        .collect();
     let mut last = runs.pop().context("no run")?;
     last.runs = summary;
     Ok(last)
@@ -1194,7 +1292,12 @@ fn bench_migration(mode: &str) -> Result<MigFigures> {
     result
 }
 
-fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -> Result<MigFigures> {
+fn migration_in(
+    lab: &Lab,
+    extra: &ExtraWorkloads,
+    t_lab: Instant,
+    mode: &str,
+) -> Result<MigFigures> {
     let hv = lab.hypervisor();
     for key in [
         "net.ipv4.ip_forward=1",
@@ -1208,7 +1311,17 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -
     // otherwise every IPv6 neighbour solicitation and MLD report of a workload whose link
     // came up is flooded to all 257 ports (measured: p99 window 57-98 ms down-up without,
     // 44-51 ms with).
-    hv.netns.ip(&["link", "set", "br0", "type", "bridge", "mcast_snooping", "1", "mcast_querier", "1"])?;
+    hv.netns.ip(&[
+        "link",
+        "set",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "1",
+        "mcast_querier",
+        "1",
+    ])?;
     let stop = Arc::new(AtomicBool::new(false));
     let _stop = StopOnDrop(stop.clone());
     let ns_names: Vec<String> = extra.ns.iter().map(|n| n.name().to_string()).collect();
@@ -1222,7 +1335,12 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -
     // WEFT_BENCH_MIGRATION_CONCURRENCY: the controller's --migration-concurrency (its
     // default otherwise).
     let concurrency = std::env::var("WEFT_BENCH_MIGRATION_CONCURRENCY").ok();
-    let mut flags = vec!["--shard-pool", "100.64.0.0/21", "--migration-timeout", "10s"];
+    let mut flags = vec![
+        "--shard-pool",
+        "100.64.0.0/21",
+        "--migration-timeout",
+        "10s",
+    ];
     if let Some(c) = &concurrency {
         flags.extend(["--migration-concurrency", c.as_str()]);
     }
@@ -1271,7 +1389,8 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -
         &prober_if,
     ]);
     let mut cmd = cmd;
-    cmd.arg("--state-file").arg(lab.dir().join("agent-state-hv1.json"));
+    cmd.arg("--state-file")
+        .arg(lab.dir().join("agent-state-hv1.json"));
     // The agent's re-address mode: the specification's down-up by default,
     // WEFT_BENCH_READDRESS_MODE=make-before-break to measure the other.
     cmd.args(["--readdress-mode", mode]);
@@ -1367,7 +1486,8 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -
     std::thread::sleep(Duration::from_secs(1));
     println!("    all {WORKLOADS} workloads answer the prober; deleting shard {old_id}");
 
-    let index: Arc<HashMap<String, usize>> = Arc::new((0..WORKLOADS).map(|i| (format!("w{i}"), i)).collect());
+    let index: Arc<HashMap<String, usize>> =
+        Arc::new((0..WORKLOADS).map(|i| (format!("w{i}"), i)).collect());
     // When the prober learned each workload's new address.
     let learned: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; WORKLOADS]));
     let learn = {
@@ -1391,7 +1511,9 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -
         for mv in m["moves"].as_array().into_iter().flatten() {
             if let (Some(w), Some(a)) = (
                 mv["workload"].as_str(),
-                mv["new_address"].as_str().and_then(|a| a.parse::<IpAddr>().ok()),
+                mv["new_address"]
+                    .as_str()
+                    .and_then(|a| a.parse::<IpAddr>().ok()),
             ) {
                 learn(w, a);
             }
@@ -1548,8 +1670,14 @@ fn migration_in(lab: &Lab, extra: &ExtraWorkloads, t_lab: Instant, mode: &str) -
     // lab's directory goes with the lab).
     if let Ok(dir) = std::env::var("WEFT_BENCH_KEEP_LOGS") {
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(std::path::Path::new(&dir).join(format!("agent-{mode}.log")), agent.output())?;
-        std::fs::write(std::path::Path::new(&dir).join(format!("controller-{mode}.log")), controller.child.output())?;
+        std::fs::write(
+            std::path::Path::new(&dir).join(format!("agent-{mode}.log")),
+            agent.output(),
+        )?;
+        std::fs::write(
+            std::path::Path::new(&dir).join(format!("controller-{mode}.log")),
+            controller.child.output(),
+        )?;
     }
     drop(agent);
     drop(controller);

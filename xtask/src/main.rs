@@ -88,7 +88,9 @@ fn main() -> ExitCode {
                 setup::setup().and_then(|()| build())
             };
             ready.and_then(|()| match only.as_deref() {
-                None => bench::run().and_then(|()| bench_shards::run()).and_then(|()| bench_drift::run()),
+                None => bench::run()
+                    .and_then(|()| bench_shards::run())
+                    .and_then(|()| bench_drift::run()),
                 Some("drift") => bench_drift::run(),
                 Some("shards") => bench_shards::run(),
                 Some("migration") => bench_shards::run_migration_only(),

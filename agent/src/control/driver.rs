@@ -16,8 +16,8 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 use weft_proto::kinds;
 use weft_proto::v1::{
-    DesiredState, DriftRepaired, ObservedState, ResourceObserved, ResourceStatus, WatchDesiredStateRequest,
-    agent_control_service_client::AgentControlServiceClient,
+    DesiredState, DriftRepaired, ObservedState, ResourceObserved, ResourceStatus,
+    WatchDesiredStateRequest, agent_control_service_client::AgentControlServiceClient,
 };
 
 use super::{ControlMetrics, DesiredResource, Reconciler, ResourceReport, Scope};
@@ -48,7 +48,9 @@ pub struct ControlDriver {
 }
 
 fn now_unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// When `at` was, on the wall clock.
@@ -92,9 +94,18 @@ impl ControlDriver {
 
     /// The resources of `state` per known kind, and the reports of those no reconciler
     /// takes (unknown kind, a spec case this agent cannot read, a key listed twice).
-    fn split(&self, state: &DesiredState) -> (HashMap<&'static str, Vec<DesiredResource>>, Vec<ResourceObserved>) {
-        let mut by_kind: HashMap<&'static str, Vec<DesiredResource>> =
-            self.reconcilers.iter().map(|r| (r.kind(), Vec::new())).collect();
+    fn split(
+        &self,
+        state: &DesiredState,
+    ) -> (
+        HashMap<&'static str, Vec<DesiredResource>>,
+        Vec<ResourceObserved>,
+    ) {
+        let mut by_kind: HashMap<&'static str, Vec<DesiredResource>> = self
+            .reconcilers
+            .iter()
+            .map(|r| (r.kind(), Vec::new()))
+            .collect();
         let mut refused = Vec::new();
         let known: Vec<&str> = self.reconcilers.iter().map(|r| r.kind()).collect();
         for r in &state.resources {
@@ -109,24 +120,38 @@ impl ControlDriver {
             let (Some(rec), Some(spec)) = (self.reconciler(&r.kind), r.spec.as_ref()) else {
                 refused.push(reject(
                     ResourceStatus::Unsupported,
-                    format!("this agent has no reconciler for kind {:?} (it knows {known:?})", r.kind),
+                    format!(
+                        "this agent has no reconciler for kind {:?} (it knows {known:?})",
+                        r.kind
+                    ),
                 ));
                 continue;
             };
             if kinds::of(spec) != r.kind {
                 refused.push(reject(
                     ResourceStatus::Failed,
-                    format!("kind {:?} with a spec of kind {:?}", r.kind, kinds::of(spec)),
+                    format!(
+                        "kind {:?} with a spec of kind {:?}",
+                        r.kind,
+                        kinds::of(spec)
+                    ),
                 ));
                 continue;
             }
             let list = by_kind.entry(rec.kind()).or_default();
             if list.iter().any(|d| d.key == r.key) {
                 list.retain(|d| d.key != r.key);
-                refused.push(reject(ResourceStatus::Failed, format!("{}/{} is listed twice in the desired state", r.kind, r.key)));
+                refused.push(reject(
+                    ResourceStatus::Failed,
+                    format!("{}/{} is listed twice in the desired state", r.kind, r.key),
+                ));
                 continue;
             }
-            list.push(DesiredResource { key: r.key.clone(), generation: r.generation, spec: spec.clone() });
+            list.push(DesiredResource {
+                key: r.key.clone(),
+                generation: r.generation,
+                spec: spec.clone(),
+            });
         }
         (by_kind, refused)
     }
@@ -136,7 +161,11 @@ impl ControlDriver {
             kind: kind.to_owned(),
             key: r.key,
             generation,
-            status: if r.error.is_some() { ResourceStatus::Failed } else { ResourceStatus::Applied } as i32,
+            status: if r.error.is_some() {
+                ResourceStatus::Failed
+            } else {
+                ResourceStatus::Applied
+            } as i32,
             error: r.error.unwrap_or_default(),
             measurements: r.measurements.into_iter().collect(),
             observed: r.observed,
@@ -147,7 +176,10 @@ impl ControlDriver {
     async fn apply(&self, known: &mut Known, state: &DesiredState, full: bool) {
         let (by_kind, refused) = self.split(state);
         self.metrics.unsupported_resources.set(
-            refused.iter().filter(|r| r.status == ResourceStatus::Unsupported as i32).count() as u64,
+            refused
+                .iter()
+                .filter(|r| r.status == ResourceStatus::Unsupported as i32)
+                .count() as u64,
         );
         known.reports.clear();
         for r in refused {
@@ -163,7 +195,10 @@ impl ControlDriver {
                     warn!(kind = rec.kind(), key = %r.key, generation = state.generation, error = %e, "desired state not applied");
                 }
                 // A resource removed is reported at the generation that removed it.
-                let generation = desired.iter().find(|d| d.key == r.key).map_or(state.generation, |d| d.generation);
+                let generation = desired
+                    .iter()
+                    .find(|d| d.key == r.key)
+                    .map_or(state.generation, |d| d.generation);
                 let o = Self::observed(rec.kind(), generation, r);
                 known.reports.insert((o.kind.clone(), o.key.clone()), o);
             }
@@ -177,7 +212,12 @@ impl ControlDriver {
         // Re-addressed now: a report repeated for an unchanged workload wrote nothing.
         let readdressed = reports
             .iter()
-            .filter(|a| a.changes > 0 && a.measurements.iter().any(|(k, _)| k == "readdress_down_seconds"))
+            .filter(|a| {
+                a.changes > 0
+                    && a.measurements
+                        .iter()
+                        .any(|(k, _)| k == "readdress_down_seconds")
+            })
             .count() as u64;
         self.metrics.apply_errors_total.inc_by(errors);
         self.metrics.readdress_total.inc_by(readdressed);
@@ -185,8 +225,15 @@ impl ControlDriver {
 
     /// Reads back and repairs the resources a host event says drifted; true when a report
     /// should go out.
-    async fn repair(&self, known: &mut Known, drifted: Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)>, at: Instant) -> bool {
-        let Some(state) = known.state.clone() else { return false };
+    async fn repair(
+        &self,
+        known: &mut Known,
+        drifted: Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)>,
+        at: Instant,
+    ) -> bool {
+        let Some(state) = known.state.clone() else {
+            return false;
+        };
         let (by_kind, _) = self.split(&state);
         let mut news = false;
         for (rec, drift) in drifted {
@@ -195,8 +242,11 @@ impl ControlDriver {
             let reports = rec.reconcile(desired, Scope::Only(&keys)).await;
             let repaired_at = now_unix_ns();
             for r in reports {
-                let what: Vec<&str> =
-                    drift.iter().filter(|d| d.key == r.key).map(|d| d.what.as_str()).collect();
+                let what: Vec<&str> = drift
+                    .iter()
+                    .filter(|d| d.key == r.key)
+                    .map(|d| d.what.as_str())
+                    .collect();
                 if r.changes == 0 && r.error.is_none() {
                     // Already as desired (the event was weft's own, or undone already).
                     debug!(kind = rec.kind(), key = %r.key, ?what, "host event, no drift");
@@ -222,7 +272,10 @@ impl ControlDriver {
                     repaired_unix_ns: if error.is_empty() { repaired_at } else { 0 },
                     error,
                 });
-                let generation = desired.iter().find(|d| d.key == r.key).map_or(state.generation, |d| d.generation);
+                let generation = desired
+                    .iter()
+                    .find(|d| d.key == r.key)
+                    .map_or(state.generation, |d| d.generation);
                 let o = Self::observed(rec.kind(), generation, r);
                 known.reports.insert((o.kind.clone(), o.key.clone()), o);
                 news = true;
@@ -284,7 +337,9 @@ impl ControlDriver {
                         backoff = BACKOFF_MIN;
                     }
                     warn!(controller = %self.controller, error = %why, retry_in = ?backoff, "desired-state stream lost");
-                    let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
+                    let jitter = Duration::from_millis(
+                        rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1),
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(backoff + jitter) => {}
                         _ = shutdown.changed() => {}
@@ -305,7 +360,10 @@ impl ControlDriver {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         Ok(AgentControlServiceClient::new(channel))
     }
 
@@ -321,7 +379,11 @@ impl ControlDriver {
         let req = WatchDesiredStateRequest {
             host_id: self.host_id.clone(),
             agent_instance: self.instance.clone(),
-            kinds: self.reconcilers.iter().map(|r| r.kind().to_owned()).collect(),
+            kinds: self
+                .reconcilers
+                .iter()
+                .map(|r| r.kind().to_owned())
+                .collect(),
         };
         let mut stream = client
             .watch_desired_state(req)
@@ -420,7 +482,12 @@ impl ControlDriver {
                     self.metrics.desired_generation.set(state.generation);
                     let started = Instant::now();
                     self.apply(known, &state, full).await;
-                    debug!(generation = state.generation, full, took_us = started.elapsed().as_micros() as u64, "applied");
+                    debug!(
+                        generation = state.generation,
+                        full,
+                        took_us = started.elapsed().as_micros() as u64,
+                        "applied"
+                    );
                     known.state = Some(state);
                 }
                 Next::Repair(drifted, at) => {
@@ -429,7 +496,9 @@ impl ControlDriver {
                     }
                 }
             }
-            let Some(report) = self.report(known) else { continue };
+            let Some(report) = self.report(known) else {
+                continue;
+            };
             let generation = report.applied_generation;
             let drift = report.drift.clone();
             let mut req = tonic::Request::new(report);

@@ -81,7 +81,11 @@ pub trait Reconciler: Send + Sync {
     /// Brings `desired` (every resource of this kind for this host) about, as `scope` says.
     /// Reports every resource looked at, and objects removed because no resource wants
     /// them any more (under their key).
-    fn reconcile<'a>(&'a self, desired: &'a [DesiredResource], scope: Scope<'a>) -> BoxFuture<'a, Vec<ResourceReport>>;
+    fn reconcile<'a>(
+        &'a self,
+        desired: &'a [DesiredResource],
+        scope: Scope<'a>,
+    ) -> BoxFuture<'a, Vec<ResourceReport>>;
 
     /// Whether `events` (a burst, in the order they happened) left something this
     /// reconciler manages away from what it last applied; only their net effect counts.
@@ -119,21 +123,86 @@ impl ControlMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
         let r = registry;
-        register(r, "weft_agent_desired_generation", "Generation of the last desired state received from the controller.", m.desired_generation.clone());
-        register(r, "weft_agent_applied_generation", "Generation of the last desired state applied and reported.", m.applied_generation.clone());
-        register(r, "weft_agent_readdress_total", "Workload interfaces re-addressed.", m.readdress_total.clone());
-        register(r, "weft_agent_apply_errors_total", "Resources whose desired state could not be applied.", m.apply_errors_total.clone());
-        register(r, "weft_agent_control_connected", "1 while the desired-state stream from the controller is open.", m.control_connected.clone());
-        register(r, "weft_agent_netns_connections", "Netlink connections kept open into workload (and neighbour) namespaces.", m.netns_connections.clone());
-        register(r, "weft_agent_unsupported_resources", "Resources of the last desired state of a kind this agent has no reconciler for.", m.unsupported_resources.clone());
-        register(r, "weft_agent_managed_objects", "Objects weft manages on this host (all kinds; kept in the state file).", m.managed_objects.clone());
-        register(r, "weft_agent_drift_detected_total", "Out-of-band changes to managed objects found by host events and confirmed by a read-back.", m.drift_detected_total.clone());
-        register(r, "weft_agent_drift_repaired_total", "Drifted resources brought back to their desired state.", m.drift_repaired_total.clone());
-        register(r, "weft_agent_drift_repair_failed_total", "Drifted resources whose repair failed.", m.drift_repair_failed_total.clone());
+        register(
+            r,
+            "weft_agent_desired_generation",
+            "Generation of the last desired state received from the controller.",
+            m.desired_generation.clone(),
+        );
+        register(
+            r,
+            "weft_agent_applied_generation",
+            "Generation of the last desired state applied and reported.",
+            m.applied_generation.clone(),
+        );
+        register(
+            r,
+            "weft_agent_readdress_total",
+            "Workload interfaces re-addressed.",
+            m.readdress_total.clone(),
+        );
+        register(
+            r,
+            "weft_agent_apply_errors_total",
+            "Resources whose desired state could not be applied.",
+            m.apply_errors_total.clone(),
+        );
+        register(
+            r,
+            "weft_agent_control_connected",
+            "1 while the desired-state stream from the controller is open.",
+            m.control_connected.clone(),
+        );
+        register(
+            r,
+            "weft_agent_netns_connections",
+            "Netlink connections kept open into workload (and neighbour) namespaces.",
+            m.netns_connections.clone(),
+        );
+        register(
+            r,
+            "weft_agent_unsupported_resources",
+            "Resources of the last desired state of a kind this agent has no reconciler for.",
+            m.unsupported_resources.clone(),
+        );
+        register(
+            r,
+            "weft_agent_managed_objects",
+            "Objects weft manages on this host (all kinds; kept in the state file).",
+            m.managed_objects.clone(),
+        );
+        register(
+            r,
+            "weft_agent_drift_detected_total",
+            "Out-of-band changes to managed objects found by host events and confirmed by a read-back.",
+            m.drift_detected_total.clone(),
+        );
+        register(
+            r,
+            "weft_agent_drift_repaired_total",
+            "Drifted resources brought back to their desired state.",
+            m.drift_repaired_total.clone(),
+        );
+        register(
+            r,
+            "weft_agent_drift_repair_failed_total",
+            "Drifted resources whose repair failed.",
+            m.drift_repair_failed_total.clone(),
+        );
         // Not `weft_agent_host_events_total`: that is the listener's (`hostevents`), and one
         // name can be one family only.
-        register(r, "weft_agent_control_host_events_total", "Netlink host events seen by the control driver.", m.host_events_total.clone());
-        register(r, "weft_agent_host_event_resyncs_total", "Full resyncs because host events were lost (overrun or lag).", m.host_event_resyncs_total.clone());
+        register(
+            r,
+            "weft_agent_control_host_events_total",
+            "Netlink host events seen by the control driver.",
+            m.host_events_total.clone(),
+        );
+        register(
+            r,
+            "weft_agent_host_event_resyncs_total",
+            "Full resyncs because host events were lost (overrun or lag).",
+            m.host_event_resyncs_total.clone(),
+        );
         m
     }
 }

@@ -27,15 +27,33 @@ const VERSION: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("reading the agent state file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "the agent state file {path} is not valid (line {line}, column {column}: {message}); fix it, or remove it to start without it (objects weft set before are then not removed)"
     )]
-    Parse { path: PathBuf, line: usize, column: usize, message: String },
-    #[error("the agent state file {path}: {kind} {key:?}: {message}; fix it, or remove it to start without it")]
-    Bad { path: PathBuf, kind: String, key: String, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error(
+        "the agent state file {path}: {kind} {key:?}: {message}; fix it, or remove it to start without it"
+    )]
+    Bad {
+        path: PathBuf,
+        kind: String,
+        key: String,
+        message: String,
+    },
     #[error("writing the agent state file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One kind's section: its own format version and its objects by key.
@@ -76,7 +94,12 @@ pub struct StateFile {
 }
 
 fn parse_error(path: &Path, e: &serde_json::Error) -> StateError {
-    StateError::Parse { path: path.to_owned(), line: e.line(), column: e.column(), message: e.to_string() }
+    StateError::Parse {
+        path: path.to_owned(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    }
 }
 
 impl StateFile {
@@ -85,7 +108,12 @@ impl StateFile {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => return Err(StateError::Read { path: path.to_owned(), source }),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
         let kinds = if text.trim().is_empty() {
             BTreeMap::new()
@@ -93,12 +121,17 @@ impl StateFile {
             let v: Versioned = serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
             match v.version {
                 1 => {
-                    let old: FileV1 = serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
-                    let section = Section { version: 1, objects: old.workloads };
+                    let old: FileV1 =
+                        serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
+                    let section = Section {
+                        version: 1,
+                        objects: old.workloads,
+                    };
                     [(weft_proto::kinds::WORKLOAD_ADDRESSES.to_owned(), section)].into()
                 }
                 VERSION => {
-                    let file: File = serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
+                    let file: File =
+                        serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
                     file.kinds
                 }
                 other => {
@@ -106,12 +139,17 @@ impl StateFile {
                         path: path.to_owned(),
                         line: 1,
                         column: 1,
-                        message: format!("version {other} is not one this agent reads (1 or {VERSION})"),
+                        message: format!(
+                            "version {other} is not one this agent reads (1 or {VERSION})"
+                        ),
                     });
                 }
             }
         };
-        Ok(Self { path: path.to_owned(), kinds: Mutex::new((kinds, text)) })
+        Ok(Self {
+            path: path.to_owned(),
+            kinds: Mutex::new((kinds, text)),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -120,7 +158,12 @@ impl StateFile {
 
     /// What the file holds for `kind`.
     pub fn section(&self, kind: &str) -> Option<Section> {
-        self.kinds.lock().unwrap_or_else(|p| p.into_inner()).0.get(kind).cloned()
+        self.kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .get(kind)
+            .cloned()
     }
 
     /// Replaces `kind`'s section and writes the file if anything changed. An empty section
@@ -133,7 +176,10 @@ impl StateFile {
         } else {
             kinds.insert(kind.to_owned(), section);
         }
-        let file = File { version: VERSION, kinds: kinds.clone() };
+        let file = File {
+            version: VERSION,
+            kinds: kinds.clone(),
+        };
         let text = serde_json::to_string_pretty(&file).unwrap_or_default() + "\n";
         if *written == text {
             return Ok(());
@@ -149,7 +195,10 @@ impl StateFile {
             }
             Ok(())
         };
-        write().map_err(|source| StateError::Write { path: self.path.clone(), source })?;
+        write().map_err(|source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
         *written = text;
         Ok(())
     }
@@ -163,7 +212,8 @@ mod tests {
     pub(crate) struct TestDir(PathBuf);
     impl TestDir {
         pub(crate) fn new(name: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("weft-agent-state-{}-{name}", std::process::id()));
+            let p = std::env::temp_dir()
+                .join(format!("weft-agent-state-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             Self(p)
@@ -179,7 +229,13 @@ mod tests {
     }
 
     fn section(objects: &[(&str, Value)]) -> Section {
-        Section { version: 1, objects: objects.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect() }
+        Section {
+            version: 1,
+            objects: objects
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        }
     }
 
     #[test]
@@ -187,20 +243,42 @@ mod tests {
         let dir = TestDir::new("sections");
         let path = dir.path().join("state.json");
         let file = StateFile::open(&path).unwrap();
-        assert_eq!(file.section("workload-addresses"), None, "a missing file is an empty state");
-        let web = section(&[("web", serde_json::json!({"seen": ["198.18.128.5"], "ranges": []}))]);
+        assert_eq!(
+            file.section("workload-addresses"),
+            None,
+            "a missing file is an empty state"
+        );
+        let web = section(&[(
+            "web",
+            serde_json::json!({"seen": ["198.18.128.5"], "ranges": []}),
+        )]);
         file.save("workload-addresses", web.clone()).unwrap();
-        file.save("network", section(&[("blue", serde_json::json!({"bridge": "br-blue"}))])).unwrap();
+        file.save(
+            "network",
+            section(&[("blue", serde_json::json!({"bridge": "br-blue"}))]),
+        )
+        .unwrap();
         let first = std::fs::metadata(&path).unwrap().modified().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         file.save("workload-addresses", web.clone()).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), first, "same state: not written again");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            first,
+            "same state: not written again"
+        );
 
         let back = StateFile::open(&path).unwrap();
         assert_eq!(back.section("workload-addresses"), Some(web));
-        assert_eq!(back.section("network").unwrap().objects["blue"]["bridge"], "br-blue");
+        assert_eq!(
+            back.section("network").unwrap().objects["blue"]["bridge"],
+            "br-blue"
+        );
         back.save("network", Section::default()).unwrap();
-        assert_eq!(StateFile::open(&path).unwrap().section("network"), None, "an empty section is left out");
+        assert_eq!(
+            StateFile::open(&path).unwrap().section("network"),
+            None,
+            "an empty section is left out"
+        );
     }
 
     #[test]
@@ -218,7 +296,10 @@ mod tests {
         assert_eq!(s.objects["web"]["ranges"][0], "198.18.128.0/22");
         file.save("workload-addresses", s.clone()).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"version\": 2") && text.contains("\"kinds\""), "{text}");
+        assert!(
+            text.contains("\"version\": 2") && text.contains("\"kinds\""),
+            "{text}"
+        );
     }
 
     #[test]

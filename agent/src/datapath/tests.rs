@@ -13,7 +13,11 @@ fn in_ns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: setns on a valid namespace fd; this scoped thread ends after `f`.
-            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            assert_eq!(
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns"
+            );
             f()
         })
         .join()
@@ -42,13 +46,30 @@ async fn programs_share_a_hook_in_the_order_asked_for() {
     let mut dp = loaded();
     in_ns(&ns.path, || {
         // Ingress: the observer first, a second program after it.
-        dp.attach("dp0", index, Hook::Ingress, PROG_INGRESS, Order::First).unwrap();
-        dp.attach("dp0", index, Hook::Ingress, PROG_EGRESS, Order::After(PROG_INGRESS)).unwrap();
+        dp.attach("dp0", index, Hook::Ingress, PROG_INGRESS, Order::First)
+            .unwrap();
+        dp.attach(
+            "dp0",
+            index,
+            Hook::Ingress,
+            PROG_EGRESS,
+            Order::After(PROG_INGRESS),
+        )
+        .unwrap();
         // Egress: the second program last, then the observer before it.
-        dp.attach("dp0", index, Hook::Egress, PROG_EGRESS, Order::Last).unwrap();
-        dp.attach("dp0", index, Hook::Egress, PROG_INGRESS, Order::Before(PROG_EGRESS)).unwrap();
+        dp.attach("dp0", index, Hook::Egress, PROG_EGRESS, Order::Last)
+            .unwrap();
+        dp.attach(
+            "dp0",
+            index,
+            Hook::Egress,
+            PROG_INGRESS,
+            Order::Before(PROG_EGRESS),
+        )
+        .unwrap();
         // A repeated attach keeps the program's place.
-        dp.attach("dp0", index, Hook::Ingress, PROG_INGRESS, Order::Last).unwrap();
+        dp.attach("dp0", index, Hook::Ingress, PROG_INGRESS, Order::Last)
+            .unwrap();
 
         for hook in [Hook::Ingress, Hook::Egress] {
             let on = dp.query("dp0", hook).unwrap();
@@ -59,9 +80,20 @@ async fn programs_share_a_hook_in_the_order_asked_for() {
 
         // A program cannot be ordered relative to one that is not on the hook.
         dp.detach(index, Hook::Ingress, PROG_EGRESS);
-        let err = dp.attach("dp0", index, Hook::Ingress, PROG_EGRESS, Order::After("flow_missing")).unwrap_err();
+        let err = dp
+            .attach(
+                "dp0",
+                index,
+                Hook::Ingress,
+                PROG_EGRESS,
+                Order::After("flow_missing"),
+            )
+            .unwrap_err();
         assert!(matches!(err, DatapathError::NoAnchor { .. }), "{err}");
-        assert_eq!(names(&dp.query("dp0", Hook::Ingress).unwrap()), vec![PROG_INGRESS]);
+        assert_eq!(
+            names(&dp.query("dp0", Hook::Ingress).unwrap()),
+            vec![PROG_INGRESS]
+        );
 
         // The interface goes: everything of it is detached.
         assert_eq!(dp.detach_interface(index), 3);

@@ -17,7 +17,11 @@ fn counters() -> Counters {
 
 fn address_message(index: u32, ip: IpAddr, prefix: u8) -> AddressMessage {
     let mut m = AddressMessage::default();
-    m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.header.family = if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
     m.header.prefix_len = prefix;
     m.header.index = index;
     m.attributes.push(AddressAttribute::Address(ip));
@@ -52,8 +56,16 @@ fn decodes_every_message_of_a_datagram() {
     assert_eq!(
         decode(&buf, &c),
         vec![
-            Change::AddrNew { ifindex: 7, addr: v4, prefix: 24 },
-            Change::AddrDel { ifindex: 8, addr: v6, prefix: 64 },
+            Change::AddrNew {
+                ifindex: 7,
+                addr: v4,
+                prefix: 24
+            },
+            Change::AddrDel {
+                ifindex: 8,
+                addr: v6,
+                prefix: 64
+            },
         ]
     );
     assert_eq!(c.undecodable.load(Relaxed), 0);
@@ -79,18 +91,30 @@ async fn expect(
             Err(_) => panic!("no {what} event within 5 s"),
             Ok(None) => panic!("listener gone"),
             Ok(Some(Received::Lagged { missed })) => panic!("lagged by {missed}"),
-            Ok(Some(Received::Event(ev))) if ev.netns.as_deref() == Some(netns) && want(&ev.change) => return ev,
+            Ok(Some(Received::Event(ev)))
+                if ev.netns.as_deref() == Some(netns) && want(&ev.change) =>
+            {
+                return ev;
+            }
             Ok(Some(Received::Event(_))) => {}
         }
     }
 }
 
 async fn add_addr(h: &Handle, index: u32, ip: IpAddr, prefix: u8) {
-    h.address().add(index, ip, prefix).execute().await.expect("address add");
+    h.address()
+        .add(index, ip, prefix)
+        .execute()
+        .await
+        .expect("address add");
 }
 
 async fn del_addr(h: &Handle, index: u32, ip: IpAddr, prefix: u8) {
-    h.address().del(address_message(index, ip, prefix)).execute().await.expect("address del");
+    h.address()
+        .del(address_message(index, ip, prefix))
+        .execute()
+        .await
+        .expect("address del");
 }
 
 #[tokio::test]
@@ -103,34 +127,89 @@ async fn link_address_and_route_changes_in_a_watched_namespace() {
     let h = ns.handle().await;
 
     let index = ns.veth(&h, "ev0").await;
-    let ev = expect(&mut sub, &ns.path, "link new", |c| matches!(c, Change::LinkNew { name, .. } if name == "ev0")).await;
-    assert!(matches!(ev.change, Change::LinkNew { ifindex, ref kind, .. } if ifindex == index && kind.as_deref() == Some("veth")));
-    expect(&mut sub, &ns.path, "link up", |c| matches!(c, Change::LinkNew { name, up: true, .. } if name == "ev0")).await;
+    let ev = expect(
+        &mut sub,
+        &ns.path,
+        "link new",
+        |c| matches!(c, Change::LinkNew { name, .. } if name == "ev0"),
+    )
+    .await;
+    assert!(
+        matches!(ev.change, Change::LinkNew { ifindex, ref kind, .. } if ifindex == index && kind.as_deref() == Some("veth"))
+    );
+    expect(
+        &mut sub,
+        &ns.path,
+        "link up",
+        |c| matches!(c, Change::LinkNew { name, up: true, .. } if name == "ev0"),
+    )
+    .await;
 
     let v4 = IpAddr::V4(Ipv4Addr::new(198, 18, 40, 2));
     add_addr(&h, index, v4, 24).await;
-    expect(&mut sub, &ns.path, "addr new", |c| *c == Change::AddrNew { ifindex: index, addr: v4, prefix: 24 }).await;
+    expect(&mut sub, &ns.path, "addr new", |c| {
+        *c == Change::AddrNew {
+            ifindex: index,
+            addr: v4,
+            prefix: 24,
+        }
+    })
+    .await;
     let v6: IpAddr = "fd00:40::2".parse().unwrap();
     add_addr(&h, index, v6, 64).await;
-    expect(&mut sub, &ns.path, "addr6 new", |c| *c == Change::AddrNew { ifindex: index, addr: v6, prefix: 64 }).await;
+    expect(&mut sub, &ns.path, "addr6 new", |c| {
+        *c == Change::AddrNew {
+            ifindex: index,
+            addr: v6,
+            prefix: 64,
+        }
+    })
+    .await;
 
     let dst = Ipv4Addr::new(198, 19, 40, 0);
     let gw = Ipv4Addr::new(198, 18, 40, 1);
-    let route = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 24).gateway(gw).output_interface(index).build();
-    h.route().add(route.clone()).execute().await.expect("route add");
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, 24)
+        .gateway(gw)
+        .output_interface(index)
+        .build();
+    h.route()
+        .add(route.clone())
+        .execute()
+        .await
+        .expect("route add");
     let want = |c: &Change| {
         matches!(c, Change::RouteNew { dst: d, prefix: 24, gateway: Some(g), ifindex: Some(i), table: 254 }
             if *d == IpAddr::V4(dst) && *g == IpAddr::V4(gw) && *i == index)
     };
     expect(&mut sub, &ns.path, "route new", want).await;
     h.route().del(route).execute().await.expect("route del");
-    expect(&mut sub, &ns.path, "route del", |c| matches!(c, Change::RouteDel { dst: d, prefix: 24, .. } if *d == IpAddr::V4(dst))).await;
+    expect(
+        &mut sub,
+        &ns.path,
+        "route del",
+        |c| matches!(c, Change::RouteDel { dst: d, prefix: 24, .. } if *d == IpAddr::V4(dst)),
+    )
+    .await;
 
     del_addr(&h, index, v4, 24).await;
-    expect(&mut sub, &ns.path, "addr del", |c| *c == Change::AddrDel { ifindex: index, addr: v4, prefix: 24 }).await;
+    expect(&mut sub, &ns.path, "addr del", |c| {
+        *c == Change::AddrDel {
+            ifindex: index,
+            addr: v4,
+            prefix: 24,
+        }
+    })
+    .await;
 
     h.link().del(index).execute().await.expect("link del");
-    expect(&mut sub, &ns.path, "link del", |c| *c == Change::LinkDel { ifindex: index, name: "ev0".into() }).await;
+    expect(&mut sub, &ns.path, "link del", |c| {
+        *c == Change::LinkDel {
+            ifindex: index,
+            name: "ev0".into(),
+        }
+    })
+    .await;
 
     assert!(events.unwatch_netns(&ns.path));
     assert!(events.watched().is_empty());
@@ -140,7 +219,11 @@ async fn link_address_and_route_changes_in_a_watched_namespace() {
 async fn a_removed_namespace_ends_its_watch() {
     require_root!();
     let ns = TestNetns::new();
-    let events = HostEvents::start(Config { netns_check: Duration::from_millis(50), ..Config::default() }).unwrap();
+    let events = HostEvents::start(Config {
+        netns_check: Duration::from_millis(50),
+        ..Config::default()
+    })
+    .unwrap();
     let mut sub = events.subscribe();
     events.watch_netns(&ns.path).await.expect("watch");
     assert_eq!(events.watched(), vec![ns.path.clone()]);
@@ -155,7 +238,11 @@ async fn a_removed_namespace_ends_its_watch() {
 async fn a_slow_subscriber_is_told_it_lagged() {
     require_root!();
     let ns = TestNetns::new();
-    let events = HostEvents::start(Config { capacity: 2, ..Config::default() }).unwrap();
+    let events = HostEvents::start(Config {
+        capacity: 2,
+        ..Config::default()
+    })
+    .unwrap();
     let mut sub = events.subscribe();
     events.watch_netns(&ns.path).await.expect("watch");
     let h = ns.handle().await;
@@ -179,17 +266,28 @@ async fn a_slow_subscriber_is_told_it_lagged() {
 async fn a_receive_buffer_overrun_asks_for_a_resync() {
     require_root!();
     let ns = TestNetns::new();
-    let events = HostEvents::start(Config { rcvbuf: 1, ..Config::default() }).unwrap();
+    let events = HostEvents::start(Config {
+        rcvbuf: 1,
+        ..Config::default()
+    })
+    .unwrap();
     let mut sub = events.subscribe();
     events.watch_netns(&ns.path).await.expect("watch");
-    let batch: String = (0..64).map(|i| format!("link add ovr{i} type veth peer name ovr{i}p\n")).collect();
+    let batch: String = (0..64)
+        .map(|i| format!("link add ovr{i} type veth peer name ovr{i}p\n"))
+        .collect();
     let mut child = std::process::Command::new("ip")
         .args(["-n", &ns.name, "-batch", "-"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("ip");
     use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(batch.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
     assert!(child.wait().unwrap().success());
     let ev = expect(&mut sub, &ns.path, "overrun", |c| *c == Change::Overrun).await;
     assert!(ev.needs_resync());
@@ -198,7 +296,9 @@ async fn a_receive_buffer_overrun_asks_for_a_resync() {
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(StatsCollector(events.clone())));
     let text = crate::metrics::render(&registry).unwrap();
-    assert!(text.contains("# TYPE weft_agent_host_event_overruns_total counter\nweft_agent_host_event_overruns_total "));
+    assert!(text.contains(
+        "# TYPE weft_agent_host_event_overruns_total counter\nweft_agent_host_event_overruns_total "
+    ));
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -248,5 +348,8 @@ async fn event_latency() {
         ms(percentile(&to_sub, 0.5)),
         ms(percentile(&to_sub, 0.99)),
     );
-    assert!(percentile(&to_sub, 0.99) < Duration::from_millis(100), "events are slow");
+    assert!(
+        percentile(&to_sub, 0.99) < Duration::from_millis(100),
+        "events are slow"
+    );
 }

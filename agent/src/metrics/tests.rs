@@ -15,7 +15,9 @@ fn renders_counters_with_types() {
     let m = Metrics::new(&mut registry);
     m.records_dropped.inc_by(7);
     let text = render(&registry).unwrap();
-    assert!(text.contains("# TYPE weft_agent_records_dropped_total counter\nweft_agent_records_dropped_total 7\n"));
+    assert!(text.contains(
+        "# TYPE weft_agent_records_dropped_total counter\nweft_agent_records_dropped_total 7\n"
+    ));
     assert!(text.contains("weft_agent_flow_map_entries 0"));
 }
 
@@ -76,26 +78,60 @@ async fn metrics_endpoint_parses_and_keeps_every_family() {
     control.desired_generation.set(1 << 40);
 
     let response = app(Arc::new(registry))
-        .oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], CONTENT_TYPE);
-    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
 
     let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     for (name, kind) in FAMILIES.iter().chain(ADDED) {
-        let family = families.get(*name).unwrap_or_else(|| panic!("no family {name} in\n{text}"));
+        let family = families
+            .get(*name)
+            .unwrap_or_else(|| panic!("no family {name} in\n{text}"));
         assert_eq!(family.kind, *kind, "{name}");
         assert!(family.help, "{name}: no HELP");
         assert_eq!(family.samples, 1, "{name}");
-        assert_eq!(family.label_names, BTreeSet::from([Vec::<String>::new()]), "{name}");
+        assert_eq!(
+            family.label_names,
+            BTreeSet::from([Vec::<String>::new()]),
+            "{name}"
+        );
     }
-    assert_eq!(families.len(), FAMILIES.len() + ADDED.len(), "families added or removed: {:?}", families.keys());
-    assert!(text.lines().any(|l| l == "weft_agent_drain_duration_seconds 0.0125"), "{text}");
-    assert!(text.lines().any(|l| l == "weft_agent_desired_generation 1099511627776"), "{text}");
+    assert_eq!(
+        families.len(),
+        FAMILIES.len() + ADDED.len(),
+        "families added or removed: {:?}",
+        families.keys()
+    );
     assert!(
-        text.lines().any(|l| l == "# HELP weft_agent_records_queued Flow records waiting to be sent."),
+        text.lines()
+            .any(|l| l == "weft_agent_drain_duration_seconds 0.0125"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "weft_agent_desired_generation 1099511627776"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == "# HELP weft_agent_records_queued Flow records waiting to be sent."),
         "{text}"
     );
 }
@@ -122,20 +158,32 @@ fn parse(text: &str) -> Result<BTreeMap<String, Family>, String> {
             return Err(at("OpenMetrics EOF in a 0.0.4 exposition"));
         }
         if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, _) = rest.split_once(' ').ok_or_else(|| at("HELP without text"))?;
+            let (name, _) = rest
+                .split_once(' ')
+                .ok_or_else(|| at("HELP without text"))?;
             if families.contains_key(name) {
                 return Err(at("family declared twice"));
             }
-            families.insert(name.to_owned(), Family { help: true, ..Family::default() });
+            families.insert(
+                name.to_owned(),
+                Family {
+                    help: true,
+                    ..Family::default()
+                },
+            );
             current = Some(name.to_owned());
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').ok_or_else(|| at("TYPE without a type"))?;
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or_else(|| at("TYPE without a type"))?;
             if current.as_deref() != Some(name) {
                 return Err(at("TYPE not right after its HELP"));
             }
-            let family = families.get_mut(name).ok_or_else(|| at("TYPE of no family"))?;
+            let family = families
+                .get_mut(name)
+                .ok_or_else(|| at("TYPE of no family"))?;
             if !family.kind.is_empty() {
                 return Err(at("second TYPE"));
             }
@@ -149,15 +197,21 @@ fn parse(text: &str) -> Result<BTreeMap<String, Family>, String> {
             return Err(at("unexpected line"));
         }
         let (name, labels, value) = sample(line).map_err(|e| at(&e))?;
-        let family_name = current.clone().ok_or_else(|| at("sample before any family"))?;
-        let family = families.get_mut(&family_name).ok_or_else(|| at("no family"))?;
+        let family_name = current
+            .clone()
+            .ok_or_else(|| at("sample before any family"))?;
+        let family = families
+            .get_mut(&family_name)
+            .ok_or_else(|| at("no family"))?;
         let named = name == family_name
             || (family.kind == "summary"
                 && [format!("{family_name}_sum"), format!("{family_name}_count")].contains(&name));
         if !named || family.kind.is_empty() {
             return Err(at(&format!("sample outside its family {family_name}")));
         }
-        value.parse::<f64>().map_err(|_| at("value is not a number"))?;
+        value
+            .parse::<f64>()
+            .map_err(|_| at("value is not a number"))?;
         let mut names: Vec<String> = labels;
         names.sort();
         if name == family_name {
@@ -172,7 +226,11 @@ fn parse(text: &str) -> Result<BTreeMap<String, Family>, String> {
 fn sample(line: &str) -> Result<(String, Vec<String>, String), String> {
     let name_end = line.find(['{', ' ']).ok_or("no value")?;
     let name = &line[..name_end];
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
         return Err("bad metric name".into());
     }
     let mut rest = &line[name_end..];
@@ -222,4 +280,3 @@ fn sample(line: &str) -> Result<(String, Vec<String>, String), String> {
     }
     Ok((name.to_owned(), labels, value.to_owned()))
 }
-

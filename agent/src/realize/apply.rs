@@ -22,10 +22,10 @@ use tracing::{info, warn};
 
 use super::diff::{Cidr, Current, DesiredAddress, Managed, Plan, RouteOp, is_link_local, plan};
 use super::netns::NetnsConnections;
-use crate::control::state::{StateError, StateFile};
-use crate::hostevents::{Change, HostEvent};
 use super::{DesiredWorkload, RealizeError};
 use crate::config::WorkloadSpec;
+use crate::control::state::{StateError, StateFile};
+use crate::hostevents::{Change, HostEvent};
 
 /// Workloads applied at once (each holds a netlink thread while it runs).
 const PARALLEL_APPLIES: usize = 8;
@@ -117,20 +117,30 @@ impl Device<'_> {
         let Some(hv) = self.hv else {
             return;
         };
-        let new: Vec<IpAddr> =
-            plan.add.iter().map(|c| c.addr).filter(|a| !self.announced.contains(a)).collect();
+        let new: Vec<IpAddr> = plan
+            .add
+            .iter()
+            .map(|c| c.addr)
+            .filter(|a| !self.announced.contains(a))
+            .collect();
         if new.is_empty() {
             return;
         }
         match set_neighbours(hv, &new, self.mac).await {
             Ok(n) => *announced += n,
-            Err(e) => warn!(error = %e, "setting the hypervisor's neighbour entries of the new addresses failed"),
+            Err(e) => {
+                warn!(error = %e, "setting the hypervisor's neighbour entries of the new addresses failed")
+            }
         }
     }
 }
 
 fn list(cidrs: &[Cidr]) -> String {
-    cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// How the agent moves a workload from its old address to its new one.
@@ -248,7 +258,9 @@ impl Realizer {
         self.managed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn last_applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<DesiredAddress>, Applied)>> {
+    fn last_applied(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<DesiredAddress>, Applied)>> {
         self.last_applied.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -258,7 +270,9 @@ impl Realizer {
     async fn gateway_mac(&self, gateway: IpAddr) -> Option<Vec<u8>> {
         let cached = || {
             let macs = self.gateway_macs.lock().unwrap_or_else(|p| p.into_inner());
-            macs.get(&gateway).filter(|(at, _)| at.elapsed() < GATEWAY_MAC_TTL).map(|(_, mac)| mac.clone())
+            macs.get(&gateway)
+                .filter(|(at, _)| at.elapsed() < GATEWAY_MAC_TTL)
+                .map(|(_, mac)| mac.clone())
         };
         if let Some(mac) = cached() {
             return Some(mac);
@@ -275,7 +289,10 @@ impl Realizer {
         .await;
         match found {
             Ok(Some(mac)) => {
-                self.gateway_macs.lock().unwrap_or_else(|p| p.into_inner()).insert(gateway, (Instant::now(), mac.clone()));
+                self.gateway_macs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(gateway, (Instant::now(), mac.clone()));
                 Some(mac)
             }
             Ok(None) => None,
@@ -288,7 +305,11 @@ impl Realizer {
 
     /// Workload namespaces (where the host events of the managed devices come from).
     pub fn namespaces(&self) -> Vec<PathBuf> {
-        let mut all: Vec<PathBuf> = self.targets.values().filter_map(|t| t.netns.clone()).collect();
+        let mut all: Vec<PathBuf> = self
+            .targets
+            .values()
+            .filter_map(|t| t.netns.clone())
+            .collect();
         all.sort();
         all.dedup();
         all
@@ -297,8 +318,11 @@ impl Realizer {
     /// Workloads with addresses weft manages.
     pub fn managed_workloads(&self) -> Vec<String> {
         let m = self.managed();
-        let mut names: Vec<String> =
-            m.iter().filter(|(_, m)| !m.seen.is_empty() || !m.ranges.is_empty()).map(|(n, _)| n.clone()).collect();
+        let mut names: Vec<String> = m
+            .iter()
+            .filter(|(_, m)| !m.seen.is_empty() || !m.ranges.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
         names.sort();
         names
     }
@@ -334,12 +358,22 @@ impl Realizer {
                     Change::AddrDel { addr, prefix, .. } => {
                         n.addrs.insert(*addr, (false, *prefix));
                     }
-                    Change::LinkNew { name: l, up, .. } if l == dev => n.link = Some(if *up { "up" } else { "down" }),
+                    Change::LinkNew { name: l, up, .. } if l == dev => {
+                        n.link = Some(if *up { "up" } else { "down" })
+                    }
                     Change::LinkDel { name: l, .. } if l == dev => n.link = Some("deleted"),
-                    Change::RouteNew { prefix: 0, gateway: Some(g), .. } => {
+                    Change::RouteNew {
+                        prefix: 0,
+                        gateway: Some(g),
+                        ..
+                    } => {
                         n.routes.insert(*g, true);
                     }
-                    Change::RouteDel { prefix: 0, gateway: Some(g), .. } => {
+                    Change::RouteDel {
+                        prefix: 0,
+                        gateway: Some(g),
+                        ..
+                    } => {
                         n.routes.insert(*g, false);
                     }
                     _ => {}
@@ -351,7 +385,9 @@ impl Realizer {
         let managed = self.managed();
         let mut out = Vec::new();
         for (name, n) in net {
-            let Some((desired, _)) = last.get(name) else { continue };
+            let Some((desired, _)) = last.get(name) else {
+                continue;
+            };
             let dev = &self.targets[name].device;
             let mut what: Vec<String> = Vec::new();
             for (addr, (present, prefix)) in &n.addrs {
@@ -408,13 +444,28 @@ impl Realizer {
 
     /// `empty_absent`: workloads with managed addresses that `desired` does not list are
     /// emptied (a whole host state); otherwise left alone (a repair of some workloads).
-    async fn apply_with(&self, desired: Vec<DesiredWorkload>, skip_unchanged: bool, empty_absent: bool) -> Vec<Applied> {
-        let mut all: Vec<(DesiredWorkload, bool)> = desired.into_iter().map(|w| (w, true)).collect();
-        let remembered: Vec<String> =
-            if empty_absent { self.managed().keys().cloned().collect() } else { Vec::new() };
+    async fn apply_with(
+        &self,
+        desired: Vec<DesiredWorkload>,
+        skip_unchanged: bool,
+        empty_absent: bool,
+    ) -> Vec<Applied> {
+        let mut all: Vec<(DesiredWorkload, bool)> =
+            desired.into_iter().map(|w| (w, true)).collect();
+        let remembered: Vec<String> = if empty_absent {
+            self.managed().keys().cloned().collect()
+        } else {
+            Vec::new()
+        };
         for name in remembered {
             if !all.iter().any(|(w, _)| w.name == name) {
-                all.push((DesiredWorkload { name, addresses: Vec::new() }, false));
+                all.push((
+                    DesiredWorkload {
+                        name,
+                        addresses: Vec::new(),
+                    },
+                    false,
+                ));
             }
         }
         let mut out = Vec::with_capacity(all.len());
@@ -424,7 +475,11 @@ impl Realizer {
                 Some((addresses, applied)) if *addresses == w.addresses => {
                     // The last report again, with its re-address time (the controller may
                     // read this report for the move that caused it); nothing was written.
-                    out.push(Applied { changes: 0, neighbours_set: 0, ..applied.clone() });
+                    out.push(Applied {
+                        changes: 0,
+                        neighbours_set: 0,
+                        ..applied.clone()
+                    });
                     false
                 }
                 _ => true,
@@ -447,7 +502,10 @@ impl Realizer {
         let announced = &announced;
         let results: Vec<(Applied, bool, bool, Vec<DesiredAddress>)> = futures::stream::iter(all)
             .map(|(w, asked)| async move {
-                let (done, n) = announced.get(&w.name).map(|(a, n)| (a.as_slice(), *n)).unwrap_or((&[], 0));
+                let (done, n) = announced
+                    .get(&w.name)
+                    .map(|(a, n)| (a.as_slice(), *n))
+                    .unwrap_or((&[], 0));
                 let (mut applied, gone) = self.apply_one(&w, done).await;
                 applied.neighbours_set += n;
                 (applied, gone, asked, w.addresses)
@@ -464,7 +522,8 @@ impl Realizer {
                 continue;
             }
             if applied.error.is_none() {
-                self.last_applied().insert(applied.workload.clone(), (addresses, applied.clone()));
+                self.last_applied()
+                    .insert(applied.workload.clone(), (addresses, applied.clone()));
             } else {
                 self.last_applied().remove(&applied.workload);
             }
@@ -481,7 +540,10 @@ impl Realizer {
     /// starting ARP broadcasts on the bridge (every port, every second) while it waits
     /// its turn in a burst of re-addresses. Best effort, like the announce after a change.
     /// Returns, per workload, the addresses announced and how many entries were set.
-    async fn preannounce(&self, workloads: &[(DesiredWorkload, bool)]) -> HashMap<String, (Vec<IpAddr>, usize)> {
+    async fn preannounce(
+        &self,
+        workloads: &[(DesiredWorkload, bool)],
+    ) -> HashMap<String, (Vec<IpAddr>, usize)> {
         let Ok(hv) = self.conns.get(self.neighbour_netns.as_deref()).await else {
             return HashMap::new();
         };
@@ -498,7 +560,8 @@ impl Realizer {
                         .map(|d| d.cidr.addr)
                         .collect();
                     let target = self.targets.get(&w.name)?;
-                    (!new.is_empty() && target.netns.is_some()).then(|| (w.name.clone(), target.clone(), new))
+                    (!new.is_empty() && target.netns.is_some())
+                        .then(|| (w.name.clone(), target.clone(), new))
                 })
                 .collect()
         };
@@ -531,7 +594,10 @@ impl Realizer {
     /// Brings one workload's device to its desired addresses and reads it back. Returns
     /// the report, and whether the workload's namespace or device does not exist.
     async fn apply_one(&self, w: &DesiredWorkload, announced: &[IpAddr]) -> (Applied, bool) {
-        let mut applied = Applied { workload: w.name.clone(), ..Default::default() };
+        let mut applied = Applied {
+            workload: w.name.clone(),
+            ..Default::default()
+        };
         let Some(target) = self.targets.get(&w.name) else {
             applied.error = Some(RealizeError::UnknownWorkload(w.name.clone()).to_string());
             return (applied, false);
@@ -560,8 +626,20 @@ impl Realizer {
                 return (applied, gone);
             }
         };
-        let result = self.reconcile(h, (index, mac.as_deref()), w, target, announced, &mut applied).await;
-        self.read_back_at.lock().unwrap_or_else(|p| p.into_inner()).insert(w.name.clone(), Instant::now());
+        let result = self
+            .reconcile(
+                h,
+                (index, mac.as_deref()),
+                w,
+                target,
+                announced,
+                &mut applied,
+            )
+            .await;
+        self.read_back_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(w.name.clone(), Instant::now());
         match read_current(h, index).await {
             Ok((current, _)) => {
                 if result.is_ok() {
@@ -571,8 +649,11 @@ impl Realizer {
                     }
                 }
                 applied.link_up = current.link_up;
-                applied.addresses =
-                    current.addresses.into_iter().filter(|c| !is_link_local(&c.addr)).collect();
+                applied.addresses = current
+                    .addresses
+                    .into_iter()
+                    .filter(|c| !is_link_local(&c.addr))
+                    .collect();
             }
             Err(e) if result.is_ok() => applied.error = Some(format!("reading back: {e}")),
             Err(_) => {}
@@ -626,7 +707,14 @@ impl Realizer {
                 }
             }
         };
-        let dev = Device { h, index, gateways: &gateways, hv: hv.as_ref(), mac, announced };
+        let dev = Device {
+            h,
+            index,
+            gateways: &gateways,
+            hv: hv.as_ref(),
+            mac,
+            announced,
+        };
         let mut set_after = 0;
         let down = if plan.readdress && self.readdress_mode == ReaddressMode::MakeBeforeBreak {
             make_before_break(&dev, &plan, &messages, &mut applied.changes, &mut set_after).await?
@@ -665,7 +753,10 @@ impl Realizer {
 
 /// The device's index and its hardware address.
 async fn link_of(h: &Handle, target: &Target) -> Result<(u32, Option<Vec<u8>>), RealizeError> {
-    let no_device = || RealizeError::NoDevice { device: target.device.clone(), netns: target.netns_label.clone() };
+    let no_device = || RealizeError::NoDevice {
+        device: target.device.clone(),
+        netns: target.netns_label.clone(),
+    };
     let mut links = h.link().get().match_name(target.device.clone()).execute();
     match links.try_next().await {
         Ok(Some(msg)) => Ok((msg.header.index, hardware_address(&msg))),
@@ -677,7 +768,9 @@ async fn link_of(h: &Handle, target: &Target) -> Result<(u32, Option<Vec<u8>>), 
 
 fn hardware_address(msg: &LinkMessage) -> Option<Vec<u8>> {
     msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(mac) if mac.len() == 6 && mac.iter().any(|b| *b != 0) => Some(mac.clone()),
+        LinkAttribute::Address(mac) if mac.len() == 6 && mac.iter().any(|b| *b != 0) => {
+            Some(mac.clone())
+        }
         _ => None,
     })
 }
@@ -704,8 +797,15 @@ fn default_gateway(msg: &RouteMessage, index: u32) -> Option<IpAddr> {
             _ => None,
         })
         .unwrap_or(u32::from(msg.header.table));
-    let oif = msg.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-    if msg.header.destination_prefix_length != 0 || table != main || msg.header.kind != RouteType::Unicast || !oif {
+    let oif = msg
+        .attributes
+        .iter()
+        .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+    if msg.header.destination_prefix_length != 0
+        || table != main
+        || msg.header.kind != RouteType::Unicast
+        || !oif
+    {
         return None;
     }
     msg.attributes.iter().find_map(|a| match a {
@@ -715,7 +815,10 @@ fn default_gateway(msg: &RouteMessage, index: u32) -> Option<IpAddr> {
     })
 }
 
-async fn list_addresses(h: &Handle, index: u32) -> Result<Vec<(Cidr, AddressMessage)>, RealizeError> {
+async fn list_addresses(
+    h: &Handle,
+    index: u32,
+) -> Result<Vec<(Cidr, AddressMessage)>, RealizeError> {
     let messages: Vec<AddressMessage> = h
         .address()
         .get()
@@ -724,12 +827,18 @@ async fn list_addresses(h: &Handle, index: u32) -> Result<Vec<(Cidr, AddressMess
         .try_collect()
         .await
         .map_err(nl("listing addresses"))?;
-    Ok(messages.into_iter().filter_map(|m| Some((address_of(&m)?, m))).collect())
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| Some((address_of(&m)?, m)))
+        .collect())
 }
 
 /// The device's addresses (with their netlink messages, for deletion), link state and
 /// default routes.
-async fn read_current(h: &Handle, index: u32) -> Result<(Current, Vec<(Cidr, AddressMessage)>), RealizeError> {
+async fn read_current(
+    h: &Handle,
+    index: u32,
+) -> Result<(Current, Vec<(Cidr, AddressMessage)>), RealizeError> {
     let mut current = Current::default();
     let link = h
         .link()
@@ -742,18 +851,34 @@ async fn read_current(h: &Handle, index: u32) -> Result<(Current, Vec<(Cidr, Add
     current.link_up = link.is_some_and(|l| l.header.flags.contains(LinkFlags::Up));
     let messages = list_addresses(h, index).await?;
     current.addresses = messages.iter().map(|(c, _)| *c).collect();
-    for family in [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()] {
-        let routes: Vec<RouteMessage> =
-            h.route().get(family).execute().try_collect().await.map_err(nl("listing routes"))?;
-        current.default_gateways.extend(routes.iter().filter_map(|r| default_gateway(r, index)));
+    for family in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let routes: Vec<RouteMessage> = h
+            .route()
+            .get(family)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing routes"))?;
+        current
+            .default_gateways
+            .extend(routes.iter().filter_map(|r| default_gateway(r, index)));
     }
     Ok((current, messages))
 }
 
 fn default_route(index: u32, gateway: IpAddr) -> RouteMessage {
     match gateway {
-        IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new().gateway(g).output_interface(index).build(),
-        IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new().gateway(g).output_interface(index).build(),
+        IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(g)
+            .output_interface(index)
+            .build(),
+        IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(g)
+            .output_interface(index)
+            .build(),
     }
 }
 
@@ -763,7 +888,11 @@ async fn set_link(h: &Handle, index: u32, up: bool) -> Result<(), RealizeError> 
     } else {
         LinkUnspec::new_with_index(index).down().build()
     };
-    h.link().set(msg).execute().await.map_err(nl(if up { "setting the link up" } else { "setting the link down" }))
+    h.link().set(msg).execute().await.map_err(nl(if up {
+        "setting the link up"
+    } else {
+        "setting the link down"
+    }))
 }
 
 /// Re-addresses without taking the link down: new addresses, then the default routes
@@ -814,12 +943,18 @@ async fn execute(
             .iter()
             .map(|(c, _)| *c)
             .filter(|c| {
-                c.addr.is_ipv6() && !plan.remove.contains(c) && !plan.add.contains(c) && !is_link_local(&c.addr)
+                c.addr.is_ipv6()
+                    && !plan.remove.contains(c)
+                    && !plan.add.contains(c)
+                    && !is_link_local(&c.addr)
             })
             .collect();
         if !kept_v6.is_empty() {
             let now = list_addresses(h, index).await?;
-            restore = kept_v6.into_iter().filter(|c| !now.iter().any(|(n, _)| n == c)).collect();
+            restore = kept_v6
+                .into_iter()
+                .filter(|c| !now.iter().any(|(n, _)| n == c))
+                .collect();
         }
     } else {
         // Routes go before the addresses they leave through (the kernel drops an IPv4
@@ -847,13 +982,20 @@ async fn execute(
     Ok(down)
 }
 
-async fn add_addresses(h: &Handle, index: u32, cidrs: &[Cidr], changes: &mut usize) -> Result<(), RealizeError> {
+async fn add_addresses(
+    h: &Handle,
+    index: u32,
+    cidrs: &[Cidr],
+    changes: &mut usize,
+) -> Result<(), RealizeError> {
     for cidr in cidrs {
         let mut req = h.address().add(index, cidr.addr, cidr.prefix);
         if cidr.addr.is_ipv6() {
             // The controller hands each address to one workload: duplicate address
             // detection would only keep it tentative (unusable) for a second or more.
-            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         req.execute().await.map_err(nl(format!("adding {cidr}")))?;
         *changes += 1;
@@ -880,7 +1022,12 @@ async fn remove_addresses(
     Ok(())
 }
 
-async fn replace_routes(h: &Handle, index: u32, plan: &Plan, changes: &mut usize) -> Result<(), RealizeError> {
+async fn replace_routes(
+    h: &Handle,
+    index: u32,
+    plan: &Plan,
+    changes: &mut usize,
+) -> Result<(), RealizeError> {
     for op in &plan.routes {
         if let RouteOp::Replace(g) = *op {
             h.route()
@@ -896,7 +1043,12 @@ async fn replace_routes(h: &Handle, index: u32, plan: &Plan, changes: &mut usize
 }
 
 /// Deletes the plan's default routes; one already gone counts as done.
-async fn delete_routes(h: &Handle, index: u32, plan: &Plan, changes: &mut usize) -> Result<(), RealizeError> {
+async fn delete_routes(
+    h: &Handle,
+    index: u32,
+    plan: &Plan,
+    changes: &mut usize,
+) -> Result<(), RealizeError> {
     for op in &plan.routes {
         if let RouteOp::Delete(g) = *op {
             match h.route().del(default_route(index, g)).execute().await {
@@ -926,7 +1078,9 @@ async fn set_gateway_neighbours(dev: &Device<'_>, changes: &mut usize) {
             .await;
         match set {
             Ok(()) => *changes += 1,
-            Err(e) => warn!(gateway = %g, error = %e, "setting the workload's neighbour entry of its gateway failed"),
+            Err(e) => {
+                warn!(gateway = %g, error = %e, "setting the workload's neighbour entry of its gateway failed")
+            }
         }
     }
 }
@@ -946,7 +1100,11 @@ async fn forget_old_gateways(h: &Handle, index: u32, plan: &Plan) {
 
 /// Deletes the entry `key` (of `addr`); one that is not there counts as done. Returns
 /// whether there was one.
-async fn delete_neighbour(h: &Handle, key: NeighbourMessage, addr: IpAddr) -> Result<bool, RealizeError> {
+async fn delete_neighbour(
+    h: &Handle,
+    key: NeighbourMessage,
+    addr: IpAddr,
+) -> Result<bool, RealizeError> {
     match h.neighbours().del(key).execute().await {
         Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENOENT => Ok(false),
@@ -959,10 +1117,11 @@ fn neighbour_key(ifindex: u32, addr: IpAddr) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = family_of(addr);
     msg.header.ifindex = ifindex;
-    msg.attributes.push(NeighbourAttribute::Destination(match addr {
-        IpAddr::V4(a) => NeighbourAddress::Inet(a),
-        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-    }));
+    msg.attributes
+        .push(NeighbourAttribute::Destination(match addr {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
     msg
 }
 
@@ -973,7 +1132,11 @@ fn neighbour_key(ifindex: u32, addr: IpAddr) -> NeighbourMessage {
 /// never by listing the table: the kernel's neighbour table is shared by every namespace
 /// of the host. Permanent and no-ARP entries are configuration, not cache: left alone.
 /// Returns the entries changed.
-async fn set_neighbours(h: &Handle, new: &[IpAddr], mac: Option<&[u8]>) -> Result<usize, RealizeError> {
+async fn set_neighbours(
+    h: &Handle,
+    new: &[IpAddr],
+    mac: Option<&[u8]>,
+) -> Result<usize, RealizeError> {
     let Some(mac) = mac else {
         return flush_neighbours(h, new).await;
     };
@@ -984,10 +1147,12 @@ async fn set_neighbours(h: &Handle, new: &[IpAddr], mac: Option<&[u8]>) -> Resul
         let Some((oif, true)) = route_device(h, addr).await? else {
             continue;
         };
-        if neighbour_entry(h, oif, addr)
-            .await?
-            .is_some_and(|e| matches!(e.header.state, NeighbourState::Permanent | NeighbourState::Noarp))
-        {
+        if neighbour_entry(h, oif, addr).await?.is_some_and(|e| {
+            matches!(
+                e.header.state,
+                NeighbourState::Permanent | NeighbourState::Noarp
+            )
+        }) {
             continue;
         }
         h.neighbours()
@@ -1013,7 +1178,10 @@ async fn flush_neighbours(h: &Handle, addresses: &[IpAddr]) -> Result<usize, Rea
         let Some(entry) = neighbour_entry(h, oif, addr).await? else {
             continue;
         };
-        if matches!(entry.header.state, NeighbourState::Permanent | NeighbourState::Noarp) {
+        if matches!(
+            entry.header.state,
+            NeighbourState::Permanent | NeighbourState::Noarp
+        ) {
             continue;
         }
         if delete_neighbour(h, entry, addr).await? {
@@ -1024,7 +1192,11 @@ async fn flush_neighbours(h: &Handle, addresses: &[IpAddr]) -> Result<usize, Rea
 }
 
 fn family_of(addr: IpAddr) -> AddressFamily {
-    if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 }
+    if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
 }
 
 /// Sends one (non-dump) request; returns its answer, `None` when the kernel says `missing`.
@@ -1060,24 +1232,38 @@ async fn route_device(h: &Handle, addr: IpAddr) -> Result<Option<(u32, bool)>, R
         IpAddr::V6(a) => RouteAddress::Inet6(a),
     }));
     let op = format!("looking up the route to {addr}");
-    let missing = [libc::ENETUNREACH, libc::EHOSTUNREACH, libc::ENOENT, libc::ESRCH];
-    Ok(match request_one(h, RouteNetlinkMessage::GetRoute(msg), &missing, &op).await? {
-        Some(RouteNetlinkMessage::NewRoute(r)) => {
-            let on_link = !r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_)));
-            r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some((*i, on_link)),
-                _ => None,
-            })
-        }
-        _ => None,
-    })
+    let missing = [
+        libc::ENETUNREACH,
+        libc::EHOSTUNREACH,
+        libc::ENOENT,
+        libc::ESRCH,
+    ];
+    Ok(
+        match request_one(h, RouteNetlinkMessage::GetRoute(msg), &missing, &op).await? {
+            Some(RouteNetlinkMessage::NewRoute(r)) => {
+                let on_link = !r
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Gateway(_)));
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some((*i, on_link)),
+                    _ => None,
+                })
+            }
+            _ => None,
+        },
+    )
 }
 
 /// The hardware address of the device that holds `addr` as one of its own addresses.
 async fn local_address_mac(h: &Handle, addr: IpAddr) -> Result<Option<Vec<u8>>, RealizeError> {
     let mut addrs = h.address().get().set_address_filter(addr).execute();
     let mut index = None;
-    while let Some(m) = addrs.try_next().await.map_err(nl(format!("looking for {addr} among the addresses")))? {
+    while let Some(m) = addrs
+        .try_next()
+        .await
+        .map_err(nl(format!("looking for {addr} among the addresses")))?
+    {
         if address_of(&m).is_some_and(|c| c.addr == addr) {
             index = Some(m.header.index);
             break;
@@ -1086,18 +1272,38 @@ async fn local_address_mac(h: &Handle, addr: IpAddr) -> Result<Option<Vec<u8>>, 
     let Some(index) = index else {
         return Ok(None);
     };
-    let link = h.link().get().match_index(index).execute().try_next().await.map_err(nl("reading the gateway's device"))?;
+    let link = h
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .map_err(nl("reading the gateway's device"))?;
     Ok(link.as_ref().and_then(hardware_address))
 }
 
 /// The neighbour entry for `addr` on device `ifindex`, if there is one.
-async fn neighbour_entry(h: &Handle, ifindex: u32, addr: IpAddr) -> Result<Option<NeighbourMessage>, RealizeError> {
+async fn neighbour_entry(
+    h: &Handle,
+    ifindex: u32,
+    addr: IpAddr,
+) -> Result<Option<NeighbourMessage>, RealizeError> {
     let msg = neighbour_key(ifindex, addr);
     let op = format!("looking up the neighbour entry of {addr}");
-    Ok(match request_one(h, RouteNetlinkMessage::GetNeighbour(msg), &[libc::ENOENT], &op).await? {
-        Some(RouteNetlinkMessage::NewNeighbour(n)) => Some(n),
-        _ => None,
-    })
+    Ok(
+        match request_one(
+            h,
+            RouteNetlinkMessage::GetNeighbour(msg),
+            &[libc::ENOENT],
+            &op,
+        )
+        .await?
+        {
+            Some(RouteNetlinkMessage::NewNeighbour(n)) => Some(n),
+            _ => None,
+        },
+    )
 }
 
 #[cfg(test)]

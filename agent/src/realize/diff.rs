@@ -48,7 +48,10 @@ pub struct Managed {
 
 impl Managed {
     pub fn with_statics(statics: impl IntoIterator<Item = IpAddr>) -> Self {
-        Self { statics: statics.into_iter().collect(), ..Default::default() }
+        Self {
+            statics: statics.into_iter().collect(),
+            ..Default::default()
+        }
     }
 
     pub fn owns(&self, ip: &IpAddr) -> bool {
@@ -73,8 +76,12 @@ impl Managed {
         };
         self.seen.retain(keep_ip);
         self.ranges.retain(|r| {
-            desired.iter().any(|d| d.cidr.prefix == r.prefix && r.contains(&d.cidr.addr))
-                || present.iter().any(|c| r.contains(&c.addr) && !self.statics.contains(&c.addr))
+            desired
+                .iter()
+                .any(|d| d.cidr.prefix == r.prefix && r.contains(&d.cidr.addr))
+                || present
+                    .iter()
+                    .any(|c| r.contains(&c.addr) && !self.statics.contains(&c.addr))
         });
     }
 }
@@ -125,14 +132,20 @@ pub fn plan(desired: &[DesiredAddress], current: &Current, managed: &Managed) ->
         .filter(|c| !wanted.contains(c) && managed.owns(&c.addr))
         .copied()
         .collect();
-    let add: Vec<Cidr> =
-        wanted.iter().filter(|w| !current.addresses.contains(w)).copied().collect();
+    let add: Vec<Cidr> = wanted
+        .iter()
+        .filter(|w| !current.addresses.contains(w))
+        .copied()
+        .collect();
     let readdress = !remove.is_empty() && !add.is_empty();
 
     let mut routes = Vec::new();
     for v4 in [true, false] {
         let family = |ip: &IpAddr| ip.is_ipv4() == v4;
-        let gateway = desired.iter().filter(|d| family(&d.cidr.addr)).find_map(|d| d.gateway);
+        let gateway = desired
+            .iter()
+            .filter(|d| family(&d.cidr.addr))
+            .find_map(|d| d.gateway);
         match gateway {
             // Taking the link down drops its routes: re-addressing always sets it again.
             Some(g) if readdress || !current.default_gateways.contains(&g) => {
@@ -148,7 +161,13 @@ pub fn plan(desired: &[DesiredAddress], current: &Current, managed: &Managed) ->
             ),
         }
     }
-    Plan { remove, add, routes, link_up: !current.link_up || readdress, readdress }
+    Plan {
+        remove,
+        add,
+        routes,
+        link_up: !current.link_up || readdress,
+        readdress,
+    }
 }
 
 #[cfg(test)]
@@ -162,7 +181,10 @@ mod tests {
         s.parse().unwrap()
     }
     fn d(cidr: &str, gw: Option<&str>) -> DesiredAddress {
-        DesiredAddress { cidr: c(cidr), gateway: gw.map(ip) }
+        DesiredAddress {
+            cidr: c(cidr),
+            gateway: gw.map(ip),
+        }
     }
     fn managed_for(desired: &[DesiredAddress]) -> Managed {
         let mut m = Managed::with_statics([ip("198.18.128.200")]);
@@ -172,8 +194,15 @@ mod tests {
 
     #[test]
     fn fresh_device_gets_addresses_link_up_and_gateway() {
-        let want = [d("198.18.128.5/22", Some("198.18.128.1")), d("fd00:80::5/64", None)];
-        let cur = Current { addresses: vec![c("fe80::1/64")], link_up: false, default_gateways: vec![] };
+        let want = [
+            d("198.18.128.5/22", Some("198.18.128.1")),
+            d("fd00:80::5/64", None),
+        ];
+        let cur = Current {
+            addresses: vec![c("fe80::1/64")],
+            link_up: false,
+            default_gateways: vec![],
+        };
         let p = plan(&want, &cur, &managed_for(&want));
         assert_eq!(p.add, vec![c("198.18.128.5/22"), c("fd00:80::5/64")]);
         assert!(p.remove.is_empty(), "link-local stays");
@@ -185,7 +214,11 @@ mod tests {
     fn same_state_again_plans_nothing() {
         let want = [d("198.18.128.5/22", Some("198.18.128.1"))];
         let cur = Current {
-            addresses: vec![c("198.18.128.5/22"), c("198.18.128.200/22"), c("fe80::1/64")],
+            addresses: vec![
+                c("198.18.128.5/22"),
+                c("198.18.128.200/22"),
+                c("fe80::1/64"),
+            ],
             link_up: true,
             default_gateways: vec![ip("198.18.128.1")],
         };
@@ -211,7 +244,10 @@ mod tests {
         let p = plan(&want, &cur, &managed_for(&want));
         assert_eq!(p.remove, vec![c("198.18.129.9/22")]);
         assert_eq!(p.add, vec![c("198.18.128.5/22")]);
-        assert!(p.routes.is_empty(), "a default route outside weft's ranges stays: {p:?}");
+        assert!(
+            p.routes.is_empty(),
+            "a default route outside weft's ranges stays: {p:?}"
+        );
     }
 
     #[test]
@@ -269,9 +305,16 @@ mod tests {
         let want = [d("198.18.128.5/24", None)];
         let mut m = managed_for(&[d("198.18.128.5/22", None)]);
         m.learn(&want);
-        let cur = Current { addresses: vec![c("198.18.128.5/22")], link_up: true, default_gateways: vec![] };
+        let cur = Current {
+            addresses: vec![c("198.18.128.5/22")],
+            link_up: true,
+            default_gateways: vec![],
+        };
         let p = plan(&want, &cur, &m);
-        assert_eq!((p.remove.clone(), p.add.clone()), (vec![c("198.18.128.5/22")], vec![c("198.18.128.5/24")]));
+        assert_eq!(
+            (p.remove.clone(), p.add.clone()),
+            (vec![c("198.18.128.5/22")], vec![c("198.18.128.5/24")])
+        );
     }
 
     #[test]

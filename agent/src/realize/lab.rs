@@ -17,18 +17,18 @@ use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use weft_proto::v1::{
-    AddressAssignment, DesiredState, ObservedState, ReportObservedResponse, Resource, ResourceObserved, ResourceStatus,
-    WatchDesiredStateRequest, WorkloadAddresses,
+    AddressAssignment, DesiredState, ObservedState, ReportObservedResponse, Resource,
+    ResourceObserved, ResourceStatus, WatchDesiredStateRequest, WorkloadAddresses,
     agent_control_service_server::{AgentControlService, AgentControlServiceServer},
     resource::Spec,
 };
 
 use super::diff::Cidr;
 use super::{AddressReconciler, DesiredAddress, DesiredWorkload, Realizer, netns};
+use crate::config::{Netns, WorkloadSpec};
 use crate::control::ControlMetrics;
 use crate::control::driver::ControlDriver;
 use crate::hostevents::HostEvents;
-use crate::config::{Netns, WorkloadSpec};
 
 use crate::testns::{TestNetns, require_root};
 
@@ -41,7 +41,9 @@ trait RealizeNetns {
 
 impl RealizeNetns for TestNetns {
     async fn nl(&self) -> netns::NetnsHandle {
-        netns::connect(Some(&self.path)).await.expect("netlink in the test namespace")
+        netns::connect(Some(&self.path))
+            .await
+            .expect("netlink in the test namespace")
     }
 
     /// A veth device (down) in this namespace, its peer (`<name>p`, up) beside it; returns
@@ -49,9 +51,19 @@ impl RealizeNetns for TestNetns {
     async fn dummy(&self, name: &str) -> u32 {
         let h = self.nl().await;
         let peer = format!("{name}p");
-        h.handle.link().add(LinkVeth::new(name, &peer).build()).execute().await.expect("adding a veth pair");
+        h.handle
+            .link()
+            .add(LinkVeth::new(name, &peer).build())
+            .execute()
+            .await
+            .expect("adding a veth pair");
         let p = index_of(&h, &peer).await;
-        h.handle.link().set(LinkUnspec::new_with_index(p).up().build()).execute().await.expect("peer up");
+        h.handle
+            .link()
+            .set(LinkUnspec::new_with_index(p).up().build())
+            .execute()
+            .await
+            .expect("peer up");
         index_of(&h, name).await
     }
 }
@@ -62,13 +74,20 @@ async fn index_of(h: &netns::NetnsHandle, name: &str) -> u32 {
 
 async fn add_address(h: &netns::NetnsHandle, index: u32, cidr: &str) {
     let c: Cidr = cidr.parse().unwrap();
-    h.handle.address().add(index, c.addr, c.prefix).execute().await.expect("adding an address");
+    h.handle
+        .address()
+        .add(index, c.addr, c.prefix)
+        .execute()
+        .await
+        .expect("adding an address");
 }
 
 /// Default-route gateways through the device, read independently of the realizer.
 async fn gateways(ns: &TestNetns, index: u32) -> Vec<IpAddr> {
     let h = ns.nl().await;
-    super::apply::read_current_for_tests(&h.handle, index).await.default_gateways
+    super::apply::read_current_for_tests(&h.handle, index)
+        .await
+        .default_gateways
 }
 
 fn spec(name: &str, netns: Option<Netns>, device: &str, statics: &[&str]) -> WorkloadSpec {
@@ -86,13 +105,25 @@ fn want(name: &str, addrs: &[(&str, Option<&str>)]) -> DesiredWorkload {
         name: name.into(),
         addresses: addrs
             .iter()
-            .map(|(c, g)| DesiredAddress { cidr: c.parse().unwrap(), gateway: g.map(|g| g.parse().unwrap()) })
+            .map(|(c, g)| DesiredAddress {
+                cidr: c.parse().unwrap(),
+                gateway: g.map(|g| g.parse().unwrap()),
+            })
             .collect(),
     }
 }
 
 async fn link_mac(h: &netns::NetnsHandle, index: u32) -> Vec<u8> {
-    let link = h.handle.link().get().match_index(index).execute().try_next().await.unwrap().expect("the link");
+    let link = h
+        .handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .unwrap()
+        .expect("the link");
     link.attributes
         .iter()
         .find_map(|a| match a {
@@ -116,8 +147,19 @@ async fn addresses_are_added_unmanaged_ones_kept_and_reapplying_changes_nothing(
         add_address(&h, idx, "198.19.7.7/24").await; // not weft's: outside every shard range
         add_address(&h, idx, "198.18.128.200/22").await; // static in the workloads file
     }
-    let r = Realizer::new(&[spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &["198.18.128.200"])]);
-    let desired = want("web", &[("198.18.128.5/22", Some("198.18.128.1")), ("fd00:80::5/64", Some("fd00:80::1"))]);
+    let r = Realizer::new(&[spec(
+        "web",
+        Some(Netns::Named(ns.name.clone())),
+        "eth0",
+        &["198.18.128.200"],
+    )]);
+    let desired = want(
+        "web",
+        &[
+            ("198.18.128.5/22", Some("198.18.128.1")),
+            ("fd00:80::5/64", Some("fd00:80::1")),
+        ],
+    );
 
     let first = r.apply(vec![desired.clone()]).await;
     assert_eq!(first.len(), 1);
@@ -125,39 +167,76 @@ async fn addresses_are_added_unmanaged_ones_kept_and_reapplying_changes_nothing(
     assert_eq!(a.error, None);
     assert!(a.link_up);
     let have = cidrs(&a.addresses);
-    for c in ["198.18.128.5/22", "fd00:80::5/64", "198.19.7.7/24", "198.18.128.200/22"] {
+    for c in [
+        "198.18.128.5/22",
+        "fd00:80::5/64",
+        "198.19.7.7/24",
+        "198.18.128.200/22",
+    ] {
         assert!(have.contains(&c.to_owned()), "{c} missing from {have:?}");
     }
     assert!(a.changes >= 5, "2 addresses, link up, 2 routes: {a:?}");
     assert_eq!(a.readdress_down, None);
     let gws = gateways(&ns, idx).await;
-    assert!(gws.contains(&"198.18.128.1".parse().unwrap()) && gws.contains(&"fd00:80::1".parse().unwrap()), "{gws:?}");
+    assert!(
+        gws.contains(&"198.18.128.1".parse().unwrap())
+            && gws.contains(&"fd00:80::1".parse().unwrap()),
+        "{gws:?}"
+    );
 
     let again = r.apply(vec![desired.clone()]).await;
     assert_eq!(again[0].error, None);
-    assert_eq!(again[0].changes, 0, "re-applying the same state is a no-op: {:?}", again[0]);
+    assert_eq!(
+        again[0].changes, 0,
+        "re-applying the same state is a no-op: {:?}",
+        again[0]
+    );
     assert_eq!(cidrs(&again[0].addresses), have);
     // One into the workload's namespace, one into the neighbour namespace (the test's own
     // here) where the gateway's hardware address was looked for.
-    assert_eq!(r.open_connections(), 2, "one netlink connection per namespace, kept");
+    assert_eq!(
+        r.open_connections(),
+        2,
+        "one netlink connection per namespace, kept"
+    );
 
     // Drift behind the realizer's back: a changes-only apply does not look (same desired
     // state: the last report is given again); a full apply repairs it.
     {
         let h = ns.nl().await;
-        let msgs: Vec<_> = h.handle.address().get().set_link_index_filter(idx).execute().try_collect().await.unwrap();
+        let msgs: Vec<_> = h
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(idx)
+            .execute()
+            .try_collect()
+            .await
+            .unwrap();
         let v4 = msgs
             .into_iter()
             .find(|m| m.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(ip) if ip.to_string() == "198.18.128.5")))
             .expect("the desired address is there");
-        h.handle.address().del(v4).execute().await.expect("removing it by hand");
+        h.handle
+            .address()
+            .del(v4)
+            .execute()
+            .await
+            .expect("removing it by hand");
     }
     let unchanged = r.apply_changed(vec![desired.clone()]).await;
-    assert_eq!((unchanged[0].changes, cidrs(&unchanged[0].addresses)), (0, have.clone()));
+    assert_eq!(
+        (unchanged[0].changes, cidrs(&unchanged[0].addresses)),
+        (0, have.clone())
+    );
     let repaired = r.apply(vec![desired]).await;
     assert_eq!(repaired[0].error, None);
     assert!(repaired[0].changes >= 1, "{:?}", repaired[0]);
-    assert!(cidrs(&repaired[0].addresses).contains(&"198.18.128.5/22".to_owned()), "{:?}", repaired[0]);
+    assert!(
+        cidrs(&repaired[0].addresses).contains(&"198.18.128.5/22".to_owned()),
+        "{:?}",
+        repaired[0]
+    );
 }
 
 #[tokio::test]
@@ -170,10 +249,20 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     // The hypervisor side: a bridge that has learnt the old address's MAC.
     let br = {
         let h = hv.nl().await;
-        h.handle.link().add(LinkBridge::new("br0").build()).execute().await.expect("adding a bridge");
+        h.handle
+            .link()
+            .add(LinkBridge::new("br0").build())
+            .execute()
+            .await
+            .expect("adding a bridge");
         let br = index_of(&h, "br0").await;
         // The gateway's side of the shard: the route that says where its addresses live.
-        h.handle.link().set(LinkUnspec::new_with_index(br).up().build()).execute().await.expect("bridge up");
+        h.handle
+            .link()
+            .set(LinkUnspec::new_with_index(br).up().build())
+            .execute()
+            .await
+            .expect("bridge up");
         add_address(&h, br, "198.18.128.1/22").await;
         add_address(&h, br, "198.18.132.1/22").await;
         h.handle
@@ -189,26 +278,61 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     // A static IPv6 address the workloads file lists: the link going down drops it, the
     // realizer puts it back.
     add_address(&ns.nl().await, idx, "fd00:99::7/64").await;
-    let r = Realizer::new(&[spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &["fd00:99::7"])])
-        .with_neighbour_netns(Some(hv.path.clone()))
-        .with_old_neighbour_grace(Duration::from_millis(100));
+    let r = Realizer::new(&[spec(
+        "web",
+        Some(Netns::Path(ns.path.clone())),
+        "eth0",
+        &["fd00:99::7"],
+    )])
+    .with_neighbour_netns(Some(hv.path.clone()))
+    .with_old_neighbour_grace(Duration::from_millis(100));
     let v6 = ("fd00:80::5/64", Some("fd00:80::1"));
-    let first = r.apply(vec![want("web", &[("198.18.128.5/22", Some("198.18.128.1")), v6])]).await;
+    let first = r
+        .apply(vec![want(
+            "web",
+            &[("198.18.128.5/22", Some("198.18.128.1")), v6],
+        )])
+        .await;
     assert_eq!(first[0].error, None);
 
-    let moved = r.apply(vec![want("web", &[("198.18.132.9/22", Some("198.18.132.1")), v6])]).await;
+    let moved = r
+        .apply(vec![want(
+            "web",
+            &[("198.18.132.9/22", Some("198.18.132.1")), v6],
+        )])
+        .await;
     let a = &moved[0];
     assert_eq!(a.error, None);
     let mut have = cidrs(&a.addresses);
     have.sort();
     assert_eq!(have, ["198.18.132.9/22", "fd00:80::5/64", "fd00:99::7/64"]);
     assert!(a.link_up);
-    let down = a.readdress_down.expect("a re-address reports its down time");
-    eprintln!("re-address down time: {} us ({} netlink changes)", down.as_micros(), a.changes);
-    assert!(down > Duration::ZERO && down < Duration::from_millis(50), "{down:?}");
+    let down = a
+        .readdress_down
+        .expect("a re-address reports its down time");
+    eprintln!(
+        "re-address down time: {} us ({} netlink changes)",
+        down.as_micros(),
+        a.changes
+    );
+    assert!(
+        down > Duration::ZERO && down < Duration::from_millis(50),
+        "{down:?}"
+    );
     let gws = gateways(&ns, idx).await;
-    assert_eq!(gws, ["198.18.132.1".parse::<IpAddr>().unwrap(), "fd00:80::1".parse().unwrap()]);
-    let again = r.apply(vec![want("web", &[("198.18.132.9/22", Some("198.18.132.1")), v6])]).await;
+    assert_eq!(
+        gws,
+        [
+            "198.18.132.1".parse::<IpAddr>().unwrap(),
+            "fd00:80::1".parse().unwrap()
+        ]
+    );
+    let again = r
+        .apply(vec![want(
+            "web",
+            &[("198.18.132.9/22", Some("198.18.132.1")), v6],
+        )])
+        .await;
     assert_eq!(again[0].changes, 0, "{:?}", again[0]);
     assert_eq!(a.neighbours_set, 1, "the new address's entry set");
     let h = hv.nl().await;
@@ -216,7 +340,14 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     let mut left: Vec<_> = Vec::new();
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        left = h.handle.neighbours().get().execute().try_collect().await.unwrap();
+        left = h
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .unwrap();
         let old_there = left.iter().any(|n| {
             n.attributes.iter().any(|a| {
                 matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) if v4.to_string() == "198.18.128.5")
@@ -234,7 +365,10 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
                 })
         })
     };
-    assert!(entry("198.18.128.5").is_none(), "the old address's neighbour entry is gone");
+    assert!(
+        entry("198.18.128.5").is_none(),
+        "the old address's neighbour entry is gone"
+    );
     let mac_of = |n: &rtnetlink::packet_route::neighbour::NeighbourMessage| {
         n.attributes.iter().find_map(|a| match a {
             NeighbourAttribute::LinkLocalAddress(m) => Some(m.clone()),
@@ -243,10 +377,23 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     };
     let workload_mac = link_mac(&ns.nl().await, idx).await;
     let new_entry = entry("198.18.132.9").expect("the hypervisor has an entry for the new address");
-    assert_eq!(mac_of(new_entry), Some(workload_mac), "pointing at the workload's device");
+    assert_eq!(
+        mac_of(new_entry),
+        Some(workload_mac),
+        "pointing at the workload's device"
+    );
     // The workload was told its new gateway's hardware address (no ARP broadcast needed).
     let br_mac = link_mac(&h, br).await;
-    let wl: Vec<_> = ns.nl().await.handle.neighbours().get().execute().try_collect().await.unwrap();
+    let wl: Vec<_> = ns
+        .nl()
+        .await
+        .handle
+        .neighbours()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .unwrap();
     let gw = wl
         .iter()
         .find(|n| {
@@ -261,9 +408,18 @@ async fn readdress_swaps_the_address_replaces_the_route_and_flushes_old_neighbou
     // Emptied: the managed address goes, nothing else changes, and the route through a
     // weft gateway goes with it.
     let emptied = r.apply(vec![]).await;
-    assert_eq!(emptied.len(), 1, "a workload weft addressed before is still reconciled");
+    assert_eq!(
+        emptied.len(),
+        1,
+        "a workload weft addressed before is still reconciled"
+    );
     assert_eq!(emptied[0].error, None);
-    assert_eq!(cidrs(&emptied[0].addresses), ["fd00:99::7/64"], "{:?}", emptied[0]);
+    assert_eq!(
+        cidrs(&emptied[0].addresses),
+        ["fd00:99::7/64"],
+        "{:?}",
+        emptied[0]
+    );
     assert!(gateways(&ns, idx).await.is_empty());
 }
 
@@ -284,12 +440,22 @@ async fn a_restarted_agent_removes_the_old_address_only_if_it_kept_its_state() {
             let specs = [spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &[])];
             let _ = std::fs::remove_file(&state);
             // Before the restart: the workload got its address from the first shard.
-            let before = Realizer::new(&specs).with_state_file(&state).expect("a fresh state file");
-            assert_eq!(before.apply(vec![want("web", &[("198.18.128.5/22", None)])]).await[0].error, None);
+            let before = Realizer::new(&specs)
+                .with_state_file(&state)
+                .expect("a fresh state file");
+            assert_eq!(
+                before
+                    .apply(vec![want("web", &[("198.18.128.5/22", None)])])
+                    .await[0]
+                    .error,
+                None
+            );
             drop(before);
             // After it: the desired state names the new shard's address only.
             let after = if with_state {
-                Realizer::new(&specs).with_state_file(&state).expect("the kept state")
+                Realizer::new(&specs)
+                    .with_state_file(&state)
+                    .expect("the kept state")
             } else {
                 Realizer::new(&specs)
             };
@@ -298,7 +464,11 @@ async fn a_restarted_agent_removes_the_old_address_only_if_it_kept_its_state() {
             cidrs(&applied[0].addresses)
         }
     };
-    assert_eq!(run(true).await, ["198.18.132.9/22"], "the kept state names the old address as weft's");
+    assert_eq!(
+        run(true).await,
+        ["198.18.132.9/22"],
+        "the kept state names the old address as weft's"
+    );
     let forgot = run(false).await;
     assert!(
         forgot.contains(&"198.18.128.5/22".to_owned()),
@@ -313,11 +483,19 @@ async fn an_ipv6_address_moves_although_the_link_going_down_took_it_already() {
     let ns = TestNetns::new();
     ns.dummy("eth0").await;
     let r = Realizer::new(&[spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &[])]);
-    let first = r.apply(vec![want("web", &[("fd00:80::5/64", Some("fd00:80::1"))])]).await;
+    let first = r
+        .apply(vec![want("web", &[("fd00:80::5/64", Some("fd00:80::1"))])])
+        .await;
     assert_eq!(first[0].error, None);
-    let moved = r.apply(vec![want("web", &[("fd00:81::9/64", Some("fd00:81::1"))])]).await;
+    let moved = r
+        .apply(vec![want("web", &[("fd00:81::9/64", Some("fd00:81::1"))])])
+        .await;
     assert_eq!(moved[0].error, None, "{:?}", moved[0]);
-    assert!(moved[0].readdress_down.is_some(), "a re-address: {:?}", moved[0]);
+    assert!(
+        moved[0].readdress_down.is_some(),
+        "a re-address: {:?}",
+        moved[0]
+    );
     assert_eq!(cidrs(&moved[0].addresses), ["fd00:81::9/64"]);
 }
 
@@ -327,7 +505,12 @@ async fn missing_namespace_or_device_fails_that_workload_only() {
     let ns = TestNetns::new();
     ns.dummy("eth0").await;
     let r = Realizer::new(&[
-        spec("ghost", Some(Netns::Named(format!("{}-gone", ns.name))), "eth0", &[]),
+        spec(
+            "ghost",
+            Some(Netns::Named(format!("{}-gone", ns.name))),
+            "eth0",
+            &[],
+        ),
         spec("nodev", Some(Netns::Path(ns.path.clone())), "eth9", &[]),
         spec("plain", None, "eth0", &[]),
         spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &[]),
@@ -343,12 +526,27 @@ async fn missing_namespace_or_device_fails_that_workload_only() {
         .await;
     let by = |n: &str| out.iter().find(|a| a.workload == n).unwrap().clone();
     let err = |n: &str| by(n).error.unwrap_or_default();
-    assert!(err("ghost").contains("opening network namespace") && err("ghost").contains("-gone"), "{}", err("ghost"));
-    assert!(err("nodev").contains("\"eth9\" not found"), "{}", err("nodev"));
+    assert!(
+        err("ghost").contains("opening network namespace") && err("ghost").contains("-gone"),
+        "{}",
+        err("ghost")
+    );
+    assert!(
+        err("nodev").contains("\"eth9\" not found"),
+        "{}",
+        err("nodev")
+    );
     assert!(err("plain").contains("no `netns`"), "{}", err("plain"));
-    assert!(err("stranger").contains("not in this host's workloads file"), "{}", err("stranger"));
+    assert!(
+        err("stranger").contains("not in this host's workloads file"),
+        "{}",
+        err("stranger")
+    );
     assert_eq!(by("web").error, None);
-    assert_eq!(cidrs(&by("web").addresses), vec!["fd00:80::5/64".to_owned()]);
+    assert_eq!(
+        cidrs(&by("web").addresses),
+        vec!["fd00:80::5/64".to_owned()]
+    );
 }
 
 #[tokio::test]
@@ -357,11 +555,28 @@ async fn workload_no_longer_desired_whose_namespace_is_gone_is_forgotten() {
     let ns = TestNetns::new();
     ns.dummy("eth0").await;
     let r = Realizer::new(&[spec("web", Some(Netns::Path(ns.path.clone())), "eth0", &[])]);
-    assert_eq!(r.apply(vec![want("web", &[("198.18.128.5/22", None)])]).await[0].error, None);
+    assert_eq!(
+        r.apply(vec![want("web", &[("198.18.128.5/22", None)])])
+            .await[0]
+            .error,
+        None
+    );
     drop(ns);
-    assert!(r.apply(vec![]).await.is_empty(), "nothing to clean, nothing to report");
-    let asked = r.apply(vec![want("web", &[("198.18.128.5/22", None)])]).await;
-    assert!(asked[0].error.as_deref().unwrap_or("").contains("opening network namespace"), "{asked:?}");
+    assert!(
+        r.apply(vec![]).await.is_empty(),
+        "nothing to clean, nothing to report"
+    );
+    let asked = r
+        .apply(vec![want("web", &[("198.18.128.5/22", None)])])
+        .await;
+    assert!(
+        asked[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("opening network namespace"),
+        "{asked:?}"
+    );
 }
 
 /// A controller that streams the desired states it is given and records the reports.
@@ -398,12 +613,16 @@ impl AgentControlService for FakeController {
             // Keep the stream open until the client goes away.
             tx.closed().await;
         });
-        Ok(Response::new(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (m, rx))
-        }))))
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+        ))))
     }
 
-    async fn report_observed(&self, req: Request<ObservedState>) -> Result<Response<ReportObservedResponse>, Status> {
+    async fn report_observed(
+        &self,
+        req: Request<ObservedState>,
+    ) -> Result<Response<ReportObservedResponse>, Status> {
         self.reports.lock().unwrap().push(req.into_inner());
         Ok(Response::new(ReportObservedResponse {}))
     }
@@ -438,7 +657,12 @@ async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// A fake controller on a loopback port; the returned server task is aborted by the test.
-async fn serve(fake: &FakeController) -> (String, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+async fn serve(
+    fake: &FakeController,
+) -> (
+    String,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(
@@ -449,8 +673,16 @@ async fn serve(fake: &FakeController) -> (String, tokio::task::JoinHandle<Result
     (format!("http://{addr}"), server)
 }
 
-fn driver(controller: String, realizer: Realizer, events: Option<HostEvents>, metrics: Arc<ControlMetrics>) -> ControlDriver {
-    let addresses = AddressReconciler { realizer: Arc::new(realizer), metrics: metrics.clone() };
+fn driver(
+    controller: String,
+    realizer: Realizer,
+    events: Option<HostEvents>,
+    metrics: Arc<ControlMetrics>,
+) -> ControlDriver {
+    let addresses = AddressReconciler {
+        realizer: Arc::new(realizer),
+        metrics: metrics.clone(),
+    };
     ControlDriver {
         controller,
         host_id: "hv-test".into(),
@@ -462,7 +694,10 @@ fn driver(controller: String, realizer: Realizer, events: Option<HostEvents>, me
 }
 
 fn resource<'a>(r: &'a ObservedState, key: &str) -> &'a ResourceObserved {
-    r.resources.iter().find(|o| o.key == key).unwrap_or_else(|| panic!("no report of {key}: {r:?}"))
+    r.resources
+        .iter()
+        .find(|o| o.key == key)
+        .unwrap_or_else(|| panic!("no report of {key}: {r:?}"))
 }
 
 #[tokio::test]
@@ -498,41 +733,77 @@ async fn control_driver_applies_two_generations_and_reports_them() {
     let metrics = Arc::new(ControlMetrics::default());
     let realizer = Realizer::new(&[
         spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &[]),
-        spec("ghost", Some(Netns::Named(format!("{}-gone", ns.name))), "eth0", &[]),
+        spec(
+            "ghost",
+            Some(Netns::Named(format!("{}-gone", ns.name))),
+            "eth0",
+            &[],
+        ),
     ]);
     let client = driver(url, realizer, None, metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(client.run(stop_rx));
     let reports = fake.reports.clone();
-    assert!(eventually(Duration::from_secs(10), || reports.lock().unwrap().len() >= 2).await, "two reports");
+    assert!(
+        eventually(Duration::from_secs(10), || reports.lock().unwrap().len()
+            >= 2)
+        .await,
+        "two reports"
+    );
     let _ = stop_tx.send(true);
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("client stops on shutdown").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("client stops on shutdown")
+        .unwrap();
     server.abort();
 
     let watchers = fake.watchers.lock().unwrap().clone();
     assert_eq!(watchers[0].host_id, "hv-test");
     assert_eq!(watchers[0].agent_instance, "00000000000000aa");
-    assert_eq!(watchers[0].kinds, vec!["workload-addresses".to_owned()], "the agent announces its kinds");
+    assert_eq!(
+        watchers[0].kinds,
+        vec!["workload-addresses".to_owned()],
+        "the agent announces its kinds"
+    );
     let reports = reports.lock().unwrap().clone();
     let (r1, r2) = (&reports[0], &reports[1]);
     assert_eq!((r1.applied_generation, r2.applied_generation), (1, 2));
     assert_eq!((r1.controller_epoch, r1.host_id.as_str()), (4, "hv-test"));
     let web1 = resource(r1, "web");
-    assert_eq!(web1.observed, vec!["198.18.128.5/22".to_owned(), "link up".to_owned()]);
-    assert_eq!((web1.status, web1.generation), (ResourceStatus::Applied as i32, 1));
-    assert!(web1.error.is_empty() && web1.measurements.is_empty(), "{web1:?}");
+    assert_eq!(
+        web1.observed,
+        vec!["198.18.128.5/22".to_owned(), "link up".to_owned()]
+    );
+    assert_eq!(
+        (web1.status, web1.generation),
+        (ResourceStatus::Applied as i32, 1)
+    );
+    assert!(
+        web1.error.is_empty() && web1.measurements.is_empty(),
+        "{web1:?}"
+    );
     let web2 = resource(r2, "web");
     assert_eq!(web2.observed[0], "198.18.132.9/22");
     assert_eq!(web2.generation, 2);
     let down = web2.measurements["readdress_down_seconds"];
     assert!(down > 0.0, "{web2:?}");
-    eprintln!("re-address down time over the control path: {:.0} us", down * 1e6);
+    eprintln!(
+        "re-address down time over the control path: {:.0} us",
+        down * 1e6
+    );
     for r in [r1, r2] {
         let ghost = resource(r, "ghost");
         assert_eq!(ghost.status, ResourceStatus::Failed as i32);
-        assert!(ghost.error.contains("opening network namespace"), "{ghost:?}");
+        assert!(
+            ghost.error.contains("opening network namespace"),
+            "{ghost:?}"
+        );
         let vm9 = resource(r, "vm9");
-        assert_eq!((vm9.kind.as_str(), vm9.status), ("weave-route", ResourceStatus::Unsupported as i32), "{vm9:?}");
+        assert_eq!(
+            (vm9.kind.as_str(), vm9.status),
+            ("weave-route", ResourceStatus::Unsupported as i32),
+            "{vm9:?}"
+        );
         assert!(vm9.error.contains("no reconciler"), "{vm9:?}");
     }
     assert_eq!(metrics.desired_generation.get(), 2);
@@ -552,7 +823,12 @@ fn ip_addresses(ns: &TestNetns, device: &str) -> String {
 }
 
 fn ip(ns: &TestNetns, args: &[&str]) {
-    let status = std::process::Command::new("ip").arg("-n").arg(&ns.name).args(args).status().expect("running ip");
+    let status = std::process::Command::new("ip")
+        .arg("-n")
+        .arg(&ns.name)
+        .args(args)
+        .status()
+        .expect("running ip");
     assert!(status.success(), "ip -n {} {args:?}", ns.name);
 }
 
@@ -570,20 +846,39 @@ async fn an_address_deleted_by_hand_is_restored_at_once_and_reported_as_drift() 
     let (url, server) = serve(&fake).await;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(ControlMetrics::new(&mut registry));
-    let events = HostEvents::start(crate::hostevents::Config::default()).expect("a netlink listener");
-    let realizer = Realizer::new(&[spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &[])]);
+    let events =
+        HostEvents::start(crate::hostevents::Config::default()).expect("a netlink listener");
+    let realizer = Realizer::new(&[spec(
+        "web",
+        Some(Netns::Named(ns.name.clone())),
+        "eth0",
+        &[],
+    )]);
     let client = driver(url, realizer, Some(events), metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(client.run(stop_rx));
     let reports = fake.reports.clone();
-    assert!(eventually(Duration::from_secs(10), || !reports.lock().unwrap().is_empty()).await, "first report");
+    assert!(
+        eventually(Duration::from_secs(10), || !reports
+            .lock()
+            .unwrap()
+            .is_empty())
+        .await,
+        "first report"
+    );
     assert!(ip_addresses(&ns, "eth0").contains("198.18.128.5/22"));
 
     // Behind the agent's back, three times: the address, the default route, the link.
     let mut restored = Vec::new();
     for (undo, what) in [
-        (vec!["addr", "del", "198.18.128.5/22", "dev", "eth0"], "address 198.18.128.5/22 removed from eth0"),
-        (vec!["route", "del", "default"], "default route via 198.18.128.1 removed"),
+        (
+            vec!["addr", "del", "198.18.128.5/22", "dev", "eth0"],
+            "address 198.18.128.5/22 removed from eth0",
+        ),
+        (
+            vec!["route", "del", "default"],
+            "default route via 198.18.128.1 removed",
+        ),
         (vec!["link", "set", "eth0", "down"], "eth0 set down"),
     ] {
         let before = metrics.drift_repaired_total.get();
@@ -594,26 +889,59 @@ async fn an_address_deleted_by_hand_is_restored_at_once_and_reported_as_drift() 
             metrics.drift_repaired_total.get() > before && a.contains("198.18.128.5/22")
         })
         .await;
-        assert!(back, "{what}: not repaired (metrics {:?})", crate::metrics::render(&registry));
+        assert!(
+            back,
+            "{what}: not repaired (metrics {:?})",
+            crate::metrics::render(&registry)
+        );
         restored.push(t0.elapsed());
         let reported = eventually(Duration::from_secs(5), || {
-            reports.lock().unwrap().iter().flat_map(|r| r.drift.iter()).any(|d| d.what.contains(what))
+            reports
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.drift.iter())
+                .any(|d| d.what.contains(what))
         })
         .await;
-        assert!(reported, "no drift report naming {what:?}: {:?}", reports.lock().unwrap().last());
+        assert!(
+            reported,
+            "no drift report naming {what:?}: {:?}",
+            reports.lock().unwrap().last()
+        );
     }
     let gws = gateways(&ns, {
         let h = ns.nl().await;
         index_of(&h, "eth0").await
     })
     .await;
-    assert_eq!(gws, vec!["198.18.128.1".parse::<IpAddr>().unwrap()], "the default route is back");
-    assert!(ip_addresses(&ns, "eth0").contains("state UP") || ip_addresses(&ns, "eth0").contains("198.18.128.5"));
-    let drift = reports.lock().unwrap().iter().flat_map(|r| r.drift.clone()).collect::<Vec<_>>();
-    assert!(drift.iter().all(|d| d.kind == "workload-addresses" && d.key == "web" && d.repaired_unix_ns >= d.detected_unix_ns), "{drift:?}");
+    assert_eq!(
+        gws,
+        vec!["198.18.128.1".parse::<IpAddr>().unwrap()],
+        "the default route is back"
+    );
+    assert!(
+        ip_addresses(&ns, "eth0").contains("state UP")
+            || ip_addresses(&ns, "eth0").contains("198.18.128.5")
+    );
+    let drift = reports
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.drift.clone())
+        .collect::<Vec<_>>();
+    assert!(
+        drift.iter().all(|d| d.kind == "workload-addresses"
+            && d.key == "web"
+            && d.repaired_unix_ns >= d.detected_unix_ns),
+        "{drift:?}"
+    );
     eprintln!("drift restored after (including `ip` runs): {restored:?}");
     let _ = stop_tx.send(true);
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("driver stops").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("driver stops")
+        .unwrap();
     server.abort();
 }
 
@@ -623,23 +951,78 @@ async fn only_the_net_effect_of_a_burst_of_host_events_is_drift() {
     require_root!();
     let ns = TestNetns::new();
     let idx = ns.dummy("eth0").await;
-    let r = Realizer::new(&[spec("web", Some(Netns::Named(ns.name.clone())), "eth0", &[])]);
-    let applied = r.apply(vec![want("web", &[("198.18.128.5/22", Some("198.18.128.1"))])]).await;
+    let r = Realizer::new(&[spec(
+        "web",
+        Some(Netns::Named(ns.name.clone())),
+        "eth0",
+        &[],
+    )]);
+    let applied = r
+        .apply(vec![want(
+            "web",
+            &[("198.18.128.5/22", Some("198.18.128.1"))],
+        )])
+        .await;
     assert_eq!(applied[0].error, None, "{applied:?}");
     let addr: IpAddr = "198.18.128.5".parse().unwrap();
-    let ev = |change: Change| HostEvent { netns: Some(ns.path.clone()), at: std::time::Instant::now(), change };
-    let del = || ev(Change::AddrDel { ifindex: idx, addr, prefix: 22 });
-    let add = || ev(Change::AddrNew { ifindex: idx, addr, prefix: 22 });
-    let down = || ev(Change::LinkNew { ifindex: idx, name: "eth0".into(), up: false, kind: None });
-    let up = || ev(Change::LinkNew { ifindex: idx, name: "eth0".into(), up: true, kind: None });
-    assert!(r.drifted(&[del(), add()]).is_empty(), "removed and added back in one burst");
+    let ev = |change: Change| HostEvent {
+        netns: Some(ns.path.clone()),
+        at: std::time::Instant::now(),
+        change,
+    };
+    let del = || {
+        ev(Change::AddrDel {
+            ifindex: idx,
+            addr,
+            prefix: 22,
+        })
+    };
+    let add = || {
+        ev(Change::AddrNew {
+            ifindex: idx,
+            addr,
+            prefix: 22,
+        })
+    };
+    let down = || {
+        ev(Change::LinkNew {
+            ifindex: idx,
+            name: "eth0".into(),
+            up: false,
+            kind: None,
+        })
+    };
+    let up = || {
+        ev(Change::LinkNew {
+            ifindex: idx,
+            name: "eth0".into(),
+            up: true,
+            kind: None,
+        })
+    };
+    assert!(
+        r.drifted(&[del(), add()]).is_empty(),
+        "removed and added back in one burst"
+    );
     assert!(r.drifted(&[down(), up()]).is_empty(), "down and up again");
-    assert_eq!(r.drifted(&[add(), del()]), vec![("web".to_owned(), "address 198.18.128.5/22 removed from eth0".to_owned())]);
-    assert_eq!(r.drifted(&[up(), down()]), vec![("web".to_owned(), "eth0 set down".to_owned())]);
+    assert_eq!(
+        r.drifted(&[add(), del()]),
+        vec![(
+            "web".to_owned(),
+            "address 198.18.128.5/22 removed from eth0".to_owned()
+        )]
+    );
+    assert_eq!(
+        r.drifted(&[up(), down()]),
+        vec![("web".to_owned(), "eth0 set down".to_owned())]
+    );
     let mut other = del();
     other.netns = Some(PathBuf::from("/run/netns/not-a-workload"));
     assert!(r.drifted(&[other]).is_empty(), "another namespace");
     let mut old = del();
     old.at -= Duration::from_secs(60);
-    assert!(r.drifted(&[old]).is_empty(), "from before the last read-back: the apply's own");
+    assert!(
+        r.drifted(&[old]).is_empty(),
+        "from before the last read-back: the apply's own"
+    );
 }

@@ -24,23 +24,34 @@ use std::path::PathBuf;
 use weft_proto::v1::WorkloadAddresses;
 
 pub use apply::{Applied, ReaddressMode, Realizer};
-pub use reconciler::AddressReconciler;
 pub use diff::{Cidr, DesiredAddress};
+pub use reconciler::AddressReconciler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RealizeError {
     #[error("opening network namespace {path}: {source}")]
-    NetnsOpen { path: PathBuf, source: std::io::Error },
+    NetnsOpen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("entering network namespace {path}: {source}")]
-    NetnsEnter { path: PathBuf, source: std::io::Error },
+    NetnsEnter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("workload {0:?} is not in this host's workloads file")]
     UnknownWorkload(String),
-    #[error("workload {0:?} has no `netns` in the workloads file, so its addresses cannot be applied")]
+    #[error(
+        "workload {0:?} has no `netns` in the workloads file, so its addresses cannot be applied"
+    )]
     NoNetns(String),
     #[error("device {device:?} not found in network namespace {netns}")]
     NoDevice { device: String, netns: String },
     #[error("{op}: {source}")]
-    Netlink { op: String, source: rtnetlink::Error },
+    Netlink {
+        op: String,
+        source: rtnetlink::Error,
+    },
     #[error("desired state for workload {workload:?}: {message}")]
     BadDesired { workload: String, message: String },
 }
@@ -56,20 +67,32 @@ impl TryFrom<&WorkloadAddresses> for DesiredWorkload {
     type Error = RealizeError;
 
     fn try_from(w: &WorkloadAddresses) -> Result<Self, Self::Error> {
-        let bad = |message: String| RealizeError::BadDesired { workload: w.workload.clone(), message };
+        let bad = |message: String| RealizeError::BadDesired {
+            workload: w.workload.clone(),
+            message,
+        };
         if w.workload.is_empty() {
             return Err(bad("empty workload name".into()));
         }
         let mut addresses: Vec<DesiredAddress> = Vec::with_capacity(w.addresses.len());
         for a in &w.addresses {
-            let cidr: Cidr = a.cidr.parse().map_err(|e: diff::CidrError| bad(e.to_string()))?;
+            let cidr: Cidr = a
+                .cidr
+                .parse()
+                .map_err(|e: diff::CidrError| bad(e.to_string()))?;
             let gateway = match a.gateway.as_str() {
                 "" => None,
                 g => {
-                    let ip: IpAddr =
-                        g.parse().map_err(|_| bad(format!("gateway {g:?} of {cidr} is not an IP address")))?;
-                    if ip.is_ipv4() != cidr.addr.is_ipv4() || ip.is_unspecified() || ip.is_multicast() {
-                        return Err(bad(format!("gateway {g:?} cannot be the gateway of {cidr}")));
+                    let ip: IpAddr = g.parse().map_err(|_| {
+                        bad(format!("gateway {g:?} of {cidr} is not an IP address"))
+                    })?;
+                    if ip.is_ipv4() != cidr.addr.is_ipv4()
+                        || ip.is_unspecified()
+                        || ip.is_multicast()
+                    {
+                        return Err(bad(format!(
+                            "gateway {g:?} cannot be the gateway of {cidr}"
+                        )));
                     }
                     Some(ip)
                 }
@@ -79,14 +102,20 @@ impl TryFrom<&WorkloadAddresses> for DesiredWorkload {
             }
             if let Some(g) = gateway
                 && addresses.iter().any(|o| {
-                    o.cidr.addr.is_ipv4() == cidr.addr.is_ipv4() && o.gateway.is_some_and(|og| og != g)
+                    o.cidr.addr.is_ipv4() == cidr.addr.is_ipv4()
+                        && o.gateway.is_some_and(|og| og != g)
                 })
             {
-                return Err(bad(format!("two different gateways for the family of {cidr}")));
+                return Err(bad(format!(
+                    "two different gateways for the family of {cidr}"
+                )));
             }
             addresses.push(DesiredAddress { cidr, gateway });
         }
-        Ok(Self { name: w.workload.clone(), addresses })
+        Ok(Self {
+            name: w.workload.clone(),
+            addresses,
+        })
     }
 }
 
@@ -112,17 +141,32 @@ mod tests {
 
     #[test]
     fn desired_workload_from_wire_checks_every_field() {
-        let ok = DesiredWorkload::try_from(&wire(&[("198.18.128.5/22", "198.18.128.1"), ("fd00:80::5/64", "")])).unwrap();
+        let ok = DesiredWorkload::try_from(&wire(&[
+            ("198.18.128.5/22", "198.18.128.1"),
+            ("fd00:80::5/64", ""),
+        ]))
+        .unwrap();
         assert_eq!(ok.addresses.len(), 2);
         assert_eq!(ok.addresses[1].gateway, None);
         for (bad, why) in [
             (vec![("198.18.128.5", "")], "prefix"),
             (vec![("198.18.128.5/22", "fd00::1")], "gateway"),
             (vec![("198.18.128.5/22", "nope")], "gateway"),
-            (vec![("198.18.128.5/22", ""), ("198.18.128.5/24", "")], "twice"),
-            (vec![("198.18.128.5/22", "198.18.128.1"), ("198.18.128.6/22", "198.18.128.2")], "gateways"),
+            (
+                vec![("198.18.128.5/22", ""), ("198.18.128.5/24", "")],
+                "twice",
+            ),
+            (
+                vec![
+                    ("198.18.128.5/22", "198.18.128.1"),
+                    ("198.18.128.6/22", "198.18.128.2"),
+                ],
+                "gateways",
+            ),
         ] {
-            let e = DesiredWorkload::try_from(&wire(&bad)).unwrap_err().to_string();
+            let e = DesiredWorkload::try_from(&wire(&bad))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("\"web\"") && e.contains(why), "{why}: {e}");
         }
     }

@@ -39,7 +39,10 @@ fn label(netns: Option<&Path>) -> PathBuf {
 }
 
 fn identity(path: &Path) -> Result<(u64, u64), RealizeError> {
-    let m = std::fs::metadata(path).map_err(|source| RealizeError::NetnsOpen { path: path.to_owned(), source })?;
+    let m = std::fs::metadata(path).map_err(|source| RealizeError::NetnsOpen {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok((m.dev(), m.ino()))
 }
 
@@ -48,12 +51,20 @@ fn identity(path: &Path) -> Result<(u64, u64), RealizeError> {
 pub async fn connect(netns: Option<&Path>) -> Result<NetnsHandle, RealizeError> {
     let label = label(netns);
     let file = match netns {
-        Some(p) => Some(std::fs::File::open(p).map_err(|source| RealizeError::NetnsOpen { path: p.to_owned(), source })?),
+        Some(p) => Some(
+            std::fs::File::open(p).map_err(|source| RealizeError::NetnsOpen {
+                path: p.to_owned(),
+                source,
+            })?,
+        ),
         None => None,
     };
     let identity = match &file {
         Some(f) => {
-            let m = f.metadata().map_err(|source| RealizeError::NetnsOpen { path: label.clone(), source })?;
+            let m = f.metadata().map_err(|source| RealizeError::NetnsOpen {
+                path: label.clone(),
+                source,
+            })?;
             Some((m.dev(), m.ino()))
         }
         None => None,
@@ -65,7 +76,10 @@ pub async fn connect(netns: Option<&Path>) -> Result<NetnsHandle, RealizeError> 
     std::thread::Builder::new()
         .name("weft-netns-open".into())
         .spawn(move || {
-            let fail = |source| RealizeError::NetnsEnter { path: thread_label.clone(), source };
+            let fail = |source| RealizeError::NetnsEnter {
+                path: thread_label.clone(),
+                source,
+            };
             if let Some(f) = &file {
                 // SAFETY: setns on a valid, open namespace fd; it changes this thread only,
                 // and the thread ends right after creating the socket.
@@ -78,13 +92,20 @@ pub async fn connect(netns: Option<&Path>) -> Result<NetnsHandle, RealizeError> 
             let _entered = runtime.enter();
             let _ = ready_tx.send(rtnetlink::new_connection().map_err(fail));
         })
-        .map_err(|source| RealizeError::NetnsEnter { path: label.clone(), source })?;
+        .map_err(|source| RealizeError::NetnsEnter {
+            path: label.clone(),
+            source,
+        })?;
     let (conn, handle, _unsolicited) = ready_rx.await.map_err(|_| RealizeError::NetnsEnter {
         path: label,
         source: std::io::Error::other("netlink thread ended before it was ready"),
     })??;
     let task = tokio::spawn(conn);
-    Ok(NetnsHandle { handle, task, identity })
+    Ok(NetnsHandle {
+        handle,
+        task,
+        identity,
+    })
 }
 
 /// One netlink connection per namespace, opened on first use and kept.
@@ -124,7 +145,10 @@ impl NetnsConnections {
 
     /// Closes the connection into `netns` (its namespace is gone).
     pub fn forget(&self, netns: Option<&Path>) {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&netns.map(Path::to_owned));
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&netns.map(Path::to_owned));
     }
 
     /// Connections open now.

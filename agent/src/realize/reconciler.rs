@@ -18,11 +18,19 @@ pub struct AddressReconciler {
 
 fn report(a: Applied) -> ResourceReport {
     let mut observed: Vec<String> = a.addresses.iter().map(ToString::to_string).collect();
-    observed.push(if a.link_up { "link up".into() } else { "link down".into() });
+    observed.push(if a.link_up {
+        "link up".into()
+    } else {
+        "link down".into()
+    });
     ResourceReport {
         key: a.workload,
         error: a.error,
-        measurements: a.readdress_down.map(|d| ("readdress_down_seconds".to_owned(), d.as_secs_f64())).into_iter().collect(),
+        measurements: a
+            .readdress_down
+            .map(|d| ("readdress_down_seconds".to_owned(), d.as_secs_f64()))
+            .into_iter()
+            .collect(),
         observed,
         changes: a.changes,
     }
@@ -33,7 +41,11 @@ impl Reconciler for AddressReconciler {
         WORKLOAD_ADDRESSES
     }
 
-    fn reconcile<'a>(&'a self, desired: &'a [DesiredResource], scope: Scope<'a>) -> BoxFuture<'a, Vec<ResourceReport>> {
+    fn reconcile<'a>(
+        &'a self,
+        desired: &'a [DesiredResource],
+        scope: Scope<'a>,
+    ) -> BoxFuture<'a, Vec<ResourceReport>> {
         Box::pin(async move {
             let mut workloads = Vec::with_capacity(desired.len());
             let mut refused = Vec::new();
@@ -47,7 +59,10 @@ impl Reconciler for AddressReconciler {
                 if w.workload != r.key {
                     refused.push(ResourceReport {
                         key: r.key.clone(),
-                        error: Some(format!("the resource key {:?} is not its workload {:?}", r.key, w.workload)),
+                        error: Some(format!(
+                            "the resource key {:?} is not its workload {:?}",
+                            r.key, w.workload
+                        )),
                         ..Default::default()
                     });
                     continue;
@@ -66,7 +81,9 @@ impl Reconciler for AddressReconciler {
                 Scope::Changed => self.realizer.apply_changed(workloads).await,
                 Scope::Only(_) => self.realizer.repair(workloads).await,
             };
-            self.metrics.netns_connections.set(self.realizer.open_connections() as u64);
+            self.metrics
+                .netns_connections
+                .set(self.realizer.open_connections() as u64);
             let mut out: Vec<ResourceReport> = applied.into_iter().map(report).collect();
             out.extend(refused);
             out.sort_by(|a, b| a.key.cmp(&b.key));

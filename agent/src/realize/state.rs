@@ -39,14 +39,23 @@ pub fn load(file: &StateFile) -> Result<Remembered, StateError> {
         message,
     };
     if section.version != SECTION_VERSION {
-        return Err(bad("", format!("section version {} is not one this agent reads ({SECTION_VERSION})", section.version)));
+        return Err(bad(
+            "",
+            format!(
+                "section version {} is not one this agent reads ({SECTION_VERSION})",
+                section.version
+            ),
+        ));
     }
     let mut remembered = Remembered::new();
     for (workload, value) in section.objects {
-        let entry: Entry = serde_json::from_value(value).map_err(|e| bad(&workload, e.to_string()))?;
+        let entry: Entry =
+            serde_json::from_value(value).map_err(|e| bad(&workload, e.to_string()))?;
         let mut ranges = BTreeSet::new();
         for r in &entry.ranges {
-            let cidr: Cidr = r.parse().map_err(|e: super::diff::CidrError| bad(&workload, e.to_string()))?;
+            let cidr: Cidr = r
+                .parse()
+                .map_err(|e: super::diff::CidrError| bad(&workload, e.to_string()))?;
             ranges.insert(cidr);
         }
         remembered.insert(workload, (entry.seen, ranges));
@@ -62,8 +71,14 @@ pub fn section(managed: &HashMap<String, Managed>) -> Section {
             .iter()
             .filter(|(_, m)| !m.seen.is_empty() || !m.ranges.is_empty())
             .map(|(name, m)| {
-                let entry = Entry { seen: m.seen.clone(), ranges: m.ranges.iter().map(ToString::to_string).collect() };
-                (name.clone(), serde_json::to_value(entry).unwrap_or_default())
+                let entry = Entry {
+                    seen: m.seen.clone(),
+                    ranges: m.ranges.iter().map(ToString::to_string).collect(),
+                };
+                (
+                    name.clone(),
+                    serde_json::to_value(entry).unwrap_or_default(),
+                )
             })
             .collect(),
     }
@@ -83,7 +98,10 @@ mod tests {
     struct TestDir(PathBuf);
     impl TestDir {
         fn new(name: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("weft-agent-addrstate-{}-{name}", std::process::id()));
+            let p = std::env::temp_dir().join(format!(
+                "weft-agent-addrstate-{}-{name}",
+                std::process::id()
+            ));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             Self(p)
@@ -112,11 +130,18 @@ mod tests {
         let path = dir.path().join("state.json");
         let file = StateFile::open(&path).unwrap();
         let mut all = HashMap::new();
-        all.insert("web".to_owned(), managed(&["198.18.128.5"], &["198.18.128.0/22"]));
+        all.insert(
+            "web".to_owned(),
+            managed(&["198.18.128.5"], &["198.18.128.0/22"]),
+        );
         all.insert("idle".to_owned(), Managed::default());
         save(&file, &all).unwrap();
         let back = load(&StateFile::open(&path).unwrap()).unwrap();
-        assert_eq!(back.len(), 1, "workloads with nothing managed are left out: {back:?}");
+        assert_eq!(
+            back.len(),
+            1,
+            "workloads with nothing managed are left out: {back:?}"
+        );
         let (seen, ranges) = &back["web"];
         assert!(seen.contains(&"198.18.128.5".parse().unwrap()));
         assert!(ranges.contains(&"198.18.128.0/22".parse().unwrap()));
@@ -138,9 +163,19 @@ mod tests {
         assert_eq!(ranges.len(), 2);
         // Written back in the new format, and read again the same.
         let mut m = HashMap::new();
-        m.insert("web".to_owned(), managed(&["198.18.128.5", "198.18.132.9"], &["198.18.128.0/22", "198.18.132.0/22"]));
+        m.insert(
+            "web".to_owned(),
+            managed(
+                &["198.18.128.5", "198.18.132.9"],
+                &["198.18.128.0/22", "198.18.132.0/22"],
+            ),
+        );
         save(&file, &m).unwrap();
-        assert!(std::fs::read_to_string(&path).unwrap().contains("\"version\": 2"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("\"version\": 2")
+        );
         assert_eq!(load(&StateFile::open(&path).unwrap()).unwrap(), back);
     }
 
@@ -148,11 +183,29 @@ mod tests {
     fn a_bad_address_entry_names_the_file_the_kind_and_the_workload() {
         let dir = TestDir::new("bad");
         let path = dir.path().join("state.json");
-        std::fs::write(&path, r#"{"version": 1, "workloads": {"web": {"seen": [], "ranges": ["198.18.128.0/99"]}}}"#).unwrap();
-        let e = load(&StateFile::open(&path).unwrap()).unwrap_err().to_string();
-        assert!(e.contains("state.json") && e.contains("workload-addresses") && e.contains("\"web\"") && e.contains("/99"), "{e}");
-        std::fs::write(&path, r#"{"version": 1, "workloads": {"web": {"seen": ["nope"], "ranges": []}}}"#).unwrap();
-        let e = load(&StateFile::open(&path).unwrap()).unwrap_err().to_string();
+        std::fs::write(
+            &path,
+            r#"{"version": 1, "workloads": {"web": {"seen": [], "ranges": ["198.18.128.0/99"]}}}"#,
+        )
+        .unwrap();
+        let e = load(&StateFile::open(&path).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("state.json")
+                && e.contains("workload-addresses")
+                && e.contains("\"web\"")
+                && e.contains("/99"),
+            "{e}"
+        );
+        std::fs::write(
+            &path,
+            r#"{"version": 1, "workloads": {"web": {"seen": ["nope"], "ranges": []}}}"#,
+        )
+        .unwrap();
+        let e = load(&StateFile::open(&path).unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"web\""), "{e}");
     }
 }

@@ -23,7 +23,12 @@ pub struct FakeAgent {
 
 impl Default for FakeAgent {
     fn default() -> Self {
-        Self { kinds: None, readdress_down_us: 300, delay: std::time::Duration::ZERO, fail: None }
+        Self {
+            kinds: None,
+            readdress_down_us: 300,
+            delay: std::time::Duration::ZERO,
+            fail: None,
+        }
     }
 }
 
@@ -36,7 +41,10 @@ impl FakeAgent {
             .iter()
             .map(|(rk, r)| {
                 let known = self.kinds.as_ref().is_none_or(|k| k.contains(&rk.kind));
-                let mut o = ResourceObserved { generation: r.generation, ..Default::default() };
+                let mut o = ResourceObserved {
+                    generation: r.generation,
+                    ..Default::default()
+                };
                 if !known {
                     o.status = ResourceStatus::Unsupported;
                     o.error = format!("no reconciler for kind {:?}", rk.kind);
@@ -47,8 +55,10 @@ impl FakeAgent {
                     match &r.spec {
                         Spec::WorkloadAddresses(w) => {
                             o.observed = w.addresses.iter().map(|a| a.cidr.clone()).collect();
-                            o.measurements
-                                .insert("readdress_down_seconds".into(), self.readdress_down_us as f64 / 1e6);
+                            o.measurements.insert(
+                                "readdress_down_seconds".into(),
+                                self.readdress_down_us as f64 / 1e6,
+                            );
                         }
                     }
                 }

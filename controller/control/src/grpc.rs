@@ -7,10 +7,13 @@ use std::time::Instant;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 use weft_proto::v1 as wire;
-use weft_proto::v1::agent_control_service_server::{AgentControlService, AgentControlServiceServer};
+use weft_proto::v1::agent_control_service_server::{
+    AgentControlService, AgentControlServiceServer,
+};
 
 use super::{
-    ControlHub, DriftRepaired, HostDesired, HostObserved, ResourceKey, ResourceObserved, ResourceStatus,
+    ControlHub, DriftRepaired, HostDesired, HostObserved, ResourceKey, ResourceObserved,
+    ResourceStatus,
 };
 
 #[derive(Debug, Clone)]
@@ -48,13 +51,18 @@ fn to_wire(d: &HostDesired) -> wire::DesiredState {
 fn required(field: &str, value: &str) -> Result<String, Status> {
     let v = value.trim();
     if v.is_empty() {
-        return Err(Status::invalid_argument(format!("field `{field}` must not be empty")));
+        return Err(Status::invalid_argument(format!(
+            "field `{field}` must not be empty"
+        )));
     }
     Ok(v.to_owned())
 }
 
 /// One resource's report (wire types stop here).
-fn resource_observed(i: usize, r: wire::ResourceObserved) -> Result<(ResourceKey, ResourceObserved), Status> {
+fn resource_observed(
+    i: usize,
+    r: wire::ResourceObserved,
+) -> Result<(ResourceKey, ResourceObserved), Status> {
     let kind = required(&format!("resources[{i}].kind"), &r.kind)?;
     let status = match wire::ResourceStatus::try_from(r.status) {
         Ok(wire::ResourceStatus::Applied) => ResourceStatus::Applied,
@@ -71,7 +79,11 @@ fn resource_observed(i: usize, r: wire::ResourceObserved) -> Result<(ResourceKey
         generation: r.generation,
         status,
         error: r.error,
-        measurements: r.measurements.into_iter().filter(|(_, v)| v.is_finite()).collect(),
+        measurements: r
+            .measurements
+            .into_iter()
+            .filter(|(_, v)| v.is_finite())
+            .collect(),
         observed: r.observed,
     };
     Ok((ResourceKey { kind, key: r.key }, observed))
@@ -121,7 +133,10 @@ impl AgentControlService for ControlApi {
             .into_iter()
             .map(|d| DriftRepaired {
                 host: host.clone(),
-                resource: ResourceKey { kind: d.kind, key: d.key },
+                resource: ResourceKey {
+                    kind: d.kind,
+                    key: d.key,
+                },
                 what: d.what,
                 detected_unix_ns: d.detected_unix_ns,
                 repaired_unix_ns: d.repaired_unix_ns,
@@ -179,18 +194,26 @@ mod tests {
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await
         });
-        let mut client = AgentControlServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut client = AgentControlServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         let watch = wire::WatchDesiredStateRequest {
             host_id: "hv1".into(),
             agent_instance: "i".into(),
             kinds: vec![crate::kinds::WORKLOAD_ADDRESSES.into()],
         };
-        let mut stream = client.watch_desired_state(watch).await.unwrap().into_inner();
+        let mut stream = client
+            .watch_desired_state(watch)
+            .await
+            .unwrap()
+            .into_inner();
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!((first.controller_epoch, first.generation), (7, g1));
         assert_eq!(first.resources[0].kind, "workload-addresses");
         assert_eq!(first.resources[0].generation, g1);
-        let Some(Spec::WorkloadAddresses(w)) = &first.resources[0].spec else { panic!("{first:?}") };
+        let Some(Spec::WorkloadAddresses(w)) = &first.resources[0].spec else {
+            panic!("{first:?}")
+        };
         assert_eq!(w.addresses[0].gateway, "198.18.128.1");
         assert_eq!(hub.kinds("hv1"), vec!["workload-addresses".to_owned()]);
         let g2 = hub.withdraw("hv1", "workload-addresses", "web");
@@ -219,20 +242,39 @@ mod tests {
                 error: String::new(),
             }],
         };
-        client.report_observed(report(7, wire::ResourceStatus::Applied as i32)).await.unwrap();
+        client
+            .report_observed(report(7, wire::ResourceStatus::Applied as i32))
+            .await
+            .unwrap();
         let o = hub.observed("hv1");
         assert_eq!(o.applied_generation, g2);
-        assert_eq!(o.resources.values().next().unwrap().measurements["readdress_down_seconds"], 0.001);
-        assert_eq!(hub.drift_of("hv1")[0].what, "address 198.18.128.5/22 removed");
+        assert_eq!(
+            o.resources.values().next().unwrap().measurements["readdress_down_seconds"],
+            0.001
+        );
+        assert_eq!(
+            hub.drift_of("hv1")[0].what,
+            "address 198.18.128.5/22 removed"
+        );
 
-        let stale = client.report_observed(report(6, wire::ResourceStatus::Applied as i32)).await.unwrap_err();
+        let stale = client
+            .report_observed(report(6, wire::ResourceStatus::Applied as i32))
+            .await
+            .unwrap_err();
         assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
         assert!(stale.message().contains("epoch 6"), "{}", stale.message());
         let bad = client.report_observed(report(7, 0)).await.unwrap_err();
-        assert!(bad.message().contains("resources[0].status"), "{}", bad.message());
+        assert!(
+            bad.message().contains("resources[0].status"),
+            "{}",
+            bad.message()
+        );
 
         let err = client
-            .watch_desired_state(wire::WatchDesiredStateRequest { host_id: " ".into(), ..Default::default() })
+            .watch_desired_state(wire::WatchDesiredStateRequest {
+                host_id: " ".into(),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);

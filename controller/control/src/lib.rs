@@ -51,7 +51,10 @@ pub struct ResourceKey {
 
 impl ResourceKey {
     pub fn new(kind: &str, key: &str) -> Self {
-        Self { kind: kind.to_owned(), key: key.to_owned() }
+        Self {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+        }
     }
 }
 
@@ -172,7 +175,11 @@ pub struct HostStatus {
 pub enum ControlEvent {
     Drift(DriftRepaired),
     /// An agent reported resources of a kind it has no reconciler for.
-    Unsupported { host: String, kind: String, keys: usize },
+    Unsupported {
+        host: String,
+        kind: String,
+        keys: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -190,8 +197,17 @@ impl Host {
     fn new(epoch: u64) -> Self {
         let base = epoch << GENERATION_BITS;
         Self {
-            desired: watch::channel(HostDesired { epoch, generation: base, resources: BTreeMap::new() }).0,
-            observed: watch::channel(HostObserved { epoch, ..Default::default() }).0,
+            desired: watch::channel(HostDesired {
+                epoch,
+                generation: base,
+                resources: BTreeMap::new(),
+            })
+            .0,
+            observed: watch::channel(HostObserved {
+                epoch,
+                ..Default::default()
+            })
+            .0,
             kinds: Mutex::default(),
             drift: Mutex::default(),
             edit: Mutex::new(()),
@@ -206,15 +222,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Why waiting for an agent ended without success.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WaitError {
-    #[error("host {host}: no report of {resource} at generation {generation} within {timeout:?} (agent offline?)")]
-    Timeout { host: String, resource: ResourceKey, generation: u64, timeout: Duration },
+    #[error(
+        "host {host}: no report of {resource} at generation {generation} within {timeout:?} (agent offline?)"
+    )]
+    Timeout {
+        host: String,
+        resource: ResourceKey,
+        generation: u64,
+        timeout: Duration,
+    },
     #[error(
         "host {host}: the agent does not understand resources of kind {:?} (it has no reconciler for them; upgrade it)",
         resource.kind
     )]
     Unsupported { host: String, resource: ResourceKey },
     #[error("host {host}: {resource}: {error}")]
-    Failed { host: String, resource: ResourceKey, error: String },
+    Failed {
+        host: String,
+        resource: ResourceKey,
+        error: String,
+    },
 }
 
 /// Desired and observed state of every host.
@@ -234,7 +261,11 @@ impl Default for ControlHub {
 
 impl ControlHub {
     pub fn with_epoch(epoch: u64) -> Self {
-        Self { epoch, hosts: DashMap::new(), events: broadcast::channel(EVENT_CHANNEL).0 }
+        Self {
+            epoch,
+            hosts: DashMap::new(),
+            events: broadcast::channel(EVENT_CHANNEL).0,
+        }
     }
 
     /// A hub whose epoch is one above the last one kept in `store` (kept before it is used).
@@ -250,7 +281,9 @@ impl ControlHub {
         };
         let epoch = last + 1;
         if epoch >= 1 << (64 - GENERATION_BITS) {
-            return Err(StoreError(format!("{EPOCH_KEY}: epoch {epoch} is out of range")));
+            return Err(StoreError(format!(
+                "{EPOCH_KEY}: epoch {epoch} is out of range"
+            )));
         }
         store.put(EPOCH_KEY, epoch.to_string().as_bytes())?;
         Ok(Self::with_epoch(epoch))
@@ -264,7 +297,10 @@ impl ControlHub {
         if let Some(h) = self.hosts.get(host_id) {
             return h.clone();
         }
-        self.hosts.entry(host_id.to_owned()).or_insert_with(|| Arc::new(Host::new(self.epoch))).clone()
+        self.hosts
+            .entry(host_id.to_owned())
+            .or_insert_with(|| Arc::new(Host::new(self.epoch)))
+            .clone()
     }
 
     /// Sets one resource's spec (kind from the spec's case); returns the host generation
@@ -334,9 +370,17 @@ impl ControlHub {
                 observed: observed.resources.get(rk).cloned(),
             })
             .collect();
-        resources.extend(observed.resources.iter().filter(|(rk, _)| !desired.resources.contains_key(*rk)).map(
-            |(rk, o)| ResourceState { resource: rk.clone(), desired_generation: None, observed: Some(o.clone()) },
-        ));
+        resources.extend(
+            observed
+                .resources
+                .iter()
+                .filter(|(rk, _)| !desired.resources.contains_key(*rk))
+                .map(|(rk, o)| ResourceState {
+                    resource: rk.clone(),
+                    desired_generation: None,
+                    observed: Some(o.clone()),
+                }),
+        );
         resources.sort_by(|a, b| a.resource.cmp(&b.resource));
         Some(HostStatus {
             host: host_id.to_owned(),
@@ -357,7 +401,12 @@ impl ControlHub {
 
     /// One resource's spec as desired now.
     pub fn resource(&self, host_id: &str, kind: &str, key: &str) -> Option<DesiredResource> {
-        self.host(host_id).desired.borrow().resources.get(&ResourceKey::new(kind, key)).cloned()
+        self.host(host_id)
+            .desired
+            .borrow()
+            .resources
+            .get(&ResourceKey::new(kind, key))
+            .cloned()
     }
 
     /// A receiver that sees the current desired state at once and every change after.
@@ -379,7 +428,12 @@ impl ControlHub {
     /// ignored and `false` returned: its generations mean nothing here.
     pub fn report(&self, host_id: &str, observed: HostObserved) -> bool {
         if observed.epoch != self.epoch {
-            tracing::debug!(host = host_id, epoch = observed.epoch, current = self.epoch, "report of another controller epoch ignored");
+            tracing::debug!(
+                host = host_id,
+                epoch = observed.epoch,
+                current = self.epoch,
+                "report of another controller epoch ignored"
+            );
             return false;
         }
         let host = self.host(host_id);
@@ -396,7 +450,11 @@ impl ControlHub {
         let before = unsupported(&host.observed.borrow());
         // Told once per change, not at every report that repeats it.
         for (kind, keys) in now.into_iter().filter(|(k, n)| before.get(k) != Some(n)) {
-            let _ = self.events.send(ControlEvent::Unsupported { host: host_id.to_owned(), kind, keys });
+            let _ = self.events.send(ControlEvent::Unsupported {
+                host: host_id.to_owned(),
+                kind,
+                keys,
+            });
         }
         host.observed.send_replace(observed);
         true
@@ -470,8 +528,15 @@ impl ControlHub {
                         && !host.desired.borrow().resources.contains_key(&rk)
                     {
                         // Withdrawn, and the agent applied a state without it.
-                        return Ok(ResourceObserved { generation: o.applied_generation, ..Default::default() });
-                    } else if o.resources.get(&rk).is_some_and(|r| r.status == ResourceStatus::Unsupported) {
+                        return Ok(ResourceObserved {
+                            generation: o.applied_generation,
+                            ..Default::default()
+                        });
+                    } else if o
+                        .resources
+                        .get(&rk)
+                        .is_some_and(|r| r.status == ResourceStatus::Unsupported)
+                    {
                         unsupported = true;
                     }
                 }
@@ -485,8 +550,16 @@ impl ControlHub {
         let result = tokio::time::timeout(timeout, wait).await;
         match result {
             Ok(r) => r,
-            Err(_) if unsupported => Err(WaitError::Unsupported { host: host_id.to_owned(), resource: rk }),
-            Err(_) => Err(WaitError::Timeout { host: host_id.to_owned(), resource: rk, generation, timeout }),
+            Err(_) if unsupported => Err(WaitError::Unsupported {
+                host: host_id.to_owned(),
+                resource: rk,
+            }),
+            Err(_) => Err(WaitError::Timeout {
+                host: host_id.to_owned(),
+                resource: rk,
+                generation,
+                timeout,
+            }),
         }
     }
 }

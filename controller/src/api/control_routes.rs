@@ -13,7 +13,9 @@ use super::error::ApiError;
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/hosts", get(list_hosts)).route("/hosts/{host_id}/status", get(host_status))
+    Router::new()
+        .route("/hosts", get(list_hosts))
+        .route("/hosts/{host_id}/status", get(host_status))
 }
 
 fn summary(s: &HostStatus) -> Value {
@@ -64,14 +66,24 @@ fn drift(d: &DriftRepaired) -> Value {
 }
 
 async fn list_hosts(State(state): State<AppState>) -> Json<Value> {
-    let hosts: Vec<Value> =
-        state.control.hosts().iter().filter_map(|h| state.control.status(h)).map(|s| summary(&s)).collect();
+    let hosts: Vec<Value> = state
+        .control
+        .hosts()
+        .iter()
+        .filter_map(|h| state.control.status(h))
+        .map(|s| summary(&s))
+        .collect();
     Json(json!({ "hosts": hosts }))
 }
 
-async fn host_status(State(state): State<AppState>, Path(host): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn host_status(
+    State(state): State<AppState>,
+    Path(host): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let s = state.control.status(&host).ok_or_else(|| {
-        ApiError::Missing(format!("host {host} has no desired state and no agent; list the hosts with GET /hosts"))
+        ApiError::Missing(format!(
+            "host {host} has no desired state and no agent; list the hosts with GET /hosts"
+        ))
     })?;
     let mut v = summary(&s);
     v["resources"] = s.resources.iter().map(resource).collect();

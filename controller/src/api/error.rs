@@ -46,7 +46,9 @@ impl ApiError {
         match self {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BadParameter { .. } | Self::BadBody(_) | Self::BadField { .. } => StatusCode::BAD_REQUEST,
+            Self::BadParameter { .. } | Self::BadBody(_) | Self::BadField { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,

@@ -10,10 +10,10 @@ use weft_proto::v1 as wire;
 use weft_proto::v1::shard_service_server::{ShardService, ShardServiceServer};
 
 use super::shards_routes::{ListQuery, list_page, parse_create};
-use crate::shards::{
+use crate::state::AppState;
+use weft_shards::{
     Allocation, Deallocation, Family, Migration, Shard, ShardError, ShardManager, ShardStatus,
 };
-use crate::state::AppState;
 
 #[derive(Debug, Clone)]
 pub struct ShardApi {
@@ -358,7 +358,7 @@ impl ShardService for ShardApi {
             0 => self.shards().next_event(),
             n => n,
         };
-        let stream = crate::shards::events::stream_from(self.shards().clone(), from).map(|e| {
+        let stream = weft_shards::events::stream_from(self.shards().clone(), from).map(|e| {
             Ok(wire::ShardEvent {
                 sequence: e.sequence,
                 specversion: e.specversion.clone(),

@@ -21,11 +21,11 @@ use serde_json::{Value, json};
 use weft_topology::time::rfc3339;
 
 use super::error::ApiError;
-use crate::shards::{
+use crate::state::AppState;
+use weft_shards::{
     Allocation, CreateShard, Deallocation, Family, Migration, Shard, ShardError, ShardStatus,
     default_prefix, prefix_bounds,
 };
-use crate::state::AppState;
 
 /// The shard routes, merged into [`super::http::app`].
 pub fn routes() -> Router<AppState> {
@@ -612,7 +612,7 @@ async fn events(
             .map_or(from.max(state.shards.oldest_event()), |e| e.sequence + 1);
         return Ok(Json(json!({ "events": events, "next": next })).into_response());
     }
-    let stream = crate::shards::events::stream_from(state.shards.clone(), from).map(|e| {
+    let stream = weft_shards::events::stream_from(state.shards.clone(), from).map(|e| {
         let data = serde_json::to_string(e.as_ref()).unwrap_or_default();
         Ok::<_, Infallible>(
             Event::default()

@@ -106,7 +106,10 @@ impl Store for MemoryStore {
 
     fn txn(&self, compares: &[Compare<'_>], ops: &[Op<'_>]) -> Result<bool, StoreError> {
         let mut map = self.map();
-        if compares.iter().any(|(k, expected)| map.get(*k).map(Vec::as_slice) != *expected) {
+        if compares
+            .iter()
+            .any(|(k, expected)| map.get(*k).map(Vec::as_slice) != *expected)
+        {
             return Ok(false);
         }
         for (k, v) in ops {

@@ -41,19 +41,32 @@ fn suite(store: &dyn Store) {
     store.put("t/a", b"1").expect("put");
     store.put("t/del", b"gone").expect("put");
     let applied = store
-        .txn(&[("t/a", Some(b"1")), ("t/b", None)], &[("t/a", Some(b"2")), ("t/b", Some(b"x")), ("t/del", None)])
+        .txn(
+            &[("t/a", Some(b"1")), ("t/b", None)],
+            &[("t/a", Some(b"2")), ("t/b", Some(b"x")), ("t/del", None)],
+        )
         .expect("txn");
     assert!(applied);
     assert_eq!(store.get("t/a").expect("get").as_deref(), Some(&b"2"[..]));
     assert_eq!(store.get("t/b").expect("get").as_deref(), Some(&b"x"[..]));
     assert_eq!(store.get("t/del").expect("get"), None, "a delete op");
     let refused = store
-        .txn(&[("t/a", Some(b"2")), ("t/b", None)], &[("t/a", Some(b"3")), ("t/c", Some(b"y"))])
+        .txn(
+            &[("t/a", Some(b"2")), ("t/b", None)],
+            &[("t/a", Some(b"3")), ("t/c", Some(b"y"))],
+        )
         .expect("txn");
     assert!(!refused, "t/b exists, so the second compare fails");
-    assert_eq!(store.get("t/a").expect("get").as_deref(), Some(&b"2"[..]), "no op applied");
+    assert_eq!(
+        store.get("t/a").expect("get").as_deref(),
+        Some(&b"2"[..]),
+        "no op applied"
+    );
     assert_eq!(store.get("t/c").expect("get"), None, "no op applied");
-    assert!(store.txn(&[], &[("t/c", Some(b"y"))]).expect("txn"), "no compares always applies");
+    assert!(
+        store.txn(&[], &[("t/c", Some(b"y"))]).expect("txn"),
+        "no compares always applies"
+    );
 
     // scan_from: start within the prefix, bounded.
     for i in 0..5 {
@@ -61,9 +74,18 @@ fn suite(store: &dyn Store) {
     }
     store.put("f/000", b"f").expect("put");
     let keys = |v: Vec<(String, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-    assert_eq!(keys(store.scan_from("e/", "e/002", 2).expect("scan")), vec!["e/002", "e/003"]);
-    assert_eq!(keys(store.scan_from("e/", "e/003", 10).expect("scan")), vec!["e/003", "e/004"]);
-    assert_eq!(keys(store.scan_from("e/", "", 1).expect("scan")), vec!["e/000"]);
+    assert_eq!(
+        keys(store.scan_from("e/", "e/002", 2).expect("scan")),
+        vec!["e/002", "e/003"]
+    );
+    assert_eq!(
+        keys(store.scan_from("e/", "e/003", 10).expect("scan")),
+        vec!["e/003", "e/004"]
+    );
+    assert_eq!(
+        keys(store.scan_from("e/", "", 1).expect("scan")),
+        vec!["e/000"]
+    );
 }
 
 #[test]

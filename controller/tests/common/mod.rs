@@ -10,17 +10,25 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 use weft_controller::AppState;
 use weft_controller::api::http::app;
-use weft_controller::shards::ShardConfig;
+use weft_shards::ShardConfig;
 use weft_store::MemoryStore;
 
 /// A state whose shard manager runs with `config` on a fresh memory store.
 pub fn shard_state(config: ShardConfig) -> AppState {
-    AppState::builder().shard_config(config).start(Arc::new(MemoryStore::default())).unwrap()
+    AppState::builder()
+        .shard_config(config)
+        .start(Arc::new(MemoryStore::default()))
+        .unwrap()
 }
 
 /// One JSON request: (status, content type, body as JSON, or as a JSON string when it is
 /// not JSON).
-pub async fn call(state: &AppState, method: Method, uri: &str, body: &str) -> (StatusCode, String, Value) {
+pub async fn call(
+    state: &AppState,
+    method: Method,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, String, Value) {
     let request = Request::builder()
         .method(method)
         .uri(uri)
@@ -29,10 +37,14 @@ pub async fn call(state: &AppState, method: Method, uri: &str, body: &str) -> (S
         .unwrap();
     let response = app(state.clone()).oneshot(request).await.unwrap();
     let status = response.status();
-    let content_type =
-        response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let json =
-        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, content_type, json)
 }

@@ -6,8 +6,21 @@ use serde::{Deserialize, Serialize};
 
 /// Application protocol names weft knows (lowercase, as in JSON and on the CLI).
 pub const PROTOCOLS: &[&str] = &[
-    "http", "https", "http2", "grpc", "websocket", "tls", "postgres", "mysql", "mongodb",
-    "redis", "kafka", "amqp", "dns", "tcp", "udp",
+    "http",
+    "https",
+    "http2",
+    "grpc",
+    "websocket",
+    "tls",
+    "postgres",
+    "mysql",
+    "mongodb",
+    "redis",
+    "kafka",
+    "amqp",
+    "dns",
+    "tcp",
+    "udp",
 ];
 
 /// Whether `name` is one of [`PROTOCOLS`].
@@ -24,7 +37,10 @@ pub struct NetworkEndpoint {
 
 impl NetworkEndpoint {
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Self { host: host.into(), port }
+        Self {
+            host: host.into(),
+            port,
+        }
     }
 
     /// `host:port`, IPv6 literals in brackets (the spec's `to_string()`).
@@ -73,8 +89,14 @@ mod tests {
 
     #[test]
     fn endpoint_strings_bracket_ipv6() {
-        assert_eq!(NetworkEndpoint::new("db.internal", 5432).to_endpoint_string(), "db.internal:5432");
-        assert_eq!(NetworkEndpoint::new("fd00::1", 53).to_endpoint_string(), "[fd00::1]:53");
+        assert_eq!(
+            NetworkEndpoint::new("db.internal", 5432).to_endpoint_string(),
+            "db.internal:5432"
+        );
+        assert_eq!(
+            NetworkEndpoint::new("fd00::1", 53).to_endpoint_string(),
+            "[fd00::1]:53"
+        );
     }
 
     #[test]

@@ -54,7 +54,15 @@ fn protocols_errors_and_names_come_from_payload() -> Result<()> {
 
     traffic::curl_each(client, &format!("{}/small.json", web.url()), 2, &[])?;
     for _ in 0..HTTP_FAILURES {
-        let code = client.exec(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}/fail", web.url())])?;
+        let code = client.exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{}/fail", web.url()),
+        ])?;
         ensure!(code.trim() == "503", "nginx answered {code} to /fail");
     }
     let cli = |host: &str, port: u16, args: &[&str]| -> Result<String> {
@@ -66,20 +74,35 @@ fn protocols_errors_and_names_come_from_payload() -> Result<()> {
     cli(&cache.ipv4, cache.port, &["SET", "greeting", "hello"])?;
     for _ in 0..REDIS_ERRORS {
         let out = cli(&cache.ipv4, cache.port, &["INCR", "greeting"])?;
-        ensure!(out.contains("WRONGTYPE") || out.contains("not an integer"), "redis said {out:?}");
+        ensure!(
+            out.contains("WRONGTYPE") || out.contains("not an integer"),
+            "redis said {out:?}"
+        );
     }
     for _ in 0..2 {
         let out = cli(&kv.ipv4, kv.port, &["PING"])?;
         ensure!(out.contains("PONG"), "redis on 7777 said {out:?}");
     }
     let psql = |sql: &str| {
-        run_anyway(client, &["psql", "-h", &db.ipv4, "-U", "postgres", "-d", "postgres", "-Atc", sql])
+        run_anyway(
+            client,
+            &[
+                "psql", "-h", &db.ipv4, "-U", "postgres", "-d", "postgres", "-Atc", sql,
+            ],
+        )
     };
     ensure!(psql("select 1")?.trim() == "1", "psql select 1");
     let out = psql("select * from no_such_table")?;
     ensure!(out.contains("does not exist"), "psql said {out:?}");
 
-    let answer = client.exec(&["dig", "+short", "+time=2", "+tries=1", &format!("@{}", dns.ipv4), "ext.lab"])?;
+    let answer = client.exec(&[
+        "dig",
+        "+short",
+        "+time=2",
+        "+tries=1",
+        &format!("@{}", dns.ipv4),
+        "ext.lab",
+    ])?;
     ensure!(answer.trim() == ext_wl.ipv4, "dig answered {answer:?}");
     // The DNS answer must be merged before the connection it names.
     wait_for(&weft, "client->dns over dns", |t| {
@@ -91,25 +114,43 @@ fn protocols_errors_and_names_come_from_payload() -> Result<()> {
 
     let t = wait_for(&weft, "every edge", |t| {
         let web = t.edge("client", "web")?;
-        ensure!(web.requests >= (2 + HTTP_FAILURES) as u64 && web.errors >= HTTP_FAILURES as u64, "{web:?}");
+        ensure!(
+            web.requests >= (2 + HTTP_FAILURES) as u64 && web.errors >= HTTP_FAILURES as u64,
+            "{web:?}"
+        );
         let cache = t.edge("client", "cache")?;
         ensure!(cache.errors >= REDIS_ERRORS as u64, "{cache:?}");
         t.edge("client", "kv")?;
         let db = t.edge("client", "db")?;
         ensure!(db.errors >= 1, "{db:?}");
-        ensure!(t.dependencies.iter().any(|d| d.source == "client" && d.target.starts_with("ext.lab")), "no client->ext.lab yet");
+        ensure!(
+            t.dependencies
+                .iter()
+                .any(|d| d.source == "client" && d.target.starts_with("ext.lab")),
+            "no client->ext.lab yet"
+        );
         Ok(())
     })?;
 
     let web_dep = t.edge("client", "web")?;
     assert_eq!(web_dep.protocol, "http", "{web_dep:?}");
-    assert_eq!(web_dep.errors, HTTP_FAILURES as u64, "503s are the only errors: {web_dep:?}");
+    assert_eq!(
+        web_dep.errors, HTTP_FAILURES as u64,
+        "503s are the only errors: {web_dep:?}"
+    );
     assert_eq!(web_dep.requests, (2 + HTTP_FAILURES) as u64, "{web_dep:?}");
     let cache_dep = t.edge("client", "cache")?;
     assert_eq!(cache_dep.protocol, "redis", "{cache_dep:?}");
-    assert_eq!(cache_dep.errors, REDIS_ERRORS as u64, "one error per INCR of a string: {cache_dep:?}");
+    assert_eq!(
+        cache_dep.errors, REDIS_ERRORS as u64,
+        "one error per INCR of a string: {cache_dep:?}"
+    );
     let kv_dep = t.edge("client", "kv")?;
-    assert_eq!((kv_dep.protocol.as_str(), kv_dep.port), ("redis", 7777), "payload beats the port: {kv_dep:?}");
+    assert_eq!(
+        (kv_dep.protocol.as_str(), kv_dep.port),
+        ("redis", 7777),
+        "payload beats the port: {kv_dep:?}"
+    );
     assert_eq!(kv_dep.errors, 0, "{kv_dep:?}");
     let db_dep = t.edge("client", "db")?;
     assert_eq!(db_dep.protocol, "postgres", "{db_dep:?}");
@@ -121,7 +162,9 @@ fn protocols_errors_and_names_come_from_payload() -> Result<()> {
         .context("client->ext.lab")?;
     assert_eq!(ext_dep.protocol, "http", "{ext_dep:?}");
     assert!(
-        !t.dependencies.iter().any(|d| d.target.contains(&ext_wl.ipv4)),
+        !t.dependencies
+            .iter()
+            .any(|d| d.target.contains(&ext_wl.ipv4)),
         "the DNS name replaces the address: {:?}",
         t.edges()
     );

@@ -84,11 +84,23 @@ fn topology_edges_are_exactly_the_generated_ones() -> Result<()> {
     }
     // Both /metrics endpoints (text format 0.0.4 from their registries) count the traffic.
     let controller = weft.controller.get("/metrics")?;
-    assert!(weft_lab::weft::sum_metric(&controller, "weft_dependency_requests_total") > 0.0, "{controller}");
-    assert!(controller.contains("# TYPE weft_dependency_request_duration_seconds summary"), "{controller}");
+    assert!(
+        weft_lab::weft::sum_metric(&controller, "weft_dependency_requests_total") > 0.0,
+        "{controller}"
+    );
+    assert!(
+        controller.contains("# TYPE weft_dependency_request_duration_seconds summary"),
+        "{controller}"
+    );
     let agent = weft.agent.metrics(&lab)?;
-    assert!(weft_lab::weft::sum_metric(&agent, "weft_agent_records_sent_total") > 0.0, "{agent}");
-    assert!(agent.contains("# TYPE weft_agent_interfaces_attached gauge"), "{agent}");
+    assert!(
+        weft_lab::weft::sum_metric(&agent, "weft_agent_records_sent_total") > 0.0,
+        "{agent}"
+    );
+    assert!(
+        agent.contains("# TYPE weft_agent_interfaces_attached gauge"),
+        "{agent}"
+    );
     assert!(!controller.contains("# EOF") && !agent.contains("# EOF"));
     Ok(())
 }
@@ -318,27 +330,44 @@ fn agent_counts_what_it_drops_when_its_queue_overflows() -> Result<()> {
     let mut weft = Weft { controller, agent };
     weft.controller.child.kill_hard();
     let client = &lab.workload("client")?.netns;
-    traffic::curl_each(client, &format!("{}/small.json", web.url()), CONNECTIONS, &[])?;
+    traffic::curl_each(
+        client,
+        &format!("{}/small.json", web.url()),
+        CONNECTIONS,
+        &[],
+    )?;
     // Each connection gives at least one record per interface it crossed (2 here): far
     // more than the queue holds.
     let dropped = eventually(Duration::from_secs(15), Duration::from_millis(500), || {
         let m = weft.agent.metrics(&lab)?;
         let dropped = weft_lab::weft::sum_metric(&m, "weft_agent_records_dropped_total");
         let queued = weft_lab::weft::sum_metric(&m, "weft_agent_records_queued");
-        ensure!(queued <= CAPACITY as f64, "queue holds {queued} > {CAPACITY}");
+        ensure!(
+            queued <= CAPACITY as f64,
+            "queue holds {queued} > {CAPACITY}"
+        );
         ensure!(dropped > 0.0, "nothing dropped yet:\n{m}");
         Ok(dropped)
     })
     .with_context(|| weft.logs())?;
-    ensure!(weft.agent.child.is_running(), "agent died: {}", weft.agent.child.tail(20));
+    ensure!(
+        weft.agent.child.is_running(),
+        "agent died: {}",
+        weft.agent.child.tail(20)
+    );
 
     weft.controller = eventually(Duration::from_secs(10), Duration::from_millis(500), || {
         Controller::start_on(&lab, &grpc, &http)
     })?;
     // What the queue kept arrives, and the controller learns how much was dropped.
     let reported = eventually(Duration::from_secs(30), Duration::from_millis(500), || {
-        let reported = weft.controller.metric("weft_controller_agent_dropped_records")?;
-        ensure!(reported >= dropped, "controller knows {reported} dropped, agent {dropped}");
+        let reported = weft
+            .controller
+            .metric("weft_controller_agent_dropped_records")?;
+        ensure!(
+            reported >= dropped,
+            "controller knows {reported} dropped, agent {dropped}"
+        );
         Ok(reported)
     })
     .with_context(|| weft.logs())?;
@@ -361,7 +390,10 @@ fn new_interface_is_attached_within_a_second_and_a_vanished_one_forgotten() -> R
     let url = format!("{}/small.json", web.url());
     let mut weft = Weft::start(&lab)?;
     let attached = |weft: &Weft, lab: &weft_lab::Lab| -> Result<f64> {
-        Ok(weft_lab::weft::sum_metric(&weft.agent.metrics(lab)?, "weft_agent_interfaces_attached"))
+        Ok(weft_lab::weft::sum_metric(
+            &weft.agent.metrics(lab)?,
+            "weft_agent_interfaces_attached",
+        ))
     };
     assert_eq!(attached(&weft, &lab)?, 2.0);
 
@@ -371,8 +403,13 @@ fn new_interface_is_attached_within_a_second_and_a_vanished_one_forgotten() -> R
         .child
         .wait_for_line(&["weft-agent attached", &late_if], Duration::from_secs(5))?;
     let took = started.elapsed();
-    println!("{late_if} attached {took:?} after the workload was started (veth, namespace and addresses included)");
-    assert!(took <= Duration::from_secs(1), "{late_if} attached after {took:?}");
+    println!(
+        "{late_if} attached {took:?} after the workload was started (veth, namespace and addresses included)"
+    );
+    assert!(
+        took <= Duration::from_secs(1),
+        "{late_if} attached after {took:?}"
+    );
 
     // The new workload is not in the agent's workloads file: it is named after its
     // interface, and its traffic is observed.

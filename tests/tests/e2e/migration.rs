@@ -25,7 +25,12 @@ type Replies = Arc<Mutex<Vec<Vec<(Instant, IpAddr)>>>>;
 
 /// Sends UDP probes from inside the prober's namespace (this thread enters it) to every
 /// address in `targets[i]` and records the replies, until `stop`.
-fn probe(netns: String, targets: Arc<Mutex<Vec<Vec<IpAddr>>>>, replies: Replies, stop: Arc<AtomicBool>) -> Result<()> {
+fn probe(
+    netns: String,
+    targets: Arc<Mutex<Vec<Vec<IpAddr>>>>,
+    replies: Replies,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
     let f = std::fs::File::open(format!("/run/netns/{netns}")).context("open prober netns")?;
     // SAFETY: setns on this thread only, with a valid namespace fd.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -37,12 +42,18 @@ fn probe(netns: String, targets: Arc<Mutex<Vec<Vec<IpAddr>>>>, replies: Replies,
     let mut buf = [0u8; 64];
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let now = Instant::now();
-        let t = targets.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+        let t = targets
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
         for (i, addrs) in t.iter().enumerate() {
             for a in addrs {
                 // The payload names the address probed: the echo may answer from another
                 // of the workload's addresses (its lab address is on-link to the prober).
-                let _ = sock.send_to(format!("{i} {a}").as_bytes(), SocketAddr::new(*a, ECHO_PORT));
+                let _ = sock.send_to(
+                    format!("{i} {a}").as_bytes(),
+                    SocketAddr::new(*a, ECHO_PORT),
+                );
             }
         }
         while now.elapsed() < PROBE_EVERY {
@@ -71,13 +82,24 @@ fn longest_gap(replies: &[(Instant, IpAddr)], from: Instant, to: Instant) -> Dur
 }
 
 fn addresses_of(c: &Controller, workload: &str) -> Result<Vec<Value>> {
-    let v = c.json("GET", &format!("/networks/{NETWORK}/workloads/{workload}/addresses"), None)?;
-    Ok(v.get("addresses").and_then(Value::as_array).cloned().unwrap_or_default())
+    let v = c.json(
+        "GET",
+        &format!("/networks/{NETWORK}/workloads/{workload}/addresses"),
+        None,
+    )?;
+    Ok(v.get("addresses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// A /28 shard of the network, carved from the lab's own pool 198.19.X.128/25.
 fn create_shard(c: &Controller) -> Result<Value> {
-    c.json("POST", "/shards", Some(&json!({"prefix_len": 28, "network_id": NETWORK})))
+    c.json(
+        "POST",
+        "/shards",
+        Some(&json!({"prefix_len": 28, "network_id": NETWORK})),
+    )
 }
 
 #[test]
@@ -110,7 +132,11 @@ fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
     // The hypervisor routes between the lab subnet and the shard subnets on one bridge;
     // as a router on a shared segment it sends no ICMP redirects (they would make the
     // prober cache a direct route to an address before the workload has it).
-    for key in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.br0.send_redirects=0"] {
+    for key in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.br0.send_redirects=0",
+    ] {
         hv.netns.exec(&["sysctl", "-q", "-w", key])?;
     }
     for m in MOVERS {
@@ -120,14 +146,28 @@ fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
              while True:\n  d,a=s.recvfrom(64)\n  try:\n    s.sendto(d,a)\n  except OSError:\n    pass\n"
         );
         // Kept alive by the lab: everything in the namespace dies with it.
-        std::mem::forget(w.netns.spawn(&w.dir, &format!("echo-{m}"), &["python3", "-c", &script])?);
+        std::mem::forget(w.netns.spawn(
+            &w.dir,
+            &format!("echo-{m}"),
+            &["python3", "-c", &script],
+        )?);
     }
     let ip = hv.uplink_root_addr.clone();
     let grpc = format!("{ip}:{}", free_port(&ip)?);
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
     let pool = format!("198.19.{x}.128/25");
-    let controller = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool, "--migration-timeout", "10s"])?;
-    let agent = Agent::start_with(&lab, 0, &controller.grpc_url(), &["--readdress-mode", readdress_mode])?;
+    let controller = Controller::start_with(
+        &lab,
+        &grpc,
+        &http,
+        &["--shard-pool", &pool, "--migration-timeout", "10s"],
+    )?;
+    let agent = Agent::start_with(
+        &lab,
+        0,
+        &controller.grpc_url(),
+        &["--readdress-mode", readdress_mode],
+    )?;
     let weft = Weft { controller, agent };
     let c = &weft.controller;
 
@@ -135,16 +175,32 @@ fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
     let old_id = old["id"].as_str().context("shard id")?.to_owned();
     let old_gw = old["gateway"].as_str().context("gateway")?.to_owned();
     let old_prefix = old["prefix_len"].as_u64().context("prefix_len")?;
-    hv.netns.ip(&["addr", "add", &format!("{old_gw}/{old_prefix}"), "dev", "br0"])?;
+    hv.netns.ip(&[
+        "addr",
+        "add",
+        &format!("{old_gw}/{old_prefix}"),
+        "dev",
+        "br0",
+    ])?;
     let mut first: Vec<IpAddr> = Vec::new();
     for m in MOVERS {
-        let a = c.json("POST", &format!("/networks/{NETWORK}/addresses"), Some(&json!({"workload": m, "host_id": hv.name, "family": "ipv4"})))?;
+        let a = c.json(
+            "POST",
+            &format!("/networks/{NETWORK}/addresses"),
+            Some(&json!({"workload": m, "host_id": hv.name, "family": "ipv4"})),
+        )?;
         first.push(a["address"].as_str().context("address")?.parse()?);
     }
     // The second shard exists only now, so the first four came from the old one.
     let new = create_shard(c)?;
     let new_gw = new["gateway"].as_str().context("gateway")?.to_owned();
-    hv.netns.ip(&["addr", "add", &format!("{new_gw}/{}", new["prefix_len"]), "dev", "br0"])?;
+    hv.netns.ip(&[
+        "addr",
+        "add",
+        &format!("{new_gw}/{}", new["prefix_len"]),
+        "dev",
+        "br0",
+    ])?;
 
     // The agents put the addresses on the workloads' eth0.
     for (m, a) in MOVERS.iter().zip(&first) {
@@ -157,7 +213,9 @@ fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
         .with_context(|| weft.logs())?;
     }
 
-    let targets = Arc::new(Mutex::new(first.iter().map(|a| vec![*a]).collect::<Vec<_>>()));
+    let targets = Arc::new(Mutex::new(
+        first.iter().map(|a| vec![*a]).collect::<Vec<_>>(),
+    ));
     let replies: Replies = Arc::new(Mutex::new(vec![Vec::new(); MOVERS.len()]));
     let stop = Arc::new(AtomicBool::new(false));
     let prober = {
@@ -168,16 +226,30 @@ fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
     let stop_guard = scopeguard(stop.clone());
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
         let r = replies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        ensure!(r.iter().all(|v| !v.is_empty()), "not every workload answers yet");
+        ensure!(
+            r.iter().all(|v| !v.is_empty()),
+            "not every workload answers yet"
+        );
         Ok(())
     })
     .with_context(|| weft.logs())?;
 
     let started = Instant::now();
-    let (status, body) = c.send("DELETE", &format!("/networks/{NETWORK}/shards/{old_id}"), None)?;
-    ensure!(status == 202, "deallocating a shard in use starts a migration: {status} {body}");
+    let (status, body) = c.send(
+        "DELETE",
+        &format!("/networks/{NETWORK}/shards/{old_id}"),
+        None,
+    )?;
+    ensure!(
+        status == 202,
+        "deallocating a shard in use starts a migration: {status} {body}"
+    );
     let migration: Value = serde_json::from_str(&body)?;
-    let mid = migration["migration_id"].as_str().or(migration["id"].as_str()).context("migration id")?.to_owned();
+    let mid = migration["migration_id"]
+        .as_str()
+        .or(migration["id"].as_str())
+        .context("migration id")?
+        .to_owned();
     let done = eventually(Duration::from_secs(30), Duration::from_millis(20), || {
         // Follow the new addresses as soon as the controller hands them out.
         for (i, m) in MOVERS.iter().enumerate() {
@@ -206,7 +278,12 @@ fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
         .collect();
     // The last poll may have raced the end of the migration: probe every new address.
     for m in done["moves"].as_array().context("moves")? {
-        let (Some(w), Some(a)) = (m["workload"].as_str(), m["new_address"].as_str().and_then(|a| a.parse::<IpAddr>().ok())) else {
+        let (Some(w), Some(a)) = (
+            m["workload"].as_str(),
+            m["new_address"]
+                .as_str()
+                .and_then(|a| a.parse::<IpAddr>().ok()),
+        ) else {
             continue;
         };
         if let Some(i) = MOVERS.iter().position(|x| *x == w)
@@ -219,7 +296,9 @@ fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
     let _ = eventually(Duration::from_secs(10), Duration::from_millis(10), || {
         let r = replies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         ensure!(
-            new_addresses.iter().all(|a| r.iter().flatten().any(|(t, x)| x == a && *t > started)),
+            new_addresses
+                .iter()
+                .all(|a| r.iter().flatten().any(|(t, x)| x == a && *t > started)),
             "not every new address answered yet"
         );
         Ok(())
@@ -227,7 +306,9 @@ fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
     let answered = Instant::now();
     std::thread::sleep(Duration::from_millis(100));
     drop(stop_guard);
-    prober.join().map_err(|_| anyhow::anyhow!("prober panicked"))??;
+    prober
+        .join()
+        .map_err(|_| anyhow::anyhow!("prober panicked"))??;
 
     let old_shard = c.json("GET", &format!("/shards/{old_id}"), None)?;
     assert_eq!(old_shard["status"], "Available", "{old_shard}");
@@ -246,19 +327,30 @@ fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
         let answered_new = replies[i].iter().any(|(t, a)| *a == now[0] && *t > started);
         if !answered_new {
             let w = lab.workload(m)?;
-            bail!("{}", format!(
-                "{m} does not answer at its new address {}; probed: {:?}\n{m} addresses: {}\n{m} routes: {}\nhypervisor neighbours: {}\nhypervisor routes: {}",
-                now[0],
-                targets.lock().map(|t| t[i].clone()).unwrap_or_default(),
-                w.netns.ip(&["addr", "show", "dev", "eth0"]).unwrap_or_default(),
-                w.netns.ip(&["route"]).unwrap_or_default(),
-                hv.netns.ip(&["neigh"]).unwrap_or_default(),
-                hv.netns.ip(&["route"]).unwrap_or_default(),
-            ) + &format!(
-                "\nprober neighbours: {}\nprober route to it: {}",
-                lab.workload("prober")?.netns.ip(&["neigh"]).unwrap_or_default(),
-                lab.workload("prober")?.netns.ip(&["route", "get", &now[0].to_string()]).unwrap_or_default(),
-            ));
+            bail!(
+                "{}",
+                format!(
+                    "{m} does not answer at its new address {}; probed: {:?}\n{m} addresses: {}\n{m} routes: {}\nhypervisor neighbours: {}\nhypervisor routes: {}",
+                    now[0],
+                    targets.lock().map(|t| t[i].clone()).unwrap_or_default(),
+                    w.netns
+                        .ip(&["addr", "show", "dev", "eth0"])
+                        .unwrap_or_default(),
+                    w.netns.ip(&["route"]).unwrap_or_default(),
+                    hv.netns.ip(&["neigh"]).unwrap_or_default(),
+                    hv.netns.ip(&["route"]).unwrap_or_default(),
+                ) + &format!(
+                    "\nprober neighbours: {}\nprober route to it: {}",
+                    lab.workload("prober")?
+                        .netns
+                        .ip(&["neigh"])
+                        .unwrap_or_default(),
+                    lab.workload("prober")?
+                        .netns
+                        .ip(&["route", "get", &now[0].to_string()])
+                        .unwrap_or_default(),
+                )
+            );
         }
         let gap = longest_gap(&replies[i], started, answered);
         report.insert(m.to_string(), gap);
@@ -269,10 +361,16 @@ fn migrate_and_measure(readdress_mode: &str) -> Result<()> {
         MOVERS.len(),
         finished - started,
         report,
-        moves.iter().map(|m| m["down_us"].as_u64().unwrap_or(0)).collect::<Vec<_>>()
+        moves
+            .iter()
+            .map(|m| m["down_us"].as_u64().unwrap_or(0))
+            .collect::<Vec<_>>()
     );
     for (m, gap) in &report {
-        assert!(*gap < Duration::from_secs(2), "{m} was unreachable for {gap:?}");
+        assert!(
+            *gap < Duration::from_secs(2),
+            "{m} was unreachable for {gap:?}"
+        );
     }
     Ok(())
 }
@@ -304,26 +402,51 @@ fn agent_restarted_during_a_migration_removes_the_old_address() -> Result<()> {
     let grpc = format!("{ip}:{}", free_port(&ip)?);
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
     let pool = format!("198.19.{x}.128/25");
-    let controller = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool, "--migration-timeout", "1s"])?;
-    let mut weft = Weft { agent: Agent::start(&lab, 0, &controller.grpc_url())?, controller };
+    let controller = Controller::start_with(
+        &lab,
+        &grpc,
+        &http,
+        &["--shard-pool", &pool, "--migration-timeout", "1s"],
+    )?;
+    let mut weft = Weft {
+        agent: Agent::start(&lab, 0, &controller.grpc_url())?,
+        controller,
+    };
     let c = &weft.controller;
     let old = create_shard(c)?;
     let old_id = old["id"].as_str().context("shard id")?.to_owned();
-    let a = c.json("POST", &format!("/networks/{NETWORK}/addresses"), Some(&json!({"workload": "r1", "host_id": hv.name, "family": "ipv4"})))?;
+    let a = c.json(
+        "POST",
+        &format!("/networks/{NETWORK}/addresses"),
+        Some(&json!({"workload": "r1", "host_id": hv.name, "family": "ipv4"})),
+    )?;
     let first = a["address"].as_str().context("address")?.to_owned();
     let r1 = lab.workload("r1")?;
     let eth0 = || r1.netns.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
     eventually(Duration::from_secs(15), Duration::from_millis(100), || {
-        ensure!(eth0()?.contains(&format!("{first}/")), "r1 has no {first} yet");
+        ensure!(
+            eth0()?.contains(&format!("{first}/")),
+            "r1 has no {first} yet"
+        );
         Ok(())
     })
     .with_context(|| weft.logs())?;
     create_shard(c)?;
 
     weft.agent.child.kill_hard();
-    let (status, body) = c.send("DELETE", &format!("/networks/{NETWORK}/shards/{old_id}"), None)?;
-    ensure!(status == 202, "deallocating a shard in use starts a migration: {status} {body}");
-    let mid = serde_json::from_str::<Value>(&body)?["migration_id"].as_str().context("migration id")?.to_owned();
+    let (status, body) = c.send(
+        "DELETE",
+        &format!("/networks/{NETWORK}/shards/{old_id}"),
+        None,
+    )?;
+    ensure!(
+        status == 202,
+        "deallocating a shard in use starts a migration: {status} {body}"
+    );
+    let mid = serde_json::from_str::<Value>(&body)?["migration_id"]
+        .as_str()
+        .context("migration id")?
+        .to_owned();
     // With the agent gone the move cannot complete: the migration waits, visibly.
     let waiting = eventually(Duration::from_secs(15), Duration::from_millis(100), || {
         let m = c.json("GET", &format!("/migrations/{mid}"), None)?;
@@ -331,8 +454,14 @@ fn agent_restarted_during_a_migration_removes_the_old_address() -> Result<()> {
         Ok(m)
     })
     .with_context(|| weft.logs())?;
-    assert!(!waiting["error"].as_str().unwrap_or("").is_empty(), "a paused migration says why: {waiting}");
-    assert!(eth0()?.contains(&format!("{first}/")), "nothing changed on the workload yet");
+    assert!(
+        !waiting["error"].as_str().unwrap_or("").is_empty(),
+        "a paused migration says why: {waiting}"
+    );
+    assert!(
+        eth0()?.contains(&format!("{first}/")),
+        "nothing changed on the workload yet"
+    );
 
     weft.agent = Agent::start(&lab, 0, &weft.controller.grpc_url())?;
     let c = &weft.controller;
@@ -342,10 +471,16 @@ fn agent_restarted_during_a_migration_removes_the_old_address() -> Result<()> {
         Ok(m)
     })
     .with_context(|| weft.logs())?;
-    let new = done["moves"][0]["new_address"].as_str().context("new address")?.to_owned();
+    let new = done["moves"][0]["new_address"]
+        .as_str()
+        .context("new address")?
+        .to_owned();
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
         let out = eth0()?;
-        ensure!(out.contains(&format!("{new}/")) && !out.contains(&format!("{first}/")), "r1 eth0: {out}");
+        ensure!(
+            out.contains(&format!("{new}/")) && !out.contains(&format!("{first}/")),
+            "r1 eth0: {out}"
+        );
         Ok(())
     })
     .with_context(|| weft.logs())?;

@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use agent_common::glob::glob_match_ignore_case as glob_match;
 use crate::topology::TopologySnapshot;
+use agent_common::glob::glob_match_ignore_case as glob_match;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AllowRule {

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use weft_store::{MemoryStore, RedbStore};
 
-use super::*;
-use crate::compose::HubAddresses;
 use weft_control::ControlHub;
 use weft_control::fake::FakeAgent;
+use weft_controller::compose::HubAddresses;
+use weft_shards::*;
 
+#[path = "shard_manager/cancel.rs"]
 mod cancel;
 
 fn v4(prefix_len: u8, network: Option<&str>) -> CreateShard {
@@ -209,10 +210,7 @@ async fn releasing_a_workload_frees_all_its_addresses_and_its_desired_state() {
         .await
         .unwrap();
     let desired = hub.desired("h1").workload_addresses();
-    let web: Vec<&str> = desired["web"]
-        .iter()
-        .map(|a| a.cidr.as_str())
-        .collect();
+    let web: Vec<&str> = desired["web"].iter().map(|a| a.cidr.as_str()).collect();
     assert_eq!(web.len(), 2);
     assert!(
         web.contains(&format!("{}/28", a.address).as_str())
@@ -319,7 +317,10 @@ async fn restart_rebuilds_the_index_and_the_control_hub_from_the_store() {
     };
     let hub = Arc::new(ControlHub::default());
     let m = reopen(&dir, config, hub.clone()).await;
-    assert_eq!(hub.desired("h0").workload_addresses(), before.workload_addresses());
+    assert_eq!(
+        hub.desired("h0").workload_addresses(),
+        before.workload_addresses()
+    );
     for (i, a) in allocs.iter().enumerate() {
         assert_eq!(
             m.read().allocation(a.address).is_some(),
@@ -352,7 +353,10 @@ async fn reopen(dir: &std::path::Path, config: ShardConfig, hub: Arc<ControlHub>
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match RedbStore::open_dir(dir) {
-            Ok(store) => return ShardManager::open(Arc::new(store), config, HubAddresses::publisher(hub)).unwrap(),
+            Ok(store) => {
+                return ShardManager::open(Arc::new(store), config, HubAddresses::publisher(hub))
+                    .unwrap();
+            }
             Err(e) => {
                 assert!(Instant::now() < deadline, "reopening: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1043,7 +1047,11 @@ async fn an_agent_reporting_an_error_pauses_the_migration_with_that_error() {
     .unwrap();
     let (shard, _) = fill(&m, "blue", 4, 1).await;
     // An agent that fails to apply anything.
-    let failing = FakeAgent { fail: Some("netns vm0 is gone".into()), ..Default::default() }.spawn(hub.clone(), "hv0");
+    let failing = FakeAgent {
+        fail: Some("netns vm0 is gone".into()),
+        ..Default::default()
+    }
+    .spawn(hub.clone(), "hv0");
     let Deallocation::Migrating(mig) = m.deallocate_shard("blue", &shard.id).await.unwrap() else {
         panic!()
     };
@@ -1079,7 +1087,12 @@ async fn events_beyond_the_retention_are_dropped_and_readers_skip_to_the_oldest(
         event_retention: 10,
         ..small_config()
     };
-    let m = ShardManager::open(Arc::new(MemoryStore::default()), config, HubAddresses::publisher(Arc::default())).unwrap();
+    let m = ShardManager::open(
+        Arc::new(MemoryStore::default()),
+        config,
+        HubAddresses::publisher(Arc::default()),
+    )
+    .unwrap();
     m.create_shard(v4(27, Some("blue"))).await.unwrap(); // events 1, 2
     for i in 0..20 {
         m.allocate_address("blue", &format!("w{i}"), "h", Family::Ipv4)

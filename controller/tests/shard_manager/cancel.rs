@@ -7,7 +7,12 @@ use super::*;
 
 /// A manager over a memory store with [`migration_config`] and `hub`.
 fn manager(hub: &Arc<ControlHub>, config: ShardConfig) -> ShardManager {
-    ShardManager::open(Arc::new(MemoryStore::default()), config, HubAddresses::publisher(hub.clone())).unwrap()
+    ShardManager::open(
+        Arc::new(MemoryStore::default()),
+        config,
+        HubAddresses::publisher(hub.clone()),
+    )
+    .unwrap()
 }
 
 async fn start_migration(m: &ShardManager, shard: &str) -> Migration {
@@ -31,15 +36,16 @@ fn assert_agents_told_the_index(m: &ShardManager, hub: &ControlHub, allocs: &[Al
             .get(&a.workload)
             .cloned()
             .unwrap_or_default();
-        let told_cidrs: Vec<(&str, u64)> = told.iter().map(|t| (t.cidr.as_str(), t.allocation_seq)).collect();
+        let told_cidrs: Vec<(&str, u64)> = told
+            .iter()
+            .map(|t| (t.cidr.as_str(), t.allocation_seq))
+            .collect();
         let in_index = index.desired(&a.host_id, &a.workload);
-        let index_cidrs: Vec<(&str, u64)> = in_index.iter().map(|t| (t.cidr.as_str(), t.allocation_seq)).collect();
-        assert_eq!(
-            told_cidrs,
-            index_cidrs,
-            "{}",
-            a.workload
-        );
+        let index_cidrs: Vec<(&str, u64)> = in_index
+            .iter()
+            .map(|t| (t.cidr.as_str(), t.allocation_seq))
+            .collect();
+        assert_eq!(told_cidrs, index_cidrs, "{}", a.workload);
         assert_eq!(told.len(), 1, "{}", a.workload);
         assert_eq!(told[0].cidr, held[0].cidr(), "{}", a.workload);
         assert_eq!(told[0].allocation_seq, held[0].seq, "{}", a.workload);
@@ -68,8 +74,7 @@ fn assert_releasing(m: &ShardManager, hub: &ControlHub, failed: &Migration) {
         );
         let prefix = format!("{new}/");
         assert!(
-            hub
-                .desired(&mv.host_id)
+            hub.desired(&mv.host_id)
                 .workload_addresses()
                 .values()
                 .flatten()
@@ -93,11 +98,7 @@ fn event_types(m: &ShardManager, from: u64) -> Vec<CloudEvent> {
 }
 
 fn is_running(m: &ShardManager, id: &str) -> bool {
-    m.inner
-        .running
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains_key(id)
+    m.migration_running(id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,7 +303,11 @@ async fn cancelling_after_some_moves_completed_keeps_their_new_addresses() {
 
 /// An agent that applies its host's desired state `delay` after each change.
 fn slow_agent(hub: Arc<ControlHub>, host: &str, delay: Duration) -> tokio::task::JoinHandle<()> {
-    FakeAgent { delay, ..Default::default() }.spawn(hub, host)
+    FakeAgent {
+        delay,
+        ..Default::default()
+    }
+    .spawn(hub, host)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,7 +46,7 @@ impl CloudEvent {
             event_type: kind.into(),
             source: SOURCE.into(),
             id: sequence.to_string(),
-            time: weft_topology::time::rfc3339(now_ns),
+            time: agent_common::time::rfc3339(now_ns),
             subject: subject.into(),
             datacontenttype: "application/json".into(),
             sequence,

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use weft_store::{Store, StoreError};
 
 use super::{Index, internal};
-use crate::shards::events::CloudEvent;
-use crate::shards::model::{Allocation, Migration, Shard, ShardConfig, ShardError};
+use crate::events::CloudEvent;
+use crate::model::{Allocation, Migration, Shard, ShardConfig, ShardError};
 
 pub const SHARD_PREFIX: &str = "shards/shard/";
 pub const ADDR_PREFIX: &str = "shards/addr/";

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use weft_topology::time::parse_duration;
+use agent_common::time::parse_duration;
 
-use super::cidr::Cidr;
-use super::model::ShardConfig;
+use weft_shards::cidr::Cidr;
+use weft_shards::model::ShardConfig;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShardArgs {

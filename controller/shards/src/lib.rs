@@ -15,30 +15,26 @@
 
 pub mod cidr;
 pub mod events;
-pub mod flags;
 pub mod index;
 mod migration;
 pub mod model;
 pub mod publish;
 
-#[cfg(test)]
-mod tests;
-
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
+use agent_common::time::now_unix_ns;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use weft_store::{Store, StoreError};
-use weft_topology::time::now_unix_ns;
 
 pub use cidr::{Cidr, Family};
 pub use events::CloudEvent;
-pub use publish::{AddressAssignment, AddressPublisher, AddressesApplied};
 pub use index::{CreateShard, Deallocation, Index, MoveStep};
 pub use model::{
     Allocation, Migration, MigrationState, MoveCounts, MoveState, Shard, ShardConfig, ShardError,
     ShardStatus, WorkloadMove, default_prefix, prefix_bounds,
 };
+pub use publish::{AddressAssignment, AddressPublisher, AddressesApplied};
 
 /// Requests waiting for the writer; senders wait when it is full (backpressure).
 const QUEUE: usize = 16_384;
@@ -195,7 +191,10 @@ impl ShardManager {
             .name("weft-shard-writer".into())
             .spawn(move || writer(writer_inner, rx, fence))
             .map_err(|e| StoreError(format!("starting the shard writer: {e}")))?;
-        *inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
+        *inner
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
         let manager = Self { inner, tx };
         if tokio::runtime::Handle::try_current().is_ok() {
             manager.resume_migrations();
@@ -217,9 +216,17 @@ impl ShardManager {
         self.shutdown();
         // An error: the writer has stopped already.
         let _ = self.call(Op::Close).await;
-        let handle = self.inner.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(handle) = handle
-            && !matches!(tokio::task::spawn_blocking(move || handle.join()).await, Ok(Ok(())))
+            && !matches!(
+                tokio::task::spawn_blocking(move || handle.join()).await,
+                Ok(Ok(()))
+            )
         {
             tracing::error!("the shard writer panicked");
         }
@@ -240,6 +247,16 @@ impl ShardManager {
             .index
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether this manager runs a task driving migration `id` (a paused or finished
+    /// migration has none).
+    pub fn migration_running(&self, id: &str) -> bool {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(id)
     }
 
     async fn call(&self, op: Op) -> Result<Reply, ShardError> {

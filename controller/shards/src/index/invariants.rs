@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::Index;
-use crate::shards::model::{MigrationState, MoveState, Shard, ShardStatus};
+use crate::model::{MigrationState, MoveState, Shard, ShardStatus};
 
 impl Index {
     /// Checks every invariant (tests): no address in two places, no overlapping shards,

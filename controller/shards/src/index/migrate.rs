@@ -4,8 +4,8 @@
 //! [`super::rollback`].
 
 use super::{Batch, CreateShard, Deallocation, Index, MoveStep, internal};
-use crate::shards::cidr::{Family, to_u128};
-use crate::shards::model::{
+use crate::cidr::{Family, to_u128};
+use crate::model::{
     Migration, MigrationState, MoveState, ShardError, ShardStatus, WorkloadMove, check_name,
 };
 

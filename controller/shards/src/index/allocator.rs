@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use super::{Batch, CreateShard, Index, Slot, internal};
-use crate::shards::cidr::{Cidr, Family};
-use crate::shards::model::{Allocation, Shard, ShardError, ShardStatus, check_name, prefix_bounds};
+use crate::cidr::{Cidr, Family};
+use crate::model::{Allocation, Shard, ShardError, ShardStatus, check_name, prefix_bounds};
 
 impl Index {
     // ----- shards -----

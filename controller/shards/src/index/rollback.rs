@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 
 use super::{Batch, Index, internal};
-use crate::shards::model::{Migration, MigrationState, MoveState, ShardError, ShardStatus};
+use crate::model::{Migration, MigrationState, MoveState, ShardError, ShardStatus};
 
 impl Index {
     /// Whether `address` is allocated under sequence `seq`.

@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
-use crate::shards::cidr::{Family, to_u128};
-use crate::shards::model::Shard;
+use crate::cidr::{Family, to_u128};
+use crate::model::Shard;
 
 #[derive(Debug, Clone)]
 pub(super) struct Slot {

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
+use agent_common::time::now_unix_ns;
 use futures::StreamExt as _;
-use weft_topology::time::now_unix_ns;
 
 use super::model::{Allocation, MigrationState, MoveState};
 use super::{Op, Reply, ShardError, ShardManager, unexpected};
