@@ -6,6 +6,7 @@
 //!   the gRPC service.
 //! - [`StateCollector`]: what is read from the topology, the history and the agent registry
 //!   at scrape time (records merged, agents connected, per-dependency traffic).
+//! - [`ControlCollector`]: drift reported through the control plane.
 //! - the per-dependency latency summaries, written by [`Exposition::render`] after the
 //!   registry: prometheus-client 0.23 has no summary type.
 //!
@@ -280,6 +281,36 @@ impl Collector for StateCollector {
                     target,
                     protocol,
                     ("direction", direction.to_owned()),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_gauge(&sample(value))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the control plane counts: drift the agents reported, per host, kind and outcome.
+#[derive(Debug)]
+pub struct ControlCollector {
+    pub control: Arc<weft_control::ControlHub>,
+}
+
+impl Collector for ControlCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "weft_control_drift_total",
+            "Out-of-band changes to managed objects that agents reported since the controller started, by outcome (repaired or failed).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (host, kind, repaired, failed) in self.control.drift_totals() {
+            for (outcome, value) in [("repaired", repaired), ("failed", failed)] {
+                let labels = [
+                    ("host", escape_label(&host)),
+                    ("kind", escape_label(&kind)),
+                    ("outcome", outcome.to_owned()),
                 ];
                 family
                     .encode_family(&labels)?

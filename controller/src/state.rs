@@ -99,6 +99,9 @@ impl AppStateBuilder {
             agents: registry.clone(),
             connected_window: CONNECTED_WINDOW,
         }));
+        metrics_registry.register_collector(Box::new(crate::metrics::ControlCollector {
+            control: control.clone(),
+        }));
         let exposition = Arc::new(Exposition::new(metrics_registry, topology.clone()));
 
         Ok(AppState {

@@ -189,6 +189,8 @@ struct Host {
     /// Kinds the host's agent announced when it last connected.
     kinds: Mutex<Vec<String>>,
     drift: Mutex<std::collections::VecDeque<DriftRepaired>>,
+    /// Drift reports since the controller started, per kind: (repaired, failed).
+    drift_totals: Mutex<BTreeMap<String, (u64, u64)>>,
     /// Serialises changes to this host's desired state.
     edit: Mutex<()>,
 }
@@ -210,6 +212,7 @@ impl Host {
             .0,
             kinds: Mutex::default(),
             drift: Mutex::default(),
+            drift_totals: Mutex::default(),
             edit: Mutex::new(()),
         }
     }
@@ -472,6 +475,15 @@ impl ControlHub {
                 }
                 kept.push_back(d.clone());
             }
+            {
+                let mut totals = lock(&host.drift_totals);
+                let entry = totals.entry(d.resource.kind.clone()).or_default();
+                if d.error.is_empty() {
+                    entry.0 += 1;
+                } else {
+                    entry.1 += 1;
+                }
+            }
             let _ = self.events.send(ControlEvent::Drift(d));
         }
     }
@@ -479,6 +491,23 @@ impl ControlHub {
     /// The last drift reports of a host, oldest first.
     pub fn drift_of(&self, host_id: &str) -> Vec<DriftRepaired> {
         lock(&self.host(host_id).drift).iter().cloned().collect()
+    }
+
+    /// Drift reports since start, per host and kind: (host, kind, repaired, failed).
+    pub fn drift_totals(&self) -> Vec<(String, String, u64, u64)> {
+        let hosts: Vec<(String, Arc<Host>)> = self
+            .hosts
+            .iter()
+            .map(|h| (h.key().clone(), h.value().clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (id, host) in hosts {
+            for (kind, (repaired, failed)) in lock(&host.drift_totals).iter() {
+                out.push((id.clone(), kind.clone(), *repaired, *failed));
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Control events from now on.

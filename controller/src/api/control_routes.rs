@@ -1,13 +1,20 @@
 //! The control plane over REST: which hosts there are, and per host its desired state
 //! against what its agent reported (per resource: desired and applied generation, status,
 //! error, measurements) and the drift its agent found and repaired. What `weft.v1`
-//! resources a domain published shows here whatever its kind.
+//! resources a domain published shows here whatever its kind. `GET /events/control` streams
+//! the control plane's events (drift repaired or not, kinds an agent does not know) as
+//! server-sent CloudEvents.
+
+use std::convert::Infallible;
 
 use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::StreamExt as _;
 use serde_json::{Value, json};
-use weft_control::{DriftRepaired, HostStatus, ResourceState, ResourceStatus};
+use weft_control::{ControlEvent, DriftRepaired, HostStatus, ResourceState, ResourceStatus};
 
 use super::error::ApiError;
 use crate::state::AppState;
@@ -16,6 +23,81 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/hosts", get(list_hosts))
         .route("/hosts/{host_id}/status", get(host_status))
+        .route("/events/control", get(events))
+}
+
+/// `source` of every control event.
+const SOURCE: &str = "/weft/controller/control";
+
+/// A control event as a CloudEvent (`specversion` 1.0): `weft.control.drift.repaired`,
+/// `weft.control.drift.failed` (`data` as in a host's status `drift`, plus `host`), or
+/// `weft.control.kind.unsupported` (`data`: `host`, `kind`, `resources`).
+fn cloud_event(event: &ControlEvent) -> Value {
+    let now_ns = agent_common::time::now_unix_ns();
+    let (event_type, subject, id, time_ns, data) = match event {
+        ControlEvent::Drift(d) => {
+            let mut data = drift(d);
+            data["host"] = json!(d.host);
+            let kind = if d.error.is_empty() {
+                "weft.control.drift.repaired"
+            } else {
+                "weft.control.drift.failed"
+            };
+            let subject = format!("{}/{}/{}", d.host, d.resource.kind, d.resource.key);
+            let id = format!("{subject}@{}", d.detected_unix_ns);
+            (kind, subject, id, d.detected_unix_ns, data)
+        }
+        ControlEvent::Unsupported { host, kind, keys } => {
+            let subject = format!("{host}/{kind}");
+            let id = format!("{subject}@{now_ns}");
+            let data = json!({ "host": host, "kind": kind, "resources": keys });
+            ("weft.control.kind.unsupported", subject, id, now_ns, data)
+        }
+    };
+    json!({
+        "specversion": "1.0",
+        "type": event_type,
+        "source": SOURCE,
+        "id": id,
+        "time": agent_common::time::rfc3339(time_ns),
+        "subject": subject,
+        "datacontenttype": "application/json",
+        "data": data,
+    })
+}
+
+/// Server-sent events: the drift still kept per host (oldest first), then live events.
+async fn events(State(state): State<AppState>) -> impl IntoResponse {
+    // Subscribe before reading what is kept, so nothing reported in between is missed.
+    let receiver = state.control.subscribe();
+    let mut kept: Vec<DriftRepaired> = state
+        .control
+        .hosts()
+        .iter()
+        .flat_map(|h| state.control.drift_of(h))
+        .collect();
+    kept.sort_by_key(|d| d.detected_unix_ns);
+    let recent = futures::stream::iter(kept.into_iter().map(ControlEvent::Drift));
+    let live = futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(event) => return Some((event, receiver)),
+                // A lagging subscriber skips what it missed (GET /hosts/{id}/status keeps it).
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let to_sse = |event: ControlEvent| {
+        let e = cloud_event(&event);
+        Event::default()
+            .id(e["id"].as_str().unwrap_or_default())
+            .event(e["type"].as_str().unwrap_or_default())
+            .json_data(&e)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
+    };
+    Sse::new(recent.chain(live).map(to_sse).map(Ok::<_, Infallible>))
+        .keep_alive(KeepAlive::default())
 }
 
 fn summary(s: &HostStatus) -> Value {

@@ -48,3 +48,35 @@ pub async fn call(
         .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, content_type, json)
 }
+
+/// The `data` of the first `n` server-sent events of `uri`, parsed as JSON; panics if they
+/// do not come within 5 s each.
+#[allow(dead_code)] // not every test binary reads a stream
+pub async fn sse_data(state: &AppState, uri: &str, n: usize) -> Vec<Value> {
+    let request = Request::builder().uri(uri).body(Body::empty()).unwrap();
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut body = response.into_body();
+    let (mut text, mut out) = (String::new(), Vec::new());
+    while out.len() < n {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("event {} of {uri} in time; got {out:?}", out.len() + 1))
+            .expect("the stream stays open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                out.push(serde_json::from_str(data.trim()).unwrap());
+            }
+        }
+    }
+    out
+}
