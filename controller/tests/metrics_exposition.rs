@@ -17,6 +17,7 @@ use weft_topology::model::{Direction, FlowObservation, LatencyBucket, Transport,
 /// hand-written exposition of d99f9d4, controller/src/metrics.rs).
 const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("weft_topology_unauthorized_dependencies", "gauge", &[]),
+    ("weft_control_drift_total", "counter", &["host", "kind", "outcome"]),
     ("weft_controller_records_ingested_total", "counter", &[]),
     ("weft_controller_records_deduplicated_total", "counter", &[]),
     ("weft_controller_records_rejected_total", "counter", &[]),
@@ -255,6 +256,14 @@ async fn metrics_parse_and_keep_every_family() {
     state.topology.ingest(&flow, state.registry.as_ref());
     state.metrics.batch_merged();
     state.metrics.heartbeat();
+    state.control.drift(vec![weft_control::DriftRepaired {
+        host: "host-a".into(),
+        resource: weft_control::ResourceKey::new(weft_control::kinds::WORKLOAD_ADDRESSES, "web"),
+        what: "address removed".into(),
+        detected_unix_ns: 1,
+        repaired_unix_ns: 2,
+        error: String::new(),
+    }]);
 
     let response = app(state)
         .oneshot(
