@@ -17,7 +17,11 @@ use weft_topology::model::{Direction, FlowObservation, LatencyBucket, Transport,
 /// hand-written exposition of d99f9d4, controller/src/metrics.rs).
 const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("weft_topology_unauthorized_dependencies", "gauge", &[]),
-    ("weft_control_drift_total", "counter", &["host", "kind", "outcome"]),
+    (
+        "weft_control_drift_total",
+        "counter",
+        &["host", "kind", "outcome"],
+    ),
     ("weft_controller_records_ingested_total", "counter", &[]),
     ("weft_controller_records_deduplicated_total", "counter", &[]),
     ("weft_controller_records_rejected_total", "counter", &[]),

@@ -84,6 +84,11 @@ pub struct Realizer {
     /// Per workload: when its device was last read back by an apply. Host events from
     /// before are already accounted for (most are the apply's own writes).
     read_back_at: Mutex<HashMap<String, Instant>>,
+    /// One link down at a time (down-up re-addressing): taking a link down and up waits,
+    /// under the kernel's RTNL lock, for RCU grace periods; several flapping at once
+    /// queue behind each other's and every window grows (measured: p99 link-down 30-110
+    /// ms with 8 at once). The wait for the permit is before the link goes down.
+    down_window: tokio::sync::Semaphore,
 }
 
 /// How long after a re-address the hypervisor's neighbour entries of the old addresses
@@ -107,6 +112,8 @@ struct Device<'a> {
     mac: Option<&'a [u8]>,
     /// New addresses already announced to the hypervisor (before the change).
     announced: &'a [IpAddr],
+    /// Held while the link is down (see `Realizer::down_window`).
+    down_window: &'a tokio::sync::Semaphore,
 }
 
 impl Device<'_> {
@@ -195,6 +202,7 @@ impl Realizer {
             old_neighbour_grace: OLD_NEIGHBOUR_GRACE,
             state: None,
             read_back_at: Mutex::default(),
+            down_window: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -233,12 +241,20 @@ impl Realizer {
     }
 
     /// Writes `managed` to the state file (if there is one and it changed).
-    fn save_state(&self) {
-        if let Some(file) = &self.state {
-            let managed = self.managed().clone();
-            if let Err(e) = super::state::save(file, &managed) {
-                warn!(error = %e, "keeping the managed addresses failed");
-            }
+    /// Writes what weft manages to the state file (fsync'd) on a blocking thread: an
+    /// fsync takes 10-40 ms on a VM disk, and on a runtime worker it stalled every netlink
+    /// exchange of the applies in flight (a down-up re-address's link-down window grew
+    /// from ~1 ms to 30-120 ms at p99). Returns when the file is written.
+    async fn save_state(&self) {
+        let Some(file) = self.state.clone() else {
+            return;
+        };
+        let managed = self.managed().clone();
+        let saved = tokio::task::spawn_blocking(move || super::state::save(&file, &managed)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "keeping the managed addresses failed"),
+            Err(e) => warn!(error = %e, "the state file writer failed"),
         }
     }
 
@@ -497,7 +513,7 @@ impl Realizer {
                 }
             }
         }
-        self.save_state();
+        self.save_state().await;
         let announced = self.preannounce(&all).await;
         let announced = &announced;
         let results: Vec<(Applied, bool, bool, Vec<DesiredAddress>)> = futures::stream::iter(all)
@@ -529,7 +545,7 @@ impl Realizer {
             }
             out.push(applied);
         }
-        self.save_state();
+        self.save_state().await;
         out.sort_by(|a, b| a.workload.cmp(&b.workload));
         out
     }
@@ -714,6 +730,7 @@ impl Realizer {
             hv: hv.as_ref(),
             mac,
             announced,
+            down_window: &self.down_window,
         };
         let mut set_after = 0;
         let down = if plan.readdress && self.readdress_mode == ReaddressMode::MakeBeforeBreak {
@@ -931,6 +948,12 @@ async fn execute(
     let (h, index) = (dev.h, dev.index);
     let mut down_since = None;
     let mut restore = Vec::new();
+    let down_window = if plan.readdress {
+        dev.down_window.acquire().await.ok()
+    } else {
+        None
+    };
+    let t_down = Instant::now();
     if plan.readdress {
         set_link(h, index, false).await?;
         down_since = Some(Instant::now());
@@ -963,14 +986,28 @@ async fn execute(
         // deletion waits until the link is up again.
         delete_routes(h, index, plan, changes).await?;
     }
+    let t_removing = Instant::now();
     remove_addresses(h, plan, messages, changes).await?;
+    let t_adding = Instant::now();
     let adds: Vec<Cidr> = plan.add.iter().chain(&restore).copied().collect();
     add_addresses(h, index, &adds, changes).await?;
+    let t_up = Instant::now();
     let mut down = None;
     if plan.link_up {
         set_link(h, index, true).await?;
         down = down_since.map(|t| t.elapsed());
         *changes += 1;
+    }
+    drop(down_window);
+    if let Some(since) = down_since {
+        tracing::debug!(
+            set_down_us = since.duration_since(t_down).as_micros() as u64,
+            down_to_remove_us = t_removing.duration_since(since).as_micros() as u64,
+            remove_us = t_adding.duration_since(t_removing).as_micros() as u64,
+            add_us = t_up.duration_since(t_adding).as_micros() as u64,
+            up_us = t_up.elapsed().as_micros() as u64,
+            "down-up steps"
+        );
     }
     // After the link is up: taking it down flushes the device's neighbour entries.
     set_gateway_neighbours(dev, changes).await;
