@@ -15,9 +15,26 @@ pub struct Args {
     /// Identity of this hypervisor, as the controller shows it.
     #[arg(long, env = "WEFT_HOST_ID")]
     pub host_id: String,
-    /// Controller gRPC endpoint, e.g. http://198.19.0.1:7071.
-    #[arg(long, env = "WEFT_CONTROLLER", default_value = "http://127.0.0.1:7071")]
+    /// Controller gRPC endpoint: https://HOST:PORT (mutual TLS with --ca, --cert, --key),
+    /// or http://HOST:PORT with --insecure.
+    #[arg(
+        long,
+        env = "WEFT_CONTROLLER",
+        default_value = "https://127.0.0.1:7071"
+    )]
     pub controller: String,
+    /// CA (PEM) the controller's certificate must chain to (`weft certs init`).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// This agent's certificate (PEM), naming --host-id (`weft certs issue agent`).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Talk to an http:// controller in plain text, unauthenticated (a lab on one machine).
+    #[arg(long)]
+    pub insecure: bool,
     /// TOML file listing the workloads on this host ([[workload]] name, interface, addresses).
     #[arg(long)]
     pub workloads: Option<PathBuf>,

@@ -8,10 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tonic::{
-    Code,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, transport::Channel};
 use tracing::{info, warn};
 use weft_proto::v1::{
     FlowBatch, FlowRecord, RegisterRequest, Workload as WireWorkload,
@@ -25,7 +22,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub struct Exporter {
-    pub controller: String,
+    pub controller: crate::controller_link::ControllerLink,
     pub host_id: String,
     pub instance: String,
     pub batch_size: usize,
@@ -85,13 +82,7 @@ impl Exporter {
     }
 
     async fn connect(&self) -> Result<AgentServiceClient<Channel>, String> {
-        let endpoint = Endpoint::from_shared(self.controller.clone())
-            .map_err(|e| format!("bad controller URL {:?}: {e}", self.controller))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+        let endpoint = self.controller.endpoint()?.timeout(Duration::from_secs(10));
         let channel = endpoint
             .connect()
             .await

@@ -7,10 +7,11 @@ mod config;
 mod control;
 // Part of its API is for the reconcilers to come (sampling, routing).
 #[allow(dead_code)]
+mod controller_link;
+#[allow(dead_code)]
 mod datapath;
 mod exporter;
 mod flows;
-#[allow(dead_code)]
 mod hostevents;
 mod l7table;
 mod metrics;
@@ -142,10 +143,18 @@ async fn main() -> anyhow::Result<()> {
             .context("starting the collector thread")?
     };
 
+    let link = controller_link::ControllerLink::new(
+        &args.controller,
+        &args.host_id,
+        args.ca.as_ref(),
+        args.cert.as_ref(),
+        args.key.as_ref(),
+        args.insecure,
+    )?;
     // One instance id for the flow stream and the control stream.
     let instance = format!("{:016x}", rand::random::<u64>());
     let exporter = Exporter {
-        controller: args.controller.clone(),
+        controller: link.clone(),
         host_id: args.host_id.clone(),
         instance: instance.clone(),
         batch_size: args.batch_size.max(1),
@@ -162,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: control_metrics.clone(),
     };
     let control = control::driver::ControlDriver {
-        controller: args.controller.clone(),
+        controller: link,
         host_id: args.host_id.clone(),
         instance,
         reconcilers: vec![Arc::new(addresses)],

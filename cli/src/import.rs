@@ -129,10 +129,11 @@ fn offline(observations: &[TrafficObservation], format: OfflineFormat) -> anyhow
 
 fn post(controller: &str, observations: &[TrafficObservation]) -> anyhow::Result<String> {
     let url = crate::endpoint(controller, "/observations");
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .build();
+    let agent = crate::credentials::http_agent(
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60)),
+    );
     let mut accepted = 0u64;
     let mut refused = 0usize;
     for chunk in observations.chunks(POST_BATCH) {

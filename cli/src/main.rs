@@ -7,8 +7,11 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use clap::{Parser, Subcommand};
 
+mod certs;
+mod credentials;
 mod import;
 mod shards;
+mod tokens;
 mod topology;
 
 use topology::TopologyCommand;
@@ -24,6 +27,12 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     controller: String,
+    /// File holding the bearer token sent to the controller.
+    #[arg(long, global = true, env = "WEFT_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// The bearer token itself (prefer --token-file: a value shows in `ps`).
+    #[arg(long, global = true, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +60,16 @@ enum Command {
     },
     /// Shard events (CloudEvents): the retained ones, or --follow new ones.
     Events(shards::EventsArgs),
+    /// Client tokens of the controller: create, list, revoke (admin).
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
+    },
+    /// A CA and certificates for mutual TLS between agents and the controller (offline).
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
 }
 
 /// `base` joined with an absolute `path`, without doubling the slash.
@@ -76,10 +95,11 @@ fn problem_message(body: &str) -> String {
 
 fn fetch(base: &str, path: &str) -> anyhow::Result<String> {
     let url = endpoint(base, path);
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .build();
+    let agent = crate::credentials::http_agent(
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30)),
+    );
     match agent.get(&url).call() {
         Ok(response) => response
             .into_string()
@@ -98,7 +118,10 @@ fn fetch(base: &str, path: &str) -> anyhow::Result<String> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    credentials::init(cli.token.as_deref(), cli.token_file.as_deref())?;
     let text = match cli.command {
+        Command::Tokens { command } => tokens::run(&cli.controller, &command)?,
+        Command::Certs { command } => certs::run(&command)?,
         Command::Topology { command } => topology::run(&cli.controller, &command)?,
         Command::Import(args) => import::run(&cli.controller, &args)?,
         Command::Shards { command } => shards::run_shards(&cli.controller, &command)?,

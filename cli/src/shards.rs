@@ -127,11 +127,16 @@ fn agent(timeout: Option<Duration>) -> ureq::Agent {
     if let Some(t) = timeout {
         b = b.timeout(t);
     }
-    b.build()
+    crate::credentials::http_agent(b)
 }
 
 /// One request; the JSON answer, or the controller's problem as the error.
-fn call(base: &str, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+pub(crate) fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
     let url = endpoint(base, path);
     let request = agent(Some(Duration::from_secs(30))).request(method, &url);
     let result = match body {

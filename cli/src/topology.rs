@@ -318,10 +318,11 @@ pub fn run(controller: &str, command: &TopologyCommand) -> anyhow::Result<String
 /// POSTs `text` and returns the answer's body.
 fn post_text(base: &str, path: &str, text: &str) -> anyhow::Result<String> {
     let url = crate::endpoint(base, path);
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(30))
-        .build();
+    let agent = crate::credentials::http_agent(
+        ureq::AgentBuilder::new()
+            .timeout_connect(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30)),
+    );
     match agent
         .post(&url)
         .set("content-type", "application/toml")

@@ -10,6 +10,8 @@
 //! - [`metrics`]: the metrics registry (built when the state starts) and its exposition.
 
 pub mod api;
+pub mod auth;
+pub mod auth_flags;
 pub mod compose;
 pub mod metrics;
 pub mod shard_flags;

@@ -17,6 +17,8 @@ use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
 use weft_controller::api::shards_grpc::ShardApi;
+use weft_controller::auth::grpc::RequireTokenLayer;
+use weft_controller::auth_flags::AuthArgs;
 use weft_controller::shard_flags::ShardArgs;
 use weft_store::{MemoryStore, RedbStore, Store};
 use weft_topology::history::AllowList;
@@ -63,12 +65,14 @@ struct Args {
     allowed_deps: Option<std::path::PathBuf>,
     #[command(flatten)]
     shards: ShardArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 /// How often new dependencies and allow-list violations are looked for.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
-fn build_state(args: &Args) -> anyhow::Result<AppState> {
+fn build_state(args: &Args, auth: weft_controller::auth::AuthConfig) -> anyhow::Result<AppState> {
     let classifier = match &args.classifier_rules {
         Some(path) => ServiceClassifier::with_rules(Rules::load(path)?),
         None => ServiceClassifier::default(),
@@ -93,7 +97,9 @@ fn build_state(args: &Args) -> anyhow::Result<AppState> {
         .classifier(classifier)
         .buckets(buckets)
         .shard_config(shard_config)
+        .auth(auth)
         .start(store)?;
+    args.auth.bootstrap(&args.data_dir, &state.auth.tokens)?;
     tracing::info!(epoch = state.control.epoch(), "control plane open");
     if let Some(path) = &args.allowed_deps {
         let text = std::fs::read_to_string(path)
@@ -141,7 +147,8 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let state = build_state(&args)?;
+    let (auth, tls) = args.auth.config()?;
+    let state = build_state(&args, auth)?;
 
     let grpc_listener = TcpListener::bind(args.grpc_listen)
         .await
@@ -162,11 +169,23 @@ async fn main() -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).context("the gRPC listener's TLS")?;
+    }
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        server
+            .layer(RequireTokenLayer {
+                auth: state.auth.clone(),
+                metrics: state.metrics.clone(),
+            })
             .add_service(AgentApi::new(state.clone()).into_service())
             .add_service(TopologyApi::new(state.clone()).into_service())
-            .add_service(ControlApi::new(state.control.clone()).into_service())
+            .add_service(
+                ControlApi::new(state.control.clone())
+                    .with_host_check(state.auth.config.agents.clone().host_check())
+                    .into_service(),
+            )
             .add_service(ShardApi::new(state.clone()).into_service())
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

@@ -75,6 +75,8 @@ pub struct Metrics {
     batches_duplicate: Counter,
     heartbeats: Counter,
     records_rejected: Counter,
+    unauthenticated: Counter,
+    forbidden: Counter,
 }
 
 impl Metrics {
@@ -105,7 +107,28 @@ impl Metrics {
             "Empty flow batches (heartbeats) received.",
             metrics.heartbeats.clone(),
         );
+        register(
+            registry,
+            "weft_controller_requests_unauthenticated_total",
+            "Client requests (REST and gRPC) refused for a missing or invalid token.",
+            metrics.unauthenticated.clone(),
+        );
+        register(
+            registry,
+            "weft_controller_requests_forbidden_total",
+            "Client requests (REST and gRPC) refused because the token's role is too low.",
+            metrics.forbidden.clone(),
+        );
         metrics
+    }
+
+    /// A client request refused: `forbidden` (role too low) or unauthenticated.
+    pub fn auth_refused(&self, forbidden: bool) {
+        if forbidden {
+            self.forbidden.inc();
+        } else {
+            self.unauthenticated.inc();
+        }
     }
 
     pub fn batch_merged(&self) {

@@ -38,6 +38,8 @@ pub struct AppState {
     pub control: Arc<ControlHub>,
     /// IP shards, address allocation and migrations; feeds `control`.
     pub shards: ShardManager,
+    /// Tokens and the rules of who may call what.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// Why a controller state could not start.
@@ -55,6 +57,7 @@ pub struct AppStateBuilder {
     classifier: ServiceClassifier,
     buckets: BucketConfig,
     shard_config: ShardConfig,
+    auth: crate::auth::AuthConfig,
 }
 
 impl AppStateBuilder {
@@ -76,12 +79,18 @@ impl AppStateBuilder {
         }
     }
 
+    /// Who may call (default: [`crate::auth::AuthConfig::open`], for in-process tests).
+    pub fn auth(self, auth: crate::auth::AuthConfig) -> Self {
+        Self { auth, ..self }
+    }
+
     /// Opens everything kept in `store`: the history, a control hub of the next epoch, and
     /// the shard manager publishing into it (its writer thread starts; inside a tokio
     /// runtime, unfinished migrations resume). Builds the metrics registry and registers
     /// every part's metrics in it.
     pub fn start(self, store: Arc<dyn Store>) -> Result<AppState, StartError> {
         let history = Arc::new(History::new(store.clone())?);
+        let auth = crate::auth::Auth::new(self.auth, crate::auth::Tokens::open(store.clone())?);
         let control = Arc::new(ControlHub::open(store.as_ref())?);
         let shards = ShardManager::open(
             store,
@@ -114,6 +123,7 @@ impl AppStateBuilder {
             history,
             control,
             shards,
+            auth,
         })
     }
 }

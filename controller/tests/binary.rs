@@ -15,9 +15,12 @@ fn binary_announces_both_listeners_serves_http_and_exits_on_sigterm() {
             "127.0.0.1:0",
             "--log",
             "warn",
+            "--insecure",
             "--data-dir",
             "",
         ])
+        .arg("--admin-token-file")
+        .arg(std::env::temp_dir().join(format!("weft-binary-test-{}.token", std::process::id())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -77,6 +80,7 @@ fn a_bad_classifier_rules_file_stops_the_controller_with_the_line() {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--insecure",
             "--data-dir",
             "",
         ])

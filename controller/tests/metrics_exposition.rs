@@ -28,6 +28,12 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("weft_controller_batches_total", "counter", &[]),
     ("weft_controller_batches_duplicate_total", "counter", &[]),
     ("weft_controller_heartbeats_total", "counter", &[]),
+    (
+        "weft_controller_requests_unauthenticated_total",
+        "counter",
+        &[],
+    ),
+    ("weft_controller_requests_forbidden_total", "counter", &[]),
     ("weft_controller_agent_dropped_records", "gauge", &[]),
     ("weft_controller_agents_connected", "gauge", &[]),
     (

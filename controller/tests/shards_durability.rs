@@ -14,7 +14,14 @@ use std::time::{Duration, Instant};
 use weft_shards::{Index, ShardConfig};
 use weft_store::RedbStore;
 
-fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
+/// The controller's REST address and its admin token.
+#[derive(Debug, Clone)]
+struct Http {
+    addr: String,
+    token: String,
+}
+
+fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Http) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
         .args([
             "--grpc-listen",
@@ -23,6 +30,7 @@ fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
             "127.0.0.1:0",
             "--log",
             "warn",
+            "--insecure",
             "--data-dir",
         ])
         .arg(data_dir)
@@ -40,30 +48,37 @@ fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
         .rsplit_once(" http=")
         .map(|(_, h)| h.to_owned())
         .unwrap_or_else(|| panic!("{line:?}"));
-    (child, http)
+    let token = std::fs::read_to_string(data_dir.join("admin.token"))
+        .expect("the controller's admin token")
+        .trim()
+        .to_owned();
+    (child, Http { addr: http, token })
 }
 
 /// A keep-alive HTTP/1.1 connection.
 struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    token: String,
 }
 
 impl Conn {
-    fn open(addr: &str) -> std::io::Result<Self> {
-        let s = TcpStream::connect(addr)?;
+    fn open(http: &Http) -> std::io::Result<Self> {
+        let s = TcpStream::connect(&http.addr)?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(Self {
             reader: BufReader::new(s.try_clone()?),
             writer: s,
+            token: http.token.clone(),
         })
     }
 
     fn request(&mut self, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
         // One write per request: no small segments for Nagle and delayed ACKs to hold up.
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.token,
             body.len()
         );
         self.writer.write_all(request.as_bytes())?;
@@ -109,7 +124,7 @@ fn field<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 }
 
 /// Creates `shards` /20 shards for network `blue`.
-fn prepare(http: &str, shards: usize) {
+fn prepare(http: &Http, shards: usize) {
     let mut c = Conn::open(http).expect("connect");
     for _ in 0..shards {
         let (code, body) = c
@@ -133,14 +148,14 @@ struct Ack {
 /// `clients` threads allocating until `stop` (or the connection dies); every 201 is
 /// recorded.
 fn hammer(
-    http: &str,
+    http: &Http,
     clients: usize,
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
 ) -> Vec<std::thread::JoinHandle<Vec<Ack>>> {
     (0..clients)
         .map(|t| {
-            let http = http.to_owned();
+            let http = http.clone();
             let stop = stop.clone();
             let count = count.clone();
             std::thread::spawn(move || {

@@ -97,11 +97,88 @@ pub fn toml_str(v: &str) -> String {
     s
 }
 
-/// The controller, in the root namespace, gRPC on the lab's uplink address.
+/// The lab's certificates (`weft certs` into `<lab dir>/certs`): a CA made once per lab,
+/// the controller's certificate for `grpc_ip`, and each agent's for its hypervisor.
+pub fn lab_certs(lab: &Lab) -> PathBuf {
+    lab.dir().join("certs")
+}
+
+/// Runs `weft certs ARGS` (the CLI is what a user runs).
+fn weft_certs(args: &[&str]) -> Result<()> {
+    let bin = binary("weft")?;
+    let out = Command::new(&bin)
+        .arg("certs")
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "weft certs {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Makes the lab's CA (once) and a controller certificate for `ip` (once per address).
+pub fn ensure_controller_certs(lab: &Lab, ip: &str) -> Result<PathBuf> {
+    let dir = lab_certs(lab);
+    let d = dir.to_string_lossy().into_owned();
+    if !dir.join("ca.pem").is_file() {
+        weft_certs(&["init", "--dir", &d, "--days", "2"])?;
+    }
+    weft_certs(&[
+        "issue",
+        "controller",
+        "--san",
+        ip,
+        "--dir",
+        &d,
+        "--days",
+        "2",
+        "--force",
+    ])?;
+    Ok(dir)
+}
+
+/// An agent certificate for `host_id` signed by the lab's CA (made if missing).
+pub fn ensure_agent_cert(lab: &Lab, host_id: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let dir = lab_certs(lab);
+    let d = dir.to_string_lossy().into_owned();
+    if !dir.join("ca.pem").is_file() {
+        weft_certs(&["init", "--dir", &d, "--days", "2"])?;
+    }
+    let cert = dir.join(format!("agent-{host_id}.pem"));
+    if !cert.is_file() {
+        weft_certs(&[
+            "issue",
+            "agent",
+            "--host-id",
+            host_id,
+            "--dir",
+            &d,
+            "--days",
+            "2",
+        ])?;
+    }
+    Ok((
+        dir.join("ca.pem"),
+        cert,
+        dir.join(format!("agent-{host_id}.key")),
+    ))
+}
+
+/// The controller, in the root namespace, gRPC on the lab's uplink address (mutual TLS
+/// with the lab's certificates), REST with the admin token it wrote at its first start.
 pub struct Controller {
     pub child: Child,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// The admin token (`<data dir>/admin.token`).
+    pub token: String,
+    /// Whether gRPC is plain text (`--insecure` among the extra flags).
+    pub insecure: bool,
 }
 
 impl Controller {
@@ -132,6 +209,17 @@ impl Controller {
         let mut c = Command::new(&bin);
         c.args(["--grpc-listen", grpc_addr, "--http-listen", http_addr]);
         c.arg("--data-dir").arg(&data_dir);
+        let insecure = extra_args.contains(&"--insecure");
+        if !insecure {
+            let ip = grpc_addr
+                .rsplit_once(':')
+                .map(|(ip, _)| ip.trim_matches(['[', ']']))
+                .context("grpc address without a port")?;
+            let certs = ensure_controller_certs(lab, ip)?;
+            c.arg("--tls-cert").arg(certs.join("controller.pem"));
+            c.arg("--tls-key").arg(certs.join("controller.key"));
+            c.arg("--client-ca").arg(certs.join("ca.pem"));
+        }
         c.args(extra_args);
         c.env(
             "RUST_LOG",
@@ -139,22 +227,36 @@ impl Controller {
         );
         let mut child = Child::spawn(c, lab.dir(), "weft-controller")?;
         child.wait_for_line(&["weft-controller listening"], START_TIMEOUT)?;
+        let token_file = data_dir.join("admin.token");
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("the controller's admin token {}", token_file.display()))?
+            .trim()
+            .to_owned();
         Ok(Controller {
             child,
             grpc_addr: grpc_addr.to_string(),
             http_addr: http_addr.to_string(),
+            token,
+            insecure,
         })
     }
 
-    /// `http://<grpc addr>`, what the agent dials.
+    /// What the agent dials: `https://<grpc addr>` (or `http://` with `--insecure`).
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        let scheme = if self.insecure { "http" } else { "https" };
+        format!("{scheme}://{}", self.grpc_addr)
+    }
+
+    /// `Bearer <admin token>`, for requests made outside these helpers.
+    pub fn authorization(&self) -> String {
+        format!("Bearer {}", self.token)
     }
 
     /// GET `path` on the REST listener; fails unless 2xx.
     pub fn get(&self, path: &str) -> Result<String> {
         let url = format!("http://{}{}", self.http_addr, path);
         let resp = ureq::get(&url)
+            .set("authorization", &self.authorization())
             .timeout(Duration::from_secs(5))
             .call()
             .with_context(|| format!("GET {url}"))?;
@@ -171,7 +273,9 @@ impl Controller {
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, String)> {
         let url = format!("http://{}{}", self.http_addr, path);
-        let req = ureq::request(method, &url).timeout(Duration::from_secs(10));
+        let req = ureq::request(method, &url)
+            .set("authorization", &self.authorization())
+            .timeout(Duration::from_secs(10));
         let result = match body {
             Some(b) => req
                 .set("content-type", "application/json")
@@ -305,6 +409,17 @@ impl Agent {
         // Kept in the lab directory: a restarted agent of this hypervisor finds it again.
         let state = lab.dir().join(format!("agent-state-{}.json", hv.name));
         cmd.arg("--state-file").arg(&state);
+        if controller_url.starts_with("https://") {
+            let (ca, cert, key) = ensure_agent_cert(lab, &hv.name)?;
+            cmd.arg("--ca")
+                .arg(ca)
+                .arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key);
+        } else {
+            cmd.arg("--insecure");
+        }
         cmd.args(extra_args);
         cmd.args(&excluded);
         cmd.env(

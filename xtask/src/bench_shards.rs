@@ -232,7 +232,16 @@ fn release_binary(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Starts the release controller with its store in `data_dir`.
+/// The admin token of the controller the bench last started (the bench runs one at a
+/// time); every request of [`Conn`] and the event follower carries it.
+static TOKEN: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn authorization() -> String {
+    format!("Bearer {}", TOKEN.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Starts the release controller with its store in `data_dir` (gRPC in plain text: the
+/// bench measures migrations, not TLS).
 fn start_controller(
     dir: &Path,
     grpc: &str,
@@ -243,13 +252,22 @@ fn start_controller(
     let mut c = Command::new(release_binary("weft-controller")?);
     c.args(["--grpc-listen", grpc, "--http-listen", http]);
     c.arg("--data-dir").arg(data_dir);
+    c.arg("--insecure");
     c.args(extra);
     let mut child = Child::spawn(c, dir, "weft-controller-release")?;
     child.wait_for_line(&["weft-controller listening"], Duration::from_secs(60))?;
+    let token_file = data_dir.join("admin.token");
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?
+        .trim()
+        .to_owned();
+    *TOKEN.lock().unwrap_or_else(|p| p.into_inner()) = token.clone();
     Ok(Controller {
         child,
         grpc_addr: grpc.to_string(),
         http_addr: http.to_string(),
+        token,
+        insecure: true,
     })
 }
 
@@ -357,7 +375,11 @@ impl Conn {
 
     /// Sends one request, returns (status, body).
     fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Vec<u8>)> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n",
+            self.host,
+            authorization()
+        );
         if let Some(b) = body {
             let _ = write!(
                 req,
@@ -980,7 +1002,8 @@ fn follow_allocations(
     s.set_read_timeout(Some(Duration::from_millis(100)))?;
     write!(
         s,
-        "GET /events HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /events HTTP/1.1\r\nHost: {http}\r\nAuthorization: {}\r\nAccept: text/event-stream\r\n\r\n",
+        authorization()
     )?;
     // The response head: the subscription is in place once it is sent.
     let mut raw: Vec<u8> = Vec::new();
@@ -1377,6 +1400,7 @@ fn migration_in(
         &hv.name,
         "--controller",
         &url,
+        "--insecure",
         "--workloads",
         &file_s,
         "--interfaces",

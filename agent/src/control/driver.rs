@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt as _;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 use weft_proto::kinds;
 use weft_proto::v1::{
@@ -37,7 +37,7 @@ const RESYNC_AFTER_LOSS: Duration = Duration::from_millis(500);
 const DRIFT_PENDING: usize = 256;
 
 pub struct ControlDriver {
-    pub controller: String,
+    pub controller: crate::controller_link::ControllerLink,
     pub host_id: String,
     /// The exporter's agent instance id.
     pub instance: String,
@@ -353,13 +353,7 @@ impl ControlDriver {
     async fn connect(&self) -> Result<AgentControlServiceClient<Channel>, String> {
         // No request timeout on the channel: the desired-state stream stays open for as
         // long as the agent runs; keep-alives find a dead controller instead.
-        let endpoint = Endpoint::from_shared(self.controller.clone())
-            .map_err(|e| format!("bad controller URL {:?}: {e}", self.controller))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
+        let endpoint = self.controller.endpoint()?.keep_alive_while_idle(true);
         let channel = endpoint
             .connect()
             .await

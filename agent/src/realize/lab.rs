@@ -684,7 +684,7 @@ fn driver(
         metrics: metrics.clone(),
     };
     ControlDriver {
-        controller,
+        controller: crate::controller_link::ControllerLink::plain(&controller),
         host_id: "hv-test".into(),
         instance: "00000000000000aa".into(),
         reconcilers: vec![Arc::new(addresses)],

@@ -16,14 +16,46 @@ use super::{
     ResourceStatus,
 };
 
-#[derive(Debug, Clone)]
+/// Decides whether a caller may speak for a host, given the leaf certificate (DER) it
+/// presented, if any; the controller binds it to mutual TLS. The error is returned as is.
+pub type HostCheck = Arc<dyn Fn(Option<&[u8]>, &str) -> Result<(), Status> + Send + Sync>;
+
+#[derive(Clone)]
 pub struct ControlApi {
     hub: Arc<ControlHub>,
+    host_check: HostCheck,
+}
+
+impl std::fmt::Debug for ControlApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlApi")
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlApi {
+    /// A service that lets any caller speak for any host (tests, `--insecure`); see
+    /// [`with_host_check`](Self::with_host_check).
     pub fn new(hub: Arc<ControlHub>) -> Self {
-        Self { hub }
+        Self {
+            hub,
+            host_check: Arc::new(|_, _| Ok(())),
+        }
+    }
+
+    /// Every request is checked with `check` against the host id it names.
+    pub fn with_host_check(self, check: HostCheck) -> Self {
+        Self {
+            host_check: check,
+            ..self
+        }
+    }
+
+    fn check<T>(&self, request: &Request<T>, host: &str) -> Result<(), Status> {
+        let certs = request.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        (self.host_check)(leaf, host)
     }
 
     pub fn into_service(self) -> AgentControlServiceServer<Self> {
@@ -99,8 +131,9 @@ impl AgentControlService for ControlApi {
         &self,
         request: Request<wire::WatchDesiredStateRequest>,
     ) -> Result<Response<Self::WatchDesiredStateStream>, Status> {
+        let host = required("host_id", &request.get_ref().host_id)?;
+        self.check(&request, &host)?;
         let r = request.into_inner();
-        let host = required("host_id", &r.host_id)?;
         tracing::info!(host_id = %host, instance = %r.agent_instance, kinds = ?r.kinds, "agent watches its desired state");
         self.hub.announce(&host, r.kinds);
         let rx = self.hub.watch(&host);
@@ -120,8 +153,9 @@ impl AgentControlService for ControlApi {
         &self,
         request: Request<wire::ObservedState>,
     ) -> Result<Response<wire::ReportObservedResponse>, Status> {
+        let host = required("host_id", &request.get_ref().host_id)?;
+        self.check(&request, &host)?;
         let r = request.into_inner();
-        let host = required("host_id", &r.host_id)?;
         let resources = r
             .resources
             .into_iter()

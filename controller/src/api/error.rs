@@ -30,6 +30,12 @@ pub enum ApiError {
     NotImplemented(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// No credentials, or credentials that are not valid (which of the two is not said).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials whose role does not allow this request.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -53,6 +59,8 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -87,11 +95,18 @@ impl IntoResponse for ApiError {
                 _ => None,
             },
         };
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, PROBLEM_JSON)],
             Json(problem),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"weft\""),
+            );
+        }
+        response
     }
 }

@@ -43,6 +43,11 @@ impl AgentService for AgentApi {
         &self,
         request: Request<wire::RegisterRequest>,
     ) -> Result<Response<wire::RegisterResponse>, Status> {
+        self.state
+            .auth
+            .config
+            .agents
+            .check(&request, request.get_ref().host_id.trim())?;
         let request = request.into_inner();
         let host_id = required("host_id", &request.host_id)?;
         let agent_instance = required("agent_instance", &request.agent_instance)?;
@@ -75,6 +80,11 @@ impl AgentService for AgentApi {
         &self,
         request: Request<wire::FlowBatch>,
     ) -> Result<Response<wire::PushFlowsResponse>, Status> {
+        self.state
+            .auth
+            .config
+            .agents
+            .check(&request, request.get_ref().host_id.trim())?;
         let batch = request.into_inner();
         let agent = self
             .state

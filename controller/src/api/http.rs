@@ -8,7 +8,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 use super::error::ApiError;
-use super::{analytics_routes, control_routes, history_routes, observations, shards_routes, views};
+use super::{
+    analytics_routes, control_routes, history_routes, observations, shards_routes, token_routes,
+    views,
+};
 use crate::metrics;
 use crate::state::AppState;
 
@@ -49,8 +52,13 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(shards_routes::routes())
         .merge(control_routes::routes())
+        .merge(token_routes::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::http::require_role,
+        ))
         .with_state(state)
 }
 

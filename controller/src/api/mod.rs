@@ -13,6 +13,7 @@ pub mod observations;
 pub mod query;
 pub mod shards_grpc;
 pub mod shards_routes;
+pub mod token_routes;
 pub mod views;
 
 pub use error::ApiError;

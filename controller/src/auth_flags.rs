@@ -1,0 +1,88 @@
+//! The authentication flags of `weft-controller` (flattened into its arguments).
+
+use std::path::PathBuf;
+
+use tonic::transport::ServerTlsConfig;
+
+use crate::auth::tls::TlsFiles;
+use crate::auth::{AgentAuth, AuthConfig, Tokens};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// The controller's certificate (PEM) for its gRPC listener (`weft certs issue
+    /// controller`). With --tls-key and --client-ca: agents must present a certificate of
+    /// that CA naming their host.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs agents' certificates (`weft certs init`).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve gRPC in plain text and let any caller speak for any host (a lab on one
+    /// machine; never across a network). Client tokens are still required.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub insecure: bool,
+    /// Where the first admin token is written (mode 0600) when the store has none
+    /// (default: `admin.token` in --data-dir).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Make a new admin token at start even if one exists (a lost token file).
+    #[arg(long)]
+    pub new_admin_token: bool,
+    /// Serve `/metrics` without a token (`/healthz` always is).
+    #[arg(long)]
+    pub metrics_open: bool,
+}
+
+impl AuthArgs {
+    /// The authentication rules and, with TLS, the gRPC listener's configuration.
+    pub fn config(&self) -> anyhow::Result<(AuthConfig, Option<ServerTlsConfig>)> {
+        let mut open_paths = vec!["/healthz".to_owned()];
+        if self.metrics_open {
+            open_paths.push("/metrics".to_owned());
+        }
+        let (agents, tls) = match (&self.tls_cert, &self.tls_key, &self.client_ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                let files = TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: ca.clone(),
+                };
+                (AgentAuth::Certificate, Some(files.server_config()?))
+            }
+            _ if self.insecure => {
+                tracing::warn!(
+                    "--insecure: gRPC is plain text and agents are not authenticated; any caller can speak for any host"
+                );
+                (AgentAuth::Insecure, None)
+            }
+            _ => anyhow::bail!(
+                "give --tls-cert, --tls-key and --client-ca (make them with `weft certs init` and `weft certs issue`), or --insecure for a lab on one machine"
+            ),
+        };
+        Ok((
+            AuthConfig {
+                agents,
+                require_tokens: true,
+                open_paths,
+            },
+            tls,
+        ))
+    }
+
+    /// Writes a first admin token if the store has none (or --new-admin-token).
+    pub fn bootstrap(&self, data_dir: &str, tokens: &Tokens) -> anyhow::Result<()> {
+        let path = match (&self.admin_token_file, data_dir.is_empty()) {
+            (Some(p), _) => p.clone(),
+            (None, false) => PathBuf::from(data_dir).join("admin.token"),
+            (None, true) if tokens.has_admin() && !self.new_admin_token => return Ok(()),
+            (None, true) => anyhow::bail!(
+                "with an in-memory store (--data-dir \"\"), give --admin-token-file: the first admin token is written there"
+            ),
+        };
+        tokens.bootstrap_admin(&path, self.new_admin_token)?;
+        Ok(())
+    }
+}
