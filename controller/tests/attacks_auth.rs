@@ -1,0 +1,464 @@
+//! Trust boundaries of the running `weft-controller` (mutual TLS, tokens), each attacked
+//! over real sockets; every attack is refused and changes nothing (issue 10, findings 1-3):
+//!
+//! 1. changing state without credentials, or with a token whose role is too low (REST and
+//!    gRPC): 401 / 403, UNAUTHENTICATED / PERMISSION_DENIED;
+//! 2. a report for a host forged by a caller whose certificate names another host, or that
+//!    has none: refused, the host's applied generation is unchanged;
+//! 3. registering as an existing host from another identity: refused; a certificate of
+//!    another CA does not even get through the handshake.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use weft_pki::{Kind, Pem, issue, new_ca, write};
+use weft_proto::v1 as wire;
+use weft_proto::v1::agent_control_service_client::AgentControlServiceClient;
+use weft_proto::v1::agent_service_client::AgentServiceClient;
+use weft_proto::v1::shard_service_client::ShardServiceClient;
+
+struct Controller {
+    child: Child,
+    grpc: String,
+    http: String,
+    admin: String,
+    dir: PathBuf,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A CA, the controller's certificate for 127.0.0.1, agent certificates for hv1 and hv2,
+/// and an hv1 certificate of another CA; then the controller with mutual TLS.
+fn start() -> Controller {
+    let dir = std::env::temp_dir().join(format!(
+        "weft-attacks-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let ca = new_ca("test CA", 1).unwrap();
+    write(&dir, "ca", &ca, false).unwrap();
+    let server = issue(
+        &ca,
+        &Kind::Controller {
+            names: vec!["127.0.0.1".into()],
+        },
+        1,
+    )
+    .unwrap();
+    write(&dir, "controller", &server, false).unwrap();
+    for host in ["hv1", "hv2"] {
+        let pem = issue(
+            &ca,
+            &Kind::Agent {
+                host_id: host.into(),
+            },
+            1,
+        )
+        .unwrap();
+        write(&dir, &format!("agent-{host}"), &pem, false).unwrap();
+    }
+    let rogue = new_ca("rogue CA", 1).unwrap();
+    let forged = issue(
+        &rogue,
+        &Kind::Agent {
+            host_id: "hv1".into(),
+        },
+        1,
+    )
+    .unwrap();
+    write(&dir, "rogue-hv1", &forged, false).unwrap();
+
+    let data = dir.join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--tls-cert")
+        .arg(dir.join("controller.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("controller.key"))
+        .arg("--client-ca")
+        .arg(dir.join("ca.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn weft-controller");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let rest = line
+        .trim()
+        .strip_prefix("weft-controller listening grpc=")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let (grpc, http) = rest.split_once(" http=").unwrap();
+    let admin = std::fs::read_to_string(data.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    Controller {
+        child,
+        grpc: grpc.to_owned(),
+        http: http.to_owned(),
+        admin,
+        dir,
+    }
+}
+
+/// One HTTP/1.1 request (Connection: close): status, the headers (lower-case), the body.
+fn http(
+    c: &Controller,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, String, Value) {
+    let mut s = TcpStream::connect(&c.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        head.to_lowercase(),
+        serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+    )
+}
+
+fn pem(dir: &Path, name: &str) -> Pem {
+    weft_pki::read(dir, name).unwrap()
+}
+
+/// A gRPC channel over TLS, with the client certificate `identity` (a file stem) if given.
+async fn channel(
+    c: &Controller,
+    identity: Option<&str>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pem(&c.dir, "ca").cert))
+        .domain_name("127.0.0.1");
+    if let Some(name) = identity {
+        let p = pem(&c.dir, name);
+        tls = tls.identity(Identity::from_pem(p.cert, p.key));
+    }
+    Endpoint::from_shared(format!("https://{}", c.grpc))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+fn register(host: &str) -> wire::RegisterRequest {
+    wire::RegisterRequest {
+        host_id: host.into(),
+        agent_instance: "00000000000000a1".into(),
+        workloads: vec![],
+        agent_version: "test".into(),
+    }
+}
+
+#[tokio::test]
+async fn without_the_right_token_nothing_changes_over_rest_or_grpc() {
+    let c = start();
+    let admin = c.admin.clone();
+    // A network with one workload address, made with the admin token.
+    let (s, _, shard) = http(
+        &c,
+        "POST",
+        "/shards",
+        Some(&admin),
+        Some(&json!({"prefix_len": 28, "network_id": "blue"})),
+    );
+    assert_eq!(s, 201, "{shard}");
+    let (s, _, addr) = http(
+        &c,
+        "POST",
+        "/networks/blue/addresses",
+        Some(&admin),
+        Some(&json!({"workload": "web", "host_id": "hv1"})),
+    );
+    assert_eq!(s, 201, "{addr}");
+    let (s, _, read) = http(
+        &c,
+        "POST",
+        "/tokens",
+        Some(&admin),
+        Some(&json!({"name": "dashboards", "role": "read"})),
+    );
+    assert_eq!(s, 201, "{read}");
+    let read = read["token"].as_str().unwrap().to_owned();
+    let (_, _, before) = http(
+        &c,
+        "GET",
+        "/networks/blue/workloads/web/addresses",
+        Some(&read),
+        None,
+    );
+
+    // Finding 1 over REST: re-addressing a live workload without credentials, with a
+    // token that is not one, with a token of the wrong role.
+    let release = "/networks/blue/workloads/web/addresses";
+    let (s, head, body) = http(&c, "DELETE", release, None, None);
+    assert_eq!(s, 401, "{body}");
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    let last = if admin.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &admin[..admin.len() - 1]);
+    assert_eq!(http(&c, "DELETE", release, Some(&forged), None).0, 401);
+    let (s, _, body) = http(&c, "DELETE", release, Some(&read), None);
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(body["detail"], "this request needs the operate role");
+    // Other writes and admin-only routes.
+    assert_eq!(
+        http(&c, "POST", "/observations", None, Some(&json!([]))).0,
+        401
+    );
+    assert_eq!(
+        http(
+            &c,
+            "PUT",
+            "/policy/allowed-dependencies",
+            Some(&read),
+            Some(&json!({}))
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        http(
+            &c,
+            "POST",
+            "/tokens",
+            Some(&read),
+            Some(&json!({"name": "x", "role": "admin"}))
+        )
+        .0,
+        403
+    );
+    assert_eq!(http(&c, "GET", "/tokens", Some(&read), None).0, 403);
+    assert_eq!(http(&c, "GET", "/topology", None, None).0, 401);
+    assert_eq!(
+        http(&c, "GET", "/metrics", None, None).0,
+        401,
+        "/metrics is closed unless --metrics-open"
+    );
+    assert_eq!(http(&c, "GET", "/healthz", None, None).0, 200);
+    // Nothing changed.
+    let (s, _, after) = http(
+        &c,
+        "GET",
+        "/networks/blue/workloads/web/addresses",
+        Some(&read),
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(after, before);
+    let (_, _, tokens) = http(&c, "GET", "/tokens", Some(&admin), None);
+    assert_eq!(
+        tokens["tokens"].as_array().map(Vec::len),
+        Some(2),
+        "{tokens}"
+    );
+
+    // Finding 1 over gRPC.
+    let ch = channel(&c, None)
+        .await
+        .expect("clients connect without a certificate");
+    let mut shards = ShardServiceClient::new(ch);
+    let allocate = || wire::AllocateAddressRequest {
+        network_id: "blue".into(),
+        workload: "db".into(),
+        host_id: "hv1".into(),
+        family: String::new(),
+    };
+    let e = shards.allocate_address(allocate()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let e = shards
+        .allocate_address(with_token(allocate(), &read))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let listed = shards
+        .list_shards(with_token(wire::ListShardsRequest::default(), &read))
+        .await
+        .expect("read may list");
+    assert_eq!(listed.get_ref().shards.len(), 1);
+    let (_, _, db) = http(
+        &c,
+        "GET",
+        "/networks/blue/workloads/db/addresses",
+        Some(&read),
+        None,
+    );
+    assert_eq!(
+        db["addresses"].as_array().map(Vec::len).unwrap_or(0),
+        0,
+        "{db}"
+    );
+    // Revoked tokens stop working at once.
+    let id = tokens["tokens"][1]["id"].as_str().unwrap();
+    assert_eq!(
+        http(&c, "DELETE", &format!("/tokens/{id}"), Some(&admin), None).0,
+        200
+    );
+    assert_eq!(http(&c, "GET", "/topology", Some(&read), None).0, 401);
+    let (_, _, metrics) = http(&c, "GET", "/metrics", Some(&admin), None);
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("weft_controller_requests_forbidden_total ") && !l.ends_with(" 0")
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_speaks_only_for_the_host_its_certificate_names() {
+    let c = start();
+    let hv1 = channel(&c, Some("agent-hv1")).await.unwrap();
+    let hv2 = channel(&c, Some("agent-hv2")).await.unwrap();
+    let anonymous = channel(&c, None).await.unwrap();
+
+    // The real hv1 registers and watches its desired state.
+    AgentServiceClient::new(hv1.clone())
+        .register(register("hv1"))
+        .await
+        .expect("hv1 registers");
+    let mut control = AgentControlServiceClient::new(hv1.clone());
+    let mut stream = control
+        .watch_desired_state(wire::WatchDesiredStateRequest {
+            host_id: "hv1".into(),
+            agent_instance: "00000000000000a1".into(),
+            kinds: vec!["workload-addresses".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+
+    // Finding 3: hv2's certificate, or none, cannot register as hv1.
+    let e = AgentServiceClient::new(hv2.clone())
+        .register(register("hv1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("\"hv2\""), "{e}");
+    let e = AgentServiceClient::new(anonymous.clone())
+        .register(register("hv1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    // ... nor push flows or watch hv1's desired state.
+    let batch = wire::FlowBatch {
+        host_id: "hv1".into(),
+        agent_instance: "00000000000000a1".into(),
+        sequence: 1,
+        records: vec![],
+        dropped_records_total: 0,
+    };
+    let e = AgentServiceClient::new(hv2.clone())
+        .push_flows(batch)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let e = AgentControlServiceClient::new(hv2.clone())
+        .watch_desired_state(wire::WatchDesiredStateRequest {
+            host_id: "hv1".into(),
+            agent_instance: "x".into(),
+            kinds: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    // Finding 2: a forged report with a huge generation, from hv2 or anonymous.
+    let forged = wire::ObservedState {
+        host_id: "hv1".into(),
+        agent_instance: "00000000000000a1".into(),
+        applied_generation: u64::MAX,
+        controller_epoch: first.controller_epoch,
+        resources: vec![],
+        drift: vec![],
+    };
+    for ch in [&hv2, &anonymous] {
+        let e = AgentControlServiceClient::new(ch.clone())
+            .report_observed(forged.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.code(), Code::PermissionDenied | Code::Unauthenticated),
+            "{e}"
+        );
+    }
+    let (_, _, status) = http(&c, "GET", "/hosts/hv1/status", Some(&c.admin), None);
+    assert_ne!(status["applied_generation"], json!(u64::MAX), "{status}");
+    // The real agent's own report still goes through.
+    let mut own = forged.clone();
+    own.applied_generation = first.generation;
+    control
+        .report_observed(own)
+        .await
+        .expect("hv1 reports for itself");
+    let (_, _, status) = http(&c, "GET", "/hosts/hv1/status", Some(&c.admin), None);
+    assert_eq!(
+        status["applied_generation"],
+        json!(first.generation),
+        "{status}"
+    );
+
+    // A certificate of another CA naming hv1 does not get through the TLS handshake.
+    let rogue = channel(&c, Some("rogue-hv1")).await;
+    let refused = match rogue {
+        Err(_) => true,
+        Ok(ch) => AgentServiceClient::new(ch)
+            .register(register("hv1"))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a certificate of another CA was accepted");
+}
