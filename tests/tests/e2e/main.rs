@@ -7,6 +7,7 @@ mod l7;
 mod migration;
 mod multi_hv;
 mod support;
+mod trust;
 
 use std::time::Duration;
 
