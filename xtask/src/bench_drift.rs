@@ -26,6 +26,8 @@ pub fn run() -> Result<()> {
         "weft-controller",
         "-p",
         "weft-agent",
+        "-p",
+        "weft-cli",
     ]))?;
     ensure!(
         weft_lab::is_root(),
