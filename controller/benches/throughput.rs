@@ -27,7 +27,12 @@ use weft_topology::model::{
 };
 use weft_topology::observation::{NetworkEndpoint, TrafficObservation};
 use weft_topology::registry::Registry;
-use weft_topology::topology::Topology;
+use weft_topology::topology::{BucketConfig, Topology, TopologyLimits};
+
+/// A topology without caps: these benchmarks measure the cost of size itself.
+fn unbounded() -> Topology {
+    Topology::with_config(BucketConfig::default(), TopologyLimits::unbounded())
+}
 
 fn result(key: &str, value: f64, unit: &str, what: &str) {
     println!("RESULT {key} {value:.3} {unit} {what}");
@@ -239,7 +244,7 @@ fn ingest() {
     let fresh: Vec<FlowObservation> = (0..200_000u32)
         .map(|i| observation(i % 1000, i, 1))
         .collect();
-    let topology = Topology::new();
+    let topology = unbounded();
     let start = Instant::now();
     for r in &fresh {
         black_box(topology.ingest(r, &registry));
@@ -356,7 +361,7 @@ fn memory() {
     const CLIENTS: u32 = 1_000;
     const PER_CLIENT: u32 = 100;
     let registry = Registry::new();
-    let topology = Arc::new(Topology::new());
+    let topology = Arc::new(unbounded());
     let before = rss_bytes();
     for c in 0..CLIENTS {
         for k in 0..PER_CLIENT {

@@ -47,7 +47,7 @@ pub fn ingest_body(state: &AppState, body: &str) -> Result<Accepted, ApiError> {
         Err(e) => errors.push(LineError {
             line,
             index,
-            field: Some(e.field().to_owned()),
+            field: e.field().map(str::to_owned),
             message: e.to_string(),
         }),
     };
