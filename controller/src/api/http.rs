@@ -12,9 +12,9 @@ use super::{analytics_routes, control_routes, history_routes, observations, shar
 use crate::metrics;
 use crate::state::AppState;
 
-/// Builds the HTTP API.
+/// Builds the HTTP API, with its limits ([`super::limits`]).
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/topology", get(views::topology_json))
         .route("/topology.dot", get(views::topology_dot))
         .route("/topology.txt", get(views::topology_txt))
@@ -50,8 +50,8 @@ pub fn app(state: AppState) -> Router {
         .merge(shards_routes::routes())
         .merge(control_routes::routes())
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed);
+    super::limits::apply(routes, &state).with_state(state)
 }
 
 async fn metrics_text(State(state): State<AppState>) -> axum::response::Response {

@@ -665,6 +665,52 @@ impl Topology {
         edges
     }
 
+    /// [`Self::stats_by_edge`] for the `max` busiest edges only (by requests, then flows,
+    /// then bytes, then name), and how many edges there are in all. Only the chosen edges'
+    /// statistics are copied.
+    pub fn top_edges(
+        &self,
+        max: usize,
+    ) -> (BTreeMap<(String, String, String), DependencyStats>, usize) {
+        type Edge = (String, String, String);
+        let mut weights: std::collections::HashMap<Edge, (u64, u64, u64)> =
+            std::collections::HashMap::new();
+        for entry in &self.dependencies {
+            let key = entry.key();
+            let stats = &entry.value().total;
+            let protocol = stats.protocol.name_or(key.protocol()).to_owned();
+            let weight = weights
+                .entry((key.client.clone(), key.server.clone(), protocol))
+                .or_default();
+            weight.0 = weight.0.saturating_add(stats.requests);
+            weight.1 = weight.1.saturating_add(stats.flows);
+            weight.2 = weight
+                .2
+                .saturating_add(stats.bytes_sent.saturating_add(stats.bytes_received));
+        }
+        let total = weights.len();
+        let mut ranked: Vec<(Edge, (u64, u64, u64))> = weights.into_iter().collect();
+        if ranked.len() > max {
+            ranked.select_nth_unstable_by(max, |a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            ranked.truncate(max);
+        }
+        let chosen: BTreeSet<Edge> = ranked.into_iter().map(|(edge, _)| edge).collect();
+        let mut edges: BTreeMap<Edge, DependencyStats> = BTreeMap::new();
+        for entry in &self.dependencies {
+            let key = entry.key();
+            let stats = &entry.value().total;
+            let edge = (
+                key.client.clone(),
+                key.server.clone(),
+                stats.protocol.name_or(key.protocol()).to_owned(),
+            );
+            if chosen.contains(&edge) {
+                edges.entry(edge).or_default().merge(stats);
+            }
+        }
+        (edges, total)
+    }
+
     /// Dependencies with their statistics within `window`, sorted by key.
     pub fn dependencies_in(&self, window: &Window) -> Vec<(DependencyKey, DependencyStats)> {
         let mut out: Vec<(DependencyKey, DependencyStats)> = self

@@ -334,3 +334,24 @@ fn an_observation_outside_the_window_names_its_field_and_changes_nothing() {
     assert_eq!(topology.service_count(), 0);
     assert_eq!(topology.observations_ingested(), 0);
 }
+
+#[test]
+fn top_edges_keep_the_busiest() {
+    let topology = Topology::new();
+    let directory = Directory::lab();
+    for (i, requests) in [(1u16, 5u64), (2, 50), (3, 1), (4, 20)] {
+        let mut o = observation(
+            "web",
+            Direction::Outbound,
+            ("10.0.0.1", 40_000),
+            ("198.18.1.1", 8_000 + i),
+        );
+        o.requests = requests;
+        topology.ingest(&o, &directory);
+    }
+    let (edges, total) = topology.top_edges(2);
+    assert_eq!(total, 4);
+    let ports: Vec<&str> = edges.keys().map(|(_, server, _)| server.as_str()).collect();
+    assert_eq!(ports, vec!["198.18.1.1:8002", "198.18.1.1:8004"]);
+    assert_eq!(topology.top_edges(10).0, topology.stats_by_edge());
+}
