@@ -223,7 +223,9 @@ pub struct SvgCache {
 struct SvgEntry {
     key: SvgKey,
     at: Instant,
-    svg: Arc<Vec<u8>>,
+    /// The rendering, or why it failed (a `dot` over its time is not tried again for the
+    /// same topology until the entry expires).
+    svg: Result<Arc<Vec<u8>>, String>,
 }
 
 /// What a rendering depends on: the topology's generation, the registry's version (names
@@ -243,8 +245,8 @@ impl SvgCache {
         }
     }
 
-    /// The cached SVG for `key`, if younger than `ttl`.
-    pub fn get(&self, key: &SvgKey, ttl: Duration) -> Option<Arc<Vec<u8>>> {
+    /// The cached SVG for `key` (or why rendering it failed), if younger than `ttl`.
+    pub fn get(&self, key: &SvgKey, ttl: Duration) -> Option<Result<Arc<Vec<u8>>, String>> {
         let entry = self.entry.lock().unwrap_or_else(PoisonError::into_inner);
         entry
             .as_ref()
@@ -252,7 +254,7 @@ impl SvgCache {
             .map(|e| e.svg.clone())
     }
 
-    pub fn put(&self, key: SvgKey, svg: Arc<Vec<u8>>) {
+    pub fn put(&self, key: SvgKey, svg: Result<Arc<Vec<u8>>, String>) {
         *self.entry.lock().unwrap_or_else(PoisonError::into_inner) = Some(SvgEntry {
             key,
             at: Instant::now(),

@@ -254,8 +254,19 @@ pub async fn render_svg(
         registry: state.registry.version(),
         query,
     };
-    if let Some(svg) = limits.svg.get(&key, config.svg_cache_ttl) {
-        return Ok(svg);
+    let cached = |limits: &Limits| {
+        limits.svg.get(&key, config.svg_cache_ttl).map(|svg| {
+            svg.map_err(|message| {
+                limits.hit(Guard::SvgRender);
+                ApiError::Unavailable {
+                    message,
+                    retry_after: config.svg_cache_ttl,
+                }
+            })
+        })
+    };
+    if let Some(svg) = cached(limits) {
+        return svg;
     }
     let Ok(Ok(permit)) = tokio::time::timeout(config.svg_timeout, limits.svg.slot.acquire()).await
     else {
@@ -268,20 +279,29 @@ pub async fn render_svg(
             retry_after: config.svg_timeout,
         });
     };
-    // Rendered by the request we waited for?
-    if let Some(svg) = limits.svg.get(&key, config.svg_cache_ttl) {
-        return Ok(svg);
+    // Rendered (or failed) by the request we waited for?
+    if let Some(svg) = cached(limits) {
+        return svg;
     }
     let dot = render::dot(&state.snapshot_in(window));
     let svg = match super::views::run_dot("dot", &dot, config.svg_timeout).await {
         Ok(svg) => Arc::new(svg),
-        Err(error @ ApiError::Unavailable { .. }) => {
+        Err(ApiError::Unavailable {
+            message,
+            retry_after,
+        }) => {
+            // Too slow for this topology: not tried again until it changes or the entry
+            // expires.
             limits.hit(Guard::SvgRender);
-            return Err(error);
+            limits.svg.put(key, Err(message.clone()));
+            return Err(ApiError::Unavailable {
+                message,
+                retry_after,
+            });
         }
         Err(error) => return Err(error),
     };
-    limits.svg.put(key, svg.clone());
+    limits.svg.put(key, Ok(svg.clone()));
     drop(permit);
     Ok(svg)
 }
