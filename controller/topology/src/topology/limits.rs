@@ -23,6 +23,12 @@ pub const DEFAULT_MAX_DEPENDENCIES: usize = 50_000;
 pub const DEFAULT_MAX_NAMES_PER_ADDRESS: usize = 16;
 /// Server endpoints (address, port) kept per service.
 pub const DEFAULT_MAX_ENDPOINTS_PER_SERVICE: usize = 256;
+/// Longest name (service, host, SNI, DNS name) accepted: a DNS name's maximum. Every
+/// service keeps its name, so the caps on counts bound memory only with this.
+pub const MAX_NAME_BYTES: usize = 253;
+/// Longest request method or path accepted (the agent reports path patterns from the
+/// first 128 bytes of a request).
+pub const MAX_LABEL_BYTES: usize = 256;
 
 /// The share of the service and dependency caps that peers not registered as workloads
 /// may fill (nine tenths): the rest stays for registered workloads, so a flood of spoofed

@@ -355,3 +355,28 @@ fn top_edges_keep_the_busiest() {
     assert_eq!(ports, vec!["198.18.1.1:8002", "198.18.1.1:8004"]);
     assert_eq!(topology.top_edges(10).0, topology.stats_by_edge());
 }
+
+#[test]
+fn hosts_and_paths_longer_than_their_bound_are_refused_with_the_field() {
+    let topology = Topology::new();
+    let mut o = TrafficObservation {
+        timestamp_unix_ns: 0,
+        source: NetworkEndpoint::new("a".repeat(254), 1),
+        destination: NetworkEndpoint::new("b", 80),
+        protocol: "http".into(),
+        bytes_sent: 0,
+        bytes_received: 0,
+        latency_ms: 1.0,
+        status_code: None,
+        method: None,
+        path: None,
+        error: false,
+    };
+    let error = topology.observe_traffic(&o, &Directory::lab()).unwrap_err();
+    assert_eq!(error.field(), Some("source.host"), "{error}");
+    o.source.host = "a".into();
+    o.path = Some("/x".repeat(200));
+    let error = topology.observe_traffic(&o, &Directory::lab()).unwrap_err();
+    assert_eq!(error.field(), Some("path"), "{error}");
+    assert_eq!(topology.service_count(), 0);
+}

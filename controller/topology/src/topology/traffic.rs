@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use super::evidence::Evidence;
-use super::limits::{Full, TimestampError};
+use super::limits::{Full, MAX_LABEL_BYTES, MAX_NAME_BYTES, TimestampError};
 use super::{
     DependencyKey, NewEndpoint, Seen, Topology, protocol_for, unknown_client_name,
     unknown_server_name,
@@ -20,6 +20,12 @@ use crate::time::now_unix_ns;
 pub enum ObservationError {
     #[error("field `{field}`: must not be empty")]
     EmptyHost { field: &'static str },
+    #[error("field `{field}`: {len} bytes is longer than the {max} accepted")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("field `protocol`: unknown protocol `{0}` (known: {known})", known = crate::observation::PROTOCOLS.join(", "))]
     UnknownProtocol(String),
     #[error("field `latency_ms`: must be a finite number >= 0, got {0}")]
@@ -36,7 +42,7 @@ impl ObservationError {
     /// The field at fault; `None` when the observation is fine but did not fit.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            Self::EmptyHost { field } => Some(field),
+            Self::EmptyHost { field } | Self::TooLong { field, .. } => Some(field),
             Self::UnknownProtocol(_) => Some("protocol"),
             Self::Latency(_) => Some("latency_ms"),
             Self::Timestamp(e) => Some(e.field),
@@ -65,6 +71,28 @@ impl Topology {
             return Err(ObservationError::EmptyHost {
                 field: "destination.host",
             });
+        }
+        for (field, value, max) in [
+            ("source.host", source_host, MAX_NAME_BYTES),
+            ("destination.host", destination_host, MAX_NAME_BYTES),
+            (
+                "method",
+                o.method.as_deref().unwrap_or_default(),
+                MAX_LABEL_BYTES,
+            ),
+            (
+                "path",
+                o.path.as_deref().unwrap_or_default(),
+                MAX_LABEL_BYTES,
+            ),
+        ] {
+            if value.len() > max {
+                return Err(ObservationError::TooLong {
+                    field,
+                    len: value.len(),
+                    max,
+                });
+            }
         }
         if !o.latency_ms.is_finite() || o.latency_ms < 0.0 {
             return Err(ObservationError::Latency(o.latency_ms));
