@@ -89,22 +89,22 @@ pub struct LimitArgs {
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub http_idle_timeout: Duration,
     /// Open HTTP connections at most (one more is answered 503 and closed).
-    #[arg(long, default_value_t = 1_024)]
+    #[arg(long, default_value_t = LimitConfig::default().http_max_connections)]
     pub http_max_connections: usize,
     /// Cheap reads (shards, hosts, /metrics, ...) served at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = LimitConfig::default().http_read_concurrency)]
     pub http_read_concurrency: usize,
     /// Topology views and analytics served at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = LimitConfig::default().http_render_concurrency)]
     pub http_render_concurrency: usize,
     /// Writes served at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = LimitConfig::default().http_write_concurrency)]
     pub http_write_concurrency: usize,
     /// How long a request waits for a slot of its class before a 503 with Retry-After.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub http_queue_wait: Duration,
     /// Subscribers per event stream (/events, /events/topology, /events/control).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = LimitConfig::default().sse_max_subscribers)]
     pub sse_max_subscribers: usize,
     /// How long `dot` may run for GET /topology.svg (one at a time; a request waits as
     /// long for the one under way).
@@ -117,17 +117,17 @@ pub struct LimitArgs {
     #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
     pub grpc_max_message_size: usize,
     /// Open gRPC connections at most.
-    #[arg(long, default_value_t = 1_024)]
+    #[arg(long, default_value_t = LimitConfig::default().grpc_max_connections)]
     pub grpc_max_connections: usize,
     /// Flow records per second merged from one agent; the rest of a batch is dropped and
     /// counted.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = LimitConfig::default().agent_record_rate)]
     pub agent_record_rate: u64,
     /// Records an agent may send at once above its rate.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = LimitConfig::default().agent_record_burst)]
     pub agent_record_burst: u64,
     /// Dependencies (the busiest) with per-dependency series in /metrics.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = LimitConfig::default().metrics_max_edges)]
     pub metrics_max_edges: usize,
 }
 

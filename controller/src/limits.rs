@@ -67,7 +67,7 @@ impl Default for LimitConfig {
             http_max_connections: 1_024,
             http_read_concurrency: 64,
             http_render_concurrency: 4,
-            http_write_concurrency: 16,
+            http_write_concurrency: 64,
             http_queue_wait: Duration::from_secs(1),
             sse_max_subscribers: 64,
             svg_timeout: Duration::from_secs(10),
