@@ -3,6 +3,7 @@
 mod bench;
 mod bench_drift;
 mod bench_shards;
+mod bench_spoof;
 mod demo;
 mod setup;
 mod sh;
@@ -57,6 +58,8 @@ enum Cmd {
         /// `shards`: only the IP shard benchmarks (durable allocations/s over the API; the
         /// migration of a full default shard of 256 workloads), which also end a full run.
         /// `migration`, `allocations`: only that part, printed (BENCHMARKS.md is left as it is).
+        /// `drift`: drift repair, printed. `spoof`: the controller's memory while 1,000,000
+        /// spoofed sources send a datagram each (its section of BENCHMARKS.md).
         only: Option<String>,
     },
 }
@@ -90,13 +93,15 @@ fn main() -> ExitCode {
             ready.and_then(|()| match only.as_deref() {
                 None => bench::run()
                     .and_then(|()| bench_shards::run())
-                    .and_then(|()| bench_drift::run()),
+                    .and_then(|()| bench_drift::run())
+                    .and_then(|()| bench_spoof::run()),
                 Some("drift") => bench_drift::run(),
+                Some("spoof") => bench_spoof::run(),
                 Some("shards") => bench_shards::run(),
                 Some("migration") => bench_shards::run_migration_only(),
                 Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: shards, migration, allocations, drift)"
+                    "unknown bench {other:?} (known: shards, migration, allocations, drift, spoof)"
                 )),
             })
         }
