@@ -404,7 +404,16 @@ pub async fn housekeeping(state: AppState, stop: impl std::future::Future<Output
         tokio::select! {
             () = &mut stop => return,
             _ = sweep.tick() => {
-                let evicted = state.topology.evict_idle(now_unix_ns(), idle, state.registry.as_ref());
+                // A pass over every entry: off the runtime's workers.
+                let (topology, registry) = (state.topology.clone(), state.registry.clone());
+                let evicted = tokio::task::spawn_blocking(move || {
+                    topology.evict_idle(now_unix_ns(), idle, registry.as_ref())
+                })
+                .await;
+                let Ok(evicted) = evicted else {
+                    tracing::error!("evicting idle services and dependencies panicked");
+                    continue;
+                };
                 if evicted.services + evicted.dependencies > 0 {
                     tracing::info!(
                         services = evicted.services,

@@ -552,6 +552,19 @@ fn finding8_renders_beyond_their_concurrency_get_503_and_reads_still_pass() {
         "{problem}"
     );
     assert_eq!(response.retry_after(), 1);
+    // The same analytics over gRPC share the slots.
+    let status = runtime().block_on(async {
+        let mut client = weft_proto::v1::topology_service_client::TopologyServiceClient::connect(
+            format!("http://{}", c.grpc),
+        )
+        .await
+        .expect("connect");
+        client
+            .find_critical(weft_proto::v1::TopologyQuery::default())
+            .await
+            .expect_err("no render slot")
+    });
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(c.get("/shards").status, 200, "another class is not held up");
     assert_eq!(slow.join().expect("thread").status, 200);
     assert_eq!(
