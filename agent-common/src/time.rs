@@ -168,7 +168,7 @@ pub fn parse_timestamp(text: &str) -> Result<u64, String> {
         .ok_or_else(bad)
 }
 
-/// Parses a duration such as `90s`, `15m`, `2h`, `1d` (a bare number is seconds).
+/// Parses a duration such as `250ms`, `90s`, `15m`, `2h`, `1d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let split = text
@@ -178,6 +178,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let value: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a duration such as 30s, 15m, 2h or 1d"))?;
+    if unit == "ms" {
+        return Ok(std::time::Duration::from_millis(value));
+    }
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -185,13 +188,14 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "d" => 86_400,
         _ => {
             return Err(format!(
-                "`{text}` has an unknown unit `{unit}` (use s, m, h or d)"
+                "`{text}` has an unknown unit `{unit}` (use ms, s, m, h or d)"
             ));
         }
     };
-    Ok(std::time::Duration::from_secs(
-        value.saturating_mul(seconds),
-    ))
+    value
+        .checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is too long a duration"))
 }
 
 /// A point in time: RFC 3339, or a duration before `now_unix_ns` (`15m` = 15 minutes ago).
@@ -203,8 +207,12 @@ pub fn parse_time(text: &str, now_unix_ns: u64) -> Result<u64, String> {
     if looks_like_a_date {
         return parse_rfc3339(text);
     }
-    let ago = parse_duration(text).map_err(|_| {
-        format!("`{text}` is neither an RFC 3339 time nor a relative one such as 15m")
+    let ago = parse_duration(text).map_err(|e| {
+        if e.contains("too long") {
+            e
+        } else {
+            format!("`{text}` is neither an RFC 3339 time nor a relative one such as 15m")
+        }
     })?;
     Ok(now_unix_ns.saturating_sub(u64::try_from(ago.as_nanos()).unwrap_or(u64::MAX)))
 }
@@ -243,5 +251,16 @@ mod parse_tests {
                 .contains("RFC 3339")
         );
         assert!(parse_duration("3w").unwrap_err().contains("unit"));
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        assert!(
+            parse_duration("999999999999999999d")
+                .unwrap_err()
+                .contains("too long"),
+            "overflow is an error, not a saturated value"
+        );
+        assert!(parse_time("999999999999999999d", now).is_err());
     }
 }

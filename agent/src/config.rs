@@ -61,6 +61,11 @@ pub struct Args {
     /// Records per batch sent to the controller.
     #[arg(long, default_value_t = 2_000)]
     pub batch_size: usize,
+    /// Encoded bytes per batch at most (keep it under the controller's
+    /// --grpc-max-message-size, 4 MiB by default; a batch the controller still refuses as
+    /// too large is split in halves, and a single record too large alone is dropped).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub batch_max_bytes: usize,
     /// Network namespace file (e.g. /run/netns/hv1) whose neighbour cache is updated for
     /// re-addressed workloads (new addresses set, old ones deleted), and where their
     /// gateways' hardware addresses are looked up: where the workloads' bridge is.

@@ -1,8 +1,11 @@
 //! Streams flow records to the controller: registers, then sends batches in order, each
-//! with a sequence number. A batch leaves the agent only when the controller acknowledged
-//! it; on any error the same batch (same sequence) is sent again after reconnecting, and
-//! the controller ignores a sequence it has already merged. Reconnects back off
-//! exponentially (200 ms to 5 s, with jitter).
+//! with a sequence number and under a byte budget (`--batch-max-bytes`). A batch leaves
+//! the agent only when the controller acknowledged it; on a connection error the same
+//! batch (same sequence) is sent again after reconnecting, and the controller ignores a
+//! sequence it has already merged. A batch the controller refuses as too large (over its
+//! `--grpc-max-message-size`: `OUT_OF_RANGE` or `RESOURCE_EXHAUSTED`) is split in halves
+//! and sent again ([`crate::outbox`]); a single record too large alone is dropped and
+//! counted. Reconnects back off exponentially (200 ms to 5 s, with jitter).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +14,10 @@ use tokio::sync::watch;
 use tonic::{Code, transport::Channel};
 use tracing::{info, warn};
 use weft_proto::v1::{
-    FlowBatch, FlowRecord, RegisterRequest, Workload as WireWorkload,
-    agent_service_client::AgentServiceClient,
+    FlowBatch, RegisterRequest, Workload as WireWorkload, agent_service_client::AgentServiceClient,
 };
 
+use crate::outbox::{BATCH_OVERHEAD, Outbox, TooLarge, record_bytes};
 use crate::{metrics::Metrics, queue::RecordQueue, workloads::Registry};
 
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -26,6 +29,8 @@ pub struct Exporter {
     pub host_id: String,
     pub instance: String,
     pub batch_size: usize,
+    /// Encoded size a batch stays under (a record larger than it goes alone).
+    pub batch_max_bytes: usize,
     pub queue: Arc<RecordQueue>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
@@ -41,8 +46,7 @@ enum Outcome {
 impl Exporter {
     /// Runs until `shutdown` turns true and the queue is empty, or `grace` after it.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
-        let mut pending: Option<(u64, Vec<FlowRecord>)> = None;
-        let mut next_seq = 1u64;
+        let mut outbox = Outbox::default();
         let mut backoff = BACKOFF_MIN;
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -56,10 +60,7 @@ impl Exporter {
                 );
                 return;
             }
-            match self
-                .session(&mut pending, &mut next_seq, &mut shutdown, deadline)
-                .await
-            {
+            match self.session(&mut outbox, &mut shutdown, deadline).await {
                 Outcome::Done => return,
                 Outcome::Reconnect(why) => {
                     self.metrics.controller_connected.set(0);
@@ -119,8 +120,7 @@ impl Exporter {
 
     async fn session(
         &self,
-        pending: &mut Option<(u64, Vec<FlowRecord>)>,
-        next_seq: &mut u64,
+        outbox: &mut Outbox,
         shutdown: &mut watch::Receiver<bool>,
         deadline: Option<tokio::time::Instant>,
     ) -> Outcome {
@@ -132,10 +132,8 @@ impl Exporter {
             Ok(v) => v,
             Err(e) => return Outcome::Reconnect(e),
         };
-        if pending.as_ref().is_some_and(|(seq, _)| *seq <= last) {
-            // Merged before the acknowledgement was lost.
-            *pending = None;
-        }
+        // Batches merged before their acknowledgement was lost leave.
+        outbox.merged_up_to(last);
         self.metrics.controller_connected.set(1);
         self.metrics.reconnects.inc();
         info!(controller = %self.controller, host_id = %self.host_id, "registered with controller");
@@ -147,7 +145,7 @@ impl Exporter {
                     Err(e) => return Outcome::Reconnect(e),
                 }
             }
-            if pending.is_none() {
+            if outbox.is_empty() {
                 let stopping = *shutdown.borrow();
                 if stopping && self.queue.len() == 0 {
                     return Outcome::Done;
@@ -159,28 +157,33 @@ impl Exporter {
                         _ = shutdown.changed() => {}
                     }
                 }
-                let records = self.queue.take(self.batch_size);
-                *pending = Some((*next_seq, records));
-                *next_seq += 1;
+                let budget = self.batch_max_bytes.saturating_sub(BATCH_OVERHEAD).max(1);
+                outbox.push(self.queue.take_within(self.batch_size, budget));
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Outcome::Done;
             }
-            let Some((seq, records)) = pending.as_ref() else {
+            let Some((seq, records)) = outbox.front() else {
                 continue;
             };
             let batch = FlowBatch {
                 host_id: self.host_id.clone(),
                 agent_instance: self.instance.clone(),
-                sequence: *seq,
-                records: records.clone(),
+                sequence: seq,
+                records: records.to_vec(),
                 dropped_records_total: self.metrics.records_dropped.get(),
             };
             match client.push_flows(batch).await {
                 Ok(_) => {
-                    self.metrics.records_sent.inc_by(records.len() as u64);
+                    if let Some(records) = outbox.acked() {
+                        self.metrics.records_sent.inc_by(records.len() as u64);
+                    }
                     self.metrics.batches_sent.inc();
-                    *pending = None;
+                }
+                Err(status)
+                    if matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted) =>
+                {
+                    self.too_large(outbox, seq, &status);
                 }
                 Err(status) if status.code() == Code::FailedPrecondition => {
                     // The controller restarted and forgot us: register again, resend.
@@ -193,4 +196,39 @@ impl Exporter {
             }
         }
     }
+
+    /// The controller refused the front batch as too large: split it, or drop its one
+    /// record (counted), and say so.
+    fn too_large(&self, outbox: &mut Outbox, seq: u64, status: &tonic::Status) {
+        match outbox.too_large() {
+            TooLarge::Split(first, second) => {
+                self.metrics.batch_splits.inc();
+                warn!(
+                    sequence = seq,
+                    records = first + second,
+                    controller = %status.message(),
+                    "the controller refused a batch as too large; sending it again in two halves"
+                );
+            }
+            TooLarge::Dropped(record) => {
+                self.metrics.records_too_large.inc();
+                warn!(
+                    sequence = seq,
+                    bytes = record_bytes(&record),
+                    workload = %record.workload,
+                    interface = %record.interface,
+                    local_port = record.local_port,
+                    remote_port = record.remote_port,
+                    controller = %status.message(),
+                    "dropping a flow record the controller refuses as too large even alone"
+                );
+            }
+            TooLarge::Empty => {}
+        }
+    }
 }
+
+/// Sends `records` through [`Exporter::run`] to the controller at `controller` and stops
+/// once they are all acknowledged or dropped (tests).
+#[cfg(test)]
+mod tests;

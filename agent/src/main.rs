@@ -15,6 +15,7 @@ mod flows;
 mod hostevents;
 mod l7table;
 mod metrics;
+mod outbox;
 mod queue;
 mod realize;
 mod workloads;
@@ -158,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
         host_id: args.host_id.clone(),
         instance: instance.clone(),
         batch_size: args.batch_size.max(1),
+        batch_max_bytes: args.batch_max_bytes.max(1),
         queue: queue.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),

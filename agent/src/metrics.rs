@@ -110,6 +110,8 @@ pub struct Metrics {
     pub attach_errors: Counter,
     pub payload_samples: Counter,
     pub payload_samples_lost: Counter,
+    pub batch_splits: Counter,
+    pub records_too_large: Counter,
 }
 
 impl Metrics {
@@ -212,6 +214,18 @@ impl Metrics {
             "weft_agent_payload_samples_total",
             "Payload samples (request/response starts) read from the kernel.",
             m.payload_samples.clone(),
+        );
+        register(
+            r,
+            "weft_agent_batch_splits_total",
+            "Batches the controller refused as too large, split in two and sent again.",
+            m.batch_splits.clone(),
+        );
+        register(
+            r,
+            "weft_agent_records_too_large_total",
+            "Flow records dropped because the controller refuses them as too large even alone.",
+            m.records_too_large.clone(),
         );
         register(
             r,

@@ -49,9 +49,26 @@ impl RecordQueue {
     }
 
     /// Takes up to `max` records from the front.
+    #[cfg(test)]
     pub fn take(&self, max: usize) -> Vec<FlowRecord> {
+        self.take_within(max, usize::MAX)
+    }
+
+    /// Takes up to `max` records from the front whose encoded size adds up to at most
+    /// `max_bytes` ([`crate::outbox::record_bytes`]); the first record is taken whatever
+    /// its size (alone, so that a record too large for the controller is dropped alone).
+    pub fn take_within(&self, max: usize, max_bytes: usize) -> Vec<FlowRecord> {
         let mut q = self.lock();
-        let n = q.len().min(max);
+        let mut bytes = 0usize;
+        let mut n = 0;
+        for record in q.iter().take(max) {
+            let size = crate::outbox::record_bytes(record);
+            if n > 0 && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            n += 1;
+        }
         let out: Vec<FlowRecord> = q.drain(..n).collect();
         self.metrics.records_queued.set(q.len() as u64);
         out
@@ -90,6 +107,41 @@ mod tests {
         let got: Vec<u32> = q.take(10).iter().map(|r| r.local_port).collect();
         assert_eq!(got, vec![3, 4, 5]);
         assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn take_within_stays_under_the_byte_budget_but_takes_a_large_record_alone() {
+        let q = RecordQueue::new(100, Arc::new(Metrics::default()));
+        let sized = |port: u32, bytes: usize| FlowRecord {
+            local_port: port,
+            workload: "w".repeat(bytes),
+            ..Default::default()
+        };
+        q.push(vec![
+            sized(1, 100),
+            sized(2, 100),
+            sized(3, 100),
+            sized(4, 5_000),
+            sized(5, 10),
+        ]);
+        let one = crate::outbox::record_bytes(&sized(1, 100));
+        let got = q.take_within(10, 2 * one + 1);
+        assert_eq!(
+            got.iter().map(|r| r.local_port).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let got = q.take_within(10, 2 * one + 1);
+        assert_eq!(
+            got.iter().map(|r| r.local_port).collect::<Vec<_>>(),
+            vec![3]
+        );
+        let got = q.take_within(10, 2 * one + 1);
+        assert_eq!(
+            got.iter().map(|r| r.local_port).collect::<Vec<_>>(),
+            vec![4],
+            "alone"
+        );
+        assert_eq!(q.len(), 1);
     }
 
     #[test]

@@ -27,7 +27,26 @@ use weft_topology::model::{
 };
 use weft_topology::observation::{NetworkEndpoint, TrafficObservation};
 use weft_topology::registry::Registry;
-use weft_topology::topology::Topology;
+use weft_topology::topology::{BucketConfig, Topology, TopologyLimits};
+
+/// A topology without caps: these benchmarks measure the cost of size itself.
+fn unbounded() -> Topology {
+    Topology::with_config(BucketConfig::default(), TopologyLimits::unbounded())
+}
+
+/// A controller state without caps on the topology or on the agents' record rate: these
+/// benchmarks measure throughput and the cost of size.
+fn unbounded_state() -> AppState {
+    AppState::builder()
+        .topology_limits(TopologyLimits::unbounded())
+        .limits(weft_controller::limits::LimitConfig {
+            agent_record_rate: u64::MAX / 4,
+            agent_record_burst: u64::MAX / 4,
+            ..Default::default()
+        })
+        .start(Arc::new(weft_store::MemoryStore::default()))
+        .expect("a fresh memory store")
+}
 
 fn result(key: &str, value: f64, unit: &str, what: &str) {
     println!("RESULT {key} {value:.3} {unit} {what}");
@@ -239,7 +258,7 @@ fn ingest() {
     let fresh: Vec<FlowObservation> = (0..200_000u32)
         .map(|i| observation(i % 1000, i, 1))
         .collect();
-    let topology = Topology::new();
+    let topology = unbounded();
     let start = Instant::now();
     for r in &fresh {
         black_box(topology.ingest(r, &registry));
@@ -267,7 +286,7 @@ fn grpc(nodelay: bool) {
         return;
     };
     runtime.block_on(async {
-        let state = AppState::default();
+        let state = unbounded_state();
         let Ok(listener) = TcpListener::bind("127.0.0.1:0").await else {
             eprintln!("grpc: cannot bind loopback");
             return;
@@ -356,7 +375,7 @@ fn memory() {
     const CLIENTS: u32 = 1_000;
     const PER_CLIENT: u32 = 100;
     let registry = Registry::new();
-    let topology = Arc::new(Topology::new());
+    let topology = Arc::new(unbounded());
     let before = rss_bytes();
     for c in 0..CLIENTS {
         for k in 0..PER_CLIENT {
@@ -386,7 +405,7 @@ fn topology_get() {
     const CLIENTS: u32 = 1_000;
     const SERVERS: u32 = 9_000;
     const PER_CLIENT: u32 = 100;
-    let state = AppState::default();
+    let state = unbounded_state();
     for c in 0..CLIENTS {
         for k in 0..PER_CLIENT {
             let server = (c * PER_CLIENT + k) % SERVERS;

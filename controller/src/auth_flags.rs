@@ -25,7 +25,9 @@ pub struct AuthArgs {
     #[arg(long, conflicts_with = "tls_cert")]
     pub insecure: bool,
     /// Where the first admin token is written (mode 0600) when the store has none
-    /// (default: `admin.token` in --data-dir).
+    /// (default: `admin.token` in --data-dir). If the file already holds a token of
+    /// weft's form (`weft_<16 hex>_<64 hex>`, provisioned by a deployment), that one is
+    /// kept as the admin token instead.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// Make a new admin token at start even if one exists (a lost token file).

@@ -8,11 +8,15 @@
 //! - [`shards`]: IP shards of the networks and their migrations.
 //! - [`state`]: the shared application state the API serves.
 //! - [`metrics`]: the metrics registry (built when the state starts) and its exposition.
+//! - [`limits`]: the controller's limits on requests, connections, streams, renders and
+//!   agents, and the housekeeping (eviction, one log line per limit reached).
 
 pub mod api;
 pub mod auth;
 pub mod auth_flags;
 pub mod compose;
+pub mod limit_flags;
+pub mod limits;
 pub mod metrics;
 pub mod shard_flags;
 pub mod state;

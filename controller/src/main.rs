@@ -9,16 +9,17 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tracing_subscriber::EnvFilter;
 use weft_control::grpc::ControlApi;
 use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
+use weft_controller::api::limits::{CountOversized, LimitedListener, grpc_incoming};
 use weft_controller::api::shards_grpc::ShardApi;
 use weft_controller::auth::grpc::RequireTokenLayer;
 use weft_controller::auth_flags::AuthArgs;
+use weft_controller::limit_flags::LimitArgs;
 use weft_controller::shard_flags::ShardArgs;
 use weft_store::{MemoryStore, RedbStore, Store};
 use weft_topology::history::AllowList;
@@ -67,6 +68,8 @@ struct Args {
     shards: ShardArgs,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// How often new dependencies and allow-list violations are looked for.
@@ -93,11 +96,19 @@ fn build_state(args: &Args, auth: weft_controller::auth::AuthConfig) -> anyhow::
         retention: args.retention,
     };
     let shard_config = args.shards.config().map_err(|e| anyhow::anyhow!(e))?;
+    let limits = &args.limits;
     let state = AppState::builder()
         .classifier(classifier)
         .buckets(buckets)
         .shard_config(shard_config)
         .auth(auth)
+        .topology_limits(
+            limits
+                .topology(args.retention)
+                .map_err(anyhow::Error::msg)?,
+        )
+        .history_limits(limits.history().map_err(anyhow::Error::msg)?)
+        .limits(limits.config().map_err(anyhow::Error::msg)?)
         .start(store)?;
     args.auth.bootstrap(&args.data_dir, &state.auth.tokens)?;
     tracing::info!(epoch = state.control.epoch(), "control plane open");
@@ -173,22 +184,38 @@ async fn main() -> anyhow::Result<()> {
     if let Some(tls) = tls {
         server = server.tls_config(tls).context("the gRPC listener's TLS")?;
     }
+    // Limits: crate::api::limits (connections, message size), crate::limits (the rest).
+    let max_message = state.limits.config.grpc_max_message_bytes;
     let grpc = tokio::spawn(
         server
+            .layer(CountOversized::layer(state.limits.clone()))
             .layer(RequireTokenLayer {
                 auth: state.auth.clone(),
                 metrics: state.metrics.clone(),
             })
-            .add_service(AgentApi::new(state.clone()).into_service())
-            .add_service(TopologyApi::new(state.clone()).into_service())
+            .add_service(
+                AgentApi::new(state.clone())
+                    .into_service()
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                TopologyApi::new(state.clone())
+                    .into_service()
+                    .max_decoding_message_size(max_message),
+            )
             .add_service(
                 ControlApi::new(state.control.clone())
                     .with_host_check(state.auth.config.agents.clone().host_check())
-                    .into_service(),
+                    .into_service()
+                    .max_decoding_message_size(max_message),
             )
-            .add_service(ShardApi::new(state.clone()).into_service())
+            .add_service(
+                ShardApi::new(state.clone())
+                    .into_service()
+                    .max_decoding_message_size(max_message),
+            )
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                grpc_incoming(grpc_listener, state.limits.clone()),
                 stopped(shutdown_rx.clone()),
             ),
     );
@@ -198,10 +225,17 @@ async fn main() -> anyhow::Result<()> {
         args.snapshot_interval,
         stopped(shutdown_rx.clone()),
     ));
+    let housekeeping = tokio::spawn(weft_controller::limits::housekeeping(
+        state.clone(),
+        stopped(shutdown_rx.clone()),
+    ));
     let http = tokio::spawn(
-        axum::serve(http_listener, http::app(state.clone()))
-            .with_graceful_shutdown(stopped(shutdown_rx))
-            .into_future(),
+        axum::serve(
+            LimitedListener::new(http_listener, state.limits.clone()),
+            http::app(state.clone()),
+        )
+        .with_graceful_shutdown(stopped(shutdown_rx))
+        .into_future(),
     );
 
     let shutdown = shutdown_signal()?;
@@ -241,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     let _ = history.await;
+    let _ = housekeeping.await;
     // After the servers: no new request reaches the shard manager. Migration runners stop,
     // and what was queued for the shard writer is committed before the process ends.
     state.shutdown().await;

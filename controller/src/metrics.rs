@@ -25,6 +25,8 @@ use weft_topology::history::History;
 use weft_topology::registry::Registry as Agents;
 use weft_topology::topology::{DependencyStats, Topology};
 
+use crate::limits::{Guard, Limits, Stream};
+
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -217,6 +219,152 @@ pub struct StateCollector {
     pub agents: Arc<Agents>,
     /// An agent counts as connected while its last contact is younger than this.
     pub connected_window: Duration,
+    pub limits: Arc<Limits>,
+}
+
+/// The help text of a per-dependency family: says how many edges were left out.
+fn edge_help(help: &str, shown: usize, total: usize) -> String {
+    if shown < total {
+        format!(
+            "{} Only the {shown} busiest of {total} dependencies (by requests; --metrics-max-edges); the rest are left out, see weft_controller_metrics_edges_omitted",
+            help.strip_suffix('.').unwrap_or(help)
+        )
+    } else {
+        help.strip_suffix('.').unwrap_or(help).to_owned()
+    }
+}
+
+impl StateCollector {
+    /// Sizes against their caps, refusals per limit, streams and slots in use.
+    fn encode_limits(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let topology_limits = self.topology.limits();
+        let config = &self.limits.config;
+        for (name, help, value) in [
+            (
+                "weft_controller_topology_services",
+                "Services the topology holds.",
+                self.topology.service_count(),
+            ),
+            (
+                "weft_controller_topology_dependencies",
+                "Dependencies the topology holds.",
+                self.topology.dependency_count(),
+            ),
+            (
+                "weft_controller_topology_named_addresses",
+                "Addresses holding names learned from the wire (SNI, Host, DNS answers, record workload fields).",
+                self.topology.named_addresses(),
+            ),
+            (
+                "weft_controller_metrics_edges_omitted",
+                "Dependencies left out of the per-dependency series of the last scrape (--metrics-max-edges).",
+                usize::try_from(self.limits.metrics_edges_omitted()).unwrap_or(usize::MAX),
+            ),
+        ] {
+            single(
+                e,
+                name,
+                MetricType::Gauge,
+                help,
+                u64::try_from(value).unwrap_or(u64::MAX),
+            )?;
+        }
+        let mut family = e.encode_descriptor(
+            "weft_controller_limit",
+            "The configured maximum of each bounded quantity",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (limit, value) in [
+            ("services", topology_limits.max_services),
+            ("dependencies", topology_limits.max_dependencies),
+            ("names_per_address", topology_limits.max_names_per_address),
+            (
+                "endpoints_per_service",
+                topology_limits.max_endpoints_per_service,
+            ),
+            ("http_body_bytes", config.http_max_body_bytes),
+            ("http_connections", config.http_max_connections),
+            ("http_concurrency_read", config.http_read_concurrency),
+            ("http_concurrency_render", config.http_render_concurrency),
+            ("http_concurrency_write", config.http_write_concurrency),
+            ("sse_subscribers", config.sse_max_subscribers),
+            ("grpc_message_bytes", config.grpc_max_message_bytes),
+            ("grpc_connections", config.grpc_max_connections),
+            (
+                "agent_record_rate",
+                usize::try_from(config.agent_record_rate).unwrap_or(usize::MAX),
+            ),
+            ("metrics_edges", config.metrics_max_edges),
+        ] {
+            family
+                .encode_family(&[("limit", limit)])?
+                .encode_gauge(&sample(u64::try_from(value).unwrap_or(u64::MAX)))?;
+        }
+        let mut family = e.encode_descriptor(
+            "weft_controller_limit_hits_total",
+            "Refusals per limit since the controller started: requests, records, observations, names or series the limit kept out",
+            None,
+            MetricType::Counter,
+        )?;
+        for (limit, value) in self.topology.limit_hits().all() {
+            family
+                .encode_family(&[("limit", limit.as_str())])?
+                .encode_gauge(&sample(value))?;
+        }
+        for guard in Guard::ALL {
+            family
+                .encode_family(&[("limit", guard.as_str())])?
+                .encode_gauge(&sample(self.limits.hits(guard)))?;
+        }
+        let mut family = e.encode_descriptor(
+            "weft_controller_sse_subscribers",
+            "Subscribers of each event stream now",
+            None,
+            MetricType::Gauge,
+        )?;
+        for stream in Stream::ALL {
+            family
+                .encode_family(&[("stream", stream.path())])?
+                .encode_gauge(&sample(
+                    u64::try_from(self.limits.subscribers(stream)).unwrap_or(u64::MAX),
+                ))?;
+        }
+        let mut family = e.encode_descriptor(
+            "weft_controller_http_in_flight",
+            "HTTP requests being served now, per class (read, render, write)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (class, slots, max) in [
+            ("read", &self.limits.read, config.http_read_concurrency),
+            (
+                "render",
+                &self.limits.render,
+                config.http_render_concurrency,
+            ),
+            ("write", &self.limits.write, config.http_write_concurrency),
+        ] {
+            family
+                .encode_family(&[("class", class)])?
+                .encode_gauge(&sample(
+                    u64::try_from(max.saturating_sub(slots.available_permits()))
+                        .unwrap_or(u64::MAX),
+                ))?;
+        }
+        single(
+            e,
+            "weft_controller_http_connections",
+            MetricType::Gauge,
+            "Open HTTP connections.",
+            u64::try_from(
+                config
+                    .http_max_connections
+                    .saturating_sub(self.limits.http_connections.available_permits()),
+            )
+            .unwrap_or(u64::MAX),
+        )
+    }
 }
 
 impl Collector for StateCollector {
@@ -259,7 +407,13 @@ impl Collector for StateCollector {
             u64::try_from(connected).unwrap_or(u64::MAX),
         )?;
 
-        let edges = self.topology.stats_by_edge();
+        let (edges, total) = self
+            .topology
+            .top_edges(self.limits.config.metrics_max_edges);
+        self.limits
+            .set_metrics_edges_omitted(u64::try_from(total - edges.len()).unwrap_or(u64::MAX));
+        self.encode_limits(e)?;
+
         let labels = edge_labels(&edges);
         let counters: [(&str, &str, StatFn); 3] = [
             (
@@ -279,7 +433,8 @@ impl Collector for StateCollector {
             ),
         ];
         for (name, help, value) in counters {
-            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            let help = edge_help(help, edges.len(), total);
+            let mut family = e.encode_descriptor(name, &help, None, MetricType::Counter)?;
             for (labels, stats) in &labels {
                 family
                     .encode_family(labels)?
@@ -289,7 +444,11 @@ impl Collector for StateCollector {
 
         let mut family = e.encode_descriptor(
             "weft_dependency_bytes_total",
-            "Layer-3 bytes between two services; direction is from the client's point of view.",
+            &edge_help(
+                "Layer-3 bytes between two services; direction is from the client's point of view.",
+                edges.len(),
+                total,
+            ),
             None,
             MetricType::Counter,
         )?;
@@ -349,15 +508,20 @@ impl Collector for ControlCollector {
 #[derive(Debug)]
 struct LatencySummaries {
     topology: Arc<Topology>,
+    max_edges: usize,
 }
 
 impl LatencySummaries {
     fn write(&self, out: &mut String) {
         let name = "weft_dependency_request_duration_seconds";
+        let (edges, total) = self.topology.top_edges(self.max_edges);
         // Writing to a String cannot fail.
-        let _ = writeln!(out, "# HELP {name} Request latency between two services.");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {}.",
+            edge_help("Request latency between two services.", edges.len(), total)
+        );
         let _ = writeln!(out, "# TYPE {name} summary");
-        let edges = self.topology.stats_by_edge();
         for (labels, stats) in edge_labels(&edges) {
             let labels = labels
                 .iter()
@@ -393,10 +557,13 @@ pub struct Exposition {
 impl Exposition {
     /// `registry` holds every metric but the latency summaries, which are read from
     /// `topology`.
-    pub fn new(registry: Registry, topology: Arc<Topology>) -> Self {
+    pub fn new(registry: Registry, topology: Arc<Topology>, limits: Arc<Limits>) -> Self {
         Self {
             registry,
-            summaries: LatencySummaries { topology },
+            summaries: LatencySummaries {
+                topology,
+                max_edges: limits.config.metrics_max_edges,
+            },
         }
     }
 

@@ -4,14 +4,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_store::{MemoryStore, Store, StoreError};
-use weft_topology::history::{History, HistoryError};
+use weft_topology::history::{History, HistoryError, HistoryLimits};
 use weft_topology::registry::Registry;
 use weft_topology::time::now_unix_ns;
 use weft_topology::topology::{
-    BucketConfig, ServiceClassifier, Topology, TopologySnapshot, Window,
+    BucketConfig, ServiceClassifier, Topology, TopologyLimits, TopologySnapshot, Window,
 };
 
 use crate::compose::HubAddresses;
+use crate::limits::{LimitConfig, Limits};
 use crate::metrics::{Exposition, Metrics, StateCollector};
 use weft_control::ControlHub;
 use weft_shards::{ShardConfig, ShardManager};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub shards: ShardManager,
     /// Tokens and the rules of who may call what.
     pub auth: Arc<crate::auth::Auth>,
+    /// The limits on requests, connections, streams, renders and agents, and their counts.
+    pub limits: Arc<Limits>,
 }
 
 /// Why a controller state could not start.
@@ -58,6 +61,9 @@ pub struct AppStateBuilder {
     buckets: BucketConfig,
     shard_config: ShardConfig,
     auth: crate::auth::AuthConfig,
+    topology_limits: TopologyLimits,
+    history_limits: HistoryLimits,
+    limits: LimitConfig,
 }
 
 impl AppStateBuilder {
@@ -69,6 +75,28 @@ impl AppStateBuilder {
     /// The topology's time buckets (default: 60 s wide, kept 24 h).
     pub fn buckets(self, buckets: BucketConfig) -> Self {
         Self { buckets, ..self }
+    }
+
+    /// What the topology keeps at most and which timestamps it accepts (default:
+    /// [`TopologyLimits::default`], no timestamp window).
+    pub fn topology_limits(self, topology_limits: TopologyLimits) -> Self {
+        Self {
+            topology_limits,
+            ..self
+        }
+    }
+
+    /// How many snapshots are kept and how often one may be taken on request.
+    pub fn history_limits(self, history_limits: HistoryLimits) -> Self {
+        Self {
+            history_limits,
+            ..self
+        }
+    }
+
+    /// The limits on requests, connections, streams, renders and agents.
+    pub fn limits(self, limits: LimitConfig) -> Self {
+        Self { limits, ..self }
     }
 
     /// The shard manager's pools and limits.
@@ -89,7 +117,7 @@ impl AppStateBuilder {
     /// runtime, unfinished migrations resume). Builds the metrics registry and registers
     /// every part's metrics in it.
     pub fn start(self, store: Arc<dyn Store>) -> Result<AppState, StartError> {
-        let history = Arc::new(History::new(store.clone())?);
+        let history = Arc::new(History::with_limits(store.clone(), self.history_limits)?);
         let auth = crate::auth::Auth::new(self.auth, crate::auth::Tokens::open(store.clone())?);
         let control = Arc::new(ControlHub::open(store.as_ref())?);
         let shards = ShardManager::open(
@@ -97,7 +125,8 @@ impl AppStateBuilder {
             self.shard_config,
             HubAddresses::publisher(control.clone()),
         )?;
-        let topology = Arc::new(Topology::with_buckets(self.buckets));
+        let topology = Arc::new(Topology::with_config(self.buckets, self.topology_limits));
+        let limits = Arc::new(Limits::new(self.limits));
         let registry = Arc::new(Registry::new());
 
         let mut metrics_registry = prometheus_client::registry::Registry::default();
@@ -107,11 +136,16 @@ impl AppStateBuilder {
             history: history.clone(),
             agents: registry.clone(),
             connected_window: CONNECTED_WINDOW,
+            limits: limits.clone(),
         }));
         metrics_registry.register_collector(Box::new(crate::metrics::ControlCollector {
             control: control.clone(),
         }));
-        let exposition = Arc::new(Exposition::new(metrics_registry, topology.clone()));
+        let exposition = Arc::new(Exposition::new(
+            metrics_registry,
+            topology.clone(),
+            limits.clone(),
+        ));
 
         Ok(AppState {
             registry,
@@ -124,6 +158,7 @@ impl AppStateBuilder {
             control,
             shards,
             auth,
+            limits,
         })
     }
 }

@@ -36,6 +36,15 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("weft_controller_requests_forbidden_total", "counter", &[]),
     ("weft_controller_agent_dropped_records", "gauge", &[]),
     ("weft_controller_agents_connected", "gauge", &[]),
+    ("weft_controller_topology_services", "gauge", &[]),
+    ("weft_controller_topology_dependencies", "gauge", &[]),
+    ("weft_controller_topology_named_addresses", "gauge", &[]),
+    ("weft_controller_metrics_edges_omitted", "gauge", &[]),
+    ("weft_controller_limit", "gauge", &["limit"]),
+    ("weft_controller_limit_hits_total", "counter", &["limit"]),
+    ("weft_controller_sse_subscribers", "gauge", &["stream"]),
+    ("weft_controller_http_in_flight", "gauge", &["class"]),
+    ("weft_controller_http_connections", "gauge", &[]),
     (
         "weft_dependency_requests_total",
         "counter",
@@ -323,4 +332,57 @@ async fn metrics_parse_and_keep_every_family() {
             == "# HELP weft_controller_heartbeats_total Empty flow batches (heartbeats) received."),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn per_dependency_series_are_capped_to_the_busiest_and_say_what_was_left_out() {
+    let state = AppState::builder()
+        .limits(weft_controller::limits::LimitConfig {
+            metrics_max_edges: 2,
+            ..Default::default()
+        })
+        .start(std::sync::Arc::new(weft_store::MemoryStore::default()))
+        .expect("state");
+    for server in 0..10u8 {
+        let mut flow = observation();
+        flow.remote_ip = format!("198.18.0.{server}").parse().expect("address");
+        flow.requests = u64::from(server);
+        state.topology.ingest(&flow, state.registry.as_ref());
+    }
+    let response = app(state)
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible router");
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).expect("UTF-8");
+    let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        families["weft_dependency_requests_total"].samples, 2,
+        "{text}"
+    );
+    assert_eq!(
+        families["weft_dependency_request_duration_seconds"].samples,
+        2 * 5,
+        "{text}"
+    );
+    assert!(
+        text.contains("weft_controller_metrics_edges_omitted 8"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Only the 2 busiest of 10 dependencies"),
+        "the HELP says what was left out:\n{text}"
+    );
+    assert!(text.contains(r#"target="198.18.0.9:5432""#), "{text}");
+    assert!(!text.contains(r#"target="198.18.0.1:5432""#), "{text}");
 }

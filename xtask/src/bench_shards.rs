@@ -478,6 +478,9 @@ fn allocations_in(dir: &Path) -> Result<AllocFigures> {
             "10.0.0.0/12",
             "--max-shards-per-network",
             "64",
+            // Every connection's request in flight at once: the group commit is measured.
+            "--http-write-concurrency",
+            "256",
         ],
     )?;
     let c = &controller;

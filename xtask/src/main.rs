@@ -3,6 +3,7 @@
 mod bench;
 mod bench_drift;
 mod bench_shards;
+mod bench_spoof;
 mod bench_tls;
 mod demo;
 mod setup;
@@ -58,7 +59,9 @@ enum Cmd {
         /// `shards`: only the IP shard benchmarks (durable allocations/s over the API; the
         /// migration of a full default shard of 256 workloads), which also end a full run.
         /// `migration`, `allocations`: only that part, printed (BENCHMARKS.md is left as it is).
-        /// `drift`: drift repair; `tls`: records/s on the export path, plain vs mutual TLS.
+        /// `drift`: drift repair, printed. `spoof`: the controller's memory while 1,000,000
+        /// spoofed sources send a datagram each (its section of BENCHMARKS.md). `tls`:
+        /// records/s on the export path, plain vs mutual TLS, printed.
         only: Option<String>,
     },
 }
@@ -93,14 +96,16 @@ fn main() -> ExitCode {
                 None => bench::run()
                     .and_then(|()| bench_shards::run())
                     .and_then(|()| bench_drift::run())
+                    .and_then(|()| bench_spoof::run())
                     .and_then(|()| bench_tls::run(false)),
                 Some("drift") => bench_drift::run(),
+                Some("spoof") => bench_spoof::run(),
                 Some("tls") => bench_tls::run(no_build),
                 Some("shards") => bench_shards::run(),
                 Some("migration") => bench_shards::run_migration_only(),
                 Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: shards, migration, allocations, drift, tls)"
+                    "unknown bench {other:?} (known: shards, migration, allocations, drift, spoof, tls)"
                 )),
             })
         }

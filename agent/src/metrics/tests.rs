@@ -41,6 +41,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("weft_agent_interfaces_attached", "gauge"),
     ("weft_agent_attach_errors_total", "counter"),
     ("weft_agent_payload_samples_total", "counter"),
+    ("weft_agent_batch_splits_total", "counter"),
+    ("weft_agent_records_too_large_total", "counter"),
     ("weft_agent_payload_samples_lost_total", "counter"),
     ("weft_agent_desired_generation", "gauge"),
     ("weft_agent_applied_generation", "gauge"),

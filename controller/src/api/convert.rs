@@ -7,6 +7,7 @@ use weft_proto::v1 as wire;
 use weft_topology::model::{
     Direction, DnsAnswer, FlowObservation, L7Info, LatencyBucket, RequestGroup, Transport, Workload,
 };
+use weft_topology::topology::limits::{MAX_LABEL_BYTES, MAX_NAME_BYTES};
 
 /// Why a wire value could not become a domain value. Every variant names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +26,12 @@ pub enum ConversionError {
     Empty { field: &'static str },
     #[error("field `{field}`: unknown protocol `{value}` (known: {known})", known = weft_topology::observation::PROTOCOLS.join(", "))]
     UnknownProtocol { field: &'static str, value: String },
+    #[error("field `{field}`: {len} bytes is longer than the {max} accepted")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
 }
 
 impl ConversionError {
@@ -37,8 +44,23 @@ impl ConversionError {
             | Self::UnknownEnum { field, .. }
             | Self::InvalidAddress { field, .. }
             | Self::Empty { field }
-            | Self::UnknownProtocol { field, .. } => field,
+            | Self::UnknownProtocol { field, .. }
+            | Self::TooLong { field, .. } => field,
         }
+    }
+}
+
+/// Refuses a text longer than `max` bytes: names and labels are kept for as long as the
+/// service or dependency, so their length bounds memory as much as their number.
+fn bounded(field: &'static str, text: &str, max: usize) -> Result<(), ConversionError> {
+    if text.len() > max {
+        Err(ConversionError::TooLong {
+            field,
+            len: text.len(),
+            max,
+        })
+    } else {
+        Ok(())
     }
 }
 
@@ -60,6 +82,14 @@ fn host_without_port(text: &str) -> &str {
 }
 
 fn l7_info(record: &wire::FlowRecord) -> Result<L7Info, ConversionError> {
+    bounded("server_name", &record.server_name, MAX_NAME_BYTES)?;
+    for answer in &record.dns_answers {
+        bounded("dns_answers.name", &answer.name, MAX_NAME_BYTES)?;
+    }
+    for group in &record.request_groups {
+        bounded("request_groups.method", &group.method, MAX_LABEL_BYTES)?;
+        bounded("request_groups.path", &group.path, MAX_LABEL_BYTES)?;
+    }
     let protocol = match non_empty(&record.protocol) {
         Some(name) => {
             let name = name.to_ascii_lowercase();
@@ -164,6 +194,7 @@ pub fn flow_from_wire(record: &wire::FlowRecord) -> Result<FlowObservation, Conv
         })
         .collect();
     latency.sort_by_key(|bucket| bucket.upper_bound_ns);
+    bounded("workload", &record.workload, MAX_NAME_BYTES)?;
     let workload = Some(record.workload.trim())
         .filter(|name| !name.is_empty())
         .map(str::to_owned);
@@ -206,6 +237,7 @@ pub fn workload_from_wire(workload: &wire::Workload) -> Result<Workload, Convers
             field: "workload.name",
         });
     }
+    bounded("workload.name", name, MAX_NAME_BYTES)?;
     let addresses = workload
         .addresses
         .iter()
@@ -251,6 +283,38 @@ mod tests {
         assert_eq!(observation.direction, Direction::Outbound);
         assert_eq!(observation.transport, Transport::Tcp);
         assert_eq!(observation.handshake_rtt_ns, None);
+    }
+
+    #[test]
+    fn names_longer_than_a_dns_name_are_refused_with_their_field() {
+        for (field, set) in [
+            (
+                "workload",
+                (|r: &mut wire::FlowRecord| r.workload = "w".repeat(254)) as fn(&mut _),
+            ),
+            ("server_name", |r| r.server_name = "s".repeat(1 << 20)),
+            ("dns_answers.name", |r| {
+                r.dns_answers.push(wire::DnsAnswer {
+                    name: "d".repeat(300),
+                    ip: vec![10, 0, 0, 9],
+                    ttl_seconds: 60,
+                })
+            }),
+            ("request_groups.path", |r| {
+                r.request_groups.push(wire::RequestGroup {
+                    path: "/".repeat(257),
+                    ..Default::default()
+                })
+            }),
+        ] {
+            let mut record = valid_record();
+            set(&mut record);
+            let error = flow_from_wire(&record).unwrap_err();
+            assert_eq!(error.field(), field, "{error}");
+        }
+        let mut record = valid_record();
+        record.workload = "w".repeat(253);
+        assert!(flow_from_wire(&record).is_ok());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! HTTP errors, rendered as RFC 9457 problem details in one place.
 
+use std::time::Duration;
+
 use axum::Json;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -28,6 +30,28 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     NotImplemented(String),
+    /// The request body is larger than the limit (413).
+    #[error("the request body is larger than {limit} bytes (--http-max-body)")]
+    TooLarge { limit: usize },
+    /// A well-formed value the controller will not take, e.g. a timestamp outside the
+    /// accepted window (422).
+    #[error("field `{field}`: {message}")]
+    Unprocessable { field: String, message: String },
+    /// Too many requests of this kind from callers: try again after `retry_after` (429).
+    #[error("{message}")]
+    TooMany {
+        message: String,
+        retry_after: Duration,
+    },
+    /// A limit is reached for now: try again after `retry_after` (503).
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
+    /// The request body did not arrive in time (408).
+    #[error("{0}")]
+    BodyTimeout(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// No credentials, or credentials that are not valid (which of the two is not said).
@@ -58,6 +82,11 @@ impl ApiError {
             Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -81,9 +110,16 @@ struct Problem {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // Refusals by a limit are counted and logged per limit (crate::limits).
+        if status.is_server_error() && !matches!(self, Self::Unavailable { .. }) {
             tracing::error!(error = %self, "request failed");
         }
+        let retry_after = match &self {
+            Self::TooMany { retry_after, .. } | Self::Unavailable { retry_after, .. } => {
+                Some(crate::limits::retry_after_secs(*retry_after))
+            }
+            _ => None,
+        };
         let problem = Problem {
             problem_type: "about:blank",
             title: status.canonical_reason().unwrap_or("Error"),
@@ -91,7 +127,9 @@ impl IntoResponse for ApiError {
             detail: self.to_string(),
             parameter: match &self {
                 Self::BadParameter { parameter, .. } => Some(parameter.clone()),
-                Self::BadField { field, .. } => Some(field.clone()),
+                Self::BadField { field, .. } | Self::Unprocessable { field, .. } => {
+                    Some(field.clone())
+                }
                 _ => None,
             },
         };
@@ -106,6 +144,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer realm=\"weft\""),
             );
+        }
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

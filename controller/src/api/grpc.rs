@@ -6,6 +6,8 @@ use tonic::{Request, Response, Status};
 use weft_proto::v1 as wire;
 use weft_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 
+use weft_topology::topology::Ingested;
+
 use crate::api::convert;
 use crate::state::AppState;
 
@@ -101,27 +103,54 @@ impl AgentService for AgentApi {
         }
 
         let topology = &self.state.topology;
+        let limits = &self.state.limits;
         let registry = self.state.registry.as_ref();
         let merged = agent.merge_batch(batch.sequence, || {
+            // Records beyond the agent's rate are dropped (and counted) before any work.
+            let records = u64::try_from(batch.records.len()).unwrap_or(u64::MAX);
+            let admitted = limits.admit_records(&batch.host_id, records);
+            let admitted = usize::try_from(admitted).unwrap_or(usize::MAX);
             let mut accepted = 0u64;
-            for (index, record) in batch.records.iter().enumerate() {
+            let mut rejected = 0u64;
+            let mut first_rejection: Option<(usize, &'static str, String)> = None;
+            let mut reject = |index: usize, field: &'static str, error: String| {
+                metrics.record_rejected();
+                rejected += 1;
+                first_rejection.get_or_insert((index, field, error));
+            };
+            for (index, record) in batch.records.iter().take(admitted).enumerate() {
                 match convert::flow_from_wire(record) {
-                    Ok(observation) => {
-                        topology.ingest(&observation, registry);
-                        accepted += 1;
-                    }
-                    Err(error) => {
-                        metrics.record_rejected();
-                        tracing::warn!(
-                            host_id = %batch.host_id,
-                            sequence = batch.sequence,
-                            index,
-                            field = error.field(),
-                            %error,
-                            "skipping invalid flow record"
-                        );
-                    }
+                    Ok(observation) => match topology.ingest(&observation, registry) {
+                        Ingested::Counted | Ingested::ServerSideDuplicate => accepted += 1,
+                        Ingested::BadTimestamp(error) => {
+                            reject(index, error.field, error.to_string());
+                        }
+                        // Counted by the topology per limit, and logged per interval.
+                        Ingested::Full(_) => {}
+                    },
+                    Err(error) => reject(index, error.field(), error.to_string()),
                 }
+            }
+            // One line per batch, not per record: a batch of bad records is one event.
+            if let Some((index, field, error)) = first_rejection {
+                tracing::warn!(
+                    host_id = %batch.host_id,
+                    sequence = batch.sequence,
+                    rejected,
+                    first_index = index,
+                    field,
+                    %error,
+                    "skipping invalid flow records"
+                );
+            }
+            if admitted < batch.records.len() {
+                tracing::debug!(
+                    host_id = %batch.host_id,
+                    sequence = batch.sequence,
+                    dropped = batch.records.len() - admitted,
+                    rate = limits.config.agent_record_rate,
+                    "records over the agent's rate dropped"
+                );
             }
             accepted
         });

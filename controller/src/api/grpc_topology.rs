@@ -24,6 +24,23 @@ impl TopologyApi {
         TopologyServiceServer::new(self)
     }
 
+    /// A slot of the render class, as REST's topology views and analytics take
+    /// (`--http-render-concurrency`, waiting `--http-queue-wait`): `UNAVAILABLE` without.
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let limits = &self.state.limits;
+        let wait = limits.config.http_queue_wait;
+        match tokio::time::timeout(wait, limits.render.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                limits.hit(crate::limits::Guard::HttpRender);
+                Err(Status::unavailable(format!(
+                    "{} topology views and analytics are being served and none finished within {wait:?} (--http-render-concurrency); try again",
+                    limits.config.http_render_concurrency
+                )))
+            }
+        }
+    }
+
     fn snapshot(&self, query: Option<&wire::TopologyQuery>) -> Result<TopologySnapshot, Status> {
         let window = window(query)?;
         Ok(self.state.snapshot_in(&window))
@@ -108,6 +125,7 @@ impl TopologyService for TopologyApi {
         &self,
         request: Request<wire::TopologyQuery>,
     ) -> Result<Response<wire::TopologyMap>, Status> {
+        let _slot = self.slot().await?;
         let snapshot = self.snapshot(Some(request.get_ref()))?;
         Ok(Response::new(wire::TopologyMap {
             generated_at: snapshot.generated_at.clone(),
@@ -120,6 +138,7 @@ impl TopologyService for TopologyApi {
         &self,
         request: Request<wire::TopologyQuery>,
     ) -> Result<Response<wire::TopologyServiceList>, Status> {
+        let _slot = self.slot().await?;
         let snapshot = self.snapshot(Some(request.get_ref()))?;
         Ok(Response::new(wire::TopologyServiceList {
             services: snapshot.services.iter().map(service).collect(),
@@ -130,6 +149,7 @@ impl TopologyService for TopologyApi {
         &self,
         request: Request<wire::GetDependenciesRequest>,
     ) -> Result<Response<wire::TopologyDependencyList>, Status> {
+        let _slot = self.slot().await?;
         let request = request.into_inner();
         let direction: TrafficDirection = if request.direction.is_empty() {
             TrafficDirection::Both
@@ -163,6 +183,7 @@ impl TopologyService for TopologyApi {
         &self,
         request: Request<wire::TopologyQuery>,
     ) -> Result<Response<wire::CriticalServiceList>, Status> {
+        let _slot = self.slot().await?;
         let snapshot = self.snapshot(Some(request.get_ref()))?;
         Ok(Response::new(wire::CriticalServiceList {
             services: analytics::critical_services(&snapshot)
@@ -181,6 +202,7 @@ impl TopologyService for TopologyApi {
         &self,
         request: Request<wire::FindBottlenecksRequest>,
     ) -> Result<Response<wire::TopologyDependencyList>, Status> {
+        let _slot = self.slot().await?;
         let request = request.into_inner();
         if !request.threshold_ms.is_finite() || request.threshold_ms < 0.0 {
             return Err(Status::invalid_argument(format!(
@@ -209,6 +231,7 @@ impl TopologyService for TopologyApi {
         &self,
         request: Request<wire::TopologyQuery>,
     ) -> Result<Response<wire::TrafficPatterns>, Status> {
+        let _slot = self.slot().await?;
         let p = analytics::analyze_traffic_patterns(&self.snapshot(Some(request.get_ref()))?);
         Ok(Response::new(wire::TrafficPatterns {
             total_observations: p.total_observations,
@@ -229,6 +252,7 @@ impl TopologyService for TopologyApi {
         &self,
         request: Request<wire::TopologyDiffRequest>,
     ) -> Result<Response<wire::TopologyDiff>, Status> {
+        let _slot = self.slot().await?;
         let request = request.into_inner();
         let now = now_unix_ns();
         let from = time("from", &request.from, now)?

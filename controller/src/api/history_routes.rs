@@ -14,6 +14,7 @@ use weft_topology::time::{now_unix_ns, rfc3339};
 
 use super::error::ApiError;
 use super::query::Params;
+use crate::limits::Guard;
 use crate::state::AppState;
 
 fn internal(error: HistoryError) -> ApiError {
@@ -24,12 +25,23 @@ pub async fn list_snapshots(State(state): State<AppState>) -> Result<impl IntoRe
     Ok(Json(state.history.snapshots().map_err(internal)?))
 }
 
+/// `POST /topology/snapshots`: a snapshot on request, kept apart from the scheduled ones
+/// (`--max-manual-snapshots`) and at most one per `--manual-snapshot-min-interval` (429
+/// with `Retry-After` sooner).
 pub async fn take_snapshot(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let snapshot = state.snapshot();
     let info = state
         .history
-        .take_snapshot(&snapshot, now_unix_ns())
-        .map_err(internal)?;
+        .take_manual_snapshot(|| state.snapshot(), now_unix_ns())
+        .map_err(|error| match error {
+            HistoryError::TooSoon { retry_after, .. } => {
+                state.limits.hit(Guard::ManualSnapshots);
+                ApiError::TooMany {
+                    message: format!("{error} (--manual-snapshot-min-interval)"),
+                    retry_after,
+                }
+            }
+            other => internal(other),
+        })?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 

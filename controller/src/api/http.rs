@@ -15,9 +15,9 @@ use super::{
 use crate::metrics;
 use crate::state::AppState;
 
-/// Builds the HTTP API.
+/// Builds the HTTP API, with its limits ([`super::limits`]).
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/topology", get(views::topology_json))
         .route("/topology.dot", get(views::topology_dot))
         .route("/topology.txt", get(views::topology_txt))
@@ -54,7 +54,10 @@ pub fn app(state: AppState) -> Router {
         .merge(control_routes::routes())
         .merge(token_routes::routes())
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    // Authentication outermost: a request without the right token is refused before it
+    // takes any limit's slot.
+    super::limits::apply(routes, &state)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::http::require_role,

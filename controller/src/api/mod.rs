@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod grpc_topology;
 pub mod history_routes;
 pub mod http;
+pub mod limits;
 pub mod observations;
 pub mod query;
 pub mod shards_grpc;

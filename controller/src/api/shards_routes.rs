@@ -563,6 +563,7 @@ async fn events(
             ));
         }
     };
+    let next_event = state.shards.next_event();
     let from = match (params.get("from"), headers.get("last-event-id")) {
         (Some(f), _) => f.parse::<u64>().map_err(|_| {
             ApiError::parameter(
@@ -576,16 +577,36 @@ async fn events(
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .ok_or_else(|| {
-                    ApiError::BadBody(
-                        "header Last-Event-ID: not an event sequence (a non-negative integer)"
-                            .into(),
+                    ApiError::parameter(
+                        "Last-Event-ID",
+                        "header: not an event sequence (a non-negative integer)",
                     )
                 })?;
-            id + 1
+            id.checked_add(1).ok_or_else(|| {
+                ApiError::parameter(
+                    "Last-Event-ID",
+                    format!("header: {id} is past the last possible event sequence"),
+                )
+            })?
         }
-        (None, None) if follow => state.shards.next_event(),
+        (None, None) if follow => next_event,
         (None, None) => 1,
     };
+    // Sequences grow by one per event: a stream from past the next one would wait for
+    // events that never come in order.
+    if follow && from > next_event {
+        let what = if params.contains_key("from") {
+            "from"
+        } else {
+            "Last-Event-ID"
+        };
+        return Err(ApiError::parameter(
+            what,
+            format!(
+                "{from} is beyond the next event sequence {next_event}: no such event will come in order"
+            ),
+        ));
+    }
     if !follow {
         let limit = params
             .get("limit")

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use tokio::io::AsyncWriteExt as _;
@@ -15,8 +15,6 @@ use super::query::Params;
 use crate::state::AppState;
 
 const WINDOW: &[&str] = &["since", "until"];
-/// How long `dot -Tsvg` may take.
-pub const DOT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn topology_json(
     State(state): State<AppState>,
@@ -50,14 +48,18 @@ pub async fn topology_txt(
     ))
 }
 
+/// One `dot` at a time, cached per topology generation ([`super::limits::render_svg`]).
 pub async fn topology_svg(
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let window = Params(params).only(WINDOW)?.window()?;
-    let dot = render::dot(&state.snapshot_in(&window));
-    let svg = run_dot("dot", &dot, DOT_TIMEOUT).await?;
-    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg))
+    let svg = super::limits::render_svg(&state, &window, query.unwrap_or_default()).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "image/svg+xml")],
+        axum::body::Bytes::from(svg.as_ref().clone()),
+    ))
 }
 
 /// Renders DOT text to SVG with the Graphviz program `program`.
@@ -94,7 +96,12 @@ pub async fn run_dot(program: &str, dot: &str, timeout: Duration) -> Result<Vec<
     };
     let output = tokio::time::timeout(timeout, run)
         .await
-        .map_err(|_| ApiError::Internal(format!("`{program} -Tsvg` took longer than {timeout:?}")))?
+        .map_err(|_| ApiError::Unavailable {
+            message: format!(
+                "`{program} -Tsvg` took longer than {timeout:?} (--svg-timeout); fetch /topology.dot and render it elsewhere"
+            ),
+            retry_after: timeout,
+        })?
         .map_err(|e| ApiError::Internal(format!("running `{program}`: {e}")))?;
     if !output.status.success() {
         return Err(ApiError::Internal(format!(

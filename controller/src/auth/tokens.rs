@@ -137,12 +137,52 @@ impl Tokens {
         self.by_id.iter().any(|r| r.role == Role::Admin)
     }
 
-    /// Makes an admin token and writes it to `path` (mode 0600, replacing the file
-    /// atomically) when there is no admin token yet, or always with `force`. Returns
-    /// whether it wrote one.
+    /// Keeps `token` (one of weft's form, made elsewhere, e.g. by a deployment's secret
+    /// store) as a token named `name` with `role`.
+    pub fn adopt(&self, name: &str, role: Role, token: &str) -> Result<TokenRecord, TokenError> {
+        let parsed = token
+            .strip_prefix("weft_")
+            .and_then(|rest| rest.split_once('_'))
+            .filter(|(id, secret)| {
+                id.len() == 16
+                    && secret.len() == 64
+                    && id
+                        .chars()
+                        .chain(secret.chars())
+                        .all(|c| c.is_ascii_hexdigit())
+            });
+        let Some((id, secret)) = parsed else {
+            return Err(TokenError::BadName(
+                "a token reads weft_<16 hex digits>_<64 hex digits>".into(),
+            ));
+        };
+        let record = TokenRecord {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            role,
+            created_unix_ns: agent_common::time::now_unix_ns(),
+            sha256: sha256_hex(secret),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError(e.to_string()))?;
+        self.store.put(&format!("{PREFIX}{id}"), &bytes)?;
+        self.by_id.insert(id.to_owned(), record.clone());
+        Ok(record)
+    }
+
+    /// When there is no admin token yet (or always with `force`): if `path` holds a token
+    /// of weft's form, keeps it as the admin token (a token provisioned by the
+    /// deployment); otherwise makes one and writes it to `path` (mode 0600, replacing the
+    /// file atomically). Returns whether an admin token was made or adopted.
     pub fn bootstrap_admin(&self, path: &Path, force: bool) -> Result<bool, TokenError> {
         if self.has_admin() && !force {
             return Ok(false);
+        }
+        if !force
+            && let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(record) = self.adopt("bootstrap-admin", Role::Admin, text.trim())
+        {
+            tracing::warn!(path = %path.display(), token = %record.id, "admin token taken from the file");
+            return Ok(true);
         }
         let (record, token) = self.create("bootstrap-admin", Role::Admin)?;
         let write = || -> std::io::Result<()> {
@@ -215,6 +255,21 @@ mod tests {
         }
         assert!(tokens.create(" ", Role::Read).is_err());
         assert!(tokens.create(&"x".repeat(65), Role::Read).is_err());
+    }
+
+    #[test]
+    fn a_provisioned_token_file_is_adopted_not_replaced() {
+        let dir = std::env::temp_dir().join(format!("weft-tokens-adopt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.token");
+        let token = format!("weft_{}_{}", "ab".repeat(8), "cd".repeat(32));
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        let tokens = Tokens::open(Arc::new(MemoryStore::default())).unwrap();
+        assert!(tokens.bootstrap_admin(&path, false).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), token);
+        assert_eq!(tokens.verify(&token).map(|r| r.role), Some(Role::Admin));
+        assert!(tokens.adopt("x", Role::Read, "weft_short_secret").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct Registry {
     hosts: DashMap<String, String>,
     /// Serialises registrations so the indexes are rebuilt from one consistent view.
     registration: Mutex<()>,
+    /// Grows at every registration: names of addresses may have changed.
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -121,7 +123,24 @@ impl Registry {
         };
         self.agents.insert(host_id.to_owned(), Arc::new(agent));
         self.rebuild_indexes();
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         last_sequence
+    }
+
+    /// Grows at every registration (a cache of a rendering that names workloads is valid
+    /// while it stays the same).
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Registered agents.
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
     }
 
     /// Rebuilds the address and host indexes from all agents. Agents are visited in host id

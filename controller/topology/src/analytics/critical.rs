@@ -43,51 +43,46 @@ fn graph(snapshot: &TopologySnapshot) -> (Vec<String>, Vec<BTreeSet<usize>>) {
     (names, adjacency)
 }
 
-/// Sizes of the connected components when `removed` is taken out.
-fn component_sizes(adjacency: &[BTreeSet<usize>], removed: Option<usize>) -> Vec<usize> {
-    let mut seen = vec![false; adjacency.len()];
-    if let Some(r) = removed {
-        seen[r] = true;
-    }
-    let mut sizes = Vec::new();
-    for start in 0..adjacency.len() {
-        if seen[start] {
-            continue;
-        }
-        seen[start] = true;
-        let mut stack = vec![start];
-        let mut size = 0;
-        while let Some(node) = stack.pop() {
-            size += 1;
-            for &next in &adjacency[node] {
-                if !seen[next] {
-                    seen[next] = true;
-                    stack.push(next);
-                }
-            }
-        }
-        sizes.push(size);
-    }
-    sizes
+/// What one depth-first pass finds: articulation points, and for each of them the size
+/// of the largest piece its component falls into when it is removed.
+struct Cuts {
+    /// Whether removing the node splits its component (a Tarjan articulation point).
+    points: Vec<bool>,
+    /// Component of each node (an index into `component_sizes`).
+    component: Vec<usize>,
+    component_sizes: Vec<usize>,
+    /// For an articulation point: the largest piece of its component without it.
+    largest_piece: Vec<usize>,
 }
 
-/// Tarjan's articulation points (iterative DFS with low-link values).
-fn articulation_points(adjacency: &[BTreeSet<usize>]) -> Vec<bool> {
+/// Tarjan's articulation points (iterative DFS with low-link values), with subtree sizes
+/// so that the pieces a removal leaves are known without another traversal: the subtrees
+/// of the children whose low-link does not reach above the node, and the rest of the
+/// component. Linear in nodes + edges.
+fn cuts(adjacency: &[BTreeSet<usize>]) -> Cuts {
     let n = adjacency.len();
     let mut order = vec![usize::MAX; n];
     let mut low = vec![0; n];
+    let mut size = vec![1usize; n];
+    // Sum and largest of the subtrees that a removal of the node cuts off.
+    let mut cut_sum = vec![0usize; n];
+    let mut cut_max = vec![0usize; n];
     let mut points = vec![false; n];
+    let mut component = vec![0usize; n];
+    let mut component_sizes = Vec::new();
     let mut counter = 0;
     for root in 0..n {
         if order[root] != usize::MAX {
             continue;
         }
+        let id = component_sizes.len();
         let mut root_children = 0;
-        // (node, parent, neighbours iterator position)
+        // (node, parent, neighbours, position in them)
         let mut stack: Vec<(usize, usize, Vec<usize>, usize)> = Vec::new();
         order[root] = counter;
         low[root] = counter;
         counter += 1;
+        component[root] = id;
         stack.push((
             root,
             usize::MAX,
@@ -106,6 +101,7 @@ fn articulation_points(adjacency: &[BTreeSet<usize>]) -> Vec<bool> {
                     order[next] = counter;
                     low[next] = counter;
                     counter += 1;
+                    component[next] = id;
                     if node == root {
                         root_children += 1;
                     }
@@ -118,15 +114,36 @@ fn articulation_points(adjacency: &[BTreeSet<usize>]) -> Vec<bool> {
                 if let Some(parent_frame) = stack.last() {
                     let p = parent_frame.0;
                     low[p] = low[p].min(low[node]);
-                    if p != root && low[node] >= order[p] {
-                        points[p] = true;
+                    size[p] += size[node];
+                    if p == root || low[node] >= order[p] {
+                        cut_sum[p] += size[node];
+                        cut_max[p] = cut_max[p].max(size[node]);
+                        if p != root {
+                            points[p] = true;
+                        }
                     }
                 }
             }
         }
         points[root] = root_children > 1;
+        component_sizes.push(size[root]);
     }
-    points
+    let largest_piece = (0..n)
+        .map(|v| {
+            if !points[v] {
+                return 0;
+            }
+            // What stays joined to the node's ancestors (nothing for a root).
+            let rest = component_sizes[component[v]] - 1 - cut_sum[v];
+            cut_max[v].max(rest)
+        })
+        .collect();
+    Cuts {
+        points,
+        component,
+        component_sizes,
+        largest_piece,
+    }
 }
 
 /// Services by degree, most connected first (ties by name): the spec's
@@ -157,15 +174,29 @@ pub fn articulation_impact(snapshot: &TopologySnapshot) -> Vec<(String, usize)> 
 /// degree, then name.
 pub fn critical_services(snapshot: &TopologySnapshot) -> Vec<CriticalService> {
     let (names, adjacency) = graph(snapshot);
-    let points = articulation_points(&adjacency);
+    let cuts = cuts(&adjacency);
+    // The two largest components, so "the largest other than this one" is known for each.
+    let mut largest = [(0usize, usize::MAX); 2];
+    for (id, &size) in cuts.component_sizes.iter().enumerate() {
+        if size > largest[0].0 {
+            largest[1] = largest[0];
+            largest[0] = (size, id);
+        } else if size > largest[1].0 {
+            largest[1] = (size, id);
+        }
+    }
+    let remaining = names.len().saturating_sub(1);
     let mut out: Vec<CriticalService> = names
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let disconnects = if points[i] {
-                let sizes = component_sizes(&adjacency, Some(i));
-                let remaining: usize = sizes.iter().sum();
-                remaining - sizes.iter().copied().max().unwrap_or(0)
+            let disconnects = if cuts.points[i] {
+                let other = if largest[0].1 == cuts.component[i] {
+                    largest[1].0
+                } else {
+                    largest[0].0
+                };
+                remaining - cuts.largest_piece[i].max(other)
             } else {
                 0
             };
@@ -173,7 +204,7 @@ pub fn critical_services(snapshot: &TopologySnapshot) -> Vec<CriticalService> {
                 service: name.clone(),
                 connections: adjacency[i].len(),
                 disconnects,
-                articulation_point: points[i],
+                articulation_point: cuts.points[i],
             }
         })
         .collect();

@@ -8,6 +8,7 @@ pub mod events;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weft_store::{Store, StoreError};
@@ -21,10 +22,39 @@ pub use events::{EventBus, TopologyEvent};
 
 const SNAPSHOTS: &str = "topology/snapshots/";
 const INDEX: &str = "topology/snapshot-index/";
+/// Snapshots taken on request (`POST /topology/snapshots`) are kept apart, with their own
+/// bound, so they cannot push the scheduled ones out.
+const MANUAL_SNAPSHOTS: &str = "topology/manual-snapshots/";
+const MANUAL_INDEX: &str = "topology/manual-snapshot-index/";
 const ALLOW_LIST: &str = "policy/allowed-dependencies";
 
 /// Snapshots kept at most (a week of one-minute snapshots); older ones are deleted.
 pub const DEFAULT_MAX_SNAPSHOTS: usize = 7 * 24 * 60;
+/// Snapshots taken on request kept at most.
+pub const DEFAULT_MAX_MANUAL_SNAPSHOTS: usize = 60;
+/// The shortest time between two snapshots taken on request.
+pub const DEFAULT_MANUAL_MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How many snapshots are kept, and how often one may be taken on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Scheduled snapshots kept (the oldest go first).
+    pub max_snapshots: usize,
+    /// Snapshots taken on request kept, apart from the scheduled ones.
+    pub max_manual_snapshots: usize,
+    /// The shortest time between two snapshots taken on request.
+    pub manual_min_interval: Duration,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        Self {
+            max_snapshots: DEFAULT_MAX_SNAPSHOTS,
+            max_manual_snapshots: DEFAULT_MAX_MANUAL_SNAPSHOTS,
+            manual_min_interval: DEFAULT_MANUAL_MIN_INTERVAL,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {
@@ -32,6 +62,9 @@ pub struct SnapshotInfo {
     pub taken_at_unix_ns: u64,
     pub services: usize,
     pub dependencies: usize,
+    /// Taken on request rather than on schedule.
+    #[serde(default)]
+    pub manual: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +73,14 @@ pub enum HistoryError {
     Store(#[from] StoreError),
     #[error("stored snapshot {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    /// A snapshot on request came sooner than the minimum interval after the last one.
+    #[error(
+        "a snapshot was taken on request less than {min_interval:?} ago; try again in {retry_after:?}"
+    )]
+    TooSoon {
+        min_interval: Duration,
+        retry_after: Duration,
+    },
 }
 
 #[derive(Debug)]
@@ -50,7 +91,9 @@ pub struct History {
     known: Mutex<Option<BTreeSet<(String, String, String)>>>,
     allowed: RwLock<Option<AllowList>>,
     unauthorized: AtomicU64,
-    max_snapshots: usize,
+    limits: HistoryLimits,
+    /// When the last snapshot on request was taken (Unix ns).
+    last_manual: Mutex<Option<u64>>,
 }
 
 fn key(prefix: &str, unix_ns: u64) -> String {
@@ -60,6 +103,11 @@ fn key(prefix: &str, unix_ns: u64) -> String {
 impl History {
     /// History over `store`, with the allow-list stored there (if any) loaded.
     pub fn new(store: Arc<dyn Store>) -> Result<Self, HistoryError> {
+        Self::with_limits(store, HistoryLimits::default())
+    }
+
+    /// History over `store` keeping snapshots within `limits`.
+    pub fn with_limits(store: Arc<dyn Store>, limits: HistoryLimits) -> Result<Self, HistoryError> {
         let allowed = match store.get(ALLOW_LIST)? {
             Some(bytes) => Some(
                 AllowList::parse(&String::from_utf8_lossy(&bytes), ALLOW_LIST).map_err(
@@ -77,17 +125,69 @@ impl History {
             known: Mutex::new(None),
             allowed: RwLock::new(allowed),
             unauthorized: AtomicU64::new(0),
-            max_snapshots: DEFAULT_MAX_SNAPSHOTS,
+            limits,
+            last_manual: Mutex::new(None),
         })
     }
 
-    /// Stores `snapshot` as taken at `at_unix_ns` (durably), deleting the oldest beyond
-    /// the bound.
+    pub fn limits(&self) -> HistoryLimits {
+        self.limits
+    }
+
+    /// Stores `snapshot` as a scheduled snapshot taken at `at_unix_ns` (durably), deleting
+    /// the oldest scheduled ones beyond the bound.
     pub fn take_snapshot(
         &self,
         snapshot: &TopologySnapshot,
         at_unix_ns: u64,
     ) -> Result<SnapshotInfo, HistoryError> {
+        self.store_snapshot(snapshot, at_unix_ns, false)
+    }
+
+    /// Stores a snapshot taken on request: refused ([`HistoryError::TooSoon`], and
+    /// `snapshot` is not called) within the minimum interval after the last one; kept
+    /// apart from the scheduled ones, the oldest deleted beyond their own bound.
+    pub fn take_manual_snapshot(
+        &self,
+        snapshot: impl FnOnce() -> TopologySnapshot,
+        at_unix_ns: u64,
+    ) -> Result<SnapshotInfo, HistoryError> {
+        {
+            let mut last = self
+                .last_manual
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let interval =
+                u64::try_from(self.limits.manual_min_interval.as_nanos()).unwrap_or(u64::MAX);
+            if let Some(previous) = *last {
+                let next = previous.saturating_add(interval);
+                if at_unix_ns < next {
+                    return Err(HistoryError::TooSoon {
+                        min_interval: self.limits.manual_min_interval,
+                        retry_after: Duration::from_nanos(next - at_unix_ns),
+                    });
+                }
+            }
+            *last = Some(at_unix_ns);
+        }
+        self.store_snapshot(&snapshot(), at_unix_ns, true)
+    }
+
+    fn store_snapshot(
+        &self,
+        snapshot: &TopologySnapshot,
+        at_unix_ns: u64,
+        manual: bool,
+    ) -> Result<SnapshotInfo, HistoryError> {
+        let (bodies, index, max) = if manual {
+            (
+                MANUAL_SNAPSHOTS,
+                MANUAL_INDEX,
+                self.limits.max_manual_snapshots,
+            )
+        } else {
+            (SNAPSHOTS, INDEX, self.limits.max_snapshots)
+        };
         // Whole microseconds, so the RFC 3339 `taken_at` finds this very snapshot again.
         let at_unix_ns = at_unix_ns - at_unix_ns % 1_000;
         let info = SnapshotInfo {
@@ -95,34 +195,39 @@ impl History {
             taken_at_unix_ns: at_unix_ns,
             services: snapshot.services.len(),
             dependencies: snapshot.dependencies.len(),
+            manual,
         };
         let body = serde_json::to_vec(snapshot).map_err(|e| StoreError(e.to_string()))?;
-        let index = serde_json::to_vec(&info).map_err(|e| StoreError(e.to_string()))?;
-        self.store.put(&key(SNAPSHOTS, at_unix_ns), &body)?;
-        self.store.put(&key(INDEX, at_unix_ns), &index)?;
-        let all = self.store.scan_prefix(INDEX)?;
-        if all.len() > self.max_snapshots {
-            for (index_key, _) in &all[..all.len() - self.max_snapshots] {
-                let suffix = &index_key[INDEX.len()..];
-                self.store.delete(&format!("{SNAPSHOTS}{suffix}"))?;
+        let index_value = serde_json::to_vec(&info).map_err(|e| StoreError(e.to_string()))?;
+        self.store.put(&key(bodies, at_unix_ns), &body)?;
+        self.store.put(&key(index, at_unix_ns), &index_value)?;
+        let all = self.store.scan_prefix(index)?;
+        if all.len() > max {
+            for (index_key, _) in &all[..all.len() - max] {
+                let suffix = &index_key[index.len()..];
+                self.store.delete(&format!("{bodies}{suffix}"))?;
                 self.store.delete(index_key)?;
             }
         }
         Ok(info)
     }
 
-    /// Stored snapshots, oldest first.
+    /// Stored snapshots, scheduled and on request, oldest first.
     pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, HistoryError> {
-        self.store
-            .scan_prefix(INDEX)?
-            .into_iter()
-            .map(|(k, v)| {
-                serde_json::from_slice(&v).map_err(|e| HistoryError::Corrupt {
-                    key: k,
-                    message: e.to_string(),
-                })
-            })
-            .collect()
+        let mut all = Vec::new();
+        for (index, manual) in [(INDEX, false), (MANUAL_INDEX, true)] {
+            for (k, v) in self.store.scan_prefix(index)? {
+                let mut info: SnapshotInfo =
+                    serde_json::from_slice(&v).map_err(|e| HistoryError::Corrupt {
+                        key: k,
+                        message: e.to_string(),
+                    })?;
+                info.manual = manual;
+                all.push(info);
+            }
+        }
+        all.sort_by_key(|s| (s.taken_at_unix_ns, s.manual));
+        Ok(all)
     }
 
     /// The newest snapshot taken at or before `unix_ns`.
@@ -135,7 +240,12 @@ impl History {
         else {
             return Ok(None);
         };
-        let k = key(SNAPSHOTS, info.taken_at_unix_ns);
+        let bodies = if info.manual {
+            MANUAL_SNAPSHOTS
+        } else {
+            SNAPSHOTS
+        };
+        let k = key(bodies, info.taken_at_unix_ns);
         let Some(bytes) = self.store.get(&k)? else {
             return Ok(None);
         };

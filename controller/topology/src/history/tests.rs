@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use weft_store::MemoryStore;
 
 use super::*;
@@ -61,7 +63,7 @@ fn diff_finds_appeared_vanished_and_changed_dependencies() {
 #[test]
 fn snapshots_are_listed_and_found_by_time_and_bounded() {
     let mut h = history();
-    h.max_snapshots = 2;
+    h.limits.max_snapshots = 2;
     let one = map(&[("a", "b", "http", 1.0, None)]);
     let two = map(&[("a", "b", "http", 1.0, None), ("b", "c", "http", 1.0, None)]);
     h.take_snapshot(&one, 100_000).expect("take");
@@ -166,4 +168,71 @@ fn the_allow_list_survives_a_restart_on_the_same_store() {
         .expect("set");
     let second = History::new(store).expect("history");
     assert_eq!(second.allow_list().expect("loaded").rules.len(), 1);
+}
+
+#[test]
+fn snapshots_on_request_cannot_push_the_scheduled_ones_out() {
+    let h = History::with_limits(
+        Arc::new(MemoryStore::default()),
+        HistoryLimits {
+            max_snapshots: 10,
+            max_manual_snapshots: 3,
+            manual_min_interval: Duration::ZERO,
+        },
+    )
+    .expect("history");
+    let one = map(&[("a", "b", "http", 1.0, None)]);
+    for minute in 1..=10u64 {
+        h.take_snapshot(&one, minute * 60_000_000_000)
+            .expect("take");
+    }
+    for i in 0..200u64 {
+        h.take_manual_snapshot(|| one.clone(), 11 * 60_000_000_000 + i * 1_000)
+            .expect("take on request");
+    }
+    let all = h.snapshots().expect("list");
+    assert_eq!(
+        all.iter().filter(|s| !s.manual).count(),
+        10,
+        "every scheduled one"
+    );
+    assert_eq!(all.iter().filter(|s| s.manual).count(), 3);
+    assert_eq!(all[0].taken_at_unix_ns, 60_000_000_000);
+    // The newest on-request snapshot is found by time like the others.
+    let newest = 11 * 60_000_000_000 + 199_000;
+    assert!(h.snapshot_at(newest).expect("read").is_some());
+}
+
+#[test]
+fn snapshots_on_request_keep_a_minimum_interval() {
+    let h = History::with_limits(
+        Arc::new(MemoryStore::default()),
+        HistoryLimits {
+            manual_min_interval: Duration::from_secs(10),
+            ..HistoryLimits::default()
+        },
+    )
+    .expect("history");
+    let one = map(&[("a", "b", "http", 1.0, None)]);
+    const S: u64 = 1_000_000_000;
+    h.take_manual_snapshot(|| one.clone(), 100 * S)
+        .expect("first");
+    let mut built = false;
+    match h.take_manual_snapshot(
+        || {
+            built = true;
+            one.clone()
+        },
+        104 * S,
+    ) {
+        Err(HistoryError::TooSoon { retry_after, .. }) => {
+            assert_eq!(retry_after, Duration::from_secs(6));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!built, "a refused snapshot is not even built");
+    assert_eq!(h.snapshots().expect("list").len(), 1);
+    h.take_manual_snapshot(|| one.clone(), 110 * S)
+        .expect("after the interval");
+    assert_eq!(h.snapshots().expect("list").len(), 2);
 }

@@ -360,7 +360,7 @@ fn bad_observations_are_refused_by_field_and_the_rest_merged() {
     let fields: Vec<(usize, &str)> = outcome
         .errors
         .iter()
-        .map(|(i, e)| (*i, e.field()))
+        .map(|(i, e)| (*i, e.field().unwrap_or("")))
         .collect();
     assert_eq!(
         fields,

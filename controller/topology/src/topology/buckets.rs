@@ -55,6 +55,8 @@ impl Window {
 #[derive(Debug, Clone, Default)]
 pub struct BucketedStats {
     pub total: DependencyStats,
+    /// When it was last recorded into, on the topology's clock (eviction of idle ones).
+    pub touched_unix_ns: u64,
     /// (bucket start, stats), sorted by start.
     buckets: VecDeque<(u64, DependencyStats)>,
 }

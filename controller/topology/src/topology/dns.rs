@@ -62,6 +62,11 @@ impl DnsNames {
         self.names.len()
     }
 
+    /// Forgets the answers expired at `now_unix_ns`.
+    pub fn sweep(&self, now_unix_ns: u64) {
+        self.names.retain(|_, (_, until)| *until > now_unix_ns);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

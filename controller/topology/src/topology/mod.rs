@@ -13,6 +13,7 @@ pub mod classify;
 pub mod dns;
 pub mod evidence;
 pub mod groups;
+pub mod limits;
 pub mod rules;
 pub mod snapshot;
 pub mod stats;
@@ -21,9 +22,11 @@ mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
 use crate::model::{Direction, FlowObservation, Transport};
 use crate::registry::WorkloadDirectory;
@@ -32,6 +35,7 @@ use crate::time::now_unix_ns;
 pub use buckets::{BucketConfig, Window};
 pub use classify::{ServiceClassifier, ServiceFacts, ServiceType, protocol_for};
 pub use evidence::{Evidence, ProtocolEvidence};
+pub use limits::{Full, Limit, LimitHits, TimestampError, TopologyLimits};
 pub use rules::{Rules, RulesError};
 pub use snapshot::{
     DependencyView, EndpointView, RequestGroupView, ServiceView, SnapshotStats, TopologySnapshot,
@@ -42,6 +46,7 @@ pub use traffic::ObservationError;
 
 use buckets::BucketedStats;
 use dns::DnsNames;
+use limits::{NameBook, release, reserve};
 
 /// Identity of a dependency: who calls whom, over which transport, on which server port.
 /// The application protocol is not part of it: it may become known in the middle of a
@@ -71,6 +76,8 @@ struct ServiceState {
     endpoints: BTreeMap<(String, u16), ProtocolEvidence>,
     first_seen_unix_ns: Option<u64>,
     last_seen_unix_ns: Option<u64>,
+    /// When it last took part in an observation, on the topology's clock (eviction).
+    touched_unix_ns: u64,
 }
 
 /// What [`Topology::ingest`] did with an observation.
@@ -81,6 +88,27 @@ pub enum Ingested {
     /// The server-side view of a connection whose client is a registered workload: that
     /// client's agent reports the same connection, which is the one counted.
     ServerSideDuplicate,
+    /// A timestamp outside the accepted window ([`TopologyLimits::max_future`],
+    /// [`TopologyLimits::max_age`]): nothing was merged.
+    BadTimestamp(TimestampError),
+    /// It needed a new service or dependency and the topology is full: nothing was merged.
+    Full(Full),
+}
+
+/// What [`Topology::evict_idle`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Evicted {
+    pub services: usize,
+    pub dependencies: usize,
+    pub names: usize,
+}
+
+/// Slots taken for the new entries an observation needs, before it is merged.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reserved {
+    client: bool,
+    server: bool,
+    dependency: bool,
 }
 
 /// Name of a server not registered as a workload: `ip:port`, IPv6 as `[ip]:port`.
@@ -97,15 +125,38 @@ pub fn unknown_client_name(address: IpAddr) -> String {
     address.to_string()
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Topology {
     dependencies: DashMap<DependencyKey, BucketedStats>,
     services: DashMap<String, ServiceState>,
     dns: DnsNames,
     buckets: BucketConfig,
+    limits: TopologyLimits,
+    hits: LimitHits,
+    /// Entries in `services` and `dependencies`, kept with every insert and removal (a
+    /// `DashMap::len` visits every shard).
+    service_count: AtomicUsize,
+    dependency_count: AtomicUsize,
+    names: NameBook,
+    evicted: AtomicU64,
     records_ingested: AtomicU64,
     records_deduplicated: AtomicU64,
     observations_ingested: AtomicU64,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::with_config(BucketConfig::default(), TopologyLimits::default())
+    }
+}
+
+/// When an observation happened (first and last seen, from the record) and when it was
+/// merged (the topology's clock).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    first: Option<u64>,
+    last: Option<u64>,
+    now: u64,
 }
 
 /// A service endpoint to note: (host, port, transport, protocol evidence).
@@ -123,14 +174,62 @@ impl Topology {
 
     /// A topology keeping time buckets of the given width and retention.
     pub fn with_buckets(buckets: BucketConfig) -> Self {
+        Self::with_config(buckets, TopologyLimits::default())
+    }
+
+    /// A topology with the given buckets and bounds.
+    pub fn with_config(buckets: BucketConfig, limits: TopologyLimits) -> Self {
         Self {
+            dependencies: DashMap::new(),
+            services: DashMap::new(),
+            dns: DnsNames::default(),
             buckets,
-            ..Self::default()
+            limits,
+            hits: LimitHits::default(),
+            service_count: AtomicUsize::new(0),
+            dependency_count: AtomicUsize::new(0),
+            names: NameBook::new(&limits),
+            evicted: AtomicU64::new(0),
+            records_ingested: AtomicU64::new(0),
+            records_deduplicated: AtomicU64::new(0),
+            observations_ingested: AtomicU64::new(0),
         }
     }
 
     pub fn bucket_config(&self) -> BucketConfig {
         self.buckets
+    }
+
+    pub fn limits(&self) -> &TopologyLimits {
+        &self.limits
+    }
+
+    /// Refusals per limit since the start.
+    pub fn limit_hits(&self) -> &LimitHits {
+        &self.hits
+    }
+
+    /// Services kept now.
+    pub fn service_count(&self) -> usize {
+        self.service_count.load(Ordering::Relaxed)
+    }
+
+    /// Dependencies kept now.
+    pub fn dependency_count(&self) -> usize {
+        self.dependency_count.load(Ordering::Relaxed)
+    }
+
+    /// Addresses holding names learned from the wire.
+    pub fn named_addresses(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Grows whenever what a snapshot shows may have changed (records and observations
+    /// merged, entries evicted): a cache of a rendering is valid while it stays the same.
+    pub fn generation(&self) -> u64 {
+        self.records_ingested()
+            .wrapping_add(self.observations_ingested())
+            .wrapping_add(self.evicted.load(Ordering::Relaxed))
     }
 
     /// Names learned from DNS answers, still valid or not yet swept.
@@ -139,17 +238,107 @@ impl Topology {
     }
 
     /// The name of a peer address: the registered workload, else a name from a DNS
-    /// answer still valid, else `None`.
+    /// answer still valid (if the address may take one more name), else `None`.
     fn known_name(
         &self,
         address: &IpAddr,
         directory: &impl WorkloadDirectory,
+        at: u64,
         now: u64,
     ) -> (Option<String>, bool) {
         match directory.workload_at(address) {
             Some(name) => (Some(name), true),
-            None => (self.dns.lookup(address, now), false),
+            None => (
+                self.dns
+                    .lookup(address, at)
+                    .filter(|name| self.wire_name(*address, name, now)),
+                false,
+            ),
         }
+    }
+
+    /// Whether `address` may go by `name`, a name that came from the wire; counts a
+    /// refusal.
+    fn wire_name(&self, address: IpAddr, name: &str, now: u64) -> bool {
+        let admitted = self.names.admit(address, name, now);
+        if !admitted {
+            self.hits.hit(Limit::NamesPerAddress);
+        }
+        admitted
+    }
+
+    /// Checks a flow record's timestamps against the accepted window.
+    pub fn check_flow_times(
+        &self,
+        observation: &FlowObservation,
+        now: u64,
+    ) -> Result<(), TimestampError> {
+        self.limits.check_timestamp(
+            "first_seen_unix_ns",
+            observation.first_seen_unix_ns,
+            now,
+            false,
+        )?;
+        self.limits.check_timestamp(
+            "last_seen_unix_ns",
+            observation.last_seen_unix_ns,
+            now,
+            true,
+        )
+    }
+
+    /// Takes a slot for each entry `key` needs that does not exist yet, or none when one
+    /// of them does not fit (counted).
+    fn reserve_for(
+        &self,
+        key: &DependencyKey,
+        directory: &impl WorkloadDirectory,
+    ) -> Result<Reserved, Full> {
+        let new_client = !self.services.contains_key(&key.client);
+        let new_server = key.server != key.client && !self.services.contains_key(&key.server);
+        let new_dependency = !self.dependencies.contains_key(key);
+        let mut reserved = Reserved::default();
+        if !(new_client || new_server || new_dependency) {
+            return Ok(reserved);
+        }
+        let registered = |name: &str| directory.host_of(name).is_some();
+        let refuse = |reserved: Reserved, limit: Limit, max: usize| {
+            self.unreserve(reserved);
+            self.hits.hit(limit);
+            Err(Full { limit, max })
+        };
+        if new_client {
+            let max = self.limits.services_for(registered(&key.client));
+            if !reserve(&self.service_count, max) {
+                return refuse(reserved, Limit::Services, max);
+            }
+            reserved.client = true;
+        }
+        if new_server {
+            let max = self.limits.services_for(registered(&key.server));
+            if !reserve(&self.service_count, max) {
+                return refuse(reserved, Limit::Services, max);
+            }
+            reserved.server = true;
+        }
+        if new_dependency {
+            let max = self
+                .limits
+                .dependencies_for(registered(&key.client) && registered(&key.server));
+            if !reserve(&self.dependency_count, max) {
+                return refuse(reserved, Limit::Dependencies, max);
+            }
+            reserved.dependency = true;
+        }
+        Ok(reserved)
+    }
+
+    fn unreserve(&self, reserved: Reserved) {
+        release(
+            &self.service_count,
+            usize::from(reserved.client) + usize::from(reserved.server),
+        );
+        release(&self.dependency_count, usize::from(reserved.dependency));
     }
 
     /// Merges one flow record.
@@ -170,26 +359,45 @@ impl Topology {
         observation: &FlowObservation,
         directory: &impl WorkloadDirectory,
     ) -> Ingested {
+        let now = now_unix_ns();
+        if let Err(error) = self.check_flow_times(observation, now) {
+            self.hits.hit(error.limit());
+            return Ingested::BadTimestamp(error);
+        }
         self.records_ingested.fetch_add(1, Ordering::Relaxed);
         let at = Some(observation.last_seen_unix_ns)
             .filter(|ns| *ns > 0)
-            .unwrap_or_else(now_unix_ns);
+            .unwrap_or(now);
         for answer in &observation.l7.dns_answers {
             self.dns
                 .learn(answer.ip, &answer.name, answer.ttl_seconds, at);
         }
-        let local = observation
-            .workload
-            .clone()
-            .or_else(|| directory.workload_at(&observation.local_ip))
-            .unwrap_or_else(|| observation.local_ip.to_string());
-        let (remote, remote_registered) = self.known_name(&observation.remote_ip, directory, at);
+        let registered_local = directory.workload_at(&observation.local_ip);
+        let local = match &observation.workload {
+            // The registry's own name for the address costs nothing; another name is one
+            // more name for the address.
+            Some(name)
+                if registered_local.as_deref() == Some(name.as_str())
+                    || self.wire_name(observation.local_ip, name, now) =>
+            {
+                name.clone()
+            }
+            _ => registered_local.unwrap_or_else(|| observation.local_ip.to_string()),
+        };
+        let (remote, remote_registered) =
+            self.known_name(&observation.remote_ip, directory, at, now);
 
         let (client, client_is_workload, server, server_is_workload, server_ip, server_port) =
             match observation.direction {
                 Direction::Outbound => {
                     let server = remote
-                        .or_else(|| observation.l7.server_name.clone())
+                        .or_else(|| {
+                            observation
+                                .l7
+                                .server_name
+                                .clone()
+                                .filter(|name| self.wire_name(observation.remote_ip, name, now))
+                        })
                         .unwrap_or_else(|| {
                             unknown_server_name(observation.remote_ip, observation.remote_port)
                         });
@@ -235,9 +443,18 @@ impl Topology {
         });
         let first_seen = Some(observation.first_seen_unix_ns).filter(|ns| *ns > 0);
         let last_seen = Some(observation.last_seen_unix_ns).filter(|ns| *ns > 0);
+        let reserved = match self.reserve_for(&key, directory) {
+            Ok(reserved) => reserved,
+            Err(full) => return Ingested::Full(full),
+        };
 
         // One entry guard at a time: never hold a guard of one map while taking another.
-        self.touch_service(&key.client, client_is_workload, None, first_seen, last_seen);
+        let seen = Seen {
+            first: first_seen,
+            last: last_seen,
+            now,
+        };
+        self.touch_service(&key.client, client_is_workload, None, seen, reserved.client);
         self.touch_service(
             &key.server,
             server_is_workload,
@@ -247,23 +464,54 @@ impl Topology {
                 port_guess: key.protocol(),
                 evidence,
             }),
-            first_seen,
-            last_seen,
+            seen,
+            reserved.server,
         );
-        self.record(key, at, |stats| stats.record(observation));
+        self.record(key, at, now, reserved.dependency, |stats| {
+            stats.record(observation)
+        });
         Ingested::Counted
     }
 
     /// Applies `apply` to the dependency's total and to its time bucket at `at_unix_ns`.
-    fn record(&self, key: DependencyKey, at_unix_ns: u64, apply: impl Fn(&mut DependencyStats)) {
+    /// `reserved`: a slot was taken for it if it is new.
+    fn record(
+        &self,
+        key: DependencyKey,
+        at_unix_ns: u64,
+        now: u64,
+        reserved: bool,
+        apply: impl Fn(&mut DependencyStats),
+    ) {
         let config = self.buckets;
         if let Some(mut entry) = self.dependencies.get_mut(&key) {
             entry.record(&config, at_unix_ns, apply);
-        } else {
-            self.dependencies
-                .entry(key)
-                .or_default()
-                .record(&config, at_unix_ns, apply);
+            entry.touched_unix_ns = now;
+            drop(entry);
+            if reserved {
+                release(&self.dependency_count, 1);
+            }
+            return;
+        }
+        match self.dependencies.entry(key) {
+            Entry::Occupied(mut entry) => {
+                entry.get_mut().record(&config, at_unix_ns, apply);
+                entry.get_mut().touched_unix_ns = now;
+                drop(entry);
+                if reserved {
+                    release(&self.dependency_count, 1);
+                }
+            }
+            Entry::Vacant(entry) => {
+                let mut stats = BucketedStats::default();
+                stats.record(&config, at_unix_ns, apply);
+                stats.touched_unix_ns = now;
+                entry.insert(stats);
+                if !reserved {
+                    // Evicted between the check and here: count it all the same.
+                    self.dependency_count.fetch_add(1, Ordering::AcqRel);
+                }
+            }
         }
     }
 
@@ -272,32 +520,111 @@ impl Topology {
         name: &str,
         workload: bool,
         endpoint: Option<NewEndpoint<'_>>,
-        first_seen: Option<u64>,
-        last_seen: Option<u64>,
+        seen: Seen,
+        reserved: bool,
     ) {
+        let max_endpoints = self.limits.max_endpoints_per_service;
         let update = |state: &mut ServiceState| {
             state.workload |= workload;
             if let Some(endpoint) = &endpoint {
-                let held = state
-                    .endpoints
-                    .entry((endpoint.host.clone(), endpoint.port))
-                    .or_default();
-                held.offer(Evidence::Port, endpoint.port_guess);
-                if let Some((kind, name)) = endpoint.evidence {
-                    held.offer(kind, name);
+                let key = (endpoint.host.clone(), endpoint.port);
+                let room = state.endpoints.len() < max_endpoints;
+                let held = match state.endpoints.entry(key) {
+                    std::collections::btree_map::Entry::Occupied(held) => Some(held.into_mut()),
+                    std::collections::btree_map::Entry::Vacant(slot) if room => {
+                        Some(slot.insert(ProtocolEvidence::default()))
+                    }
+                    std::collections::btree_map::Entry::Vacant(_) => {
+                        self.hits.hit(Limit::EndpointsPerService);
+                        None
+                    }
+                };
+                if let Some(held) = held {
+                    held.offer(Evidence::Port, endpoint.port_guess);
+                    if let Some((kind, name)) = endpoint.evidence {
+                        held.offer(kind, name);
+                    }
                 }
             }
-            state.first_seen_unix_ns = match (state.first_seen_unix_ns, first_seen) {
+            state.first_seen_unix_ns = match (state.first_seen_unix_ns, seen.first) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            state.last_seen_unix_ns = state.last_seen_unix_ns.max(last_seen);
+            state.last_seen_unix_ns = state.last_seen_unix_ns.max(seen.last);
+            state.touched_unix_ns = seen.now;
         };
         if let Some(mut state) = self.services.get_mut(name) {
             update(&mut state);
-        } else {
-            update(&mut self.services.entry(name.to_owned()).or_default());
+            drop(state);
+            if reserved {
+                release(&self.service_count, 1);
+            }
+            return;
         }
+        match self.services.entry(name.to_owned()) {
+            Entry::Occupied(mut entry) => {
+                update(entry.get_mut());
+                drop(entry);
+                if reserved {
+                    release(&self.service_count, 1);
+                }
+            }
+            Entry::Vacant(entry) => {
+                let mut state = ServiceState::default();
+                update(&mut state);
+                entry.insert(state);
+                if !reserved {
+                    self.service_count.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// Removes dependencies not seen for `idle` (on the topology's clock, `now_unix_ns`),
+    /// then services not seen for `idle` that no dependency left names and that are not
+    /// registered workloads, then names of addresses not used for `idle`, and DNS answers
+    /// that expired.
+    pub fn evict_idle(
+        &self,
+        now_unix_ns: u64,
+        idle: Duration,
+        directory: &impl WorkloadDirectory,
+    ) -> Evicted {
+        let cutoff = now_unix_ns.saturating_sub(u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX));
+        let mut evicted = Evicted::default();
+        self.dependencies.retain(|_, stats| {
+            let keep = stats.touched_unix_ns >= cutoff;
+            if !keep {
+                evicted.dependencies += 1;
+            }
+            keep
+        });
+        let mut named: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for entry in &self.dependencies {
+            named.insert(entry.key().client.clone());
+            named.insert(entry.key().server.clone());
+        }
+        self.services.retain(|name, state| {
+            let keep = state.touched_unix_ns >= cutoff
+                || named.contains(name)
+                || directory.host_of(name).is_some();
+            if !keep {
+                evicted.services += 1;
+            }
+            keep
+        });
+        evicted.names = self.names.sweep(cutoff);
+        self.dns.sweep(now_unix_ns);
+        release(&self.service_count, evicted.services);
+        release(&self.dependency_count, evicted.dependencies);
+        let removed = evicted.services + evicted.dependencies;
+        if removed > 0 {
+            self.evicted.fetch_add(
+                u64::try_from(removed).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+        evicted
     }
 
     /// Records merged so far, counted or deduplicated.
@@ -336,6 +663,52 @@ impl Topology {
                 .merge(stats);
         }
         edges
+    }
+
+    /// [`Self::stats_by_edge`] for the `max` busiest edges only (by requests, then flows,
+    /// then bytes, then name), and how many edges there are in all. Only the chosen edges'
+    /// statistics are copied.
+    pub fn top_edges(
+        &self,
+        max: usize,
+    ) -> (BTreeMap<(String, String, String), DependencyStats>, usize) {
+        type Edge = (String, String, String);
+        let mut weights: std::collections::HashMap<Edge, (u64, u64, u64)> =
+            std::collections::HashMap::new();
+        for entry in &self.dependencies {
+            let key = entry.key();
+            let stats = &entry.value().total;
+            let protocol = stats.protocol.name_or(key.protocol()).to_owned();
+            let weight = weights
+                .entry((key.client.clone(), key.server.clone(), protocol))
+                .or_default();
+            weight.0 = weight.0.saturating_add(stats.requests);
+            weight.1 = weight.1.saturating_add(stats.flows);
+            weight.2 = weight
+                .2
+                .saturating_add(stats.bytes_sent.saturating_add(stats.bytes_received));
+        }
+        let total = weights.len();
+        let mut ranked: Vec<(Edge, (u64, u64, u64))> = weights.into_iter().collect();
+        if ranked.len() > max {
+            ranked.select_nth_unstable_by(max, |a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            ranked.truncate(max);
+        }
+        let chosen: BTreeSet<Edge> = ranked.into_iter().map(|(edge, _)| edge).collect();
+        let mut edges: BTreeMap<Edge, DependencyStats> = BTreeMap::new();
+        for entry in &self.dependencies {
+            let key = entry.key();
+            let stats = &entry.value().total;
+            let edge = (
+                key.client.clone(),
+                key.server.clone(),
+                stats.protocol.name_or(key.protocol()).to_owned(),
+            );
+            if chosen.contains(&edge) {
+                edges.entry(edge).or_default().merge(stats);
+            }
+        }
+        (edges, total)
     }
 
     /// Dependencies with their statistics within `window`, sorted by key.
@@ -410,3 +783,5 @@ impl Topology {
 mod tests;
 #[cfg(test)]
 mod tests_identity;
+#[cfg(test)]
+mod tests_limits;

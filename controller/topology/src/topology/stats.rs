@@ -18,6 +18,56 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new(SIGNIFICANT_FIGURES).expect("2 significant figures is a valid precision")
 }
 
+/// A histogram allocated at its first value: most dependencies of a flood (one datagram
+/// from a spoofed source) and most time buckets of a quiet one carry no latency, and an
+/// empty histogram is 2 KiB.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies(Option<Box<Histogram<u64>>>);
+
+impl PartialEq for Latencies {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => a == b,
+            (Some(h), None) | (None, Some(h)) => h.is_empty(),
+            (None, None) => true,
+        }
+    }
+}
+
+impl Latencies {
+    fn record(&mut self, value_us: u64, count: u64) {
+        let histogram = self.0.get_or_insert_with(|| Box::new(new_histogram()));
+        record_value(histogram, value_us, count);
+    }
+
+    fn add(&mut self, other: &Self) {
+        let Some(from) = &other.0 else { return };
+        match &mut self.0 {
+            Some(into) => add_histogram(into, from),
+            None => self.0 = Some(from.clone()),
+        }
+    }
+
+    /// Values recorded.
+    pub fn len(&self) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value at quantile `q` (0 when empty).
+    pub fn value_at_quantile(&self, q: f64) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.value_at_quantile(q))
+    }
+
+    /// The largest value (0 when empty).
+    pub fn max(&self) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.max())
+    }
+}
+
 /// Latencies above an hour are recorded as an hour: the histogram grows to fit the largest
 /// value it sees, and this bounds that growth.
 const MAX_RECORDED_US: u64 = 3_600_000_000;
@@ -40,7 +90,7 @@ fn ns_to_us(ns: f64) -> u64 {
 
 /// Everything counted for one dependency (client service -> server service on one port).
 /// Directional counters are from the client's point of view: "sent" is client -> server.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct DependencyStats {
     /// Flows started: records with `first_record` set.
     pub flows: u64,
@@ -58,10 +108,10 @@ pub struct DependencyStats {
     pub latency_sum_ns: u64,
     pub latency_count: u64,
     /// Request latencies in microseconds, from the records' buckets.
-    pub latency_us: Histogram<u64>,
+    pub latency_us: Latencies,
     pub handshake_rtt_sum_ns: u64,
     /// One handshake RTT per record that carries one, in microseconds.
-    pub handshake_rtt_us: Histogram<u64>,
+    pub handshake_rtt_us: Latencies,
     pub ipv4: bool,
     pub ipv6: bool,
     pub first_seen_unix_ns: Option<u64>,
@@ -69,34 +119,6 @@ pub struct DependencyStats {
     /// Best evidence of the application protocol.
     pub protocol: ProtocolEvidence,
     pub request_groups: RequestGroups,
-}
-
-impl Default for DependencyStats {
-    fn default() -> Self {
-        Self {
-            flows: 0,
-            requests: 0,
-            errors: 0,
-            resets: 0,
-            packets_sent: 0,
-            packets_received: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
-            payload_bytes_sent: 0,
-            payload_bytes_received: 0,
-            latency_sum_ns: 0,
-            latency_count: 0,
-            latency_us: new_histogram(),
-            handshake_rtt_sum_ns: 0,
-            handshake_rtt_us: new_histogram(),
-            ipv4: false,
-            ipv6: false,
-            first_seen_unix_ns: None,
-            last_seen_unix_ns: None,
-            protocol: ProtocolEvidence::default(),
-            request_groups: RequestGroups::default(),
-        }
-    }
 }
 
 fn min_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -202,11 +224,11 @@ impl DependencyStats {
         };
         add(&mut self.latency_count, latency_count);
         for (value_us, count) in bucket_midpoints_us(&o.latency) {
-            record_value(&mut self.latency_us, value_us, count);
+            self.latency_us.record(value_us, count);
         }
         if let Some(rtt_ns) = o.handshake_rtt_ns {
             add(&mut self.handshake_rtt_sum_ns, rtt_ns);
-            record_value(&mut self.handshake_rtt_us, ns_to_us(rtt_ns as f64), 1);
+            self.handshake_rtt_us.record(ns_to_us(rtt_ns as f64), 1);
         }
         self.ipv4 |= o.remote_ip.is_ipv4();
         self.ipv6 |= o.remote_ip.is_ipv6();
@@ -240,11 +262,11 @@ impl DependencyStats {
             .saturating_add(other.payload_bytes_received);
         self.latency_sum_ns = self.latency_sum_ns.saturating_add(other.latency_sum_ns);
         self.latency_count = self.latency_count.saturating_add(other.latency_count);
-        add_histogram(&mut self.latency_us, &other.latency_us);
+        self.latency_us.add(&other.latency_us);
         self.handshake_rtt_sum_ns = self
             .handshake_rtt_sum_ns
             .saturating_add(other.handshake_rtt_sum_ns);
-        add_histogram(&mut self.handshake_rtt_us, &other.handshake_rtt_us);
+        self.handshake_rtt_us.add(&other.handshake_rtt_us);
         self.ipv4 |= other.ipv4;
         self.ipv6 |= other.ipv6;
         self.first_seen_unix_ns = min_option(self.first_seen_unix_ns, other.first_seen_unix_ns);
@@ -274,7 +296,7 @@ impl DependencyStats {
         add(&mut self.payload_bytes_received, o.bytes_received);
         add(&mut self.latency_sum_ns, latency_ns);
         add(&mut self.latency_count, 1);
-        record_value(&mut self.latency_us, ns_to_us(latency_ns as f64), 1);
+        self.latency_us.record(ns_to_us(latency_ns as f64), 1);
         match ipv6 {
             Some(true) => self.ipv6 = true,
             Some(false) => self.ipv4 = true,
@@ -324,7 +346,7 @@ pub struct LatencySummary {
 
 impl LatencySummary {
     /// `count` and `sum_ns` are exact; quantiles and max come from the histogram (µs).
-    pub fn new(count: u64, sum_ns: u64, histogram: &Histogram<u64>) -> Self {
+    pub fn new(count: u64, sum_ns: u64, histogram: &Latencies) -> Self {
         if count == 0 {
             return Self::default();
         }

@@ -7,12 +7,12 @@ use super::*;
 use crate::model::LatencyBucket;
 
 /// A fixed directory: web (10.0.0.1, fd00::1) on host-a, db (10.0.0.2) on host-b.
-struct Directory {
+pub(super) struct Directory {
     addresses: HashMap<IpAddr, &'static str>,
 }
 
 impl Directory {
-    fn lab() -> Self {
+    pub(super) fn lab() -> Self {
         let addresses = [("10.0.0.1", "web"), ("fd00::1", "web"), ("10.0.0.2", "db")]
             .into_iter()
             .map(|(ip, name)| (ip.parse().expect("test address"), name))
@@ -35,11 +35,11 @@ impl WorkloadDirectory for Directory {
     }
 }
 
-fn ip(text: &str) -> IpAddr {
+pub(super) fn ip(text: &str) -> IpAddr {
     text.parse().expect("test address")
 }
 
-fn observation(
+pub(super) fn observation(
     workload: &str,
     direction: Direction,
     local: (&str, u16),
@@ -109,7 +109,7 @@ fn db_from_web() -> FlowObservation {
     o
 }
 
-fn key(client: &str, server: &str, port: u16) -> DependencyKey {
+pub(super) fn key(client: &str, server: &str, port: u16) -> DependencyKey {
     DependencyKey {
         client: client.into(),
         server: server.into(),

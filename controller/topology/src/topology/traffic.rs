@@ -5,8 +5,10 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use super::evidence::Evidence;
+use super::limits::{Full, MAX_LABEL_BYTES, MAX_NAME_BYTES, TimestampError};
 use super::{
-    DependencyKey, NewEndpoint, Topology, protocol_for, unknown_client_name, unknown_server_name,
+    DependencyKey, NewEndpoint, Seen, Topology, protocol_for, unknown_client_name,
+    unknown_server_name,
 };
 use crate::model::Transport;
 use crate::observation::{TrafficObservation, is_known_protocol};
@@ -18,18 +20,33 @@ use crate::time::now_unix_ns;
 pub enum ObservationError {
     #[error("field `{field}`: must not be empty")]
     EmptyHost { field: &'static str },
+    #[error("field `{field}`: {len} bytes is longer than the {max} accepted")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("field `protocol`: unknown protocol `{0}` (known: {known})", known = crate::observation::PROTOCOLS.join(", "))]
     UnknownProtocol(String),
     #[error("field `latency_ms`: must be a finite number >= 0, got {0}")]
     Latency(f64),
+    /// `timestamp_unix_ns` outside the accepted window.
+    #[error("{0}")]
+    Timestamp(TimestampError),
+    /// It needed a new service or dependency and the topology is full.
+    #[error("{0}")]
+    Full(Full),
 }
 
 impl ObservationError {
-    pub fn field(&self) -> &'static str {
+    /// The field at fault; `None` when the observation is fine but did not fit.
+    pub fn field(&self) -> Option<&'static str> {
         match self {
-            Self::EmptyHost { field } => field,
-            Self::UnknownProtocol(_) => "protocol",
-            Self::Latency(_) => "latency_ms",
+            Self::EmptyHost { field } | Self::TooLong { field, .. } => Some(field),
+            Self::UnknownProtocol(_) => Some("protocol"),
+            Self::Latency(_) => Some("latency_ms"),
+            Self::Timestamp(e) => Some(e.field),
+            Self::Full(_) => None,
         }
     }
 }
@@ -55,6 +72,28 @@ impl Topology {
                 field: "destination.host",
             });
         }
+        for (field, value, max) in [
+            ("source.host", source_host, MAX_NAME_BYTES),
+            ("destination.host", destination_host, MAX_NAME_BYTES),
+            (
+                "method",
+                o.method.as_deref().unwrap_or_default(),
+                MAX_LABEL_BYTES,
+            ),
+            (
+                "path",
+                o.path.as_deref().unwrap_or_default(),
+                MAX_LABEL_BYTES,
+            ),
+        ] {
+            if value.len() > max {
+                return Err(ObservationError::TooLong {
+                    field,
+                    len: value.len(),
+                    max,
+                });
+            }
+        }
         if !o.latency_ms.is_finite() || o.latency_ms < 0.0 {
             return Err(ObservationError::Latency(o.latency_ms));
         }
@@ -62,10 +101,12 @@ impl Topology {
         if !protocol.is_empty() && !is_known_protocol(&protocol) {
             return Err(ObservationError::UnknownProtocol(o.protocol.clone()));
         }
+        let now = now_unix_ns();
+        self.check_observation_time(o, now)?;
         let at = if o.timestamp_unix_ns > 0 {
             o.timestamp_unix_ns
         } else {
-            now_unix_ns()
+            now
         };
         let transport = if matches!(protocol.as_str(), "udp" | "dns") {
             Transport::Udp
@@ -82,11 +123,11 @@ impl Topology {
         let source_ip = parse_ip(source_host);
         let destination_ip = parse_ip(destination_host);
         let (client, client_registered) = match source_ip {
-            Some(ip) => self.name_ip(ip, directory, at, unknown_client_name(ip)),
+            Some(ip) => self.name_ip(ip, directory, at, now, unknown_client_name(ip)),
             None => (source_host.to_ascii_lowercase(), false),
         };
         let (server, server_registered) = match destination_ip {
-            Some(ip) => self.name_ip(ip, directory, at, unknown_server_name(ip, port)),
+            Some(ip) => self.name_ip(ip, directory, at, now, unknown_server_name(ip, port)),
             None => (destination_host.to_ascii_lowercase(), false),
         };
         let key = DependencyKey {
@@ -95,8 +136,15 @@ impl Topology {
             transport,
             port,
         };
-        let seen = Some(at);
-        self.touch_service(&key.client, client_registered, None, seen, seen);
+        let reserved = self
+            .reserve_for(&key, directory)
+            .map_err(ObservationError::Full)?;
+        let seen = Seen {
+            first: Some(at),
+            last: Some(at),
+            now,
+        };
+        self.touch_service(&key.client, client_registered, None, seen, reserved.client);
         self.touch_service(
             &key.server,
             server_registered,
@@ -110,14 +158,28 @@ impl Topology {
                 evidence: Some((evidence, &protocol)),
             }),
             seen,
-            seen,
+            reserved.server,
         );
         let ipv6 = destination_ip.map(|ip| ip.is_ipv6());
-        self.record(key, at, |stats| {
+        self.record(key, at, now, reserved.dependency, |stats| {
             stats.record_request(o, evidence, &protocol, at, ipv6);
         });
         self.observations_ingested.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Checks `timestamp_unix_ns` against the accepted window; counts a refusal.
+    pub fn check_observation_time(
+        &self,
+        o: &TrafficObservation,
+        now: u64,
+    ) -> Result<(), ObservationError> {
+        self.limits
+            .check_timestamp("timestamp_unix_ns", o.timestamp_unix_ns, now, true)
+            .map_err(|error| {
+                self.hits.hit(error.limit());
+                ObservationError::Timestamp(error)
+            })
     }
 
     fn name_ip(
@@ -125,9 +187,10 @@ impl Topology {
         ip: IpAddr,
         directory: &impl WorkloadDirectory,
         at: u64,
+        now: u64,
         unknown: String,
     ) -> (String, bool) {
-        match self.known_name(&ip, directory, at) {
+        match self.known_name(&ip, directory, at, now) {
             (Some(name), registered) => (name, registered),
             (None, _) => (unknown, false),
         }

@@ -1,0 +1,623 @@
+//! The HTTP and gRPC edges' limits, as layers around the routers and wrappers around the
+//! listeners (the limits themselves and their counts are in [`crate::limits`]):
+//!
+//! - connections: at most `--http-max-connections` (`--grpc-max-connections`) open; one
+//!   more is answered 503 (closed, for gRPC) at once. An HTTP connection with no byte
+//!   read or written for `--http-idle-timeout` is closed.
+//! - request bodies: at most `--http-max-body` bytes (413), read within
+//!   `--http-request-timeout` (408).
+//! - time: a request's handler runs at most `--http-request-timeout` (503); event streams
+//!   are timed until their response starts.
+//! - concurrency per class: cheap reads, renders and analytics, writes; a request waits
+//!   `--http-queue-wait` for a slot of its class, then gets 503 with `Retry-After`.
+//! - event streams: at most `--sse-max-subscribers` per stream (503 with `Retry-After`).
+//! - the SVG rendering: one `dot` at a time, cached per topology generation.
+//!
+//! Every refusal is a problem+json body ([`ApiError`]) and counts in
+//! `weft_controller_limit_hits_total{limit=...}`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use weft_topology::render;
+use weft_topology::topology::Window;
+
+use super::error::{ApiError, PROBLEM_JSON};
+use crate::limits::{Guard, Limits, Stream, SvgKey};
+use crate::state::AppState;
+
+/// The layers, around every route of `router` (outermost first: body, time, slots).
+pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    router
+        .layer(middleware::from_fn_with_state(state.clone(), slots))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), body_limit))
+        // The extractors' own limit (axum's default is 2 MB); bodies reach them buffered.
+        .layer(DefaultBodyLimit::max(
+            state.limits.config.http_max_body_bytes,
+        ))
+}
+
+/// What a request is, for its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// `/healthz`: never refused.
+    Exempt,
+    Read,
+    /// Views of the whole topology and analytics: cost grows with the topology.
+    Render,
+    Write,
+    /// A server-sent event stream.
+    Stream(Stream),
+}
+
+/// The class of a request.
+pub fn class(method: &Method, path: &str, query: Option<&str>) -> Class {
+    if path == "/healthz" {
+        return Class::Exempt;
+    }
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    if read {
+        let stream = Stream::ALL.into_iter().find(|s| s.path() == path);
+        if let Some(stream) = stream {
+            let follow = !query
+                .unwrap_or_default()
+                .split('&')
+                .any(|kv| matches!(kv, "follow=false" | "follow=0"));
+            return if follow {
+                Class::Stream(stream)
+            } else {
+                Class::Read
+            };
+        }
+    }
+    let render = path.starts_with("/analytics/")
+        || path == "/topology"
+        || path.starts_with("/topology.")
+        || path == "/topology/diff"
+        || path == "/topology/violations"
+        || path == "/services"
+        || path.starts_with("/services/");
+    if render {
+        Class::Render
+    } else if read {
+        Class::Read
+    } else {
+        Class::Write
+    }
+}
+
+/// Keeps `permit` until the response body is dropped (the client went away, or the body
+/// ended).
+fn hold(response: Response, permit: OwnedSemaphorePermit) -> Response {
+    let (parts, body) = response.into_parts();
+    let stream = body.into_data_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
+}
+
+async fn slots(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limits = &state.limits;
+    let config = &limits.config;
+    let class = class(
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+    );
+    let (guard, slots, flag, max) = match class {
+        Class::Exempt => return next.run(request).await,
+        Class::Stream(stream) => {
+            let Ok(permit) = limits.stream(stream).clone().try_acquire_owned() else {
+                limits.hit(Guard::SseSubscribers);
+                return ApiError::Unavailable {
+                    message: format!(
+                        "{} subscribers already follow {} (--sse-max-subscribers)",
+                        config.sse_max_subscribers,
+                        stream.path()
+                    ),
+                    retry_after: Duration::from_secs(5),
+                }
+                .into_response();
+            };
+            return hold(next.run(request).await, permit);
+        }
+        Class::Read => (
+            Guard::HttpRead,
+            &limits.read,
+            "--http-read-concurrency",
+            config.http_read_concurrency,
+        ),
+        Class::Render => (
+            Guard::HttpRender,
+            &limits.render,
+            "--http-render-concurrency",
+            config.http_render_concurrency,
+        ),
+        Class::Write => (
+            Guard::HttpWrite,
+            &limits.write,
+            "--http-write-concurrency",
+            config.http_write_concurrency,
+        ),
+    };
+    let permit = tokio::time::timeout(config.http_queue_wait, slots.clone().acquire_owned()).await;
+    let Ok(Ok(permit)) = permit else {
+        limits.hit(guard);
+        return ApiError::Unavailable {
+            message: format!(
+                "{max} requests of this kind are being served and none finished within {:?} ({flag})",
+                config.http_queue_wait
+            ),
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response();
+    };
+    let response = next.run(request).await;
+    drop(permit);
+    response
+}
+
+async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.limits.config.http_request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            state.limits.hit(Guard::HttpTimeout);
+            ApiError::Unavailable {
+                message: format!("the request took longer than {limit:?} (--http-request-timeout)"),
+                retry_after: Duration::from_secs(5),
+            }
+            .into_response()
+        }
+    }
+}
+
+/// Reads the body (at most the limit, within the request timeout) before anything else
+/// runs, so that a slow or large upload holds no slot and reaches no handler.
+async fn body_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limits = &state.limits;
+    let max = limits.config.http_max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX)) {
+        limits.hit(Guard::HttpBody);
+        return ApiError::TooLarge { limit: max }.into_response();
+    }
+    if declared == Some(0) || (declared.is_none() && !has_body(&request)) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let timeout = limits.config.http_request_timeout;
+    let read = tokio::time::timeout(timeout, http_body_util::Limited::new(body, max).collect());
+    match read.await {
+        Err(_) => {
+            limits.hit(Guard::HttpTimeout);
+            ApiError::BodyTimeout(format!(
+                "the request body did not arrive within {timeout:?} (--http-request-timeout)"
+            ))
+            .into_response()
+        }
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            limits.hit(Guard::HttpBody);
+            ApiError::TooLarge { limit: max }.into_response()
+        }
+        Ok(Err(error)) => ApiError::BadBody(format!("reading it failed: {error}")).into_response(),
+        Ok(Ok(collected)) => {
+            let body = Body::from(collected.to_bytes());
+            next.run(Request::from_parts(parts, body)).await
+        }
+    }
+}
+
+/// A request without `Content-Length` has a body when it is chunked.
+fn has_body(request: &Request) -> bool {
+    request.headers().contains_key(header::TRANSFER_ENCODING)
+}
+
+/// `GET /topology.svg`: the cached rendering for this topology generation, registry
+/// version and query, else one `dot` at a time (a request waits `--svg-timeout` for the
+/// one under way, then gets 503), cached for `--svg-cache-ttl`.
+pub async fn render_svg(
+    state: &AppState,
+    window: &Window,
+    query: String,
+) -> Result<Arc<Vec<u8>>, ApiError> {
+    let limits = &state.limits;
+    let config = &limits.config;
+    let key = SvgKey {
+        generation: state.topology.generation(),
+        registry: state.registry.version(),
+        query,
+    };
+    let cached = |limits: &Limits| {
+        limits.svg.get(&key, config.svg_cache_ttl).map(|svg| {
+            svg.map_err(|message| {
+                limits.hit(Guard::SvgRender);
+                ApiError::Unavailable {
+                    message,
+                    retry_after: config.svg_cache_ttl,
+                }
+            })
+        })
+    };
+    if let Some(svg) = cached(limits) {
+        return svg;
+    }
+    let Ok(Ok(permit)) = tokio::time::timeout(config.svg_timeout, limits.svg.slot.acquire()).await
+    else {
+        limits.hit(Guard::SvgRender);
+        return Err(ApiError::Unavailable {
+            message: format!(
+                "another SVG rendering has been running for {:?} (--svg-timeout); fetch /topology.dot and render it elsewhere, or try again",
+                config.svg_timeout
+            ),
+            retry_after: config.svg_timeout,
+        });
+    };
+    // Rendered (or failed) by the request we waited for?
+    if let Some(svg) = cached(limits) {
+        return svg;
+    }
+    let dot = render::dot(&state.snapshot_in(window));
+    let svg = match super::views::run_dot("dot", &dot, config.svg_timeout).await {
+        Ok(svg) => Arc::new(svg),
+        Err(ApiError::Unavailable {
+            message,
+            retry_after,
+        }) => {
+            // Too slow for this topology: not tried again until it changes or the entry
+            // expires.
+            limits.hit(Guard::SvgRender);
+            limits.svg.put(key, Err(message.clone()));
+            return Err(ApiError::Unavailable {
+                message,
+                retry_after,
+            });
+        }
+        Err(error) => return Err(error),
+    };
+    limits.svg.put(key, Ok(svg.clone()));
+    drop(permit);
+    Ok(svg)
+}
+
+/// An accepted connection holding one of the connection slots, closed when idle for too
+/// long (if `idle` is set).
+pub struct LimitedIo {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+}
+
+impl LimitedIo {
+    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, idle: Option<Duration>) -> Self {
+        Self {
+            stream,
+            _permit: permit,
+            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+        }
+    }
+
+    fn touch(&mut self) {
+        if let Some((idle, sleep)) = &mut self.idle {
+            sleep.as_mut().reset(tokio::time::Instant::now() + *idle);
+        }
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.idle {
+            Some((_, sleep)) => sleep.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
+    }
+}
+
+impl AsyncRead for LimitedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.touch();
+                Poll::Ready(result)
+            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection idle for longer than --http-idle-timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for LimitedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for LimitedIo {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+/// How long an accept error (e.g. out of file descriptors) pauses accepting.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Refusals being written at once, at most; beyond, a connection is just closed.
+const REFUSALS_IN_FLIGHT: usize = 64;
+
+/// The HTTP listener with a bound on open connections.
+pub struct LimitedListener {
+    listener: TcpListener,
+    limits: Arc<Limits>,
+    refusals: Arc<Semaphore>,
+}
+
+impl LimitedListener {
+    pub fn new(listener: TcpListener, limits: Arc<Limits>) -> Self {
+        Self {
+            listener,
+            limits,
+            refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
+        }
+    }
+
+    /// Answers 503 (problem+json, `Retry-After`) on a connection over the limit, then
+    /// closes it; what the client sent is read and dropped for a moment so that the
+    /// close is not a reset that loses the answer.
+    fn refuse(&self, mut stream: TcpStream) {
+        let Ok(permit) = self.refusals.clone().try_acquire_owned() else {
+            return;
+        };
+        let max = self.limits.config.http_max_connections;
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let body = format!(
+                r#"{{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the controller has {max} HTTP connections open (--http-max-connections)"}}"#
+            );
+            let response = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {PROBLEM_JSON}\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                stream.write_all(response.as_bytes()).await?;
+                stream.shutdown().await?;
+                let mut sink = [0u8; 4096];
+                while stream.read(&mut sink).await? > 0 {}
+                Ok::<_, io::Error>(())
+            })
+            .await;
+            drop(permit);
+        });
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::debug!(%error, "accepting an HTTP connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            match self.limits.http_connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let idle = Some(self.limits.config.http_idle_timeout);
+                    return (LimitedIo::new(stream, permit, idle), addr);
+                }
+                Err(_) => {
+                    self.limits.hit(Guard::HttpConnections);
+                    self.refuse(stream);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// The gRPC connections, at most `--grpc-max-connections` open (one more is closed at
+/// once), with TCP_NODELAY.
+pub fn grpc_incoming(
+    listener: TcpListener,
+    limits: Arc<Limits>,
+) -> impl futures::Stream<Item = io::Result<LimitedIo>> {
+    futures::stream::unfold((listener, limits), |(listener, limits)| async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, "accepting a gRPC connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "setting TCP_NODELAY failed");
+            }
+            match limits.grpc_connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    return Some((Ok(LimitedIo::new(stream, permit, None)), (listener, limits)));
+                }
+                Err(_) => limits.hit(Guard::GrpcConnections),
+            }
+        }
+    })
+}
+
+/// Counts the gRPC calls refused because a message was larger than the decode limit
+/// (`OUT_OF_RANGE`, or `RESOURCE_EXHAUSTED` when the buffer could not grow).
+#[derive(Debug, Clone)]
+pub struct CountOversized {
+    limits: Arc<Limits>,
+}
+
+impl CountOversized {
+    pub fn layer(limits: Arc<Limits>) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> tower::Layer<S> for CountOversized {
+    type Service = CountOversizedService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CountOversizedService {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CountOversizedService<S> {
+    inner: S,
+    limits: Arc<Limits>,
+}
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for CountOversizedService<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let call = self.inner.call(request);
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let result = call.await;
+            if let Ok(response) = &result {
+                let status = response.headers().get("grpc-status");
+                let code = |c: tonic::Code| {
+                    status.is_some_and(|v| v.as_bytes() == (c as i32).to_string().as_bytes())
+                };
+                if code(tonic::Code::OutOfRange) || code(tonic::Code::ResourceExhausted) {
+                    limits.hit(Guard::GrpcMessageSize);
+                }
+            }
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_fall_into_their_class() {
+        let get = Method::GET;
+        assert_eq!(class(&get, "/healthz", None), Class::Exempt);
+        assert_eq!(class(&get, "/topology.svg", None), Class::Render);
+        assert_eq!(class(&get, "/topology", Some("since=1h")), Class::Render);
+        assert_eq!(class(&get, "/analytics/critical", None), Class::Render);
+        assert_eq!(
+            class(&Method::POST, "/analytics/classification", None),
+            Class::Render
+        );
+        assert_eq!(
+            class(&get, "/services/web/dependencies", None),
+            Class::Render
+        );
+        assert_eq!(class(&get, "/topology/snapshots", None), Class::Read);
+        assert_eq!(class(&get, "/shards", None), Class::Read);
+        assert_eq!(class(&get, "/metrics", None), Class::Read);
+        assert_eq!(class(&Method::POST, "/observations", None), Class::Write);
+        assert_eq!(
+            class(&Method::PUT, "/policy/allowed-dependencies", None),
+            Class::Write
+        );
+        assert_eq!(
+            class(&get, "/events/topology", None),
+            Class::Stream(Stream::Topology)
+        );
+        assert_eq!(
+            class(&get, "/events", Some("from=3")),
+            Class::Stream(Stream::Shards)
+        );
+        assert_eq!(
+            class(&get, "/events", Some("follow=false&from=1")),
+            Class::Read
+        );
+    }
+}
