@@ -110,6 +110,7 @@ pub struct Metrics {
     pub attach_errors: Counter,
     pub payload_samples: Counter,
     pub payload_samples_lost: Counter,
+    pub ring_items_invalid: Counter,
 }
 
 impl Metrics {
@@ -218,6 +219,12 @@ impl Metrics {
             "weft_agent_payload_samples_lost_total",
             "Payload samples the kernel dropped because the ring buffer was full.",
             m.payload_samples_lost.clone(),
+        );
+        register(
+            r,
+            "weft_agent_ring_items_invalid_total",
+            "Ring-buffer items dropped because they did not decode (short, or a value the kernel program never writes).",
+            m.ring_items_invalid.clone(),
         );
         m
     }
