@@ -141,7 +141,8 @@ pub(crate) fn parse_request(b: &[u8]) -> Option<Request> {
         false
     });
     Some(Request {
-        method: method?,
+        // A document whose first element has an empty name names no command.
+        method: method.filter(|m| !m.is_empty())?,
         path,
         operation: None,
     })
@@ -178,4 +179,44 @@ pub(crate) fn parse_response(b: &[u8]) -> Option<Response> {
         error: ok == Some(false),
         code: code_name,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OP_MSG (request) whose body document holds `elements`.
+    fn op_msg(elements: &[u8]) -> Vec<u8> {
+        let mut doc = ((elements.len() + 5) as u32).to_le_bytes().to_vec();
+        doc.extend_from_slice(elements);
+        doc.push(0);
+        let mut m = ((16 + 4 + 1 + doc.len()) as u32).to_le_bytes().to_vec();
+        m.extend_from_slice(&7u32.to_le_bytes()); // requestID
+        m.extend_from_slice(&0u32.to_le_bytes()); // responseTo
+        m.extend_from_slice(&OP_MSG.to_le_bytes());
+        m.extend_from_slice(&0u32.to_le_bytes()); // flagBits
+        m.push(0); // section kind 0: body
+        m.extend(doc);
+        m
+    }
+
+    /// Found by fuzzing (l7_mongo): a body document whose first element has an empty name
+    /// gave a request with an empty method.
+    #[test]
+    fn empty_command_name_is_not_a_request() {
+        // ObjectId (0x07) named "" (12 bytes of value).
+        let mut e = vec![0x07, 0];
+        e.extend_from_slice(&[0xaa; 12]);
+        assert_eq!(parse_request(&op_msg(&e)), None);
+        // The same document with a command name is a request.
+        let mut e = vec![0x02];
+        e.extend_from_slice(b"find\0");
+        e.extend_from_slice(&6u32.to_le_bytes());
+        e.extend_from_slice(b"users\0");
+        let r = parse_request(&op_msg(&e)).unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_deref()),
+            ("find", Some("users"))
+        );
+    }
 }
