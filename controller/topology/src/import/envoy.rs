@@ -14,12 +14,15 @@
 //! cluster (JSON) or the upstream host's address, on the upstream host's port; without an
 //! upstream host (no healthy upstream, a local reply) it is the `:authority`. Bytes are from
 //! the client's side: `bytes_sent` is what Envoy received from downstream. Response code 0
-//! (no response) and response flags other than `-` count as errors.
+//! (no response) and response flags other than `-` count as errors. Control characters in
+//! hosts, method and path become U+FFFD.
 
 use serde_json::Value;
 
 use super::time::{from_unix_seconds, parse_rfc3339};
-use super::{ImportError, ImportOptions, ImportReport, normalize_protocol, numbered_lines};
+use super::{
+    ImportError, ImportOptions, ImportReport, normalize_protocol, numbered_lines, printable,
+};
 use crate::observation::{NetworkEndpoint, TrafficObservation};
 
 /// Source name when nothing in the log tells the downstream.
@@ -288,7 +291,7 @@ fn observation(e: Entry, options: &ImportOptions) -> Result<TrafficObservation, 
             e.duration_ms
         ));
     }
-    Ok(TrafficObservation {
+    Ok(printable(TrafficObservation {
         timestamp_unix_ns: e.start_time,
         source,
         destination: NetworkEndpoint::new(dest_host, dest_port),
@@ -300,5 +303,5 @@ fn observation(e: Entry, options: &ImportOptions) -> Result<TrafficObservation, 
         method: e.method,
         path: e.path,
         error: e.response_code == 0 || e.flags.is_some(),
-    })
+    }))
 }

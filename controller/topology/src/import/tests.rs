@@ -709,3 +709,30 @@ fn pcap_with_random_corruption_never_panics() {
         }
     }
 }
+
+/// Found by fuzzing (import_envoy): a control character in a log line's path reached the
+/// observation (and from there the ASCII map on an operator's terminal).
+#[test]
+fn envoy_control_characters_in_labels_become_replacement_characters() {
+    let input = b"[2016-04-15T20:17:01.000Z] \"GET \x02users/7\x1b[2J HTTP/1.1\" 503 UH 0 19 1 - \"-\" \"curl/8.0\" \"id-2\" \"users\x07.internal:8080\" \"-\"\n";
+    let report = import_bytes(Format::Envoy, input, &ImportOptions::default());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let o = &report.observations[0];
+    assert_eq!(o.path.as_deref(), Some("\u{fffd}users/7\u{fffd}[2J"));
+    assert_eq!(
+        o.destination,
+        NetworkEndpoint::new("users\u{fffd}.internal", 8080)
+    );
+}
+
+/// The same for JSON lines, whose strings may escape any control character.
+#[test]
+fn jsonl_control_characters_in_labels_become_replacement_characters() {
+    let input = br#"{"source_host": "a\u0000b", "source_port": 40000, "dest_host": "db", "dest_port": 5432, "protocol": "postgres", "method": "QUERY\n", "path": "\u001b]0;x\u0007"}"#;
+    let report = import_bytes(Format::Jsonl, input, &ImportOptions::default());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let o = &report.observations[0];
+    assert_eq!(o.source.host, "a\u{fffd}b");
+    assert_eq!(o.method.as_deref(), Some("QUERY\u{fffd}"));
+    assert_eq!(o.path.as_deref(), Some("\u{fffd}]0;x\u{fffd}"));
+}
