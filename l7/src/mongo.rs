@@ -168,7 +168,9 @@ pub(crate) fn parse_response(b: &[u8]) -> Option<Response> {
         match (name, value) {
             (b"ok", Value::Double(d)) => ok = Some(d != 0.0),
             (b"ok", Value::Int(i)) => ok = Some(i != 0),
-            (b"codeName", Value::Str(s)) => code_name = Some(crate::util::label(s)),
+            (b"codeName", Value::Str(s)) if !s.is_empty() => {
+                code_name = Some(crate::util::label(s));
+            }
             (b"code", Value::Int(i)) => code = u16::try_from(i).ok(),
             _ => {}
         }
@@ -218,5 +220,26 @@ mod tests {
             (r.method.as_str(), r.path.as_deref()),
             ("find", Some("users"))
         );
+    }
+
+    /// Found by fuzzing (l7_mongo): a reply whose `codeName` is an empty string gave an
+    /// empty code; no name is no code.
+    #[test]
+    fn empty_code_name_is_no_code() {
+        // OP_MSG reply (responseTo 7): {ok: 0.0, code: 26, codeName: ""}.
+        let mut e = vec![0x01];
+        e.extend_from_slice(b"ok\0");
+        e.extend_from_slice(&0f64.to_le_bytes());
+        e.push(0x10);
+        e.extend_from_slice(b"code\0");
+        e.extend_from_slice(&26i32.to_le_bytes());
+        e.push(0x02);
+        e.extend_from_slice(b"codeName\0");
+        e.extend_from_slice(&1u32.to_le_bytes());
+        e.push(0);
+        let mut reply = op_msg(&e);
+        reply[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let r = parse_response(&reply).unwrap();
+        assert_eq!((r.status, r.error, r.code), (Some(26), true, None));
     }
 }
