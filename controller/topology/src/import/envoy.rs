@@ -225,8 +225,17 @@ fn parse_json_line(line: &str, options: &ImportOptions) -> Result<TrafficObserva
     observation(entry, options)
 }
 
-/// `host:port`, `[v6]:port`, `tcp://host:port`, or a bare host with `default_port`.
+/// `host:port`, `[v6]:port`, `tcp://host:port`, or a bare host with `default_port`; an
+/// address without a host (`:80`, `[]:80`) is an error.
 fn split_host_port(address: &str, default_port: u16) -> Result<(String, u16), String> {
+    let (host, port) = split_address(address, default_port)?;
+    if host.trim().is_empty() {
+        return Err(format!("{:?} has no host", address.trim()));
+    }
+    Ok((host, port))
+}
+
+fn split_address(address: &str, default_port: u16) -> Result<(String, u16), String> {
     let address = address.trim();
     let address = address.split_once("://").map_or(address, |(_, rest)| rest);
     if let Some(rest) = address.strip_prefix('[') {
@@ -280,8 +289,9 @@ fn observation(e: Entry, options: &ImportOptions) -> Result<TrafficObservation, 
             NetworkEndpoint::new(host, port)
         }
         (None, None, Some(xff)) => {
-            let first = xff.split(',').next().unwrap_or(xff).trim();
-            NetworkEndpoint::new(first, 0)
+            // The first address (empty entries of a list such as ", 10.0.0.1" skipped).
+            let first = xff.split(',').map(str::trim).find(|a| !a.is_empty());
+            NetworkEndpoint::new(first.unwrap_or(UNKNOWN_DOWNSTREAM), 0)
         }
         (None, None, None) => NetworkEndpoint::new(UNKNOWN_DOWNSTREAM, 0),
     };

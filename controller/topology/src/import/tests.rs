@@ -736,3 +736,43 @@ fn jsonl_control_characters_in_labels_become_replacement_characters() {
     assert_eq!(o.method.as_deref(), Some("QUERY\u{fffd}"));
     assert_eq!(o.path.as_deref(), Some("\u{fffd}]0;x\u{fffd}"));
 }
+
+/// Found by fuzzing (import_envoy): an upstream host of `:04` (no host) gave an observation
+/// with an empty destination host, which the topology refuses; the line is an error now.
+/// Empty X-Forwarded-For entries are skipped.
+#[test]
+fn envoy_addresses_without_a_host_are_errors() {
+    let line = |upstream: &str, xff: &str| {
+        format!(
+            "[2016-04-15T20:17:00.310Z] \"POST /l HTTP/2\" 204 - 154 0 226 100 \"{xff}\" \"nsq2http\" \"id\" \"locations\" \"{upstream}\"\n"
+        )
+    };
+    let input = [
+        line(":04", "10.0.35.28"),
+        line("tcp://[]:80", "-"),
+        line("10.0.2.1:80", ", 10.0.0.9"),
+    ]
+    .concat();
+    let report = import_bytes(Format::Envoy, input.as_bytes(), &ImportOptions::default());
+    let errors: Vec<(&str, &str)> = report
+        .errors
+        .iter()
+        .map(|e| (e.location.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            ("line 1", "field upstream_host: \":04\" has no host"),
+            ("line 2", "field upstream_host: \"tcp://[]:80\" has no host"),
+        ]
+    );
+    assert_eq!(report.observations.len(), 1);
+    assert_eq!(
+        report.observations[0].source,
+        NetworkEndpoint::new("10.0.0.9", 0)
+    );
+    assert_eq!(
+        report.observations[0].destination,
+        NetworkEndpoint::new("10.0.2.1", 80)
+    );
+}
