@@ -5,10 +5,13 @@
 //! With the `std` feature (user space only; the kernel crate builds without it) it also
 //! holds the vocabulary the agent and the controller share: IP prefixes and families
 //! ([`net`]) and shell-style globs ([`glob`]).
-#![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 
 pub mod flow;
 pub mod latency;
+// Decoding ring-buffer items: user space only.
+#[cfg(any(feature = "std", feature = "user", test))]
+pub mod wire;
 
 #[cfg(feature = "std")]
 pub mod glob;

@@ -10,7 +10,7 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 
-use agent_common::{FlowEvent, FlowKey, FlowStats, PayloadSample, flow::state};
+use agent_common::{FlowEvent, FlowKey, FlowStats, PayloadSample, flow::state, wire::DecodeError};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tracing::{debug, warn};
 use weft_proto::v1::FlowRecord;
@@ -114,32 +114,42 @@ impl Collector {
     /// Reads payload samples; bounded per call so flow-end events are not starved.
     fn read_payloads(&mut self) {
         for _ in 0..100_000 {
-            let Some(item) = self.payloads.next() else {
+            let Some(decoded) = self
+                .payloads
+                .next()
+                .map(|item| PayloadSample::from_bytes(&item))
+            else {
                 break;
             };
-            if item.len() < std::mem::size_of::<PayloadSample>() {
-                continue;
+            match decoded {
+                Ok(s) => {
+                    self.metrics.payload_samples.inc();
+                    self.l7.observe(&s);
+                }
+                Err(e) => self.invalid_item(&e),
             }
-            // SAFETY: the kernel wrote a PayloadSample (agent-common layout); read unaligned.
-            let s: PayloadSample = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            drop(item);
-            self.metrics.payload_samples.inc();
-            self.l7.observe(&s);
         }
     }
 
     fn read_events(&mut self) {
         let due = Instant::now() + END_SETTLE;
-        while let Some(item) = self.events.next() {
-            if item.len() < std::mem::size_of::<FlowEvent>() {
-                warn!(len = item.len(), "short flow event ignored");
-                continue;
+        // The item borrows the ring: decode it (a copy) before anything else.
+        while let Some(decoded) = self.events.next().map(|item| FlowEvent::from_bytes(&item)) {
+            match decoded {
+                Ok(ev) => {
+                    self.metrics.flow_events.inc();
+                    self.ending.insert(ev.key, (ev.stats, due));
+                }
+                Err(e) => self.invalid_item(&e),
             }
-            // SAFETY: the kernel wrote a FlowEvent (agent-common layout); read unaligned.
-            let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            self.metrics.flow_events.inc();
-            self.ending.insert(ev.key, (ev.stats, due));
         }
+    }
+
+    /// A ring-buffer item that is not a record (short, or a value the kernel program never
+    /// writes: the two sides disagree on the layout): counted and dropped.
+    fn invalid_item(&self, e: &DecodeError) {
+        self.metrics.ring_items_invalid.inc();
+        warn!(error = %e, "ring buffer item dropped");
     }
 
     fn context_offset() -> i128 {

@@ -161,6 +161,9 @@ fn build_record(
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use agent_common::flow::FAMILY_IPV6;

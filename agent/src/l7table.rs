@@ -81,8 +81,8 @@ impl L7Table {
                 ..Default::default()
             };
         }
-        let n = (s.captured as usize).min(s.data.len());
-        let data = &s.data[..n];
+        let data = s.payload();
+        let n = data.len();
         let (from_client, server_port) = sides(s);
         let transport = if s.key.proto == PROTO_UDP {
             Transport::Udp
@@ -177,7 +177,8 @@ impl L7Table {
                 let g = f.groups.entry(key).or_default();
                 g.count += 1;
                 g.errors += error as u64;
-                g.latency_sum_ns += s.latency_ns;
+                // A sample's latency is whatever the ring said: saturate, never overflow.
+                g.latency_sum_ns = g.latency_sum_ns.saturating_add(s.latency_ns);
             }
             _ => {}
         }
@@ -238,6 +239,9 @@ impl L7Table {
         self.flows.retain(|k, _| live.contains(k));
     }
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
@@ -451,5 +455,36 @@ mod tests {
         let mut r = record(false);
         t.fill(&k, 7, &mut r);
         assert_eq!(r.protocol, "mysql");
+    }
+
+    /// Found by the property tests: two responses whose latencies add past u64::MAX
+    /// overflowed the group's sum (a panic in debug builds, a wrapped sum in release).
+    #[test]
+    fn latency_sums_saturate_instead_of_overflowing() {
+        let k = key(40000, 80, PROTO_TCP);
+        let mut t = L7Table::default();
+        for _ in 0..2 {
+            t.observe(&sample(
+                k,
+                sample::REQUEST,
+                DIR_OUT,
+                b"GET / HTTP/1.1\r\n",
+                0,
+                false,
+            ));
+            t.observe(&sample(
+                k,
+                sample::RESPONSE,
+                DIR_IN,
+                b"HTTP/1.1 200 OK\r\n",
+                u64::MAX - 1,
+                false,
+            ));
+        }
+        let mut r = record(false);
+        t.fill(&k, 7, &mut r);
+        assert_eq!(r.request_groups.len(), 1);
+        assert_eq!(r.request_groups[0].count, 2);
+        assert_eq!(r.request_groups[0].latency_sum_ns, u64::MAX);
     }
 }

@@ -112,6 +112,7 @@ pub struct Metrics {
     pub payload_samples_lost: Counter,
     pub batch_splits: Counter,
     pub records_too_large: Counter,
+    pub ring_items_invalid: Counter,
 }
 
 impl Metrics {
@@ -232,6 +233,12 @@ impl Metrics {
             "weft_agent_payload_samples_lost_total",
             "Payload samples the kernel dropped because the ring buffer was full.",
             m.payload_samples_lost.clone(),
+        );
+        register(
+            r,
+            "weft_agent_ring_items_invalid_total",
+            "Ring-buffer items dropped because they did not decode (short, or a value the kernel program never writes).",
+            m.ring_items_invalid.clone(),
         );
         m
     }

@@ -91,8 +91,7 @@ impl Loaded {
     fn samples(&mut self) -> Vec<PayloadSample> {
         let mut out = Vec::new();
         while let Some(item) = self.payloads.next() {
-            // SAFETY: the program writes PayloadSamples.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadSample>()) });
+            out.push(PayloadSample::from_bytes(&item).expect("the program writes PayloadSamples"));
         }
         out
     }
@@ -228,8 +227,7 @@ fn closing_flow_posts_its_final_state_once() {
     l.inn(&s2c(ACK | FIN, b""));
     l.out(&c2s(ACK, b""));
     let item = l.events.next().expect("flow-end event");
-    // SAFETY: the program writes a FlowEvent.
-    let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+    let ev = FlowEvent::from_bytes(&item).expect("the program writes a FlowEvent");
     drop(item);
     assert_eq!(ev.key.remote_port, 80);
     assert_eq!(ev.stats.packets, [2, 2]);

@@ -52,7 +52,7 @@ use std::str::FromStr;
 
 pub use detect::detect;
 pub use dns::dns_answers;
-pub use path::path_pattern;
+pub use path::{MAX_PATTERN_LEN, path_pattern};
 
 /// Application protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -141,7 +141,8 @@ pub(crate) fn parse_request(b: &[u8]) -> Option<Request> {
         false
     });
     Some(Request {
-        method: method?,
+        // A document whose first element has an empty name names no command.
+        method: method.filter(|m| !m.is_empty())?,
         path,
         operation: None,
     })
@@ -167,7 +168,9 @@ pub(crate) fn parse_response(b: &[u8]) -> Option<Response> {
         match (name, value) {
             (b"ok", Value::Double(d)) => ok = Some(d != 0.0),
             (b"ok", Value::Int(i)) => ok = Some(i != 0),
-            (b"codeName", Value::Str(s)) => code_name = Some(crate::util::label(s)),
+            (b"codeName", Value::Str(s)) if !s.is_empty() => {
+                code_name = Some(crate::util::label(s));
+            }
             (b"code", Value::Int(i)) => code = u16::try_from(i).ok(),
             _ => {}
         }
@@ -178,4 +181,65 @@ pub(crate) fn parse_response(b: &[u8]) -> Option<Response> {
         error: ok == Some(false),
         code: code_name,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OP_MSG (request) whose body document holds `elements`.
+    fn op_msg(elements: &[u8]) -> Vec<u8> {
+        let mut doc = ((elements.len() + 5) as u32).to_le_bytes().to_vec();
+        doc.extend_from_slice(elements);
+        doc.push(0);
+        let mut m = ((16 + 4 + 1 + doc.len()) as u32).to_le_bytes().to_vec();
+        m.extend_from_slice(&7u32.to_le_bytes()); // requestID
+        m.extend_from_slice(&0u32.to_le_bytes()); // responseTo
+        m.extend_from_slice(&OP_MSG.to_le_bytes());
+        m.extend_from_slice(&0u32.to_le_bytes()); // flagBits
+        m.push(0); // section kind 0: body
+        m.extend(doc);
+        m
+    }
+
+    /// Found by fuzzing (l7_mongo): a body document whose first element has an empty name
+    /// gave a request with an empty method.
+    #[test]
+    fn empty_command_name_is_not_a_request() {
+        // ObjectId (0x07) named "" (12 bytes of value).
+        let mut e = vec![0x07, 0];
+        e.extend_from_slice(&[0xaa; 12]);
+        assert_eq!(parse_request(&op_msg(&e)), None);
+        // The same document with a command name is a request.
+        let mut e = vec![0x02];
+        e.extend_from_slice(b"find\0");
+        e.extend_from_slice(&6u32.to_le_bytes());
+        e.extend_from_slice(b"users\0");
+        let r = parse_request(&op_msg(&e)).unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_deref()),
+            ("find", Some("users"))
+        );
+    }
+
+    /// Found by fuzzing (l7_mongo): a reply whose `codeName` is an empty string gave an
+    /// empty code; no name is no code.
+    #[test]
+    fn empty_code_name_is_no_code() {
+        // OP_MSG reply (responseTo 7): {ok: 0.0, code: 26, codeName: ""}.
+        let mut e = vec![0x01];
+        e.extend_from_slice(b"ok\0");
+        e.extend_from_slice(&0f64.to_le_bytes());
+        e.push(0x10);
+        e.extend_from_slice(b"code\0");
+        e.extend_from_slice(&26i32.to_le_bytes());
+        e.push(0x02);
+        e.extend_from_slice(b"codeName\0");
+        e.extend_from_slice(&1u32.to_le_bytes());
+        e.push(0);
+        let mut reply = op_msg(&e);
+        reply[8..12].copy_from_slice(&7u32.to_le_bytes());
+        let r = parse_response(&reply).unwrap();
+        assert_eq!((r.status, r.error, r.code), (Some(26), true, None));
+    }
 }

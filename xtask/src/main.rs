@@ -1,4 +1,4 @@
-//! `cargo xtask <command>`: setup (toolchain, packages, bpffs), build, test, demo.
+//! `cargo xtask <command>`: setup (toolchain, packages, bpffs), build, test, demo, fuzz.
 
 mod bench;
 mod bench_drift;
@@ -6,6 +6,7 @@ mod bench_shards;
 mod bench_spoof;
 mod bench_tls;
 mod demo;
+mod fuzz;
 mod setup;
 mod sh;
 
@@ -31,7 +32,9 @@ enum Cmd {
     Setup,
     /// setup, then `cargo build` (the default members; the agent builds agent-ebpf).
     Build,
-    /// setup, build, then `cargo test` of the default members (unit and end-to-end lab tests).
+    /// setup, build, then `cargo test` of the default members (unit and end-to-end lab
+    /// tests); without test arguments, then every fuzz target for a few seconds
+    /// (`WEFT_FUZZ_SECONDS`, default 5; 0 skips them).
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -49,6 +52,21 @@ enum Cmd {
         /// Use the binaries already in the target dir instead of running setup and build.
         #[arg(long)]
         no_build: bool,
+    },
+    /// Runs the cargo-fuzz targets in `fuzz/` (nightly), each for a fixed time, seeded from
+    /// `fuzz/corpus/<target>/`; fails if any crashed, naming the input it kept.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Then add the inputs that brought new coverage to `fuzz/corpus/<target>/`.
+        #[arg(long)]
+        merge: bool,
+        /// Unoptimised build (faster to build, slower to run), as `cargo xtask test` uses.
+        #[arg(long)]
+        dev: bool,
+        /// Targets to run (default: all; `cargo +nightly fuzz list` in `fuzz/` lists them).
+        targets: Vec<String>,
     },
     /// setup, build, then the benchmarks (controller ingestion, gRPC, memory, GET /topology;
     /// flow programs' run time per packet as root); writes BENCHMARKS.md.
@@ -73,7 +91,19 @@ fn main() -> ExitCode {
         Cmd::Build => setup::setup().and_then(|()| build()),
         Cmd::Test { args } => setup::setup()
             .and_then(|()| build())
-            .and_then(|()| test(&args)),
+            .and_then(|()| test(&args))
+            .and_then(|()| fuzz_smoke(&args)),
+        Cmd::Fuzz {
+            seconds,
+            merge,
+            dev,
+            targets,
+        } => fuzz::run(&fuzz::Options {
+            seconds,
+            targets,
+            merge,
+            dev,
+        }),
         Cmd::Demo {
             seconds,
             out,
@@ -132,4 +162,30 @@ fn test(extra: &[String]) -> Result<()> {
         c.args(extra);
     }
     sh::run_inherit(&mut c)
+}
+
+/// The short fuzz run of `cargo xtask test` (CI): every target for `WEFT_FUZZ_SECONDS`
+/// (default 5) seconds. Skipped when test arguments narrow the run, or with 0.
+fn fuzz_smoke(test_args: &[String]) -> Result<()> {
+    if !test_args.is_empty() {
+        println!("    (fuzz targets skipped: test arguments were given)");
+        return Ok(());
+    }
+    let seconds = match std::env::var("WEFT_FUZZ_SECONDS") {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow::anyhow!("WEFT_FUZZ_SECONDS={v:?} is not a number of seconds"))?,
+        Err(_) => 5,
+    };
+    if seconds == 0 {
+        println!("    (fuzz targets skipped: WEFT_FUZZ_SECONDS=0)");
+        return Ok(());
+    }
+    fuzz::run(&fuzz::Options {
+        seconds,
+        targets: Vec::new(),
+        merge: false,
+        dev: true,
+    })
 }

@@ -1,5 +1,5 @@
-//! `cargo xtask setup`: the TOOLCHAIN.md recipe, Debian packages, bpffs. Every step checks
-//! first and does nothing when its work is already done.
+//! `cargo xtask setup`: the TOOLCHAIN.md recipe, cargo-fuzz, Debian packages, bpffs. Every
+//! step checks first and does nothing when its work is already done.
 
 use std::path::Path;
 use std::process::Command;
@@ -41,6 +41,7 @@ pub fn setup() -> Result<()> {
     step("setup");
     rust_src()?;
     bpf_linker()?;
+    crate::fuzz::cargo_fuzz()?;
     packages()?;
     stop_services();
     bpffs()?;

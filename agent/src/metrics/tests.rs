@@ -65,8 +65,12 @@ const FAMILIES: &[(&str, &str)] = &[
     ("weft_agent_host_events_namespaces", "gauge"),
 ];
 
-/// Added by the registry: the control driver's count of host events, renamed.
-const ADDED: &[(&str, &str)] = &[("weft_agent_control_host_events_total", "counter")];
+/// Added since: the control driver's count of host events (renamed by the registry), and
+/// the ring-buffer items that did not decode.
+const ADDED: &[(&str, &str)] = &[
+    ("weft_agent_control_host_events_total", "counter"),
+    ("weft_agent_ring_items_invalid_total", "counter"),
+];
 
 #[tokio::test]
 async fn metrics_endpoint_parses_and_keeps_every_family() {

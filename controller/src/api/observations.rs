@@ -39,63 +39,87 @@ pub struct Accepted {
     pub all_full: bool,
 }
 
-/// Where an observation is in the body: (line, index).
-type Place = (Option<usize>, Option<usize>);
-
-fn describe(place: Place) -> String {
-    match place {
-        (Some(line), _) => format!("line {line}"),
-        (_, Some(index)) => format!("element {index}"),
-        (None, None) => "the observation".to_owned(),
-    }
+/// Where an item of a body was: the 1-based line of a JSON-lines body, or the 0-based
+/// index of an array element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub line: Option<usize>,
+    pub index: Option<usize>,
 }
 
-/// Parses every observation of the body: the valid ones with their place, and the errors.
-/// The observations of a body that parsed, with their place, and the errors of the rest.
-type Parsed = (Vec<(Place, TrafficObservation)>, Vec<LineError>);
+/// One item of a body: the observation, or why it is not one (serde's message).
+pub type Item = (Place, Result<TrafficObservation, String>);
 
-fn parse(body: &str) -> Result<Parsed, ApiError> {
+/// Parses a `POST /observations` body into its items, as the handler does, without merging
+/// them: a JSON array (items by index) or JSON lines (by line; blank lines are skipped).
+/// Fails only when the body is empty or an array is not valid JSON.
+pub fn parse_body(body: &str) -> Result<Vec<Item>, ApiError> {
     let trimmed = body.trim_start();
     if trimmed.is_empty() {
         return Err(ApiError::BadBody(
             "empty: send a JSON array or JSON lines of observations".into(),
         ));
     }
-    let mut parsed = Vec::new();
-    let mut errors = Vec::new();
-    let mut keep =
-        |place: Place, result: Result<TrafficObservation, serde_json::Error>| match result {
-            Ok(o) => parsed.push((place, o)),
-            Err(e) => errors.push(LineError {
-                line: place.0,
-                index: place.1,
-                field: None,
-                limit: None,
-                message: e.to_string(),
-            }),
-        };
     if trimmed.starts_with('[') {
         let items: Vec<serde_json::Value> = serde_json::from_str(body)
             .map_err(|e| ApiError::BadBody(format!("not a JSON array: {e}")))?;
-        for (index, item) in items.into_iter().enumerate() {
-            keep((None, Some(index)), serde_json::from_value(item));
-        }
+        Ok(items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| {
+                let place = Place {
+                    line: None,
+                    index: Some(index),
+                };
+                let parsed =
+                    serde_json::from_value::<TrafficObservation>(item).map_err(|e| e.to_string());
+                (place, parsed)
+            })
+            .collect())
     } else {
-        for (number, line) in body.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            keep((Some(number + 1), None), serde_json::from_str(line));
-        }
+        Ok(body
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(number, line)| {
+                let place = Place {
+                    line: Some(number + 1),
+                    index: None,
+                };
+                let parsed =
+                    serde_json::from_str::<TrafficObservation>(line).map_err(|e| e.to_string());
+                (place, parsed)
+            })
+            .collect())
     }
-    Ok((parsed, errors))
+}
+
+fn describe(place: Place) -> String {
+    match (place.line, place.index) {
+        (Some(line), _) => format!("line {line}"),
+        (_, Some(index)) => format!("element {index}"),
+        (None, None) => "the observation".to_owned(),
+    }
 }
 
 /// Parses, checks every timestamp, and merges. A timestamp outside the accepted window
 /// refuses the whole body (422, nothing merged): it says the sender's clock or data is
 /// wrong, not that one line is.
 pub fn ingest_body(state: &AppState, body: &str) -> Result<Accepted, ApiError> {
-    let (parsed, mut errors) = parse(body)?;
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for (place, item) in parse_body(body)? {
+        match item {
+            Ok(o) => parsed.push((place, o)),
+            Err(message) => errors.push(LineError {
+                line: place.line,
+                index: place.index,
+                field: None,
+                limit: None,
+                message,
+            }),
+        }
+    }
     let now = now_unix_ns();
     for (place, o) in &parsed {
         if let Err(ObservationError::Timestamp(e)) = state.topology.check_observation_time(o, now) {
@@ -111,7 +135,7 @@ pub fn ingest_body(state: &AppState, body: &str) -> Result<Accepted, ApiError> {
     }
     let mut accepted = 0;
     let mut full = 0;
-    for ((line, index), o) in &parsed {
+    for (place, o) in &parsed {
         match state.topology.observe_traffic(o, state.registry.as_ref()) {
             Ok(()) => accepted += 1,
             Err(e) => {
@@ -123,8 +147,8 @@ pub fn ingest_body(state: &AppState, body: &str) -> Result<Accepted, ApiError> {
                     _ => None,
                 };
                 errors.push(LineError {
-                    line: *line,
-                    index: *index,
+                    line: place.line,
+                    index: place.index,
                     field: e.field().map(str::to_owned),
                     limit,
                     message: e.to_string(),
@@ -166,4 +190,39 @@ pub async fn post_observations(
         StatusCode::OK
     };
     Ok((status, Json(outcome)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"{"timestamp_unix_ns":1,"source":{"host":"a","port":1},"destination":{"host":"b","port":80},"protocol":"http","bytes_sent":0,"bytes_received":0,"latency_ms":1.5,"status_code":null,"method":null,"path":null}"#;
+
+    #[test]
+    fn json_lines_are_numbered_from_one_and_blank_lines_skipped() {
+        let body = format!("{OK}\n\n{{\"nope\": 1}}\n{OK}\n");
+        let items = parse_body(&body).unwrap();
+        let lines: Vec<Option<usize>> = items.iter().map(|(p, _)| p.line).collect();
+        assert_eq!(lines, [Some(1), Some(3), Some(4)]);
+        assert!(items[0].1.is_ok() && items[2].1.is_ok());
+        let message = items[1].1.as_ref().unwrap_err();
+        assert!(message.contains("missing field"), "{message}");
+    }
+
+    #[test]
+    fn arrays_are_indexed_from_zero_and_must_be_json() {
+        let items = parse_body(&format!(" [{OK}, 3]")).unwrap();
+        assert_eq!(
+            items[1].0,
+            Place {
+                line: None,
+                index: Some(1)
+            }
+        );
+        assert!(items[0].1.is_ok() && items[1].1.is_err());
+        assert!(
+            matches!(parse_body("[1,"), Err(ApiError::BadBody(m)) if m.starts_with("not a JSON array"))
+        );
+        assert!(matches!(parse_body(" \n "), Err(ApiError::BadBody(_))));
+    }
 }

@@ -113,7 +113,7 @@ pub fn migration_json(m: &Migration) -> Value {
 }
 
 /// A JSON object body whose fields are all in `allowed`.
-fn body_object(body: &Bytes, allowed: &[&str]) -> Result<serde_json::Map<String, Value>, ApiError> {
+fn body_object(body: &[u8], allowed: &[&str]) -> Result<serde_json::Map<String, Value>, ApiError> {
     if body.is_empty() {
         return Ok(serde_json::Map::new());
     }
@@ -138,7 +138,7 @@ fn body_object(body: &Bytes, allowed: &[&str]) -> Result<serde_json::Map<String,
 }
 
 /// Refuses a body on an endpoint that takes none (an empty JSON object is fine).
-fn no_body(body: &Bytes) -> Result<(), ApiError> {
+pub fn no_body(body: &[u8]) -> Result<(), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
@@ -259,12 +259,16 @@ pub fn parse_create(map: &serde_json::Map<String, Value>) -> Result<CreateShard,
     })
 }
 
+/// The fields `POST /shards` takes.
+pub const CREATE_FIELDS: &[&str] = &["size", "prefix_len", "family", "network_id", "reserved"];
+
+/// Parses a `POST /shards` body (empty, or a JSON object of [`CREATE_FIELDS`]).
+pub fn parse_create_body(body: &[u8]) -> Result<CreateShard, ApiError> {
+    parse_create(&body_object(body, CREATE_FIELDS)?)
+}
+
 async fn create_shard(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let map = body_object(
-        &body,
-        &["size", "prefix_len", "family", "network_id", "reserved"],
-    )?;
-    let req = parse_create(&map)?;
+    let req = parse_create_body(&body)?;
     let shard = state.shards.create_shard(req).await?;
     let location = format!("/shards/{}", shard.id);
     Ok((
@@ -425,20 +429,39 @@ async fn deallocate_shard(
     })
 }
 
+/// A `POST /networks/{network_id}/addresses` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocateRequest {
+    pub workload: String,
+    pub host_id: String,
+    /// Default ipv4.
+    pub family: Family,
+}
+
+/// Parses a `POST /networks/{network_id}/addresses` body: `workload` and `host_id`
+/// (required strings), `family` (default ipv4), nothing else.
+pub fn parse_allocate_body(body: &[u8]) -> Result<AllocateRequest, ApiError> {
+    let map = body_object(body, &["workload", "host_id", "family"])?;
+    let workload = opt_str(&map, "workload")?
+        .ok_or_else(|| bad("workload", "required: the workload the address is for"))?;
+    let host_id = opt_str(&map, "host_id")?
+        .ok_or_else(|| bad("host_id", "required: the host the workload runs on"))?;
+    Ok(AllocateRequest {
+        workload: workload.to_owned(),
+        host_id: host_id.to_owned(),
+        family: family_field(&map)?,
+    })
+}
+
 async fn allocate_address(
     State(state): State<AppState>,
     Path(network): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let map = body_object(&body, &["workload", "host_id", "family"])?;
-    let workload = opt_str(&map, "workload")?
-        .ok_or_else(|| bad("workload", "required: the workload the address is for"))?;
-    let host = opt_str(&map, "host_id")?
-        .ok_or_else(|| bad("host_id", "required: the host the workload runs on"))?;
-    let family = family_field(&map)?;
+    let req = parse_allocate_body(&body)?;
     let a = state
         .shards
-        .allocate_address(&network, workload, host, family)
+        .allocate_address(&network, &req.workload, &req.host_id, req.family)
         .await?;
     let location = format!("/networks/{network}/addresses/{}", a.address);
     Ok((
@@ -645,4 +668,73 @@ async fn events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(e: ApiError) -> String {
+        match e {
+            ApiError::BadField { field, .. } => field,
+            other => panic!("not a field error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn allocate_bodies_need_workload_and_host_and_take_nothing_else() {
+        let r =
+            parse_allocate_body(br#"{"workload":"w1","host_id":"hv1","family":"ipv6"}"#).unwrap();
+        assert_eq!(
+            r,
+            AllocateRequest {
+                workload: "w1".into(),
+                host_id: "hv1".into(),
+                family: Family::Ipv6
+            }
+        );
+        assert_eq!(
+            parse_allocate_body(br#"{"workload":"w1","host_id":"hv1"}"#)
+                .unwrap()
+                .family,
+            Family::Ipv4
+        );
+        assert_eq!(
+            field_of(parse_allocate_body(br#"{"host_id":"h"}"#).unwrap_err()),
+            "workload"
+        );
+        assert_eq!(field_of(parse_allocate_body(b"").unwrap_err()), "workload");
+        assert_eq!(
+            field_of(parse_allocate_body(br#"{"workload":"w","host_id":"h","x":1}"#).unwrap_err()),
+            "x"
+        );
+        assert!(matches!(
+            parse_allocate_body(b"[]"),
+            Err(ApiError::BadBody(_))
+        ));
+    }
+
+    #[test]
+    fn create_bodies_default_and_check_their_fields() {
+        let c = parse_create_body(b"").unwrap();
+        assert_eq!(
+            (c.family, c.prefix_len),
+            (Family::Ipv4, default_prefix(Family::Ipv4))
+        );
+        let c = parse_create_body(br#"{"size":256,"network_id":"n1","reserved":true}"#).unwrap();
+        assert_eq!(
+            (c.prefix_len, c.network_id.as_deref(), c.reserved),
+            (24, Some("n1"), true)
+        );
+        assert_eq!(
+            field_of(parse_create_body(br#"{"size":3}"#).unwrap_err()),
+            "size"
+        );
+        assert_eq!(
+            field_of(parse_create_body(br#"{"gateway":1}"#).unwrap_err()),
+            "gateway"
+        );
+        assert!(no_body(b" \n").is_ok() && no_body(b"{}").is_ok());
+        assert!(no_body(b"[]").is_err() && no_body(br#"{"a":1}"#).is_err());
+    }
 }

@@ -14,12 +14,15 @@
 //! cluster (JSON) or the upstream host's address, on the upstream host's port; without an
 //! upstream host (no healthy upstream, a local reply) it is the `:authority`. Bytes are from
 //! the client's side: `bytes_sent` is what Envoy received from downstream. Response code 0
-//! (no response) and response flags other than `-` count as errors.
+//! (no response) and response flags other than `-` count as errors. Control characters in
+//! hosts, method and path become U+FFFD.
 
 use serde_json::Value;
 
 use super::time::{from_unix_seconds, parse_rfc3339};
-use super::{ImportError, ImportOptions, ImportReport, normalize_protocol, numbered_lines};
+use super::{
+    ImportError, ImportOptions, ImportReport, normalize_protocol, numbered_lines, printable,
+};
 use crate::observation::{NetworkEndpoint, TrafficObservation};
 
 /// Source name when nothing in the log tells the downstream.
@@ -222,8 +225,17 @@ fn parse_json_line(line: &str, options: &ImportOptions) -> Result<TrafficObserva
     observation(entry, options)
 }
 
-/// `host:port`, `[v6]:port`, `tcp://host:port`, or a bare host with `default_port`.
+/// `host:port`, `[v6]:port`, `tcp://host:port`, or a bare host with `default_port`; an
+/// address without a host (`:80`, `[]:80`) is an error.
 fn split_host_port(address: &str, default_port: u16) -> Result<(String, u16), String> {
+    let (host, port) = split_address(address, default_port)?;
+    if host.trim().is_empty() {
+        return Err(format!("{:?} has no host", address.trim()));
+    }
+    Ok((host, port))
+}
+
+fn split_address(address: &str, default_port: u16) -> Result<(String, u16), String> {
     let address = address.trim();
     let address = address.split_once("://").map_or(address, |(_, rest)| rest);
     if let Some(rest) = address.strip_prefix('[') {
@@ -277,8 +289,9 @@ fn observation(e: Entry, options: &ImportOptions) -> Result<TrafficObservation, 
             NetworkEndpoint::new(host, port)
         }
         (None, None, Some(xff)) => {
-            let first = xff.split(',').next().unwrap_or(xff).trim();
-            NetworkEndpoint::new(first, 0)
+            // The first address (empty entries of a list such as ", 10.0.0.1" skipped).
+            let first = xff.split(',').map(str::trim).find(|a| !a.is_empty());
+            NetworkEndpoint::new(first.unwrap_or(UNKNOWN_DOWNSTREAM), 0)
         }
         (None, None, None) => NetworkEndpoint::new(UNKNOWN_DOWNSTREAM, 0),
     };
@@ -288,7 +301,7 @@ fn observation(e: Entry, options: &ImportOptions) -> Result<TrafficObservation, 
             e.duration_ms
         ));
     }
-    Ok(TrafficObservation {
+    Ok(printable(TrafficObservation {
         timestamp_unix_ns: e.start_time,
         source,
         destination: NetworkEndpoint::new(dest_host, dest_port),
@@ -300,5 +313,5 @@ fn observation(e: Entry, options: &ImportOptions) -> Result<TrafficObservation, 
         method: e.method,
         path: e.path,
         error: e.response_code == 0 || e.flags.is_some(),
-    })
+    }))
 }

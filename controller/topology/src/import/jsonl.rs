@@ -14,12 +14,13 @@
 //! In the nested shape `timestamp`, `bytes_sent`, `bytes_received` and `latency_ms` are
 //! required too, as in the spec's dataclass; the flat shape defaults them like
 //! `create_traffic_observation` (now, 0, 0, 0). `timestamp` is RFC 3339 text or Unix
-//! seconds; `timestamp_unix_ns` and `error` (weft's own serialisation) are accepted.
+//! seconds; `timestamp_unix_ns` and `error` (weft's own serialisation) are accepted. Control
+//! characters in hosts, method and path become U+FFFD.
 
 use serde_json::{Map, Value};
 
 use super::time::{from_unix_seconds, parse_rfc3339};
-use super::{ImportError, ImportReport, normalize_protocol, numbered_lines};
+use super::{ImportError, ImportReport, normalize_protocol, numbered_lines, printable};
 use crate::observation::{NetworkEndpoint, TrafficObservation};
 use crate::time::now_unix_ns;
 
@@ -126,7 +127,7 @@ pub fn parse_line(text: &str, now_unix_ns: u64) -> Result<TrafficObservation, St
             ));
         }
     };
-    Ok(TrafficObservation {
+    Ok(printable(TrafficObservation {
         timestamp_unix_ns,
         source,
         destination,
@@ -138,7 +139,7 @@ pub fn parse_line(text: &str, now_unix_ns: u64) -> Result<TrafficObservation, St
         method: optional_string(&obj, "method")?,
         path: optional_string(&obj, "path")?,
         error,
-    })
+    }))
 }
 
 fn kind(value: &Value) -> &'static str {

@@ -179,6 +179,26 @@ pub fn normalize_protocol(name: &str) -> Option<&'static str> {
     is_known_protocol(alias).then_some(alias)
 }
 
+/// Makes the text fields of an imported observation printable: control characters in
+/// hosts, method and path become U+FFFD, as weft-l7 does with labels from wire bytes. Import
+/// files are untrusted, and these fields reach terminals through the ASCII map.
+pub(crate) fn printable(mut o: TrafficObservation) -> TrafficObservation {
+    fn clean(s: &mut String) {
+        if s.chars().any(char::is_control) {
+            *s = s
+                .chars()
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect();
+        }
+    }
+    clean(&mut o.source.host);
+    clean(&mut o.destination.host);
+    for label in [&mut o.method, &mut o.path].into_iter().flatten() {
+        clean(label);
+    }
+    o
+}
+
 /// Lines of `input` with their 1-based numbers, blank lines left out; a line that is not
 /// UTF-8 comes back as an error.
 pub(crate) fn numbered_lines(

@@ -709,3 +709,70 @@ fn pcap_with_random_corruption_never_panics() {
         }
     }
 }
+
+/// Found by fuzzing (import_envoy): a control character in a log line's path reached the
+/// observation (and from there the ASCII map on an operator's terminal).
+#[test]
+fn envoy_control_characters_in_labels_become_replacement_characters() {
+    let input = b"[2016-04-15T20:17:01.000Z] \"GET \x02users/7\x1b[2J HTTP/1.1\" 503 UH 0 19 1 - \"-\" \"curl/8.0\" \"id-2\" \"users\x07.internal:8080\" \"-\"\n";
+    let report = import_bytes(Format::Envoy, input, &ImportOptions::default());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let o = &report.observations[0];
+    assert_eq!(o.path.as_deref(), Some("\u{fffd}users/7\u{fffd}[2J"));
+    assert_eq!(
+        o.destination,
+        NetworkEndpoint::new("users\u{fffd}.internal", 8080)
+    );
+}
+
+/// The same for JSON lines, whose strings may escape any control character.
+#[test]
+fn jsonl_control_characters_in_labels_become_replacement_characters() {
+    let input = br#"{"source_host": "a\u0000b", "source_port": 40000, "dest_host": "db", "dest_port": 5432, "protocol": "postgres", "method": "QUERY\n", "path": "\u001b]0;x\u0007"}"#;
+    let report = import_bytes(Format::Jsonl, input, &ImportOptions::default());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let o = &report.observations[0];
+    assert_eq!(o.source.host, "a\u{fffd}b");
+    assert_eq!(o.method.as_deref(), Some("QUERY\u{fffd}"));
+    assert_eq!(o.path.as_deref(), Some("\u{fffd}]0;x\u{fffd}"));
+}
+
+/// Found by fuzzing (import_envoy): an upstream host of `:04` (no host) gave an observation
+/// with an empty destination host, which the topology refuses; the line is an error now.
+/// Empty X-Forwarded-For entries are skipped.
+#[test]
+fn envoy_addresses_without_a_host_are_errors() {
+    let line = |upstream: &str, xff: &str| {
+        format!(
+            "[2016-04-15T20:17:00.310Z] \"POST /l HTTP/2\" 204 - 154 0 226 100 \"{xff}\" \"nsq2http\" \"id\" \"locations\" \"{upstream}\"\n"
+        )
+    };
+    let input = [
+        line(":04", "10.0.35.28"),
+        line("tcp://[]:80", "-"),
+        line("10.0.2.1:80", ", 10.0.0.9"),
+    ]
+    .concat();
+    let report = import_bytes(Format::Envoy, input.as_bytes(), &ImportOptions::default());
+    let errors: Vec<(&str, &str)> = report
+        .errors
+        .iter()
+        .map(|e| (e.location.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            ("line 1", "field upstream_host: \":04\" has no host"),
+            ("line 2", "field upstream_host: \"tcp://[]:80\" has no host"),
+        ]
+    );
+    assert_eq!(report.observations.len(), 1);
+    assert_eq!(
+        report.observations[0].source,
+        NetworkEndpoint::new("10.0.0.9", 0)
+    );
+    assert_eq!(
+        report.observations[0].destination,
+        NetworkEndpoint::new("10.0.2.1", 80)
+    );
+}
