@@ -98,6 +98,7 @@ fn main() -> ExitCode {
             targets,
             merge,
             dev,
+            fresh: false,
         }),
         Cmd::Demo {
             seconds,
@@ -178,5 +179,6 @@ fn fuzz_smoke(test_args: &[String]) -> Result<()> {
         targets: Vec::new(),
         merge: false,
         dev: true,
+        fresh: true,
     })
 }
