@@ -1,8 +1,9 @@
-//! `cargo xtask fuzz [--seconds N] [--merge] [TARGET...]`: builds the cargo-fuzz targets in
-//! `fuzz/` once on the nightly toolchain, runs each for N seconds seeded from the corpus kept
-//! in the repository (`fuzz/corpus/<target>/`, read-only; what a run finds goes to
-//! `target/fuzz/corpus/<target>/`), prints runs/s and the outcome per target, and fails if
-//! any target crashed, naming the input libFuzzer kept (`fuzz/artifacts/<target>/`).
+//! `cargo xtask fuzz [--seconds N] [--merge] [--dev] [TARGET...]`: builds the cargo-fuzz
+//! targets in `fuzz/` once on the nightly toolchain, runs each for N seconds seeded from the
+//! corpus kept in the repository (`fuzz/corpus/<target>/`, read-only; what a run finds goes
+//! to `target/fuzz/corpus/<target>/`, which later runs start from too), prints runs/s and
+//! the outcome per target, and fails if any target crashed, naming the input libFuzzer kept
+//! (`fuzz/artifacts/<target>/`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,9 @@ pub struct Options {
     /// Unoptimised build: compiles in a third of the time, runs several times slower (the
     /// short run of `cargo xtask test`).
     pub dev: bool,
+    /// Start from the repository's corpus only (not from what earlier runs found), so that
+    /// a short run takes the same time everywhere.
+    pub fresh: bool,
 }
 
 impl Options {
@@ -39,6 +43,16 @@ impl Options {
         } else {
             &["--release", "--debug-assertions"]
         }
+    }
+
+    /// Where runs of `target` write the inputs they find.
+    fn scratch(&self, target: &str) -> PathBuf {
+        let dir = if self.fresh {
+            "target/fuzz/fresh-corpus"
+        } else {
+            "target/fuzz/corpus"
+        };
+        root().join(dir).join(target)
     }
 }
 
@@ -160,7 +174,11 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// Runs `target` for `opts.seconds` (after the build), its output in `target/fuzz/logs/`.
 fn run_target(target: &str, opts: &Options) -> Result<Outcome> {
-    let scratch = root().join("target/fuzz/corpus").join(target);
+    let scratch = opts.scratch(target);
+    if opts.fresh && scratch.exists() {
+        std::fs::remove_dir_all(&scratch)
+            .with_context(|| format!("remove {}", scratch.display()))?;
+    }
     let seeds = fuzz_dir().join("corpus").join(target);
     let logs = root().join("target/fuzz/logs");
     for dir in [&scratch, &seeds, &logs] {
@@ -273,7 +291,7 @@ fn report(outcomes: &[Outcome], opts: &Options) -> Result<()> {
 
 /// Adds the inputs of the scratch corpus that bring new coverage to the repository's.
 fn merge(target: &str, opts: &Options) -> Result<()> {
-    let scratch = root().join("target/fuzz/corpus").join(target);
+    let scratch = opts.scratch(target);
     let seeds = fuzz_dir().join("corpus").join(target);
     step(&format!(
         "merge new coverage of {target} into {}",

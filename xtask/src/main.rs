@@ -103,6 +103,7 @@ fn main() -> ExitCode {
             targets,
             merge,
             dev,
+            fresh: false,
         }),
         Cmd::Demo {
             seconds,
@@ -187,5 +188,6 @@ fn fuzz_smoke(test_args: &[String]) -> Result<()> {
         targets: Vec::new(),
         merge: false,
         dev: true,
+        fresh: true,
     })
 }
