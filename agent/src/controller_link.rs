@@ -1,6 +1,6 @@
 //! How the agent dials its controller: the URL, and with `https://` the mutual TLS
 //! identity (its certificate names this host: `spiffe://weft/host/<host-id>`) and the CA
-//! the controller's certificate must chain to. Plain `http://` needs `--insecure`.
+//! the controller's certificate must chain to (read with `weft_pki::hosts_of_pem`). Plain `http://` needs `--insecure`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -8,10 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-
-/// URI prefix of the host id in an agent certificate (the controller checks the same).
-pub const HOST_URI_PREFIX: &str = "spiffe://weft/host/";
 
 #[derive(Clone)]
 pub struct ControllerLink {
@@ -40,29 +36,6 @@ fn read(flag: &str, path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
 }
 
-/// The host ids the certificate (PEM) names.
-fn hosts_of(pem: &str) -> anyhow::Result<Vec<String>> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
-    let (_, cert) = X509Certificate::from_der(&block.contents)
-        .map_err(|e| anyhow::anyhow!("unreadable certificate: {e}"))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| anyhow::anyhow!("subject alternative names: {e}"))?;
-    Ok(san
-        .map(|s| {
-            s.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => u.strip_prefix(HOST_URI_PREFIX).map(str::to_owned),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
 impl ControllerLink {
     /// From the flags: `https://` with `ca`, `cert` and `key` (the certificate must name
     /// `host_id`), or `http://` with `insecure`.
@@ -82,8 +55,8 @@ impl ControllerLink {
                 );
             };
             let cert_pem = read("--cert", cert)?;
-            let hosts =
-                hosts_of(&cert_pem).with_context(|| format!("--cert {}", cert.display()))?;
+            let hosts = weft_pki::hosts_of_pem(&cert_pem)
+                .with_context(|| format!("--cert {}", cert.display()))?;
             if hosts != [host_id] {
                 bail!(
                     "--cert {} is for host(s) {hosts:?}, not --host-id {host_id:?}; issue one with `weft certs issue agent --host-id {host_id}`",

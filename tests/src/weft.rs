@@ -121,13 +121,19 @@ fn weft_certs(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Makes the lab's CA (once) and a controller certificate for `ip` (once per address).
-pub fn ensure_controller_certs(lab: &Lab, ip: &str) -> Result<PathBuf> {
+/// The lab's certificate directory, with its CA made on first use (and its path as text).
+fn ensure_ca(lab: &Lab) -> Result<(PathBuf, String)> {
     let dir = lab_certs(lab);
     let d = dir.to_string_lossy().into_owned();
     if !dir.join("ca.pem").is_file() {
         weft_certs(&["init", "--dir", &d, "--days", "2"])?;
     }
+    Ok((dir, d))
+}
+
+/// Makes the lab's CA (once) and a controller certificate for `ip` (once per address).
+pub fn ensure_controller_certs(lab: &Lab, ip: &str) -> Result<PathBuf> {
+    let (dir, d) = ensure_ca(lab)?;
     weft_certs(&[
         "issue",
         "controller",
@@ -144,11 +150,7 @@ pub fn ensure_controller_certs(lab: &Lab, ip: &str) -> Result<PathBuf> {
 
 /// An agent certificate for `host_id` signed by the lab's CA (made if missing).
 pub fn ensure_agent_cert(lab: &Lab, host_id: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    let dir = lab_certs(lab);
-    let d = dir.to_string_lossy().into_owned();
-    if !dir.join("ca.pem").is_file() {
-        weft_certs(&["init", "--dir", &d, "--days", "2"])?;
-    }
+    let (dir, d) = ensure_ca(lab)?;
     let cert = dir.join(format!("agent-{host_id}.pem"));
     if !cert.is_file() {
         weft_certs(&[

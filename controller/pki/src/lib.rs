@@ -74,6 +74,37 @@ pub fn new_ca(name: &str, days: u32) -> Result<Pem, PkiError> {
     })
 }
 
+/// The host ids a certificate (DER) names: its URI SANs of the form
+/// `spiffe://weft/host/<host-id>`. The one reading of agent identity, for the agent (its
+/// own certificate) and the controller (its peers').
+pub fn hosts_of_der(der: &[u8]) -> Result<Vec<String>, PkiError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| PkiError::Invalid(format!("unreadable certificate: {e}")))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| PkiError::Invalid(format!("subject alternative names: {e}")))?;
+    Ok(san
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => u.strip_prefix(HOST_URI_PREFIX).map(str::to_owned),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// As [`hosts_of_der`], for the first certificate of a PEM file.
+pub fn hosts_of_pem(pem: &str) -> Result<Vec<String>, PkiError> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| PkiError::Invalid(format!("not a PEM certificate: {e}")))?;
+    hosts_of_der(&block.contents)
+}
+
 /// Checks a host id the way the agent and the controller accept it.
 pub fn check_host_id(host_id: &str) -> Result<(), PkiError> {
     let ok = !host_id.is_empty()

@@ -10,32 +10,15 @@ use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 use tonic::Status;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-
-/// URI prefix of an agent's host id in its certificate.
-pub const HOST_URI_PREFIX: &str = "spiffe://weft/host/";
 
 /// The host id the leaf certificate names, if it names exactly one.
 pub fn host_of_certificate(der: &[u8]) -> Result<String, String> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| format!("unreadable certificate: {e}"))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| format!("subject alternative names: {e}"))?
-        .ok_or("the certificate has no subject alternative name")?;
-    let hosts: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(uri) => uri.strip_prefix(HOST_URI_PREFIX),
-            _ => None,
-        })
-        .collect();
+    let hosts = weft_pki::hosts_of_der(der).map_err(|e| e.to_string())?;
     match hosts.as_slice() {
-        [one] if !one.is_empty() => Ok((*one).to_owned()),
+        [one] if !one.is_empty() => Ok(one.clone()),
         [] => Err(format!(
-            "the certificate names no host (no {HOST_URI_PREFIX}<host-id> URI)"
+            "the certificate names no host (no {}<host-id> URI)",
+            weft_pki::HOST_URI_PREFIX
         )),
         _ => Err("the certificate names more than one host".into()),
     }

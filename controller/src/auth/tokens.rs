@@ -93,16 +93,7 @@ impl Tokens {
         }
         let id = random_hex(8);
         let secret = random_hex(32);
-        let record = TokenRecord {
-            id: id.clone(),
-            name: name.to_owned(),
-            role,
-            created_unix_ns: agent_common::time::now_unix_ns(),
-            sha256: sha256_hex(&secret),
-        };
-        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError(e.to_string()))?;
-        self.store.put(&format!("{PREFIX}{id}"), &bytes)?;
-        self.by_id.insert(id.clone(), record.clone());
+        let record = self.keep(&id, name, role, &secret)?;
         tracing::info!(token = %id, name = %record.name, role = %role, "token created");
         Ok((record, format!("weft_{id}_{secret}")))
     }
@@ -156,6 +147,17 @@ impl Tokens {
                 "a token reads weft_<16 hex digits>_<64 hex digits>".into(),
             ));
         };
+        self.keep(id, name, role, secret)
+    }
+
+    /// Stores (hashed) and remembers token `id` with `secret`.
+    fn keep(
+        &self,
+        id: &str,
+        name: &str,
+        role: Role,
+        secret: &str,
+    ) -> Result<TokenRecord, TokenError> {
         let record = TokenRecord {
             id: id.to_owned(),
             name: name.to_owned(),
