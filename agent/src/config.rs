@@ -91,6 +91,16 @@ pub struct Args {
     /// once, and the periodic full resync) or `resync` (the periodic full resync only).
     #[arg(long, value_enum, default_value_t = DriftRepair::Events)]
     pub drift_repair: DriftRepair,
+    /// This host's underlay address: the source of the VXLAN devices of networks that span
+    /// this host and others (sent to the controller at registration). Without it, networks
+    /// can be placed on this host alone.
+    #[arg(long, value_name = "IP")]
+    pub underlay_address: Option<IpAddr>,
+    /// Name prefix of the network namespaces of the network nodes this agent makes
+    /// (`<prefix>-<network>-<node>` under /run/netns). Two agents on one machine (a lab)
+    /// need different prefixes.
+    #[arg(long, default_value = "weft")]
+    pub node_netns_prefix: String,
     /// Log filter (tracing EnvFilter syntax).
     /// (netlink-packet-route warns about every attribute newer than itself: kept quiet.)
     #[arg(

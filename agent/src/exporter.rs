@@ -34,6 +34,8 @@ pub struct Exporter {
     pub queue: Arc<RecordQueue>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Sent at registration (`--underlay-address`).
+    pub underlay_address: Option<std::net::IpAddr>,
 }
 
 enum Outcome {
@@ -110,6 +112,10 @@ impl Exporter {
                 })
                 .collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            underlay_address: self
+                .underlay_address
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
         };
         let resp = client
             .register(req)

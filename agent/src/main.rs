@@ -17,6 +17,7 @@ mod l7table;
 mod metrics;
 mod outbox;
 mod queue;
+mod networks;
 mod realize;
 mod workloads;
 
@@ -68,11 +69,13 @@ async fn main() -> anyhow::Result<()> {
         .with_old_neighbour_grace(std::time::Duration::from_millis(
             args.old_neighbour_grace_ms,
         ));
+    let mut state_file = None;
     match &args.state_file {
         Some(path) => {
             // One file, one section per resource kind.
             let state = Arc::new(control::state::StateFile::open(path)?);
-            realizer = realizer.with_state(state)?;
+            realizer = realizer.with_state(state.clone())?;
+            state_file = Some(state);
         }
         None if !workloads.is_empty() => tracing::warn!(
             "no --state-file: after a restart the agent does not recognise addresses it set before (a migration interrupted by the restart can leave the old address on a workload)"
@@ -163,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         queue: queue.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
+        underlay_address: args.underlay_address,
     };
     let exporter_task = tokio::spawn(exporter.run(shutdown_rx.clone(), SHUTDOWN_GRACE));
     let attach_task = tokio::spawn(attacher.watch(host_events.clone(), shutdown_rx.clone()));
@@ -172,11 +176,28 @@ async fn main() -> anyhow::Result<()> {
         realizer,
         metrics: control_metrics.clone(),
     };
+    let networks = networks::Networks::new(
+        networks::NetworksConfig {
+            netns_prefix: args.node_netns_prefix.clone(),
+            ..Default::default()
+        },
+        state_file,
+        None,
+    )
+    .await
+    .context("the network kinds")?;
     let control = control::driver::ControlDriver {
         controller: link,
         host_id: args.host_id.clone(),
         instance,
-        reconcilers: vec![Arc::new(addresses)],
+        // Segments before nodes: a node's bridge exists when the node is made.
+        reconcilers: vec![
+            Arc::new(addresses),
+            Arc::new(networks::SegmentReconciler {
+                networks: networks.clone(),
+            }),
+            Arc::new(networks::NodeReconciler::new(networks)),
+        ],
         events: (args.drift_repair == config::DriftRepair::Events).then_some(host_events),
         metrics: control_metrics,
     };

@@ -81,8 +81,13 @@ impl TestNetns {
 
     /// An rtnetlink handle inside this namespace (its connection runs on the current runtime).
     pub async fn handle(&self) -> Handle {
+        Self::handle_of(&self.path).await
+    }
+
+    /// An rtnetlink handle inside the namespace of `path`.
+    pub async fn handle_of(path: &std::path::Path) -> Handle {
         let runtime = tokio::runtime::Handle::current();
-        let (conn, handle, _) = in_netns(&self.path, move || {
+        let (conn, handle, _) = in_netns(path, move || {
             let _entered = runtime.enter();
             rtnetlink::new_connection()
         })

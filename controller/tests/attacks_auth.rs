@@ -196,6 +196,7 @@ fn register(host: &str) -> wire::RegisterRequest {
         agent_instance: "00000000000000a1".into(),
         workloads: vec![],
         agent_version: "test".into(),
+        underlay_address: String::new(),
     }
 }
 

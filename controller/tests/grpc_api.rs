@@ -46,6 +46,7 @@ fn register_request(instance: &str) -> RegisterRequest {
             },
         ],
         agent_version: "test".into(),
+        underlay_address: String::new(),
     }
 }
 

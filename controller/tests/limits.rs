@@ -157,6 +157,7 @@ fn register(instance: &str) -> RegisterRequest {
             },
         ],
         agent_version: "test".into(),
+        underlay_address: String::new(),
     }
 }
 

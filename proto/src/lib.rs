@@ -13,11 +13,17 @@ pub mod kinds {
 
     /// A workload's addresses (`WorkloadAddresses`), keyed by workload name.
     pub const WORKLOAD_ADDRESSES: &str = "workload-addresses";
+    /// A network's bridge and VXLAN device on a host (`NetworkSegment`), keyed by network id.
+    pub const NETWORK_SEGMENT: &str = "network-segment";
+    /// A node of a network (`NetworkNode`), keyed by `<network id>/<node name>`.
+    pub const NETWORK_NODE: &str = "network-node";
 
     /// The kind name of a spec case.
     pub fn of(spec: &Spec) -> &'static str {
         match spec {
             Spec::WorkloadAddresses(_) => WORKLOAD_ADDRESSES,
+            Spec::NetworkSegment(_) => NETWORK_SEGMENT,
+            Spec::NetworkNode(_) => NETWORK_NODE,
         }
     }
 }

@@ -128,6 +128,7 @@ async fn measure(dir: &Path, grpc: &str, tls: bool) -> Result<f64> {
                 addresses: vec!["198.18.0.2".into()],
             }],
             agent_version: "bench".into(),
+            underlay_address: String::new(),
         })
         .await?;
     let now_ns = u64::try_from(

@@ -99,6 +99,7 @@ async fn export(
         queue: queue.clone(),
         registry: Arc::new(Registry::new(Vec::new())),
         metrics: metrics.clone(),
+        underlay_address: None,
     };
     // Stopping from the start: the exporter sends what is queued, then returns.
     let (_tx, rx) = tokio::sync::watch::channel(true);

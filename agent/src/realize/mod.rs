@@ -11,7 +11,7 @@
 
 pub mod apply;
 pub mod diff;
-mod netns;
+pub(crate) mod netns;
 pub mod reconciler;
 pub mod state;
 

@@ -55,7 +55,14 @@ impl Reconciler for AddressReconciler {
                 {
                     continue;
                 }
-                let Spec::WorkloadAddresses(w) = &r.spec;
+                let Spec::WorkloadAddresses(w) = &r.spec else {
+                    refused.push(ResourceReport {
+                        key: r.key.clone(),
+                        error: Some("the spec is not a workload's addresses".into()),
+                        ..Default::default()
+                    });
+                    continue;
+                };
                 if w.workload != r.key {
                     refused.push(ResourceReport {
                         key: r.key.clone(),

@@ -60,6 +60,9 @@ impl FakeAgent {
                                 self.readdress_down_us as f64 / 1e6,
                             );
                         }
+                        Spec::NetworkSegment(_) | Spec::NetworkNode(_) => {
+                            o.observed = vec!["applied".into()];
+                        }
                     }
                 }
                 (rk.clone(), o)

@@ -84,8 +84,9 @@ impl HostDesired {
     pub fn workload_addresses(&self) -> BTreeMap<String, Vec<weft_proto::v1::AddressAssignment>> {
         self.resources
             .values()
-            .map(|r| match &r.spec {
-                Spec::WorkloadAddresses(w) => (w.workload.clone(), w.addresses.clone()),
+            .filter_map(|r| match &r.spec {
+                Spec::WorkloadAddresses(w) => Some((w.workload.clone(), w.addresses.clone())),
+                _ => None,
             })
             .collect()
     }

@@ -1,0 +1,238 @@
+//! The network kinds against real namespaces (root only): a "hypervisor" namespace gets a
+//! network's bridge and nodes; the nodes reach each other through it; drift is repaired;
+//! removal leaves nothing behind.
+
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::time::Duration;
+
+use weft_proto::v1::resource::Spec;
+use weft_proto::v1::{AddressAssignment, NetworkNode, NetworkSegment};
+
+use super::{Networks, NetworksConfig, NodeReconciler, SegmentReconciler, links, names, namespaces};
+use crate::control::{DesiredResource, Reconciler, ResourceReport, Scope};
+use crate::hostevents::in_netns;
+use crate::testns::{TestNetns, require_root};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn prefix() -> String {
+    // The lab's naming (`wft-<pid hex>-...`): a sweep of a killed run's leftovers finds them.
+    format!("wft-{:x}-nd{}", std::process::id(), NEXT.fetch_add(1, Relaxed))
+}
+
+/// Removes what a test's nodes left, also when it fails.
+struct Sweep(String);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        if let Ok(dir) = std::fs::read_dir(namespaces::NETNS_DIR) {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&format!("{}-", self.0)) {
+                    let _ = namespaces::remove(&e.path());
+                }
+            }
+        }
+    }
+}
+
+fn segment(network: &str, vni: u32, local: &str, peers: &[&str]) -> DesiredResource {
+    DesiredResource {
+        key: network.into(),
+        generation: 1,
+        spec: Spec::NetworkSegment(NetworkSegment {
+            network: network.into(),
+            vni,
+            local: local.into(),
+            peers: peers.iter().map(|p| (*p).into()).collect(),
+            mtu: 0,
+        }),
+    }
+}
+
+fn node(network: &str, name: &str, cidr: &str, generation: u64) -> DesiredResource {
+    DesiredResource {
+        key: format!("{network}/{name}"),
+        generation,
+        spec: Spec::NetworkNode(NetworkNode {
+            network: network.into(),
+            node: name.into(),
+            addresses: vec![AddressAssignment {
+                cidr: cidr.into(),
+                gateway: String::new(),
+                shard_id: "s".into(),
+                allocation_seq: 1,
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+fn ok(reports: &[ResourceReport]) {
+    for r in reports {
+        assert!(r.error.is_none(), "{}: {:?}", r.key, r.error);
+    }
+}
+
+async fn setup() -> (TestNetns, Arc<Networks>, SegmentReconciler, NodeReconciler, Sweep) {
+    let hv = TestNetns::new();
+    let p = prefix();
+    let net = Networks::new(
+        NetworksConfig {
+            netns_prefix: p.clone(),
+            ..Default::default()
+        },
+        None,
+        Some(&hv.path),
+    )
+    .await
+    .expect("networks");
+    let seg = SegmentReconciler {
+        networks: net.clone(),
+    };
+    let nodes = NodeReconciler::new(net.clone());
+    (hv, net, seg, nodes, Sweep(p))
+}
+
+fn node_path(net: &Networks, network: &str, node: &str) -> std::path::PathBuf {
+    namespaces::path_of(&names::netns(&net.config.netns_prefix, network, node))
+}
+
+/// A TCP connection from namespace `from` to `to`:`port` (a listener started in `to`).
+async fn connects(from: &Path, to: &Path, addr: IpAddr, port: u16) -> bool {
+    let listener = in_netns(to, move || TcpListener::bind((addr, port)))
+        .await
+        .expect("enter")
+        .expect("bind");
+    let accept = std::thread::spawn(move || listener.accept().is_ok());
+    let connected = in_netns(from, move || {
+        TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2)).is_ok()
+    })
+    .await
+    .expect("enter");
+    connected && accept.join().unwrap_or(false)
+}
+
+#[tokio::test]
+async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_nothing() {
+    require_root!();
+    let (hv, net, seg, nodes, _sweep) = setup().await;
+    let h = hv.handle().await;
+
+    // No segment yet: the node fails and says why.
+    let early = nodes.reconcile(&[node("lab", "a", "198.18.70.2/24", 1)], Scope::All).await;
+    assert!(
+        early[0].error.as_deref().unwrap_or("").contains("no bridge"),
+        "{early:?}"
+    );
+
+    ok(&seg.reconcile(&[segment("lab", 0, "", &[])], Scope::All).await);
+    let bridge = links::by_name(&h, &names::bridge("lab")).await.unwrap().expect("bridge");
+    assert!(bridge.up);
+
+    let want = vec![
+        node("lab", "a", "198.18.70.2/24", 2),
+        node("lab", "b", "198.18.70.3/24", 2),
+        node("lab", "c", "198.18.70.4/24", 2),
+    ];
+    let first = nodes.reconcile(&want, Scope::All).await;
+    ok(&first);
+    assert_eq!(first.len(), 3);
+    assert!(first.iter().all(|r| r.changes > 0), "{first:?}");
+    for n in ["a", "b", "c"] {
+        let p = node_path(&net, "lab", n);
+        assert!(namespaces::is_mounted(&p), "{}", p.display());
+        let veth = links::by_name(&h, &names::host_veth("lab", n)).await.unwrap().expect("veth");
+        assert_eq!(veth.controller, Some(bridge.index), "{n} on the bridge");
+        assert!(veth.up);
+    }
+    let (a, b) = (node_path(&net, "lab", "a"), node_path(&net, "lab", "b"));
+    assert!(connects(&a, &b, "198.18.70.3".parse().unwrap(), 7801).await);
+
+    // The same state again changes nothing, in full and as "changed".
+    for scope in [Scope::All, Scope::Changed] {
+        let again = nodes.reconcile(&want, scope).await;
+        ok(&again);
+        assert!(again.iter().all(|r| r.changes == 0), "{scope:?}: {again:?}");
+    }
+
+    // Drift: b's address removed and its eth0 set down by hand, then repaired.
+    let bh = TestNetns::handle_of(&b).await;
+    let eth0 = links::by_name(&bh, names::NODE_IF).await.unwrap().unwrap();
+    links::del_address(&bh, eth0.index, "198.18.70.3/24".parse().unwrap()).await.unwrap();
+    links::set(&bh, eth0.index, names::NODE_IF, false, None, None).await.unwrap();
+    let key = vec!["lab/b".to_string()];
+    let repaired = nodes.reconcile(&want, Scope::Only(&key)).await;
+    ok(&repaired);
+    assert_eq!(repaired.len(), 1);
+    assert!(repaired[0].changes >= 2, "{repaired:?}");
+    assert!(connects(&a, &b, "198.18.70.3".parse().unwrap(), 7802).await);
+
+    // A changed address moves; the old one goes.
+    let mut moved = want.clone();
+    moved[2] = node("lab", "c", "198.18.70.14/24", 3);
+    ok(&nodes.reconcile(&moved, Scope::Changed).await);
+    let ch = TestNetns::handle_of(&node_path(&net, "lab", "c")).await;
+    let ceth = links::by_name(&ch, names::NODE_IF).await.unwrap().unwrap();
+    let addrs: Vec<String> = links::addresses(&ch, ceth.index)
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(addrs, vec!["198.18.70.14/24".to_string()]);
+
+    // Nothing desired: every namespace and veth goes.
+    let gone = nodes.reconcile(&[], Scope::All).await;
+    ok(&gone);
+    assert_eq!(gone.len(), 3);
+    for n in ["a", "b", "c"] {
+        assert!(!node_path(&net, "lab", n).exists());
+        assert!(links::by_name(&h, &names::host_veth("lab", n)).await.unwrap().is_none());
+    }
+    ok(&seg.reconcile(&[], Scope::All).await);
+    assert!(links::by_name(&h, &names::bridge("lab")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_segment_spanning_hosts_gets_a_vxlan_device_with_its_peers_as_flood_list() {
+    require_root!();
+    let (hv, _net, seg, _nodes, _sweep) = setup().await;
+    let h = hv.handle().await;
+    ok(&seg
+        .reconcile(
+            &[segment("span", 4242, "198.19.9.65", &["198.19.9.66", "198.19.9.67"])],
+            Scope::All,
+        )
+        .await);
+    let vx = links::by_name(&h, &names::vxlan("span")).await.unwrap().expect("vxlan");
+    assert_eq!(vx.vni, Some(4242));
+    let bridge = links::by_name(&h, &names::bridge("span")).await.unwrap().unwrap();
+    assert_eq!(vx.controller, Some(bridge.index));
+    let peers = links::flood_peers(&h, vx.index).await.unwrap();
+    assert_eq!(
+        peers,
+        vec!["198.19.9.66".parse::<IpAddr>().unwrap(), "198.19.9.67".parse().unwrap()]
+    );
+    // A peer leaves, another comes; a new VNI replaces the device.
+    ok(&seg
+        .reconcile(&[segment("span", 4242, "198.19.9.65", &["198.19.9.68"])], Scope::All)
+        .await);
+    let peers = links::flood_peers(&h, vx.index).await.unwrap();
+    assert_eq!(peers, vec!["198.19.9.68".parse::<IpAddr>().unwrap()]);
+    let again = seg
+        .reconcile(&[segment("span", 4242, "198.19.9.65", &["198.19.9.68"])], Scope::All)
+        .await;
+    assert_eq!(again[0].changes, 0, "{again:?}");
+    ok(&seg
+        .reconcile(&[segment("span", 4243, "198.19.9.65", &["198.19.9.68"])], Scope::All)
+        .await);
+    let vx2 = links::by_name(&h, &names::vxlan("span")).await.unwrap().unwrap();
+    assert_eq!(vx2.vni, Some(4243));
+    // Down to one host: the VXLAN device goes, the bridge stays.
+    ok(&seg.reconcile(&[segment("span", 0, "", &[])], Scope::All).await);
+    assert!(links::by_name(&h, &names::vxlan("span")).await.unwrap().is_none());
+    assert!(links::by_name(&h, &names::bridge("span")).await.unwrap().is_some());
+}

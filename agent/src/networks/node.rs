@@ -1,0 +1,520 @@
+//! The reconciler of kind `network-node`: a node's namespace, its veth on the network's
+//! bridge, its addresses and default routes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use rtnetlink::Handle;
+use weft_proto::kinds::NETWORK_NODE;
+use weft_proto::v1::resource::Spec;
+
+use super::links::{self, LinkState};
+use super::namespaces::{self, Created};
+use super::spec::NodeSpec;
+use super::{Networks, NodeObjects, lock, names};
+use crate::control::{DesiredResource, Drift, Reconciler, ResourceReport, Scope};
+use crate::hostevents::{Change, HostEvent};
+
+/// The loopback device's index in every network namespace.
+const LOOPBACK_INDEX: u32 = 1;
+
+pub struct NodeReconciler {
+    pub networks: Arc<Networks>,
+    /// Spec and report of the last apply of each node, for `Scope::Changed`.
+    last: Mutex<HashMap<String, (NodeSpec, ResourceReport)>>,
+}
+
+impl NodeReconciler {
+    pub fn new(networks: Arc<Networks>) -> Self {
+        Self {
+            networks,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn node_key(network: &str, node: &str) -> String {
+    format!("{network}/{node}")
+}
+
+/// Makes the namespaces of `paths` on `workers` threads at once; results in order.
+async fn create_many(paths: Vec<PathBuf>, workers: usize) -> Vec<Result<Created, String>> {
+    let n = paths.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let runtime = tokio::runtime::Handle::current();
+    let per = n.div_ceil(workers.max(1));
+    let mut pending = Vec::new();
+    for (c, chunk) in paths.chunks(per).enumerate() {
+        let chunk: Vec<PathBuf> = chunk.to_vec();
+        let rt = runtime.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("weft-netns-make-{c}"))
+            .spawn(move || {
+                let mut out = Vec::with_capacity(chunk.len());
+                let home = match namespaces::home() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let msg = format!("opening the agent's namespace: {e}");
+                        out.extend(chunk.iter().map(|_| Err(msg.clone())));
+                        let _ = tx.send(out);
+                        return;
+                    }
+                };
+                for (i, p) in chunk.iter().enumerate() {
+                    match namespaces::create(p, &home, Some(&rt)) {
+                        Ok(c) => out.push(Ok(c)),
+                        Err((e, fatal)) => {
+                            out.push(Err(e.to_string()));
+                            if fatal {
+                                // This thread is in the wrong namespace: it makes no more.
+                                let msg = format!("not made: {e}");
+                                out.extend(chunk[i + 1..].iter().map(|_| Err(msg.clone())));
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.send(out);
+            });
+        pending.push((spawned.is_ok(), chunk_len(&paths, per, c), rx));
+    }
+    let mut all = Vec::with_capacity(n);
+    for (ok, len, rx) in pending {
+        match (ok, rx.await) {
+            (true, Ok(v)) => all.extend(v),
+            _ => all.extend((0..len).map(|_| Err("the namespace thread failed".to_string()))),
+        }
+    }
+    all
+}
+
+fn chunk_len(paths: &[PathBuf], per: usize, c: usize) -> usize {
+    paths.len().saturating_sub(c * per).min(per)
+}
+
+/// Where a node's namespace came from in this reconcile.
+enum Ns {
+    /// Made just now: empty but for `lo` and `eth0` to come.
+    Fresh(Box<Created>),
+    Existing,
+}
+
+impl Networks {
+    /// Brings one node about. `bridge`: the network's bridge on this host.
+    async fn ensure_node(
+        &self,
+        s: &NodeSpec,
+        bridge: Option<LinkState>,
+        ns: Ns,
+    ) -> Result<(Vec<String>, usize), String> {
+        let key = node_key(&s.network, &s.node);
+        let path = namespaces::path_of(&names::netns(
+            &self.config.netns_prefix,
+            &s.network,
+            &s.node,
+        ));
+        let veth = names::host_veth(&s.network, &s.node);
+        lock(&self.nodes).insert(
+            key.clone(),
+            NodeObjects {
+                netns: path.clone(),
+                host_veth: veth.clone(),
+            },
+        );
+        let bridge = bridge.ok_or_else(|| {
+            format!(
+                "network {:?} has no bridge on this host (its network-segment resource is missing or failed)",
+                s.network
+            )
+        })?;
+        let mtu = bridge.mtu;
+        let e = |e: links::LinkError| e.to_string();
+        let (file, nh, _task, fresh): (File, Handle, Option<tokio::task::JoinHandle<()>>, bool) =
+            match ns {
+                Ns::Fresh(c) => {
+                    let (conn, handle) = c
+                        .connection
+                        .ok_or("no netlink connection into the new namespace")?;
+                    (c.file, handle, Some(tokio::spawn(conn)), true)
+                }
+                Ns::Existing => {
+                    let file = File::open(&path)
+                        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+                    let h = self
+                        .conns
+                        .get(Some(&path))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    (file, h, None, false)
+                }
+            };
+        let mut changes = 0;
+        let h = &self.host;
+        let mut host_end = if fresh {
+            None
+        } else {
+            links::by_name(h, &veth).await.map_err(e)?
+        };
+        let mut eth0 = if fresh {
+            None
+        } else {
+            links::by_name(&nh, names::NODE_IF).await.map_err(e)?
+        };
+        if host_end.is_some() && eth0.is_none() {
+            // The peer is gone (moved or the namespace replaced): make the pair again.
+            let l = host_end.take().expect("checked");
+            links::delete(h, l.index, &veth).await.map_err(e)?;
+            changes += 1;
+        }
+        match &host_end {
+            None => {
+                if !fresh && let Some(stale) = links::by_name(h, &veth).await.map_err(e)? {
+                    links::delete(h, stale.index, &veth).await.map_err(e)?;
+                }
+                links::add_node_veth(h, &veth, file.as_raw_fd(), mtu, bridge.index)
+                    .await
+                    .map_err(e)?;
+                changes += 1;
+                eth0 = None;
+            }
+            Some(l) => {
+                if !l.up || l.mtu != mtu || l.controller != Some(bridge.index) {
+                    links::set(h, l.index, &veth, true, Some(mtu), Some(bridge.index))
+                        .await
+                        .map_err(e)?;
+                    changes += 1;
+                }
+            }
+        }
+        let eth0 = match eth0 {
+            Some(l) => l,
+            None => links::by_name(&nh, names::NODE_IF)
+                .await
+                .map_err(e)?
+                .ok_or_else(|| format!("{} did not appear in {}", names::NODE_IF, path.display()))?,
+        };
+        if fresh {
+            links::set(&nh, LOOPBACK_INDEX, "lo", true, None, None)
+                .await
+                .map_err(e)?;
+            changes += 1;
+        } else if let Some(lo) = links::by_name(&nh, "lo").await.map_err(e)?
+            && !lo.up
+        {
+            links::set(&nh, lo.index, "lo", true, None, None)
+                .await
+                .map_err(e)?;
+            changes += 1;
+        }
+        if !eth0.up || eth0.mtu != mtu {
+            links::set(&nh, eth0.index, names::NODE_IF, true, Some(mtu), None)
+                .await
+                .map_err(e)?;
+            changes += 1;
+        }
+        let have = if fresh && changes > 0 && eth0.mtu == mtu {
+            Vec::new()
+        } else {
+            links::addresses(&nh, eth0.index).await.map_err(e)?
+        };
+        // Old addresses go first: removing a primary IPv4 address removes the secondaries
+        // of its subnet with it (a new address in the same subnet would be one).
+        for c in have.iter().filter(|c| !s.addresses.iter().any(|a| a.cidr == **c)) {
+            links::del_address(&nh, eth0.index, *c).await.map_err(e)?;
+            changes += 1;
+        }
+        for a in &s.addresses {
+            if !have.contains(&a.cidr) {
+                links::add_address(&nh, eth0.index, a.cidr).await.map_err(e)?;
+                changes += 1;
+            }
+        }
+        let gateways = if fresh {
+            Vec::new()
+        } else {
+            links::default_gateways(&nh, eth0.index).await.map_err(e)?
+        };
+        for g in s.addresses.iter().filter_map(|a| a.gateway) {
+            if !gateways.contains(&g) {
+                links::replace_default_route(&nh, eth0.index, g)
+                    .await
+                    .map_err(e)?;
+                changes += 1;
+            }
+        }
+        let mut observed: Vec<String> = s.addresses.iter().map(|a| a.cidr.to_string()).collect();
+        observed.push(format!("netns {}", path.display()));
+        observed.push(format!("{} up", names::NODE_IF));
+        Ok((observed, changes))
+    }
+
+    async fn remove_node(&self, key: &str, o: &NodeObjects) -> Result<usize, String> {
+        let mut changes = 0;
+        self.conns.forget(Some(&o.netns));
+        if let Some(l) = links::by_name(&self.host, &o.host_veth)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            links::delete(&self.host, l.index, &o.host_veth)
+                .await
+                .map_err(|e| e.to_string())?;
+            changes += 1;
+        }
+        if o.netns.exists() {
+            namespaces::remove(&o.netns).map_err(|e| e.to_string())?;
+            changes += 1;
+        }
+        lock(&self.nodes).remove(key);
+        Ok(changes)
+    }
+}
+
+fn report(key: String, r: Result<(Vec<String>, usize), String>, spec: Option<&NodeSpec>) -> ResourceReport {
+    match r {
+        Ok((observed, changes)) => {
+            let error = spec.filter(|s| !s.unsupported.is_empty()).map(|s| {
+                format!(
+                    "this agent cannot make {} yet (the rest of the node is in place)",
+                    s.unsupported.join(", ")
+                )
+            });
+            ResourceReport {
+                key,
+                error,
+                observed,
+                changes,
+                ..Default::default()
+            }
+        }
+        Err(e) => ResourceReport {
+            key,
+            error: Some(e),
+            ..Default::default()
+        },
+    }
+}
+
+impl Reconciler for NodeReconciler {
+    fn kind(&self) -> &'static str {
+        NETWORK_NODE
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        desired: &'a [DesiredResource],
+        scope: Scope<'a>,
+    ) -> BoxFuture<'a, Vec<ResourceReport>> {
+        Box::pin(async move {
+            let net = &self.networks;
+            let started = Instant::now();
+            let mut out = Vec::new();
+            let mut todo: Vec<NodeSpec> = Vec::new();
+            for r in desired {
+                if let Scope::Only(keys) = scope
+                    && !keys.contains(&r.key)
+                {
+                    continue;
+                }
+                let spec = match &r.spec {
+                    Spec::NetworkNode(n) if node_key(&n.network, &n.node) == r.key => {
+                        NodeSpec::from_wire(n, 0)
+                    }
+                    Spec::NetworkNode(n) => Err(format!(
+                        "the resource key {:?} is not its node {:?}",
+                        r.key,
+                        node_key(&n.network, &n.node)
+                    )),
+                    _ => Err("the spec is not a network node".into()),
+                };
+                match spec {
+                    Err(e) => out.push(report(r.key.clone(), Err(e), None)),
+                    Ok(s) => {
+                        if scope == Scope::Changed
+                            && let Some((last, rep)) = lock(&self.last).get(&r.key)
+                            && *last == s
+                            && rep.error.is_none()
+                        {
+                            out.push(ResourceReport {
+                                changes: 0,
+                                ..rep.clone()
+                            });
+                            continue;
+                        }
+                        todo.push(s);
+                    }
+                }
+            }
+            // Bridges, once per network.
+            let mut bridges: BTreeMap<String, Option<LinkState>> = BTreeMap::new();
+            for s in &todo {
+                if !bridges.contains_key(&s.network) {
+                    let b = links::by_name(&net.host, &names::bridge(&s.network))
+                        .await
+                        .ok()
+                        .flatten();
+                    bridges.insert(s.network.clone(), b);
+                }
+            }
+            // Namespaces that are not there yet are made first, several at once.
+            let paths: Vec<PathBuf> = todo
+                .iter()
+                .map(|s| {
+                    namespaces::path_of(&names::netns(
+                        &net.config.netns_prefix,
+                        &s.network,
+                        &s.node,
+                    ))
+                })
+                .collect();
+            let missing: Vec<usize> = (0..todo.len())
+                .filter(|i| !namespaces::is_mounted(&paths[*i]))
+                .collect();
+            let made = create_many(
+                missing.iter().map(|i| paths[*i].clone()).collect(),
+                net.config.workers,
+            )
+            .await;
+            let mut fresh: HashMap<usize, Result<Created, String>> =
+                missing.into_iter().zip(made).collect();
+            let jobs = todo.into_iter().enumerate().map(|(i, s)| {
+                let ns = fresh.remove(&i);
+                let bridge = bridges.get(&s.network).cloned().flatten();
+                async move {
+                    let key = node_key(&s.network, &s.node);
+                    let r = match ns {
+                        Some(Err(e)) => Err(format!("making the namespace: {e}")),
+                        Some(Ok(c)) => net.ensure_node(&s, bridge, Ns::Fresh(Box::new(c))).await,
+                        None => net.ensure_node(&s, bridge, Ns::Existing).await,
+                    };
+                    (s, report(key, r, None))
+                }
+            });
+            let done: Vec<(NodeSpec, ResourceReport)> = futures::stream::iter(jobs)
+                .buffer_unordered(net.config.in_flight.max(1))
+                .collect()
+                .await;
+            {
+                let mut last = lock(&self.last);
+                for (s, mut rep) in done {
+                    if rep.error.is_none() {
+                        rep = report(rep.key.clone(), Ok((rep.observed, rep.changes)), Some(&s));
+                    }
+                    last.insert(rep.key.clone(), (s, rep.clone()));
+                    out.push(rep);
+                }
+            }
+            if !matches!(scope, Scope::Only(_)) {
+                let gone: Vec<(String, NodeObjects)> = lock(&net.nodes)
+                    .iter()
+                    .filter(|(k, _)| !desired.iter().any(|r| &r.key == *k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let removals = gone.into_iter().map(|(key, o)| async move {
+                    let r = net.remove_node(&key, &o).await;
+                    (key, r)
+                });
+                let removed: Vec<(String, Result<usize, String>)> =
+                    futures::stream::iter(removals)
+                        .buffer_unordered(net.config.in_flight.max(1))
+                        .collect()
+                        .await;
+                let mut last = lock(&self.last);
+                for (key, r) in removed {
+                    last.remove(&key);
+                    out.push(match r {
+                        Ok(changes) => ResourceReport {
+                            key,
+                            changes,
+                            observed: vec!["removed".into()],
+                            ..Default::default()
+                        },
+                        Err(e) => ResourceReport {
+                            key,
+                            error: Some(format!("removing: {e}")),
+                            ..Default::default()
+                        },
+                    });
+                }
+            }
+            net.save(NETWORK_NODE).await;
+            tracing::debug!(
+                nodes = out.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "network-node reconcile"
+            );
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            out
+        })
+    }
+
+    fn drift(&self, events: &[HostEvent]) -> Vec<Drift> {
+        let nodes = lock(&self.networks.nodes);
+        let by_netns: HashMap<&Path, &str> = nodes
+            .iter()
+            .map(|(k, o)| (o.netns.as_path(), k.as_str()))
+            .collect();
+        let by_veth: HashMap<&str, &str> = nodes
+            .iter()
+            .map(|(k, o)| (o.host_veth.as_str(), k.as_str()))
+            .collect();
+        // Net effect per node: a later "link up" clears an earlier "link down".
+        let mut found: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for e in events {
+            let key = match &e.netns {
+                Some(p) => by_netns.get(p.as_path()).copied(),
+                None => match &e.change {
+                    Change::LinkDel { name, .. } | Change::LinkNew { name, .. } => {
+                        by_veth.get(name.as_str()).copied()
+                    }
+                    _ => None,
+                },
+            };
+            let Some(key) = key else { continue };
+            let what = match &e.change {
+                Change::LinkDel { name, .. } => Some(format!("{name} deleted")),
+                Change::LinkNew { name, up: false, .. } => Some(format!("{name} set down")),
+                Change::LinkNew { up: true, .. } => {
+                    if let Some(w) = found.get(key)
+                        && w.as_deref().is_some_and(|w| w.ends_with("set down"))
+                    {
+                        found.insert(key.to_owned(), None);
+                    }
+                    continue;
+                }
+                Change::AddrDel { addr, prefix, .. } => {
+                    Some(format!("address {addr}/{prefix} removed"))
+                }
+                Change::RouteDel { dst, prefix: 0, .. } => {
+                    Some(format!("default route ({dst}/0) removed"))
+                }
+                Change::NetnsGone => Some("namespace removed".into()),
+                Change::Overrun => Some("host events lost".into()),
+                _ => None,
+            };
+            if let Some(w) = what {
+                found.insert(key.to_owned(), Some(w));
+            }
+        }
+        found
+            .into_iter()
+            .filter_map(|(key, what)| Some(Drift { key, what: what? }))
+            .collect()
+    }
+
+    fn namespaces(&self) -> Vec<PathBuf> {
+        self.networks.node_namespaces()
+    }
+
+    fn managed(&self) -> Vec<String> {
+        lock(&self.networks.nodes).keys().cloned().collect()
+    }
+}
