@@ -97,7 +97,12 @@ impl Drop for Netns {
 }
 
 /// A veth between `a` (198.18.0.1/30, fd00::1/126) and `b` (198.18.0.2/30, fd00::2/126).
+/// Waits (up to 5 s) until IPv4 and IPv6 get from `a` to `b`.
 pub fn link(a: &Netns, b: &Netns) {
+    for ns in [a, b] {
+        // No duplicate address detection: addresses usable at once.
+        ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
+    }
     a.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b.name]);
     a.ip(&["addr", "add", "198.18.0.1/30", "dev", "va"]);
     a.ip(&["addr", "add", "fd00::1/126", "dev", "va", "nodad"]);
@@ -105,6 +110,13 @@ pub fn link(a: &Netns, b: &Netns) {
     b.ip(&["addr", "add", "fd00::2/126", "dev", "vb", "nodad"]);
     a.ip(&["link", "set", "va", "up"]);
     b.ip(&["link", "set", "vb", "up"]);
+    let t = std::time::Instant::now();
+    for addr in ["198.18.0.2", "fd00::2"] {
+        while !a.exec(&["ping", "-c1", "-W1", addr]).status.success() {
+            assert!(t.elapsed() < std::time::Duration::from_secs(5), "{addr} unreachable");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 /// Many namespaces, made and deleted with one `ip -batch` each way.
