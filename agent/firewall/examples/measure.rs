@@ -22,7 +22,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use weft_firewall::{
-    Event, EventKind, InboundRule, NamespaceFirewall, PortRange, Prefix, Protocol, Ruleset, Verdict, drift,
+    Event, EventKind, InboundRule, NamespaceFirewall, PortRange, Prefix, Protocol, Ruleset,
+    Verdict, drift,
 };
 
 fn ruleset(variant: u16) -> Ruleset {
@@ -35,9 +36,17 @@ fn ruleset(variant: u16) -> Ruleset {
             };
             InboundRule {
                 sources: vec![src],
-                protocol: if i % 3 == 0 { Protocol::Udp } else { Protocol::Tcp },
+                protocol: if i % 3 == 0 {
+                    Protocol::Udp
+                } else {
+                    Protocol::Tcp
+                },
                 ports: vec![PortRange::single(8000 + i + variant)],
-                verdict: if i == 19 { Verdict::Drop } else { Verdict::Accept },
+                verdict: if i == 19 {
+                    Verdict::Drop
+                } else {
+                    Verdict::Accept
+                },
             }
         })
         .collect();
@@ -69,14 +78,22 @@ fn summary(name: &str, v: &mut [Duration]) {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let n = args.first().copied().unwrap_or(1000);
     let injections = args.get(1).copied().unwrap_or(100);
 
-    println!("weft-firewall measure: {n} namespaces, 20-rule ruleset (23 kernel rules), {injections} injections");
+    println!(
+        "weft-firewall measure: {n} namespaces, 20-rule ruleset (23 kernel rules), {injections} injections"
+    );
     let t = Instant::now();
     let many = support::ManyNetns::new(n);
-    println!("set-up: {n} namespaces made in {:.1} s (not measured)", t.elapsed().as_secs_f64());
+    println!(
+        "set-up: {n} namespaces made in {:.1} s (not measured)",
+        t.elapsed().as_secs_f64()
+    );
     let paths = many.paths();
 
     let rs = ruleset(0);
@@ -159,7 +176,9 @@ fn main() {
     });
     let wait = |kind_gen: bool| -> Event {
         loop {
-            let e = rx.recv_timeout(Duration::from_secs(2)).expect("event within 2 s");
+            let e = rx
+                .recv_timeout(Duration::from_secs(2))
+                .expect("event within 2 s");
             if matches!(e.kind, EventKind::Generation { .. }) == kind_gen {
                 return e;
             }
@@ -185,7 +204,9 @@ fn main() {
         compare.push(t_compared - t0);
         repair.push(t_repaired - t0);
     }
-    println!("drift by another netlink socket ({injections} rule deletions), from the delete request:");
+    println!(
+        "drift by another netlink socket ({injections} rule deletions), from the delete request:"
+    );
     summary("watcher has the event (detect)", &mut detect);
     summary("read + drift name it", &mut compare);
     summary("repair committed", &mut repair);
@@ -193,10 +214,15 @@ fn main() {
     let (mut detect, mut repair) = (Vec::new(), Vec::new());
     for i in 0..(injections / 5).max(1) {
         let o = fw.read().expect("read");
-        let victim = o.input_rules().expect("rules")[3 + i % 20].handle.to_string();
+        let victim = o.input_rules().expect("rules")[3 + i % 20]
+            .handle
+            .to_string();
         let t0 = Instant::now();
         let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns.name, "nft", "delete", "rule", "inet", "weft", "input", "handle", &victim])
+            .args([
+                "netns", "exec", &ns.name, "nft", "delete", "rule", "inet", "weft", "input",
+                "handle", &victim,
+            ])
             .spawn()
             .expect("nft");
         let e = wait(false);

@@ -46,12 +46,38 @@ const ND_TYPES: (u8, u8) = (133, 136);
 /// One nf_tables expression, as far as this crate needs to tell them apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Expr {
-    Meta { key: u32, dreg: u32 },
-    Ct { key: u32, dreg: u32 },
-    Payload { base: u32, offset: u32, len: u32, dreg: u32 },
-    Cmp { sreg: u32, op: u32, data: Vec<u8> },
-    Bitwise { sreg: u32, dreg: u32, len: u32, mask: Vec<u8>, xor: Vec<u8> },
-    Range { sreg: u32, op: u32, from: Vec<u8>, to: Vec<u8> },
+    Meta {
+        key: u32,
+        dreg: u32,
+    },
+    Ct {
+        key: u32,
+        dreg: u32,
+    },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    Cmp {
+        sreg: u32,
+        op: u32,
+        data: Vec<u8>,
+    },
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        len: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Range {
+        sreg: u32,
+        op: u32,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
     /// `immediate` into the verdict register.
     Verdict(u32),
     /// Anything else: its name and the attributes we did not decode.
@@ -77,14 +103,28 @@ impl Expr {
             Expr::Meta { key, dreg } | Expr::Ct { key, dreg } => {
                 m.be32(1, *dreg).be32(2, *key);
             }
-            Expr::Payload { base, offset, len, dreg } => {
-                m.be32(1, *dreg).be32(2, *base).be32(3, *offset).be32(4, *len);
+            Expr::Payload {
+                base,
+                offset,
+                len,
+                dreg,
+            } => {
+                m.be32(1, *dreg)
+                    .be32(2, *base)
+                    .be32(3, *offset)
+                    .be32(4, *len);
             }
             Expr::Cmp { sreg, op, data } => {
                 m.be32(1, *sreg).be32(2, *op);
                 m.begin(3).attr(NFTA_DATA_VALUE, data).end();
             }
-            Expr::Bitwise { sreg, dreg, len, mask, xor } => {
+            Expr::Bitwise {
+                sreg,
+                dreg,
+                len,
+                mask,
+                xor,
+            } => {
                 m.be32(1, *sreg).be32(2, *dreg).be32(3, *len);
                 m.begin(4).attr(NFTA_DATA_VALUE, mask).end();
                 m.begin(5).attr(NFTA_DATA_VALUE, xor).end();
@@ -143,9 +183,13 @@ impl Expr {
             },
             // NFTA_BITWISE_OP 0 is mask-and-xor, the only one written here.
             "bitwise" => match (u(1), u(2), u(3), value(4), value(5), u(6).unwrap_or(0)) {
-                (Some(sreg), Some(dreg), Some(len), Some(mask), Some(xor), 0) => {
-                    Expr::Bitwise { sreg, dreg, len, mask, xor }
-                }
+                (Some(sreg), Some(dreg), Some(len), Some(mask), Some(xor), 0) => Expr::Bitwise {
+                    sreg,
+                    dreg,
+                    len,
+                    mask,
+                    xor,
+                },
                 _ => other(),
             },
             "range" => match (u(1), u(2), value(3), value(4)) {
@@ -278,8 +322,14 @@ pub(crate) fn expand(rule: &InboundRule) -> Vec<Atom> {
     };
     let mut out = Vec::new();
     for src in sources {
-        let fam = src.map(|p| if p.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 });
-        let source = src.filter(|p| p.len() > 0);
+        let fam = src.map(|p| {
+            if p.is_ipv4() {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            }
+        });
+        let source = src.filter(|p| !p.is_empty());
         let mut push = |family: Option<Family>, l4: Option<u8>, dport: Option<PortRange>| {
             out.push(Atom {
                 family,
@@ -291,7 +341,11 @@ pub(crate) fn expand(rule: &InboundRule) -> Vec<Atom> {
         };
         match rule.protocol {
             Protocol::Tcp | Protocol::Udp => {
-                let l4 = if rule.protocol == Protocol::Tcp { IPPROTO_TCP } else { IPPROTO_UDP };
+                let l4 = if rule.protocol == Protocol::Tcp {
+                    IPPROTO_TCP
+                } else {
+                    IPPROTO_UDP
+                };
                 for p in &ports {
                     push(fam, Some(l4), *p);
                 }
@@ -312,8 +366,15 @@ pub(crate) fn expand(rule: &InboundRule) -> Vec<Atom> {
 
 fn meta_eq(key: u32, value: Vec<u8>) -> [Expr; 2] {
     [
-        Expr::Meta { key, dreg: NFT_REG_1 },
-        Expr::Cmp { sreg: NFT_REG_1, op: NFT_CMP_EQ, data: value },
+        Expr::Meta {
+            key,
+            dreg: NFT_REG_1,
+        },
+        Expr::Cmp {
+            sreg: NFT_REG_1,
+            op: NFT_CMP_EQ,
+            data: value,
+        },
     ]
 }
 
@@ -329,7 +390,10 @@ pub(crate) fn encode_kind(kind: &RuleKind) -> Vec<Expr> {
     let mut e = Vec::new();
     match kind {
         RuleKind::Established => {
-            e.push(Expr::Ct { key: NFT_CT_STATE, dreg: NFT_REG_1 });
+            e.push(Expr::Ct {
+                key: NFT_CT_STATE,
+                dreg: NFT_REG_1,
+            });
             e.push(Expr::Bitwise {
                 sreg: NFT_REG_1,
                 dreg: NFT_REG_1,
@@ -337,11 +401,18 @@ pub(crate) fn encode_kind(kind: &RuleKind) -> Vec<Expr> {
                 mask: CT_ESTABLISHED_RELATED.to_ne_bytes().to_vec(),
                 xor: vec![0; 4],
             });
-            e.push(Expr::Cmp { sreg: NFT_REG_1, op: NFT_CMP_NEQ, data: vec![0; 4] });
+            e.push(Expr::Cmp {
+                sreg: NFT_REG_1,
+                op: NFT_CMP_NEQ,
+                data: vec![0; 4],
+            });
             e.push(Expr::Verdict(nl::NF_ACCEPT));
         }
         RuleKind::Loopback => {
-            e.extend(meta_eq(NFT_META_IIF, LOOPBACK_IFINDEX.to_ne_bytes().to_vec()));
+            e.extend(meta_eq(
+                NFT_META_IIF,
+                LOOPBACK_IFINDEX.to_ne_bytes().to_vec(),
+            ));
             e.push(Expr::Verdict(nl::NF_ACCEPT));
         }
         RuleKind::NeighbourDiscovery => {
@@ -386,7 +457,11 @@ pub(crate) fn encode_kind(kind: &RuleKind) -> Vec<Expr> {
                         xor: vec![0; len as usize],
                     });
                 }
-                e.push(Expr::Cmp { sreg: NFT_REG_1, op: NFT_CMP_EQ, data: s.addr_bytes() });
+                e.push(Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: NFT_CMP_EQ,
+                    data: s.addr_bytes(),
+                });
             }
             if let Some(p) = a.l4 {
                 e.extend(meta_eq(NFT_META_L4PROTO, vec![p]));
@@ -423,7 +498,9 @@ pub(crate) fn encode_kind(kind: &RuleKind) -> Vec<Expr> {
 pub(crate) fn decode_kind(exprs: &[Expr]) -> Option<RuleKind> {
     let kind = match exprs.first()? {
         Expr::Ct { .. } => RuleKind::Established,
-        Expr::Meta { key: NFT_META_IIF, .. } => RuleKind::Loopback,
+        Expr::Meta {
+            key: NFT_META_IIF, ..
+        } => RuleKind::Loopback,
         _ => {
             let nd = RuleKind::NeighbourDiscovery;
             if encode_kind(&nd) == exprs {
@@ -457,7 +534,12 @@ fn parse_atom(exprs: &[Expr]) -> Option<Atom> {
         });
         i += 2;
     }
-    if let Some(Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, len, .. }) = at(i) {
+    if let Some(Expr::Payload {
+        base: NFT_PAYLOAD_NETWORK_HEADER,
+        len,
+        ..
+    }) = at(i)
+    {
         let len = *len as usize;
         i += 1;
         let mut plen = (len * 8) as u8;
@@ -477,7 +559,11 @@ fn parse_atom(exprs: &[Expr]) -> Option<Atom> {
         l4 = Some(*d.first()?);
         i += 2;
     }
-    if let Some(Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, .. }) = at(i) {
+    if let Some(Expr::Payload {
+        base: NFT_PAYLOAD_TRANSPORT_HEADER,
+        ..
+    }) = at(i)
+    {
         i += 1;
         let port = |d: &[u8]| Some(u16::from_be_bytes(d.try_into().ok()?));
         dport = Some(match at(i) {
@@ -511,7 +597,9 @@ pub(crate) fn describe(exprs: &[Expr]) -> String {
         .map(|e| match e {
             Expr::Meta { key, .. } => format!("meta key {key}"),
             Expr::Ct { key, .. } => format!("ct key {key}"),
-            Expr::Payload { base, offset, len, .. } => {
+            Expr::Payload {
+                base, offset, len, ..
+            } => {
                 format!("payload base {base} offset {offset} len {len}")
             }
             Expr::Cmp { op, data, .. } => format!("cmp op {op} {}", hex(data)),
@@ -550,14 +638,23 @@ mod tests {
     #[test]
     fn every_kind_decodes_to_itself() {
         let rules = [
-            rule(&["198.18.0.5/32", "fd00::/64"], Protocol::Tcp, &["8080", "9000-9100"], Verdict::Accept),
+            rule(
+                &["198.18.0.5/32", "fd00::/64"],
+                Protocol::Tcp,
+                &["8080", "9000-9100"],
+                Verdict::Accept,
+            ),
             rule(&[], Protocol::Icmp, &[], Verdict::Drop),
             rule(&["198.18.0.0/15"], Protocol::Icmp, &[], Verdict::Accept),
             rule(&["0.0.0.0/0"], Protocol::Any, &[], Verdict::Accept),
             rule(&[], Protocol::Udp, &["53"], Verdict::Accept),
             rule(&[], Protocol::Any, &[], Verdict::Drop),
         ];
-        let mut kinds = vec![RuleKind::Established, RuleKind::Loopback, RuleKind::NeighbourDiscovery];
+        let mut kinds = vec![
+            RuleKind::Established,
+            RuleKind::Loopback,
+            RuleKind::NeighbourDiscovery,
+        ];
         for r in &rules {
             kinds.extend(expand(r).into_iter().map(RuleKind::User));
         }
@@ -580,7 +677,9 @@ mod tests {
         let mut e = encode_kind(&RuleKind::Loopback);
         e.insert(2, Expr::Other("counter".into()));
         assert_eq!(decode_kind(&e), None);
-        let mut e = encode_kind(&RuleKind::User(expand(&rule(&[], Protocol::Tcp, &["80"], Verdict::Accept))[0]));
+        let mut e = encode_kind(&RuleKind::User(
+            expand(&rule(&[], Protocol::Tcp, &["80"], Verdict::Accept))[0],
+        ));
         if let Some(Expr::Cmp { data, .. }) = e.get_mut(3) {
             data.push(0);
         }

@@ -155,7 +155,10 @@ pub fn drift(desired: &Ruleset, observed: &Observed) -> Vec<String> {
     };
     if t.flags != 0 {
         let dormant = if t.flags & 1 != 0 { " (dormant)" } else { "" };
-        out.push(format!("table inet {TABLE} flags {:#x}{dormant}, want 0", t.flags));
+        out.push(format!(
+            "table inet {TABLE} flags {:#x}{dormant}, want 0",
+            t.flags
+        ));
     }
     for c in t.chains.iter().filter(|c| c.name != CHAIN) {
         out.push(format!("extra chain {} ({} rules)", c.name, c.rules.len()));
@@ -251,6 +254,9 @@ fn comment_of(udata: &[u8]) -> Option<String> {
     None
 }
 
+/// One received message: header and payload.
+type Received = (Header, Vec<u8>);
+
 enum Route {
     /// No table: create it.
     Fresh,
@@ -271,9 +277,8 @@ impl NamespaceFirewall {
     /// Opens the socket and a [`Watcher`] in the namespace with one `setns`; the watcher
     /// marks the events this handle's own changes cause as [`own`](crate::Event::own).
     pub fn open_with_watcher(netns: Option<&Path>) -> Result<(Self, Watcher)> {
-        let ((sock, wsock), identity) = netns::run_in(netns, || {
-            Ok((Self::request_socket()?, Watcher::socket()?))
-        })?;
+        let ((sock, wsock), identity) =
+            netns::run_in(netns, || Ok((Self::request_socket()?, Watcher::socket()?)))?;
         let fw = Self::from_socket(sock, netns, identity);
         let mut w = Watcher::from_socket(wsock, fw.label.clone())?;
         w.ignore_portid(fw.portid());
@@ -359,7 +364,7 @@ impl NamespaceFirewall {
     }
 
     /// Receives one datagram (blocking up to the reply timeout) and returns its messages.
-    fn recv_messages(&mut self, op: &str, dontwait: bool) -> Result<Option<Vec<(Header, Vec<u8>)>>> {
+    fn recv_messages(&mut self, op: &str, dontwait: bool) -> Result<Option<Vec<Received>>> {
         let n = match self.sock.recv(dontwait) {
             Ok(Some(n)) => n,
             Ok(None) if dontwait => return Ok(None),
@@ -383,14 +388,17 @@ impl NamespaceFirewall {
         self.sock.send(&bytes).map_err(|e| self.io_err(op, e))?;
         let mut data = Vec::new();
         loop {
-            let Some(msgs) = self.recv_messages(op, false)? else { continue };
+            let Some(msgs) = self.recv_messages(op, false)? else {
+                continue;
+            };
             for (h, p) in msgs {
                 if h.seq != seq {
                     continue; // a late answer to something that timed out
                 }
                 match h.ty {
                     nl::NLMSG_ERROR => {
-                        let (errno, _, m) = nl::parse_error(&h, &p).map_err(|w| self.proto_err(op, w))?;
+                        let (errno, _, m) =
+                            nl::parse_error(&h, &p).map_err(|w| self.proto_err(op, w))?;
                         if errno != 0 {
                             return Err(self.kernel_err(op, errno, m));
                         }
@@ -414,7 +422,9 @@ impl NamespaceFirewall {
         let mut data = Vec::new();
         let mut interrupted = false;
         loop {
-            let Some(msgs) = self.recv_messages(op, false)? else { continue };
+            let Some(msgs) = self.recv_messages(op, false)? else {
+                continue;
+            };
             for (h, p) in msgs {
                 if h.seq != seq {
                     continue;
@@ -424,7 +434,8 @@ impl NamespaceFirewall {
                 }
                 match h.ty {
                     nl::NLMSG_ERROR => {
-                        let (errno, _, m) = nl::parse_error(&h, &p).map_err(|w| self.proto_err(op, w))?;
+                        let (errno, _, m) =
+                            nl::parse_error(&h, &p).map_err(|w| self.proto_err(op, w))?;
                         if errno != 0 {
                             return Err(self.kernel_err(op, errno, m));
                         }
@@ -457,8 +468,11 @@ impl NamespaceFirewall {
             0,
         );
         let replies = self.request(op, m, seq)?;
-        let p = replies.first().ok_or_else(|| self.proto_err(op, "no NEWGEN reply"))?;
-        let a = nl::attrs(p.get(nl::NFGENMSG_LEN..).unwrap_or(&[])).map_err(|w| self.proto_err(op, w))?;
+        let p = replies
+            .first()
+            .ok_or_else(|| self.proto_err(op, "no NEWGEN reply"))?;
+        let a = nl::attrs(p.get(nl::NFGENMSG_LEN..).unwrap_or(&[]))
+            .map_err(|w| self.proto_err(op, w))?;
         nl::find(&a, nl::NFTA_GEN_ID)
             .and_then(nl::be32)
             .ok_or_else(|| self.proto_err(op, "NEWGEN without NFTA_GEN_ID"))
@@ -496,12 +510,20 @@ impl NamespaceFirewall {
         m.str(nl::NFTA_TABLE_NAME, TABLE);
         let replies = match self.request(op, m, seq) {
             Ok(r) => r,
-            Err(Error::Kernel { errno: libc::ENOENT, .. }) => return Ok(Some(None)),
+            Err(Error::Kernel {
+                errno: libc::ENOENT,
+                ..
+            }) => return Ok(Some(None)),
             Err(e) => return Err(e),
         };
-        let p = replies.first().ok_or_else(|| self.proto_err(op, "no NEWTABLE reply"))?;
-        let a = nl::attrs(p.get(nl::NFGENMSG_LEN..).unwrap_or(&[])).map_err(|w| self.proto_err(op, w))?;
-        let flags = nl::find(&a, nl::NFTA_TABLE_FLAGS).and_then(nl::be32).unwrap_or(0);
+        let p = replies
+            .first()
+            .ok_or_else(|| self.proto_err(op, "no NEWTABLE reply"))?;
+        let a = nl::attrs(p.get(nl::NFGENMSG_LEN..).unwrap_or(&[]))
+            .map_err(|w| self.proto_err(op, w))?;
+        let flags = nl::find(&a, nl::NFTA_TABLE_FLAGS)
+            .and_then(nl::be32)
+            .unwrap_or(0);
 
         let op = "dump chains";
         let seq = self.next_seq();
@@ -518,8 +540,13 @@ impl NamespaceFirewall {
         };
         let mut chains = Vec::new();
         for p in &chain_msgs {
-            let a = nl::attrs(p.get(nl::NFGENMSG_LEN..).unwrap_or(&[])).map_err(|w| self.proto_err(op, w))?;
-            if nl::find(&a, nl::NFTA_CHAIN_TABLE).map(nl::string).as_deref() != Some(TABLE) {
+            let a = nl::attrs(p.get(nl::NFGENMSG_LEN..).unwrap_or(&[]))
+                .map_err(|w| self.proto_err(op, w))?;
+            if nl::find(&a, nl::NFTA_CHAIN_TABLE)
+                .map(nl::string)
+                .as_deref()
+                != Some(TABLE)
+            {
                 continue;
             }
             let name = nl::find(&a, nl::NFTA_CHAIN_NAME)
@@ -530,13 +557,19 @@ impl NamespaceFirewall {
                 Some(h) => {
                     let h = nl::attrs(h).map_err(|w| self.proto_err(op, w))?;
                     Some(BaseChain {
-                        chain_type: nl::find(&a, nl::NFTA_CHAIN_TYPE).map(nl::string).unwrap_or_default(),
-                        hook: nl::find(&h, nl::NFTA_HOOK_HOOKNUM).and_then(nl::be32).unwrap_or(u32::MAX),
+                        chain_type: nl::find(&a, nl::NFTA_CHAIN_TYPE)
+                            .map(nl::string)
+                            .unwrap_or_default(),
+                        hook: nl::find(&h, nl::NFTA_HOOK_HOOKNUM)
+                            .and_then(nl::be32)
+                            .unwrap_or(u32::MAX),
                         priority: nl::find(&h, nl::NFTA_HOOK_PRIORITY)
                             .and_then(nl::be32)
                             .map(|p| p as i32)
                             .unwrap_or(i32::MIN),
-                        policy: nl::find(&a, nl::NFTA_CHAIN_POLICY).and_then(nl::be32).unwrap_or(u32::MAX),
+                        policy: nl::find(&a, nl::NFTA_CHAIN_POLICY)
+                            .and_then(nl::be32)
+                            .unwrap_or(u32::MAX),
                     })
                 }
             };
@@ -561,12 +594,17 @@ impl NamespaceFirewall {
             return Ok(None);
         };
         for p in &rule_msgs {
-            let a = nl::attrs(p.get(nl::NFGENMSG_LEN..).unwrap_or(&[])).map_err(|w| self.proto_err(op, w))?;
+            let a = nl::attrs(p.get(nl::NFGENMSG_LEN..).unwrap_or(&[]))
+                .map_err(|w| self.proto_err(op, w))?;
             if nl::find(&a, nl::NFTA_RULE_TABLE).map(nl::string).as_deref() != Some(TABLE) {
                 continue;
             }
-            let chain = nl::find(&a, nl::NFTA_RULE_CHAIN).map(nl::string).unwrap_or_default();
-            let handle = nl::find(&a, nl::NFTA_RULE_HANDLE).and_then(nl::be64).unwrap_or(0);
+            let chain = nl::find(&a, nl::NFTA_RULE_CHAIN)
+                .map(nl::string)
+                .unwrap_or_default();
+            let handle = nl::find(&a, nl::NFTA_RULE_HANDLE)
+                .and_then(nl::be64)
+                .unwrap_or(0);
             let exprs = expr::decode_exprs(nl::find(&a, nl::NFTA_RULE_EXPRESSIONS).unwrap_or(&[]))
                 .map_err(|w| self.proto_err(op, format!("rule handle {handle}: {w}")))?;
             let kind = expr::decode_kind(&exprs);
@@ -623,7 +661,9 @@ impl NamespaceFirewall {
                     if t.chains.len() == 1
                         && t.chains[0].name == CHAIN
                         && t.chains[0].base.as_ref().is_some_and(|b| {
-                            b.chain_type == CHAIN_TYPE && b.hook == nl::NF_INET_LOCAL_IN && b.priority == PRIORITY
+                            b.chain_type == CHAIN_TYPE
+                                && b.hook == nl::NF_INET_LOCAL_IN
+                                && b.priority == PRIORITY
                         }) =>
                 {
                     Route::Flush
@@ -648,7 +688,9 @@ impl NamespaceFirewall {
                         total: start.elapsed(),
                     });
                 }
-                Err(Error::Kernel { errno: ERESTART, .. }) => continue,
+                Err(Error::Kernel {
+                    errno: ERESTART, ..
+                }) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -659,7 +701,12 @@ impl NamespaceFirewall {
     }
 
     /// The batch and, for each message in it, (seq, what it does).
-    fn batch(&mut self, generation: u32, route: &Route, want: &[Wanted]) -> (Vec<u8>, Vec<(u32, String)>) {
+    fn batch(
+        &mut self,
+        generation: u32,
+        route: &Route,
+        want: &[Wanted],
+    ) -> (Vec<u8>, Vec<(u32, String)>) {
         let mut out = Vec::with_capacity(256 + want.len() * 256);
         let mut what = Vec::new();
         let seq = self.next_seq();
@@ -681,26 +728,54 @@ impl NamespaceFirewall {
             what.push((seq, desc));
         };
         let table = |m: &mut Msg| {
-            m.str(nl::NFTA_TABLE_NAME, TABLE).be32(nl::NFTA_TABLE_FLAGS, 0);
+            m.str(nl::NFTA_TABLE_NAME, TABLE)
+                .be32(nl::NFTA_TABLE_FLAGS, 0);
         };
         if let Route::Recreate = route {
-            push(self, nl::NFT_MSG_DELTABLE, 0, format!("delete table inet {TABLE}"), &|m| {
-                m.str(nl::NFTA_TABLE_NAME, TABLE);
-            });
+            push(
+                self,
+                nl::NFT_MSG_DELTABLE,
+                0,
+                format!("delete table inet {TABLE}"),
+                &|m| {
+                    m.str(nl::NFTA_TABLE_NAME, TABLE);
+                },
+            );
         }
-        push(self, nl::NFT_MSG_NEWTABLE, nl::NLM_F_CREATE, format!("add table inet {TABLE}"), &table);
-        push(self, nl::NFT_MSG_NEWCHAIN, nl::NLM_F_CREATE, format!("add chain {CHAIN}"), &|m| {
-            m.str(nl::NFTA_CHAIN_TABLE, TABLE).str(nl::NFTA_CHAIN_NAME, CHAIN);
-            m.begin(nl::NFTA_CHAIN_HOOK)
-                .be32(nl::NFTA_HOOK_HOOKNUM, nl::NF_INET_LOCAL_IN)
-                .be32(nl::NFTA_HOOK_PRIORITY, PRIORITY as u32)
-                .end();
-            m.be32(nl::NFTA_CHAIN_POLICY, nl::NF_DROP).str(nl::NFTA_CHAIN_TYPE, CHAIN_TYPE);
-        });
+        push(
+            self,
+            nl::NFT_MSG_NEWTABLE,
+            nl::NLM_F_CREATE,
+            format!("add table inet {TABLE}"),
+            &table,
+        );
+        push(
+            self,
+            nl::NFT_MSG_NEWCHAIN,
+            nl::NLM_F_CREATE,
+            format!("add chain {CHAIN}"),
+            &|m| {
+                m.str(nl::NFTA_CHAIN_TABLE, TABLE)
+                    .str(nl::NFTA_CHAIN_NAME, CHAIN);
+                m.begin(nl::NFTA_CHAIN_HOOK)
+                    .be32(nl::NFTA_HOOK_HOOKNUM, nl::NF_INET_LOCAL_IN)
+                    .be32(nl::NFTA_HOOK_PRIORITY, PRIORITY as u32)
+                    .end();
+                m.be32(nl::NFTA_CHAIN_POLICY, nl::NF_DROP)
+                    .str(nl::NFTA_CHAIN_TYPE, CHAIN_TYPE);
+            },
+        );
         if let Route::Flush = route {
-            push(self, nl::NFT_MSG_DELRULE, 0, format!("flush chain {CHAIN}"), &|m| {
-                m.str(nl::NFTA_RULE_TABLE, TABLE).str(nl::NFTA_RULE_CHAIN, CHAIN);
-            });
+            push(
+                self,
+                nl::NFT_MSG_DELRULE,
+                0,
+                format!("flush chain {CHAIN}"),
+                &|m| {
+                    m.str(nl::NFTA_RULE_TABLE, TABLE)
+                        .str(nl::NFTA_RULE_CHAIN, CHAIN);
+                },
+            );
         }
         for w in want {
             let exprs = expr::encode_kind(&w.kind);
@@ -710,7 +785,8 @@ impl NamespaceFirewall {
                 nl::NLM_F_CREATE | nl::NLM_F_APPEND,
                 format!("add {}", w.name),
                 &|m| {
-                    m.str(nl::NFTA_RULE_TABLE, TABLE).str(nl::NFTA_RULE_CHAIN, CHAIN);
+                    m.str(nl::NFTA_RULE_TABLE, TABLE)
+                        .str(nl::NFTA_RULE_CHAIN, CHAIN);
                     expr::encode_exprs(m, &exprs);
                     m.attr(nl::NFTA_RULE_USERDATA, &comment_udata(&w.comment));
                 },
@@ -718,7 +794,14 @@ impl NamespaceFirewall {
         }
         let seq = self.next_seq();
         out.extend(
-            Msg::new(nl::NFNL_MSG_BATCH_END, nl::NLM_F_REQUEST, seq, 0, nl::NFNL_SUBSYS_NFTABLES).finish(),
+            Msg::new(
+                nl::NFNL_MSG_BATCH_END,
+                nl::NLM_F_REQUEST,
+                seq,
+                0,
+                nl::NFNL_SUBSYS_NFTABLES,
+            )
+            .finish(),
         );
         (out, what)
     }
@@ -773,7 +856,14 @@ impl NamespaceFirewall {
     pub fn delete_rule(&mut self, handle: u64) -> Result<()> {
         let op = format!("delete rule handle {handle}");
         let seq = self.next_seq();
-        let mut out = Msg::new(nl::NFNL_MSG_BATCH_BEGIN, nl::NLM_F_REQUEST, seq, 0, nl::NFNL_SUBSYS_NFTABLES).finish();
+        let mut out = Msg::new(
+            nl::NFNL_MSG_BATCH_BEGIN,
+            nl::NLM_F_REQUEST,
+            seq,
+            0,
+            nl::NFNL_SUBSYS_NFTABLES,
+        )
+        .finish();
         let seq = self.next_seq();
         let mut m = Msg::new(
             nl::nft_type(nl::NFT_MSG_DELRULE),
@@ -787,7 +877,16 @@ impl NamespaceFirewall {
             .attr(nl::NFTA_RULE_HANDLE, &handle.to_be_bytes());
         out.extend(m.finish());
         let end = self.next_seq();
-        out.extend(Msg::new(nl::NFNL_MSG_BATCH_END, nl::NLM_F_REQUEST, end, 0, nl::NFNL_SUBSYS_NFTABLES).finish());
+        out.extend(
+            Msg::new(
+                nl::NFNL_MSG_BATCH_END,
+                nl::NLM_F_REQUEST,
+                end,
+                0,
+                nl::NFNL_SUBSYS_NFTABLES,
+            )
+            .finish(),
+        );
         self.commit(&out, &[(seq, op)])
     }
 }

@@ -68,8 +68,8 @@ use std::path::Path;
 pub use error::{Error, Result};
 pub use expr::{Atom, Family, RuleKind};
 pub use firewall::{
-    drift, ApplyReport, BaseChain, NamespaceFirewall, Observed, ObservedChain, ObservedRule, ObservedTable, CHAIN,
-    TABLE,
+    ApplyReport, BaseChain, CHAIN, NamespaceFirewall, Observed, ObservedChain, ObservedRule,
+    ObservedTable, TABLE, drift,
 };
 pub use model::{InboundRule, ParseError, PortRange, Prefix, Protocol, Ruleset, Verdict};
 pub use watch::{Event, EventKind, Watcher};

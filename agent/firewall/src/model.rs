@@ -80,7 +80,9 @@ impl Prefix {
             IpAddr::V6(_) => 128,
         };
         if len > max {
-            return Err(ParseError(format!("prefix length {len} > {max} for {addr}")));
+            return Err(ParseError(format!(
+                "prefix length {len} > {max} for {addr}"
+            )));
         }
         let p = Prefix { addr, len };
         if p.masked_bytes() != p.addr_bytes() {
@@ -284,7 +286,9 @@ impl InboundRule {
             )));
         }
         if let Some(r) = self.ports.iter().find(|r| r.start > r.end) {
-            return Err(ParseError(format!("rule {self}: port range {r} is reversed")));
+            return Err(ParseError(format!(
+                "rule {self}: port range {r} is reversed"
+            )));
         }
         Ok(())
     }
@@ -296,11 +300,20 @@ mod tests {
 
     #[test]
     fn prefixes_round_trip() {
-        for s in ["198.18.0.0/15", "198.18.0.5/32", "fd00::/8", "fd00::5/128", "0.0.0.0/0"] {
+        for s in [
+            "198.18.0.0/15",
+            "198.18.0.5/32",
+            "fd00::/8",
+            "fd00::5/128",
+            "0.0.0.0/0",
+        ] {
             let p: Prefix = s.parse().unwrap();
             assert_eq!(p.to_string(), s);
         }
-        assert_eq!("198.18.0.5".parse::<Prefix>().unwrap().to_string(), "198.18.0.5/32");
+        assert_eq!(
+            "198.18.0.5".parse::<Prefix>().unwrap().to_string(),
+            "198.18.0.5/32"
+        );
         assert!("198.18.0.5/15".parse::<Prefix>().is_err());
         assert!("198.18.0.0/33".parse::<Prefix>().is_err());
         assert_eq!(mask(4, 15), vec![255, 254, 0, 0]);
@@ -320,6 +333,9 @@ mod tests {
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.contains("\"198.18.0.0/30\""), "{j}");
         assert_eq!(serde_json::from_str::<Ruleset>(&j).unwrap(), r);
-        assert_eq!(r.rules[0].to_string(), "tcp 8080,9000-9010 from 198.18.0.0/30 accept");
+        assert_eq!(
+            r.rules[0].to_string(),
+            "tcp 8080,9000-9010 from 198.18.0.0/30 accept"
+        );
     }
 }

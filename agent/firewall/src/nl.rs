@@ -150,7 +150,8 @@ impl Msg {
     pub fn begin(&mut self, ty: u16) -> &mut Self {
         self.nests.push(self.buf.len());
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         self
     }
 
@@ -213,7 +214,10 @@ pub fn attrs(mut data: &[u8]) -> Result<Vec<(u16, &[u8])>, String> {
         let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
         let ty = u16::from_ne_bytes([data[2], data[3]]) & NLA_TYPE_MASK;
         if len < 4 || len > data.len() {
-            return Err(format!("attribute {ty} of length {len} in {} bytes", data.len()));
+            return Err(format!(
+                "attribute {ty} of length {len} in {} bytes",
+                data.len()
+            ));
         }
         out.push((ty, &data[4..len]));
         let next = len.next_multiple_of(4).min(data.len());
@@ -281,7 +285,12 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: a valid fd and a pointer to a c_int that lives for the call.
     cvt(unsafe {
         libc::setsockopt(
@@ -324,7 +333,11 @@ impl Socket {
         let mut gotlen = salen;
         // SAFETY: got is writable for gotlen bytes.
         cvt(unsafe {
-            libc::getsockname(raw, (&mut got as *mut libc::sockaddr_nl).cast(), &mut gotlen)
+            libc::getsockname(
+                raw,
+                (&mut got as *mut libc::sockaddr_nl).cast(),
+                &mut gotlen,
+            )
         })?;
         Ok(Socket {
             fd,

@@ -39,7 +39,11 @@ pub enum EventKind {
     DelFlowtable,
     /// A batch was committed (sent after its changes): the new generation id, and the
     /// pid and name of the process that committed it.
-    Generation { id: u32, pid: u32, process: String },
+    Generation {
+        id: u32,
+        pid: u32,
+        process: String,
+    },
     /// Another nf_tables message type.
     Other(u16),
     /// The receive queue overflowed: events were lost.
@@ -168,7 +172,7 @@ impl Watcher {
                 what,
             })?;
             for (h, p) in msgs {
-                if let Some(e) = parse_event(&h, &p, now, &self.own) {
+                if let Some(e) = parse_event(&h, p, now, &self.own) {
                     self.pending.push_back(e);
                 }
             }
@@ -227,7 +231,10 @@ impl Watcher {
                 // SAFETY: the fd belongs to `self.sock`, which stays open and unchanged
                 // for as long as `async_fd` exists (it is dropped first).
                 let fd = unsafe {
-                    AsyncFd::register_with_interest(Fd(self.sock.fd()), tokio::io::Interest::READABLE)
+                    AsyncFd::register_with_interest(
+                        Fd(self.sock.fd()),
+                        tokio::io::Interest::READABLE,
+                    )
                 }
                 .map_err(|e| self.io_err(e.into()))?;
                 self.async_fd = Some(fd);
@@ -272,8 +279,12 @@ fn parse_event(h: &nl::Header, p: &[u8], now: Instant, own: &HashSet<u32>) -> Op
         nl::NFT_MSG_NEWFLOWTABLE => NewFlowtable,
         nl::NFT_MSG_DELFLOWTABLE => DelFlowtable,
         nl::NFT_MSG_NEWGEN => Generation {
-            id: nl::find(&a, nl::NFTA_GEN_ID).and_then(nl::be32).unwrap_or(0),
-            pid: nl::find(&a, nl::NFTA_GEN_PROC_PID).and_then(nl::be32).unwrap_or(0),
+            id: nl::find(&a, nl::NFTA_GEN_ID)
+                .and_then(nl::be32)
+                .unwrap_or(0),
+            pid: nl::find(&a, nl::NFTA_GEN_PROC_PID)
+                .and_then(nl::be32)
+                .unwrap_or(0),
             process: s(nl::NFTA_GEN_PROC_NAME).unwrap_or_default(),
         },
         _ => Other(h.ty),

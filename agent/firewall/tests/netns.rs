@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use support::{Netns, link};
 use weft_firewall::{
-    Error, EventKind, InboundRule, NamespaceFirewall, PortRange, Prefix, Protocol, Ruleset, Verdict, Watcher, apply,
-    drift, read,
+    Error, EventKind, InboundRule, NamespaceFirewall, PortRange, Prefix, Protocol, Ruleset,
+    Verdict, Watcher, apply, drift, read,
 };
 
 fn root() -> bool {
@@ -67,7 +67,10 @@ fn listen(ns: &Netns, port: u16) -> Listener {
     let s = stop.clone();
     let thread = std::thread::spawn(move || {
         // SAFETY: setns on an open namespace fd; this thread only.
-        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
         let l = TcpListener::bind(("::", port)).expect("bind");
         l.set_nonblocking(true).unwrap();
         tx.send(()).unwrap();
@@ -115,8 +118,14 @@ fn inbound_default_deny_with_allowed_tcp_and_icmp() {
     };
     let r = apply(b.path(), &rs).unwrap();
     assert!(r.changed);
-    assert!(connects(&a, "198.18.0.2:8080"), "tcp 8080 from A allowed (IPv4)");
-    assert!(connects(&a, "[fd00::2]:8080"), "tcp 8080 from A allowed (IPv6)");
+    assert!(
+        connects(&a, "198.18.0.2:8080"),
+        "tcp 8080 from A allowed (IPv4)"
+    );
+    assert!(
+        connects(&a, "[fd00::2]:8080"),
+        "tcp 8080 from A allowed (IPv6)"
+    );
     let t = Instant::now();
     assert!(!connects(&a, "198.18.0.2:9090"), "tcp 9090 dropped (IPv4)");
     assert!(t.elapsed() < Duration::from_millis(1000));
@@ -155,7 +164,10 @@ fn inbound_default_deny_with_allowed_tcp_and_icmp() {
     };
     apply(b.path(), &rs).unwrap();
     assert!(!connects(&a, "198.18.0.2:8080"));
-    assert!(connects(&a, "[fd00::2]:8080"), "the IPv4 drop does not cover IPv6");
+    assert!(
+        connects(&a, "[fd00::2]:8080"),
+        "the IPv4 drop does not cover IPv6"
+    );
     assert!(connects(&a, "198.18.0.2:9090"));
 }
 
@@ -203,7 +215,13 @@ fn nft_shows_what_we_built() {
             .unwrap_or_else(|| panic!("{e:?} not found (in order) in:\n{out}"));
         at += i + 1;
     }
-    assert_eq!(lines.iter().filter(|l| l.contains("comment \"weft")).count(), 8);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("comment \"weft"))
+            .count(),
+        8
+    );
     // No other table.
     assert_eq!(lines.iter().filter(|l| l.starts_with("table ")).count(), 1);
 }
@@ -222,7 +240,10 @@ fn wait_foreign(w: &mut Watcher, bound: Duration) -> (weft_firewall::Event, Dura
             // The rest of that batch, up to its generation event: one comparison for it.
             if e.kind != EventKind::Overrun {
                 loop {
-                    let g = w.next_timeout(Some(bound)).unwrap().expect("the batch's generation event");
+                    let g = w
+                        .next_timeout(Some(bound))
+                        .unwrap()
+                        .expect("the batch's generation event");
                     if matches!(g.kind, EventKind::Generation { .. }) && g.portid == e.portid {
                         break;
                     }
@@ -245,7 +266,11 @@ fn drift_is_seen_named_and_repaired() {
     let (mut fw, mut w) = NamespaceFirewall::open_with_watcher(b.path()).unwrap();
     let r = fw.apply(&rs).unwrap();
     assert!(r.changed);
-    assert_eq!(r.messages, 2 + 2 + 3 + 3, "begin, table, chain, 5 rules, end");
+    assert_eq!(
+        r.messages,
+        2 + 2 + 3 + 3,
+        "begin, table, chain, 5 rules, end"
+    );
     // Our own apply's events are all marked own.
     std::thread::sleep(Duration::from_millis(20));
     let mut own = 0;
@@ -261,8 +286,16 @@ fn drift_is_seen_named_and_repaired() {
     let r2 = fw.apply(&rs).unwrap();
     assert!(!r2.changed && r2.messages == 0);
     assert_eq!(fw.read().unwrap(), o);
-    assert!(w.next_timeout(Some(Duration::from_millis(100))).unwrap().is_none());
-    assert_eq!(read(b.path()).unwrap().table, o.table, "a fresh socket reads the same");
+    assert!(
+        w.next_timeout(Some(Duration::from_millis(100)))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        read(b.path()).unwrap().table,
+        o.table,
+        "a fresh socket reads the same"
+    );
 
     let user_handle = o.input_rules().unwrap()[3].handle;
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
@@ -279,7 +312,13 @@ fn drift_is_seen_named_and_repaired() {
             vec!["rule 1 (tcp 5432 from 198.18.0.5/32 accept) missing"],
         ),
         (
-            vec!["flush".into(), "chain".into(), "inet".into(), "weft".into(), "input".into()],
+            vec![
+                "flush".into(),
+                "chain".into(),
+                "inet".into(),
+                "weft".into(),
+                "input".into(),
+            ],
             vec![
                 "built-in rule (ct state established,related accept) missing",
                 "rule 1 (tcp 5432 from 198.18.0.5/32 accept) missing",
@@ -287,7 +326,12 @@ fn drift_is_seen_named_and_repaired() {
             ],
         ),
         (
-            vec!["delete".into(), "table".into(), "inet".into(), "weft".into()],
+            vec![
+                "delete".into(),
+                "table".into(),
+                "inet".into(),
+                "weft".into(),
+            ],
             vec!["table inet weft deleted"],
         ),
         (
@@ -327,11 +371,23 @@ fn drift_is_seen_named_and_repaired() {
             vec!["extra rule handle"],
         ),
         (
-            vec!["add".into(), "chain".into(), "inet".into(), "weft".into(), "other".into()],
+            vec![
+                "add".into(),
+                "chain".into(),
+                "inet".into(),
+                "weft".into(),
+                "other".into(),
+            ],
             vec!["extra chain other (0 rules)"],
         ),
         (
-            vec!["add".into(), "table".into(), "inet".into(), "weft".into(), "{ flags dormant; }".into()],
+            vec![
+                "add".into(),
+                "table".into(),
+                "inet".into(),
+                "weft".into(),
+                "{ flags dormant; }".into(),
+            ],
             vec!["table inet weft flags 0x1 (dormant), want 0"],
         ),
     ];
@@ -343,12 +399,19 @@ fn drift_is_seen_named_and_repaired() {
         assert!(!ev.own);
         let d = drift(&rs, &fw.read().unwrap());
         for want in &want {
-            assert!(d.iter().any(|x| x.starts_with(want)), "{args:?}: {want:?} not in {d:?}");
+            assert!(
+                d.iter().any(|x| x.starts_with(want)),
+                "{args:?}: {want:?} not in {d:?}"
+            );
         }
         let r = fw.apply(&rs).unwrap();
         assert!(r.changed, "{args:?}");
         assert_eq!(r.drift_before, d);
-        assert_eq!(drift(&rs, &fw.read().unwrap()), Vec::<String>::new(), "{args:?}");
+        assert_eq!(
+            drift(&rs, &fw.read().unwrap()),
+            Vec::<String>::new(),
+            "{args:?}"
+        );
         // The repair's own events do not ask for another check.
         std::thread::sleep(Duration::from_millis(10));
         while let Some(e) = w.try_next().unwrap() {
@@ -357,7 +420,10 @@ fn drift_is_seen_named_and_repaired() {
     }
     // Events of other tables are not ours to check.
     b.nft(&["add", "table", "ip", "other"]);
-    let e = w.next_timeout(Some(Duration::from_secs(2))).unwrap().unwrap();
+    let e = w
+        .next_timeout(Some(Duration::from_secs(2)))
+        .unwrap()
+        .unwrap();
     assert_eq!(e.kind, EventKind::NewTable);
     assert!(!e.is_weft() && !e.needs_check());
     assert_eq!(drift(&rs, &fw.read().unwrap()), Vec::<String>::new());
@@ -375,14 +441,25 @@ async fn watcher_on_tokio() {
     };
     apply(b.path(), &rs).unwrap();
     // Another socket's apply: not own for this watcher.
-    let e = tokio::time::timeout(Duration::from_secs(2), w.next()).await.unwrap().unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(2), w.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(e.is_weft() && e.needs_check(), "{e:?}");
     let ns = b.name.clone();
     let del = tokio::task::spawn_blocking(move || {
-        support::must("ip", &["netns", "exec", &ns, "nft", "delete", "table", "inet", "weft"])
+        support::must(
+            "ip",
+            &[
+                "netns", "exec", &ns, "nft", "delete", "table", "inet", "weft",
+            ],
+        )
     });
     let e = loop {
-        let e = tokio::time::timeout(Duration::from_secs(2), w.next()).await.unwrap().unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(2), w.next())
+            .await
+            .unwrap()
+            .unwrap();
         if e.kind == EventKind::DelTable {
             break e;
         }
@@ -396,9 +473,16 @@ fn errors_name_the_namespace() {
     if !root() {
         return;
     }
-    let e = apply(Some(std::path::Path::new("/run/netns/weft-fw-does-not-exist")), &Ruleset::default()).unwrap_err();
+    let e = apply(
+        Some(std::path::Path::new("/run/netns/weft-fw-does-not-exist")),
+        &Ruleset::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::NetnsOpen { .. }), "{e}");
-    assert!(e.to_string().contains("/run/netns/weft-fw-does-not-exist"), "{e}");
+    assert!(
+        e.to_string().contains("/run/netns/weft-fw-does-not-exist"),
+        "{e}"
+    );
     assert_eq!(e.errno(), Some(libc::ENOENT));
     let b = Netns::new();
     let bad = Ruleset {

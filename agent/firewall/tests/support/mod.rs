@@ -12,15 +12,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 pub fn unique_name() -> String {
-    format!("weft-fw-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "weft-fw-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn run(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd)
+    Command::new(cmd)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
-    out
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
 }
 
 pub fn must(cmd: &str, args: &[&str]) -> String {
@@ -101,9 +104,17 @@ impl Drop for Netns {
 pub fn link(a: &Netns, b: &Netns) {
     for ns in [a, b] {
         // No duplicate address detection: addresses usable at once.
-        ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]);
+        ns.exec(&[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]);
     }
-    a.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b.name]);
+    a.ip(&[
+        "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b.name,
+    ]);
     a.ip(&["addr", "add", "198.18.0.1/30", "dev", "va"]);
     a.ip(&["addr", "add", "fd00::1/126", "dev", "va", "nodad"]);
     b.ip(&["addr", "add", "198.18.0.2/30", "dev", "vb"]);
@@ -113,7 +124,10 @@ pub fn link(a: &Netns, b: &Netns) {
     let t = std::time::Instant::now();
     for addr in ["198.18.0.2", "fd00::2"] {
         while !a.exec(&["ping", "-c1", "-W1", addr]).status.success() {
-            assert!(t.elapsed() < std::time::Duration::from_secs(5), "{addr} unreachable");
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(5),
+                "{addr} unreachable"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -155,7 +169,10 @@ impl ManyNetns {
     }
 
     pub fn paths(&self) -> Vec<PathBuf> {
-        self.names.iter().map(|n| PathBuf::from(format!("/run/netns/{n}"))).collect()
+        self.names
+            .iter()
+            .map(|n| PathBuf::from(format!("/run/netns/{n}")))
+            .collect()
     }
 }
 
