@@ -33,9 +33,14 @@ pub enum Error {
         op: String,
         what: String,
     },
-    /// The ruleset generation moved between our read and our write every time we tried.
-    #[error("{netns}: apply: nf_tables changed under us {attempts} times in a row")]
-    Contended { netns: String, attempts: u32 },
+    /// nf_tables' generation moved during our read (or between our read and our write)
+    /// every time we tried.
+    #[error("{netns}: {op}: nf_tables changed under us {attempts} times in a row")]
+    Contended {
+        netns: String,
+        op: &'static str,
+        attempts: u32,
+    },
     #[error("invalid ruleset: {0}")]
     Invalid(#[from] ParseError),
 }

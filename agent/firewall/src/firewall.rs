@@ -491,6 +491,7 @@ impl NamespaceFirewall {
         }
         Err(Error::Contended {
             netns: self.label.clone(),
+            op: "read",
             attempts: APPLY_ATTEMPTS,
         })
     }
@@ -696,6 +697,7 @@ impl NamespaceFirewall {
         }
         Err(Error::Contended {
             netns: self.label.clone(),
+            op: "apply",
             attempts: APPLY_ATTEMPTS,
         })
     }

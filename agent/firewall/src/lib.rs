@@ -43,6 +43,17 @@
 //! - [`NamespaceFirewall`] keeps one socket per namespace: the `setns` thread runs once,
 //!   when it is opened.
 //!
+//! # Limits
+//!
+//! - `read` looks at the table's flags, chains and rules, not at sets, maps, objects or
+//!   flowtables someone might add to `inet weft` (they cannot hook traffic by themselves;
+//!   a rule using one is foreign and reported).
+//! - When something foreign is in the table (another chain, our chain with another hook),
+//!   `apply` deletes and recreates the table in its one batch; otherwise it keeps the base
+//!   chain and flushes and refills it, which is what a repair normally does.
+//! - Several sources times several port ranges give that many kernel rules (no anonymous
+//!   sets): fine for node rulesets of tens of rules.
+//!
 //! # Why hand-written nfnetlink
 //!
 //! The messages are written with this crate's own few hundred lines over a plain

@@ -7,6 +7,16 @@
 //! cost a thousand sockets on one reactor, not a thousand threads. When the queue
 //! overflows the kernel drops events and the watcher yields [`EventKind::Overrun`]: the
 //! caller must then compare the whole table (which is what it does on any event anyway).
+//!
+//! The agent's loop per namespace: on an event with [`Event::needs_check`], take the
+//! rest of what is queued (the events of one batch arrive together, its
+//! [`EventKind::Generation`] last), then [`NamespaceFirewall::read`], [`drift`] and, if
+//! it is not empty, [`NamespaceFirewall::apply`]. The repair's own events are marked
+//! [`Event::own`] and ask for nothing.
+//!
+//! [`NamespaceFirewall::read`]: crate::NamespaceFirewall::read
+//! [`NamespaceFirewall::apply`]: crate::NamespaceFirewall::apply
+//! [`drift`]: crate::drift
 
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
@@ -63,7 +73,10 @@ pub struct Event {
     pub handle: Option<u64>,
     /// Netlink port id of the socket whose batch made the change (0: the kernel).
     pub portid: u32,
-    /// Whether that socket is one of ours (see [`Watcher::ignore_portid`]).
+    /// Whether that socket is one of ours (see [`Watcher::ignore_portid`]). Only batches
+    /// of a kept [`NamespaceFirewall`](crate::NamespaceFirewall) whose port id the watcher
+    /// knows are marked; the one-shot [`apply`](crate::apply) uses a socket of its own, so
+    /// its events look foreign: comparing then finds no drift and nothing is written.
     pub own: bool,
     /// When the watcher read it from the socket.
     pub received: Instant,

@@ -103,14 +103,14 @@ impl Drop for Netns {
 /// Waits (up to 5 s) until IPv4 and IPv6 get from `a` to `b`.
 pub fn link(a: &Netns, b: &Netns) {
     for ns in [a, b] {
-        // No duplicate address detection: addresses usable at once.
-        ns.exec(&[
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-        ]);
+        // No duplicate address detection: addresses usable at once. /proc/sys/net is the
+        // namespace of the thread that opens it.
+        ns.run(|| {
+            for c in ["all", "default"] {
+                let f = format!("/proc/sys/net/ipv6/conf/{c}/accept_dad");
+                std::fs::write(&f, "0").unwrap_or_else(|e| panic!("{f}: {e}"));
+            }
+        });
     }
     a.ip(&[
         "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b.name,
