@@ -176,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
         realizer,
         metrics: control_metrics.clone(),
     };
+    let (signal_tx, drift_signals) = tokio::sync::mpsc::channel(control::DRIFT_SIGNALS);
     let networks = networks::Networks::new(
         networks::NetworksConfig {
             netns_prefix: args.node_netns_prefix.clone(),
@@ -196,9 +197,10 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(networks::SegmentReconciler {
                 networks: networks.clone(),
             }),
-            Arc::new(networks::NodeReconciler::new(networks)),
+            Arc::new(networks::NodeReconciler::new(networks, signal_tx)),
         ],
         events: (args.drift_repair == config::DriftRepair::Events).then_some(host_events),
+        signals: Some(drift_signals),
         metrics: control_metrics,
     };
     let control_task = tokio::spawn(control.run(shutdown_rx.clone()));

@@ -44,6 +44,8 @@ pub struct ControlDriver {
     pub reconcilers: Vec<Arc<dyn Reconciler>>,
     /// The host's netlink listener; `None`: drift is found by the periodic resync only.
     pub events: Option<HostEvents>,
+    /// Drift found by reconcilers' own watchers ([`super::DriftSignal`]).
+    pub signals: Option<tokio::sync::mpsc::Receiver<super::DriftSignal>>,
     pub metrics: Arc<ControlMetrics>,
 }
 
@@ -295,6 +297,28 @@ impl ControlDriver {
             .collect()
     }
 
+    /// The reconcilers a burst of drift signals concerns, with what drifted (one entry
+    /// per key, the latest).
+    fn signalled(
+        &self,
+        batch: Vec<super::DriftSignal>,
+    ) -> Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)> {
+        let mut out: Vec<(Arc<dyn Reconciler>, Vec<super::Drift>)> = Vec::new();
+        for s in batch {
+            let Some(rec) = self.reconciler(s.kind) else {
+                continue;
+            };
+            match out.iter_mut().find(|(r, _)| r.kind() == s.kind) {
+                Some((_, list)) => {
+                    list.retain(|d| d.key != s.drift.key);
+                    list.push(s.drift);
+                }
+                None => out.push((rec.clone(), vec![s.drift])),
+            }
+        }
+        out
+    }
+
     /// Starts watching every namespace a reconciler needs (again: a namespace made again
     /// is watched anew). Namespaces that do not exist yet are tried at the next resync.
     async fn watch_namespaces(&self) {
@@ -321,7 +345,8 @@ impl ControlDriver {
     }
 
     /// Runs until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut signals = self.signals.take();
         let mut backoff = BACKOFF_MIN;
         let mut known = Known::default();
         loop {
@@ -329,7 +354,10 @@ impl ControlDriver {
                 return;
             }
             let mut streamed = false;
-            match self.session(&mut known, &mut shutdown, &mut streamed).await {
+            match self
+                .session(&mut known, &mut shutdown, &mut streamed, &mut signals)
+                .await
+            {
                 Ok(()) => return,
                 Err(why) => {
                     self.metrics.control_connected.set(0);
@@ -368,6 +396,7 @@ impl ControlDriver {
         known: &mut Known,
         shutdown: &mut watch::Receiver<bool>,
         streamed: &mut bool,
+        signals: &mut Option<tokio::sync::mpsc::Receiver<super::DriftSignal>>,
     ) -> Result<(), String> {
         let mut client = self.connect().await?;
         let req = WatchDesiredStateRequest {
@@ -461,6 +490,24 @@ impl ControlDriver {
                     None => {
                         warn!("the host event listener stopped: drift is repaired at the periodic resync only");
                         events = None;
+                        Next::Nothing
+                    }
+                },
+                sig = async { signals.as_mut().expect("guarded").recv().await }, if signals.is_some() && !first => match sig {
+                    Some(first_signal) => {
+                        let at = first_signal.at;
+                        let mut batch = vec![first_signal];
+                        while batch.len() < EVENT_BURST {
+                            match signals.as_mut().expect("guarded").try_recv() {
+                                Ok(s) => batch.push(s),
+                                Err(_) => break,
+                            }
+                        }
+                        let drifted = self.signalled(batch);
+                        if drifted.is_empty() { Next::Nothing } else { Next::Repair(drifted, at) }
+                    }
+                    None => {
+                        *signals = None;
                         Next::Nothing
                     }
                 },

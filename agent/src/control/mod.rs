@@ -68,6 +68,21 @@ pub struct Drift {
     pub what: String,
 }
 
+/// Drift a reconciler found by its own means rather than in the host's netlink events
+/// (the node firewalls' nftables events): the driver repairs it as it repairs drift found
+/// by [`Reconciler::drift`].
+#[derive(Debug, Clone)]
+pub struct DriftSignal {
+    pub kind: &'static str,
+    pub drift: Drift,
+    /// When the change was seen.
+    pub at: std::time::Instant,
+}
+
+/// Capacity of the drift signal channel; a signal that does not fit is counted and left
+/// to the periodic resync.
+pub const DRIFT_SIGNALS: usize = 1024;
+
 /// Makes one kind of resource real on this host.
 ///
 /// Implementations read the current state of what they manage, compute a plan with a pure

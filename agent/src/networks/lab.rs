@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::Duration;
 
 use weft_proto::v1::resource::Spec;
-use weft_proto::v1::{AddressAssignment, NetworkNode, NetworkSegment};
+use weft_proto::v1::{AddressAssignment, FirewallRule, NetworkNode, NetworkSegment, PortRange};
 
 use super::{Networks, NetworksConfig, NodeReconciler, SegmentReconciler, links, names, namespaces};
-use crate::control::{DesiredResource, Reconciler, ResourceReport, Scope};
+use crate::control::{DesiredResource, DriftSignal, Reconciler, ResourceReport, Scope};
 use crate::hostevents::in_netns;
 use crate::testns::{TestNetns, require_root};
 
@@ -65,6 +65,16 @@ fn node(network: &str, name: &str, cidr: &str, generation: u64) -> DesiredResour
                 shard_id: "s".into(),
                 allocation_seq: 1,
             }],
+            // Inbound: tcp 7800-7899 from the network only.
+            firewall: vec![FirewallRule {
+                sources: vec!["198.18.70.0/24".into()],
+                protocol: "tcp".into(),
+                ports: vec![PortRange {
+                    first: 7800,
+                    last: 7899,
+                }],
+                accept: true,
+            }],
             ..Default::default()
         }),
     }
@@ -76,7 +86,16 @@ fn ok(reports: &[ResourceReport]) {
     }
 }
 
-async fn setup() -> (TestNetns, Arc<Networks>, SegmentReconciler, NodeReconciler, Sweep) {
+struct Setup {
+    hv: TestNetns,
+    net: Arc<Networks>,
+    seg: SegmentReconciler,
+    nodes: NodeReconciler,
+    signals: tokio::sync::mpsc::Receiver<DriftSignal>,
+    _sweep: Sweep,
+}
+
+async fn setup() -> Setup {
     let hv = TestNetns::new();
     let p = prefix();
     let net = Networks::new(
@@ -92,8 +111,16 @@ async fn setup() -> (TestNetns, Arc<Networks>, SegmentReconciler, NodeReconciler
     let seg = SegmentReconciler {
         networks: net.clone(),
     };
-    let nodes = NodeReconciler::new(net.clone());
-    (hv, net, seg, nodes, Sweep(p))
+    let (tx, signals) = tokio::sync::mpsc::channel(64);
+    let nodes = NodeReconciler::new(net.clone(), tx);
+    Setup {
+        hv,
+        net,
+        seg,
+        nodes,
+        signals,
+        _sweep: Sweep(p),
+    }
 }
 
 fn node_path(net: &Networks, network: &str, node: &str) -> std::path::PathBuf {
@@ -115,10 +142,26 @@ async fn connects(from: &Path, to: &Path, addr: IpAddr, port: u16) -> bool {
     connected && accept.join().unwrap_or(false)
 }
 
+struct NodeSpecFirewall(weft_firewall::Ruleset);
+
+fn firewall_of(r: &DesiredResource) -> NodeSpecFirewall {
+    let Spec::NetworkNode(n) = &r.spec else {
+        panic!("not a node")
+    };
+    NodeSpecFirewall(super::spec::NodeSpec::from_wire(n, 1500).unwrap().firewall)
+}
+
 #[tokio::test]
 async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_nothing() {
     require_root!();
-    let (hv, net, seg, nodes, _sweep) = setup().await;
+    let Setup {
+        hv,
+        net,
+        seg,
+        nodes,
+        mut signals,
+        _sweep,
+    } = setup().await;
     let h = hv.handle().await;
 
     // No segment yet: the node fails and says why.
@@ -150,6 +193,8 @@ async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_no
     }
     let (a, b) = (node_path(&net, "lab", "a"), node_path(&net, "lab", "b"));
     assert!(connects(&a, &b, "198.18.70.3".parse().unwrap(), 7801).await);
+    // Inbound is default deny: a port no rule allows is not reachable.
+    assert!(!connects(&a, &b, "198.18.70.3".parse().unwrap(), 7950).await);
 
     // The same state again changes nothing, in full and as "changed".
     for scope in [Scope::All, Scope::Changed] {
@@ -169,6 +214,36 @@ async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_no
     assert_eq!(repaired.len(), 1);
     assert!(repaired[0].changes >= 2, "{repaired:?}");
     assert!(connects(&a, &b, "198.18.70.3".parse().unwrap(), 7802).await);
+
+    // Drift in the firewall: the table deleted by hand is signalled and put back.
+    while signals.try_recv().is_ok() {}
+    let name = names::netns(&net.config.netns_prefix, "lab", "a");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &name, "nft", "delete", "table", "inet", "weft"])
+        .output()
+        .expect("nft");
+    assert!(out.status.success(), "{out:?}");
+    let signal = tokio::time::timeout(Duration::from_secs(2), signals.recv())
+        .await
+        .expect("a drift signal within 2 s")
+        .expect("channel open");
+    assert_eq!(signal.drift.key, "lab/a");
+    // The rest of the burst (rules, chain, table, generation).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(s) = signals.try_recv() {
+        assert_eq!(s.drift.key, "lab/a");
+    }
+    let key = vec!["lab/a".to_string()];
+    let repaired = nodes.reconcile(&want, Scope::Only(&key)).await;
+    ok(&repaired);
+    assert_eq!(repaired[0].changes, 1, "{repaired:?}");
+    let observed = weft_firewall::read(Some(&a)).expect("read the firewall");
+    let NodeSpecFirewall(rules) = firewall_of(&want[0]);
+    assert!(weft_firewall::drift(&rules, &observed).is_empty());
+    // Our own repair is not signalled as drift.
+    if let Ok(s) = tokio::time::timeout(Duration::from_millis(300), signals.recv()).await {
+        panic!("the repair came back as drift: {s:?}");
+    }
 
     // A changed address moves; the old one goes.
     let mut moved = want.clone();
@@ -199,7 +274,7 @@ async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_no
 #[tokio::test]
 async fn a_segment_spanning_hosts_gets_a_vxlan_device_with_its_peers_as_flood_list() {
     require_root!();
-    let (hv, _net, seg, _nodes, _sweep) = setup().await;
+    let Setup { hv, seg, _sweep, .. } = setup().await;
     let h = hv.handle().await;
     ok(&seg
         .reconcile(

@@ -11,6 +11,8 @@ use std::time::Instant;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use rtnetlink::Handle;
+use tokio::sync::mpsc;
+use weft_firewall::NamespaceFirewall;
 use weft_proto::kinds::NETWORK_NODE;
 use weft_proto::v1::resource::Spec;
 
@@ -18,7 +20,7 @@ use super::links::{self, LinkState};
 use super::namespaces::{self, Created};
 use super::spec::NodeSpec;
 use super::{Networks, NodeObjects, lock, names};
-use crate::control::{DesiredResource, Drift, Reconciler, ResourceReport, Scope};
+use crate::control::{DesiredResource, Drift, DriftSignal, Reconciler, ResourceReport, Scope};
 use crate::hostevents::{Change, HostEvent};
 
 /// The loopback device's index in every network namespace.
@@ -28,14 +30,101 @@ pub struct NodeReconciler {
     pub networks: Arc<Networks>,
     /// Spec and report of the last apply of each node, for `Scope::Changed`.
     last: Mutex<HashMap<String, (NodeSpec, ResourceReport)>>,
+    /// Each node's firewall socket and the task watching its nftables events.
+    firewalls: Mutex<HashMap<String, NodeFirewall>>,
+    signals: mpsc::Sender<DriftSignal>,
+}
+
+struct NodeFirewall {
+    socket: Arc<Mutex<NamespaceFirewall>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NodeFirewall {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
 }
 
 impl NodeReconciler {
-    pub fn new(networks: Arc<Networks>) -> Self {
+    /// `signals`: where nftables changes made behind weft's back in a node are sent.
+    pub fn new(networks: Arc<Networks>, signals: mpsc::Sender<DriftSignal>) -> Self {
         Self {
             networks,
             last: Mutex::new(HashMap::new()),
+            firewalls: Mutex::new(HashMap::new()),
+            signals,
         }
+    }
+
+    /// The node's firewall socket, opened (with its event watch) on first use or when
+    /// the namespace was made again.
+    async fn firewall(&self, key: &str, path: &Path) -> Result<Arc<Mutex<NamespaceFirewall>>, String> {
+        if let Some(f) = lock(&self.firewalls).get(key)
+            && lock(&f.socket).still_names(path)
+            && !f.watch.is_finished()
+        {
+            return Ok(f.socket.clone());
+        }
+        let p = path.to_owned();
+        let (socket, mut watcher) =
+            tokio::task::spawn_blocking(move || NamespaceFirewall::open_with_watcher(Some(&p)))
+                .await
+                .map_err(|e| format!("firewall: {e}"))?
+                .map_err(|e| format!("firewall: {e}"))?;
+        let socket = Arc::new(Mutex::new(socket));
+        let tx = self.signals.clone();
+        let k = key.to_owned();
+        let watch = tokio::spawn(async move {
+            loop {
+                match watcher.next().await {
+                    Ok(ev) if ev.needs_check() => {
+                        let what = match (&ev.kind, ev.handle) {
+                            (kind, Some(h)) => format!("nftables: {kind:?} (rule handle {h})"),
+                            (kind, None) => format!("nftables: {kind:?}"),
+                        };
+                        let signal = DriftSignal {
+                            kind: NETWORK_NODE,
+                            drift: Drift { key: k.clone(), what },
+                            at: Instant::now() - ev.received.elapsed(),
+                        };
+                        if tx.try_send(signal).is_err() {
+                            tracing::debug!(key = %k, "drift signal dropped (channel full): left to the resync");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(key = %k, error = %e, "nftables watch ended; drift is found at the resync");
+                        return;
+                    }
+                }
+            }
+        });
+        lock(&self.firewalls).insert(
+            key.to_owned(),
+            NodeFirewall {
+                socket: socket.clone(),
+                watch,
+            },
+        );
+        Ok(socket)
+    }
+
+    /// Makes the node's table `inet weft` its ruleset; returns the writes (0 or 1 batch).
+    async fn ensure_firewall(&self, s: &NodeSpec) -> Result<usize, String> {
+        let key = node_key(&s.network, &s.node);
+        let path = namespaces::path_of(&names::netns(
+            &self.networks.config.netns_prefix,
+            &s.network,
+            &s.node,
+        ));
+        let socket = self.firewall(&key, &path).await?;
+        let ruleset = s.firewall.clone();
+        let report = tokio::task::spawn_blocking(move || lock(&socket).apply(&ruleset))
+            .await
+            .map_err(|e| format!("firewall: {e}"))?
+            .map_err(|e| format!("firewall: {e}"))?;
+        Ok(usize::from(report.changed))
     }
 }
 
@@ -390,11 +479,23 @@ impl Reconciler for NodeReconciler {
                 let bridge = bridges.get(&s.network).cloned().flatten();
                 async move {
                     let key = node_key(&s.network, &s.node);
-                    let r = match ns {
+                    let mut r = match ns {
                         Some(Err(e)) => Err(format!("making the namespace: {e}")),
                         Some(Ok(c)) => net.ensure_node(&s, bridge, Ns::Fresh(Box::new(c))).await,
                         None => net.ensure_node(&s, bridge, Ns::Existing).await,
                     };
+                    if let Ok((observed, changes)) = &mut r {
+                        match self.ensure_firewall(&s).await {
+                            Ok(c) => {
+                                *changes += c;
+                                observed.push(format!(
+                                    "firewall: {} inbound rules, default drop",
+                                    s.firewall.rules.len()
+                                ));
+                            }
+                            Err(e) => r = Err(e),
+                        }
+                    }
                     (s, report(key, r, None))
                 }
             });
@@ -419,6 +520,8 @@ impl Reconciler for NodeReconciler {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 let removals = gone.into_iter().map(|(key, o)| async move {
+                    // Its sockets keep the namespace alive: closed first.
+                    lock(&self.firewalls).remove(&key);
                     let r = net.remove_node(&key, &o).await;
                     (key, r)
                 });

@@ -2,7 +2,8 @@
 
 use std::net::IpAddr;
 
-use weft_proto::v1::{NetworkNode, NetworkSegment, WorkloadAddresses};
+use weft_firewall::{InboundRule, PortRange, Prefix, Protocol, Ruleset, Verdict};
+use weft_proto::v1::{FirewallRule, NetworkNode, NetworkSegment, WorkloadAddresses};
 
 use super::names;
 use crate::realize::{DesiredAddress, DesiredWorkload};
@@ -34,6 +35,8 @@ pub struct NodeSpec {
     pub network: String,
     pub node: String,
     pub addresses: Vec<DesiredAddress>,
+    /// Inbound rules (default deny).
+    pub firewall: Ruleset,
     pub mtu: u32,
     /// What the node spec asks that this agent cannot do yet: reported, never ignored.
     pub unsupported: Vec<String>,
@@ -96,10 +99,11 @@ impl NodeSpec {
         })
         .map_err(|e| e.to_string())?
         .addresses;
-        let mut unsupported = Vec::new();
-        if !n.firewall.is_empty() {
-            unsupported.push(format!("{} firewall rules", n.firewall.len()));
+        let mut rules = Vec::with_capacity(n.firewall.len());
+        for (i, r) in n.firewall.iter().enumerate() {
+            rules.push(inbound_rule(r).map_err(|e| format!("firewall rule {}: {e}", i + 1))?);
         }
+        let mut unsupported = Vec::new();
         if !n.egress_limits.is_empty() {
             unsupported.push(format!("{} egress limits", n.egress_limits.len()));
         }
@@ -118,10 +122,53 @@ impl NodeSpec {
             network: n.network.clone(),
             node: n.node.clone(),
             addresses,
+            firewall: Ruleset { rules },
             mtu,
             unsupported,
         })
     }
+}
+
+fn inbound_rule(r: &FirewallRule) -> Result<InboundRule, String> {
+    let protocol = match r.protocol.as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "icmp" => Protocol::Icmp,
+        "any" | "" => Protocol::Any,
+        p => return Err(format!("protocol {p:?} is not tcp, udp, icmp or any")),
+    };
+    let mut sources = Vec::with_capacity(r.sources.len());
+    for s in &r.sources {
+        sources.push(
+            s.parse::<Prefix>()
+                .map_err(|e| format!("source {s:?}: {e}"))?,
+        );
+    }
+    let mut ports = Vec::with_capacity(r.ports.len());
+    for p in &r.ports {
+        let port = |v: u32| {
+            u16::try_from(v)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| format!("port {v} is outside 1..=65535"))
+        };
+        ports.push(PortRange {
+            start: port(p.first)?,
+            end: port(p.last)?,
+        });
+    }
+    let rule = InboundRule {
+        sources,
+        protocol,
+        ports,
+        verdict: if r.accept {
+            Verdict::Accept
+        } else {
+            Verdict::Drop
+        },
+    };
+    rule.validate().map_err(|e| e.to_string())?;
+    Ok(rule)
 }
 
 #[cfg(test)]
@@ -159,6 +206,37 @@ mod tests {
         ] {
             let e = SegmentSpec::try_from(&bad).unwrap_err();
             assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn firewall_rules_are_checked() {
+        use weft_proto::v1::PortRange as WirePorts;
+        let rule = |proto: &str, src: &str, first: u32, last: u32| FirewallRule {
+            sources: vec![src.into()],
+            protocol: proto.into(),
+            ports: vec![WirePorts { first, last }],
+            accept: true,
+        };
+        let n = |r: FirewallRule| NetworkNode {
+            network: "prod".into(),
+            node: "db".into(),
+            firewall: vec![r],
+            ..Default::default()
+        };
+        let s = NodeSpec::from_wire(&n(rule("tcp", "198.18.64.5/32", 5432, 5432)), 1500).unwrap();
+        assert_eq!(s.firewall.rules.len(), 1);
+        assert_eq!(s.firewall.rules[0].ports, vec![PortRange::single(5432)]);
+        for (bad, why) in [
+            (rule("sctp", "198.18.64.5/32", 1, 1), "protocol"),
+            (rule("tcp", "198.18.64.5/33", 1, 1), "source"),
+            (rule("tcp", "198.18.64.5/32", 0, 1), "port 0"),
+            (rule("tcp", "198.18.64.5/32", 1, 70000), "port 70000"),
+            (rule("tcp", "198.18.64.5/32", 9, 1), "reversed"),
+            (rule("icmp", "198.18.64.5/32", 1, 1), "only for tcp"),
+        ] {
+            let e = NodeSpec::from_wire(&n(bad), 1500).unwrap_err();
+            assert!(e.contains("firewall rule 1") && e.contains(why), "{why}: {e}");
         }
     }
 

@@ -689,6 +689,7 @@ fn driver(
         instance: "00000000000000aa".into(),
         reconcilers: vec![Arc::new(addresses)],
         events,
+        signals: None,
         metrics,
     }
 }
