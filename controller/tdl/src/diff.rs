@@ -14,17 +14,41 @@ use crate::model::{Connection, Network, Node};
 pub enum Change {
     /// A network-level field: `network`, `vni`, `vlan`, `mtu`, `addressing.shards`,
     /// `addressing.families`; values as written in TDL, `-` for none.
-    Network { field: String, old: String, new: String },
-    NodeAdded { node: String },
-    NodeRemoved { node: String },
+    Network {
+        field: String,
+        old: String,
+        new: String,
+    },
+    NodeAdded {
+        node: String,
+    },
+    NodeRemoved {
+        node: String,
+    },
     /// The names of the fields that differ (`type`, `image`, `cpu`, ...).
-    NodeChanged { node: String, fields: Vec<String> },
-    ConnectionAdded { connection: String },
-    ConnectionRemoved { connection: String },
-    ConnectionChanged { connection: String, fields: Vec<String> },
+    NodeChanged {
+        node: String,
+        fields: Vec<String>,
+    },
+    ConnectionAdded {
+        connection: String,
+    },
+    ConnectionRemoved {
+        connection: String,
+    },
+    ConnectionChanged {
+        connection: String,
+        fields: Vec<String>,
+    },
     /// A firewall rule added to the security entry `security` (created if need be).
-    RuleAdded { security: String, rule: String },
-    RuleRemoved { security: String, rule: String },
+    RuleAdded {
+        security: String,
+        rule: String,
+    },
+    RuleRemoved {
+        security: String,
+        rule: String,
+    },
 }
 
 impl fmt::Display for Change {
@@ -48,7 +72,8 @@ impl fmt::Display for Change {
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
-    v.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
+    v.as_ref()
+        .map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
 fn node_fields(a: &Node, b: &Node) -> Vec<String> {
@@ -102,9 +127,18 @@ pub fn diff(old: &Network, new: &Network) -> Vec<Change> {
     net("vni", opt(&old.vni), opt(&new.vni));
     net("vlan", opt(&old.vlan), opt(&new.vlan));
     net("mtu", opt(&old.mtu), opt(&new.mtu));
-    net("addressing.shards", old.addressing.shards.clone(), new.addressing.shards.clone());
+    net(
+        "addressing.shards",
+        old.addressing.shards.clone(),
+        new.addressing.shards.clone(),
+    );
     let fams = |n: &Network| {
-        let v: Vec<String> = n.addressing.families.iter().map(|f| f.to_string()).collect();
+        let v: Vec<String> = n
+            .addressing
+            .families
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
         format!("[{}]", v.join(", "))
     };
     net("addressing.families", fams(old), fams(new));
@@ -115,7 +149,10 @@ pub fn diff(old: &Network, new: &Network) -> Vec<Change> {
             Some(o) => {
                 let fields = node_fields(o, n);
                 if !fields.is_empty() {
-                    out.push(Change::NodeChanged { node: name.clone(), fields });
+                    out.push(Change::NodeChanged {
+                        node: name.clone(),
+                        fields,
+                    });
                 }
             }
         }
@@ -124,21 +161,30 @@ pub fn diff(old: &Network, new: &Network) -> Vec<Change> {
         out.push(Change::NodeRemoved { node: name.clone() });
     }
 
-    let olds: BTreeMap<String, &Connection> = old.connections.iter().map(|c| (c.key(), c)).collect();
-    let news: BTreeMap<String, &Connection> = new.connections.iter().map(|c| (c.key(), c)).collect();
+    let olds: BTreeMap<String, &Connection> =
+        old.connections.iter().map(|c| (c.key(), c)).collect();
+    let news: BTreeMap<String, &Connection> =
+        new.connections.iter().map(|c| (c.key(), c)).collect();
     for (k, c) in &news {
         match olds.get(k) {
-            None => out.push(Change::ConnectionAdded { connection: k.clone() }),
+            None => out.push(Change::ConnectionAdded {
+                connection: k.clone(),
+            }),
             Some(o) => {
                 let fields = connection_fields(o, c);
                 if !fields.is_empty() {
-                    out.push(Change::ConnectionChanged { connection: k.clone(), fields });
+                    out.push(Change::ConnectionChanged {
+                        connection: k.clone(),
+                        fields,
+                    });
                 }
             }
         }
     }
     for k in olds.keys().filter(|k| !news.contains_key(*k)) {
-        out.push(Change::ConnectionRemoved { connection: k.clone() });
+        out.push(Change::ConnectionRemoved {
+            connection: k.clone(),
+        });
     }
 
     let rules = |n: &Network| -> BTreeSet<(String, String)> {
@@ -149,10 +195,16 @@ pub fn diff(old: &Network, new: &Network) -> Vec<Change> {
     };
     let (ro, rn) = (rules(old), rules(new));
     for (security, rule) in rn.difference(&ro) {
-        out.push(Change::RuleAdded { security: security.clone(), rule: rule.clone() });
+        out.push(Change::RuleAdded {
+            security: security.clone(),
+            rule: rule.clone(),
+        });
     }
     for (security, rule) in ro.difference(&rn) {
-        out.push(Change::RuleRemoved { security: security.clone(), rule: rule.clone() });
+        out.push(Change::RuleRemoved {
+            security: security.clone(),
+            rule: rule.clone(),
+        });
     }
     out
 }

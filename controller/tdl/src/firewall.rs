@@ -96,23 +96,33 @@ mod tests {
 
     fn rules(text: &str, node: &str) -> Vec<String> {
         let net = parse("t.tdl", text).unwrap_or_else(|e| panic!("{e}"));
-        firewall(&net, node).iter().map(ToString::to_string).collect()
+        firewall(&net, node)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
-    const BASE: &str = "network: n\nnodes:\n  web: {ports: [80, 443]}\n  db: {ports: [5432]}\n  cache: {}\n";
+    const BASE: &str =
+        "network: n\nnodes:\n  web: {ports: [80, 443]}\n  db: {ports: [5432]}\n  cache: {}\n";
 
     #[test]
     fn spec_example_allows_both_ways_on_the_port() {
-        let t = format!("{BASE}connections:\n  web <-> db:\n    port: 5432\nsecurity:\n  web <-> db:\n    firewall_rule: allow_tcp_5432\n");
+        let t = format!(
+            "{BASE}connections:\n  web <-> db:\n    port: 5432\nsecurity:\n  web <-> db:\n    firewall_rule: allow_tcp_5432\n"
+        );
         assert_eq!(rules(&t, "db"), ["allow tcp from web to port 5432"]);
         assert_eq!(rules(&t, "web"), ["allow tcp from db to port 5432"]);
-        assert!(rules(&t, "cache").is_empty(), "default deny: nothing targets cache");
+        assert!(
+            rules(&t, "cache").is_empty(),
+            "default deny: nothing targets cache"
+        );
         assert!(rules(&t, "nope").is_empty());
     }
 
     #[test]
     fn one_way_allows_the_target_only() {
-        let t = format!("{BASE}connections:\n  web -> db: {{}}\n  cache <- web: {{protocol: udp}}\n");
+        let t =
+            format!("{BASE}connections:\n  web -> db: {{}}\n  cache <- web: {{protocol: udp}}\n");
         // No port given: the target's own ports; cache lists none: every udp port.
         assert_eq!(rules(&t, "db"), ["allow tcp from web to port 5432"]);
         assert_eq!(rules(&t, "cache"), ["allow udp from web"]);
@@ -128,7 +138,11 @@ mod tests {
         let db = firewall(&net, "db");
         assert_eq!(
             db.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["deny tcp from web to port 22,23", "allow udp from web to port 53", "allow any from web"]
+            [
+                "deny tcp from web to port 22,23",
+                "allow udp from web to port 53",
+                "allow any from web"
+            ]
         );
         assert_eq!(db[0].verdict, Verdict::Deny);
         // The rule names web -> db only: db -> web is the connection's allow alone.
@@ -142,7 +156,11 @@ mod tests {
         );
         assert_eq!(
             rules(&t, "db"),
-            ["deny any from web", "allow tcp from web", "allow icmp from web"]
+            [
+                "deny any from web",
+                "allow tcp from web",
+                "allow icmp from web"
+            ]
         );
     }
 }

@@ -28,7 +28,12 @@ fn write_network(o: &mut String, net: &Network) -> std::fmt::Result {
     }
     writeln!(o, "addressing:")?;
     writeln!(o, "  shards: {}", scalar(&net.addressing.shards))?;
-    let fams: Vec<String> = net.addressing.families.iter().map(|f| f.to_string()).collect();
+    let fams: Vec<String> = net
+        .addressing
+        .families
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
     writeln!(o, "  families: [{}]", fams.join(", "))?;
     writeln!(o, "nodes:")?;
     for (name, n) in &net.nodes {
@@ -115,7 +120,11 @@ fn write_network(o: &mut String, net: &Network) -> std::fmt::Result {
 }
 
 fn join_ports(ports: &[u16]) -> String {
-    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `s` plain when that is unambiguous (letters, digits and a few safe punctuation marks,
@@ -127,7 +136,11 @@ pub(crate) fn scalar(s: &str) -> String {
         s.to_ascii_lowercase().as_str(),
         "" | "~" | "null" | "true" | "false" | "yes" | "no" | "on" | "off" | ".inf" | ".nan"
     ) || s.parse::<f64>().is_ok()
-        || s.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '+' || c == '-') && s.chars().any(|c| c.is_ascii_digit()) && !s.chars().any(|c| c.is_ascii_alphabetic());
+        // Dates, times, 1_000 and the like, which other YAML readers may type; a `/`
+        // (CIDRs, paths) rules those out.
+        || (s.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '+' || c == '-')
+            && s.chars().any(|c| c.is_ascii_digit())
+            && !s.chars().any(|c| c.is_ascii_alphabetic() || c == '/'));
     let plain = !looks_typed
         && s.chars().all(safe_char)
         && s.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '/' || c == '.')
@@ -145,7 +158,14 @@ pub(crate) fn scalar(s: &str) -> String {
             '\n' => q.push_str("\\n"),
             '\t' => q.push_str("\\t"),
             '\r' => q.push_str("\\r"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{85}' || c == '\u{feff}' || ('\u{80}'..='\u{9f}').contains(&c) || c == '\u{2028}' || c == '\u{2029}' => {
+            c if (c as u32) < 0x20
+                || c == '\u{7f}'
+                || c == '\u{85}'
+                || c == '\u{feff}'
+                || ('\u{80}'..='\u{9f}').contains(&c)
+                || c == '\u{2028}'
+                || c == '\u{2029}' =>
+            {
                 let _ = write!(q, "\\u{:04x}", c as u32);
             }
             c => q.push(c),
@@ -163,17 +183,57 @@ mod tests {
     #[test]
     fn scalars_read_back_as_written() {
         for s in [
-            "postgres:latest", "ubuntu_latest", "nginx", "123", "1.5", "true", "null", "", " x", "a: b",
-            "#x", "- x", "[x]", "{x}", "x # y", "'q'", "\"q\"", "a\\b", "tab\there", "line\nbreak",
-            "\u{7}bell", "üñï", "http://x", "x:", "-1", "0x10", "*a", "&a", "!tag", "%x", "@x", "`x",
-            "10.0.0.5/24", "fd00::1/64", "::1/128", "\u{2028}", "\u{85}", "é\u{9f}",
+            "postgres:latest",
+            "ubuntu_latest",
+            "nginx",
+            "123",
+            "1.5",
+            "true",
+            "null",
+            "",
+            " x",
+            "a: b",
+            "#x",
+            "- x",
+            "[x]",
+            "{x}",
+            "x # y",
+            "'q'",
+            "\"q\"",
+            "a\\b",
+            "tab\there",
+            "line\nbreak",
+            "\u{7}bell",
+            "üñï",
+            "http://x",
+            "x:",
+            "-1",
+            "0x10",
+            "*a",
+            "&a",
+            "!tag",
+            "%x",
+            "@x",
+            "`x",
+            "10.0.0.5/24",
+            "fd00::1/64",
+            "::1/128",
+            "\u{2028}",
+            "\u{85}",
+            "é\u{9f}",
         ] {
             let text = format!("k: {}\n", scalar(s));
-            let node = yaml::load(&text).unwrap_or_else(|e| panic!("{s:?} -> {text:?}: {e:?}")).unwrap();
-            let yaml::Value::Map(e) = &node.value else { panic!("{text}") };
+            let node = yaml::load(&text)
+                .unwrap_or_else(|e| panic!("{s:?} -> {text:?}: {e:?}"))
+                .unwrap();
+            let yaml::Value::Map(e) = &node.value else {
+                panic!("{text}")
+            };
             assert_eq!(e[0].1.str(), Some(s), "{s:?} written as {text:?}");
         }
         assert_eq!(scalar("postgres:latest"), "postgres:latest");
         assert_eq!(scalar("123"), "\"123\"");
+        assert_eq!(scalar("2024-01-01"), "\"2024-01-01\"");
+        assert_eq!(scalar("10.0.0.5/24"), "10.0.0.5/24");
     }
 }

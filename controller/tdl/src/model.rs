@@ -52,7 +52,9 @@ impl fmt::Display for Family {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeType {
     Vm,
@@ -189,7 +191,9 @@ impl Direction {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -325,14 +329,22 @@ impl FromStr for FirewallRule {
         let verdict = match parts.next() {
             Some("allow") => Verdict::Allow,
             Some("deny") => Verdict::Deny,
-            _ => return Err(format!("firewall_rule {s:?} does not start with allow_ or deny_; {hint}")),
+            _ => {
+                return Err(format!(
+                    "firewall_rule {s:?} does not start with allow_ or deny_; {hint}"
+                ));
+            }
         };
         let protocol = match parts.next() {
             Some("tcp") => Protocol::Tcp,
             Some("udp") => Protocol::Udp,
             Some("icmp") => Protocol::Icmp,
             Some("all" | "any") => Protocol::Any,
-            Some(p) => return Err(format!("firewall_rule {s:?}: unknown protocol {p:?}; {hint}")),
+            Some(p) => {
+                return Err(format!(
+                    "firewall_rule {s:?}: unknown protocol {p:?}; {hint}"
+                ));
+            }
             None => return Err(format!("firewall_rule {s:?} names no protocol; {hint}")),
         };
         let port = match parts.next() {
@@ -340,12 +352,20 @@ impl FromStr for FirewallRule {
             Some(_) if !protocol.has_ports() => {
                 return Err(format!(
                     "firewall_rule {s:?}: {protocol} has no ports; write {verdict}_{} alone",
-                    if protocol == Protocol::Any { "all" } else { "icmp" }
+                    if protocol == Protocol::Any {
+                        "all"
+                    } else {
+                        "icmp"
+                    }
                 ));
             }
             Some(p) => match p.parse::<u32>() {
                 Ok(v @ 1..=65535) if p.bytes().all(|b| b.is_ascii_digit()) => Some(v as u16),
-                _ => return Err(format!("firewall_rule {s:?}: port {p:?} is not a number from 1 to 65535; {hint}")),
+                _ => {
+                    return Err(format!(
+                        "firewall_rule {s:?}: port {p:?} is not a number from 1 to 65535; {hint}"
+                    ));
+                }
             },
         };
         if parts.next().is_some() {
@@ -378,12 +398,33 @@ mod tests {
 
     #[test]
     fn firewall_rules_parse_and_print() {
-        for s in ["allow_tcp_5432", "allow_udp_53", "allow_icmp", "allow_all", "deny_tcp_22", "deny_all", "allow_tcp"] {
+        for s in [
+            "allow_tcp_5432",
+            "allow_udp_53",
+            "allow_icmp",
+            "allow_all",
+            "deny_tcp_22",
+            "deny_all",
+            "allow_tcp",
+        ] {
             let r: FirewallRule = s.parse().unwrap();
             assert_eq!(r.to_string(), s);
         }
-        assert_eq!("allow_any".parse::<FirewallRule>().unwrap().to_string(), "allow_all");
-        for bad in ["permit_all", "allow", "allow_sctp_1", "allow_tcp_0", "allow_tcp_65536", "allow_icmp_8", "allow_tcp_22_x", "allow_tcp_+22", ""] {
+        assert_eq!(
+            "allow_any".parse::<FirewallRule>().unwrap().to_string(),
+            "allow_all"
+        );
+        for bad in [
+            "permit_all",
+            "allow",
+            "allow_sctp_1",
+            "allow_tcp_0",
+            "allow_tcp_65536",
+            "allow_icmp_8",
+            "allow_tcp_22_x",
+            "allow_tcp_+22",
+            "",
+        ] {
             assert!(bad.parse::<FirewallRule>().is_err(), "{bad}");
         }
     }
@@ -394,7 +435,14 @@ mod tests {
         assert_eq!(c.family(), Family::Ipv4);
         assert_eq!(c.to_string(), "10.0.0.5/24");
         assert_eq!("fd00::5/64".parse::<Cidr>().unwrap().family(), Family::Ipv6);
-        for bad in ["10.0.0.5", "10.0.0.5/33", "fd00::/129", "10.0.0/24", "x/1", "10.0.0.1/+1"] {
+        for bad in [
+            "10.0.0.5",
+            "10.0.0.5/33",
+            "fd00::/129",
+            "10.0.0/24",
+            "x/1",
+            "10.0.0.1/+1",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }

@@ -29,11 +29,29 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "security",
 ];
 pub(crate) const NODE_KEYS: &[&str] = &[
-    "type", "image", "cpu", "memory", "ports", "command", "volumes", "host", "addresses", "env",
+    "type",
+    "image",
+    "cpu",
+    "memory",
+    "ports",
+    "command",
+    "volumes",
+    "host",
+    "addresses",
+    "env",
     "kind",
 ];
 const KIND_KEYS: &[&str] = &[
-    "type", "image", "cpu", "memory", "ports", "command", "volumes", "host", "addresses", "env",
+    "type",
+    "image",
+    "cpu",
+    "memory",
+    "ports",
+    "command",
+    "volumes",
+    "host",
+    "addresses",
+    "env",
     "inherits",
 ];
 const CONNECTION_KEYS: &[&str] = &["protocol", "port", "ports", "bandwidth"];
@@ -108,7 +126,8 @@ pub fn parse(file_name: &str, text: &str) -> Result<Network, Errors> {
     }
 }
 
-const EMPTY: &str = "the file is empty; a TDL file needs at least `network: <name>` and `nodes:` with one node";
+const EMPTY: &str =
+    "the file is empty; a TDL file needs at least `network: <name>` and `nodes:` with one node";
 
 /// Levenshtein distance, for "did you mean".
 fn distance(a: &str, b: &str) -> usize {
@@ -162,7 +181,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err(format!("the name is empty; {rule}"));
     }
     if name.chars().count() > MAX_NAME {
-        return Err(format!("{:?} is longer than {MAX_NAME} characters; {rule}", clip(name)));
+        return Err(format!(
+            "{:?} is longer than {MAX_NAME} characters; {rule}",
+            clip(name)
+        ));
     }
     let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
     if let Some(c) = name.chars().find(|c| !ok(*c)) {
@@ -184,7 +206,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
 fn check_id(id: &str) -> Result<(), String> {
     let rule = "use 1 to 128 of letters, digits, ., _ and -";
     if id.is_empty() || id.len() > 128 {
-        return Err(format!("{:?} is empty or longer than 128 characters; {rule}", clip(id)));
+        return Err(format!(
+            "{:?} is empty or longer than 128 characters; {rule}",
+            clip(id)
+        ));
     }
     if let Some(c) = id
         .chars()
@@ -210,7 +235,10 @@ fn entries<'y>(
     let Value::Map(map) = &node.value else {
         cx.err(
             node.pos,
-            format!("{what} must be a mapping (name: value lines), found {}", node.describe()),
+            format!(
+                "{what} must be a mapping (name: value lines), found {}",
+                node.describe()
+            ),
         );
         return Vec::new();
     };
@@ -218,7 +246,10 @@ fn entries<'y>(
     let mut out = Vec::new();
     for (k, v) in map {
         let Value::Scalar { text, .. } = &k.value else {
-            cx.err(k.pos, format!("{what}: a key must be a plain name, found {}", k.describe()));
+            cx.err(
+                k.pos,
+                format!("{what}: a key must be a plain name, found {}", k.describe()),
+            );
             continue;
         };
         if let Some(first) = seen.get(text.as_str()) {
@@ -272,7 +303,10 @@ fn string(cx: &mut Cx, v: &Y, what: &str) -> Option<String> {
     match v.str() {
         Some(s) => Some(s.to_owned()),
         None => {
-            cx.err(v.pos, format!("{what} must be a string, found {}", v.describe()));
+            cx.err(
+                v.pos,
+                format!("{what} must be a string, found {}", v.describe()),
+            );
             None
         }
     }
@@ -282,7 +316,10 @@ fn int(cx: &mut Cx, v: &Y, what: &str, lo: u64, hi: u64) -> Option<u64> {
     let Some(s) = v.str() else {
         cx.err(
             v.pos,
-            format!("{what} must be a whole number from {lo} to {hi}, found {}", v.describe()),
+            format!(
+                "{what} must be a whole number from {lo} to {hi}, found {}",
+                v.describe()
+            ),
         );
         return None;
     };
@@ -290,13 +327,19 @@ fn int(cx: &mut Cx, v: &Y, what: &str, lo: u64, hi: u64) -> Option<u64> {
     match s.parse::<u64>() {
         Ok(n) if digits && (lo..=hi).contains(&n) => Some(n),
         Ok(n) if digits => {
-            cx.err(v.pos, format!("{what} {n} is out of range; use a number from {lo} to {hi}"));
+            cx.err(
+                v.pos,
+                format!("{what} {n} is out of range; use a number from {lo} to {hi}"),
+            );
             None
         }
         _ => {
             cx.err(
                 v.pos,
-                format!("{what} must be a whole number from {lo} to {hi}, found {:?}", clip(s)),
+                format!(
+                    "{what} must be a whole number from {lo} to {hi}, found {:?}",
+                    clip(s)
+                ),
             );
             None
         }
@@ -313,7 +356,13 @@ fn ports(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<u16>> {
         Value::Seq(items) => items.iter().collect(),
         Value::Scalar { .. } if !v.is_null() => vec![v],
         _ => {
-            cx.err(v.pos, format!("{what}: ports must be a list such as [80, 443], found {}", v.describe()));
+            cx.err(
+                v.pos,
+                format!(
+                    "{what}: ports must be a list such as [80, 443], found {}",
+                    v.describe()
+                ),
+            );
             return None;
         }
     };
@@ -372,7 +421,12 @@ fn merge(base: &Partial, over: &Partial) -> Partial {
 }
 
 /// The node fields of `node` (a node, `defaults` or a kind); also `inherits` for kinds.
-fn partial(cx: &mut Cx, node: &Y, what: &str, allowed: &[&str]) -> (Partial, Option<(String, Pos)>) {
+fn partial(
+    cx: &mut Cx,
+    node: &Y,
+    what: &str,
+    allowed: &[&str],
+) -> (Partial, Option<(String, Pos)>) {
     let mut p = Partial::default();
     let mut inherits = None;
     for (k, _, v) in fields(cx, node, what, allowed) {
@@ -384,7 +438,13 @@ fn partial(cx: &mut Cx, node: &Y, what: &str, allowed: &[&str]) -> (Partial, Opt
                         "container" => Some(NodeType::Container),
                         "service" => Some(NodeType::Service),
                         _ => {
-                            cx.err(v.pos, format!("{what}: unknown type {:?}; use vm, container or service", clip(&s)));
+                            cx.err(
+                                v.pos,
+                                format!(
+                                    "{what}: unknown type {:?}; use vm, container or service",
+                                    clip(&s)
+                                ),
+                            );
                             None
                         }
                     };
@@ -457,9 +517,18 @@ fn command(cx: &mut Cx, v: &Y, what: &str) -> Option<Command> {
             Some(Command::Exec(out))
         }
         _ => {
-            let s = string(cx, v, &format!("{what}: command (a string or a list of strings)"))?;
+            let s = string(
+                cx,
+                v,
+                &format!("{what}: command (a string or a list of strings)"),
+            )?;
             if s.trim().is_empty() {
-                cx.err(v.pos, format!("{what}: command is empty; write what the node runs, or remove the key"));
+                cx.err(
+                    v.pos,
+                    format!(
+                        "{what}: command is empty; write what the node runs, or remove the key"
+                    ),
+                );
                 return None;
             }
             Some(Command::Shell(s))
@@ -479,7 +548,13 @@ fn volume_path(path: &str) -> Result<(), String> {
 
 fn volumes(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<Volume>> {
     let Value::Seq(items) = &v.value else {
-        cx.err(v.pos, format!("{what}: volumes must be a list of name:/path or {{name, path, size}}, found {}", v.describe()));
+        cx.err(
+            v.pos,
+            format!(
+                "{what}: volumes must be a list of name:/path or {{name, path, size}}, found {}",
+                v.describe()
+            ),
+        );
         return None;
     };
     let mut out: Vec<Volume> = Vec::new();
@@ -492,9 +567,15 @@ fn volumes(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<Volume>> {
             let fs = fields(cx, item, &format!("a volume of {what}"), VOLUME_KEYS);
             for (k, _, fv) in fs {
                 match k {
-                    "name" => name = string(cx, fv, &format!("{what}: volume name")).map(|s| (s, fv.pos)),
-                    "path" => path = string(cx, fv, &format!("{what}: volume path")).map(|s| (s, fv.pos)),
-                    "size" => match string(cx, fv, &format!("{what}: volume size")).map(|s| units::parse_bytes(&s)) {
+                    "name" => {
+                        name = string(cx, fv, &format!("{what}: volume name")).map(|s| (s, fv.pos))
+                    }
+                    "path" => {
+                        path = string(cx, fv, &format!("{what}: volume path")).map(|s| (s, fv.pos))
+                    }
+                    "size" => match string(cx, fv, &format!("{what}: volume size"))
+                        .map(|s| units::parse_bytes(&s))
+                    {
                         Some(Ok(b)) => size = Some(b),
                         Some(Err(e)) => {
                             cx.err(fv.pos, format!("{what}: volume size {e}"));
@@ -521,7 +602,13 @@ fn volumes(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<Volume>> {
                 }
             }
         } else {
-            cx.err(item.pos, format!("{what}: a volume must be name:/path or a mapping with name and path, found {}", item.describe()));
+            cx.err(
+                item.pos,
+                format!(
+                    "{what}: a volume must be name:/path or a mapping with name and path, found {}",
+                    item.describe()
+                ),
+            );
             None
         };
         let Some((name, npos, path, ppos, size_bytes)) = vol else {
@@ -532,14 +619,21 @@ fn volumes(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<Volume>> {
             cx.err(npos, format!("{what}: volume name {e}"));
             ok = false;
         } else if out.iter().any(|o| o.name == name) {
-            cx.err(npos, format!("{what}: volume {name:?} is listed twice; give each volume its own name"));
+            cx.err(
+                npos,
+                format!("{what}: volume {name:?} is listed twice; give each volume its own name"),
+            );
             ok = false;
         }
         if let Err(e) = volume_path(&path) {
             cx.err(ppos, format!("{what}: volume {e}"));
             ok = false;
         }
-        out.push(Volume { name, path, size_bytes });
+        out.push(Volume {
+            name,
+            path,
+            size_bytes,
+        });
     }
     ok.then_some(out)
 }
@@ -549,7 +643,13 @@ fn addresses(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<(Cidr, Pos)>> {
         Value::Seq(items) => items.iter().collect(),
         Value::Scalar { .. } if !v.is_null() => vec![v],
         _ => {
-            cx.err(v.pos, format!("{what}: addresses must be a list of CIDRs such as [10.0.0.5/24], found {}", v.describe()));
+            cx.err(
+                v.pos,
+                format!(
+                    "{what}: addresses must be a list of CIDRs such as [10.0.0.5/24], found {}",
+                    v.describe()
+                ),
+            );
             return None;
         }
     };
@@ -562,7 +662,10 @@ fn addresses(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<(Cidr, Pos)>> {
         };
         match s.parse::<Cidr>() {
             Ok(c) if out.iter().any(|(o, _)| o.addr == c.addr) => {
-                cx.err(item.pos, format!("{what}: address {} is listed twice; remove one", c.addr));
+                cx.err(
+                    item.pos,
+                    format!("{what}: address {} is listed twice; remove one", c.addr),
+                );
                 ok = false;
             }
             Ok(c) => out.push((c, item.pos)),
@@ -579,7 +682,10 @@ fn addresses(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<(Cidr, Pos)>> {
 fn env(cx: &mut Cx, v: &Y, what: &str) -> Option<BTreeMap<String, String>> {
     let ctx = format!("env of {what}");
     let es = entries(cx, v, &ctx, &|k, first| {
-        format!("duplicate variable {k:?} in {ctx} (first at line {}); keep one", first.line)
+        format!(
+            "duplicate variable {k:?} in {ctx} (first at line {}); keep one",
+            first.line
+        )
     });
     if !v.is_null() && !matches!(v.value, Value::Map(_)) {
         return None;
@@ -599,7 +705,10 @@ fn env(cx: &mut Cx, v: &Y, what: &str) -> Option<BTreeMap<String, String>> {
         } else if let Some(s) = val.str() {
             s.to_owned()
         } else {
-            cx.err(val.pos, format!("{ctx}: {k} must be a string, found {}", val.describe()));
+            cx.err(
+                val.pos,
+                format!("{ctx}: {k} must be a string, found {}", val.describe()),
+            );
             ok = false;
             continue;
         };
@@ -666,7 +775,10 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
     if !matches!(root.value, Value::Map(_)) {
         cx.err(
             root.pos,
-            format!("the file must be a mapping with network:, nodes: and so on, found {}", root.describe()),
+            format!(
+                "the file must be a mapping with network:, nodes: and so on, found {}",
+                root.describe()
+            ),
         );
         return None;
     }
@@ -689,9 +801,18 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
             }
         }),
     };
-    let vni = top.get("vni").and_then(|(_, v)| int(cx, v, "vni", 1, 16_777_215)).map(|n| n as u32);
-    let vlan = top.get("vlan").and_then(|(_, v)| int(cx, v, "vlan", 1, 4094)).map(|n| n as u16);
-    let mtu = top.get("mtu").and_then(|(_, v)| int(cx, v, "mtu", 576, 9216)).map(|n| n as u16);
+    let vni = top
+        .get("vni")
+        .and_then(|(_, v)| int(cx, v, "vni", 1, 16_777_215))
+        .map(|n| n as u32);
+    let vlan = top
+        .get("vlan")
+        .and_then(|(_, v)| int(cx, v, "vlan", 1, 4094))
+        .map(|n| n as u16);
+    let mtu = top
+        .get("mtu")
+        .and_then(|(_, v)| int(cx, v, "mtu", 576, 9216))
+        .map(|n| n as u16);
 
     // addressing:
     let mut shards = None;
@@ -715,27 +836,45 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
                     }
                 };
                 let mut fams = Vec::new();
+                let given = items.len();
                 for item in items {
                     match item.str() {
                         Some("ipv4") => fams.push(Family::Ipv4),
                         Some("ipv6") => fams.push(Family::Ipv6),
-                        _ => cx.err(item.pos, format!("addressing: unknown family {}; use ipv4 and/or ipv6", item.describe())),
+                        Some(s) => cx.err(
+                            item.pos,
+                            format!(
+                                "addressing: unknown family {:?}; use ipv4 and/or ipv6",
+                                clip(s)
+                            ),
+                        ),
+                        None => cx.err(
+                            item.pos,
+                            format!(
+                                "addressing: a family must be ipv4 or ipv6, found {}",
+                                item.describe()
+                            ),
+                        ),
                     }
                 }
                 fams.sort();
                 fams.dedup();
-                if fams.is_empty() {
-                    cx.err(fv.pos, "addressing: families is empty; list ipv4, ipv6 or both");
+                if given == 0 {
+                    cx.err(
+                        fv.pos,
+                        "addressing: families is empty; list ipv4, ipv6 or both",
+                    );
                 } else {
                     families = fams;
                 }
             }
         }
     }
-    if let (Some(m), Some((_, v))) = (mtu, top.get("mtu")) {
-        if m < 1280 && families.contains(&Family::Ipv6) {
-            cx.err(v.pos, format!("mtu {m} is below IPv6's minimum of 1280; raise it or drop ipv6 from addressing: families"));
-        }
+    if let (Some(m), Some((_, v))) = (mtu, top.get("mtu"))
+        && m < 1280
+        && families.contains(&Family::Ipv6)
+    {
+        cx.err(v.pos, format!("mtu {m} is below IPv6's minimum of 1280; raise it or drop ipv6 from addressing: families"));
     }
 
     // defaults: and kinds:
@@ -744,10 +883,10 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
         None => Partial::default(),
     };
     let kinds = kinds(cx, top.get("kinds").map(|(_, v)| *v));
-    if let Some((k, pos)) = &defaults.kind {
-        if !kinds.contains_key(k.as_str()) {
-            cx.err(*pos, unknown_kind("defaults", k, &kinds));
-        }
+    if let Some((k, pos)) = &defaults.kind
+        && !kinds.contains_key(k.as_str())
+    {
+        cx.err(*pos, unknown_kind("defaults", k, &kinds));
     }
 
     // nodes:
@@ -808,7 +947,10 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
     let mut conns: Vec<(Connection, Pos, String)> = Vec::new();
     if let Some((_, v)) = top.get("connections") {
         let es = entries(cx, v, "connections", &|k, first| {
-            format!("duplicate connection {k:?} (first at line {}); keep one", first.line)
+            format!(
+                "duplicate connection {k:?} (first at line {}); keep one",
+                first.line
+            )
         });
         for (k, kn, v) in es {
             let Some((from, to, direction)) = pair(cx, "connection", k, kn, &declared) else {
@@ -820,7 +962,10 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
                 continue;
             };
             let key = (from.clone(), to.clone(), direction);
-            if let Some((c, p, text)) = conns.iter().find(|(c, _, _)| overlaps(&key, &(c.from.clone(), c.to.clone(), c.direction))) {
+            if let Some((c, p, text)) = conns
+                .iter()
+                .find(|(c, _, _)| overlaps(&key, &(c.from.clone(), c.to.clone(), c.direction)))
+            {
                 let _ = c;
                 cx.err(kn.pos, format!(
                     "connection {k:?} duplicates {text:?} (line {}); a pair of nodes has one connection (or one -> each way): merge them",
@@ -828,7 +973,18 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
                 ));
                 continue;
             }
-            conns.push((Connection { from, to, direction, protocol, ports, bandwidth_bps }, kn.pos, k.to_owned()));
+            conns.push((
+                Connection {
+                    from,
+                    to,
+                    direction,
+                    protocol,
+                    ports,
+                    bandwidth_bps,
+                },
+                kn.pos,
+                k.to_owned(),
+            ));
         }
     }
 
@@ -836,7 +992,10 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
     let mut security: Vec<(Security, Pos, String)> = Vec::new();
     if let Some((_, v)) = top.get("security") {
         let es = entries(cx, v, "security", &|k, first| {
-            format!("duplicate security rule {k:?} (first at line {}); keep one", first.line)
+            format!(
+                "duplicate security rule {k:?} (first at line {}); keep one",
+                first.line
+            )
         });
         for (k, kn, v) in es {
             let what = format!("security {:?}", clip(k));
@@ -851,7 +1010,9 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
                 .collect();
             let compatible = on_pair.iter().any(|c| match direction {
                 Direction::Both => c.direction == Direction::Both,
-                Direction::Forward => c.direction == Direction::Both || (c.from == from && c.to == to),
+                Direction::Forward => {
+                    c.direction == Direction::Both || (c.from == from && c.to == to)
+                }
             });
             if on_pair.is_empty() {
                 cx.err(kn.pos, format!(
@@ -865,12 +1026,15 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
                 cx.err(kn.pos, format!(
                     "{what}: the connection between {from} and {to} is {}, which does not go {}; write the rule for the connection's direction",
                     written.iter().map(|w| format!("{w:?}")).collect::<Vec<_>>().join(" and "),
-                    if direction == Direction::Both { format!("both ways") } else { format!("from {from} to {to}") }
+                    if direction == Direction::Both { "both ways".to_owned() } else { format!("from {from} to {to}") }
                 ));
                 continue;
             }
             let key = (from.clone(), to.clone(), direction);
-            if let Some((_, p, text)) = security.iter().find(|(s, _, _)| overlaps(&key, &(s.from.clone(), s.to.clone(), s.direction))) {
+            if let Some((_, p, text)) = security
+                .iter()
+                .find(|(s, _, _)| overlaps(&key, &(s.from.clone(), s.to.clone(), s.direction)))
+            {
                 cx.err(kn.pos, format!(
                     "{what} overlaps {text:?} (line {}); put all firewall rules of a connection in one entry",
                     p.line
@@ -878,7 +1042,16 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
                 continue;
             }
             if let Some(rules) = rules {
-                security.push((Security { from, to, direction, rules }, kn.pos, k.to_owned()));
+                security.push((
+                    Security {
+                        from,
+                        to,
+                        direction,
+                        rules,
+                    },
+                    kn.pos,
+                    k.to_owned(),
+                ));
             }
         }
     }
@@ -905,7 +1078,10 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
 
 fn unknown_kind(what: &str, kind: &str, kinds: &HashMap<String, Partial>) -> String {
     if kinds.is_empty() {
-        format!("{what}: no kind named {:?} (there is no kinds: section); define it under kinds: or remove kind:", clip(kind))
+        format!(
+            "{what}: no kind named {:?} (there is no kinds: section); define it under kinds: or remove kind:",
+            clip(kind)
+        )
     } else {
         format!(
             "{what}: no kind named {:?} (kinds are: {}); define it under kinds: or fix the name",
@@ -925,7 +1101,12 @@ fn finish_node(p: Partial) -> Node {
         command: p.command,
         volumes: p.volumes.unwrap_or_default(),
         host: p.host,
-        addresses: p.addresses.unwrap_or_default().into_iter().map(|(c, _)| c).collect(),
+        addresses: p
+            .addresses
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect(),
         env: p.env.unwrap_or_default(),
     }
 }
@@ -935,7 +1116,10 @@ fn finish_node(p: Partial) -> Node {
 fn kinds(cx: &mut Cx, v: Option<&Y>) -> HashMap<String, Partial> {
     let Some(v) = v else { return HashMap::new() };
     let es = entries(cx, v, "kinds", &|k, first| {
-        format!("duplicate kind {k:?} (first at line {}); rename one", first.line)
+        format!(
+            "duplicate kind {k:?} (first at line {}); rename one",
+            first.line
+        )
     });
     let mut names: Vec<&str> = Vec::new();
     let mut own: Vec<Partial> = Vec::new();
@@ -984,13 +1168,20 @@ fn kinds(cx: &mut Cx, v: Option<&Y>) -> HashMap<String, Partial> {
                     .min_by_key(|&&j| inherits_at[j].as_ref().map(|(_, p)| *p))
                     .unwrap_or(&i);
                 let from = cycle.iter().position(|&j| j == first).unwrap_or(0);
-                let mut chain: Vec<&str> = cycle[from..].iter().chain(&cycle[..from]).map(|&j| names[j]).collect();
+                let mut chain: Vec<&str> = cycle[from..]
+                    .iter()
+                    .chain(&cycle[..from])
+                    .map(|&j| names[j])
+                    .collect();
                 chain.push(names[first]);
                 if let Some((_, pos)) = &inherits_at[first] {
-                    cx.err(*pos, format!(
-                        "kinds: inherits cycle {}; remove one of these inherits",
-                        chain.join(" -> ")
-                    ));
+                    cx.err(
+                        *pos,
+                        format!(
+                            "kinds: inherits cycle {}; remove one of these inherits",
+                            chain.join(" -> ")
+                        ),
+                    );
                 }
                 for &j in &cycle {
                     parent[j] = None;
@@ -1062,10 +1253,14 @@ fn pair(
         }
     }
     if pk.a == pk.b {
-        cx.err(kn.pos, format!(
-            "{section} {:?} joins {} to itself; remove it (a node always reaches itself)",
-            clip(k), clip(pk.a)
-        ));
+        cx.err(
+            kn.pos,
+            format!(
+                "{section} {:?} joins {} to itself; remove it (a node always reaches itself)",
+                clip(k),
+                clip(pk.a)
+            ),
+        );
         ok = false;
     }
     ok.then(|| pk.canonical())
@@ -1099,8 +1294,14 @@ fn connection_fields(cx: &mut Cx, v: &Y, k: &str) -> Option<ConnFields> {
                     Some("icmp") => protocol = Protocol::Icmp,
                     Some("any") => protocol = Protocol::Any,
                     _ => {
-                        let shown = fv.str().map(|s| format!("{:?}", clip(s))).unwrap_or_else(|| fv.describe());
-                        cx.err(fv.pos, format!("{what}: unknown protocol {shown}; use tcp, udp, icmp or any"));
+                        let shown = fv
+                            .str()
+                            .map(|s| format!("{:?}", clip(s)))
+                            .unwrap_or_else(|| fv.describe());
+                        cx.err(
+                            fv.pos,
+                            format!("{what}: unknown protocol {shown}; use tcp, udp, icmp or any"),
+                        );
                         ok = false;
                     }
                 }
@@ -1113,21 +1314,28 @@ fn connection_fields(cx: &mut Cx, v: &Y, k: &str) -> Option<ConnFields> {
                 Some(p) => port_list = Some((p, fv.pos)),
                 None => ok = false,
             },
-            "bandwidth" => match string(cx, fv, &format!("{what}: bandwidth")).map(|s| units::parse_bits(&s)) {
-                Some(Ok(b)) => bandwidth = Some(b),
-                Some(Err(e)) => {
-                    cx.err(fv.pos, format!("{what}: bandwidth {e}"));
-                    ok = false;
+            "bandwidth" => {
+                match string(cx, fv, &format!("{what}: bandwidth")).map(|s| units::parse_bits(&s)) {
+                    Some(Ok(b)) => bandwidth = Some(b),
+                    Some(Err(e)) => {
+                        cx.err(fv.pos, format!("{what}: bandwidth {e}"));
+                        ok = false;
+                    }
+                    None => ok = false,
                 }
-                None => ok = false,
-            },
+            }
             _ => {}
         }
     }
     let _ = proto_pos;
     let ports = match port_list {
         Some((p, pos)) if !protocol.has_ports() && !p.is_empty() => {
-            cx.err(pos, format!("{what}: {protocol} has no ports; remove port(s) or use protocol tcp or udp"));
+            cx.err(
+                pos,
+                format!(
+                    "{what}: {protocol} has no ports; remove port(s) or use protocol tcp or udp"
+                ),
+            );
             ok = false;
             Vec::new()
         }
@@ -1150,7 +1358,13 @@ fn security_fields(cx: &mut Cx, v: &Y, what: &str, key_pos: Pos) -> Option<Vec<F
         Value::Seq(items) => items.iter().collect(),
         Value::Scalar { .. } if !rv.is_null() => vec![rv],
         _ => {
-            cx.err(rv.pos, format!("{what}: firewall_rule must be a rule or a list of rules, found {}", rv.describe()));
+            cx.err(
+                rv.pos,
+                format!(
+                    "{what}: firewall_rule must be a rule or a list of rules, found {}",
+                    rv.describe()
+                ),
+            );
             return None;
         }
     };
@@ -1168,7 +1382,13 @@ fn security_fields(cx: &mut Cx, v: &Y, what: &str, key_pos: Pos) -> Option<Vec<F
                 ok = false;
             }
             None => {
-                cx.err(item.pos, format!("{what}: a firewall rule must be a string such as allow_tcp_5432, found {}", item.describe()));
+                cx.err(
+                    item.pos,
+                    format!(
+                        "{what}: a firewall rule must be a string such as allow_tcp_5432, found {}",
+                        item.describe()
+                    ),
+                );
                 ok = false;
             }
         }
@@ -1196,7 +1416,11 @@ mod tests {
         assert!(check_name("web_server-1").is_ok());
         assert!(check_name(&"a".repeat(48)).is_ok());
         assert!(check_name(&"a".repeat(49)).is_err());
-        assert!(check_name("Web").unwrap_err().contains("did you mean \"web\""));
+        assert!(
+            check_name("Web")
+                .unwrap_err()
+                .contains("did you mean \"web\"")
+        );
         assert!(check_name("-x").is_err());
         assert!(check_name("a b").is_err());
         assert!(check_name("").is_err());
@@ -1205,12 +1429,21 @@ mod tests {
     #[test]
     fn pair_keys() {
         let p = parse_pair("web <-> db").unwrap();
-        assert_eq!((p.a, p.a_off, p.b, p.b_off, p.arrow), ("web", 0, "db", 8, "<->"));
+        assert_eq!(
+            (p.a, p.a_off, p.b, p.b_off, p.arrow),
+            ("web", 0, "db", 8, "<->")
+        );
         assert_eq!(p.canonical(), ("db".into(), "web".into(), Direction::Both));
         let p = parse_pair("db <- web").unwrap();
-        assert_eq!(p.canonical(), ("web".into(), "db".into(), Direction::Forward));
+        assert_eq!(
+            p.canonical(),
+            ("web".into(), "db".into(), Direction::Forward)
+        );
         let p = parse_pair("web->db").unwrap();
-        assert_eq!(p.canonical(), ("web".into(), "db".into(), Direction::Forward));
+        assert_eq!(
+            p.canonical(),
+            ("web".into(), "db".into(), Direction::Forward)
+        );
         assert!(parse_pair("web - db").is_none());
         assert!(parse_pair("<-> db").is_none());
         assert!(parse_pair("a -> b -> c").is_none());

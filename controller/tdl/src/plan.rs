@@ -115,7 +115,12 @@ fn fnv(parts: &[&str]) -> u32 {
 /// name for the bridge, `wx` for the VXLAN, `wv` + a hash of network and node for a veth's
 /// host end; the node end is `eth0` inside the node's namespace `weft-<network>-<node>`.
 pub fn plan(net: &Network, hosts: &[String]) -> Result<Plan, PlanError> {
-    let sorted: Vec<String> = hosts.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let sorted: Vec<String> = hosts
+        .iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if sorted.is_empty() {
         return Err(PlanError::NoHosts);
     }
@@ -155,7 +160,11 @@ pub fn plan(net: &Network, hosts: &[String]) -> Result<Plan, PlanError> {
     for host in &used {
         let mut nodes = Vec::new();
         let mut bandwidth = Vec::new();
-        for (name, n) in net.nodes.iter().filter(|(name, _)| placed.get(name.as_str()) == Some(host)) {
+        for (name, n) in net
+            .nodes
+            .iter()
+            .filter(|(name, _)| placed.get(name.as_str()) == Some(host))
+        {
             nodes.push(NodePlan {
                 node: name.clone(),
                 node_type: n.node_type,
@@ -187,7 +196,11 @@ pub fn plan(net: &Network, hosts: &[String]) -> Result<Plan, PlanError> {
         let vxlan = (used.len() > 1).then(|| VxlanPlan {
             device: vxlan_dev.clone(),
             vni: net.vni,
-            peers: used.iter().filter(|h| *h != host).map(|h| h.to_string()).collect(),
+            peers: used
+                .iter()
+                .filter(|h| *h != host)
+                .map(|h| h.to_string())
+                .collect(),
         });
         out.push(HostPlan {
             host: host.to_string(),
@@ -208,7 +221,12 @@ pub fn plan(net: &Network, hosts: &[String]) -> Result<Plan, PlanError> {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let nodes: usize = self.hosts.iter().map(|h| h.nodes.len()).sum();
-        write!(f, "network {}: {nodes} node(s) on {} host(s)", self.network, self.hosts.len())?;
+        write!(
+            f,
+            "network {}: {nodes} node(s) on {} host(s)",
+            self.network,
+            self.hosts.len()
+        )?;
         if self.hosts.len() > 1 {
             match self.vni {
                 Some(v) => write!(f, ", VXLAN vni {v}")?,
@@ -220,14 +238,26 @@ impl fmt::Display for Plan {
             writeln!(f, "host {}:", h.host)?;
             writeln!(f, "  bridge {}", h.bridge)?;
             if let Some(v) = &h.vxlan {
-                let vni = v.vni.map_or_else(|| "assigned by the controller".to_owned(), |v| v.to_string());
-                writeln!(f, "  vxlan {} (vni {vni}) to {}", v.device, v.peers.join(", "))?;
+                let vni = v.vni.map_or_else(
+                    || "assigned by the controller".to_owned(),
+                    |v| v.to_string(),
+                );
+                writeln!(
+                    f,
+                    "  vxlan {} (vni {vni}) to {}",
+                    v.device,
+                    v.peers.join(", ")
+                )?;
             }
             for n in &h.nodes {
                 let addrs = if n.addresses.is_empty() {
                     format!("addresses from shards of {}", self.shards)
                 } else {
-                    n.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    n.addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
                 write!(
                     f,
@@ -280,7 +310,12 @@ mod tests {
         let on: Vec<(String, Vec<String>)> = p
             .hosts
             .iter()
-            .map(|h| (h.host.clone(), h.nodes.iter().map(|n| n.node.clone()).collect()))
+            .map(|h| {
+                (
+                    h.host.clone(),
+                    h.nodes.iter().map(|n| n.node.clone()).collect(),
+                )
+            })
             .collect();
         // c is pinned to hv2; a -> hv1 (fewest), b -> hv1 (hv1 1, hv2 1: first), d -> hv2.
         assert_eq!(
@@ -298,7 +333,11 @@ mod tests {
         assert_eq!(hv1.bandwidth[0].bits_per_second, 100_000_000);
         // a is targeted by c (port 80) and d (a's ports: none, so every tcp port).
         assert_eq!(hv1.nodes[0].inbound_rules, 2);
-        assert_eq!(p, plan(&net, &hosts(&["hv1", "hv2", "hv1"])).unwrap(), "deterministic");
+        assert_eq!(
+            p,
+            plan(&net, &hosts(&["hv1", "hv2", "hv1"])).unwrap(),
+            "deterministic"
+        );
         let shown = p.to_string();
         assert!(shown.contains("VXLAN vni 42"), "{shown}");
         assert!(shown.contains("node c (container, pinned)"), "{shown}");

@@ -48,7 +48,8 @@ pub fn parse_bits(text: &str) -> Result<u64, String> {
         ("tbit", 1_000_000_000_000),
         ("tibit", 1 << 40),
     ];
-    let hint = "write a rate in bits per second: 500kbit, 100mbit, 1gbit (or a plain number of bit/s)";
+    let hint =
+        "write a rate in bits per second: 500kbit, 100mbit, 1gbit (or a plain number of bit/s)";
     let lower = text.trim().to_ascii_lowercase();
     if lower.ends_with("bps") || lower.ends_with("b/s") {
         return Err(format!(
@@ -77,10 +78,10 @@ pub fn parse_cpu(text: &str) -> Result<u32, String> {
         decimal(t, 1000).map_err(|e| format!("{e}; {hint}"))?
     };
     if millis == 0 {
-        return Err(format!("cpu {text:?} is zero; {hint}"));
+        return Err(format!("{text:?} is zero; {hint}"));
     }
     if millis > 4_096_000 {
-        return Err(format!("cpu {text:?} is more than 4096 CPUs; {hint}"));
+        return Err(format!("{text:?} is more than 4096 CPUs; {hint}"));
     }
     Ok(millis as u32)
 }
@@ -109,8 +110,18 @@ fn decimal(num: &str, mult: u128) -> Result<u128, String> {
     if int.len() > 20 || frac.len() > 18 {
         return Err(format!("{num:?} has too many digits"));
     }
-    let int_v: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| format!("{num:?} is not a number"))? };
-    let frac_v: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| format!("{num:?} is not a number"))? };
+    let int_v: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse()
+            .map_err(|_| format!("{num:?} is not a number"))?
+    };
+    let frac_v: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse()
+            .map_err(|_| format!("{num:?} is not a number"))?
+    };
     let scale = 10u128.pow(frac.len() as u32);
     let whole = int_v
         .checked_mul(mult)
@@ -119,7 +130,9 @@ fn decimal(num: &str, mult: u128) -> Result<u128, String> {
         .checked_mul(mult)
         .ok_or_else(|| format!("{num:?} is too large"))?;
     if part % scale != 0 {
-        return Err(format!("{num:?} is not a whole number of the smallest unit"));
+        return Err(format!(
+            "{num:?} is not a whole number of the smallest unit"
+        ));
     }
     whole
         .checked_add(part / scale)
@@ -129,7 +142,7 @@ fn decimal(num: &str, mult: u128) -> Result<u128, String> {
 /// The shortest exact spelling among the units, largest unit first.
 fn spell(v: u64, units: &[(&str, u64)], base: &str) -> String {
     for (name, mult) in units {
-        if v >= *mult && v % mult == 0 {
+        if v >= *mult && v.is_multiple_of(*mult) {
             return format!("{}{name}", v / mult);
         }
     }
@@ -170,7 +183,7 @@ pub fn format_bits(v: u64) -> String {
 
 /// Millicores as `4`, `0.5`, `1.25`.
 pub fn format_cpu(millis: u32) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         return (millis / 1000).to_string();
     }
     let frac = format!("{:03}", millis % 1000);
@@ -191,7 +204,11 @@ mod tests {
         assert_eq!(parse_bytes("1 KiB"), Ok(1024));
         assert!(parse_bytes("0").unwrap_err().contains("zero"));
         assert!(parse_bytes("0GB").unwrap_err().contains("zero"));
-        assert!(parse_bytes("8 potatoes").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_bytes("8 potatoes")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_bytes("GB").is_err());
         assert!(parse_bytes("1.2.3GB").is_err());
         assert!(parse_bytes("0.5").is_err(), "half a byte");
@@ -226,7 +243,17 @@ mod tests {
 
     #[test]
     fn spellings_round_trip() {
-        for v in [1u64, 999, 1000, 1024, 1536, 8_000_000_000, 1 << 30, 3 << 29, u64::MAX] {
+        for v in [
+            1u64,
+            999,
+            1000,
+            1024,
+            1536,
+            8_000_000_000,
+            1 << 30,
+            3 << 29,
+            u64::MAX,
+        ] {
             assert_eq!(parse_bytes(&format_bytes(v)), Ok(v), "{v}");
             assert_eq!(parse_bits(&format_bits(v)), Ok(v), "{v}");
         }

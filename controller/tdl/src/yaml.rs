@@ -38,7 +38,10 @@ impl Pos {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// A scalar as written; `plain` is false when it was quoted or a block scalar.
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     /// Entries in file order, duplicates kept.
     Map(Vec<(Node, Node)>),
@@ -149,7 +152,9 @@ pub fn load(text: &str) -> Result<Option<Node>, (Pos, String)> {
                 if stack.len() >= MAX_DEPTH {
                     return Err((
                         pos,
-                        format!("nesting deeper than {MAX_DEPTH} levels; a TDL file needs a few levels only, flatten it"),
+                        format!(
+                            "nesting deeper than {MAX_DEPTH} levels; a TDL file needs a few levels only, flatten it"
+                        ),
                     ));
                 }
                 stack.push(if matches!(event, Event::SequenceStart(..)) {
