@@ -1,6 +1,6 @@
 //! From text to a validated [`Network`]: every error of the file is collected.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::model::{
@@ -158,11 +158,9 @@ fn suggest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Opt
         .map(|(_, c)| c)
 }
 
-/// `a, b, c` (at most 12, then "...").
-fn list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
-    let mut v: Vec<&str> = names.into_iter().collect();
-    v.sort_unstable();
-    v.dedup();
+/// `a, b, c` of names given sorted and unique (at most 12, then "..."); reads 13 at most.
+fn list<'a>(sorted: impl IntoIterator<Item = &'a str>) -> String {
+    let mut v: Vec<&str> = sorted.into_iter().take(13).collect();
     let more = v.len() > 12;
     v.truncate(12);
     let mut s = v.join(", ");
@@ -558,6 +556,7 @@ fn volumes(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<Volume>> {
         return None;
     };
     let mut out: Vec<Volume> = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
     let mut ok = true;
     for item in items {
         let vol = if let Value::Map(_) = &item.value {
@@ -618,7 +617,7 @@ fn volumes(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<Volume>> {
         if let Err(e) = check_name(&name) {
             cx.err(npos, format!("{what}: volume name {e}"));
             ok = false;
-        } else if out.iter().any(|o| o.name == name) {
+        } else if !names.insert(name.clone()) {
             cx.err(
                 npos,
                 format!("{what}: volume {name:?} is listed twice; give each volume its own name"),
@@ -654,6 +653,7 @@ fn addresses(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<(Cidr, Pos)>> {
         }
     };
     let mut out: Vec<(Cidr, Pos)> = Vec::new();
+    let mut seen: HashSet<IpAddr> = HashSet::new();
     let mut ok = true;
     for item in items {
         let Some(s) = string(cx, item, &format!("{what}: an address")) else {
@@ -661,7 +661,7 @@ fn addresses(cx: &mut Cx, v: &Y, what: &str) -> Option<Vec<(Cidr, Pos)>> {
             continue;
         };
         match s.parse::<Cidr>() {
-            Ok(c) if out.iter().any(|(o, _)| o.addr == c.addr) => {
+            Ok(c) if !seen.insert(c.addr) => {
                 cx.err(
                     item.pos,
                     format!("{what}: address {} is listed twice; remove one", c.addr),
@@ -762,9 +762,18 @@ fn parse_pair(text: &str) -> Option<PairKey<'_>> {
 }
 
 /// Whether two (from, to, direction) overlap: the same pair with a direction in common.
-fn overlaps(x: &(String, String, Direction), y: &(String, String, Direction)) -> bool {
+fn overlaps(x: (&str, &str, Direction), y: (&str, &str, Direction)) -> bool {
     let same_pair = (x.0 == y.0 && x.1 == y.1) || (x.0 == y.1 && x.1 == y.0);
     same_pair && (x.2 == Direction::Both || y.2 == Direction::Both || (x.0 == y.0 && x.1 == y.1))
+}
+
+/// The unordered pair of two names, for indexing connections and rules by pair.
+fn unordered(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_owned(), b.to_owned())
+    } else {
+        (b.to_owned(), a.to_owned())
+    }
 }
 
 fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
@@ -945,6 +954,7 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
 
     // connections:
     let mut conns: Vec<(Connection, Pos, String)> = Vec::new();
+    let mut conn_pairs: HashMap<(String, String), Vec<usize>> = HashMap::new();
     if let Some((_, v)) = top.get("connections") {
         let es = entries(cx, v, "connections", &|k, first| {
             format!(
@@ -961,18 +971,19 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
             let Some((protocol, ports, bandwidth_bps)) = connection_fields(cx, v, k) else {
                 continue;
             };
-            let key = (from.clone(), to.clone(), direction);
-            if let Some((c, p, text)) = conns
+            let same_pair = conn_pairs.entry(unordered(&from, &to)).or_default();
+            if let Some((_, p, text)) = same_pair
                 .iter()
-                .find(|(c, _, _)| overlaps(&key, &(c.from.clone(), c.to.clone(), c.direction)))
+                .map(|&i| &conns[i])
+                .find(|(c, _, _)| overlaps((&from, &to, direction), (&c.from, &c.to, c.direction)))
             {
-                let _ = c;
                 cx.err(kn.pos, format!(
                     "connection {k:?} duplicates {text:?} (line {}); a pair of nodes has one connection (or one -> each way): merge them",
                     p.line
                 ));
                 continue;
             }
+            same_pair.push(conns.len());
             conns.push((
                 Connection {
                     from,
@@ -990,6 +1001,7 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
 
     // security:
     let mut security: Vec<(Security, Pos, String)> = Vec::new();
+    let mut security_pairs: HashMap<(String, String), Vec<usize>> = HashMap::new();
     if let Some((_, v)) = top.get("security") {
         let es = entries(cx, v, "security", &|k, first| {
             format!(
@@ -1003,10 +1015,12 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
             let Some((from, to, direction)) = pair(cx, "security", k, kn, &declared) else {
                 continue;
             };
-            let on_pair: Vec<&Connection> = conns
-                .iter()
-                .map(|(c, _, _)| c)
-                .filter(|c| (c.from == from && c.to == to) || (c.from == to && c.to == from))
+            let pair_key = unordered(&from, &to);
+            let on_pair: Vec<&Connection> = conn_pairs
+                .get(&pair_key)
+                .into_iter()
+                .flatten()
+                .map(|&i| &conns[i].0)
                 .collect();
             let compatible = on_pair.iter().any(|c| match direction {
                 Direction::Both => c.direction == Direction::Both,
@@ -1030,16 +1044,20 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
                 ));
                 continue;
             }
-            let key = (from.clone(), to.clone(), direction);
-            if let Some((_, p, text)) = security
+            let same_pair = security_pairs.entry(pair_key).or_default();
+            if let Some((_, p, text)) = same_pair
                 .iter()
-                .find(|(s, _, _)| overlaps(&key, &(s.from.clone(), s.to.clone(), s.direction)))
+                .map(|&i| &security[i])
+                .find(|(s, _, _)| overlaps((&from, &to, direction), (&s.from, &s.to, s.direction)))
             {
                 cx.err(kn.pos, format!(
                     "{what} overlaps {text:?} (line {}); put all firewall rules of a connection in one entry",
                     p.line
                 ));
                 continue;
+            }
+            if rules.is_some() {
+                same_pair.push(security.len());
             }
             if let Some(rules) = rules {
                 security.push((
@@ -1076,7 +1094,7 @@ fn network(cx: &mut Cx, root: &Y) -> Option<Network> {
     })
 }
 
-fn unknown_kind(what: &str, kind: &str, kinds: &HashMap<String, Partial>) -> String {
+fn unknown_kind(what: &str, kind: &str, kinds: &BTreeMap<String, Partial>) -> String {
     if kinds.is_empty() {
         format!(
             "{what}: no kind named {:?} (there is no kinds: section); define it under kinds: or remove kind:",
@@ -1113,8 +1131,10 @@ fn finish_node(p: Partial) -> Node {
 
 /// `kinds:`: each kind's fields merged along its `inherits` chain. Unknown parents and
 /// cycles are reported (a cycle once, at its first kind in the file) and cut.
-fn kinds(cx: &mut Cx, v: Option<&Y>) -> HashMap<String, Partial> {
-    let Some(v) = v else { return HashMap::new() };
+fn kinds(cx: &mut Cx, v: Option<&Y>) -> BTreeMap<String, Partial> {
+    let Some(v) = v else {
+        return BTreeMap::new();
+    };
     let es = entries(cx, v, "kinds", &|k, first| {
         format!(
             "duplicate kind {k:?} (first at line {}); rename one",
@@ -1135,6 +1155,7 @@ fn kinds(cx: &mut Cx, v: Option<&Y>) -> HashMap<String, Partial> {
         inherits_at.push(inh);
     }
     let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let sorted: BTreeSet<&str> = names.iter().copied().collect();
     for (i, inh) in inherits_at.iter().enumerate() {
         parent.push(match inh {
             None => None,
@@ -1143,7 +1164,7 @@ fn kinds(cx: &mut Cx, v: Option<&Y>) -> HashMap<String, Partial> {
                 None => {
                     cx.err(*pos, format!(
                         "kind {:?} inherits {:?}, which is not a kind (kinds are: {}); define it under kinds: or fix the name",
-                        names[i], clip(p), list(names.iter().copied())
+                        names[i], clip(p), list(sorted.iter().copied())
                     ));
                     None
                 }
@@ -1272,7 +1293,6 @@ fn connection_fields(cx: &mut Cx, v: &Y, k: &str) -> Option<ConnFields> {
     let what = format!("connection {:?}", clip(k));
     let mut ok = true;
     let mut protocol = Protocol::Tcp;
-    let mut proto_pos = v.pos;
     let mut port_list: Option<(Vec<u16>, Pos)> = None;
     let mut bandwidth = None;
     let fs = fields(cx, v, &what, CONNECTION_KEYS);
@@ -1286,26 +1306,23 @@ fn connection_fields(cx: &mut Cx, v: &Y, k: &str) -> Option<ConnFields> {
     }
     for (key, _, fv) in &fs {
         match *key {
-            "protocol" => {
-                proto_pos = fv.pos;
-                match fv.str() {
-                    Some("tcp") => protocol = Protocol::Tcp,
-                    Some("udp") => protocol = Protocol::Udp,
-                    Some("icmp") => protocol = Protocol::Icmp,
-                    Some("any") => protocol = Protocol::Any,
-                    _ => {
-                        let shown = fv
-                            .str()
-                            .map(|s| format!("{:?}", clip(s)))
-                            .unwrap_or_else(|| fv.describe());
-                        cx.err(
-                            fv.pos,
-                            format!("{what}: unknown protocol {shown}; use tcp, udp, icmp or any"),
-                        );
-                        ok = false;
-                    }
+            "protocol" => match fv.str() {
+                Some("tcp") => protocol = Protocol::Tcp,
+                Some("udp") => protocol = Protocol::Udp,
+                Some("icmp") => protocol = Protocol::Icmp,
+                Some("any") => protocol = Protocol::Any,
+                _ => {
+                    let shown = fv
+                        .str()
+                        .map(|s| format!("{:?}", clip(s)))
+                        .unwrap_or_else(|| fv.describe());
+                    cx.err(
+                        fv.pos,
+                        format!("{what}: unknown protocol {shown}; use tcp, udp, icmp or any"),
+                    );
+                    ok = false;
                 }
-            }
+            },
             "port" => match port(cx, fv, &what) {
                 Some(p) => port_list = Some((vec![p], fv.pos)),
                 None => ok = false,
@@ -1327,7 +1344,6 @@ fn connection_fields(cx: &mut Cx, v: &Y, k: &str) -> Option<ConnFields> {
             _ => {}
         }
     }
-    let _ = proto_pos;
     let ports = match port_list {
         Some((p, pos)) if !protocol.has_ports() && !p.is_empty() => {
             cx.err(
