@@ -8,7 +8,7 @@ use crate::units::{format_bits, format_bytes, format_cpu};
 /// The canonical TDL of `net`: fixed key order, two-space indentation, every node written
 /// out in full (defaults and kinds are already merged into the nodes, so the text has
 /// neither), `type` always given, connections and security in canonical form and order.
-/// [`crate::parse`] of the result gives back `net`.
+/// [`crate::parse()`] of the result gives back `net`.
 pub fn format(net: &Network) -> String {
     let mut o = String::new();
     let _ = write_network(&mut o, net);

@@ -1,12 +1,12 @@
 //! weft's Topology Definition Language (TDL): a network of nodes, the connections between
 //! them and the security rules that refine those connections, written in YAML.
 //!
-//! - [`parse`]: text to a validated, merged, normalized [`Network`] (serde, so the controller
+//! - [`parse()`]: text to a validated, merged, normalized [`Network`] (serde, so the controller
 //!   stores it as JSON), or **every** error of the file ([`Errors`]), sorted by position,
 //!   each `file:line:column: what is wrong; how to fix it`.
-//! - [`format`]: the canonical text of a network (`weft tdl fmt`); it parses back to the
+//! - [`format()`]: the canonical text of a network (`weft tdl fmt`); it parses back to the
 //!   same [`Network`].
-//! - [`diff`]: what changed between two networks (`weft tdl diff`).
+//! - [`diff()`]: what changed between two networks (`weft tdl diff`).
 //! - [`plan()`]: which host gets which node, and what each host would create (`weft tdl plan`).
 //! - [`firewall()`]: the effective inbound rules of one node, for the agents' nftables.
 //!

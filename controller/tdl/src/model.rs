@@ -1,4 +1,4 @@
-//! The normalized network: what [`crate::parse`] returns and the controller stores (JSON).
+//! The normalized network: what [`crate::parse()`] returns and the controller stores (JSON).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -236,7 +236,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// `a <-> b` or `a -> b`: the key as [`crate::format`] writes it.
+    /// `a <-> b` or `a -> b`: the key as [`crate::format()`] writes it.
     pub fn key(&self) -> String {
         pair_key(&self.from, &self.to, self.direction)
     }

@@ -75,7 +75,7 @@ impl Cx<'_> {
     }
 }
 
-/// See [`crate::parse`].
+/// See [`crate::parse()`].
 pub fn parse(file_name: &str, text: &str) -> Result<Network, Errors> {
     let mut cx = Cx {
         file: file_name,

@@ -1,5 +1,5 @@
 //! Sizes (bytes), rates (bits per second) and CPU counts (millicores): parsing and the
-//! canonical spelling [`crate::format`] writes.
+//! canonical spelling [`crate::format()`] writes.
 
 /// `512MB`, `8GB`, `1GiB`, `1.5GiB`, `1073741824`: bytes. `KB`/`MB`/`GB`/`TB` (and `K`..`T`)
 /// are powers of 1000, `KiB`/`MiB`/`GiB`/`TiB` (and `Ki`..`Ti`) powers of 1024, as in
