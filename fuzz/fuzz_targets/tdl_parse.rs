@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
             "every node placed once"
         ),
         Err(weft_tdl::PlanError::UnknownHosts(..)) => {
-            assert!(net.nodes.values().any(|n| n.host.as_deref().is_some_and(|h| !hosts.iter().any(|x| x == h))));
+            assert!(net.nodes.values().any(|n| {
+                n.host
+                    .as_deref()
+                    .is_some_and(|h| !hosts.iter().any(|x| x == h))
+            }));
         }
         Err(e) => panic!("{e}"),
     }
