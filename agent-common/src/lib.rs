@@ -18,6 +18,8 @@ pub mod glob;
 #[cfg(feature = "std")]
 pub mod net;
 #[cfg(feature = "std")]
+pub mod netnames;
+#[cfg(feature = "std")]
 pub mod time;
 
 pub use flow::{FlowEvent, FlowKey, FlowStats, PayloadSample};

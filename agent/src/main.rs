@@ -15,9 +15,9 @@ mod flows;
 mod hostevents;
 mod l7table;
 mod metrics;
+mod networks;
 mod outbox;
 mod queue;
-mod networks;
 mod realize;
 mod workloads;
 

@@ -11,7 +11,9 @@ use std::time::Duration;
 use weft_proto::v1::resource::Spec;
 use weft_proto::v1::{AddressAssignment, FirewallRule, NetworkNode, NetworkSegment, PortRange};
 
-use super::{Networks, NetworksConfig, NodeReconciler, SegmentReconciler, links, names, namespaces};
+use super::{
+    Networks, NetworksConfig, NodeReconciler, SegmentReconciler, links, names, namespaces,
+};
 use crate::control::{DesiredResource, DriftSignal, Reconciler, ResourceReport, Scope};
 use crate::hostevents::in_netns;
 use crate::testns::{TestNetns, require_root};
@@ -20,7 +22,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn prefix() -> String {
     // The lab's naming (`wft-<pid hex>-...`): a sweep of a killed run's leftovers finds them.
-    format!("wft-{:x}-nd{}", std::process::id(), NEXT.fetch_add(1, Relaxed))
+    format!(
+        "wft-{:x}-nd{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Relaxed)
+    )
 }
 
 /// Removes what a test's nodes left, also when it fails.
@@ -30,7 +36,10 @@ impl Drop for Sweep {
     fn drop(&mut self) {
         if let Ok(dir) = std::fs::read_dir(namespaces::NETNS_DIR) {
             for e in dir.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&format!("{}-", self.0)) {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}-", self.0))
+                {
                     let _ = namespaces::remove(&e.path());
                 }
             }
@@ -165,14 +174,25 @@ async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_no
     let h = hv.handle().await;
 
     // No segment yet: the node fails and says why.
-    let early = nodes.reconcile(&[node("lab", "a", "198.18.70.2/24", 1)], Scope::All).await;
+    let early = nodes
+        .reconcile(&[node("lab", "a", "198.18.70.2/24", 1)], Scope::All)
+        .await;
     assert!(
-        early[0].error.as_deref().unwrap_or("").contains("no bridge"),
+        early[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("no bridge"),
         "{early:?}"
     );
 
-    ok(&seg.reconcile(&[segment("lab", 0, "", &[])], Scope::All).await);
-    let bridge = links::by_name(&h, &names::bridge("lab")).await.unwrap().expect("bridge");
+    ok(&seg
+        .reconcile(&[segment("lab", 0, "", &[])], Scope::All)
+        .await);
+    let bridge = links::by_name(&h, &names::bridge("lab"))
+        .await
+        .unwrap()
+        .expect("bridge");
     assert!(bridge.up);
 
     let want = vec![
@@ -187,7 +207,10 @@ async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_no
     for n in ["a", "b", "c"] {
         let p = node_path(&net, "lab", n);
         assert!(namespaces::is_mounted(&p), "{}", p.display());
-        let veth = links::by_name(&h, &names::host_veth("lab", n)).await.unwrap().expect("veth");
+        let veth = links::by_name(&h, &names::host_veth("lab", n))
+            .await
+            .unwrap()
+            .expect("veth");
         assert_eq!(veth.controller, Some(bridge.index), "{n} on the bridge");
         assert!(veth.up);
     }
@@ -206,8 +229,12 @@ async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_no
     // Drift: b's address removed and its eth0 set down by hand, then repaired.
     let bh = TestNetns::handle_of(&b).await;
     let eth0 = links::by_name(&bh, names::NODE_IF).await.unwrap().unwrap();
-    links::del_address(&bh, eth0.index, "198.18.70.3/24".parse().unwrap()).await.unwrap();
-    links::set(&bh, eth0.index, names::NODE_IF, false, None, None).await.unwrap();
+    links::del_address(&bh, eth0.index, "198.18.70.3/24".parse().unwrap())
+        .await
+        .unwrap();
+    links::set(&bh, eth0.index, names::NODE_IF, false, None, None)
+        .await
+        .unwrap();
     let key = vec!["lab/b".to_string()];
     let repaired = nodes.reconcile(&want, Scope::Only(&key)).await;
     ok(&repaired);
@@ -219,7 +246,9 @@ async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_no
     while signals.try_recv().is_ok() {}
     let name = names::netns(&net.config.netns_prefix, "lab", "a");
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &name, "nft", "delete", "table", "inet", "weft"])
+        .args([
+            "netns", "exec", &name, "nft", "delete", "table", "inet", "weft",
+        ])
         .output()
         .expect("nft");
     assert!(out.status.success(), "{out:?}");
@@ -265,49 +294,99 @@ async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_no
     assert_eq!(gone.len(), 3);
     for n in ["a", "b", "c"] {
         assert!(!node_path(&net, "lab", n).exists());
-        assert!(links::by_name(&h, &names::host_veth("lab", n)).await.unwrap().is_none());
+        assert!(
+            links::by_name(&h, &names::host_veth("lab", n))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
     ok(&seg.reconcile(&[], Scope::All).await);
-    assert!(links::by_name(&h, &names::bridge("lab")).await.unwrap().is_none());
+    assert!(
+        links::by_name(&h, &names::bridge("lab"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
 async fn a_segment_spanning_hosts_gets_a_vxlan_device_with_its_peers_as_flood_list() {
     require_root!();
-    let Setup { hv, seg, _sweep, .. } = setup().await;
+    let Setup {
+        hv, seg, _sweep, ..
+    } = setup().await;
     let h = hv.handle().await;
     ok(&seg
         .reconcile(
-            &[segment("span", 4242, "198.19.9.65", &["198.19.9.66", "198.19.9.67"])],
+            &[segment(
+                "span",
+                4242,
+                "198.19.9.65",
+                &["198.19.9.66", "198.19.9.67"],
+            )],
             Scope::All,
         )
         .await);
-    let vx = links::by_name(&h, &names::vxlan("span")).await.unwrap().expect("vxlan");
+    let vx = links::by_name(&h, &names::vxlan("span"))
+        .await
+        .unwrap()
+        .expect("vxlan");
     assert_eq!(vx.vni, Some(4242));
-    let bridge = links::by_name(&h, &names::bridge("span")).await.unwrap().unwrap();
+    let bridge = links::by_name(&h, &names::bridge("span"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(vx.controller, Some(bridge.index));
     let peers = links::flood_peers(&h, vx.index).await.unwrap();
     assert_eq!(
         peers,
-        vec!["198.19.9.66".parse::<IpAddr>().unwrap(), "198.19.9.67".parse().unwrap()]
+        vec![
+            "198.19.9.66".parse::<IpAddr>().unwrap(),
+            "198.19.9.67".parse().unwrap()
+        ]
     );
     // A peer leaves, another comes; a new VNI replaces the device.
     ok(&seg
-        .reconcile(&[segment("span", 4242, "198.19.9.65", &["198.19.9.68"])], Scope::All)
+        .reconcile(
+            &[segment("span", 4242, "198.19.9.65", &["198.19.9.68"])],
+            Scope::All,
+        )
         .await);
     let peers = links::flood_peers(&h, vx.index).await.unwrap();
     assert_eq!(peers, vec!["198.19.9.68".parse::<IpAddr>().unwrap()]);
     let again = seg
-        .reconcile(&[segment("span", 4242, "198.19.9.65", &["198.19.9.68"])], Scope::All)
+        .reconcile(
+            &[segment("span", 4242, "198.19.9.65", &["198.19.9.68"])],
+            Scope::All,
+        )
         .await;
     assert_eq!(again[0].changes, 0, "{again:?}");
     ok(&seg
-        .reconcile(&[segment("span", 4243, "198.19.9.65", &["198.19.9.68"])], Scope::All)
+        .reconcile(
+            &[segment("span", 4243, "198.19.9.65", &["198.19.9.68"])],
+            Scope::All,
+        )
         .await);
-    let vx2 = links::by_name(&h, &names::vxlan("span")).await.unwrap().unwrap();
+    let vx2 = links::by_name(&h, &names::vxlan("span"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(vx2.vni, Some(4243));
     // Down to one host: the VXLAN device goes, the bridge stays.
-    ok(&seg.reconcile(&[segment("span", 0, "", &[])], Scope::All).await);
-    assert!(links::by_name(&h, &names::vxlan("span")).await.unwrap().is_none());
-    assert!(links::by_name(&h, &names::bridge("span")).await.unwrap().is_some());
+    ok(&seg
+        .reconcile(&[segment("span", 0, "", &[])], Scope::All)
+        .await);
+    assert!(
+        links::by_name(&h, &names::vxlan("span"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        links::by_name(&h, &names::bridge("span"))
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

@@ -199,8 +199,12 @@ pub async fn add_node_veth(
             }
         }
     }
-    debug_assert!(msg.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkInfo(i)
-        if i.iter().any(|x| matches!(x, LinkInfo::Kind(InfoKind::Veth))))));
+    debug_assert!(
+        msg.attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::LinkInfo(i)
+        if i.iter().any(|x| matches!(x, LinkInfo::Kind(InfoKind::Veth)))))
+    );
     h.link()
         .add(msg)
         .execute()
@@ -237,10 +241,11 @@ fn flood_entry(index: u32, peer: IpAddr) -> NeighbourMessage {
     m.header.flags = NeighbourFlags::Own;
     m.attributes
         .push(NeighbourAttribute::LinkLocalAddress(vec![0; 6]));
-    m.attributes.push(NeighbourAttribute::Destination(match peer {
-        IpAddr::V4(a) => NeighbourAddress::Inet(a),
-        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-    }));
+    m.attributes
+        .push(NeighbourAttribute::Destination(match peer {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
     m
 }
 
@@ -349,12 +354,7 @@ pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<Cidr>, LinkError> {
 }
 
 pub async fn add_address(h: &Handle, index: u32, c: Cidr) -> Result<(), LinkError> {
-    match h
-        .address()
-        .add(index, c.addr, c.prefix)
-        .execute()
-        .await
-    {
+    match h.address().add(index, c.addr, c.prefix).execute().await {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::EEXIST => Ok(()),
         Err(e) => Err(nl(format!("adding address {c}"))(e)),

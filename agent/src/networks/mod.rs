@@ -17,7 +17,7 @@
 //! ignored.
 
 pub mod links;
-pub mod names;
+pub use agent_common::netnames as names;
 pub mod namespaces;
 mod node;
 mod segment;
@@ -143,19 +143,18 @@ impl Networks {
         let Some(state) = self.state.clone() else {
             return;
         };
-        let objects: BTreeMap<String, serde_json::Value> = if kind
-            == weft_proto::kinds::NETWORK_SEGMENT
-        {
-            lock(&self.segments)
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), serde_json::to_value(v).ok()?)))
-                .collect()
-        } else {
-            lock(&self.nodes)
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), serde_json::to_value(v).ok()?)))
-                .collect()
-        };
+        let objects: BTreeMap<String, serde_json::Value> =
+            if kind == weft_proto::kinds::NETWORK_SEGMENT {
+                lock(&self.segments)
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), serde_json::to_value(v).ok()?)))
+                    .collect()
+            } else {
+                lock(&self.nodes)
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), serde_json::to_value(v).ok()?)))
+                    .collect()
+            };
         let section = Section {
             version: 1,
             objects,
@@ -169,7 +168,10 @@ impl Networks {
 
     /// Node namespaces weft manages now.
     pub fn node_namespaces(&self) -> Vec<PathBuf> {
-        lock(&self.nodes).values().map(|n| n.netns.clone()).collect()
+        lock(&self.nodes)
+            .values()
+            .map(|n| n.netns.clone())
+            .collect()
     }
 }
 

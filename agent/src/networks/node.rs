@@ -59,7 +59,11 @@ impl NodeReconciler {
 
     /// The node's firewall socket, opened (with its event watch) on first use or when
     /// the namespace was made again.
-    async fn firewall(&self, key: &str, path: &Path) -> Result<Arc<Mutex<NamespaceFirewall>>, String> {
+    async fn firewall(
+        &self,
+        key: &str,
+        path: &Path,
+    ) -> Result<Arc<Mutex<NamespaceFirewall>>, String> {
         if let Some(f) = lock(&self.firewalls).get(key)
             && lock(&f.socket).still_names(path)
             && !f.watch.is_finished()
@@ -85,7 +89,10 @@ impl NodeReconciler {
                         };
                         let signal = DriftSignal {
                             kind: NETWORK_NODE,
-                            drift: Drift { key: k.clone(), what },
+                            drift: Drift {
+                                key: k.clone(),
+                                what,
+                            },
                             at: Instant::now() - ev.received.elapsed(),
                         };
                         if tx.try_send(signal).is_err() {
@@ -289,7 +296,9 @@ impl Networks {
             None => links::by_name(&nh, names::NODE_IF)
                 .await
                 .map_err(e)?
-                .ok_or_else(|| format!("{} did not appear in {}", names::NODE_IF, path.display()))?,
+                .ok_or_else(|| {
+                    format!("{} did not appear in {}", names::NODE_IF, path.display())
+                })?,
         };
         if fresh {
             links::set(&nh, LOOPBACK_INDEX, "lo", true, None, None)
@@ -317,13 +326,18 @@ impl Networks {
         };
         // Old addresses go first: removing a primary IPv4 address removes the secondaries
         // of its subnet with it (a new address in the same subnet would be one).
-        for c in have.iter().filter(|c| !s.addresses.iter().any(|a| a.cidr == **c)) {
+        for c in have
+            .iter()
+            .filter(|c| !s.addresses.iter().any(|a| a.cidr == **c))
+        {
             links::del_address(&nh, eth0.index, *c).await.map_err(e)?;
             changes += 1;
         }
         for a in &s.addresses {
             if !have.contains(&a.cidr) {
-                links::add_address(&nh, eth0.index, a.cidr).await.map_err(e)?;
+                links::add_address(&nh, eth0.index, a.cidr)
+                    .await
+                    .map_err(e)?;
                 changes += 1;
             }
         }
@@ -367,7 +381,11 @@ impl Networks {
     }
 }
 
-fn report(key: String, r: Result<(Vec<String>, usize), String>, spec: Option<&NodeSpec>) -> ResourceReport {
+fn report(
+    key: String,
+    r: Result<(Vec<String>, usize), String>,
+    spec: Option<&NodeSpec>,
+) -> ResourceReport {
     match r {
         Ok((observed, changes)) => {
             let error = spec.filter(|s| !s.unsupported.is_empty()).map(|s| {
@@ -525,11 +543,10 @@ impl Reconciler for NodeReconciler {
                     let r = net.remove_node(&key, &o).await;
                     (key, r)
                 });
-                let removed: Vec<(String, Result<usize, String>)> =
-                    futures::stream::iter(removals)
-                        .buffer_unordered(net.config.in_flight.max(1))
-                        .collect()
-                        .await;
+                let removed: Vec<(String, Result<usize, String>)> = futures::stream::iter(removals)
+                    .buffer_unordered(net.config.in_flight.max(1))
+                    .collect()
+                    .await;
                 let mut last = lock(&self.last);
                 for (key, r) in removed {
                     last.remove(&key);
@@ -584,7 +601,9 @@ impl Reconciler for NodeReconciler {
             let Some(key) = key else { continue };
             let what = match &e.change {
                 Change::LinkDel { name, .. } => Some(format!("{name} deleted")),
-                Change::LinkNew { name, up: false, .. } => Some(format!("{name} set down")),
+                Change::LinkNew {
+                    name, up: false, ..
+                } => Some(format!("{name} set down")),
                 Change::LinkNew { up: true, .. } => {
                     if let Some(w) = found.get(key)
                         && w.as_deref().is_some_and(|w| w.ends_with("set down"))

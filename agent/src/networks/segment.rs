@@ -208,7 +208,9 @@ impl Reconciler for SegmentReconciler {
         for e in events.iter().filter(|e| e.netns.is_none()) {
             let (name, what) = match &e.change {
                 Change::LinkDel { name, .. } => (name, format!("{name} deleted")),
-                Change::LinkNew { name, up: false, .. } => (name, format!("{name} set down")),
+                Change::LinkNew {
+                    name, up: false, ..
+                } => (name, format!("{name} set down")),
                 _ => continue,
             };
             for (key, o) in segments.iter() {

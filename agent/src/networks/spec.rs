@@ -197,7 +197,12 @@ mod tests {
         assert_eq!(v.peers.len(), 2);
         assert!(v.peers[0] < v.peers[1]);
         assert_eq!(s.mtu, DEFAULT_MTU);
-        assert!(SegmentSpec::try_from(&seg(0, "", &[])).unwrap().vxlan.is_none());
+        assert!(
+            SegmentSpec::try_from(&seg(0, "", &[]))
+                .unwrap()
+                .vxlan
+                .is_none()
+        );
         for (bad, why) in [
             (seg(1 << 24, "198.19.0.65", &[]), "vni"),
             (seg(5, "nope", &[]), "local"),
@@ -236,7 +241,10 @@ mod tests {
             (rule("icmp", "198.18.64.5/32", 1, 1), "only for tcp"),
         ] {
             let e = NodeSpec::from_wire(&n(bad), 1500).unwrap_err();
-            assert!(e.contains("firewall rule 1") && e.contains(why), "{why}: {e}");
+            assert!(
+                e.contains("firewall rule 1") && e.contains(why),
+                "{why}: {e}"
+            );
         }
     }
 

@@ -1,5 +1,6 @@
 //! What realizing a network would create on which host (`weft tdl plan`).
 
+use agent_common::netnames;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -92,27 +93,11 @@ fn unknown_hosts(pairs: &[(String, String)], hosts: &[String]) -> String {
     )
 }
 
-/// 32-bit FNV-1a: stable across runs, platforms and versions (interface names use it).
-fn fnv(parts: &[&str]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            h ^= u32::from(b'/');
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        for b in p.bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    h
-}
-
 /// Places the nodes of `net` on `hosts` and lists what each host would create. A node with
 /// `host` goes there; the others, in name order, each go to the host with the fewest nodes
 /// so far (ties: the first host in sorted order), so the same inputs give the same plan.
-/// Interface names fit Linux's 15 characters: `wb` + 8 hex digits of a hash of the network
-/// name for the bridge, `wx` for the VXLAN, `wv` + a hash of network and node for a veth's
+/// Names are the agent's ([`agent_common::netnames`]): `wb`/`wx` + a hash of the network
+/// for the bridge and the VXLAN device, `wn` + a hash of network and node for a veth's
 /// host end; the node end is `eth0` inside the node's namespace `weft-<network>-<node>`.
 pub fn plan(net: &Network, hosts: &[String]) -> Result<Plan, PlanError> {
     let sorted: Vec<String> = hosts
@@ -153,9 +138,9 @@ pub fn plan(net: &Network, hosts: &[String]) -> Result<Plan, PlanError> {
         placed.insert(name, h);
     }
     let used: BTreeSet<&str> = placed.values().copied().collect();
-    let bridge = format!("wb{:08x}", fnv(&[&net.name]));
-    let vxlan_dev = format!("wx{:08x}", fnv(&[&net.name]));
-    let veth = |node: &str| format!("wv{:08x}", fnv(&[&net.name, node]));
+    let bridge = netnames::bridge(&net.name);
+    let vxlan_dev = netnames::vxlan(&net.name);
+    let veth = |node: &str| netnames::host_veth(&net.name, node);
     let mut out = Vec::new();
     for host in &used {
         let mut nodes = Vec::new();
@@ -169,7 +154,7 @@ pub fn plan(net: &Network, hosts: &[String]) -> Result<Plan, PlanError> {
                 node: name.clone(),
                 node_type: n.node_type,
                 pinned: n.host.is_some(),
-                namespace: format!("weft-{}-{name}", net.name),
+                namespace: netnames::netns(netnames::DEFAULT_NETNS_PREFIX, &net.name, name),
                 veth_host: veth(name),
                 veth_node: "eth0".to_owned(),
                 addresses: n.addresses.clone(),

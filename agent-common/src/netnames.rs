@@ -1,4 +1,5 @@
-//! Names of what the network kinds make on a host. Interface names are at most 15 bytes,
+//! Names of what the network kinds make on a host, shared by the agent that makes them
+//! and the TDL plan that shows them. Interface names are at most 15 bytes,
 //! so they carry a hash of the network (and node) rather than the names themselves; the
 //! hash is FNV-1a, stable across agent versions and restarts (the state file and a
 //! restarted agent find the same devices again).
@@ -36,6 +37,9 @@ pub fn host_veth(network: &str, node: &str) -> String {
 
 /// The node's own interface, inside its namespace.
 pub const NODE_IF: &str = "eth0";
+
+/// Default prefix of node namespace names (the agent's `--node-netns-prefix`).
+pub const DEFAULT_NETNS_PREFIX: &str = "weft";
 
 /// The node's network namespace name (a file under `/run/netns`):
 /// `<prefix>-<network>-<node>`.
