@@ -15,6 +15,7 @@ pub mod api;
 pub mod auth;
 pub mod auth_flags;
 pub mod compose;
+pub mod hosts;
 pub mod limit_flags;
 pub mod limits;
 pub mod metrics;

@@ -11,7 +11,8 @@ use weft_topology::topology::{
     BucketConfig, ServiceClassifier, Topology, TopologyLimits, TopologySnapshot, Window,
 };
 
-use crate::compose::HubAddresses;
+use crate::compose::RoutedAddresses;
+use crate::hosts::HostDirectory;
 use crate::limits::{LimitConfig, Limits};
 use crate::metrics::{Exposition, Metrics, StateCollector};
 use weft_control::ControlHub;
@@ -39,6 +40,10 @@ pub struct AppState {
     pub control: Arc<ControlHub>,
     /// IP shards, address allocation and migrations; feeds `control`.
     pub shards: ShardManager,
+    /// TDL networks and their mirrors; feeds `control`, takes addresses from `shards`.
+    pub networks: Arc<weft_networks::NetworkManager>,
+    /// Underlay addresses of the hypervisors (from their agents' registrations).
+    pub hosts: Arc<HostDirectory>,
     /// Tokens and the rules of who may call what.
     pub auth: Arc<crate::auth::Auth>,
     /// The limits on requests, connections, streams, renders and agents, and their counts.
@@ -52,6 +57,8 @@ pub enum StartError {
     History(#[from] HistoryError),
     #[error("control plane: {0}")]
     Store(#[from] StoreError),
+    #[error("networks: {0}")]
+    Networks(#[from] weft_networks::NetworkError),
 }
 
 /// The settings of a controller state; [`AppStateBuilder::start`] opens it over a store.
@@ -120,11 +127,16 @@ impl AppStateBuilder {
         let history = Arc::new(History::with_limits(store.clone(), self.history_limits)?);
         let auth = crate::auth::Auth::new(self.auth, crate::auth::Tokens::open(store.clone())?);
         let control = Arc::new(ControlHub::open(store.as_ref())?);
+        let hosts = Arc::new(HostDirectory::new(control.clone()));
+        let networks =
+            weft_networks::NetworkManager::open(store.clone(), control.clone(), hosts.clone())?;
         let shards = ShardManager::open(
             store,
             self.shard_config,
-            HubAddresses::publisher(control.clone()),
+            RoutedAddresses::publisher(control.clone(), networks.clone()),
         )?;
+        networks.attach_shards(shards.clone());
+        networks.republish();
         let topology = Arc::new(Topology::with_config(self.buckets, self.topology_limits));
         let limits = Arc::new(Limits::new(self.limits));
         let registry = Arc::new(Registry::new());
@@ -157,6 +169,8 @@ impl AppStateBuilder {
             history,
             control,
             shards,
+            networks,
+            hosts,
             auth,
             limits,
         })

@@ -320,6 +320,46 @@ impl ControlHub {
         self.edit(host_id, ResourceKey::new(kind, key), None)
     }
 
+    /// Sets and removes several resources of one host at once (`None`: remove), as one
+    /// new host generation (or none when nothing changes); returns the host generation
+    /// that carries them. A network of a thousand nodes is one state for the agent, not a
+    /// thousand.
+    pub fn publish_batch(&self, host_id: &str, changes: Vec<(ResourceKey, Option<Spec>)>) -> u64 {
+        let host = self.host(host_id);
+        let _guard = lock(&host.edit);
+        let mut generation = host.desired.borrow().generation;
+        host.desired.send_if_modified(|d| {
+            let next = d.generation + 1;
+            let mut changed = false;
+            for (rk, spec) in changes {
+                match (spec, d.resources.get(&rk)) {
+                    (Some(s), Some(cur)) if cur.spec == s => {}
+                    (None, None) => {}
+                    (Some(spec), _) => {
+                        d.resources.insert(
+                            rk,
+                            DesiredResource {
+                                generation: next,
+                                spec,
+                            },
+                        );
+                        changed = true;
+                    }
+                    (None, Some(_)) => {
+                        d.resources.remove(&rk);
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                d.generation = next;
+                generation = next;
+            }
+            changed
+        });
+        generation
+    }
+
     fn edit(&self, host_id: &str, rk: ResourceKey, spec: Option<Spec>) -> u64 {
         let host = self.host(host_id);
         let _guard = lock(&host.edit);

@@ -83,7 +83,10 @@ async fn watcher_sees_current_state_then_changes() {
     assert_eq!(rx.borrow_and_update().generation, 1);
     hub.publish("hv1", "web", addresses("web", "198.18.132.5/22"));
     rx.changed().await.unwrap();
-    let Spec::WorkloadAddresses(w) = &rx.borrow().resources[&ResourceKey::new(ADDR, "web")].spec;
+    let Spec::WorkloadAddresses(w) = &rx.borrow().resources[&ResourceKey::new(ADDR, "web")].spec
+    else {
+        panic!("not addresses")
+    };
     assert_eq!(w.addresses[0].cidr, "198.18.132.5/22");
 }
 
@@ -294,4 +297,57 @@ async fn status_sets_desired_against_reported_and_does_not_make_hosts() {
     assert_eq!(s.resources[0].desired_generation, None);
     assert!(!s.resources[0].applied());
     assert_eq!(hub.hosts(), vec!["hv1".to_owned()]);
+}
+
+#[test]
+fn a_batch_is_one_generation_and_an_unchanged_batch_none() {
+    let hub = ControlHub::default();
+    let spec = |n: &str| {
+        Spec::NetworkSegment(weft_proto::v1::NetworkSegment {
+            network: n.into(),
+            ..Default::default()
+        })
+    };
+    let before = hub.generation("hv1");
+    let g = hub.publish_batch(
+        "hv1",
+        vec![
+            (
+                ResourceKey::new(kinds::NETWORK_SEGMENT, "a"),
+                Some(spec("a")),
+            ),
+            (
+                ResourceKey::new(kinds::NETWORK_SEGMENT, "b"),
+                Some(spec("b")),
+            ),
+        ],
+    );
+    assert_eq!(g, before + 1);
+    let d = hub.desired("hv1");
+    assert_eq!(d.resources.len(), 2);
+    assert!(d.resources.values().all(|r| r.generation == g));
+    // The same again: no new generation.
+    let again = hub.publish_batch(
+        "hv1",
+        vec![(
+            ResourceKey::new(kinds::NETWORK_SEGMENT, "a"),
+            Some(spec("a")),
+        )],
+    );
+    assert_eq!(again, g);
+    // One removed, one unchanged: one generation; the unchanged keeps its own.
+    let g2 = hub.publish_batch(
+        "hv1",
+        vec![
+            (ResourceKey::new(kinds::NETWORK_SEGMENT, "a"), None),
+            (
+                ResourceKey::new(kinds::NETWORK_SEGMENT, "b"),
+                Some(spec("b")),
+            ),
+        ],
+    );
+    assert_eq!(g2, g + 1);
+    let d = hub.desired("hv1");
+    assert_eq!(d.resources.len(), 1);
+    assert_eq!(d.resources.values().next().unwrap().generation, g);
 }

@@ -59,7 +59,14 @@ impl AgentService for AgentApi {
             .map(convert::workload_from_wire)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let underlay = match request.underlay_address.trim() {
+            "" => None,
+            a => Some(a.parse::<std::net::IpAddr>().map_err(|_| {
+                Status::invalid_argument(format!("underlay_address {a:?} is not an IP address"))
+            })?),
+        };
         let workload_count = workloads.len();
+        self.state.hosts.set_underlay(host_id, underlay);
         let last_sequence =
             self.state
                 .registry

@@ -10,6 +10,7 @@ pub mod grpc_topology;
 pub mod history_routes;
 pub mod http;
 pub mod limits;
+pub mod networks_routes;
 pub mod observations;
 pub mod query;
 pub mod shards_grpc;

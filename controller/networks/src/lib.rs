@@ -1,0 +1,811 @@
+//! weft-networks: networks defined in TDL (weft-tdl) and their mirrors, made real by the
+//! agents.
+//!
+//! ```text
+//!  POST /networks (TDL) --> NetworkManager --plan, VNI, addresses (ShardManager)-->
+//!      record (store: networks/<id>) --resources::by_host--> ControlHub.publish_batch
+//!      --> agents: network-segment + network-node reconcilers --> reports --> status
+//! ```
+//!
+//! A node's addresses come from the IP shards of the TDL's `addressing.shards` network
+//! (the node's shard workload is `<network>.<node>`), so a shard migration re-addresses
+//! nodes like any workload: the shard manager's publish for such a workload reaches
+//! [`NetworkManager::node_addresses`], which rewrites the node (and its peers' firewall
+//! rules) instead of publishing `workload-addresses`.
+//!
+//! A mirror is a network of its own (own id, own VNI, own bridges, placed where asked)
+//! built from its source's definition with the source's addresses: the same services at
+//! the same addresses in an isolated layer 2, as a disaster-recovery or test copy needs.
+//! Every change of the source (a new TDL, a migrated address) is applied to its mirrors.
+
+pub mod record;
+pub mod resources;
+mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use agent_common::time::now_unix_ns;
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+use weft_control::{ControlHub, ResourceKey, Spec, kinds};
+use weft_shards::publish::AddressAssignment;
+use weft_shards::{Family, ShardManager};
+use weft_store::Store;
+
+pub use record::{NetworkRecord, NodeAddress, Role, node_key, node_workload, split_node_workload};
+pub use status::{HostNetworkStatus, NetworkStatus, ResourceStatusView};
+
+const STORE_PREFIX: &str = "networks/";
+/// VNIs weft assigns start here (lower ones are left to networks that name theirs).
+const FIRST_VNI: u32 = 10_000;
+const EVENT_CHANNEL: usize = 256;
+
+/// What the manager needs to know of the hypervisors.
+pub trait Hosts: Send + Sync + std::fmt::Debug {
+    /// The host's underlay address (its agent's `--underlay-address`).
+    fn underlay(&self, host: &str) -> Option<IpAddr>;
+    /// Hosts whose agents can make networks (they announced the network kinds), sorted.
+    fn network_hosts(&self) -> Vec<String>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The request or the TDL is wrong; the message says what and where.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<weft_store::StoreError> for NetworkError {
+    fn from(e: weft_store::StoreError) -> Self {
+        Self::Internal(format!("store: {e}"))
+    }
+}
+
+/// Something that happened to a network (the event streams carry them as CloudEvents).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkEvent {
+    Created {
+        id: String,
+        role: &'static str,
+        hosts: Vec<String>,
+        nodes: usize,
+    },
+    Updated {
+        id: String,
+        changes: Vec<String>,
+    },
+    /// A mirror took its source's state.
+    Synced {
+        id: String,
+        source: String,
+        revision: u64,
+    },
+    Deleted {
+        id: String,
+    },
+}
+
+/// Create a network from a TDL.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub tdl: String,
+    /// For error messages (`prod.tdl:7:3: ...`).
+    pub file_name: String,
+    /// Where it may be placed; empty: every host whose agent can make networks.
+    pub hosts: Vec<String>,
+}
+
+/// Create a mirror: of a source network, or of a TDL.
+#[derive(Debug, Clone, Default)]
+pub struct MirrorRequest {
+    pub source: Option<String>,
+    pub tdl: Option<String>,
+    pub file_name: String,
+    /// The mirror's network id.
+    pub destination: String,
+    /// Where to place it (required).
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct NetworkManager {
+    store: Arc<dyn Store>,
+    hub: Arc<ControlHub>,
+    hosts: Arc<dyn Hosts>,
+    shards: OnceLock<ShardManager>,
+    records: Mutex<BTreeMap<String, NetworkRecord>>,
+    /// Networks being created: address publishes update memory only.
+    creating: Mutex<BTreeSet<String>>,
+    /// One create/update/delete at a time.
+    ops: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<NetworkEvent>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn parse(file_name: &str, text: &str) -> Result<weft_tdl::Network, NetworkError> {
+    let name = if file_name.is_empty() {
+        "tdl"
+    } else {
+        file_name
+    };
+    weft_tdl::parse(name, text).map_err(|e| NetworkError::Invalid(e.to_string()))
+}
+
+impl NetworkManager {
+    /// Loads every network kept in `store`. Call [`Self::attach_shards`] next, then
+    /// [`Self::republish`].
+    pub fn open(
+        store: Arc<dyn Store>,
+        hub: Arc<ControlHub>,
+        hosts: Arc<dyn Hosts>,
+    ) -> Result<Arc<Self>, NetworkError> {
+        let mut records = BTreeMap::new();
+        for (key, bytes) in store.scan_prefix(STORE_PREFIX)? {
+            let rec: NetworkRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                NetworkError::Internal(format!("store key {key}: not a network record: {e}"))
+            })?;
+            records.insert(rec.id.clone(), rec);
+        }
+        Ok(Arc::new(Self {
+            store,
+            hub,
+            hosts,
+            shards: OnceLock::new(),
+            records: Mutex::new(records),
+            creating: Mutex::new(BTreeSet::new()),
+            ops: tokio::sync::Mutex::new(()),
+            events: broadcast::channel(EVENT_CHANNEL).0,
+        }))
+    }
+
+    /// The shard manager nodes' addresses come from (it is made after this manager: its
+    /// publisher routes node addresses here).
+    pub fn attach_shards(&self, shards: ShardManager) {
+        let _ = self.shards.set(shards);
+    }
+
+    fn shards(&self) -> Result<&ShardManager, NetworkError> {
+        self.shards
+            .get()
+            .ok_or_else(|| NetworkError::Internal("no shard manager attached".into()))
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<NetworkEvent> {
+        self.events.subscribe()
+    }
+
+    /// Publishes every network's resources again (at start: the hub of a new epoch is
+    /// empty).
+    pub fn republish(&self) {
+        let all: Vec<NetworkRecord> = lock(&self.records).values().cloned().collect();
+        for rec in all {
+            if let Err(e) = self.publish(&rec, &[]) {
+                warn!(network = %rec.id, error = %e, "network not published");
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<NetworkRecord> {
+        lock(&self.records).get(id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<NetworkRecord> {
+        lock(&self.records).values().cloned().collect()
+    }
+
+    fn persist(&self, rec: &NetworkRecord) -> Result<(), NetworkError> {
+        let bytes = serde_json::to_vec(rec)
+            .map_err(|e| NetworkError::Internal(format!("encoding network {}: {e}", rec.id)))?;
+        self.store
+            .put(&format!("{STORE_PREFIX}{}", rec.id), &bytes)?;
+        Ok(())
+    }
+
+    /// Publishes `rec`'s resources on its hosts, and withdraws its resources from
+    /// `former` hosts it no longer uses. Returns each host's generation.
+    fn publish(
+        &self,
+        rec: &NetworkRecord,
+        former: &[String],
+    ) -> Result<BTreeMap<String, u64>, NetworkError> {
+        let underlay = |h: &str| self.hosts.underlay(h);
+        let wanted = resources::by_host(rec, &underlay).map_err(NetworkError::Invalid)?;
+        let mut generations = BTreeMap::new();
+        let mut hosts: BTreeSet<String> = wanted.keys().cloned().collect();
+        hosts.extend(former.iter().cloned());
+        for host in hosts {
+            let mut changes: Vec<(ResourceKey, Option<Spec>)> = Vec::new();
+            let want = wanted.get(&host);
+            // This network's resources there now that are no longer wanted.
+            for rk in self.hub.desired(&host).resources.keys() {
+                if self.owns_key(&rec.id, rk) && want.is_none_or(|w| !w.contains_key(rk)) {
+                    changes.push((rk.clone(), None));
+                }
+            }
+            if let Some(w) = want {
+                changes.extend(w.iter().map(|(k, s)| (k.clone(), Some(s.clone()))));
+            }
+            generations.insert(host.clone(), self.hub.publish_batch(&host, changes));
+        }
+        Ok(generations)
+    }
+
+    fn owns_key(&self, id: &str, rk: &ResourceKey) -> bool {
+        (rk.kind == kinds::NETWORK_SEGMENT && rk.key == id)
+            || (rk.kind == kinds::NETWORK_NODE
+                && rk.key.split_once('/').is_some_and(|(n, _)| n == id))
+    }
+
+    fn next_vni(&self, records: &BTreeMap<String, NetworkRecord>) -> u32 {
+        let used: BTreeSet<u32> = records.values().map(|r| r.vni).collect();
+        (FIRST_VNI..=0x00ff_ffff)
+            .find(|v| !used.contains(v))
+            .unwrap_or(FIRST_VNI)
+    }
+
+    fn placement(
+        &self,
+        net: &weft_tdl::Network,
+        hosts: &[String],
+    ) -> Result<BTreeMap<String, String>, NetworkError> {
+        let hosts = if hosts.is_empty() {
+            self.hosts.network_hosts()
+        } else {
+            hosts.to_vec()
+        };
+        if hosts.is_empty() {
+            return Err(NetworkError::Invalid(
+                "no hypervisor to place the network on: no agent that can make networks is connected, and the request names no hosts".into(),
+            ));
+        }
+        let plan = weft_tdl::plan(net, &hosts).map_err(|e| NetworkError::Invalid(e.to_string()))?;
+        Ok(plan
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                h.nodes
+                    .iter()
+                    .map(move |n| (n.node.clone(), h.host.clone()))
+            })
+            .collect())
+    }
+
+    /// Creates a source network from a TDL: placed, addressed and published.
+    pub async fn create(&self, req: CreateRequest) -> Result<NetworkRecord, NetworkError> {
+        let net = parse(&req.file_name, &req.tdl)?;
+        let _op = self.ops.lock().await;
+        let id = net.name.clone();
+        let placement = self.placement(&net, &req.hosts)?;
+        let rec = {
+            let records = lock(&self.records);
+            if records.contains_key(&id) {
+                return Err(NetworkError::Conflict(format!(
+                    "network {id:?} exists; delete it first or change `network:`"
+                )));
+            }
+            let vni = match net.vni {
+                Some(v) => {
+                    if let Some(o) = records.values().find(|r| r.vni == v) {
+                        return Err(NetworkError::Conflict(format!(
+                            "vni {v} is network {:?}'s; pick another or leave `vni:` out",
+                            o.id
+                        )));
+                    }
+                    v
+                }
+                None => self.next_vni(&records),
+            };
+            NetworkRecord {
+                id: id.clone(),
+                role: Role::Source,
+                tdl: req.tdl.clone(),
+                file_name: req.file_name.clone(),
+                addresses: explicit_addresses(&net),
+                network: net,
+                placement,
+                vni,
+                created_unix_ns: now_unix_ns(),
+                revision: 1,
+                synced_unix_ns: 0,
+            }
+        };
+        self.check_underlays(&rec)?;
+        self.install(rec, "source").await
+    }
+
+    /// Creates a mirror of a source network (its definition and addresses, kept in sync)
+    /// or of a TDL, placed on `hosts`.
+    pub async fn mirror(&self, req: MirrorRequest) -> Result<NetworkRecord, NetworkError> {
+        weft_tdl::check_name(&req.destination)
+            .map_err(|e| NetworkError::Invalid(format!("destination: {e}")))?;
+        if req.hosts.is_empty() {
+            return Err(NetworkError::Invalid(
+                "hosts: say where to place the mirror (one or more hypervisor ids)".into(),
+            ));
+        }
+        let _op = self.ops.lock().await;
+        let (net, tdl, file_name, addresses, source) = match (&req.source, &req.tdl) {
+            (Some(s), None) => {
+                let src = self.get(s).ok_or_else(|| {
+                    NetworkError::NotFound(format!("source network {s:?} does not exist"))
+                })?;
+                let mut net = src.network.clone();
+                net.name = req.destination.clone();
+                net.vni = None;
+                // Placement is the mirror's own.
+                for n in net.nodes.values_mut() {
+                    n.host = None;
+                }
+                let addresses = copied_addresses(&src);
+                (net, src.tdl, src.file_name, addresses, Some(s.clone()))
+            }
+            (None, Some(t)) => {
+                let mut net = parse(&req.file_name, t)?;
+                net.name = req.destination.clone();
+                for n in net.nodes.values_mut() {
+                    n.host = None;
+                }
+                let a = explicit_addresses(&net);
+                (net, t.clone(), req.file_name.clone(), a, None)
+            }
+            _ => {
+                return Err(NetworkError::Invalid(
+                    "give exactly one of source (a network id) and tdl".into(),
+                ));
+            }
+        };
+        let placement = self.placement(&net, &req.hosts)?;
+        let rec = {
+            let records = lock(&self.records);
+            if records.contains_key(&req.destination) {
+                return Err(NetworkError::Conflict(format!(
+                    "network {:?} exists; pick another destination",
+                    req.destination
+                )));
+            }
+            let now = now_unix_ns();
+            NetworkRecord {
+                id: req.destination.clone(),
+                role: Role::Mirror {
+                    source: source.clone(),
+                },
+                tdl,
+                file_name,
+                network: net,
+                placement,
+                vni: self.next_vni(&records),
+                addresses,
+                created_unix_ns: now,
+                revision: 1,
+                synced_unix_ns: if source.is_some() { now } else { 0 },
+            }
+        };
+        self.check_underlays(&rec)?;
+        // A mirror of a TDL allocates like a source; a mirror of a network copies.
+        self.install(rec, "mirror").await
+    }
+
+    fn check_underlays(&self, rec: &NetworkRecord) -> Result<(), NetworkError> {
+        let underlay = |h: &str| self.hosts.underlay(h);
+        resources::by_host(rec, &underlay)
+            .map(|_| ())
+            .map_err(NetworkError::Invalid)
+    }
+
+    /// Registers `rec`, allocates the addresses its nodes still need, keeps and publishes it.
+    async fn install(
+        &self,
+        rec: NetworkRecord,
+        role: &'static str,
+    ) -> Result<NetworkRecord, NetworkError> {
+        let id = rec.id.clone();
+        lock(&self.records).insert(id.clone(), rec);
+        lock(&self.creating).insert(id.clone());
+        let allocated = self.allocate_missing(&id).await;
+        lock(&self.creating).remove(&id);
+        let result = allocated.and_then(|()| {
+            let rec = self
+                .get(&id)
+                .ok_or_else(|| NetworkError::Internal("record vanished".into()))?;
+            self.persist(&rec)?;
+            self.publish(&rec, &[])?;
+            Ok(rec)
+        });
+        match result {
+            Ok(rec) => {
+                info!(network = %id, role, hosts = ?rec.hosts(), nodes = rec.network.nodes.len(), "network created");
+                let _ = self.events.send(NetworkEvent::Created {
+                    id,
+                    role,
+                    hosts: rec.hosts(),
+                    nodes: rec.network.nodes.len(),
+                });
+                Ok(rec)
+            }
+            Err(e) => {
+                // Nothing of it stays: its addresses go back to the shards.
+                let rec = lock(&self.records).remove(&id);
+                if let Some(rec) = rec {
+                    self.release_all(&rec).await;
+                }
+                let _ = self.store.delete(&format!("{STORE_PREFIX}{id}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Allocates, from the TDL's shard network, the addresses of every node of `id` that
+    /// has none.
+    async fn allocate_missing(&self, id: &str) -> Result<(), NetworkError> {
+        let Some(rec) = self.get(id) else {
+            return Ok(());
+        };
+        let shards = self.shards()?;
+        let addressing = &rec.network.addressing;
+        for (node, host) in &rec.placement {
+            if rec.addresses.get(node).is_some_and(|a| !a.is_empty()) {
+                continue;
+            }
+            for f in &addressing.families {
+                let family = match f {
+                    weft_tdl::Family::Ipv4 => Family::Ipv4,
+                    weft_tdl::Family::Ipv6 => Family::Ipv6,
+                };
+                let a = shards
+                    .allocate_address(&addressing.shards, &node_workload(id, node), host, family)
+                    .await
+                    .map_err(|e| {
+                        NetworkError::Invalid(format!(
+                            "addresses for node {node:?} from shard network {:?}: {e}",
+                            addressing.shards
+                        ))
+                    })?;
+                // The shard manager's publish put the address in the record; if it did
+                // not (another publisher), it goes in as a host address.
+                let mut records = lock(&self.records);
+                if let Some(r) = records.get_mut(id) {
+                    let list = r.addresses.entry(node.clone()).or_default();
+                    if !list.iter().any(|x| x.allocation_seq == a.seq) {
+                        list.push(NodeAddress {
+                            cidr: match a.address {
+                                IpAddr::V4(_) => format!("{}/32", a.address),
+                                IpAddr::V6(_) => format!("{}/128", a.address),
+                            },
+                            gateway: String::new(),
+                            shard_id: a.shard_id.clone(),
+                            allocation_seq: a.seq,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_all(&self, rec: &NetworkRecord) {
+        let Ok(shards) = self.shards() else { return };
+        for (node, addrs) in &rec.addresses {
+            if addrs.iter().any(NodeAddress::allocated) {
+                let w = node_workload(&rec.id, node);
+                if let Err(e) = shards
+                    .release_workload(&rec.network.addressing.shards, &w)
+                    .await
+                {
+                    warn!(network = %rec.id, node, error = %e, "addresses not released");
+                }
+            }
+        }
+    }
+
+    /// Replaces a source network's definition with a new TDL: new nodes are placed and
+    /// addressed, removed ones go (their addresses back to the shards), changed ones are
+    /// changed; its mirrors follow. Returns the record and the changes.
+    pub async fn update(
+        &self,
+        id: &str,
+        tdl: &str,
+        file_name: &str,
+    ) -> Result<(NetworkRecord, Vec<String>), NetworkError> {
+        let net = parse(file_name, tdl)?;
+        let _op = self.ops.lock().await;
+        let old = self
+            .get(id)
+            .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+        if net.name != id {
+            return Err(NetworkError::Invalid(format!(
+                "the TDL defines network {:?}, not {id:?}",
+                net.name
+            )));
+        }
+        if let Some(v) = net.vni
+            && v != old.vni
+        {
+            return Err(NetworkError::Invalid(format!(
+                "vni {v}: a network's VNI cannot change (it is {})",
+                old.vni
+            )));
+        }
+        let changes: Vec<String> = weft_tdl::diff(&old.network, &net)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        // Nodes keep their hosts; new ones are placed among the hosts in use.
+        let mut placement: BTreeMap<String, String> = BTreeMap::new();
+        let hosts = old.hosts();
+        let fresh = self.placement(&net, &hosts)?;
+        for name in net.nodes.keys() {
+            let h = old
+                .placement
+                .get(name)
+                .filter(|_| net.nodes[name].host.is_none())
+                .cloned()
+                .or_else(|| fresh.get(name).cloned())
+                .ok_or_else(|| NetworkError::Internal(format!("node {name:?} not placed")))?;
+            placement.insert(name.clone(), h);
+        }
+        let removed: Vec<String> = old
+            .network
+            .nodes
+            .keys()
+            .filter(|n| !net.nodes.contains_key(*n))
+            .cloned()
+            .collect();
+        let mut rec = old.clone();
+        rec.tdl = tdl.to_owned();
+        rec.file_name = file_name.to_owned();
+        let explicit = explicit_addresses(&net);
+        for (node, n) in &net.nodes {
+            if !n.addresses.is_empty() {
+                rec.addresses.insert(node.clone(), explicit[node].clone());
+            }
+        }
+        for n in &removed {
+            rec.addresses.remove(n);
+        }
+        rec.network = net;
+        rec.placement = placement;
+        rec.revision += 1;
+        self.check_underlays(&rec)?;
+        // Released before the new ones are allocated.
+        let gone = NetworkRecord {
+            addresses: old
+                .addresses
+                .iter()
+                .filter(|(n, _)| removed.contains(n))
+                .map(|(n, a)| (n.clone(), a.clone()))
+                .collect(),
+            ..old.clone()
+        };
+        self.release_all(&gone).await;
+        lock(&self.records).insert(id.to_owned(), rec);
+        lock(&self.creating).insert(id.to_owned());
+        let allocated = self.allocate_missing(id).await;
+        lock(&self.creating).remove(id);
+        allocated?;
+        let rec = self
+            .get(id)
+            .ok_or_else(|| NetworkError::Internal("record vanished".into()))?;
+        self.persist(&rec)?;
+        self.publish(&rec, &old.hosts())?;
+        let _ = self.events.send(NetworkEvent::Updated {
+            id: id.to_owned(),
+            changes: changes.clone(),
+        });
+        self.sync_mirrors(id);
+        Ok((rec, changes))
+    }
+
+    /// Brings every mirror of `source` to its state (definition and addresses); a node
+    /// new in the source is placed among the mirror's hosts.
+    fn sync_mirrors(&self, source: &str) {
+        let Some(src) = self.get(source) else { return };
+        let mirrors: Vec<NetworkRecord> = lock(&self.records)
+            .values()
+            .filter(|r| {
+                r.role
+                    == Role::Mirror {
+                        source: Some(source.to_owned()),
+                    }
+            })
+            .cloned()
+            .collect();
+        for m in mirrors {
+            let mut net = src.network.clone();
+            net.name = m.id.clone();
+            net.vni = None;
+            for n in net.nodes.values_mut() {
+                n.host = None;
+            }
+            let mut placement = BTreeMap::new();
+            let hosts = m.hosts();
+            let fresh = match self.placement(&net, &hosts) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(mirror = %m.id, error = %e, "mirror not synced");
+                    continue;
+                }
+            };
+            for name in net.nodes.keys() {
+                if let Some(h) = m.placement.get(name).or_else(|| fresh.get(name)) {
+                    placement.insert(name.clone(), h.clone());
+                }
+            }
+            let rec = NetworkRecord {
+                tdl: src.tdl.clone(),
+                file_name: src.file_name.clone(),
+                network: net,
+                placement,
+                addresses: copied_addresses(&src),
+                revision: m.revision + 1,
+                synced_unix_ns: now_unix_ns(),
+                ..m.clone()
+            };
+            if let Err(e) = self
+                .persist(&rec)
+                .and_then(|()| self.publish(&rec, &m.hosts()))
+            {
+                warn!(mirror = %m.id, error = %e, "mirror not synced");
+                continue;
+            }
+            lock(&self.records).insert(rec.id.clone(), rec.clone());
+            let _ = self.events.send(NetworkEvent::Synced {
+                id: rec.id.clone(),
+                source: source.to_owned(),
+                revision: rec.revision,
+            });
+        }
+    }
+
+    /// Removes a network: every resource on every host (the agents remove what they made)
+    /// and its addresses back to the shards.
+    pub async fn delete(&self, id: &str) -> Result<NetworkRecord, NetworkError> {
+        let _op = self.ops.lock().await;
+        let rec = self
+            .get(id)
+            .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+        for host in rec.hosts() {
+            let changes: Vec<(ResourceKey, Option<Spec>)> = self
+                .hub
+                .desired(&host)
+                .resources
+                .keys()
+                .filter(|rk| self.owns_key(id, rk))
+                .map(|rk| (rk.clone(), None))
+                .collect();
+            self.hub.publish_batch(&host, changes);
+        }
+        self.store.delete(&format!("{STORE_PREFIX}{id}"))?;
+        lock(&self.records).remove(id);
+        self.release_all(&rec).await;
+        info!(network = %id, "network deleted");
+        let _ = self
+            .events
+            .send(NetworkEvent::Deleted { id: id.to_owned() });
+        Ok(rec)
+    }
+
+    /// The shard manager's publish for `workload` on `host`: when it is a node of a
+    /// network, its addresses change there (and in its peers' firewalls and its network's
+    /// mirrors) and the generation carrying them is returned; `None`: not a node.
+    pub fn node_addresses(
+        &self,
+        host: &str,
+        workload: &str,
+        addresses: &[AddressAssignment],
+    ) -> Option<u64> {
+        let (id, node) = split_node_workload(workload)?;
+        let mut records = lock(&self.records);
+        let rec = records.get_mut(id)?;
+        if !rec.network.nodes.contains_key(node) {
+            return None;
+        }
+        let mut list: Vec<NodeAddress> = addresses
+            .iter()
+            .map(|a| NodeAddress {
+                cidr: a.cidr.clone(),
+                gateway: a.gateway.clone(),
+                shard_id: a.shard_id.clone(),
+                allocation_seq: a.allocation_seq,
+            })
+            .collect();
+        list.sort_by(|a, b| a.cidr.cmp(&b.cidr));
+        // Explicit addresses of the TDL stay.
+        if let Some(old) = rec.addresses.get(node) {
+            list.extend(old.iter().filter(|a| !a.allocated()).cloned());
+        }
+        rec.addresses.insert(node.to_owned(), list);
+        rec.revision += 1;
+        let rec = rec.clone();
+        drop(records);
+        if lock(&self.creating).contains(id) {
+            // The create publishes once at its end.
+            return Some(self.hub.generation(host));
+        }
+        if let Err(e) = self.persist(&rec) {
+            warn!(network = %id, error = %e, "node addresses not kept");
+        }
+        let generations = match self.publish(&rec, &[]) {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(network = %id, error = %e, "node addresses not published");
+                return Some(self.hub.generation(host));
+            }
+        };
+        self.sync_mirrors(id);
+        Some(
+            generations
+                .get(host)
+                .copied()
+                .unwrap_or_else(|| self.hub.generation(host)),
+        )
+    }
+
+    /// The resource that carries `workload`'s addresses when it is a node: (kind, key).
+    pub fn node_resource(&self, workload: &str) -> Option<(&'static str, String)> {
+        let (id, node) = split_node_workload(workload)?;
+        let records = lock(&self.records);
+        let rec = records.get(id)?;
+        rec.network
+            .nodes
+            .contains_key(node)
+            .then(|| (kinds::NETWORK_NODE, node_key(id, node)))
+    }
+
+    /// Desired against applied, per host, of network `id`.
+    pub fn status(&self, id: &str) -> Option<NetworkStatus> {
+        let rec = self.get(id)?;
+        Some(status::of(&rec, &self.hub, |rk| self.owns_key(id, rk)))
+    }
+}
+
+/// The TDL's own addresses of its nodes.
+fn explicit_addresses(net: &weft_tdl::Network) -> BTreeMap<String, Vec<NodeAddress>> {
+    net.nodes
+        .iter()
+        .filter(|(_, n)| !n.addresses.is_empty())
+        .map(|(name, n)| {
+            (
+                name.clone(),
+                n.addresses
+                    .iter()
+                    .map(|c| NodeAddress {
+                        cidr: format!("{}/{}", c.addr, c.prefix),
+                        gateway: String::new(),
+                        shard_id: String::new(),
+                        allocation_seq: 0,
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// A source's addresses for its mirror: the same, not held from the shards by the mirror.
+fn copied_addresses(src: &NetworkRecord) -> BTreeMap<String, Vec<NodeAddress>> {
+    src.addresses
+        .iter()
+        .map(|(n, list)| {
+            (
+                n.clone(),
+                list.iter()
+                    .map(|a| NodeAddress {
+                        shard_id: String::new(),
+                        allocation_seq: 0,
+                        ..a.clone()
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}

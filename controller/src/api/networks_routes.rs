@@ -1,0 +1,220 @@
+//! REST for TDL networks and mirrors: `POST /networks` (a TDL), `POST /networks/mirror`,
+//! `GET /networks`, `GET|PUT|DELETE /networks/{network_id}`,
+//! `GET /networks/{network_id}/status`.
+//!
+//! A TDL is sent as the body with `Content-Type: application/yaml` (or `text/yaml`,
+//! `text/plain`), or as JSON `{"tdl": "...", "file_name": "prod.tdl", "hosts": [...]}`.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use weft_networks::{CreateRequest, MirrorRequest, NetworkError, NetworkRecord, Role};
+use weft_topology::time::rfc3339;
+
+use super::error::ApiError;
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/networks", post(create).get(list))
+        .route("/networks/mirror", post(mirror))
+        .route(
+            "/networks/{network_id}",
+            get(show).put(update).delete(remove),
+        )
+        .route("/networks/{network_id}/status", get(status))
+}
+
+impl From<NetworkError> for ApiError {
+    fn from(e: NetworkError) -> Self {
+        match e {
+            NetworkError::Invalid(m) => Self::Unprocessable {
+                field: "tdl".into(),
+                message: m,
+            },
+            NetworkError::NotFound(m) => Self::Missing(m),
+            NetworkError::Conflict(m) => Self::Conflict(m),
+            NetworkError::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TdlBody {
+    tdl: String,
+    #[serde(default)]
+    file_name: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorBody {
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    tdl: Option<String>,
+    #[serde(default)]
+    file_name: String,
+    destination: String,
+    hosts: Vec<String>,
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim() == "application/json")
+}
+
+fn tdl_body(headers: &HeaderMap, body: &[u8]) -> Result<TdlBody, ApiError> {
+    if is_json(headers) {
+        return serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()));
+    }
+    let tdl = std::str::from_utf8(body)
+        .map_err(|e| ApiError::BadBody(format!("the TDL is not UTF-8: {e}")))?;
+    Ok(TdlBody {
+        tdl: tdl.to_owned(),
+        ..Default::default()
+    })
+}
+
+fn summary(r: &NetworkRecord) -> Value {
+    let (role, source) = match &r.role {
+        Role::Source => ("source", None),
+        Role::Mirror { source } => ("mirror", source.clone()),
+    };
+    json!({
+        "network_id": r.id,
+        "role": role,
+        "source": source,
+        "vni": r.vni,
+        "hosts": r.hosts(),
+        "nodes": r.network.nodes.len(),
+        "revision": r.revision,
+        "created": rfc3339(r.created_unix_ns),
+    })
+}
+
+fn detail(r: &NetworkRecord) -> Value {
+    let mut v = summary(r);
+    let nodes: serde_json::Map<String, Value> = r
+        .network
+        .nodes
+        .keys()
+        .map(|n| {
+            (
+                n.clone(),
+                json!({
+                    "host": r.placement.get(n),
+                    "addresses": r.addresses.get(n).map(|a| a.iter().map(|x| x.cidr.clone()).collect::<Vec<_>>()).unwrap_or_default(),
+                    "namespace": agent_common::netnames::netns(agent_common::netnames::DEFAULT_NETNS_PREFIX, &r.id, n),
+                }),
+            )
+        })
+        .collect();
+    v["placement"] = Value::Object(nodes);
+    v["tdl"] = Value::String(weft_tdl::format(&r.network));
+    v
+}
+
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b = tdl_body(&headers, &body)?;
+    let rec = state
+        .networks
+        .create(CreateRequest {
+            tdl: b.tdl,
+            file_name: b.file_name,
+            hosts: b.hosts,
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/networks/{}", rec.id))],
+        Json(detail(&rec)),
+    )
+        .into_response())
+}
+
+async fn mirror(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let b: MirrorBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?;
+    let rec = state
+        .networks
+        .mirror(MirrorRequest {
+            source: b.source,
+            tdl: b.tdl,
+            file_name: b.file_name,
+            destination: b.destination,
+            hosts: b.hosts,
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/networks/{}", rec.id))],
+        Json(detail(&rec)),
+    )
+        .into_response())
+}
+
+async fn list(State(state): State<AppState>) -> Json<Value> {
+    let all: Vec<Value> = state.networks.list().iter().map(summary).collect();
+    Json(json!({ "networks": all }))
+}
+
+fn missing(id: &str) -> ApiError {
+    ApiError::Missing(format!(
+        "network {id:?} does not exist; list the networks with GET /networks"
+    ))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let rec = state.networks.get(&id).ok_or_else(|| missing(&id))?;
+    Ok(Json(detail(&rec)))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b = tdl_body(&headers, &body)?;
+    let (rec, changes) = state.networks.update(&id, &b.tdl, &b.file_name).await?;
+    let mut v = detail(&rec);
+    v["changes"] = json!(changes);
+    Ok(Json(v))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let rec = state.networks.delete(&id).await?;
+    Ok(Json(summary(&rec)))
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let s = state.networks.status(&id).ok_or_else(|| missing(&id))?;
+    serde_json::to_value(&s)
+        .map(Json)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
