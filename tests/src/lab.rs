@@ -281,6 +281,12 @@ impl Lab {
             .collect()
     }
 
+    /// The name prefix of the network-node namespaces the agent of hypervisor `hv` makes
+    /// (`--node-netns-prefix`): the lab's, so that they are swept with the lab.
+    pub fn node_netns_prefix(&self, hv: &str) -> String {
+        names::netns_name(&self.run, self.x, &format!("{hv}-n"))
+    }
+
     /// Joins every hypervisor's `br0` into one L2 segment: a VXLAN device `vx<vni>` on each
     /// bridge, over the underlay, with every other hypervisor as a flooding peer. The
     /// devices live as long as the returned guards.
@@ -483,6 +489,14 @@ impl Drop for Lab {
         self.workloads.clear();
         self.hypervisors.clear();
         self.underlay = None;
+        // What the agents made in the lab's name (network nodes), also when a test
+        // failed before deleting its networks.
+        let mine = names::netns_name(&self.run, self.x, "");
+        if let Ok(all) = netns::list() {
+            for name in all.iter().filter(|n| n.starts_with(&mine)) {
+                netns::delete_netns(name);
+            }
+        }
         for u in uplinks {
             links::delete_root_link(&u);
         }

@@ -393,8 +393,15 @@ impl Agent {
         let bin_s = bin.to_string_lossy().into_owned();
         let file_s = file.to_string_lossy().into_owned();
         let metrics = format!("127.0.0.1:{AGENT_METRICS_PORT}");
-        let mut cmd = hv.netns.command(&[
-            &bin_s,
+        // nsenter, not `ip netns exec`: the agent must share the host's mount namespace,
+        // or the node namespaces it mounts under /run/netns are invisible outside it.
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", hv.netns.name()))
+            .arg("--")
+            .current_dir("/");
+        let node_prefix = lab.node_netns_prefix(&hv.name);
+        cmd.args([
+            bin_s.as_str(),
             "--host-id",
             &hv.name,
             "--controller",
@@ -407,7 +414,12 @@ impl Agent {
             &metrics,
             "--drain-interval-ms",
             "1000",
+            "--node-netns-prefix",
+            node_prefix.as_str(),
         ]);
+        if let Some(u) = &hv.underlay {
+            cmd.arg("--underlay-address").arg(&u.addr4);
+        }
         // Kept in the lab directory: a restarted agent of this hypervisor finds it again.
         let state = lab.dir().join(format!("agent-state-{}.json", hv.name));
         cmd.arg("--state-file").arg(&state);

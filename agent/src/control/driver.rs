@@ -323,11 +323,20 @@ impl ControlDriver {
     /// is watched anew). Namespaces that do not exist yet are tried at the next resync.
     async fn watch_namespaces(&self) {
         let Some(events) = &self.events else { return };
+        let mut wanted = std::collections::HashSet::new();
         for rec in &self.reconcilers {
             for ns in rec.namespaces() {
                 if let Err(e) = events.watch_netns(&ns).await {
                     debug!(netns = %ns.display(), error = %e, "not watching namespace (yet)");
                 }
+                wanted.insert(ns);
+            }
+        }
+        // A watch holds a socket in its namespace, which keeps the namespace alive: the
+        // namespaces of removed resources are let go.
+        for ns in events.watched() {
+            if !wanted.contains(&ns) {
+                events.unwatch_netns(&ns);
             }
         }
     }
@@ -523,6 +532,8 @@ impl ControlDriver {
                     self.metrics.desired_generation.set(state.generation);
                     let started = Instant::now();
                     self.apply(known, &state, full).await;
+                    // Namespaces made (or removed) by this apply.
+                    self.watch_namespaces().await;
                     debug!(
                         generation = state.generation,
                         full,

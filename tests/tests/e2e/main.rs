@@ -6,6 +6,7 @@
 mod l7;
 mod migration;
 mod multi_hv;
+mod networks;
 mod support;
 mod trust;
 

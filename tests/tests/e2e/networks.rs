@@ -1,0 +1,246 @@
+//! A TDL network on two hypervisors, made by the agents: namespaces, a bridge per
+//! hypervisor joined by the network's VXLAN, addresses from the network's IP shard, and
+//! a default-deny firewall that lets exactly the TDL's connections in. Drift made by hand
+//! (an address removed, the firewall table deleted) is repaired and reported; deleting
+//! the network removes everything on both hypervisors.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use weft_lab::process::Child;
+use weft_lab::weft::{Agent, Controller, free_port};
+use weft_lab::{Lab, eventually, netns, skip_unless_root};
+
+const TDL: &str = "\
+network: labnet
+addressing:
+  shards: labpool
+nodes:
+  web:
+    host: hv1
+    ports: [7001]
+  api:
+    host: hv2
+    ports: [7001, 7003]
+  db:
+    host: hv2
+    ports: [7002]
+connections:
+  web -> api:
+    port: 7001
+  api -> db:
+    port: 7002
+";
+
+/// `ip netns exec NS args` with a bound; Ok(stdout) when it exits 0.
+fn exec(ns: &str, args: &[&str]) -> Result<String> {
+    let mut c = netns::command_in(ns, &["timeout", "5"]);
+    c.args(args);
+    weft_lab::cmd::run(&mut c)
+}
+
+/// A TCP listener (socat, echo) on `port` in namespace `ns`.
+fn listen(lab: &Lab, ns: &str, port: u16) -> Result<Child> {
+    let c = netns::command_in(
+        ns,
+        &[
+            "socat",
+            &format!("TCP-LISTEN:{port},reuseaddr,fork"),
+            "PIPE",
+        ],
+    );
+    let child = Child::spawn(c, lab.dir(), &format!("listen-{ns}-{port}"))?;
+    eventually(Duration::from_secs(5), Duration::from_millis(50), || {
+        let out = exec(ns, &["ss", "-Hltn", &format!("sport = :{port}")])?;
+        ensure!(!out.trim().is_empty(), "not listening yet");
+        Ok(())
+    })?;
+    Ok(child)
+}
+
+/// Whether a TCP connection from `ns` to `addr:port` gets an echo within 2 s.
+fn connects(ns: &str, addr: &str, port: u16) -> bool {
+    let mut c = netns::command_in(
+        ns,
+        &[
+            "timeout",
+            "3",
+            "socat",
+            "-T",
+            "2",
+            "-",
+            &format!("TCP:{addr}:{port},connect-timeout=2"),
+        ],
+    );
+    c.stdin(std::process::Stdio::piped());
+    let Ok(mut child) = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write as _;
+        let _ = stdin.write_all(b"ping\n");
+    }
+    match child.wait_with_output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).contains("ping"),
+        Err(_) => false,
+    }
+}
+
+fn address(net: &Value, node: &str) -> Result<String> {
+    let a = net["placement"][node]["addresses"][0]
+        .as_str()
+        .with_context(|| format!("no address for {node}: {net}"))?;
+    Ok(a.split('/').next().unwrap_or(a).to_owned())
+}
+
+fn status(controller: &Controller) -> Result<Value> {
+    controller.json("GET", "/networks/labnet/status", None)
+}
+
+#[test]
+fn a_tdl_network_spans_two_hypervisors_with_its_firewall_repairs_drift_and_goes_away() -> Result<()>
+{
+    if skip_unless_root("a_tdl_network_spans_two_hypervisors") {
+        return Ok(());
+    }
+    let lab = Lab::builder().hypervisor("hv1").hypervisor("hv2").build()?;
+    let x = lab.x();
+    let hv1 = &lab.hypervisors()[0];
+    let ip = hv1.uplink_root_addr.clone();
+    let grpc = format!("{ip}:{}", free_port(&ip)?);
+    let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
+    let pool = format!("198.19.{x}.128/25");
+    let controller = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool])?;
+    let agents = [
+        Agent::start(&lab, 0, &controller.grpc_url())?,
+        Agent::start(&lab, 1, &controller.grpc_url())?,
+    ];
+    let logs = || {
+        format!(
+            "controller:\n{}\nhv1 agent:\n{}\nhv2 agent:\n{}",
+            controller.child.tail(30),
+            agents[0].child.tail(30),
+            agents[1].child.tail(30)
+        )
+    };
+    controller
+        .json(
+            "POST",
+            "/shards",
+            Some(&json!({"prefix_len": 27, "network_id": "labpool"})),
+        )
+        .with_context(logs)?;
+
+    // A bad TDL: refused with its position, nothing made.
+    let (code, body) = controller.send(
+        "POST",
+        "/networks",
+        Some(&json!({"tdl": "network: labnet\nnodes:\n  web:\n    ports: [70000]\n", "file_name": "bad.tdl"})),
+    )?;
+    ensure!(code == 422 && body.contains("bad.tdl:4:"), "{code} {body}");
+
+    // Until both agents have registered (with their underlay addresses), the network
+    // cannot be placed: refused, and tried again.
+    let net = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        controller.json(
+            "POST",
+            "/networks",
+            Some(&json!({"tdl": TDL, "file_name": "labnet.tdl", "hosts": ["hv1", "hv2"]})),
+        )
+    })
+    .with_context(logs)?;
+    eventually(Duration::from_secs(30), Duration::from_millis(100), || {
+        let s = status(&controller)?;
+        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    let ns = |hv: &str, node: &str| format!("{}-labnet-{node}", lab.node_netns_prefix(hv));
+    let (web, api, db) = (ns("hv1", "web"), ns("hv2", "api"), ns("hv2", "db"));
+    for n in [&web, &api, &db] {
+        exec(n, &["true"]).with_context(|| format!("namespace {n}"))?;
+    }
+    let (api_ip, db_ip) = (address(&net, "api")?, address(&net, "db")?);
+
+    let _l1 = listen(&lab, &api, 7001)?;
+    let _l3 = listen(&lab, &api, 7003)?;
+    let _l2 = listen(&lab, &db, 7002)?;
+    // What the TDL allows gets through, across the VXLAN (web on hv1 -> api on hv2) and
+    // on one host (api -> db); nothing else does.
+    ensure!(
+        connects(&web, &api_ip, 7001),
+        "web -> api:7001 refused\n{}",
+        logs()
+    );
+    ensure!(
+        connects(&api, &db_ip, 7002),
+        "api -> db:7002 refused\n{}",
+        logs()
+    );
+    ensure!(!connects(&web, &api_ip, 7003), "web -> api:7003 was let in");
+    ensure!(!connects(&web, &db_ip, 7002), "web -> db:7002 was let in");
+
+    // Drift: api's address removed by hand; the agent puts it back and reports it.
+    exec(
+        &api,
+        &["ip", "addr", "flush", "dev", "eth0", "scope", "global"],
+    )?;
+    eventually(Duration::from_secs(10), Duration::from_millis(50), || {
+        let s = status(&controller)?;
+        let drift = s["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|h| h["drift"].as_array().cloned().unwrap_or_default())
+            .find(|d| d["key"] == json!("labnet/api"));
+        match drift {
+            Some(d) if d["repaired_unix_ns"].as_u64().unwrap_or(0) > 0 => Ok(()),
+            _ => bail!("no repaired drift of labnet/api yet: {s}"),
+        }
+    })
+    .with_context(logs)?;
+    ensure!(
+        connects(&web, &api_ip, 7001),
+        "web -> api after the repair\n{}",
+        logs()
+    );
+
+    // Drift in the firewall: db's table deleted by hand is made again at once.
+    exec(&db, &["nft", "delete", "table", "inet", "weft"])?;
+    eventually(Duration::from_secs(10), Duration::from_millis(50), || {
+        let out = exec(&db, &["nft", "list", "table", "inet", "weft"])?;
+        ensure!(out.contains("policy drop"), "{out}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    ensure!(
+        !connects(&web, &db_ip, 7002),
+        "web -> db:7002 after the firewall repair"
+    );
+
+    // Deleted: the namespaces and bridges go on both hypervisors.
+    controller.json("DELETE", "/networks/labnet", None)?;
+    eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        let all = netns::list()?;
+        let left: Vec<&String> = all.iter().filter(|n| n.contains("-labnet-")).collect();
+        ensure!(left.is_empty(), "left: {left:?}");
+        for hv in lab.hypervisors() {
+            let out = hv.netns.ip(&["-o", "link", "show"])?;
+            ensure!(
+                !out.contains(" wb"),
+                "a bridge is left on {}: {out}",
+                hv.name
+            );
+        }
+        Ok(())
+    })
+    .with_context(logs)?;
+    let (code, _) = controller.send("GET", "/networks/labnet", None)?;
+    ensure!(code == 404, "GET after delete: {code}");
+    Ok(())
+}
