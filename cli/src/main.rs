@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod certs;
 mod credentials;
 mod import;
+mod networks;
 mod shards;
 mod tokens;
 mod topology;
@@ -60,6 +61,16 @@ enum Command {
     },
     /// Shard events (CloudEvents): the retained ones, or --follow new ones.
     Events(shards::EventsArgs),
+    /// TDL files, offline: validate, format, plan (what goes on which hypervisor), diff.
+    Tdl {
+        #[command(subcommand)]
+        command: networks::TdlCommand,
+    },
+    /// TDL networks on the hypervisors: create, mirror, update, list, show, status, delete.
+    Network {
+        #[command(subcommand)]
+        command: networks::NetworkCommand,
+    },
     /// Client tokens of the controller: create, list, revoke (admin).
     Tokens {
         #[command(subcommand)]
@@ -122,6 +133,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let text = match cli.command {
         Command::Tokens { command } => tokens::run(&cli.controller, &command)?,
         Command::Certs { command } => certs::run(&command)?,
+        Command::Tdl { command } => networks::run_tdl(&command)?,
+        Command::Network { command } => networks::run_network(&cli.controller, &command)?,
         Command::Topology { command } => topology::run(&cli.controller, &command)?,
         Command::Import(args) => import::run(&cli.controller, &args)?,
         Command::Shards { command } => shards::run_shards(&cli.controller, &command)?,

@@ -1,0 +1,310 @@
+//! `weft tdl validate|fmt|plan|diff FILE` (offline: the TDL library) and
+//! `weft network create|mirror|update|list|show|status|delete` (the controller's
+//! `/networks`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::shards::call;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TdlCommand {
+    /// Check a TDL file: every error with its line and column. Exit status 1 when wrong.
+    Validate { file: PathBuf },
+    /// Print a TDL file in canonical form (defaults and kinds merged into every node).
+    Fmt {
+        file: PathBuf,
+        /// Rewrite the file instead of printing.
+        #[arg(long)]
+        write: bool,
+    },
+    /// What would be made on which hypervisor: bridges, VXLAN, namespaces, veths,
+    /// addresses, firewall rules, limits.
+    Plan {
+        file: PathBuf,
+        /// The hypervisors to place on (repeat, or comma-separated).
+        #[arg(long = "host", value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changes between two TDL files.
+    Diff { old: PathBuf, new: PathBuf },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network from a TDL file (placed on --host, or every capable hypervisor).
+    Create {
+        file: PathBuf,
+        #[arg(long = "host", value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
+    /// Mirror a network (or a TDL file) as network DESTINATION on --host.
+    Mirror {
+        /// The source network id.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        source: Option<String>,
+        /// A TDL file instead of a source network.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        destination: String,
+        #[arg(long = "host", value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+    },
+    /// Replace a network's definition with a TDL file (its mirrors follow).
+    Update {
+        network: String,
+        file: PathBuf,
+    },
+    List,
+    /// The network's definition, placement and addresses.
+    Show {
+        network: String,
+    },
+    /// Desired against applied per hypervisor, resource states and drift.
+    Status {
+        network: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the network from every hypervisor.
+    Delete {
+        network: String,
+    },
+}
+
+fn read(file: &Path) -> anyhow::Result<(String, String)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok((file.display().to_string(), text))
+}
+
+fn parse(file: &Path) -> anyhow::Result<weft_tdl::Network> {
+    let (name, text) = read(file)?;
+    weft_tdl::parse(&name, &text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub fn run_tdl(command: &TdlCommand) -> anyhow::Result<String> {
+    match command {
+        TdlCommand::Validate { file } => {
+            let n = parse(file)?;
+            Ok(format!(
+                "{}: network {:?} is valid: {} nodes, {} connections, {} security rules\n",
+                file.display(),
+                n.name,
+                n.nodes.len(),
+                n.connections.len(),
+                n.security.len()
+            ))
+        }
+        TdlCommand::Fmt { file, write } => {
+            let text = weft_tdl::format(&parse(file)?);
+            if *write {
+                std::fs::write(file, &text)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                Ok(String::new())
+            } else {
+                Ok(text)
+            }
+        }
+        TdlCommand::Plan { file, hosts, json } => {
+            let plan = weft_tdl::plan(&parse(file)?, hosts).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if *json {
+                Ok(serde_json::to_string_pretty(&plan)? + "\n")
+            } else {
+                Ok(format!("{plan}"))
+            }
+        }
+        TdlCommand::Diff { old, new } => {
+            let changes = weft_tdl::diff(&parse(old)?, &parse(new)?);
+            if changes.is_empty() {
+                return Ok("no changes\n".into());
+            }
+            Ok(changes.iter().map(|c| format!("{c}\n")).collect())
+        }
+    }
+}
+
+fn body(file: &Path, hosts: &[String]) -> anyhow::Result<Value> {
+    let (name, text) = read(file)?;
+    Ok(json!({"tdl": text, "file_name": name, "hosts": hosts}))
+}
+
+fn summary_line(n: &Value) -> String {
+    let s = |k: &str| match &n[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    let hosts: Vec<String> = n["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str().map(str::to_owned))
+        .collect();
+    format!(
+        "{:<20}  {:<6}  {:<12}  {:>8}  {:>5}  {}\n",
+        s("network_id"),
+        s("role"),
+        s("source"),
+        s("vni"),
+        s("nodes"),
+        hosts.join(",")
+    )
+}
+
+fn show(n: &Value) -> String {
+    let mut out = summary_line(n);
+    if let Some(p) = n["placement"].as_object() {
+        for (node, v) in p {
+            let addrs: Vec<&str> = v["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            out.push_str(&format!(
+                "  {node:<16} on {:<10} {:<40} netns {}\n",
+                v["host"].as_str().unwrap_or("-"),
+                addrs.join(","),
+                v["namespace"].as_str().unwrap_or("-")
+            ));
+        }
+    }
+    out
+}
+
+fn status_text(s: &Value) -> String {
+    let mut out = format!(
+        "network {} ({}), revision {}, vni {}: {}\n",
+        s["network"].as_str().unwrap_or("-"),
+        s["role"].as_str().unwrap_or("-"),
+        s["revision"],
+        s["vni"],
+        if s["in_sync"] == json!(true) {
+            "in sync"
+        } else {
+            "NOT in sync"
+        }
+    );
+    for h in s["hosts"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {}: desired generation {}, applied {}{}\n",
+            h["host"].as_str().unwrap_or("-"),
+            h["desired_generation"],
+            h["applied_generation"],
+            if h["applied"] == json!(true) {
+                ""
+            } else {
+                " (pending)"
+            }
+        ));
+        for r in h["resources"].as_array().into_iter().flatten() {
+            if r["state"] != json!("applied") {
+                out.push_str(&format!(
+                    "    {} {}: {} {}\n",
+                    r["kind"].as_str().unwrap_or("-"),
+                    r["key"].as_str().unwrap_or("-"),
+                    r["state"].as_str().unwrap_or("-"),
+                    r["error"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        for d in h["drift"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "    drift {}: {} ({})\n",
+                d["key"].as_str().unwrap_or("-"),
+                d["what"].as_str().unwrap_or("-"),
+                if d["repaired_unix_ns"].as_u64().unwrap_or(0) > 0 {
+                    "repaired".to_string()
+                } else {
+                    format!("not repaired: {}", d["error"].as_str().unwrap_or(""))
+                }
+            ));
+        }
+    }
+    out
+}
+
+pub fn run_network(controller: &str, command: &NetworkCommand) -> anyhow::Result<String> {
+    match command {
+        NetworkCommand::Create { file, hosts } => {
+            let n = call(controller, "POST", "/networks", Some(&body(file, hosts)?))?;
+            Ok(show(&n))
+        }
+        NetworkCommand::Mirror {
+            source,
+            file,
+            destination,
+            hosts,
+        } => {
+            let mut b = json!({"destination": destination, "hosts": hosts});
+            match (source, file) {
+                (Some(s), None) => b["source"] = json!(s),
+                (None, Some(f)) => {
+                    let (name, text) = read(f)?;
+                    b["tdl"] = json!(text);
+                    b["file_name"] = json!(name);
+                }
+                _ => bail!("give --source or --file"),
+            }
+            Ok(show(&call(
+                controller,
+                "POST",
+                "/networks/mirror",
+                Some(&b),
+            )?))
+        }
+        NetworkCommand::Update { network, file } => {
+            let n = call(
+                controller,
+                "PUT",
+                &format!("/networks/{network}"),
+                Some(&body(file, &[])?),
+            )?;
+            let mut out = show(&n);
+            for c in n["changes"].as_array().into_iter().flatten() {
+                out.push_str(&format!("  change: {}\n", c.as_str().unwrap_or("-")));
+            }
+            Ok(out)
+        }
+        NetworkCommand::List => {
+            let all = call(controller, "GET", "/networks", None)?;
+            let mut out = format!(
+                "{:<20}  {:<6}  {:<12}  {:>8}  {:>5}  {}\n",
+                "NETWORK", "ROLE", "SOURCE", "VNI", "NODES", "HOSTS"
+            );
+            for n in all["networks"].as_array().into_iter().flatten() {
+                out.push_str(&summary_line(n));
+            }
+            Ok(out)
+        }
+        NetworkCommand::Show { network } => Ok(show(&call(
+            controller,
+            "GET",
+            &format!("/networks/{network}"),
+            None,
+        )?)),
+        NetworkCommand::Status { network, json } => {
+            let s = call(
+                controller,
+                "GET",
+                &format!("/networks/{network}/status"),
+                None,
+            )?;
+            if *json {
+                Ok(serde_json::to_string_pretty(&s)? + "\n")
+            } else {
+                Ok(status_text(&s))
+            }
+        }
+        NetworkCommand::Delete { network } => {
+            let n = call(controller, "DELETE", &format!("/networks/{network}"), None)?;
+            Ok(format!("deleted {}", summary_line(&n)))
+        }
+    }
+}
