@@ -207,6 +207,16 @@ impl Profiles {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// The built-in table, preceded by the profiles of `file` if given (a file's profile
+    /// overrides a built-in one by matching first).
+    pub fn with_overrides(file: Option<&Path>) -> Result<Self, ProfilesError> {
+        let builtin = Self::builtin()?;
+        match file {
+            Some(f) => Ok(Self::from_file(f)?.before(builtin)),
+            None => Ok(builtin),
+        }
+    }
+
     /// `self`'s profiles first, then `base`'s: a file overrides the built-in table by
     /// matching first.
     pub fn before(mut self, base: Profiles) -> Self {

@@ -559,8 +559,7 @@ fn enter(ns: &str) {
 
 /// Sends `bytes` from the node to `dst` (a sink in the peer); seconds until the sink saw
 /// all of it.
-fn transfer(lab: &Lab, dst: IpAddr, port: u16, bytes: usize) -> f64 {
-    let peer = lab.peer.clone();
+fn transfer(node: String, peer: String, dst: IpAddr, port: u16, bytes: usize) -> f64 {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let sink = std::thread::spawn(move || {
         enter(&peer);
@@ -578,7 +577,6 @@ fn transfer(lab: &Lab, dst: IpAddr, port: u16, bytes: usize) -> f64 {
         (n, Instant::now())
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    let node = lab.node.clone();
     let sender = std::thread::spawn(move || {
         enter(&node);
         let t0 = Instant::now();
@@ -613,21 +611,11 @@ async fn egress_limit_slows_one_destination_only() {
         bits_per_second: 10_000_000,
     }];
     const BYTES: usize = 2 * 1024 * 1024; // 16.8 Mbit: 1.68 s at 10 Mbit/s
-    let before = tokio::task::spawn_blocking({
-        let lab = Lab {
-            n: lab.n,
-            node: lab.node.clone(),
-            peer: lab.peer.clone(),
-            root: PathBuf::new(),
-        };
-        move || {
-            let t = transfer(&lab, limited, 7001, BYTES);
-            std::mem::forget(lab);
-            t
-        }
-    })
-    .await
-    .unwrap();
+    let measure = |dst: IpAddr, port: u16| {
+        let (node, peer) = (lab.node.clone(), lab.peer.clone());
+        tokio::task::spawn_blocking(move || transfer(node, peer, dst, port, BYTES))
+    };
+    let before = measure(limited, 7001).await.unwrap();
     shape(&lab.netns(), "eth0", &limits).await.unwrap();
     let q = qdisc(&lab);
     assert!(q.contains("qdisc htb 1: root"), "{q}");
@@ -636,19 +624,6 @@ async fn egress_limit_slows_one_destination_only() {
     let (ok, filters) = exec_in(&lab.node, &["tc", "filter", "show", "dev", "eth0"]);
     assert!(ok && filters.contains("flowid 1:10"), "{filters}");
 
-    let measure = |dst: IpAddr, port: u16| {
-        let lab = Lab {
-            n: lab.n,
-            node: lab.node.clone(),
-            peer: lab.peer.clone(),
-            root: PathBuf::new(),
-        };
-        tokio::task::spawn_blocking(move || {
-            let t = transfer(&lab, dst, port, BYTES);
-            std::mem::forget(lab);
-            t
-        })
-    };
     let slow = measure(limited, 7002).await.unwrap();
     let fast = measure(free, 7003).await.unwrap();
     // Idempotent: the same limits again change nothing (the qdisc's counters survive).
@@ -694,4 +669,77 @@ async fn egress_limit_slows_one_destination_only() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("nope0"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_command_backs_off_doubling() {
+    let lab = Lab::new();
+    let sup = Supervisor::new(lab.config()).unwrap();
+    let mut run = lab.run("crashy");
+    run.command = vec!["sh".into(), "-c".into(), "echo crash; exit 3".into()];
+    sup.ensure(&run).await.unwrap();
+    // 200 + 400 + 800 ms of backoff: three restarts within ~1.4 s (+ run time).
+    let st = eventually(Duration::from_secs(5), || {
+        let st = sup.status(&run.key)?;
+        (st.restart_log.len() >= 4).then_some(st)
+    })
+    .expect("no four restarts within 5 s");
+    let delays: Vec<u128> = st
+        .restart_log
+        .iter()
+        .map(|r| r.backoff.as_millis())
+        .collect();
+    assert_eq!(&delays[..4], &[200, 400, 800, 1600], "{delays:?}");
+    assert!(
+        st.restart_log.iter().all(|r| r.reason == "exit code 3"),
+        "{:?}",
+        st.restart_log
+    );
+    assert_eq!(st.last_exit.as_ref().and_then(|e| e.code), Some(3));
+    sup.remove(&run.key).await.unwrap();
+}
+
+/// Start/stop cost of many plain nodes in one namespace (`NODES`, default 200):
+/// `cargo test -p weft-noderun --test real many_nodes -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn many_nodes() {
+    let n: usize = std::env::var("NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let lab = Lab::new();
+    let sup = std::sync::Arc::new(Supervisor::new(lab.config()).unwrap());
+    let runs: Vec<NodeRun> = (0..n)
+        .map(|i| {
+            let mut r = lab.run(&format!("n{i}"));
+            r.command = vec!["sleep".into(), "1000".into()];
+            r.cpu_millis = 100;
+            r.memory_bytes = 32 << 20;
+            r
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for r in runs.clone() {
+        let sup = sup.clone();
+        set.spawn(async move { sup.ensure(&r).await.map(|s| s.pid) });
+    }
+    while let Some(r) = set.join_next().await {
+        assert!(r.unwrap().unwrap().is_some());
+    }
+    let up = t0.elapsed();
+    let t1 = Instant::now();
+    for r in &runs {
+        let sup = sup.clone();
+        let key = r.key.clone();
+        set.spawn(async move { sup.remove(&key).await.map(|_| None) });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    eprintln!(
+        "{n} nodes (process + cgroup + limits): started in {up:?}, removed in {:?}",
+        t1.elapsed()
+    );
 }
