@@ -419,7 +419,12 @@ impl Supervisor {
         if let (true, Some((_, timeout))) = (self.inner.cfg.wait_ready, shared.plan.ready) {
             let deadline = Instant::now() + timeout;
             while Instant::now() < deadline {
-                if shared.snapshot().is_some_and(|s| s.ready) {
+                // Ready, or it already died once: the caller learns now (the supervisor
+                // keeps restarting it; a later `Ready` event says when it is up).
+                if shared
+                    .snapshot()
+                    .is_none_or(|s| s.ready || s.last_exit.is_some())
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -345,6 +345,35 @@ async fn postgres_answers_select_1_with_data_in_its_volume() {
         "{:?}",
         st.notes
     );
+    // Killed hard (a stale postmaster.pid, orphaned backends): restarted, recovers, answers.
+    let mut events = sup.events();
+    // SAFETY: kill(2) on the postmaster we started.
+    unsafe { libc::kill(st.pid.unwrap() as i32, libc::SIGKILL) };
+    let ready = next_event(&mut events, Duration::from_secs(30), |e| {
+        matches!(e, RunEvent::Ready { .. })
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "not ready again:\n{}",
+        std::fs::read_to_string(&st.log_path).unwrap_or_default()
+    );
+    let (ok, out) = exec_in(
+        &lab.peer,
+        &[
+            "psql",
+            "-h",
+            &lab.addr(1).to_string(),
+            "-p",
+            "5432",
+            "-U",
+            "postgres",
+            "-tAc",
+            "SELECT 2",
+        ],
+    );
+    assert!(ok && out == "2", "psql after restart: {out}");
+    assert_eq!(sup.status(&run.key).unwrap().restarts, 1);
     sup.remove(&run.key).await.unwrap();
 }
 
