@@ -101,6 +101,17 @@ pub struct Args {
     /// need different prefixes.
     #[arg(long, default_value = "weft")]
     pub node_netns_prefix: String,
+    /// Where network nodes keep their data, volumes and logs (`<dir>/<network>/<node>`).
+    #[arg(long, default_value = "/var/lib/weft/nodes")]
+    pub node_dir: PathBuf,
+    /// Name of the cgroup under which network nodes get theirs (`<name>/<network>/<node>`
+    /// in every hierarchy).
+    #[arg(long, default_value = "weft")]
+    pub node_cgroup: String,
+    /// TOML file of node profiles (image glob -> what runs), tried before the built-in
+    /// ones (nginx*, postgres:*, redis*, and a shell for anything else).
+    #[arg(long, value_name = "FILE")]
+    pub node_profiles: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax).
     /// (netlink-packet-route warns about every attribute newer than itself: kept quiet.)
     #[arg(

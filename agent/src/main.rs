@@ -177,6 +177,15 @@ async fn main() -> anyhow::Result<()> {
         metrics: control_metrics.clone(),
     };
     let (signal_tx, drift_signals) = tokio::sync::mpsc::channel(control::DRIFT_SIGNALS);
+    let supervisor = {
+        let mut cfg = weft_noderun::SupervisorConfig::new(&args.node_dir);
+        cfg.cgroup_root = args.node_cgroup.clone();
+        cfg.profiles = Some(
+            weft_noderun::Profiles::with_overrides(args.node_profiles.as_deref())
+                .context("the node profiles")?,
+        );
+        Arc::new(weft_noderun::Supervisor::new(cfg).context("the node supervisor")?)
+    };
     let networks = networks::Networks::new(
         networks::NetworksConfig {
             netns_prefix: args.node_netns_prefix.clone(),
@@ -197,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(networks::SegmentReconciler {
                 networks: networks.clone(),
             }),
-            Arc::new(networks::NodeReconciler::new(networks, signal_tx)),
+            Arc::new(networks::NodeReconciler::new(networks, signal_tx, supervisor)),
         ],
         events: (args.drift_repair == config::DriftRepair::Events).then_some(host_events),
         signals: Some(drift_signals),

@@ -420,6 +420,12 @@ impl Agent {
         if let Some(u) = &hv.underlay {
             cmd.arg("--underlay-address").arg(&u.addr4);
         }
+        // Network nodes' data and logs in the lab directory, their cgroups named after
+        // the lab (two labs' agents never share one).
+        cmd.arg("--node-dir")
+            .arg(lab.dir().join(format!("nodes-{}", hv.name)))
+            .arg("--node-cgroup")
+            .arg(&node_prefix);
         // Kept in the lab directory: a restarted agent of this hypervisor finds it again.
         let state = lab.dir().join(format!("agent-state-{}.json", hv.name));
         cmd.arg("--state-file").arg(&state);

@@ -121,7 +121,11 @@ async fn setup() -> Setup {
         networks: net.clone(),
     };
     let (tx, signals) = tokio::sync::mpsc::channel(64);
-    let nodes = NodeReconciler::new(net.clone(), tx);
+    let root = std::env::temp_dir().join(format!("{p}-nodes"));
+    let mut cfg = weft_noderun::SupervisorConfig::new(&root);
+    cfg.cgroup_root = p.clone();
+    let supervisor = Arc::new(weft_noderun::Supervisor::new(cfg).expect("supervisor"));
+    let nodes = NodeReconciler::new(net.clone(), tx, supervisor);
     Setup {
         hv,
         net,

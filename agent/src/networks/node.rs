@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use rtnetlink::Handle;
 use tokio::sync::mpsc;
 use weft_firewall::NamespaceFirewall;
+use weft_noderun::{NodeRun, Supervisor};
 use weft_proto::kinds::NETWORK_NODE;
 use weft_proto::v1::resource::Spec;
 
@@ -33,6 +34,8 @@ pub struct NodeReconciler {
     /// Each node's firewall socket and the task watching its nftables events.
     firewalls: Mutex<HashMap<String, NodeFirewall>>,
     signals: mpsc::Sender<DriftSignal>,
+    /// What runs in the nodes.
+    supervisor: Arc<Supervisor>,
 }
 
 struct NodeFirewall {
@@ -48,13 +51,85 @@ impl Drop for NodeFirewall {
 
 impl NodeReconciler {
     /// `signals`: where nftables changes made behind weft's back in a node are sent.
-    pub fn new(networks: Arc<Networks>, signals: mpsc::Sender<DriftSignal>) -> Self {
+    pub fn new(
+        networks: Arc<Networks>,
+        signals: mpsc::Sender<DriftSignal>,
+        supervisor: Arc<Supervisor>,
+    ) -> Self {
         Self {
             networks,
             last: Mutex::new(HashMap::new()),
             firewalls: Mutex::new(HashMap::new()),
             signals,
+            supervisor,
         }
+    }
+
+    /// The node's egress limits, then what runs in it (started, restarted when its spec
+    /// changed or its namespace was made again). Returns what is there and the writes.
+    async fn ensure_run(
+        &self,
+        s: &NodeSpec,
+        fresh_namespace: bool,
+    ) -> Result<(Vec<String>, usize), String> {
+        let key = node_key(&s.network, &s.node);
+        let path = namespaces::path_of(&names::netns(
+            &self.networks.config.netns_prefix,
+            &s.network,
+            &s.node,
+        ));
+        weft_noderun::shape(&path, names::NODE_IF, &s.egress)
+            .await
+            .map_err(|e| format!("egress limits: {e}"))?;
+        let mut observed = Vec::new();
+        for l in &s.egress {
+            observed.push(format!(
+                "egress {} bit/s to {}",
+                l.bits_per_second,
+                l.destinations.join(",")
+            ));
+        }
+        let before = self.supervisor.status(&key);
+        if fresh_namespace && before.is_some() {
+            // Its processes are in the namespace that was replaced.
+            self.supervisor
+                .remove(&key)
+                .await
+                .map_err(|e| format!("stopping the node's processes: {e}"))?;
+        }
+        let r = &s.runtime;
+        let run = NodeRun {
+            key: key.clone(),
+            netns: path,
+            node_type: r.node_type.clone(),
+            image: r.image.clone(),
+            command: r.command.clone(),
+            env: r.env.clone(),
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+            volumes: r.volumes.clone(),
+            listen: s.addresses.iter().map(|a| a.cidr.addr).collect(),
+            ports: r.ports.clone(),
+        };
+        let st = self
+            .supervisor
+            .ensure(&run)
+            .await
+            .map_err(|e| format!("running the node: {e}"))?;
+        let changes = usize::from(
+            before.as_ref().map(|b| (b.generation, b.pid)) != Some((st.generation, st.pid)),
+        );
+        match st.pid {
+            Some(pid) => observed.push(format!(
+                "{} pid {pid}{} ({} restarts)",
+                st.profile.as_deref().unwrap_or("command"),
+                if st.running { " running" } else { " exited" },
+                st.restarts
+            )),
+            None => observed.push("nothing to run".into()),
+        }
+        observed.extend(st.notes.iter().cloned());
+        Ok((observed, changes))
     }
 
     /// The node's firewall socket, opened (with its event watch) on first use or when
@@ -381,27 +456,14 @@ impl Networks {
     }
 }
 
-fn report(
-    key: String,
-    r: Result<(Vec<String>, usize), String>,
-    spec: Option<&NodeSpec>,
-) -> ResourceReport {
+fn report(key: String, r: Result<(Vec<String>, usize), String>) -> ResourceReport {
     match r {
-        Ok((observed, changes)) => {
-            let error = spec.filter(|s| !s.unsupported.is_empty()).map(|s| {
-                format!(
-                    "this agent cannot make {} yet (the rest of the node is in place)",
-                    s.unsupported.join(", ")
-                )
-            });
-            ResourceReport {
-                key,
-                error,
-                observed,
-                changes,
-                ..Default::default()
-            }
-        }
+        Ok((observed, changes)) => ResourceReport {
+            key,
+            observed,
+            changes,
+            ..Default::default()
+        },
         Err(e) => ResourceReport {
             key,
             error: Some(e),
@@ -443,7 +505,7 @@ impl Reconciler for NodeReconciler {
                     _ => Err("the spec is not a network node".into()),
                 };
                 match spec {
-                    Err(e) => out.push(report(r.key.clone(), Err(e), None)),
+                    Err(e) => out.push(report(r.key.clone(), Err(e))),
                     Ok(s) => {
                         if scope == Scope::Changed
                             && let Some((last, rep)) = lock(&self.last).get(&r.key)
@@ -497,6 +559,7 @@ impl Reconciler for NodeReconciler {
                 let bridge = bridges.get(&s.network).cloned().flatten();
                 async move {
                     let key = node_key(&s.network, &s.node);
+                    let fresh_namespace = matches!(ns, Some(Ok(_)));
                     let mut r = match ns {
                         Some(Err(e)) => Err(format!("making the namespace: {e}")),
                         Some(Ok(c)) => net.ensure_node(&s, bridge, Ns::Fresh(Box::new(c))).await,
@@ -514,7 +577,16 @@ impl Reconciler for NodeReconciler {
                             Err(e) => r = Err(e),
                         }
                     }
-                    (s, report(key, r, None))
+                    if let Ok((observed, changes)) = &mut r {
+                        match self.ensure_run(&s, fresh_namespace).await {
+                            Ok((o, c)) => {
+                                *changes += c;
+                                observed.extend(o);
+                            }
+                            Err(e) => r = Err(e),
+                        }
+                    }
+                    (s, report(key, r))
                 }
             });
             let done: Vec<(NodeSpec, ResourceReport)> = futures::stream::iter(jobs)
@@ -523,10 +595,7 @@ impl Reconciler for NodeReconciler {
                 .await;
             {
                 let mut last = lock(&self.last);
-                for (s, mut rep) in done {
-                    if rep.error.is_none() {
-                        rep = report(rep.key.clone(), Ok((rep.observed, rep.changes)), Some(&s));
-                    }
+                for (s, rep) in done {
                     last.insert(rep.key.clone(), (s, rep.clone()));
                     out.push(rep);
                 }
@@ -538,7 +607,10 @@ impl Reconciler for NodeReconciler {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 let removals = gone.into_iter().map(|(key, o)| async move {
-                    // Its sockets keep the namespace alive: closed first.
+                    // Its processes and sockets keep the namespace alive: stopped first.
+                    if let Err(e) = self.supervisor.remove(&key).await {
+                        tracing::warn!(key = %key, error = %e, "stopping the node's processes");
+                    }
                     lock(&self.firewalls).remove(&key);
                     let r = net.remove_node(&key, &o).await;
                     (key, r)

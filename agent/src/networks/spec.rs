@@ -37,9 +37,24 @@ pub struct NodeSpec {
     pub addresses: Vec<DesiredAddress>,
     /// Inbound rules (default deny).
     pub firewall: Ruleset,
+    /// Egress limits on `eth0` (a TDL connection's `bandwidth`).
+    pub egress: Vec<weft_noderun::EgressLimit>,
+    /// What runs in it: type, image, command, limits, volumes.
+    pub runtime: Runtime,
     pub mtu: u32,
-    /// What the node spec asks that this agent cannot do yet: reported, never ignored.
-    pub unsupported: Vec<String>,
+}
+
+/// What runs in a node (the parts of [`weft_noderun::NodeRun`] the spec gives).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Runtime {
+    pub node_type: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub volumes: Vec<weft_noderun::Volume>,
+    pub ports: Vec<u16>,
 }
 
 fn ip(field: &str, text: &str) -> Result<IpAddr, String> {
@@ -103,28 +118,67 @@ impl NodeSpec {
         for (i, r) in n.firewall.iter().enumerate() {
             rules.push(inbound_rule(r).map_err(|e| format!("firewall rule {}: {e}", i + 1))?);
         }
-        let mut unsupported = Vec::new();
-        if !n.egress_limits.is_empty() {
-            unsupported.push(format!("{} egress limits", n.egress_limits.len()));
+        let mut egress = Vec::with_capacity(n.egress_limits.len());
+        for (i, l) in n.egress_limits.iter().enumerate() {
+            if l.bits_per_second == 0 {
+                return Err(format!("egress limit {}: 0 bits per second", i + 1));
+            }
+            for d in &l.destinations {
+                d.parse::<Prefix>()
+                    .map_err(|e| format!("egress limit {}: destination {d:?}: {e}", i + 1))?;
+            }
+            egress.push(weft_noderun::EgressLimit {
+                destinations: l.destinations.clone(),
+                bits_per_second: l.bits_per_second,
+            });
         }
-        if let Some(r) = &n.runtime {
-            if !r.command.is_empty() || !r.image.is_empty() {
-                unsupported.push("a command or image to run".into());
+        let runtime = match &n.runtime {
+            None => Runtime::default(),
+            Some(r) => {
+                let mut ports = Vec::with_capacity(r.ports.len());
+                for p in &r.ports {
+                    ports.push(
+                        u16::try_from(*p)
+                            .ok()
+                            .filter(|p| *p > 0)
+                            .ok_or_else(|| format!("port {p} is outside 1..=65535"))?,
+                    );
+                }
+                let mut volumes = Vec::with_capacity(r.volumes.len());
+                for v in &r.volumes {
+                    names::check("volume", &v.name)?;
+                    if !v.path.starts_with('/') {
+                        return Err(format!(
+                            "volume {:?}: path {:?} is not absolute",
+                            v.name, v.path
+                        ));
+                    }
+                    volumes.push(weft_noderun::Volume {
+                        name: v.name.clone(),
+                        path: v.path.clone(),
+                        size_bytes: v.size_bytes,
+                    });
+                }
+                Runtime {
+                    node_type: r.r#type.clone(),
+                    image: r.image.clone(),
+                    command: r.command.clone(),
+                    env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    cpu_millis: r.cpu_millis,
+                    memory_bytes: r.memory_bytes,
+                    volumes,
+                    ports,
+                }
             }
-            if r.cpu_millis > 0 || r.memory_bytes > 0 {
-                unsupported.push("cpu/memory limits".into());
-            }
-            if !r.volumes.is_empty() {
-                unsupported.push("volumes".into());
-            }
-        }
+        };
         Ok(Self {
             network: n.network.clone(),
             node: n.node.clone(),
             addresses,
             firewall: Ruleset { rules },
+            egress,
+            runtime,
             mtu,
-            unsupported,
         })
     }
 }
@@ -249,15 +303,30 @@ mod tests {
     }
 
     #[test]
-    fn node_parts_this_agent_cannot_do_are_named() {
+    fn runtime_and_egress_are_checked() {
         let n = NetworkNode {
             network: "prod".into(),
             node: "web".into(),
-            egress_limits: vec![Default::default()],
+            egress_limits: vec![weft_proto::v1::EgressLimit {
+                destinations: vec!["198.18.64.9/32".into()],
+                bits_per_second: 10_000_000,
+            }],
+            runtime: Some(weft_proto::v1::NodeRuntime {
+                image: "nginx:latest".into(),
+                ports: vec![8080],
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let s = NodeSpec::from_wire(&n, 1500).unwrap();
-        assert_eq!(s.unsupported, vec!["1 egress limits".to_string()]);
+        assert_eq!(s.egress.len(), 1);
+        assert_eq!(s.runtime.ports, vec![8080]);
+        let mut bad = n.clone();
+        bad.egress_limits[0].destinations = vec!["nope".into()];
+        assert!(NodeSpec::from_wire(&bad, 1500).unwrap_err().contains("destination"));
+        let mut bad = n.clone();
+        bad.runtime.as_mut().unwrap().ports = vec![70000];
+        assert!(NodeSpec::from_wire(&bad, 1500).unwrap_err().contains("70000"));
         let bad = NetworkNode {
             node: "Web".into(),
             ..n

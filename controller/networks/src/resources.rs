@@ -106,6 +106,7 @@ fn runtime(n: &weft_tdl::Node) -> wire::NodeRuntime {
             })
             .collect(),
         env: n.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ports: n.ports.iter().map(|p| u32::from(*p)).collect(),
     }
 }
 
