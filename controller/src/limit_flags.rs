@@ -88,6 +88,10 @@ pub struct LimitArgs {
     /// An HTTP connection with nothing read or written for this long is closed.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub http_idle_timeout: Duration,
+    /// A TLS handshake on the REST listener not done within this is closed; the
+    /// connection counts against --http-max-connections until then.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub http_tls_handshake_timeout: Duration,
     /// Open HTTP connections at most (one more is answered 503 and closed).
     #[arg(long, default_value_t = LimitConfig::default().http_max_connections)]
     pub http_max_connections: usize,
@@ -181,6 +185,10 @@ impl LimitArgs {
         for (flag, d) in [
             ("--http-request-timeout", self.http_request_timeout),
             ("--http-idle-timeout", self.http_idle_timeout),
+            (
+                "--http-tls-handshake-timeout",
+                self.http_tls_handshake_timeout,
+            ),
             ("--svg-timeout", self.svg_timeout),
             ("--idle-timeout", self.idle_timeout),
         ] {
@@ -192,6 +200,7 @@ impl LimitArgs {
             http_max_body_bytes: self.http_max_body,
             http_request_timeout: self.http_request_timeout,
             http_idle_timeout: self.http_idle_timeout,
+            http_tls_handshake_timeout: self.http_tls_handshake_timeout,
             http_max_connections: self.http_max_connections,
             http_read_concurrency: self.http_read_concurrency,
             http_render_concurrency: self.http_render_concurrency,

@@ -28,6 +28,9 @@ pub struct LimitConfig {
     pub http_request_timeout: Duration,
     /// A connection with no byte read or written for this long is closed.
     pub http_idle_timeout: Duration,
+    /// A TLS handshake on the REST listener not done within this is closed (the
+    /// connection counts against `http_max_connections` meanwhile).
+    pub http_tls_handshake_timeout: Duration,
     /// Open HTTP connections at most (503 and close beyond).
     pub http_max_connections: usize,
     /// Requests served at once per class (503 with Retry-After beyond, after
@@ -64,6 +67,7 @@ impl Default for LimitConfig {
             http_max_body_bytes: 1 << 20,
             http_request_timeout: Duration::from_secs(30),
             http_idle_timeout: Duration::from_secs(120),
+            http_tls_handshake_timeout: Duration::from_secs(10),
             http_max_connections: 1_024,
             http_read_concurrency: 64,
             http_render_concurrency: 4,
@@ -88,6 +92,7 @@ pub enum Guard {
     HttpBody,
     HttpTimeout,
     HttpConnections,
+    HttpTlsHandshake,
     HttpRead,
     HttpRender,
     HttpWrite,
@@ -101,10 +106,11 @@ pub enum Guard {
 }
 
 impl Guard {
-    pub const ALL: [Guard; 13] = [
+    pub const ALL: [Guard; 14] = [
         Guard::HttpBody,
         Guard::HttpTimeout,
         Guard::HttpConnections,
+        Guard::HttpTlsHandshake,
         Guard::HttpRead,
         Guard::HttpRender,
         Guard::HttpWrite,
@@ -123,6 +129,7 @@ impl Guard {
             Self::HttpBody => "http_body_bytes",
             Self::HttpTimeout => "http_request_timeout",
             Self::HttpConnections => "http_connections",
+            Self::HttpTlsHandshake => "http_tls_handshake_timeout",
             Self::HttpRead => "http_concurrency_read",
             Self::HttpRender => "http_concurrency_render",
             Self::HttpWrite => "http_concurrency_write",
@@ -143,6 +150,9 @@ impl Guard {
             Self::HttpTimeout => "requests longer than --http-request-timeout answered 503",
             Self::HttpConnections => {
                 "connections beyond --http-max-connections answered 503 and closed"
+            }
+            Self::HttpTlsHandshake => {
+                "TLS handshakes longer than --http-tls-handshake-timeout closed"
             }
             Self::HttpRead => "reads beyond --http-read-concurrency answered 503",
             Self::HttpRender => {

@@ -181,9 +181,16 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls).context("the gRPC listener's TLS")?;
-    }
+    let rest_tls = match tls {
+        Some(tls) => {
+            server = server
+                .tls_config(tls.grpc)
+                .context("the gRPC listener's TLS")?;
+            Some(tls.rest)
+        }
+        None => None,
+    };
+    let http_scheme = if rest_tls.is_some() { "https" } else { "http" };
     // Limits: crate::api::limits (connections, message size), crate::limits (the rest).
     let max_message = state.limits.config.grpc_max_message_bytes;
     let grpc = tokio::spawn(
@@ -231,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     let http = tokio::spawn(
         axum::serve(
-            LimitedListener::new(http_listener, state.limits.clone()),
+            LimitedListener::with_tls(http_listener, state.limits.clone(), rest_tls),
             http::app(state.clone()),
         )
         .with_graceful_shutdown(stopped(shutdown_rx))
@@ -240,7 +247,7 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal()?;
     println!("weft-controller listening grpc={grpc_addr} http={http_addr}");
-    tracing::info!(%grpc_addr, %http_addr, instance = %state.controller_instance, "controller started");
+    tracing::info!(%grpc_addr, %http_addr, http_scheme, instance = %state.controller_instance, "controller started");
 
     let mut grpc = grpc;
     let mut http = http;

@@ -138,9 +138,21 @@ async fn observations_with_control_characters_are_refused_422_naming_field_and_p
     let mut rtl = good.clone();
     rtl["destination"]["host"] = json!("ap\u{202e}i");
     for (body, field, place) in [
-        (json!([good, good, bell]).to_string(), "source.host", "element 2: character 2 (U+0007)"),
-        (format!("{good}\n\n{escape}\n"), "path", "line 3: character 2 (U+001B)"),
-        (json!([rtl]).to_string(), "destination.host", "element 0: character 2 (U+202E)"),
+        (
+            json!([good, good, bell]).to_string(),
+            "source.host",
+            "element 2: character 2 (U+0007)",
+        ),
+        (
+            format!("{good}\n\n{escape}\n"),
+            "path",
+            "line 3: character 2 (U+001B)",
+        ),
+        (
+            json!([rtl]).to_string(),
+            "destination.host",
+            "element 0: character 2 (U+202E)",
+        ),
     ] {
         let (status, content_type, problem) =
             call(&state, Method::POST, "/observations", &body).await;

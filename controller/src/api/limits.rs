@@ -410,58 +410,86 @@ impl tonic::transport::server::Connected for LimitedIo {
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Refusals being written at once, at most; beyond, a connection is just closed.
 const REFUSALS_IN_FLIGHT: usize = 64;
+/// Handshaken TLS connections waiting for the server to take them.
+const TLS_READY_QUEUE: usize = 64;
 
-/// The HTTP listener with a bound on open connections.
-pub struct LimitedListener {
-    listener: TcpListener,
-    limits: Arc<Limits>,
-    refusals: Arc<Semaphore>,
+/// A connection of the REST listener: plain (`--insecure`) or TLS, over [`LimitedIo`]
+/// (which holds the connection's slot and its idle timer).
+pub enum RestIo {
+    Plain(LimitedIo),
+    Tls(Box<tokio_rustls::server::TlsStream<LimitedIo>>),
 }
 
-impl LimitedListener {
-    pub fn new(listener: TcpListener, limits: Arc<Limits>) -> Self {
-        Self {
-            listener,
-            limits,
-            refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
+impl AsyncRead for RestIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for RestIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
         }
     }
 
-    /// Answers 503 (problem+json, `Retry-After`) on a connection over the limit, then
-    /// closes it; what the client sent is read and dropped for a moment so that the
-    /// close is not a reset that loses the answer.
-    fn refuse(&self, mut stream: TcpStream) {
-        let Ok(permit) = self.refusals.clone().try_acquire_owned() else {
-            return;
-        };
-        let max = self.limits.config.http_max_connections;
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-            let body = format!(
-                r#"{{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the controller has {max} HTTP connections open (--http-max-connections)"}}"#
-            );
-            let response = format!(
-                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {PROBLEM_JSON}\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                stream.write_all(response.as_bytes()).await?;
-                stream.shutdown().await?;
-                let mut sink = [0u8; 4096];
-                while stream.read(&mut sink).await? > 0 {}
-                Ok::<_, io::Error>(())
-            })
-            .await;
-            drop(permit);
-        });
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(io) => io.is_write_vectored(),
+            Self::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedIo;
-    type Addr = SocketAddr;
+/// Accepts TCP connections within `--http-max-connections`: each comes with its slot.
+struct Acceptor {
+    listener: TcpListener,
+    limits: Arc<Limits>,
+    refusals: Arc<Semaphore>,
+    /// Answer a connection over the limit with a plain-HTTP 503 (else just close it:
+    /// a TLS client would not read it).
+    refuse_in_http: bool,
+}
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl Acceptor {
+    async fn next(&mut self) -> (TcpStream, OwnedSemaphorePermit, SocketAddr) {
         loop {
             let (stream, addr) = match self.listener.accept().await {
                 Ok(accepted) => accepted,
@@ -472,20 +500,184 @@ impl axum::serve::Listener for LimitedListener {
                 }
             };
             match self.limits.http_connections.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let idle = Some(self.limits.config.http_idle_timeout);
-                    return (LimitedIo::new(stream, permit, idle), addr);
-                }
+                Ok(permit) => return (stream, permit, addr),
                 Err(_) => {
                     self.limits.hit(Guard::HttpConnections);
-                    self.refuse(stream);
+                    if self.refuse_in_http {
+                        self.refuse(stream);
+                    }
                 }
             }
         }
     }
 
+    /// Answers 503 (problem+json, `Retry-After`) on a connection over the limit, then
+    /// closes it.
+    fn refuse(&self, stream: TcpStream) {
+        let max = self.limits.config.http_max_connections;
+        let body = format!(
+            r#"{{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the controller has {max} HTTP connections open (--http-max-connections)"}}"#
+        );
+        answer_and_close(
+            &self.refusals,
+            stream,
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {PROBLEM_JSON}\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+    }
+}
+
+/// Writes `response` and closes; what the client sent is read and dropped for a moment so
+/// that the close is not a reset that loses the answer. At most [`REFUSALS_IN_FLIGHT`] at
+/// once (beyond, the connection is just closed).
+fn answer_and_close(refusals: &Arc<Semaphore>, mut stream: TcpStream, response: String) {
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, io::Error>(())
+        })
+        .await;
+        drop(permit);
+    });
+}
+
+/// The HTTP listener with a bound on open connections and, with TLS, on the time a
+/// handshake may take. A TLS connection holds its slot from the TCP accept on, so slow
+/// handshakes count against `--http-max-connections`; each runs in its own task (a slow
+/// one delays no other) and is closed after `--http-tls-handshake-timeout`.
+pub struct LimitedListener {
+    local: SocketAddr,
+    mode: Mode,
+}
+
+enum Mode {
+    Plain(Acceptor),
+    /// Connections whose handshake is done, from [`tls_accept_loop`] (stopped when this
+    /// listener is dropped).
+    Tls(tokio::sync::mpsc::Receiver<(RestIo, SocketAddr)>),
+}
+
+impl LimitedListener {
+    /// Plain HTTP (`--insecure`).
+    pub fn new(listener: TcpListener, limits: Arc<Limits>) -> Self {
+        Self::with_tls(listener, limits, None)
+    }
+
+    /// HTTPS with `tls`, or plain HTTP without.
+    pub fn with_tls(
+        listener: TcpListener,
+        limits: Arc<Limits>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let acceptor = Acceptor {
+            listener,
+            limits,
+            refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
+            refuse_in_http: tls.is_none(),
+        };
+        let mode = match tls {
+            None => Mode::Plain(acceptor),
+            Some(config) => {
+                let (ready, accepted) = tokio::sync::mpsc::channel(TLS_READY_QUEUE);
+                tokio::spawn(tls_accept_loop(acceptor, config, ready));
+                Mode::Tls(accepted)
+            }
+        };
+        Self { local, mode }
+    }
+}
+
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Accepts connections and runs each one's handshake in its own task, bounded in time;
+/// hands the handshaken ones to the server. Ends when the server drops its listener.
+async fn tls_accept_loop(
+    mut acceptor: Acceptor,
+    config: Arc<rustls::ServerConfig>,
+    ready: tokio::sync::mpsc::Sender<(RestIo, SocketAddr)>,
+) {
+    let tls = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (stream, permit, addr) = tokio::select! {
+            () = ready.closed() => return,
+            accepted = acceptor.next() => accepted,
+        };
+        let limits = acceptor.limits.clone();
+        let refusals = acceptor.refusals.clone();
+        let tls = tls.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let timeout = limits.config.http_tls_handshake_timeout;
+            let idle = Some(limits.config.http_idle_timeout);
+            let handshake = async {
+                let mut first = [0u8; 1];
+                let n = stream.peek(&mut first).await?;
+                if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+                    return Ok::<_, io::Error>(Err(stream));
+                }
+                let io = LimitedIo::new(stream, permit, idle);
+                tls.accept(io).await.map(Ok)
+            };
+            match tokio::time::timeout(timeout, handshake).await {
+                Ok(Ok(Ok(io))) => {
+                    let _ = ready.send((RestIo::Tls(Box::new(io)), addr)).await;
+                }
+                Ok(Ok(Err(plain))) => {
+                    tracing::debug!(%addr, "plain HTTP on the HTTPS listener");
+                    let body = r#"{"type":"about:blank","title":"Bad Request","status":400,"detail":"this listener speaks HTTPS: use https:// (and the CA of the controller's certificate)"}"#;
+                    answer_and_close(
+                        &refusals,
+                        plain,
+                        format!(
+                            "HTTP/1.1 400 Bad Request\r\ncontent-type: {PROBLEM_JSON}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        ),
+                    );
+                }
+                Ok(Err(error)) => tracing::debug!(%addr, %error, "TLS handshake failed"),
+                Err(_) => {
+                    limits.hit(Guard::HttpTlsHandshake);
+                    tracing::debug!(%addr, ?timeout, "TLS handshake timed out");
+                }
+            }
+        });
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = RestIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match &mut self.mode {
+            Mode::Plain(acceptor) => {
+                let (stream, permit, addr) = acceptor.next().await;
+                let idle = Some(acceptor.limits.config.http_idle_timeout);
+                (RestIo::Plain(LimitedIo::new(stream, permit, idle)), addr)
+            }
+            Mode::Tls(accepted) => match accepted.recv().await {
+                Some(connection) => connection,
+                // The accept loop ended (it only does when this listener is dropped).
+                None => std::future::pending().await,
+            },
+        }
+    }
+
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
+        Ok(self.local)
     }
 }
 

@@ -134,9 +134,14 @@ pub fn ingest_body(state: &AppState, body: &str) -> Result<Accepted, ApiError> {
         if let Err(e @ ObservationError::NonPrintable { field, .. }) = check_fields(o) {
             return Err(refuse_body(*place, field, &e.reason()));
         }
-        if let Err(e @ ObservationError::Timestamp(_)) = state.topology.check_observation_time(o, now)
+        if let Err(e @ ObservationError::Timestamp(_)) =
+            state.topology.check_observation_time(o, now)
         {
-            return Err(refuse_body(*place, e.field().unwrap_or("timestamp_unix_ns"), &e.reason()));
+            return Err(refuse_body(
+                *place,
+                e.field().unwrap_or("timestamp_unix_ns"),
+                &e.reason(),
+            ));
         }
     }
     let mut accepted = 0;

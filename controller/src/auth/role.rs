@@ -76,7 +76,6 @@ pub fn for_grpc(path: &str) -> Role {
     let Some(method) = path
         .strip_prefix("/weft.v1.")
         .and_then(|rest| rest.split_once('/'))
-        .map(|(service, method)| (service, method))
     else {
         return Role::Admin;
     };

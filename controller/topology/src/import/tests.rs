@@ -786,7 +786,10 @@ fn jsonl_lines_the_topology_would_refuse_are_errors_naming_the_field() {
     let long_host = "h".repeat(crate::topology::MAX_NAME_BYTES + 1);
     let long_path = format!("/{}", "p".repeat(crate::topology::MAX_LABEL_BYTES));
     // 251 bytes and two control characters: 257 bytes once they are U+FFFD.
-    let grows = format!("{}\u{7}\u{7}", "g".repeat(crate::topology::MAX_NAME_BYTES - 2));
+    let grows = format!(
+        "{}\u{7}\u{7}",
+        "g".repeat(crate::topology::MAX_NAME_BYTES - 2)
+    );
     let flat = |source: &str, dest: &str, path: &str| {
         format!(
             r#"{{"source_host": "{source}", "source_port": 1, "dest_host": "{dest}", "dest_port": 80, "protocol": "http", "path": "{path}"}}"#
@@ -908,7 +911,8 @@ fn envoy_lines_the_topology_would_refuse_are_errors_naming_the_field() {
     let refused = import_bytes(Format::Envoy, input.as_bytes(), &too_long_name);
     assert!(
         refused.errors.iter().any(|e| e.location == "line 1"
-            && e.message.starts_with("field source (the caller's name): 254 bytes")),
+            && e.message
+                .starts_with("field source (the caller's name): 254 bytes")),
         "{:?}",
         refused.errors
     );
@@ -940,8 +944,24 @@ fn pcap_dns_names_too_long_for_the_topology_do_not_name_addresses() {
         PSH_ACK,
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     );
-    c.tcp(2_000, WEB, 80, CLIENT, 40_000, PSH_ACK, b"HTTP/1.1 200 OK\r\n\r\n");
-    c.tcp(3_000, CLIENT, 40_001, REDIS, 6379, PSH_ACK, b"*1\r\n$4\r\nPING\r\n");
+    c.tcp(
+        2_000,
+        WEB,
+        80,
+        CLIENT,
+        40_000,
+        PSH_ACK,
+        b"HTTP/1.1 200 OK\r\n\r\n",
+    );
+    c.tcp(
+        3_000,
+        CLIENT,
+        40_001,
+        REDIS,
+        6379,
+        PSH_ACK,
+        b"*1\r\n$4\r\nPING\r\n",
+    );
     c.tcp(4_000, REDIS, 6379, CLIENT, 40_001, PSH_ACK, b"+PONG\r\n");
     let report = pcap::import(&c.bytes);
     assert!(report.errors.is_empty(), "{:?}", report.errors);

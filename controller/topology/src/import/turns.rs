@@ -313,7 +313,9 @@ impl Tracker {
                         .as_ref()
                         .map(|r| r.method.clone())
                         .filter(|m| label_fits("method", m)),
-                    path: request.and_then(|r| r.path).filter(|p| label_fits("path", p)),
+                    path: request
+                        .and_then(|r| r.path)
+                        .filter(|p| label_fits("path", p)),
                     error: response.is_some_and(|r| r.error) || (flow.reset && i == last),
                 },
                 false,

@@ -397,13 +397,34 @@ fn control_and_invisible_characters_in_names_and_labels_are_refused_with_field_a
         path: Some("/users/{id}".into()),
         error: false,
     };
-    let cases: [(&str, fn(&mut TrafficObservation), usize, char); 6] = [
-        ("source.host", |o| o.source.host = "we\u{7}b".into(), 2, '\u{7}'),
-        ("destination.host", |o| o.destination.host = "api\u{1b}[2J".into(), 3, '\u{1b}'),
-        ("destination.host", |o| o.destination.host = "ap\u{202e}i".into(), 2, '\u{202e}'),
+    type Spoil = fn(&mut TrafficObservation);
+    let cases: [(&str, Spoil, usize, char); 6] = [
+        (
+            "source.host",
+            |o| o.source.host = "we\u{7}b".into(),
+            2,
+            '\u{7}',
+        ),
+        (
+            "destination.host",
+            |o| o.destination.host = "api\u{1b}[2J".into(),
+            3,
+            '\u{1b}',
+        ),
+        (
+            "destination.host",
+            |o| o.destination.host = "ap\u{202e}i".into(),
+            2,
+            '\u{202e}',
+        ),
         ("method", |o| o.method = Some("G\u{0}ET".into()), 1, '\u{0}'),
         ("path", |o| o.path = Some("/é\u{9f}x".into()), 2, '\u{9f}'),
-        ("path", |o| o.path = Some("/a\u{200b}".into()), 2, '\u{200b}'),
+        (
+            "path",
+            |o| o.path = Some("/a\u{200b}".into()),
+            2,
+            '\u{200b}',
+        ),
     ];
     for (field, spoil, index, character) in cases {
         let mut o = good.clone();
@@ -419,7 +440,9 @@ fn control_and_invisible_characters_in_names_and_labels_are_refused_with_field_a
         );
         assert_eq!(error.field(), Some(field));
         assert!(
-            error.to_string().starts_with(&format!("field `{field}`: character {index} (U+")),
+            error
+                .to_string()
+                .starts_with(&format!("field `{field}`: character {index} (U+")),
             "{error}"
         );
     }
@@ -433,6 +456,10 @@ fn control_and_invisible_characters_in_names_and_labels_are_refused_with_field_a
     o.source.host = "tab\there".into();
     assert!(matches!(
         mapper.observe_traffic(&o),
-        Err(ObservationError::NonPrintable { field: "source.host", index: 3, .. })
+        Err(ObservationError::NonPrintable {
+            field: "source.host",
+            index: 3,
+            ..
+        })
     ));
 }
