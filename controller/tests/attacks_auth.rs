@@ -688,3 +688,68 @@ fn slow_tls_handshakes_take_a_connection_slot_and_time_out() {
     assert_eq!(hits("http_tls_handshake_timeout"), 2);
     assert!(hits("http_connections") >= 1);
 }
+
+/// A token made with `expires_in` works until then, and is then refused 401 with a
+/// problem saying only that it expired (REST and gRPC); the list shows the expiry; the
+/// first admin token has none.
+#[tokio::test]
+async fn an_expired_token_is_refused_401_saying_it_expired() {
+    let c = start();
+    let (status, _, made) = http(
+        &c,
+        "POST",
+        "/tokens",
+        Some(&c.admin),
+        Some(&json!({"name": "short", "role": "read", "expires_in": "1s"})),
+    );
+    assert_eq!(status, 201, "{made}");
+    let token = made["token"].as_str().unwrap().to_owned();
+    assert!(made["expires"].is_string(), "{made}");
+    let (status, _, _) = http(&c, "GET", "/shards", Some(&token), None);
+    assert_eq!(status, 200);
+    for bad in [
+        json!("soon"),
+        json!(30),
+        json!("0s"),
+        json!("99999999999999999d"),
+    ] {
+        let (status, _, problem) = http(
+            &c,
+            "POST",
+            "/tokens",
+            Some(&c.admin),
+            Some(&json!({"name": "bad", "role": "read", "expires_in": bad})),
+        );
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert_eq!(problem["parameter"], "expires_in", "{problem}");
+    }
+
+    std::thread::sleep(Duration::from_millis(1_100));
+    let (status, head, problem) = http(&c, "GET", "/shards", Some(&token), None);
+    assert_eq!(status, 401, "{problem}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert_eq!(
+        problem["detail"], "the bearer token has expired",
+        "{problem}"
+    );
+    assert_eq!(
+        problem.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["detail", "status", "title", "type"],
+        "{problem}"
+    );
+    let mut grpc = ShardServiceClient::new(channel(&c, None).await.unwrap());
+    let refused = grpc
+        .list_shards(with_token(wire::ListShardsRequest::default(), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(refused.message(), "the bearer token has expired");
+
+    let (_, _, list) = http(&c, "GET", "/tokens", Some(&c.admin), None);
+    let tokens = list["tokens"].as_array().unwrap();
+    let short = tokens.iter().find(|t| t["name"] == "short").unwrap();
+    assert_eq!(short["expired"], true, "{short}");
+    let admin = tokens.iter().find(|t| t["role"] == "admin").unwrap();
+    assert_eq!(admin["expires"], Value::Null, "{admin}");
+    assert_eq!(admin["expired"], false, "{admin}");
+}
