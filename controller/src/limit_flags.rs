@@ -123,6 +123,13 @@ pub struct LimitArgs {
     /// Open gRPC connections at most.
     #[arg(long, default_value_t = LimitConfig::default().grpc_max_connections)]
     pub grpc_max_connections: usize,
+    /// Unary calls of TopologyService, ShardService and AgentControlService served at
+    /// once (streams such as WatchEvents and WatchDesiredState take none).
+    #[arg(long, default_value_t = LimitConfig::default().grpc_concurrency)]
+    pub grpc_concurrency: usize,
+    /// How long a unary gRPC call waits for a slot before RESOURCE_EXHAUSTED.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub grpc_queue_wait: Duration,
     /// Flow records per second merged from one agent; the rest of a batch is dropped and
     /// counted.
     #[arg(long, default_value_t = LimitConfig::default().agent_record_rate)]
@@ -175,6 +182,7 @@ impl LimitArgs {
             ("--sse-max-subscribers", self.sse_max_subscribers),
             ("--grpc-max-message-size", self.grpc_max_message_size),
             ("--grpc-max-connections", self.grpc_max_connections),
+            ("--grpc-concurrency", self.grpc_concurrency),
         ];
         if let Some((flag, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{flag} must be at least 1"));
@@ -211,6 +219,8 @@ impl LimitArgs {
             svg_cache_ttl: self.svg_cache_ttl,
             grpc_max_message_bytes: self.grpc_max_message_size,
             grpc_max_connections: self.grpc_max_connections,
+            grpc_concurrency: self.grpc_concurrency,
+            grpc_queue_wait: self.grpc_queue_wait,
             agent_record_rate: self.agent_record_rate,
             agent_record_burst: self.agent_record_burst.max(self.agent_record_rate),
             idle_timeout: self.idle_timeout,

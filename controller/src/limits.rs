@@ -50,6 +50,11 @@ pub struct LimitConfig {
     pub grpc_max_message_bytes: usize,
     /// Open gRPC connections at most (closed at once beyond).
     pub grpc_max_connections: usize,
+    /// Unary calls of the client and control gRPC services served at once
+    /// (RESOURCE_EXHAUSTED beyond, after `grpc_queue_wait`); streams take none.
+    pub grpc_concurrency: usize,
+    /// How long a unary gRPC call waits for a slot before it is refused.
+    pub grpc_queue_wait: Duration,
     /// Flow records per second merged from one agent (the rest of a batch is dropped and
     /// counted).
     pub agent_record_rate: u64,
@@ -78,6 +83,8 @@ impl Default for LimitConfig {
             svg_cache_ttl: Duration::from_secs(10),
             grpc_max_message_bytes: 4 << 20,
             grpc_max_connections: 1_024,
+            grpc_concurrency: 64,
+            grpc_queue_wait: Duration::from_secs(1),
             agent_record_rate: 100_000,
             agent_record_burst: 200_000,
             idle_timeout: Duration::from_secs(3_600),
@@ -102,11 +109,12 @@ pub enum Guard {
     AgentRecordRate,
     GrpcMessageSize,
     GrpcConnections,
+    GrpcConcurrency,
     MetricsEdges,
 }
 
 impl Guard {
-    pub const ALL: [Guard; 14] = [
+    pub const ALL: [Guard; 15] = [
         Guard::HttpBody,
         Guard::HttpTimeout,
         Guard::HttpConnections,
@@ -120,6 +128,7 @@ impl Guard {
         Guard::AgentRecordRate,
         Guard::GrpcMessageSize,
         Guard::GrpcConnections,
+        Guard::GrpcConcurrency,
         Guard::MetricsEdges,
     ];
 
@@ -139,6 +148,7 @@ impl Guard {
             Self::AgentRecordRate => "agent_record_rate",
             Self::GrpcMessageSize => "grpc_message_bytes",
             Self::GrpcConnections => "grpc_connections",
+            Self::GrpcConcurrency => "grpc_concurrency",
             Self::MetricsEdges => "metrics_edges",
         }
     }
@@ -171,6 +181,9 @@ impl Guard {
                 "gRPC messages larger than --grpc-max-message-size refused (OUT_OF_RANGE)"
             }
             Self::GrpcConnections => "gRPC connections beyond --grpc-max-connections closed",
+            Self::GrpcConcurrency => {
+                "unary gRPC calls beyond --grpc-concurrency answered RESOURCE_EXHAUSTED"
+            }
             Self::MetricsEdges => {
                 "per-dependency series beyond --metrics-max-edges left out of /metrics"
             }
@@ -288,6 +301,8 @@ pub struct Limits {
     hits: [AtomicU64; Guard::ALL.len()],
     pub http_connections: Arc<Semaphore>,
     pub grpc_connections: Arc<Semaphore>,
+    /// Unary calls of the client and control gRPC services.
+    pub grpc_calls: Arc<Semaphore>,
     pub read: Arc<Semaphore>,
     pub render: Arc<Semaphore>,
     pub write: Arc<Semaphore>,
@@ -312,6 +327,7 @@ impl Limits {
             hits: Default::default(),
             http_connections: slots(config.http_max_connections),
             grpc_connections: slots(config.grpc_max_connections),
+            grpc_calls: slots(config.grpc_concurrency),
             read: slots(config.http_read_concurrency),
             render: slots(config.http_render_concurrency),
             write: slots(config.http_write_concurrency),

@@ -15,7 +15,9 @@ use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
-use weft_controller::api::limits::{CountOversized, LimitedListener, grpc_incoming};
+use weft_controller::api::limits::{
+    CountOversized, GrpcConcurrency, LimitedListener, grpc_incoming,
+};
 use weft_controller::api::shards_grpc::ShardApi;
 use weft_controller::auth::grpc::RequireTokenLayer;
 use weft_controller::auth_flags::AuthArgs;
@@ -200,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
                 auth: state.auth.clone(),
                 metrics: state.metrics.clone(),
             })
+            .layer(GrpcConcurrency::layer(state.limits.clone()))
             .add_service(
                 AgentApi::new(state.clone())
                     .into_service()

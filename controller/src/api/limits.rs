@@ -710,6 +710,113 @@ pub fn grpc_incoming(
     })
 }
 
+/// gRPC methods that stream their answer: they hold no unary slot (a follower would
+/// otherwise keep one for as long as it follows).
+pub const GRPC_STREAMS: [&str; 2] = [
+    "/weft.v1.ShardService/WatchEvents",
+    "/weft.v1.AgentControlService/WatchDesiredState",
+];
+
+/// Whether a gRPC call takes a unary slot: the client services (TopologyService,
+/// ShardService) and the control service's reports; not streams, not the agents'
+/// `AgentService` (bounded by `--agent-record-rate`, and whose RESOURCE_EXHAUSTED means
+/// "split the batch").
+pub fn grpc_call_is_limited(path: &str) -> bool {
+    !GRPC_STREAMS.contains(&path)
+        && [
+            "/weft.v1.TopologyService/",
+            "/weft.v1.ShardService/",
+            "/weft.v1.AgentControlService/",
+        ]
+        .iter()
+        .any(|service| path.starts_with(service))
+}
+
+/// Marks a response as a refusal by [`GrpcConcurrency`] (not a message-size refusal).
+#[derive(Debug, Clone, Copy)]
+struct RefusedForConcurrency;
+
+/// At most `--grpc-concurrency` unary calls at once ([`grpc_call_is_limited`]); a call
+/// waits `--grpc-queue-wait` for a slot, then gets RESOURCE_EXHAUSTED. Placed inside the
+/// token check: a call without the right token takes no slot.
+#[derive(Debug, Clone)]
+pub struct GrpcConcurrency {
+    limits: Arc<Limits>,
+}
+
+impl GrpcConcurrency {
+    pub fn layer(limits: Arc<Limits>) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcConcurrency {
+    type Service = GrpcConcurrencyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcConcurrencyService {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcConcurrencyService<S> {
+    inner: S,
+    limits: Arc<Limits>,
+}
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for GrpcConcurrencyService<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        if !grpc_call_is_limited(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        // The ready service goes with the call; a clone stays for the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let config = &limits.config;
+            let slot = tokio::time::timeout(
+                config.grpc_queue_wait,
+                limits.grpc_calls.clone().acquire_owned(),
+            )
+            .await;
+            let Ok(Ok(permit)) = slot else {
+                limits.hit(Guard::GrpcConcurrency);
+                let mut response = tonic::Status::resource_exhausted(format!(
+                    "{} calls are being served and none finished within {:?} (--grpc-concurrency); retry later",
+                    config.grpc_concurrency, config.grpc_queue_wait
+                ))
+                .into_http::<R>();
+                response.extensions_mut().insert(RefusedForConcurrency);
+                return Ok(response);
+            };
+            let response = inner.call(request).await;
+            drop(permit);
+            response
+        })
+    }
+}
+
 /// Counts the gRPC calls refused because a message was larger than the decode limit
 /// (`OUT_OF_RANGE`, or `RESOURCE_EXHAUSTED` when the buffer could not grow).
 #[derive(Debug, Clone)]
@@ -758,7 +865,12 @@ where
         let limits = self.limits.clone();
         Box::pin(async move {
             let result = call.await;
-            if let Ok(response) = &result {
+            if let Ok(response) = &result
+                && response
+                    .extensions()
+                    .get::<RefusedForConcurrency>()
+                    .is_none()
+            {
                 let status = response.headers().get("grpc-status");
                 let code = |c: tonic::Code| {
                     status.is_some_and(|v| v.as_bytes() == (c as i32).to_string().as_bytes())
@@ -811,5 +923,36 @@ mod tests {
             class(&get, "/events", Some("follow=false&from=1")),
             Class::Read
         );
+    }
+
+    /// Every streaming method of the proto is in [`GRPC_STREAMS`] (a new one would
+    /// otherwise hold a unary slot for as long as it streams).
+    #[test]
+    fn every_streaming_rpc_is_exempt_from_the_unary_slots() {
+        let proto = include_str!("../../../proto/proto/weft.proto");
+        let mut service = "";
+        let mut streams = Vec::new();
+        for line in proto.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.trim_end_matches('{').trim();
+            }
+            if let Some(rest) = line.strip_prefix("rpc ")
+                && line.contains("returns (stream ")
+            {
+                let method = rest.split('(').next().unwrap_or_default().trim();
+                streams.push(format!("/weft.v1.{service}/{method}"));
+            }
+        }
+        assert!(!streams.is_empty());
+        for path in &streams {
+            assert!(GRPC_STREAMS.contains(&path.as_str()), "{path} streams");
+            assert!(!grpc_call_is_limited(path), "{path}");
+        }
+        assert!(grpc_call_is_limited("/weft.v1.ShardService/ListShards"));
+        assert!(grpc_call_is_limited("/weft.v1.TopologyService/GetTopology"));
+        assert!(grpc_call_is_limited(
+            "/weft.v1.AgentControlService/ReportObserved"
+        ));
+        assert!(!grpc_call_is_limited("/weft.v1.AgentService/PushFlows"));
     }
 }
