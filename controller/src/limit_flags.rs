@@ -76,7 +76,8 @@ pub struct LimitArgs {
     /// scheduled ones.
     #[arg(long, default_value_t = DEFAULT_MAX_MANUAL_SNAPSHOTS)]
     pub max_manual_snapshots: usize,
-    /// The shortest time between two snapshots taken on request (429 sooner).
+    /// The shortest time between two snapshots taken on request by the same client
+    /// (token); 429 with Retry-After sooner.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub manual_snapshot_min_interval: Duration,
     /// Largest HTTP request body (413 beyond).

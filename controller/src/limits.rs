@@ -174,7 +174,7 @@ impl Guard {
             }
             Self::SvgRender => "SVG requests that waited --svg-timeout for `dot` answered 503",
             Self::ManualSnapshots => {
-                "snapshots requested within --manual-snapshot-min-interval answered 429"
+                "snapshots requested by one client within --manual-snapshot-min-interval answered 429"
             }
             Self::AgentRecordRate => "flow records beyond --agent-record-rate dropped",
             Self::GrpcMessageSize => {

@@ -891,3 +891,45 @@ fn grpc_unary_calls_beyond_their_concurrency_are_resource_exhausted_and_streams_
         0.0
     );
 }
+
+/// The minimum interval between snapshots on request is per client (token): one client
+/// asking again gets 429 with Retry-After, another client is not held back by it.
+#[test]
+fn finding7_the_snapshot_interval_is_per_client() {
+    let c = Controller::start(&["--manual-snapshot-min-interval", "30s"]);
+    let made = c.post(
+        "/tokens",
+        json!({"name": "dashboards", "role": "operate"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(made.status, 201, "{}", made.text());
+    let other = made.json()["token"].as_str().unwrap().to_owned();
+
+    assert_eq!(c.post("/topology/snapshots", b"").status, 201);
+    let again = c.post("/topology/snapshots", b"");
+    let problem = again.problem(429);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("this client took a snapshot on request")),
+        "{problem}"
+    );
+    let wait = again.retry_after();
+    assert!((29..=30).contains(&wait), "Retry-After {wait}");
+
+    // Another token: its own interval.
+    let first = c.request_as(&other, "POST", "/topology/snapshots", &[], b"");
+    assert_eq!(first.status, 201, "{}", first.text());
+    let second = c.request_as(&other, "POST", "/topology/snapshots", &[], b"");
+    second.problem(429);
+    assert!(second.retry_after() >= 29);
+    assert_eq!(manual(&c), 2);
+    assert_eq!(
+        c.metric(
+            "weft_controller_limit_hits_total",
+            &[r#"limit="manual_snapshot_interval""#]
+        ),
+        2.0
+    );
+}
