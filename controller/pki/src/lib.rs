@@ -252,6 +252,18 @@ mod tests {
     use super::*;
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+    #[test]
+    fn an_https_client_trusts_the_cas_of_the_file_and_refuses_a_file_without_one() {
+        let ca = new_ca("test CA", 1).unwrap();
+        let other = new_ca("other CA", 1).unwrap();
+        assert!(https_client_config(&ca.cert).is_ok());
+        assert!(https_client_config(&format!("{}{}", ca.cert, other.cert)).is_ok());
+        for bad in ["", "not a PEM file", ca.key.as_str()] {
+            let error = https_client_config(bad).unwrap_err().to_string();
+            assert!(error.starts_with("CA file: "), "{error}");
+        }
+    }
+
     fn der(pem: &str) -> Vec<u8> {
         x509_parser::pem::parse_x509_pem(pem.as_bytes())
             .unwrap()
