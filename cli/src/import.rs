@@ -151,7 +151,7 @@ fn post(controller: &str, observations: &[TrafficObservation]) -> anyhow::Result
             }
             Err(error @ ureq::Error::Transport(_)) => {
                 return Err(anyhow!(error))
-                    .with_context(|| format!("cannot reach the controller at {controller}"));
+                    .with_context(|| crate::credentials::unreachable(controller));
             }
         };
         accepted += answer.get("accepted").and_then(|v| v.as_u64()).unwrap_or(0);

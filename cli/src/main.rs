@@ -20,14 +20,19 @@ use topology::TopologyCommand;
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about = "Client of the weft controller")]
 struct Cli {
-    /// Base URL of the controller's HTTP API.
+    /// Base URL of the controller's REST API: https:// (plain http:// only for a
+    /// controller on this machine run with --insecure).
     #[arg(
         long,
         global = true,
         env = "WEFT_CONTROLLER",
-        default_value = "http://127.0.0.1:7070"
+        default_value = "https://127.0.0.1:7070"
     )]
     controller: String,
+    /// The CA (PEM) of the controller's certificate, trusted for https:// (`weft certs
+    /// init` makes it: ca.pem).
+    #[arg(long, global = true, env = "WEFT_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     /// File holding the bearer token sent to the controller.
     #[arg(long, global = true, env = "WEFT_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
@@ -123,13 +128,18 @@ fn fetch(base: &str, path: &str) -> anyhow::Result<String> {
             ))
         }
         Err(error @ ureq::Error::Transport(_)) => {
-            Err(anyhow!(error)).with_context(|| format!("cannot reach the controller at {base}"))
+            Err(anyhow!(error)).with_context(|| crate::credentials::unreachable(base))
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    credentials::init(cli.token.as_deref(), cli.token_file.as_deref())?;
+    credentials::init(
+        cli.token.as_deref(),
+        cli.token_file.as_deref(),
+        cli.ca.as_deref(),
+        &cli.controller,
+    )?;
     let text = match cli.command {
         Command::Tokens { command } => tokens::run(&cli.controller, &command)?,
         Command::Certs { command } => certs::run(&command)?,

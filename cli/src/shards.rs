@@ -161,7 +161,7 @@ pub(crate) fn call(
             ))
         }
         Err(error @ ureq::Error::Transport(_)) => {
-            Err(anyhow!(error)).with_context(|| format!("cannot reach the controller at {base}"))
+            Err(anyhow!(error)).with_context(|| crate::credentials::unreachable(base))
         }
     }
 }
@@ -481,8 +481,7 @@ pub fn run_events(base: &str, args: &EventsArgs) -> anyhow::Result<String> {
             );
         }
         Err(error) => {
-            return Err(anyhow!(error))
-                .with_context(|| format!("cannot reach the controller at {base}"));
+            return Err(anyhow!(error)).with_context(|| crate::credentials::unreachable(base));
         }
     };
     let mut out = std::io::stdout().lock();

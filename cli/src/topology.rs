@@ -335,8 +335,9 @@ fn post_text(base: &str, path: &str, text: &str) -> anyhow::Result<String> {
             "the controller answered {code} for {url}: {}",
             crate::problem_message(&response.into_string().unwrap_or_default())
         )),
-        Err(error @ ureq::Error::Transport(_)) => Err(anyhow::anyhow!(error))
-            .with_context(|| format!("cannot reach the controller at {base}")),
+        Err(error @ ureq::Error::Transport(_)) => {
+            Err(anyhow::anyhow!(error)).with_context(|| crate::credentials::unreachable(base))
+        }
     }
 }
 

@@ -2,16 +2,24 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use tonic::transport::ServerTlsConfig;
 
 use crate::auth::tls::TlsFiles;
 use crate::auth::{AgentAuth, AuthConfig, Tokens};
 
+/// TLS of both listeners, from the same files.
+pub struct ListenerTls {
+    pub grpc: ServerTlsConfig,
+    pub rest: Arc<rustls::ServerConfig>,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthArgs {
-    /// The controller's certificate (PEM) for its gRPC listener (`weft certs issue
-    /// controller`). With --tls-key and --client-ca: agents must present a certificate of
-    /// that CA naming their host.
+    /// The controller's certificate (PEM) for its gRPC and REST listeners (`weft certs
+    /// issue controller`). With --tls-key and --client-ca: agents must present a
+    /// certificate of that CA naming their host; REST is HTTPS.
     #[arg(long, value_name = "FILE", requires_all = ["tls_key", "client_ca"])]
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
@@ -20,8 +28,8 @@ pub struct AuthArgs {
     /// The CA (PEM) that signs agents' certificates (`weft certs init`).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
-    /// Serve gRPC in plain text and let any caller speak for any host (a lab on one
-    /// machine; never across a network). Client tokens are still required.
+    /// Serve gRPC and REST in plain text and let any caller speak for any host (a lab on
+    /// one machine; never across a network). Client tokens are still required.
     #[arg(long, conflicts_with = "tls_cert")]
     pub insecure: bool,
     /// Where the first admin token is written (mode 0600) when the store has none
@@ -39,8 +47,8 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
-    /// The authentication rules and, with TLS, the gRPC listener's configuration.
-    pub fn config(&self) -> anyhow::Result<(AuthConfig, Option<ServerTlsConfig>)> {
+    /// The authentication rules and, with TLS, the listeners' configurations.
+    pub fn config(&self) -> anyhow::Result<(AuthConfig, Option<ListenerTls>)> {
         let mut open_paths = vec!["/healthz".to_owned()];
         if self.metrics_open {
             open_paths.push("/metrics".to_owned());
@@ -52,11 +60,15 @@ impl AuthArgs {
                     key: key.clone(),
                     client_ca: ca.clone(),
                 };
-                (AgentAuth::Certificate, Some(files.server_config()?))
+                let tls = ListenerTls {
+                    grpc: files.server_config()?,
+                    rest: files.rest_config()?,
+                };
+                (AgentAuth::Certificate, Some(tls))
             }
             _ if self.insecure => {
                 tracing::warn!(
-                    "--insecure: gRPC is plain text and agents are not authenticated; any caller can speak for any host"
+                    "--insecure: gRPC and REST are plain text (tokens cross in clear) and agents are not authenticated; any caller can speak for any host"
                 );
                 (AgentAuth::Insecure, None)
             }

@@ -76,7 +76,8 @@ pub struct LimitArgs {
     /// scheduled ones.
     #[arg(long, default_value_t = DEFAULT_MAX_MANUAL_SNAPSHOTS)]
     pub max_manual_snapshots: usize,
-    /// The shortest time between two snapshots taken on request (429 sooner).
+    /// The shortest time between two snapshots taken on request by the same client
+    /// (token); 429 with Retry-After sooner.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub manual_snapshot_min_interval: Duration,
     /// Largest HTTP request body (413 beyond).
@@ -88,6 +89,10 @@ pub struct LimitArgs {
     /// An HTTP connection with nothing read or written for this long is closed.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub http_idle_timeout: Duration,
+    /// A TLS handshake on the REST listener not done within this is closed; the
+    /// connection counts against --http-max-connections until then.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub http_tls_handshake_timeout: Duration,
     /// Open HTTP connections at most (one more is answered 503 and closed).
     #[arg(long, default_value_t = LimitConfig::default().http_max_connections)]
     pub http_max_connections: usize,
@@ -119,6 +124,13 @@ pub struct LimitArgs {
     /// Open gRPC connections at most.
     #[arg(long, default_value_t = LimitConfig::default().grpc_max_connections)]
     pub grpc_max_connections: usize,
+    /// Unary calls of TopologyService, ShardService and AgentControlService served at
+    /// once (streams such as WatchEvents and WatchDesiredState take none).
+    #[arg(long, default_value_t = LimitConfig::default().grpc_concurrency)]
+    pub grpc_concurrency: usize,
+    /// How long a unary gRPC call waits for a slot before RESOURCE_EXHAUSTED.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub grpc_queue_wait: Duration,
     /// Flow records per second merged from one agent; the rest of a batch is dropped and
     /// counted.
     #[arg(long, default_value_t = LimitConfig::default().agent_record_rate)]
@@ -171,6 +183,7 @@ impl LimitArgs {
             ("--sse-max-subscribers", self.sse_max_subscribers),
             ("--grpc-max-message-size", self.grpc_max_message_size),
             ("--grpc-max-connections", self.grpc_max_connections),
+            ("--grpc-concurrency", self.grpc_concurrency),
         ];
         if let Some((flag, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{flag} must be at least 1"));
@@ -181,6 +194,10 @@ impl LimitArgs {
         for (flag, d) in [
             ("--http-request-timeout", self.http_request_timeout),
             ("--http-idle-timeout", self.http_idle_timeout),
+            (
+                "--http-tls-handshake-timeout",
+                self.http_tls_handshake_timeout,
+            ),
             ("--svg-timeout", self.svg_timeout),
             ("--idle-timeout", self.idle_timeout),
         ] {
@@ -192,6 +209,7 @@ impl LimitArgs {
             http_max_body_bytes: self.http_max_body,
             http_request_timeout: self.http_request_timeout,
             http_idle_timeout: self.http_idle_timeout,
+            http_tls_handshake_timeout: self.http_tls_handshake_timeout,
             http_max_connections: self.http_max_connections,
             http_read_concurrency: self.http_read_concurrency,
             http_render_concurrency: self.http_render_concurrency,
@@ -202,6 +220,8 @@ impl LimitArgs {
             svg_cache_ttl: self.svg_cache_ttl,
             grpc_max_message_bytes: self.grpc_max_message_size,
             grpc_max_connections: self.grpc_max_connections,
+            grpc_concurrency: self.grpc_concurrency,
+            grpc_queue_wait: self.grpc_queue_wait,
             agent_record_rate: self.agent_record_rate,
             agent_record_burst: self.agent_record_burst.max(self.agent_record_rate),
             idle_timeout: self.idle_timeout,

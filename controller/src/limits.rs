@@ -28,6 +28,9 @@ pub struct LimitConfig {
     pub http_request_timeout: Duration,
     /// A connection with no byte read or written for this long is closed.
     pub http_idle_timeout: Duration,
+    /// A TLS handshake on the REST listener not done within this is closed (the
+    /// connection counts against `http_max_connections` meanwhile).
+    pub http_tls_handshake_timeout: Duration,
     /// Open HTTP connections at most (503 and close beyond).
     pub http_max_connections: usize,
     /// Requests served at once per class (503 with Retry-After beyond, after
@@ -47,6 +50,11 @@ pub struct LimitConfig {
     pub grpc_max_message_bytes: usize,
     /// Open gRPC connections at most (closed at once beyond).
     pub grpc_max_connections: usize,
+    /// Unary calls of the client and control gRPC services served at once
+    /// (RESOURCE_EXHAUSTED beyond, after `grpc_queue_wait`); streams take none.
+    pub grpc_concurrency: usize,
+    /// How long a unary gRPC call waits for a slot before it is refused.
+    pub grpc_queue_wait: Duration,
     /// Flow records per second merged from one agent (the rest of a batch is dropped and
     /// counted).
     pub agent_record_rate: u64,
@@ -64,6 +72,7 @@ impl Default for LimitConfig {
             http_max_body_bytes: 1 << 20,
             http_request_timeout: Duration::from_secs(30),
             http_idle_timeout: Duration::from_secs(120),
+            http_tls_handshake_timeout: Duration::from_secs(10),
             http_max_connections: 1_024,
             http_read_concurrency: 64,
             http_render_concurrency: 4,
@@ -74,6 +83,8 @@ impl Default for LimitConfig {
             svg_cache_ttl: Duration::from_secs(10),
             grpc_max_message_bytes: 4 << 20,
             grpc_max_connections: 1_024,
+            grpc_concurrency: 64,
+            grpc_queue_wait: Duration::from_secs(1),
             agent_record_rate: 100_000,
             agent_record_burst: 200_000,
             idle_timeout: Duration::from_secs(3_600),
@@ -88,6 +99,7 @@ pub enum Guard {
     HttpBody,
     HttpTimeout,
     HttpConnections,
+    HttpTlsHandshake,
     HttpRead,
     HttpRender,
     HttpWrite,
@@ -97,14 +109,16 @@ pub enum Guard {
     AgentRecordRate,
     GrpcMessageSize,
     GrpcConnections,
+    GrpcConcurrency,
     MetricsEdges,
 }
 
 impl Guard {
-    pub const ALL: [Guard; 13] = [
+    pub const ALL: [Guard; 15] = [
         Guard::HttpBody,
         Guard::HttpTimeout,
         Guard::HttpConnections,
+        Guard::HttpTlsHandshake,
         Guard::HttpRead,
         Guard::HttpRender,
         Guard::HttpWrite,
@@ -114,6 +128,7 @@ impl Guard {
         Guard::AgentRecordRate,
         Guard::GrpcMessageSize,
         Guard::GrpcConnections,
+        Guard::GrpcConcurrency,
         Guard::MetricsEdges,
     ];
 
@@ -123,6 +138,7 @@ impl Guard {
             Self::HttpBody => "http_body_bytes",
             Self::HttpTimeout => "http_request_timeout",
             Self::HttpConnections => "http_connections",
+            Self::HttpTlsHandshake => "http_tls_handshake_timeout",
             Self::HttpRead => "http_concurrency_read",
             Self::HttpRender => "http_concurrency_render",
             Self::HttpWrite => "http_concurrency_write",
@@ -132,6 +148,7 @@ impl Guard {
             Self::AgentRecordRate => "agent_record_rate",
             Self::GrpcMessageSize => "grpc_message_bytes",
             Self::GrpcConnections => "grpc_connections",
+            Self::GrpcConcurrency => "grpc_concurrency",
             Self::MetricsEdges => "metrics_edges",
         }
     }
@@ -144,6 +161,9 @@ impl Guard {
             Self::HttpConnections => {
                 "connections beyond --http-max-connections answered 503 and closed"
             }
+            Self::HttpTlsHandshake => {
+                "TLS handshakes longer than --http-tls-handshake-timeout closed"
+            }
             Self::HttpRead => "reads beyond --http-read-concurrency answered 503",
             Self::HttpRender => {
                 "renders and analytics beyond --http-render-concurrency answered 503"
@@ -154,13 +174,16 @@ impl Guard {
             }
             Self::SvgRender => "SVG requests that waited --svg-timeout for `dot` answered 503",
             Self::ManualSnapshots => {
-                "snapshots requested within --manual-snapshot-min-interval answered 429"
+                "snapshots requested by one client within --manual-snapshot-min-interval answered 429"
             }
             Self::AgentRecordRate => "flow records beyond --agent-record-rate dropped",
             Self::GrpcMessageSize => {
                 "gRPC messages larger than --grpc-max-message-size refused (OUT_OF_RANGE)"
             }
             Self::GrpcConnections => "gRPC connections beyond --grpc-max-connections closed",
+            Self::GrpcConcurrency => {
+                "unary gRPC calls beyond --grpc-concurrency answered RESOURCE_EXHAUSTED"
+            }
             Self::MetricsEdges => {
                 "per-dependency series beyond --metrics-max-edges left out of /metrics"
             }
@@ -278,6 +301,8 @@ pub struct Limits {
     hits: [AtomicU64; Guard::ALL.len()],
     pub http_connections: Arc<Semaphore>,
     pub grpc_connections: Arc<Semaphore>,
+    /// Unary calls of the client and control gRPC services.
+    pub grpc_calls: Arc<Semaphore>,
     pub read: Arc<Semaphore>,
     pub render: Arc<Semaphore>,
     pub write: Arc<Semaphore>,
@@ -302,6 +327,7 @@ impl Limits {
             hits: Default::default(),
             http_connections: slots(config.http_max_connections),
             grpc_connections: slots(config.grpc_max_connections),
+            grpc_calls: slots(config.grpc_concurrency),
             read: slots(config.http_read_concurrency),
             render: slots(config.http_render_concurrency),
             write: slots(config.http_write_concurrency),

@@ -15,7 +15,9 @@ use weft_controller::AppState;
 use weft_controller::api::grpc::AgentApi;
 use weft_controller::api::grpc_topology::TopologyApi;
 use weft_controller::api::http;
-use weft_controller::api::limits::{CountOversized, LimitedListener, grpc_incoming};
+use weft_controller::api::limits::{
+    CountOversized, GrpcConcurrency, LimitedListener, grpc_incoming,
+};
 use weft_controller::api::shards_grpc::ShardApi;
 use weft_controller::auth::grpc::RequireTokenLayer;
 use weft_controller::auth_flags::AuthArgs;
@@ -181,9 +183,16 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls).context("the gRPC listener's TLS")?;
-    }
+    let rest_tls = match tls {
+        Some(tls) => {
+            server = server
+                .tls_config(tls.grpc)
+                .context("the gRPC listener's TLS")?;
+            Some(tls.rest)
+        }
+        None => None,
+    };
+    let http_scheme = if rest_tls.is_some() { "https" } else { "http" };
     // Limits: crate::api::limits (connections, message size), crate::limits (the rest).
     let max_message = state.limits.config.grpc_max_message_bytes;
     let grpc = tokio::spawn(
@@ -193,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
                 auth: state.auth.clone(),
                 metrics: state.metrics.clone(),
             })
+            .layer(GrpcConcurrency::layer(state.limits.clone()))
             .add_service(
                 AgentApi::new(state.clone())
                     .into_service()
@@ -231,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     let http = tokio::spawn(
         axum::serve(
-            LimitedListener::new(http_listener, state.limits.clone()),
+            LimitedListener::with_tls(http_listener, state.limits.clone(), rest_tls),
             http::app(state.clone()),
         )
         .with_graceful_shutdown(stopped(shutdown_rx))
@@ -240,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal()?;
     println!("weft-controller listening grpc={grpc_addr} http={http_addr}");
-    tracing::info!(%grpc_addr, %http_addr, instance = %state.controller_instance, "controller started");
+    tracing::info!(%grpc_addr, %http_addr, http_scheme, instance = %state.controller_instance, "controller started");
 
     let mut grpc = grpc;
     let mut http = http;

@@ -291,6 +291,7 @@ impl StateCollector {
             ("sse_subscribers", config.sse_max_subscribers),
             ("grpc_message_bytes", config.grpc_max_message_bytes),
             ("grpc_connections", config.grpc_max_connections),
+            ("grpc_concurrency", config.grpc_concurrency),
             (
                 "agent_record_rate",
                 usize::try_from(config.agent_record_rate).unwrap_or(usize::MAX),

@@ -12,7 +12,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tonic::Code;
@@ -42,6 +43,11 @@ impl Drop for Controller {
 /// A CA, the controller's certificate for 127.0.0.1, agent certificates for hv1 and hv2,
 /// and an hv1 certificate of another CA; then the controller with mutual TLS.
 fn start() -> Controller {
+    start_with(&[])
+}
+
+/// As [`start`], with more flags.
+fn start_with(extra: &[&str]) -> Controller {
     let dir = std::env::temp_dir().join(format!(
         "weft-attacks-{}-{}",
         std::process::id(),
@@ -98,6 +104,7 @@ fn start() -> Controller {
         .arg(dir.join("controller.key"))
         .arg("--client-ca")
         .arg(dir.join("ca.pem"))
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -124,7 +131,8 @@ fn start() -> Controller {
     }
 }
 
-/// One HTTP/1.1 request (Connection: close): status, the headers (lower-case), the body.
+/// One HTTP/1.1 request (Connection: close) over TLS trusting the test CA: status, the
+/// headers (lower-case), the body.
 fn http(
     c: &Controller,
     method: &str,
@@ -132,8 +140,53 @@ fn http(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> (u16, String, Value) {
-    let mut s = TcpStream::connect(&c.http).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    https_via(c, &c.http, method, path, token, body)
+}
+
+/// The TLS configuration of a client that trusts the test CA.
+fn tls_client(c: &Controller) -> Arc<rustls::ClientConfig> {
+    Arc::new(weft_pki::https_client_config(&pem(&c.dir, "ca").cert).unwrap())
+}
+
+/// Everything readable from `r` until the peer closes (a close without TLS close_notify
+/// ends it too).
+fn read_all(r: &mut impl Read) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// As [`http`], connecting to `addr` (the controller or a relay in front of it).
+fn https_via(
+    c: &Controller,
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, String, Value) {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(tls_client(c), name).unwrap();
+    let mut s = rustls::StreamOwned::new(connection, tcp);
+    exchange(&mut s, method, path, token, body)
+}
+
+/// Writes one request on `s` and parses the answer.
+fn exchange(
+    s: &mut (impl Read + Write),
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, String, Value) {
     let body = body.map(Value::to_string).unwrap_or_default();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -144,8 +197,8 @@ fn http(
         body.len()
     )
     .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    s.flush().unwrap();
+    let text = read_all(s);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
@@ -462,4 +515,242 @@ async fn an_agent_speaks_only_for_the_host_its_certificate_names() {
             .is_err(),
     };
     assert!(refused, "a certificate of another CA was accepted");
+}
+
+/// A relay on 127.0.0.1 in front of `target` for one connection; everything that crossed
+/// it (both directions) ends up in the returned buffer.
+fn relay(target: &str) -> (String, Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let target = target.to_owned();
+    let log = seen.clone();
+    let handle = std::thread::spawn(move || {
+        let (client, _) = listener.accept().unwrap();
+        let server = TcpStream::connect(&target).unwrap();
+        let pump = |mut from: TcpStream, mut to: TcpStream, log: Arc<Mutex<Vec<u8>>>| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 || to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            })
+        };
+        let up = pump(
+            client.try_clone().unwrap(),
+            server.try_clone().unwrap(),
+            log.clone(),
+        );
+        let down = pump(server, client, log);
+        let _ = up.join();
+        let _ = down.join();
+    });
+    (addr, seen, handle)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The REST listener is HTTPS with the controller's certificate: a token sent over it is
+/// not in the bytes on the wire, plain HTTP gets a 400 saying to use https (and no API
+/// answer), a client that does not trust the CA gets no connection.
+#[test]
+fn rest_is_https_and_the_token_never_crosses_in_clear() {
+    let c = start();
+    let secret = c.admin.rsplit('_').next().unwrap().to_owned();
+    assert!(secret.len() >= 32, "{}", c.admin);
+
+    // HTTPS with the CA and the admin token, through a relay that records the bytes.
+    let (addr, seen, done) = relay(&c.http);
+    let (status, head, tokens) = https_via(&c, &addr, "GET", "/tokens", Some(&c.admin), None);
+    assert_eq!(status, 200, "{head} {tokens}");
+    assert!(tokens.to_string().contains("admin"), "{tokens}");
+    done.join().unwrap();
+    let wire = seen.lock().unwrap().clone();
+    assert!(wire.len() > 500, "{} bytes crossed", wire.len());
+    assert_eq!(wire[0], 0x16, "the first byte is a TLS handshake record");
+    for clear in [
+        c.admin.as_bytes(),
+        secret.as_bytes(),
+        b"Bearer",
+        b"GET /tokens",
+        b"HTTP/1.1",
+    ] {
+        assert!(
+            !contains(&wire, clear),
+            "{:?} crossed in clear",
+            String::from_utf8_lossy(clear)
+        );
+    }
+
+    // Plain HTTP on the HTTPS port: 400, naming the way; no API answer.
+    let mut plain = TcpStream::connect(&c.http).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (status, head, problem) = exchange(&mut plain, "GET", "/healthz", None, None);
+    assert_eq!(status, 400, "{head} {problem}");
+    assert!(head.contains("application/problem+json"), "{head}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("this listener speaks HTTPS: use https://"),
+        "{problem}"
+    );
+
+    // A client trusting another CA: the handshake fails, nothing is answered.
+    let rogue = Arc::new(weft_pki::https_client_config(&pem(&c.dir, "rogue-hv1").cert).unwrap());
+    let tcp = TcpStream::connect(&c.http).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = rustls::StreamOwned::new(rustls::ClientConnection::new(rogue, name).unwrap(), tcp);
+    let error = s
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .and_then(|()| s.flush());
+    let error = match error {
+        Err(e) => e,
+        Ok(()) => s
+            .read(&mut [0u8; 64])
+            .expect_err("an answer to an untrusting client"),
+    };
+    assert!(
+        error.to_string().contains("UnknownIssuer")
+            || error.to_string().contains("invalid peer certificate"),
+        "{error}"
+    );
+}
+
+/// A TLS handshake holds a connection slot and is closed after
+/// --http-tls-handshake-timeout: clients that connect and say nothing fill
+/// --http-max-connections only for that long, and count in the limit's hits.
+#[test]
+fn slow_tls_handshakes_take_a_connection_slot_and_time_out() {
+    let c = start_with(&[
+        "--http-max-connections",
+        "2",
+        "--http-tls-handshake-timeout",
+        "1500ms",
+        "--metrics-open",
+    ]);
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(&c.http).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Both slots are taken: a third connection is closed without an answer.
+    let tcp = TcpStream::connect(&c.http).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(tls_client(&c), name).unwrap();
+    let mut s = rustls::StreamOwned::new(connection, tcp);
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let _ = s.flush();
+    assert_eq!(
+        read_all(&mut s),
+        "",
+        "a connection beyond the limit was served"
+    );
+    // The silent ones are closed by the controller after the handshake timeout.
+    let started = Instant::now();
+    for mut conn in silent {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let n = conn.read(&mut [0u8; 16]).unwrap_or(0);
+        assert_eq!(n, 0, "a silent connection got bytes");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "silent handshakes closed after {waited:?}"
+    );
+    // Room again.
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, _, _) = http(&c, "GET", "/healthz", None, None);
+    assert_eq!(status, 200);
+    let (_, _, metrics) = http(&c, "GET", "/metrics", None, None);
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let hits = |limit: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "weft_controller_limit_hits_total{{limit=\"{limit}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {limit} in {metrics}"))
+    };
+    assert_eq!(hits("http_tls_handshake_timeout"), 2);
+    assert!(hits("http_connections") >= 1);
+}
+
+/// A token made with `expires_in` works until then, and is then refused 401 with a
+/// problem saying only that it expired (REST and gRPC); the list shows the expiry; the
+/// first admin token has none.
+#[tokio::test]
+async fn an_expired_token_is_refused_401_saying_it_expired() {
+    let c = start();
+    let (status, _, made) = http(
+        &c,
+        "POST",
+        "/tokens",
+        Some(&c.admin),
+        Some(&json!({"name": "short", "role": "read", "expires_in": "1s"})),
+    );
+    assert_eq!(status, 201, "{made}");
+    let token = made["token"].as_str().unwrap().to_owned();
+    assert!(made["expires"].is_string(), "{made}");
+    let (status, _, _) = http(&c, "GET", "/shards", Some(&token), None);
+    assert_eq!(status, 200);
+    for bad in [
+        json!("soon"),
+        json!(30),
+        json!("0s"),
+        json!("99999999999999999d"),
+    ] {
+        let (status, _, problem) = http(
+            &c,
+            "POST",
+            "/tokens",
+            Some(&c.admin),
+            Some(&json!({"name": "bad", "role": "read", "expires_in": bad})),
+        );
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert_eq!(problem["parameter"], "expires_in", "{problem}");
+    }
+
+    std::thread::sleep(Duration::from_millis(1_100));
+    let (status, head, problem) = http(&c, "GET", "/shards", Some(&token), None);
+    assert_eq!(status, 401, "{problem}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert_eq!(
+        problem["detail"], "the bearer token has expired",
+        "{problem}"
+    );
+    assert_eq!(
+        problem.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["detail", "status", "title", "type"],
+        "{problem}"
+    );
+    let mut grpc = ShardServiceClient::new(channel(&c, None).await.unwrap());
+    let refused = grpc
+        .list_shards(with_token(wire::ListShardsRequest::default(), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(refused.message(), "the bearer token has expired");
+
+    let (_, _, list) = http(&c, "GET", "/tokens", Some(&c.admin), None);
+    let tokens = list["tokens"].as_array().unwrap();
+    let short = tokens.iter().find(|t| t["name"] == "short").unwrap();
+    assert_eq!(short["expired"], true, "{short}");
+    let admin = tokens.iter().find(|t| t["role"] == "admin").unwrap();
+    assert_eq!(admin["expires"], Value::Null, "{admin}");
+    assert_eq!(admin["expired"], false, "{admin}");
 }

@@ -125,6 +125,56 @@ async fn observations_report_bad_lines_and_keep_the_good_ones() {
     );
 }
 
+/// A control character (or an invisible one) in a host, method or path refuses the whole
+/// body: 422 problem+json naming the field and where the observation was, nothing merged.
+#[tokio::test]
+async fn observations_with_control_characters_are_refused_422_naming_field_and_place() {
+    let state = AppState::default();
+    let good = observation("web", "api", 80, "http", 1.0, None);
+    let mut bell = good.clone();
+    bell["source"]["host"] = json!("we\u{7}b");
+    let mut escape = good.clone();
+    escape["path"] = json!("/x\u{1b}[2J");
+    let mut rtl = good.clone();
+    rtl["destination"]["host"] = json!("ap\u{202e}i");
+    for (body, field, place) in [
+        (
+            json!([good, good, bell]).to_string(),
+            "source.host",
+            "element 2: character 2 (U+0007)",
+        ),
+        (
+            format!("{good}\n\n{escape}\n"),
+            "path",
+            "line 3: character 2 (U+001B)",
+        ),
+        (
+            json!([rtl]).to_string(),
+            "destination.host",
+            "element 0: character 2 (U+202E)",
+        ),
+    ] {
+        let (status, content_type, problem) =
+            call(&state, Method::POST, "/observations", &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert_eq!(content_type, "application/problem+json");
+        let problem: Value = serde_json::from_str(&problem).expect("JSON");
+        assert_eq!(problem["parameter"], field, "{problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert_eq!(
+            detail,
+            format!("field `{field}`: {place} is not printable; nothing was merged")
+        );
+    }
+    // Nothing of those bodies was merged, not even their good observations.
+    assert_eq!(
+        get_json(&state, "/analytics/patterns").await["total_observations"],
+        0
+    );
+    let (status, _, _) = call(&state, Method::POST, "/observations", &good.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn services_dependencies_and_analytics() {
     let state = seeded().await;

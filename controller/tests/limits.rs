@@ -802,3 +802,135 @@ fn finding8_bodies_over_the_limit_are_413_and_merge_nothing() {
         200
     );
 }
+
+fn with_token<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", harness::TOKEN).parse().unwrap(),
+    );
+    r
+}
+
+/// Per-call concurrency on gRPC: with --grpc-concurrency 1, a unary call whose request
+/// body never arrives holds the one slot, and another unary call is answered
+/// RESOURCE_EXHAUSTED after --grpc-queue-wait (counted as `grpc_concurrency`, not as a
+/// message size); WatchEvents streams take no slot, so they open while it is held and do
+/// not keep unary calls out.
+#[test]
+fn grpc_unary_calls_beyond_their_concurrency_are_resource_exhausted_and_streams_take_none() {
+    use weft_proto::v1::shard_service_client::ShardServiceClient;
+    use weft_proto::v1::{ListShardsRequest, WatchEventsRequest};
+    let c = Controller::start(&["--grpc-concurrency", "1", "--grpc-queue-wait", "200ms"]);
+    runtime().block_on(async {
+        // A ListShards call that sends its headers and never its body.
+        let tcp = tokio::net::TcpStream::connect(&c.grpc).await.unwrap();
+        let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut h2 = h2.ready().await.unwrap();
+        let request =
+            axum::http::Request::post(format!("http://{}/weft.v1.ShardService/ListShards", c.grpc))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("authorization", format!("Bearer {}", harness::TOKEN))
+                .body(())
+                .unwrap();
+        let (held, mut body) = h2.send_request(request, false).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let mut client = ShardServiceClient::connect(format!("http://{}", c.grpc))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let refused = client
+            .list_shards(with_token(ListShardsRequest::default()))
+            .await
+            .expect_err("a second unary call while the only slot is held");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(
+            refused.message().contains("--grpc-concurrency"),
+            "{refused:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(180));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Streams open while the slot is held (three of them: more than the slots).
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let stream = client
+                .watch_events(with_token(WatchEventsRequest { from_sequence: 0 }))
+                .await
+                .expect("a stream takes no unary slot")
+                .into_inner();
+            streams.push(stream);
+        }
+
+        // The held call ends (an empty message, then end of stream): its slot is free,
+        // and unary calls pass again while the streams stay open.
+        body.send_data(vec![0u8, 0, 0, 0, 0].into(), true).unwrap();
+        let answer = held.await.unwrap();
+        assert_eq!(answer.status(), 200);
+        for _ in 0..3 {
+            client
+                .list_shards(with_token(ListShardsRequest::default()))
+                .await
+                .expect("a unary call with the streams open");
+        }
+        drop(streams);
+    });
+    assert_eq!(
+        c.metric(
+            "weft_controller_limit_hits_total",
+            &[r#"limit="grpc_concurrency""#]
+        ),
+        1.0
+    );
+    assert_eq!(
+        c.metric(
+            "weft_controller_limit_hits_total",
+            &[r#"limit="grpc_message_bytes""#]
+        ),
+        0.0
+    );
+}
+
+/// The minimum interval between snapshots on request is per client (token): one client
+/// asking again gets 429 with Retry-After, another client is not held back by it.
+#[test]
+fn finding7_the_snapshot_interval_is_per_client() {
+    let c = Controller::start(&["--manual-snapshot-min-interval", "30s"]);
+    let made = c.post(
+        "/tokens",
+        json!({"name": "dashboards", "role": "operate"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(made.status, 201, "{}", made.text());
+    let other = made.json()["token"].as_str().unwrap().to_owned();
+
+    assert_eq!(c.post("/topology/snapshots", b"").status, 201);
+    let again = c.post("/topology/snapshots", b"");
+    let problem = again.problem(429);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("this client took a snapshot on request")),
+        "{problem}"
+    );
+    let wait = again.retry_after();
+    assert!((29..=30).contains(&wait), "Retry-After {wait}");
+
+    // Another token: its own interval.
+    let first = c.request_as(&other, "POST", "/topology/snapshots", &[], b"");
+    assert_eq!(first.status, 201, "{}", first.text());
+    let second = c.request_as(&other, "POST", "/topology/snapshots", &[], b"");
+    second.problem(429);
+    assert!(second.retry_after() >= 29);
+    assert_eq!(manual(&c), 2);
+    assert_eq!(
+        c.metric(
+            "weft_controller_limit_hits_total",
+            &[r#"limit="manual_snapshot_interval""#]
+        ),
+        2.0
+    );
+}

@@ -2,7 +2,8 @@
 //! JSON of them reads back to the same observation.
 
 use weft_topology::import::{ImportReport, jsonl};
-use weft_topology::mapper::TopologyMapper;
+use weft_topology::mapper::NoDirectory;
+use weft_topology::topology::{BucketConfig, Topology, TopologyLimits, check_fields};
 use weft_topology::observation::TrafficObservation;
 
 use crate::l7::assert_label;
@@ -50,9 +51,14 @@ pub fn check_report(r: &ImportReport) {
         r.requests().count(),
         r.observations.len() - r.flow_only.len()
     );
-    let mapper = TopologyMapper::new();
+    // What the topology checks of an observation itself; the import's size is no property
+    // of one observation, so the merge runs without caps on services and dependencies.
+    let topology = Topology::with_config(BucketConfig::default(), TopologyLimits::unbounded());
     for o in &r.observations {
-        if let Err(e) = mapper.observe_traffic(o) {
+        if let Err(e) = check_fields(o) {
+            panic!("the topology would refuse an imported observation ({e}): {o:?}");
+        }
+        if let Err(e) = topology.observe_traffic(o, &NoDirectory) {
             panic!("the topology refuses an imported observation ({e}): {o:?}");
         }
         assert_label("source host", &o.source.host);

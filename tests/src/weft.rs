@@ -131,21 +131,24 @@ fn ensure_ca(lab: &Lab) -> Result<(PathBuf, String)> {
     Ok((dir, d))
 }
 
-/// Makes the lab's CA (once) and a controller certificate for `ip` (once per address).
-pub fn ensure_controller_certs(lab: &Lab, ip: &str) -> Result<PathBuf> {
+/// Makes the lab's CA (once) and a controller certificate for the addresses `ips` (the
+/// gRPC and the REST listener's), made again at every start.
+pub fn ensure_controller_certs(lab: &Lab, ips: &[&str]) -> Result<PathBuf> {
     let (dir, d) = ensure_ca(lab)?;
-    weft_certs(&[
-        "issue",
-        "controller",
-        "--san",
-        ip,
-        "--dir",
-        &d,
-        "--days",
-        "2",
-        "--force",
-    ])?;
+    let mut args = vec!["issue", "controller"];
+    for ip in ips {
+        args.extend(["--san", ip]);
+    }
+    args.extend(["--dir", &d, "--days", "2", "--force"]);
+    weft_certs(&args)?;
     Ok(dir)
+}
+
+/// The IP address of `host:port` (`[v6]:port` too).
+fn ip_of(addr: &str) -> Result<&str> {
+    addr.rsplit_once(':')
+        .map(|(ip, _)| ip.trim_matches(['[', ']']))
+        .with_context(|| format!("address {addr} without a port"))
 }
 
 /// An agent certificate for `host_id` signed by the lab's CA (made if missing).
@@ -172,15 +175,18 @@ pub fn ensure_agent_cert(lab: &Lab, host_id: &str) -> Result<(PathBuf, PathBuf, 
 }
 
 /// The controller, in the root namespace, gRPC on the lab's uplink address (mutual TLS
-/// with the lab's certificates), REST with the admin token it wrote at its first start.
+/// with the lab's certificates), REST over HTTPS with the same certificate and the admin
+/// token it wrote at its first start.
 pub struct Controller {
     pub child: Child,
     pub grpc_addr: String,
     pub http_addr: String,
     /// The admin token (`<data dir>/admin.token`).
     pub token: String,
-    /// Whether gRPC is plain text (`--insecure` among the extra flags).
+    /// Whether gRPC and REST are plain text (`--insecure` among the extra flags).
     pub insecure: bool,
+    /// The CA of the controller's certificate (none with `--insecure`).
+    pub ca: Option<PathBuf>,
 }
 
 impl Controller {
@@ -212,15 +218,13 @@ impl Controller {
         c.args(["--grpc-listen", grpc_addr, "--http-listen", http_addr]);
         c.arg("--data-dir").arg(&data_dir);
         let insecure = extra_args.contains(&"--insecure");
+        let mut ca = None;
         if !insecure {
-            let ip = grpc_addr
-                .rsplit_once(':')
-                .map(|(ip, _)| ip.trim_matches(['[', ']']))
-                .context("grpc address without a port")?;
-            let certs = ensure_controller_certs(lab, ip)?;
+            let certs = ensure_controller_certs(lab, &[ip_of(grpc_addr)?, ip_of(http_addr)?])?;
             c.arg("--tls-cert").arg(certs.join("controller.pem"));
             c.arg("--tls-key").arg(certs.join("controller.key"));
             c.arg("--client-ca").arg(certs.join("ca.pem"));
+            ca = Some(certs.join("ca.pem"));
         }
         c.args(extra_args);
         c.env(
@@ -240,6 +244,7 @@ impl Controller {
             http_addr: http_addr.to_string(),
             token,
             insecure,
+            ca,
         })
     }
 
@@ -254,12 +259,42 @@ impl Controller {
         format!("Bearer {}", self.token)
     }
 
+    /// The REST URL of `path`: `https://<http addr><path>` (`http://` with `--insecure`).
+    pub fn http_url(&self, path: &str) -> String {
+        let scheme = if self.insecure { "http" } else { "https" };
+        format!("{scheme}://{}{path}", self.http_addr)
+    }
+
+    /// An HTTP client of the REST listener: trusts the lab's CA (HTTPS). Sends no token by
+    /// itself ([`Controller::authorization`]).
+    pub fn client(&self) -> Result<ureq::Agent> {
+        let builder = ureq::AgentBuilder::new();
+        let builder = match &self.ca {
+            Some(ca) => {
+                let pem = std::fs::read_to_string(ca)
+                    .with_context(|| format!("the lab's CA {}", ca.display()))?;
+                let config = weft_pki::https_client_config(&pem)
+                    .with_context(|| format!("the lab's CA {}", ca.display()))?;
+                builder.tls_config(std::sync::Arc::new(config))
+            }
+            None => builder,
+        };
+        Ok(builder.build())
+    }
+
     /// GET `path` on the REST listener; fails unless 2xx.
     pub fn get(&self, path: &str) -> Result<String> {
-        let url = format!("http://{}{}", self.http_addr, path);
-        let resp = ureq::get(&url)
+        self.get_within(path, Duration::from_secs(5))
+    }
+
+    /// As [`Controller::get`], waiting at most `timeout` for the whole answer.
+    pub fn get_within(&self, path: &str, timeout: Duration) -> Result<String> {
+        let url = self.http_url(path);
+        let resp = self
+            .client()?
+            .get(&url)
             .set("authorization", &self.authorization())
-            .timeout(Duration::from_secs(5))
+            .timeout(timeout)
             .call()
             .with_context(|| format!("GET {url}"))?;
         resp.into_string()
@@ -274,8 +309,10 @@ impl Controller {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, String)> {
-        let url = format!("http://{}{}", self.http_addr, path);
-        let req = ureq::request(method, &url)
+        let url = self.http_url(path);
+        let req = self
+            .client()?
+            .request(method, &url)
             .set("authorization", &self.authorization())
             .timeout(Duration::from_secs(10));
         let result = match body {

@@ -268,6 +268,7 @@ fn start_controller(
         http_addr: http.to_string(),
         token,
         insecure: true,
+        ca: None,
     })
 }
 

@@ -215,7 +215,7 @@ fn run_once(label: &'static str, flags: &[&str]) -> Result<Run> {
     let end_kib = rss_kib(pid).unwrap_or(0);
     peak_kib = peak_kib.max(end_kib);
     // Read after the peak: the scrape's own transient memory is not what is held.
-    let metrics = get_slowly(&c.http_addr, "/metrics")?;
+    let metrics = c.get_within("/metrics", Duration::from_secs(300))?;
     let sum = |name: &str, label: Option<&str>| {
         metrics
             .lines()
@@ -274,31 +274,6 @@ fn run_once(label: &'static str, flags: &[&str]) -> Result<Run> {
     drop(c);
     drop(lab);
     Ok(run)
-}
-
-/// `GET path` with a timeout of minutes (a scrape of a million dependencies is slow).
-fn get_slowly(addr: &str, path: &str) -> Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut stream =
-        std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
-    stream.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("GET {path}"))?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {path}: no response head"))?;
-    ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET {path}: {}",
-        head.lines().next().unwrap_or("")
-    );
-    Ok(body.to_owned())
 }
 
 fn parse_mac(text: &str) -> Result<[u8; 6]> {

@@ -108,8 +108,9 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
     step("demo: starting weft-controller (root namespace) and weft-agent (hv1)");
     let controller = Controller::start(&lab)?;
     println!(
-        "    controller: gRPC {} REST http://{}",
-        controller.grpc_addr, controller.http_addr
+        "    controller: gRPC {} REST {}",
+        controller.grpc_addr,
+        controller.http_url("")
     );
     let mut agent = Agent::start(&lab, 0, &controller.grpc_url())?;
     println!(

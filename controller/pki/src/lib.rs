@@ -10,6 +10,10 @@
 //! Keys are ECDSA P-256. Files are PEM; keys are written with mode 0600.
 
 use std::io::Write as _;
+
+/// The rustls of [`https_client_config`], for clients that pass its configuration on
+/// (ureq's `tls_config`).
+pub use rustls;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -54,6 +58,34 @@ fn validity(params: &mut CertificateParams, days: u32) {
     // A little slack for clocks that are behind.
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+/// The TLS configuration of an HTTPS client of the controller's REST listener: trusts
+/// only the CA certificates in `ca_pem` (the CA of `weft certs init`, or whichever signed
+/// the controller's certificate).
+pub fn https_client_config(ca_pem: &str) -> Result<rustls::ClientConfig, PkiError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| PkiError::Invalid(format!("CA file: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| PkiError::Invalid(format!("CA file: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(PkiError::Invalid(
+            "CA file: no CERTIFICATE in it".to_owned(),
+        ));
+    }
+    // *ring*, as tonic's `tls-ring` on the gRPC side (aws-lc-rs is not built here).
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Invalid(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// A new CA valid for `days`.
@@ -219,6 +251,18 @@ pub fn write(
 mod tests {
     use super::*;
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+    #[test]
+    fn an_https_client_trusts_the_cas_of_the_file_and_refuses_a_file_without_one() {
+        let ca = new_ca("test CA", 1).unwrap();
+        let other = new_ca("other CA", 1).unwrap();
+        assert!(https_client_config(&ca.cert).is_ok());
+        assert!(https_client_config(&format!("{}{}", ca.cert, other.cert)).is_ok());
+        for bad in ["", "not a PEM file", ca.key.as_str()] {
+            let error = https_client_config(bad).unwrap_err().to_string();
+            assert!(error.starts_with("CA file: "), "{error}");
+        }
+    }
 
     fn der(pem: &str) -> Vec<u8> {
         x509_parser::pem::parse_x509_pem(pem.as_bytes())

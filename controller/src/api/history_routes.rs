@@ -3,17 +3,18 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::{Extension, Json};
 use futures::StreamExt as _;
 use weft_topology::history::{AllowList, DiffThresholds, HistoryError, diff};
 use weft_topology::time::{now_unix_ns, rfc3339};
 
 use super::error::ApiError;
 use super::query::Params;
+use crate::auth::http::ClientId;
 use crate::limits::Guard;
 use crate::state::AppState;
 
@@ -26,12 +27,16 @@ pub async fn list_snapshots(State(state): State<AppState>) -> Result<impl IntoRe
 }
 
 /// `POST /topology/snapshots`: a snapshot on request, kept apart from the scheduled ones
-/// (`--max-manual-snapshots`) and at most one per `--manual-snapshot-min-interval` (429
-/// with `Retry-After` sooner).
-pub async fn take_snapshot(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+/// (`--max-manual-snapshots`) and at most one per `--manual-snapshot-min-interval` per
+/// client (its token; 429 with `Retry-After` sooner).
+pub async fn take_snapshot(
+    State(state): State<AppState>,
+    client: Option<Extension<ClientId>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let client = client.map_or_else(|| "-".to_owned(), |Extension(ClientId(id))| id);
     let info = state
         .history
-        .take_manual_snapshot(|| state.snapshot(), now_unix_ns())
+        .take_manual_snapshot(&client, || state.snapshot(), now_unix_ns())
         .map_err(|error| match error {
             HistoryError::TooSoon { retry_after, .. } => {
                 state.limits.hit(Guard::ManualSnapshots);

@@ -410,58 +410,86 @@ impl tonic::transport::server::Connected for LimitedIo {
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Refusals being written at once, at most; beyond, a connection is just closed.
 const REFUSALS_IN_FLIGHT: usize = 64;
+/// Handshaken TLS connections waiting for the server to take them.
+const TLS_READY_QUEUE: usize = 64;
 
-/// The HTTP listener with a bound on open connections.
-pub struct LimitedListener {
-    listener: TcpListener,
-    limits: Arc<Limits>,
-    refusals: Arc<Semaphore>,
+/// A connection of the REST listener: plain (`--insecure`) or TLS, over [`LimitedIo`]
+/// (which holds the connection's slot and its idle timer).
+pub enum RestIo {
+    Plain(LimitedIo),
+    Tls(Box<tokio_rustls::server::TlsStream<LimitedIo>>),
 }
 
-impl LimitedListener {
-    pub fn new(listener: TcpListener, limits: Arc<Limits>) -> Self {
-        Self {
-            listener,
-            limits,
-            refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
+impl AsyncRead for RestIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for RestIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
         }
     }
 
-    /// Answers 503 (problem+json, `Retry-After`) on a connection over the limit, then
-    /// closes it; what the client sent is read and dropped for a moment so that the
-    /// close is not a reset that loses the answer.
-    fn refuse(&self, mut stream: TcpStream) {
-        let Ok(permit) = self.refusals.clone().try_acquire_owned() else {
-            return;
-        };
-        let max = self.limits.config.http_max_connections;
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-            let body = format!(
-                r#"{{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the controller has {max} HTTP connections open (--http-max-connections)"}}"#
-            );
-            let response = format!(
-                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {PROBLEM_JSON}\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                stream.write_all(response.as_bytes()).await?;
-                stream.shutdown().await?;
-                let mut sink = [0u8; 4096];
-                while stream.read(&mut sink).await? > 0 {}
-                Ok::<_, io::Error>(())
-            })
-            .await;
-            drop(permit);
-        });
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(io) => io.is_write_vectored(),
+            Self::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedIo;
-    type Addr = SocketAddr;
+/// Accepts TCP connections within `--http-max-connections`: each comes with its slot.
+struct Acceptor {
+    listener: TcpListener,
+    limits: Arc<Limits>,
+    refusals: Arc<Semaphore>,
+    /// Answer a connection over the limit with a plain-HTTP 503 (else just close it:
+    /// a TLS client would not read it).
+    refuse_in_http: bool,
+}
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl Acceptor {
+    async fn next(&mut self) -> (TcpStream, OwnedSemaphorePermit, SocketAddr) {
         loop {
             let (stream, addr) = match self.listener.accept().await {
                 Ok(accepted) => accepted,
@@ -472,20 +500,184 @@ impl axum::serve::Listener for LimitedListener {
                 }
             };
             match self.limits.http_connections.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let idle = Some(self.limits.config.http_idle_timeout);
-                    return (LimitedIo::new(stream, permit, idle), addr);
-                }
+                Ok(permit) => return (stream, permit, addr),
                 Err(_) => {
                     self.limits.hit(Guard::HttpConnections);
-                    self.refuse(stream);
+                    if self.refuse_in_http {
+                        self.refuse(stream);
+                    }
                 }
             }
         }
     }
 
+    /// Answers 503 (problem+json, `Retry-After`) on a connection over the limit, then
+    /// closes it.
+    fn refuse(&self, stream: TcpStream) {
+        let max = self.limits.config.http_max_connections;
+        let body = format!(
+            r#"{{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the controller has {max} HTTP connections open (--http-max-connections)"}}"#
+        );
+        answer_and_close(
+            &self.refusals,
+            stream,
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {PROBLEM_JSON}\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+    }
+}
+
+/// Writes `response` and closes; what the client sent is read and dropped for a moment so
+/// that the close is not a reset that loses the answer. At most [`REFUSALS_IN_FLIGHT`] at
+/// once (beyond, the connection is just closed).
+fn answer_and_close(refusals: &Arc<Semaphore>, mut stream: TcpStream, response: String) {
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, io::Error>(())
+        })
+        .await;
+        drop(permit);
+    });
+}
+
+/// The HTTP listener with a bound on open connections and, with TLS, on the time a
+/// handshake may take. A TLS connection holds its slot from the TCP accept on, so slow
+/// handshakes count against `--http-max-connections`; each runs in its own task (a slow
+/// one delays no other) and is closed after `--http-tls-handshake-timeout`.
+pub struct LimitedListener {
+    local: SocketAddr,
+    mode: Mode,
+}
+
+enum Mode {
+    Plain(Acceptor),
+    /// Connections whose handshake is done, from [`tls_accept_loop`] (stopped when this
+    /// listener is dropped).
+    Tls(tokio::sync::mpsc::Receiver<(RestIo, SocketAddr)>),
+}
+
+impl LimitedListener {
+    /// Plain HTTP (`--insecure`).
+    pub fn new(listener: TcpListener, limits: Arc<Limits>) -> Self {
+        Self::with_tls(listener, limits, None)
+    }
+
+    /// HTTPS with `tls`, or plain HTTP without.
+    pub fn with_tls(
+        listener: TcpListener,
+        limits: Arc<Limits>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let acceptor = Acceptor {
+            listener,
+            limits,
+            refusals: Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT)),
+            refuse_in_http: tls.is_none(),
+        };
+        let mode = match tls {
+            None => Mode::Plain(acceptor),
+            Some(config) => {
+                let (ready, accepted) = tokio::sync::mpsc::channel(TLS_READY_QUEUE);
+                tokio::spawn(tls_accept_loop(acceptor, config, ready));
+                Mode::Tls(accepted)
+            }
+        };
+        Self { local, mode }
+    }
+}
+
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Accepts connections and runs each one's handshake in its own task, bounded in time;
+/// hands the handshaken ones to the server. Ends when the server drops its listener.
+async fn tls_accept_loop(
+    mut acceptor: Acceptor,
+    config: Arc<rustls::ServerConfig>,
+    ready: tokio::sync::mpsc::Sender<(RestIo, SocketAddr)>,
+) {
+    let tls = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (stream, permit, addr) = tokio::select! {
+            () = ready.closed() => return,
+            accepted = acceptor.next() => accepted,
+        };
+        let limits = acceptor.limits.clone();
+        let refusals = acceptor.refusals.clone();
+        let tls = tls.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let timeout = limits.config.http_tls_handshake_timeout;
+            let idle = Some(limits.config.http_idle_timeout);
+            let handshake = async {
+                let mut first = [0u8; 1];
+                let n = stream.peek(&mut first).await?;
+                if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+                    return Ok::<_, io::Error>(Err(stream));
+                }
+                let io = LimitedIo::new(stream, permit, idle);
+                tls.accept(io).await.map(Ok)
+            };
+            match tokio::time::timeout(timeout, handshake).await {
+                Ok(Ok(Ok(io))) => {
+                    let _ = ready.send((RestIo::Tls(Box::new(io)), addr)).await;
+                }
+                Ok(Ok(Err(plain))) => {
+                    tracing::debug!(%addr, "plain HTTP on the HTTPS listener");
+                    let body = r#"{"type":"about:blank","title":"Bad Request","status":400,"detail":"this listener speaks HTTPS: use https:// (and the CA of the controller's certificate)"}"#;
+                    answer_and_close(
+                        &refusals,
+                        plain,
+                        format!(
+                            "HTTP/1.1 400 Bad Request\r\ncontent-type: {PROBLEM_JSON}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        ),
+                    );
+                }
+                Ok(Err(error)) => tracing::debug!(%addr, %error, "TLS handshake failed"),
+                Err(_) => {
+                    limits.hit(Guard::HttpTlsHandshake);
+                    tracing::debug!(%addr, ?timeout, "TLS handshake timed out");
+                }
+            }
+        });
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = RestIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match &mut self.mode {
+            Mode::Plain(acceptor) => {
+                let (stream, permit, addr) = acceptor.next().await;
+                let idle = Some(acceptor.limits.config.http_idle_timeout);
+                (RestIo::Plain(LimitedIo::new(stream, permit, idle)), addr)
+            }
+            Mode::Tls(accepted) => match accepted.recv().await {
+                Some(connection) => connection,
+                // The accept loop ended (it only does when this listener is dropped).
+                None => std::future::pending().await,
+            },
+        }
+    }
+
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
+        Ok(self.local)
     }
 }
 
@@ -516,6 +708,113 @@ pub fn grpc_incoming(
             }
         }
     })
+}
+
+/// gRPC methods that stream their answer: they hold no unary slot (a follower would
+/// otherwise keep one for as long as it follows).
+pub const GRPC_STREAMS: [&str; 2] = [
+    "/weft.v1.ShardService/WatchEvents",
+    "/weft.v1.AgentControlService/WatchDesiredState",
+];
+
+/// Whether a gRPC call takes a unary slot: the client services (TopologyService,
+/// ShardService) and the control service's reports; not streams, not the agents'
+/// `AgentService` (bounded by `--agent-record-rate`, and whose RESOURCE_EXHAUSTED means
+/// "split the batch").
+pub fn grpc_call_is_limited(path: &str) -> bool {
+    !GRPC_STREAMS.contains(&path)
+        && [
+            "/weft.v1.TopologyService/",
+            "/weft.v1.ShardService/",
+            "/weft.v1.AgentControlService/",
+        ]
+        .iter()
+        .any(|service| path.starts_with(service))
+}
+
+/// Marks a response as a refusal by [`GrpcConcurrency`] (not a message-size refusal).
+#[derive(Debug, Clone, Copy)]
+struct RefusedForConcurrency;
+
+/// At most `--grpc-concurrency` unary calls at once ([`grpc_call_is_limited`]); a call
+/// waits `--grpc-queue-wait` for a slot, then gets RESOURCE_EXHAUSTED. Placed inside the
+/// token check: a call without the right token takes no slot.
+#[derive(Debug, Clone)]
+pub struct GrpcConcurrency {
+    limits: Arc<Limits>,
+}
+
+impl GrpcConcurrency {
+    pub fn layer(limits: Arc<Limits>) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcConcurrency {
+    type Service = GrpcConcurrencyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcConcurrencyService {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcConcurrencyService<S> {
+    inner: S,
+    limits: Arc<Limits>,
+}
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for GrpcConcurrencyService<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        if !grpc_call_is_limited(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        // The ready service goes with the call; a clone stays for the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let config = &limits.config;
+            let slot = tokio::time::timeout(
+                config.grpc_queue_wait,
+                limits.grpc_calls.clone().acquire_owned(),
+            )
+            .await;
+            let Ok(Ok(permit)) = slot else {
+                limits.hit(Guard::GrpcConcurrency);
+                let mut response = tonic::Status::resource_exhausted(format!(
+                    "{} calls are being served and none finished within {:?} (--grpc-concurrency); retry later",
+                    config.grpc_concurrency, config.grpc_queue_wait
+                ))
+                .into_http::<R>();
+                response.extensions_mut().insert(RefusedForConcurrency);
+                return Ok(response);
+            };
+            let response = inner.call(request).await;
+            drop(permit);
+            response
+        })
+    }
 }
 
 /// Counts the gRPC calls refused because a message was larger than the decode limit
@@ -566,7 +865,12 @@ where
         let limits = self.limits.clone();
         Box::pin(async move {
             let result = call.await;
-            if let Ok(response) = &result {
+            if let Ok(response) = &result
+                && response
+                    .extensions()
+                    .get::<RefusedForConcurrency>()
+                    .is_none()
+            {
                 let status = response.headers().get("grpc-status");
                 let code = |c: tonic::Code| {
                     status.is_some_and(|v| v.as_bytes() == (c as i32).to_string().as_bytes())
@@ -619,5 +923,36 @@ mod tests {
             class(&get, "/events", Some("follow=false&from=1")),
             Class::Read
         );
+    }
+
+    /// Every streaming method of the proto is in [`GRPC_STREAMS`] (a new one would
+    /// otherwise hold a unary slot for as long as it streams).
+    #[test]
+    fn every_streaming_rpc_is_exempt_from_the_unary_slots() {
+        let proto = include_str!("../../../proto/proto/weft.proto");
+        let mut service = "";
+        let mut streams = Vec::new();
+        for line in proto.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.trim_end_matches('{').trim();
+            }
+            if let Some(rest) = line.strip_prefix("rpc ")
+                && line.contains("returns (stream ")
+            {
+                let method = rest.split('(').next().unwrap_or_default().trim();
+                streams.push(format!("/weft.v1.{service}/{method}"));
+            }
+        }
+        assert!(!streams.is_empty());
+        for path in &streams {
+            assert!(GRPC_STREAMS.contains(&path.as_str()), "{path} streams");
+            assert!(!grpc_call_is_limited(path), "{path}");
+        }
+        assert!(grpc_call_is_limited("/weft.v1.ShardService/ListShards"));
+        assert!(grpc_call_is_limited("/weft.v1.TopologyService/GetTopology"));
+        assert!(grpc_call_is_limited(
+            "/weft.v1.AgentControlService/ReportObserved"
+        ));
+        assert!(!grpc_call_is_limited("/weft.v1.AgentService/PushFlows"));
     }
 }

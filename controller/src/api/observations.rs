@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use weft_topology::observation::TrafficObservation;
 use weft_topology::time::now_unix_ns;
-use weft_topology::topology::ObservationError;
+use weft_topology::topology::{ObservationError, check_fields};
 
 use super::error::ApiError;
 use crate::state::AppState;
@@ -102,9 +102,18 @@ fn describe(place: Place) -> String {
     }
 }
 
-/// Parses, checks every timestamp, and merges. A timestamp outside the accepted window
-/// refuses the whole body (422, nothing merged): it says the sender's clock or data is
-/// wrong, not that one line is.
+/// A 422 for the whole body: `place` and what is wrong with its `field`, nothing merged.
+fn refuse_body(place: Place, field: &str, reason: &str) -> ApiError {
+    ApiError::Unprocessable {
+        field: field.to_owned(),
+        message: format!("{}: {reason}; nothing was merged", describe(place)),
+    }
+}
+
+/// Parses, checks every timestamp and every name, and merges. A timestamp outside the
+/// accepted window refuses the whole body (422, nothing merged): it says the sender's clock
+/// or data is wrong, not that one line is. So does a control character (or another
+/// invisible one) in a host, method or path: the sender is not writing names.
 pub fn ingest_body(state: &AppState, body: &str) -> Result<Accepted, ApiError> {
     let mut parsed = Vec::new();
     let mut errors = Vec::new();
@@ -122,15 +131,17 @@ pub fn ingest_body(state: &AppState, body: &str) -> Result<Accepted, ApiError> {
     }
     let now = now_unix_ns();
     for (place, o) in &parsed {
-        if let Err(ObservationError::Timestamp(e)) = state.topology.check_observation_time(o, now) {
-            let detail = e.to_string();
-            let detail = detail
-                .split_once(": ")
-                .map_or(detail.as_str(), |(_, rest)| rest);
-            return Err(ApiError::Unprocessable {
-                field: e.field.to_owned(),
-                message: format!("{}: {detail}; nothing was merged", describe(*place)),
-            });
+        if let Err(e @ ObservationError::NonPrintable { field, .. }) = check_fields(o) {
+            return Err(refuse_body(*place, field, &e.reason()));
+        }
+        if let Err(e @ ObservationError::Timestamp(_)) =
+            state.topology.check_observation_time(o, now)
+        {
+            return Err(refuse_body(
+                *place,
+                e.field().unwrap_or("timestamp_unix_ns"),
+                &e.reason(),
+            ));
         }
     }
     let mut accepted = 0;

@@ -1,6 +1,7 @@
-//! Client tokens over REST (role `admin`): `POST /tokens` `{"name", "role"}` makes one and
-//! answers it once (201); `GET /tokens` lists them (never a secret or a hash);
-//! `DELETE /tokens/{id}` revokes one for the next request.
+//! Client tokens over REST (role `admin`): `POST /tokens` `{"name", "role", "expires_in"}`
+//! makes one and answers it once (201; `expires_in` is optional, a duration such as `30d`
+//! or `12h`); `GET /tokens` lists them (never a secret or a hash), with `expires` and
+//! `expired`; `DELETE /tokens/{id}` revokes one for the next request.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -19,18 +20,22 @@ pub fn routes() -> Router<AppState> {
         .route("/tokens/{id}", delete(revoke))
 }
 
-fn view(r: &TokenRecord) -> Value {
+fn view(r: &TokenRecord, now_unix_ns: u64) -> Value {
     json!({
         "id": r.id,
         "name": r.name,
         "role": r.role,
         "created": agent_common::time::rfc3339(r.created_unix_ns),
+        "expires": r.expires_unix_ns.map(agent_common::time::rfc3339),
+        "expired": r.expired(now_unix_ns),
     })
 }
 
 async fn list(State(state): State<AppState>) -> Json<Value> {
-    let tokens: Vec<Value> = state.auth.tokens.list().iter().map(view).collect();
-    Json(json!({ "tokens": tokens }))
+    let tokens = &state.auth.tokens;
+    let now = tokens.now_unix_ns();
+    let all: Vec<Value> = tokens.list().iter().map(|r| view(r, now)).collect();
+    Json(json!({ "tokens": all }))
 }
 
 async fn create(
@@ -55,14 +60,36 @@ async fn create(
             field: "role".into(),
             message,
         })?;
-    let (record, token) = state.auth.tokens.create(name, role).map_err(|e| match e {
+    let expires_in = match value.get("expires_in") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => {
+            Some(agent_common::time::parse_duration(text).map_err(|message| {
+                ApiError::BadField {
+                    field: "expires_in".into(),
+                    message,
+                }
+            })?)
+        }
+        Some(_) => {
+            return Err(ApiError::BadField {
+                field: "expires_in".into(),
+                message: "a duration such as 30d, 12h or 90m".into(),
+            });
+        }
+    };
+    let tokens = &state.auth.tokens;
+    let (record, token) = tokens.create(name, role, expires_in).map_err(|e| match e {
         crate::auth::tokens::TokenError::BadName(message) => ApiError::BadField {
             field: "name".into(),
             message,
         },
+        crate::auth::tokens::TokenError::BadExpiry(message) => ApiError::BadField {
+            field: "expires_in".into(),
+            message,
+        },
         other => ApiError::Internal(other.to_string()),
     })?;
-    let mut v = view(&record);
+    let mut v = view(&record, tokens.now_unix_ns());
     v["token"] = json!(token);
     Ok((StatusCode::CREATED, Json(v)))
 }
@@ -72,7 +99,7 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     match state.auth.tokens.revoke(&id) {
-        Ok(Some(record)) => Ok(Json(view(&record))),
+        Ok(Some(record)) => Ok(Json(view(&record, state.auth.tokens.now_unix_ns()))),
         Ok(None) => Err(ApiError::Missing(format!(
             "no token {id}; list them with GET /tokens"
         ))),

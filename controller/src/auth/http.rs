@@ -8,9 +8,19 @@ use super::{Refusal, role};
 use crate::api::error::ApiError;
 use crate::state::AppState;
 
-/// Lets a request through if its path is open or its token's role allows it; otherwise
-/// answers 401 or 403 (problem+json) and the handler never runs.
-pub async fn require_role(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Who made a request: the id of its token (handlers that keep something per client read
+/// it from the request's extensions). Absent when tokens are not required (in-process
+/// tests) or the path is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientId(pub String);
+
+/// Lets a request through if its path is open or its token's role allows it (with its
+/// [`ClientId`]); otherwise answers 401 or 403 (problem+json) and the handler never runs.
+pub async fn require_role(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let auth = &state.auth;
     let path = request.uri().path();
     if auth.is_open(path) {
@@ -22,7 +32,12 @@ pub async fn require_role(State(state): State<AppState>, request: Request, next:
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match auth.authorize(header, needed) {
-        Ok(_) => next.run(request).await,
+        Ok(record) => {
+            if let Some(record) = record {
+                request.extensions_mut().insert(ClientId(record.id));
+            }
+            next.run(request).await
+        }
         Err(refusal) => {
             state
                 .metrics

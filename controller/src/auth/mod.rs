@@ -57,6 +57,8 @@ pub enum Refusal {
     NoToken,
     #[error("the bearer token is not valid")]
     BadToken,
+    #[error("the bearer token has expired")]
+    Expired,
     #[error("this request needs the {needed} role")]
     Forbidden { needed: Role },
 }
@@ -88,7 +90,13 @@ impl Auth {
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or(Refusal::NoToken)?
             .trim();
-        let record = self.tokens.verify(token).ok_or(Refusal::BadToken)?;
+        let record = self
+            .tokens
+            .verify(token)
+            .map_err(|rejection| match rejection {
+                tokens::Rejection::Unknown => Refusal::BadToken,
+                tokens::Rejection::Expired => Refusal::Expired,
+            })?;
         if record.role < needed {
             return Err(Refusal::Forbidden { needed });
         }

@@ -116,12 +116,24 @@ impl Controller {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
+        self.request_as(TOKEN, method, path, headers, body)
+    }
+
+    /// As [`Controller::request`], with the bearer token `token`.
+    pub fn request_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let mut stream = TcpStream::connect(&self.http).expect("connect to HTTP");
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .expect("timeout");
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {TOKEN}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {token}\r\nconnection: close\r\ncontent-length: {}\r\n",
             body.len()
         );
         for (k, v) in headers {

@@ -153,8 +153,10 @@ fn another_hosts_certificate_cannot_speak_for_hv1_and_no_token_changes_nothing()
     ensure!(after["applied_generation"] == generation_before, "{after}");
 
     // A client without a token cannot take the address away.
-    let release = format!("http://{http}/networks/{NETWORK}/workloads/a1/addresses");
-    let status = match ureq::delete(&release)
+    let release = controller.http_url(&format!("/networks/{NETWORK}/workloads/a1/addresses"));
+    let status = match controller
+        .client()?
+        .delete(&release)
         .timeout(Duration::from_secs(5))
         .call()
     {

@@ -5,7 +5,7 @@ pub mod allow;
 pub mod diff;
 pub mod events;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub struct HistoryLimits {
     pub max_snapshots: usize,
     /// Snapshots taken on request kept, apart from the scheduled ones.
     pub max_manual_snapshots: usize,
-    /// The shortest time between two snapshots taken on request.
+    /// The shortest time between two snapshots taken on request by the same client.
     pub manual_min_interval: Duration,
 }
 
@@ -73,9 +73,10 @@ pub enum HistoryError {
     Store(#[from] StoreError),
     #[error("stored snapshot {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
-    /// A snapshot on request came sooner than the minimum interval after the last one.
+    /// A snapshot on request came sooner than the minimum interval after the same
+    /// client's last one.
     #[error(
-        "a snapshot was taken on request less than {min_interval:?} ago; try again in {retry_after:?}"
+        "this client took a snapshot on request less than {min_interval:?} ago; try again in {retry_after:?}"
     )]
     TooSoon {
         min_interval: Duration,
@@ -92,8 +93,9 @@ pub struct History {
     allowed: RwLock<Option<AllowList>>,
     unauthorized: AtomicU64,
     limits: HistoryLimits,
-    /// When the last snapshot on request was taken (Unix ns).
-    last_manual: Mutex<Option<u64>>,
+    /// When each client (a token id) last took a snapshot on request (Unix ns); only
+    /// those within the minimum interval are kept.
+    last_manual: Mutex<HashMap<String, u64>>,
 }
 
 fn key(prefix: &str, unix_ns: u64) -> String {
@@ -126,7 +128,7 @@ impl History {
             allowed: RwLock::new(allowed),
             unauthorized: AtomicU64::new(0),
             limits,
-            last_manual: Mutex::new(None),
+            last_manual: Mutex::new(HashMap::new()),
         })
     }
 
@@ -144,11 +146,13 @@ impl History {
         self.store_snapshot(snapshot, at_unix_ns, false)
     }
 
-    /// Stores a snapshot taken on request: refused ([`HistoryError::TooSoon`], and
-    /// `snapshot` is not called) within the minimum interval after the last one; kept
-    /// apart from the scheduled ones, the oldest deleted beyond their own bound.
+    /// Stores a snapshot taken on request by `client` (who asks: a token id): refused
+    /// ([`HistoryError::TooSoon`], and `snapshot` is not called) within the minimum
+    /// interval after that client's last one; kept apart from the scheduled ones, the
+    /// oldest deleted beyond their own bound.
     pub fn take_manual_snapshot(
         &self,
+        client: &str,
         snapshot: impl FnOnce() -> TopologySnapshot,
         at_unix_ns: u64,
     ) -> Result<SnapshotInfo, HistoryError> {
@@ -159,16 +163,19 @@ impl History {
                 .unwrap_or_else(PoisonError::into_inner);
             let interval =
                 u64::try_from(self.limits.manual_min_interval.as_nanos()).unwrap_or(u64::MAX);
-            if let Some(previous) = *last {
+            // Clients whose interval has passed need no entry (the map stays as small as
+            // the clients of the last interval).
+            last.retain(|_, previous| previous.saturating_add(interval) > at_unix_ns);
+            if let Some(previous) = last.get(client) {
                 let next = previous.saturating_add(interval);
-                if at_unix_ns < next {
-                    return Err(HistoryError::TooSoon {
-                        min_interval: self.limits.manual_min_interval,
-                        retry_after: Duration::from_nanos(next - at_unix_ns),
-                    });
-                }
+                return Err(HistoryError::TooSoon {
+                    min_interval: self.limits.manual_min_interval,
+                    retry_after: Duration::from_nanos(next.saturating_sub(at_unix_ns)),
+                });
             }
-            *last = Some(at_unix_ns);
+            if interval > 0 {
+                last.insert(client.to_owned(), at_unix_ns);
+            }
         }
         self.store_snapshot(&snapshot(), at_unix_ns, true)
     }

@@ -187,7 +187,7 @@ fn snapshots_on_request_cannot_push_the_scheduled_ones_out() {
             .expect("take");
     }
     for i in 0..200u64 {
-        h.take_manual_snapshot(|| one.clone(), 11 * 60_000_000_000 + i * 1_000)
+        h.take_manual_snapshot("ci", || one.clone(), 11 * 60_000_000_000 + i * 1_000)
             .expect("take on request");
     }
     let all = h.snapshots().expect("list");
@@ -215,10 +215,11 @@ fn snapshots_on_request_keep_a_minimum_interval() {
     .expect("history");
     let one = map(&[("a", "b", "http", 1.0, None)]);
     const S: u64 = 1_000_000_000;
-    h.take_manual_snapshot(|| one.clone(), 100 * S)
+    h.take_manual_snapshot("ci", || one.clone(), 100 * S)
         .expect("first");
     let mut built = false;
     match h.take_manual_snapshot(
+        "ci",
         || {
             built = true;
             one.clone()
@@ -232,7 +233,14 @@ fn snapshots_on_request_keep_a_minimum_interval() {
     }
     assert!(!built, "a refused snapshot is not even built");
     assert_eq!(h.snapshots().expect("list").len(), 1);
-    h.take_manual_snapshot(|| one.clone(), 110 * S)
+    // Another client has its own interval.
+    h.take_manual_snapshot("dashboards", || one.clone(), 105 * S)
+        .expect("another client");
+    assert!(matches!(
+        h.take_manual_snapshot("dashboards", || one.clone(), 109 * S),
+        Err(HistoryError::TooSoon { retry_after, .. }) if retry_after == Duration::from_secs(6)
+    ));
+    h.take_manual_snapshot("ci", || one.clone(), 110 * S)
         .expect("after the interval");
-    assert_eq!(h.snapshots().expect("list").len(), 2);
+    assert_eq!(h.snapshots().expect("list").len(), 3);
 }

@@ -15,13 +15,15 @@
 //! upstream host (no healthy upstream, a local reply) it is the `:authority`. Bytes are from
 //! the client's side: `bytes_sent` is what Envoy received from downstream. Response code 0
 //! (no response) and response flags other than `-` count as errors. Control characters in
-//! hosts, method and path become U+FFFD.
+//! hosts, method and path become U+FFFD. A line the topology would refuse (a host over 253
+//! bytes, a method or path over 256: the topology's own
+//! [`check_fields`](crate::topology::check_fields)) is an error naming its field.
 
 use serde_json::Value;
 
 use super::time::{from_unix_seconds, parse_rfc3339};
 use super::{
-    ImportError, ImportOptions, ImportReport, normalize_protocol, numbered_lines, printable,
+    ImportError, ImportOptions, ImportReport, checked, normalize_protocol, numbered_lines,
 };
 use crate::observation::{NetworkEndpoint, TrafficObservation};
 
@@ -268,6 +270,11 @@ fn observation(e: Entry, options: &ImportOptions) -> Result<TrafficObservation, 
         None => "tcp",
     };
     let default_port = 80;
+    let dest_field = match (&e.upstream_host, &e.upstream_cluster) {
+        (Some(_), Some(_)) => "upstream_cluster",
+        (Some(_), None) => "upstream_host",
+        (None, _) => "authority",
+    };
     let (dest_host, dest_port) = match (&e.upstream_host, &e.authority) {
         (Some(upstream), _) => {
             let (host, port) = split_host_port(upstream, default_port)
@@ -281,7 +288,45 @@ fn observation(e: Entry, options: &ImportOptions) -> Result<TrafficObservation, 
             return Err("no destination: neither an upstream host nor an authority".into());
         }
     };
-    let source = match (&options.source, &e.downstream, &e.forwarded_for) {
+    if !e.duration_ms.is_finite() || e.duration_ms < 0.0 {
+        return Err(format!(
+            "field DURATION: {} is not a duration",
+            e.duration_ms
+        ));
+    }
+    let source_field = match (&options.source, &e.downstream, &e.forwarded_for) {
+        (Some(_), _, _) => "source (the caller's name)",
+        (None, Some(_), _) => "downstream_remote_address",
+        (None, None, Some(_)) => "X-Forwarded-For",
+        (None, None, None) => "source",
+    };
+    let name = |field: &'static str| {
+        match field {
+            "source.host" => source_field,
+            "destination.host" => dest_field,
+            other => other,
+        }
+        .to_owned()
+    };
+    // Everything but the source is checked first, so that a line's error does not depend
+    // on whether the caller names the source.
+    let mut observation = checked(
+        TrafficObservation {
+            timestamp_unix_ns: e.start_time,
+            source: NetworkEndpoint::new(UNKNOWN_DOWNSTREAM, 0),
+            destination: NetworkEndpoint::new(dest_host, dest_port),
+            protocol: protocol.to_string(),
+            bytes_sent: e.bytes_received,
+            bytes_received: e.bytes_sent,
+            latency_ms: e.duration_ms,
+            status_code: (e.response_code != 0).then_some(e.response_code),
+            method: e.method,
+            path: e.path,
+            error: e.response_code == 0 || e.flags.is_some(),
+        },
+        name,
+    )?;
+    observation.source = match (&options.source, &e.downstream, &e.forwarded_for) {
         (Some(name), _, _) => NetworkEndpoint::new(name.clone(), 0),
         (None, Some(downstream), _) => {
             let (host, port) = split_host_port(downstream, 0)
@@ -295,23 +340,5 @@ fn observation(e: Entry, options: &ImportOptions) -> Result<TrafficObservation, 
         }
         (None, None, None) => NetworkEndpoint::new(UNKNOWN_DOWNSTREAM, 0),
     };
-    if !e.duration_ms.is_finite() || e.duration_ms < 0.0 {
-        return Err(format!(
-            "field DURATION: {} is not a duration",
-            e.duration_ms
-        ));
-    }
-    Ok(printable(TrafficObservation {
-        timestamp_unix_ns: e.start_time,
-        source,
-        destination: NetworkEndpoint::new(dest_host, dest_port),
-        protocol: protocol.to_string(),
-        bytes_sent: e.bytes_received,
-        bytes_received: e.bytes_sent,
-        latency_ms: e.duration_ms,
-        status_code: (e.response_code != 0).then_some(e.response_code),
-        method: e.method,
-        path: e.path,
-        error: e.response_code == 0 || e.flags.is_some(),
-    }))
+    checked(observation, name)
 }

@@ -15,12 +15,14 @@
 //! required too, as in the spec's dataclass; the flat shape defaults them like
 //! `create_traffic_observation` (now, 0, 0, 0). `timestamp` is RFC 3339 text or Unix
 //! seconds; `timestamp_unix_ns` and `error` (weft's own serialisation) are accepted. Control
-//! characters in hosts, method and path become U+FFFD.
+//! characters in hosts, method and path become U+FFFD. A line the topology would refuse
+//! (a host over 253 bytes, a method or path over 256: the topology's own
+//! [`check_fields`](crate::topology::check_fields)) is an error naming its field.
 
 use serde_json::{Map, Value};
 
 use super::time::{from_unix_seconds, parse_rfc3339};
-use super::{ImportError, ImportReport, normalize_protocol, numbered_lines, printable};
+use super::{ImportError, ImportReport, checked, normalize_protocol, numbered_lines};
 use crate::observation::{NetworkEndpoint, TrafficObservation};
 use crate::time::now_unix_ns;
 
@@ -50,6 +52,7 @@ pub fn parse_line(text: &str, now_unix_ns: u64) -> Result<TrafficObservation, St
         return Err("expected a JSON object".into());
     };
     let nested = obj.contains_key("source") || obj.contains_key("destination");
+    let mut dest_host_field = "dest_host";
     let (source, destination) = if nested {
         (endpoint(&obj, "source")?, endpoint(&obj, "destination")?)
     } else {
@@ -58,6 +61,7 @@ pub fn parse_line(text: &str, now_unix_ns: u64) -> Result<TrafficObservation, St
         } else {
             "dest_host"
         };
+        dest_host_field = dest_host;
         let dest_port = if obj.contains_key("destination_port") {
             "destination_port"
         } else {
@@ -127,7 +131,7 @@ pub fn parse_line(text: &str, now_unix_ns: u64) -> Result<TrafficObservation, St
             ));
         }
     };
-    Ok(printable(TrafficObservation {
+    let observation = TrafficObservation {
         timestamp_unix_ns,
         source,
         destination,
@@ -139,7 +143,15 @@ pub fn parse_line(text: &str, now_unix_ns: u64) -> Result<TrafficObservation, St
         method: optional_string(&obj, "method")?,
         path: optional_string(&obj, "path")?,
         error,
-    }))
+    };
+    checked(observation, |field| {
+        let name = match field {
+            "source.host" if !nested => "source_host",
+            "destination.host" if !nested => dest_host_field,
+            other => other,
+        };
+        format!("{name:?}")
+    })
 }
 
 fn kind(value: &Value) -> &'static str {

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::observation::{TrafficObservation, is_known_protocol};
+use crate::topology::{check_fields, is_printable};
 
 /// One malformed line or packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,15 +180,16 @@ pub fn normalize_protocol(name: &str) -> Option<&'static str> {
     is_known_protocol(alias).then_some(alias)
 }
 
-/// Makes the text fields of an imported observation printable: control characters in
-/// hosts, method and path become U+FFFD, as weft-l7 does with labels from wire bytes. Import
-/// files are untrusted, and these fields reach terminals through the ASCII map.
+/// Makes the text fields of an imported observation printable: control and invisible
+/// characters (those [`is_printable`] refuses) in hosts, method and path become U+FFFD, as
+/// weft-l7 does with labels from wire bytes. Import files are untrusted, and these fields
+/// reach terminals through the ASCII map.
 pub(crate) fn printable(mut o: TrafficObservation) -> TrafficObservation {
     fn clean(s: &mut String) {
-        if s.chars().any(char::is_control) {
+        if !s.chars().all(is_printable) {
             *s = s
                 .chars()
-                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .map(|c| if is_printable(c) { c } else { '\u{fffd}' })
                 .collect();
         }
     }
@@ -197,6 +199,22 @@ pub(crate) fn printable(mut o: TrafficObservation) -> TrafficObservation {
         clean(label);
     }
     o
+}
+
+/// The last step of a line-based importer: [`printable`], then the topology's own checks of
+/// an observation ([`check_fields`]: sizes of hosts, method and path, ...), so that no
+/// observation is produced that the topology would refuse. The error names the field as
+/// the input does (`input_name` maps the observation's field, e.g. `source.host`, to it).
+pub(crate) fn checked(
+    o: TrafficObservation,
+    input_name: impl Fn(&'static str) -> String,
+) -> Result<TrafficObservation, String> {
+    let o = printable(o);
+    check_fields(&o).map_err(|e| match e.field() {
+        Some(field) => format!("field {}: {}", input_name(field), e.reason()),
+        None => e.to_string(),
+    })?;
+    Ok(o)
 }
 
 /// Lines of `input` with their 1-based numbers, blank lines left out; a line that is not

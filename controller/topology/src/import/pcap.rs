@@ -10,6 +10,7 @@
 use super::packet::{self, Frame};
 use super::turns::Tracker;
 use super::{ImportError, ImportReport};
+use crate::topology::check_fields;
 
 const PCAP_MICROS: u32 = 0xa1b2_c3d4;
 const PCAP_NANOS: u32 = 0xa1b2_3c4d;
@@ -41,7 +42,26 @@ pub fn import(bytes: &[u8]) -> ImportReport {
         tracker,
         ..
     } = reader;
-    let (observations, marks): (Vec<_>, Vec<_>) = tracker.finish().into_iter().unzip();
+    // Hosts are addresses or DNS names within the topology's bounds and labels are kept
+    // only when the topology takes them, so this refuses nothing unless a parser changes.
+    let (observations, marks): (Vec<_>, Vec<_>) = tracker
+        .finish()
+        .into_iter()
+        .filter(|(o, _)| match check_fields(o) {
+            Ok(()) => true,
+            Err(e) => {
+                report.errors.push(ImportError {
+                    location: format!(
+                        "flow {} -> {}",
+                        o.source.to_endpoint_string(),
+                        o.destination.to_endpoint_string()
+                    ),
+                    message: e.to_string(),
+                });
+                false
+            }
+        })
+        .unzip();
     report.observations = observations;
     report.sort_with_marks(marks);
     report

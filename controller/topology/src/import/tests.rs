@@ -776,3 +776,209 @@ fn envoy_addresses_without_a_host_are_errors() {
         NetworkEndpoint::new("10.0.2.1", 80)
     );
 }
+
+/// Found by reading the fuzz targets' invariant (an imported observation is one the
+/// topology takes): a host over 253 bytes or a method/path over 256 was imported and then
+/// refused by the topology. The importers apply the topology's own checks, and the line is
+/// an error naming its field; the other lines are imported.
+#[test]
+fn jsonl_lines_the_topology_would_refuse_are_errors_naming_the_field() {
+    let long_host = "h".repeat(crate::topology::MAX_NAME_BYTES + 1);
+    let long_path = format!("/{}", "p".repeat(crate::topology::MAX_LABEL_BYTES));
+    // 251 bytes and two control characters: 257 bytes once they are U+FFFD.
+    let grows = format!(
+        "{}\u{7}\u{7}",
+        "g".repeat(crate::topology::MAX_NAME_BYTES - 2)
+    );
+    let flat = |source: &str, dest: &str, path: &str| {
+        format!(
+            r#"{{"source_host": "{source}", "source_port": 1, "dest_host": "{dest}", "dest_port": 80, "protocol": "http", "path": "{path}"}}"#
+        )
+    };
+    let nested = format!(
+        r#"{{"timestamp_unix_ns": 5, "source": {{"host": "a", "port": 1}}, "destination": {{"host": "{long_host}", "port": 2}}, "protocol": "tcp", "bytes_sent": 0, "bytes_received": 0, "latency_ms": 0}}"#
+    );
+    let input = [
+        flat("web", "api", "/ok"),
+        flat(&long_host, "api", "/"),
+        flat("web", &long_host, "/"),
+        flat("web", "api", &long_path),
+        nested,
+        flat("web", &grows.replace('\u{7}', "\\u0007"), "/"),
+    ]
+    .join("\n");
+    let report = import_bytes(Format::Jsonl, input.as_bytes(), &ImportOptions::default());
+    let errors: Vec<(&str, &str)> = report
+        .errors
+        .iter()
+        .map(|e| (e.location.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                "line 2",
+                "field \"source_host\": 254 bytes is longer than the 253 accepted"
+            ),
+            (
+                "line 3",
+                "field \"dest_host\": 254 bytes is longer than the 253 accepted"
+            ),
+            (
+                "line 4",
+                "field \"path\": 257 bytes is longer than the 256 accepted"
+            ),
+            (
+                "line 5",
+                "field \"destination.host\": 254 bytes is longer than the 253 accepted"
+            ),
+            (
+                "line 6",
+                "field \"dest_host\": 257 bytes is longer than the 253 accepted"
+            ),
+        ]
+    );
+    assert_eq!(report.observations.len(), 1);
+    assert_eq!(report.units_read, 6);
+    let mapper = crate::mapper::TopologyMapper::new();
+    assert!(mapper.observe_traffic(&report.observations[0]).is_ok());
+}
+
+/// Invisible characters (a right-to-left override, a zero-width space) are replaced like
+/// control characters: two names that print alike are not two services.
+#[test]
+fn jsonl_invisible_characters_become_replacement_characters() {
+    let input = br#"{"source_host": "web\u202e", "source_port": 1, "dest_host": "a\u200bpi", "dest_port": 80, "protocol": "http"}"#;
+    let report = import_bytes(Format::Jsonl, input, &ImportOptions::default());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let o = &report.observations[0];
+    assert_eq!(o.source.host, "web\u{fffd}");
+    assert_eq!(o.destination.host, "a\u{fffd}pi");
+}
+
+/// The same for Envoy logs, with the field named as the log names it; a source name given
+/// by the caller rescues a line whose X-Forwarded-For address was too long.
+#[test]
+fn envoy_lines_the_topology_would_refuse_are_errors_naming_the_field() {
+    let long = "x".repeat(crate::topology::MAX_NAME_BYTES + 1);
+    let line = |path: &str, xff: &str, upstream: &str| {
+        format!(
+            "[2016-04-15T20:17:00.310Z] \"GET {path} HTTP/1.1\" 200 - 0 10 3 2 \"{xff}\" \"curl\" \"id\" \"{upstream}\" \"10.0.2.1:80\"\n"
+        )
+    };
+    let json = format!(
+        r#"{{"start_time": "2016-04-15T20:17:00.310Z", "method": "GET", "path": "/", "protocol": "HTTP/1.1", "response_code": 200, "upstream_host": "10.0.2.1:80", "upstream_cluster": "{long}", "downstream_remote_address": "10.0.0.1:5000"}}"#
+    );
+    let long_path = format!("/{}", "p".repeat(crate::topology::MAX_LABEL_BYTES));
+    let input = [
+        line("/ok", "10.0.0.9", "users"),
+        line(&long_path, "10.0.0.9", "users"),
+        line("/", &long, "users"),
+        json + "\n",
+    ]
+    .concat();
+    let report = import_bytes(Format::Envoy, input.as_bytes(), &ImportOptions::default());
+    let errors: Vec<(&str, &str)> = report
+        .errors
+        .iter()
+        .map(|e| (e.location.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                "line 2",
+                "field path: 257 bytes is longer than the 256 accepted"
+            ),
+            (
+                "line 3",
+                "field X-Forwarded-For: 254 bytes is longer than the 253 accepted"
+            ),
+            (
+                "line 4",
+                "field upstream_cluster: 254 bytes is longer than the 253 accepted"
+            ),
+        ]
+    );
+    assert_eq!(report.observations.len(), 1);
+    let named = ImportOptions {
+        source: Some("edge".into()),
+    };
+    let rescued = import_bytes(Format::Envoy, input.as_bytes(), &named);
+    let lines: Vec<&str> = rescued.errors.iter().map(|e| e.location.as_str()).collect();
+    assert_eq!(lines, ["line 2", "line 4"]);
+    let too_long_name = ImportOptions { source: Some(long) };
+    let refused = import_bytes(Format::Envoy, input.as_bytes(), &too_long_name);
+    assert!(
+        refused.errors.iter().any(|e| e.location == "line 1"
+            && e.message
+                .starts_with("field source (the caller's name): 254 bytes")),
+        "{:?}",
+        refused.errors
+    );
+}
+
+/// A DNS answer whose name the topology would refuse (escaped bytes: 4 labels of 60 `!`
+/// are 963 characters) does not name the address: the HTTP server stays `10.0.0.2`.
+#[test]
+fn pcap_dns_names_too_long_for_the_topology_do_not_name_addresses() {
+    let long = vec!["!".repeat(60); 4].join(".");
+    let mut c = Capture::new(1);
+    c.udp(0, CLIENT, 33_333, RESOLVER, 53, &dns_query(&long));
+    c.udp(400, RESOLVER, 53, CLIENT, 33_333, &dns_response(&long, WEB));
+    c.udp(500, CLIENT, 33_334, RESOLVER, 53, &dns_query("web.lab"));
+    c.udp(
+        600,
+        RESOLVER,
+        53,
+        CLIENT,
+        33_334,
+        &dns_response("web.lab", REDIS),
+    );
+    c.tcp(
+        1_000,
+        CLIENT,
+        40_000,
+        WEB,
+        80,
+        PSH_ACK,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    c.tcp(
+        2_000,
+        WEB,
+        80,
+        CLIENT,
+        40_000,
+        PSH_ACK,
+        b"HTTP/1.1 200 OK\r\n\r\n",
+    );
+    c.tcp(
+        3_000,
+        CLIENT,
+        40_001,
+        REDIS,
+        6379,
+        PSH_ACK,
+        b"*1\r\n$4\r\nPING\r\n",
+    );
+    c.tcp(4_000, REDIS, 6379, CLIENT, 40_001, PSH_ACK, b"+PONG\r\n");
+    let report = pcap::import(&c.bytes);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let http = report
+        .observations
+        .iter()
+        .find(|o| o.protocol == "http")
+        .expect("the HTTP request");
+    assert_eq!(http.destination.host, "10.0.0.2");
+    let redis = report
+        .observations
+        .iter()
+        .find(|o| o.protocol == "redis")
+        .expect("the Redis command");
+    assert_eq!(redis.destination.host, "web.lab");
+    let mapper = crate::mapper::TopologyMapper::new();
+    for o in &report.observations {
+        mapper.observe_traffic(o).expect("the topology takes it");
+    }
+}

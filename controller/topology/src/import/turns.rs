@@ -21,6 +21,13 @@ use weft_l7::{Protocol, Transport};
 
 use super::packet::{L4, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::observation::{NetworkEndpoint, TrafficObservation};
+use crate::topology::{MAX_LABEL_BYTES, MAX_NAME_BYTES, check_text};
+
+/// Whether a method or path from the wire is one the topology takes; one it would refuse is
+/// left out of the observation (lossy UTF-8 of a 128-byte head can be 384 bytes).
+fn label_fits(field: &'static str, label: &str) -> bool {
+    check_text(field, label, MAX_LABEL_BYTES).is_ok()
+}
 
 /// Bytes of each turn (and of each direction's first payload) kept for parsing, as the
 /// kernel program's payload samples.
@@ -187,8 +194,12 @@ impl Tracker {
                 }
                 flow.side = Side::Server;
                 if flow.server.1 == 53 || flow.server.1 == 5353 {
+                    // A name the topology would refuse (escaped bytes make a 253-byte name
+                    // up to four times longer) does not name the address.
                     for (name, address, _ttl) in weft_l7::dns_answers(s.payload, is_tcp) {
-                        self.names.insert(address, name);
+                        if check_text("dns name", &name, MAX_NAME_BYTES).is_ok() {
+                            self.names.insert(address, name);
+                        }
                     }
                 }
             }
@@ -298,8 +309,13 @@ impl Tracker {
                     } else {
                         None
                     },
-                    method: request.as_ref().map(|r| r.method.clone()),
-                    path: request.and_then(|r| r.path),
+                    method: request
+                        .as_ref()
+                        .map(|r| r.method.clone())
+                        .filter(|m| label_fits("method", m)),
+                    path: request
+                        .and_then(|r| r.path)
+                        .filter(|p| label_fits("path", p)),
                     error: response.is_some_and(|r| r.error) || (flow.reset && i == last),
                 },
                 false,

@@ -30,6 +30,23 @@ pub const MAX_NAME_BYTES: usize = 253;
 /// first 128 bytes of a request).
 pub const MAX_LABEL_BYTES: usize = 256;
 
+/// Whether `c` may stand in a name or label (service, host, method, path): not a control
+/// character (C0, DEL, C1) nor an invisible format character (zero-width, bidirectional
+/// overrides and isolates, byte-order mark, soft hyphen, interlinear annotation) that would
+/// make two names look alike or reorder a terminal's text.
+pub fn is_printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(
+            c,
+            '\u{ad}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+        )
+}
+
 /// The share of the service and dependency caps that peers not registered as workloads
 /// may fill (nine tenths): the rest stays for registered workloads, so a flood of spoofed
 /// sources cannot keep the workloads' own dependencies out.

@@ -35,14 +35,17 @@ use crate::time::now_unix_ns;
 pub use buckets::{BucketConfig, Window};
 pub use classify::{ServiceClassifier, ServiceFacts, ServiceType, protocol_for};
 pub use evidence::{Evidence, ProtocolEvidence};
-pub use limits::{Full, Limit, LimitHits, TimestampError, TopologyLimits};
+pub use limits::{
+    Full, Limit, LimitHits, MAX_LABEL_BYTES, MAX_NAME_BYTES, TimestampError, TopologyLimits,
+    is_printable,
+};
 pub use rules::{Rules, RulesError};
 pub use snapshot::{
     DependencyView, EndpointView, RequestGroupView, ServiceView, SnapshotStats, TopologySnapshot,
     Totals,
 };
 pub use stats::{DependencyStats, LatencySummary};
-pub use traffic::ObservationError;
+pub use traffic::{ObservationError, check_fields, check_text};
 
 use buckets::BucketedStats;
 use dns::DnsNames;

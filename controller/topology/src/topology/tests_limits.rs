@@ -380,3 +380,86 @@ fn hosts_and_paths_longer_than_their_bound_are_refused_with_the_field() {
     assert_eq!(error.field(), Some("path"), "{error}");
     assert_eq!(topology.service_count(), 0);
 }
+
+#[test]
+fn control_and_invisible_characters_in_names_and_labels_are_refused_with_field_and_index() {
+    let topology = Topology::new();
+    let good = TrafficObservation {
+        timestamp_unix_ns: 0,
+        source: NetworkEndpoint::new("web", 1),
+        destination: NetworkEndpoint::new("api", 80),
+        protocol: "http".into(),
+        bytes_sent: 0,
+        bytes_received: 0,
+        latency_ms: 1.0,
+        status_code: None,
+        method: Some("GET".into()),
+        path: Some("/users/{id}".into()),
+        error: false,
+    };
+    type Spoil = fn(&mut TrafficObservation);
+    let cases: [(&str, Spoil, usize, char); 6] = [
+        (
+            "source.host",
+            |o| o.source.host = "we\u{7}b".into(),
+            2,
+            '\u{7}',
+        ),
+        (
+            "destination.host",
+            |o| o.destination.host = "api\u{1b}[2J".into(),
+            3,
+            '\u{1b}',
+        ),
+        (
+            "destination.host",
+            |o| o.destination.host = "ap\u{202e}i".into(),
+            2,
+            '\u{202e}',
+        ),
+        ("method", |o| o.method = Some("G\u{0}ET".into()), 1, '\u{0}'),
+        ("path", |o| o.path = Some("/é\u{9f}x".into()), 2, '\u{9f}'),
+        (
+            "path",
+            |o| o.path = Some("/a\u{200b}".into()),
+            2,
+            '\u{200b}',
+        ),
+    ];
+    for (field, spoil, index, character) in cases {
+        let mut o = good.clone();
+        spoil(&mut o);
+        let error = topology.observe_traffic(&o, &Directory::lab()).unwrap_err();
+        assert_eq!(
+            error,
+            ObservationError::NonPrintable {
+                field,
+                index,
+                character
+            }
+        );
+        assert_eq!(error.field(), Some(field));
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("field `{field}`: character {index} (U+")),
+            "{error}"
+        );
+    }
+    assert_eq!(topology.service_count(), 0);
+    // Printable text from any script is fine, and the library (TopologyMapper) applies
+    // the same checks.
+    let mapper = crate::mapper::TopologyMapper::new();
+    let mut o = good.clone();
+    o.destination.host = "café-ü.例え".into();
+    mapper.observe_traffic(&o).unwrap();
+    o.source.host = "tab\there".into();
+    assert!(matches!(
+        mapper.observe_traffic(&o),
+        Err(ObservationError::NonPrintable {
+            field: "source.host",
+            index: 3,
+            ..
+        })
+    ));
+}

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use super::evidence::Evidence;
-use super::limits::{Full, MAX_LABEL_BYTES, MAX_NAME_BYTES, TimestampError};
+use super::limits::{Full, MAX_LABEL_BYTES, MAX_NAME_BYTES, TimestampError, is_printable};
 use super::{
     DependencyKey, NewEndpoint, Seen, Topology, protocol_for, unknown_client_name,
     unknown_server_name,
@@ -26,6 +26,15 @@ pub enum ObservationError {
         len: usize,
         max: usize,
     },
+    /// A control character (or another invisible one) in a name or label: names reach
+    /// terminals, Prometheus labels and DOT files.
+    #[error("field `{field}`: character {index} ({code}) is not printable", code = unicode_name(*character))]
+    NonPrintable {
+        field: &'static str,
+        /// 0-based, in characters.
+        index: usize,
+        character: char,
+    },
     #[error("field `protocol`: unknown protocol `{0}` (known: {known})", known = crate::observation::PROTOCOLS.join(", "))]
     UnknownProtocol(String),
     #[error("field `latency_ms`: must be a finite number >= 0, got {0}")]
@@ -42,13 +51,79 @@ impl ObservationError {
     /// The field at fault; `None` when the observation is fine but did not fit.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            Self::EmptyHost { field } | Self::TooLong { field, .. } => Some(field),
+            Self::EmptyHost { field }
+            | Self::TooLong { field, .. }
+            | Self::NonPrintable { field, .. } => Some(field),
             Self::UnknownProtocol(_) => Some("protocol"),
             Self::Latency(_) => Some("latency_ms"),
             Self::Timestamp(e) => Some(e.field),
             Self::Full(_) => None,
         }
     }
+
+    /// What is wrong, without the `field `...`: ` the message starts with (for callers
+    /// that name the field themselves).
+    pub fn reason(&self) -> String {
+        let text = self.to_string();
+        match self.field() {
+            Some(field) => text
+                .strip_prefix(&format!("field `{field}`: "))
+                .map_or_else(|| text.clone(), str::to_owned),
+            None => text,
+        }
+    }
+}
+
+fn unicode_name(c: char) -> String {
+    format!("U+{:04X}", u32::from(c))
+}
+
+/// A name or label of an observation: at most `max` bytes, every character printable.
+pub fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), ObservationError> {
+    if value.len() > max {
+        return Err(ObservationError::TooLong {
+            field,
+            len: value.len(),
+            max,
+        });
+    }
+    match value.chars().enumerate().find(|(_, c)| !is_printable(*c)) {
+        Some((index, character)) => Err(ObservationError::NonPrintable {
+            field,
+            index,
+            character,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Everything the topology checks of one observation by itself, before it looks at its
+/// clock or its size: hosts present, names and labels within [`MAX_NAME_BYTES`] /
+/// [`MAX_LABEL_BYTES`] and printable, latency a finite number >= 0, protocol known (or
+/// empty). The importers apply it to what they produce; [`Topology::observe_traffic`]
+/// applies it first.
+pub fn check_fields(o: &TrafficObservation) -> Result<(), ObservationError> {
+    for (field, host) in [
+        ("source.host", &o.source.host),
+        ("destination.host", &o.destination.host),
+    ] {
+        let host = host.trim();
+        if host.is_empty() {
+            return Err(ObservationError::EmptyHost { field });
+        }
+        check_text(field, host, MAX_NAME_BYTES)?;
+    }
+    for (field, label) in [("method", &o.method), ("path", &o.path)] {
+        check_text(field, label.as_deref().unwrap_or_default(), MAX_LABEL_BYTES)?;
+    }
+    if !o.latency_ms.is_finite() || o.latency_ms < 0.0 {
+        return Err(ObservationError::Latency(o.latency_ms));
+    }
+    let protocol = o.protocol.trim().to_ascii_lowercase();
+    if !protocol.is_empty() && !is_known_protocol(&protocol) {
+        return Err(ObservationError::UnknownProtocol(o.protocol.clone()));
+    }
+    Ok(())
 }
 
 impl Topology {
@@ -60,47 +135,10 @@ impl Topology {
         o: &TrafficObservation,
         directory: &impl WorkloadDirectory,
     ) -> Result<(), ObservationError> {
+        check_fields(o)?;
         let source_host = o.source.host.trim();
         let destination_host = o.destination.host.trim();
-        if source_host.is_empty() {
-            return Err(ObservationError::EmptyHost {
-                field: "source.host",
-            });
-        }
-        if destination_host.is_empty() {
-            return Err(ObservationError::EmptyHost {
-                field: "destination.host",
-            });
-        }
-        for (field, value, max) in [
-            ("source.host", source_host, MAX_NAME_BYTES),
-            ("destination.host", destination_host, MAX_NAME_BYTES),
-            (
-                "method",
-                o.method.as_deref().unwrap_or_default(),
-                MAX_LABEL_BYTES,
-            ),
-            (
-                "path",
-                o.path.as_deref().unwrap_or_default(),
-                MAX_LABEL_BYTES,
-            ),
-        ] {
-            if value.len() > max {
-                return Err(ObservationError::TooLong {
-                    field,
-                    len: value.len(),
-                    max,
-                });
-            }
-        }
-        if !o.latency_ms.is_finite() || o.latency_ms < 0.0 {
-            return Err(ObservationError::Latency(o.latency_ms));
-        }
         let protocol = o.protocol.trim().to_ascii_lowercase();
-        if !protocol.is_empty() && !is_known_protocol(&protocol) {
-            return Err(ObservationError::UnknownProtocol(o.protocol.clone()));
-        }
         let now = now_unix_ns();
         self.check_observation_time(o, now)?;
         let at = if o.timestamp_unix_ns > 0 {
