@@ -244,3 +244,158 @@ fn a_tdl_network_spans_two_hypervisors_with_its_firewall_repairs_drift_and_goes_
     ensure!(code == 404, "GET after delete: {code}");
     Ok(())
 }
+
+const SHOP: &str = "\
+network: shop
+addressing:
+  shards: shoppool
+nodes:
+  client:
+    type: vm
+  web:
+    image: nginx:latest
+    ports: [8080]
+  db:
+    image: postgres:16
+    ports: [5432]
+  cache:
+    image: redis:7
+    ports: [6379]
+connections:
+  client -> web:
+    port: 8080
+  client -> db:
+    port: 5432
+  client -> cache:
+    port: 6379
+";
+
+/// The answers of the shop's servers to the same requests, from its `client` node.
+fn answers(client: &str, net: &Value) -> Result<Vec<String>> {
+    let (web, db, cache) = (
+        address(net, "web")?,
+        address(net, "db")?,
+        address(net, "cache")?,
+    );
+    Ok(vec![
+        exec(
+            client,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                &format!("http://{web}:8080/"),
+            ],
+        )?,
+        exec(
+            client,
+            &[
+                "psql",
+                "-h",
+                &db,
+                "-U",
+                "postgres",
+                "-tAc",
+                "select 6 * 7, current_setting('port')",
+            ],
+        )?,
+        exec(client, &["redis-cli", "-h", &cache, "ping"])?,
+    ])
+}
+
+#[test]
+fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -> Result<()> {
+    if skip_unless_root("a_mirror_on_another_hypervisor_answers_as_its_source") {
+        return Ok(());
+    }
+    let lab = Lab::builder().hypervisor("hv1").hypervisor("hv2").build()?;
+    let x = lab.x();
+    let hv1 = &lab.hypervisors()[0];
+    let ip = hv1.uplink_root_addr.clone();
+    let grpc = format!("{ip}:{}", free_port(&ip)?);
+    let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
+    let pool = format!("198.19.{x}.128/25");
+    let controller = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool])?;
+    let agents = [
+        Agent::start(&lab, 0, &controller.grpc_url())?,
+        Agent::start(&lab, 1, &controller.grpc_url())?,
+    ];
+    let logs = || {
+        format!(
+            "controller:\n{}\nhv1 agent:\n{}\nhv2 agent:\n{}",
+            controller.child.tail(30),
+            agents[0].child.tail(30),
+            agents[1].child.tail(30)
+        )
+    };
+    controller
+        .json(
+            "POST",
+            "/shards",
+            Some(&json!({"prefix_len": 27, "network_id": "shoppool"})),
+        )
+        .with_context(logs)?;
+    let source = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        controller.json(
+            "POST",
+            "/networks",
+            Some(&json!({"tdl": SHOP, "file_name": "shop.tdl", "hosts": ["hv1"]})),
+        )
+    })
+    .with_context(logs)?;
+    let mirror = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        controller.json(
+            "POST",
+            "/networks/mirror",
+            Some(&json!({"source": "shop", "destination": "shopdr", "hosts": ["hv2"]})),
+        )
+    })
+    .with_context(logs)?;
+    for id in ["shop", "shopdr"] {
+        eventually(Duration::from_secs(60), Duration::from_millis(200), || {
+            let s = controller.json("GET", &format!("/networks/{id}/status"), None)?;
+            ensure!(s["in_sync"] == json!(true), "{id} not in sync: {s}");
+            Ok(())
+        })
+        .with_context(logs)?;
+    }
+    let client = |hv: &str, net: &str| format!("{}-{net}-client", lab.node_netns_prefix(hv));
+    let (src_client, dr_client) = (client("hv1", "shop"), client("hv2", "shopdr"));
+    // The same requests, the same answers; the mirror is its own copy at the source's
+    // addresses, on the other hypervisor.
+    let want = eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        answers(&src_client, &source)
+    })
+    .with_context(logs)?;
+    ensure!(want[0].contains("<h1>web</h1>"), "{want:?}");
+    ensure!(want[1].trim() == "42|5432", "{want:?}");
+    ensure!(want[2].trim() == "PONG", "{want:?}");
+    let got = eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        answers(&dr_client, &mirror)
+    })
+    .with_context(logs)?;
+    ensure!(got == want, "mirror {got:?} != source {want:?}");
+    // What the TDL does not allow is refused in both: web may not reach db.
+    for (hv, net) in [("hv1", "shop"), ("hv2", "shopdr")] {
+        let web = format!("{}-{net}-web", lab.node_netns_prefix(hv));
+        let n = if net == "shop" { &source } else { &mirror };
+        ensure!(
+            !connects(&web, &address(n, "db")?, 5432),
+            "{net}: web -> db:5432 was let in"
+        );
+    }
+    for id in ["shopdr", "shop"] {
+        controller.json("DELETE", &format!("/networks/{id}"), None)?;
+    }
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        let left: Vec<String> = netns::list()?
+            .into_iter()
+            .filter(|n| n.contains("-shop-") || n.contains("-shopdr-"))
+            .collect();
+        ensure!(left.is_empty(), "left: {left:?}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    Ok(())
+}
