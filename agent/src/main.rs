@@ -206,7 +206,9 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(networks::SegmentReconciler {
                 networks: networks.clone(),
             }),
-            Arc::new(networks::NodeReconciler::new(networks, signal_tx, supervisor)),
+            Arc::new(networks::NodeReconciler::new(
+                networks, signal_tx, supervisor,
+            )),
         ],
         events: (args.drift_repair == config::DriftRepair::Events).then_some(host_events),
         signals: Some(drift_signals),

@@ -21,16 +21,14 @@ impl HostDirectory {
         }
     }
 
-    /// Records `host`'s underlay address (`None`: it has none now).
-    pub fn set_underlay(&self, host: &str, address: Option<IpAddr>) {
-        match address {
-            Some(a) => {
-                self.underlays.insert(host.to_owned(), a);
-            }
-            None => {
-                self.underlays.remove(host);
-            }
-        }
+    /// Records `host`'s underlay address (`None`: it has none now); true when it changed
+    /// (networks that span the host, and replication to and from it, follow).
+    pub fn set_underlay(&self, host: &str, address: Option<IpAddr>) -> bool {
+        let before = match address {
+            Some(a) => self.underlays.insert(host.to_owned(), a),
+            None => self.underlays.remove(host).map(|(_, a)| a),
+        };
+        before != address
     }
 }
 

@@ -211,6 +211,36 @@ async fn a_network_is_placed_addressed_published_mirrored_synced_and_deleted() {
         panic!("no mirror segment");
     };
     assert_eq!(mseg.vni, 0, "one host: no VXLAN");
+    // Replication: the mirror's database and cache are replicas of the source's, through
+    // an import in the mirror node and an export of the source's host open to hv3 only.
+    let mdb = node_spec(&s, "hv3", "shopdr/db").unwrap();
+    let rt = mdb.runtime.as_ref().unwrap();
+    assert_eq!(rt.image, "postgres:16+replica");
+    assert_eq!(
+        rt.env.get("WEFT_REPLICA_PORT").map(String::as_str),
+        Some("5432")
+    );
+    assert_eq!(mdb.imports.len(), 1);
+    assert_eq!(mdb.imports[0].local_port, 5432);
+    let sdb = node_spec(&s, &db_host, "shop/db").unwrap();
+    assert_eq!(sdb.exports.len(), 1, "{sdb:?}");
+    assert_eq!(sdb.exports[0].peers, vec!["198.19.0.67".to_string()]);
+    let src_underlay = if db_host == "hv1" {
+        "198.19.0.65"
+    } else {
+        "198.19.0.66"
+    };
+    assert_eq!(
+        mdb.imports[0].remote,
+        format!("{src_underlay}:{}", sdb.exports[0].listen_port)
+    );
+    // The web node is not replicated.
+    assert!(
+        node_spec(&s, "hv3", "shopdr/web")
+            .unwrap()
+            .imports
+            .is_empty()
+    );
 
     // A node added to the source shows up in the mirror.
     let grown = format!("{TDL}  \nnodes_extra: []\n");

@@ -414,6 +414,9 @@ mod tests {
         assert_eq!(name("alpine:3").as_deref(), Some("shell"));
         // `postgresfoo` is not PostgreSQL: the shell catches it.
         assert_eq!(name("postgresfoo").as_deref(), Some("shell"));
+        // A mirror's replicas (the controller's `+replica` suffix) before the servers.
+        assert_eq!(name("postgres:16+replica").as_deref(), Some("postgres-replica"));
+        assert_eq!(name("redis:7+replica").as_deref(), Some("redis-replica"));
         let pg = p.find("postgres:16").unwrap();
         assert_eq!(pg.user, "postgres");
         assert_eq!(pg.port, Some(5432));

@@ -20,6 +20,7 @@ pub mod links;
 pub use agent_common::netnames as names;
 pub mod namespaces;
 mod node;
+pub mod relay;
 mod segment;
 pub mod spec;
 

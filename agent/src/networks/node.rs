@@ -36,6 +36,7 @@ pub struct NodeReconciler {
     signals: mpsc::Sender<DriftSignal>,
     /// What runs in the nodes.
     supervisor: Arc<Supervisor>,
+    relays: super::relay::Relays,
 }
 
 struct NodeFirewall {
@@ -62,6 +63,7 @@ impl NodeReconciler {
             firewalls: Mutex::new(HashMap::new()),
             signals,
             supervisor,
+            relays: super::relay::Relays::default(),
         }
     }
 
@@ -89,6 +91,17 @@ impl NodeReconciler {
                 l.destinations.join(",")
             ));
         }
+        // Relays first: a replica's first start copies its source through one.
+        let relays = self
+            .relays
+            .ensure(
+                &key,
+                &path,
+                s.addresses.first().map(|a| a.cidr.addr),
+                &s.relays,
+            )
+            .await?;
+        observed.extend(relays);
         let before = self.supervisor.status(&key);
         if fresh_namespace && before.is_some() {
             // Its processes are in the namespace that was replaced.
@@ -612,6 +625,7 @@ impl Reconciler for NodeReconciler {
                         tracing::warn!(key = %key, error = %e, "stopping the node's processes");
                     }
                     lock(&self.firewalls).remove(&key);
+                    self.relays.remove(&key);
                     let r = net.remove_node(&key, &o).await;
                     (key, r)
                 });

@@ -41,6 +41,8 @@ pub struct NodeSpec {
     pub egress: Vec<weft_noderun::EgressLimit>,
     /// What runs in it: type, image, command, limits, volumes.
     pub runtime: Runtime,
+    /// Replication relays to and from other hosts.
+    pub relays: Vec<super::relay::RelaySpec>,
     pub mtu: u32,
 }
 
@@ -178,9 +180,49 @@ impl NodeSpec {
             firewall: Ruleset { rules },
             egress,
             runtime,
+            relays: relays(n)?,
             mtu,
         })
     }
+}
+
+fn port(what: &str, p: u32) -> Result<u16, String> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{what} {p} is outside 1..=65535"))
+}
+
+fn relays(n: &NetworkNode) -> Result<Vec<super::relay::RelaySpec>, String> {
+    use super::relay::RelaySpec;
+    let mut out = Vec::new();
+    for e in &n.exports {
+        let mut peers = Vec::with_capacity(e.peers.len());
+        for p in &e.peers {
+            peers.push(ip("replication export peer", p)?);
+        }
+        if peers.is_empty() {
+            return Err("a replication export with no peer".into());
+        }
+        out.push(RelaySpec::Export {
+            node_port: port("replication export node_port", e.node_port)?,
+            listen_port: port("replication export listen_port", e.listen_port)?,
+            peers,
+        });
+    }
+    for i in &n.imports {
+        let remote: std::net::SocketAddr = i.remote.parse().map_err(|_| {
+            format!(
+                "replication import remote {:?} is not an address:port",
+                i.remote
+            )
+        })?;
+        out.push(RelaySpec::Import {
+            local_port: port("replication import local_port", i.local_port)?,
+            remote,
+        });
+    }
+    Ok(out)
 }
 
 fn inbound_rule(r: &FirewallRule) -> Result<InboundRule, String> {
@@ -323,10 +365,18 @@ mod tests {
         assert_eq!(s.runtime.ports, vec![8080]);
         let mut bad = n.clone();
         bad.egress_limits[0].destinations = vec!["nope".into()];
-        assert!(NodeSpec::from_wire(&bad, 1500).unwrap_err().contains("destination"));
+        assert!(
+            NodeSpec::from_wire(&bad, 1500)
+                .unwrap_err()
+                .contains("destination")
+        );
         let mut bad = n.clone();
         bad.runtime.as_mut().unwrap().ports = vec![70000];
-        assert!(NodeSpec::from_wire(&bad, 1500).unwrap_err().contains("70000"));
+        assert!(
+            NodeSpec::from_wire(&bad, 1500)
+                .unwrap_err()
+                .contains("70000")
+        );
         let bad = NetworkNode {
             node: "Web".into(),
             ..n

@@ -220,7 +220,9 @@ impl NetworkManager {
         former: &[String],
     ) -> Result<BTreeMap<String, u64>, NetworkError> {
         let underlay = |h: &str| self.hosts.underlay(h);
-        let wanted = resources::by_host(rec, &underlay).map_err(NetworkError::Invalid)?;
+        let mut all = lock(&self.records).clone();
+        all.insert(rec.id.clone(), rec.clone());
+        let wanted = resources::by_host(rec, &all, &underlay).map_err(NetworkError::Invalid)?;
         let mut generations = BTreeMap::new();
         let mut hosts: BTreeSet<String> = wanted.keys().cloned().collect();
         hosts.extend(former.iter().cloned());
@@ -239,6 +241,16 @@ impl NetworkManager {
             generations.insert(host.clone(), self.hub.publish_batch(&host, changes));
         }
         Ok(generations)
+    }
+
+    /// A mirror's source publishes its replication exports again (a mirror came or went).
+    fn republish_source_of(&self, mirror: &NetworkRecord) {
+        if let Role::Mirror { source: Some(src) } = &mirror.role
+            && let Some(source) = self.get(src)
+            && let Err(e) = self.publish(&source, &[])
+        {
+            warn!(network = %src, error = %e, "source not published again");
+        }
     }
 
     fn owns_key(&self, id: &str, rk: &ResourceKey) -> bool {
@@ -393,12 +405,15 @@ impl NetworkManager {
         };
         self.check_underlays(&rec)?;
         // A mirror of a TDL allocates like a source; a mirror of a network copies.
-        self.install(rec, "mirror").await
+        let rec = self.install(rec, "mirror").await?;
+        self.republish_source_of(&rec);
+        Ok(rec)
     }
 
     fn check_underlays(&self, rec: &NetworkRecord) -> Result<(), NetworkError> {
         let underlay = |h: &str| self.hosts.underlay(h);
-        resources::by_host(rec, &underlay)
+        let all = lock(&self.records).clone();
+        resources::by_host(rec, &all, &underlay)
             .map(|_| ())
             .map_err(NetworkError::Invalid)
     }
@@ -665,6 +680,12 @@ impl NetworkManager {
                 revision: rec.revision,
             });
         }
+        // Its replication exports follow where the mirrors' nodes are.
+        if let Some(src) = self.get(source)
+            && let Err(e) = self.publish(&src, &[])
+        {
+            warn!(network = %source, error = %e, "source not published again");
+        }
     }
 
     /// Removes a network: every resource on every host (the agents remove what they made)
@@ -688,6 +709,8 @@ impl NetworkManager {
         self.store.delete(&format!("{STORE_PREFIX}{id}"))?;
         lock(&self.records).remove(id);
         self.release_all(&rec).await;
+        // Its source stops exporting to it.
+        self.republish_source_of(&rec);
         info!(network = %id, "network deleted");
         let _ = self
             .events

@@ -110,10 +110,103 @@ fn runtime(n: &weft_tdl::Node) -> wire::NodeRuntime {
     }
 }
 
+/// The port a replicated node serves, when its image is one weft replicates (PostgreSQL
+/// by streaming replication, Redis by `REPLICAOF`): its first declared port, else the
+/// server's default.
+pub fn replicated_port(n: &weft_tdl::Node) -> Option<u16> {
+    let image = n.image.as_deref()?;
+    let default = if image.starts_with("postgres") {
+        5432
+    } else if image.starts_with("redis") || image.starts_with("valkey") {
+        6379
+    } else {
+        return None;
+    };
+    Some(n.ports.first().copied().unwrap_or(default))
+}
+
+/// The host port a source node's replication export listens on (stable per node).
+pub fn export_port(network: &str, node: &str) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in network.bytes().chain([b'/']).chain(node.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    40_000 + (h % 20_000) as u16
+}
+
+/// Replication of node `name` of `rec` (a source or a mirror of one), in its spec.
+fn replication(
+    rec: &NetworkRecord,
+    name: &str,
+    node: &weft_tdl::Node,
+    all: &BTreeMap<String, NetworkRecord>,
+    underlay: &dyn Fn(&str) -> Option<IpAddr>,
+    spec: &mut wire::NetworkNode,
+) -> Result<(), String> {
+    let Some(port) = replicated_port(node) else {
+        return Ok(());
+    };
+    match &rec.role {
+        crate::record::Role::Source => {
+            // Mirror hosts that hold this node's replica may connect.
+            let mut peers: Vec<String> = all
+                .values()
+                .filter(|m| {
+                    m.role
+                        == crate::record::Role::Mirror {
+                            source: Some(rec.id.clone()),
+                        }
+                })
+                .filter_map(|m| m.placement.get(name))
+                .filter_map(|h| underlay(h))
+                .map(|a| a.to_string())
+                .collect();
+            peers.sort();
+            peers.dedup();
+            if !peers.is_empty() {
+                spec.exports.push(wire::ReplicationExport {
+                    node_port: u32::from(port),
+                    listen_port: u32::from(export_port(&rec.id, name)),
+                    peers,
+                });
+            }
+        }
+        crate::record::Role::Mirror { source: Some(src) } => {
+            let Some(source) = all.get(src) else {
+                return Ok(());
+            };
+            let Some(host) = source.placement.get(name) else {
+                return Ok(());
+            };
+            // Without a way to the source, the replica would start as a primary of its
+            // own: refused until the source's host has an underlay address.
+            let remote = underlay(host).ok_or_else(|| {
+                format!(
+                    "node {name:?} replicates from network {src:?} on host {host:?}, which has no underlay address (start its agent with --underlay-address)"
+                )
+            })?;
+            spec.imports.push(wire::ReplicationImport {
+                local_port: u32::from(port),
+                remote: std::net::SocketAddr::new(remote, export_port(src, name)).to_string(),
+            });
+            if let Some(r) = spec.runtime.as_mut() {
+                r.image = format!("{}+replica", r.image);
+                r.env.insert("WEFT_REPLICA_HOST".into(), "127.0.0.1".into());
+                r.env.insert("WEFT_REPLICA_PORT".into(), port.to_string());
+            }
+        }
+        crate::record::Role::Mirror { source: None } => {}
+    }
+    Ok(())
+}
+
 /// Every host's resources of `rec`. `underlay`: a host's underlay address; a network on
 /// more than one host needs every one of them (the error names the host without).
+/// `all`: every network (a source's exports and a mirror's imports name each other).
 pub fn by_host(
     rec: &NetworkRecord,
+    all: &BTreeMap<String, NetworkRecord>,
     underlay: &dyn Fn(&str) -> Option<IpAddr>,
 ) -> Result<BTreeMap<String, HostResources>, String> {
     let hosts = rec.hosts();
@@ -173,16 +266,19 @@ pub fn by_host(
                 allocation_seq: a.allocation_seq,
             })
             .collect();
+        let mut spec = wire::NetworkNode {
+            network: rec.id.clone(),
+            node: name.clone(),
+            addresses,
+            firewall: firewall(rec, name),
+            egress_limits: egress(rec, name),
+            runtime: Some(runtime(n)),
+            ..Default::default()
+        };
+        replication(rec, name, n, all, underlay, &mut spec)?;
         out.entry(h.clone()).or_default().insert(
             ResourceKey::new(kinds::NETWORK_NODE, &node_key(&rec.id, name)),
-            Spec::NetworkNode(wire::NetworkNode {
-                network: rec.id.clone(),
-                node: name.clone(),
-                addresses,
-                firewall: firewall(rec, name),
-                egress_limits: egress(rec, name),
-                runtime: Some(runtime(n)),
-            }),
+            Spec::NetworkNode(spec),
         );
     }
     Ok(out)

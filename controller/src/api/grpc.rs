@@ -66,7 +66,9 @@ impl AgentService for AgentApi {
             })?),
         };
         let workload_count = workloads.len();
-        self.state.hosts.set_underlay(host_id, underlay);
+        if self.state.hosts.set_underlay(host_id, underlay) {
+            self.state.networks.republish();
+        }
         let last_sequence =
             self.state
                 .registry

@@ -270,6 +270,31 @@ connections:
     port: 6379
 ";
 
+/// The last lines of a node's logs (kept by its agent under the lab directory).
+fn node_logs(lab: &Lab, hv: &str, net: &str, node: &str) -> String {
+    let dir = lab
+        .dir()
+        .join(format!("nodes-{hv}"))
+        .join(net)
+        .join(node)
+        .join("log");
+    let mut out = String::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        // Not the test's own queries.
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("orders") && !l.contains("STATEMENT"))
+            .collect();
+        out.push_str(&format!("== {}\n", e.path().display()));
+        for l in &lines[lines.len().saturating_sub(25)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The answers of the shop's servers to the same requests, from its `client` node.
 fn answers(client: &str, net: &Value) -> Result<Vec<String>> {
     let (web, db, cache) = (
@@ -376,6 +401,63 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
     })
     .with_context(logs)?;
     ensure!(got == want, "mirror {got:?} != source {want:?}");
+    // State replication: a row written in the source database and a key set in the
+    // source Redis appear in the mirror (its replicas stream from the source through the
+    // agents' replication relays).
+    let (src_db, src_cache) = (address(&source, "db")?, address(&source, "cache")?);
+    exec(
+        &src_client,
+        &[
+            "psql",
+            "-h",
+            &src_db,
+            "-U",
+            "postgres",
+            "-tAc",
+            "create table orders (id int primary key, item text); insert into orders values (1, 'tea')",
+        ],
+    )?;
+    exec(
+        &src_client,
+        &["redis-cli", "-h", &src_cache, "set", "cart:1", "tea"],
+    )?;
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(30), Duration::from_millis(100), || {
+        let row = exec(
+            &dr_client,
+            &[
+                "psql",
+                "-h",
+                &src_db,
+                "-U",
+                "postgres",
+                "-tAc",
+                "select item from orders where id = 1",
+            ],
+        )?;
+        ensure!(row.trim() == "tea", "row not replicated yet: {row:?}");
+        let key = exec(
+            &dr_client,
+            &["redis-cli", "-h", &src_cache, "get", "cart:1"],
+        )?;
+        ensure!(key.trim() == "tea", "key not replicated yet: {key:?}");
+        Ok(())
+    })
+    .with_context(|| {
+        format!(
+            "{}\nmirror db log:\n{}",
+            logs(),
+            node_logs(&lab, "hv2", "shopdr", "db")
+        )
+    })?;
+    eprintln!("replicated to the mirror within {:?}", started.elapsed());
+    // The mirror's replicas are read-only.
+    let refused = exec(
+        &dr_client,
+        &["redis-cli", "-h", &src_cache, "set", "cart:2", "x"],
+    )?;
+    ensure!(refused.contains("READONLY"), "{refused}");
+
     // What the TDL does not allow is refused in both: web may not reach db.
     for (hv, net) in [("hv1", "shop"), ("hv2", "shopdr")] {
         let web = format!("{}-{net}-web", lab.node_netns_prefix(hv));
