@@ -68,6 +68,7 @@ pub const GROUPS_DEFAULT: u32 = libc::RTMGRP_LINK as u32
 /// [`GROUPS_DEFAULT`] and neighbours. Neighbour entries change all the time on a busy host
 /// (every state transition of every entry: thousands a second during a migration burst),
 /// so they are listened to only by whoever needs them.
+#[allow(dead_code, reason = "an option of Config::groups no caller takes yet")]
 pub const GROUPS_WITH_NEIGHBOURS: u32 = GROUPS_DEFAULT | libc::RTMGRP_NEIGH as u32;
 
 /// One datagram read; notifications are one message of a few KiB each.
@@ -95,6 +96,7 @@ pub struct HostEvent {
 
 impl HostEvent {
     /// Whether a subscriber must read the state of `netns` again (events were lost).
+    #[cfg_attr(not(test), allow(dead_code, reason = "used by tests"))]
     pub fn needs_resync(&self) -> bool {
         matches!(self.change, Change::Overrun)
     }
@@ -460,6 +462,7 @@ impl prometheus_client::collector::Collector for StatsCollector {
 
 /// Runs `f` on a fresh thread inside the namespace of `path` and returns its result. The
 /// thread ends right after (it never has to find its way back to the agent's namespace).
+#[cfg_attr(not(test), allow(dead_code, reason = "used by tests"))]
 pub async fn in_netns<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> T + Send + 'static,

@@ -137,6 +137,8 @@ impl AppStateBuilder {
         )?;
         networks.attach_shards(shards.clone());
         networks.republish();
+        // Ends with the manager (it holds it weakly).
+        let _ = networks.follow_restarts();
         let topology = Arc::new(Topology::with_config(self.buckets, self.topology_limits));
         let limits = Arc::new(Limits::new(self.limits));
         let registry = Arc::new(Registry::new());

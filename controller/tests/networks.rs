@@ -242,6 +242,35 @@ async fn a_network_is_placed_addressed_published_mirrored_synced_and_deleted() {
             .is_empty()
     );
 
+    // A source node's process restarted (reported by its agent as drift): the mirror's
+    // copy is restarted too.
+    assert_eq!(mweb.runtime.as_ref().unwrap().restart_generation, 0);
+    s.control.drift(vec![weft_control::DriftRepaired {
+        host: web_host.clone(),
+        resource: ResourceKey::new(kinds::NETWORK_NODE, "shop/web"),
+        what: "process killed by signal 9; restarted as pid 4242".into(),
+        detected_unix_ns: 1,
+        repaired_unix_ns: 2,
+        error: String::new(),
+    }]);
+    eventually("the mirror's web restarted", || {
+        node_spec(&s, "hv3", "shopdr/web")
+            .is_some_and(|n| n.runtime.is_some_and(|r| r.restart_generation == 1))
+    })
+    .await;
+    // Other drift of the source (an address put back) restarts nothing.
+    s.control.drift(vec![weft_control::DriftRepaired {
+        host: web_host.clone(),
+        resource: ResourceKey::new(kinds::NETWORK_NODE, "shop/web"),
+        what: "address 198.18.64.2/24 removed".into(),
+        detected_unix_ns: 3,
+        repaired_unix_ns: 4,
+        error: String::new(),
+    }]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = node_spec(&s, "hv3", "shopdr/web").unwrap().runtime.unwrap();
+    assert_eq!(r.restart_generation, 1);
+
     // A node added to the source shows up in the mirror.
     let grown = format!("{TDL}  \nnodes_extra: []\n");
     assert!(s.networks.update("shop", &grown, "shop.tdl").await.is_err());

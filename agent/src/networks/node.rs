@@ -37,6 +37,52 @@ pub struct NodeReconciler {
     /// What runs in the nodes.
     supervisor: Arc<Supervisor>,
     relays: super::relay::Relays,
+    /// Restarts of each node's process seen at its last apply.
+    restarts_seen: Mutex<HashMap<String, u32>>,
+    /// Forwards the supervisor's restarts as drift signals.
+    restart_watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NodeReconciler {
+    fn drop(&mut self) {
+        self.restart_watch.abort();
+    }
+}
+
+/// A node's process that exited and was restarted is drift of the node: reported, so
+/// that a mirror of its network restarts its copy (event-driven sync).
+async fn watch_restarts(
+    mut events: tokio::sync::broadcast::Receiver<weft_noderun::RunEvent>,
+    signals: mpsc::Sender<DriftSignal>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut last_exit: HashMap<String, String> = HashMap::new();
+    loop {
+        match events.recv().await {
+            Ok(weft_noderun::RunEvent::Exited { key, code, signal }) => {
+                let how = match (code, signal) {
+                    (_, Some(s)) => format!("killed by signal {s}"),
+                    (Some(c), None) => format!("exited with status {c}"),
+                    (None, None) => "exited".to_string(),
+                };
+                last_exit.insert(key, how);
+            }
+            Ok(weft_noderun::RunEvent::Restarted { key, pid, .. }) => {
+                let how = last_exit.remove(&key).unwrap_or_else(|| "exited".into());
+                let _ = signals.try_send(DriftSignal {
+                    kind: NETWORK_NODE,
+                    drift: Drift {
+                        key,
+                        what: format!("process {how}; restarted as pid {pid}"),
+                    },
+                    at: Instant::now(),
+                });
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 struct NodeFirewall {
@@ -61,9 +107,11 @@ impl NodeReconciler {
             networks,
             last: Mutex::new(HashMap::new()),
             firewalls: Mutex::new(HashMap::new()),
+            restart_watch: tokio::spawn(watch_restarts(supervisor.events(), signals.clone())),
             signals,
             supervisor,
             relays: super::relay::Relays::default(),
+            restarts_seen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -129,8 +177,12 @@ impl NodeReconciler {
             .ensure(&run)
             .await
             .map_err(|e| format!("running the node: {e}"))?;
+        let restarted = lock(&self.restarts_seen)
+            .insert(key.clone(), st.restarts)
+            .is_some_and(|seen| st.restarts > seen);
         let changes = usize::from(
-            before.as_ref().map(|b| (b.generation, b.pid)) != Some((st.generation, st.pid)),
+            restarted
+                || before.as_ref().map(|b| (b.generation, b.pid)) != Some((st.generation, st.pid)),
         );
         match st.pid {
             Some(pid) => observed.push(format!(
@@ -626,6 +678,7 @@ impl Reconciler for NodeReconciler {
                     }
                     lock(&self.firewalls).remove(&key);
                     self.relays.remove(&key);
+                    lock(&self.restarts_seen).remove(&key);
                     let r = net.remove_node(&key, &o).await;
                     (key, r)
                 });

@@ -161,11 +161,20 @@ impl NodeSpec {
                         size_bytes: v.size_bytes,
                     });
                 }
+                let mut env: std::collections::BTreeMap<String, String> =
+                    r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                if r.restart_generation > 0 {
+                    // Part of what runs: a new value restarts it.
+                    env.insert(
+                        "WEFT_RESTART_GENERATION".into(),
+                        r.restart_generation.to_string(),
+                    );
+                }
                 Runtime {
                     node_type: r.r#type.clone(),
                     image: r.image.clone(),
                     command: r.command.clone(),
-                    env: r.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    env,
                     cpu_millis: r.cpu_millis,
                     memory_bytes: r.memory_bytes,
                     volumes,

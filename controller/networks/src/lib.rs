@@ -330,6 +330,7 @@ impl NetworkManager {
                 created_unix_ns: now_unix_ns(),
                 revision: 1,
                 synced_unix_ns: 0,
+                restarts: BTreeMap::new(),
             }
         };
         self.check_underlays(&rec)?;
@@ -401,6 +402,7 @@ impl NetworkManager {
                 created_unix_ns: now,
                 revision: 1,
                 synced_unix_ns: if source.is_some() { now } else { 0 },
+                restarts: BTreeMap::new(),
             }
         };
         self.check_underlays(&rec)?;
@@ -783,6 +785,62 @@ impl NetworkManager {
             .nodes
             .contains_key(node)
             .then(|| (kinds::NETWORK_NODE, node_key(id, node)))
+    }
+
+    /// Follows the control plane's drift reports: a source node whose process was
+    /// restarted restarts its copy in every mirror (event-driven sync). Needs a runtime.
+    pub fn follow_restarts(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let mut events = self.hub.subscribe();
+        let this = Arc::downgrade(self);
+        Some(rt.spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let d = match events.recv().await {
+                    Ok(weft_control::ControlEvent::Drift(d)) => d,
+                    Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(this) = this.upgrade() else { return };
+                if d.resource.kind == kinds::NETWORK_NODE
+                    && d.what.contains("restarted")
+                    && let Some((net, node)) = d.resource.key.split_once('/')
+                {
+                    this.restart_mirrors(net, node);
+                }
+            }
+        }))
+    }
+
+    /// Restarts node `node` in every mirror of `source`.
+    fn restart_mirrors(&self, source: &str, node: &str) {
+        let mirrors: Vec<NetworkRecord> = lock(&self.records)
+            .values()
+            .filter(|r| {
+                r.role
+                    == Role::Mirror {
+                        source: Some(source.to_owned()),
+                    }
+            })
+            .filter(|r| r.network.nodes.contains_key(node))
+            .cloned()
+            .collect();
+        for mut m in mirrors {
+            *m.restarts.entry(node.to_owned()).or_default() += 1;
+            m.revision += 1;
+            m.synced_unix_ns = now_unix_ns();
+            if let Err(e) = self.persist(&m).and_then(|()| self.publish(&m, &[])) {
+                warn!(mirror = %m.id, node, error = %e, "mirror node not restarted");
+                continue;
+            }
+            info!(mirror = %m.id, node, "source node restarted: mirror's copy restarted");
+            lock(&self.records).insert(m.id.clone(), m.clone());
+            let _ = self.events.send(NetworkEvent::Synced {
+                id: m.id.clone(),
+                source: source.to_owned(),
+                revision: m.revision,
+            });
+        }
     }
 
     /// Desired against applied, per host, of network `id`.

@@ -57,6 +57,9 @@ pub struct NetworkRecord {
     /// When a mirror last took its source's state (0: never).
     #[serde(default)]
     pub synced_unix_ns: u64,
+    /// A mirror: how often each node was restarted because its source's restarted.
+    #[serde(default)]
+    pub restarts: BTreeMap<String, u64>,
 }
 
 impl NetworkRecord {

@@ -107,6 +107,7 @@ fn runtime(n: &weft_tdl::Node) -> wire::NodeRuntime {
             .collect(),
         env: n.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         ports: n.ports.iter().map(|p| u32::from(*p)).collect(),
+        restart_generation: 0,
     }
 }
 
@@ -272,7 +273,10 @@ pub fn by_host(
             addresses,
             firewall: firewall(rec, name),
             egress_limits: egress(rec, name),
-            runtime: Some(runtime(n)),
+            runtime: Some(wire::NodeRuntime {
+                restart_generation: rec.restarts.get(name).copied().unwrap_or(0),
+                ..runtime(n)
+            }),
             ..Default::default()
         };
         replication(rec, name, n, all, underlay, &mut spec)?;

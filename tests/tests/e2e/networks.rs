@@ -270,6 +270,29 @@ connections:
     port: 6379
 ";
 
+/// The pid of the process running in node `key` of network `net`, from its agent's
+/// report ("nginx pid 123 running (0 restarts)").
+fn node_pid(controller: &Controller, net: &str, key: &str) -> Result<u32> {
+    let s = controller.json("GET", &format!("/networks/{net}/status"), None)?;
+    for h in s["hosts"].as_array().into_iter().flatten() {
+        for r in h["resources"].as_array().into_iter().flatten() {
+            if r["key"] != json!(key) {
+                continue;
+            }
+            for o in r["observed"].as_array().into_iter().flatten() {
+                let o = o.as_str().unwrap_or("");
+                if let Some(rest) = o.split(" pid ").nth(1)
+                    && let Some(pid) = rest.split_whitespace().next()
+                    && let Ok(pid) = pid.parse()
+                {
+                    return Ok(pid);
+                }
+            }
+        }
+    }
+    bail!("no pid of {key} in {s}")
+}
+
 /// The last lines of a node's logs (kept by its agent under the lab directory).
 fn node_logs(lab: &Lab, hv: &str, net: &str, node: &str) -> String {
     let dir = lab
@@ -457,6 +480,22 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
         &["redis-cli", "-h", &src_cache, "set", "cart:2", "x"],
     )?;
     ensure!(refused.contains("READONLY"), "{refused}");
+
+    // Event-driven sync: the source's web server killed; its agent restarts it and
+    // reports it, and the mirror's copy is restarted too.
+    let mirror_pid_before = node_pid(&controller, "shopdr", "shopdr/web")?;
+    let pid = node_pid(&controller, "shop", "shop/web")?;
+    weft_lab::cmd::run(std::process::Command::new("kill").args(["-9", &pid.to_string()]))?;
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        let now = node_pid(&controller, "shopdr", "shopdr/web")?;
+        ensure!(now != mirror_pid_before, "mirror's web still pid {now}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    ensure!(
+        answers(&dr_client, &mirror)?[0].contains("<h1>web</h1>"),
+        "the mirror's web answers after its restart"
+    );
 
     // What the TDL does not allow is refused in both: web may not reach db.
     for (hv, net) in [("hv1", "shop"), ("hv2", "shopdr")] {
