@@ -18,6 +18,7 @@
 
 pub mod links;
 pub use agent_common::netnames as names;
+pub mod lag;
 pub mod namespaces;
 mod node;
 pub mod relay;

@@ -194,6 +194,29 @@ impl NodeReconciler {
             None => observed.push("nothing to run".into()),
         }
         observed.extend(st.notes.iter().cloned());
+        // A replica: how far behind its source it is.
+        if let (Some(server), Some(addr)) = (
+            super::lag::Server::of_image(&r.image).filter(|_| r.image.ends_with("+replica")),
+            s.addresses.first().map(|a| a.cidr.addr),
+        ) && let Some(super::relay::RelaySpec::Import { local_port, .. }) = s
+            .relays
+            .iter()
+            .find(|x| matches!(x, super::relay::RelaySpec::Import { .. }))
+        {
+            let port = r.ports.first().copied().unwrap_or(*local_port);
+            let source = std::net::SocketAddr::from(([127, 0, 0, 1], *local_port));
+            let replica = std::net::SocketAddr::new(addr, port);
+            observed.push(
+                match super::lag::measure(&run.netns, server, replica, source).await {
+                    Ok(Some(d)) => format!("replication lag {} ms", d.as_millis()),
+                    Ok(None) => format!(
+                        "replication lag more than {} ms",
+                        super::lag::LAG_BOUND.as_millis()
+                    ),
+                    Err(e) => format!("replication lag unknown: {e}"),
+                },
+            );
+        }
         Ok((observed, changes))
     }
 

@@ -270,6 +270,19 @@ connections:
     port: 6379
 ";
 
+/// What the agent said it sees of resource `key` in a network status.
+fn observed_lines(status: &Value, key: &str) -> Vec<String> {
+    status["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|h| h["resources"].as_array().cloned().unwrap_or_default())
+        .filter(|r| r["key"] == json!(key))
+        .flat_map(|r| r["observed"].as_array().cloned().unwrap_or_default())
+        .filter_map(|o| o.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The pid of the process running in node `key` of network `net`, from its agent's
 /// report ("nginx pid 123 running (0 restarts)").
 fn node_pid(controller: &Controller, net: &str, key: &str) -> Result<u32> {
@@ -474,6 +487,19 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
         )
     })?;
     eprintln!("replicated to the mirror within {:?}", started.elapsed());
+    // The mirror's status reports each replica's lag, measured by its agent.
+    eventually(Duration::from_secs(45), Duration::from_millis(500), || {
+        let s = controller.json("GET", "/networks/shopdr/status", None)?;
+        for key in ["shopdr/db", "shopdr/cache"] {
+            let lag = observed_lines(&s, key)
+                .into_iter()
+                .find(|o| o.starts_with("replication lag ") && o.ends_with(" ms"));
+            ensure!(lag.is_some(), "no measured lag of {key} yet: {s}");
+            eprintln!("{key}: {}", lag.unwrap_or_default());
+        }
+        Ok(())
+    })
+    .with_context(logs)?;
     // The mirror's replicas are read-only.
     let refused = exec(
         &dr_client,
