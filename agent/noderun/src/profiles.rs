@@ -415,7 +415,10 @@ mod tests {
         // `postgresfoo` is not PostgreSQL: the shell catches it.
         assert_eq!(name("postgresfoo").as_deref(), Some("shell"));
         // A mirror's replicas (the controller's `+replica` suffix) before the servers.
-        assert_eq!(name("postgres:16+replica").as_deref(), Some("postgres-replica"));
+        assert_eq!(
+            name("postgres:16+replica").as_deref(),
+            Some("postgres-replica")
+        );
         assert_eq!(name("redis:7+replica").as_deref(), Some("redis-replica"));
         let pg = p.find("postgres:16").unwrap();
         assert_eq!(pg.user, "postgres");

@@ -689,6 +689,16 @@ impl Supervisor {
 
         let rel = Path::new(network).join(node);
         let cgroup = NodeCgroup::create(&self.inner.hierarchies, &rel)?;
+        // Processes already in the group were started by an earlier agent that ended
+        // without stopping them (killed): they hold the node's ports and data, so they go
+        // before the node starts again under this supervisor.
+        if cgroup.signal_all(libc::SIGKILL) > 0 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !cgroup.pids().is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            tracing::warn!(key = %key, "processes of an earlier agent were still in the node's cgroup: killed");
+        }
         if let Err(e) = cgroup.set_limits(run.cpu_millis, run.memory_bytes) {
             let _ = cgroup.remove(Duration::from_secs(1));
             return Err(e);

@@ -552,6 +552,27 @@ async fn ensure_is_idempotent_and_restarts_on_a_changed_spec() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_supervisor_takes_over_a_node_from_one_that_died() {
+    let lab = Lab::new();
+    let first = Supervisor::new(lab.config()).unwrap();
+    let mut run = lab.run("takeover");
+    run.command = vec!["sleep".into(), "300".into()];
+    let old = first.ensure(&run).await.unwrap().pid.unwrap();
+    // The agent is killed: nothing stops its nodes' processes.
+    std::mem::forget(first);
+    assert!(alive(old));
+    let second = Supervisor::new(lab.config()).unwrap();
+    let new = second.ensure(&run).await.unwrap().pid.unwrap();
+    assert_ne!(new, old);
+    assert!(
+        eventually(Duration::from_secs(5), || (!alive(old)).then_some(())).is_some(),
+        "the earlier agent's process still runs beside the new one"
+    );
+    second.shutdown().await.unwrap();
+    assert!(!alive(new));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_start_is_an_error_naming_the_node() {
     let lab = Lab::new();
     let sup = Supervisor::new(lab.config()).unwrap();
