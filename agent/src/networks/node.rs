@@ -128,9 +128,12 @@ impl NodeReconciler {
             &s.network,
             &s.node,
         ));
-        weft_noderun::shape(&path, names::NODE_IF, &s.egress)
-            .await
-            .map_err(|e| format!("egress limits: {e}"))?;
+        // A namespace made just now has no limits to remove.
+        if !(fresh_namespace && s.egress.is_empty()) {
+            weft_noderun::shape(&path, names::NODE_IF, &s.egress)
+                .await
+                .map_err(|e| format!("egress limits: {e}"))?;
+        }
         let mut observed = Vec::new();
         for l in &s.egress {
             observed.push(format!(
