@@ -273,7 +273,7 @@ impl Supervisor {
             Error::Cgroup(format!("bad cgroup root name {:?}", config.cgroup_root))
         })?;
         let hierarchies = Hierarchies::detect(&cg_name, config.cgroup_parent == CgroupParent::Own)?;
-        std::fs::create_dir_all(&config.root).map_err(io_err("-", "creating", &config.root))?;
+        // The root is made with the first node (an agent without nodes leaves no trace).
         let (events, _) = broadcast::channel(config.events_capacity.max(16));
         Ok(Supervisor {
             inner: Arc::new(Inner {
