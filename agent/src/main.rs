@@ -207,7 +207,10 @@ async fn main() -> anyhow::Result<()> {
                 networks: networks.clone(),
             }),
             Arc::new(networks::NodeReconciler::new(
-                networks, signal_tx, supervisor,
+                networks,
+                signal_tx,
+                supervisor,
+                args.node_dir.clone(),
             )),
         ],
         events: (args.drift_repair == config::DriftRepair::Events).then_some(host_events),

@@ -71,6 +71,10 @@ pub enum NetworkCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Copy volumes now: a mirror's from its source, or a source's to all its mirrors.
+    Sync {
+        network: String,
+    },
     /// Remove the network from every hypervisor.
     Delete {
         network: String,
@@ -301,6 +305,21 @@ pub fn run_network(controller: &str, command: &NetworkCommand) -> anyhow::Result
             } else {
                 Ok(status_text(&s))
             }
+        }
+        NetworkCommand::Sync { network } => {
+            let r = call(
+                controller,
+                "POST",
+                &format!("/networks/{network}/sync"),
+                None,
+            )?;
+            let m: Vec<&str> = r["mirrors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            Ok(format!("volume copy asked of: {}\n", m.join(", ")))
         }
         NetworkCommand::Delete { network } => {
             let n = call(controller, "DELETE", &format!("/networks/{network}"), None)?;

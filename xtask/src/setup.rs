@@ -29,6 +29,9 @@ pub const PACKAGES: &[&str] = &[
     // A DNS server (binary only, no system service) and dig, for DNS-named services.
     "dnsmasq-base",
     "bind9-dnsutils",
+    // Mirrors' volumes are copied incrementally by rsync (the agents run its daemon and
+    // client).
+    "rsync",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab

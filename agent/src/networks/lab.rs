@@ -122,10 +122,10 @@ async fn setup() -> Setup {
     };
     let (tx, signals) = tokio::sync::mpsc::channel(64);
     let root = std::env::temp_dir().join(format!("{p}-nodes"));
-    let mut cfg = weft_noderun::SupervisorConfig::new(&root);
+    let mut cfg = weft_noderun::SupervisorConfig::new(root.clone());
     cfg.cgroup_root = p.clone();
     let supervisor = Arc::new(weft_noderun::Supervisor::new(cfg).expect("supervisor"));
-    let nodes = NodeReconciler::new(net.clone(), tx, supervisor);
+    let nodes = NodeReconciler::new(net.clone(), tx, supervisor, root);
     Setup {
         hv,
         net,

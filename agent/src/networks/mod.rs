@@ -24,6 +24,7 @@ mod node;
 pub mod relay;
 mod segment;
 pub mod spec;
+pub mod volumes;
 
 #[cfg(test)]
 mod lab;

@@ -37,6 +37,9 @@ pub struct NodeReconciler {
     /// What runs in the nodes.
     supervisor: Arc<Supervisor>,
     relays: super::relay::Relays,
+    volumes: super::volumes::Volumes,
+    /// Where nodes keep their data (`<root>/<network>/<node>`, the supervisor's root).
+    node_root: PathBuf,
     /// Restarts of each node's process seen at its last apply.
     restarts_seen: Mutex<HashMap<String, u32>>,
     /// Forwards the supervisor's restarts as drift signals.
@@ -102,6 +105,7 @@ impl NodeReconciler {
         networks: Arc<Networks>,
         signals: mpsc::Sender<DriftSignal>,
         supervisor: Arc<Supervisor>,
+        node_root: PathBuf,
     ) -> Self {
         Self {
             networks,
@@ -111,6 +115,8 @@ impl NodeReconciler {
             signals,
             supervisor,
             relays: super::relay::Relays::default(),
+            volumes: super::volumes::Volumes::default(),
+            node_root,
             restarts_seen: Mutex::new(HashMap::new()),
         }
     }
@@ -197,6 +203,35 @@ impl NodeReconciler {
             None => observed.push("nothing to run".into()),
         }
         observed.extend(st.notes.iter().cloned());
+        // Volumes: served to the mirrors, or copied from the source.
+        let node_dir = self.node_root.join(&s.network).join(&s.node);
+        let volume_names: Vec<String> = r.volumes.iter().map(|v| v.name.clone()).collect();
+        let procs = st.cgroup_paths.first().map(|d| d.join("cgroup.procs"));
+        observed.extend(
+            self.volumes
+                .export(
+                    &key,
+                    &node_dir,
+                    &volume_names,
+                    s.volume_export
+                        .as_ref()
+                        .map(|(p, peers)| (*p, peers.as_slice())),
+                    procs.as_deref(),
+                )
+                .await?,
+        );
+        if let Some((source, interval, generation)) = s.volume_sync {
+            // A copy that fails (the source not serving yet) leaves the node as it is and
+            // is tried again at the next apply; the status says why.
+            match self
+                .volumes
+                .sync(&key, &node_dir, &volume_names, source, interval, generation)
+                .await
+            {
+                Ok(o) => observed.extend(o),
+                Err(e) => observed.push(format!("volume copy failed: {e}")),
+            }
+        }
         // A replica: how far behind its source it is.
         if let (Some(server), Some(addr)) = (
             super::lag::Server::of_image(&r.image).filter(|_| r.image.ends_with("+replica")),
@@ -704,6 +739,7 @@ impl Reconciler for NodeReconciler {
                     }
                     lock(&self.firewalls).remove(&key);
                     self.relays.remove(&key);
+                    self.volumes.remove(&key);
                     lock(&self.restarts_seen).remove(&key);
                     let r = net.remove_node(&key, &o).await;
                     (key, r)

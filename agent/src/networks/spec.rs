@@ -43,6 +43,10 @@ pub struct NodeSpec {
     pub runtime: Runtime,
     /// Replication relays to and from other hosts.
     pub relays: Vec<super::relay::RelaySpec>,
+    /// Volume replication, source side: (port, peers).
+    pub volume_export: Option<(u16, Vec<String>)>,
+    /// Volume replication, mirror side: (source, interval, generation).
+    pub volume_sync: Option<(std::net::SocketAddr, std::time::Duration, u64)>,
     pub mtu: u32,
 }
 
@@ -190,6 +194,25 @@ impl NodeSpec {
             egress,
             runtime,
             relays: relays(n)?,
+            volume_export: match &n.volume_export {
+                None => None,
+                Some(e) => {
+                    for p in &e.peers {
+                        ip("volume export peer", p)?;
+                    }
+                    Some((port("volume export port", e.port)?, e.peers.clone()))
+                }
+            },
+            volume_sync: match &n.volume_sync {
+                None => None,
+                Some(v) => Some((
+                    v.source.parse().map_err(|_| {
+                        format!("volume sync source {:?} is not an address:port", v.source)
+                    })?,
+                    std::time::Duration::from_secs(u64::from(v.interval_seconds.max(1))),
+                    v.generation,
+                )),
+            },
             mtu,
         })
     }

@@ -331,6 +331,7 @@ impl NetworkManager {
                 revision: 1,
                 synced_unix_ns: 0,
                 restarts: BTreeMap::new(),
+                sync_generation: 0,
             }
         };
         self.check_underlays(&rec)?;
@@ -403,6 +404,7 @@ impl NetworkManager {
                 revision: 1,
                 synced_unix_ns: if source.is_some() { now } else { 0 },
                 restarts: BTreeMap::new(),
+                sync_generation: 0,
             }
         };
         self.check_underlays(&rec)?;
@@ -841,6 +843,52 @@ impl NetworkManager {
                 revision: m.revision,
             });
         }
+    }
+
+    /// Copies the volumes of network `id` now: a mirror from its source; a source to
+    /// every mirror of it. Returns the mirrors asked.
+    pub async fn sync_now(&self, id: &str) -> Result<Vec<String>, NetworkError> {
+        let _op = self.ops.lock().await;
+        let rec = self
+            .get(id)
+            .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+        let mirrors: Vec<NetworkRecord> = match &rec.role {
+            Role::Mirror { source: Some(_) } => vec![rec],
+            Role::Mirror { source: None } => {
+                return Err(NetworkError::Conflict(format!(
+                    "network {id:?} mirrors a TDL, not a network: it has no source to copy from"
+                )));
+            }
+            Role::Source => lock(&self.records)
+                .values()
+                .filter(|r| {
+                    r.role
+                        == Role::Mirror {
+                            source: Some(id.to_owned()),
+                        }
+                })
+                .cloned()
+                .collect(),
+        };
+        let mut asked = Vec::new();
+        for mut m in mirrors {
+            m.sync_generation += 1;
+            m.revision += 1;
+            m.synced_unix_ns = now_unix_ns();
+            self.persist(&m)?;
+            self.publish(&m, &[])?;
+            lock(&self.records).insert(m.id.clone(), m.clone());
+            let _ = self.events.send(NetworkEvent::Synced {
+                id: m.id.clone(),
+                source: match &m.role {
+                    Role::Mirror { source: Some(s) } => s.clone(),
+                    _ => String::new(),
+                },
+                revision: m.revision,
+            });
+            asked.push(m.id);
+        }
+        Ok(asked)
     }
 
     /// Desired against applied, per host, of network `id`.

@@ -60,6 +60,9 @@ pub struct NetworkRecord {
     /// A mirror: how often each node was restarted because its source's restarted.
     #[serde(default)]
     pub restarts: BTreeMap<String, u64>,
+    /// A mirror: grows at every volume copy asked for (`POST /networks/{id}/sync`).
+    #[serde(default)]
+    pub sync_generation: u64,
 }
 
 impl NetworkRecord {

@@ -136,6 +136,67 @@ pub fn export_port(network: &str, node: &str) -> u16 {
     40_000 + (h % 20_000) as u16
 }
 
+/// The host port a source node's volume export listens on (stable per node).
+pub fn volume_port(network: &str, node: &str) -> u16 {
+    30_000 + (export_port(network, node) - 40_000) / 2
+}
+
+/// How often a mirror's volumes are copied from its source (and at every sync asked for).
+pub const VOLUME_SYNC_INTERVAL_SECONDS: u32 = 60;
+
+/// Volume replication of node `name`: a source serves its volumes to the hosts of its
+/// mirrors' copies; a mirror's copy takes them. Databases replicate by their own means.
+fn volume_replication(
+    rec: &NetworkRecord,
+    name: &str,
+    node: &weft_tdl::Node,
+    all: &BTreeMap<String, NetworkRecord>,
+    underlay: &dyn Fn(&str) -> Option<IpAddr>,
+    spec: &mut wire::NetworkNode,
+) {
+    if node.volumes.is_empty() || replicated_port(node).is_some() {
+        return;
+    }
+    match &rec.role {
+        crate::record::Role::Source => {
+            let mut peers: Vec<String> = all
+                .values()
+                .filter(|m| {
+                    m.role
+                        == crate::record::Role::Mirror {
+                            source: Some(rec.id.clone()),
+                        }
+                })
+                .filter_map(|m| m.placement.get(name))
+                .filter_map(|h| underlay(h))
+                .map(|a| a.to_string())
+                .collect();
+            peers.sort();
+            peers.dedup();
+            if !peers.is_empty() {
+                spec.volume_export = Some(wire::VolumeExport {
+                    port: u32::from(volume_port(&rec.id, name)),
+                    peers,
+                });
+            }
+        }
+        crate::record::Role::Mirror { source: Some(src) } => {
+            if let Some(remote) = all
+                .get(src)
+                .and_then(|s| s.placement.get(name))
+                .and_then(|h| underlay(h))
+            {
+                spec.volume_sync = Some(wire::VolumeSync {
+                    source: std::net::SocketAddr::new(remote, volume_port(src, name)).to_string(),
+                    interval_seconds: VOLUME_SYNC_INTERVAL_SECONDS,
+                    generation: rec.sync_generation,
+                });
+            }
+        }
+        crate::record::Role::Mirror { source: None } => {}
+    }
+}
+
 /// Replication of node `name` of `rec` (a source or a mirror of one), in its spec.
 fn replication(
     rec: &NetworkRecord,
@@ -280,6 +341,7 @@ pub fn by_host(
             ..Default::default()
         };
         replication(rec, name, n, all, underlay, &mut spec)?;
+        volume_replication(rec, name, n, all, underlay, &mut spec);
         out.entry(h.clone()).or_default().insert(
             ResourceKey::new(kinds::NETWORK_NODE, &node_key(&rec.id, name)),
             Spec::NetworkNode(spec),

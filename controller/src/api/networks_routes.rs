@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
             get(show).put(update).delete(remove),
         )
         .route("/networks/{network_id}/status", get(status))
+        .route("/networks/{network_id}/sync", post(sync))
 }
 
 impl From<NetworkError> for ApiError {
@@ -217,4 +218,13 @@ async fn status(
     serde_json::to_value(&s)
         .map(Json)
         .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Copies volumes now: a mirror's from its source, or a source's to its mirrors.
+async fn sync(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mirrors = state.networks.sync_now(&id).await?;
+    Ok(Json(json!({ "network_id": id, "mirrors": mirrors })))
 }

@@ -255,6 +255,7 @@ nodes:
   web:
     image: nginx:latest
     ports: [8080]
+    volumes: [data:/srv]
   db:
     image: postgres:16
     ports: [5432]
@@ -421,6 +422,9 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
         })
         .with_context(logs)?;
     }
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+    phase("both networks in sync");
     let client = |hv: &str, net: &str| format!("{}-{net}-client", lab.node_netns_prefix(hv));
     let (src_client, dr_client) = (client("hv1", "shop"), client("hv2", "shopdr"));
     // The same requests, the same answers; the mirror is its own copy at the source's
@@ -437,6 +441,7 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
     })
     .with_context(logs)?;
     ensure!(got == want, "mirror {got:?} != source {want:?}");
+    phase("same answers");
     // State replication: a row written in the source database and a key set in the
     // source Redis appear in the mirror (its replicas stream from the source through the
     // agents' replication relays).
@@ -487,6 +492,7 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
         )
     })?;
     eprintln!("replicated to the mirror within {:?}", started.elapsed());
+    phase("replicated");
     // The mirror's status reports each replica's lag, measured by its agent.
     eventually(Duration::from_secs(45), Duration::from_millis(500), || {
         let s = controller.json("GET", "/networks/shopdr/status", None)?;
@@ -507,6 +513,41 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
     )?;
     ensure!(refused.contains("READONLY"), "{refused}");
 
+    phase("lag reported");
+    // Volumes: a page added to the source web's volume is served by the mirror's web
+    // after a copy asked for (incremental, swapped in whole).
+    let www = lab.dir().join("nodes-hv1/shop/web/volumes/data/www");
+    std::fs::write(www.join("new.html"), "fresh from the source\n")?;
+    let asked = controller.json("POST", "/networks/shop/sync", None)?;
+    ensure!(asked["mirrors"] == json!(["shopdr"]), "{asked}");
+    let mirror_web = address(&mirror, "web")?;
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        let page = exec(
+            &dr_client,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                &format!("http://{mirror_web}:8080/new.html"),
+            ],
+        )?;
+        ensure!(page.trim() == "fresh from the source", "{page:?}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    let synced = observed_lines(
+        &controller.json("GET", "/networks/shopdr/status", None)?,
+        "shopdr/web",
+    );
+    ensure!(
+        synced
+            .iter()
+            .any(|o| o.starts_with("volumes synced (generation 1)")),
+        "{synced:?}"
+    );
+
+    phase("volume copied");
     // Event-driven sync: the source's web server killed; its agent restarts it and
     // reports it, and the mirror's copy is restarted too.
     let mirror_pid_before = node_pid(&controller, "shopdr", "shopdr/web")?;
@@ -523,6 +564,7 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
         "the mirror's web answers after its restart"
     );
 
+    phase("restart followed");
     // What the TDL does not allow is refused in both: web may not reach db.
     for (hv, net) in [("hv1", "shop"), ("hv2", "shopdr")] {
         let web = format!("{}-{net}-web", lab.node_netns_prefix(hv));
