@@ -39,7 +39,7 @@ impl From<NetworkError> for ApiError {
                 message: m,
             },
             NetworkError::NotFound(m) => Self::Missing(m),
-            NetworkError::Conflict(m) => Self::Conflict(m),
+            NetworkError::Exists(m) | NetworkError::Conflict(m) => Self::Conflict(m),
             NetworkError::Internal(m) => Self::Internal(m),
         }
     }
