@@ -1,6 +1,7 @@
 //! REST for TDL networks and mirrors: `POST /networks` (a TDL), `POST /networks/mirror`,
 //! `GET /networks`, `GET|PUT|DELETE /networks/{network_id}`,
-//! `GET /networks/{network_id}/status`.
+//! `GET /networks/{network_id}/status`; `GET /events/networks` (the networks' events as
+//! server-sent CloudEvents, [`super::network_events`]).
 //!
 //! A TDL is sent as the body with `Content-Type: application/yaml` (or `text/yaml`,
 //! `text/plain`), or as JSON `{"tdl": "...", "file_name": "prod.tdl", "hosts": [...]}`.
@@ -8,16 +9,23 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use weft_networks::{CreateRequest, MirrorRequest, NetworkError, NetworkRecord, Role};
 use weft_topology::time::rfc3339;
 
 use super::error::ApiError;
+use super::network_events;
+use super::query::Params;
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -29,6 +37,7 @@ pub fn routes() -> Router<AppState> {
             get(show).put(update).delete(remove),
         )
         .route("/networks/{network_id}/status", get(status))
+        .route("/events/networks", get(events))
 }
 
 impl From<NetworkError> for ApiError {
@@ -217,4 +226,26 @@ async fn status(
     serde_json::to_value(&s)
         .map(Json)
         .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Server-sent events: the networks' CloudEvents from now on (`?network=ID`: one network's).
+async fn events(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let params = Params(params);
+    params.only(&["network"])?;
+    let network = params.0.get("network").filter(|n| !n.is_empty()).cloned();
+    let to_sse = |e: network_events::NetworkCloudEvent| {
+        let e = e.to_json();
+        Event::default()
+            .id(e["id"].as_str().unwrap_or_default())
+            .event(e["type"].as_str().unwrap_or_default())
+            .json_data(&e)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
+    };
+    let stream = network_events::subscribe(&state, network)
+        .map(to_sse)
+        .map(Ok::<_, Infallible>);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
