@@ -66,7 +66,8 @@ enum Command {
     },
     /// Shard events (CloudEvents): the retained ones, or --follow new ones.
     Events(shards::EventsArgs),
-    /// TDL files, offline: validate, format, plan (what goes on which hypervisor), diff.
+    /// TDL files, offline: validate, format, plan (what goes on which hypervisor), diff;
+    /// and export (a TDL of what runs, from the controller).
     Tdl {
         #[command(subcommand)]
         command: networks::TdlCommand,
@@ -143,7 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let text = match cli.command {
         Command::Tokens { command } => tokens::run(&cli.controller, &command)?,
         Command::Certs { command } => certs::run(&command)?,
-        Command::Tdl { command } => networks::run_tdl(&command)?,
+        Command::Tdl { command } => networks::run_tdl(&cli.controller, &command)?,
         Command::Network { command } => networks::run_network(&cli.controller, &command)?,
         Command::Topology { command } => topology::run(&cli.controller, &command)?,
         Command::Import(args) => import::run(&cli.controller, &args)?,

@@ -1,4 +1,5 @@
-//! `weft tdl validate|fmt|plan|diff FILE` (offline: the TDL library) and
+//! `weft tdl validate|fmt|plan|diff FILE` (offline: the TDL library), `weft tdl export`
+//! (the controller's `/tdl/export`) and
 //! `weft network create|mirror|update|list|show|status|delete` (the controller's
 //! `/networks`).
 
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::shards::call;
+use crate::shards::{call, enc};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TdlCommand {
@@ -33,6 +34,26 @@ pub enum TdlCommand {
     },
     /// What changes between two TDL files.
     Diff { old: PathBuf, new: PathBuf },
+    /// A TDL of what really runs: the workloads the agents registered (nodes) and the
+    /// traffic weft saw between them (connections, and security allowing exactly it).
+    /// What was seen but left out is listed on stderr.
+    Export {
+        /// Write the TDL to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Only the workloads of these hypervisors (repeat, or comma-separated).
+        #[arg(long = "host", value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// The network's name.
+        #[arg(long, default_value = "exported")]
+        network: String,
+        /// Leave the registered addresses out (the nodes get addresses from the shards).
+        #[arg(long)]
+        no_addresses: bool,
+        /// Only traffic since this time (RFC 3339, or relative: 15m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -92,8 +113,65 @@ fn parse(file: &Path) -> anyhow::Result<weft_tdl::Network> {
     weft_tdl::parse(&name, &text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-pub fn run_tdl(command: &TdlCommand) -> anyhow::Result<String> {
+/// The `/tdl/export` request of `weft tdl export`.
+pub fn export_path(
+    hosts: &[String],
+    network: &str,
+    no_addresses: bool,
+    since: Option<&str>,
+) -> String {
+    let mut q = vec![
+        "format=json".to_owned(),
+        format!("network={}", enc(network)),
+    ];
+    if !hosts.is_empty() {
+        let hosts: Vec<String> = hosts.iter().map(|h| enc(h)).collect();
+        q.push(format!("hosts={}", hosts.join(",")));
+    }
+    if no_addresses {
+        q.push("addresses=false".into());
+    }
+    if let Some(s) = since {
+        q.push(format!("since={}", enc(s)));
+    }
+    format!("/tdl/export?{}", q.join("&"))
+}
+
+pub fn run_tdl(controller: &str, command: &TdlCommand) -> anyhow::Result<String> {
     match command {
+        TdlCommand::Export {
+            out,
+            hosts,
+            network,
+            no_addresses,
+            since,
+        } => {
+            let path = export_path(hosts, network, *no_addresses, since.as_deref());
+            let answer = call(controller, "GET", &path, None)?;
+            let Some(tdl) = answer["tdl"].as_str() else {
+                bail!("the controller's answer to GET {path} has no `tdl`");
+            };
+            // Checked here too: what is written must be a TDL.
+            weft_tdl::parse("export", tdl)
+                .map_err(|e| anyhow::anyhow!("the exported TDL does not parse: {e}"))?;
+            for l in answer["left_out"].as_array().into_iter().flatten() {
+                eprintln!("left out: {}", l.as_str().unwrap_or_default());
+            }
+            match out {
+                Some(file) => {
+                    std::fs::write(file, tdl)
+                        .with_context(|| format!("writing {}", file.display()))?;
+                    Ok(format!(
+                        "{}: network {:?}, {} nodes, {} connections\n",
+                        file.display(),
+                        answer["network"].as_str().unwrap_or_default(),
+                        answer["nodes"].as_object().map_or(0, |n| n.len()),
+                        answer["connections"]
+                    ))
+                }
+                None => Ok(tdl.to_owned()),
+            }
+        }
         TdlCommand::Validate { file } => {
             let n = parse(file)?;
             Ok(format!(

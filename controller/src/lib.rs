@@ -6,6 +6,7 @@
 //!   here ([`api::convert`]) and go no further.
 //! - [`control`]: desired state per host and the agents' control streams.
 //! - [`shards`]: IP shards of the networks and their migrations.
+//! - [`export`]: a TDL of the registered workloads and the traffic seen between them.
 //! - [`state`]: the shared application state the API serves.
 //! - [`metrics`]: the metrics registry (built when the state starts) and its exposition.
 //! - [`limits`]: the controller's limits on requests, connections, streams, renders and
@@ -15,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod auth_flags;
 pub mod compose;
+pub mod export;
 pub mod hosts;
 pub mod limit_flags;
 pub mod limits;

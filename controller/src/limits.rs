@@ -216,16 +216,23 @@ pub enum Stream {
     Shards,
     Topology,
     Control,
+    Networks,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 3] = [Stream::Shards, Stream::Topology, Stream::Control];
+    pub const ALL: [Stream; 4] = [
+        Stream::Shards,
+        Stream::Topology,
+        Stream::Control,
+        Stream::Networks,
+    ];
 
     pub fn path(self) -> &'static str {
         match self {
             Self::Shards => "/events",
             Self::Topology => "/events/topology",
             Self::Control => "/events/control",
+            Self::Networks => "/events/networks",
         }
     }
 

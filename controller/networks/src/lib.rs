@@ -57,6 +57,10 @@ pub enum NetworkError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// A network with that id exists.
+    #[error("{0}")]
+    Exists(String),
+    /// Another conflict (a VNI another network has).
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -70,6 +74,7 @@ impl From<weft_store::StoreError> for NetworkError {
 }
 
 /// Something that happened to a network (the event streams carry them as CloudEvents).
+/// `at_unix_ns`: when the controller made the change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkEvent {
     Created {
@@ -77,20 +82,46 @@ pub enum NetworkEvent {
         role: &'static str,
         hosts: Vec<String>,
         nodes: usize,
+        at_unix_ns: u64,
     },
     Updated {
         id: String,
         changes: Vec<String>,
+        revision: u64,
+        at_unix_ns: u64,
     },
     /// A mirror took its source's state.
     Synced {
         id: String,
         source: String,
         revision: u64,
+        at_unix_ns: u64,
     },
     Deleted {
         id: String,
+        at_unix_ns: u64,
     },
+}
+
+impl NetworkEvent {
+    /// The network the event is about.
+    pub fn network(&self) -> &str {
+        match self {
+            Self::Created { id, .. }
+            | Self::Updated { id, .. }
+            | Self::Synced { id, .. }
+            | Self::Deleted { id, .. } => id,
+        }
+    }
+
+    pub fn at_unix_ns(&self) -> u64 {
+        match self {
+            Self::Created { at_unix_ns, .. }
+            | Self::Updated { at_unix_ns, .. }
+            | Self::Synced { at_unix_ns, .. }
+            | Self::Deleted { at_unix_ns, .. } => *at_unix_ns,
+        }
+    }
 }
 
 /// Create a network from a TDL.
@@ -302,7 +333,7 @@ impl NetworkManager {
         let rec = {
             let records = lock(&self.records);
             if records.contains_key(&id) {
-                return Err(NetworkError::Conflict(format!(
+                return Err(NetworkError::Exists(format!(
                     "network {id:?} exists; delete it first or change `network:`"
                 )));
             }
@@ -383,7 +414,7 @@ impl NetworkManager {
         let rec = {
             let records = lock(&self.records);
             if records.contains_key(&req.destination) {
-                return Err(NetworkError::Conflict(format!(
+                return Err(NetworkError::Exists(format!(
                     "network {:?} exists; pick another destination",
                     req.destination
                 )));
@@ -449,6 +480,7 @@ impl NetworkManager {
                     role,
                     hosts: rec.hosts(),
                     nodes: rec.network.nodes.len(),
+                    at_unix_ns: now_unix_ns(),
                 });
                 Ok(rec)
             }
@@ -620,6 +652,8 @@ impl NetworkManager {
         let _ = self.events.send(NetworkEvent::Updated {
             id: id.to_owned(),
             changes: changes.clone(),
+            revision: rec.revision,
+            at_unix_ns: now_unix_ns(),
         });
         self.sync_mirrors(id);
         Ok((rec, changes))
@@ -682,6 +716,7 @@ impl NetworkManager {
                 id: rec.id.clone(),
                 source: source.to_owned(),
                 revision: rec.revision,
+                at_unix_ns: now_unix_ns(),
             });
         }
         // Its replication exports follow where the mirrors' nodes are.
@@ -716,9 +751,10 @@ impl NetworkManager {
         // Its source stops exporting to it.
         self.republish_source_of(&rec);
         info!(network = %id, "network deleted");
-        let _ = self
-            .events
-            .send(NetworkEvent::Deleted { id: id.to_owned() });
+        let _ = self.events.send(NetworkEvent::Deleted {
+            id: id.to_owned(),
+            at_unix_ns: now_unix_ns(),
+        });
         Ok(rec)
     }
 
@@ -841,6 +877,7 @@ impl NetworkManager {
                 id: m.id.clone(),
                 source: source.to_owned(),
                 revision: m.revision,
+                at_unix_ns: now_unix_ns(),
             });
         }
     }
@@ -885,6 +922,7 @@ impl NetworkManager {
                     _ => String::new(),
                 },
                 revision: m.revision,
+                at_unix_ns: m.synced_unix_ns,
             });
             asked.push(m.id);
         }

@@ -96,6 +96,7 @@ pub fn class(method: &Method, path: &str, query: Option<&str>) -> Class {
         || path.starts_with("/topology.")
         || path == "/topology/diff"
         || path == "/topology/violations"
+        || path == "/tdl/export"
         || path == "/services"
         || path.starts_with("/services/");
     if render {
@@ -712,13 +713,14 @@ pub fn grpc_incoming(
 
 /// gRPC methods that stream their answer: they hold no unary slot (a follower would
 /// otherwise keep one for as long as it follows).
-pub const GRPC_STREAMS: [&str; 2] = [
+pub const GRPC_STREAMS: [&str; 3] = [
     "/weft.v1.ShardService/WatchEvents",
     "/weft.v1.AgentControlService/WatchDesiredState",
+    "/weft.v1.MirrorService/WatchNetworkEvents",
 ];
 
 /// Whether a gRPC call takes a unary slot: the client services (TopologyService,
-/// ShardService) and the control service's reports; not streams, not the agents'
+/// ShardService, MirrorService) and the control service's reports; not streams, not the agents'
 /// `AgentService` (bounded by `--agent-record-rate`, and whose RESOURCE_EXHAUSTED means
 /// "split the batch").
 pub fn grpc_call_is_limited(path: &str) -> bool {
@@ -726,6 +728,7 @@ pub fn grpc_call_is_limited(path: &str) -> bool {
         && [
             "/weft.v1.TopologyService/",
             "/weft.v1.ShardService/",
+            "/weft.v1.MirrorService/",
             "/weft.v1.AgentControlService/",
         ]
         .iter()
@@ -916,6 +919,11 @@ mod tests {
             Class::Stream(Stream::Topology)
         );
         assert_eq!(
+            class(&get, "/events/networks", Some("network=shop")),
+            Class::Stream(Stream::Networks)
+        );
+        assert_eq!(class(&get, "/tdl/export", None), Class::Render);
+        assert_eq!(
             class(&get, "/events", Some("from=3")),
             Class::Stream(Stream::Shards)
         );
@@ -949,6 +957,7 @@ mod tests {
             assert!(!grpc_call_is_limited(path), "{path}");
         }
         assert!(grpc_call_is_limited("/weft.v1.ShardService/ListShards"));
+        assert!(grpc_call_is_limited("/weft.v1.MirrorService/CreateNetwork"));
         assert!(grpc_call_is_limited("/weft.v1.TopologyService/GetTopology"));
         assert!(grpc_call_is_limited(
             "/weft.v1.AgentControlService/ReportObserved"

@@ -10,6 +10,8 @@ pub mod grpc_topology;
 pub mod history_routes;
 pub mod http;
 pub mod limits;
+pub mod network_events;
+pub mod networks_grpc;
 pub mod networks_routes;
 pub mod observations;
 pub mod query;

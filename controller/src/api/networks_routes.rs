@@ -1,6 +1,8 @@
 //! REST for TDL networks and mirrors: `POST /networks` (a TDL), `POST /networks/mirror`,
 //! `GET /networks`, `GET|PUT|DELETE /networks/{network_id}`,
-//! `GET /networks/{network_id}/status`.
+//! `GET /networks/{network_id}/status`; `GET /events/networks` (the networks' events as
+//! server-sent CloudEvents, [`super::network_events`]); `GET /tdl/export` (a TDL of what
+//! runs, [`crate::export`]).
 //!
 //! A TDL is sent as the body with `Content-Type: application/yaml` (or `text/yaml`,
 //! `text/plain`), or as JSON `{"tdl": "...", "file_name": "prod.tdl", "hosts": [...]}`.
@@ -8,16 +10,24 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use weft_networks::{CreateRequest, MirrorRequest, NetworkError, NetworkRecord, Role};
 use weft_topology::time::rfc3339;
 
 use super::error::ApiError;
+use super::network_events;
+use super::query::Params;
+use crate::export::{DEFAULT_NAME, ExportError, ExportRequest};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -30,6 +40,8 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/networks/{network_id}/status", get(status))
         .route("/networks/{network_id}/sync", post(sync))
+        .route("/events/networks", get(events))
+        .route("/tdl/export", get(export))
 }
 
 impl From<NetworkError> for ApiError {
@@ -40,7 +52,7 @@ impl From<NetworkError> for ApiError {
                 message: m,
             },
             NetworkError::NotFound(m) => Self::Missing(m),
-            NetworkError::Conflict(m) => Self::Conflict(m),
+            NetworkError::Exists(m) | NetworkError::Conflict(m) => Self::Conflict(m),
             NetworkError::Internal(m) => Self::Internal(m),
         }
     }
@@ -227,4 +239,113 @@ async fn sync(
 ) -> Result<Json<Value>, ApiError> {
     let mirrors = state.networks.sync_now(&id).await?;
     Ok(Json(json!({ "network_id": id, "mirrors": mirrors })))
+}
+
+/// Server-sent events: the networks' CloudEvents from now on (`?network=ID`: one network's).
+async fn events(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let params = Params(params);
+    params.only(&["network"])?;
+    let network = params.0.get("network").filter(|n| !n.is_empty()).cloned();
+    let to_sse = |e: network_events::NetworkCloudEvent| {
+        let e = e.to_json();
+        Event::default()
+            .id(e["id"].as_str().unwrap_or_default())
+            .event(e["type"].as_str().unwrap_or_default())
+            .json_data(&e)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
+    };
+    let stream = network_events::subscribe(&state, network)
+        .map(to_sse)
+        .map(Ok::<_, Infallible>);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// `GET /tdl/export?hosts=a,b&network=NAME&addresses=false&since=..&until=..&format=json`:
+/// the TDL of the workloads the agents of `hosts` (default: every agent) registered and
+/// of the traffic seen between them in the window; YAML, or with `format=json` an object
+/// with the TDL, which workload each node is, and what was left out.
+async fn export(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let params = Params(params);
+    params.only(&["hosts", "network", "addresses", "since", "until", "format"])?;
+    let window = params.window()?;
+    let get = |k: &str| params.0.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let json = match get("format") {
+        None | Some("yaml") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ApiError::parameter(
+                "format",
+                format!("`{other}` is not yaml or json"),
+            ));
+        }
+    };
+    let addresses = match get("addresses") {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(ApiError::parameter(
+                "addresses",
+                format!("`{other}` is not true or false"),
+            ));
+        }
+    };
+    let name = get("network").unwrap_or(DEFAULT_NAME).to_owned();
+    let wanted: Vec<String> = get("hosts")
+        .map(|h| {
+            h.split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let agents = state.registry.agents();
+    for h in &wanted {
+        if !agents.iter().any(|a| &a.host_id == h) {
+            return Err(ApiError::Missing(format!(
+                "no agent registered as host {h:?}; the registered hosts are: {}",
+                agents
+                    .iter()
+                    .map(|a| a.host_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let agents: Vec<(String, Vec<weft_topology::model::Workload>)> = agents
+        .iter()
+        .filter(|a| wanted.is_empty() || wanted.contains(&a.host_id))
+        .map(|a| (a.host_id.clone(), a.workloads.clone()))
+        .collect();
+    let snapshot = state.snapshot_in(&window);
+    let req = ExportRequest { name, addresses };
+    let out = crate::export::export(&req, &agents, &snapshot).map_err(|e| match e {
+        ExportError::Name(m) => ApiError::parameter("network", m),
+        ExportError::NoWorkloads(m) => ApiError::Unprocessable {
+            field: "hosts".into(),
+            message: m,
+        },
+        e @ ExportError::Internal(_) => ApiError::Internal(e.to_string()),
+    })?;
+    if json {
+        return Ok(Json(json!({
+            "network": out.network.name,
+            "tdl": out.tdl,
+            "nodes": out.nodes,
+            "connections": out.network.connections.len(),
+            "left_out": out.left_out,
+        }))
+        .into_response());
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
+        out.tdl,
+    )
+        .into_response())
 }

@@ -1,7 +1,7 @@
 //! Roles of client tokens and the role each request needs.
 //!
 //! - `read`: every `GET`/`HEAD` of REST and the read-only gRPC methods (topology queries,
-//!   shard and migration lookups, event streams).
+//!   shard, migration and network lookups, event streams).
 //! - `operate`: everything that changes state through the API (allocations, shards,
 //!   migrations, observations, snapshots, classification), plus what `read` may do.
 //! - `admin`: tokens (`/tokens`) and policy (`PUT /policy/allowed-dependencies`, which
@@ -85,6 +85,10 @@ pub fn for_grpc(path: &str) -> Role {
             Role::Read
         }
         ("ShardService", _) => Role::Operate,
+        ("MirrorService", m) if ["Get", "List", "Watch"].iter().any(|p| m.starts_with(p)) => {
+            Role::Read
+        }
+        ("MirrorService", _) => Role::Operate,
         _ => Role::Admin,
     }
 }
@@ -123,6 +127,23 @@ mod tests {
             Role::Operate
         );
         assert_eq!(for_grpc("/weft.v1.ShardService/DeleteShard"), Role::Operate);
+        assert_eq!(
+            for_grpc("/weft.v1.MirrorService/GetNetworkStatus"),
+            Role::Read
+        );
+        assert_eq!(for_grpc("/weft.v1.MirrorService/ListNetworks"), Role::Read);
+        assert_eq!(
+            for_grpc("/weft.v1.MirrorService/WatchNetworkEvents"),
+            Role::Read
+        );
+        assert_eq!(
+            for_grpc("/weft.v1.MirrorService/CreateMirror"),
+            Role::Operate
+        );
+        assert_eq!(
+            for_grpc("/weft.v1.MirrorService/DeleteNetwork"),
+            Role::Operate
+        );
         assert_eq!(for_grpc("/weft.v1.Unknown/X"), Role::Admin);
         assert_eq!(for_grpc("/grpc.health.v1.Health/Check"), Role::Admin);
     }

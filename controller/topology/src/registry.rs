@@ -143,6 +143,13 @@ impl Registry {
         self.agents.is_empty()
     }
 
+    /// Every registered agent, by host id.
+    pub fn agents(&self) -> Vec<Arc<Agent>> {
+        let mut all: Vec<Arc<Agent>> = self.agents.iter().map(|a| a.value().clone()).collect();
+        all.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        all
+    }
+
     /// Rebuilds the address and host indexes from all agents. Agents are visited in host id
     /// order so that an address claimed by two hosts resolves the same way every time.
     fn rebuild_indexes(&self) {
