@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_drift;
+mod bench_networks;
 mod bench_shards;
 mod bench_spoof;
 mod bench_tls;
@@ -79,7 +80,9 @@ enum Cmd {
         /// `migration`, `allocations`: only that part, printed (BENCHMARKS.md is left as it is).
         /// `drift`: drift repair, printed. `spoof`: the controller's memory while 1,000,000
         /// spoofed sources send a datagram each (its section of BENCHMARKS.md). `tls`:
-        /// records/s on the export path, plain vs mutual TLS, printed.
+        /// records/s on the export path, plain vs mutual TLS, printed. `networks`: TDL
+        /// networks: realize/remove 100 and 1,000 nodes beside an `ip -batch` baseline, drift
+        /// detect/repair latency (its section of BENCHMARKS.md).
         only: Option<String>,
     },
 }
@@ -128,15 +131,17 @@ fn main() -> ExitCode {
                     .and_then(|()| bench_shards::run())
                     .and_then(|()| bench_drift::run())
                     .and_then(|()| bench_spoof::run())
-                    .and_then(|()| bench_tls::run(false)),
+                    .and_then(|()| bench_tls::run(false))
+                    .and_then(|()| bench_networks::run()),
                 Some("drift") => bench_drift::run(),
+                Some("networks") => bench_networks::run(),
                 Some("spoof") => bench_spoof::run(),
                 Some("tls") => bench_tls::run(no_build),
                 Some("shards") => bench_shards::run(),
                 Some("migration") => bench_shards::run_migration_only(),
                 Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: shards, migration, allocations, drift, spoof, tls)"
+                    "unknown bench {other:?} (known: shards, migration, allocations, drift, spoof, tls, networks)"
                 )),
             })
         }
