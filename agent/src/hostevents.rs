@@ -187,7 +187,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            capacity: 16384,
+            // A burst of a thousand network nodes made at once is ~20,000 events of the
+            // agent's own while the driver is busy making them; fewer slots and the driver
+            // lags and reads everything back again for nothing.
+            capacity: 65536,
             rcvbuf: 4 << 20,
             netns_check: Duration::from_secs(1),
             groups: GROUPS_DEFAULT,

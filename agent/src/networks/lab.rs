@@ -146,13 +146,25 @@ async fn connects(from: &Path, to: &Path, addr: IpAddr, port: u16) -> bool {
         .await
         .expect("enter")
         .expect("bind");
-    let accept = std::thread::spawn(move || listener.accept().is_ok());
+    // Bounded: a listener left waiting would hold the namespace (and its veth) alive.
+    listener.set_nonblocking(true).expect("nonblocking");
+    let accept = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if listener.accept().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
     let connected = in_netns(from, move || {
         TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2)).is_ok()
     })
     .await
     .expect("enter");
-    connected && accept.join().unwrap_or(false)
+    let accepted = accept.join().unwrap_or(false);
+    connected && accepted
 }
 
 struct NodeSpecFirewall(weft_firewall::Ruleset);
@@ -292,18 +304,29 @@ async fn nodes_are_made_reach_each_other_drift_is_repaired_and_removal_leaves_no
         .collect();
     assert_eq!(addrs, vec!["198.18.70.14/24".to_string()]);
 
-    // Nothing desired: every namespace and veth goes.
+    // Nothing desired: every namespace and veth goes (our own handles into b and c would
+    // keep theirs alive).
+    drop((bh, ch));
     let gone = nodes.reconcile(&[], Scope::All).await;
     ok(&gone);
     assert_eq!(gone.len(), 3);
     for n in ["a", "b", "c"] {
         assert!(!node_path(&net, "lab", n).exists());
-        assert!(
-            links::by_name(&h, &names::host_veth("lab", n))
-                .await
-                .unwrap()
-                .is_none()
-        );
+    }
+    // The veths go with their namespaces (the kernel's teardown, a moment later).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for n in ["a", "b", "c"] {
+        while links::by_name(&h, &names::host_veth("lab", n))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "veth of {n} still there"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     ok(&seg.reconcile(&[], Scope::All).await);
     assert!(

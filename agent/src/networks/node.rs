@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
@@ -38,6 +38,9 @@ pub struct NodeReconciler {
     supervisor: Arc<Supervisor>,
     relays: super::relay::Relays,
     volumes: super::volumes::Volumes,
+    /// Host ends of the veths of removed nodes, and when: their namespace's teardown
+    /// removes them; one still there later (something holds the namespace) is deleted.
+    removed_veths: Mutex<Vec<(String, Instant)>>,
     /// Where nodes keep their data (`<root>/<network>/<node>`, the supervisor's root).
     node_root: PathBuf,
     /// Restarts of each node's process seen at its last apply.
@@ -116,8 +119,29 @@ impl NodeReconciler {
             supervisor,
             relays: super::relay::Relays::default(),
             volumes: super::volumes::Volumes::default(),
+            removed_veths: Mutex::new(Vec::new()),
             node_root,
             restarts_seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Deletes the host ends of removed nodes' veths that outlived their namespace's
+    /// teardown by more than a few seconds (a process still holds the namespace: it must
+    /// not stay on the network).
+    async fn sweep_removed_veths(&self) {
+        let due: Vec<String> = {
+            let mut list = lock(&self.removed_veths);
+            let (due, keep): (Vec<_>, Vec<_>) = list
+                .drain(..)
+                .partition(|(_, at)| at.elapsed() >= Duration::from_secs(3));
+            *list = keep;
+            due.into_iter().map(|(v, _)| v).collect()
+        };
+        for veth in due {
+            if let Ok(Some(l)) = links::by_name(&self.networks.host, &veth).await {
+                tracing::warn!(veth = %veth, "a removed node's namespace is still held: its veth is deleted");
+                let _ = links::delete(&self.networks.host, l.index, &veth).await;
+            }
         }
     }
 
@@ -160,6 +184,21 @@ impl NodeReconciler {
             .await?;
         observed.extend(relays);
         let before = self.supervisor.status(&key);
+        let r = &s.runtime;
+        if r.image.is_empty() && r.command.is_empty() && r.volumes.is_empty() {
+            // Nothing runs: no directory, no cgroup (a thousand idle nodes stay cheap).
+            if before.is_some() {
+                self.supervisor
+                    .remove(&key)
+                    .await
+                    .map_err(|e| format!("stopping the node's processes: {e}"))?;
+            }
+            observed.push("nothing to run".into());
+            if r.node_type == "vm" {
+                observed.push(weft_noderun::VM_NOTE.into());
+            }
+            return Ok((observed, usize::from(before.is_some())));
+        }
         if fresh_namespace && before.is_some() {
             // Its processes are in the namespace that was replaced.
             self.supervisor
@@ -167,7 +206,6 @@ impl NodeReconciler {
                 .await
                 .map_err(|e| format!("stopping the node's processes: {e}"))?;
         }
-        let r = &s.runtime;
         let run = NodeRun {
             key: key.clone(),
             netns: path,
@@ -564,9 +602,15 @@ impl Networks {
     async fn remove_node(&self, key: &str, o: &NodeObjects) -> Result<usize, String> {
         let mut changes = 0;
         self.conns.forget(Some(&o.netns));
-        if let Some(l) = links::by_name(&self.host, &o.host_veth)
-            .await
-            .map_err(|e| e.to_string())?
+        // The veth is not deleted on its own: deleting a link waits for the kernel's RCU
+        // grace period under RTNL (~20 ms, one at a time); the namespace's teardown
+        // removes its veths in one batch once the last handle into it is closed (ours
+        // are, by now; the host-event watch lets go after this apply). Only a veth whose
+        // peer is not in the namespace any more is deleted here.
+        if !o.netns.exists()
+            && let Some(l) = links::by_name(&self.host, &o.host_veth)
+                .await
+                .map_err(|e| e.to_string())?
         {
             links::delete(&self.host, l.index, &o.host_veth)
                 .await
@@ -611,6 +655,7 @@ impl Reconciler for NodeReconciler {
         Box::pin(async move {
             let net = &self.networks;
             let started = Instant::now();
+            self.sweep_removed_veths().await;
             let mut out = Vec::new();
             let mut todo: Vec<NodeSpec> = Vec::new();
             for r in desired {
@@ -742,6 +787,7 @@ impl Reconciler for NodeReconciler {
                     self.volumes.remove(&key);
                     lock(&self.restarts_seen).remove(&key);
                     let r = net.remove_node(&key, &o).await;
+                    lock(&self.removed_veths).push((o.host_veth.clone(), Instant::now()));
                     (key, r)
                 });
                 let removed: Vec<(String, Result<usize, String>)> = futures::stream::iter(removals)
