@@ -98,6 +98,53 @@ fn address(net: &Value, node: &str) -> Result<String> {
     Ok(a.split('/').next().unwrap_or(a).to_owned())
 }
 
+/// A lab of two hypervisors with an agent each, a controller, and a shard of network
+/// `pool` for the nodes' addresses. Fields drop in order: processes before the lab.
+struct TwoHypervisors {
+    controller: Controller,
+    agents: [Agent; 2],
+    lab: Lab,
+}
+
+impl TwoHypervisors {
+    fn start(pool: &str) -> Result<Self> {
+        let lab = Lab::builder().hypervisor("hv1").hypervisor("hv2").build()?;
+        let x = lab.x();
+        let ip = lab.hypervisors()[0].uplink_root_addr.clone();
+        let grpc = format!("{ip}:{}", free_port(&ip)?);
+        let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
+        let shard_pool = format!("198.19.{x}.128/25");
+        let controller =
+            Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &shard_pool])?;
+        let agents = [
+            Agent::start(&lab, 0, &controller.grpc_url())?,
+            Agent::start(&lab, 1, &controller.grpc_url())?,
+        ];
+        let two = Self {
+            controller,
+            agents,
+            lab,
+        };
+        two.controller
+            .json(
+                "POST",
+                "/shards",
+                Some(&json!({"prefix_len": 27, "network_id": pool})),
+            )
+            .with_context(|| two.logs())?;
+        Ok(two)
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "controller:\n{}\nhv1 agent:\n{}\nhv2 agent:\n{}",
+            self.controller.child.tail(30),
+            self.agents[0].child.tail(30),
+            self.agents[1].child.tail(30)
+        )
+    }
+}
+
 fn status(controller: &Controller) -> Result<Value> {
     controller.json("GET", "/networks/labnet/status", None)
 }
@@ -108,33 +155,9 @@ fn a_tdl_network_spans_two_hypervisors_with_its_firewall_repairs_drift_and_goes_
     if skip_unless_root("a_tdl_network_spans_two_hypervisors") {
         return Ok(());
     }
-    let lab = Lab::builder().hypervisor("hv1").hypervisor("hv2").build()?;
-    let x = lab.x();
-    let hv1 = &lab.hypervisors()[0];
-    let ip = hv1.uplink_root_addr.clone();
-    let grpc = format!("{ip}:{}", free_port(&ip)?);
-    let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
-    let pool = format!("198.19.{x}.128/25");
-    let controller = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool])?;
-    let agents = [
-        Agent::start(&lab, 0, &controller.grpc_url())?,
-        Agent::start(&lab, 1, &controller.grpc_url())?,
-    ];
-    let logs = || {
-        format!(
-            "controller:\n{}\nhv1 agent:\n{}\nhv2 agent:\n{}",
-            controller.child.tail(30),
-            agents[0].child.tail(30),
-            agents[1].child.tail(30)
-        )
-    };
-    controller
-        .json(
-            "POST",
-            "/shards",
-            Some(&json!({"prefix_len": 27, "network_id": "labpool"})),
-        )
-        .with_context(logs)?;
+    let two = TwoHypervisors::start("labpool")?;
+    let (lab, controller) = (&two.lab, &two.controller);
+    let logs = || two.logs();
 
     // A bad TDL: refused with its position, nothing made.
     let (code, body) = controller.send(
@@ -155,7 +178,7 @@ fn a_tdl_network_spans_two_hypervisors_with_its_firewall_repairs_drift_and_goes_
     })
     .with_context(logs)?;
     eventually(Duration::from_secs(30), Duration::from_millis(100), || {
-        let s = status(&controller)?;
+        let s = status(controller)?;
         ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
         Ok(())
     })
@@ -167,9 +190,9 @@ fn a_tdl_network_spans_two_hypervisors_with_its_firewall_repairs_drift_and_goes_
     }
     let (api_ip, db_ip) = (address(&net, "api")?, address(&net, "db")?);
 
-    let _l1 = listen(&lab, &api, 7001)?;
-    let _l3 = listen(&lab, &api, 7003)?;
-    let _l2 = listen(&lab, &db, 7002)?;
+    let _l1 = listen(lab, &api, 7001)?;
+    let _l3 = listen(lab, &api, 7003)?;
+    let _l2 = listen(lab, &db, 7002)?;
     // What the TDL allows gets through, across the VXLAN (web on hv1 -> api on hv2) and
     // on one host (api -> db); nothing else does.
     ensure!(
@@ -191,7 +214,7 @@ fn a_tdl_network_spans_two_hypervisors_with_its_firewall_repairs_drift_and_goes_
         &["ip", "addr", "flush", "dev", "eth0", "scope", "global"],
     )?;
     eventually(Duration::from_secs(10), Duration::from_millis(50), || {
-        let s = status(&controller)?;
+        let s = status(controller)?;
         let drift = s["hosts"]
             .as_array()
             .into_iter()
@@ -371,33 +394,9 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
     if skip_unless_root("a_mirror_on_another_hypervisor_answers_as_its_source") {
         return Ok(());
     }
-    let lab = Lab::builder().hypervisor("hv1").hypervisor("hv2").build()?;
-    let x = lab.x();
-    let hv1 = &lab.hypervisors()[0];
-    let ip = hv1.uplink_root_addr.clone();
-    let grpc = format!("{ip}:{}", free_port(&ip)?);
-    let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
-    let pool = format!("198.19.{x}.128/25");
-    let controller = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool])?;
-    let agents = [
-        Agent::start(&lab, 0, &controller.grpc_url())?,
-        Agent::start(&lab, 1, &controller.grpc_url())?,
-    ];
-    let logs = || {
-        format!(
-            "controller:\n{}\nhv1 agent:\n{}\nhv2 agent:\n{}",
-            controller.child.tail(30),
-            agents[0].child.tail(30),
-            agents[1].child.tail(30)
-        )
-    };
-    controller
-        .json(
-            "POST",
-            "/shards",
-            Some(&json!({"prefix_len": 27, "network_id": "shoppool"})),
-        )
-        .with_context(logs)?;
+    let two = TwoHypervisors::start("shoppool")?;
+    let (lab, controller) = (&two.lab, &two.controller);
+    let logs = || two.logs();
     let source = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
         controller.json(
             "POST",
@@ -488,7 +487,7 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
         format!(
             "{}\nmirror db log:\n{}",
             logs(),
-            node_logs(&lab, "hv2", "shopdr", "db")
+            node_logs(lab, "hv2", "shopdr", "db")
         )
     })?;
     eprintln!("replicated to the mirror within {:?}", started.elapsed());
@@ -550,11 +549,11 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
     phase("volume copied");
     // Event-driven sync: the source's web server killed; its agent restarts it and
     // reports it, and the mirror's copy is restarted too.
-    let mirror_pid_before = node_pid(&controller, "shopdr", "shopdr/web")?;
-    let pid = node_pid(&controller, "shop", "shop/web")?;
+    let mirror_pid_before = node_pid(controller, "shopdr", "shopdr/web")?;
+    let pid = node_pid(controller, "shop", "shop/web")?;
     weft_lab::cmd::run(std::process::Command::new("kill").args(["-9", &pid.to_string()]))?;
     eventually(Duration::from_secs(30), Duration::from_millis(200), || {
-        let now = node_pid(&controller, "shopdr", "shopdr/web")?;
+        let now = node_pid(controller, "shopdr", "shopdr/web")?;
         ensure!(now != mirror_pid_before, "mirror's web still pid {now}");
         Ok(())
     })
