@@ -289,6 +289,20 @@ async fn a_network_is_placed_addressed_published_mirrored_synced_and_deleted() {
             .is_empty()
     );
 
+    // A node removed from the source goes from the mirror, and its addresses go back.
+    let q_addr: std::net::IpAddr = node_spec(&s, &q_host, "shop/queue").unwrap().addresses[0]
+        .cidr
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(s.shards.read().allocation(q_addr).is_some());
+    s.networks.update("shop", TDL, "shop.tdl").await.unwrap();
+    assert!(node_spec(&s, "hv3", "shopdr/queue").is_none());
+    assert!(node_spec(&s, &q_host, "shop/queue").is_none());
+    assert!(s.shards.read().allocation(q_addr).is_none());
+
     // A wrong TDL is refused with its position, and changes nothing.
     let before = s.networks.get("shop").unwrap().revision;
     let e = s
