@@ -465,7 +465,6 @@ impl prometheus_client::collector::Collector for StatsCollector {
 
 /// Runs `f` on a fresh thread inside the namespace of `path` and returns its result. The
 /// thread ends right after (it never has to find its way back to the agent's namespace).
-#[cfg_attr(not(test), allow(dead_code, reason = "used by tests"))]
 pub async fn in_netns<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> T + Send + 'static,

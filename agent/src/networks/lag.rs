@@ -7,7 +7,6 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -168,24 +167,10 @@ pub async fn measure(
     replica: SocketAddr,
     source: SocketAddr,
 ) -> Result<Option<Duration>, String> {
-    let file = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
-    tokio::task::spawn_blocking(move || {
-        // A thread of our own: it changes namespace.
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    // SAFETY: setns on an open namespace fd; this scoped thread only.
-                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(std::io::Error::last_os_error().to_string());
-                    }
-                    measure_here(server, replica, source).map_err(|e| e.to_string())
-                })
-                .join()
-                .unwrap_or_else(|_| Err("the measuring thread panicked".into()))
-        })
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    crate::hostevents::in_netns(netns, move || measure_here(server, replica, source))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -9,9 +9,7 @@
 //! there (a socket stays in the namespace it was made in) and then run on the runtime.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -63,26 +61,14 @@ fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
-/// Runs `f` on a thread inside the namespace of `netns`.
+/// Runs `f` inside the namespace of `netns` (the agent's one helper for it).
 async fn in_netns<T: Send + 'static>(
     netns: &Path,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
-    let file = File::open(netns)?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("weft-relay-ns".into())
-        .spawn(move || {
-            // SAFETY: setns on an open namespace fd; this thread only, which ends after `f`.
-            let r = if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                f()
-            };
-            let _ = tx.send(r);
-        })?;
-    rx.await
-        .map_err(|_| std::io::Error::other("the namespace thread ended early"))?
+    crate::hostevents::in_netns(netns, f)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 async fn pipe(a: tokio::net::TcpStream, b: tokio::net::TcpStream, relayed: &AtomicU64) {

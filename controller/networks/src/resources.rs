@@ -136,6 +136,30 @@ pub fn export_port(network: &str, node: &str) -> u16 {
     40_000 + (h % 20_000) as u16
 }
 
+/// Underlay addresses of the hosts that hold node `name` of `rec`'s mirrors, sorted.
+fn mirror_hosts(
+    rec: &NetworkRecord,
+    name: &str,
+    all: &BTreeMap<String, NetworkRecord>,
+    underlay: &dyn Fn(&str) -> Option<IpAddr>,
+) -> Vec<String> {
+    let mut peers: Vec<String> = all
+        .values()
+        .filter(|m| {
+            m.role
+                == crate::record::Role::Mirror {
+                    source: Some(rec.id.clone()),
+                }
+        })
+        .filter_map(|m| m.placement.get(name))
+        .filter_map(|h| underlay(h))
+        .map(|a| a.to_string())
+        .collect();
+    peers.sort();
+    peers.dedup();
+    peers
+}
+
 /// The host port a source node's volume export listens on (stable per node).
 pub fn volume_port(network: &str, node: &str) -> u16 {
     30_000 + (export_port(network, node) - 40_000) / 2
@@ -159,20 +183,7 @@ fn volume_replication(
     }
     match &rec.role {
         crate::record::Role::Source => {
-            let mut peers: Vec<String> = all
-                .values()
-                .filter(|m| {
-                    m.role
-                        == crate::record::Role::Mirror {
-                            source: Some(rec.id.clone()),
-                        }
-                })
-                .filter_map(|m| m.placement.get(name))
-                .filter_map(|h| underlay(h))
-                .map(|a| a.to_string())
-                .collect();
-            peers.sort();
-            peers.dedup();
+            let peers = mirror_hosts(rec, name, all, underlay);
             if !peers.is_empty() {
                 spec.volume_export = Some(wire::VolumeExport {
                     port: u32::from(volume_port(&rec.id, name)),
@@ -212,20 +223,7 @@ fn replication(
     match &rec.role {
         crate::record::Role::Source => {
             // Mirror hosts that hold this node's replica may connect.
-            let mut peers: Vec<String> = all
-                .values()
-                .filter(|m| {
-                    m.role
-                        == crate::record::Role::Mirror {
-                            source: Some(rec.id.clone()),
-                        }
-                })
-                .filter_map(|m| m.placement.get(name))
-                .filter_map(|h| underlay(h))
-                .map(|a| a.to_string())
-                .collect();
-            peers.sort();
-            peers.dedup();
+            let peers = mirror_hosts(rec, name, all, underlay);
             if !peers.is_empty() {
                 spec.exports.push(wire::ReplicationExport {
                     node_port: u32::from(port),
