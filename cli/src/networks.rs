@@ -63,6 +63,11 @@ pub enum NetworkCommand {
         file: PathBuf,
         #[arg(long = "host", value_delimiter = ',')]
         hosts: Vec<String>,
+        /// What happens to changes made by hand in its nodes (addresses, inbound rules):
+        /// propagate (kept, reported and carried to the mirrors; the default) or repair
+        /// (put back as the TDL says, reported).
+        #[arg(long, value_parser = ["propagate", "repair"])]
+        source_drift: Option<String>,
     },
     /// Mirror a network (or a TDL file) as network DESTINATION on --host.
     Mirror {
@@ -301,11 +306,35 @@ fn status_text(s: &Value) -> String {
                 "    drift {}: {} ({})\n",
                 d["key"].as_str().unwrap_or("-"),
                 d["what"].as_str().unwrap_or("-"),
-                if d["repaired_unix_ns"].as_u64().unwrap_or(0) > 0 {
+                if d["kept"] == json!(true) {
+                    "kept, propagated to the mirrors".to_string()
+                } else if d["repaired_unix_ns"].as_u64().unwrap_or(0) > 0 {
                     "repaired".to_string()
                 } else {
                     format!("not repaired: {}", d["error"].as_str().unwrap_or(""))
                 }
+            ));
+        }
+    }
+    if let Some(sd) = s["source_drift"].as_str() {
+        out.push_str(&format!("  hand changes in its nodes: {sd}\n"));
+    }
+    for (node, h) in s["hand_changes"].as_object().into_iter().flatten() {
+        out.push_str(&format!(
+            "  hand changes of {node} (on {}), in force: {}\n",
+            h["host"].as_str().unwrap_or("-"),
+            h["changes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        for f in h["foreign_rules"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "    not carried to mirrors (a rule weft does not write): {}\n",
+                f.as_str().unwrap_or("-")
             ));
         }
     }
@@ -314,8 +343,16 @@ fn status_text(s: &Value) -> String {
 
 pub fn run_network(controller: &str, command: &NetworkCommand) -> anyhow::Result<String> {
     match command {
-        NetworkCommand::Create { file, hosts } => {
-            let n = call(controller, "POST", "/networks", Some(&body(file, hosts)?))?;
+        NetworkCommand::Create {
+            file,
+            hosts,
+            source_drift,
+        } => {
+            let mut b = body(file, hosts)?;
+            if let Some(sd) = source_drift {
+                b["source_drift"] = json!(sd);
+            }
+            let n = call(controller, "POST", "/networks", Some(&b))?;
             Ok(show(&n))
         }
         NetworkCommand::Mirror {

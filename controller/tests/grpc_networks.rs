@@ -141,6 +141,7 @@ fn create(tdl: &str, file_name: &str, hosts: &[&str]) -> wire::CreateNetworkRequ
         tdl: tdl.into(),
         file_name: file_name.into(),
         hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        source_drift: String::new(),
     }
 }
 

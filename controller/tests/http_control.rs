@@ -94,6 +94,7 @@ async fn host_status_shows_pending_applied_failed_and_drift() {
         detected_unix_ns: 10,
         repaired_unix_ns: 20,
         error: String::new(),
+        kept: false,
     }]);
     let (_, _, body) = call(&s, Method::GET, "/hosts/hv1/status", "").await;
     assert_eq!(body["resources"][0]["status"], "failed", "{body}");
@@ -119,6 +120,7 @@ fn drift(what: &str, at: u64, error: &str) -> DriftRepaired {
         detected_unix_ns: at,
         repaired_unix_ns: if error.is_empty() { at + 1 } else { 0 },
         error: error.into(),
+        kept: false,
     }
 }
 

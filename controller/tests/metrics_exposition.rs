@@ -282,6 +282,7 @@ async fn metrics_parse_and_keep_every_family() {
         detected_unix_ns: 1,
         repaired_unix_ns: 2,
         error: String::new(),
+        kept: false,
     }]);
 
     let response = app(state)

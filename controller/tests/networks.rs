@@ -116,6 +116,7 @@ async fn a_network_is_placed_addressed_published_mirrored_synced_and_deleted() {
             tdl: TDL.into(),
             file_name: "shop.tdl".into(),
             hosts: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -130,6 +131,7 @@ async fn a_network_is_placed_addressed_published_mirrored_synced_and_deleted() {
             tdl: TDL.into(),
             file_name: "shop.tdl".into(),
             hosts: vec!["hv1".into(), "hv2".into()],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -252,6 +254,7 @@ async fn a_network_is_placed_addressed_published_mirrored_synced_and_deleted() {
         detected_unix_ns: 1,
         repaired_unix_ns: 2,
         error: String::new(),
+        kept: false,
     }]);
     eventually("the mirror's web restarted", || {
         node_spec(&s, "hv3", "shopdr/web")
@@ -266,10 +269,85 @@ async fn a_network_is_placed_addressed_published_mirrored_synced_and_deleted() {
         detected_unix_ns: 3,
         repaired_unix_ns: 4,
         error: String::new(),
+        kept: false,
     }]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = node_spec(&s, "hv3", "shopdr/web").unwrap().runtime.unwrap();
     assert_eq!(r.restart_generation, 1);
+
+    // A change made by hand in the source (an address added, a rule added), kept by its agent and reported: taken into the source's desired
+    // state and carried to the mirror's copy; the mirror's copy does not keep its own.
+    let web = node_spec(&s, &web_host, "shop/web").unwrap();
+    assert!(web.keep_hand_changes, "a source propagates by default");
+    assert!(
+        !node_spec(&s, "hv3", "shopdr/web")
+            .unwrap()
+            .keep_hand_changes
+    );
+    let mut live: Vec<String> = web.addresses.iter().map(|a| a.cidr.clone()).collect();
+    live.push("198.18.99.7/24".into());
+    let kept_rules = vec![weft_proto::v1::FirewallRule {
+        sources: vec!["198.18.99.0/24".into()],
+        protocol: "tcp".into(),
+        ports: vec![weft_proto::v1::PortRange {
+            first: 8080,
+            last: 8080,
+        }],
+        accept: true,
+    }];
+    assert_ne!(web.firewall, kept_rules);
+    let mut report = s.control.observed(&web_host);
+    let rk = ResourceKey::new(kinds::NETWORK_NODE, "shop/web");
+    report.resources.get_mut(&rk).unwrap().hand_changes = Some(weft_proto::v1::NodeHandChanges {
+        addresses: live.clone(),
+        firewall: kept_rules.clone(),
+        foreign_rules: vec!["tcp dport 9999 counter accept".into()],
+        changes: vec!["address 198.18.99.7/24 added".into()],
+        addresses_changed: true,
+        firewall_changed: true,
+    });
+    let mut events = s.networks.subscribe();
+    assert!(s.control.report(&web_host, report));
+    s.control.drift(vec![weft_control::DriftRepaired {
+        host: web_host.clone(),
+        resource: rk.clone(),
+        what: "address 198.18.99.7/24 added".into(),
+        detected_unix_ns: 5,
+        repaired_unix_ns: 0,
+        error: String::new(),
+        kept: true,
+    }]);
+    eventually("the hand change carried to the mirror", || {
+        node_spec(&s, "hv3", "shopdr/web").is_some_and(|n| {
+            n.addresses.iter().any(|a| a.cidr == "198.18.99.7/24") && n.firewall == kept_rules
+        })
+    })
+    .await;
+    let web = node_spec(&s, &web_host, "shop/web").unwrap();
+    assert!(web.addresses.iter().any(|a| a.cidr == "198.18.99.7/24"));
+    assert_eq!(web.firewall, kept_rules);
+    let st = s.networks.status("shopdr").unwrap();
+    assert_eq!(
+        st.hand_changes["web"].addresses.as_deref(),
+        Some(live.as_slice())
+    );
+    let ev = loop {
+        match events.try_recv() {
+            Ok(NetworkEvent::DriftPropagated {
+                node,
+                mirrors,
+                foreign_rules,
+                ..
+            }) => break (node, mirrors, foreign_rules),
+            Ok(_) => continue,
+            Err(e) => panic!("no drift.propagated event: {e}"),
+        }
+    };
+    assert_eq!(ev.0, "web");
+    assert_eq!(ev.1, vec!["shopdr".to_string()]);
+    assert_eq!(ev.2, vec!["tcp dport 9999 counter accept".to_string()]);
+    // A network that repairs takes nothing in: the report is ignored.
+    // (And a new definition drops the hand changes: below, at the update.)
 
     // A node added to the source shows up in the mirror.
     let grown = format!("{TDL}  \nnodes_extra: []\n");
@@ -280,6 +358,24 @@ async fn a_network_is_placed_addressed_published_mirrored_synced_and_deleted() {
     );
     let (_, changes) = s.networks.update("shop", &grown, "shop.tdl").await.unwrap();
     assert!(changes.iter().any(|c| c.contains("queue")), "{changes:?}");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.contains("hand changes of node web dropped")),
+        "{changes:?}"
+    );
+    assert!(
+        !node_spec(&s, &web_host, "shop/web")
+            .unwrap()
+            .addresses
+            .iter()
+            .any(|a| a.cidr == "198.18.99.7/24")
+    );
+    eventually("the mirror's copy back to the definition", || {
+        node_spec(&s, "hv3", "shopdr/web")
+            .is_some_and(|n| !n.addresses.iter().any(|a| a.cidr == "198.18.99.7/24"))
+    })
+    .await;
     assert!(node_spec(&s, "hv3", "shopdr/queue").is_some());
     let q_host = host_of(&s, "shop/queue");
     assert!(

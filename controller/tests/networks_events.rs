@@ -42,6 +42,7 @@ fn drift(kind: &str, key: &str, repaired: u64, error: &str) -> DriftRepaired {
         detected_unix_ns: 1_700_000_000_000_000_000,
         repaired_unix_ns: repaired,
         error: error.into(),
+        kept: false,
     }
 }
 
@@ -69,6 +70,7 @@ async fn network_events_stream_lifecycle_and_drift_in_order() {
             tdl: TDL.into(),
             file_name: "shop.tdl".into(),
             hosts: vec!["hv1".into()],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -186,6 +188,7 @@ async fn the_deletion_is_an_event_too() {
             tdl: TDL.into(),
             file_name: String::new(),
             hosts: vec!["hv1".into()],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -196,6 +196,7 @@ async fn export_writes_a_tdl_of_the_registered_workloads_and_their_traffic() {
             tdl: tdl.clone(),
             file_name: "prod.tdl".into(),
             hosts: vec!["hv1".into(), "hv2".into()],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -1007,7 +1007,11 @@ fn drift(lab: &Lab, c: &Controller, agent: &Agent) -> Result<DriftResult> {
         c,
         "POST",
         "/networks",
-        Some(&json!({"tdl": DRIFT_TDL, "file_name": "driftnet.tdl", "hosts": ["hv1"]})),
+        // Repair measured here: with the default (propagate), this source would keep
+        // the addresses removed by hand.
+        Some(
+            &json!({"tdl": DRIFT_TDL, "file_name": "driftnet.tdl", "hosts": ["hv1"], "source_drift": "repair"}),
+        ),
         Duration::from_secs(30),
     )?;
     let net = call_json(

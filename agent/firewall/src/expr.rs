@@ -269,6 +269,45 @@ pub enum RuleKind {
     User(Atom),
 }
 
+impl Atom {
+    /// The one-source, one-port-range rule that expands to exactly this atom (`None`: a
+    /// protocol the rule model has no name for). `expand(&a.to_rule()?) == [a]`.
+    pub fn to_rule(&self) -> Option<InboundRule> {
+        let sources = match (self.source, self.family) {
+            (Some(p), _) => vec![p],
+            (None, Some(Family::Ipv4)) => vec![Prefix::any_ipv4()],
+            (None, Some(Family::Ipv6)) => vec![Prefix::any_ipv6()],
+            (None, None) => Vec::new(),
+        };
+        let protocol = match (self.l4, self.family) {
+            (None, _) => Protocol::Any,
+            (Some(IPPROTO_TCP), _) => Protocol::Tcp,
+            (Some(IPPROTO_UDP), _) => Protocol::Udp,
+            (Some(IPPROTO_ICMP), Some(Family::Ipv4)) => Protocol::Icmp,
+            (Some(IPPROTO_ICMPV6), Some(Family::Ipv6)) => Protocol::Icmp,
+            _ => return None,
+        };
+        let ports = match protocol {
+            Protocol::Tcp | Protocol::Udp => self.dport.into_iter().collect(),
+            _ if self.dport.is_some() => return None,
+            _ => Vec::new(),
+        };
+        Some(InboundRule {
+            sources,
+            protocol,
+            ports,
+            verdict: self.verdict,
+        })
+    }
+}
+
+/// Whether two rulesets make the same kernel rules (in the same order).
+pub fn same_rules(a: &crate::model::Ruleset, b: &crate::model::Ruleset) -> bool {
+    let atoms =
+        |r: &crate::model::Ruleset| -> Vec<Atom> { r.rules.iter().flat_map(expand).collect() };
+    atoms(a) == atoms(b)
+}
+
 impl fmt::Display for Atom {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proto = match self.l4 {
@@ -670,6 +709,48 @@ mod tests {
             assert_eq!(back, e, "{k}");
             assert_eq!(decode_kind(&back), Some(k), "{k}");
         }
+    }
+
+    #[test]
+    fn every_atom_reads_back_as_a_rule_that_expands_to_it() {
+        let rules = [
+            rule(
+                &["198.18.0.5/32", "fd00::/64"],
+                Protocol::Tcp,
+                &["8080", "9000-9100"],
+                Verdict::Accept,
+            ),
+            rule(&[], Protocol::Icmp, &[], Verdict::Drop),
+            rule(&["198.18.0.0/15"], Protocol::Icmp, &[], Verdict::Accept),
+            rule(&["0.0.0.0/0"], Protocol::Any, &[], Verdict::Accept),
+            rule(&["::/0"], Protocol::Udp, &[], Verdict::Drop),
+            rule(&[], Protocol::Udp, &["53"], Verdict::Accept),
+            rule(&[], Protocol::Any, &[], Verdict::Drop),
+        ];
+        let whole = crate::model::Ruleset {
+            rules: rules.to_vec(),
+        };
+        let mut back = Vec::new();
+        for a in rules.iter().flat_map(expand) {
+            let r = a.to_rule().unwrap_or_else(|| panic!("{a} has no rule"));
+            assert_eq!(expand(&r), vec![a], "{a} -> {r}");
+            back.push(r);
+        }
+        let back = crate::model::Ruleset { rules: back };
+        assert!(same_rules(&whole, &back));
+        // A rule left out is a different ruleset.
+        let mut fewer = back.clone();
+        fewer.rules.remove(2);
+        assert!(!same_rules(&whole, &fewer));
+        // A protocol the model has no name for is not a rule.
+        let odd = Atom {
+            family: Some(Family::Ipv4),
+            source: None,
+            l4: Some(132),
+            dport: None,
+            verdict: Verdict::Accept,
+        };
+        assert_eq!(odd.to_rule(), None);
     }
 
     #[test]

@@ -83,6 +83,54 @@ impl Observed {
     }
 }
 
+/// What chain `input` holds now, read as a ruleset: see [`Observed::live_rules`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRules {
+    /// The chain's rules of shapes this crate writes, in order, one rule per kernel rule
+    /// (built-in rules left out).
+    pub ruleset: Ruleset,
+    /// The text of rules of other shapes (added with `nft` in a form weft does not write).
+    pub foreign: Vec<String>,
+}
+
+impl Observed {
+    /// The inbound rules the table holds now, when it still has weft's shape (table flags
+    /// 0, one base chain `input` of type filter, hook input, priority 0, policy drop): what
+    /// a change made by hand to the rules left. `None` when the shape itself was changed.
+    pub fn live_rules(&self) -> Option<LiveRules> {
+        let t = self.table.as_ref()?;
+        if t.flags != 0 || t.chains.len() != 1 {
+            return None;
+        }
+        let c = &t.chains[0];
+        let b = c.base.as_ref()?;
+        if c.name != CHAIN
+            || b.chain_type != CHAIN_TYPE
+            || b.hook != nl::NF_INET_LOCAL_IN
+            || b.priority != PRIORITY
+            || b.policy != nl::NF_DROP
+        {
+            return None;
+        }
+        let mut rules = Vec::new();
+        let mut foreign = Vec::new();
+        for r in &c.rules {
+            match r.kind {
+                Some(RuleKind::User(a)) => match a.to_rule() {
+                    Some(rule) => rules.push(rule),
+                    None => foreign.push(r.text.clone()),
+                },
+                Some(_) => {}
+                None => foreign.push(r.text.clone()),
+            }
+        }
+        Some(LiveRules {
+            ruleset: Ruleset { rules },
+            foreign,
+        })
+    }
+}
+
 /// What one `apply` did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApplyReport {

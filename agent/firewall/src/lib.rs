@@ -77,10 +77,10 @@ mod watch;
 use std::path::Path;
 
 pub use error::{Error, Result};
-pub use expr::{Atom, Family, RuleKind};
+pub use expr::{Atom, Family, RuleKind, same_rules};
 pub use firewall::{
-    ApplyReport, BaseChain, CHAIN, NamespaceFirewall, Observed, ObservedChain, ObservedRule,
-    ObservedTable, TABLE, drift,
+    ApplyReport, BaseChain, CHAIN, LiveRules, NamespaceFirewall, Observed, ObservedChain,
+    ObservedRule, ObservedTable, TABLE, drift,
 };
 pub use model::{InboundRule, ParseError, PortRange, Prefix, Protocol, Ruleset, Verdict};
 pub use watch::{Event, EventKind, Watcher};

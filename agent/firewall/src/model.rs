@@ -100,6 +100,22 @@ impl Prefix {
         Prefix { addr, len }
     }
 
+    /// `0.0.0.0/0`: any IPv4 source.
+    pub fn any_ipv4() -> Self {
+        Prefix {
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            len: 0,
+        }
+    }
+
+    /// `::/0`: any IPv6 source.
+    pub fn any_ipv6() -> Self {
+        Prefix {
+            addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            len: 0,
+        }
+    }
+
     pub fn addr(&self) -> IpAddr {
         self.addr
     }

@@ -607,6 +607,13 @@ impl Supervisor {
                 .iter()
                 .map(|a| in_profile("command", a))
                 .collect::<Result<Vec<_>>>()?;
+            if let Some(note) = argv
+                .first()
+                .and_then(|prog| spawn::resolve_program(prog))
+                .and_then(|path| version_note(&run.image, &path))
+            {
+                notes.push(note);
+            }
             let ready = match (p.ready, port) {
                 (Some(Ready::Tcp), Some(port)) => {
                     let ip = run
@@ -1172,9 +1179,56 @@ async fn run_step(shared: &Arc<Shared>, step: &Prep) -> Result<(), String> {
     Ok(())
 }
 
+/// What a node's image tag asks against what the host runs for it: profiles run the
+/// host's own servers, so `postgres:16` on a host with PostgreSQL 15 runs 15. `None` when
+/// the image has no version tag or the program's path shows the same major version.
+pub fn version_note(image: &str, program: &str) -> Option<String> {
+    let tag = image.split('+').next()?.split_once(':')?.1;
+    if !tag.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let major = |v: &str| v.split(['.', '-']).next().unwrap_or(v).to_owned();
+    match program
+        .split('/')
+        .find(|c| c.starts_with(|ch: char| ch.is_ascii_digit()))
+    {
+        Some(v) if major(v) == major(tag) => None,
+        Some(v) => Some(format!(
+            "image {image}: the host has version {v}, not {tag}; {program} runs"
+        )),
+        None => Some(format!(
+            "image {image}: the host's {program} runs; its version is not checked against {tag}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_tags_are_checked_against_the_host() {
+        assert_eq!(
+            version_note("postgres:16", "/usr/lib/postgresql/15/bin/postgres").as_deref(),
+            Some(
+                "image postgres:16: the host has version 15, not 16; /usr/lib/postgresql/15/bin/postgres runs"
+            )
+        );
+        assert_eq!(
+            version_note("postgres:15.4", "/usr/lib/postgresql/15/bin/postgres"),
+            None
+        );
+        assert_eq!(
+            version_note("postgres:16+replica", "/usr/lib/postgresql/16/bin/postgres"),
+            None
+        );
+        assert!(
+            version_note("redis:7", "/usr/bin/redis-server")
+                .is_some_and(|n| n.contains("not checked against 7"))
+        );
+        assert_eq!(version_note("nginx:latest", "/usr/sbin/nginx"), None);
+        assert_eq!(version_note("nginx", "/usr/sbin/nginx"), None);
+    }
 
     #[test]
     fn keys_are_sanitised() {

@@ -171,7 +171,51 @@ impl ControlDriver {
             error: r.error.unwrap_or_default(),
             measurements: r.measurements.into_iter().collect(),
             observed: r.observed,
+            hand_changes: r.hand_changes,
         }
+    }
+
+    /// A kept hand change that is news: `r` carries hand changes other than the ones last
+    /// reported for its key.
+    fn newly_kept(
+        reports: &BTreeMap<(String, String), ResourceObserved>,
+        kind: &str,
+        r: &ResourceReport,
+    ) -> bool {
+        let Some(h) = &r.hand_changes else {
+            return false;
+        };
+        reports
+            .get(&(kind.to_owned(), r.key.clone()))
+            .and_then(|o| o.hand_changes.as_ref())
+            != Some(h)
+    }
+
+    /// Records a kept hand change as drift (reported with `kept`).
+    fn keep(&self, known: &mut Known, kind: &str, r: &ResourceReport, what: String, at: Instant) {
+        let changes = r
+            .hand_changes
+            .as_ref()
+            .map(|h| h.changes.join("; "))
+            .unwrap_or_default();
+        info!(kind, key = %r.key, %what, %changes, "hand change kept (propagated to mirrors)");
+        self.metrics.drift_detected_total.inc();
+        if known.drift.len() == DRIFT_PENDING {
+            known.drift.remove(0);
+        }
+        known.drift.push(DriftRepaired {
+            kind: kind.to_owned(),
+            key: r.key.clone(),
+            what: if changes.is_empty() {
+                what
+            } else {
+                format!("{what}: {changes}")
+            },
+            detected_unix_ns: unix_ns_at(at),
+            repaired_unix_ns: 0,
+            error: String::new(),
+            kept: true,
+        });
     }
 
     /// Applies `state` (`full`: everything, else what changed) and records the reports.
@@ -183,7 +227,7 @@ impl ControlDriver {
                 .filter(|r| r.status == ResourceStatus::Unsupported as i32)
                 .count() as u64,
         );
-        known.reports.clear();
+        let before = std::mem::take(&mut known.reports);
         for r in refused {
             known.reports.insert((r.kind.clone(), r.key.clone()), r);
         }
@@ -195,6 +239,14 @@ impl ControlDriver {
             for r in reports {
                 if let Some(e) = &r.error {
                     warn!(kind = rec.kind(), key = %r.key, generation = state.generation, error = %e, "desired state not applied");
+                }
+                if Self::newly_kept(&before, rec.kind(), &r) {
+                    let what = if full {
+                        "found at resync"
+                    } else {
+                        "found at apply"
+                    };
+                    self.keep(known, rec.kind(), &r, what.into(), Instant::now());
                 }
                 // A resource removed is reported at the generation that removed it.
                 let generation = desired
@@ -249,6 +301,20 @@ impl ControlDriver {
                     .filter(|d| d.key == r.key)
                     .map(|d| d.what.as_str())
                     .collect();
+                if r.hand_changes.is_some() && r.error.is_none() {
+                    // Kept, not repaired: news when it differs from what was reported.
+                    if Self::newly_kept(&known.reports, rec.kind(), &r) {
+                        self.keep(known, rec.kind(), &r, what.join("; "), at);
+                        news = true;
+                    }
+                    let generation = desired
+                        .iter()
+                        .find(|d| d.key == r.key)
+                        .map_or(state.generation, |d| d.generation);
+                    let o = Self::observed(rec.kind(), generation, r);
+                    known.reports.insert((o.kind.clone(), o.key.clone()), o);
+                    continue;
+                }
                 if r.changes == 0 && r.error.is_none() {
                     // Already as desired (the event was weft's own, or undone already).
                     debug!(kind = rec.kind(), key = %r.key, ?what, "host event, no drift");
@@ -273,6 +339,7 @@ impl ControlDriver {
                     detected_unix_ns: unix_ns_at(at),
                     repaired_unix_ns: if error.is_empty() { repaired_at } else { 0 },
                     error,
+                    kept: false,
                 });
                 let generation = desired
                     .iter()

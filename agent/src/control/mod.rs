@@ -46,6 +46,9 @@ pub struct ResourceReport {
     pub observed: Vec<String>,
     /// Writes made to bring it about (0: it already matched).
     pub changes: usize,
+    /// A network node whose hand changes are kept: what it has where that differs from
+    /// its spec (drift kept, not repaired).
+    pub hand_changes: Option<weft_proto::v1::NodeHandChanges>,
 }
 
 /// Which resources a reconcile must look at.

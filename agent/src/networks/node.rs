@@ -357,7 +357,14 @@ impl NodeReconciler {
     }
 
     /// Makes the node's table `inet weft` its ruleset; returns the writes (0 or 1 batch).
-    async fn ensure_firewall(&self, s: &NodeSpec) -> Result<usize, String> {
+    /// `hand`: the node keeps hand changes; rules changed by hand in a table that still
+    /// has weft's shape are kept and noted there, not repaired (a table whose shape was
+    /// changed is rebuilt: with the rules it had, or the spec's when it has none left).
+    async fn ensure_firewall(
+        &self,
+        s: &NodeSpec,
+        hand: Option<&mut Hand>,
+    ) -> Result<usize, String> {
         let key = node_key(&s.network, &s.node);
         let path = namespaces::path_of(&names::netns(
             &self.networks.config.netns_prefix,
@@ -366,11 +373,133 @@ impl NodeReconciler {
         ));
         let socket = self.firewall(&key, &path).await?;
         let ruleset = s.firewall.clone();
-        let report = tokio::task::spawn_blocking(move || lock(&socket).apply(&ruleset))
-            .await
-            .map_err(|e| format!("firewall: {e}"))?
-            .map_err(|e| format!("firewall: {e}"))?;
-        Ok(usize::from(report.changed))
+        let Some(hand) = hand else {
+            let report = tokio::task::spawn_blocking(move || lock(&socket).apply(&ruleset))
+                .await
+                .map_err(|e| format!("firewall: {e}"))?
+                .map_err(|e| format!("firewall: {e}"))?;
+            return Ok(usize::from(report.changed));
+        };
+        let (changed, kept) = tokio::task::spawn_blocking(move || {
+            let mut fw = lock(&socket);
+            let observed = fw.read()?;
+            let drift = weft_firewall::drift(&ruleset, &observed);
+            if drift.is_empty() {
+                return Ok((false, None));
+            }
+            match observed.live_rules() {
+                Some(live)
+                    if !(live.foreign.is_empty()
+                        && weft_firewall::same_rules(&live.ruleset, &ruleset)) =>
+                {
+                    // Changed by hand: kept. Built-in rules missing are put back when
+                    // nothing foreign would be flushed with them.
+                    let changed = live.foreign.is_empty() && fw.apply(&live.ruleset)?.changed;
+                    Ok((changed, Some((live, drift))))
+                }
+                _ => Ok((fw.apply(&ruleset)?.changed, None)),
+            }
+        })
+        .await
+        .map_err(|e| format!("firewall: {e}"))?
+        .map_err(|e: weft_firewall::Error| format!("firewall: {e}"))?;
+        if let Some((live, drift)) = kept {
+            hand.changes.extend(
+                drift
+                    .into_iter()
+                    .filter(|d| !d.starts_with("built-in"))
+                    .map(|d| format!("firewall: {d}")),
+            );
+            hand.rules = Some(live.ruleset);
+            hand.foreign_rules = live.foreign;
+        }
+        Ok(usize::from(changed))
+    }
+
+    /// `s` with the addresses its node has now, when they were changed by hand (noted in
+    /// `hand`); `s` itself otherwise, or when they cannot be read (the apply finds why).
+    async fn kept_addresses(&self, s: &NodeSpec, hand: &mut Hand) -> NodeSpec {
+        let path = namespaces::path_of(&names::netns(
+            &self.networks.config.netns_prefix,
+            &s.network,
+            &s.node,
+        ));
+        let live = async {
+            let h = self.networks.conns.get(Some(&path)).await.ok()?;
+            let eth0 = links::by_name(&h, names::NODE_IF).await.ok()??;
+            links::addresses(&h, eth0.index).await.ok()
+        }
+        .await;
+        let Some(live) = live else {
+            return s.clone();
+        };
+        let mut changes = Vec::new();
+        for a in &s.addresses {
+            if !live.contains(&a.cidr) {
+                changes.push(format!("address {} removed", a.cidr));
+            }
+        }
+        for c in &live {
+            if !s.addresses.iter().any(|a| a.cidr == *c) {
+                changes.push(format!("address {c} added"));
+            }
+        }
+        if changes.is_empty() {
+            return s.clone();
+        }
+        hand.changes.extend(changes);
+        let mut eff = s.clone();
+        eff.addresses = live
+            .iter()
+            .map(|c| crate::realize::DesiredAddress {
+                cidr: *c,
+                gateway: s
+                    .addresses
+                    .iter()
+                    .find(|a| a.cidr == *c)
+                    .and_then(|a| a.gateway),
+            })
+            .collect();
+        hand.addresses = Some(live);
+        eff
+    }
+}
+
+/// What a node that keeps hand changes has where it differs from its spec.
+#[derive(Debug, Default)]
+struct Hand {
+    addresses: Option<Vec<crate::realize::Cidr>>,
+    rules: Option<weft_firewall::Ruleset>,
+    foreign_rules: Vec<String>,
+    changes: Vec<String>,
+}
+
+impl Hand {
+    /// The report's form: everything the node has (addresses and rules), so that the
+    /// controller can make it the desired state; `None` when nothing was changed by hand.
+    fn into_wire(self, s: &NodeSpec) -> Option<weft_proto::v1::NodeHandChanges> {
+        if self.changes.is_empty() {
+            return None;
+        }
+        Some(weft_proto::v1::NodeHandChanges {
+            addresses_changed: self.addresses.is_some(),
+            firewall_changed: self.rules.is_some(),
+            addresses: match self.addresses {
+                Some(a) => a.iter().map(ToString::to_string).collect(),
+                None => s.addresses.iter().map(|a| a.cidr.to_string()).collect(),
+            },
+            firewall: super::spec::wire_rules(self.rules.as_ref().unwrap_or(&s.firewall)),
+            foreign_rules: self.foreign_rules,
+            changes: self.changes,
+        })
+    }
+}
+
+/// IPv6 link-local (`fe80::/10`, every interface has one) or loopback.
+fn is_link_local(addr: &std::net::IpAddr) -> bool {
+    match addr {
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.is_loopback(),
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
     }
 }
 
@@ -731,18 +860,30 @@ impl Reconciler for NodeReconciler {
                 async move {
                     let key = node_key(&s.network, &s.node);
                     let fresh_namespace = matches!(ns, Some(Ok(_)));
+                    // Hand changes are kept once this very spec is in place.
+                    let keep = s.keep_hand_changes
+                        && ns.is_none()
+                        && lock(&self.last)
+                            .get(&key)
+                            .is_some_and(|(last, r)| *last == s && r.error.is_none());
+                    let mut hand = Hand::default();
+                    let eff = if keep {
+                        self.kept_addresses(&s, &mut hand).await
+                    } else {
+                        s.clone()
+                    };
                     let mut r = match ns {
                         Some(Err(e)) => Err(format!("making the namespace: {e}")),
-                        Some(Ok(c)) => net.ensure_node(&s, bridge, Ns::Fresh(Box::new(c))).await,
-                        None => net.ensure_node(&s, bridge, Ns::Existing).await,
+                        Some(Ok(c)) => net.ensure_node(&eff, bridge, Ns::Fresh(Box::new(c))).await,
+                        None => net.ensure_node(&eff, bridge, Ns::Existing).await,
                     };
                     if let Ok((observed, changes)) = &mut r {
-                        match self.ensure_firewall(&s).await {
+                        match self.ensure_firewall(&s, keep.then_some(&mut hand)).await {
                             Ok(c) => {
                                 *changes += c;
                                 observed.push(format!(
                                     "firewall: {} inbound rules, default drop",
-                                    s.firewall.rules.len()
+                                    hand.rules.as_ref().unwrap_or(&s.firewall).rules.len()
                                 ));
                             }
                             Err(e) => r = Err(e),
@@ -757,7 +898,11 @@ impl Reconciler for NodeReconciler {
                             Err(e) => r = Err(e),
                         }
                     }
-                    (s, report(key, r))
+                    let mut rep = report(key, r);
+                    if rep.error.is_none() {
+                        rep.hand_changes = hand.into_wire(&s);
+                    }
+                    (s, rep)
                 }
             });
             let done: Vec<(NodeSpec, ResourceReport)> = futures::stream::iter(jobs)
@@ -861,6 +1006,11 @@ impl Reconciler for NodeReconciler {
                 }
                 Change::AddrDel { addr, prefix, .. } => {
                     Some(format!("address {addr}/{prefix} removed"))
+                }
+                // One weft did not add (a node that keeps hand changes keeps it; others
+                // lose it); weft's own are found to need nothing.
+                Change::AddrNew { addr, prefix, .. } if !is_link_local(addr) => {
+                    Some(format!("address {addr}/{prefix} added"))
                 }
                 Change::RouteDel { dst, prefix: 0, .. } => {
                     Some(format!("default route ({dst}/0) removed"))

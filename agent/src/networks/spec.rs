@@ -48,6 +48,9 @@ pub struct NodeSpec {
     /// Volume replication, mirror side: (source, interval, generation).
     pub volume_sync: Option<(std::net::SocketAddr, std::time::Duration, u64)>,
     pub mtu: u32,
+    /// A source whose hand changes propagate: once this spec is in place, addresses and
+    /// inbound rules changed by hand are kept and reported, not repaired.
+    pub keep_hand_changes: bool,
 }
 
 /// What runs in a node (the parts of [`weft_noderun::NodeRun`] the spec gives).
@@ -214,8 +217,36 @@ impl NodeSpec {
                 )),
             },
             mtu,
+            keep_hand_changes: n.keep_hand_changes,
         })
     }
+}
+
+/// `rules` as the wire says them (the inverse of the checks of [`NodeSpec::from_wire`]).
+pub fn wire_rules(rules: &Ruleset) -> Vec<FirewallRule> {
+    rules
+        .rules
+        .iter()
+        .map(|r| FirewallRule {
+            sources: r.sources.iter().map(ToString::to_string).collect(),
+            protocol: match r.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+                Protocol::Icmp => "icmp",
+                Protocol::Any => "any",
+            }
+            .into(),
+            ports: r
+                .ports
+                .iter()
+                .map(|p| weft_proto::v1::PortRange {
+                    first: u32::from(p.start),
+                    last: u32::from(p.end),
+                })
+                .collect(),
+            accept: r.verdict == Verdict::Accept,
+        })
+        .collect()
 }
 
 fn port(what: &str, p: u32) -> Result<u16, String> {
@@ -374,6 +405,44 @@ mod tests {
                 "{why}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn rules_reported_as_kept_read_back_as_the_same_rules() {
+        use weft_proto::v1::PortRange as WirePorts;
+        let wire = vec![
+            FirewallRule {
+                sources: vec!["198.18.64.5/32".into(), "fd00::/64".into()],
+                protocol: "tcp".into(),
+                ports: vec![WirePorts {
+                    first: 80,
+                    last: 90,
+                }],
+                accept: true,
+            },
+            FirewallRule {
+                sources: vec!["0.0.0.0/0".into()],
+                protocol: "icmp".into(),
+                ports: vec![],
+                accept: false,
+            },
+            FirewallRule {
+                sources: vec![],
+                protocol: "any".into(),
+                ports: vec![],
+                accept: true,
+            },
+        ];
+        let n = NetworkNode {
+            network: "prod".into(),
+            node: "db".into(),
+            firewall: wire.clone(),
+            keep_hand_changes: true,
+            ..Default::default()
+        };
+        let s = NodeSpec::from_wire(&n, 1500).unwrap();
+        assert!(s.keep_hand_changes);
+        assert_eq!(wire_rules(&s.firewall), wire);
     }
 
     #[test]

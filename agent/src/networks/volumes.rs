@@ -184,12 +184,15 @@ rsync -a --delete "$src/" "$snap/"
         }
         let s = lock(&self.synced).get(key).cloned();
         Ok(s.map(|s| {
+            // The copy is of the source as it was when the copy began (the source's
+            // processes are paused for it): that is how far behind the volumes are.
             vec![format!(
-                "volumes synced (generation {}) {} s ago: {} bytes in {} ms",
+                "volumes synced (generation {}) {} s ago: {} bytes in {} ms; volume lag {} ms",
                 s.generation,
                 s.at.elapsed().as_secs(),
                 s.bytes,
-                s.took.as_millis()
+                s.took.as_millis(),
+                (s.at.elapsed() + s.took).as_millis()
             )]
         })
         .unwrap_or_default())

@@ -33,6 +33,7 @@ fn report(a: Applied) -> ResourceReport {
             .collect(),
         observed,
         changes: a.changes,
+        hand_changes: None,
     }
 }
 

@@ -117,8 +117,43 @@ fn resource_observed(
             .filter(|(_, v)| v.is_finite())
             .collect(),
         observed: r.observed,
+        hand_changes: match r.hand_changes {
+            Some(h) => Some(checked_hand_changes(i, h)?),
+            None => None,
+        },
     };
     Ok((ResourceKey { kind, key: r.key }, observed))
+}
+
+/// Most items of each list of a report's hand changes (a node has a few addresses and
+/// tens of rules; more is a broken or hostile agent).
+const HAND_CHANGE_ITEMS: usize = 1024;
+
+fn checked_hand_changes(
+    i: usize,
+    h: wire::NodeHandChanges,
+) -> Result<wire::NodeHandChanges, Status> {
+    for (field, n) in [
+        ("addresses", h.addresses.len()),
+        ("firewall", h.firewall.len()),
+        ("foreign_rules", h.foreign_rules.len()),
+        ("changes", h.changes.len()),
+    ] {
+        if n > HAND_CHANGE_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "field `resources[{i}].hand_changes.{field}` has {n} items; at most {HAND_CHANGE_ITEMS}"
+            )));
+        }
+    }
+    for (j, a) in h.addresses.iter().enumerate() {
+        let ip = a.split_once('/').map_or(a.as_str(), |(ip, _)| ip);
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "field `resources[{i}].hand_changes.addresses[{j}]` ({a:?}) is not an address/prefix"
+            )));
+        }
+    }
+    Ok(h)
 }
 
 type DesiredStream = Pin<Box<dyn Stream<Item = Result<wire::DesiredState, Status>> + Send>>;
@@ -175,6 +210,7 @@ impl AgentControlService for ControlApi {
                 detected_unix_ns: d.detected_unix_ns,
                 repaired_unix_ns: d.repaired_unix_ns,
                 error: d.error,
+                kept: d.kept,
             })
             .collect();
         let current = self.hub.report(
@@ -274,6 +310,7 @@ mod tests {
                 detected_unix_ns: 1,
                 repaired_unix_ns: 2,
                 error: String::new(),
+                kept: false,
             }],
         };
         client

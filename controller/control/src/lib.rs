@@ -113,6 +113,9 @@ pub struct ResourceObserved {
     pub measurements: BTreeMap<String, f64>,
     /// What is there now, in the kind's own words.
     pub observed: Vec<String>,
+    /// A network node that keeps hand changes: what it has where that differs from its
+    /// spec (the network manager makes it the desired state of the node and its mirrors).
+    pub hand_changes: Option<weft_proto::v1::NodeHandChanges>,
 }
 
 /// An out-of-band change an agent found on something weft manages, and its repair.
@@ -122,9 +125,12 @@ pub struct DriftRepaired {
     pub resource: ResourceKey,
     pub what: String,
     pub detected_unix_ns: u64,
-    /// 0 when the repair failed.
+    /// 0 when the repair failed, or when the change was kept.
     pub repaired_unix_ns: u64,
     pub error: String,
+    /// Kept, not repaired: a hand change in a source network whose hand changes
+    /// propagate (the resource's report carries what it has now).
+    pub kept: bool,
 }
 
 /// The last report of one host.

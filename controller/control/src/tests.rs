@@ -255,6 +255,7 @@ fn drift_is_kept_bounded_and_sent_as_events() {
         detected_unix_ns: i,
         repaired_unix_ns: i + 1,
         error: String::new(),
+        kept: false,
     };
     hub.drift((0..100).map(item).collect());
     let kept = hub.drift_of("hv1");

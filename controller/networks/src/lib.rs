@@ -34,7 +34,10 @@ use weft_shards::publish::AddressAssignment;
 use weft_shards::{Family, ShardManager};
 use weft_store::Store;
 
-pub use record::{NetworkRecord, NodeAddress, Role, node_key, node_workload, split_node_workload};
+pub use record::{
+    HandChanges, HandRule, NetworkRecord, NodeAddress, Role, SourceDrift, node_key, node_workload,
+    split_node_workload,
+};
 pub use status::{HostNetworkStatus, NetworkStatus, ResourceStatusView};
 
 const STORE_PREFIX: &str = "networks/";
@@ -101,6 +104,19 @@ pub enum NetworkEvent {
         id: String,
         at_unix_ns: u64,
     },
+    /// A change made by hand in a source node was taken into the source's desired state
+    /// and carried to its mirrors.
+    DriftPropagated {
+        id: String,
+        node: String,
+        host: String,
+        changes: Vec<String>,
+        /// The mirrors it was carried to.
+        mirrors: Vec<String>,
+        /// Rules of shapes weft does not write: kept in the source, not carried.
+        foreign_rules: Vec<String>,
+        at_unix_ns: u64,
+    },
 }
 
 impl NetworkEvent {
@@ -110,7 +126,8 @@ impl NetworkEvent {
             Self::Created { id, .. }
             | Self::Updated { id, .. }
             | Self::Synced { id, .. }
-            | Self::Deleted { id, .. } => id,
+            | Self::Deleted { id, .. }
+            | Self::DriftPropagated { id, .. } => id,
         }
     }
 
@@ -119,7 +136,8 @@ impl NetworkEvent {
             Self::Created { at_unix_ns, .. }
             | Self::Updated { at_unix_ns, .. }
             | Self::Synced { at_unix_ns, .. }
-            | Self::Deleted { at_unix_ns, .. } => *at_unix_ns,
+            | Self::Deleted { at_unix_ns, .. }
+            | Self::DriftPropagated { at_unix_ns, .. } => *at_unix_ns,
         }
     }
 }
@@ -132,6 +150,8 @@ pub struct CreateRequest {
     pub file_name: String,
     /// Where it may be placed; empty: every host whose agent can make networks.
     pub hosts: Vec<String>,
+    /// What happens to changes made by hand in its nodes.
+    pub source_drift: SourceDrift,
 }
 
 /// Create a mirror: of a source network, or of a TDL.
@@ -363,6 +383,8 @@ impl NetworkManager {
                 synced_unix_ns: 0,
                 restarts: BTreeMap::new(),
                 sync_generation: 0,
+                source_drift: req.source_drift,
+                hand_changes: BTreeMap::new(),
             }
         };
         self.check_underlays(&rec)?;
@@ -380,7 +402,7 @@ impl NetworkManager {
             ));
         }
         let _op = self.ops.lock().await;
-        let (net, tdl, file_name, addresses, source) = match (&req.source, &req.tdl) {
+        let (net, tdl, file_name, addresses, source, hand_changes) = match (&req.source, &req.tdl) {
             (Some(s), None) => {
                 let src = self.get(s).ok_or_else(|| {
                     NetworkError::NotFound(format!("source network {s:?} does not exist"))
@@ -393,7 +415,14 @@ impl NetworkManager {
                     n.host = None;
                 }
                 let addresses = copied_addresses(&src);
-                (net, src.tdl, src.file_name, addresses, Some(s.clone()))
+                (
+                    net,
+                    src.tdl,
+                    src.file_name,
+                    addresses,
+                    Some(s.clone()),
+                    src.hand_changes,
+                )
             }
             (None, Some(t)) => {
                 let mut net = parse(&req.file_name, t)?;
@@ -402,7 +431,14 @@ impl NetworkManager {
                     n.host = None;
                 }
                 let a = explicit_addresses(&net);
-                (net, t.clone(), req.file_name.clone(), a, None)
+                (
+                    net,
+                    t.clone(),
+                    req.file_name.clone(),
+                    a,
+                    None,
+                    BTreeMap::new(),
+                )
             }
             _ => {
                 return Err(NetworkError::Invalid(
@@ -436,6 +472,8 @@ impl NetworkManager {
                 synced_unix_ns: if source.is_some() { now } else { 0 },
                 restarts: BTreeMap::new(),
                 sync_generation: 0,
+                source_drift: SourceDrift::default(),
+                hand_changes,
             }
         };
         self.check_underlays(&rec)?;
@@ -587,10 +625,16 @@ impl NetworkManager {
                 old.vni
             )));
         }
-        let changes: Vec<String> = weft_tdl::diff(&old.network, &net)
+        let mut changes: Vec<String> = weft_tdl::diff(&old.network, &net)
             .iter()
             .map(ToString::to_string)
             .collect();
+        // The new definition replaces what was changed by hand.
+        changes.extend(
+            old.hand_changes
+                .keys()
+                .map(|n| format!("hand changes of node {n} dropped: the definition replaces them")),
+        );
         // Nodes keep their hosts; new ones are placed among the hosts in use.
         let mut placement: BTreeMap<String, String> = BTreeMap::new();
         let hosts = old.hosts();
@@ -626,6 +670,7 @@ impl NetworkManager {
         }
         rec.network = net;
         rec.placement = placement;
+        rec.hand_changes.clear();
         rec.revision += 1;
         self.check_underlays(&rec)?;
         // Released before the new ones are allocated.
@@ -700,6 +745,7 @@ impl NetworkManager {
                 network: net,
                 placement,
                 addresses: copied_addresses(&src),
+                hand_changes: src.hand_changes.clone(),
                 revision: m.revision + 1,
                 synced_unix_ns: now_unix_ns(),
                 ..m.clone()
@@ -840,7 +886,9 @@ impl NetworkManager {
                     Err(RecvError::Closed) => return,
                 };
                 let Some(this) = this.upgrade() else { return };
-                if d.resource.kind == kinds::NETWORK_NODE
+                if d.resource.kind == kinds::NETWORK_NODE && d.kept {
+                    this.adopt_hand_changes(&d.host, &d.resource);
+                } else if d.resource.kind == kinds::NETWORK_NODE
                     && d.what.contains("restarted")
                     && let Some((net, node)) = d.resource.key.split_once('/')
                 {
@@ -848,6 +896,96 @@ impl NetworkManager {
                 }
             }
         }))
+    }
+
+    /// Takes what a source node that keeps hand changes reported it has (its addresses,
+    /// its inbound rules) into the source's desired state, and carries it to the mirrors.
+    /// Nothing when the report is stale (the node moved, the network is gone or repairs).
+    fn adopt_hand_changes(&self, host: &str, rk: &ResourceKey) {
+        let Some((id, node)) = rk.key.split_once('/') else {
+            return;
+        };
+        let observed = self.hub.observed(host);
+        let Some(h) = observed
+            .resources
+            .get(rk)
+            .and_then(|o| o.hand_changes.clone())
+        else {
+            return;
+        };
+        let rules: Vec<HandRule> = h
+            .firewall
+            .iter()
+            .map(|r| HandRule {
+                sources: r.sources.clone(),
+                protocol: r.protocol.clone(),
+                ports: r.ports.iter().map(|p| (p.first, p.last)).collect(),
+                accept: r.accept,
+            })
+            .collect();
+        let rec = {
+            let mut records = lock(&self.records);
+            let Some(rec) = records.get_mut(id) else {
+                return;
+            };
+            if rec.role != Role::Source
+                || rec.source_drift != SourceDrift::Propagate
+                || rec.placement.get(node).map(String::as_str) != Some(host)
+            {
+                return;
+            }
+            let before = rec.hand_changes.get(node);
+            let adopted = HandChanges {
+                host: host.to_owned(),
+                changes: h.changes.clone(),
+                addresses: if h.addresses_changed {
+                    Some(h.addresses.clone())
+                } else {
+                    before.and_then(|b| b.addresses.clone())
+                },
+                firewall: if h.firewall_changed {
+                    Some(rules)
+                } else {
+                    before.and_then(|b| b.firewall.clone())
+                },
+                foreign_rules: h.foreign_rules.clone(),
+                adopted_unix_ns: now_unix_ns(),
+            };
+            if before.is_some_and(|b| b.same_state(&adopted)) {
+                return;
+            }
+            rec.hand_changes.insert(node.to_owned(), adopted);
+            rec.revision += 1;
+            rec.clone()
+        };
+        if let Err(e) = self
+            .persist(&rec)
+            .and_then(|()| self.publish(&rec, &[]).map(|_| ()))
+        {
+            warn!(network = %id, node, error = %e, "hand change not taken in");
+            return;
+        }
+        let mirrors: Vec<String> = lock(&self.records)
+            .values()
+            .filter(|r| {
+                r.role
+                    == Role::Mirror {
+                        source: Some(id.to_owned()),
+                    }
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        info!(network = %id, node, host, changes = ?h.changes, ?mirrors, "hand change in a source: taken in and propagated");
+        let _ = self.events.send(NetworkEvent::DriftPropagated {
+            id: id.to_owned(),
+            node: node.to_owned(),
+            host: host.to_owned(),
+            changes: h.changes,
+            mirrors,
+            foreign_rules: h.foreign_rules,
+            at_unix_ns: now_unix_ns(),
+        });
+        self.sync_mirrors(id);
     }
 
     /// Restarts node `node` in every mirror of `source`.

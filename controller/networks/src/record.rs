@@ -37,6 +37,83 @@ impl NodeAddress {
     }
 }
 
+/// What happens to a change made by hand in a source network's nodes (their addresses
+/// and inbound rules; anything else is always repaired).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceDrift {
+    /// Kept in the source, reported, and carried to its mirrors: the mirrors follow the
+    /// source as it is, not only as it was defined.
+    #[default]
+    Propagate,
+    /// Put back as the definition says, and reported.
+    Repair,
+}
+
+impl SourceDrift {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Propagate => "propagate",
+            Self::Repair => "repair",
+        }
+    }
+}
+
+impl std::str::FromStr for SourceDrift {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "propagate" => Ok(Self::Propagate),
+            "repair" => Ok(Self::Repair),
+            other => Err(format!("source_drift {other:?} is not propagate or repair")),
+        }
+    }
+}
+
+/// An inbound rule as a hand change left it (the wire's `FirewallRule`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandRule {
+    /// Source prefixes; empty: any.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    pub protocol: String,
+    /// Inclusive destination port ranges; empty: any.
+    #[serde(default)]
+    pub ports: Vec<(u32, u32)>,
+    pub accept: bool,
+}
+
+/// Changes made by hand in a source node, taken into its desired state and its mirrors'
+/// (until the next definition, `PUT`, replaces them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandChanges {
+    /// The host the node is on.
+    pub host: String,
+    /// What differed from the definition, in words.
+    pub changes: Vec<String>,
+    /// The node's addresses since, when they were changed by hand (`None`: as the
+    /// definition and the shards say, so a migration still re-addresses the node).
+    #[serde(default)]
+    pub addresses: Option<Vec<String>>,
+    /// The node's inbound rules since, when they were changed by hand.
+    #[serde(default)]
+    pub firewall: Option<Vec<HandRule>>,
+    /// Rules of shapes weft does not write: kept in the source, not carried.
+    #[serde(default)]
+    pub foreign_rules: Vec<String>,
+    pub adopted_unix_ns: u64,
+}
+
+impl HandChanges {
+    /// Whether `self` and `other` leave the node alike (when and why aside).
+    pub fn same_state(&self, other: &HandChanges) -> bool {
+        self.addresses == other.addresses
+            && self.firewall == other.firewall
+            && self.foreign_rules == other.foreign_rules
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkRecord {
     pub id: String,
@@ -63,6 +140,12 @@ pub struct NetworkRecord {
     /// A mirror: grows at every volume copy asked for (`POST /networks/{id}/sync`).
     #[serde(default)]
     pub sync_generation: u64,
+    /// A source: what happens to changes made by hand in its nodes.
+    #[serde(default)]
+    pub source_drift: SourceDrift,
+    /// Hand changes in force, by node (a mirror's are copied from its source).
+    #[serde(default)]
+    pub hand_changes: BTreeMap<String, HandChanges>,
 }
 
 impl NetworkRecord {

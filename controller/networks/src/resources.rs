@@ -62,6 +62,48 @@ fn firewall(rec: &NetworkRecord, node: &str) -> Vec<wire::FirewallRule> {
         .collect()
 }
 
+/// A node's addresses as a hand change left them: those the record knows keep their
+/// gateway and shard; one added by hand has neither.
+fn hand_addresses(
+    rec: &NetworkRecord,
+    node: &str,
+    hand: &[String],
+) -> Vec<wire::AddressAssignment> {
+    let known = rec.addresses.get(node);
+    hand.iter()
+        .map(
+            |cidr| match known.into_iter().flatten().find(|a| a.cidr == *cidr) {
+                Some(a) => wire::AddressAssignment {
+                    cidr: a.cidr.clone(),
+                    gateway: a.gateway.clone(),
+                    shard_id: a.shard_id.clone(),
+                    allocation_seq: a.allocation_seq,
+                },
+                None => wire::AddressAssignment {
+                    cidr: cidr.clone(),
+                    ..Default::default()
+                },
+            },
+        )
+        .collect()
+}
+
+pub(crate) fn wire_rule(r: &crate::record::HandRule) -> wire::FirewallRule {
+    wire::FirewallRule {
+        sources: r.sources.clone(),
+        protocol: r.protocol.clone(),
+        ports: r
+            .ports
+            .iter()
+            .map(|(first, last)| wire::PortRange {
+                first: *first,
+                last: *last,
+            })
+            .collect(),
+        accept: r.accept,
+    }
+}
+
 /// The bandwidth limits of connections `node` sends on.
 fn egress(rec: &NetworkRecord, node: &str) -> Vec<wire::EgressLimit> {
     let mut out = Vec::new();
@@ -314,23 +356,31 @@ pub fn by_host(
         let Some(h) = rec.placement.get(name) else {
             continue;
         };
-        let addresses = rec
-            .addresses
-            .get(name)
-            .into_iter()
-            .flatten()
-            .map(|a| wire::AddressAssignment {
-                cidr: a.cidr.clone(),
-                gateway: a.gateway.clone(),
-                shard_id: a.shard_id.clone(),
-                allocation_seq: a.allocation_seq,
-            })
-            .collect();
+        let hand = rec.hand_changes.get(name);
         let mut spec = wire::NetworkNode {
             network: rec.id.clone(),
             node: name.clone(),
-            addresses,
-            firewall: firewall(rec, name),
+            addresses: match hand.and_then(|h| h.addresses.as_deref()) {
+                Some(h) => hand_addresses(rec, name, h),
+                None => rec
+                    .addresses
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .map(|a| wire::AddressAssignment {
+                        cidr: a.cidr.clone(),
+                        gateway: a.gateway.clone(),
+                        shard_id: a.shard_id.clone(),
+                        allocation_seq: a.allocation_seq,
+                    })
+                    .collect(),
+            },
+            firewall: match hand.and_then(|h| h.firewall.as_deref()) {
+                Some(h) => h.iter().map(wire_rule).collect(),
+                None => firewall(rec, name),
+            },
+            keep_hand_changes: rec.role == crate::record::Role::Source
+                && rec.source_drift == crate::record::SourceDrift::Propagate,
             egress_limits: egress(rec, name),
             runtime: Some(wire::NodeRuntime {
                 restart_generation: rec.restarts.get(name).copied().unwrap_or(0),

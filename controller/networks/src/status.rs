@@ -20,6 +20,12 @@ pub struct NetworkStatus {
     /// A mirror: when it last took its source's state (unix ns; 0: never).
     pub last_sync_unix_ns: u64,
     pub hosts: Vec<HostNetworkStatus>,
+    /// A source: what happens to changes made by hand in its nodes (`propagate`,
+    /// `repair`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_drift: Option<&'static str>,
+    /// Hand changes in force, by node (a mirror's are its source's).
+    pub hand_changes: std::collections::BTreeMap<String, crate::record::HandChanges>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,10 +58,12 @@ pub struct DriftView {
     pub key: String,
     pub what: String,
     pub detected_unix_ns: u64,
-    /// 0: the repair failed (`error` says why).
+    /// 0: the repair failed (`error` says why), or the change was kept.
     pub repaired_unix_ns: u64,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// Kept and propagated to the mirrors, not repaired.
+    pub kept: bool,
 }
 
 pub(crate) fn of(
@@ -117,6 +125,7 @@ pub(crate) fn of(
                 detected_unix_ns: d.detected_unix_ns,
                 repaired_unix_ns: d.repaired_unix_ns,
                 error: d.error.clone(),
+                kept: d.kept,
             })
             .collect();
         hosts.push(HostNetworkStatus {
@@ -141,5 +150,7 @@ pub(crate) fn of(
         in_sync: hosts.iter().all(|h| h.applied),
         last_sync_unix_ns: rec.synced_unix_ns,
         hosts,
+        source_drift: (rec.role == Role::Source).then(|| rec.source_drift.as_str()),
+        hand_changes: rec.hand_changes.clone(),
     }
 }

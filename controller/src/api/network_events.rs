@@ -3,10 +3,13 @@
 //!
 //! - `weft.network.created`, `weft.network.updated`, `weft.network.synced` (a mirror took
 //!   its source's state), `weft.network.deleted`: from the network manager;
-//! - `weft.network.drift.detected` (every drift report of a network resource, repaired or
-//!   not) and `weft.network.drift.repaired` (right after it, when the agent repaired it):
-//!   from the control hub's drift reports whose resource is a network's
-//!   (`network-segment` key = network id, `network-node` key = `<network>/<node>`).
+//! - `weft.network.drift.detected` (every drift report of a network resource, repaired,
+//!   failed or kept) and `weft.network.drift.repaired` (right after it, when the agent
+//!   repaired it): from the control hub's drift reports whose resource is a network's
+//!   (`network-segment` key = network id, `network-node` key = `<network>/<node>`);
+//! - `weft.network.drift.propagated`: a change made by hand in a source node (kept there,
+//!   `data.kept` of its `detected`) taken into the source's desired state and carried to
+//!   its mirrors (`data.mirrors`), from the network manager.
 //!
 //! Live only, from the moment of subscribing. Each source's events come in the order they
 //! happened; between the two sources, in the order this subscriber received them.
@@ -85,6 +88,30 @@ pub fn from_network(event: &NetworkEvent) -> NetworkCloudEvent {
             json!({ "network": id, "source": source, "revision": revision }),
         ),
         NetworkEvent::Deleted { .. } => ("weft.network.deleted", json!({ "network": id })),
+        NetworkEvent::DriftPropagated {
+            node,
+            host,
+            changes,
+            mirrors,
+            foreign_rules,
+            ..
+        } => {
+            let data = json!({
+                "network": id,
+                "node": node,
+                "host": host,
+                "changes": changes,
+                "mirrors": mirrors,
+                "foreign_rules": foreign_rules,
+            });
+            return NetworkCloudEvent::new(
+                "weft.network.drift.propagated",
+                id,
+                format!("{id}/{node}"),
+                at,
+                data,
+            );
+        }
     };
     NetworkCloudEvent::new(event_type, id, id.to_owned(), at, data)
 }
@@ -123,6 +150,7 @@ pub fn from_drift(d: &DriftRepaired) -> Vec<NetworkCloudEvent> {
         "detected_unix_ns": d.detected_unix_ns,
         "repaired_unix_ns": (d.repaired_unix_ns != 0).then_some(d.repaired_unix_ns),
         "error": (!d.error.is_empty()).then_some(d.error.as_str()),
+        "kept": d.kept,
     });
     let mut out = vec![NetworkCloudEvent::new(
         "weft.network.drift.detected",
@@ -188,6 +216,7 @@ mod tests {
             detected_unix_ns: 10,
             repaired_unix_ns: repaired,
             error: error.into(),
+            kept: false,
         }
     }
 

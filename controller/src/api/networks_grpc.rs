@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
-use weft_networks::{CreateRequest, MirrorRequest, NetworkError, NetworkRecord, Role};
+use weft_networks::{CreateRequest, MirrorRequest, NetworkError, NetworkRecord, Role, SourceDrift};
 use weft_proto::v1 as wire;
 use weft_proto::v1::mirror_service_server::{MirrorService, MirrorServiceServer};
 
@@ -79,6 +79,11 @@ fn summary(r: &NetworkRecord) -> wire::NetworkInfo {
         nodes: Vec::new(),
         tdl: String::new(),
         synced_unix_ns: r.synced_unix_ns,
+        source_drift: if r.role == Role::Source {
+            r.source_drift.as_str().into()
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -146,8 +151,42 @@ fn status_info(s: &weft_networks::NetworkStatus) -> wire::NetworkStatusInfo {
                         detected_unix_ns: d.detected_unix_ns,
                         repaired_unix_ns: d.repaired_unix_ns,
                         error: d.error.clone(),
+                        kept: d.kept,
                     })
                     .collect(),
+            })
+            .collect(),
+        source_drift: s.source_drift.unwrap_or_default().into(),
+        hand_changes: s
+            .hand_changes
+            .iter()
+            .map(|(node, h)| wire::NetworkHandChanges {
+                node: node.clone(),
+                host: h.host.clone(),
+                changes: h.changes.clone(),
+                addresses: h.addresses.clone().unwrap_or_default(),
+                firewall: h
+                    .firewall
+                    .iter()
+                    .flatten()
+                    .map(|r| wire::FirewallRule {
+                        sources: r.sources.clone(),
+                        protocol: r.protocol.clone(),
+                        ports: r
+                            .ports
+                            .iter()
+                            .map(|(first, last)| wire::PortRange {
+                                first: *first,
+                                last: *last,
+                            })
+                            .collect(),
+                        accept: r.accept,
+                    })
+                    .collect(),
+                foreign_rules: h.foreign_rules.clone(),
+                adopted_unix_ns: h.adopted_unix_ns,
+                addresses_changed: h.addresses.is_some(),
+                firewall_changed: h.firewall.is_some(),
             })
             .collect(),
     }
@@ -183,6 +222,12 @@ impl MirrorService for MirrorApi {
                 tdl: r.tdl,
                 file_name: r.file_name,
                 hosts: r.hosts,
+                source_drift: match r.source_drift.as_str() {
+                    "" => SourceDrift::default(),
+                    s => s.parse().map_err(|e: String| {
+                        Status::invalid_argument(format!("field `source_drift`: {e}"))
+                    })?,
+                },
             })
             .await
             .map_err(status)?;

@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use futures::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use weft_networks::{CreateRequest, MirrorRequest, NetworkError, NetworkRecord, Role};
+use weft_networks::{CreateRequest, MirrorRequest, NetworkError, NetworkRecord, Role, SourceDrift};
 use weft_topology::time::rfc3339;
 
 use super::error::ApiError;
@@ -66,6 +66,9 @@ struct TdlBody {
     file_name: String,
     #[serde(default)]
     hosts: Vec<String>,
+    /// `propagate` (default) or `repair`; chosen at create.
+    #[serde(default)]
+    source_drift: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +117,7 @@ fn summary(r: &NetworkRecord) -> Value {
         "nodes": r.network.nodes.len(),
         "revision": r.revision,
         "created": rfc3339(r.created_unix_ns),
+        "source_drift": (r.role == Role::Source).then(|| r.source_drift.as_str()),
     })
 }
 
@@ -145,12 +149,17 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let b = tdl_body(&headers, &body)?;
+    let source_drift = match b.source_drift.as_deref() {
+        None => SourceDrift::default(),
+        Some(s) => s.parse().map_err(ApiError::BadBody)?,
+    };
     let rec = state
         .networks
         .create(CreateRequest {
             tdl: b.tdl,
             file_name: b.file_name,
             hosts: b.hosts,
+            source_drift,
         })
         .await?;
     Ok((
@@ -208,6 +217,11 @@ async fn update(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b = tdl_body(&headers, &body)?;
+    if b.source_drift.is_some() {
+        return Err(ApiError::BadBody(
+            "source_drift is chosen when the network is created (POST /networks); leave it out of PUT".into(),
+        ));
+    }
     let (rec, changes) = state.networks.update(&id, &b.tdl, &b.file_name).await?;
     let mut v = detail(&rec);
     v["changes"] = json!(changes);

@@ -173,7 +173,11 @@ fn a_tdl_network_spans_two_hypervisors_with_its_firewall_repairs_drift_and_goes_
         controller.json(
             "POST",
             "/networks",
-            Some(&json!({"tdl": TDL, "file_name": "labnet.tdl", "hosts": ["hv1", "hv2"]})),
+            Some(&json!({
+                "tdl": TDL, "file_name": "labnet.tdl", "hosts": ["hv1", "hv2"],
+                // This network keeps to its TDL: changes by hand are put back.
+                "source_drift": "repair",
+            })),
         )
     })
     .with_context(logs)?;
@@ -207,6 +211,11 @@ fn a_tdl_network_spans_two_hypervisors_with_its_firewall_repairs_drift_and_goes_
     );
     ensure!(!connects(&web, &api_ip, 7003), "web -> api:7003 was let in");
     ensure!(!connects(&web, &db_ip, 7002), "web -> db:7002 was let in");
+    ensure!(
+        status(controller)?["source_drift"] == json!("repair"),
+        "{}",
+        status(controller)?
+    );
 
     // Drift: api's address removed by hand; the agent puts it back and reports it.
     exec(
@@ -387,6 +396,11 @@ fn answers(client: &str, net: &Value) -> Result<Vec<String>> {
         )?,
         exec(client, &["redis-cli", "-h", &cache, "ping"])?,
     ])
+}
+
+/// Whether Redis at `addr` answers a PING from `ns` within 3 s.
+fn redis_answers(ns: &str, addr: &str) -> bool {
+    exec(ns, &["timeout", "3", "redis-cli", "-h", addr, "ping"]).is_ok_and(|o| o.contains("PONG"))
 }
 
 #[test]
@@ -573,6 +587,117 @@ fn a_mirror_on_another_hypervisor_answers_as_its_source_and_refuses_the_same() -
             "{net}: web -> db:5432 was let in"
         );
     }
+
+    phase("refused alike");
+    // Drift in the source is propagated: a rule deleted by hand in the source's cache
+    // (client -> cache:6379) and an address added by hand to its web stay there, and the
+    // mirror's copies follow.
+    let src_cache = format!("{}-shop-cache", lab.node_netns_prefix("hv1"));
+    let dr_cache = format!("{}-shopdr-cache", lab.node_netns_prefix("hv2"));
+    let cache_ip = address(&source, "cache")?;
+    ensure!(
+        redis_answers(&src_client, &cache_ip),
+        "client -> cache before"
+    );
+    ensure!(
+        redis_answers(&dr_client, &cache_ip),
+        "mirror client -> cache before"
+    );
+    let listing = exec(
+        &src_cache,
+        &["nft", "-a", "list", "chain", "inet", "weft", "input"],
+    )?;
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("6379"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .map(|h| h.trim().to_owned())
+        .with_context(|| format!("no rule for 6379 in\n{listing}"))?;
+    exec(
+        &src_cache,
+        &[
+            "nft", "delete", "rule", "inet", "weft", "input", "handle", &handle,
+        ],
+    )?;
+    let hand_addr = format!("fd00:77:{:x}::7", lab.x());
+    let src_web = format!("{}-shop-web", lab.node_netns_prefix("hv1"));
+    let dr_web = format!("{}-shopdr-web", lab.node_netns_prefix("hv2"));
+    exec(
+        &src_web,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{hand_addr}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    )?;
+    eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        let rules = exec(
+            &dr_cache,
+            &["nft", "list", "chain", "inet", "weft", "input"],
+        )?;
+        ensure!(
+            !rules.contains("6379"),
+            "the mirror's cache still has\n{rules}"
+        );
+        let addrs = exec(&dr_web, &["ip", "-o", "addr", "show", "dev", "eth0"])?;
+        ensure!(addrs.contains(&hand_addr), "the mirror's web has\n{addrs}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    phase("source drift propagated");
+    // Kept in the source (not repaired), refused in both, and reported as kept.
+    let rules = exec(
+        &src_cache,
+        &["nft", "list", "chain", "inet", "weft", "input"],
+    )?;
+    ensure!(
+        !rules.contains("6379"),
+        "the source's cache was repaired:\n{rules}"
+    );
+    ensure!(
+        exec(&src_web, &["ip", "-o", "addr", "show", "dev", "eth0"])?.contains(&hand_addr),
+        "the source's web lost the address added by hand"
+    );
+    ensure!(
+        !redis_answers(&src_client, &cache_ip),
+        "client -> cache after"
+    );
+    ensure!(
+        !redis_answers(&dr_client, &cache_ip),
+        "mirror client -> cache after"
+    );
+    for id in ["shop", "shopdr"] {
+        let st = controller.json("GET", &format!("/networks/{id}/status"), None)?;
+        let hc = &st["hand_changes"];
+        ensure!(
+            hc["cache"]["firewall"].is_array() && hc["web"]["addresses"].is_array(),
+            "{id}: hand changes not shown: {st}"
+        );
+        ensure!(
+            hc["web"]["addresses"].as_array().is_some_and(|a| a
+                .iter()
+                .any(|x| x.as_str().is_some_and(|x| x.starts_with(&hand_addr)))),
+            "{id}: {hc}"
+        );
+    }
+    let st = controller.json("GET", "/networks/shop/status", None)?;
+    ensure!(st["source_drift"] == json!("propagate"), "{st}");
+    let kept = st["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|h| h["drift"].as_array().cloned().unwrap_or_default())
+        .filter(|d| d["kept"] == json!(true))
+        .count();
+    ensure!(
+        kept >= 2,
+        "the kept changes are not reported as drift: {st}"
+    );
+
     for id in ["shopdr", "shop"] {
         controller.json("DELETE", &format!("/networks/{id}"), None)?;
     }
