@@ -175,6 +175,12 @@ impl ControlDriver {
         }
     }
 
+    /// Keeps `r` as the latest report of its resource.
+    fn record(known: &mut Known, kind: &str, generation: u64, r: ResourceReport) {
+        let o = Self::observed(kind, generation, r);
+        known.reports.insert((o.kind.clone(), o.key.clone()), o);
+    }
+
     /// A kept hand change that is news: `r` carries hand changes other than the ones last
     /// reported for its key.
     fn newly_kept(
@@ -249,12 +255,12 @@ impl ControlDriver {
                     self.keep(known, rec.kind(), &r, what.into(), Instant::now());
                 }
                 // A resource removed is reported at the generation that removed it.
-                let generation = desired
-                    .iter()
-                    .find(|d| d.key == r.key)
-                    .map_or(state.generation, |d| d.generation);
-                let o = Self::observed(rec.kind(), generation, r);
-                known.reports.insert((o.kind.clone(), o.key.clone()), o);
+                Self::record(
+                    known,
+                    rec.kind(),
+                    generation_of(desired, &r.key, state.generation),
+                    r,
+                );
             }
         }
         let managed: usize = self.reconcilers.iter().map(|r| r.managed().len()).sum();
@@ -307,12 +313,12 @@ impl ControlDriver {
                         self.keep(known, rec.kind(), &r, what.join("; "), at);
                         news = true;
                     }
-                    let generation = desired
-                        .iter()
-                        .find(|d| d.key == r.key)
-                        .map_or(state.generation, |d| d.generation);
-                    let o = Self::observed(rec.kind(), generation, r);
-                    known.reports.insert((o.kind.clone(), o.key.clone()), o);
+                    Self::record(
+                        known,
+                        rec.kind(),
+                        generation_of(desired, &r.key, state.generation),
+                        r,
+                    );
                     continue;
                 }
                 if r.changes == 0 && r.error.is_none() {
@@ -341,12 +347,12 @@ impl ControlDriver {
                     error,
                     kept: false,
                 });
-                let generation = desired
-                    .iter()
-                    .find(|d| d.key == r.key)
-                    .map_or(state.generation, |d| d.generation);
-                let o = Self::observed(rec.kind(), generation, r);
-                known.reports.insert((o.kind.clone(), o.key.clone()), o);
+                Self::record(
+                    known,
+                    rec.kind(),
+                    generation_of(desired, &r.key, state.generation),
+                    r,
+                );
                 news = true;
             }
         }
@@ -637,4 +643,14 @@ impl ControlDriver {
             debug!(generation, "reported");
         }
     }
+}
+
+/// The generation at which resource `key`'s spec last changed; `host` (the host's
+/// generation) for one no longer desired: a removal is reported at the generation that
+/// removed it.
+fn generation_of(desired: &[DesiredResource], key: &str, host: u64) -> u64 {
+    desired
+        .iter()
+        .find(|d| d.key == key)
+        .map_or(host, |d| d.generation)
 }

@@ -913,16 +913,7 @@ impl NetworkManager {
         else {
             return;
         };
-        let rules: Vec<HandRule> = h
-            .firewall
-            .iter()
-            .map(|r| HandRule {
-                sources: r.sources.clone(),
-                protocol: r.protocol.clone(),
-                ports: r.ports.iter().map(|p| (p.first, p.last)).collect(),
-                accept: r.accept,
-            })
-            .collect();
+        let rules: Vec<HandRule> = h.firewall.iter().map(HandRule::from_wire).collect();
         let rec = {
             let mut records = lock(&self.records);
             let Some(rec) = records.get_mut(id) else {

@@ -84,6 +84,33 @@ pub struct HandRule {
     pub accept: bool,
 }
 
+impl HandRule {
+    pub fn from_wire(r: &weft_proto::v1::FirewallRule) -> Self {
+        HandRule {
+            sources: r.sources.clone(),
+            protocol: r.protocol.clone(),
+            ports: r.ports.iter().map(|p| (p.first, p.last)).collect(),
+            accept: r.accept,
+        }
+    }
+
+    pub fn to_wire(&self) -> weft_proto::v1::FirewallRule {
+        weft_proto::v1::FirewallRule {
+            sources: self.sources.clone(),
+            protocol: self.protocol.clone(),
+            ports: self
+                .ports
+                .iter()
+                .map(|(first, last)| weft_proto::v1::PortRange {
+                    first: *first,
+                    last: *last,
+                })
+                .collect(),
+            accept: self.accept,
+        }
+    }
+}
+
 /// Changes made by hand in a source node, taken into its desired state and its mirrors'
 /// (until the next definition, `PUT`, replaces them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

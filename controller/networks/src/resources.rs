@@ -88,22 +88,6 @@ fn hand_addresses(
         .collect()
 }
 
-pub(crate) fn wire_rule(r: &crate::record::HandRule) -> wire::FirewallRule {
-    wire::FirewallRule {
-        sources: r.sources.clone(),
-        protocol: r.protocol.clone(),
-        ports: r
-            .ports
-            .iter()
-            .map(|(first, last)| wire::PortRange {
-                first: *first,
-                last: *last,
-            })
-            .collect(),
-        accept: r.accept,
-    }
-}
-
 /// The bandwidth limits of connections `node` sends on.
 fn egress(rec: &NetworkRecord, node: &str) -> Vec<wire::EgressLimit> {
     let mut out = Vec::new();
@@ -376,7 +360,7 @@ pub fn by_host(
                     .collect(),
             },
             firewall: match hand.and_then(|h| h.firewall.as_deref()) {
-                Some(h) => h.iter().map(wire_rule).collect(),
+                Some(h) => h.iter().map(crate::record::HandRule::to_wire).collect(),
                 None => firewall(rec, name),
             },
             keep_hand_changes: rec.role == crate::record::Role::Source

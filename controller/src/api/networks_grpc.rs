@@ -169,19 +169,7 @@ fn status_info(s: &weft_networks::NetworkStatus) -> wire::NetworkStatusInfo {
                     .firewall
                     .iter()
                     .flatten()
-                    .map(|r| wire::FirewallRule {
-                        sources: r.sources.clone(),
-                        protocol: r.protocol.clone(),
-                        ports: r
-                            .ports
-                            .iter()
-                            .map(|(first, last)| wire::PortRange {
-                                first: *first,
-                                last: *last,
-                            })
-                            .collect(),
-                        accept: r.accept,
-                    })
+                    .map(weft_networks::HandRule::to_wire)
                     .collect(),
                 foreign_rules: h.foreign_rules.clone(),
                 adopted_unix_ns: h.adopted_unix_ns,
