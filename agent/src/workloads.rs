@@ -71,6 +71,50 @@ impl Registry {
         g.version += 1;
     }
 
+    /// Names `interface` as if the workloads file said so: a network node's host veth is
+    /// the node's workload (`<network>.<node>`, as the controller names it) with the node's
+    /// addresses, so its traffic is the node's in the topology. An interface already
+    /// attached is renamed. Nothing changes (no new version) when it is named so already.
+    pub fn name_interface(&self, interface: &str, name: &str, addresses: &[IpAddr]) {
+        let mut g = self.lock();
+        let spec = WorkloadSpec {
+            name: name.to_owned(),
+            interface: interface.to_owned(),
+            addresses: addresses.to_vec(),
+            netns: None,
+            device: crate::config::DEFAULT_DEVICE.to_owned(),
+        };
+        if g.configured.get(interface) == Some(&spec) {
+            return;
+        }
+        for w in g.by_ifindex.values_mut() {
+            if w.interface == interface {
+                w.name = spec.name.clone();
+                w.addresses = spec.addresses.iter().copied().collect();
+                w.configured = true;
+            }
+        }
+        g.configured.insert(interface.to_owned(), spec);
+        g.version += 1;
+    }
+
+    /// Undoes [`Registry::name_interface`] (the node is removed): an interface still
+    /// attached goes back to its own name and learns its addresses again.
+    pub fn unname_interface(&self, interface: &str) {
+        let mut g = self.lock();
+        if g.configured.remove(interface).is_none() {
+            return;
+        }
+        for w in g.by_ifindex.values_mut() {
+            if w.interface == interface {
+                w.name = interface.to_owned();
+                w.addresses.clear();
+                w.configured = false;
+            }
+        }
+        g.version += 1;
+    }
+
     pub fn detached(&self, ifindex: u32) {
         let mut g = self.lock();
         if g.by_ifindex.remove(&ifindex).is_some() {
@@ -166,5 +210,32 @@ mod tests {
         assert_eq!(r.learning(), vec![4]);
         r.detached(4);
         assert_eq!(r.snapshot().1.len(), 1);
+    }
+
+    #[test]
+    fn a_network_node_interface_is_named_after_the_node() {
+        let r = Registry::new(vec![]);
+        // Attached before the node reconciler names it: renamed in place.
+        r.attached(7, "wn0123456789ab");
+        assert_eq!(r.names()[&7].0, "wn0123456789ab");
+        let ip: IpAddr = "198.19.0.130".parse().unwrap();
+        r.name_interface("wn0123456789ab", "shop.web", &[ip]);
+        let (v1, list) = r.snapshot();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].name, "shop.web");
+        assert_eq!(list[0].addresses, BTreeSet::from([ip]));
+        assert!(r.learning().is_empty(), "a named node does not learn");
+        // Named again the same way: no new version (no re-registration each reconcile).
+        r.name_interface("wn0123456789ab", "shop.web", &[ip]);
+        assert_eq!(r.snapshot().0, v1);
+        // Named before it is attached: attached under the node's name.
+        r.name_interface("wnffffffffffff", "shop.db", &[]);
+        r.attached(8, "wnffffffffffff");
+        assert_eq!(r.names()[&8].0, "shop.db");
+        // The node removed: the interface is itself again.
+        r.unname_interface("wn0123456789ab");
+        assert_eq!(r.names()[&7].0, "wn0123456789ab");
+        assert_eq!(r.learning(), vec![7]);
+        assert!(r.snapshot().0 > v1);
     }
 }
