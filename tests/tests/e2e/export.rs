@@ -25,6 +25,8 @@ use crate::networks::{TwoHypervisors, address, exec};
 const EXPORTED: &str = "shopx";
 /// The mirror of the exported TDL, on hv2.
 const MIRROR: &str = "shopxdr";
+/// The mirror of the export that keeps the workloads' addresses.
+const ADDRESSED: &str = "shopxaddr";
 const NODES: [&str; 4] = ["cache", "client", "db", "web"];
 
 /// One observed dependency, without its counters: (source, target, protocol, transport,
@@ -372,10 +374,59 @@ fn an_exported_tdl_mirrored_onto_another_hypervisor_shows_the_same_topology() ->
     // The servers leave the nodes' namespaces before the mirror is deleted.
     drop(mirror_servers);
     controller.json("DELETE", &format!("/networks/{MIRROR}"), None)?;
+
+    // The default export keeps the workloads' registered addresses (IPv4 and IPv6 host
+    // prefixes): mirrored as written, its nodes get exactly those.
+    let with = controller.json(
+        "GET",
+        &format!("/tdl/export?hosts=hv1&network={EXPORTED}&format=json"),
+        None,
+    )?;
+    let with_tdl = with["tdl"].as_str().unwrap_or_default();
+    let placed = controller
+        .json(
+            "POST",
+            "/networks/mirror",
+            Some(
+                &json!({"tdl": with_tdl, "file_name": format!("{EXPORTED}.tdl"),
+                         "destination": ADDRESSED, "hosts": ["hv2"]}),
+            ),
+        )
+        .with_context(|| format!("mirroring\n{with_tdl}"))?;
+    for n in NODES {
+        let w = lab.workload(n)?;
+        let mut got: Vec<String> = placed["placement"][n]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        got.sort();
+        let mut want = vec![format!("{}/32", w.ipv4), format!("{}/128", w.ipv6)];
+        want.sort();
+        ensure!(
+            got == want,
+            "{n}: placed at {got:?}, registered {want:?}\n{placed}"
+        );
+    }
+    eventually(Duration::from_secs(60), Duration::from_millis(200), || {
+        let s = controller.json("GET", &format!("/networks/{ADDRESSED}/status"), None)?;
+        ensure!(s["in_sync"] == json!(true), "{ADDRESSED} not in sync: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    let v6 = exec(
+        &format!("{}-{ADDRESSED}-web", lab.node_netns_prefix("hv2")),
+        &["ip", "-o", "addr", "show", "dev", "eth0"],
+    )?;
+    ensure!(v6.contains(&lab.workload("web")?.ipv6), "{v6}");
+    phase("the export with addresses mirrors at those addresses");
+    controller.json("DELETE", &format!("/networks/{ADDRESSED}"), None)?;
+
     eventually(Duration::from_secs(30), Duration::from_millis(200), || {
         let left: Vec<String> = weft_lab::netns::list()?
             .into_iter()
-            .filter(|n| n.contains(&format!("-{MIRROR}-")))
+            .filter(|n| n.contains(&format!("-{MIRROR}-")) || n.contains(&format!("-{ADDRESSED}-")))
             .collect();
         if left.is_empty() {
             Ok(())
