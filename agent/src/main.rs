@@ -206,12 +206,15 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(networks::SegmentReconciler {
                 networks: networks.clone(),
             }),
-            Arc::new(networks::NodeReconciler::new(
-                networks,
-                signal_tx,
-                supervisor,
-                args.node_dir.clone(),
-            )),
+            Arc::new(
+                networks::NodeReconciler::new(
+                    networks,
+                    signal_tx,
+                    supervisor,
+                    args.node_dir.clone(),
+                )
+                .with_workloads(registry.clone()),
+            ),
         ],
         events: (args.drift_repair == config::DriftRepair::Events).then_some(host_events),
         signals: Some(drift_signals),

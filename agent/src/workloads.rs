@@ -22,6 +22,10 @@ pub struct Workload {
 #[derive(Default)]
 struct Inner {
     configured: HashMap<String, WorkloadSpec>,
+    /// Interfaces named by the agent itself (network nodes' host veths): like configured
+    /// ones once attached, but not announced before (an interface the attach patterns
+    /// leave out is not observed, so not a workload).
+    named: HashMap<String, WorkloadSpec>,
     by_ifindex: HashMap<u32, Workload>,
     version: u64,
 }
@@ -53,7 +57,11 @@ impl Registry {
 
     pub fn attached(&self, ifindex: u32, interface: &str) {
         let mut g = self.lock();
-        let w = match g.configured.get(interface) {
+        let w = match g
+            .configured
+            .get(interface)
+            .or_else(|| g.named.get(interface))
+        {
             Some(spec) => Workload {
                 name: spec.name.clone(),
                 interface: interface.to_owned(),
@@ -69,6 +77,60 @@ impl Registry {
         };
         g.by_ifindex.insert(ifindex, w);
         g.version += 1;
+    }
+
+    /// Names `interface` as if the workloads file said so (the file wins): a network
+    /// node's host veth is the node's workload (`<network>.<node>`, as the controller names
+    /// it) with the node's addresses, so its traffic is the node's in the topology. An
+    /// interface already attached is renamed; one not attached (yet, or ever: not one of
+    /// `--interfaces`) is not announced. Nothing changes (no new version) when it is named
+    /// so already.
+    pub fn name_interface(&self, interface: &str, name: &str, addresses: &[IpAddr]) {
+        let mut g = self.lock();
+        let spec = WorkloadSpec {
+            name: name.to_owned(),
+            interface: interface.to_owned(),
+            addresses: addresses.to_vec(),
+            netns: None,
+            device: crate::config::DEFAULT_DEVICE.to_owned(),
+        };
+        if g.configured.contains_key(interface) || g.named.get(interface) == Some(&spec) {
+            return;
+        }
+        let mut renamed = false;
+        for w in g.by_ifindex.values_mut() {
+            if w.interface == interface {
+                w.name = spec.name.clone();
+                w.addresses = spec.addresses.iter().copied().collect();
+                w.configured = true;
+                renamed = true;
+            }
+        }
+        g.named.insert(interface.to_owned(), spec);
+        if renamed {
+            g.version += 1;
+        }
+    }
+
+    /// Undoes [`Registry::name_interface`] (the node is removed): an interface still
+    /// attached goes back to its own name and learns its addresses again.
+    pub fn unname_interface(&self, interface: &str) {
+        let mut g = self.lock();
+        if g.named.remove(interface).is_none() || g.configured.contains_key(interface) {
+            return;
+        }
+        let mut renamed = false;
+        for w in g.by_ifindex.values_mut() {
+            if w.interface == interface {
+                w.name = interface.to_owned();
+                w.addresses.clear();
+                w.configured = false;
+                renamed = true;
+            }
+        }
+        if renamed {
+            g.version += 1;
+        }
     }
 
     pub fn detached(&self, ifindex: u32) {
@@ -166,5 +228,49 @@ mod tests {
         assert_eq!(r.learning(), vec![4]);
         r.detached(4);
         assert_eq!(r.snapshot().1.len(), 1);
+    }
+
+    #[test]
+    fn a_network_node_interface_is_named_after_the_node() {
+        let r = Registry::new(vec![]);
+        // Attached before the node reconciler names it: renamed in place.
+        r.attached(7, "wn0123456789ab");
+        assert_eq!(r.names()[&7].0, "wn0123456789ab");
+        let ip: IpAddr = "198.19.0.130".parse().unwrap();
+        r.name_interface("wn0123456789ab", "shop.web", &[ip]);
+        let (v1, list) = r.snapshot();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].name, "shop.web");
+        assert_eq!(list[0].addresses, BTreeSet::from([ip]));
+        assert!(r.learning().is_empty(), "a named node does not learn");
+        // Named again the same way: no new version (no re-registration each reconcile).
+        r.name_interface("wn0123456789ab", "shop.web", &[ip]);
+        assert_eq!(r.snapshot().0, v1);
+        // Named before it is attached: not announced until it is (an interface left out
+        // by the attach patterns is no workload), then attached under the node's name.
+        let v2 = r.snapshot().0;
+        r.name_interface("wnffffffffffff", "shop.db", &[]);
+        assert_eq!(r.snapshot().0, v2);
+        assert_eq!(r.snapshot().1.len(), 1);
+        r.attached(8, "wnffffffffffff");
+        assert_eq!(r.names()[&8].0, "shop.db");
+        // The workloads file wins over the agent's own naming.
+        let f = Registry::new(vec![WorkloadSpec {
+            name: "from-file".into(),
+            interface: "wn1".into(),
+            addresses: vec![],
+            netns: None,
+            device: "eth0".into(),
+        }]);
+        f.name_interface("wn1", "shop.x", &[ip]);
+        f.attached(9, "wn1");
+        assert_eq!(f.names()[&9].0, "from-file");
+        f.unname_interface("wn1");
+        assert_eq!(f.names()[&9].0, "from-file");
+        // The node removed: the interface is itself again.
+        r.unname_interface("wn0123456789ab");
+        assert_eq!(r.names()[&7].0, "wn0123456789ab");
+        assert_eq!(r.learning(), vec![7]);
+        assert!(r.snapshot().0 > v1);
     }
 }

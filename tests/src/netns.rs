@@ -10,10 +10,12 @@ use anyhow::{Context, Result};
 use crate::cmd;
 use crate::process::Child;
 
-/// A named network namespace that exists as long as this guard.
+/// A named network namespace that exists as long as this guard (unless it was made by
+/// someone else: [`Netns::existing`]).
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    owned: bool,
 }
 
 impl Netns {
@@ -24,6 +26,7 @@ impl Netns {
             .with_context(|| format!("create network namespace {name}"))?;
         let ns = Netns {
             name: name.to_string(),
+            owned: true,
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         for key in ["all", "default"] {
@@ -41,6 +44,15 @@ impl Netns {
             ])?;
         }
         Ok(ns)
+    }
+
+    /// A namespace that someone else made and removes (a network node the agent made):
+    /// dropping this handle leaves it alone.
+    pub fn existing(name: &str) -> Netns {
+        Netns {
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -87,7 +99,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        delete_netns(&self.name);
+        if self.owned {
+            delete_netns(&self.name);
+        }
     }
 }
 

@@ -54,7 +54,8 @@ pub fn blob(size: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Renders an nginx.conf for one instance under `prefix`, listening on both addresses.
+/// Renders an nginx.conf for one instance under `prefix`, listening on both addresses
+/// (`ipv6` empty: on `ipv4` only).
 pub fn nginx_conf(prefix: &Path, ipv4: &str, ipv6: &str, port: u16, site: &Site) -> String {
     let p = prefix.display();
     let mut c = String::new();
@@ -76,10 +77,11 @@ pub fn nginx_conf(prefix: &Path, ipv4: &str, ipv6: &str, port: u16, site: &Site)
             "  upstream backend {{\n    server {upstream};\n    keepalive 16;\n  }}\n"
         );
     }
-    let _ = write!(
-        c,
-        "  server {{\n    listen {ipv4}:{port};\n    listen [{ipv6}]:{port};\n"
-    );
+    let _ = write!(c, "  server {{\n    listen {ipv4}:{port};\n");
+    // No IPv6 address (an IPv4-only network node): IPv4 only.
+    if !ipv6.is_empty() {
+        let _ = writeln!(c, "    listen [{ipv6}]:{port};");
+    }
     match site {
         Site::Static(_) => {
             let _ = write!(
@@ -193,7 +195,11 @@ pub fn postgres(w: &Workload) -> Result<Server> {
          host all all fd00::/8 trust\n",
     )?;
     let postgres = bin.join("postgres").to_string_lossy().into_owned();
-    let listen = format!("listen_addresses={},{}", w.ipv4, w.ipv6);
+    let listen = if w.ipv6.is_empty() {
+        format!("listen_addresses={}", w.ipv4)
+    } else {
+        format!("listen_addresses={},{}", w.ipv4, w.ipv6)
+    };
     let sockdir = format!("unix_socket_directories={}", sock.display());
     let mut child = w.netns.spawn(
         &w.dir,

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use weft_lab::servers::{self, Site};
 use weft_lab::topology::{Topology, edge_set};
 use weft_lab::traffic;
-use weft_lab::weft::{Agent, Controller};
+use weft_lab::weft::{Agent, Controller, free_port};
 use weft_lab::{Lab, eventually};
 
 use crate::sh::{root, step};
@@ -106,7 +106,12 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
     check_interrupted()?;
 
     step("demo: starting weft-controller (root namespace) and weft-agent (hv1)");
-    let controller = Controller::start(&lab)?;
+    // With a shard pool: the export's mirror at the end takes its addresses from it.
+    let ip = lab.hypervisor().uplink_root_addr.clone();
+    let grpc = format!("{ip}:{}", free_port(&ip)?);
+    let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
+    let pool = format!("198.19.{}.128/25", lab.x());
+    let controller = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool])?;
     println!(
         "    controller: gRPC {} REST {}",
         controller.grpc_addr,
@@ -254,6 +259,9 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
         sent.http, sent.pgbench_tx, sent.redis
     );
 
+    check_interrupted()?;
+    export_and_mirror(&controller)?;
+
     let edges: BTreeSet<String> = topology.edges();
     let elapsed = started.elapsed().as_secs();
     if edges == expected {
@@ -269,6 +277,86 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
             "the topology's dependencies differ from the traffic sent: missing {missing:?}, unexpected {extra:?}"
         )
     }
+}
+
+/// The exported network's name (and its shard network's).
+const EXPORTED: &str = "demo";
+/// Its mirror.
+const MIRROR: &str = "demodr";
+
+/// `weft tdl export` of what ran (GET /tdl/export), printed; mirrored onto hv1 as written
+/// (POST /networks/mirror), its status printed once in sync; then deleted.
+fn export_and_mirror(controller: &Controller) -> Result<()> {
+    step("demo: weft tdl export (GET /tdl/export?network=demo&addresses=false)");
+    let answer = controller
+        .json(
+            "GET",
+            &format!("/tdl/export?network={EXPORTED}&addresses=false&format=json"),
+            None,
+        )
+        .context("GET /tdl/export")?;
+    let tdl = answer["tdl"]
+        .as_str()
+        .context("the export has no tdl")?
+        .to_owned();
+    for line in tdl.lines() {
+        println!("    {line}");
+    }
+    for l in answer["left_out"].as_array().into_iter().flatten() {
+        println!("    left out: {}", l.as_str().unwrap_or_default());
+    }
+    step(&format!(
+        "demo: the export mirrored as network {MIRROR} on hv1 (POST /networks/mirror)"
+    ));
+    controller
+        .json(
+            "POST",
+            "/shards",
+            Some(&serde_json::json!({"prefix_len": 27, "network_id": EXPORTED})),
+        )
+        .context("POST /shards")?;
+    controller
+        .json(
+            "POST",
+            "/networks/mirror",
+            Some(
+                &serde_json::json!({"tdl": tdl, "file_name": format!("{EXPORTED}.tdl"),
+                                     "destination": MIRROR, "hosts": ["hv1"]}),
+            ),
+        )
+        .context("POST /networks/mirror")?;
+    let status = eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        check_interrupted()?;
+        let s = controller.json("GET", &format!("/networks/{MIRROR}/status"), None)?;
+        if s["in_sync"] == serde_json::json!(true) {
+            Ok(s)
+        } else {
+            bail!("{MIRROR} not in sync: {s}")
+        }
+    })
+    .with_context(|| format!("the mirror of the export did not come about:\n{tdl}"))?;
+    println!("    GET /networks/{MIRROR}/status: in sync");
+    for h in status["hosts"].as_array().into_iter().flatten() {
+        for r in h["resources"].as_array().into_iter().flatten() {
+            let observed: Vec<&str> = r["observed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.as_str())
+                .filter(|o| !o.starts_with("netns "))
+                .collect();
+            println!(
+                "    {:<7} {:<22} {}",
+                h["host"].as_str().unwrap_or_default(),
+                r["key"].as_str().unwrap_or_default(),
+                observed.join(", ")
+            );
+        }
+    }
+    controller
+        .json("DELETE", &format!("/networks/{MIRROR}"), None)
+        .context("DELETE the mirror")?;
+    Ok(())
 }
 
 /// What the demo's clients reported sending.

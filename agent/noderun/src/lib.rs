@@ -8,6 +8,7 @@
 //!   (`<cgroup root>/<network>/<node>`, v1 or v2) carrying its `cpu`/`memory` limits; keeps
 //!   its output in `<root>/<network>/<node>/log/<profile>.log` (rotated); restarts it when it
 //!   exits (200 ms doubling to 10 s, reset after 60 s up); stops the whole tree on removal.
+//! - [`replies`] parses what the node's servers and tools answer the agent (no I/O; fuzzed).
 //! - [`shape`] installs the node's egress limits (the TDL connections' `bandwidth`) as an htb
 //!   qdisc with u32 filters on the node's device, by rtnetlink.
 //!
@@ -21,6 +22,7 @@ mod cgroup;
 mod logfile;
 mod netns;
 pub mod profiles;
+pub mod replies;
 pub mod shape;
 mod spawn;
 mod supervisor;

@@ -10,6 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use weft_noderun::replies::{self, PgMessage};
+
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longer than this, the lag is reported as "more than".
 pub const LAG_BOUND: Duration = Duration::from_secs(3);
@@ -39,8 +41,8 @@ fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-fn bad(what: impl Into<String>) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what.into())
+fn bad(what: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
 /// One value of `sql` (first column of the first row) as text.
@@ -53,23 +55,22 @@ fn pg_query(addr: SocketAddr, sql: &str) -> std::io::Result<String> {
     m.extend_from_slice(params);
     s.write_all(&m)?;
     let mut r = BufReader::new(s.try_clone()?);
-    let mut read_msg = || -> std::io::Result<(u8, Vec<u8>)> {
+    let mut read_msg = || -> std::io::Result<PgMessage> {
         let mut head = [0u8; 5];
         r.read_exact(&mut head)?;
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        if !(4..=1 << 20).contains(&len) {
-            return Err(bad(format!("message length {len}")));
-        }
-        let mut body = vec![0u8; len - 4];
+        let (tag, len) = replies::pg_header(&head).map_err(bad)?;
+        let mut body = vec![0u8; len];
         r.read_exact(&mut body)?;
-        Ok((head[0], body))
+        replies::pg_message(tag, &body).map_err(bad)
     };
     loop {
         match read_msg()? {
-            (b'R', b) if b.get(..4) == Some(&[0, 0, 0, 0]) => {}
-            (b'R', _) => return Err(bad("authentication required (the profile trusts)")),
-            (b'E', b) => return Err(bad(String::from_utf8_lossy(&b).into_owned())),
-            (b'Z', _) => break,
+            PgMessage::AuthOk => {}
+            PgMessage::AuthRequired(_) => {
+                return Err(bad("authentication required (the profile trusts)"));
+            }
+            PgMessage::Error(e) => return Err(bad(e)),
+            PgMessage::Ready => break,
             _ => {}
         }
     }
@@ -81,32 +82,20 @@ fn pg_query(addr: SocketAddr, sql: &str) -> std::io::Result<String> {
     let mut value = None;
     loop {
         match read_msg()? {
-            (b'D', b) if value.is_none() && b.len() >= 6 => {
-                let len = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
-                if len >= 0 {
-                    let end = 6 + len as usize;
-                    value =
-                        Some(String::from_utf8_lossy(b.get(6..end).unwrap_or(&[])).into_owned());
-                }
-            }
-            (b'E', b) => return Err(bad(String::from_utf8_lossy(&b).into_owned())),
-            (b'Z', _) => break,
+            PgMessage::Row(v) if value.is_none() => value = Some(v),
+            PgMessage::Error(e) => return Err(bad(e)),
+            PgMessage::Ready => break,
             _ => {}
         }
     }
     let _ = s.write_all(&[b'X', 0, 0, 0, 4]);
-    value.ok_or_else(|| bad(format!("no value for {sql}")))
+    value
+        .flatten()
+        .ok_or_else(|| bad(format!("no value for {sql}")))
 }
 
-/// `0/3000148` -> a byte position.
 fn lsn(text: &str) -> std::io::Result<u64> {
-    let (hi, lo) = text
-        .trim()
-        .split_once('/')
-        .ok_or_else(|| bad(format!("LSN {text:?}")))?;
-    let hi = u64::from_str_radix(hi, 16).map_err(|_| bad(format!("LSN {text:?}")))?;
-    let lo = u64::from_str_radix(lo, 16).map_err(|_| bad(format!("LSN {text:?}")))?;
-    Ok(hi << 32 | lo)
+    replies::lsn(text).map_err(bad)
 }
 
 /// A field of Redis `INFO replication`.
@@ -114,21 +103,12 @@ fn redis_info(addr: SocketAddr, field: &str) -> std::io::Result<u64> {
     let mut s = connect(addr)?;
     s.write_all(b"INFO replication\r\n")?;
     let mut r = BufReader::new(s);
-    let mut first = String::new();
-    r.read_line(&mut first)?;
-    let len: usize = first
-        .trim()
-        .strip_prefix('$')
-        .and_then(|n| n.parse().ok())
-        .filter(|n| *n <= 1 << 20)
-        .ok_or_else(|| bad(format!("INFO answered {first:?}")))?;
+    let mut first = Vec::new();
+    r.by_ref().take(64).read_until(b'\n', &mut first)?;
+    let len = replies::redis_bulk_len(&first).map_err(bad)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
-    let text = String::from_utf8_lossy(&body);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| bad(format!("no {field} in INFO replication")))
+    replies::redis_info_field(&body, field).map_err(bad)
 }
 
 fn position(server: Server, addr: SocketAddr, source: bool) -> std::io::Result<u64> {
@@ -176,14 +156,6 @@ pub async fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lsns_parse_to_byte_positions() {
-        assert_eq!(lsn("0/3000148").unwrap(), 0x0300_0148);
-        assert_eq!(lsn("1/0").unwrap(), 1 << 32);
-        assert!(lsn("nope").is_err());
-        assert!(lsn("0/zz").is_err());
-    }
 
     #[test]
     fn servers_by_image() {

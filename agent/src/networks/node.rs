@@ -47,6 +47,9 @@ pub struct NodeReconciler {
     restarts_seen: Mutex<HashMap<String, u32>>,
     /// Forwards the supervisor's restarts as drift signals.
     restart_watch: tokio::task::JoinHandle<()>,
+    /// Where a node's host veth is named after the node (its traffic is the node's
+    /// workload, `<network>.<node>`, in the topology); `None` in tests without a datapath.
+    workloads: Option<Arc<crate::workloads::Registry>>,
 }
 
 impl Drop for NodeReconciler {
@@ -122,7 +125,15 @@ impl NodeReconciler {
             removed_veths: Mutex::new(Vec::new()),
             node_root,
             restarts_seen: Mutex::new(HashMap::new()),
+            workloads: None,
         }
+    }
+
+    /// Names each node's host veth in `registry` after the node (see
+    /// [`crate::workloads::Registry::name_interface`]).
+    pub fn with_workloads(mut self, registry: Arc<crate::workloads::Registry>) -> Self {
+        self.workloads = Some(registry);
+        self
     }
 
     /// Deletes the host ends of removed nodes' veths that outlived their namespace's
@@ -910,6 +921,19 @@ impl Reconciler for NodeReconciler {
                 .collect()
                 .await;
             {
+                if let Some(reg) = &self.workloads {
+                    for (s, rep) in &done {
+                        if rep.error.is_none() {
+                            let addrs: Vec<std::net::IpAddr> =
+                                s.addresses.iter().map(|a| a.cidr.addr).collect();
+                            reg.name_interface(
+                                &names::host_veth(&s.network, &s.node),
+                                &format!("{}.{}", s.network, s.node),
+                                &addrs,
+                            );
+                        }
+                    }
+                }
                 let mut last = lock(&self.last);
                 for (s, rep) in done {
                     last.insert(rep.key.clone(), (s, rep.clone()));
@@ -933,6 +957,9 @@ impl Reconciler for NodeReconciler {
                     lock(&self.restarts_seen).remove(&key);
                     let r = net.remove_node(&key, &o).await;
                     lock(&self.removed_veths).push((o.host_veth.clone(), Instant::now()));
+                    if let Some(reg) = &self.workloads {
+                        reg.unname_interface(&o.host_veth);
+                    }
                     (key, r)
                 });
                 let removed: Vec<(String, Result<usize, String>)> = futures::stream::iter(removals)

@@ -244,14 +244,14 @@ rsync -a --delete "$src/" "$snap/"
             std::fs::create_dir_all(&vol).map_err(|e| format!("{}: {e}", vol.display()))?;
         }
         exchange(&staging, &vol).map_err(|e| format!("swapping in volume {volume}: {e}"))?;
-        // `Total transferred file size: 1,234 bytes`
-        let stats = String::from_utf8_lossy(&out.stdout);
-        Ok(stats
-            .lines()
-            .find_map(|l| l.strip_prefix("Total transferred file size: "))
-            .map(|v| v.chars().filter(char::is_ascii_digit).collect::<String>())
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(0))
+        // `Total transferred file size: 1,234 bytes`: what the copy moved, for the report
+        // (0 when rsync's output says nothing readable about it; the copy itself is done).
+        Ok(
+            weft_noderun::replies::rsync_transferred_bytes(&out.stdout).unwrap_or_else(|e| {
+                tracing::debug!(volume, error = %e, "rsync statistics");
+                0
+            }),
+        )
     }
 
     pub fn remove(&self, key: &str) {

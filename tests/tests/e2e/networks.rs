@@ -34,7 +34,7 @@ connections:
 ";
 
 /// `ip netns exec NS args` with a bound; Ok(stdout) when it exits 0.
-fn exec(ns: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn exec(ns: &str, args: &[&str]) -> Result<String> {
     let mut c = netns::command_in(ns, &["timeout", "5"]);
     c.args(args);
     weft_lab::cmd::run(&mut c)
@@ -91,7 +91,7 @@ fn connects(ns: &str, addr: &str, port: u16) -> bool {
     }
 }
 
-fn address(net: &Value, node: &str) -> Result<String> {
+pub(crate) fn address(net: &Value, node: &str) -> Result<String> {
     let a = net["placement"][node]["addresses"][0]
         .as_str()
         .with_context(|| format!("no address for {node}: {net}"))?;
@@ -100,15 +100,29 @@ fn address(net: &Value, node: &str) -> Result<String> {
 
 /// A lab of two hypervisors with an agent each, a controller, and a shard of network
 /// `pool` for the nodes' addresses. Fields drop in order: processes before the lab.
-struct TwoHypervisors {
-    controller: Controller,
-    agents: [Agent; 2],
-    lab: Lab,
+pub(crate) struct TwoHypervisors {
+    pub(crate) controller: Controller,
+    pub(crate) agents: [Agent; 2],
+    pub(crate) lab: Lab,
 }
 
 impl TwoHypervisors {
     fn start(pool: &str) -> Result<Self> {
-        let lab = Lab::builder().hypervisor("hv1").hypervisor("hv2").build()?;
+        Self::start_with(pool, &[], &[])
+    }
+
+    /// As [`TwoHypervisors::start`], with lab workloads `hv1_workloads` on hv1 (its agent
+    /// observes them) and extra flags for hv2's agent.
+    pub(crate) fn start_with(
+        pool: &str,
+        hv1_workloads: &[&str],
+        hv2_agent_args: &[&str],
+    ) -> Result<Self> {
+        let mut builder = Lab::builder().hypervisor("hv1");
+        for w in hv1_workloads {
+            builder = builder.workload(w);
+        }
+        let lab = builder.hypervisor("hv2").build()?;
         let x = lab.x();
         let ip = lab.hypervisors()[0].uplink_root_addr.clone();
         let grpc = format!("{ip}:{}", free_port(&ip)?);
@@ -118,7 +132,7 @@ impl TwoHypervisors {
             Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &shard_pool])?;
         let agents = [
             Agent::start(&lab, 0, &controller.grpc_url())?,
-            Agent::start(&lab, 1, &controller.grpc_url())?,
+            Agent::start_with(&lab, 1, &controller.grpc_url(), hv2_agent_args)?,
         ];
         let two = Self {
             controller,
@@ -135,7 +149,7 @@ impl TwoHypervisors {
         Ok(two)
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         format!(
             "controller:\n{}\nhv1 agent:\n{}\nhv2 agent:\n{}",
             self.controller.child.tail(30),
