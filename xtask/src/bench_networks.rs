@@ -19,6 +19,15 @@
 //!    The drift items of the status give the agent's detected/repaired times. A quiet period
 //!    (no injection, one full resync included) counts false drift.
 //!
+//! 3. Propagation: network `propnet` (the drift network's shape) and its mirror `propnetdr`
+//!    on the same hypervisor; 100 times an inbound rule of a source node deleted by hand
+//!    (`nft delete rule`), kept there and carried to the mirror. Bare listeners in the
+//!    source node's and the mirror node's namespaces timestamp the two kernel events (the
+//!    rule deleted in the source, then in the mirror): the difference is the propagation,
+//!    every step of it (the source agent's detection and report, the controller taking it
+//!    in, the mirror's desired state and its agent's apply). Then `PUT` of the same TDL
+//!    puts both back (a new definition replaces hand changes).
+//!
 //! The figures go into BENCHMARKS.md between the `networks` markers (other sections stay).
 
 use std::collections::BTreeMap;
@@ -72,6 +81,9 @@ connections:
 ";
 /// The node drift is injected into.
 const DRIFT_NODE: &str = "b";
+/// The propagation part's source network and its mirror (same shape as the drift one).
+const PROP_NET: &str = "propnet";
+const PROP_MIRROR: &str = "propnetdr";
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -555,10 +567,26 @@ impl Kind {
 /// What the bare listener saw.
 #[derive(Debug, Clone, PartialEq)]
 enum Ev {
-    Link { name: String, up: bool },
-    Addr { new: bool, addr: Ipv4Addr },
-    DefaultRoute { new: bool },
-    Table { new: bool, name: String },
+    Link {
+        name: String,
+        up: bool,
+    },
+    Addr {
+        new: bool,
+        addr: Ipv4Addr,
+    },
+    DefaultRoute {
+        new: bool,
+    },
+    Table {
+        new: bool,
+        name: String,
+    },
+    /// A rule added or deleted in table `table`.
+    Rule {
+        new: bool,
+        table: String,
+    },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -644,6 +672,18 @@ fn parse(buf: &[u8], netfilter: bool) -> Vec<Ev> {
         if netfilter {
             // NFNL_SUBSYS_NFTABLES (10) << 8 | NFT_MSG_NEWTABLE (0) / DELTABLE (2).
             let (sub, msg) = (kind >> 8, kind & 0xff);
+            // NFT_MSG_NEWRULE (6) / DELRULE (8): NFTA_RULE_TABLE (1).
+            if sub == 10 && (msg == 6 || msg == 8) && body + 4 <= end {
+                let table = attrs(buf, body + 4, end)
+                    .into_iter()
+                    .find(|(k, _)| *k == 1)
+                    .map(|(_, v)| String::from_utf8_lossy(v).trim_end_matches('\0').to_owned())
+                    .unwrap_or_default();
+                out.push(Ev::Rule {
+                    new: msg == 6,
+                    table,
+                });
+            }
             if sub == 10 && (msg == 0 || msg == 2) && body + 4 <= end {
                 let name = attrs(buf, body + 4, end)
                     .into_iter()
@@ -1181,6 +1221,166 @@ fn drift(lab: &Lab, c: &Controller, agent: &Agent) -> Result<DriftResult> {
     })
 }
 
+/// What the propagation part measured.
+struct PropResult {
+    /// Source's rule deleted -> the mirror's (kernel events at the two bare listeners), ns.
+    propagated: Vec<u64>,
+    /// Injections whose deletion never reached the mirror within 5 s.
+    missing: usize,
+    /// `PUT` of the TDL -> both rules back (status polled), ns.
+    restored: Vec<u64>,
+    injections: usize,
+}
+
+/// The user rules (`weft rule N` comments) of table `inet weft` in namespace `ns`, with
+/// their handles.
+fn user_rules(ns: &str) -> Result<Vec<String>> {
+    let out = weft_lab::cmd::run(
+        weft_lab::netns::command_in(
+            ns,
+            &[
+                "timeout", "5", "nft", "-a", "list", "chain", "inet", "weft", "input",
+            ],
+        )
+        .stderr(Stdio::null()),
+    )?;
+    Ok(out
+        .lines()
+        .filter(|l| l.contains("comment \"weft rule"))
+        .filter_map(|l| l.rsplit("# handle ").next().map(|h| h.trim().to_owned()))
+        .collect())
+}
+
+/// The first rule event of `table` on `rx` within `limit`, as (unix ns, new).
+fn next_rule_event(rx: &mpsc::Receiver<(u64, Ev)>, new: bool, limit: Duration) -> Option<u64> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok((at, Ev::Rule { new: n, table })) = rx.recv_timeout(Duration::from_millis(20))
+            && n == new
+            && table == "weft"
+        {
+            return Some(at);
+        }
+    }
+    None
+}
+
+fn propagation(lab: &Lab, c: &Controller, agent: &Agent) -> Result<PropResult> {
+    let tdl = DRIFT_TDL.replace(DRIFT_NET, PROP_NET);
+    call_json(
+        c,
+        "POST",
+        "/networks",
+        Some(&json!({"tdl": tdl, "file_name": "propnet.tdl", "hosts": ["hv1"]})),
+        Duration::from_secs(30),
+    )?;
+    call_json(
+        c,
+        "POST",
+        "/networks/mirror",
+        Some(&json!({"source": PROP_NET, "destination": PROP_MIRROR, "hosts": ["hv1"]})),
+        Duration::from_secs(30),
+    )?;
+    let t0 = Instant::now();
+    while !(synced(&status(c, PROP_NET)?, 3) && synced(&status(c, PROP_MIRROR)?, 3)) {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{PROP_NET} and its mirror not in sync\n{}",
+            agent.child.tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let src = format!("{}-{PROP_NET}-{DRIFT_NODE}", lab.node_netns_prefix("hv1"));
+    let dr = format!(
+        "{}-{PROP_MIRROR}-{DRIFT_NODE}",
+        lab.node_netns_prefix("hv1")
+    );
+    let rules = user_rules(&src)?.len();
+    ensure!(rules >= 2, "{src}: {rules} user rules, want 2");
+    let stop = Arc::new(AtomicBool::new(false));
+    struct StopGuard(Arc<AtomicBool>);
+    impl Drop for StopGuard {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _guard = StopGuard(stop.clone());
+    let (src_tx, src_rx) = mpsc::channel();
+    let (dr_tx, dr_rx) = mpsc::channel();
+    let mut listeners = Vec::new();
+    for (ns, tx) in [(&src, src_tx), (&dr, dr_tx)] {
+        let path = PathBuf::from("/run/netns").join(ns);
+        let stop = stop.clone();
+        listeners.push(std::thread::spawn(move || listen(path, tx, stop)));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut out = PropResult {
+        propagated: Vec::new(),
+        missing: 0,
+        restored: Vec::new(),
+        injections: INJECTIONS,
+    };
+    for i in 0..INJECTIONS {
+        std::thread::sleep(Duration::from_millis(20));
+        while src_rx.try_recv().is_ok() {}
+        while dr_rx.try_recv().is_ok() {}
+        let handle = user_rules(&src)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("injection {i}: no user rule in {src}"))?;
+        weft_lab::cmd::run(&mut weft_lab::netns::command_in(
+            &src,
+            &[
+                "nft", "delete", "rule", "inet", "weft", "input", "handle", &handle,
+            ],
+        ))?;
+        let at_src = next_rule_event(&src_rx, false, Duration::from_secs(3))
+            .with_context(|| format!("injection {i}: no rule event in the source"))?;
+        match next_rule_event(&dr_rx, false, Duration::from_secs(5)) {
+            Some(at) => out.propagated.push(at.saturating_sub(at_src)),
+            None => out.missing += 1,
+        }
+        // Both back: the same definition again replaces the hand change.
+        let put = Instant::now();
+        call_json(
+            c,
+            "PUT",
+            &format!("/networks/{PROP_NET}"),
+            Some(&json!({"tdl": tdl, "file_name": "propnet.tdl"})),
+            Duration::from_secs(30),
+        )?;
+        loop {
+            if user_rules(&src)?.len() == rules && user_rules(&dr)?.len() == rules {
+                out.restored.push(put.elapsed().as_nanos() as u64);
+                break;
+            }
+            ensure!(
+                put.elapsed() < Duration::from_secs(10),
+                "injection {i}: rules not back after PUT\n{}",
+                agent.child.tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in listeners {
+        match l.join() {
+            Ok(r) => r?,
+            Err(_) => bail!("a listener thread panicked"),
+        }
+    }
+    for id in [PROP_MIRROR, PROP_NET] {
+        call_json(
+            c,
+            "DELETE",
+            &format!("/networks/{id}"),
+            None,
+            Duration::from_secs(30),
+        )?;
+    }
+    Ok(out)
+}
+
 fn pct(v: &[u64], q: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -1287,8 +1487,8 @@ pub fn run() -> Result<()> {
         Duration::from_secs(30),
     )?;
 
-    // WEFT_BENCH_SIZES=1000 (say): only those sizes, and WEFT_BENCH_DRIFT=0 skips the drift
-    // part; for working on one figure (BENCHMARKS.md is then left as it is).
+    // WEFT_BENCH_SIZES=1000 (say): only those sizes (empty: none), and WEFT_BENCH_DRIFT=0
+    // skips the drift part; for working on one figure (BENCHMARKS.md is then left as it is).
     let sizes: Vec<usize> = match std::env::var("WEFT_BENCH_SIZES") {
         Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
         Err(_) => SIZES.to_vec(),
@@ -1327,13 +1527,38 @@ pub fn run() -> Result<()> {
         std::thread::sleep(Duration::from_secs(2));
     }
 
-    if std::env::var("WEFT_BENCH_DRIFT").as_deref() == Ok("0") {
-        return Ok(());
-    }
-    sh::step(&format!("drift: {INJECTIONS} injections of each kind"));
-    let d = drift(&lab, &c, &agent)?;
+    // WEFT_BENCH_DRIFT=0: no drift part (the propagation part still runs; a partial run).
+    let d = if std::env::var("WEFT_BENCH_DRIFT").as_deref() == Ok("0") {
+        None
+    } else {
+        sh::step(&format!("drift: {INJECTIONS} injections of each kind"));
+        Some(drift(&lab, &c, &agent)?)
+    };
+    sh::step(&format!(
+        "propagation: {INJECTIONS} rules deleted by hand in a source, carried to its mirror"
+    ));
+    let p = propagation(&lab, &c, &agent)?;
+    println!(
+        "    propagated p50 {}, p99 {} ({} of {} missing); restored by PUT p50 {}",
+        fmt_opt(pct(&p.propagated, 0.5)),
+        fmt_opt(pct(&p.propagated, 0.99)),
+        p.missing,
+        p.injections,
+        fmt_opt(pct(&p.restored, 0.5))
+    );
     let load_after = loadavg();
-    let md = render(&scales, &d, &load_before, &load_after, started.elapsed());
+    let Some(d) = d else {
+        println!("(partial run: BENCHMARKS.md left as it is)");
+        return Ok(());
+    };
+    let md = render(
+        &scales,
+        &d,
+        &p,
+        &load_before,
+        &load_after,
+        started.elapsed(),
+    );
     print!("{md}");
     if partial {
         println!("(partial run: BENCHMARKS.md left as it is)");
@@ -1359,6 +1584,7 @@ fn agent_ms(v: &[(u64, u64)], min_nodes: usize) -> String {
 fn render(
     scales: &[Scale],
     d: &DriftResult,
+    p: &PropResult,
     load_before: &str,
     load_after: &str,
     took: Duration,
@@ -1524,6 +1750,32 @@ fn render(
         md,
         "Why this baseline: bench_drift's approach (an in-process RTM_DELADDR, then waiting for the agent's RTM_NEWADDR) measures only the round trip and only for addresses; a bare listener in the same namespace sees the same kernel event at the same moment as the agent could at best, for all three kinds (including nftables), so `detected / baseline` is the agent's own overhead.\n"
     );
+    let _ = writeln!(
+        md,
+        "### A change made by hand in a source, carried to its mirror\n"
+    );
+    let _ = writeln!(
+        md,
+        "Network `{PROP_NET}` (the drift network's shape; `source_drift: propagate`, the default) and its mirror `{PROP_MIRROR}`, both on the same agent. {} times one inbound rule of the source's node `{DRIFT_NODE}` is deleted with `nft delete rule inet weft input handle H`; the source's agent keeps it (not repaired) and reports it, the controller takes it into the source's desired state and the mirror's, and the mirror's agent deletes the rule there. Bare nf_tables listeners in both node namespaces timestamp the two kernel events: **source -> mirror** is the whole propagation. Then `PUT /networks/{PROP_NET}` of the same TDL replaces the hand change and both get the rule back (checked with `nft` every 5 ms).\n",
+        p.injections
+    );
+    let _ = writeln!(
+        md,
+        "| | n | p50 | p99 |\n|---|---|---|---|\n| rule deleted in the source -> deleted in the mirror (kernel events) | {} | {} | {} |\n| `PUT` of the TDL -> the rule back in both | {} | {} | {} |\n",
+        p.propagated.len(),
+        fmt_opt(pct(&p.propagated, 0.5)),
+        fmt_opt(pct(&p.propagated, 0.99)),
+        p.restored.len(),
+        fmt_opt(pct(&p.restored, 0.5)),
+        fmt_opt(pct(&p.restored, 0.99)),
+    );
+    if p.missing > 0 {
+        let _ = writeln!(
+            md,
+            "**{} of {} deletions never reached the mirror within 5 s.**\n",
+            p.missing, p.injections
+        );
+    }
     let _ = writeln!(md, "{END}");
     md
 }
