@@ -196,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("the network kinds")?;
+    let events = (args.drift_repair == config::DriftRepair::Events).then_some(host_events);
     let control = control::driver::ControlDriver {
         controller: link,
         host_id: args.host_id.clone(),
@@ -206,14 +207,17 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(networks::SegmentReconciler {
                 networks: networks.clone(),
             }),
-            Arc::new(networks::NodeReconciler::new(
-                networks,
-                signal_tx,
-                supervisor,
-                args.node_dir.clone(),
-            )),
+            Arc::new(
+                networks::NodeReconciler::new(
+                    networks,
+                    signal_tx,
+                    supervisor,
+                    args.node_dir.clone(),
+                )
+                .with_host_events(events.clone()),
+            ),
         ],
-        events: (args.drift_repair == config::DriftRepair::Events).then_some(host_events),
+        events,
         signals: Some(drift_signals),
         metrics: control_metrics,
     };

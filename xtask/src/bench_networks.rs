@@ -466,7 +466,15 @@ fn weft_star(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (rec, applied) = reconcile_lines(&agent_lines(agent, from));
+    let lines = agent_lines(agent, from);
+    // The agent's per-step totals of the big reconciles (where its own time went).
+    let least = n.div_ceil(2) as u64;
+    for l in lines.iter().filter(|l| l.contains("network-node reconcile")) {
+        if field(l, "nodes").is_some_and(|k| k >= least) {
+            println!("    agent: {}", plain(l));
+        }
+    }
+    let (rec, applied) = reconcile_lines(&lines);
     s.agent_make = rec;
     s.agent_applied_make = applied;
     // From outside: every namespace, and the last node's address on its eth0.

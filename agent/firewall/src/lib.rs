@@ -79,7 +79,7 @@ use std::path::Path;
 pub use error::{Error, Result};
 pub use expr::{Atom, Family, RuleKind};
 pub use firewall::{
-    ApplyReport, BaseChain, CHAIN, NamespaceFirewall, Observed, ObservedChain, ObservedRule,
+    ApplyReport, BaseChain, CHAIN, NamespaceFirewall, NamespaceSockets, Observed, ObservedChain, ObservedRule,
     ObservedTable, TABLE, drift,
 };
 pub use model::{InboundRule, ParseError, PortRange, Prefix, Protocol, Ruleset, Verdict};
