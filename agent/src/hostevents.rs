@@ -240,6 +240,21 @@ struct Shared {
     own: JoinHandle<()>,
     /// Touched only by watch/unwatch, never per event.
     watches: Mutex<HashMap<PathBuf, Watch>>,
+    /// Sockets opened inside namespaces by whoever made them ([`HostEvents::adopt`]),
+    /// with the identity of the namespace, for the next watch of that path.
+    pending: Mutex<HashMap<PathBuf, ((u64, u64), rtnetlink::sys::Socket)>>,
+}
+
+/// A netlink socket opened inside a namespace by [`HostEvents::socket_here`], not bound
+/// yet: it receives nothing until a watch of the namespace starts with it.
+pub struct NetnsSocket(rtnetlink::sys::Socket);
+
+impl std::fmt::Debug for NetnsSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("NetnsSocket")
+            .field(&self.0.as_raw_fd())
+            .finish()
+    }
 }
 
 impl Drop for Shared {
@@ -300,6 +315,7 @@ impl HostEvents {
                 config,
                 own,
                 watches: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -326,17 +342,28 @@ impl HostEvents {
                 path: path.to_owned(),
                 source,
             })?;
+        let adopted = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path)
+            .filter(|(id, _)| *id == identity)
+            .map(|(_, s)| s);
         if self.watching(path, identity) {
             return Ok(());
         }
         let (rcvbuf, groups) = (self.shared.config.rcvbuf, self.shared.config.groups);
-        let socket = in_netns_fd(file, path, move || open_socket(rcvbuf, groups))
-            .await?
-            .and_then(register)
-            .map_err(|source| HostEventsError::Socket {
-                netns: path.display().to_string(),
-                source,
-            })?;
+        let socket = match adopted {
+            // Opened inside the namespace when it was made: no thread, no setns.
+            Some(s) => bind_socket(s, groups),
+            None => in_netns_fd(file, path, move || open_socket(rcvbuf, groups)).await?,
+        }
+        .and_then(register)
+        .map_err(|source| HostEventsError::Socket {
+            netns: path.display().to_string(),
+            source,
+        })?;
         let task = tokio::spawn(listen(
             socket,
             Some(path.to_owned()),
@@ -366,9 +393,49 @@ impl HostEvents {
             .is_some_and(|w| w.identity == identity && !w.task.is_finished())
     }
 
+    /// Opens, in the calling thread's namespace, the socket a watch of that namespace
+    /// will use (see [`adopt`](Self::adopt)); for a thread that is inside a namespace
+    /// anyway (the one that made it).
+    pub fn socket_here(&self) -> io::Result<NetnsSocket> {
+        new_socket(self.shared.config.rcvbuf).map(NetnsSocket)
+    }
+
+    /// Keeps `socket`, opened by [`socket_here`](Self::socket_here) inside the namespace
+    /// `path` names, for the next [`watch_netns`](Self::watch_netns) of `path`: the watch
+    /// then starts as it would otherwise (changes made after it returns are delivered),
+    /// without a thread entering the namespace. Until then the socket receives nothing
+    /// (but keeps the namespace alive: [`unwatch_netns`](Self::unwatch_netns) drops it).
+    pub fn adopt(&self, path: &Path, socket: NetnsSocket) -> Result<(), HostEventsError> {
+        let m = std::fs::metadata(path).map_err(|source| HostEventsError::NetnsOpen {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_owned(), ((m.dev(), m.ino()), socket.0));
+        Ok(())
+    }
+
+    /// Drops the adopted sockets of the paths `keep` says no to (their namespaces are let
+    /// go).
+    pub fn retain_adopted(&self, keep: impl Fn(&Path) -> bool) {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p, _| keep(p));
+    }
+
     /// Stops listening in `path`'s namespace (releasing the socket's hold on it). Returns
     /// whether it was watched.
     pub fn unwatch_netns(&self, path: &Path) -> bool {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
         self.shared
             .watches
             .lock()
@@ -506,7 +573,24 @@ async fn in_netns_fd<T: Send + 'static>(
 
 /// A non-blocking rtnetlink socket in the calling thread's namespace, joined to `groups`.
 fn open_socket(rcvbuf: usize, groups: u32) -> io::Result<rtnetlink::sys::Socket> {
-    let mut socket = rtnetlink::sys::Socket::new(NETLINK_ROUTE)?;
+    bind_socket(new_socket(rcvbuf)?, groups)
+}
+
+/// Binds `socket` (of [`new_socket`]) to `groups`, non-blocking; from any thread (a
+/// netlink socket belongs to the namespace it was created in).
+fn bind_socket(
+    mut socket: rtnetlink::sys::Socket,
+    groups: u32,
+) -> io::Result<rtnetlink::sys::Socket> {
+    socket.bind(&SocketAddr::new(0, groups))?;
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
+/// An rtnetlink socket in the calling thread's namespace with a receive buffer of
+/// `rcvbuf`, not bound yet.
+fn new_socket(rcvbuf: usize) -> io::Result<rtnetlink::sys::Socket> {
+    let socket = rtnetlink::sys::Socket::new(NETLINK_ROUTE)?;
     let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
     let set = |opt| {
         // SAFETY: a valid fd and a pointer to a c_int of the given length.
@@ -524,8 +608,6 @@ fn open_socket(rcvbuf: usize, groups: u32) -> io::Result<rtnetlink::sys::Socket>
     if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
         return Err(io::Error::last_os_error());
     }
-    socket.bind(&SocketAddr::new(0, groups))?;
-    socket.set_non_blocking(true)?;
     Ok(socket)
 }
 

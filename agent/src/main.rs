@@ -196,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("the network kinds")?;
+    let events = (args.drift_repair == config::DriftRepair::Events).then_some(host_events);
     let control = control::driver::ControlDriver {
         controller: link,
         host_id: args.host_id.clone(),
@@ -213,10 +214,11 @@ async fn main() -> anyhow::Result<()> {
                     supervisor,
                     args.node_dir.clone(),
                 )
-                .with_workloads(registry.clone()),
+                .with_workloads(registry.clone())
+                .with_host_events(events.clone()),
             ),
         ],
-        events: (args.drift_repair == config::DriftRepair::Events).then_some(host_events),
+        events,
         signals: Some(drift_signals),
         metrics: control_metrics,
     };

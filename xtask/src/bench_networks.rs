@@ -278,6 +278,8 @@ struct Scale {
     agent_applied_remove: Vec<u64>,
     status_bytes: usize,
     status_polls: usize,
+    /// The `steps` of the agent's largest network-node reconcile of the make.
+    agent_steps: Option<String>,
 }
 
 /// `line` without ANSI escape sequences (the agent's log is coloured).
@@ -478,7 +480,22 @@ fn weft_star(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (rec, applied) = reconcile_lines(&agent_lines(agent, from));
+    let lines = agent_lines(agent, from);
+    // The agent's per-step totals of the big reconciles (where its own time went).
+    let least = n.div_ceil(2) as u64;
+    for l in lines
+        .iter()
+        .filter(|l| l.contains("network-node reconcile"))
+    {
+        if field(l, "nodes").is_some_and(|k| k >= least) {
+            let l = plain(l);
+            println!("    agent: {l}");
+            if let Some((_, steps)) = l.split_once("steps=") {
+                s.agent_steps = Some(steps.trim().to_owned());
+            }
+        }
+    }
+    let (rec, applied) = reconcile_lines(&lines);
     s.agent_make = rec;
     s.agent_applied_make = applied;
     // From outside: every namespace, and the last node's address on its eth0.
@@ -1666,6 +1683,15 @@ fn render(
             ms(s.base_remove_batch),
             agent_ms(&s.agent_remove, 1),
         );
+    }
+    for s in scales {
+        if let Some(steps) = &s.agent_steps {
+            let _ = writeln!(
+                md,
+                "\nWhere the agent's time went at {} nodes (its reconcile's `steps`: step=count/total; a node step's total is summed over the nodes, up to 64 in flight at once (the agent's default), so it is waiting as much as working; `netns_create_all` and `nodes_all` are wall times): `{steps}`.",
+                fmt_int(s.nodes),
+            );
+        }
     }
     let _ = writeln!(
         md,

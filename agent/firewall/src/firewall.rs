@@ -271,6 +271,22 @@ pub fn drift(desired: &Ruleset, observed: &Observed) -> Vec<String> {
     out
 }
 
+/// The two sockets of a [`NamespaceFirewall`] and its [`Watcher`], opened by
+/// [`NamespaceFirewall::sockets_here`] and not used yet.
+pub struct NamespaceSockets {
+    request: Socket,
+    watch: Socket,
+}
+
+impl std::fmt::Debug for NamespaceSockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamespaceSockets")
+            .field("request_fd", &self.request.fd())
+            .field("watch_fd", &self.watch.fd())
+            .finish()
+    }
+}
+
 /// An nf_tables netlink socket opened inside one namespace, kept for reuse: the agent
 /// holds one per node namespace and calls [`read`](Self::read) / [`apply`](Self::apply)
 /// on it without a thread or `setns` per operation.
@@ -329,6 +345,27 @@ impl NamespaceFirewall {
             netns::run_in(netns, || Ok((Self::request_socket()?, Watcher::socket()?)))?;
         let fw = Self::from_socket(sock, netns, identity);
         let mut w = Watcher::from_socket(wsock, fw.label.clone())?;
+        w.ignore_portid(fw.portid());
+        Ok((fw, w))
+    }
+
+    /// Opens the sockets of [`from_sockets`](Self::from_sockets) in the calling thread's
+    /// namespace: for a thread that is in the node's namespace anyway (the one that made
+    /// it), so that opening the firewall costs no second thread and `setns`.
+    pub fn sockets_here() -> std::io::Result<NamespaceSockets> {
+        Ok(NamespaceSockets {
+            request: Self::request_socket()?,
+            watch: Watcher::socket()?,
+        })
+    }
+
+    /// The handle and its [`Watcher`] (as [`open_with_watcher`](Self::open_with_watcher)
+    /// makes them) from sockets opened by [`sockets_here`](Self::sockets_here) inside the
+    /// namespace `netns` names.
+    pub fn from_sockets(s: NamespaceSockets, netns: &Path) -> Result<(Self, Watcher)> {
+        let identity = netns::identity_of(netns)?;
+        let fw = Self::from_socket(s.request, Some(netns), Some(identity));
+        let mut w = Watcher::from_socket(s.watch, fw.label.clone())?;
         w.ignore_portid(fw.portid());
         Ok((fw, w))
     }

@@ -79,8 +79,8 @@ use std::path::Path;
 pub use error::{Error, Result};
 pub use expr::{Atom, Family, RuleKind, same_rules};
 pub use firewall::{
-    ApplyReport, BaseChain, CHAIN, LiveRules, NamespaceFirewall, Observed, ObservedChain,
-    ObservedRule, ObservedTable, TABLE, drift,
+    ApplyReport, BaseChain, CHAIN, LiveRules, NamespaceFirewall, NamespaceSockets, Observed,
+    ObservedChain, ObservedRule, ObservedTable, TABLE, drift,
 };
 pub use model::{InboundRule, ParseError, PortRange, Prefix, Protocol, Ruleset, Verdict};
 pub use watch::{Event, EventKind, Watcher};

@@ -406,7 +406,8 @@ impl ControlDriver {
             }
         }
         // A watch holds a socket in its namespace, which keeps the namespace alive: the
-        // namespaces of removed resources are let go.
+        // namespaces of removed resources are let go (and sockets kept for a watch).
+        events.retain_adopted(|p| wanted.contains(p));
         for ns in events.watched() {
             if !wanted.contains(&ns) {
                 events.unwatch_netns(&ns);

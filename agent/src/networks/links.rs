@@ -181,6 +181,8 @@ pub async fn add_node_veth(
     mtu: u32,
     bridge: u32,
 ) -> Result<(), LinkError> {
+    // Not up here: the kernel opens the peer before the pair is linked, and a veth
+    // without its peer refuses to open (ENOTCONN); the caller sets it up.
     let peer = LinkUnspec::new_with_name(super::names::NODE_IF)
         .mtu(mtu)
         .setns_by_fd(netns_fd)

@@ -103,25 +103,28 @@ pub fn prepare_dir() -> Result<(), NamespaceError> {
     Ok(())
 }
 
-/// A namespace made by [`create`]: its file, and an rtnetlink connection inside it (the
-/// connection's future must be spawned on the runtime).
-pub struct Created {
+/// A namespace made by [`create`]: its file, an rtnetlink connection inside it (the
+/// connection's future must be spawned on the runtime), and what `inside` made in it.
+pub struct Created<X = ()> {
     pub file: File,
     pub connection: Option<(
         rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>,
         Handle,
     )>,
+    pub inside: X,
 }
 
 /// Makes namespace `path` (a file under [`NETNS_DIR`]); blocking, for a worker thread.
 /// The calling thread returns to the namespace of `home` before this returns; if it
 /// cannot, the error says so and the thread must end (it is in the wrong namespace).
-/// With `runtime`, an rtnetlink connection is opened inside the new namespace.
-pub fn create(
+/// With `runtime`, an rtnetlink connection is opened inside the new namespace; `inside`
+/// runs in it too (to open more sockets there without another `setns`).
+pub fn create<X>(
     path: &Path,
     home: &File,
     runtime: Option<&tokio::runtime::Handle>,
-) -> Result<Created, (NamespaceError, bool)> {
+    inside: impl FnOnce() -> io::Result<X>,
+) -> Result<Created<X>, (NamespaceError, bool)> {
     if is_mounted(path) {
         return Err((
             io_err(path, "creating")(io::Error::from(io::ErrorKind::AlreadyExists)),
@@ -167,7 +170,12 @@ pub fn create(
             }
             None => None,
         };
-        Ok(Created { file, connection })
+        let inside = inside().map_err(io_err(path, "opening sockets inside"))?;
+        Ok(Created {
+            file,
+            connection,
+            inside,
+        })
     })();
     // SAFETY: setns on a valid, open namespace fd; changes this thread only.
     let back = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } == 0;

@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use rtnetlink::Handle;
 use tokio::sync::mpsc;
-use weft_firewall::NamespaceFirewall;
+use weft_firewall::{NamespaceFirewall, NamespaceSockets};
 use weft_noderun::{NodeRun, Supervisor};
 use weft_proto::kinds::NETWORK_NODE;
 use weft_proto::v1::resource::Spec;
@@ -22,10 +22,39 @@ use super::namespaces::{self, Created};
 use super::spec::NodeSpec;
 use super::{Networks, NodeObjects, lock, names};
 use crate::control::{DesiredResource, Drift, DriftSignal, Reconciler, ResourceReport, Scope};
-use crate::hostevents::{Change, HostEvent};
+use crate::hostevents::{Change, HostEvent, HostEvents, NetnsSocket};
 
 /// The loopback device's index in every network namespace.
 const LOOPBACK_INDEX: u32 = 1;
+
+/// Time spent per step of a reconcile, summed over its nodes (logged at debug at the end
+/// of the reconcile: where the time of a large apply goes).
+#[derive(Default)]
+struct Steps(Mutex<BTreeMap<&'static str, (u64, Duration)>>);
+
+impl Steps {
+    /// Counts one `step` that began at `since`.
+    fn add(&self, step: &'static str, since: Instant) {
+        let took = since.elapsed();
+        let mut m = lock(&self.0);
+        let e = m.entry(step).or_default();
+        e.0 += 1;
+        e.1 += took;
+    }
+
+    /// `step=count/total_ms` pairs, in step-name order.
+    fn summary(&self) -> String {
+        let m = lock(&self.0);
+        let mut out = String::new();
+        for (step, (n, took)) in m.iter() {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&format!("{step}={n}/{}ms", took.as_millis()));
+        }
+        out
+    }
+}
 
 pub struct NodeReconciler {
     pub networks: Arc<Networks>,
@@ -50,6 +79,15 @@ pub struct NodeReconciler {
     /// Where a node's host veth is named after the node (its traffic is the node's
     /// workload, `<network>.<node>`, in the topology); `None` in tests without a datapath.
     workloads: Option<Arc<crate::workloads::Registry>>,
+    /// The host-event listener that watches the node namespaces: a namespace made here
+    /// gets its socket opened while it is made (no second `setns` for the watch).
+    events: Option<HostEvents>,
+}
+
+/// Sockets opened inside a node's namespace by the thread that made it.
+struct NodeSockets {
+    firewall: NamespaceSockets,
+    events: Option<NetnsSocket>,
 }
 
 impl Drop for NodeReconciler {
@@ -126,6 +164,7 @@ impl NodeReconciler {
             node_root,
             restarts_seen: Mutex::new(HashMap::new()),
             workloads: None,
+            events: None,
         }
     }
 
@@ -133,6 +172,13 @@ impl NodeReconciler {
     /// [`crate::workloads::Registry::name_interface`]).
     pub fn with_workloads(mut self, registry: Arc<crate::workloads::Registry>) -> Self {
         self.workloads = Some(registry);
+        self
+    }
+
+    /// The host-event listener the agent's driver watches node namespaces with; node
+    /// namespaces made here then get their watch's socket opened while they are made.
+    pub fn with_host_events(mut self, events: Option<HostEvents>) -> Self {
+        self.events = events;
         self
     }
 
@@ -309,10 +355,13 @@ impl NodeReconciler {
 
     /// The node's firewall socket, opened (with its event watch) on first use or when
     /// the namespace was made again.
+    /// `opened`: the sockets, when the namespace was made just now (opened inside it then).
     async fn firewall(
         &self,
         key: &str,
         path: &Path,
+        opened: Option<NamespaceSockets>,
+        steps: &Steps,
     ) -> Result<Arc<Mutex<NamespaceFirewall>>, String> {
         if let Some(f) = lock(&self.firewalls).get(key)
             && lock(&f.socket).still_names(path)
@@ -321,11 +370,17 @@ impl NodeReconciler {
             return Ok(f.socket.clone());
         }
         let p = path.to_owned();
-        let (socket, mut watcher) =
-            tokio::task::spawn_blocking(move || NamespaceFirewall::open_with_watcher(Some(&p)))
-                .await
-                .map_err(|e| format!("firewall: {e}"))?
-                .map_err(|e| format!("firewall: {e}"))?;
+        let t = Instant::now();
+        let (socket, mut watcher) = match opened {
+            Some(o) => NamespaceFirewall::from_sockets(o, path),
+            None => {
+                tokio::task::spawn_blocking(move || NamespaceFirewall::open_with_watcher(Some(&p)))
+                    .await
+                    .map_err(|e| format!("firewall: {e}"))?
+            }
+        }
+        .map_err(|e| format!("firewall: {e}"))?;
+        steps.add("firewall_open", t);
         let socket = Arc::new(Mutex::new(socket));
         let tx = self.signals.clone();
         let k = key.to_owned();
@@ -374,6 +429,8 @@ impl NodeReconciler {
     async fn ensure_firewall(
         &self,
         s: &NodeSpec,
+        opened: Option<NamespaceSockets>,
+        steps: &Steps,
         hand: Option<&mut Hand>,
     ) -> Result<usize, String> {
         let key = node_key(&s.network, &s.node);
@@ -382,13 +439,15 @@ impl NodeReconciler {
             &s.network,
             &s.node,
         ));
-        let socket = self.firewall(&key, &path).await?;
+        let socket = self.firewall(&key, &path, opened, steps).await?;
         let ruleset = s.firewall.clone();
         let Some(hand) = hand else {
+            let t = Instant::now();
             let report = tokio::task::spawn_blocking(move || lock(&socket).apply(&ruleset))
                 .await
                 .map_err(|e| format!("firewall: {e}"))?
                 .map_err(|e| format!("firewall: {e}"))?;
+            steps.add("firewall_apply", t);
             return Ok(usize::from(report.changed));
         };
         let (changed, kept) = tokio::task::spawn_blocking(move || {
@@ -518,8 +577,13 @@ fn node_key(network: &str, node: &str) -> String {
     format!("{network}/{node}")
 }
 
-/// Makes the namespaces of `paths` on `workers` threads at once; results in order.
-async fn create_many(paths: Vec<PathBuf>, workers: usize) -> Vec<Result<Created, String>> {
+/// Makes the namespaces of `paths` on `workers` threads at once, with the nodes' sockets
+/// opened inside (the host-event watch's when `events`); results in order.
+async fn create_many(
+    paths: Vec<PathBuf>,
+    workers: usize,
+    events: Option<HostEvents>,
+) -> Vec<Result<Created<NodeSockets>, String>> {
     let n = paths.len();
     if n == 0 {
         return Vec::new();
@@ -530,6 +594,7 @@ async fn create_many(paths: Vec<PathBuf>, workers: usize) -> Vec<Result<Created,
     for (c, chunk) in paths.chunks(per).enumerate() {
         let chunk: Vec<PathBuf> = chunk.to_vec();
         let rt = runtime.clone();
+        let events = events.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name(format!("weft-netns-make-{c}"))
@@ -545,7 +610,13 @@ async fn create_many(paths: Vec<PathBuf>, workers: usize) -> Vec<Result<Created,
                     }
                 };
                 for (i, p) in chunk.iter().enumerate() {
-                    match namespaces::create(p, &home, Some(&rt)) {
+                    let inside = || {
+                        Ok(NodeSockets {
+                            firewall: NamespaceFirewall::sockets_here()?,
+                            events: events.as_ref().map(HostEvents::socket_here).transpose()?,
+                        })
+                    };
+                    match namespaces::create(p, &home, Some(&rt), inside) {
                         Ok(c) => out.push(Ok(c)),
                         Err((e, fatal)) => {
                             out.push(Err(e.to_string()));
@@ -579,7 +650,7 @@ fn chunk_len(paths: &[PathBuf], per: usize, c: usize) -> usize {
 /// Where a node's namespace came from in this reconcile.
 enum Ns {
     /// Made just now: empty but for `lo` and `eth0` to come.
-    Fresh(Box<Created>),
+    Fresh(Box<Created<()>>),
     Existing,
 }
 
@@ -590,6 +661,7 @@ impl Networks {
         s: &NodeSpec,
         bridge: Option<LinkState>,
         ns: Ns,
+        steps: &Steps,
     ) -> Result<(Vec<String>, usize), String> {
         let key = node_key(&s.network, &s.node);
         let path = namespaces::path_of(&names::netns(
@@ -655,9 +727,11 @@ impl Networks {
                 if !fresh && let Some(stale) = links::by_name(h, &veth).await.map_err(e)? {
                     links::delete(h, stale.index, &veth).await.map_err(e)?;
                 }
+                let t = Instant::now();
                 links::add_node_veth(h, &veth, file.as_raw_fd(), mtu, bridge.index)
                     .await
                     .map_err(e)?;
+                steps.add("veth_add", t);
                 changes += 1;
                 eth0 = None;
             }
@@ -670,6 +744,7 @@ impl Networks {
                 }
             }
         }
+        let t = Instant::now();
         let eth0 = match eth0 {
             Some(l) => l,
             None => links::by_name(&nh, names::NODE_IF)
@@ -679,6 +754,8 @@ impl Networks {
                     format!("{} did not appear in {}", names::NODE_IF, path.display())
                 })?,
         };
+        steps.add("eth0_read", t);
+        let t = Instant::now();
         if fresh {
             links::set(&nh, LOOPBACK_INDEX, "lo", true, None, None)
                 .await
@@ -692,12 +769,16 @@ impl Networks {
                 .map_err(e)?;
             changes += 1;
         }
+        steps.add("lo_up", t);
+        let t = Instant::now();
         if !eth0.up || eth0.mtu != mtu {
             links::set(&nh, eth0.index, names::NODE_IF, true, Some(mtu), None)
                 .await
                 .map_err(e)?;
             changes += 1;
         }
+        steps.add("eth0_up", t);
+        let t = Instant::now();
         let have = if fresh && changes > 0 && eth0.mtu == mtu {
             Vec::new()
         } else {
@@ -720,6 +801,8 @@ impl Networks {
                 changes += 1;
             }
         }
+        steps.add("addresses", t);
+        let t = Instant::now();
         let gateways = if fresh {
             Vec::new()
         } else {
@@ -733,6 +816,7 @@ impl Networks {
                 changes += 1;
             }
         }
+        steps.add("routes", t);
         let mut observed: Vec<String> = s.addresses.iter().map(|a| a.cidr.to_string()).collect();
         observed.push(format!("netns {}", path.display()));
         observed.push(format!("{} up", names::NODE_IF));
@@ -795,6 +879,8 @@ impl Reconciler for NodeReconciler {
         Box::pin(async move {
             let net = &self.networks;
             let started = Instant::now();
+            let steps = Steps::default();
+            let steps = &steps;
             self.sweep_removed_veths().await;
             let mut out = Vec::new();
             let mut todo: Vec<NodeSpec> = Vec::new();
@@ -858,12 +944,17 @@ impl Reconciler for NodeReconciler {
             let missing: Vec<usize> = (0..todo.len())
                 .filter(|i| !namespaces::is_mounted(&paths[*i]))
                 .collect();
+            let t = Instant::now();
             let made = create_many(
                 missing.iter().map(|i| paths[*i].clone()).collect(),
                 net.config.workers,
+                self.events.clone(),
             )
             .await;
-            let mut fresh: HashMap<usize, Result<Created, String>> =
+            if !made.is_empty() {
+                steps.add("netns_create_all", t);
+            }
+            let mut fresh: HashMap<usize, Result<Created<NodeSockets>, String>> =
                 missing.into_iter().zip(made).collect();
             let jobs = todo.into_iter().enumerate().map(|(i, s)| {
                 let ns = fresh.remove(&i);
@@ -883,13 +974,47 @@ impl Reconciler for NodeReconciler {
                     } else {
                         s.clone()
                     };
+                    let mut opened = None;
                     let mut r = match ns {
                         Some(Err(e)) => Err(format!("making the namespace: {e}")),
-                        Some(Ok(c)) => net.ensure_node(&eff, bridge, Ns::Fresh(Box::new(c))).await,
-                        None => net.ensure_node(&eff, bridge, Ns::Existing).await,
+                        Some(Ok(c)) => {
+                            let Created {
+                                file,
+                                connection,
+                                inside,
+                            } = c;
+                            opened = Some(inside);
+                            let c = Created {
+                                file,
+                                connection,
+                                inside: (),
+                            };
+                            net.ensure_node(&eff, bridge, Ns::Fresh(Box::new(c)), steps)
+                                .await
+                        }
+                        None => net.ensure_node(&eff, bridge, Ns::Existing, steps).await,
                     };
+                    let (fw_sockets, events_socket) = match opened {
+                        Some(o) => (Some(o.firewall), o.events),
+                        None => (None, None),
+                    };
+                    if let (Some(events), Some(socket)) = (&self.events, events_socket) {
+                        let path = namespaces::path_of(&names::netns(
+                            &net.config.netns_prefix,
+                            &s.network,
+                            &s.node,
+                        ));
+                        // Without it the watch opens its own socket (a thread in the
+                        // namespace): slower, not wrong.
+                        if let Err(e) = events.adopt(&path, socket) {
+                            tracing::debug!(key = %key, error = %e, "host-event socket not kept");
+                        }
+                    }
                     if let Ok((observed, changes)) = &mut r {
-                        match self.ensure_firewall(&s, keep.then_some(&mut hand)).await {
+                        match self
+                            .ensure_firewall(&s, fw_sockets, steps, keep.then_some(&mut hand))
+                            .await
+                        {
                             Ok(c) => {
                                 *changes += c;
                                 observed.push(format!(
@@ -901,6 +1026,7 @@ impl Reconciler for NodeReconciler {
                         }
                     }
                     if let Ok((observed, changes)) = &mut r {
+                        let t = Instant::now();
                         match self.ensure_run(&s, fresh_namespace).await {
                             Ok((o, c)) => {
                                 *changes += c;
@@ -908,6 +1034,7 @@ impl Reconciler for NodeReconciler {
                             }
                             Err(e) => r = Err(e),
                         }
+                        steps.add("run", t);
                     }
                     let mut rep = report(key, r);
                     if rep.error.is_none() {
@@ -916,10 +1043,14 @@ impl Reconciler for NodeReconciler {
                     (s, rep)
                 }
             });
+            let t = Instant::now();
             let done: Vec<(NodeSpec, ResourceReport)> = futures::stream::iter(jobs)
                 .buffer_unordered(net.config.in_flight.max(1))
                 .collect()
                 .await;
+            if !done.is_empty() {
+                steps.add("nodes_all", t);
+            }
             {
                 if let Some(reg) = &self.workloads {
                     for (s, rep) in &done {
@@ -988,6 +1119,7 @@ impl Reconciler for NodeReconciler {
             tracing::debug!(
                 nodes = out.len(),
                 ms = started.elapsed().as_millis() as u64,
+                steps = %steps.summary(),
                 "network-node reconcile"
             );
             out.sort_by(|a, b| a.key.cmp(&b.key));
