@@ -80,6 +80,11 @@ impl BucketedStats {
                 let mut stats = DependencyStats::default();
                 apply(&mut stats);
                 let index = position.map_or(0, |i| i + 1);
+                // A deque grows by doubling from four; most dependencies have a bucket or
+                // two, so the first few grow one at a time.
+                if self.buckets.len() == self.buckets.capacity() && self.buckets.len() < 4 {
+                    self.buckets.reserve_exact(1);
+                }
                 self.buckets.insert(index, (start, stats));
             }
         }
