@@ -225,7 +225,7 @@ impl Topology {
         for entry in &self.dependencies {
             let merged;
             let stats = if window.is_all() {
-                &entry.value().total
+                entry.value().total()
             } else {
                 match entry.value().in_window(&self.buckets, window) {
                     Some(stats) => {

@@ -690,7 +690,7 @@ impl Topology {
     pub fn dependency(&self, key: &DependencyKey) -> Option<DependencyStats> {
         self.dependencies
             .get(key)
-            .map(|stats| stats.value().total.clone())
+            .map(|stats| stats.value().total().clone())
     }
 
     /// All-time dependency statistics merged per (source, target, protocol): the label set
@@ -699,7 +699,7 @@ impl Topology {
         let mut edges: BTreeMap<(String, String, String), DependencyStats> = BTreeMap::new();
         for entry in &self.dependencies {
             let key = entry.key();
-            let stats = &entry.value().total;
+            let stats = entry.value().total();
             let protocol = stats.protocol.name_or(key.protocol()).to_owned();
             edges
                 .entry((key.client.clone(), key.server.clone(), protocol))
@@ -721,7 +721,7 @@ impl Topology {
             std::collections::HashMap::new();
         for entry in &self.dependencies {
             let key = entry.key();
-            let stats = &entry.value().total;
+            let stats = entry.value().total();
             let protocol = stats.protocol.name_or(key.protocol()).to_owned();
             let weight = weights
                 .entry((key.client.clone(), key.server.clone(), protocol))
@@ -742,7 +742,7 @@ impl Topology {
         let mut edges: BTreeMap<Edge, DependencyStats> = BTreeMap::new();
         for entry in &self.dependencies {
             let key = entry.key();
-            let stats = &entry.value().total;
+            let stats = entry.value().total();
             let edge = (
                 key.client.clone(),
                 key.server.clone(),
@@ -803,7 +803,7 @@ impl Topology {
         for entry in &self.dependencies {
             let merged;
             let stats = if window.is_all() {
-                &entry.value().total
+                entry.value().total()
             } else {
                 match entry.value().in_window(&self.buckets, window) {
                     Some(stats) => {
