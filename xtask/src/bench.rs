@@ -339,9 +339,10 @@ fn render_controller(f: &BTreeMap<String, Figure>) -> String {
             "ingestion, every record a new dependency",
             "ingest_new_dependency_per_s",
             format!(
-                "{} records/s (target ≥ 300,000: {}); {:.2}× the rate of records updating a dependency, same run",
+                "{} records/s (target ≥ 300,000: {}); {} per second of thread CPU time; {:.2}× the rate of records updating a dependency, same run",
                 fmt_int(rate),
                 verdict(rate >= 300_000.0),
+                fmt_int(get("ingest_new_dependency_per_cpu_s").unwrap_or(0.0)),
                 get("ingest_new_over_update").unwrap_or(0.0)
             ),
         );
@@ -408,6 +409,19 @@ fn render_controller(f: &BTreeMap<String, Figure>) -> String {
         );
     }
     let _ = writeln!(md);
+    if get("memory_bytes_per_dependency").is_some() {
+        let _ = writeln!(
+            md,
+            "The memory figure is for dependencies seen within one minute (one time bucket each, which is then also their total). A dependency keeps a bucket per minute it is seen in, for the retention (24 h by default); each bucket holds its counters, its request groups and 8 bytes per latency bucket in use, so a dependency busy all day holds far more than this figure.",
+        );
+    }
+    if let (Some(wall), Some(cpu)) = (get("topology_get_ms"), get("topology_get_cpu_ms")) {
+        let _ = writeln!(
+            md,
+            "GET /topology took {wall:.0} ms of wall time and {cpu:.0} ms of the serving thread's CPU time (the difference is waiting for a CPU on this shared machine); serializing the built snapshot with serde_json alone took {:.0} ms of CPU time in the same run.",
+            get("topology_serialize_cpu_ms").unwrap_or(0.0)
+        );
+    }
     let library = get("mapper_observations_per_s")
         .map(|r| (r, "observations through the spec's API (TopologyMapper)"));
     let agent = get("ingest_records_per_s")
