@@ -14,17 +14,37 @@ pub fn now_unix_ns() -> u64 {
 /// Formats Unix nanoseconds as RFC 3339 in UTC with microsecond precision,
 /// e.g. `2026-11-23T16:03:17.123456Z`.
 pub fn rfc3339(unix_ns: u64) -> String {
+    rfc3339_bytes(unix_ns)
+        .iter()
+        .map(|b| char::from(*b))
+        .collect()
+}
+
+/// [`rfc3339`] as ASCII bytes on the stack (no allocation).
+pub fn rfc3339_bytes(unix_ns: u64) -> [u8; 27] {
     let seconds = unix_ns / 1_000_000_000;
     let micros = (unix_ns % 1_000_000_000) / 1_000;
     let days = seconds / 86_400;
     let second_of_day = seconds % 86_400;
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        second_of_day / 3_600,
-        second_of_day % 3_600 / 60,
-        second_of_day % 60,
-    )
+    // Digit by digit: a topology snapshot formats two of these per dependency, and
+    // `format!` is slower. u64 nanoseconds end in the year 2554, so four
+    // digits always hold the year.
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, second_of_day / 3_600);
+    put(14, 2, second_of_day % 3_600 / 60);
+    put(17, 2, second_of_day % 60);
+    put(20, 6, micros);
+    out
 }
 
 /// Gregorian (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
@@ -46,6 +66,28 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digit_by_digit_matches_format() {
+        let reference = |unix_ns: u64| {
+            let seconds = unix_ns / 1_000_000_000;
+            let micros = (unix_ns % 1_000_000_000) / 1_000;
+            let (year, month, day) = civil_from_days(seconds / 86_400);
+            let second_of_day = seconds % 86_400;
+            format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+                second_of_day / 3_600,
+                second_of_day % 3_600 / 60,
+                second_of_day % 60,
+            )
+        };
+        let mut ns = 1u64;
+        while ns < u64::MAX / 3 {
+            assert_eq!(rfc3339(ns), reference(ns), "{ns}");
+            ns = ns * 3 + 12_345_678_901;
+        }
+        assert_eq!(rfc3339(u64::MAX), reference(u64::MAX), "the last timestamp");
+    }
 
     #[test]
     fn formats_the_epoch() {

@@ -203,6 +203,18 @@ impl AppState {
         self.snapshot_in(&Window::ALL)
     }
 
+    /// The JSON of [`Self::snapshot_in`] (the body of `GET /topology`), written without
+    /// building the snapshot.
+    pub fn snapshot_json_in(&self, window: &Window) -> Vec<u8> {
+        self.topology.snapshot_json(
+            self.registry.as_ref(),
+            &self.classifier,
+            window,
+            now_unix_ns(),
+            self.agents_connected(),
+        )
+    }
+
     /// The topology within a time window.
     pub fn snapshot_in(&self, window: &Window) -> TopologySnapshot {
         self.topology.snapshot_with(

@@ -68,6 +68,10 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "not met" }
+}
+
 fn fmt_int(value: f64) -> String {
     let digits = format!("{:.0}", value);
     let mut out = String::new();
@@ -80,12 +84,12 @@ fn fmt_int(value: f64) -> String {
     out
 }
 
-pub fn run() -> Result<()> {
-    let started = Instant::now();
-    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut figures: BTreeMap<String, Figure> = BTreeMap::new();
-
+/// Runs the controller benches (controller/benches/throughput.rs, one process per section)
+/// and collects their figures.
+fn controller_figures() -> Result<BTreeMap<String, Figure>> {
     sh::step("controller benches (release): ingest, gRPC, memory, GET /topology");
+    // Each section prints its figures with a baseline measured in the same run and the
+    // ratio to it: the machine is shared, so absolute figures move between runs.
     sh::run_inherit(sh::cargo().args([
         "bench",
         "-p",
@@ -94,6 +98,7 @@ pub fn run() -> Result<()> {
         "throughput",
         "--no-run",
     ]))?;
+    let mut figures = BTreeMap::new();
     for section in ["memory", "mapper", "ingest", "grpc", "topology"] {
         let out = capture(sh::cargo().args([
             "bench",
@@ -107,6 +112,67 @@ pub fn run() -> Result<()> {
         ]))?;
         figures.extend(parse_results(&out));
     }
+    Ok(figures)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `cargo xtask bench controller`: the controller benches alone (nothing else is built),
+/// their section of BENCHMARKS.md ("## Controller", up to the next section) replaced with
+/// the figures of this run, the rest of the file left as it is.
+pub fn run_controller() -> Result<()> {
+    let started = Instant::now();
+    let load_before = loadavg();
+    let figures = controller_figures()?;
+    let date = first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
+    let mut section = String::new();
+    let _ = writeln!(
+        section,
+        "## Controller
+"
+    );
+    let _ = writeln!(
+        section,
+        "Refreshed alone by `cargo xtask bench controller` ({date}, {} s; load average {load_before} before, {} after; {} CPUs, {}), which runs `cargo bench -p weft-controller --bench throughput -- <section>` once per section. Each figure stands beside a baseline measured in the same run and its target.\n",
+        started.elapsed().as_secs(),
+        loadavg(),
+        first_line(&mut Command::new("nproc")),
+        cpu_model(),
+    );
+    section.push_str(&render_controller(&figures));
+    let path = sh::root().join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = match old.find("## Controller\n") {
+        Some(start) => {
+            let rest = &old[start + 1..];
+            let end = rest.find("\n## ").map_or(old.len(), |i| start + 1 + i + 1);
+            format!("{}{}{}", &old[..start], section, &old[end..])
+        }
+        None => format!("{old}\n{section}"),
+    };
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "==> wrote the controller section of {} ({} figures, {} s)",
+        path.display(),
+        figures.len(),
+        started.elapsed().as_secs()
+    );
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut figures: BTreeMap<String, Figure> = BTreeMap::new();
+
+    figures.extend(controller_figures()?);
 
     let root = weft_lab::is_root();
     if root {
@@ -203,6 +269,46 @@ fn render(
     );
 
     let _ = writeln!(md, "## Controller\n");
+    md.push_str(&render_controller(f));
+
+    let _ = writeln!(md, "## Flow programs (kernel)\n");
+    if !root {
+        let _ = writeln!(md, "Not measured: loading BPF programs needs root.\n");
+    } else {
+        let _ = writeln!(
+            md,
+            "Run time per packet of the TC ingress program on the workload's host-side veth, timed by the kernel (`BPF_PROG_TEST_RUN`), against the reference of shared/bench/flow-overhead (bpf_stats on live traffic: counter 61–76 ns; C flow observer 139 ns UDP, 208 ns TCP, 298 ns new connections).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| packet | weft | C flow reference | how |\n|---|---|---|---|"
+        );
+        for (label, key, reference) in [
+            ("TCP data, established flow", "bpf_tcp_data_ns", "208 ns"),
+            ("UDP datagram, known flow", "bpf_udp_ns", "139 ns"),
+            ("SYN of a new connection", "bpf_new_syn_ns", "298 ns"),
+            ("(one-run timing baseline)", "bpf_single_run_data_ns", "–"),
+        ] {
+            let value = get(key).map_or_else(|| "not measured".into(), |ns| format!("{ns:.0} ns"));
+            let _ = writeln!(md, "| {label} | {value} | {reference} | {} |", what(key));
+        }
+        let _ = writeln!(
+            md,
+            "\nThe SYN figure comes from single runs (each new flow can only be new once), so it includes the kernel's per-call timing overhead; the one-run baseline (an established-flow packet timed the same way) shows its size. The two methods (test run vs bpf_stats on live traffic) differ: compare within a row with care.\n"
+        );
+    }
+    md
+}
+
+/// The controller section's table and notes.
+fn render_controller(f: &BTreeMap<String, Figure>) -> String {
+    let get = |key: &str| f.get(key).map(|x| x.value);
+    let what = |key: &str| {
+        f.get(key)
+            .map(|x| x.what.clone())
+            .unwrap_or_else(|| "not measured".into())
+    };
+    let mut md = String::new();
     let _ = writeln!(md, "| figure | value | how |\n|---|---|---|");
     let row = |md: &mut String, label: &str, key: &str, value: String| {
         let _ = writeln!(md, "| {label} | {value} | {} |", what(key));
@@ -232,22 +338,44 @@ fn render(
             &mut md,
             "ingestion, every record a new dependency",
             "ingest_new_dependency_per_s",
-            format!("{} records/s", fmt_int(rate)),
+            format!(
+                "{} records/s (target ≥ 300,000: {}); {} per second of thread CPU time; {:.2}× the rate of records updating a dependency, same run",
+                fmt_int(rate),
+                verdict(rate >= 300_000.0),
+                fmt_int(get("ingest_new_dependency_per_cpu_s").unwrap_or(0.0)),
+                get("ingest_new_over_update").unwrap_or(0.0)
+            ),
         );
     }
     if let Some(rate) = get("grpc_records_per_s") {
         row(
             &mut md,
-            "end to end: agent-side sender -> gRPC -> topology",
+            "end to end: agent-side sender -> gRPC -> topology, connections accepted as main.rs does (TCP_NODELAY)",
             "grpc_records_per_s",
-            format!("{} records/s", fmt_int(rate)),
+            format!(
+                "{} records/s; {:.2}× the same batches pushed in-process (no socket), same run",
+                fmt_int(rate),
+                get("grpc_records_per_s_over_in_process").unwrap_or(0.0)
+            ),
         );
     }
-    if let Some(rate) = get("grpc_nodelay_records_per_s") {
+    if let Some(rate) = get("grpc_nagle_records_per_s") {
         row(
             &mut md,
-            "end to end, server socket with TCP_NODELAY",
-            "grpc_nodelay_records_per_s",
+            "end to end, server socket without TCP_NODELAY (not what the controller does)",
+            "grpc_nagle_records_per_s",
+            format!(
+                "{} records/s; {:.2}× in-process",
+                fmt_int(rate),
+                get("grpc_nagle_records_per_s_over_in_process").unwrap_or(0.0)
+            ),
+        );
+    }
+    if let Some(rate) = get("grpc_in_process_records_per_s") {
+        row(
+            &mut md,
+            "baseline: the same batches into AgentApi::push_flows in-process",
+            "grpc_in_process_records_per_s",
             format!("{} records/s", fmt_int(rate)),
         );
     }
@@ -257,9 +385,13 @@ fn render(
             "controller memory per dependency",
             "memory_bytes_per_dependency",
             format!(
-                "{} bytes (RSS {:.0} MiB after)",
+                "{} bytes RSS, {} bytes live heap (target ≤ 4,096: {}); RSS {:.0} MiB after; {:.2}× the old design's histograms alone ({} bytes), same run",
                 fmt_int(bytes),
-                get("memory_rss_mib").unwrap_or(0.0)
+                fmt_int(get("memory_heap_bytes_per_dependency").unwrap_or(0.0)),
+                verdict(bytes <= 4_096.0),
+                get("memory_rss_mib").unwrap_or(0.0),
+                get("memory_over_baseline").unwrap_or(0.0),
+                fmt_int(get("memory_baseline_hdr_bytes_per_dependency").unwrap_or(0.0)),
             ),
         );
     }
@@ -268,18 +400,26 @@ fn render(
             &mut md,
             "GET /topology, 10,000 services / 100,000 dependencies",
             "topology_get_ms",
-            format!("{ms:.0} ms"),
+            format!(
+                "{ms:.0} ms (target ≤ 200: {}); {:.2}× serializing the built snapshot alone ({:.0} ms), same run",
+                verdict(ms <= 200.0),
+                get("topology_get_over_serialize").unwrap_or(0.0),
+                get("topology_serialize_ms").unwrap_or(0.0),
+            ),
         );
     }
     let _ = writeln!(md);
-    if let (Some(nagle), Some(nodelay)) =
-        (get("grpc_records_per_s"), get("grpc_nodelay_records_per_s"))
-        && nodelay > nagle * 1.5
-    {
+    if get("memory_bytes_per_dependency").is_some() {
         let _ = writeln!(
             md,
-            "The gRPC figure depends on the server socket: with Nagle's algorithm on (tonic's `TcpIncoming::from(listener)` leaves TCP_NODELAY unset) each acknowledged batch waits for delayed ACKs; with TCP_NODELAY the same path carries {:.1}x the records.",
-            nodelay / nagle
+            "The memory figure is for dependencies seen within one minute (one time bucket each, which is then also their total). A dependency keeps a bucket per minute it is seen in, for the retention (24 h by default); each bucket holds its counters, its request groups and 8 bytes per latency bucket in use, so a dependency busy all day holds far more than this figure.",
+        );
+    }
+    if let (Some(wall), Some(cpu)) = (get("topology_get_ms"), get("topology_get_cpu_ms")) {
+        let _ = writeln!(
+            md,
+            "GET /topology took {wall:.0} ms of wall time and {cpu:.0} ms of the serving thread's CPU time (the difference is waiting for a CPU on this shared machine); serializing the built snapshot with serde_json alone took {:.0} ms of CPU time in the same run.",
+            get("topology_serialize_cpu_ms").unwrap_or(0.0)
         );
     }
     let library = get("mapper_observations_per_s")
@@ -294,41 +434,19 @@ fn render(
             rate / 10_000.0,
             if rate >= 1e6 { "met" } else { "not met" }
         );
-        if let Some(fresh) = get("ingest_new_dependency_per_s") {
+        if let (Some(fresh), Some(ratio)) = (
+            get("ingest_new_dependency_per_s"),
+            get("ingest_new_over_update"),
+        ) {
             let _ = writeln!(
                 md,
-                "A record that creates a dependency costs far more ({} records/s): its state (statistics, histograms, time buckets) is allocated then.",
-                fmt_int(fresh)
+                "A record that creates a dependency ({} records/s) costs {:.1}× one that updates it: its service, key and statistics are allocated then.",
+                fmt_int(fresh),
+                1.0 / ratio.max(f64::MIN_POSITIVE)
             );
         }
         let _ = writeln!(md);
     }
 
-    let _ = writeln!(md, "## Flow programs (kernel)\n");
-    if !root {
-        let _ = writeln!(md, "Not measured: loading BPF programs needs root.\n");
-    } else {
-        let _ = writeln!(
-            md,
-            "Run time per packet of the TC ingress program on the workload's host-side veth, timed by the kernel (`BPF_PROG_TEST_RUN`), against the reference of shared/bench/flow-overhead (bpf_stats on live traffic: counter 61–76 ns; C flow observer 139 ns UDP, 208 ns TCP, 298 ns new connections).\n"
-        );
-        let _ = writeln!(
-            md,
-            "| packet | weft | C flow reference | how |\n|---|---|---|---|"
-        );
-        for (label, key, reference) in [
-            ("TCP data, established flow", "bpf_tcp_data_ns", "208 ns"),
-            ("UDP datagram, known flow", "bpf_udp_ns", "139 ns"),
-            ("SYN of a new connection", "bpf_new_syn_ns", "298 ns"),
-            ("(one-run timing baseline)", "bpf_single_run_data_ns", "–"),
-        ] {
-            let value = get(key).map_or_else(|| "not measured".into(), |ns| format!("{ns:.0} ns"));
-            let _ = writeln!(md, "| {label} | {value} | {reference} | {} |", what(key));
-        }
-        let _ = writeln!(
-            md,
-            "\nThe SYN figure comes from single runs (each new flow can only be new once), so it includes the kernel's per-call timing overhead; the one-run baseline (an established-flow packet timed the same way) shows its size. The two methods (test run vs bpf_stats on live traffic) differ: compare within a row with care.\n"
-        );
-    }
     md
 }

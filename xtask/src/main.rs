@@ -78,7 +78,8 @@ enum Cmd {
         /// `shards`: only the IP shard benchmarks (durable allocations/s over the API; the
         /// migration of a full default shard of 256 workloads), which also end a full run.
         /// `migration`, `allocations`: only that part, printed (BENCHMARKS.md is left as it is).
-        /// `drift`: drift repair, printed. `spoof`: the controller's memory while 1,000,000
+        /// `controller`: the controller benches alone (ingest, gRPC, memory, GET /topology),
+        /// their section of BENCHMARKS.md rewritten. `drift`: drift repair, printed. `spoof`: the controller's memory while 1,000,000
         /// spoofed sources send a datagram each (its section of BENCHMARKS.md). `tls`:
         /// records/s on the export path, plain vs mutual TLS, printed. `networks`: TDL
         /// networks: realize/remove 100 and 1,000 nodes beside an `ip -batch` baseline, drift
@@ -133,6 +134,7 @@ fn main() -> ExitCode {
                     .and_then(|()| bench_spoof::run())
                     .and_then(|()| bench_tls::run(false))
                     .and_then(|()| bench_networks::run()),
+                Some("controller") => bench::run_controller(),
                 Some("drift") => bench_drift::run(),
                 Some("networks") => bench_networks::run(),
                 Some("spoof") => bench_spoof::run(),

@@ -21,8 +21,7 @@ pub async fn topology_json(
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let window = Params(params).only(WINDOW)?.window()?;
-    let body =
-        render::json(&state.snapshot_in(&window)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let body = state.snapshot_json_in(&window);
     Ok(([(header::CONTENT_TYPE, "application/json")], body))
 }
 

@@ -54,7 +54,10 @@ impl Window {
 
 #[derive(Debug, Clone, Default)]
 pub struct BucketedStats {
-    pub total: DependencyStats,
+    /// The all-time total; `None` while everything recorded is in one bucket, which is
+    /// then the total (a dependency seen within one bucket keeps one copy of its
+    /// statistics, and its first record fills one).
+    total: Option<DependencyStats>,
     /// When it was last recorded into, on the topology's clock (eviction of idle ones).
     pub touched_unix_ns: u64,
     /// (bucket start, stats), sorted by start.
@@ -70,16 +73,28 @@ impl BucketedStats {
         at_unix_ns: u64,
         apply: impl Fn(&mut DependencyStats),
     ) {
-        apply(&mut self.total);
         let width = config.width_ns();
         let start = at_unix_ns - at_unix_ns % width;
         let position = self.buckets.iter().rposition(|(s, _)| *s <= start);
+        let same_bucket = matches!(position, Some(i) if self.buckets[i].0 == start);
+        if self.total.is_none() && !self.buckets.is_empty() && !same_bucket {
+            // A second bucket: the one bucket stops being the total.
+            self.total = Some(self.buckets[0].1.clone());
+        }
+        if let Some(total) = &mut self.total {
+            apply(total);
+        }
         match position {
-            Some(i) if self.buckets[i].0 == start => apply(&mut self.buckets[i].1),
+            Some(i) if same_bucket => apply(&mut self.buckets[i].1),
             _ => {
                 let mut stats = DependencyStats::default();
                 apply(&mut stats);
                 let index = position.map_or(0, |i| i + 1);
+                // A deque grows by doubling from four; most dependencies have a bucket or
+                // two, so the first few grow one at a time.
+                if self.buckets.len() == self.buckets.capacity() && self.buckets.len() < 4 {
+                    self.buckets.reserve_exact(1);
+                }
                 self.buckets.insert(index, (start, stats));
             }
         }
@@ -94,7 +109,7 @@ impl BucketedStats {
     /// nothing falls in it. A bucket counts when it overlaps the window.
     pub fn in_window(&self, config: &BucketConfig, window: &Window) -> Option<DependencyStats> {
         if window.is_all() {
-            return Some(self.total.clone());
+            return Some(self.total().clone());
         }
         let since = window.since.unwrap_or(0);
         let until = window.until.unwrap_or(u64::MAX);
@@ -108,6 +123,16 @@ impl BucketedStats {
             }
         }
         merged
+    }
+
+    /// The all-time statistics.
+    pub fn total(&self) -> &DependencyStats {
+        static EMPTY: std::sync::OnceLock<DependencyStats> = std::sync::OnceLock::new();
+        match (&self.total, self.buckets.front()) {
+            (Some(total), _) => total,
+            (None, Some((_, only))) => only,
+            (None, None) => EMPTY.get_or_init(DependencyStats::default),
+        }
     }
 
     pub fn bucket_count(&self) -> usize {
@@ -132,7 +157,7 @@ mod tests {
         for minute in [10, 10, 11, 13] {
             b.record(&config, minute * MIN + 5, one_request);
         }
-        assert_eq!(b.total.requests, 4);
+        assert_eq!(b.total().requests, 4);
         assert_eq!(b.bucket_count(), 3);
         let w = |since: u64, until: u64| Window {
             since: Some(since * MIN),
@@ -151,6 +176,40 @@ mod tests {
             b.in_window(&config, &Window::ALL).map(|s| s.requests),
             Some(4)
         );
+    }
+
+    #[test]
+    fn one_bucket_is_the_total_until_a_second_one_and_the_total_stays_exact() {
+        let config = BucketConfig {
+            width: Duration::from_secs(60),
+            retention: Duration::from_secs(120),
+        };
+        let mut b = BucketedStats::default();
+        assert_eq!(b.total().requests, 0);
+        b.record(&config, 10 * MIN, one_request);
+        b.record(&config, 10 * MIN + 7, one_request);
+        assert!(b.total.is_none(), "one bucket: no second copy");
+        assert_eq!(b.total().requests, 2);
+        b.record(&config, 9 * MIN, one_request);
+        assert!(
+            b.total.is_some(),
+            "a second bucket, even an older one, splits them"
+        );
+        assert_eq!(b.total().requests, 3);
+        for minute in 11..20 {
+            b.record(&config, minute * MIN, one_request);
+        }
+        assert_eq!(b.bucket_count(), 3, "minutes 17, 18, 19");
+        assert_eq!(
+            b.total().requests,
+            12,
+            "the total keeps what retention dropped"
+        );
+        let w = Window {
+            since: Some(9 * MIN),
+            until: Some(19 * MIN),
+        };
+        assert_eq!(b.in_window(&config, &w).map(|s| s.requests), Some(3));
     }
 
     #[test]
@@ -175,6 +234,6 @@ mod tests {
             b.record(&config, minute * MIN, one_request);
         }
         assert_eq!(b.bucket_count(), 3, "minutes 7, 8, 9");
-        assert_eq!(b.total.requests, 10);
+        assert_eq!(b.total().requests, 10);
     }
 }

@@ -5,6 +5,8 @@
 //! The strongest evidence wins; between equal evidence the smaller name wins, which keeps
 //! the merge commutative and associative.
 
+use std::borrow::Cow;
+
 /// How a protocol name was found, weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Evidence {
@@ -22,14 +24,27 @@ pub enum Evidence {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProtocolEvidence {
     pub evidence: Evidence,
-    pub name: String,
+    /// A name weft knows ([`crate::observation::PROTOCOLS`]) is not copied: a dependency,
+    /// each of its time buckets and each endpoint hold one.
+    pub name: Cow<'static, str>,
+}
+
+/// `name` as a static string when it is one weft knows, else a copy.
+fn intern(name: &str) -> Cow<'static, str> {
+    crate::observation::PROTOCOLS
+        .iter()
+        .find(|known| **known == name)
+        .map_or_else(
+            || Cow::Owned(name.to_owned()),
+            |known| Cow::Borrowed(*known),
+        )
 }
 
 impl ProtocolEvidence {
     pub fn new(evidence: Evidence, name: impl Into<String>) -> Self {
         Self {
             evidence,
-            name: name.into(),
+            name: intern(&name.into()),
         }
     }
 
@@ -39,11 +54,10 @@ impl ProtocolEvidence {
         if evidence == Evidence::None || name.is_empty() {
             return;
         }
-        let better =
-            evidence > self.evidence || (evidence == self.evidence && name < self.name.as_str());
+        let better = evidence > self.evidence || (evidence == self.evidence && name < &*self.name);
         if better {
             self.evidence = evidence;
-            name.clone_into(&mut self.name);
+            self.name = intern(name);
         }
     }
 

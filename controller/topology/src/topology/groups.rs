@@ -1,7 +1,5 @@
 //! Requests of one dependency grouped by (method, path pattern, status), bounded.
 
-use std::collections::BTreeMap;
-
 /// At most this many distinct groups per dependency; the rest fold into `other`.
 pub const MAX_GROUPS: usize = 64;
 
@@ -32,36 +30,53 @@ impl GroupStats {
     }
 }
 
+/// Groups sorted by key in a vector sized to what it holds (a `BTreeMap` took a whole
+/// node, about 900 bytes, for one group, and a dependency has one per time bucket too).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestGroups {
-    groups: BTreeMap<GroupKey, GroupStats>,
+    groups: Vec<(GroupKey, GroupStats)>,
     /// Requests of groups beyond [`MAX_GROUPS`].
     other: GroupStats,
 }
 
+fn cmp_key(held: &GroupKey, method: &str, path: &str, status: u32) -> std::cmp::Ordering {
+    (held.0.as_str(), held.1.as_str(), held.2).cmp(&(method, path, status))
+}
+
 impl RequestGroups {
     pub fn add(&mut self, key: GroupKey, stats: GroupStats) {
+        self.add_ref(&key.0, &key.1, key.2, stats);
+    }
+
+    /// [`Self::add`] of a borrowed key: the strings are copied only for a new group.
+    pub fn add_ref(&mut self, method: &str, path: &str, status: u32, stats: GroupStats) {
         if stats.count == 0 && stats.errors == 0 {
             return;
         }
-        if let Some(existing) = self.groups.get_mut(&key) {
-            existing.add(&stats);
-        } else if self.groups.len() < MAX_GROUPS {
-            self.groups.insert(key, stats);
-        } else {
-            self.other.add(&stats);
+        match self
+            .groups
+            .binary_search_by(|(held, _)| cmp_key(held, method, path, status))
+        {
+            Ok(at) => self.groups[at].1.add(&stats),
+            Err(at) if self.groups.len() < MAX_GROUPS => {
+                self.groups.reserve_exact(1);
+                self.groups
+                    .insert(at, ((method.to_owned(), path.to_owned(), status), stats));
+            }
+            Err(_) => self.other.add(&stats),
         }
     }
 
     pub fn merge(&mut self, other: &Self) {
-        for (key, stats) in &other.groups {
-            self.add(key.clone(), *stats);
+        for ((method, path, status), stats) in &other.groups {
+            self.add_ref(method, path, *status, *stats);
         }
         self.other.add(&other.other);
     }
 
+    /// Sorted by key.
     pub fn iter(&self) -> impl Iterator<Item = (&GroupKey, &GroupStats)> {
-        self.groups.iter()
+        self.groups.iter().map(|(key, stats)| (key, stats))
     }
 
     pub fn other(&self) -> GroupStats {
@@ -70,8 +85,8 @@ impl RequestGroups {
 
     pub fn errors(&self) -> u64 {
         self.groups
-            .values()
-            .map(|g| g.errors)
+            .iter()
+            .map(|(_, g)| g.errors)
             .fold(self.other.errors, u64::saturating_add)
     }
 
@@ -125,5 +140,19 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.len(), 2);
         assert_eq!(a.errors(), 1);
+        let keys: Vec<&GroupKey> = a.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                &("GET".to_owned(), "/x".to_owned(), 500),
+                &("POST".to_owned(), "/verify".to_owned(), 200)
+            ],
+            "sorted by key, as the map they replace"
+        );
+        let verify = a
+            .iter()
+            .find(|(k, _)| k.1 == "/verify")
+            .map(|(_, s)| s.count);
+        assert_eq!(verify, Some(2));
     }
 }

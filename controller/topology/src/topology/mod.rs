@@ -13,6 +13,8 @@ pub mod classify;
 pub mod dns;
 pub mod evidence;
 pub mod groups;
+pub mod histogram;
+mod json;
 pub mod limits;
 pub mod rules;
 pub mod snapshot;
@@ -75,8 +77,9 @@ struct ServiceState {
     /// A registered (or reporting) workload, as opposed to a peer known only by address
     /// or name.
     workload: bool,
-    /// (host or address, port) of every server endpoint seen, with its protocol.
-    endpoints: BTreeMap<(String, u16), ProtocolEvidence>,
+    /// (host or address, port) of every server endpoint seen, with its protocol; sorted by
+    /// (host, port), sized to what it holds.
+    endpoints: Vec<((String, u16), ProtocolEvidence)>,
     first_seen_unix_ns: Option<u64>,
     last_seen_unix_ns: Option<u64>,
     /// When it last took part in an observation, on the topology's clock (eviction).
@@ -128,6 +131,33 @@ pub fn unknown_client_name(address: IpAddr) -> String {
     address.to_string()
 }
 
+/// An address as text on the stack (an endpoint's host is compared on every record and
+/// copied only when new).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        Self {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl IpText {
+    fn format(&mut self, address: IpAddr) -> &str {
+        use std::io::Write as _;
+        let mut cursor = std::io::Cursor::new(&mut self.buf[..]);
+        // The longest address (IPv4-mapped IPv6 with a scope-less form) is 45 bytes.
+        let _ = write!(cursor, "{address}");
+        self.len = usize::try_from(cursor.position()).unwrap_or(0);
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
 #[derive(Debug)]
 pub struct Topology {
     dependencies: DashMap<DependencyKey, BucketedStats>,
@@ -164,7 +194,7 @@ pub(crate) struct Seen {
 
 /// A service endpoint to note: (host, port, transport, protocol evidence).
 pub(crate) struct NewEndpoint<'a> {
-    host: String,
+    host: &'a str,
     port: u16,
     port_guess: &'static str,
     evidence: Option<(Evidence, &'a str)>,
@@ -458,11 +488,12 @@ impl Topology {
             now,
         };
         self.touch_service(&key.client, client_is_workload, None, seen, reserved.client);
+        let mut text = IpText::default();
         self.touch_service(
             &key.server,
             server_is_workload,
             Some(NewEndpoint {
-                host: server_ip.to_string(),
+                host: text.format(server_ip),
                 port: server_port,
                 port_guess: key.protocol(),
                 evidence,
@@ -530,14 +561,24 @@ impl Topology {
         let update = |state: &mut ServiceState| {
             state.workload |= workload;
             if let Some(endpoint) = &endpoint {
-                let key = (endpoint.host.clone(), endpoint.port);
                 let room = state.endpoints.len() < max_endpoints;
-                let held = match state.endpoints.entry(key) {
-                    std::collections::btree_map::Entry::Occupied(held) => Some(held.into_mut()),
-                    std::collections::btree_map::Entry::Vacant(slot) if room => {
-                        Some(slot.insert(ProtocolEvidence::default()))
+                let found = state.endpoints.binary_search_by(|((host, port), _)| {
+                    (host.as_str(), *port).cmp(&(endpoint.host, endpoint.port))
+                });
+                let held = match found {
+                    Ok(at) => Some(&mut state.endpoints[at].1),
+                    Err(at) if room => {
+                        state.endpoints.reserve_exact(1);
+                        state.endpoints.insert(
+                            at,
+                            (
+                                (endpoint.host.to_owned(), endpoint.port),
+                                ProtocolEvidence::default(),
+                            ),
+                        );
+                        Some(&mut state.endpoints[at].1)
                     }
-                    std::collections::btree_map::Entry::Vacant(_) => {
+                    Err(_) => {
                         self.hits.hit(Limit::EndpointsPerService);
                         None
                     }
@@ -649,7 +690,7 @@ impl Topology {
     pub fn dependency(&self, key: &DependencyKey) -> Option<DependencyStats> {
         self.dependencies
             .get(key)
-            .map(|stats| stats.value().total.clone())
+            .map(|stats| stats.value().total().clone())
     }
 
     /// All-time dependency statistics merged per (source, target, protocol): the label set
@@ -658,7 +699,7 @@ impl Topology {
         let mut edges: BTreeMap<(String, String, String), DependencyStats> = BTreeMap::new();
         for entry in &self.dependencies {
             let key = entry.key();
-            let stats = &entry.value().total;
+            let stats = entry.value().total();
             let protocol = stats.protocol.name_or(key.protocol()).to_owned();
             edges
                 .entry((key.client.clone(), key.server.clone(), protocol))
@@ -680,7 +721,7 @@ impl Topology {
             std::collections::HashMap::new();
         for entry in &self.dependencies {
             let key = entry.key();
-            let stats = &entry.value().total;
+            let stats = entry.value().total();
             let protocol = stats.protocol.name_or(key.protocol()).to_owned();
             let weight = weights
                 .entry((key.client.clone(), key.server.clone(), protocol))
@@ -701,7 +742,7 @@ impl Topology {
         let mut edges: BTreeMap<Edge, DependencyStats> = BTreeMap::new();
         for entry in &self.dependencies {
             let key = entry.key();
-            let stats = &entry.value().total;
+            let stats = entry.value().total();
             let edge = (
                 key.client.clone(),
                 key.server.clone(),
@@ -746,6 +787,9 @@ impl Topology {
 
     /// The topology within `window`, services classified by `classifier`. With a window,
     /// only services taking part in a dependency within it are listed.
+    ///
+    /// Each dependency's view is made while its entry is read (the all-time view reads its
+    /// total in place, a window merges its buckets in range), so no statistics are copied.
     pub fn snapshot_with(
         &self,
         directory: &impl WorkloadDirectory,
@@ -754,31 +798,55 @@ impl Topology {
         generated_at_unix_ns: u64,
         agents_connected: u64,
     ) -> TopologySnapshot {
-        let dependencies = self.dependencies_in(window);
-        let mut involved: BTreeSet<&str> = BTreeSet::new();
-        for (key, _) in &dependencies {
-            involved.insert(&key.client);
-            involved.insert(&key.server);
+        let mut totals = view::TotalsSum::default();
+        let mut dependencies = Vec::with_capacity(self.dependency_count());
+        for entry in &self.dependencies {
+            let merged;
+            let stats = if window.is_all() {
+                entry.value().total()
+            } else {
+                match entry.value().in_window(&self.buckets, window) {
+                    Some(stats) => {
+                        merged = stats;
+                        &merged
+                    }
+                    None => continue,
+                }
+            };
+            totals.add(stats);
+            dependencies.push(view::dependency_view(entry.key(), stats));
         }
-        let services: Vec<(String, ServiceState)> = self
-            .services
-            .iter()
-            .filter(|entry| window.is_all() || involved.contains(entry.key().as_str()))
-            .map(|entry| (entry.key().clone(), entry.value().clone()))
-            .collect();
-        view::build(
-            view::Parts {
-                services,
-                dependencies,
-                records_ingested: self
-                    .records_ingested()
-                    .saturating_add(self.observations_ingested()),
-                agents_connected,
-                generated_at_unix_ns,
-            },
-            directory,
-            classifier,
-        )
+        view::sort_dependencies(&mut dependencies);
+        let built = view::shapes(&dependencies);
+        let mut services: Vec<ServiceView> = Vec::with_capacity(if window.is_all() {
+            self.service_count()
+        } else {
+            built.len()
+        });
+        for entry in &self.services {
+            let name = entry.key().as_str();
+            if window.is_all() || built.involves(name) {
+                services.push(view::service_view(
+                    name,
+                    entry.value(),
+                    &built,
+                    directory,
+                    classifier,
+                ));
+            }
+        }
+        services.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        drop(built);
+        view::build(view::Parts {
+            services,
+            dependencies,
+            totals,
+            records_ingested: self
+                .records_ingested()
+                .saturating_add(self.observations_ingested()),
+            agents_connected,
+            generated_at_unix_ns,
+        })
     }
 }
 

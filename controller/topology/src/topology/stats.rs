@@ -1,85 +1,63 @@
 //! Traffic statistics of one dependency, and their associative merge.
 
-use hdrhistogram::Histogram;
-
 use super::evidence::{Evidence, ProtocolEvidence};
 use super::groups::{GroupStats, RequestGroups};
+use super::histogram::SparseHistogram;
 use crate::model::{Direction, FlowObservation, LatencyBucket};
 use crate::observation::TrafficObservation;
 
-/// Significant figures of the latency histograms (values in microseconds).
-/// Two figures (quantiles within 1 %) keep an empty histogram at 2 KiB instead of the
-/// 16 KiB of three, which matters with a histogram pair per dependency and per time bucket.
-const SIGNIFICANT_FIGURES: u8 = 2;
-
-fn new_histogram() -> Histogram<u64> {
-    // Auto-resizing, lowest discernible value 1: `new` fails only for more than 5
-    // significant figures, which the constant above rules out.
-    Histogram::new(SIGNIFICANT_FIGURES).expect("2 significant figures is a valid precision")
-}
-
-/// A histogram allocated at its first value: most dependencies of a flood (one datagram
-/// from a spoofed source) and most time buckets of a quiet one carry no latency, and an
-/// empty histogram is 2 KiB.
-#[derive(Debug, Clone, Default)]
-pub struct Latencies(Option<Box<Histogram<u64>>>);
-
-impl PartialEq for Latencies {
-    fn eq(&self, other: &Self) -> bool {
-        match (&self.0, &other.0) {
-            (Some(a), Some(b)) => a == b,
-            (Some(h), None) | (None, Some(h)) => h.is_empty(),
-            (None, None) => true,
-        }
-    }
-}
+/// Latencies in microseconds: a sparse histogram with the buckets of an `hdrhistogram` of
+/// two significant figures (quantiles within 1 %), holding only the buckets in use: empty
+/// it allocates nothing, and one value takes 8 bytes (a dense histogram took about 5 KiB,
+/// and a dependency has four: latency and handshake RTT, all-time and per time bucket).
+/// Latencies above an hour are recorded as an hour.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Latencies(SparseHistogram);
 
 impl Latencies {
     fn record(&mut self, value_us: u64, count: u64) {
-        let histogram = self.0.get_or_insert_with(|| Box::new(new_histogram()));
-        record_value(histogram, value_us, count);
+        self.0.record_n(value_us, count);
     }
 
     fn add(&mut self, other: &Self) {
-        let Some(from) = &other.0 else { return };
-        match &mut self.0 {
-            Some(into) => add_histogram(into, from),
-            None => self.0 = Some(from.clone()),
-        }
+        self.0.add(&other.0);
     }
 
     /// Values recorded.
     pub fn len(&self) -> u64 {
-        self.0.as_ref().map_or(0, |h| h.len())
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
     /// The value at quantile `q` (0 when empty).
     pub fn value_at_quantile(&self, q: f64) -> u64 {
-        self.0.as_ref().map_or(0, |h| h.value_at_quantile(q))
+        self.0.value_at_quantile(q)
+    }
+
+    /// The values at p50, p95 and p99, in one pass (0 when empty).
+    pub fn p50_p95_p99(&self) -> [u64; 3] {
+        self.0.values_at_quantiles(&[0.5, 0.95, 0.99])
     }
 
     /// The largest value (0 when empty).
     pub fn max(&self) -> u64 {
-        self.0.as_ref().map_or(0, |h| h.max())
+        self.0.max()
     }
-}
 
-/// Latencies above an hour are recorded as an hour: the histogram grows to fit the largest
-/// value it sees, and this bounds that growth.
-const MAX_RECORDED_US: u64 = 3_600_000_000;
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.heap_bytes()
+    }
 
-/// Records `count` values into an auto-resizing histogram.
-fn record_value(histogram: &mut Histogram<u64>, value_us: u64, count: u64) {
-    let value_us = value_us.min(MAX_RECORDED_US);
-    // `saturating_record_n` would clamp to the current range instead of growing it, so
-    // grow first; it fails only if the histogram cannot be resized, and then clamping is
-    // the best left to do.
-    if histogram.record_n(value_us, count).is_err() {
-        histogram.saturating_record_n(value_us, count);
+    pub(crate) fn histogram(&self) -> &SparseHistogram {
+        &self.0
+    }
+
+    pub(crate) fn from_histogram(histogram: SparseHistogram) -> Self {
+        Self(histogram)
     }
 }
 
@@ -185,8 +163,10 @@ impl DependencyStats {
         add(&mut self.errors, u64::from(o.resets));
         for group in &o.l7.request_groups {
             add(&mut self.errors, group.errors);
-            self.request_groups.add(
-                (group.method.clone(), group.path.clone(), group.status),
+            self.request_groups.add_ref(
+                &group.method,
+                &group.path,
+                group.status,
                 GroupStats {
                     count: group.count,
                     errors: group.errors,
@@ -304,12 +284,10 @@ impl DependencyStats {
         }
         self.protocol.offer(evidence, protocol);
         if o.method.is_some() || o.path.is_some() || o.status_code.is_some() {
-            self.request_groups.add(
-                (
-                    o.method.clone().unwrap_or_default(),
-                    o.path.clone().unwrap_or_default(),
-                    o.status_code.map_or(0, u32::from),
-                ),
+            self.request_groups.add_ref(
+                o.method.as_deref().unwrap_or_default(),
+                o.path.as_deref().unwrap_or_default(),
+                o.status_code.map_or(0, u32::from),
                 GroupStats {
                     count: 1,
                     errors: u64::from(error),
@@ -320,16 +298,6 @@ impl DependencyStats {
         let seen = Some(timestamp_unix_ns).filter(|ns| *ns > 0);
         self.first_seen_unix_ns = min_option(self.first_seen_unix_ns, seen);
         self.last_seen_unix_ns = max_option(self.last_seen_unix_ns, seen);
-    }
-}
-
-fn add_histogram(into: &mut Histogram<u64>, from: &Histogram<u64>) {
-    // Both histograms auto-resize with the same precision, so adding cannot fail; if it
-    // ever did, fall back to re-recording every value, which saturates instead.
-    if into.add(from).is_err() {
-        for value in from.iter_recorded() {
-            record_value(into, value.value_iterated_to(), value.count_at_value());
-        }
     }
 }
 
@@ -351,24 +319,15 @@ impl LatencySummary {
             return Self::default();
         }
         let us_to_ms = |us: u64| us as f64 / 1_000.0;
-        let quantile = |q: f64| {
-            if histogram.is_empty() {
-                0.0
-            } else {
-                us_to_ms(histogram.value_at_quantile(q))
-            }
-        };
+        // Empty: every quantile and the maximum are 0.
+        let [p50, p95, p99] = histogram.p50_p95_p99();
         Self {
             count,
             avg: sum_ns as f64 / count as f64 / 1_000_000.0,
-            p50: quantile(0.5),
-            p95: quantile(0.95),
-            p99: quantile(0.99),
-            max: if histogram.is_empty() {
-                0.0
-            } else {
-                us_to_ms(histogram.max())
-            },
+            p50: us_to_ms(p50),
+            p95: us_to_ms(p95),
+            p99: us_to_ms(p99),
+            max: us_to_ms(histogram.max()),
         }
     }
 }

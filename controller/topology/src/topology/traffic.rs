@@ -183,14 +183,15 @@ impl Topology {
             now,
         };
         self.touch_service(&key.client, client_registered, None, seen, reserved.client);
+        let host = destination_ip.map_or_else(
+            || destination_host.to_ascii_lowercase(),
+            |ip| ip.to_string(),
+        );
         self.touch_service(
             &key.server,
             server_registered,
             Some(NewEndpoint {
-                host: destination_ip.map_or_else(
-                    || destination_host.to_ascii_lowercase(),
-                    |ip| ip.to_string(),
-                ),
+                host: &host,
                 port,
                 port_guess: key.protocol(),
                 evidence: Some((evidence, &protocol)),
