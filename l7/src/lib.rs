@@ -43,6 +43,7 @@ mod kafka;
 mod mongo;
 mod path;
 mod redis;
+mod session;
 mod sql;
 mod tls;
 mod util;
@@ -53,6 +54,7 @@ use std::str::FromStr;
 pub use detect::detect;
 pub use dns::dns_answers;
 pub use path::{MAX_PATTERN_LEN, path_pattern};
+pub use session::{Call, CallKind, Session, Turn};
 
 /// Application protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
