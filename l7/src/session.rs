@@ -95,11 +95,18 @@ pub struct Session {
 #[derive(Debug, Clone)]
 enum State {
     PerTurn,
-    Postgres { encrypted: bool },
-    Mysql { encrypted: bool },
+    Postgres {
+        encrypted: bool,
+    },
+    Mysql {
+        encrypted: bool,
+    },
     Amqp,
     H2(Box<H2>),
-    WebSocket { upgraded: bool, path: Option<String> },
+    WebSocket {
+        upgraded: bool,
+        path: Option<String>,
+    },
 }
 
 impl Session {
@@ -204,7 +211,8 @@ fn per_turn(protocol: Protocol, t: &Turn<'_>) -> Call {
 fn amqp_frames(b: &[u8]) -> Vec<(u8, &[u8])> {
     let mut out = Vec::new();
     let mut i = if b.starts_with(b"AMQP") { 8 } else { 0 };
-    while let (Some(kind), Some(_channel), Some(size)) = (u8_at(b, i), be16(b, i + 1), be32(b, i + 3))
+    while let (Some(kind), Some(_channel), Some(size)) =
+        (u8_at(b, i), be16(b, i + 1), be32(b, i + 3))
     {
         if !matches!(kind, 1 | 2 | 3 | 8) || size > (1 << 27) {
             break;
@@ -375,7 +383,7 @@ fn ws_turn(t: &Turn<'_>, upgraded: &mut bool, path: &mut Option<String>, out: &m
                 kind: CallKind::Request,
                 request: req,
                 response: resp,
-                    start_ns: t.start_ns,
+                start_ns: t.start_ns,
                 latency_ns: t.latency_ns,
             });
             return;
@@ -697,8 +705,7 @@ impl H2 {
                     let Some(s) = self.streams.get_mut(&id) else {
                         continue;
                     };
-                    if let Some(status) =
-                        header(&hs, ":status").and_then(|v| v.parse::<u16>().ok())
+                    if let Some(status) = header(&hs, ":status").and_then(|v| v.parse::<u16>().ok())
                         && (200..=599).contains(&status)
                     {
                         s.status = Some(status);

@@ -49,7 +49,10 @@ fn postgres_ssl_refused_then_startup_and_password_are_not_requests() {
     let calls = s.turn(&turn(&q, b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I"));
     assert_eq!(calls.len(), 1);
     assert_eq!(method(&calls[0]), "QUERY");
-    assert_eq!(calls[0].request.as_ref().unwrap().operation.as_deref(), Some("SELECT"));
+    assert_eq!(
+        calls[0].request.as_ref().unwrap().operation.as_deref(),
+        Some("SELECT")
+    );
 }
 
 #[test]
@@ -57,8 +60,14 @@ fn postgres_after_tls_accepted_counts_nothing() {
     let mut s = Session::new(Protocol::Postgres);
     let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     assert!(s.turn(&turn(&ssl, b"S")).is_empty());
-    assert!(s.turn(&turn(b"\x16\x03\x01\x00\x05hello", b"\x16\x03\x03")).is_empty());
-    assert!(s.turn(&turn(b"\x17\x03\x03\x00\x10", b"\x17\x03\x03")).is_empty());
+    assert!(
+        s.turn(&turn(b"\x16\x03\x01\x00\x05hello", b"\x16\x03\x03"))
+            .is_empty()
+    );
+    assert!(
+        s.turn(&turn(b"\x17\x03\x03\x00\x10", b"\x17\x03\x03"))
+            .is_empty()
+    );
 }
 
 #[test]
@@ -69,7 +78,10 @@ fn mysql_auth_switch_and_continuations_are_not_requests() {
     hr.extend_from_slice(&[0u8; 36]);
     assert!(s.turn(&turn(&hr, b"\x05\0\0\x02\xfeabc")).is_empty());
     // The client's auth switch response (seq 3) answered by OK (seq 4).
-    assert!(s.turn(&turn(b"\x03\0\0\x03xyz", b"\x07\0\0\x04\0\0\0\x02\0\0\0")).is_empty());
+    assert!(
+        s.turn(&turn(b"\x03\0\0\x03xyz", b"\x07\0\0\x04\0\0\0\x02\0\0\0"))
+            .is_empty()
+    );
     let calls = s.turn(&turn(b"\x09\0\0\0\x03select 1", b"\x01\0\0\x01\x01"));
     assert_eq!(calls.len(), 1);
     assert_eq!(method(&calls[0]), "QUERY");
@@ -94,11 +106,20 @@ fn amqp_method(class: u16, method: u16, args: &[u8]) -> Vec<u8> {
 #[test]
 fn amqp_setup_is_not_counted_and_a_channel_close_is_one_error() {
     let mut s = Session::new(Protocol::Amqp);
-    assert!(s.turn(&turn(b"AMQP\0\0\x09\x01", &amqp_method(10, 10, &[0, 9]))).is_empty());
+    assert!(
+        s.turn(&turn(b"AMQP\0\0\x09\x01", &amqp_method(10, 10, &[0, 9])))
+            .is_empty()
+    );
     let mut setup = amqp_method(10, 31, &[0; 8]);
     setup.extend(amqp_method(10, 40, b"\x01/\0\0"));
     assert!(s.turn(&turn(&setup, &amqp_method(10, 41, &[0]))).is_empty());
-    assert!(s.turn(&turn(&amqp_method(20, 10, &[0]), &amqp_method(20, 11, &[0, 0, 0, 0]))).is_empty());
+    assert!(
+        s.turn(&turn(
+            &amqp_method(20, 10, &[0]),
+            &amqp_method(20, 11, &[0, 0, 0, 0])
+        ))
+        .is_empty()
+    );
     // Two publishes (method, header, body) and a get in one turn.
     let mut work = Vec::new();
     for _ in 0..2 {
@@ -144,7 +165,10 @@ fn h2_streams_count_one_per_stream_across_turns_with_the_dynamic_table() {
     sv.extend(frame(1, 0x05, 1, &trailer));
     let calls = s.turn(&turn(&c, &sv));
     assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].request.as_ref().unwrap().path.as_deref(), Some("/demo.Echo/Say"));
+    assert_eq!(
+        calls[0].request.as_ref().unwrap().path.as_deref(),
+        Some("/demo.Echo/Say")
+    );
     assert!(!calls[0].error());
     // Streams 3 and 5 in one turn, both referring to dynamic entries (63: :path after
     // content-type at 62). Stream 5's answer is trailers-only with grpc-status 13 (the
@@ -160,12 +184,18 @@ fn h2_streams_count_one_per_stream_across_turns_with_the_dynamic_table() {
     let calls = s.turn(&turn(&c, &sv));
     assert_eq!(calls.len(), 2);
     for c in &calls {
-        assert_eq!(c.request.as_ref().unwrap().path.as_deref(), Some("/demo.Echo/Say"));
+        assert_eq!(
+            c.request.as_ref().unwrap().path.as_deref(),
+            Some("/demo.Echo/Say")
+        );
         assert_eq!(c.response.as_ref().unwrap().status, Some(200));
     }
     assert!(!calls[0].error());
     assert!(calls[1].error());
-    assert_eq!(calls[1].response.as_ref().unwrap().code.as_deref(), Some("13"));
+    assert_eq!(
+        calls[1].response.as_ref().unwrap().code.as_deref(),
+        Some("13")
+    );
 }
 
 #[test]
@@ -176,14 +206,23 @@ fn h2_settings_and_ping_are_not_requests_and_answered_streams_flush() {
     c.extend(frame(6, 0, 0, &[0; 8]));
     assert!(s.turn(&turn(&c, &frame(4, 1, 0, &[]))).is_empty());
     // A GET answered with headers only, its DATA not seen yet.
-    let calls = s.turn(&turn(&frame(1, 0x05, 1, &[0x82, 0x87, 0x84]), &frame(1, 0x04, 1, &[0x8d])));
+    let calls = s.turn(&turn(
+        &frame(1, 0x05, 1, &[0x82, 0x87, 0x84]),
+        &frame(1, 0x04, 1, &[0x8d]),
+    ));
     assert!(calls.is_empty());
     let flushed = s.flush(false);
     assert_eq!(flushed.len(), 1);
     assert_eq!(flushed[0].response.as_ref().unwrap().status, Some(404));
     assert!(!flushed[0].error());
     // An unanswered stream stays until the flow ends.
-    assert!(s.turn(&turn(&frame(1, 0x05, 3, &[0x82, 0x87, 0x84]), &frame(6, 1, 0, &[0; 8]))).is_empty());
+    assert!(
+        s.turn(&turn(
+            &frame(1, 0x05, 3, &[0x82, 0x87, 0x84]),
+            &frame(6, 1, 0, &[0; 8])
+        ))
+        .is_empty()
+    );
     assert!(s.flush(false).is_empty());
     assert_eq!(s.flush(true).len(), 1);
 }
@@ -217,7 +256,10 @@ fn h2c_upgrade_request_is_stream_one() {
     resp.extend(frame(1, 0x05, 1, &[0x88]));
     let calls = s.turn(&turn(req, &resp));
     assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].request.as_ref().unwrap().path.as_deref(), Some("/x"));
+    assert_eq!(
+        calls[0].request.as_ref().unwrap().path.as_deref(),
+        Some("/x")
+    );
     assert_eq!(calls[0].response.as_ref().unwrap().status, Some(200));
 }
 
@@ -247,12 +289,23 @@ fn websocket_upgrade_then_messages_and_close_codes() {
     let names: Vec<_> = calls.iter().map(method).collect();
     assert_eq!(names, ["TEXT", "PING"]);
     assert!(calls.iter().all(|c| c.kind == CallKind::Message));
-    assert_eq!(calls[0].request.as_ref().unwrap().path.as_deref(), Some("/chat"));
+    assert_eq!(
+        calls[0].request.as_ref().unwrap().path.as_deref(),
+        Some("/chat")
+    );
     // A normal close is neither an error nor a status.
-    let calls = s.turn(&turn(&ws_client_frame(0x88, &[0x03, 0xe8]), b"\x88\x02\x03\xe8"));
+    let calls = s.turn(&turn(
+        &ws_client_frame(0x88, &[0x03, 0xe8]),
+        b"\x88\x02\x03\xe8",
+    ));
     assert_eq!(calls.len(), 1);
     assert!(!calls[0].error());
-    assert!(calls[0].response.as_ref().is_none_or(|r| r.status.is_none()));
+    assert!(
+        calls[0]
+            .response
+            .as_ref()
+            .is_none_or(|r| r.status.is_none())
+    );
     // The server closing with 1011 (internal error) fails the turn's message.
     let calls = s.turn(&turn(&ws_client_frame(0x81, b"x"), b"\x88\x02\x03\xf3"));
     assert!(calls[0].error());
