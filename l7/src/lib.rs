@@ -189,6 +189,9 @@ pub struct Detection {
     pub confidence: Confidence,
     /// TLS server name (SNI) from the ClientHello, when the extension is within the bytes.
     pub tls_sni: Option<String>,
+    /// TLS ALPN protocols the client offered ("h2", "http/1.1"), when the extension is within
+    /// the bytes.
+    pub tls_alpn: Vec<String>,
     /// HTTP/1 `Host` header (or HTTP/2 `:authority`), when visible in full.
     pub http_host: Option<String>,
 }

@@ -990,7 +990,10 @@ mod real_clients {
     use crate::observation::TrafficObservation;
 
     fn fixture(name: &str) -> Vec<TrafficObservation> {
-        let path = format!("{}/../../l7/fixtures/{name}.pcap", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../../l7/fixtures/{name}.pcap",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let report = pcap::import(&bytes);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -1056,7 +1059,10 @@ mod real_clients {
         // grpcio: Say, Say, Fail (UNKNOWN, trailers-only) on one channel.
         let obs = fixture("grpc");
         assert!(obs.iter().all(|o| o.protocol == "grpc"), "{obs:?}");
-        let paths: Vec<_> = obs.iter().map(|o| o.path.clone().unwrap_or_default()).collect();
+        let paths: Vec<_> = obs
+            .iter()
+            .map(|o| o.path.clone().unwrap_or_default())
+            .collect();
         assert_eq!(
             paths,
             ["/demo.Echo/Say", "/demo.Echo/Say", "/demo.Echo/Fail"],
@@ -1072,7 +1078,10 @@ mod real_clients {
         // nghttp -n: preface, SETTINGS, PRIORITY frames and three HEADERS in one packet,
         // answered after a SETTINGS turn (the server is gRPC: grpc-status 2 on each).
         let obs = fixture("h2");
-        let paths: Vec<_> = obs.iter().map(|o| o.path.clone().unwrap_or_default()).collect();
+        let paths: Vec<_> = obs
+            .iter()
+            .map(|o| o.path.clone().unwrap_or_default())
+            .collect();
         assert_eq!(paths, ["/a", "/b", "/c"], "{obs:?}");
         assert_eq!(methods(&obs), ["GET", "GET", "GET"], "{obs:?}");
         assert!(obs.iter().all(|o| o.status_code == Some(200)), "{obs:?}");

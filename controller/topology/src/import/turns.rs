@@ -103,6 +103,9 @@ struct Flow {
     carry: (u64, u64),
     client_first: Vec<u8>,
     server_first: Vec<u8>,
+    /// What the client sent before the server's first payload, up to [`TURN_BYTES`]: a
+    /// TLS ClientHello in full, for its SNI and ALPN.
+    client_head: Vec<u8>,
     client_bytes: u64,
     server_bytes: u64,
     reset: bool,
@@ -174,7 +177,10 @@ impl Flow {
     }
 
     fn take_calls(&mut self, calls: Vec<weft_l7::Call>) {
-        let protocol = self.session.as_ref().map_or(Protocol::Tcp, |s| s.protocol());
+        let protocol = self
+            .session
+            .as_ref()
+            .map_or(Protocol::Tcp, |s| s.protocol());
         let has_status = matches!(
             protocol,
             Protocol::Http1 | Protocol::Http2 | Protocol::Grpc | Protocol::WebSocket
@@ -276,6 +282,7 @@ impl Tracker {
                     carry: (0, 0),
                     client_first: Vec::new(),
                     server_first: Vec::new(),
+                    client_head: Vec::new(),
                     client_bytes: 0,
                     server_bytes: 0,
                     reset: false,
@@ -290,6 +297,9 @@ impl Tracker {
                 flow.client_bytes += s.payload_len;
                 if flow.client_first.is_empty() {
                     extend_head(&mut flow.client_first, s.payload);
+                }
+                if flow.server_bytes == 0 {
+                    extend_to(&mut flow.client_head, s.payload, TURN_BYTES);
                 }
                 match flow.turn.as_mut() {
                     Some(turn) if flow.side == Side::Client => {
@@ -356,16 +366,20 @@ impl Tracker {
         }
     }
 
-    /// Every flow as observations, names from DNS applied; the flag marks a flow-level
-    /// observation (no complete turn).
-    pub(crate) fn finish(mut self) -> Vec<(TrafficObservation, bool)> {
+    /// Every flow as observations, names from DNS applied (the flag marks a flow-level
+    /// observation: no request), and a summary of every flow, in order of first packet.
+    pub(crate) fn finish_with_flows(
+        mut self,
+    ) -> (Vec<(TrafficObservation, bool)>, Vec<super::FlowSummary>) {
         let mut flows = std::mem::take(&mut self.done);
         flows.extend(self.flows.drain().map(|(_, f)| f));
+        flows.sort_by_key(|f| (f.first_ns, f.client, f.server));
         let mut out = Vec::new();
+        let mut summaries = Vec::new();
         for flow in flows {
-            self.observations(flow, &mut out);
+            self.observations(flow, &mut out, &mut summaries);
         }
-        out
+        (out, summaries)
     }
 
     fn endpoint(&self, (ip, port): (IpAddr, u16)) -> NetworkEndpoint {
@@ -377,12 +391,18 @@ impl Tracker {
         NetworkEndpoint::new(host, port)
     }
 
-    fn observations(&self, mut flow: Flow, out: &mut Vec<(TrafficObservation, bool)>) {
+    fn observations(
+        &self,
+        mut flow: Flow,
+        out: &mut Vec<(TrafficObservation, bool)>,
+        summaries: &mut Vec<super::FlowSummary>,
+    ) {
         flow.finish();
         let protocol = flow
             .session
             .as_ref()
             .map_or_else(|| flow.protocol(), |s| s.protocol());
+        summaries.push(summary(&flow, protocol));
         let source = self.endpoint(flow.client);
         let destination = self.endpoint(flow.server);
         if flow.calls.is_empty() {
@@ -425,4 +445,54 @@ impl Tracker {
             ));
         }
     }
+}
+
+fn endpoint_text((ip, port): (IpAddr, u16)) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+/// What weft saw of one flow, for `--flows`.
+fn summary(flow: &Flow, protocol: Protocol) -> super::FlowSummary {
+    // The whole ClientHello, not only the first bytes detection looks at.
+    let detection = weft_l7::detect(
+        flow.transport(),
+        flow.server.1,
+        &flow.client_head,
+        &flow.server_first,
+    );
+    let mut s = super::FlowSummary {
+        transport: match flow.l4 {
+            L4::Tcp => "tcp",
+            L4::Udp => "udp",
+        },
+        client: endpoint_text(flow.client),
+        server: endpoint_text(flow.server),
+        first_unix_ns: flow.first_ns,
+        protocol: protocol.as_str().to_string(),
+        sni: detection.tls_sni,
+        alpn: detection.tls_alpn,
+        bytes_sent: flow.client_bytes,
+        bytes_received: flow.server_bytes,
+        reset: flow.reset,
+        ..Default::default()
+    };
+    let last = flow.calls.len().saturating_sub(1);
+    for (i, call) in flow.calls.iter().enumerate() {
+        if call.message {
+            s.messages += 1;
+        } else {
+            s.requests += 1;
+        }
+        s.errors += u64::from(call.error || (flow.reset && i == last));
+        if let Some(m) = &call.method {
+            *s.methods.entry(m.clone()).or_default() += 1;
+        }
+        if let Some(st) = call.status {
+            *s.statuses.entry(st).or_default() += 1;
+        }
+        if let Some(p) = &call.path {
+            *s.paths.entry(p.clone()).or_default() += 1;
+        }
+    }
+    s
 }
