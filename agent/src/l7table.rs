@@ -152,13 +152,18 @@ impl L7Table {
         if redetect && !settled || f.detection.is_none() {
             let d = weft_l7::detect(transport, server_port, &f.client_first, &f.server_first);
             // Keep the names learned earlier if this look no longer sees them.
-            let (sni, host) = f
+            let (sni, alpn, host) = f
                 .detection
                 .as_ref()
-                .map(|o| (o.tls_sni.clone(), o.http_host.clone()))
+                .map(|o| (o.tls_sni.clone(), o.tls_alpn.clone(), o.http_host.clone()))
                 .unwrap_or_default();
             f.detection = Some(Detection {
                 tls_sni: d.tls_sni.clone().or(sni),
+                tls_alpn: if d.tls_alpn.is_empty() {
+                    alpn
+                } else {
+                    d.tls_alpn.clone()
+                },
                 http_host: d.http_host.clone().or(host),
                 ..d
             });
@@ -228,6 +233,8 @@ impl L7Table {
                 .clone()
                 .or_else(|| d.http_host.clone())
                 .unwrap_or_default();
+            record.tls_sni = d.tls_sni.clone().unwrap_or_default();
+            record.tls_alpn = d.tls_alpn.clone();
         }
         record.request_groups = f
             .groups
@@ -553,6 +560,48 @@ mod tests {
             got,
             [("GET", "/", 200, 1, 0), ("GET", "/index.html", 500, 1, 1)]
         );
+    }
+
+    /// The SNI and ALPN of a ClientHello go into the flow's record, in their own fields.
+    #[test]
+    fn tls_sni_and_alpn_are_kept_per_flow() {
+        let k = key(40000, 8443, PROTO_TCP);
+        let mut ext = Vec::new();
+        let name = b"api.weft.test";
+        ext.extend([
+            0,
+            0,
+            0,
+            (name.len() + 5) as u8,
+            0,
+            (name.len() + 3) as u8,
+            0,
+            0,
+        ]);
+        ext.push(name.len() as u8);
+        ext.extend_from_slice(name);
+        ext.extend([0, 16, 0, 14, 0, 12, 2, b'h', b'2', 8]);
+        ext.extend_from_slice(b"http/1.1");
+        let mut body = vec![3, 3];
+        body.extend([0u8; 32]);
+        body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
+        body.extend((ext.len() as u16).to_be_bytes());
+        body.extend(ext);
+        let mut hs = vec![1, 0];
+        hs.extend((body.len() as u16).to_be_bytes());
+        hs.extend(body);
+        let mut hello = vec![22, 3, 1];
+        hello.extend((hs.len() as u16).to_be_bytes());
+        hello.extend(hs);
+        assert!(hello.len() <= 128, "within the kernel's sample");
+        let mut t = L7Table::default();
+        t.observe(&sample(k, sample::REQUEST, DIR_OUT, &hello, 0, true));
+        let mut r = record(false);
+        t.fill(&k, 7, &mut r);
+        assert_eq!(r.protocol, "tls");
+        assert_eq!(r.tls_sni, "api.weft.test");
+        assert_eq!(r.tls_alpn, ["h2", "http/1.1"]);
+        assert_eq!(r.server_name, "api.weft.test");
     }
 
     /// Found by the property tests: two responses whose latencies add past u64::MAX
