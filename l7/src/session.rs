@@ -506,10 +506,12 @@ fn h2_frames(b: &[u8]) -> Vec<(u8, u8, u32, &[u8], bool)> {
     } else {
         0
     };
+    // Frames of unknown types (extensions such as ALTSVC or PRIORITY_UPDATE) are skipped by
+    // their length, as RFC 9113 section 4.1 says.
     while let (Some(len), Some(kind), Some(flags), Some(stream)) =
         (be24(b, i), u8_at(b, i + 3), u8_at(b, i + 4), be32(b, i + 5))
     {
-        if kind > 9 {
+        if out.len() >= MAX_CALLS_PER_TURN {
             break;
         }
         let start = i + 9;

@@ -461,3 +461,88 @@ mod tests {
         assert_eq!(c.matches('{').count(), c.matches('}').count());
     }
 }
+
+/// Starts MariaDB in `w` on port 3306 with a user `u`/`pw` allowed from anywhere (the lab's
+/// addresses), no TLS.
+pub fn mariadb(w: &Workload) -> Result<Server> {
+    let port = 3306;
+    let dir = server_dir(w, "mariadb")?;
+    let data = dir.join("data");
+    let sock = dir.join("sock");
+    cmd::run(Command::new("chown").args(["-R", "mysql"]).arg(&dir)).context("chown mysql")?;
+    cmd::run(
+        Command::new("mariadb-install-db")
+            .current_dir("/")
+            .arg("--user=mysql")
+            .arg(format!("--datadir={}", data.display()))
+            .arg("--auth-root-authentication-method=socket")
+            .arg("--skip-test-db"),
+    )
+    .context("mariadb-install-db")?;
+    let datadir = format!("--datadir={}", data.display());
+    let socket = format!("--socket={}", sock.display());
+    let pid = format!("--pid-file={}", dir.join("pid").display());
+    let bind = format!("--bind-address={}", w.ipv4);
+    let mut child = w.netns.spawn(
+        &w.dir,
+        &format!("mariadb-{}", w.name),
+        &[
+            "runuser",
+            "-u",
+            "mysql",
+            "--",
+            "mariadbd",
+            &datadir,
+            &socket,
+            &pid,
+            &bind,
+            "--port=3306",
+            "--skip-log-bin",
+            "--skip-ssl",
+        ],
+    )?;
+    let sock_s = sock.to_string_lossy().into_owned();
+    wait_ready(&mut child, "mariadb", || {
+        w.netns.exec_timeout(
+            Duration::from_secs(5),
+            &["mariadb-admin", "--socket", &sock_s, "ping"],
+        )?;
+        Ok(())
+    })?;
+    w.netns.exec_timeout(
+        Duration::from_secs(10),
+        &[
+            "mariadb",
+            "--socket",
+            &sock_s,
+            "-e",
+            "create user 'u'@'%' identified by 'pw'; grant all on *.* to 'u'@'%';",
+        ],
+    )?;
+    Ok(server(child, w, port))
+}
+
+/// Runs a Python 3 server script (Debian's interpreter, for Debian's modules) in `w` with
+/// the workload's IPv4 address and `port` as arguments; ready when the port accepts.
+pub fn python(w: &Workload, label: &str, script: &str, port: u16) -> Result<Server> {
+    let dir = server_dir(w, label)?;
+    let path = dir.join("server.py");
+    std::fs::write(&path, script)?;
+    let path_s = path.to_string_lossy().into_owned();
+    let port_s = port.to_string();
+    let mut child = w.netns.spawn(
+        &w.dir,
+        &format!("{label}-{}", w.name),
+        &["/usr/bin/python3", &path_s, &w.ipv4, &port_s],
+    )?;
+    let probe = format!(
+        "import socket; socket.create_connection(('{}', {port}), 1).close()",
+        w.ipv4
+    );
+    wait_ready(&mut child, label, || {
+        w.netns
+            .exec_timeout(Duration::from_secs(3), &["/usr/bin/python3", "-c", &probe])?;
+        Ok(())
+    })?;
+    Ok(server(child, w, port))
+}
