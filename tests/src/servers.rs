@@ -546,3 +546,46 @@ pub fn python(w: &Workload, label: &str, script: &str, port: u16) -> Result<Serv
     })?;
     Ok(server(child, w, port))
 }
+
+/// Starts RabbitMQ in `w` on port 5672 (guest/guest allowed from the lab's addresses), its
+/// node, database and logs below the lab's directory.
+pub fn rabbitmq(w: &Workload) -> Result<Server> {
+    let port = 5672;
+    let dir = server_dir(w, "rabbitmq")?;
+    let conf = dir.join("rabbitmq.conf");
+    std::fs::write(&conf, "loopback_users = none\n")?;
+    // Debian's rabbitmq-server runs the broker as the rabbitmq user.
+    cmd::run(Command::new("chown").args(["-R", "rabbitmq"]).arg(&dir)).context("chown rabbitmq")?;
+    let env = |k: &str, v: &Path| format!("{k}={}", v.display());
+    let node = format!(
+        "RABBITMQ_NODENAME=weft-{}-{}@localhost",
+        w.name,
+        std::process::id()
+    );
+    let args = [
+        "env".to_string(),
+        format!("RABBITMQ_NODE_IP_ADDRESS={}", w.ipv4),
+        "RABBITMQ_NODE_PORT=5672".to_string(),
+        env("RABBITMQ_CONFIG_FILE", &conf),
+        env("RABBITMQ_MNESIA_BASE", &dir.join("db")),
+        env("RABBITMQ_LOG_BASE", &dir.join("log")),
+        env("RABBITMQ_ENABLED_PLUGINS_FILE", &dir.join("plugins")),
+        env("HOME", &dir),
+        node,
+        "rabbitmq-server".to_string(),
+    ];
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = w
+        .netns
+        .spawn(&w.dir, &format!("rabbitmq-{}", w.name), &argv)?;
+    let probe = format!(
+        "import socket; socket.create_connection(('{}', {port}), 1).close()",
+        w.ipv4
+    );
+    wait_ready(&mut child, "rabbitmq", || {
+        w.netns
+            .exec_timeout(Duration::from_secs(3), &["/usr/bin/python3", "-c", &probe])?;
+        Ok(())
+    })?;
+    Ok(server(child, w, port))
+}

@@ -64,6 +64,27 @@ async def main():
 asyncio.run(main())
 "#;
 
+/// pika: declares a queue, publishes `n` messages, gets two, then declares a missing queue
+/// passively (the broker closes the channel with 404); prints "requests=N failed=M".
+const AMQP_CLIENT: &str = r#"
+import sys, pika
+c = pika.BlockingConnection(pika.ConnectionParameters(sys.argv[1], int(sys.argv[2])))
+ch = c.channel()
+requests = failed = 0
+ch.queue_declare(queue="jobs"); requests += 1
+for i in range(int(sys.argv[3])):
+    ch.basic_publish(exchange="", routing_key="jobs", body=b"job %d" % i); requests += 1
+for i in range(2):
+    ch.basic_get(queue="jobs", auto_ack=True); requests += 1
+try:
+    requests += 1
+    ch.queue_declare(queue="missing", passive=True)
+except pika.exceptions.ChannelClosedByBroker:
+    failed += 1
+c.close()
+print("requests=%d failed=%d" % (requests, failed))
+"#;
+
 fn output(ns: &Netns, args: &[&str]) -> Result<String> {
     let out = ns
         .command(args)
@@ -90,6 +111,10 @@ struct Expected {
     grpc_calls: u64,
     grpc_failed: u64,
     ws_sent: u64,
+    amqp_requests: u64,
+    amqp_failed: u64,
+    /// URIs nghttp fetched on one connection (answered by the gRPC server).
+    h2_uris: u64,
 }
 
 fn count(v: &Value, key: &str, label: &str) -> u64 {
@@ -131,7 +156,13 @@ fn check(flows: &[Value], e: &Expected, whole_turns: bool) -> Result<()> {
         e.my_queries,
         e.my_errors
     );
-    let rpc = to(50051)?;
+    // The gRPC client's connection (POSTs), not nghttp's (GETs) to the same server.
+    let rpc = flows
+        .iter()
+        .filter(|f| f["server"].as_str().is_some_and(|s| s.ends_with(":50051")))
+        .filter(|f| f["direction"].as_str().is_none_or(|d| d == "outbound"))
+        .find(|f| count(f, "methods", "GET") == 0)
+        .context("no gRPC flow")?;
     ensure!(rpc["protocol"] == "grpc", "{rpc}");
     if whole_turns {
         ensure!(
@@ -156,6 +187,38 @@ fn check(flows: &[Value], e: &Expected, whole_turns: bool) -> Result<()> {
             "{rpc}"
         );
     }
+    let amqp = to(5672)?;
+    ensure!(amqp["protocol"] == "amqp", "{amqp}");
+    if whole_turns {
+        ensure!(
+            (n(amqp, "requests"), n(amqp, "errors")) == (e.amqp_requests, e.amqp_failed),
+            "pika made {} requests, {} failed: {amqp}",
+            e.amqp_requests,
+            e.amqp_failed
+        );
+    } else {
+        // Live, the publishes and gets written after the first packet of a turn are not
+        // seen; the connection and channel setup never count, nor the close after the 404.
+        ensure!(
+            (1..=e.amqp_requests).contains(&n(amqp, "requests"))
+                && n(amqp, "errors") == e.amqp_failed,
+            "pika made {} requests, {} failed: {amqp}",
+            e.amqp_requests,
+            e.amqp_failed
+        );
+    }
+    if whole_turns {
+        let h2 = flows
+            .iter()
+            .filter(|f| f["server"].as_str().is_some_and(|s| s.ends_with(":50051")))
+            .find(|f| count(f, "methods", "GET") > 0)
+            .context("no nghttp flow")?;
+        ensure!(
+            n(h2, "requests") == e.h2_uris && count(h2, "statuses", "200") == e.h2_uris,
+            "nghttp fetched {} URIs on one connection: {h2}",
+            e.h2_uris
+        );
+    }
     let ws = to(8765)?;
     ensure!(ws["protocol"] == "websocket", "{ws}");
     ensure!(count(ws, "statuses", "101") == 1, "one upgrade: {ws}");
@@ -173,11 +236,12 @@ fn requests_are_counted_as_the_clients_made_them() -> Result<()> {
     if skip_unless_root("requests_are_counted_as_the_clients_made_them") {
         return Ok(());
     }
-    let lab = support::lab(&["client", "pg", "my", "rpc", "ws"])?;
+    let lab = support::lab(&["client", "pg", "my", "rpc", "ws", "mq"])?;
     let pg = servers::postgres(lab.workload("pg")?)?;
     let my = servers::mariadb(lab.workload("my")?)?;
     let rpc = servers::python(lab.workload("rpc")?, "grpc", GRPC_SERVER, 50051)?;
     let ws = servers::python(lab.workload("ws")?, "ws", WS_SERVER, 8765)?;
+    let mq = servers::rabbitmq(lab.workload("mq")?)?;
     let weft = Weft::start(&lab)?;
     let client = lab.workload("client")?;
     let hv = &lab.hypervisor().netns;
@@ -242,6 +306,19 @@ fn requests_are_counted_as_the_clients_made_them() -> Result<()> {
         ns,
         &["/usr/bin/python3", "-c", WS_CLIENT, &ws.ipv4, "8765", "3"],
     )?;
+    let amqp_out = output(
+        ns,
+        &["/usr/bin/python3", "-c", AMQP_CLIENT, &mq.ipv4, "5672", "3"],
+    )?;
+    // nghttp (h2c, prior knowledge): three streams opened in one packet.
+    let uris: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|p| format!("http://{}:50051/{p}", rpc.ipv4))
+        .collect();
+    let mut argv = vec!["nghttp", "-n"];
+    argv.extend(uris.iter().map(String::as_str));
+    output(ns, &argv)?;
+
     let expected = Expected {
         pg_queries: statements,
         pg_errors,
@@ -250,6 +327,9 @@ fn requests_are_counted_as_the_clients_made_them() -> Result<()> {
         grpc_calls: reported(&grpc_out, "calls")?,
         grpc_failed: reported(&grpc_out, "failed")?,
         ws_sent: reported(&ws_out, "sent")?,
+        amqp_requests: reported(&amqp_out, "requests")?,
+        amqp_failed: reported(&amqp_out, "failed")?,
+        h2_uris: uris.len() as u64,
     };
 
     // Live: the agent's records, per flow, from the controller.
