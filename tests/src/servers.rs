@@ -416,52 +416,6 @@ fn wait_ready(child: &mut Child, what: &str, mut probe: impl FnMut() -> Result<(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blob_has_exact_size() {
-        assert_eq!(blob(200 * 1024).len(), 204800);
-        assert!(blob(0).is_empty());
-    }
-
-    #[test]
-    fn nginx_proxy_conf_keeps_upstream_connections_alive() {
-        let c = nginx_conf(
-            Path::new("/tmp/x"),
-            "198.18.1.12",
-            "fd00:1::12",
-            80,
-            &Site::Proxy {
-                upstream: "198.18.1.13:80".into(),
-            },
-        );
-        assert!(c.contains("server 198.18.1.13:80;"));
-        assert!(c.contains("keepalive 16;"));
-        assert!(c.contains("proxy_http_version 1.1;"));
-        assert!(c.contains("proxy_set_header Connection \"\";"));
-        assert!(c.contains("listen [fd00:1::12]:80;"));
-        assert!(c.contains("daemon off;"));
-        assert!(c.contains("pid /tmp/x/nginx.pid;"));
-        assert_eq!(c.matches('{').count(), c.matches('}').count());
-    }
-
-    #[test]
-    fn nginx_static_conf_serves_docroot() {
-        let c = nginx_conf(
-            Path::new("/p"),
-            "198.18.1.11",
-            "fd00:1::11",
-            80,
-            &Site::Static(vec![]),
-        );
-        assert!(c.contains("root /p/www;"));
-        assert!(!c.contains("upstream"));
-        assert_eq!(c.matches('{').count(), c.matches('}').count());
-    }
-}
-
 /// Starts MariaDB in `w` on port 3306 with a user `u`/`pw` allowed from anywhere (the lab's
 /// addresses), no TLS.
 pub fn mariadb(w: &Workload) -> Result<Server> {
@@ -588,4 +542,50 @@ pub fn rabbitmq(w: &Workload) -> Result<Server> {
         Ok(())
     })?;
     Ok(server(child, w, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_has_exact_size() {
+        assert_eq!(blob(200 * 1024).len(), 204800);
+        assert!(blob(0).is_empty());
+    }
+
+    #[test]
+    fn nginx_proxy_conf_keeps_upstream_connections_alive() {
+        let c = nginx_conf(
+            Path::new("/tmp/x"),
+            "198.18.1.12",
+            "fd00:1::12",
+            80,
+            &Site::Proxy {
+                upstream: "198.18.1.13:80".into(),
+            },
+        );
+        assert!(c.contains("server 198.18.1.13:80;"));
+        assert!(c.contains("keepalive 16;"));
+        assert!(c.contains("proxy_http_version 1.1;"));
+        assert!(c.contains("proxy_set_header Connection \"\";"));
+        assert!(c.contains("listen [fd00:1::12]:80;"));
+        assert!(c.contains("daemon off;"));
+        assert!(c.contains("pid /tmp/x/nginx.pid;"));
+        assert_eq!(c.matches('{').count(), c.matches('}').count());
+    }
+
+    #[test]
+    fn nginx_static_conf_serves_docroot() {
+        let c = nginx_conf(
+            Path::new("/p"),
+            "198.18.1.11",
+            "fd00:1::11",
+            80,
+            &Site::Static(vec![]),
+        );
+        assert!(c.contains("root /p/www;"));
+        assert!(!c.contains("upstream"));
+        assert_eq!(c.matches('{').count(), c.matches('}').count());
+    }
 }
