@@ -9,7 +9,7 @@ use agent_common::{
     FlowKey, PayloadSample,
     flow::{DIR_OUT, PROTO_UDP, sample},
 };
-use weft_l7::{Confidence, Detection, Protocol, Transport};
+use weft_l7::{Call, Confidence, Detection, Protocol, Session, Transport, Turn};
 use weft_proto::v1::{DnsAnswer, FlowRecord, RequestGroup};
 
 /// Distinct (method, path, status) groups kept per flow between two records; beyond it,
@@ -33,10 +33,56 @@ struct FlowL7 {
     client_first: Vec<u8>,
     server_first: Vec<u8>,
     detection: Option<Detection>,
-    /// The outstanding request: (method, path pattern).
-    pending: Option<(String, String)>,
+    /// The outstanding request turn: its first bytes and when it was sampled.
+    pending: Option<(Vec<u8>, u64)>,
+    /// What the flow said before: handshakes, HTTP/2 streams and tables, WebSocket upgrade.
+    session: Option<Session>,
     groups: HashMap<(String, String, u32), Group>,
     dns: Vec<(String, IpAddr, u32)>,
+}
+
+impl FlowL7 {
+    /// Counts one request (or WebSocket message) in its (method, path, status) group.
+    fn add(&mut self, protocol: Protocol, call: Call) {
+        let error = call.error();
+        let (method, path) = match call.request {
+            Some(r) => {
+                let method = match r.operation {
+                    Some(op) if !op.is_empty() => op,
+                    _ => r.method,
+                };
+                let path = match (protocol, r.path) {
+                    (
+                        Protocol::Http1 | Protocol::Http2 | Protocol::Grpc | Protocol::WebSocket,
+                        Some(p),
+                    ) => weft_l7::path_pattern(&p),
+                    (_, Some(p)) => p.chars().take(128).collect(),
+                    (_, None) => String::new(),
+                };
+                (method, path)
+            }
+            None => (String::new(), String::new()),
+        };
+        // HTTP-like statuses label the group; other codes (DNS rcode, MySQL error numbers)
+        // only mark the error.
+        let labelled = matches!(
+            protocol,
+            Protocol::Http1 | Protocol::Http2 | Protocol::Grpc | Protocol::WebSocket
+        );
+        let status = match (&call.response, labelled) {
+            (Some(r), true) => u32::from(r.status.unwrap_or(0)),
+            _ => 0,
+        };
+        let mut key = (method, path, status);
+        if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS_PER_FLOW {
+            key = (String::new(), String::new(), 0);
+        }
+        let g = self.groups.entry(key).or_default();
+        g.count += 1;
+        g.errors += u64::from(error);
+        // A sample's latency is whatever the ring said: saturate, never overflow.
+        g.latency_sum_ns = g.latency_sum_ns.saturating_add(call.latency_ns);
+    }
 }
 
 #[derive(Default)]
@@ -106,13 +152,18 @@ impl L7Table {
         if redetect && !settled || f.detection.is_none() {
             let d = weft_l7::detect(transport, server_port, &f.client_first, &f.server_first);
             // Keep the names learned earlier if this look no longer sees them.
-            let (sni, host) = f
+            let (sni, alpn, host) = f
                 .detection
                 .as_ref()
-                .map(|o| (o.tls_sni.clone(), o.http_host.clone()))
+                .map(|o| (o.tls_sni.clone(), o.tls_alpn.clone(), o.http_host.clone()))
                 .unwrap_or_default();
             f.detection = Some(Detection {
                 tls_sni: d.tls_sni.clone().or(sni),
+                tls_alpn: if d.tls_alpn.is_empty() {
+                    alpn
+                } else {
+                    d.tls_alpn.clone()
+                },
                 http_host: d.http_host.clone().or(host),
                 ..d
             });
@@ -121,46 +172,9 @@ impl L7Table {
 
         match s.kind {
             sample::REQUEST => {
-                f.pending = Some(match weft_l7::parse_request(protocol, data) {
-                    Some(r) => {
-                        let method = match r.operation {
-                            Some(op) if !op.is_empty() => op,
-                            _ => r.method,
-                        };
-                        let path = match (protocol, r.path) {
-                            (
-                                Protocol::Http1
-                                | Protocol::Http2
-                                | Protocol::Grpc
-                                | Protocol::WebSocket,
-                                Some(p),
-                            ) => weft_l7::path_pattern(&p),
-                            (_, Some(p)) => p.chars().take(128).collect(),
-                            (_, None) => String::new(),
-                        };
-                        (method, path)
-                    }
-                    None => (String::new(), String::new()),
-                });
+                f.pending = Some((data.to_vec(), s.ts_ns));
             }
             sample::RESPONSE => {
-                let resp = weft_l7::parse_response(protocol, data);
-                let (status, error) = resp.as_ref().map_or((0, false), |r| {
-                    // HTTP-like statuses label the group; other codes (DNS rcode, MySQL
-                    // error numbers) only mark the error.
-                    let labelled = matches!(
-                        protocol,
-                        Protocol::Http1 | Protocol::Http2 | Protocol::Grpc | Protocol::WebSocket
-                    );
-                    (
-                        if labelled {
-                            r.status.unwrap_or(0) as u32
-                        } else {
-                            0
-                        },
-                        r.error,
-                    )
-                });
                 if protocol == Protocol::Dns && f.dns.len() < MAX_DNS_ANSWERS {
                     let tcp = transport == Transport::Tcp;
                     for a in weft_l7::dns_answers(data, tcp) {
@@ -169,16 +183,27 @@ impl L7Table {
                         }
                     }
                 }
-                let (method, path) = f.pending.take().unwrap_or_default();
-                let mut key = (method, path, status);
-                if !f.groups.contains_key(&key) && f.groups.len() >= MAX_GROUPS_PER_FLOW {
-                    key = (String::new(), String::new(), 0);
+                if f.session.as_ref().map(Session::protocol) != Some(protocol) {
+                    f.session = Some(Session::new(protocol));
                 }
-                let g = f.groups.entry(key).or_default();
-                g.count += 1;
-                g.errors += error as u64;
-                // A sample's latency is whatever the ring said: saturate, never overflow.
-                g.latency_sum_ns = g.latency_sum_ns.saturating_add(s.latency_ns);
+                let (request, start_ns) = f
+                    .pending
+                    .take()
+                    .unwrap_or_else(|| (Vec::new(), s.ts_ns.saturating_sub(s.latency_ns)));
+                let calls = f.session.as_mut().map_or_else(Vec::new, |session| {
+                    // The kernel samples the first bytes of a turn: never the whole of it.
+                    session.turn(&Turn {
+                        request: &request,
+                        request_complete: false,
+                        response: data,
+                        response_complete: false,
+                        start_ns,
+                        latency_ns: s.latency_ns,
+                    })
+                });
+                for call in calls {
+                    f.add(protocol, call);
+                }
             }
             _ => {}
         }
@@ -193,6 +218,13 @@ impl L7Table {
         if f.flow_first_seen_ns != first_seen_ns {
             return;
         }
+        // HTTP/2 streams answered since (and, at the flow's end, every open one).
+        if let Some(session) = f.session.as_mut() {
+            let protocol = session.protocol();
+            for call in session.flush(record.ended) {
+                f.add(protocol, call);
+            }
+        }
         if let Some(d) = &f.detection {
             record.protocol = d.protocol.as_str().to_owned();
             record.protocol_from_payload = d.confidence == Confidence::Payload;
@@ -201,6 +233,8 @@ impl L7Table {
                 .clone()
                 .or_else(|| d.http_host.clone())
                 .unwrap_or_default();
+            record.tls_sni = d.tls_sni.clone().unwrap_or_default();
+            record.tls_alpn = d.tls_alpn.clone();
         }
         record.request_groups = f
             .groups
@@ -455,6 +489,119 @@ mod tests {
         let mut r = record(false);
         t.fill(&k, 7, &mut r);
         assert_eq!(r.protocol, "mysql");
+    }
+
+    /// psql's SSLRequest, startup and password exchange are not requests: only the query.
+    #[test]
+    fn postgres_handshake_is_not_counted() {
+        let k = key(40000, 5432, PROTO_TCP);
+        let mut t = L7Table::default();
+        let mut startup = vec![0, 0, 0, 0x17, 0, 3, 0, 0];
+        startup.extend_from_slice(b"user\0postgres\0\0");
+        let mut pw = vec![b'p', 0, 0, 0, 0x10];
+        pw.extend_from_slice(b"SCRAM-SHA-256\0");
+        let mut q = vec![b'Q', 0, 0, 0, 13];
+        q.extend_from_slice(b"select 1\0");
+        let sasl = [b'R', 0, 0, 0, 0x17, 0, 0, 0, 10];
+        let turns: [(&[u8], &[u8]); 4] = [
+            (&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f], b"N"),
+            (&startup, &sasl),
+            (&pw, &[b'R', 0, 0, 0, 8, 0, 0, 0, 0]),
+            (&q, b"E\0\0\0\x10C42P01\0\0"),
+        ];
+        for (i, (req, resp)) in turns.iter().enumerate() {
+            t.observe(&sample(k, sample::REQUEST, DIR_OUT, req, 0, i == 0));
+            t.observe(&sample(k, sample::RESPONSE, DIR_IN, resp, 5, i == 0));
+        }
+        let mut r = record(true);
+        t.fill(&k, 7, &mut r);
+        assert_eq!(r.protocol, "postgres");
+        assert_eq!(r.request_groups.len(), 1, "{:?}", r.request_groups);
+        let g = &r.request_groups[0];
+        assert_eq!((g.method.as_str(), g.count, g.errors), ("SELECT", 1, 1));
+    }
+
+    /// Two HTTP/2 streams in one sampled turn count as two requests, each with its status.
+    #[test]
+    fn http2_streams_in_one_turn_count_separately() {
+        let k = key(40000, 8080, PROTO_TCP);
+        let frame = |kind: u8, flags: u8, stream: u8, payload: &[u8]| {
+            let mut v = vec![0, 0, payload.len() as u8, kind, flags, 0, 0, 0, stream];
+            v.extend_from_slice(payload);
+            v
+        };
+        let mut c = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        c.extend(frame(4, 0, 0, &[]));
+        c.extend(frame(1, 5, 1, &[0x82, 0x86, 0x84]));
+        c.extend(frame(1, 5, 3, &[0x82, 0x86, 0x85]));
+        let mut sv = frame(4, 0, 0, &[]);
+        sv.extend(frame(1, 5, 1, &[0x88]));
+        sv.extend(frame(1, 5, 3, &[0x8e]));
+        let mut t = L7Table::default();
+        t.observe(&sample(k, sample::REQUEST, DIR_OUT, &c, 0, true));
+        t.observe(&sample(k, sample::RESPONSE, DIR_IN, &sv, 5, true));
+        let mut r = record(true);
+        t.fill(&k, 7, &mut r);
+        assert_eq!(r.protocol, "http2");
+        let got: Vec<_> = r
+            .request_groups
+            .iter()
+            .map(|g| {
+                (
+                    g.method.as_str(),
+                    g.path.as_str(),
+                    g.status,
+                    g.count,
+                    g.errors,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("GET", "/", 200, 1, 0), ("GET", "/index.html", 500, 1, 1)]
+        );
+    }
+
+    /// The SNI and ALPN of a ClientHello go into the flow's record, in their own fields.
+    #[test]
+    fn tls_sni_and_alpn_are_kept_per_flow() {
+        let k = key(40000, 8443, PROTO_TCP);
+        let mut ext = Vec::new();
+        let name = b"api.weft.test";
+        ext.extend([
+            0,
+            0,
+            0,
+            (name.len() + 5) as u8,
+            0,
+            (name.len() + 3) as u8,
+            0,
+            0,
+        ]);
+        ext.push(name.len() as u8);
+        ext.extend_from_slice(name);
+        ext.extend([0, 16, 0, 14, 0, 12, 2, b'h', b'2', 8]);
+        ext.extend_from_slice(b"http/1.1");
+        let mut body = vec![3, 3];
+        body.extend([0u8; 32]);
+        body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
+        body.extend((ext.len() as u16).to_be_bytes());
+        body.extend(ext);
+        let mut hs = vec![1, 0];
+        hs.extend((body.len() as u16).to_be_bytes());
+        hs.extend(body);
+        let mut hello = vec![22, 3, 1];
+        hello.extend((hs.len() as u16).to_be_bytes());
+        hello.extend(hs);
+        assert!(hello.len() <= 128, "within the kernel's sample");
+        let mut t = L7Table::default();
+        t.observe(&sample(k, sample::REQUEST, DIR_OUT, &hello, 0, true));
+        let mut r = record(false);
+        t.fill(&k, 7, &mut r);
+        assert_eq!(r.protocol, "tls");
+        assert_eq!(r.tls_sni, "api.weft.test");
+        assert_eq!(r.tls_alpn, ["h2", "http/1.1"]);
+        assert_eq!(r.server_name, "api.weft.test");
     }
 
     /// Found by the property tests: two responses whose latencies add past u64::MAX

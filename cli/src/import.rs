@@ -60,6 +60,20 @@ pub struct ImportArgs {
     /// With --offline: how to print the topology.
     #[arg(long, value_enum, default_value_t = OfflineFormat::Ascii, requires = "offline")]
     pub format: OfflineFormat,
+    /// pcap: print one JSON line per flow (endpoints, protocol, SNI/ALPN, requests, errors,
+    /// methods, statuses, paths) instead of importing, to check weft flow by flow.
+    #[arg(long, conflicts_with = "offline")]
+    pub flows: bool,
+}
+
+/// One JSON line per flow of a capture.
+fn flow_lines(report: &ImportReport) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for flow in &report.flows {
+        out.push_str(&serde_json::to_string(flow)?);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// One line of summary for stderr.
@@ -186,8 +200,17 @@ pub fn run(controller: &str, args: &ImportArgs) -> anyhow::Result<String> {
     let options = ImportOptions {
         source: args.source.clone(),
     };
+    if args.flows && args.kind != Kind::Pcap {
+        bail!("--flows applies to pcap captures only");
+    }
     let report = import::import_file(args.kind.into(), &args.file, &options)
         .with_context(|| format!("reading {}", args.file.display()))?;
+    if args.flows {
+        for line in error_lines(&args.file.display().to_string(), &report) {
+            eprintln!("{line}");
+        }
+        return flow_lines(&report);
+    }
     let file = args.file.display().to_string();
     for line in error_lines(&file, &report) {
         eprintln!("{line}");
@@ -220,6 +243,7 @@ mod tests {
             source: None,
             offline: true,
             format,
+            flows: false,
         }
     }
 
@@ -237,6 +261,53 @@ mod tests {
         let _ = std::fs::remove_file(&file);
         let json: serde_json::Value = serde_json::from_str(&text).expect("JSON topology");
         assert!(text.contains("db.internal"), "{json}");
+    }
+
+    #[test]
+    fn flows_are_json_lines_one_per_flow_with_the_clients_counts() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../l7/fixtures");
+        let flows = |name: &str| -> Vec<serde_json::Value> {
+            let args = ImportArgs {
+                flows: true,
+                offline: false,
+                ..args(
+                    Kind::Pcap,
+                    format!("{fixtures}/{name}.pcap").into(),
+                    OfflineFormat::Ascii,
+                )
+            };
+            let text = run("http://127.0.0.1:9", &args).expect("flows");
+            text.lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                .collect()
+        };
+        // grpcio: 2 good calls and 1 failing, on one connection.
+        let grpc = flows("grpc");
+        assert_eq!(grpc.len(), 1, "{grpc:?}");
+        let f = &grpc[0];
+        assert_eq!(f["protocol"], "grpc");
+        assert_eq!(
+            (f["requests"].as_u64(), f["errors"].as_u64()),
+            (Some(3), Some(1))
+        );
+        assert_eq!(f["paths"]["/demo.Echo/Say"], 2);
+        assert_eq!(f["paths"]["/demo.Echo/Fail"], 1);
+        assert_eq!(f["statuses"]["200"], 3);
+        assert_eq!(f["server"], "198.18.250.1:50051");
+        // curl to an openssl s_server: SNI and ALPN per flow.
+        let tls = flows("tls");
+        assert_eq!(tls.len(), 1, "{tls:?}");
+        assert_eq!(tls[0]["protocol"], "tls");
+        assert_eq!(tls[0]["sni"], "api.weft.test");
+        assert_eq!(tls[0]["alpn"], serde_json::json!(["http/1.1"]));
+        // websockets: one upgrade request, 5 messages (3 text, a ping, the close).
+        let ws = flows("ws");
+        assert_eq!(
+            (ws[0]["requests"].as_u64(), ws[0]["messages"].as_u64()),
+            (Some(1), Some(5))
+        );
+        assert_eq!(ws[0]["statuses"], serde_json::json!({"101": 1}));
+        assert_eq!(ws[0]["errors"], 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod certs;
 mod credentials;
+mod flows;
 mod import;
 mod networks;
 mod shards;
@@ -50,6 +51,9 @@ enum Command {
         #[command(subcommand)]
         command: TopologyCommand,
     },
+    /// The flows the agents reported last: endpoints, protocol, TLS SNI/ALPN, requests,
+    /// errors, methods, statuses and paths of each.
+    Flows(flows::FlowsArgs),
     /// Import traffic weft did not capture: a pcap, JSON lines of observations, or an
     /// Envoy access log; posted to the controller, or printed as a topology (--offline).
     Import(import::ImportArgs),
@@ -148,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network { command } => networks::run_network(&cli.controller, &command)?,
         Command::Topology { command } => topology::run(&cli.controller, &command)?,
         Command::Import(args) => import::run(&cli.controller, &args)?,
+        Command::Flows(args) => flows::run(&cli.controller, &args)?,
         Command::Shards { command } => shards::run_shards(&cli.controller, &command)?,
         Command::Addresses { command } => shards::run_addresses(&cli.controller, &command)?,
         Command::Events(args) => shards::run_events(&cli.controller, &args)?,

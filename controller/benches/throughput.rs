@@ -167,6 +167,8 @@ fn observation(client: u32, server: u32, requests: u64) -> FlowObservation {
             protocol: Some("http".into()),
             protocol_from_payload: true,
             server_name: None,
+            tls_sni: None,
+            tls_alpn: Vec::new(),
             request_groups: vec![RequestGroup {
                 method: "GET".into(),
                 path: "/users/{id}".into(),

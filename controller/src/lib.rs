@@ -17,6 +17,7 @@ pub mod auth;
 pub mod auth_flags;
 pub mod compose;
 pub mod export;
+pub mod flows;
 pub mod hosts;
 pub mod limit_flags;
 pub mod limits;

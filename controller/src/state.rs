@@ -48,6 +48,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// The limits on requests, connections, streams, renders and agents, and their counts.
     pub limits: Arc<Limits>,
+    /// The most recent flows the agents reported, for `GET /flows`.
+    pub flows: Arc<crate::flows::RecentFlows>,
 }
 
 /// Why a controller state could not start.
@@ -175,6 +177,7 @@ impl AppStateBuilder {
             hosts,
             auth,
             limits,
+            flows: Arc::new(crate::flows::RecentFlows::default()),
         })
     }
 }

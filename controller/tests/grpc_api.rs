@@ -217,3 +217,98 @@ async fn register_rejects_bad_workload_addresses() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("host_id"));
 }
+
+/// Records pushed by an agent show per flow on `GET /flows`: endpoints, protocol, SNI and
+/// ALPN, and the requests, errors, methods, statuses and paths counted on the flow.
+#[tokio::test]
+async fn pushed_flows_show_on_get_flows_with_sni_alpn_and_counts() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use weft_proto::v1::RequestGroup;
+
+    let state = AppState::default();
+    let mut client = client(serve(state.clone()).await).await;
+    client
+        .register(register_request("i1"))
+        .await
+        .expect("register");
+    let mut first = record(FlowDirection::Outbound, 2);
+    first.protocol = "grpc".into();
+    first.protocol_from_payload = true;
+    first.tls_sni = "API.example".into();
+    first.tls_alpn = vec!["h2".into()];
+    first.request_groups = vec![RequestGroup {
+        method: "POST".into(),
+        path: "/demo.Echo/Say".into(),
+        status: 200,
+        count: 2,
+        errors: 0,
+        latency_sum_ns: 10,
+    }];
+    let mut second = first.clone();
+    second.first_record = false;
+    second.last_seen_unix_ns = 9;
+    second.ended = true;
+    second.request_groups = vec![RequestGroup {
+        method: "POST".into(),
+        path: "/demo.Echo/Fail".into(),
+        status: 200,
+        count: 1,
+        errors: 1,
+        latency_sum_ns: 5,
+    }];
+    client
+        .push_flows(batch("i1", 1, vec![first, second]))
+        .await
+        .expect("push");
+
+    let get = |uri: &str| {
+        let app = weft_controller::api::http::app(state.clone());
+        let uri = uri.to_owned();
+        async move {
+            let response = app
+                .oneshot(
+                    axum::http::Request::get(uri)
+                        .body(Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("response");
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).expect("json"),
+            )
+        }
+    };
+    let (status, body) = get("/flows").await;
+    assert_eq!(status, 200, "{body}");
+    let flows = body["flows"].as_array().expect("flows");
+    assert_eq!(flows.len(), 1, "{body}");
+    let f = &flows[0];
+    assert_eq!(f["client"], "10.0.0.1:40000");
+    assert_eq!(f["server"], "10.0.0.2:5432");
+    assert_eq!(f["protocol"], "grpc");
+    assert_eq!(f["sni"], "api.example");
+    assert_eq!(f["alpn"], serde_json::json!(["h2"]));
+    assert_eq!(
+        (f["requests"].as_u64(), f["errors"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(f["paths"]["/demo.Echo/Say"], 2);
+    assert_eq!(f["paths"]["/demo.Echo/Fail"], 1);
+    assert_eq!(f["statuses"]["200"], 3);
+    assert_eq!(f["ended"], true);
+
+    let (status, _) = get("/flows?limit=0").await;
+    assert_eq!(status, 400);
+    let (status, _) = get("/flows?nope=1").await;
+    assert_eq!(status, 400);
+}

@@ -9,6 +9,7 @@ fn found(protocol: Protocol) -> Detection {
         protocol,
         confidence: Confidence::Payload,
         tls_sni: None,
+        tls_alpn: Vec::new(),
         http_host: None,
     }
 }
@@ -63,6 +64,7 @@ pub fn detect(
             protocol,
             confidence: Confidence::Port,
             tls_sni: None,
+            tls_alpn: Vec::new(),
             http_host: None,
         },
         None => Detection {
@@ -72,6 +74,7 @@ pub fn detect(
             },
             confidence: Confidence::Fallback,
             tls_sni: None,
+            tls_alpn: Vec::new(),
             http_host: None,
         },
     }
@@ -128,6 +131,7 @@ fn detect_tcp_client(client: &[u8], server: &[u8]) -> Option<Detection> {
     if let Some(hello) = tls::client_hello(client) {
         let mut d = found(Protocol::Tls);
         d.tls_sni = hello.sni;
+        d.tls_alpn = hello.alpn;
         return Some(d);
     }
     if tls::is_record(client) && (server.is_empty() || tls::is_record(server)) {

@@ -212,7 +212,7 @@ fn read_string(b: &[u8]) -> Option<(String, usize, bool)> {
 }
 
 /// HPACK decoding state for one direction of a connection.
-#[derive(Default)]
+#[derive(Default, Clone, Debug)]
 pub(crate) struct Decoder {
     dynamic: Vec<(String, String)>,
 }
@@ -245,22 +245,40 @@ impl Decoder {
         self.dynamic.truncate(keep);
     }
 
+    /// Forgets the dynamic table: entries can no longer be trusted (a header block was not
+    /// seen), and fields that refer to them stop decoding rather than decode wrong.
+    pub(crate) fn forget_dynamic(&mut self) {
+        self.dynamic.clear();
+    }
+
+    /// As [`Decoder::decode`]; returns whether the whole block was decoded.
+    pub(crate) fn decode_all(&mut self, block: &[u8], out: &mut Vec<Header>) -> bool {
+        let before = out.len();
+        let used = self.decode_inner(block, out);
+        used >= block.len() && out[before..].iter().all(|h| !h.partial)
+    }
+
     /// Decodes a header block fragment, appending to `out`. Stops quietly at the first
     /// truncated or invalid representation.
     pub(crate) fn decode(&mut self, block: &[u8], out: &mut Vec<Header>) {
+        self.decode_inner(block, out);
+    }
+
+    /// Decodes; returns how many bytes were consumed.
+    fn decode_inner(&mut self, block: &[u8], out: &mut Vec<Header>) -> usize {
         let mut i = 0usize;
         while let Some(&first) = block.get(i) {
             let rest = match block.get(i..) {
                 Some(r) => r,
-                None => return,
+                None => return i,
             };
             if first & 0x80 != 0 {
                 // Indexed header field.
                 let Some((idx, n)) = read_int(rest, 7) else {
-                    return;
+                    return i;
                 };
                 let Some((name, value)) = self.entry(idx) else {
-                    return;
+                    return i;
                 };
                 out.push(Header {
                     name,
@@ -271,7 +289,7 @@ impl Decoder {
             } else if first & 0xe0 == 0x20 {
                 // Dynamic table size update.
                 let Some((size, n)) = read_int(rest, 5) else {
-                    return;
+                    return i;
                 };
                 if size == 0 {
                     self.dynamic.clear();
@@ -284,27 +302,27 @@ impl Decoder {
                     (4, false)
                 };
                 let Some((idx, mut n)) = read_int(rest, prefix) else {
-                    return;
+                    return i;
                 };
                 let name = if idx == 0 {
                     let Some((name, used, complete)) = read_string(rest.get(n..).unwrap_or(&[]))
                     else {
-                        return;
+                        return i;
                     };
                     if !complete {
-                        return;
+                        return i;
                     }
                     n += used;
                     name
                 } else {
                     match self.entry(idx) {
                         Some((name, _)) => name,
-                        None => return,
+                        None => return i,
                     }
                 };
                 let Some((value, used, complete)) = read_string(rest.get(n..).unwrap_or(&[]))
                 else {
-                    return;
+                    return i;
                 };
                 n += used;
                 if !complete {
@@ -313,7 +331,7 @@ impl Decoder {
                         value,
                         partial: true,
                     });
-                    return;
+                    return i;
                 }
                 if incremental {
                     self.insert(&name, &value);
@@ -326,6 +344,7 @@ impl Decoder {
                 i += n;
             }
         }
+        i
     }
 }
 

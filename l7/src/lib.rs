@@ -43,6 +43,7 @@ mod kafka;
 mod mongo;
 mod path;
 mod redis;
+mod session;
 mod sql;
 mod tls;
 mod util;
@@ -53,6 +54,7 @@ use std::str::FromStr;
 pub use detect::detect;
 pub use dns::dns_answers;
 pub use path::{MAX_PATTERN_LEN, path_pattern};
+pub use session::{Call, CallKind, Session, Turn};
 
 /// Application protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -187,6 +189,9 @@ pub struct Detection {
     pub confidence: Confidence,
     /// TLS server name (SNI) from the ClientHello, when the extension is within the bytes.
     pub tls_sni: Option<String>,
+    /// TLS ALPN protocols the client offered ("h2", "http/1.1"), when the extension is within
+    /// the bytes.
+    pub tls_alpn: Vec<String>,
     /// HTTP/1 `Host` header (or HTTP/2 `:authority`), when visible in full.
     pub http_host: Option<String>,
 }

@@ -23,6 +23,9 @@ pub(crate) fn record_header(b: &[u8]) -> Option<(u8, Option<u16>)> {
 #[derive(Debug, Default)]
 pub(crate) struct ClientHello {
     pub sni: Option<String>,
+    /// Protocols offered in the ALPN extension ("h2", "http/1.1"), when it is complete
+    /// within the bytes.
+    pub alpn: Vec<String>,
 }
 
 /// Recognises a ClientHello (record type 22, handshake type 1) and extracts the SNI when the
@@ -38,10 +41,50 @@ pub(crate) fn client_hello(b: &[u8]) -> Option<ClientHello> {
     {
         return None;
     }
-    Some(ClientHello { sni: sni(b) })
+    let (sni, alpn) = extensions(b).unwrap_or_default();
+    Some(ClientHello { sni, alpn })
 }
 
-fn sni(b: &[u8]) -> Option<String> {
+/// ALPN protocol names: printable ASCII, at most 8 of them.
+fn alpn_list(b: &[u8], data: usize, len: usize) -> Option<Vec<String>> {
+    let list_len = usize::from(be16(b, data)?);
+    let end = (data + 2).checked_add(list_len)?.min(data + len);
+    slice(b, data + 2, end.checked_sub(data + 2)?)?;
+    let mut out = Vec::new();
+    let mut j = data + 2;
+    while j < end && out.len() < 8 {
+        let n = usize::from(u8_at(b, j)?);
+        let name = slice(b, j + 1, n)?;
+        if name.is_empty() || !name.iter().all(|c| (0x21..0x7f).contains(c)) {
+            return None;
+        }
+        out.push(String::from_utf8_lossy(name).into_owned());
+        j += 1 + n;
+    }
+    Some(out)
+}
+
+/// server_name_list: u16 length, then entries (type u8, name u16-prefixed).
+fn server_name(b: &[u8], data: usize, len: usize) -> Option<String> {
+    let list_len = usize::from(be16(b, data)?);
+    let mut j = data + 2;
+    let list_end = (data + 2).checked_add(list_len)?.min(data + len);
+    while j + 3 <= list_end {
+        let name_type = u8_at(b, j)?;
+        let nlen = usize::from(be16(b, j + 1)?);
+        let name = slice(b, j + 3, nlen)?;
+        if name_type == 0 {
+            return host_name(name);
+        }
+        j += 3 + nlen;
+    }
+    None
+}
+
+/// SNI and ALPN of a ClientHello, as far as the extensions are visible.
+fn extensions(b: &[u8]) -> Option<(Option<String>, Vec<String>)> {
+    let mut sni = None;
+    let mut alpn = Vec::new();
     let hs_len = be24(b, 6)? as usize;
     let hs_end = 9usize.checked_add(hs_len)?;
     // client_version(2) random(32)
@@ -59,28 +102,19 @@ fn sni(b: &[u8]) -> Option<String> {
     i += 2;
     let ext_end = i.checked_add(ext_len)?.min(hs_end);
     while i + 4 <= ext_end {
-        let typ = be16(b, i)?;
-        let len = usize::from(be16(b, i + 2)?);
+        let (Some(typ), Some(len)) = (be16(b, i), be16(b, i + 2)) else {
+            break;
+        };
+        let len = usize::from(len);
         let data = i + 4;
         if typ == 0 {
-            // server_name_list: u16 length, then entries (type u8, name u16-prefixed).
-            let list_len = usize::from(be16(b, data)?);
-            let mut j = data + 2;
-            let list_end = (data + 2).checked_add(list_len)?.min(data + len);
-            while j + 3 <= list_end {
-                let name_type = u8_at(b, j)?;
-                let nlen = usize::from(be16(b, j + 1)?);
-                let name = slice(b, j + 3, nlen)?;
-                if name_type == 0 {
-                    return host_name(name);
-                }
-                j += 3 + nlen;
-            }
-            return None;
+            sni = server_name(b, data, len);
+        } else if typ == 16 {
+            alpn = alpn_list(b, data, len).unwrap_or_default();
         }
-        i = data.checked_add(len)?;
+        i = data + len;
     }
-    None
+    Some((sni, alpn))
 }
 
 fn host_name(name: &[u8]) -> Option<String> {

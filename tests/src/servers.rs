@@ -422,6 +422,134 @@ fn wait_ready(child: &mut Child, what: &str, mut probe: impl FnMut() -> Result<(
     })
 }
 
+/// Starts MariaDB in `w` on port 3306 with a user `u`/`pw` allowed from anywhere (the lab's
+/// addresses), no TLS.
+pub fn mariadb(w: &Workload) -> Result<Server> {
+    let port = 3306;
+    let dir = server_dir(w, "mariadb")?;
+    let data = dir.join("data");
+    let sock = dir.join("sock");
+    cmd::run(Command::new("chown").args(["-R", "mysql"]).arg(&dir)).context("chown mysql")?;
+    cmd::run(
+        Command::new("mariadb-install-db")
+            .current_dir("/")
+            .arg("--user=mysql")
+            .arg(format!("--datadir={}", data.display()))
+            .arg("--auth-root-authentication-method=socket")
+            .arg("--skip-test-db"),
+    )
+    .context("mariadb-install-db")?;
+    let datadir = format!("--datadir={}", data.display());
+    let socket = format!("--socket={}", sock.display());
+    let pid = format!("--pid-file={}", dir.join("pid").display());
+    let bind = format!("--bind-address={}", w.ipv4);
+    let mut child = w.netns.spawn(
+        &w.dir,
+        &format!("mariadb-{}", w.name),
+        &[
+            "runuser",
+            "-u",
+            "mysql",
+            "--",
+            "mariadbd",
+            &datadir,
+            &socket,
+            &pid,
+            &bind,
+            "--port=3306",
+            "--skip-log-bin",
+            "--skip-ssl",
+        ],
+    )?;
+    let sock_s = sock.to_string_lossy().into_owned();
+    wait_ready(&mut child, "mariadb", || {
+        w.netns.exec_timeout(
+            Duration::from_secs(5),
+            &["mariadb-admin", "--socket", &sock_s, "ping"],
+        )?;
+        Ok(())
+    })?;
+    w.netns.exec_timeout(
+        Duration::from_secs(10),
+        &[
+            "mariadb",
+            "--socket",
+            &sock_s,
+            "-e",
+            "create user 'u'@'%' identified by 'pw'; grant all on *.* to 'u'@'%';",
+        ],
+    )?;
+    Ok(server(child, w, port))
+}
+
+/// Runs a Python 3 server script (Debian's interpreter, for Debian's modules) in `w` with
+/// the workload's IPv4 address and `port` as arguments; ready when the port accepts.
+pub fn python(w: &Workload, label: &str, script: &str, port: u16) -> Result<Server> {
+    let dir = server_dir(w, label)?;
+    let path = dir.join("server.py");
+    std::fs::write(&path, script)?;
+    let path_s = path.to_string_lossy().into_owned();
+    let port_s = port.to_string();
+    let mut child = w.netns.spawn(
+        &w.dir,
+        &format!("{label}-{}", w.name),
+        &["/usr/bin/python3", &path_s, &w.ipv4, &port_s],
+    )?;
+    let probe = format!(
+        "import socket; socket.create_connection(('{}', {port}), 1).close()",
+        w.ipv4
+    );
+    wait_ready(&mut child, label, || {
+        w.netns
+            .exec_timeout(Duration::from_secs(3), &["/usr/bin/python3", "-c", &probe])?;
+        Ok(())
+    })?;
+    Ok(server(child, w, port))
+}
+
+/// Starts RabbitMQ in `w` on port 5672 (guest/guest allowed from the lab's addresses), its
+/// node, database and logs below the lab's directory.
+pub fn rabbitmq(w: &Workload) -> Result<Server> {
+    let port = 5672;
+    let dir = server_dir(w, "rabbitmq")?;
+    let conf = dir.join("rabbitmq.conf");
+    std::fs::write(&conf, "loopback_users = none\n")?;
+    // Debian's rabbitmq-server runs the broker as the rabbitmq user.
+    cmd::run(Command::new("chown").args(["-R", "rabbitmq"]).arg(&dir)).context("chown rabbitmq")?;
+    let env = |k: &str, v: &Path| format!("{k}={}", v.display());
+    let node = format!(
+        "RABBITMQ_NODENAME=weft-{}-{}@localhost",
+        w.name,
+        std::process::id()
+    );
+    let args = [
+        "env".to_string(),
+        format!("RABBITMQ_NODE_IP_ADDRESS={}", w.ipv4),
+        "RABBITMQ_NODE_PORT=5672".to_string(),
+        env("RABBITMQ_CONFIG_FILE", &conf),
+        env("RABBITMQ_MNESIA_BASE", &dir.join("db")),
+        env("RABBITMQ_LOG_BASE", &dir.join("log")),
+        env("RABBITMQ_ENABLED_PLUGINS_FILE", &dir.join("plugins")),
+        env("HOME", &dir),
+        node,
+        "rabbitmq-server".to_string(),
+    ];
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = w
+        .netns
+        .spawn(&w.dir, &format!("rabbitmq-{}", w.name), &argv)?;
+    let probe = format!(
+        "import socket; socket.create_connection(('{}', {port}), 1).close()",
+        w.ipv4
+    );
+    wait_ready(&mut child, "rabbitmq", || {
+        w.netns
+            .exec_timeout(Duration::from_secs(3), &["/usr/bin/python3", "-c", &probe])?;
+        Ok(())
+    })?;
+    Ok(server(child, w, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,11 +32,28 @@ pub const PACKAGES: &[&str] = &[
     // Mirrors' volumes are copied incrementally by rsync (the agents run its daemon and
     // client).
     "rsync",
+    // Real clients and servers for exact request counts (issue 12 section 3): HTTP/2
+    // (nghttp, h2c), MariaDB server and client, RabbitMQ with a Python client, WebSocket and
+    // gRPC servers and clients in Python, and tshark to check weft flow by flow.
+    "nghttp2-client",
+    "mariadb-server",
+    "mariadb-client",
+    "rabbitmq-server",
+    "python3-pika",
+    "python3-websockets",
+    "python3-grpcio",
+    "tshark",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab
 /// runs its own instances, so these are stopped.
-const SERVICES: &[&str] = &["nginx", "postgresql", "redis-server"];
+const SERVICES: &[&str] = &[
+    "nginx",
+    "postgresql",
+    "redis-server",
+    "mariadb",
+    "rabbitmq-server",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -52,6 +52,9 @@ impl ConversionError {
 
 /// Refuses a text longer than `max` bytes: names and labels are kept for as long as the
 /// service or dependency, so their length bounds memory as much as their number.
+/// ALPN protocol names kept per flow record.
+const MAX_ALPN: usize = 8;
+
 fn bounded(field: &'static str, text: &str, max: usize) -> Result<(), ConversionError> {
     if text.len() > max {
         Err(ConversionError::TooLong {
@@ -83,6 +86,10 @@ fn host_without_port(text: &str) -> &str {
 
 fn l7_info(record: &wire::FlowRecord) -> Result<L7Info, ConversionError> {
     bounded("server_name", &record.server_name, MAX_NAME_BYTES)?;
+    bounded("tls_sni", &record.tls_sni, MAX_NAME_BYTES)?;
+    for name in record.tls_alpn.iter().take(MAX_ALPN) {
+        bounded("tls_alpn", name, MAX_LABEL_BYTES)?;
+    }
     for answer in &record.dns_answers {
         bounded("dns_answers.name", &answer.name, MAX_NAME_BYTES)?;
     }
@@ -122,6 +129,15 @@ fn l7_info(record: &wire::FlowRecord) -> Result<L7Info, ConversionError> {
         protocol,
         server_name: non_empty(host_without_port(record.server_name.trim()))
             .map(|name| name.to_ascii_lowercase()),
+        tls_sni: non_empty(record.tls_sni.trim()).map(|name| name.to_ascii_lowercase()),
+        // More ALPN names than a client offers in practice are left out, not refused.
+        tls_alpn: record
+            .tls_alpn
+            .iter()
+            .take(MAX_ALPN)
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .collect(),
         request_groups: record
             .request_groups
             .iter()

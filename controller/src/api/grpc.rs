@@ -114,6 +114,7 @@ impl AgentService for AgentApi {
         let topology = &self.state.topology;
         let limits = &self.state.limits;
         let registry = self.state.registry.as_ref();
+        let recent = self.state.flows.as_ref();
         let merged = agent.merge_batch(batch.sequence, || {
             // Records beyond the agent's rate are dropped (and counted) before any work.
             let records = u64::try_from(batch.records.len()).unwrap_or(u64::MAX);
@@ -129,14 +130,22 @@ impl AgentService for AgentApi {
             };
             for (index, record) in batch.records.iter().take(admitted).enumerate() {
                 match convert::flow_from_wire(record) {
-                    Ok(observation) => match topology.ingest(&observation, registry) {
-                        Ingested::Counted | Ingested::ServerSideDuplicate => accepted += 1,
-                        Ingested::BadTimestamp(error) => {
-                            reject(index, error.field, error.to_string());
+                    Ok(observation) => {
+                        let ingested = topology.ingest(&observation, registry);
+                        // Shown per flow as reported (the server side's record of a flow
+                        // the client side also reported is its own row).
+                        if !matches!(ingested, Ingested::BadTimestamp(_)) {
+                            recent.record(&batch.host_id, &observation);
                         }
-                        // Counted by the topology per limit, and logged per interval.
-                        Ingested::Full(_) => {}
-                    },
+                        match ingested {
+                            Ingested::Counted | Ingested::ServerSideDuplicate => accepted += 1,
+                            Ingested::BadTimestamp(error) => {
+                                reject(index, error.field, error.to_string());
+                            }
+                            // Counted by the topology per limit, and logged per interval.
+                            Ingested::Full(_) => {}
+                        }
+                    }
                     Err(error) => reject(index, error.field(), error.to_string()),
                 }
             }

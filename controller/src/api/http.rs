@@ -23,6 +23,7 @@ pub fn app(state: AppState) -> Router {
         .route("/topology.txt", get(views::topology_txt))
         .route("/topology.svg", get(views::topology_svg))
         .route("/services", get(views::services))
+        .route("/flows", get(views::flows))
         .route(
             "/services/{name}/dependencies",
             get(views::service_dependencies),

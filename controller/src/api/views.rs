@@ -145,3 +145,26 @@ pub async fn service_dependencies(
         "dependencies": deps,
     })))
 }
+
+/// `GET /flows?limit=N`: the flows the agents reported last (at most `limit`, default 100),
+/// most recent first, with what weft counted on each.
+pub async fn flows(
+    State(state): State<AppState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let params = Params(params);
+    params.only(&["limit"])?;
+    let capacity = state.flows.capacity();
+    let limit = params.number("limit", 100.0)?;
+    if limit.fract() != 0.0 || limit < 1.0 {
+        return Err(ApiError::parameter(
+            "limit",
+            format!("`{limit}` is not a whole number >= 1"),
+        ));
+    }
+    let limit = (limit as usize).min(capacity);
+    Ok(Json(serde_json::json!({
+        "flows": state.flows.recent(limit),
+        "capacity": capacity,
+    })))
+}

@@ -83,6 +83,10 @@ pub struct L7Info {
     pub protocol_from_payload: bool,
     /// TLS SNI or HTTP Host (without a port) the client sent.
     pub server_name: Option<String>,
+    /// TLS SNI of the flow's ClientHello, when seen.
+    pub tls_sni: Option<String>,
+    /// TLS ALPN protocols the client offered, when seen.
+    pub tls_alpn: Vec<String>,
     pub request_groups: Vec<RequestGroup>,
     pub dns_answers: Vec<DnsAnswer>,
 }

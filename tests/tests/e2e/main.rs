@@ -5,6 +5,7 @@
 
 mod export;
 mod l7;
+mod l7_exact;
 mod migration;
 mod multi_hv;
 mod networks;

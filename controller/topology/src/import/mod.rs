@@ -71,6 +71,41 @@ pub struct ImportReport {
     /// datagram flow without any complete request/response turn, reported once with the
     /// bytes of the whole flow, latency 0 and no method or status. They are not requests.
     pub flow_only: Vec<usize>,
+    /// Every connection or datagram flow (pcap only), in order of first packet: what weft
+    /// saw of it, to check weft against other tools flow by flow.
+    pub flows: Vec<FlowSummary>,
+}
+
+/// One flow of a capture as weft counted it (`weft import pcap FILE --flows`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FlowSummary {
+    /// "tcp" or "udp".
+    pub transport: &'static str,
+    /// Client and server as `address:port` (`[v6]:port`).
+    pub client: String,
+    pub server: String,
+    /// Time of the first packet, Unix nanoseconds.
+    pub first_unix_ns: u64,
+    pub protocol: String,
+    /// TLS server name and ALPN protocols the client offered, when visible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+    /// Payload bytes from the client and from the server.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Application requests (HTTP/2 streams, SQL queries, AMQP methods, ...) and how many
+    /// failed; WebSocket messages the client sent are counted apart.
+    pub requests: u64,
+    pub errors: u64,
+    pub messages: u64,
+    /// Requests (and messages) by method, status and path.
+    pub methods: std::collections::BTreeMap<String, u64>,
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+    pub paths: std::collections::BTreeMap<String, u64>,
+    /// The connection ended with a reset.
+    pub reset: bool,
 }
 
 impl ImportReport {

@@ -44,8 +44,9 @@ pub fn import(bytes: &[u8]) -> ImportReport {
     } = reader;
     // Hosts are addresses or DNS names within the topology's bounds and labels are kept
     // only when the topology takes them, so this refuses nothing unless a parser changes.
-    let (observations, marks): (Vec<_>, Vec<_>) = tracker
-        .finish()
+    let (observed, flows) = tracker.finish_with_flows();
+    report.flows = flows;
+    let (observations, marks): (Vec<_>, Vec<_>) = observed
         .into_iter()
         .filter(|(o, _)| match check_fields(o) {
             Ok(()) => true,

@@ -982,3 +982,127 @@ fn pcap_dns_names_too_long_for_the_topology_do_not_name_addresses() {
         mapper.observe_traffic(o).expect("the topology takes it");
     }
 }
+
+/// Captures of real clients and servers (l7/fixtures/capture.sh says what each client did):
+/// requests are counted as the application made them, not per request/response turn.
+mod real_clients {
+    use super::super::pcap;
+    use crate::observation::TrafficObservation;
+
+    fn fixture(name: &str) -> Vec<TrafficObservation> {
+        let path = format!(
+            "{}/../../l7/fixtures/{name}.pcap",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let report = pcap::import(&bytes);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        report.requests().cloned().collect()
+    }
+
+    fn methods(obs: &[TrafficObservation]) -> Vec<String> {
+        obs.iter()
+            .map(|o| o.method.clone().unwrap_or_default())
+            .collect()
+    }
+
+    fn errors(obs: &[TrafficObservation]) -> usize {
+        obs.iter().filter(|o| o.error).count()
+    }
+
+    #[test]
+    fn psql_handshake_and_scram_are_not_requests() {
+        // psql -f with three statements, the second on a missing table.
+        let obs = fixture("pg");
+        assert!(obs.iter().all(|o| o.protocol == "postgres"), "{obs:?}");
+        assert_eq!(methods(&obs), ["QUERY", "QUERY", "QUERY"], "{obs:?}");
+        assert_eq!(errors(&obs), 1, "{obs:?}");
+        assert!(obs[1].error, "the second query failed: {obs:?}");
+    }
+
+    #[test]
+    fn mariadb_handshake_and_auth_are_not_requests() {
+        // mariadb -e "select 1; select * from mysql.nope; select 2;"; COM_QUIT has no answer.
+        let obs = fixture("mysql");
+        assert!(obs.iter().all(|o| o.protocol == "mysql"), "{obs:?}");
+        assert_eq!(methods(&obs), ["QUERY", "QUERY", "QUERY"], "{obs:?}");
+        assert_eq!(errors(&obs), 1, "{obs:?}");
+    }
+
+    #[test]
+    fn amqp_counts_work_methods_and_one_error_per_channel_close() {
+        // pika: queue_declare, 3 publishes, 2 gets, a passive declare of a missing queue
+        // (Channel.Close 404); connection and channel setup and close are not requests.
+        let obs = fixture("amqp");
+        assert!(obs.iter().all(|o| o.protocol == "amqp"), "{obs:?}");
+        assert_eq!(
+            methods(&obs),
+            [
+                "Queue.Declare",
+                "Basic.Publish",
+                "Basic.Publish",
+                "Basic.Publish",
+                "Basic.Get",
+                "Basic.Get",
+                "Queue.Declare"
+            ],
+            "{obs:?}"
+        );
+        assert_eq!(errors(&obs), 1, "{obs:?}");
+        assert!(obs[6].error, "{obs:?}");
+        let total: u64 = obs.iter().map(|o| o.bytes_sent).sum();
+        assert!(total > 0);
+    }
+
+    #[test]
+    fn grpc_counts_streams_and_grpc_status_from_trailers() {
+        // grpcio: Say, Say, Fail (UNKNOWN, trailers-only) on one channel.
+        let obs = fixture("grpc");
+        assert!(obs.iter().all(|o| o.protocol == "grpc"), "{obs:?}");
+        let paths: Vec<_> = obs
+            .iter()
+            .map(|o| o.path.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            paths,
+            ["/demo.Echo/Say", "/demo.Echo/Say", "/demo.Echo/Fail"],
+            "{obs:?}"
+        );
+        assert!(obs.iter().all(|o| o.status_code == Some(200)), "{obs:?}");
+        assert_eq!(errors(&obs), 1, "{obs:?}");
+        assert!(obs[2].error, "{obs:?}");
+    }
+
+    #[test]
+    fn h2_streams_interleaved_in_one_turn_count_separately() {
+        // nghttp -n: preface, SETTINGS, PRIORITY frames and three HEADERS in one packet,
+        // answered after a SETTINGS turn (the server is gRPC: grpc-status 2 on each).
+        let obs = fixture("h2");
+        let paths: Vec<_> = obs
+            .iter()
+            .map(|o| o.path.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(paths, ["/a", "/b", "/c"], "{obs:?}");
+        assert_eq!(methods(&obs), ["GET", "GET", "GET"], "{obs:?}");
+        assert!(obs.iter().all(|o| o.status_code == Some(200)), "{obs:?}");
+        assert_eq!(errors(&obs), 3, "grpc-status 2 on every stream: {obs:?}");
+    }
+
+    #[test]
+    fn websocket_upgrade_is_one_request_then_messages() {
+        // websockets: upgrade, 3 text messages (echoed), a ping, a normal close.
+        let obs = fixture("ws");
+        assert!(obs.iter().all(|o| o.protocol == "websocket"), "{obs:?}");
+        assert_eq!(
+            methods(&obs),
+            ["GET", "TEXT", "TEXT", "TEXT", "PING", "CLOSE"],
+            "{obs:?}"
+        );
+        assert_eq!(obs[0].status_code, Some(101), "{obs:?}");
+        assert!(
+            obs[1..].iter().all(|o| o.status_code.is_none()),
+            "a close 1000 is not a status: {obs:?}"
+        );
+        assert_eq!(errors(&obs), 0, "{obs:?}");
+    }
+}

@@ -29,9 +29,13 @@ fn label_fits(field: &'static str, label: &str) -> bool {
     check_text(field, label, MAX_LABEL_BYTES).is_ok()
 }
 
-/// Bytes of each turn (and of each direction's first payload) kept for parsing, as the
-/// kernel program's payload samples.
+/// Bytes of each direction's first payload kept for protocol detection, as the kernel
+/// program's payload samples.
 const HEAD_BYTES: usize = 128;
+/// Bytes of each side of a turn kept for counting requests: enough for the frames of many
+/// HTTP/2 streams or AMQP methods written together. A turn longer than this is parsed on its
+/// first bytes, as the agent does.
+const TURN_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FlowKey {
@@ -65,6 +69,23 @@ struct Turn {
     response_head: Vec<u8>,
 }
 
+/// One application request (or WebSocket message) of a flow, as the flow's
+/// [`weft_l7::Session`] counted it.
+#[derive(Debug, Clone)]
+struct CallSeen {
+    start_ns: u64,
+    latency_ns: u64,
+    /// Payload bytes of the turns this call stands for (a turn with several calls gives its
+    /// bytes to the first; turns without a call, such as handshakes, to the next call).
+    bytes_sent: u64,
+    bytes_received: u64,
+    method: Option<String>,
+    path: Option<String>,
+    status: Option<u16>,
+    error: bool,
+    message: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Flow {
     l4: L4,
@@ -72,9 +93,19 @@ struct Flow {
     server: (IpAddr, u16),
     first_ns: u64,
     side: Side,
-    turns: Vec<Turn>,
+    /// The turn in progress.
+    turn: Option<Turn>,
+    /// Complete turns seen.
+    turns_done: u64,
+    session: Option<weft_l7::Session>,
+    calls: Vec<CallSeen>,
+    /// Bytes of turns that gave no call yet: (sent, received).
+    carry: (u64, u64),
     client_first: Vec<u8>,
     server_first: Vec<u8>,
+    /// What the client sent before the server's first payload, up to [`TURN_BYTES`]: a
+    /// TLS ClientHello in full, for its SNI and ALPN.
+    client_head: Vec<u8>,
     client_bytes: u64,
     server_bytes: u64,
     reset: bool,
@@ -89,8 +120,111 @@ impl Flow {
 }
 
 fn extend_head(head: &mut Vec<u8>, bytes: &[u8]) {
-    let room = HEAD_BYTES.saturating_sub(head.len());
+    extend_to(head, bytes, HEAD_BYTES);
+}
+
+fn extend_to(head: &mut Vec<u8>, bytes: &[u8], limit: usize) {
+    let room = limit.saturating_sub(head.len());
     head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+impl Flow {
+    fn transport(&self) -> Transport {
+        match self.l4 {
+            L4::Tcp => Transport::Tcp,
+            L4::Udp => Transport::Udp,
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        weft_l7::detect(
+            self.transport(),
+            self.server.1,
+            &self.client_first,
+            &self.server_first,
+        )
+        .protocol
+    }
+
+    /// Counts the requests of the turn in progress, if it was answered; forgets its bytes.
+    fn settle_turn(&mut self) {
+        let Some(turn) = self.turn.take() else {
+            return;
+        };
+        let Some(response_ns) = turn.response_ns else {
+            return;
+        };
+        self.turns_done += 1;
+        if self.session.is_none() {
+            // Both first payloads are known once a turn is answered: detection is final.
+            self.session = Some(weft_l7::Session::new(self.protocol()));
+        }
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let calls = session.turn(&weft_l7::Turn {
+            request: &turn.request_head,
+            request_complete: turn.request_bytes <= turn.request_head.len() as u64,
+            response: &turn.response_head,
+            response_complete: turn.response_bytes <= turn.response_head.len() as u64,
+            start_ns: turn.start_ns,
+            // Captures merged from several interfaces can step back in time: never negative.
+            latency_ns: response_ns.saturating_sub(turn.start_ns),
+        });
+        self.carry.0 += turn.request_bytes;
+        self.carry.1 += turn.response_bytes;
+        self.take_calls(calls);
+    }
+
+    fn take_calls(&mut self, calls: Vec<weft_l7::Call>) {
+        let protocol = self
+            .session
+            .as_ref()
+            .map_or(Protocol::Tcp, |s| s.protocol());
+        let has_status = matches!(
+            protocol,
+            Protocol::Http1 | Protocol::Http2 | Protocol::Grpc | Protocol::WebSocket
+        );
+        for call in calls {
+            let (sent, received) = std::mem::take(&mut self.carry);
+            let error = call.error();
+            let request = call.request;
+            self.calls.push(CallSeen {
+                start_ns: call.start_ns,
+                latency_ns: call.latency_ns,
+                bytes_sent: sent,
+                bytes_received: received,
+                method: request
+                    .as_ref()
+                    .map(|r| r.method.clone())
+                    .filter(|m| label_fits("method", m)),
+                path: request
+                    .and_then(|r| r.path)
+                    .filter(|p| label_fits("path", p)),
+                status: if has_status {
+                    call.response.and_then(|r| r.status)
+                } else {
+                    None
+                },
+                error,
+                message: call.kind == weft_l7::CallKind::Message,
+            });
+        }
+    }
+
+    /// The flow is over: the last turn and every open request.
+    fn finish(&mut self) {
+        self.settle_turn();
+        if let Some(session) = self.session.as_mut() {
+            let calls = session.flush(true);
+            self.take_calls(calls);
+        }
+        if let Some(last) = self.calls.last_mut() {
+            last.bytes_sent += self.carry.0;
+            last.bytes_received += self.carry.1;
+            self.carry = (0, 0);
+        }
+    }
 }
 
 /// Turns packets into observations.
@@ -141,9 +275,14 @@ impl Tracker {
                     server,
                     first_ns: ts_ns,
                     side: Side::None,
-                    turns: Vec::new(),
+                    turn: None,
+                    turns_done: 0,
+                    session: None,
+                    calls: Vec::new(),
+                    carry: (0, 0),
                     client_first: Vec::new(),
                     server_first: Vec::new(),
+                    client_head: Vec::new(),
                     client_bytes: 0,
                     server_bytes: 0,
                     reset: false,
@@ -159,15 +298,19 @@ impl Tracker {
                 if flow.client_first.is_empty() {
                     extend_head(&mut flow.client_first, s.payload);
                 }
-                match flow.turns.last_mut() {
+                if flow.server_bytes == 0 {
+                    extend_to(&mut flow.client_head, s.payload, TURN_BYTES);
+                }
+                match flow.turn.as_mut() {
                     Some(turn) if flow.side == Side::Client => {
                         turn.request_bytes += s.payload_len;
-                        extend_head(&mut turn.request_head, s.payload);
+                        extend_to(&mut turn.request_head, s.payload, TURN_BYTES);
                     }
                     _ => {
+                        flow.settle_turn();
                         let mut head = Vec::new();
-                        extend_head(&mut head, s.payload);
-                        flow.turns.push(Turn {
+                        extend_to(&mut head, s.payload, TURN_BYTES);
+                        flow.turn = Some(Turn {
                             start_ns: ts_ns,
                             response_ns: None,
                             request_bytes: s.payload_len,
@@ -184,13 +327,13 @@ impl Tracker {
                     extend_head(&mut flow.server_first, s.payload);
                 }
                 if flow.side != Side::None
-                    && let Some(turn) = flow.turns.last_mut()
+                    && let Some(turn) = flow.turn.as_mut()
                 {
                     if flow.side == Side::Client {
                         turn.response_ns = Some(ts_ns);
                     }
                     turn.response_bytes += s.payload_len;
-                    extend_head(&mut turn.response_head, s.payload);
+                    extend_to(&mut turn.response_head, s.payload, TURN_BYTES);
                 }
                 flow.side = Side::Server;
                 if flow.server.1 == 53 || flow.server.1 == 5353 {
@@ -223,16 +366,20 @@ impl Tracker {
         }
     }
 
-    /// Every flow as observations, names from DNS applied; the flag marks a flow-level
-    /// observation (no complete turn).
-    pub(crate) fn finish(mut self) -> Vec<(TrafficObservation, bool)> {
+    /// Every flow as observations, names from DNS applied (the flag marks a flow-level
+    /// observation: no request), and a summary of every flow, in order of first packet.
+    pub(crate) fn finish_with_flows(
+        mut self,
+    ) -> (Vec<(TrafficObservation, bool)>, Vec<super::FlowSummary>) {
         let mut flows = std::mem::take(&mut self.done);
         flows.extend(self.flows.drain().map(|(_, f)| f));
+        flows.sort_by_key(|f| (f.first_ns, f.client, f.server));
         let mut out = Vec::new();
+        let mut summaries = Vec::new();
         for flow in flows {
-            self.observations(flow, &mut out);
+            self.observations(flow, &mut out, &mut summaries);
         }
-        out
+        (out, summaries)
     }
 
     fn endpoint(&self, (ip, port): (IpAddr, u16)) -> NetworkEndpoint {
@@ -244,30 +391,22 @@ impl Tracker {
         NetworkEndpoint::new(host, port)
     }
 
-    fn observations(&self, flow: Flow, out: &mut Vec<(TrafficObservation, bool)>) {
-        let transport = match flow.l4 {
-            L4::Tcp => Transport::Tcp,
-            L4::Udp => Transport::Udp,
-        };
-        let detection = weft_l7::detect(
-            transport,
-            flow.server.1,
-            &flow.client_first,
-            &flow.server_first,
-        );
-        let protocol = detection.protocol;
-        let has_status = matches!(
-            protocol,
-            Protocol::Http1 | Protocol::Http2 | Protocol::Grpc | Protocol::WebSocket
-        );
+    fn observations(
+        &self,
+        mut flow: Flow,
+        out: &mut Vec<(TrafficObservation, bool)>,
+        summaries: &mut Vec<super::FlowSummary>,
+    ) {
+        flow.finish();
+        let protocol = flow
+            .session
+            .as_ref()
+            .map_or_else(|| flow.protocol(), |s| s.protocol());
+        summaries.push(summary(&flow, protocol));
         let source = self.endpoint(flow.client);
         let destination = self.endpoint(flow.server);
-        let complete: Vec<&Turn> = flow
-            .turns
-            .iter()
-            .filter(|t| t.response_ns.is_some())
-            .collect();
-        if complete.is_empty() {
+        if flow.calls.is_empty() {
+            // No request: no answered turn, or only a handshake.
             out.push((
                 TrafficObservation {
                     timestamp_unix_ns: flow.first_ns,
@@ -280,46 +419,80 @@ impl Tracker {
                     status_code: None,
                     method: None,
                     path: None,
-                    error: flow.reset,
+                    error: flow.reset && flow.turns_done == 0,
                 },
                 true,
             ));
             return;
         }
-        let last = complete.len() - 1;
-        for (i, turn) in complete.into_iter().enumerate() {
-            let request = weft_l7::parse_request(protocol, &turn.request_head);
-            let response = weft_l7::parse_response(protocol, &turn.response_head);
-            // Captures merged from several interfaces can step back in time: never negative.
-            let latency_ns = turn
-                .response_ns
-                .unwrap_or(turn.start_ns)
-                .saturating_sub(turn.start_ns);
+        let last = flow.calls.len() - 1;
+        for (i, call) in flow.calls.into_iter().enumerate() {
             out.push((
                 TrafficObservation {
-                    timestamp_unix_ns: turn.start_ns,
+                    timestamp_unix_ns: call.start_ns,
                     source: source.clone(),
                     destination: destination.clone(),
                     protocol: protocol.as_str().to_string(),
-                    bytes_sent: turn.request_bytes,
-                    bytes_received: turn.response_bytes,
-                    latency_ms: latency_ns as f64 / 1e6,
-                    status_code: if has_status {
-                        response.as_ref().and_then(|r| r.status)
-                    } else {
-                        None
-                    },
-                    method: request
-                        .as_ref()
-                        .map(|r| r.method.clone())
-                        .filter(|m| label_fits("method", m)),
-                    path: request
-                        .and_then(|r| r.path)
-                        .filter(|p| label_fits("path", p)),
-                    error: response.is_some_and(|r| r.error) || (flow.reset && i == last),
+                    bytes_sent: call.bytes_sent,
+                    bytes_received: call.bytes_received,
+                    latency_ms: call.latency_ns as f64 / 1e6,
+                    status_code: call.status,
+                    method: call.method,
+                    path: call.path,
+                    error: call.error || (flow.reset && i == last),
                 },
                 false,
             ));
         }
     }
+}
+
+fn endpoint_text((ip, port): (IpAddr, u16)) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+/// What weft saw of one flow, for `--flows`.
+fn summary(flow: &Flow, protocol: Protocol) -> super::FlowSummary {
+    // The whole ClientHello, not only the first bytes detection looks at.
+    let detection = weft_l7::detect(
+        flow.transport(),
+        flow.server.1,
+        &flow.client_head,
+        &flow.server_first,
+    );
+    let mut s = super::FlowSummary {
+        transport: match flow.l4 {
+            L4::Tcp => "tcp",
+            L4::Udp => "udp",
+        },
+        client: endpoint_text(flow.client),
+        server: endpoint_text(flow.server),
+        first_unix_ns: flow.first_ns,
+        protocol: protocol.as_str().to_string(),
+        sni: detection.tls_sni,
+        alpn: detection.tls_alpn,
+        bytes_sent: flow.client_bytes,
+        bytes_received: flow.server_bytes,
+        reset: flow.reset,
+        ..Default::default()
+    };
+    let last = flow.calls.len().saturating_sub(1);
+    for (i, call) in flow.calls.iter().enumerate() {
+        if call.message {
+            s.messages += 1;
+        } else {
+            s.requests += 1;
+        }
+        s.errors += u64::from(call.error || (flow.reset && i == last));
+        if let Some(m) = &call.method {
+            *s.methods.entry(m.clone()).or_default() += 1;
+        }
+        if let Some(st) = call.status {
+            *s.statuses.entry(st).or_default() += 1;
+        }
+        if let Some(p) = &call.path {
+            *s.paths.entry(p.clone()).or_default() += 1;
+        }
+    }
+    s
 }
