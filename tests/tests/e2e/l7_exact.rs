@@ -156,12 +156,15 @@ fn check(flows: &[Value], e: &Expected, whole_turns: bool) -> Result<()> {
         e.my_queries,
         e.my_errors
     );
-    // The gRPC client's connection (POSTs), not nghttp's (GETs) to the same server.
+    // The gRPC client's connection (POSTs), not nghttp's (GETs) to the same server: the
+    // gRPC client ran first, so its flow is the earliest (live, nghttp's GETs may not be
+    // counted at all, so they cannot tell the two apart).
     let rpc = flows
         .iter()
         .filter(|f| f["server"].as_str().is_some_and(|s| s.ends_with(":50051")))
         .filter(|f| f["direction"].as_str().is_none_or(|d| d == "outbound"))
-        .find(|f| count(f, "methods", "GET") == 0)
+        .filter(|f| count(f, "methods", "GET") == 0)
+        .min_by_key(|f| f["first_seen_unix_ns"].as_u64().unwrap_or(u64::MAX))
         .context("no gRPC flow")?;
     ensure!(rpc["protocol"] == "grpc", "{rpc}");
     if whole_turns {
