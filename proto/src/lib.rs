@@ -17,6 +17,12 @@ pub mod kinds {
     pub const NETWORK_SEGMENT: &str = "network-segment";
     /// A node of a network (`NetworkNode`), keyed by `<network id>/<node name>`.
     pub const NETWORK_NODE: &str = "network-node";
+    /// Shadow sampling on a production node's host (`ShadowTap`), keyed by
+    /// `<shadow id>/<node name>`.
+    pub const SHADOW_TAP: &str = "shadow-tap";
+    /// Replay into a shadow's nodes on their host (`ShadowSink`), keyed by
+    /// `<shadow id>/<node name>`.
+    pub const SHADOW_SINK: &str = "shadow-sink";
 
     /// The kind name of a spec case.
     pub fn of(spec: &Spec) -> &'static str {
@@ -24,6 +30,8 @@ pub mod kinds {
             Spec::WorkloadAddresses(_) => WORKLOAD_ADDRESSES,
             Spec::NetworkSegment(_) => NETWORK_SEGMENT,
             Spec::NetworkNode(_) => NETWORK_NODE,
+            Spec::ShadowTap(_) => SHADOW_TAP,
+            Spec::ShadowSink(_) => SHADOW_SINK,
         }
     }
 }

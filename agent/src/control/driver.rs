@@ -172,6 +172,7 @@ impl ControlDriver {
             measurements: r.measurements.into_iter().collect(),
             observed: r.observed,
             hand_changes: r.hand_changes,
+            shadow: r.shadow,
         }
     }
 
@@ -319,6 +320,17 @@ impl ControlDriver {
                         generation_of(desired, &r.key, state.generation),
                         r,
                     );
+                    continue;
+                }
+                if !what.is_empty() && what.iter().all(|w| *w == super::REFRESH) {
+                    // Not drift: the reconciler has new counters to report.
+                    let generation = generation_of(desired, &r.key, state.generation);
+                    let o = Self::observed(rec.kind(), generation, r);
+                    let slot = (o.kind.clone(), o.key.clone());
+                    if known.reports.get(&slot) != Some(&o) {
+                        known.reports.insert(slot, o);
+                        news = true;
+                    }
                     continue;
                 }
                 if r.changes == 0 && r.error.is_none() {

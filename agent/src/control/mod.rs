@@ -49,6 +49,8 @@ pub struct ResourceReport {
     /// A network node whose hand changes are kept: what it has where that differs from
     /// its spec (drift kept, not repaired).
     pub hand_changes: Option<weft_proto::v1::NodeHandChanges>,
+    /// A shadow sink: its comparison of production and shadow so far.
+    pub shadow: Option<weft_proto::v1::ShadowReport>,
 }
 
 /// Which resources a reconcile must look at.
@@ -81,6 +83,11 @@ pub struct DriftSignal {
     /// When the change was seen.
     pub at: std::time::Instant,
 }
+
+/// The `what` of a [`DriftSignal`] that is not drift: the reconciler has new counters or
+/// findings for the key (a shadow's), and the driver reconciles the key with
+/// `Scope::Only` and reports it if its report changed. Nothing is counted as drift.
+pub const REFRESH: &str = "refresh";
 
 /// Capacity of the drift signal channel; a signal that does not fit is counted and left
 /// to the periodic resync.

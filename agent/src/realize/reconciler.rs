@@ -34,6 +34,7 @@ fn report(a: Applied) -> ResourceReport {
         observed,
         changes: a.changes,
         hand_changes: None,
+        shadow: None,
     }
 }
 

@@ -60,7 +60,10 @@ impl FakeAgent {
                                 self.readdress_down_us as f64 / 1e6,
                             );
                         }
-                        Spec::NetworkSegment(_) | Spec::NetworkNode(_) => {
+                        Spec::NetworkSegment(_)
+                        | Spec::NetworkNode(_)
+                        | Spec::ShadowTap(_)
+                        | Spec::ShadowSink(_) => {
                             o.observed = vec!["applied".into()];
                         }
                     }
