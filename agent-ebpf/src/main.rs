@@ -15,6 +15,7 @@
 #![feature(core_intrinsics, adt_const_params)]
 
 mod parse;
+mod steer;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::ptr::addr_of_mut;

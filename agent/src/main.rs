@@ -19,6 +19,7 @@ mod networks;
 mod outbox;
 mod queue;
 mod realize;
+mod steer;
 mod workloads;
 
 #[cfg(test)]
@@ -63,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut metrics_registry));
     let control_metrics = Arc::new(control::ControlMetrics::new(&mut metrics_registry));
+    let steer_metrics = Arc::new(steer::SteerMetrics::new(&mut metrics_registry));
     let mut realizer = realize::Realizer::new(&workloads)
         .with_neighbour_netns(args.neighbour_netns.clone())
         .with_readdress_mode(args.readdress_mode)
@@ -196,6 +198,17 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("the network kinds")?;
+    let steering = steer::Steering::new(
+        datapath.clone(),
+        steer::SteerSettings {
+            netns_prefix: args.node_netns_prefix.clone(),
+            ..Default::default()
+        },
+        Some(signal_tx.clone()),
+        steer_metrics,
+    )
+    .await
+    .context("steering")?;
     let events = (args.drift_repair == config::DriftRepair::Events).then_some(host_events);
     let control = control::driver::ControlDriver {
         controller: link,
@@ -217,6 +230,11 @@ async fn main() -> anyhow::Result<()> {
                 .with_workloads(registry.clone())
                 .with_host_events(events.clone()),
             ),
+            // After the nodes: the steered nodes' interfaces exist when steering starts.
+            Arc::new(steer::SteerReconciler {
+                steering: steering.clone(),
+            }),
+            Arc::new(steer::SteerTargetReconciler { steering }),
         ],
         events,
         signals: Some(drift_signals),

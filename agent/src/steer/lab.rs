@@ -1,0 +1,708 @@
+//! Steering against the real kernel (root only): "hypervisor" namespaces with real
+//! bridges and node namespaces made by the network kinds, TCP servers in the origin and
+//! the target that answer with their name, a client on the origin's network. Everything
+//! is bounded in time and removed by guards, also when a test fails.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use weft_proto::v1::resource::Spec;
+use weft_proto::v1::{
+    AddressAssignment, FirewallRule, NetworkNode, NetworkSegment, PortRange, Steer, SteerHealth,
+    SteerTarget,
+};
+
+use super::*;
+use crate::FLOW_OBJECT;
+use crate::control::DesiredResource;
+use crate::datapath::Datapath;
+use crate::networks::{Networks, NetworksConfig, NodeReconciler, SegmentReconciler};
+use crate::testns::{TestNetns, require_root};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+const PORT: u16 = 7900;
+
+/// Removes the node namespaces of a prefix, also when a test fails.
+struct Sweep(String);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        if let Ok(dir) = std::fs::read_dir(namespaces::NETNS_DIR) {
+            for e in dir.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}-", self.0))
+                {
+                    let _ = namespaces::remove(&e.path());
+                }
+            }
+        }
+    }
+}
+
+/// A server process in a node namespace; killed on drop (also when stopped).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Server {
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to our own child process.
+        unsafe { libc::kill(self.0.id() as i32, sig) };
+    }
+}
+
+const SERVER: &str = r#"
+import socket, sys, threading
+name = sys.argv[1].encode() + b"\n"
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[2])))
+s.listen(1024)
+print("ready", flush=True)
+def serve(c):
+    try:
+        f = c.makefile("rb")
+        for line in f:
+            c.sendall(name)
+    except Exception:
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Starts a server answering `name` to every line, in the namespace `netns`.
+fn server(netns: &Path, name: &str) -> Server {
+    let file = std::fs::File::open(netns).expect("node namespace");
+    let fd = file.as_raw_fd();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SERVER, name, &PORT.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: setns in the forked child before exec; `file` outlives the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = Server(cmd.spawn().expect("python3"));
+    let out = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server ready in 10 s");
+    assert_eq!(line.trim(), "ready");
+    drop(file);
+    child
+}
+
+/// Runs `f` on a thread inside the namespace `netns` (sockets made there stay there).
+fn in_ns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(netns).expect("namespace");
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd; this thread ends after `f`.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// An open connection of the client; `talk` sends a line and returns the answer.
+struct Conn(BufReader<TcpStream>);
+
+impl Conn {
+    fn open(addr: SocketAddr, timeout: Duration) -> std::io::Result<Self> {
+        let s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        Ok(Self(BufReader::new(s)))
+    }
+
+    fn talk(&mut self) -> std::io::Result<String> {
+        self.0.get_mut().write_all(b"hello\n")?;
+        let mut line = String::new();
+        if self.0.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(line.trim().to_owned())
+    }
+}
+
+/// `n` connections from the client, `messages` messages each: every connection's answers
+/// (one side for its whole life, or an error).
+fn connections(client: &Path, addr: SocketAddr, n: usize, messages: usize) -> Vec<Result<String, String>> {
+    in_ns(client, move || {
+        (0..n)
+            .map(|_| {
+                let mut c = Conn::open(addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+                let first = c.talk().map_err(|e| e.to_string())?;
+                for _ in 1..messages {
+                    let again = c.talk().map_err(|e| e.to_string())?;
+                    if again != first {
+                        return Err(format!("answered by {first}, then by {again}"));
+                    }
+                }
+                Ok(first)
+            })
+            .collect()
+    })
+}
+
+fn count(results: &[Result<String, String>], who: &str) -> usize {
+    results
+        .iter()
+        .filter(|r| r.as_deref().ok() == Some(who))
+        .count()
+}
+
+fn failures(results: &[Result<String, String>]) -> Vec<&String> {
+    results.iter().filter_map(|r| r.as_ref().err()).collect()
+}
+
+/// One "hypervisor": a namespace with bridges and nodes, and its own datapath.
+struct Hv {
+    ns: TestNetns,
+    prefix: String,
+    seg: SegmentReconciler,
+    nodes: NodeReconciler,
+    datapath: SharedDatapath,
+    _sweep: Sweep,
+}
+
+impl Hv {
+    async fn new() -> Self {
+        let ns = TestNetns::new();
+        let prefix = format!(
+            "wft-{:x}-st{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Relaxed)
+        );
+        let sweep = Sweep(prefix.clone());
+        let net = Networks::new(
+            NetworksConfig {
+                netns_prefix: prefix.clone(),
+                ..Default::default()
+            },
+            None,
+            Some(&ns.path),
+        )
+        .await
+        .expect("networks");
+        let (tx, _rx) = tokio::sync::mpsc::channel(64);
+        let root = std::env::temp_dir().join(format!("{prefix}-nodes"));
+        let mut cfg = weft_noderun::SupervisorConfig::new(root.clone());
+        cfg.cgroup_root = prefix.clone();
+        let supervisor = Arc::new(weft_noderun::Supervisor::new(cfg).expect("supervisor"));
+        let datapath = Datapath::load(FLOW_OBJECT).expect("object").into_shared();
+        Self {
+            seg: SegmentReconciler {
+                networks: net.clone(),
+            },
+            nodes: NodeReconciler::new(net, tx, supervisor, root),
+            ns,
+            prefix,
+            datapath,
+            _sweep: sweep,
+        }
+    }
+
+    fn path(&self, network: &str, node: &str) -> PathBuf {
+        namespaces::path_of(&names::netns(&self.prefix, network, node))
+    }
+
+    /// Networks (one bridge each, this host only) and their nodes (name, address).
+    async fn build(&self, networks: &[(&str, &[(&str, &str)])]) {
+        let segs: Vec<DesiredResource> = networks
+            .iter()
+            .map(|(n, _)| DesiredResource {
+                key: (*n).into(),
+                generation: 1,
+                spec: Spec::NetworkSegment(NetworkSegment {
+                    network: (*n).into(),
+                    ..Default::default()
+                }),
+            })
+            .collect();
+        ok(&self.seg.reconcile(&segs, Scope::All).await);
+        let nodes: Vec<DesiredResource> = networks
+            .iter()
+            .flat_map(|(net, nodes)| {
+                nodes.iter().map(move |(node, cidr)| DesiredResource {
+                    key: format!("{net}/{node}"),
+                    generation: 1,
+                    spec: Spec::NetworkNode(NetworkNode {
+                        network: (*net).into(),
+                        node: (*node).into(),
+                        addresses: vec![AddressAssignment {
+                            cidr: (*cidr).into(),
+                            gateway: String::new(),
+                            shard_id: "s".into(),
+                            allocation_seq: 1,
+                        }],
+                        firewall: vec![FirewallRule {
+                            sources: vec!["198.18.0.0/15".into()],
+                            protocol: "tcp".into(),
+                            ports: vec![PortRange {
+                                first: u32::from(PORT),
+                                last: u32::from(PORT),
+                            }],
+                            accept: true,
+                        }],
+                        ..Default::default()
+                    }),
+                })
+            })
+            .collect();
+        ok(&self.nodes.reconcile(&nodes, Scope::All).await);
+    }
+
+    async fn steering(&self) -> Arc<Steering> {
+        Steering::new(
+            self.datapath.clone(),
+            SteerSettings {
+                netns_prefix: self.prefix.clone(),
+                host_netns: Some(self.ns.path.clone()),
+                ..Default::default()
+            },
+            None,
+            Arc::new(SteerMetrics::default()),
+        )
+        .await
+        .expect("steering")
+    }
+}
+
+fn ok(reports: &[ResourceReport]) {
+    for r in reports {
+        assert!(r.error.is_none(), "{}: {:?}", r.key, r.error);
+    }
+}
+
+fn measurement(r: &ResourceReport, name: &str) -> f64 {
+    r.measurements
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| *v)
+        .unwrap_or(f64::NAN)
+}
+
+const KEY: &str = "shadow/lab/o";
+
+fn steer(spec: Steer) -> Vec<DesiredResource> {
+    vec![DesiredResource {
+        key: KEY.into(),
+        generation: 1,
+        spec: Spec::Steer(spec),
+    }]
+}
+
+fn same_host(share_ppm: u32, key: &str, failover: Option<SteerHealth>) -> Steer {
+    Steer {
+        owner: "shadow/lab".into(),
+        network: "p".into(),
+        node: "o".into(),
+        ports: vec![u32::from(PORT)],
+        share_ppm,
+        key: key.into(),
+        seed: 7,
+        failover,
+        target_network: "s".into(),
+        target_node: "t".into(),
+        target_host: String::new(),
+        tunnel_id: 0,
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes.
+async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cond()
+}
+
+const A: Ipv4Addr = Ipv4Addr::new(198, 18, 80, 10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connections() {
+    require_root!();
+    let hv = Hv::new().await;
+    // Origin network p: origin o and client c. Target network s (a mirror): target t with
+    // o's address, and c's copy (answers ARP for c there).
+    hv.build(&[
+        ("p", &[("o", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
+        ("s", &[("t", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
+    ])
+    .await;
+    let (o, t, c) = (hv.path("p", "o"), hv.path("s", "t"), hv.path("p", "c"));
+    let origin = server(&o, "origin");
+    let _target = server(&t, "target");
+    let addr = SocketAddr::from((A, PORT));
+
+    // The flow observer is on the origin's interface first; steering goes after it.
+    let vo = (names::host_veth("p", "o"), 0u32);
+    let vo_index = links::by_name(&TestNetns::handle_of(&hv.ns.path).await, &vo.0)
+        .await
+        .unwrap()
+        .expect("vo")
+        .index;
+    {
+        let mut dp = hv.datapath.lock().unwrap();
+        dp.load_classifier(FLOW_IN).unwrap();
+    }
+    let dp = hv.datapath.clone();
+    let name = vo.0.clone();
+    in_host(Some(&hv.ns.path), move || {
+        dp.lock()
+            .unwrap()
+            .attach(&name, vo_index, Hook::Egress, FLOW_IN, Order::First)
+    })
+    .unwrap()
+    .unwrap();
+
+    let steering = hv.steering().await;
+    let rec = SteerReconciler {
+        steering: steering.clone(),
+    };
+
+    // Share 0: every connection to the origin.
+    ok(&rec.reconcile(&steer(same_host(0, "connection", None)), Scope::All).await);
+    let on_hook = {
+        let dp = hv.datapath.clone();
+        let name = vo.0.clone();
+        in_host(Some(&hv.ns.path), move || {
+            dp.lock().unwrap().query(&name, Hook::Egress).unwrap()
+        })
+        .unwrap()
+    };
+    let names_on: Vec<&str> = on_hook.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names_on, vec![FLOW_IN, PROG_ORIGIN]);
+    let r = connections(&c, addr, 20, 3);
+    assert_eq!(count(&r, "origin"), 20, "{r:?}");
+
+    // 100 %: every new connection to the target, answered as the origin to the client.
+    let r0 = rec
+        .reconcile(&steer(same_host(1_000_000, "connection", None)), Scope::All)
+        .await;
+    ok(&r0);
+    let r = connections(&c, addr, 20, 3);
+    assert_eq!(count(&r, "target"), 20, "{r:?}");
+
+    // 50 % by connection over 200 connections: both sides, each connection on one side.
+    ok(&rec
+        .reconcile(&steer(same_host(500_000, "connection", None)), Scope::All)
+        .await);
+    let r = connections(&c, addr, 200, 4);
+    assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+    let (to_o, to_t) = (count(&r, "origin"), count(&r, "target"));
+    assert_eq!(to_o + to_t, 200);
+    assert!((60..=140).contains(&to_t), "origin {to_o} target {to_t}");
+    let rep = rec.reconcile(&steer(same_host(500_000, "connection", None)), Scope::All).await;
+    let seen = measurement(&rep[0], "connections_seen");
+    let steered = measurement(&rep[0], "connections_steered");
+    assert!(seen >= 240.0, "{rep:?}");
+    assert!(steered >= to_t as f64 + 20.0, "{rep:?}");
+    eprintln!("50 %: origin {to_o}, target {to_t} of 200; counters seen {seen} steered {steered}");
+
+    // Key "source": one client, so all of its connections go the same way.
+    ok(&rec
+        .reconcile(&steer(same_host(500_000, "source", None)), Scope::All)
+        .await);
+    let r = connections(&c, addr, 30, 2);
+    assert!(count(&r, "origin") == 30 || count(&r, "target") == 30, "{r:?}");
+
+    // Connections in flight keep their side when the share changes.
+    ok(&rec.reconcile(&steer(same_host(0, "connection", None)), Scope::All).await);
+    let (before, after) = in_ns(&c, move || {
+        let mut early: Vec<Conn> = (0..10)
+            .map(|_| Conn::open(addr, Duration::from_secs(2)).unwrap())
+            .collect();
+        let e: Vec<String> = early.iter_mut().map(|c| c.talk().unwrap()).collect();
+        (early, e)
+    });
+    assert!(after.iter().all(|a| a == "origin"), "{after:?}");
+    ok(&rec
+        .reconcile(&steer(same_host(1_000_000, "connection", None)), Scope::All)
+        .await);
+    let mut early = before;
+    let (early_now, late) = in_ns(&c, move || {
+        let mut late: Vec<Conn> = (0..10)
+            .map(|_| Conn::open(addr, Duration::from_secs(2)).unwrap())
+            .collect();
+        let l: Vec<String> = late.iter_mut().map(|c| c.talk().unwrap()).collect();
+        let e: Vec<String> = early.iter_mut().map(|c| c.talk().unwrap()).collect();
+        (e, (late, l))
+    });
+    assert!(early_now.iter().all(|a| a == "origin"), "{early_now:?}");
+    assert!(late.1.iter().all(|a| a == "target"), "{:?}", late.1);
+    // And back to 0: the connections opened at 100 % stay on the target.
+    ok(&rec.reconcile(&steer(same_host(0, "connection", None)), Scope::All).await);
+    let mut late_conns = late.0;
+    let late_now = in_ns(&c, move || {
+        late_conns
+            .iter_mut()
+            .map(|c| c.talk().unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert!(late_now.iter().all(|a| a == "target"), "{late_now:?}");
+
+    // Failover: share 0, the origin checked every 100 ms (3 failures switch).
+    let health = SteerHealth {
+        port: u32::from(PORT),
+        interval_ms: 100,
+        failures: 3,
+        probe: b"ping\n".to_vec(),
+    };
+    ok(&rec
+        .reconcile(
+            &steer(same_host(0, "connection", Some(health.clone()))),
+            Scope::All,
+        )
+        .await);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let active = || {
+        lock(&steering.steers)
+            .get(KEY)
+            .is_some_and(|s| lock(&s.failover).active)
+    };
+    assert!(!active(), "the healthy origin is not failed over");
+    // Four clients, each opening a connection every 10 ms with a 500 ms budget.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let c = c.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                in_ns(&c, move || {
+                    let mut out: Vec<(Instant, Result<String, String>)> = Vec::new();
+                    let end = Instant::now() + Duration::from_secs(20);
+                    while !stop.load(Relaxed) && Instant::now() < end {
+                        let at = Instant::now();
+                        let r = Conn::open(addr, Duration::from_millis(500))
+                            .and_then(|mut c| c.talk())
+                            .map_err(|e| e.to_string());
+                        out.push((at, r));
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    out
+                })
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frozen = Instant::now();
+    origin.signal(libc::SIGSTOP);
+    assert!(
+        eventually(Duration::from_secs(3), active).await,
+        "failover within 3 s"
+    );
+    let switched = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Relaxed);
+    let mut log = Vec::new();
+    for cl in clients {
+        log.extend(cl.join().expect("client"));
+    }
+    log.sort_by_key(|(at, _)| *at);
+    let before_freeze = log.iter().filter(|(at, _)| *at < frozen).count();
+    let first_target = log
+        .iter()
+        .find(|(at, r)| *at >= frozen && r.as_deref().ok() == Some("target"))
+        .map(|(at, _)| at.duration_since(frozen));
+    let after_switch: Vec<_> = log.iter().filter(|(at, _)| *at >= switched).collect();
+    let failed_after: Vec<_> = after_switch
+        .iter()
+        .filter(|(_, r)| r.as_deref().ok() != Some("target"))
+        .collect();
+    let rep = rec
+        .reconcile(
+            &steer(same_host(0, "connection", Some(health.clone()))),
+            Scope::Changed,
+        )
+        .await;
+    let switch_s = measurement(&rep[0], "failover_switch_seconds");
+    eprintln!(
+        "failover: {before_freeze} connections before SIGSTOP; switch {:.3} s after the first failed check, {:.3} s after SIGSTOP; first connection served by the target {:?} after SIGSTOP; {} connections after the switch, {} failed",
+        switch_s,
+        switched.duration_since(frozen).as_secs_f64(),
+        first_target,
+        after_switch.len(),
+        failed_after.len()
+    );
+    assert_eq!(measurement(&rep[0], "failover_active"), 1.0, "{rep:?}");
+    assert!(switch_s < 1.0, "{rep:?}");
+    assert!(
+        first_target.is_some_and(|d| d < Duration::from_secs(1)),
+        "{first_target:?}"
+    );
+    assert!(after_switch.len() > 20);
+    assert!(failed_after.is_empty(), "{failed_after:?}");
+
+    // The origin comes back: the flag clears after 3 good checks, new connections go to
+    // the origin again (share 0).
+    origin.signal(libc::SIGCONT);
+    assert!(
+        eventually(Duration::from_secs(3), || !active()).await,
+        "failover cleared"
+    );
+    let r = connections(&c, addr, 10, 2);
+    assert_eq!(count(&r, "origin"), 10, "{r:?}");
+
+    // Removal: the program and every map entry go; the origin serves everything.
+    ok(&rec.reconcile(&[], Scope::All).await);
+    assert!(steering.datapath.lock().unwrap().attached(vo_index).len() == 1);
+    let r = connections(&c, addr, 5, 2);
+    assert_eq!(count(&r, "origin"), 5, "{r:?}");
+}
+
+/// Two "hypervisors" joined by a veth underlay (MTU 1600: VXLAN needs 50 more bytes).
+async fn underlay(a: &Hv, b: &Hv) -> (Ipv4Addr, Ipv4Addr) {
+    let (ua, ub) = (Ipv4Addr::new(198, 18, 82, 1), Ipv4Addr::new(198, 18, 82, 2));
+    let ha = TestNetns::handle_of(&a.ns.path).await;
+    let hb = TestNetns::handle_of(&b.ns.path).await;
+    ha.link()
+        .add(rtnetlink::LinkVeth::new("ul0", "ul1").mtu(1600).build())
+        .execute()
+        .await
+        .expect("underlay veth");
+    let ul1 = crate::testns::index_of(&ha, "ul1").await;
+    let fd = std::fs::File::open(&b.ns.path).unwrap();
+    ha.link()
+        .set(
+            rtnetlink::LinkUnspec::new_with_index(ul1)
+                .setns_by_fd(fd.as_raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .expect("moving the underlay's end");
+    for (h, name, ip) in [(&ha, "ul0", ua), (&hb, "ul1", ub)] {
+        let i = crate::testns::index_of(h, name).await;
+        h.address()
+            .add(i, std::net::IpAddr::V4(ip), 24)
+            .execute()
+            .await
+            .expect("underlay address");
+        h.link()
+            .set(rtnetlink::LinkUnspec::new_with_index(i).mtu(1600).up().build())
+            .execute()
+            .await
+            .expect("underlay up");
+    }
+    (ua, ub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_host_steering_goes_through_the_tunnel_and_back() {
+    require_root!();
+    let (h1, h2) = (Hv::new().await, Hv::new().await);
+    let (u1, u2) = underlay(&h1, &h2).await;
+    h1.build(&[("p", &[("o", "198.18.80.10/24"), ("c", "198.18.80.20/24")])])
+        .await;
+    h2.build(&[("s", &[("t", "198.18.80.10/24"), ("c", "198.18.80.20/24")])])
+        .await;
+    let (o, t, c) = (h1.path("p", "o"), h2.path("s", "t"), h1.path("p", "c"));
+    let _origin = server(&o, "origin");
+    let _target = server(&t, "target");
+    let addr = SocketAddr::from((A, PORT));
+
+    let (s1, s2) = (h1.steering().await, h2.steering().await);
+    let origin_rec = SteerReconciler {
+        steering: s1.clone(),
+    };
+    let target_rec = SteerTargetReconciler {
+        steering: s2.clone(),
+    };
+    let target = vec![DesiredResource {
+        key: KEY.into(),
+        generation: 1,
+        spec: Spec::SteerTarget(SteerTarget {
+            owner: "shadow/lab".into(),
+            network: "s".into(),
+            node: "t".into(),
+            origin_host: u1.to_string(),
+            tunnel_id: 4242,
+        }),
+    }];
+    let rep = target_rec.reconcile(&target, Scope::All).await;
+    ok(&rep);
+    assert_eq!(measurement(&rep[0], "tunnel_ready"), 1.0, "{rep:?}");
+    let cross = |share_ppm: u32| Steer {
+        target_host: u2.to_string(),
+        tunnel_id: 4242,
+        ..same_host(share_ppm, "connection", None)
+    };
+
+    ok(&origin_rec.reconcile(&steer(cross(0)), Scope::All).await);
+    let r = connections(&c, addr, 20, 3);
+    assert_eq!(count(&r, "origin"), 20, "{r:?}");
+
+    ok(&origin_rec.reconcile(&steer(cross(1_000_000)), Scope::All).await);
+    let r = connections(&c, addr, 20, 3);
+    assert_eq!(count(&r, "target"), 20, "{r:?}");
+
+    ok(&origin_rec.reconcile(&steer(cross(500_000)), Scope::All).await);
+    let r = connections(&c, addr, 200, 4);
+    assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+    let (to_o, to_t) = (count(&r, "origin"), count(&r, "target"));
+    assert!((60..=140).contains(&to_t), "origin {to_o} target {to_t}");
+    eprintln!("cross-host 50 %: origin {to_o}, target {to_t} of 200");
+
+    // A large answer crosses the tunnel too (segmentation on the underlay).
+    let big = in_ns(&c, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let line = vec![b'x'; 200_000];
+        let mut msg = line.clone();
+        msg.push(b'\n');
+        s.write_all(&msg).unwrap();
+        let mut r = BufReader::new(s);
+        let mut out = String::new();
+        r.read_line(&mut out).unwrap();
+        out.trim().to_owned()
+    });
+    assert!(big == "origin" || big == "target", "{big}");
+
+    let rep = target_rec.reconcile(&target, Scope::All).await;
+    assert!(measurement(&rep[0], "connections_received") >= (20 + to_t) as f64, "{rep:?}");
+
+    // Removal on both sides: the tunnel devices go with the last user.
+    ok(&origin_rec.reconcile(&[], Scope::All).await);
+    ok(&target_rec.reconcile(&[], Scope::All).await);
+    for hv in [&h1, &h2] {
+        let h = TestNetns::handle_of(&hv.ns.path).await;
+        assert!(links::by_name(&h, TUNNEL_DEVICE).await.unwrap().is_none());
+    }
+    let r = connections(&c, addr, 5, 2);
+    assert_eq!(count(&r, "origin"), 5, "{r:?}");
+}

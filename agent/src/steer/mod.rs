@@ -1,0 +1,1507 @@
+//! Steering in the kernel: kinds `steer` (on the origin node's host) and `steer-target`
+//! (on the target node's host when it is another host). Shadows divert with it (a share of
+//! new connections, and failover: all of them while the origin fails its health check);
+//! weaves route with it (`route_traffic`: a port; `activate_weave`: 100 %).
+//!
+//! # Design
+//! The origin O (address A, MAC Mo, host-side veth Vo on bridge Bp) and the target T (the
+//! same address A, MAC Mt, host-side veth Vt on another bridge Bt, maybe on another host).
+//! Clients C (MAC Mc) reach O through Bp.
+//!
+//! ```text
+//!  C --Bp--> Vo egress [flow_egress, steer_origin] --(not steered)--> O
+//!                           | steered: dst MAC = Mt, redirect -> Vt egress --> T   (same host)
+//!                           | or tunnel key (T's host, id), redirect -> tunnel device --> ...
+//!  T --> Vt ingress [steer_return]: answers of steered connections:
+//!        src MAC = Mo, dst MAC = Mc, redirect -> Vo ingress --Bp--> C       (same host)
+//!        or tunnel key (O's host, id) -> tunnel device (T's host)
+//!  tunnel ingress [steer_tunnel]: on T's host: record the connection, dst MAC = Mt,
+//!        redirect -> Vt egress; on O's host: answers as above, into Vo ingress.
+//! ```
+//!
+//! - The decision is taken at the client's SYN (a hash of the 5-tuple or of the client
+//!   address with the steer's seed, against `share_ppm` scaled to 32 bits; every SYN while
+//!   failover is active) and kept in a bounded LRU map for steered connections only:
+//!   packets of connections not in it are untouched, so a share change (one map update)
+//!   moves no connection in flight. A retransmitted SYN (same initial sequence number)
+//!   keeps its decision; a new connection reusing a 5-tuple is decided afresh.
+//! - The tunnel: one metadata-mode VXLAN device per host ([`TUNNEL_DEVICE`], UDP
+//!   [`TUNNEL_PORT`], not the networks' 4789), made over netlink when the first cross-host
+//!   steer needs it and removed with the last one; the VNI is the steer's `tunnel_id`.
+//! - Failover: the origin's agent checks A:port from inside O's namespace every
+//!   `interval_ms` ([`health`]); after `failures` failures in a row it sets the origin's
+//!   failover flag (one update of its `STEER_ORIGINS` entry), after as many successes it
+//!   clears it. `failover_switch_seconds` is the time from the start of the first failed
+//!   check to that update.
+//!
+//! # Limits
+//! - T must resolve C's address on its own network (ARP/ND): in a mirror, the client's
+//!   copy answers, and T's frames to it are taken at Vt's ingress, before Bt. In a weave
+//!   without the client's copy, T's network needs a neighbour entry for C (or a route via a
+//!   gateway that answers).
+//! - IPv4 and IPv6 connections are steered by the same code (16-byte addresses), but only
+//!   IPv4 is tested; the tunnel's underlay is IPv4 only. Untagged Ethernet and TCP only.
+//! - One steer per origin interface and per target interface on a host.
+//! - The flow observer on Vo sees a steered connection's packets (they pass its hooks), so
+//!   the origin's flows include the connections the target served.
+//! - A steered connection evicted from the LRU map (65,536 per host) goes back to the
+//!   origin, which resets it; so do steered connections when the agent restarts (the maps
+//!   go with it).
+//! - The underlay must carry 50 bytes more than the nodes' MTU (VXLAN), as the networks'.
+
+pub mod health;
+pub mod tunnel;
+
+#[cfg(test)]
+mod lab;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_common::steer::{
+    self as common, MAX_STEERS, SteerOrigin, SteerPortKey, SteerReturn, SteerStats, SteerTunnel,
+    SteerTunnelKey, role,
+};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use weft_proto::kinds::{STEER, STEER_TARGET};
+use weft_proto::v1::resource::Spec;
+
+use crate::control::{
+    DesiredResource, Drift, DriftSignal, REFRESH, Reconciler, ResourceReport, Scope,
+};
+use crate::datapath::{DatapathError, Hook, Order, SharedDatapath};
+use crate::hostevents::{Change, HostEvent};
+use crate::metrics::{Counter, Gauge, register};
+use crate::networks::{links, names, namespaces};
+
+use health::{HealthCheck, HealthSpec, Switch};
+
+pub const PROG_ORIGIN: &str = "steer_origin";
+pub const PROG_RETURN: &str = "steer_return";
+pub const PROG_TUNNEL: &str = "steer_tunnel";
+/// The flow observer's programs, which run before steering on a shared hook.
+const FLOW_IN: &str = crate::attach::PROG_EGRESS;
+const FLOW_OUT: &str = crate::attach::PROG_INGRESS;
+/// The host's tunnel device.
+pub const TUNNEL_DEVICE: &str = "weft-steer";
+/// Its UDP port (the networks' VXLAN devices use 4789).
+pub const TUNNEL_PORT: u16 = 4790;
+/// How often the counters are read for the reports and the metrics.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    #[error("{0}")]
+    Spec(String),
+    #[error(transparent)]
+    Net(#[from] tunnel::NetError),
+    #[error(transparent)]
+    Link(#[from] links::LinkError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("entering the host namespace {path}: {source}")]
+    HostNetns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting the health check: {0}")]
+    Health(std::io::Error),
+}
+
+fn spec_err(s: impl Into<String>) -> SteerError {
+    SteerError::Spec(s.into())
+}
+
+/// Where and how the agent steers.
+#[derive(Debug, Clone)]
+pub struct SteerSettings {
+    /// Prefix of the node namespaces' names (`--node-netns-prefix`).
+    pub netns_prefix: String,
+    /// The namespace of the bridges and host-side veths (a netns file); `None`: the agent's.
+    pub host_netns: Option<PathBuf>,
+    pub tunnel_device: String,
+    pub tunnel_port: u16,
+}
+
+impl Default for SteerSettings {
+    fn default() -> Self {
+        Self {
+            netns_prefix: names::DEFAULT_NETNS_PREFIX.into(),
+            host_netns: None,
+            tunnel_device: TUNNEL_DEVICE.into(),
+            tunnel_port: TUNNEL_PORT,
+        }
+    }
+}
+
+/// A `steer` resource, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SteerSpec {
+    pub owner: String,
+    pub network: String,
+    pub node: String,
+    /// Empty: every TCP port.
+    pub ports: Vec<u16>,
+    pub share_ppm: u32,
+    pub key: u8,
+    pub seed: u32,
+    pub failover: Option<FailoverSpec>,
+    pub target_network: String,
+    pub target_node: String,
+    /// `None`: this host.
+    pub target_host: Option<Ipv4Addr>,
+    pub tunnel_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverSpec {
+    pub port: u16,
+    pub interval_ms: u32,
+    pub failures: u32,
+    pub probe: Vec<u8>,
+}
+
+/// A `steer-target` resource, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    pub owner: String,
+    pub network: String,
+    pub node: String,
+    pub origin_host: Ipv4Addr,
+    pub tunnel_id: u32,
+}
+
+const MAX_TUNNEL_ID: u32 = 16_777_215;
+
+fn port(p: u32, what: &str) -> Result<u16, SteerError> {
+    match u16::try_from(p) {
+        Ok(v) if v != 0 => Ok(v),
+        _ => Err(spec_err(format!("{what} {p} is not a port (1..65535)"))),
+    }
+}
+
+fn underlay(s: &str, what: &str) -> Result<Ipv4Addr, SteerError> {
+    s.parse::<Ipv4Addr>().map_err(|_| {
+        spec_err(format!(
+            "{what} {s:?} is not an IPv4 address (the tunnel's underlay is IPv4 only)"
+        ))
+    })
+}
+
+fn tunnel_id(id: u32) -> Result<u32, SteerError> {
+    if id == 0 || id > MAX_TUNNEL_ID {
+        return Err(spec_err(format!(
+            "tunnel_id {id} is not in 1..{MAX_TUNNEL_ID}"
+        )));
+    }
+    Ok(id)
+}
+
+fn check_names(pairs: &[(&str, &str)]) -> Result<(), SteerError> {
+    for (what, n) in pairs {
+        names::check(what, n).map_err(SteerError::Spec)?;
+    }
+    Ok(())
+}
+
+impl TryFrom<&weft_proto::v1::Steer> for SteerSpec {
+    type Error = SteerError;
+
+    fn try_from(s: &weft_proto::v1::Steer) -> Result<Self, SteerError> {
+        check_names(&[
+            ("network", &s.network),
+            ("node", &s.node),
+            ("target network", &s.target_network),
+            ("target node", &s.target_node),
+        ])?;
+        if s.owner.is_empty() {
+            return Err(spec_err("the steer has no owner"));
+        }
+        let mut ports = s
+            .ports
+            .iter()
+            .map(|p| port(*p, "port"))
+            .collect::<Result<Vec<_>, _>>()?;
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.len() > 64 {
+            return Err(spec_err(format!(
+                "{} ports: at most 64 per steer",
+                ports.len()
+            )));
+        }
+        if s.share_ppm > 1_000_000 {
+            return Err(spec_err(format!(
+                "share_ppm {} is more than 1000000",
+                s.share_ppm
+            )));
+        }
+        let key = match s.key.as_str() {
+            "" | "connection" => common::key::CONNECTION,
+            "source" => common::key::SOURCE,
+            other => {
+                return Err(spec_err(format!(
+                    "key {other:?}: \"connection\" or \"source\""
+                )));
+            }
+        };
+        let failover = s
+            .failover
+            .as_ref()
+            .map(|f| {
+                Ok::<_, SteerError>(FailoverSpec {
+                    port: port(f.port, "failover port")?,
+                    interval_ms: f.interval_ms,
+                    failures: f.failures,
+                    probe: f.probe.clone(),
+                })
+            })
+            .transpose()?;
+        let target_host = if s.target_host.is_empty() {
+            None
+        } else {
+            Some(underlay(&s.target_host, "target_host")?)
+        };
+        let tunnel_id = match target_host {
+            Some(_) => tunnel_id(s.tunnel_id)?,
+            None => 0,
+        };
+        if target_host.is_none() && s.network == s.target_network && s.node == s.target_node {
+            return Err(spec_err("the target is the origin itself"));
+        }
+        Ok(Self {
+            owner: s.owner.clone(),
+            network: s.network.clone(),
+            node: s.node.clone(),
+            ports,
+            share_ppm: s.share_ppm,
+            key,
+            seed: s.seed,
+            failover,
+            target_network: s.target_network.clone(),
+            target_node: s.target_node.clone(),
+            target_host,
+            tunnel_id,
+        })
+    }
+}
+
+impl TryFrom<&weft_proto::v1::SteerTarget> for TargetSpec {
+    type Error = SteerError;
+
+    fn try_from(s: &weft_proto::v1::SteerTarget) -> Result<Self, SteerError> {
+        check_names(&[("network", &s.network), ("node", &s.node)])?;
+        if s.owner.is_empty() {
+            return Err(spec_err("the steer target has no owner"));
+        }
+        Ok(Self {
+            owner: s.owner.clone(),
+            network: s.network.clone(),
+            node: s.node.clone(),
+            origin_host: underlay(&s.origin_host, "origin_host")?,
+            tunnel_id: tunnel_id(s.tunnel_id)?,
+        })
+    }
+}
+
+/// Failover state of one steer, shared with its health check's thread.
+#[derive(Default)]
+struct Failover {
+    active: bool,
+    /// Time of the last switch from the first failed (or succeeded) check.
+    switch_seconds: Option<f64>,
+    switches: u64,
+}
+
+/// An origin's map entry, shared with the health check (which flips `failover`).
+struct OriginEntry {
+    ifindex: u32,
+    value: SteerOrigin,
+    /// Cleared when the steer goes: a late switch of its check writes nothing.
+    live: bool,
+}
+
+struct ActiveSteer {
+    spec: SteerSpec,
+    steer_id: u32,
+    origin_if: (String, u32),
+    /// The target's interface (same host) or the tunnel device.
+    target_if: (String, u32),
+    entry: Arc<Mutex<OriginEntry>>,
+    failover: Arc<Mutex<Failover>>,
+    health: Option<HealthCheck>,
+    observed: Vec<String>,
+}
+
+struct ActiveTarget {
+    spec: TargetSpec,
+    steer_id: u32,
+    target_if: (String, u32),
+    tunnel_index: u32,
+    observed: Vec<String>,
+}
+
+/// Counters of all steers of the host, in the agent's registry.
+#[derive(Default)]
+pub struct SteerMetrics {
+    pub connections_seen: Counter,
+    pub connections_steered: Counter,
+    pub connections_received: Counter,
+    pub failovers: Counter,
+    pub failover_active: Gauge,
+    pub steers: Gauge,
+}
+
+impl SteerMetrics {
+    pub fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self::default();
+        register(
+            registry,
+            "weft_agent_steer_connections_seen_total",
+            "New connections to steered ports of origin nodes, decided at their SYN.",
+            m.connections_seen.clone(),
+        );
+        register(
+            registry,
+            "weft_agent_steer_connections_steered_total",
+            "Of those, connections steered to their target.",
+            m.connections_steered.clone(),
+        );
+        register(
+            registry,
+            "weft_agent_steer_connections_received_total",
+            "Steered connections received through the tunnel for target nodes of this host.",
+            m.connections_received.clone(),
+        );
+        register(
+            registry,
+            "weft_agent_steer_failovers_total",
+            "Switches of steers to failover (the origin failed its health check).",
+            m.failovers.clone(),
+        );
+        register(
+            registry,
+            "weft_agent_steer_failover_active",
+            "Steers whose origin fails its health check now (every new connection steered).",
+            m.failover_active.clone(),
+        );
+        register(
+            registry,
+            "weft_agent_steers",
+            "Steers and steer targets on this host.",
+            m.steers.clone(),
+        );
+        m
+    }
+}
+
+/// What both steering reconcilers share.
+pub struct Steering {
+    datapath: SharedDatapath,
+    settings: SteerSettings,
+    host: crate::realize::netns::NetnsHandle,
+    steers: Mutex<BTreeMap<String, ActiveSteer>>,
+    targets: Mutex<BTreeMap<String, ActiveTarget>>,
+    /// Serialises reconciles of the two kinds (they share slots, programs and the tunnel).
+    apply: tokio::sync::Mutex<()>,
+    signals: Option<mpsc::Sender<DriftSignal>>,
+    metrics: Arc<SteerMetrics>,
+    /// Counters last read per slot (for metric deltas and REFRESH on change).
+    last_stats: Mutex<HashMap<u32, SteerStats>>,
+    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        if let Some(p) = lock(&self.poller).take() {
+            p.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f` in the namespace of `netns` (a scoped thread) or, for `None`, here. tcx
+/// attaches resolve interface names in the calling thread's namespace.
+fn in_host<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> T + Send) -> Result<T, SteerError> {
+    let Some(path) = netns else {
+        return Ok(f());
+    };
+    let err = |source| SteerError::HostNetns {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(err)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setns on a valid, open namespace fd; this scoped thread ends after `f`.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(err(std::io::Error::last_os_error()));
+            }
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(err(std::io::Error::other(
+                "the namespace thread panicked",
+            )))
+        })
+    })
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> SteerError {
+    move |source| SteerError::Map { map, source }
+}
+
+/// Map updates, under the datapath's lock.
+impl Steering {
+    fn with_map<K: aya::Pod, V: aya::Pod, T>(
+        &self,
+        name: &'static str,
+        f: impl FnOnce(&mut BpfHashMap<&mut MapData, K, V>) -> Result<T, aya::maps::MapError>,
+    ) -> Result<T, SteerError> {
+        let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = BpfHashMap::<_, K, V>::try_from(dp.map_mut(name)?).map_err(map_err(name))?;
+        f(&mut m).map_err(map_err(name))
+    }
+
+    fn remove_key<K: aya::Pod, V: aya::Pod>(&self, name: &'static str, k: &K) {
+        let _ = self.with_map::<K, V, ()>(name, |m| match m.remove(k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e),
+        });
+    }
+
+    fn write_origin(datapath: &SharedDatapath, e: &OriginEntry) -> Result<(), SteerError> {
+        let mut dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = BpfHashMap::<_, u32, SteerOrigin>::try_from(dp.map_mut("STEER_ORIGINS")?)
+            .map_err(map_err("STEER_ORIGINS"))?;
+        m.insert(e.ifindex, e.value, 0)
+            .map_err(map_err("STEER_ORIGINS"))
+    }
+
+    /// The steer's ports, exactly `ports`.
+    fn write_ports(&self, steer_id: u32, ports: &[u16]) -> Result<(), SteerError> {
+        self.with_map::<SteerPortKey, u8, ()>("STEER_PORTS", |m| {
+            let stale: Vec<SteerPortKey> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.steer_id == steer_id && !ports.contains(&k.port))
+                .collect();
+            for k in stale {
+                let _ = m.remove(&k);
+            }
+            for p in ports {
+                let k = SteerPortKey {
+                    steer_id,
+                    port: *p,
+                    _pad: [0; 2],
+                };
+                m.insert(k, 1, 0)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The slot's counters, summed over the CPUs.
+    fn stats(&self, steer_id: u32) -> Result<SteerStats, SteerError> {
+        let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        let a = PerCpuArray::<_, SteerStats>::try_from(dp.map_mut("STEER_STATS")?)
+            .map_err(map_err("STEER_STATS"))?;
+        let v = a.get(&steer_id, 0).map_err(map_err("STEER_STATS"))?;
+        let mut sum = SteerStats::default();
+        for s in v.iter() {
+            sum.add(s);
+        }
+        Ok(sum)
+    }
+
+    /// Zeroes a slot's counters (a new steer starts from nothing).
+    fn reset_stats(&self, steer_id: u32) -> Result<(), SteerError> {
+        let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        let mut a = PerCpuArray::<_, SteerStats>::try_from(dp.map_mut("STEER_STATS")?)
+            .map_err(map_err("STEER_STATS"))?;
+        let n = aya::util::nr_cpus()
+            .map_err(|(_, e)| SteerError::Map {
+                map: "STEER_STATS",
+                source: aya::maps::MapError::IoError(e),
+            })?;
+        let zeros = PerCpuValues::try_from(vec![SteerStats::default(); n])
+            .map_err(|e| SteerError::Map {
+                map: "STEER_STATS",
+                source: aya::maps::MapError::IoError(e),
+            })?;
+        a.set(steer_id, zeros, 0).map_err(map_err("STEER_STATS"))
+    }
+}
+
+impl Steering {
+    /// Must be called on the runtime. `signals`: where REFRESH signals go when a steer's
+    /// counters or failover state change.
+    pub async fn new(
+        datapath: SharedDatapath,
+        settings: SteerSettings,
+        signals: Option<mpsc::Sender<DriftSignal>>,
+        metrics: Arc<SteerMetrics>,
+    ) -> Result<Arc<Self>, SteerError> {
+        let host = crate::realize::netns::connect(settings.host_netns.as_deref())
+            .await
+            .map_err(|e| {
+                SteerError::Net(tunnel::NetError::Namespace {
+                    path: format!("{:?}", settings.host_netns),
+                    message: e.to_string(),
+                })
+            })?;
+        {
+            let mut dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
+            for p in [PROG_ORIGIN, PROG_RETURN, PROG_TUNNEL] {
+                dp.load_classifier(p)?;
+            }
+        }
+        let s = Arc::new(Self {
+            datapath,
+            settings,
+            host,
+            steers: Mutex::new(BTreeMap::new()),
+            targets: Mutex::new(BTreeMap::new()),
+            apply: tokio::sync::Mutex::new(()),
+            signals,
+            metrics,
+            last_stats: Mutex::new(HashMap::new()),
+            poller: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&s);
+        // Ends when the steering is dropped (aborted in `Drop`, or sees it gone).
+        let poller = tokio::spawn(async move {
+            let mut every = tokio::time::interval(STATS_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(s) = weak.upgrade() else { return };
+                s.poll_stats();
+            }
+        });
+        *lock(&s.poller) = Some(poller);
+        Ok(s)
+    }
+
+    fn netns_of(&self, network: &str, node: &str) -> PathBuf {
+        namespaces::path_of(&names::netns(&self.settings.netns_prefix, network, node))
+    }
+
+    fn free_slot(&self) -> Result<u32, SteerError> {
+        let steers = lock(&self.steers);
+        let targets = lock(&self.targets);
+        (0..MAX_STEERS)
+            .find(|i| {
+                !steers.values().any(|s| s.steer_id == *i)
+                    && !targets.values().any(|t| t.steer_id == *i)
+            })
+            .ok_or_else(|| {
+                SteerError::Conflict(format!("{MAX_STEERS} steers on this host already"))
+            })
+    }
+
+    async fn interface(&self, network: &str, node: &str) -> Result<(String, u32), SteerError> {
+        let name = names::host_veth(network, node);
+        match links::by_name(&self.host.handle, &name).await? {
+            Some(l) => Ok((name, l.index)),
+            None => Err(SteerError::Conflict(format!(
+                "node {network}/{node} is not on this host (no interface {name})"
+            ))),
+        }
+    }
+
+    /// Attaches `program` on `hook` of `iface`, after the flow observer when it is there.
+    fn attach(&self, iface: &(String, u32), hook: Hook, program: &str) -> Result<(), SteerError> {
+        let netns = self.settings.host_netns.clone();
+        let dp = self.datapath.clone();
+        let (name, index) = (iface.0.clone(), iface.1);
+        in_host(netns.as_deref(), move || {
+            let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
+            let observer = if hook == Hook::Egress {
+                FLOW_IN
+            } else {
+                FLOW_OUT
+            };
+            let order = if dp.is_attached(index, hook, observer) {
+                Order::After(observer)
+            } else {
+                Order::Last
+            };
+            dp.attach(&name, index, hook, program, order)
+        })??;
+        Ok(())
+    }
+
+    fn detach(&self, index: u32, hook: Hook, program: &str) {
+        self.datapath
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .detach(index, hook, program);
+    }
+
+    async fn tunnel(&self) -> Result<(u32, usize), SteerError> {
+        Ok(tunnel::ensure_tunnel(
+            &self.host.handle,
+            &self.settings.tunnel_device,
+            self.settings.tunnel_port,
+        )
+        .await?)
+    }
+
+    /// Removes the tunnel device when no steer or target of this host needs it.
+    async fn drop_tunnel_if_unused(&self) -> usize {
+        let needed = lock(&self.steers)
+            .values()
+            .any(|s| s.spec.target_host.is_some())
+            || !lock(&self.targets).is_empty();
+        if needed {
+            return 0;
+        }
+        let index = links::by_name(&self.host.handle, &self.settings.tunnel_device)
+            .await
+            .ok()
+            .flatten()
+            .map(|l| l.index);
+        if let Some(i) = index {
+            self.detach(i, Hook::Ingress, PROG_TUNNEL);
+        }
+        match tunnel::remove_tunnel(&self.host.handle, &self.settings.tunnel_device).await {
+            Ok(true) => 1,
+            _ => 0,
+        }
+    }
+
+    fn signal(&self, kind: &'static str, key: &str) {
+        if let Some(tx) = &self.signals {
+            // A full channel: the periodic resync reports it.
+            let _ = tx.try_send(DriftSignal {
+                kind,
+                drift: Drift {
+                    key: key.to_owned(),
+                    what: REFRESH.into(),
+                },
+                at: Instant::now(),
+            });
+        }
+    }
+
+    /// Reads every slot's counters: the metrics grow by what is new, and keys whose
+    /// counters changed get a REFRESH signal.
+    fn poll_stats(&self) {
+        let slots: Vec<(&'static str, String, u32)> = {
+            let steers = lock(&self.steers);
+            let targets = lock(&self.targets);
+            steers
+                .iter()
+                .map(|(k, s)| (STEER, k.clone(), s.steer_id))
+                .chain(
+                    targets
+                        .iter()
+                        .map(|(k, t)| (STEER_TARGET, k.clone(), t.steer_id)),
+                )
+                .collect()
+        };
+        for (kind, key, id) in slots {
+            let Ok(now) = self.stats(id) else { continue };
+            let before = lock(&self.last_stats).insert(id, now).unwrap_or_default();
+            if before == now {
+                continue;
+            }
+            let d = |a: u64, b: u64| a.saturating_sub(b);
+            self.metrics
+                .connections_seen
+                .inc_by(d(now.connections_seen, before.connections_seen));
+            self.metrics
+                .connections_steered
+                .inc_by(d(now.connections_steered, before.connections_steered));
+            self.metrics
+                .connections_received
+                .inc_by(d(now.connections_received, before.connections_received));
+            self.signal(kind, &key);
+        }
+    }
+
+    fn measurements_of(&self, steer_id: u32, failover: Option<&Failover>) -> Vec<(String, f64)> {
+        let s = self.stats(steer_id).unwrap_or_default();
+        let mut m = vec![
+            ("connections_seen".to_string(), s.connections_seen as f64),
+            ("connections_steered".into(), s.connections_steered as f64),
+            ("packets_to_target".into(), s.packets_to_target as f64),
+            ("packets_from_target".into(), s.packets_from_target as f64),
+        ];
+        if let Some(f) = failover {
+            m.push(("failover_active".into(), f64::from(u8::from(f.active))));
+            m.push(("failover_switches".into(), f.switches as f64));
+            if let Some(t) = f.switch_seconds {
+                m.push(("failover_switch_seconds".into(), t));
+            }
+        }
+        m
+    }
+
+    fn publish_gauges(&self) {
+        let steers = lock(&self.steers);
+        let active = steers
+            .values()
+            .filter(|s| lock(&s.failover).active)
+            .count();
+        self.metrics.failover_active.set(active as u64);
+        self.metrics
+            .steers
+            .set((steers.len() + lock(&self.targets).len()) as u64);
+    }
+}
+
+// ---- kind `steer` ----
+
+impl Steering {
+    async fn ensure_steer(
+        self: &Arc<Self>,
+        key: &str,
+        spec: &SteerSpec,
+    ) -> Result<ResourceReport, SteerError> {
+        let mut changes = 0;
+        let origin_if = self.interface(&spec.network, &spec.node).await?;
+        let (target_if, target_mac, remote) = match spec.target_host {
+            None => {
+                let t = self
+                    .interface(&spec.target_network, &spec.target_node)
+                    .await?;
+                let nif = tunnel::node_interface(
+                    &self.netns_of(&spec.target_network, &spec.target_node),
+                )
+                .await?;
+                (t, nif.mac, 0)
+            }
+            Some(host) => {
+                let (index, c) = self.tunnel().await?;
+                changes += c;
+                (
+                    (self.settings.tunnel_device.clone(), index),
+                    [0; 6],
+                    u32::from(host),
+                )
+            }
+        };
+        // One steer per origin interface, one per target interface.
+        {
+            let steers = lock(&self.steers);
+            for (k, s) in steers.iter().filter(|(k, _)| k.as_str() != key) {
+                if s.origin_if.1 == origin_if.1 {
+                    return Err(SteerError::Conflict(format!(
+                        "node {}/{} is steered by {k} already",
+                        spec.network, spec.node
+                    )));
+                }
+                if spec.target_host.is_none()
+                    && s.spec.target_host.is_none()
+                    && s.target_if.1 == target_if.1
+                {
+                    return Err(SteerError::Conflict(format!(
+                        "node {}/{} is the target of {k} already",
+                        spec.target_network, spec.target_node
+                    )));
+                }
+                if spec.target_host.is_some()
+                    && s.spec.target_host == spec.target_host
+                    && s.spec.tunnel_id == spec.tunnel_id
+                {
+                    return Err(SteerError::Conflict(format!(
+                        "tunnel id {} to {:?} is used by {k} already",
+                        spec.tunnel_id, spec.target_host
+                    )));
+                }
+            }
+        }
+        let previous = lock(&self.steers).remove(key);
+        let steer_id = match &previous {
+            Some(p) => p.steer_id,
+            None => {
+                let id = self.free_slot()?;
+                self.reset_stats(id)?;
+                lock(&self.last_stats).remove(&id);
+                id
+            }
+        };
+        // What the previous version had that this one does not.
+        let (failover, entry, mut health) = match previous {
+            Some(mut p) => {
+                if p.origin_if.1 != origin_if.1 {
+                    self.remove_key::<u32, SteerOrigin>("STEER_ORIGINS", &p.origin_if.1);
+                    self.detach(p.origin_if.1, Hook::Egress, PROG_ORIGIN);
+                    changes += 1;
+                }
+                let same_target = p.spec.target_host == spec.target_host
+                    && p.target_if.1 == target_if.1
+                    && p.spec.tunnel_id == spec.tunnel_id;
+                if !same_target {
+                    self.remove_target_side_of(&p);
+                    changes += 1;
+                }
+                let health = p.health.take();
+                (p.failover.clone(), p.entry.clone(), health)
+            }
+            None => (
+                Arc::new(Mutex::new(Failover::default())),
+                Arc::new(Mutex::new(OriginEntry {
+                    ifindex: origin_if.1,
+                    value: SteerOrigin::default(),
+                    live: true,
+                })),
+                None,
+            ),
+        };
+
+        // Programs first, maps after: a program without its map entry passes everything.
+        self.attach(&origin_if, Hook::Egress, PROG_ORIGIN)?;
+        match spec.target_host {
+            None => self.attach(&target_if, Hook::Ingress, PROG_RETURN)?,
+            Some(_) => self.attach(&target_if, Hook::Ingress, PROG_TUNNEL)?,
+        }
+        self.write_ports(steer_id, &spec.ports)?;
+        match spec.target_host {
+            None => self.with_map::<u32, SteerReturn, ()>("STEER_RETURNS", |m| {
+                m.insert(
+                    target_if.1,
+                    SteerReturn {
+                        steer_id,
+                        ifindex: origin_if.1,
+                        role: role::ORIGIN_LOCAL,
+                        _pad: [0; 7],
+                    },
+                    0,
+                )
+            })?,
+            Some(_) => self.with_map::<SteerTunnelKey, SteerTunnel, ()>("STEER_TUNNELS", |m| {
+                m.insert(
+                    SteerTunnelKey {
+                        remote,
+                        tunnel_id: spec.tunnel_id,
+                    },
+                    SteerTunnel {
+                        steer_id,
+                        ifindex: origin_if.1,
+                        role: role::ORIGIN_TUNNEL,
+                        _pad: 0,
+                        mac: [0; 6],
+                    },
+                    0,
+                )
+            })?,
+        }
+        let value = SteerOrigin {
+            threshold: common::threshold_of(spec.share_ppm),
+            steer_id,
+            seed: spec.seed,
+            target_ifindex: target_if.1,
+            tunnel_id: spec.tunnel_id,
+            tunnel_remote: remote,
+            key: spec.key,
+            failover: 0,
+            all_ports: u8::from(spec.ports.is_empty()),
+            _pad: 0,
+            target_mac,
+            _pad2: [0; 2],
+        };
+        {
+            let mut e = lock(&entry);
+            let mut v = value;
+            v.failover = u8::from(spec.failover.is_some() && lock(&failover).active);
+            if e.ifindex != origin_if.1 || e.value != v {
+                e.ifindex = origin_if.1;
+                e.value = v;
+                changes += 1;
+            }
+            e.live = true;
+            Self::write_origin(&self.datapath, &e)?;
+        }
+
+        // The health check: kept when its spec is the same.
+        match &spec.failover {
+            None => {
+                health = None;
+                let mut f = lock(&failover);
+                f.active = false;
+            }
+            Some(f) => {
+                let origin = tunnel::node_interface(&self.netns_of(&spec.network, &spec.node))
+                    .await?
+                    .ipv4
+                    .ok_or_else(|| {
+                        SteerError::Conflict(format!(
+                            "node {}/{} has no IPv4 address to check",
+                            spec.network, spec.node
+                        ))
+                    })?;
+                let hs = HealthSpec::new(
+                    SocketAddr::from((origin, f.port)),
+                    f.interval_ms,
+                    f.failures,
+                    f.probe.clone(),
+                );
+                if health.as_ref().map(|h| &h.spec) != Some(&hs) {
+                    health = Some(self.start_health(key, hs, &spec.network, &spec.node, &entry, &failover)?);
+                    changes += 1;
+                }
+            }
+        }
+
+        let mut observed = vec![format!(
+            "origin {}/{} ({} #{}) egress {PROG_ORIGIN} slot {steer_id}",
+            spec.network, spec.node, origin_if.0, origin_if.1
+        )];
+        match spec.target_host {
+            None => observed.push(format!(
+                "target {}/{} ({} #{}, {}) ingress {PROG_RETURN}",
+                spec.target_network,
+                spec.target_node,
+                target_if.0,
+                target_if.1,
+                tunnel::mac_text(&target_mac)
+            )),
+            Some(h) => observed.push(format!(
+                "target {}/{} on {h} via {} #{} tunnel id {}",
+                spec.target_network, spec.target_node, target_if.0, target_if.1, spec.tunnel_id
+            )),
+        }
+        observed.push(format!(
+            "share {} ppm key {} ports {}",
+            spec.share_ppm,
+            if spec.key == common::key::SOURCE {
+                "source"
+            } else {
+                "connection"
+            },
+            if spec.ports.is_empty() {
+                "all".to_string()
+            } else {
+                format!("{:?}", spec.ports)
+            }
+        ));
+        let active = ActiveSteer {
+            spec: spec.clone(),
+            steer_id,
+            origin_if,
+            target_if,
+            entry,
+            failover: failover.clone(),
+            health,
+            observed: observed.clone(),
+        };
+        lock(&self.steers).insert(key.to_owned(), active);
+        self.publish_gauges();
+        let measurements = {
+            let f = lock(&failover);
+            self.measurements_of(steer_id, spec.failover.as_ref().map(|_| &*f))
+        };
+        Ok(ResourceReport {
+            key: key.to_owned(),
+            observed,
+            changes,
+            measurements,
+            ..Default::default()
+        })
+    }
+
+    fn start_health(
+        self: &Arc<Self>,
+        key: &str,
+        spec: HealthSpec,
+        network: &str,
+        node: &str,
+        entry: &Arc<Mutex<OriginEntry>>,
+        failover: &Arc<Mutex<Failover>>,
+    ) -> Result<HealthCheck, SteerError> {
+        let netns = std::fs::File::open(self.netns_of(network, node)).map_err(SteerError::Health)?;
+        let entry = entry.clone();
+        let failover = failover.clone();
+        let datapath = self.datapath.clone();
+        let weak = Arc::downgrade(self);
+        let key = key.to_owned();
+        HealthCheck::start(netns, spec, move |sw: Switch| {
+            // One map update: every new connection to the target (or back to the share).
+            let wrote = {
+                let mut e = lock(&entry);
+                if !e.live {
+                    return;
+                }
+                e.value.failover = u8::from(sw.down);
+                Self::write_origin(&datapath, &e)
+            };
+            let after = sw.after.as_secs_f64();
+            {
+                let mut f = lock(&failover);
+                f.active = sw.down;
+                f.switch_seconds = Some(after);
+                f.switches += 1;
+            }
+            match &wrote {
+                Ok(()) => tracing::info!(steer = %key, down = sw.down, after_seconds = after, "steer failover switched"),
+                Err(e) => tracing::warn!(steer = %key, error = %e, "steer failover: writing the map failed"),
+            }
+            if let Some(s) = weak.upgrade() {
+                if sw.down {
+                    s.metrics.failovers.inc();
+                }
+                s.publish_gauges();
+                s.signal(STEER, &key);
+            }
+        })
+        .map_err(SteerError::Health)
+    }
+
+    /// Removes what a steer put on its target side (return entry or tunnel entry).
+    fn remove_target_side_of(&self, p: &ActiveSteer) {
+        match p.spec.target_host {
+            None => {
+                self.remove_key::<u32, SteerReturn>("STEER_RETURNS", &p.target_if.1);
+                self.detach(p.target_if.1, Hook::Ingress, PROG_RETURN);
+            }
+            Some(h) => self.remove_key::<SteerTunnelKey, SteerTunnel>(
+                "STEER_TUNNELS",
+                &SteerTunnelKey {
+                    remote: u32::from(h),
+                    tunnel_id: p.spec.tunnel_id,
+                },
+            ),
+        }
+    }
+
+    async fn remove_steer(&self, key: &str) -> usize {
+        let Some(p) = lock(&self.steers).remove(key) else {
+            return 0;
+        };
+        lock(&p.entry).live = false;
+        self.remove_key::<u32, SteerOrigin>("STEER_ORIGINS", &p.origin_if.1);
+        self.detach(p.origin_if.1, Hook::Egress, PROG_ORIGIN);
+        self.remove_target_side_of(&p);
+        let _ = self.write_ports(p.steer_id, &[]);
+        lock(&self.last_stats).remove(&p.steer_id);
+        drop(p);
+        self.publish_gauges();
+        2 + self.drop_tunnel_if_unused().await
+    }
+
+    fn report_from_memory(&self, key: &str) -> Option<ResourceReport> {
+        let steers = lock(&self.steers);
+        let s = steers.get(key)?;
+        let f = lock(&s.failover);
+        Some(ResourceReport {
+            key: key.to_owned(),
+            observed: s.observed.clone(),
+            measurements: self
+                .measurements_of(s.steer_id, s.spec.failover.as_ref().map(|_| &*f)),
+            ..Default::default()
+        })
+    }
+}
+
+// ---- kind `steer-target` ----
+
+impl Steering {
+    async fn ensure_target(
+        &self,
+        key: &str,
+        spec: &TargetSpec,
+    ) -> Result<ResourceReport, SteerError> {
+        let mut changes = 0;
+        let target_if = self.interface(&spec.network, &spec.node).await?;
+        let nif = tunnel::node_interface(&self.netns_of(&spec.network, &spec.node)).await?;
+        let (tunnel_index, c) = self.tunnel().await?;
+        changes += c;
+        let remote = u32::from(spec.origin_host);
+        {
+            let targets = lock(&self.targets);
+            for (k, t) in targets.iter().filter(|(k, _)| k.as_str() != key) {
+                if t.target_if.1 == target_if.1 {
+                    return Err(SteerError::Conflict(format!(
+                        "node {}/{} is the target of {k} already",
+                        spec.network, spec.node
+                    )));
+                }
+                if t.spec.origin_host == spec.origin_host && t.spec.tunnel_id == spec.tunnel_id {
+                    return Err(SteerError::Conflict(format!(
+                        "tunnel id {} from {} is used by {k} already",
+                        spec.tunnel_id, spec.origin_host
+                    )));
+                }
+            }
+            let steers = lock(&self.steers);
+            if let Some((k, _)) = steers.iter().find(|(_, s)| {
+                s.spec.target_host == Some(spec.origin_host) && s.spec.tunnel_id == spec.tunnel_id
+            }) {
+                return Err(SteerError::Conflict(format!(
+                    "tunnel id {} with {} is used by the steer {k} of this host (one id per host pair)",
+                    spec.tunnel_id, spec.origin_host
+                )));
+            }
+        }
+        let previous = lock(&self.targets).remove(key);
+        let steer_id = match &previous {
+            Some(p) => {
+                if p.target_if.1 != target_if.1 {
+                    self.remove_key::<u32, SteerReturn>("STEER_RETURNS", &p.target_if.1);
+                    self.detach(p.target_if.1, Hook::Ingress, PROG_RETURN);
+                    changes += 1;
+                }
+                if p.spec.origin_host != spec.origin_host || p.spec.tunnel_id != spec.tunnel_id {
+                    self.remove_key::<SteerTunnelKey, SteerTunnel>(
+                        "STEER_TUNNELS",
+                        &SteerTunnelKey {
+                            remote: u32::from(p.spec.origin_host),
+                            tunnel_id: p.spec.tunnel_id,
+                        },
+                    );
+                    changes += 1;
+                }
+                p.steer_id
+            }
+            None => {
+                let id = self.free_slot()?;
+                self.reset_stats(id)?;
+                lock(&self.last_stats).remove(&id);
+                changes += 1;
+                id
+            }
+        };
+        let tunnel_if = (self.settings.tunnel_device.clone(), tunnel_index);
+        self.attach(&tunnel_if, Hook::Ingress, PROG_TUNNEL)?;
+        self.attach(&target_if, Hook::Ingress, PROG_RETURN)?;
+        self.with_map::<u32, SteerReturn, ()>("STEER_RETURNS", |m| {
+            m.insert(
+                target_if.1,
+                SteerReturn {
+                    steer_id,
+                    ifindex: tunnel_index,
+                    role: role::TARGET,
+                    _pad: [0; 7],
+                },
+                0,
+            )
+        })?;
+        self.with_map::<SteerTunnelKey, SteerTunnel, ()>("STEER_TUNNELS", |m| {
+            m.insert(
+                SteerTunnelKey {
+                    remote,
+                    tunnel_id: spec.tunnel_id,
+                },
+                SteerTunnel {
+                    steer_id,
+                    ifindex: target_if.1,
+                    role: role::TARGET,
+                    _pad: 0,
+                    mac: nif.mac,
+                },
+                0,
+            )
+        })?;
+        let observed = vec![
+            format!(
+                "target {}/{} ({} #{}, {}) slot {steer_id}",
+                spec.network,
+                spec.node,
+                target_if.0,
+                target_if.1,
+                tunnel::mac_text(&nif.mac)
+            ),
+            format!(
+                "tunnel {} #{} udp {} from {} id {}",
+                tunnel_if.0, tunnel_index, self.settings.tunnel_port, spec.origin_host, spec.tunnel_id
+            ),
+        ];
+        lock(&self.targets).insert(
+            key.to_owned(),
+            ActiveTarget {
+                spec: spec.clone(),
+                steer_id,
+                target_if,
+                tunnel_index,
+                observed: observed.clone(),
+            },
+        );
+        self.publish_gauges();
+        Ok(ResourceReport {
+            key: key.to_owned(),
+            observed,
+            changes,
+            measurements: self.target_measurements(steer_id, true),
+            ..Default::default()
+        })
+    }
+
+    fn target_measurements(&self, steer_id: u32, ready: bool) -> Vec<(String, f64)> {
+        let s = self.stats(steer_id).unwrap_or_default();
+        vec![
+            ("tunnel_ready".to_string(), f64::from(u8::from(ready))),
+            ("connections_received".into(), s.connections_received as f64),
+            ("packets_to_target".into(), s.packets_to_target as f64),
+            ("packets_from_target".into(), s.packets_from_target as f64),
+            ("packets_dropped_unknown".into(), s.dropped_unknown as f64),
+        ]
+    }
+
+    async fn remove_target(&self, key: &str) -> usize {
+        let Some(t) = lock(&self.targets).remove(key) else {
+            return 0;
+        };
+        self.remove_key::<u32, SteerReturn>("STEER_RETURNS", &t.target_if.1);
+        self.detach(t.target_if.1, Hook::Ingress, PROG_RETURN);
+        self.remove_key::<SteerTunnelKey, SteerTunnel>(
+            "STEER_TUNNELS",
+            &SteerTunnelKey {
+                remote: u32::from(t.spec.origin_host),
+                tunnel_id: t.spec.tunnel_id,
+            },
+        );
+        lock(&self.last_stats).remove(&t.steer_id);
+        let _ = t.tunnel_index;
+        self.publish_gauges();
+        2 + self.drop_tunnel_if_unused().await
+    }
+}
+
+/// Link names of this host a steer or target depends on, with their keys.
+fn drift_of(
+    events: &[HostEvent],
+    deps: &[(String, Vec<(String, u32)>)],
+) -> Vec<Drift> {
+    let mut out: Vec<Drift> = Vec::new();
+    for e in events.iter().filter(|e| e.netns.is_none()) {
+        let (name, index, what) = match &e.change {
+            Change::LinkDel { name, ifindex } => (name, *ifindex, format!("{name} deleted")),
+            Change::LinkNew { name, ifindex, .. } => (name, *ifindex, format!("{name} (re)made")),
+            _ => continue,
+        };
+        for (key, links) in deps {
+            // Deleted, or a new device under a name we use.
+            let hit = links.iter().any(|(n, i)| n == name && (*i != index || matches!(e.change, Change::LinkDel { .. })));
+            if hit {
+                out.retain(|d| &d.key != key);
+                out.push(Drift {
+                    key: key.clone(),
+                    what: what.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The reconciler of kind `steer`.
+pub struct SteerReconciler {
+    pub steering: Arc<Steering>,
+}
+
+/// The reconciler of kind `steer-target`.
+pub struct SteerTargetReconciler {
+    pub steering: Arc<Steering>,
+}
+
+fn error_report(key: &str, e: impl std::fmt::Display) -> ResourceReport {
+    ResourceReport {
+        key: key.to_owned(),
+        error: Some(e.to_string()),
+        ..Default::default()
+    }
+}
+
+impl Reconciler for SteerReconciler {
+    fn kind(&self) -> &'static str {
+        STEER
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        desired: &'a [DesiredResource],
+        scope: Scope<'a>,
+    ) -> BoxFuture<'a, Vec<ResourceReport>> {
+        Box::pin(async move {
+            let s = &self.steering;
+            let _apply = s.apply.lock().await;
+            let mut out = Vec::new();
+            for r in desired {
+                if let Scope::Only(keys) = scope
+                    && !keys.contains(&r.key)
+                {
+                    continue;
+                }
+                let spec = match &r.spec {
+                    Spec::Steer(w) => SteerSpec::try_from(w),
+                    _ => Err(spec_err("the spec is not a steer")),
+                };
+                let spec = match spec {
+                    Ok(x) => x,
+                    Err(e) => {
+                        out.push(error_report(&r.key, e));
+                        continue;
+                    }
+                };
+                if matches!(scope, Scope::Changed) {
+                    let same = lock(&s.steers)
+                        .get(&r.key)
+                        .is_some_and(|a| a.spec == spec);
+                    if same && let Some(rep) = s.report_from_memory(&r.key) {
+                        out.push(rep);
+                        continue;
+                    }
+                }
+                out.push(match s.ensure_steer(&r.key, &spec).await {
+                    Ok(rep) => rep,
+                    Err(e) => error_report(&r.key, e),
+                });
+            }
+            if !matches!(scope, Scope::Only(_)) {
+                let gone: Vec<String> = lock(&s.steers)
+                    .keys()
+                    .filter(|k| !desired.iter().any(|r| &r.key == *k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    let changes = s.remove_steer(&key).await;
+                    out.push(ResourceReport {
+                        key,
+                        changes,
+                        observed: vec!["removed".into()],
+                        ..Default::default()
+                    });
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            out
+        })
+    }
+
+    fn drift(&self, events: &[HostEvent]) -> Vec<Drift> {
+        let deps: Vec<(String, Vec<(String, u32)>)> = lock(&self.steering.steers)
+            .iter()
+            .map(|(k, s)| (k.clone(), vec![s.origin_if.clone(), s.target_if.clone()]))
+            .collect();
+        drift_of(events, &deps)
+    }
+
+    fn namespaces(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn managed(&self) -> Vec<String> {
+        lock(&self.steering.steers).keys().cloned().collect()
+    }
+}
+
+impl Reconciler for SteerTargetReconciler {
+    fn kind(&self) -> &'static str {
+        STEER_TARGET
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        desired: &'a [DesiredResource],
+        scope: Scope<'a>,
+    ) -> BoxFuture<'a, Vec<ResourceReport>> {
+        Box::pin(async move {
+            let s = &self.steering;
+            let _apply = s.apply.lock().await;
+            let mut out = Vec::new();
+            for r in desired {
+                if let Scope::Only(keys) = scope
+                    && !keys.contains(&r.key)
+                {
+                    continue;
+                }
+                let spec = match &r.spec {
+                    Spec::SteerTarget(w) => TargetSpec::try_from(w),
+                    _ => Err(spec_err("the spec is not a steer target")),
+                };
+                let spec = match spec {
+                    Ok(x) => x,
+                    Err(e) => {
+                        out.push(error_report(&r.key, e));
+                        continue;
+                    }
+                };
+                if matches!(scope, Scope::Changed) {
+                    let known = lock(&s.targets)
+                        .get(&r.key)
+                        .filter(|a| a.spec == spec)
+                        .map(|a| (a.steer_id, a.observed.clone()));
+                    if let Some((id, observed)) = known {
+                        out.push(ResourceReport {
+                            key: r.key.clone(),
+                            observed,
+                            measurements: s.target_measurements(id, true),
+                            ..Default::default()
+                        });
+                        continue;
+                    }
+                }
+                out.push(match s.ensure_target(&r.key, &spec).await {
+                    Ok(rep) => rep,
+                    Err(e) => {
+                        let mut rep = error_report(&r.key, e);
+                        rep.measurements = vec![("tunnel_ready".into(), 0.0)];
+                        rep
+                    }
+                });
+            }
+            if !matches!(scope, Scope::Only(_)) {
+                let gone: Vec<String> = lock(&s.targets)
+                    .keys()
+                    .filter(|k| !desired.iter().any(|r| &r.key == *k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    let changes = s.remove_target(&key).await;
+                    out.push(ResourceReport {
+                        key,
+                        changes,
+                        observed: vec!["removed".into()],
+                        ..Default::default()
+                    });
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            out
+        })
+    }
+
+    fn drift(&self, events: &[HostEvent]) -> Vec<Drift> {
+        let deps: Vec<(String, Vec<(String, u32)>)> = lock(&self.steering.targets)
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    vec![
+                        t.target_if.clone(),
+                        (self.steering.settings.tunnel_device.clone(), t.tunnel_index),
+                    ],
+                )
+            })
+            .collect();
+        drift_of(events, &deps)
+    }
+
+    fn namespaces(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn managed(&self) -> Vec<String> {
+        lock(&self.steering.targets).keys().cloned().collect()
+    }
+}
