@@ -130,17 +130,31 @@ fn try_parse(ctx: &TcContext) -> Result<Tcp, ()> {
         }
         _ => return Err(()),
     };
+    // One read of the header's first 14 bytes: the verifier keeps one bound for them.
+    let h: TcpHead = read(ctx, l4)?;
     Ok(Tcp {
         src,
         dst,
-        sport: u16::from_be(read::<u16>(ctx, l4)?),
-        dport: u16::from_be(read::<u16>(ctx, l4 + 2)?),
+        sport: u16::from_be(h.sport),
+        dport: u16::from_be(h.dport),
         family,
-        flags: read::<u8>(ctx, l4 + 13)?,
-        seq: u32::from_be(read::<u32>(ctx, l4 + 4)?),
+        flags: h.flags,
+        seq: u32::from_be(h.seq),
         eth_dst,
         eth_src,
     })
+}
+
+/// The first 14 bytes of a TCP header (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpHead {
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    doff: u8,
+    flags: u8,
 }
 
 /// The connection of a packet from the client (`to_server`) or from the server.
