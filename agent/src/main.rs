@@ -198,7 +198,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .await
     .context("the network kinds")?;
-    let steering = steer::Steering::new(
+    // Steering is optional: if its programs do not load (an older kernel), the agent runs
+    // without it and reports steer resources as unsupported.
+    let steering = match steer::Steering::new(
         datapath.clone(),
         steer::SteerSettings {
             netns_prefix: args.node_netns_prefix.clone(),
@@ -208,9 +210,15 @@ async fn main() -> anyhow::Result<()> {
         steer_metrics,
     )
     .await
-    .context("steering")?;
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            error!(error = format!("{e:#}"), "steering is not available");
+            None
+        }
+    };
     let events = (args.drift_repair == config::DriftRepair::Events).then_some(host_events);
-    let control = control::driver::ControlDriver {
+    let mut control = control::driver::ControlDriver {
         controller: link,
         host_id: args.host_id.clone(),
         instance,
@@ -230,16 +238,20 @@ async fn main() -> anyhow::Result<()> {
                 .with_workloads(registry.clone())
                 .with_host_events(events.clone()),
             ),
-            // After the nodes: the steered nodes' interfaces exist when steering starts.
-            Arc::new(steer::SteerReconciler {
-                steering: steering.clone(),
-            }),
-            Arc::new(steer::SteerTargetReconciler { steering }),
         ],
         events,
         signals: Some(drift_signals),
         metrics: control_metrics,
     };
+    if let Some(steering) = steering {
+        // After the nodes: the steered nodes' interfaces exist when steering starts.
+        control.reconcilers.push(Arc::new(steer::SteerReconciler {
+            steering: steering.clone(),
+        }));
+        control
+            .reconcilers
+            .push(Arc::new(steer::SteerTargetReconciler { steering }));
+    }
     let control_task = tokio::spawn(control.run(shutdown_rx.clone()));
 
     println!(

@@ -156,7 +156,12 @@ impl Conn {
 
 /// `n` connections from the client, `messages` messages each: every connection's answers
 /// (one side for its whole life, or an error).
-fn connections(client: &Path, addr: SocketAddr, n: usize, messages: usize) -> Vec<Result<String, String>> {
+fn connections(
+    client: &Path,
+    addr: SocketAddr,
+    n: usize,
+    messages: usize,
+) -> Vec<Result<String, String>> {
     in_ns(client, move || {
         (0..n)
             .map(|_| {
@@ -283,6 +288,15 @@ impl Hv {
     }
 
     async fn steering(&self) -> Arc<Steering> {
+        self.steering_with(None, Arc::new(SteerMetrics::default()))
+            .await
+    }
+
+    async fn steering_with(
+        &self,
+        signals: Option<mpsc::Sender<DriftSignal>>,
+        metrics: Arc<SteerMetrics>,
+    ) -> Arc<Steering> {
         Steering::new(
             self.datapath.clone(),
             SteerSettings {
@@ -290,11 +304,31 @@ impl Hv {
                 host_netns: Some(self.ns.path.clone()),
                 ..Default::default()
             },
-            None,
-            Arc::new(SteerMetrics::default()),
+            signals,
+            metrics,
         )
         .await
         .expect("steering")
+    }
+
+    /// The programs on `hook` of `iface` (kernel order), with their run time and count
+    /// so far (counted while `aya::sys::enable_stats` is held).
+    fn costs(&self, iface: &str, hook: Hook) -> Vec<(String, Duration, u64)> {
+        let dp = self.datapath.clone();
+        let name = iface.to_owned();
+        let on = in_host(Some(&self.ns.path), move || {
+            dp.lock().unwrap().query(&name, hook).unwrap()
+        })
+        .unwrap();
+        let infos: Vec<aya::programs::ProgramInfo> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .collect();
+        on.iter()
+            .filter_map(|p| {
+                let i = infos.iter().find(|i| i.id() == p.id)?;
+                Some((p.name.clone(), i.run_time(), i.run_count()))
+            })
+            .collect()
     }
 }
 
@@ -390,13 +424,17 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
     .unwrap()
     .unwrap();
 
-    let steering = hv.steering().await;
+    let (signal_tx, mut signals) = mpsc::channel(64);
+    let metrics = Arc::new(SteerMetrics::default());
+    let steering = hv.steering_with(Some(signal_tx), metrics.clone()).await;
     let rec = SteerReconciler {
         steering: steering.clone(),
     };
 
     // Share 0: every connection to the origin.
-    ok(&rec.reconcile(&steer(same_host(0, "connection", None)), Scope::All).await);
+    ok(&rec
+        .reconcile(&steer(same_host(0, "connection", None)), Scope::All)
+        .await);
     let on_hook = {
         let dp = hv.datapath.clone();
         let name = vo.0.clone();
@@ -422,27 +460,72 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
     ok(&rec
         .reconcile(&steer(same_host(500_000, "connection", None)), Scope::All)
         .await);
+    // Per-packet cost of the programs (bpf_stats, held for this run only).
+    let stats_on = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+    let vt = names::host_veth("s", "t");
+    let before: Vec<_> = [(&vo.0, Hook::Egress), (&vt, Hook::Ingress)]
+        .iter()
+        .flat_map(|(i, h)| hv.costs(i, *h))
+        .collect();
     let r = connections(&c, addr, 200, 4);
+    let after: Vec<_> = [(&vo.0, Hook::Egress), (&vt, Hook::Ingress)]
+        .iter()
+        .flat_map(|(i, h)| hv.costs(i, *h))
+        .collect();
+    drop(stats_on);
+    for ((name, t0, n0), (_, t1, n1)) in before.iter().zip(&after) {
+        let runs = n1.saturating_sub(*n0);
+        if runs > 0 {
+            eprintln!(
+                "bpf_stats {name}: {runs} runs, {:.0} ns per packet",
+                t1.saturating_sub(*t0).as_nanos() as f64 / runs as f64
+            );
+        }
+    }
     assert!(failures(&r).is_empty(), "{:?}", failures(&r));
     let (to_o, to_t) = (count(&r, "origin"), count(&r, "target"));
     assert_eq!(to_o + to_t, 200);
     assert!((60..=140).contains(&to_t), "origin {to_o} target {to_t}");
-    let rep = rec.reconcile(&steer(same_host(500_000, "connection", None)), Scope::All).await;
+    let rep = rec
+        .reconcile(&steer(same_host(500_000, "connection", None)), Scope::All)
+        .await;
     let seen = measurement(&rep[0], "connections_seen");
     let steered = measurement(&rep[0], "connections_steered");
     assert!(seen >= 240.0, "{rep:?}");
     assert!(steered >= to_t as f64 + 20.0, "{rep:?}");
     eprintln!("50 %: origin {to_o}, target {to_t} of 200; counters seen {seen} steered {steered}");
+    // The counters reach the registry and the driver hears of them (REFRESH).
+    let refreshed = eventually(Duration::from_secs(3), || {
+        while let Ok(sig) = signals.try_recv() {
+            if sig.drift.key == KEY && sig.drift.what == REFRESH && sig.kind == STEER {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(refreshed, "a REFRESH signal for {KEY}");
+    assert!(
+        metrics.connections_seen.get() >= 240,
+        "{}",
+        metrics.connections_seen.get()
+    );
+    assert!(metrics.connections_steered.get() >= steered as u64);
 
     // Key "source": one client, so all of its connections go the same way.
     ok(&rec
         .reconcile(&steer(same_host(500_000, "source", None)), Scope::All)
         .await);
     let r = connections(&c, addr, 30, 2);
-    assert!(count(&r, "origin") == 30 || count(&r, "target") == 30, "{r:?}");
+    assert!(
+        count(&r, "origin") == 30 || count(&r, "target") == 30,
+        "{r:?}"
+    );
 
     // Connections in flight keep their side when the share changes.
-    ok(&rec.reconcile(&steer(same_host(0, "connection", None)), Scope::All).await);
+    ok(&rec
+        .reconcile(&steer(same_host(0, "connection", None)), Scope::All)
+        .await);
     let (before, after) = in_ns(&c, move || {
         let mut early: Vec<Conn> = (0..10)
             .map(|_| Conn::open(addr, Duration::from_secs(2)).unwrap())
@@ -466,7 +549,9 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
     assert!(early_now.iter().all(|a| a == "origin"), "{early_now:?}");
     assert!(late.1.iter().all(|a| a == "target"), "{:?}", late.1);
     // And back to 0: the connections opened at 100 % stay on the target.
-    ok(&rec.reconcile(&steer(same_host(0, "connection", None)), Scope::All).await);
+    ok(&rec
+        .reconcile(&steer(same_host(0, "connection", None)), Scope::All)
+        .await);
     let mut late_conns = late.0;
     let late_now = in_ns(&c, move || {
         late_conns
@@ -560,6 +645,8 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
         failed_after.len()
     );
     assert_eq!(measurement(&rep[0], "failover_active"), 1.0, "{rep:?}");
+    assert_eq!(metrics.failovers.get(), 1);
+    assert_eq!(metrics.failover_active.get(), 1);
     assert!(switch_s < 1.0, "{rep:?}");
     assert!(
         first_target.is_some_and(|d| d < Duration::from_secs(1)),
@@ -614,7 +701,12 @@ async fn underlay(a: &Hv, b: &Hv) -> (Ipv4Addr, Ipv4Addr) {
             .await
             .expect("underlay address");
         h.link()
-            .set(rtnetlink::LinkUnspec::new_with_index(i).mtu(1600).up().build())
+            .set(
+                rtnetlink::LinkUnspec::new_with_index(i)
+                    .mtu(1600)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .expect("underlay up");
@@ -667,11 +759,15 @@ async fn cross_host_steering_goes_through_the_tunnel_and_back() {
     let r = connections(&c, addr, 20, 3);
     assert_eq!(count(&r, "origin"), 20, "{r:?}");
 
-    ok(&origin_rec.reconcile(&steer(cross(1_000_000)), Scope::All).await);
+    ok(&origin_rec
+        .reconcile(&steer(cross(1_000_000)), Scope::All)
+        .await);
     let r = connections(&c, addr, 20, 3);
     assert_eq!(count(&r, "target"), 20, "{r:?}");
 
-    ok(&origin_rec.reconcile(&steer(cross(500_000)), Scope::All).await);
+    ok(&origin_rec
+        .reconcile(&steer(cross(500_000)), Scope::All)
+        .await);
     let r = connections(&c, addr, 200, 4);
     assert!(failures(&r).is_empty(), "{:?}", failures(&r));
     let (to_o, to_t) = (count(&r, "origin"), count(&r, "target"));
@@ -694,7 +790,10 @@ async fn cross_host_steering_goes_through_the_tunnel_and_back() {
     assert!(big == "origin" || big == "target", "{big}");
 
     let rep = target_rec.reconcile(&target, Scope::All).await;
-    assert!(measurement(&rep[0], "connections_received") >= (20 + to_t) as f64, "{rep:?}");
+    assert!(
+        measurement(&rep[0], "connections_received") >= (20 + to_t) as f64,
+        "{rep:?}"
+    );
 
     // Removal on both sides: the tunnel devices go with the last user.
     ok(&origin_rec.reconcile(&[], Scope::All).await);

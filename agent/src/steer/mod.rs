@@ -456,11 +456,7 @@ fn in_host<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> T + Send) -> Resul
             Ok(f())
         })
         .join()
-        .unwrap_or_else(|_| {
-            Err(err(std::io::Error::other(
-                "the namespace thread panicked",
-            )))
-        })
+        .unwrap_or_else(|_| Err(err(std::io::Error::other("the namespace thread panicked"))))
     })
 }
 
@@ -536,16 +532,16 @@ impl Steering {
         let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
         let mut a = PerCpuArray::<_, SteerStats>::try_from(dp.map_mut("STEER_STATS")?)
             .map_err(map_err("STEER_STATS"))?;
-        let n = aya::util::nr_cpus()
-            .map_err(|(_, e)| SteerError::Map {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| SteerError::Map {
+            map: "STEER_STATS",
+            source: aya::maps::MapError::IoError(e),
+        })?;
+        let zeros = PerCpuValues::try_from(vec![SteerStats::default(); n]).map_err(|e| {
+            SteerError::Map {
                 map: "STEER_STATS",
                 source: aya::maps::MapError::IoError(e),
-            })?;
-        let zeros = PerCpuValues::try_from(vec![SteerStats::default(); n])
-            .map_err(|e| SteerError::Map {
-                map: "STEER_STATS",
-                source: aya::maps::MapError::IoError(e),
-            })?;
+            }
+        })?;
         a.set(steer_id, zeros, 0).map_err(map_err("STEER_STATS"))
     }
 }
@@ -758,10 +754,7 @@ impl Steering {
 
     fn publish_gauges(&self) {
         let steers = lock(&self.steers);
-        let active = steers
-            .values()
-            .filter(|s| lock(&s.failover).active)
-            .count();
+        let active = steers.values().filter(|s| lock(&s.failover).active).count();
         self.metrics.failover_active.set(active as u64);
         self.metrics
             .steers
@@ -784,10 +777,9 @@ impl Steering {
                 let t = self
                     .interface(&spec.target_network, &spec.target_node)
                     .await?;
-                let nif = tunnel::node_interface(
-                    &self.netns_of(&spec.target_network, &spec.target_node),
-                )
-                .await?;
+                let nif =
+                    tunnel::node_interface(&self.netns_of(&spec.target_network, &spec.target_node))
+                        .await?;
                 (t, nif.mac, 0)
             }
             Some(host) => {
@@ -957,7 +949,14 @@ impl Steering {
                     f.probe.clone(),
                 );
                 if health.as_ref().map(|h| &h.spec) != Some(&hs) {
-                    health = Some(self.start_health(key, hs, &spec.network, &spec.node, &entry, &failover)?);
+                    health = Some(self.start_health(
+                        key,
+                        hs,
+                        &spec.network,
+                        &spec.node,
+                        &entry,
+                        &failover,
+                    )?);
                     changes += 1;
                 }
             }
@@ -1029,7 +1028,8 @@ impl Steering {
         entry: &Arc<Mutex<OriginEntry>>,
         failover: &Arc<Mutex<Failover>>,
     ) -> Result<HealthCheck, SteerError> {
-        let netns = std::fs::File::open(self.netns_of(network, node)).map_err(SteerError::Health)?;
+        let netns =
+            std::fs::File::open(self.netns_of(network, node)).map_err(SteerError::Health)?;
         let entry = entry.clone();
         let failover = failover.clone();
         let datapath = self.datapath.clone();
@@ -1106,8 +1106,7 @@ impl Steering {
         Some(ResourceReport {
             key: key.to_owned(),
             observed: s.observed.clone(),
-            measurements: self
-                .measurements_of(s.steer_id, s.spec.failover.as_ref().map(|_| &*f)),
+            measurements: self.measurements_of(s.steer_id, s.spec.failover.as_ref().map(|_| &*f)),
             ..Default::default()
         })
     }
@@ -1223,7 +1222,11 @@ impl Steering {
             ),
             format!(
                 "tunnel {} #{} udp {} from {} id {}",
-                tunnel_if.0, tunnel_index, self.settings.tunnel_port, spec.origin_host, spec.tunnel_id
+                tunnel_if.0,
+                tunnel_index,
+                self.settings.tunnel_port,
+                spec.origin_host,
+                spec.tunnel_id
             ),
         ];
         lock(&self.targets).insert(
@@ -1278,10 +1281,7 @@ impl Steering {
 }
 
 /// Link names of this host a steer or target depends on, with their keys.
-fn drift_of(
-    events: &[HostEvent],
-    deps: &[(String, Vec<(String, u32)>)],
-) -> Vec<Drift> {
+fn drift_of(events: &[HostEvent], deps: &[(String, Vec<(String, u32)>)]) -> Vec<Drift> {
     let mut out: Vec<Drift> = Vec::new();
     for e in events.iter().filter(|e| e.netns.is_none()) {
         let (name, index, what) = match &e.change {
@@ -1291,7 +1291,9 @@ fn drift_of(
         };
         for (key, links) in deps {
             // Deleted, or a new device under a name we use.
-            let hit = links.iter().any(|(n, i)| n == name && (*i != index || matches!(e.change, Change::LinkDel { .. })));
+            let hit = links.iter().any(|(n, i)| {
+                n == name && (*i != index || matches!(e.change, Change::LinkDel { .. }))
+            });
             if hit {
                 out.retain(|d| &d.key != key);
                 out.push(Drift {
@@ -1354,9 +1356,7 @@ impl Reconciler for SteerReconciler {
                     }
                 };
                 if matches!(scope, Scope::Changed) {
-                    let same = lock(&s.steers)
-                        .get(&r.key)
-                        .is_some_and(|a| a.spec == spec);
+                    let same = lock(&s.steers).get(&r.key).is_some_and(|a| a.spec == spec);
                     if same && let Some(rep) = s.report_from_memory(&r.key) {
                         out.push(rep);
                         continue;
@@ -1503,5 +1503,191 @@ impl Reconciler for SteerTargetReconciler {
 
     fn managed(&self) -> Vec<String> {
         lock(&self.steering.targets).keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire() -> weft_proto::v1::Steer {
+        weft_proto::v1::Steer {
+            owner: "weave/w1".into(),
+            network: "prod".into(),
+            node: "web".into(),
+            ports: vec![80, 443, 80],
+            share_ppm: 250_000,
+            key: "source".into(),
+            seed: 9,
+            failover: None,
+            target_network: "w1-prod".into(),
+            target_node: "web".into(),
+            target_host: String::new(),
+            tunnel_id: 0,
+        }
+    }
+
+    #[test]
+    fn a_steer_spec_is_checked_and_normalised() {
+        let s = SteerSpec::try_from(&wire()).unwrap();
+        assert_eq!(s.ports, vec![80, 443]);
+        assert_eq!(s.key, common::key::SOURCE);
+        assert_eq!(s.target_host, None);
+        assert_eq!(s.tunnel_id, 0);
+
+        let cross = weft_proto::v1::Steer {
+            target_host: "198.18.82.2".into(),
+            tunnel_id: 7,
+            ..wire()
+        };
+        let s = SteerSpec::try_from(&cross).unwrap();
+        assert_eq!(s.target_host, Some(Ipv4Addr::new(198, 18, 82, 2)));
+        assert_eq!(s.tunnel_id, 7);
+    }
+
+    #[test]
+    fn bad_steer_specs_say_why() {
+        let cases: Vec<(weft_proto::v1::Steer, &str)> = vec![
+            (
+                weft_proto::v1::Steer {
+                    share_ppm: 1_000_001,
+                    ..wire()
+                },
+                "share_ppm",
+            ),
+            (
+                weft_proto::v1::Steer {
+                    ports: vec![70_000],
+                    ..wire()
+                },
+                "not a port",
+            ),
+            (
+                weft_proto::v1::Steer {
+                    key: "header".into(),
+                    ..wire()
+                },
+                "key",
+            ),
+            (
+                weft_proto::v1::Steer {
+                    target_host: "198.18.82.2".into(),
+                    tunnel_id: 0,
+                    ..wire()
+                },
+                "tunnel_id",
+            ),
+            (
+                weft_proto::v1::Steer {
+                    target_host: "fd00::2".into(),
+                    tunnel_id: 3,
+                    ..wire()
+                },
+                "IPv4",
+            ),
+            (
+                weft_proto::v1::Steer {
+                    target_network: "prod".into(),
+                    ..wire()
+                },
+                "origin itself",
+            ),
+            (
+                weft_proto::v1::Steer {
+                    node: "Web".into(),
+                    ..wire()
+                },
+                "node name",
+            ),
+            (
+                weft_proto::v1::Steer {
+                    owner: String::new(),
+                    ..wire()
+                },
+                "owner",
+            ),
+            (
+                weft_proto::v1::Steer {
+                    failover: Some(weft_proto::v1::SteerHealth {
+                        port: 0,
+                        ..Default::default()
+                    }),
+                    ..wire()
+                },
+                "failover port",
+            ),
+        ];
+        for (w, why) in cases {
+            let e = SteerSpec::try_from(&w).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_target_spec_needs_an_ipv4_origin_and_a_tunnel_id() {
+        let w = weft_proto::v1::SteerTarget {
+            owner: "shadow/s1".into(),
+            network: "s1-prod".into(),
+            node: "web".into(),
+            origin_host: "198.18.82.1".into(),
+            tunnel_id: 12,
+        };
+        assert!(TargetSpec::try_from(&w).is_ok());
+        for (bad, why) in [
+            (
+                weft_proto::v1::SteerTarget {
+                    tunnel_id: 16_777_216,
+                    ..w.clone()
+                },
+                "tunnel_id",
+            ),
+            (
+                weft_proto::v1::SteerTarget {
+                    origin_host: "host-a".into(),
+                    ..w.clone()
+                },
+                "IPv4",
+            ),
+        ] {
+            let e = TargetSpec::try_from(&bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    fn link_event(name: &str, index: u32, del: bool) -> HostEvent {
+        HostEvent {
+            netns: None,
+            at: Instant::now(),
+            change: if del {
+                Change::LinkDel {
+                    ifindex: index,
+                    name: name.into(),
+                }
+            } else {
+                Change::LinkNew {
+                    ifindex: index,
+                    name: name.into(),
+                    up: true,
+                    kind: Some("veth".into()),
+                }
+            },
+        }
+    }
+
+    #[test]
+    fn drift_is_a_used_interface_deleted_or_made_anew() {
+        let deps = vec![("s/a".to_string(), vec![("wn1".to_string(), 5)])];
+        // Our own interface seen again as it is: nothing.
+        assert!(drift_of(&[link_event("wn1", 5, false)], &deps).is_empty());
+        // Someone else's: nothing.
+        assert!(drift_of(&[link_event("wn2", 6, true)], &deps).is_empty());
+        let d = drift_of(&[link_event("wn1", 5, true)], &deps);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].key, "s/a");
+        let d = drift_of(
+            &[link_event("wn1", 5, true), link_event("wn1", 9, false)],
+            &deps,
+        );
+        assert_eq!(d.len(), 1, "one drift per key: {d:?}");
     }
 }

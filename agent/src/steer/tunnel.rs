@@ -113,13 +113,17 @@ pub async fn ensure_tunnel(h: &Handle, name: &str, port: u16) -> Result<(u32, us
                 .execute()
                 .await
                 .map_err(|source| NetError::Netlink {
-                    op: format!("creating the tunnel device {name} (vxlan external dstport {port})"),
+                    op: format!(
+                        "creating the tunnel device {name} (vxlan external dstport {port})"
+                    ),
                     source,
                 })?;
             changes += 1;
             links::by_name(h, name)
                 .await?
-                .ok_or_else(|| NetError::Missing(format!("{name} is gone right after creating it")))?
+                .ok_or_else(|| {
+                    NetError::Missing(format!("{name} is gone right after creating it"))
+                })?
                 .index
         }
     };
