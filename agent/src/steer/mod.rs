@@ -54,6 +54,8 @@ pub mod tunnel;
 
 #[cfg(test)]
 mod lab;
+#[cfg(test)]
+mod testrun;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
