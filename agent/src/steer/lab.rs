@@ -67,9 +67,10 @@ impl Server {
 const SERVER: &str = r#"
 import socket, sys, threading
 name = sys.argv[1].encode() + b"\n"
-s = socket.socket()
+s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[2])))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[2])))
 s.listen(1024)
 print("ready", flush=True)
 def serve(c):
@@ -264,14 +265,19 @@ impl Hv {
                     spec: Spec::NetworkNode(NetworkNode {
                         network: (*net).into(),
                         node: (*node).into(),
-                        addresses: vec![AddressAssignment {
-                            cidr: (*cidr).into(),
-                            gateway: String::new(),
-                            shard_id: "s".into(),
-                            allocation_seq: 1,
-                        }],
+                        // The IPv4 address, and fd00:80::<its last byte>/64.
+                        addresses: [(*cidr).to_owned(), v6_of(cidr)]
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, cidr)| AddressAssignment {
+                                cidr,
+                                gateway: String::new(),
+                                shard_id: "s".into(),
+                                allocation_seq: i as u64 + 1,
+                            })
+                            .collect(),
                         firewall: vec![FirewallRule {
-                            sources: vec!["198.18.0.0/15".into()],
+                            sources: vec!["198.18.0.0/15".into(), "fd00::/8".into()],
                             protocol: "tcp".into(),
                             ports: vec![PortRange {
                                 first: u32::from(PORT),
@@ -330,6 +336,16 @@ impl Hv {
             })
             .collect()
     }
+}
+
+/// The IPv6 address of a test node: fd00:80::<last byte of its IPv4 address>/64.
+fn v6_of(cidr4: &str) -> String {
+    let last = cidr4
+        .split('/')
+        .next()
+        .and_then(|a| a.rsplit('.').next())
+        .unwrap_or("1");
+    format!("fd00:80::{last}/64")
 }
 
 fn ok(reports: &[ResourceReport]) {
@@ -511,6 +527,23 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
         metrics.connections_seen.get()
     );
     assert!(metrics.connections_steered.get() >= steered as u64);
+
+    // IPv6: the same, once the addresses are past duplicate address detection.
+    let addr6: SocketAddr = format!("[fd00:80::10]:{PORT}").parse().unwrap();
+    let c6 = c.clone();
+    let v6_up = eventually(Duration::from_secs(10), || {
+        let c6 = c6.clone();
+        in_ns(&c6, move || {
+            TcpStream::connect_timeout(&addr6, Duration::from_millis(300)).is_ok()
+        })
+    })
+    .await;
+    assert!(v6_up, "IPv6 to the origin's address");
+    let r = connections(&c, addr6, 200, 3);
+    assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+    let (o6, t6) = (count(&r, "origin"), count(&r, "target"));
+    assert!((60..=140).contains(&t6), "IPv6: origin {o6} target {t6}");
+    eprintln!("IPv6 50 %: origin {o6}, target {t6} of 200");
 
     // Key "source": one client, so all of its connections go the same way.
     ok(&rec
