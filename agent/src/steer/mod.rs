@@ -416,6 +416,9 @@ pub struct Steering {
     host: crate::realize::netns::NetnsHandle,
     steers: Mutex<BTreeMap<String, ActiveSteer>>,
     targets: Mutex<BTreeMap<String, ActiveTarget>>,
+    /// Keys that failed, with the interfaces they need: one of them appearing is drift
+    /// (the node was made after the steer), repaired at once rather than at the resync.
+    waiting: Mutex<BTreeMap<(&'static str, String), Vec<String>>>,
     /// Serialises reconciles of the two kinds (they share slots, programs and the tunnel).
     apply: tokio::sync::Mutex<()>,
     signals: Option<mpsc::Sender<DriftSignal>>,
@@ -577,6 +580,7 @@ impl Steering {
             host,
             steers: Mutex::new(BTreeMap::new()),
             targets: Mutex::new(BTreeMap::new()),
+            waiting: Mutex::new(BTreeMap::new()),
             apply: tokio::sync::Mutex::new(()),
             signals,
             metrics,
@@ -684,6 +688,36 @@ impl Steering {
             Ok(true) => 1,
             _ => 0,
         }
+    }
+
+    /// Remembers (on failure) or forgets (on success) what `key` waits for.
+    fn wait_for(&self, kind: &'static str, key: &str, ok: bool, interfaces: Vec<String>) {
+        let mut w = lock(&self.waiting);
+        if ok {
+            w.remove(&(kind, key.to_owned()));
+        } else {
+            w.insert((kind, key.to_owned()), interfaces);
+        }
+    }
+
+    /// Keys of `kind` waiting for an interface that `events` made.
+    fn appeared(&self, kind: &'static str, events: &[HostEvent]) -> Vec<Drift> {
+        let w = lock(&self.waiting);
+        let mut out: Vec<Drift> = Vec::new();
+        for e in events.iter().filter(|e| e.netns.is_none()) {
+            let Change::LinkNew { name, .. } = &e.change else {
+                continue;
+            };
+            for ((k, key), names) in w.iter() {
+                if *k == kind && names.contains(name) && !out.iter().any(|d| &d.key == key) {
+                    out.push(Drift {
+                        key: key.clone(),
+                        what: format!("{name} appeared"),
+                    });
+                }
+            }
+        }
+        out
     }
 
     fn signal(&self, kind: &'static str, key: &str) {
@@ -1364,12 +1398,20 @@ impl Reconciler for SteerReconciler {
                         continue;
                     }
                 }
-                out.push(match s.ensure_steer(&r.key, &spec).await {
+                let result = s.ensure_steer(&r.key, &spec).await;
+                let mut needs = vec![names::host_veth(&spec.network, &spec.node)];
+                if spec.target_host.is_none() {
+                    needs.push(names::host_veth(&spec.target_network, &spec.target_node));
+                }
+                s.wait_for(STEER, &r.key, result.is_ok(), needs);
+                out.push(match result {
                     Ok(rep) => rep,
                     Err(e) => error_report(&r.key, e),
                 });
             }
             if !matches!(scope, Scope::Only(_)) {
+                lock(&s.waiting)
+                    .retain(|(k, key), _| *k != STEER || desired.iter().any(|r| &r.key == key));
                 let gone: Vec<String> = lock(&s.steers)
                     .keys()
                     .filter(|k| !desired.iter().any(|r| &r.key == *k))
@@ -1395,7 +1437,9 @@ impl Reconciler for SteerReconciler {
             .iter()
             .map(|(k, s)| (k.clone(), vec![s.origin_if.clone(), s.target_if.clone()]))
             .collect();
-        drift_of(events, &deps)
+        let mut out = drift_of(events, &deps);
+        out.extend(self.steering.appeared(STEER, events));
+        out
     }
 
     fn namespaces(&self) -> Vec<PathBuf> {
@@ -1453,7 +1497,14 @@ impl Reconciler for SteerTargetReconciler {
                         continue;
                     }
                 }
-                out.push(match s.ensure_target(&r.key, &spec).await {
+                let result = s.ensure_target(&r.key, &spec).await;
+                s.wait_for(
+                    STEER_TARGET,
+                    &r.key,
+                    result.is_ok(),
+                    vec![names::host_veth(&spec.network, &spec.node)],
+                );
+                out.push(match result {
                     Ok(rep) => rep,
                     Err(e) => {
                         let mut rep = error_report(&r.key, e);
@@ -1463,6 +1514,9 @@ impl Reconciler for SteerTargetReconciler {
                 });
             }
             if !matches!(scope, Scope::Only(_)) {
+                lock(&s.waiting).retain(|(k, key), _| {
+                    *k != STEER_TARGET || desired.iter().any(|r| &r.key == key)
+                });
                 let gone: Vec<String> = lock(&s.targets)
                     .keys()
                     .filter(|k| !desired.iter().any(|r| &r.key == *k))
@@ -1496,7 +1550,9 @@ impl Reconciler for SteerTargetReconciler {
                 )
             })
             .collect();
-        drift_of(events, &deps)
+        let mut out = drift_of(events, &deps);
+        out.extend(self.steering.appeared(STEER_TARGET, events));
+        out
     }
 
     fn namespaces(&self) -> Vec<PathBuf> {
