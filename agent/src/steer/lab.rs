@@ -557,6 +557,21 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
     );
     assert!(metrics.connections_steered.get() >= steered as u64);
 
+    // Asked for again by a signal: in place, nothing written. A program taken off behind
+    // weft's back is drift: put back.
+    let only = vec![KEY.to_string()];
+    let spec50 = steer(same_host(500_000, "connection", None));
+    let rep = rec.reconcile(&spec50, Scope::Only(&only)).await;
+    ok(&rep);
+    assert_eq!(rep[0].changes, 0, "{rep:?}");
+    let vt_index = lock(&steering.steers)[KEY].target_if.1;
+    steering.detach(vt_index, Hook::Ingress, PROG_RETURN);
+    let rep = rec.reconcile(&spec50, Scope::Only(&only)).await;
+    ok(&rep);
+    assert_eq!(rep[0].changes, 1, "{rep:?}");
+    let r = connections(&c, addr, 20, 2);
+    assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+
     // IPv6: the same, once the addresses are past duplicate address detection.
     let addr6: SocketAddr = format!("[fd00:80::10]:{PORT}").parse().unwrap();
     let c6 = c.clone();

@@ -630,10 +630,25 @@ impl Steering {
     }
 
     /// Attaches `program` on `hook` of `iface`, after the flow observer when it is there.
-    fn attach(&self, iface: &(String, u32), hook: Hook, program: &str) -> Result<(), SteerError> {
+    /// Attaches `program` on `hook` of `iface`, after the flow observer when it is there.
+    /// Returns the writes made (0: it was attached already).
+    fn attach(
+        &self,
+        iface: &(String, u32),
+        hook: Hook,
+        program: &str,
+    ) -> Result<usize, SteerError> {
+        let (name, index) = (iface.0.clone(), iface.1);
+        if self
+            .datapath
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_attached(index, hook, program)
+        {
+            return Ok(0);
+        }
         let netns = self.settings.host_netns.clone();
         let dp = self.datapath.clone();
-        let (name, index) = (iface.0.clone(), iface.1);
         in_host(netns.as_deref(), move || {
             let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
             let observer = if hook == Hook::Egress {
@@ -648,7 +663,7 @@ impl Steering {
             };
             dp.attach(&name, index, hook, program, order)
         })??;
-        Ok(())
+        Ok(1)
     }
 
     fn detach(&self, index: u32, hook: Hook, program: &str) {
@@ -898,11 +913,11 @@ impl Steering {
         };
 
         // Programs first, maps after: a program without its map entry passes everything.
-        self.attach(&origin_if, Hook::Egress, PROG_ORIGIN)?;
-        match spec.target_host {
+        changes += self.attach(&origin_if, Hook::Egress, PROG_ORIGIN)?;
+        changes += match spec.target_host {
             None => self.attach(&target_if, Hook::Ingress, PROG_RETURN)?,
             Some(_) => self.attach(&target_if, Hook::Ingress, PROG_TUNNEL)?,
-        }
+        };
         self.write_ports(steer_id, &spec.ports)?;
         match spec.target_host {
             None => self.with_map::<u32, SteerReturn, ()>("STEER_RETURNS", |m| {
@@ -1135,6 +1150,36 @@ impl Steering {
         2 + self.drop_tunnel_if_unused().await
     }
 
+    /// Whether an active resource whose spec is unchanged (`parts`: its interfaces and
+    /// programs; `None`: not active or changed) needs no apply: for `Scope::Changed`
+    /// always, for `Scope::Only` (signals, drift) when its interfaces are still the ones
+    /// the programs were attached to.
+    async fn unchanged(
+        &self,
+        parts: Option<Vec<((String, u32), Hook, &'static str)>>,
+        scope: Scope<'_>,
+    ) -> bool {
+        let Some(parts) = parts else { return false };
+        if !matches!(scope, Scope::Only(_)) {
+            return true;
+        }
+        for ((name, index), hook, program) in parts {
+            let now = links::by_name(&self.host.handle, &name)
+                .await
+                .ok()
+                .flatten();
+            let attached = self
+                .datapath
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_attached(index, hook, program);
+            if now.map(|l| l.index) != Some(index) || !attached {
+                return false;
+            }
+        }
+        true
+    }
+
     fn report_from_memory(&self, key: &str) -> Option<ResourceReport> {
         let steers = lock(&self.steers);
         let s = steers.get(key)?;
@@ -1217,8 +1262,8 @@ impl Steering {
             }
         };
         let tunnel_if = (self.settings.tunnel_device.clone(), tunnel_index);
-        self.attach(&tunnel_if, Hook::Ingress, PROG_TUNNEL)?;
-        self.attach(&target_if, Hook::Ingress, PROG_RETURN)?;
+        changes += self.attach(&tunnel_if, Hook::Ingress, PROG_TUNNEL)?;
+        changes += self.attach(&target_if, Hook::Ingress, PROG_RETURN)?;
         self.with_map::<u32, SteerReturn, ()>("STEER_RETURNS", |m| {
             m.insert(
                 target_if.1,
@@ -1391,9 +1436,26 @@ impl Reconciler for SteerReconciler {
                         continue;
                     }
                 };
-                if matches!(scope, Scope::Changed) {
-                    let same = lock(&s.steers).get(&r.key).is_some_and(|a| a.spec == spec);
-                    if same && let Some(rep) = s.report_from_memory(&r.key) {
+                // Unchanged, and (for a key asked for by a signal: new counters, or drift)
+                // still in place: reported from memory, no writes.
+                if !matches!(scope, Scope::All) {
+                    let parts = lock(&s.steers)
+                        .get(&r.key)
+                        .filter(|a| a.spec == spec)
+                        .map(|a| {
+                            let back = if a.spec.target_host.is_none() {
+                                PROG_RETURN
+                            } else {
+                                PROG_TUNNEL
+                            };
+                            vec![
+                                (a.origin_if.clone(), Hook::Egress, PROG_ORIGIN),
+                                (a.target_if.clone(), Hook::Ingress, back),
+                            ]
+                        });
+                    if s.unchanged(parts, scope).await
+                        && let Some(rep) = s.report_from_memory(&r.key)
+                    {
                         out.push(rep);
                         continue;
                     }
@@ -1482,11 +1544,28 @@ impl Reconciler for SteerTargetReconciler {
                         continue;
                     }
                 };
-                if matches!(scope, Scope::Changed) {
+                if !matches!(scope, Scope::All) {
                     let known = lock(&s.targets)
                         .get(&r.key)
                         .filter(|a| a.spec == spec)
-                        .map(|a| (a.steer_id, a.observed.clone()));
+                        .map(|a| {
+                            let parts = vec![
+                                (a.target_if.clone(), Hook::Ingress, PROG_RETURN),
+                                (
+                                    (s.settings.tunnel_device.clone(), a.tunnel_index),
+                                    Hook::Ingress,
+                                    PROG_TUNNEL,
+                                ),
+                            ];
+                            (a.steer_id, a.observed.clone(), parts)
+                        });
+                    let known = match known {
+                        Some((id, observed, parts)) => s
+                            .unchanged(Some(parts), scope)
+                            .await
+                            .then_some((id, observed)),
+                        None => None,
+                    };
                     if let Some((id, observed)) = known {
                         out.push(ResourceReport {
                             key: r.key.clone(),
