@@ -873,6 +873,27 @@ impl Steering {
                 }
             }
         }
+        // What the health check checks (read before any write).
+        let health_spec = match &spec.failover {
+            None => None,
+            Some(f) => {
+                let origin = tunnel::node_interface(&self.netns_of(&spec.network, &spec.node))
+                    .await?
+                    .ipv4
+                    .ok_or_else(|| {
+                        SteerError::Conflict(format!(
+                            "node {}/{} has no IPv4 address to check",
+                            spec.network, spec.node
+                        ))
+                    })?;
+                Some(HealthSpec::new(
+                    SocketAddr::from((origin, f.port)),
+                    f.interval_ms,
+                    f.failures,
+                    f.probe.clone(),
+                ))
+            }
+        };
         let previous = lock(&self.steers).remove(key);
         let steer_id = match &previous {
             Some(p) => p.steer_id,
@@ -895,7 +916,7 @@ impl Steering {
                     && p.target_if.1 == target_if.1
                     && p.spec.tunnel_id == spec.tunnel_id;
                 if !same_target {
-                    self.remove_target_side_of(&p);
+                    self.remove_target_side_of(p.spec.target_host, p.spec.tunnel_id, &p.target_if);
                     changes += 1;
                 }
                 let health = p.health.take();
@@ -912,105 +933,106 @@ impl Steering {
             ),
         };
 
-        // Programs first, maps after: a program without its map entry passes everything.
-        changes += self.attach(&origin_if, Hook::Egress, PROG_ORIGIN)?;
-        changes += match spec.target_host {
-            None => self.attach(&target_if, Hook::Ingress, PROG_RETURN)?,
-            Some(_) => self.attach(&target_if, Hook::Ingress, PROG_TUNNEL)?,
-        };
-        self.write_ports(steer_id, &spec.ports)?;
-        match spec.target_host {
-            None => self.with_map::<u32, SteerReturn, ()>("STEER_RETURNS", |m| {
-                m.insert(
-                    target_if.1,
-                    SteerReturn {
-                        steer_id,
-                        ifindex: origin_if.1,
-                        role: role::ORIGIN_LOCAL,
-                        _pad: [0; 7],
-                    },
-                    0,
-                )
-            })?,
-            Some(_) => self.with_map::<SteerTunnelKey, SteerTunnel, ()>("STEER_TUNNELS", |m| {
-                m.insert(
-                    SteerTunnelKey {
-                        remote,
-                        tunnel_id: spec.tunnel_id,
-                    },
-                    SteerTunnel {
-                        steer_id,
-                        ifindex: origin_if.1,
-                        role: role::ORIGIN_TUNNEL,
-                        _pad: 0,
-                        mac: [0; 6],
-                    },
-                    0,
-                )
-            })?,
-        }
-        let value = SteerOrigin {
-            threshold: common::threshold_of(spec.share_ppm),
-            steer_id,
-            seed: spec.seed,
-            target_ifindex: target_if.1,
-            tunnel_id: spec.tunnel_id,
-            tunnel_remote: remote,
-            key: spec.key,
-            failover: 0,
-            all_ports: u8::from(spec.ports.is_empty()),
-            _pad: 0,
-            target_mac,
-            _pad2: [0; 2],
-        };
-        {
-            let mut e = lock(&entry);
-            let mut v = value;
-            v.failover = u8::from(spec.failover.is_some() && lock(&failover).active);
-            if e.ifindex != origin_if.1 || e.value != v {
-                e.ifindex = origin_if.1;
-                e.value = v;
-                changes += 1;
-            }
-            e.live = true;
-            Self::write_origin(&self.datapath, &e)?;
-        }
-
-        // The health check: kept when its spec is the same.
-        match &spec.failover {
-            None => {
-                health = None;
-                let mut f = lock(&failover);
-                f.active = false;
-            }
-            Some(f) => {
-                let origin = tunnel::node_interface(&self.netns_of(&spec.network, &spec.node))
-                    .await?
-                    .ipv4
-                    .ok_or_else(|| {
-                        SteerError::Conflict(format!(
-                            "node {}/{} has no IPv4 address to check",
-                            spec.network, spec.node
-                        ))
-                    })?;
-                let hs = HealthSpec::new(
-                    SocketAddr::from((origin, f.port)),
-                    f.interval_ms,
-                    f.failures,
-                    f.probe.clone(),
-                );
-                if health.as_ref().map(|h| &h.spec) != Some(&hs) {
-                    health = Some(self.start_health(
-                        key,
-                        hs,
-                        &spec.network,
-                        &spec.node,
-                        &entry,
-                        &failover,
-                    )?);
-                    changes += 1;
+        // Every write from here on is undone if one fails: the origin then serves
+        // everything (the safe side) and the next reconcile starts afresh.
+        let applied: Result<(), SteerError> = async {
+            // Programs first, maps after: a program without its map entry passes everything.
+            changes += self.attach(&origin_if, Hook::Egress, PROG_ORIGIN)?;
+            changes += match spec.target_host {
+                None => self.attach(&target_if, Hook::Ingress, PROG_RETURN)?,
+                Some(_) => self.attach(&target_if, Hook::Ingress, PROG_TUNNEL)?,
+            };
+            self.write_ports(steer_id, &spec.ports)?;
+            match spec.target_host {
+                None => self.with_map::<u32, SteerReturn, ()>("STEER_RETURNS", |m| {
+                    m.insert(
+                        target_if.1,
+                        SteerReturn {
+                            steer_id,
+                            ifindex: origin_if.1,
+                            role: role::ORIGIN_LOCAL,
+                            _pad: [0; 7],
+                        },
+                        0,
+                    )
+                })?,
+                Some(_) => {
+                    self.with_map::<SteerTunnelKey, SteerTunnel, ()>("STEER_TUNNELS", |m| {
+                        m.insert(
+                            SteerTunnelKey {
+                                remote,
+                                tunnel_id: spec.tunnel_id,
+                            },
+                            SteerTunnel {
+                                steer_id,
+                                ifindex: origin_if.1,
+                                role: role::ORIGIN_TUNNEL,
+                                _pad: 0,
+                                mac: [0; 6],
+                            },
+                            0,
+                        )
+                    })?
                 }
             }
+            let value = SteerOrigin {
+                threshold: common::threshold_of(spec.share_ppm),
+                steer_id,
+                seed: spec.seed,
+                target_ifindex: target_if.1,
+                tunnel_id: spec.tunnel_id,
+                tunnel_remote: remote,
+                key: spec.key,
+                failover: 0,
+                all_ports: u8::from(spec.ports.is_empty()),
+                _pad: 0,
+                target_mac,
+                _pad2: [0; 2],
+            };
+            {
+                let mut e = lock(&entry);
+                let mut v = value;
+                v.failover = u8::from(spec.failover.is_some() && lock(&failover).active);
+                if e.ifindex != origin_if.1 || e.value != v {
+                    e.ifindex = origin_if.1;
+                    e.value = v;
+                    changes += 1;
+                }
+                e.live = true;
+                Self::write_origin(&self.datapath, &e)?;
+            }
+
+            // The health check: kept when its spec is the same.
+            match health_spec {
+                None => {
+                    health = None;
+                    lock(&failover).active = false;
+                }
+                Some(hs) => {
+                    if health.as_ref().map(|h| &h.spec) != Some(&hs) {
+                        health = Some(self.start_health(
+                            key,
+                            hs,
+                            &spec.network,
+                            &spec.node,
+                            &entry,
+                            &failover,
+                        )?);
+                        changes += 1;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = applied {
+            lock(&entry).live = false;
+            self.remove_key::<u32, SteerOrigin>("STEER_ORIGINS", &origin_if.1);
+            self.detach(origin_if.1, Hook::Egress, PROG_ORIGIN);
+            self.remove_target_side_of(spec.target_host, spec.tunnel_id, &target_if);
+            let _ = self.write_ports(steer_id, &[]);
+            self.publish_gauges();
+            return Err(e);
         }
 
         let mut observed = vec![format!(
@@ -1119,17 +1141,22 @@ impl Steering {
     }
 
     /// Removes what a steer put on its target side (return entry or tunnel entry).
-    fn remove_target_side_of(&self, p: &ActiveSteer) {
-        match p.spec.target_host {
+    fn remove_target_side_of(
+        &self,
+        target_host: Option<Ipv4Addr>,
+        tunnel_id: u32,
+        target_if: &(String, u32),
+    ) {
+        match target_host {
             None => {
-                self.remove_key::<u32, SteerReturn>("STEER_RETURNS", &p.target_if.1);
-                self.detach(p.target_if.1, Hook::Ingress, PROG_RETURN);
+                self.remove_key::<u32, SteerReturn>("STEER_RETURNS", &target_if.1);
+                self.detach(target_if.1, Hook::Ingress, PROG_RETURN);
             }
             Some(h) => self.remove_key::<SteerTunnelKey, SteerTunnel>(
                 "STEER_TUNNELS",
                 &SteerTunnelKey {
                     remote: u32::from(h),
-                    tunnel_id: p.spec.tunnel_id,
+                    tunnel_id,
                 },
             ),
         }
@@ -1142,7 +1169,7 @@ impl Steering {
         lock(&p.entry).live = false;
         self.remove_key::<u32, SteerOrigin>("STEER_ORIGINS", &p.origin_if.1);
         self.detach(p.origin_if.1, Hook::Egress, PROG_ORIGIN);
-        self.remove_target_side_of(&p);
+        self.remove_target_side_of(p.spec.target_host, p.spec.tunnel_id, &p.target_if);
         let _ = self.write_ports(p.steer_id, &[]);
         lock(&self.last_stats).remove(&p.steer_id);
         drop(p);
