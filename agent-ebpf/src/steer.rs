@@ -120,8 +120,7 @@ fn try_parse(ctx: &TcContext) -> Result<Tcp, ()> {
             (4u8, ETH_HLEN + ihl)
         }
         ETH_P_IPV6 => {
-            if read::<u8>(ctx, ETH_HLEN)? >> 4 != 6 || read::<u8>(ctx, ETH_HLEN + 6)? != PROTO_TCP
-            {
+            if read::<u8>(ctx, ETH_HLEN)? >> 4 != 6 || read::<u8>(ctx, ETH_HLEN + 6)? != PROTO_TCP {
                 return Err(());
             }
             src = read(ctx, ETH_HLEN + 8)?;
@@ -228,16 +227,16 @@ fn redirect(ifindex: u32, flags: u64) -> i32 {
 /// Egress of an origin's host-side interface: what goes into the origin.
 #[classifier]
 pub fn steer_origin(ctx: TcContext) -> i32 {
-    try_origin(&ctx).unwrap_or(TC_ACT_UNSPEC as i32)
+    try_origin(&ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
 #[inline(always)]
 fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let cfg = match unsafe { STEER_ORIGINS.get(&ifindex) } {
+    let cfg = match unsafe { STEER_ORIGINS.get(ifindex) } {
         Some(c) => *c,
-        None => return Ok(TC_ACT_UNSPEC as i32),
+        None => return Ok(TC_ACT_UNSPEC),
     };
     let p = try_parse(ctx)?;
     if cfg.all_ports == 0 {
@@ -246,12 +245,12 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
             port: p.dport,
             _pad: [0; 2],
         };
-        if unsafe { STEER_PORTS.get(&pk) }.is_none() {
-            return Ok(TC_ACT_UNSPEC as i32);
+        if unsafe { STEER_PORTS.get(pk) }.is_none() {
+            return Ok(TC_ACT_UNSPEC);
         }
     }
     let key = conn_key(&p, cfg.steer_id, true);
-    let existing = STEER_CONNS.get_ptr(&key);
+    let existing = STEER_CONNS.get_ptr(key);
     let syn = p.flags & TCP_SYN != 0 && p.flags & TCP_ACK == 0;
     if syn {
         // A retransmitted SYN of a steered connection stays steered; any other SYN (a new
@@ -262,8 +261,7 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
         };
         if !kept {
             let hash = decision_hash(&key, cfg.key, cfg.seed) as u64;
-            let steer =
-                cfg.failover != 0 || cfg.threshold >= THRESHOLD_ALL || hash < cfg.threshold;
+            let steer = cfg.failover != 0 || cfg.threshold >= THRESHOLD_ALL || hash < cfg.threshold;
             count(stats(cfg.steer_id), |s| {
                 s.connections_seen += 1;
                 if steer {
@@ -272,9 +270,9 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
             });
             if !steer {
                 if existing.is_some() {
-                    let _ = STEER_CONNS.remove(&key);
+                    let _ = STEER_CONNS.remove(key);
                 }
-                return Ok(TC_ACT_UNSPEC as i32);
+                return Ok(TC_ACT_UNSPEC);
             }
             let conn = SteerConn {
                 client_mac: p.eth_src,
@@ -284,10 +282,10 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
                 tunnel_id: 0,
                 created_ns: unsafe { bpf_ktime_get_ns() },
             };
-            STEER_CONNS.insert(&key, &conn, 0).map_err(|_| ())?;
+            STEER_CONNS.insert(key, conn, 0).map_err(|_| ())?;
         }
     } else if existing.is_none() {
-        return Ok(TC_ACT_UNSPEC as i32);
+        return Ok(TC_ACT_UNSPEC);
     }
     count(stats(cfg.steer_id), |s| s.packets_to_target += 1);
     if cfg.tunnel_id == 0 {
@@ -301,23 +299,23 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
 /// Ingress of a target's host-side interface: what the target sends.
 #[classifier]
 pub fn steer_return(ctx: TcContext) -> i32 {
-    try_return(&ctx).unwrap_or(TC_ACT_UNSPEC as i32)
+    try_return(&ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
 #[inline(always)]
 fn try_return(ctx: &TcContext) -> Result<i32, ()> {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let r = match unsafe { STEER_RETURNS.get(&ifindex) } {
+    let r = match unsafe { STEER_RETURNS.get(ifindex) } {
         Some(r) => *r,
-        None => return Ok(TC_ACT_UNSPEC as i32),
+        None => return Ok(TC_ACT_UNSPEC),
     };
     let p = try_parse(ctx)?;
     let key = conn_key(&p, r.steer_id, false);
     // The target's own traffic (not of a steered connection) goes on as usual.
-    let conn = match unsafe { STEER_CONNS.get(&key) } {
+    let conn = match unsafe { STEER_CONNS.get(key) } {
         Some(c) => *c,
-        None => return Ok(TC_ACT_UNSPEC as i32),
+        None => return Ok(TC_ACT_UNSPEC),
     };
     count(stats(r.steer_id), |s| s.packets_from_target += 1);
     if r.role == role::ORIGIN_LOCAL {
@@ -332,7 +330,7 @@ fn try_return(ctx: &TcContext) -> Result<i32, ()> {
 /// Ingress of the host's tunnel device.
 #[classifier]
 pub fn steer_tunnel(ctx: TcContext) -> i32 {
-    try_tunnel(&ctx).unwrap_or(TC_ACT_SHOT as i32)
+    try_tunnel(&ctx).unwrap_or(TC_ACT_SHOT)
 }
 
 #[inline(always)]
@@ -355,7 +353,7 @@ fn try_tunnel(ctx: &TcContext) -> Result<i32, ()> {
         remote: unsafe { tk.__bindgen_anon_1.remote_ipv4 },
         tunnel_id: tk.tunnel_id,
     };
-    let t = match unsafe { STEER_TUNNELS.get(&tkey) } {
+    let t = match unsafe { STEER_TUNNELS.get(tkey) } {
         Some(t) => *t,
         None => return Err(()),
     };
@@ -367,7 +365,7 @@ fn try_tunnel(ctx: &TcContext) -> Result<i32, ()> {
     if t.role == role::ORIGIN_TUNNEL {
         // The target's answer: to the client, as the origin's.
         let key = conn_key(&p, t.steer_id, false);
-        let conn = match unsafe { STEER_CONNS.get(&key) } {
+        let conn = match unsafe { STEER_CONNS.get(key) } {
             Some(c) => *c,
             None => {
                 count(st, |s| s.dropped_unknown += 1);
@@ -384,10 +382,8 @@ fn try_tunnel(ctx: &TcContext) -> Result<i32, ()> {
     // A steered connection's packet: remembered (for the answers) and into the target.
     let key = conn_key(&p, t.steer_id, true);
     let syn = p.flags & TCP_SYN != 0 && p.flags & TCP_ACK == 0;
-    let known = match STEER_CONNS.get_ptr(&key) {
-        Some(c) => {
-            !syn || unsafe { (*c).isn == p.seq && (*c).remote == tkey.remote }
-        }
+    let known = match STEER_CONNS.get_ptr(key) {
+        Some(c) => !syn || unsafe { (*c).isn == p.seq && (*c).remote == tkey.remote },
         None => false,
     };
     if !known {
@@ -399,7 +395,7 @@ fn try_tunnel(ctx: &TcContext) -> Result<i32, ()> {
             tunnel_id: tkey.tunnel_id,
             created_ns: unsafe { bpf_ktime_get_ns() },
         };
-        STEER_CONNS.insert(&key, &conn, 0).map_err(|_| ())?;
+        STEER_CONNS.insert(key, conn, 0).map_err(|_| ())?;
         count(st, |s| s.connections_received += 1);
     }
     count(st, |s| s.packets_to_target += 1);
