@@ -16,6 +16,11 @@
 //!
 //! Only untagged Ethernet with IPv4 or IPv6 (no extension headers) and TCP is steered.
 
+// Connection keys and values are passed by reference: by value (which clippy prefers for
+// `impl Borrow<K>`) LLVM copies the 44-byte key onto the stack at every call and the
+// program exceeds BPF's 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use agent_common::steer::{
     MAX_STEERS, STEER_CONN_ENTRIES, STEER_PORT_ENTRIES, SteerConn, SteerConnKey, SteerOrigin,
     SteerPortKey, SteerReturn, SteerStats, SteerTunnel, SteerTunnelKey, THRESHOLD_ALL,
@@ -250,7 +255,7 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
         }
     }
     let key = conn_key(&p, cfg.steer_id, true);
-    let existing = STEER_CONNS.get_ptr(key);
+    let existing = STEER_CONNS.get_ptr(&key);
     let syn = p.flags & TCP_SYN != 0 && p.flags & TCP_ACK == 0;
     if syn {
         // A retransmitted SYN of a steered connection stays steered; any other SYN (a new
@@ -270,7 +275,7 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
             });
             if !steer {
                 if existing.is_some() {
-                    let _ = STEER_CONNS.remove(key);
+                    let _ = STEER_CONNS.remove(&key);
                 }
                 return Ok(TC_ACT_UNSPEC);
             }
@@ -282,7 +287,7 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
                 tunnel_id: 0,
                 created_ns: unsafe { bpf_ktime_get_ns() },
             };
-            STEER_CONNS.insert(key, conn, 0).map_err(|_| ())?;
+            STEER_CONNS.insert(&key, &conn, 0).map_err(|_| ())?;
         }
     } else if existing.is_none() {
         return Ok(TC_ACT_UNSPEC);
@@ -313,7 +318,7 @@ fn try_return(ctx: &TcContext) -> Result<i32, ()> {
     let p = try_parse(ctx)?;
     let key = conn_key(&p, r.steer_id, false);
     // The target's own traffic (not of a steered connection) goes on as usual.
-    let conn = match unsafe { STEER_CONNS.get(key) } {
+    let conn = match unsafe { STEER_CONNS.get(&key) } {
         Some(c) => *c,
         None => return Ok(TC_ACT_UNSPEC),
     };
@@ -365,7 +370,7 @@ fn try_tunnel(ctx: &TcContext) -> Result<i32, ()> {
     if t.role == role::ORIGIN_TUNNEL {
         // The target's answer: to the client, as the origin's.
         let key = conn_key(&p, t.steer_id, false);
-        let conn = match unsafe { STEER_CONNS.get(key) } {
+        let conn = match unsafe { STEER_CONNS.get(&key) } {
             Some(c) => *c,
             None => {
                 count(st, |s| s.dropped_unknown += 1);
@@ -382,7 +387,7 @@ fn try_tunnel(ctx: &TcContext) -> Result<i32, ()> {
     // A steered connection's packet: remembered (for the answers) and into the target.
     let key = conn_key(&p, t.steer_id, true);
     let syn = p.flags & TCP_SYN != 0 && p.flags & TCP_ACK == 0;
-    let known = match STEER_CONNS.get_ptr(key) {
+    let known = match STEER_CONNS.get_ptr(&key) {
         Some(c) => !syn || unsafe { (*c).isn == p.seq && (*c).remote == tkey.remote },
         None => false,
     };
@@ -395,7 +400,7 @@ fn try_tunnel(ctx: &TcContext) -> Result<i32, ()> {
             tunnel_id: tkey.tunnel_id,
             created_ns: unsafe { bpf_ktime_get_ns() },
         };
-        STEER_CONNS.insert(key, conn, 0).map_err(|_| ())?;
+        STEER_CONNS.insert(&key, &conn, 0).map_err(|_| ())?;
         count(st, |s| s.connections_received += 1);
     }
     count(st, |s| s.packets_to_target += 1);
