@@ -599,6 +599,63 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
         "{r:?}"
     );
 
+    // 100 switches between 0 and 100 % (weave activations) while four clients talk on
+    // connections of several messages: none fails, none changes side.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talkers: Vec<_> = (0..4)
+        .map(|_| {
+            let c = c.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                in_ns(&c, move || {
+                    let mut out: Vec<Result<String, String>> = Vec::new();
+                    let end = Instant::now() + Duration::from_secs(30);
+                    while !stop.load(Relaxed) && Instant::now() < end {
+                        let r = (|| {
+                            let mut c = Conn::open(addr, Duration::from_secs(2))
+                                .map_err(|e| e.to_string())?;
+                            let first = c.talk().map_err(|e| e.to_string())?;
+                            for _ in 0..3 {
+                                std::thread::sleep(Duration::from_millis(5));
+                                let again = c.talk().map_err(|e| e.to_string())?;
+                                if again != first {
+                                    return Err(format!("{first}, then {again}"));
+                                }
+                            }
+                            Ok(first)
+                        })();
+                        out.push(r);
+                    }
+                    out
+                })
+            })
+        })
+        .collect();
+    let flips = Instant::now();
+    for i in 0..100u32 {
+        let share = if i % 2 == 0 { 1_000_000 } else { 0 };
+        ok(&rec
+            .reconcile(&steer(same_host(share, "connection", None)), Scope::All)
+            .await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let flips = flips.elapsed();
+    stop.store(true, Relaxed);
+    let mut talked = Vec::new();
+    for t in talkers {
+        talked.extend(t.join().expect("talker"));
+    }
+    eprintln!(
+        "100 switches in {:.2} s: {} connections ({} origin, {} target), {} failed",
+        flips.as_secs_f64(),
+        talked.len(),
+        count(&talked, "origin"),
+        count(&talked, "target"),
+        failures(&talked).len()
+    );
+    assert!(failures(&talked).is_empty(), "{:?}", failures(&talked));
+    assert!(count(&talked, "origin") > 0 && count(&talked, "target") > 0);
+
     // Connections in flight keep their side when the share changes.
     ok(&rec
         .reconcile(&steer(same_host(0, "connection", None)), Scope::All)

@@ -39,15 +39,17 @@
 //!   copy answers, and T's frames to it are taken at Vt's ingress, before Bt. In a weave
 //!   without the client's copy, T's network needs a neighbour entry for C (or a route via a
 //!   gateway that answers).
-//! - IPv4 and IPv6 connections are steered by the same code (16-byte addresses), but only
-//!   IPv4 is tested; the tunnel's underlay is IPv4 only. Untagged Ethernet and TCP only.
+//! - IPv4 and IPv6 connections are steered by the same code (16-byte addresses; IPv6
+//!   without extension headers); both are tested on one host, IPv4 across hosts. The
+//!   tunnel's underlay and the health check are IPv4 only. Untagged Ethernet, TCP only:
+//!   ICMP errors about a steered connection (e.g. "fragmentation needed" from the target's
+//!   side) are not carried back, so the underlay must carry the nodes' MTU + 50 bytes.
 //! - One steer per origin interface and per target interface on a host.
 //! - The flow observer on Vo sees a steered connection's packets (they pass its hooks), so
 //!   the origin's flows include the connections the target served.
 //! - A steered connection evicted from the LRU map (65,536 per host) goes back to the
 //!   origin, which resets it; so do steered connections when the agent restarts (the maps
 //!   go with it).
-//! - The underlay must carry 50 bytes more than the nodes' MTU (VXLAN), as the networks'.
 
 pub mod health;
 pub mod tunnel;
