@@ -806,6 +806,10 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
 
     // Removal: the program and every map entry go; the origin serves everything.
     ok(&rec.reconcile(&[], Scope::All).await);
+    let left = steering
+        .with_map::<SteerConnKey, SteerConn, usize>("STEER_CONNS", |m| Ok(m.keys().count()))
+        .unwrap();
+    assert_eq!(left, 0, "the steer's connections are forgotten with it");
     assert!(steering.datapath.lock().unwrap().attached(vo_index).len() == 1);
     let r = connections(&c, addr, 5, 2);
     assert_eq!(count(&r, "origin"), 5, "{r:?}");
@@ -927,6 +931,43 @@ async fn cross_host_steering_goes_through_the_tunnel_and_back() {
         out.trim().to_owned()
     });
     assert!(big == "origin" || big == "target", "{big}");
+
+    // The tunnel device set down behind weft's back is drift, repaired.
+    let h1h = TestNetns::handle_of(&h1.ns.path).await;
+    let tun = links::by_name(&h1h, TUNNEL_DEVICE)
+        .await
+        .unwrap()
+        .expect("tunnel");
+    links::set(&h1h, tun.index, TUNNEL_DEVICE, false, None, None)
+        .await
+        .unwrap();
+    let down = HostEvent {
+        netns: None,
+        at: Instant::now(),
+        change: Change::LinkNew {
+            ifindex: tun.index,
+            name: TUNNEL_DEVICE.into(),
+            up: false,
+            kind: Some("vxlan".into()),
+        },
+    };
+    let d = origin_rec.drift(std::slice::from_ref(&down));
+    assert_eq!(d.len(), 1, "{d:?}");
+    let only = vec![KEY.to_string()];
+    let rep = origin_rec
+        .reconcile(&steer(cross(500_000)), Scope::Only(&only))
+        .await;
+    ok(&rep);
+    assert!(rep[0].changes >= 1, "{rep:?}");
+    assert!(
+        links::by_name(&h1h, TUNNEL_DEVICE)
+            .await
+            .unwrap()
+            .unwrap()
+            .up
+    );
+    let r = connections(&c, addr, 20, 2);
+    assert!(failures(&r).is_empty(), "{:?}", failures(&r));
 
     // Failover through the tunnel: share 0, the origin frozen, every new connection to
     // the target on the other host.

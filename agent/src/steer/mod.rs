@@ -66,8 +66,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_common::steer::{
-    self as common, MAX_STEERS, SteerOrigin, SteerPortKey, SteerReturn, SteerStats, SteerTunnel,
-    SteerTunnelKey, role,
+    self as common, MAX_STEERS, SteerConn, SteerConnKey, SteerOrigin, SteerPortKey, SteerReturn,
+    SteerStats, SteerTunnel, SteerTunnelKey, role,
 };
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use futures::future::BoxFuture;
@@ -534,6 +534,22 @@ impl Steering {
         Ok(sum)
     }
 
+    /// Forgets the connections of a slot (its steer went, or a new one takes the slot):
+    /// a later steer in the slot must not inherit them.
+    fn purge_conns(&self, steer_id: u32) {
+        let _ = self.with_map::<SteerConnKey, SteerConn, ()>("STEER_CONNS", |m| {
+            let keys: Vec<SteerConnKey> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.steer_id == steer_id)
+                .collect();
+            for k in keys {
+                let _ = m.remove(&k);
+            }
+            Ok(())
+        });
+    }
+
     /// Zeroes a slot's counters (a new steer starts from nothing).
     fn reset_stats(&self, steer_id: u32) -> Result<(), SteerError> {
         let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
@@ -902,6 +918,7 @@ impl Steering {
             None => {
                 let id = self.free_slot()?;
                 self.reset_stats(id)?;
+                self.purge_conns(id);
                 lock(&self.last_stats).remove(&id);
                 id
             }
@@ -1174,6 +1191,7 @@ impl Steering {
         self.remove_target_side_of(p.spec.target_host, p.spec.tunnel_id, &p.target_if);
         let _ = self.write_ports(p.steer_id, &[]);
         lock(&self.last_stats).remove(&p.steer_id);
+        self.purge_conns(p.steer_id);
         drop(p);
         self.publish_gauges();
         2 + self.drop_tunnel_if_unused().await
@@ -1202,7 +1220,7 @@ impl Steering {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .is_attached(index, hook, program);
-            if now.map(|l| l.index) != Some(index) || !attached {
+            if !now.is_some_and(|l| l.index == index && l.up) || !attached {
                 return false;
             }
         }
@@ -1285,6 +1303,7 @@ impl Steering {
             None => {
                 let id = self.free_slot()?;
                 self.reset_stats(id)?;
+                self.purge_conns(id);
                 lock(&self.last_stats).remove(&id);
                 changes += 1;
                 id
@@ -1384,6 +1403,7 @@ impl Steering {
             },
         );
         lock(&self.last_stats).remove(&t.steer_id);
+        self.purge_conns(t.steer_id);
         let _ = t.tunnel_index;
         self.publish_gauges();
         2 + self.drop_tunnel_if_unused().await
@@ -1394,15 +1414,27 @@ impl Steering {
 fn drift_of(events: &[HostEvent], deps: &[(String, Vec<(String, u32)>)]) -> Vec<Drift> {
     let mut out: Vec<Drift> = Vec::new();
     for e in events.iter().filter(|e| e.netns.is_none()) {
-        let (name, index, what) = match &e.change {
-            Change::LinkDel { name, ifindex } => (name, *ifindex, format!("{name} deleted")),
-            Change::LinkNew { name, ifindex, .. } => (name, *ifindex, format!("{name} (re)made")),
+        // Deleted, set down, or a new device under a name we use.
+        let (name, hit_on, what) = match &e.change {
+            Change::LinkDel { name, ifindex } => (name, None, format!("{name} deleted")),
+            Change::LinkNew {
+                name,
+                ifindex,
+                up: false,
+                ..
+            } => (name, Some((*ifindex, true)), format!("{name} set down")),
+            Change::LinkNew { name, ifindex, .. } => {
+                (name, Some((*ifindex, false)), format!("{name} made anew"))
+            }
             _ => continue,
         };
         for (key, links) in deps {
-            // Deleted, or a new device under a name we use.
             let hit = links.iter().any(|(n, i)| {
-                n == name && (*i != index || matches!(e.change, Change::LinkDel { .. }))
+                n == name
+                    && match hit_on {
+                        None => true,
+                        Some((index, down)) => down || *i != index,
+                    }
             });
             if hit {
                 out.retain(|d| &d.key != key);
@@ -1849,6 +1881,17 @@ mod tests {
         assert!(drift_of(&[link_event("wn2", 6, true)], &deps).is_empty());
         let d = drift_of(&[link_event("wn1", 5, true)], &deps);
         assert_eq!(d.len(), 1);
+        let down = HostEvent {
+            netns: None,
+            at: Instant::now(),
+            change: Change::LinkNew {
+                ifindex: 5,
+                name: "wn1".into(),
+                up: false,
+                kind: None,
+            },
+        };
+        assert_eq!(drift_of(&[down], &deps)[0].what, "wn1 set down");
         assert_eq!(d[0].key, "s/a");
         let d = drift_of(
             &[link_event("wn1", 5, true), link_event("wn1", 9, false)],
