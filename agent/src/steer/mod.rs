@@ -411,6 +411,9 @@ impl SteerMetrics {
     }
 }
 
+/// An interface (name, index), a hook of it and the program that must be attached there.
+type Placed = ((String, u32), Hook, &'static str);
+
 /// What both steering reconcilers share.
 pub struct Steering {
     datapath: SharedDatapath,
@@ -1201,11 +1204,7 @@ impl Steering {
     /// programs; `None`: not active or changed) needs no apply: for `Scope::Changed`
     /// always, for `Scope::Only` (signals, drift) when its interfaces are still the ones
     /// the programs were attached to.
-    async fn unchanged(
-        &self,
-        parts: Option<Vec<((String, u32), Hook, &'static str)>>,
-        scope: Scope<'_>,
-    ) -> bool {
+    async fn unchanged(&self, parts: Option<Vec<Placed>>, scope: Scope<'_>) -> bool {
         let Some(parts) = parts else { return false };
         if !matches!(scope, Scope::Only(_)) {
             return true;
@@ -1416,7 +1415,7 @@ fn drift_of(events: &[HostEvent], deps: &[(String, Vec<(String, u32)>)]) -> Vec<
     for e in events.iter().filter(|e| e.netns.is_none()) {
         // Deleted, set down, or a new device under a name we use.
         let (name, hit_on, what) = match &e.change {
-            Change::LinkDel { name, ifindex } => (name, None, format!("{name} deleted")),
+            Change::LinkDel { name, .. } => (name, None, format!("{name} deleted")),
             Change::LinkNew {
                 name,
                 ifindex,
