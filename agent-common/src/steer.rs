@@ -62,9 +62,12 @@ pub struct SteerOrigin {
     pub _pad: u8,
     /// The target's MAC (same host): steered frames are addressed to it.
     pub target_mac: [u8; 6],
-    pub _pad2: [u8; 2],
+    /// The origin's MAC: only frames addressed to it are looked at (a bridge also floods
+    /// frames for other nodes through the origin's port).
+    pub origin_mac: [u8; 6],
+    pub _pad2: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<SteerOrigin>() == 40);
+const _: () = assert!(core::mem::size_of::<SteerOrigin>() == 48);
 
 /// A steered server port of a steer.
 #[repr(C)]

@@ -244,6 +244,10 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
         None => return Ok(TC_ACT_UNSPEC),
     };
     let p = try_parse(ctx)?;
+    // Frames the bridge floods through the origin's port for other nodes are not its.
+    if p.eth_dst != cfg.origin_mac {
+        return Ok(TC_ACT_UNSPEC);
+    }
     if cfg.all_ports == 0 {
         let pk = SteerPortKey {
             steer_id: cfg.steer_id,

@@ -894,19 +894,17 @@ impl Steering {
                 }
             }
         }
-        // What the health check checks (read before any write).
+        // The origin's MAC, and what the health check checks (read before any write).
+        let origin_nif = tunnel::node_interface(&self.netns_of(&spec.network, &spec.node)).await?;
         let health_spec = match &spec.failover {
             None => None,
             Some(f) => {
-                let origin = tunnel::node_interface(&self.netns_of(&spec.network, &spec.node))
-                    .await?
-                    .ipv4
-                    .ok_or_else(|| {
-                        SteerError::Conflict(format!(
-                            "node {}/{} has no IPv4 address to check",
-                            spec.network, spec.node
-                        ))
-                    })?;
+                let origin = origin_nif.ipv4.ok_or_else(|| {
+                    SteerError::Conflict(format!(
+                        "node {}/{} has no IPv4 address to check",
+                        spec.network, spec.node
+                    ))
+                })?;
                 Some(HealthSpec::new(
                     SocketAddr::from((origin, f.port)),
                     f.interval_ms,
@@ -1009,7 +1007,8 @@ impl Steering {
                 all_ports: u8::from(spec.ports.is_empty()),
                 _pad: 0,
                 target_mac,
-                _pad2: [0; 2],
+                origin_mac: origin_nif.mac,
+                _pad2: [0; 4],
             };
             {
                 let mut e = lock(&entry);

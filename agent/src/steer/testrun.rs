@@ -129,6 +129,7 @@ fn origin(share_ppm: u32) -> SteerOrigin {
         target_ifindex: 42,
         all_ports: 1,
         target_mac: MT,
+        origin_mac: MO,
         ..Default::default()
     }
 }
@@ -198,6 +199,11 @@ fn the_decision_is_taken_at_the_syn_and_kept_for_the_connection() {
         )
         .unwrap();
     assert_eq!(l.run(PROG_ORIGIN, &to_server(40_003, SYN, 5)).0, REDIRECT);
+
+    // A frame for another node (flooded by the bridge through the origin's port):
+    // untouched.
+    let other = frame(MC, MC2, (CLIENT, 40_004), (SERVER, 80), SYN, 5);
+    assert_eq!(l.run(PROG_ORIGIN, &other), (UNSPEC, other.clone()));
 
     // Not TCP (an ARP frame here): untouched.
     let mut arp = vec![0xff; 6];
