@@ -258,3 +258,44 @@ fn the_targets_answers_leave_as_the_origins_and_the_rest_passes() {
     // The tunnel device drops what did not come through a tunnel.
     assert_eq!(l.run(PROG_TUNNEL, &answer).0, SHOT);
 }
+
+/// Per-packet cost of the programs, measured by the kernel over many runs of one packet
+/// (`BPF_PROG_TEST_RUN` with `repeat`; the figure includes the test harness's own skb
+/// handling, the same for every program, so compare them with each other).
+#[test]
+fn per_packet_cost() {
+    require_root!();
+    let mut l = Loaded::new();
+    let mut cost = |l: &mut Loaded, prog: &str, f: &[u8]| {
+        let p: &mut SchedClassifier = l.0.program_mut(prog).unwrap().try_into().unwrap();
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(f),
+                repeat: 100_000,
+                ..Default::default()
+            })
+            .expect("test run");
+        r.duration
+    };
+    // No steer on the interface: one map lookup.
+    let data = to_server(42_000, ACK, 2);
+    let idle = cost(&mut l, PROG_ORIGIN, &data);
+    l.origin(origin(0));
+    // A packet of a connection the origin serves (share 0, not remembered).
+    let origins = cost(&mut l, PROG_ORIGIN, &data);
+    l.origin(origin(1_000_000));
+    assert_eq!(l.run(PROG_ORIGIN, &to_server(42_000, SYN, 1)).0, REDIRECT);
+    // A packet of a steered connection (looked up, rewritten, redirected).
+    let steered = cost(&mut l, PROG_ORIGIN, &data);
+    // A SYN decided afresh each time (share 0: hashed, counted, not remembered).
+    l.origin(origin(0));
+    let syn = to_server(42_001, SYN, 1);
+    let decide = cost(&mut l, PROG_ORIGIN, &syn);
+    eprintln!(
+        "steer_origin per packet: no steer {idle:?}, origin's connection {origins:?}, steered {steered:?}, SYN decided {decide:?}"
+    );
+    assert!(
+        steered < std::time::Duration::from_micros(20),
+        "{steered:?}"
+    );
+}
