@@ -32,7 +32,22 @@
 //!   `interval_ms` ([`health`]); after `failures` failures in a row it sets the origin's
 //!   failover flag (one update of its `STEER_ORIGINS` entry), after as many successes it
 //!   clears it. `failover_switch_seconds` is the time from the start of the first failed
-//!   check to that update.
+//!   check to that update. A bare connect does not see a frozen (SIGSTOPped) server, whose
+//!   kernel still completes handshakes from the listen backlog: with `SteerHealth.probe`
+//!   set, the origin must also answer a byte.
+//! - Only frames addressed to the origin's MAC are looked at on Vo (a bridge floods
+//!   frames for other nodes through every port).
+//!
+//! # Measured (lab tests, this machine, 2 CPUs shared)
+//! - Failover with checks every 100 ms, 3 failures: the map is updated 0.31 s after the
+//!   first failed check (0.37-0.41 s after SIGSTOP); no connection opened after the switch
+//!   failed (660-700 of them), same host and across hosts.
+//! - 100 switches between 0 and 100 % under four clients talking on connections: no
+//!   connection failed or changed side.
+//! - `steer_origin` per packet (BPF_PROG_TEST_RUN, 100,000 runs): 44 ns with no steer on
+//!   the interface, 90 ns for a steered connection's packet, 115 ns for a packet of a
+//!   connection the origin serves, 130 ns for a SYN decided; with bpf_stats on real
+//!   traffic about 400 ns (flow observer on the same hook: 550 ns).
 //!
 //! # Limits
 //! - T must resolve C's address on its own network (ARP/ND): in a mirror, the client's
@@ -50,6 +65,8 @@
 //! - A steered connection evicted from the LRU map (65,536 per host) goes back to the
 //!   origin, which resets it; so do steered connections when the agent restarts (the maps
 //!   go with it).
+//! - The decision is per connection at its SYN: a key from the request (an HTTP header)
+//!   cannot choose the side, the connection is placed before its first byte.
 
 pub mod health;
 pub mod tunnel;
