@@ -1565,6 +1565,11 @@ impl Reconciler for SteerReconciler {
                     });
                 }
             }
+            if matches!(scope, Scope::All) {
+                // A tunnel device left by an earlier run (or a failed apply) that nothing
+                // needs now goes.
+                s.drop_tunnel_if_unused().await;
+            }
             out.sort_by(|a, b| a.key.cmp(&b.key));
             out
         })
@@ -1686,6 +1691,11 @@ impl Reconciler for SteerTargetReconciler {
                         ..Default::default()
                     });
                 }
+            }
+            if matches!(scope, Scope::All) {
+                // A tunnel device left by an earlier run (or a failed apply) that nothing
+                // needs now goes.
+                s.drop_tunnel_if_unused().await;
             }
             out.sort_by(|a, b| a.key.cmp(&b.key));
             out
