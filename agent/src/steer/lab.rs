@@ -917,6 +917,32 @@ async fn cross_host_steering_goes_through_the_tunnel_and_back() {
     assert!((60..=140).contains(&to_t), "origin {to_o} target {to_t}");
     eprintln!("cross-host 50 %: origin {to_o}, target {to_t} of 200");
 
+    // Connections opened at 100 % stay on the target when the share goes to 0.
+    ok(&origin_rec
+        .reconcile(&steer(cross(1_000_000)), Scope::All)
+        .await);
+    let (mut open, first) = in_ns(&c, move || {
+        let mut conns: Vec<Conn> = (0..10)
+            .map(|_| Conn::open(addr, Duration::from_secs(2)).unwrap())
+            .collect();
+        let a: Vec<String> = conns.iter_mut().map(|c| c.talk().unwrap()).collect();
+        (conns, a)
+    });
+    assert!(first.iter().all(|a| a == "target"), "{first:?}");
+    ok(&origin_rec.reconcile(&steer(cross(0)), Scope::All).await);
+    let (later, new) = in_ns(&c, move || {
+        let later: Vec<String> = open.iter_mut().map(|c| c.talk().unwrap()).collect();
+        let new = Conn::open(addr, Duration::from_secs(2))
+            .and_then(|mut c| c.talk())
+            .unwrap();
+        (later, new)
+    });
+    assert!(later.iter().all(|a| a == "target"), "{later:?}");
+    assert_eq!(new, "origin");
+    ok(&origin_rec
+        .reconcile(&steer(cross(500_000)), Scope::All)
+        .await);
+
     // A large answer crosses the tunnel too (segmentation on the underlay).
     let big = in_ns(&c, move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
