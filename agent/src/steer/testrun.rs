@@ -266,7 +266,7 @@ fn the_targets_answers_leave_as_the_origins_and_the_rest_passes() {
 fn per_packet_cost() {
     require_root!();
     let mut l = Loaded::new();
-    let mut cost = |l: &mut Loaded, prog: &str, f: &[u8]| {
+    let cost = |l: &mut Loaded, prog: &str, f: &[u8]| {
         let p: &mut SchedClassifier = l.0.program_mut(prog).unwrap().try_into().unwrap();
         let r = p
             .test_run(TestRunOptions {
