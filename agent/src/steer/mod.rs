@@ -59,6 +59,8 @@
 //!   tunnel's underlay and the health check are IPv4 only. Untagged Ethernet, TCP only:
 //!   ICMP errors about a steered connection (e.g. "fragmentation needed" from the target's
 //!   side) are not carried back, so the underlay must carry the nodes' MTU + 50 bytes.
+//! - A tunnel packet is known by its outer source address and VNI: `origin_host` (and
+//!   `target_host`) must be the address the other host sends from towards this one.
 //! - One steer per origin interface and per target interface on a host.
 //! - The flow observer on Vo sees a steered connection's packets (they pass its hooks), so
 //!   the origin's flows include the connections the target served.
