@@ -92,7 +92,7 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -101,12 +101,12 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-fn first_line(cmd: &mut Command) -> String {
+pub(crate) fn first_line(cmd: &mut Command) -> String {
     let (_, out) = sh::probe(cmd);
     out.lines().next().unwrap_or("unknown").trim().to_string()
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -119,7 +119,7 @@ fn cpu_model() -> String {
 }
 
 /// A request to the controller's REST API with its own timeout; (status, body).
-fn call(
+pub(crate) fn call(
     c: &Controller,
     method: &str,
     path: &str,
@@ -147,7 +147,7 @@ fn call(
     Ok((status, resp.into_string().context("reading the body")?))
 }
 
-fn call_json(
+pub(crate) fn call_json(
     c: &Controller,
     method: &str,
     path: &str,
@@ -163,7 +163,7 @@ fn call_json(
     serde_json::from_str(&text).with_context(|| format!("{method} {path}: not JSON"))
 }
 
-fn status(c: &Controller, net: &str) -> Result<Value> {
+pub(crate) fn status(c: &Controller, net: &str) -> Result<Value> {
     call_json(
         c,
         "GET",
@@ -174,7 +174,7 @@ fn status(c: &Controller, net: &str) -> Result<Value> {
 }
 
 /// Whether the status says in sync with `nodes` network-node resources applied.
-fn synced(s: &Value, nodes: usize) -> bool {
+pub(crate) fn synced(s: &Value, nodes: usize) -> bool {
     if s["in_sync"] != json!(true) {
         return false;
     }
@@ -1820,18 +1820,24 @@ fn fmt_int(value: usize) -> String {
 
 /// Replaces the networks section of BENCHMARKS.md (or appends it).
 fn splice(section: &str) -> Result<()> {
+    splice_section(section, BEGIN, END, "networks")
+}
+
+/// Replaces the section of BENCHMARKS.md between the markers `begin` and `end` (which
+/// `section` starts with and ends with), or appends it.
+pub(crate) fn splice_section(section: &str, begin: &str, end: &str, name: &str) -> Result<()> {
     let path = sh::root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
+    let new = match (old.find(begin), old.find(end)) {
         (Some(b), Some(e)) if e > b => format!(
             "{}{}{}",
             &old[..b],
             section,
-            &old[e + END.len()..].trim_start_matches('\n')
+            &old[e + end.len()..].trim_start_matches('\n')
         ),
         _ => format!("{}\n\n{section}", old.trim_end()),
     };
     std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
-    println!("==> wrote the networks section of {}", path.display());
+    println!("==> wrote the {name} section of {}", path.display());
     Ok(())
 }
