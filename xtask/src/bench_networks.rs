@@ -56,7 +56,21 @@ const SIZES: [usize; 2] = [100, 1000];
 /// Shard network all the bench's networks take their addresses from.
 const POOL_NETWORK: &str = "benchpool";
 /// `--shard-pool`: a /21, two /22 shards (2 x 1,021 addresses) for 1,000 nodes.
-const SHARD_POOL: &str = "100.64.0.0/21";
+/// `--shard-pool` of a bench lab numbered `x`: a /21 in the lab range (198.18.0.0/15) clear of
+/// this lab's own 198.18.x.0/24 (other labs' blocks do not matter: the bench's workloads
+/// and nodes are in namespaces of their own).
+pub(crate) fn bench_shard_pool(x: u8) -> String {
+    format!("{}/21", pool_base(x))
+}
+
+/// The first address of [`bench_shard_pool`].
+fn pool_base(x: u8) -> Ipv4Addr {
+    if x >= 248 {
+        Ipv4Addr::new(198, 18, 240, 0)
+    } else {
+        Ipv4Addr::new(198, 18, 248, 0)
+    }
+}
 const SHARD_PREFIX: u32 = 22;
 /// Drift injections per kind.
 const INJECTIONS: usize = 100;
@@ -364,7 +378,7 @@ fn baseline(lab: &Lab, hv_ns: &str, n: usize, s: &mut Scale) -> Result<()> {
     }
     let main_file = dir.join("make.batch");
     std::fs::write(&main_file, main)?;
-    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
+    let base = u32::from(pool_base(lab.x()));
     let mut per_node = Vec::with_capacity(n);
     for i in 0..n {
         let a = Ipv4Addr::from(base + 2 + i as u32);
@@ -1452,7 +1466,8 @@ pub fn run() -> Result<()> {
     let ip = hv.uplink_root_addr.clone();
     let grpc = format!("{ip}:{}", free_port(&ip)?);
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
-    let c = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", SHARD_POOL])?;
+    let shard_pool = bench_shard_pool(lab.x());
+    let c = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &shard_pool])?;
     let agent = Agent::start(&lab, 0, &c.grpc_url())?;
     for _ in 0..2 {
         c.json(
@@ -1631,7 +1646,7 @@ fn render(
     let _ = writeln!(md, "### Realize and remove a star of N nodes\n");
     let _ = writeln!(
         md,
-        "The namespace lab with one hypervisor; release controller (`--shard-pool {SHARD_POOL}`, two /{SHARD_PREFIX} shards of network `{POOL_NETWORK}`) and agent (`RUST_LOG=info,weft_agent::networks=debug`). **weft**: `POST /networks` of a TDL with N nodes (`nX: {{}}`: no image, no command, no connections; one address each from the shards) for `hosts: [hv1]`, then `GET /networks/{{id}}/status` every 20 ms until `in_sync` with N network-node resources applied (each node: a named namespace, a veth on the network's bridge, `lo` and `eth0` up, its address and default route, its nftables table `inet weft` with default-deny input); removal: `DELETE /networks/{{id}}` until no node namespace is left under /run/netns and neither the bridge nor any host-side veth is left in the hypervisor namespace (checked every 10 ms). **ip -batch baseline** of the same topology, in the same run and hypervisor namespace: one `ip -batch` (under `nsenter --net`) with the bridge, N `netns add` and N `link add ... type veth peer name eth0 netns NODE` + `link set ... master BR up`, then one `ip -n NODE -batch` per node (`lo` up, `eth0` up, one address: 1 + N processes; iproute2 has no per-line namespace switch); removal: one `ip -batch` of N `netns del` and `link del BR`, waited for by the same check. The baseline makes no firewall and no default route; weft does both.\n"
+        "The namespace lab with one hypervisor; release controller (`--shard-pool` a /21 of 198.18.0.0/15, two /{SHARD_PREFIX} shards of network `{POOL_NETWORK}`) and agent (`RUST_LOG=info,weft_agent::networks=debug`). **weft**: `POST /networks` of a TDL with N nodes (`nX: {{}}`: no image, no command, no connections; one address each from the shards) for `hosts: [hv1]`, then `GET /networks/{{id}}/status` every 20 ms until `in_sync` with N network-node resources applied (each node: a named namespace, a veth on the network's bridge, `lo` and `eth0` up, its address and default route, its nftables table `inet weft` with default-deny input); removal: `DELETE /networks/{{id}}` until no node namespace is left under /run/netns and neither the bridge nor any host-side veth is left in the hypervisor namespace (checked every 10 ms). **ip -batch baseline** of the same topology, in the same run and hypervisor namespace: one `ip -batch` (under `nsenter --net`) with the bridge, N `netns add` and N `link add ... type veth peer name eth0 netns NODE` + `link set ... master BR up`, then one `ip -n NODE -batch` per node (`lo` up, `eth0` up, one address: 1 + N processes; iproute2 has no per-line namespace switch); removal: one `ip -batch` of N `netns del` and `link del BR`, waited for by the same check. The baseline makes no firewall and no default route; weft does both.\n"
     );
     let _ = writeln!(
         md,
