@@ -7,15 +7,17 @@
 
 use libfuzzer_sys::fuzz_target;
 
-mod shadow {
-    #[path = "../../../agent/src/shadow/tap_record.rs"]
-    pub mod tap_record;
-    #[path = "../../../agent/src/shadow/reassembly.rs"]
-    pub mod reassembly;
-}
+// `reassembly` names `super::tap_record`: both at the crate root, as in the agent's
+// `shadow` module.
+#[allow(dead_code)]
+#[path = "../../agent/src/shadow/reassembly.rs"]
+mod reassembly;
+#[allow(dead_code)]
+#[path = "../../agent/src/shadow/tap_record.rs"]
+mod tap_record;
 
-use shadow::reassembly::{Assembler, Event, Limits};
-use shadow::tap_record::{self, Segment};
+use reassembly::{Assembler, Event, Limits};
+use tap_record::Segment;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -31,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut asm = Assembler::new(limits);
     let mut out = Vec::new();
+    let mut seen = (0, std::collections::HashSet::new());
     if mode & 1 == 0 {
         // Length-prefixed raw samples.
         let mut b = rest;
@@ -41,10 +44,13 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(seg) = tap_record::parse(sample) {
                 // A decoded record encodes back to something that decodes the same.
                 let kind = agent_common::shadow::record_kind::TAIL;
-                assert_eq!(tap_record::parse(&tap_record::encode(&seg, kind)).as_ref(), Ok(&seg));
+                assert_eq!(
+                    tap_record::parse(&tap_record::encode(&seg, kind)).as_ref(),
+                    Ok(&seg)
+                );
                 asm.push(seg, &mut out);
             }
-            check(&asm, &limits, &out);
+            check(&asm, &limits, &out, &mut seen);
         }
     } else {
         // Segments of two connections: 8 bytes each (conn, dir, flags, seq delta, len).
@@ -70,18 +76,30 @@ fuzz_target!(|data: &[u8]| {
             if c[7] & 0x80 != 0 {
                 asm.tick(i as u64 * 100 + u64::from(c[7]) * 50, &mut out);
             }
-            check(&asm, &limits, &out);
+            check(&asm, &limits, &out, &mut seen);
         }
         // Delivered bytes are the stream's own, in order, once: byte values were made
         // from sequence numbers, so each byte of a direction is the previous one + 1.
         let mut last: std::collections::HashMap<(u64, bool), u8> = Default::default();
         for e in &out {
-            if let Event::Data { conn, to_server, data, .. } = e {
-                for &b in data {
-                    if let Some(prev) = last.insert((*conn, *to_server), b) {
-                        assert_eq!(b, prev.wrapping_add(1), "bytes out of order");
-                    }
+            if let Event::Data {
+                conn,
+                to_server,
+                data,
+                ..
+            } = e
+            {
+                let Some(&first) = data.first() else {
+                    continue;
+                };
+                if let Some(prev) = last.get(&(*conn, *to_server)) {
+                    assert_eq!(first, prev.wrapping_add(1), "bytes out of order");
                 }
+                assert!(
+                    data.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+                    "bytes out of order"
+                );
+                last.insert((*conn, *to_server), data[data.len() - 1]);
             }
         }
     }
@@ -90,17 +108,25 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(asm.held(), 0);
 });
 
-fn check(asm: &Assembler, limits: &Limits, out: &[Event]) {
+/// Checks the bounds, and that every connection opens (once) before any other event of
+/// it, over the events added since the last check.
+fn check(
+    asm: &Assembler,
+    limits: &Limits,
+    out: &[Event],
+    seen: &mut (usize, std::collections::HashSet<u64>),
+) {
     assert!(asm.held() <= limits.total_bytes, "{} held", asm.held());
     assert!(asm.connections() <= limits.connections);
-    // Every connection opens before anything else of it.
-    let mut open = std::collections::HashSet::new();
-    for e in out {
+    let stats = asm.stats();
+    assert!(stats.closed <= stats.opened);
+    for e in &out[seen.0..] {
         match e {
-            Event::Open { conn, .. } => assert!(open.insert(*conn), "opened twice"),
+            Event::Open { conn, .. } => assert!(seen.1.insert(*conn), "opened twice"),
             Event::Data { conn, .. } | Event::Gap { conn, .. } | Event::Close { conn } => {
-                assert!(open.contains(conn), "event before open")
+                assert!(seen.1.contains(conn), "event before open")
             }
         }
     }
+    seen.0 = out.len();
 }

@@ -342,8 +342,10 @@ mod tests {
                 while let Ok(f) = ShadowFrame::decode_length_delimited(&mut slice) {
                     fr.push(f);
                 }
-                if h.is_ok() && fr.len() == 3 {
-                    assert_eq!(h.unwrap(), hello);
+                if let Ok(h) = h
+                    && fr.len() == 3
+                {
+                    assert_eq!(h, hello);
                     got = fr;
                     break;
                 }
