@@ -99,6 +99,8 @@ pub struct PipelineStats {
     /// Samples that did not decode.
     pub invalid: AtomicU64,
     pub records: AtomicU64,
+    /// `TAIL` records: frames longer than one perf record holds (GSO super-packets).
+    pub tails: AtomicU64,
 }
 
 enum Control {
@@ -711,6 +713,9 @@ fn read_cpu(
                     &joined[..]
                 };
                 stats.records.fetch_add(1, Relaxed);
+                if bytes.get(82) == Some(&agent_common::shadow::record_kind::TAIL) {
+                    stats.tails.fetch_add(1, Relaxed);
+                }
                 match tap_record::parse(bytes) {
                     Ok(seg) => {
                         if tx.try_send(seg).is_err() {

@@ -411,6 +411,12 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
         assert_eq!(on[1], [PROG_INGRESS, super::tap::PROG_TAP_OUT]);
     }
 
+    // WEFT_TAP_STATS=1: the programs' run time per packet (kernel.bpf_stats_enabled).
+    let stats_was = std::env::var_os("WEFT_TAP_STATS").map(|_| {
+        let was = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+        was
+    });
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let servers = serve(node.path.clone(), vec![server, other_port], stop.clone());
     std::thread::sleep(Duration::from_millis(200));
@@ -609,6 +615,42 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
         started.elapsed()
     );
 
+    let p = &engine.pipeline_stats;
+    assert_eq!(p.invalid.load(Relaxed), 0);
+    assert_eq!(p.queue_full.load(Relaxed), 0);
+    assert_eq!(p.perf_lost.load(Relaxed), 0);
+    eprintln!(
+        "tap test: {} records, {} tail records",
+        p.records.load(Relaxed),
+        p.tails.load(Relaxed)
+    );
+    if let Some(was) = stats_was {
+        for prog in [
+            PROG_INGRESS,
+            PROG_EGRESS,
+            super::tap::PROG_TAP_IN,
+            super::tap::PROG_TAP_OUT,
+        ] {
+            let out = std::process::Command::new("bpftool")
+                .args(["prog", "show", "name", prog])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let field = |name: &str| -> Option<u64> {
+                let mut it = out.split_whitespace();
+                it.find(|w| *w == name)?;
+                it.next()?.parse().ok()
+            };
+            if let (Some(ns), Some(n)) = (field("run_time_ns"), field("run_cnt")) {
+                eprintln!(
+                    "bpf_stats {prog}: {n} runs, {ns} ns, {:.0} ns/run",
+                    ns as f64 / n.max(1) as f64
+                );
+            }
+        }
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", was.trim());
+    }
+
     // Removal detaches the tap and leaves the observer.
     assert!(engine.remove("s1/web"));
     let dp2 = dp.clone();
@@ -629,4 +671,55 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
     }
     sink_task.abort();
     assert!(started.elapsed() < Duration::from_secs(90));
+}
+
+#[tokio::test]
+async fn the_reconciler_reports_what_is_missing() {
+    use crate::control::{DesiredResource, Reconciler as _, Scope};
+    use weft_proto::v1::resource::Spec;
+    require_root!();
+    let mut dp = Datapath::load(FLOW_OBJECT).expect("flow object");
+    for p in [PROG_INGRESS, PROG_EGRESS] {
+        dp.load_classifier(p).expect("verifier");
+    }
+    let engine = TapEngine::new(
+        dp.into_shared(),
+        tokio::runtime::Handle::current(),
+        "h",
+        None,
+        Arc::new(ShadowTapMetrics::default()),
+    );
+    let r = super::tap_reconciler::ShadowTapReconciler {
+        engine: engine.clone(),
+    };
+    let tap = |key: &str, node: &str| DesiredResource {
+        key: key.into(),
+        generation: 1,
+        spec: Spec::ShadowTap(weft_proto::v1::ShadowTap {
+            shadow: "s9".into(),
+            network: "nonet".into(),
+            node: node.into(),
+            policy: Some(policy(100_000, "connection", vec![], vec![], 1)),
+            sinks: vec!["127.0.0.1:9".into()],
+        }),
+    };
+    let desired = [tap("s9/other", "web"), tap("s9/web", "web")];
+    let reports = r.reconcile(&desired, Scope::All).await;
+    assert_eq!(reports.len(), 2);
+    assert!(
+        reports[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("<shadow>/<node>"),
+        "{reports:?}"
+    );
+    let e = reports[1].error.as_deref().unwrap();
+    assert!(
+        e.contains(&crate::networks::names::host_veth("nonet", "web"))
+            && e.contains("does not exist"),
+        "{e}"
+    );
+    assert!(r.managed().is_empty());
+    assert!(r.reconcile(&[], Scope::All).await.is_empty());
 }
