@@ -163,11 +163,13 @@ impl Assembler {
     }
 
     /// Connections followed now.
+    #[cfg_attr(not(test), allow(dead_code))] // tests and the fuzz target
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
 
     /// Bytes held out of order now.
+    #[cfg_attr(not(test), allow(dead_code))] // tests and the fuzz target
     pub fn held(&self) -> usize {
         self.held
     }

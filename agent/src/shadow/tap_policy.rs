@@ -3,7 +3,7 @@
 //! computed in user space ([`decide`]: same hash, same rules), so that tests and tools can
 //! predict exactly which connections are sampled.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use agent_common::net::{Cidr, Family};
 use agent_common::shadow::{TapPolicy, TapSourceData, key_kind, sampled, threshold_of};
@@ -209,6 +209,7 @@ pub fn source_entries(p: &PolicySpec, ifindex: u32, generation: u32) -> Vec<(u32
 }
 
 /// What the kernel decides for a new connection.
+#[cfg_attr(not(test), allow(dead_code))] // the kernel's decision for tests and tools
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Decision {
     /// Outside the policy (inactive, port, source).
@@ -219,9 +220,10 @@ pub enum Decision {
 
 /// The kernel's decision for the connection `client` -> `server` under `p` (active or
 /// not, as the time window makes it).
+#[cfg_attr(not(test), allow(dead_code))] // the kernel's decision for tests and tools
 pub fn decide(p: &PolicySpec, active: bool, client: SocketAddr, server: SocketAddr) -> Decision {
     let port_ok = p.ports.is_empty() || p.ports.contains(&server.port());
-    let source_ok = p.sources.is_empty() || p.sources.iter().any(|c| contains(c, client.ip()));
+    let source_ok = p.sources.is_empty() || p.sources.iter().any(|c| c.contains(client.ip()));
     if !active || !port_ok || !source_ok {
         return Decision::Ineligible;
     }
@@ -233,12 +235,10 @@ pub fn decide(p: &PolicySpec, active: bool, client: SocketAddr, server: SocketAd
     }
 }
 
-fn contains(c: &Cidr, ip: IpAddr) -> bool {
-    c.contains(ip)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     fn policy(share_ppm: u32, key: &str) -> PolicySpec {

@@ -27,6 +27,7 @@ pub struct Segment {
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+#[cfg_attr(not(test), allow(dead_code))] // tests and the fuzz target
 pub const TCP_ACK: u8 = 0x10;
 
 /// Why a sample did not decode.
@@ -153,6 +154,7 @@ pub fn endpoints(key: &TapConnKey) -> (SocketAddr, SocketAddr) {
 }
 
 /// A connection key from socket addresses (the inverse of [`endpoints`]; `ifindex` 0).
+#[cfg_attr(not(test), allow(dead_code))] // tests and the fuzz target
 pub fn key_of(client: SocketAddr, server: SocketAddr) -> TapConnKey {
     let bytes = |a: IpAddr| -> [u8; 16] {
         match a {
@@ -180,6 +182,7 @@ pub fn key_of(client: SocketAddr, server: SocketAddr) -> TapConnKey {
 }
 
 /// Encodes a record as the kernel lays it out (tests and the fuzz target's seeds).
+#[cfg_attr(not(test), allow(dead_code))] // tests and the fuzz target
 pub fn encode(seg: &Segment, kind: u8) -> Vec<u8> {
     let mut b = vec![0u8; TAP_RECORD_BYTES];
     b[0..8].copy_from_slice(&seg.opened_ns.to_ne_bytes());

@@ -278,6 +278,32 @@ fn policy(
     }
 }
 
+/// Raises the interface's GSO limits (IFLA_GSO_MAX_SIZE, IFLA_GSO_IPV4_MAX_SIZE) to
+/// 128 KiB; false where the kernel refuses.
+async fn big_tcp(ns: &TestNetns, name: &str) -> bool {
+    use rtnetlink::LinkUnspec;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    use rtnetlink::packet_utils::nla::DefaultNla;
+    const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
+    let h = TestNetns::handle_of(&ns.path).await;
+    let index = crate::testns::index_of(&h, name).await;
+    let size: u32 = 128 * 1024;
+    let msg = LinkUnspec::new_with_index(index)
+        .append_extra_attribute(LinkAttribute::GsoMaxSize(size))
+        .append_extra_attribute(LinkAttribute::Other(DefaultNla::new(
+            IFLA_GSO_IPV4_MAX_SIZE,
+            size.to_ne_bytes().to_vec(),
+        )))
+        .build();
+    match h.link().set(msg).execute().await {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("no BIG TCP on {name}: {e}");
+            false
+        }
+    }
+}
+
 async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -333,6 +359,9 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
     ]);
     ip(&["-n", &node.name, "link", "set", "eth0", "up"]);
     ip(&["-n", &node.name, "link", "set", "lo", "up"]);
+    // BIG TCP (GSO packets past 64 KiB) where the kernel has it: frames longer than one
+    // perf record are copied in tail records.
+    let big_tcp = big_tcp(&host, "tp0").await && big_tcp(&node, "eth0").await;
     let ifindex = in_ns(&host.path, || {
         let c = std::ffi::CString::new("tp0").unwrap();
         // SAFETY: a NUL-terminated name.
@@ -620,10 +649,16 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
     assert_eq!(p.queue_full.load(Relaxed), 0);
     assert_eq!(p.perf_lost.load(Relaxed), 0);
     eprintln!(
-        "tap test: {} records, {} tail records",
+        "tap test: {} records, {} tail records (BIG TCP: {big_tcp})",
         p.records.load(Relaxed),
         p.tails.load(Relaxed)
     );
+    if big_tcp {
+        assert!(
+            p.tails.load(Relaxed) > 0,
+            "BIG TCP frames came in one record each"
+        );
+    }
     if let Some(was) = stats_was {
         for prog in [
             PROG_INGRESS,
