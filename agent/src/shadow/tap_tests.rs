@@ -278,6 +278,36 @@ fn policy(
     }
 }
 
+/// Run count and run time (ns) of each program on tp0's hooks (kernel.bpf_stats_enabled).
+fn prog_stats(dp: &crate::datapath::SharedDatapath, host: &Path) -> Vec<(String, u64, u64)> {
+    let dp = dp.clone();
+    let on = in_ns(host, move || {
+        let mut dp = dp.lock().unwrap();
+        let mut v = dp.query("tp0", Hook::Ingress).unwrap_or_default();
+        v.extend(dp.query("tp0", Hook::Egress).unwrap_or_default());
+        v
+    });
+    on.into_iter()
+        .filter_map(|p| {
+            let out = std::process::Command::new("bpftool")
+                .args(["prog", "show", "id", &p.id.to_string()])
+                .output()
+                .ok()?;
+            let out = String::from_utf8_lossy(&out.stdout).into_owned();
+            let field = |name: &str| -> Option<u64> {
+                let mut it = out.split_whitespace();
+                it.find(|w| *w == name)?;
+                it.next()?.parse().ok()
+            };
+            Some((
+                p.name,
+                field("run_cnt").unwrap_or(0),
+                field("run_time_ns").unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
 /// Raises the interface's GSO limits (IFLA_GSO_MAX_SIZE, IFLA_GSO_IPV4_MAX_SIZE) to
 /// 128 KiB; false where the kernel refuses.
 async fn big_tcp(ns: &TestNetns, name: &str) -> bool {
@@ -449,6 +479,29 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let servers = serve(node.path.clone(), vec![server, other_port], stop.clone());
     std::thread::sleep(Duration::from_millis(200));
+
+    // Phase 0 (WEFT_TAP_STATS only): the cost of the tap when it samples nothing.
+    let base = prog_stats(&dp, &host.path);
+    let mut phase0 = 0;
+    if stats_was.is_some() {
+        let e2 = engine.clone();
+        let s0 = spec_of(policy(0, "connection", vec![8080], vec![], 7));
+        in_ns(&host.path, move || e2.apply("s1/web", "tp0", ifindex, &s0)).expect("share 0");
+        let jobs: Vec<Job> = (0..200u16)
+            .map(|i| Job {
+                client: SocketAddr::from(([198, 18, 77, 1], 40_000 + i)),
+                server,
+                request: pattern(u64::from(i), 100 + usize::from(i) * 37),
+            })
+            .collect();
+        phase0 = jobs.len() as u64;
+        let failures = run_clients(&host.path, jobs, 8);
+        assert!(failures.is_empty(), "{failures:?}");
+        let e2 = engine.clone();
+        let s1 = spec1.clone();
+        in_ns(&host.path, move || e2.apply("s1/web", "tp0", ifindex, &s1)).expect("share 10 %");
+    }
+    let unsampled = prog_stats(&dp, &host.path);
 
     // Phase 1: by connection, 10 %, port 8080 only.
     let p1 = PolicySpec::try_from(&policy(100_000, "connection", vec![8080], vec![], 7)).unwrap();
@@ -622,8 +675,8 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
             .map(|(_, v)| *v as u64)
             .unwrap()
     };
-    assert_eq!(get("connections_seen"), 250 + 75);
-    assert_eq!(get("connections_eligible"), 240 + 60);
+    assert_eq!(get("connections_seen"), 250 + 75 + phase0);
+    assert_eq!(get("connections_eligible"), 240 + 60 + phase0);
     assert_eq!(get("connections_sampled"), predicted.len() as u64);
     assert_eq!(get("connections_lost"), 0);
     assert_eq!(get("copies_lost"), 0);
@@ -660,28 +713,23 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
         );
     }
     if let Some(was) = stats_was {
-        for prog in [
-            PROG_INGRESS,
-            PROG_EGRESS,
-            super::tap::PROG_TAP_IN,
-            super::tap::PROG_TAP_OUT,
-        ] {
-            let out = std::process::Command::new("bpftool")
-                .args(["prog", "show", "name", prog])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let field = |name: &str| -> Option<u64> {
-                let mut it = out.split_whitespace();
-                it.find(|w| *w == name)?;
-                it.next()?.parse().ok()
-            };
-            if let (Some(ns), Some(n)) = (field("run_time_ns"), field("run_cnt")) {
-                eprintln!(
-                    "bpf_stats {prog}: {n} runs, {ns} ns, {:.0} ns/run",
-                    ns as f64 / n.max(1) as f64
-                );
-            }
+        let after = prog_stats(&dp, &host.path);
+        for (name, runs, ns) in &after {
+            let (r0, n0) = base
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map_or((0, 0), |(_, r, n)| (*r, *n));
+            let (r1, n1) = unsampled
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map_or((0, 0), |(_, r, n)| (*r, *n));
+            eprintln!(
+                "bpf_stats {name}: nothing sampled: {} runs, {:.0} ns/run; 10 % and 30 % sampled: {} runs, {:.0} ns/run",
+                r1 - r0,
+                (n1 - n0) as f64 / (r1 - r0).max(1) as f64,
+                runs - r1,
+                (ns - n1) as f64 / (runs - r1).max(1) as f64,
+            );
         }
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", was.trim());
     }
