@@ -360,4 +360,44 @@ mod tests {
         assert_eq!(stats.bytes_streamed.load(Relaxed), 2);
         assert_eq!(stats.connections_lost.load(Relaxed), 1);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_sink_costs_connections_not_time() {
+        // Accepts, then never reads: its socket buffers fill, then the queue.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stats = Arc::new(StreamStats::default());
+        let (mut tx, _task) = start_sink(
+            &tokio::runtime::Handle::current(),
+            addr,
+            ShadowHello::default(),
+            stats.clone(),
+        );
+        let (_stalled, _) = l.accept().await.unwrap();
+        let start = std::time::Instant::now();
+        let data = vec![7u8; 16 * 1024];
+        for id in 0..4000u64 {
+            let conn = id / 10;
+            let f = Arc::new(ShadowFrame {
+                connection: conn,
+                open: id % 10 == 0,
+                direction: 1,
+                data: data.clone(),
+                ..Default::default()
+            });
+            tx.offer(&f, &stats);
+            if id % 500 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // 4000 offers never waited for the sink (the sleeps above are 160 ms of it).
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        let lost = stats.connections_lost.load(Relaxed);
+        assert!(lost > 0 && lost <= 400, "{lost}");
+        assert_eq!(stats.sinks_connected.load(Relaxed), 1);
+    }
 }
