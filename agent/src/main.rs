@@ -221,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
                 networks::NodeReconciler::new(
                     networks,
                     signal_tx,
-                    supervisor,
+                    supervisor.clone(),
                     args.node_dir.clone(),
                 )
                 .with_workloads(registry.clone())
@@ -229,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
             ),
             Arc::new(shadow::tap_reconciler::ShadowTapReconciler {
                 engine: taps.clone(),
+                supervisor: Some(supervisor.clone()),
             }),
         ],
         events,

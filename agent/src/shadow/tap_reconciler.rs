@@ -15,6 +15,35 @@ use crate::networks::names;
 
 pub struct ShadowTapReconciler {
     pub engine: Arc<TapEngine>,
+    /// The nodes' supervisor: the production node's cgroup usage goes into the report
+    /// (`production_cpu_seconds`, ...), the evidence of a shadow's scaling recommendations.
+    pub supervisor: Option<Arc<weft_noderun::Supervisor>>,
+}
+
+/// A node's cgroup usage as measurements named `<prefix>_cpu_seconds`, ... (the names the
+/// controller's scaling reads).
+pub fn usage_measurements(prefix: &str, u: &weft_noderun::Usage) -> Vec<(String, f64)> {
+    let mut out = vec![
+        (format!("{prefix}_cpu_seconds"), u.cpu_seconds),
+        (format!("{prefix}_cpu_periods"), u.cpu_periods as f64),
+        (
+            format!("{prefix}_cpu_throttled_periods"),
+            u.cpu_throttled_periods as f64,
+        ),
+        (
+            format!("{prefix}_cpu_throttled_seconds"),
+            u.cpu_throttled_seconds,
+        ),
+        (format!("{prefix}_memory_bytes"), u.memory_bytes as f64),
+        (
+            format!("{prefix}_memory_limit_hits"),
+            u.memory_limit_hits as f64,
+        ),
+    ];
+    if let Some(limit) = u.memory_limit_bytes {
+        out.push((format!("{prefix}_memory_limit_bytes"), limit as f64));
+    }
+    out
 }
 
 /// The index of interface `name` in the agent's namespace.
@@ -47,10 +76,20 @@ impl ShadowTapReconciler {
                 spec.network, spec.node
             ));
         };
+        let usage = self
+            .supervisor
+            .as_ref()
+            .and_then(|s| s.usage(&format!("{}/{}", spec.network, spec.node)))
+            .map(|u| usage_measurements("production", &u))
+            .unwrap_or_default();
         match self.engine.apply(&r.key, &interface, ifindex, &spec) {
             Ok(changes) => ResourceReport {
                 key: r.key.clone(),
-                measurements: self.engine.refresh(&r.key).unwrap_or_default(),
+                measurements: {
+                    let mut m = self.engine.refresh(&r.key).unwrap_or_default();
+                    m.extend(usage);
+                    m
+                },
                 observed: vec![
                     format!(
                         "tap on {interface} ({}.{}, ifindex {ifindex})",

@@ -774,6 +774,7 @@ async fn the_reconciler_reports_what_is_missing() {
     );
     let r = super::tap_reconciler::ShadowTapReconciler {
         engine: engine.clone(),
+        supervisor: None,
     };
     let tap = |key: &str, node: &str| DesiredResource {
         key: key.into(),
