@@ -107,9 +107,9 @@ use health::{HealthCheck, HealthSpec, Switch};
 pub const PROG_ORIGIN: &str = "steer_origin";
 pub const PROG_RETURN: &str = "steer_return";
 pub const PROG_TUNNEL: &str = "steer_tunnel";
-/// The flow observer's programs, which run before steering on a shared hook.
+/// The flow observer's program on an origin's egress, which runs before steering.
+#[cfg(test)]
 const FLOW_IN: &str = crate::attach::PROG_EGRESS;
-const FLOW_OUT: &str = crate::attach::PROG_INGRESS;
 /// The host's tunnel device.
 pub const TUNNEL_DEVICE: &str = "weft-steer";
 /// Its UDP port (the networks' VXLAN devices use 4789).
@@ -669,8 +669,8 @@ impl Steering {
         }
     }
 
-    /// Attaches `program` on `hook` of `iface`, after the flow observer when it is there.
-    /// Attaches `program` on `hook` of `iface`, after the flow observer when it is there.
+    /// Attaches `program` last on `hook` of `iface`.
+    /// Attaches `program` last on `hook` of `iface`.
     /// Returns the writes made (0: it was attached already).
     fn attach(
         &self,
@@ -691,17 +691,10 @@ impl Steering {
         let dp = self.datapath.clone();
         in_host(netns.as_deref(), move || {
             let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
-            let observer = if hook == Hook::Egress {
-                FLOW_IN
-            } else {
-                FLOW_OUT
-            };
-            let order = if dp.is_attached(index, hook, observer) {
-                Order::After(observer)
-            } else {
-                Order::Last
-            };
-            dp.attach(&name, index, hook, program, order)
+            // Last on the hook: after the flow observer (which goes first) and after the
+            // shadow taps (which go right after the observer), so they see every packet
+            // as it arrived before steering redirects it.
+            dp.attach(&name, index, hook, program, Order::Last)
         })??;
         Ok(1)
     }
