@@ -32,6 +32,9 @@ pub const PACKAGES: &[&str] = &[
     // Mirrors' volumes are copied incrementally by rsync (the agents run its daemon and
     // client).
     "rsync",
+    // Builds the C reference flow programs (bench/flow-reference) that `cargo xtask bench`
+    // measures weft's against in the same run.
+    "clang",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab
