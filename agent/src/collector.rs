@@ -212,7 +212,8 @@ impl Collector {
             mono_to_unix_offset_ns: offset,
         };
         let mut record = self.tracker.update(key, stats, ended, &ctx)?;
-        self.l7.fill(key, stats.first_seen_ns, &mut record);
+        let unsampled = self.l7.fill(key, stats, &mut record);
+        self.metrics.latency_unsampled_requests.inc_by(unsampled);
         Some(record)
     }
 

@@ -1,16 +1,19 @@
 //! What the payload samples tell about each flow: its application protocol (from the first
-//! bytes each side sent), and per request the method, path pattern, status and whether it
-//! failed, grouped until the flow's next record. Fed by the `PAYLOADS` ring buffer.
+//! bytes each side sent), per request the method, path pattern, status and whether it
+//! failed, grouped until the flow's next record, and the request-latency histogram (the
+//! kernel keeps only the exact count and sum per flow; each `RESPONSE` sample carries its
+//! request's latency). Fed by the `PAYLOADS` ring buffer.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use agent_common::{
-    FlowKey, PayloadSample,
+    FlowKey, FlowStats, PayloadSample,
     flow::{DIR_OUT, PROTO_UDP, sample},
+    latency,
 };
 use weft_l7::{Confidence, Detection, Protocol, Transport};
-use weft_proto::v1::{DnsAnswer, FlowRecord, RequestGroup};
+use weft_proto::v1::{DnsAnswer, FlowRecord, LatencyBucket, RequestGroup};
 
 /// Distinct (method, path, status) groups kept per flow between two records; beyond it,
 /// requests are counted in one group with an empty method and path.
@@ -37,6 +40,66 @@ struct FlowL7 {
     pending: Option<(String, String)>,
     groups: HashMap<(String, String, u32), Group>,
     dns: Vec<(String, IpAddr, u32)>,
+    latency: Latencies,
+}
+
+/// A flow's request latencies from its `RESPONSE` samples: the histogram since the last
+/// record, and what all its records carried so far (to compare with the kernel's exact
+/// count and sum).
+#[derive(Default)]
+struct Latencies {
+    /// (bucket, count) since the last record, in no particular order.
+    buckets: Vec<(u8, u64)>,
+    sum_ns: u64,
+    reported_count: u64,
+    reported_sum_ns: u64,
+}
+
+impl Latencies {
+    fn add(&mut self, bucket: usize, count: u64, sum_ns: u64) {
+        let b = bucket as u8;
+        match self.buckets.iter_mut().find(|(x, _)| *x == b) {
+            Some((_, n)) => *n += count,
+            None => self.buckets.push((b, count)),
+        }
+        self.sum_ns = self.sum_ns.saturating_add(sum_ns);
+    }
+
+    /// Moves the histogram since the last record into `record`. On a flow's last record,
+    /// requests the kernel counted (`cur.requests`, cumulative) but no sample told (the
+    /// payload ring was full) are added at the mean of their latencies, which the kernel's
+    /// exact sum gives, so that the flow's records add up to the kernel's count and sum.
+    /// Returns how many requests were added so.
+    fn take(&mut self, cur: &FlowStats, record: &mut FlowRecord) -> u64 {
+        let mut unsampled = 0;
+        if record.ended {
+            let count: u64 = self.buckets.iter().map(|(_, n)| n).sum();
+            let seen = self.reported_count + count;
+            let gap = u64::from(cur.requests).saturating_sub(seen);
+            if gap > 0 {
+                let sum = cur
+                    .latency_sum_ns
+                    .saturating_sub(self.reported_sum_ns.saturating_add(self.sum_ns));
+                self.add(latency::bucket_of(sum / gap), gap, sum);
+                unsampled = gap;
+            }
+        }
+        self.buckets.sort_unstable();
+        record.latency = self
+            .buckets
+            .drain(..)
+            .map(|(b, count)| {
+                self.reported_count += count;
+                LatencyBucket {
+                    upper_bound_ns: latency::bucket_upper_ns(b.into()),
+                    count,
+                }
+            })
+            .collect();
+        record.latency_sum_ns = std::mem::take(&mut self.sum_ns);
+        self.reported_sum_ns = self.reported_sum_ns.saturating_add(record.latency_sum_ns);
+        unsampled
+    }
 }
 
 #[derive(Default)]
@@ -179,20 +242,28 @@ impl L7Table {
                 g.errors += error as u64;
                 // A sample's latency is whatever the ring said: saturate, never overflow.
                 g.latency_sum_ns = g.latency_sum_ns.saturating_add(s.latency_ns);
+                f.latency
+                    .add(latency::bucket_of(s.latency_ns), 1, s.latency_ns);
             }
             _ => {}
         }
     }
 
-    /// Moves what is known of `key` into its record (request groups and DNS answers since
-    /// the last record); forgets the flow when the record is its last.
-    pub fn fill(&mut self, key: &FlowKey, first_seen_ns: u64, record: &mut FlowRecord) {
-        let Some(f) = self.flows.get_mut(key) else {
-            return;
+    /// Moves what is known of `key` into its record (request groups, latency histogram and
+    /// DNS answers since the last record); forgets the flow when the record is its last.
+    /// `cur` is the kernel's state of the flow the record was made from. Returns the
+    /// requests whose latency no payload sample told (see `Latencies::take`).
+    pub fn fill(&mut self, key: &FlowKey, cur: &FlowStats, record: &mut FlowRecord) -> u64 {
+        let Some(f) = self
+            .flows
+            .get_mut(key)
+            .filter(|f| f.flow_first_seen_ns == cur.first_seen_ns)
+        else {
+            // No sample of this flow was read (all lost, or the table was full): only its
+            // last record carries its latencies, from the kernel's count and sum.
+            return Latencies::default().take(cur, record);
         };
-        if f.flow_first_seen_ns != first_seen_ns {
-            return;
-        }
+        let unsampled = f.latency.take(cur, record);
         if let Some(d) = &f.detection {
             record.protocol = d.protocol.as_str().to_owned();
             record.protocol_from_payload = d.confidence == Confidence::Payload;
@@ -232,6 +303,7 @@ impl L7Table {
         if record.ended {
             self.flows.remove(key);
         }
+        unsampled
     }
 
     /// Forgets flows no longer in the kernel map.
@@ -285,6 +357,91 @@ mod tests {
         }
     }
 
+    /// The kernel's state of the flow of generation `first_seen_ns`, no request counted.
+    fn at(first_seen_ns: u64) -> FlowStats {
+        FlowStats {
+            first_seen_ns,
+            ..FlowStats::ZERO
+        }
+    }
+
+    fn kernel(requests: u32, latency_sum_ns: u64) -> FlowStats {
+        FlowStats {
+            first_seen_ns: 7,
+            requests,
+            latency_sum_ns,
+            ..FlowStats::ZERO
+        }
+    }
+
+    fn exchange(t: &mut L7Table, k: FlowKey, latency_ns: u64) {
+        t.observe(&sample(k, sample::REQUEST, DIR_OUT, b"GET / HTTP/1.1\r\n\r\n", 0, false));
+        t.observe(&sample(
+            k,
+            sample::RESPONSE,
+            DIR_IN,
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            latency_ns,
+            false,
+        ));
+    }
+
+    fn counts(r: &FlowRecord) -> Vec<(u64, u64)> {
+        r.latency.iter().map(|b| (b.upper_bound_ns, b.count)).collect()
+    }
+
+    #[test]
+    fn latency_histogram_is_built_from_response_samples() {
+        let k = key(40000, 80, PROTO_TCP);
+        let mut t = L7Table::default();
+        for lat in [1_000_000, 1_010_000, 20_000_000] {
+            exchange(&mut t, k, lat);
+        }
+        let mut r = record(false);
+        assert_eq!(t.fill(&k, &kernel(3, 22_010_000), &mut r), 0);
+        let ms1 = latency::bucket_upper_ns(latency::bucket_of(1_000_000));
+        let ms20 = latency::bucket_upper_ns(latency::bucket_of(20_000_000));
+        assert_eq!(counts(&r), vec![(ms1, 2), (ms20, 1)], "sorted by bound");
+        assert_eq!(r.latency_sum_ns, 22_010_000);
+        // Moved into one record only.
+        let mut again = record(false);
+        t.fill(&k, &kernel(3, 22_010_000), &mut again);
+        assert!(again.latency.is_empty() && again.latency_sum_ns == 0);
+    }
+
+    #[test]
+    fn requests_without_a_sample_are_added_at_their_mean_on_the_last_record() {
+        let k = key(40000, 80, PROTO_TCP);
+        let mut t = L7Table::default();
+        exchange(&mut t, k, 1_000_000);
+        exchange(&mut t, k, 1_000_000);
+        // The kernel counted 4 requests (sum 20 ms): two samples were lost.
+        let mut r = record(false);
+        assert_eq!(t.fill(&k, &kernel(4, 20_000_000), &mut r), 0);
+        assert_eq!(r.latency.iter().map(|b| b.count).sum::<u64>(), 2);
+        assert_eq!(r.latency_sum_ns, 2_000_000, "sum and count agree per record");
+        let mut last = record(true);
+        assert_eq!(t.fill(&k, &kernel(4, 20_000_000), &mut last), 2);
+        let ms9 = latency::bucket_upper_ns(latency::bucket_of(9_000_000));
+        assert_eq!(counts(&last), vec![(ms9, 2)]);
+        assert_eq!(last.latency_sum_ns, 18_000_000);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_flow_without_samples_gets_its_latencies_from_the_kernel_on_its_last_record() {
+        let k = key(40000, 80, PROTO_TCP);
+        let mut t = L7Table::default();
+        let mut r = record(false);
+        assert_eq!(t.fill(&k, &kernel(3, 3_000_000), &mut r), 0);
+        assert!(r.latency.is_empty() && r.latency_sum_ns == 0);
+        let mut last = record(true);
+        assert_eq!(t.fill(&k, &kernel(3, 3_000_000), &mut last), 3);
+        let ms1 = latency::bucket_upper_ns(latency::bucket_of(1_000_000));
+        assert_eq!(counts(&last), vec![(ms1, 3)]);
+        assert_eq!(last.latency_sum_ns, 3_000_000);
+    }
+
     fn record(ended: bool) -> FlowRecord {
         FlowRecord {
             ended,
@@ -317,7 +474,7 @@ mod tests {
             ));
         }
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.protocol, "http");
         assert!(r.protocol_from_payload, "found from payload on port 9999");
         assert_eq!(r.server_name, "api.internal");
@@ -332,7 +489,7 @@ mod tests {
         assert_eq!((bad.count, bad.errors), (1, 1));
         // Groups move into one record only.
         let mut again = record(false);
-        t.fill(&k, 7, &mut again);
+        t.fill(&k, &at(7), &mut again);
         assert!(again.request_groups.is_empty());
         assert_eq!(again.protocol, "http");
     }
@@ -374,7 +531,7 @@ mod tests {
             false,
         ));
         let mut r = record(true);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.protocol, "redis");
         let errors: u64 = r.request_groups.iter().map(|g| g.errors).sum();
         assert_eq!(errors, 1);
@@ -409,9 +566,9 @@ mod tests {
         s.flow_first_seen_ns = 99;
         t.observe(&s);
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert!(r.protocol.is_empty(), "the old generation is gone");
-        t.fill(&k, 99, &mut r);
+        t.fill(&k, &at(99), &mut r);
         assert_eq!(r.protocol, "redis");
     }
 
@@ -439,7 +596,7 @@ mod tests {
             ));
         }
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert!(r.request_groups.len() <= MAX_GROUPS_PER_FLOW + 1);
         assert_eq!(r.request_groups.iter().map(|g| g.count).sum::<u64>(), 100);
     }
@@ -453,7 +610,7 @@ mod tests {
         greeting.extend_from_slice(&[0u8; 40]);
         t.observe(&sample(k, sample::FIRST, DIR_IN, &greeting, 0, true));
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.protocol, "mysql");
     }
 
@@ -482,7 +639,7 @@ mod tests {
             ));
         }
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.request_groups.len(), 1);
         assert_eq!(r.request_groups[0].count, 2);
         assert_eq!(r.request_groups[0].latency_sum_ns, u64::MAX);

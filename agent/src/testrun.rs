@@ -4,7 +4,9 @@
 
 use agent_common::{
     FlowEvent, FlowKey, FlowStats, PayloadSample,
-    flow::{DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, sample, state},
+    flow::{
+        DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, sample, state, turn,
+    },
 };
 use aya::{
     Ebpf,
@@ -194,9 +196,73 @@ fn tcp_exchange_is_one_flow_with_rtt_requests_and_payload() {
     assert_eq!(s.bytes[DIR_OUT], 2 * 40 + 3 * 58);
     assert_eq!(s.requests, 3, "one request per client turn");
     assert!(s.handshake_rtt_ns > 0, "SYN -> SYN-ACK measured");
-    assert_eq!(s.latency_hist.iter().map(|&c| c as u32).sum::<u32>(), 3);
+    assert_eq!(
+        s.state & (state::HANDSHAKE_DONE | state::HANDSHAKE_MARK),
+        state::HANDSHAKE_DONE
+    );
+    assert!(s.latency_sum_ns > 0);
+    assert_eq!(s.turn, turn::SERVER, "no request outstanding");
     assert_eq!(s.tcp_flags[DIR_OUT] & SYN, SYN);
     assert_eq!(s.tcp_flags[DIR_IN] & (SYN | ACK), SYN | ACK);
+}
+
+/// The handshake mark and the request start share one timestamp: a request that starts
+/// before the handshake completes (data on the SYN) abandons the handshake measurement
+/// instead of turning the request's start into a handshake RTT, and the request's latency
+/// is still measured from its own start.
+#[test]
+fn request_before_handshake_completes_abandons_the_handshake_measurement() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(SYN, b"GET / HTTP/1.1\r\n\r\n")); // data on the SYN (TCP Fast Open)
+    let s = l.entries()[0].1;
+    assert_eq!(s.turn, turn::CLIENT);
+    assert_eq!(s.state & state::HANDSHAKE_MARK, 0);
+    assert_ne!(s.state & state::HANDSHAKE_DONE, 0);
+    let started = s.mark_ns;
+    l.inn(&s2c(SYN | ACK, b""));
+    l.out(&c2s(ACK, b""));
+    l.inn(&s2c(ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n"));
+    let s = l.entries()[0].1;
+    assert_eq!(s.handshake_rtt_ns, 0, "abandoned, not measured from the request start");
+    assert_eq!(s.requests, 1);
+    assert_eq!(s.latency_sum_ns, s.last_seen_ns - started);
+    // A retransmitted SYN after the turn does not take the mark back.
+    l.out(&c2s(SYN, b""));
+    let s = l.entries()[0].1;
+    assert_eq!(s.state & state::HANDSHAKE_MARK, 0);
+    assert_eq!(s.handshake_rtt_ns, 0);
+}
+
+/// A new flow is one map insert with the first packet already counted: its counters,
+/// flags, handshake mark and timestamps are those of that packet.
+#[test]
+fn first_packet_is_counted_in_the_inserted_entry() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(SYN, b""));
+    let (_, s) = l.entries()[0];
+    assert_eq!(s.packets, [1, 0]);
+    assert_eq!(s.bytes, [40, 0]);
+    assert_eq!(s.payload_bytes, [0, 0]);
+    assert_eq!(s.tcp_flags, [SYN, 0]);
+    assert_eq!(s.first_seen_ns, s.last_seen_ns);
+    assert_eq!(s.mark_ns, s.first_seen_ns, "the SYN marks the handshake start");
+    assert_eq!(
+        s.state,
+        state::OPENED | state::HANDSHAKE_MARK,
+        "nothing else set"
+    );
+    // A first UDP datagram: counted, and its sample posted once the entry exists.
+    l.out(&frame4(CLIENT, SERVER, 17, udp(40_001, 53, &[7u8; 20])));
+    let e = l.entries();
+    let (_, u) = e.iter().find(|(k, _)| k.proto == PROTO_UDP).unwrap();
+    assert_eq!((u.packets, u.payload_bytes), ([1, 0], [20, 0]));
+    assert_eq!(u.turn, turn::CLIENT);
+    let samples = l.samples();
+    assert_eq!(samples.len(), 1);
+    assert_eq!(samples[0].kind, sample::REQUEST);
+    assert_eq!(samples[0].flow_first_seen_ns, u.first_seen_ns);
 }
 
 #[test]
