@@ -10,8 +10,8 @@
 use core::fmt;
 
 use crate::flow::{
-    FAMILY_IPV4, FAMILY_IPV6, FlowEvent, FlowKey, FlowStats, PAYLOAD_SAMPLE_BYTES,
-    PROTO_TCP, PROTO_UDP, PayloadSample, sample, state, turn,
+    FAMILY_IPV4, FAMILY_IPV6, FlowEvent, FlowKey, FlowStats, PAYLOAD_SAMPLE_BYTES, PROTO_TCP,
+    PROTO_UDP, PayloadSample, sample, state, turn,
 };
 
 /// Why bytes are not a record.

@@ -375,7 +375,14 @@ mod tests {
     }
 
     fn exchange(t: &mut L7Table, k: FlowKey, latency_ns: u64) {
-        t.observe(&sample(k, sample::REQUEST, DIR_OUT, b"GET / HTTP/1.1\r\n\r\n", 0, false));
+        t.observe(&sample(
+            k,
+            sample::REQUEST,
+            DIR_OUT,
+            b"GET / HTTP/1.1\r\n\r\n",
+            0,
+            false,
+        ));
         t.observe(&sample(
             k,
             sample::RESPONSE,
@@ -387,7 +394,10 @@ mod tests {
     }
 
     fn counts(r: &FlowRecord) -> Vec<(u64, u64)> {
-        r.latency.iter().map(|b| (b.upper_bound_ns, b.count)).collect()
+        r.latency
+            .iter()
+            .map(|b| (b.upper_bound_ns, b.count))
+            .collect()
     }
 
     #[test]
@@ -419,7 +429,10 @@ mod tests {
         let mut r = record(false);
         assert_eq!(t.fill(&k, &kernel(4, 20_000_000), &mut r), 0);
         assert_eq!(r.latency.iter().map(|b| b.count).sum::<u64>(), 2);
-        assert_eq!(r.latency_sum_ns, 2_000_000, "sum and count agree per record");
+        assert_eq!(
+            r.latency_sum_ns, 2_000_000,
+            "sum and count agree per record"
+        );
         let mut last = record(true);
         assert_eq!(t.fill(&k, &kernel(4, 20_000_000), &mut last), 2);
         let ms9 = latency::bucket_upper_ns(latency::bucket_of(9_000_000));

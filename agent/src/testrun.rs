@@ -4,9 +4,7 @@
 
 use agent_common::{
     FlowEvent, FlowKey, FlowStats, PayloadSample,
-    flow::{
-        DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, sample, state, turn,
-    },
+    flow::{DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, sample, state, turn},
 };
 use aya::{
     Ebpf,
@@ -224,7 +222,10 @@ fn request_before_handshake_completes_abandons_the_handshake_measurement() {
     l.out(&c2s(ACK, b""));
     l.inn(&s2c(ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n"));
     let s = l.entries()[0].1;
-    assert_eq!(s.handshake_rtt_ns, 0, "abandoned, not measured from the request start");
+    assert_eq!(
+        s.handshake_rtt_ns, 0,
+        "abandoned, not measured from the request start"
+    );
     assert_eq!(s.requests, 1);
     assert_eq!(s.latency_sum_ns, s.last_seen_ns - started);
     // A retransmitted SYN after the turn does not take the mark back.
@@ -247,7 +248,10 @@ fn first_packet_is_counted_in_the_inserted_entry() {
     assert_eq!(s.payload_bytes, [0, 0]);
     assert_eq!(s.tcp_flags, [SYN, 0]);
     assert_eq!(s.first_seen_ns, s.last_seen_ns);
-    assert_eq!(s.mark_ns, s.first_seen_ns, "the SYN marks the handshake start");
+    assert_eq!(
+        s.mark_ns, s.first_seen_ns,
+        "the SYN marks the handshake start"
+    );
     assert_eq!(
         s.state,
         state::OPENED | state::HANDSHAKE_MARK,
@@ -480,7 +484,10 @@ fn c_reference(file: &str, prog: &str) -> Ebpf {
     ));
     let status = std::process::Command::new("clang")
         .args(["-O2", "-g", "-target", "bpf"])
-        .arg(format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH))
+        .arg(format!(
+            "-I/usr/include/{}-linux-gnu",
+            std::env::consts::ARCH
+        ))
         .arg("-c")
         .arg(&src)
         .arg("-o")
@@ -602,17 +609,63 @@ fn bench_run_time_per_packet() {
     );
     let r = |key: &str, v: f64, what: &str| println!("RESULT {key} {v:.1} ns {what}");
     let rep = "repeat 1,000,000, median of 5 rounds interleaved with the C programs";
-    r("bpf_tcp_data_ns", tcp_w, &format!("weft: TCP data packet (100 B payload) of an established flow, {rep}"));
-    r("bpf_ref_tcp_data_ns", tcp_c, &format!("C flow reference: the same packet, {rep}"));
-    r("bpf_count_tcp_data_ns", tcp_n, &format!("C bare counter: the same packet, {rep}"));
-    r("bpf_udp_ns", udp_w, &format!("weft: UDP datagram (64 B payload) of a known flow, {rep}"));
-    r("bpf_ref_udp_ns", udp_c, &format!("C flow reference: the same datagram, {rep}"));
-    r("bpf_count_udp_ns", udp_n, &format!("C bare counter: the same datagram, {rep}"));
-    r("bpf_new_syn_ns", syn_w / f, &format!("weft: SYN of a new connection, mean of {flows} distinct flows, one run each"));
-    r("bpf_ref_new_syn_ns", syn_c / f, &format!("C flow reference: the same SYNs, alternating with weft's"));
-    r("bpf_single_run_data_ns", one_w / f, &format!("weft: the established-flow data packet run once at a time ({flows} runs): the one-run timing baseline for the SYN figure"));
-    r("bpf_ref_single_run_data_ns", one_c / f, "C flow reference: the same, one run at a time");
-    r("bpf_count_single_run_ns", one_n / f, "C bare counter: the same packet one run at a time (the timer overhead of a single run)");
+    r(
+        "bpf_tcp_data_ns",
+        tcp_w,
+        &format!("weft: TCP data packet (100 B payload) of an established flow, {rep}"),
+    );
+    r(
+        "bpf_ref_tcp_data_ns",
+        tcp_c,
+        &format!("C flow reference: the same packet, {rep}"),
+    );
+    r(
+        "bpf_count_tcp_data_ns",
+        tcp_n,
+        &format!("C bare counter: the same packet, {rep}"),
+    );
+    r(
+        "bpf_udp_ns",
+        udp_w,
+        &format!("weft: UDP datagram (64 B payload) of a known flow, {rep}"),
+    );
+    r(
+        "bpf_ref_udp_ns",
+        udp_c,
+        &format!("C flow reference: the same datagram, {rep}"),
+    );
+    r(
+        "bpf_count_udp_ns",
+        udp_n,
+        &format!("C bare counter: the same datagram, {rep}"),
+    );
+    r(
+        "bpf_new_syn_ns",
+        syn_w / f,
+        &format!("weft: SYN of a new connection, mean of {flows} distinct flows, one run each"),
+    );
+    r(
+        "bpf_ref_new_syn_ns",
+        syn_c / f,
+        &format!("C flow reference: the same SYNs, alternating with weft's"),
+    );
+    r(
+        "bpf_single_run_data_ns",
+        one_w / f,
+        &format!(
+            "weft: the established-flow data packet run once at a time ({flows} runs): the one-run timing baseline for the SYN figure"
+        ),
+    );
+    r(
+        "bpf_ref_single_run_data_ns",
+        one_c / f,
+        "C flow reference: the same, one run at a time",
+    );
+    r(
+        "bpf_count_single_run_ns",
+        one_n / f,
+        "C bare counter: the same packet one run at a time (the timer overhead of a single run)",
+    );
 
     let maps = map_memlock();
     let weft_kv = (FlowKey::SIZE + FlowStats::SIZE) as u64;
@@ -628,7 +681,9 @@ fn bench_run_time_per_packet() {
     );
     println!("RESULT ref_flow_entry_bytes 80 B C flow reference: key + value (40 + 40 B)");
     if let Some(b) = find(FlowKey::SIZE as u64, FlowStats::SIZE as u64) {
-        println!("RESULT flow_slot_kernel_bytes {b:.1} B weft: the flow map's memlock / max_entries (kernel's accounting, element headers and LRU lists included)");
+        println!(
+            "RESULT flow_slot_kernel_bytes {b:.1} B weft: the flow map's memlock / max_entries (kernel's accounting, element headers and LRU lists included)"
+        );
     }
     if let Some(b) = find(40, 40) {
         println!("RESULT ref_flow_slot_kernel_bytes {b:.1} B C flow reference: the same");

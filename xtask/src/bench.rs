@@ -110,7 +110,9 @@ pub fn run() -> Result<()> {
 
     let root = weft_lab::is_root();
     if root {
-        sh::step("flow programs: run time per packet (BPF_PROG_TEST_RUN), weft and the C reference");
+        sh::step(
+            "flow programs: run time per packet (BPF_PROG_TEST_RUN), weft and the C reference",
+        );
         figures.extend(flow_figures()?);
     } else {
         println!("    (not root: the BPF run-time figures are skipped)");

@@ -39,7 +39,11 @@ fn reads() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, Vec<u8>)> {
             b[95] %= 4;
             // state (u16 at 90, native order): bits 0-8 are defined.
             let st = u16::from_ne_bytes([b[90], b[91]]);
-            let st = if st & 0xf000 == 0xf000 { st } else { st & 0x01ff };
+            let st = if st & 0xf000 == 0xf000 {
+                st
+            } else {
+                st & 0x01ff
+            };
             b[90..92].copy_from_slice(&st.to_ne_bytes());
             b
         });
