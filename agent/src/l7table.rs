@@ -133,11 +133,12 @@ impl Latencies {
             let count: u64 = self.buckets.iter().map(|(_, n)| n).sum();
             let seen = self.reported_count + count;
             let gap = u64::from(cur.requests).saturating_sub(seen);
-            if gap > 0 {
-                let sum = cur
-                    .latency_sum_ns
-                    .saturating_sub(self.reported_sum_ns.saturating_add(self.sum_ns));
-                self.add(latency::bucket_of(sum / gap), gap, sum);
+            let sum = cur
+                .latency_sum_ns
+                .saturating_sub(self.reported_sum_ns.saturating_add(self.sum_ns));
+            // None when nothing is missing.
+            if let Some(mean) = sum.checked_div(gap) {
+                self.add(latency::bucket_of(mean), gap, sum);
                 unsampled = gap;
             }
         }

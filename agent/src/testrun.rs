@@ -647,7 +647,7 @@ fn bench_run_time_per_packet() {
     r(
         "bpf_ref_new_syn_ns",
         syn_c / f,
-        &format!("C flow reference: the same SYNs, alternating with weft's"),
+        "C flow reference: the same SYNs, alternating with weft's",
     );
     r(
         "bpf_single_run_data_ns",

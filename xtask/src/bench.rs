@@ -557,8 +557,9 @@ pub fn run_flows_only() -> Result<()> {
     let path = sh::root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     let new = match (old.find(FLOWS_BEGIN), old.find(FLOWS_END)) {
+        // The section ends with the end marker and a newline; one blank line after it.
         (Some(b), Some(e)) if e > b => format!(
-            "{}{}{}",
+            "{}{}\n{}",
             &old[..b],
             section,
             old[e + FLOWS_END.len()..].trim_start_matches('\n')

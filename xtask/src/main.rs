@@ -147,7 +147,7 @@ fn main() -> ExitCode {
                 Some("migration") => bench_shards::run_migration_only(),
                 Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: flows, shards, migration, allocations, drift, spoof, tls, networks)"
+                    "unknown bench {other:?} (known: controller, flows, shards, migration, allocations, drift, spoof, tls, networks)"
                 )),
             })
         }
