@@ -5,8 +5,8 @@ pub const DIR_OUT: usize = 0;
 /// Traffic going to the workload (TC egress of its host-side interface).
 pub const DIR_IN: usize = 1;
 
-/// Capacity of the LRU flow map (entries). At 256 bytes per entry (key + value) this is
-/// 16 MiB of kernel memory at most.
+/// Capacity of the LRU flow map (entries). At 140 bytes per entry (44 B key + 96 B value,
+/// plus the kernel's own per-element header) this is about 12 MiB of kernel memory at most.
 pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
 /// Size of the flow-end ring buffer in bytes (a power of two, a multiple of the page size).
 pub const FLOW_EVENT_RING_BYTES: u32 = 256 * 1024;
@@ -24,26 +24,33 @@ pub const PROTO_UDP: u8 = 17;
 pub mod state {
     /// The flow's first packet was seen: a TCP SYN (or SYN-ACK) or the first UDP datagram.
     /// Unset for a connection that was already running when it was first observed.
-    pub const OPENED: u32 = 1 << 0;
-    pub const FIN_OUT: u32 = 1 << 1;
-    pub const FIN_IN: u32 = 1 << 2;
-    pub const RST: u32 = 1 << 3;
+    pub const OPENED: u16 = 1 << 0;
+    pub const FIN_OUT: u16 = 1 << 1;
+    pub const FIN_IN: u16 = 1 << 2;
+    pub const RST: u16 = 1 << 3;
     /// A flow-end event was posted for this flow.
-    pub const END_REPORTED: u32 = 1 << 4;
+    pub const END_REPORTED: u16 = 1 << 4;
     /// The first payload bytes of the direction were posted to `PAYLOADS`.
-    pub const SAMPLED_OUT: u32 = 1 << 5;
-    pub const SAMPLED_IN: u32 = 1 << 6;
+    pub const SAMPLED_OUT: u16 = 1 << 5;
+    pub const SAMPLED_IN: u16 = 1 << 6;
+    /// `FlowStats::mark_ns` holds the start of a handshake measurement (SYN sent by a
+    /// local client, or SYN-ACK sent by a local server).
+    pub const HANDSHAKE_MARK: u16 = 1 << 7;
+    /// The handshake was measured, or abandoned because a request turn started first (the
+    /// turn took `mark_ns` over): no new handshake mark is taken.
+    pub const HANDSHAKE_DONE: u16 = 1 << 8;
 }
 
 /// `FlowStats::turn`: who sent the last payload of a request/response exchange.
 pub mod turn {
     pub const NONE: u8 = 0;
-    /// The client spoke last: a request is outstanding, `turn_start_ns` is its start.
+    /// The client spoke last: a request is outstanding, `FlowStats::mark_ns` is its start.
     pub const CLIENT: u8 = 1;
     pub const SERVER: u8 = 2;
 }
 
-/// Number of request-latency histogram buckets kept per flow in the kernel.
+/// Number of request-latency histogram buckets (`latency::bucket_of`). The kernel keeps no
+/// histogram: user space builds it per flow from the latencies of the `RESPONSE` samples.
 pub const LATENCY_BUCKETS: usize = 48;
 
 /// A flow as seen on one workload interface. Addresses and ports are those of the workload
@@ -67,6 +74,11 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 
 /// Per-flow state kept by the kernel program. Counters are cumulative since the entry was
 /// created; the agent computes deltas. Timestamps are `CLOCK_MONOTONIC` nanoseconds.
+///
+/// 96 bytes, so that key and value take 140 bytes per flow. What need not be per flow in
+/// the kernel is not here: the request-latency histogram is built in user space from the
+/// `RESPONSE` payload samples (each carries its request's latency), reconciled with the
+/// exact `requests` and `latency_sum_ns` kept here when samples were lost.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowStats {
@@ -78,31 +90,34 @@ pub struct FlowStats {
     pub bytes: [u64; 2],
     /// Transport payload bytes.
     pub payload_bytes: [u64; 2],
-    /// Start of the handshake measurement: SYN sent by a local client, or SYN-ACK sent by a
-    /// local server.
-    pub handshake_mark_ns: u64,
-    /// SYN to SYN-ACK (local client) or SYN-ACK to ACK (local server); 0 until measured.
-    pub handshake_rtt_ns: u64,
-    /// When the outstanding request started (first payload byte of the client's turn).
-    pub turn_start_ns: u64,
-    /// Sum of completed request latencies.
+    /// One timestamp for two uses: while `state::HANDSHAKE_MARK` is set, the start of the
+    /// handshake measurement; while `turn` is `turn::CLIENT`, when the outstanding request
+    /// started (first payload byte of the client's turn). A turn that starts before the
+    /// handshake completes takes it over and abandons the handshake measurement.
+    pub mark_ns: u64,
+    /// Sum of completed request latencies (exact, every request).
     pub latency_sum_ns: u64,
-    /// Completed request/response turns.
+    /// Completed request/response turns (exact, every request).
     pub requests: u32,
-    /// TCP RST packets seen (either direction).
-    pub resets: u32,
+    /// SYN to SYN-ACK (local client) or SYN-ACK to ACK (local server), saturating at
+    /// `u32::MAX` (4.3 s); 0 until measured, at least 1 once measured.
+    pub handshake_rtt_ns: u32,
+    /// TCP RST packets seen (either direction), wrapping.
+    pub resets: u16,
+    /// `state::*` bits.
+    pub state: u16,
     /// TCP flags seen, OR-ed, per direction.
     pub tcp_flags: [u8; 2],
     /// 1 when the workload is the client (opened the connection).
     pub client_is_local: u8,
     /// A `turn::*` value.
     pub turn: u8,
-    /// `state::*` bits.
-    pub state: u32,
-    /// Completed request latencies by `latency::bucket_of` (wrapping counters).
-    pub latency_hist: [u16; LATENCY_BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 208);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 96);
+/// Bytes per flow-map entry as the map declares them (key + value).
+pub const FLOW_ENTRY_BYTES: usize =
+    core::mem::size_of::<FlowKey>() + core::mem::size_of::<FlowStats>();
+const _: () = assert!(FLOW_ENTRY_BYTES <= 144);
 
 impl FlowStats {
     pub const ZERO: FlowStats = FlowStats {
@@ -111,17 +126,15 @@ impl FlowStats {
         packets: [0; 2],
         bytes: [0; 2],
         payload_bytes: [0; 2],
-        handshake_mark_ns: 0,
-        handshake_rtt_ns: 0,
-        turn_start_ns: 0,
+        mark_ns: 0,
         latency_sum_ns: 0,
         requests: 0,
+        handshake_rtt_ns: 0,
         resets: 0,
+        state: 0,
         tcp_flags: [0; 2],
         client_is_local: 0,
         turn: turn::NONE,
-        state: 0,
-        latency_hist: [0; LATENCY_BUCKETS],
     };
 }
 
@@ -134,7 +147,7 @@ pub struct FlowEvent {
     pub _pad: [u8; 4],
     pub stats: FlowStats,
 }
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 256);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 144);
 
 /// `PayloadSample::kind`.
 pub mod sample {

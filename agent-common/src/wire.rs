@@ -10,8 +10,8 @@
 use core::fmt;
 
 use crate::flow::{
-    FAMILY_IPV4, FAMILY_IPV6, FlowEvent, FlowKey, FlowStats, LATENCY_BUCKETS, PAYLOAD_SAMPLE_BYTES,
-    PROTO_TCP, PROTO_UDP, PayloadSample, sample, state, turn,
+    FAMILY_IPV4, FAMILY_IPV6, FlowEvent, FlowKey, FlowStats, PAYLOAD_SAMPLE_BYTES, PROTO_TCP,
+    PROTO_UDP, PayloadSample, sample, state, turn,
 };
 
 /// Why bytes are not a record.
@@ -53,13 +53,15 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// All `state::*` bits.
-const STATE_BITS: u32 = state::OPENED
+const STATE_BITS: u16 = state::OPENED
     | state::FIN_OUT
     | state::FIN_IN
     | state::RST
     | state::END_REPORTED
     | state::SAMPLED_OUT
-    | state::SAMPLED_IN;
+    | state::SAMPLED_IN
+    | state::HANDSHAKE_MARK
+    | state::HANDSHAKE_DONE;
 
 fn invalid(record: &'static str, field: &'static str, value: u64) -> DecodeError {
     DecodeError::Invalid {
@@ -216,17 +218,15 @@ impl FlowStats {
             packets: r.u64x2(),
             bytes: r.u64x2(),
             payload_bytes: r.u64x2(),
-            handshake_mark_ns: r.u64(),
-            handshake_rtt_ns: r.u64(),
-            turn_start_ns: r.u64(),
+            mark_ns: r.u64(),
             latency_sum_ns: r.u64(),
             requests: r.u32(),
-            resets: r.u32(),
+            handshake_rtt_ns: r.u32(),
+            resets: r.u16(),
+            state: r.u16(),
             tcp_flags: r.array(),
             client_is_local: r.u8(),
             turn: r.u8(),
-            state: r.u32(),
-            latency_hist: core::array::from_fn::<u16, LATENCY_BUCKETS, _>(|_| r.u16()),
         }
     }
 
@@ -236,23 +236,16 @@ impl FlowStats {
             .chain(self.packets)
             .chain(self.bytes)
             .chain(self.payload_bytes)
-            .chain([
-                self.handshake_mark_ns,
-                self.handshake_rtt_ns,
-                self.turn_start_ns,
-                self.latency_sum_ns,
-            ])
+            .chain([self.mark_ns, self.latency_sum_ns])
         {
             w.bytes(&v.to_ne_bytes());
         }
         w.bytes(&self.requests.to_ne_bytes());
+        w.bytes(&self.handshake_rtt_ns.to_ne_bytes());
         w.bytes(&self.resets.to_ne_bytes());
+        w.bytes(&self.state.to_ne_bytes());
         w.bytes(&self.tcp_flags);
         w.bytes(&[self.client_is_local, self.turn]);
-        w.bytes(&self.state.to_ne_bytes());
-        for h in self.latency_hist {
-            w.bytes(&h.to_ne_bytes());
-        }
     }
 
     /// What the kernel program guarantees of a flow's state: `client_is_local` is 0 or 1,

@@ -19,8 +19,11 @@ const VLAN_HLEN: usize = 4;
 
 /// What the flow program needs from one packet.
 pub struct Packet {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    /// Addresses as 32-bit words in packet byte order (IPv4: the first word, the rest
+    /// zero). Words, not bytes: zeroing and copying them are a few word stores, where byte
+    /// arrays made LLVM call the object's byte-loop `memset` on every packet.
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     /// Host byte order.
     pub sport: u16,
     pub dport: u16,
@@ -65,6 +68,12 @@ fn bytes_at<const N: usize>(ctx: &TcContext, offset: usize) -> Result<[u8; N], (
     Ok(unsafe { core::ptr::read_unaligned(ptr_at::<[u8; N]>(ctx, offset)?) })
 }
 
+/// Four bytes at `offset`, as a word in packet byte order.
+#[inline(always)]
+fn word_at(ctx: &TcContext, offset: usize) -> Result<u32, ()> {
+    Ok(u32::from_ne_bytes(bytes_at::<4>(ctx, offset)?))
+}
+
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Packet, ()> {
     let mut off = ETH_HLEN;
@@ -84,8 +93,8 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, ()> {
     }
     let avail = (skb_len - off) as u32;
 
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
+    let src: [u32; 4];
+    let dst: [u32; 4];
     let (family, proto, l3_len, l4_off) = match ethertype {
         ETH_P_IP => {
             let vihl = u8_at(ctx, off)?;
@@ -102,10 +111,8 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, ()> {
                 return Err(());
             }
             let proto = u8_at(ctx, off + 9)?;
-            let s: [u8; 4] = bytes_at(ctx, off + 12)?;
-            let d: [u8; 4] = bytes_at(ctx, off + 16)?;
-            src[..4].copy_from_slice(&s);
-            dst[..4].copy_from_slice(&d);
+            src = [word_at(ctx, off + 12)?, 0, 0, 0];
+            dst = [word_at(ctx, off + 16)?, 0, 0, 0];
             // GSO/GRO super-packets can carry tot_len 0 (BIG TCP) or a stale value:
             // trust the skb length then.
             let l3 = if tot_len == 0 || tot_len > avail {
@@ -124,8 +131,18 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, ()> {
             }
             let payload_len = be16_at(ctx, off + 4)? as u32;
             let proto = u8_at(ctx, off + 6)?;
-            src = bytes_at(ctx, off + 8)?;
-            dst = bytes_at(ctx, off + 24)?;
+            src = [
+                word_at(ctx, off + 8)?,
+                word_at(ctx, off + 12)?,
+                word_at(ctx, off + 16)?,
+                word_at(ctx, off + 20)?,
+            ];
+            dst = [
+                word_at(ctx, off + 24)?,
+                word_at(ctx, off + 28)?,
+                word_at(ctx, off + 32)?,
+                word_at(ctx, off + 36)?,
+            ];
             let l3 = if payload_len == 0 || payload_len + 40 > avail {
                 avail
             } else {

@@ -212,7 +212,8 @@ impl Collector {
             mono_to_unix_offset_ns: offset,
         };
         let mut record = self.tracker.update(key, stats, ended, &ctx)?;
-        self.l7.fill(key, stats.first_seen_ns, &mut record);
+        let unsampled = self.l7.fill(key, stats, &mut record);
+        self.metrics.latency_unsampled_requests.inc_by(unsampled);
         Some(record)
     }
 
@@ -225,6 +226,14 @@ impl Collector {
         let now_mono = monotonic_ns();
         let idle_ns = self.idle_timeout.as_nanos() as u64;
         let mut live = HashSet::new();
+        // The L7 table's flows are incarnations (key, first_seen_ns): those in the map, and
+        // those whose end event waits to settle (the map may hold a new connection on the
+        // same tuple by then, or nothing).
+        let mut live_l7: HashSet<(FlowKey, u64)> = self
+            .ending
+            .iter()
+            .map(|(k, (s, _))| (*k, s.first_seen_ns))
+            .collect();
         let mut entries = Vec::new();
         for item in self.flows.iter() {
             match item {
@@ -239,6 +248,7 @@ impl Collector {
         let mut remove = Vec::new();
         for (key, stats) in &entries {
             live.insert(*key);
+            live_l7.insert((*key, stats.first_seen_ns));
             if self.ending.contains_key(key) {
                 continue;
             }
@@ -259,7 +269,7 @@ impl Collector {
             let _ = self.flows.remove(key);
         }
         let evicted = self.tracker.retain_live(&live);
-        self.l7.retain_live(&live);
+        self.l7.retain_live(&live_l7);
         if let Ok(lost) = self.payloads_lost.get(&0, 0) {
             self.metrics
                 .payload_samples_lost

@@ -10,10 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{
     FlowKey, FlowStats,
-    flow::{DIR_IN, DIR_OUT, FAMILY_IPV4, LATENCY_BUCKETS, PROTO_TCP, PROTO_UDP, state},
-    latency,
+    flow::{DIR_IN, DIR_OUT, FAMILY_IPV4, PROTO_TCP, PROTO_UDP, state},
 };
-use weft_proto::v1::{FlowDirection, FlowRecord, LatencyBucket, Transport};
+use weft_proto::v1::{FlowDirection, FlowRecord, Transport};
 
 /// Where a flow was seen and how to date it.
 pub struct RecordContext<'a> {
@@ -105,15 +104,6 @@ fn build_record(
     ctx: &RecordContext<'_>,
 ) -> FlowRecord {
     let d = |c: u64, o: u64| c.saturating_sub(o);
-    let latency = (0..LATENCY_BUCKETS)
-        .filter_map(|i| {
-            let n = cur.latency_hist[i].wrapping_sub(p.latency_hist[i]);
-            (n > 0).then(|| LatencyBucket {
-                upper_bound_ns: latency::bucket_upper_ns(i),
-                count: n as u64,
-            })
-        })
-        .collect();
     let transport = match key.proto {
         PROTO_TCP => Transport::Tcp,
         PROTO_UDP => Transport::Udp,
@@ -144,17 +134,17 @@ fn build_record(
         tcp_flags_out: cur.tcp_flags[DIR_OUT] as u32,
         tcp_flags_in: cur.tcp_flags[DIR_IN] as u32,
         handshake_rtt_ns: if p.handshake_rtt_ns == 0 {
-            cur.handshake_rtt_ns
+            u64::from(cur.handshake_rtt_ns)
         } else {
             0
         },
         requests: cur.requests.wrapping_sub(p.requests) as u64,
-        latency_sum_ns: d(cur.latency_sum_ns, p.latency_sum_ns),
-        latency,
+        // The latency histogram and its sum are the L7 table's (`L7Table::fill`): built
+        // from the payload samples, reconciled with the kernel's exact count and sum.
         first_record: first,
         opened: first && cur.state & state::OPENED != 0,
         ended,
-        resets: cur.resets.wrapping_sub(p.resets),
+        resets: u32::from(cur.resets.wrapping_sub(p.resets)),
         // Filled in by the L7 table when payload samples told more.
         ..Default::default()
     }
@@ -208,7 +198,6 @@ mod tests {
         let mut t = FlowTracker::default();
         let mut s = stats(3, 2, 1);
         s.handshake_rtt_ns = 20_000_000;
-        s.latency_hist[latency::bucket_of(5_000_000)] = 1;
         s.latency_sum_ns = 5_000_000;
         let r = t.update(&key(), &s, false, &ctx()).unwrap();
         assert!(r.first_record && r.opened && !r.ended);
@@ -217,9 +206,10 @@ mod tests {
         assert_eq!(r.handshake_rtt_ns, 20_000_000);
         assert_eq!(r.local_ip, vec![198, 18, 1, 10]);
         assert_eq!(r.direction, FlowDirection::Outbound as i32);
-        assert_eq!(r.latency.len(), 1);
-        assert_eq!(r.latency[0].count, 1);
-        assert!(r.latency[0].upper_bound_ns > 5_000_000);
+        assert!(
+            r.latency.is_empty() && r.latency_sum_ns == 0,
+            "latencies are the L7 table's"
+        );
         assert_eq!(r.first_seen_unix_ns, 1_100);
     }
 
@@ -243,16 +233,15 @@ mod tests {
     }
 
     #[test]
-    fn histogram_deltas_survive_u16_wraparound() {
+    fn reset_deltas_survive_u16_wraparound() {
         let mut t = FlowTracker::default();
-        let b = latency::bucket_of(1_000_000);
         let mut s = stats(1, 1, 0);
-        s.latency_hist[b] = u16::MAX - 1;
+        s.resets = u16::MAX - 1;
         t.update(&key(), &s, false, &ctx());
-        let mut s2 = stats(2, 2, 5);
-        s2.latency_hist[b] = 3; // wrapped: 5 more
+        let mut s2 = stats(2, 2, 0);
+        s2.resets = 3; // wrapped: 5 more
         let r = t.update(&key(), &s2, false, &ctx()).unwrap();
-        assert_eq!(r.latency[0].count, 5);
+        assert_eq!(r.resets, 5);
     }
 
     #[test]

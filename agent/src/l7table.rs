@@ -1,16 +1,26 @@
 //! What the payload samples tell about each flow: its application protocol (from the first
-//! bytes each side sent), and per request the method, path pattern, status and whether it
-//! failed, grouped until the flow's next record. Fed by the `PAYLOADS` ring buffer.
+//! bytes each side sent), per request the method, path pattern, status and whether it
+//! failed, grouped until the flow's next record, and the request-latency histogram (the
+//! kernel keeps only the exact count and sum per flow; each `RESPONSE` sample carries its
+//! turn's latency). Fed by the `PAYLOADS` ring buffer.
+//!
+//! The state is kept per flow *incarnation*: a 5-tuple reused by a new connection is a new
+//! flow, told apart by the kernel's `first_seen_ns`, which every sample
+//! (`flow_first_seen_ns`) and every record's kernel state carry. The samples of a new
+//! connection can be read before the old one's last record (the end settles for a while;
+//! the two rings are read separately), so both incarnations are kept side by side until
+//! each one's last record.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use agent_common::{
-    FlowKey, PayloadSample,
+    FlowKey, FlowStats, PayloadSample,
     flow::{DIR_OUT, PROTO_UDP, sample},
+    latency,
 };
 use weft_l7::{Call, Confidence, Detection, Protocol, Session, Transport, Turn};
-use weft_proto::v1::{DnsAnswer, FlowRecord, RequestGroup};
+use weft_proto::v1::{DnsAnswer, FlowRecord, LatencyBucket, RequestGroup};
 
 /// Distinct (method, path, status) groups kept per flow between two records; beyond it,
 /// requests are counted in one group with an empty method and path.
@@ -27,9 +37,11 @@ struct Group {
     latency_sum_ns: u64,
 }
 
+/// A flow incarnation: its 5-tuple (and interface) and the kernel's `first_seen_ns` of it.
+type FlowId = (FlowKey, u64);
+
 #[derive(Default)]
 struct FlowL7 {
-    flow_first_seen_ns: u64,
     client_first: Vec<u8>,
     server_first: Vec<u8>,
     detection: Option<Detection>,
@@ -39,6 +51,9 @@ struct FlowL7 {
     session: Option<Session>,
     groups: HashMap<(String, String, u32), Group>,
     dns: Vec<(String, IpAddr, u32)>,
+    /// Turn latencies from the `RESPONSE` samples (one per request/response turn the kernel
+    /// counted, whatever the session makes of the turn's requests).
+    latency: Latencies,
 }
 
 impl FlowL7 {
@@ -85,9 +100,69 @@ impl FlowL7 {
     }
 }
 
+/// A flow's request latencies from its `RESPONSE` samples: the histogram since the last
+/// record, and what all its records carried so far (to compare with the kernel's exact
+/// count and sum).
+#[derive(Default)]
+struct Latencies {
+    /// (bucket, count) since the last record, in no particular order.
+    buckets: Vec<(u8, u64)>,
+    sum_ns: u64,
+    reported_count: u64,
+    reported_sum_ns: u64,
+}
+
+impl Latencies {
+    fn add(&mut self, bucket: usize, count: u64, sum_ns: u64) {
+        let b = bucket as u8;
+        match self.buckets.iter_mut().find(|(x, _)| *x == b) {
+            Some((_, n)) => *n += count,
+            None => self.buckets.push((b, count)),
+        }
+        self.sum_ns = self.sum_ns.saturating_add(sum_ns);
+    }
+
+    /// Moves the histogram since the last record into `record`. On a flow's last record,
+    /// requests the kernel counted (`cur.requests`, cumulative) but no sample told (the
+    /// payload ring was full) are added at the mean of their latencies, which the kernel's
+    /// exact sum gives, so that the flow's records add up to the kernel's count and sum.
+    /// Returns how many requests were added so.
+    fn take(&mut self, cur: &FlowStats, record: &mut FlowRecord) -> u64 {
+        let mut unsampled = 0;
+        if record.ended {
+            let count: u64 = self.buckets.iter().map(|(_, n)| n).sum();
+            let seen = self.reported_count + count;
+            let gap = u64::from(cur.requests).saturating_sub(seen);
+            let sum = cur
+                .latency_sum_ns
+                .saturating_sub(self.reported_sum_ns.saturating_add(self.sum_ns));
+            // None when nothing is missing.
+            if let Some(mean) = sum.checked_div(gap) {
+                self.add(latency::bucket_of(mean), gap, sum);
+                unsampled = gap;
+            }
+        }
+        self.buckets.sort_unstable();
+        record.latency = self
+            .buckets
+            .drain(..)
+            .map(|(b, count)| {
+                self.reported_count += count;
+                LatencyBucket {
+                    upper_bound_ns: latency::bucket_upper_ns(b.into()),
+                    count,
+                }
+            })
+            .collect();
+        record.latency_sum_ns = std::mem::take(&mut self.sum_ns);
+        self.reported_sum_ns = self.reported_sum_ns.saturating_add(record.latency_sum_ns);
+        unsampled
+    }
+}
+
 #[derive(Default)]
 pub struct L7Table {
-    flows: HashMap<FlowKey, FlowL7>,
+    flows: HashMap<FlowId, FlowL7>,
 }
 
 /// Which side sent a sample: REQUEST comes from the client, RESPONSE and FIRST (a server
@@ -114,19 +189,14 @@ impl L7Table {
         self.flows.len()
     }
 
-    /// Takes in one payload sample.
+    /// Takes in one payload sample. A sample of a new flow on a reused 5-tuple starts that
+    /// flow's own state: the old flow's stays until its last record.
     pub fn observe(&mut self, s: &PayloadSample) {
-        if !self.flows.contains_key(&s.key) && self.flows.len() >= MAX_FLOWS {
+        let id = (s.key, s.flow_first_seen_ns);
+        if !self.flows.contains_key(&id) && self.flows.len() >= MAX_FLOWS {
             return;
         }
-        let f = self.flows.entry(s.key).or_default();
-        if f.flow_first_seen_ns != s.flow_first_seen_ns {
-            // A new flow on a reused 5-tuple.
-            *f = FlowL7 {
-                flow_first_seen_ns: s.flow_first_seen_ns,
-                ..Default::default()
-            };
-        }
+        let f = self.flows.entry(id).or_default();
         let data = s.payload();
         let n = data.len();
         let (from_client, server_port) = sides(s);
@@ -204,20 +274,26 @@ impl L7Table {
                 for call in calls {
                     f.add(protocol, call);
                 }
+                f.latency
+                    .add(latency::bucket_of(s.latency_ns), 1, s.latency_ns);
             }
             _ => {}
         }
     }
 
-    /// Moves what is known of `key` into its record (request groups and DNS answers since
-    /// the last record); forgets the flow when the record is its last.
-    pub fn fill(&mut self, key: &FlowKey, first_seen_ns: u64, record: &mut FlowRecord) {
-        let Some(f) = self.flows.get_mut(key) else {
-            return;
+    /// Moves what is known of the flow `key` whose kernel state is `cur` into its record
+    /// (request groups, latency histogram and DNS answers since the last record); forgets
+    /// the flow when the record is its last. Only the samples of that incarnation of the
+    /// 5-tuple (`cur.first_seen_ns`) are used. Returns the requests whose latency no
+    /// payload sample told (see `Latencies::take`).
+    pub fn fill(&mut self, key: &FlowKey, cur: &FlowStats, record: &mut FlowRecord) -> u64 {
+        let id = (*key, cur.first_seen_ns);
+        let Some(f) = self.flows.get_mut(&id) else {
+            // No sample of this flow was read (all lost, or the table was full): only its
+            // last record carries its latencies, from the kernel's count and sum.
+            return Latencies::default().take(cur, record);
         };
-        if f.flow_first_seen_ns != first_seen_ns {
-            return;
-        }
+        let unsampled = f.latency.take(cur, record);
         // HTTP/2 streams answered since (and, at the flow's end, every open one).
         if let Some(session) = f.session.as_mut() {
             let protocol = session.protocol();
@@ -264,13 +340,15 @@ impl L7Table {
             })
             .collect();
         if record.ended {
-            self.flows.remove(key);
+            self.flows.remove(&id);
         }
+        unsampled
     }
 
-    /// Forgets flows no longer in the kernel map.
-    pub fn retain_live(&mut self, live: &HashSet<FlowKey>) {
-        self.flows.retain(|k, _| live.contains(k));
+    /// Forgets flows that will have no further record: `live` holds each flow still in the
+    /// kernel map or waiting for its last record, with its `first_seen_ns`.
+    pub fn retain_live(&mut self, live: &HashSet<FlowId>) {
+        self.flows.retain(|id, _| live.contains(id));
     }
 }
 
@@ -319,6 +397,179 @@ mod tests {
         }
     }
 
+    /// The kernel's state of the flow of generation `first_seen_ns`, no request counted.
+    fn at(first_seen_ns: u64) -> FlowStats {
+        FlowStats {
+            first_seen_ns,
+            ..FlowStats::ZERO
+        }
+    }
+
+    /// The kernel's state of the flow of generation 7 (the samples' own).
+    fn kernel(requests: u32, latency_sum_ns: u64) -> FlowStats {
+        FlowStats {
+            requests,
+            latency_sum_ns,
+            ..at(7)
+        }
+    }
+
+    /// One HTTP request/response turn of the flow of generation `first_seen_ns`.
+    fn exchange_of(t: &mut L7Table, k: FlowKey, first_seen_ns: u64, latency_ns: u64) {
+        let mut req = sample(
+            k,
+            sample::REQUEST,
+            DIR_OUT,
+            b"GET / HTTP/1.1\r\n\r\n",
+            0,
+            false,
+        );
+        req.flow_first_seen_ns = first_seen_ns;
+        t.observe(&req);
+        let mut resp = sample(
+            k,
+            sample::RESPONSE,
+            DIR_IN,
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            latency_ns,
+            false,
+        );
+        resp.flow_first_seen_ns = first_seen_ns;
+        t.observe(&resp);
+    }
+
+    fn exchange(t: &mut L7Table, k: FlowKey, latency_ns: u64) {
+        exchange_of(t, k, 7, latency_ns);
+    }
+
+    fn counts(r: &FlowRecord) -> Vec<(u64, u64)> {
+        r.latency
+            .iter()
+            .map(|b| (b.upper_bound_ns, b.count))
+            .collect()
+    }
+
+    fn requests(r: &FlowRecord) -> u64 {
+        r.request_groups.iter().map(|g| g.count).sum()
+    }
+
+    #[test]
+    fn latency_histogram_is_built_from_response_samples() {
+        let k = key(40000, 80, PROTO_TCP);
+        let mut t = L7Table::default();
+        for lat in [1_000_000, 1_010_000, 20_000_000] {
+            exchange(&mut t, k, lat);
+        }
+        let mut r = record(false);
+        assert_eq!(t.fill(&k, &kernel(3, 22_010_000), &mut r), 0);
+        let ms1 = latency::bucket_upper_ns(latency::bucket_of(1_000_000));
+        let ms20 = latency::bucket_upper_ns(latency::bucket_of(20_000_000));
+        assert_eq!(counts(&r), vec![(ms1, 2), (ms20, 1)], "sorted by bound");
+        assert_eq!(r.latency_sum_ns, 22_010_000);
+        assert_eq!(requests(&r), 3, "the session counted the same requests");
+        // Moved into one record only.
+        let mut again = record(false);
+        t.fill(&k, &kernel(3, 22_010_000), &mut again);
+        assert!(again.latency.is_empty() && again.latency_sum_ns == 0);
+    }
+
+    #[test]
+    fn requests_without_a_sample_are_added_at_their_mean_on_the_last_record() {
+        let k = key(40000, 80, PROTO_TCP);
+        let mut t = L7Table::default();
+        exchange(&mut t, k, 1_000_000);
+        exchange(&mut t, k, 1_000_000);
+        // The kernel counted 4 requests (sum 20 ms): two samples were lost.
+        let mut r = record(false);
+        assert_eq!(t.fill(&k, &kernel(4, 20_000_000), &mut r), 0);
+        assert_eq!(r.latency.iter().map(|b| b.count).sum::<u64>(), 2);
+        assert_eq!(
+            r.latency_sum_ns, 2_000_000,
+            "sum and count agree per record"
+        );
+        let mut last = record(true);
+        assert_eq!(t.fill(&k, &kernel(4, 20_000_000), &mut last), 2);
+        let ms9 = latency::bucket_upper_ns(latency::bucket_of(9_000_000));
+        assert_eq!(counts(&last), vec![(ms9, 2)]);
+        assert_eq!(last.latency_sum_ns, 18_000_000);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_flow_without_samples_gets_its_latencies_from_the_kernel_on_its_last_record() {
+        let k = key(40000, 80, PROTO_TCP);
+        let mut t = L7Table::default();
+        let mut r = record(false);
+        assert_eq!(t.fill(&k, &kernel(3, 3_000_000), &mut r), 0);
+        assert!(r.latency.is_empty() && r.latency_sum_ns == 0);
+        let mut last = record(true);
+        assert_eq!(t.fill(&k, &kernel(3, 3_000_000), &mut last), 3);
+        let ms1 = latency::bucket_upper_ns(latency::bucket_of(1_000_000));
+        assert_eq!(counts(&last), vec![(ms1, 3)]);
+        assert_eq!(last.latency_sum_ns, 3_000_000);
+    }
+
+    /// The double count of flow-cost's first version: a new connection on the same 5-tuple
+    /// whose samples are read before the old connection's last record replaced the old
+    /// flow's state, so that record found nothing reported and "filled in" every request of
+    /// the old flow again (5 latencies for 3 requests here).
+    #[test]
+    fn a_reused_tuple_read_before_the_old_flows_last_record_counts_each_request_once() {
+        let k = key(40000, 80, PROTO_TCP);
+        let mut t = L7Table::default();
+        exchange(&mut t, k, 1_000_000);
+        exchange(&mut t, k, 1_000_000);
+        let mut first = record(false);
+        assert_eq!(t.fill(&k, &kernel(2, 2_000_000), &mut first), 0);
+        assert_eq!(first.latency.iter().map(|b| b.count).sum::<u64>(), 2);
+        exchange(&mut t, k, 1_000_000);
+        // The old connection has closed (its end event settles); a new one on the same
+        // tuple already made a request, and its samples are read first.
+        exchange_of(&mut t, k, 99, 5_000_000);
+        let mut last = record(true);
+        assert_eq!(
+            t.fill(&k, &kernel(3, 3_000_000), &mut last),
+            0,
+            "every request of the old flow was sampled"
+        );
+        let ms1 = latency::bucket_upper_ns(latency::bucket_of(1_000_000));
+        assert_eq!(
+            counts(&last),
+            vec![(ms1, 1)],
+            "only the third request is new"
+        );
+        assert_eq!(last.latency_sum_ns, 1_000_000);
+        assert_eq!(requests(&first) + requests(&last), 3);
+        // The new flow's own records carry its request, once.
+        let new = FlowStats {
+            requests: 1,
+            latency_sum_ns: 5_000_000,
+            ..at(99)
+        };
+        let mut r = record(true);
+        assert_eq!(t.fill(&k, &new, &mut r), 0);
+        let ms5 = latency::bucket_upper_ns(latency::bucket_of(5_000_000));
+        assert_eq!(counts(&r), vec![(ms5, 1)]);
+        assert_eq!((requests(&r), r.protocol.as_str()), (1, "http"));
+        assert_eq!(t.len(), 0);
+    }
+
+    /// A flow whose last record is still to come (its end event settling) keeps its state
+    /// while a new flow holds the tuple in the kernel map; stale incarnations go.
+    #[test]
+    fn retain_live_keeps_each_incarnation_by_its_first_seen_time() {
+        let k = key(40000, 80, PROTO_TCP);
+        let mut t = L7Table::default();
+        exchange_of(&mut t, k, 7, 1_000_000);
+        exchange_of(&mut t, k, 99, 1_000_000);
+        exchange_of(&mut t, k, 5, 1_000_000);
+        t.retain_live(&[(k, 7), (k, 99)].into_iter().collect());
+        assert_eq!(t.len(), 2);
+        let mut r = record(true);
+        assert_eq!(t.fill(&k, &kernel(1, 1_000_000), &mut r), 0);
+        assert_eq!(requests(&r), 1);
+    }
+
     fn record(ended: bool) -> FlowRecord {
         FlowRecord {
             ended,
@@ -351,7 +602,7 @@ mod tests {
             ));
         }
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.protocol, "http");
         assert!(r.protocol_from_payload, "found from payload on port 9999");
         assert_eq!(r.server_name, "api.internal");
@@ -366,7 +617,7 @@ mod tests {
         assert_eq!((bad.count, bad.errors), (1, 1));
         // Groups move into one record only.
         let mut again = record(false);
-        t.fill(&k, 7, &mut again);
+        t.fill(&k, &at(7), &mut again);
         assert!(again.request_groups.is_empty());
         assert_eq!(again.protocol, "http");
     }
@@ -408,7 +659,7 @@ mod tests {
             false,
         ));
         let mut r = record(true);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.protocol, "redis");
         let errors: u64 = r.request_groups.iter().map(|g| g.errors).sum();
         assert_eq!(errors, 1);
@@ -421,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn reused_tuple_resets_what_was_learned() {
+    fn reused_tuple_keeps_each_incarnation_apart() {
         let k = key(40000, 80, PROTO_TCP);
         let mut t = L7Table::default();
         t.observe(&sample(
@@ -443,9 +694,10 @@ mod tests {
         s.flow_first_seen_ns = 99;
         t.observe(&s);
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
-        assert!(r.protocol.is_empty(), "the old generation is gone");
-        t.fill(&k, 99, &mut r);
+        t.fill(&k, &at(7), &mut r);
+        assert_eq!(r.protocol, "http", "the old flow keeps what it said");
+        let mut r = record(false);
+        t.fill(&k, &at(99), &mut r);
         assert_eq!(r.protocol, "redis");
     }
 
@@ -473,7 +725,7 @@ mod tests {
             ));
         }
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert!(r.request_groups.len() <= MAX_GROUPS_PER_FLOW + 1);
         assert_eq!(r.request_groups.iter().map(|g| g.count).sum::<u64>(), 100);
     }
@@ -487,7 +739,7 @@ mod tests {
         greeting.extend_from_slice(&[0u8; 40]);
         t.observe(&sample(k, sample::FIRST, DIR_IN, &greeting, 0, true));
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.protocol, "mysql");
     }
 
@@ -514,7 +766,7 @@ mod tests {
             t.observe(&sample(k, sample::RESPONSE, DIR_IN, resp, 5, i == 0));
         }
         let mut r = record(true);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.protocol, "postgres");
         assert_eq!(r.request_groups.len(), 1, "{:?}", r.request_groups);
         let g = &r.request_groups[0];
@@ -541,7 +793,7 @@ mod tests {
         t.observe(&sample(k, sample::REQUEST, DIR_OUT, &c, 0, true));
         t.observe(&sample(k, sample::RESPONSE, DIR_IN, &sv, 5, true));
         let mut r = record(true);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.protocol, "http2");
         let got: Vec<_> = r
             .request_groups
@@ -597,7 +849,7 @@ mod tests {
         let mut t = L7Table::default();
         t.observe(&sample(k, sample::REQUEST, DIR_OUT, &hello, 0, true));
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.protocol, "tls");
         assert_eq!(r.tls_sni, "api.weft.test");
         assert_eq!(r.tls_alpn, ["h2", "http/1.1"]);
@@ -629,7 +881,7 @@ mod tests {
             ));
         }
         let mut r = record(false);
-        t.fill(&k, 7, &mut r);
+        t.fill(&k, &at(7), &mut r);
         assert_eq!(r.request_groups.len(), 1);
         assert_eq!(r.request_groups[0].count, 2);
         assert_eq!(r.request_groups[0].latency_sum_ns, u64::MAX);

@@ -110,6 +110,7 @@ pub struct Metrics {
     pub attach_errors: Counter,
     pub payload_samples: Counter,
     pub payload_samples_lost: Counter,
+    pub latency_unsampled_requests: Counter,
     pub batch_splits: Counter,
     pub records_too_large: Counter,
     pub ring_items_invalid: Counter,
@@ -233,6 +234,12 @@ impl Metrics {
             "weft_agent_payload_samples_lost_total",
             "Payload samples the kernel dropped because the ring buffer was full.",
             m.payload_samples_lost.clone(),
+        );
+        register(
+            r,
+            "weft_agent_latency_unsampled_requests_total",
+            "Requests the kernel counted whose latency no payload sample told (samples lost): put in their flow's last record at the mean of the missing latencies (from the kernel's exact sum).",
+            m.latency_unsampled_requests.clone(),
         );
         register(
             r,

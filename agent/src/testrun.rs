@@ -4,7 +4,7 @@
 
 use agent_common::{
     FlowEvent, FlowKey, FlowStats, PayloadSample,
-    flow::{DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, sample, state},
+    flow::{DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, sample, state, turn},
 };
 use aya::{
     Ebpf,
@@ -194,9 +194,79 @@ fn tcp_exchange_is_one_flow_with_rtt_requests_and_payload() {
     assert_eq!(s.bytes[DIR_OUT], 2 * 40 + 3 * 58);
     assert_eq!(s.requests, 3, "one request per client turn");
     assert!(s.handshake_rtt_ns > 0, "SYN -> SYN-ACK measured");
-    assert_eq!(s.latency_hist.iter().map(|&c| c as u32).sum::<u32>(), 3);
+    assert_eq!(
+        s.state & (state::HANDSHAKE_DONE | state::HANDSHAKE_MARK),
+        state::HANDSHAKE_DONE
+    );
+    assert!(s.latency_sum_ns > 0);
+    assert_eq!(s.turn, turn::SERVER, "no request outstanding");
     assert_eq!(s.tcp_flags[DIR_OUT] & SYN, SYN);
     assert_eq!(s.tcp_flags[DIR_IN] & (SYN | ACK), SYN | ACK);
+}
+
+/// The handshake mark and the request start share one timestamp: a request that starts
+/// before the handshake completes (data on the SYN) abandons the handshake measurement
+/// instead of turning the request's start into a handshake RTT, and the request's latency
+/// is still measured from its own start.
+#[test]
+fn request_before_handshake_completes_abandons_the_handshake_measurement() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(SYN, b"GET / HTTP/1.1\r\n\r\n")); // data on the SYN (TCP Fast Open)
+    let s = l.entries()[0].1;
+    assert_eq!(s.turn, turn::CLIENT);
+    assert_eq!(s.state & state::HANDSHAKE_MARK, 0);
+    assert_ne!(s.state & state::HANDSHAKE_DONE, 0);
+    let started = s.mark_ns;
+    l.inn(&s2c(SYN | ACK, b""));
+    l.out(&c2s(ACK, b""));
+    l.inn(&s2c(ACK | PSH, b"HTTP/1.1 200 OK\r\n\r\n"));
+    let s = l.entries()[0].1;
+    assert_eq!(
+        s.handshake_rtt_ns, 0,
+        "abandoned, not measured from the request start"
+    );
+    assert_eq!(s.requests, 1);
+    assert_eq!(s.latency_sum_ns, s.last_seen_ns - started);
+    // A retransmitted SYN after the turn does not take the mark back.
+    l.out(&c2s(SYN, b""));
+    let s = l.entries()[0].1;
+    assert_eq!(s.state & state::HANDSHAKE_MARK, 0);
+    assert_eq!(s.handshake_rtt_ns, 0);
+}
+
+/// A new flow is one map insert with the first packet already counted: its counters,
+/// flags, handshake mark and timestamps are those of that packet.
+#[test]
+fn first_packet_is_counted_in_the_inserted_entry() {
+    root_only!();
+    let mut l = load();
+    l.out(&c2s(SYN, b""));
+    let (_, s) = l.entries()[0];
+    assert_eq!(s.packets, [1, 0]);
+    assert_eq!(s.bytes, [40, 0]);
+    assert_eq!(s.payload_bytes, [0, 0]);
+    assert_eq!(s.tcp_flags, [SYN, 0]);
+    assert_eq!(s.first_seen_ns, s.last_seen_ns);
+    assert_eq!(
+        s.mark_ns, s.first_seen_ns,
+        "the SYN marks the handshake start"
+    );
+    assert_eq!(
+        s.state,
+        state::OPENED | state::HANDSHAKE_MARK,
+        "nothing else set"
+    );
+    // A first UDP datagram: counted, and its sample posted once the entry exists.
+    l.out(&frame4(CLIENT, SERVER, 17, udp(40_001, 53, &[7u8; 20])));
+    let e = l.entries();
+    let (_, u) = e.iter().find(|(k, _)| k.proto == PROTO_UDP).unwrap();
+    assert_eq!((u.packets, u.payload_bytes), ([1, 0], [20, 0]));
+    assert_eq!(u.turn, turn::CLIENT);
+    let samples = l.samples();
+    assert_eq!(samples.len(), 1);
+    assert_eq!(samples[0].kind, sample::REQUEST);
+    assert_eq!(samples[0].flow_first_seen_ns, u.first_seen_ns);
 }
 
 #[test]
@@ -401,43 +471,121 @@ fn server_that_speaks_first_posts_a_first_sample() {
     assert_eq!(s[0].captured, 11);
 }
 
-/// Kernel-measured run time per packet (`BPF_PROG_TEST_RUN` with `repeat`), printed as
+/// A program of the C reference (bench/flow-reference, the flow-overhead harness's
+/// `tc_flow.c` and `tc_count.c`), built with clang and loaded, for benchmarks that compare
+/// weft with it in the same run.
+fn c_reference(file: &str, prog: &str) -> Ebpf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bench/flow-reference")
+        .join(file);
+    let out = std::env::temp_dir().join(format!(
+        "weft-flow-reference-{}-{file}.o",
+        std::process::id()
+    ));
+    let status = std::process::Command::new("clang")
+        .args(["-O2", "-g", "-target", "bpf"])
+        .arg(format!(
+            "-I/usr/include/{}-linux-gnu",
+            std::env::consts::ARCH
+        ))
+        .arg("-c")
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("clang builds the C reference (`cargo xtask setup` installs it)");
+    assert!(status.success(), "clang failed on {}", src.display());
+    let object = std::fs::read(&out).expect("the built object");
+    let _ = std::fs::remove_file(&out);
+    let mut ebpf = Ebpf::load(&object).expect("load the C reference");
+    let p: &mut SchedClassifier = ebpf.program_mut(prog).unwrap().try_into().unwrap();
+    p.load().expect("verifier accepts the C reference");
+    ebpf
+}
+
+/// Kernel-measured run time of `prog` on `frame` (`BPF_PROG_TEST_RUN`), ns per run.
+fn ns_per_run(ebpf: &mut Ebpf, prog: &str, frame: &[u8], repeat: u32) -> f64 {
+    let p: &mut SchedClassifier = ebpf.program_mut(prog).unwrap().try_into().unwrap();
+    let res = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        })
+        .expect("test run");
+    res.duration.as_nanos() as f64
+}
+
+/// (key size, value size, max entries, memlock bytes) of this process's maps, from
+/// /proc/self/fdinfo: what the kernel accounts for each map, its own headers included.
+fn map_memlock() -> Vec<(u64, u64, u64, u64)> {
+    let mut out = Vec::new();
+    for fd in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(k), Some(v), Some(n), Some(m)) = (
+            field("key_size:"),
+            field("value_size:"),
+            field("max_entries:"),
+            field("memlock:"),
+        ) {
+            out.push((k, v, n, m));
+        }
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Kernel-measured run time per packet (`BPF_PROG_TEST_RUN`), weft's ingress program
+/// against the C reference flow observer and bare counter in the same run, printed as
 /// `RESULT` lines for `cargo xtask bench`: a TCP data packet of an established flow, a UDP
-/// datagram of a known flow (both repeated 1M times), and a new connection's SYN (20,000
-/// distinct flows, one run each).
+/// datagram of a known flow (repeated 1M times, 5 rounds interleaved between the programs,
+/// median), a new connection's SYN (20,000 distinct flows, one run each, the programs
+/// alternating), the one-run timing baseline, and the flow map's bytes per entry.
 #[test]
 #[ignore = "benchmark, run by `cargo xtask bench`"]
 fn bench_run_time_per_packet() {
     root_only!();
     let mut l = load();
-    let ns_per_run = |l: &mut Loaded, frame: &[u8], repeat: u32| -> f64 {
-        let p: &mut SchedClassifier = l
-            .ebpf
-            .program_mut(PROG_INGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let res = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..Default::default()
-            })
-            .expect("test run");
-        assert_eq!(res.return_value, TC_ACT_UNSPEC);
-        res.duration.as_nanos() as f64
-    };
+    let mut flow_c = c_reference("tc_flow.c", "afo_flow");
+    let mut count_c = c_reference("tc_count.c", "afo_count");
     l.out(&c2s(SYN, b""));
     l.inn(&s2c(SYN | ACK, b""));
     l.out(&c2s(ACK, b""));
     let data = c2s(ACK | PSH, &[b'x'; 100]);
     l.out(&data);
-    let tcp_data = ns_per_run(&mut l, &data, 1_000_000);
     let datagram = frame4(CLIENT, SERVER, 17, udp(40_001, 53, &[0u8; 64]));
     l.out(&datagram);
-    let udp_datagram = ns_per_run(&mut l, &datagram, 1_000_000);
+    // The C flow table learns the same two flows first.
+    ns_per_run(&mut flow_c, "afo_flow", &data, 1);
+    ns_per_run(&mut flow_c, "afo_flow", &datagram, 1);
+
+    const ROUNDS: usize = 5;
+    const REPEAT: u32 = 1_000_000;
+    let mut rounds = |frame: &[u8]| {
+        let (mut w, mut c, mut n) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            w.push(ns_per_run(&mut l.ebpf, PROG_INGRESS, frame, REPEAT));
+            c.push(ns_per_run(&mut flow_c, "afo_flow", frame, REPEAT));
+            n.push(ns_per_run(&mut count_c, "afo_count", frame, REPEAT));
+        }
+        (median(w), median(c), median(n))
+    };
+    let (tcp_w, tcp_c, tcp_n) = rounds(&data);
+    let (udp_w, udp_c, udp_n) = rounds(&datagram);
+
     let flows = 20_000u32;
-    let mut syn_total = 0.0;
+    let (mut syn_w, mut syn_c, mut one_w, mut one_c, mut one_n) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for i in 0..flows {
         let syn = frame4(
             CLIENT,
@@ -445,23 +593,99 @@ fn bench_run_time_per_packet() {
             6,
             tcp(10_000 + (i / 200) as u16, 443, SYN, b""),
         );
-        syn_total += ns_per_run(&mut l, &syn, 1);
+        syn_w += ns_per_run(&mut l.ebpf, PROG_INGRESS, &syn, 1);
+        syn_c += ns_per_run(&mut flow_c, "afo_flow", &syn, 1);
+        // Single runs carry the kernel's per-call timer overhead; the same data packet run
+        // once at a time, and the bare counter, show how much of the SYN figure that is.
+        one_w += ns_per_run(&mut l.ebpf, PROG_INGRESS, &data, 1);
+        one_c += ns_per_run(&mut flow_c, "afo_flow", &data, 1);
+        one_n += ns_per_run(&mut count_c, "afo_count", &data, 1);
     }
-    println!(
-        "RESULT bpf_tcp_data_ns {tcp_data:.1} ns TCP data packet (100 B payload) of an established flow, repeat 1,000,000"
+    let f = f64::from(flows);
+    assert_eq!(
+        l.entries().len(),
+        flows as usize + 2,
+        "every SYN made a flow"
     );
-    println!(
-        "RESULT bpf_udp_ns {udp_datagram:.1} ns UDP datagram (64 B payload) of a known flow, repeat 1,000,000"
+    let r = |key: &str, v: f64, what: &str| println!("RESULT {key} {v:.1} ns {what}");
+    let rep = "repeat 1,000,000, median of 5 rounds interleaved with the C programs";
+    r(
+        "bpf_tcp_data_ns",
+        tcp_w,
+        &format!("weft: TCP data packet (100 B payload) of an established flow, {rep}"),
     );
-    // Single runs carry the kernel's per-call timer overhead; the same data packet run once
-    // at a time shows how much of the SYN figure that is.
-    let single_total: f64 = (0..flows).map(|_| ns_per_run(&mut l, &data, 1)).sum();
-    println!(
-        "RESULT bpf_new_syn_ns {:.1} ns SYN of a new connection, mean of {flows} distinct flows, one run each",
-        syn_total / f64::from(flows)
+    r(
+        "bpf_ref_tcp_data_ns",
+        tcp_c,
+        &format!("C flow reference: the same packet, {rep}"),
     );
-    println!(
-        "RESULT bpf_single_run_data_ns {:.1} ns the established-flow data packet run once at a time ({flows} runs): the one-run timing baseline for the SYN figure",
-        single_total / f64::from(flows)
+    r(
+        "bpf_count_tcp_data_ns",
+        tcp_n,
+        &format!("C bare counter: the same packet, {rep}"),
     );
+    r(
+        "bpf_udp_ns",
+        udp_w,
+        &format!("weft: UDP datagram (64 B payload) of a known flow, {rep}"),
+    );
+    r(
+        "bpf_ref_udp_ns",
+        udp_c,
+        &format!("C flow reference: the same datagram, {rep}"),
+    );
+    r(
+        "bpf_count_udp_ns",
+        udp_n,
+        &format!("C bare counter: the same datagram, {rep}"),
+    );
+    r(
+        "bpf_new_syn_ns",
+        syn_w / f,
+        &format!("weft: SYN of a new connection, mean of {flows} distinct flows, one run each"),
+    );
+    r(
+        "bpf_ref_new_syn_ns",
+        syn_c / f,
+        "C flow reference: the same SYNs, alternating with weft's",
+    );
+    r(
+        "bpf_single_run_data_ns",
+        one_w / f,
+        &format!(
+            "weft: the established-flow data packet run once at a time ({flows} runs): the one-run timing baseline for the SYN figure"
+        ),
+    );
+    r(
+        "bpf_ref_single_run_data_ns",
+        one_c / f,
+        "C flow reference: the same, one run at a time",
+    );
+    r(
+        "bpf_count_single_run_ns",
+        one_n / f,
+        "C bare counter: the same packet one run at a time (the timer overhead of a single run)",
+    );
+
+    let maps = map_memlock();
+    let weft_kv = (FlowKey::SIZE + FlowStats::SIZE) as u64;
+    let find = |k: u64, v: u64| {
+        maps.iter()
+            .find(|m| (m.0, m.1) == (k, v) && m.2 >= 1024)
+            .map(|m| m.3 as f64 / m.2 as f64)
+    };
+    println!(
+        "RESULT flow_entry_bytes {weft_kv} B weft: flow-map key + value ({} + {} B)",
+        FlowKey::SIZE,
+        FlowStats::SIZE
+    );
+    println!("RESULT ref_flow_entry_bytes 80 B C flow reference: key + value (40 + 40 B)");
+    if let Some(b) = find(FlowKey::SIZE as u64, FlowStats::SIZE as u64) {
+        println!(
+            "RESULT flow_slot_kernel_bytes {b:.1} B weft: the flow map's memlock / max_entries (kernel's accounting, element headers and LRU lists included)"
+        );
+    }
+    if let Some(b) = find(40, 40) {
+        println!("RESULT ref_flow_slot_kernel_bytes {b:.1} B C flow reference: the same");
+    }
 }

@@ -80,7 +80,10 @@ enum Cmd {
         /// migration of a full default shard of 256 workloads), which also end a full run.
         /// `migration`, `allocations`: only that part, printed (BENCHMARKS.md is left as it is).
         /// `controller`: the controller benches alone (ingest, gRPC, memory, GET /topology),
-        /// their section of BENCHMARKS.md rewritten. `drift`: drift repair, printed. `spoof`: the controller's memory while 1,000,000
+        /// their section of BENCHMARKS.md rewritten.
+        /// `flows`: the flow programs against the C reference (run time per packet, bytes per
+        /// flow entry; its section of BENCHMARKS.md).
+        /// `drift`: drift repair, printed. `spoof`: the controller's memory while 1,000,000
         /// spoofed sources send a datagram each (its section of BENCHMARKS.md). `tls`:
         /// records/s on the export path, plain vs mutual TLS, printed. `networks`: TDL
         /// networks: realize/remove 100 and 1,000 nodes beside an `ip -batch` baseline, drift
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
                     .and_then(|()| bench_networks::run())
                     .and_then(|()| bench_shadows::run()),
                 Some("controller") => bench::run_controller(),
+                Some("flows") => bench::run_flows_only(),
                 Some("drift") => bench_drift::run(),
                 Some("networks") => bench_networks::run(),
                 Some("shadows") => bench_shadows::run(),
@@ -148,7 +152,7 @@ fn main() -> ExitCode {
                 Some("migration") => bench_shards::run_migration_only(),
                 Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: shards, migration, allocations, drift, spoof, tls, networks, shadows)"
+                    "unknown bench {other:?} (known: controller, flows, shards, migration, allocations, drift, spoof, tls, networks, shadows)"
                 )),
             })
         }

@@ -43,6 +43,9 @@ pub const PACKAGES: &[&str] = &[
     "python3-websockets",
     "python3-grpcio",
     "tshark",
+    // Builds the C reference flow programs (bench/flow-reference) that `cargo xtask bench`
+    // measures weft's against in the same run.
+    "clang",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab

@@ -35,12 +35,16 @@ fn reads() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, Vec<u8>)> {
     let stats = proptest::collection::vec(any::<u8>(), FlowStats::SIZE..FlowStats::SIZE + 8)
         .prop_map(|mut b| {
             // client_is_local, turn, state: mostly in range.
-            b[106] %= 3;
-            b[107] %= 4;
-            b[108] &= 0x7f;
-            b[109] = if b[109] < 200 { 0 } else { b[109] };
-            b[110] = 0;
-            b[111] = 0;
+            b[94] %= 3;
+            b[95] %= 4;
+            // state (u16 at 90, native order): bits 0-8 are defined.
+            let st = u16::from_ne_bytes([b[90], b[91]]);
+            let st = if st & 0xf000 == 0xf000 {
+                st
+            } else {
+                st & 0x01ff
+            };
+            b[90..92].copy_from_slice(&st.to_ne_bytes());
             b
         });
     (key, stats.clone(), stats)
@@ -69,14 +73,9 @@ fn check_record(r: &FlowRecord, key: &FlowKey, p: &FlowStats, cur: &FlowStats) {
         cur.packets[DIR_OUT].saturating_sub(p.packets[DIR_OUT])
     );
     assert_eq!(r.requests, u64::from(cur.requests.wrapping_sub(p.requests)));
-    assert!(r.latency_sum_ns <= cur.latency_sum_ns);
-    let bounds: Vec<u64> = r.latency.iter().map(|b| b.upper_bound_ns).collect();
-    assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
-    assert!(
-        r.latency
-            .iter()
-            .all(|b| b.count > 0 && b.count <= u64::from(u16::MAX))
-    );
+    // Latencies are the L7 table's (from payload samples), not the kernel state's.
+    assert_eq!(r.latency_sum_ns, 0);
+    assert!(r.latency.is_empty());
     assert_eq!(r.opened, r.first_record && cur.state & state::OPENED != 0);
 }
 

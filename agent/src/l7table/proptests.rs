@@ -85,18 +85,24 @@ proptest! {
     #[test]
     fn decoded_samples_fill_consistent_records(items in proptest::collection::vec(item(), 1..40)) {
         let mut t = L7Table::default();
-        let mut responses: HashMap<FlowKey, u64> = HashMap::new();
+        let mut responses: HashMap<FlowKey, (u64, u64)> = HashMap::new();
         for b in &items {
             let Ok(s) = PayloadSample::from_bytes(b) else { continue };
             prop_assert!(s.payload().len() <= usize::from(s.captured));
             t.observe(&s);
-            let n = responses.entry(s.key).or_default();
-            *n += u64::from(s.kind == sample::RESPONSE);
+            let (n, sum) = responses.entry(s.key).or_default();
+            if s.kind == sample::RESPONSE {
+                *n += 1;
+                *sum = sum.saturating_add(s.latency_ns);
+            }
         }
         prop_assert_eq!(t.len(), responses.len());
-        for (key, n) in responses {
+        for (key, (n, sum)) in responses {
             let mut r = FlowRecord { ended: true, ..Default::default() };
-            t.fill(&key, 7, &mut r);
+            let cur = FlowStats { first_seen_ns: 7, requests: n as u32, latency_sum_ns: sum, ..FlowStats::ZERO };
+            prop_assert_eq!(t.fill(&key, &cur, &mut r), 0, "every request was sampled");
+            prop_assert_eq!(r.latency.iter().map(|b| b.count).sum::<u64>(), n);
+            prop_assert_eq!(r.latency_sum_ns, sum);
             prop_assert!(weft_l7::Protocol::from_str(&r.protocol).is_ok(), "{}", r.protocol);
             prop_assert!(r.request_groups.len() <= MAX_GROUPS_PER_FLOW + 1);
             let per_turn = !matches!(

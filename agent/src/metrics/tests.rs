@@ -70,6 +70,7 @@ const FAMILIES: &[(&str, &str)] = &[
 const ADDED: &[(&str, &str)] = &[
     ("weft_agent_control_host_events_total", "counter"),
     ("weft_agent_ring_items_invalid_total", "counter"),
+    ("weft_agent_latency_unsampled_requests_total", "counter"),
 ];
 
 #[tokio::test]
