@@ -713,14 +713,15 @@ pub fn grpc_incoming(
 
 /// gRPC methods that stream their answer: they hold no unary slot (a follower would
 /// otherwise keep one for as long as it follows).
-pub const GRPC_STREAMS: [&str; 3] = [
+pub const GRPC_STREAMS: [&str; 4] = [
     "/weft.v1.ShardService/WatchEvents",
     "/weft.v1.AgentControlService/WatchDesiredState",
     "/weft.v1.MirrorService/WatchNetworkEvents",
+    "/weft.v1.ShadowService/WatchShadowEvents",
 ];
 
 /// Whether a gRPC call takes a unary slot: the client services (TopologyService,
-/// ShardService, MirrorService) and the control service's reports; not streams, not the agents'
+/// ShardService, MirrorService, ShadowService) and the control service's reports; not streams, not the agents'
 /// `AgentService` (bounded by `--agent-record-rate`, and whose RESOURCE_EXHAUSTED means
 /// "split the batch").
 pub fn grpc_call_is_limited(path: &str) -> bool {
@@ -729,6 +730,7 @@ pub fn grpc_call_is_limited(path: &str) -> bool {
             "/weft.v1.TopologyService/",
             "/weft.v1.ShardService/",
             "/weft.v1.MirrorService/",
+            "/weft.v1.ShadowService/",
             "/weft.v1.AgentControlService/",
         ]
         .iter()
