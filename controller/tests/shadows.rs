@@ -416,6 +416,19 @@ async fn a_policy_change_republishes_the_taps_only_and_delete_withdraws_everythi
     ));
     // The id can be used again.
     s.shadows.create(request("shop-shadow")).await.unwrap();
+
+    // Production deleted under the shadow: degraded, its taps and sinks withdrawn.
+    s.networks.delete("shop").await.unwrap();
+    assert_eq!(s.shadows.check_degraded(), 1);
+    let info = s.shadows.info("shop-shadow").unwrap();
+    assert_eq!(info.state, "degraded");
+    assert!(info.error.contains("no longer exists"), "{}", info.error);
+    assert!(
+        shadow_resources(&s).is_empty(),
+        "{:?}",
+        shadow_resources(&s)
+    );
+    assert_eq!(s.shadows.check_degraded(), 0);
 }
 
 #[tokio::test]

@@ -916,6 +916,20 @@ impl ShadowManager {
     /// Tells `weft.shadow.degraded` for every shadow that became degraded (or whose reason
     /// changed) since the last look. Returns the events sent.
     pub fn check_degraded(&self) -> usize {
+        // A production network deleted under a shadow: its taps sample nothing that
+        // exists any more; they (and the sinks) are withdrawn once.
+        for rec in self.list() {
+            let gone = self.networks.get(&rec.production).is_none();
+            let known = lock(&self.unpublished)
+                .get(&rec.id)
+                .is_some_and(|m| m.contains("no longer exists"));
+            if gone
+                && !known
+                && let Err(e) = self.publish(&rec, ALL)
+            {
+                warn!(shadow = %rec.id, error = %e, "shadow not withdrawn");
+            }
+        }
         let mut sent = 0;
         for info in self.infos() {
             let mut told = lock(&self.told);
