@@ -924,6 +924,12 @@ mod tests {
             class(&get, "/events/networks", Some("network=shop")),
             Class::Stream(Stream::Networks)
         );
+        assert_eq!(
+            class(&get, "/events/shadows", Some("shadow=shop-shadow")),
+            Class::Stream(Stream::Shadows)
+        );
+        assert_eq!(class(&get, "/shadows", None), Class::Read);
+        assert_eq!(class(&Method::PUT, "/shadows/s/policy", None), Class::Write);
         assert_eq!(class(&get, "/tdl/export", None), Class::Render);
         assert_eq!(
             class(&get, "/events", Some("from=3")),
@@ -960,6 +966,7 @@ mod tests {
         }
         assert!(grpc_call_is_limited("/weft.v1.ShardService/ListShards"));
         assert!(grpc_call_is_limited("/weft.v1.MirrorService/CreateNetwork"));
+        assert!(grpc_call_is_limited("/weft.v1.ShadowService/CreateShadow"));
         assert!(grpc_call_is_limited("/weft.v1.TopologyService/GetTopology"));
         assert!(grpc_call_is_limited(
             "/weft.v1.AgentControlService/ReportObserved"
