@@ -411,9 +411,13 @@ impl ShadowManager {
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect();
+                let hosts = if without.len() == 1 {
+                    format!("host {} has", without[0])
+                } else {
+                    format!("hosts {} have", without.join(", "))
+                };
                 missing.push(format!(
-                    "host {} has no underlay address (its agent gave none at registration): node {node:?} is not sampled until it has one",
-                    without.join(", ")
+                    "{hosts} no underlay address (an agent gives it at registration): node {node:?} is not sampled until then"
                 ));
                 continue;
             };
