@@ -134,11 +134,52 @@ pub fn decode(bytes: &[u8]) -> Result<Option<Histogram<u64>>, String> {
     if bytes.is_empty() {
         return Ok(None);
     }
+    check_header(bytes)?;
     let mut reader = bytes;
     Deserializer::new()
         .deserialize::<u64, _>(&mut reader)
         .map(Some)
         .map_err(|e| format!("not an hdrhistogram V2 serialization: {e:?}"))
+}
+
+/// The V2 (uncompressed) cookie: the base 0x1c849303 with the word-size bits (0x10).
+const V2_COOKIE: u32 = 0x1c84_9313;
+/// At most this precision and range (an hour in microseconds, rounded up to a power of
+/// two): what a histogram declares decides how much memory decoding it takes.
+const MAX_SIGNIFICANT_DIGITS: u32 = 4;
+const MAX_HIGHEST: u64 = 1 << 32;
+
+/// Refuses, before any allocation, a histogram that is not V2 or declares more precision
+/// or range than a latency needs.
+fn check_header(b: &[u8]) -> Result<(), String> {
+    let u32_at = |i: usize| {
+        b.get(i..i + 4)
+            .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+    };
+    let u64_at = |i: usize| {
+        b.get(i..i + 8)
+            .map(|x| u64::from_be_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]))
+    };
+    let short = || {
+        format!(
+            "a histogram of {} bytes is shorter than its V2 header",
+            b.len()
+        )
+    };
+    let cookie = u32_at(0).ok_or_else(short)?;
+    if cookie != V2_COOKIE {
+        return Err(format!(
+            "cookie {cookie:#010x} is not hdrhistogram V2's ({V2_COOKIE:#010x}; compressed forms are not taken)"
+        ));
+    }
+    let digits = u32_at(12).ok_or_else(short)?;
+    let highest = u64_at(24).ok_or_else(short)?;
+    if digits > MAX_SIGNIFICANT_DIGITS || highest > MAX_HIGHEST {
+        return Err(format!(
+            "a histogram of {digits} significant digits up to {highest} is beyond {MAX_SIGNIFICANT_DIGITS} digits up to {MAX_HIGHEST} µs"
+        ));
+    }
+    Ok(())
 }
 
 /// One endpoint summed over sinks.
@@ -316,6 +357,55 @@ mod tests {
         assert!(t.u1 == 0.0);
     }
 
+    proptest::proptest! {
+        /// Any two samples: p in [0, 1], U1 + U2 = n1 n2, the same p either way round,
+        /// and no panic.
+        #[test]
+        fn mann_whitney_is_bounded_and_symmetric(
+            a in proptest::collection::vec((0u64..5_000, 0u64..1_000), 0..40),
+            b in proptest::collection::vec((0u64..5_000, 0u64..1_000), 0..40),
+        ) {
+            let n1: u64 = a.iter().map(|x| x.1).sum();
+            let n2: u64 = b.iter().map(|x| x.1).sum();
+            match (mann_whitney(&a, &b), mann_whitney(&b, &a)) {
+                (Some(x), Some(y)) => {
+                    proptest::prop_assert!((0.0..=1.0).contains(&x.p_value), "{x:?}");
+                    proptest::prop_assert!((x.p_value - y.p_value).abs() < 1e-9);
+                    proptest::prop_assert!(
+                        (x.u1 + y.u1 - (n1 as f64) * (n2 as f64)).abs() < 1e-6 * (1.0 + (n1 * n2) as f64)
+                    );
+                }
+                (None, None) => proptest::prop_assert!(n1 == 0 || n2 == 0),
+                other => proptest::prop_assert!(false, "asymmetric: {other:?}"),
+            }
+        }
+
+        /// Whatever an agent sends as a histogram is decoded or refused, never a panic.
+        #[test]
+        fn garbage_histograms_are_refused_not_panicked_on(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
+            let _ = decode(&bytes);
+            // A valid header followed by anything.
+            let mut tail = histogram(&[(1000, 5), (2000, 7)]);
+            tail.truncate(40);
+            tail.extend_from_slice(&bytes);
+            let payload = u32::try_from(bytes.len()).unwrap().to_be_bytes();
+            tail[4..8].copy_from_slice(&payload);
+            let _ = decode(&tail);
+            let r = ShadowReport {
+                endpoints: vec![ShadowEndpointStats {
+                    endpoint: "x".into(),
+                    production_latency: bytes.clone(),
+                    shadow_latency: bytes,
+                    ..Default::default()
+                }],
+            };
+            let (out, _) = analyse([&r]);
+            proptest::prop_assert_eq!(out.len(), 1);
+        }
+    }
+
     #[test]
     fn erfc_known_values() {
         assert!(close(erfc(0.0), 1.0, 1e-7));
@@ -394,6 +484,19 @@ mod tests {
         let (out, _) = analyse([&r]);
         assert!(out[0].latency_p_value < 0.01);
         assert!(!out[0].shadow_slower);
+
+        // Too precise, or compressed: refused before decoding.
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 5).unwrap();
+        h.record(3).unwrap();
+        let mut precise = Vec::new();
+        V2Serializer::new().serialize(&h, &mut precise).unwrap();
+        assert!(decode(&precise).unwrap_err().contains("significant digits"));
+        let mut compressed = Vec::new();
+        hdrhistogram::serialization::V2DeflateSerializer::new()
+            .serialize(&h, &mut compressed)
+            .unwrap();
+        assert!(decode(&compressed).unwrap_err().contains("cookie"));
+        assert!(decode(&histogram(&[(5, 1)])).unwrap().is_some());
 
         let mut bad = endpoint("GET /c", &[(1, 1)], &[(1, 1)]);
         bad.shadow_latency = vec![1, 2, 3, 4, 5];

@@ -823,12 +823,29 @@ impl ShadowManager {
         self.get(id).map(|r| self.info_of(&r))
     }
 
-    /// Every shadow with its state.
+    /// Every shadow with its state (the hosts' states are read once for all).
     pub fn infos(&self) -> Vec<ShadowInfo> {
-        self.list().iter().map(|r| self.info_of(r)).collect()
+        let statuses = self.statuses();
+        self.list()
+            .iter()
+            .map(|r| self.info_with(r, &statuses))
+            .collect()
+    }
+
+    /// Every host's desired state against its reports.
+    fn statuses(&self) -> Vec<weft_control::HostStatus> {
+        self.hub
+            .hosts()
+            .iter()
+            .filter_map(|h| self.hub.status(h))
+            .collect()
     }
 
     fn info_of(&self, rec: &ShadowRecord) -> ShadowInfo {
+        self.info_with(rec, &self.statuses())
+    }
+
+    fn info_with(&self, rec: &ShadowRecord, statuses: &[weft_control::HostStatus]) -> ShadowInfo {
         let mut errors: Vec<String> = lock(&self.unpublished)
             .get(&rec.id)
             .cloned()
@@ -838,10 +855,8 @@ impl ShadowManager {
         let mut counters = ShadowCounters::default();
         let mut reports = Vec::new();
         let mut published = 0usize;
-        for host in self.hub.hosts() {
-            let Some(st) = self.hub.status(&host) else {
-                continue;
-            };
+        for st in statuses {
+            let host = &st.host;
             for r in &st.resources {
                 if shadow_of(&r.resource) != Some(rec.id.as_str()) || r.desired_generation.is_none()
                 {
