@@ -828,7 +828,7 @@ impl ShadowManager {
         let statuses = self.statuses();
         self.list()
             .iter()
-            .map(|r| self.info_with(r, &statuses))
+            .map(|r| self.info_with(r, &statuses, true))
             .collect()
     }
 
@@ -842,10 +842,17 @@ impl ShadowManager {
     }
 
     fn info_of(&self, rec: &ShadowRecord) -> ShadowInfo {
-        self.info_with(rec, &self.statuses())
+        self.info_with(rec, &self.statuses(), true)
     }
 
-    fn info_with(&self, rec: &ShadowRecord, statuses: &[weft_control::HostStatus]) -> ShadowInfo {
+    /// `analyse`: decode the sinks' histograms and compare (else `analysis` is empty: the
+    /// state alone is wanted).
+    fn info_with(
+        &self,
+        rec: &ShadowRecord,
+        statuses: &[weft_control::HostStatus],
+        analyse: bool,
+    ) -> ShadowInfo {
         let mut errors: Vec<String> = lock(&self.unpublished)
             .get(&rec.id)
             .cloned()
@@ -903,7 +910,11 @@ impl ShadowManager {
                 Some(_) => {}
             }
         }
-        let (analysis, problems) = analysis::analyse(reports.iter());
+        let (analysis, problems) = if analyse {
+            analysis::analyse(reports.iter())
+        } else {
+            (Vec::new(), Vec::new())
+        };
         for p in problems {
             warn!(shadow = %rec.id, problem = %p, "shadow report not analysed");
         }
@@ -950,7 +961,13 @@ impl ShadowManager {
             }
         }
         let mut sent = 0;
-        for info in self.infos() {
+        let statuses = self.statuses();
+        let states: Vec<ShadowInfo> = self
+            .list()
+            .iter()
+            .map(|r| self.info_with(r, &statuses, false))
+            .collect();
+        for info in states {
             let mut told = lock(&self.told);
             if info.state == "degraded" {
                 if told.get(&info.id) != Some(&info.error) {
