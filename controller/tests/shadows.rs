@@ -780,6 +780,7 @@ async fn status_sums_the_taps_and_sinks_reports_and_compares_latencies() {
             compared: 100,
             differing: 2,
             differing_fields: [("body.user.name".to_owned(), 2)].into(),
+            ..Default::default()
         }],
     });
     let _agents = production(&s, a).await;
@@ -811,6 +812,11 @@ async fn status_sums_the_taps_and_sinks_reports_and_compares_latencies() {
     assert!((e.shadow_p99_ms - 2.4).abs() < 0.004, "{e:?}");
     assert!(e.latency_p_value < 1e-10, "{e:?}");
     assert!(e.shadow_slower);
+    // No baseline latencies reported: production is the reference.
+    assert_eq!(e.reference, "production");
+    // 6/200 against 2/200: one-sided p = 0.0766, not significant.
+    assert!((e.error_p_value - 0.076_564).abs() < 1e-5, "{e:?}");
+    assert!(!e.shadow_errs_more);
     assert_eq!(e.differing_fields["body.user.name"], 4);
     // The wire form carries the same.
     let w = info.to_wire();

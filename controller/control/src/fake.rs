@@ -69,7 +69,10 @@ impl FakeAgent {
                                 self.readdress_down_us as f64 / 1e6,
                             );
                         }
-                        Spec::NetworkSegment(_) | Spec::NetworkNode(_) => {
+                        Spec::NetworkSegment(_)
+                        | Spec::NetworkNode(_)
+                        | Spec::Steer(_)
+                        | Spec::SteerTarget(_) => {
                             o.observed = vec!["applied".into()];
                         }
                         Spec::ShadowTap(_) => {

@@ -30,9 +30,20 @@ pub struct EndpointAnalysis {
     pub production_p99_ms: f64,
     pub shadow_p50_ms: f64,
     pub shadow_p99_ms: f64,
-    /// Two-sided p-value of the Mann-Whitney U test (1 when either side has no latency).
+    /// What the shadow is compared with: `baseline` (the noise baseline replica, when
+    /// its latencies are reported) or `production`.
+    pub reference: &'static str,
+    pub reference_error_rate: f64,
+    pub reference_p99_ms: f64,
+    /// Two-sided p-value of the Mann-Whitney U test of the shadow's latencies against
+    /// the reference's (1 when either side has none).
     pub latency_p_value: f64,
+    /// p < 0.01 and the shadow's median above the reference's.
     pub shadow_slower: bool,
+    /// One-sided p-value of the two-proportion test "the shadow errs more often than
+    /// the reference" (1 when either side has no requests).
+    pub error_p_value: f64,
+    pub shadow_errs_more: bool,
     pub compared: u64,
     pub differing: u64,
     pub differing_fields: BTreeMap<String, u64>,
@@ -103,6 +114,21 @@ pub fn mann_whitney(a: &[(u64, u64)], b: &[(u64, u64)]) -> Option<MannWhitney> {
     let z = (u1.max(u2) - mu - 0.5) / var.sqrt();
     let p_value = (2.0 * normal_sf(z)).min(1.0);
     Some(MannWhitney { u1, z, p_value })
+}
+
+/// One-sided two-proportion z-test (pooled) that `x1/n1` is above `x2/n2`: the p-value
+/// (1 when either sample is empty or no proportion varies).
+pub fn errors_higher_p(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
+    if n1 == 0 || n2 == 0 {
+        return 1.0;
+    }
+    let (x1, n1, x2, n2) = (x1.min(n1) as f64, n1 as f64, x2.min(n2) as f64, n2 as f64);
+    let pooled = (x1 + x2) / (n1 + n2);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
+    if se <= 0.0 || !se.is_finite() {
+        return 1.0;
+    }
+    normal_sf((x1 / n1 - x2 / n2) / se).clamp(0.0, 1.0)
 }
 
 /// The standard normal's survival function, 1 - Φ(z).
@@ -191,6 +217,9 @@ struct Sum {
     shadow_errors: u64,
     production: Option<Histogram<u64>>,
     shadow: Option<Histogram<u64>>,
+    baseline_requests: u64,
+    baseline_errors: u64,
+    baseline: Option<Histogram<u64>>,
     compared: u64,
     differing: u64,
     differing_fields: BTreeMap<String, u64>,
@@ -251,14 +280,40 @@ pub fn analyse<'a>(
     let out = sums
         .into_iter()
         .map(|(endpoint, s)| {
-            let test = match (&s.production, &s.shadow) {
-                (Some(p), Some(sh)) => mann_whitney(&buckets(p), &buckets(sh)),
+            // The noise baseline is replayed and measured as the shadow is: the fairer
+            // reference when the sinks report it; production otherwise.
+            let with_baseline = s.baseline.as_ref().is_some_and(|h| !h.is_empty());
+            let (reference, ref_hist, ref_errors, ref_requests) = if with_baseline {
+                (
+                    "baseline",
+                    s.baseline.as_ref(),
+                    s.baseline_errors,
+                    s.baseline_requests,
+                )
+            } else {
+                (
+                    "production",
+                    s.production.as_ref(),
+                    s.production_errors,
+                    s.production_requests,
+                )
+            };
+            let test = match (ref_hist, &s.shadow) {
+                (Some(r), Some(sh)) => mann_whitney(&buckets(r), &buckets(sh)),
                 _ => None,
             };
             let p50 = quantile_ms(s.production.as_ref(), 0.5);
+            let ref_p50 = quantile_ms(ref_hist, 0.5);
             let shadow_p50 = quantile_ms(s.shadow.as_ref(), 0.5);
             let latency_p_value = test.map_or(1.0, |t| t.p_value);
+            let error_p_value =
+                errors_higher_p(s.shadow_errors, s.shadow_requests, ref_errors, ref_requests);
             EndpointAnalysis {
+                reference,
+                reference_error_rate: rate(ref_errors, ref_requests),
+                reference_p99_ms: quantile_ms(ref_hist, 0.99),
+                error_p_value,
+                shadow_errs_more: error_p_value < SLOWER_P,
                 endpoint,
                 production_requests: s.production_requests,
                 shadow_requests: s.shadow_requests,
@@ -269,7 +324,7 @@ pub fn analyse<'a>(
                 shadow_p50_ms: shadow_p50,
                 shadow_p99_ms: quantile_ms(s.shadow.as_ref(), 0.99),
                 latency_p_value,
-                shadow_slower: latency_p_value < SLOWER_P && shadow_p50 > p50,
+                shadow_slower: latency_p_value < SLOWER_P && shadow_p50 > ref_p50,
                 compared: s.compared,
                 differing: s.differing,
                 differing_fields: s.differing_fields,
@@ -290,7 +345,10 @@ fn add_stats(s: &mut Sum, e: &ShadowEndpointStats, problems: &mut Vec<String>) {
         let v = s.differing_fields.entry(f.clone()).or_default();
         *v = v.saturating_add(*n);
     }
+    s.baseline_requests = s.baseline_requests.saturating_add(e.baseline_requests);
+    s.baseline_errors = s.baseline_errors.saturating_add(e.baseline_errors);
     let mut mine = Vec::new();
+    add_into(&mut s.baseline, &e.baseline_latency, &mut mine);
     add_into(&mut s.production, &e.production_latency, &mut mine);
     add_into(&mut s.shadow, &e.shadow_latency, &mut mine);
     problems.extend(
@@ -436,7 +494,49 @@ mod tests {
             compared: 5,
             differing: 1,
             differing_fields: [("body.id".to_owned(), 1)].into(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn two_proportion_test_known_value() {
+        // 30/1000 against 10/1000: pooled 0.02, z = 3.19438, one-sided p = 0.00070065.
+        let p = errors_higher_p(30, 1000, 10, 1000);
+        assert!(close(p, 0.000_700_650_79, 1e-8), "{p}");
+        assert!(errors_higher_p(10, 1000, 30, 1000) > 0.99);
+        assert_eq!(errors_higher_p(0, 0, 1, 10), 1.0);
+        assert_eq!(errors_higher_p(0, 10, 0, 10), 1.0);
+        assert_eq!(
+            errors_higher_p(50, 10, 0, 10),
+            errors_higher_p(10, 10, 0, 10)
+        );
+    }
+
+    #[test]
+    fn the_noise_baseline_is_the_reference_when_reported() {
+        // The shadow is slower than production but as fast as its baseline replica (the
+        // replay path costs the same): not slower; it errs more than the baseline.
+        let mut e = endpoint("GET /a", &[(1000, 100)], &[(1500, 100)]);
+        e.shadow_errors = 30;
+        e.shadow_requests = 1000;
+        e.baseline_requests = 1000;
+        e.baseline_errors = 10;
+        e.baseline_latency = histogram(&[(1500, 100)]);
+        let (out, _) = analyse([&ShadowReport { endpoints: vec![e] }]);
+        let a = &out[0];
+        assert_eq!(a.reference, "baseline");
+        assert!(!a.shadow_slower, "{a:?}");
+        assert_eq!(a.latency_p_value, 1.0);
+        assert!(close(a.reference_error_rate, 0.01, 1e-12));
+        assert!(close(a.reference_p99_ms, 1.5, 0.002));
+        assert!(a.shadow_errs_more, "{a:?}");
+        // Without a baseline, production is the reference.
+        let (out, _) = analyse([&ShadowReport {
+            endpoints: vec![endpoint("GET /a", &[(1000, 100)], &[(1500, 100)])],
+        }]);
+        assert_eq!(out[0].reference, "production");
+        assert!(out[0].shadow_slower);
+        assert!(!out[0].shadow_errs_more);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod analysis;
 pub mod record;
+pub mod scaling;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ use weft_proto::v1 as wire;
 use weft_store::Store;
 
 pub use analysis::EndpointAnalysis;
-pub use record::{ShadowPolicy, ShadowRecord, SinkPlacement, baseline};
+pub use record::{FailoverCheck, ShadowPolicy, ShadowRecord, SinkPlacement, baseline};
 
 const STORE_PREFIX: &str = "shadows/";
 const EVENT_CHANNEL: usize = 256;
@@ -262,8 +263,15 @@ impl ShadowInfo {
                     compared: a.compared,
                     differing: a.differing,
                     differing_fields: a.differing_fields.clone().into_iter().collect(),
+                    reference: a.reference.into(),
+                    reference_error_rate: a.reference_error_rate,
+                    reference_p99_ms: a.reference_p99_ms,
+                    error_p_value: a.error_p_value,
+                    shadow_errs_more: a.shadow_errs_more,
                 })
                 .collect(),
+            // Scaling recommendations are not computed by this manager yet.
+            scaling: Vec::new(),
         }
     }
 }
@@ -446,6 +454,7 @@ impl ShadowManager {
                         })
                         .collect(),
                     read_only: rec.policy.read_only,
+                    synthetic: None,
                 }),
             );
         }

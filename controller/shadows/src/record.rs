@@ -40,6 +40,27 @@ pub struct ShadowPolicy {
     pub window_end_minute: u32,
     #[serde(default)]
     pub seed: u32,
+    /// Divert (canary) share of new connections, in millionths. Not wired into this
+    /// controller yet (the steer resources): refused unless 0.
+    #[serde(default)]
+    pub divert_ppm: u32,
+    /// Failover health check. Not wired yet: refused when given.
+    #[serde(default)]
+    pub failover: Option<FailoverCheck>,
+    /// Apply scaling recommendations. Not wired yet: refused when true.
+    #[serde(default)]
+    pub autoscale: bool,
+}
+
+/// `SteerHealth`: a TCP health check of the production node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverCheck {
+    pub port: u32,
+    #[serde(default)]
+    pub interval_ms: u32,
+    #[serde(default)]
+    pub failures: u32,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ShadowError {
@@ -123,6 +144,26 @@ impl ShadowPolicy {
                 ));
             }
         }
+        // Divert, failover and autoscale need the steer resources and the scaling rules
+        // wired into the manager; until then they are refused rather than ignored.
+        if self.divert_ppm != 0 {
+            return Err(invalid(
+                "policy.divert_ppm",
+                "divert is not available from this controller yet; leave it 0",
+            ));
+        }
+        if self.failover.is_some() {
+            return Err(invalid(
+                "policy.failover",
+                "failover is not available from this controller yet; leave it out",
+            ));
+        }
+        if self.autoscale {
+            return Err(invalid(
+                "policy.autoscale",
+                "autoscale is not available from this controller yet; leave it false",
+            ));
+        }
         if self.window_start_minute == self.window_end_minute && self.window_start_minute != 0 {
             return Err(invalid(
                 "policy.window_end_minute",
@@ -142,6 +183,13 @@ impl ShadowPolicy {
             window_start_minute: p.window_start_minute,
             window_end_minute: p.window_end_minute,
             seed: p.seed,
+            divert_ppm: p.divert_ppm,
+            failover: p.failover.as_ref().map(|f| FailoverCheck {
+                port: f.port,
+                interval_ms: f.interval_ms,
+                failures: f.failures,
+            }),
+            autoscale: p.autoscale,
         }
     }
 
@@ -155,6 +203,13 @@ impl ShadowPolicy {
             window_start_minute: self.window_start_minute,
             window_end_minute: self.window_end_minute,
             seed: self.seed,
+            divert_ppm: self.divert_ppm,
+            failover: self.failover.as_ref().map(|f| wire::SteerHealth {
+                port: f.port,
+                interval_ms: f.interval_ms,
+                failures: f.failures,
+            }),
+            autoscale: self.autoscale,
         }
     }
 }
@@ -275,6 +330,30 @@ mod tests {
                 ..Default::default()
             }),
             "policy.window_start_minute"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                divert_ppm: 10,
+                ..Default::default()
+            }),
+            "policy.divert_ppm"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                autoscale: true,
+                ..Default::default()
+            }),
+            "policy.autoscale"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                failover: Some(FailoverCheck {
+                    port: 80,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "policy.failover"
         );
         assert_eq!(
             field(ShadowPolicy {
