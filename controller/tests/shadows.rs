@@ -823,3 +823,56 @@ async fn status_sums_the_taps_and_sinks_reports_and_compares_latencies() {
     assert_eq!(w.counters.unwrap().connections_seen, 200);
     assert!(w.analysis[0].shadow_slower);
 }
+
+#[tokio::test]
+async fn a_shadow_near_its_memory_limit_gets_a_scaling_recommendation() {
+    let s = state_on(Arc::new(MemoryStore::default()), true).await;
+    let mut a = agent();
+    // The shadow copy's cgroup, as its sink reports it: far above 90 % of 512 MB.
+    a.sink_measurements = [
+        ("shadow_cpu_seconds", 1.0),
+        ("shadow_memory_bytes", 600_000_000.0),
+        ("shadow_memory_limit_bytes", 0.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let _agents: Vec<_> = HOSTS
+        .iter()
+        .map(|(h, _)| a.clone().spawn(s.control.clone(), h))
+        .collect();
+    s.networks
+        .create(NetworkCreate {
+            tdl: TDL.replace("    ports: [80]\n", "    ports: [80]\n    memory: 512MB\n"),
+            file_name: "shop.tdl".into(),
+            hosts: vec!["hv1".into(), "hv2".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    s.shadows.create(request("shop-shadow")).await.unwrap();
+    eventually("the shadow sampling", || {
+        s.shadows
+            .info("shop-shadow")
+            .is_some_and(|i| i.state == "sampling")
+    })
+    .await;
+    // No window to wait for in the test.
+    s.shadows
+        .set_scaling_config(weft_shadows::scaling::ScalingConfig {
+            window: Duration::ZERO,
+            ..Default::default()
+        });
+    s.shadows.sample_usage();
+    let info = s.shadows.info("shop-shadow").unwrap();
+    // web has a memory limit (db none: nothing to raise).
+    assert_eq!(info.scaling.len(), 1, "{:?}", info.scaling);
+    let r = &info.scaling[0];
+    assert_eq!((r.node.as_str(), r.resource), ("web", "memory"));
+    assert!(r.recommended > r.current && r.current > 0, "{r:?}");
+    assert!(r.reason.contains("memory limit"), "{r:?}");
+    assert!(!r.applied);
+    let w = info.to_wire();
+    assert_eq!(w.scaling.len(), 1);
+    assert_eq!(w.scaling[0].resource, "memory");
+}

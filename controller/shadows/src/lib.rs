@@ -230,7 +230,27 @@ pub struct ShadowInfo {
     pub revision: u64,
     /// Sampled node -> its sink's host and port.
     pub sinks: BTreeMap<String, SinkPlacement>,
+    /// Scaling recommendations in force (the latest per node and resource), reported
+    /// only: the policy's `autoscale` is not applied yet.
+    pub scaling: Vec<ScalingView>,
 }
+
+/// One scaling recommendation (`ShadowScaling`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScalingView {
+    pub node: String,
+    /// `cpu` (millis) or `memory` (bytes).
+    pub resource: &'static str,
+    pub current: u64,
+    pub recommended: u64,
+    pub reason: String,
+    pub evidence: BTreeMap<String, f64>,
+    pub at_unix_ns: u64,
+    pub applied: bool,
+}
+
+/// Usage samples kept per shadow node (one per look, a second apart: ten minutes).
+const USAGE_SAMPLES: usize = 600;
 
 impl ShadowInfo {
     pub fn to_wire(&self) -> wire::ShadowInfo {
@@ -270,8 +290,20 @@ impl ShadowInfo {
                     shadow_errs_more: a.shadow_errs_more,
                 })
                 .collect(),
-            // Scaling recommendations are not computed by this manager yet.
-            scaling: Vec::new(),
+            scaling: self
+                .scaling
+                .iter()
+                .map(|r| wire::ShadowScaling {
+                    node: r.node.clone(),
+                    resource: r.resource.into(),
+                    current: r.current,
+                    recommended: r.recommended,
+                    reason: r.reason.clone(),
+                    evidence: r.evidence.clone().into_iter().collect(),
+                    at_unix_ns: r.at_unix_ns,
+                    applied: r.applied,
+                })
+                .collect(),
         }
     }
 }
@@ -300,6 +332,12 @@ pub struct ShadowManager {
     unpublished: Mutex<BTreeMap<String, String>>,
     /// Shadow -> the degraded error last told in an event.
     told: Mutex<BTreeMap<String, String>>,
+    /// (shadow, node) -> the shadow copy's cgroup usage as its sink reported it, oldest
+    /// first.
+    usage: Mutex<BTreeMap<(String, String), std::collections::VecDeque<scaling::UsageSample>>>,
+    /// Shadow -> its recommendations in force.
+    recommendations: Mutex<BTreeMap<String, Vec<ScalingView>>>,
+    scaling_config: Mutex<scaling::ScalingConfig>,
     /// One create/update/delete at a time.
     ops: tokio::sync::Mutex<()>,
     events: broadcast::Sender<ShadowEvent>,
@@ -346,6 +384,9 @@ impl ShadowManager {
             records: Mutex::new(records),
             unpublished: Mutex::default(),
             told: Mutex::default(),
+            usage: Mutex::default(),
+            recommendations: Mutex::default(),
+            scaling_config: Mutex::new(scaling::ScalingConfig::default()),
             ops: tokio::sync::Mutex::new(()),
             events: broadcast::channel(EVENT_CHANNEL).0,
         }))
@@ -811,6 +852,8 @@ impl ShadowManager {
         lock(&self.records).remove(id);
         lock(&self.unpublished).remove(id);
         lock(&self.told).remove(id);
+        lock(&self.usage).retain(|(s, _), _| s != id);
+        lock(&self.recommendations).remove(id);
         for n in rec.networks().iter().rev() {
             match self.networks.delete(n).await {
                 Ok(_) | Err(NetworkError::NotFound(_)) => {}
@@ -949,6 +992,10 @@ impl ShadowManager {
             noise_baseline: rec.noise_baseline,
             revision: rec.revision,
             sinks: rec.sinks.clone(),
+            scaling: lock(&self.recommendations)
+                .get(&rec.id)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
@@ -997,6 +1044,88 @@ impl ShadowManager {
         sent
     }
 
+    /// The rules of the scaling recommendations (default: [`scaling::ScalingConfig`]'s).
+    pub fn set_scaling_config(&self, cfg: scaling::ScalingConfig) {
+        *lock(&self.scaling_config) = cfg;
+    }
+
+    /// Takes one usage sample of every sampled node's shadow copy (the measurements
+    /// `shadow_cpu_seconds`, ... its sink reports) and recomputes the scaling
+    /// recommendations ([`scaling::recommend`]) from the samples, the copy's limits (the
+    /// shadow network's definition) and the sink's latency comparison. Reported only.
+    pub fn sample_usage(&self) {
+        let cfg = *lock(&self.scaling_config);
+        let now = now_unix_ns();
+        for rec in self.list() {
+            let Some(net) = self.networks.get(&rec.id) else {
+                continue;
+            };
+            let mut views = Vec::new();
+            for (node, sink) in &rec.sinks {
+                let rk = ResourceKey::new(kinds::SHADOW_SINK, &resource_key(&rec.id, node));
+                let observed = self.hub.observed(&sink.host);
+                let Some(o) = observed.resources.get(&rk) else {
+                    continue;
+                };
+                let m: std::collections::HashMap<String, f64> = o
+                    .measurements
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                let Some(sample) = scaling::UsageSample::from_measurements(&m, "shadow", now)
+                else {
+                    continue;
+                };
+                let samples: Vec<scaling::UsageSample> = {
+                    let mut usage = lock(&self.usage);
+                    let q = usage.entry((rec.id.clone(), node.clone())).or_default();
+                    if q.len() == USAGE_SAMPLES {
+                        q.pop_front();
+                    }
+                    q.push_back(sample);
+                    q.iter().copied().collect()
+                };
+                let limits = net
+                    .network
+                    .nodes
+                    .get(node)
+                    .map(|n| scaling::Limits {
+                        cpu_millis: n.cpu_millis.unwrap_or(0),
+                        memory_bytes: n.memory_bytes.unwrap_or(0),
+                    })
+                    .unwrap_or_default();
+                let latency = o.shadow.as_ref().and_then(|r| {
+                    let (a, _) = analysis::analyse([r]);
+                    (!a.is_empty()).then(|| scaling::Latency {
+                        shadow_p99_ms: a.iter().map(|e| e.shadow_p99_ms).fold(0.0, f64::max),
+                        reference_p99_ms: a.iter().map(|e| e.reference_p99_ms).fold(0.0, f64::max),
+                        slower: a.iter().any(|e| e.shadow_slower),
+                    })
+                });
+                for r in scaling::recommend(&samples, limits, latency, &cfg) {
+                    views.push(ScalingView {
+                        node: node.clone(),
+                        resource: r.resource.name(),
+                        current: r.current,
+                        recommended: r.recommended,
+                        reason: r.reason,
+                        evidence: r.evidence,
+                        at_unix_ns: now,
+                        applied: false,
+                    });
+                }
+            }
+            let mut recs = lock(&self.recommendations);
+            // The latest per node and resource: a node that calls for nothing now keeps
+            // none.
+            if views.is_empty() {
+                recs.remove(&rec.id);
+            } else {
+                recs.insert(rec.id.clone(), views);
+            }
+        }
+    }
+
     /// Looks at every shadow's state once a second ([`Self::check_degraded`]) until the
     /// manager is dropped. Needs a runtime.
     pub fn follow(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
@@ -1009,6 +1138,7 @@ impl ShadowManager {
                 tick.tick().await;
                 let Some(this) = this.upgrade() else { return };
                 this.check_degraded();
+                this.sample_usage();
             }
         }))
     }
