@@ -244,6 +244,21 @@ fn show(s: &Value) -> String {
         c["requests_replayed"],
         c["requests_skipped_write"],
     ));
+    for r in s["scaling"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  scale {} {}: {} -> {}{} ({})\n",
+            r["node"].as_str().unwrap_or("-"),
+            r["resource"].as_str().unwrap_or("-"),
+            r["current"],
+            r["recommended"],
+            if r["applied"] == json!(true) {
+                ", applied"
+            } else {
+                ", recommended"
+            },
+            r["reason"].as_str().unwrap_or("-"),
+        ));
+    }
     let analysis = s["analysis"].as_array().cloned().unwrap_or_default();
     if !analysis.is_empty() {
         out.push_str(&format!(
@@ -280,6 +295,13 @@ fn show(s: &Value) -> String {
                 ""
             }
         ));
+        if a["shadow_errs_more"] == json!(true) {
+            out.push_str(&format!(
+                "    the shadow errs more than its reference ({}): p = {:.2e}\n",
+                a["reference"].as_str().unwrap_or("-"),
+                f("error_p_value")
+            ));
+        }
         if a["differing"].as_u64().unwrap_or(0) > 0 {
             out.push_str(&format!(
                 "    {} of {} responses differ beyond the noise: {}\n",
