@@ -795,6 +795,8 @@ async fn status_sums_the_taps_and_sinks_reports_and_compares_latencies() {
     // Two taps (web on its host, db on its) and two sinks (on hv3).
     let c = &info.counters;
     assert_eq!(c.connections_seen, 200);
+    assert_eq!(c.connections_eligible, 160);
+    assert_eq!(c.connections_replayed, 20);
     assert_eq!(c.connections_sampled, 20);
     assert_eq!(c.bytes_streamed, 8192);
     assert_eq!(c.connections_lost, 2);

@@ -161,22 +161,34 @@ pub struct CreateRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ShadowCounters {
     pub connections_seen: u64,
+    /// Seen and eligible (port, source, window): what the share applies to. REST only
+    /// (not in the wire's `ShadowCounters`).
+    pub connections_eligible: u64,
     pub connections_sampled: u64,
     pub bytes_streamed: u64,
     pub connections_lost: u64,
     pub requests_replayed: u64,
     pub requests_skipped_write: u64,
+    /// Connections the sinks replayed, and those whose replay failed. REST only.
+    pub connections_replayed: u64,
+    pub connections_failed: u64,
 }
 
 /// The taps' measurements summed into the counters.
-const TAP_COUNTERS: [&str; 4] = [
+const TAP_COUNTERS: [&str; 5] = [
     "connections_seen",
+    "connections_eligible",
     "connections_sampled",
     "bytes_streamed",
     "connections_lost",
 ];
 /// The sinks'.
-const SINK_COUNTERS: [&str; 2] = ["requests_replayed", "requests_skipped_write"];
+const SINK_COUNTERS: [&str; 4] = [
+    "requests_replayed",
+    "requests_skipped_write",
+    "connections_replayed",
+    "connections_failed",
+];
 
 impl ShadowCounters {
     fn add(&mut self, name: &str, value: f64) {
@@ -188,6 +200,9 @@ impl ShadowCounters {
         };
         let slot = match name {
             "connections_seen" => &mut self.connections_seen,
+            "connections_eligible" => &mut self.connections_eligible,
+            "connections_replayed" => &mut self.connections_replayed,
+            "connections_failed" => &mut self.connections_failed,
             "connections_sampled" => &mut self.connections_sampled,
             "bytes_streamed" => &mut self.bytes_streamed,
             "connections_lost" => &mut self.connections_lost,
