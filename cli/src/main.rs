@@ -12,6 +12,7 @@ mod credentials;
 mod flows;
 mod import;
 mod networks;
+mod shadows;
 mod shards;
 mod tokens;
 mod topology;
@@ -80,6 +81,12 @@ enum Command {
     Network {
         #[command(subcommand)]
         command: networks::NetworkCommand,
+    },
+    /// Shadow environments: a mirror of a production network fed a sampled share of its
+    /// connections, compared with production: create, get, list, policy, delete, watch.
+    Shadow {
+        #[command(subcommand)]
+        command: shadows::ShadowCommand,
     },
     /// Client tokens of the controller: create, list, revoke (admin).
     Tokens {
@@ -150,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs { command } => certs::run(&command)?,
         Command::Tdl { command } => networks::run_tdl(&cli.controller, &command)?,
         Command::Network { command } => networks::run_network(&cli.controller, &command)?,
+        Command::Shadow { command } => shadows::run(&cli.controller, &command)?,
         Command::Topology { command } => topology::run(&cli.controller, &command)?,
         Command::Import(args) => import::run(&cli.controller, &args)?,
         Command::Flows(args) => flows::run(&cli.controller, &args)?,

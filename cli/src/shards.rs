@@ -122,7 +122,7 @@ pub struct EventsArgs {
     json: bool,
 }
 
-fn agent(timeout: Option<Duration>) -> ureq::Agent {
+pub(crate) fn agent(timeout: Option<Duration>) -> ureq::Agent {
     let mut b = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5));
     if let Some(t) = timeout {
         b = b.timeout(t);

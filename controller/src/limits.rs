@@ -217,14 +217,16 @@ pub enum Stream {
     Topology,
     Control,
     Networks,
+    Shadows,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 4] = [
+    pub const ALL: [Stream; 5] = [
         Stream::Shards,
         Stream::Topology,
         Stream::Control,
         Stream::Networks,
+        Stream::Shadows,
     ];
 
     pub fn path(self) -> &'static str {
@@ -233,6 +235,7 @@ impl Stream {
             Self::Topology => "/events/topology",
             Self::Control => "/events/control",
             Self::Networks => "/events/networks",
+            Self::Shadows => "/events/shadows",
         }
     }
 

@@ -19,6 +19,7 @@ use weft_controller::api::limits::{
     CountOversized, GrpcConcurrency, LimitedListener, grpc_incoming,
 };
 use weft_controller::api::networks_grpc::MirrorApi;
+use weft_controller::api::shadows_grpc::ShadowApi;
 use weft_controller::api::shards_grpc::ShardApi;
 use weft_controller::auth::grpc::RequireTokenLayer;
 use weft_controller::auth_flags::AuthArgs;
@@ -227,6 +228,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .add_service(
                 MirrorApi::new(state.clone())
+                    .into_service()
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                ShadowApi::new(state.clone())
                     .into_service()
                     .max_decoding_message_size(max_message),
             )

@@ -42,6 +42,9 @@ pub struct AppState {
     pub shards: ShardManager,
     /// TDL networks and their mirrors; feeds `control`, takes addresses from `shards`.
     pub networks: Arc<weft_networks::NetworkManager>,
+    /// Shadow environments: mirrors of production fed sampled connections; feeds
+    /// `control`, makes its networks through `networks`.
+    pub shadows: Arc<weft_shadows::ShadowManager>,
     /// Underlay addresses of the hypervisors (from their agents' registrations).
     pub hosts: Arc<HostDirectory>,
     /// Tokens and the rules of who may call what.
@@ -61,6 +64,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("networks: {0}")]
     Networks(#[from] weft_networks::NetworkError),
+    #[error("shadows: {0}")]
+    Shadows(#[from] weft_shadows::ShadowError),
 }
 
 /// The settings of a controller state; [`AppStateBuilder::start`] opens it over a store.
@@ -132,6 +137,7 @@ impl AppStateBuilder {
         let hosts = Arc::new(HostDirectory::new(control.clone()));
         let networks =
             weft_networks::NetworkManager::open(store.clone(), control.clone(), hosts.clone())?;
+        let store_for_shadows = store.clone();
         let shards = ShardManager::open(
             store,
             self.shard_config,
@@ -141,6 +147,16 @@ impl AppStateBuilder {
         networks.republish();
         // Ends with the manager (it holds it weakly).
         let _ = networks.follow_restarts();
+        let shadows = weft_shadows::ShadowManager::open(
+            store_for_shadows,
+            control.clone(),
+            networks.clone(),
+            hosts.clone(),
+        )?;
+        // After the networks: the taps and sinks go where their nodes are.
+        shadows.republish();
+        // Ends with the manager (it holds it weakly); nothing without a runtime.
+        let _ = shadows.follow();
         let topology = Arc::new(Topology::with_config(self.buckets, self.topology_limits));
         let limits = Arc::new(Limits::new(self.limits));
         let registry = Arc::new(Registry::new());
@@ -174,6 +190,7 @@ impl AppStateBuilder {
             control,
             shards,
             networks,
+            shadows,
             hosts,
             auth,
             limits,

@@ -2,7 +2,7 @@
 //! sockets, no dataplane): it "applies" every resource of the kinds it knows at once and
 //! reports the rest as not understood, as a real agent does.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +19,12 @@ pub struct FakeAgent {
     pub delay: std::time::Duration,
     /// Every known resource fails with this error (an agent that cannot apply anything).
     pub fail: Option<String>,
+    /// Reported as the measurements of every `shadow-tap` (its counters).
+    pub tap_measurements: BTreeMap<String, f64>,
+    /// Reported as the measurements of every `shadow-sink`.
+    pub sink_measurements: BTreeMap<String, f64>,
+    /// Reported as every `shadow-sink`'s comparison of production and shadow.
+    pub sink_report: Option<weft_proto::v1::ShadowReport>,
 }
 
 impl Default for FakeAgent {
@@ -28,6 +34,9 @@ impl Default for FakeAgent {
             readdress_down_us: 300,
             delay: std::time::Duration::ZERO,
             fail: None,
+            tap_measurements: BTreeMap::new(),
+            sink_measurements: BTreeMap::new(),
+            sink_report: None,
         }
     }
 }
@@ -62,11 +71,18 @@ impl FakeAgent {
                         }
                         Spec::NetworkSegment(_)
                         | Spec::NetworkNode(_)
-                        | Spec::ShadowTap(_)
-                        | Spec::ShadowSink(_)
                         | Spec::Steer(_)
                         | Spec::SteerTarget(_) => {
                             o.observed = vec!["applied".into()];
+                        }
+                        Spec::ShadowTap(_) => {
+                            o.observed = vec!["applied".into()];
+                            o.measurements = self.tap_measurements.clone();
+                        }
+                        Spec::ShadowSink(_) => {
+                            o.observed = vec!["applied".into()];
+                            o.measurements = self.sink_measurements.clone();
+                            o.shadow = self.sink_report.clone();
                         }
                     }
                 }

@@ -121,9 +121,22 @@ fn resource_observed(
             Some(h) => Some(checked_hand_changes(i, h)?),
             None => None,
         },
+        shadow: match r.shadow {
+            Some(s) if s.endpoints.len() > SHADOW_ENDPOINTS => {
+                return Err(Status::invalid_argument(format!(
+                    "field `resources[{i}].shadow.endpoints` has {} items; at most {SHADOW_ENDPOINTS}",
+                    s.endpoints.len()
+                )));
+            }
+            s => s,
+        },
     };
     Ok((ResourceKey { kind, key: r.key }, observed))
 }
+
+/// Most endpoints of one shadow sink's report (request kinds: a few hundred at most; the
+/// agent folds the rest into one).
+const SHADOW_ENDPOINTS: usize = 4096;
 
 /// Most items of each list of a report's hand changes (a node has a few addresses and
 /// tens of rules; more is a broken or hostile agent).

@@ -116,6 +116,9 @@ pub struct ResourceObserved {
     /// A network node that keeps hand changes: what it has where that differs from its
     /// spec (the network manager makes it the desired state of the node and its mirrors).
     pub hand_changes: Option<weft_proto::v1::NodeHandChanges>,
+    /// A shadow sink: its comparison of production and shadow so far (the shadow manager
+    /// sums and analyses it).
+    pub shadow: Option<weft_proto::v1::ShadowReport>,
 }
 
 /// An out-of-band change an agent found on something weft manages, and its repair.

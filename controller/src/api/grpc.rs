@@ -68,6 +68,7 @@ impl AgentService for AgentApi {
         let workload_count = workloads.len();
         if self.state.hosts.set_underlay(host_id, underlay) {
             self.state.networks.republish();
+            self.state.shadows.republish();
         }
         let last_sequence =
             self.state

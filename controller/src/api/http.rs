@@ -9,8 +9,8 @@ use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::{
-    analytics_routes, control_routes, history_routes, networks_routes, observations, shards_routes,
-    token_routes, views,
+    analytics_routes, control_routes, history_routes, networks_routes, observations,
+    shadows_routes, shards_routes, token_routes, views,
 };
 use crate::metrics;
 use crate::state::AppState;
@@ -53,6 +53,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(shards_routes::routes())
         .merge(networks_routes::routes())
+        .merge(shadows_routes::routes())
         .merge(control_routes::routes())
         .merge(token_routes::routes())
         .fallback(not_found)

@@ -713,14 +713,15 @@ pub fn grpc_incoming(
 
 /// gRPC methods that stream their answer: they hold no unary slot (a follower would
 /// otherwise keep one for as long as it follows).
-pub const GRPC_STREAMS: [&str; 3] = [
+pub const GRPC_STREAMS: [&str; 4] = [
     "/weft.v1.ShardService/WatchEvents",
     "/weft.v1.AgentControlService/WatchDesiredState",
     "/weft.v1.MirrorService/WatchNetworkEvents",
+    "/weft.v1.ShadowService/WatchShadowEvents",
 ];
 
 /// Whether a gRPC call takes a unary slot: the client services (TopologyService,
-/// ShardService, MirrorService) and the control service's reports; not streams, not the agents'
+/// ShardService, MirrorService, ShadowService) and the control service's reports; not streams, not the agents'
 /// `AgentService` (bounded by `--agent-record-rate`, and whose RESOURCE_EXHAUSTED means
 /// "split the batch").
 pub fn grpc_call_is_limited(path: &str) -> bool {
@@ -729,6 +730,7 @@ pub fn grpc_call_is_limited(path: &str) -> bool {
             "/weft.v1.TopologyService/",
             "/weft.v1.ShardService/",
             "/weft.v1.MirrorService/",
+            "/weft.v1.ShadowService/",
             "/weft.v1.AgentControlService/",
         ]
         .iter()
@@ -922,6 +924,12 @@ mod tests {
             class(&get, "/events/networks", Some("network=shop")),
             Class::Stream(Stream::Networks)
         );
+        assert_eq!(
+            class(&get, "/events/shadows", Some("shadow=shop-shadow")),
+            Class::Stream(Stream::Shadows)
+        );
+        assert_eq!(class(&get, "/shadows", None), Class::Read);
+        assert_eq!(class(&Method::PUT, "/shadows/s/policy", None), Class::Write);
         assert_eq!(class(&get, "/tdl/export", None), Class::Render);
         assert_eq!(
             class(&get, "/events", Some("from=3")),
@@ -958,6 +966,7 @@ mod tests {
         }
         assert!(grpc_call_is_limited("/weft.v1.ShardService/ListShards"));
         assert!(grpc_call_is_limited("/weft.v1.MirrorService/CreateNetwork"));
+        assert!(grpc_call_is_limited("/weft.v1.ShadowService/CreateShadow"));
         assert!(grpc_call_is_limited("/weft.v1.TopologyService/GetTopology"));
         assert!(grpc_call_is_limited(
             "/weft.v1.AgentControlService/ReportObserved"

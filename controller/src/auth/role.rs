@@ -89,6 +89,10 @@ pub fn for_grpc(path: &str) -> Role {
             Role::Read
         }
         ("MirrorService", _) => Role::Operate,
+        ("ShadowService", m) if ["Get", "List", "Watch"].iter().any(|p| m.starts_with(p)) => {
+            Role::Read
+        }
+        ("ShadowService", _) => Role::Operate,
         _ => Role::Admin,
     }
 }
@@ -142,6 +146,19 @@ mod tests {
         );
         assert_eq!(
             for_grpc("/weft.v1.MirrorService/DeleteNetwork"),
+            Role::Operate
+        );
+        assert_eq!(for_grpc("/weft.v1.ShadowService/GetShadow"), Role::Read);
+        assert_eq!(
+            for_grpc("/weft.v1.ShadowService/WatchShadowEvents"),
+            Role::Read
+        );
+        assert_eq!(
+            for_grpc("/weft.v1.ShadowService/UpdateShadowPolicy"),
+            Role::Operate
+        );
+        assert_eq!(
+            for_grpc("/weft.v1.ShadowService/CreateShadow"),
             Role::Operate
         );
         assert_eq!(for_grpc("/weft.v1.Unknown/X"), Role::Admin);

@@ -1,0 +1,519 @@
+//! `weft shadow create|get|list|policy|delete|watch`: shadow environments (the
+//! controller's `/shadows` and `/events/shadows`).
+
+use std::io::{BufRead as _, BufReader, Write as _};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::shards::{agent, call, enc};
+use crate::{endpoint, problem_message};
+
+/// Which connections are sampled. Given to `policy`, it replaces the shadow's whole
+/// policy: a flag left out takes its default.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Share of eligible connections sampled: "10%", "0.5%" or "100000ppm".
+    #[arg(long, default_value = "10%")]
+    share: String,
+    /// What the decision hashes: connection (each connection on its own) or source (a
+    /// client is always in or always out).
+    #[arg(long, default_value = "connection", value_parser = ["connection", "source"])]
+    key: String,
+    /// Server ports sampled (repeat, or comma-separated); none: every TCP port.
+    #[arg(long = "port", value_delimiter = ',')]
+    ports: Vec<u32>,
+    /// Client prefixes sampled (repeat, or comma-separated); none: every client.
+    #[arg(long = "source", value_delimiter = ',')]
+    sources: Vec<String>,
+    /// Only requests that read reach the shadow (HTTP GET/HEAD/OPTIONS, Redis reads,
+    /// PostgreSQL SELECT/SHOW).
+    #[arg(long)]
+    read_only: bool,
+    /// Sample only between these UTC times, "09:00-17:00" (may wrap midnight).
+    #[arg(long)]
+    window: Option<String>,
+    /// Seed of the decision's hash (the same seed and share sample the same connections).
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShadowCommand {
+    /// Mirror production network --production as network ID on --host, and sample its
+    /// nodes' inbound connections into it.
+    Create {
+        id: String,
+        /// The production network.
+        #[arg(long)]
+        production: String,
+        /// Hypervisors to place the shadow on (repeat, or comma-separated).
+        #[arg(long = "host", value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+        /// Production nodes sampled (repeat, or comma-separated); none: every node that
+        /// declares ports.
+        #[arg(long = "node", value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Also make `ID-baseline`, a second replica, as the noise baseline.
+        #[arg(long)]
+        noise_baseline: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// A shadow's state, counters and production-against-shadow analysis.
+    Get {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    List,
+    /// Replace a shadow's sampling policy (one map update on each production host).
+    Policy {
+        id: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Stop sampling and remove the shadow's networks.
+    Delete {
+        id: String,
+    },
+    /// Follow the shadows' events (CloudEvents) until interrupted.
+    Watch {
+        /// Only this shadow's.
+        id: Option<String>,
+        /// Print each event as its CloudEvents JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// "10%", "0.25%" or "100000ppm" in millionths.
+pub fn share_ppm(s: &str) -> anyhow::Result<u32> {
+    let s = s.trim();
+    let ppm = if let Some(p) = s.strip_suffix('%') {
+        let v: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("--share {s:?}: say a percentage such as 10%"))?;
+        if !(0.0..=100.0).contains(&v) {
+            bail!("--share {s:?}: between 0% and 100%");
+        }
+        (v * 10_000.0).round() as u32
+    } else if let Some(p) = s.strip_suffix("ppm") {
+        p.trim()
+            .parse()
+            .map_err(|_| anyhow!("--share {s:?}: say millionths such as 100000ppm"))?
+    } else {
+        bail!("--share {s:?}: say a percentage (10%) or millionths (100000ppm)");
+    };
+    Ok(ppm)
+}
+
+/// "09:00-17:00" as minutes of the day.
+pub fn window(s: &str) -> anyhow::Result<(u32, u32)> {
+    let minute = |t: &str| -> anyhow::Result<u32> {
+        let (h, m) = t
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| anyhow!("--window {s:?}: times are HH:MM"))?;
+        let (h, m): (u32, u32) = (
+            h.parse()
+                .map_err(|_| anyhow!("--window {s:?}: {h:?} is not an hour"))?,
+            m.parse()
+                .map_err(|_| anyhow!("--window {s:?}: {m:?} is not a minute"))?,
+        );
+        if h > 23 || m > 59 {
+            bail!("--window {s:?}: {t:?} is not a time of day");
+        }
+        Ok(h * 60 + m)
+    };
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| anyhow!("--window {s:?}: say START-END, e.g. 09:00-17:00"))?;
+    Ok((minute(a)?, minute(b)?))
+}
+
+impl PolicyArgs {
+    fn to_json(&self) -> anyhow::Result<Value> {
+        let (start, end) = match &self.window {
+            Some(w) => window(w)?,
+            None => (0, 0),
+        };
+        Ok(json!({
+            "share_ppm": share_ppm(&self.share)?,
+            "key": self.key,
+            "ports": self.ports,
+            "sources": self.sources,
+            "read_only": self.read_only,
+            "window_start_minute": start,
+            "window_end_minute": end,
+            "seed": self.seed,
+        }))
+    }
+}
+
+fn hhmm(m: u64) -> String {
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+fn policy_text(p: &Value) -> String {
+    let list = |v: &Value| -> String {
+        let items: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+            .collect();
+        if items.is_empty() {
+            "any".into()
+        } else {
+            items.join(",")
+        }
+    };
+    let (start, end) = (
+        p["window_start_minute"].as_u64().unwrap_or(0),
+        p["window_end_minute"].as_u64().unwrap_or(0),
+    );
+    format!(
+        "{}% by {}, ports {}, sources {}{}{}",
+        p["share_ppm"].as_f64().unwrap_or(0.0) / 10_000.0,
+        p["key"].as_str().unwrap_or("connection"),
+        list(&p["ports"]),
+        list(&p["sources"]),
+        if p["read_only"] == json!(true) {
+            ", read-only"
+        } else {
+            ""
+        },
+        if start == 0 && end == 0 {
+            String::new()
+        } else {
+            format!(", {}-{} UTC", hhmm(start), hhmm(end))
+        }
+    )
+}
+
+fn summary_line(s: &Value) -> String {
+    format!(
+        "{:<20}  {:<16}  {:<12}  {}\n",
+        s["id"].as_str().unwrap_or("-"),
+        s["production"].as_str().unwrap_or("-"),
+        s["state"].as_str().unwrap_or("-"),
+        policy_text(&s["policy"])
+    )
+}
+
+fn show(s: &Value) -> String {
+    let strs = |v: &Value| -> String {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = format!(
+        "shadow {} of {}: {}{}\n  networks: {}\n  nodes sampled: {}\n  hosts: {}\n  policy: {}\n",
+        s["id"].as_str().unwrap_or("-"),
+        s["production"].as_str().unwrap_or("-"),
+        s["state"].as_str().unwrap_or("-"),
+        match s["error"].as_str() {
+            Some(e) if !e.is_empty() => format!(" ({e})"),
+            _ => String::new(),
+        },
+        strs(&s["networks"]),
+        strs(&s["nodes"]),
+        strs(&s["hosts"]),
+        policy_text(&s["policy"]),
+    );
+    for (node, sink) in s["sinks"].as_object().into_iter().flatten() {
+        out.push_str(&format!(
+            "  sink of {node}: {}:{}\n",
+            sink["host"].as_str().unwrap_or("-"),
+            sink["listen_port"]
+        ));
+    }
+    let c = &s["counters"];
+    out.push_str(&format!(
+        "  connections: {} seen, {} sampled, {} lost; {} bytes streamed; requests: {} replayed, {} writes skipped\n",
+        c["connections_seen"],
+        c["connections_sampled"],
+        c["connections_lost"],
+        c["bytes_streamed"],
+        c["requests_replayed"],
+        c["requests_skipped_write"],
+    ));
+    for r in s["scaling"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  scale {} {}: {} -> {}{} ({})\n",
+            r["node"].as_str().unwrap_or("-"),
+            r["resource"].as_str().unwrap_or("-"),
+            r["current"],
+            r["recommended"],
+            if r["applied"] == json!(true) {
+                ", applied"
+            } else {
+                ", recommended"
+            },
+            r["reason"].as_str().unwrap_or("-"),
+        ));
+    }
+    let analysis = s["analysis"].as_array().cloned().unwrap_or_default();
+    if !analysis.is_empty() {
+        out.push_str(&format!(
+            "  {:<28}  {:>8}  {:>8}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>8}\n",
+            "ENDPOINT",
+            "PROD",
+            "SHADOW",
+            "PROD-ER",
+            "SHAD-ER",
+            "PROD-P50",
+            "SHAD-P50",
+            "PROD-P99",
+            "SHAD-P99",
+            "P-VALUE"
+        ));
+    }
+    for a in &analysis {
+        let f = |k: &str| a[k].as_f64().unwrap_or(0.0);
+        out.push_str(&format!(
+            "  {:<28}  {:>8}  {:>8}  {:>6.2}%  {:>6.2}%  {:>7.2}ms  {:>7.2}ms  {:>7.2}ms  {:>7.2}ms  {:>8.2e}{}\n",
+            a["endpoint"].as_str().unwrap_or("-"),
+            a["production_requests"],
+            a["shadow_requests"],
+            f("production_error_rate") * 100.0,
+            f("shadow_error_rate") * 100.0,
+            f("production_p50_ms"),
+            f("shadow_p50_ms"),
+            f("production_p99_ms"),
+            f("shadow_p99_ms"),
+            f("latency_p_value"),
+            if a["shadow_slower"] == json!(true) {
+                "  SHADOW SLOWER"
+            } else {
+                ""
+            }
+        ));
+        if a["shadow_errs_more"] == json!(true) {
+            out.push_str(&format!(
+                "    the shadow errs more than its reference ({}): p = {:.2e}\n",
+                a["reference"].as_str().unwrap_or("-"),
+                f("error_p_value")
+            ));
+        }
+        if a["differing"].as_u64().unwrap_or(0) > 0 {
+            out.push_str(&format!(
+                "    {} of {} responses differ beyond the noise: {}\n",
+                a["differing"],
+                a["compared"],
+                a["differing_fields"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k} ({v})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    out
+}
+
+fn event_line(e: &Value, as_json: bool) -> String {
+    if as_json {
+        return format!("{e}\n");
+    }
+    let d = &e["data"];
+    let detail = match e["type"].as_str().unwrap_or_default() {
+        "weft.shadow.created" => format!(
+            "of {} on {}",
+            d["production"].as_str().unwrap_or("-"),
+            d["hosts"]
+        ),
+        "weft.shadow.policy.changed" => policy_text(&d["policy"]),
+        "weft.shadow.degraded" => d["error"].as_str().unwrap_or("-").to_owned(),
+        _ => String::new(),
+    };
+    format!(
+        "{}  {:<28}  {}  {}\n",
+        e["time"].as_str().unwrap_or("-"),
+        e["type"].as_str().unwrap_or("-"),
+        e["subject"].as_str().unwrap_or("-"),
+        detail
+    )
+}
+
+fn watch(base: &str, id: Option<&str>, as_json: bool) -> anyhow::Result<String> {
+    let path = match id {
+        Some(id) => format!("/events/shadows?shadow={}", enc(id)),
+        None => "/events/shadows".to_owned(),
+    };
+    let url = endpoint(base, &path);
+    let response = match agent(None)
+        .get(&url)
+        .set("Accept", "text/event-stream")
+        .call()
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, response)) => {
+            let body = response.into_string().unwrap_or_default();
+            bail!(
+                "the controller answered {code} for GET {path}: {}",
+                problem_message(&body)
+            );
+        }
+        Err(error) => {
+            return Err(anyhow!(error)).with_context(|| crate::credentials::unreachable(base));
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(response.into_reader()).lines() {
+        let line = line.context("reading the event stream")?;
+        if let Some(data) = line.strip_prefix("data:") {
+            let e: Value =
+                serde_json::from_str(data.trim()).context("an event that is not JSON")?;
+            out.write_all(event_line(&e, as_json).as_bytes())?;
+            out.flush()?;
+        }
+    }
+    bail!("the controller closed the event stream")
+}
+
+pub fn run(base: &str, command: &ShadowCommand) -> anyhow::Result<String> {
+    match command {
+        ShadowCommand::Create {
+            id,
+            production,
+            hosts,
+            nodes,
+            noise_baseline,
+            policy,
+        } => {
+            let body = json!({
+                "id": id,
+                "production": production,
+                "hosts": hosts,
+                "nodes": nodes,
+                "noise_baseline": noise_baseline,
+                "policy": policy.to_json()?,
+            });
+            Ok(show(&call(base, "POST", "/shadows", Some(&body))?))
+        }
+        ShadowCommand::Get { id, json } => {
+            let s = call(base, "GET", &format!("/shadows/{}", enc(id)), None)?;
+            if *json {
+                Ok(serde_json::to_string_pretty(&s)? + "\n")
+            } else {
+                Ok(show(&s))
+            }
+        }
+        ShadowCommand::List => {
+            let all = call(base, "GET", "/shadows", None)?;
+            let mut out = format!(
+                "{:<20}  {:<16}  {:<12}  {}\n",
+                "SHADOW", "PRODUCTION", "STATE", "POLICY"
+            );
+            for s in all["shadows"].as_array().into_iter().flatten() {
+                out.push_str(&summary_line(s));
+            }
+            Ok(out)
+        }
+        ShadowCommand::Policy { id, policy } => Ok(show(&call(
+            base,
+            "PUT",
+            &format!("/shadows/{}/policy", enc(id)),
+            Some(&policy.to_json()?),
+        )?)),
+        ShadowCommand::Delete { id } => {
+            let s = call(base, "DELETE", &format!("/shadows/{}", enc(id)), None)?;
+            Ok(format!("deleted {}", summary_line(&s)))
+        }
+        ShadowCommand::Watch { id, json } => watch(base, id.as_deref(), *json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_and_windows_parse_or_are_refused() {
+        assert_eq!(share_ppm("10%").unwrap(), 100_000);
+        assert_eq!(share_ppm("0.25 %").unwrap(), 2_500);
+        assert_eq!(share_ppm("100%").unwrap(), 1_000_000);
+        assert_eq!(share_ppm("1234ppm").unwrap(), 1_234);
+        assert!(share_ppm("101%").is_err());
+        assert!(share_ppm("0.1").is_err());
+        assert!(share_ppm("ten%").is_err());
+        assert_eq!(window("09:00-17:30").unwrap(), (540, 1050));
+        assert_eq!(window("23:00-01:00").unwrap(), (1380, 60));
+        assert!(window("24:00-01:00").is_err());
+        assert!(window("09:00").is_err());
+    }
+
+    #[test]
+    fn command_lines_parse_into_the_policy_json() {
+        use clap::Parser as _;
+        let cli = crate::Cli::try_parse_from([
+            "weft",
+            "shadow",
+            "create",
+            "shop-shadow",
+            "--production",
+            "shop",
+            "--host",
+            "hv2,hv3",
+            "--node",
+            "web",
+            "--share",
+            "5%",
+            "--key",
+            "source",
+            "--port",
+            "80",
+            "--port",
+            "443",
+            "--source",
+            "198.18.0.0/16",
+            "--read-only",
+            "--window",
+            "09:00-17:00",
+            "--noise-baseline",
+        ])
+        .unwrap();
+        let crate::Command::Shadow {
+            command:
+                ShadowCommand::Create {
+                    hosts,
+                    nodes,
+                    noise_baseline,
+                    policy,
+                    ..
+                },
+        } = cli.command
+        else {
+            panic!("not shadow create");
+        };
+        assert_eq!(hosts, ["hv2", "hv3"]);
+        assert_eq!(nodes, ["web"]);
+        assert!(noise_baseline);
+        let p = policy.to_json().unwrap();
+        assert_eq!(p["share_ppm"], 50_000);
+        assert_eq!(p["key"], "source");
+        assert_eq!(p["ports"], json!([80, 443]));
+        assert_eq!(p["read_only"], true);
+        assert_eq!(p["window_start_minute"], 540);
+        assert_eq!(p["window_end_minute"], 1020);
+        assert!(
+            crate::Cli::try_parse_from(["weft", "shadow", "create", "x", "--production", "p"])
+                .is_err(),
+            "--host is required"
+        );
+        assert!(
+            crate::Cli::try_parse_from(["weft", "shadow", "policy", "x", "--key", "header"])
+                .is_err()
+        );
+        assert!(crate::Cli::try_parse_from(["weft", "shadow", "watch"]).is_ok());
+    }
+}

@@ -1,0 +1,367 @@
+//! A shadow as the controller keeps it (`shadows/<id>` in the store, JSON), and its
+//! sampling policy, checked.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use weft_proto::v1 as wire;
+
+use crate::ShadowError;
+
+/// Millionths in a whole (100 %).
+pub const PPM: u32 = 1_000_000;
+/// Minutes in a day.
+pub const DAY_MINUTES: u32 = 1440;
+
+/// Which connections are sampled (`ShadowPolicy`), with the wire's field names. Made by
+/// [`ShadowPolicy::checked`]: a kept policy is valid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowPolicy {
+    /// Share of eligible connections sampled, in millionths.
+    #[serde(default)]
+    pub share_ppm: u32,
+    /// `connection` or `source` (empty: `connection`).
+    #[serde(default)]
+    pub key: String,
+    /// Server ports sampled; empty: every TCP port.
+    #[serde(default)]
+    pub ports: Vec<u32>,
+    /// Client prefixes sampled; empty: every source.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Minutes of the UTC day; both 0: always.
+    #[serde(default)]
+    pub window_start_minute: u32,
+    #[serde(default)]
+    pub window_end_minute: u32,
+    #[serde(default)]
+    pub seed: u32,
+    /// Divert (canary) share of new connections, in millionths. Not wired into this
+    /// controller yet (the steer resources): refused unless 0.
+    #[serde(default)]
+    pub divert_ppm: u32,
+    /// Failover health check. Not wired yet: refused when given.
+    #[serde(default)]
+    pub failover: Option<FailoverCheck>,
+    /// Apply scaling recommendations. Not wired yet: refused when true.
+    #[serde(default)]
+    pub autoscale: bool,
+}
+
+/// `SteerHealth`: a TCP health check of the production node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverCheck {
+    pub port: u32,
+    #[serde(default)]
+    pub interval_ms: u32,
+    #[serde(default)]
+    pub failures: u32,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ShadowError {
+    ShadowError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// `198.18.0.0/16` (the address may have host bits; the prefix fits the family), or a
+/// bare address (a /32 or /128). Returns it in canonical form.
+fn cidr(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is not a prefix such as 198.18.0.0/16"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={max}"))?,
+    };
+    Ok(format!("{ip}/{len}"))
+}
+
+impl ShadowPolicy {
+    /// The policy checked and in canonical form (key spelled out, ports and sources
+    /// sorted without repeats); the error names the field (`policy.ports[2]`).
+    pub fn checked(mut self) -> Result<Self, ShadowError> {
+        if self.share_ppm > PPM {
+            return Err(invalid(
+                "policy.share_ppm",
+                format!(
+                    "{} is more than {PPM} (100 %): the share is in millionths",
+                    self.share_ppm
+                ),
+            ));
+        }
+        self.key = match self.key.trim() {
+            "" | "connection" => "connection".into(),
+            "source" => "source".into(),
+            other => {
+                return Err(invalid(
+                    "policy.key",
+                    format!("{other:?} is not connection or source"),
+                ));
+            }
+        };
+        for (i, p) in self.ports.iter().enumerate() {
+            if !(1..=65535).contains(p) {
+                return Err(invalid(
+                    format!("policy.ports[{i}]"),
+                    format!("{p} is not a port (1..=65535)"),
+                ));
+            }
+        }
+        self.ports.sort_unstable();
+        self.ports.dedup();
+        let mut sources = Vec::with_capacity(self.sources.len());
+        for (i, s) in self.sources.iter().enumerate() {
+            sources.push(cidr(s).map_err(|m| invalid(format!("policy.sources[{i}]"), m))?);
+        }
+        sources.sort();
+        sources.dedup();
+        self.sources = sources;
+        for (field, m) in [
+            ("policy.window_start_minute", self.window_start_minute),
+            ("policy.window_end_minute", self.window_end_minute),
+        ] {
+            if m >= DAY_MINUTES {
+                return Err(invalid(
+                    field,
+                    format!("{m} is not a minute of the day (0..{DAY_MINUTES})"),
+                ));
+            }
+        }
+        // Divert, failover and autoscale need the steer resources and the scaling rules
+        // wired into the manager; until then they are refused rather than ignored.
+        if self.divert_ppm != 0 {
+            return Err(invalid(
+                "policy.divert_ppm",
+                "divert is not available from this controller yet; leave it 0",
+            ));
+        }
+        if self.failover.is_some() {
+            return Err(invalid(
+                "policy.failover",
+                "failover is not available from this controller yet; leave it out",
+            ));
+        }
+        if self.autoscale {
+            return Err(invalid(
+                "policy.autoscale",
+                "autoscale is not available from this controller yet; leave it false",
+            ));
+        }
+        if self.window_start_minute == self.window_end_minute && self.window_start_minute != 0 {
+            return Err(invalid(
+                "policy.window_end_minute",
+                "the window starts and ends at the same minute: it would be empty (both 0 = always)",
+            ));
+        }
+        Ok(self)
+    }
+
+    pub fn from_wire(p: &wire::ShadowPolicy) -> Self {
+        Self {
+            share_ppm: p.share_ppm,
+            key: p.key.clone(),
+            ports: p.ports.clone(),
+            sources: p.sources.clone(),
+            read_only: p.read_only,
+            window_start_minute: p.window_start_minute,
+            window_end_minute: p.window_end_minute,
+            seed: p.seed,
+            divert_ppm: p.divert_ppm,
+            failover: p.failover.as_ref().map(|f| FailoverCheck {
+                port: f.port,
+                interval_ms: f.interval_ms,
+                failures: f.failures,
+            }),
+            autoscale: p.autoscale,
+        }
+    }
+
+    pub fn to_wire(&self) -> wire::ShadowPolicy {
+        wire::ShadowPolicy {
+            share_ppm: self.share_ppm,
+            key: self.key.clone(),
+            ports: self.ports.clone(),
+            sources: self.sources.clone(),
+            read_only: self.read_only,
+            window_start_minute: self.window_start_minute,
+            window_end_minute: self.window_end_minute,
+            seed: self.seed,
+            divert_ppm: self.divert_ppm,
+            failover: self.failover.as_ref().map(|f| wire::SteerHealth {
+                port: f.port,
+                interval_ms: f.interval_ms,
+                failures: f.failures,
+            }),
+            autoscale: self.autoscale,
+        }
+    }
+}
+
+/// Where one sampled node's sink is: the host of the shadow's copy of the node, and the
+/// port the agent there listens on for the tap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkPlacement {
+    pub host: String,
+    pub listen_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowRecord {
+    pub id: String,
+    /// The production network.
+    pub production: String,
+    /// Production nodes sampled, sorted.
+    pub nodes: Vec<String>,
+    /// Hypervisors the shadow is placed on, as asked.
+    pub hosts: Vec<String>,
+    pub policy: ShadowPolicy,
+    pub noise_baseline: bool,
+    /// Sampled node -> its sink.
+    pub sinks: BTreeMap<String, SinkPlacement>,
+    pub created_unix_ns: u64,
+    /// Grows at every change of the record.
+    pub revision: u64,
+}
+
+impl ShadowRecord {
+    /// The shadow's networks: `id`, and `<id>-baseline` with a noise baseline.
+    pub fn networks(&self) -> Vec<String> {
+        let mut n = vec![self.id.clone()];
+        if self.noise_baseline {
+            n.push(baseline(&self.id));
+        }
+        n
+    }
+}
+
+/// The noise baseline's network id.
+pub fn baseline(id: &str) -> String {
+    format!("{id}-baseline")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(p: ShadowPolicy) -> String {
+        match p.checked() {
+            Err(ShadowError::Invalid { field, .. }) => field,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_policy_is_checked_field_by_field() {
+        let ok = ShadowPolicy {
+            share_ppm: 100_000,
+            ports: vec![443, 80, 80],
+            sources: vec!["198.18.3.7/16".into(), "10.0.0.1".into()],
+            window_start_minute: 1380,
+            window_end_minute: 60,
+            ..Default::default()
+        }
+        .checked()
+        .unwrap();
+        assert_eq!(ok.key, "connection");
+        assert_eq!(ok.ports, vec![80, 443]);
+        assert_eq!(ok.sources, vec!["10.0.0.1/32", "198.18.3.7/16"]);
+        assert_eq!(
+            field(ShadowPolicy {
+                share_ppm: PPM + 1,
+                ..Default::default()
+            }),
+            "policy.share_ppm"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                key: "header".into(),
+                ..Default::default()
+            }),
+            "policy.key"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                ports: vec![80, 0],
+                ..Default::default()
+            }),
+            "policy.ports[1]"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                ports: vec![65536],
+                ..Default::default()
+            }),
+            "policy.ports[0]"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                sources: vec!["10.0.0.0/33".into()],
+                ..Default::default()
+            }),
+            "policy.sources[0]"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                sources: vec!["web".into()],
+                ..Default::default()
+            }),
+            "policy.sources[0]"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                window_start_minute: 1440,
+                ..Default::default()
+            }),
+            "policy.window_start_minute"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                divert_ppm: 10,
+                ..Default::default()
+            }),
+            "policy.divert_ppm"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                autoscale: true,
+                ..Default::default()
+            }),
+            "policy.autoscale"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                failover: Some(FailoverCheck {
+                    port: 80,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "policy.failover"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
+                window_start_minute: 600,
+                window_end_minute: 600,
+                ..Default::default()
+            }),
+            "policy.window_end_minute"
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! `weft.v1.ShadowService` against the running `weft-controller` (`--insecure`, tokens):
+//! shadows created, read, their policy replaced and deleted over gRPC with REST's errors,
+//! refused without a token or with a token of too low a role (REST and gRPC), and their
+//! events streamed. No agent runs: the shadow waits for its hosts' underlay addresses
+//! (degraded, saying which host).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::transport::Channel;
+use weft_proto::v1 as wire;
+use weft_proto::v1::shadow_service_client::ShadowServiceClient;
+
+const TDL: &str = "\
+network: shop
+nodes:
+  web:
+    image: nginx
+    ports: [80]
+    addresses: [10.9.0.2/24]
+  db:
+    image: alpine:3
+    ports: [5432]
+    addresses: [10.9.0.3/24]
+";
+
+struct Controller {
+    child: Child,
+    grpc: String,
+    http: String,
+    admin: String,
+    token_file: PathBuf,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.token_file);
+    }
+}
+
+fn start(extra: &[&str]) -> Controller {
+    let token_file = std::env::temp_dir().join(format!(
+        "weft-grpc-shadows-{}-{}.token",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--insecure",
+            "--data-dir",
+            "",
+        ])
+        .arg("--admin-token-file")
+        .arg(&token_file)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn weft-controller");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let rest = line
+        .trim()
+        .strip_prefix("weft-controller listening grpc=")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let (grpc, http) = rest.split_once(" http=").unwrap();
+    let admin = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    Controller {
+        child,
+        grpc: grpc.to_owned(),
+        http: http.to_owned(),
+        admin,
+        token_file,
+    }
+}
+
+/// One plain HTTP/1.1 request: status and JSON body.
+fn http(c: &Controller, method: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    let mut s = TcpStream::connect(&c.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.to_string();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+    )
+}
+
+async fn channel(c: &Controller) -> Channel {
+    Channel::from_shared(format!("http://{}", c.grpc))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    r
+}
+
+async fn next_event(stream: &mut tonic::Streaming<wire::CloudEvent>) -> wire::CloudEvent {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("an event in time")
+        .expect("the stream stays open")
+        .expect("an event, not the end")
+}
+
+fn create() -> wire::CreateShadowRequest {
+    wire::CreateShadowRequest {
+        id: "shop-shadow".into(),
+        production: "shop".into(),
+        nodes: vec![],
+        hosts: vec!["hv2".into()],
+        policy: Some(wire::ShadowPolicy {
+            share_ppm: 100_000,
+            ..Default::default()
+        }),
+        noise_baseline: false,
+    }
+}
+
+#[tokio::test]
+async fn shadows_over_grpc_with_rest_semantics_auth_and_events() {
+    let c = start(&[]);
+    let admin = c.admin.clone();
+    let (s, _) = http(
+        &c,
+        "POST",
+        "/networks",
+        &admin,
+        &json!({"tdl": TDL, "file_name": "shop.tdl", "hosts": ["hv1"]}),
+    );
+    assert_eq!(s, 201);
+    let mut grpc = ShadowServiceClient::new(channel(&c).await);
+
+    // Without a token: refused, reads and the stream included.
+    let e = grpc
+        .create_shadow(with_token(create(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let e = grpc
+        .watch_shadow_events(with_token(wire::WatchShadowEventsRequest::default(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let (s, _) = http(&c, "GET", "/shadows", "not-a-token", &Value::Null);
+    assert_eq!(s, 401);
+    // A read token reads and follows but changes nothing (gRPC and REST).
+    let (s, read) = http(
+        &c,
+        "POST",
+        "/tokens",
+        &admin,
+        &json!({"name": "dashboards", "role": "read"}),
+    );
+    assert_eq!(s, 201, "{read}");
+    let read = read["token"].as_str().unwrap().to_owned();
+    let e = grpc
+        .create_shadow(with_token(create(), Some(&read)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let (s, _) = http(
+        &c,
+        "POST",
+        "/shadows",
+        &read,
+        &json!({"id": "x", "production": "shop", "hosts": ["hv2"]}),
+    );
+    assert_eq!(s, 403);
+    let listed = grpc
+        .list_shadows(with_token(wire::ListShadowsRequest {}, Some(&read)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.shadows.is_empty());
+    let mut events = grpc
+        .watch_shadow_events(with_token(
+            wire::WatchShadowEventsRequest::default(),
+            Some(&read),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Create: every node with ports is sampled; no agent gave hv1 or hv2 an underlay
+    // address, so nothing is published yet and the shadow says why.
+    let made = grpc
+        .create_shadow(with_token(create(), Some(&admin)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(made.id, "shop-shadow");
+    assert_eq!(made.nodes, ["db", "web"]);
+    assert_eq!(made.networks, ["shop-shadow"]);
+    assert_eq!(made.policy.as_ref().unwrap().key, "connection");
+    assert_eq!(made.state, "degraded");
+    assert!(made.error.contains("no underlay address"), "{}", made.error);
+    let e = next_event(&mut events).await;
+    assert_eq!(e.r#type, "weft.shadow.created");
+    assert_eq!(e.subject, "shop-shadow");
+    let data: Value = serde_json::from_str(&e.data_json).unwrap();
+    assert_eq!(data["production"], "shop");
+    // The controller tells it is degraded by itself.
+    let e = next_event(&mut events).await;
+    assert_eq!(e.r#type, "weft.shadow.degraded");
+    assert!(e.data_json.contains("underlay"), "{}", e.data_json);
+
+    // Errors: the same id ALREADY_EXISTS, a bad field INVALID_ARGUMENT naming it.
+    let e = grpc
+        .create_shadow(with_token(create(), Some(&admin)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+    let mut bad = create();
+    bad.id = "other".into();
+    bad.policy.as_mut().unwrap().ports = vec![70_000];
+    let e = grpc
+        .create_shadow(with_token(bad, Some(&admin)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("`policy.ports[0]`"), "{e}");
+    let e = grpc
+        .get_shadow(with_token(
+            wire::GetShadowRequest { id: "nope".into() },
+            Some(&read),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+
+    // The policy is replaced.
+    let e = grpc
+        .update_shadow_policy(with_token(
+            wire::UpdateShadowPolicyRequest {
+                id: "shop-shadow".into(),
+                policy: None,
+            },
+            Some(&admin),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let changed = grpc
+        .update_shadow_policy(with_token(
+            wire::UpdateShadowPolicyRequest {
+                id: "shop-shadow".into(),
+                policy: Some(wire::ShadowPolicy {
+                    share_ppm: 500_000,
+                    key: "source".into(),
+                    ..Default::default()
+                }),
+            },
+            Some(&admin),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(changed.policy.as_ref().unwrap().share_ppm, 500_000);
+    let e = next_event(&mut events).await;
+    assert_eq!(e.r#type, "weft.shadow.policy.changed");
+    let got = grpc
+        .get_shadow(with_token(
+            wire::GetShadowRequest {
+                id: "shop-shadow".into(),
+            },
+            Some(&read),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.policy.unwrap().key, "source");
+    assert!(got.counters.is_some());
+
+    // Delete: gone, and so is its network.
+    let e = grpc
+        .delete_shadow(with_token(
+            wire::DeleteShadowRequest {
+                id: "shop-shadow".into(),
+            },
+            Some(&read),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    grpc.delete_shadow(with_token(
+        wire::DeleteShadowRequest {
+            id: "shop-shadow".into(),
+        },
+        Some(&admin),
+    ))
+    .await
+    .unwrap();
+    let e = next_event(&mut events).await;
+    assert_eq!(e.r#type, "weft.shadow.deleted");
+    let (s, _) = http(&c, "GET", "/networks/shop-shadow", &read, &Value::Null);
+    assert_eq!(s, 404);
+    let (s, all) = http(&c, "GET", "/shadows", &read, &Value::Null);
+    assert_eq!(s, 200);
+    assert_eq!(all, json!({"shadows": []}));
+}
