@@ -19,6 +19,7 @@ mod networks;
 mod outbox;
 mod queue;
 mod realize;
+mod shadow;
 mod workloads;
 
 #[cfg(test)]
@@ -197,6 +198,14 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("the network kinds")?;
     let events = (args.drift_repair == config::DriftRepair::Events).then_some(host_events);
+    let shadow_sinks = shadow::sink::SinkReconciler::new(
+        shadow::sink::SinkConfig {
+            underlay: args.underlay_address,
+            netns_prefix: args.node_netns_prefix.clone(),
+            limits: Default::default(),
+        },
+        signal_tx.clone(),
+    );
     let control = control::driver::ControlDriver {
         controller: link,
         host_id: args.host_id.clone(),
@@ -217,6 +226,8 @@ async fn main() -> anyhow::Result<()> {
                 .with_workloads(registry.clone())
                 .with_host_events(events.clone()),
             ),
+            // After the nodes: a sink's targets are node namespaces.
+            Arc::new(shadow_sinks),
         ],
         events,
         signals: Some(drift_signals),

@@ -37,6 +37,8 @@ pub mod stats;
 use std::collections::VecDeque;
 
 pub use compare::Diffy;
+/// The hdrhistogram this crate serializes with (V2), for readers of the reports.
+pub use hdrhistogram;
 pub use postgres::{PgExpect, is_read_only_sql};
 pub use redis::is_read_command;
 pub use replay::Replay;
@@ -324,8 +326,8 @@ enum ServerMode {
 }
 
 /// Cuts a server byte stream into responses. Told each request's [`Expect`] (and key),
-/// in order, with [`ServerFramer::expect`]; answers to requests not announced are an error
-/// (except HTTP/2, whose frames name their stream).
+/// in order, with [`ServerFramer::expect`]; bytes that come before their request is
+/// announced wait for it (HTTP/2 frames name their stream).
 pub struct ServerFramer {
     limits: Limits,
     buf: Vec<u8>,
@@ -437,11 +439,11 @@ impl ServerFramer {
                     break;
                 }
                 ServerMode::Serial => {
+                    // Nothing expected yet: the request is still being received (an
+                    // interim `100 Continue` comes before the body it asks for); the
+                    // bytes wait, within the limit checked below.
                     let Some(&(key, expect)) = self.pending.front() else {
-                        return Err(FrameError::Malformed(format!(
-                            "{} bytes from the server before any request",
-                            rest.len()
-                        )));
+                        break;
                     };
                     let taken = match expect {
                         Expect::Http1 { head, upgrade_h2c } => {

@@ -157,6 +157,31 @@ HTTP/1.1 503 Unavailable\r\n\r\nuntil close";
 }
 
 #[test]
+fn an_interim_answer_before_its_request_is_complete_waits_for_it() {
+    let mut s = ServerFramer::new(Limits::default());
+    assert!(s.push(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap().is_empty());
+    s.expect(&Request {
+        bytes: vec![],
+        endpoint: None,
+        read_only: false,
+        request_id: None,
+        expect: Expect::Http1 {
+            head: false,
+            upgrade_h2c: false,
+        },
+        key: 9,
+    })
+    .unwrap();
+    let out = s
+        .push(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        (out.len(), out[0].key, out[0].status.as_str()),
+        (1, 9, "201")
+    );
+}
+
+#[test]
 fn redis_commands_inline_and_multibulk_pipelined() {
     let s = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nset\r\n$1\r\nk\r\n$1\r\nv\r\nPING\r\nhgetall h\r\n*2\r\n$6\r\nCLIENT\r\n$4\r\nINFO\r\n";
     let rs = frame_all(s, &[5, 17, 40]);

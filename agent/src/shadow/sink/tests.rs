@@ -1,0 +1,634 @@
+//! The sink against real servers in real namespaces: a fake tap streams recorded HTTP
+//! traffic; the servers (python3's http.server, recording each request's head and body
+//! hash) must receive it byte-identical, and read-only mode must keep writes from them.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use tokio::io::AsyncWriteExt as _;
+use weft_proto::v1::{ShadowFrame, ShadowHello, ShadowSink, ShadowTarget};
+
+use super::*;
+use crate::control::DesiredResource;
+use crate::testns::require_root;
+
+/// Waits until `f` holds, at most `timeout`.
+async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+/// A node namespace made with the agent's own function, removed on drop.
+struct NodeNs {
+    path: PathBuf,
+    name: String,
+}
+
+impl NodeNs {
+    fn new(prefix: &str, network: &str, node: &str) -> Self {
+        let name = names::netns(prefix, network, node);
+        let path = namespaces::path_of(&name);
+        let p = path.clone();
+        std::thread::spawn(move || {
+            namespaces::prepare_dir().expect("/run/netns");
+            let home = namespaces::home().expect("home namespace");
+            namespaces::create(&p, &home, None, || Ok(()))
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        })
+        .join()
+        .expect("namespace thread")
+        .expect("creating the namespace");
+        Self { path, name }
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let st = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ip"])
+            .args(args)
+            .status()
+            .expect("ip");
+        assert!(st.success(), "ip {args:?} in {}", self.name);
+    }
+}
+
+impl Drop for NodeNs {
+    fn drop(&mut self) {
+        let _ = namespaces::remove(&self.path);
+    }
+}
+
+/// A child process killed (by its id, through the handle) on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const SERVER: &str = r#"
+import sys, json, hashlib, http.server, socketserver, time
+addr, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "weft-test"
+    sys_version = ""
+    def any(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        rec = {"line": self.requestline, "headers": [[k, v] for k, v in self.headers.items()],
+               "sha256": hashlib.sha256(body).hexdigest(), "len": len(body)}
+        with open(log, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        out = json.dumps({"path": self.path, "at": time.time_ns()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(out)
+    do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = any
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S((addr, port), H).serve_forever()
+"#;
+
+const ADDR: &str = "198.18.77.5";
+const PORT: u16 = 8080;
+
+fn serve(ns: &NodeNs, script: &Path, log: &Path) -> Server {
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["addr", "add", &format!("{ADDR}/32"), "dev", "lo"]);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3"])
+        .arg(script)
+        .args([ADDR, &PORT.to_string()])
+        .arg(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("python3");
+    Server(child)
+}
+
+/// One request as sent, and what the server must have recorded.
+struct Sent {
+    line: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn req(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (Vec<u8>, Sent) {
+    let mut h: Vec<(String, String)> = vec![("Host".into(), "shop".into())];
+    h.extend(
+        headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
+    );
+    if !body.is_empty() {
+        h.push(("Content-Length".into(), body.len().to_string()));
+    }
+    let line = format!("{method} {path} HTTP/1.1");
+    let mut b = format!("{line}\r\n").into_bytes();
+    for (n, v) in &h {
+        b.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    b.extend_from_slice(b"\r\n");
+    (
+        b,
+        Sent {
+            line,
+            headers: h,
+            body: body.to_vec(),
+        },
+    )
+}
+
+fn answer(path: &str, head: bool) -> Vec<u8> {
+    let body = format!("{{\"path\": \"{path}\", \"at\": 1}}");
+    let mut a = format!(
+        "HTTP/1.1 200 OK\r\nServer: weft-test\r\nDate: Sat, 05 Dec 2026 06:00:00 GMT\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head {
+        a.extend_from_slice(body.as_bytes());
+    }
+    a
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().expect("stdin").write_all(b)?;
+            c.wait_with_output()
+        })
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The recorded connection: frames (direction, bytes, at) and the requests in it.
+fn recording() -> (Vec<(u32, Vec<u8>)>, Vec<Sent>) {
+    let mut frames = Vec::new();
+    let mut sent = Vec::new();
+    // Pipelined reads.
+    let mut burst = Vec::new();
+    for (m, p, id) in [
+        ("GET", "/a?page=1", "id-1"),
+        ("HEAD", "/a", "id-2"),
+        ("GET", "/b", "id-3"),
+        ("GET", "/c", "id-4"),
+    ] {
+        let (b, s) = req(m, p, &[("X-Request-Id", id)], b"");
+        burst.extend(b);
+        sent.push(s);
+    }
+    frames.push((1, burst));
+    let mut answers = answer("/a?page=1", false);
+    answers.extend(answer("/a", true));
+    // Production answered /b differently from what the shadow does: a real difference.
+    answers.extend(answer("/b-old", false));
+    answers.extend(answer("/c", false));
+    frames.push((2, answers));
+    // A 1 MB POST with Expect: 100-continue: the head, production's 100, then the body.
+    let body: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let (head, s) = req(
+        "POST",
+        "/upload",
+        &[("X-Request-Id", "id-post"), ("Expect", "100-continue")],
+        &body,
+    );
+    sent.push(s);
+    frames.push((1, head));
+    frames.push((2, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()));
+    for c in body.chunks(256 * 1024) {
+        frames.push((1, c.to_vec()));
+    }
+    frames.push((2, answer("/upload", false)));
+    let (b, s) = req("DELETE", "/a/7", &[("X-Request-Id", "id-del")], b"");
+    sent.push(s);
+    frames.push((1, b));
+    frames.push((2, answer("/a/7", false)));
+    (frames, sent)
+}
+
+async fn send_tap(addr: SocketAddr, shadow: &str, frames: &[(u32, Vec<u8>)]) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connecting to the sink");
+    let mut out = Vec::new();
+    ShadowHello {
+        shadow: shadow.into(),
+        host_id: "prod-host".into(),
+    }
+    .encode_length_delimited(&mut out)
+    .expect("encode");
+    let t0 = 1_700_000_000_000_000_000u64;
+    for (i, (dir, data)) in frames.iter().enumerate() {
+        ShadowFrame {
+            connection: 7,
+            direction: *dir,
+            data: data.clone(),
+            at_unix_ns: t0 + i as u64 * 1_000_000,
+            open: i == 0,
+            client: if i == 0 {
+                "198.18.64.2:40112".into()
+            } else {
+                String::new()
+            },
+            server: if i == 0 {
+                format!("{ADDR}:{PORT}")
+            } else {
+                String::new()
+            },
+            close: i + 1 == frames.len(),
+            gap: false,
+        }
+        .encode_length_delimited(&mut out)
+        .expect("encode");
+    }
+    s.write_all(&out).await.expect("writing frames");
+    s.shutdown().await.expect("shutdown");
+}
+
+fn logged(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn desired(key: &str, port: u16, read_only: bool) -> DesiredResource {
+    DesiredResource {
+        key: key.into(),
+        generation: 1,
+        spec: Spec::ShadowSink(ShadowSink {
+            shadow: "shop-shadow".into(),
+            listen_port: port as u32,
+            peers: vec!["127.0.0.1".into()],
+            targets: vec![
+                ShadowTarget {
+                    network: "n".into(),
+                    node: "s".into(),
+                },
+                ShadowTarget {
+                    network: "n".into(),
+                    node: "b".into(),
+                },
+            ],
+            read_only,
+        }),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn measurement(r: &ResourceReport, name: &str) -> f64 {
+    r.measurements
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| *v)
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_replays_recorded_http_byte_identical_and_keeps_writes_out_in_read_only_mode() {
+    require_root!();
+    if Command::new("python3").arg("-V").output().is_err() {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let prefix = format!("wft-{:x}-sk", std::process::id());
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", free_port()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let script = dir.join("server.py");
+    std::fs::write(&script, SERVER).expect("script");
+    let (shadow_ns, base_ns) = (
+        NodeNs::new(&prefix, "n", "s"),
+        NodeNs::new(&prefix, "n", "b"),
+    );
+    let (shadow_log, base_log) = (dir.join("shadow.jsonl"), dir.join("base.jsonl"));
+    let _servers = [
+        serve(&shadow_ns, &script, &shadow_log),
+        serve(&base_ns, &script, &base_log),
+    ];
+    // Both servers answer before the replay starts.
+    for ns in [&shadow_ns, &base_ns] {
+        let path = ns.path.clone();
+        let up = eventually(Duration::from_secs(10), || {
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let f = std::fs::File::open(&p).ok()?;
+                use std::os::fd::AsRawFd as _;
+                // SAFETY: setns on an open namespace fd, on this scratch thread only.
+                if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return None;
+                }
+                std::net::TcpStream::connect((ADDR, PORT)).ok()
+            })
+            .join()
+            .ok()
+            .flatten()
+            .is_some()
+        })
+        .await;
+        assert!(up, "the test server in {} did not start", path.display());
+    }
+
+    let (signals, mut signal_rx) = mpsc::channel(16);
+    let sinks = SinkReconciler::new(
+        SinkConfig {
+            underlay: Some("127.0.0.1".parse().expect("address")),
+            netns_prefix: prefix.clone(),
+            limits: Limits::default(),
+        },
+        signals,
+    );
+    let (frames, sent) = recording();
+
+    // Full replay: everything reaches both targets, byte-identical.
+    let key = "shop-shadow/s";
+    let d = [desired(key, free_port(), false)];
+    let r = sinks.reconcile(&d, Scope::All).await;
+    assert_eq!(r.len(), 1);
+    assert!(r[0].error.is_none(), "{:?}", r[0].error);
+    assert_eq!(r[0].changes, 1);
+    let addr = sinks.local_addr(key).expect("listening");
+    send_tap(addr, "shop-shadow", &frames).await;
+    let shared = sinks.shared(key).expect("sink");
+    let done = eventually(Duration::from_secs(30), || {
+        logged(&shadow_log).len() >= sent.len()
+            && logged(&base_log).len() >= sent.len()
+            && lock(&shared.stats)
+                .endpoint("DELETE /a/{id}")
+                .is_some_and(|e| e.shadow_requests == 1)
+            && shared.counters.requests_unpaired.load(Relaxed) == 0
+            && lock(&shared.stats)
+                .report()
+                .iter()
+                .map(|e| e.compared)
+                .sum::<u64>()
+                == 6
+    })
+    .await;
+    assert!(
+        done,
+        "replay incomplete: shadow log {:?}, stats {:?}, counters {:?}",
+        logged(&shadow_log),
+        lock(&shared.stats)
+            .report()
+            .iter()
+            .map(|e| (
+                e.endpoint.clone(),
+                e.production_requests,
+                e.shadow_requests,
+                e.compared
+            ))
+            .collect::<Vec<_>>(),
+        shared.counters
+    );
+    for log in [&shadow_log, &base_log] {
+        let got = logged(log);
+        assert_eq!(got.len(), sent.len(), "{got:?}");
+        for (g, s) in got.iter().zip(&sent) {
+            assert_eq!(g["line"], s.line.as_str());
+            let headers: Vec<(String, String)> = g["headers"]
+                .as_array()
+                .expect("headers")
+                .iter()
+                .map(|h| {
+                    (
+                        h[0].as_str().unwrap_or_default().to_owned(),
+                        h[1].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            assert_eq!(headers, s.headers, "{}", s.line);
+            assert_eq!(g["len"], s.body.len());
+            assert_eq!(g["sha256"], sha256_hex(&s.body).as_str(), "{}", s.line);
+        }
+    }
+    let ids = shared.recent_ids(0);
+    assert_eq!(ids, ["id-1", "id-2", "id-3", "id-4", "id-post", "id-del"]);
+    let r = sinks.reconcile(&d, Scope::Only(&[key.to_owned()])).await;
+    assert_eq!(r[0].changes, 0);
+    assert_eq!(measurement(&r[0], "requests_replayed"), 6.0);
+    assert_eq!(measurement(&r[0], "requests_skipped_write"), 0.0);
+    assert_eq!(measurement(&r[0], "connections_replayed"), 1.0);
+    assert_eq!(measurement(&r[0], "connections_failed"), 0.0);
+    let report = r[0].shadow.clone().expect("shadow report");
+    let ep = |name: &str| {
+        report
+            .endpoints
+            .iter()
+            .find(|e| e.endpoint == name)
+            .unwrap_or_else(|| panic!("no endpoint {name}: {report:?}"))
+            .clone()
+    };
+    let a = ep("GET /a");
+    assert_eq!(
+        (a.production_requests, a.shadow_requests, a.compared),
+        (1, 1, 1)
+    );
+    assert!(!a.production_latency.is_empty() && !a.shadow_latency.is_empty());
+    // The timestamp differs everywhere, also between the shadow and its replica: noise.
+    assert!(a.differing_fields.is_empty(), "{a:?}");
+    assert_eq!(a.differing, 0);
+    // /b was answered differently by production: found.
+    let b = ep("GET /b");
+    assert_eq!(b.differing, 1, "{b:?}");
+    assert_eq!(b.differing_fields.get("body.path"), Some(&1), "{b:?}");
+    let post = ep("POST /upload");
+    assert_eq!(
+        (
+            post.production_requests,
+            post.shadow_requests,
+            post.production_errors
+        ),
+        (1, 1, 0)
+    );
+    // Production latency comes from the capture times: request at frame 6 (the body's
+    // last chunk) to the answer at frame 7: 1 ms.
+    let mut bytes = post.production_latency.as_slice();
+    let h: weft_shadow::hdrhistogram::Histogram<u64> =
+        weft_shadow::hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes)
+            .expect("V2 histogram");
+    assert_eq!(h.len(), 1);
+    assert_eq!(h.max(), h.highest_equivalent(1000));
+    // The refresh task asks for a report while results change.
+    let sig = tokio::time::timeout(REFRESH_EVERY * 3, signal_rx.recv()).await;
+    let sig = sig.expect("a refresh signal").expect("signal");
+    assert_eq!(
+        (sig.kind, sig.drift.key.as_str(), sig.drift.what.as_str()),
+        (weft_proto::kinds::SHADOW_SINK, key, REFRESH)
+    );
+
+    // Read-only: the POST and the DELETE never reach the targets, and are counted.
+    std::fs::write(&shadow_log, "").expect("truncating");
+    std::fs::write(&base_log, "").expect("truncating");
+    let d = [desired(key, free_port(), true)];
+    let r = sinks.reconcile(&d, Scope::Changed).await;
+    assert_eq!(r[0].changes, 1, "a changed spec restarts the sink");
+    assert_eq!(measurement(&r[0], "requests_replayed"), 0.0);
+    let addr = sinks.local_addr(key).expect("listening");
+    send_tap(addr, "shop-shadow", &frames).await;
+    let shared = sinks.shared(key).expect("sink");
+    let done = eventually(Duration::from_secs(30), || {
+        shared.counters.requests_skipped_write.load(Relaxed) == 2
+            && logged(&shadow_log).len() >= 4
+            && logged(&base_log).len() >= 4
+            && lock(&shared.stats)
+                .endpoint("GET /c")
+                .is_some_and(|e| e.shadow_requests == 1)
+            && shared.counters.connections_replayed.load(Relaxed) == 1
+    })
+    .await;
+    assert!(
+        done,
+        "read-only replay incomplete: {:?}",
+        logged(&shadow_log)
+    );
+    // Grace for a stray write to arrive, were there one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for log in [&shadow_log, &base_log] {
+        let lines: Vec<String> = logged(log)
+            .iter()
+            .map(|g| g["line"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "GET /a?page=1 HTTP/1.1",
+                "HEAD /a HTTP/1.1",
+                "GET /b HTTP/1.1",
+                "GET /c HTTP/1.1"
+            ]
+        );
+    }
+    let r = sinks.reconcile(&d, Scope::Only(&[key.to_owned()])).await;
+    assert_eq!(measurement(&r[0], "requests_skipped_write"), 2.0);
+    assert_eq!(measurement(&r[0], "requests_replayed"), 4.0);
+    let report = r[0].shadow.clone().expect("report");
+    let del = report
+        .endpoints
+        .iter()
+        .find(|e| e.endpoint == "DELETE /a/{id}")
+        .expect("DELETE counted");
+    assert_eq!((del.production_requests, del.shadow_requests), (1, 0));
+
+    // Removed: the listener closes.
+    let r = sinks.reconcile(&[], Scope::All).await;
+    assert_eq!((r.len(), r[0].changes), (1, 1));
+    assert!(sinks.managed().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_ends_the_tap_with_an_error_not_a_panic() {
+    let mut b: Vec<u8> = Vec::new();
+    prost::encoding::encode_varint((MAX_FRAME + 1) as u64, &mut b);
+    b.extend_from_slice(&[0; 16]);
+    let e = read_delimited(&mut b.as_slice(), MAX_FRAME)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TapError::TooLarge { .. }), "{e}");
+    let bad = [0xffu8; 12];
+    assert!(matches!(
+        read_delimited(&mut bad.as_slice(), MAX_FRAME)
+            .await
+            .unwrap_err(),
+        TapError::BadLength
+    ));
+    let empty: &[u8] = &[];
+    assert!(
+        read_delimited(&mut &*empty, MAX_FRAME)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut ok = Vec::new();
+    ShadowHello {
+        shadow: "x".into(),
+        host_id: "h".into(),
+    }
+    .encode_length_delimited(&mut ok)
+    .unwrap();
+    let got = read_delimited(&mut ok.as_slice(), MAX_FRAME)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ShadowHello::decode(got.as_slice()).unwrap().shadow, "x");
+    // Cut short inside a message: an error, not a hang or a panic.
+    assert!(
+        read_delimited(&mut &ok[..ok.len() - 1], MAX_FRAME)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn sinks_reject_specs_they_cannot_make_and_taps_of_other_hosts() {
+    let (signals, _rx) = mpsc::channel(4);
+    let sinks = SinkReconciler::new(
+        SinkConfig {
+            underlay: Some("127.0.0.1".parse().unwrap()),
+            netns_prefix: "wft-none".into(),
+            limits: Limits::default(),
+        },
+        signals,
+    );
+    let mut d = desired("x/y", 0, false);
+    let r = sinks.reconcile(std::slice::from_ref(&d), Scope::All).await;
+    assert!(
+        r[0].error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("listen_port"),
+        "{r:?}"
+    );
+    d = desired("x/y", free_port(), false);
+    if let Spec::ShadowSink(s) = &mut d.spec {
+        s.peers = vec!["198.18.0.9".into()];
+    }
+    let r = sinks.reconcile(std::slice::from_ref(&d), Scope::All).await;
+    assert!(r[0].error.is_none(), "{r:?}");
+    let addr = sinks.local_addr("x/y").unwrap();
+    let shared = sinks.shared("x/y").unwrap();
+    let _s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || shared
+            .counters
+            .taps_rejected
+            .load(Relaxed)
+            == 1)
+        .await
+    );
+    assert_eq!(shared.counters.taps_connected.load(Relaxed), 0);
+}
