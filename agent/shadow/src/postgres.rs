@@ -46,8 +46,11 @@ pub(crate) fn looks_like_client(b: &[u8]) -> Option<bool> {
     )
 }
 
-/// A typed message at `at`: its type, body and the offset after it.
-fn typed(buf: &[u8], at: usize, max: usize) -> Result<Option<(u8, &[u8], usize)>, FrameError> {
+/// A typed message: its type, body and the offset after it.
+type Typed<'a> = (u8, &'a [u8], usize);
+
+/// The typed message at `at`.
+fn typed(buf: &[u8], at: usize, max: usize) -> Result<Option<Typed<'_>>, FrameError> {
     let (Some(&t), Some(len)) = (buf.get(at), be32(buf, at + 1)) else {
         return Ok(None);
     };

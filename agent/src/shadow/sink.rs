@@ -709,6 +709,9 @@ fn remember(set: &mut HashSet<u64>, id: u64, closed: bool) {
     set.insert(id);
 }
 
+/// Requests queued for a target connection's writer: (key, bytes).
+type Requests = mpsc::Sender<(u64, Vec<u8>)>;
+
 /// What a target connection's tasks report.
 enum Event {
     Sent { t: usize, key: u64, at: u64 },
@@ -737,7 +740,7 @@ fn target_tasks(
     stream: tokio::net::TcpStream,
     shared: Arc<SinkShared>,
     events: mpsc::Sender<Event>,
-) -> (mpsc::Sender<(u64, Vec<u8>)>, [JoinHandle<()>; 2]) {
+) -> (Requests, [JoinHandle<()>; 2]) {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(TARGET_QUEUE);
     let ev = events.clone();
@@ -840,7 +843,7 @@ async fn replay_connection(
             .map(|ns| connect(ns.clone(), server)),
     )
     .await;
-    let mut writers: Vec<Option<mpsc::Sender<(u64, Vec<u8>)>>> = Vec::with_capacity(n);
+    let mut writers: Vec<Option<Requests>> = Vec::with_capacity(n);
     let mut guard = TaskGuard(Vec::new());
     for (t, c) in connects.into_iter().enumerate() {
         match c {

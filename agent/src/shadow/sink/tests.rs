@@ -232,7 +232,7 @@ fn recording() -> (Vec<(u32, Vec<u8>)>, Vec<Sent>) {
     (frames, sent)
 }
 
-async fn send_tap(addr: SocketAddr, shadow: &str, frames: &[(u32, Vec<u8>)]) {
+async fn send_tap(addr: SocketAddr, shadow: &str, server: &str, frames: &[(u32, Vec<u8>)]) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connecting to the sink");
@@ -257,7 +257,7 @@ async fn send_tap(addr: SocketAddr, shadow: &str, frames: &[(u32, Vec<u8>)]) {
                 String::new()
             },
             server: if i == 0 {
-                format!("{ADDR}:{PORT}")
+                server.to_owned()
             } else {
                 String::new()
             },
@@ -380,7 +380,7 @@ async fn sink_replays_recorded_http_byte_identical_and_keeps_writes_out_in_read_
     assert!(r[0].error.is_none(), "{:?}", r[0].error);
     assert_eq!(r[0].changes, 1);
     let addr = sinks.local_addr(key).expect("listening");
-    send_tap(addr, "shop-shadow", &frames).await;
+    send_tap(addr, "shop-shadow", &format!("{ADDR}:{PORT}"), &frames).await;
     let shared = sinks.shared(key).expect("sink");
     let done = eventually(Duration::from_secs(30), || {
         logged(&shadow_log).len() >= sent.len()
@@ -498,7 +498,7 @@ async fn sink_replays_recorded_http_byte_identical_and_keeps_writes_out_in_read_
     assert_eq!(r[0].changes, 1, "a changed spec restarts the sink");
     assert_eq!(measurement(&r[0], "requests_replayed"), 0.0);
     let addr = sinks.local_addr(key).expect("listening");
-    send_tap(addr, "shop-shadow", &frames).await;
+    send_tap(addr, "shop-shadow", &format!("{ADDR}:{PORT}"), &frames).await;
     let shared = sinks.shared(key).expect("sink");
     let done = eventually(Duration::from_secs(30), || {
         shared.counters.requests_skipped_write.load(Relaxed) == 2
@@ -631,4 +631,143 @@ async fn sinks_reject_specs_they_cannot_make_and_taps_of_other_hosts() {
         .await
     );
     assert_eq!(shared.counters.taps_connected.load(Relaxed), 0);
+}
+
+fn redis_cli(ns: &NodeNs, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "redis-cli",
+            "-h",
+            ADDR,
+            "-p",
+            "6379",
+        ])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_replays_redis_reads_to_a_real_redis_and_keeps_its_writes_out() {
+    require_root!();
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no redis-server");
+        return;
+    }
+    let prefix = format!("wft-{:x}-sr", std::process::id());
+    let ns = NodeNs::new(&prefix, "n", "r");
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["addr", "add", &format!("{ADDR}/32"), "dev", "lo"]);
+    let _redis = Server(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "redis-server",
+                "--bind",
+                ADDR,
+                "--port",
+                "6379",
+            ])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    let up = eventually(Duration::from_secs(10), || {
+        redis_cli(&ns, &["PING"]) == "PONG"
+    })
+    .await;
+    assert!(up, "redis-server did not start");
+    assert_eq!(redis_cli(&ns, &["SET", "seen", "1"]), "OK");
+
+    let (signals, _rx) = mpsc::channel(16);
+    let sinks = SinkReconciler::new(
+        SinkConfig {
+            underlay: Some("127.0.0.1".parse().expect("address")),
+            netns_prefix: prefix.clone(),
+            limits: Limits::default(),
+        },
+        signals,
+    );
+    let key = "cache-shadow/r";
+    let d = [DesiredResource {
+        key: key.into(),
+        generation: 1,
+        spec: Spec::ShadowSink(ShadowSink {
+            shadow: "cache-shadow".into(),
+            listen_port: u32::from(free_port()),
+            peers: vec!["127.0.0.1".into()],
+            targets: vec![ShadowTarget {
+                network: "n".into(),
+                node: "r".into(),
+            }],
+            read_only: true,
+        }),
+    }];
+    let r = sinks.reconcile(&d, Scope::All).await;
+    assert!(r[0].error.is_none(), "{:?}", r[0].error);
+    let frames = vec![
+        (
+            1,
+            b"*2\r\n$3\r\nGET\r\n$4\r\nseen\r\n*3\r\n$3\r\nSET\r\n$7\r\nwritten\r\n$1\r\nx\r\nPING\r\n*2\r\n$4\r\nINCR\r\n$4\r\nseen\r\n".to_vec(),
+        ),
+        // Production's answers; its GET saw another value than the shadow has: a difference.
+        (2, b"$1\r\n2\r\n+OK\r\n+PONG\r\n:3\r\n".to_vec()),
+        (1, b"*2\r\n$6\r\nEXISTS\r\n$4\r\nseen\r\n".to_vec()),
+        (2, b":1\r\n".to_vec()),
+    ];
+    send_tap(
+        sinks.local_addr(key).expect("listening"),
+        "cache-shadow",
+        &format!("{ADDR}:6379"),
+        &frames,
+    )
+    .await;
+    let shared = sinks.shared(key).expect("sink");
+    let done = eventually(Duration::from_secs(20), || {
+        let st = lock(&shared.stats);
+        ["redis GET", "redis PING", "redis EXISTS"]
+            .iter()
+            .all(|e| st.endpoint(e).is_some_and(|e| e.shadow_requests == 1))
+            && shared.counters.requests_skipped_write.load(Relaxed) == 2
+    })
+    .await;
+    assert!(done, "{:?}", lock(&shared.stats).report());
+    // The writes never reached the shadow.
+    assert_eq!(redis_cli(&ns, &["EXISTS", "written"]), "0");
+    assert_eq!(redis_cli(&ns, &["GET", "seen"]), "1");
+    let r = sinks.reconcile(&d, Scope::Only(&[key.to_owned()])).await;
+    assert_eq!(measurement(&r[0], "requests_replayed"), 3.0);
+    assert_eq!(measurement(&r[0], "requests_skipped_write"), 2.0);
+    let report = r[0].shadow.clone().expect("report");
+    let get = report
+        .endpoints
+        .iter()
+        .find(|e| e.endpoint == "redis GET")
+        .expect("GET");
+    // No baseline: every raw difference counts; 1 of 1 is beyond both thresholds.
+    assert_eq!((get.compared, get.differing), (1, 1));
+    assert_eq!(get.differing_fields.get("reply"), Some(&1), "{get:?}");
+    let ping = report
+        .endpoints
+        .iter()
+        .find(|e| e.endpoint == "redis PING")
+        .expect("PING");
+    assert_eq!((ping.compared, ping.differing), (1, 0));
+    let set = report
+        .endpoints
+        .iter()
+        .find(|e| e.endpoint == "redis SET")
+        .expect("SET counted");
+    assert_eq!((set.production_requests, set.shadow_requests), (1, 0));
 }
