@@ -56,7 +56,7 @@ pub struct Answered {
 /// Counters of one replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayCounters {
-    /// Requests sent to the targets.
+    /// Requests sent to the targets (to at least one live target).
     pub requests_replayed: u64,
     /// Requests not sent because they may write (read-only mode).
     pub requests_skipped_write: u64,
@@ -167,7 +167,7 @@ impl Replay {
                     // The stream's bytes cannot be cut out of an h2 connection.
                     self.stopped = true;
                 }
-            } else if is_request {
+            } else if is_request && self.targets.iter().any(|t| t.alive) {
                 self.counters.requests_replayed += 1;
             }
             if is_request {

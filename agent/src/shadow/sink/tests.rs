@@ -771,3 +771,95 @@ async fn sink_replays_redis_reads_to_a_real_redis_and_keeps_its_writes_out() {
         .expect("SET counted");
     assert_eq!((set.production_requests, set.shadow_requests), (1, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_stops_reading_is_dropped_and_counted_not_buffered() {
+    require_root!();
+    let prefix = format!("wft-{:x}-sl", std::process::id());
+    let ns = NodeNs::new(&prefix, "n", "slow");
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["addr", "add", &format!("{ADDR}/32"), "dev", "lo"]);
+    // Accepts and never reads: the kernel's buffers fill, then every write blocks.
+    let _stuck = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c"])
+            .arg(format!(
+                "import socket, time\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('{ADDR}', 8081))\ns.listen(8)\nc, _ = s.accept()\ntime.sleep(120)\n"
+            ))
+            .spawn()
+            .expect("python3"),
+    );
+    let (signals, _rx) = mpsc::channel(16);
+    let sinks = SinkReconciler::new(
+        SinkConfig {
+            underlay: Some("127.0.0.1".parse().expect("address")),
+            netns_prefix: prefix.clone(),
+            limits: Limits::default(),
+        },
+        signals,
+    );
+    let key = "slow/slow";
+    let d = [DesiredResource {
+        key: key.into(),
+        generation: 1,
+        spec: Spec::ShadowSink(ShadowSink {
+            shadow: "slow".into(),
+            listen_port: u32::from(free_port()),
+            peers: vec!["127.0.0.1".into()],
+            targets: vec![ShadowTarget {
+                network: "n".into(),
+                node: "slow".into(),
+            }],
+            read_only: false,
+        }),
+    }];
+    let r = sinks.reconcile(&d, Scope::All).await;
+    assert!(r[0].error.is_none(), "{:?}", r[0].error);
+    // The listener must be up before the replay connects.
+    let path = ns.path.clone();
+    let up = eventually(Duration::from_secs(10), || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ss", "-ltn"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(":8081"))
+            .unwrap_or(false);
+        out && path.exists()
+    })
+    .await;
+    assert!(up, "the stuck server did not start");
+    // 400 POSTs of 64 KiB: 25 MiB, far more than the queues and socket buffers hold.
+    let body = vec![b'z'; 64 * 1024];
+    let mut frames = Vec::new();
+    for i in 0..400 {
+        let (mut b, _) = req("POST", &format!("/w/{i}"), &[], &body);
+        b.extend_from_slice(&body);
+        frames.push((1, b));
+    }
+    let started = Instant::now();
+    send_tap(
+        sinks.local_addr(key).expect("listening"),
+        "slow",
+        &format!("{ADDR}:8081"),
+        &frames,
+    )
+    .await;
+    let shared = sinks.shared(key).expect("sink");
+    let dropped = eventually(Duration::from_secs(20), || {
+        shared.counters.targets_dropped_slow.load(Relaxed)
+            + shared.counters.connections_dropped.load(Relaxed)
+            >= 1
+            && shared.counters.taps_connected.load(Relaxed) == 0
+    })
+    .await;
+    assert!(dropped, "{:?}", shared.counters);
+    // Well before the write timeout: dropped because the queue was full, not timed out.
+    assert!(started.elapsed() < WRITE_TIMEOUT, "{:?}", started.elapsed());
+    let replayed = shared.counters.requests_replayed.load(Relaxed);
+    // Requests stop being sent once the shadow is dropped; the queue bounds how many.
+    assert!(replayed > 0 && replayed < 400, "{replayed} replayed");
+    let r = sinks.reconcile(&d, Scope::Only(&[key.to_owned()])).await;
+    assert!(
+        measurement(&r[0], "targets_dropped_slow") + measurement(&r[0], "connections_dropped")
+            >= 1.0
+    );
+}
