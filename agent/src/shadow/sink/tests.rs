@@ -863,3 +863,193 @@ async fn a_shadow_that_stops_reading_is_dropped_and_counted_not_buffered() {
             >= 1.0
     );
 }
+
+/// An HPACK literal header block without indexing, no Huffman (lower-case names).
+fn hpack(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (n, v) in headers {
+        b.push(0);
+        b.push(n.len() as u8);
+        b.extend_from_slice(n.as_bytes());
+        b.push(v.len() as u8);
+        b.extend_from_slice(v.as_bytes());
+    }
+    b
+}
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let l = payload.len();
+    let mut f = vec![(l >> 16) as u8, (l >> 8) as u8, l as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_replays_h2c_to_nginx_per_stream_and_stops_at_a_write_in_read_only_mode() {
+    require_root!();
+    if Command::new("nginx").arg("-v").output().is_err() {
+        eprintln!("skipped: no nginx");
+        return;
+    }
+    let prefix = format!("wft-{:x}-h2", std::process::id());
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", free_port()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let log = dir.join("access.log");
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  log_format f '$request_method $request_uri $server_protocol $http_x_request_id $status';\n  access_log {log} f;\n  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n  server {{\n    listen {ADDR}:8082 http2;\n    location / {{ return 200 \"ok $uri\\n\"; }}\n  }}\n}}\n",
+            log = log.display()
+        ),
+    )
+    .expect("nginx.conf");
+    let ns = NodeNs::new(&prefix, "n", "web");
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["addr", "add", &format!("{ADDR}/32"), "dev", "lo"]);
+    let _nginx = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, "nginx", "-p"])
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .spawn()
+            .expect("nginx"),
+    );
+    let up = eventually(Duration::from_secs(10), || {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ss", "-ltn"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(":8082"))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(
+        up,
+        "nginx did not start: {:?}",
+        std::fs::read_to_string(dir.join("error.log"))
+    );
+
+    // A recorded h2c connection: preface, SETTINGS and the ACK of the server's, three
+    // streams (a GET, a POST with a body, a HEAD).
+    let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    client.extend(h2_frame(4, 0, 0, &[]));
+    client.extend(h2_frame(4, 1, 0, &[]));
+    let base = [(":scheme", "http"), (":authority", "shop")];
+    let hdrs = |m: &str, p: &str, id: &str| {
+        let mut h = vec![(":method", m.to_owned()), (":path", p.to_owned())];
+        h.extend(base.iter().map(|(n, v)| (*n, (*v).to_owned())));
+        h.push(("x-request-id", id.to_owned()));
+        hpack(&h.iter().map(|(n, v)| (*n, v.as_str())).collect::<Vec<_>>())
+    };
+    let mut frames: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut c1 = client.clone();
+    c1.extend(h2_frame(1, 0x5, 1, &hdrs("GET", "/a?x=1", "h2-get")));
+    frames.push((1, c1));
+    let status = |s: &str| hpack(&[(":status", s)]);
+    let mut a1 = h2_frame(4, 0, 0, &[]);
+    a1.extend(h2_frame(4, 1, 0, &[]));
+    a1.extend(h2_frame(1, 0x4, 1, &status("200")));
+    a1.extend(h2_frame(0, 0x1, 1, b"ok /a\n"));
+    frames.push((2, a1));
+    let mut c2 = h2_frame(1, 0x4, 3, &hdrs("POST", "/p", "h2-post"));
+    c2.extend(h2_frame(0, 0x1, 3, b"hello"));
+    c2.extend(h2_frame(1, 0x5, 5, &hdrs("HEAD", "/h", "h2-head")));
+    frames.push((1, c2));
+    let mut a2 = h2_frame(1, 0x4, 3, &status("200"));
+    a2.extend(h2_frame(0, 0x1, 3, b"ok /p\n"));
+    a2.extend(h2_frame(1, 0x5, 5, &status("200")));
+    frames.push((2, a2));
+    // GOAWAY from the client, as a client closing its connection sends.
+    frames.push((1, h2_frame(7, 0, 0, &[0, 0, 0, 5, 0, 0, 0, 0])));
+
+    let (signals, _rx) = mpsc::channel(16);
+    let sinks = SinkReconciler::new(
+        SinkConfig {
+            underlay: Some("127.0.0.1".parse().expect("address")),
+            netns_prefix: prefix.clone(),
+            limits: Limits::default(),
+        },
+        signals,
+    );
+    let key = "web-shadow/web";
+    for read_only in [false, true] {
+        std::fs::write(&log, "").expect("truncating the log");
+        let desired = [DesiredResource {
+            key: key.into(),
+            generation: 1,
+            spec: Spec::ShadowSink(ShadowSink {
+                shadow: "web-shadow".into(),
+                listen_port: u32::from(free_port()),
+                peers: vec!["127.0.0.1".into()],
+                targets: vec![ShadowTarget {
+                    network: "n".into(),
+                    node: "web".into(),
+                }],
+                read_only,
+            }),
+        }];
+        let r = sinks.reconcile(&desired, Scope::All).await;
+        assert!(r[0].error.is_none(), "{:?}", r[0].error);
+        send_tap(
+            sinks.local_addr(key).expect("listening"),
+            "web-shadow",
+            &format!("{ADDR}:8082"),
+            &frames,
+        )
+        .await;
+        let shared = sinks.shared(key).expect("sink");
+        let want = if read_only { 1 } else { 3 };
+        let done = eventually(Duration::from_secs(20), || {
+            let st = lock(&shared.stats);
+            let answered: u64 = ["GET /a", "POST /p", "HEAD /h"]
+                .iter()
+                .filter_map(|e| st.endpoint(e))
+                .map(|e| e.shadow_requests)
+                .sum();
+            answered == want && shared.counters.connections_replayed.load(Relaxed) == 1
+        })
+        .await;
+        assert!(
+            done,
+            "read_only {read_only}: {:?} {:?}",
+            lock(&shared.stats).report(),
+            shared.counters
+        );
+        let lines: Vec<String> = eventually_lines(&log, want as usize).await;
+        if read_only {
+            assert_eq!(lines, ["GET /a?x=1 HTTP/2.0 h2-get 200"]);
+            assert_eq!(shared.counters.requests_skipped_write.load(Relaxed), 2);
+        } else {
+            assert_eq!(
+                lines,
+                [
+                    "GET /a?x=1 HTTP/2.0 h2-get 200",
+                    "POST /p HTTP/2.0 h2-post 200",
+                    "HEAD /h HTTP/2.0 h2-head 200"
+                ]
+            );
+            assert_eq!(shared.recent_ids(0), ["h2-get", "h2-post", "h2-head"]);
+            let st = lock(&shared.stats);
+            let get = st.endpoint("GET /a").expect("GET /a");
+            assert_eq!((get.production_requests, get.shadow_requests), (1, 1));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn eventually_lines(log: &Path, n: usize) -> Vec<String> {
+    let read = || -> Vec<String> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    eventually(Duration::from_secs(5), || read().len() >= n).await;
+    // A stray line, were there one, has time to come.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    read()
+}
