@@ -1053,3 +1053,245 @@ async fn eventually_lines(log: &Path, n: usize) -> Vec<String> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     read()
 }
+
+/// A postmaster started by the test, stopped (fast shutdown, by its pid) on drop.
+struct Postgres(Child);
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pg(t: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![t];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn pg_result(column: &str, value: &str) -> Vec<u8> {
+    let mut t = 1u16.to_be_bytes().to_vec();
+    t.extend_from_slice(column.as_bytes());
+    t.push(0);
+    t.extend_from_slice(&[
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0,
+    ]);
+    let mut d = 1u16.to_be_bytes().to_vec();
+    d.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    d.extend_from_slice(value.as_bytes());
+    let mut out = pg(b'T', &t);
+    out.extend(pg(b'D', &d));
+    out.extend(pg(b'C', b"SELECT 1\0"));
+    out.extend(pg(b'Z', b"I"));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_replays_postgres_startup_and_queries_to_a_real_postgres_read_only() {
+    require_root!();
+    let bin = Path::new("/usr/lib/postgresql/15/bin");
+    if !bin.join("postgres").exists() {
+        eprintln!("skipped: no PostgreSQL 15");
+        return;
+    }
+    let prefix = format!("wft-{:x}-pg", std::process::id());
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", free_port()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let chown = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&dir)
+        .status();
+    assert!(chown.is_ok_and(|s| s.success()));
+    let as_postgres = |c: &mut Command| {
+        c.args([
+            "setpriv",
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+        ]);
+    };
+    let data = dir.join("data");
+    let mut init = Command::new("env");
+    as_postgres(&mut init);
+    let st = init
+        .arg(bin.join("initdb"))
+        .args(["-A", "trust", "-U", "app", "--no-sync", "-D"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .status()
+        .expect("initdb");
+    assert!(st.success(), "initdb");
+    // Trust over TCP too (initdb's trust covers only loopback and the socket).
+    let mut hba = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("pg_hba.conf"))
+        .expect("pg_hba.conf");
+    writeln!(hba, "host all all 198.18.0.0/15 trust").expect("pg_hba.conf");
+    let ns = NodeNs::new(&prefix, "n", "db");
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["addr", "add", &format!("{ADDR}/32"), "dev", "lo"]);
+    let mut run = Command::new("ip");
+    run.args(["netns", "exec", &ns.name]);
+    as_postgres(&mut run);
+    let _pg = Postgres(
+        run.arg(bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-c",
+                &format!("listen_addresses={ADDR}"),
+                "-p",
+                "5432",
+                "-k",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres"),
+    );
+    let psql = |sql: &str| -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "psql", "-h", ADDR, "-U", "app", "-d", "postgres",
+                "-tAc", sql,
+            ])
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let up = eventually(Duration::from_secs(20), || psql("SELECT 1") == "1").await;
+    assert!(up, "postgres did not start");
+
+    // A recorded session: startup (trust), a simple SELECT, a CREATE (a write), an
+    // extended-protocol SELECT, Terminate.
+    let mut startup_body = 196_608u32.to_be_bytes().to_vec();
+    startup_body.extend_from_slice(b"user\0app\0database\0postgres\0\0");
+    let mut startup = (startup_body.len() as u32 + 4).to_be_bytes().to_vec();
+    startup.extend(startup_body);
+    let mut ready = pg(b'R', &[0, 0, 0, 0]);
+    ready.extend(pg(b'S', b"server_version\x0015.18\0"));
+    ready.extend(pg(b'K', &[0, 0, 0, 1, 0, 0, 0, 2]));
+    ready.extend(pg(b'Z', b"I"));
+    let mut extended = pg(b'P', b"\0SELECT 2 AS two\0\0\0");
+    extended.extend(pg(b'B', b"\0\0\0\0\0\0\0\0"));
+    extended.extend(pg(b'D', b"P\0"));
+    extended.extend(pg(b'E', b"\0\0\0\0\0"));
+    extended.extend(pg(b'S', b""));
+    let mut extended_answer = pg(b'1', b"");
+    extended_answer.extend(pg(b'2', b""));
+    extended_answer.extend(pg_result("two", "2"));
+    let mut create_answer = pg(b'C', b"CREATE TABLE\0");
+    create_answer.extend(pg(b'Z', b"I"));
+    let frames: Vec<(u32, Vec<u8>)> = vec![
+        (1, startup),
+        (2, ready),
+        (1, pg(b'Q', b"SELECT 1 AS one\0")),
+        (2, pg_result("one", "1")),
+        (1, pg(b'Q', b"CREATE TABLE written (a int)\0")),
+        (2, create_answer),
+        (1, extended),
+        (2, extended_answer),
+        (1, pg(b'X', b"")),
+    ];
+    let (signals, _rx) = mpsc::channel(16);
+    let sinks = SinkReconciler::new(
+        SinkConfig {
+            underlay: Some("127.0.0.1".parse().expect("address")),
+            netns_prefix: prefix.clone(),
+            limits: Limits::default(),
+        },
+        signals,
+    );
+    let key = "db-shadow/db";
+    let d = [DesiredResource {
+        key: key.into(),
+        generation: 1,
+        spec: Spec::ShadowSink(ShadowSink {
+            shadow: "db-shadow".into(),
+            listen_port: u32::from(free_port()),
+            peers: vec!["127.0.0.1".into()],
+            targets: vec![ShadowTarget {
+                network: "n".into(),
+                node: "db".into(),
+            }],
+            read_only: true,
+        }),
+    }];
+    let r = sinks.reconcile(&d, Scope::All).await;
+    assert!(r[0].error.is_none(), "{:?}", r[0].error);
+    send_tap(
+        sinks.local_addr(key).expect("listening"),
+        "db-shadow",
+        &format!("{ADDR}:5432"),
+        &frames,
+    )
+    .await;
+    let shared = sinks.shared(key).expect("sink");
+    let done = eventually(Duration::from_secs(20), || {
+        let st = lock(&shared.stats);
+        st.endpoint("postgres SELECT")
+            .is_some_and(|e| e.shadow_requests == 2)
+            && st
+                .endpoint("postgres startup")
+                .is_some_and(|e| e.shadow_requests == 1)
+            && shared.counters.requests_skipped_write.load(Relaxed) == 1
+    })
+    .await;
+    assert!(
+        done,
+        "{:?} {:?}",
+        lock(&shared.stats).report(),
+        shared.counters
+    );
+    assert_eq!(
+        psql("SELECT to_regclass('written') IS NULL"),
+        "t",
+        "the CREATE reached the shadow"
+    );
+    let r = sinks.reconcile(&d, Scope::Only(&[key.to_owned()])).await;
+    let report = r[0].shadow.clone().expect("report");
+    let select = report
+        .endpoints
+        .iter()
+        .find(|e| e.endpoint == "postgres SELECT")
+        .expect("SELECT");
+    assert_eq!(
+        (
+            select.production_requests,
+            select.shadow_requests,
+            select.shadow_errors
+        ),
+        (2, 2, 0)
+    );
+    // Same rows, same column names, same command tags: nothing differs.
+    assert_eq!((select.compared, select.differing), (2, 0), "{select:?}");
+    let startup = report
+        .endpoints
+        .iter()
+        .find(|e| e.endpoint == "postgres startup")
+        .expect("startup");
+    assert_eq!((startup.shadow_errors, startup.differing), (0, 0));
+    let create = report
+        .endpoints
+        .iter()
+        .find(|e| e.endpoint == "postgres CREATE")
+        .expect("CREATE");
+    assert_eq!((create.production_requests, create.shadow_requests), (1, 0));
+    assert_eq!(measurement(&r[0], "requests_replayed"), 3.0);
+    drop(_pg);
+    let _ = std::fs::remove_dir_all(&dir);
+}
