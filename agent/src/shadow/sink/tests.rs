@@ -67,6 +67,23 @@ impl Drop for NodeNs {
     }
 }
 
+/// A scratch directory removed on drop (also when the test fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A child process killed (by its id, through the handle) on drop.
 struct Server(Child);
 
@@ -325,8 +342,8 @@ async fn sink_replays_recorded_http_byte_identical_and_keeps_writes_out_in_read_
         return;
     }
     let prefix = format!("wft-{:x}-sk", std::process::id());
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}", free_port()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch::new(&format!("{prefix}-{}", free_port()));
+    let dir = scratch.0.clone();
     let script = dir.join("server.py");
     std::fs::write(&script, SERVER).expect("script");
     let (shadow_ns, base_ns) = (
@@ -547,7 +564,6 @@ async fn sink_replays_recorded_http_byte_identical_and_keeps_writes_out_in_read_
     let r = sinks.reconcile(&[], Scope::All).await;
     assert_eq!((r.len(), r[0].changes), (1, 1));
     assert!(sinks.managed().is_empty());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -893,8 +909,8 @@ async fn sink_replays_h2c_to_nginx_per_stream_and_stops_at_a_write_in_read_only_
         return;
     }
     let prefix = format!("wft-{:x}-h2", std::process::id());
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}", free_port()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch::new(&format!("{prefix}-{}", free_port()));
+    let dir = scratch.0.clone();
     let log = dir.join("access.log");
     let conf = dir.join("nginx.conf");
     let d = dir.display();
@@ -1037,7 +1053,6 @@ async fn sink_replays_h2c_to_nginx_per_stream_and_stops_at_a_write_in_read_only_
             assert_eq!((get.production_requests, get.shadow_requests), (1, 1));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn eventually_lines(log: &Path, n: usize) -> Vec<String> {
@@ -1108,8 +1123,8 @@ async fn sink_replays_postgres_startup_and_queries_to_a_real_postgres_read_only(
         return;
     }
     let prefix = format!("wft-{:x}-pg", std::process::id());
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}", free_port()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch::new(&format!("{prefix}-{}", free_port()));
+    let dir = scratch.0.clone();
     let chown = Command::new("chown")
         .args(["-R", "postgres:postgres"])
         .arg(&dir)
@@ -1293,5 +1308,4 @@ async fn sink_replays_postgres_startup_and_queries_to_a_real_postgres_read_only(
     assert_eq!((create.production_requests, create.shadow_requests), (1, 0));
     assert_eq!(measurement(&r[0], "requests_replayed"), 3.0);
     drop(_pg);
-    let _ = std::fs::remove_dir_all(&dir);
 }
