@@ -80,6 +80,15 @@ proptest! {
     }
 
     #[test]
+    fn redis_postgres_and_h2c_reframing_does_not_depend_on_where_the_stream_is_cut(cuts in proptest::collection::vec(0usize..400, 0..10)) {
+        for (s, n) in [(redis_stream(), 5), (postgres_stream(), 7), (h2c_stream(), 5)] {
+            let rs = frame_all(&s, &cuts);
+            prop_assert_eq!(rs.len(), n);
+            prop_assert_eq!(concat(&rs), s);
+        }
+    }
+
+    #[test]
     fn framers_never_panic_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..600), prefix in 0usize..5) {
         let prefixes: [&[u8]; 5] = [b"", b"GET / HTTP/1.1\r\n", b"*2\r\n", b"\x00\x00\x00\x08\x04\xd2\x16\x2f", h2::PREFACE];
         let mut c = ClientFramer::new(Limits::default());
@@ -181,10 +190,14 @@ fn an_interim_answer_before_its_request_is_complete_waits_for_it() {
     );
 }
 
+fn redis_stream() -> Vec<u8> {
+    b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nset\r\n$1\r\nk\r\n$1\r\nv\r\nPING\r\nhgetall h\r\n*2\r\n$6\r\nCLIENT\r\n$4\r\nINFO\r\n".to_vec()
+}
+
 #[test]
 fn redis_commands_inline_and_multibulk_pipelined() {
-    let s = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nset\r\n$1\r\nk\r\n$1\r\nv\r\nPING\r\nhgetall h\r\n*2\r\n$6\r\nCLIENT\r\n$4\r\nINFO\r\n";
-    let rs = frame_all(s, &[5, 17, 40]);
+    let s = redis_stream();
+    let rs = frame_all(&s, &[5, 17, 40]);
     assert_eq!(concat(&rs), s);
     let eps: Vec<_> = rs.iter().map(|r| r.endpoint.clone().unwrap()).collect();
     assert_eq!(
@@ -223,8 +236,7 @@ fn pg_msg(t: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
-#[test]
-fn postgres_startup_simple_and_extended_queries() {
+fn postgres_stream() -> Vec<u8> {
     let mut s = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     let mut startup = Vec::new();
     startup.extend_from_slice(&196_608u32.to_be_bytes());
@@ -243,6 +255,12 @@ fn postgres_startup_simple_and_extended_queries() {
     s.extend(pg_msg(b'S', b""));
     s.extend(pg_msg(b'Q', b"UPDATE users SET a = 1\0"));
     s.extend(pg_msg(b'X', b""));
+    s
+}
+
+#[test]
+fn postgres_startup_simple_and_extended_queries() {
+    let s = postgres_stream();
     let rs = frame_all(&s, &[3, 9, 30, 70]);
     assert_eq!(concat(&rs), s);
     let eps: Vec<_> = rs
@@ -349,8 +367,7 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-#[test]
-fn h2c_prior_knowledge_streams_have_endpoints_and_answers() {
+fn h2c_stream() -> Vec<u8> {
     let mut s = h2::PREFACE.to_vec();
     s.extend(h2_frame(4, 0, 0, &[]));
     let get = hpack(&[
@@ -370,6 +387,12 @@ fn h2c_prior_knowledge_streams_have_endpoints_and_answers() {
     s.extend(h2_frame(1, 0x0, 3, &post[..10]));
     s.extend(h2_frame(9, 0x4, 3, &post[10..]));
     s.extend(h2_frame(0, 0x1, 3, b"{}"));
+    s
+}
+
+#[test]
+fn h2c_prior_knowledge_streams_have_endpoints_and_answers() {
+    let s = h2c_stream();
     let rs = frame_all(&s, &[10, 33, 60]);
     assert_eq!(concat(&rs), s);
     let with: Vec<_> = rs.iter().filter(|r| r.endpoint.is_some()).collect();
