@@ -705,3 +705,70 @@ fn replay_of_h2c_stops_at_a_writing_stream_in_read_only_mode() {
     );
     assert_eq!(stats.endpoint("GET /a").unwrap().production_requests, 1);
 }
+
+/// A small deterministic generator (SplitMix64) for simulated traffic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+/// One run of an endpoint's answer: noise every run has (a timestamp, a request id, the
+/// order of a list, a cache flag) and, for the shadow's code, an injected change.
+fn simulated(rng: &mut Rng, user: u64, changed: bool) -> Response {
+    let mut items = vec!["a", "b", "c"];
+    for i in (1..items.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+    let cache = if rng.chance(0.5) { "hit" } else { "miss" };
+    let name = if changed { "Bob" } else { "bob" };
+    json_response(format!(
+        r#"{{"user":{{"id":{user},"name":"{name}","plan":"pro"}},"at":{},"request":"{:x}","tags":["{}","{}","{}"],"cache":"{cache}","count":3}}"#,
+        rng.next() % 1_000_000_000,
+        rng.next(),
+        items[0],
+        items[1],
+        items[2]
+    ))
+}
+
+#[test]
+fn diffy_recall_and_false_fields_over_ten_noisy_endpoints() {
+    let mut rng = Rng(7);
+    let mut d = Diffy::default();
+    let endpoints: Vec<String> = (0..10).map(|i| format!("GET /e{i}")).collect();
+    for e in &endpoints {
+        for n in 0..3000u64 {
+            // The shadow's code changes `user.name` in 1 % of its answers; its replica runs
+            // the same code on the same data, so it changes the same answers.
+            let changed = n % 100 == 42;
+            let prod = simulated(&mut rng, n, false);
+            let shadow = simulated(&mut rng, n, changed);
+            let base = simulated(&mut rng, n, changed);
+            d.compare(e, &prod, &shadow, Some(&base));
+        }
+    }
+    let mut found = 0;
+    let mut false_fields = 0;
+    for e in &endpoints {
+        let diff = d.endpoint(e).expect("compared").differing_fields();
+        found += usize::from(diff.contains_key("body.user.name"));
+        false_fields += diff.keys().filter(|k| *k != "body.user.name").count();
+    }
+    assert_eq!(found, 10, "recall of the injected field");
+    assert!(
+        false_fields <= 1,
+        "{false_fields} false fields over 10 endpoints"
+    );
+}
