@@ -676,12 +676,18 @@ async fn tap(stream: tokio::net::TcpStream, shared: &Arc<SinkShared>) -> Result<
         };
         match l.frames.try_send(frame) {
             Ok(()) => {}
-            Err(_) => {
-                // Its replay is too far behind (or ended): give it up.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Its replay is too far behind: give it up.
                 if let Some(l) = live.remove(&id) {
                     l.task.abort();
                 }
                 shared.counters.connections_dropped.fetch_add(1, Relaxed);
+                remember(&mut abandoned, id, close);
+                continue;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // Its replay ended on its own (and counted why): the rest is dropped.
+                live.remove(&id);
                 remember(&mut abandoned, id, close);
                 continue;
             }
@@ -869,16 +875,33 @@ async fn replay_connection(
     let mut reported = ReplayCounters::default();
     let mut closing: Option<tokio::time::Instant> = None;
     let mut frames_open = true;
+    let mut gapped = false;
     loop {
         let deadline = closing.unwrap_or_else(|| tokio::time::Instant::now() + IDLE);
         tokio::select! {
             f = frames.recv(), if frames_open => match f {
                 Some(f) => {
+                    if gapped {
+                        // After a gap: frames are drained and dropped until the close.
+                        if f.close {
+                            frames_open = false;
+                        }
+                        continue;
+                    }
                     if f.gap {
-                        // What follows cannot be replayed faithfully.
+                        // What follows cannot be replayed faithfully: what was sent before
+                        // is still delivered and answered; nothing more is sent, and
+                        // production's answers are no longer paired.
                         debug!(connection = f.connection, "shadow sink: capture gap, replay stopped");
                         shared.counters.connections_dropped.fetch_add(1, Relaxed);
-                        break;
+                        gapped = true;
+                        frames_open = !f.close;
+                        replay.production_closed(f.at_unix_ns, &mut lock(&shared.stats));
+                        closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                        for w in &mut writers {
+                            *w = None;
+                        }
+                        continue;
                     }
                     match f.direction {
                         1 if !f.data.is_empty() => {
@@ -959,7 +982,7 @@ async fn replay_connection(
             pending_dropped: c.pending_dropped - reported.pending_dropped,
         });
         reported = c;
-        if !frames_open && replay.pending() == 0 {
+        if (!frames_open || gapped) && replay.pending() == 0 {
             break;
         }
     }

@@ -1309,3 +1309,98 @@ async fn sink_replays_postgres_startup_and_queries_to_a_real_postgres_read_only(
     assert_eq!(measurement(&r[0], "requests_replayed"), 3.0);
     drop(_pg);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_gap_stops_the_replay_of_its_connection_only() {
+    require_root!();
+    let prefix = format!("wft-{:x}-gp", std::process::id());
+    let scratch = Scratch::new(&format!("{prefix}-{}", free_port()));
+    let script = scratch.0.join("server.py");
+    std::fs::write(&script, SERVER).expect("script");
+    let log = scratch.0.join("log.jsonl");
+    let ns = NodeNs::new(&prefix, "n", "g");
+    let _server = serve(&ns, &script, &log);
+    let up = eventually(Duration::from_secs(10), || {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ss", "-ltn"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(":{PORT}")))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(up, "the test server did not start");
+    let (signals, _rx) = mpsc::channel(16);
+    let sinks = SinkReconciler::new(
+        SinkConfig {
+            underlay: Some("127.0.0.1".parse().expect("address")),
+            netns_prefix: prefix.clone(),
+            limits: Limits::default(),
+        },
+        signals,
+    );
+    let key = "gap/g";
+    let d = [DesiredResource {
+        key: key.into(),
+        generation: 1,
+        spec: Spec::ShadowSink(ShadowSink {
+            shadow: "gap".into(),
+            listen_port: u32::from(free_port()),
+            peers: vec!["127.0.0.1".into()],
+            targets: vec![ShadowTarget {
+                network: "n".into(),
+                node: "g".into(),
+            }],
+            read_only: false,
+        }),
+    }];
+    let r = sinks.reconcile(&d, Scope::All).await;
+    assert!(r[0].error.is_none(), "{:?}", r[0].error);
+    let mut s = tokio::net::TcpStream::connect(sinks.local_addr(key).expect("listening"))
+        .await
+        .expect("connecting");
+    let mut out = Vec::new();
+    ShadowHello {
+        shadow: "gap".into(),
+        host_id: "p".into(),
+    }
+    .encode_length_delimited(&mut out)
+    .expect("encode");
+    let frame = |connection: u64, open: bool, data: &[u8], gap: bool, close: bool| ShadowFrame {
+        connection,
+        direction: 1,
+        data: data.to_vec(),
+        at_unix_ns: 1,
+        open,
+        client: "198.18.64.2:1".into(),
+        server: format!("{ADDR}:{PORT}"),
+        close,
+        gap,
+    };
+    let (first, _) = req("GET", "/before", &[], b"");
+    let (after, _) = req("GET", "/after-gap", &[], b"");
+    let (other, _) = req("GET", "/other", &[], b"");
+    for f in [
+        frame(1, true, &first, false, false),
+        frame(2, true, &other, false, false),
+        frame(1, false, &after, true, false),
+        frame(1, false, &after, false, true),
+        frame(2, false, &[], false, true),
+    ] {
+        f.encode_length_delimited(&mut out).expect("encode");
+    }
+    s.write_all(&out).await.expect("writing");
+    s.shutdown().await.expect("shutdown");
+    let shared = sinks.shared(key).expect("sink");
+    let done = eventually(Duration::from_secs(20), || {
+        logged(&log).len() >= 2 && shared.counters.connections_dropped.load(Relaxed) == 1
+    })
+    .await;
+    assert!(done, "{:?} {:?}", logged(&log), shared.counters);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut lines: Vec<String> = logged(&log)
+        .iter()
+        .map(|g| g["line"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["GET /before HTTP/1.1", "GET /other HTTP/1.1"]);
+}
