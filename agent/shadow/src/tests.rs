@@ -726,7 +726,7 @@ impl Rng {
 /// One run of an endpoint's answer: noise every run has (a timestamp, a request id, the
 /// order of a list, a cache flag) and, for the shadow's code, an injected change.
 fn simulated(rng: &mut Rng, user: u64, changed: bool) -> Response {
-    let mut items = vec!["a", "b", "c"];
+    let mut items = ["a", "b", "c"];
     for i in (1..items.len()).rev() {
         let j = (rng.next() % (i as u64 + 1)) as usize;
         items.swap(i, j);
