@@ -11,9 +11,10 @@
 //! baseline). Results are the resource's report (`ResourceReport.shadow`); while they change
 //! the sink asks the driver for a report every [`REFRESH_EVERY`] (a `REFRESH` signal).
 //!
-//! Everything is bounded: frames (a longer one ends the tap with an error), taps, connections
-//! per tap, frames queued per connection and requests queued per target; what does not fit
-//! is dropped and counted, so a slow shadow never makes the sink buffer without limit.
+//! Everything is bounded: frames (a longer one ends the tap with an error), taps,
+//! connections per sink, frames queued per connection and frame bytes queued per sink,
+//! requests queued per target; what does not fit is dropped and counted, so a slow shadow
+//! never makes the sink buffer without limit.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -42,8 +43,12 @@ use crate::networks::{names, namespaces};
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 /// Taps served at once per sink; more wait in the listen backlog.
 const MAX_TAPS: usize = 32;
-/// Connections replayed at once per tap; frames of more are dropped and counted.
-const MAX_CONNECTIONS: usize = 256;
+/// Connections replayed at once per sink (all its taps); frames of more are dropped and
+/// counted.
+const MAX_CONNECTIONS: u64 = 256;
+/// Frame bytes queued at once per sink (all its connections); a connection whose frame
+/// does not fit is dropped and counted.
+pub const MAX_QUEUED_BYTES: u64 = 256 * 1024 * 1024;
 /// Frames queued per replayed connection; a connection whose queue is full is dropped.
 const CONNECTION_QUEUE: usize = 256;
 /// Requests queued per target connection; a target whose queue is full is dropped.
@@ -183,6 +188,59 @@ pub struct SinkShared {
     pub recent_ids: Mutex<Vec<VecDeque<String>>>,
     /// Monotonic clock of the shadow side.
     epoch: Instant,
+    /// Frame bytes queued to connections now (bounded by [`MAX_QUEUED_BYTES`]).
+    queued_bytes: AtomicU64,
+    /// Connections being replayed now (bounded by [`MAX_CONNECTIONS`]).
+    live_connections: AtomicU64,
+}
+
+/// A frame queued to a connection's replay; its bytes count against the sink's budget
+/// until it is dropped (taken or discarded).
+struct Queued {
+    frame: ShadowFrame,
+    shared: Arc<SinkShared>,
+}
+
+impl Queued {
+    /// Queues `frame` if the sink's budget has room.
+    fn new(frame: ShadowFrame, shared: &Arc<SinkShared>) -> Option<Self> {
+        let len = frame.data.len() as u64;
+        if shared.queued_bytes.fetch_add(len, Relaxed) + len > MAX_QUEUED_BYTES {
+            shared.queued_bytes.fetch_sub(len, Relaxed);
+            return None;
+        }
+        Some(Self {
+            frame,
+            shared: shared.clone(),
+        })
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.shared
+            .queued_bytes
+            .fetch_sub(self.frame.data.len() as u64, Relaxed);
+    }
+}
+
+/// One live connection of a sink, released when its replay ends (or is aborted).
+struct LiveSlot(Arc<SinkShared>);
+
+impl LiveSlot {
+    fn take(shared: &Arc<SinkShared>) -> Option<Self> {
+        if shared.live_connections.fetch_add(1, Relaxed) >= MAX_CONNECTIONS {
+            shared.live_connections.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Self(shared.clone()))
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        self.0.live_connections.fetch_sub(1, Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -325,6 +383,8 @@ impl SinkReconciler {
             stats: Mutex::new(Stats::default()),
             counters: SinkCounters::default(),
             epoch: Instant::now(),
+            queued_bytes: AtomicU64::new(0),
+            live_connections: AtomicU64::new(0),
         });
         info!(key, %local, "shadow sink listening");
         let serve = tokio::spawn(serve(listener, shared.clone()));
@@ -586,7 +646,7 @@ pub async fn read_delimited<R: AsyncRead + Unpin>(
 
 /// A connection being replayed: where its frames go.
 struct Live {
-    frames: mpsc::Sender<ShadowFrame>,
+    frames: mpsc::Sender<Queued>,
     task: JoinHandle<()>,
 }
 
@@ -651,11 +711,11 @@ async fn tap(stream: tokio::net::TcpStream, shared: &Arc<SinkShared>) -> Result<
             continue;
         }
         if frame.open && !live.contains_key(&id) {
-            if live.len() >= MAX_CONNECTIONS {
+            let Some(slot) = LiveSlot::take(shared) else {
                 shared.counters.connections_dropped.fetch_add(1, Relaxed);
                 remember(&mut abandoned, id, frame.close);
                 continue;
-            }
+            };
             let server: SocketAddr = match frame.server.parse() {
                 Ok(s) => s,
                 Err(_) => {
@@ -666,7 +726,7 @@ async fn tap(stream: tokio::net::TcpStream, shared: &Arc<SinkShared>) -> Result<
                 }
             };
             let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
-            let task = tokio::spawn(replay_connection(shared.clone(), server, rx));
+            let task = tokio::spawn(replay_connection(shared.clone(), server, rx, slot));
             live.insert(id, Live { frames: tx, task });
         }
         let close = frame.close;
@@ -674,7 +734,16 @@ async fn tap(stream: tokio::net::TcpStream, shared: &Arc<SinkShared>) -> Result<
             // Frames of a connection whose opening was not seen: nothing to replay.
             continue;
         };
-        match l.frames.try_send(frame) {
+        let Some(queued) = Queued::new(frame, shared) else {
+            // The sink holds as much as it may: this connection is given up.
+            if let Some(l) = live.remove(&id) {
+                l.task.abort();
+            }
+            shared.counters.connections_dropped.fetch_add(1, Relaxed);
+            remember(&mut abandoned, id, close);
+            continue;
+        };
+        match l.frames.try_send(queued) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // Its replay is too far behind: give it up.
@@ -709,7 +778,7 @@ fn remember(set: &mut HashSet<u64>, id: u64, closed: bool) {
     if closed {
         return;
     }
-    if set.len() >= 4 * MAX_CONNECTIONS {
+    if set.len() >= 4 * MAX_CONNECTIONS as usize {
         set.clear();
     }
     set.insert(id);
@@ -832,7 +901,8 @@ impl Drop for TaskGuard {
 async fn replay_connection(
     shared: Arc<SinkShared>,
     server: SocketAddr,
-    mut frames: mpsc::Receiver<ShadowFrame>,
+    mut frames: mpsc::Receiver<Queued>,
+    _slot: LiveSlot,
 ) {
     let n = shared.target_netns.len();
     let mut replay = Replay::new(ReplayConfig {
@@ -880,7 +950,8 @@ async fn replay_connection(
         let deadline = closing.unwrap_or_else(|| tokio::time::Instant::now() + IDLE);
         tokio::select! {
             f = frames.recv(), if frames_open => match f {
-                Some(f) => {
+                Some(queued) => {
+                    let f = &queued.frame;
                     if gapped {
                         // After a gap: frames are drained and dropped until the close.
                         if f.close {

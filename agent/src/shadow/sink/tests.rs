@@ -1404,3 +1404,44 @@ async fn a_capture_gap_stops_the_replay_of_its_connection_only() {
     lines.sort();
     assert_eq!(lines, ["GET /before HTTP/1.1", "GET /other HTTP/1.1"]);
 }
+
+#[test]
+fn the_sink_wide_budgets_are_given_back_when_frames_and_connections_go() {
+    let shared = Arc::new(SinkShared {
+        spec: SinkSpec {
+            shadow: "s".into(),
+            listen_port: 1,
+            peers: vec![],
+            targets: vec![("n".into(), "a".into())],
+            read_only: false,
+        },
+        target_netns: vec![],
+        limits: Limits::default(),
+        stats: Mutex::new(Stats::default()),
+        counters: SinkCounters::default(),
+        recent_ids: Mutex::new(vec![VecDeque::new()]),
+        epoch: Instant::now(),
+        queued_bytes: AtomicU64::new(0),
+        live_connections: AtomicU64::new(0),
+    });
+    let frame = |n: usize| ShadowFrame {
+        data: vec![0; n],
+        ..Default::default()
+    };
+    let big = (MAX_QUEUED_BYTES / 2) as usize;
+    let a = Queued::new(frame(big), &shared).expect("fits");
+    let b = Queued::new(frame(big), &shared).expect("fits exactly");
+    assert!(Queued::new(frame(1), &shared).is_none(), "over the budget");
+    assert_eq!(shared.queued_bytes.load(Relaxed), MAX_QUEUED_BYTES);
+    drop(a);
+    let c = Queued::new(frame(1), &shared).expect("room again");
+    drop((b, c));
+    assert_eq!(shared.queued_bytes.load(Relaxed), 0);
+    let slots: Vec<LiveSlot> = (0..MAX_CONNECTIONS)
+        .map(|_| LiveSlot::take(&shared).expect("a slot"))
+        .collect();
+    assert!(LiveSlot::take(&shared).is_none());
+    drop(slots);
+    assert_eq!(shared.live_connections.load(Relaxed), 0);
+    assert!(LiveSlot::take(&shared).is_some());
+}
