@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     let mut r = Replay::new(ReplayConfig {
         targets: 2,
         read_only: data.first().is_some_and(|b| b & 1 == 1),
-        limits: Limits { max_head: 4096, max_message: 64 * 1024 },
+        limits: Limits {
+            max_head: 4096,
+            max_message: 64 * 1024,
+        },
         max_pending: 8,
     });
     let mut client = Vec::new();

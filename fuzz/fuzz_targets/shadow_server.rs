@@ -11,19 +11,37 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let expect = match pick % 6 {
-        0 => Expect::Http1 { head: pick & 0x80 != 0, upgrade_h2c: pick & 0x40 != 0 },
+        0 => Expect::Http1 {
+            head: pick & 0x80 != 0,
+            upgrade_h2c: pick & 0x40 != 0,
+        },
         1 => Expect::Redis,
         2 => Expect::Postgres(PgExpect::Byte),
-        3 => Expect::Postgres(PgExpect::UntilReady { startup: pick & 0x80 != 0 }),
+        3 => Expect::Postgres(PgExpect::UntilReady {
+            startup: pick & 0x80 != 0,
+        }),
         4 => Expect::H2Stream,
-        _ => Expect::Http1 { head: false, upgrade_h2c: false },
+        _ => Expect::Http1 {
+            head: false,
+            upgrade_h2c: false,
+        },
     };
-    let mut s = ServerFramer::new(Limits { max_head: 4096, max_message: 64 * 1024 });
+    let mut s = ServerFramer::new(Limits {
+        max_head: 4096,
+        max_message: 64 * 1024,
+    });
     if pick % 6 == 4 {
         s.h2_prior_knowledge();
     }
     for key in 1..=4u64 {
-        let r = Request { bytes: Vec::new(), endpoint: None, read_only: true, request_id: None, expect, key };
+        let r = Request {
+            bytes: Vec::new(),
+            endpoint: None,
+            read_only: true,
+            request_id: None,
+            expect,
+            key,
+        };
         if s.expect(&r).is_err() {
             break;
         }
@@ -39,7 +57,11 @@ fuzz_target!(|data: &[u8]| {
         out.extend(rs);
     }
     for r in &out {
-        assert!(r.body.len() <= 64 * 1024 + stream.len(), "{} body bytes", r.body.len());
+        assert!(
+            r.body.len() <= 64 * 1024 + stream.len(),
+            "{} body bytes",
+            r.body.len()
+        );
         let f = fields(r);
         assert!(f.len() <= MAX_FIELDS && f.first().is_some_and(|(k, _)| k == "status"));
     }
