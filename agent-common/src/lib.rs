@@ -9,6 +9,7 @@
 
 pub mod flow;
 pub mod latency;
+pub mod shadow;
 // Decoding ring-buffer items: user space only.
 #[cfg(any(feature = "std", feature = "user", test))]
 pub mod wire;

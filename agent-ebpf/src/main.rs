@@ -5,6 +5,8 @@
 //! Ethernet (with up to two 802.1Q/802.1ad tags), IPv4 or IPv6 and TCP or UDP, and keep
 //! per-flow state in the LRU map `FLOWS`. Closing flows are posted to `FLOW_EVENTS`.
 //!
+//! The shadow tap (`tap`) copies sampled connections for shadow environments.
+//!
 //! Observation never drops or delays a packet: every path returns `TC_ACT_UNSPEC`, which
 //! lets the next program on the hook decide and otherwise passes the packet unchanged.
 #![no_std]
@@ -15,6 +17,7 @@
 #![feature(core_intrinsics, adt_const_params)]
 
 mod parse;
+mod tap;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::ptr::addr_of_mut;
@@ -62,6 +65,21 @@ pub fn flow_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn flow_egress(ctx: TcContext) -> i32 {
     let _ = observe(&ctx, DIR_IN);
+    TC_ACT_UNSPEC
+}
+
+/// The shadow tap on TC egress of a production node's host-side interface: what goes
+/// into the node (see `tap`).
+#[classifier]
+pub fn shadow_tap_in(ctx: TcContext) -> i32 {
+    let _ = tap::tap(&ctx, true);
+    TC_ACT_UNSPEC
+}
+
+/// The shadow tap on TC ingress: what comes out of the node.
+#[classifier]
+pub fn shadow_tap_out(ctx: TcContext) -> i32 {
+    let _ = tap::tap(&ctx, false);
     TC_ACT_UNSPEC
 }
 

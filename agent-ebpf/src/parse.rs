@@ -33,6 +33,8 @@ pub struct Packet {
     pub payload_len: u32,
     /// Offset of the transport payload from the start of the frame.
     pub payload_off: u32,
+    /// Offset of the transport header from the start of the frame.
+    pub l4_off: u32,
 }
 
 /// A pointer to a `T` at `offset` into the packet, if the whole `T` is inside it.
@@ -164,5 +166,6 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, ()> {
         l3_len,
         payload_len,
         payload_off: (l4_off as u32) + hdr_len,
+        l4_off: l4_off as u32,
     })
 }

@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut metrics_registry));
     let control_metrics = Arc::new(control::ControlMetrics::new(&mut metrics_registry));
+    let shadow_metrics = Arc::new(shadow::ShadowTapMetrics::new(&mut metrics_registry));
     let mut realizer = realize::Realizer::new(&workloads)
         .with_neighbour_netns(args.neighbour_netns.clone())
         .with_readdress_mode(args.readdress_mode)
@@ -178,6 +179,14 @@ async fn main() -> anyhow::Result<()> {
         metrics: control_metrics.clone(),
     };
     let (signal_tx, drift_signals) = tokio::sync::mpsc::channel(control::DRIFT_SIGNALS);
+    // Shadow taps: programs after the flow observer on production nodes' interfaces.
+    let taps = shadow::tap::TapEngine::new(
+        datapath.clone(),
+        tokio::runtime::Handle::current(),
+        &args.host_id,
+        Some(signal_tx.clone()),
+        shadow_metrics,
+    );
     let supervisor = {
         let mut cfg = weft_noderun::SupervisorConfig::new(&args.node_dir);
         cfg.cgroup_root = args.node_cgroup.clone();
@@ -220,12 +229,16 @@ async fn main() -> anyhow::Result<()> {
                 networks::NodeReconciler::new(
                     networks,
                     signal_tx,
-                    supervisor,
+                    supervisor.clone(),
                     args.node_dir.clone(),
                 )
                 .with_workloads(registry.clone())
                 .with_host_events(events.clone()),
             ),
+            Arc::new(shadow::tap_reconciler::ShadowTapReconciler {
+                engine: taps.clone(),
+                supervisor: Some(supervisor.clone()),
+            }),
             // After the nodes: a sink's targets are node namespaces.
             Arc::new(shadow_sinks),
         ],
@@ -255,6 +268,10 @@ async fn main() -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = exporter_task.await;
     let _ = control_task.await;
+    // The taps go before the flow observer they are ordered after.
+    tokio::task::spawn_blocking(move || taps.shutdown())
+        .await
+        .ok();
     match attach_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = format!("{e:#}"), "interface watcher failed"),

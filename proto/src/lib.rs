@@ -23,6 +23,11 @@ pub mod kinds {
     /// Replay into a shadow's nodes on their host (`ShadowSink`), keyed by
     /// `<shadow id>/<node name>`.
     pub const SHADOW_SINK: &str = "shadow-sink";
+    /// New connections to a node steered to another node with its addresses (`Steer`), on
+    /// the origin's host, keyed by `<owner>/<node name>`.
+    pub const STEER: &str = "steer";
+    /// The target side of a steer on another host (`SteerTarget`), same key.
+    pub const STEER_TARGET: &str = "steer-target";
 
     /// The kind name of a spec case.
     pub fn of(spec: &Spec) -> &'static str {
@@ -32,6 +37,8 @@ pub mod kinds {
             Spec::NetworkNode(_) => NETWORK_NODE,
             Spec::ShadowTap(_) => SHADOW_TAP,
             Spec::ShadowSink(_) => SHADOW_SINK,
+            Spec::Steer(_) => STEER,
+            Spec::SteerTarget(_) => STEER_TARGET,
         }
     }
 }

@@ -56,7 +56,21 @@ const SIZES: [usize; 2] = [100, 1000];
 /// Shard network all the bench's networks take their addresses from.
 const POOL_NETWORK: &str = "benchpool";
 /// `--shard-pool`: a /21, two /22 shards (2 x 1,021 addresses) for 1,000 nodes.
-const SHARD_POOL: &str = "100.64.0.0/21";
+/// `--shard-pool` of a bench lab numbered `x`: a /21 in the lab range (198.18.0.0/15) clear of
+/// this lab's own 198.18.x.0/24 (other labs' blocks do not matter: the bench's workloads
+/// and nodes are in namespaces of their own).
+pub(crate) fn bench_shard_pool(x: u8) -> String {
+    format!("{}/21", pool_base(x))
+}
+
+/// The first address of [`bench_shard_pool`].
+fn pool_base(x: u8) -> Ipv4Addr {
+    if x >= 248 {
+        Ipv4Addr::new(198, 18, 240, 0)
+    } else {
+        Ipv4Addr::new(198, 18, 248, 0)
+    }
+}
 const SHARD_PREFIX: u32 = 22;
 /// Drift injections per kind.
 const INJECTIONS: usize = 100;
@@ -92,7 +106,7 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -101,12 +115,12 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-fn first_line(cmd: &mut Command) -> String {
+pub(crate) fn first_line(cmd: &mut Command) -> String {
     let (_, out) = sh::probe(cmd);
     out.lines().next().unwrap_or("unknown").trim().to_string()
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -119,7 +133,7 @@ fn cpu_model() -> String {
 }
 
 /// A request to the controller's REST API with its own timeout; (status, body).
-fn call(
+pub(crate) fn call(
     c: &Controller,
     method: &str,
     path: &str,
@@ -147,7 +161,7 @@ fn call(
     Ok((status, resp.into_string().context("reading the body")?))
 }
 
-fn call_json(
+pub(crate) fn call_json(
     c: &Controller,
     method: &str,
     path: &str,
@@ -163,7 +177,7 @@ fn call_json(
     serde_json::from_str(&text).with_context(|| format!("{method} {path}: not JSON"))
 }
 
-fn status(c: &Controller, net: &str) -> Result<Value> {
+pub(crate) fn status(c: &Controller, net: &str) -> Result<Value> {
     call_json(
         c,
         "GET",
@@ -174,7 +188,7 @@ fn status(c: &Controller, net: &str) -> Result<Value> {
 }
 
 /// Whether the status says in sync with `nodes` network-node resources applied.
-fn synced(s: &Value, nodes: usize) -> bool {
+pub(crate) fn synced(s: &Value, nodes: usize) -> bool {
     if s["in_sync"] != json!(true) {
         return false;
     }
@@ -364,7 +378,7 @@ fn baseline(lab: &Lab, hv_ns: &str, n: usize, s: &mut Scale) -> Result<()> {
     }
     let main_file = dir.join("make.batch");
     std::fs::write(&main_file, main)?;
-    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
+    let base = u32::from(pool_base(lab.x()));
     let mut per_node = Vec::with_capacity(n);
     for i in 0..n {
         let a = Ipv4Addr::from(base + 2 + i as u32);
@@ -1452,7 +1466,8 @@ pub fn run() -> Result<()> {
     let ip = hv.uplink_root_addr.clone();
     let grpc = format!("{ip}:{}", free_port(&ip)?);
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
-    let c = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", SHARD_POOL])?;
+    let shard_pool = bench_shard_pool(lab.x());
+    let c = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &shard_pool])?;
     let agent = Agent::start(&lab, 0, &c.grpc_url())?;
     for _ in 0..2 {
         c.json(
@@ -1631,7 +1646,7 @@ fn render(
     let _ = writeln!(md, "### Realize and remove a star of N nodes\n");
     let _ = writeln!(
         md,
-        "The namespace lab with one hypervisor; release controller (`--shard-pool {SHARD_POOL}`, two /{SHARD_PREFIX} shards of network `{POOL_NETWORK}`) and agent (`RUST_LOG=info,weft_agent::networks=debug`). **weft**: `POST /networks` of a TDL with N nodes (`nX: {{}}`: no image, no command, no connections; one address each from the shards) for `hosts: [hv1]`, then `GET /networks/{{id}}/status` every 20 ms until `in_sync` with N network-node resources applied (each node: a named namespace, a veth on the network's bridge, `lo` and `eth0` up, its address and default route, its nftables table `inet weft` with default-deny input); removal: `DELETE /networks/{{id}}` until no node namespace is left under /run/netns and neither the bridge nor any host-side veth is left in the hypervisor namespace (checked every 10 ms). **ip -batch baseline** of the same topology, in the same run and hypervisor namespace: one `ip -batch` (under `nsenter --net`) with the bridge, N `netns add` and N `link add ... type veth peer name eth0 netns NODE` + `link set ... master BR up`, then one `ip -n NODE -batch` per node (`lo` up, `eth0` up, one address: 1 + N processes; iproute2 has no per-line namespace switch); removal: one `ip -batch` of N `netns del` and `link del BR`, waited for by the same check. The baseline makes no firewall and no default route; weft does both.\n"
+        "The namespace lab with one hypervisor; release controller (`--shard-pool` a /21 of 198.18.0.0/15, two /{SHARD_PREFIX} shards of network `{POOL_NETWORK}`) and agent (`RUST_LOG=info,weft_agent::networks=debug`). **weft**: `POST /networks` of a TDL with N nodes (`nX: {{}}`: no image, no command, no connections; one address each from the shards) for `hosts: [hv1]`, then `GET /networks/{{id}}/status` every 20 ms until `in_sync` with N network-node resources applied (each node: a named namespace, a veth on the network's bridge, `lo` and `eth0` up, its address and default route, its nftables table `inet weft` with default-deny input); removal: `DELETE /networks/{{id}}` until no node namespace is left under /run/netns and neither the bridge nor any host-side veth is left in the hypervisor namespace (checked every 10 ms). **ip -batch baseline** of the same topology, in the same run and hypervisor namespace: one `ip -batch` (under `nsenter --net`) with the bridge, N `netns add` and N `link add ... type veth peer name eth0 netns NODE` + `link set ... master BR up`, then one `ip -n NODE -batch` per node (`lo` up, `eth0` up, one address: 1 + N processes; iproute2 has no per-line namespace switch); removal: one `ip -batch` of N `netns del` and `link del BR`, waited for by the same check. The baseline makes no firewall and no default route; weft does both.\n"
     );
     let _ = writeln!(
         md,
@@ -1820,18 +1835,24 @@ fn fmt_int(value: usize) -> String {
 
 /// Replaces the networks section of BENCHMARKS.md (or appends it).
 fn splice(section: &str) -> Result<()> {
+    splice_section(section, BEGIN, END, "networks")
+}
+
+/// Replaces the section of BENCHMARKS.md between the markers `begin` and `end` (which
+/// `section` starts with and ends with), or appends it.
+pub(crate) fn splice_section(section: &str, begin: &str, end: &str, name: &str) -> Result<()> {
     let path = sh::root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
+    let new = match (old.find(begin), old.find(end)) {
         (Some(b), Some(e)) if e > b => format!(
             "{}{}{}",
             &old[..b],
             section,
-            &old[e + END.len()..].trim_start_matches('\n')
+            &old[e + end.len()..].trim_start_matches('\n')
         ),
         _ => format!("{}\n\n{section}", old.trim_end()),
     };
     std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
-    println!("==> wrote the networks section of {}", path.display());
+    println!("==> wrote the {name} section of {}", path.display());
     Ok(())
 }

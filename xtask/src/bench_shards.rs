@@ -1362,9 +1362,10 @@ fn migration_in(
     // WEFT_BENCH_MIGRATION_CONCURRENCY: the controller's --migration-concurrency (its
     // default otherwise).
     let concurrency = std::env::var("WEFT_BENCH_MIGRATION_CONCURRENCY").ok();
+    let shard_pool = crate::bench_networks::bench_shard_pool(lab.x());
     let mut flags = vec![
         "--shard-pool",
-        "100.64.0.0/21",
+        shard_pool.as_str(),
         "--migration-timeout",
         "10s",
     ];

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_drift;
 mod bench_networks;
+mod bench_shadows;
 mod bench_shards;
 mod bench_spoof;
 mod bench_tls;
@@ -83,7 +84,9 @@ enum Cmd {
         /// spoofed sources send a datagram each (its section of BENCHMARKS.md). `tls`:
         /// records/s on the export path, plain vs mutual TLS, printed. `networks`: TDL
         /// networks: realize/remove 100 and 1,000 nodes beside an `ip -batch` baseline, drift
-        /// detect/repair latency (its section of BENCHMARKS.md).
+        /// detect/repair latency (its section of BENCHMARKS.md). `shadows`: production's
+        /// latency and throughput with 10 % shadow sampling beside nginx's `mirror`, the
+        /// sampled share, read-only mode (its section of BENCHMARKS.md).
         only: Option<String>,
     },
 }
@@ -133,17 +136,19 @@ fn main() -> ExitCode {
                     .and_then(|()| bench_drift::run())
                     .and_then(|()| bench_spoof::run())
                     .and_then(|()| bench_tls::run(false))
-                    .and_then(|()| bench_networks::run()),
+                    .and_then(|()| bench_networks::run())
+                    .and_then(|()| bench_shadows::run()),
                 Some("controller") => bench::run_controller(),
                 Some("drift") => bench_drift::run(),
                 Some("networks") => bench_networks::run(),
+                Some("shadows") => bench_shadows::run(),
                 Some("spoof") => bench_spoof::run(),
                 Some("tls") => bench_tls::run(no_build),
                 Some("shards") => bench_shards::run(),
                 Some("migration") => bench_shards::run_migration_only(),
                 Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: shards, migration, allocations, drift, spoof, tls, networks)"
+                    "unknown bench {other:?} (known: shards, migration, allocations, drift, spoof, tls, networks, shadows)"
                 )),
             })
         }

@@ -288,3 +288,211 @@ impl NodeCgroup {
         Ok(())
     }
 }
+
+/// What a node's processes use, read from its cgroup(s): the evidence for a scaling
+/// recommendation (CPU throttled by the quota, memory at its limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU time of the group (v2 and v1 with cpuacct co-mounted: the group's cumulative
+    /// counter; otherwise the sum over the group's live processes).
+    pub cpu_seconds: f64,
+    /// CFS periods with runnable tasks, and those in which the quota throttled them.
+    pub cpu_periods: u64,
+    pub cpu_throttled_periods: u64,
+    pub cpu_throttled_seconds: f64,
+    pub memory_bytes: u64,
+    /// `None`: no limit.
+    pub memory_limit_bytes: Option<u64>,
+    /// Times the memory limit was hit (v1 `memory.failcnt`, v2 `memory.events` `max`).
+    pub memory_limit_hits: u64,
+}
+
+/// `key value` lines (cpu.stat, memory.events): the value of `key`.
+fn stat_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// CPU seconds of the live processes `pids` (utime + stime of /proc/<pid>/stat).
+fn process_cpu_seconds(pids: &[i32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // The command may contain spaces and parentheses: fields start after the last ')'.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat(5): 12 and 13 after the comm.
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / ticks
+}
+
+/// Reads the usage of the group in `dirs` (v1: `[cpu, memory]`, v2: `[unified]`).
+pub(crate) fn usage(version: CgroupVersion, dirs: &[PathBuf], pids: &[i32]) -> Usage {
+    let mut u = Usage::default();
+    match version {
+        CgroupVersion::V2 => {
+            let Some(d) = dirs.first() else { return u };
+            let cpu = read_trimmed(&d.join("cpu.stat")).unwrap_or_default();
+            u.cpu_seconds = stat_value(&cpu, "usage_usec").unwrap_or(0) as f64 / 1e6;
+            u.cpu_periods = stat_value(&cpu, "nr_periods").unwrap_or(0);
+            u.cpu_throttled_periods = stat_value(&cpu, "nr_throttled").unwrap_or(0);
+            u.cpu_throttled_seconds = stat_value(&cpu, "throttled_usec").unwrap_or(0) as f64 / 1e6;
+            u.memory_bytes = read_trimmed(&d.join("memory.current"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            u.memory_limit_bytes = read_trimmed(&d.join("memory.max")).and_then(|v| v.parse().ok());
+            u.memory_limit_hits = read_trimmed(&d.join("memory.events"))
+                .and_then(|t| stat_value(&t, "max"))
+                .unwrap_or(0);
+        }
+        CgroupVersion::V1 => {
+            if let Some(cpu_dir) = dirs.first() {
+                let cpu = read_trimmed(&cpu_dir.join("cpu.stat")).unwrap_or_default();
+                u.cpu_periods = stat_value(&cpu, "nr_periods").unwrap_or(0);
+                u.cpu_throttled_periods = stat_value(&cpu, "nr_throttled").unwrap_or(0);
+                u.cpu_throttled_seconds =
+                    stat_value(&cpu, "throttled_time").unwrap_or(0) as f64 / 1e9;
+                u.cpu_seconds = match read_trimmed(&cpu_dir.join("cpuacct.usage"))
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    Some(ns) => ns as f64 / 1e9,
+                    None => process_cpu_seconds(pids),
+                };
+            }
+            if let Some(mem) = dirs.get(1) {
+                u.memory_bytes = read_trimmed(&mem.join("memory.usage_in_bytes"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                // v1 writes "no limit" as the largest page-aligned value.
+                u.memory_limit_bytes = read_trimmed(&mem.join("memory.limit_in_bytes"))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|v| *v < (1 << 62));
+                u.memory_limit_hits = read_trimmed(&mem.join("memory.failcnt"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    u
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    /// A directory of fake cgroup files, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(files: &[(&str, &str)]) -> Dir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "weft-usage-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, text) in files {
+            std::fs::write(d.join(name), text).unwrap();
+        }
+        Dir(d)
+    }
+
+    #[test]
+    fn v2_usage_is_read_from_cpu_stat_and_memory_files() {
+        let d = dir(&[
+            (
+                "cpu.stat",
+                "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 40\nnr_throttled 10\nthrottled_usec 750000\n",
+            ),
+            ("memory.current", "104857600\n"),
+            ("memory.max", "209715200\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n"),
+        ]);
+        let u = usage(CgroupVersion::V2, &[d.path().to_path_buf()], &[]);
+        assert_eq!(u.cpu_seconds, 2.5);
+        assert_eq!((u.cpu_periods, u.cpu_throttled_periods), (40, 10));
+        assert_eq!(u.cpu_throttled_seconds, 0.75);
+        assert_eq!(u.memory_bytes, 104_857_600);
+        assert_eq!(u.memory_limit_bytes, Some(209_715_200));
+        assert_eq!(u.memory_limit_hits, 7);
+        // "max": no limit.
+        let d = dir(&[("memory.max", "max\n")]);
+        assert_eq!(
+            usage(CgroupVersion::V2, &[d.path().to_path_buf()], &[]).memory_limit_bytes,
+            None
+        );
+    }
+
+    #[test]
+    fn v1_usage_reads_both_hierarchies_and_no_limit_is_none() {
+        let cpu = dir(&[
+            (
+                "cpu.stat",
+                "nr_periods 12\nnr_throttled 3\nthrottled_time 1500000000\n",
+            ),
+            ("cpuacct.usage", "4000000000\n"),
+        ]);
+        let mem = dir(&[
+            ("memory.usage_in_bytes", "5000\n"),
+            ("memory.limit_in_bytes", "9223372036854771712\n"),
+            ("memory.failcnt", "2\n"),
+        ]);
+        let u = usage(
+            CgroupVersion::V1,
+            &[cpu.path().to_path_buf(), mem.path().to_path_buf()],
+            &[],
+        );
+        assert_eq!(u.cpu_seconds, 4.0);
+        assert_eq!((u.cpu_periods, u.cpu_throttled_periods), (12, 3));
+        assert_eq!(u.cpu_throttled_seconds, 1.5);
+        assert_eq!(u.memory_bytes, 5000);
+        assert_eq!(u.memory_limit_bytes, None);
+        assert_eq!(u.memory_limit_hits, 2);
+    }
+
+    #[test]
+    fn without_cpuacct_the_cpu_time_of_the_live_processes_is_summed() {
+        let cpu = dir(&[(
+            "cpu.stat",
+            "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n",
+        )]);
+        // This test process has used some CPU by now.
+        let me = std::process::id() as i32;
+        let busy = std::time::Instant::now();
+        let mut x = 0u64;
+        while busy.elapsed() < std::time::Duration::from_millis(30) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        assert!(x != 1);
+        let u = usage(CgroupVersion::V1, &[cpu.path().to_path_buf()], &[me]);
+        assert!(u.cpu_seconds > 0.0, "{u:?}");
+        // A pid that does not exist counts nothing.
+        let none = usage(CgroupVersion::V1, &[cpu.path().to_path_buf()], &[i32::MAX]);
+        assert_eq!(none.cpu_seconds, 0.0);
+    }
+}

@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-pub use cgroup::CgroupVersion;
+pub use cgroup::{CgroupVersion, Usage};
 pub use profiles::{Profile, Profiles, ProfilesError};
 pub use shape::{EgressLimit, ShapeError, shape};
 pub use supervisor::{Backoff, CgroupParent, Supervisor, SupervisorConfig};

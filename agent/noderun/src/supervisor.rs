@@ -301,6 +301,24 @@ impl Supervisor {
         nodes.get(key)?.shared.snapshot()
     }
 
+    /// What node `key`'s processes use now (its cgroups), while it is supervised.
+    pub fn usage(&self, key: &str) -> Option<crate::Usage> {
+        let st = self.status(key)?;
+        let pids: Vec<i32> = st
+            .cgroup_paths
+            .last()
+            .and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        Some(crate::cgroup::usage(
+            self.inner.hierarchies.version,
+            &st.cgroup_paths,
+            &pids,
+        ))
+    }
+
     /// Keys of the nodes under supervision.
     pub fn keys(&self) -> Vec<String> {
         self.inner

@@ -524,6 +524,34 @@ async fn cgroup_limits_are_written_and_the_process_is_in_the_group() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_shows_a_busy_node_throttled_by_its_cpu_limit() {
+    let lab = Lab::new();
+    let sup = Supervisor::new(lab.config()).unwrap();
+    let mut run = lab.run("busy");
+    run.command = vec!["sh".into(), "-c".into(), "while :; do :; done".into()];
+    run.cpu_millis = 100;
+    run.memory_bytes = 64 << 20;
+    sup.ensure(&run).await.unwrap();
+    // A tenth of a CPU for a process that wants a whole one: throttled in most periods.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let u = loop {
+        let u = sup.usage(&run.key).expect("supervised");
+        if u.cpu_throttled_periods >= 5 || std::time::Instant::now() > deadline {
+            break u;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(u.cpu_throttled_periods >= 5, "{u:?}");
+    assert!(u.cpu_periods >= u.cpu_throttled_periods, "{u:?}");
+    assert!(u.cpu_throttled_seconds > 0.0, "{u:?}");
+    assert!(u.cpu_seconds > 0.0, "{u:?}");
+    assert_eq!(u.memory_limit_bytes, Some(64 << 20), "{u:?}");
+    assert!(u.memory_bytes > 0, "{u:?}");
+    assert!(sup.usage("no/such").is_none());
+    sup.remove(&run.key).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensure_is_idempotent_and_restarts_on_a_changed_spec() {
     let lab = Lab::new();
     let sup = Supervisor::new(lab.config()).unwrap();

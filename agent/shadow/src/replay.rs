@@ -363,8 +363,10 @@ impl Replay {
             let latency = sent_ns
                 .and_then(|s| now_ns.checked_sub(s))
                 .map(|ns| ns / 1000);
-            if t == 0 {
-                stats.shadow(&p.endpoint, r.error, latency);
+            match t {
+                0 => stats.shadow(&p.endpoint, r.error, latency),
+                1 => stats.baseline(&p.endpoint, r.error, latency),
+                _ => {}
             }
             out.push(Answered {
                 key,

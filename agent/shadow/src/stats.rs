@@ -24,6 +24,10 @@ pub struct EndpointStats {
     pub shadow_errors: u64,
     pub production_latency: Histogram<u64>,
     pub shadow_latency: Histogram<u64>,
+    /// The noise baseline (the second target), measured as the shadow is.
+    pub baseline_requests: u64,
+    pub baseline_errors: u64,
+    pub baseline_latency: Histogram<u64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -40,6 +44,9 @@ impl Default for EndpointStats {
             shadow_errors: 0,
             production_latency: histogram(),
             shadow_latency: histogram(),
+            baseline_requests: 0,
+            baseline_errors: 0,
+            baseline_latency: histogram(),
         }
     }
 }
@@ -58,6 +65,9 @@ pub struct EndpointReport {
     pub compared: u64,
     pub differing: u64,
     pub differing_fields: BTreeMap<String, u64>,
+    pub baseline_requests: u64,
+    pub baseline_errors: u64,
+    pub baseline_latency: Vec<u8>,
 }
 
 /// A shadow's statistics.
@@ -132,6 +142,16 @@ impl Stats {
         }
     }
 
+    /// The noise baseline answered a replayed request of `endpoint`.
+    pub fn baseline(&mut self, endpoint: &str, error: bool, latency_us: Option<u64>) {
+        let e = self.entry(endpoint);
+        e.baseline_requests += 1;
+        e.baseline_errors += u64::from(error);
+        if let Some(us) = latency_us {
+            record(&mut e.baseline_latency, us);
+        }
+    }
+
     /// Compares the answers to one request (Diffy).
     pub fn compare(
         &mut self,
@@ -167,6 +187,9 @@ impl Stats {
                     compared: d.map_or(0, |d| d.compared),
                     differing: d.map_or(0, |d| d.differing),
                     differing_fields: d.map(|d| d.differing_fields()).unwrap_or_default(),
+                    baseline_requests: e.baseline_requests,
+                    baseline_errors: e.baseline_errors,
+                    baseline_latency: serialize(&e.baseline_latency),
                 }
             })
             .collect()

@@ -642,6 +642,16 @@ fn replay_pairs_answers_counts_skipped_writes_and_records_latency() {
     assert_eq!(r.pending(), 0);
     let a = stats.endpoint("GET /a").unwrap();
     assert_eq!((a.production_requests, a.shadow_requests), (1, 1));
+    assert_eq!((a.baseline_requests, a.baseline_errors), (1, 0));
+    assert_eq!(
+        a.baseline_latency.max(),
+        a.baseline_latency.highest_equivalent(6000)
+    );
+    let b = stats.endpoint("GET /b").unwrap();
+    assert_eq!(
+        (b.baseline_requests, b.baseline_errors, b.shadow_errors),
+        (1, 1, 0)
+    );
     assert_eq!(
         a.production_latency.max(),
         a.production_latency.highest_equivalent(2000)

@@ -1,4 +1,125 @@
-//! Shadow environments on this host: the sink (`shadow-sink`), which replays sampled
-//! production connections against a shadow and compares the answers.
+//! Shadow environments: the production side, the tap (kind `shadow-tap`), and the
+//! shadow side, the sink (kind `shadow-sink`, [`sink`]: replays the sampled connections
+//! into the shadow and compares the answers).
+//!
+//! A TC program on the production node's host-side interface decides per connection, at
+//! the client's SYN, whether it is sampled, and copies every packet of a sampled
+//! connection to user space ([`tap`]; the kernel half is `agent-ebpf/src/tap.rs`). The
+//! agent reassembles each direction by TCP sequence number ([`reassembly`]) and streams
+//! the in-order bytes to the shadow hosts' sinks ([`tap_stream`]), which replay each
+//! connection over their own TCP connection into the shadow.
+//!
+//! # Why copies, user-space reassembly and replay (not sequence translation)
+//!
+//! TCPCopy-style mirroring forwards the copied *packets* to the shadow and rewrites their
+//! sequence numbers (learning the shadow's ISN from its SYN-ACK, swallowing its replies).
+//! weft does not, because of what was measured on this machine
+//! (`shared/bench/shadow-mirror/README.md`):
+//!
+//! - A shadow's TCP stack resets raw copies: with production's MAC and address given to
+//!   it (e2), the shadow answered 20,259 copied segments per run with 20,199 RSTs
+//!   (`OutRsts`) and served **0** requests; with 10 % of flows cloned in the kernel by
+//!   `bpf_clone_redirect` (e4) it was the same: 1,616 RSTs for 1,630 segments, 0 requests.
+//!   Copies carry production's ISN and its acknowledgements of production's answers,
+//!   which the shadow never sent. Making them acceptable means translating sequence and
+//!   acknowledgement numbers of every copied segment, per connection, in the kernel or in
+//!   a device in front of the shadow, and hiding the shadow's own packets (e3: when they
+//!   escape they hijack production's clients: 14,449 resets per run, 0 requests answered
+//!   by production).
+//! - Replay over the shadow's own connection works with an **unmodified** shadow stack:
+//!   the sink is an ordinary TCP client of the shadow, which sets its own ISNs, windows,
+//!   retransmissions and congestion control; a slow or dead shadow slows nothing but the
+//!   replay (nginx's `mirror` couples production to the shadow's pace: d, 255 req/s).
+//! - Read-only filtering (HTTP GET/HEAD, Redis reads, PostgreSQL SELECT) needs the
+//!   requests framed anyway, i.e. the byte stream reassembled; a packet forwarder cannot
+//!   drop a write out of the middle of a stream without breaking its sequence space.
+//!
+//! The kernel part stays small and constant-cost per packet: one hash lookup (policy),
+//! one LRU lookup (decision) and, for sampled connections only, one perf output of the
+//! frame (the helper appends the skb's bytes itself, `BPF_F_CTXLEN_MASK`). Production's
+//! packets are never delayed, altered or dropped: both programs return `TC_ACT_UNSPEC`.
 
+pub mod reassembly;
 pub mod sink;
+pub mod tap;
+pub mod tap_policy;
+pub mod tap_reconciler;
+pub mod tap_record;
+pub mod tap_stream;
+
+#[cfg(test)]
+mod tap_tests;
+
+use prometheus_client::registry::Registry;
+
+use crate::metrics::{Counter, Gauge, register};
+
+/// The taps' Prometheus metrics (totals over every tap of the agent).
+#[derive(Default)]
+pub struct ShadowTapMetrics {
+    pub connections_seen: Counter,
+    pub connections_eligible: Counter,
+    pub connections_sampled: Counter,
+    pub bytes_streamed: Counter,
+    pub connections_lost: Counter,
+    pub copies_lost: Counter,
+    pub sinks_connected: Gauge,
+    pub taps: Gauge,
+}
+
+impl ShadowTapMetrics {
+    /// The metrics, registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry;
+        register(
+            r,
+            "weft_agent_shadow_connections_seen_total",
+            "New connections to tapped production nodes (client SYNs).",
+            m.connections_seen.clone(),
+        );
+        register(
+            r,
+            "weft_agent_shadow_connections_eligible_total",
+            "Of those, connections the sampling policy covers (active, port, source).",
+            m.connections_eligible.clone(),
+        );
+        register(
+            r,
+            "weft_agent_shadow_connections_sampled_total",
+            "Of those, connections sampled and copied to the shadow sinks.",
+            m.connections_sampled.clone(),
+        );
+        register(
+            r,
+            "weft_agent_shadow_bytes_streamed_total",
+            "Reassembled payload bytes written to shadow sinks.",
+            m.bytes_streamed.clone(),
+        );
+        register(
+            r,
+            "weft_agent_shadow_connections_lost_total",
+            "Sampled connections given up: a gap, a full sink queue, a sink reconnect or too many connections.",
+            m.connections_lost.clone(),
+        );
+        register(
+            r,
+            "weft_agent_shadow_copies_lost_total",
+            "Packet copies the kernel could not hand to user space (perf buffer full).",
+            m.copies_lost.clone(),
+        );
+        register(
+            r,
+            "weft_agent_shadow_sinks_connected",
+            "Shadow sinks with an open stream.",
+            m.sinks_connected.clone(),
+        );
+        register(
+            r,
+            "weft_agent_shadow_taps",
+            "Shadow taps on this host.",
+            m.taps.clone(),
+        );
+        m
+    }
+}

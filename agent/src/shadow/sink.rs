@@ -87,6 +87,9 @@ pub struct SinkSpec {
     /// The targets' namespaces (shadow first, noise baseline second).
     pub targets: Vec<(String, String)>,
     pub read_only: bool,
+    /// Synthetic load asked for (`multiplier` > 0): not made by this sink, and said so in
+    /// its report.
+    pub synthetic: Option<String>,
 }
 
 impl SinkSpec {
@@ -124,6 +127,16 @@ impl SinkSpec {
             peers,
             targets,
             read_only: s.read_only,
+            synthetic: s
+                .synthetic
+                .as_ref()
+                .filter(|l| l.multiplier > 0.0)
+                .map(|l| {
+                    format!(
+                        "{}x for {} s (run {})",
+                        l.multiplier, l.duration_seconds, l.generation
+                    )
+                }),
         })
     }
 }
@@ -275,6 +288,9 @@ impl SinkShared {
                 compared: e.compared,
                 differing: e.differing,
                 differing_fields: e.differing_fields.into_iter().collect(),
+                baseline_requests: e.baseline_requests,
+                baseline_errors: e.baseline_errors,
+                baseline_latency: e.baseline_latency,
             })
             .collect();
         ShadowReport { endpoints }
@@ -299,6 +315,9 @@ struct Sink {
     tasks: Vec<JoinHandle<()>>,
     /// Where it listens.
     local: SocketAddr,
+    /// Kept here too: a sink restarted on the same port takes it over (an aborted task
+    /// drops its copy only later, and the port would still be taken).
+    listener: Arc<tokio::net::TcpListener>,
 }
 
 impl Drop for Sink {
@@ -337,15 +356,14 @@ impl SinkReconciler {
         lock(&self.sinks).get(key).map(|s| s.local)
     }
 
-    fn start(&self, key: &str, spec: SinkSpec) -> Result<Sink, String> {
+    /// A listener on `port` of the underlay address (every address without one).
+    fn listen(&self, port: u16) -> Result<tokio::net::TcpListener, String> {
+        let spec_port = port;
         let bind = match self.config.underlay {
-            Some(a) => vec![SocketAddr::new(a, spec.listen_port)],
+            Some(a) => vec![SocketAddr::new(a, spec_port)],
             None => vec![
-                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), spec.listen_port),
-                SocketAddr::new(
-                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                    spec.listen_port,
-                ),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), spec_port),
+                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), spec_port),
             ],
         };
         let mut last = None;
@@ -363,11 +381,24 @@ impl SinkReconciler {
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("listener: {e}"))?;
+        tokio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))
+    }
+
+    /// Starts sink `key`; on `previous`'s listener when it is on the same port.
+    fn start(&self, key: &str, spec: SinkSpec, previous: Option<Sink>) -> Result<Sink, String> {
+        let reuse = previous
+            .as_ref()
+            .filter(|p| p.local.port() == spec.listen_port)
+            .map(|p| p.listener.clone());
+        // Its tasks stop now; its listener stays open if it is taken over.
+        drop(previous);
+        let listener = match reuse {
+            Some(l) => l,
+            None => Arc::new(self.listen(spec.listen_port)?),
+        };
         let local = listener
             .local_addr()
             .map_err(|e| format!("listener: {e}"))?;
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
         let target_netns = spec
             .targets
             .iter()
@@ -387,7 +418,7 @@ impl SinkReconciler {
             live_connections: AtomicU64::new(0),
         });
         info!(key, %local, "shadow sink listening");
-        let serve = tokio::spawn(serve(listener, shared.clone()));
+        let serve = tokio::spawn(serve(listener.clone(), shared.clone()));
         let refresh = tokio::spawn(refresh(
             key.to_owned(),
             shared.clone(),
@@ -397,6 +428,7 @@ impl SinkReconciler {
             shared,
             tasks: vec![serve, refresh],
             local,
+            listener,
         })
     }
 
@@ -404,7 +436,12 @@ impl SinkReconciler {
         let s = &sink.shared;
         ResourceReport {
             key: key.to_owned(),
-            error: None,
+            // Never silently ignored: the sampled replay runs, the synthetic load does not.
+            error: s.spec.synthetic.as_ref().map(|l| {
+                format!(
+                    "synthetic load {l} is not made by this agent's sink: only sampled connections are replayed"
+                )
+            }),
             measurements: s.counters.measurements(),
             observed: vec![format!(
                 "shadow sink {} on {} -> {}{} ({} taps connected)",
@@ -485,9 +522,9 @@ impl Reconciler for SinkReconciler {
                     }
                     continue;
                 }
-                // Closed first: the new one may reuse the port.
-                sinks.remove(&d.key);
-                match self.start(&d.key, spec) {
+                // Stopped first; a new one on the same port takes its listener over.
+                let previous = sinks.remove(&d.key);
+                match self.start(&d.key, spec, previous) {
                     Ok(s) => {
                         reports.push(Self::report(&d.key, &s, 1));
                         sinks.insert(d.key.clone(), s);
@@ -565,9 +602,13 @@ fn allowed(peers: &[IpAddr], from: IpAddr) -> bool {
     peers.contains(&from)
 }
 
-async fn serve(listener: tokio::net::TcpListener, shared: Arc<SinkShared>) {
+async fn serve(listener: Arc<tokio::net::TcpListener>, shared: Arc<SinkShared>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TAPS));
+    // The taps' tasks: aborted with this task (a sink removed or changed ends its taps'
+    // streams, and the taps reconnect to what replaces it).
+    let mut taps = tokio::task::JoinSet::new();
     loop {
+        while taps.try_join_next().is_some() {}
         let (stream, from) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -585,10 +626,7 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<SinkShared>) {
             return;
         };
         let shared = shared.clone();
-        // Ends with its tap's stream; the sink's serve task is aborted on removal, and the
-        // taps' tasks stop with the listener's runtime (their streams fail once the
-        // connections are gone).
-        tokio::spawn(async move {
+        taps.spawn(async move {
             let _slot = slot;
             shared.counters.taps_connected.fetch_add(1, Relaxed);
             if let Err(e) = tap(stream, &shared).await {
@@ -644,10 +682,30 @@ pub async fn read_delimited<R: AsyncRead + Unpin>(
     Err(TapError::BadLength)
 }
 
-/// A connection being replayed: where its frames go.
+/// A connection being replayed: where its frames go. Dropped with its tap's task, it
+/// aborts the replay, unless detached (after its close, or when the tap's stream ended).
 struct Live {
     frames: mpsc::Sender<Queued>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Live {
+    /// Lets the replay finish what it has queued on its own.
+    fn detach(mut self) {
+        self.task.take();
+    }
+
+    fn finished(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
 }
 
 async fn tap(stream: tokio::net::TcpStream, shared: &Arc<SinkShared>) -> Result<(), TapError> {
@@ -703,7 +761,7 @@ async fn tap(stream: tokio::net::TcpStream, shared: &Arc<SinkShared>) -> Result<
             }
         };
         let id = frame.connection;
-        live.retain(|_, l| !l.task.is_finished());
+        live.retain(|_, l| !l.finished());
         if abandoned.contains(&id) {
             if frame.close {
                 abandoned.remove(&id);
@@ -727,7 +785,13 @@ async fn tap(stream: tokio::net::TcpStream, shared: &Arc<SinkShared>) -> Result<
             };
             let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
             let task = tokio::spawn(replay_connection(shared.clone(), server, rx, slot));
-            live.insert(id, Live { frames: tx, task });
+            live.insert(
+                id,
+                Live {
+                    frames: tx,
+                    task: Some(task),
+                },
+            );
         }
         let close = frame.close;
         let Some(l) = live.get(&id) else {
@@ -736,9 +800,8 @@ async fn tap(stream: tokio::net::TcpStream, shared: &Arc<SinkShared>) -> Result<
         };
         let Some(queued) = Queued::new(frame, shared) else {
             // The sink holds as much as it may: this connection is given up.
-            if let Some(l) = live.remove(&id) {
-                l.task.abort();
-            }
+            // Dropped: its replay is aborted.
+            live.remove(&id);
             shared.counters.connections_dropped.fetch_add(1, Relaxed);
             remember(&mut abandoned, id, close);
             continue;
@@ -747,9 +810,8 @@ async fn tap(stream: tokio::net::TcpStream, shared: &Arc<SinkShared>) -> Result<
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // Its replay is too far behind: give it up.
-                if let Some(l) = live.remove(&id) {
-                    l.task.abort();
-                }
+                // Dropped: its replay is aborted.
+                live.remove(&id);
                 shared.counters.connections_dropped.fetch_add(1, Relaxed);
                 remember(&mut abandoned, id, close);
                 continue;
@@ -761,15 +823,15 @@ async fn tap(stream: tokio::net::TcpStream, shared: &Arc<SinkShared>) -> Result<
                 continue;
             }
         }
-        if close {
+        if close && let Some(l) = live.remove(&id) {
             // The task finishes on its own after the close frame.
-            live.remove(&id);
+            l.detach();
         }
     };
     // Connections of this tap that are still open end with it: their close frames will
     // not come. Each finishes what it has queued first.
     for (_, l) in live.drain() {
-        drop(l.frames);
+        l.detach();
     }
     result
 }

@@ -63,7 +63,9 @@ impl FakeAgent {
                         Spec::NetworkSegment(_)
                         | Spec::NetworkNode(_)
                         | Spec::ShadowTap(_)
-                        | Spec::ShadowSink(_) => {
+                        | Spec::ShadowSink(_)
+                        | Spec::Steer(_)
+                        | Spec::SteerTarget(_) => {
                             o.observed = vec!["applied".into()];
                         }
                     }

@@ -9,6 +9,7 @@ mod l7_exact;
 mod migration;
 mod multi_hv;
 mod networks;
+mod shadows;
 mod support;
 mod trust;
 

@@ -107,7 +107,7 @@ pub(crate) struct TwoHypervisors {
 }
 
 impl TwoHypervisors {
-    fn start(pool: &str) -> Result<Self> {
+    pub(crate) fn start(pool: &str) -> Result<Self> {
         Self::start_with(pool, &[], &[])
     }
 

@@ -301,6 +301,7 @@ fn desired(key: &str, port: u16, read_only: bool) -> DesiredResource {
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            synthetic: None,
             shadow: "shop-shadow".into(),
             listen_port: port as u32,
             peers: vec!["127.0.0.1".into()],
@@ -474,6 +475,9 @@ async fn sink_replays_recorded_http_byte_identical_and_keeps_writes_out_in_read_
         (1, 1, 1)
     );
     assert!(!a.production_latency.is_empty() && !a.shadow_latency.is_empty());
+    // The baseline replica is measured as the shadow is.
+    assert_eq!((a.baseline_requests, a.baseline_errors), (1, 0));
+    assert!(!a.baseline_latency.is_empty());
     // The timestamp differs everywhere, also between the shadow and its replica: noise.
     assert!(a.differing_fields.is_empty(), "{a:?}");
     assert_eq!(a.differing, 0);
@@ -647,6 +651,18 @@ async fn sinks_reject_specs_they_cannot_make_and_taps_of_other_hosts() {
         .await
     );
     assert_eq!(shared.counters.taps_connected.load(Relaxed), 0);
+    // Synthetic load is not made here: the sink runs, and its report says so.
+    if let Spec::ShadowSink(s) = &mut d.spec {
+        s.synthetic = Some(weft_proto::v1::SyntheticLoad {
+            multiplier: 3.0,
+            duration_seconds: 60,
+            generation: 1,
+        });
+    }
+    let r = sinks.reconcile(std::slice::from_ref(&d), Scope::All).await;
+    let e = r[0].error.as_deref().unwrap_or_default();
+    assert!(e.contains("synthetic load 3x"), "{r:?}");
+    assert!(sinks.local_addr("x/y").is_some());
 }
 
 fn redis_cli(ns: &NodeNs, args: &[&str]) -> String {
@@ -720,6 +736,7 @@ async fn sink_replays_redis_reads_to_a_real_redis_and_keeps_its_writes_out() {
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            synthetic: None,
             shadow: "cache-shadow".into(),
             listen_port: u32::from(free_port()),
             peers: vec!["127.0.0.1".into()],
@@ -819,6 +836,7 @@ async fn a_shadow_that_stops_reading_is_dropped_and_counted_not_buffered() {
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            synthetic: None,
             shadow: "slow".into(),
             listen_port: u32::from(free_port()),
             peers: vec!["127.0.0.1".into()],
@@ -997,6 +1015,7 @@ async fn sink_replays_h2c_to_nginx_per_stream_and_stops_at_a_write_in_read_only_
             key: key.into(),
             generation: 1,
             spec: Spec::ShadowSink(ShadowSink {
+                synthetic: None,
                 shadow: "web-shadow".into(),
                 listen_port: u32::from(free_port()),
                 peers: vec!["127.0.0.1".into()],
@@ -1236,6 +1255,7 @@ async fn sink_replays_postgres_startup_and_queries_to_a_real_postgres_read_only(
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            synthetic: None,
             shadow: "db-shadow".into(),
             listen_port: u32::from(free_port()),
             peers: vec!["127.0.0.1".into()],
@@ -1343,6 +1363,7 @@ async fn a_capture_gap_stops_the_replay_of_its_connection_only() {
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            synthetic: None,
             shadow: "gap".into(),
             listen_port: u32::from(free_port()),
             peers: vec!["127.0.0.1".into()],
@@ -1414,6 +1435,7 @@ fn the_sink_wide_budgets_are_given_back_when_frames_and_connections_go() {
             peers: vec![],
             targets: vec![("n".into(), "a".into())],
             read_only: false,
+            synthetic: None,
         },
         target_netns: vec![],
         limits: Limits::default(),
@@ -1444,4 +1466,66 @@ fn the_sink_wide_budgets_are_given_back_when_frames_and_connections_go() {
     drop(slots);
     assert_eq!(shared.live_connections.load(Relaxed), 0);
     assert!(LiveSlot::take(&shared).is_some());
+}
+
+#[tokio::test]
+async fn a_changed_sink_keeps_its_port_and_ends_its_taps_streams() {
+    use tokio::io::AsyncReadExt as _;
+    let (signals, _rx) = mpsc::channel(4);
+    let sinks = SinkReconciler::new(
+        SinkConfig {
+            underlay: Some("127.0.0.1".parse().unwrap()),
+            netns_prefix: "wft-none".into(),
+            limits: Limits::default(),
+        },
+        signals,
+    );
+    let mut d = desired("c/d", free_port(), false);
+    assert!(
+        sinks.reconcile(std::slice::from_ref(&d), Scope::All).await[0]
+            .error
+            .is_none()
+    );
+    let addr = sinks.local_addr("c/d").unwrap();
+    let shared = sinks.shared("c/d").unwrap();
+    let mut tap = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = Vec::new();
+    ShadowHello {
+        shadow: "shop-shadow".into(),
+        host_id: "h".into(),
+    }
+    .encode_length_delimited(&mut hello)
+    .unwrap();
+    tap.write_all(&hello).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || shared
+            .counters
+            .taps_connected
+            .load(Relaxed)
+            == 1)
+        .await
+    );
+    if let Spec::ShadowSink(s) = &mut d.spec {
+        s.read_only = true;
+    }
+    let r = sinks
+        .reconcile(std::slice::from_ref(&d), Scope::Changed)
+        .await;
+    assert_eq!((r[0].error.as_deref(), r[0].changes), (None, 1));
+    assert_eq!(sinks.local_addr("c/d"), Some(addr));
+    // The old sink's tap stream is closed: the tap reconnects to the new one.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), tap.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+    let shared = sinks.shared("c/d").unwrap();
+    let mut again = tokio::net::TcpStream::connect(addr).await.unwrap();
+    again.write_all(&hello).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || shared
+            .counters
+            .taps_connected
+            .load(Relaxed)
+            == 1)
+        .await
+    );
 }

@@ -222,20 +222,7 @@ impl Topology {
         let mut totals = TotalsSum::default();
         // Paths each server serves (the classifier reads them).
         let mut paths: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for entry in &self.dependencies {
-            let merged;
-            let stats = if window.is_all() {
-                entry.value().total()
-            } else {
-                match entry.value().in_window(&self.buckets, window) {
-                    Some(stats) => {
-                        merged = stats;
-                        &merged
-                    }
-                    None => continue,
-                }
-            };
-            let k = entry.key();
+        self.each_in_window(window, |k, stats| {
             totals.add(stats);
             let start = objects.len();
             write_dependency(&mut objects, k, stats);
@@ -263,7 +250,7 @@ impl Topology {
                     served.insert(path.clone());
                 }
             }
-        }
+        });
         placed.sort_unstable_by(|a, b| {
             (a.client(&keys), a.server(&keys), a.transport, a.port).cmp(&(
                 b.client(&keys),

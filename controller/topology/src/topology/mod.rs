@@ -755,6 +755,23 @@ impl Topology {
         (edges, total)
     }
 
+    /// Calls `f` with every dependency seen within `window` and its statistics there: the
+    /// all-time view reads each total in place, a window merges the buckets in range (so
+    /// nothing is copied for the all-time view).
+    pub(crate) fn each_in_window(
+        &self,
+        window: &Window,
+        mut f: impl FnMut(&DependencyKey, &DependencyStats),
+    ) {
+        for entry in &self.dependencies {
+            if window.is_all() {
+                f(entry.key(), entry.value().total());
+            } else if let Some(stats) = entry.value().in_window(&self.buckets, window) {
+                f(entry.key(), &stats);
+            }
+        }
+    }
+
     /// Dependencies with their statistics within `window`, sorted by key.
     pub fn dependencies_in(&self, window: &Window) -> Vec<(DependencyKey, DependencyStats)> {
         let mut out: Vec<(DependencyKey, DependencyStats)> = self
@@ -800,22 +817,10 @@ impl Topology {
     ) -> TopologySnapshot {
         let mut totals = view::TotalsSum::default();
         let mut dependencies = Vec::with_capacity(self.dependency_count());
-        for entry in &self.dependencies {
-            let merged;
-            let stats = if window.is_all() {
-                entry.value().total()
-            } else {
-                match entry.value().in_window(&self.buckets, window) {
-                    Some(stats) => {
-                        merged = stats;
-                        &merged
-                    }
-                    None => continue,
-                }
-            };
+        self.each_in_window(window, |key, stats| {
             totals.add(stats);
-            dependencies.push(view::dependency_view(entry.key(), stats));
-        }
+            dependencies.push(view::dependency_view(key, stats));
+        });
         view::sort_dependencies(&mut dependencies);
         let built = view::shapes(&dependencies);
         let mut services: Vec<ServiceView> = Vec::with_capacity(if window.is_all() {

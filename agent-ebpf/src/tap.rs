@@ -1,0 +1,354 @@
+//! The shadow tap: copies the packets of sampled connections to user space.
+//!
+//! Two classifiers on a production node's host-side interface, each after the flow
+//! observer: `shadow_tap_in` on TC egress (packets going into the node: the client's
+//! requests) and `shadow_tap_out` on TC ingress (packets coming out of it: the server's
+//! answers). Both always return `TC_ACT_UNSPEC`: production packets are never delayed,
+//! altered or dropped; the tap only reads them.
+//!
+//! A connection is decided once, at the client's SYN: eligible when the interface's policy
+//! is active and the server port and client source are in it; sampled when
+//! `decision_hash(seed, key) < threshold`. The decision stays in the LRU map `SHADOW_CONNS`;
+//! connections whose SYN was not seen are never sampled (they could not be replayed).
+//!
+//! For a sampled connection every packet with TCP payload, and every SYN, FIN and RST,
+//! goes to `SHADOW_COPIES` with `bpf_perf_event_output`: a `TapRecord` header, then the
+//! frame's bytes appended by the helper itself (`BPF_F_CTXLEN_MASK`, as Cilium's monitor
+//! does), so that a GSO super-packet is copied whole without a bounded loop over it. A
+//! perf record's size is a u16: the bytes of a frame past `TAP_CTX_CAP` follow in `TAIL`
+//! records built in a per-CPU scratch buffer.
+
+use core::ffi::c_void;
+use core::ptr::addr_of_mut;
+
+use agent_common::{
+    flow::{FAMILY_IPV4, PROTO_TCP},
+    shadow::{
+        TAP_CONNECTIONS, TAP_CTX_CAP, TAP_INTERFACES, TAP_MAX_TAIL_CHUNKS, TAP_RECORD_BYTES,
+        TAP_SOURCE_PREFIXES, TAP_TAIL_CHUNK, TapConn, TapConnKey, TapCounters, TapPolicy,
+        TapRecord, TapSourceData, TapTail, conn_state, dir, record_kind, sampled,
+    },
+};
+use aya_ebpf::{
+    bindings::{BPF_F_CTXLEN_MASK, BPF_F_CURRENT_CPU},
+    helpers::{bpf_ktime_get_ns, bpf_perf_event_output, bpf_skb_load_bytes},
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, lpm_trie::Key},
+    programs::TcContext,
+};
+
+use crate::parse::{self, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// One policy per interface index.
+#[map(name = "SHADOW_POLICY")]
+static SHADOW_POLICY: HashMap<u32, TapPolicy> = HashMap::with_max_entries(TAP_INTERFACES, 0);
+
+/// Source prefixes of the policies (`TapSourceData`: interface, policy generation, address).
+#[map(name = "SHADOW_SOURCES")]
+static SHADOW_SOURCES: LpmTrie<TapSourceData, u8> =
+    LpmTrie::with_max_entries(TAP_SOURCE_PREFIXES, 0);
+
+/// The decision of every connection whose client SYN was seen.
+#[map(name = "SHADOW_CONNS")]
+static SHADOW_CONNS: LruHashMap<TapConnKey, TapConn> =
+    LruHashMap::with_max_entries(TAP_CONNECTIONS, 0);
+
+/// Counters per policy slot.
+#[map(name = "SHADOW_COUNTERS")]
+static SHADOW_COUNTERS: PerCpuArray<TapCounters> = PerCpuArray::with_max_entries(TAP_INTERFACES, 0);
+
+/// Copies of sampled packets, one perf buffer per CPU.
+#[map(name = "SHADOW_COPIES")]
+static SHADOW_COPIES: PerfEventArray<TapRecord> = PerfEventArray::new(0);
+
+/// Scratch for tail records (a 4 KiB chunk does not fit on the stack).
+#[map(name = "SHADOW_SCRATCH")]
+static SHADOW_SCRATCH: PerCpuArray<TapTail> = PerCpuArray::with_max_entries(1, 0);
+
+pub fn tap(ctx: &TcContext, into_node: bool) -> Result<(), ()> {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: map values stay valid for the program run (RCU); only user space writes them.
+    let policy = unsafe { &*SHADOW_POLICY.get_ptr(&ifindex).ok_or(())? };
+    let pkt = parse::parse(ctx)?;
+    if pkt.proto != PROTO_TCP {
+        return Ok(());
+    }
+    let key = if into_node {
+        conn_key(&pkt, ifindex, pkt.src, pkt.dst, pkt.sport, pkt.dport)
+    } else {
+        conn_key(&pkt, ifindex, pkt.dst, pkt.src, pkt.dport, pkt.sport)
+    };
+    let flags = pkt.tcp_flags;
+    let syn = flags & TCP_SYN != 0;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if into_node && syn && flags & TCP_ACK == 0 {
+        decide(policy, &key, now);
+    }
+    let conn = SHADOW_CONNS.get_ptr_mut(&key).ok_or(())?;
+    // SAFETY: as above; two CPUs may update the state bits at once, which only adds bits.
+    let conn = unsafe { &mut *conn };
+    if conn.state & conn_state::SAMPLED == 0 {
+        return Ok(());
+    }
+    if flags & TCP_RST != 0 {
+        conn.state |= conn_state::RST;
+    }
+    if flags & TCP_FIN != 0 {
+        conn.state |= if into_node {
+            conn_state::FIN_CLIENT
+        } else {
+            conn_state::FIN_SERVER
+        };
+    }
+    if pkt.payload_len == 0 && flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        return Ok(());
+    }
+    let d = if into_node {
+        dir::TO_SERVER
+    } else {
+        dir::TO_CLIENT
+    };
+    copy(ctx, policy.slot, &key, conn.opened_ns, &pkt, d, now);
+    Ok(())
+}
+
+#[inline(always)]
+fn conn_key(
+    pkt: &Packet,
+    ifindex: u32,
+    client: [u8; 16],
+    server: [u8; 16],
+    client_port: u16,
+    server_port: u16,
+) -> TapConnKey {
+    TapConnKey {
+        ifindex,
+        client_port,
+        server_port,
+        family: pkt.family,
+        _pad: [0; 3],
+        client,
+        server,
+    }
+}
+
+#[inline(always)]
+fn counters(slot: u32) -> Option<&'static mut TapCounters> {
+    // SAFETY: per-CPU slot, only this CPU writes it during the program run.
+    SHADOW_COUNTERS
+        .get_ptr_mut(slot)
+        .map(|p| unsafe { &mut *p })
+}
+
+/// The client's SYN: decides a new connection (a retransmitted SYN keeps the decision; a
+/// SYN on the 5-tuple of a connection that ended decides afresh).
+#[inline(always)]
+fn decide(policy: &TapPolicy, key: &TapConnKey, now: u64) {
+    if let Some(c) = SHADOW_CONNS.get_ptr(key) {
+        // SAFETY: as in `tap`.
+        let s = unsafe { (*c).state };
+        let ended = s & conn_state::RST != 0
+            || s & (conn_state::FIN_CLIENT | conn_state::FIN_SERVER)
+                == (conn_state::FIN_CLIENT | conn_state::FIN_SERVER);
+        if !ended {
+            return;
+        }
+    }
+    let eligible =
+        policy.active != 0 && policy.port_allowed(key.server_port) && source_ok(policy, key);
+    let take = eligible && sampled(policy.seed, policy.threshold, policy.key_kind, key);
+    let fresh = TapConn {
+        opened_ns: now,
+        state: if take { conn_state::SAMPLED } else { 0 },
+        _pad: [0; 7],
+    };
+    let _ = SHADOW_CONNS.insert(key, &fresh, 0);
+    if let Some(c) = counters(policy.slot) {
+        c.seen += 1;
+        if eligible {
+            c.eligible += 1;
+        }
+        if take {
+            c.sampled += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn source_ok(policy: &TapPolicy, key: &TapConnKey) -> bool {
+    if policy.all_sources != 0 {
+        return true;
+    }
+    // IPv4 as `::ffff:a.b.c.d`, as user space writes the prefixes.
+    let addr = if key.family == FAMILY_IPV4 {
+        let c = key.client;
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, c[0], c[1], c[2], c[3],
+        ]
+    } else {
+        key.client
+    };
+    let k = Key::new(
+        64 + 128,
+        TapSourceData {
+            ifindex: key.ifindex.to_be_bytes(),
+            generation: policy.generation.to_be_bytes(),
+            addr,
+        },
+    );
+    SHADOW_SOURCES.get(&k).is_some()
+}
+
+/// Posts the packet: one `FRAME` record (header + the frame's first bytes), then `TAIL`
+/// records for what a perf record cannot hold.
+#[inline(always)]
+fn copy(
+    ctx: &TcContext,
+    slot: u32,
+    key: &TapConnKey,
+    opened_ns: u64,
+    pkt: &Packet,
+    d: u8,
+    now: u64,
+) {
+    let Some(c) = counters(slot) else { return };
+    // Sequence and acknowledgement numbers: a helper copy (no packet-pointer bounds to prove).
+    let mut sa = [0u8; 8];
+    // SAFETY: 8 bytes into an 8-byte stack buffer.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            pkt.l4_off + 4,
+            sa.as_mut_ptr().cast(),
+            8,
+        )
+    };
+    if rc != 0 {
+        return;
+    }
+    let tcp_seq = u32::from_be_bytes([sa[0], sa[1], sa[2], sa[3]]);
+    let tcp_ack = u32::from_be_bytes([sa[4], sa[5], sa[6], sa[7]]);
+    let syn = pkt.tcp_flags & TCP_SYN != 0;
+    let data_seq = tcp_seq.wrapping_add(syn as u32);
+    let skb_len = ctx.len();
+    // The payload that ends inside the frame (padding after the IP packet is not payload).
+    let payload_end = pkt.payload_off + pkt.payload_len;
+    let frame_len = if skb_len > TAP_CTX_CAP {
+        TAP_CTX_CAP
+    } else {
+        skb_len
+    };
+    let first_len = if payload_end > frame_len {
+        frame_len.saturating_sub(pkt.payload_off)
+    } else {
+        pkt.payload_len
+    };
+    let split = first_len < pkt.payload_len;
+    let mut hdr = TapRecord {
+        opened_ns,
+        ktime_ns: now,
+        key: *key,
+        seq: data_seq,
+        ack: tcp_ack,
+        frame_len,
+        data_off: pkt.payload_off,
+        data_len: first_len,
+        dir: d,
+        tcp_flags: if split {
+            pkt.tcp_flags & !TCP_FIN
+        } else {
+            pkt.tcp_flags
+        },
+        kind: record_kind::FRAME,
+        _pad: [0; 5],
+    };
+    let flags = BPF_F_CURRENT_CPU as u64 | (((frame_len as u64) << 32) & BPF_F_CTXLEN_MASK as u64);
+    // SAFETY: the map is a perf event array; `hdr` is a valid stack object of the size given.
+    let rc = unsafe {
+        bpf_perf_event_output(
+            ctx.skb.skb as *mut c_void,
+            &SHADOW_COPIES as *const _ as *mut c_void,
+            flags,
+            addr_of_mut!(hdr).cast(),
+            TAP_RECORD_BYTES as u64,
+        )
+    };
+    if rc != 0 {
+        c.lost += 1;
+        return;
+    }
+    c.copies += 1;
+    c.copied_bytes += frame_len as u64;
+    if !split {
+        return;
+    }
+    copy_tail(ctx, c, &hdr, pkt, first_len);
+}
+
+#[inline(never)]
+fn copy_tail(ctx: &TcContext, c: &mut TapCounters, first: &TapRecord, pkt: &Packet, done: u32) {
+    let Some(scratch) = SHADOW_SCRATCH.get_ptr_mut(0) else {
+        c.lost += 1;
+        return;
+    };
+    let mut done = done;
+    for _ in 0..TAP_MAX_TAIL_CHUNKS {
+        if done >= pkt.payload_len {
+            return;
+        }
+        let rest = pkt.payload_len - done;
+        let n = if rest > TAP_TAIL_CHUNK as u32 {
+            TAP_TAIL_CHUNK as u32
+        } else {
+            rest
+        };
+        // Masked into 1..=4096 so that the verifier sees a non-zero, bounded length.
+        let n = ((n - 1) & (TAP_TAIL_CHUNK as u32 - 1)) + 1;
+        let last = done + n >= pkt.payload_len;
+        // SAFETY: the per-CPU scratch value is ours for the program run.
+        unsafe {
+            let t = &mut *scratch;
+            t.hdr = *first;
+            t.hdr.kind = record_kind::TAIL;
+            t.hdr.frame_len = 0;
+            t.hdr.data_off = 0;
+            t.hdr.data_len = n;
+            t.hdr.seq = first.seq.wrapping_add(done);
+            t.hdr.tcp_flags = if last {
+                pkt.tcp_flags & !TCP_SYN
+            } else {
+                pkt.tcp_flags & !(TCP_SYN | TCP_FIN)
+            };
+            if bpf_skb_load_bytes(
+                ctx.skb.skb as *const c_void,
+                pkt.payload_off + done,
+                addr_of_mut!(t.data).cast(),
+                n,
+            ) != 0
+            {
+                c.lost += 1;
+                return;
+            }
+            let size = TAP_RECORD_BYTES as u64 + n as u64;
+            if bpf_perf_event_output(
+                ctx.skb.skb as *mut c_void,
+                &SHADOW_COPIES as *const _ as *mut c_void,
+                BPF_F_CURRENT_CPU as u64,
+                scratch.cast(),
+                size,
+            ) != 0
+            {
+                c.lost += 1;
+                return;
+            }
+        }
+        c.copies += 1;
+        c.copied_bytes += n as u64;
+        done += n;
+    }
+    // Longer than the tail records can hold: the rest is lost (user space sees a gap).
+    if done < pkt.payload_len {
+        c.lost += 1;
+    }
+}

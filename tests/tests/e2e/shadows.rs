@@ -1,0 +1,413 @@
+//! Shadow environments, end to end: a production network on hv1 whose `api` node runs a
+//! recording HTTP server; a shadow of it (and a noise-baseline replica) on hv2. Connections
+//! from production's clients are sampled in the kernel on hv1, reassembled, streamed to
+//! hv2's agent and replayed into the shadow over its own connections. The recorders' logs
+//! (request id and SHA-256 of the raw request bytes at both ends) show what arrived:
+//!
+//! - every request the shadow got is byte-identical to what production got (1 MiB bodies
+//!   included), and production answered every request;
+//! - the sampled share of connections is near the policy's, and whole connections are
+//!   sampled (all of a connection's requests or none);
+//! - read-only mode: not one POST reaches the shadow, and the skipped ones are counted;
+//! - key `source`: a client is always in or always out (sticky);
+//! - a stopped shadow (SIGSTOP) costs production nothing: every request still answered;
+//! - deleting the shadow detaches the sampler and removes the shadow's networks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use weft_lab::weft::Controller;
+use weft_lab::{Lab, eventually, skip_unless_root};
+
+use crate::networks::{TwoHypervisors, address, exec};
+
+const RECORDER: &str = include_str!("../../scripts/shadow_recorder.py");
+const CLIENT: &str = include_str!("../../scripts/shadow_client.py");
+
+/// The production network: two clients and the recording API server.
+fn tdl(recorder: &str) -> String {
+    format!(
+        "\
+network: shprod
+addressing:
+  shards: shpool
+nodes:
+  c1:
+    type: vm
+  c2:
+    type: vm
+  api:
+    command: python3 {recorder} 8080
+    ports: [8080]
+connections:
+  c1 -> api:
+    port: 8080
+  c2 -> api:
+    port: 8080
+"
+    )
+}
+
+/// One request as a recorder or the client logged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Logged {
+    id: String,
+    method: String,
+    sha: String,
+}
+
+/// `REQ id method sha len ...` lines of `text`, by request id.
+fn parse_log(text: &str) -> BTreeMap<String, Logged> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "REQ").then_some(())?;
+            let (id, method, sha) = (f.next()?, f.next()?, f.next()?);
+            Some((
+                id.to_owned(),
+                Logged {
+                    id: id.to_owned(),
+                    method: method.to_owned(),
+                    sha: sha.to_owned(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Everything node `node` of network `net` on `hv` printed (its agent keeps the logs
+/// under the lab directory).
+fn node_output(lab: &Lab, hv: &str, net: &str, node: &str) -> String {
+    let dir = lab
+        .dir()
+        .join(format!("nodes-{hv}"))
+        .join(net)
+        .join(node)
+        .join("log");
+    let mut out = String::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+    }
+    out
+}
+
+/// Runs the client in `ns` against `server`: its log of what it sent, by request id.
+fn run_client(
+    ns: &str,
+    script: &str,
+    server: &str,
+    connections: usize,
+    tag: &str,
+    flags: &[&str],
+) -> Result<BTreeMap<String, Logged>> {
+    let mut c = weft_lab::netns::command_in(ns, &["timeout", "120", "python3", script]);
+    let n = connections.to_string();
+    c.args([server, "8080", n.as_str(), tag]).args(flags);
+    let out = weft_lab::cmd::run(&mut c).with_context(|| format!("client {tag} in {ns}"))?;
+    let sent = parse_log(&out);
+    ensure!(
+        !sent.is_empty() && out.lines().all(|l| !l.starts_with("ERR")),
+        "client {tag}: {out}"
+    );
+    Ok(sent)
+}
+
+/// The connection of request id `tag-conn-req`: `tag-conn`.
+fn connection_of(id: &str) -> &str {
+    id.rsplit_once('-').map_or(id, |(c, _)| c)
+}
+
+fn shadow(controller: &Controller) -> Result<Value> {
+    controller.json("GET", "/shadows/shsh", None)
+}
+
+fn counter(s: &Value, name: &str) -> u64 {
+    s["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// Requests of `tag` the recorder of (`hv`, `net`) logged, once the count stops growing.
+fn settled(lab: &Lab, hv: &str, net: &str, tag: &str) -> Result<BTreeMap<String, Logged>> {
+    let mut last = usize::MAX;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: BTreeMap<String, Logged> = parse_log(&node_output(lab, hv, net, "api"))
+            .into_iter()
+            .filter(|(id, _)| id.starts_with(&format!("{tag}-")))
+            .collect();
+        if got.len() == last || Instant::now() > deadline {
+            return Ok(got);
+        }
+        last = got.len();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() -> Result<()> {
+    if skip_unless_root("a_shadow_gets_a_sampled_share_of_production") {
+        return Ok(());
+    }
+    let two = TwoHypervisors::start("shpool")?;
+    let (lab, controller) = (&two.lab, &two.controller);
+    let logs = || two.logs();
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+
+    let recorder = lab.dir().join("shadow_recorder.py");
+    let client_script = lab.dir().join("shadow_client.py");
+    std::fs::write(&recorder, RECORDER)?;
+    std::fs::write(&client_script, CLIENT)?;
+    let client_script = client_script.display().to_string();
+    let production = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        controller.json(
+            "POST",
+            "/networks",
+            Some(&json!({
+                "tdl": tdl(&recorder.display().to_string()),
+                "file_name": "shprod.tdl",
+                "hosts": ["hv1"],
+            })),
+        )
+    })
+    .with_context(logs)?;
+    eventually(Duration::from_secs(60), Duration::from_millis(200), || {
+        let s = controller.json("GET", "/networks/shprod/status", None)?;
+        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    let api = address(&production, "api")?;
+    let ns = |node: &str| format!("{}-shprod-{node}", lab.node_netns_prefix("hv1"));
+    // The recorder is up before anything is sampled.
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        run_client(&ns("c1"), &client_script, &api, 1, "warm", &[]).map(drop)
+    })
+    .with_context(logs)?;
+    phase("production in sync and answering");
+
+    // A bad policy is refused with the field named; nothing is made.
+    let (code, body) = controller.send(
+        "POST",
+        "/shadows",
+        Some(&json!({
+            "id": "shsh", "production": "shprod", "hosts": ["hv2"],
+            "policy": {"share_ppm": 2_000_000, "key": "connection"},
+        })),
+    )?;
+    ensure!(
+        code == 422 && body.contains("share_ppm"),
+        "a share over 100% must be refused naming share_ppm: {code} {body}"
+    );
+
+    // 30 % of connections, everything replayed (not read-only), with a noise baseline.
+    controller
+        .json(
+            "POST",
+            "/shadows",
+            Some(&json!({
+                "id": "shsh", "production": "shprod", "nodes": ["api"], "hosts": ["hv2"],
+                "policy": {"share_ppm": 300_000, "key": "connection", "ports": [8080]},
+                "noise_baseline": true,
+            })),
+        )
+        .with_context(logs)?;
+    eventually(Duration::from_secs(90), Duration::from_millis(500), || {
+        let s = shadow(controller)?;
+        ensure!(s["state"] == json!("sampling"), "not sampling yet: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    phase("shadow sampling");
+
+    // Phase 1: 240 connections (GETs, POSTs, two 1 MiB POSTs), all answered by production.
+    let sent = run_client(
+        &ns("c1"),
+        &client_script,
+        &api,
+        240,
+        "p1",
+        &["--posts", "--big"],
+    )
+    .with_context(logs)?;
+    let prod = settled(lab, "hv1", "shprod", "p1")?;
+    ensure!(
+        prod.len() == sent.len() && prod.iter().all(|(id, r)| sent.get(id) == Some(r)),
+        "production must get every request as sent: {} of {}",
+        prod.len(),
+        sent.len()
+    );
+    let shadowed = settled(lab, "hv2", "shsh", "p1")?;
+    let baseline = settled(lab, "hv2", "shsh-baseline", "p1")?;
+    phase(&format!(
+        "phase 1: {} requests sent, {} reached the shadow, {} the baseline",
+        sent.len(),
+        shadowed.len(),
+        baseline.len()
+    ));
+    // Byte-identical: every request the shadow got is one production got, same bytes.
+    for (id, r) in &shadowed {
+        ensure!(
+            sent.get(id) == Some(r),
+            "shadow got {r:?}, production's client sent {:?}",
+            sent.get(id)
+        );
+    }
+    ensure!(
+        shadowed.keys().eq(baseline.keys()),
+        "the baseline replica must get the same requests as the shadow"
+    );
+    // Whole connections: a sampled connection's requests all arrive.
+    let conns_sent: BTreeSet<&str> = sent.keys().map(|id| connection_of(id)).collect();
+    let conns_shadowed: BTreeSet<&str> = shadowed.keys().map(|id| connection_of(id)).collect();
+    for c in &conns_shadowed {
+        let want = sent.keys().filter(|id| connection_of(id) == *c).count();
+        let got = shadowed.keys().filter(|id| connection_of(id) == *c).count();
+        ensure!(want == got, "connection {c}: {got} of its {want} requests");
+    }
+    // The share: 240 connections at 30 % (binomial sd 7.1): within 4 sd.
+    let share = conns_shadowed.len() as f64 / conns_sent.len() as f64;
+    ensure!(
+        (share - 0.30).abs() <= 0.12,
+        "sampled share {share:.3} of {} connections, policy 0.30",
+        conns_sent.len()
+    );
+    ensure!(
+        shadowed.values().any(|r| r.method == "POST"),
+        "not read-only: sampled POSTs reach the shadow"
+    );
+    let s = eventually(Duration::from_secs(20), Duration::from_millis(500), || {
+        let s = shadow(controller)?;
+        ensure!(
+            counter(&s, "connections_sampled") >= conns_shadowed.len() as u64,
+            "counters not reported yet: {s}"
+        );
+        Ok(s)
+    })
+    .with_context(logs)?;
+    ensure!(
+        counter(&s, "requests_replayed") >= shadowed.len() as u64,
+        "requests_replayed below what the shadow logged: {s}"
+    );
+    phase("phase 1 checked");
+
+    // Phase 2: read-only. Not one POST reaches the shadow; the skipped ones are counted.
+    controller
+        .json(
+            "PUT",
+            "/shadows/shsh/policy",
+            Some(&json!({"share_ppm": 500_000, "key": "connection", "ports": [8080], "read_only": true})),
+        )
+        .with_context(logs)?;
+    let skipped_before = counter(&shadow(controller)?, "requests_skipped_write");
+    // The policy reaches the kernel as one map update; give the publish a moment.
+    std::thread::sleep(Duration::from_secs(2));
+    let sent2 = run_client(&ns("c1"), &client_script, &api, 150, "p2", &["--posts"])?;
+    let shadowed2 = settled(lab, "hv2", "shsh", "p2")?;
+    ensure!(
+        !shadowed2.is_empty(),
+        "read-only phase: nothing reached the shadow"
+    );
+    ensure!(
+        shadowed2.values().all(|r| r.method == "GET"),
+        "read-only: a write reached the shadow: {:?}",
+        shadowed2.values().find(|r| r.method != "GET")
+    );
+    for (id, r) in &shadowed2 {
+        ensure!(sent2.get(id) == Some(r), "{id}: not byte-identical");
+    }
+    let sampled_posts = sent2
+        .values()
+        .filter(|r| r.method == "POST")
+        .filter(|r| {
+            shadowed2
+                .keys()
+                .any(|id| connection_of(id) == connection_of(&r.id))
+        })
+        .count() as u64;
+    let s = eventually(Duration::from_secs(20), Duration::from_millis(500), || {
+        let s = shadow(controller)?;
+        ensure!(
+            counter(&s, "requests_skipped_write") >= skipped_before + sampled_posts,
+            "skipped writes not counted ({sampled_posts} sampled POSTs): {s}"
+        );
+        Ok(s)
+    })
+    .with_context(logs)?;
+    phase(&format!(
+        "phase 2: {} GETs replayed, {} POSTs of sampled connections skipped (counter {})",
+        shadowed2.len(),
+        sampled_posts,
+        counter(&s, "requests_skipped_write")
+    ));
+
+    // Phase 3: sticky by source: each client is always in or always out.
+    controller.json(
+        "PUT",
+        "/shadows/shsh/policy",
+        Some(&json!({"share_ppm": 500_000, "key": "source", "ports": [8080], "read_only": true})),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    for c in ["c1", "c2"] {
+        let tag = format!("p3{c}");
+        let sent3 = run_client(&ns(c), &client_script, &api, 30, &tag, &[])?;
+        let got = settled(lab, "hv2", "shsh", &tag)?;
+        ensure!(
+            got.is_empty() || got.len() == sent3.len(),
+            "client {c} is neither always in nor always out: {} of {} requests sampled",
+            got.len(),
+            sent3.len()
+        );
+        phase(&format!("phase 3: client {c}: {} of {}", got.len(), sent3.len()));
+    }
+
+    // A stopped shadow costs production nothing: every request is still answered.
+    let mut stopped = Vec::new();
+    for net in ["shsh", "shsh-baseline"] {
+        let name = format!("{}-{net}-api", lab.node_netns_prefix("hv2"));
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &name])
+            .output()?;
+        stopped.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+    }
+    ensure!(!stopped.is_empty(), "no process in the shadow's api nodes");
+    for p in &stopped {
+        let _ = std::process::Command::new("kill").args(["-STOP", p]).status();
+    }
+    let result = run_client(&ns("c2"), &client_script, &api, 60, "p4", &["--posts"]);
+    for p in &stopped {
+        let _ = std::process::Command::new("kill").args(["-CONT", p]).status();
+    }
+    result.context("production with its shadow stopped")?;
+    phase("production unaffected by a stopped shadow");
+
+    // Delete: the sampler leaves production's interface; the shadow's networks go.
+    controller
+        .json("DELETE", "/shadows/shsh", None)
+        .with_context(logs)?;
+    eventually(Duration::from_secs(30), Duration::from_millis(300), || {
+        for id in ["shsh", "shsh-baseline"] {
+            let (code, _) = controller.send("GET", &format!("/networks/{id}"), None)?;
+            ensure!(code == 404, "network {id} still there ({code})");
+        }
+        let progs = exec(
+            lab.hypervisors()[0].netns.name(),
+            &["bpftool", "net", "show"],
+        )
+        .unwrap_or_default();
+        if progs.contains("shadow_") {
+            bail!("a shadow program is still attached on hv1: {progs}");
+        }
+        Ok(())
+    })
+    .with_context(logs)?;
+    let (code, _) = controller.send("GET", "/shadows/shsh", None)?;
+    ensure!(code == 404, "GET after delete: {code}");
+    phase("deleted");
+    Ok(())
+}
