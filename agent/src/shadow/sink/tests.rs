@@ -1529,3 +1529,278 @@ async fn a_changed_sink_keeps_its_port_and_ends_its_taps_streams() {
         .await
     );
 }
+
+/// Runs `f` on a scratch thread inside the namespace of `path`.
+fn in_ns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path).expect("netns file");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid namespace fd, for this scratch thread only.
+            assert_eq!(
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    })
+}
+
+fn ip_cmd(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length (or until close) from `s`.
+fn read_response(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return got;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_tap_streams_to_the_real_sink_and_the_shadow_gets_production_requests() {
+    use crate::FLOW_OBJECT;
+    use crate::attach::{PROG_EGRESS, PROG_INGRESS};
+    use crate::datapath::{Datapath, Hook, Order};
+    use crate::shadow::ShadowTapMetrics;
+    use crate::shadow::tap::TapEngine;
+    use crate::shadow::tap_policy::TapSpec;
+    use crate::testns::TestNetns;
+    use std::io::Write as _;
+    require_root!();
+    let prefix = format!("wft-{:x}-e2", std::process::id());
+    let scratch = Scratch::new(&format!("{prefix}-{}", free_port()));
+    let script = scratch.0.join("server.py");
+    std::fs::write(&script, SERVER).expect("script");
+    let (prod_log, shadow_log) = (scratch.0.join("prod.jsonl"), scratch.0.join("shadow.jsonl"));
+    const PROD: &str = "198.18.78.2";
+
+    // Production: a "host" namespace whose tp0 plays the node's host-side veth, and the
+    // node's namespace with the server.
+    let host = TestNetns::new();
+    let node = TestNetns::new();
+    ip_cmd(&[
+        "-n", &host.name, "link", "add", "tp0", "type", "veth", "peer", "name", "eth0", "netns",
+        &node.name,
+    ]);
+    ip_cmd(&[
+        "-n",
+        &host.name,
+        "addr",
+        "add",
+        "198.18.78.1/24",
+        "dev",
+        "tp0",
+    ]);
+    ip_cmd(&["-n", &host.name, "link", "set", "tp0", "up"]);
+    ip_cmd(&[
+        "-n",
+        &node.name,
+        "addr",
+        "add",
+        &format!("{PROD}/24"),
+        "dev",
+        "eth0",
+    ]);
+    ip_cmd(&["-n", &node.name, "link", "set", "eth0", "up"]);
+    ip_cmd(&["-n", &node.name, "link", "set", "lo", "up"]);
+    let _prod = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &node.name, "python3"])
+            .arg(&script)
+            .args([PROD, &PORT.to_string()])
+            .arg(&prod_log)
+            .spawn()
+            .expect("python3"),
+    );
+    // The shadow: a node namespace with production's address and the same server.
+    let shadow = NodeNs::new(&prefix, "n", "web");
+    shadow.ip(&["link", "set", "lo", "up"]);
+    shadow.ip(&["addr", "add", &format!("{PROD}/32"), "dev", "lo"]);
+    let _shadow_server = Server(
+        Command::new("ip")
+            .args(["netns", "exec", &shadow.name, "python3"])
+            .arg(&script)
+            .args([PROD, &PORT.to_string()])
+            .arg(&shadow_log)
+            .spawn()
+            .expect("python3"),
+    );
+    for ns in [&node.name, &shadow.name] {
+        let up = eventually(Duration::from_secs(10), || {
+            Command::new("ip")
+                .args(["netns", "exec", ns, "ss", "-ltn"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(":{PORT}")))
+                .unwrap_or(false)
+        })
+        .await;
+        assert!(up, "server in {ns} did not start");
+    }
+
+    // The sink.
+    let (signals, _rx) = mpsc::channel(16);
+    let sinks = SinkReconciler::new(
+        SinkConfig {
+            underlay: Some("127.0.0.1".parse().expect("address")),
+            netns_prefix: prefix.clone(),
+            limits: Limits::default(),
+        },
+        signals,
+    );
+    let key = "s1/web";
+    let d = [DesiredResource {
+        key: key.into(),
+        generation: 1,
+        spec: Spec::ShadowSink(ShadowSink {
+            synthetic: None,
+            shadow: "s1".into(),
+            listen_port: u32::from(free_port()),
+            peers: vec!["127.0.0.1".into()],
+            targets: vec![ShadowTarget {
+                network: "n".into(),
+                node: "web".into(),
+            }],
+            read_only: false,
+        }),
+    }];
+    let r = sinks.reconcile(&d, Scope::All).await;
+    assert!(r[0].error.is_none(), "{:?}", r[0].error);
+    let sink_addr = sinks.local_addr(key).expect("listening");
+
+    // The tap: the flow observer, then the tap, sampling every connection to :8080.
+    let ifindex = in_ns(&host.path, || {
+        let c = std::ffi::CString::new("tp0").expect("name");
+        // SAFETY: a NUL-terminated name.
+        unsafe { libc::if_nametoindex(c.as_ptr()) }
+    });
+    assert_ne!(ifindex, 0);
+    let mut dp = Datapath::load(FLOW_OBJECT).expect("flow object");
+    for p in [PROG_INGRESS, PROG_EGRESS] {
+        dp.load_classifier(p).expect("verifier");
+    }
+    let dp = dp.into_shared();
+    let engine = TapEngine::new(
+        dp.clone(),
+        tokio::runtime::Handle::current(),
+        "prod-host",
+        None,
+        Arc::new(ShadowTapMetrics::default()),
+    );
+    {
+        let dp2 = dp.clone();
+        in_ns(&host.path, move || {
+            let mut dp = dp2.lock().expect("datapath");
+            dp.attach("tp0", ifindex, Hook::Ingress, PROG_INGRESS, Order::First)
+                .expect("attach");
+            dp.attach("tp0", ifindex, Hook::Egress, PROG_EGRESS, Order::First)
+                .expect("attach");
+        });
+    }
+    let spec = TapSpec::from_wire(
+        key,
+        &weft_proto::v1::ShadowTap {
+            shadow: "s1".into(),
+            network: "prod".into(),
+            node: "web".into(),
+            policy: Some(weft_proto::v1::ShadowPolicy {
+                share_ppm: 1_000_000,
+                key: "connection".into(),
+                ports: vec![u32::from(PORT)],
+                ..Default::default()
+            }),
+            sinks: vec![sink_addr.to_string()],
+        },
+    )
+    .expect("tap spec");
+    let e2 = engine.clone();
+    in_ns(&host.path, move || e2.apply(key, "tp0", ifindex, &spec)).expect("tap");
+    let shared = sinks.shared(key).expect("sink");
+    assert!(
+        eventually(Duration::from_secs(10), || shared
+            .counters
+            .taps_connected
+            .load(Relaxed)
+            == 1)
+        .await,
+        "the tap did not connect"
+    );
+
+    // Production traffic: a GET, a 200 KB POST and a DELETE on one keep-alive connection.
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let b2 = body.clone();
+    let answers = in_ns(&host.path, move || {
+        let mut s = std::net::TcpStream::connect((PROD, PORT)).expect("production");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut out = Vec::new();
+        s.write_all(b"GET /e2e?q=1 HTTP/1.1\r\nHost: p\r\nX-Request-Id: e2e-1\r\n\r\n")
+            .expect("GET");
+        out.push(read_response(&mut s));
+        let head = format!(
+            "POST /up HTTP/1.1\r\nHost: p\r\nX-Request-Id: e2e-2\r\nContent-Length: {}\r\n\r\n",
+            b2.len()
+        );
+        s.write_all(head.as_bytes()).expect("POST");
+        s.write_all(&b2).expect("POST body");
+        out.push(read_response(&mut s));
+        s.write_all(b"DELETE /e2e/5 HTTP/1.1\r\nHost: p\r\nX-Request-Id: e2e-3\r\nConnection: close\r\n\r\n").expect("DELETE");
+        out.push(read_response(&mut s));
+        out
+    });
+    assert!(
+        answers.iter().all(|a| a.starts_with(b"HTTP/1.1 200")),
+        "{answers:?}"
+    );
+    let done = eventually(Duration::from_secs(20), || logged(&shadow_log).len() >= 3).await;
+    assert!(
+        done,
+        "shadow log {:?}, counters {:?}",
+        logged(&shadow_log),
+        shared.counters
+    );
+    let (prod, shadowed) = (logged(&prod_log), logged(&shadow_log));
+    assert_eq!(prod.len(), 3);
+    for (p, s) in prod.iter().zip(&shadowed) {
+        assert_eq!(
+            (&p["line"], &p["headers"], &p["sha256"], &p["len"]),
+            (&s["line"], &s["headers"], &s["sha256"], &s["len"])
+        );
+    }
+    assert_eq!(shadowed[1]["sha256"], sha256_hex(&body).as_str());
+    assert!(eventually(Duration::from_secs(10), || shared.recent_ids(0).len() == 3).await);
+    assert_eq!(shared.recent_ids(0), ["e2e-1", "e2e-2", "e2e-3"]);
+    let st = lock(&shared.stats);
+    let get = st.endpoint("GET /e2e").expect("GET /e2e");
+    assert_eq!((get.production_requests, get.shadow_requests), (1, 1));
+    drop(st);
+    assert!(engine.remove(key));
+    engine.shutdown();
+    dp.lock().expect("datapath").detach_all();
+}
