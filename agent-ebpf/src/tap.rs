@@ -74,10 +74,11 @@ pub fn tap(ctx: &TcContext, into_node: bool) -> Result<(), ()> {
     if pkt.proto != PROTO_TCP {
         return Ok(());
     }
+    let (src, dst) = (addr_bytes(pkt.src), addr_bytes(pkt.dst));
     let key = if into_node {
-        conn_key(&pkt, ifindex, pkt.src, pkt.dst, pkt.sport, pkt.dport)
+        conn_key(&pkt, ifindex, src, dst, pkt.sport, pkt.dport)
     } else {
-        conn_key(&pkt, ifindex, pkt.dst, pkt.src, pkt.dport, pkt.sport)
+        conn_key(&pkt, ifindex, dst, src, pkt.dport, pkt.sport)
     };
     let flags = pkt.tcp_flags;
     let syn = flags & TCP_SYN != 0;
@@ -111,6 +112,14 @@ pub fn tap(ctx: &TcContext, into_node: bool) -> Result<(), ()> {
     };
     copy(ctx, policy.slot, &key, conn.opened_ns, &pkt, d, now);
     Ok(())
+}
+
+/// An address as the parser keeps it (words in packet byte order) as its bytes.
+#[inline(always)]
+fn addr_bytes(words: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, every bit pattern valid; the words were read from the packet's
+    // bytes in native order, so their bytes are the packet's.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 #[inline(always)]

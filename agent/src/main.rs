@@ -228,6 +228,14 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let events = (args.drift_repair == config::DriftRepair::Events).then_some(host_events);
+    let shadow_sinks = shadow::sink::SinkReconciler::new(
+        shadow::sink::SinkConfig {
+            underlay: args.underlay_address,
+            netns_prefix: args.node_netns_prefix.clone(),
+            limits: Default::default(),
+        },
+        signal_tx.clone(),
+    );
     let mut control = control::driver::ControlDriver {
         controller: link,
         host_id: args.host_id.clone(),
@@ -252,6 +260,8 @@ async fn main() -> anyhow::Result<()> {
                 engine: taps.clone(),
                 supervisor: Some(supervisor.clone()),
             }),
+            // After the nodes: a sink's targets are node namespaces.
+            Arc::new(shadow_sinks),
         ],
         events,
         signals: Some(drift_signals),

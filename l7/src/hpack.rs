@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 /// One decoded header field.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Header {
+pub struct Header {
     pub name: String,
     pub value: String,
     /// The value was cut by the end of the bytes.
@@ -213,7 +213,7 @@ fn read_string(b: &[u8]) -> Option<(String, usize, bool)> {
 
 /// HPACK decoding state for one direction of a connection.
 #[derive(Default, Clone, Debug)]
-pub(crate) struct Decoder {
+pub struct Decoder {
     dynamic: Vec<(String, String)>,
 }
 
@@ -252,7 +252,7 @@ impl Decoder {
     }
 
     /// As [`Decoder::decode`]; returns whether the whole block was decoded.
-    pub(crate) fn decode_all(&mut self, block: &[u8], out: &mut Vec<Header>) -> bool {
+    pub fn decode_all(&mut self, block: &[u8], out: &mut Vec<Header>) -> bool {
         let before = out.len();
         let used = self.decode_inner(block, out);
         used >= block.len() && out[before..].iter().all(|h| !h.partial)

@@ -53,6 +53,8 @@ use std::str::FromStr;
 
 pub use detect::detect;
 pub use dns::dns_answers;
+/// HPACK decoding of whole header blocks, for framers of HTTP/2 streams (weft-shadow).
+pub use hpack::{Decoder as HpackDecoder, Header as HpackHeader};
 pub use path::{MAX_PATTERN_LEN, path_pattern};
 pub use session::{Call, CallKind, Session, Turn};
 

@@ -1,4 +1,6 @@
-//! Shadow environments, production side: the tap (kind `shadow-tap`).
+//! Shadow environments: the production side, the tap (kind `shadow-tap`), and the
+//! shadow side, the sink (kind `shadow-sink`, [`sink`]: replays the sampled connections
+//! into the shadow and compares the answers).
 //!
 //! A TC program on the production node's host-side interface decides per connection, at
 //! the client's SYN, whether it is sampled, and copies every packet of a sampled
@@ -38,6 +40,7 @@
 //! packets are never delayed, altered or dropped: both programs return `TC_ACT_UNSPEC`.
 
 pub mod reassembly;
+pub mod sink;
 pub mod tap;
 pub mod tap_policy;
 pub mod tap_reconciler;

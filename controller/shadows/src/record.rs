@@ -61,6 +61,10 @@ pub struct FailoverCheck {
     pub interval_ms: u32,
     #[serde(default)]
     pub failures: u32,
+    /// Sent after connecting (text, e.g. an HTTP request line); when not empty, the check
+    /// passes only when production answers at least one byte within the interval.
+    #[serde(default)]
+    pub probe: String,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ShadowError {
@@ -188,6 +192,7 @@ impl ShadowPolicy {
                 port: f.port,
                 interval_ms: f.interval_ms,
                 failures: f.failures,
+                probe: String::from_utf8_lossy(&f.probe).into_owned(),
             }),
             autoscale: p.autoscale,
         }
@@ -208,6 +213,7 @@ impl ShadowPolicy {
                 port: f.port,
                 interval_ms: f.interval_ms,
                 failures: f.failures,
+                probe: f.probe.clone().into_bytes(),
             }),
             autoscale: self.autoscale,
         }
