@@ -74,11 +74,10 @@ pub fn tap(ctx: &TcContext, into_node: bool) -> Result<(), ()> {
     if pkt.proto != PROTO_TCP {
         return Ok(());
     }
-    let (src, dst) = (addr_bytes(pkt.src), addr_bytes(pkt.dst));
     let key = if into_node {
-        conn_key(&pkt, ifindex, src, dst, pkt.sport, pkt.dport)
+        conn_key(&pkt, ifindex, pkt.src, pkt.dst, pkt.sport, pkt.dport)
     } else {
-        conn_key(&pkt, ifindex, dst, src, pkt.dport, pkt.sport)
+        conn_key(&pkt, ifindex, pkt.dst, pkt.src, pkt.dport, pkt.sport)
     };
     let flags = pkt.tcp_flags;
     let syn = flags & TCP_SYN != 0;
@@ -114,23 +113,24 @@ pub fn tap(ctx: &TcContext, into_node: bool) -> Result<(), ()> {
     Ok(())
 }
 
-/// An address as the parser keeps it (words in packet byte order) as its bytes.
-#[inline(always)]
-fn addr_bytes(words: [u32; 4]) -> [u8; 16] {
-    // SAFETY: same size, every bit pattern valid; the words were read from the packet's
-    // bytes in native order, so their bytes are the packet's.
-    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
-}
-
 #[inline(always)]
 fn conn_key(
     pkt: &Packet,
     ifindex: u32,
-    client: [u8; 16],
-    server: [u8; 16],
+    client: [u32; 4],
+    server: [u32; 4],
     client_port: u16,
     server_port: u16,
 ) -> TapConnKey {
+    // Addresses as the parser keeps them (words in packet byte order) as their bytes.
+    // SAFETY: same size, every bit pattern valid; the words were read from the packet's
+    // bytes in native order, so their bytes are the packet's.
+    let (client, server) = unsafe {
+        (
+            core::mem::transmute::<[u32; 4], [u8; 16]>(client),
+            core::mem::transmute::<[u32; 4], [u8; 16]>(server),
+        )
+    };
     TapConnKey {
         ifindex,
         client_port,
@@ -254,7 +254,16 @@ fn copy(
         pkt.payload_len
     };
     let split = first_len < pkt.payload_len;
-    let mut hdr = TapRecord {
+    // The header is built in the per-CPU scratch, not on the stack: the program's frame
+    // (with the parsed packet and the connection key) stays within the 512-byte limit
+    // together with `copy_tail`'s.
+    let Some(scratch) = SHADOW_SCRATCH.get_ptr_mut(0) else {
+        c.lost += 1;
+        return;
+    };
+    // SAFETY: the per-CPU scratch value is ours for the program run.
+    let hdr = unsafe { &mut (*scratch).hdr };
+    *hdr = TapRecord {
         opened_ns,
         ktime_ns: now,
         key: *key,
@@ -273,13 +282,13 @@ fn copy(
         _pad: [0; 5],
     };
     let flags = BPF_F_CURRENT_CPU as u64 | (((frame_len as u64) << 32) & BPF_F_CTXLEN_MASK as u64);
-    // SAFETY: the map is a perf event array; `hdr` is a valid stack object of the size given.
+    // SAFETY: the map is a perf event array; `hdr` is a map value of the size given.
     let rc = unsafe {
         bpf_perf_event_output(
             ctx.skb.skb as *mut c_void,
             &SHADOW_COPIES as *const _ as *mut c_void,
             flags,
-            addr_of_mut!(hdr).cast(),
+            (hdr as *mut TapRecord).cast(),
             TAP_RECORD_BYTES as u64,
         )
     };
@@ -292,15 +301,15 @@ fn copy(
     if !split {
         return;
     }
-    copy_tail(ctx, c, &hdr, pkt, first_len);
+    copy_tail(ctx, c, scratch, pkt, first_len);
 }
 
+/// `scratch` holds the frame record just posted: the tail records' header but for the
+/// fields set here.
 #[inline(never)]
-fn copy_tail(ctx: &TcContext, c: &mut TapCounters, first: &TapRecord, pkt: &Packet, done: u32) {
-    let Some(scratch) = SHADOW_SCRATCH.get_ptr_mut(0) else {
-        c.lost += 1;
-        return;
-    };
+fn copy_tail(ctx: &TcContext, c: &mut TapCounters, scratch: *mut TapTail, pkt: &Packet, done: u32) {
+    // SAFETY: the per-CPU scratch value is ours for the program run.
+    let first_seq = unsafe { (*scratch).hdr.seq };
     let mut done = done;
     for _ in 0..TAP_MAX_TAIL_CHUNKS {
         if done >= pkt.payload_len {
@@ -318,12 +327,11 @@ fn copy_tail(ctx: &TcContext, c: &mut TapCounters, first: &TapRecord, pkt: &Pack
         // SAFETY: the per-CPU scratch value is ours for the program run.
         unsafe {
             let t = &mut *scratch;
-            t.hdr = *first;
             t.hdr.kind = record_kind::TAIL;
             t.hdr.frame_len = 0;
             t.hdr.data_off = 0;
             t.hdr.data_len = n;
-            t.hdr.seq = first.seq.wrapping_add(done);
+            t.hdr.seq = first_seq.wrapping_add(done);
             t.hdr.tcp_flags = if last {
                 pkt.tcp_flags & !TCP_SYN
             } else {

@@ -37,6 +37,24 @@ pub struct PolicyArgs {
     /// Seed of the decision's hash (the same seed and share sample the same connections).
     #[arg(long, default_value_t = 0)]
     seed: u32,
+    /// Share of new connections (of --port) really sent to the shadow instead of
+    /// production (a canary), as --share; hashed by --key.
+    #[arg(long, default_value = "0%")]
+    divert: String,
+    /// Fail over: while production's node fails a TCP check on this port, every new
+    /// connection goes to the shadow.
+    #[arg(long)]
+    failover_port: Option<u32>,
+    /// Milliseconds between checks (default 100).
+    #[arg(long, requires = "failover_port")]
+    failover_interval_ms: Option<u32>,
+    /// Failures in a row that switch (and successes that switch back; default 3).
+    #[arg(long, requires = "failover_port")]
+    failover_failures: Option<u32>,
+    /// Sent after connecting (e.g. "GET /health HTTP/1.0\r\n\r\n", with \r \n
+    /// escapes); the check then needs an answer, which a frozen server does not give.
+    #[arg(long, requires = "failover_port")]
+    failover_probe: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,22 +108,31 @@ pub enum ShadowCommand {
 
 /// "10%", "0.25%" or "100000ppm" in millionths.
 pub fn share_ppm(s: &str) -> anyhow::Result<u32> {
+    ppm_of("--share", s)
+}
+
+/// "\r" and "\n" escapes of a probe as the bytes.
+fn unescape(s: &str) -> String {
+    s.replace("\\r", "\r").replace("\\n", "\n")
+}
+
+fn ppm_of(flag: &str, s: &str) -> anyhow::Result<u32> {
     let s = s.trim();
     let ppm = if let Some(p) = s.strip_suffix('%') {
         let v: f64 = p
             .trim()
             .parse()
-            .map_err(|_| anyhow!("--share {s:?}: say a percentage such as 10%"))?;
+            .map_err(|_| anyhow!("{flag} {s:?}: say a percentage such as 10%"))?;
         if !(0.0..=100.0).contains(&v) {
-            bail!("--share {s:?}: between 0% and 100%");
+            bail!("{flag} {s:?}: between 0% and 100%");
         }
         (v * 10_000.0).round() as u32
     } else if let Some(p) = s.strip_suffix("ppm") {
         p.trim()
             .parse()
-            .map_err(|_| anyhow!("--share {s:?}: say millionths such as 100000ppm"))?
+            .map_err(|_| anyhow!("{flag} {s:?}: say millionths such as 100000ppm"))?
     } else {
-        bail!("--share {s:?}: say a percentage (10%) or millionths (100000ppm)");
+        bail!("{flag} {s:?}: say a percentage (10%) or millionths (100000ppm)");
     };
     Ok(ppm)
 }
@@ -149,6 +176,13 @@ impl PolicyArgs {
             "window_start_minute": start,
             "window_end_minute": end,
             "seed": self.seed,
+            "divert_ppm": ppm_of("--divert", &self.divert)?,
+            "failover": self.failover_port.map(|port| json!({
+                "port": port,
+                "interval_ms": self.failover_interval_ms.unwrap_or(0),
+                "failures": self.failover_failures.unwrap_or(0),
+                "probe": self.failover_probe.as_deref().map(unescape).unwrap_or_default(),
+            })),
         }))
     }
 }
@@ -175,8 +209,21 @@ fn policy_text(p: &Value) -> String {
         p["window_start_minute"].as_u64().unwrap_or(0),
         p["window_end_minute"].as_u64().unwrap_or(0),
     );
+    let divert = p["divert_ppm"].as_f64().unwrap_or(0.0) / 10_000.0;
+    let steering = format!(
+        "{}{}",
+        if divert > 0.0 {
+            format!(", divert {divert}%")
+        } else {
+            String::new()
+        },
+        match p["failover"]["port"].as_u64() {
+            Some(port) => format!(", failover on port {port}"),
+            None => String::new(),
+        }
+    );
     format!(
-        "{}% by {}, ports {}, sources {}{}{}",
+        "{}% by {}, ports {}, sources {}{}{}{steering}",
         p["share_ppm"].as_f64().unwrap_or(0.0) / 10_000.0,
         p["key"].as_str().unwrap_or("connection"),
         list(&p["ports"]),
@@ -505,6 +552,46 @@ mod tests {
         assert_eq!(p["read_only"], true);
         assert_eq!(p["window_start_minute"], 540);
         assert_eq!(p["window_end_minute"], 1020);
+        assert_eq!(p["divert_ppm"], 0);
+        assert_eq!(p["failover"], Value::Null);
+        let cli = crate::Cli::try_parse_from([
+            "weft",
+            "shadow",
+            "policy",
+            "shop-shadow",
+            "--share",
+            "0%",
+            "--divert",
+            "2.5%",
+            "--failover-port",
+            "80",
+            "--failover-interval-ms",
+            "50",
+            "--failover-probe",
+            "GET /health HTTP/1.0\\r\\n\\r\\n",
+        ])
+        .unwrap();
+        let crate::Command::Shadow {
+            command: ShadowCommand::Policy { policy, .. },
+        } = cli.command
+        else {
+            panic!("not shadow policy");
+        };
+        let p = policy.to_json().unwrap();
+        assert_eq!(p["divert_ppm"], 25_000);
+        assert_eq!(p["failover"]["port"], 80);
+        assert_eq!(p["failover"]["interval_ms"], 50);
+        assert_eq!(p["failover"]["failures"], 0);
+        assert_eq!(p["failover"]["probe"], "GET /health HTTP/1.0\r\n\r\n");
+        assert!(policy_text(&p).contains("divert 2.5%, failover on port 80"));
+        assert!(
+            crate::Cli::try_parse_from([
+                "weft", "shadow", "policy", "x", "--failover-interval-ms", "50"
+            ])
+            .is_err(),
+            "--failover-interval-ms needs --failover-port"
+        );
+        assert!(ppm_of("--divert", "150%").unwrap_err().to_string().contains("--divert"));
         assert!(
             crate::Cli::try_parse_from(["weft", "shadow", "create", "x", "--production", "p"])
                 .is_err(),

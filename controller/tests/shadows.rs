@@ -15,8 +15,12 @@ use weft_control::fake::FakeAgent;
 use weft_control::{Spec, kinds};
 use weft_controller::state::AppState;
 use weft_networks::{CreateRequest as NetworkCreate, Role};
-use weft_proto::v1::{ShadowEndpointStats, ShadowReport, ShadowSink, ShadowTap, ShadowTarget};
-use weft_shadows::{CreateRequest, ShadowError, ShadowEvent, ShadowPolicy, ShadowRecord};
+use weft_proto::v1::{
+    ShadowEndpointStats, ShadowReport, ShadowSink, ShadowTap, ShadowTarget, Steer, SteerTarget,
+};
+use weft_shadows::{
+    CreateRequest, FailoverCheck, ShadowError, ShadowEvent, ShadowPolicy, ShadowRecord,
+};
 use weft_shards::{CreateShard, Family, ShardConfig};
 use weft_store::{MemoryStore, Store};
 
@@ -55,6 +59,8 @@ fn agent() -> FakeAgent {
                 kinds::WORKLOAD_ADDRESSES,
                 kinds::SHADOW_TAP,
                 kinds::SHADOW_SINK,
+                kinds::STEER,
+                kinds::STEER_TARGET,
             ]
             .iter()
             .map(|k| (*k).to_owned())
@@ -877,4 +883,171 @@ async fn a_shadow_near_its_memory_limit_gets_a_scaling_recommendation() {
     let w = info.to_wire();
     assert_eq!(w.scaling.len(), 1);
     assert_eq!(w.scaling[0].resource, "memory");
+}
+
+fn steer(s: &AppState, host: &str, key: &str) -> Option<Steer> {
+    match s.control.resource(host, kinds::STEER, key)?.spec {
+        Spec::Steer(t) => Some(t),
+        _ => None,
+    }
+}
+
+fn steer_target(s: &AppState, host: &str, key: &str) -> Option<SteerTarget> {
+    match s.control.resource(host, kinds::STEER_TARGET, key)?.spec {
+        Spec::SteerTarget(t) => Some(t),
+        _ => None,
+    }
+}
+
+async fn failover_event(events: &mut tokio::sync::broadcast::Receiver<ShadowEvent>) -> ShadowEvent {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a failover event in time")
+            .unwrap();
+        if matches!(e, ShadowEvent::Failover { .. }) {
+            return e;
+        }
+    }
+}
+
+#[tokio::test]
+async fn divert_and_failover_steer_production_to_the_shadow_and_a_failover_is_an_event() {
+    let s = state_on(Arc::new(MemoryStore::default()), true).await;
+    let mut a = agent();
+    a.steer_measurements = [
+        ("connections_seen", 40.0),
+        ("connections_steered", 4.0),
+        ("failover_active", 1.0),
+        ("failover_switch_seconds", 0.31),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let _agents = production(&s, a.clone()).await;
+    let mut events = s.shadows.subscribe();
+    let failover = FailoverCheck {
+        port: 80,
+        interval_ms: 50,
+        failures: 2,
+        probe: "GET /health HTTP/1.0\r\n\r\n".into(),
+    };
+    let mut req = request("shop-shadow");
+    req.policy.divert_ppm = 50_000;
+    req.policy.key = "source".into();
+    req.policy.failover = Some(failover.clone());
+    s.shadows.create(req).await.unwrap();
+    let rec = s.shadows.get("shop-shadow").unwrap();
+    let prod = s.networks.get("shop").unwrap();
+    for node in &rec.nodes {
+        let key = format!("shadow/shop-shadow/{node}");
+        let prod_host = &prod.placement[node];
+        let sink = &rec.sinks[node];
+        assert_eq!(sink.host, "hv3");
+        let st = steer(&s, prod_host, &key)
+            .unwrap_or_else(|| panic!("no steer {key} on production host {prod_host}"));
+        assert_eq!(st.owner, "shadow/shop-shadow");
+        assert_eq!((st.network.as_str(), st.node.as_str()), ("shop", node.as_str()));
+        assert_eq!(
+            (st.target_network.as_str(), st.target_node.as_str()),
+            ("shop-shadow", node.as_str())
+        );
+        assert_eq!(st.share_ppm, 50_000);
+        assert_eq!(st.key, "source");
+        assert_eq!(st.ports, vec![80, 5432]);
+        // The copy is on another host: through the tunnel, its id the sink's port.
+        assert_eq!(st.target_host, underlay("hv3"));
+        assert_eq!(st.tunnel_id, u32::from(sink.listen_port));
+        let health = st.failover.expect("failover check");
+        assert_eq!((health.port, health.interval_ms, health.failures), (80, 50, 2));
+        assert_eq!(health.probe, failover.probe.as_bytes());
+        let t = steer_target(&s, "hv3", &key).expect("steer target on the copy's host");
+        assert_eq!((t.network.as_str(), t.node.as_str()), ("shop-shadow", node.as_str()));
+        assert_eq!(t.origin_host, underlay(prod_host));
+        assert_eq!(t.tunnel_id, st.tunnel_id);
+        for (h, _) in HOSTS {
+            if h != prod_host {
+                assert!(steer(&s, h, &key).is_none(), "steer {key} also on {h}");
+            }
+            if h != "hv3" {
+                assert!(steer_target(&s, h, &key).is_none(), "target {key} also on {h}");
+            }
+        }
+    }
+    // Tunnel ids differ between the nodes (both steers end on hv3).
+    let ids: BTreeSet<u16> = rec.sinks.values().map(|k| k.listen_port).collect();
+    assert_eq!(ids.len(), rec.nodes.len());
+
+    // Both production nodes report a failover: one event each, the steers' counters summed.
+    s.shadows.check_degraded();
+    let mut activated = BTreeSet::new();
+    for _ in 0..2 {
+        match failover_event(&mut events).await {
+            ShadowEvent::Failover {
+                node,
+                active: true,
+                switch_seconds: Some(t),
+                ..
+            } => {
+                assert!((t - 0.31).abs() < 1e-9);
+                activated.insert(node);
+            }
+            other => panic!("not an activation: {other:?}"),
+        }
+    }
+    assert_eq!(activated, rec.nodes.iter().cloned().collect());
+    let info = s.shadows.info("shop-shadow").unwrap();
+    assert_eq!(info.counters.connections_diverted, 8);
+    assert_eq!(info.counters.nodes_failed_over, 2);
+    // Told once: another look says nothing new.
+    s.shadows.check_degraded();
+    assert!(
+        !std::iter::from_fn(|| events.try_recv().ok())
+            .any(|e| matches!(e, ShadowEvent::Failover { .. }))
+    );
+    // web's production passes its check again: recovered, for web only.
+    let web_host = &prod.placement["web"];
+    let mut recovered = a.clone();
+    recovered
+        .steer_measurements
+        .insert("failover_active".into(), 0.0);
+    s.control.report(web_host, recovered.observe(&s.control, web_host));
+    s.shadows.check_degraded();
+    match failover_event(&mut events).await {
+        ShadowEvent::Failover {
+            node, active: false, ..
+        } => assert_eq!(node, "web"),
+        other => panic!("not web's recovery: {other:?}"),
+    }
+
+    // Divert and failover off: the steers go, the taps stay.
+    let mut plain = rec.policy.clone();
+    plain.divert_ppm = 0;
+    plain.failover = None;
+    s.shadows.update_policy("shop-shadow", plain).await.unwrap();
+    for node in &rec.nodes {
+        let key = format!("shadow/shop-shadow/{node}");
+        for (h, _) in HOSTS {
+            assert!(steer(&s, h, &key).is_none(), "steer {key} left on {h}");
+            assert!(steer_target(&s, h, &key).is_none(), "target {key} left on {h}");
+        }
+        assert!(tap(&s, &prod.placement[node], &format!("shop-shadow/{node}")).is_some());
+    }
+    // On again, then delete: nothing of the shadow stays on any host.
+    let mut again = rec.policy.clone();
+    again.divert_ppm = 1_000_000;
+    s.shadows.update_policy("shop-shadow", again).await.unwrap();
+    assert!(steer(&s, &prod.placement["web"], "shadow/shop-shadow/web").is_some());
+    s.shadows.delete("shop-shadow").await.unwrap();
+    for host in s.control.hosts() {
+        let left: Vec<_> = s
+            .control
+            .desired(&host)
+            .resources
+            .keys()
+            .filter(|rk| rk.key.contains("shop-shadow"))
+            .cloned()
+            .collect();
+        assert!(left.is_empty(), "{host}: {left:?}");
+    }
 }

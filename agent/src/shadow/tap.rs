@@ -302,12 +302,11 @@ impl TapEngine {
                     interface: interface.to_owned(),
                 });
             }
-            for (hook, prog, anchor) in [
-                (Hook::Egress, PROG_TAP_IN, PROG_EGRESS),
-                (Hook::Ingress, PROG_TAP_OUT, PROG_INGRESS),
-            ] {
+            // Last on the hook: after the observer and after steering, whose redirected
+            // (diverted, failed-over) connections a tap must not copy to the shadow again.
+            for (hook, prog) in [(Hook::Egress, PROG_TAP_IN), (Hook::Ingress, PROG_TAP_OUT)] {
                 if !dp.is_attached(ifindex, hook, prog) {
-                    dp.attach(interface, ifindex, hook, prog, Order::After(anchor))?;
+                    dp.attach(interface, ifindex, hook, prog, Order::Last)?;
                     changes += 1;
                 }
             }

@@ -669,8 +669,8 @@ impl Steering {
         }
     }
 
-    /// Attaches `program` last on `hook` of `iface`.
-    /// Attaches `program` last on `hook` of `iface`.
+    /// Attaches `program` on `hook` of `iface`: right after the flow observer where it is
+    /// attached (else last).
     /// Returns the writes made (0: it was attached already).
     fn attach(
         &self,
@@ -691,10 +691,20 @@ impl Steering {
         let dp = self.datapath.clone();
         in_host(netns.as_deref(), move || {
             let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
-            // Last on the hook: after the flow observer (which goes first) and after the
-            // shadow taps (which go right after the observer), so they see every packet
-            // as it arrived before steering redirects it.
-            dp.attach(&name, index, hook, program, Order::Last)
+            // Right after the flow observer (which goes first, so it sees every packet as
+            // it arrived) and before the shadow taps (which go last): a connection steered
+            // to a shadow ends the hook's chain here (redirected), so no tap copies it to
+            // that shadow a second time.
+            let observer = match hook {
+                Hook::Ingress => crate::attach::PROG_INGRESS,
+                Hook::Egress => crate::attach::PROG_EGRESS,
+            };
+            let order = if dp.is_attached(index, hook, observer) {
+                Order::After(observer)
+            } else {
+                Order::Last
+            };
+            dp.attach(&name, index, hook, program, order)
         })??;
         Ok(1)
     }

@@ -25,6 +25,8 @@ pub struct FakeAgent {
     pub sink_measurements: BTreeMap<String, f64>,
     /// Reported as every `shadow-sink`'s comparison of production and shadow.
     pub sink_report: Option<weft_proto::v1::ShadowReport>,
+    /// Reported as the measurements of every `steer` (its counters, failover state).
+    pub steer_measurements: BTreeMap<String, f64>,
 }
 
 impl Default for FakeAgent {
@@ -37,6 +39,7 @@ impl Default for FakeAgent {
             tap_measurements: BTreeMap::new(),
             sink_measurements: BTreeMap::new(),
             sink_report: None,
+            steer_measurements: BTreeMap::new(),
         }
     }
 }
@@ -69,11 +72,12 @@ impl FakeAgent {
                                 self.readdress_down_us as f64 / 1e6,
                             );
                         }
-                        Spec::NetworkSegment(_)
-                        | Spec::NetworkNode(_)
-                        | Spec::Steer(_)
-                        | Spec::SteerTarget(_) => {
+                        Spec::NetworkSegment(_) | Spec::NetworkNode(_) | Spec::SteerTarget(_) => {
                             o.observed = vec!["applied".into()];
+                        }
+                        Spec::Steer(_) => {
+                            o.observed = vec!["applied".into()];
+                            o.measurements = self.steer_measurements.clone();
                         }
                         Spec::ShadowTap(_) => {
                             o.observed = vec!["applied".into()];

@@ -119,6 +119,17 @@ pub enum ShadowEvent {
         id: String,
         at_unix_ns: u64,
     },
+    /// Production's node failed its health check and new connections go to the shadow
+    /// (`active`), or it passes again and they go back (as the production host's steer
+    /// reported it).
+    Failover {
+        id: String,
+        node: String,
+        active: bool,
+        /// Seconds from the first failed check to the switch, when the agent measured it.
+        switch_seconds: Option<f64>,
+        at_unix_ns: u64,
+    },
 }
 
 impl ShadowEvent {
@@ -127,7 +138,8 @@ impl ShadowEvent {
             Self::Created { id, .. }
             | Self::PolicyChanged { id, .. }
             | Self::Degraded { id, .. }
-            | Self::Deleted { id, .. } => id,
+            | Self::Deleted { id, .. }
+            | Self::Failover { id, .. } => id,
         }
     }
 
@@ -136,7 +148,8 @@ impl ShadowEvent {
             Self::Created { at_unix_ns, .. }
             | Self::PolicyChanged { at_unix_ns, .. }
             | Self::Degraded { at_unix_ns, .. }
-            | Self::Deleted { at_unix_ns, .. } => *at_unix_ns,
+            | Self::Deleted { at_unix_ns, .. }
+            | Self::Failover { at_unix_ns, .. } => *at_unix_ns,
         }
     }
 }
@@ -172,6 +185,11 @@ pub struct ShadowCounters {
     /// Connections the sinks replayed, and those whose replay failed. REST only.
     pub connections_replayed: u64,
     pub connections_failed: u64,
+    /// New connections really sent to the shadow (divert, failover), by the steers of
+    /// production's hosts. REST only.
+    pub connections_diverted: u64,
+    /// Production nodes whose traffic is failed over to the shadow now. REST only.
+    pub nodes_failed_over: u64,
 }
 
 /// The taps' measurements summed into the counters.
@@ -182,6 +200,8 @@ const TAP_COUNTERS: [&str; 5] = [
     "bytes_streamed",
     "connections_lost",
 ];
+/// The steers' (divert and failover).
+const STEER_COUNTERS: [&str; 2] = ["connections_steered", "failover_active"];
 /// The sinks'.
 const SINK_COUNTERS: [&str; 4] = [
     "requests_replayed",
@@ -208,6 +228,8 @@ impl ShadowCounters {
             "connections_lost" => &mut self.connections_lost,
             "requests_replayed" => &mut self.requests_replayed,
             "requests_skipped_write" => &mut self.requests_skipped_write,
+            "connections_steered" => &mut self.connections_diverted,
+            "failover_active" => &mut self.nodes_failed_over,
             _ => return,
         };
         *slot = slot.saturating_add(v);
@@ -347,6 +369,8 @@ pub struct ShadowManager {
     unpublished: Mutex<BTreeMap<String, String>>,
     /// Shadow -> the degraded error last told in an event.
     told: Mutex<BTreeMap<String, String>>,
+    /// (shadow, node) -> whether production's node is failed over, as last told.
+    failed_over: Mutex<BTreeMap<(String, String), bool>>,
     /// (shadow, node) -> the shadow copy's cgroup usage as its sink reported it, oldest
     /// first.
     usage: Mutex<BTreeMap<(String, String), std::collections::VecDeque<scaling::UsageSample>>>,
@@ -367,12 +391,33 @@ pub fn resource_key(shadow: &str, node: &str) -> String {
     format!("{shadow}/{node}")
 }
 
-/// The shadow a `shadow-tap`/`shadow-sink` resource belongs to.
+/// A shadow's `steer`/`steer-target` resource key: `shadow/<shadow>/<node>` (other
+/// owners, weaves, steer too).
+pub fn steer_key(shadow: &str, node: &str) -> String {
+    format!("{STEER_OWNER_PREFIX}{shadow}/{node}")
+}
+
+const STEER_OWNER_PREFIX: &str = "shadow/";
+
+/// The shadow a `shadow-tap`/`shadow-sink`/`steer`/`steer-target` resource belongs to.
 pub fn shadow_of(rk: &ResourceKey) -> Option<&str> {
-    if rk.kind != kinds::SHADOW_TAP && rk.kind != kinds::SHADOW_SINK {
-        return None;
+    if rk.kind == kinds::SHADOW_TAP || rk.kind == kinds::SHADOW_SINK {
+        return rk.key.split_once('/').map(|(s, _)| s);
     }
-    rk.key.split_once('/').map(|(s, _)| s)
+    if rk.kind == kinds::STEER || rk.kind == kinds::STEER_TARGET {
+        return rk
+            .key
+            .strip_prefix(STEER_OWNER_PREFIX)?
+            .split_once('/')
+            .map(|(s, _)| s);
+    }
+    None
+}
+
+/// The node of a shadow's resource (`<shadow>/<node>` or `shadow/<shadow>/<node>`).
+fn node_of(rk: &ResourceKey) -> Option<&str> {
+    shadow_of(rk)?;
+    rk.key.rsplit_once('/').map(|(_, n)| n)
 }
 
 impl ShadowManager {
@@ -399,6 +444,7 @@ impl ShadowManager {
             records: Mutex::new(records),
             unpublished: Mutex::default(),
             told: Mutex::default(),
+            failed_over: Mutex::default(),
             usage: Mutex::default(),
             recommendations: Mutex::default(),
             scaling_config: Mutex::new(scaling::ScalingConfig::default()),
@@ -513,6 +559,50 @@ impl ShadowManager {
                     synthetic: None,
                 }),
             );
+            // Divert and failover: new connections really go to the shadow's copy of the
+            // node, steered in the production host's kernel (through a tunnel when the
+            // copy is on another host). The tunnel id is the sink's port: unique on the
+            // copy's host, so unique per host pair.
+            let p = &rec.policy;
+            if p.divert_ppm > 0 || p.failover.is_some() {
+                let cross = sink.host != *prod_host;
+                let skey = steer_key(&rec.id, node);
+                let owner = format!("{STEER_OWNER_PREFIX}{}", rec.id);
+                let tunnel_id = u32::from(sink.listen_port);
+                wanted.entry(prod_host.clone()).or_default().insert(
+                    ResourceKey::new(kinds::STEER, &skey),
+                    Spec::Steer(wire::Steer {
+                        owner: owner.clone(),
+                        network: rec.production.clone(),
+                        node: node.clone(),
+                        ports: p.ports.clone(),
+                        share_ppm: p.divert_ppm,
+                        key: p.key.clone(),
+                        seed: p.seed,
+                        failover: policy.failover.clone(),
+                        target_network: rec.id.clone(),
+                        target_node: node.clone(),
+                        target_host: if cross {
+                            sink_ul.to_string()
+                        } else {
+                            String::new()
+                        },
+                        tunnel_id,
+                    }),
+                );
+                if cross {
+                    wanted.entry(sink.host.clone()).or_default().insert(
+                        ResourceKey::new(kinds::STEER_TARGET, &skey),
+                        Spec::SteerTarget(wire::SteerTarget {
+                            owner,
+                            network: rec.id.clone(),
+                            node: node.clone(),
+                            origin_host: prod_ul.to_string(),
+                            tunnel_id,
+                        }),
+                    );
+                }
+            }
         }
         (wanted, missing)
     }
@@ -521,8 +611,12 @@ impl ShadowManager {
     /// that are no longer wanted (anywhere).
     fn publish(&self, rec: &ShadowRecord, parts: Parts) -> Result<(), ShadowError> {
         let (wanted, missing) = self.wanted(rec);
+        // Steers go with the taps: both follow the policy.
         let selected = |rk: &ResourceKey| {
-            (parts.taps && rk.kind == kinds::SHADOW_TAP)
+            (parts.taps
+                && (rk.kind == kinds::SHADOW_TAP
+                    || rk.kind == kinds::STEER
+                    || rk.kind == kinds::STEER_TARGET))
                 || (parts.sinks && rk.kind == kinds::SHADOW_SINK)
         };
         let mut hosts: BTreeSet<String> = self.hub.hosts().into_iter().collect();
@@ -809,6 +903,8 @@ impl ShadowManager {
 
     /// Removes a record and its resources (a failed create).
     fn forget(&self, id: &str) {
+        self.withdraw(id, kinds::STEER);
+        self.withdraw(id, kinds::STEER_TARGET);
         self.withdraw(id, kinds::SHADOW_TAP);
         self.withdraw(id, kinds::SHADOW_SINK);
         lock(&self.records).remove(id);
@@ -861,12 +957,16 @@ impl ShadowManager {
         let _op = self.ops.lock().await;
         let rec = self.get(id).ok_or_else(|| missing(id))?;
         let last = self.info_of(&rec);
+        // New connections stop going to the shadow first (divert, failover).
+        self.withdraw(id, kinds::STEER);
+        self.withdraw(id, kinds::STEER_TARGET);
         self.withdraw(id, kinds::SHADOW_TAP);
         self.withdraw(id, kinds::SHADOW_SINK);
         self.store.delete(&format!("{STORE_PREFIX}{id}"))?;
         lock(&self.records).remove(id);
         lock(&self.unpublished).remove(id);
         lock(&self.told).remove(id);
+        lock(&self.failed_over).retain(|(s, _), _| s != id);
         lock(&self.usage).retain(|(s, _), _| s != id);
         lock(&self.recommendations).remove(id);
         for n in rec.networks().iter().rev() {
@@ -954,8 +1054,12 @@ impl ShadowManager {
                 if let Some(o) = &r.observed {
                     let names: &[&str] = if rk.kind == kinds::SHADOW_TAP {
                         &TAP_COUNTERS
-                    } else {
+                    } else if rk.kind == kinds::STEER {
+                        &STEER_COUNTERS
+                    } else if rk.kind == kinds::SHADOW_SINK {
                         &SINK_COUNTERS
+                    } else {
+                        &[]
                     };
                     for n in names {
                         if let Some(v) = o.measurements.get(*n) {
@@ -1031,8 +1135,8 @@ impl ShadowManager {
                 warn!(shadow = %rec.id, error = %e, "shadow not withdrawn");
             }
         }
-        let mut sent = 0;
         let statuses = self.statuses();
+        let mut sent = self.tell_failovers(&statuses);
         let states: Vec<ShadowInfo> = self
             .list()
             .iter()
@@ -1055,6 +1159,57 @@ impl ShadowManager {
             } else {
                 told.remove(&info.id);
             }
+        }
+        sent
+    }
+
+    /// Tells `weft.shadow.failover` for every production node whose steer reported a
+    /// switch (to the shadow or back) since the last look. Returns the events sent.
+    fn tell_failovers(&self, statuses: &[weft_control::HostStatus]) -> usize {
+        let mut now: BTreeMap<(String, String), (bool, Option<f64>)> = BTreeMap::new();
+        for st in statuses {
+            for r in &st.resources {
+                let rk = &r.resource;
+                if rk.kind != kinds::STEER || r.desired_generation.is_none() {
+                    continue;
+                }
+                let (Some(shadow), Some(node), Some(o)) = (shadow_of(rk), node_of(rk), &r.observed)
+                else {
+                    continue;
+                };
+                let Some(active) = o.measurements.get("failover_active") else {
+                    continue;
+                };
+                now.insert(
+                    (shadow.to_owned(), node.to_owned()),
+                    (
+                        *active >= 1.0,
+                        o.measurements.get("failover_switch_seconds").copied(),
+                    ),
+                );
+            }
+        }
+        let mut told = lock(&self.failed_over);
+        let mut sent = 0;
+        for ((shadow, node), (active, switch_seconds)) in now {
+            let before = told.insert((shadow.clone(), node.clone()), active);
+            // The first report of a node that is not failed over is no news.
+            if before.unwrap_or(false) == active {
+                continue;
+            }
+            if active {
+                warn!(shadow = %shadow, node = %node, "production failed its health check: new connections go to the shadow");
+            } else {
+                info!(shadow = %shadow, node = %node, "production passes its health check again: new connections go back");
+            }
+            let _ = self.events.send(ShadowEvent::Failover {
+                id: shadow,
+                node,
+                active,
+                switch_seconds,
+                at_unix_ns: now_unix_ns(),
+            });
+            sent += 1;
         }
         sent
     }

@@ -13,6 +13,8 @@ use crate::ShadowError;
 pub const PPM: u32 = 1_000_000;
 /// Minutes in a day.
 pub const DAY_MINUTES: u32 = 1440;
+/// Longest failover probe (bytes).
+pub const MAX_PROBE: usize = 1024;
 
 /// Which connections are sampled (`ShadowPolicy`), with the wire's field names. Made by
 /// [`ShadowPolicy::checked`]: a kept policy is valid.
@@ -40,11 +42,13 @@ pub struct ShadowPolicy {
     pub window_end_minute: u32,
     #[serde(default)]
     pub seed: u32,
-    /// Divert (canary) share of new connections, in millionths. Not wired into this
-    /// controller yet (the steer resources): refused unless 0.
+    /// Divert (canary) share of new connections of `ports`, in millionths: those really
+    /// go to the shadow's copy of the node (a `steer` resource), not copies. Hashes `key`
+    /// with `seed`; `sources` and the window apply to sampling only.
     #[serde(default)]
     pub divert_ppm: u32,
-    /// Failover health check. Not wired yet: refused when given.
+    /// Failover: while production fails this health check, every new connection of
+    /// `ports` goes to the shadow (divert at 100 %; established ones stay).
     #[serde(default)]
     pub failover: Option<FailoverCheck>,
     /// Apply scaling recommendations. Not wired yet: refused when true.
@@ -148,20 +152,43 @@ impl ShadowPolicy {
                 ));
             }
         }
-        // Divert, failover and autoscale need the steer resources and the scaling rules
-        // wired into the manager; until then they are refused rather than ignored.
-        if self.divert_ppm != 0 {
+        if self.divert_ppm > PPM {
             return Err(invalid(
                 "policy.divert_ppm",
-                "divert is not available from this controller yet; leave it 0",
+                format!(
+                    "{} is more than {PPM} (100 %): the share is in millionths",
+                    self.divert_ppm
+                ),
             ));
         }
-        if self.failover.is_some() {
-            return Err(invalid(
-                "policy.failover",
-                "failover is not available from this controller yet; leave it out",
-            ));
+        if let Some(f) = &self.failover {
+            if !(1..=65535).contains(&f.port) {
+                return Err(invalid(
+                    "policy.failover.port",
+                    format!("{} is not a port (1..=65535): the port production is checked on", f.port),
+                ));
+            }
+            if f.interval_ms != 0 && !(10..=60_000).contains(&f.interval_ms) {
+                return Err(invalid(
+                    "policy.failover.interval_ms",
+                    format!("{} ms: use 10..=60000 (0 = 100 ms)", f.interval_ms),
+                ));
+            }
+            if f.failures > 100 {
+                return Err(invalid(
+                    "policy.failover.failures",
+                    format!("{}: use 1..=100 failures in a row (0 = 3)", f.failures),
+                ));
+            }
+            if f.probe.len() > MAX_PROBE {
+                return Err(invalid(
+                    "policy.failover.probe",
+                    format!("{} bytes: at most {MAX_PROBE}", f.probe.len()),
+                ));
+            }
         }
+        // Autoscale needs the recommendations applied to both environments' limits;
+        // until then it is refused rather than ignored.
         if self.autoscale {
             return Err(invalid(
                 "policy.autoscale",
@@ -339,7 +366,7 @@ mod tests {
         );
         assert_eq!(
             field(ShadowPolicy {
-                divert_ppm: 10,
+                divert_ppm: PPM + 1,
                 ..Default::default()
             }),
             "policy.divert_ppm"
@@ -353,14 +380,46 @@ mod tests {
         );
         assert_eq!(
             field(ShadowPolicy {
+                failover: Some(FailoverCheck::default()),
+                ..Default::default()
+            }),
+            "policy.failover.port"
+        );
+        assert_eq!(
+            field(ShadowPolicy {
                 failover: Some(FailoverCheck {
                     port: 80,
+                    interval_ms: 5,
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
-            "policy.failover"
+            "policy.failover.interval_ms"
         );
+        assert_eq!(
+            field(ShadowPolicy {
+                failover: Some(FailoverCheck {
+                    port: 80,
+                    probe: "x".repeat(MAX_PROBE + 1),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "policy.failover.probe"
+        );
+        let ok = ShadowPolicy {
+            divert_ppm: PPM,
+            failover: Some(FailoverCheck {
+                port: 80,
+                interval_ms: 50,
+                failures: 2,
+                probe: "GET / HTTP/1.0\r\n\r\n".into(),
+            }),
+            ..Default::default()
+        }
+        .checked()
+        .expect("divert and failover are accepted");
+        assert_eq!(ok.to_wire().failover.expect("kept").probe, b"GET / HTTP/1.0\r\n\r\n");
         assert_eq!(
             field(ShadowPolicy {
                 window_start_minute: 600,

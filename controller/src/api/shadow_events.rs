@@ -88,9 +88,26 @@ pub fn from_shadow(event: &ShadowEvent) -> ShadowCloudEvent {
             json!({ "shadow": id, "error": error }),
         ),
         ShadowEvent::Deleted { .. } => ("weft.shadow.deleted", json!({ "shadow": id })),
+        ShadowEvent::Failover {
+            node,
+            active,
+            switch_seconds,
+            ..
+        } => (
+            if *active {
+                "weft.shadow.failover.activated"
+            } else {
+                "weft.shadow.failover.recovered"
+            },
+            json!({ "shadow": id, "node": node, "switch_seconds": switch_seconds }),
+        ),
+    };
+    let id_suffix = match event {
+        ShadowEvent::Failover { node, .. } => format!("/{node}"),
+        _ => String::new(),
     };
     ShadowCloudEvent {
-        id: format!("{event_type}/{id}@{at}"),
+        id: format!("{event_type}/{id}{id_suffix}@{at}"),
         event_type,
         shadow: id.to_owned(),
         time_unix_ns: at,
@@ -150,5 +167,21 @@ mod tests {
         assert_eq!(p.event_type, "weft.shadow.policy.changed");
         assert_eq!(p.data["revision"], 2);
         assert_ne!(p.id, e.id);
+        let failover = |node: &str, active| {
+            from_shadow(&ShadowEvent::Failover {
+                id: "s".into(),
+                node: node.into(),
+                active,
+                switch_seconds: Some(0.31),
+                at_unix_ns: 7,
+            })
+        };
+        let (a, b, r) = (failover("web", true), failover("db", true), failover("web", false));
+        assert_eq!(a.event_type, "weft.shadow.failover.activated");
+        assert_eq!(r.event_type, "weft.shadow.failover.recovered");
+        assert_eq!(a.data["node"], "web");
+        assert_eq!(a.data["switch_seconds"], 0.31);
+        // Two nodes switching at the same instant are two events.
+        assert_ne!(a.id, b.id);
     }
 }
