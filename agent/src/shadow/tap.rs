@@ -40,7 +40,6 @@ use super::reassembly::{Assembler, Event, Limits};
 use super::tap_policy::{TapSpec, kernel_policy, source_entries, window_active};
 use super::tap_record::{self, Segment};
 use super::tap_stream::{SinkTx, StreamStats, start_sink};
-use crate::attach::{PROG_EGRESS, PROG_INGRESS};
 use crate::control::{Drift, DriftSignal, REFRESH};
 use crate::datapath::{DatapathError, Hook, Order, SharedDatapath};
 
@@ -63,10 +62,6 @@ const SIGNAL_EVERY: Duration = Duration::from_secs(2);
 pub enum TapError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
-    #[error(
-        "the flow observer is not attached to {interface} yet (the tap goes after it on both hooks); retrying"
-    )]
-    NoObserver { interface: String },
     #[error("{what}: {source}")]
     Map {
         what: &'static str,
@@ -292,16 +287,6 @@ impl TapEngine {
         let mut changes = 0;
         {
             let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
-            let observed = dp.is_attached(ifindex, Hook::Egress, PROG_EGRESS)
-                && dp.is_attached(ifindex, Hook::Ingress, PROG_INGRESS);
-            if !observed {
-                drop(dp);
-                drop(state);
-                self.retry_soon(key);
-                return Err(TapError::NoObserver {
-                    interface: interface.to_owned(),
-                });
-            }
             // Last on the hook: after the observer and after steering, whose redirected
             // (diverted, failed-over) connections a tap must not copy to the shadow again.
             for (hook, prog) in [(Hook::Egress, PROG_TAP_IN), (Hook::Ingress, PROG_TAP_OUT)] {
@@ -604,19 +589,6 @@ impl TapEngine {
                 at: Instant::now(),
             });
         }
-    }
-
-    /// Asks the driver to reconcile `key` again in a moment (the flow observer comes).
-    fn retry_soon(self: &Arc<Self>, key: &str) {
-        if self.signals.is_none() {
-            return;
-        }
-        let (me, key) = (self.clone(), key.to_owned());
-        // Detached on purpose: it sleeps, sends one signal and ends.
-        self.runtime.spawn(async move {
-            tokio::time::sleep(SIGNAL_EVERY).await;
-            me.signal(&key);
-        });
     }
 }
 
