@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -193,6 +193,9 @@ impl SinkCounters {
 /// What a sink's tasks share.
 pub struct SinkShared {
     spec: SinkSpec,
+    /// The spec's `read_only`, changed in place (a policy change must not end the taps'
+    /// streams): connections replayed from then on follow it.
+    read_only: AtomicBool,
     target_netns: Vec<PathBuf>,
     limits: Limits,
     pub stats: Mutex<Stats>,
@@ -407,6 +410,7 @@ impl SinkReconciler {
             })
             .collect();
         let shared = Arc::new(SinkShared {
+            read_only: AtomicBool::new(spec.read_only),
             recent_ids: Mutex::new(vec![VecDeque::new(); spec.targets.len()]),
             spec,
             target_netns,
@@ -453,7 +457,11 @@ impl SinkReconciler {
                     .map(|(n, d)| format!("{n}/{d}"))
                     .collect::<Vec<_>>()
                     .join(", "),
-                if s.spec.read_only { ", read-only" } else { "" },
+                if s.read_only.load(Relaxed) {
+                    ", read-only"
+                } else {
+                    ""
+                },
                 s.counters.taps_connected.load(Relaxed)
             )]
             .into_iter()
@@ -513,12 +521,22 @@ impl Reconciler for SinkReconciler {
                         continue;
                     }
                 };
+                // The same sink but for read-only: changed in place, its taps stay connected.
                 let keep = sinks.get(&d.key).is_some_and(|s| {
-                    s.shared.spec == spec && s.tasks.iter().all(|t| !t.is_finished())
+                    SinkSpec {
+                        read_only: spec.read_only,
+                        ..s.shared.spec.clone()
+                    } == spec
+                        && s.tasks.iter().all(|t| !t.is_finished())
                 });
                 if keep {
                     if let Some(s) = sinks.get(&d.key) {
-                        reports.push(Self::report(&d.key, s, 0));
+                        let was = s.shared.read_only.swap(spec.read_only, Relaxed);
+                        let changes = usize::from(was != spec.read_only);
+                        if changes > 0 {
+                            info!(key = %d.key, read_only = spec.read_only, "shadow sink read-only mode changed");
+                        }
+                        reports.push(Self::report(&d.key, s, changes));
                     }
                     continue;
                 }
@@ -969,7 +987,7 @@ async fn replay_connection(
     let n = shared.target_netns.len();
     let mut replay = Replay::new(ReplayConfig {
         targets: n,
-        read_only: shared.spec.read_only,
+        read_only: shared.read_only.load(Relaxed),
         limits: shared.limits,
         ..Default::default()
     });

@@ -10,6 +10,8 @@
 //!   sampled (all of a connection's requests or none);
 //! - read-only mode: not one POST reaches the shadow, and the skipped ones are counted;
 //! - key `source`: a client is always in or always out (sticky);
+//! - divert at 100 %: new connections are answered by the shadow, not production;
+//! - failover: production's api frozen, new connections go to the shadow until it thaws;
 //! - a stopped shadow (SIGSTOP) costs production nothing: every request still answered;
 //! - deleting the shadow detaches the sampler and removes the shadow's networks.
 
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use weft_lab::weft::Controller;
+use agent_common::shadow;
 use weft_lab::{Lab, eventually, skip_unless_root};
 
 use crate::networks::{TwoHypervisors, address, exec};
@@ -305,9 +308,13 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
     std::thread::sleep(Duration::from_secs(2));
     let sent2 = run_client(&ns("c1"), &client_script, &api, 150, "p2", &["--posts"])?;
     let shadowed2 = settled(lab, "hv2", "shsh", "p2")?;
+    // The read-only change reaches the sinks in place: their taps' streams stay, so the
+    // share holds right after the change (150 connections at 50 %, sd 6.1: within 4 sd).
+    let conns2: BTreeSet<&str> = shadowed2.keys().map(|id| connection_of(id)).collect();
     ensure!(
-        !shadowed2.is_empty(),
-        "read-only phase: nothing reached the shadow"
+        (50..=100).contains(&conns2.len()),
+        "read-only phase: {} of 150 connections reached the shadow, policy 50 %",
+        conns2.len()
     );
     ensure!(
         shadowed2.values().all(|r| r.method == "GET"),
@@ -336,31 +343,181 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
     })
     .with_context(logs)?;
     phase(&format!(
-        "phase 2: {} GETs replayed, {} POSTs of sampled connections skipped (counter {})",
+        "phase 2: {} connections, {} GETs replayed, {} POSTs of sampled connections skipped (counter {})",
+        conns2.len(),
         shadowed2.len(),
         sampled_posts,
         counter(&s, "requests_skipped_write")
     ));
 
-    // Phase 3: sticky by source: each client is always in or always out.
+    // Phase 3: sticky by source: each client is always in or always out. The seed is
+    // picked so that the kernel's decision hash (agent-common's, as the tap computes it)
+    // puts c1 in and c2 out: the test predicts which client is sampled.
+    let (c1, c2) = (address(&production, "c1")?, address(&production, "c2")?);
+    let in_share = |seed: u32, addr: &str| -> Result<bool> {
+        let ip: std::net::Ipv4Addr = addr.parse().with_context(|| format!("{addr}"))?;
+        let mut client = [0u8; 16];
+        client[..4].copy_from_slice(&ip.octets());
+        let key = shadow::TapConnKey {
+            family: agent_common::flow::FAMILY_IPV4,
+            client,
+            ..Default::default()
+        };
+        Ok(shadow::sampled(
+            seed,
+            shadow::threshold_of(500_000),
+            shadow::key_kind::SOURCE,
+            &key,
+        ))
+    };
+    let mut seed = None;
+    for s in 1..1000u32 {
+        if in_share(s, &c1)? && !in_share(s, &c2)? {
+            seed = Some(s);
+            break;
+        }
+    }
+    let seed = seed.context("no seed puts c1 in and c2 out")?;
     controller.json(
         "PUT",
         "/shadows/shsh/policy",
-        Some(&json!({"share_ppm": 500_000, "key": "source", "ports": [8080], "read_only": true})),
+        Some(&json!({"share_ppm": 500_000, "key": "source", "ports": [8080], "read_only": true, "seed": seed})),
     )?;
     std::thread::sleep(Duration::from_secs(2));
-    for c in ["c1", "c2"] {
+    for (c, want_in) in [("c1", true), ("c2", false)] {
         let tag = format!("p3{c}");
         let sent3 = run_client(&ns(c), &client_script, &api, 30, &tag, &[])?;
         let got = settled(lab, "hv2", "shsh", &tag)?;
+        let want = if want_in { sent3.len() } else { 0 };
         ensure!(
-            got.is_empty() || got.len() == sent3.len(),
-            "client {c} is neither always in nor always out: {} of {} requests sampled",
+            got.len() == want,
+            "client {c} (seed {seed}) must be always {}: {} of {} requests sampled",
+            if want_in { "in" } else { "out" },
             got.len(),
             sent3.len()
         );
         phase(&format!("phase 3: client {c}: {} of {}", got.len(), sent3.len()));
     }
+
+    // Divert: every new connection really goes to the shadow (no copies: nothing sampled).
+    controller.json(
+        "PUT",
+        "/shadows/shsh/policy",
+        Some(&json!({"share_ppm": 0, "divert_ppm": 1_000_000, "key": "connection", "ports": [8080]})),
+    )?;
+    eventually(Duration::from_secs(30), Duration::from_millis(300), || {
+        let s = shadow(controller)?;
+        ensure!(s["state"] == json!("sampling"), "steer not applied: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let sent_d = run_client(&ns("c1"), &client_script, &api, 20, "d1", &["--posts"])
+        .with_context(logs)?;
+    let got_d = settled(lab, "hv2", "shsh", "d1")?;
+    let prod_d = settled(lab, "hv1", "shprod", "d1")?;
+    ensure!(
+        prod_d.is_empty() && got_d.len() == sent_d.len(),
+        "divert 100 %: production got {} and the shadow {} of {} requests",
+        prod_d.len(),
+        got_d.len(),
+        sent_d.len()
+    );
+    for (id, r) in &got_d {
+        ensure!(sent_d.get(id) == Some(r), "{id}: diverted request not as sent");
+    }
+    let s = eventually(Duration::from_secs(20), Duration::from_millis(500), || {
+        let s = shadow(controller)?;
+        ensure!(
+            counter(&s, "connections_diverted") >= 20,
+            "diverted connections not counted: {s}"
+        );
+        Ok(s)
+    })
+    .with_context(logs)?;
+    phase(&format!(
+        "divert 100 %: {} requests answered by the shadow, none by production (counter {})",
+        got_d.len(),
+        counter(&s, "connections_diverted")
+    ));
+
+    // Failover: production's api frozen (SIGSTOP: its kernel still accepts connections, the
+    // probe sees no answer); new connections go to the shadow, and back once it thaws.
+    controller.json(
+        "PUT",
+        "/shadows/shsh/policy",
+        Some(&json!({
+            "share_ppm": 0, "key": "connection", "ports": [8080],
+            "failover": {"port": 8080, "interval_ms": 100, "failures": 3,
+                         "probe": "GET /health HTTP/1.0\r\n\r\n"},
+        })),
+    )?;
+    // Production healthy: its requests stay with it.
+    std::thread::sleep(Duration::from_secs(2));
+    let sent_h = run_client(&ns("c1"), &client_script, &api, 5, "h1", &[])?;
+    ensure!(
+        settled(lab, "hv1", "shprod", "h1")?.len() == sent_h.len(),
+        "with production healthy, production answers"
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", &ns("api")])
+        .output()?;
+    let frozen: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    ensure!(!frozen.is_empty(), "no process in production's api node");
+    let thaw = |pids: &[String]| {
+        for p in pids {
+            let _ = std::process::Command::new("kill").args(["-CONT", p]).status();
+        }
+    };
+    for p in &frozen {
+        let _ = std::process::Command::new("kill").args(["-STOP", p]).status();
+    }
+    let t_stop = Instant::now();
+    let failed_over = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        let s = shadow(controller)?;
+        ensure!(counter(&s, "nodes_failed_over") == 1, "not failed over: {s}");
+        Ok(())
+    });
+    let seen_after = t_stop.elapsed();
+    let result = failed_over.and_then(|()| {
+        let sent = run_client(&ns("c2"), &client_script, &api, 20, "f1", &["--posts"])?;
+        let got = settled(lab, "hv2", "shsh", "f1")?;
+        ensure!(
+            got.len() == sent.len(),
+            "failed over: the shadow answered {} of {} requests",
+            got.len(),
+            sent.len()
+        );
+        Ok(())
+    });
+    thaw(&frozen);
+    result.with_context(logs)?;
+    eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        let s = shadow(controller)?;
+        ensure!(counter(&s, "nodes_failed_over") == 0, "not back: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    let sent_b = run_client(&ns("c2"), &client_script, &api, 10, "f2", &[])?;
+    let prod_b = settled(lab, "hv1", "shprod", "f2")?;
+    ensure!(
+        prod_b.len() == sent_b.len() && settled(lab, "hv2", "shsh", "f2")?.is_empty(),
+        "after recovery production answers again: {} of {}",
+        prod_b.len(),
+        sent_b.len()
+    );
+    phase(&format!(
+        "failover: seen by the controller {:.1}s after production froze; the shadow answered, production again after it thawed",
+        seen_after.as_secs_f64()
+    ));
+    controller.json(
+        "PUT",
+        "/shadows/shsh/policy",
+        Some(&json!({"share_ppm": 500_000, "key": "connection", "ports": [8080], "read_only": true})),
+    )?;
 
     // A stopped shadow costs production nothing: every request is still answered.
     let mut stopped = Vec::new();

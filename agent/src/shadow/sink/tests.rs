@@ -1437,6 +1437,7 @@ fn the_sink_wide_budgets_are_given_back_when_frames_and_connections_go() {
             read_only: false,
             synthetic: None,
         },
+        read_only: std::sync::atomic::AtomicBool::new(false),
         target_netns: vec![],
         limits: Limits::default(),
         stats: Mutex::new(Stats::default()),
@@ -1505,6 +1506,7 @@ async fn a_changed_sink_keeps_its_port_and_ends_its_taps_streams() {
             == 1)
         .await
     );
+    // Read-only is changed in place: the tap's stream stays.
     if let Spec::ShadowSink(s) = &mut d.spec {
         s.read_only = true;
     }
@@ -1512,9 +1514,23 @@ async fn a_changed_sink_keeps_its_port_and_ends_its_taps_streams() {
         .reconcile(std::slice::from_ref(&d), Scope::Changed)
         .await;
     assert_eq!((r[0].error.as_deref(), r[0].changes), (None, 1));
+    assert!(Arc::ptr_eq(&shared, &sinks.shared("c/d").unwrap()));
+    assert!(shared.read_only.load(Relaxed));
+    assert!(r[0].observed[0].contains("read-only"), "{:?}", r[0].observed);
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_millis(300), tap.read(&mut buf)).await;
+    assert!(n.is_err(), "the tap's stream must stay open: {n:?}");
+    assert_eq!(shared.counters.taps_connected.load(Relaxed), 1);
+    // Another change (the targets) makes the sink anew on the same port.
+    if let Spec::ShadowSink(s) = &mut d.spec {
+        s.targets.pop();
+    }
+    let r = sinks
+        .reconcile(std::slice::from_ref(&d), Scope::Changed)
+        .await;
+    assert_eq!((r[0].error.as_deref(), r[0].changes), (None, 1));
     assert_eq!(sinks.local_addr("c/d"), Some(addr));
     // The old sink's tap stream is closed: the tap reconnects to the new one.
-    let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), tap.read(&mut buf)).await;
     assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
     let shared = sinks.shared("c/d").unwrap();
