@@ -17,8 +17,8 @@
 #![feature(core_intrinsics, adt_const_params)]
 
 mod parse;
-mod tap;
 mod steer;
+mod tap;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use core::ptr::addr_of_mut;

@@ -242,8 +242,11 @@ struct Shared {
     watches: Mutex<HashMap<PathBuf, Watch>>,
     /// Sockets opened inside namespaces by whoever made them ([`HostEvents::adopt`]),
     /// with the identity of the namespace, for the next watch of that path.
-    pending: Mutex<HashMap<PathBuf, ((u64, u64), rtnetlink::sys::Socket)>>,
+    pending: Mutex<HashMap<PathBuf, Adopted>>,
 }
+
+/// A socket adopted for a namespace: the namespace's identity (device, inode) and the socket.
+type Adopted = ((u64, u64), rtnetlink::sys::Socket);
 
 /// A netlink socket opened inside a namespace by [`HostEvents::socket_here`], not bound
 /// yet: it receives nothing until a watch of the namespace starts with it.

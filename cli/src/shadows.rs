@@ -586,12 +586,22 @@ mod tests {
         assert!(policy_text(&p).contains("divert 2.5%, failover on port 80"));
         assert!(
             crate::Cli::try_parse_from([
-                "weft", "shadow", "policy", "x", "--failover-interval-ms", "50"
+                "weft",
+                "shadow",
+                "policy",
+                "x",
+                "--failover-interval-ms",
+                "50"
             ])
             .is_err(),
             "--failover-interval-ms needs --failover-port"
         );
-        assert!(ppm_of("--divert", "150%").unwrap_err().to_string().contains("--divert"));
+        assert!(
+            ppm_of("--divert", "150%")
+                .unwrap_err()
+                .to_string()
+                .contains("--divert")
+        );
         assert!(
             crate::Cli::try_parse_from(["weft", "shadow", "create", "x", "--production", "p"])
                 .is_err(),

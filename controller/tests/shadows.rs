@@ -947,7 +947,10 @@ async fn divert_and_failover_steer_production_to_the_shadow_and_a_failover_is_an
         let st = steer(&s, prod_host, &key)
             .unwrap_or_else(|| panic!("no steer {key} on production host {prod_host}"));
         assert_eq!(st.owner, "shadow/shop-shadow");
-        assert_eq!((st.network.as_str(), st.node.as_str()), ("shop", node.as_str()));
+        assert_eq!(
+            (st.network.as_str(), st.node.as_str()),
+            ("shop", node.as_str())
+        );
         assert_eq!(
             (st.target_network.as_str(), st.target_node.as_str()),
             ("shop-shadow", node.as_str())
@@ -959,10 +962,16 @@ async fn divert_and_failover_steer_production_to_the_shadow_and_a_failover_is_an
         assert_eq!(st.target_host, underlay("hv3"));
         assert_eq!(st.tunnel_id, u32::from(sink.listen_port));
         let health = st.failover.expect("failover check");
-        assert_eq!((health.port, health.interval_ms, health.failures), (80, 50, 2));
+        assert_eq!(
+            (health.port, health.interval_ms, health.failures),
+            (80, 50, 2)
+        );
         assert_eq!(health.probe, failover.probe.as_bytes());
         let t = steer_target(&s, "hv3", &key).expect("steer target on the copy's host");
-        assert_eq!((t.network.as_str(), t.node.as_str()), ("shop-shadow", node.as_str()));
+        assert_eq!(
+            (t.network.as_str(), t.node.as_str()),
+            ("shop-shadow", node.as_str())
+        );
         assert_eq!(t.origin_host, underlay(prod_host));
         assert_eq!(t.tunnel_id, st.tunnel_id);
         for (h, _) in HOSTS {
@@ -970,7 +979,10 @@ async fn divert_and_failover_steer_production_to_the_shadow_and_a_failover_is_an
                 assert!(steer(&s, h, &key).is_none(), "steer {key} also on {h}");
             }
             if h != "hv3" {
-                assert!(steer_target(&s, h, &key).is_none(), "target {key} also on {h}");
+                assert!(
+                    steer_target(&s, h, &key).is_none(),
+                    "target {key} also on {h}"
+                );
             }
         }
     }
@@ -1011,11 +1023,14 @@ async fn divert_and_failover_steer_production_to_the_shadow_and_a_failover_is_an
     recovered
         .steer_measurements
         .insert("failover_active".into(), 0.0);
-    s.control.report(web_host, recovered.observe(&s.control, web_host));
+    s.control
+        .report(web_host, recovered.observe(&s.control, web_host));
     s.shadows.check_degraded();
     match failover_event(&mut events).await {
         ShadowEvent::Failover {
-            node, active: false, ..
+            node,
+            active: false,
+            ..
         } => assert_eq!(node, "web"),
         other => panic!("not web's recovery: {other:?}"),
     }
@@ -1029,7 +1044,10 @@ async fn divert_and_failover_steer_production_to_the_shadow_and_a_failover_is_an
         let key = format!("shadow/shop-shadow/{node}");
         for (h, _) in HOSTS {
             assert!(steer(&s, h, &key).is_none(), "steer {key} left on {h}");
-            assert!(steer_target(&s, h, &key).is_none(), "target {key} left on {h}");
+            assert!(
+                steer_target(&s, h, &key).is_none(),
+                "target {key} left on {h}"
+            );
         }
         assert!(tap(&s, &prod.placement[node], &format!("shop-shadow/{node}")).is_some());
     }

@@ -3,8 +3,8 @@
 
 use weft_topology::import::{ImportReport, jsonl};
 use weft_topology::mapper::NoDirectory;
-use weft_topology::topology::{BucketConfig, Topology, TopologyLimits, check_fields};
 use weft_topology::observation::TrafficObservation;
+use weft_topology::topology::{BucketConfig, Topology, TopologyLimits, check_fields};
 
 use crate::l7::assert_label;
 

@@ -165,7 +165,10 @@ impl ShadowPolicy {
             if !(1..=65535).contains(&f.port) {
                 return Err(invalid(
                     "policy.failover.port",
-                    format!("{} is not a port (1..=65535): the port production is checked on", f.port),
+                    format!(
+                        "{} is not a port (1..=65535): the port production is checked on",
+                        f.port
+                    ),
                 ));
             }
             if f.interval_ms != 0 && !(10..=60_000).contains(&f.interval_ms) {
@@ -419,7 +422,10 @@ mod tests {
         }
         .checked()
         .expect("divert and failover are accepted");
-        assert_eq!(ok.to_wire().failover.expect("kept").probe, b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            ok.to_wire().failover.expect("kept").probe,
+            b"GET / HTTP/1.0\r\n\r\n"
+        );
         assert_eq!(
             field(ShadowPolicy {
                 window_start_minute: 600,

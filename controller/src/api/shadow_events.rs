@@ -176,7 +176,11 @@ mod tests {
                 at_unix_ns: 7,
             })
         };
-        let (a, b, r) = (failover("web", true), failover("db", true), failover("web", false));
+        let (a, b, r) = (
+            failover("web", true),
+            failover("db", true),
+            failover("web", false),
+        );
         assert_eq!(a.event_type, "weft.shadow.failover.activated");
         assert_eq!(r.event_type, "weft.shadow.failover.recovered");
         assert_eq!(a.data["node"], "web");

@@ -18,10 +18,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use agent_common::shadow;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use weft_lab::weft::Controller;
-use agent_common::shadow;
 use weft_lab::{Lab, eventually, skip_unless_root};
 
 use crate::networks::{TwoHypervisors, address, exec};
@@ -355,7 +355,7 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
     // puts c1 in and c2 out: the test predicts which client is sampled.
     let (c1, c2) = (address(&production, "c1")?, address(&production, "c2")?);
     let in_share = |seed: u32, addr: &str| -> Result<bool> {
-        let ip: std::net::Ipv4Addr = addr.parse().with_context(|| format!("{addr}"))?;
+        let ip: std::net::Ipv4Addr = addr.parse().with_context(|| addr.to_string())?;
         let mut client = [0u8; 16];
         client[..4].copy_from_slice(&ip.octets());
         let key = shadow::TapConnKey {
@@ -396,14 +396,20 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
             got.len(),
             sent3.len()
         );
-        phase(&format!("phase 3: client {c}: {} of {}", got.len(), sent3.len()));
+        phase(&format!(
+            "phase 3: client {c}: {} of {}",
+            got.len(),
+            sent3.len()
+        ));
     }
 
     // Divert: every new connection really goes to the shadow (no copies: nothing sampled).
     controller.json(
         "PUT",
         "/shadows/shsh/policy",
-        Some(&json!({"share_ppm": 0, "divert_ppm": 1_000_000, "key": "connection", "ports": [8080]})),
+        Some(
+            &json!({"share_ppm": 0, "divert_ppm": 1_000_000, "key": "connection", "ports": [8080]}),
+        ),
     )?;
     eventually(Duration::from_secs(30), Duration::from_millis(300), || {
         let s = shadow(controller)?;
@@ -412,8 +418,8 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
     })
     .with_context(logs)?;
     std::thread::sleep(Duration::from_secs(1));
-    let sent_d = run_client(&ns("c1"), &client_script, &api, 20, "d1", &["--posts"])
-        .with_context(logs)?;
+    let sent_d =
+        run_client(&ns("c1"), &client_script, &api, 20, "d1", &["--posts"]).with_context(logs)?;
     let got_d = settled(lab, "hv2", "shsh", "d1")?;
     let prod_d = settled(lab, "hv1", "shprod", "d1")?;
     ensure!(
@@ -424,7 +430,10 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
         sent_d.len()
     );
     for (id, r) in &got_d {
-        ensure!(sent_d.get(id) == Some(r), "{id}: diverted request not as sent");
+        ensure!(
+            sent_d.get(id) == Some(r),
+            "{id}: diverted request not as sent"
+        );
     }
     let s = eventually(Duration::from_secs(20), Duration::from_millis(500), || {
         let s = shadow(controller)?;
@@ -469,16 +478,23 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
     ensure!(!frozen.is_empty(), "no process in production's api node");
     let thaw = |pids: &[String]| {
         for p in pids {
-            let _ = std::process::Command::new("kill").args(["-CONT", p]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", p])
+                .status();
         }
     };
     for p in &frozen {
-        let _ = std::process::Command::new("kill").args(["-STOP", p]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", p])
+            .status();
     }
     let t_stop = Instant::now();
     let failed_over = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
         let s = shadow(controller)?;
-        ensure!(counter(&s, "nodes_failed_over") == 1, "not failed over: {s}");
+        ensure!(
+            counter(&s, "nodes_failed_over") == 1,
+            "not failed over: {s}"
+        );
         Ok(())
     });
     let seen_after = t_stop.elapsed();
@@ -516,7 +532,9 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
     controller.json(
         "PUT",
         "/shadows/shsh/policy",
-        Some(&json!({"share_ppm": 500_000, "key": "connection", "ports": [8080], "read_only": true})),
+        Some(
+            &json!({"share_ppm": 500_000, "key": "connection", "ports": [8080], "read_only": true}),
+        ),
     )?;
 
     // A stopped shadow costs production nothing: every request is still answered.
@@ -534,11 +552,15 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
     }
     ensure!(!stopped.is_empty(), "no process in the shadow's api nodes");
     for p in &stopped {
-        let _ = std::process::Command::new("kill").args(["-STOP", p]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", p])
+            .status();
     }
     let result = run_client(&ns("c2"), &client_script, &api, 60, "p4", &["--posts"]);
     for p in &stopped {
-        let _ = std::process::Command::new("kill").args(["-CONT", p]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", p])
+            .status();
     }
     result.context("production with its shadow stopped")?;
     phase("production unaffected by a stopped shadow");

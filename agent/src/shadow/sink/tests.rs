@@ -1516,7 +1516,11 @@ async fn a_changed_sink_keeps_its_port_and_ends_its_taps_streams() {
     assert_eq!((r[0].error.as_deref(), r[0].changes), (None, 1));
     assert!(Arc::ptr_eq(&shared, &sinks.shared("c/d").unwrap()));
     assert!(shared.read_only.load(Relaxed));
-    assert!(r[0].observed[0].contains("read-only"), "{:?}", r[0].observed);
+    assert!(
+        r[0].observed[0].contains("read-only"),
+        "{:?}",
+        r[0].observed
+    );
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_millis(300), tap.read(&mut buf)).await;
     assert!(n.is_err(), "the tap's stream must stay open: {n:?}");
