@@ -235,7 +235,8 @@ async fn main() -> anyhow::Result<()> {
             limits: Default::default(),
         },
         signal_tx.clone(),
-    );
+    )
+    .with_supervisor(supervisor.clone());
     let mut control = control::driver::ControlDriver {
         controller: link,
         host_id: args.host_id.clone(),

@@ -883,6 +883,64 @@ async fn a_shadow_near_its_memory_limit_gets_a_scaling_recommendation() {
     let w = info.to_wire();
     assert_eq!(w.scaling.len(), 1);
     assert_eq!(w.scaling[0].resource, "memory");
+
+    // With autoscale the recommendation is applied to production's definition, and the
+    // shadow and its noise baseline (mirrors) follow.
+    let mut events = s.shadows.subscribe();
+    let mut policy = info.policy.clone();
+    policy.autoscale = true;
+    s.shadows
+        .update_policy("shop-shadow", policy)
+        .await
+        .unwrap();
+    let want = r.recommended;
+    let mut applied = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while applied.is_none() {
+        assert!(Instant::now() < deadline, "not applied");
+        // The controller's own loop may be first.
+        s.shadows.sample_usage();
+        s.shadows.autoscale().await;
+        applied = s
+            .shadows
+            .info("shop-shadow")
+            .unwrap()
+            .scaling
+            .into_iter()
+            .find(|v| v.applied);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let applied = applied.unwrap();
+    assert_eq!((applied.node.as_str(), applied.resource), ("web", "memory"));
+    assert_eq!(applied.recommended, want);
+    for net in ["shop", "shop-shadow", "shop-shadow-baseline"] {
+        let n = s.networks.get(net).unwrap();
+        assert_eq!(
+            n.network.nodes["web"].memory_bytes,
+            Some(want),
+            "{net}'s web has the new limit"
+        );
+        // Only the limit changed: db keeps its (absent) limit.
+        assert_eq!(n.network.nodes["db"].memory_bytes, None, "{net}");
+    }
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a scaling event in time")
+            .unwrap();
+        if let ShadowEvent::ScalingApplied { view, .. } = e {
+            assert_eq!(view.recommended, want);
+            break;
+        }
+    }
+    // Under the new limit (600 MB of it) nothing more is called for, and a node is not
+    // changed twice within the cooldown.
+    s.shadows.sample_usage();
+    assert_eq!(s.shadows.autoscale().await, 0);
+    assert_eq!(
+        s.networks.get("shop").unwrap().network.nodes["web"].memory_bytes,
+        Some(want)
+    );
 }
 
 fn steer(s: &AppState, host: &str, key: &str) -> Option<Steer> {

@@ -336,6 +336,9 @@ pub struct SinkReconciler {
     config: SinkConfig,
     signals: mpsc::Sender<DriftSignal>,
     sinks: Mutex<HashMap<String, Sink>>,
+    /// The nodes' supervisor: the shadow copies' cgroup usage goes into the report
+    /// (`shadow_cpu_seconds`, ... and `baseline_*`), the evidence of scaling.
+    supervisor: Option<Arc<weft_noderun::Supervisor>>,
 }
 
 impl SinkReconciler {
@@ -344,7 +347,31 @@ impl SinkReconciler {
             config,
             signals,
             sinks: Mutex::new(HashMap::new()),
+            supervisor: None,
         }
+    }
+
+    /// Reports the targets' cgroup usage from `supervisor` (the nodes run under it).
+    pub fn with_supervisor(mut self, supervisor: Arc<weft_noderun::Supervisor>) -> Self {
+        self.supervisor = Some(supervisor);
+        self
+    }
+
+    /// The targets' cgroup usage as measurements: the shadow's copy `shadow_*`, the noise
+    /// baseline's `baseline_*`.
+    fn usage(&self, spec: &SinkSpec) -> Vec<(String, f64)> {
+        let Some(sup) = &self.supervisor else {
+            return Vec::new();
+        };
+        spec.targets
+            .iter()
+            .zip(["shadow", "baseline"])
+            .filter_map(|((network, node), prefix)| {
+                sup.usage(&format!("{network}/{node}"))
+                    .map(|u| crate::shadow::tap_reconciler::usage_measurements(prefix, &u))
+            })
+            .flatten()
+            .collect()
     }
 
     /// The shared state of sink `key`.
@@ -436,7 +463,7 @@ impl SinkReconciler {
         })
     }
 
-    fn report(key: &str, sink: &Sink, changes: usize) -> ResourceReport {
+    fn report(&self, key: &str, sink: &Sink, changes: usize) -> ResourceReport {
         let s = &sink.shared;
         ResourceReport {
             key: key.to_owned(),
@@ -446,7 +473,12 @@ impl SinkReconciler {
                     "synthetic load {l} is not made by this agent's sink: only sampled connections are replayed"
                 )
             }),
-            measurements: s.counters.measurements(),
+            measurements: s
+                .counters
+                .measurements()
+                .into_iter()
+                .chain(self.usage(&s.spec))
+                .collect(),
             observed: vec![format!(
                 "shadow sink {} on {} -> {}{} ({} taps connected)",
                 s.spec.shadow,
@@ -536,7 +568,7 @@ impl Reconciler for SinkReconciler {
                         if changes > 0 {
                             info!(key = %d.key, read_only = spec.read_only, "shadow sink read-only mode changed");
                         }
-                        reports.push(Self::report(&d.key, s, changes));
+                        reports.push(self.report(&d.key, s, changes));
                     }
                     continue;
                 }
@@ -544,7 +576,7 @@ impl Reconciler for SinkReconciler {
                 let previous = sinks.remove(&d.key);
                 match self.start(&d.key, spec, previous) {
                     Ok(s) => {
-                        reports.push(Self::report(&d.key, &s, 1));
+                        reports.push(self.report(&d.key, &s, 1));
                         sinks.insert(d.key.clone(), s);
                     }
                     Err(e) => reports.push(ResourceReport {

@@ -43,6 +43,8 @@ const STORE_PREFIX: &str = "shadows/";
 const EVENT_CHANNEL: usize = 256;
 /// Ports the sinks listen on (below the networks' replication ports, 40000..60000).
 pub const SINK_PORTS: std::ops::RangeInclusive<u16> = 39_000..=39_999;
+/// A node's limit is changed by autoscale at most this often.
+pub const SCALE_COOLDOWN: Duration = Duration::from_secs(60);
 /// How often the state of every shadow is looked at for `weft.shadow.degraded`.
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -119,6 +121,11 @@ pub enum ShadowEvent {
         id: String,
         at_unix_ns: u64,
     },
+    /// A scaling recommendation appeared (or its value changed), with its evidence.
+    ScalingRecommended { id: String, view: ScalingView },
+    /// A recommendation was applied (the policy's `autoscale`): production's definition
+    /// (and so its mirrors') has the new limit.
+    ScalingApplied { id: String, view: ScalingView },
     /// Production's node failed its health check and new connections go to the shadow
     /// (`active`), or it passes again and they go back (as the production host's steer
     /// reported it).
@@ -139,7 +146,9 @@ impl ShadowEvent {
             | Self::PolicyChanged { id, .. }
             | Self::Degraded { id, .. }
             | Self::Deleted { id, .. }
-            | Self::Failover { id, .. } => id,
+            | Self::Failover { id, .. }
+            | Self::ScalingRecommended { id, .. }
+            | Self::ScalingApplied { id, .. } => id,
         }
     }
 
@@ -150,6 +159,9 @@ impl ShadowEvent {
             | Self::Degraded { at_unix_ns, .. }
             | Self::Deleted { at_unix_ns, .. }
             | Self::Failover { at_unix_ns, .. } => *at_unix_ns,
+            Self::ScalingRecommended { view, .. } | Self::ScalingApplied { view, .. } => {
+                view.at_unix_ns
+            }
         }
     }
 }
@@ -267,8 +279,8 @@ pub struct ShadowInfo {
     pub revision: u64,
     /// Sampled node -> its sink's host and port.
     pub sinks: BTreeMap<String, SinkPlacement>,
-    /// Scaling recommendations in force (the latest per node and resource), reported
-    /// only: the policy's `autoscale` is not applied yet.
+    /// Scaling recommendations in force (the latest per node and resource), and those
+    /// applied (`applied`, with the policy's `autoscale`) that no newer one replaced.
     pub scaling: Vec<ScalingView>,
 }
 
@@ -376,6 +388,8 @@ pub struct ShadowManager {
     usage: Mutex<BTreeMap<(String, String), std::collections::VecDeque<scaling::UsageSample>>>,
     /// Shadow -> its recommendations in force.
     recommendations: Mutex<BTreeMap<String, Vec<ScalingView>>>,
+    /// Shadow -> the recommendations applied (the latest per node and resource).
+    applied: Mutex<BTreeMap<String, Vec<ScalingView>>>,
     scaling_config: Mutex<scaling::ScalingConfig>,
     /// One create/update/delete at a time.
     ops: tokio::sync::Mutex<()>,
@@ -447,6 +461,7 @@ impl ShadowManager {
             failed_over: Mutex::default(),
             usage: Mutex::default(),
             recommendations: Mutex::default(),
+            applied: Mutex::default(),
             scaling_config: Mutex::new(scaling::ScalingConfig::default()),
             ops: tokio::sync::Mutex::new(()),
             events: broadcast::channel(EVENT_CHANNEL).0,
@@ -969,6 +984,7 @@ impl ShadowManager {
         lock(&self.failed_over).retain(|(s, _), _| s != id);
         lock(&self.usage).retain(|(s, _), _| s != id);
         lock(&self.recommendations).remove(id);
+        lock(&self.applied).remove(id);
         for n in rec.networks().iter().rev() {
             match self.networks.delete(n).await {
                 Ok(_) | Err(NetworkError::NotFound(_)) => {}
@@ -1111,10 +1127,7 @@ impl ShadowManager {
             noise_baseline: rec.noise_baseline,
             revision: rec.revision,
             sinks: rec.sinks.clone(),
-            scaling: lock(&self.recommendations)
-                .get(&rec.id)
-                .cloned()
-                .unwrap_or_default(),
+            scaling: self.scaling_of(&rec.id),
         }
     }
 
@@ -1286,6 +1299,20 @@ impl ShadowManager {
                 }
             }
             let mut recs = lock(&self.recommendations);
+            for v in &views {
+                let known = recs.get(&rec.id).is_some_and(|old| {
+                    old.iter().any(|o| {
+                        o.node == v.node && o.resource == v.resource && o.recommended == v.recommended
+                    })
+                });
+                if !known {
+                    info!(shadow = %rec.id, node = %v.node, resource = v.resource, current = v.current, recommended = v.recommended, reason = %v.reason, "scaling recommended");
+                    let _ = self.events.send(ShadowEvent::ScalingRecommended {
+                        id: rec.id.clone(),
+                        view: v.clone(),
+                    });
+                }
+            }
             // The latest per node and resource: a node that calls for nothing now keeps
             // none.
             if views.is_empty() {
@@ -1294,6 +1321,104 @@ impl ShadowManager {
                 recs.insert(rec.id.clone(), views);
             }
         }
+    }
+
+    /// The recommendations in force, and those applied that no newer one replaced.
+    fn scaling_of(&self, id: &str) -> Vec<ScalingView> {
+        let mut out = lock(&self.recommendations)
+            .get(id)
+            .cloned()
+            .unwrap_or_default();
+        for a in lock(&self.applied).get(id).into_iter().flatten() {
+            if !out
+                .iter()
+                .any(|v| v.node == a.node && v.resource == a.resource && v.at_unix_ns > a.at_unix_ns)
+            {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+
+    /// Applies the recommendations of every shadow whose policy has `autoscale`: the
+    /// production network's definition gets the recommended CPU or memory limit
+    /// ([`NetworkManager::update`]); its mirrors, the shadow and its noise baseline among
+    /// them, follow, and the agents change the limits in place (nothing restarts). The
+    /// node's usage samples start over (the window saw the old limit); a node and
+    /// resource is changed at most once per [`SCALE_COOLDOWN`]. Returns the changes made.
+    pub async fn autoscale(&self) -> usize {
+        let mut made = 0;
+        for rec in self.list() {
+            if !rec.policy.autoscale {
+                continue;
+            }
+            let now = now_unix_ns();
+            let todo: Vec<ScalingView> = lock(&self.recommendations)
+                .get(&rec.id)
+                .into_iter()
+                .flatten()
+                .filter(|v| {
+                    !lock(&self.applied).get(&rec.id).into_iter().flatten().any(|a| {
+                        a.node == v.node
+                            && a.resource == v.resource
+                            && now.saturating_sub(a.at_unix_ns) < SCALE_COOLDOWN.as_nanos() as u64
+                    })
+                })
+                .cloned()
+                .collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let Some(prod) = self.networks.get(&rec.production) else {
+                continue;
+            };
+            let mut net = prod.network.clone();
+            let mut changed = Vec::new();
+            for v in todo {
+                let Some(n) = net.nodes.get_mut(&v.node) else {
+                    continue;
+                };
+                match v.resource {
+                    "cpu" => n.cpu_millis = Some(u32::try_from(v.recommended).unwrap_or(u32::MAX)),
+                    "memory" => n.memory_bytes = Some(v.recommended),
+                    _ => continue,
+                }
+                changed.push(v);
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            let tdl = weft_tdl::format(&net);
+            let _op = self.ops.lock().await;
+            if let Err(e) = self
+                .networks
+                .update(&rec.production, &tdl, &prod.file_name)
+                .await
+            {
+                warn!(shadow = %rec.id, production = %rec.production, error = %e, "scaling not applied");
+                continue;
+            }
+            for mut v in changed {
+                v.applied = true;
+                v.at_unix_ns = now_unix_ns();
+                info!(shadow = %rec.id, node = %v.node, resource = v.resource, from = v.current, to = v.recommended, "scaling applied to production and its mirrors");
+                lock(&self.usage).remove(&(rec.id.clone(), v.node.clone()));
+                if let Some(r) = lock(&self.recommendations).get_mut(&rec.id) {
+                    r.retain(|o| !(o.node == v.node && o.resource == v.resource));
+                }
+                let mut applied = lock(&self.applied);
+                let list = applied.entry(rec.id.clone()).or_default();
+                list.retain(|o| !(o.node == v.node && o.resource == v.resource));
+                list.push(v.clone());
+                drop(applied);
+                let _ = self.events.send(ShadowEvent::ScalingApplied {
+                    id: rec.id.clone(),
+                    view: v,
+                });
+                made += 1;
+            }
+        }
+        made
     }
 
     /// Looks at every shadow's state once a second ([`Self::check_degraded`]) until the
@@ -1309,6 +1434,7 @@ impl ShadowManager {
                 let Some(this) = this.upgrade() else { return };
                 this.check_degraded();
                 this.sample_usage();
+                this.autoscale().await;
             }
         }))
     }

@@ -51,7 +51,8 @@ pub struct ShadowPolicy {
     /// `ports` goes to the shadow (divert at 100 %; established ones stay).
     #[serde(default)]
     pub failover: Option<FailoverCheck>,
-    /// Apply scaling recommendations. Not wired yet: refused when true.
+    /// Apply scaling recommendations to the production network's definition (its mirrors,
+    /// the shadow among them, follow): CPU and memory limits change in place.
     #[serde(default)]
     pub autoscale: bool,
 }
@@ -189,14 +190,6 @@ impl ShadowPolicy {
                     format!("{} bytes: at most {MAX_PROBE}", f.probe.len()),
                 ));
             }
-        }
-        // Autoscale needs the recommendations applied to both environments' limits;
-        // until then it is refused rather than ignored.
-        if self.autoscale {
-            return Err(invalid(
-                "policy.autoscale",
-                "autoscale is not available from this controller yet; leave it false",
-            ));
         }
         if self.window_start_minute == self.window_end_minute && self.window_start_minute != 0 {
             return Err(invalid(
@@ -373,13 +366,6 @@ mod tests {
                 ..Default::default()
             }),
             "policy.divert_ppm"
-        );
-        assert_eq!(
-            field(ShadowPolicy {
-                autoscale: true,
-                ..Default::default()
-            }),
-            "policy.autoscale"
         );
         assert_eq!(
             field(ShadowPolicy {

@@ -88,6 +88,14 @@ pub fn from_shadow(event: &ShadowEvent) -> ShadowCloudEvent {
             json!({ "shadow": id, "error": error }),
         ),
         ShadowEvent::Deleted { .. } => ("weft.shadow.deleted", json!({ "shadow": id })),
+        ShadowEvent::ScalingRecommended { view, .. } => (
+            "weft.shadow.scaling.recommended",
+            json!({ "shadow": id, "recommendation": view }),
+        ),
+        ShadowEvent::ScalingApplied { view, .. } => (
+            "weft.shadow.scaling.applied",
+            json!({ "shadow": id, "recommendation": view }),
+        ),
         ShadowEvent::Failover {
             node,
             active,
@@ -104,6 +112,9 @@ pub fn from_shadow(event: &ShadowEvent) -> ShadowCloudEvent {
     };
     let id_suffix = match event {
         ShadowEvent::Failover { node, .. } => format!("/{node}"),
+        ShadowEvent::ScalingRecommended { view, .. } | ShadowEvent::ScalingApplied { view, .. } => {
+            format!("/{}/{}", view.node, view.resource)
+        }
         _ => String::new(),
     };
     ShadowCloudEvent {
