@@ -41,6 +41,7 @@
 
 pub mod reassembly;
 pub mod sink;
+pub mod synthetic;
 pub mod tap;
 pub mod tap_policy;
 pub mod tap_reconciler;

@@ -33,6 +33,8 @@ use weft_proto::v1::{ShadowEndpointStats, ShadowFrame, ShadowHello, ShadowReport
 use weft_shadow::replay::{ReplayConfig, ReplayCounters};
 use weft_shadow::{Limits, Replay, Stats};
 
+use super::synthetic::{self, ConnectionRecorder, Load, Recording, SyntheticCounters};
+
 use crate::control::{
     DesiredResource, Drift, DriftSignal, REFRESH, Reconciler, ResourceReport, Scope,
 };
@@ -87,9 +89,10 @@ pub struct SinkSpec {
     /// The targets' namespaces (shadow first, noise baseline second).
     pub targets: Vec<(String, String)>,
     pub read_only: bool,
-    /// Synthetic load asked for (`multiplier` > 0): not made by this sink, and said so in
-    /// its report.
-    pub synthetic: Option<String>,
+    /// Synthetic load asked for (`multiplier` > 0): the recorded requests replayed into
+    /// the shadow at that multiple of their rate (`synthetic`); a new `generation` starts
+    /// a new run.
+    pub synthetic: Option<Load>,
 }
 
 impl SinkSpec {
@@ -127,16 +130,10 @@ impl SinkSpec {
             peers,
             targets,
             read_only: s.read_only,
-            synthetic: s
-                .synthetic
-                .as_ref()
-                .filter(|l| l.multiplier > 0.0)
-                .map(|l| {
-                    format!(
-                        "{}x for {} s (run {})",
-                        l.multiplier, l.duration_seconds, l.generation
-                    )
-                }),
+            synthetic: match &s.synthetic {
+                Some(l) => Load::from_wire(l)?,
+                None => None,
+            },
         })
     }
 }
@@ -193,6 +190,9 @@ impl SinkCounters {
 /// What a sink's tasks share.
 pub struct SinkShared {
     spec: SinkSpec,
+    /// What was replayed into the shadow, for synthetic load.
+    pub recording: Recording,
+    pub synthetic: Arc<SyntheticCounters>,
     /// The spec's `read_only`, changed in place (a policy change must not end the taps'
     /// streams): connections replayed from then on follow it.
     read_only: AtomicBool,
@@ -310,12 +310,16 @@ impl SinkShared {
             .wrapping_add(c.connections_failed.load(Relaxed) << 24)
             .wrapping_add(c.taps_connected.load(Relaxed) << 32)
             .wrapping_add(c.connections_dropped.load(Relaxed) << 40)
+            .wrapping_add(self.synthetic.requests.load(Relaxed) << 48)
+            .wrapping_add(self.synthetic.runs_finished.load(Relaxed) << 56)
     }
 }
 
 struct Sink {
     shared: Arc<SinkShared>,
     tasks: Vec<JoinHandle<()>>,
+    /// The synthetic run asked for last, and its task.
+    synthetic: Option<(Load, JoinHandle<()>)>,
     /// Where it listens.
     local: SocketAddr,
     /// Kept here too: a sink restarted on the same port takes it over (an aborted task
@@ -327,6 +331,44 @@ impl Drop for Sink {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some((_, t)) = &self.synthetic {
+            t.abort();
+        }
+    }
+}
+
+impl Sink {
+    /// Starts the run `load` asks for when it is new (another generation, multiplier or
+    /// duration); none asked: a run in progress stops. Returns the changes made.
+    fn synthesize(&mut self, key: &str, load: Option<Load>) -> usize {
+        match (load, &self.synthetic) {
+            (Some(l), Some((now, _))) if *now == l => 0,
+            (Some(l), _) => {
+                if let Some((_, t)) = self.synthetic.take() {
+                    t.abort();
+                }
+                let Some(netns) = self.shared.target_netns.first().cloned() else {
+                    return 0;
+                };
+                let recording = self.shared.recording.snapshot();
+                info!(key, recorded = recording.len(), multiplier = l.multiplier, "shadow sink: synthetic load asked for");
+                let task = tokio::spawn(synthetic::run(
+                    l,
+                    recording,
+                    netns,
+                    self.shared.synthetic.clone(),
+                ));
+                self.synthetic = Some((l, task));
+                1
+            }
+            (None, Some(_)) => {
+                if let Some((_, t)) = self.synthetic.take() {
+                    t.abort();
+                }
+                1
+            }
+            (None, None) => 0,
         }
     }
 }
@@ -437,6 +479,8 @@ impl SinkReconciler {
             })
             .collect();
         let shared = Arc::new(SinkShared {
+            recording: Recording::default(),
+            synthetic: Arc::default(),
             read_only: AtomicBool::new(spec.read_only),
             recent_ids: Mutex::new(vec![VecDeque::new(); spec.targets.len()]),
             spec,
@@ -457,6 +501,7 @@ impl SinkReconciler {
         ));
         Ok(Sink {
             shared,
+            synthetic: None,
             tasks: vec![serve, refresh],
             local,
             listener,
@@ -467,16 +512,16 @@ impl SinkReconciler {
         let s = &sink.shared;
         ResourceReport {
             key: key.to_owned(),
-            // Never silently ignored: the sampled replay runs, the synthetic load does not.
-            error: s.spec.synthetic.as_ref().map(|l| {
-                format!(
-                    "synthetic load {l} is not made by this agent's sink: only sampled connections are replayed"
-                )
-            }),
+            error: None,
             measurements: s
                 .counters
                 .measurements()
                 .into_iter()
+                .chain(s.synthetic.measurements())
+                .chain([(
+                    "synthetic_recorded_connections".to_owned(),
+                    s.recording.len() as f64,
+                )])
                 .chain(self.usage(&s.spec))
                 .collect(),
             observed: vec![format!(
@@ -557,14 +602,16 @@ impl Reconciler for SinkReconciler {
                 let keep = sinks.get(&d.key).is_some_and(|s| {
                     SinkSpec {
                         read_only: spec.read_only,
+                        synthetic: spec.synthetic,
                         ..s.shared.spec.clone()
                     } == spec
                         && s.tasks.iter().all(|t| !t.is_finished())
                 });
                 if keep {
-                    if let Some(s) = sinks.get(&d.key) {
+                    if let Some(s) = sinks.get_mut(&d.key) {
                         let was = s.shared.read_only.swap(spec.read_only, Relaxed);
-                        let changes = usize::from(was != spec.read_only);
+                        let changes = usize::from(was != spec.read_only)
+                            + s.synthesize(&d.key, spec.synthetic);
                         if changes > 0 {
                             info!(key = %d.key, read_only = spec.read_only, "shadow sink read-only mode changed");
                         }
@@ -574,8 +621,10 @@ impl Reconciler for SinkReconciler {
                 }
                 // Stopped first; a new one on the same port takes its listener over.
                 let previous = sinks.remove(&d.key);
+                let load = spec.synthetic;
                 match self.start(&d.key, spec, previous) {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        s.synthesize(&d.key, load);
                         reports.push(self.report(&d.key, &s, 1));
                         sinks.insert(d.key.clone(), s);
                     }
@@ -907,7 +956,7 @@ enum Event {
     Failed { t: usize, error: String },
 }
 
-async fn connect(netns: PathBuf, server: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+pub(super) async fn connect(netns: PathBuf, server: SocketAddr) -> Result<tokio::net::TcpStream, String> {
     let s = crate::hostevents::in_netns(&netns, move || {
         let s = std::net::TcpStream::connect_timeout(&server, CONNECT_TIMEOUT)?;
         s.set_nonblocking(true)?;
@@ -1054,6 +1103,7 @@ async fn replay_connection(
         return;
     }
     shared.counters.connections_replayed.fetch_add(1, Relaxed);
+    let mut recorder = ConnectionRecorder::new(server);
     let mut reported = ReplayCounters::default();
     let mut closing: Option<tokio::time::Instant> = None;
     let mut frames_open = true;
@@ -1099,6 +1149,9 @@ async fn replay_connection(
                                             if !replay.alive(t) {
                                                 *w = None;
                                                 continue;
+                                            }
+                                            if t == 0 {
+                                                recorder.sent(f.at_unix_ns, &o.bytes);
                                             }
                                             if tx.try_send((o.key, o.bytes.clone())).is_err() {
                                                 warn!(target = t, "shadow sink: target too slow, its replay dropped");
@@ -1180,6 +1233,9 @@ async fn replay_connection(
         .requests_unpaired
         .fetch_add(replay.pending() as u64, Relaxed);
     drop(guard);
+    if let Some(c) = recorder.finish() {
+        shared.recording.push(c);
+    }
 }
 
 fn record_ids(shared: &SinkShared, t: usize, ids: impl Iterator<Item = String>) {

@@ -651,18 +651,49 @@ async fn sinks_reject_specs_they_cannot_make_and_taps_of_other_hosts() {
         .await
     );
     assert_eq!(shared.counters.taps_connected.load(Relaxed), 0);
-    // Synthetic load is not made here: the sink runs, and its report says so.
+    // Synthetic load starts a run in place (nothing recorded yet: it ends at once).
+    let load = |multiplier, generation| weft_proto::v1::SyntheticLoad {
+        multiplier,
+        duration_seconds: 1,
+        generation,
+    };
     if let Spec::ShadowSink(s) = &mut d.spec {
-        s.synthetic = Some(weft_proto::v1::SyntheticLoad {
-            multiplier: 3.0,
-            duration_seconds: 60,
-            generation: 1,
-        });
+        s.synthetic = Some(load(3.0, 1));
+    }
+    let r = sinks.reconcile(std::slice::from_ref(&d), Scope::All).await;
+    assert_eq!((r[0].error.as_deref(), r[0].changes), (None, 1), "{r:?}");
+    assert!(Arc::ptr_eq(&shared, &sinks.shared("x/y").unwrap()));
+    assert!(
+        eventually(Duration::from_secs(5), || shared
+            .synthetic
+            .runs_finished
+            .load(Relaxed)
+            == 1)
+        .await
+    );
+    // The same load again starts nothing; a new generation another run.
+    let r = sinks.reconcile(std::slice::from_ref(&d), Scope::All).await;
+    assert_eq!(r[0].changes, 0, "{r:?}");
+    if let Spec::ShadowSink(s) = &mut d.spec {
+        s.synthetic = Some(load(3.0, 2));
+    }
+    let r = sinks.reconcile(std::slice::from_ref(&d), Scope::All).await;
+    assert_eq!(r[0].changes, 1, "{r:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || shared
+            .synthetic
+            .runs_finished
+            .load(Relaxed)
+            == 2)
+        .await
+    );
+    // A load that cannot be made is refused, naming it.
+    if let Spec::ShadowSink(s) = &mut d.spec {
+        s.synthetic = Some(load(-1.0, 3));
     }
     let r = sinks.reconcile(std::slice::from_ref(&d), Scope::All).await;
     let e = r[0].error.as_deref().unwrap_or_default();
-    assert!(e.contains("synthetic load 3x"), "{r:?}");
-    assert!(sinks.local_addr("x/y").is_some());
+    assert!(e.contains("synthetic multiplier"), "{r:?}");
 }
 
 fn redis_cli(ns: &NodeNs, args: &[&str]) -> String {
@@ -1438,6 +1469,8 @@ fn the_sink_wide_budgets_are_given_back_when_frames_and_connections_go() {
             synthetic: None,
         },
         read_only: std::sync::atomic::AtomicBool::new(false),
+        recording: Default::default(),
+        synthetic: Default::default(),
         target_netns: vec![],
         limits: Limits::default(),
         stats: Mutex::new(Stats::default()),
@@ -1820,6 +1853,42 @@ async fn the_real_tap_streams_to_the_real_sink_and_the_shadow_gets_production_re
     let get = st.endpoint("GET /e2e").expect("GET /e2e");
     assert_eq!((get.production_requests, get.shadow_requests), (1, 1));
     drop(st);
+
+    // Synthetic load: the recorded connection (three requests) replayed into the shadow
+    // at twice its rate for 2 s. One connection recorded: a cycle is 1 s at 1x, 0.5 s at
+    // 2x, so four connections start (0, 0.5, 1, 1.5 s): twelve requests, each
+    // byte-identical to what production got.
+    assert!(eventually(Duration::from_secs(10), || shared.recording.len() == 1).await);
+    let mut again = d[0].clone();
+    if let Spec::ShadowSink(s) = &mut again.spec {
+        s.synthetic = Some(weft_proto::v1::SyntheticLoad {
+            multiplier: 2.0,
+            duration_seconds: 2,
+            generation: 1,
+        });
+    }
+    let r = sinks.reconcile(std::slice::from_ref(&again), Scope::All).await;
+    assert_eq!((r[0].error.as_deref(), r[0].changes), (None, 1), "{r:?}");
+    assert!(
+        eventually(Duration::from_secs(15), || shared
+            .synthetic
+            .runs_finished
+            .load(Relaxed)
+            == 1)
+        .await
+    );
+    assert_eq!(shared.synthetic.connections.load(Relaxed), 4);
+    assert_eq!(shared.synthetic.requests.load(Relaxed), 12);
+    assert_eq!(shared.synthetic.failed.load(Relaxed), 0);
+    assert!(eventually(Duration::from_secs(10), || logged(&shadow_log).len() == 15).await);
+    let all = logged(&shadow_log);
+    for (i, s) in all[3..].iter().enumerate() {
+        let p = &prod[i % 3];
+        assert_eq!((&p["line"], &p["sha256"]), (&s["line"], &s["sha256"]), "{i}");
+    }
+    let m = &r[0].measurements;
+    assert!(m.iter().any(|(n, _)| n == "synthetic_runs_started"), "{m:?}");
+
     assert!(engine.remove(key));
     engine.shutdown();
     dp.lock().expect("datapath").detach_all();
