@@ -92,6 +92,20 @@ pub enum ShadowCommand {
         #[command(flatten)]
         policy: PolicyArgs,
     },
+    /// Replay what the shadow's sinks recorded into the shadow at a multiple of its
+    /// recorded rate (a load test with production's own requests).
+    Synthetic {
+        id: String,
+        /// Times the recorded rate, e.g. 3 (three times as fast).
+        #[arg(long, required_unless_present = "stop")]
+        multiplier: Option<f64>,
+        /// How long, in seconds.
+        #[arg(long, default_value_t = 60)]
+        duration: u32,
+        /// Stop a run in progress.
+        #[arg(long, conflicts_with = "multiplier")]
+        stop: bool,
+    },
     /// Stop sampling and remove the shadow's networks.
     Delete {
         id: String,
@@ -291,6 +305,28 @@ fn show(s: &Value) -> String {
         c["requests_replayed"],
         c["requests_skipped_write"],
     ));
+    if c["connections_diverted"].as_u64().unwrap_or(0) > 0
+        || c["nodes_failed_over"].as_u64().unwrap_or(0) > 0
+    {
+        out.push_str(&format!(
+            "  steered: {} connections diverted; {} nodes failed over now\n",
+            c["connections_diverted"], c["nodes_failed_over"]
+        ));
+    }
+    if let Some(run) = s["synthetic"].as_object() {
+        out.push_str(&format!(
+            "  synthetic load: run {} at {}x for {} s; {} connections, {} requests sent, {} runs done\n",
+            run.get("generation").cloned().unwrap_or_default(),
+            run.get("multiplier_milli")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
+                / 1000.0,
+            run.get("duration_seconds").cloned().unwrap_or_default(),
+            c["synthetic_connections"],
+            c["synthetic_requests"],
+            c["synthetic_runs_finished"],
+        ));
+    }
     for r in s["scaling"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "  scale {} {}: {} -> {}{} ({})\n",
@@ -472,6 +508,32 @@ pub fn run(base: &str, command: &ShadowCommand) -> anyhow::Result<String> {
             &format!("/shadows/{}/policy", enc(id)),
             Some(&policy.to_json()?),
         )?)),
+        ShadowCommand::Synthetic {
+            id,
+            multiplier,
+            duration,
+            stop,
+        } => {
+            let body = json!({
+                "multiplier": if *stop { 0.0 } else { multiplier.unwrap_or(0.0) },
+                "duration_seconds": if *stop { 0 } else { *duration },
+            });
+            let s = call(
+                base,
+                "POST",
+                &format!("/shadows/{}/synthetic", enc(id)),
+                Some(&body),
+            )?;
+            Ok(if *stop {
+                format!("synthetic load stopped: {}", summary_line(&s))
+            } else {
+                format!(
+                    "synthetic load asked (run {}): {}",
+                    s["synthetic"]["generation"],
+                    summary_line(&s)
+                )
+            })
+        }
         ShadowCommand::Delete { id } => {
             let s = call(base, "DELETE", &format!("/shadows/{}", enc(id)), None)?;
             Ok(format!("deleted {}", summary_line(&s)))

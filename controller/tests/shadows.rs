@@ -1127,3 +1127,81 @@ async fn divert_and_failover_steer_production_to_the_shadow_and_a_failover_is_an
         assert!(left.is_empty(), "{host}: {left:?}");
     }
 }
+
+#[tokio::test]
+async fn synthetic_load_goes_to_the_sinks_only_as_a_new_run_each_time() {
+    let s = state_on(Arc::new(MemoryStore::default()), true).await;
+    let mut a = agent();
+    a.sink_measurements = [
+        ("synthetic_connections", 7.0),
+        ("synthetic_requests", 21.0),
+        ("synthetic_runs_finished", 1.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let _agents = production(&s, a).await;
+    s.shadows.create(request("shop-shadow")).await.unwrap();
+    let rec = s.shadows.get("shop-shadow").unwrap();
+    let prod = s.networks.get("shop").unwrap();
+    let taps_before: Vec<u64> = rec
+        .nodes
+        .iter()
+        .map(|n| tap(&s, &prod.placement[n], &format!("shop-shadow/{n}")).unwrap().0)
+        .collect();
+    let mut events = s.shadows.subscribe();
+    let info = s.shadows.synthetic("shop-shadow", 3.0, 60).await.unwrap();
+    assert_eq!(info.synthetic.as_ref().unwrap().generation, 1);
+    for n in &rec.nodes {
+        let (_, k) = sink(&s, "hv3", &format!("shop-shadow/{n}")).unwrap();
+        let l = k.synthetic.expect("the sink has the load");
+        assert_eq!((l.multiplier, l.duration_seconds, l.generation), (3.0, 60, 1));
+    }
+    // The taps are not touched.
+    let taps_after: Vec<u64> = rec
+        .nodes
+        .iter()
+        .map(|n| tap(&s, &prod.placement[n], &format!("shop-shadow/{n}")).unwrap().0)
+        .collect();
+    assert_eq!(taps_before, taps_after);
+    assert!(matches!(
+        events.try_recv(),
+        Ok(ShadowEvent::SyntheticAsked { generation: 1, .. })
+    ));
+    // The same load again is another run.
+    s.shadows.synthetic("shop-shadow", 3.0, 60).await.unwrap();
+    let (_, k) = sink(&s, "hv3", "shop-shadow/web").unwrap();
+    assert_eq!(k.synthetic.unwrap().generation, 2);
+    // The sinks' counters are summed (two sinks).
+    eventually("synthetic counters", || {
+        s.shadows
+            .info("shop-shadow")
+            .is_some_and(|i| i.counters.synthetic_requests == 42)
+    })
+    .await;
+    let c = s.shadows.info("shop-shadow").unwrap().counters;
+    assert_eq!((c.synthetic_connections, c.synthetic_runs_finished), (14, 2));
+    // Bad values are refused naming the field; nothing changes.
+    for (m, d, field) in [
+        (-1.0, 60, "multiplier"),
+        (f64::NAN, 60, "multiplier"),
+        (5000.0, 60, "multiplier"),
+        (2.0, 0, "duration_seconds"),
+        (2.0, 7200, "duration_seconds"),
+    ] {
+        let e = s.shadows.synthetic("shop-shadow", m, d).await.unwrap_err();
+        assert_eq!(field_of(e), field, "{m} {d}");
+    }
+    assert_eq!(
+        s.shadows.get("shop-shadow").unwrap().synthetic.unwrap().generation,
+        2
+    );
+    // Multiplier 0 stops it.
+    s.shadows.synthetic("shop-shadow", 0.0, 0).await.unwrap();
+    let (_, k) = sink(&s, "hv3", "shop-shadow/web").unwrap();
+    assert!(k.synthetic.is_none());
+    assert!(matches!(
+        s.shadows.synthetic("nope", 2.0, 10).await,
+        Err(ShadowError::NotFound(_))
+    ));
+}

@@ -37,7 +37,9 @@ use weft_proto::v1 as wire;
 use weft_store::Store;
 
 pub use analysis::EndpointAnalysis;
-pub use record::{FailoverCheck, ShadowPolicy, ShadowRecord, SinkPlacement, baseline};
+pub use record::{
+    FailoverCheck, ShadowPolicy, ShadowRecord, SinkPlacement, SyntheticRun, baseline,
+};
 
 const STORE_PREFIX: &str = "shadows/";
 const EVENT_CHANNEL: usize = 256;
@@ -121,6 +123,14 @@ pub enum ShadowEvent {
         id: String,
         at_unix_ns: u64,
     },
+    /// Synthetic load asked for (multiplier 0: a run stopped).
+    SyntheticAsked {
+        id: String,
+        multiplier: f64,
+        duration_seconds: u32,
+        generation: u64,
+        at_unix_ns: u64,
+    },
     /// A scaling recommendation appeared (or its value changed), with its evidence.
     ScalingRecommended { id: String, view: ScalingView },
     /// A recommendation was applied (the policy's `autoscale`): production's definition
@@ -147,6 +157,7 @@ impl ShadowEvent {
             | Self::Degraded { id, .. }
             | Self::Deleted { id, .. }
             | Self::Failover { id, .. }
+            | Self::SyntheticAsked { id, .. }
             | Self::ScalingRecommended { id, .. }
             | Self::ScalingApplied { id, .. } => id,
         }
@@ -158,7 +169,8 @@ impl ShadowEvent {
             | Self::PolicyChanged { at_unix_ns, .. }
             | Self::Degraded { at_unix_ns, .. }
             | Self::Deleted { at_unix_ns, .. }
-            | Self::Failover { at_unix_ns, .. } => *at_unix_ns,
+            | Self::Failover { at_unix_ns, .. }
+            | Self::SyntheticAsked { at_unix_ns, .. } => *at_unix_ns,
             Self::ScalingRecommended { view, .. } | Self::ScalingApplied { view, .. } => {
                 view.at_unix_ns
             }
@@ -202,6 +214,11 @@ pub struct ShadowCounters {
     pub connections_diverted: u64,
     /// Production nodes whose traffic is failed over to the shadow now. REST only.
     pub nodes_failed_over: u64,
+    /// Synthetic load: connections opened and requests sent into the shadow, runs done.
+    /// REST only.
+    pub synthetic_connections: u64,
+    pub synthetic_requests: u64,
+    pub synthetic_runs_finished: u64,
 }
 
 /// The taps' measurements summed into the counters.
@@ -215,11 +232,14 @@ const TAP_COUNTERS: [&str; 5] = [
 /// The steers' (divert and failover).
 const STEER_COUNTERS: [&str; 2] = ["connections_steered", "failover_active"];
 /// The sinks'.
-const SINK_COUNTERS: [&str; 4] = [
+const SINK_COUNTERS: [&str; 7] = [
     "requests_replayed",
     "requests_skipped_write",
     "connections_replayed",
     "connections_failed",
+    "synthetic_connections",
+    "synthetic_requests",
+    "synthetic_runs_finished",
 ];
 
 impl ShadowCounters {
@@ -242,6 +262,9 @@ impl ShadowCounters {
             "requests_skipped_write" => &mut self.requests_skipped_write,
             "connections_steered" => &mut self.connections_diverted,
             "failover_active" => &mut self.nodes_failed_over,
+            "synthetic_connections" => &mut self.synthetic_connections,
+            "synthetic_requests" => &mut self.synthetic_requests,
+            "synthetic_runs_finished" => &mut self.synthetic_runs_finished,
             _ => return,
         };
         *slot = slot.saturating_add(v);
@@ -279,6 +302,8 @@ pub struct ShadowInfo {
     pub revision: u64,
     /// Sampled node -> its sink's host and port.
     pub sinks: BTreeMap<String, SinkPlacement>,
+    /// The synthetic load asked for last. REST only.
+    pub synthetic: Option<SyntheticRun>,
     /// Scaling recommendations in force (the latest per node and resource), and those
     /// applied (`applied`, with the policy's `autoscale`) that no newer one replaced.
     pub scaling: Vec<ScalingView>,
@@ -571,7 +596,7 @@ impl ShadowManager {
                         })
                         .collect(),
                     read_only: rec.policy.read_only,
-                    synthetic: None,
+                    synthetic: rec.synthetic.as_ref().map(SyntheticRun::to_wire),
                 }),
             );
             // Divert and failover: new connections really go to the shadow's copy of the
@@ -896,6 +921,7 @@ impl ShadowManager {
             sinks,
             created_unix_ns: now_unix_ns(),
             revision: 1,
+            synthetic: None,
         };
         self.persist(&rec)?;
         lock(&self.records).insert(rec.id.clone(), rec.clone());
@@ -961,6 +987,53 @@ impl ShadowManager {
             id: id.to_owned(),
             policy,
             revision: rec.revision,
+            at_unix_ns: now_unix_ns(),
+        });
+        Ok(self.info_of(&rec))
+    }
+
+    /// Asks the sinks for synthetic load: what they recorded replayed into the shadow at
+    /// `multiplier` times its rate for `duration_seconds` (a new run each call);
+    /// `multiplier` 0 stops a run. Only the sinks are published again.
+    pub async fn synthetic(
+        &self,
+        id: &str,
+        multiplier: f64,
+        duration_seconds: u32,
+    ) -> Result<ShadowInfo, ShadowError> {
+        let _op = self.ops.lock().await;
+        let old = self.get(id).ok_or_else(|| missing(id))?;
+        let generation = old.synthetic.as_ref().map_or(1, |s| s.generation + 1);
+        let run = if multiplier == 0.0 {
+            None
+        } else {
+            Some(SyntheticRun::checked(
+                multiplier,
+                duration_seconds,
+                generation,
+                now_unix_ns(),
+            )?)
+        };
+        let rec = ShadowRecord {
+            synthetic: run.clone(),
+            revision: old.revision + 1,
+            ..old
+        };
+        self.persist(&rec)?;
+        lock(&self.records).insert(id.to_owned(), rec.clone());
+        self.publish(
+            &rec,
+            Parts {
+                taps: false,
+                sinks: true,
+            },
+        )?;
+        info!(shadow = %id, multiplier, duration_seconds, "synthetic load asked for");
+        let _ = self.events.send(ShadowEvent::SyntheticAsked {
+            id: id.to_owned(),
+            multiplier: run.as_ref().map_or(0.0, SyntheticRun::multiplier),
+            duration_seconds: run.as_ref().map_or(0, |r| r.duration_seconds),
+            generation: run.as_ref().map_or(0, |r| r.generation),
             at_unix_ns: now_unix_ns(),
         });
         Ok(self.info_of(&rec))
@@ -1127,6 +1200,7 @@ impl ShadowManager {
             noise_baseline: rec.noise_baseline,
             revision: rec.revision,
             sinks: rec.sinks.clone(),
+            synthetic: rec.synthetic.clone(),
             scaling: self.scaling_of(&rec.id),
         }
     }

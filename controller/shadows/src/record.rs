@@ -267,6 +267,68 @@ pub struct ShadowRecord {
     pub created_unix_ns: u64,
     /// Grows at every change of the record.
     pub revision: u64,
+    /// The synthetic load asked for last (the sinks replay what they recorded).
+    #[serde(default)]
+    pub synthetic: Option<SyntheticRun>,
+}
+
+/// Synthetic load: the requests the sinks recorded replayed into the shadow at
+/// `multiplier` times their rate for `duration_seconds`; a new `generation` is a new run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyntheticRun {
+    /// The multiplier in thousandths (3.0 is 3000): a record is `Eq`.
+    pub multiplier_milli: u32,
+    pub duration_seconds: u32,
+    pub generation: u64,
+    pub asked_unix_ns: u64,
+}
+
+/// Largest synthetic multiplier, and longest run.
+pub const MAX_SYNTHETIC_MULTIPLIER: f64 = 1000.0;
+pub const MAX_SYNTHETIC_SECONDS: u32 = 3600;
+
+impl SyntheticRun {
+    pub fn multiplier(&self) -> f64 {
+        f64::from(self.multiplier_milli) / 1000.0
+    }
+
+    pub fn to_wire(&self) -> wire::SyntheticLoad {
+        wire::SyntheticLoad {
+            multiplier: self.multiplier(),
+            duration_seconds: self.duration_seconds,
+            generation: self.generation,
+        }
+    }
+
+    /// A run checked: `multiplier` in (0, 1000], at least 0.001; `duration_seconds` in
+    /// 1..=3600. The error names the field.
+    pub fn checked(
+        multiplier: f64,
+        duration_seconds: u32,
+        generation: u64,
+        asked_unix_ns: u64,
+    ) -> Result<Self, ShadowError> {
+        if !multiplier.is_finite() || multiplier < 0.001 || multiplier > MAX_SYNTHETIC_MULTIPLIER {
+            return Err(invalid(
+                "multiplier",
+                format!(
+                    "{multiplier}: times the recorded rate, 0.001..={MAX_SYNTHETIC_MULTIPLIER} (0 stops a run)"
+                ),
+            ));
+        }
+        if !(1..=MAX_SYNTHETIC_SECONDS).contains(&duration_seconds) {
+            return Err(invalid(
+                "duration_seconds",
+                format!("{duration_seconds}: use 1..={MAX_SYNTHETIC_SECONDS}"),
+            ));
+        }
+        Ok(Self {
+            multiplier_milli: (multiplier * 1000.0).round() as u32,
+            duration_seconds,
+            generation,
+            asked_unix_ns,
+        })
+    }
 }
 
 impl ShadowRecord {

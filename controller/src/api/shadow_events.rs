@@ -88,6 +88,20 @@ pub fn from_shadow(event: &ShadowEvent) -> ShadowCloudEvent {
             json!({ "shadow": id, "error": error }),
         ),
         ShadowEvent::Deleted { .. } => ("weft.shadow.deleted", json!({ "shadow": id })),
+        ShadowEvent::SyntheticAsked {
+            multiplier,
+            duration_seconds,
+            generation,
+            ..
+        } => (
+            "weft.shadow.synthetic.asked",
+            json!({
+                "shadow": id,
+                "multiplier": multiplier,
+                "duration_seconds": duration_seconds,
+                "generation": generation,
+            }),
+        ),
         ShadowEvent::ScalingRecommended { view, .. } => (
             "weft.shadow.scaling.recommended",
             json!({ "shadow": id, "recommendation": view }),

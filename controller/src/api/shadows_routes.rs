@@ -1,5 +1,6 @@
 //! REST for shadow environments: `POST /shadows`, `GET /shadows`,
-//! `GET|DELETE /shadows/{shadow_id}`, `PUT /shadows/{shadow_id}/policy`;
+//! `GET|DELETE /shadows/{shadow_id}`, `PUT /shadows/{shadow_id}/policy`,
+//! `POST /shadows/{shadow_id}/synthetic`;
 //! `GET /events/shadows` (the shadows' events as server-sent CloudEvents,
 //! [`super::shadow_events`]). Bodies and answers are JSON with the field names of
 //! `weft.v1.CreateShadowRequest`, `ShadowPolicy` and `ShadowInfo`.
@@ -30,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/shadows", post(create).get(list))
         .route("/shadows/{shadow_id}", get(show).delete(remove))
         .route("/shadows/{shadow_id}/policy", put(policy))
+        .route("/shadows/{shadow_id}/synthetic", post(synthetic))
         .route("/events/shadows", get(events))
 }
 
@@ -122,6 +124,29 @@ async fn policy(
     let p: ShadowPolicy = json_body(&body)?;
     let info = state.shadows.update_policy(&id, p).await?;
     Ok(Json(view(&info)?))
+}
+
+/// `{"multiplier": 3.0, "duration_seconds": 60}`: replay what the sinks recorded into the
+/// shadow at that multiple of its rate (multiplier 0 stops a run).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyntheticBody {
+    multiplier: f64,
+    #[serde(default)]
+    duration_seconds: u32,
+}
+
+async fn synthetic(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: SyntheticBody = json_body(&body)?;
+    let info = state
+        .shadows
+        .synthetic(&id, b.multiplier, b.duration_seconds)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&info)?)).into_response())
 }
 
 async fn remove(

@@ -8,6 +8,7 @@
 //!   included), and production answered every request;
 //! - the sampled share of connections is near the policy's, and whole connections are
 //!   sampled (all of a connection's requests or none);
+//! - synthetic load: what the sink recorded, replayed into the shadow at 4x, as sent;
 //! - read-only mode: not one POST reaches the shadow, and the skipped ones are counted;
 //! - key `source`: a client is always in or always out (sticky);
 //! - divert at 100 %: new connections are answered by the shadow, not production;
@@ -76,6 +77,21 @@ fn parse_log(text: &str) -> BTreeMap<String, Logged> {
                     sha: sha.to_owned(),
                 },
             ))
+        })
+        .collect()
+}
+
+/// Every `REQ` line of `text`, in order (repeats included).
+fn parse_log_all(text: &str) -> Vec<Logged> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "REQ").then_some(())?;
+            Some(Logged {
+                id: f.next()?.to_owned(),
+                method: f.next()?.to_owned(),
+                sha: f.next()?.to_owned(),
+            })
         })
         .collect()
 }
@@ -294,6 +310,47 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
         "requests_replayed below what the shadow logged: {s}"
     );
     phase("phase 1 checked");
+
+    // Synthetic load: the sink replays what it recorded of phase 1 into the shadow (not
+    // the noise baseline) at 4 times its recorded rate for 2 s; every request it sends is
+    // one production got, byte for byte.
+    let before = parse_log_all(&node_output(lab, "hv2", "shsh", "api")).len();
+    controller
+        .json(
+            "POST",
+            "/shadows/shsh/synthetic",
+            Some(&json!({"multiplier": 4.0, "duration_seconds": 2})),
+        )
+        .with_context(logs)?;
+    let s = eventually(Duration::from_secs(30), Duration::from_millis(500), || {
+        let s = shadow(controller)?;
+        ensure!(
+            counter(&s, "synthetic_runs_finished") >= 1,
+            "synthetic run not finished: {s}"
+        );
+        Ok(s)
+    })
+    .with_context(logs)?;
+    let sent_synthetic = counter(&s, "synthetic_requests");
+    ensure!(sent_synthetic > 0, "the synthetic run sent nothing: {s}");
+    let after = eventually(Duration::from_secs(20), Duration::from_millis(500), || {
+        let all = parse_log_all(&node_output(lab, "hv2", "shsh", "api"));
+        ensure!(
+            all.len() as u64 >= before as u64 + sent_synthetic,
+            "the shadow logged {} requests more, the run sent {sent_synthetic}",
+            all.len() - before
+        );
+        Ok(all)
+    })?;
+    for r in &after[before..] {
+        ensure!(
+            sent.get(&r.id) == Some(r),
+            "synthetic request {r:?} is not one production got"
+        );
+    }
+    phase(&format!(
+        "synthetic load: {sent_synthetic} recorded requests replayed at 4x into the shadow, each as production got it"
+    ));
 
     // Phase 2: read-only. Not one POST reaches the shadow; the skipped ones are counted.
     controller
