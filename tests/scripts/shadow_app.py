@@ -9,8 +9,12 @@ Injected differences (what a new version in a shadow might do), per endpoint E:
   --field E:PCT   `items.0.name` changes in PCT % of answers;
   --slow E:PCT    the work takes PCT % longer;
   --errors E:PCT  PCT % of answers are 500s.
+  --inject-in S   inject only when this process's network namespace name (`ip netns
+                  identify`) contains S: one command line for production and its mirrors,
+                  the differences in the shadow alone.
 Keep-alive, Content-Length bodies, one thread per connection."""
 import json
+import os
 import random
 import socket
 import sys
@@ -30,6 +34,33 @@ def options(flag):
 
 
 FIELD, SLOW, ERRORS = options("--field"), options("--slow"), options("--errors")
+
+
+def namespace_name():
+    """The name of this process's network namespace under /run/netns ("" if none)."""
+    try:
+        me = os.stat("/proc/self/ns/net")
+        for name in os.listdir("/run/netns"):
+            st = os.stat(os.path.join("/run/netns", name))
+            if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+                return name
+    except OSError:
+        pass
+    return ""
+
+
+def namespace_matches():
+    args = sys.argv[2:]
+    if "--inject-in" not in args:
+        return True
+    want = args[args.index("--inject-in") + 1]
+    name = namespace_name()
+    print(f"namespace {name!r}: injecting {want in name}", flush=True)
+    return want in name
+
+
+if not namespace_matches():
+    FIELD, SLOW, ERRORS = {}, {}, {}
 COUNTER = {}
 LOCK = threading.Lock()
 

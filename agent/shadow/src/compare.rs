@@ -6,11 +6,14 @@
 //! `row[0].<column>`, `command[0]`, `error`.
 //!
 //! [`Diffy`] keeps, per endpoint and field, how often production and the shadow differed
-//! (raw) and how often the shadow and its replica differed (noise). As in Diffy
-//! (`DifferencesFilterFactory`), a field is reported only when
-//! `raw > noise`, `|raw − noise| / (raw + noise) > 20 %` and `|raw − noise| / compared >
-//! 0.03 %`: timestamps, ids and ordering that differ between any two runs differ between the
-//! shadow and its replica as often, and are cancelled without being configured.
+//! (raw) and how often production and the noise baseline differed (noise). The baseline is
+//! Diffy's *secondary*: a second copy of production (mirrored like the shadow, replayed the
+//! same way), so what differs between production and it is what differs between any two
+//! runs of the same thing. As in Diffy (`DifferencesFilterFactory`), a field is reported
+//! only when `raw > noise`, `|raw − noise| / (raw + noise) > 20 %` and `|raw − noise| /
+//! compared > 0.03 %`: timestamps, ids and ordering differ between production and its
+//! second copy as often as between production and the shadow, and are cancelled without
+//! being configured; what only the shadow does is not.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -129,7 +132,7 @@ pub fn differences(a: &[(String, String)], b: &[(String, String)]) -> BTreeSet<S
 pub struct FieldCounts {
     /// Production and the shadow differed.
     pub raw: u64,
-    /// The shadow and its replica differed.
+    /// Production and the noise baseline differed.
     pub noise: u64,
 }
 
@@ -190,15 +193,15 @@ impl Default for Diffy {
 pub struct Outcome {
     /// Fields where production and the shadow differed.
     pub raw: BTreeSet<String>,
-    /// Fields where the shadow and its replica differed.
+    /// Fields where production and the noise baseline differed.
     pub noise: BTreeSet<String>,
     /// A raw difference in a field that differs beyond the noise.
     pub differing: bool,
 }
 
 impl Diffy {
-    /// Compares production's response with the shadow's, and the shadow's with its
-    /// replica's (`baseline`) when there is one.
+    /// Compares production's response with the shadow's, and with the noise baseline's
+    /// (`baseline`) when there is one.
     pub fn compare(
         &mut self,
         endpoint: &str,
@@ -210,7 +213,7 @@ impl Diffy {
         let s = fields(shadow);
         let raw = differences(&p, &s);
         let noise = baseline
-            .map(|b| differences(&s, &fields(b)))
+            .map(|b| differences(&p, &fields(b)))
             .unwrap_or_default();
         let max = self.max_fields;
         let e = self.endpoints.entry(endpoint.to_owned()).or_default();

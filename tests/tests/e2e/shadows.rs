@@ -29,6 +29,8 @@ use crate::networks::{TwoHypervisors, address, exec};
 
 const RECORDER: &str = include_str!("../../scripts/shadow_recorder.py");
 const CLIENT: &str = include_str!("../../scripts/shadow_client.py");
+const APP: &str = include_str!("../../scripts/shadow_app.py");
+const DIFF_CLIENT: &str = include_str!("../../scripts/shadow_diff_client.py");
 
 /// The production network: two clients and the recording API server.
 fn tdl(recorder: &str) -> String {
@@ -646,4 +648,177 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
     ensure!(code == 404, "GET after delete: {code}");
     phase("deleted");
     Ok(())
+}
+
+/// Differential analysis on real traffic: production and the shadow run the same JSON app
+/// (ten endpoints, a timestamp and a random id in every answer: noise); in the shadow
+/// alone, `/e3` changes a field in 1 % of its answers, `/e5` is 10 % slower and `/e7`
+/// fails 0.5 % of its requests. Every connection is sampled; the sinks compare the shadow
+/// with its noise baseline. The three differences are found; no other endpoint has a
+/// differing field, and the noise fields (`ts`, `request_id`) are never reported.
+#[test]
+fn differences_injected_in_the_shadow_are_found_and_its_noise_is_not() -> Result<()> {
+    if skip_unless_root("differences_injected_in_the_shadow_are_found") {
+        return Ok(());
+    }
+    let two = TwoHypervisors::start("shdpool")?;
+    let (lab, controller) = (&two.lab, &two.controller);
+    let logs = || two.logs();
+    let app = lab.dir().join("shadow_app.py");
+    let client = lab.dir().join("shadow_diff_client.py");
+    std::fs::write(&app, APP)?;
+    std::fs::write(&client, DIFF_CLIENT)?;
+    let tdl = format!(
+        "\
+network: shdp
+addressing:
+  shards: shdpool
+nodes:
+  c1:
+    type: vm
+  api:
+    command: python3 {} 8080 --field e3:1 --slow e5:10 --errors e7:0.5 --inject-in -shd-api
+    ports: [8080]
+connections:
+  c1 -> api:
+    port: 8080
+",
+        app.display()
+    );
+    let production = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        controller.json(
+            "POST",
+            "/networks",
+            Some(&json!({"tdl": tdl, "file_name": "shdp.tdl", "hosts": ["hv1"]})),
+        )
+    })
+    .with_context(logs)?;
+    eventually(Duration::from_secs(60), Duration::from_millis(200), || {
+        let s = controller.json("GET", "/networks/shdp/status", None)?;
+        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    let api = address(&production, "api")?;
+    let c1 = format!("{}-shdp-c1", lab.node_netns_prefix("hv1"));
+    let client = client.display().to_string();
+    let drive = |requests: usize, conns: usize| -> Result<String> {
+        let (r, c) = (requests.to_string(), conns.to_string());
+        let mut cmd = weft_lab::netns::command_in(
+            &c1,
+            &["timeout", "300", "python3", &client, &api, "8080", &r, &c],
+        );
+        weft_lab::cmd::run(&mut cmd)
+    };
+    eventually(Duration::from_secs(30), Duration::from_millis(300), || {
+        drive(10, 1).map(drop)
+    })
+    .with_context(logs)?;
+    controller
+        .json(
+            "POST",
+            "/shadows",
+            Some(&json!({
+                "id": "shd", "production": "shdp", "nodes": ["api"], "hosts": ["hv2"],
+                "policy": {"share_ppm": 1_000_000, "key": "connection", "ports": [8080]},
+                "noise_baseline": true,
+            })),
+        )
+        .with_context(logs)?;
+    eventually(Duration::from_secs(90), Duration::from_millis(500), || {
+        let s = shadow_of(controller, "shd")?;
+        ensure!(s["state"] == json!("sampling"), "not sampling yet: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    std::thread::sleep(Duration::from_secs(2));
+    for (hv, net) in [("hv1", "shdp"), ("hv2", "shd"), ("hv2", "shd-baseline")] {
+        let out = node_output(lab, hv, net, "api");
+        eprintln!(
+            "{net}/api: {}",
+            out.lines().find(|l| l.starts_with("namespace")).unwrap_or("(no namespace line)")
+        );
+    }
+    // 30,000 requests, 3,000 per endpoint, over 300 connections.
+    let out = drive(30_000, 300).with_context(logs)?;
+    ensure!(out.contains("DONE"), "client: {out}");
+    let s = eventually(Duration::from_secs(60), Duration::from_secs(1), || {
+        let s = shadow_of(controller, "shd")?;
+        let compared: u64 = s["analysis"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["compared"].as_u64().unwrap_or(0))
+            .sum();
+        ensure!(compared >= 29_000, "{compared} answers compared so far: {s}");
+        Ok(s)
+    })
+    .with_context(logs)?;
+    let endpoints: Vec<&Value> = s["analysis"].as_array().into_iter().flatten().collect();
+    let of = |e: &str| {
+        endpoints
+            .iter()
+            .find(|a| a["endpoint"].as_str().is_some_and(|n| n.ends_with(&format!("/{e}"))))
+            .copied()
+    };
+    let mut missed = Vec::new();
+    for e in 0..10 {
+        let name = format!("e{e}");
+        let a = of(&name).with_context(|| format!("no analysis of /{name}: {s}"))?;
+        let fields: Vec<&String> = a["differing_fields"]
+            .as_object()
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        eprintln!(
+            "/{name}: compared {} differing {} fields {fields:?} p99 {:.2} vs {:.2} ms (p {:.2e}, slower {}), errors {:.4} vs {:.4} (p {:.2e})",
+            a["compared"], a["differing"], a["shadow_p99_ms"].as_f64().unwrap_or(0.0),
+            a["reference_p99_ms"].as_f64().unwrap_or(0.0), a["latency_p_value"].as_f64().unwrap_or(1.0),
+            a["shadow_slower"], a["shadow_error_rate"].as_f64().unwrap_or(0.0),
+            a["reference_error_rate"].as_f64().unwrap_or(0.0), a["error_p_value"].as_f64().unwrap_or(1.0),
+        );
+        ensure!(
+            a["reference"] == json!("baseline"),
+            "/{name} must be compared with the noise baseline: {a}"
+        );
+        ensure!(
+            !fields.iter().any(|f| f.contains("ts") || f.contains("request_id")),
+            "/{name}: noise reported as a difference: {fields:?}"
+        );
+        match e {
+            3 if !fields.iter().any(|f| f.contains("items") && f.contains("name")) => {
+                missed.push(format!("/e3's changed field not found: {a}"))
+            }
+            5 if a["shadow_slower"] != json!(true) => {
+                missed.push(format!("/e5's +10 % not found: {a}"))
+            }
+            7 if a["shadow_errs_more"] != json!(true) => {
+                missed.push(format!("/e7's errors not found: {a}"))
+            }
+            _ => {}
+        }
+    }
+    ensure!(missed.is_empty(), "{}", missed.join("\n"));
+    let false_fields = (0..10)
+        .filter(|e| *e != 3)
+        .filter(|e| {
+            of(&format!("e{e}")).is_some_and(|a| {
+                a["differing_fields"].as_object().is_some_and(|m| !m.is_empty())
+            })
+        })
+        .count();
+    ensure!(
+        false_fields <= 1,
+        "{false_fields} endpoints without an injected field change report one: {s}"
+    );
+    let slower_wrongly = [0, 1, 2, 4, 6, 8, 9]
+        .iter()
+        .filter(|e| of(&format!("e{e}")).is_some_and(|a| a["shadow_slower"] == json!(true)))
+        .count();
+    ensure!(slower_wrongly <= 1, "{slower_wrongly} endpoints wrongly slower: {s}");
+    controller.json("DELETE", "/shadows/shd", None)?;
+    Ok(())
+}
+
+fn shadow_of(controller: &Controller, id: &str) -> Result<Value> {
+    controller.json("GET", &format!("/shadows/{id}"), None)
 }
