@@ -85,6 +85,8 @@ struct Pending {
 struct Target {
     framer: ServerFramer,
     alive: bool,
+    /// When its last answer was complete (ns).
+    last_answer_ns: u64,
 }
 
 /// One sampled connection's replay.
@@ -116,6 +118,7 @@ impl Replay {
                 .map(|_| Target {
                     framer: ServerFramer::new(cfg.limits),
                     alive: true,
+                    last_answer_ns: 0,
                 })
                 .collect(),
             pending: BTreeMap::new(),
@@ -349,6 +352,12 @@ impl Replay {
         stats: &mut Stats,
     ) -> Vec<Answered> {
         let mut out = Vec::new();
+        // In-order protocols answer one request after the other: a request replayed while
+        // the previous one was still being answered (production's client sent it after
+        // production's answer, the shadow may be slower) waits for that answer, which is
+        // not its own latency. Its latency starts when the previous answer was complete.
+        // HTTP/2's streams are concurrent: from the send.
+        let in_order = self.client.protocol() != Some(Protocol::H2c);
         for r in rs {
             let key = r.key;
             let Some(p) = self.pending.get_mut(&key) else {
@@ -360,9 +369,14 @@ impl Replay {
             let Slot::Waiting { sent_ns } = *slot else {
                 continue;
             };
+            let last = self.targets.get(t).map_or(0, |x| x.last_answer_ns);
             let latency = sent_ns
+                .map(|s| if in_order { s.max(last) } else { s })
                 .and_then(|s| now_ns.checked_sub(s))
                 .map(|ns| ns / 1000);
+            if let Some(x) = self.targets.get_mut(t) {
+                x.last_answer_ns = now_ns;
+            }
             match t {
                 0 => stats.shadow(&p.endpoint, r.error, latency),
                 1 => stats.baseline(&p.endpoint, r.error, latency),

@@ -674,6 +674,37 @@ fn replay_pairs_answers_counts_skipped_writes_and_records_latency() {
 }
 
 #[test]
+fn a_request_waiting_behind_a_slow_answer_is_measured_from_that_answer() {
+    // Two requests on one HTTP/1.1 connection, both sent at 10 ms (production's client
+    // sent the second after production's quick answer). The shadow answers the first at
+    // 30 ms and the second at 31 ms: the second took 1 ms, not 21.
+    let mut stats = Stats::default();
+    let mut r = Replay::new(ReplayConfig {
+        targets: 1,
+        ..Default::default()
+    });
+    let out = r
+        .client(b"GET /slow HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n", 1_000_000)
+        .unwrap();
+    for o in &out {
+        r.target_sent(0, o.key, 10_000_000);
+    }
+    let ans = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    r.target_data(0, ans, 30_000_000, &mut stats);
+    r.target_data(0, ans, 31_000_000, &mut stats);
+    let slow = stats.endpoint("GET /slow").unwrap();
+    assert_eq!(
+        slow.shadow_latency.max(),
+        slow.shadow_latency.highest_equivalent(20_000)
+    );
+    let next = stats.endpoint("GET /next").unwrap();
+    assert_eq!(
+        next.shadow_latency.max(),
+        next.shadow_latency.highest_equivalent(1_000)
+    );
+}
+
+#[test]
 fn replay_of_h2c_stops_at_a_writing_stream_in_read_only_mode() {
     let mut stats = Stats::default();
     let mut r = Replay::new(ReplayConfig {

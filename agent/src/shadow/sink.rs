@@ -951,7 +951,9 @@ type Requests = mpsc::Sender<(u64, Vec<u8>)>;
 /// What a target connection's tasks report.
 enum Event {
     Sent { t: usize, key: u64, at: u64 },
-    Data { t: usize, data: Vec<u8> },
+    /// `at`: when the reader got it (not when the connection's loop looks at it: the two
+    /// targets' answers share that loop, and its order must not bias their latencies).
+    Data { t: usize, data: Vec<u8>, at: u64 },
     Closed { t: usize },
     Failed { t: usize, error: String },
 }
@@ -980,6 +982,7 @@ fn target_tasks(
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<(u64, Vec<u8>)>(TARGET_QUEUE);
     let ev = events.clone();
+    let shared_r = shared.clone();
     let writer = tokio::spawn(async move {
         while let Some((key, bytes)) = rx.recv().await {
             if key != 0 {
@@ -1025,6 +1028,7 @@ fn target_tasks(
                     if events
                         .send(Event::Data {
                             t,
+                            at: shared_r.now_ns(),
                             data: buf[..n].to_vec(),
                         })
                         .await
@@ -1104,6 +1108,7 @@ async fn replay_connection(
     }
     shared.counters.connections_replayed.fetch_add(1, Relaxed);
     let mut recorder = ConnectionRecorder::new(server);
+    let mut turn = false;
     let mut reported = ReplayCounters::default();
     let mut closing: Option<tokio::time::Instant> = None;
     let mut frames_open = true;
@@ -1144,7 +1149,14 @@ async fn replay_connection(
                                         if let Some(id) = &o.request_id {
                                             debug!(request_id = %id, endpoint = ?o.endpoint, "shadow sink: replaying");
                                         }
-                                        for (t, w) in writers.iter_mut().enumerate() {
+                                        // The targets take turns being sent to first, so
+                                        // that neither is always the second to get the
+                                        // CPU (their latencies are compared).
+                                        turn = !turn;
+                                        let n_targets = writers.len();
+                                        for i in 0..n_targets {
+                                            let t = if turn { i } else { n_targets - 1 - i };
+                                            let w = &mut writers[t];
                                             let Some(tx) = w else { continue };
                                             if !replay.alive(t) {
                                                 *w = None;
@@ -1193,9 +1205,8 @@ async fn replay_connection(
             },
             e = events.recv() => match e {
                 Some(Event::Sent { t, key, at }) => replay.target_sent(t, key, at),
-                Some(Event::Data { t, data }) => {
-                    let now = shared.now_ns();
-                    let answered = replay.target_data(t, &data, now, &mut lock(&shared.stats));
+                Some(Event::Data { t, data, at }) => {
+                    let answered = replay.target_data(t, &data, at, &mut lock(&shared.stats));
                     record_ids(&shared, t, answered.into_iter().filter_map(|a| a.request_id));
                 }
                 Some(Event::Closed { t }) => {

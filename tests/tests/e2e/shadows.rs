@@ -652,7 +652,9 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
 
 /// Differential analysis on real traffic: production and the shadow run the same JSON app
 /// (ten endpoints, a timestamp and a random id in every answer: noise); in the shadow
-/// alone, `/e3` changes a field in 1 % of its answers, `/e5` is 10 % slower and `/e7`
+/// alone, `/e3` changes a field in 1 % of its answers, `/e5` works 30 % longer (measured
+/// here: +10 % work is +4 % of the median latency, +15 % is +5 %, both significant at
+/// p < 1e-11 but close to `analysis::MIN_SLOWDOWN`, 3 %; the test keeps a margin) and `/e7`
 /// fails 0.5 % of its requests. Every connection is sampled; the sinks compare the shadow
 /// with its noise baseline. The three differences are found; no other endpoint has a
 /// differing field, and the noise fields (`ts`, `request_id`) are never reported.
@@ -677,7 +679,7 @@ nodes:
   c1:
     type: vm
   api:
-    command: python3 {} 8080 --field e3:1 --slow e5:10 --errors e7:0.5 --inject-in -shd-api
+    command: python3 {} 8080 --field e3:1 --slow e5:30 --errors e7:0.5 --inject-in -shd-api
     ports: [8080]
 connections:
   c1 -> api:
@@ -770,8 +772,9 @@ connections:
             .map(|m| m.keys().collect())
             .unwrap_or_default();
         eprintln!(
-            "/{name}: compared {} differing {} fields {fields:?} p99 {:.2} vs {:.2} ms (p {:.2e}, slower {}), errors {:.4} vs {:.4} (p {:.2e})",
-            a["compared"], a["differing"], a["shadow_p99_ms"].as_f64().unwrap_or(0.0),
+            "/{name}: compared {} differing {} fields {fields:?} p50 {:.3} vs {:.3} p99 {:.2} vs {:.2} ms (p {:.2e}, slower {}), errors {:.4} vs {:.4} (p {:.2e})",
+            a["compared"], a["differing"], a["shadow_p50_ms"].as_f64().unwrap_or(0.0),
+            a["reference_p50_ms"].as_f64().unwrap_or(0.0), a["shadow_p99_ms"].as_f64().unwrap_or(0.0),
             a["reference_p99_ms"].as_f64().unwrap_or(0.0), a["latency_p_value"].as_f64().unwrap_or(1.0),
             a["shadow_slower"], a["shadow_error_rate"].as_f64().unwrap_or(0.0),
             a["reference_error_rate"].as_f64().unwrap_or(0.0), a["error_p_value"].as_f64().unwrap_or(1.0),
@@ -789,7 +792,7 @@ connections:
                 missed.push(format!("/e3's changed field not found: {a}"))
             }
             5 if a["shadow_slower"] != json!(true) => {
-                missed.push(format!("/e5's +10 % not found: {a}"))
+                missed.push(format!("/e5's +30 % work not found: {a}"))
             }
             7 if a["shadow_errs_more"] != json!(true) => {
                 missed.push(format!("/e7's errors not found: {a}"))
