@@ -312,6 +312,27 @@ async fn shadows_over_grpc_with_rest_semantics_auth_and_events() {
     assert_eq!(got.policy.unwrap().key, "source");
     assert!(got.counters.is_some());
 
+    // Synthetic load: operate's; a bad multiplier is INVALID_ARGUMENT naming it.
+    let run = |multiplier: f64, token: &str| {
+        with_token(
+            wire::RunSyntheticLoadRequest {
+                id: "shop-shadow".into(),
+                multiplier,
+                duration_seconds: 30,
+            },
+            Some(token),
+        )
+    };
+    let e = grpc.run_synthetic_load(run(3.0, &read)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let e = grpc.run_synthetic_load(run(-2.0, &admin)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("multiplier"), "{e}");
+    grpc.run_synthetic_load(run(3.0, &admin)).await.unwrap();
+    let e = next_event(&mut events).await;
+    assert_eq!(e.r#type, "weft.shadow.synthetic.asked");
+    assert!(e.data_json.contains("\"generation\":1"), "{}", e.data_json);
+
     // Delete: gone, and so is its network.
     let e = grpc
         .delete_shadow(with_token(

@@ -129,6 +129,21 @@ impl ShadowService for ShadowApi {
         Ok(Response::new(info.to_wire()))
     }
 
+    async fn run_synthetic_load(
+        &self,
+        request: Request<wire::RunSyntheticLoadRequest>,
+    ) -> Result<Response<wire::ShadowInfo>, Status> {
+        let r = request.into_inner();
+        let id = required("id", &r.id)?;
+        let info = self
+            .state
+            .shadows
+            .synthetic(id, r.multiplier, r.duration_seconds)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(info.to_wire()))
+    }
+
     async fn delete_shadow(
         &self,
         request: Request<wire::DeleteShadowRequest>,

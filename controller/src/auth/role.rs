@@ -161,6 +161,10 @@ mod tests {
             for_grpc("/weft.v1.ShadowService/CreateShadow"),
             Role::Operate
         );
+        assert_eq!(
+            for_grpc("/weft.v1.ShadowService/RunSyntheticLoad"),
+            Role::Operate
+        );
         assert_eq!(for_grpc("/weft.v1.Unknown/X"), Role::Admin);
         assert_eq!(for_grpc("/grpc.health.v1.Health/Check"), Role::Admin);
     }
