@@ -8,6 +8,7 @@
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
 pub mod flow;
+pub mod hash;
 pub mod latency;
 pub mod shadow;
 pub mod steer;

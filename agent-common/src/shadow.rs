@@ -198,23 +198,8 @@ pub struct TapTail {
 }
 const _: () = assert!(core::mem::size_of::<TapTail>() == TAP_RECORD_BYTES + TAP_TAIL_CHUNK);
 
-/// `share_ppm` (millionths) as a threshold on a 32-bit hash.
-pub const fn threshold_of(share_ppm: u32) -> u64 {
-    if share_ppm >= 1_000_000 {
-        1 << 32
-    } else {
-        ((share_ppm as u64) << 32) / 1_000_000
-    }
-}
-
-#[inline(always)]
-const fn mix(h: u32, w: u32) -> u32 {
-    let mut k = w.wrapping_mul(0xcc9e_2d51);
-    k = k.rotate_left(15);
-    k = k.wrapping_mul(0x1b87_3593);
-    let h = (h ^ k).rotate_left(13);
-    h.wrapping_mul(5).wrapping_add(0xe654_6b64)
-}
+pub use crate::hash::threshold_of;
+use crate::hash::{finish, mix};
 
 #[inline(always)]
 const fn word(b: &[u8; 16], i: usize) -> u32 {
@@ -241,12 +226,7 @@ pub const fn decision_hash(seed: u32, kind: u8, key: &TapConnKey) -> u32 {
         h = mix(h, ((key.client_port as u32) << 16) | key.server_port as u32);
         10
     };
-    h ^= len * 4;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+    finish(h ^ (len * 4))
 }
 
 /// Whether a connection the policy finds eligible is sampled.

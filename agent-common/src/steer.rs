@@ -16,8 +16,6 @@ pub const MAX_STEERS: u32 = 256;
 pub const STEER_CONN_ENTRIES: u32 = 65_536;
 /// (steer, port) pairs of the steered ports of every steer of a host.
 pub const STEER_PORT_ENTRIES: u32 = 4_096;
-/// `SteerOrigin::threshold` that steers everything (above every 32-bit hash).
-pub const THRESHOLD_ALL: u64 = 1 << 32;
 
 /// `SteerOrigin::key`: what the decision hashes.
 pub mod key {
@@ -184,36 +182,7 @@ impl SteerStats {
     }
 }
 
-/// `share_ppm` (millionths) as a [`SteerOrigin::threshold`]: 1,000,000 and above steer
-/// everything, 0 nothing.
-pub const fn threshold_of(share_ppm: u32) -> u64 {
-    if share_ppm >= 1_000_000 {
-        THRESHOLD_ALL
-    } else {
-        (share_ppm as u64 * THRESHOLD_ALL) / 1_000_000
-    }
-}
-
-/// The decision hash: murmur3's finalizer over the words, seeded. The kernel and user
-/// space (tests, the agent's estimates) compute the same value.
-#[inline(always)]
-pub fn mix(mut h: u32, w: u32) -> u32 {
-    let mut k = w.wrapping_mul(0xcc9e_2d51);
-    k = k.rotate_left(15);
-    k = k.wrapping_mul(0x1b87_3593);
-    h ^= k;
-    h = h.rotate_left(13);
-    h.wrapping_mul(5).wrapping_add(0xe654_6b64)
-}
-
-#[inline(always)]
-pub fn finish(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
+pub use crate::hash::{THRESHOLD_ALL, finish, mix, threshold_of};
 
 /// The hash of a connection for the decision: of the client address only
 /// ([`key::SOURCE`]) or of the whole 5-tuple ([`key::CONNECTION`]).
