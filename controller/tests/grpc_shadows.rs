@@ -4,17 +4,15 @@
 //! events streamed. No agent runs: the shadow waits for its hosts' underlay addresses
 //! (degraded, saying which host).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tonic::Code;
-use tonic::transport::Channel;
 use weft_proto::v1 as wire;
 use weft_proto::v1::shadow_service_client::ShadowServiceClient;
+
+mod insecure;
+use insecure::{channel, http, start, with_token};
 
 const TDL: &str = "\
 network: shop
@@ -28,112 +26,6 @@ nodes:
     ports: [5432]
     addresses: [10.9.0.3/24]
 ";
-
-struct Controller {
-    child: Child,
-    grpc: String,
-    http: String,
-    admin: String,
-    token_file: PathBuf,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.token_file);
-    }
-}
-
-fn start(extra: &[&str]) -> Controller {
-    let token_file = std::env::temp_dir().join(format!(
-        "weft-grpc-shadows-{}-{}.token",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-            "--insecure",
-            "--data-dir",
-            "",
-        ])
-        .arg("--admin-token-file")
-        .arg(&token_file)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn weft-controller");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let rest = line
-        .trim()
-        .strip_prefix("weft-controller listening grpc=")
-        .unwrap_or_else(|| panic!("{line:?}"));
-    let (grpc, http) = rest.split_once(" http=").unwrap();
-    let admin = std::fs::read_to_string(&token_file)
-        .unwrap()
-        .trim()
-        .to_owned();
-    Controller {
-        child,
-        grpc: grpc.to_owned(),
-        http: http.to_owned(),
-        admin,
-        token_file,
-    }
-}
-
-/// One plain HTTP/1.1 request: status and JSON body.
-fn http(c: &Controller, method: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
-    let mut s = TcpStream::connect(&c.http).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let body = body.to_string();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(Value::String(body.into())),
-    )
-}
-
-async fn channel(c: &Controller) -> Channel {
-    Channel::from_shared(format!("http://{}", c.grpc))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap()
-}
-
-fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    if let Some(t) = token {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    r
-}
 
 async fn next_event(stream: &mut tonic::Streaming<wire::CloudEvent>) -> wire::CloudEvent {
     tokio::time::timeout(Duration::from_secs(5), stream.message())
@@ -159,7 +51,7 @@ fn create() -> wire::CreateShadowRequest {
 
 #[tokio::test]
 async fn shadows_over_grpc_with_rest_semantics_auth_and_events() {
-    let c = start(&[]);
+    let c = start("grpc-shadows", &[]);
     let admin = c.admin.clone();
     let (s, _) = http(
         &c,
@@ -325,7 +217,10 @@ async fn shadows_over_grpc_with_rest_semantics_auth_and_events() {
     };
     let e = grpc.run_synthetic_load(run(3.0, &read)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
-    let e = grpc.run_synthetic_load(run(-2.0, &admin)).await.unwrap_err();
+    let e = grpc
+        .run_synthetic_load(run(-2.0, &admin))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     assert!(e.message().contains("multiplier"), "{e}");
     grpc.run_synthetic_load(run(3.0, &admin)).await.unwrap();

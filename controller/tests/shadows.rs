@@ -1147,7 +1147,11 @@ async fn synthetic_load_goes_to_the_sinks_only_as_a_new_run_each_time() {
     let taps_before: Vec<u64> = rec
         .nodes
         .iter()
-        .map(|n| tap(&s, &prod.placement[n], &format!("shop-shadow/{n}")).unwrap().0)
+        .map(|n| {
+            tap(&s, &prod.placement[n], &format!("shop-shadow/{n}"))
+                .unwrap()
+                .0
+        })
         .collect();
     let mut events = s.shadows.subscribe();
     let info = s.shadows.synthetic("shop-shadow", 3.0, 60).await.unwrap();
@@ -1155,13 +1159,20 @@ async fn synthetic_load_goes_to_the_sinks_only_as_a_new_run_each_time() {
     for n in &rec.nodes {
         let (_, k) = sink(&s, "hv3", &format!("shop-shadow/{n}")).unwrap();
         let l = k.synthetic.expect("the sink has the load");
-        assert_eq!((l.multiplier, l.duration_seconds, l.generation), (3.0, 60, 1));
+        assert_eq!(
+            (l.multiplier, l.duration_seconds, l.generation),
+            (3.0, 60, 1)
+        );
     }
     // The taps are not touched.
     let taps_after: Vec<u64> = rec
         .nodes
         .iter()
-        .map(|n| tap(&s, &prod.placement[n], &format!("shop-shadow/{n}")).unwrap().0)
+        .map(|n| {
+            tap(&s, &prod.placement[n], &format!("shop-shadow/{n}"))
+                .unwrap()
+                .0
+        })
         .collect();
     assert_eq!(taps_before, taps_after);
     assert!(matches!(
@@ -1180,7 +1191,10 @@ async fn synthetic_load_goes_to_the_sinks_only_as_a_new_run_each_time() {
     })
     .await;
     let c = s.shadows.info("shop-shadow").unwrap().counters;
-    assert_eq!((c.synthetic_connections, c.synthetic_runs_finished), (14, 2));
+    assert_eq!(
+        (c.synthetic_connections, c.synthetic_runs_finished),
+        (14, 2)
+    );
     // Bad values are refused naming the field; nothing changes.
     for (m, d, field) in [
         (-1.0, 60, "multiplier"),
@@ -1193,7 +1207,12 @@ async fn synthetic_load_goes_to_the_sinks_only_as_a_new_run_each_time() {
         assert_eq!(field_of(e), field, "{m} {d}");
     }
     assert_eq!(
-        s.shadows.get("shop-shadow").unwrap().synthetic.unwrap().generation,
+        s.shadows
+            .get("shop-shadow")
+            .unwrap()
+            .synthetic
+            .unwrap()
+            .generation,
         2
     );
     // Multiplier 0 stops it.

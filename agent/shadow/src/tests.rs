@@ -684,7 +684,10 @@ fn a_request_waiting_behind_a_slow_answer_is_measured_from_that_answer() {
         ..Default::default()
     });
     let out = r
-        .client(b"GET /slow HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n", 1_000_000)
+        .client(
+            b"GET /slow HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n",
+            1_000_000,
+        )
         .unwrap();
     for o in &out {
         r.target_sent(0, o.key, 10_000_000);

@@ -352,7 +352,12 @@ impl Sink {
                     return 0;
                 };
                 let recording = self.shared.recording.snapshot();
-                info!(key, recorded = recording.len(), multiplier = l.multiplier, "shadow sink: synthetic load asked for");
+                info!(
+                    key,
+                    recorded = recording.len(),
+                    multiplier = l.multiplier,
+                    "shadow sink: synthetic load asked for"
+                );
                 let task = tokio::spawn(synthetic::run(
                     l,
                     recording,
@@ -950,15 +955,31 @@ type Requests = mpsc::Sender<(u64, Vec<u8>)>;
 
 /// What a target connection's tasks report.
 enum Event {
-    Sent { t: usize, key: u64, at: u64 },
+    Sent {
+        t: usize,
+        key: u64,
+        at: u64,
+    },
     /// `at`: when the reader got it (not when the connection's loop looks at it: the two
     /// targets' answers share that loop, and its order must not bias their latencies).
-    Data { t: usize, data: Vec<u8>, at: u64 },
-    Closed { t: usize },
-    Failed { t: usize, error: String },
+    Data {
+        t: usize,
+        data: Vec<u8>,
+        at: u64,
+    },
+    Closed {
+        t: usize,
+    },
+    Failed {
+        t: usize,
+        error: String,
+    },
 }
 
-pub(super) async fn connect(netns: PathBuf, server: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+pub(super) async fn connect(
+    netns: PathBuf,
+    server: SocketAddr,
+) -> Result<tokio::net::TcpStream, String> {
     let s = crate::hostevents::in_netns(&netns, move || {
         let s = std::net::TcpStream::connect_timeout(&server, CONNECT_TIMEOUT)?;
         s.set_nonblocking(true)?;

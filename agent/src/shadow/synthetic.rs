@@ -249,7 +249,9 @@ pub async fn run(
 ) {
     counters.runs_started.fetch_add(1, Relaxed);
     // At most one connection start per 100 us on average over the run: bounded work.
-    let limit = (load.duration.as_secs() as usize).saturating_mul(10_000).max(1);
+    let limit = (load.duration.as_secs() as usize)
+        .saturating_mul(10_000)
+        .max(1);
     let plan = schedule(&recording, load.multiplier, load.duration, limit);
     info!(
         connections = plan.len(),
@@ -388,9 +390,15 @@ mod tests {
             assert_eq!(*i, n % 5);
         }
         // Once at the recorded rate: 10 s of it.
-        assert_eq!(schedule(&rec, 1.0, Duration::from_secs(10), 10_000).len(), 10);
+        assert_eq!(
+            schedule(&rec, 1.0, Duration::from_secs(10), 10_000).len(),
+            10
+        );
         // Bounded.
-        assert_eq!(schedule(&rec, 1000.0, Duration::from_secs(10), 100).len(), 100);
+        assert_eq!(
+            schedule(&rec, 1000.0, Duration::from_secs(10), 100).len(),
+            100
+        );
         assert!(schedule(&[], 2.0, Duration::from_secs(10), 100).is_empty());
     }
 
@@ -418,7 +426,9 @@ mod tests {
         let g = got.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
                 let g = g.clone();
                 tokio::spawn(async move {
                     let mut all = Vec::new();
@@ -432,7 +442,10 @@ mod tests {
                 Arc::new(RecordedConnection {
                     server,
                     opened_unix_ns: 200_000_000 * i,
-                    requests: vec![(0, format!("A{i}").into_bytes()), (100_000_000, b"B".to_vec())],
+                    requests: vec![
+                        (0, format!("A{i}").into_bytes()),
+                        (100_000_000, b"B".to_vec()),
+                    ],
                 })
             })
             .collect();
@@ -456,7 +469,11 @@ mod tests {
         assert_eq!(counters.requests.load(Relaxed), 20);
         assert_eq!(counters.failed.load(Relaxed), 0);
         assert_eq!(counters.runs_finished.load(Relaxed), 1);
-        assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut got = lock(&got).clone();
         got.sort();

@@ -132,10 +132,16 @@ pub enum ShadowEvent {
         at_unix_ns: u64,
     },
     /// A scaling recommendation appeared (or its value changed), with its evidence.
-    ScalingRecommended { id: String, view: ScalingView },
+    ScalingRecommended {
+        id: String,
+        view: ScalingView,
+    },
     /// A recommendation was applied (the policy's `autoscale`): production's definition
     /// (and so its mirrors') has the new limit.
-    ScalingApplied { id: String, view: ScalingView },
+    ScalingApplied {
+        id: String,
+        view: ScalingView,
+    },
     /// Production's node failed its health check and new connections go to the shadow
     /// (`active`), or it passes again and they go back (as the production host's steer
     /// reported it).
@@ -1376,7 +1382,9 @@ impl ShadowManager {
             for v in &views {
                 let known = recs.get(&rec.id).is_some_and(|old| {
                     old.iter().any(|o| {
-                        o.node == v.node && o.resource == v.resource && o.recommended == v.recommended
+                        o.node == v.node
+                            && o.resource == v.resource
+                            && o.recommended == v.recommended
                     })
                 });
                 if !known {
@@ -1404,10 +1412,9 @@ impl ShadowManager {
             .cloned()
             .unwrap_or_default();
         for a in lock(&self.applied).get(id).into_iter().flatten() {
-            if !out
-                .iter()
-                .any(|v| v.node == a.node && v.resource == a.resource && v.at_unix_ns > a.at_unix_ns)
-            {
+            if !out.iter().any(|v| {
+                v.node == a.node && v.resource == a.resource && v.at_unix_ns > a.at_unix_ns
+            }) {
                 out.push(a.clone());
             }
         }
@@ -1432,11 +1439,16 @@ impl ShadowManager {
                 .into_iter()
                 .flatten()
                 .filter(|v| {
-                    !lock(&self.applied).get(&rec.id).into_iter().flatten().any(|a| {
-                        a.node == v.node
-                            && a.resource == v.resource
-                            && now.saturating_sub(a.at_unix_ns) < SCALE_COOLDOWN.as_nanos() as u64
-                    })
+                    !lock(&self.applied)
+                        .get(&rec.id)
+                        .into_iter()
+                        .flatten()
+                        .any(|a| {
+                            a.node == v.node
+                                && a.resource == v.resource
+                                && now.saturating_sub(a.at_unix_ns)
+                                    < SCALE_COOLDOWN.as_nanos() as u64
+                        })
                 })
                 .cloned()
                 .collect();

@@ -738,7 +738,9 @@ connections:
         let out = node_output(lab, hv, net, "api");
         eprintln!(
             "{net}/api: {}",
-            out.lines().find(|l| l.starts_with("namespace")).unwrap_or("(no namespace line)")
+            out.lines()
+                .find(|l| l.starts_with("namespace"))
+                .unwrap_or("(no namespace line)")
         );
     }
     // 30,000 requests, 3,000 per endpoint, over 300 connections.
@@ -752,7 +754,10 @@ connections:
             .flatten()
             .map(|e| e["compared"].as_u64().unwrap_or(0))
             .sum();
-        ensure!(compared >= 29_000, "{compared} answers compared so far: {s}");
+        ensure!(
+            compared >= 29_000,
+            "{compared} answers compared so far: {s}"
+        );
         Ok(s)
     })
     .with_context(logs)?;
@@ -760,7 +765,11 @@ connections:
     let of = |e: &str| {
         endpoints
             .iter()
-            .find(|a| a["endpoint"].as_str().is_some_and(|n| n.ends_with(&format!("/{e}"))))
+            .find(|a| {
+                a["endpoint"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(&format!("/{e}")))
+            })
             .copied()
     };
     let mut missed = Vec::new();
@@ -773,22 +782,33 @@ connections:
             .unwrap_or_default();
         eprintln!(
             "/{name}: compared {} differing {} fields {fields:?} p50 {:.3} vs {:.3} p99 {:.2} vs {:.2} ms (p {:.2e}, slower {}), errors {:.4} vs {:.4} (p {:.2e})",
-            a["compared"], a["differing"], a["shadow_p50_ms"].as_f64().unwrap_or(0.0),
-            a["reference_p50_ms"].as_f64().unwrap_or(0.0), a["shadow_p99_ms"].as_f64().unwrap_or(0.0),
-            a["reference_p99_ms"].as_f64().unwrap_or(0.0), a["latency_p_value"].as_f64().unwrap_or(1.0),
-            a["shadow_slower"], a["shadow_error_rate"].as_f64().unwrap_or(0.0),
-            a["reference_error_rate"].as_f64().unwrap_or(0.0), a["error_p_value"].as_f64().unwrap_or(1.0),
+            a["compared"],
+            a["differing"],
+            a["shadow_p50_ms"].as_f64().unwrap_or(0.0),
+            a["reference_p50_ms"].as_f64().unwrap_or(0.0),
+            a["shadow_p99_ms"].as_f64().unwrap_or(0.0),
+            a["reference_p99_ms"].as_f64().unwrap_or(0.0),
+            a["latency_p_value"].as_f64().unwrap_or(1.0),
+            a["shadow_slower"],
+            a["shadow_error_rate"].as_f64().unwrap_or(0.0),
+            a["reference_error_rate"].as_f64().unwrap_or(0.0),
+            a["error_p_value"].as_f64().unwrap_or(1.0),
         );
         ensure!(
             a["reference"] == json!("baseline"),
             "/{name} must be compared with the noise baseline: {a}"
         );
         ensure!(
-            !fields.iter().any(|f| f.contains("ts") || f.contains("request_id")),
+            !fields
+                .iter()
+                .any(|f| f.contains("ts") || f.contains("request_id")),
             "/{name}: noise reported as a difference: {fields:?}"
         );
         match e {
-            3 if !fields.iter().any(|f| f.contains("items") && f.contains("name")) => {
+            3 if !fields
+                .iter()
+                .any(|f| f.contains("items") && f.contains("name")) =>
+            {
                 missed.push(format!("/e3's changed field not found: {a}"))
             }
             5 if a["shadow_slower"] != json!(true) => {
@@ -805,7 +825,9 @@ connections:
         .filter(|e| *e != 3)
         .filter(|e| {
             of(&format!("e{e}")).is_some_and(|a| {
-                a["differing_fields"].as_object().is_some_and(|m| !m.is_empty())
+                a["differing_fields"]
+                    .as_object()
+                    .is_some_and(|m| !m.is_empty())
             })
         })
         .count();
@@ -817,7 +839,10 @@ connections:
         .iter()
         .filter(|e| of(&format!("e{e}")).is_some_and(|a| a["shadow_slower"] == json!(true)))
         .count();
-    ensure!(slower_wrongly <= 1, "{slower_wrongly} endpoints wrongly slower: {s}");
+    ensure!(
+        slower_wrongly <= 1,
+        "{slower_wrongly} endpoints wrongly slower: {s}"
+    );
     controller.json("DELETE", "/shadows/shd", None)?;
     Ok(())
 }

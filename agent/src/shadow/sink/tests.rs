@@ -1870,7 +1870,9 @@ async fn the_real_tap_streams_to_the_real_sink_and_the_shadow_gets_production_re
             generation: 1,
         });
     }
-    let r = sinks.reconcile(std::slice::from_ref(&again), Scope::All).await;
+    let r = sinks
+        .reconcile(std::slice::from_ref(&again), Scope::All)
+        .await;
     assert_eq!((r[0].error.as_deref(), r[0].changes), (None, 1), "{r:?}");
     assert!(
         eventually(Duration::from_secs(15), || shared
@@ -1887,10 +1889,17 @@ async fn the_real_tap_streams_to_the_real_sink_and_the_shadow_gets_production_re
     let all = logged(&shadow_log);
     for (i, s) in all[3..].iter().enumerate() {
         let p = &prod[i % 3];
-        assert_eq!((&p["line"], &p["sha256"]), (&s["line"], &s["sha256"]), "{i}");
+        assert_eq!(
+            (&p["line"], &p["sha256"]),
+            (&s["line"], &s["sha256"]),
+            "{i}"
+        );
     }
     let m = &r[0].measurements;
-    assert!(m.iter().any(|(n, _)| n == "synthetic_runs_started"), "{m:?}");
+    assert!(
+        m.iter().any(|(n, _)| n == "synthetic_runs_started"),
+        "{m:?}"
+    );
 
     assert!(engine.remove(key));
     engine.shutdown();
