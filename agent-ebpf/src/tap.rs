@@ -88,9 +88,9 @@ pub fn tap(ctx: &TcContext, into_node: bool) -> Result<(), ()> {
     let conn = SHADOW_CONNS.get_ptr_mut(&key).ok_or(())?;
     // SAFETY: as above; two CPUs may update the state bits at once, which only adds bits.
     let conn = unsafe { &mut *conn };
-    if conn.state & conn_state::SAMPLED == 0 {
-        return Ok(());
-    }
+    // The end of every connection is kept, sampled or not: a SYN that reuses the 5-tuple
+    // of an ended connection is decided (and counted) afresh, where an unsampled
+    // connection's 5-tuple would otherwise keep its old decision uncounted.
     if flags & TCP_RST != 0 {
         conn.state |= conn_state::RST;
     }
@@ -100,6 +100,9 @@ pub fn tap(ctx: &TcContext, into_node: bool) -> Result<(), ()> {
         } else {
             conn_state::FIN_SERVER
         };
+    }
+    if conn.state & conn_state::SAMPLED == 0 {
+        return Ok(());
     }
     if pkt.payload_len == 0 && flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
         return Ok(());
