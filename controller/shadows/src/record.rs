@@ -308,7 +308,7 @@ impl SyntheticRun {
         generation: u64,
         asked_unix_ns: u64,
     ) -> Result<Self, ShadowError> {
-        if !multiplier.is_finite() || multiplier < 0.001 || multiplier > MAX_SYNTHETIC_MULTIPLIER {
+        if !multiplier.is_finite() || !(0.001..=MAX_SYNTHETIC_MULTIPLIER).contains(&multiplier) {
             return Err(invalid(
                 "multiplier",
                 format!(

@@ -1852,10 +1852,11 @@ async fn the_real_tap_streams_to_the_real_sink_and_the_shadow_gets_production_re
     assert_eq!(shadowed[1]["sha256"], sha256_hex(&body).as_str());
     assert!(eventually(Duration::from_secs(10), || shared.recent_ids(0).len() == 3).await);
     assert_eq!(shared.recent_ids(0), ["e2e-1", "e2e-2", "e2e-3"]);
-    let st = lock(&shared.stats);
-    let get = st.endpoint("GET /e2e").expect("GET /e2e");
-    assert_eq!((get.production_requests, get.shadow_requests), (1, 1));
-    drop(st);
+    {
+        let st = lock(&shared.stats);
+        let get = st.endpoint("GET /e2e").expect("GET /e2e");
+        assert_eq!((get.production_requests, get.shadow_requests), (1, 1));
+    }
 
     // Synthetic load: the recorded connection (three requests) replayed into the shadow
     // at twice its rate for 2 s. One connection recorded: a cycle is 1 s at 1x, 0.5 s at
