@@ -73,7 +73,8 @@ pub enum ShadowCommand {
         /// declares ports.
         #[arg(long = "node", value_delimiter = ',')]
         nodes: Vec<String>,
-        /// Also make `ID-baseline`, a second replica, as the noise baseline.
+        /// Also make `ID-baseline`, a second copy of production placed as the shadow is, as
+        /// the noise baseline (what differs between production and it is noise).
         #[arg(long)]
         noise_baseline: bool,
         #[command(flatten)]
