@@ -506,6 +506,8 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
     let mut big_other = 0;
     let mut expected: HashMap<String, (Vec<u8>, Vec<u8>)> = HashMap::new();
     let mut predicted = BTreeSet::new();
+    // Phase 1's small connections to the sampled port: (client, decision, request).
+    let mut phase1: Vec<(SocketAddr, Decision, Vec<u8>)> = Vec::new();
     for i in 0..250u16 {
         let client = SocketAddr::from((me, 41_000 + i));
         let to = if i < 240 { server } else { other_port };
@@ -527,6 +529,9 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
             50 + (usize::from(i) * 997) % 6000
         };
         let request = pattern(u64::from(i) + 1, len);
+        if !big && to == server {
+            phase1.push((client, d, request.clone()));
+        }
         if d == Decision::Sampled {
             predicted.insert(client.to_string());
             expected.insert(
@@ -604,10 +609,62 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
         "production connections failed: {failures:?}"
     );
 
+    // Phase 3: 5-tuples of phase 1 used again (four that phase 1 sampled, four it did not),
+    // twice: every new connection on a reused 5-tuple is decided afresh under the policy
+    // now in force and counted, whatever the old connection's decision was. The clients'
+    // TIME_WAIT is reused (tcp_tw_reuse, after a second).
+    in_ns(&host.path, || {
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1").expect("tcp_tw_reuse")
+    });
+    let mut reused: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    for want in [Decision::Sampled, Decision::NotSampled] {
+        reused.extend(
+            phase1
+                .iter()
+                .filter(|(_, d, _)| *d == want)
+                .take(4)
+                .map(|(c, _, r)| (*c, r.clone())),
+        );
+    }
+    assert_eq!(reused.len(), 8, "phase 1 has both kinds");
+    // Sampled connections and their bytes before phase 3 (client strings repeat in it).
+    let base_sampled = predicted.len() as u64;
+    let base_payload: u64 = expected
+        .values()
+        .map(|(u, d)| (u.len() + d.len()) as u64)
+        .sum();
+    let (mut extra_sampled, mut extra_payload) = (0u64, 0u64);
+    let mut phase3 = 0u64;
+    for _round in 0..2 {
+        std::thread::sleep(Duration::from_millis(2_100));
+        let jobs: Vec<Job> = reused
+            .iter()
+            .map(|(client, request)| Job {
+                client: *client,
+                server,
+                request: request.clone(),
+            })
+            .collect();
+        for (client, request) in &reused {
+            let d = decide(&p2, true, *client, server);
+            assert_ne!(d, Decision::Ineligible);
+            if d == Decision::Sampled {
+                let response = response_for(*client, request.len());
+                extra_sampled += 1;
+                extra_payload += (request.len() + response.len()) as u64;
+                predicted.insert(client.to_string());
+                expected.insert(client.to_string(), (request.clone(), response));
+            }
+        }
+        phase3 += jobs.len() as u64;
+        let failures = run_clients(&host.path, jobs, 8);
+        assert!(failures.is_empty(), "reused 5-tuples: {failures:?}");
+    }
+
     // Every predicted connection reaches the sink, whole, and nothing else does.
     let done = eventually(Duration::from_secs(30), || {
         let g = log.lock().unwrap();
-        g.conns.len() >= predicted.len() && g.conns.values().all(|c| c.closed)
+        g.conns.len() as u64 >= base_sampled + extra_sampled && g.conns.values().all(|c| c.closed)
     })
     .await;
     let g = log.lock().unwrap();
@@ -670,25 +727,24 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
             .map(|(_, v)| *v as u64)
             .unwrap()
     };
-    assert_eq!(get("connections_seen"), 250 + 75 + phase0);
-    assert_eq!(get("connections_eligible"), 240 + 60 + phase0);
-    assert_eq!(get("connections_sampled"), predicted.len() as u64);
+    assert_eq!(get("connections_seen"), 250 + 75 + phase0 + phase3);
+    assert_eq!(get("connections_eligible"), 240 + 60 + phase0 + phase3);
+    assert_eq!(get("connections_sampled"), base_sampled + extra_sampled);
     assert_eq!(get("connections_lost"), 0);
     assert_eq!(get("copies_lost"), 0);
     assert_eq!(get("sinks_connected"), 1);
-    let payload: u64 = expected
-        .values()
-        .map(|(u, d)| (u.len() + d.len()) as u64)
-        .sum();
-    assert_eq!(get("bytes_streamed"), payload);
-    assert_eq!(metrics.connections_sampled.get(), predicted.len() as u64);
+    assert_eq!(get("bytes_streamed"), base_payload + extra_payload);
+    assert_eq!(
+        metrics.connections_sampled.get(),
+        base_sampled + extra_sampled
+    );
     eprintln!(
         "tap test: {} connections, {} sampled ({} by connection of 240, then {} sources of 20 by source), {} bytes streamed, {:?}",
         325,
         predicted.len(),
         n1,
         sticky_in,
-        payload,
+        base_payload + extra_payload,
         started.elapsed()
     );
 
