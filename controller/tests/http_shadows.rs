@@ -243,9 +243,48 @@ async fn bad_requests_are_problems_naming_the_field() {
     assert_eq!(status, StatusCode::CREATED);
     let (status, _, problem) = call(&s, Method::POST, "/shadows", &create_body().to_string()).await;
     assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    // Synthetic load: 202 with the run, a bad value a 422 naming it, a bad body a 400.
+    let id = create_body()["id"].as_str().unwrap().to_owned();
+    let path = format!("/shadows/{id}/synthetic");
+    let (status, _, info) = call(
+        &s,
+        Method::POST,
+        &path,
+        r#"{"multiplier": 2.5, "duration_seconds": 30}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{info}");
+    assert_eq!(info["synthetic"]["multiplier_milli"], 2500);
+    assert_eq!(info["synthetic"]["generation"], 1);
+    for (body, field) in [
+        (
+            r#"{"multiplier": 5000, "duration_seconds": 30}"#,
+            "multiplier",
+        ),
+        (
+            r#"{"multiplier": 2, "duration_seconds": 0}"#,
+            "duration_seconds",
+        ),
+    ] {
+        let (status, content_type, problem) = call(&s, Method::POST, &path, body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
+        assert_eq!(content_type, "application/problem+json");
+        assert_eq!(problem["parameter"], field, "{problem}");
+    }
+    let (status, _, _) = call(&s, Method::POST, &path, r#"{"speed": 2}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     // Unknown shadow: 404 for every verb.
     for (m, path, body) in [
         (Method::PUT, "/shadows/nope/policy", "{}"),
+        (
+            Method::POST,
+            "/shadows/nope/synthetic",
+            r#"{"multiplier": 2, "duration_seconds": 5}"#,
+        ),
         (Method::DELETE, "/shadows/nope", ""),
     ] {
         let (status, _, _) = call(&s, m, path, body).await;
