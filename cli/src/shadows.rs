@@ -417,6 +417,29 @@ fn event_line(e: &Value, as_json: bool) -> String {
         ),
         "weft.shadow.policy.changed" => policy_text(&d["policy"]),
         "weft.shadow.degraded" => d["error"].as_str().unwrap_or("-").to_owned(),
+        "weft.shadow.failover.activated" | "weft.shadow.failover.recovered" => format!(
+            "node {}{}",
+            d["node"].as_str().unwrap_or("-"),
+            d["switch_seconds"]
+                .as_f64()
+                .map(|s| format!(", switched in {s:.2} s"))
+                .unwrap_or_default()
+        ),
+        "weft.shadow.scaling.recommended" | "weft.shadow.scaling.applied" => {
+            let r = &d["recommendation"];
+            format!(
+                "{} {}: {} -> {} ({})",
+                r["node"].as_str().unwrap_or("-"),
+                r["resource"].as_str().unwrap_or("-"),
+                r["current"],
+                r["recommended"],
+                r["reason"].as_str().unwrap_or("-")
+            )
+        }
+        "weft.shadow.synthetic.asked" => format!(
+            "{}x for {} s (run {})",
+            d["multiplier"], d["duration_seconds"], d["generation"]
+        ),
         _ => String::new(),
     };
     format!(
@@ -546,6 +569,26 @@ pub fn run(base: &str, command: &ShadowCommand) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_print_what_happened() {
+        let e = json!({
+            "type": "weft.shadow.failover.activated", "time": "t", "subject": "s",
+            "data": {"node": "web", "switch_seconds": 0.312},
+        });
+        assert!(event_line(&e, false).contains("node web, switched in 0.31 s"));
+        let e = json!({
+            "type": "weft.shadow.scaling.applied", "time": "t", "subject": "s",
+            "data": {"recommendation": {"node": "db", "resource": "memory", "current": 512,
+                                        "recommended": 768, "reason": "near its limit"}},
+        });
+        assert!(event_line(&e, false).contains("db memory: 512 -> 768 (near its limit)"));
+        let e = json!({
+            "type": "weft.shadow.synthetic.asked", "time": "t", "subject": "s",
+            "data": {"multiplier": 3.0, "duration_seconds": 60, "generation": 2},
+        });
+        assert!(event_line(&e, false).contains("3.0x for 60 s (run 2)"));
+    }
 
     #[test]
     fn shares_and_windows_parse_or_are_refused() {
