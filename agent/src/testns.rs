@@ -42,8 +42,11 @@ impl TestNetns {
             std::process::id(),
             NEXT.fetch_add(1, Relaxed)
         );
-        let path = PathBuf::from("/run/netns").join(&name);
-        std::fs::create_dir_all("/run/netns").expect("creating /run/netns");
+        // /run/netns a shared mount point first, as the agent and `ip netns` make it: a
+        // namespace mounted on the bare directory would be hidden under that bind mount when
+        // one of them makes it later, and could then be neither unmounted nor removed.
+        crate::networks::namespaces::prepare_dir().expect("preparing /run/netns");
+        let path = crate::networks::namespaces::path_of(&name);
         std::fs::File::create(&path).expect("creating the netns mount point");
         let guard = Self {
             name,
