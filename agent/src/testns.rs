@@ -12,6 +12,43 @@ use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 
 use crate::hostevents::in_netns;
 
+/// Enters the network namespace `file` on the calling thread only.
+pub fn enter(file: &std::fs::File) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setns on a valid namespace fd, for the calling thread only.
+    assert_eq!(
+        unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns"
+    );
+}
+
+/// Runs `f` on a scratch thread inside the network namespace of `path`.
+pub fn in_ns<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(path).expect("netns file");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(&file);
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    })
+}
+
+/// Runs `ip ARGS`; a failure fails the test, with ip's message.
+pub fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn is_root() -> bool {
     // SAFETY: no arguments, no side effects.
     unsafe { libc::geteuid() == 0 }

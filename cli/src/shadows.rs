@@ -1,14 +1,11 @@
 //! `weft shadow create|get|list|policy|delete|watch`: shadow environments (the
 //! controller's `/shadows` and `/events/shadows`).
 
-use std::io::{BufRead as _, BufReader, Write as _};
-
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::shards::{agent, call, enc};
-use crate::{endpoint, problem_message};
+use crate::shards::{call, enc, follow_events};
 
 /// Which connections are sampled. Given to `policy`, it replaces the shadow's whole
 /// policy: a flag left out takes its default.
@@ -456,35 +453,7 @@ fn watch(base: &str, id: Option<&str>, as_json: bool) -> anyhow::Result<String> 
         Some(id) => format!("/events/shadows?shadow={}", enc(id)),
         None => "/events/shadows".to_owned(),
     };
-    let url = endpoint(base, &path);
-    let response = match agent(None)
-        .get(&url)
-        .set("Accept", "text/event-stream")
-        .call()
-    {
-        Ok(r) => r,
-        Err(ureq::Error::Status(code, response)) => {
-            let body = response.into_string().unwrap_or_default();
-            bail!(
-                "the controller answered {code} for GET {path}: {}",
-                problem_message(&body)
-            );
-        }
-        Err(error) => {
-            return Err(anyhow!(error)).with_context(|| crate::credentials::unreachable(base));
-        }
-    };
-    let mut out = std::io::stdout().lock();
-    for line in BufReader::new(response.into_reader()).lines() {
-        let line = line.context("reading the event stream")?;
-        if let Some(data) = line.strip_prefix("data:") {
-            let e: Value =
-                serde_json::from_str(data.trim()).context("an event that is not JSON")?;
-            out.write_all(event_line(&e, as_json).as_bytes())?;
-            out.flush()?;
-        }
-    }
-    bail!("the controller closed the event stream")
+    follow_events(base, &path, |e| event_line(e, as_json))
 }
 
 pub fn run(base: &str, command: &ShadowCommand) -> anyhow::Result<String> {

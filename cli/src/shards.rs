@@ -466,7 +466,17 @@ pub fn run_events(base: &str, args: &EventsArgs) -> anyhow::Result<String> {
         Some(from) => format!("/events?from={from}"),
         None => "/events".to_owned(),
     };
-    let url = endpoint(base, &path);
+    follow_events(base, &path, |e| event_line(e, args.json))
+}
+
+/// Follows the server-sent events of `path` until the controller closes the stream,
+/// printing `show` of each event's data (JSON) as it comes.
+pub fn follow_events(
+    base: &str,
+    path: &str,
+    show: impl Fn(&Value) -> String,
+) -> anyhow::Result<String> {
+    let url = endpoint(base, path);
     let response = match agent(None)
         .get(&url)
         .set("Accept", "text/event-stream")
@@ -490,7 +500,7 @@ pub fn run_events(base: &str, args: &EventsArgs) -> anyhow::Result<String> {
         if let Some(data) = line.strip_prefix("data:") {
             let e: Value =
                 serde_json::from_str(data.trim()).context("an event that is not JSON")?;
-            out.write_all(event_line(&e, args.json).as_bytes())?;
+            out.write_all(show(&e).as_bytes())?;
             out.flush()?;
         }
     }

@@ -95,6 +95,11 @@ async fn state_on(store: Arc<dyn Store>, fresh: bool) -> AppState {
     s
 }
 
+/// A fake agent's reported measurements.
+fn measurements(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
 fn underlay(host: &str) -> &'static str {
     HOSTS.iter().find(|(h, _)| *h == host).unwrap().1
 }
@@ -754,26 +759,20 @@ fn histogram(values: &[(u64, u64)]) -> Vec<u8> {
 async fn status_sums_the_taps_and_sinks_reports_and_compares_latencies() {
     let s = state_on(Arc::new(MemoryStore::default()), true).await;
     let mut a = agent();
-    a.tap_measurements = [
+    a.tap_measurements = measurements(&[
         ("connections_seen", 100.0),
         ("connections_eligible", 80.0),
         ("connections_sampled", 10.0),
         ("bytes_streamed", 4096.0),
         ("connections_lost", 1.0),
         ("sinks_connected", 1.0),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    a.sink_measurements = [
+    ]);
+    a.sink_measurements = measurements(&[
         ("requests_replayed", 30.0),
         ("requests_skipped_write", 2.0),
         ("connections_replayed", 10.0),
         ("taps_connected", 1.0),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     a.sink_report = Some(ShadowReport {
         endpoints: vec![ShadowEndpointStats {
             endpoint: "GET /api/users".into(),
@@ -837,14 +836,11 @@ async fn a_shadow_near_its_memory_limit_gets_a_scaling_recommendation() {
     let s = state_on(Arc::new(MemoryStore::default()), true).await;
     let mut a = agent();
     // The shadow copy's cgroup, as its sink reports it: far above 90 % of 512 MB.
-    a.sink_measurements = [
+    a.sink_measurements = measurements(&[
         ("shadow_cpu_seconds", 1.0),
         ("shadow_memory_bytes", 600_000_000.0),
         ("shadow_memory_limit_bytes", 0.0),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     let _agents: Vec<_> = HOSTS
         .iter()
         .map(|(h, _)| a.clone().spawn(s.control.clone(), h))
@@ -973,15 +969,12 @@ async fn failover_event(events: &mut tokio::sync::broadcast::Receiver<ShadowEven
 async fn divert_and_failover_steer_production_to_the_shadow_and_a_failover_is_an_event() {
     let s = state_on(Arc::new(MemoryStore::default()), true).await;
     let mut a = agent();
-    a.steer_measurements = [
+    a.steer_measurements = measurements(&[
         ("connections_seen", 40.0),
         ("connections_steered", 4.0),
         ("failover_active", 1.0),
         ("failover_switch_seconds", 0.31),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     let _agents = production(&s, a.clone()).await;
     let mut events = s.shadows.subscribe();
     let failover = FailoverCheck {
@@ -1132,14 +1125,11 @@ async fn divert_and_failover_steer_production_to_the_shadow_and_a_failover_is_an
 async fn synthetic_load_goes_to_the_sinks_only_as_a_new_run_each_time() {
     let s = state_on(Arc::new(MemoryStore::default()), true).await;
     let mut a = agent();
-    a.sink_measurements = [
+    a.sink_measurements = measurements(&[
         ("synthetic_connections", 7.0),
         ("synthetic_requests", 21.0),
         ("synthetic_runs_finished", 1.0),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     let _agents = production(&s, a).await;
     s.shadows.create(request("shop-shadow")).await.unwrap();
     let rec = s.shadows.get("shop-shadow").unwrap();

@@ -1,29 +1,7 @@
-use std::os::fd::AsRawFd as _;
-use std::path::Path;
-
 use super::*;
 use crate::FLOW_OBJECT;
 use crate::attach::{PROG_EGRESS, PROG_INGRESS};
-use crate::testns::{TestNetns, require_root};
-
-/// Runs `f` on a scoped thread inside the namespace of `path` (tcx attach and query
-/// resolve interface names in the calling thread's namespace).
-fn in_ns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
-    let file = std::fs::File::open(path).expect("netns file");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on a valid namespace fd; this scoped thread ends after `f`.
-            assert_eq!(
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                0,
-                "setns"
-            );
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    })
-}
+use crate::testns::{TestNetns, in_ns, require_root};
 
 fn names(on: &[OnHook]) -> Vec<&str> {
     on.iter().map(|p| p.name.as_str()).collect()

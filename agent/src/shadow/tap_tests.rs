@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -21,41 +20,7 @@ use super::tap_policy::{Decision, PolicySpec, TapSpec, decide};
 use crate::FLOW_OBJECT;
 use crate::attach::{PROG_EGRESS, PROG_INGRESS};
 use crate::datapath::{Datapath, Hook, Order};
-use crate::testns::{TestNetns, require_root};
-
-/// Runs `f` on a thread inside the namespace of `path`.
-fn in_ns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
-    let file = std::fs::File::open(path).expect("netns file");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enter(&file);
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    })
-}
-
-fn enter(file: &std::fs::File) {
-    // SAFETY: setns on a valid namespace fd, for the calling thread only.
-    assert_eq!(
-        unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-        0,
-        "setns"
-    );
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::testns::{TestNetns, enter, in_ns, ip, require_root};
 
 /// Deterministic bytes (xorshift), so that any reordering or loss shows.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {

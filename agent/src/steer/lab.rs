@@ -24,7 +24,7 @@ use crate::FLOW_OBJECT;
 use crate::control::DesiredResource;
 use crate::datapath::Datapath;
 use crate::networks::{Networks, NetworksConfig, NodeReconciler, SegmentReconciler};
-use crate::testns::{TestNetns, require_root};
+use crate::testns::{TestNetns, in_ns, require_root};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 const PORT: u16 = 7900;
@@ -117,21 +117,6 @@ fn server(netns: &Path, name: &str) -> Server {
     assert_eq!(line.trim(), "ready");
     drop(file);
     child
-}
-
-/// Runs `f` on a thread inside the namespace `netns` (sockets made there stay there).
-fn in_ns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = std::fs::File::open(netns).expect("namespace");
-    std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd; this thread ends after `f`.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
-    .join()
-    .expect("namespace thread")
 }
 
 /// An open connection of the client; `talk` sends a line and returns the answer.

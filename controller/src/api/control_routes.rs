@@ -9,7 +9,7 @@ use std::convert::Infallible;
 
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt as _;
@@ -88,14 +88,7 @@ async fn events(State(state): State<AppState>) -> impl IntoResponse {
             }
         }
     });
-    let to_sse = |event: ControlEvent| {
-        let e = cloud_event(&event);
-        Event::default()
-            .id(e["id"].as_str().unwrap_or_default())
-            .event(e["type"].as_str().unwrap_or_default())
-            .json_data(&e)
-            .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
-    };
+    let to_sse = |event: ControlEvent| super::sse::cloud_event(&cloud_event(&event));
     Sse::new(recent.chain(live).map(to_sse).map(Ok::<_, Infallible>))
         .keep_alive(KeepAlive::default())
 }

@@ -28,7 +28,9 @@ impl AgentApi {
     }
 }
 
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+/// `value` trimmed, or INVALID_ARGUMENT naming `field` when it is empty (every gRPC
+/// service of the controller checks its request fields with it).
+pub(crate) fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     let value = value.trim();
     if value.is_empty() {
         Err(Status::invalid_argument(format!(

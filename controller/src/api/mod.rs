@@ -20,6 +20,7 @@ pub mod shadows_grpc;
 pub mod shadows_routes;
 pub mod shards_grpc;
 pub mod shards_routes;
+pub mod sse;
 pub mod token_routes;
 pub mod views;
 

@@ -10,6 +10,7 @@ use weft_networks::{CreateRequest, MirrorRequest, NetworkError, NetworkRecord, R
 use weft_proto::v1 as wire;
 use weft_proto::v1::mirror_service_server::{MirrorService, MirrorServiceServer};
 
+use super::grpc::required;
 use super::network_events;
 use crate::state::AppState;
 
@@ -39,16 +40,6 @@ pub fn status(e: NetworkError) -> Status {
         NetworkError::Conflict(m) => Status::failed_precondition(m),
         NetworkError::Internal(m) => Status::internal(m),
     }
-}
-
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "field `{field}` must not be empty"
-        )));
-    }
-    Ok(v)
 }
 
 fn missing(id: &str) -> Status {

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt as _;
@@ -263,14 +263,7 @@ async fn events(
     let params = Params(params);
     params.only(&["network"])?;
     let network = params.0.get("network").filter(|n| !n.is_empty()).cloned();
-    let to_sse = |e: network_events::NetworkCloudEvent| {
-        let e = e.to_json();
-        Event::default()
-            .id(e["id"].as_str().unwrap_or_default())
-            .event(e["type"].as_str().unwrap_or_default())
-            .json_data(&e)
-            .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
-    };
+    let to_sse = |e: network_events::NetworkCloudEvent| super::sse::cloud_event(&e.to_json());
     let stream = network_events::subscribe(&state, network)
         .map(to_sse)
         .map(Ok::<_, Infallible>);

@@ -10,6 +10,7 @@ use weft_proto::v1 as wire;
 use weft_proto::v1::shadow_service_server::{ShadowService, ShadowServiceServer};
 use weft_shadows::{CreateRequest, ShadowError, ShadowPolicy};
 
+use super::grpc::required;
 use super::shadow_events;
 use crate::state::AppState;
 
@@ -37,16 +38,6 @@ pub fn status(e: ShadowError) -> Status {
         ShadowError::Exists(m) => Status::already_exists(m),
         ShadowError::Internal(m) => Status::internal(m),
     }
-}
-
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "field `{field}` must not be empty"
-        )));
-    }
-    Ok(v)
 }
 
 fn missing(id: &str) -> Status {

@@ -13,7 +13,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures::StreamExt as _;
@@ -165,14 +165,7 @@ async fn events(
     let params = Params(params);
     params.only(&["shadow"])?;
     let shadow = params.0.get("shadow").filter(|n| !n.is_empty()).cloned();
-    let to_sse = |e: shadow_events::ShadowCloudEvent| {
-        let e = e.to_json();
-        Event::default()
-            .id(e["id"].as_str().unwrap_or_default())
-            .event(e["type"].as_str().unwrap_or_default())
-            .json_data(&e)
-            .unwrap_or_else(|_| Event::default().comment("unserialisable event"))
-    };
+    let to_sse = |e: shadow_events::ShadowCloudEvent| super::sse::cloud_event(&e.to_json());
     let stream = shadow_events::subscribe(&state, shadow)
         .map(to_sse)
         .map(Ok::<_, Infallible>);

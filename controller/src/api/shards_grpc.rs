@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use weft_proto::v1 as wire;
 use weft_proto::v1::shard_service_server::{ShardService, ShardServiceServer};
 
+use super::grpc::required;
 use super::shards_routes::{ListQuery, list_page, parse_create};
 use crate::state::AppState;
 use weft_shards::{
@@ -50,15 +51,6 @@ fn api_status(e: super::ApiError) -> Status {
         409 => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
-}
-
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
-    if value.trim().is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "field `{field}` must not be empty"
-        )));
-    }
-    Ok(value.trim())
 }
 
 fn family(value: &str) -> Result<Family, Status> {

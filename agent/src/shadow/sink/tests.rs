@@ -13,7 +13,7 @@ use weft_proto::v1::{ShadowFrame, ShadowHello, ShadowSink, ShadowTarget};
 
 use super::*;
 use crate::control::DesiredResource;
-use crate::testns::require_root;
+use crate::testns::{in_ns, ip, require_root};
 
 /// Waits until `f` holds, at most `timeout`.
 async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -1586,33 +1586,6 @@ async fn a_changed_sink_keeps_its_port_and_ends_its_taps_streams() {
     );
 }
 
-/// Runs `f` on a scratch thread inside the namespace of `path`.
-fn in_ns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
-    use std::os::fd::AsRawFd as _;
-    let file = std::fs::File::open(path).expect("netns file");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on a valid namespace fd, for this scratch thread only.
-            assert_eq!(
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    })
-}
-
-fn ip_cmd(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Reads one HTTP/1.1 response with a Content-Length (or until close) from `s`.
 fn read_response(s: &mut std::net::TcpStream) -> Vec<u8> {
     use std::io::Read as _;
@@ -1661,11 +1634,11 @@ async fn the_real_tap_streams_to_the_real_sink_and_the_shadow_gets_production_re
     // node's namespace with the server.
     let host = TestNetns::new();
     let node = TestNetns::new();
-    ip_cmd(&[
+    ip(&[
         "-n", &host.name, "link", "add", "tp0", "type", "veth", "peer", "name", "eth0", "netns",
         &node.name,
     ]);
-    ip_cmd(&[
+    ip(&[
         "-n",
         &host.name,
         "addr",
@@ -1674,8 +1647,8 @@ async fn the_real_tap_streams_to_the_real_sink_and_the_shadow_gets_production_re
         "dev",
         "tp0",
     ]);
-    ip_cmd(&["-n", &host.name, "link", "set", "tp0", "up"]);
-    ip_cmd(&[
+    ip(&["-n", &host.name, "link", "set", "tp0", "up"]);
+    ip(&[
         "-n",
         &node.name,
         "addr",
@@ -1684,8 +1657,8 @@ async fn the_real_tap_streams_to_the_real_sink_and_the_shadow_gets_production_re
         "dev",
         "eth0",
     ]);
-    ip_cmd(&["-n", &node.name, "link", "set", "eth0", "up"]);
-    ip_cmd(&["-n", &node.name, "link", "set", "lo", "up"]);
+    ip(&["-n", &node.name, "link", "set", "eth0", "up"]);
+    ip(&["-n", &node.name, "link", "set", "lo", "up"]);
     let _prod = Server(
         Command::new("ip")
             .args(["netns", "exec", &node.name, "python3"])
