@@ -173,6 +173,8 @@ impl ControlDriver {
             observed: r.observed,
             hand_changes: r.hand_changes,
             shadow: r.shadow,
+            snapshots: r.snapshots,
+            syncs: r.syncs,
         }
     }
 

@@ -51,6 +51,10 @@ pub struct ResourceReport {
     pub hand_changes: Option<weft_proto::v1::NodeHandChanges>,
     /// A shadow sink: its comparison of production and shadow so far.
     pub shadow: Option<weft_proto::v1::ShadowReport>,
+    /// A network node: its volume snapshots, oldest first.
+    pub snapshots: Vec<weft_proto::v1::VolumeSnapshot>,
+    /// A network node: the last volume sync done per volume.
+    pub syncs: Vec<weft_proto::v1::VolumeSyncDone>,
 }
 
 /// Which resources a reconcile must look at.

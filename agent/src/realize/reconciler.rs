@@ -33,8 +33,7 @@ fn report(a: Applied) -> ResourceReport {
             .collect(),
         observed,
         changes: a.changes,
-        hand_changes: None,
-        shadow: None,
+        ..Default::default()
     }
 }
 

@@ -557,8 +557,8 @@ impl SinkReconciler {
             }))
             .collect(),
             changes,
-            hand_changes: None,
             shadow: Some(s.report()),
+            ..Default::default()
         }
     }
 }
