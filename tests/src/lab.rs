@@ -500,6 +500,9 @@ impl Drop for Lab {
         for u in uplinks {
             links::delete_root_link(&u);
         }
+        // An agent's volume pool (a loop-mounted file under the lab directory), also when
+        // the agent was killed before it could unmount it.
+        crate::mounts::detach_under(&self.dir);
         if std::thread::panicking() {
             eprintln!("lab logs kept in {}", self.dir.display());
         } else {
