@@ -51,6 +51,8 @@ pub struct Plan {
 
 /// A running load; [`Running::finish`] stops it and returns every sample, by start time.
 pub struct Running {
+    /// What [`Sample::started`] counts from.
+    pub t0: Instant,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<Result<Vec<Sample>>>>,
 }
@@ -116,7 +118,7 @@ pub fn start(plan: &Plan) -> Result<Running> {
             Ok(out)
         }));
     }
-    Ok(Running { stop, threads })
+    Ok(Running { t0, stop, threads })
 }
 
 /// One `GET path` on a new connection.

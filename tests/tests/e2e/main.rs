@@ -12,6 +12,7 @@ mod networks;
 mod shadows;
 mod support;
 mod trust;
+mod weaves;
 
 use std::time::Duration;
 

@@ -118,6 +118,16 @@ impl TwoHypervisors {
         hv1_workloads: &[&str],
         hv2_agent_args: &[&str],
     ) -> Result<Self> {
+        Self::start_full(pool, hv1_workloads, hv2_agent_args, &[])
+    }
+
+    /// As [`TwoHypervisors::start_with`], with extra flags for the controller.
+    pub(crate) fn start_full(
+        pool: &str,
+        hv1_workloads: &[&str],
+        hv2_agent_args: &[&str],
+        controller_args: &[&str],
+    ) -> Result<Self> {
         let mut builder = Lab::builder().hypervisor("hv1");
         for w in hv1_workloads {
             builder = builder.workload(w);
@@ -128,8 +138,9 @@ impl TwoHypervisors {
         let grpc = format!("{ip}:{}", free_port(&ip)?);
         let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
         let shard_pool = format!("198.19.{x}.128/25");
-        let controller =
-            Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &shard_pool])?;
+        let mut args = vec!["--shard-pool", shard_pool.as_str()];
+        args.extend_from_slice(controller_args);
+        let controller = Controller::start_with(&lab, &grpc, &http, &args)?;
         let agents = [
             Agent::start(&lab, 0, &controller.grpc_url())?,
             Agent::start_with(&lab, 1, &controller.grpc_url(), hv2_agent_args)?,
@@ -354,7 +365,7 @@ fn node_pid(controller: &Controller, net: &str, key: &str) -> Result<u32> {
 }
 
 /// The last lines of a node's logs (kept by its agent under the lab directory).
-fn node_logs(lab: &Lab, hv: &str, net: &str, node: &str) -> String {
+pub(crate) fn node_logs(lab: &Lab, hv: &str, net: &str, node: &str) -> String {
     let dir = lab
         .dir()
         .join(format!("nodes-{hv}"))

@@ -1,0 +1,516 @@
+//! Weaves, end to end: an environment of nginx and PostgreSQL (and a client) on hv1; its
+//! history (definitions by revision, volume snapshots every 2 s); a weave branched from a
+//! time before a schema change runs beside the environment in its own namespaces with
+//! copy-on-write clones of the volumes as they were then; new connections to a port are
+//! routed to the weave by the kernel; writes in one are not seen in the other until
+//! `sync_volumes`; deleting the weave removes what it made. And a weave activated and
+//! deactivated 100 times under load (a new connection per request): not one request fails.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use weft_lab::load::{self, Outcome, Plan};
+use weft_lab::weft::Controller;
+use weft_lab::{Lab, eventually, skip_unless_root};
+
+use crate::networks::{TwoHypervisors, address, exec, node_logs};
+
+const ENV: &str = "\
+network: wvenv
+addressing:
+  shards: wvpool
+nodes:
+  client:
+    type: vm
+  web:
+    image: nginx:latest
+    ports: [80]
+    volumes: [data:/srv]
+  db:
+    image: postgres:16
+    ports: [5432]
+    volumes: [data:/var/lib/postgresql]
+connections:
+  client -> web:
+    port: 80
+  client -> db:
+    port: 5432
+";
+
+fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The namespace of node `node` of network `net` on hv1.
+fn ns(lab: &Lab, net: &str, node: &str) -> String {
+    format!("{}-{net}-{node}", lab.node_netns_prefix("hv1"))
+}
+
+/// A node's volume directory on hv1 (what its server reads).
+fn volume(lab: &Lab, net: &str, node: &str, name: &str) -> PathBuf {
+    lab.dir()
+        .join("nodes-hv1")
+        .join(net)
+        .join(node)
+        .join("volumes")
+        .join(name)
+}
+
+fn psql(ns: &str, host: &str, sql: &str) -> Result<String> {
+    Ok(
+        exec(ns, &["psql", "-h", host, "-U", "postgres", "-tAc", sql])?
+            .trim()
+            .to_owned(),
+    )
+}
+
+/// The page nginx serves at `host`, fetched from `ns` on a new connection.
+fn page(ns: &str, host: &str) -> Result<String> {
+    Ok(exec(
+        ns,
+        &["curl", "-sS", "--max-time", "3", &format!("http://{host}/")],
+    )?
+    .trim()
+    .to_owned())
+}
+
+/// The newest snapshot of `node` reported for network `net`, as (id, taken_unix_ns).
+fn newest_snapshot(controller: &Controller, net: &str, node: &str) -> Result<(String, u64)> {
+    let s = controller.json("GET", &format!("/networks/{net}/snapshots"), None)?;
+    let list = s["nodes"][node]
+        .as_array()
+        .with_context(|| format!("no snapshots of {node}: {s}"))?;
+    let last = list.last().with_context(|| format!("{node}: none yet"))?;
+    Ok((
+        last["id"].as_str().unwrap_or_default().to_owned(),
+        last["taken_unix_ns"].as_u64().unwrap_or(0),
+    ))
+}
+
+fn weave(controller: &Controller, id: &str) -> Result<Value> {
+    controller.json("GET", &format!("/weaves/{id}"), None)
+}
+
+fn wait_running(controller: &Controller, id: &str, logs: &dyn Fn() -> String) -> Result<Value> {
+    eventually(Duration::from_secs(90), Duration::from_millis(200), || {
+        let w = weave(controller, id)?;
+        ensure!(w["state"] == json!("running"), "weave {id}: {w}");
+        Ok(w)
+    })
+    .with_context(logs)
+}
+
+#[test]
+fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<()> {
+    if skip_unless_root("a_weave_from_before_a_schema_change_runs_beside_the_environment") {
+        return Ok(());
+    }
+    let two = TwoHypervisors::start_full(
+        "wvpool",
+        &[],
+        &[],
+        &["--volume-snapshot-interval-seconds", "2"],
+    )?;
+    let (lab, controller) = (&two.lab, &two.controller);
+    let logs = || {
+        format!(
+            "{}\nenv db:\n{}\nweave db:\n{}",
+            two.logs(),
+            node_logs(lab, "hv1", "wvenv", "db"),
+            node_logs(lab, "hv1", "wvold", "db")
+        )
+    };
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+
+    let env = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        controller.json(
+            "POST",
+            "/networks",
+            Some(&json!({"tdl": ENV, "file_name": "wvenv.tdl", "hosts": ["hv1"]})),
+        )
+    })
+    .with_context(logs)?;
+    eventually(Duration::from_secs(90), Duration::from_millis(200), || {
+        let s = controller.json("GET", "/networks/wvenv/status", None)?;
+        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    let (client, db_ns) = (ns(lab, "wvenv", "client"), ns(lab, "wvenv", "db"));
+    let (db, web) = (address(&env, "db")?, address(&env, "web")?);
+    phase("environment running");
+
+    // The state before the change: a table, a page.
+    eventually(Duration::from_secs(60), Duration::from_millis(250), || {
+        psql(&client, &db, "select 1")
+    })
+    .with_context(logs)?;
+    psql(
+        &client,
+        &db,
+        "create table items (id int primary key, name text); insert into items values (1, 'tea')",
+    )?;
+    std::fs::write(
+        volume(lab, "wvenv", "web", "data").join("www/index.html"),
+        "v1\n",
+    )?;
+    ensure!(page(&client, &web)? == "v1", "prod page before the change");
+    let written = now_unix_ns();
+    // A scheduled snapshot of both nodes taken after PostgreSQL wrote its WAL out
+    // (synchronous_commit is off in the profile: up to 0.6 s).
+    let settle = 1_500_000_000;
+    eventually(Duration::from_secs(30), Duration::from_millis(250), || {
+        for node in ["db", "web"] {
+            let (_, taken) = newest_snapshot(controller, "wvenv", node)?;
+            ensure!(
+                taken > written + settle,
+                "{node}: no snapshot after the write yet"
+            );
+        }
+        Ok(())
+    })
+    .with_context(logs)?;
+    let before_change = now_unix_ns();
+    phase("snapshots of the state before the change");
+
+    // The change: a schema change, a new page, a new node in the definition.
+    std::thread::sleep(Duration::from_millis(50));
+    psql(
+        &client,
+        &db,
+        "alter table items add column price int; insert into items values (2, 'coffee', 3)",
+    )?;
+    std::fs::write(
+        volume(lab, "wvenv", "web", "data").join("www/index.html"),
+        "v2\n",
+    )?;
+    let changed = ENV.replace("connections:\n", "  extra:\n    type: vm\nconnections:\n");
+    controller
+        .json(
+            "PUT",
+            "/networks/wvenv",
+            Some(&json!({"tdl": changed, "file_name": "wvenv.tdl"})),
+        )
+        .with_context(logs)?;
+    eventually(Duration::from_secs(60), Duration::from_millis(200), || {
+        let s = controller.json("GET", "/networks/wvenv/status", None)?;
+        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
+        exec(&ns(lab, "wvenv", "extra"), &["true"])?;
+        Ok(())
+    })
+    .with_context(logs)?;
+    let history = controller.json("GET", "/networks/wvenv/history", None)?;
+    ensure!(
+        history.as_array().is_some_and(|h| h.len() >= 2),
+        "history of two definitions at least: {history}"
+    );
+    phase("schema changed, definition changed");
+
+    // The weave, from before the change.
+    let started = Instant::now();
+    let (code, body) = controller.send(
+        "POST",
+        "/weaves",
+        Some(&json!({"environment": "wvenv", "at": before_change, "id": "wvold"})),
+    )?;
+    ensure!(code == 201, "create weave: {code} {body}\n{}", logs());
+    let w = wait_running(controller, "wvold", &logs)?;
+    phase(&format!(
+        "weave running after {:.0} ms (ready_seconds {})",
+        started.elapsed().as_secs_f64() * 1e3,
+        w["ready_seconds"]
+    ));
+    // The definition of that time: no `extra`; nodes on the environment's host.
+    ensure!(
+        w["placement"].get("extra").is_none() && w["placement"]["db"] == json!("hv1"),
+        "weave placement: {w}"
+    );
+    ensure!(
+        !weft_lab::netns::exists(&ns(lab, "wvold", "extra")),
+        "the weave has a node that did not exist then"
+    );
+    let old_client = ns(lab, "wvold", "client");
+    // Its own clients see the state of that time (same addresses, its own layer 2).
+    let old_db = eventually(Duration::from_secs(60), Duration::from_millis(250), || {
+        psql(
+            &old_client,
+            &db,
+            "select string_agg(name, ',' order by id) from items",
+        )
+    })
+    .with_context(logs)?;
+    ensure!(old_db == "tea", "weave's rows: {old_db:?}");
+    let old_columns = psql(
+        &old_client,
+        &db,
+        "select count(*) from information_schema.columns where table_name = 'items'",
+    )?;
+    ensure!(
+        old_columns == "2",
+        "weave has the column added later: {old_columns}"
+    );
+    ensure!(page(&old_client, &web)? == "v1", "weave's page");
+    ensure!(page(&client, &web)? == "v2", "prod's page");
+
+    // Routing by port: 5432 to the weave, 80 stays with the environment.
+    let (code, body) =
+        controller.send("POST", "/weaves/wvold/routes", Some(&json!({"port": 5432})))?;
+    ensure!(code == 200, "route 5432: {code} {body}");
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || {
+        let rows = psql(
+            &client,
+            &db,
+            "select string_agg(name, ',' order by id) from items",
+        )?;
+        ensure!(rows == "tea", "5432 not routed to the weave yet: {rows}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    ensure!(page(&client, &web)? == "v2", "port 80 must stay with prod");
+    phase("5432 routed to the weave, 80 not");
+
+    // Writes in one are not seen in the other. In the weave, through the routed port:
+    psql(&client, &db, "insert into items values (3, 'weave-only')")?;
+    // In the environment, from inside its db node (not through the routed path):
+    psql(&db_ns, &db, "insert into items values (4, 'prod-only', 1)")?;
+    let prod_rows = psql(
+        &db_ns,
+        &db,
+        "select string_agg(name, ',' order by id) from items",
+    )?;
+    ensure!(
+        prod_rows == "tea,coffee,prod-only",
+        "prod rows: {prod_rows}"
+    );
+    let weave_rows = psql(
+        &client,
+        &db,
+        "select string_agg(name, ',' order by id) from items",
+    )?;
+    ensure!(weave_rows == "tea,weave-only", "weave rows: {weave_rows}");
+
+    // sync_volumes(environment -> weave, data): the weave's nodes get the environment's
+    // volumes as they are now (its own writes replaced).
+    std::thread::sleep(Duration::from_millis(1500)); // prod's WAL written out
+    let (code, body) = controller.send(
+        "POST",
+        "/weaves/wvold/sync",
+        Some(&json!({"source": "wvenv", "volume": "data"})),
+    )?;
+    ensure!(code == 200, "sync: {code} {body}\n{}", logs());
+    let synced: Value = serde_json::from_str(&body)?;
+    let nodes: Vec<&str> = synced["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["node"].as_str())
+        .collect();
+    ensure!(
+        nodes.contains(&"db") && nodes.contains(&"web"),
+        "synced nodes: {synced}"
+    );
+    phase(&format!("synced: {synced}"));
+    let rows = eventually(Duration::from_secs(60), Duration::from_millis(250), || {
+        psql(
+            &client,
+            &db,
+            "select string_agg(name, ',' order by id) from items",
+        )
+    })
+    .with_context(logs)?;
+    ensure!(
+        rows == "tea,coffee,prod-only",
+        "weave after sync (through the routed port): {rows}"
+    );
+    ensure!(page(&old_client, &web)? == "v2", "weave's page after sync");
+
+    // Deleting the weave: its namespaces and volumes go, 5432 is the environment's again.
+    let (code, body) = controller.send("DELETE", "/weaves/wvold", None)?;
+    ensure!(code == 200, "delete: {code} {body}");
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        for node in ["client", "web", "db"] {
+            ensure!(
+                !weft_lab::netns::exists(&ns(lab, "wvold", node)),
+                "{node} of the weave still there"
+            );
+        }
+        ensure!(
+            !volume(lab, "wvold", "db", "data").exists(),
+            "weave's db volume still there"
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+    let rows = eventually(Duration::from_secs(20), Duration::from_millis(200), || {
+        psql(
+            &client,
+            &db,
+            "select string_agg(name, ',' order by id) from items",
+        )
+    })?;
+    ensure!(rows == "tea,coffee,prod-only", "after delete: {rows}");
+    let (code, _) = controller.send("GET", "/weaves/wvold", None)?;
+    ensure!(code == 404, "GET after delete: {code}");
+    Ok(())
+}
+
+const ACT: &str = "\
+network: wvact
+addressing:
+  shards: wvapool
+nodes:
+  client:
+    type: vm
+  web:
+    image: nginx:latest
+    ports: [80]
+    volumes: [data:/srv]
+connections:
+  client -> web:
+    port: 80
+";
+
+/// Counts answers by body, and the failed requests with their errors.
+fn tally(samples: &[load::Sample]) -> (usize, usize, Vec<String>) {
+    let (mut prod, mut weave, mut failed) = (0, 0, Vec::new());
+    for s in samples {
+        match &s.outcome {
+            Outcome::Ok { body } if body == b"prod\n" => prod += 1,
+            Outcome::Ok { body } if body == b"weave\n" => weave += 1,
+            Outcome::Ok { body } => failed.push(format!(
+                "at {:?}: unexpected body {:?}",
+                s.started,
+                String::from_utf8_lossy(body)
+            )),
+            Outcome::Failed(e) => failed.push(format!("at {:?}: {e}", s.started)),
+        }
+    }
+    (prod, weave, failed)
+}
+
+#[test]
+fn a_weave_activated_100_times_under_load_fails_no_request() -> Result<()> {
+    if skip_unless_root("a_weave_activated_100_times_under_load_fails_no_request") {
+        return Ok(());
+    }
+    const SWITCHES: usize = 100;
+    let two = TwoHypervisors::start("wvapool")?;
+    let (lab, controller) = (&two.lab, &two.controller);
+    let logs = || two.logs();
+    let env = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        controller.json(
+            "POST",
+            "/networks",
+            Some(&json!({"tdl": ACT, "file_name": "wvact.tdl", "hosts": ["hv1"]})),
+        )
+    })
+    .with_context(logs)?;
+    eventually(Duration::from_secs(60), Duration::from_millis(200), || {
+        let s = controller.json("GET", "/networks/wvact/status", None)?;
+        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    let web: std::net::IpAddr = address(&env, "web")?.parse()?;
+    let client = ns(lab, "wvact", "client");
+    std::fs::write(
+        volume(lab, "wvact", "web", "data").join("www/index.html"),
+        "prod\n",
+    )?;
+    eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        ensure!(page(&client, &web.to_string())? == "prod", "prod page");
+        Ok(())
+    })
+    .with_context(logs)?;
+
+    // A weave from now; its page changed in its own volume only.
+    let (code, body) = controller.send(
+        "POST",
+        "/weaves",
+        Some(&json!({"environment": "wvact", "id": "wvnew"})),
+    )?;
+    ensure!(code == 201, "create weave: {code} {body}\n{}", logs());
+    wait_running(controller, "wvnew", &logs)?;
+    std::fs::write(
+        volume(lab, "wvnew", "web", "data").join("www/index.html"),
+        "weave\n",
+    )?;
+    ensure!(
+        page(&ns(lab, "wvnew", "client"), &web.to_string())? == "weave",
+        "weave's page"
+    );
+    ensure!(page(&client, &web.to_string())? == "prod", "prod's page");
+
+    let plan = Plan {
+        netns: PathBuf::from(format!("/run/netns/{client}")),
+        target: SocketAddr::new(web, 80),
+        path: "/".into(),
+        rate: 2000,
+        threads: 8,
+        duration: Duration::from_secs(120),
+        max_requests: 400_000,
+        timeout: Duration::from_secs(5),
+    };
+    let running = load::start(&plan)?;
+    let t0 = running.t0;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut switch_errors = Vec::new();
+    for i in 0..SWITCHES {
+        for (method, path) in [
+            ("POST", "/weaves/wvnew/activate"),
+            ("DELETE", "/weaves/wvnew/activate"),
+        ] {
+            let (code, body) = controller.send(method, path, None)?;
+            if code != 200 {
+                switch_errors.push(format!("switch {i} {method} {path}: {code} {body}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // The last state: active. Every request started a second after it is the weave's.
+    let (code, body) = controller.send("POST", "/weaves/wvnew/activate", None)?;
+    ensure!(code == 200, "final activate: {code} {body}");
+    let active_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let samples = running.finish()?;
+    ensure!(switch_errors.is_empty(), "switches: {switch_errors:?}");
+    let (prod, weave_answers, failed) = tally(&samples);
+    eprintln!(
+        "{} requests: {prod} answered by the environment, {weave_answers} by the weave, {} failed",
+        samples.len(),
+        failed.len()
+    );
+    ensure!(
+        failed.is_empty(),
+        "{} of {} requests failed, the first: {:?}\n{}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(10)],
+        logs()
+    );
+    ensure!(
+        prod > 1000 && weave_answers > 1000,
+        "both sides must have answered: {prod} / {weave_answers}"
+    );
+    // After the last activation had been applied (1 s), only the weave answers.
+    let t_active = active_at.duration_since(t0) + Duration::from_secs(1);
+    let late: Vec<&load::Sample> = samples.iter().filter(|s| s.started > t_active).collect();
+    ensure!(late.len() > 100, "too few requests after the activation");
+    let late_prod = late
+        .iter()
+        .filter(|s| matches!(&s.outcome, Outcome::Ok { body } if body == b"prod\n"))
+        .count();
+    if late_prod > 0 {
+        bail!(
+            "{late_prod} of {} requests after the activation were answered by the environment",
+            late.len()
+        );
+    }
+    Ok(())
+}
