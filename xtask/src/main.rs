@@ -7,6 +7,7 @@ mod bench_shadows;
 mod bench_shards;
 mod bench_spoof;
 mod bench_tls;
+mod bench_weaves;
 mod demo;
 mod fuzz;
 mod setup;
@@ -89,7 +90,10 @@ enum Cmd {
         /// networks: realize/remove 100 and 1,000 nodes beside an `ip -batch` baseline, drift
         /// detect/repair latency (its section of BENCHMARKS.md). `shadows`: production's
         /// latency and throughput with 10 % shadow sampling beside nginx's `mirror`, the
-        /// sampled share, read-only mode (its section of BENCHMARKS.md).
+        /// sampled share, read-only mode (its section of BENCHMARKS.md). `weaves`: time from
+        /// the API call to the first answer of a 3- and a 10-node weave beside making the
+        /// environment anew, production's worst request meanwhile, 100 activations under
+        /// 2,000 req/s, sync_volumes of 10 MiB in 1 GiB beside rsync (its section).
         only: Option<String>,
     },
 }
@@ -140,19 +144,21 @@ fn main() -> ExitCode {
                     .and_then(|()| bench_spoof::run())
                     .and_then(|()| bench_tls::run(false))
                     .and_then(|()| bench_networks::run())
-                    .and_then(|()| bench_shadows::run()),
+                    .and_then(|()| bench_shadows::run())
+                    .and_then(|()| bench_weaves::run()),
                 Some("controller") => bench::run_controller(),
                 Some("flows") => bench::run_flows_only(),
                 Some("drift") => bench_drift::run(),
                 Some("networks") => bench_networks::run(),
                 Some("shadows") => bench_shadows::run(),
+                Some("weaves") => bench_weaves::run(),
                 Some("spoof") => bench_spoof::run(),
                 Some("tls") => bench_tls::run(no_build),
                 Some("shards") => bench_shards::run(),
                 Some("migration") => bench_shards::run_migration_only(),
                 Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: controller, flows, shards, migration, allocations, drift, spoof, tls, networks, shadows)"
+                    "unknown bench {other:?} (known: controller, flows, shards, migration, allocations, drift, spoof, tls, networks, shadows, weaves)"
                 )),
             })
         }
