@@ -2,6 +2,7 @@
 //! kept for a bounded retention, so a window query merges the buckets in range.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::stats::DependencyStats;
@@ -62,6 +63,9 @@ pub struct BucketedStats {
     pub touched_unix_ns: u64,
     /// (bucket start, stats), sorted by start.
     buckets: VecDeque<(u64, DependencyStats)>,
+    /// The all-time statistics as `GET /topology` writes them, kept until the next
+    /// record: a request writes every dependency, and between two requests few change.
+    json: OnceLock<Arc<[u8]>>,
 }
 
 impl BucketedStats {
@@ -73,6 +77,7 @@ impl BucketedStats {
         at_unix_ns: u64,
         apply: impl Fn(&mut DependencyStats),
     ) {
+        self.json.take();
         let width = config.width_ns();
         let start = at_unix_ns - at_unix_ns % width;
         let position = self.buckets.iter().rposition(|(s, _)| *s <= start);
@@ -125,9 +130,18 @@ impl BucketedStats {
         merged
     }
 
+    /// The all-time statistics as `write` renders them, rendered once per change.
+    pub fn total_json(&self, write: impl FnOnce(&DependencyStats, &mut Vec<u8>)) -> &Arc<[u8]> {
+        self.json.get_or_init(|| {
+            let mut out = Vec::with_capacity(768);
+            write(self.total(), &mut out);
+            Arc::from(out)
+        })
+    }
+
     /// The all-time statistics.
     pub fn total(&self) -> &DependencyStats {
-        static EMPTY: std::sync::OnceLock<DependencyStats> = std::sync::OnceLock::new();
+        static EMPTY: OnceLock<DependencyStats> = OnceLock::new();
         match (&self.total, self.buckets.front()) {
             (Some(total), _) => total,
             (None, Some((_, only))) => only,

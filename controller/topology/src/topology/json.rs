@@ -22,7 +22,10 @@ use crate::time::{rfc3339, rfc3339_bytes};
 
 /// Where one dependency's object and key lie in the buffers.
 struct Placed {
-    object: (usize, usize),
+    /// The first 16 bytes of client and server, zero-padded, big-endian: comparing them
+    /// orders as comparing the names does, except on a tie (then the names decide).
+    prefix: (u128, u128),
+    object: Object,
     /// Client then server, raw (not escaped), in the key buffer.
     key: usize,
     client_len: usize,
@@ -30,6 +33,30 @@ struct Placed {
     transport: Transport,
     port: u16,
     http: bool,
+}
+
+/// A dependency's JSON object: written for this answer (a range of the objects buffer), or
+/// the one kept with its statistics (all-time view), shared, not copied.
+enum Object {
+    Written(usize, usize),
+    Kept(std::sync::Arc<[u8]>),
+}
+
+impl Object {
+    fn bytes<'a>(&'a self, written: &'a [u8]) -> &'a [u8] {
+        match self {
+            Self::Written(a, b) => &written[*a..*b],
+            Self::Kept(k) => k,
+        }
+    }
+}
+
+/// The first 16 bytes of `name`, zero-padded, as a big-endian number.
+fn prefix(name: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let n = name.len().min(16);
+    b[..n].copy_from_slice(&name[..n]);
+    u128::from_be_bytes(b)
 }
 
 impl Placed {
@@ -216,21 +243,33 @@ impl Topology {
         agents_connected: u64,
     ) -> Vec<u8> {
         let count = self.dependency_count();
-        let mut objects: Vec<u8> = Vec::with_capacity(count.saturating_mul(720));
+        // The all-time view copies the objects kept with the statistics.
+        let mut objects: Vec<u8> = Vec::with_capacity(if window.is_all() {
+            0
+        } else {
+            count.saturating_mul(720)
+        });
         let mut keys: Vec<u8> = Vec::with_capacity(count.saturating_mul(40));
         let mut placed: Vec<Placed> = Vec::with_capacity(count);
         let mut totals = TotalsSum::default();
         // Paths each server serves (the classifier reads them).
         let mut paths: HashMap<String, BTreeSet<String>> = HashMap::new();
-        self.each_in_window(window, |k, stats| {
+        self.each_in_window_cached(window, |k, stats, cached| {
             totals.add(stats);
-            let start = objects.len();
-            write_dependency(&mut objects, k, stats);
+            let object = match cached {
+                Some(json) => Object::Kept(json.clone()),
+                None => {
+                    let start = objects.len();
+                    write_dependency(&mut objects, k, stats);
+                    Object::Written(start, objects.len())
+                }
+            };
             let key = keys.len();
             keys.extend_from_slice(k.client.as_bytes());
             keys.extend_from_slice(k.server.as_bytes());
             placed.push(Placed {
-                object: (start, objects.len()),
+                prefix: (prefix(k.client.as_bytes()), prefix(k.server.as_bytes())),
+                object,
                 key,
                 client_len: k.client.len(),
                 server_len: k.server.len(),
@@ -252,12 +291,18 @@ impl Topology {
             }
         });
         placed.sort_unstable_by(|a, b| {
-            (a.client(&keys), a.server(&keys), a.transport, a.port).cmp(&(
-                b.client(&keys),
-                b.server(&keys),
-                b.transport,
-                b.port,
-            ))
+            // Whole names only where the prefixes tie (the client's, then the server's).
+            a.prefix.0.cmp(&b.prefix.0).then_with(|| {
+                a.client(&keys).cmp(b.client(&keys)).then_with(|| {
+                    a.prefix.1.cmp(&b.prefix.1).then_with(|| {
+                        (a.server(&keys), a.transport, a.port).cmp(&(
+                            b.server(&keys),
+                            b.transport,
+                            b.port,
+                        ))
+                    })
+                })
+            })
         });
 
         // The traffic shape of each service, from the sorted keys: the dependencies of one
@@ -304,7 +349,10 @@ impl Topology {
         }
         services.sort_unstable_by(|a, b| a.name.cmp(&b.name));
 
-        let body_len: usize = placed.iter().map(|p| p.object.1 - p.object.0 + 1).sum();
+        let body_len: usize = placed
+            .iter()
+            .map(|p| p.object.bytes(&objects).len() + 1)
+            .sum();
         let mut out = Vec::with_capacity(body_len + services.len() * 300 + 1_024);
         out.extend_from_slice(b"{\"generated_at\":");
         value(&mut out, &rfc3339(generated_at_unix_ns));
@@ -316,7 +364,7 @@ impl Topology {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(&objects[p.object.0..p.object.1]);
+            out.extend_from_slice(p.object.bytes(&objects));
         }
         drop(objects);
         let totals: Totals = totals.finish();
@@ -477,6 +525,28 @@ mod tests {
     }
 
     #[test]
+    fn the_kept_json_of_a_dependency_follows_every_record() {
+        let (topology, directory) = varied();
+        // Rendered and kept by the first request.
+        let (serde, streamed) = both(&topology, &directory, &Window::ALL);
+        assert_eq!(streamed, serde);
+        // One more record of one dependency: its object must change, the others stay.
+        let mut o = observation(
+            "web",
+            Direction::Outbound,
+            ("10.0.0.1", 40_001),
+            ("203.0.113.5", 80),
+        );
+        o.requests = 7;
+        o.first_seen_unix_ns = T0 + 2 * MINUTE;
+        o.last_seen_unix_ns = T0 + 2 * MINUTE + 5;
+        let _ = topology.ingest(&o, &directory);
+        let (serde_after, streamed_after) = both(&topology, &directory, &Window::ALL);
+        assert_ne!(serde_after, serde, "the record changed the topology");
+        assert_eq!(streamed_after, serde_after);
+    }
+
+    #[test]
     fn the_streamed_json_of_a_window_is_serdes_json_of_its_snapshot() {
         let (topology, directory) = varied();
         for (since, until) in [(0u64, 0u64), (1, 1), (0, 1), (2, 2), (5, 6)] {
@@ -513,6 +583,30 @@ mod tests {
 #[cfg(test)]
 mod scalar_tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Prefixes that differ order as the names do (the sort relies on it).
+        #[test]
+        fn prefixes_order_as_names_do(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+        ) {
+            let (pa, pb) = (prefix(&a), prefix(&b));
+            if pa != pb {
+                proptest::prop_assert_eq!(pa.cmp(&pb), a.cmp(&b));
+            }
+        }
+    }
+
+    #[test]
+    fn prefixes_of_long_shared_names_tie() {
+        assert_eq!(
+            prefix(b"client-0000000001-a"),
+            prefix(b"client-0000000001-b")
+        );
+        assert!(prefix(b"a") < prefix(b"b"));
+        assert!(prefix(b"a") < prefix(b"a\x01"));
+    }
 
     #[test]
     fn numbers_and_strings_are_written_as_serde_json_writes_them() {

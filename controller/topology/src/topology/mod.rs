@@ -772,6 +772,24 @@ impl Topology {
         }
     }
 
+    /// As [`Self::each_in_window`], with the all-time JSON object of each dependency when
+    /// `window` is open at both ends (rendered by [`json::write_dependency`] once per
+    /// change, kept with the statistics).
+    pub(crate) fn each_in_window_cached(
+        &self,
+        window: &Window,
+        mut f: impl FnMut(&DependencyKey, &DependencyStats, Option<&std::sync::Arc<[u8]>>),
+    ) {
+        if !window.is_all() {
+            return self.each_in_window(window, |k, s| f(k, s, None));
+        }
+        for entry in &self.dependencies {
+            let (k, b) = (entry.key(), entry.value());
+            let json = b.total_json(|stats, out| json::write_dependency(out, k, stats));
+            f(k, b.total(), Some(json));
+        }
+    }
+
     /// Dependencies with their statistics within `window`, sorted by key.
     pub fn dependencies_in(&self, window: &Window) -> Vec<(DependencyKey, DependencyStats)> {
         let mut out: Vec<(DependencyKey, DependencyStats)> = self
