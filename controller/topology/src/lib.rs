@@ -12,6 +12,11 @@
 //! - [`render`]: the topology as ASCII, Graphviz DOT or JSON.
 
 pub mod analytics;
+
+/// The hash of the topology's maps, keyed per process: foldhash (hashbrown's default),
+/// several times faster than SipHash on short keys (addresses, names).
+pub(crate) type FastHash = foldhash::fast::RandomState;
+
 pub mod history;
 pub mod import;
 pub mod mapper;

@@ -84,7 +84,7 @@ pub struct NotRegistered {
 pub struct Registry {
     agents: DashMap<String, Arc<Agent>>,
     /// Workload address -> workload name, over all agents.
-    addresses: DashMap<IpAddr, String>,
+    addresses: DashMap<IpAddr, String, crate::FastHash>,
     /// Workload name -> host id.
     hosts: DashMap<String, String>,
     /// Serialises registrations so the indexes are rebuilt from one consistent view.

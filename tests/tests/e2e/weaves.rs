@@ -82,7 +82,7 @@ fn page(ns: &str, host: &str) -> Result<String> {
 /// The newest snapshot of `node` reported for network `net`, as (id, taken_unix_ns).
 fn newest_snapshot(controller: &Controller, net: &str, node: &str) -> Result<(String, u64)> {
     let s = controller.json("GET", &format!("/networks/{net}/snapshots"), None)?;
-    let list = s["nodes"][node]
+    let list = s["snapshots"][node]
         .as_array()
         .with_context(|| format!("no snapshots of {node}: {s}"))?;
     let last = list.last().with_context(|| format!("{node}: none yet"))?;
@@ -207,7 +207,7 @@ fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<(
     .with_context(logs)?;
     let history = controller.json("GET", "/networks/wvenv/history", None)?;
     ensure!(
-        history.as_array().is_some_and(|h| h.len() >= 2),
+        history["history"].as_array().is_some_and(|h| h.len() >= 2),
         "history of two definitions at least: {history}"
     );
     phase("schema changed, definition changed");

@@ -308,7 +308,7 @@ pub(crate) fn release(counter: &AtomicUsize, n: usize) {
 /// record's workload field), bounded per address and in addresses.
 #[derive(Debug)]
 pub(crate) struct NameBook {
-    names: DashMap<IpAddr, Names>,
+    names: DashMap<IpAddr, Names, crate::FastHash>,
     max_per_address: usize,
     max_addresses: usize,
 }
@@ -322,7 +322,7 @@ struct Names {
 impl NameBook {
     pub(crate) fn new(limits: &TopologyLimits) -> Self {
         Self {
-            names: DashMap::new(),
+            names: DashMap::default(),
             max_per_address: limits.max_names_per_address,
             // A named address names at least one service.
             max_addresses: limits.max_services,

@@ -120,7 +120,13 @@ struct Reserved {
 /// Name of a server not registered as a workload: `ip:port`, IPv6 as `[ip]:port`.
 pub fn unknown_server_name(address: IpAddr, port: u16) -> String {
     match address {
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(21);
+            push_ipv4(&mut out, v4);
+            out.push(':');
+            push_decimal(&mut out, u32::from(port));
+            out
+        }
         IpAddr::V6(v6) => format!("[{v6}]:{port}"),
     }
 }
@@ -128,7 +134,42 @@ pub fn unknown_server_name(address: IpAddr, port: u16) -> String {
 /// Name of a client not registered as a workload: its address alone, since its port is
 /// ephemeral.
 pub fn unknown_client_name(address: IpAddr) -> String {
-    address.to_string()
+    match address {
+        IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            push_ipv4(&mut out, v4);
+            out
+        }
+        IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
+/// `n` in decimal, without the formatting machinery (names of unknown peers are made for
+/// every record about one).
+fn push_decimal(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        out.push(char::from(*d));
+    }
+}
+
+/// An IPv4 address as `Display` writes it.
+fn push_ipv4(out: &mut String, v4: std::net::Ipv4Addr) {
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_decimal(out, u32::from(o));
+    }
 }
 
 /// An address as text on the stack (an endpoint's host is compared on every record and
@@ -160,8 +201,8 @@ impl IpText {
 
 #[derive(Debug)]
 pub struct Topology {
-    dependencies: DashMap<DependencyKey, BucketedStats>,
-    services: DashMap<String, ServiceState>,
+    dependencies: DashMap<DependencyKey, BucketedStats, crate::FastHash>,
+    services: DashMap<String, ServiceState, crate::FastHash>,
     dns: DnsNames,
     buckets: BucketConfig,
     limits: TopologyLimits,
@@ -213,8 +254,8 @@ impl Topology {
     /// A topology with the given buckets and bounds.
     pub fn with_config(buckets: BucketConfig, limits: TopologyLimits) -> Self {
         Self {
-            dependencies: DashMap::new(),
-            services: DashMap::new(),
+            dependencies: DashMap::default(),
+            services: DashMap::default(),
             dns: DnsNames::default(),
             buckets,
             limits,
@@ -879,3 +920,37 @@ mod tests;
 mod tests_identity;
 #[cfg(test)]
 mod tests_limits;
+
+#[cfg(test)]
+mod name_tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::{unknown_client_name, unknown_server_name};
+
+    proptest::proptest! {
+        /// The hand-written IPv4 names are what `Display` writes.
+        #[test]
+        fn unknown_peer_names_are_displays(a in proptest::prelude::any::<u32>(), port in proptest::prelude::any::<u16>()) {
+            let v4 = Ipv4Addr::from(a);
+            proptest::prop_assert_eq!(unknown_server_name(IpAddr::V4(v4), port), format!("{v4}:{port}"));
+            proptest::prop_assert_eq!(unknown_client_name(IpAddr::V4(v4)), v4.to_string());
+        }
+    }
+
+    #[test]
+    fn edge_addresses_and_ipv6() {
+        assert_eq!(
+            unknown_server_name("0.0.0.0".parse().unwrap(), 0),
+            "0.0.0.0:0"
+        );
+        assert_eq!(
+            unknown_server_name("255.255.255.255".parse().unwrap(), 65535),
+            "255.255.255.255:65535"
+        );
+        assert_eq!(
+            unknown_server_name(IpAddr::V6(Ipv6Addr::LOCALHOST), 443),
+            "[::1]:443"
+        );
+        assert_eq!(unknown_client_name("fd00::7".parse().unwrap()), "fd00::7");
+    }
+}
