@@ -56,6 +56,8 @@
 //! (the per-node timer).
 
 pub mod btrfs;
+#[cfg(test)]
+pub(crate) mod lab;
 pub mod pool;
 pub mod retention;
 pub mod schedule;
