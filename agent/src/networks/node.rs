@@ -1014,10 +1014,15 @@ impl Reconciler for NodeReconciler {
                             && *last == s
                             && rep.error.is_none()
                         {
-                            out.push(ResourceReport {
+                            let mut rep = ResourceReport {
                                 changes: 0,
                                 ..rep.clone()
-                            });
+                            };
+                            // Scheduled snapshots come between applies.
+                            if let Some(store) = &self.cow {
+                                (rep.snapshots, rep.syncs) = store.report(&s.network, &s.node);
+                            }
+                            out.push(rep);
                             continue;
                         }
                         todo.push(s);
