@@ -353,3 +353,105 @@ async fn scheduled_snapshots_are_kept_bounded_and_signalled() {
     schedules.ensure(&store, "prod", "db", None, &volumes, &tx);
     assert_eq!(schedules.len(), 0);
 }
+
+#[test]
+fn a_pool_unmounted_while_in_use_is_mounted_again_from_the_same_device() {
+    crate::testns::require_root!();
+    let lab = Lab::new(StoreKind::Btrfs);
+    let store = lab.store();
+    store.prepare(&req(&lab, "prod", "db", asked(0))).unwrap();
+    let vol = lab.node_root.join("prod/db/volumes/data");
+    std::fs::write(vol.join("f"), "before").unwrap();
+    // A node's process keeps a file open across the agent's exit.
+    let held = std::fs::File::open(vol.join("f")).unwrap();
+    let dev_of = |p: &Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(p).unwrap().dev()
+    };
+    let dev = dev_of(&lab.pool_dir);
+    store.pool().unmount().unwrap();
+    assert!(!btrfs::on_btrfs(&lab.pool_dir), "unmounted");
+    assert!(!vol.exists(), "the link dangles while the pool is away");
+    // The next start: the same filesystem again, data and all.
+    let again = Pool::open(&PoolConfig {
+        dir: lab.pool_dir.clone(),
+        bytes: 1 << 30,
+        kind: StoreKind::Btrfs,
+    })
+    .unwrap();
+    assert!(again.note.contains("reused"), "{}", again.note);
+    assert_eq!(dev_of(&lab.pool_dir), dev, "{}", again.note);
+    assert_eq!(read(&vol.join("f")), "before");
+    drop(held);
+    again.unmount().unwrap();
+    assert!(!btrfs::on_btrfs(&lab.pool_dir));
+}
+
+/// Times of a snapshot, a clone and a sync of a volume holding one 128 MiB file, per
+/// store (printed; `cargo test -p weft-agent volume_times -- --ignored --nocapture`).
+#[test]
+#[ignore = "a measurement: writes 128 MiB per store"]
+fn volume_times_with_128_mib() {
+    crate::testns::require_root!();
+    for (kind, want) in [
+        (StoreKind::Btrfs, Method::Btrfs),
+        (StoreKind::Copy, Method::Copy),
+    ] {
+        let lab = Lab::new(kind);
+        let store = lab.store();
+        store.prepare(&req(&lab, "prod", "db", asked(0))).unwrap();
+        let vol = lab.node_root.join("prod/db/volumes/data");
+        let block = vec![7u8; 1 << 20];
+        let mut f = std::fs::File::create(vol.join("big")).unwrap();
+        for _ in 0..128 {
+            std::io::Write::write_all(&mut f, &block).unwrap();
+        }
+        f.sync_all().unwrap();
+        drop(f);
+        let (s, c, y) = {
+            let out = store.prepare(&req(&lab, "prod", "db", asked(1))).unwrap();
+            let s = measurement(&out, "volume_snapshot_seconds");
+            let id = store.report("prod", "db").0[0].id.clone();
+            let mut ops = VolumeOps {
+                clone: Some(CloneFrom {
+                    network: "prod".into(),
+                    node: "db".into(),
+                    snapshot: id,
+                }),
+                ..Default::default()
+            };
+            let out = store.prepare(&req(&lab, "w1", "db", ops.clone())).unwrap();
+            let c = measurement(&out, "volume_clone_seconds");
+            // The first write into the clone.
+            let t = std::time::Instant::now();
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(lab.node_root.join("w1/db/volumes/data/big"))
+                .unwrap();
+            std::io::Write::write_all(&mut w, &[1u8; 8192]).unwrap();
+            w.sync_all().unwrap();
+            let first_write = t.elapsed().as_secs_f64();
+            ops.sync_from = vec![SyncFrom {
+                volume: "data".into(),
+                network: "prod".into(),
+                node: "db".into(),
+                generation: 1,
+            }];
+            let out = store.prepare(&req(&lab, "w1", "db", ops)).unwrap();
+            let y = measurement(&out, "volume_sync_seconds");
+            eprintln!(
+                "{} (128 MiB): first 8 KiB write into the clone {:.2} ms",
+                want.name(),
+                first_write * 1e3
+            );
+            (s, c, y)
+        };
+        eprintln!(
+            "{} (128 MiB): snapshot {:.2} ms, clone {:.2} ms, sync {:.2} ms",
+            want.name(),
+            s * 1e3,
+            c * 1e3,
+            y * 1e3
+        );
+    }
+}

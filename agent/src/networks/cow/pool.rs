@@ -113,9 +113,22 @@ impl Pool {
             }
             true
         };
-        // Held open until mounted: with LO_FLAGS_AUTOCLEAR the device is cleared at its
-        // last close.
-        let (dev, dev_file) = attach_loop(&file)?;
+        // A loop device still attached to the file (the pool was unmounted lazily while
+        // processes of nodes kept files open in it): mounted again, so that both see one
+        // filesystem (a second device with the same btrfs filesystem id must not be).
+        // Else a new one, held open until mounted: with LO_FLAGS_AUTOCLEAR the device is
+        // cleared at its last close.
+        let (dev, dev_file) = match attached_loop(&file) {
+            Some(dev) => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&dev)
+                    .map_err(|e| CowError::io("opening", &dev, e))?;
+                (dev, f)
+            }
+            None => attach_loop(&file)?,
+        };
         let src = std::ffi::CString::new(dev.as_os_str().as_bytes())
             .map_err(|_| CowError::Pool("loop device path".into()))?;
         let target = std::ffi::CString::new(dir.as_os_str().as_bytes())
@@ -257,6 +270,22 @@ struct LoopConfig {
 }
 
 const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
+
+/// The loop device `file` is attached to, if any (`/sys/block/loop*/loop/backing_file`).
+fn attached_loop(file: &Path) -> Option<PathBuf> {
+    let file = std::fs::canonicalize(file).ok()?;
+    std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                return None;
+            }
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            (Path::new(backing.trim_end()) == file).then(|| PathBuf::from(format!("/dev/{name}")))
+        })
+}
 
 /// Attaches `file` to a free loop device (auto-clearing); returns the device's path and
 /// an open handle on it (the device is cleared when the last handle closes, unmounted).
