@@ -307,7 +307,7 @@ async fn scheduled_snapshots_are_kept_bounded_and_signalled() {
     let store = lab.store().clone();
     let policy = SnapshotPolicy {
         interval: Some(Duration::from_secs(1)),
-        keep: 2,
+        keep: 1,
         generation: 0,
         pinned: Vec::new(),
     };
@@ -326,7 +326,11 @@ async fn scheduled_snapshots_are_kept_bounded_and_signalled() {
     let volumes = vec!["data".to_string()];
     schedules.ensure(&store, "prod", "db", Some(&policy), &volumes, &tx);
     assert_eq!(schedules.len(), 1);
-    // The same plan again does not restart the timer.
+    // The same plan again, or a new `keep`, does not restart the timer: the new `keep`
+    // applies at its next tick.
+    schedules.ensure(&store, "prod", "db", Some(&policy), &volumes, &tx);
+    let mut policy = policy;
+    policy.keep = 2;
     schedules.ensure(&store, "prod", "db", Some(&policy), &volumes, &tx);
     for n in 1..=3 {
         let sig = tokio::time::timeout(Duration::from_secs(5), rx.recv())
