@@ -349,7 +349,8 @@ impl NodeReconciler {
             if r.node_type == "vm" {
                 observed.push(weft_noderun::VM_NOTE.into());
             }
-            return Ok((observed, usize::from(before.is_some()), measurements));
+            let changes = usize::from(before.is_some()) + measurements.len();
+            return Ok((observed, changes, measurements));
         }
         if fresh_namespace && before.is_some() {
             // Its processes are in the namespace that was replaced.
@@ -367,10 +368,12 @@ impl NodeReconciler {
         let restarted = lock(&self.restarts_seen)
             .insert(key.clone(), st.restarts)
             .is_some_and(|seen| st.restarts > seen);
+        // A restart, and each volume operation done (snapshot, clone, sync, conversion:
+        // one measurement each).
         let changes = usize::from(
             restarted
                 || before.as_ref().map(|b| (b.generation, b.pid)) != Some((st.generation, st.pid)),
-        );
+        ) + measurements.len();
         match st.pid {
             Some(pid) => observed.push(format!(
                 "{} pid {pid}{} ({} restarts)",

@@ -14,6 +14,10 @@
 //! | `cp -a` (ext4)                   | 433 ms per 233 MB        | —                      |
 //! | LVM thin snapshots               | no device-mapper here    |                        |
 //!
+//! This module's lab test (`volume_times_with_128_mib`, one 128 MiB file) measured, on
+//! the same machine: btrfs snapshot 7.9 ms, clone 11.5 ms, sync 4.3 ms, first 8 KiB
+//! write into the clone 11.8 ms; copy store (ext4) 308 ms, 484 ms and 559 ms.
+//!
 //! So the default is **btrfs**: one btrfs filesystem per agent in a sparse file
 //! (`<pool>.btrfs`, `--volume-pool-bytes`, only what is written takes space), loop-mounted
 //! at `<pool>` ([`pool`]). A snapshot is `BTRFS_IOC_SNAP_CREATE_V2` of the live volume:
