@@ -106,8 +106,8 @@ pub struct Args {
     pub node_dir: PathBuf,
     /// Where nodes' copy-on-write volumes and snapshots live (nodes whose spec has volume
     /// snapshots, a clone or syncs): with the btrfs store, the mount point of a btrfs
-    /// filesystem kept in the sparse file `<dir>.btrfs` (made at the first start, reused
-    /// after; unmounted at the agent's exit); with the copy store, a plain directory.
+    /// filesystem kept in the sparse file `<dir>.btrfs` (made when a node first needs it,
+    /// reused after; unmounted at the agent's exit); with the copy store, a plain directory.
     #[arg(long, default_value = "/var/lib/weft/volume-pool")]
     pub volume_pool: PathBuf,
     /// How volumes are snapshotted and cloned: `btrfs` (atomic subvolume snapshots,

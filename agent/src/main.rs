@@ -198,25 +198,13 @@ async fn main() -> anyhow::Result<()> {
         );
         Arc::new(weft_noderun::Supervisor::new(cfg).context("the node supervisor")?)
     };
-    // The volume pool: a node that needs it fails saying why when it could not be made.
-    let volume_store = {
-        let cfg = networks::cow::PoolConfig {
-            dir: args.volume_pool.clone(),
-            bytes: args.volume_pool_bytes,
-            kind: args.volume_store,
-        };
-        match tokio::task::spawn_blocking(move || networks::cow::Pool::open(&cfg)).await? {
-            Ok(pool) => {
-                info!(pool = %pool.note, "volume pool");
-                Some(Arc::new(networks::cow::Store::new(pool)))
-            }
-            Err(e) if args.volume_store == networks::cow::StoreKind::Auto => {
-                error!(error = %e, "no volume pool: nodes with volume snapshots, clones or syncs will fail");
-                None
-            }
-            Err(e) => return Err(anyhow::anyhow!(e).context("the volume pool")),
-        }
-    };
+    // The volume pool, made or mounted when a node first needs it (a node whose pool
+    // cannot be made fails saying why).
+    let volume_store = Arc::new(networks::cow::Store::lazy(networks::cow::PoolConfig {
+        dir: args.volume_pool.clone(),
+        bytes: args.volume_pool_bytes,
+        kind: args.volume_store,
+    }));
     let networks = networks::Networks::new(
         networks::NetworksConfig {
             netns_prefix: args.node_netns_prefix.clone(),
@@ -275,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .with_workloads(registry.clone())
                 .with_host_events(events.clone())
-                .with_volume_store(volume_store.clone()),
+                .with_volume_store(Some(volume_store.clone())),
             ),
             Arc::new(shadow::tap_reconciler::ShadowTapReconciler {
                 engine: taps.clone(),
@@ -329,8 +317,8 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => error!(error = %e, "interface watcher panicked"),
     }
     let _ = metrics_task.await;
-    if let Some(store) = volume_store
-        && let Err(e) = store.pool().unmount()
+    if let Some(pool) = volume_store.pool()
+        && let Err(e) = pool.unmount()
     {
         error!(error = %e, "unmounting the volume pool");
     }

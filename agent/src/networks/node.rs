@@ -268,8 +268,8 @@ impl NodeReconciler {
             .map_err(|e| format!("volumes: {e}"))?;
         observed.push(format!(
             "volumes in the {} pool {}",
-            store.method().name(),
-            store.pool().root().display()
+            store.method().map_or("unopened", super::cow::Method::name),
+            store.dir().display()
         ));
         observed.extend(out.observed);
         measurements.extend(out.measurements);
@@ -1210,7 +1210,7 @@ impl Reconciler for NodeReconciler {
                             (store.clone(), network.to_owned(), node.to_owned());
                         let node_dir = self.node_root.join(&network).join(&node);
                         let removed = tokio::task::spawn_blocking(move || {
-                            if store.has_node(&network, &node) {
+                            if store.has_node(&network, &node)? {
                                 store.remove_node(&network, &node, &node_dir)
                             } else {
                                 Ok(())

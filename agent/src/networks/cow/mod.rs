@@ -20,7 +20,8 @@
 //!
 //! So the default is **btrfs**: one btrfs filesystem per agent in a sparse file
 //! (`<pool>.btrfs`, `--volume-pool-bytes`, only what is written takes space), loop-mounted
-//! at `<pool>` ([`pool`]). A snapshot is `BTRFS_IOC_SNAP_CREATE_V2` of the live volume:
+//! at `<pool>` ([`pool`]) when a node first needs it (an agent without such nodes makes
+//! nothing). A snapshot is `BTRFS_IOC_SNAP_CREATE_V2` of the live volume:
 //! atomic per volume, constant time, the node's processes keep running (never stopped or
 //! frozen); a clone is a writable snapshot of a snapshot; nothing is copied, and a write
 //! copies only the blocks it touches. Operations are ioctls ([`btrfs`]), not a `btrfs`

@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{CowError, Method, Pool, SnapshotMeta, SyncMeta, btrfs, retention};
+use super::{CowError, Method, Pool, PoolConfig, SnapshotMeta, SyncMeta, btrfs, retention};
 use crate::networks::spec::{SnapshotPolicy, VolumeOps};
 
 /// What a node's volumes must be (one apply).
@@ -51,7 +51,12 @@ struct NodeState {
 }
 
 pub struct Store {
-    pool: Pool,
+    /// The pool's directory (its mount point with btrfs).
+    dir: PathBuf,
+    /// How to make the pool when it is first needed (`None`: made already).
+    cfg: Option<PoolConfig>,
+    pool: OnceLock<Pool>,
+    opening: Mutex<()>,
     nodes: Mutex<HashMap<String, Arc<Mutex<NodeState>>>>,
 }
 
@@ -144,24 +149,65 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), CowError> {
 }
 
 impl Store {
+    /// A store on a pool opened already.
     pub fn new(pool: Pool) -> Self {
         Self {
-            pool,
+            dir: pool.root().to_owned(),
+            cfg: None,
+            pool: OnceLock::from(pool),
+            opening: Mutex::new(()),
             nodes: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// A store whose pool is made (or mounted again) when a node first needs it: an
+    /// agent none of whose nodes has snapshots, a clone or syncs makes nothing.
+    pub fn lazy(cfg: PoolConfig) -> Self {
+        Self {
+            dir: cfg.dir.clone(),
+            cfg: Some(cfg),
+            pool: OnceLock::new(),
+            opening: Mutex::new(()),
+            nodes: Mutex::new(HashMap::new()),
+        }
     }
 
-    pub fn method(&self) -> Method {
-        self.pool.method()
+    /// The pool, opened (made, mounted) at the first call. Blocking.
+    fn open(&self) -> Result<&Pool, CowError> {
+        if let Some(p) = self.pool.get() {
+            return Ok(p);
+        }
+        let _one = lock(&self.opening);
+        if let Some(p) = self.pool.get() {
+            return Ok(p);
+        }
+        let cfg = self
+            .cfg
+            .as_ref()
+            .ok_or_else(|| CowError::Pool("no pool configuration".into()))?;
+        let pool = Pool::open(cfg)?;
+        tracing::info!(pool = %pool.note, "volume pool opened");
+        Ok(self.pool.get_or_init(|| pool))
+    }
+
+    /// The pool, if opened.
+    pub fn pool(&self) -> Option<&Pool> {
+        self.pool.get()
+    }
+
+    /// The opened pool's method.
+    pub fn method(&self) -> Option<Method> {
+        self.pool.get().map(Pool::method)
+    }
+
+    /// The pool's directory (whether opened or not).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// `<pool>/nodes/<network>/<node>`.
     pub fn node_volumes_dir(&self, network: &str, node: &str) -> PathBuf {
-        self.pool.root().join("nodes").join(network).join(node)
+        self.dir.join("nodes").join(network).join(node)
     }
 
     /// The pool volume of a node.
@@ -171,7 +217,7 @@ impl Store {
 
     /// `<pool>/snapshots/<network>/<node>`.
     pub fn snapshots_dir(&self, network: &str, node: &str) -> PathBuf {
-        self.pool.root().join("snapshots").join(network).join(node)
+        self.dir.join("snapshots").join(network).join(node)
     }
 
     fn state_path(&self, network: &str, node: &str) -> PathBuf {
@@ -181,6 +227,7 @@ impl Store {
     /// The node's state, loaded from the pool at first use (a snapshot directory without
     /// its `snapshot.json` is an unfinished one: removed).
     fn state(&self, network: &str, node: &str) -> Result<Arc<Mutex<NodeState>>, CowError> {
+        self.open()?;
         let key = format!("{network}/{node}");
         if let Some(s) = lock(&self.nodes).get(&key) {
             return Ok(s.clone());
@@ -230,7 +277,7 @@ impl Store {
 
     /// An empty volume at `path` (a subvolume, or a directory in the copy store).
     fn create_volume(&self, path: &Path) -> Result<(), CowError> {
-        match self.method() {
+        match self.open()?.method() {
             Method::Btrfs => btrfs::create_subvolume(path),
             Method::Copy => {
                 std::fs::create_dir(path).map_err(|e| CowError::io("creating", path, e))
@@ -241,7 +288,7 @@ impl Store {
     /// A copy of `from` at `to` (which must not exist): a snapshot when both are on the
     /// btrfs pool and `from` is a subvolume, a copy otherwise. Returns the method used.
     fn copy_volume(&self, from: &Path, to: &Path, read_only: bool) -> Result<Method, CowError> {
-        if self.method() == Method::Btrfs && btrfs::is_subvolume(from) {
+        if self.open()?.method() == Method::Btrfs && btrfs::is_subvolume(from) {
             btrfs::snapshot(from, to, read_only)?;
             return Ok(Method::Btrfs);
         }
@@ -321,7 +368,7 @@ impl Store {
                 btrfs::remove_any(&old)?;
                 out.observed.push(format!(
                     "volume {v} converted from a directory into the {} pool in {} ms",
-                    self.method().name(),
+                    self.open()?.method().name(),
                     t.elapsed().as_millis()
                 ));
                 out.measurements
@@ -459,7 +506,7 @@ impl Store {
             out.observed.push(format!(
                 "{} snapshots kept{}",
                 st.snapshots.len(),
-                if self.method() == Method::Copy {
+                if self.open()?.method() == Method::Copy {
                     " (copy store: a snapshot is a copy of the live volume, not atomic)"
                 } else {
                     ""
@@ -498,7 +545,7 @@ impl Store {
         let id = retention::next_id(&st.snapshots, taken_unix_ns / 1_000_000);
         let dir = self.snapshots_dir(network, node).join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| CowError::io("creating", &dir, e))?;
-        let mut method = self.method();
+        let mut method = self.open()?.method();
         let mut done = Vec::with_capacity(volumes.len());
         for v in volumes {
             let src = self.volume_path(network, node, v);
@@ -574,8 +621,21 @@ impl Store {
     }
 
     /// Whether the node has anything in the pool (volumes or snapshots).
-    pub fn has_node(&self, network: &str, node: &str) -> bool {
-        self.node_volumes_dir(network, node).exists() || self.snapshots_dir(network, node).exists()
+    /// Blocking: a pool made earlier (its btrfs file, or the copy store's directory) is
+    /// opened to look; one never made is not made for it.
+    pub fn has_node(&self, network: &str, node: &str) -> Result<bool, CowError> {
+        if self.pool.get().is_none() {
+            let made = match self.cfg.as_ref().map(|c| c.kind) {
+                Some(super::StoreKind::Copy) => self.dir.exists(),
+                _ => super::pool::image_of(&self.dir).exists(),
+            };
+            if !made {
+                return Ok(false);
+            }
+            self.open()?;
+        }
+        Ok(self.node_volumes_dir(network, node).exists()
+            || self.snapshots_dir(network, node).exists())
     }
 
     /// Removes the node's pool volumes, its snapshots and the links to them in
@@ -595,8 +655,8 @@ impl Store {
         btrfs::remove_any(&pool_dir)?;
         btrfs::remove_any(&self.snapshots_dir(network, node))?;
         for d in [
-            self.pool.root().join("nodes").join(network),
-            self.pool.root().join("snapshots").join(network),
+            self.dir.join("nodes").join(network),
+            self.dir.join("snapshots").join(network),
         ] {
             // Only when empty.
             let _ = std::fs::remove_dir(d);
