@@ -504,6 +504,7 @@ async fn snapshots_leave_a_node_running_clones_start_from_them_and_a_sync_restar
         nodes,
         _sweep,
         hv: _hv,
+        mut signals,
         ..
     } = setup().await;
     let nodes = nodes.with_volume_store(Some(pool.store().clone()));
@@ -610,6 +611,44 @@ async fn snapshots_leave_a_node_running_clones_start_from_them_and_a_sync_restar
     let fifth = nodes.reconcile(&[src(2), w(1)], Scope::All).await;
     ok(&fifth);
     assert_eq!(pid_of(by_key(&fifth, "cow/w")), pid_of(wr));
+
+    // Scheduled snapshots: each one asks the driver for a report of its node (REFRESH),
+    // whose reconcile (that node only) carries it; the node keeps running.
+    let scheduled = |n: &mut NetworkNode| {
+        n.snapshots = Some(weft_proto::v1::VolumeSnapshots {
+            interval_seconds: 1,
+            keep: 2,
+            generation: 2,
+            pinned: Vec::new(),
+        })
+    };
+    let src_scheduled = volume_node("src", "198.18.71.2/24", scheduled);
+    ok(&nodes
+        .reconcile(&[src_scheduled.clone(), w(1)], Scope::All)
+        .await);
+    let sig = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let s = signals.recv().await.expect("signals open");
+            if s.drift.what == crate::control::REFRESH {
+                return s;
+            }
+        }
+    })
+    .await
+    .expect("a REFRESH within 5 s");
+    assert_eq!(sig.drift.key, "cow/src");
+    let keys = vec![sig.drift.key.clone()];
+    let refreshed = nodes
+        .reconcile(&[src_scheduled, w(1)], Scope::Only(&keys))
+        .await;
+    ok(&refreshed);
+    assert_eq!(refreshed.len(), 1);
+    assert_eq!(pid_of(&refreshed[0]), p1);
+    assert!(
+        refreshed[0].snapshots.iter().any(|s| s.generation == 0),
+        "{:?}",
+        refreshed[0].snapshots
+    );
 
     // Removal: the nodes' pool volumes and snapshots go.
     ok(&nodes.reconcile(&[], Scope::All).await);
