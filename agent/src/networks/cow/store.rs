@@ -360,12 +360,15 @@ impl Store {
                 btrfs::remove_any(&target)?;
                 self.create_volume(&target)?;
                 copy_tree(&link, &target)?;
-                let old = links.join(format!(".{v}.converted"));
-                btrfs::remove_any(&old)?;
-                std::fs::rename(&link, &old).map_err(|e| CowError::io("renaming", &link, e))?;
-                std::os::unix::fs::symlink(&target, &link)
-                    .map_err(|e| CowError::io("linking", &link, e))?;
-                btrfs::remove_any(&old)?;
+                // The link replaces the directory in one exchange: the node's path is
+                // the directory or the link, never missing (a leftover `.<v>.link` of a
+                // crash is either link or the copied directory: removed either way).
+                let tmp = links.join(format!(".{v}.link"));
+                btrfs::remove_any(&tmp)?;
+                std::os::unix::fs::symlink(&target, &tmp)
+                    .map_err(|e| CowError::io("linking", &tmp, e))?;
+                exchange(&tmp, &link)?;
+                btrfs::remove_any(&tmp)?;
                 out.observed.push(format!(
                     "volume {v} converted from a directory into the {} pool in {} ms",
                     self.open()?.method().name(),
@@ -465,8 +468,6 @@ impl Store {
             let m = self.copy_volume(&source, &staging, false)?;
             let removed = remove_files(&staging, &req.clone_remove)?;
             exchange(&staging, &target)?;
-            // `staging` is the old volume now.
-            btrfs::remove_any(&staging)?;
             let took = t.elapsed().as_secs_f64();
             st.persisted.syncs.insert(
                 s.volume.clone(),
@@ -477,6 +478,11 @@ impl Store {
                 },
             );
             self.persist(network, node, &st.persisted)?;
+            // `staging` is the old volume now (one left by a failure here is removed at
+            // the next sync).
+            if let Err(e) = btrfs::remove_any(&staging) {
+                tracing::warn!(error = %e, "removing a node's old volume after a sync");
+            }
             out.observed.push(format!(
                 "volume {} synced ({}) from {}/{} (generation {}) in {:.1} ms{}",
                 s.volume,
