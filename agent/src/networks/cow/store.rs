@@ -559,8 +559,14 @@ impl Store {
                 // Not made yet (the node's first apply failed before): not in this one.
                 continue;
             }
-            if self.copy_volume(&src, &dir.join(v), true)? == Method::Copy {
-                method = Method::Copy;
+            match self.copy_volume(&src, &dir.join(v), true) {
+                Ok(Method::Copy) => method = Method::Copy,
+                Ok(Method::Btrfs) => {}
+                Err(e) => {
+                    // No half snapshot left behind.
+                    let _ = btrfs::remove_any(&dir);
+                    return Err(e);
+                }
             }
             done.push(v.clone());
         }
