@@ -104,6 +104,21 @@ pub struct Args {
     /// Where network nodes keep their data, volumes and logs (`<dir>/<network>/<node>`).
     #[arg(long, default_value = "/var/lib/weft/nodes")]
     pub node_dir: PathBuf,
+    /// Where nodes' copy-on-write volumes and snapshots live (nodes whose spec has volume
+    /// snapshots, a clone or syncs): with the btrfs store, the mount point of a btrfs
+    /// filesystem kept in the sparse file `<dir>.btrfs` (made when a node first needs it,
+    /// reused after; unmounted at the agent's exit); with the copy store, a plain directory.
+    #[arg(long, default_value = "/var/lib/weft/volume-pool")]
+    pub volume_pool: PathBuf,
+    /// How volumes are snapshotted and cloned: `btrfs` (atomic subvolume snapshots,
+    /// nothing copied; needs the kernel's btrfs and mkfs.btrfs), `copy` (cp -a
+    /// --reflink=auto, not atomic) or `auto` (btrfs when possible, else copy).
+    #[arg(long, value_enum, default_value_t = crate::networks::cow::StoreKind::Auto)]
+    pub volume_store: crate::networks::cow::StoreKind,
+    /// Size of the btrfs pool's sparse file when it is made (only what is written takes
+    /// disk space); an existing file keeps its size.
+    #[arg(long, default_value_t = 64 << 30)]
+    pub volume_pool_bytes: u64,
     /// Name of the cgroup under which network nodes get theirs (`<name>/<network>/<node>`
     /// in every hierarchy).
     #[arg(long, default_value = "weft")]

@@ -198,6 +198,13 @@ async fn main() -> anyhow::Result<()> {
         );
         Arc::new(weft_noderun::Supervisor::new(cfg).context("the node supervisor")?)
     };
+    // The volume pool, made or mounted when a node first needs it (a node whose pool
+    // cannot be made fails saying why).
+    let volume_store = Arc::new(networks::cow::Store::lazy(networks::cow::PoolConfig {
+        dir: args.volume_pool.clone(),
+        bytes: args.volume_pool_bytes,
+        kind: args.volume_store,
+    }));
     let networks = networks::Networks::new(
         networks::NetworksConfig {
             netns_prefix: args.node_netns_prefix.clone(),
@@ -255,7 +262,8 @@ async fn main() -> anyhow::Result<()> {
                     args.node_dir.clone(),
                 )
                 .with_workloads(registry.clone())
-                .with_host_events(events.clone()),
+                .with_host_events(events.clone())
+                .with_volume_store(Some(volume_store.clone())),
             ),
             Arc::new(shadow::tap_reconciler::ShadowTapReconciler {
                 engine: taps.clone(),
@@ -309,6 +317,11 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => error!(error = %e, "interface watcher panicked"),
     }
     let _ = metrics_task.await;
+    if let Some(pool) = volume_store.pool()
+        && let Err(e) = pool.unmount()
+    {
+        error!(error = %e, "unmounting the volume pool");
+    }
     info!(
         sent = metrics.records_sent.get(),
         dropped = metrics.records_dropped.get(),

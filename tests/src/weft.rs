@@ -463,6 +463,10 @@ impl Agent {
             .arg(lab.dir().join(format!("nodes-{}", hv.name)))
             .arg("--node-cgroup")
             .arg(&node_prefix);
+        // Its own volume pool (two agents on one machine never share one; the agent
+        // unmounts it at exit).
+        cmd.arg("--volume-pool")
+            .arg(lab.dir().join(format!("volume-pool-{}", hv.name)));
         // Kept in the lab directory: a restarted agent of this hypervisor finds it again.
         let state = lab.dir().join(format!("agent-state-{}.json", hv.name));
         cmd.arg("--state-file").arg(&state);

@@ -32,6 +32,9 @@ pub const PACKAGES: &[&str] = &[
     // Mirrors' volumes are copied incrementally by rsync (the agents run its daemon and
     // client).
     "rsync",
+    // Weaves: nodes' volumes are btrfs subvolumes in a loop-mounted pool (mkfs.btrfs once
+    // per agent; snapshots and clones are ioctls).
+    "btrfs-progs",
     // Real clients and servers for exact request counts (issue 12 section 3): HTTP/2
     // (nghttp, h2c), MariaDB server and client, RabbitMQ with a Python client, WebSocket and
     // gRPC servers and clients in Python, and tshark to check weft flow by flow.

@@ -88,6 +88,11 @@ pub struct Profile {
     pub ready_timeout: Duration,
     /// The signal `remove` sends first (SIGKILL follows after the grace).
     pub stop_signal: i32,
+    /// Files removed from a volume made as a copy of another node's (a weave's clone, a
+    /// volume sync) before the node starts, relative to the volume's root: state of the
+    /// source's running process that the copy must not inherit (PostgreSQL's
+    /// `postmaster.pid`).
+    pub clone_remove: Vec<String>,
     /// Line of the profile in its file.
     pub line: usize,
 }
@@ -124,6 +129,8 @@ struct RawProfile {
     ready_timeout_ms: Option<u64>,
     #[serde(default)]
     stop_signal: Option<String>,
+    #[serde(default)]
+    clone_remove: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +275,18 @@ impl Profiles {
             if rp.ready.is_some() && rp.port.is_none() {
                 return Err(invalid("`ready = \"tcp\"` needs a default `port`".into()));
             }
+            for (i, f) in rp.clone_remove.iter().enumerate() {
+                let p = Path::new(f);
+                if f.is_empty()
+                    || p.is_absolute()
+                    || p.components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(invalid(format!(
+                        "clone_remove[{i}] {f:?} is not a relative path inside the volume"
+                    )));
+                }
+            }
             let mut prepare = Vec::with_capacity(rp.prepare.len());
             for (i, s) in rp.prepare.into_iter().enumerate() {
                 let step = step(s).map_err(|m| invalid(format!("prepare step {}: {m}", i + 1)))?;
@@ -283,6 +302,7 @@ impl Profiles {
                 ready: rp.ready,
                 ready_timeout: Duration::from_millis(rp.ready_timeout_ms.unwrap_or(30_000)),
                 stop_signal,
+                clone_remove: rp.clone_remove,
                 line,
             });
         }
@@ -422,6 +442,7 @@ mod tests {
         assert_eq!(name("redis:7+replica").as_deref(), Some("redis-replica"));
         let pg = p.find("postgres:16").unwrap();
         assert_eq!(pg.user, "postgres");
+        assert_eq!(pg.clone_remove, vec!["postmaster.pid".to_string()]);
         assert_eq!(pg.port, Some(5432));
         assert_eq!(pg.stop_signal, libc::SIGINT);
         assert!(pg.prepare.iter().any(|s| matches!(s, Step::RunOnce { .. })));
@@ -491,6 +512,13 @@ mod tests {
             )
             .contains("port")
         );
+        // A clone_remove path that leaves the volume.
+        for bad in ["../x", "/etc/passwd", ""] {
+            let e = err(&format!(
+                "[[profile]]\nname = \"x\"\nimages = [\"a\"]\ncommand = [\"t\"]\nclone_remove = [{bad:?}]\n"
+            ));
+            assert!(e.contains("clone_remove[0]"), "{e}");
+        }
         // Duplicate names.
         let e = err(
             "[[profile]]\nname = \"x\"\nimages = [\"a\"]\ncommand = [\"t\"]\n\

@@ -296,6 +296,14 @@ impl Supervisor {
         self.inner.events.subscribe()
     }
 
+    /// The profile `image` runs with (`None`: no profile matches, or a command node).
+    pub fn profile_of(&self, image: &str) -> Option<Profile> {
+        if image.is_empty() {
+            return None;
+        }
+        self.inner.profiles.find(image).cloned()
+    }
+
     pub fn status(&self, key: &str) -> Option<RunStatus> {
         let nodes = self.inner.nodes.lock().ok()?;
         nodes.get(key)?.shared.snapshot()

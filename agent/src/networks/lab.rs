@@ -417,3 +417,243 @@ async fn a_segment_spanning_hosts_gets_a_vxlan_device_with_its_peers_as_flood_li
             .is_some()
     );
 }
+
+/// A node running a shell command that appends a line to `starts` in its volume `data`
+/// at each start and keeps that file open while it runs.
+fn volume_node(name: &str, cidr: &str, ops: impl FnOnce(&mut NetworkNode)) -> DesiredResource {
+    let DesiredResource { key, spec, .. } = node("cow", name, cidr, 1);
+    let Spec::NetworkNode(mut n) = spec else {
+        unreachable!()
+    };
+    n.firewall.clear();
+    n.runtime = Some(weft_proto::v1::NodeRuntime {
+        command: vec![
+            "echo start >> {volume:data}/starts; exec 3>>{volume:data}/starts; exec sleep 1000"
+                .into(),
+        ],
+        volumes: vec![weft_proto::v1::NodeVolume {
+            name: "data".into(),
+            path: "/data".into(),
+            size_bytes: 0,
+        }],
+        ..Default::default()
+    });
+    ops(&mut n);
+    DesiredResource {
+        key,
+        generation: 1,
+        spec: Spec::NetworkNode(n),
+    }
+}
+
+fn snapshots_asked(generation: u64) -> weft_proto::v1::VolumeSnapshots {
+    weft_proto::v1::VolumeSnapshots {
+        interval_seconds: 0,
+        keep: 3,
+        generation,
+        pinned: Vec::new(),
+    }
+}
+
+/// The pid in a node report's "command pid N running" line.
+fn pid_of(r: &ResourceReport) -> u32 {
+    r.observed
+        .iter()
+        .find_map(|o| {
+            o.strip_prefix("command pid ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no pid in {:?}", r.observed))
+}
+
+fn by_key<'a>(reports: &'a [ResourceReport], key: &str) -> &'a ResourceReport {
+    reports
+        .iter()
+        .find(|r| r.key == key)
+        .unwrap_or_else(|| panic!("no report of {key}: {reports:?}"))
+}
+
+/// Waits (bounded) until `path` has `lines` lines: a node's start writes there.
+async fn lines_reach(path: &Path, lines: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= lines {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} has {:?}, not {lines} lines",
+            path.display(),
+            text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn snapshots_leave_a_node_running_clones_start_from_them_and_a_sync_restarts_the_node() {
+    require_root!();
+    // Declared first: dropped last (unmounted after the nodes are gone).
+    let pool = super::cow::lab::Lab::new(super::cow::StoreKind::Btrfs);
+    let Setup {
+        seg,
+        nodes,
+        _sweep,
+        hv: _hv,
+        mut signals,
+        ..
+    } = setup().await;
+    let nodes = nodes.with_volume_store(Some(pool.store().clone()));
+    let root = std::env::temp_dir().join(format!("{}-nodes", _sweep.0));
+    ok(&seg
+        .reconcile(&[segment("cow", 0, "", &[])], Scope::All)
+        .await);
+    let src_vol = root.join("cow/src/volumes/data");
+    let w_vol = root.join("cow/w/volumes/data");
+
+    // Production with snapshots asked for: generation 1.
+    let src = |g: u64| {
+        volume_node("src", "198.18.71.2/24", |n| {
+            n.snapshots = Some(snapshots_asked(g))
+        })
+    };
+    let first = nodes.reconcile(&[src(1)], Scope::All).await;
+    ok(&first);
+    let p1 = pid_of(&first[0]);
+    assert_eq!(first[0].snapshots.len(), 1, "{:?}", first[0]);
+    assert_eq!(first[0].snapshots[0].method, "btrfs");
+    lines_reach(&src_vol.join("starts"), 1).await;
+    std::fs::write(src_vol.join("file"), "prod-v1").unwrap();
+
+    // Another snapshot: the node keeps running (same pid, nothing stopped).
+    let second = nodes.reconcile(&[src(2)], Scope::All).await;
+    ok(&second);
+    assert_eq!(pid_of(&second[0]), p1, "{:?}", second[0].observed);
+    assert!(
+        !second[0].observed.iter().any(|o| o.contains("stopped")),
+        "{:?}",
+        second[0].observed
+    );
+    assert!(
+        second[0]
+            .measurements
+            .iter()
+            .any(|(n, _)| n == "volume_snapshot_seconds")
+    );
+    let snap = second[0]
+        .snapshots
+        .iter()
+        .find(|s| s.generation == 2)
+        .expect("the generation 2 snapshot")
+        .clone();
+    std::fs::write(src_vol.join("file"), "prod-v2").unwrap();
+
+    // The weave's node starts from the snapshot: production's state of then.
+    let w = |sync: u64| {
+        let id = snap.id.clone();
+        volume_node("w", "198.18.71.3/24", move |n| {
+            n.clone = Some(weft_proto::v1::VolumeClone {
+                source: "cow/src".into(),
+                snapshot: id,
+            });
+            if sync > 0 {
+                n.sync_from = vec![weft_proto::v1::VolumeSyncFrom {
+                    volume: "data".into(),
+                    source: "cow/src".into(),
+                    generation: sync,
+                }];
+            }
+        })
+    };
+    let third = nodes.reconcile(&[src(2), w(0)], Scope::All).await;
+    ok(&third);
+    let pw1 = pid_of(by_key(&third, "cow/w"));
+    assert_eq!(pid_of(by_key(&third, "cow/src")), p1);
+    assert_eq!(
+        std::fs::read_to_string(w_vol.join("file")).unwrap(),
+        "prod-v1"
+    );
+    // Production's start line, then the weave node's own.
+    lines_reach(&w_vol.join("starts"), 2).await;
+    std::fs::write(w_vol.join("file"), "weave").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(src_vol.join("file")).unwrap(),
+        "prod-v2"
+    );
+
+    // A sync: the weave node is stopped, gets production's current state, is started.
+    let fourth = nodes.reconcile(&[src(2), w(1)], Scope::All).await;
+    ok(&fourth);
+    let wr = by_key(&fourth, "cow/w");
+    assert_ne!(pid_of(wr), pw1, "restarted by the sync: {:?}", wr.observed);
+    assert_eq!(
+        pid_of(by_key(&fourth, "cow/src")),
+        p1,
+        "production untouched"
+    );
+    assert_eq!(wr.syncs.len(), 1, "{wr:?}");
+    assert_eq!(wr.syncs[0].generation, 1);
+    assert!(
+        wr.measurements
+            .iter()
+            .any(|(n, _)| n == "volume_sync_seconds")
+    );
+    assert_eq!(
+        std::fs::read_to_string(w_vol.join("file")).unwrap(),
+        "prod-v2"
+    );
+    lines_reach(&w_vol.join("starts"), 2).await;
+    // The same spec again syncs nothing and restarts nothing.
+    let fifth = nodes.reconcile(&[src(2), w(1)], Scope::All).await;
+    ok(&fifth);
+    assert_eq!(pid_of(by_key(&fifth, "cow/w")), pid_of(wr));
+
+    // Scheduled snapshots: each one asks the driver for a report of its node (REFRESH),
+    // whose reconcile (that node only) carries it; the node keeps running.
+    let scheduled = |n: &mut NetworkNode| {
+        n.snapshots = Some(weft_proto::v1::VolumeSnapshots {
+            interval_seconds: 1,
+            keep: 2,
+            generation: 2,
+            pinned: Vec::new(),
+        })
+    };
+    let src_scheduled = volume_node("src", "198.18.71.2/24", scheduled);
+    ok(&nodes
+        .reconcile(&[src_scheduled.clone(), w(1)], Scope::All)
+        .await);
+    let sig = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let s = signals.recv().await.expect("signals open");
+            if s.drift.what == crate::control::REFRESH {
+                return s;
+            }
+        }
+    })
+    .await
+    .expect("a REFRESH within 5 s");
+    assert_eq!(sig.drift.key, "cow/src");
+    let keys = vec![sig.drift.key.clone()];
+    let refreshed = nodes
+        .reconcile(&[src_scheduled, w(1)], Scope::Only(&keys))
+        .await;
+    ok(&refreshed);
+    assert_eq!(refreshed.len(), 1);
+    assert_eq!(pid_of(&refreshed[0]), p1);
+    assert!(
+        refreshed[0].snapshots.iter().any(|s| s.generation == 0),
+        "{:?}",
+        refreshed[0].snapshots
+    );
+
+    // Removal: the nodes' pool volumes and snapshots go.
+    ok(&nodes.reconcile(&[], Scope::All).await);
+    assert!(!pool.pool_dir.join("nodes/cow").exists());
+    assert!(!pool.pool_dir.join("snapshots/cow").exists());
+    ok(&seg.reconcile(&[], Scope::All).await);
+    let _ = std::fs::remove_dir_all(&root);
+}

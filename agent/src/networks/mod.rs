@@ -16,6 +16,7 @@
 //! the node) make the node's report FAILED with a message naming them: never silently
 //! ignored.
 
+pub mod cow;
 pub mod links;
 pub use agent_common::netnames as names;
 pub mod lag;

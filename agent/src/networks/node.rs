@@ -82,6 +82,11 @@ pub struct NodeReconciler {
     /// The host-event listener that watches the node namespaces: a namespace made here
     /// gets its socket opened while it is made (no second `setns` for the watch).
     events: Option<HostEvents>,
+    /// The copy-on-write volume store (snapshots, clones, syncs); `None`: nodes that ask
+    /// for them fail saying so.
+    cow: Option<Arc<super::cow::Store>>,
+    /// Scheduled snapshots, per node.
+    schedules: super::cow::schedule::Schedules,
 }
 
 /// Sockets opened inside a node's namespace by the thread that made it.
@@ -165,7 +170,16 @@ impl NodeReconciler {
             restarts_seen: Mutex::new(HashMap::new()),
             workloads: None,
             events: None,
+            cow: None,
+            schedules: Default::default(),
         }
+    }
+
+    /// The volume store nodes with `snapshots`, `clone` or `sync_from` keep their volumes
+    /// in.
+    pub fn with_volume_store(mut self, store: Option<Arc<super::cow::Store>>) -> Self {
+        self.cow = store;
+        self
     }
 
     /// Names each node's host veth in `registry` after the node (see
@@ -202,13 +216,82 @@ impl NodeReconciler {
         }
     }
 
+    /// The node's pool volumes (`snapshots`, `clone`, `sync_from`): made, cloned,
+    /// converted or synced, with the node's processes stopped only when a conversion or a
+    /// sync needs it (never for a snapshot). Returns whether they were stopped.
+    async fn ensure_pool_volumes(
+        &self,
+        s: &NodeSpec,
+        running: bool,
+        observed: &mut Vec<String>,
+        measurements: &mut Vec<(String, f64)>,
+    ) -> Result<bool, String> {
+        let key = node_key(&s.network, &s.node);
+        if !s.volume_ops.any() {
+            self.schedules.remove(&key);
+            return Ok(false);
+        }
+        let store = self.cow.clone().ok_or(
+            "the node asks for volume snapshots, a clone or syncs and this agent has no volume pool",
+        )?;
+        let volumes: Vec<String> = s.runtime.volumes.iter().map(|v| v.name.clone()).collect();
+        let req = super::cow::store::VolumeRequest {
+            network: s.network.clone(),
+            node: s.node.clone(),
+            node_dir: self.node_root.join(&s.network).join(&s.node),
+            node_root: self.node_root.clone(),
+            volumes: volumes.clone(),
+            ops: s.volume_ops.clone(),
+            clone_remove: self
+                .supervisor
+                .profile_of(&s.runtime.image)
+                .map(|p| p.clone_remove)
+                .unwrap_or_default(),
+        };
+        let (st, rq) = (store.clone(), req.clone());
+        let stop = tokio::task::spawn_blocking(move || st.needs_stop(&rq))
+            .await
+            .map_err(|e| format!("volumes: {e}"))?
+            .map_err(|e| format!("volumes: {e}"))?;
+        let stopped = stop && running;
+        if stopped {
+            self.supervisor
+                .remove(&key)
+                .await
+                .map_err(|e| format!("stopping the node's processes for its volumes: {e}"))?;
+            observed.push("processes stopped for a volume conversion or sync".into());
+        }
+        let st = store.clone();
+        let out = tokio::task::spawn_blocking(move || st.prepare(&req))
+            .await
+            .map_err(|e| format!("volumes: {e}"))?
+            .map_err(|e| format!("volumes: {e}"))?;
+        observed.push(format!(
+            "volumes in the {} pool {}",
+            store.method().map_or("unopened", super::cow::Method::name),
+            store.dir().display()
+        ));
+        observed.extend(out.observed);
+        measurements.extend(out.measurements);
+        self.schedules.ensure(
+            &store,
+            &s.network,
+            &s.node,
+            s.volume_ops.snapshots.as_ref(),
+            &volumes,
+            &self.signals,
+        );
+        Ok(stopped)
+    }
+
     /// The node's egress limits, then what runs in it (started, restarted when its spec
-    /// changed or its namespace was made again). Returns what is there and the writes.
+    /// changed or its namespace was made again). Returns what is there, the writes and
+    /// measurements.
     async fn ensure_run(
         &self,
         s: &NodeSpec,
         fresh_namespace: bool,
-    ) -> Result<(Vec<String>, usize), String> {
+    ) -> Result<(Vec<String>, usize, Vec<(String, f64)>), String> {
         let key = node_key(&s.network, &s.node);
         let path = namespaces::path_of(&names::netns(
             &self.networks.config.netns_prefix,
@@ -242,6 +325,18 @@ impl NodeReconciler {
         observed.extend(relays);
         let before = self.supervisor.status(&key);
         let r = &s.runtime;
+        let mut measurements = Vec::new();
+        let volumes = self
+            .ensure_pool_volumes(s, before.is_some(), &mut observed, &mut measurements)
+            .await;
+        if let Err(e) = volumes {
+            // Processes stopped for a sync that failed are started again on the old
+            // volume (never swapped: the rename is the last step); the error is reported.
+            if before.is_some() && self.supervisor.status(&key).is_none() {
+                let _ = self.supervisor.ensure(&self.run_of(s, &key)).await;
+            }
+            return Err(e);
+        }
         if r.image.is_empty() && r.command.is_empty() && r.volumes.is_empty() {
             // Nothing runs: no directory, no cgroup (a thousand idle nodes stay cheap).
             if before.is_some() {
@@ -254,7 +349,8 @@ impl NodeReconciler {
             if r.node_type == "vm" {
                 observed.push(weft_noderun::VM_NOTE.into());
             }
-            return Ok((observed, usize::from(before.is_some())));
+            let changes = usize::from(before.is_some()) + measurements.len();
+            return Ok((observed, changes, measurements));
         }
         if fresh_namespace && before.is_some() {
             // Its processes are in the namespace that was replaced.
@@ -263,19 +359,7 @@ impl NodeReconciler {
                 .await
                 .map_err(|e| format!("stopping the node's processes: {e}"))?;
         }
-        let run = NodeRun {
-            key: key.clone(),
-            netns: path,
-            node_type: r.node_type.clone(),
-            image: r.image.clone(),
-            command: r.command.clone(),
-            env: r.env.clone(),
-            cpu_millis: r.cpu_millis,
-            memory_bytes: r.memory_bytes,
-            volumes: r.volumes.clone(),
-            listen: s.addresses.iter().map(|a| a.cidr.addr).collect(),
-            ports: r.ports.clone(),
-        };
+        let run = self.run_of(s, &key);
         let st = self
             .supervisor
             .ensure(&run)
@@ -284,10 +368,12 @@ impl NodeReconciler {
         let restarted = lock(&self.restarts_seen)
             .insert(key.clone(), st.restarts)
             .is_some_and(|seen| st.restarts > seen);
+        // A restart, and each volume operation done (snapshot, clone, sync, conversion:
+        // one measurement each).
         let changes = usize::from(
             restarted
                 || before.as_ref().map(|b| (b.generation, b.pid)) != Some((st.generation, st.pid)),
-        );
+        ) + measurements.len();
         match st.pid {
             Some(pid) => observed.push(format!(
                 "{} pid {pid}{} ({} restarts)",
@@ -350,7 +436,29 @@ impl NodeReconciler {
                 },
             );
         }
-        Ok((observed, changes))
+        Ok((observed, changes, measurements))
+    }
+
+    /// What runs in node `s` (key `key`), for the supervisor.
+    fn run_of(&self, s: &NodeSpec, key: &str) -> NodeRun {
+        let r = &s.runtime;
+        NodeRun {
+            key: key.to_owned(),
+            netns: namespaces::path_of(&names::netns(
+                &self.networks.config.netns_prefix,
+                &s.network,
+                &s.node,
+            )),
+            node_type: r.node_type.clone(),
+            image: r.image.clone(),
+            command: r.command.clone(),
+            env: r.env.clone(),
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+            volumes: r.volumes.clone(),
+            listen: s.addresses.iter().map(|a| a.cidr.addr).collect(),
+            ports: r.ports.clone(),
+        }
     }
 
     /// The node's firewall socket, opened (with its event watch) on first use or when
@@ -909,10 +1017,15 @@ impl Reconciler for NodeReconciler {
                             && *last == s
                             && rep.error.is_none()
                         {
-                            out.push(ResourceReport {
+                            let mut rep = ResourceReport {
                                 changes: 0,
                                 ..rep.clone()
-                            });
+                            };
+                            // Scheduled snapshots come between applies.
+                            if let Some(store) = &self.cow {
+                                (rep.snapshots, rep.syncs) = store.report(&s.network, &s.node);
+                            }
+                            out.push(rep);
                             continue;
                         }
                         todo.push(s);
@@ -1025,12 +1138,14 @@ impl Reconciler for NodeReconciler {
                             Err(e) => r = Err(e),
                         }
                     }
+                    let mut measurements = Vec::new();
                     if let Ok((observed, changes)) = &mut r {
                         let t = Instant::now();
                         match self.ensure_run(&s, fresh_namespace).await {
-                            Ok((o, c)) => {
+                            Ok((o, c, m)) => {
                                 *changes += c;
                                 observed.extend(o);
+                                measurements = m;
                             }
                             Err(e) => r = Err(e),
                         }
@@ -1039,6 +1154,10 @@ impl Reconciler for NodeReconciler {
                     let mut rep = report(key, r);
                     if rep.error.is_none() {
                         rep.hand_changes = hand.into_wire(&s);
+                    }
+                    rep.measurements.extend(measurements);
+                    if let Some(store) = &self.cow {
+                        (rep.snapshots, rep.syncs) = store.report(&s.network, &s.node);
                     }
                     (s, rep)
                 }
@@ -1085,6 +1204,25 @@ impl Reconciler for NodeReconciler {
                     lock(&self.firewalls).remove(&key);
                     self.relays.remove(&key);
                     self.volumes.remove(&key);
+                    self.schedules.remove(&key);
+                    if let (Some(store), Some((network, node))) = (&self.cow, key.split_once('/')) {
+                        let (store, network, node) =
+                            (store.clone(), network.to_owned(), node.to_owned());
+                        let node_dir = self.node_root.join(&network).join(&node);
+                        let removed = tokio::task::spawn_blocking(move || {
+                            if store.has_node(&network, &node)? {
+                                store.remove_node(&network, &node, &node_dir)
+                            } else {
+                                Ok(())
+                            }
+                        })
+                        .await;
+                        match removed {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::warn!(key = %key, error = %e, "removing the node's pool volumes"),
+                            Err(e) => tracing::warn!(key = %key, error = %e, "removing the node's pool volumes"),
+                        }
+                    }
                     lock(&self.restarts_seen).remove(&key);
                     let r = net.remove_node(&key, &o).await;
                     lock(&self.removed_veths).push((o.host_veth.clone(), Instant::now()));

@@ -51,6 +51,145 @@ pub struct NodeSpec {
     /// A source whose hand changes propagate: once this spec is in place, addresses and
     /// inbound rules changed by hand are kept and reported, not repaired.
     pub keep_hand_changes: bool,
+    /// Copy-on-write snapshots, clone and syncs of its volumes (`super::cow`).
+    pub volume_ops: VolumeOps,
+}
+
+/// A node's copy-on-write volume operations (`NetworkNode.snapshots`, `clone`,
+/// `sync_from`); any of them puts the node's volumes in the volume pool.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VolumeOps {
+    pub snapshots: Option<SnapshotPolicy>,
+    pub clone: Option<CloneFrom>,
+    pub sync_from: Vec<SyncFrom>,
+}
+
+impl VolumeOps {
+    /// Whether the node's volumes live in the pool.
+    pub fn any(&self) -> bool {
+        self.snapshots.is_some() || self.clone.is_some() || !self.sync_from.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotPolicy {
+    /// `None`: only when asked (`generation`).
+    pub interval: Option<std::time::Duration>,
+    /// Scheduled snapshots kept (at most [`super::cow::retention::MAX_KEEP`]).
+    pub keep: u32,
+    pub generation: u64,
+    pub pinned: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloneFrom {
+    pub network: String,
+    pub node: String,
+    pub snapshot: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncFrom {
+    pub volume: String,
+    pub network: String,
+    pub node: String,
+    pub generation: u64,
+}
+
+/// `"<network>/<node>"` checked; `field` names it in errors.
+fn node_ref(field: &str, text: &str) -> Result<(String, String), String> {
+    let Some((network, node)) = text.split_once('/') else {
+        return Err(format!("{field} {text:?} is not \"<network>/<node>\""));
+    };
+    names::check("network", network).map_err(|e| format!("{field} {text:?}: {e}"))?;
+    names::check("node", node).map_err(|e| format!("{field} {text:?}: {e}"))?;
+    Ok((network.to_owned(), node.to_owned()))
+}
+
+fn snapshot_id(field: &str, id: &str) -> Result<(), String> {
+    super::cow::retention::id_ms(id)
+        .map(|_| ())
+        .ok_or_else(|| format!("{field} {id:?} is not a snapshot id (\"s-<unix ms>\")"))
+}
+
+/// Checks the volume operations of node `network/node` whose volumes are `volumes`.
+fn volume_ops(n: &NetworkNode, volumes: &[weft_noderun::Volume]) -> Result<VolumeOps, String> {
+    use super::cow::retention::MAX_KEEP;
+    let this = (n.network.clone(), n.node.clone());
+    let snapshots = match &n.snapshots {
+        None => None,
+        Some(p) => {
+            if p.keep > MAX_KEEP {
+                return Err(format!("snapshots.keep {} is more than {MAX_KEEP}", p.keep));
+            }
+            if p.interval_seconds > 0 && p.keep == 0 {
+                return Err(format!(
+                    "snapshots.keep 0 with snapshots.interval_seconds {}: every scheduled snapshot would be removed at once",
+                    p.interval_seconds
+                ));
+            }
+            if p.pinned.len() > MAX_KEEP as usize {
+                return Err(format!(
+                    "snapshots.pinned has {} ids, more than {MAX_KEEP}",
+                    p.pinned.len()
+                ));
+            }
+            for id in &p.pinned {
+                snapshot_id("snapshots.pinned id", id)?;
+            }
+            Some(SnapshotPolicy {
+                interval: (p.interval_seconds > 0)
+                    .then(|| std::time::Duration::from_secs(u64::from(p.interval_seconds))),
+                keep: p.keep,
+                generation: p.generation,
+                pinned: p.pinned.clone(),
+            })
+        }
+    };
+    let clone = match &n.clone {
+        None => None,
+        Some(c) => {
+            let (network, node) = node_ref("clone.source", &c.source)?;
+            if (network.clone(), node.clone()) == this {
+                return Err(format!("clone.source {:?} is the node itself", c.source));
+            }
+            snapshot_id("clone.snapshot", &c.snapshot)?;
+            Some(CloneFrom {
+                network,
+                node,
+                snapshot: c.snapshot.clone(),
+            })
+        }
+    };
+    let mut sync_from: Vec<SyncFrom> = Vec::with_capacity(n.sync_from.len());
+    for (i, s) in n.sync_from.iter().enumerate() {
+        let field = format!("sync_from[{i}]");
+        names::check("volume", &s.volume).map_err(|e| format!("{field}.volume: {e}"))?;
+        if !volumes.iter().any(|v| v.name == s.volume) {
+            return Err(format!(
+                "{field}.volume {:?} is not a volume of the node",
+                s.volume
+            ));
+        }
+        if sync_from.iter().any(|o| o.volume == s.volume) {
+            return Err(format!("{field}.volume {:?} is synced twice", s.volume));
+        }
+        let (network, node) = node_ref(&format!("{field}.source"), &s.source)?;
+        if (network.clone(), node.clone()) == this {
+            return Err(format!("{field}.source {:?} is the node itself", s.source));
+        }
+        sync_from.push(SyncFrom {
+            volume: s.volume.clone(),
+            network,
+            node,
+            generation: s.generation,
+        });
+    }
+    Ok(VolumeOps {
+        snapshots,
+        clone,
+        sync_from,
+    })
 }
 
 /// What runs in a node (the parts of [`weft_noderun::NodeRun`] the spec gives).
@@ -189,6 +328,7 @@ impl NodeSpec {
                 }
             }
         };
+        let volume_ops = volume_ops(n, &runtime.volumes)?;
         Ok(Self {
             network: n.network.clone(),
             node: n.node.clone(),
@@ -218,6 +358,7 @@ impl NodeSpec {
             },
             mtu,
             keep_hand_changes: n.keep_hand_changes,
+            volume_ops,
         })
     }
 }
@@ -483,5 +624,143 @@ mod tests {
             ..n
         };
         assert!(NodeSpec::from_wire(&bad, 1500).unwrap_err().contains("Web"));
+    }
+
+    fn weave_node() -> NetworkNode {
+        NetworkNode {
+            network: "w1".into(),
+            node: "db".into(),
+            runtime: Some(weft_proto::v1::NodeRuntime {
+                command: vec!["sleep infinity".into()],
+                volumes: vec![weft_proto::v1::NodeVolume {
+                    name: "data".into(),
+                    path: "/var/lib/data".into(),
+                    size_bytes: 0,
+                }],
+                ..Default::default()
+            }),
+            snapshots: Some(weft_proto::v1::VolumeSnapshots {
+                interval_seconds: 60,
+                keep: 5,
+                generation: 2,
+                pinned: vec!["s-1764990000123".into()],
+            }),
+            clone: Some(weft_proto::v1::VolumeClone {
+                source: "prod/db".into(),
+                snapshot: "s-1764990000123".into(),
+            }),
+            sync_from: vec![weft_proto::v1::VolumeSyncFrom {
+                volume: "data".into(),
+                source: "prod/db".into(),
+                generation: 1,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn volume_operations_are_checked_and_errors_name_the_field() {
+        let s = NodeSpec::from_wire(&weave_node(), 1500).unwrap();
+        let ops = &s.volume_ops;
+        assert!(ops.any());
+        let p = ops.snapshots.as_ref().unwrap();
+        assert_eq!(p.interval, Some(std::time::Duration::from_secs(60)));
+        assert_eq!((p.keep, p.generation), (5, 2));
+        let c = ops.clone.as_ref().unwrap();
+        assert_eq!((c.network.as_str(), c.node.as_str()), ("prod", "db"));
+        assert_eq!(ops.sync_from[0].volume, "data");
+        assert!(
+            !NodeSpec::from_wire(
+                &NetworkNode {
+                    network: "prod".into(),
+                    node: "db".into(),
+                    ..Default::default()
+                },
+                1500
+            )
+            .unwrap()
+            .volume_ops
+            .any()
+        );
+        type Edit = fn(&mut NetworkNode);
+        let cases: [(Edit, &str); 13] = [
+            (
+                |n| n.clone.as_mut().unwrap().source = "prod".into(),
+                "clone.source \"prod\" is not",
+            ),
+            (
+                |n| n.clone.as_mut().unwrap().source = "prod/DB".into(),
+                "clone.source \"prod/DB\"",
+            ),
+            (
+                |n| n.clone.as_mut().unwrap().source = "/db".into(),
+                "clone.source",
+            ),
+            (
+                |n| n.clone.as_mut().unwrap().source = "w1/db".into(),
+                "the node itself",
+            ),
+            (
+                |n| n.clone.as_mut().unwrap().snapshot = "latest".into(),
+                "clone.snapshot",
+            ),
+            (
+                |n| n.sync_from[0].volume = String::new(),
+                "sync_from[0].volume",
+            ),
+            (
+                |n| n.sync_from[0].volume = "logs".into(),
+                "not a volume of the node",
+            ),
+            (
+                |n| n.sync_from[0].source = "prod/db/x".into(),
+                "sync_from[0].source",
+            ),
+            (
+                |n| {
+                    let again = n.sync_from[0].clone();
+                    n.sync_from.push(again);
+                },
+                "sync_from[1].volume \"data\" is synced twice",
+            ),
+            (
+                |n| n.snapshots.as_mut().unwrap().keep = 1001,
+                "snapshots.keep 1001 is more than 1000",
+            ),
+            (
+                |n| n.snapshots.as_mut().unwrap().keep = 0,
+                "snapshots.keep 0",
+            ),
+            (
+                |n| n.snapshots.as_mut().unwrap().pinned = vec!["s-x".into()],
+                "snapshots.pinned id",
+            ),
+            (
+                |n| {
+                    n.snapshots.as_mut().unwrap().pinned = vec!["s-1".into(); 1001];
+                },
+                "snapshots.pinned has 1001",
+            ),
+        ];
+        for (edit, why) in cases {
+            let mut n = weave_node();
+            edit(&mut n);
+            let e = NodeSpec::from_wire(&n, 1500).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+        // keep 0 is fine when only asked (no interval).
+        let mut n = weave_node();
+        let p = n.snapshots.as_mut().unwrap();
+        p.keep = 0;
+        p.interval_seconds = 0;
+        assert_eq!(
+            NodeSpec::from_wire(&n, 1500)
+                .unwrap()
+                .volume_ops
+                .snapshots
+                .unwrap()
+                .interval,
+            None
+        );
     }
 }
