@@ -53,6 +53,7 @@ impl From<NetworkError> for ApiError {
             },
             NetworkError::NotFound(m) => Self::Missing(m),
             NetworkError::Exists(m) | NetworkError::Conflict(m) => Self::Conflict(m),
+            NetworkError::Timeout(m) => Self::Timeout(m),
             NetworkError::Internal(m) => Self::Internal(m),
         }
     }
@@ -107,6 +108,7 @@ fn summary(r: &NetworkRecord) -> Value {
     let (role, source) = match &r.role {
         Role::Source => ("source", None),
         Role::Mirror { source } => ("mirror", source.clone()),
+        Role::Weave { environment, .. } => ("weave", Some(environment.clone())),
     };
     json!({
         "network_id": r.id,
