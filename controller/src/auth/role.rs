@@ -93,6 +93,10 @@ pub fn for_grpc(path: &str) -> Role {
             Role::Read
         }
         ("ShadowService", _) => Role::Operate,
+        ("WeaveService", m) if ["Get", "List", "Watch"].iter().any(|p| m.starts_with(p)) => {
+            Role::Read
+        }
+        ("WeaveService", _) => Role::Operate,
         _ => Role::Admin,
     }
 }

@@ -254,7 +254,7 @@ impl WeaveManager {
         *lock(&self.wait) = wait;
     }
 
-    fn wait(&self) -> Duration {
+    pub fn wait(&self) -> Duration {
         *lock(&self.wait)
     }
 
