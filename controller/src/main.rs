@@ -20,8 +20,8 @@ use weft_controller::api::limits::{
 };
 use weft_controller::api::networks_grpc::MirrorApi;
 use weft_controller::api::shadows_grpc::ShadowApi;
-use weft_controller::api::weaves_grpc::WeaveApi;
 use weft_controller::api::shards_grpc::ShardApi;
+use weft_controller::api::weaves_grpc::WeaveApi;
 use weft_controller::auth::grpc::RequireTokenLayer;
 use weft_controller::auth_flags::AuthArgs;
 use weft_controller::limit_flags::LimitArgs;
@@ -77,6 +77,10 @@ struct Args {
     /// well).
     #[arg(long, default_value_t = 12)]
     volume_snapshot_keep: u32,
+    /// How long a weave operation waits for the agents (a weave's nodes applied, a
+    /// snapshot, a sync) before it answers.
+    #[arg(long, default_value_t = 30)]
+    weave_wait_seconds: u64,
     #[command(flatten)]
     shards: ShardArgs,
     #[command(flatten)]
@@ -127,6 +131,9 @@ fn build_state(args: &Args, auth: weft_controller::auth::AuthConfig) -> anyhow::
             keep: args.volume_snapshot_keep,
         })
         .start(store)?;
+    state
+        .weaves
+        .set_wait(Duration::from_secs(args.weave_wait_seconds));
     args.auth.bootstrap(&args.data_dir, &state.auth.tokens)?;
     tracing::info!(epoch = state.control.epoch(), "control plane open");
     if let Some(path) = &args.allowed_deps {

@@ -277,7 +277,11 @@ impl NetworkManager {
     }
 
     /// Keeps `rec` in its history when its revision is new there.
-    fn record_history(&self, rec: &NetworkRecord, applied_unix_ns: u64) -> Result<(), NetworkError> {
+    fn record_history(
+        &self,
+        rec: &NetworkRecord,
+        applied_unix_ns: u64,
+    ) -> Result<(), NetworkError> {
         let mut last = lock(&self.history_last);
         if last.get(&rec.id).is_some_and(|l| *l >= rec.revision) {
             return Ok(());
@@ -290,7 +294,8 @@ impl NetworkManager {
         let bytes = serde_json::to_vec(&entry).map_err(|e| {
             NetworkError::Internal(format!("encoding network {} history: {e}", rec.id))
         })?;
-        self.store.put(&history_key(&rec.id, rec.revision), &bytes)?;
+        self.store
+            .put(&history_key(&rec.id, rec.revision), &bytes)?;
         last.insert(rec.id.clone(), rec.revision);
         Ok(())
     }
@@ -1261,7 +1266,7 @@ impl NetworkManager {
                 id: req.id.clone(),
                 role: Role::Weave {
                     environment: req.environment.clone(),
-                    revision: req.from.revision,
+                    environment_revision: req.from.revision,
                 },
                 tdl: src.tdl.clone(),
                 file_name: src.file_name.clone(),
@@ -1329,19 +1334,29 @@ impl NetworkManager {
             .nodes_with_volumes()
             .into_iter()
             .map(|node| {
-                let list = self.node_report(&rec, &node).map(|o| o.snapshots).unwrap_or_default();
+                let list = self
+                    .node_report(&rec, &node)
+                    .map(|o| o.snapshots)
+                    .unwrap_or_default();
                 (node, list)
             })
             .collect())
     }
 
     /// The last report of node `node` of `rec` from its host.
-    fn node_report(&self, rec: &NetworkRecord, node: &str) -> Option<weft_control::ResourceObserved> {
+    fn node_report(
+        &self,
+        rec: &NetworkRecord,
+        node: &str,
+    ) -> Option<weft_control::ResourceObserved> {
         let host = rec.placement.get(node)?;
         self.hub
             .observed(host)
             .resources
-            .get(&ResourceKey::new(kinds::NETWORK_NODE, &node_key(&rec.id, node)))
+            .get(&ResourceKey::new(
+                kinds::NETWORK_NODE,
+                &node_key(&rec.id, node),
+            ))
             .cloned()
     }
 

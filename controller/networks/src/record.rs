@@ -15,9 +15,10 @@ pub enum Role {
     },
     /// A weave: `environment` (a source network) as it was at its `revision`, beside it
     /// on the same hosts (never kept in sync with it).
+    /// (`environment_revision`: the record's own `revision` is flattened beside it.)
     Weave {
         environment: String,
-        revision: u64,
+        environment_revision: u64,
     },
 }
 

@@ -156,7 +156,8 @@ impl WeaveService for WeaveApi {
         let id = Some(request.into_inner().id)
             .map(|n| n.trim().to_owned())
             .filter(|n| !n.is_empty());
-        let stream = weave_events::subscribe(&self.state, id).map(|e| Ok(weave_events::to_wire(&e)));
+        let stream =
+            weave_events::subscribe(&self.state, id).map(|e| Ok(weave_events::to_wire(&e)));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -78,12 +78,14 @@ fn at(v: Option<&Value>) -> Result<Option<u64>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s == "now" => Ok(None),
-        Some(Value::String(s)) => agent_common::time::parse_rfc3339(s)
-            .map(Some)
-            .map_err(|e| ApiError::Unprocessable {
-                field: "at".into(),
-                message: format!("{s:?} is not an RFC 3339 time: {e}"),
-            }),
+        Some(Value::String(s)) => {
+            agent_common::time::parse_rfc3339(s)
+                .map(Some)
+                .map_err(|e| ApiError::Unprocessable {
+                    field: "at".into(),
+                    message: format!("{s:?} is not an RFC 3339 time: {e}"),
+                })
+        }
         Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| ApiError::BadField {
             field: "at".into(),
             message: format!("{n} is not unix nanoseconds (a whole number >= 0)"),

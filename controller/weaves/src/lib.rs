@@ -378,7 +378,10 @@ impl WeaveManager {
     /// Checks the environment of a create: an existing source network.
     fn environment(&self, environment: &str) -> Result<NetworkRecord, WeaveError> {
         if environment.trim().is_empty() {
-            return Err(invalid("environment", "name the environment (a source network)"));
+            return Err(invalid(
+                "environment",
+                "name the environment (a source network)",
+            ));
         }
         let env = self.networks.get(environment).ok_or_else(|| {
             invalid(
@@ -460,11 +463,7 @@ impl WeaveManager {
                 if t > now {
                     return Err(invalid(
                         "at",
-                        format!(
-                            "{} is in the future (now is {})",
-                            rfc3339(t),
-                            rfc3339(now)
-                        ),
+                        format!("{} is in the future (now is {})", rfc3339(t), rfc3339(now)),
                     ));
                 }
                 let from = self
@@ -618,10 +617,7 @@ impl WeaveManager {
                         ));
                     }
                     hosts.first().cloned().ok_or_else(|| {
-                        invalid(
-                            "environment",
-                            format!("network {:?} is on no host", env.id),
-                        )
+                        invalid("environment", format!("network {:?} is on no host", env.id))
                     })?
                 }
             };
@@ -765,7 +761,12 @@ impl WeaveManager {
                             format!(
                                 "environment {:?} has no node {n:?} (it has {})",
                                 env.id,
-                                env.network.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+                                env.network
+                                    .nodes
+                                    .keys()
+                                    .cloned()
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             ),
                         ));
                     }
@@ -776,7 +777,9 @@ impl WeaveManager {
                         .network
                         .nodes
                         .iter()
-                        .filter(|(name, n)| n.ports.contains(&port) && w.placement.contains_key(*name))
+                        .filter(|(name, n)| {
+                            n.ports.contains(&port) && w.placement.contains_key(*name)
+                        })
                         .map(|(name, _)| name.clone())
                         .collect();
                     if n.is_empty() {
@@ -788,7 +791,11 @@ impl WeaveManager {
                                 let p: Vec<String> = n.ports.iter().map(u16::to_string).collect();
                                 format!(
                                     "{name}: {}",
-                                    if p.is_empty() { "none".into() } else { p.join(", ") }
+                                    if p.is_empty() {
+                                        "none".into()
+                                    } else {
+                                        p.join(", ")
+                                    }
                                 )
                             })
                             .collect();
@@ -979,7 +986,11 @@ impl WeaveManager {
                     .map(|(name, n)| {
                         format!(
                             "{name}: {}",
-                            n.volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+                            n.volumes
+                                .iter()
+                                .map(|v| v.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         )
                     })
                     .collect::<Vec<_>>()
@@ -1138,7 +1149,9 @@ impl WeaveManager {
             match observed.resources.get(&ResourceKey::new(kind, key)) {
                 Some(o) if o.generation >= desired.generation => match o.status {
                     ResourceStatus::Applied => None,
-                    ResourceStatus::Failed => Some(format!("host {host}: {kind} {key}: {}", o.error)),
+                    ResourceStatus::Failed => {
+                        Some(format!("host {host}: {kind} {key}: {}", o.error))
+                    }
                     ResourceStatus::Unsupported => Some(format!(
                         "host {host}: the agent has no reconciler for {kind} (upgrade it)"
                     )),
