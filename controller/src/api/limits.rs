@@ -928,6 +928,10 @@ mod tests {
             class(&get, "/events/shadows", Some("shadow=shop-shadow")),
             Class::Stream(Stream::Shadows)
         );
+        assert_eq!(
+            class(&get, "/events/weaves", Some("weave=shop-w1")),
+            Class::Stream(Stream::Weaves)
+        );
         assert_eq!(class(&get, "/shadows", None), Class::Read);
         assert_eq!(class(&Method::PUT, "/shadows/s/policy", None), Class::Write);
         assert_eq!(class(&get, "/tdl/export", None), Class::Render);

@@ -169,6 +169,21 @@ mod tests {
             for_grpc("/weft.v1.ShadowService/RunSyntheticLoad"),
             Role::Operate
         );
+        for m in ["GetWeave", "ListWeaves", "WatchWeaveEvents"] {
+            assert_eq!(for_grpc(&format!("/weft.v1.WeaveService/{m}")), Role::Read);
+        }
+        for m in [
+            "CreateWeave",
+            "DeleteWeave",
+            "RouteTraffic",
+            "ActivateWeave",
+            "SyncVolumes",
+        ] {
+            assert_eq!(
+                for_grpc(&format!("/weft.v1.WeaveService/{m}")),
+                Role::Operate
+            );
+        }
         assert_eq!(for_grpc("/weft.v1.Unknown/X"), Role::Admin);
         assert_eq!(for_grpc("/grpc.health.v1.Health/Check"), Role::Admin);
     }

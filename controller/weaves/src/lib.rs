@@ -1185,3 +1185,34 @@ impl WeaveManager {
         ("running", String::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steer_keys_and_owners_name_the_environment_node_and_the_weave() {
+        assert_eq!(steer_key("shop", "web"), "weave/shop/web");
+        assert_eq!(steer_owner("shop-w1"), "weave/shop-w1");
+    }
+
+    #[test]
+    fn network_refusals_keep_their_kind_and_name_the_field() {
+        match from_network("at", NetworkError::Invalid("before".into())) {
+            WeaveError::Invalid { field, message } => {
+                assert_eq!((field.as_str(), message.as_str()), ("at", "before"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            from_network("id", NetworkError::Exists("x".into())),
+            WeaveError::Conflict(_)
+        ));
+        assert!(matches!(
+            from_network("id", NetworkError::Timeout("x".into())),
+            WeaveError::Timeout(_)
+        ));
+        let e = invalid("port", "no node declares it");
+        assert_eq!(e.to_string(), "field `port`: no node declares it");
+    }
+}

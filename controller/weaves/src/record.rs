@@ -55,3 +55,38 @@ impl WeaveRecord {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_s_routed_ports_are_its_routes_only() {
+        let r = |node: &str, port| WeaveRoute {
+            node: node.into(),
+            port,
+        };
+        let w = WeaveRecord {
+            id: "shop-w1".into(),
+            environment: "shop".into(),
+            at_unix_ns: 0,
+            environment_revision: 1,
+            revision_applied_unix_ns: 1,
+            created_unix_ns: 1,
+            snapshots: BTreeMap::new(),
+            placement: BTreeMap::new(),
+            routes: [r("web", 443), r("db", 5432), r("web", 80)].into(),
+            active: false,
+            paused: false,
+            steered: BTreeSet::new(),
+            ready_seconds: 0.0,
+            error: String::new(),
+        };
+        assert_eq!(w.ports_of("web"), [80, 443]);
+        assert_eq!(w.ports_of("db"), [5432]);
+        assert!(w.ports_of("tool").is_empty());
+        // Kept as JSON and read back the same.
+        let again: WeaveRecord = serde_json::from_slice(&serde_json::to_vec(&w).unwrap()).unwrap();
+        assert_eq!(again, w);
+    }
+}
