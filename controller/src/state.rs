@@ -175,6 +175,8 @@ impl AppStateBuilder {
             weft_weaves::WeaveManager::open(store_for_weaves, control.clone(), networks.clone())?;
         // After the networks: the steers go where the environments' nodes are.
         weaves.republish();
+        // Ends with the manager (it holds it weakly); nothing without a runtime.
+        let _ = weaves.follow();
         let topology = Arc::new(Topology::with_config(self.buckets, self.topology_limits));
         let limits = Arc::new(Limits::new(self.limits));
         let registry = Arc::new(Registry::new());
@@ -190,6 +192,9 @@ impl AppStateBuilder {
         }));
         metrics_registry.register_collector(Box::new(crate::metrics::ControlCollector {
             control: control.clone(),
+        }));
+        metrics_registry.register_collector(Box::new(crate::metrics::WeaveCollector {
+            weaves: weaves.clone(),
         }));
         let exposition = Arc::new(Exposition::new(
             metrics_registry,

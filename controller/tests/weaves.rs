@@ -447,6 +447,32 @@ async fn routes_activation_and_deactivation_are_steer_specs() {
 }
 
 #[tokio::test]
+async fn steers_follow_the_environment_s_nodes() {
+    let (s, _a) = environment().await;
+    let w = s.weaves.create("shop", None, None).await.unwrap();
+    s.weaves.activate(&w.id).await.unwrap();
+    assert!(steer(&s, "hv1", "tool").is_some());
+    let without_tool = TDL.replace(
+        "  tool:\n    image: alpine:3\n    addresses: [10.9.0.4/24]\n    host: hv1\n",
+        "",
+    );
+    assert!(!without_tool.contains("tool"));
+    s.networks
+        .update("shop", &without_tool, "shop.tdl")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while steer(&s, "hv1", "tool").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the steer of a gone node stays"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(steer(&s, "hv1", "web").is_some());
+}
+
+#[tokio::test]
 async fn syncs_bump_generations_and_wait_for_the_agents() {
     let (s, _a) = environment().await;
     let a = s.weaves.create("shop", None, None).await.unwrap();
@@ -749,6 +775,16 @@ async fn weaves_over_rest_with_problems_naming_the_field_and_events() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{m} {uri}");
         assert_eq!(ct, "application/problem+json");
     }
+    let (_, _, metrics) = call(&s, Method::GET, "/metrics", "").await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("weft_weaves{active=\"false\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weft_weaves{active=\"true\"} 0"),
+        "{metrics}"
+    );
     let (status, _, p) = call(&s, Method::DELETE, "/networks/shop", "").await;
     assert_eq!(status, StatusCode::CONFLICT, "{p}");
     for id in ["canary", "shop-w1"] {

@@ -279,6 +279,29 @@ impl WeaveManager {
         }
     }
 
+    /// Follows the networks' events: when an environment with weaves changes (a new
+    /// definition, a node moved or gone), its steers are published again to follow its
+    /// nodes. Ends with the manager (it holds it weakly); `None` without a runtime.
+    pub fn follow(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let mut events = self.networks.subscribe();
+        let this = Arc::downgrade(self);
+        Some(rt.spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let id = match events.recv().await {
+                    Ok(weft_networks::NetworkEvent::Updated { id, .. }) => id,
+                    Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(this) = this.upgrade() else { return };
+                if this.list().iter().any(|w| w.environment == id) {
+                    this.publish_steers(&id);
+                }
+            }
+        }))
+    }
+
     fn persist(&self, rec: &WeaveRecord) -> Result<(), WeaveError> {
         let bytes = serde_json::to_vec(rec)
             .map_err(|e| WeaveError::Internal(format!("encoding weave {}: {e}", rec.id)))?;
