@@ -473,6 +473,34 @@ async fn steers_follow_the_environment_s_nodes() {
 }
 
 #[tokio::test]
+async fn a_node_a_shadow_steers_is_not_routed_to_a_weave() {
+    let (s, _a) = environment().await;
+    let w = s.weaves.create("shop", None, None).await.unwrap();
+    s.shadows
+        .create(weft_shadows::CreateRequest {
+            id: "shop-shadow".into(),
+            production: "shop".into(),
+            nodes: vec!["web".into()],
+            hosts: vec!["hv2".into()],
+            policy: weft_shadows::ShadowPolicy {
+                share_ppm: 100_000,
+                divert_ppm: 100_000,
+                ports: vec![80],
+                ..Default::default()
+            },
+            noise_baseline: false,
+        })
+        .await
+        .unwrap();
+    match s.weaves.route(&w.id, 80, None, false).await {
+        Err(WeaveError::Conflict(m)) => assert!(m.contains("shadow/shop-shadow"), "{m}"),
+        r => panic!("{r:?}"),
+    }
+    // Another node is free.
+    s.weaves.route(&w.id, 5432, None, false).await.unwrap();
+}
+
+#[tokio::test]
 async fn syncs_bump_generations_and_wait_for_the_agents() {
     let (s, _a) = environment().await;
     let a = s.weaves.create("shop", None, None).await.unwrap();

@@ -717,6 +717,31 @@ impl WeaveManager {
         if let Some(h) = self.holder(&env.id, node, &w.id) {
             return Err(Self::held(&env.id, node, &h));
         }
+        // One steer per origin interface: a shadow's divert or failover holds it too.
+        if let Some(host) = env.placement.get(node) {
+            let other = self
+                .hub
+                .desired(host)
+                .resources
+                .into_iter()
+                .find_map(|(rk, r)| match r.spec {
+                    Spec::Steer(st)
+                        if rk.kind == kinds::STEER
+                            && !rk.key.starts_with("weave/")
+                            && st.network == env.id
+                            && st.node == node =>
+                    {
+                        Some(st.owner)
+                    }
+                    _ => None,
+                });
+            if let Some(owner) = other {
+                return Err(WeaveError::Conflict(format!(
+                    "node {node:?} of environment {:?} is steered by {owner} (one steer per node); stop its divert or failover first",
+                    env.id
+                )));
+            }
+        }
         let (Some(eh), Some(wh)) = (env.placement.get(node), w.placement.get(node)) else {
             return Err(invalid(
                 "node",
