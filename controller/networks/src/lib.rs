@@ -254,11 +254,18 @@ impl NetworkManager {
             snapshot_policy: Mutex::new(SnapshotPolicy::default()),
             history_last: Mutex::new(history_last),
         });
-        // Sources kept before history was: their current revision is their first.
+        // Sources kept before history was: their current revision is their first, applied
+        // when the network was made if it is its first revision, else (when is not known)
+        // now.
         for rec in this.list() {
+            let applied = if rec.revision <= 1 {
+                rec.created_unix_ns
+            } else {
+                now_unix_ns()
+            };
             if rec.role == Role::Source
                 && !lock(&this.history_last).contains_key(&rec.id)
-                && let Err(e) = this.record_history(&rec, rec.created_unix_ns)
+                && let Err(e) = this.record_history(&rec, applied)
             {
                 warn!(network = %rec.id, error = %e, "history not started");
             }
@@ -329,7 +336,7 @@ impl NetworkManager {
         };
         if unix_ns < first.applied_unix_ns {
             return Err(NetworkError::Invalid(format!(
-                "network {id:?} did not exist yet at {}: its first revision ({}) was applied at {}",
+                "network {id:?} has no revision in force at {} in its history: its first revision ({}) was applied at {}",
                 agent_common::time::rfc3339(unix_ns),
                 first.revision,
                 agent_common::time::rfc3339(first.applied_unix_ns)
