@@ -16,6 +16,7 @@ mod shadows;
 mod shards;
 mod tokens;
 mod topology;
+mod weaves;
 
 use topology::TopologyCommand;
 
@@ -88,6 +89,13 @@ enum Command {
         #[command(subcommand)]
         command: shadows::ShadowCommand,
     },
+    /// Weaves: an environment as it was at a point of its history, running beside it,
+    /// traffic routed to it: create, list, get, delete, route, activate, deactivate,
+    /// sync, watch.
+    Weave {
+        #[command(subcommand)]
+        command: weaves::WeaveCommand,
+    },
     /// Client tokens of the controller: create, list, revoke (admin).
     Tokens {
         #[command(subcommand)]
@@ -158,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tdl { command } => networks::run_tdl(&cli.controller, &command)?,
         Command::Network { command } => networks::run_network(&cli.controller, &command)?,
         Command::Shadow { command } => shadows::run(&cli.controller, &command)?,
+        Command::Weave { command } => weaves::run(&cli.controller, &command)?,
         Command::Topology { command } => topology::run(&cli.controller, &command)?,
         Command::Import(args) => import::run(&cli.controller, &args)?,
         Command::Flows(args) => flows::run(&cli.controller, &args)?,

@@ -105,6 +105,20 @@ pub enum NetworkCommand {
     Delete {
         network: String,
     },
+    /// Every applied revision of a source network (what weaves branch from).
+    History {
+        network: String,
+        /// Print each revision's TDL too.
+        #[arg(long)]
+        tdl: bool,
+    },
+    /// Snapshot the volumes of every node of a source network now (and wait for them);
+    /// with --list, the snapshots the agents keep.
+    Snapshot {
+        network: String,
+        #[arg(long)]
+        list: bool,
+    },
 }
 
 fn read(file: &Path) -> anyhow::Result<(String, String)> {
@@ -439,6 +453,56 @@ pub fn run_network(controller: &str, command: &NetworkCommand) -> anyhow::Result
         NetworkCommand::Delete { network } => {
             let n = call(controller, "DELETE", &format!("/networks/{network}"), None)?;
             Ok(format!("deleted {}", summary_line(&n)))
+        }
+        NetworkCommand::History { network, tdl } => {
+            let h = call(
+                controller,
+                "GET",
+                &format!("/networks/{network}/history"),
+                None,
+            )?;
+            let mut out = format!("{:<8}  {}\n", "REVISION", "APPLIED");
+            for e in h["history"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<8}  {}\n",
+                    e["revision"],
+                    e["applied"].as_str().unwrap_or("-")
+                ));
+                if *tdl {
+                    for line in e["tdl"].as_str().unwrap_or("").lines() {
+                        out.push_str(&format!("    {line}\n"));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        NetworkCommand::Snapshot { network, list } => {
+            let path = format!("/networks/{network}/snapshots");
+            let r = if *list {
+                call(controller, "GET", &path, None)?
+            } else {
+                call(controller, "POST", &path, None)?
+            };
+            let mut out = String::new();
+            for (node, v) in r["snapshots"].as_object().into_iter().flatten() {
+                let list: Vec<&Value> = match v {
+                    Value::Array(a) => a.iter().collect(),
+                    one => vec![one],
+                };
+                for s in list {
+                    out.push_str(&format!(
+                        "{node:<16}  {:<24}  {}  {} ({:.3} s)\n",
+                        s["id"].as_str().unwrap_or("-"),
+                        s["taken"].as_str().unwrap_or("-"),
+                        s["method"].as_str().unwrap_or("-"),
+                        s["took_seconds"].as_f64().unwrap_or(0.0)
+                    ));
+                }
+            }
+            if out.is_empty() {
+                out.push_str("no node with volumes\n");
+            }
+            Ok(out)
         }
     }
 }

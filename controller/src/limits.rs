@@ -218,15 +218,17 @@ pub enum Stream {
     Control,
     Networks,
     Shadows,
+    Weaves,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 5] = [
+    pub const ALL: [Stream; 6] = [
         Stream::Shards,
         Stream::Topology,
         Stream::Control,
         Stream::Networks,
         Stream::Shadows,
+        Stream::Weaves,
     ];
 
     pub fn path(self) -> &'static str {
@@ -236,6 +238,7 @@ impl Stream {
             Self::Control => "/events/control",
             Self::Networks => "/events/networks",
             Self::Shadows => "/events/shadows",
+            Self::Weaves => "/events/weaves",
         }
     }
 

@@ -21,6 +21,7 @@ use weft_controller::api::limits::{
 use weft_controller::api::networks_grpc::MirrorApi;
 use weft_controller::api::shadows_grpc::ShadowApi;
 use weft_controller::api::shards_grpc::ShardApi;
+use weft_controller::api::weaves_grpc::WeaveApi;
 use weft_controller::auth::grpc::RequireTokenLayer;
 use weft_controller::auth_flags::AuthArgs;
 use weft_controller::limit_flags::LimitArgs;
@@ -68,6 +69,18 @@ struct Args {
     /// TOML or JSON file of allowed dependencies (`source -> target [protocol]`, globs).
     #[arg(long)]
     allowed_deps: Option<std::path::PathBuf>,
+    /// How often every node with volumes of a source network snapshots them (the history
+    /// weaves branch from); 0: only at weave operations.
+    #[arg(long, default_value_t = 300)]
+    volume_snapshot_interval_seconds: u32,
+    /// Scheduled volume snapshots kept per node (those weaves were made from are kept as
+    /// well).
+    #[arg(long, default_value_t = 12)]
+    volume_snapshot_keep: u32,
+    /// How long a weave operation waits for the agents (a weave's nodes applied, a
+    /// snapshot, a sync) before it answers.
+    #[arg(long, default_value_t = 30)]
+    weave_wait_seconds: u64,
     #[command(flatten)]
     shards: ShardArgs,
     #[command(flatten)]
@@ -113,7 +126,14 @@ fn build_state(args: &Args, auth: weft_controller::auth::AuthConfig) -> anyhow::
         )
         .history_limits(limits.history().map_err(anyhow::Error::msg)?)
         .limits(limits.config().map_err(anyhow::Error::msg)?)
+        .volume_snapshots(weft_networks::SnapshotPolicy {
+            interval_seconds: args.volume_snapshot_interval_seconds,
+            keep: args.volume_snapshot_keep,
+        })
         .start(store)?;
+    state
+        .weaves
+        .set_wait(Duration::from_secs(args.weave_wait_seconds));
     args.auth.bootstrap(&args.data_dir, &state.auth.tokens)?;
     tracing::info!(epoch = state.control.epoch(), "control plane open");
     if let Some(path) = &args.allowed_deps {
@@ -233,6 +253,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .add_service(
                 ShadowApi::new(state.clone())
+                    .into_service()
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                WeaveApi::new(state.clone())
                     .into_service()
                     .max_decoding_message_size(max_message),
             )

@@ -504,6 +504,31 @@ impl Collector for ControlCollector {
     }
 }
 
+/// `weft_weaves{active}`: how many weaves there are, active (every new connection of
+/// their environment goes to them) or not.
+#[derive(Debug)]
+pub struct WeaveCollector {
+    pub weaves: Arc<weft_weaves::WeaveManager>,
+}
+
+impl Collector for WeaveCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "weft_weaves",
+            "Weaves (environments at a point of their history, running beside them), by whether they are active",
+            None,
+            MetricType::Gauge,
+        )?;
+        let (all, active) = self.weaves.counts();
+        for (label, value) in [("true", active), ("false", all - active)] {
+            family
+                .encode_family(&[("active", label.to_owned())])?
+                .encode_gauge(&sample(value))?;
+        }
+        Ok(())
+    }
+}
+
 /// The per-dependency request latency, a summary. Written by hand because
 /// prometheus-client 0.23 has no summary type; the registry writes everything else.
 #[derive(Debug)]

@@ -45,6 +45,9 @@ pub struct AppState {
     /// Shadow environments: mirrors of production fed sampled connections; feeds
     /// `control`, makes its networks through `networks`.
     pub shadows: Arc<weft_shadows::ShadowManager>,
+    /// Weaves: an environment as it was at a point of its history, beside it; feeds
+    /// `control` (steers), makes its networks through `networks`.
+    pub weaves: Arc<weft_weaves::WeaveManager>,
     /// Underlay addresses of the hypervisors (from their agents' registrations).
     pub hosts: Arc<HostDirectory>,
     /// Tokens and the rules of who may call what.
@@ -66,6 +69,8 @@ pub enum StartError {
     Networks(#[from] weft_networks::NetworkError),
     #[error("shadows: {0}")]
     Shadows(#[from] weft_shadows::ShadowError),
+    #[error("weaves: {0}")]
+    Weaves(#[from] weft_weaves::WeaveError),
 }
 
 /// The settings of a controller state; [`AppStateBuilder::start`] opens it over a store.
@@ -78,9 +83,16 @@ pub struct AppStateBuilder {
     topology_limits: TopologyLimits,
     history_limits: HistoryLimits,
     limits: LimitConfig,
+    snapshots: weft_networks::SnapshotPolicy,
 }
 
 impl AppStateBuilder {
+    /// The volume snapshot schedule of source networks' nodes (default every 300 s, 12
+    /// kept).
+    pub fn volume_snapshots(self, snapshots: weft_networks::SnapshotPolicy) -> Self {
+        Self { snapshots, ..self }
+    }
+
     /// How services are classified (default: the built-in rules).
     pub fn classifier(self, classifier: ServiceClassifier) -> Self {
         Self { classifier, ..self }
@@ -137,7 +149,9 @@ impl AppStateBuilder {
         let hosts = Arc::new(HostDirectory::new(control.clone()));
         let networks =
             weft_networks::NetworkManager::open(store.clone(), control.clone(), hosts.clone())?;
+        networks.set_snapshot_policy(self.snapshots);
         let store_for_shadows = store.clone();
+        let store_for_weaves = store.clone();
         let shards = ShardManager::open(
             store,
             self.shard_config,
@@ -157,6 +171,12 @@ impl AppStateBuilder {
         shadows.republish();
         // Ends with the manager (it holds it weakly); nothing without a runtime.
         let _ = shadows.follow();
+        let weaves =
+            weft_weaves::WeaveManager::open(store_for_weaves, control.clone(), networks.clone())?;
+        // After the networks: the steers go where the environments' nodes are.
+        weaves.republish();
+        // Ends with the manager (it holds it weakly); nothing without a runtime.
+        let _ = weaves.follow();
         let topology = Arc::new(Topology::with_config(self.buckets, self.topology_limits));
         let limits = Arc::new(Limits::new(self.limits));
         let registry = Arc::new(Registry::new());
@@ -172,6 +192,9 @@ impl AppStateBuilder {
         }));
         metrics_registry.register_collector(Box::new(crate::metrics::ControlCollector {
             control: control.clone(),
+        }));
+        metrics_registry.register_collector(Box::new(crate::metrics::WeaveCollector {
+            weaves: weaves.clone(),
         }));
         let exposition = Arc::new(Exposition::new(
             metrics_registry,
@@ -191,6 +214,7 @@ impl AppStateBuilder {
             shards,
             networks,
             shadows,
+            weaves,
             hosts,
             auth,
             limits,

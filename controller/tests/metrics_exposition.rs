@@ -45,6 +45,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("weft_controller_sse_subscribers", "gauge", &["stream"]),
     ("weft_controller_http_in_flight", "gauge", &["class"]),
     ("weft_controller_http_connections", "gauge", &[]),
+    ("weft_weaves", "gauge", &["active"]),
     (
         "weft_dependency_requests_total",
         "counter",

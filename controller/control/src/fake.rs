@@ -27,6 +27,10 @@ pub struct FakeAgent {
     pub sink_report: Option<weft_proto::v1::ShadowReport>,
     /// Reported as the measurements of every `steer` (its counters, failover state).
     pub steer_measurements: BTreeMap<String, f64>,
+    /// Answers network nodes' volume snapshots and syncs as an agent with volumes does: a
+    /// snapshot for each `snapshots.generation` asked for, a sync done for each
+    /// `sync_from` generation; what it (or a test) reported before is kept.
+    pub volumes: bool,
 }
 
 impl Default for FakeAgent {
@@ -40,6 +44,7 @@ impl Default for FakeAgent {
             sink_measurements: BTreeMap::new(),
             sink_report: None,
             steer_measurements: BTreeMap::new(),
+            volumes: false,
         }
     }
 }
@@ -48,6 +53,7 @@ impl FakeAgent {
     /// The report of one desired state.
     pub fn observe(&self, hub: &ControlHub, host: &str) -> HostObserved {
         let desired = hub.desired(host);
+        let before = hub.observed(host);
         let resources = desired
             .resources
             .iter()
@@ -72,7 +78,14 @@ impl FakeAgent {
                                 self.readdress_down_us as f64 / 1e6,
                             );
                         }
-                        Spec::NetworkSegment(_) | Spec::NetworkNode(_) | Spec::SteerTarget(_) => {
+                        Spec::NetworkNode(n) => {
+                            o.observed = vec!["applied".into()];
+                            if self.volumes {
+                                let prev = before.resources.get(rk);
+                                (o.snapshots, o.syncs) = volumes(n, prev);
+                            }
+                        }
+                        Spec::NetworkSegment(_) | Spec::SteerTarget(_) => {
                             o.observed = vec!["applied".into()];
                         }
                         Spec::Steer(_) => {
@@ -121,4 +134,51 @@ impl FakeAgent {
             }
         })
     }
+}
+
+/// A node's snapshots and syncs after applying `n`, given its last report.
+fn volumes(
+    n: &weft_proto::v1::NetworkNode,
+    prev: Option<&ResourceObserved>,
+) -> (
+    Vec<weft_proto::v1::VolumeSnapshot>,
+    Vec<weft_proto::v1::VolumeSyncDone>,
+) {
+    let mut snapshots = prev.map(|p| p.snapshots.clone()).unwrap_or_default();
+    let mut syncs = prev.map(|p| p.syncs.clone()).unwrap_or_default();
+    if let Some(s) = &n.snapshots
+        && s.generation > 0
+        && !snapshots.iter().any(|x| x.generation == s.generation)
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        snapshots.push(weft_proto::v1::VolumeSnapshot {
+            id: format!("s-{now}-{}", s.generation),
+            taken_unix_ns: now,
+            generation: s.generation,
+            volumes: n
+                .runtime
+                .iter()
+                .flat_map(|r| r.volumes.iter().map(|v| v.name.clone()))
+                .collect(),
+            method: "copy".into(),
+            took_seconds: 0.01,
+        });
+    }
+    for f in &n.sync_from {
+        if !syncs
+            .iter()
+            .any(|d| d.volume == f.volume && d.generation >= f.generation)
+        {
+            syncs.retain(|d| d.volume != f.volume);
+            syncs.push(weft_proto::v1::VolumeSyncDone {
+                volume: f.volume.clone(),
+                generation: f.generation,
+                took_seconds: 0.02,
+                method: "copy".into(),
+            });
+        }
+    }
+    (snapshots, syncs)
 }

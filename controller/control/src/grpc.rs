@@ -130,9 +130,29 @@ fn resource_observed(
             }
             s => s,
         },
+        snapshots: if r.snapshots.len() > VOLUME_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "field `resources[{i}].snapshots` has {} items; at most {VOLUME_ITEMS}",
+                r.snapshots.len()
+            )));
+        } else {
+            r.snapshots
+        },
+        syncs: if r.syncs.len() > VOLUME_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "field `resources[{i}].syncs` has {} items; at most {VOLUME_ITEMS}",
+                r.syncs.len()
+            )));
+        } else {
+            r.syncs
+        },
     };
     Ok((ResourceKey { kind, key: r.key }, observed))
 }
+
+/// Most snapshots (and syncs) of one network node's report (`keep` plus the pinned ones:
+/// tens; more is a broken or hostile agent).
+const VOLUME_ITEMS: usize = 4096;
 
 /// Most endpoints of one shadow sink's report (request kinds: a few hundred at most; the
 /// agent folds the rest into one).

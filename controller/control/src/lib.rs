@@ -119,6 +119,10 @@ pub struct ResourceObserved {
     /// A shadow sink: its comparison of production and shadow so far (the shadow manager
     /// sums and analyses it).
     pub shadow: Option<weft_proto::v1::ShadowReport>,
+    /// A network node: its volume snapshots, oldest first (the weaves branch from them).
+    pub snapshots: Vec<weft_proto::v1::VolumeSnapshot>,
+    /// A network node: its volume syncs, the last done per volume.
+    pub syncs: Vec<weft_proto::v1::VolumeSyncDone>,
 }
 
 /// An out-of-band change an agent found on something weft manages, and its repair.

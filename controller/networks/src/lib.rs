@@ -35,9 +35,10 @@ use weft_shards::{Family, ShardManager};
 use weft_store::Store;
 
 pub use record::{
-    HandChanges, HandRule, NetworkRecord, NodeAddress, Role, SourceDrift, node_key, node_workload,
-    split_node_workload,
+    CloneFrom, HandChanges, HandRule, HistoryEntry, NetworkRecord, NodeAddress, Role, SourceDrift,
+    SyncFrom, history_key, history_prefix, node_key, node_workload, split_node_workload,
 };
+pub use resources::SnapshotPolicy;
 pub use status::{HostNetworkStatus, NetworkStatus, ResourceStatusView};
 
 const STORE_PREFIX: &str = "networks/";
@@ -66,6 +67,9 @@ pub enum NetworkError {
     /// Another conflict (a VNI another network has).
     #[error("{0}")]
     Conflict(String),
+    /// The agents did not answer in time (an agent offline, a snapshot or sync slow).
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -154,6 +158,21 @@ pub struct CreateRequest {
     pub source_drift: SourceDrift,
 }
 
+/// Make a weave's network ([`NetworkManager::weave`]).
+#[derive(Debug, Clone)]
+pub struct WeaveRequest {
+    /// The environment (a source network).
+    pub environment: String,
+    /// Its revision the weave is made from.
+    pub from: HistoryEntry,
+    /// The weave's (and its network's) id.
+    pub id: String,
+    /// Node -> host (every node of `from`).
+    pub placement: BTreeMap<String, String>,
+    /// Nodes with volumes -> the snapshot their volumes are cloned from.
+    pub clones: BTreeMap<String, CloneFrom>,
+}
+
 /// Create a mirror: of a source network, or of a TDL.
 #[derive(Debug, Clone, Default)]
 pub struct MirrorRequest {
@@ -178,6 +197,10 @@ pub struct NetworkManager {
     /// One create/update/delete at a time.
     ops: tokio::sync::Mutex<()>,
     events: broadcast::Sender<NetworkEvent>,
+    /// The snapshot schedule of source nodes with volumes.
+    snapshot_policy: Mutex<SnapshotPolicy>,
+    /// Source -> the last revision kept in its history.
+    history_last: Mutex<BTreeMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -208,7 +231,18 @@ impl NetworkManager {
             })?;
             records.insert(rec.id.clone(), rec);
         }
-        Ok(Arc::new(Self {
+        let mut history_last = BTreeMap::new();
+        for (key, _) in store.scan_prefix("network-history/")? {
+            if let Some((id, rev)) = key
+                .strip_prefix("network-history/")
+                .and_then(|k| k.rsplit_once('/'))
+                && let Ok(rev) = rev.parse::<u64>()
+            {
+                let e = history_last.entry(id.to_owned()).or_insert(0);
+                *e = (*e).max(rev);
+            }
+        }
+        let this = Arc::new(Self {
             store,
             hub,
             hosts,
@@ -217,7 +251,102 @@ impl NetworkManager {
             creating: Mutex::new(BTreeSet::new()),
             ops: tokio::sync::Mutex::new(()),
             events: broadcast::channel(EVENT_CHANNEL).0,
-        }))
+            snapshot_policy: Mutex::new(SnapshotPolicy::default()),
+            history_last: Mutex::new(history_last),
+        });
+        // Sources kept before history was: their current revision is their first, applied
+        // when the network was made if it is its first revision, else (when is not known)
+        // now.
+        for rec in this.list() {
+            let applied = if rec.revision <= 1 {
+                rec.created_unix_ns
+            } else {
+                now_unix_ns()
+            };
+            if rec.role == Role::Source
+                && !lock(&this.history_last).contains_key(&rec.id)
+                && let Err(e) = this.record_history(&rec, applied)
+            {
+                warn!(network = %rec.id, error = %e, "history not started");
+            }
+        }
+        Ok(this)
+    }
+
+    /// The snapshot schedule of source nodes with volumes (published at the next
+    /// [`Self::republish`] or change).
+    pub fn set_snapshot_policy(&self, policy: SnapshotPolicy) {
+        *lock(&self.snapshot_policy) = policy;
+    }
+
+    pub fn snapshot_policy(&self) -> SnapshotPolicy {
+        *lock(&self.snapshot_policy)
+    }
+
+    /// Keeps `rec` in its history when its revision is new there.
+    fn record_history(
+        &self,
+        rec: &NetworkRecord,
+        applied_unix_ns: u64,
+    ) -> Result<(), NetworkError> {
+        let mut last = lock(&self.history_last);
+        if last.get(&rec.id).is_some_and(|l| *l >= rec.revision) {
+            return Ok(());
+        }
+        let entry = HistoryEntry {
+            revision: rec.revision,
+            applied_unix_ns,
+            record: rec.clone(),
+        };
+        let bytes = serde_json::to_vec(&entry).map_err(|e| {
+            NetworkError::Internal(format!("encoding network {} history: {e}", rec.id))
+        })?;
+        self.store
+            .put(&history_key(&rec.id, rec.revision), &bytes)?;
+        last.insert(rec.id.clone(), rec.revision);
+        Ok(())
+    }
+
+    /// Every applied revision of source network `id`, oldest first (empty for a mirror
+    /// or a weave).
+    pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, NetworkError> {
+        if self.get(id).is_none() {
+            return Err(NetworkError::NotFound(format!(
+                "network {id:?} does not exist"
+            )));
+        }
+        let mut out = Vec::new();
+        for (key, bytes) in self.store.scan_prefix(&history_prefix(id))? {
+            let e: HistoryEntry = serde_json::from_slice(&bytes).map_err(|e| {
+                NetworkError::Internal(format!("store key {key}: not a history entry: {e}"))
+            })?;
+            out.push(e);
+        }
+        out.sort_by_key(|e| e.revision);
+        Ok(out)
+    }
+
+    /// The revision of source network `id` in force at `unix_ns`.
+    pub fn at(&self, id: &str, unix_ns: u64) -> Result<HistoryEntry, NetworkError> {
+        let all = self.history(id)?;
+        let Some(first) = all.first() else {
+            return Err(NetworkError::Invalid(format!(
+                "network {id:?} has no history (only source networks keep one)"
+            )));
+        };
+        if unix_ns < first.applied_unix_ns {
+            return Err(NetworkError::Invalid(format!(
+                "network {id:?} has no revision in force at {} in its history: its first revision ({}) was applied at {}",
+                agent_common::time::rfc3339(unix_ns),
+                first.revision,
+                agent_common::time::rfc3339(first.applied_unix_ns)
+            )));
+        }
+        Ok(all
+            .into_iter()
+            .rev()
+            .find(|e| e.applied_unix_ns <= unix_ns)
+            .expect("the first entry is at or before"))
     }
 
     /// The shard manager nodes' addresses come from (it is made after this manager: its
@@ -260,6 +389,9 @@ impl NetworkManager {
             .map_err(|e| NetworkError::Internal(format!("encoding network {}: {e}", rec.id)))?;
         self.store
             .put(&format!("{STORE_PREFIX}{}", rec.id), &bytes)?;
+        if rec.role == Role::Source {
+            self.record_history(rec, now_unix_ns())?;
+        }
         Ok(())
     }
 
@@ -273,7 +405,8 @@ impl NetworkManager {
         let underlay = |h: &str| self.hosts.underlay(h);
         let mut all = lock(&self.records).clone();
         all.insert(rec.id.clone(), rec.clone());
-        let wanted = resources::by_host(rec, &all, &underlay).map_err(NetworkError::Invalid)?;
+        let wanted = resources::by_host(rec, &all, &underlay, self.snapshot_policy())
+            .map_err(NetworkError::Invalid)?;
         let mut generations = BTreeMap::new();
         let mut hosts: BTreeSet<String> = wanted.keys().cloned().collect();
         hosts.extend(former.iter().cloned());
@@ -385,6 +518,10 @@ impl NetworkManager {
                 sync_generation: 0,
                 source_drift: req.source_drift,
                 hand_changes: BTreeMap::new(),
+                snapshot_generation: 0,
+                pins: BTreeMap::new(),
+                clones: BTreeMap::new(),
+                sync_from: BTreeMap::new(),
             }
         };
         self.check_underlays(&rec)?;
@@ -474,6 +611,10 @@ impl NetworkManager {
                 sync_generation: 0,
                 source_drift: SourceDrift::default(),
                 hand_changes,
+                snapshot_generation: 0,
+                pins: BTreeMap::new(),
+                clones: BTreeMap::new(),
+                sync_from: BTreeMap::new(),
             }
         };
         self.check_underlays(&rec)?;
@@ -486,7 +627,7 @@ impl NetworkManager {
     fn check_underlays(&self, rec: &NetworkRecord) -> Result<(), NetworkError> {
         let underlay = |h: &str| self.hosts.underlay(h);
         let all = lock(&self.records).clone();
-        resources::by_host(rec, &all, &underlay)
+        resources::by_host(rec, &all, &underlay, self.snapshot_policy())
             .map(|_| ())
             .map_err(NetworkError::Invalid)
     }
@@ -776,10 +917,36 @@ impl NetworkManager {
     /// Removes a network: every resource on every host (the agents remove what they made)
     /// and its addresses back to the shards.
     pub async fn delete(&self, id: &str) -> Result<NetworkRecord, NetworkError> {
+        self.delete_as(id, false).await
+    }
+
+    /// Removes a weave's network (the weave manager's part of deleting a weave).
+    pub async fn delete_weave(&self, id: &str) -> Result<NetworkRecord, NetworkError> {
+        self.delete_as(id, true).await
+    }
+
+    async fn delete_as(&self, id: &str, weave: bool) -> Result<NetworkRecord, NetworkError> {
         let _op = self.ops.lock().await;
         let rec = self
             .get(id)
             .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+        match &rec.role {
+            Role::Weave { .. } if !weave => {
+                return Err(NetworkError::Conflict(format!(
+                    "network {id:?} is weave {id:?}'s; delete the weave (DELETE /weaves/{id})"
+                )));
+            }
+            Role::Source => {
+                let weaves = self.weaves_of(id);
+                if !weaves.is_empty() {
+                    return Err(NetworkError::Conflict(format!(
+                        "network {id:?} has weaves ({}); delete them first (DELETE /weaves/{{id}})",
+                        weaves.join(", ")
+                    )));
+                }
+            }
+            _ => {}
+        }
         for host in rec.hosts() {
             let changes: Vec<(ResourceKey, Option<Spec>)> = self
                 .hub
@@ -792,6 +959,10 @@ impl NetworkManager {
             self.hub.publish_batch(&host, changes);
         }
         self.store.delete(&format!("{STORE_PREFIX}{id}"))?;
+        for (key, _) in self.store.scan_prefix(&history_prefix(id))? {
+            self.store.delete(&key)?;
+        }
+        lock(&self.history_last).remove(id);
         lock(&self.records).remove(id);
         self.release_all(&rec).await;
         // Its source stops exporting to it.
@@ -1025,6 +1196,11 @@ impl NetworkManager {
                     "network {id:?} mirrors a TDL, not a network: it has no source to copy from"
                 )));
             }
+            Role::Weave { environment, .. } => {
+                return Err(NetworkError::Conflict(format!(
+                    "network {id:?} is a weave of {environment:?}, not a mirror: sync its volumes with POST /weaves/{id}/sync"
+                )));
+            }
             Role::Source => lock(&self.records)
                 .values()
                 .filter(|r| {
@@ -1056,6 +1232,269 @@ impl NetworkManager {
             asked.push(m.id);
         }
         Ok(asked)
+    }
+
+    /// The weaves of environment `id` (their network ids), sorted.
+    pub fn weaves_of(&self, id: &str) -> Vec<String> {
+        lock(&self.records)
+            .values()
+            .filter(|r| matches!(&r.role, Role::Weave { environment, .. } if environment == id))
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// Makes a weave's network: `req.from` (a revision of the environment) renamed, with
+    /// its addresses (the same addresses in an isolated layer 2, own VNI, as a mirror),
+    /// placed as `req.placement` says, nodes with volumes cloned as `req.clones` says.
+    pub async fn weave(&self, req: WeaveRequest) -> Result<NetworkRecord, NetworkError> {
+        weft_tdl::check_name(&req.id).map_err(|e| NetworkError::Invalid(format!("id: {e}")))?;
+        let _op = self.ops.lock().await;
+        let src = &req.from.record;
+        let mut net = src.network.clone();
+        net.name = req.id.clone();
+        net.vni = None;
+        for n in net.nodes.values_mut() {
+            n.host = None;
+        }
+        for name in net.nodes.keys() {
+            if !req.placement.contains_key(name) {
+                return Err(NetworkError::Internal(format!("node {name:?} not placed")));
+            }
+        }
+        let rec = {
+            let records = lock(&self.records);
+            if records.contains_key(&req.id) {
+                return Err(NetworkError::Exists(format!(
+                    "network {:?} exists; pick another weave id",
+                    req.id
+                )));
+            }
+            NetworkRecord {
+                id: req.id.clone(),
+                role: Role::Weave {
+                    environment: req.environment.clone(),
+                    environment_revision: req.from.revision,
+                },
+                tdl: src.tdl.clone(),
+                file_name: src.file_name.clone(),
+                network: net,
+                placement: req.placement.clone(),
+                vni: self.next_vni(&records),
+                addresses: copied_addresses(src),
+                created_unix_ns: now_unix_ns(),
+                revision: 1,
+                synced_unix_ns: 0,
+                restarts: BTreeMap::new(),
+                sync_generation: 0,
+                source_drift: SourceDrift::default(),
+                hand_changes: src.hand_changes.clone(),
+                snapshot_generation: 0,
+                pins: BTreeMap::new(),
+                clones: req.clones.clone(),
+                sync_from: BTreeMap::new(),
+            }
+        };
+        self.check_underlays(&rec)?;
+        self.install(rec, "weave").await
+    }
+
+    /// Keeps (`Some`) or lets go (`None`) the snapshots weave `weave` was made from in
+    /// source `id`'s node specs.
+    pub async fn pin(
+        &self,
+        id: &str,
+        weave: &str,
+        snapshots: Option<BTreeMap<String, String>>,
+    ) -> Result<(), NetworkError> {
+        let _op = self.ops.lock().await;
+        let Some(mut rec) = self.get(id) else {
+            return Err(NetworkError::NotFound(format!(
+                "network {id:?} does not exist"
+            )));
+        };
+        match snapshots {
+            Some(m) if !m.is_empty() => {
+                rec.pins.insert(weave.to_owned(), m);
+            }
+            _ => {
+                if rec.pins.remove(weave).is_none() {
+                    return Ok(());
+                }
+            }
+        }
+        self.persist(&rec)?;
+        lock(&self.records).insert(id.to_owned(), rec.clone());
+        self.publish(&rec, &[])?;
+        Ok(())
+    }
+
+    /// The snapshots of source `id`'s nodes with volumes, as their agents last reported
+    /// them (oldest first), by node.
+    pub fn snapshots(
+        &self,
+        id: &str,
+    ) -> Result<BTreeMap<String, Vec<weft_proto::v1::VolumeSnapshot>>, NetworkError> {
+        let rec = self
+            .get(id)
+            .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+        Ok(rec
+            .nodes_with_volumes()
+            .into_iter()
+            .map(|node| {
+                let list = self
+                    .node_report(&rec, &node)
+                    .map(|o| o.snapshots)
+                    .unwrap_or_default();
+                (node, list)
+            })
+            .collect())
+    }
+
+    /// The last report of node `node` of `rec` from its host.
+    fn node_report(
+        &self,
+        rec: &NetworkRecord,
+        node: &str,
+    ) -> Option<weft_control::ResourceObserved> {
+        let host = rec.placement.get(node)?;
+        self.hub
+            .observed(host)
+            .resources
+            .get(&ResourceKey::new(
+                kinds::NETWORK_NODE,
+                &node_key(&rec.id, node),
+            ))
+            .cloned()
+    }
+
+    /// Asks for a snapshot of every node with volumes of source `id` now and waits (at
+    /// most `timeout`) until each node's agent reported it. Returns node -> snapshot.
+    pub async fn snapshot_now(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<BTreeMap<String, weft_proto::v1::VolumeSnapshot>, NetworkError> {
+        let (rec, generation) = {
+            let _op = self.ops.lock().await;
+            let mut rec = self
+                .get(id)
+                .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+            if rec.role != Role::Source {
+                return Err(NetworkError::Invalid(format!(
+                    "network {id:?} is not a source network: only a source's volumes are snapshotted"
+                )));
+            }
+            if rec.nodes_with_volumes().is_empty() {
+                return Ok(BTreeMap::new());
+            }
+            rec.snapshot_generation += 1;
+            self.persist(&rec)?;
+            lock(&self.records).insert(id.to_owned(), rec.clone());
+            self.publish(&rec, &[])?;
+            let g = rec.snapshot_generation;
+            (rec, g)
+        };
+        let nodes = rec.nodes_with_volumes();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut got = BTreeMap::new();
+            let mut waiting = Vec::new();
+            for node in &nodes {
+                let found = self
+                    .node_report(&rec, node)
+                    .and_then(|o| o.snapshots.into_iter().find(|s| s.generation == generation));
+                match found {
+                    Some(s) => {
+                        got.insert(node.clone(), s);
+                    }
+                    None => waiting.push(format!(
+                        "{node} (host {})",
+                        rec.placement.get(node).map_or("?", String::as_str)
+                    )),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(got);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NetworkError::Timeout(format!(
+                    "no snapshot of generation {generation} reported within {timeout:?} by node(s) {} of network {id:?} (agent offline, or without volume snapshots?)",
+                    waiting.join(", ")
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asks node by node of network `id` (a source or a weave) that `volume` be replaced
+    /// by the state of the node named in `sources` (node -> `<network>/<node>`), and
+    /// waits (at most `timeout`) until each node's agent reported it done. Returns node
+    /// -> the sync done.
+    pub async fn sync_volume(
+        &self,
+        id: &str,
+        volume: &str,
+        sources: &BTreeMap<String, String>,
+        timeout: std::time::Duration,
+    ) -> Result<BTreeMap<String, weft_proto::v1::VolumeSyncDone>, NetworkError> {
+        let (rec, generations) = {
+            let _op = self.ops.lock().await;
+            let mut rec = self
+                .get(id)
+                .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+            let mut generations = BTreeMap::new();
+            for (node, source) in sources {
+                if !rec.network.nodes.contains_key(node) {
+                    return Err(NetworkError::Invalid(format!(
+                        "network {id:?} has no node {node:?}"
+                    )));
+                }
+                let f = rec
+                    .sync_from
+                    .entry(node.clone())
+                    .or_default()
+                    .entry(volume.to_owned())
+                    .or_insert_with(|| SyncFrom {
+                        source: source.clone(),
+                        generation: 0,
+                    });
+                f.source = source.clone();
+                f.generation += 1;
+                generations.insert(node.clone(), f.generation);
+            }
+            self.persist(&rec)?;
+            lock(&self.records).insert(id.to_owned(), rec.clone());
+            self.publish(&rec, &[])?;
+            (rec, generations)
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut got = BTreeMap::new();
+            let mut waiting = Vec::new();
+            for (node, g) in &generations {
+                let found = self.node_report(&rec, node).and_then(|o| {
+                    o.syncs
+                        .into_iter()
+                        .find(|d| d.volume == volume && d.generation >= *g)
+                });
+                match found {
+                    Some(d) => {
+                        got.insert(node.clone(), d);
+                    }
+                    None => waiting.push(node.clone()),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(got);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NetworkError::Timeout(format!(
+                    "no sync of volume {volume:?} reported within {timeout:?} by node(s) {} of network {id:?}",
+                    waiting.join(", ")
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Desired against applied, per host, of network `id`.

@@ -13,6 +13,38 @@ pub enum Role {
     Mirror {
         source: Option<String>,
     },
+    /// A weave: `environment` (a source network) as it was at its `revision`, beside it
+    /// on the same hosts (never kept in sync with it).
+    /// (`environment_revision`: the record's own `revision` is flattened beside it.)
+    Weave {
+        environment: String,
+        environment_revision: u64,
+    },
+}
+
+/// A weave node's volumes: clones of a snapshot of another node's on the same host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneFrom {
+    /// `<network>/<node>`.
+    pub source: String,
+    pub snapshot: String,
+}
+
+/// A volume of a node replaced by another node's current state (`sync_volumes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncFrom {
+    /// `<network>/<node>`, on the same host.
+    pub source: String,
+    /// Grows at every sync asked for.
+    pub generation: u64,
+}
+
+/// One applied revision of a source network (`network-history/<id>/<revision>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub revision: u64,
+    pub applied_unix_ns: u64,
+    pub record: NetworkRecord,
 }
 
 /// One address of a node.
@@ -173,9 +205,39 @@ pub struct NetworkRecord {
     /// Hand changes in force, by node (a mirror's are copied from its source).
     #[serde(default)]
     pub hand_changes: BTreeMap<String, HandChanges>,
+    /// A source: grows at every snapshot of its nodes' volumes asked for (not a revision).
+    #[serde(default)]
+    pub snapshot_generation: u64,
+    /// A source: weave -> node -> the snapshot it was made from (kept by the agents
+    /// whatever `keep` says, until the weave goes).
+    #[serde(default)]
+    pub pins: BTreeMap<String, BTreeMap<String, String>>,
+    /// A weave: node -> where its volumes were cloned from.
+    #[serde(default)]
+    pub clones: BTreeMap<String, CloneFrom>,
+    /// Node -> volume -> the node whose state replaces it (`sync_volumes`).
+    #[serde(default)]
+    pub sync_from: BTreeMap<String, BTreeMap<String, SyncFrom>>,
 }
 
 impl NetworkRecord {
+    /// The snapshots of `node` pinned by weaves, sorted.
+    pub fn pinned(&self, node: &str) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> =
+            self.pins.values().filter_map(|m| m.get(node)).collect();
+        set.into_iter().cloned().collect()
+    }
+
+    /// Nodes that have volumes, sorted.
+    pub fn nodes_with_volumes(&self) -> Vec<String> {
+        self.network
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.volumes.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Hosts the network is on, sorted.
     pub fn hosts(&self) -> Vec<String> {
         let mut h: Vec<String> = self.placement.values().cloned().collect();
@@ -183,6 +245,17 @@ impl NetworkRecord {
         h.dedup();
         h
     }
+}
+
+/// The store key of a source's revision: `network-history/<id>/<revision, 20 digits>`
+/// (sorted by revision).
+pub fn history_key(network: &str, revision: u64) -> String {
+    format!("{}{revision:020}", history_prefix(network))
+}
+
+/// The store prefix of a source's revisions.
+pub fn history_prefix(network: &str) -> String {
+    format!("network-history/{network}/")
 }
 
 /// The shard manager's name for a node's addresses: `<network>.<node>` (TDL names have

@@ -230,7 +230,7 @@ fn volume_replication(
                 });
             }
         }
-        crate::record::Role::Mirror { source: None } => {}
+        crate::record::Role::Mirror { source: None } | crate::record::Role::Weave { .. } => {}
     }
 }
 
@@ -282,9 +282,65 @@ fn replication(
                 r.env.insert("WEFT_REPLICA_PORT".into(), port.to_string());
             }
         }
-        crate::record::Role::Mirror { source: None } => {}
+        crate::record::Role::Mirror { source: None } | crate::record::Role::Weave { .. } => {}
     }
     Ok(())
+}
+
+/// The snapshot schedule of source networks' nodes with volumes (the controller's
+/// `--volume-snapshot-interval-seconds` and `--volume-snapshot-keep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// 0: only when asked (weave operations).
+    pub interval_seconds: u32,
+    pub keep: u32,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self {
+            interval_seconds: 300,
+            keep: 12,
+        }
+    }
+}
+
+/// Volumes of node `name`: a source's snapshot schedule (with the snapshots weaves pin),
+/// a weave's clone, and the syncs asked for.
+fn volumes(rec: &NetworkRecord, name: &str, policy: SnapshotPolicy, spec: &mut wire::NetworkNode) {
+    let has_volumes = rec
+        .network
+        .nodes
+        .get(name)
+        .is_some_and(|n| !n.volumes.is_empty());
+    if !has_volumes {
+        return;
+    }
+    if rec.role == crate::record::Role::Source {
+        spec.snapshots = Some(wire::VolumeSnapshots {
+            interval_seconds: policy.interval_seconds,
+            keep: policy.keep,
+            generation: rec.snapshot_generation,
+            pinned: rec.pinned(name),
+        });
+    }
+    if let Some(c) = rec.clones.get(name) {
+        spec.clone = Some(wire::VolumeClone {
+            source: c.source.clone(),
+            snapshot: c.snapshot.clone(),
+        });
+    }
+    spec.sync_from = rec
+        .sync_from
+        .get(name)
+        .into_iter()
+        .flatten()
+        .map(|(volume, f)| wire::VolumeSyncFrom {
+            volume: volume.clone(),
+            source: f.source.clone(),
+            generation: f.generation,
+        })
+        .collect();
 }
 
 /// Every host's resources of `rec`. `underlay`: a host's underlay address; a network on
@@ -294,6 +350,7 @@ pub fn by_host(
     rec: &NetworkRecord,
     all: &BTreeMap<String, NetworkRecord>,
     underlay: &dyn Fn(&str) -> Option<IpAddr>,
+    snapshots: SnapshotPolicy,
 ) -> Result<BTreeMap<String, HostResources>, String> {
     let hosts = rec.hosts();
     let spans = hosts.len() > 1;
@@ -374,6 +431,7 @@ pub fn by_host(
         };
         replication(rec, name, n, all, underlay, &mut spec)?;
         volume_replication(rec, name, n, all, underlay, &mut spec);
+        volumes(rec, name, snapshots, &mut spec);
         out.entry(h.clone()).or_default().insert(
             ResourceKey::new(kinds::NETWORK_NODE, &node_key(&rec.id, name)),
             Spec::NetworkNode(spec),

@@ -140,6 +140,7 @@ pub(crate) fn of(
     let (role, source) = match &rec.role {
         Role::Source => ("source", None),
         Role::Mirror { source } => ("mirror", source.clone()),
+        Role::Weave { environment, .. } => ("weave", Some(environment.clone())),
     };
     NetworkStatus {
         network: rec.id.clone(),

@@ -83,7 +83,9 @@ impl ShadowError {
                 message: m,
             },
             NetworkError::Exists(m) | NetworkError::Conflict(m) => Self::Exists(m),
-            NetworkError::Internal(m) => Self::Internal(format!("networks: {m}")),
+            NetworkError::Internal(m) | NetworkError::Timeout(m) => {
+                Self::Internal(format!("networks: {m}"))
+            }
         }
     }
 }

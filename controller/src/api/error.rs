@@ -60,6 +60,9 @@ pub enum ApiError {
     /// Valid credentials whose role does not allow this request.
     #[error("{0}")]
     Forbidden(String),
+    /// The agents did not answer in time (a snapshot, a sync, a weave's nodes).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl ApiError {
@@ -90,6 +93,7 @@ impl ApiError {
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }

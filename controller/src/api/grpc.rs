@@ -71,6 +71,7 @@ impl AgentService for AgentApi {
         if self.state.hosts.set_underlay(host_id, underlay) {
             self.state.networks.republish();
             self.state.shadows.republish();
+            self.state.weaves.republish();
         }
         let last_sequence =
             self.state

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use super::error::ApiError;
 use super::{
     analytics_routes, control_routes, history_routes, networks_routes, observations,
-    shadows_routes, shards_routes, token_routes, views,
+    shadows_routes, shards_routes, token_routes, views, weaves_routes,
 };
 use crate::metrics;
 use crate::state::AppState;
@@ -54,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .merge(shards_routes::routes())
         .merge(networks_routes::routes())
         .merge(shadows_routes::routes())
+        .merge(weaves_routes::routes())
         .merge(control_routes::routes())
         .merge(token_routes::routes())
         .fallback(not_found)

@@ -713,15 +713,16 @@ pub fn grpc_incoming(
 
 /// gRPC methods that stream their answer: they hold no unary slot (a follower would
 /// otherwise keep one for as long as it follows).
-pub const GRPC_STREAMS: [&str; 4] = [
+pub const GRPC_STREAMS: [&str; 5] = [
     "/weft.v1.ShardService/WatchEvents",
     "/weft.v1.AgentControlService/WatchDesiredState",
     "/weft.v1.MirrorService/WatchNetworkEvents",
     "/weft.v1.ShadowService/WatchShadowEvents",
+    "/weft.v1.WeaveService/WatchWeaveEvents",
 ];
 
 /// Whether a gRPC call takes a unary slot: the client services (TopologyService,
-/// ShardService, MirrorService, ShadowService) and the control service's reports; not streams, not the agents'
+/// ShardService, MirrorService, ShadowService, WeaveService) and the control service's reports; not streams, not the agents'
 /// `AgentService` (bounded by `--agent-record-rate`, and whose RESOURCE_EXHAUSTED means
 /// "split the batch").
 pub fn grpc_call_is_limited(path: &str) -> bool {
@@ -731,6 +732,7 @@ pub fn grpc_call_is_limited(path: &str) -> bool {
             "/weft.v1.ShardService/",
             "/weft.v1.MirrorService/",
             "/weft.v1.ShadowService/",
+            "/weft.v1.WeaveService/",
             "/weft.v1.AgentControlService/",
         ]
         .iter()
@@ -928,6 +930,10 @@ mod tests {
             class(&get, "/events/shadows", Some("shadow=shop-shadow")),
             Class::Stream(Stream::Shadows)
         );
+        assert_eq!(
+            class(&get, "/events/weaves", Some("weave=shop-w1")),
+            Class::Stream(Stream::Weaves)
+        );
         assert_eq!(class(&get, "/shadows", None), Class::Read);
         assert_eq!(class(&Method::PUT, "/shadows/s/policy", None), Class::Write);
         assert_eq!(class(&get, "/tdl/export", None), Class::Render);
@@ -967,6 +973,7 @@ mod tests {
         assert!(grpc_call_is_limited("/weft.v1.ShardService/ListShards"));
         assert!(grpc_call_is_limited("/weft.v1.MirrorService/CreateNetwork"));
         assert!(grpc_call_is_limited("/weft.v1.ShadowService/CreateShadow"));
+        assert!(grpc_call_is_limited("/weft.v1.WeaveService/CreateWeave"));
         assert!(grpc_call_is_limited("/weft.v1.TopologyService/GetTopology"));
         assert!(grpc_call_is_limited(
             "/weft.v1.AgentControlService/ReportObserved"

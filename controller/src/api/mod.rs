@@ -23,5 +23,8 @@ pub mod shards_routes;
 pub mod sse;
 pub mod token_routes;
 pub mod views;
+pub mod weave_events;
+pub mod weaves_grpc;
+pub mod weaves_routes;
 
 pub use error::ApiError;

@@ -38,6 +38,7 @@ pub fn status(e: NetworkError) -> Status {
         NetworkError::NotFound(m) => Status::not_found(m),
         NetworkError::Exists(m) => Status::already_exists(m),
         NetworkError::Conflict(m) => Status::failed_precondition(m),
+        NetworkError::Timeout(m) => Status::deadline_exceeded(m),
         NetworkError::Internal(m) => Status::internal(m),
     }
 }
@@ -52,6 +53,7 @@ fn role(r: &NetworkRecord) -> (&'static str, String) {
     match &r.role {
         Role::Source => ("source", String::new()),
         Role::Mirror { source } => ("mirror", source.clone().unwrap_or_default()),
+        Role::Weave { environment, .. } => ("weave", environment.clone()),
     }
 }
 

@@ -40,6 +40,11 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/networks/{network_id}/status", get(status))
         .route("/networks/{network_id}/sync", post(sync))
+        .route("/networks/{network_id}/history", get(history))
+        .route(
+            "/networks/{network_id}/snapshots",
+            get(snapshots).post(take_snapshot),
+        )
         .route("/events/networks", get(events))
         .route("/tdl/export", get(export))
 }
@@ -53,6 +58,7 @@ impl From<NetworkError> for ApiError {
             },
             NetworkError::NotFound(m) => Self::Missing(m),
             NetworkError::Exists(m) | NetworkError::Conflict(m) => Self::Conflict(m),
+            NetworkError::Timeout(m) => Self::Timeout(m),
             NetworkError::Internal(m) => Self::Internal(m),
         }
     }
@@ -107,6 +113,7 @@ fn summary(r: &NetworkRecord) -> Value {
     let (role, source) = match &r.role {
         Role::Source => ("source", None),
         Role::Mirror { source } => ("mirror", source.clone()),
+        Role::Weave { environment, .. } => ("weave", Some(environment.clone())),
     };
     json!({
         "network_id": r.id,
@@ -244,6 +251,90 @@ async fn status(
     serde_json::to_value(&s)
         .map(Json)
         .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Every applied revision of a source network, oldest first (`GET
+/// /networks/{id}/history`): `{"network_id", "history": [{"revision", "applied_unix_ns",
+/// "applied", "tdl"}]}`.
+async fn history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let all = state.networks.history(&id).map_err(|e| match e {
+        NetworkError::NotFound(_) => missing(&id),
+        e => e.into(),
+    })?;
+    let list: Vec<Value> = all
+        .iter()
+        .map(|h| {
+            json!({
+                "revision": h.revision,
+                "applied_unix_ns": h.applied_unix_ns,
+                "applied": rfc3339(h.applied_unix_ns),
+                "tdl": h.record.tdl,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "network_id": id, "history": list })))
+}
+
+/// A volume snapshot as JSON (`weft.v1.VolumeSnapshot`'s field names).
+pub fn snapshot_json(s: &weft_proto::v1::VolumeSnapshot) -> Value {
+    json!({
+        "id": s.id,
+        "taken_unix_ns": s.taken_unix_ns,
+        "taken": rfc3339(s.taken_unix_ns),
+        "generation": s.generation,
+        "volumes": s.volumes,
+        "method": s.method,
+        "took_seconds": s.took_seconds,
+    })
+}
+
+/// The snapshots of a network's nodes with volumes as their agents reported them:
+/// `{"network_id", "snapshots": {node: [snapshot, ...oldest first]}}`.
+async fn snapshots(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let all = state.networks.snapshots(&id).map_err(|e| match e {
+        NetworkError::NotFound(_) => missing(&id),
+        e => e.into(),
+    })?;
+    let by_node: serde_json::Map<String, Value> = all
+        .iter()
+        .map(|(n, list)| (n.clone(), list.iter().map(snapshot_json).collect()))
+        .collect();
+    Ok(Json(json!({ "network_id": id, "snapshots": by_node })))
+}
+
+/// Takes a snapshot of every node with volumes now and waits for the agents (201):
+/// `{"network_id", "snapshots": {node: snapshot}}`.
+async fn take_snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let taken = state
+        .networks
+        .snapshot_now(&id, state.weaves.wait())
+        .await
+        .map_err(|e| match e {
+            NetworkError::NotFound(_) => missing(&id),
+            NetworkError::Invalid(m) => ApiError::Unprocessable {
+                field: "network_id".into(),
+                message: m,
+            },
+            e => e.into(),
+        })?;
+    let by_node: serde_json::Map<String, Value> = taken
+        .iter()
+        .map(|(n, s)| (n.clone(), snapshot_json(s)))
+        .collect();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "network_id": id, "snapshots": by_node })),
+    )
+        .into_response())
 }
 
 /// Copies volumes now: a mirror's from its source, or a source's to its mirrors.

@@ -93,6 +93,10 @@ pub fn for_grpc(path: &str) -> Role {
             Role::Read
         }
         ("ShadowService", _) => Role::Operate,
+        ("WeaveService", m) if ["Get", "List", "Watch"].iter().any(|p| m.starts_with(p)) => {
+            Role::Read
+        }
+        ("WeaveService", _) => Role::Operate,
         _ => Role::Admin,
     }
 }
@@ -165,6 +169,21 @@ mod tests {
             for_grpc("/weft.v1.ShadowService/RunSyntheticLoad"),
             Role::Operate
         );
+        for m in ["GetWeave", "ListWeaves", "WatchWeaveEvents"] {
+            assert_eq!(for_grpc(&format!("/weft.v1.WeaveService/{m}")), Role::Read);
+        }
+        for m in [
+            "CreateWeave",
+            "DeleteWeave",
+            "RouteTraffic",
+            "ActivateWeave",
+            "SyncVolumes",
+        ] {
+            assert_eq!(
+                for_grpc(&format!("/weft.v1.WeaveService/{m}")),
+                Role::Operate
+            );
+        }
         assert_eq!(for_grpc("/weft.v1.Unknown/X"), Role::Admin);
         assert_eq!(for_grpc("/grpc.health.v1.Health/Check"), Role::Admin);
     }
