@@ -173,6 +173,7 @@ impl Pool {
     }
 
     /// The pool's root directory.
+    #[cfg(test)]
     pub fn root(&self) -> &Path {
         &self.root
     }

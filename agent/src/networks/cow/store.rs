@@ -149,7 +149,8 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), CowError> {
 }
 
 impl Store {
-    /// A store on a pool opened already.
+    /// A store on a pool opened already (tests: the agent opens its pool lazily).
+    #[cfg(test)]
     pub fn new(pool: Pool) -> Self {
         Self {
             dir: pool.root().to_owned(),
