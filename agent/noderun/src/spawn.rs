@@ -204,12 +204,24 @@ pub(crate) fn spawn(s: &SpawnSpec<'_>) -> io::Result<tokio::process::Child> {
     cmd.spawn()
 }
 
-/// Chowns `path` to `ids` (not following symlinks), optionally recursively.
+/// Chowns `path` to `ids`, optionally recursively. `path` itself is followed when it is a
+/// symlink (a volume in the agent's copy-on-write pool is a link the agent made to its
+/// subvolume, and chmod follows it too); what lies under it is not (a link a node wrote
+/// in its data must not hand the node another file).
 pub(crate) fn chown(path: &Path, ids: &Ids, recursive: bool) -> io::Result<()> {
+    let top = if path.is_symlink() {
+        std::fs::canonicalize(path)?
+    } else {
+        path.to_owned()
+    };
+    chown_below(&top, ids, recursive)
+}
+
+fn chown_below(path: &Path, ids: &Ids, recursive: bool) -> io::Result<()> {
     std::os::unix::fs::lchown(path, Some(ids.uid), Some(ids.gid))?;
     if recursive && path.is_dir() && !path.is_symlink() {
         for e in std::fs::read_dir(path)? {
-            chown(&e?.path(), ids, true)?;
+            chown_below(&e?.path(), ids, true)?;
         }
     }
     Ok(())
@@ -218,6 +230,32 @@ pub(crate) fn chown(path: &Path, ids: &Ids, recursive: bool) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A volume that is a link to its subvolume is chowned where it points; a link inside
+    /// the tree is not followed.
+    #[test]
+    fn chown_follows_the_top_link_only() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::env::temp_dir().join(format!("weft-chown-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (real, link, outside) = (dir.join("real"), dir.join("link"), dir.join("outside"));
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::write(&outside, b"x").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        std::os::unix::fs::symlink(&outside, real.join("sub/escape")).unwrap();
+        let nobody = lookup_user("nobody").unwrap();
+        chown(&link, &nobody, true).unwrap();
+        let uid = |p: &Path| std::fs::metadata(p).unwrap().uid();
+        assert_eq!(uid(&real), nobody.uid, "the link's target");
+        assert_eq!(uid(&real.join("sub")), nobody.uid, "below it");
+        assert_eq!(uid(&outside), 0, "a link inside the tree is not followed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn natural_order() {
