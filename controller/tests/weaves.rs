@@ -390,15 +390,31 @@ async fn routes_activation_and_deactivation_are_steer_specs() {
     let (f, _) = field(s.weaves.route(&w.id, 0, None, false).await.unwrap_err());
     assert_eq!(f, "port");
 
-    // Activation: every node, every port, one spec per node.
-    let before = s.control.generation("hv1");
+    // Activation: every node, every port, one spec per node; and a snapshot of the
+    // environment's volumes (weave operations take one, at most one a second: a batch of
+    // its own when it was taken).
+    let snapshots = || s.networks.get("shop").unwrap().snapshot_generation;
+    let (before, snap_before) = (s.control.generation("hv1"), snapshots());
     let info = s.weaves.activate(&w.id).await.unwrap();
     assert!(info.active);
+    let snapshot_batch = snapshots() - snap_before;
+    assert!(snapshot_batch <= 1);
     assert_eq!(
         s.control.generation("hv1"),
-        before + 1,
-        "one batch per host"
+        before + 1 + snapshot_batch,
+        "one batch per host for the steers"
     );
+    // A second later an operation takes a snapshot again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let snap_before = snapshots();
+    s.weaves.deactivate(&w.id).await.unwrap();
+    assert_eq!(
+        snapshots(),
+        snap_before + 1,
+        "deactivation snapshots the environment"
+    );
+    s.weaves.activate(&w.id).await.unwrap();
+    assert_eq!(snapshots(), snap_before + 1, "coalesced within a second");
     for (host, node) in [("hv1", "web"), ("hv2", "db"), ("hv1", "tool")] {
         let st = steer(&s, host, node).unwrap();
         assert!(st.ports.is_empty(), "{node}: {st:?}");
@@ -519,8 +535,20 @@ async fn syncs_bump_generations_and_wait_for_the_agents() {
     );
     s.weaves.sync(&a.id, &b.id, "data").await.unwrap();
     assert_eq!(node_spec(&s, "hv2", &b.id, "db").sync_from[0].generation, 2);
-    // Into the environment itself.
+    // Into the environment itself: its state is snapshotted first, and waited for.
+    let snap_before = s.networks.get("shop").unwrap().snapshot_generation;
     let r = s.weaves.sync(&b.id, "shop", "data").await.unwrap();
+    let snap_after = s.networks.get("shop").unwrap().snapshot_generation;
+    assert!(
+        snap_after > snap_before,
+        "no snapshot before production's volume was replaced"
+    );
+    assert!(
+        s.networks.snapshots("shop").unwrap()["db"]
+            .iter()
+            .any(|x| x.generation == snap_before + 1),
+        "the snapshot before the sync was reported"
+    );
     assert_eq!(r.destination.id, "shop");
     let f = node_spec(&s, "hv2", "shop", "db").sync_from;
     assert_eq!((f[0].source.as_str(), f[0].generation), ("shop-w2/db", 1));

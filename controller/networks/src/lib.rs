@@ -1367,6 +1367,24 @@ impl NetworkManager {
             .cloned()
     }
 
+    /// Asks for a snapshot of every node with volumes of source `id` and returns at once
+    /// (the agents take it and report it; [`Self::snapshots`] lists it then). Returns the
+    /// generation asked for; 0 when the network has no volumes.
+    pub async fn request_snapshot(&self, id: &str) -> Result<u64, NetworkError> {
+        let _op = self.ops.lock().await;
+        let mut rec = self
+            .get(id)
+            .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+        if rec.role != Role::Source || rec.nodes_with_volumes().is_empty() {
+            return Ok(0);
+        }
+        rec.snapshot_generation += 1;
+        self.persist(&rec)?;
+        lock(&self.records).insert(id.to_owned(), rec.clone());
+        self.publish(&rec, &[])?;
+        Ok(rec.snapshot_generation)
+    }
+
     /// Asks for a snapshot of every node with volumes of source `id` now and waits (at
     /// most `timeout`) until each node's agent reported it. Returns node -> snapshot.
     pub async fn snapshot_now(

@@ -205,7 +205,13 @@ pub struct WeaveManager {
     /// One operation at a time.
     ops: tokio::sync::Mutex<()>,
     events: broadcast::Sender<WeaveEvent>,
+    /// When each environment's volumes were last snapshotted for a weave operation.
+    snapshotted: Mutex<BTreeMap<String, std::time::Instant>>,
 }
+
+/// Weave operations snapshot their environment's volumes at most this often (a burst of
+/// activations takes one snapshot, not one per call).
+const OPERATION_SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -245,7 +251,32 @@ impl WeaveManager {
             wait: Mutex::new(DEFAULT_WAIT),
             ops: tokio::sync::Mutex::new(()),
             events: broadcast::channel(EVENT_CHANNEL).0,
+            snapshotted: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    /// Volumes are snapshotted at every weave operation: asks for a snapshot of the
+    /// environment's volumes without waiting for it (at most one per
+    /// [`OPERATION_SNAPSHOT_EVERY`] per environment). A failure is logged, not returned:
+    /// the operation itself was done.
+    async fn snapshot_for_operation(&self, environment: &str, operation: &str) {
+        {
+            let mut last = lock(&self.snapshotted);
+            let now = std::time::Instant::now();
+            if last
+                .get(environment)
+                .is_some_and(|t| now.duration_since(*t) < OPERATION_SNAPSHOT_EVERY)
+            {
+                return;
+            }
+            last.insert(environment.to_owned(), now);
+        }
+        match self.networks.request_snapshot(environment).await {
+            Ok(_) | Err(NetworkError::NotFound(_)) => {}
+            Err(e) => {
+                warn!(environment, operation, error = %e, "no snapshot for the weave operation")
+            }
+        }
     }
 
     /// How long a create waits for the weave's nodes, and a snapshot or a sync for the
@@ -886,6 +917,8 @@ impl WeaveManager {
                 "routes": w.routes,
             }),
         );
+        drop(_op);
+        self.snapshot_for_operation(&w.environment, "route").await;
         Ok(self.info_of(&w))
     }
 
@@ -932,6 +965,9 @@ impl WeaveManager {
             &w,
             json!({ "weave": id, "environment": w.environment, "nodes": nodes }),
         );
+        drop(_op);
+        self.snapshot_for_operation(&w.environment, "activate")
+            .await;
         Ok(self.info_of(&w))
     }
 
@@ -950,6 +986,9 @@ impl WeaveManager {
             &w,
             json!({ "weave": id, "environment": w.environment }),
         );
+        drop(_op);
+        self.snapshot_for_operation(&w.environment, "deactivate")
+            .await;
         Ok(self.info_of(&w))
     }
 
@@ -1053,6 +1092,14 @@ impl WeaveManager {
                 ),
             ));
         }
+        if dst == dst_env {
+            // The environment's own volume is about to be replaced: its state now is kept
+            // as a snapshot first (a weave can be made from it, or a sync back).
+            self.networks
+                .snapshot_now(&dst, self.wait())
+                .await
+                .map_err(|e| from_network("destination", e))?;
+        }
         let done = self
             .networks
             .sync_volume(&dst, volume, &sources, self.wait())
@@ -1083,6 +1130,10 @@ impl WeaveManager {
             }),
             at_unix_ns: now_unix_ns(),
         });
+        drop(_op);
+        if dst != dst_env {
+            self.snapshot_for_operation(&dst_env, "sync").await;
+        }
         Ok(SyncResult { destination, nodes })
     }
 
@@ -1109,6 +1160,9 @@ impl WeaveManager {
             &rec,
             json!({ "weave": id, "environment": rec.environment }),
         );
+        drop(_op);
+        self.snapshot_for_operation(&rec.environment, "delete")
+            .await;
         Ok(last)
     }
 
