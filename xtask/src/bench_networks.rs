@@ -177,6 +177,28 @@ pub(crate) fn call_json(
     serde_json::from_str(&text).with_context(|| format!("{method} {path}: not JSON"))
 }
 
+/// `POST /networks` of `tdl` on `hosts`, retried for 30 s (until the agents registered).
+pub(crate) fn post_network(c: &Controller, tdl: &str, file: &str, hosts: &[&str]) -> Result<Value> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let (code, body) = call(
+            c,
+            "POST",
+            "/networks",
+            Some(&json!({"tdl": tdl, "file_name": file, "hosts": hosts})),
+            Duration::from_secs(60),
+        )?;
+        if code == 201 {
+            return serde_json::from_str::<Value>(&body).context("POST /networks: not JSON");
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "POST /networks {file}: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub(crate) fn status(c: &Controller, net: &str) -> Result<Value> {
     call_json(
         c,

@@ -36,7 +36,9 @@ use serde_json::{Value, json};
 use weft_lab::Lab;
 use weft_lab::weft::{Agent, Controller, free_port};
 
-use crate::bench_networks::{call, call_json, loadavg, splice_section, status, synced};
+use crate::bench_networks::{
+    call, call_json, loadavg, post_network, splice_section, status, synced,
+};
 use crate::sh;
 
 const BEGIN: &str = "<!-- shadows:begin (written by `cargo xtask bench shadows`) -->";
@@ -438,24 +440,7 @@ pub fn run() -> Result<()> {
     )?;
     let (conf0, conf10) = (lab.dir().join("px0.conf"), lab.dir().join("px10.conf"));
     let text = tdl(&proxy_command(&conf0), &proxy_command(&conf10));
-    let t0 = Instant::now();
-    let net = loop {
-        let (code, body) = call(
-            &c,
-            "POST",
-            "/networks",
-            Some(&json!({"tdl": text, "file_name": "shbench.tdl", "hosts": ["hv1"]})),
-            Duration::from_secs(30),
-        )?;
-        if code == 201 {
-            break serde_json::from_str::<Value>(&body)?;
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "production network: {code} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let net = post_network(&c, &text, "shbench.tdl", &["hv1"])?;
     let (web, mshd) = (address(&net, "web")?, address(&net, "mshd")?);
     for (path, name, mirror) in [(&conf0, "px0", false), (&conf10, "px10", true)] {
         let dir = lab.dir().join(name);

@@ -32,7 +32,9 @@ use weft_lab::Lab;
 use weft_lab::load::{self, Outcome, Plan, Sample};
 use weft_lab::weft::{Agent, Controller, free_port};
 
-use crate::bench_networks::{call, call_json, loadavg, splice_section, status, synced};
+use crate::bench_networks::{
+    call, call_json, loadavg, post_network, splice_section, status, synced,
+};
 use crate::sh;
 
 const BEGIN: &str = "<!-- weaves:begin (written by `cargo xtask bench weaves`) -->";
@@ -150,23 +152,7 @@ fn create_env(
     nodes: usize,
 ) -> Result<(Value, f64)> {
     let t0 = Instant::now();
-    let net = loop {
-        let (code, body) = call(
-            c,
-            "POST",
-            "/networks",
-            Some(&json!({"tdl": tdl, "file_name": format!("{name}.tdl"), "hosts": ["hv1"]})),
-            Duration::from_secs(60),
-        )?;
-        if code == 201 {
-            break serde_json::from_str::<Value>(&body)?;
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{name}: {code} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let net = post_network(c, tdl, &format!("{name}.tdl"), &["hv1"])?;
     let client = format!("{}-{name}-client", lab.node_netns_prefix("hv1"));
     let db = address(&net, "db")?;
     while postmaster_start(&client, &db).is_err() {
@@ -562,23 +548,7 @@ fn files_equal(a: &Path, b: &Path) -> Result<bool> {
 
 fn create_env_plain(c: &Controller, name: &str, tdl: &str, nodes: usize) -> Result<Value> {
     let t0 = Instant::now();
-    let net = loop {
-        let (code, body) = call(
-            c,
-            "POST",
-            "/networks",
-            Some(&json!({"tdl": tdl, "file_name": format!("{name}.tdl"), "hosts": ["hv1"]})),
-            Duration::from_secs(60),
-        )?;
-        if code == 201 {
-            break serde_json::from_str::<Value>(&body)?;
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{name}: {code} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let net = post_network(c, tdl, &format!("{name}.tdl"), &["hv1"])?;
     while !synced(&status(c, name)?, nodes) {
         ensure!(
             t0.elapsed() < Duration::from_secs(120),

@@ -92,6 +92,31 @@ fn newest_snapshot(controller: &Controller, net: &str, node: &str) -> Result<(St
     ))
 }
 
+/// Creates network `name` from `tdl` on hv1 (retried until the agents have registered)
+/// and waits until it is in sync.
+fn environment(
+    controller: &Controller,
+    name: &str,
+    tdl: &str,
+    logs: &dyn Fn() -> String,
+) -> Result<Value> {
+    let env = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        controller.json(
+            "POST",
+            "/networks",
+            Some(&json!({"tdl": tdl, "file_name": format!("{name}.tdl"), "hosts": ["hv1"]})),
+        )
+    })
+    .with_context(logs)?;
+    eventually(Duration::from_secs(90), Duration::from_millis(200), || {
+        let s = controller.json("GET", &format!("/networks/{name}/status"), None)?;
+        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    Ok(env)
+}
+
 fn weave(controller: &Controller, id: &str) -> Result<Value> {
     controller.json("GET", &format!("/weaves/{id}"), None)
 }
@@ -128,20 +153,7 @@ fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<(
     let t0 = Instant::now();
     let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
 
-    let env = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
-        controller.json(
-            "POST",
-            "/networks",
-            Some(&json!({"tdl": ENV, "file_name": "wvenv.tdl", "hosts": ["hv1"]})),
-        )
-    })
-    .with_context(logs)?;
-    eventually(Duration::from_secs(90), Duration::from_millis(200), || {
-        let s = controller.json("GET", "/networks/wvenv/status", None)?;
-        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
-        Ok(())
-    })
-    .with_context(logs)?;
+    let env = environment(controller, "wvenv", ENV, &logs)?;
     let (client, db_ns) = (ns(lab, "wvenv", "client"), ns(lab, "wvenv", "db"));
     let (db, web) = (address(&env, "db")?, address(&env, "web")?);
     phase("environment running");
@@ -403,20 +415,7 @@ fn a_weave_activated_100_times_under_load_fails_no_request() -> Result<()> {
     let two = TwoHypervisors::start("wvapool")?;
     let (lab, controller) = (&two.lab, &two.controller);
     let logs = || two.logs();
-    let env = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
-        controller.json(
-            "POST",
-            "/networks",
-            Some(&json!({"tdl": ACT, "file_name": "wvact.tdl", "hosts": ["hv1"]})),
-        )
-    })
-    .with_context(logs)?;
-    eventually(Duration::from_secs(60), Duration::from_millis(200), || {
-        let s = controller.json("GET", "/networks/wvact/status", None)?;
-        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
-        Ok(())
-    })
-    .with_context(logs)?;
+    let env = environment(controller, "wvact", ACT, &logs)?;
     let web: std::net::IpAddr = address(&env, "web")?.parse()?;
     let client = ns(lab, "wvact", "client");
     std::fs::write(
