@@ -265,7 +265,7 @@ fn branch_rounds(c: &Controller, lab: &Lab, size: usize, rounds: usize) -> Resul
         in_ns(
             &client,
             &[
-                "pgbench", "-h", &db, "-U", "postgres", "-i", "-s", "5", "-q",
+                "pgbench", "-h", &db, "-U", "postgres", "-i", "-s", "5", "-q", "postgres",
             ],
         )?;
         let web_ip: IpAddr = web.parse()?;
@@ -591,7 +591,7 @@ pub fn run() -> Result<()> {
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
     let shard_pool = format!("198.19.{x}.0/24");
     let c = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &shard_pool])?;
-    let _agent = Agent::start(&lab, 0, &c.grpc_url())?;
+    let agent = Agent::start(&lab, 0, &c.grpc_url())?;
     call_json(
         &c,
         "POST",
@@ -599,10 +599,17 @@ pub fn run() -> Result<()> {
         Some(&json!({"prefix_len": 26, "network_id": POOL})),
         Duration::from_secs(10),
     )?;
-    let three = branch_rounds(&c, &lab, 3 + 1, rounds)?;
-    let ten = branch_rounds(&c, &lab, 10, rounds)?;
-    let act = activation(&c, &lab)?;
-    let sync = sync_rounds(&c, &lab, rounds)?;
+    let logs = || {
+        format!(
+            "controller:\n{}\nagent:\n{}",
+            c.child.tail(40),
+            agent.child.tail(60)
+        )
+    };
+    let three = branch_rounds(&c, &lab, 3 + 1, rounds).with_context(logs)?;
+    let ten = branch_rounds(&c, &lab, 10, rounds).with_context(logs)?;
+    let act = activation(&c, &lab).with_context(logs)?;
+    let sync = sync_rounds(&c, &lab, rounds).with_context(logs)?;
     let load_after = loadavg();
     let total = started.elapsed().as_secs_f64();
 

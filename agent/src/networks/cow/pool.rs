@@ -47,6 +47,34 @@ pub struct Pool {
 /// The smallest btrfs filesystem `mkfs.btrfs` makes with its defaults.
 const MIN_BYTES: u64 = 256 << 20;
 
+/// The pool file is sparse: blocks are taken from the filesystem holding it as volumes
+/// are written. When that filesystem fills up, the loop device's writes fail and btrfs
+/// turns the pool read-only (every volume of every node): said at start when the room
+/// left is less than the pool's size.
+fn warn_if_overcommitted(file: &Path, pool_bytes: u64) {
+    let Some(parent) = file.parent() else { return };
+    let Ok(c) = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: a zeroed statvfs is a valid out-struct; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return;
+    }
+    let available = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    let used = std::fs::metadata(file)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m).saturating_mul(512))
+        .unwrap_or(0);
+    if available.saturating_add(used) < pool_bytes {
+        tracing::warn!(
+            pool = %file.display(),
+            pool_bytes,
+            available_bytes = available,
+            "the volume pool is sparse and larger than the room left on its filesystem: if that fills up, the pool turns read-only (give it a filesystem of its own, or a smaller --volume-pool-bytes)"
+        );
+    }
+}
+
 impl Pool {
     /// Opens (makes, attaches, mounts) the pool as `cfg` says. Blocking.
     pub fn open(cfg: &PoolConfig) -> Result<Self, CowError> {
@@ -90,6 +118,7 @@ impl Pool {
             });
         }
         let file = image_of(dir);
+        warn_if_overcommitted(&file, cfg.bytes.max(MIN_BYTES));
         let made = if file.exists() {
             false
         } else {
