@@ -14,7 +14,7 @@
 //! - **Activation.** 100 activations/deactivations under 2,000 req/s (new connection per
 //!   request): failed requests, p99 while switching beside p99 without switching.
 //! - **sync_volumes** of a 10 MiB delta in a 1 GiB volume (`POST /weaves/{id}/sync`),
-//!   beside `rsync -a --delete` of the same change into a copy (what a mirror's volume
+//!   beside `rsync -a --delete --inplace --no-whole-file` (delta transfer, as between hosts) of the same change into a copy (what a mirror's volume
 //!   replication does) and `cp -a` of the volume.
 //!
 //! `WEFT_BENCH_ROUNDS` (default 3). The figures go into BENCHMARKS.md between the `weaves`
@@ -229,6 +229,9 @@ fn pg_pinger(
 
 struct Branch {
     first_answer_s: Vec<f64>,
+    /// When `POST /weaves` answered, then `POST .../routes` (since the call).
+    created_s: Vec<f64>,
+    routed_s: Vec<f64>,
     ready_s: Vec<f64>,
     cold_s: Vec<f64>,
     prod_max_during_ms: Vec<f64>,
@@ -244,6 +247,8 @@ fn branch_rounds(c: &Controller, lab: &Lab, size: usize, rounds: usize) -> Resul
     let extra = size.saturating_sub(4);
     let mut b = Branch {
         first_answer_s: Vec::new(),
+        created_s: Vec::new(),
+        routed_s: Vec::new(),
         ready_s: Vec::new(),
         cold_s: Vec::new(),
         prod_max_during_ms: Vec::new(),
@@ -298,6 +303,7 @@ fn branch_rounds(c: &Controller, lab: &Lab, size: usize, rounds: usize) -> Resul
             Some(&json!({"environment": name, "id": weave})),
             Duration::from_secs(300),
         )?;
+        b.created_s.push(call_at.elapsed().as_secs_f64());
         call_json(
             c,
             "POST",
@@ -305,6 +311,7 @@ fn branch_rounds(c: &Controller, lab: &Lab, size: usize, rounds: usize) -> Resul
             Some(&json!({"port": 5432})),
             Duration::from_secs(60),
         )?;
+        b.routed_s.push(call_at.elapsed().as_secs_f64());
         loop {
             if postmaster_start(&client, &db).is_ok_and(|t| t > called_ns) {
                 break;
@@ -454,7 +461,10 @@ fn run_timed(cmd: &mut Command) -> Result<f64> {
 fn sync_rounds(c: &Controller, lab: &Lab, rounds: usize) -> Result<Sync> {
     sh::step("weaves: sync_volumes of a 10 MiB delta in a 1 GiB volume");
     let _ = create_env_plain(c, "wbsync", SYNC_TDL, 1)?;
-    let vol = lab.dir().join("nodes-hv1/wbsync/store/volumes/data");
+    // The node's volume is a link to its subvolume in the agent's pool: the baselines copy
+    // what it points at.
+    let vol = std::fs::canonicalize(lab.dir().join("nodes-hv1/wbsync/store/volumes/data"))
+        .context("the store node's volume")?;
     let big = vol.join("big.bin");
     weft_lab::cmd::run(Command::new("dd").args([
         "if=/dev/urandom",
@@ -512,7 +522,7 @@ fn sync_rounds(c: &Controller, lab: &Lab, rounds: usize) -> Result<Sync> {
         );
         s.rsync_s.push(run_timed(
             Command::new("rsync")
-                .args(["-a", "--delete"])
+                .args(["-a", "--delete", "--inplace", "--no-whole-file"])
                 .arg(format!("{}/", vol.display()))
                 .arg(format!("{}/", copy.display())),
         )?);
@@ -621,13 +631,15 @@ pub fn run() -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "| | weave: call to first answer on the routed port (s) | weave: all nodes ready (s) | cold: same environment made anew (s) | weave / cold |\n|---|---|---|---|---|"
+        "| | weave: call to first answer on the routed port (s) | of which: `POST /weaves` answered | `POST .../routes` answered | weave: all nodes ready (s) | cold: same environment made anew (s) | weave / cold |\n|---|---|---|---|---|---|---|"
     );
     for (label, b) in [("3 services (+ client)", &three), ("10 nodes", &ten)] {
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | ×{:.2} |",
+            "| {label} | {} | {} | {} | {} | {} | ×{:.2} |",
             cell(&b.first_answer_s, 3),
+            cell(&b.created_s, 3),
+            cell(&b.routed_s, 3),
             cell(&b.ready_s, 3),
             cell(&b.cold_s, 3),
             med(&b.first_answer_s) / med(&b.cold_s)
@@ -660,7 +672,7 @@ pub fn run() -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "`sync_volumes` of a 10 MiB change in a 1 GiB volume (weave's method: {}), s:\n\n| weave `POST /weaves/{{id}}/sync` | `rsync -a --delete` into a copy | `cp -a` of the volume | weave / rsync |\n|---|---|---|---|\n| {} | {} | {} | ×{:.2} |",
+        "`sync_volumes` of a 10 MiB change in a 1 GiB volume (weave's method: {}), s:\n\n| weave `POST /weaves/{{id}}/sync` | `rsync -a --delete --inplace --no-whole-file` into a copy | `cp -a` of the volume | weave / rsync |\n|---|---|---|---|\n| {} | {} | {} | ×{:.2} |",
         sync.method,
         cell(&sync.weave_s, 3),
         cell(&sync.rsync_s, 3),

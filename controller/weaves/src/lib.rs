@@ -495,6 +495,9 @@ impl WeaveManager {
                     .snapshot_now(environment, self.wait())
                     .await
                     .map_err(|e| from_network("environment", e))?;
+                // The snapshot of this operation: the next one (a route right after) within
+                // the second takes none.
+                lock(&self.snapshotted).insert(environment.to_owned(), std::time::Instant::now());
                 let history = self
                     .networks
                     .history(environment)

@@ -61,7 +61,7 @@ fn warn_if_overcommitted(file: &Path, pool_bytes: u64) {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return;
     }
-    let available = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    let available = st.f_bavail.saturating_mul(st.f_frsize);
     let used = std::fs::metadata(file)
         .map(|m| std::os::unix::fs::MetadataExt::blocks(&m).saturating_mul(512))
         .unwrap_or(0);
