@@ -50,31 +50,11 @@ nodes:
 ";
 
 /// Revision 2: a node more, `cache`.
-const TDL2: &str = "\
-network: shop
-nodes:
-  web:
-    image: nginx
-    ports: [80, 443]
-    addresses: [10.9.0.2/24]
-    host: hv1
-    volumes: [\"static:/srv\"]
-  db:
-    image: alpine:3
-    ports: [5432]
-    addresses: [10.9.0.3/24]
-    host: hv2
-    volumes: [\"data:/var/lib/db\"]
-  tool:
-    image: alpine:3
-    addresses: [10.9.0.4/24]
-    host: hv1
-  cache:
-    image: redis:7
-    ports: [6379]
-    addresses: [10.9.0.5/24]
-    host: hv2
-";
+fn tdl2() -> String {
+    format!(
+        "{TDL}  cache:\n    image: redis:7\n    ports: [6379]\n    addresses: [10.9.0.5/24]\n    host: hv2\n"
+    )
+}
 
 const HOSTS: [(&str, &str); 2] = [("hv1", "198.19.0.65"), ("hv2", "198.19.0.66")];
 
@@ -176,7 +156,11 @@ async fn history_answers_which_revision_was_in_force_at_a_time() {
     tick().await;
     let between = agent_common::time::now_unix_ns();
     tick().await;
-    let (second, _) = s.networks.update("shop", TDL2, "shop.tdl").await.unwrap();
+    let (second, _) = s
+        .networks
+        .update("shop", &tdl2(), "shop.tdl")
+        .await
+        .unwrap();
     let history = s.networks.history("shop").unwrap();
     let revisions: Vec<u64> = history.iter().map(|h| h.revision).collect();
     assert_eq!(revisions, [first.revision, second.revision]);
@@ -286,7 +270,11 @@ async fn a_weave_from_the_past_takes_the_revision_and_snapshot_in_force_then() {
     tick().await;
     let t1 = agent_common::time::now_unix_ns();
     tick().await;
-    let (rev2, _) = s.networks.update("shop", TDL2, "shop.tdl").await.unwrap();
+    let (rev2, _) = s
+        .networks
+        .update("shop", &tdl2(), "shop.tdl")
+        .await
+        .unwrap();
     let second = s
         .networks
         .snapshot_now("shop", Duration::from_secs(5))
