@@ -177,6 +177,56 @@ pub(crate) fn call_json(
     serde_json::from_str(&text).with_context(|| format!("{method} {path}: not JSON"))
 }
 
+/// Builds the release binaries `packages` for a lab benchmark and checks it runs as root.
+pub(crate) fn release_binaries(what: &str, packages: &[&str]) -> Result<()> {
+    sh::step(&format!("{what}: release binaries"));
+    let mut cargo = sh::cargo();
+    cargo.args(["build", "--release"]);
+    for p in packages {
+        cargo.args(["-p", p]);
+    }
+    sh::run_inherit(&mut cargo)?;
+    ensure!(
+        weft_lab::is_root(),
+        "the {what} benchmark needs root (namespace lab)"
+    );
+    Ok(())
+}
+
+/// Rounds of a lab benchmark: `WEFT_BENCH_ROUNDS`, default 3, at least 1.
+pub(crate) fn bench_rounds() -> usize {
+    std::env::var("WEFT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+/// The median of `v` (sorted in place); NaN when empty.
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Waits (at most `limit` from `t0`) until network `name` is in sync with `nodes` nodes
+/// applied.
+pub(crate) fn wait_synced(
+    c: &Controller,
+    name: &str,
+    nodes: usize,
+    t0: std::time::Instant,
+    limit: Duration,
+) -> Result<()> {
+    while !synced(&status(c, name)?, nodes) {
+        ensure!(t0.elapsed() < limit, "{name} not in sync after {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 /// `POST /networks` of `tdl` on `hosts`, retried for 30 s (until the agents registered).
 pub(crate) fn post_network(c: &Controller, tdl: &str, file: &str, hosts: &[&str]) -> Result<Value> {
     let t0 = std::time::Instant::now();
@@ -1457,21 +1507,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    sh::step("TDL networks: release controller and agent");
-    sh::run_inherit(sh::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "weft-controller",
-        "-p",
-        "weft-agent",
-        "-p",
-        "weft-cli",
-    ]))?;
-    ensure!(
-        weft_lab::is_root(),
-        "the networks benchmark needs root (namespace lab)"
-    );
+    release_binaries("networks", &["weft-controller", "weft-agent", "weft-cli"])?;
     // SAFETY: set before any thread of this process starts (the lab and the children read them).
     unsafe {
         std::env::set_var("WEFT_LAB_PROFILE", "release");

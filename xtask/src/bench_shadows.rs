@@ -37,7 +37,8 @@ use weft_lab::Lab;
 use weft_lab::weft::{Agent, Controller, free_port};
 
 use crate::bench_networks::{
-    call, call_json, loadavg, post_network, splice_section, status, synced,
+    bench_rounds, call, call_json, loadavg, median, post_network, release_binaries, splice_section,
+    status, synced,
 };
 use crate::sh;
 
@@ -255,14 +256,6 @@ fn parse_oha(text: &str) -> Result<Load> {
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
-
 /// Median (min–max) of `f` over `runs`.
 fn cell(runs: &[Load], f: impl Fn(&Load) -> f64) -> (f64, String) {
     let mut v: Vec<f64> = runs.iter().map(f).collect();
@@ -394,27 +387,9 @@ fn shadow_requests(lab: &Lab, method: &str) -> usize {
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    sh::step("shadows: release controller and agent");
-    sh::run_inherit(sh::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "weft-controller",
-        "-p",
-        "weft-agent",
-        "-p",
-        "weft-cli",
-    ]))?;
-    ensure!(
-        weft_lab::is_root(),
-        "the shadows benchmark needs root (namespace lab)"
-    );
+    release_binaries("shadows", &["weft-controller", "weft-agent", "weft-cli"])?;
     let oha = oha()?;
-    let rounds: usize = std::env::var("WEFT_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds = bench_rounds();
     // SAFETY: set before any thread of this process starts (the lab and the children read them).
     unsafe {
         std::env::set_var("WEFT_LAB_PROFILE", "release");

@@ -33,7 +33,8 @@ use weft_lab::load::{self, Outcome, Plan, Sample};
 use weft_lab::weft::{Agent, Controller, free_port};
 
 use crate::bench_networks::{
-    call, call_json, loadavg, post_network, splice_section, status, synced,
+    bench_rounds, call, call_json, loadavg, median, post_network, release_binaries, splice_section,
+    wait_synced,
 };
 use crate::sh;
 
@@ -119,14 +120,6 @@ fn postmaster_start(ns: &str, db: &str) -> Result<u64> {
     out.trim().parse().context("postmaster start time")
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
-
 /// `median (min–max)` of `v`.
 fn cell(v: &[f64], digits: usize) -> String {
     let mut s = v.to_vec();
@@ -163,13 +156,7 @@ fn create_env(
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = t0.elapsed().as_secs_f64();
-    while !synced(&status(c, name)?, nodes) {
-        ensure!(
-            t0.elapsed() < Duration::from_secs(180),
-            "{name} not in sync"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_synced(c, name, nodes, t0, Duration::from_secs(180))?;
     Ok((net, took))
 }
 
@@ -559,36 +546,14 @@ fn files_equal(a: &Path, b: &Path) -> Result<bool> {
 fn create_env_plain(c: &Controller, name: &str, tdl: &str, nodes: usize) -> Result<Value> {
     let t0 = Instant::now();
     let net = post_network(c, tdl, &format!("{name}.tdl"), &["hv1"])?;
-    while !synced(&status(c, name)?, nodes) {
-        ensure!(
-            t0.elapsed() < Duration::from_secs(120),
-            "{name} not in sync"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_synced(c, name, nodes, t0, Duration::from_secs(120))?;
     Ok(net)
 }
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    sh::step("weaves: release controller and agent");
-    sh::run_inherit(sh::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "weft-controller",
-        "-p",
-        "weft-agent",
-    ]))?;
-    ensure!(
-        weft_lab::is_root(),
-        "the weaves benchmark needs root (namespace lab)"
-    );
-    let rounds: usize = std::env::var("WEFT_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    release_binaries("weaves", &["weft-controller", "weft-agent"])?;
+    let rounds = bench_rounds();
     // SAFETY: set before any thread of this process starts (the lab and the children read them).
     unsafe {
         std::env::set_var("WEFT_LAB_PROFILE", "release");
