@@ -15,12 +15,25 @@ use super::query::Params;
 use crate::state::AppState;
 
 const WINDOW: &[&str] = &["since", "until"];
+const TOPOLOGY_JSON: &[&str] = &["since", "until", "shape"];
 
 pub async fn topology_json(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let window = Params(params).only(WINDOW)?.window()?;
+    let params = Params(params);
+    let window = params.only(TOPOLOGY_JSON)?.window()?;
+    // `shape=weft`: weft's own field names (services, dependencies with their
+    // statistics), the shape the CLI and the console read.
+    match params.0.get("shape").map(String::as_str) {
+        None | Some("weft") => {}
+        Some(other) => {
+            return Err(ApiError::parameter(
+                "shape",
+                format!("unknown shape {other:?} (known: weft)"),
+            ));
+        }
+    }
     let body = state.snapshot_json_in(&window);
     Ok(([(header::CONTENT_TYPE, "application/json")], body))
 }
