@@ -7,8 +7,8 @@
 //! - [`StateCollector`]: what is read from the topology, the history and the agent registry
 //!   at scrape time (records merged, agents connected, per-dependency traffic).
 //! - [`ControlCollector`]: drift reported through the control plane.
-//! - the per-dependency latency summaries, written by [`Exposition::render`] after the
-//!   registry: prometheus-client 0.23 has no summary type.
+//! - the per-dependency latency histograms, written by [`Exposition::render`] after the
+//!   registry from each dependency's sparse histogram.
 //!
 //! Nothing reaches the registry through a global.
 
@@ -529,15 +529,308 @@ impl Collector for WeaveCollector {
     }
 }
 
-/// The per-dependency request latency, a summary. Written by hand because
-/// prometheus-client 0.23 has no summary type; the registry writes everything else.
+/// The IP shards, read from the shard index at scrape time: per pool and per shard how
+/// many addresses there are and are free, allocations and releases, migrations by state,
+/// the progress of each active one and how long finished ones took.
 #[derive(Debug)]
-struct LatencySummaries {
+pub struct ShardCollector {
+    pub shards: weft_shards::ShardManager,
+}
+
+/// Upper bounds of the migration-duration histogram's buckets, in seconds.
+const MIGRATION_BOUNDS_S: [f64; 10] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// A count as a float sample (an IPv6 pool holds more addresses than an `i64`).
+fn float(value: u128) -> f64 {
+    value as f64
+}
+
+impl Collector for ShardCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let index = self.shards.read();
+        let config = self.shards.config();
+        let e = &mut encoder;
+
+        // Per pool: its size, what is carved into shards, what is allocated.
+        let mut pools: Vec<(String, u128, u128, u128)> = config
+            .pools
+            .iter()
+            .map(|p| (p.to_string(), p.size(), 0, 0))
+            .collect();
+        for shard in index.shards() {
+            if let Some(pool) = config
+                .pools
+                .iter()
+                .position(|p| p.covers(&shard.cidr))
+                .and_then(|i| pools.get_mut(i))
+            {
+                pool.2 += shard.cidr.size();
+                pool.3 += u128::from(shard.resource_count);
+            }
+        }
+        for (name, help, pick) in [
+            (
+                "weft_shard_pool_addresses",
+                "Addresses in each pool shards are carved from (--shard-pool).",
+                0usize,
+            ),
+            (
+                "weft_shard_pool_carved_addresses",
+                "Addresses of each pool already carved into shards.",
+                1,
+            ),
+            (
+                "weft_shard_pool_allocated_addresses",
+                "Addresses of each pool allocated to workloads.",
+                2,
+            ),
+        ] {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (pool, size, carved, allocated) in &pools {
+                let value = [*size, *carved, *allocated][pick];
+                family
+                    .encode_family(&[("pool", escape_label(pool))])?
+                    .encode_gauge(&float(value))?;
+            }
+        }
+
+        // Per shard: capacity and free addresses, with its network and status.
+        let shards: Vec<_> = index
+            .shard_capacities()
+            .map(|(shard, capacity)| {
+                let labels = [
+                    ("shard", escape_label(&shard.id)),
+                    ("cidr", shard.cidr.to_string()),
+                    (
+                        "network",
+                        escape_label(shard.network_id.as_deref().unwrap_or("")),
+                    ),
+                    ("status", shard.status.as_str().to_owned()),
+                ];
+                (
+                    labels,
+                    capacity,
+                    capacity.saturating_sub(shard.resource_count),
+                )
+            })
+            .collect();
+        let mut family = e.encode_descriptor(
+            "weft_shard_capacity_addresses",
+            "Addresses each shard can hand out (its size less network, gateway and IPv4 broadcast addresses)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, capacity, _) in &shards {
+            family
+                .encode_family(labels)?
+                .encode_gauge(&sample(*capacity))?;
+        }
+        let mut family = e.encode_descriptor(
+            "weft_shard_free_addresses",
+            "Addresses each shard can still hand out",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, _, free) in &shards {
+            family.encode_family(labels)?.encode_gauge(&sample(*free))?;
+        }
+
+        single(
+            e,
+            "weft_shard_allocations_total",
+            MetricType::Counter,
+            "Addresses allocated (migrations' included) since the store was created.",
+            index.allocations_total(),
+        )?;
+        single(
+            e,
+            "weft_shard_releases_total",
+            MetricType::Counter,
+            "Addresses released since the controller started.",
+            index.releases_total(),
+        )?;
+
+        // Migrations: how many in each state; per active one its moves and last change.
+        let mut by_state = [0u64; 4];
+        let mut active = Vec::new();
+        for m in index.migrations() {
+            let slot = match m.state {
+                weft_shards::MigrationState::Running => 0,
+                weft_shards::MigrationState::Paused => 1,
+                weft_shards::MigrationState::Completed => 2,
+                weft_shards::MigrationState::Failed => 3,
+            };
+            by_state[slot] += 1;
+            if m.is_active() {
+                active.push(m);
+            }
+        }
+        let mut family = e.encode_descriptor(
+            "weft_shard_migrations",
+            "Migrations by state (running and paused ones are in progress)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, value) in ["running", "paused", "completed", "failed"]
+            .into_iter()
+            .zip(by_state)
+        {
+            family
+                .encode_family(&[("state", state)])?
+                .encode_gauge(&sample(value))?;
+        }
+        let mut family = e.encode_descriptor(
+            "weft_shard_migration_moves",
+            "Workload moves of each migration in progress, by state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for m in &active {
+            let c = m.counts();
+            for (state, value) in [
+                ("pending", c.pending),
+                ("moving", c.moving),
+                ("done", c.done),
+                ("skipped", c.skipped),
+                ("rolled_back", c.rolled_back),
+            ] {
+                let labels = [
+                    ("migration", escape_label(&m.id)),
+                    ("shard", escape_label(&m.shard_id)),
+                    ("state", state.to_owned()),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_gauge(&sample(u64::try_from(value).unwrap_or(u64::MAX)))?;
+            }
+        }
+        let mut family = e.encode_descriptor(
+            "weft_shard_migration_updated_timestamp_seconds",
+            "When each migration in progress last changed (Unix time): a migration that stops changing is stuck",
+            None,
+            MetricType::Gauge,
+        )?;
+        for m in &active {
+            let labels = [
+                ("migration", escape_label(&m.id)),
+                ("shard", escape_label(&m.shard_id)),
+                (
+                    "state",
+                    if m.state == weft_shards::MigrationState::Paused {
+                        "paused"
+                    } else {
+                        "running"
+                    }
+                    .to_owned(),
+                ),
+            ];
+            family
+                .encode_family(&labels)?
+                .encode_gauge(&(m.updated_ns as f64 / 1e9))?;
+        }
+        Ok(())
+    }
+}
+
+/// How long finished migrations took, a classic histogram written by hand (as the
+/// latency histograms: prometheus-client writes the last bucket `le="inf"`, text format
+/// 0.0.4 says `+Inf`), computed from the migrations the index keeps (it keeps every one,
+/// so the counts never go down, also across restarts).
+#[derive(Debug)]
+struct MigrationDurations {
+    shards: weft_shards::ShardManager,
+}
+
+impl MigrationDurations {
+    fn write(&self, out: &mut String) {
+        let seconds: Vec<f64> = self
+            .shards
+            .read()
+            .migrations()
+            .filter(|m| !m.is_active() && m.finished_ns >= m.created_ns && m.finished_ns > 0)
+            .map(|m| (m.finished_ns - m.created_ns) as f64 / 1e9)
+            .collect();
+        let name = "weft_shard_migration_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} How long finished migrations (completed or failed) took, from creation to their end."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for bound in MIGRATION_BOUNDS_S {
+            let count = seconds.iter().filter(|s| **s <= bound).count();
+            let _ = writeln!(out, r#"{name}_bucket{{le="{bound}"}} {count}"#);
+        }
+        let _ = writeln!(out, r#"{name}_bucket{{le="+Inf"}} {}"#, seconds.len());
+        let _ = writeln!(out, "{name}_sum {}", seconds.iter().sum::<f64>());
+        let _ = writeln!(out, "{name}_count {}", seconds.len());
+    }
+}
+
+/// Each connected agent: how long since it was last heard from, and the records it says
+/// it dropped.
+#[derive(Debug)]
+pub struct AgentCollector {
+    pub agents: Arc<Agents>,
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = Instant::now();
+        let agents = self.agents.agents();
+        let mut family = encoder.encode_descriptor(
+            "weft_controller_agent_last_contact_age_seconds",
+            "Seconds since each registered agent last sent a batch or heartbeat",
+            None,
+            MetricType::Gauge,
+        )?;
+        for agent in &agents {
+            let age = now.saturating_duration_since(agent.last_contact());
+            family
+                .encode_family(&[("host", escape_label(&agent.host_id))])?
+                .encode_gauge(&age.as_secs_f64())?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "weft_controller_agent_dropped_records_by_host",
+            "Records each registered agent reports having dropped since it started",
+            None,
+            MetricType::Gauge,
+        )?;
+        for agent in &agents {
+            family
+                .encode_family(&[("host", escape_label(&agent.host_id))])?
+                .encode_gauge(&sample(agent.dropped_records_total()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Upper bounds of the latency histograms' buckets, in microseconds (0.5 ms to 10 s):
+/// fixed, so the series of every agent-fed controller replica can be summed.
+const LATENCY_BOUNDS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// The per-dependency request latency, a classic Prometheus histogram (cumulative `le`
+/// buckets, `_sum`, `_count`), so that rates and quantiles can be aggregated across
+/// dependencies and controller replicas with `histogram_quantile(sum by (le) (rate(...)))`.
+/// Written by hand: the buckets come from each dependency's sparse histogram at scrape
+/// time (prometheus-client's histogram observes values one by one). A bucket's count may
+/// include values up to 1/128 above its bound (the sparse histogram's resolution).
+#[derive(Debug)]
+struct LatencyHistograms {
     topology: Arc<Topology>,
     max_edges: usize,
 }
 
-impl LatencySummaries {
+/// A bound in seconds as Prometheus writes `le` (no trailing zeros).
+fn le_seconds(bound_us: u64) -> String {
+    format!("{}", bound_us as f64 / 1e6)
+}
+
+impl LatencyHistograms {
     fn write(&self, out: &mut String) {
         let name = "weft_dependency_request_duration_seconds";
         let (edges, total) = self.topology.top_edges(self.max_edges);
@@ -547,46 +840,50 @@ impl LatencySummaries {
             "# HELP {name} {}.",
             edge_help("Request latency between two services.", edges.len(), total)
         );
-        let _ = writeln!(out, "# TYPE {name} summary");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let bounds: Vec<String> = LATENCY_BOUNDS_US.iter().map(|b| le_seconds(*b)).collect();
         for (labels, stats) in edge_labels(&edges) {
             let labels = labels
                 .iter()
                 .map(|(k, v)| format!(r#"{k}="{v}""#))
                 .collect::<Vec<_>>()
                 .join(",");
-            let summary = stats.latency_summary();
-            for (quantile, value_ms) in [
-                ("0.5", summary.p50),
-                ("0.95", summary.p95),
-                ("0.99", summary.p99),
-            ] {
-                let _ = writeln!(
-                    out,
-                    r#"{name}{{{labels},quantile="{quantile}"}} {}"#,
-                    value_ms / 1_000.0
-                );
+            let counts = stats.latency_us.cumulative_counts(&LATENCY_BOUNDS_US);
+            for (le, count) in bounds.iter().zip(counts) {
+                let _ = writeln!(out, r#"{name}_bucket{{{labels},le="{le}"}} {count}"#);
             }
+            // Requests whose agent sent a latency sum but no buckets are counted in +Inf
+            // only (they are at most +Inf), so +Inf equals `_count`.
+            let count = stats.latency_count.max(stats.latency_us.len());
+            let _ = writeln!(out, r#"{name}_bucket{{{labels},le="+Inf"}} {count}"#);
             let sum_seconds = stats.latency_sum_ns as f64 / 1e9;
             let _ = writeln!(out, "{name}_sum{{{labels}}} {sum_seconds}");
-            let _ = writeln!(out, "{name}_count{{{labels}}} {}", stats.latency_count);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
         }
     }
 }
 
-/// Every metric of the controller: the registry and the summaries it cannot hold.
+/// Every metric of the controller: the registry and the histograms written by hand.
 #[derive(Debug)]
 pub struct Exposition {
     registry: Registry,
-    summaries: LatencySummaries,
+    histograms: LatencyHistograms,
+    migrations: MigrationDurations,
 }
 
 impl Exposition {
-    /// `registry` holds every metric but the latency summaries, which are read from
+    /// `registry` holds every metric but the latency histograms, which are read from
     /// `topology`.
-    pub fn new(registry: Registry, topology: Arc<Topology>, limits: Arc<Limits>) -> Self {
+    pub fn new(
+        registry: Registry,
+        topology: Arc<Topology>,
+        limits: Arc<Limits>,
+        shards: weft_shards::ShardManager,
+    ) -> Self {
         Self {
             registry,
-            summaries: LatencySummaries {
+            migrations: MigrationDurations { shards },
+            histograms: LatencyHistograms {
                 topology,
                 max_edges: limits.config.metrics_max_edges,
             },
@@ -597,7 +894,8 @@ impl Exposition {
     pub fn render(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(4096);
         encode_registry(&mut out, &self.registry)?;
-        self.summaries.write(&mut out);
+        self.histograms.write(&mut out);
+        self.migrations.write(&mut out);
         Ok(out)
     }
 }
@@ -622,7 +920,7 @@ mod tests {
             "weft_controller_batches_total 0",
             "weft_controller_batches_duplicate_total 0",
             "weft_controller_agents_connected 0",
-            "# TYPE weft_dependency_request_duration_seconds summary",
+            "# TYPE weft_dependency_request_duration_seconds histogram",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

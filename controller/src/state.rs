@@ -196,10 +196,17 @@ impl AppStateBuilder {
         metrics_registry.register_collector(Box::new(crate::metrics::WeaveCollector {
             weaves: weaves.clone(),
         }));
+        metrics_registry.register_collector(Box::new(crate::metrics::ShardCollector {
+            shards: shards.clone(),
+        }));
+        metrics_registry.register_collector(Box::new(crate::metrics::AgentCollector {
+            agents: registry.clone(),
+        }));
         let exposition = Arc::new(Exposition::new(
             metrics_registry,
             topology.clone(),
             limits.clone(),
+            shards.clone(),
         ));
 
         Ok(AppState {

@@ -2,6 +2,9 @@
 //! exposed before its metrics moved to a prometheus-client registry, with the same type and
 //! label names.
 
+#[path = "common/promtool.rs"]
+mod promtool;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
@@ -47,6 +50,27 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("weft_controller_http_connections", "gauge", &[]),
     ("weft_weaves", "gauge", &["active"]),
     (
+        "weft_controller_agent_last_contact_age_seconds",
+        "gauge",
+        &["host"],
+    ),
+    (
+        "weft_controller_agent_dropped_records_by_host",
+        "gauge",
+        &["host"],
+    ),
+    ("weft_shard_pool_addresses", "gauge", &["pool"]),
+    ("weft_shard_pool_carved_addresses", "gauge", &["pool"]),
+    ("weft_shard_pool_allocated_addresses", "gauge", &["pool"]),
+    ("weft_shard_allocations_total", "counter", &[]),
+    ("weft_shard_releases_total", "counter", &[]),
+    ("weft_shard_migrations", "gauge", &["state"]),
+    (
+        "weft_shard_migration_duration_seconds",
+        "histogram",
+        &["le"],
+    ),
+    (
         "weft_dependency_requests_total",
         "counter",
         &["protocol", "source", "target"],
@@ -66,12 +90,21 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         "counter",
         &["direction", "protocol", "source", "target"],
     ),
-    // Quantile samples carry `quantile`; `_sum` and `_count` do not.
+    // Bucket samples carry `le`; `_sum` and `_count` do not.
     (
         "weft_dependency_request_duration_seconds",
-        "summary",
-        &["protocol", "quantile", "source", "target"],
+        "histogram",
+        &["le", "protocol", "source", "target"],
     ),
+];
+
+/// Families with no series in a controller without shards and migrations (checked with
+/// them in metrics_shards.rs).
+const WITHOUT_SERIES_HERE: &[&str] = &[
+    "weft_shard_capacity_addresses",
+    "weft_shard_free_addresses",
+    "weft_shard_migration_moves",
+    "weft_shard_migration_updated_timestamp_seconds",
 ];
 
 /// One family as parsed: its type and the label names of each of its samples.
@@ -143,7 +176,14 @@ fn parse(text: &str) -> Result<BTreeMap<String, Family>, String> {
             .ok_or_else(|| at("no family"))?;
         let named = name == family_name
             || (family.kind == "summary"
-                && [format!("{family_name}_sum"), format!("{family_name}_count")].contains(&name));
+                && [format!("{family_name}_sum"), format!("{family_name}_count")].contains(&name))
+            || (family.kind == "histogram"
+                && [
+                    format!("{family_name}_bucket"),
+                    format!("{family_name}_sum"),
+                    format!("{family_name}_count"),
+                ]
+                .contains(&name));
         if !named || family.kind.is_empty() {
             return Err(at(&format!("sample outside its family {family_name}")));
         }
@@ -152,7 +192,7 @@ fn parse(text: &str) -> Result<BTreeMap<String, Family>, String> {
             .map_err(|_| at("value is not a number"))?;
         let mut names: Vec<String> = labels;
         names.sort();
-        if name == family_name {
+        if name == family_name || name == format!("{family_name}_bucket") {
             family.label_names.insert(names);
         }
         family.samples += 1;
@@ -305,6 +345,7 @@ async fn metrics_parse_and_keep_every_family() {
     let text = String::from_utf8(bytes.to_vec()).expect("UTF-8");
 
     let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    promtool::promtool_check_metrics(&text);
     for (name, kind, labels) in FAMILIES {
         let family = families
             .get(*name)
@@ -315,9 +356,15 @@ async fn metrics_parse_and_keep_every_family() {
         let labels: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
         assert_eq!(family.label_names, BTreeSet::from([labels]), "{name}");
     }
+    for name in WITHOUT_SERIES_HERE {
+        let family = families
+            .get(*name)
+            .unwrap_or_else(|| panic!("no family {name} in\n{text}"));
+        assert!(family.help && family.samples == 0, "{name}");
+    }
     assert_eq!(
         families.len(),
-        FAMILIES.len(),
+        FAMILIES.len() + WITHOUT_SERIES_HERE.len(),
         "families added or removed: {:?}",
         families.keys()
     );
@@ -368,13 +415,14 @@ async fn per_dependency_series_are_capped_to_the_busiest_and_say_what_was_left_o
         .to_bytes();
     let text = String::from_utf8(bytes.to_vec()).expect("UTF-8");
     let families = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    promtool::promtool_check_metrics(&text);
     assert_eq!(
         families["weft_dependency_requests_total"].samples, 2,
         "{text}"
     );
     assert_eq!(
         families["weft_dependency_request_duration_seconds"].samples,
-        2 * 5,
+        2 * (15 + 2),
         "{text}"
     );
     assert!(

@@ -49,6 +49,9 @@ pub const PACKAGES: &[&str] = &[
     // Builds the C reference flow programs (bench/flow-reference) that `cargo xtask bench`
     // measures weft's against in the same run.
     "clang",
+    // promtool: the tests check /metrics (`promtool check metrics`) and the shipped
+    // alerting rules (`promtool check rules`, `promtool test rules`).
+    "prometheus",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab
@@ -59,6 +62,7 @@ const SERVICES: &[&str] = &[
     "redis-server",
     "mariadb",
     "rabbitmq-server",
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

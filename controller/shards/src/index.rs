@@ -82,6 +82,9 @@ pub struct Index {
     /// Last sequence of every stored event record, oldest first.
     event_chunks: std::collections::VecDeque<u64>,
     pub counters: Counters,
+    /// Addresses released since the controller started (allocations are counted by the
+    /// persisted `counters.alloc_seq`).
+    releases: u64,
 }
 
 fn internal(e: impl std::fmt::Display) -> ShardError {
@@ -104,6 +107,7 @@ impl Index {
                 oldest_event: 1,
                 ..Counters::default()
             },
+            releases: 0,
         }
     }
 
@@ -162,6 +166,22 @@ impl Index {
 
     pub fn shards(&self) -> impl Iterator<Item = &Shard> {
         self.slots.values().map(|s| &s.shard)
+    }
+
+    /// Every shard with how many addresses it can hand out (its size less the network
+    /// address, the gateway and, for IPv4, the broadcast address).
+    pub fn shard_capacities(&self) -> impl Iterator<Item = (&Shard, u64)> {
+        self.slots.values().map(|s| (&s.shard, s.capacity()))
+    }
+
+    /// Addresses allocated since the store was created (migrations' included).
+    pub fn allocations_total(&self) -> u64 {
+        self.counters.alloc_seq
+    }
+
+    /// Addresses released since the controller started.
+    pub fn releases_total(&self) -> u64 {
+        self.releases
     }
 
     pub fn allocation(&self, address: IpAddr) -> Option<&Allocation> {

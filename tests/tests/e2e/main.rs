@@ -95,7 +95,7 @@ fn topology_edges_are_exactly_the_generated_ones() -> Result<()> {
         "{controller}"
     );
     assert!(
-        controller.contains("# TYPE weft_dependency_request_duration_seconds summary"),
+        controller.contains("# TYPE weft_dependency_request_duration_seconds histogram"),
         "{controller}"
     );
     let agent = weft.agent.metrics(&lab)?;

@@ -329,6 +329,7 @@ impl Index {
 
     pub(super) fn release(&mut self, address: IpAddr, batch: &mut Batch) -> Option<Allocation> {
         let a = self.unlink(address)?;
+        self.releases += 1;
         if let Some(slot) = self.slots.get_mut(&a.shard_id) {
             let offset = slot.offset_of(address);
             slot.set(offset, false);

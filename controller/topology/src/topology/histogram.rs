@@ -185,6 +185,27 @@ impl SparseHistogram {
         out
     }
 
+    /// For each of `bounds` (ascending), how many values are at most it, as a Prometheus
+    /// histogram's cumulative `le` buckets: a bucket counts toward a bound when its lowest
+    /// value is at most the bound, so a count may include values up to 1/128 above the
+    /// bound (the bucket's width), never leave out one below it.
+    pub fn cumulative_counts<const N: usize>(&self, bounds: &[u64; N]) -> [u64; N] {
+        let mut out = [0u64; N];
+        let mut running = 0u64;
+        let mut entries = self.entries.iter().peekable();
+        for (slot, bound) in out.iter_mut().zip(bounds) {
+            while let Some(entry) = entries.peek() {
+                if value_for(index_of(**entry)) > *bound {
+                    break;
+                }
+                running = running.saturating_add(count_of(**entry));
+                entries.next();
+            }
+            *slot = running;
+        }
+        out
+    }
+
     /// The largest value as `hdrhistogram` gives it: the highest value of the highest
     /// bucket holding a count (0 when empty).
     pub fn max(&self) -> u64 {
@@ -273,6 +294,52 @@ mod tests {
         );
         let dense_buckets = hdr.iter_recorded().count();
         assert_eq!(sparse.buckets(), dense_buckets, "{what}: buckets in use");
+    }
+
+    /// Cumulative counts at Prometheus-style bounds: never fewer than the exact number of
+    /// values at most the bound, and more only by values within the bound's bucket
+    /// (less than 1/128 above it).
+    #[test]
+    fn cumulative_counts_bound_the_exact_counts() {
+        let bounds = [0u64, 500, 1_000, 2_500, 10_000, 250_000, 3_600_000_000];
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut sparse = SparseHistogram::default();
+        let mut values = Vec::new();
+        for _ in 0..20_000 {
+            // Log-uniform between 1 µs and about 17 s, plus exact bound values.
+            let value = if rng.next() % 10 == 0 {
+                bounds[(rng.next() % bounds.len() as u64) as usize]
+            } else {
+                1u64 << (rng.next() % 24) | (rng.next() % 1024)
+            };
+            sparse.record_n(value, 1);
+            values.push(value.min(MAX_VALUE));
+        }
+        let counts = sparse.cumulative_counts(&bounds);
+        for (bound, count) in bounds.iter().zip(counts) {
+            let exact = values.iter().filter(|v| **v <= *bound).count() as u64;
+            let slack = values
+                .iter()
+                .filter(|v| **v > *bound && **v <= highest_equivalent(*bound))
+                .count() as u64;
+            assert!(
+                count >= exact && count <= exact + slack,
+                "bound {bound}: {count} counted, {exact} exactly at most it, {slack} in its bucket above it"
+            );
+        }
+        assert_eq!(
+            counts[bounds.len() - 1],
+            sparse.len(),
+            "the last bound holds every value"
+        );
+        assert!(
+            counts.windows(2).all(|w| w[0] <= w[1]),
+            "cumulative: {counts:?}"
+        );
+        assert_eq!(
+            SparseHistogram::default().cumulative_counts(&bounds),
+            [0; 7]
+        );
     }
 
     /// Every value from 0 to past the clamp goes in the same bucket as in hdrhistogram.

@@ -47,6 +47,12 @@ impl Latencies {
         self.0.max()
     }
 
+    /// How many values are at most each of `bounds_us` (ascending), as cumulative
+    /// histogram buckets (see [`SparseHistogram::cumulative_counts`]).
+    pub fn cumulative_counts<const N: usize>(&self, bounds_us: &[u64; N]) -> [u64; N] {
+        self.0.cumulative_counts(bounds_us)
+    }
+
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.0.heap_bytes()
