@@ -12,6 +12,8 @@ use weft_topology::import::{self, Format, ImportOptions, ImportReport};
 use weft_topology::mapper::{TopologyMapper, TopologyVisualizer};
 use weft_topology::observation::TrafficObservation;
 
+use crate::progress::Progress;
+
 /// Observations per `POST /observations` request.
 const POST_BATCH: usize = 5_000;
 /// Per-line/packet errors printed before the rest are only counted.
@@ -150,7 +152,9 @@ fn post(controller: &str, observations: &[TrafficObservation]) -> anyhow::Result
     );
     let mut accepted = 0u64;
     let mut refused = 0usize;
-    for chunk in observations.chunks(POST_BATCH) {
+    let bar = Progress::items(observations.len() as u64, "posting observations");
+    for (index, chunk) in observations.chunks(POST_BATCH).enumerate() {
+        bar.set((index * POST_BATCH) as u64);
         let body = serde_json::to_value(chunk).context("encoding observations")?;
         let answer = match agent.post(&url).send_json(body) {
             Ok(response) => response
@@ -203,8 +207,15 @@ pub fn run(controller: &str, args: &ImportArgs) -> anyhow::Result<String> {
     if args.flows && args.kind != Kind::Pcap {
         bail!("--flows applies to pcap captures only");
     }
-    let report = import::import_file(args.kind.into(), &args.file, &options)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let bar = Progress::bytes(bytes.len() as u64, "parsing");
+    let report =
+        import::import_bytes_with_progress(args.kind.into(), &bytes, &options, &mut |at| {
+            bar.set(at as u64)
+        });
+    bar.finish();
+    drop(bytes);
     if args.flows {
         for line in error_lines(&args.file.display().to_string(), &report) {
             eprintln!("{line}");

@@ -12,6 +12,7 @@ mod credentials;
 mod flows;
 mod import;
 mod networks;
+mod progress;
 mod shadows;
 mod shards;
 mod tokens;
@@ -106,6 +107,47 @@ enum Command {
         #[command(subcommand)]
         command: certs::CertsCommand,
     },
+    /// Shell completions for `weft`, on stdout: e.g. `weft completions bash >
+    /// /etc/bash_completion.d/weft`, `weft completions zsh > ~/.zfunc/_weft`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Man pages of `weft` and every subcommand (weft.1, weft-topology.1,
+    /// weft-topology-show.1, ...), written into a directory: `weft man --dir
+    /// /usr/local/share/man/man1`.
+    Man {
+        /// Where the pages go (made if missing).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: std::path::PathBuf,
+    },
+}
+
+/// Writes the completion script of `shell` for `weft` to `out`.
+fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory as _;
+    clap_complete::generate(shell, &mut Cli::command(), "weft", out);
+}
+
+/// Writes the man pages of `weft` and its subcommands into `dir`; the text for stdout.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<String> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("making {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("writing man pages into {}", dir.display()))?;
+    let mut pages: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("weft") && name.ends_with(".1"))
+        .collect();
+    pages.sort();
+    Ok(format!(
+        "wrote {} man pages into {}: {}\n",
+        pages.len(),
+        dir.display(),
+        pages.join(" ")
+    ))
 }
 
 /// `base` joined with an absolute `path`, without doubling the slash.
@@ -154,6 +196,22 @@ fn fetch(base: &str, path: &str) -> anyhow::Result<String> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Offline and credential-free: no token or CA is read for them.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            completions(*shell, &mut out);
+            return out.flush().context("writing to stdout");
+        }
+        Command::Man { dir } => {
+            let text = man_pages(dir)?;
+            return std::io::stdout()
+                .lock()
+                .write_all(text.as_bytes())
+                .context("writing to stdout");
+        }
+        _ => {}
+    }
     credentials::init(
         cli.token.as_deref(),
         cli.token_file.as_deref(),
@@ -173,6 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shards { command } => shards::run_shards(&cli.controller, &command)?,
         Command::Addresses { command } => shards::run_addresses(&cli.controller, &command)?,
         Command::Events(args) => shards::run_events(&cli.controller, &args)?,
+        Command::Completions { .. } | Command::Man { .. } => String::new(),
     };
     std::io::stdout()
         .lock()
@@ -193,6 +252,44 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completions_name_every_subcommand() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            completions(shell, &mut out);
+            let script = String::from_utf8(out).expect("UTF-8 script");
+            for sub in ["topology", "shards", "weave", "network", "completions"] {
+                assert!(script.contains(sub), "{shell}: no {sub} in\n{script}");
+            }
+        }
+    }
+
+    #[test]
+    fn man_pages_cover_commands_and_subcommands() {
+        let dir = std::env::temp_dir().join(format!("weft-man-{}", std::process::id()));
+        let summary = man_pages(&dir).expect("man pages written");
+        let page = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let top = page("weft.1");
+        assert!(
+            top.starts_with(".ie") || top.contains(".TH weft 1"),
+            "{top}"
+        );
+        assert!(
+            top.contains("topology") && top.contains("WEFT_CONTROLLER"),
+            "{top}"
+        );
+        let deallocate = page("weft-shards-deallocate.1");
+        assert!(deallocate.contains("wait"), "{deallocate}");
+        assert!(summary.contains("weft-weave-create.1"), "{summary}");
+        std::fs::remove_dir_all(&dir).expect("temporary dir removed");
+    }
 
     #[test]
     fn endpoint_joins_without_doubling_slashes() {

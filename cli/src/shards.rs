@@ -307,6 +307,11 @@ pub fn run_shards(base: &str, command: &ShardsCommand) -> anyhow::Result<String>
                 ));
             }
             let mut last = String::new();
+            // On a terminal a bar of workloads moved; elsewhere a line at every change.
+            let bar = crate::progress::Progress::items(
+                answer["workloads"].as_u64().unwrap_or(0),
+                &format!("migration {mid}"),
+            );
             loop {
                 let m = call(base, "GET", &format!("/migrations/{}", enc(mid)), None)?;
                 let line = format!(
@@ -319,9 +324,20 @@ pub fn run_shards(base: &str, command: &ShardsCommand) -> anyhow::Result<String>
                         _ => String::new(),
                     }
                 );
-                if line != last {
+                if crate::progress::shown() {
+                    bar.set_total(m["total"].as_u64().unwrap_or(0));
+                    bar.set(m["moved"].as_u64().unwrap_or(0));
+                    bar.message(&format!("migration {mid}: {}", s(&m["state"])));
+                } else if line != last {
                     writeln!(out, "{line}")?;
-                    last = line;
+                    last = line.clone();
+                }
+                if matches!(m["state"].as_str(), Some("Completed" | "Failed")) {
+                    bar.finish();
+                    if line != last {
+                        writeln!(out, "{line}")?;
+                        last = line;
+                    }
                 }
                 match m["state"].as_str() {
                     Some("Completed") => {

@@ -184,6 +184,22 @@ pub fn import_bytes(format: Format, input: &[u8], options: &ImportOptions) -> Im
     }
 }
 
+/// [`import_bytes`], calling `progress` with the bytes read so far: every MiB of a
+/// capture, once at the end of the other formats.
+pub fn import_bytes_with_progress(
+    format: Format,
+    input: &[u8],
+    options: &ImportOptions,
+    progress: &mut dyn FnMut(usize),
+) -> ImportReport {
+    let report = match format {
+        Format::Pcap => pcap::import_with_progress(input, progress),
+        Format::Jsonl | Format::Envoy => import_bytes(format, input, options),
+    };
+    progress(input.len());
+    report
+}
+
 /// Reads `path` and imports it. Fails only when the file cannot be read.
 pub fn import_file(
     format: Format,

@@ -21,10 +21,20 @@ const MAX_RECORD: usize = 16 * 1024 * 1024;
 
 /// Imports a capture file's bytes.
 pub fn import(bytes: &[u8]) -> ImportReport {
+    import_with_progress(bytes, &mut |_| {})
+}
+
+/// Bytes read between two calls of an import's progress callback.
+const PROGRESS_EVERY: usize = 1 << 20;
+
+/// [`import`], calling `progress` with the bytes read so far every MiB of the file.
+pub fn import_with_progress(bytes: &[u8], progress: &mut dyn FnMut(usize)) -> ImportReport {
     let mut reader = Reader {
         report: ImportReport::default(),
         tracker: Tracker::default(),
         number: 0,
+        progress,
+        next_progress: PROGRESS_EVERY,
     };
     match bytes
         .get(..4)
@@ -92,10 +102,13 @@ impl Order {
     }
 }
 
-struct Reader {
+struct Reader<'p> {
     report: ImportReport,
     tracker: Tracker,
     number: u64,
+    progress: &'p mut dyn FnMut(usize),
+    /// The offset at which `progress` is called next.
+    next_progress: usize,
 }
 
 /// One pcapng interface: link type and timestamp units per second.
@@ -104,7 +117,15 @@ struct Interface {
     units_per_second: u64,
 }
 
-impl Reader {
+impl Reader<'_> {
+    /// Reports `at` bytes read when it passed the next MiB.
+    fn reached(&mut self, at: usize) {
+        if at >= self.next_progress {
+            (self.progress)(at);
+            self.next_progress = at.saturating_add(PROGRESS_EVERY);
+        }
+    }
+
     fn header_error(&mut self, message: String) {
         self.report.errors.push(ImportError {
             location: "file header".into(),
@@ -152,6 +173,7 @@ impl Reader {
         }
         let mut at = 24;
         while at < bytes.len() {
+            self.reached(at);
             self.number += 1;
             let header = (
                 order.u32(bytes, at),
@@ -204,6 +226,7 @@ impl Reader {
         let mut interfaces: Vec<Interface> = Vec::new();
         let mut at = 0;
         while at < bytes.len() {
+            self.reached(at);
             let block_type = order.u32(bytes, at);
             if block_type == Some(PCAPNG_SHB) {
                 // The byte-order magic decides how this section is read.

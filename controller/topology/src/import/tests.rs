@@ -1106,3 +1106,35 @@ mod real_clients {
         assert_eq!(errors(&obs), 0, "{obs:?}");
     }
 }
+
+/// A capture of a few MiB reports its progress every MiB, in order, ending at its size,
+/// and imports the same as without a progress callback.
+#[test]
+fn pcap_progress_is_reported_every_mib_up_to_the_end() {
+    let mut c = Capture::new(1);
+    let payload = vec![b'x'; 1_400];
+    for i in 0..3_000u64 {
+        c.tcp(i * 10, CLIENT, 40_000, WEB, 80, ACK, &payload);
+    }
+    let mut reported = Vec::new();
+    let report = import_bytes_with_progress(
+        Format::Pcap,
+        &c.bytes,
+        &ImportOptions::default(),
+        &mut |at| reported.push(at),
+    );
+    assert!(c.bytes.len() > 4 << 20, "{} bytes", c.bytes.len());
+    assert_eq!(reported.last(), Some(&c.bytes.len()), "{reported:?}");
+    assert!(reported.windows(2).all(|w| w[0] < w[1]), "{reported:?}");
+    let mib = (c.bytes.len() >> 20) as usize;
+    assert!(
+        (mib..=mib + 1).contains(&(reported.len() - 1)),
+        "{} calls for {} bytes: {reported:?}",
+        reported.len(),
+        c.bytes.len()
+    );
+    assert_eq!(
+        report,
+        import_bytes(Format::Pcap, &c.bytes, &ImportOptions::default())
+    );
+}
