@@ -1126,7 +1126,7 @@ fn pcap_progress_is_reported_every_mib_up_to_the_end() {
     assert!(c.bytes.len() > 4 << 20, "{} bytes", c.bytes.len());
     assert_eq!(reported.last(), Some(&c.bytes.len()), "{reported:?}");
     assert!(reported.windows(2).all(|w| w[0] < w[1]), "{reported:?}");
-    let mib = (c.bytes.len() >> 20) as usize;
+    let mib = c.bytes.len() >> 20;
     assert!(
         (mib..=mib + 1).contains(&(reported.len() - 1)),
         "{} calls for {} bytes: {reported:?}",

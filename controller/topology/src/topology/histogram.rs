@@ -307,7 +307,7 @@ mod tests {
         let mut values = Vec::new();
         for _ in 0..20_000 {
             // Log-uniform between 1 µs and about 17 s, plus exact bound values.
-            let value = if rng.next() % 10 == 0 {
+            let value = if rng.next().is_multiple_of(10) {
                 bounds[(rng.next() % bounds.len() as u64) as usize]
             } else {
                 1u64 << (rng.next() % 24) | (rng.next() % 1024)
