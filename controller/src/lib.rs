@@ -24,5 +24,6 @@ pub mod limits;
 pub mod metrics;
 pub mod shard_flags;
 pub mod state;
+pub mod store_flags;
 
 pub use state::AppState;

@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,7 +25,7 @@ use weft_controller::auth::grpc::RequireTokenLayer;
 use weft_controller::auth_flags::AuthArgs;
 use weft_controller::limit_flags::LimitArgs;
 use weft_controller::shard_flags::ShardArgs;
-use weft_store::{MemoryStore, RedbStore, Store};
+
 use weft_topology::history::AllowList;
 use weft_topology::time::{now_unix_ns, parse_duration};
 use weft_topology::topology::{BucketConfig, Rules, ServiceClassifier};
@@ -50,9 +49,8 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `weft_controller=debug`.
     #[arg(long, default_value = "info", env = "WEFT_LOG")]
     log: String,
-    /// Directory of the store (`weft.redb`); an empty value keeps everything in memory.
-    #[arg(long, default_value = "./weft-data")]
-    data_dir: String,
+    #[command(flatten)]
+    store: weft_controller::store_flags::StoreArgs,
     /// How often a topology snapshot is stored (e.g. 60s, 5m).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     snapshot_interval: Duration,
@@ -97,11 +95,7 @@ fn build_state(args: &Args, auth: weft_controller::auth::AuthConfig) -> anyhow::
         Some(path) => ServiceClassifier::with_rules(Rules::load(path)?),
         None => ServiceClassifier::default(),
     };
-    let store: Arc<dyn Store> = if args.data_dir.is_empty() {
-        Arc::new(MemoryStore::default())
-    } else {
-        Arc::new(RedbStore::open_dir(std::path::Path::new(&args.data_dir))?)
-    };
+    let store = args.store.open()?;
     if args.bucket_width.is_zero() {
         anyhow::bail!("--bucket-width must be more than 0");
     }
@@ -134,7 +128,8 @@ fn build_state(args: &Args, auth: weft_controller::auth::AuthConfig) -> anyhow::
     state
         .weaves
         .set_wait(Duration::from_secs(args.weave_wait_seconds));
-    args.auth.bootstrap(&args.data_dir, &state.auth.tokens)?;
+    args.auth
+        .bootstrap(&args.store.data_dir, &state.auth.tokens)?;
     tracing::info!(epoch = state.control.epoch(), "control plane open");
     if let Some(path) = &args.allowed_deps {
         let text = std::fs::read_to_string(path)

@@ -52,6 +52,9 @@ pub const PACKAGES: &[&str] = &[
     // promtool: the tests check /metrics (`promtool check metrics`) and the shipped
     // alerting rules (`promtool check rules`, `promtool test rules`).
     "prometheus",
+    // The controller's etcd back end (`--etcd`): tests start their own members on
+    // loopback.
+    "etcd-server",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab
@@ -63,6 +66,7 @@ const SERVICES: &[&str] = &[
     "mariadb",
     "rabbitmq-server",
     "prometheus",
+    "etcd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

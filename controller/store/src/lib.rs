@@ -1,14 +1,20 @@
 //! The controller's key-value store: one [`Store`] trait (get, put, delete, prefix scan,
-//! compare-and-swap, multi-key transaction) so the embedded back end ([`redb_store::RedbStore`], one file) and a
-//! later etcd one are interchangeable; [`MemoryStore`] for tests and `--data-dir ""`.
+//! compare-and-swap, multi-key transaction) so the embedded back end ([`redb_store::RedbStore`], one file) and the
+//! etcd one (`etcd_store::EtcdStore`, feature `etcd`) are interchangeable; [`MemoryStore`] for tests and `--data-dir ""`.
 //! Every acknowledged write is durable (the redb back end commits with fsync).
 
+#[cfg(feature = "etcd")]
+pub mod etcd_process;
+#[cfg(feature = "etcd")]
+pub mod etcd_store;
 #[cfg(feature = "redb")]
 pub mod redb_store;
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
+#[cfg(feature = "etcd")]
+pub use etcd_store::{EtcdConfig, EtcdStore};
 #[cfg(feature = "redb")]
 pub use redb_store::RedbStore;
 

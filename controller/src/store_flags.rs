@@ -1,0 +1,95 @@
+//! Which store the controller runs on: the redb file in `--data-dir` (the default), memory
+//! (`--data-dir ""`), or an etcd cluster (`--etcd`), where this controller first becomes
+//! the only writer (a fence under an etcd lease) and stops if it ever loses that.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use weft_store::{EtcdConfig, EtcdStore, MemoryStore, RedbStore, Store};
+
+/// The store flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Directory of the store (`weft.redb`) and of the admin token file; an empty value
+    /// keeps everything in memory.
+    #[arg(long, default_value = "/var/lib/weft")]
+    pub data_dir: String,
+    /// Keep the store on an etcd cluster instead of the redb file:
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (client URLs, plain HTTP; keys under
+    /// PREFIX, default `weft/`). The controller becomes the cluster's only writer under a
+    /// lease (waiting, as a standby, while another controller holds it) and exits if it
+    /// loses it. The cluster must allow large transactions (etcd `--max-txn-ops 100000
+    /// --max-request-bytes 16777216`): allocations are committed in groups.
+    #[arg(long, value_name = "URL")]
+    pub etcd: Option<String>,
+    /// How long the writer's etcd lease lives without renewal: a controller that stops
+    /// renewing it (killed, stalled, cut off) is replaced by a standby after this.
+    #[arg(long, default_value = "5s", value_parser = agent_common::time::parse_duration)]
+    pub etcd_lease_ttl: Duration,
+}
+
+/// The election key of the writer for a store prefix: outside the prefix, so no scan of
+/// the store sees it.
+fn fence_key(prefix: &str) -> String {
+    format!("{}.writer", prefix.trim_end_matches('/'))
+}
+
+impl StoreArgs {
+    /// Opens the store; on etcd, waits until this controller is the writer.
+    pub fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        if let Some(url) = &self.etcd {
+            return Ok(self.open_etcd(url)?);
+        }
+        if self.data_dir.is_empty() {
+            return Ok(Arc::new(MemoryStore::default()));
+        }
+        Ok(Arc::new(
+            RedbStore::open_dir(std::path::Path::new(&self.data_dir))
+                .with_context(|| format!("--data-dir {}", self.data_dir))?,
+        ))
+    }
+
+    fn open_etcd(&self, url: &str) -> anyhow::Result<Arc<EtcdStore>> {
+        let config = EtcdConfig::parse(url).context("--etcd")?;
+        let key = fence_key(&config.prefix);
+        let store = Arc::new(EtcdStore::open(config).context("--etcd: connecting")?);
+        let holder = format!(
+            "{}:{}",
+            std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|| "controller".into()),
+            std::process::id()
+        );
+        loop {
+            match store.acquire_fence(&key, &holder, self.etcd_lease_ttl, Duration::from_secs(10)) {
+                Ok(lease) => {
+                    tracing::info!(key, lease, "etcd: this controller is the writer");
+                    break;
+                }
+                Err(e) if e.0.contains("is held by") => {
+                    tracing::info!("etcd: standby ({e}); waiting for the lease to lapse");
+                }
+                Err(e) => {
+                    return Err(anyhow::anyhow!(e)).context("--etcd: taking the writer lease");
+                }
+            }
+        }
+        let watched = store.clone();
+        std::thread::Builder::new()
+            .name("etcd-fence".into())
+            .spawn(move || {
+                while watched.holds_fence() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                // Every write is refused from now on: stop, so a supervisor starts this
+                // controller again as a standby.
+                tracing::error!("etcd: the writer lease was lost; another controller may write the store: exiting");
+                std::process::exit(3);
+            })
+            .context("starting the fence watcher")?;
+        Ok(store)
+    }
+}

@@ -1,0 +1,321 @@
+//! Controllers on etcd (`--etcd`): one writer at a time under a lease, a standby that
+//! takes over when the writer is killed (kill -9 during an allocation burst), and every
+//! acknowledged allocation still there, none handed out twice.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use weft_shards::{Index, ShardConfig};
+use weft_store::etcd_process::{self, EtcdCluster};
+use weft_store::{EtcdConfig, EtcdStore};
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A controller on `etcd` that announces itself (on stdout) once it is the writer.
+fn spawn(etcd: &str, data_dir: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_weft-controller"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--insecure",
+            "--etcd",
+            etcd,
+            "--etcd-lease-ttl",
+            "2s",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn weft-controller")
+}
+
+/// Waits (in a thread) for the announcement line; the receiver gets the REST address.
+fn announced(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        if BufReader::new(stdout).read_line(&mut line).is_ok()
+            && let Some((_, http)) = line.trim().rsplit_once(" http=")
+        {
+            let _ = tx.send(http.to_owned());
+        }
+    });
+    rx
+}
+
+/// The controller's REST address and its admin token.
+#[derive(Debug, Clone)]
+struct Http {
+    addr: String,
+    token: String,
+}
+
+/// A keep-alive HTTP/1.1 connection.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    token: String,
+}
+
+impl Conn {
+    fn open(http: &Http) -> std::io::Result<Self> {
+        let s = TcpStream::connect(&http.addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Self {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            token: http.token.clone(),
+        })
+    }
+
+    fn request(&mut self, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+        // One write per request: no small segments for Nagle and delayed ACKs to hold up.
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.token,
+            body.len()
+        );
+        self.writer.write_all(request.as_bytes())?;
+        let mut status = String::new();
+        if self.reader.read_line(&mut status)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if self.reader.read_line(&mut h)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body)?;
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+fn field<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v.get(name).unwrap_or_else(|| panic!("no {name} in {v}"))
+}
+
+/// Creates `shards` /20 shards for network `blue`.
+fn prepare(http: &Http, shards: usize) {
+    let mut c = Conn::open(http).expect("connect");
+    for _ in 0..shards {
+        let (code, body) = c
+            .request(
+                "POST",
+                "/shards",
+                r#"{"prefix_len":20,"network_id":"blue"}"#,
+            )
+            .expect("create");
+        assert_eq!(code, 201, "{body}");
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ack {
+    address: String,
+    seq: u64,
+    workload: String,
+}
+
+/// `clients` threads allocating until `stop` (or the connection dies); every 201 is
+/// recorded.
+fn hammer(
+    http: &Http,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) -> Vec<std::thread::JoinHandle<Vec<Ack>>> {
+    (0..clients)
+        .map(|t| {
+            let http = http.clone();
+            let stop = stop.clone();
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut acks = Vec::new();
+                let Ok(mut c) = Conn::open(&http) else {
+                    return acks;
+                };
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let workload = format!("w{t}-{i}");
+                    i += 1;
+                    let body = format!(r#"{{"workload":"{workload}","host_id":"h{}"}}"#, t % 4);
+                    match c.request("POST", "/networks/blue/addresses", &body) {
+                        Ok((201, body)) => {
+                            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+                            acks.push(Ack {
+                                address: field(&v, "address").as_str().unwrap().to_owned(),
+                                seq: field(&v, "seq").as_u64().unwrap(),
+                                workload,
+                            });
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok((code, body)) => panic!("{code}: {body}"),
+                        Err(_) => break, // killed
+                    }
+                }
+                acks
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn standby_takes_over_a_killed_writer_and_no_acknowledged_allocation_is_lost() {
+    if !etcd_process::available() {
+        assert!(!is_root(), "etcd not found: run `cargo xtask setup`");
+        eprintln!("etcd not found; skipped");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "weft-etcd-ctl-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cluster = EtcdCluster::start(&dir, 1).expect("etcd");
+    let url = cluster.url();
+
+    let mut a = spawn(&url, &dir);
+    let a_http = announced(&mut a)
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first controller becomes the writer");
+    let token = std::fs::read_to_string(dir.join("admin.token"))
+        .expect("admin token")
+        .trim()
+        .to_owned();
+    let http = Http {
+        addr: a_http,
+        token: token.clone(),
+    };
+    // The second waits as a standby: it does not serve while the first holds the lease.
+    let mut b = spawn(&url, &dir);
+    let b_ready = announced(&mut b);
+    assert!(
+        b_ready.recv_timeout(Duration::from_secs(3)).is_err(),
+        "a standby must not serve while the writer lives"
+    );
+
+    prepare(&http, 4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let threads = hammer(&http, 8, stop.clone(), count.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::Relaxed) < 1_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    a.kill().expect("SIGKILL");
+    let killed = Instant::now();
+    a.wait().expect("reap");
+    stop.store(true, Ordering::Relaxed);
+    let acks: Vec<Ack> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect();
+    assert!(acks.len() >= 1_000, "only {} acknowledged", acks.len());
+
+    let b_http = b_ready
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the standby takes over");
+    let takeover = killed.elapsed();
+    eprintln!(
+        "{} allocations acknowledged before kill -9; standby serving {takeover:?} after it",
+        acks.len()
+    );
+    assert!(
+        takeover < Duration::from_secs(10),
+        "takeover took {takeover:?} (lease 2 s)"
+    );
+
+    let mut by_address: HashMap<&str, &Ack> = HashMap::new();
+    for ack in &acks {
+        assert!(
+            by_address.insert(&ack.address, ack).is_none(),
+            "{} acknowledged twice",
+            ack.address
+        );
+    }
+    {
+        let store = EtcdStore::open(EtcdConfig::parse(&url).expect("url")).expect("open");
+        let index = Index::load(&store, Arc::new(ShardConfig::default())).expect("load");
+        index.check_invariants().expect("invariants after kill -9");
+        for ack in &acks {
+            let stored = index
+                .allocation(ack.address.parse().unwrap())
+                .unwrap_or_else(|| panic!("acknowledged {} lost", ack.address));
+            assert_eq!(
+                (stored.seq, stored.workload.as_str()),
+                (ack.seq, ack.workload.as_str())
+            );
+        }
+    }
+    let http = Http {
+        addr: b_http,
+        token,
+    };
+    let mut c = Conn::open(&http).expect("connect to the new writer");
+    for i in 0..50 {
+        let (code, body) = c
+            .request(
+                "POST",
+                "/networks/blue/addresses",
+                &format!(r#"{{"workload":"after-{i}","host_id":"h0"}}"#),
+            )
+            .unwrap();
+        assert_eq!(code, 201, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let address = field(&v, "address").as_str().unwrap();
+        assert!(
+            !by_address.contains_key(address),
+            "{address} handed out again by the new writer"
+        );
+    }
+    b.kill().expect("kill");
+    b.wait().expect("reap");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
