@@ -16,6 +16,8 @@ pub mod steer;
 #[cfg(any(feature = "std", feature = "user", test))]
 pub mod wire;
 
+#[cfg(feature = "config")]
+pub mod config_file;
 #[cfg(feature = "std")]
 pub mod glob;
 #[cfg(feature = "std")]

@@ -12,6 +12,11 @@ use serde::Deserialize;
     about = "weft's per-hypervisor eBPF flow agent"
 )]
 pub struct Args {
+    /// A TOML file of settings: any flag by its long name (`data-dir = "/var/lib/weft"`,
+    /// `insecure = true`, lists for repeated flags). The command line wins over the file,
+    /// the file over the environment. deploy/config/ has a commented example.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// Identity of this hypervisor, as the controller shows it.
     #[arg(long, env = "WEFT_HOST_ID")]
     pub host_id: String,
@@ -336,6 +341,26 @@ pub fn load_workloads(path: &std::path::Path) -> Result<Vec<WorkloadSpec>, Confi
 mod tests {
     use super::*;
     use std::path::Path;
+
+    /// The shipped example file is a valid configuration and its settings reach the flags.
+    #[test]
+    fn example_config_file_sets_the_flags() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/agent.toml");
+        let args: Args = agent_common::config_file::parse_from(
+            ["weft-agent", "--config", path.to_str().unwrap()]
+                .map(std::ffi::OsString::from)
+                .to_vec(),
+        )
+        .expect("the example parses");
+        assert_eq!(args.host_id, "hv1");
+        assert_eq!(args.controller, "https://controller.example:7071");
+        assert_eq!(args.interfaces, ["tap*", "vnet*"]);
+        assert_eq!(args.metrics_listen.to_string(), "0.0.0.0:9101");
+        assert_eq!(
+            args.state_file.as_deref(),
+            Some(Path::new("/var/lib/weft/agent-state.json"))
+        );
+    }
 
     #[test]
     fn parses_workloads_file() {

@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
-use clap::Parser as _;
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -51,7 +50,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = agent_common::config_file::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_writer(std::io::stderr)

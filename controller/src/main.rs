@@ -40,6 +40,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
     about = "weft's controller: topology from agent flow records"
 )]
 struct Args {
+    /// A TOML file of settings: any flag by its long name (`data-dir = "/var/lib/weft"`,
+    /// `insecure = true`, lists for repeated flags). The command line wins over the file,
+    /// the file over the environment. deploy/config/ has a commented example.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Address of the agent gRPC API.
     #[arg(long, default_value = "127.0.0.1:7071")]
     grpc_listen: SocketAddr,
@@ -168,7 +173,7 @@ async fn history_loop(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = agent_common::config_file::parse();
     let filter = EnvFilter::try_new(&args.log)
         .with_context(|| format!("invalid --log filter {:?}", args.log))?;
     tracing_subscriber::fmt()
@@ -346,4 +351,44 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/controller.toml")
+    }
+
+    /// The shipped example file is a valid configuration, every setting in it reaches its
+    /// flag, and the command line wins over it.
+    #[test]
+    fn example_config_file_sets_the_flags() {
+        let path = example();
+        let args: Args = agent_common::config_file::parse_from(
+            [
+                "weft-controller",
+                "--config",
+                path.to_str().unwrap(),
+                "--log",
+                "debug",
+            ]
+            .map(std::ffi::OsString::from)
+            .to_vec(),
+        )
+        .expect("the example parses");
+        assert_eq!(args.grpc_listen.to_string(), "0.0.0.0:7071");
+        assert_eq!(args.store.data_dir, "/var/lib/weft");
+        assert_eq!(args.log, "debug", "the command line wins");
+        assert_eq!(args.shards.pools, ["198.18.128.0/17", "fd00:80::/56"]);
+        assert_eq!(
+            args.shards.migration_deadline,
+            Some(Duration::from_secs(30 * 60))
+        );
+        assert!(args.auth.metrics_open);
+        args.shards
+            .config()
+            .expect("the example's shard settings are valid");
+    }
 }
