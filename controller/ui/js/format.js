@@ -5,6 +5,7 @@ export function count(n) {
   if (n >= 1e9) return (n / 1e9).toFixed(1) + ' G';
   if (n >= 1e6) return (n / 1e6).toFixed(1) + ' M';
   if (n >= 1e4) return (n / 1e3).toFixed(1) + ' k';
+  if (!Number.isInteger(n) && n < 10) return n.toFixed(n < 1 ? 2 : 1);
   return String(Math.round(n));
 }
 

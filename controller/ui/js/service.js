@@ -56,8 +56,11 @@ function charts(series) {
       ],
     }),
     lineChart({
-      name: 'errors', title: `Errors ${perBucket} (requests ${sideName})`, times, format: count,
-      series: [{ name: 'errors', color: '#c62828', values: points.map((p) => p[side].errors) }],
+      name: 'errors', title: `Errors ${perBucket}`, times, format: count,
+      series: [
+        { name: 'of requests served', color: '#c62828', values: points.map((p) => p.inbound.errors) },
+        { name: 'of requests made', color: '#f29b00', values: points.map((p) => p.outbound.errors) },
+      ],
     }),
   ]);
 }
