@@ -49,6 +49,11 @@ pub const PACKAGES: &[&str] = &[
     // Builds the C reference flow programs (bench/flow-reference) that `cargo xtask bench`
     // measures weft's against in the same run.
     "clang",
+    // The web console's browser tests and the demo's screenshots: headless Chromium over
+    // WebDriver, with a font to draw text in.
+    "chromium",
+    "chromium-driver",
+    "fonts-dejavu-core",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab

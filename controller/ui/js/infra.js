@@ -12,7 +12,7 @@ function stateChip(text) {
   const t = String(text || '–').toLowerCase();
   const cls = /fail|error|cancel/.test(t) ? 'bad'
     : /running|pending|paused|migrat|progress|out of sync/.test(t) ? 'busy'
-      : /done|complete|in sync|applied|available|allocated|active|succeeded/.test(t) ? 'good' : '';
+      : /done|complete|in sync|in-use|applied|available|allocated|active|succeeded/.test(t) ? 'good' : '';
   return h('span', { class: 'state ' + cls, text: text ?? '–' });
 }
 

@@ -79,6 +79,7 @@ function draw(topology, previous) {
     id: 'arrow-' + c.slice(1), viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 7, markerHeight: 7,
     markerUnits: 'userSpaceOnUse', orient: 'auto-start-reverse',
   }, [s('path', { d: 'M0,0 L10,5 L0,10 z', fill: c })])));
+  const labels = [];
   const edgeEls = edges.map((e) => {
     const a = at.get(e.source), b = at.get(e.target);
     if (!a || !b) return null;
@@ -109,8 +110,8 @@ function draw(topology, previous) {
     }, [
       s('title', { text }),
       s('path', { class: 'line', d, stroke: colour, 'stroke-width': edgeWidth(e.requests, e.bytes).toFixed(2), 'marker-end': `url(#arrow-${colour.slice(1)})` }),
-      s('text', { x: lx, y: ly, 'text-anchor': 'middle', text: `${protocols} · ${count(e.requests)}` }),
     ]);
+    labels.push(s('text', { x: lx, y: ly, 'text-anchor': 'middle', 'paint-order': 'stroke', stroke: '#ffffff', 'stroke-width': 4, 'stroke-linejoin': 'round', 'data-edge-label': e.key, text: `${protocols} · ${count(e.requests)}` }));
   });
   const degree = new Map();
   for (const e of edges) {
@@ -138,7 +139,7 @@ function draw(topology, previous) {
     class: 'map', viewBox: `0 0 ${width} ${height}`, width, height, role: 'group',
     'aria-label': `Topology map: ${services.length} services, ${edges.length} dependencies. Arrow keys move between services, Enter opens one.`,
     'data-services': services.length, 'data-edges': edges.length,
-  }, [defs, s('g', { class: 'edges' }, edgeEls), s('g', { class: 'nodes' }, nodeEls)]);
+  }, [defs, s('g', { class: 'edges' }, edgeEls), s('g', { class: 'nodes' }, nodeEls), s('g', { class: 'labels', 'aria-hidden': 'true' }, labels)]);
   return { svg, edges };
 }
 

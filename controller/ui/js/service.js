@@ -31,8 +31,15 @@ function depTable(caption, deps, peerOf, emptyText) {
   ])]);
 }
 
+/** The buckets from the first with traffic on (at least the newest `min`). */
+export function fromFirstTraffic(points, min) {
+  const first = points.findIndex((p) => p.inbound.requests + p.outbound.requests + p.inbound.flows + p.outbound.flows > 0);
+  const start = first < 0 ? points.length - min : Math.min(first, points.length - min);
+  return points.slice(Math.max(0, start));
+}
+
 function charts(series) {
-  const points = series.points || [];
+  const points = fromFirstTraffic(series.points || [], 12);
   const times = points.map((p) => p.start_unix_ms);
   const served = points.some((p) => p.inbound.requests > 0);
   const made = points.some((p) => p.outbound.requests > 0);
