@@ -147,6 +147,16 @@ impl Browser {
         )
     }
 
+    /// Runs `script`, which calls its last argument with its result (e.g. after an
+    /// `import()`), and answers that result.
+    pub fn execute_async(&self, script: &str, args: Vec<Value>) -> Result<Value> {
+        self.call(
+            "POST",
+            "/execute/async",
+            Some(json!({ "script": script, "args": args })),
+        )
+    }
+
     /// Polls `script` until it returns something other than null/false/empty, at most
     /// `timeout`; answers that value, or fails with `what` and the last value seen.
     pub fn wait_for(&self, what: &str, timeout: Duration, script: &str) -> Result<Value> {

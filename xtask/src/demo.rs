@@ -282,7 +282,11 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
     check_interrupted()?;
     export_and_mirror(&controller, |_| {
         shots.push(console.shoot("#/infra", INFRA_READY, &out_dir.join("console-infra.png"))?);
-        shots.push(console.shoot("#/events", EVENTS_READY, &out_dir.join("console-events.png"))?);
+        shots.push(console.shoot(
+            "#/events",
+            EVENTS_READY,
+            &out_dir.join("console-events.png"),
+        )?);
         Ok(())
     })?;
     drop(console);

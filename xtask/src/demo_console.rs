@@ -34,14 +34,18 @@ impl Console {
     /// Opens `hash`, waits until `ready` (a script) holds, and writes a PNG of the whole
     /// page to `path`.
     pub fn shoot(&self, hash: &str, ready: &str, path: &Path) -> Result<PathBuf> {
-        self.browser
-            .execute(&format!("location.hash = {};", serde_json::json!(hash)), vec![])?;
+        self.browser.execute(
+            &format!("location.hash = {};", serde_json::json!(hash)),
+            vec![],
+        )?;
         self.browser
             .wait_for(&format!("the console's {hash}"), WAIT, ready)?;
         // Let charts and late rows settle; no focus ring in the picture.
         std::thread::sleep(Duration::from_millis(500));
-        self.browser
-            .execute("document.activeElement && document.activeElement.blur();", vec![])?;
+        self.browser.execute(
+            "document.activeElement && document.activeElement.blur();",
+            vec![],
+        )?;
         let png = self.browser.screenshot_page(WIDTH, 2400)?;
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))?;
         Ok(path.to_path_buf())
@@ -49,12 +53,13 @@ impl Console {
 }
 
 /// The map, and web's service page.
-pub const MAP_READY: &str =
-    "return document.querySelectorAll('svg.map [data-edge]').length >= 4 && location.hash === '#/map';";
-pub const SERVICE_READY: &str = "const r = document.querySelector(\"figure[data-chart='requests']\");
+pub const MAP_READY: &str = "return document.querySelectorAll('svg.map [data-edge]').length >= 4 && location.hash === '#/map';";
+pub const SERVICE_READY: &str =
+    "const r = document.querySelector(\"figure[data-chart='requests']\");
      return location.hash === '#/service/web' && r && +r.dataset.nonzero >= 1
             && document.querySelectorAll('[data-dependency]').length >= 2;";
-pub const INFRA_READY: &str = "return location.hash === '#/infra' && !!document.querySelector('tr[data-shard]')
+pub const INFRA_READY: &str =
+    "return location.hash === '#/infra' && !!document.querySelector('tr[data-shard]')
      && !!document.querySelector('tr[data-network]');";
 pub const EVENTS_READY: &str =
     "return location.hash === '#/events' && document.querySelectorAll('.feed li').length >= 4;";

@@ -180,6 +180,11 @@ export function mount(main) {
   let stopped = false;
   const refresh = async () => {
     clearTimeout(timer);
+    if (document.hidden && known) {
+      // A tab nobody looks at asks for nothing; it refreshes when shown again.
+      timer = setTimeout(refresh, REFRESH_MS);
+      return;
+    }
     try {
       const topology = await get('/topology?shape=weft');
       if (stopped) return;
@@ -201,8 +206,11 @@ export function mount(main) {
     clearTimeout(pending);
     pending = setTimeout(refresh, 250);
   });
+  const shown = () => { if (!document.hidden) refresh(); };
+  document.addEventListener('visibilitychange', shown);
   refresh();
   return () => {
+    document.removeEventListener('visibilitychange', shown);
     stopped = true;
     clearTimeout(timer);
     clearTimeout(pending);

@@ -135,6 +135,19 @@ fn the_console_shows_the_live_lab_in_a_real_browser() -> Result<()> {
             "{n}: node colour is not its type's legend colour"
         );
     }
+    // Keyboard: the skip link comes first in the tab order and focuses the content.
+    let first = browser.execute(
+        "return [...document.querySelectorAll('a[href], button, input, select, [tabindex]')]
+             .find(e => e.tabIndex >= 0 && !e.hidden && !e.closest('dialog'))?.id;",
+        vec![],
+    )?;
+    ensure!(first == json!("skip"), "first in the tab order: {first}");
+    let skip = browser.find("#skip")?;
+    browser.send_keys(&skip, ENTER)?;
+    ensure!(
+        browser.execute("return document.activeElement.id;", vec![])? == json!("main"),
+        "the skip link did not focus the content"
+    );
     let client_web = browser.execute(
         "const e = document.querySelector(\"svg.map [data-edge='client->web']\");
          return { requests: +e.dataset.requests, width: +e.querySelector('path').getAttribute('stroke-width'),
@@ -146,6 +159,25 @@ fn the_console_shows_the_live_lab_in_a_real_browser() -> Result<()> {
         "client->web on the map: {client_web}"
     );
     ensure!(client_web["width"].as_f64() > Some(1.5), "{client_web}");
+
+    // The layout is the same whatever order the services and dependencies come in: by
+    // depth (a cycle cut where it closes), then callers, type and name.
+    let layers = browser.execute_async(
+        "const done = arguments[arguments.length - 1];
+         import('/ui/js/layout.js').then(({ layered }) => {
+           const nodes = [['api', 'microservice'], ['cache', 'cache'], ['client', 'client'], ['db', 'database'], ['web', 'web_server']]
+             .map(([name, type]) => ({ name, type }));
+           const edges = [['client', 'web'], ['web', 'api'], ['web', 'cache'], ['api', 'db'], ['db', 'api']]
+             .map(([source, target]) => ({ source, target }));
+           const a = layered(nodes, edges).layers, b = layered([...nodes].reverse(), [...edges].reverse()).layers;
+           done(JSON.stringify(a) === JSON.stringify(b) ? a : { differs: [a, b] });
+         }, (e) => done({ error: String(e) }));",
+        vec![],
+    )?;
+    ensure!(
+        layers == json!([["client"], ["web"], ["api", "cache"], ["db"]]),
+        "layout: {layers}"
+    );
 
     // A new dependency after the page loaded appears without a reload.
     browser.execute("window.__loadedOnce = true;", vec![])?;
