@@ -102,7 +102,7 @@ function draw(topology, previous) {
     const colour = errorColor(e.errorRate);
     const protocols = [...e.protocols].sort().join(', ');
     const text = `${e.source} to ${e.target}: ${protocols}, ${count(e.requests)} requests, ${percent(e.errorRate)} errors, p99 ${ms(e.p99)}`;
-    return s('g', {
+    const group = s('g', {
       class: 'edge' + (previous && !previous.has(e.key) ? ' fresh' : ''),
       'data-edge': e.key, 'data-source': e.source, 'data-target': e.target,
       'data-requests': e.requests, 'data-errors': e.errors, 'data-error-rate': e.errorRate.toFixed(4),
@@ -112,6 +112,7 @@ function draw(topology, previous) {
       s('path', { class: 'line', d, stroke: colour, 'stroke-width': edgeWidth(e.requests, e.bytes).toFixed(2), 'marker-end': `url(#arrow-${colour.slice(1)})` }),
     ]);
     labels.push(s('text', { x: lx, y: ly, 'text-anchor': 'middle', 'paint-order': 'stroke', stroke: '#ffffff', 'stroke-width': 4, 'stroke-linejoin': 'round', 'data-edge-label': e.key, text: `${protocols} · ${count(e.requests)}` }));
+    return group;
   });
   const degree = new Map();
   for (const e of edges) {

@@ -103,6 +103,16 @@ fn the_console_shows_the_live_lab_in_a_real_browser() -> Result<()> {
         edges == ["client->web", "web->api"],
         "the map's edges: {edges:?}"
     );
+    let labels = browser.execute(
+        "return [...document.querySelectorAll('svg.map [data-edge-label]')].map(e => e.textContent).sort();",
+        vec![],
+    )?;
+    ensure!(
+        labels.as_array().is_some_and(|l| l.len() == 2
+            && l.iter()
+                .all(|t| t.as_str().is_some_and(|t| t.starts_with("http · ")))),
+        "the edges' labels: {labels}"
+    );
     let nodes: Vec<Value> = serde_json::from_value(browser.execute(
         "return [...document.querySelectorAll('svg.map .node')].map(n => ({
             name: n.dataset.service, type: n.dataset.type, fill: n.querySelector('rect').getAttribute('fill'),
