@@ -1,12 +1,14 @@
-// The console's one set of event streams, shared by every page: the unified event log
-// (/events, replayed from its start), and the topology and network streams where the
-// controller still serves them apart (a 404 just leaves one out). Events that reach the
-// console by two streams are kept once.
+// The console's one set of event streams, shared by every page: the event log (/events,
+// from the moment the console opened: the log may hold 100,000 events, too many to replay
+// into a page) and the topology and network streams where the controller still serves
+// them apart (/events/topology replays its last events by itself; a 404 just leaves a
+// stream out). Reconnects resume with Last-Event-ID. Events that reach the console by two
+// streams are kept once.
 
 import { follow } from './stream.js';
 
 export const STREAMS = [
-  { path: '/events', replay: true },
+  { path: '/events', replay: false },
   { path: '/events/topology', replay: false },
   { path: '/events/networks', replay: false },
 ];
