@@ -7,11 +7,7 @@
 
 import { follow } from './stream.js';
 
-export const STREAMS = [
-  { path: '/events', replay: false },
-  { path: '/events/topology', replay: false },
-  { path: '/events/networks', replay: false },
-];
+export const STREAMS = ['/events', '/events/topology', '/events/networks'];
 const KEEP = 500;
 
 const events = [];
@@ -45,10 +41,9 @@ function showState() {
 export function start() {
   if (started) return;
   started = true;
-  for (const s of STREAMS) {
-    states.set(s.path, 'down');
-    follow(s.path, {
-      replay: s.replay,
+  for (const path of STREAMS) {
+    states.set(path, 'down');
+    follow(path, {
       onState: (path, state) => {
         states.set(path, state);
         showState();

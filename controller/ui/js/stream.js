@@ -31,9 +31,9 @@ function parseFrames(buffer, dispatch) {
  * (the CloudEvents envelope: type, id, time, data, ...), `onState(path, state)` with
  * 'live', 'down' (retrying) or 'absent' (404).
  */
-export function follow(path, { onEvent, onState, replay = false }) {
+export function follow(path, { onEvent, onState }) {
   const controller = new AbortController();
-  let lastId = replay ? '0' : null;
+  let lastId = null;
   let delay = 1000;
   const run = async () => {
     while (!controller.signal.aborted) {
@@ -49,11 +49,6 @@ export function follow(path, { onEvent, onState, replay = false }) {
         if (response.status === 404) {
           onState(path, 'absent');
           return;
-        }
-        if (response.status === 400 && lastId === '0') {
-          // A stream that does not take Last-Event-ID 0: follow from now instead.
-          lastId = null;
-          continue;
         }
         if (!response.ok || !response.body) throw new Error(path + ': ' + response.status);
         onState(path, 'live');
