@@ -262,6 +262,22 @@ fn the_console_shows_the_live_lab_in_a_real_browser() -> Result<()> {
         event.as_str().is_some_and(|t| t.starts_with("weft.")),
         "{event}"
     );
+    // The token went in headers only: no URL the page loaded holds it, and the tab keeps
+    // it in sessionStorage.
+    let token_check = browser.execute(
+        "const t = arguments[0];
+         return { in_urls: performance.getEntriesByType('resource').filter(e => e.name.includes(t)).length
+                          + (location.href.includes(t) ? 1 : 0),
+                  kept: Object.keys(sessionStorage).some(k => sessionStorage.getItem(k) === t),
+                  loaded: performance.getEntriesByType('resource').length };",
+        vec![json!(controller.token)],
+    )?;
+    ensure!(
+        token_check["in_urls"] == json!(0)
+            && token_check["kept"] == json!(true)
+            && token_check["loaded"].as_u64() > Some(5),
+        "the token's whereabouts: {token_check}"
+    );
     ensure!(
         browser.execute("return window.__loadedOnce === true;", vec![])? == json!(true),
         "the page was reloaded on the way"
