@@ -5,6 +5,7 @@
 //!
 //! Everything the lab creates is removed when its guard drops, also on panic.
 
+pub mod browser;
 pub mod cmd;
 pub mod delay;
 pub mod eventually;

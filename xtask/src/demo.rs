@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: a lab with six workloads and real servers, weft-agent on the
 //! hypervisor, the controller in the root namespace, ~20 s of real traffic, then the
-//! topology printed and written to demo-out/, checked, and everything removed.
+//! topology printed and written to demo-out/ with screenshots of the web console, checked,
+//! and everything removed.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -15,6 +16,7 @@ use weft_lab::traffic;
 use weft_lab::weft::{Agent, Controller, free_port};
 use weft_lab::{Lab, eventually};
 
+use crate::demo_console::{Console, EVENTS_READY, INFRA_READY, MAP_READY, SERVICE_READY};
 use crate::sh::{root, step};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -111,7 +113,13 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
     let grpc = format!("{ip}:{}", free_port(&ip)?);
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
     let pool = format!("198.19.{}.128/25", lab.x());
-    let controller = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &pool])?;
+    // Five-second buckets: the console's charts of 20 s of traffic have a few points.
+    let controller = Controller::start_with(
+        &lab,
+        &grpc,
+        &http,
+        &["--shard-pool", &pool, "--bucket-width", "5s"],
+    )?;
     println!(
         "    controller: gRPC {} REST {}",
         controller.grpc_addr,
@@ -251,7 +259,8 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
         .get("/topology.txt")
         .context("GET /topology.txt")?;
     println!("{txt}");
-    write_outputs(&controller, &root().join(out))?;
+    let out_dir = root().join(out);
+    write_outputs(&controller, &out_dir)?;
     print_edges(&topology);
     println!(
         "    sent: client->web {} HTTP requests (curl + wrk; web->api carries the same), \
@@ -260,7 +269,30 @@ pub fn run(seconds: u64, out: &str) -> Result<()> {
     );
 
     check_interrupted()?;
-    export_and_mirror(&controller)?;
+    step("demo: the web console in headless Chromium (screenshots)");
+    let console = Console::open(&controller, lab.dir())?;
+    let mut shots = vec![
+        console.shoot("#/map", MAP_READY, &out_dir.join("console-map.png"))?,
+        console.shoot(
+            "#/service/web",
+            SERVICE_READY,
+            &out_dir.join("console-service-web.png"),
+        )?,
+    ];
+    check_interrupted()?;
+    export_and_mirror(&controller, |_| {
+        shots.push(console.shoot("#/infra", INFRA_READY, &out_dir.join("console-infra.png"))?);
+        shots.push(console.shoot(
+            "#/events",
+            EVENTS_READY,
+            &out_dir.join("console-events.png"),
+        )?);
+        Ok(())
+    })?;
+    drop(console);
+    for shot in &shots {
+        println!("    wrote {}", shot.display());
+    }
 
     let edges: BTreeSet<String> = topology.edges();
     let elapsed = started.elapsed().as_secs();
@@ -285,8 +317,12 @@ const EXPORTED: &str = "demo";
 const MIRROR: &str = "demodr";
 
 /// `weft tdl export` of what ran (GET /tdl/export), printed; mirrored onto hv1 as written
-/// (POST /networks/mirror), its status printed once in sync; then deleted.
-fn export_and_mirror(controller: &Controller) -> Result<()> {
+/// (POST /networks/mirror), its status printed once in sync, `in_sync` called; then
+/// deleted.
+fn export_and_mirror(
+    controller: &Controller,
+    in_sync: impl FnOnce(&Controller) -> Result<()>,
+) -> Result<()> {
     step("demo: weft tdl export (GET /tdl/export?network=demo&addresses=false)");
     let answer = controller
         .json(
@@ -353,6 +389,7 @@ fn export_and_mirror(controller: &Controller) -> Result<()> {
             );
         }
     }
+    in_sync(controller)?;
     controller
         .json("DELETE", &format!("/networks/{MIRROR}"), None)
         .context("DELETE the mirror")?;

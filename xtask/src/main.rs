@@ -9,6 +9,7 @@ mod bench_spoof;
 mod bench_tls;
 mod bench_weaves;
 mod demo;
+mod demo_console;
 mod fuzz;
 mod setup;
 mod sh;

@@ -55,6 +55,11 @@ pub const PACKAGES: &[&str] = &[
     // The controller's etcd back end (`--etcd`): tests start their own members on
     // loopback.
     "etcd-server",
+    // The web console's browser tests and the demo's screenshots: headless Chromium over
+    // WebDriver, with a font to draw text in.
+    "chromium",
+    "chromium-driver",
+    "fonts-dejavu-core",
 ];
 
 /// Distro services that installing the packages may start in the root namespace; the lab

@@ -9,8 +9,8 @@ use axum::routing::{get, post};
 
 use super::error::ApiError;
 use super::{
-    analytics_routes, control_routes, history_routes, networks_routes, observations,
-    shadows_routes, shards_routes, token_routes, views, weaves_routes,
+    analytics_routes, console, control_routes, history_routes, networks_routes, observations,
+    shadows_routes, shards_routes, timeseries_routes, token_routes, views, weaves_routes,
 };
 use crate::metrics;
 use crate::state::AppState;
@@ -27,6 +27,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/services/{name}/dependencies",
             get(views::service_dependencies),
+        )
+        .route(
+            "/services/{name}/timeseries",
+            get(timeseries_routes::service_timeseries),
         )
         .route("/analytics/critical", get(analytics_routes::critical))
         .route("/analytics/bottlenecks", get(analytics_routes::bottlenecks))
@@ -57,6 +61,7 @@ pub fn app(state: AppState) -> Router {
         .merge(weaves_routes::routes())
         .merge(control_routes::routes())
         .merge(token_routes::routes())
+        .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     // Authentication outermost: a request without the right token is refused before it

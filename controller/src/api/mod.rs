@@ -2,6 +2,7 @@
 //! converted into domain types here and go no further.
 
 pub mod analytics_routes;
+pub mod console;
 pub mod control_routes;
 pub mod convert;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod shadows_routes;
 pub mod shards_grpc;
 pub mod shards_routes;
 pub mod sse;
+pub mod timeseries_routes;
 pub mod token_routes;
 pub mod views;
 pub mod weave_events;

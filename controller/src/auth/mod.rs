@@ -103,7 +103,9 @@ impl Auth {
         Ok(Some(record))
     }
 
+    /// Paths served without a token: the configured ones, and the web console's static
+    /// assets (they hold no data; the console sends a token with every data call).
     pub fn is_open(&self, path: &str) -> bool {
-        self.config.open_paths.iter().any(|p| p == path)
+        self.config.open_paths.iter().any(|p| p == path) || crate::api::console::is_public(path)
     }
 }

@@ -52,6 +52,14 @@ impl Weft {
     }
 }
 
+/// Waits (20 s) until `controller` has a dependency `source->target`.
+pub fn wait_edge_of(controller: &Controller, source: &str, target: &str) -> Result<()> {
+    eventually(Duration::from_secs(20), Duration::from_millis(500), || {
+        controller.topology()?.edge(source, target).map(|_| ())
+    })
+    .with_context(|| controller.child.tail(20))
+}
+
 /// Waits (20 s) until the controller has the dependency `source->target` and `ready`
 /// holds for it.
 pub fn wait_edge(

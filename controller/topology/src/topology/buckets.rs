@@ -152,6 +152,18 @@ impl BucketedStats {
     pub fn bucket_count(&self) -> usize {
         self.buckets.len()
     }
+
+    /// Every kept bucket whose start is in `first_start..=last_start`, oldest first.
+    pub fn buckets_between(
+        &self,
+        first_start: u64,
+        last_start: u64,
+    ) -> impl Iterator<Item = (u64, &DependencyStats)> {
+        self.buckets
+            .iter()
+            .filter(move |(start, _)| (first_start..=last_start).contains(start))
+            .map(|(start, stats)| (*start, stats))
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod rules;
 pub mod snapshot;
 pub mod stats;
+pub mod timeseries;
 mod traffic;
 mod view;
 
