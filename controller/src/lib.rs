@@ -15,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod auth_flags;
+pub mod checkpoint;
 pub mod compose;
 pub mod export;
 pub mod flows;

@@ -23,6 +23,7 @@ use weft_controller::api::shards_grpc::ShardApi;
 use weft_controller::api::weaves_grpc::WeaveApi;
 use weft_controller::auth::grpc::RequireTokenLayer;
 use weft_controller::auth_flags::AuthArgs;
+use weft_controller::checkpoint::Checkpointer;
 use weft_controller::limit_flags::LimitArgs;
 use weft_controller::shard_flags::ShardArgs;
 
@@ -95,12 +96,16 @@ struct Args {
 /// How often new dependencies and allow-list violations are looked for.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
-fn build_state(args: &Args, auth: weft_controller::auth::AuthConfig) -> anyhow::Result<AppState> {
+fn build_state(
+    args: &Args,
+    auth: weft_controller::auth::AuthConfig,
+) -> anyhow::Result<(AppState, Option<Checkpointer>)> {
     let classifier = match &args.classifier_rules {
         Some(path) => ServiceClassifier::with_rules(Rules::load(path)?),
         None => ServiceClassifier::default(),
     };
     let store = args.store.open()?;
+    let checkpoint_store = store.clone();
     if args.bucket_width.is_zero() {
         anyhow::bail!("--bucket-width must be more than 0");
     }
@@ -143,7 +148,21 @@ fn build_state(args: &Args, auth: weft_controller::auth::AuthConfig) -> anyhow::
             .map_err(|e| anyhow::anyhow!("--allowed-deps: {e}"))?;
         state.history.set_allow_list(list, &text)?;
     }
-    Ok(state)
+    // The last checkpoint of the live topology, read back before any agent connects.
+    let checkpointer = if args.store.topology_checkpoint_interval.is_zero() {
+        None
+    } else {
+        let (checkpointer, restored) =
+            Checkpointer::restore(state.topology.clone(), checkpoint_store)
+                .context("reading the topology checkpoint")?;
+        tracing::info!(
+            entries = restored.entries,
+            refused = restored.refused,
+            "topology checkpoint read back"
+        );
+        Some(checkpointer)
+    };
+    Ok((state, checkpointer))
 }
 
 /// Looks for new dependencies every [`WATCH_INTERVAL`] and stores a snapshot every
@@ -183,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let (auth, tls) = args.auth.config()?;
-    let state = build_state(&args, auth)?;
+    let (state, checkpointer) = build_state(&args, auth)?;
 
     let grpc_listener = TcpListener::bind(args.grpc_listen)
         .await
@@ -272,6 +291,14 @@ async fn main() -> anyhow::Result<()> {
         args.snapshot_interval,
         stopped(shutdown_rx.clone()),
     ));
+    // Stops with the servers, after one last checkpoint.
+    let checkpoints = checkpointer.map(|c| {
+        tokio::spawn(weft_controller::checkpoint::run(
+            c,
+            args.store.topology_checkpoint_interval,
+            stopped(shutdown_rx.clone()),
+        ))
+    });
     let housekeeping = tokio::spawn(weft_controller::limits::housekeeping(
         state.clone(),
         stopped(shutdown_rx.clone()),
@@ -323,6 +350,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let _ = history.await;
     let _ = housekeeping.await;
+    if let Some(checkpoints) = checkpoints {
+        let _ = checkpoints.await;
+    }
     // After the servers: no new request reaches the shard manager. Migration runners stop,
     // and what was queued for the shard writer is committed before the process ends.
     state.shutdown().await;

@@ -27,6 +27,12 @@ pub struct StoreArgs {
     /// renewing it (killed, stalled, cut off) is replaced by a standby after this.
     #[arg(long, default_value = "5s", value_parser = agent_common::time::parse_duration)]
     pub etcd_lease_ttl: Duration,
+    /// How often the live topology (every dependency's counters, latency histograms and
+    /// time buckets, every service) is checkpointed to the store: a controller killed
+    /// loses at most this much of it. 0 turns checkpoints off (and nothing is read back
+    /// at start).
+    #[arg(long, default_value = "5s", value_parser = agent_common::time::parse_duration)]
+    pub topology_checkpoint_interval: Duration,
 }
 
 /// The election key of the writer for a store prefix: outside the prefix, so no scan of

@@ -214,7 +214,7 @@ fn first_line(cmd: &mut Command) -> String {
     out.lines().next().unwrap_or("unknown").trim().to_string()
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -226,7 +226,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn release_binary(name: &str) -> Result<PathBuf> {
+pub(crate) fn release_binary(name: &str) -> Result<PathBuf> {
     let p = target_dir().join("release").join(name);
     ensure!(p.is_file(), "{} is not built", p.display());
     Ok(p)
@@ -242,7 +242,7 @@ fn authorization() -> String {
 
 /// Starts the release controller with its store in `data_dir` (gRPC in plain text: the
 /// bench measures migrations, not TLS).
-fn start_controller(
+pub(crate) fn start_controller(
     dir: &Path,
     grpc: &str,
     http: &str,
@@ -343,7 +343,7 @@ impl AllocFigures {
     }
 }
 
-fn fmt_int(value: f64) -> String {
+pub(crate) fn fmt_int(value: f64) -> String {
     let digits = format!("{value:.0}");
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -356,14 +356,14 @@ fn fmt_int(value: f64) -> String {
 }
 
 /// One keep-alive HTTP/1.1 connection, one request in flight.
-struct Conn {
+pub(crate) struct Conn {
     s: TcpStream,
     host: String,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    fn open(addr: &str) -> Result<Conn> {
+    pub(crate) fn open(addr: &str) -> Result<Conn> {
         let s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -375,7 +375,12 @@ impl Conn {
     }
 
     /// Sends one request, returns (status, body).
-    fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Vec<u8>)> {
+    pub(crate) fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, Vec<u8>)> {
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n",
             self.host,

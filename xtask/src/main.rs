@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_drift;
+mod bench_etcd;
 mod bench_networks;
 mod bench_shadows;
 mod bench_shards;
@@ -153,13 +154,14 @@ fn main() -> ExitCode {
                 Some("networks") => bench_networks::run(),
                 Some("shadows") => bench_shadows::run(),
                 Some("weaves") => bench_weaves::run(),
+                Some("etcd") => bench_etcd::run(),
                 Some("spoof") => bench_spoof::run(),
                 Some("tls") => bench_tls::run(no_build),
                 Some("shards") => bench_shards::run(),
                 Some("migration") => bench_shards::run_migration_only(),
                 Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: controller, flows, shards, migration, allocations, drift, spoof, tls, networks, shadows, weaves)"
+                    "unknown bench {other:?} (known: controller, flows, shards, migration, allocations, etcd, drift, spoof, tls, networks, shadows, weaves)"
                 )),
             })
         }

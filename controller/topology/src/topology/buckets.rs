@@ -69,6 +69,32 @@ pub struct BucketedStats {
 }
 
 impl BucketedStats {
+    /// Its parts as a checkpoint keeps them: the total (when it differs from the one
+    /// bucket), when it was last recorded into, and the buckets.
+    pub(crate) fn parts(
+        &self,
+    ) -> (
+        Option<&DependencyStats>,
+        u64,
+        &VecDeque<(u64, DependencyStats)>,
+    ) {
+        (self.total.as_ref(), self.touched_unix_ns, &self.buckets)
+    }
+
+    /// Made again from [`Self::parts`].
+    pub(crate) fn from_parts(
+        total: Option<DependencyStats>,
+        touched_unix_ns: u64,
+        buckets: VecDeque<(u64, DependencyStats)>,
+    ) -> Self {
+        Self {
+            total,
+            touched_unix_ns,
+            buckets,
+            json: OnceLock::new(),
+        }
+    }
+
     /// Records into the total and into the bucket holding `at_unix_ns`, dropping buckets
     /// older than the retention before the newest.
     pub fn record(

@@ -8,7 +8,18 @@
 use std::borrow::Cow;
 
 /// How a protocol name was found, weakest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum Evidence {
     /// Nothing known.
     #[default]
@@ -21,7 +32,7 @@ pub enum Evidence {
     Payload,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProtocolEvidence {
     pub evidence: Evidence,
     /// A name weft knows ([`crate::observation::PROTOCOLS`]) is not copied: a dependency,

@@ -6,7 +6,7 @@ pub const MAX_GROUPS: usize = 64;
 /// Method, path pattern and status (0 when none) of a group.
 pub type GroupKey = (String, String, u32);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct GroupStats {
     pub count: u64,
     pub errors: u64,
@@ -32,7 +32,7 @@ impl GroupStats {
 
 /// Groups sorted by key in a vector sized to what it holds (a `BTreeMap` took a whole
 /// node, about 900 bytes, for one group, and a dependency has one per time bucket too).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct RequestGroups {
     groups: Vec<(GroupKey, GroupStats)>,
     /// Requests of groups beyond [`MAX_GROUPS`].

@@ -73,7 +73,7 @@ fn count_of(entry: u64) -> u64 {
 
 /// Counts per bucket, sorted by bucket index, one `u64` each (16-bit index, 48-bit
 /// count); no entry has a zero count. Empty: no allocation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SparseHistogram {
     entries: Box<[u64]>,
 }

@@ -9,6 +9,8 @@
 //! touch the same entry; there is no lock over the whole topology.
 
 pub mod buckets;
+mod checkpoint;
+pub use checkpoint::{Checkpoint, PREFIX as CHECKPOINT_PREFIX};
 pub mod classify;
 pub mod dns;
 pub mod evidence;
@@ -73,7 +75,7 @@ impl DependencyKey {
 }
 
 /// What the topology knows about one service.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct ServiceState {
     /// A registered (or reporting) workload, as opposed to a peer known only by address
     /// or name.

@@ -11,7 +11,7 @@ use crate::observation::TrafficObservation;
 /// it allocates nothing, and one value takes 8 bytes (a dense histogram took about 5 KiB,
 /// and a dependency has four: latency and handshake RTT, all-time and per time bucket).
 /// Latencies above an hour are recorded as an hour.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Latencies(SparseHistogram);
 
 impl Latencies {
@@ -74,7 +74,7 @@ fn ns_to_us(ns: f64) -> u64 {
 
 /// Everything counted for one dependency (client service -> server service on one port).
 /// Directional counters are from the client's point of view: "sent" is client -> server.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DependencyStats {
     /// Flows started: records with `first_record` set.
     pub flows: u64,
