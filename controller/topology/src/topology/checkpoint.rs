@@ -104,10 +104,10 @@ impl Topology {
         for entry in &self.services {
             let key = format!("{SVC}{}", entry.key());
             let state = entry.value();
-            if state.touched_unix_ns >= since_unix_ns || !known.contains(&key) {
-                if let Ok(value) = serde_json::to_vec(state) {
-                    out.puts.push((key.clone(), value));
-                }
+            if (state.touched_unix_ns >= since_unix_ns || !known.contains(&key))
+                && let Ok(value) = serde_json::to_vec(state)
+            {
+                out.puts.push((key.clone(), value));
             }
             out.keys.insert(key);
         }
