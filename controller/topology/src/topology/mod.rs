@@ -507,7 +507,7 @@ impl Topology {
             port: server_port,
         };
         let l7 = &observation.l7;
-        let evidence = l7.protocol.as_deref().map(|name| {
+        let evidence = observation.app_protocol().map(|name| {
             let kind = if l7.protocol_from_payload {
                 Evidence::Payload
             } else {

@@ -527,3 +527,38 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn tls_carrying_http_is_https_by_port_or_alpn() {
+    let topology = Topology::new();
+    let tls = |remote: (&'static str, u16), alpn: &[&str]| {
+        let mut o = observation("web", Direction::Outbound, ("10.0.0.1", 40000), remote);
+        o.l7.protocol = Some("tls".into());
+        o.l7.protocol_from_payload = true;
+        o.l7.tls_alpn = alpn.iter().map(|a| (*a).to_owned()).collect();
+        o
+    };
+    let directory = Directory::lab();
+    for o in [
+        tls(("192.0.2.1", 443), &[]),
+        tls(("192.0.2.2", 9000), &["h2", "http/1.1"]),
+        tls(("192.0.2.3", 5432), &[]),
+        tls(("192.0.2.4", 9000), &["postgresql"]),
+    ] {
+        assert_eq!(topology.ingest(&o, &directory), Ingested::Counted);
+    }
+    let snapshot = snapshot(&topology);
+    let protocol = |target: &str| {
+        snapshot
+            .dependencies
+            .iter()
+            .find(|d| d.target == target)
+            .map(|d| d.protocol.clone())
+    };
+    assert_eq!(protocol("192.0.2.1:443").as_deref(), Some("https"));
+    assert_eq!(protocol("192.0.2.2:9000").as_deref(), Some("https"));
+    assert_eq!(protocol("192.0.2.3:5432").as_deref(), Some("tls"));
+    assert_eq!(protocol("192.0.2.4:9000").as_deref(), Some("tls"));
+    let server = snapshot.service("192.0.2.2:9000").expect("server");
+    assert_eq!(server.endpoints[0].protocol, "https");
+}
