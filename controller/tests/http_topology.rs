@@ -269,13 +269,13 @@ async fn windows_select_recent_traffic() {
     });
     let (status, _, _) = call(&state, Method::POST, "/observations", &old.to_string()).await;
     assert_eq!(status, StatusCode::OK);
-    let all = get_json(&state, "/topology").await;
+    let all = get_json(&state, "/topology?shape=weft").await;
     assert_eq!(all["dependencies"].as_array().map(Vec::len), Some(4));
-    let recent = get_json(&state, "/topology?since=15m").await;
+    let recent = get_json(&state, "/topology?since=15m&shape=weft").await;
     assert_eq!(recent["dependencies"].as_array().map(Vec::len), Some(3));
     let then = get_json(
         &state,
-        "/topology?since=2001-09-09T00:00:00Z&until=2001-09-10T00:00:00Z",
+        "/topology?since=2001-09-09T00:00:00Z&until=2001-09-10T00:00:00Z&shape=weft",
     )
     .await;
     assert_eq!(then["dependencies"][0]["target"], "legacy");
@@ -393,4 +393,243 @@ async fn topology_events_stream_as_server_sent_events() {
         "{text}"
     );
     assert!(text.contains("\"target\":\"newcomer\""), "{text}");
+}
+
+/// A client written from topomapper.md's data models alone: its `TrafficObservation`,
+/// `Service` and `ServiceDependency`, nothing of weft's. Unknown fields are refused, so
+/// an answer with anything but the spec's fields fails.
+mod spec_client {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, Debug)]
+    pub struct NetworkEndpoint {
+        pub host: String,
+        pub port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub protocol: Option<String>,
+    }
+
+    #[derive(Serialize, Debug)]
+    pub struct TrafficObservation {
+        pub timestamp: String,
+        pub source: NetworkEndpoint,
+        pub destination: NetworkEndpoint,
+        pub protocol: String,
+        pub bytes_sent: u64,
+        pub bytes_received: u64,
+        pub latency_ms: f64,
+        pub status_code: Option<u16>,
+        pub method: Option<String>,
+        pub path: Option<String>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    pub struct Service {
+        pub service_id: String,
+        pub service_name: String,
+        pub service_type: String,
+        pub endpoints: Vec<NetworkEndpoint>,
+        pub tags: BTreeMap<String, String>,
+        pub metadata: BTreeMap<String, serde_json::Value>,
+        pub first_seen: Option<String>,
+        pub last_seen: Option<String>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServiceDependency {
+        pub source_service: String,
+        pub target_service: String,
+        pub protocol: String,
+        pub direction: String,
+        pub request_count: u64,
+        pub total_bytes: u64,
+        pub error_count: u64,
+        pub avg_latency_ms: f64,
+        pub first_seen: Option<String>,
+        pub last_seen: Option<String>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    pub struct TopologyMap {
+        pub services: BTreeMap<String, Service>,
+        pub dependencies: Vec<ServiceDependency>,
+    }
+
+    /// The spec's `create_traffic_observation(src, sport, dst, dport, protocol, ...)`, with
+    /// the protocol as Python writes the enum member (`str(Protocol.HTTPS)`) or its value.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        timestamp: &str,
+        source: (&str, u16),
+        destination: (&str, u16),
+        protocol: &str,
+        method: Option<&str>,
+        path: Option<&str>,
+        bytes: (u64, u64),
+        latency_ms: f64,
+        status_code: Option<u16>,
+    ) -> TrafficObservation {
+        TrafficObservation {
+            timestamp: timestamp.to_owned(),
+            source: NetworkEndpoint {
+                host: source.0.into(),
+                port: source.1,
+                protocol: None,
+            },
+            destination: NetworkEndpoint {
+                host: destination.0.into(),
+                port: destination.1,
+                protocol: None,
+            },
+            protocol: protocol.to_owned(),
+            bytes_sent: bytes.0,
+            bytes_received: bytes.1,
+            latency_ms,
+            status_code,
+            method: method.map(str::to_owned),
+            path: path.map(str::to_owned),
+        }
+    }
+}
+
+/// The spec's Complete Example, as its JSON, through `POST /observations` and back from
+/// `GET /topology` into the spec's data models.
+#[tokio::test]
+async fn the_specs_complete_example_round_trips_in_the_specs_shapes() {
+    use spec_client::{TopologyMap, create};
+    let state = AppState::default();
+    let now = weft_topology::time::now_unix_ns();
+    // Python's isoformat(): naive (taken as UTC), and with an offset.
+    let naive = weft_topology::time::rfc3339(now).trim_end_matches('Z').to_owned();
+    let offset = naive.clone() + "+00:00";
+    let mut all = Vec::new();
+    for i in 0..100u16 {
+        all.push(create(
+            &naive,
+            ("client.external", 54321 + i),
+            ("api.example.com", 443),
+            "Protocol.HTTPS",
+            Some("GET"),
+            Some("/api/users"),
+            (0, 0),
+            45.0 + f64::from(i % 10),
+            None,
+        ));
+        all.push(create(
+            &offset,
+            ("api.example.com", 443),
+            ("auth-service.internal", 8080),
+            "HTTP",
+            Some("POST"),
+            Some("/verify"),
+            (0, 0),
+            20.0,
+            None,
+        ));
+        all.push(create(
+            &offset,
+            ("api.example.com", 443),
+            ("user-service.internal", 8080),
+            "http",
+            Some("GET"),
+            Some("/users"),
+            (0, 0),
+            35.0,
+            None,
+        ));
+        all.push(create(
+            &naive,
+            ("user-service.internal", 8080),
+            ("redis.cache.internal", 6379),
+            "Protocol.REDIS",
+            None,
+            None,
+            (256, 1024),
+            5.0,
+            None,
+        ));
+    }
+    for _ in 0..50 {
+        all.push(create(
+            &naive,
+            ("user-service.internal", 8080),
+            ("postgres.db.internal", 5432),
+            "Protocol.POSTGRES",
+            None,
+            None,
+            (512, 4096),
+            25.0,
+            None,
+        ));
+    }
+    for _ in 0..5 {
+        all.push(create(
+            &naive,
+            ("api.example.com", 443),
+            ("user-service.internal", 8080),
+            "Protocol.HTTP",
+            Some("GET"),
+            Some("/users"),
+            (0, 0),
+            150.0,
+            Some(500),
+        ));
+    }
+    // Half as one JSON array, half as JSON lines.
+    let (array, lines) = all.split_at(all.len() / 2);
+    let array = serde_json::to_string(array).expect("JSON");
+    let (status, _, body) = call(&state, Method::POST, "/observations", &array).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let lines: Vec<String> = lines
+        .iter()
+        .map(|o| serde_json::to_string(o).expect("JSON"))
+        .collect();
+    let (status, _, body) = call(&state, Method::POST, "/observations", &lines.join("\n")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let accepted: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(accepted["errors"], json!([]), "{body}");
+
+    let (status, _, body) = call(&state, Method::GET, "/topology", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let map: TopologyMap = serde_json::from_str(&body).expect("the spec's TopologyMap");
+    assert_eq!(map.services.len(), 6, "{:?}", map.services.keys());
+    assert_eq!(map.dependencies.len(), 5);
+    let kind = |id: &str| map.services[id].service_type.as_str();
+    assert_eq!(kind("api.example.com"), "api_gateway");
+    assert_eq!(kind("user-service.internal"), "microservice");
+    assert_eq!(kind("postgres.db.internal"), "database");
+    assert_eq!(kind("redis.cache.internal"), "cache");
+    let api = &map.services["api.example.com"];
+    assert_eq!(api.service_id, "api.example.com");
+    assert_eq!(api.service_name, "api.example.com");
+    assert_eq!(api.endpoints.len(), 1);
+    assert_eq!(api.endpoints[0].port, 443);
+    assert_eq!(api.endpoints[0].protocol.as_deref(), Some("https"));
+    assert!(api.first_seen.is_some() && api.last_seen.is_some());
+    assert_eq!(api.tags["source"], "traffic");
+    assert_eq!(api.metadata["registered"], json!(false));
+    let dep = |source: &str, target: &str| {
+        map.dependencies
+            .iter()
+            .find(|d| d.source_service == source && d.target_service == target)
+            .unwrap_or_else(|| panic!("{source} -> {target}"))
+    };
+    let front = dep("client.external", "api.example.com");
+    assert_eq!(front.protocol, "https");
+    assert_eq!(front.request_count, 100);
+    assert!((front.avg_latency_ms - 49.5).abs() < 1e-9);
+    let users = dep("api.example.com", "user-service.internal");
+    assert_eq!((users.request_count, users.error_count), (105, 5));
+    assert!((users.avg_latency_ms - (100.0 * 35.0 + 5.0 * 150.0) / 105.0).abs() < 1e-9);
+    assert_eq!(users.direction, "outbound");
+    assert!(users.first_seen.is_some() && users.last_seen.is_some());
+    let db = dep("user-service.internal", "postgres.db.internal");
+    assert_eq!((db.protocol.as_str(), db.request_count), ("postgres", 50));
+    assert_eq!(db.total_bytes, 50 * (512 + 4096));
+    assert_eq!(dep("user-service.internal", "redis.cache.internal").total_bytes, 100 * 1280);
 }

@@ -17,24 +17,29 @@ use crate::state::AppState;
 const WINDOW: &[&str] = &["since", "until"];
 const TOPOLOGY_JSON: &[&str] = &["since", "until", "shape"];
 
+/// `GET /topology?since=&until=&shape=`: the map in the spec's data model by default
+/// (`shape=spec`: services by `service_id`, dependencies with `source_service`,
+/// `request_count`, ...; [`weft_topology::spec`]), or in weft's own shape with every
+/// statistic (`shape=weft`, what the CLI and the console read).
 pub async fn topology_json(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let params = Params(params);
     let window = params.only(TOPOLOGY_JSON)?.window()?;
-    // `shape=weft`: weft's own field names (services, dependencies with their
-    // statistics), the shape the CLI and the console read.
-    match params.0.get("shape").map(String::as_str) {
-        None | Some("weft") => {}
+    let body = match params.0.get("shape").map(String::as_str) {
+        None | Some("spec") => {
+            serde_json::to_vec(&state.snapshot_in(&window).to_spec())
+                .map_err(|e| ApiError::Internal(format!("writing the topology: {e}")))?
+        }
+        Some("weft") => state.snapshot_json_in(&window),
         Some(other) => {
             return Err(ApiError::parameter(
                 "shape",
-                format!("unknown shape {other:?} (known: weft)"),
+                format!("unknown shape {other:?} (known: spec, the default; weft)"),
             ));
         }
-    }
-    let body = state.snapshot_json_in(&window);
+    };
     Ok(([(header::CONTENT_TYPE, "application/json")], body))
 }
 
