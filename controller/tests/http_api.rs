@@ -257,7 +257,10 @@ async fn empty_topology_is_valid() {
     let (status, _, body) = call(AppState::default(), Method::GET, "/topology").await;
     assert_eq!(status, StatusCode::OK);
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
-    assert_eq!(json, serde_json::json!({"services": {}, "dependencies": []}));
+    assert_eq!(
+        json,
+        serde_json::json!({"services": {}, "dependencies": []})
+    );
 }
 
 #[tokio::test]

@@ -505,7 +505,9 @@ async fn the_specs_complete_example_round_trips_in_the_specs_shapes() {
     let state = AppState::default();
     let now = weft_topology::time::now_unix_ns();
     // Python's isoformat(): naive (taken as UTC), and with an offset.
-    let naive = weft_topology::time::rfc3339(now).trim_end_matches('Z').to_owned();
+    let naive = weft_topology::time::rfc3339(now)
+        .trim_end_matches('Z')
+        .to_owned();
     let offset = naive.clone() + "+00:00";
     let mut all = Vec::new();
     for i in 0..100u16 {
@@ -631,5 +633,8 @@ async fn the_specs_complete_example_round_trips_in_the_specs_shapes() {
     let db = dep("user-service.internal", "postgres.db.internal");
     assert_eq!((db.protocol.as_str(), db.request_count), ("postgres", 50));
     assert_eq!(db.total_bytes, 50 * (512 + 4096));
-    assert_eq!(dep("user-service.internal", "redis.cache.internal").total_bytes, 100 * 1280);
+    assert_eq!(
+        dep("user-service.internal", "redis.cache.internal").total_bytes,
+        100 * 1280
+    );
 }

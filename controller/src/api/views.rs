@@ -28,10 +28,8 @@ pub async fn topology_json(
     let params = Params(params);
     let window = params.only(TOPOLOGY_JSON)?.window()?;
     let body = match params.0.get("shape").map(String::as_str) {
-        None | Some("spec") => {
-            serde_json::to_vec(&state.snapshot_in(&window).to_spec())
-                .map_err(|e| ApiError::Internal(format!("writing the topology: {e}")))?
-        }
+        None | Some("spec") => serde_json::to_vec(&state.snapshot_in(&window).to_spec())
+            .map_err(|e| ApiError::Internal(format!("writing the topology: {e}")))?,
         Some("weft") => state.snapshot_json_in(&window),
         Some(other) => {
             return Err(ApiError::parameter(

@@ -200,7 +200,7 @@ impl Topology {
             reserved.server,
         );
         let ipv6 = destination_ip.map(|ip| ip.is_ipv6());
-        self.record(key, at, now, reserved.dependency, |stats| {
+        self.record(key, at, now, reserved.dependency, &protocol, |stats| {
             stats.record_request(o, evidence, &protocol, at, ipv6);
         });
         self.observations_ingested.fetch_add(1, Ordering::Relaxed);
