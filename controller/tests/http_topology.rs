@@ -361,15 +361,37 @@ async fn missing_graphviz_is_a_501_problem() {
     assert!(error.to_string().contains("weft-no-such-dot"), "{error}");
 }
 
-#[tokio::test]
-async fn topology_events_stream_as_server_sent_events() {
-    let state = seeded().await;
-    state.history.observe(&state.snapshot());
-    let extra = observation("web", "newcomer", 9000, "tcp", 1.0, None);
-    call(&state, Method::POST, "/observations", &extra.to_string()).await;
-    state.history.observe(&state.snapshot());
+/// Reads server-sent events from `body` until one has `event: <event_type>` and
+/// `needle` in its data; returns that event's text, or panics after `timeout`.
+async fn read_event(
+    body: &mut Body,
+    event_type: &str,
+    needle: &str,
+    timeout: std::time::Duration,
+) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut text = String::new();
+    loop {
+        if let Some(found) = text
+            .split("\n\n")
+            .find(|e| e.contains(&format!("event: {event_type}\n")) && e.contains(needle))
+        {
+            return found.to_owned();
+        }
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no {event_type} with {needle} in time; got:\n{text}"))
+            .expect("a frame")
+            .expect("no error");
+        if let Some(data) = frame.data_ref() {
+            text.push_str(&String::from_utf8_lossy(data));
+        }
+    }
+}
+
+async fn open_events(state: &AppState, uri: &str) -> Body {
     let request = Request::builder()
-        .uri("/events/topology")
+        .uri(uri)
         .body(Body::empty())
         .expect("request");
     let response = app(state.clone()).oneshot(request).await.expect("router");
@@ -381,18 +403,144 @@ async fn topology_events_stream_as_server_sent_events() {
             .and_then(|v| v.to_str().ok()),
         Some("text/event-stream")
     );
-    let mut body = response.into_body();
-    let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
-        .await
-        .expect("an event in time")
-        .expect("a frame")
-        .expect("no error");
-    let text = String::from_utf8_lossy(frame.data_ref().expect("data")).into_owned();
+    response.into_body()
+}
+
+#[tokio::test]
+async fn topology_events_stream_as_server_sent_events() {
+    let state = seeded().await;
+    let mut body = open_events(&state, "/events/topology").await;
+    let extra = observation("web", "newcomer", 9000, "tcp", 1.0, None);
+    call(&state, Method::POST, "/observations", &extra.to_string()).await;
+    let event = read_event(
+        &mut body,
+        "weft.topology.dependency.appeared",
+        "\"target\":\"newcomer\"",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert!(event.contains("\"found_by\":\"ingest\""), "{event}");
+}
+
+/// Events fire by themselves and come out of one log: a new dependency is announced
+/// at ingest (within a second), a burst of 5xx on one edge is an anomaly event once its
+/// bucket ends (within one bucket width of the burst), and both are in `GET /events`
+/// beside shard events, with the same envelope and sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_dependencies_and_anomalies_arrive_on_the_one_event_log_unasked() {
+    use weft_topology::analytics::anomaly::AnomalyConfig;
+    use weft_topology::topology::BucketConfig;
+    let width = std::time::Duration::from_secs(1);
+    let state = AppState::builder()
+        .buckets(BucketConfig {
+            width,
+            retention: std::time::Duration::from_secs(3600),
+        })
+        .anomalies(AnomalyConfig {
+            min_baseline: 3,
+            ..AnomalyConfig::default()
+        })
+        .start(std::sync::Arc::new(weft_store::MemoryStore::default()))
+        .expect("state");
+    let s = 1_000_000_000u64;
+    let now = weft_topology::time::now_unix_ns();
+    let start_of_bucket = now / s * s;
+    let at = |ns: u64, status: Option<u16>| {
+        let mut o = observation("web", "api", 8080, "http", 10.0, status);
+        o["timestamp_unix_ns"] = json!(ns);
+        o
+    };
+    // Five quiet buckets before this one: 20 good requests each.
+    let mut baseline = Vec::new();
+    for back in 1..=5u64 {
+        for i in 0..20u64 {
+            baseline.push(at(start_of_bucket - back * s + i * 10_000_000, Some(200)));
+        }
+    }
+    let mut events = open_events(&state, "/events").await;
+    let (status, _, body) = call(
+        &state,
+        Method::POST,
+        "/observations",
+        &json!(baseline).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    read_event(
+        &mut events,
+        "weft.topology.dependency.appeared",
+        "\"target\":\"api\"",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+
+    // A new dependency: its event within a second of its first request.
+    let sent = std::time::Instant::now();
+    let newcomer = observation("api", "ledger", 7000, "tcp", 1.0, None);
+    call(&state, Method::POST, "/observations", &newcomer.to_string()).await;
+    let appeared = read_event(
+        &mut events,
+        "weft.topology.dependency.appeared",
+        "\"target\":\"ledger\"",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
     assert!(
-        text.contains("event: weft.topology.dependency.appeared"),
-        "{text}"
+        sent.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
     );
-    assert!(text.contains("\"target\":\"newcomer\""), "{text}");
+    assert!(
+        appeared.contains("\"source\":\"/weft/controller/topology\""),
+        "{appeared}"
+    );
+    assert!(
+        appeared.contains("\"subject\":\"dependencies/api/ledger\""),
+        "{appeared}"
+    );
+    assert!(appeared.contains("\"sequence\":"), "{appeared}");
+
+    // A burst of 5xx on web -> api in the current bucket.
+    let burst_at = weft_topology::time::now_unix_ns();
+    let burst: Vec<Value> = (0..20).map(|_| at(burst_at, Some(503))).collect();
+    let burst_sent = std::time::Instant::now();
+    call(
+        &state,
+        Method::POST,
+        "/observations",
+        &json!(burst).to_string(),
+    )
+    .await;
+    let anomaly = read_event(
+        &mut events,
+        "weft.topology.anomaly",
+        "\"metric\":\"error_rate\"",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    let took = burst_sent.elapsed();
+    assert!(
+        took <= width + weft_controller::events::SETTLE + std::time::Duration::from_millis(500),
+        "{took:?}"
+    );
+    assert!(anomaly.contains("\"target\":\"api\""), "{anomaly}");
+    assert!(anomaly.contains("\"direction\":\"up\""), "{anomaly}");
+
+    // The same events, stored, in the one log: numbered in order, one envelope.
+    let page = get_json(&state, "/events?follow=false&from=1").await;
+    let logged = page["events"].as_array().expect("events");
+    let types: Vec<&str> = logged.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(
+        types.contains(&"weft.topology.dependency.appeared"),
+        "{types:?}"
+    );
+    assert!(types.contains(&"weft.topology.anomaly"), "{types:?}");
+    for (i, e) in logged.iter().enumerate() {
+        assert_eq!(e["sequence"], json!(i as u64 + 1), "{e}");
+        assert_eq!(e["id"], json!((i + 1).to_string()));
+        assert_eq!(e["specversion"], "1.0");
+        assert_eq!(e["datacontenttype"], "application/json");
+    }
 }
 
 /// A client written from topomapper.md's data models alone: its `TrafficObservation`,
