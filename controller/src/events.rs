@@ -7,7 +7,8 @@
 //!   channel drops announcements instead of slowing ingest; the periodic look at the
 //!   snapshot ([`weft_topology::history::History::observe`]) publishes what was dropped.
 //! - The anomaly watch ([`anomaly_watch`]) judges every time bucket as soon as it is
-//!   complete and publishes each anomaly once as `weft.topology.anomaly`.
+//!   complete (and once more a bucket later, for records that came late) and publishes
+//!   each anomaly once as `weft.topology.anomaly`.
 //! - [`log_topology_events`] and [`log_network_events`] append topology and network events
 //!   to the shard manager's stored log, so `GET /events` serves shard, address, topology
 //!   and network events with one CloudEvents envelope, one sequence and one way to
@@ -155,8 +156,9 @@ fn next_bucket_start(now_unix_ns: u64, width_ns: u64) -> u64 {
     (now_unix_ns / width_ns + 1) * width_ns
 }
 
-/// Judges each time bucket [`SETTLE`] after it ends ([`anomaly::detect`], baseline up
-/// to `config.max_buckets` buckets) and publishes each anomaly once as
+/// Judges each time bucket [`SETTLE`] after it ends, and again one bucket later (for
+/// records that came late), with [`anomaly::detect`] (baseline up to
+/// `config.max_buckets` buckets), and publishes each anomaly once as
 /// `weft.topology.anomaly`, until the topology or the history is gone.
 pub async fn anomaly_watch(
     topology: Weak<Topology>,
@@ -177,14 +179,18 @@ pub async fn anomaly_watch(
         };
         let now = now_unix_ns();
         let span = width_ns.saturating_mul(config.max_buckets as u64);
-        let report = anomaly::detect(&topology, now.saturating_sub(span), now, &config);
-        let published = watch.publish(&report, &history.events);
-        if published > 0 {
-            tracing::info!(
-                published,
-                bucket = report.current_bucket.as_deref().unwrap_or("-"),
-                "topology anomalies"
-            );
+        // The bucket that just ended, and the one before again: records that reached the
+        // controller after its first look (an agent drains every second or two) count.
+        for until in [now.saturating_sub(width_ns), now] {
+            let report = anomaly::detect(&topology, until.saturating_sub(span), until, &config);
+            let published = watch.publish(&report, &history.events);
+            if published > 0 {
+                tracing::info!(
+                    published,
+                    bucket = report.current_bucket.as_deref().unwrap_or("-"),
+                    "topology anomalies"
+                );
+            }
         }
     }
 }

@@ -146,8 +146,9 @@ fn build_state(args: &Args, auth: weft_controller::auth::AuthConfig) -> anyhow::
     Ok(state)
 }
 
-/// Looks for new dependencies every [`WATCH_INTERVAL`] and stores a snapshot every
-/// `snapshot_interval`, until `stop` resolves.
+/// Counts allow-list violations (and publishes new dependencies whose announcement at
+/// ingest was dropped, [`weft_controller::events`]) every [`WATCH_INTERVAL`], and stores
+/// a snapshot every `snapshot_interval`, until `stop` resolves.
 async fn history_loop(
     state: AppState,
     snapshot_interval: Duration,

@@ -3,6 +3,7 @@
 //! `GET /topology`. Needs root and built binaries (`cargo xtask test` does both). Labs
 //! take a machine-wide lock, so these tests run one at a time even in parallel threads.
 
+mod events;
 mod export;
 mod l7;
 mod l7_exact;
