@@ -276,6 +276,11 @@ async fn topology_json_speaks_the_specs_data_model_by_default() {
     assert_eq!(db["tags"]["source"], "workload");
     assert_eq!(db["tags"]["host"], "host-b");
     assert_eq!(db["metadata"]["registered"], true);
+    assert_eq!(db["tags"]["interface"], "veth-db");
+    assert_eq!(
+        db["metadata"]["workload_addresses"],
+        serde_json::json!(["10.0.0.2"])
+    );
     assert_eq!(
         db["endpoints"],
         serde_json::json!([{"host": "10.0.0.2", "port": 5432, "protocol": "postgres"}])

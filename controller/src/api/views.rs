@@ -28,8 +28,12 @@ pub async fn topology_json(
     let params = Params(params);
     let window = params.only(TOPOLOGY_JSON)?.window()?;
     let body = match params.0.get("shape").map(String::as_str) {
-        None | Some("spec") => serde_json::to_vec(&state.snapshot_in(&window).to_spec())
-            .map_err(|e| ApiError::Internal(format!("writing the topology: {e}")))?,
+        None | Some("spec") => {
+            let mut map = state.snapshot_in(&window).to_spec();
+            describe_services(&state, &mut map);
+            serde_json::to_vec(&map)
+                .map_err(|e| ApiError::Internal(format!("writing the topology: {e}")))?
+        }
         Some("weft") => state.snapshot_json_in(&window),
         Some(other) => {
             return Err(ApiError::parameter(
@@ -39,6 +43,42 @@ pub async fn topology_json(
         }
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], body))
+}
+
+/// Fills the spec's `tags`/`metadata` of registered workloads with what the controller
+/// knows beyond the topology: the agent's `interface` and the workload's `addresses` from
+/// the registry; for a TDL network's node (`<network>.<node>`), its `network`, `node`,
+/// `node_type` and `image`.
+fn describe_services(state: &AppState, map: &mut weft_topology::spec::TopologyMap) {
+    for agent in state.registry.agents() {
+        for w in &agent.workloads {
+            let Some(service) = map.services.get_mut(&w.name) else {
+                continue;
+            };
+            service.tags.insert("interface".into(), w.interface.clone());
+            let addresses: Vec<String> = w.addresses.iter().map(ToString::to_string).collect();
+            service
+                .metadata
+                .insert("workload_addresses".into(), addresses.into());
+        }
+    }
+    for record in state.networks.list() {
+        for (name, node) in &record.network.nodes {
+            let workload = weft_networks::node_workload(&record.id, name);
+            let Some(service) = map.services.get_mut(&workload) else {
+                continue;
+            };
+            service.tags.insert("network".into(), record.id.clone());
+            service.tags.insert("node".into(), name.clone());
+            service.metadata.insert(
+                "node_type".into(),
+                serde_json::to_value(node.node_type).unwrap_or_default(),
+            );
+            if let Some(image) = &node.image {
+                service.tags.insert("image".into(), image.clone());
+            }
+        }
+    }
 }
 
 pub async fn topology_dot(
