@@ -541,6 +541,31 @@ async fn new_dependencies_and_anomalies_arrive_on_the_one_event_log_unasked() {
         assert_eq!(e["specversion"], "1.0");
         assert_eq!(e["datacontenttype"], "application/json");
     }
+    // Only some types, a page at a time.
+    let anomalies = logged
+        .iter()
+        .filter(|e| e["type"] == "weft.topology.anomaly")
+        .count();
+    let mut from = 1;
+    let mut paged = Vec::new();
+    loop {
+        let page = get_json(
+            &state,
+            &format!("/events?follow=false&from={from}&limit=1&types=weft.topology.anomaly"),
+        )
+        .await;
+        let events = page["events"].as_array().expect("events").clone();
+        if events.is_empty() {
+            break;
+        }
+        from = page["next"].as_u64().expect("next");
+        paged.extend(events);
+    }
+    assert_eq!(paged.len(), anomalies);
+    assert!(paged.iter().all(|e| e["type"] == "weft.topology.anomaly"));
+    let (status, _, body) = call(&state, Method::GET, "/events?types=weft%20topology", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("types"), "{body}");
 }
 
 /// A client written from topomapper.md's data models alone: its `TrafficObservation`,
