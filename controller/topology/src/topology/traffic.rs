@@ -155,6 +155,8 @@ impl Topology {
         let (evidence, protocol) = if protocol.is_empty() {
             (Evidence::Port, protocol_for(transport, port).to_owned())
         } else {
+            // TLS on an HTTPS port is the spec's `https` (no ALPN in an observation).
+            let protocol = super::classify::https_if_http(&protocol, port, &[]).to_owned();
             (Evidence::Declared, protocol)
         };
 
