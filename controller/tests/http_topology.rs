@@ -803,6 +803,21 @@ async fn the_specs_complete_example_round_trips_in_the_specs_shapes() {
     assert!((users.avg_latency_ms - (100.0 * 35.0 + 5.0 * 150.0) / 105.0).abs() < 1e-9);
     assert_eq!(users.direction, "outbound");
     assert!(users.first_seen.is_some() && users.last_seen.is_some());
+    // One service's side: inbound where it is called.
+    let side = get_json(
+        &state,
+        "/services/user-service.internal/dependencies?shape=spec&direction=both",
+    )
+    .await;
+    let side: Vec<spec_client::ServiceDependency> =
+        serde_json::from_value(side["dependencies"].clone()).expect("the spec's models");
+    let direction = |target: &str| {
+        side.iter()
+            .find(|d| d.target_service == target)
+            .map(|d| d.direction.as_str())
+    };
+    assert_eq!(direction("user-service.internal"), Some("inbound"));
+    assert_eq!(direction("postgres.db.internal"), Some("outbound"));
     let db = dep("user-service.internal", "postgres.db.internal");
     assert_eq!((db.protocol.as_str(), db.request_count), ("postgres", 50));
     assert_eq!(db.total_bytes, 50 * (512 + 4096));

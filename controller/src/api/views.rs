@@ -176,25 +176,46 @@ pub async fn services(
     Ok(Json(state.snapshot_in(&window).services))
 }
 
+/// `GET /services/{name}/dependencies?direction=&since=&until=&shape=`: weft's views of
+/// the service's dependencies (default), or the spec's `ServiceDependency`s
+/// (`shape=spec`), each with its `direction` from the service's side.
 pub async fn service_dependencies(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let params = Params(params);
-    params.only(&["since", "until", "direction"])?;
+    params.only(&["since", "until", "direction", "shape"])?;
     let window = params.window()?;
     let direction = params.direction()?;
+    let spec = match params.0.get("shape").map(String::as_str) {
+        None | Some("weft") => false,
+        Some("spec") => true,
+        Some(other) => {
+            return Err(ApiError::parameter(
+                "shape",
+                format!("unknown shape {other:?} (known: weft, the default; spec)"),
+            ));
+        }
+    };
     let snapshot = state.snapshot_in(&window);
     if snapshot.service(&name).is_none() {
         return Err(ApiError::NotFound(format!(
             "/services/{name} (no such service)"
         )));
     }
-    let deps: Vec<_> = dependencies_of(&snapshot, &name, direction)
-        .into_iter()
-        .cloned()
-        .collect();
+    let deps = if spec {
+        serde_json::to_value(weft_topology::spec::dependencies_of(
+            &snapshot, &name, direction,
+        ))
+    } else {
+        let views: Vec<_> = dependencies_of(&snapshot, &name, direction)
+            .into_iter()
+            .cloned()
+            .collect();
+        serde_json::to_value(views)
+    }
+    .map_err(|e| ApiError::Internal(format!("writing the dependencies: {e}")))?;
     Ok(Json(serde_json::json!({
         "service": name,
         "direction": direction,
