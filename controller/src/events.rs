@@ -99,25 +99,72 @@ async fn append(shards: &ShardManager, events: Vec<Foreign>) {
     }
 }
 
-/// Appends every topology event to the log, in order, batched. Subscribes before it
-/// returns. A subscriber that falls behind the topology's channel (1,024 events) loses
-/// the oldest and says how many.
+/// Topology events appended to the log per second at most, on average, and in one burst:
+/// a flood of new dependencies (a fresh controller learning a large estate) must not push
+/// the shard events out of the log's retention. `GET /events/topology` still has them.
+pub const TOPOLOGY_LOG_RATE: f64 = 200.0;
+pub const TOPOLOGY_LOG_BURST: f64 = 2_000.0;
+
+/// A token bucket over [`TOPOLOGY_LOG_RATE`] and [`TOPOLOGY_LOG_BURST`].
+#[derive(Debug)]
+struct Budget {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Budget {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            tokens: TOPOLOGY_LOG_BURST,
+            at: now,
+        }
+    }
+
+    /// How many of `wanted` events may go into the log now.
+    fn take(&mut self, wanted: usize, now: std::time::Instant) -> usize {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * TOPOLOGY_LOG_RATE;
+        self.tokens = (self.tokens + refill).min(TOPOLOGY_LOG_BURST);
+        self.at = now;
+        let granted = (self.tokens.floor() as usize).min(wanted);
+        self.tokens -= granted as f64;
+        granted
+    }
+}
+
+/// Appends topology events to the log, in order, batched, within [`TOPOLOGY_LOG_RATE`].
+/// Subscribes before it returns. Events beyond the rate, or lost because this task fell
+/// behind the topology's channel (1,024 events), are not in the log; how many is logged
+/// at most every 10 s.
 pub fn log_topology_events(history: &History, shards: ShardManager) -> tokio::task::JoinHandle<()> {
     let mut rx = history.events.subscribe();
     tokio::spawn(async move {
+        let mut budget = Budget::new(std::time::Instant::now());
+        let mut left_out = 0u64;
+        let mut last_warning: Option<std::time::Instant> = None;
         loop {
             let first = match rx.recv().await {
                 Ok(e) => e,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "the event log fell behind the topology events; some are not in it"
-                    );
+                    left_out += n;
                     continue;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            let batch = batch_of(first, || rx.try_recv().ok());
+            let mut batch = batch_of(first, || rx.try_recv().ok());
+            let now = std::time::Instant::now();
+            let granted = budget.take(batch.len(), now);
+            left_out += (batch.len() - granted) as u64;
+            batch.truncate(granted);
+            if left_out > 0
+                && last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+            {
+                tracing::warn!(
+                    left_out,
+                    "topology events left out of the event log (more than {TOPOLOGY_LOG_RATE}/s, or it fell behind); GET /events/topology has the recent ones"
+                );
+                left_out = 0;
+                last_warning = Some(now);
+            }
             append(&shards, batch.iter().map(foreign).collect()).await;
         }
     })
@@ -198,6 +245,23 @@ pub async fn anomaly_watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_takes_topology_events_within_its_rate() {
+        let t0 = std::time::Instant::now();
+        let mut b = Budget::new(t0);
+        assert_eq!(b.take(5_000, t0), TOPOLOGY_LOG_BURST as usize);
+        assert_eq!(b.take(10, t0), 0);
+        assert_eq!(
+            b.take(1_000, t0 + Duration::from_secs(1)),
+            TOPOLOGY_LOG_RATE as usize
+        );
+        assert_eq!(b.take(3, t0 + Duration::from_secs(100)), 3);
+        assert_eq!(
+            b.take(5_000, t0 + Duration::from_secs(100)),
+            TOPOLOGY_LOG_BURST as usize - 3
+        );
+    }
 
     #[test]
     fn buckets_are_judged_after_they_end() {
