@@ -34,6 +34,9 @@ pub const TOPOLOGY_SOURCE: &str = "/weft/controller/topology";
 /// New dependencies announced at ingest and not yet published, at most.
 pub const APPEARED_CHANNEL: usize = 4_096;
 
+/// The pause of the announcement reader after each drain.
+pub const APPEARED_PAUSE: Duration = Duration::from_millis(5);
+
 /// Events appended to the log in one write, at most.
 const LOG_BATCH: usize = 256;
 
@@ -55,12 +58,20 @@ pub fn follow_ingest(
     }
     let history = Arc::downgrade(history);
     Some(runtime.spawn(async move {
+        let mut queued = Vec::with_capacity(APPEARED_CHANNEL);
         // Ends when the topology (the sender) is dropped.
-        while let Some(appeared) = rx.recv().await {
+        while rx.recv_many(&mut queued, APPEARED_CHANNEL).await > 0 {
             let Some(history) = history.upgrade() else {
                 return;
             };
-            history.appeared(&appeared);
+            for appeared in queued.drain(..) {
+                history.appeared(&appeared);
+            }
+            drop(history);
+            // A pause after each drain: a burst of new dependencies queues up instead of
+            // waking this task once per dependency (which costs ingest a fifth of its
+            // rate when every record is a new dependency).
+            tokio::time::sleep(APPEARED_PAUSE).await;
         }
     }))
 }

@@ -271,7 +271,7 @@ fn dependencies_are_announced_at_ingest_once_with_the_allow_lists_verdict() {
             first.source.as_str(),
             first.target.as_str(),
             first.port,
-            first.protocol.as_str()
+            first.protocol
         ),
         ("web", "api", 80, "http")
     );
@@ -324,7 +324,7 @@ fn a_restart_knows_the_dependencies_of_the_last_stored_snapshot() {
         target: "api".into(),
         transport: crate::model::Transport::Tcp,
         port: 80,
-        protocol: "http".into(),
+        protocol: "http",
         at_unix_ns: 2_000_000,
     };
     assert!(!again.appeared(&known), "known from the stored snapshot");

@@ -1106,33 +1106,3 @@ mod real_clients {
         assert_eq!(errors(&obs), 0, "{obs:?}");
     }
 }
-
-#[test]
-fn tls_captures_are_https_in_the_topology_and_tls_in_the_flows() {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../l7/fixtures/tls.pcap"
-    ))
-    .expect("fixture");
-    let imported = super::pcap::import(&bytes);
-    assert!(!imported.flows.is_empty() && !imported.observations.is_empty());
-    for o in &imported.observations {
-        let server = o.destination.to_string();
-        let flow = imported
-            .flows
-            .iter()
-            .find(|f| f.server == server)
-            .unwrap_or_else(|| panic!("no flow to {server}"));
-        assert_eq!(
-            flow.protocol, "tls",
-            "the flow says what the wire said: {flow:?}"
-        );
-        let http = flow
-            .alpn
-            .iter()
-            .any(|a| matches!(a.as_str(), "h2" | "http/1.1" | "http/1.0"))
-            || matches!(o.destination.port, 443 | 8443);
-        assert!(http, "the fixture's TLS carries HTTP: {flow:?}");
-        assert_eq!(o.protocol, "https", "{flow:?}");
-    }
-}

@@ -231,7 +231,7 @@ pub struct Appeared {
     pub transport: Transport,
     pub port: u16,
     /// The protocol of the first observation (what it said, or the port's guess).
-    pub protocol: String,
+    pub protocol: &'static str,
     /// When the first observation happened, Unix ns.
     pub at_unix_ns: u64,
 }
@@ -312,7 +312,12 @@ impl Topology {
             target: key.server.clone(),
             transport: key.transport,
             port: key.port,
-            protocol: protocol.to_owned(),
+            // One of the known names (no allocation); they are lower-case by now.
+            protocol: crate::observation::PROTOCOLS
+                .iter()
+                .find(|p| **p == protocol)
+                .copied()
+                .unwrap_or_else(|| key.protocol()),
             at_unix_ns,
         };
         if sender.try_send(appeared).is_err() {
