@@ -306,7 +306,7 @@ impl History {
         self.publish_new(
             &a.source,
             &a.target,
-            &a.protocol,
+            a.protocol,
             rfc3339(a.at_unix_ns),
             data,
         );
