@@ -639,7 +639,7 @@ fn topology_get() {
                 state.registry.as_ref(),
             );
             let app = http::app(state.clone());
-            let request = Request::get("/topology").body(Body::empty());
+            let request = Request::get("/topology?shape=weft").body(Body::empty());
             let Ok(request) = request else { return };
             let start = Instant::now();
             let cpu_before = thread_cpu_ns();

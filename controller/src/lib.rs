@@ -7,6 +7,8 @@
 //! - [`control`]: desired state per host and the agents' control streams.
 //! - [`shards`]: IP shards of the networks and their migrations.
 //! - [`export`]: a TDL of the registered workloads and the traffic seen between them.
+//! - [`events`]: events that fire by themselves (new dependencies at ingest, the
+//!   anomaly watch) and the one event log of `GET /events`.
 //! - [`state`]: the shared application state the API serves.
 //! - [`metrics`]: the metrics registry (built when the state starts) and its exposition.
 //! - [`limits`]: the controller's limits on requests, connections, streams, renders and
@@ -17,6 +19,7 @@ pub mod auth;
 pub mod auth_flags;
 pub mod checkpoint;
 pub mod compose;
+pub mod events;
 pub mod export;
 pub mod flows;
 pub mod hosts;

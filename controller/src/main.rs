@@ -165,8 +165,9 @@ fn build_state(
     Ok((state, checkpointer))
 }
 
-/// Looks for new dependencies every [`WATCH_INTERVAL`] and stores a snapshot every
-/// `snapshot_interval`, until `stop` resolves.
+/// Counts allow-list violations (and publishes new dependencies whose announcement at
+/// ingest was dropped, [`weft_controller::events`]) every [`WATCH_INTERVAL`], and stores
+/// a snapshot every `snapshot_interval`, until `stop` resolves.
 async fn history_loop(
     state: AppState,
     snapshot_interval: Duration,

@@ -380,6 +380,13 @@ impl Collector for StateCollector {
         )?;
         single(
             e,
+            "weft_topology_dependency_announcements_dropped_total",
+            MetricType::Counter,
+            "New dependencies whose announcement at ingest was dropped (channel full); the 5 s look at the topology publishes their events.",
+            self.topology.appeared_dropped(),
+        )?;
+        single(
+            e,
             "weft_controller_records_ingested_total",
             MetricType::Counter,
             "Flow records accepted from agents and merged into the topology.",

@@ -35,7 +35,8 @@ pub struct ShardArgs {
     /// 30 ms (make-before-break) where 64 gave 44-58 ms, and all moved within 1.2 s.
     #[arg(long, default_value_t = 16)]
     pub migration_concurrency: usize,
-    /// Shard events kept in the store for consumers that resume.
+    /// Events of the log (`GET /events`: shards, addresses, topology, networks) kept in
+    /// the store for consumers that resume.
     #[arg(long, default_value_t = 100_000)]
     pub event_retention: u64,
 }

@@ -84,6 +84,7 @@ pub struct AppStateBuilder {
     history_limits: HistoryLimits,
     limits: LimitConfig,
     snapshots: weft_networks::SnapshotPolicy,
+    anomalies: weft_topology::analytics::anomaly::AnomalyConfig,
 }
 
 impl AppStateBuilder {
@@ -91,6 +92,12 @@ impl AppStateBuilder {
     /// kept).
     pub fn volume_snapshots(self, snapshots: weft_networks::SnapshotPolicy) -> Self {
         Self { snapshots, ..self }
+    }
+
+    /// How the anomaly watch judges each bucket (default:
+    /// [`AnomalyConfig::default`](weft_topology::analytics::anomaly::AnomalyConfig)).
+    pub fn anomalies(self, anomalies: weft_topology::analytics::anomaly::AnomalyConfig) -> Self {
+        Self { anomalies, ..self }
     }
 
     /// How services are classified (default: the built-in rules).
@@ -140,7 +147,9 @@ impl AppStateBuilder {
 
     /// Opens everything kept in `store`: the history, a control hub of the next epoch, and
     /// the shard manager publishing into it (its writer thread starts; inside a tokio
-    /// runtime, unfinished migrations resume). Builds the metrics registry and registers
+    /// runtime, unfinished migrations resume, and the event tasks of [`crate::events`]
+    /// start: new dependencies announced at ingest, the anomaly watch, topology and
+    /// network events into the one log). Builds the metrics registry and registers
     /// every part's metrics in it.
     pub fn start(self, store: Arc<dyn Store>) -> Result<AppState, StartError> {
         let history = Arc::new(History::with_limits(store.clone(), self.history_limits)?);
@@ -209,7 +218,7 @@ impl AppStateBuilder {
             shards.clone(),
         ));
 
-        Ok(AppState {
+        let state = AppState {
             registry,
             topology,
             metrics,
@@ -226,7 +235,19 @@ impl AppStateBuilder {
             auth,
             limits,
             flows: Arc::new(crate::flows::RecentFlows::default()),
-        })
+        };
+        // Inside a runtime: events fire by themselves (crate::events).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            crate::events::follow_ingest(&state.topology, &state.history);
+            crate::events::log_topology_events(&state.history, state.shards.clone());
+            crate::events::log_network_events(&state);
+            tokio::spawn(crate::events::anomaly_watch(
+                Arc::downgrade(&state.topology),
+                Arc::downgrade(&state.history),
+                self.anomalies,
+            ));
+        }
+        Ok(state)
     }
 }
 

@@ -101,7 +101,8 @@ async fn call(state: AppState, method: Method, uri: &str) -> (StatusCode, String
 
 #[tokio::test]
 async fn topology_json_has_services_dependencies_and_stats() {
-    let (status, content_type, body) = call(state_with_traffic(0), Method::GET, "/topology").await;
+    let (status, content_type, body) =
+        call(state_with_traffic(0), Method::GET, "/topology?shape=weft").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(content_type, "application/json");
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
@@ -249,10 +250,52 @@ async fn wrong_method_is_a_problem_json_405() {
 
 #[tokio::test]
 async fn empty_topology_is_valid() {
-    let (status, _, body) = call(AppState::default(), Method::GET, "/topology").await;
+    let (status, _, body) = call(AppState::default(), Method::GET, "/topology?shape=weft").await;
     assert_eq!(status, StatusCode::OK);
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
     assert_eq!(json["services"], serde_json::json!([]));
     assert_eq!(json["dependencies"], serde_json::json!([]));
     assert_eq!(json["stats"]["agents_connected"], 0);
+    let (status, _, body) = call(AppState::default(), Method::GET, "/topology").await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(
+        json,
+        serde_json::json!({"services": {}, "dependencies": []})
+    );
+}
+
+#[tokio::test]
+async fn topology_json_speaks_the_specs_data_model_by_default() {
+    let (status, content_type, body) = call(state_with_traffic(0), Method::GET, "/topology").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "application/json");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    let db = &json["services"]["db"];
+    assert_eq!(db["service_id"], "db");
+    assert_eq!(db["service_name"], "db");
+    assert_eq!(db["service_type"], "database");
+    assert_eq!(db["tags"]["source"], "workload");
+    assert_eq!(db["tags"]["host"], "host-b");
+    assert_eq!(db["metadata"]["registered"], true);
+    assert_eq!(db["tags"]["interface"], "veth-db");
+    assert_eq!(
+        db["metadata"]["workload_addresses"],
+        serde_json::json!(["10.0.0.2"])
+    );
+    assert_eq!(
+        db["endpoints"],
+        serde_json::json!([{"host": "10.0.0.2", "port": 5432, "protocol": "postgres"}])
+    );
+    assert_eq!(json["services"]["web"]["service_type"], "client");
+    let dependency = &json["dependencies"][0];
+    assert_eq!(dependency["source_service"], "web");
+    assert_eq!(dependency["target_service"], "db");
+    assert_eq!(dependency["protocol"], "postgres");
+    assert_eq!(dependency["direction"], "outbound");
+    assert_eq!(dependency["request_count"], 2);
+    let (status, _, body) =
+        call(state_with_traffic(0), Method::GET, "/topology?shape=hubble").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("shape") && body.contains("hubble"), "{body}");
 }

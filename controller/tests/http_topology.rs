@@ -269,13 +269,13 @@ async fn windows_select_recent_traffic() {
     });
     let (status, _, _) = call(&state, Method::POST, "/observations", &old.to_string()).await;
     assert_eq!(status, StatusCode::OK);
-    let all = get_json(&state, "/topology").await;
+    let all = get_json(&state, "/topology?shape=weft").await;
     assert_eq!(all["dependencies"].as_array().map(Vec::len), Some(4));
-    let recent = get_json(&state, "/topology?since=15m").await;
+    let recent = get_json(&state, "/topology?since=15m&shape=weft").await;
     assert_eq!(recent["dependencies"].as_array().map(Vec::len), Some(3));
     let then = get_json(
         &state,
-        "/topology?since=2001-09-09T00:00:00Z&until=2001-09-10T00:00:00Z",
+        "/topology?since=2001-09-09T00:00:00Z&until=2001-09-10T00:00:00Z&shape=weft",
     )
     .await;
     assert_eq!(then["dependencies"][0]["target"], "legacy");
@@ -361,15 +361,37 @@ async fn missing_graphviz_is_a_501_problem() {
     assert!(error.to_string().contains("weft-no-such-dot"), "{error}");
 }
 
-#[tokio::test]
-async fn topology_events_stream_as_server_sent_events() {
-    let state = seeded().await;
-    state.history.observe(&state.snapshot());
-    let extra = observation("web", "newcomer", 9000, "tcp", 1.0, None);
-    call(&state, Method::POST, "/observations", &extra.to_string()).await;
-    state.history.observe(&state.snapshot());
+/// Reads server-sent events from `body` until one has `event: <event_type>` and
+/// `needle` in its data; returns that event's text, or panics after `timeout`.
+async fn read_event(
+    body: &mut Body,
+    event_type: &str,
+    needle: &str,
+    timeout: std::time::Duration,
+) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut text = String::new();
+    loop {
+        if let Some(found) = text
+            .split("\n\n")
+            .find(|e| e.contains(&format!("event: {event_type}\n")) && e.contains(needle))
+        {
+            return found.to_owned();
+        }
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no {event_type} with {needle} in time; got:\n{text}"))
+            .expect("a frame")
+            .expect("no error");
+        if let Some(data) = frame.data_ref() {
+            text.push_str(&String::from_utf8_lossy(data));
+        }
+    }
+}
+
+async fn open_events(state: &AppState, uri: &str) -> Body {
     let request = Request::builder()
-        .uri("/events/topology")
+        .uri(uri)
         .body(Body::empty())
         .expect("request");
     let response = app(state.clone()).oneshot(request).await.expect("router");
@@ -381,16 +403,426 @@ async fn topology_events_stream_as_server_sent_events() {
             .and_then(|v| v.to_str().ok()),
         Some("text/event-stream")
     );
-    let mut body = response.into_body();
-    let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
-        .await
-        .expect("an event in time")
-        .expect("a frame")
-        .expect("no error");
-    let text = String::from_utf8_lossy(frame.data_ref().expect("data")).into_owned();
+    response.into_body()
+}
+
+#[tokio::test]
+async fn topology_events_stream_as_server_sent_events() {
+    let state = seeded().await;
+    let mut body = open_events(&state, "/events/topology").await;
+    let extra = observation("web", "newcomer", 9000, "tcp", 1.0, None);
+    call(&state, Method::POST, "/observations", &extra.to_string()).await;
+    let event = read_event(
+        &mut body,
+        "weft.topology.dependency.appeared",
+        "\"target\":\"newcomer\"",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert!(event.contains("\"found_by\":\"ingest\""), "{event}");
+}
+
+/// Events fire by themselves and come out of one log: a new dependency is announced
+/// at ingest (within a second), a burst of 5xx on one edge is an anomaly event once its
+/// bucket ends (within one bucket width of the burst), and both are in `GET /events`
+/// beside shard events, with the same envelope and sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_dependencies_and_anomalies_arrive_on_the_one_event_log_unasked() {
+    use weft_topology::analytics::anomaly::AnomalyConfig;
+    use weft_topology::topology::BucketConfig;
+    let width = std::time::Duration::from_secs(1);
+    let state = AppState::builder()
+        .buckets(BucketConfig {
+            width,
+            retention: std::time::Duration::from_secs(3600),
+        })
+        .anomalies(AnomalyConfig {
+            min_baseline: 3,
+            ..AnomalyConfig::default()
+        })
+        .start(std::sync::Arc::new(weft_store::MemoryStore::default()))
+        .expect("state");
+    let s = 1_000_000_000u64;
+    let now = weft_topology::time::now_unix_ns();
+    let start_of_bucket = now / s * s;
+    let at = |ns: u64, status: Option<u16>| {
+        let mut o = observation("web", "api", 8080, "http", 10.0, status);
+        o["timestamp_unix_ns"] = json!(ns);
+        o
+    };
+    // Five quiet buckets before this one: 20 good requests each.
+    let mut baseline = Vec::new();
+    for back in 1..=5u64 {
+        for i in 0..20u64 {
+            baseline.push(at(start_of_bucket - back * s + i * 10_000_000, Some(200)));
+        }
+    }
+    let mut events = open_events(&state, "/events").await;
+    let (status, _, body) = call(
+        &state,
+        Method::POST,
+        "/observations",
+        &json!(baseline).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    read_event(
+        &mut events,
+        "weft.topology.dependency.appeared",
+        "\"target\":\"api\"",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+
+    // A new dependency: its event within a second of its first request.
+    let sent = std::time::Instant::now();
+    let newcomer = observation("api", "ledger", 7000, "tcp", 1.0, None);
+    call(&state, Method::POST, "/observations", &newcomer.to_string()).await;
+    let appeared = read_event(
+        &mut events,
+        "weft.topology.dependency.appeared",
+        "\"target\":\"ledger\"",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
     assert!(
-        text.contains("event: weft.topology.dependency.appeared"),
-        "{text}"
+        sent.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
     );
-    assert!(text.contains("\"target\":\"newcomer\""), "{text}");
+    assert!(
+        appeared.contains("\"source\":\"/weft/controller/topology\""),
+        "{appeared}"
+    );
+    assert!(
+        appeared.contains("\"subject\":\"dependencies/api/ledger\""),
+        "{appeared}"
+    );
+    assert!(appeared.contains("\"sequence\":"), "{appeared}");
+
+    // A burst of 5xx on web -> api in the current bucket.
+    let burst_at = weft_topology::time::now_unix_ns();
+    let burst: Vec<Value> = (0..20).map(|_| at(burst_at, Some(503))).collect();
+    let burst_sent = std::time::Instant::now();
+    call(
+        &state,
+        Method::POST,
+        "/observations",
+        &json!(burst).to_string(),
+    )
+    .await;
+    let anomaly = read_event(
+        &mut events,
+        "weft.topology.anomaly",
+        "\"metric\":\"error_rate\"",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    let took = burst_sent.elapsed();
+    assert!(
+        took <= width + weft_controller::events::SETTLE + std::time::Duration::from_millis(500),
+        "{took:?}"
+    );
+    assert!(anomaly.contains("\"target\":\"api\""), "{anomaly}");
+    assert!(anomaly.contains("\"direction\":\"up\""), "{anomaly}");
+
+    // The same events, stored, in the one log: numbered in order, one envelope.
+    let page = get_json(&state, "/events?follow=false&from=1").await;
+    let logged = page["events"].as_array().expect("events");
+    let types: Vec<&str> = logged.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(
+        types.contains(&"weft.topology.dependency.appeared"),
+        "{types:?}"
+    );
+    assert!(types.contains(&"weft.topology.anomaly"), "{types:?}");
+    for (i, e) in logged.iter().enumerate() {
+        assert_eq!(e["sequence"], json!(i as u64 + 1), "{e}");
+        assert_eq!(e["id"], json!((i + 1).to_string()));
+        assert_eq!(e["specversion"], "1.0");
+        assert_eq!(e["datacontenttype"], "application/json");
+    }
+    // Only some types, a page at a time.
+    let anomalies = logged
+        .iter()
+        .filter(|e| e["type"] == "weft.topology.anomaly")
+        .count();
+    let mut from = 1;
+    let mut paged = Vec::new();
+    loop {
+        let page = get_json(
+            &state,
+            &format!("/events?follow=false&from={from}&limit=1&types=weft.topology.anomaly"),
+        )
+        .await;
+        let events = page["events"].as_array().expect("events").clone();
+        if events.is_empty() {
+            break;
+        }
+        from = page["next"].as_u64().expect("next");
+        paged.extend(events);
+    }
+    assert_eq!(paged.len(), anomalies);
+    assert!(paged.iter().all(|e| e["type"] == "weft.topology.anomaly"));
+    let (status, _, body) = call(&state, Method::GET, "/events?types=weft%20topology", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("types"), "{body}");
+}
+
+/// A client written from topomapper.md's data models alone: its `TrafficObservation`,
+/// `Service` and `ServiceDependency`, nothing of weft's. Unknown fields are refused, so
+/// an answer with anything but the spec's fields fails.
+mod spec_client {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, Debug)]
+    pub struct NetworkEndpoint {
+        pub host: String,
+        pub port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub protocol: Option<String>,
+    }
+
+    #[derive(Serialize, Debug)]
+    pub struct TrafficObservation {
+        pub timestamp: String,
+        pub source: NetworkEndpoint,
+        pub destination: NetworkEndpoint,
+        pub protocol: String,
+        pub bytes_sent: u64,
+        pub bytes_received: u64,
+        pub latency_ms: f64,
+        pub status_code: Option<u16>,
+        pub method: Option<String>,
+        pub path: Option<String>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    pub struct Service {
+        pub service_id: String,
+        pub service_name: String,
+        pub service_type: String,
+        pub endpoints: Vec<NetworkEndpoint>,
+        pub tags: BTreeMap<String, String>,
+        pub metadata: BTreeMap<String, serde_json::Value>,
+        pub first_seen: Option<String>,
+        pub last_seen: Option<String>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServiceDependency {
+        pub source_service: String,
+        pub target_service: String,
+        pub protocol: String,
+        pub direction: String,
+        pub request_count: u64,
+        pub total_bytes: u64,
+        pub error_count: u64,
+        pub avg_latency_ms: f64,
+        pub first_seen: Option<String>,
+        pub last_seen: Option<String>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    pub struct TopologyMap {
+        pub services: BTreeMap<String, Service>,
+        pub dependencies: Vec<ServiceDependency>,
+    }
+
+    /// The spec's `create_traffic_observation(src, sport, dst, dport, protocol, ...)`, with
+    /// the protocol as Python writes the enum member (`str(Protocol.HTTPS)`) or its value.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        timestamp: &str,
+        source: (&str, u16),
+        destination: (&str, u16),
+        protocol: &str,
+        method: Option<&str>,
+        path: Option<&str>,
+        bytes: (u64, u64),
+        latency_ms: f64,
+        status_code: Option<u16>,
+    ) -> TrafficObservation {
+        TrafficObservation {
+            timestamp: timestamp.to_owned(),
+            source: NetworkEndpoint {
+                host: source.0.into(),
+                port: source.1,
+                protocol: None,
+            },
+            destination: NetworkEndpoint {
+                host: destination.0.into(),
+                port: destination.1,
+                protocol: None,
+            },
+            protocol: protocol.to_owned(),
+            bytes_sent: bytes.0,
+            bytes_received: bytes.1,
+            latency_ms,
+            status_code,
+            method: method.map(str::to_owned),
+            path: path.map(str::to_owned),
+        }
+    }
+}
+
+/// The spec's Complete Example, as its JSON, through `POST /observations` and back from
+/// `GET /topology` into the spec's data models.
+#[tokio::test]
+async fn the_specs_complete_example_round_trips_in_the_specs_shapes() {
+    use spec_client::{TopologyMap, create};
+    let state = AppState::default();
+    let now = weft_topology::time::now_unix_ns();
+    // Python's isoformat(): naive (taken as UTC), and with an offset.
+    let naive = weft_topology::time::rfc3339(now)
+        .trim_end_matches('Z')
+        .to_owned();
+    let offset = naive.clone() + "+00:00";
+    let mut all = Vec::new();
+    for i in 0..100u16 {
+        all.push(create(
+            &naive,
+            ("client.external", 54321 + i),
+            ("api.example.com", 443),
+            "Protocol.HTTPS",
+            Some("GET"),
+            Some("/api/users"),
+            (0, 0),
+            45.0 + f64::from(i % 10),
+            None,
+        ));
+        all.push(create(
+            &offset,
+            ("api.example.com", 443),
+            ("auth-service.internal", 8080),
+            "HTTP",
+            Some("POST"),
+            Some("/verify"),
+            (0, 0),
+            20.0,
+            None,
+        ));
+        all.push(create(
+            &offset,
+            ("api.example.com", 443),
+            ("user-service.internal", 8080),
+            "http",
+            Some("GET"),
+            Some("/users"),
+            (0, 0),
+            35.0,
+            None,
+        ));
+        all.push(create(
+            &naive,
+            ("user-service.internal", 8080),
+            ("redis.cache.internal", 6379),
+            "Protocol.REDIS",
+            None,
+            None,
+            (256, 1024),
+            5.0,
+            None,
+        ));
+    }
+    for _ in 0..50 {
+        all.push(create(
+            &naive,
+            ("user-service.internal", 8080),
+            ("postgres.db.internal", 5432),
+            "Protocol.POSTGRES",
+            None,
+            None,
+            (512, 4096),
+            25.0,
+            None,
+        ));
+    }
+    for _ in 0..5 {
+        all.push(create(
+            &naive,
+            ("api.example.com", 443),
+            ("user-service.internal", 8080),
+            "Protocol.HTTP",
+            Some("GET"),
+            Some("/users"),
+            (0, 0),
+            150.0,
+            Some(500),
+        ));
+    }
+    // Half as one JSON array, half as JSON lines.
+    let (array, lines) = all.split_at(all.len() / 2);
+    let array = serde_json::to_string(array).expect("JSON");
+    let (status, _, body) = call(&state, Method::POST, "/observations", &array).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let lines: Vec<String> = lines
+        .iter()
+        .map(|o| serde_json::to_string(o).expect("JSON"))
+        .collect();
+    let (status, _, body) = call(&state, Method::POST, "/observations", &lines.join("\n")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let accepted: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(accepted["errors"], json!([]), "{body}");
+
+    let (status, _, body) = call(&state, Method::GET, "/topology", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let map: TopologyMap = serde_json::from_str(&body).expect("the spec's TopologyMap");
+    assert_eq!(map.services.len(), 6, "{:?}", map.services.keys());
+    assert_eq!(map.dependencies.len(), 5);
+    let kind = |id: &str| map.services[id].service_type.as_str();
+    assert_eq!(kind("api.example.com"), "api_gateway");
+    assert_eq!(kind("user-service.internal"), "microservice");
+    assert_eq!(kind("postgres.db.internal"), "database");
+    assert_eq!(kind("redis.cache.internal"), "cache");
+    let api = &map.services["api.example.com"];
+    assert_eq!(api.service_id, "api.example.com");
+    assert_eq!(api.service_name, "api.example.com");
+    assert_eq!(api.endpoints.len(), 1);
+    assert_eq!(api.endpoints[0].port, 443);
+    assert_eq!(api.endpoints[0].protocol.as_deref(), Some("https"));
+    assert!(api.first_seen.is_some() && api.last_seen.is_some());
+    assert_eq!(api.tags["source"], "traffic");
+    assert_eq!(api.metadata["registered"], json!(false));
+    let dep = |source: &str, target: &str| {
+        map.dependencies
+            .iter()
+            .find(|d| d.source_service == source && d.target_service == target)
+            .unwrap_or_else(|| panic!("{source} -> {target}"))
+    };
+    let front = dep("client.external", "api.example.com");
+    assert_eq!(front.protocol, "https");
+    assert_eq!(front.request_count, 100);
+    assert!((front.avg_latency_ms - 49.5).abs() < 1e-9);
+    let users = dep("api.example.com", "user-service.internal");
+    assert_eq!((users.request_count, users.error_count), (105, 5));
+    assert!((users.avg_latency_ms - (100.0 * 35.0 + 5.0 * 150.0) / 105.0).abs() < 1e-9);
+    assert_eq!(users.direction, "outbound");
+    assert!(users.first_seen.is_some() && users.last_seen.is_some());
+    // One service's side: inbound where it is called.
+    let side = get_json(
+        &state,
+        "/services/user-service.internal/dependencies?shape=spec&direction=both",
+    )
+    .await;
+    let side: Vec<spec_client::ServiceDependency> =
+        serde_json::from_value(side["dependencies"].clone()).expect("the spec's models");
+    let direction = |target: &str| {
+        side.iter()
+            .find(|d| d.target_service == target)
+            .map(|d| d.direction.as_str())
+    };
+    assert_eq!(direction("user-service.internal"), Some("inbound"));
+    assert_eq!(direction("postgres.db.internal"), Some("outbound"));
+    let db = dep("user-service.internal", "postgres.db.internal");
+    assert_eq!((db.protocol.as_str(), db.request_count), ("postgres", 50));
+    assert_eq!(db.total_bytes, 50 * (512 + 4096));
+    assert_eq!(
+        dep("user-service.internal", "redis.cache.internal").total_bytes,
+        100 * 1280
+    );
 }

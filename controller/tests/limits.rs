@@ -18,7 +18,7 @@ use weft_proto::v1::{FlowBatch, FlowDirection, FlowRecord, RegisterRequest, Tran
 const S: u64 = 1_000_000_000;
 
 fn services_and_dependencies(c: &Controller) -> (usize, usize) {
-    let topology = c.get("/topology").json();
+    let topology = c.get("/topology?shape=weft").json();
     (
         topology["services"].as_array().expect("services").len(),
         topology["dependencies"]
@@ -255,7 +255,7 @@ fn finding6_a_far_future_timestamp_is_refused_and_the_buckets_survive() {
     let response = c.post("/observations", &serde_json::to_vec(&body).expect("json"));
     assert_eq!(response.status, 200, "{}", response.text());
     let requests = |c: &Controller| -> u64 {
-        let topology = c.get("/topology?since=15m").json();
+        let topology = c.get("/topology?since=15m&shape=weft").json();
         topology["dependencies"]
             .as_array()
             .expect("dependencies")

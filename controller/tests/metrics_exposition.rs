@@ -21,6 +21,11 @@ use weft_topology::model::{Direction, FlowObservation, LatencyBucket, Transport,
 const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("weft_topology_unauthorized_dependencies", "gauge", &[]),
     (
+        "weft_topology_dependency_announcements_dropped_total",
+        "counter",
+        &[],
+    ),
+    (
         "weft_control_drift_total",
         "counter",
         &["host", "kind", "outcome"],

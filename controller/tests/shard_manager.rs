@@ -1131,3 +1131,86 @@ async fn events_beyond_the_retention_are_dropped_and_readers_skip_to_the_oldest(
         last = e.sequence;
     }
 }
+
+/// Deallocating a shard in use moves its workloads into an Available shard of the pool
+/// (allocated to the network) rather than carving a new one; `weft.shard.deallocated` has
+/// one shape with and without a migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_reuses_an_available_shard_before_carving_one() {
+    let hub = Arc::new(ControlHub::default());
+    let m = ShardManager::open(
+        Arc::new(MemoryStore::default()),
+        migration_config(),
+        HubAddresses::publisher(hub.clone()),
+    )
+    .unwrap();
+    let agent = fake_agent(hub.clone(), "hv0");
+    let used = m.create_shard(v4(28, Some("blue"))).await.unwrap();
+    for i in 0..3 {
+        m.allocate_address("blue", &format!("vm{i}"), "hv0", Family::Ipv4)
+            .await
+            .unwrap();
+    }
+    let spare = m.create_shard(v4(28, None)).await.unwrap();
+    assert_eq!(spare.status, ShardStatus::Available);
+    let from = m.next_event();
+    let mid = match m.deallocate_shard("blue", &used.id).await.unwrap() {
+        Deallocation::Migrating(mig) => mig.id,
+        other => panic!("{other:?}"),
+    };
+    eventually(Duration::from_secs(5), "migration completed", || {
+        m.migration(&mid)
+            .is_some_and(|mig| mig.state == MigrationState::Completed)
+    })
+    .await;
+    let spare = m.shard(&spare.id).unwrap();
+    assert_eq!(
+        (
+            spare.network_id.as_deref(),
+            spare.status,
+            spare.resource_count
+        ),
+        (Some("blue"), ShardStatus::InUse, 3)
+    );
+    for i in 0..3 {
+        let now = m.read().workload_addresses("blue", &format!("vm{i}"));
+        assert_eq!(now[0].shard_id, spare.id);
+    }
+    let events = m.stored_events(from, 1_000).unwrap();
+    assert!(
+        !events.iter().any(|e| e.event_type == "weft.shard.created"),
+        "no shard carved: {:?}",
+        events.iter().map(|e| &e.event_type).collect::<Vec<_>>()
+    );
+    let allocated = events
+        .iter()
+        .find(|e| e.event_type == "weft.shard.allocated")
+        .expect("the spare allocated to blue");
+    assert_eq!(allocated.subject, format!("shards/{}", spare.id));
+    let moved = events
+        .iter()
+        .find(|e| e.event_type == "weft.shard.deallocated")
+        .expect("deallocated");
+    assert_eq!(moved.data["shard_id"], used.id.as_str());
+    assert_eq!(moved.data["network_id"], "blue");
+    assert_eq!(moved.data["migration_id"], mid.as_str());
+    assert_eq!(moved.data["shard"]["status"], "Available");
+
+    // An empty shard leaves at once: the same shape, no migration.
+    let empty = m.create_shard(v4(28, Some("blue"))).await.unwrap();
+    let from = m.next_event();
+    assert!(matches!(
+        m.deallocate_shard("blue", &empty.id).await.unwrap(),
+        Deallocation::Released(_)
+    ));
+    let events = m.stored_events(from, 1_000).unwrap();
+    assert_eq!(events[0].event_type, "weft.shard.deallocated");
+    assert_eq!(events[0].data["shard_id"], empty.id.as_str());
+    assert_eq!(events[0].data["network_id"], "blue");
+    assert_eq!(events[0].data["migration_id"], serde_json::Value::Null);
+    assert_eq!(
+        events[0].data["shard"]["network_id"],
+        serde_json::Value::Null
+    );
+    agent.abort();
+}

@@ -349,7 +349,7 @@ impl Controller {
     }
 
     pub fn topology(&self) -> Result<Topology> {
-        Topology::parse(&self.get("/topology")?)
+        Topology::parse(&self.get("/topology?shape=weft")?)
     }
 
     /// Sum of the `/metrics` samples whose name contains `name` (e.g. "records_ingested").

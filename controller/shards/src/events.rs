@@ -33,6 +33,19 @@ pub struct CloudEvent {
     pub data: serde_json::Value,
 }
 
+/// An event of another part of the controller for the shard manager's log
+/// ([`ShardManager::record_events`]): everything but the sequence, which the log gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Foreign {
+    pub event_type: String,
+    /// `source` of the CloudEvent (e.g. `/weft/controller/topology`).
+    pub source: String,
+    pub subject: String,
+    /// When it happened, Unix ns (the `time` attribute).
+    pub at_unix_ns: u64,
+    pub data: serde_json::Value,
+}
+
 impl CloudEvent {
     pub fn new(
         sequence: u64,

@@ -273,6 +273,49 @@ impl Index {
         ));
     }
 
+    /// Another part's event, numbered into the log.
+    pub(crate) fn record_foreign(&mut self, e: &crate::events::Foreign, batch: &mut Batch) {
+        self.counters.event_seq += 1;
+        let mut event = CloudEvent::new(
+            self.counters.event_seq,
+            &e.event_type,
+            &e.subject,
+            e.at_unix_ns,
+            e.data.clone(),
+        );
+        event.source.clone_from(&e.source);
+        batch.events.push(event);
+    }
+
+    /// `weft.shard.deallocated`, the spec's `shard.deallocated` `{shardId, networkId}`,
+    /// one shape whether the shard was empty or emptied by a migration: `shard_id`, the
+    /// `network_id` it left, the `migration_id` that emptied it (`null` for none) and the
+    /// shard as it is now (`Available`, no network).
+    fn deallocated_event(
+        &mut self,
+        batch: &mut Batch,
+        shard_id: &str,
+        network_id: &str,
+        migration_id: Option<&str>,
+    ) {
+        let shard = self
+            .slots
+            .get(shard_id)
+            .map(|s| serde_json::to_value(&s.shard).unwrap_or_default())
+            .unwrap_or_default();
+        self.emit(
+            batch,
+            "weft.shard.deallocated",
+            &format!("shards/{shard_id}"),
+            serde_json::json!({
+                "shard_id": shard_id,
+                "network_id": network_id,
+                "migration_id": migration_id,
+                "shard": shard,
+            }),
+        );
+    }
+
     fn shard_event(&mut self, batch: &mut Batch, kind: &str, id: &str) {
         let data = self
             .slots

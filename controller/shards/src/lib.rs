@@ -111,6 +111,8 @@ enum Op {
         address: IpAddr,
         seq: u64,
     },
+    /// Events of other parts of the controller, appended to the same log.
+    Record(Vec<events::Foreign>),
     /// Stop taking requests: those queued before are still committed ([`ShardManager::drain`]).
     Close,
 }
@@ -502,6 +504,16 @@ impl ShardManager {
         }
     }
 
+    /// Appends events of other parts of the controller (topology, networks) to this
+    /// log, after the shard events queued before them: stored, numbered and served like
+    /// shard events (`GET /events`), with their own `source`.
+    pub async fn record_events(&self, events: Vec<events::Foreign>) -> Result<(), ShardError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.call(Op::Record(events)).await.map(|_| ())
+    }
+
     /// The sequence the next event will have.
     pub fn next_event(&self) -> u64 {
         self.read().counters.event_seq + 1
@@ -619,6 +631,12 @@ fn apply(index: &mut Index, op: &Op, batch: &mut index::Batch) -> Result<Reply, 
         }
         Op::ReleaseRolledBack { address, seq } => {
             index.release_rolled_back(*address, *seq, batch);
+            Reply::Done
+        }
+        Op::Record(events) => {
+            for e in events {
+                index.record_foreign(e, batch);
+            }
             Reply::Done
         }
         Op::Close => Reply::Done,

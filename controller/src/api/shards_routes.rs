@@ -558,10 +558,13 @@ async fn cancel_migration(
     Ok(Json(migration_json(&m)))
 }
 
-/// `GET /events?from=N`: stored events from sequence N, then live ones (server-sent
-/// events). Without `from`, `Last-Event-ID: N` resumes after N; without either, only new
-/// events. `follow=false` answers the stored events from N (default 1) as one JSON
-/// document instead: `{"events": [...], "next": M}`.
+/// `GET /events?from=N`: the one event log (shard, address, topology and network events)
+/// from sequence N, then live ones (server-sent events). Without `from`,
+/// `Last-Event-ID: N` resumes after N; without either, only new events. `follow=false`
+/// answers the stored events from N (default 1) as one JSON document instead:
+/// `{"events": [...], "next": M}`. `types=P,Q`: only events whose type starts with one
+/// of these prefixes (`weft.topology.`, `weft.shard.deallocated`); a page then holds up
+/// to `limit` matching events and `next` is past the last event read.
 async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -569,13 +572,15 @@ async fn events(
 ) -> Result<Response, ApiError> {
     if let Some(k) = params
         .keys()
-        .find(|k| !matches!(k.as_str(), "from" | "follow" | "limit"))
+        .find(|k| !matches!(k.as_str(), "from" | "follow" | "limit" | "types"))
     {
         return Err(ApiError::parameter(
             k,
-            "unknown parameter (this endpoint takes: from, follow, limit)",
+            "unknown parameter (this endpoint takes: from, follow, limit, types)",
         ));
     }
+    let types = event_types(params.get("types").map(String::as_str))?;
+    let wanted = move |t: &str| types.is_empty() || types.iter().any(|p| t.starts_with(p.as_str()));
     let follow = match params.get("follow").map(String::as_str) {
         None | Some("true" | "1") => true,
         Some("false" | "0") => false,
@@ -646,33 +651,83 @@ async fn events(
             })
             .transpose()?
             .unwrap_or(1000);
-        let mut events = state
-            .shards
-            .stored_events(from, limit)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        events.truncate(limit);
-        let next = events
-            .last()
-            .map_or(from.max(state.shards.oldest_event()), |e| e.sequence + 1);
-        return Ok(Json(json!({ "events": events, "next": next })).into_response());
+        let mut out = Vec::new();
+        let mut next = from.max(state.shards.oldest_event());
+        while out.len() < limit {
+            let mut events = state
+                .shards
+                .stored_events(next, limit)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let Some(last) = events.last().map(|e| e.sequence) else {
+                break;
+            };
+            events.retain(|e| wanted(&e.event_type));
+            // Whole events up to `limit`: `next` follows the last one kept, or the last
+            // one read when none was cut.
+            if out.len() + events.len() > limit {
+                events.truncate(limit - out.len());
+                next = events.last().map_or(next, |e| e.sequence + 1);
+                out.extend(events);
+                break;
+            }
+            next = last + 1;
+            out.extend(events);
+        }
+        return Ok(Json(json!({ "events": out, "next": next })).into_response());
     }
-    let stream = weft_shards::events::stream_from(state.shards.clone(), from).map(|e| {
-        let data = serde_json::to_string(e.as_ref()).unwrap_or_default();
-        Ok::<_, Infallible>(
-            Event::default()
-                .id(e.id.clone())
-                .event(e.event_type.clone())
-                .data(data),
-        )
-    });
+    let stream = weft_shards::events::stream_from(state.shards.clone(), from)
+        .filter(move |e| std::future::ready(wanted(&e.event_type)))
+        .map(|e| {
+            let data = serde_json::to_string(e.as_ref()).unwrap_or_default();
+            Ok::<_, Infallible>(
+                Event::default()
+                    .id(e.id.clone())
+                    .event(e.event_type.clone())
+                    .data(data),
+            )
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
+/// The `types` parameter: comma-separated prefixes of event types, each a dotted name.
+fn event_types(text: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .map(|p| {
+            let p = p.trim();
+            let ok = !p.is_empty()
+                && p.len() <= 128
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            ok.then(|| p.to_owned()).ok_or_else(|| {
+                ApiError::parameter(
+                    "types",
+                    format!("`{p}` is not an event type prefix such as weft.topology. (letters, digits, `.`, `_`, `-`)"),
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_type_prefixes_are_dotted_names() {
+        assert!(event_types(None).unwrap().is_empty());
+        assert_eq!(
+            event_types(Some("weft.topology., weft.shard.deallocated")).unwrap(),
+            ["weft.topology.", "weft.shard.deallocated"]
+        );
+        assert!(event_types(Some("")).is_err());
+        assert!(event_types(Some("weft.topology.,")).is_err());
+        assert!(event_types(Some("weft topology")).is_err());
+    }
 
     fn field_of(e: ApiError) -> String {
         match e {

@@ -17,25 +17,68 @@ use crate::state::AppState;
 const WINDOW: &[&str] = &["since", "until"];
 const TOPOLOGY_JSON: &[&str] = &["since", "until", "shape"];
 
+/// `GET /topology?since=&until=&shape=`: the map in the spec's data model by default
+/// (`shape=spec`: services by `service_id`, dependencies with `source_service`,
+/// `request_count`, ...; [`weft_topology::spec`]), or in weft's own shape with every
+/// statistic (`shape=weft`, what the CLI and the console read).
 pub async fn topology_json(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let params = Params(params);
     let window = params.only(TOPOLOGY_JSON)?.window()?;
-    // `shape=weft`: weft's own field names (services, dependencies with their
-    // statistics), the shape the CLI and the console read.
-    match params.0.get("shape").map(String::as_str) {
-        None | Some("weft") => {}
+    let body = match params.0.get("shape").map(String::as_str) {
+        None | Some("spec") => {
+            let mut map = state.snapshot_in(&window).to_spec();
+            describe_services(&state, &mut map);
+            serde_json::to_vec(&map)
+                .map_err(|e| ApiError::Internal(format!("writing the topology: {e}")))?
+        }
+        Some("weft") => state.snapshot_json_in(&window),
         Some(other) => {
             return Err(ApiError::parameter(
                 "shape",
-                format!("unknown shape {other:?} (known: weft)"),
+                format!("unknown shape {other:?} (known: spec, the default; weft)"),
             ));
         }
-    }
-    let body = state.snapshot_json_in(&window);
+    };
     Ok(([(header::CONTENT_TYPE, "application/json")], body))
+}
+
+/// Fills the spec's `tags`/`metadata` of registered workloads with what the controller
+/// knows beyond the topology: the agent's `interface` and the workload's `addresses` from
+/// the registry; for a TDL network's node (`<network>.<node>`), its `network`, `node`,
+/// `node_type` and `image`.
+fn describe_services(state: &AppState, map: &mut weft_topology::spec::TopologyMap) {
+    for agent in state.registry.agents() {
+        for w in &agent.workloads {
+            let Some(service) = map.services.get_mut(&w.name) else {
+                continue;
+            };
+            service.tags.insert("interface".into(), w.interface.clone());
+            let addresses: Vec<String> = w.addresses.iter().map(ToString::to_string).collect();
+            service
+                .metadata
+                .insert("workload_addresses".into(), addresses.into());
+        }
+    }
+    for record in state.networks.list() {
+        for (name, node) in &record.network.nodes {
+            let workload = weft_networks::node_workload(&record.id, name);
+            let Some(service) = map.services.get_mut(&workload) else {
+                continue;
+            };
+            service.tags.insert("network".into(), record.id.clone());
+            service.tags.insert("node".into(), name.clone());
+            service.metadata.insert(
+                "node_type".into(),
+                serde_json::to_value(node.node_type).unwrap_or_default(),
+            );
+            if let Some(image) = &node.image {
+                service.tags.insert("image".into(), image.clone());
+            }
+        }
+    }
 }
 
 pub async fn topology_dot(
@@ -133,25 +176,46 @@ pub async fn services(
     Ok(Json(state.snapshot_in(&window).services))
 }
 
+/// `GET /services/{name}/dependencies?direction=&since=&until=&shape=`: weft's views of
+/// the service's dependencies (default), or the spec's `ServiceDependency`s
+/// (`shape=spec`), each with its `direction` from the service's side.
 pub async fn service_dependencies(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let params = Params(params);
-    params.only(&["since", "until", "direction"])?;
+    params.only(&["since", "until", "direction", "shape"])?;
     let window = params.window()?;
     let direction = params.direction()?;
+    let spec = match params.0.get("shape").map(String::as_str) {
+        None | Some("weft") => false,
+        Some("spec") => true,
+        Some(other) => {
+            return Err(ApiError::parameter(
+                "shape",
+                format!("unknown shape {other:?} (known: weft, the default; spec)"),
+            ));
+        }
+    };
     let snapshot = state.snapshot_in(&window);
     if snapshot.service(&name).is_none() {
         return Err(ApiError::NotFound(format!(
             "/services/{name} (no such service)"
         )));
     }
-    let deps: Vec<_> = dependencies_of(&snapshot, &name, direction)
-        .into_iter()
-        .cloned()
-        .collect();
+    let deps = if spec {
+        serde_json::to_value(weft_topology::spec::dependencies_of(
+            &snapshot, &name, direction,
+        ))
+    } else {
+        let views: Vec<_> = dependencies_of(&snapshot, &name, direction)
+            .into_iter()
+            .cloned()
+            .collect();
+        serde_json::to_value(views)
+    }
+    .map_err(|e| ApiError::Internal(format!("writing the dependencies: {e}")))?;
     Ok(Json(serde_json::json!({
         "service": name,
         "direction": direction,

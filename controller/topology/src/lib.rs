@@ -10,6 +10,7 @@
 //! - [`mapper`]: the topology of a set of observations, in one call.
 //! - [`import`]: pcap, JSON lines and Envoy access logs as observations.
 //! - [`render`]: the topology as ASCII, Graphviz DOT or JSON.
+//! - [`spec`]: the specification's data models (`Service`, `ServiceDependency`, the map).
 
 pub mod analytics;
 
@@ -24,5 +25,6 @@ pub mod model;
 pub mod observation;
 pub mod registry;
 pub mod render;
+pub mod spec;
 pub mod time;
 pub mod topology;

@@ -1,7 +1,7 @@
 //! The specification's library API (`TopologyMapper`, `TopologyVisualizer`), usable
 //! without any server: feed [`TrafficObservation`]s, read the map and its analytics.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::analytics::{self, LatencyStat, TrafficDirection, TrafficPatterns};
 use crate::observation::{NetworkEndpoint, TrafficObservation};
@@ -35,19 +35,21 @@ pub struct BatchOutcome {
 }
 
 /// The spec's `create_traffic_observation`: a request now, no bytes, no latency; set the
-/// other fields on the result.
+/// other fields on the result. `protocol`: a [`Protocol`](crate::observation::Protocol) or
+/// a name as the spec writes it (`"https"`, `"Protocol.HTTPS"`; `""` guesses from the
+/// port).
 pub fn create_traffic_observation(
     source_host: &str,
     source_port: u16,
     dest_host: &str,
     dest_port: u16,
-    protocol: &str,
+    protocol: impl AsRef<str>,
 ) -> TrafficObservation {
     TrafficObservation {
         timestamp_unix_ns: now_unix_ns(),
         source: NetworkEndpoint::new(source_host, source_port),
         destination: NetworkEndpoint::new(dest_host, dest_port),
-        protocol: protocol.to_owned(),
+        protocol: crate::observation::normalize_protocol(protocol.as_ref()),
         bytes_sent: 0,
         bytes_received: 0,
         latency_ms: 0.0,
@@ -118,7 +120,21 @@ impl TopologyMapper {
         self.generate_topology_map().service(service_id).cloned()
     }
 
+    /// The spec's `get_service_dependencies(service_id, direction=OUTBOUND)`: pass `None`
+    /// for the default (what the service calls). Each dependency's `direction` is from
+    /// the service's side (`inbound` where it is called).
     pub fn get_service_dependencies(
+        &self,
+        service_id: &str,
+        direction: impl Into<Option<TrafficDirection>>,
+    ) -> Vec<crate::spec::ServiceDependency> {
+        let direction = direction.into().unwrap_or(TrafficDirection::Outbound);
+        crate::spec::dependencies_of(&self.generate_topology_map(), service_id, direction)
+    }
+
+    /// [`Self::get_service_dependencies`] in weft's shape (transport, port, quantiles,
+    /// request groups).
+    pub fn dependency_views(
         &self,
         service_id: &str,
         direction: TrafficDirection,
@@ -154,61 +170,21 @@ impl TopologyMapper {
 }
 
 impl TopologySnapshot {
-    /// The spec's `to_dict`: services keyed by id, dependencies with the spec's field
-    /// names, plus weft's own detail under each dependency's `detail`.
+    /// The spec's `TopologyMap` ([`crate::spec`]): services by id and dependencies, with
+    /// the spec's field names and nothing else.
+    pub fn to_spec(&self) -> crate::spec::TopologyMap {
+        crate::spec::TopologyMap::from(self)
+    }
+
+    /// The spec's `to_dict`: [`Self::to_spec`] as a JSON value.
     pub fn to_dict(&self) -> Value {
-        let services: serde_json::Map<String, Value> = self
-            .services
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    json!({
-                        "service_id": s.name,
-                        "service_name": s.name,
-                        "service_type": s.service_type.as_str(),
-                        "endpoints": s.endpoints.iter().map(|e| json!({
-                            "host": e.address, "port": e.port, "protocol": e.protocol,
-                        })).collect::<Vec<_>>(),
-                        "tags": {},
-                        "metadata": { "host": s.host },
-                        "first_seen": s.first_seen,
-                        "last_seen": s.last_seen,
-                    }),
-                )
-            })
-            .collect();
-        let dependencies: Vec<Value> = self
-            .dependencies
-            .iter()
-            .map(|d| {
-                json!({
-                    "source_service": d.source,
-                    "target_service": d.target,
-                    "protocol": d.protocol,
-                    "direction": "outbound",
-                    "request_count": d.request_count(),
-                    "total_bytes": d.total_bytes(),
-                    "error_count": d.error_count(),
-                    "avg_latency_ms": d.avg_latency_ms(),
-                    "first_seen": d.first_seen,
-                    "last_seen": d.last_seen,
-                    "detail": d,
-                })
-            })
-            .collect();
-        json!({
-            "generated_at": self.generated_at,
-            "services": services,
-            "dependencies": dependencies,
-            "totals": self.totals,
-        })
+        serde_json::to_value(self.to_spec()).unwrap_or_default()
     }
 
     /// [`Self::to_dict`] as pretty JSON text.
     pub fn to_json(&self) -> String {
-        // A `Value` always serialises.
-        serde_json::to_string_pretty(&self.to_dict()).unwrap_or_default()
+        // The map always serialises.
+        serde_json::to_string_pretty(&self.to_spec()).unwrap_or_default()
     }
 }
 

@@ -74,6 +74,24 @@ pub struct FlowObservation {
     pub l7: L7Info,
 }
 
+impl FlowObservation {
+    /// The server's port: the remote one of an outbound flow, the local one of an inbound.
+    pub fn server_port(&self) -> u16 {
+        match self.direction {
+            Direction::Outbound => self.remote_port,
+            Direction::Inbound => self.local_port,
+        }
+    }
+
+    /// The application protocol the agent named, with TLS that carries HTTP as `https`
+    /// ([`crate::topology::classify::https_if_http`]).
+    pub fn app_protocol(&self) -> Option<&str> {
+        self.l7.protocol.as_deref().map(|p| {
+            crate::topology::classify::https_if_http(p, self.server_port(), &self.l7.tls_alpn)
+        })
+    }
+}
+
 /// Application-layer facts of one flow record. `Default` is "nothing known".
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct L7Info {

@@ -4,6 +4,7 @@
 //! take a machine-wide lock, so these tests run one at a time even in parallel threads.
 
 mod console;
+mod events;
 mod export;
 mod l7;
 mod l7_exact;

@@ -51,7 +51,7 @@ impl Index {
             let shard = slot.shard.clone();
             self.remove_from_network(network, id);
             batch.dirty_shards.insert(id.to_owned());
-            self.shard_event(batch, "weft.shard.deallocated", id);
+            self.deallocated_event(batch, id, network, None);
             return Ok(Deallocation::Released(shard));
         }
         // In use: every address in it moves to another shard of the network.
@@ -139,9 +139,25 @@ impl Index {
         }
     }
 
+    /// An `Available` shard of the pool (in no network, not reserved) with room for a
+    /// `family` address, the lowest id first.
+    fn available_with_room(&self, family: Family) -> Option<String> {
+        // Slots are ordered by id.
+        self.slots
+            .iter()
+            .find(|(_, slot)| {
+                slot.shard.family == family
+                    && slot.shard.network_id.is_none()
+                    && slot.shard.status == ShardStatus::Available
+                    && slot.has_room()
+            })
+            .map(|(id, _)| id.clone())
+    }
+
     /// Gives the workload of move `idx` its new address (from another shard of the
-    /// network, or a shard carved for it within policy) and retires the old one from its
-    /// desired state.
+    /// network, else an `Available` shard of the pool allocated to the network, else a
+    /// shard carved for it within policy) and retires the old one from its desired
+    /// state.
     pub fn prepare_move(
         &mut self,
         id: &str,
@@ -170,6 +186,17 @@ impl Index {
         let family = Family::of(mv.old_address);
         let target = match self.shard_with_room(&m.network_id, family, Some(&m.shard_id)) {
             Some(t) => t,
+            // An Available shard of the pool (no network, not reserved) before a new one.
+            None if let Some(free) = self.available_with_room(family) => {
+                self.assign_shard(&m.network_id, &free, batch)
+                    .map_err(|e| {
+                        ShardError::Conflict(format!(
+                            "no other shard of network {} has room and available shard {free} could not be allocated to it: {e}",
+                            m.network_id
+                        ))
+                    })?
+                    .id
+            }
             None => {
                 let prefix_len = self.slot(&m.shard_id)?.shard.cidr.prefix_len;
                 let req = CreateShard {
@@ -335,14 +362,7 @@ impl Index {
             stored.clone()
         };
         batch.dirty_migrations.insert(id.to_owned());
-        let mut deallocated = self.slot(&m.shard_id)?.shard.clone();
-        deallocated.network_id = Some(m.network_id.clone());
-        self.emit(
-            batch,
-            "weft.shard.deallocated",
-            &format!("shards/{}", m.shard_id),
-            serde_json::json!({"shard_id": m.shard_id, "network_id": m.network_id, "migration_id": id}),
-        );
+        self.deallocated_event(batch, &m.shard_id, &m.network_id, Some(id));
         let moved = finished
             .moves
             .iter()

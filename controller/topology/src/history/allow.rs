@@ -109,6 +109,13 @@ impl AllowList {
         Ok(Self { rules })
     }
 
+    /// Whether a rule allows `source -> target` over `protocol`.
+    pub fn allows(&self, source: &str, target: &str, protocol: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.allows(source, target, protocol))
+    }
+
     /// Observed dependencies no rule allows.
     pub fn violations(&self, snapshot: &TopologySnapshot) -> Vec<Violation> {
         snapshot

@@ -5,7 +5,7 @@ pub mod allow;
 pub mod diff;
 pub mod events;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use weft_store::{Store, StoreError};
 
 use crate::time::rfc3339;
-use crate::topology::TopologySnapshot;
+use crate::topology::{Appeared, TopologySnapshot};
 
 pub use allow::{AllowList, AllowRule, Violation};
 pub use diff::{DiffThresholds, TopologyDiff, diff};
@@ -88,8 +88,12 @@ pub enum HistoryError {
 pub struct History {
     store: Arc<dyn Store>,
     pub events: EventBus,
-    /// (source, target, protocol) of every dependency seen so far.
-    known: Mutex<Option<BTreeSet<(String, String, String)>>>,
+    /// (source, target, port) of every dependency seen so far: from the newest stored
+    /// snapshot at start, then from ingest ([`Self::appeared`]) and snapshots
+    /// ([`Self::observe`]).
+    known: Mutex<HashSet<Edge>>,
+    /// [`Self::observe`] has looked once (its first look only learns).
+    primed: std::sync::atomic::AtomicBool,
     allowed: RwLock<Option<AllowList>>,
     unauthorized: AtomicU64,
     limits: HistoryLimits,
@@ -97,6 +101,9 @@ pub struct History {
     /// those within the minimum interval are kept.
     last_manual: Mutex<HashMap<String, u64>>,
 }
+
+/// (source, target, port): a dependency's identity for "seen before".
+type Edge = (String, String, u16);
 
 fn key(prefix: &str, unix_ns: u64) -> String {
     format!("{prefix}{unix_ns:020}")
@@ -121,15 +128,28 @@ impl History {
             ),
             None => None,
         };
-        Ok(Self {
+        let history = Self {
             store,
             events: EventBus::default(),
-            known: Mutex::new(None),
+            known: Mutex::new(HashSet::new()),
+            primed: std::sync::atomic::AtomicBool::new(false),
             allowed: RwLock::new(allowed),
             unauthorized: AtomicU64::new(0),
             limits,
             last_manual: Mutex::new(HashMap::new()),
-        })
+        };
+        // What the last run knew is not new: no event for it when agents report again.
+        if let Some(last) = history.snapshot_at(u64::MAX)? {
+            let mut known = history.known.lock().unwrap_or_else(PoisonError::into_inner);
+            known.extend(
+                last.dependencies
+                    .iter()
+                    .map(|d| (d.source.clone(), d.target.clone(), d.port)),
+            );
+            drop(known);
+            history.primed.store(true, Ordering::Relaxed);
+        }
+        Ok(history)
     }
 
     pub fn limits(&self) -> HistoryLimits {
@@ -264,47 +284,91 @@ impl History {
             })
     }
 
-    /// Compares `snapshot` with the dependencies seen before: publishes an event for each
-    /// new one (and for each new one the allow-list refuses), and updates the count of
-    /// unauthorised dependencies. The first call only learns what exists.
+    /// A dependency the topology created at ingest ([`crate::topology::Topology::announce_to`]):
+    /// publishes `weft.topology.dependency.appeared`, and
+    /// `weft.topology.dependency.unauthorized` when the allow-list refuses it, unless it
+    /// was seen before (same source, target and port). Returns whether it was new.
+    pub fn appeared(&self, a: &Appeared) -> bool {
+        let edge = (a.source.clone(), a.target.clone(), a.port);
+        if !self
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(edge)
+        {
+            return false;
+        }
+        let data = serde_json::json!({
+            "source": a.source, "target": a.target, "protocol": a.protocol,
+            "transport": a.transport.as_str(), "port": a.port,
+            "first_seen": rfc3339(a.at_unix_ns), "found_by": "ingest",
+        });
+        self.publish_new(
+            &a.source,
+            &a.target,
+            a.protocol,
+            rfc3339(a.at_unix_ns),
+            data,
+        );
+        true
+    }
+
+    fn publish_new(
+        &self,
+        source: &str,
+        target: &str,
+        protocol: &str,
+        time: String,
+        data: serde_json::Value,
+    ) {
+        self.events.publish(
+            "weft.topology.dependency.appeared",
+            time.clone(),
+            data.clone(),
+        );
+        let refused = self
+            .allow_list()
+            .is_some_and(|list| !list.allows(source, target, protocol));
+        if refused {
+            self.unauthorized.fetch_add(1, Ordering::Relaxed);
+            self.events
+                .publish("weft.topology.dependency.unauthorized", time, data);
+        }
+    }
+
+    /// Counts the dependencies of `snapshot` the allow-list refuses, and publishes the
+    /// events of [`Self::appeared`] for any dependency not seen before that ingest did
+    /// not announce (its announcement was dropped, or it came without one). The first
+    /// call only learns what exists, unless a stored snapshot did at start.
     pub fn observe(&self, snapshot: &TopologySnapshot) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let learn_only = !self.primed.swap(true, Ordering::Relaxed);
+        let mut new = Vec::new();
+        for d in &snapshot.dependencies {
+            let edge = (d.source.clone(), d.target.clone(), d.port);
+            if known.insert(edge) && !learn_only {
+                new.push(d);
+            }
+        }
+        drop(known);
+        for d in new {
+            let data = serde_json::json!({
+                "source": d.source, "target": d.target, "protocol": d.protocol,
+                "transport": d.transport, "port": d.port,
+                "first_seen": d.first_seen, "found_by": "snapshot",
+            });
+            self.publish_new(
+                &d.source,
+                &d.target,
+                &d.protocol,
+                snapshot.generated_at.clone(),
+                data,
+            );
+        }
+        // The exact count (after the events, which count as they go).
         let violations = self.violations(snapshot);
         self.unauthorized
             .store(violations.len() as u64, Ordering::Relaxed);
-        let current: BTreeSet<(String, String, String)> = snapshot
-            .dependencies
-            .iter()
-            .map(|d| (d.source.clone(), d.target.clone(), d.protocol.clone()))
-            .collect();
-        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(seen) = known.as_mut() else {
-            *known = Some(current);
-            return;
-        };
-        for edge in current {
-            if seen.contains(&edge) {
-                continue;
-            }
-            let data = serde_json::json!({
-                "source": edge.0, "target": edge.1, "protocol": edge.2,
-            });
-            self.events.publish(
-                "weft.topology.dependency.appeared",
-                snapshot.generated_at.clone(),
-                data.clone(),
-            );
-            let unauthorized = violations
-                .iter()
-                .any(|v| v.source == edge.0 && v.target == edge.1 && v.protocol == edge.2);
-            if unauthorized {
-                self.events.publish(
-                    "weft.topology.dependency.unauthorized",
-                    snapshot.generated_at.clone(),
-                    data,
-                );
-            }
-            seen.insert(edge);
-        }
     }
 
     /// Replaces the allow-list and stores its text durably.

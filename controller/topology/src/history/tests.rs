@@ -244,3 +244,94 @@ fn snapshots_on_request_keep_a_minimum_interval() {
         .expect("after the interval");
     assert_eq!(h.snapshots().expect("list").len(), 3);
 }
+
+#[test]
+fn dependencies_are_announced_at_ingest_once_with_the_allow_lists_verdict() {
+    let h = Arc::new(history());
+    h.set_allow_list(
+        AllowList::parse(r#"["web -> api http"]"#, "t").expect("valid"),
+        "",
+    )
+    .expect("set");
+    let topology = crate::topology::Topology::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    assert!(topology.announce_to(tx.clone()));
+    assert!(!topology.announce_to(tx), "set once");
+    let mapper_dir = crate::mapper::NoDirectory;
+    let send = |source: &str, target: &str, port: u16, protocol: &str| {
+        let o = create_traffic_observation(source, 1, target, port, protocol);
+        topology.observe_traffic(&o, &mapper_dir).expect("valid");
+    };
+    send("web", "api", 80, "http");
+    send("web", "api", 80, "http");
+    send("web", "db", 5432, "");
+    let first = rx.try_recv().expect("web -> api announced");
+    assert_eq!(
+        (
+            first.source.as_str(),
+            first.target.as_str(),
+            first.port,
+            first.protocol
+        ),
+        ("web", "api", 80, "http")
+    );
+    let second = rx.try_recv().expect("web -> db announced");
+    assert_eq!(second.protocol, "postgres", "the port's guess");
+    assert!(rx.try_recv().is_err(), "an update is no announcement");
+    assert!(h.appeared(&first));
+    assert!(h.appeared(&second));
+    assert!(!h.appeared(&second), "once");
+    let events: Vec<(&str, String)> = h
+        .events
+        .recent()
+        .iter()
+        .map(|e| {
+            (
+                e.event_type,
+                e.data["target"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("weft.topology.dependency.appeared", "api".to_owned()),
+            ("weft.topology.dependency.appeared", "db".to_owned()),
+            ("weft.topology.dependency.unauthorized", "db".to_owned()),
+        ]
+    );
+    assert_eq!(h.events.recent()[0].data["found_by"], "ingest");
+    // A snapshot of what ingest announced finds nothing new.
+    h.observe(&map(&[("web", "api", "http", 1.0, None)]));
+    h.observe(&map(&[("web", "api", "http", 1.0, None)]));
+    assert_eq!(h.events.recent().len(), 3);
+    // A full channel drops (and counts) instead of blocking ingest.
+    for port in 1000..1020 {
+        send("web", "svc", port, "tcp");
+    }
+    assert_eq!(topology.appeared_dropped(), 20 - 16);
+}
+
+#[test]
+fn a_restart_knows_the_dependencies_of_the_last_stored_snapshot() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let first = History::new(store.clone()).expect("history");
+    let snapshot = map(&[("web", "api", "http", 1.0, None)]);
+    first.take_snapshot(&snapshot, 1_000_000).expect("stored");
+    let again = History::new(store).expect("history");
+    let known = crate::topology::Appeared {
+        source: "web".into(),
+        target: "api".into(),
+        transport: crate::model::Transport::Tcp,
+        port: 80,
+        protocol: "http",
+        at_unix_ns: 2_000_000,
+    };
+    assert!(!again.appeared(&known), "known from the stored snapshot");
+    let new = crate::topology::Appeared {
+        target: "db".into(),
+        ..known
+    };
+    assert!(again.appeared(&new));
+    assert_eq!(again.events.recent().len(), 1);
+}

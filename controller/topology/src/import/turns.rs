@@ -402,7 +402,13 @@ impl Tracker {
             .session
             .as_ref()
             .map_or_else(|| flow.protocol(), |s| s.protocol());
-        summaries.push(summary(&flow, protocol));
+        let seen = summary(&flow, protocol);
+        // TLS that carries HTTP (port or ALPN) is the spec's `https` in the topology; the
+        // flow summary keeps what was seen on the wire.
+        let protocol =
+            crate::topology::classify::https_if_http(protocol.as_str(), flow.server.1, &seen.alpn)
+                .to_owned();
+        summaries.push(seen);
         let source = self.endpoint(flow.client);
         let destination = self.endpoint(flow.server);
         if flow.calls.is_empty() {
@@ -412,7 +418,7 @@ impl Tracker {
                     timestamp_unix_ns: flow.first_ns,
                     source,
                     destination,
-                    protocol: protocol.as_str().to_string(),
+                    protocol: protocol.clone(),
                     bytes_sent: flow.client_bytes,
                     bytes_received: flow.server_bytes,
                     latency_ms: 0.0,
@@ -432,7 +438,7 @@ impl Tracker {
                     timestamp_unix_ns: call.start_ns,
                     source: source.clone(),
                     destination: destination.clone(),
-                    protocol: protocol.as_str().to_string(),
+                    protocol: protocol.clone(),
                     bytes_sent: call.bytes_sent,
                     bytes_received: call.bytes_received,
                     latency_ms: call.latency_ns as f64 / 1e6,

@@ -294,7 +294,7 @@ fn dependencies_by_direction() {
         mapper
             .get_service_dependencies("user-service.internal", dir)
             .into_iter()
-            .map(|d| format!("{}->{}", d.source, d.target))
+            .map(|d| format!("{}->{}", d.source_service, d.target_service))
             .collect()
     };
     assert_eq!(
@@ -309,6 +309,17 @@ fn dependencies_by_direction() {
         ]
     );
     assert_eq!(targets(TrafficDirection::Both).len(), 3);
+    // The spec's default direction is outbound; each dependency says its side.
+    let default = mapper.get_service_dependencies("user-service.internal", None);
+    assert_eq!(
+        default,
+        mapper.get_service_dependencies("user-service.internal", TrafficDirection::Outbound)
+    );
+    assert!(default.iter().all(|d| d.direction == "outbound"));
+    let inbound =
+        mapper.get_service_dependencies("user-service.internal", TrafficDirection::Inbound);
+    assert_eq!(inbound[0].direction, "inbound");
+    assert_eq!(inbound[0].request_count, 105);
 }
 
 #[test]

@@ -26,6 +26,26 @@ pub fn protocol_for(transport: Transport, port: u16) -> &'static str {
     }
 }
 
+/// HTTPS server ports: TLS seen there is the spec's `https`.
+pub const HTTPS_PORTS: &[u16] = &[443, 8443];
+
+/// ALPN names of HTTP: a ClientHello offering one of them carries HTTP.
+pub const HTTP_ALPN: &[&str] = &["http/1.1", "http/1.0", "h2"];
+
+/// `tls` as the spec's `https` when it carries HTTP: the client offered an HTTP ALPN
+/// protocol, or the server port is an HTTPS one ([`HTTPS_PORTS`]). Any other protocol,
+/// and TLS without either sign (a database over TLS, say), stays itself.
+pub fn https_if_http<'a>(protocol: &'a str, server_port: u16, alpn: &[String]) -> &'a str {
+    if protocol == "tls"
+        && (HTTPS_PORTS.contains(&server_port)
+            || alpn.iter().any(|a| HTTP_ALPN.contains(&a.as_str())))
+    {
+        "https"
+    } else {
+        protocol
+    }
+}
+
 /// What a service is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -282,6 +302,46 @@ impl ServiceClassifier {
     /// server; anything else served a microservice; nothing served a client.
     pub fn classify(&self, facts: &ServiceFacts) -> ServiceType {
         self.classify_explained(facts).0
+    }
+
+    /// The spec's `classify_service(endpoint, observation)`: the type of the service at
+    /// `endpoint` from one observation alone. The endpoint is the server when it is the
+    /// observation's destination (its port, protocol, host name and request path count);
+    /// a source endpoint is a client unless rules or its name say otherwise.
+    pub fn classify_service(
+        &self,
+        endpoint: &crate::observation::NetworkEndpoint,
+        observation: &crate::observation::TrafficObservation,
+    ) -> ServiceType {
+        let serves = *endpoint == observation.destination;
+        let protocol = if observation.protocol.trim().is_empty() {
+            protocol_for(Transport::Tcp, endpoint.port).to_owned()
+        } else {
+            crate::observation::normalize_protocol(&observation.protocol)
+        };
+        let facts = ServiceFacts {
+            name: endpoint.host.trim().to_ascii_lowercase(),
+            registered: false,
+            endpoints: if serves {
+                vec![(endpoint.host.clone(), endpoint.port, protocol)]
+            } else {
+                Vec::new()
+            },
+            clients: usize::from(serves),
+            http_upstreams: 0,
+            upstreams: usize::from(!serves),
+            paths: if serves {
+                observation.path.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+        };
+        let (kind, basis) = self.classify_explained(&facts);
+        // A client named like a server kind (`gateway`, `db`) is that kind.
+        match (serves, basis) {
+            (false, Basis::Client) => type_from_name(&facts.name).unwrap_or(kind),
+            _ => kind,
+        }
     }
 
     /// [`Self::classify`] with the step that decided, so callers (the learned

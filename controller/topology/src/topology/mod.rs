@@ -219,6 +219,24 @@ pub struct Topology {
     records_ingested: AtomicU64,
     records_deduplicated: AtomicU64,
     observations_ingested: AtomicU64,
+    /// Where a dependency seen for the first time is announced ([`Self::announce_to`]).
+    appeared: std::sync::OnceLock<tokio::sync::mpsc::Sender<Appeared>>,
+    /// Announcements dropped because the channel was full.
+    appeared_dropped: AtomicU64,
+}
+
+/// A dependency the topology did not hold until this observation: announced at ingest,
+/// before any snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appeared {
+    pub source: String,
+    pub target: String,
+    pub transport: Transport,
+    pub port: u16,
+    /// The protocol of the first observation (what it said, or the port's guess).
+    pub protocol: &'static str,
+    /// When the first observation happened, Unix ns.
+    pub at_unix_ns: u64,
 }
 
 impl Default for Topology {
@@ -270,6 +288,43 @@ impl Topology {
             records_ingested: AtomicU64::new(0),
             records_deduplicated: AtomicU64::new(0),
             observations_ingested: AtomicU64::new(0),
+            appeared: std::sync::OnceLock::new(),
+            appeared_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// From now on, every dependency created by an observation is sent to `sender`
+    /// without waiting: when the channel is full the announcement is dropped (and
+    /// counted, [`Self::appeared_dropped`]) rather than slowing ingest. Set once; a
+    /// second call returns `false` and changes nothing.
+    pub fn announce_to(&self, sender: tokio::sync::mpsc::Sender<Appeared>) -> bool {
+        self.appeared.set(sender).is_ok()
+    }
+
+    /// Announcements of new dependencies dropped because their channel was full.
+    pub fn appeared_dropped(&self) -> u64 {
+        self.appeared_dropped.load(Ordering::Relaxed)
+    }
+
+    fn announce(&self, key: &DependencyKey, protocol: &str, at_unix_ns: u64) {
+        let Some(sender) = self.appeared.get() else {
+            return;
+        };
+        let appeared = Appeared {
+            source: key.client.clone(),
+            target: key.server.clone(),
+            transport: key.transport,
+            port: key.port,
+            // One of the known names (no allocation); they are lower-case by now.
+            protocol: crate::observation::PROTOCOLS
+                .iter()
+                .find(|p| **p == protocol)
+                .copied()
+                .unwrap_or_else(|| key.protocol()),
+            at_unix_ns,
+        };
+        if sender.try_send(appeared).is_err() {
+            self.appeared_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -510,7 +565,7 @@ impl Topology {
             port: server_port,
         };
         let l7 = &observation.l7;
-        let evidence = l7.protocol.as_deref().map(|name| {
+        let evidence = observation.app_protocol().map(|name| {
             let kind = if l7.protocol_from_payload {
                 Evidence::Payload
             } else {
@@ -545,20 +600,23 @@ impl Topology {
             seen,
             reserved.server,
         );
-        self.record(key, at, now, reserved.dependency, |stats| {
+        let protocol = observation.app_protocol().unwrap_or_else(|| key.protocol());
+        self.record(key, at, now, reserved.dependency, protocol, |stats| {
             stats.record(observation)
         });
         Ingested::Counted
     }
 
     /// Applies `apply` to the dependency's total and to its time bucket at `at_unix_ns`.
-    /// `reserved`: a slot was taken for it if it is new.
+    /// `reserved`: a slot was taken for it if it is new. A new one is announced
+    /// ([`Self::announce_to`]) with `protocol`.
     fn record(
         &self,
         key: DependencyKey,
         at_unix_ns: u64,
         now: u64,
         reserved: bool,
+        protocol: &str,
         apply: impl Fn(&mut DependencyStats),
     ) {
         let config = self.buckets;
@@ -584,6 +642,7 @@ impl Topology {
                 let mut stats = BucketedStats::default();
                 stats.record(&config, at_unix_ns, apply);
                 stats.touched_unix_ns = now;
+                self.announce(entry.key(), protocol, at_unix_ns);
                 entry.insert(stats);
                 if !reserved {
                     // Evicted between the check and here: count it all the same.

@@ -180,7 +180,7 @@ impl DependencyStats {
                 },
             );
         }
-        if let Some(protocol) = &o.l7.protocol {
+        if let Some(protocol) = o.app_protocol() {
             let evidence = if o.l7.protocol_from_payload {
                 Evidence::Payload
             } else {

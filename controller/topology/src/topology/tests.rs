@@ -527,3 +527,132 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn tls_carrying_http_is_https_by_port_or_alpn() {
+    let topology = Topology::new();
+    let tls = |remote: (&'static str, u16), alpn: &[&str]| {
+        let mut o = observation("web", Direction::Outbound, ("10.0.0.1", 40000), remote);
+        o.l7.protocol = Some("tls".into());
+        o.l7.protocol_from_payload = true;
+        o.l7.tls_alpn = alpn.iter().map(|a| (*a).to_owned()).collect();
+        o
+    };
+    let directory = Directory::lab();
+    for o in [
+        tls(("192.0.2.1", 443), &[]),
+        tls(("192.0.2.2", 9000), &["h2", "http/1.1"]),
+        tls(("192.0.2.3", 5432), &[]),
+        tls(("192.0.2.4", 9000), &["postgresql"]),
+    ] {
+        assert_eq!(topology.ingest(&o, &directory), Ingested::Counted);
+    }
+    let snapshot = snapshot(&topology);
+    let protocol = |target: &str| {
+        snapshot
+            .dependencies
+            .iter()
+            .find(|d| d.target == target)
+            .map(|d| d.protocol.clone())
+    };
+    assert_eq!(protocol("192.0.2.1:443").as_deref(), Some("https"));
+    assert_eq!(protocol("192.0.2.2:9000").as_deref(), Some("https"));
+    assert_eq!(protocol("192.0.2.3:5432").as_deref(), Some("tls"));
+    assert_eq!(protocol("192.0.2.4:9000").as_deref(), Some("tls"));
+    let server = snapshot.service("192.0.2.2:9000").expect("server");
+    assert_eq!(server.endpoints[0].protocol, "https");
+}
+
+/// What announcing new dependencies costs ingest: 200k records, each a new dependency,
+/// into a topology without and with a consumer draining the announcements (as the
+/// controller's), best of 5.
+/// `cargo test --release -p weft-topology announcing_new_dependencies_costs -- --ignored --nocapture`
+#[test]
+#[ignore = "timing, run by hand in release"]
+fn announcing_new_dependencies_costs() {
+    let directory = Directory::lab();
+    let records: Vec<FlowObservation> = (0..200_000u32)
+        .map(|i| {
+            let server = std::net::Ipv4Addr::from(0x0a01_0000 + i).to_string();
+            let mut o = observation(
+                "web",
+                Direction::Outbound,
+                ("10.0.0.1", 40000),
+                ("10.0.0.9", 80),
+            );
+            o.remote_ip = ip(&server);
+            o
+        })
+        .collect();
+    let run = |announce: bool| -> f64 {
+        let topology = Topology::with_config(BucketConfig::default(), TopologyLimits::unbounded());
+        let consumer = announce.then(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(4_096);
+            topology.announce_to(tx);
+            // As the controller's: drains what is queued, then pauses, so a burst of
+            // new dependencies does not wake it once per dependency.
+            std::thread::spawn(move || {
+                loop {
+                    loop {
+                        match rx.try_recv() {
+                            Ok(_) => {}
+                            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return,
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            })
+        });
+        let start = std::time::Instant::now();
+        for r in &records {
+            topology.ingest(r, &directory);
+        }
+        let rate = records.len() as f64 / start.elapsed().as_secs_f64();
+        eprintln!(
+            "announce={announce}: {rate:.0} records/s, {} announcements dropped",
+            topology.appeared_dropped()
+        );
+        drop(topology);
+        if let Some(c) = consumer {
+            c.join().expect("consumer");
+        }
+        rate
+    };
+    let best = |announce| (0..5).map(|_| run(announce)).fold(0.0, f64::max);
+    let (without, with) = (best(false), best(true));
+    eprintln!(
+        "without {without:.0}/s, with {with:.0}/s: x{:.2}",
+        with / without
+    );
+}
+
+#[test]
+fn tls_captures_are_https_in_the_topology_and_tls_in_the_flows() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../l7/fixtures/tls.pcap"
+    ))
+    .expect("fixture");
+    let imported = crate::import::pcap::import(&bytes);
+    assert!(!imported.flows.is_empty() && !imported.observations.is_empty());
+    for o in &imported.observations {
+        let server = o.destination.to_string();
+        let flow = imported
+            .flows
+            .iter()
+            .find(|f| f.server == server)
+            .unwrap_or_else(|| panic!("no flow to {server}"));
+        assert_eq!(
+            flow.protocol, "tls",
+            "the flow says what the wire said: {flow:?}"
+        );
+        let http = flow
+            .alpn
+            .iter()
+            .any(|a| matches!(a.as_str(), "h2" | "http/1.1" | "http/1.0"))
+            || matches!(o.destination.port, 443 | 8443);
+        assert!(http, "the fixture's TLS carries HTTP: {flow:?}");
+        assert_eq!(o.protocol, "https", "{flow:?}");
+    }
+}

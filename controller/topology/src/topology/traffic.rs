@@ -155,6 +155,8 @@ impl Topology {
         let (evidence, protocol) = if protocol.is_empty() {
             (Evidence::Port, protocol_for(transport, port).to_owned())
         } else {
+            // TLS on an HTTPS port is the spec's `https` (no ALPN in an observation).
+            let protocol = super::classify::https_if_http(&protocol, port, &[]).to_owned();
             (Evidence::Declared, protocol)
         };
 
@@ -200,7 +202,7 @@ impl Topology {
             reserved.server,
         );
         let ipv6 = destination_ip.map(|ip| ip.is_ipv6());
-        self.record(key, at, now, reserved.dependency, |stats| {
+        self.record(key, at, now, reserved.dependency, &protocol, |stats| {
             stats.record_request(o, evidence, &protocol, at, ipv6);
         });
         self.observations_ingested.fetch_add(1, Ordering::Relaxed);

@@ -227,3 +227,45 @@ fn bad_rules_name_the_line_or_field() {
     .to_string();
     assert!(bad_protocol.contains("match_protocol"), "{bad_protocol}");
 }
+
+#[test]
+fn classify_service_reads_one_endpoint_and_one_observation() {
+    use crate::mapper::create_traffic_observation;
+    use crate::observation::Protocol;
+    let c = ServiceClassifier::new();
+    let db = create_traffic_observation(
+        "user-service.internal",
+        8080,
+        "10.0.0.9",
+        5432,
+        Protocol::Postgres,
+    );
+    assert_eq!(
+        c.classify_service(&db.destination, &db),
+        ServiceType::Database
+    );
+    assert_eq!(c.classify_service(&db.source, &db), ServiceType::Client);
+    let guessed = create_traffic_observation("a", 1, "10.0.0.9", 6379, "");
+    assert_eq!(
+        c.classify_service(&guessed.destination, &guessed),
+        ServiceType::Cache
+    );
+    let mut api = create_traffic_observation("web", 1, "orders.internal", 8080, Protocol::Http);
+    api.path = Some("/api/orders".into());
+    assert_eq!(
+        c.classify_service(&api.destination, &api),
+        ServiceType::Microservice
+    );
+    api.path = Some("/index.html".into());
+    assert_eq!(
+        c.classify_service(&api.destination, &api),
+        ServiceType::WebServer
+    );
+    let ext = create_traffic_observation("web", 1, "api.stripe.com", 443, Protocol::Https);
+    assert_eq!(
+        c.classify_service(&ext.destination, &ext),
+        ServiceType::ExternalApi
+    );
+    let gw = create_traffic_observation("edge-gateway", 443, "orders.internal", 8080, "http");
+    assert_eq!(c.classify_service(&gw.source, &gw), ServiceType::ApiGateway);
+}
