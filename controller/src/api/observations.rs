@@ -13,7 +13,13 @@ use weft_topology::time::now_unix_ns;
 use weft_topology::topology::{ObservationError, check_fields};
 
 use super::error::ApiError;
+use super::openapi::topology_wire::{self, ObservationsAccepted};
 use crate::state::AppState;
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(post_observations))]
+pub struct Doc;
 
 #[derive(Debug, Serialize)]
 pub struct LineError {
@@ -176,6 +182,27 @@ pub fn ingest_body(state: &AppState, body: &str) -> Result<Accepted, ApiError> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/observations",
+    tag = "observations",
+    request_body(
+        description = "A JSON array of observations, or JSON lines (one observation a line)",
+        content(
+            (Vec<topology_wire::TrafficObservation> = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Some or all were merged; the others are listed", body = ObservationsAccepted),
+        (status = 400, description = "The body is not observations, or none was valid (then `errors` lists why)", content(
+            (ObservationsAccepted = "application/json"),
+            (crate::api::error::Problem = "application/problem+json"),
+        )),
+        (status = 422, description = "A timestamp outside the accepted window or a name with control characters: nothing was merged"),
+        (status = 503, description = "No observation fitted in the limits (services, dependencies) or another limit is reached"),
+    )
+)]
 pub async fn post_observations(
     State(state): State<AppState>,
     body: String,

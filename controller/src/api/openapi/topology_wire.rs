@@ -1,0 +1,80 @@
+//! The two wire shapes issue 15 changes: the body of `GET /topology` and the items of
+//! `POST /observations`, as they are today (weft's own field names). Both are documented
+//! here and nowhere else, so that when the spec's data-model shape becomes the default
+//! (`GET /topology`, with `shape=weft` keeping this one) and the spec's
+//! `TrafficObservation` is accepted beside weft's, only this file changes.
+#![allow(dead_code)] // descriptions of JSON shapes: never built, only derived from
+
+use utoipa::ToSchema;
+
+/// `GET /topology` (and `?shape=weft`): the topology in weft's field names.
+#[derive(ToSchema)]
+pub struct Topology {
+    /// RFC 3339.
+    generated_at: String,
+    /// Sorted by name.
+    #[schema(value_type = Vec<Object>)]
+    services: (),
+    /// Sorted by (source, target, transport, port).
+    #[schema(value_type = Vec<Object>)]
+    dependencies: (),
+    /// Everything in the snapshot added up.
+    #[schema(value_type = Object)]
+    totals: (),
+    #[schema(value_type = Object)]
+    stats: (),
+}
+
+/// One end of an observed exchange.
+#[derive(ToSchema)]
+pub struct ObservationEndpoint {
+    #[schema(example = "10.0.0.5")]
+    host: String,
+    #[schema(example = 8080)]
+    port: u16,
+}
+
+/// One traffic observation (weft's shape): an element of a JSON array, or one line of
+/// JSON lines.
+#[derive(ToSchema)]
+pub struct TrafficObservation {
+    /// When it happened, Unix nanoseconds.
+    timestamp_unix_ns: u64,
+    source: ObservationEndpoint,
+    destination: ObservationEndpoint,
+    /// http, https, http2, grpc, websocket, tls, postgres, mysql, mongodb, redis, kafka,
+    /// amqp, dns, tcp or udp.
+    #[schema(example = "http")]
+    protocol: String,
+    /// Client to server.
+    bytes_sent: u64,
+    /// Server to client.
+    bytes_received: u64,
+    latency_ms: f64,
+    status_code: Option<u16>,
+    method: Option<String>,
+    path: Option<String>,
+    /// The exchange failed in a way the status code does not show.
+    #[schema(default = false)]
+    error: Option<bool>,
+}
+
+/// Why one item of a `POST /observations` body was not merged.
+#[derive(ToSchema)]
+pub struct ObservationError {
+    /// 1-based line of a JSON-lines body.
+    line: Option<u64>,
+    /// 0-based index of an array element.
+    index: Option<u64>,
+    field: Option<String>,
+    /// The limit that kept a valid observation out (`services`, `dependencies`).
+    limit: Option<String>,
+    message: String,
+}
+
+/// What `POST /observations` merged, and what it did not.
+#[derive(ToSchema)]
+pub struct ObservationsAccepted {
+    accepted: u64,
+    errors: Vec<ObservationError>,
+}
