@@ -171,7 +171,7 @@ pub async fn get_allowed(State(state): State<AppState>) -> Result<impl IntoRespo
     put,
     path = "/policy/allowed-dependencies",
     tag = "topology",
-    request_body(content = String, content_type = "application/toml", description = "The allow-list as TOML"),
+    request_body(content = String, content_type = "text/plain", description = "The allow-list as TOML"),
     responses((status = 200, description = "The allow-list now in force", body = Object))
 )]
 pub async fn put_allowed(

@@ -155,7 +155,8 @@ fn finish(doc: &mut utoipa::openapi::OpenApi) {
     for (path, item) in doc.paths.paths.iter_mut() {
         let open = OPEN.contains(&path.as_str());
         let path_params = path.contains('{');
-        for op in operations(item) {
+        for (method, op) in operations(item) {
+            op.operation_id = Some(operation_id(method, path));
             if open {
                 // An empty requirement: no credentials needed.
                 op.security = Some(vec![SecurityRequirement::default()]);
@@ -208,20 +209,33 @@ fn finish(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// Every operation of a path item.
-fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+/// Every operation of a path item, with its method.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = (&'static str, &mut Operation)> {
     [
-        item.get.as_mut(),
-        item.put.as_mut(),
-        item.post.as_mut(),
-        item.delete.as_mut(),
-        item.options.as_mut(),
-        item.head.as_mut(),
-        item.patch.as_mut(),
-        item.trace.as_mut(),
+        ("get", item.get.as_mut()),
+        ("put", item.put.as_mut()),
+        ("post", item.post.as_mut()),
+        ("delete", item.delete.as_mut()),
+        ("options", item.options.as_mut()),
+        ("head", item.head.as_mut()),
+        ("patch", item.patch.as_mut()),
+        ("trace", item.trace.as_mut()),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(method, op)| op.map(|op| (method, op)))
+}
+
+/// A unique operation id from the method and the path: `delete_tokens_id`,
+/// `get_topology_dot` (handlers of different modules share names such as `create`).
+pub fn operation_id(method: &str, path: &str) -> String {
+    let words: Vec<String> = path
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    format!("{method}_{}", words.join("_"))
 }
 
 #[cfg(test)]
@@ -257,5 +271,15 @@ mod tests {
             doc["components"]["securitySchemes"][BEARER]["scheme"],
             "bearer"
         );
+        let mut ids: Vec<&str> = paths
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .map(|op| op["operationId"].as_str().unwrap())
+            .collect();
+        let count = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "operation ids are unique");
+        assert!(ids.contains(&"delete_tokens_id"), "{ids:?}");
     }
 }
