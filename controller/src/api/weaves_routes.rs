@@ -279,7 +279,7 @@ async fn remove_route(
 
 #[utoipa::path(
     post,
-    path = "/weaves/{weave_id}/active",
+    path = "/weaves/{weave_id}/activate",
     tag = "weaves",
     params(("weave_id" = String, Path, description = "The weave")),
     responses(
@@ -299,7 +299,7 @@ async fn activate(
 
 #[utoipa::path(
     delete,
-    path = "/weaves/{weave_id}/active",
+    path = "/weaves/{weave_id}/activate",
     tag = "weaves",
     params(("weave_id" = String, Path, description = "The weave")),
     responses(
