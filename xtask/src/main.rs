@@ -10,6 +10,7 @@ mod bench_tls;
 mod bench_weaves;
 mod demo;
 mod fuzz;
+mod schemathesis;
 mod setup;
 mod sh;
 
