@@ -54,7 +54,12 @@ fn a_body_that_is_not_utf8_is_a_problem() {
         ("PUT", "/policy/allowed-dependencies"),
         ("POST", "/analytics/classification"),
     ] {
-        let r = c.request(method, path, &[("content-type", "text/plain")], b"\xff\xfe[]");
+        let r = c.request(
+            method,
+            path,
+            &[("content-type", "text/plain")],
+            b"\xff\xfe[]",
+        );
         let detail = problem(&r, 400);
         assert!(detail.to_lowercase().contains("utf-8"), "{path}: {detail}");
     }

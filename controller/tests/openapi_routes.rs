@@ -44,7 +44,11 @@ fn source_paths() -> BTreeSet<String> {
             }
         }
     }
-    assert!(paths.len() > 50, "only {} routes found: {paths:?}", paths.len());
+    assert!(
+        paths.len() > 50,
+        "only {} routes found: {paths:?}",
+        paths.len()
+    );
     paths
 }
 
@@ -75,7 +79,12 @@ async fn routed(state: &AppState, method: &Method, path: &str) -> bool {
         return false;
     }
     if status == StatusCode::NOT_FOUND {
-        let body = response.into_body().collect().await.expect("body").to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         let problem: serde_json::Value = serde_json::from_slice(&body).expect("problem+json");
         // The fallback's detail is exactly this; a handler's 404 says more.
         let fallback = format!("no resource at {}", concrete(path));

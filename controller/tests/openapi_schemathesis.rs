@@ -156,8 +156,7 @@ fn request(
 }
 
 fn json_field(body: &str, field: &str) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     match &v[field] {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -382,13 +381,8 @@ fn check_streams(c: &Controller) {
         if !takes_parameters {
             continue;
         }
-        let (status, head, body) = request(
-            c,
-            "GET",
-            &format!("{path}?nope=1"),
-            "application/json",
-            "",
-        );
+        let (status, head, body) =
+            request(c, "GET", &format!("{path}?nope=1"), "application/json", "");
         assert_eq!(status, 400, "{path}?nope=1: {body}");
         assert!(
             head.contains("content-type: application/problem+json"),

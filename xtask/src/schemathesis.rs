@@ -34,7 +34,10 @@ pub fn install() -> Result<()> {
         println!("    schemathesis {VERSION}: installed ({})", st.display());
         return Ok(());
     }
-    println!("    schemathesis {VERSION}: installing into {}", venv.display());
+    println!(
+        "    schemathesis {VERSION}: installing into {}",
+        venv.display()
+    );
     if !venv.join("bin/pip").exists() {
         run_inherit(
             Command::new("/usr/bin/python3")

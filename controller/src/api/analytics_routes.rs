@@ -8,8 +8,8 @@ use axum::response::IntoResponse;
 use weft_topology::analytics;
 
 use super::error::ApiError;
-use super::query::Params;
 use super::openapi::schemas::Bottlenecks;
+use super::query::Params;
 use super::views::{SINCE, UNTIL, WindowParams};
 use crate::state::AppState;
 

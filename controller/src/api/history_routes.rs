@@ -13,10 +13,10 @@ use weft_topology::history::{AllowList, DiffThresholds, HistoryError, diff};
 use weft_topology::time::{now_unix_ns, rfc3339};
 
 use super::error::ApiError;
+use super::openapi::schemas::Violations;
 use super::query::Params;
 use crate::auth::http::ClientId;
 use crate::limits::Guard;
-use super::openapi::schemas::Violations;
 use crate::state::AppState;
 
 /// This module's part of the OpenAPI document.

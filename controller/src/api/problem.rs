@@ -14,11 +14,8 @@ use super::error::{PROBLEM_JSON, problem_response};
 const MAX_DETAIL: usize = 4096;
 
 /// Headers of the original error response that still say something to the caller.
-const KEPT: [header::HeaderName; 3] = [
-    header::ALLOW,
-    header::RETRY_AFTER,
-    header::WWW_AUTHENTICATE,
-];
+const KEPT: [header::HeaderName; 3] =
+    [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE];
 
 fn is_problem(headers: &HeaderMap) -> bool {
     headers
@@ -30,12 +27,14 @@ fn is_problem(headers: &HeaderMap) -> bool {
 /// Leaves successes and problem+json alone; turns any other 4xx/5xx into problem+json.
 pub async fn rewrite(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_problem(response.headers())
-    {
+    if !(status.is_client_error() || status.is_server_error()) || is_problem(response.headers()) {
         return response;
     }
     let (parts, body) = response.into_parts();
-    let text = match http_body_util::Limited::new(body, MAX_DETAIL).collect().await {
+    let text = match http_body_util::Limited::new(body, MAX_DETAIL)
+        .collect()
+        .await
+    {
         Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
             .trim()
             .to_owned(),

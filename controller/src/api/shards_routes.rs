@@ -545,7 +545,6 @@ async fn deallocate_shard(
     })
 }
 
-
 /// A `POST /networks/{network_id}/addresses` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocateRequest {

@@ -123,13 +123,10 @@ fn string_header(description: &str) -> utoipa::openapi::header::Header {
 
 /// Adds a response of `status` (problem+json) unless the operation documents it already.
 fn add_error(op: &mut Operation, status: u16, description: &str) {
-    let key = status.to_string();
-    if !op.responses.responses.contains_key(&key) {
-        op.responses.responses.insert(
-            key,
-            RefOr::T(ResponseBuilder::new().description(description).build()),
-        );
-    }
+    op.responses
+        .responses
+        .entry(status.to_string())
+        .or_insert_with(|| RefOr::T(ResponseBuilder::new().description(description).build()));
 }
 
 /// What every operation shares: the security scheme and requirement, the statuses of the
