@@ -220,7 +220,7 @@ pub async fn classification_get(
     path = "/analytics/classification",
     tag = "analytics",
     params(WindowParams),
-    request_body(content = String, content_type = "text/plain", description = "TOML training labels: `[[example]] service = \"x\" type = \"cache\"` (empty: none)"),
+    request_body(content = Option<String>, content_type = "text/plain", description = "TOML training labels: `[[example]] service = \"x\" type = \"cache\"` (empty: none)"),
     responses((status = 200, description = "Each service's type, with the labels as training", body = Object))
 )]
 pub async fn classification_post(

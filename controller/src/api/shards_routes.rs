@@ -320,7 +320,7 @@ pub fn parse_create_body(body: &[u8]) -> Result<CreateShard, ApiError> {
     post,
     path = "/shards",
     tag = "shards",
-    request_body(content = CreateShardBody, content_type = "application/json", description = "Empty, or the shard wanted"),
+    request_body(content = Option<CreateShardBody>, content_type = "application/json", description = "Empty, or the shard wanted"),
     responses(
         (status = 201, description = "The shard made", body = crate::api::openapi::schemas::Shard, headers(("Location" = String, description = "The shard's URL"))),
         (status = 409, description = "No room for such a shard"),

@@ -251,7 +251,7 @@ pub async fn service_dependencies(
     get,
     path = "/flows",
     tag = "topology",
-    params(("limit" = Option<u32>, Query, description = "At most this many flows (default 100, at most the capacity)", minimum = 1)),
+    params(("limit" = Option<u64>, Query, description = "At most this many flows (default 100; more than the capacity means the capacity)", minimum = 1)),
     responses((status = 200, description = "The flows reported last, most recent first", body = crate::api::openapi::schemas::Flows))
 )]
 /// `GET /flows?limit=N`: the flows the agents reported last (at most `limit`, default 100),
