@@ -123,6 +123,16 @@ pub struct Problem {
 /// [`ApiError`], such as the framework's own rejections rewritten by
 /// [`super::problem::rewrite`]).
 pub fn problem_response(status: StatusCode, detail: String) -> Response {
+    problem_with(status, detail, serde_json::Map::new())
+}
+
+/// As [`problem_response`], with extension members (RFC 9457 section 3.2) beside the
+/// standard ones, e.g. the per-item report of a body none of whose items was taken.
+pub fn problem_with(
+    status: StatusCode,
+    detail: String,
+    extensions: serde_json::Map<String, serde_json::Value>,
+) -> Response {
     let problem = Problem {
         problem_type: "about:blank",
         title: status.canonical_reason().unwrap_or("Error"),
@@ -130,12 +140,14 @@ pub fn problem_response(status: StatusCode, detail: String) -> Response {
         detail,
         parameter: None,
     };
-    (
-        status,
-        [(header::CONTENT_TYPE, PROBLEM_JSON)],
-        Json(problem),
-    )
-        .into_response()
+    let mut body = match serde_json::to_value(problem) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    for (key, value) in extensions {
+        body.entry(key).or_insert(value);
+    }
+    (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(body)).into_response()
 }
 
 impl IntoResponse for ApiError {

@@ -78,3 +78,17 @@ pub struct ObservationsAccepted {
     accepted: u64,
     errors: Vec<ObservationError>,
 }
+
+/// `POST /observations` when nothing was taken: a problem whose `errors` (when the body
+/// had items) says why each was refused.
+#[derive(ToSchema)]
+pub struct ObservationsRefused {
+    r#type: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// 0 (present when the body had items).
+    accepted: Option<u64>,
+    /// Why each item was refused (present when the body had items).
+    errors: Option<Vec<ObservationError>>,
+}
