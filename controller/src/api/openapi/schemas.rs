@@ -87,10 +87,22 @@ pub struct Migration {
     id: String,
     shard_id: String,
     network_id: String,
+    #[schema(pattern = "^(Running|Paused|Completed|Failed)$")]
+    state: String,
+    /// Why it is paused or failed (empty otherwise).
+    error: String,
+    created_ns: u64,
+    updated_ns: u64,
+    finished_ns: u64,
+    /// One per workload to move.
+    #[schema(value_type = Vec<Object>)]
+    moves: (),
     /// RFC 3339.
     created: String,
     /// RFC 3339.
     updated: String,
+    /// RFC 3339, once finished.
+    finished: Option<String>,
     moved: u64,
     rolled_back: u64,
     total: u64,
@@ -357,11 +369,34 @@ pub struct Violations {
     violations: (),
 }
 
-/// A shadow (the shadow manager's record).
+/// A shadow and its state now (the shadow manager's `ShadowInfo`).
 #[derive(ToSchema)]
 pub struct Shadow {
     id: String,
     production: String,
+    nodes: Vec<String>,
+    hosts: Vec<String>,
+    #[schema(value_type = Object)]
+    policy: (),
+    networks: Vec<String>,
+    #[schema(pattern = "^(provisioning|sampling|degraded)$")]
+    state: String,
+    error: String,
+    created_unix_ns: u64,
+    #[schema(value_type = Object)]
+    counters: (),
+    #[schema(value_type = Vec<Object>)]
+    analysis: (),
+    noise_baseline: bool,
+    revision: u64,
+    /// Sampled node -> its sink's host and port.
+    #[schema(value_type = Object)]
+    sinks: (),
+    /// The synthetic load asked for last.
+    #[schema(value_type = Option<Object>)]
+    synthetic: (),
+    #[schema(value_type = Vec<Object>)]
+    scaling: (),
 }
 
 #[derive(ToSchema)]
@@ -369,11 +404,30 @@ pub struct ShadowList {
     shadows: Vec<Shadow>,
 }
 
-/// A weave (the weave manager's record).
+/// A weave's route: port 0 is every port (the weave is active).
+#[derive(ToSchema)]
+pub struct WeaveRoute {
+    node: String,
+    port: u32,
+}
+
+/// A weave and its state now (the weave manager's `WeaveInfo`).
 #[derive(ToSchema)]
 pub struct Weave {
     id: String,
     environment: String,
+    at_unix_ns: u64,
+    environment_revision: u64,
+    revision_applied_unix_ns: u64,
+    created_unix_ns: u64,
+    #[schema(pattern = "^(provisioning|running|degraded)$")]
+    state: String,
+    error: String,
+    snapshots: BTreeMap<String, String>,
+    routes: Vec<WeaveRoute>,
+    active: bool,
+    placement: BTreeMap<String, String>,
+    ready_seconds: f64,
 }
 
 #[derive(ToSchema)]
