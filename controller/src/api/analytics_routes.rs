@@ -31,7 +31,7 @@ pub struct Doc;
     path = "/analytics/critical",
     tag = "analytics",
     params(WindowParams),
-    responses((status = 200, description = "Services ranked by how much depends on them", body = Vec<Object>))
+    responses((status = 200, description = "Services ranked by how much depends on them", body = Vec<analytics::critical::CriticalService>))
 )]
 pub async fn critical(
     State(state): State<AppState>,
@@ -81,7 +81,7 @@ pub async fn bottlenecks(
     path = "/analytics/patterns",
     tag = "analytics",
     params(WindowParams),
-    responses((status = 200, description = "Traffic patterns", body = Object))
+    responses((status = 200, description = "Traffic patterns", body = analytics::patterns::TrafficPatterns))
 )]
 pub async fn patterns(
     State(state): State<AppState>,
