@@ -110,12 +110,19 @@ async fn observations_report_bad_lines_and_keep_the_good_ones() {
         ),
         (Some(1), Some(1))
     );
-    let (status, content_type, _) = call(&state, Method::POST, "/observations", "garbage").await;
+    let (status, content_type, refused) =
+        call(&state, Method::POST, "/observations", "garbage").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(
-        content_type, "application/json",
-        "a per-line report, all lines refused"
+        content_type, "application/problem+json",
+        "all lines refused: a problem, with the per-line report"
     );
+    let refused: Value = serde_json::from_str(&refused).expect("JSON");
+    assert_eq!(
+        (refused["status"].as_u64(), refused["accepted"].as_u64()),
+        (Some(400), Some(0))
+    );
+    assert_eq!(refused["errors"][0]["line"], 1, "{refused}");
     let (status, content_type, problem) = call(&state, Method::POST, "/observations", "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(content_type, "application/problem+json", "{problem}");

@@ -12,6 +12,7 @@ mod bench_weaves;
 mod demo;
 mod demo_console;
 mod fuzz;
+mod schemathesis;
 mod setup;
 mod sh;
 

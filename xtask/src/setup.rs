@@ -1,5 +1,5 @@
-//! `cargo xtask setup`: the TOOLCHAIN.md recipe, cargo-fuzz, Debian packages, bpffs. Every
-//! step checks first and does nothing when its work is already done.
+//! `cargo xtask setup`: the TOOLCHAIN.md recipe, cargo-fuzz, Debian packages, schemathesis,
+//! bpffs. Every step checks first and does nothing when its work is already done.
 
 use std::path::Path;
 use std::process::Command;
@@ -19,6 +19,8 @@ pub const PACKAGES: &[&str] = &[
     "curl",
     "socat",
     "python3",
+    // The venv that schemathesis (the OpenAPI check) is installed into.
+    "python3-venv",
     "iptables",
     "nginx",
     "postgresql",
@@ -82,6 +84,7 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     crate::fuzz::cargo_fuzz()?;
     packages()?;
+    crate::schemathesis::install()?;
     stop_services();
     bpffs()?;
     println!("    setup done");

@@ -8,9 +8,31 @@ use axum::response::IntoResponse;
 use weft_topology::analytics;
 
 use super::error::ApiError;
+use super::openapi::schemas::Bottlenecks;
 use super::query::Params;
+use super::views::{SINCE, UNTIL, WindowParams};
 use crate::state::AppState;
 
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    critical,
+    bottlenecks,
+    patterns,
+    anomalies,
+    scaling,
+    classification_get,
+    classification_post
+))]
+pub struct Doc;
+
+#[utoipa::path(
+    get,
+    path = "/analytics/critical",
+    tag = "analytics",
+    params(WindowParams),
+    responses((status = 200, description = "Services ranked by how much depends on them", body = Vec<analytics::critical::CriticalService>))
+)]
 pub async fn critical(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -21,6 +43,18 @@ pub async fn critical(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/analytics/bottlenecks",
+    tag = "analytics",
+    params(
+        ("since" = Option<String>, Query, description = SINCE),
+        ("until" = Option<String>, Query, description = UNTIL),
+        ("threshold_ms" = Option<f64>, Query, description = "Slower than this (default 100)", minimum = 0),
+        ("stat" = Option<String>, Query, description = "avg (default), p50, p95 or p99"),
+    ),
+    responses((status = 200, description = "Dependencies slower than the threshold", body = Bottlenecks))
+)]
 pub async fn bottlenecks(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -42,6 +76,13 @@ pub async fn bottlenecks(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/analytics/patterns",
+    tag = "analytics",
+    params(WindowParams),
+    responses((status = 200, description = "Traffic patterns", body = analytics::patterns::TrafficPatterns))
+)]
 pub async fn patterns(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -90,6 +131,18 @@ fn count(params: &Params, name: &str, default: usize, min: usize) -> Result<usiz
     Ok(value as usize)
 }
 
+#[utoipa::path(
+    get,
+    path = "/analytics/anomalies",
+    tag = "analytics",
+    params(
+        ("since" = Option<String>, Query, description = "Start of the baseline (default an hour before `until`)"),
+        ("until" = Option<String>, Query, description = UNTIL),
+        ("threshold" = Option<f64>, Query, description = "Standard deviations that make an anomaly (> 0)"),
+        ("min_baseline" = Option<u32>, Query, description = "Buckets of baseline needed (2 to 10000)", minimum = 2, maximum = 10000),
+    ),
+    responses((status = 200, description = "The anomalies of the latest complete bucket", body = Object))
+)]
 /// `GET /analytics/anomalies?since=&until=&threshold=&min_baseline=`: the latest complete
 /// bucket before `until` (default now) against the buckets from `since` (default an
 /// hour before). On demand: nothing is published as an event here.
@@ -114,6 +167,18 @@ pub async fn anomalies(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/analytics/scaling",
+    tag = "analytics",
+    params(
+        ("since" = Option<String>, Query, description = "Start of the history read (default 30 buckets before `until`)"),
+        ("until" = Option<String>, Query, description = UNTIL),
+        ("latency_target_ms" = Option<f64>, Query, description = "The latency to stay under (> 0)"),
+        ("horizon" = Option<u32>, Query, description = "Buckets ahead to forecast (1 to 10000)", minimum = 1, maximum = 10000),
+    ),
+    responses((status = 200, description = "Scaling recommendations", body = Object))
+)]
 /// `GET /analytics/scaling?since=&until=&latency_target_ms=&horizon=`.
 pub async fn scaling(
     State(state): State<AppState>,
@@ -134,6 +199,36 @@ pub async fn scaling(
         until,
         &config,
     )))
+}
+
+#[utoipa::path(
+    get,
+    path = "/analytics/classification",
+    tag = "analytics",
+    params(WindowParams),
+    responses((status = 200, description = "Each service's type as the learned classifier sees it", body = Object))
+)]
+pub async fn classification_get(
+    state: State<AppState>,
+    params: Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    classification(state, params, String::new()).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/analytics/classification",
+    tag = "analytics",
+    params(WindowParams),
+    request_body(content = Option<String>, content_type = "text/plain", description = "TOML training labels: `[[example]] service = \"x\" type = \"cache\"` (empty: none)"),
+    responses((status = 200, description = "Each service's type, with the labels as training", body = Object))
+)]
+pub async fn classification_post(
+    state: State<AppState>,
+    params: Query<HashMap<String, String>>,
+    body: String,
+) -> Result<impl IntoResponse, ApiError> {
+    classification(state, params, body).await
 }
 
 /// `GET /analytics/classification?since=&until=`; `POST` the same with a TOML body of

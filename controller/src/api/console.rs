@@ -85,14 +85,59 @@ fn etag(index: usize) -> &'static str {
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/ui", get(index))
-        .route("/ui/", get(index))
+        .route("/ui/", get(index_slash))
         .route("/ui/{*path}", get(file))
 }
 
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(index, index_slash, file))]
+pub struct Doc;
+
+/// The web console's page (no token needed: the page holds no data).
+#[utoipa::path(
+    get,
+    path = "/ui",
+    tag = "console",
+    responses(
+        (status = 200, description = "The console's HTML page", body = String, content_type = "text/html; charset=utf-8"),
+        (status = 304, description = "The client holds this version (If-None-Match)"),
+    )
+)]
 async fn index(headers: HeaderMap) -> Response {
     serve(0, &headers)
 }
 
+/// The web console's page, as `/ui`.
+#[utoipa::path(
+    get,
+    path = "/ui/",
+    tag = "console",
+    responses(
+        (status = 200, description = "The console's HTML page", body = String, content_type = "text/html; charset=utf-8"),
+        (status = 304, description = "The client holds this version (If-None-Match)"),
+    )
+)]
+async fn index_slash(headers: HeaderMap) -> Response {
+    serve(0, &headers)
+}
+
+/// One of the console's assets: its ES modules (`js/*.js`), stylesheet and page.
+#[utoipa::path(
+    get,
+    path = "/ui/{path}",
+    tag = "console",
+    params(("path" = String, Path, description = "The asset, e.g. `js/main.js` or `console.css`")),
+    responses(
+        (status = 200, description = "The asset", content(
+            (String = "text/javascript; charset=utf-8"),
+            (String = "text/css; charset=utf-8"),
+            (String = "text/html; charset=utf-8"),
+        )),
+        (status = 304, description = "The client holds this version (If-None-Match)"),
+        (status = 404, description = "No such asset"),
+    )
+)]
 async fn file(Path(path): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let index = asset(&path).ok_or_else(|| ApiError::NotFound(format!("/ui/{path}")))?;
     Ok(serve(index, &headers))

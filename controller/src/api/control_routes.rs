@@ -19,6 +19,11 @@ use weft_control::{ControlEvent, DriftRepaired, HostStatus, ResourceState, Resou
 use super::error::ApiError;
 use crate::state::AppState;
 
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_hosts, host_status, events))]
+pub struct Doc;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/hosts", get(list_hosts))
@@ -66,6 +71,12 @@ fn cloud_event(event: &ControlEvent) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/events/control",
+    tag = "events",
+    responses((status = 200, description = "Server-sent control CloudEvents: the drift kept per host, then live events (never ends)", body = String, content_type = "text/event-stream"))
+)]
 /// Server-sent events: the drift still kept per host (oldest first), then live events.
 async fn events(State(state): State<AppState>) -> impl IntoResponse {
     // Subscribe before reading what is kept, so nothing reported in between is missed.
@@ -140,6 +151,12 @@ fn drift(d: &DriftRepaired) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/hosts",
+    tag = "control",
+    responses((status = 200, description = "Every host with desired state or an agent", body = crate::api::openapi::schemas::HostList))
+)]
 async fn list_hosts(State(state): State<AppState>) -> Json<Value> {
     let hosts: Vec<Value> = state
         .control
@@ -151,6 +168,16 @@ async fn list_hosts(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "hosts": hosts }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/hosts/{host_id}/status",
+    tag = "control",
+    params(("host_id" = String, Path, description = "The host")),
+    responses(
+        (status = 200, description = "The host's desired and applied state", body = crate::api::openapi::schemas::HostStatus),
+        (status = 404, description = "No such host"),
+    )
+)]
 async fn host_status(
     State(state): State<AppState>,
     Path(host): Path<String>,

@@ -98,17 +98,56 @@ impl ApiError {
     }
 }
 
-/// RFC 9457 problem details.
-#[derive(Debug, Serialize)]
-struct Problem {
+/// RFC 9457 problem details: the body of every error the REST API sends
+/// (`application/problem+json`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status says what kind of problem it is.
     #[serde(rename = "type")]
-    problem_type: &'static str,
-    title: &'static str,
-    status: u16,
-    detail: String,
-    /// The query parameter at fault, for 400s about one.
+    #[schema(example = "about:blank")]
+    pub problem_type: &'static str,
+    /// The status's reason phrase.
+    #[schema(example = "Bad Request")]
+    pub title: &'static str,
+    /// The HTTP status code.
+    #[schema(example = 400)]
+    pub status: u16,
+    /// What was wrong, in words meant for the caller.
+    pub detail: String,
+    /// The query parameter, path segment or body field at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameter: Option<String>,
+    pub parameter: Option<String>,
+}
+
+/// A problem+json response of `status` saying `detail` (for errors that are not an
+/// [`ApiError`], such as the framework's own rejections rewritten by
+/// [`super::problem::rewrite`]).
+pub fn problem_response(status: StatusCode, detail: String) -> Response {
+    problem_with(status, detail, serde_json::Map::new())
+}
+
+/// As [`problem_response`], with extension members (RFC 9457 section 3.2) beside the
+/// standard ones, e.g. the per-item report of a body none of whose items was taken.
+pub fn problem_with(
+    status: StatusCode,
+    detail: String,
+    extensions: serde_json::Map<String, serde_json::Value>,
+) -> Response {
+    let problem = Problem {
+        problem_type: "about:blank",
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        detail,
+        parameter: None,
+    };
+    let mut body = match serde_json::to_value(problem) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    for (key, value) in extensions {
+        body.entry(key).or_insert(value);
+    }
+    (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], Json(body)).into_response()
 }
 
 impl IntoResponse for ApiError {

@@ -13,19 +13,48 @@ use weft_topology::history::{AllowList, DiffThresholds, HistoryError, diff};
 use weft_topology::time::{now_unix_ns, rfc3339};
 
 use super::error::ApiError;
+use super::openapi::schemas::Violations;
 use super::query::Params;
 use crate::auth::http::ClientId;
 use crate::limits::Guard;
 use crate::state::AppState;
 
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    list_snapshots,
+    take_snapshot,
+    topology_diff,
+    violations,
+    get_allowed,
+    put_allowed,
+    events
+))]
+pub struct Doc;
+
 fn internal(error: HistoryError) -> ApiError {
     ApiError::Internal(error.to_string())
 }
 
+#[utoipa::path(
+    get,
+    path = "/topology/snapshots",
+    tag = "topology",
+    responses((status = 200, description = "The snapshots kept, oldest first", body = Vec<Object>))
+)]
 pub async fn list_snapshots(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.history.snapshots().map_err(internal)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/topology/snapshots",
+    tag = "topology",
+    responses(
+        (status = 201, description = "The snapshot taken", body = Object),
+        (status = 429, description = "This client took one too recently (--manual-snapshot-min-interval)"),
+    )
+)]
 /// `POST /topology/snapshots`: a snapshot on request, kept apart from the scheduled ones
 /// (`--max-manual-snapshots`) and at most one per `--manual-snapshot-min-interval` per
 /// client (its token; 429 with `Retry-After` sooner).
@@ -50,6 +79,18 @@ pub async fn take_snapshot(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/topology/diff",
+    tag = "topology",
+    params(
+        ("from" = String, Query, description = "RFC 3339, or a duration ago such as `1h`: the snapshot at or before it"),
+        ("to" = Option<String>, Query, description = "RFC 3339 or a duration ago (default now: the live topology)"),
+        ("latency_ratio" = Option<f64>, Query, description = "A latency this many times the old one counts as a change", minimum = 0),
+        ("error_rate" = Option<f64>, Query, description = "An error rate change this large counts", minimum = 0),
+    ),
+    responses((status = 200, description = "What changed between the two", body = Object))
+)]
 pub async fn topology_diff(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -93,6 +134,12 @@ pub async fn topology_diff(
     Ok(Json(diff(&before, &after, thresholds)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/topology/violations",
+    tag = "topology",
+    responses((status = 200, description = "Dependencies outside the allow-list", body = Violations))
+)]
 pub async fn violations(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let snapshot = state.snapshot();
     let configured = state.history.allow_list().is_some();
@@ -102,6 +149,15 @@ pub async fn violations(State(state): State<AppState>) -> Result<impl IntoRespon
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/policy/allowed-dependencies",
+    tag = "topology",
+    responses(
+        (status = 200, description = "The allow-list", body = Object),
+        (status = 404, description = "No allow-list is set"),
+    )
+)]
 pub async fn get_allowed(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     match state.history.allow_list() {
         Some(list) => Ok(Json(list)),
@@ -111,6 +167,13 @@ pub async fn get_allowed(State(state): State<AppState>) -> Result<impl IntoRespo
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/policy/allowed-dependencies",
+    tag = "topology",
+    request_body(content = String, content_type = "text/plain", description = "The allow-list as TOML"),
+    responses((status = 200, description = "The allow-list now in force", body = Object))
+)]
 pub async fn put_allowed(
     State(state): State<AppState>,
     body: String,
@@ -124,6 +187,12 @@ pub async fn put_allowed(
     Ok(Json(list))
 }
 
+#[utoipa::path(
+    get,
+    path = "/events/topology",
+    tag = "events",
+    responses((status = 200, description = "Server-sent topology events: those still kept, then live ones (never ends)", body = String, content_type = "text/event-stream"))
+)]
 /// Server-sent events: the events still in the ring, then live ones.
 pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
     let receiver = state.history.events.subscribe();

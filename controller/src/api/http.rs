@@ -10,10 +10,16 @@ use axum::routing::{get, post};
 use super::error::ApiError;
 use super::{
     analytics_routes, console, control_routes, history_routes, networks_routes, observations,
-    shadows_routes, shards_routes, timeseries_routes, token_routes, views, weaves_routes,
+    openapi, problem, shadows_routes, shards_routes, timeseries_routes, token_routes, views,
+    weaves_routes,
 };
 use crate::metrics;
 use crate::state::AppState;
+
+/// This module's part of the OpenAPI document (the rest is in each routes module).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(metrics_text, healthz))]
+pub struct Doc;
 
 /// Builds the HTTP API, with its limits ([`super::limits`]).
 pub fn app(state: AppState) -> Router {
@@ -39,7 +45,7 @@ pub fn app(state: AppState) -> Router {
         .route("/analytics/scaling", get(analytics_routes::scaling))
         .route(
             "/analytics/classification",
-            get(analytics_routes::classification).post(analytics_routes::classification),
+            get(analytics_routes::classification_get).post(analytics_routes::classification_post),
         )
         .route("/topology/diff", get(history_routes::topology_diff))
         .route(
@@ -55,6 +61,7 @@ pub fn app(state: AppState) -> Router {
         .route("/observations", post(observations::post_observations))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(shards_routes::routes())
         .merge(networks_routes::routes())
         .merge(shadows_routes::routes())
@@ -71,9 +78,21 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             crate::auth::http::require_role,
         ))
+        // Outermost: whatever answers an error (axum's own rejections included) answers
+        // problem+json.
+        .layer(axum::middleware::map_response(problem::rewrite))
         .with_state(state)
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Prometheus metrics (OpenMetrics text)", body = String, content_type = metrics::CONTENT_TYPE),
+        (status = 500, description = "Encoding the metrics failed"),
+    )
+)]
 async fn metrics_text(State(state): State<AppState>) -> axum::response::Response {
     match state.exposition.render() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
@@ -84,6 +103,12 @@ async fn metrics_text(State(state): State<AppState>) -> axum::response::Response
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    responses((status = 200, description = "The controller is up", body = String, content_type = "text/plain; charset=utf-8"))
+)]
 async fn healthz() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -15,6 +15,8 @@ pub mod network_events;
 pub mod networks_grpc;
 pub mod networks_routes;
 pub mod observations;
+pub mod openapi;
+pub mod problem;
 pub mod query;
 pub mod shadow_events;
 pub mod shadows_grpc;

@@ -30,6 +30,25 @@ use super::query::Params;
 use crate::export::{DEFAULT_NAME, ExportError, ExportRequest};
 use crate::state::AppState;
 
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    create,
+    mirror,
+    list,
+    show,
+    update,
+    remove,
+    status,
+    history,
+    snapshots,
+    take_snapshot,
+    sync,
+    events,
+    export
+))]
+pub struct Doc;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/networks", post(create).get(list))
@@ -64,7 +83,7 @@ impl From<NetworkError> for ApiError {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TdlBody {
     tdl: String,
@@ -77,7 +96,7 @@ struct TdlBody {
     source_drift: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MirrorBody {
     #[serde(default)]
@@ -150,6 +169,23 @@ fn detail(r: &NetworkRecord) -> Value {
     v
 }
 
+#[utoipa::path(
+    post,
+    path = "/networks",
+    tag = "networks",
+    request_body(description = "A TDL, or JSON with the TDL and options", content(
+        (TdlBody = "application/json"),
+        (String = "application/yaml"),
+        (String = "text/yaml"),
+        (String = "text/plain"),
+    )),
+    responses(
+        (status = 201, description = "The network created", body = crate::api::openapi::schemas::NetworkDetail, headers(("Location" = String, description = "The network's URL"))),
+        (status = 409, description = "A network of that name exists, or the placement conflicts"),
+        (status = 422, description = "The TDL is not valid"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -177,6 +213,19 @@ async fn create(
         .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/networks/mirror",
+    tag = "networks",
+    request_body(content = MirrorBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The mirror created", body = crate::api::openapi::schemas::NetworkDetail, headers(("Location" = String, description = "The mirror's URL"))),
+        (status = 404, description = "No such source network"),
+        (status = 409, description = "The destination exists"),
+        (status = 422, description = "The request is not valid"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn mirror(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let b: MirrorBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?;
@@ -198,6 +247,12 @@ async fn mirror(State(state): State<AppState>, body: Bytes) -> Result<Response, 
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/networks",
+    tag = "networks",
+    responses((status = 200, description = "Every network", body = crate::api::openapi::schemas::NetworkList))
+)]
 async fn list(State(state): State<AppState>) -> Json<Value> {
     let all: Vec<Value> = state.networks.list().iter().map(summary).collect();
     Json(json!({ "networks": all }))
@@ -209,6 +264,16 @@ fn missing(id: &str) -> ApiError {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/networks/{network_id}",
+    tag = "networks",
+    params(("network_id" = String, Path, description = "The network")),
+    responses(
+        (status = 200, description = "The network", body = crate::api::openapi::schemas::NetworkDetail),
+        (status = 404, description = "No such network"),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -217,6 +282,25 @@ async fn show(
     Ok(Json(detail(&rec)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/networks/{network_id}",
+    tag = "networks",
+    params(("network_id" = String, Path, description = "The network")),
+    request_body(description = "The new TDL", content(
+        (TdlBody = "application/json"),
+        (String = "application/yaml"),
+        (String = "text/yaml"),
+        (String = "text/plain"),
+    )),
+    responses(
+        (status = 200, description = "The network with what changed", body = crate::api::openapi::schemas::NetworkDetail),
+        (status = 404, description = "No such network"),
+        (status = 409, description = "The change conflicts"),
+        (status = 422, description = "The TDL is not valid"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -235,6 +319,18 @@ async fn update(
     Ok(Json(v))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/networks/{network_id}",
+    tag = "networks",
+    params(("network_id" = String, Path, description = "The network")),
+    responses(
+        (status = 200, description = "The network removed", body = crate::api::openapi::schemas::NetworkSummary),
+        (status = 404, description = "No such network"),
+        (status = 409, description = "Something depends on it"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -243,6 +339,16 @@ async fn remove(
     Ok(Json(summary(&rec)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/networks/{network_id}/status",
+    tag = "networks",
+    params(("network_id" = String, Path, description = "The network")),
+    responses(
+        (status = 200, description = "Where each node is, as the agents report", body = Object),
+        (status = 404, description = "No such network"),
+    )
+)]
 async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -253,6 +359,17 @@ async fn status(
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/networks/{network_id}/history",
+    tag = "networks",
+    params(("network_id" = String, Path, description = "The network")),
+    responses(
+        (status = 200, description = "Every applied revision, oldest first", body = crate::api::openapi::schemas::NetworkHistory),
+        (status = 404, description = "No such network"),
+        (status = 409, description = "Not a source network"),
+    )
+)]
 /// Every applied revision of a source network, oldest first (`GET
 /// /networks/{id}/history`): `{"network_id", "history": [{"revision", "applied_unix_ns",
 /// "applied", "tdl"}]}`.
@@ -291,6 +408,16 @@ pub fn snapshot_json(s: &weft_proto::v1::VolumeSnapshot) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/networks/{network_id}/snapshots",
+    tag = "networks",
+    params(("network_id" = String, Path, description = "The network")),
+    responses(
+        (status = 200, description = "Each node's volume snapshots", body = crate::api::openapi::schemas::NetworkSnapshots),
+        (status = 404, description = "No such network"),
+    )
+)]
 /// The snapshots of a network's nodes with volumes as their agents reported them:
 /// `{"network_id", "snapshots": {node: [snapshot, ...oldest first]}}`.
 async fn snapshots(
@@ -308,6 +435,19 @@ async fn snapshots(
     Ok(Json(json!({ "network_id": id, "snapshots": by_node })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/networks/{network_id}/snapshots",
+    tag = "networks",
+    params(("network_id" = String, Path, description = "The network")),
+    responses(
+        (status = 201, description = "The snapshot taken of each node", body = crate::api::openapi::schemas::SnapshotsTaken),
+        (status = 404, description = "No such network"),
+        (status = 409, description = "A snapshot is under way"),
+        (status = 422, description = "The network has no node with volumes"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 /// Takes a snapshot of every node with volumes now and waits for the agents (201):
 /// `{"network_id", "snapshots": {node: snapshot}}`.
 async fn take_snapshot(
@@ -337,6 +477,19 @@ async fn take_snapshot(
         .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/networks/{network_id}/sync",
+    tag = "networks",
+    params(("network_id" = String, Path, description = "The network")),
+    responses(
+        (status = 200, description = "What was copied", body = crate::api::openapi::schemas::NetworkSynced),
+        (status = 404, description = "No such network"),
+        (status = 409, description = "Neither a mirror nor a source with mirrors"),
+        (status = 422, description = "Nothing to copy"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 /// Copies volumes now: a mirror's from its source, or a source's to its mirrors.
 async fn sync(
     State(state): State<AppState>,
@@ -346,6 +499,13 @@ async fn sync(
     Ok(Json(json!({ "network_id": id, "mirrors": mirrors })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/events/networks",
+    tag = "events",
+    params(("network" = Option<String>, Query, description = "Only this network's events")),
+    responses((status = 200, description = "Server-sent network CloudEvents from now on (never ends)", body = String, content_type = "text/event-stream"))
+)]
 /// Server-sent events: the networks' CloudEvents from now on (`?network=ID`: one network's).
 async fn events(
     State(state): State<AppState>,
@@ -361,6 +521,27 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tdl/export",
+    tag = "networks",
+    params(
+        ("hosts" = Option<String>, Query, description = "Comma-separated host ids (default: every agent)"),
+        ("network" = Option<String>, Query, description = "The exported network's name"),
+        ("addresses" = Option<bool>, Query, description = "Include the addresses (default true)"),
+        ("since" = Option<String>, Query, description = crate::api::views::SINCE),
+        ("until" = Option<String>, Query, description = crate::api::views::UNTIL),
+        ("format" = Option<String>, Query, description = "yaml (default) or json"),
+    ),
+    responses(
+        (status = 200, description = "The TDL of what runs", content(
+            (String = "application/yaml; charset=utf-8"),
+            (crate::api::openapi::schemas::TdlExport = "application/json"),
+        )),
+        (status = 404, description = "A host is not registered"),
+        (status = 422, description = "No workloads to export"),
+    )
+)]
 /// `GET /tdl/export?hosts=a,b&network=NAME&addresses=false&since=..&until=..&format=json`:
 /// the TDL of the workloads the agents of `hosts` (default: every agent) registered and
 /// of the traffic seen between them in the window; YAML, or with `format=json` an object

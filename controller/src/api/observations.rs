@@ -12,8 +12,14 @@ use weft_topology::observation::TrafficObservation;
 use weft_topology::time::now_unix_ns;
 use weft_topology::topology::{ObservationError, check_fields};
 
-use super::error::ApiError;
+use super::error::{ApiError, problem_with};
+use super::openapi::topology_wire::{self, ObservationsAccepted, ObservationsRefused};
 use crate::state::AppState;
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(post_observations))]
+pub struct Doc;
 
 #[derive(Debug, Serialize)]
 pub struct LineError {
@@ -176,10 +182,28 @@ pub fn ingest_body(state: &AppState, body: &str) -> Result<Accepted, ApiError> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/observations",
+    tag = "observations",
+    request_body(
+        description = "A JSON array of observations, or JSON lines (one observation a line)",
+        content(
+            (Vec<topology_wire::AnyObservation> = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Some or all were merged; the others are listed", body = ObservationsAccepted),
+        (status = 400, description = "The body is not observations, or none was valid (then the problem's `errors` lists why)", body = ObservationsRefused, content_type = "application/problem+json"),
+        (status = 422, description = "A timestamp outside the accepted window or a name with control characters: nothing was merged"),
+        (status = 503, description = "No observation fitted in the limits (services, dependencies) or another limit is reached"),
+    )
+)]
 pub async fn post_observations(
     State(state): State<AppState>,
     body: String,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let outcome = ingest_body(&state, &body)?;
     if outcome.accepted == 0 && outcome.all_full {
         return Err(ApiError::Unavailable {
@@ -195,12 +219,20 @@ pub async fn post_observations(
                 .min(Duration::from_secs(60)),
         });
     }
-    let status = if outcome.accepted == 0 && !outcome.errors.is_empty() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(outcome)))
+    if outcome.accepted == 0 && !outcome.errors.is_empty() {
+        // Nothing taken: a problem, with the per-item report as its extension members.
+        let detail = format!(
+            "none of the {} observations is valid: {}",
+            outcome.errors.len(),
+            outcome.errors[0].message
+        );
+        let extensions = match serde_json::to_value(&outcome) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        return Ok(problem_with(StatusCode::BAD_REQUEST, detail, extensions));
+    }
+    Ok((StatusCode::OK, Json(outcome)).into_response())
 }
 
 #[cfg(test)]

@@ -26,6 +26,11 @@ use super::query::Params;
 use super::shadow_events;
 use crate::state::AppState;
 
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create, list, show, policy, synthetic, remove, events))]
+pub struct Doc;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/shadows", post(create).get(list))
@@ -47,7 +52,7 @@ impl From<ShadowError> for ApiError {
 }
 
 /// `weft.v1.CreateShadowRequest` as JSON.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     id: String,
@@ -57,6 +62,7 @@ struct CreateBody {
     #[serde(default)]
     hosts: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     policy: ShadowPolicy,
     #[serde(default)]
     noise_baseline: bool,
@@ -70,6 +76,18 @@ fn view(info: &ShadowInfo) -> Result<Value, ApiError> {
     serde_json::to_value(info).map_err(|e| ApiError::Internal(format!("encoding a shadow: {e}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/shadows",
+    tag = "shadows",
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The shadow created", body = crate::api::openapi::schemas::Shadow, headers(("Location" = String, description = "The shadow's URL"))),
+        (status = 404, description = "No such production network"),
+        (status = 409, description = "A shadow of that id exists"),
+        (status = 422, description = "A field is not valid"),
+    )
+)]
 async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let b: CreateBody = json_body(&body)?;
     let info = state
@@ -91,6 +109,12 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/shadows",
+    tag = "shadows",
+    responses((status = 200, description = "Every shadow", body = crate::api::openapi::schemas::ShadowList))
+)]
 async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let all = state
         .shadows
@@ -107,6 +131,16 @@ fn missing(id: &str) -> ApiError {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/shadows/{shadow_id}",
+    tag = "shadows",
+    params(("shadow_id" = String, Path, description = "The shadow")),
+    responses(
+        (status = 200, description = "The shadow", body = crate::api::openapi::schemas::Shadow),
+        (status = 404, description = "No such shadow"),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -115,6 +149,18 @@ async fn show(
     Ok(Json(view(&info)?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/shadows/{shadow_id}/policy",
+    tag = "shadows",
+    params(("shadow_id" = String, Path, description = "The shadow")),
+    request_body(content = Object, content_type = "application/json", description = "A ShadowPolicy"),
+    responses(
+        (status = 200, description = "The shadow with its new policy", body = crate::api::openapi::schemas::Shadow),
+        (status = 404, description = "No such shadow"),
+        (status = 422, description = "The policy is not valid"),
+    )
+)]
 /// The body is a `ShadowPolicy` as JSON; it replaces the shadow's.
 async fn policy(
     State(state): State<AppState>,
@@ -128,7 +174,7 @@ async fn policy(
 
 /// `{"multiplier": 3.0, "duration_seconds": 60}`: replay what the sinks recorded into the
 /// shadow at that multiple of its rate (multiplier 0 stops a run).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SyntheticBody {
     multiplier: f64,
@@ -136,6 +182,18 @@ struct SyntheticBody {
     duration_seconds: u32,
 }
 
+#[utoipa::path(
+    post,
+    path = "/shadows/{shadow_id}/synthetic",
+    tag = "shadows",
+    params(("shadow_id" = String, Path, description = "The shadow")),
+    request_body(content = SyntheticBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The replay started (or stopped, multiplier 0)", body = crate::api::openapi::schemas::Shadow),
+        (status = 404, description = "No such shadow"),
+        (status = 422, description = "A field is not valid"),
+    )
+)]
 async fn synthetic(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -149,6 +207,16 @@ async fn synthetic(
     Ok((StatusCode::ACCEPTED, Json(view(&info)?)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/shadows/{shadow_id}",
+    tag = "shadows",
+    params(("shadow_id" = String, Path, description = "The shadow")),
+    responses(
+        (status = 200, description = "The shadow removed", body = crate::api::openapi::schemas::Shadow),
+        (status = 404, description = "No such shadow"),
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -157,6 +225,13 @@ async fn remove(
     Ok(Json(view(&info)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/events/shadows",
+    tag = "events",
+    params(("shadow" = Option<String>, Query, description = "Only this shadow's events")),
+    responses((status = 200, description = "Server-sent shadow CloudEvents from now on (never ends)", body = String, content_type = "text/event-stream"))
+)]
 /// Server-sent events: the shadows' CloudEvents from now on (`?shadow=ID`: one shadow's).
 async fn events(
     State(state): State<AppState>,

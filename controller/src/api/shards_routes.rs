@@ -22,6 +22,55 @@ use weft_topology::time::rfc3339;
 
 use super::error::ApiError;
 use crate::state::AppState;
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    create_shard,
+    list_shards,
+    get_shard,
+    delete_shard,
+    assign_shard,
+    deallocate_shard,
+    allocate_address,
+    release_address,
+    workload_addresses,
+    release_workload,
+    list_migrations,
+    get_migration,
+    cancel_migration,
+    events
+))]
+pub struct Doc;
+
+/// A `POST /shards` body, for the document ([`parse_create`] reads it field by field).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct CreateShardBody {
+    /// Addresses: a power of two (default 1024).
+    size: Option<u64>,
+    /// Or the prefix length.
+    prefix_len: Option<u8>,
+    /// ipv4 (default) or ipv6.
+    #[schema(pattern = "^ipv[46]$")]
+    family: Option<String>,
+    /// The network it is for (default: none, Available).
+    network_id: Option<String>,
+    /// Kept out of automatic assignment.
+    reserved: Option<bool>,
+}
+
+/// A `POST /networks/{network_id}/addresses` body, for the document
+/// ([`parse_allocate_body`] reads it).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct AllocateBody {
+    workload: String,
+    host_id: String,
+    /// ipv4 (default) or ipv6.
+    #[schema(pattern = "^ipv[46]$")]
+    family: Option<String>,
+}
 use weft_shards::{
     Allocation, CreateShard, Deallocation, Family, Migration, Shard, ShardError, ShardStatus,
     default_prefix, prefix_bounds,
@@ -267,6 +316,16 @@ pub fn parse_create_body(body: &[u8]) -> Result<CreateShard, ApiError> {
     parse_create(&body_object(body, CREATE_FIELDS)?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/shards",
+    tag = "shards",
+    request_body(content = Option<CreateShardBody>, content_type = "application/json", description = "Empty, or the shard wanted"),
+    responses(
+        (status = 201, description = "The shard made", body = crate::api::openapi::schemas::Shard, headers(("Location" = String, description = "The shard's URL"))),
+        (status = 409, description = "No room for such a shard"),
+    )
+)]
 async fn create_shard(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let req = parse_create_body(&body)?;
     let shard = state.shards.create_shard(req).await?;
@@ -279,6 +338,16 @@ async fn create_shard(State(state): State<AppState>, body: Bytes) -> Result<Resp
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/shards/{shard_id}",
+    tag = "shards",
+    params(("shard_id" = String, Path, description = "The shard")),
+    responses(
+        (status = 200, description = "The shard", body = crate::api::openapi::schemas::Shard),
+        (status = 404, description = "No such shard"),
+    )
+)]
 async fn get_shard(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -291,6 +360,17 @@ async fn get_shard(
     Ok(Json(shard_json(&shard)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/shards/{shard_id}",
+    tag = "shards",
+    params(("shard_id" = String, Path, description = "The shard")),
+    responses(
+        (status = 200, description = "The shard deleted", body = crate::api::openapi::schemas::Shard),
+        (status = 404, description = "No such shard"),
+        (status = 409, description = "The shard is in use"),
+    )
+)]
 async fn delete_shard(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -385,6 +465,19 @@ pub fn list_page(state: &AppState, q: &ListQuery) -> (Vec<Shard>, Option<String>
     (page, next)
 }
 
+#[utoipa::path(
+    get,
+    path = "/shards",
+    tag = "shards",
+    params(
+        ("network_id" = Option<String>, Query, description = "Only this network's"),
+        ("status" = Option<String>, Query, description = "Available, In-Use, Migrating or Reserved"),
+        ("family" = Option<String>, Query, description = "ipv4 or ipv6"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
+        ("page_token" = Option<String>, Query, description = "`next_page_token` of the page before"),
+    ),
+    responses((status = 200, description = "A page of shards", body = crate::api::openapi::schemas::ShardPage))
+)]
 async fn list_shards(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -397,6 +490,17 @@ async fn list_shards(
     })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/networks/{network_id}/shards/{shard_id}",
+    tag = "shards",
+    params(("network_id" = String, Path, description = "The network"), ("shard_id" = String, Path, description = "The shard")),
+    responses(
+        (status = 200, description = "The shard, now the network's", body = crate::api::openapi::schemas::Shard),
+        (status = 404, description = "No such shard"),
+        (status = 409, description = "The shard is another network's, or reserved"),
+    )
+)]
 async fn assign_shard(
     State(state): State<AppState>,
     Path((network, id)): Path<(String, String)>,
@@ -405,6 +509,18 @@ async fn assign_shard(
     Ok(Json(shard_json(&shard)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/networks/{network_id}/shards/{shard_id}",
+    tag = "shards",
+    params(("network_id" = String, Path, description = "The network"), ("shard_id" = String, Path, description = "The shard")),
+    responses(
+        (status = 200, description = "The shard, released (no workload had an address in it)", body = crate::api::openapi::schemas::Shard),
+        (status = 202, description = "Workloads are being moved first: follow the migration", body = crate::api::openapi::schemas::DeallocationStarted, headers(("Location" = String, description = "The migration's URL"))),
+        (status = 404, description = "No such shard or network"),
+        (status = 409, description = "The shard is not the network's, or already migrating"),
+    )
+)]
 async fn deallocate_shard(
     State(state): State<AppState>,
     Path((network, id)): Path<(String, String)>,
@@ -453,6 +569,18 @@ pub fn parse_allocate_body(body: &[u8]) -> Result<AllocateRequest, ApiError> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/networks/{network_id}/addresses",
+    tag = "shards",
+    params(("network_id" = String, Path, description = "The network")),
+    request_body(content = AllocateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The address allocated", body = crate::api::openapi::schemas::Allocation, headers(("Location" = String, description = "The address's URL"))),
+        (status = 404, description = "No such network"),
+        (status = 409, description = "No free address"),
+    )
+)]
 async fn allocate_address(
     State(state): State<AppState>,
     Path(network): Path<String>,
@@ -472,6 +600,21 @@ async fn allocate_address(
         .into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/networks/{network_id}/addresses/{address}",
+    tag = "shards",
+    params(
+        ("network_id" = String, Path, description = "The network"),
+        ("address" = String, Path, description = "The IPv4 or IPv6 address"),
+        ("seq" = u64, Query, description = "The allocation's seq, as returned when it was allocated"),
+    ),
+    responses(
+        (status = 200, description = "The allocation released", body = crate::api::openapi::schemas::Allocation),
+        (status = 404, description = "No such allocation"),
+        (status = 409, description = "The seq is not the current allocation's"),
+    )
+)]
 async fn release_address(
     State(state): State<AppState>,
     Path((network, address)): Path<(String, String)>,
@@ -505,6 +648,13 @@ async fn release_address(
     Ok(Json(allocation_json(&a)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/networks/{network_id}/workloads/{workload}/addresses",
+    tag = "shards",
+    params(("network_id" = String, Path, description = "The network"), ("workload" = String, Path, description = "The workload")),
+    responses((status = 200, description = "The workload's addresses", body = crate::api::openapi::schemas::WorkloadAddresses))
+)]
 async fn workload_addresses(
     State(state): State<AppState>,
     Path((network, workload)): Path<(String, String)>,
@@ -518,6 +668,17 @@ async fn workload_addresses(
     Json(json!({ "addresses": list }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/networks/{network_id}/workloads/{workload}/addresses",
+    tag = "shards",
+    params(("network_id" = String, Path, description = "The network"), ("workload" = String, Path, description = "The workload")),
+    responses(
+        (status = 200, description = "The addresses released", body = crate::api::openapi::schemas::ReleasedAddresses),
+        (status = 404, description = "No such network or workload"),
+        (status = 409, description = "The workload is being migrated"),
+    )
+)]
 async fn release_workload(
     State(state): State<AppState>,
     Path((network, workload)): Path<(String, String)>,
@@ -528,12 +689,28 @@ async fn release_workload(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/migrations",
+    tag = "shards",
+    responses((status = 200, description = "Every migration", body = crate::api::openapi::schemas::MigrationList))
+)]
 async fn list_migrations(State(state): State<AppState>) -> Json<Value> {
     Json(
         json!({ "migrations": state.shards.migrations().iter().map(migration_json).collect::<Vec<_>>() }),
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/migrations/{migration_id}",
+    tag = "shards",
+    params(("migration_id" = String, Path, description = "The migration")),
+    responses(
+        (status = 200, description = "The migration", body = crate::api::openapi::schemas::Migration),
+        (status = 404, description = "No such migration"),
+    )
+)]
 async fn get_migration(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -546,6 +723,18 @@ async fn get_migration(
     Ok(Json(migration_json(&m)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/migrations/{migration_id}/cancel",
+    tag = "shards",
+    params(("migration_id" = String, Path, description = "The migration")),
+    request_body(content = Option<Object>, content_type = "application/json", description = "None, or an empty JSON object"),
+    responses(
+        (status = 200, description = "The migration, failed and rolled back", body = crate::api::openapi::schemas::Migration),
+        (status = 404, description = "No such migration"),
+        (status = 409, description = "The migration has finished"),
+    )
+)]
 /// `POST /migrations/{id}/cancel`: rolls back the moves not done and fails the migration;
 /// answers the failed migration. No body (or an empty JSON object).
 async fn cancel_migration(
@@ -558,6 +747,22 @@ async fn cancel_migration(
     Ok(Json(migration_json(&m)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    params(
+        ("from" = Option<u64>, Query, description = "The first sequence to send (default: new events only; with follow=false, 1)"),
+        ("follow" = Option<bool>, Query, description = "true (default): a server-sent stream that never ends; false: the stored events as one JSON document"),
+        ("limit" = Option<u32>, Query, description = "With follow=false: at most this many events, 1 to 10000 (default 1000)", minimum = 1, maximum = 10000),
+        ("types" = Option<String>, Query, description = "Only events whose type starts with one of these comma-separated prefixes (`weft.topology.`, `weft.shard.deallocated`)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Without `from`: resume after this sequence"),
+    ),
+    responses((status = 200, description = "The CloudEvents of the one event log (shard, address, topology and network events)", content(
+        (String = "text/event-stream"),
+        (crate::api::openapi::schemas::ShardEventPage = "application/json"),
+    )))
+)]
 /// `GET /events?from=N`: the one event log (shard, address, topology and network events)
 /// from sequence N, then live ones (server-sent events). Without `from`,
 /// `Last-Event-ID: N` resumes after N; without either, only new events. `follow=false`

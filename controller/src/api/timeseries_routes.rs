@@ -17,8 +17,27 @@ use crate::state::AppState;
 /// Buckets answered when `since` is not given (the newest, the current one included).
 pub const DEFAULT_BUCKETS: u64 = 60;
 
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(service_timeseries))]
+pub struct Doc;
+
 /// `since` (default: 59 buckets before `until`) and `until` (default: now), RFC 3339 or
 /// relative (`15m`); every bucket in between, empty ones included, oldest first.
+#[utoipa::path(
+    get,
+    path = "/services/{name}/timeseries",
+    tag = "topology",
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("since" = Option<String>, Query, description = "RFC 3339, or relative (`15m` ago); default 59 buckets before `until`"),
+        ("until" = Option<String>, Query, description = "RFC 3339, or relative; default now"),
+    ),
+    responses(
+        (status = 200, description = "The service's requests, errors and latency per time bucket, in (what it served) and out (what it asked of others), oldest first", body = Object),
+        (status = 404, description = "No such service"),
+    )
+)]
 pub async fn service_timeseries(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -14,6 +14,11 @@ use super::error::ApiError;
 use crate::auth::{Role, TokenRecord};
 use crate::state::AppState;
 
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, create, revoke))]
+pub struct Doc;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/tokens", get(list).post(create))
@@ -31,6 +36,12 @@ fn view(r: &TokenRecord, now_unix_ns: u64) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    tag = "tokens",
+    responses((status = 200, description = "The tokens (never their secrets)", body = crate::api::openapi::schemas::TokenList))
+)]
 async fn list(State(state): State<AppState>) -> Json<Value> {
     let tokens = &state.auth.tokens;
     let now = tokens.now_unix_ns();
@@ -38,6 +49,13 @@ async fn list(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "tokens": all }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    tag = "tokens",
+    request_body(content = crate::api::openapi::schemas::CreateToken, content_type = "application/json"),
+    responses((status = 201, description = "The token, with its secret shown this once", body = crate::api::openapi::schemas::NewToken))
+)]
 async fn create(
     State(state): State<AppState>,
     body: Bytes,
@@ -94,6 +112,16 @@ async fn create(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/tokens/{id}",
+    tag = "tokens",
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 200, description = "The token revoked", body = crate::api::openapi::schemas::Token),
+        (status = 404, description = "No such token"),
+    )
+)]
 async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -15,12 +15,52 @@ use super::query::Params;
 use crate::state::AppState;
 
 const WINDOW: &[&str] = &["since", "until"];
+
+/// The document's words for `since` and `until`.
+pub const SINCE: &str =
+    "Start of the window: RFC 3339, or a duration ago such as `15m` (default: the beginning)";
+pub const UNTIL: &str = "End of the window: RFC 3339, or a duration ago (default: now)";
+
+/// `since` and `until` (the window of most views), for the document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read by hand from the query (unknown names are refused)
+pub struct WindowParams {
+    /// Start of the window: RFC 3339, or a duration ago such as `15m` (default: the beginning).
+    since: Option<String>,
+    /// End of the window: RFC 3339, or a duration ago (default: now).
+    until: Option<String>,
+}
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    topology_json,
+    topology_dot,
+    topology_txt,
+    topology_svg,
+    services,
+    service_dependencies,
+    flows
+))]
+pub struct Doc;
 const TOPOLOGY_JSON: &[&str] = &["since", "until", "shape"];
 
 /// `GET /topology?since=&until=&shape=`: the map in the spec's data model by default
 /// (`shape=spec`: services by `service_id`, dependencies with `source_service`,
 /// `request_count`, ...; [`weft_topology::spec`]), or in weft's own shape with every
 /// statistic (`shape=weft`, what the CLI and the console read).
+#[utoipa::path(
+    get,
+    path = "/topology",
+    tag = "topology",
+    params(
+        ("since" = Option<String>, Query, description = SINCE),
+        ("until" = Option<String>, Query, description = UNTIL),
+        ("shape" = Option<String>, Query, description = "`spec` (default): the specification's data model (services by service_id, dependencies with source_service, request_count, ...); `weft`: weft's own shape with every statistic", example = "weft"),
+    ),
+    responses((status = 200, description = "The topology", body = crate::api::openapi::topology_wire::TopologyAnswer))
+)]
 pub async fn topology_json(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
@@ -81,6 +121,13 @@ fn describe_services(state: &AppState, map: &mut weft_topology::spec::TopologyMa
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/topology.dot",
+    tag = "topology",
+    params(WindowParams),
+    responses((status = 200, description = "The topology as Graphviz DOT", body = String, content_type = "text/vnd.graphviz; charset=utf-8"))
+)]
 pub async fn topology_dot(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
@@ -92,6 +139,13 @@ pub async fn topology_dot(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/topology.txt",
+    tag = "topology",
+    params(WindowParams),
+    responses((status = 200, description = "The topology as text", body = String, content_type = "text/plain; charset=utf-8"))
+)]
 pub async fn topology_txt(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
@@ -103,6 +157,17 @@ pub async fn topology_txt(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/topology.svg",
+    tag = "topology",
+    params(WindowParams),
+    responses(
+        (status = 200, description = "The topology drawn by Graphviz", body = String, content_type = "image/svg+xml"),
+        (status = 500, description = "`dot` failed"),
+        (status = 501, description = "Graphviz is not installed on the controller host"),
+    )
+)]
 /// One `dot` at a time, cached per topology generation ([`super::limits::render_svg`]).
 pub async fn topology_svg(
     State(state): State<AppState>,
@@ -168,6 +233,13 @@ pub async fn run_dot(program: &str, dot: &str, timeout: Duration) -> Result<Vec<
     Ok(output.stdout)
 }
 
+#[utoipa::path(
+    get,
+    path = "/services",
+    tag = "topology",
+    params(WindowParams),
+    responses((status = 200, description = "The services, sorted by name", body = Vec<Object>))
+)]
 pub async fn services(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
@@ -176,6 +248,22 @@ pub async fn services(
     Ok(Json(state.snapshot_in(&window).services))
 }
 
+#[utoipa::path(
+    get,
+    path = "/services/{name}/dependencies",
+    tag = "topology",
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("since" = Option<String>, Query, description = SINCE),
+        ("until" = Option<String>, Query, description = UNTIL),
+        ("direction" = Option<String>, Query, description = "inbound, outbound or both (default)"),
+        ("shape" = Option<String>, Query, description = "`weft` (default): weft's dependency views; `spec`: the specification's ServiceDependency, each with its direction from the service's side"),
+    ),
+    responses(
+        (status = 200, description = "The service's dependencies", body = crate::api::openapi::schemas::ServiceDependencies),
+        (status = 404, description = "No such service"),
+    )
+)]
 /// `GET /services/{name}/dependencies?direction=&since=&until=&shape=`: weft's views of
 /// the service's dependencies (default), or the spec's `ServiceDependency`s
 /// (`shape=spec`), each with its `direction` from the service's side.
@@ -223,6 +311,13 @@ pub async fn service_dependencies(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/flows",
+    tag = "topology",
+    params(("limit" = Option<u64>, Query, description = "At most this many flows (default 100; more than the capacity means the capacity)", minimum = 1)),
+    responses((status = 200, description = "The flows reported last, most recent first", body = crate::api::openapi::schemas::Flows))
+)]
 /// `GET /flows?limit=N`: the flows the agents reported last (at most `limit`, default 100),
 /// most recent first, with what weft counted on each.
 pub async fn flows(

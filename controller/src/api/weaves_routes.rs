@@ -28,6 +28,22 @@ use super::query::Params;
 use super::weave_events;
 use crate::state::AppState;
 
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    create,
+    list,
+    show,
+    remove,
+    add_route,
+    remove_route,
+    activate,
+    deactivate,
+    sync,
+    events
+))]
+pub struct Doc;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/weaves", post(create).get(list))
@@ -63,11 +79,13 @@ fn view(info: &WeaveInfo) -> Result<Value, ApiError> {
 }
 
 /// `weft.v1.CreateWeaveRequest` as JSON; `at` an RFC 3339 time or unix nanoseconds.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     environment: String,
+    /// An RFC 3339 time, unix nanoseconds, or "now" (default).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     at: Option<Value>,
     #[serde(default)]
     id: Option<String>,
@@ -99,6 +117,19 @@ fn at(v: Option<&Value>) -> Result<Option<u64>, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/weaves",
+    tag = "weaves",
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The weave created", body = crate::api::openapi::schemas::Weave, headers(("Location" = String, description = "The weave's URL"))),
+        (status = 404, description = "No such environment"),
+        (status = 409, description = "A weave of that id exists"),
+        (status = 422, description = "A field is not valid"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let b: CreateBody = json_body(&body)?;
     let at = at(b.at.as_ref())?;
@@ -111,6 +142,13 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/weaves",
+    tag = "weaves",
+    params(("environment" = Option<String>, Query, description = "Only this environment's weaves")),
+    responses((status = 200, description = "The weaves", body = crate::api::openapi::schemas::WeaveList))
+)]
 async fn list(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -133,6 +171,16 @@ fn missing(id: &str) -> ApiError {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/weaves/{weave_id}",
+    tag = "weaves",
+    params(("weave_id" = String, Path, description = "The weave")),
+    responses(
+        (status = 200, description = "The weave", body = crate::api::openapi::schemas::Weave),
+        (status = 404, description = "No such weave"),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -141,6 +189,18 @@ async fn show(
     Ok(Json(view(&info)?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/weaves/{weave_id}",
+    tag = "weaves",
+    params(("weave_id" = String, Path, description = "The weave")),
+    responses(
+        (status = 200, description = "The weave removed", body = crate::api::openapi::schemas::Weave),
+        (status = 404, description = "No such weave"),
+        (status = 409, description = "The weave cannot be removed now"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -150,7 +210,7 @@ async fn remove(
 }
 
 /// `{"port": 80, "node": "web"}` (`node` left out: every node that declares the port).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RouteBody {
     port: u32,
@@ -158,6 +218,20 @@ struct RouteBody {
     node: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/weaves/{weave_id}/routes",
+    tag = "weaves",
+    params(("weave_id" = String, Path, description = "The weave")),
+    request_body(content = RouteBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The weave with the route", body = crate::api::openapi::schemas::Weave),
+        (status = 404, description = "No such weave"),
+        (status = 409, description = "The route conflicts"),
+        (status = 422, description = "No node declares the port"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn add_route(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -171,6 +245,23 @@ async fn add_route(
     Ok(Json(view(&info)?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/weaves/{weave_id}/routes/{port}",
+    tag = "weaves",
+    params(
+        ("weave_id" = String, Path, description = "The weave"),
+        ("port" = u32, Path, description = "The routed port"),
+        ("node" = Option<String>, Query, description = "Only this node's route"),
+    ),
+    responses(
+        (status = 200, description = "The weave without the route", body = crate::api::openapi::schemas::Weave),
+        (status = 404, description = "No such weave"),
+        (status = 409, description = "The route cannot be removed now"),
+        (status = 422, description = "No such route"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn remove_route(
     State(state): State<AppState>,
     Path((id, port)): Path<(String, String)>,
@@ -186,6 +277,18 @@ async fn remove_route(
     Ok(Json(view(&info)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/weaves/{weave_id}/activate",
+    tag = "weaves",
+    params(("weave_id" = String, Path, description = "The weave")),
+    responses(
+        (status = 200, description = "The weave, active", body = crate::api::openapi::schemas::Weave),
+        (status = 404, description = "No such weave"),
+        (status = 409, description = "The weave cannot be activated now"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn activate(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -194,6 +297,18 @@ async fn activate(
     Ok(Json(view(&info)?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/weaves/{weave_id}/activate",
+    tag = "weaves",
+    params(("weave_id" = String, Path, description = "The weave")),
+    responses(
+        (status = 200, description = "The weave, inactive", body = crate::api::openapi::schemas::Weave),
+        (status = 404, description = "No such weave"),
+        (status = 409, description = "The weave cannot be deactivated now"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn deactivate(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -203,13 +318,27 @@ async fn deactivate(
 }
 
 /// `{"source": "shop-w1", "volume": "data"}`; the path's id is the destination.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SyncBody {
     source: String,
     volume: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/weaves/{weave_id}/sync",
+    tag = "weaves",
+    params(("weave_id" = String, Path, description = "The weave")),
+    request_body(content = SyncBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What was copied", body = Object),
+        (status = 404, description = "No such weave or source"),
+        (status = 409, description = "The copy cannot be made now"),
+        (status = 422, description = "A field is not valid"),
+        (status = 504, description = "The agents did not answer in time"),
+    )
+)]
 async fn sync(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -222,6 +351,13 @@ async fn sync(
         .map_err(|e| ApiError::Internal(format!("encoding a sync: {e}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/events/weaves",
+    tag = "events",
+    params(("weave" = Option<String>, Query, description = "Only this weave's (or environment's) events")),
+    responses((status = 200, description = "Server-sent weave CloudEvents from now on (never ends)", body = String, content_type = "text/event-stream"))
+)]
 /// Server-sent events: the weaves' CloudEvents from now on (`?weave=ID`: one weave's, or
 /// one environment's).
 async fn events(

@@ -16,6 +16,7 @@ use crate::topology::{DependencyView, ServiceView, TopologySnapshot};
 
 /// The spec's `NetworkEndpoint` of a service: where it serves, with the protocol seen
 /// there.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub host: String,
@@ -24,6 +25,7 @@ pub struct Endpoint {
 }
 
 /// The spec's `Service`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     /// The service name: unique in a map.
@@ -40,12 +42,14 @@ pub struct Service {
     pub tags: BTreeMap<String, String>,
     /// `registered` (bool), `host` (host id or null), `addresses` (the endpoints' hosts),
     /// `ports`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
 }
 
 /// The spec's `ServiceDependency`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceDependency {
     pub source_service: String,
@@ -64,6 +68,7 @@ pub struct ServiceDependency {
 }
 
 /// The spec's `TopologyMap`: services by id, dependencies in (source, target) order.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopologyMap {
     pub services: BTreeMap<String, Service>,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::topology::TopologySnapshot;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CriticalService {
     pub service: String,
     /// Distinct neighbours, inbound or outbound.

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::topology::TopologySnapshot;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrafficPatterns {
     /// Requests observed (one per traffic observation; request turns for agent records).
     pub total_observations: u64,
