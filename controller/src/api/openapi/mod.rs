@@ -7,6 +7,7 @@
 //! The schemas of `GET /topology` and `POST /observations` live in one place,
 //! [`topology_wire`], so that a change of those two shapes is made there.
 
+pub mod markdown;
 pub mod schemas;
 pub mod topology_wire;
 
@@ -42,7 +43,7 @@ const OPEN: &[&str] = &["/healthz", "/ui", "/ui/", "/ui/{path}"];
         description = "The controller's REST API: topology views and analytics, history, \
             observations, IP shards and migrations, TDL networks, shadows, weaves, hosts' \
             control state, tokens, events (server-sent) and metrics. Every error is an \
-            RFC 9457 problem (application/problem+json). Every request but GET /healthz \
+            RFC 9457 problem (application/problem+json). Every request but GET /healthz and the web console (/ui) \
             needs `Authorization: Bearer <token>`: `read` for GET, `operate` for changes, \
             `admin` for /tokens and PUT /policy/allowed-dependencies.",
         license(name = "Apache-2.0 OR MIT")
