@@ -21,7 +21,9 @@ pub struct Args {
     #[arg(long, env = "WEFT_HOST_ID")]
     pub host_id: String,
     /// Controller gRPC endpoint: https://HOST:PORT (mutual TLS with --ca, --cert, --key),
-    /// or http://HOST:PORT with --insecure.
+    /// or http://HOST:PORT with --insecure. Several, separated by commas, for the
+    /// controllers of a site (a writer and its standbys): a controller that refuses the
+    /// connection or goes away sends the agent to the next.
     #[arg(
         long,
         env = "WEFT_CONTROLLER",

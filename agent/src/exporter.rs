@@ -85,11 +85,13 @@ impl Exporter {
     }
 
     async fn connect(&self) -> Result<AgentServiceClient<Channel>, String> {
+        let url = self.controller.url().to_owned();
         let endpoint = self.controller.endpoint()?.timeout(Duration::from_secs(10));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            // Refused or unreachable: the next controller of the list, next time.
+            self.controller.failed(&url);
+            format!("connect to {url}: {e}")
+        })?;
         Ok(AgentServiceClient::new(channel))
     }
 

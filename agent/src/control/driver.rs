@@ -478,11 +478,13 @@ impl ControlDriver {
     async fn connect(&self) -> Result<AgentControlServiceClient<Channel>, String> {
         // No request timeout on the channel: the desired-state stream stays open for as
         // long as the agent runs; keep-alives find a dead controller instead.
+        let url = self.controller.url().to_owned();
         let endpoint = self.controller.endpoint()?.keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            // Refused or unreachable: the next controller of the list, next time.
+            self.controller.failed(&url);
+            format!("connect to {url}: {e}")
+        })?;
         Ok(AgentControlServiceClient::new(channel))
     }
 
