@@ -45,6 +45,11 @@ impl StoreArgs {
     /// Opens the store; on etcd, waits until this controller is the writer.
     pub fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
         if let Some(url) = &self.etcd {
+            // The data directory still holds the first admin token.
+            if !self.data_dir.is_empty() {
+                std::fs::create_dir_all(&self.data_dir)
+                    .with_context(|| format!("making --data-dir {}", self.data_dir))?;
+            }
             return Ok(self.open_etcd(url)?);
         }
         if self.data_dir.is_empty() {

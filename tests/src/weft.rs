@@ -189,6 +189,42 @@ pub struct Controller {
     pub ca: Option<PathBuf>,
 }
 
+/// A controller started but not yet known to serve ([`Controller::spawn`]).
+pub struct Starting {
+    pub child: Child,
+    grpc_addr: String,
+    http_addr: String,
+    data_dir: PathBuf,
+    insecure: bool,
+    ca: Option<PathBuf>,
+}
+
+impl Starting {
+    /// Waits (up to `timeout`) for its `weft-controller listening` line.
+    pub fn ready(mut self, timeout: Duration) -> Result<Controller> {
+        self.child
+            .wait_for_line(&["weft-controller listening"], timeout)?;
+        let token_file = self.data_dir.join("admin.token");
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("the controller's admin token {}", token_file.display()))?
+            .trim()
+            .to_owned();
+        Ok(Controller {
+            child: self.child,
+            grpc_addr: self.grpc_addr,
+            http_addr: self.http_addr,
+            token,
+            insecure: self.insecure,
+            ca: self.ca,
+        })
+    }
+
+    /// Whether it announced that it serves.
+    pub fn serving(&self) -> bool {
+        self.child.output().contains("weft-controller listening")
+    }
+}
+
 impl Controller {
     /// Starts `weft-controller` for `lab` on fresh ports and waits for its
     /// `weft-controller listening` line.
@@ -212,6 +248,19 @@ impl Controller {
         http_addr: &str,
         extra_args: &[&str],
     ) -> Result<Controller> {
+        Self::spawn(lab, grpc_addr, http_addr, extra_args, "weft-controller")?.ready(START_TIMEOUT)
+    }
+
+    /// Starts `weft-controller` without waiting for it to serve (a standby on etcd serves
+    /// only once it holds the writer's lease): [`Starting::ready`] waits. `name` names its
+    /// log in the lab directory.
+    pub fn spawn(
+        lab: &Lab,
+        grpc_addr: &str,
+        http_addr: &str,
+        extra_args: &[&str],
+        name: &str,
+    ) -> Result<Starting> {
         let bin = binary("weft-controller")?;
         let data_dir = lab.dir().join("controller-data");
         let mut c = Command::new(&bin);
@@ -231,18 +280,12 @@ impl Controller {
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         );
-        let mut child = Child::spawn(c, lab.dir(), "weft-controller")?;
-        child.wait_for_line(&["weft-controller listening"], START_TIMEOUT)?;
-        let token_file = data_dir.join("admin.token");
-        let token = std::fs::read_to_string(&token_file)
-            .with_context(|| format!("the controller's admin token {}", token_file.display()))?
-            .trim()
-            .to_owned();
-        Ok(Controller {
+        let child = Child::spawn(c, lab.dir(), name)?;
+        Ok(Starting {
             child,
             grpc_addr: grpc_addr.to_string(),
             http_addr: http_addr.to_string(),
-            token,
+            data_dir,
             insecure,
             ca,
         })

@@ -6,6 +6,7 @@
 mod console;
 mod events;
 mod export;
+mod failover;
 mod l7;
 mod l7_exact;
 mod migration;
