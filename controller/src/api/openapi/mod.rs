@@ -229,13 +229,17 @@ fn operations(
 }
 
 /// A unique operation id from the method and the path: `delete_tokens_id`,
-/// `get_topology_dot` (handlers of different modules share names such as `create`).
+/// `get_topology_dot` (handlers of different modules share names such as `create`); a
+/// path ending in `/` (`/ui/`) ends in `_index`.
 pub fn operation_id(method: &str, path: &str) -> String {
-    let words: Vec<String> = path
+    let mut words: Vec<String> = path
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(str::to_ascii_lowercase)
         .collect();
+    if path.len() > 1 && path.ends_with('/') {
+        words.push("index".to_owned());
+    }
     format!("{method}_{}", words.join("_"))
 }
 
