@@ -3,8 +3,7 @@
 //! acknowledged allocation still there, none handed out twice.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +12,10 @@ use std::time::{Duration, Instant};
 use weft_shards::{Index, ShardConfig};
 use weft_store::etcd_process::{self, EtcdCluster};
 use weft_store::{EtcdConfig, EtcdStore};
+
+#[path = "common/alloc_http.rs"]
+mod alloc_http;
+use alloc_http::{Ack, Conn, Http, field, hammer, hammer_through_failures, prepare};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -62,146 +65,6 @@ fn announced(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
         }
     });
     rx
-}
-
-/// The controller's REST address and its admin token.
-#[derive(Debug, Clone)]
-struct Http {
-    addr: String,
-    token: String,
-}
-
-/// A keep-alive HTTP/1.1 connection.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    token: String,
-}
-
-impl Conn {
-    fn open(http: &Http) -> std::io::Result<Self> {
-        let s = TcpStream::connect(&http.addr)?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Self {
-            reader: BufReader::new(s.try_clone()?),
-            writer: s,
-            token: http.token.clone(),
-        })
-    }
-
-    fn request(&mut self, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-        // One write per request: no small segments for Nagle and delayed ACKs to hold up.
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.token,
-            body.len()
-        );
-        self.writer.write_all(request.as_bytes())?;
-        let mut status = String::new();
-        if self.reader.read_line(&mut status)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed",
-            ));
-        }
-        let code: u16 = status
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let mut length = 0usize;
-        loop {
-            let mut h = String::new();
-            if self.reader.read_line(&mut h)? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed",
-                ));
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body)?;
-        Ok((code, String::from_utf8_lossy(&body).into_owned()))
-    }
-}
-
-fn field<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    v.get(name).unwrap_or_else(|| panic!("no {name} in {v}"))
-}
-
-/// Creates `shards` /20 shards for network `blue`.
-fn prepare(http: &Http, shards: usize) {
-    let mut c = Conn::open(http).expect("connect");
-    for _ in 0..shards {
-        let (code, body) = c
-            .request(
-                "POST",
-                "/shards",
-                r#"{"prefix_len":20,"network_id":"blue"}"#,
-            )
-            .expect("create");
-        assert_eq!(code, 201, "{body}");
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Ack {
-    address: String,
-    seq: u64,
-    workload: String,
-}
-
-/// `clients` threads allocating until `stop` (or the connection dies); every 201 is
-/// recorded.
-fn hammer(
-    http: &Http,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-    count: Arc<AtomicU64>,
-) -> Vec<std::thread::JoinHandle<Vec<Ack>>> {
-    (0..clients)
-        .map(|t| {
-            let http = http.clone();
-            let stop = stop.clone();
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut acks = Vec::new();
-                let Ok(mut c) = Conn::open(&http) else {
-                    return acks;
-                };
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let workload = format!("w{t}-{i}");
-                    i += 1;
-                    let body = format!(r#"{{"workload":"{workload}","host_id":"h{}"}}"#, t % 4);
-                    match c.request("POST", "/networks/blue/addresses", &body) {
-                        Ok((201, body)) => {
-                            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-                            acks.push(Ack {
-                                address: field(&v, "address").as_str().unwrap().to_owned(),
-                                seq: field(&v, "seq").as_u64().unwrap(),
-                                workload,
-                            });
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok((code, body)) => panic!("{code}: {body}"),
-                        Err(_) => break, // killed
-                    }
-                }
-                acks
-            })
-        })
-        .collect()
 }
 
 #[test]
@@ -318,56 +181,6 @@ fn standby_takes_over_a_killed_writer_and_no_acknowledged_allocation_is_lost() {
     b.wait().expect("reap");
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `clients` threads allocating until `stop`, retrying after refusals (the store paused);
-/// returns each thread's acknowledged allocations and how many requests were refused.
-fn hammer_through_failures(
-    http: &Http,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-    count: Arc<AtomicU64>,
-) -> Vec<std::thread::JoinHandle<(Vec<Ack>, u64)>> {
-    (0..clients)
-        .map(|t| {
-            let http = http.clone();
-            let stop = stop.clone();
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut acks = Vec::new();
-                let mut refused = 0;
-                let mut c = Conn::open(&http).expect("connect");
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let workload = format!("w{t}-{i}");
-                    i += 1;
-                    let body = format!(r#"{{"workload":"{workload}","host_id":"h{}"}}"#, t % 4);
-                    match c.request("POST", "/networks/blue/addresses", &body) {
-                        Ok((201, body)) => {
-                            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-                            acks.push(Ack {
-                                address: field(&v, "address").as_str().unwrap().to_owned(),
-                                seq: field(&v, "seq").as_u64().unwrap(),
-                                workload,
-                            });
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok((code, body)) => {
-                            assert!(code >= 500, "{code}: {body}");
-                            refused += 1;
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        Err(_) => {
-                            refused += 1;
-                            std::thread::sleep(Duration::from_millis(20));
-                            c = Conn::open(&http).expect("reconnect");
-                        }
-                    }
-                }
-                (acks, refused)
-            })
-        })
-        .collect()
 }
 
 /// A three-member etcd: its Raft leader is killed during an allocation burst; allocations

@@ -3,70 +3,30 @@
 //! counts after a restart are the ones sent before it; without checkpoints
 //! (`--topology-checkpoint-interval 0`) nothing is read back.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn start(dir: &Path, interval: &str) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-            "--insecure",
-            "--topology-checkpoint-interval",
-            interval,
-            "--data-dir",
-        ])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn weft-controller");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("announcement");
-    let http = line
-        .trim()
-        .rsplit_once(" http=")
-        .map(|(_, h)| h.to_owned())
-        .unwrap_or_else(|| panic!("{line:?}"));
-    let token = std::fs::read_to_string(dir.join("admin.token"))
-        .expect("admin token")
-        .trim()
-        .to_owned();
-    (child, http, token)
+#[path = "common/alloc_http.rs"]
+mod alloc_http;
+use alloc_http::{Conn, Http, start};
+
+fn start_with(dir: &Path, interval: &str) -> (Child, String, String) {
+    let (child, http) = start(dir, &["--topology-checkpoint-interval", interval]);
+    (child, http.addr, http.token)
 }
 
 fn request(http: &str, token: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(http).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("read");
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let http = Http {
+        addr: http.to_owned(),
+        token: token.to_owned(),
+    };
+    Conn::open(&http)
+        .expect("connect")
+        .request(method, path, body)
+        .expect("request")
 }
 
 /// `n` observations of `source` -> `target` on `port`, as JSON lines.
@@ -122,7 +82,7 @@ fn kill_9_keeps_the_topology_up_to_the_last_checkpoint() {
         std::process::id(),
         rand::random::<u32>()
     ));
-    let (mut child, http, token) = start(&dir, "500ms");
+    let (mut child, http, token) = start_with(&dir, "500ms");
     post(
         &http,
         &token,
@@ -149,7 +109,7 @@ fn kill_9_keeps_the_topology_up_to_the_last_checkpoint() {
     child.wait().expect("reap");
 
     let started = Instant::now();
-    let (mut child, http, token) = start(&dir, "500ms");
+    let (mut child, http, token) = start_with(&dir, "500ms");
     eprintln!("restarted and serving in {:?}", started.elapsed());
     assert_eq!(
         requests(&http, &token),
@@ -176,13 +136,13 @@ fn kill_9_keeps_the_topology_up_to_the_last_checkpoint() {
         .status()
         .expect("kill -TERM");
     child.wait().expect("reap");
-    let (mut child, http, token) = start(&dir, "500ms");
+    let (mut child, http, token) = start_with(&dir, "500ms");
     assert_eq!(requests(&http, &token)[1].2, 350);
     child.kill().expect("kill");
     child.wait().expect("reap");
 
     // Without checkpoints nothing is read back.
-    let (mut child, http, token) = start(&dir, "0");
+    let (mut child, http, token) = start_with(&dir, "0");
     assert!(requests(&http, &token).is_empty());
     child.kill().expect("kill");
     child.wait().expect("reap");

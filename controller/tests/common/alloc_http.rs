@@ -1,0 +1,242 @@
+//! A client of the allocation API over keep-alive HTTP/1.1 for the tests that drive a
+//! real `weft-controller` binary (kill -9, standbys, etcd members killed): the address and
+//! token, one connection, shards for network `blue`, and clients allocating in a burst.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The controller's REST address and its admin token.
+#[derive(Debug, Clone)]
+pub struct Http {
+    pub addr: String,
+    pub token: String,
+}
+
+/// Starts the `weft-controller` binary (plain text, addresses of its own) with its store
+/// in `data_dir` and `extra` flags; its REST address and admin token once it serves.
+pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Http) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--insecure",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn weft-controller");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("announcement");
+    let http = line
+        .trim()
+        .rsplit_once(" http=")
+        .map(|(_, h)| h.to_owned())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let token = std::fs::read_to_string(data_dir.join("admin.token"))
+        .expect("the controller's admin token")
+        .trim()
+        .to_owned();
+    (child, Http { addr: http, token })
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    token: String,
+}
+
+impl Conn {
+    pub fn open(http: &Http) -> std::io::Result<Self> {
+        let s = TcpStream::connect(&http.addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Self {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            token: http.token.clone(),
+        })
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
+        // One write per request: no small segments for Nagle and delayed ACKs to hold up.
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.token,
+            body.len()
+        );
+        self.writer.write_all(request.as_bytes())?;
+        let mut status = String::new();
+        if self.reader.read_line(&mut status)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        let code: u16 = status
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if self.reader.read_line(&mut h)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body)?;
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+pub fn field<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v.get(name).unwrap_or_else(|| panic!("no {name} in {v}"))
+}
+
+/// Creates `shards` /20 shards for network `blue`.
+pub fn prepare(http: &Http, shards: usize) {
+    let mut c = Conn::open(http).expect("connect");
+    for _ in 0..shards {
+        let (code, body) = c
+            .request(
+                "POST",
+                "/shards",
+                r#"{"prefix_len":20,"network_id":"blue"}"#,
+            )
+            .expect("create");
+        assert_eq!(code, 201, "{body}");
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub address: String,
+    pub seq: u64,
+    pub workload: String,
+}
+
+/// `clients` threads allocating until `stop` (or the connection dies); every 201 is
+/// recorded.
+pub fn hammer(
+    http: &Http,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) -> Vec<std::thread::JoinHandle<Vec<Ack>>> {
+    (0..clients)
+        .map(|t| {
+            let http = http.clone();
+            let stop = stop.clone();
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut acks = Vec::new();
+                let Ok(mut c) = Conn::open(&http) else {
+                    return acks;
+                };
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let workload = format!("w{t}-{i}");
+                    i += 1;
+                    let body = format!(r#"{{"workload":"{workload}","host_id":"h{}"}}"#, t % 4);
+                    match c.request("POST", "/networks/blue/addresses", &body) {
+                        Ok((201, body)) => {
+                            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+                            acks.push(Ack {
+                                address: field(&v, "address").as_str().unwrap().to_owned(),
+                                seq: field(&v, "seq").as_u64().unwrap(),
+                                workload,
+                            });
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok((code, body)) => panic!("{code}: {body}"),
+                        Err(_) => break, // killed
+                    }
+                }
+                acks
+            })
+        })
+        .collect()
+}
+
+/// `clients` threads allocating until `stop`, retrying after refusals (the store paused);
+/// returns each thread's acknowledged allocations and how many requests were refused.
+pub fn hammer_through_failures(
+    http: &Http,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) -> Vec<std::thread::JoinHandle<(Vec<Ack>, u64)>> {
+    (0..clients)
+        .map(|t| {
+            let http = http.clone();
+            let stop = stop.clone();
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut acks = Vec::new();
+                let mut refused = 0;
+                let mut c = Conn::open(&http).expect("connect");
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let workload = format!("w{t}-{i}");
+                    i += 1;
+                    let body = format!(r#"{{"workload":"{workload}","host_id":"h{}"}}"#, t % 4);
+                    match c.request("POST", "/networks/blue/addresses", &body) {
+                        Ok((201, body)) => {
+                            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+                            acks.push(Ack {
+                                address: field(&v, "address").as_str().unwrap().to_owned(),
+                                seq: field(&v, "seq").as_u64().unwrap(),
+                                workload,
+                            });
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok((code, body)) => {
+                            assert!(code >= 500, "{code}: {body}");
+                            refused += 1;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(_) => {
+                            refused += 1;
+                            std::thread::sleep(Duration::from_millis(20));
+                            c = Conn::open(&http).expect("reconnect");
+                        }
+                    }
+                }
+                (acks, refused)
+            })
+        })
+        .collect()
+}
