@@ -33,6 +33,8 @@ const CONNECTIONS: usize = 64;
 const NETWORK: &str = "bench";
 /// Clients of the Calico-style allocator with a block each.
 const BLOCK_CLIENTS: usize = 4;
+/// /20 shards of the bench network (4,093 addresses each): more than any run allocates.
+const SHARDS: usize = 64;
 
 struct Rate {
     acked: u64,
@@ -143,7 +145,7 @@ fn controller_rate(dir: &Path, name: &str, extra: &[&str], standby: Option<&str>
         }
         None => None,
     };
-    for _ in 0..8 {
+    for _ in 0..SHARDS {
         controller
             .json(
                 "POST",
@@ -284,9 +286,10 @@ fn measure(dir: &Path) -> Result<String> {
     );
     let _ = writeln!(
         md,
-        "Machine: {} ({} CPUs). A release `weft-controller` (`--shard-pool 10.0.0.0/12`, 8 /20 shards of one network), {CONNECTIONS} keep-alive HTTP/1.1 connections POSTing allocations for {SECONDS} s each, on the same CPUs as the controller and etcd; Debian's etcd {} as one member on loopback (its data on the same disk as the redb file). Measured in one run, in this order.\n",
+        "Machine: {} ({} CPUs). A release `weft-controller` (`--shard-pool 10.0.0.0/12`, {SHARDS} /20 shards of one network, room for {} addresses), {CONNECTIONS} keep-alive HTTP/1.1 connections POSTing allocations for {SECONDS} s each, on the same CPUs as the controller and etcd; Debian's etcd {} as one member on loopback (its data on the same disk as the redb file). Measured in one run, in this order.\n",
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        fmt_int((SHARDS * 4093) as f64),
         etcd_version()
     );
     let _ = writeln!(
