@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use weft_shards::{Index, ShardConfig};
 use weft_store::etcd_process::{self, EtcdCluster};
 use weft_store::{EtcdConfig, EtcdStore};
 
 #[path = "common/alloc_http.rs"]
 mod alloc_http;
-use alloc_http::{Ack, Conn, Http, field, hammer, hammer_through_failures, prepare};
+use alloc_http::{
+    Ack, Conn, Http, allocate_fresh, assert_stored, hammer, hammer_through_failures, prepare,
+};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -67,19 +68,28 @@ fn announced(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     rx
 }
 
-#[test]
-fn standby_takes_over_a_killed_writer_and_no_acknowledged_allocation_is_lost() {
+/// A fresh directory for a test on etcd, or `None` (skipped) when etcd is missing and the
+/// test does not run as root (as root, as CI runs, `cargo xtask setup` installed it).
+fn etcd_test_dir(name: &str) -> Option<std::path::PathBuf> {
     if !etcd_process::available() {
         assert!(!is_root(), "etcd not found: run `cargo xtask setup`");
         eprintln!("etcd not found; skipped");
-        return;
+        return None;
     }
     let dir = std::env::temp_dir().join(format!(
-        "weft-etcd-ctl-{}-{}",
+        "{name}-{}-{}",
         std::process::id(),
         rand::random::<u32>()
     ));
     std::fs::create_dir_all(&dir).expect("dir");
+    Some(dir)
+}
+
+#[test]
+fn standby_takes_over_a_killed_writer_and_no_acknowledged_allocation_is_lost() {
+    let Some(dir) = etcd_test_dir("weft-etcd-ctl") else {
+        return;
+    };
     let cluster = EtcdCluster::start(&dir, 1).expect("etcd");
     let url = cluster.url();
 
@@ -142,41 +152,14 @@ fn standby_takes_over_a_killed_writer_and_no_acknowledged_allocation_is_lost() {
             ack.address
         );
     }
-    {
-        let store = EtcdStore::open(EtcdConfig::parse(&url).expect("url")).expect("open");
-        let index = Index::load(&store, Arc::new(ShardConfig::default())).expect("load");
-        index.check_invariants().expect("invariants after kill -9");
-        for ack in &acks {
-            let stored = index
-                .allocation(ack.address.parse().unwrap())
-                .unwrap_or_else(|| panic!("acknowledged {} lost", ack.address));
-            assert_eq!(
-                (stored.seq, stored.workload.as_str()),
-                (ack.seq, ack.workload.as_str())
-            );
-        }
-    }
+    let store = EtcdStore::open(EtcdConfig::parse(&url).expect("url")).expect("open");
+    assert_stored(&store, &acks);
     let http = Http {
         addr: b_http,
         token,
     };
     let mut c = Conn::open(&http).expect("connect to the new writer");
-    for i in 0..50 {
-        let (code, body) = c
-            .request(
-                "POST",
-                "/networks/blue/addresses",
-                &format!(r#"{{"workload":"after-{i}","host_id":"h0"}}"#),
-            )
-            .unwrap();
-        assert_eq!(code, 201, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let address = field(&v, "address").as_str().unwrap();
-        assert!(
-            !by_address.contains_key(address),
-            "{address} handed out again by the new writer"
-        );
-    }
+    allocate_fresh(&mut c, 50, &by_address, "by the new writer");
     b.kill().expect("kill");
     b.wait().expect("reap");
     drop(cluster);
@@ -188,17 +171,9 @@ fn standby_takes_over_a_killed_writer_and_no_acknowledged_allocation_is_lost() {
 /// allocation is in the store, none twice.
 #[test]
 fn etcd_leader_killed_during_a_burst_loses_nothing_acknowledged() {
-    if !etcd_process::available() {
-        assert!(!is_root(), "etcd not found: run `cargo xtask setup`");
-        eprintln!("etcd not found; skipped");
+    let Some(dir) = etcd_test_dir("weft-etcd-3") else {
         return;
-    }
-    let dir = std::env::temp_dir().join(format!(
-        "weft-etcd-3-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).expect("dir");
+    };
     let mut cluster = EtcdCluster::start(&dir, 3).expect("etcd");
     let url = cluster.url();
     let mut controller = spawn(&url, &dir);
@@ -256,17 +231,7 @@ fn etcd_leader_killed_during_a_burst_loses_nothing_acknowledged() {
     controller.kill().expect("kill");
     controller.wait().expect("reap");
     let store = EtcdStore::open(EtcdConfig::parse(&url).expect("url")).expect("open");
-    let index = Index::load(&store, Arc::new(ShardConfig::default())).expect("load");
-    index.check_invariants().expect("invariants");
-    for ack in &acks {
-        let stored = index
-            .allocation(ack.address.parse().unwrap())
-            .unwrap_or_else(|| panic!("acknowledged {} lost", ack.address));
-        assert_eq!(
-            (stored.seq, stored.workload.as_str()),
-            (ack.seq, ack.workload.as_str())
-        );
-    }
+    assert_stored(&store, &acks);
     drop(store);
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use weft_shards::{Index, ShardConfig};
+use weft_shards::ShardConfig;
 use weft_store::RedbStore;
 
 #[path = "common/alloc_http.rs"]
 mod alloc_http;
-use alloc_http::{Ack, Conn, field, hammer, prepare, start};
+use alloc_http::{Ack, Conn, allocate_fresh, assert_stored, hammer, prepare, start};
 
 #[test]
 fn kill_9_during_an_allocation_burst_loses_no_acknowledged_allocation() {
@@ -55,20 +55,7 @@ fn kill_9_during_an_allocation_burst_loses_no_acknowledged_allocation() {
     {
         // What a restarted controller rebuilds from.
         let store = RedbStore::open_dir(&dir).expect("open the killed controller's store");
-        let index = Index::load(&store, Arc::new(ShardConfig::default())).expect("load");
-        index.check_invariants().expect("invariants after kill -9");
-        for a in &acks {
-            let ip = a.address.parse().unwrap();
-            let stored = index
-                .allocation(ip)
-                .unwrap_or_else(|| panic!("acknowledged {} lost", a.address));
-            assert_eq!(
-                (stored.seq, stored.workload.as_str()),
-                (a.seq, a.workload.as_str()),
-                "{}",
-                a.address
-            );
-        }
+        let index = assert_stored(&store, &acks);
         eprintln!(
             "{} acknowledged allocations before SIGKILL, {} stored",
             acks.len(),
@@ -89,22 +76,7 @@ fn kill_9_during_an_allocation_burst_loses_no_acknowledged_allocation() {
         .unwrap();
     assert_eq!(code, 200);
     assert!(body.contains(&format!("\"{}\"", sample.address)), "{body}");
-    for i in 0..50 {
-        let (code, body) = c
-            .request(
-                "POST",
-                "/networks/blue/addresses",
-                &format!(r#"{{"workload":"after-{i}","host_id":"h0"}}"#),
-            )
-            .unwrap();
-        assert_eq!(code, 201, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let address = field(&v, "address").as_str().unwrap();
-        assert!(
-            !by_address.contains_key(address),
-            "{address} handed out again after the restart"
-        );
-    }
+    allocate_fresh(&mut c, 50, &by_address, "after the restart");
     child.kill().expect("kill");
     child.wait().expect("reap");
     let _ = std::fs::remove_dir_all(&dir);

@@ -10,6 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use weft_shards::{Index, ShardConfig};
+use weft_store::Store;
+
 /// The controller's REST address and its admin token.
 #[derive(Debug, Clone)]
 pub struct Http {
@@ -148,6 +153,56 @@ pub struct Ack {
     pub workload: String,
 }
 
+/// The acknowledgement of `workload`'s allocation from a 201's body.
+fn ack(workload: String, body: &str) -> Ack {
+    let v: serde_json::Value = serde_json::from_str(body).expect("json");
+    Ack {
+        address: field(&v, "address").as_str().unwrap().to_owned(),
+        seq: field(&v, "seq").as_u64().unwrap(),
+        workload,
+    }
+}
+
+/// Allocates for `n` new workloads over `c` and checks that none gets an address of
+/// `taken` (the acknowledged allocations of before: `who` says which controller answers).
+pub fn allocate_fresh(c: &mut Conn, n: usize, taken: &HashMap<&str, &Ack>, who: &str) {
+    for i in 0..n {
+        let (code, body) = c
+            .request(
+                "POST",
+                "/networks/blue/addresses",
+                &format!(r#"{{"workload":"after-{i}","host_id":"h0"}}"#),
+            )
+            .unwrap();
+        assert_eq!(code, 201, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let address = field(&v, "address").as_str().unwrap();
+        assert!(
+            !taken.contains_key(address),
+            "{address} handed out again {who}"
+        );
+    }
+}
+
+/// Every allocation of `acks` is in `store` (what a controller rebuilds from) with its
+/// sequence and workload, and the shard index it loads holds its invariants; the index.
+pub fn assert_stored(store: &dyn Store, acks: &[Ack]) -> Index {
+    let index = Index::load(store, Arc::new(ShardConfig::default())).expect("load");
+    index.check_invariants().expect("invariants");
+    for a in acks {
+        let stored = index
+            .allocation(a.address.parse().unwrap())
+            .unwrap_or_else(|| panic!("acknowledged {} lost", a.address));
+        assert_eq!(
+            (stored.seq, stored.workload.as_str()),
+            (a.seq, a.workload.as_str()),
+            "{}",
+            a.address
+        );
+    }
+    index
+}
+
 /// `clients` threads allocating until `stop` (or the connection dies); every 201 is
 /// recorded.
 pub fn hammer(
@@ -173,12 +228,7 @@ pub fn hammer(
                     let body = format!(r#"{{"workload":"{workload}","host_id":"h{}"}}"#, t % 4);
                     match c.request("POST", "/networks/blue/addresses", &body) {
                         Ok((201, body)) => {
-                            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-                            acks.push(Ack {
-                                address: field(&v, "address").as_str().unwrap().to_owned(),
-                                seq: field(&v, "seq").as_u64().unwrap(),
-                                workload,
-                            });
+                            acks.push(ack(workload, &body));
                             count.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok((code, body)) => panic!("{code}: {body}"),
@@ -215,12 +265,7 @@ pub fn hammer_through_failures(
                     let body = format!(r#"{{"workload":"{workload}","host_id":"h{}"}}"#, t % 4);
                     match c.request("POST", "/networks/blue/addresses", &body) {
                         Ok((201, body)) => {
-                            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-                            acks.push(Ack {
-                                address: field(&v, "address").as_str().unwrap().to_owned(),
-                                seq: field(&v, "seq").as_u64().unwrap(),
-                                workload,
-                            });
+                            acks.push(ack(workload, &body));
                             count.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok((code, body)) => {
