@@ -73,6 +73,12 @@ pub struct Args {
     /// too large is split in halves, and a single record too large alone is dropped).
     #[arg(long, default_value_t = 1 << 20)]
     pub batch_max_bytes: usize,
+    /// Encoded bytes of acknowledged batches kept until the controller holds them durably
+    /// (its next topology checkpoint): a controller killed between checkpoints gets them
+    /// again and counts each once. Beyond this the oldest are forgotten (counted in
+    /// weft_agent_records_unretained_total).
+    #[arg(long, default_value_t = crate::outbox::DEFAULT_RESEND_BUFFER_BYTES)]
+    pub resend_buffer_bytes: usize,
     /// Network namespace file (e.g. /run/netns/hv1) whose neighbour cache is updated for
     /// re-addressed workloads (new addresses set, old ones deleted), and where their
     /// gateways' hardware addresses are looked up: where the workloads' bridge is.

@@ -36,6 +36,17 @@ pub struct Exporter {
     pub metrics: Arc<Metrics>,
     /// Sent at registration (`--underlay-address`).
     pub underlay_address: Option<std::net::IpAddr>,
+    /// Acknowledged batches kept until the controller holds them durably
+    /// (`--resend-buffer-bytes`, [`crate::outbox`]).
+    pub resend_buffer_bytes: usize,
+}
+
+/// What a registration answered: the registry version announced, and the controller's
+/// last merged and durable sequences of this agent instance.
+struct Registered {
+    version: u64,
+    last: u64,
+    durable: u64,
 }
 
 enum Outcome {
@@ -48,7 +59,7 @@ enum Outcome {
 impl Exporter {
     /// Runs until `shutdown` turns true and the queue is empty, or `grace` after it.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
-        let mut outbox = Outbox::default();
+        let mut outbox = Outbox::with_resend_buffer(self.resend_buffer_bytes);
         let mut backoff = BACKOFF_MIN;
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -95,12 +106,11 @@ impl Exporter {
         Ok(AgentServiceClient::new(channel))
     }
 
-    /// Registers and returns the registry version announced and the controller's last
-    /// merged sequence for this agent instance.
+    /// Registers; what the controller answered.
     async fn register(
         &self,
         client: &mut AgentServiceClient<Channel>,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<Registered, String> {
         let (version, workloads) = self.registry.snapshot();
         let req = RegisterRequest {
             host_id: self.host_id.clone(),
@@ -122,8 +132,32 @@ impl Exporter {
         let resp = client
             .register(req)
             .await
-            .map_err(|s| format!("register: {}", s.message()))?;
-        Ok((version, resp.into_inner().last_sequence))
+            .map_err(|s| format!("register: {}", s.message()))?
+            .into_inner();
+        Ok(Registered {
+            version,
+            last: resp.last_sequence,
+            durable: resp.durable_sequence,
+        })
+    }
+
+    /// After a registration: the batches the controller lost are sent again (those
+    /// retained), the merged ones are dropped once durable.
+    fn resume(&self, outbox: &mut Outbox, registered: &Registered) {
+        let resumed = outbox.merged_up_to(registered.last);
+        outbox.durable(registered.durable);
+        if resumed.resent > 0 || resumed.lost > 0 {
+            self.metrics.batches_resent.inc_by(resumed.resent as u64);
+            self.metrics.batches_lost.inc_by(resumed.lost);
+            warn!(
+                controller = %self.controller,
+                merged = registered.last,
+                resent = resumed.resent,
+                lost = resumed.lost,
+                "the controller lost acknowledged batches (restarted since its last checkpoint): sending those retained again"
+            );
+        }
+        self.metrics.batches_retained.set(outbox.retained() as u64);
     }
 
     async fn session(
@@ -136,12 +170,12 @@ impl Exporter {
             Ok(c) => c,
             Err(e) => return Outcome::Reconnect(e),
         };
-        let (mut announced, last) = match self.register(&mut client).await {
+        let registered = match self.register(&mut client).await {
             Ok(v) => v,
             Err(e) => return Outcome::Reconnect(e),
         };
-        // Batches merged before their acknowledgement was lost leave.
-        outbox.merged_up_to(last);
+        let mut announced = registered.version;
+        self.resume(outbox, &registered);
         self.metrics.controller_connected.set(1);
         self.metrics.reconnects.inc();
         info!(controller = %self.controller, host_id = %self.host_id, "registered with controller");
@@ -149,7 +183,10 @@ impl Exporter {
             let (version, _) = self.registry.snapshot();
             if version != announced {
                 match self.register(&mut client).await {
-                    Ok((v, _)) => announced = v,
+                    Ok(registered) => {
+                        announced = registered.version;
+                        self.resume(outbox, &registered);
+                    }
                     Err(e) => return Outcome::Reconnect(e),
                 }
             }
@@ -182,10 +219,13 @@ impl Exporter {
                 dropped_records_total: self.metrics.records_dropped.get(),
             };
             match client.push_flows(batch).await {
-                Ok(_) => {
-                    if let Some(records) = outbox.acked() {
-                        self.metrics.records_sent.inc_by(records.len() as u64);
+                Ok(response) => {
+                    let durable = response.into_inner().durable_sequence;
+                    if let Some((records, evicted)) = outbox.acked(durable) {
+                        self.metrics.records_sent.inc_by(records as u64);
+                        self.metrics.records_unretained.inc_by(evicted);
                     }
+                    self.metrics.batches_retained.set(outbox.retained() as u64);
                     self.metrics.batches_sent.inc();
                 }
                 Err(status)
@@ -196,7 +236,10 @@ impl Exporter {
                 Err(status) if status.code() == Code::FailedPrecondition => {
                     // The controller restarted and forgot us: register again, resend.
                     match self.register(&mut client).await {
-                        Ok((v, _)) => announced = v,
+                        Ok(registered) => {
+                            announced = registered.version;
+                            self.resume(outbox, &registered);
+                        }
                         Err(e) => return Outcome::Reconnect(e),
                     }
                 }

@@ -170,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         registry: registry.clone(),
         metrics: metrics.clone(),
         underlay_address: args.underlay_address,
+        resend_buffer_bytes: args.resend_buffer_bytes,
     };
     let exporter_task = tokio::spawn(exporter.run(shutdown_rx.clone(), SHUTDOWN_GRACE));
     let attach_task = tokio::spawn(attacher.watch(host_events.clone(), shutdown_rx.clone()));

@@ -114,6 +114,10 @@ pub struct Metrics {
     pub batch_splits: Counter,
     pub records_too_large: Counter,
     pub ring_items_invalid: Counter,
+    pub batches_retained: Gauge,
+    pub batches_resent: Counter,
+    pub batches_lost: Counter,
+    pub records_unretained: Counter,
 }
 
 impl Metrics {
@@ -222,6 +226,30 @@ impl Metrics {
             "weft_agent_batch_splits_total",
             "Batches the controller refused as too large, split in two and sent again.",
             m.batch_splits.clone(),
+        );
+        register(
+            r,
+            "weft_agent_batches_retained",
+            "Acknowledged batches kept until the controller holds them durably (its next topology checkpoint).",
+            m.batches_retained.clone(),
+        );
+        register(
+            r,
+            "weft_agent_batches_resent_total",
+            "Acknowledged batches sent again because the controller restarted and had lost them.",
+            m.batches_resent.clone(),
+        );
+        register(
+            r,
+            "weft_agent_batches_lost_total",
+            "Acknowledged batches a restarted controller had lost and the agent no longer kept (--resend-buffer-bytes too small).",
+            m.batches_lost.clone(),
+        );
+        register(
+            r,
+            "weft_agent_records_unretained_total",
+            "Acknowledged flow records dropped from the resend buffer before the controller held them durably (--resend-buffer-bytes full).",
+            m.records_unretained.clone(),
         );
         register(
             r,

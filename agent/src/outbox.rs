@@ -6,6 +6,14 @@
 //! as too large (gRPC `OUT_OF_RANGE` / `RESOURCE_EXHAUSTED`: over its decode limit) be
 //! split in two halves in its place, again and again, down to a single record, which is
 //! then dropped: the same oversized batch is never sent twice.
+//!
+//! An acknowledged batch is not forgotten at once: the controller holds it durably only
+//! once its next topology checkpoint is written (it says so in every answer,
+//! `durable_sequence`). Until then the batch is *retained* (up to a byte budget,
+//! `--resend-buffer-bytes`; the oldest go first when it is full, counted). A controller
+//! that restarts answers the registration with the sequence its checkpoint holds, and the
+//! retained batches above it go back in front of the queue with their own sequences:
+//! each batch is merged exactly once.
 
 use std::collections::VecDeque;
 
@@ -37,18 +45,58 @@ pub struct Outbox {
     batches: VecDeque<Vec<FlowRecord>>,
     /// Sequence of the front batch.
     first_seq: u64,
+    /// Acknowledged batches not yet durable at the controller, oldest first; the last
+    /// one's sequence is `first_seq - 1`.
+    retained: VecDeque<Vec<FlowRecord>>,
+    retained_bytes: usize,
+    /// What `retained` may hold, in encoded record bytes.
+    max_retained_bytes: usize,
 }
 
 impl Default for Outbox {
     fn default() -> Self {
-        Self {
-            batches: VecDeque::new(),
-            first_seq: 1,
-        }
+        Self::with_resend_buffer(DEFAULT_RESEND_BUFFER_BYTES)
     }
 }
 
+/// The default of `--resend-buffer-bytes`.
+pub const DEFAULT_RESEND_BUFFER_BYTES: usize = 64 << 20;
+
+fn batch_bytes(records: &[FlowRecord]) -> usize {
+    records.iter().map(record_bytes).sum()
+}
+
+/// What [`Outbox::merged_up_to`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// Retained batches sent again (the controller lost them).
+    pub resent: usize,
+    /// Batches the controller lost that were no longer retained (lost for good).
+    pub lost: u64,
+}
+
 impl Outbox {
+    /// An outbox retaining up to `max_retained_bytes` of acknowledged batches.
+    pub fn with_resend_buffer(max_retained_bytes: usize) -> Self {
+        Self {
+            batches: VecDeque::new(),
+            first_seq: 1,
+            retained: VecDeque::new(),
+            retained_bytes: 0,
+            max_retained_bytes,
+        }
+    }
+
+    /// Acknowledged batches kept until the controller holds them durably.
+    pub fn retained(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Sequence of the oldest retained batch.
+    fn retained_first_seq(&self) -> u64 {
+        self.first_seq - self.retained.len() as u64
+    }
+
     pub fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }
@@ -65,19 +113,67 @@ impl Outbox {
         self.batches.push_back(records);
     }
 
-    /// The front batch was acknowledged: it leaves.
-    pub fn acked(&mut self) -> Option<Vec<FlowRecord>> {
+    /// The front batch was acknowledged, and the controller holds every batch up to
+    /// `durable` durably: the front moves to the retained ones, and those at or below
+    /// `durable` leave. Returns the front's record count, and how many retained records
+    /// were dropped for room (never durable: lost if the controller restarts).
+    pub fn acked(&mut self, durable: u64) -> Option<(usize, u64)> {
         let records = self.batches.pop_front()?;
+        let count = records.len();
+        self.retained_bytes += batch_bytes(&records);
+        self.retained.push_back(records);
         self.first_seq += 1;
-        Some(records)
+        self.durable(durable);
+        let mut evicted = 0u64;
+        while self.retained_bytes > self.max_retained_bytes {
+            let Some(oldest) = self.retained.pop_front() else {
+                break;
+            };
+            self.retained_bytes -= batch_bytes(&oldest);
+            evicted += oldest.len() as u64;
+        }
+        Some((count, evicted))
+    }
+
+    /// The controller holds every batch up to `durable`: those retained leave.
+    pub fn durable(&mut self, durable: u64) {
+        while self.retained_first_seq() <= durable {
+            let Some(oldest) = self.retained.pop_front() else {
+                break;
+            };
+            self.retained_bytes -= batch_bytes(&oldest);
+        }
     }
 
     /// The controller has merged every sequence up to `last` (it said so when the agent
-    /// registered): batches at or below it leave (their acknowledgement was lost), and
-    /// the next sequence is above it.
-    pub fn merged_up_to(&mut self, last: u64) {
-        while self.first_seq <= last && self.acked().is_some() {}
-        self.first_seq = self.first_seq.max(last.saturating_add(1));
+    /// registered): retained batches above it (a restarted controller lost them) go back
+    /// in front with their sequences; batches at or below it still queued (merged, their
+    /// acknowledgement lost) move to the retained ones; the next sequence is above it.
+    /// Say [`Self::durable`] next with what the registration called durable.
+    pub fn merged_up_to(&mut self, last: u64) -> Resumed {
+        let mut resumed = Resumed::default();
+        while last < self.first_seq - 1 {
+            let Some(batch) = self.retained.pop_back() else {
+                // Lost by the controller and no longer retained: a gap it skips.
+                resumed.lost = self.first_seq - 1 - last;
+                break;
+            };
+            self.retained_bytes -= batch_bytes(&batch);
+            self.batches.push_front(batch);
+            self.first_seq -= 1;
+            resumed.resent += 1;
+        }
+        while self.first_seq <= last && !self.batches.is_empty() {
+            let _ = self.acked(0);
+        }
+        if self.first_seq <= last {
+            // The controller knows sequences this instance never sent (cannot happen
+            // with one instance id): start above them.
+            self.retained.clear();
+            self.retained_bytes = 0;
+            self.first_seq = last + 1;
+        }
+        resumed
     }
 
     /// The controller refused the front batch as too large: splits it in halves in its
@@ -125,12 +221,12 @@ mod tests {
             outbox.front().map(|(s, r)| (s, ports(r))),
             Some((1, vec![1]))
         );
-        outbox.acked();
+        outbox.acked(u64::MAX);
         assert_eq!(
             outbox.front().map(|(s, r)| (s, ports(r))),
             Some((2, vec![2]))
         );
-        outbox.acked();
+        outbox.acked(u64::MAX);
         assert!(outbox.is_empty());
         outbox.push(vec![]);
         assert_eq!(outbox.front().map(|(s, _)| s), Some(3));
@@ -158,17 +254,17 @@ mod tests {
             outbox.front().map(|(s, r)| (s, ports(r))),
             Some((1, vec![2]))
         );
-        outbox.acked();
+        outbox.acked(u64::MAX);
         assert_eq!(
             outbox.front().map(|(s, r)| (s, ports(r))),
             Some((2, vec![3, 4, 5]))
         );
-        outbox.acked();
+        outbox.acked(u64::MAX);
         assert_eq!(
             outbox.front().map(|(s, r)| (s, ports(r))),
             Some((3, vec![9]))
         );
-        outbox.acked();
+        outbox.acked(u64::MAX);
         assert_eq!(outbox.too_large(), TooLarge::Empty);
     }
 
@@ -232,5 +328,75 @@ mod tests {
             records.iter().map(record_bytes).sum::<usize>(),
             batch.encoded_len()
         );
+    }
+
+    fn seqs(outbox: &Outbox) -> Option<(u64, Vec<u32>)> {
+        outbox.front().map(|(s, r)| (s, ports(r)))
+    }
+
+    /// Acknowledged batches stay until durable; a controller that restarted from an older
+    /// checkpoint gets the ones it lost again, with their own sequences, then new ones.
+    #[test]
+    fn acknowledged_batches_are_retained_until_durable_and_resent_after_a_restart() {
+        let mut outbox = Outbox::default();
+        for port in 1..=5 {
+            outbox.push(vec![rec(port)]);
+        }
+        // 1..=4 acknowledged; the controller's checkpoint holds up to 2.
+        for durable in [0, 1, 2, 2] {
+            assert!(outbox.acked(durable).is_some());
+        }
+        assert_eq!(outbox.retained(), 2, "3 and 4 wait for a checkpoint");
+        assert_eq!(seqs(&outbox), Some((5, vec![5])));
+        // The controller was killed and restarted from the checkpoint of 2.
+        let resumed = outbox.merged_up_to(2);
+        assert_eq!(resumed, Resumed { resent: 2, lost: 0 });
+        assert_eq!(seqs(&outbox), Some((3, vec![3])));
+        outbox.durable(2);
+        for (seq, port) in [(3, 3), (4, 4), (5, 5)] {
+            assert_eq!(seqs(&outbox), Some((seq, vec![port])));
+            outbox.acked(seq);
+        }
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.retained(), 0, "all durable");
+        outbox.push(vec![rec(6)]);
+        assert_eq!(seqs(&outbox), Some((6, vec![6])), "sequences go on");
+    }
+
+    /// A registration with the same controller (nothing lost) resends nothing, and a
+    /// batch merged whose acknowledgement was lost is not sent again but retained.
+    #[test]
+    fn a_registration_with_a_live_controller_resends_nothing() {
+        let mut outbox = Outbox::default();
+        for port in 1..=3 {
+            outbox.push(vec![rec(port)]);
+        }
+        outbox.acked(0);
+        // Batch 2 was merged, its answer lost; the controller says merged 2, durable 1.
+        assert_eq!(outbox.merged_up_to(2), Resumed::default());
+        outbox.durable(1);
+        assert_eq!(seqs(&outbox), Some((3, vec![3])));
+        assert_eq!(outbox.retained(), 1, "2 is merged but not durable yet");
+        // Then the controller restarts from a checkpoint of 1: 2 comes back.
+        assert_eq!(outbox.merged_up_to(1).resent, 1);
+        assert_eq!(seqs(&outbox), Some((2, vec![2])));
+    }
+
+    /// The resend buffer is bounded: the oldest retained batches go (counted), and a
+    /// restarted controller that lost them is told nothing it cannot have: a gap.
+    #[test]
+    fn the_resend_buffer_is_bounded_and_a_gap_is_reported_lost() {
+        let one = batch_bytes(&[rec(1)]);
+        let mut outbox = Outbox::with_resend_buffer(2 * one);
+        for port in 1..=4 {
+            outbox.push(vec![rec(port)]);
+        }
+        let evicted: u64 = (0..4).map(|_| outbox.acked(0).unwrap().1).sum();
+        assert_eq!(evicted, 2, "room for two batches");
+        assert_eq!(outbox.retained(), 2);
+        // A controller that remembers nothing: 3 and 4 come back, 1 and 2 are lost.
+        let resumed = outbox.merged_up_to(0);
+        assert_eq!(resumed, Resumed { resent: 2, lost: 2 });
+        assert_eq!(seqs(&outbox), Some((3, vec![3])));
     }
 }

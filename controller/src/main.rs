@@ -152,12 +152,17 @@ fn build_state(
     let checkpointer = if args.store.topology_checkpoint_interval.is_zero() {
         None
     } else {
-        let (checkpointer, restored) =
-            Checkpointer::restore(state.topology.clone(), checkpoint_store)
-                .context("reading the topology checkpoint")?;
+        let (checkpointer, restored) = Checkpointer::restore(
+            state.topology.clone(),
+            state.registry.clone(),
+            checkpoint_store,
+        )
+        .context("reading the topology checkpoint")?;
         tracing::info!(
             entries = restored.entries,
             refused = restored.refused,
+            agents = restored.agents,
+            torn = restored.torn,
             "topology checkpoint read back"
         );
         Some(checkpointer)

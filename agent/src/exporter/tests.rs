@@ -38,6 +38,7 @@ impl AgentService for Merged {
         Ok(Response::new(RegisterResponse {
             controller_instance: "fake".into(),
             last_sequence: last,
+            durable_sequence: last,
         }))
     }
 
@@ -47,7 +48,10 @@ impl AgentService for Merged {
     ) -> Result<Response<PushFlowsResponse>, Status> {
         let batch = request.into_inner();
         if batch.records.is_empty() {
-            return Ok(Response::new(PushFlowsResponse { accepted: 0 }));
+            return Ok(Response::new(PushFlowsResponse {
+                accepted: 0,
+                durable_sequence: 0,
+            }));
         }
         let mut merged = self.0.lock().unwrap();
         if merged.last().is_some_and(|(s, _)| *s >= batch.sequence) {
@@ -61,6 +65,7 @@ impl AgentService for Merged {
         merged.push((batch.sequence, ports));
         Ok(Response::new(PushFlowsResponse {
             accepted: batch.records.len() as u64,
+            durable_sequence: batch.sequence,
         }))
     }
 }
@@ -100,6 +105,7 @@ async fn export(
         registry: Arc::new(Registry::new(Vec::new())),
         metrics: metrics.clone(),
         underlay_address: None,
+        resend_buffer_bytes: 1 << 20,
     };
     // Stopping from the start: the exporter sends what is queued, then returns.
     let (_tx, rx) = tokio::sync::watch::channel(true);

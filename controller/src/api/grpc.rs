@@ -85,9 +85,15 @@ impl AgentService for AgentApi {
             last_sequence,
             "agent registered"
         );
+        let durable_sequence = self
+            .state
+            .registry
+            .agent(host_id, agent_instance)
+            .map_or(0, |agent| registry_durable(&self.state, &agent));
         Ok(Response::new(wire::RegisterResponse {
             controller_instance: self.state.controller_instance.to_string(),
             last_sequence,
+            durable_sequence,
         }))
     }
 
@@ -112,13 +118,18 @@ impl AgentService for AgentApi {
         let metrics = &self.state.metrics;
         if batch.records.is_empty() {
             metrics.heartbeat();
-            return Ok(Response::new(wire::PushFlowsResponse { accepted: 0 }));
+            return Ok(Response::new(wire::PushFlowsResponse {
+                accepted: 0,
+                durable_sequence: registry_durable(&self.state, &agent),
+            }));
         }
 
         let topology = &self.state.topology;
         let limits = &self.state.limits;
         let registry = self.state.registry.as_ref();
         let recent = self.state.flows.as_ref();
+        // A checkpoint waits for this batch to be merged whole (or merges it after).
+        let merging = registry.merging();
         let merged = agent.merge_batch(batch.sequence, || {
             // Records beyond the agent's rate are dropped (and counted) before any work.
             let records = u64::try_from(batch.records.len()).unwrap_or(u64::MAX);
@@ -176,6 +187,7 @@ impl AgentService for AgentApi {
             }
             accepted
         });
+        drop(merging);
         let accepted = match merged {
             Some(accepted) => {
                 metrics.batch_merged();
@@ -192,6 +204,14 @@ impl AgentService for AgentApi {
                 0
             }
         };
-        Ok(Response::new(wire::PushFlowsResponse { accepted }))
+        Ok(Response::new(wire::PushFlowsResponse {
+            accepted,
+            durable_sequence: registry_durable(&self.state, &agent),
+        }))
     }
+}
+
+/// What the agent may forget: its batches the controller holds durably.
+fn registry_durable(state: &AppState, agent: &weft_topology::registry::Agent) -> u64 {
+    state.registry.durable_sequence(agent)
 }

@@ -25,6 +25,12 @@ pub struct Http {
 /// Starts the `weft-controller` binary (plain text, addresses of its own) with its store
 /// in `data_dir` and `extra` flags; its REST address and admin token once it serves.
 pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Http) {
+    let (child, http, _grpc) = start_with_grpc(data_dir, extra);
+    (child, http)
+}
+
+/// As [`start`], and the gRPC address.
+pub fn start_with_grpc(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Http, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
         .args([
             "--grpc-listen",
@@ -46,16 +52,16 @@ pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Http) {
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("announcement");
-    let http = line
+    let (grpc, http) = line
         .trim()
         .rsplit_once(" http=")
-        .map(|(_, h)| h.to_owned())
+        .and_then(|(g, h)| Some((g.rsplit_once("grpc=")?.1.to_owned(), h.to_owned())))
         .unwrap_or_else(|| panic!("{line:?}"));
     let token = std::fs::read_to_string(data_dir.join("admin.token"))
         .expect("the controller's admin token")
         .trim()
         .to_owned();
-    (child, Http { addr: http, token })
+    (child, Http { addr: http, token }, grpc)
 }
 
 /// A keep-alive HTTP/1.1 connection.

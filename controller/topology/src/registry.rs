@@ -30,6 +30,8 @@ pub struct Agent {
     /// Last merged batch sequence. Held while a batch is merged, so two pushes of the same
     /// batch cannot both pass the duplicate check.
     sequence: Mutex<u64>,
+    /// Highest merged sequence the controller holds durably (in a written checkpoint).
+    durable: std::sync::atomic::AtomicU64,
     dropped_records_total: Mutex<u64>,
 }
 
@@ -63,6 +65,11 @@ impl Agent {
         Some(result)
     }
 
+    /// Highest merged sequence held durably (by the last written topology checkpoint).
+    pub fn durable_sequence(&self) -> u64 {
+        self.durable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn set_dropped_records_total(&self, total: u64) {
         *lock(&self.dropped_records_total) = total;
     }
@@ -91,6 +98,23 @@ pub struct Registry {
     registration: Mutex<()>,
     /// Grows at every registration: names of addresses may have changed.
     version: std::sync::atomic::AtomicU64,
+    /// Host id -> (agent instance, last merged sequence) read back from a checkpoint, for
+    /// agents that have not registered again since the controller started.
+    restored: DashMap<String, (String, u64)>,
+    /// Whether merged batches are durable only once a checkpoint holds them (checkpoints
+    /// on); otherwise a batch is as durable as the controller ever makes it once merged.
+    durable_at_checkpoint: std::sync::atomic::AtomicBool,
+    /// Held shared while a batch is merged, exclusively while a checkpoint copies the
+    /// topology and the sequences: the two are then one consistent cut.
+    merges: std::sync::RwLock<()>,
+}
+
+/// One agent instance's last merged batch sequence, as a checkpoint holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSequence {
+    pub host_id: String,
+    pub agent_instance: String,
+    pub sequence: u64,
 }
 
 impl Registry {
@@ -108,17 +132,27 @@ impl Registry {
         now: Instant,
     ) -> u64 {
         let _registration = lock(&self.registration);
-        let last_sequence = self
+        let live = self
             .agents
             .get(host_id)
             .filter(|agent| agent.agent_instance == agent_instance)
-            .map_or(0, |agent| agent.last_sequence());
+            .map(|agent| (agent.last_sequence(), agent.durable_sequence()));
+        let (last_sequence, durable) = live.unwrap_or_else(|| {
+            // Not registered since the controller started: what the checkpoint holds.
+            let restored = self
+                .restored
+                .get(host_id)
+                .filter(|r| r.0 == agent_instance)
+                .map_or(0, |r| r.1);
+            (restored, restored)
+        });
         let agent = Agent {
             host_id: host_id.to_owned(),
             agent_instance: agent_instance.to_owned(),
             workloads,
             last_contact: Mutex::new(now),
             sequence: Mutex::new(last_sequence),
+            durable: std::sync::atomic::AtomicU64::new(durable),
             dropped_records_total: Mutex::new(0),
         };
         self.agents.insert(host_id.to_owned(), Arc::new(agent));
@@ -126,6 +160,82 @@ impl Registry {
         self.version
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         last_sequence
+    }
+
+    /// From now on a merged batch is durable only once [`Self::set_durable`] says a
+    /// checkpoint holds it (the controller checkpoints its topology).
+    pub fn durable_at_checkpoint(&self) {
+        self.durable_at_checkpoint
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The sequence up to which `agent`'s batches are durable: the agent may forget them.
+    pub fn durable_sequence(&self, agent: &Agent) -> u64 {
+        if self
+            .durable_at_checkpoint
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            agent.durable_sequence()
+        } else {
+            agent.last_sequence()
+        }
+    }
+
+    /// Held while a batch is merged (shared: merges run side by side).
+    pub fn merging(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.merges.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Held while a checkpoint copies the topology and [`Self::sequences`]: no batch is
+    /// half merged meanwhile.
+    pub fn pause_merges(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.merges.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A sequence read back from a checkpoint (before agents register).
+    pub fn restore_sequence(&self, restored: AgentSequence) {
+        self.restored.insert(
+            restored.host_id,
+            (restored.agent_instance, restored.sequence),
+        );
+    }
+
+    /// Every agent instance's last merged sequence: registered agents, and those read back
+    /// from the last checkpoint that have not registered again. Consistent with the
+    /// topology only while no batch is being merged (the caller holds the ingest gate).
+    pub fn sequences(&self) -> Vec<AgentSequence> {
+        let mut all: Vec<AgentSequence> = self
+            .restored
+            .iter()
+            .filter(|r| !self.agents.contains_key(r.key()))
+            .map(|r| AgentSequence {
+                host_id: r.key().clone(),
+                agent_instance: r.value().0.clone(),
+                sequence: r.value().1,
+            })
+            .collect();
+        all.extend(self.agents.iter().map(|a| AgentSequence {
+            host_id: a.host_id.clone(),
+            agent_instance: a.agent_instance.clone(),
+            sequence: a.last_sequence(),
+        }));
+        all.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        all
+    }
+
+    /// A checkpoint holding `sequences` was written: those batches are durable.
+    pub fn set_durable(&self, sequences: &[AgentSequence]) {
+        for s in sequences {
+            if let Some(agent) = self
+                .agents
+                .get(&s.host_id)
+                .filter(|a| a.agent_instance == s.agent_instance)
+            {
+                agent
+                    .durable
+                    .fetch_max(s.sequence, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
     }
 
     /// Grows at every registration (a cache of a rendering that names workloads is valid
