@@ -9,6 +9,7 @@ pub mod browser;
 pub mod cmd;
 pub mod delay;
 pub mod eventually;
+pub mod http1;
 pub mod lab;
 pub mod links;
 pub mod load;
