@@ -1,16 +1,16 @@
 //! The live topology checkpointed to the store (`--topology-checkpoint-interval`): every
-//! interval, the dependencies and services that changed since the last checkpoint are
-//! written (and those evicted deleted) in transactions of bounded size; at start the
-//! last checkpoint is read back before any agent connects. A `kill -9` loses at most the
-//! records merged since the last checkpoint.
+//! interval, what changed since the last checkpoint is written (a changed dependency's
+//! head and the time buckets it recorded into; expired buckets and evicted dependencies
+//! and services deleted) in transactions of bounded size; at start the last checkpoint
+//! is read back before any agent connects. A `kill -9` loses at most the records merged
+//! since the last checkpoint. The entries are `weft_topology`'s (`topology::checkpoint`).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use weft_store::{Store, StoreError};
 use weft_topology::time::now_unix_ns;
-use weft_topology::topology::{CHECKPOINT_PREFIX, Topology};
+use weft_topology::topology::{CHECKPOINT_PREFIX, CheckpointState, Topology};
 
 /// Store writes per transaction (etcd refuses large ones unless told otherwise).
 const OPS_PER_TXN: usize = 512;
@@ -19,8 +19,8 @@ const OPS_PER_TXN: usize = 512;
 pub struct Checkpointer {
     topology: Arc<Topology>,
     store: Arc<dyn Store>,
-    /// The entries the store holds.
-    known: HashSet<String>,
+    /// What the store holds of the topology.
+    state: CheckpointState,
     /// Start of the last checkpoint on the topology's clock: what was touched since is
     /// written by the next one.
     since: u64,
@@ -40,28 +40,30 @@ impl Checkpointer {
         topology: Arc<Topology>,
         store: Arc<dyn Store>,
     ) -> Result<(Self, Restored), StoreError> {
-        let mut restored = Restored::default();
-        let mut known = HashSet::new();
-        for (key, value) in store.scan_prefix(CHECKPOINT_PREFIX)? {
-            match topology.restore(&key, &value) {
-                Ok(()) => {
-                    restored.entries += 1;
-                    known.insert(key);
-                }
-                Err(error) => {
-                    restored.refused += 1;
-                    tracing::warn!(%error, "topology checkpoint entry not restored");
-                    // Still known: the next checkpoint deletes it.
-                    known.insert(key);
-                }
-            }
+        // Before the read: what is touched from now on is written by the next checkpoint.
+        let since = now_unix_ns();
+        let entries = store.scan_prefix(CHECKPOINT_PREFIX)?;
+        let read = topology.restore_checkpoint(&entries);
+        for error in &read.refused {
+            // The next checkpoint deletes it.
+            tracing::warn!(%error, "topology checkpoint entry not restored");
         }
+        if read.first_format > 0 {
+            tracing::info!(
+                dependencies = read.first_format,
+                "topology checkpoint in the first format (buckets inside each dependency's entry) read; the next checkpoint rewrites it with an entry per bucket"
+            );
+        }
+        let restored = Restored {
+            entries: read.entries,
+            refused: read.refused.len(),
+        };
         Ok((
             Self {
                 topology,
                 store,
-                known,
-                since: 0,
+                state: read.state,
+                since,
             },
             restored,
         ))
@@ -71,7 +73,7 @@ impl Checkpointer {
     /// and deleted.
     pub fn write(&mut self) -> Result<usize, StoreError> {
         let started = now_unix_ns();
-        let checkpoint = self.topology.checkpoint(self.since, &self.known);
+        let checkpoint = self.topology.checkpoint(self.since, &self.state);
         let mut ops: Vec<(&str, Option<&[u8]>)> = checkpoint
             .puts
             .iter()
@@ -82,7 +84,8 @@ impl Checkpointer {
             self.store.txn(&[], chunk)?;
         }
         let written = ops.len();
-        self.known = checkpoint.keys;
+        drop(ops);
+        self.state.commit(checkpoint.changes);
         // Anything touched while this one was made is written again next time.
         self.since = started;
         Ok(written)
