@@ -49,6 +49,11 @@ struct HeadRef<'a> {
     touched_unix_ns: u64,
 }
 
+/// An entry's value, or why not (naming its key).
+fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))
+}
+
 fn dependency_key(key: &DependencyKey) -> String {
     format!(
         "{DEP}{}{SEP}{}{SEP}{}{SEP}{}",
@@ -190,6 +195,19 @@ pub struct RestoredCheckpoint {
     pub state: CheckpointState,
 }
 
+impl RestoredCheckpoint {
+    /// Counts an entry restored, or refused (and deleted by the next checkpoint).
+    fn count(&mut self, key: &str, restored: Result<(), String>) {
+        match restored {
+            Ok(()) => self.entries += 1,
+            Err(e) => {
+                self.refused.push(e);
+                self.state.strays.push(key.to_owned());
+            }
+        }
+    }
+}
+
 impl Topology {
     /// The writes of a checkpoint: the head of every dependency touched at or after
     /// `since_unix_ns` (on the topology's clock) with its buckets touched since then,
@@ -287,22 +305,11 @@ impl Topology {
                     Err(e) => Err(e),
                 }
             };
-            match restored {
-                Ok(()) => out.entries += 1,
-                Err(e) => {
-                    out.refused.push(e);
-                    out.state.strays.push(key.clone());
-                }
-            }
+            out.count(key, restored);
         }
         for (key, dependency, start, value) in buckets {
-            match self.restore_bucket(key, &dependency, start, value, &mut out.state) {
-                Ok(()) => out.entries += 1,
-                Err(e) => {
-                    out.refused.push(e);
-                    out.state.strays.push(key.clone());
-                }
-            }
+            let restored = self.restore_bucket(key, &dependency, start, value, &mut out.state);
+            out.count(key, restored);
         }
         out
     }
@@ -314,8 +321,7 @@ impl Topology {
         state: &mut CheckpointState,
     ) -> Result<(), String> {
         let name = &key[SVC.len()..];
-        let service: ServiceState =
-            serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?;
+        let service: ServiceState = parse(key, value)?;
         state.services.insert(name.to_owned());
         if self.services.contains_key(name) {
             return Ok(());
@@ -335,8 +341,7 @@ impl Topology {
         value: &[u8],
         out: &mut RestoredCheckpoint,
     ) -> Result<(), String> {
-        let entry: DependencyEntry =
-            serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?;
+        let entry: DependencyEntry = parse(key, value)?;
         if self.dependencies.contains_key(&dependency) {
             out.state
                 .dependencies
@@ -376,8 +381,7 @@ impl Topology {
         value: &[u8],
         state: &mut CheckpointState,
     ) -> Result<(), String> {
-        let stats: DependencyStats =
-            serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?;
+        let stats: DependencyStats = parse(key, value)?;
         let Some(stored) = state.dependencies.get_mut(dependency) else {
             return Err(format!("{key}: a bucket of no dependency read back"));
         };
