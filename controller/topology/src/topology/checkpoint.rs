@@ -284,14 +284,18 @@ impl Topology {
         out
     }
 
-    /// Restores a checkpoint read from the store (every entry under [`PREFIX`], in any
-    /// order) into an empty or partly filled topology: a dependency or service already
+    /// Restores a checkpoint read from the store (the entries under [`PREFIX`], in any
+    /// order; keys of other kinds there are skipped, neither restored nor deleted) into an empty or partly filled topology: a dependency or service already
     /// present is kept as it is. Within the topology's limits: a full topology refuses
     /// entries. What was read is the state the next [`Self::checkpoint`] starts from.
     pub fn restore_checkpoint(&self, entries: &[(String, Vec<u8>)]) -> RestoredCheckpoint {
         let mut out = RestoredCheckpoint::default();
         let mut buckets = Vec::new();
         for (key, value) in entries {
+            if !key.starts_with(DEP) && !key.starts_with(SVC) {
+                // Another kind of entry under the prefix (not the topology's): left alone.
+                continue;
+            }
             let restored = if key.starts_with(SVC) {
                 self.restore_service(key, value, &mut out.state)
             } else {
@@ -558,6 +562,15 @@ mod tests {
             ),
             ("topology-checkpoint/svc/x", b"not json"),
         ];
+        let other = Topology::default().restore_checkpoint(&[(
+            "topology-checkpoint/agent-seq/hv1".to_owned(),
+            b"7".to_vec(),
+        )]);
+        assert_eq!((other.entries, other.refused.len()), (0, 0));
+        assert!(
+            other.state.strays.is_empty(),
+            "another kind of entry is left alone"
+        );
         for (key, value) in bad {
             let fresh = Topology::default();
             let read = fresh.restore_checkpoint(&[(key.to_owned(), value.to_vec())]);
