@@ -1,14 +1,15 @@
 //! The live topology checkpointed to the store (`--topology-checkpoint-interval`): every
-//! interval, the dependencies and services that changed since the last checkpoint are
-//! written (and those evicted deleted) in transactions of bounded size; at start the
-//! last checkpoint is read back before any agent connects. A `kill -9` loses at most the
-//! records merged since the last checkpoint, and the agents make up for those: with the
-//! topology, a checkpoint holds each agent instance's last merged batch sequence, copied
-//! in one cut with it (merges pause while the checkpoint copies them, [`Registry::
-//! pause_merges`]). Once written, those batches are durable and the agents are told so
-//! (`durable_sequence`); they keep every acknowledged batch above it and, when the
-//! restarted controller answers their registration with the sequence its checkpoint
-//! holds, send the rest again: each batch is counted exactly once.
+//! interval, what changed since the last checkpoint is written (a changed dependency's
+//! head and the time buckets it recorded into; expired buckets and evicted dependencies
+//! and services deleted); at start the last checkpoint is read back before any agent
+//! connects. The entries are `weft_topology`'s (`topology::checkpoint`). A `kill -9`
+//! loses at most the records merged since the last checkpoint, and the agents make up
+//! for those: with the topology, a checkpoint holds each agent instance's last merged
+//! batch sequence, copied in one cut with it (merges pause while the checkpoint copies
+//! them, [`Registry::pause_merges`]). Once written, those batches are durable and the
+//! agents are told so (`durable_sequence`); they keep every acknowledged batch above it
+//! and, when the restarted controller answers their registration with the sequence its
+//! checkpoint holds, send the rest again: each batch is counted exactly once.
 //!
 //! A checkpoint is written in one transaction when it fits (`MAX_TXN_OPS` writes,
 //! `MAX_TXN_BYTES`); a larger one is written in several, with a marker that the last one
@@ -16,7 +17,6 @@
 //! new, the sequences old) and says so: counts may then be off by what was merged in one
 //! interval.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use weft_store::{Store, StoreError};
 use weft_topology::registry::{AgentSequence, Registry};
 use weft_topology::time::now_unix_ns;
-use weft_topology::topology::{CHECKPOINT_PREFIX, Topology};
+use weft_topology::topology::{CHECKPOINT_PREFIX, CheckpointState, Topology};
 
 /// Store writes per transaction (the controller's etcd runs with `--max-txn-ops 100000`).
 const MAX_TXN_OPS: usize = 8192;
@@ -46,8 +46,8 @@ pub struct Checkpointer {
     topology: Arc<Topology>,
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
-    /// The entries the store holds.
-    known: HashSet<String>,
+    /// What the store holds of the topology.
+    state: CheckpointState,
     /// Start of the last checkpoint on the topology's clock: what was touched since is
     /// written by the next one.
     since: u64,
@@ -97,28 +97,29 @@ impl Checkpointer {
             }
         }
         registry.durable_at_checkpoint();
-        let mut known = HashSet::new();
-        for (key, value) in store.scan_prefix(CHECKPOINT_PREFIX)? {
-            match topology.restore(&key, &value) {
-                Ok(()) => {
-                    restored.entries += 1;
-                    known.insert(key);
-                }
-                Err(error) => {
-                    restored.refused += 1;
-                    tracing::warn!(%error, "topology checkpoint entry not restored");
-                    // Still known: the next checkpoint deletes it.
-                    known.insert(key);
-                }
-            }
+        // Before the read: what is touched from now on is written by the next checkpoint.
+        let since = now_unix_ns();
+        let entries = store.scan_prefix(CHECKPOINT_PREFIX)?;
+        let read = topology.restore_checkpoint(&entries);
+        for error in &read.refused {
+            // The next checkpoint deletes it.
+            tracing::warn!(%error, "topology checkpoint entry not restored");
         }
+        if read.first_format > 0 {
+            tracing::info!(
+                dependencies = read.first_format,
+                "topology checkpoint in the first format (buckets inside each dependency's entry) read; the next checkpoint rewrites it with an entry per bucket"
+            );
+        }
+        restored.entries = read.entries;
+        restored.refused += read.refused.len();
         Ok((
             Self {
                 topology,
                 registry,
                 store,
-                known,
-                since: 0,
+                state: read.state,
+                since,
             },
             restored,
         ))
@@ -132,7 +133,7 @@ impl Checkpointer {
         let (checkpoint, sequences) = {
             let _paused = self.registry.pause_merges();
             (
-                self.topology.checkpoint(self.since, &self.known),
+                self.topology.checkpoint(self.since, &self.state),
                 self.registry.sequences(),
             )
         };
@@ -162,7 +163,8 @@ impl Checkpointer {
         );
         write_atomically_if_possible(self.store.as_ref(), &ops)?;
         self.registry.set_durable(&sequences);
-        self.known = checkpoint.keys;
+        drop(ops);
+        self.state.commit(checkpoint.changes);
         // Anything touched while this one was made is written again next time.
         self.since = started;
         Ok(written)

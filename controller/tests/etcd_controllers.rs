@@ -15,7 +15,7 @@ use weft_store::{EtcdConfig, EtcdStore};
 #[path = "common/alloc_http.rs"]
 mod alloc_http;
 use alloc_http::{
-    Ack, Conn, Http, allocate_fresh, assert_stored, hammer, hammer_through_failures, prepare,
+    Ack, Http, allocate_fresh, assert_stored, hammer, hammer_through_failures, prepare,
 };
 
 fn is_root() -> bool {
@@ -158,7 +158,7 @@ fn standby_takes_over_a_killed_writer_and_no_acknowledged_allocation_is_lost() {
         addr: b_http,
         token,
     };
-    let mut c = Conn::open(&http).expect("connect to the new writer");
+    let mut c = http.connect().expect("connect to the new writer");
     allocate_fresh(&mut c, 50, &by_address, "by the new writer");
     b.kill().expect("kill");
     b.wait().expect("reap");

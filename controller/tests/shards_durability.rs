@@ -13,7 +13,7 @@ use weft_store::RedbStore;
 
 #[path = "common/alloc_http.rs"]
 mod alloc_http;
-use alloc_http::{Ack, Conn, allocate_fresh, assert_stored, hammer, prepare, start};
+use alloc_http::{Ack, allocate_fresh, assert_stored, hammer, prepare, start};
 
 #[test]
 fn kill_9_during_an_allocation_burst_loses_no_acknowledged_allocation() {
@@ -65,7 +65,7 @@ fn kill_9_during_an_allocation_burst_loses_no_acknowledged_allocation() {
 
     // The restarted binary serves them and hands out only fresh addresses.
     let (mut child, http) = start(&dir, &[]);
-    let mut c = Conn::open(&http).expect("connect");
+    let mut c = http.connect().expect("connect");
     let sample = &acks[acks.len() / 2];
     let (code, body) = c
         .request(

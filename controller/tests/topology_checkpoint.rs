@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 #[path = "common/alloc_http.rs"]
 mod alloc_http;
-use alloc_http::{Conn, Http, start};
+use alloc_http::{Http, start};
 
 fn start_with(dir: &Path, interval: &str) -> (Child, String, String) {
     let (child, http) = start(dir, &["--topology-checkpoint-interval", interval]);
@@ -23,7 +23,7 @@ fn request(http: &str, token: &str, method: &str, path: &str, body: &str) -> (u1
         addr: http.to_owned(),
         token: token.to_owned(),
     };
-    Conn::open(&http)
+    http.connect()
         .expect("connect")
         .request(method, path, body)
         .expect("request")

@@ -1,7 +1,9 @@
 //! The namespace lab: guards for network namespaces, links and processes, real servers
 //! (nginx, PostgreSQL, Redis, socat) and real clients (curl, wrk, pgbench,
 //! redis-benchmark) inside workload namespaces, and helpers to run weft's own binaries
-//! against it. Used by `cargo xtask demo` and by the end-to-end tests in `tests/tests/`.
+//! against it. Used by `cargo xtask demo` and by the end-to-end tests in `tests/tests/`;
+//! `shard_soak` (two controllers on etcd under random kills) by `cargo xtask soak` and the
+//! controller's tests.
 //!
 //! Everything the lab creates is removed when its guard drops, also on panic.
 
@@ -9,6 +11,7 @@ pub mod browser;
 pub mod cmd;
 pub mod delay;
 pub mod eventually;
+pub mod http1;
 pub mod lab;
 pub mod links;
 pub mod load;
@@ -19,6 +22,7 @@ pub mod nft;
 pub mod process;
 pub mod rawframes;
 pub mod servers;
+pub mod shard_soak;
 pub mod supervise;
 pub mod topology;
 pub mod traffic;

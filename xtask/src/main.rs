@@ -1,4 +1,5 @@
-//! `cargo xtask <command>`: setup (toolchain, packages, bpffs), build, test, demo, fuzz.
+//! `cargo xtask <command>`: setup (toolchain, packages, bpffs), build, test, demo, fuzz,
+//! bench, soak.
 
 mod bench;
 mod bench_drift;
@@ -15,6 +16,7 @@ mod fuzz;
 mod schemathesis;
 mod setup;
 mod sh;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -58,6 +60,24 @@ enum Cmd {
         /// Use the binaries already in the target dir instead of running setup and build.
         #[arg(long)]
         no_build: bool,
+    },
+    /// Long randomized fault runs. `shards-etcd`: two controllers on one etcd, clients
+    /// allocating and releasing through whichever serves, the writer (sometimes the
+    /// standby) killed with SIGKILL and started again at random; fails if an acknowledged
+    /// allocation is lost, an address has two owners or a release is undone (checked at
+    /// every answer and against the store read from etcd). Prints the seed.
+    Soak {
+        /// What to soak: `shards-etcd`.
+        what: String,
+        /// Repeats a run's operation mix and kills (default: a random seed, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Allocations and releases to run at least.
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+        /// Kills to make at least.
+        #[arg(long, default_value_t = 50)]
+        kills: u32,
     },
     /// Runs the cargo-fuzz targets in `fuzz/` (nightly), each for a fixed time, seeded from
     /// `fuzz/corpus/<target>/`; fails if any crashed, naming the input it kept.
@@ -122,6 +142,17 @@ fn main() -> ExitCode {
             dev,
             fresh: false,
         }),
+        Cmd::Soak {
+            what,
+            seed,
+            ops,
+            kills,
+        } => match what.as_str() {
+            "shards-etcd" => soak::shards_etcd(seed, ops, kills),
+            other => Err(anyhow::anyhow!(
+                "unknown soak {other:?} (known: shards-etcd)"
+            )),
+        },
         Cmd::Demo {
             seconds,
             out,

@@ -3,8 +3,7 @@
 //! token, one connection, shards for network `blue`, and clients allocating in a burst.
 #![allow(dead_code)] // each test file uses part of it
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,72 +63,12 @@ pub fn start_with_grpc(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Ht
     (child, Http { addr: http, token }, grpc)
 }
 
-/// A keep-alive HTTP/1.1 connection.
-pub struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    token: String,
-}
+pub use weft_lab::http1::Conn;
 
-impl Conn {
-    pub fn open(http: &Http) -> std::io::Result<Self> {
-        let s = TcpStream::connect(&http.addr)?;
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Self {
-            reader: BufReader::new(s.try_clone()?),
-            writer: s,
-            token: http.token.clone(),
-        })
-    }
-
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: &str,
-    ) -> std::io::Result<(u16, String)> {
-        // One write per request: no small segments for Nagle and delayed ACKs to hold up.
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.token,
-            body.len()
-        );
-        self.writer.write_all(request.as_bytes())?;
-        let mut status = String::new();
-        if self.reader.read_line(&mut status)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed",
-            ));
-        }
-        let code: u16 = status
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let mut length = 0usize;
-        loop {
-            let mut h = String::new();
-            if self.reader.read_line(&mut h)? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed",
-                ));
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body)?;
-        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+impl Http {
+    /// A keep-alive connection to the controller.
+    pub fn connect(&self) -> std::io::Result<Conn> {
+        Conn::open(&self.addr, &self.token)
     }
 }
 
@@ -139,7 +78,7 @@ pub fn field<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
 
 /// Creates `shards` /20 shards for network `blue`.
 pub fn prepare(http: &Http, shards: usize) {
-    let mut c = Conn::open(http).expect("connect");
+    let mut c = http.connect().expect("connect");
     for _ in 0..shards {
         let (code, body) = c
             .request(
@@ -224,7 +163,7 @@ pub fn hammer(
             let count = count.clone();
             std::thread::spawn(move || {
                 let mut acks = Vec::new();
-                let Ok(mut c) = Conn::open(&http) else {
+                let Ok(mut c) = http.connect() else {
                     return acks;
                 };
                 let mut i = 0u64;
@@ -263,7 +202,7 @@ pub fn hammer_through_failures(
             std::thread::spawn(move || {
                 let mut acks = Vec::new();
                 let mut refused = 0;
-                let mut c = Conn::open(&http).expect("connect");
+                let mut c = http.connect().expect("connect");
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let workload = format!("w{t}-{i}");
@@ -282,7 +221,7 @@ pub fn hammer_through_failures(
                         Err(_) => {
                             refused += 1;
                             std::thread::sleep(Duration::from_millis(20));
-                            c = Conn::open(&http).expect("reconnect");
+                            c = http.connect().expect("reconnect");
                         }
                     }
                 }

@@ -63,6 +63,9 @@ pub struct BucketedStats {
     pub touched_unix_ns: u64,
     /// (bucket start, stats), sorted by start.
     buckets: VecDeque<(u64, DependencyStats)>,
+    /// When each bucket (same index) was last recorded into, on the topology's clock: a
+    /// checkpoint writes the buckets changed since the last one.
+    bucket_touched: VecDeque<u64>,
     /// The all-time statistics as `GET /topology` writes them, kept until the next
     /// record: a request writes every dependency, and between two requests few change.
     json: OnceLock<Arc<[u8]>>,
@@ -81,29 +84,63 @@ impl BucketedStats {
         (self.total.as_ref(), self.touched_unix_ns, &self.buckets)
     }
 
-    /// Made again from [`Self::parts`].
+    /// Made again from [`Self::parts`] (each bucket touched at `touched_unix_ns`); the
+    /// buckets sorted by start, one per start.
     pub(crate) fn from_parts(
         total: Option<DependencyStats>,
         touched_unix_ns: u64,
         buckets: VecDeque<(u64, DependencyStats)>,
     ) -> Self {
+        let mut buckets = Vec::from(buckets);
+        buckets.sort_by_key(|(start, _)| *start);
+        buckets.dedup_by_key(|(start, _)| *start);
+        let buckets = VecDeque::from(buckets);
         Self {
             total,
             touched_unix_ns,
+            bucket_touched: buckets.iter().map(|_| touched_unix_ns).collect(),
             buckets,
             json: OnceLock::new(),
         }
     }
 
+    /// Adds a bucket read back from a checkpoint (touched at the dependency's
+    /// `touched_unix_ns`); one already there is kept.
+    pub(crate) fn restore_bucket(&mut self, start: u64, stats: DependencyStats) {
+        let position = self.buckets.partition_point(|(s, _)| *s < start);
+        if self.buckets.get(position).is_some_and(|(s, _)| *s == start) {
+            return;
+        }
+        self.json.take();
+        self.buckets.insert(position, (start, stats));
+        self.bucket_touched.insert(position, self.touched_unix_ns);
+    }
+
+    /// Every kept bucket: (start, stats, when it was last recorded into), oldest first.
+    pub(crate) fn buckets_touched(&self) -> impl Iterator<Item = (u64, &DependencyStats, u64)> {
+        self.buckets
+            .iter()
+            .zip(&self.bucket_touched)
+            .map(|((start, stats), touched)| (*start, stats, *touched))
+    }
+
+    /// The start of the oldest bucket kept.
+    pub(crate) fn oldest_bucket(&self) -> Option<u64> {
+        self.buckets.front().map(|(start, _)| *start)
+    }
+
     /// Records into the total and into the bucket holding `at_unix_ns`, dropping buckets
-    /// older than the retention before the newest.
+    /// older than the retention before the newest; `now_unix_ns` (the topology's clock) is
+    /// when the dependency and that bucket were last touched.
     pub fn record(
         &mut self,
         config: &BucketConfig,
         at_unix_ns: u64,
+        now_unix_ns: u64,
         apply: impl Fn(&mut DependencyStats),
     ) {
         self.json.take();
+        self.touched_unix_ns = now_unix_ns;
         let width = config.width_ns();
         let start = at_unix_ns - at_unix_ns % width;
         let position = self.buckets.iter().rposition(|(s, _)| *s <= start);
@@ -116,7 +153,10 @@ impl BucketedStats {
             apply(total);
         }
         match position {
-            Some(i) if same_bucket => apply(&mut self.buckets[i].1),
+            Some(i) if same_bucket => {
+                apply(&mut self.buckets[i].1);
+                self.bucket_touched[i] = now_unix_ns;
+            }
             _ => {
                 let mut stats = DependencyStats::default();
                 apply(&mut stats);
@@ -125,14 +165,17 @@ impl BucketedStats {
                 // two, so the first few grow one at a time.
                 if self.buckets.len() == self.buckets.capacity() && self.buckets.len() < 4 {
                     self.buckets.reserve_exact(1);
+                    self.bucket_touched.reserve_exact(1);
                 }
                 self.buckets.insert(index, (start, stats));
+                self.bucket_touched.insert(index, now_unix_ns);
             }
         }
         let newest = self.buckets.back().map_or(0, |(s, _)| *s);
         let oldest_kept = newest.saturating_sub(config.retention_ns());
         while self.buckets.front().is_some_and(|(s, _)| *s < oldest_kept) {
             self.buckets.pop_front();
+            self.bucket_touched.pop_front();
         }
     }
 
@@ -207,7 +250,7 @@ mod tests {
         let config = BucketConfig::default();
         let mut b = BucketedStats::default();
         for minute in [10, 10, 11, 13] {
-            b.record(&config, minute * MIN + 5, one_request);
+            b.record(&config, minute * MIN + 5, 0, one_request);
         }
         assert_eq!(b.total().requests, 4);
         assert_eq!(b.bucket_count(), 3);
@@ -238,18 +281,18 @@ mod tests {
         };
         let mut b = BucketedStats::default();
         assert_eq!(b.total().requests, 0);
-        b.record(&config, 10 * MIN, one_request);
-        b.record(&config, 10 * MIN + 7, one_request);
+        b.record(&config, 10 * MIN, 0, one_request);
+        b.record(&config, 10 * MIN + 7, 0, one_request);
         assert!(b.total.is_none(), "one bucket: no second copy");
         assert_eq!(b.total().requests, 2);
-        b.record(&config, 9 * MIN, one_request);
+        b.record(&config, 9 * MIN, 0, one_request);
         assert!(
             b.total.is_some(),
             "a second bucket, even an older one, splits them"
         );
         assert_eq!(b.total().requests, 3);
         for minute in 11..20 {
-            b.record(&config, minute * MIN, one_request);
+            b.record(&config, minute * MIN, 0, one_request);
         }
         assert_eq!(b.bucket_count(), 3, "minutes 17, 18, 19");
         assert_eq!(
@@ -268,9 +311,9 @@ mod tests {
     fn out_of_order_records_land_in_their_bucket() {
         let config = BucketConfig::default();
         let mut b = BucketedStats::default();
-        b.record(&config, 12 * MIN, one_request);
-        b.record(&config, 10 * MIN, one_request);
-        b.record(&config, 11 * MIN, one_request);
+        b.record(&config, 12 * MIN, 0, one_request);
+        b.record(&config, 10 * MIN, 0, one_request);
+        b.record(&config, 11 * MIN, 0, one_request);
         let starts: Vec<u64> = b.buckets.iter().map(|(s, _)| s / MIN).collect();
         assert_eq!(starts, vec![10, 11, 12]);
     }
@@ -283,7 +326,7 @@ mod tests {
         };
         let mut b = BucketedStats::default();
         for minute in 0..10 {
-            b.record(&config, minute * MIN, one_request);
+            b.record(&config, minute * MIN, 0, one_request);
         }
         assert_eq!(b.bucket_count(), 3, "minutes 7, 8, 9");
         assert_eq!(b.total().requests, 10);

@@ -10,7 +10,10 @@
 
 pub mod buckets;
 mod checkpoint;
-pub use checkpoint::{Checkpoint, PREFIX as CHECKPOINT_PREFIX};
+pub use checkpoint::{
+    Changes as CheckpointChanges, Checkpoint, CheckpointState, PREFIX as CHECKPOINT_PREFIX,
+    RestoredCheckpoint,
+};
 pub mod classify;
 pub mod dns;
 pub mod evidence;
@@ -621,8 +624,7 @@ impl Topology {
     ) {
         let config = self.buckets;
         if let Some(mut entry) = self.dependencies.get_mut(&key) {
-            entry.record(&config, at_unix_ns, apply);
-            entry.touched_unix_ns = now;
+            entry.record(&config, at_unix_ns, now, apply);
             drop(entry);
             if reserved {
                 release(&self.dependency_count, 1);
@@ -631,8 +633,7 @@ impl Topology {
         }
         match self.dependencies.entry(key) {
             Entry::Occupied(mut entry) => {
-                entry.get_mut().record(&config, at_unix_ns, apply);
-                entry.get_mut().touched_unix_ns = now;
+                entry.get_mut().record(&config, at_unix_ns, now, apply);
                 drop(entry);
                 if reserved {
                     release(&self.dependency_count, 1);
@@ -640,8 +641,7 @@ impl Topology {
             }
             Entry::Vacant(entry) => {
                 let mut stats = BucketedStats::default();
-                stats.record(&config, at_unix_ns, apply);
-                stats.touched_unix_ns = now;
+                stats.record(&config, at_unix_ns, now, apply);
                 self.announce(entry.key(), protocol, at_unix_ns);
                 entry.insert(stats);
                 if !reserved {
