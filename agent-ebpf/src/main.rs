@@ -44,6 +44,14 @@ use crate::parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
 
+/// What the agent last exported of each flow (its delta baseline), written and read by
+/// user space only: kept in the kernel and pinned with `FLOWS`, so an agent that restarts
+/// continues each flow's deltas where the previous one stopped (agent `datapath::pins`).
+/// The programs never touch it.
+#[map(name = "FLOW_REPORTED")]
+static FLOW_REPORTED: LruHashMap<FlowKey, FlowStats> =
+    LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+
 /// Final state of flows that closed (FIN both ways, or RST).
 #[map(name = "FLOW_EVENTS")]
 static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENT_RING_BYTES, 0);

@@ -62,6 +62,8 @@ pub struct Attacher {
     exclude: Vec<String>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    /// At the end of [`Self::watch`], leave pinned links attached for the next agent.
+    keep_pins: bool,
 }
 
 impl Attacher {
@@ -86,7 +88,15 @@ impl Attacher {
             exclude,
             registry,
             metrics,
+            keep_pins: false,
         })
+    }
+
+    /// At shutdown, leave the pinned links attached (and their programs running) for the
+    /// next agent instead of detaching everything.
+    pub fn keeping_pins(mut self, keep: bool) -> Self {
+        self.keep_pins = keep;
+        self
     }
 
     fn attach(&mut self, link: &Link) -> anyhow::Result<()> {
@@ -236,6 +246,21 @@ impl Attacher {
         // Subscribe before listing, so that no change falls between the two.
         let mut sub = events.subscribe();
         self.resync(&handle).await;
+        // Every observed interface has its link now (taken over or new): a previous agent's
+        // links on interfaces this one does not observe go.
+        let stale = self
+            .datapath
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_unheld_link_pins();
+        match stale {
+            Ok(0) => {}
+            Ok(n) => info!(
+                links = n,
+                "removed a previous agent's links of interfaces not observed"
+            ),
+            Err(e) => warn!(error = %e, "removing a previous agent's links"),
+        }
         let mut safety = tokio::time::interval(SAFETY_RESYNC);
         safety.tick().await;
         let outcome = loop {
@@ -261,12 +286,18 @@ impl Attacher {
                 _ = shutdown.changed() => break Ok(()),
             }
         };
-        let n = self
-            .datapath
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .detach_all();
-        info!(links = n, "flow programs detached from all interfaces");
+        let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        if self.keep_pins {
+            let n = dp.release_keeping_pins();
+            info!(
+                links = n,
+                "flow programs left attached for the next agent (pinned)"
+            );
+        } else {
+            let n = dp.detach_all();
+            info!(links = n, "flow programs detached from all interfaces");
+        }
+        drop(dp);
         drop(handle);
         conn.abort();
         outcome

@@ -38,6 +38,9 @@ pub struct Collector {
     /// Samples the kernel could not post (ring full), per CPU.
     pub payloads_lost: PerCpuArray<MapData, u64>,
     pub tracker: FlowTracker,
+    /// The tracker's baseline, kept in the kernel (`FLOW_REPORTED`, pinned) so that a
+    /// restarted agent continues each flow's deltas (`datapath::pins`). `None`: not kept.
+    pub reported: Option<BpfHashMap<MapData, FlowKey, FlowStats>>,
     pub l7: L7Table,
     pub registry: Arc<Registry>,
     pub queue: Arc<RecordQueue>,
@@ -212,9 +215,31 @@ impl Collector {
             mono_to_unix_offset_ns: offset,
         };
         let mut record = self.tracker.update(key, stats, ended, &ctx)?;
+        self.keep_baseline(key, stats, ended);
         let unsampled = self.l7.fill(key, stats, &mut record);
         self.metrics.latency_unsampled_requests.inc_by(unsampled);
         Some(record)
+    }
+
+    /// Writes what a record just reported of `key` to `FLOW_REPORTED` (deletes it for an
+    /// ended flow). Written as the record is made, before the controller has it: a kill -9
+    /// loses unacknowledged records rather than sending them twice (`datapath::pins`).
+    fn keep_baseline(&mut self, key: &FlowKey, stats: &FlowStats, ended: bool) {
+        let Some(reported) = &mut self.reported else {
+            return;
+        };
+        let done = if ended {
+            match reported.remove(key) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                other => other,
+            }
+        } else {
+            reported.insert(key, stats, 0)
+        };
+        if let Err(e) = done {
+            self.metrics.baseline_write_errors.inc();
+            debug!(error = %e, "FLOW_REPORTED not updated");
+        }
     }
 
     /// Reads every flow, reports what changed, ends idle flows.
@@ -269,6 +294,12 @@ impl Collector {
             let _ = self.flows.remove(key);
         }
         let evicted = self.tracker.retain_live(&live);
+        if let Some(reported) = &mut self.reported {
+            for key in &evicted {
+                let _ = reported.remove(key);
+            }
+        }
+        let evicted = evicted.len();
         self.l7.retain_live(&live_l7);
         if let Ok(lost) = self.payloads_lost.get(&0, 0) {
             self.metrics

@@ -140,6 +140,22 @@ pub struct Args {
     /// ones (nginx*, postgres:*, redis*, and a shell for anything else).
     #[arg(long, value_name = "FILE")]
     pub node_profiles: Option<PathBuf>,
+    /// Directory on bpffs where the agent pins its flow table, the baseline of its flow
+    /// records and its flow observer's links, so that a restart or an upgrade continues
+    /// them without a gap (docs/operations.md, "Restarts and upgrades"). One per agent.
+    /// Default: /sys/fs/bpf/weft/<host-id>.
+    #[arg(long, value_name = "DIR")]
+    pub bpffs_dir: Option<PathBuf>,
+    /// At exit, leave the flow observer attached and its maps pinned for the next agent
+    /// (restarts and upgrades: set in deploy/config/agent.toml). Without it the agent
+    /// detaches its programs and removes its pins at exit. After a kill -9 the pins stay
+    /// either way, and the next agent takes them over.
+    #[arg(long)]
+    pub keep_pins_on_exit: bool,
+    /// Remove what agents left in --bpffs-dir (detaching their programs) and exit: for an
+    /// uninstall, with the agent stopped.
+    #[arg(long)]
+    pub cleanup: bool,
     /// Log filter (tracing EnvFilter syntax).
     /// (netlink-packet-route warns about every attribute newer than itself: kept quiet.)
     #[arg(
@@ -367,6 +383,12 @@ mod tests {
         assert_eq!(
             args.state_file.as_deref(),
             Some(Path::new("/var/lib/weft/agent-state.json"))
+        );
+        // A systemd restart or upgrade keeps the flow state.
+        assert!(args.keep_pins_on_exit && !args.cleanup);
+        assert_eq!(
+            args.bpffs_dir.as_deref(),
+            Some(Path::new("/sys/fs/bpf/weft/hv1"))
         );
     }
 

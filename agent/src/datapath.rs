@@ -9,22 +9,32 @@
 //! - Maps are handed out by name: [`Datapath::take_map`] for an owner that keeps the map
 //!   (the collector), [`Datapath::map_mut`] for an update made under the datapath's lock.
 //! - [`Datapath::detach_interface`] drops every link of an interface that went away.
+//! - With a pin directory ([`Datapath::load_pinned`], [`pins`]) the state maps are pinned
+//!   and reused across restarts, and the links of the programs named there are pinned: a
+//!   new agent swaps its program into the previous agent's link atomically.
 //!
 //! Several tasks share one `Datapath` behind a mutex ([`SharedDatapath`]); it is held for
 //! an attach or detach (one syscall each), never per packet or per flow.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::Map,
     programs::{
         LinkOrder, ProgramError, ProgramId, SchedClassifier, TcAttachType,
-        tc::{SchedClassifierLinkId, TcAttachOptions},
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
     },
 };
+use tracing::{info, warn};
+
+pub mod pins;
+
+pub use pins::{PinError, Pins};
 
 /// A datapath shared by the tasks that attach programs and update maps.
 pub type SharedDatapath = Arc<Mutex<Datapath>>;
@@ -107,12 +117,30 @@ pub enum DatapathError {
         interface: String,
         source: Box<ProgramError>,
     },
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error("pinning the link of {program} on {hook} of {interface} at {path}: {source}")]
+    PinLink {
+        program: String,
+        hook: Hook,
+        interface: String,
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A link as the datapath holds it.
+enum Held {
+    /// Owned by the program's link set (aya); detached when dropped or at exit.
+    Owned(SchedClassifierLinkId),
+    /// Pinned at `path`: stays attached while the pin exists, whoever holds it.
+    Pinned { link: FdLink, path: PathBuf },
 }
 
 struct Attachment {
     program: String,
     hook: Hook,
-    link: SchedClassifierLinkId,
+    link: Held,
 }
 
 /// One program on a hook, as the kernel lists it.
@@ -129,6 +157,10 @@ pub struct Datapath {
     ebpf: Ebpf,
     /// Attachments per interface index, in the order they were made.
     links: HashMap<u32, Vec<Attachment>>,
+    /// Where maps and links are pinned, if they are.
+    pins: Option<Pins>,
+    /// The programs whose links are pinned.
+    pinned_programs: Vec<String>,
 }
 
 impl Datapath {
@@ -138,7 +170,38 @@ impl Datapath {
         Ok(Self {
             ebpf,
             links: HashMap::new(),
+            pins: None,
+            pinned_programs: Vec::new(),
         })
+    }
+
+    /// Loads an eBPF object with its state maps ([`pins::PINNED_MAPS`]) pinned in `pins`:
+    /// reused when a previous agent left them there and their definition matches, else
+    /// created (and pinned). The links of `pinned_programs` are pinned as they are made,
+    /// and a link a previous agent pinned is taken over (see [`Self::attach`]).
+    pub fn load_pinned(
+        object: &[u8],
+        pins: Pins,
+        pinned_programs: &[&str],
+    ) -> Result<Self, DatapathError> {
+        let paths = pins.prepare_maps(object)?;
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
+            .load(object)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        Ok(Self {
+            ebpf,
+            links: HashMap::new(),
+            pins: Some(pins),
+            pinned_programs: pinned_programs.iter().map(|p| (*p).to_owned()).collect(),
+        })
+    }
+
+    pub fn pins(&self) -> Option<&Pins> {
+        self.pins.as_ref()
     }
 
     pub fn into_shared(self) -> SharedDatapath {
@@ -218,25 +281,93 @@ impl Datapath {
                 }
             }
         };
-        let link = self
-            .classifier(program)?
+        let pin = match &self.pins {
+            Some(p) if self.pinned_programs.iter().any(|n| n == program) => {
+                Some(p.link_path(ifindex, hook, program))
+            }
+            _ => None,
+        };
+        if let Some(path) = &pin
+            && path.exists()
+        {
+            match self.take_over(program, path) {
+                Ok(link) => {
+                    info!(%interface, %hook, program, "took over the pinned link (program replaced in place)");
+                    self.links.entry(ifindex).or_default().push(Attachment {
+                        program: program.to_owned(),
+                        hook,
+                        link: Held::Pinned {
+                            link,
+                            path: path.clone(),
+                        },
+                    });
+                    return Ok(());
+                }
+                Err(e) => {
+                    // The interface went away while no agent ran (the link is defunct), or
+                    // the pin is not a tcx link: start over on this interface.
+                    warn!(%interface, %hook, program, pin = %path.display(), error = %e,
+                        "the pinned link cannot be taken over; attaching anew");
+                    pins::remove_file(path)?;
+                }
+            }
+        }
+        let attach_err = |e: ProgramError| DatapathError::Attach {
+            program: program.to_owned(),
+            hook,
+            interface: interface.to_owned(),
+            source: Box::new(e),
+        };
+        let classifier = self.classifier(program)?;
+        let id = classifier
             .attach_with_options(
                 interface,
                 hook.attach_type(),
                 TcAttachOptions::TcxOrder(link_order),
             )
-            .map_err(|e| DatapathError::Attach {
-                program: program.to_owned(),
-                hook,
-                interface: interface.to_owned(),
-                source: Box::new(e),
-            })?;
+            .map_err(attach_err)?;
+        let link = match pin {
+            None => Held::Owned(id),
+            Some(path) => {
+                let pin_err =
+                    |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::PinLink {
+                        program: program.to_owned(),
+                        hook,
+                        interface: interface.to_owned(),
+                        path: path.clone(),
+                        source: e,
+                    };
+                let owned = classifier.take_link(id).map_err(attach_err)?;
+                let fd = FdLink::try_from(owned).map_err(|e| pin_err(Box::new(e)))?;
+                // On failure the link is dropped, so detached: nothing half-made stays.
+                let pinned = fd.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+                Held::Pinned {
+                    link: pinned.into(),
+                    path,
+                }
+            }
+        };
         self.links.entry(ifindex).or_default().push(Attachment {
             program: program.to_owned(),
             hook,
             link,
         });
         Ok(())
+    }
+
+    /// Swaps `program` into the tcx link pinned at `path` (one `BPF_LINK_UPDATE`: the
+    /// link's place on the hook is kept and no packet sees the hook without a program).
+    fn take_over(
+        &mut self,
+        program: &str,
+        path: &std::path::Path,
+    ) -> Result<FdLink, Box<dyn std::error::Error + Send + Sync>> {
+        let pinned = PinnedLink::from_pin(path)?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+        let classifier = self.classifier(program)?;
+        let id = classifier.attach_to_link(link)?;
+        let link = classifier.take_link(id)?;
+        Ok(FdLink::try_from(link)?)
     }
 
     pub fn is_attached(&self, ifindex: u32, hook: Hook, program: &str) -> bool {
@@ -297,10 +428,69 @@ impl Datapath {
     }
 
     fn drop_link(&mut self, a: Attachment) {
-        // A deleted device's links are gone in the kernel already: errors are expected.
-        if let Ok(p) = self.classifier(&a.program) {
-            let _ = p.detach(a.link);
+        match a.link {
+            Held::Owned(id) => {
+                // A deleted device's links are gone in the kernel already: errors are expected.
+                if let Ok(p) = self.classifier(&a.program) {
+                    let _ = p.detach(id);
+                }
+            }
+            Held::Pinned { link, path } => {
+                // The pin, then our descriptor: the last reference gone detaches the link.
+                if let Err(e) = pins::remove_file(&path) {
+                    warn!(error = %e, "the link stays attached while its pin does");
+                }
+                drop(link);
+            }
         }
+    }
+
+    /// At an exit that keeps the pins: pinned links are let go of (they stay attached, the
+    /// programs in them keep running until the next agent takes them over); the others
+    /// are detached. Returns how many stay attached.
+    pub fn release_keeping_pins(&mut self) -> usize {
+        let mut kept = 0;
+        let all: Vec<Attachment> = self
+            .links
+            .drain()
+            .flat_map(|(_, v)| v.into_iter().rev())
+            .collect();
+        for a in all {
+            match a.link {
+                Held::Pinned { link, .. } => {
+                    kept += 1;
+                    drop(link);
+                }
+                owned => self.drop_link(Attachment { link: owned, ..a }),
+            }
+        }
+        kept
+    }
+
+    /// Removes the link pins no attachment of this datapath holds (a previous agent's links
+    /// on interfaces this one does not observe, or that are gone); returns how many.
+    pub fn remove_unheld_link_pins(&mut self) -> Result<usize, DatapathError> {
+        let Some(pins) = &self.pins else {
+            return Ok(0);
+        };
+        let held: Vec<&PathBuf> = self
+            .links
+            .values()
+            .flatten()
+            .filter_map(|a| match &a.link {
+                Held::Pinned { path, .. } => Some(path),
+                Held::Owned(_) => None,
+            })
+            .collect();
+        let mut n = 0;
+        for path in pins.link_pins()? {
+            if !held.contains(&&path) {
+                pins::remove_file(&path)?;
+                info!(pin = %path.display(), "removed the pinned link of an interface no longer observed");
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Takes a map out of the object for an owner that keeps it (e.g. a ring buffer reader).

@@ -3,7 +3,9 @@
 //! The kernel keeps counters since a flow's entry was created. Each time the agent reads an
 //! entry it reports what changed since its previous read of the same flow (same key and
 //! same `first_seen_ns`, so a 5-tuple reused by a new connection starts over). Records are
-//! deltas, so the controller can add them up in any order.
+//! deltas, so the controller can add them up in any order. The baseline of each flow is
+//! also kept in the kernel (`FLOW_REPORTED`, pinned), and a restarted agent starts from it
+//! ([`FlowTracker::with_baseline`]): see `datapath::pins` for why each byte is sent once.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -55,6 +57,14 @@ impl FlowTracker {
         self.seen.len()
     }
 
+    /// A tracker that continues from what a previous agent reported (`FLOW_REPORTED`): a
+    /// flow found here is not new, and its next record holds only what changed since.
+    pub fn with_baseline(entries: impl IntoIterator<Item = (FlowKey, FlowStats)>) -> Self {
+        Self {
+            seen: entries.into_iter().collect(),
+        }
+    }
+
     /// The record of what changed on `key` since the last call, or `None` when nothing did.
     /// With `ended`, the flow is forgotten after this record.
     pub fn update(
@@ -83,11 +93,17 @@ impl FlowTracker {
     }
 
     /// Forgets flows no longer in the kernel map (evicted by the LRU without a final
-    /// record); returns how many.
-    pub fn retain_live(&mut self, live: &HashSet<FlowKey>) -> usize {
-        let before = self.seen.len();
-        self.seen.retain(|k, _| live.contains(k));
-        before - self.seen.len()
+    /// record); returns their keys.
+    pub fn retain_live(&mut self, live: &HashSet<FlowKey>) -> Vec<FlowKey> {
+        let mut gone = Vec::new();
+        self.seen.retain(|k, _| {
+            let keep = live.contains(k);
+            if !keep {
+                gone.push(*k);
+            }
+            keep
+        });
+        gone
     }
 }
 
@@ -279,7 +295,26 @@ mod tests {
     fn evicted_flows_are_forgotten() {
         let mut t = FlowTracker::default();
         t.update(&key(), &stats(1, 1, 0), false, &ctx());
-        assert_eq!(t.retain_live(&HashSet::new()), 1);
+        assert_eq!(t.retain_live(&HashSet::new()), vec![key()]);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_tracker_seeded_with_a_baseline_continues_the_flow() {
+        // The previous agent reported (3, 2) packets; the kernel counted on to (10, 8).
+        let mut t = FlowTracker::with_baseline([(key(), stats(3, 2, 1))]);
+        let r = t.update(&key(), &stats(10, 8, 4), false, &ctx()).unwrap();
+        assert!(!r.first_record && !r.opened, "not a new connection: {r:?}");
+        assert_eq!((r.packets_out, r.packets_in, r.requests), (7, 6, 3));
+        assert_eq!((r.bytes_out, r.bytes_in), (700, 6000));
+        // Nothing new since the baseline: no record at all.
+        let mut t = FlowTracker::with_baseline([(key(), stats(3, 2, 1))]);
+        assert!(t.update(&key(), &stats(3, 2, 1), false, &ctx()).is_none());
+        // A new connection on the same tuple (another first_seen_ns) starts over.
+        let mut again = stats(1, 0, 0);
+        again.first_seen_ns = 999;
+        let mut t = FlowTracker::with_baseline([(key(), stats(3, 2, 1))]);
+        let r = t.update(&key(), &again, false, &ctx()).unwrap();
+        assert!(r.first_record && r.packets_out == 1, "{r:?}");
     }
 }

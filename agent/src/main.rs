@@ -37,8 +37,15 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::{
-    attach::Attacher, collector::Collector, config::Args, datapath::Datapath, exporter::Exporter,
-    flows::FlowTracker, hostevents::HostEvents, metrics::Metrics, queue::RecordQueue,
+    attach::{Attacher, PROG_EGRESS, PROG_INGRESS},
+    collector::Collector,
+    config::Args,
+    datapath::{Datapath, Pins, pins},
+    exporter::Exporter,
+    flows::FlowTracker,
+    hostevents::HostEvents,
+    metrics::Metrics,
+    queue::RecordQueue,
     workloads::Registry,
 };
 
@@ -55,6 +62,14 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_writer(std::io::stderr)
         .init();
+
+    let pin_dir = args
+        .bpffs_dir
+        .clone()
+        .unwrap_or_else(|| pins::default_dir(&args.host_id));
+    if args.cleanup {
+        return cleanup(&pin_dir);
+    }
 
     let workloads = match &args.workloads {
         Some(path) => config::load_workloads(path)?,
@@ -89,9 +104,23 @@ async fn main() -> anyhow::Result<()> {
     let registry = Arc::new(Registry::new(workloads));
     let queue = Arc::new(RecordQueue::new(args.queue_capacity, metrics.clone()));
 
-    let mut datapath = Datapath::load(FLOW_OBJECT).context("the flow object")?;
+    // The flow table and the records' baseline continue from a previous agent's pins, and
+    // its links are taken over (datapath::pins).
+    let pins = Pins::open(&pin_dir).context("the bpffs pin directory (--bpffs-dir)")?;
+    let mut datapath =
+        Datapath::load_pinned(FLOW_OBJECT, pins.clone(), &[PROG_INGRESS, PROG_EGRESS])
+            .context("the flow object")?;
     let flows: BpfHashMap<_, _, _> =
         BpfHashMap::try_from(datapath.take_map("FLOWS")?).context("FLOWS map")?;
+    let reported: BpfHashMap<_, agent_common::FlowKey, agent_common::FlowStats> =
+        BpfHashMap::try_from(datapath.take_map("FLOW_REPORTED")?).context("FLOW_REPORTED map")?;
+    let baseline: Vec<_> = reported.iter().filter_map(Result::ok).collect();
+    if !baseline.is_empty() {
+        info!(
+            flows = baseline.len(),
+            "continuing the flows a previous agent reported"
+        );
+    }
     let events = RingBuf::try_from(datapath.take_map("FLOW_EVENTS")?).context("FLOW_EVENTS map")?;
     let payloads = RingBuf::try_from(datapath.take_map("PAYLOADS")?).context("PAYLOADS map")?;
     let payloads_lost =
@@ -106,7 +135,8 @@ async fn main() -> anyhow::Result<()> {
         args.exclude.clone(),
         registry.clone(),
         metrics.clone(),
-    )?;
+    )?
+    .keeping_pins(args.keep_pins_on_exit);
     // One netlink listener for the agent; the attacher follows the links of this namespace.
     let host_events = HostEvents::start(hostevents::Config::default())
         .context("starting the netlink listener")?;
@@ -133,7 +163,8 @@ async fn main() -> anyhow::Result<()> {
         events,
         payloads,
         payloads_lost,
-        tracker: FlowTracker::default(),
+        tracker: FlowTracker::with_baseline(baseline),
+        reported: Some(reported),
         l7: Default::default(),
         registry: registry.clone(),
         queue: queue.clone(),
@@ -316,6 +347,16 @@ async fn main() -> anyhow::Result<()> {
         Ok(Err(e)) => error!(error = format!("{e:#}"), "interface watcher failed"),
         Err(e) => error!(error = %e, "interface watcher panicked"),
     }
+    if args.keep_pins_on_exit {
+        info!(dir = %pins.dir().display(), "pins kept for the next agent");
+    } else {
+        match pins.remove_all() {
+            Ok(r) => {
+                info!(dir = %pins.dir().display(), maps = r.maps, links = r.links, "pins removed")
+            }
+            Err(e) => error!(error = %e, "removing the pins"),
+        }
+    }
     let _ = metrics_task.await;
     if let Some(pool) = volume_store.pool()
         && let Err(e) = pool.unmount()
@@ -326,6 +367,24 @@ async fn main() -> anyhow::Result<()> {
         sent = metrics.records_sent.get(),
         dropped = metrics.records_dropped.get(),
         "stopped"
+    );
+    Ok(())
+}
+
+/// `--cleanup`: removes an agent's pins (detaching the programs in its pinned links).
+fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
+    let Some(pins) = Pins::existing(dir) else {
+        println!("weft-agent cleanup: nothing pinned in {}", dir.display());
+        return Ok(());
+    };
+    let removed = pins
+        .remove_all()
+        .with_context(|| format!("removing the pins in {}", dir.display()))?;
+    println!(
+        "weft-agent cleanup: removed {} links and {} maps from {}",
+        removed.links,
+        removed.maps,
+        dir.display()
     );
     Ok(())
 }

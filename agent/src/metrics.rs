@@ -104,6 +104,7 @@ pub struct Metrics {
     pub flow_map_capacity: Gauge,
     pub flow_events: Counter,
     pub flows_evicted_unreported: Counter,
+    pub baseline_write_errors: Counter,
     pub drains: Counter,
     pub drain_seconds_last: GaugeF64,
     pub interfaces_attached: Gauge,
@@ -190,6 +191,12 @@ impl Metrics {
             "weft_agent_flows_evicted_unreported_total",
             "Flows evicted from the LRU map before their last record.",
             m.flows_evicted_unreported.clone(),
+        );
+        register(
+            r,
+            "weft_agent_flow_baseline_write_errors_total",
+            "Writes of a flow's export baseline to the pinned FLOW_REPORTED map that failed (that flow may be exported twice after a restart).",
+            m.baseline_write_errors.clone(),
         );
         register(
             r,

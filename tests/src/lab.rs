@@ -29,6 +29,8 @@ use crate::vxlan::{Vxlan, VxlanSpec};
 
 /// Where the lab keeps its lock files.
 const LOCK_DIR: &str = "/run/weft-lab";
+/// Where bpffs is mounted (`cargo xtask setup` mounts it).
+const BPFFS: &str = "/sys/fs/bpf";
 /// Bridge name in every hypervisor namespace.
 pub const BRIDGE: &str = "br0";
 /// Uplink name inside every hypervisor namespace.
@@ -281,6 +283,14 @@ impl Lab {
             .collect()
     }
 
+    /// The lab's directory on bpffs: each hypervisor's agent pins its maps and links in
+    /// `<this>/<hypervisor>` (`--bpffs-dir`). Pins outlive the namespaces and the agents
+    /// (a killed agent leaves them for the next), so the lab removes it when dropped and a
+    /// later run removes those of runs that were killed.
+    pub fn bpffs_dir(&self) -> PathBuf {
+        Path::new(BPFFS).join(names::netns_name(&self.run, self.x, "pins"))
+    }
+
     /// The name prefix of the network-node namespaces the agent of hypervisor `hv` makes
     /// (`--node-netns-prefix`): the lab's, so that they are swept with the lab.
     pub fn node_netns_prefix(&self, hv: &str) -> String {
@@ -503,6 +513,8 @@ impl Drop for Lab {
         // An agent's volume pool (a loop-mounted file under the lab directory), also when
         // the agent was killed before it could unmount it.
         crate::mounts::detach_under(&self.dir);
+        // Agents' pins (after the namespaces: their links are defunct by now).
+        remove_pins(&self.bpffs_dir());
         if std::thread::panicking() {
             eprintln!("lab logs kept in {}", self.dir.display());
         } else {
@@ -574,6 +586,27 @@ fn sweep_stale(x: u8) {
     }
     for i in 0..MAX_HYPERVISORS {
         links::delete_root_link(&names::uplink_name(x, i));
+    }
+    if let Ok(entries) = std::fs::read_dir(BPFFS) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = names::netns_owner(&name)
+                && !process_alive(pid)
+            {
+                eprintln!("removing pins {name} left by a finished run");
+                remove_pins(&e.path());
+            }
+        }
+    }
+}
+
+/// Removes a directory of pins (unlinking a pinned link detaches it, a pinned map is freed
+/// with its last reference). Missing is fine; anything else is said.
+fn remove_pins(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("cannot remove {}: {e}", dir.display());
     }
 }
 

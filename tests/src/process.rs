@@ -150,6 +150,43 @@ impl Child {
         self.done = true;
     }
 
+    /// SIGTERM to the process (a service manager's stop), then waits up to `timeout` for it
+    /// to exit; fails (after killing the group) if it did not, or if it exited unsuccessfully.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<()> {
+        if self.done {
+            bail!("{} had already exited", self.name);
+        }
+        let pid = self.child.id();
+        // SAFETY: a signal to our own child, by pid.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if start.elapsed() < timeout => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break None,
+            }
+        };
+        signal_group(pid, libc::SIGKILL);
+        let _ = self.child.wait();
+        self.done = true;
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => bail!(
+                "{} exited with {s} after SIGTERM:\n{}",
+                self.name,
+                self.tail(20)
+            ),
+            None => bail!(
+                "{} still ran {timeout:?} after SIGTERM:\n{}",
+                self.name,
+                self.tail(20)
+            ),
+        }
+    }
+
     /// SIGTERM to the group, then SIGKILL after the grace period. Idempotent.
     pub fn stop(&mut self) {
         if self.done {

@@ -510,6 +510,9 @@ impl Agent {
         // unmounts it at exit).
         cmd.arg("--volume-pool")
             .arg(lab.dir().join(format!("volume-pool-{}", hv.name)));
+        // Pins in the lab's own bpffs directory (removed with the lab): a restarted agent of
+        // this hypervisor takes them over, and no other lab's agent ever sees them.
+        cmd.arg("--bpffs-dir").arg(lab.bpffs_dir().join(&hv.name));
         // Kept in the lab directory: a restarted agent of this hypervisor finds it again.
         let state = lab.dir().join(format!("agent-state-{}.json", hv.name));
         cmd.arg("--state-file").arg(&state);

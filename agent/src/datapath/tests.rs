@@ -2,6 +2,7 @@ use super::*;
 use crate::FLOW_OBJECT;
 use crate::attach::{PROG_EGRESS, PROG_INGRESS};
 use crate::testns::{TestNetns, in_ns, require_root};
+use aya::programs::SchedClassifier;
 
 fn names(on: &[OnHook]) -> Vec<&str> {
     on.iter().map(|p| p.name.as_str()).collect()
@@ -90,4 +91,123 @@ fn maps_by_name() {
     assert!(dp.take_map("FLOWS").is_ok());
     assert!(matches!(dp.take_map("FLOWS"), Err(DatapathError::NoMap(_))));
     assert!(matches!(dp.map_mut("NOPE"), Err(DatapathError::NoMap(_))));
+}
+
+/// A pin directory on bpffs for one test, removed at its end.
+struct TempPins(std::path::PathBuf);
+
+impl TempPins {
+    fn new(what: &str) -> Self {
+        let dir = format!("/sys/fs/bpf/weft-test-{}-{what}", std::process::id());
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir.into())
+    }
+}
+
+impl Drop for TempPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tcx_ids(interface: &str, hook: Hook) -> Vec<u32> {
+    let (_, infos) = SchedClassifier::query_tcx(interface, hook.attach_type()).unwrap();
+    infos.iter().map(|i| i.id()).collect()
+}
+
+#[tokio::test]
+async fn a_restarted_datapath_swaps_its_programs_into_the_pinned_links_and_keeps_the_maps() {
+    require_root!();
+    use agent_common::{FlowKey, FlowStats};
+    use aya::maps::HashMap as BpfHashMap;
+
+    let ns = TestNetns::new();
+    let h = ns.handle().await;
+    let index = ns.veth(&h, "dp0").await;
+    let pins = TempPins::new("takeover");
+    let programs = [PROG_INGRESS, PROG_EGRESS];
+    let key = FlowKey {
+        ifindex: 42,
+        ..Default::default()
+    };
+    let mut stats = FlowStats::ZERO;
+    stats.first_seen_ns = 7;
+    stats.packets = [5, 3];
+    in_ns(&ns.path, || {
+        let start = |pinned: &std::path::Path| {
+            let mut dp =
+                Datapath::load_pinned(FLOW_OBJECT, Pins::open(pinned).expect("bpffs"), &programs)
+                    .expect("flow object");
+            for (p, hook) in [(PROG_INGRESS, Hook::Ingress), (PROG_EGRESS, Hook::Egress)] {
+                dp.load_classifier(p).unwrap();
+                dp.attach("dp0", index, hook, p, Order::First).unwrap();
+            }
+            dp
+        };
+        // The first agent: a flow in its table, then an exit that keeps the pins.
+        let mut first = start(&pins.0);
+        BpfHashMap::<_, FlowKey, FlowStats>::try_from(first.map_mut("FLOWS").unwrap())
+            .unwrap()
+            .insert(key, stats, 0)
+            .unwrap();
+        let old = tcx_ids("dp0", Hook::Ingress);
+        assert_eq!(old.len(), 1);
+        assert_eq!(first.release_keeping_pins(), 2);
+        drop(first);
+        assert_eq!(
+            tcx_ids("dp0", Hook::Ingress),
+            old,
+            "the program stays attached between two agents"
+        );
+
+        // The second: same table, the links taken over (one program on each hook, its own).
+        let mut second = start(&pins.0);
+        let flows = BpfHashMap::<_, FlowKey, FlowStats>::try_from(second.map_mut("FLOWS").unwrap())
+            .unwrap();
+        assert_eq!(
+            flows.get(&key, 0).unwrap(),
+            stats,
+            "the flow table continues"
+        );
+        for hook in [Hook::Ingress, Hook::Egress] {
+            let on = second.query("dp0", hook).unwrap();
+            assert_eq!(on.len(), 1, "{hook}: {on:?}");
+            assert!(
+                on[0].ours,
+                "{hook}: the new program runs in the link: {on:?}"
+            );
+        }
+        assert_ne!(tcx_ids("dp0", Hook::Ingress), old);
+        assert_eq!(second.remove_unheld_link_pins().unwrap(), 0);
+
+        // A clean exit that does not keep them: nothing attached, no link pinned.
+        assert_eq!(second.detach_all(), 2);
+        for hook in [Hook::Ingress, Hook::Egress] {
+            assert!(tcx_ids("dp0", hook).is_empty(), "{hook}");
+        }
+        let p = second.pins().unwrap().clone();
+        assert!(p.link_pins().unwrap().is_empty());
+        assert_eq!(p.remove_all().unwrap(), pins::Removed { links: 0, maps: 2 });
+        assert!(!pins.0.exists());
+    });
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_is_started_fresh() {
+    require_root!();
+    use aya::maps::{MapInfo, MapType, PerCpuArray};
+
+    let pins = TempPins::new("layout");
+    let p = Pins::open(&pins.0).unwrap();
+    // An "older agent's" FLOWS of another layout: a per-CPU array pinned in its place.
+    let mut other = Datapath::load(FLOW_OBJECT).unwrap();
+    PerCpuArray::<_, u64>::try_from(other.take_map("PAYLOADS_LOST").unwrap())
+        .unwrap()
+        .pin(p.map_path("FLOWS"))
+        .unwrap();
+    let mut dp = Datapath::load_pinned(FLOW_OBJECT, p.clone(), &[]).expect("loads anyway");
+    let info = MapInfo::from_pin(p.map_path("FLOWS")).unwrap();
+    assert_eq!(info.map_type().unwrap(), MapType::LruHash);
+    assert_eq!((info.key_size(), info.value_size()), (44, 96));
+    assert!(dp.map_mut("FLOWS").is_ok());
 }

@@ -36,6 +36,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("weft_agent_flow_map_capacity", "gauge"),
     ("weft_agent_flow_end_events_total", "counter"),
     ("weft_agent_flows_evicted_unreported_total", "counter"),
+    ("weft_agent_flow_baseline_write_errors_total", "counter"),
     ("weft_agent_drains_total", "counter"),
     ("weft_agent_drain_duration_seconds", "gauge"),
     ("weft_agent_interfaces_attached", "gauge"),

@@ -12,6 +12,7 @@ mod l7_exact;
 mod migration;
 mod multi_hv;
 mod networks;
+mod restart;
 mod shadows;
 mod support;
 mod trust;

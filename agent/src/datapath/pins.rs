@@ -1,0 +1,470 @@
+//! The datapath pinned in bpffs, so that an agent restart or upgrade neither loses flow
+//! state nor leaves a packet unobserved.
+//!
+//! # What is pinned
+//! One directory per agent (`--bpffs-dir`, default `/sys/fs/bpf/weft/<host-id>`):
+//!
+//! ```text
+//! <dir>/maps/FLOWS            the flow table (cumulative counters per flow)
+//! <dir>/maps/FLOW_REPORTED    what the agent last exported of each flow (delta baseline)
+//! <dir>/links/<ifindex>_<hook>_<program>   the flow observer's tcx links
+//! ```
+//!
+//! - **Maps.** At start each pinned map is compared with this agent's definition of it
+//!   (type, key and value size, capacity, flags: [`compat`]). A match is reused: the
+//!   programs are loaded against the pinned map, so every counter continues. A mismatch
+//!   (an upgrade that changed a layout) is logged saying what changed, the old pin is
+//!   removed and the map starts empty; the agent never fails on it. `FLOWS` and
+//!   `FLOW_REPORTED` are one unit ([`plan_group`]): counters without their baseline would
+//!   be exported twice, a baseline without its counters means nothing, so if either starts
+//!   fresh both do.
+//! - **Links.** The flow observer's tcx links are pinned. A restarted agent finds the link
+//!   of an interface still attached (the previous agent's program still running in it,
+//!   counting into the pinned `FLOWS`) and swaps its own program in with one
+//!   `BPF_LINK_UPDATE` (`SchedClassifier::attach_to_link`): at every instant exactly one
+//!   observer runs on the hook, so no packet passes unobserved and none is counted twice,
+//!   and the link keeps its place among the programs of the hook. A link whose interface
+//!   went away while no agent ran cannot be updated: its pin is removed and the interface,
+//!   if it is there again, gets a new link. Pins of interfaces the new agent does not
+//!   observe are removed after its first full listing of the links.
+//! - **Not pinned:** ring buffers (flow-end events, payload samples: a flow that ended
+//!   while no agent ran is still found ended in `FLOWS`, its `END_REPORTED` bit set), the
+//!   L7 sessions in user space (request counts continue from the kernel's exact counter;
+//!   a parse in progress starts over), and the steering and shadow-tap programs and maps:
+//!   their reconcilers keep slots, health checks and reassembly in user space and realise
+//!   them again from the controller's desired state after a restart.
+//!
+//! # Exporting each byte once across a restart
+//! Records are deltas: the agent reports what changed on a flow since its last record of
+//! that flow ([`crate::flows::FlowTracker`]). The baseline of that subtraction is what
+//! must survive, and it does, in `FLOW_REPORTED`: the collector writes a flow's entry when
+//! it makes a record of it (and deletes it with the flow), and a new agent seeds its
+//! tracker from the map. So after a restart the first record of a running flow is the
+//! traffic since the last record the previous agent made, never the flow from its start,
+//! and it is not marked as a new connection.
+//!
+//! - **Clean stop** (SIGTERM/SIGINT): the collector reads the ring buffers and the whole
+//!   flow map a last time and the exporter hands every queued record to the controller
+//!   within its grace period (3 s) before the agent exits. With `--keep-pins-on-exit` the
+//!   programs stay attached and keep counting into `FLOWS` until the next agent takes the
+//!   links over; that agent reports exactly the traffic since the last drain. Nothing is
+//!   lost or counted twice unless the controller was unreachable for the whole grace
+//!   period (those records are dropped and counted in
+//!   `weft_agent_records_dropped_total`, as at any stop).
+//! - **kill -9**: the baseline is written when a record is made, not when the controller
+//!   acknowledges it, so the records the agent had made but the controller had not yet
+//!   acknowledged (at most what was queued: the last drain interval's records while the
+//!   controller keeps up) are lost, never sent twice. Writing the baseline at the
+//!   acknowledgement instead would resend them, but the controller deduplicates batches
+//!   per agent instance and a new agent is a new instance, so a batch merged whose
+//!   acknowledgement the killed agent never read would be counted twice; weft prefers a
+//!   bounded undercount to a double count.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use super::Hook;
+
+/// The maps whose contents are state: pinned and reused across restarts. One unit (see
+/// [`plan_group`]).
+pub const PINNED_MAPS: [&str; 2] = ["FLOWS", "FLOW_REPORTED"];
+
+/// `statfs(2)` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(
+        "{path} is not on a BPF filesystem (mount one: `mount -t bpf bpf /sys/fs/bpf`, or choose another --bpffs-dir)"
+    )]
+    NotBpffs { path: PathBuf },
+    #[error("creating {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("reading the map definitions of the eBPF object: {0}")]
+    Object(#[source] Box<aya_obj::ParseError>),
+    #[error("map {0} is not in the eBPF object")]
+    NoMap(String),
+    #[error("removing {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+    #[error("listing {path}: {source}")]
+    List { path: PathBuf, source: io::Error },
+}
+
+/// What a map is, as far as reusing it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapShape {
+    /// `bpf_map_type`.
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+/// Whether a pinned map can serve as this agent's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compat {
+    Reuse,
+    /// Why not (what changed, old -> new).
+    Fresh(String),
+}
+
+/// Compares a pinned map with the definition this agent loads.
+pub fn compat(pinned: &MapShape, wanted: &MapShape) -> Compat {
+    let fields = [
+        ("type", pinned.map_type, wanted.map_type),
+        ("key size", pinned.key_size, wanted.key_size),
+        ("value size", pinned.value_size, wanted.value_size),
+        ("capacity", pinned.max_entries, wanted.max_entries),
+        ("flags", pinned.flags, wanted.flags),
+    ];
+    let changed: Vec<String> = fields
+        .iter()
+        .filter(|(_, old, new)| old != new)
+        .map(|(what, old, new)| format!("{what} {old} -> {new}"))
+        .collect();
+    if changed.is_empty() {
+        Compat::Reuse
+    } else {
+        Compat::Fresh(changed.join(", "))
+    }
+}
+
+/// What to do with one map of a group at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing pinned: create it and pin it.
+    Create,
+    /// Load the programs against the pinned map.
+    Reuse,
+    /// Remove the pin (saying why), create it anew and pin it.
+    Fresh(String),
+}
+
+/// Decides for a group of maps that only make sense together: `found` holds each map's
+/// name and, when it is pinned, whether the pin fits. All are reused or none is.
+pub fn plan_group<'a>(found: &[(&'a str, Option<Compat>)]) -> Vec<(&'a str, Plan)> {
+    let why_not = found.iter().find_map(|(name, c)| match c {
+        Some(Compat::Fresh(why)) => Some(format!("{name}'s layout changed ({why})")),
+        Some(Compat::Reuse) => None,
+        None => None,
+    });
+    let pinned = found.iter().filter(|(_, c)| c.is_some()).count();
+    let why_not = why_not.or_else(|| {
+        (pinned > 0 && pinned < found.len()).then(|| {
+            let missing: Vec<&str> = found
+                .iter()
+                .filter(|(_, c)| c.is_none())
+                .map(|(n, _)| *n)
+                .collect();
+            format!("{} is not pinned", missing.join(", "))
+        })
+    });
+    found
+        .iter()
+        .map(|(name, c)| {
+            let plan = match (c, &why_not) {
+                (None, _) => Plan::Create,
+                (Some(_), None) => Plan::Reuse,
+                (Some(_), Some(why)) => Plan::Fresh(why.clone()),
+            };
+            (*name, plan)
+        })
+        .collect()
+}
+
+/// The default directory of the agent of `host_id`: `/sys/fs/bpf/weft/<host-id>` (bpffs
+/// refuses names with dots, so a dotted host name's dots become `_`).
+pub fn default_dir(host_id: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/weft").join(bpffs_name(host_id))
+}
+
+/// `name` as a bpffs file name: no `.` and no `/`.
+fn bpffs_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c == '.' || c == '/' { '_' } else { c })
+        .collect()
+}
+
+/// One agent's pin directory.
+#[derive(Debug, Clone)]
+pub struct Pins {
+    dir: PathBuf,
+}
+
+/// What [`Pins::remove_all`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub links: usize,
+    pub maps: usize,
+}
+
+impl Pins {
+    /// Makes the directory (and its `maps/` and `links/`) on bpffs.
+    pub fn open(dir: &Path) -> Result<Self, PinError> {
+        for sub in ["maps", "links"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|source| PinError::Dir {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        if fs_type(dir) != Some(BPF_FS_MAGIC) {
+            return Err(PinError::NotBpffs {
+                path: dir.to_owned(),
+            });
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The directory, when it exists (for removal: nothing is made).
+    pub fn existing(dir: &Path) -> Option<Self> {
+        dir.is_dir().then(|| Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(bpffs_name(name))
+    }
+
+    pub fn link_path(&self, ifindex: u32, hook: Hook, program: &str) -> PathBuf {
+        self.dir
+            .join("links")
+            .join(bpffs_name(&format!("{ifindex}_{hook}_{program}")))
+    }
+
+    /// The link pins there are now.
+    pub fn link_pins(&self) -> Result<Vec<PathBuf>, PinError> {
+        list(&self.dir.join("links"))
+    }
+
+    /// Decides, for the maps of [`PINNED_MAPS`], whether their pins are reused (see
+    /// [`plan_group`]); removes the pins that do not fit, saying why. Returns each map's
+    /// pin path for the loader (`EbpfLoader::map_pin_path`: reused when pinned, else
+    /// created and pinned).
+    pub fn prepare_maps(&self, object: &[u8]) -> Result<Vec<(&'static str, PathBuf)>, PinError> {
+        let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(Box::new(e)))?;
+        let mut found = Vec::new();
+        for name in PINNED_MAPS {
+            let def = obj
+                .maps
+                .get(name)
+                .ok_or_else(|| PinError::NoMap(name.to_owned()))?;
+            let wanted = MapShape {
+                map_type: def.map_type(),
+                key_size: def.key_size(),
+                value_size: def.value_size(),
+                max_entries: def.max_entries(),
+                flags: def.map_flags(),
+            };
+            let path = self.map_path(name);
+            let c = if path.exists() {
+                Some(match pinned_shape(&path) {
+                    Ok(pinned) => compat(&pinned, &wanted),
+                    Err(e) => Compat::Fresh(format!("the pin cannot be read: {e}")),
+                })
+            } else {
+                None
+            };
+            found.push((name, c));
+        }
+        let mut paths = Vec::new();
+        for (name, plan) in plan_group(&found) {
+            let path = self.map_path(name);
+            match plan {
+                Plan::Create => info!(map = name, pin = %path.display(), "map created and pinned"),
+                Plan::Reuse => {
+                    info!(map = name, pin = %path.display(), "reusing the pinned map: its state continues")
+                }
+                Plan::Fresh(why) => {
+                    warn!(
+                        map = name,
+                        pin = %path.display(),
+                        reason = %why,
+                        "the pinned map does not fit this agent: starting it fresh (its flows are counted again from now)"
+                    );
+                    remove_file(&path)?;
+                }
+            }
+            paths.push((name, path));
+        }
+        Ok(paths)
+    }
+
+    /// Removes every pin and the directory: link pins first (a link whose last reference
+    /// was its pin is detached with it), then the maps.
+    pub fn remove_all(&self) -> Result<Removed, PinError> {
+        let mut removed = Removed::default();
+        for (sub, count) in [("links", &mut removed.links), ("maps", &mut removed.maps)] {
+            let dir = self.dir.join(sub);
+            if !dir.exists() {
+                continue;
+            }
+            for path in list(&dir)? {
+                remove_file(&path)?;
+                *count += 1;
+            }
+            remove_dir(&dir)?;
+        }
+        remove_dir(&self.dir)?;
+        Ok(removed)
+    }
+}
+
+fn pinned_shape(path: &Path) -> Result<MapShape, aya::maps::MapError> {
+    let info = aya::maps::MapInfo::from_pin(path)?;
+    Ok(MapShape {
+        map_type: info.map_type()? as u32,
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+        flags: info.map_flags(),
+    })
+}
+
+fn list(dir: &Path) -> Result<Vec<PathBuf>, PinError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| PinError::List {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut out: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Removes a pin; a missing one is not an error.
+pub fn remove_file(path: &Path) -> Result<(), PinError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(PinError::Remove {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<(), PinError> {
+    match std::fs::remove_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(PinError::Remove {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn fs_type(path: &Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statfs is a valid out-parameter; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    (rc == 0).then_some(st.f_type as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLOWS: MapShape = MapShape {
+        map_type: 9, // BPF_MAP_TYPE_LRU_HASH
+        key_size: 44,
+        value_size: 96,
+        max_entries: 65_536,
+        flags: 0,
+    };
+
+    #[test]
+    fn a_pinned_map_of_the_same_definition_is_reused() {
+        assert_eq!(compat(&FLOWS, &FLOWS), Compat::Reuse);
+    }
+
+    #[test]
+    fn a_changed_layout_says_what_changed() {
+        let wanted = MapShape {
+            value_size: 104,
+            max_entries: 131_072,
+            ..FLOWS
+        };
+        assert_eq!(
+            compat(&FLOWS, &wanted),
+            Compat::Fresh("value size 96 -> 104, capacity 65536 -> 131072".into())
+        );
+        let hash = MapShape {
+            map_type: 1,
+            ..FLOWS
+        };
+        assert!(matches!(compat(&FLOWS, &hash), Compat::Fresh(w) if w == "type 9 -> 1"));
+    }
+
+    #[test]
+    fn a_group_is_reused_only_when_every_member_fits() {
+        let all = plan_group(&[
+            ("FLOWS", Some(Compat::Reuse)),
+            ("FLOW_REPORTED", Some(Compat::Reuse)),
+        ]);
+        assert_eq!(
+            all,
+            vec![("FLOWS", Plan::Reuse), ("FLOW_REPORTED", Plan::Reuse)]
+        );
+        let none = plan_group(&[("FLOWS", None), ("FLOW_REPORTED", None)]);
+        assert_eq!(
+            none,
+            vec![("FLOWS", Plan::Create), ("FLOW_REPORTED", Plan::Create)]
+        );
+    }
+
+    #[test]
+    fn counters_never_outlive_their_baseline() {
+        // The baseline's layout changed: the counters must not be reused without it.
+        let plan = plan_group(&[
+            ("FLOWS", Some(Compat::Reuse)),
+            (
+                "FLOW_REPORTED",
+                Some(Compat::Fresh("value size 96 -> 104".into())),
+            ),
+        ]);
+        let why = "FLOW_REPORTED's layout changed (value size 96 -> 104)".to_owned();
+        assert_eq!(
+            plan,
+            vec![
+                ("FLOWS", Plan::Fresh(why.clone())),
+                ("FLOW_REPORTED", Plan::Fresh(why))
+            ]
+        );
+        // The baseline is missing (removed by hand): the counters start over too.
+        let plan = plan_group(&[("FLOWS", Some(Compat::Reuse)), ("FLOW_REPORTED", None)]);
+        assert_eq!(
+            plan,
+            vec![
+                ("FLOWS", Plan::Fresh("FLOW_REPORTED is not pinned".into())),
+                ("FLOW_REPORTED", Plan::Create)
+            ]
+        );
+    }
+
+    #[test]
+    fn pin_names_have_no_dots() {
+        assert_eq!(
+            default_dir("hv1.example.org"),
+            PathBuf::from("/sys/fs/bpf/weft/hv1_example_org")
+        );
+        let pins = Pins {
+            dir: PathBuf::from("/sys/fs/bpf/x"),
+        };
+        assert_eq!(
+            pins.link_path(7, Hook::Ingress, "flow_ingress"),
+            PathBuf::from("/sys/fs/bpf/x/links/7_ingress_flow_ingress")
+        );
+    }
+}
