@@ -20,8 +20,9 @@ struct Target {
     tls: Option<ClientTlsConfig>,
 }
 
-/// The controllers and which one is dialled now (shared by the exporter and the control
-/// driver, so both move to the next together).
+/// The controllers and which one is dialled now. The exporter and the control driver each
+/// hold their own ([`Self::independent`]): a follower replica keeps the flow records while
+/// the control stream moves on to the leader.
 #[derive(Clone)]
 pub struct ControllerLink {
     targets: Arc<Vec<Target>>,
@@ -147,6 +148,14 @@ impl ControllerLink {
                     .collect(),
             ),
             current: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The same controllers, with a position of its own (starting where this one is).
+    pub fn independent(&self) -> Self {
+        Self {
+            targets: self.targets.clone(),
+            current: Arc::new(AtomicUsize::new(self.current.load(Ordering::Relaxed))),
         }
     }
 

@@ -276,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .with_supervisor(supervisor.clone());
     let mut control = control::driver::ControlDriver {
-        controller: link,
+        controller: link.independent(),
         host_id: args.host_id.clone(),
         instance,
         // Segments before nodes: a node's bridge exists when the node is made.

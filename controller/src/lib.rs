@@ -26,6 +26,8 @@ pub mod hosts;
 pub mod limit_flags;
 pub mod limits;
 pub mod metrics;
+pub mod replicas;
+pub mod replicas_grpc;
 pub mod shard_flags;
 pub mod state;
 pub mod store_flags;

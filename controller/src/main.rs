@@ -99,13 +99,25 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 fn build_state(
     args: &Args,
     auth: weft_controller::auth::AuthConfig,
+    opened: &weft_controller::store_flags::Opened,
 ) -> anyhow::Result<(AppState, Option<Checkpointer>)> {
     let classifier = match &args.classifier_rules {
         Some(path) => ServiceClassifier::with_rules(Rules::load(path)?),
         None => ServiceClassifier::default(),
     };
-    let store = args.store.open()?;
-    let checkpoint_store = store.clone();
+    let store = opened.store.clone();
+    // On etcd, each replica checkpoints its own topology under its name.
+    let checkpoint_store = match &opened.etcd {
+        Some(etcd) => {
+            weft_controller::replicas::checkpoint_store(etcd.clone(), &args.store.replica_name()?)
+        }
+        None => store.clone(),
+    };
+    // A follower's tokens are the site's, in etcd (the leader's own state is not).
+    let token_store: std::sync::Arc<dyn weft_store::Store> = match &opened.etcd {
+        Some(etcd) if opened.follower => etcd.clone(),
+        _ => store.clone(),
+    };
     if args.bucket_width.is_zero() {
         anyhow::bail!("--bucket-width must be more than 0");
     }
@@ -134,12 +146,14 @@ fn build_state(
             interval_seconds: args.volume_snapshot_interval_seconds,
             keep: args.volume_snapshot_keep,
         })
-        .start(store)?;
+        .start_with_tokens(store, token_store)?;
     state
         .weaves
         .set_wait(Duration::from_secs(args.weave_wait_seconds));
-    args.auth
-        .bootstrap(&args.store.data_dir, &state.auth.tokens)?;
+    if !opened.follower {
+        args.auth
+            .bootstrap(&args.store.data_dir, &state.auth.tokens)?;
+    }
     tracing::info!(epoch = state.control.epoch(), "control plane open");
     if let Some(path) = &args.allowed_deps {
         let text = std::fs::read_to_string(path)
@@ -208,7 +222,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     let (auth, tls) = args.auth.config()?;
-    let (state, checkpointer) = build_state(&args, auth)?;
+    let opened = args.store.open()?;
+    let (state, checkpointer) = build_state(&args, auth, &opened)?;
 
     let grpc_listener = TcpListener::bind(args.grpc_listen)
         .await
@@ -242,19 +257,27 @@ async fn main() -> anyhow::Result<()> {
     let http_scheme = if rest_tls.is_some() { "https" } else { "http" };
     // Limits: crate::api::limits (connections, message size), crate::limits (the rest).
     let max_message = state.limits.config.grpc_max_message_bytes;
-    let grpc = tokio::spawn(
-        server
-            .layer(CountOversized::layer(state.limits.clone()))
-            .layer(RequireTokenLayer {
-                auth: state.auth.clone(),
-                metrics: state.metrics.clone(),
-            })
-            .layer(GrpcConcurrency::layer(state.limits.clone()))
-            .add_service(
-                AgentApi::new(state.clone())
-                    .into_service()
-                    .max_decoding_message_size(max_message),
-            )
+    let mut router = server
+        .layer(CountOversized::layer(state.limits.clone()))
+        .layer(RequireTokenLayer {
+            auth: state.auth.clone(),
+            metrics: state.metrics.clone(),
+        })
+        .layer(GrpcConcurrency::layer(state.limits.clone()))
+        .add_service(
+            AgentApi::new(state.clone())
+                .into_service()
+                .max_decoding_message_size(max_message),
+        );
+    let grpc_incoming_stream = grpc_incoming(grpc_listener, state.limits.clone());
+    let grpc = if opened.follower {
+        tokio::spawn(
+            router
+                .add_service(weft_controller::replicas_grpc::FollowerControl::service())
+                .serve_with_incoming_shutdown(grpc_incoming_stream, stopped(shutdown_rx.clone())),
+        )
+    } else {
+        router = router
             .add_service(
                 TopologyApi::new(state.clone())
                     .into_service()
@@ -285,18 +308,49 @@ async fn main() -> anyhow::Result<()> {
                 WeaveApi::new(state.clone())
                     .into_service()
                     .max_decoding_message_size(max_message),
-            )
-            .serve_with_incoming_shutdown(
-                grpc_incoming(grpc_listener, state.limits.clone()),
-                stopped(shutdown_rx.clone()),
-            ),
-    );
-    // Stops with the servers; its last snapshot is at most one interval old.
-    let history = tokio::spawn(history_loop(
-        state.clone(),
-        args.snapshot_interval,
-        stopped(shutdown_rx.clone()),
-    ));
+            );
+        tokio::spawn(
+            router.serve_with_incoming_shutdown(grpc_incoming_stream, stopped(shutdown_rx.clone())),
+        )
+    };
+    // Replicas on etcd: this one is a member; topology reads merge every replica's.
+    let replicas = match &opened.etcd {
+        Some(etcd) => {
+            let url = args
+                .store
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("{http_scheme}://{http_addr}"));
+            Some(std::sync::Arc::new(
+                weft_controller::replicas::Replicas::join(
+                    etcd.clone(),
+                    &args.store.replica_name()?,
+                    &url,
+                    &opened.fence_key,
+                    opened.follower,
+                )
+                .context("joining the controller replicas on etcd")?,
+            ))
+        }
+        None => None,
+    };
+    // The leader's singleton loops (snapshots); a follower takes over by restarting.
+    let history = (!opened.follower).then(|| {
+        tokio::spawn(history_loop(
+            state.clone(),
+            args.snapshot_interval,
+            stopped(shutdown_rx.clone()),
+        ))
+    });
+    let (promote_tx, mut promote_rx) = watch::channel(false);
+    if let (Some(replicas), true) = (&replicas, opened.follower) {
+        tokio::spawn(weft_controller::replicas::follow(
+            replicas.clone(),
+            state.clone(),
+            promote_tx,
+            stopped(shutdown_rx.clone()),
+        ));
+    }
     // Stops with the servers, after one last checkpoint.
     let checkpoints = checkpointer.map(|c| {
         tokio::spawn(weft_controller::checkpoint::run(
@@ -309,25 +363,43 @@ async fn main() -> anyhow::Result<()> {
         state.clone(),
         stopped(shutdown_rx.clone()),
     ));
+    let app = match &replicas {
+        Some(replicas) => weft_controller::replicas::layer(
+            http::app(state.clone()),
+            replicas.clone(),
+            state.clone(),
+        ),
+        None => http::app(state.clone()),
+    };
     let http = tokio::spawn(
         axum::serve(
             LimitedListener::with_tls(http_listener, state.limits.clone(), rest_tls),
-            http::app(state.clone()),
+            app,
         )
         .with_graceful_shutdown(stopped(shutdown_rx))
         .into_future(),
     );
 
     let shutdown = shutdown_signal()?;
-    println!("weft-controller listening grpc={grpc_addr} http={http_addr}");
+    if opened.follower {
+        println!("weft-controller following grpc={grpc_addr} http={http_addr}");
+    } else {
+        println!("weft-controller listening grpc={grpc_addr} http={http_addr}");
+    }
     tracing::info!(%grpc_addr, %http_addr, http_scheme, instance = %state.controller_instance, "controller started");
 
     let mut grpc = grpc;
     let mut http = http;
     // A server that stops by itself is an error, but the state is still shut down below.
+    let mut promote = false;
     let stopped_early: anyhow::Result<()> = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
+            Ok(())
+        }
+        _ = promote_rx.wait_for(|p| *p) => {
+            tracing::info!("the writer's lease lapsed: restarting as the leader");
+            promote = true;
             Ok(())
         }
         result = &mut grpc => {
@@ -354,7 +426,9 @@ async fn main() -> anyhow::Result<()> {
         http.abort();
         None
     };
-    let _ = history.await;
+    if let Some(history) = history {
+        let _ = history.await;
+    }
     let _ = housekeeping.await;
     if let Some(checkpoints) = checkpoints {
         let _ = checkpoints.await;
@@ -370,6 +444,16 @@ async fn main() -> anyhow::Result<()> {
             http.context("HTTP server task")?.context("HTTP server")?;
         }
         None => tracing::warn!(grace = ?SHUTDOWN_GRACE, "servers did not drain in time"),
+    }
+    if promote {
+        // Its topology is checkpointed (above): the same program, the same flags, starts
+        // again and takes the lease (or follows whoever was quicker).
+        use std::os::unix::process::CommandExt as _;
+        let exe = std::env::current_exe().context("this program's path")?;
+        let error = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        return Err(anyhow::anyhow!(error).context("restarting as the leader"));
     }
     Ok(())
 }

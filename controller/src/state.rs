@@ -152,8 +152,19 @@ impl AppStateBuilder {
     /// network events into the one log). Builds the metrics registry and registers
     /// every part's metrics in it.
     pub fn start(self, store: Arc<dyn Store>) -> Result<AppState, StartError> {
+        let tokens = store.clone();
+        self.start_with_tokens(store, tokens)
+    }
+
+    /// As [`Self::start`], with the tokens in `tokens` (a follower replica: its state in
+    /// memory, the tokens the site's clients hold in the shared store).
+    pub fn start_with_tokens(
+        self,
+        store: Arc<dyn Store>,
+        tokens: Arc<dyn Store>,
+    ) -> Result<AppState, StartError> {
         let history = Arc::new(History::with_limits(store.clone(), self.history_limits)?);
-        let auth = crate::auth::Auth::new(self.auth, crate::auth::Tokens::open(store.clone())?);
+        let auth = crate::auth::Auth::new(self.auth, crate::auth::Tokens::open(tokens)?);
         let control = Arc::new(ControlHub::open(store.as_ref())?);
         let hosts = Arc::new(HostDirectory::new(control.clone()));
         let networks =

@@ -8,6 +8,31 @@ use std::time::Duration;
 use anyhow::Context as _;
 use weft_store::{EtcdConfig, EtcdStore, MemoryStore, RedbStore, Store};
 
+/// What a controller waiting for the writer's lease does meanwhile (`--standby`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Standby {
+    /// Serve as a follower replica: agents' flow records, topology reads (merged across
+    /// the replicas); everything else redirected to the leader. Takes over (restarting
+    /// itself as the leader) when the writer's lease lapses.
+    Serve,
+    /// Serve nothing until this controller holds the writer's lease.
+    Wait,
+}
+
+/// The store opened, and this controller's part in a group of replicas on etcd.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// Where the controller's state lives (a follower's is in memory: the leader owns
+    /// the shared one).
+    pub store: Arc<dyn Store>,
+    /// The etcd cluster, with `--etcd`.
+    pub etcd: Option<Arc<EtcdStore>>,
+    /// This controller is a follower replica (another one holds the writer's lease).
+    pub follower: bool,
+    /// The writer's election key.
+    pub fence_key: String,
+}
+
 /// The store flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
@@ -27,6 +52,17 @@ pub struct StoreArgs {
     /// renewing it (killed, stalled, cut off) is replaced by a standby after this.
     #[arg(long, default_value = "5s", value_parser = agent_common::time::parse_duration)]
     pub etcd_lease_ttl: Duration,
+    /// This controller's name among the replicas on one etcd (its topology checkpoint and
+    /// membership are kept under it: keep it across restarts). Default: the host name.
+    #[arg(long)]
+    pub replica_name: Option<String>,
+    /// What a controller on etcd does while another one holds the writer's lease.
+    #[arg(long, value_enum, default_value = "serve")]
+    pub standby: Standby,
+    /// The REST URL the other replicas reach this one at (they merge its topology into
+    /// theirs). Default: http(s)://<the --http-listen address as bound>.
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
     /// How often the live topology (every dependency's counters, latency histograms and
     /// time buckets, every service) is checkpointed to the store: a controller killed
     /// loses at most this much of it. 0 turns checkpoints off (and nothing is read back
@@ -42,43 +78,72 @@ fn fence_key(prefix: &str) -> String {
 }
 
 impl StoreArgs {
-    /// Opens the store; on etcd, waits until this controller is the writer.
-    pub fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+    /// This replica's name (`--replica-name`, else the host name).
+    pub fn replica_name(&self) -> anyhow::Result<String> {
+        let name = match &self.replica_name {
+            Some(name) => name.clone(),
+            None => std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "controller".into()),
+        };
+        crate::replicas::check_name(&name).map_err(anyhow::Error::msg)?;
+        Ok(name)
+    }
+
+    /// Opens the store; on etcd, becomes the writer, or a follower replica while another
+    /// controller is (`--standby serve`), or waits until it is the writer
+    /// (`--standby wait`).
+    pub fn open(&self) -> anyhow::Result<Opened> {
         if let Some(url) = &self.etcd {
             // The data directory still holds the first admin token.
             if !self.data_dir.is_empty() {
                 std::fs::create_dir_all(&self.data_dir)
                     .with_context(|| format!("making --data-dir {}", self.data_dir))?;
             }
-            return Ok(self.open_etcd(url)?);
+            return self.open_etcd(url);
         }
-        if self.data_dir.is_empty() {
-            return Ok(Arc::new(MemoryStore::default()));
-        }
-        Ok(Arc::new(
-            RedbStore::open_dir(std::path::Path::new(&self.data_dir))
-                .with_context(|| format!("--data-dir {}", self.data_dir))?,
-        ))
+        let store: Arc<dyn Store> = if self.data_dir.is_empty() {
+            Arc::new(MemoryStore::default())
+        } else {
+            Arc::new(
+                RedbStore::open_dir(std::path::Path::new(&self.data_dir))
+                    .with_context(|| format!("--data-dir {}", self.data_dir))?,
+            )
+        };
+        Ok(Opened {
+            store,
+            etcd: None,
+            follower: false,
+            fence_key: String::new(),
+        })
     }
 
-    fn open_etcd(&self, url: &str) -> anyhow::Result<Arc<EtcdStore>> {
+    fn open_etcd(&self, url: &str) -> anyhow::Result<Opened> {
         let config = EtcdConfig::parse(url).context("--etcd")?;
         let key = fence_key(&config.prefix);
         let store = Arc::new(EtcdStore::open(config).context("--etcd: connecting")?);
-        let holder = format!(
-            "{}:{}",
-            std::env::var("HOSTNAME")
-                .ok()
-                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|| "controller".into()),
-            std::process::id()
-        );
+        let holder = self.replica_name()?;
+        let wait = match self.standby {
+            Standby::Serve => Duration::ZERO,
+            Standby::Wait => Duration::from_secs(10),
+        };
         loop {
-            match store.acquire_fence(&key, &holder, self.etcd_lease_ttl, Duration::from_secs(10)) {
+            match store.acquire_fence(&key, &holder, self.etcd_lease_ttl, wait) {
                 Ok(lease) => {
                     tracing::info!(key, lease, "etcd: this controller is the writer");
                     break;
+                }
+                Err(e) if e.0.contains("is held by") && self.standby == Standby::Serve => {
+                    tracing::info!("etcd: follower replica ({e})");
+                    return Ok(Opened {
+                        store: Arc::new(MemoryStore::default()),
+                        etcd: Some(store),
+                        follower: true,
+                        fence_key: key,
+                    });
                 }
                 Err(e) if e.0.contains("is held by") => {
                     tracing::info!("etcd: standby ({e}); waiting for the lease to lapse");
@@ -101,6 +166,11 @@ impl StoreArgs {
                 std::process::exit(3);
             })
             .context("starting the fence watcher")?;
-        Ok(store)
+        Ok(Opened {
+            store: store.clone(),
+            etcd: Some(store),
+            follower: false,
+            fence_key: key,
+        })
     }
 }

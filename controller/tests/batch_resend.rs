@@ -90,7 +90,7 @@ async fn push(client: &mut AgentServiceClient<Channel>, b: FlowBatch) -> PushFlo
 }
 
 fn web_db_requests(http: &Http) -> u64 {
-    let (status, body) = Conn::open(http)
+    let (status, body) = Conn::open(&http.addr, &http.token)
         .expect("connect")
         .request("GET", "/topology?shape=weft", "")
         .expect("GET /topology");

@@ -44,6 +44,8 @@ fn spawn(etcd: &str, data_dir: &std::path::Path) -> Child {
             etcd,
             "--etcd-lease-ttl",
             "2s",
+            "--standby",
+            "wait",
             "--data-dir",
         ])
         .arg(data_dir)

@@ -224,7 +224,7 @@ impl Pair {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["--grpc-listen", &slot.grpc, "--http-listen", &slot.http])
             .args(["--log", "warn", "--insecure", "--etcd", &self.etcd])
-            .args(["--etcd-lease-ttl", "2s", "--data-dir"])
+            .args(["--etcd-lease-ttl", "2s", "--standby", "wait", "--data-dir"])
             .arg(&self.data_dir);
         let child = Child::spawn(cmd, &self.log_dir, slot.name)?.with_grace(Duration::from_secs(1));
         slot.child = Some(child);

@@ -135,7 +135,15 @@ fn controller_rate(dir: &Path, name: &str, extra: &[&str], standby: Option<&str>
                 "127.0.0.1:0",
                 "--insecure",
             ])
-            .args(["--etcd", etcd, "--log", "info", "--data-dir"])
+            .args([
+                "--etcd",
+                etcd,
+                "--standby",
+                "wait",
+                "--log",
+                "info",
+                "--data-dir",
+            ])
             .arg(&data);
             let mut child = Child::spawn(c, dir, &format!("{name}-standby"))?;
             child

@@ -17,10 +17,9 @@ pub fn shards_etcd(seed: Option<u64>, ops: u64, kills: u32) -> Result<()> {
     ));
     // A copy: the run starts the controller again at every kill, and a build during a
     // long run must not change the binary under test.
-    let copy = BinaryCopy(std::env::temp_dir().join(format!(
-        "weft-controller-soak-{}",
-        std::process::id()
-    )));
+    let copy = BinaryCopy(
+        std::env::temp_dir().join(format!("weft-controller-soak-{}", std::process::id())),
+    );
     let built = weft_lab::weft::binary("weft-controller")?;
     std::fs::copy(&built, &copy.0)
         .with_context(|| format!("copying {} to {}", built.display(), copy.0.display()))?;

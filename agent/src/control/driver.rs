@@ -497,6 +497,7 @@ impl ControlDriver {
         streamed: &mut bool,
         signals: &mut Option<tokio::sync::mpsc::Receiver<super::DriftSignal>>,
     ) -> Result<(), String> {
+        let url = self.controller.url().to_owned();
         let mut client = self.connect().await?;
         let req = WatchDesiredStateRequest {
             host_id: self.host_id.clone(),
@@ -510,7 +511,15 @@ impl ControlDriver {
         let mut stream = client
             .watch_desired_state(req)
             .await
-            .map_err(|s| format!("watch desired state: {} ({:?})", s.message(), s.code()))?
+            .map_err(|s| {
+                // A follower replica: the leader (another controller of the list) serves
+                // desired state; the flow records stay where they are.
+                if s.code() == tonic::Code::Unavailable && s.message().contains("follower replica")
+                {
+                    self.controller.failed(&url);
+                }
+                format!("watch desired state: {} ({:?})", s.message(), s.code())
+            })?
             .into_inner();
         *streamed = true;
         self.metrics.control_connected.set(1);

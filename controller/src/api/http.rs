@@ -62,6 +62,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route(
+            "/replica/topology",
+            get(super::replica_routes::replica_topology),
+        )
         .merge(shards_routes::routes())
         .merge(networks_routes::routes())
         .merge(shadows_routes::routes())

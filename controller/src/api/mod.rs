@@ -18,6 +18,7 @@ pub mod observations;
 pub mod openapi;
 pub mod problem;
 pub mod query;
+pub mod replica_routes;
 pub mod shadow_events;
 pub mod shadows_grpc;
 pub mod shadows_routes;

@@ -144,6 +144,23 @@ impl Tokens {
         })
     }
 
+    /// Reads every token from the store again (a controller replica whose tokens another
+    /// one creates and revokes): new ones are taken, revoked ones go.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for (key, value) in self.store.scan_prefix(PREFIX)? {
+            match serde_json::from_slice::<TokenRecord>(&value) {
+                Ok(r) => {
+                    seen.insert(r.id.clone());
+                    self.by_id.insert(r.id.clone(), r);
+                }
+                Err(e) => tracing::error!(%key, error = %e, "unreadable token record ignored"),
+            }
+        }
+        self.by_id.retain(|id, _| seen.contains(id));
+        Ok(())
+    }
+
     /// Makes a token, valid for `expires_in` if given (else until revoked); returns its
     /// record and the token itself (shown once, kept nowhere).
     pub fn create(

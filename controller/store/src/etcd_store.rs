@@ -441,6 +441,57 @@ impl EtcdStore {
         }
     }
 
+    /// Who holds the election key `key` (its value), if anyone.
+    pub fn holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let answer = self.call("/v3/kv/range", &json!({"key": b64(key.as_bytes())}))?;
+        match answer["kvs"].as_array().and_then(|kvs| kvs.first()) {
+            Some(kv) => Ok(Some(
+                String::from_utf8_lossy(&unb64(&kv["value"])?).into_owned(),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps `key` (outside the store's prefix or in it, as given) set to `value` while
+    /// this process lives: under a lease of `ttl` renewed from a thread, put again under a
+    /// new lease if the old one lapsed (etcd was away longer than `ttl`). A process that
+    /// dies takes the key with it after `ttl`: membership.
+    pub fn advertise(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let ttl_s = ttl.as_secs().max(2);
+        let mut lease = put_under_new_lease(self, key, value, ttl_s)?;
+        let client = EtcdStore::open(self.config.clone())?;
+        let (key, value) = (key.to_owned(), value.to_vec());
+        let every = Duration::from_millis(ttl_s * 1000 / 3);
+        std::thread::Builder::new()
+            .name("etcd-advertise".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    match client.call("/v3/lease/keepalive", &json!({"ID": lease.to_string()})) {
+                        Ok(answer) if int(&answer["result"]["TTL"]) > 0 => {}
+                        // Gone (or etcd unreachable): put it again under a new lease, and
+                        // retry at the next turn if that fails too.
+                        _ => {
+                            if let Ok(new) = put_under_new_lease(&client, &key, &value, ttl_s) {
+                                lease = new;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError(format!("starting the advertising thread: {e}")))?;
+        Ok(())
+    }
+
+    /// Puts `key` (as given, unfenced) = `value` for good.
+    pub fn advertise_forever(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.call(
+            "/v3/kv/put",
+            &json!({"key": b64(key.as_bytes()), "value": b64(value)}),
+        )?;
+        Ok(())
+    }
+
     fn keep_alive(&self, lease: i64, ttl_s: u64, lost: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
         let config = self.config.clone();
         let every = Duration::from_millis(ttl_s * 1000 / 3);
@@ -472,6 +523,25 @@ impl EtcdStore {
             })
             .ok();
     }
+}
+
+/// Puts `key` = `value` under a new lease of `ttl_s` seconds; returns the lease.
+fn put_under_new_lease(
+    client: &EtcdStore,
+    key: &str,
+    value: &[u8],
+    ttl_s: u64,
+) -> Result<i64, StoreError> {
+    let grant = client.call("/v3/lease/grant", &json!({"TTL": ttl_s.to_string()}))?;
+    let lease = int(&grant["ID"]);
+    if lease == 0 {
+        return Err(StoreError(format!("etcd granted no lease: {grant}")));
+    }
+    client.call(
+        "/v3/kv/put",
+        &json!({"key": b64(key.as_bytes()), "value": b64(value), "lease": lease.to_string()}),
+    )?;
+    Ok(lease)
 }
 
 impl Drop for EtcdStore {

@@ -7,6 +7,7 @@
 pub mod etcd_process;
 #[cfg(feature = "etcd")]
 pub mod etcd_store;
+pub mod prefixed;
 #[cfg(feature = "redb")]
 pub mod redb_store;
 
@@ -15,6 +16,7 @@ use std::sync::{Mutex, PoisonError};
 
 #[cfg(feature = "etcd")]
 pub use etcd_store::{EtcdConfig, EtcdStore};
+pub use prefixed::PrefixedStore;
 #[cfg(feature = "redb")]
 pub use redb_store::RedbStore;
 

@@ -36,6 +36,8 @@ fn the_standby_takes_over_and_completes_the_writers_migration() -> Result<()> {
         url.as_str(),
         "--etcd-lease-ttl",
         "2s",
+        "--standby",
+        "wait",
         "--shard-pool",
         pool.as_str(),
         "--migration-timeout",

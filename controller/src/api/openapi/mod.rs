@@ -86,6 +86,7 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
             token_routes::Doc::openapi(),
             timeseries_routes::Doc::openapi(),
             console::Doc::openapi(),
+            super::replica_routes::Doc::openapi(),
         ] {
             doc.merge(part);
         }

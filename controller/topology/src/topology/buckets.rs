@@ -116,6 +116,27 @@ impl BucketedStats {
         self.bucket_touched.insert(position, self.touched_unix_ns);
     }
 
+    /// Folds `other` (the same dependency as another controller replica saw it) into this
+    /// one: totals merge, buckets of the same start merge, the others are added.
+    /// Associative and commutative, as [`DependencyStats::merge`] is.
+    pub(crate) fn merge(&mut self, other: &Self) {
+        self.json.take();
+        let mut total = self.total().clone();
+        total.merge(other.total());
+        for ((start, stats), touched) in other.buckets.iter().zip(&other.bucket_touched) {
+            let position = self.buckets.partition_point(|(s, _)| s < start);
+            if self.buckets.get(position).is_some_and(|(s, _)| s == start) {
+                self.buckets[position].1.merge(stats);
+                self.bucket_touched[position] = self.bucket_touched[position].max(*touched);
+            } else {
+                self.buckets.insert(position, (*start, stats.clone()));
+                self.bucket_touched.insert(position, *touched);
+            }
+        }
+        self.total = Some(total);
+        self.touched_unix_ns = self.touched_unix_ns.max(other.touched_unix_ns);
+    }
+
     /// Every kept bucket: (start, stats, when it was last recorded into), oldest first.
     pub(crate) fn buckets_touched(&self) -> impl Iterator<Item = (u64, &DependencyStats, u64)> {
         self.buckets

@@ -10,6 +10,7 @@
 
 pub mod buckets;
 mod checkpoint;
+mod merge;
 pub use checkpoint::{
     Changes as CheckpointChanges, Checkpoint, CheckpointState, PREFIX as CHECKPOINT_PREFIX,
     RestoredCheckpoint,
@@ -333,6 +334,11 @@ impl Topology {
 
     pub fn bucket_config(&self) -> BucketConfig {
         self.buckets
+    }
+
+    /// An empty topology with this one's buckets and limits.
+    pub fn empty_like(&self) -> Topology {
+        Self::with_config(self.buckets, self.limits.clone())
     }
 
     pub fn limits(&self) -> &TopologyLimits {
