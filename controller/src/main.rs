@@ -255,6 +255,41 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let http_scheme = if rest_tls.is_some() { "https" } else { "http" };
+    // Replicas on etcd: this one is a member; topology reads merge every replica's.
+    let replicas = match &opened.etcd {
+        Some(etcd) => {
+            let url = args
+                .store
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("{http_scheme}://{http_addr}"));
+            Some(std::sync::Arc::new(
+                weft_controller::replicas::Replicas::join(
+                    etcd.clone(),
+                    &args.store.replica_name()?,
+                    &url,
+                    &opened.fence_key,
+                    opened.follower,
+                )
+                .context("joining the controller replicas on etcd")?,
+            ))
+        }
+        None => None,
+    };
+    if let (Some(replicas), false) = (&replicas, opened.follower) {
+        // The token replicas ask each other's topology with.
+        if let Some(secret) = replicas.secret().context("the replicas' token")? {
+            state
+                .auth
+                .tokens
+                .adopt(
+                    weft_controller::replicas::TOKEN_NAME,
+                    weft_controller::auth::Role::Read,
+                    &secret,
+                )
+                .map_err(|e| anyhow::anyhow!("the replicas' token: {e}"))?;
+        }
+    }
     // Limits: crate::api::limits (connections, message size), crate::limits (the rest).
     let max_message = state.limits.config.grpc_max_message_bytes;
     let mut router = server
@@ -312,27 +347,6 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(
             router.serve_with_incoming_shutdown(grpc_incoming_stream, stopped(shutdown_rx.clone())),
         )
-    };
-    // Replicas on etcd: this one is a member; topology reads merge every replica's.
-    let replicas = match &opened.etcd {
-        Some(etcd) => {
-            let url = args
-                .store
-                .advertise_url
-                .clone()
-                .unwrap_or_else(|| format!("{http_scheme}://{http_addr}"));
-            Some(std::sync::Arc::new(
-                weft_controller::replicas::Replicas::join(
-                    etcd.clone(),
-                    &args.store.replica_name()?,
-                    &url,
-                    &opened.fence_key,
-                    opened.follower,
-                )
-                .context("joining the controller replicas on etcd")?,
-            ))
-        }
-        None => None,
     };
     // The leader's singleton loops (snapshots); a follower takes over by restarting.
     let history = (!opened.follower).then(|| {

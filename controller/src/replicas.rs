@@ -13,7 +13,9 @@
 //! live topology, every live member's (`GET /replica/topology`, with the caller's
 //! credentials) and the last checkpoint of every known replica that is not live (or does
 //! not answer): the merge is associative and commutative, so the answer is the same
-//! whichever replica is asked. A merged view is reused for [`MERGED_FOR`].
+//! whichever replica is asked. A merged view is reused for [`MERGED_FOR`]. Replicas ask
+//! each other with a `read` token of their own ([`TOKEN_NAME`]), made by the first leader
+//! and kept in etcd.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,6 +36,11 @@ use crate::state::AppState;
 const MEMBERS: &str = "replicas/members/";
 const KNOWN: &str = "replicas/known/";
 const CHECKPOINTS: &str = "replica-checkpoints/";
+/// The token replicas ask each other with (made by the first leader; kept in etcd, which
+/// every replica trusts with everything else too).
+const SECRET: &str = "replicas/secret";
+/// The name of that token among the site's tokens (role `read`).
+pub const TOKEN_NAME: &str = "weft-replicas";
 /// How long a merged topology answers before it is made again.
 pub const MERGED_FOR: Duration = Duration::from_secs(1);
 /// A member's lease: a replica that dies leaves the members this long after.
@@ -110,6 +117,28 @@ impl Replicas {
         })
     }
 
+    /// The replicas' token: made (by a leader) if there is none yet.
+    pub fn secret(&self) -> Result<Option<String>, StoreError> {
+        if let Some(secret) = self.etcd.get(SECRET)? {
+            return Ok(Some(String::from_utf8_lossy(&secret).into_owned()));
+        }
+        if self.follower {
+            return Ok(None);
+        }
+        let hex = |n: usize| -> String {
+            (0..n)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect()
+        };
+        let made = format!("weft_{}_{}", hex(8), hex(32));
+        self.etcd
+            .compare_and_swap(SECRET, None, Some(made.as_bytes()))?;
+        Ok(self
+            .etcd
+            .get(SECRET)?
+            .map(|s| String::from_utf8_lossy(&s).into_owned()))
+    }
+
     /// The live members.
     pub fn members(&self) -> Result<Vec<Member>, StoreError> {
         Ok(self
@@ -143,16 +172,12 @@ impl Replicas {
         Ok(self.etcd.holder(&self.fence_key)?.is_none())
     }
 
-    /// Replica `member`'s own topology entries, asked with `authorization`.
-    fn fetch(
-        &self,
-        member: &Member,
-        authorization: Option<&str>,
-    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+    /// Replica `member`'s own topology entries.
+    fn fetch(&self, member: &Member) -> Result<Vec<(String, Vec<u8>)>, String> {
         let url = format!("{}/replica/topology", member.http);
         let mut request = self.client.get(&url);
-        if let Some(auth) = authorization {
-            request = request.set("Authorization", auth);
+        if let Some(secret) = self.secret().map_err(|e| e.to_string())? {
+            request = request.set("Authorization", &format!("Bearer {secret}"));
         }
         let body: serde_json::Value = request
             .call()
@@ -179,11 +204,7 @@ impl Replicas {
     /// `state` with the topology of every replica folded in (and which replica came from
     /// where, for the `Weft-Replicas` header); `None` when this replica is the only one
     /// there ever was.
-    pub fn merged(
-        &self,
-        state: &AppState,
-        authorization: Option<&str>,
-    ) -> Result<Option<(AppState, String)>, StoreError> {
+    pub fn merged(&self, state: &AppState) -> Result<Option<(AppState, String)>, StoreError> {
         let members = self.members()?;
         let known = self.known()?;
         if members.iter().all(|m| m.name == self.name) && known.iter().all(|n| *n == self.name) {
@@ -206,7 +227,7 @@ impl Replicas {
                 continue;
             }
             let live = members.iter().find(|m| m.name == *name);
-            let (entries, source) = match live.map(|m| self.fetch(m, authorization)) {
+            let (entries, source) = match live.map(|m| self.fetch(m)) {
                 Some(Ok(entries)) => (entries, "live"),
                 Some(Err(error)) => {
                     tracing::warn!(replica = %name, %error, "replica did not answer: its last checkpoint is merged instead");
@@ -313,14 +334,8 @@ async fn route(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     if is_topology_read(&method, &path) {
-        let authorization = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
         let r = replicas.clone();
-        let merged =
-            tokio::task::spawn_blocking(move || r.merged(&state, authorization.as_deref())).await;
+        let merged = tokio::task::spawn_blocking(move || r.merged(&state)).await;
         return match merged {
             Ok(Ok(Some((merged, sources)))) => {
                 let mut response = crate::api::http::app(merged)

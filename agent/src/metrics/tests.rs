@@ -72,6 +72,10 @@ const ADDED: &[(&str, &str)] = &[
     ("weft_agent_control_host_events_total", "counter"),
     ("weft_agent_ring_items_invalid_total", "counter"),
     ("weft_agent_latency_unsampled_requests_total", "counter"),
+    ("weft_agent_batches_retained", "gauge"),
+    ("weft_agent_batches_resent_total", "counter"),
+    ("weft_agent_batches_lost_total", "counter"),
+    ("weft_agent_records_unretained_total", "counter"),
 ];
 
 #[tokio::test]

@@ -13,11 +13,38 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub struct TopologyApi {
     state: AppState,
+    /// Controller replicas on etcd: answers merge every replica's topology.
+    replicas: Option<std::sync::Arc<crate::replicas::Replicas>>,
 }
 
 impl TopologyApi {
     pub fn new(state: AppState) -> Self {
-        Self { state }
+        Self {
+            state,
+            replicas: None,
+        }
+    }
+
+    /// Answers from the replicas' merged topology.
+    pub fn with_replicas(
+        self,
+        replicas: Option<std::sync::Arc<crate::replicas::Replicas>>,
+    ) -> Self {
+        Self { replicas, ..self }
+    }
+
+    /// The state whose topology answers: this one's, or the replicas' merged.
+    fn view(&self) -> Result<AppState, Status> {
+        let Some(replicas) = &self.replicas else {
+            return Ok(self.state.clone());
+        };
+        match tokio::task::block_in_place(|| replicas.merged(&self.state)) {
+            Ok(Some((merged, _))) => Ok(merged),
+            Ok(None) => Ok(self.state.clone()),
+            Err(error) => Err(Status::unavailable(format!(
+                "merging the replicas' topologies: {error}"
+            ))),
+        }
     }
 
     pub fn into_service(self) -> TopologyServiceServer<Self> {
@@ -43,7 +70,7 @@ impl TopologyApi {
 
     fn snapshot(&self, query: Option<&wire::TopologyQuery>) -> Result<TopologySnapshot, Status> {
         let window = window(query)?;
-        Ok(self.state.snapshot_in(&window))
+        Ok(self.view()?.snapshot_in(&window))
     }
 }
 
@@ -270,7 +297,7 @@ impl TopologyService for TopologyApi {
                 ))
             })?;
         let after = match to {
-            None => self.state.snapshot(),
+            None => self.view()?.snapshot(),
             Some(to) => history.snapshot_at(to).map_err(internal)?.ok_or_else(|| {
                 Status::failed_precondition(format!(
                     "field `to`: no snapshot was taken at or before {}",
