@@ -184,14 +184,53 @@ fn build_state(
     Ok((state, checkpointer))
 }
 
+/// How a replica trusts the others' REST certificates: `--replica-ca`, else
+/// `--client-ca` (one site CA signs them all), else the system's roots.
+fn replica_tls(args: &Args) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    let Some(path) = args
+        .store
+        .replica_ca
+        .as_ref()
+        .or(args.auth.client_ca.as_ref())
+    else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the replicas' CA {}", path.display()))?;
+    let config = weft_pki::https_client_config(&pem)
+        .map_err(|e| anyhow::anyhow!("the replicas' CA {}: {e}", path.display()))?;
+    Ok(Some(std::sync::Arc::new(config)))
+}
+
 /// Counts allow-list violations (and publishes new dependencies whose announcement at
 /// ingest was dropped, [`weft_controller::events`]) every [`WATCH_INTERVAL`], and stores
 /// a snapshot every `snapshot_interval`, until `stop` resolves.
 async fn history_loop(
     state: AppState,
+    replicas: Option<std::sync::Arc<weft_controller::replicas::Replicas>>,
     snapshot_interval: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    // With replicas, the whole site's topology: every replica's merged.
+    let view = |state: &AppState| {
+        let (state, replicas) = (state.clone(), replicas.clone());
+        async move {
+            let Some(replicas) = replicas else {
+                return state.snapshot();
+            };
+            let own = state.clone();
+            let merged = tokio::task::spawn_blocking(move || match replicas.merged(&state) {
+                Ok(Some((merged, _))) => merged.snapshot(),
+                Ok(None) => state.snapshot(),
+                Err(error) => {
+                    tracing::warn!(%error, "merging the replicas' topologies failed: this replica's alone");
+                    state.snapshot()
+                }
+            })
+            .await;
+            merged.unwrap_or_else(|_| own.snapshot())
+        }
+    };
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
     let mut snapshots = tokio::time::interval(snapshot_interval);
     snapshots.tick().await;
@@ -199,9 +238,9 @@ async fn history_loop(
     loop {
         tokio::select! {
             () = &mut stop => return,
-            _ = watch.tick() => state.history.observe(&state.snapshot()),
+            _ = watch.tick() => state.history.observe(&view(&state).await),
             _ = snapshots.tick() => {
-                let snapshot = state.snapshot();
+                let snapshot = view(&state).await;
                 if let Err(error) = state.history.take_snapshot(&snapshot, now_unix_ns()) {
                     tracing::warn!(%error, "storing a topology snapshot failed");
                 }
@@ -270,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
                     &url,
                     &opened.fence_key,
                     opened.follower,
+                    replica_tls(&args)?,
                 )
                 .context("joining the controller replicas on etcd")?,
             ))
@@ -352,6 +392,7 @@ async fn main() -> anyhow::Result<()> {
     let history = (!opened.follower).then(|| {
         tokio::spawn(history_loop(
             state.clone(),
+            replicas.clone(),
             args.snapshot_interval,
             stopped(shutdown_rx.clone()),
         ))

@@ -83,7 +83,7 @@ pub struct Replicas {
     /// Whether this replica is a follower (it redirects what the leader serves).
     pub follower: bool,
     client: ureq::Agent,
-    merged: Mutex<Option<(Instant, AppState)>>,
+    merged: Mutex<Option<(Instant, AppState, String)>>,
 }
 
 impl Replicas {
@@ -94,6 +94,7 @@ impl Replicas {
         http: &str,
         fence_key: &str,
         follower: bool,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, StoreError> {
         let member = Member {
             name: name.to_owned(),
@@ -109,10 +110,16 @@ impl Replicas {
             name: name.to_owned(),
             fence_key: fence_key.to_owned(),
             follower,
-            client: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(1))
-                .timeout(Duration::from_secs(10))
-                .build(),
+            client: {
+                let builder = ureq::AgentBuilder::new()
+                    .timeout_connect(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(10));
+                match tls {
+                    Some(tls) => builder.tls_config(tls),
+                    None => builder,
+                }
+                .build()
+            },
             merged: Mutex::new(None),
         })
     }
@@ -210,14 +217,14 @@ impl Replicas {
         if members.iter().all(|m| m.name == self.name) && known.iter().all(|n| *n == self.name) {
             return Ok(None);
         }
-        if let Some((at, merged)) = self
+        if let Some((at, merged, sources)) = self
             .merged
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             && at.elapsed() < MERGED_FOR
         {
-            return Ok(Some((merged.clone(), "cached".into())));
+            return Ok(Some((merged.clone(), sources.clone())));
         }
         let topology = state.topology.empty_like();
         topology.merge_from(&state.topology);
@@ -245,9 +252,10 @@ impl Replicas {
         }
         let mut merged = state.clone();
         merged.topology = Arc::new(topology);
+        let sources = sources.join(",");
         *self.merged.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((Instant::now(), merged.clone()));
-        Ok(Some((merged, sources.join(","))))
+            Some((Instant::now(), merged.clone(), sources.clone()));
+        Ok(Some((merged, sources)))
     }
 }
 

@@ -63,6 +63,9 @@ pub struct StoreArgs {
     /// theirs). Default: http(s)://<the --http-listen address as bound>.
     #[arg(long, value_name = "URL")]
     pub advertise_url: Option<String>,
+    /// The CA the other replicas' REST certificates chain to (PEM). Default: --client-ca.
+    #[arg(long, value_name = "FILE")]
+    pub replica_ca: Option<std::path::PathBuf>,
     /// How often the live topology (every dependency's counters, latency histograms and
     /// time buckets, every service) is checkpointed to the store: a controller killed
     /// loses at most this much of it. 0 turns checkpoints off (and nothing is read back

@@ -201,9 +201,18 @@ pub struct Starting {
 
 impl Starting {
     /// Waits (up to `timeout`) for its `weft-controller listening` line.
-    pub fn ready(mut self, timeout: Duration) -> Result<Controller> {
-        self.child
-            .wait_for_line(&["weft-controller listening"], timeout)?;
+    pub fn ready(self, timeout: Duration) -> Result<Controller> {
+        self.announced("weft-controller listening", timeout)
+    }
+
+    /// Waits (up to `timeout`) for its `weft-controller following` line: a follower
+    /// replica on etcd, serving beside the leader.
+    pub fn following(self, timeout: Duration) -> Result<Controller> {
+        self.announced("weft-controller following", timeout)
+    }
+
+    fn announced(mut self, line: &str, timeout: Duration) -> Result<Controller> {
+        self.child.wait_for_line(&[line], timeout)?;
         let token_file = self.data_dir.join("admin.token");
         let token = std::fs::read_to_string(&token_file)
             .with_context(|| format!("the controller's admin token {}", token_file.display()))?
