@@ -3,7 +3,8 @@
 //! weaves, the control plane, snapshots: every singleton loop runs there); the others,
 //! *followers*, serve what needs no writer: agents' flow records (each replica holds the
 //! records its own agents sent) and every topology read, which merges the replicas'
-//! topologies. Any other request to a follower is redirected (307) to the leader; an
+//! topologies. Any other request to a follower is forwarded to the leader (event streams
+//! redirected there, 307); an
 //! agent's desired-state stream is refused with `UNAVAILABLE`, and the agent moves its
 //! control stream to the next controller of its list while its flow records stay.
 //!
@@ -54,6 +55,19 @@ pub struct Member {
     pub http: String,
 }
 
+/// An HTTP client of the other replicas, trusting `tls`'s CA; no redirects followed.
+fn agent(tls: Option<Arc<rustls::ClientConfig>>, timeout: Duration) -> ureq::Agent {
+    let builder = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(1))
+        .timeout(timeout)
+        .redirects(0);
+    match tls {
+        Some(tls) => builder.tls_config(tls),
+        None => builder,
+    }
+    .build()
+}
+
 /// A replica name: letters, digits, `-`, `_`, `.`; it names keys.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty()
@@ -80,9 +94,11 @@ pub struct Replicas {
     pub name: String,
     /// The writer's election key (its value is the leader's name).
     fence_key: String,
-    /// Whether this replica is a follower (it redirects what the leader serves).
+    /// Whether this replica is a follower (it forwards what the leader serves).
     pub follower: bool,
     client: ureq::Agent,
+    /// Requests a follower forwards to the leader (long: a weave waits for its agents).
+    forwarder: ureq::Agent,
     merged: Mutex<Option<(Instant, AppState, String)>>,
 }
 
@@ -110,16 +126,8 @@ impl Replicas {
             name: name.to_owned(),
             fence_key: fence_key.to_owned(),
             follower,
-            client: {
-                let builder = ureq::AgentBuilder::new()
-                    .timeout_connect(Duration::from_secs(1))
-                    .timeout(Duration::from_secs(10));
-                match tls {
-                    Some(tls) => builder.tls_config(tls),
-                    None => builder,
-                }
-                .build()
-            },
+            client: agent(tls.clone(), Duration::from_secs(10)),
+            forwarder: agent(tls, Duration::from_secs(180)),
             merged: Mutex::new(None),
         })
     }
@@ -322,7 +330,7 @@ fn follower_serves(method: &Method, path: &str) -> bool {
 }
 
 /// The replicas' layer around the REST API: topology reads answered from the merged
-/// topology; on a follower, what the leader serves redirected there.
+/// topology; on a follower, what the leader serves forwarded there.
 pub fn layer(router: axum::Router, replicas: Arc<Replicas>, state: AppState) -> axum::Router {
     router.layer(axum::middleware::from_fn(
         move |request: Request, next: axum::middleware::Next| {
@@ -374,13 +382,8 @@ async fn route(
         .path_and_query()
         .map_or(path.clone(), |p| p.as_str().to_owned());
     let r = replicas.clone();
-    match tokio::task::spawn_blocking(move || r.leader()).await {
-        Ok(Ok(Some(leader))) => Response::builder()
-            .status(StatusCode::TEMPORARY_REDIRECT)
-            .header(header::LOCATION, format!("{}{target}", leader.http))
-            .header("weft-leader", leader.name)
-            .body(Body::empty())
-            .unwrap_or_else(|_| StatusCode::TEMPORARY_REDIRECT.into_response()),
+    let leader = match tokio::task::spawn_blocking(move || r.leader()).await {
+        Ok(Ok(Some(leader))) => leader,
         Ok(Ok(None)) => {
             let mut response = problem_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -389,12 +392,109 @@ async fn route(
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            response
+            return response;
         }
-        Ok(Err(error)) => problem_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("finding the leader replica: {error}"),
-        ),
+        Ok(Err(error)) => {
+            return problem_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("finding the leader replica: {error}"),
+            );
+        }
+        Err(error) => {
+            return problem_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string());
+        }
+    };
+    let url = format!("{}{target}", leader.http);
+    if path.starts_with("/events") {
+        // A stream: the client follows the leader itself.
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(header::LOCATION, url)
+            .header(LEADER_HEADER, leader.name)
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::TEMPORARY_REDIRECT.into_response());
+    }
+    forward(replicas, request, url, leader.name).await
+}
+
+/// The response header naming the leader a follower forwarded to (or redirected to).
+const LEADER_HEADER: &str = "weft-leader";
+/// The largest request body a follower forwards.
+const MAX_FORWARDED_BODY: usize = 64 << 20;
+/// Request headers not forwarded (hop by hop, or the follower's own).
+const NOT_FORWARDED: [&str; 6] = [
+    "host",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "keep-alive",
+    "upgrade",
+];
+
+/// Sends `request` to the leader at `url` and answers what it answered: clients may talk
+/// to any replica. The caller's credentials go with it; the leader checks them.
+async fn forward(
+    replicas: Arc<Replicas>,
+    request: Request,
+    url: String,
+    leader: String,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_FORWARDED_BODY).await {
+        Ok(body) => body,
+        Err(error) => {
+            return problem_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a follower forwards request bodies up to {MAX_FORWARDED_BODY} bytes: {error}"
+                ),
+            );
+        }
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut call = replicas.forwarder.request(parts.method.as_str(), &url);
+        for (name, value) in &parts.headers {
+            if NOT_FORWARDED.contains(&name.as_str()) {
+                continue;
+            }
+            if let Ok(value) = value.to_str() {
+                call = call.set(name.as_str(), value);
+            }
+        }
+        let response = match call.send_bytes(&body) {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => return Err(format!("forwarding to the leader at {url}: {error}")),
+        };
+        let status = response.status();
+        let headers: Vec<(String, String)> = response
+            .headers_names()
+            .into_iter()
+            .filter(|name| !NOT_FORWARDED.contains(&name.as_str()))
+            .filter_map(|name| Some((name.clone(), response.header(&name)?.to_owned())))
+            .collect();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(response.into_reader(), MAX_FORWARDED_BODY as u64),
+            &mut bytes,
+        )
+        .map_err(|e| format!("reading the leader's answer from {url}: {e}"))?;
+        Ok((status, headers, bytes))
+    })
+    .await;
+    match answer {
+        Ok(Ok((status, headers, bytes))) => {
+            let mut builder = Response::builder().status(status);
+            for (name, value) in headers {
+                builder = builder.header(name, value);
+            }
+            builder
+                .header(LEADER_HEADER, leader)
+                .body(Body::from(bytes))
+                .unwrap_or_else(|e| {
+                    problem_response(StatusCode::BAD_GATEWAY, format!("the leader's answer: {e}"))
+                })
+        }
+        Ok(Err(error)) => problem_response(StatusCode::BAD_GATEWAY, error),
         Err(error) => problem_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }
 }

@@ -1,7 +1,7 @@
 //! Two controller replicas on one etcd, both serving: the leader (the writer's lease) and
 //! a follower. Each holds the flow records its own agents sent; a topology query on
 //! either merges both and gets the same answer; what only the leader serves is
-//! redirected there by the follower, and an agent's desired-state stream is refused by
+//! forwarded there by the follower, and an agent's desired-state stream is refused by
 //! it. The leader killed (`kill -9`), the follower takes the lease, restarts itself as the
 //! leader on the same ports, and still answers the whole topology: its own records (its
 //! checkpoint) and the dead leader's (from that one's last checkpoint).
@@ -234,7 +234,21 @@ async fn both_replicas_serve_and_answer_the_same_merged_topology_and_the_followe
     })
     .await
     .expect("join");
-    assert_eq!(status, 307, "a follower redirects what the leader serves");
+    assert_eq!(status, 201, "a follower forwards what the leader serves");
+    let ha = http_a.clone();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        Conn::open(&ha.addr, &ha.token)
+            .expect("connect")
+            .request("GET", "/shards", "")
+            .expect("GET /shards")
+    })
+    .await
+    .expect("join");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"blue\""),
+        "the leader made the shard: {body}"
+    );
     let mut control = AgentControlServiceClient::<Channel>::connect(format!("http://{}", b.grpc))
         .await
         .expect("connect");
