@@ -68,9 +68,38 @@ use tracing::{info, warn};
 
 use super::Hook;
 
-/// The maps whose contents are state: pinned and reused across restarts. One unit (see
-/// [`plan_group`]).
-pub const PINNED_MAPS: [&str; 2] = ["FLOWS", "FLOW_REPORTED"];
+/// Maps whose contents only make sense together: pinned and reused across restarts as
+/// one unit (see [`plan_group`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MapGroup {
+    pub maps: &'static [&'static str],
+    /// What starting the group fresh loses (for the log).
+    pub fresh_means: &'static str,
+}
+
+/// The flow table and the records' baseline.
+pub const FLOW_MAPS: MapGroup = MapGroup {
+    maps: &["FLOWS", "FLOW_REPORTED"],
+    fresh_means: "its flows are counted again from now",
+};
+
+/// Steering: the slots' policy entries, the steered connections and the slots' counters.
+/// The agent reads its slot assignment back from them at start (`crate::steer`), so a
+/// connection steered before a restart keeps its slot and its side.
+pub const STEER_MAPS: MapGroup = MapGroup {
+    maps: &[
+        "STEER_ORIGINS",
+        "STEER_PORTS",
+        "STEER_RETURNS",
+        "STEER_TUNNELS",
+        "STEER_CONNS",
+        "STEER_STATS",
+    ],
+    fresh_means: "connections steered before are reset, new ones are decided afresh",
+};
+
+/// The groups of maps whose contents are state.
+pub const PINNED_GROUPS: [MapGroup; 2] = [FLOW_MAPS, STEER_MAPS];
 
 /// `statfs(2)` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -243,19 +272,38 @@ impl Pins {
             .join(bpffs_name(&format!("{ifindex}_{hook}_{program}")))
     }
 
-    /// The link pins there are now.
-    pub fn link_pins(&self) -> Result<Vec<PathBuf>, PinError> {
-        list(&self.dir.join("links"))
+    /// The link pins there are now of the programs in `programs`.
+    pub fn link_pins(&self, programs: &[&str]) -> Result<Vec<PathBuf>, PinError> {
+        Ok(list(&self.dir.join("links"))?
+            .into_iter()
+            .filter(|p| link_program(p).is_some_and(|n| programs.contains(&n)))
+            .collect())
     }
 
-    /// Decides, for the maps of [`PINNED_MAPS`], whether their pins are reused (see
+    /// Decides, for the maps of each of `groups`, whether their pins are reused (see
     /// [`plan_group`]); removes the pins that do not fit, saying why. Returns each map's
     /// pin path for the loader (`EbpfLoader::map_pin_path`: reused when pinned, else
     /// created and pinned).
-    pub fn prepare_maps(&self, object: &[u8]) -> Result<Vec<(&'static str, PathBuf)>, PinError> {
+    pub fn prepare_maps(
+        &self,
+        object: &[u8],
+        groups: &[MapGroup],
+    ) -> Result<Vec<(&'static str, PathBuf)>, PinError> {
         let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(Box::new(e)))?;
+        let mut paths = Vec::new();
+        for group in groups {
+            paths.extend(self.prepare_group(&obj, group)?);
+        }
+        Ok(paths)
+    }
+
+    fn prepare_group(
+        &self,
+        obj: &aya_obj::Object,
+        group: &MapGroup,
+    ) -> Result<Vec<(&'static str, PathBuf)>, PinError> {
         let mut found = Vec::new();
-        for name in PINNED_MAPS {
+        for &name in group.maps {
             let def = obj
                 .maps
                 .get(name)
@@ -291,7 +339,8 @@ impl Pins {
                         map = name,
                         pin = %path.display(),
                         reason = %why,
-                        "the pinned map does not fit this agent: starting it fresh (its flows are counted again from now)"
+                        consequence = group.fresh_means,
+                        "the pinned map does not fit this agent: starting it fresh"
                     );
                     remove_file(&path)?;
                 }
@@ -319,6 +368,11 @@ impl Pins {
         remove_dir(&self.dir)?;
         Ok(removed)
     }
+}
+
+/// The program of a link pin (`<ifindex>_<hook>_<program>`).
+fn link_program(path: &Path) -> Option<&str> {
+    path.file_name()?.to_str()?.splitn(3, '_').nth(2)
 }
 
 fn pinned_shape(path: &Path) -> Result<MapShape, aya::maps::MapError> {
@@ -462,9 +516,13 @@ mod tests {
         let pins = Pins {
             dir: PathBuf::from("/sys/fs/bpf/x"),
         };
+        let path = pins.link_path(7, Hook::Ingress, "flow_ingress");
         assert_eq!(
-            pins.link_path(7, Hook::Ingress, "flow_ingress"),
+            path,
             PathBuf::from("/sys/fs/bpf/x/links/7_ingress_flow_ingress")
         );
+        assert_eq!(link_program(&path), Some("flow_ingress"));
+        let steer = pins.link_path(12, Hook::Egress, "steer_origin");
+        assert_eq!(link_program(&steer), Some("steer_origin"));
     }
 }
