@@ -7,7 +7,8 @@
 //! ```text
 //! <dir>/maps/FLOWS            the flow table (cumulative counters per flow)
 //! <dir>/maps/FLOW_REPORTED    what the agent last exported of each flow (delta baseline)
-//! <dir>/links/<ifindex>_<hook>_<program>   the flow observer's tcx links
+//! <dir>/maps/STEER_*          steering's policy entries, steered connections, counters
+//! <dir>/links/<ifindex>_<hook>_<program>   the tcx links of the flow observer and steering
 //! ```
 //!
 //! - **Maps.** At start each pinned map is compared with this agent's definition of it
@@ -17,7 +18,9 @@
 //!   removed and the map starts empty; the agent never fails on it. `FLOWS` and
 //!   `FLOW_REPORTED` are one unit ([`plan_group`]): counters without their baseline would
 //!   be exported twice, a baseline without its counters means nothing, so if either starts
-//!   fresh both do.
+//!   fresh both do. Steering's maps are another unit ([`STEER_MAPS`]): its slots are read
+//!   back from them at start (`crate::steer`'s `adopt`), so a steered connection keeps its
+//!   slot and its side.
 //! - **Links.** The flow observer's tcx links are pinned. A restarted agent finds the link
 //!   of an interface still attached (the previous agent's program still running in it,
 //!   counting into the pinned `FLOWS`) and swaps its own program in with one
@@ -26,13 +29,16 @@
 //!   and the link keeps its place among the programs of the hook. A link whose interface
 //!   went away while no agent ran cannot be updated: its pin is removed and the interface,
 //!   if it is there again, gets a new link. Pins of interfaces the new agent does not
-//!   observe are removed after its first full listing of the links.
+//!   observe are removed after its first full listing of the links; those of steering's
+//!   programs once steering's first full apply is done (each owner removes the unheld pins
+//!   of its own programs only: another's may still wait to be taken over).
 //! - **Not pinned:** ring buffers (flow-end events, payload samples: a flow that ended
 //!   while no agent ran is still found ended in `FLOWS`, its `END_REPORTED` bit set), the
 //!   L7 sessions in user space (request counts continue from the kernel's exact counter;
-//!   a parse in progress starts over), and the steering and shadow-tap programs and maps:
-//!   their reconcilers keep slots, health checks and reassembly in user space and realise
-//!   them again from the controller's desired state after a restart.
+//!   a parse in progress starts over), and the shadow taps: their copies leave the kernel
+//!   through per-CPU perf buffers owned by the agent process and are reassembled and
+//!   streamed to their sinks in user space, which cannot outlive the process; a new agent
+//!   sets the taps up again from the controller's desired state.
 //!
 //! # Exporting each byte once across a restart
 //! Records are deltas: the agent reports what changed on a flow since its last record of

@@ -65,8 +65,9 @@
 //! - The flow observer on Vo sees a steered connection's packets (they pass its hooks), so
 //!   the origin's flows include the connections the target served.
 //! - A steered connection evicted from the LRU map (65,536 per host) goes back to the
-//!   origin, which resets it; so do steered connections when the agent restarts (the maps
-//!   go with it).
+//!   origin, which resets it. An agent restart does not do that: the maps and links are
+//!   pinned and the new agent adopts the slots ([`adopt`]); only an upgrade that changes a
+//!   steering map's layout starts them fresh (and resets the steered connections).
 //! - The decision is per connection at its SYN: a key from the request (an HTTP header)
 //!   cannot choose the side, the connection is placed before its first byte.
 

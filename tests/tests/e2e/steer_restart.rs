@@ -20,7 +20,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 use weft_lab::load::{self, Plan};
 use weft_lab::process::Child;
-use weft_lab::weft::Agent;
+use weft_lab::weft::{Agent, sum_metric};
 use weft_lab::{eventually, netns, skip_unless_root};
 
 use crate::networks::{TwoHypervisors, address};
@@ -113,22 +113,24 @@ fn field(line: &str, key: &str) -> Result<u64> {
         .with_context(|| format!("{key} in {line}"))
 }
 
-/// Waits until `agent` has taken steering back: the previous agent's slot adopted and
-/// the origin's pinned link taken over.
-fn steering_adopted(agent: &mut Agent) -> Result<()> {
+/// Waits until `agent` has applied the controller's desired state.
+fn applied(lab: &weft_lab::Lab, agent: &Agent) -> Result<()> {
     eventually(Duration::from_secs(60), Duration::from_millis(200), || {
-        let log = agent.child.output();
-        // (The log is coloured: the words, not the key=value pairs.)
-        let took_over = log
-            .lines()
-            .any(|l| l.contains("took over the pinned link") && l.contains("steer_origin"));
-        ensure!(
-            log.contains("adopted the previous agent's slot") && took_over,
-            "steering not adopted yet"
-        );
+        let g = sum_metric(&agent.metrics(lab)?, "weft_agent_applied_generation");
+        ensure!(g > 0.0, "no desired state applied yet");
         Ok(())
     })
     .with_context(|| agent.child.tail(40))
+}
+
+/// Whether `agent` took steering back: the previous agent's slot adopted and the origin's
+/// pinned link taken over (the log is coloured: the words, not the key=value pairs).
+fn adopted_steering(agent: &Agent) -> bool {
+    let log = agent.child.output();
+    log.contains("adopted the previous agent's slot")
+        && log
+            .lines()
+            .any(|l| l.contains("took over the pinned link") && l.contains("steer_origin"))
 }
 
 #[test]
@@ -212,14 +214,15 @@ fn steered_connections_keep_their_side_across_agent_restarts() -> Result<()> {
         .context("SIGTERM")?;
     std::thread::sleep(Duration::from_secs(1));
     two.agents[0] = Agent::start_with(&two.lab, 0, &url, &keep)?;
-    steering_adopted(&mut two.agents[0])?;
+    applied(&two.lab, &two.agents[0])?;
+    let adopted_after_term = adopted_steering(&two.agents[0]);
     std::thread::sleep(Duration::from_secs(3));
 
     // SIGKILL; one second without an agent; a new one.
     two.agents[0].child.kill_hard();
     std::thread::sleep(Duration::from_secs(1));
     two.agents[0] = Agent::start_with(&two.lab, 0, &url, &keep)?;
-    steering_adopted(&mut two.agents[0])?;
+    applied(&two.lab, &two.agents[0])?;
     let restarted = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
 
@@ -257,6 +260,12 @@ fn steered_connections_keep_their_side_across_agent_restarts() -> Result<()> {
     ensure!(
         weave > 1000 && late > 100,
         "too few requests: {weave} answered, {late} after the last restart"
+    );
+    // Both new agents adopted the slots and took the links over (not made anew).
+    ensure!(
+        adopted_after_term && adopted_steering(&two.agents[0]),
+        "steering was not adopted (after SIGTERM: {adopted_after_term}):\n{}",
+        two.agents[0].child.tail(40)
     );
     Ok(())
 }
