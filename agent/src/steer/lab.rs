@@ -400,20 +400,26 @@ async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 const A: Ipv4Addr = Ipv4Addr::new(198, 18, 80, 10);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connections() {
-    require_root!();
+/// One host, origin network p (origin o and client c) and target network s, a mirror
+/// (target t with o's address, and c's copy, which answers ARP for c there); servers in
+/// o and t answering with their name.
+async fn mirror() -> (Hv, Server, Server) {
     let hv = Hv::new().await;
-    // Origin network p: origin o and client c. Target network s (a mirror): target t with
-    // o's address, and c's copy (answers ARP for c there).
     hv.build(&[
         ("p", &[("o", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
         ("s", &[("t", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
     ])
     .await;
-    let (o, t, c) = (hv.path("p", "o"), hv.path("s", "t"), hv.path("p", "c"));
-    let origin = server(&o, "origin");
-    let _target = server(&t, "target");
+    let origin = server(&hv.path("p", "o"), "origin");
+    let target = server(&hv.path("s", "t"), "target");
+    (hv, origin, target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connections() {
+    require_root!();
+    let (hv, origin, _target) = mirror().await;
+    let c = hv.path("p", "c");
     let addr = SocketAddr::from((A, PORT));
 
     // The flow observer is on the origin's interface first; steering goes after it.
@@ -1071,15 +1077,8 @@ fn slot_of(r: &ResourceReport) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_adopts_the_pinned_steering_and_connections_keep_their_side() {
     require_root!();
-    let hv = Hv::new().await;
-    hv.build(&[
-        ("p", &[("o", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
-        ("s", &[("t", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
-    ])
-    .await;
-    let (o, t, c) = (hv.path("p", "o"), hv.path("s", "t"), hv.path("p", "c"));
-    let _origin = server(&o, "origin");
-    let _target = server(&t, "target");
+    let (hv, _origin, _target) = mirror().await;
+    let c = hv.path("p", "c");
     let addr = SocketAddr::from((A, PORT));
     // Dropped before `hv`: the pins go (detaching what they hold) before the namespaces.
     let pins = TempPins::new("steer-restart");
