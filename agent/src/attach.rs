@@ -252,7 +252,7 @@ impl Attacher {
             .datapath
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove_unheld_link_pins();
+            .remove_unheld_link_pins(&[PROG_INGRESS, PROG_EGRESS]);
         match stale {
             Ok(0) => {}
             Ok(n) => info!(

@@ -175,16 +175,17 @@ impl Datapath {
         })
     }
 
-    /// Loads an eBPF object with its state maps ([`pins::PINNED_MAPS`]) pinned in `pins`:
-    /// reused when a previous agent left them there and their definition matches, else
-    /// created (and pinned). The links of `pinned_programs` are pinned as they are made,
-    /// and a link a previous agent pinned is taken over (see [`Self::attach`]).
+    /// Loads an eBPF object with the state maps of `groups` ([`pins::PINNED_GROUPS`])
+    /// pinned in `pins`: reused when a previous agent left them there and their definition
+    /// matches, else created (and pinned). The links of `pinned_programs` are pinned as
+    /// they are made, and a link a previous agent pinned is taken over (see [`Self::attach`]).
     pub fn load_pinned(
         object: &[u8],
         pins: Pins,
+        groups: &[pins::MapGroup],
         pinned_programs: &[&str],
     ) -> Result<Self, DatapathError> {
-        let paths = pins.prepare_maps(object)?;
+        let paths = pins.prepare_maps(object, groups)?;
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
@@ -467,9 +468,11 @@ impl Datapath {
         kept
     }
 
-    /// Removes the link pins no attachment of this datapath holds (a previous agent's links
-    /// on interfaces this one does not observe, or that are gone); returns how many.
-    pub fn remove_unheld_link_pins(&mut self) -> Result<usize, DatapathError> {
+    /// Removes the link pins of `programs` that no attachment of this datapath holds (a
+    /// previous agent's links on interfaces this one does not use, or that are gone);
+    /// returns how many. Each owner of programs calls it once it has taken over what it
+    /// wants: another owner's pins may still wait for theirs.
+    pub fn remove_unheld_link_pins(&mut self, programs: &[&str]) -> Result<usize, DatapathError> {
         let Some(pins) = &self.pins else {
             return Ok(0);
         };
@@ -483,10 +486,10 @@ impl Datapath {
             })
             .collect();
         let mut n = 0;
-        for path in pins.link_pins()? {
+        for path in pins.link_pins(programs)? {
             if !held.contains(&&path) {
                 pins::remove_file(&path)?;
-                info!(pin = %path.display(), "removed the pinned link of an interface no longer observed");
+                info!(pin = %path.display(), "removed a previous agent's pinned link that no longer has a use");
                 n += 1;
             }
         }

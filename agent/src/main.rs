@@ -107,9 +107,20 @@ async fn main() -> anyhow::Result<()> {
     // The flow table and the records' baseline continue from a previous agent's pins, and
     // its links are taken over (datapath::pins).
     let pins = Pins::open(&pin_dir).context("the bpffs pin directory (--bpffs-dir)")?;
-    let mut datapath =
-        Datapath::load_pinned(FLOW_OBJECT, pins.clone(), &[PROG_INGRESS, PROG_EGRESS])
-            .context("the flow object")?;
+    // So are steering's maps and links: the steered connections keep their side (steer).
+    let mut datapath = Datapath::load_pinned(
+        FLOW_OBJECT,
+        pins.clone(),
+        &pins::PINNED_GROUPS,
+        &[
+            PROG_INGRESS,
+            PROG_EGRESS,
+            steer::PROG_ORIGIN,
+            steer::PROG_RETURN,
+            steer::PROG_TUNNEL,
+        ],
+    )
+    .context("the flow object")?;
     let flows: BpfHashMap<_, _, _> =
         BpfHashMap::try_from(datapath.take_map("FLOWS")?).context("FLOWS map")?;
     let reported: BpfHashMap<_, agent_common::FlowKey, agent_common::FlowStats> =

@@ -64,6 +64,23 @@ macro_rules! require_root {
 }
 pub(crate) use require_root;
 
+/// A pin directory on bpffs for one test, removed (with every pin in it) on drop.
+pub struct TempPins(pub std::path::PathBuf);
+
+impl TempPins {
+    pub fn new(what: &str) -> Self {
+        let dir = format!("/sys/fs/bpf/weft-test-{}-{what}", std::process::id());
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir.into())
+    }
+}
+
+impl Drop for TempPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A named network namespace, removed on drop.

@@ -7,7 +7,8 @@
 //! ```text
 //! <dir>/maps/FLOWS            the flow table (cumulative counters per flow)
 //! <dir>/maps/FLOW_REPORTED    what the agent last exported of each flow (delta baseline)
-//! <dir>/links/<ifindex>_<hook>_<program>   the flow observer's tcx links
+//! <dir>/maps/STEER_*          steering's policy entries, steered connections, counters
+//! <dir>/links/<ifindex>_<hook>_<program>   the tcx links of the flow observer and steering
 //! ```
 //!
 //! - **Maps.** At start each pinned map is compared with this agent's definition of it
@@ -17,7 +18,9 @@
 //!   removed and the map starts empty; the agent never fails on it. `FLOWS` and
 //!   `FLOW_REPORTED` are one unit ([`plan_group`]): counters without their baseline would
 //!   be exported twice, a baseline without its counters means nothing, so if either starts
-//!   fresh both do.
+//!   fresh both do. Steering's maps are another unit ([`STEER_MAPS`]): its slots are read
+//!   back from them at start (`crate::steer`'s `adopt`), so a steered connection keeps its
+//!   slot and its side.
 //! - **Links.** The flow observer's tcx links are pinned. A restarted agent finds the link
 //!   of an interface still attached (the previous agent's program still running in it,
 //!   counting into the pinned `FLOWS`) and swaps its own program in with one
@@ -26,13 +29,16 @@
 //!   and the link keeps its place among the programs of the hook. A link whose interface
 //!   went away while no agent ran cannot be updated: its pin is removed and the interface,
 //!   if it is there again, gets a new link. Pins of interfaces the new agent does not
-//!   observe are removed after its first full listing of the links.
+//!   observe are removed after its first full listing of the links; those of steering's
+//!   programs once steering's first full apply is done (each owner removes the unheld pins
+//!   of its own programs only: another's may still wait to be taken over).
 //! - **Not pinned:** ring buffers (flow-end events, payload samples: a flow that ended
 //!   while no agent ran is still found ended in `FLOWS`, its `END_REPORTED` bit set), the
 //!   L7 sessions in user space (request counts continue from the kernel's exact counter;
-//!   a parse in progress starts over), and the steering and shadow-tap programs and maps:
-//!   their reconcilers keep slots, health checks and reassembly in user space and realise
-//!   them again from the controller's desired state after a restart.
+//!   a parse in progress starts over), and the shadow taps: their copies leave the kernel
+//!   through per-CPU perf buffers owned by the agent process and are reassembled and
+//!   streamed to their sinks in user space, which cannot outlive the process; a new agent
+//!   sets the taps up again from the controller's desired state.
 //!
 //! # Exporting each byte once across a restart
 //! Records are deltas: the agent reports what changed on a flow since its last record of
@@ -68,9 +74,38 @@ use tracing::{info, warn};
 
 use super::Hook;
 
-/// The maps whose contents are state: pinned and reused across restarts. One unit (see
-/// [`plan_group`]).
-pub const PINNED_MAPS: [&str; 2] = ["FLOWS", "FLOW_REPORTED"];
+/// Maps whose contents only make sense together: pinned and reused across restarts as
+/// one unit (see [`plan_group`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MapGroup {
+    pub maps: &'static [&'static str],
+    /// What starting the group fresh loses (for the log).
+    pub fresh_means: &'static str,
+}
+
+/// The flow table and the records' baseline.
+pub const FLOW_MAPS: MapGroup = MapGroup {
+    maps: &["FLOWS", "FLOW_REPORTED"],
+    fresh_means: "its flows are counted again from now",
+};
+
+/// Steering: the slots' policy entries, the steered connections and the slots' counters.
+/// The agent reads its slot assignment back from them at start (`crate::steer`), so a
+/// connection steered before a restart keeps its slot and its side.
+pub const STEER_MAPS: MapGroup = MapGroup {
+    maps: &[
+        "STEER_ORIGINS",
+        "STEER_PORTS",
+        "STEER_RETURNS",
+        "STEER_TUNNELS",
+        "STEER_CONNS",
+        "STEER_STATS",
+    ],
+    fresh_means: "connections steered before are reset, new ones are decided afresh",
+};
+
+/// The groups of maps whose contents are state.
+pub const PINNED_GROUPS: [MapGroup; 2] = [FLOW_MAPS, STEER_MAPS];
 
 /// `statfs(2)` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -243,19 +278,38 @@ impl Pins {
             .join(bpffs_name(&format!("{ifindex}_{hook}_{program}")))
     }
 
-    /// The link pins there are now.
-    pub fn link_pins(&self) -> Result<Vec<PathBuf>, PinError> {
-        list(&self.dir.join("links"))
+    /// The link pins there are now of the programs in `programs`.
+    pub fn link_pins(&self, programs: &[&str]) -> Result<Vec<PathBuf>, PinError> {
+        Ok(list(&self.dir.join("links"))?
+            .into_iter()
+            .filter(|p| link_program(p).is_some_and(|n| programs.contains(&n)))
+            .collect())
     }
 
-    /// Decides, for the maps of [`PINNED_MAPS`], whether their pins are reused (see
+    /// Decides, for the maps of each of `groups`, whether their pins are reused (see
     /// [`plan_group`]); removes the pins that do not fit, saying why. Returns each map's
     /// pin path for the loader (`EbpfLoader::map_pin_path`: reused when pinned, else
     /// created and pinned).
-    pub fn prepare_maps(&self, object: &[u8]) -> Result<Vec<(&'static str, PathBuf)>, PinError> {
+    pub fn prepare_maps(
+        &self,
+        object: &[u8],
+        groups: &[MapGroup],
+    ) -> Result<Vec<(&'static str, PathBuf)>, PinError> {
         let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(Box::new(e)))?;
+        let mut paths = Vec::new();
+        for group in groups {
+            paths.extend(self.prepare_group(&obj, group)?);
+        }
+        Ok(paths)
+    }
+
+    fn prepare_group(
+        &self,
+        obj: &aya_obj::Object,
+        group: &MapGroup,
+    ) -> Result<Vec<(&'static str, PathBuf)>, PinError> {
         let mut found = Vec::new();
-        for name in PINNED_MAPS {
+        for &name in group.maps {
             let def = obj
                 .maps
                 .get(name)
@@ -291,7 +345,8 @@ impl Pins {
                         map = name,
                         pin = %path.display(),
                         reason = %why,
-                        "the pinned map does not fit this agent: starting it fresh (its flows are counted again from now)"
+                        consequence = group.fresh_means,
+                        "the pinned map does not fit this agent: starting it fresh"
                     );
                     remove_file(&path)?;
                 }
@@ -319,6 +374,11 @@ impl Pins {
         remove_dir(&self.dir)?;
         Ok(removed)
     }
+}
+
+/// The program of a link pin (`<ifindex>_<hook>_<program>`).
+fn link_program(path: &Path) -> Option<&str> {
+    path.file_name()?.to_str()?.splitn(3, '_').nth(2)
 }
 
 fn pinned_shape(path: &Path) -> Result<MapShape, aya::maps::MapError> {
@@ -462,9 +522,13 @@ mod tests {
         let pins = Pins {
             dir: PathBuf::from("/sys/fs/bpf/x"),
         };
+        let path = pins.link_path(7, Hook::Ingress, "flow_ingress");
         assert_eq!(
-            pins.link_path(7, Hook::Ingress, "flow_ingress"),
+            path,
             PathBuf::from("/sys/fs/bpf/x/links/7_ingress_flow_ingress")
         );
+        assert_eq!(link_program(&path), Some("flow_ingress"));
+        let steer = pins.link_path(12, Hook::Egress, "steer_origin");
+        assert_eq!(link_program(&steer), Some("steer_origin"));
     }
 }

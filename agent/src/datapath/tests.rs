@@ -1,7 +1,7 @@
 use super::*;
 use crate::FLOW_OBJECT;
 use crate::attach::{PROG_EGRESS, PROG_INGRESS};
-use crate::testns::{TestNetns, in_ns, require_root};
+use crate::testns::{TempPins, TestNetns, in_ns, require_root};
 use aya::programs::SchedClassifier;
 
 fn names(on: &[OnHook]) -> Vec<&str> {
@@ -93,23 +93,6 @@ fn maps_by_name() {
     assert!(matches!(dp.map_mut("NOPE"), Err(DatapathError::NoMap(_))));
 }
 
-/// A pin directory on bpffs for one test, removed at its end.
-struct TempPins(std::path::PathBuf);
-
-impl TempPins {
-    fn new(what: &str) -> Self {
-        let dir = format!("/sys/fs/bpf/weft-test-{}-{what}", std::process::id());
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir.into())
-    }
-}
-
-impl Drop for TempPins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn tcx_ids(interface: &str, hook: Hook) -> Vec<u32> {
     let (_, infos) = SchedClassifier::query_tcx(interface, hook.attach_type()).unwrap();
     infos.iter().map(|i| i.id()).collect()
@@ -135,9 +118,13 @@ async fn a_restarted_datapath_swaps_its_programs_into_the_pinned_links_and_keeps
     stats.packets = [5, 3];
     in_ns(&ns.path, || {
         let start = |pinned: &std::path::Path| {
-            let mut dp =
-                Datapath::load_pinned(FLOW_OBJECT, Pins::open(pinned).expect("bpffs"), &programs)
-                    .expect("flow object");
+            let mut dp = Datapath::load_pinned(
+                FLOW_OBJECT,
+                Pins::open(pinned).expect("bpffs"),
+                &pins::PINNED_GROUPS,
+                &programs,
+            )
+            .expect("flow object");
             for (p, hook) in [(PROG_INGRESS, Hook::Ingress), (PROG_EGRESS, Hook::Egress)] {
                 dp.load_classifier(p).unwrap();
                 dp.attach("dp0", index, hook, p, Order::First).unwrap();
@@ -178,7 +165,7 @@ async fn a_restarted_datapath_swaps_its_programs_into_the_pinned_links_and_keeps
             );
         }
         assert_ne!(tcx_ids("dp0", Hook::Ingress), old);
-        assert_eq!(second.remove_unheld_link_pins().unwrap(), 0);
+        assert_eq!(second.remove_unheld_link_pins(&programs).unwrap(), 0);
 
         // A clean exit that does not keep them: nothing attached, no link pinned.
         assert_eq!(second.detach_all(), 2);
@@ -186,8 +173,8 @@ async fn a_restarted_datapath_swaps_its_programs_into_the_pinned_links_and_keeps
             assert!(tcx_ids("dp0", hook).is_empty(), "{hook}");
         }
         let p = second.pins().unwrap().clone();
-        assert!(p.link_pins().unwrap().is_empty());
-        assert_eq!(p.remove_all().unwrap(), pins::Removed { links: 0, maps: 2 });
+        assert!(p.link_pins(&programs).unwrap().is_empty());
+        assert_eq!(p.remove_all().unwrap(), pins::Removed { links: 0, maps: 8 });
         assert!(!pins.0.exists());
     });
 }
@@ -205,7 +192,8 @@ fn a_pinned_map_of_another_layout_is_started_fresh() {
         .unwrap()
         .pin(p.map_path("FLOWS"))
         .unwrap();
-    let mut dp = Datapath::load_pinned(FLOW_OBJECT, p.clone(), &[]).expect("loads anyway");
+    let mut dp = Datapath::load_pinned(FLOW_OBJECT, p.clone(), &pins::PINNED_GROUPS, &[])
+        .expect("loads anyway");
     let info = MapInfo::from_pin(p.map_path("FLOWS")).unwrap();
     assert_eq!(info.map_type().unwrap(), MapType::LruHash);
     assert_eq!((info.key_size(), info.value_size()), (44, 96));

@@ -95,11 +95,13 @@ impl Drop for HealthCheck {
 }
 
 impl HealthCheck {
-    /// Starts checking from inside the namespace `netns` (the origin's). `on_switch` runs
-    /// on the check's thread at every switch.
+    /// Starts checking from inside the namespace `netns` (the origin's), from the state
+    /// `down` (a failover a previous agent switched on: it is switched off again after
+    /// `failures` successes). `on_switch` runs on the check's thread at every switch.
     pub fn start(
         netns: File,
         spec: HealthSpec,
+        down: bool,
         mut on_switch: impl FnMut(Switch) + Send + 'static,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -117,7 +119,7 @@ impl HealthCheck {
                 }
                 let _ = tx.send(Ok(()));
                 drop(netns);
-                run(&s, &stopped, &mut on_switch);
+                run(&s, down, &stopped, &mut on_switch);
             })?;
         rx.recv()
             .map_err(|_| std::io::Error::other("the health check thread ended"))??;
@@ -125,8 +127,7 @@ impl HealthCheck {
     }
 }
 
-fn run(spec: &HealthSpec, stop: &AtomicBool, on_switch: &mut impl FnMut(Switch)) {
-    let mut down = false;
+fn run(spec: &HealthSpec, mut down: bool, stop: &AtomicBool, on_switch: &mut impl FnMut(Switch)) {
     let mut streak = 0u32;
     let mut streak_start: Option<Instant> = None;
     while !stop.load(Relaxed) {
@@ -185,7 +186,7 @@ mod tests {
         let spec = HealthSpec::new(addr, 20, 3, vec![]);
         let (tx, rx) = std::sync::mpsc::channel();
         let me = File::open("/proc/thread-self/ns/net").unwrap();
-        let hc = HealthCheck::start(me, spec, move |s| {
+        let hc = HealthCheck::start(me, spec, false, move |s| {
             let _ = tx.send(s);
         })
         .unwrap();
@@ -195,5 +196,22 @@ mod tests {
         assert!(s.after >= Duration::from_millis(35), "{:?}", s.after);
         assert!(s.after < Duration::from_secs(1), "{:?}", s.after);
         drop(hc);
+    }
+
+    #[test]
+    fn a_check_started_down_switches_up_when_the_origin_answers() {
+        // A failover a previous agent switched on, the origin healthy again.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = HealthSpec::new(l.local_addr().unwrap(), 20, 3, vec![]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let me = File::open("/proc/thread-self/ns/net").unwrap();
+        let hc = HealthCheck::start(me, spec, true, move |s| {
+            let _ = tx.send(s);
+        })
+        .unwrap();
+        let s = rx.recv_timeout(Duration::from_secs(5)).expect("a switch");
+        assert!(!s.down, "switched up");
+        drop(hc);
+        drop(l);
     }
 }

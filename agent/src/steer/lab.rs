@@ -23,8 +23,9 @@ use super::*;
 use crate::FLOW_OBJECT;
 use crate::control::DesiredResource;
 use crate::datapath::Datapath;
+use crate::datapath::{Pins, pins};
 use crate::networks::{Networks, NetworksConfig, NodeReconciler, SegmentReconciler};
-use crate::testns::{TestNetns, in_ns, require_root};
+use crate::testns::{TempPins, TestNetns, in_ns, require_root};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 const PORT: u16 = 7900;
@@ -288,8 +289,19 @@ impl Hv {
         signals: Option<mpsc::Sender<DriftSignal>>,
         metrics: Arc<SteerMetrics>,
     ) -> Arc<Steering> {
+        self.steering_on(self.datapath.clone(), signals, metrics)
+            .await
+    }
+
+    /// Steering on another datapath than the hypervisor's (an agent of its own).
+    async fn steering_on(
+        &self,
+        datapath: SharedDatapath,
+        signals: Option<mpsc::Sender<DriftSignal>>,
+        metrics: Arc<SteerMetrics>,
+    ) -> Arc<Steering> {
         Steering::new(
-            self.datapath.clone(),
+            datapath,
             SteerSettings {
                 netns_prefix: self.prefix.clone(),
                 host_netns: Some(self.ns.path.clone()),
@@ -388,20 +400,26 @@ async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 const A: Ipv4Addr = Ipv4Addr::new(198, 18, 80, 10);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connections() {
-    require_root!();
+/// One host, origin network p (origin o and client c) and target network s, a mirror
+/// (target t with o's address, and c's copy, which answers ARP for c there); servers in
+/// o and t answering with their name.
+async fn mirror() -> (Hv, Server, Server) {
     let hv = Hv::new().await;
-    // Origin network p: origin o and client c. Target network s (a mirror): target t with
-    // o's address, and c's copy (answers ARP for c there).
     hv.build(&[
         ("p", &[("o", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
         ("s", &[("t", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
     ])
     .await;
-    let (o, t, c) = (hv.path("p", "o"), hv.path("s", "t"), hv.path("p", "c"));
-    let origin = server(&o, "origin");
-    let _target = server(&t, "target");
+    let origin = server(&hv.path("p", "o"), "origin");
+    let target = server(&hv.path("s", "t"), "target");
+    (hv, origin, target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connections() {
+    require_root!();
+    let (hv, origin, _target) = mirror().await;
+    let c = hv.path("p", "c");
     let addr = SocketAddr::from((A, PORT));
 
     // The flow observer is on the origin's interface first; steering goes after it.
@@ -1030,4 +1048,147 @@ async fn cross_host_steering_goes_through_the_tunnel_and_back() {
     }
     let r = connections(&c, addr, 5, 2);
     assert_eq!(count(&r, "origin"), 5, "{r:?}");
+}
+
+/// The pinned datapath of an agent on `pins` (as `main` loads it).
+fn pinned_datapath(pins: &TempPins) -> SharedDatapath {
+    Datapath::load_pinned(
+        FLOW_OBJECT,
+        Pins::open(&pins.0).expect("bpffs"),
+        &pins::PINNED_GROUPS,
+        &PROGRAMS,
+    )
+    .expect("object")
+    .into_shared()
+}
+
+/// An agent's exit keeping its pins: its steering goes, its links are let go of.
+fn exit_keeping_pins(steering: Arc<Steering>, datapath: SharedDatapath) {
+    drop(steering);
+    let kept = datapath.lock().unwrap().release_keeping_pins();
+    assert_eq!(kept, 2, "the origin's and the target's links stay attached");
+}
+
+/// The steer's slot, from its report ("... slot N").
+fn slot_of(r: &ResourceReport) -> String {
+    r.observed[0].rsplit(' ').next().expect("a slot").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_adopts_the_pinned_steering_and_connections_keep_their_side() {
+    require_root!();
+    let (hv, _origin, _target) = mirror().await;
+    let c = hv.path("p", "c");
+    let addr = SocketAddr::from((A, PORT));
+    // Dropped before `hv`: the pins go (detaching what they hold) before the namespaces.
+    let pins = TempPins::new("steer-restart");
+    let desired = steer(same_host(1_000_000, "connection", None));
+
+    // The first agent: every new connection to the target; one stays open.
+    let dp = pinned_datapath(&pins);
+    let first = hv
+        .steering_on(dp.clone(), None, Arc::new(SteerMetrics::default()))
+        .await;
+    let rep = SteerReconciler {
+        steering: first.clone(),
+    }
+    .reconcile(&desired, Scope::All)
+    .await;
+    ok(&rep);
+    let slot = slot_of(&rep[0]);
+    let mut open = in_ns(&c, || Conn::open(addr, Duration::from_secs(2))).expect("connect");
+    assert_eq!(open.talk().expect("steered"), "target");
+    let r = connections(&c, addr, 10, 2);
+    assert_eq!(count(&r, "target"), 10, "{r:?}");
+    let steered = measurement(&rep[0], "connections_steered");
+
+    // The agent exits keeping its pins; between the agents steering goes on.
+    exit_keeping_pins(first, dp);
+    assert_eq!(open.talk().expect("between the agents"), "target");
+    let r = connections(&c, addr, 10, 2);
+    assert_eq!(count(&r, "target"), 10, "between the agents: {r:?}");
+
+    // The next agent: its programs loaded against the pinned maps, nothing applied yet.
+    let dp = pinned_datapath(&pins);
+    let second = hv
+        .steering_on(dp.clone(), None, Arc::new(SteerMetrics::default()))
+        .await;
+    let rec = SteerReconciler {
+        steering: second.clone(),
+    };
+    let targets = SteerTargetReconciler {
+        steering: second.clone(),
+    };
+    assert_eq!(open.talk().expect("before the apply"), "target");
+    // The same desired state: the slot is adopted (not emptied), the links taken over.
+    let rep = rec.reconcile(&desired, Scope::All).await;
+    ok(&rep);
+    ok(&targets.reconcile(&[], Scope::All).await);
+    assert_eq!(slot_of(&rep[0]), slot, "{rep:?}");
+    assert!(
+        measurement(&rep[0], "connections_steered") >= steered + 20.0,
+        "the slot's counters continue: {rep:?}"
+    );
+    assert_eq!(open.talk().expect("after the apply"), "target");
+    let r = connections(&c, addr, 10, 2);
+    assert_eq!(count(&r, "target"), 10, "after the apply: {r:?}");
+    let vo = names::host_veth("p", "o");
+    let on_hook = {
+        let dp = dp.clone();
+        in_host(Some(&hv.ns.path), move || {
+            dp.lock().unwrap().query(&vo, Hook::Egress).unwrap()
+        })
+        .unwrap()
+    };
+    assert_eq!(
+        on_hook.len(),
+        1,
+        "one steering program, in the taken-over link: {on_hook:?}"
+    );
+    assert!(
+        on_hook[0].ours && on_hook[0].name == PROG_ORIGIN,
+        "{on_hook:?}"
+    );
+    // Level-triggered: the same state again changes nothing.
+    let again = rec.reconcile(&desired, Scope::All).await;
+    ok(&again);
+    assert_eq!(again[0].changes, 0, "{again:?}");
+
+    // SIGKILL-like: nothing let go of, the datapath just dropped with its pins in place.
+    drop((rec, targets, second));
+    drop(dp);
+    assert_eq!(open.talk().expect("after a kill"), "target");
+
+    // An agent whose desired state has no steer (removed while no agent ran): once both
+    // kinds had their full reconcile, the leftovers go; new connections reach the origin.
+    let dp = pinned_datapath(&pins);
+    let third = hv
+        .steering_on(dp.clone(), None, Arc::new(SteerMetrics::default()))
+        .await;
+    ok(&SteerReconciler {
+        steering: third.clone(),
+    }
+    .reconcile(&[], Scope::All)
+    .await);
+    assert_eq!(
+        open.talk().expect("kept until both kinds applied"),
+        "target"
+    );
+    ok(&SteerTargetReconciler {
+        steering: third.clone(),
+    }
+    .reconcile(&[], Scope::All)
+    .await);
+    let r = connections(&c, addr, 10, 2);
+    assert_eq!(count(&r, "origin"), 10, "swept: {r:?}");
+    let steer_links: Vec<_> = dp
+        .lock()
+        .unwrap()
+        .pins()
+        .unwrap()
+        .link_pins(&PROGRAMS)
+        .unwrap();
+    assert!(steer_links.is_empty(), "{steer_links:?}");
+    drop(third);
+    dp.lock().unwrap().detach_all();
 }

@@ -65,11 +65,13 @@
 //! - The flow observer on Vo sees a steered connection's packets (they pass its hooks), so
 //!   the origin's flows include the connections the target served.
 //! - A steered connection evicted from the LRU map (65,536 per host) goes back to the
-//!   origin, which resets it; so do steered connections when the agent restarts (the maps
-//!   go with it).
+//!   origin, which resets it. An agent restart does not do that: the maps and links are
+//!   pinned and the new agent adopts the slots ([`adopt`]); only an upgrade that changes a
+//!   steering map's layout starts them fresh (and resets the steered connections).
 //! - The decision is per connection at its SYN: a key from the request (an HTTP header)
 //!   cannot choose the side, the connection is placed before its first byte.
 
+mod adopt;
 pub mod health;
 pub mod tunnel;
 
@@ -78,7 +80,7 @@ mod lab;
 #[cfg(test)]
 mod testrun;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -107,6 +109,8 @@ use health::{HealthCheck, HealthSpec, Switch};
 pub const PROG_ORIGIN: &str = "steer_origin";
 pub const PROG_RETURN: &str = "steer_return";
 pub const PROG_TUNNEL: &str = "steer_tunnel";
+/// Steering's programs (their links are pinned).
+pub const PROGRAMS: [&str; 3] = [PROG_ORIGIN, PROG_RETURN, PROG_TUNNEL];
 /// The flow observer's program on an origin's egress, which runs before steering.
 #[cfg(test)]
 const FLOW_IN: &str = crate::attach::PROG_EGRESS;
@@ -450,6 +454,8 @@ pub struct Steering {
     /// Counters last read per slot (for metric deltas and REFRESH on change).
     last_stats: Mutex<HashMap<u32, SteerStats>>,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What a previous agent left in the pinned maps and no resource claimed yet.
+    leftovers: Mutex<adopt::Leftovers>,
 }
 
 impl Drop for Steering {
@@ -608,11 +614,21 @@ impl Steering {
                     message: e.to_string(),
                 })
             })?;
-        {
+        let leftovers = {
             let mut dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
-            for p in [PROG_ORIGIN, PROG_RETURN, PROG_TUNNEL] {
+            for p in PROGRAMS {
                 dp.load_classifier(p)?;
             }
+            adopt::Leftovers::read(&mut dp)?
+        };
+        if !leftovers.is_empty() {
+            tracing::info!(
+                origins = leftovers.origins.len(),
+                returns = leftovers.returns.len(),
+                tunnels = leftovers.tunnels.len(),
+                slots = ?leftovers.slots(),
+                "steering continues from a previous agent's pinned maps: its slots are reserved until its resources are ensured again"
+            );
         }
         let s = Arc::new(Self {
             datapath,
@@ -626,6 +642,7 @@ impl Steering {
             metrics,
             last_stats: Mutex::new(HashMap::new()),
             poller: Mutex::new(None),
+            leftovers: Mutex::new(leftovers),
         });
         let weak = Arc::downgrade(&s);
         // Ends when the steering is dropped (aborted in `Drop`, or sees it gone).
@@ -646,17 +663,85 @@ impl Steering {
         namespaces::path_of(&names::netns(&self.settings.netns_prefix, network, node))
     }
 
-    fn free_slot(&self) -> Result<u32, SteerError> {
+    /// The slots of this agent's steers and targets.
+    fn slots_in_use(&self) -> BTreeSet<u32> {
         let steers = lock(&self.steers);
         let targets = lock(&self.targets);
+        steers
+            .values()
+            .map(|s| s.steer_id)
+            .chain(targets.values().map(|t| t.steer_id))
+            .collect()
+    }
+
+    /// A slot neither in use nor reserved for a previous agent's resource.
+    fn free_slot(&self) -> Result<u32, SteerError> {
+        let used = self.slots_in_use();
+        let reserved = lock(&self.leftovers).slots();
         (0..MAX_STEERS)
-            .find(|i| {
-                !steers.values().any(|s| s.steer_id == *i)
-                    && !targets.values().any(|t| t.steer_id == *i)
-            })
+            .find(|i| !used.contains(i) && !reserved.contains(i))
             .ok_or_else(|| {
                 SteerError::Conflict(format!("{MAX_STEERS} steers on this host already"))
             })
+    }
+
+    /// The slot for a resource that is not active: a previous agent's (`adopted`, read
+    /// from the pinned maps: its connections and counters continue) or a free one,
+    /// emptied.
+    fn slot_for(&self, key: &str, adopted: Option<u32>) -> Result<u32, SteerError> {
+        if let Some(id) = adopted.filter(|id| !self.slots_in_use().contains(id)) {
+            let now = self.stats(id)?;
+            // The metrics count what happens from now; the report shows the slot's totals.
+            lock(&self.last_stats).insert(id, now);
+            tracing::info!(
+                resource = key,
+                slot = id,
+                "adopted the previous agent's slot: its steered connections keep their side"
+            );
+            return Ok(id);
+        }
+        let id = self.free_slot()?;
+        self.reset_stats(id)?;
+        self.purge_conns(id);
+        lock(&self.last_stats).remove(&id);
+        Ok(id)
+    }
+
+    /// After a full reconcile of `kind`: once both kinds had theirs, what a previous
+    /// agent left that no resource claimed goes (entries, then the slots' ports and
+    /// connections, then its links of steering's programs).
+    fn sweep_leftovers(&self, kind: adopt::Kind) {
+        let in_use = self.slots_in_use();
+        let Some(sweep) = lock(&self.leftovers).full_reconcile_done(kind, &in_use) else {
+            return;
+        };
+        for k in &sweep.origins {
+            self.remove_key::<u32, SteerOrigin>("STEER_ORIGINS", k);
+        }
+        for k in &sweep.returns {
+            self.remove_key::<u32, SteerReturn>("STEER_RETURNS", k);
+        }
+        for k in &sweep.tunnels {
+            self.remove_key::<SteerTunnelKey, SteerTunnel>("STEER_TUNNELS", k);
+        }
+        for slot in &sweep.slots {
+            let _ = self.write_ports(*slot, &[]);
+            self.purge_conns(*slot);
+        }
+        let links = self
+            .datapath
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_unheld_link_pins(&PROGRAMS);
+        match links {
+            Ok(n) => tracing::info!(
+                entries = sweep.origins.len() + sweep.returns.len() + sweep.tunnels.len(),
+                slots = ?sweep.slots,
+                links = n,
+                "removed what a previous agent steered that is no longer wanted"
+            ),
+            Err(e) => tracing::warn!(error = %e, "removing a previous agent's steering links"),
+        }
     }
 
     async fn interface(&self, network: &str, node: &str) -> Result<(String, u32), SteerError> {
@@ -727,10 +812,13 @@ impl Steering {
 
     /// Removes the tunnel device when no steer or target of this host needs it.
     async fn drop_tunnel_if_unused(&self) -> usize {
+        // A previous agent's cross-host steering not claimed yet: still running in its
+        // links, until it is ensured again or swept.
         let needed = lock(&self.steers)
             .values()
             .any(|s| s.spec.target_host.is_some())
-            || !lock(&self.targets).is_empty();
+            || !lock(&self.targets).is_empty()
+            || !lock(&self.leftovers).tunnels.is_empty();
         if needed {
             return 0;
         }
@@ -936,16 +1024,22 @@ impl Steering {
             }
         };
         let previous = lock(&self.steers).remove(key);
+        let claimed = lock(&self.leftovers).claim_steer(
+            origin_if.1,
+            spec.target_host.is_none().then_some(target_if.1),
+            spec.target_host.map(|_| SteerTunnelKey {
+                remote,
+                tunnel_id: spec.tunnel_id,
+            }),
+        );
+        let adopted = claimed.filter(|_| previous.is_none());
         let steer_id = match &previous {
             Some(p) => p.steer_id,
-            None => {
-                let id = self.free_slot()?;
-                self.reset_stats(id)?;
-                self.purge_conns(id);
-                lock(&self.last_stats).remove(&id);
-                id
-            }
+            None => self.slot_for(key, adopted.map(|o| o.steer_id))?,
         };
+        // The previous agent's entry, when its slot was taken back: its failover state
+        // continues (the health check starts from it).
+        let adopted = adopted.filter(|o| o.steer_id == steer_id);
         // What the previous version had that this one does not.
         let (failover, entry, mut health) = match previous {
             Some(mut p) => {
@@ -965,10 +1059,13 @@ impl Steering {
                 (p.failover.clone(), p.entry.clone(), health)
             }
             None => (
-                Arc::new(Mutex::new(Failover::default())),
+                Arc::new(Mutex::new(Failover {
+                    active: adopted.is_some_and(|o| o.failover != 0),
+                    ..Default::default()
+                })),
                 Arc::new(Mutex::new(OriginEntry {
                     ifindex: origin_if.1,
-                    value: SteerOrigin::default(),
+                    value: adopted.unwrap_or_default(),
                     live: true,
                 })),
                 None,
@@ -1151,7 +1248,8 @@ impl Steering {
         let datapath = self.datapath.clone();
         let weak = Arc::downgrade(self);
         let key = key.to_owned();
-        HealthCheck::start(netns, spec, move |sw: Switch| {
+        let down = lock(&failover).active;
+        HealthCheck::start(netns, spec, down, move |sw: Switch| {
             // One map update: every new connection to the target (or back to the share).
             let wrote = {
                 let mut e = lock(&entry);
@@ -1301,6 +1399,13 @@ impl Steering {
             }
         }
         let previous = lock(&self.targets).remove(key);
+        let adopted = lock(&self.leftovers).claim_target(
+            target_if.1,
+            SteerTunnelKey {
+                remote,
+                tunnel_id: spec.tunnel_id,
+            },
+        );
         let steer_id = match &previous {
             Some(p) => {
                 if p.target_if.1 != target_if.1 {
@@ -1321,11 +1426,10 @@ impl Steering {
                 p.steer_id
             }
             None => {
-                let id = self.free_slot()?;
-                self.reset_stats(id)?;
-                self.purge_conns(id);
-                lock(&self.last_stats).remove(&id);
-                changes += 1;
+                let id = self.slot_for(key, adopted)?;
+                if adopted != Some(id) {
+                    changes += 1;
+                }
                 id
             }
         };
@@ -1571,6 +1675,7 @@ impl Reconciler for SteerReconciler {
                 }
             }
             if matches!(scope, Scope::All) {
+                s.sweep_leftovers(adopt::Kind::Steer);
                 // A tunnel device left by an earlier run (or a failed apply) that nothing
                 // needs now goes.
                 s.drop_tunnel_if_unused().await;
@@ -1698,6 +1803,7 @@ impl Reconciler for SteerTargetReconciler {
                 }
             }
             if matches!(scope, Scope::All) {
+                s.sweep_leftovers(adopt::Kind::Target);
                 // A tunnel device left by an earlier run (or a failed apply) that nothing
                 // needs now goes.
                 s.drop_tunnel_if_unused().await;

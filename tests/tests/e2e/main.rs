@@ -14,6 +14,7 @@ mod multi_hv;
 mod networks;
 mod restart;
 mod shadows;
+mod steer_restart;
 mod support;
 mod trust;
 mod weaves;

@@ -128,6 +128,17 @@ impl TwoHypervisors {
         hv2_agent_args: &[&str],
         controller_args: &[&str],
     ) -> Result<Self> {
+        Self::start_all(pool, hv1_workloads, &[], hv2_agent_args, controller_args)
+    }
+
+    /// As [`TwoHypervisors::start_full`], with extra flags for hv1's agent too.
+    pub(crate) fn start_all(
+        pool: &str,
+        hv1_workloads: &[&str],
+        hv1_agent_args: &[&str],
+        hv2_agent_args: &[&str],
+        controller_args: &[&str],
+    ) -> Result<Self> {
         let mut builder = Lab::builder().hypervisor("hv1");
         for w in hv1_workloads {
             builder = builder.workload(w);
@@ -142,7 +153,7 @@ impl TwoHypervisors {
         args.extend_from_slice(controller_args);
         let controller = Controller::start_with(&lab, &grpc, &http, &args)?;
         let agents = [
-            Agent::start(&lab, 0, &controller.grpc_url())?,
+            Agent::start_with(&lab, 0, &controller.grpc_url(), hv1_agent_args)?,
             Agent::start_with(&lab, 1, &controller.grpc_url(), hv2_agent_args)?,
         ];
         let two = Self {

@@ -47,7 +47,7 @@ fn now_unix_ns() -> u64 {
 }
 
 /// The namespace of node `node` of network `net` on hv1.
-fn ns(lab: &Lab, net: &str, node: &str) -> String {
+pub(crate) fn ns(lab: &Lab, net: &str, node: &str) -> String {
     format!("{}-{net}-{node}", lab.node_netns_prefix("hv1"))
 }
 
@@ -70,7 +70,7 @@ fn psql(ns: &str, host: &str, sql: &str) -> Result<String> {
 }
 
 /// The page nginx serves at `host`, fetched from `ns` on a new connection.
-fn page(ns: &str, host: &str) -> Result<String> {
+pub(crate) fn page(ns: &str, host: &str) -> Result<String> {
     Ok(exec(
         ns,
         &["curl", "-sS", "--max-time", "3", &format!("http://{host}/")],
@@ -94,7 +94,7 @@ fn newest_snapshot(controller: &Controller, net: &str, node: &str) -> Result<(St
 
 /// Creates network `name` from `tdl` on hv1 (retried until the agents have registered)
 /// and waits until it is in sync.
-fn environment(
+pub(crate) fn environment(
     controller: &Controller,
     name: &str,
     tdl: &str,
@@ -121,7 +121,11 @@ fn weave(controller: &Controller, id: &str) -> Result<Value> {
     controller.json("GET", &format!("/weaves/{id}"), None)
 }
 
-fn wait_running(controller: &Controller, id: &str, logs: &dyn Fn() -> String) -> Result<Value> {
+pub(crate) fn wait_running(
+    controller: &Controller,
+    id: &str,
+    logs: &dyn Fn() -> String,
+) -> Result<Value> {
     eventually(Duration::from_secs(90), Duration::from_millis(200), || {
         let w = weave(controller, id)?;
         ensure!(w["state"] == json!("running"), "weave {id}: {w}");
@@ -389,7 +393,7 @@ connections:
 ";
 
 /// Counts answers by body, and the failed requests with their errors.
-fn tally(samples: &[load::Sample]) -> (usize, usize, Vec<String>) {
+pub(crate) fn tally(samples: &[load::Sample]) -> (usize, usize, Vec<String>) {
     let (mut prod, mut weave, mut failed) = (0, 0, Vec::new());
     for s in samples {
         match &s.outcome {
