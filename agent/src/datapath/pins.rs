@@ -240,6 +240,7 @@ pub struct Removed {
 impl Pins {
     /// Makes the directory (and its `maps/` and `links/`) on bpffs.
     pub fn open(dir: &Path) -> Result<Self, PinError> {
+        mount_bpffs_if_missing(dir)?;
         for sub in ["maps", "links"] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|source| PinError::Dir {
@@ -421,6 +422,42 @@ fn remove_dir(path: &Path) -> Result<(), PinError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// The standard bpffs mount point.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs on `/sys/fs/bpf` when `dir` is under it and nothing is mounted there (as
+/// in a fresh mount namespace, e.g. `ip netns exec`, which mounts a new sysfs without it;
+/// systemd mounts it on a host). Pins in a private mount namespace last as long as it.
+fn mount_bpffs_if_missing(dir: &Path) -> Result<(), PinError> {
+    let base = Path::new(BPFFS);
+    if !dir.starts_with(base) || fs_type(base) == Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+    let (source, target, kind) = (c("bpf"), c(BPFFS), c("bpf"));
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            kind.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(PinError::Dir {
+            path: base.to_owned(),
+            source: io::Error::other(format!(
+                "no BPF filesystem is mounted there and mounting one failed: {}",
+                io::Error::last_os_error()
+            )),
+        });
+    }
+    tracing::info!(path = BPFFS, "mounted a BPF filesystem (none was mounted)");
+    Ok(())
 }
 
 fn fs_type(path: &Path) -> Option<i64> {
