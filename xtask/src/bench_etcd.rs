@@ -50,14 +50,14 @@ impl Rate {
     }
 }
 
-/// `CONNECTIONS` clients POSTing allocations to `http` for `SECONDS`.
-fn allocate_over_http(http: &str) -> Result<Rate> {
+/// `CONNECTIONS` clients POSTing allocations for `SECONDS`, client `t` to `https[t % n]`.
+fn allocate_over_http(https: &[String]) -> Result<Rate> {
     let deadline = Instant::now() + Duration::from_secs(SECONDS);
     let t0 = Instant::now();
     let issued = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for t in 0..CONNECTIONS {
-        let (http, issued) = (http.to_owned(), issued.clone());
+        let (http, issued) = (https[t % https.len()].clone(), issued.clone());
         handles.push(std::thread::spawn(
             move || -> Result<(u64, u64, Vec<u32>)> {
                 let mut conn = Conn::open(&http)?;
@@ -107,8 +107,19 @@ fn allocate_over_http(http: &str) -> Result<Rate> {
     })
 }
 
+/// The second controller on the same etcd, if any.
+#[derive(Clone, Copy)]
+enum Second<'a> {
+    None,
+    /// `--standby wait`: serves nothing until it holds the writer's lease.
+    Standby(&'a str),
+    /// A follower replica serving beside the leader: half the clients allocate through it
+    /// (it forwards to the leader).
+    Follower(&'a str),
+}
+
 /// A release controller with `extra` flags, shards for the bench network, its rate.
-fn controller_rate(dir: &Path, name: &str, extra: &[&str], standby: Option<&str>) -> Result<Rate> {
+fn controller_rate(dir: &Path, name: &str, extra: &[&str], second: Second<'_>) -> Result<Rate> {
     let grpc = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
     let data = dir.join(format!("{name}-data"));
@@ -123,35 +134,43 @@ fn controller_rate(dir: &Path, name: &str, extra: &[&str], standby: Option<&str>
         "warn",
     ];
     flags.extend_from_slice(extra);
+    if matches!(second, Second::Follower(_)) {
+        flags.extend_from_slice(&["--replica-name", "leader"]);
+    }
     let controller = start_controller(dir, &grpc, &http, &data, &flags)?;
-    // The standby: the same store, waiting for the writer's lease.
-    let _standby = match standby {
-        Some(etcd) => {
+    let mut targets = vec![http.clone()];
+    let _second = match second {
+        Second::None => None,
+        Second::Standby(etcd) | Second::Follower(etcd) => {
+            let follower = matches!(second, Second::Follower(_));
+            let second_http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
             let mut c = Command::new(release_binary("weft-controller")?);
             c.args([
                 "--grpc-listen",
                 "127.0.0.1:0",
                 "--http-listen",
-                "127.0.0.1:0",
+                second_http.as_str(),
                 "--insecure",
             ])
-            .args([
-                "--etcd",
-                etcd,
-                "--standby",
-                "wait",
-                "--log",
-                "info",
-                "--data-dir",
-            ])
+            .args(["--etcd", etcd, "--log", "info", "--data-dir"])
             .arg(&data);
-            let mut child = Child::spawn(c, dir, &format!("{name}-standby"))?;
+            if follower {
+                c.args(["--replica-name", "follower"]);
+                targets.push(second_http);
+            } else {
+                c.args(["--standby", "wait"]);
+            }
+            let mut child = Child::spawn(c, dir, &format!("{name}-second"))?;
+            let line = if follower {
+                "weft-controller following"
+            } else {
+                "standby"
+            };
             child
-                .wait_for_line(&["standby"], Duration::from_secs(20))
-                .context("the second controller waits as a standby")?;
+                .wait_for_line(&[line], Duration::from_secs(20))
+                .context("the second controller waits or follows")?;
             Some(child)
         }
-        None => None,
     };
     for _ in 0..SHARDS {
         controller
@@ -162,7 +181,7 @@ fn controller_rate(dir: &Path, name: &str, extra: &[&str], standby: Option<&str>
             )
             .with_context(|| controller.child.tail(20))?;
     }
-    let rate = allocate_over_http(&http)?;
+    let rate = allocate_over_http(&targets)?;
     println!(
         "    {name}: {} allocations in {:.1} s = {:.0}/s (p50 {} us, p99 {} us, {} errors)",
         rate.acked,
@@ -271,16 +290,25 @@ pub fn run() -> Result<()> {
 
 fn measure(dir: &Path) -> Result<String> {
     sh::step("allocations on the redb file");
-    let redb = controller_rate(dir, "redb", &[], None)?;
+    let redb = controller_rate(dir, "redb", &[], Second::None)?;
 
     sh::step("allocations on etcd, one controller");
     let cluster = EtcdCluster::start(dir, 1).map_err(|e| anyhow!(e))?;
     let url = format!("{}/one", cluster.url());
-    let one = controller_rate(dir, "etcd-one", &["--etcd", &url], None)?;
+    let one = controller_rate(dir, "etcd-one", &["--etcd", &url], Second::None)?;
 
     sh::step("allocations on etcd, a writer and a standby");
     let url2 = format!("{}/two", cluster.url());
-    let two = controller_rate(dir, "etcd-two", &["--etcd", &url2], Some(&url2))?;
+    let two = controller_rate(dir, "etcd-two", &["--etcd", &url2], Second::Standby(&url2))?;
+
+    sh::step("allocations on etcd, a leader and a serving follower (half the clients)");
+    let url3 = format!("{}/three", cluster.url());
+    let replicas = controller_rate(
+        dir,
+        "etcd-replicas",
+        &["--etcd", &url3],
+        Second::Follower(&url3),
+    )?;
 
     sh::step("Calico-style CAS allocations on the same etcd");
     let calico_one = calico_style(&cluster.url(), 1, true)?;
@@ -322,6 +350,11 @@ fn measure(dir: &Path) -> Result<String> {
     row(&mut md, "etcd, writer + standby", &two);
     row(
         &mut md,
+        "etcd, leader + serving follower (half the clients through it)",
+        &replicas,
+    );
+    row(
+        &mut md,
         "Calico-style CAS, 1 client, one block",
         &calico_one,
     );
@@ -332,7 +365,7 @@ fn measure(dir: &Path) -> Result<String> {
     );
     let _ = writeln!(
         md,
-        "\nweft commits a group of queued allocations as one etcd transaction (fenced by the writer's lease), so its rate on etcd follows etcd's commit latency times the group size; the Calico-style allocator pays one read and one compare-and-swap per address. With a standby the writer's rate is the same: the standby only waits for the lease (it serves nothing until it takes over; `controller/tests/etcd_controllers.rs` measures the takeover). For Calico-style errors count lost CAS races (retried).\n{END}"
+        "\nweft commits a group of queued allocations as one etcd transaction (fenced by the writer's lease), so its rate on etcd follows etcd's commit latency times the group size; the Calico-style allocator pays one read and one compare-and-swap per address. With a standby the writer's rate is the same: the standby only waits for the lease (`--standby wait`: it serves nothing until it takes over; `controller/tests/etcd_controllers.rs` measures the takeover). With a serving follower (the default) half the clients allocate through it: it forwards each request to the leader (one more HTTP hop on the same CPUs), and every allocation is still committed by the leader. For Calico-style errors count lost CAS races (retried).\n{END}"
     );
     Ok(md)
 }
