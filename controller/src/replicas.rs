@@ -44,6 +44,8 @@ const SECRET: &str = "replicas/secret";
 pub const TOKEN_NAME: &str = "weft-replicas";
 /// How long a merged topology answers before it is made again.
 pub const MERGED_FOR: Duration = Duration::from_secs(1);
+/// How long a follower forwards to the leader it found before asking etcd again.
+const LEADER_FOR: Duration = Duration::from_secs(1);
 /// A member's lease: a replica that dies leaves the members this long after.
 const MEMBER_TTL: Duration = Duration::from_secs(5);
 
@@ -100,6 +102,7 @@ pub struct Replicas {
     /// Requests a follower forwards to the leader (long: a weave waits for its agents).
     forwarder: ureq::Agent,
     merged: Mutex<Option<(Instant, AppState, String)>>,
+    leader: Mutex<Option<(Instant, Member)>>,
 }
 
 impl Replicas {
@@ -129,6 +132,7 @@ impl Replicas {
             client: agent(tls.clone(), Duration::from_secs(10)),
             forwarder: agent(tls, Duration::from_secs(180)),
             merged: Mutex::new(None),
+            leader: Mutex::new(None),
         })
     }
 
@@ -180,6 +184,24 @@ impl Replicas {
             return Ok(None);
         };
         Ok(self.members()?.into_iter().find(|m| m.name == holder))
+    }
+
+    /// The leader, as known within the last [`LEADER_FOR`] (a forward that fails forgets
+    /// it): no etcd round trip per forwarded request.
+    fn cached_leader(&self) -> Result<Option<Member>, StoreError> {
+        let mut cache = self.leader.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, member)) = cache.as_ref()
+            && at.elapsed() < LEADER_FOR
+        {
+            return Ok(Some(member.clone()));
+        }
+        let leader = self.leader()?;
+        *cache = leader.clone().map(|m| (Instant::now(), m));
+        Ok(leader)
+    }
+
+    fn forget_leader(&self) {
+        *self.leader.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Whether no one holds the writer's lease (a follower may take it).
@@ -382,7 +404,7 @@ async fn route(
         .path_and_query()
         .map_or(path.clone(), |p| p.as_str().to_owned());
     let r = replicas.clone();
-    let leader = match tokio::task::spawn_blocking(move || r.leader()).await {
+    let leader = match tokio::task::spawn_blocking(move || r.cached_leader()).await {
         Ok(Ok(Some(leader))) => leader,
         Ok(Ok(None)) => {
             let mut response = problem_response(
@@ -463,7 +485,10 @@ async fn forward(
         }
         let response = match call.send_bytes(&body) {
             Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-            Err(error) => return Err(format!("forwarding to the leader at {url}: {error}")),
+            Err(error) => {
+                replicas.forget_leader();
+                return Err(format!("forwarding to the leader at {url}: {error}"));
+            }
         };
         let status = response.status();
         let headers: Vec<(String, String)> = response

@@ -117,6 +117,9 @@ enum Cmd {
         /// the API call to the first answer of a 3- and a 10-node weave beside making the
         /// environment anew, production's worst request meanwhile, 100 activations under
         /// 2,000 req/s, sync_volumes of 10 MiB in 1 GiB beside rsync (its section).
+        /// `etcd`: allocations/s on etcd (one controller, a writer and a standby, a leader
+        /// and a serving follower) beside the redb file and a Calico-style CAS allocator
+        /// (its section).
         only: Option<String>,
     },
 }
