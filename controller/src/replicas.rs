@@ -242,11 +242,6 @@ impl Replicas {
     /// where, for the `Weft-Replicas` header); `None` when this replica is the only one
     /// there ever was.
     pub fn merged(&self, state: &AppState) -> Result<Option<(AppState, String)>, StoreError> {
-        let members = self.members()?;
-        let known = self.known()?;
-        if members.iter().all(|m| m.name == self.name) && known.iter().all(|n| *n == self.name) {
-            return Ok(None);
-        }
         if let Some((at, merged, sources)) = self
             .merged
             .lock()
@@ -255,6 +250,11 @@ impl Replicas {
             && at.elapsed() < MERGED_FOR
         {
             return Ok(Some((merged.clone(), sources.clone())));
+        }
+        let members = self.members()?;
+        let known = self.known()?;
+        if members.iter().all(|m| m.name == self.name) && known.iter().all(|n| *n == self.name) {
+            return Ok(None);
         }
         let topology = state.topology.empty_like();
         topology.merge_from(&state.topology);

@@ -178,6 +178,24 @@ fn topology(http: &Http) -> (Vec<(String, u64)>, String) {
     (deps, String::new())
 }
 
+/// One request on a fresh connection, off the async runtime's threads.
+async fn request(
+    http: &Http,
+    method: &'static str,
+    path: &'static str,
+    body: &'static str,
+) -> (u16, String) {
+    let http = http.clone();
+    tokio::task::spawn_blocking(move || {
+        Conn::open(&http.addr, &http.token)
+            .expect("connect")
+            .request(method, path, body)
+            .expect("request")
+    })
+    .await
+    .expect("join")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_replicas_serve_and_answer_the_same_merged_topology_and_the_follower_takes_over() {
     if !etcd_process::available() {
@@ -221,29 +239,15 @@ async fn both_replicas_serve_and_answer_the_same_merged_topology_and_the_followe
     assert_eq!(from_b, from_a, "the same answer whichever replica is asked");
 
     // The follower sends writes to the leader, and refuses desired state.
-    let hb = http_b.clone();
-    let (status, _) = tokio::task::spawn_blocking(move || {
-        Conn::open(&hb.addr, &hb.token)
-            .expect("connect")
-            .request(
-                "POST",
-                "/shards",
-                r#"{"prefix_len": 28, "network_id": "blue"}"#,
-            )
-            .expect("POST /shards")
-    })
-    .await
-    .expect("join");
+    let (status, _) = request(
+        &http_b,
+        "POST",
+        "/shards",
+        r#"{"prefix_len": 28, "network_id": "blue"}"#,
+    )
+    .await;
     assert_eq!(status, 201, "a follower forwards what the leader serves");
-    let ha = http_a.clone();
-    let (status, body) = tokio::task::spawn_blocking(move || {
-        Conn::open(&ha.addr, &ha.token)
-            .expect("connect")
-            .request("GET", "/shards", "")
-            .expect("GET /shards")
-    })
-    .await
-    .expect("join");
+    let (status, body) = request(&http_a, "GET", "/shards", "").await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("\"blue\""),
@@ -290,19 +294,13 @@ async fn both_replicas_serve_and_answer_the_same_merged_topology_and_the_followe
         "the new leader answers its own records and the dead leader's last checkpoint"
     );
     // It now serves what only a leader serves.
-    let hb = http_b.clone();
-    let (status, body) = tokio::task::spawn_blocking(move || {
-        Conn::open(&hb.addr, &hb.token)
-            .expect("connect")
-            .request(
-                "POST",
-                "/shards",
-                r#"{"prefix_len": 28, "network_id": "blue"}"#,
-            )
-            .expect("POST /shards")
-    })
-    .await
-    .expect("join");
+    let (status, body) = request(
+        &http_b,
+        "POST",
+        "/shards",
+        r#"{"prefix_len": 28, "network_id": "blue"}"#,
+    )
+    .await;
     assert!(status == 201 || status == 200, "{status} {body}");
     drop(b);
     drop(cluster);
