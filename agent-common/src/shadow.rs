@@ -14,14 +14,24 @@ pub const TAP_SOURCE_PREFIXES: u32 = 4096;
 /// Bytes of the server-port bitmap (one bit per port).
 pub const PORT_BITMAP_BYTES: usize = 8192;
 
-/// The largest frame prefix appended to one record (`BPF_F_CTXLEN_MASK` copy): a perf
-/// record's size is a u16, so header + frame must stay below 64 KiB.
-pub const TAP_CTX_CAP: u32 = 65_408;
+/// Bytes of the ring buffer the copies leave the kernel through (`SHADOW_COPIES`, one for
+/// every CPU and every tap; pinned, so copies taken while no agent runs wait in it). A
+/// power of two and a multiple of the page size.
+pub const TAP_RING_BYTES: u32 = 16 << 20;
+/// Bytes one record carries after its header: a frame's first bytes (`FRAME`) or a
+/// later part of its payload (`TAIL`). The kernel builds a record in a per-CPU scratch
+/// value (at most 32 KiB) and outputs it with its exact length. A power of two.
+pub const TAP_CHUNK: usize = 16_384;
+/// The largest frame prefix of a `FRAME` record.
+pub const TAP_CTX_CAP: u32 = TAP_CHUNK as u32;
 /// Bytes of a frame past [`TAP_CTX_CAP`] go in tail records of at most this many bytes.
-pub const TAP_TAIL_CHUNK: usize = 4096;
-/// Tail records per packet at most (frames up to `TAP_CTX_CAP + 16 * 4096` bytes are
-/// copied whole; beyond, the rest is counted lost and user space sees a gap).
-pub const TAP_MAX_TAIL_CHUNKS: u32 = 16;
+pub const TAP_TAIL_CHUNK: usize = TAP_CHUNK;
+/// Tail records per packet at most (frames up to `TAP_CTX_CAP + 8 * 16384` bytes, 144
+/// KiB, are copied whole; beyond, the rest is counted lost and user space sees a gap).
+pub const TAP_MAX_TAIL_CHUNKS: u32 = 8;
+/// `TapRecord::version` of this layout: a record of another layout (left in the pinned
+/// ring by an agent of another version) is not decoded.
+pub const TAP_RECORD_VERSION: u8 = 1;
 
 /// `TapPolicy::key_kind`.
 pub mod key_kind {
@@ -47,12 +57,25 @@ pub mod record_kind {
     pub const TAIL: u8 = 2;
 }
 
+/// `TapRecord::mark` bits.
+pub mod mark {
+    /// The client's first payload on the connection, or its first after the server sent
+    /// payload that this segment acknowledges whole: where a request starts in a
+    /// request/response protocol. A reader that starts in the middle of a connection (a
+    /// restarted agent) resumes there.
+    pub const TURN: u8 = 1 << 0;
+}
+
 /// `TapConn::state` bits.
 pub mod conn_state {
     pub const SAMPLED: u8 = 1 << 0;
     pub const FIN_CLIENT: u8 = 1 << 1;
     pub const FIN_SERVER: u8 = 1 << 2;
     pub const RST: u8 = 1 << 3;
+    /// The client sent payload.
+    pub const CLIENT_SPOKE: u8 = 1 << 4;
+    /// The server sent payload since the client last did.
+    pub const SERVER_SPOKE: u8 = 1 << 5;
 }
 
 /// A connection to the production node, seen on its host-side interface. IPv4 addresses
@@ -80,7 +103,9 @@ pub struct TapConn {
     pub opened_ns: u64,
     /// `conn_state` bits.
     pub state: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Sequence number after the server's last payload byte seen (for `mark::TURN`).
+    pub server_end: u32,
 }
 const _: () = assert!(core::mem::size_of::<TapConn>() == 16);
 
@@ -156,12 +181,16 @@ pub struct TapCounters {
     pub copies: u64,
     /// Frame and payload bytes copied.
     pub copied_bytes: u64,
-    /// Records that did not fit in the perf buffer (or frames too long to copy whole).
+    /// Copies not handed to user space: the ring was full, or a frame was too long to copy
+    /// whole.
     pub lost: u64,
+    /// Of `lost`, records that did not fit in the ring (no agent read it for too long, or
+    /// one read it too slowly).
+    pub ring_full: u64,
 }
-const _: () = assert!(core::mem::size_of::<TapCounters>() == 48);
+const _: () = assert!(core::mem::size_of::<TapCounters>() == 56);
 
-/// What precedes the copied bytes of one record in the perf buffer.
+/// What precedes the copied bytes of one record in the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TapRecord {
@@ -184,7 +213,11 @@ pub struct TapRecord {
     pub tcp_flags: u8,
     /// `record_kind`.
     pub kind: u8,
-    pub _pad: [u8; 5],
+    /// [`TAP_RECORD_VERSION`].
+    pub version: u8,
+    /// `mark` bits.
+    pub mark: u8,
+    pub _pad: [u8; 3],
 }
 pub const TAP_RECORD_BYTES: usize = 88;
 const _: () = assert!(core::mem::size_of::<TapRecord>() == TAP_RECORD_BYTES);

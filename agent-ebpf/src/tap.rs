@@ -12,11 +12,18 @@
 //! connections whose SYN was not seen are never sampled (they could not be replayed).
 //!
 //! For a sampled connection every packet with TCP payload, and every SYN, FIN and RST,
-//! goes to `SHADOW_COPIES` with `bpf_perf_event_output`: a `TapRecord` header, then the
-//! frame's bytes appended by the helper itself (`BPF_F_CTXLEN_MASK`, as Cilium's monitor
-//! does), so that a GSO super-packet is copied whole without a bounded loop over it. A
-//! perf record's size is a u16: the bytes of a frame past `TAP_CTX_CAP` follow in `TAIL`
-//! records built in a per-CPU scratch buffer.
+//! goes to the ring buffer `SHADOW_COPIES` (`bpf_ringbuf_output`): a `TapRecord` header,
+//! then the frame's first `TAP_CTX_CAP` bytes, built in a per-CPU scratch value
+//! (`bpf_skb_load_bytes`) and output with their exact length; the payload bytes of a
+//! longer frame (a GSO super-packet) follow in `TAIL` records. The ring is one for all
+//! CPUs, so records leave in the order they were made (a connection's SYN before its
+//! other packets), and it is pinned: copies taken while no agent reads wait in it, and a
+//! full ring drops the copy and counts it (`ring_full`), never the packet.
+//!
+//! The connection's entry also follows whose turn it is (`CLIENT_SPOKE`, `SERVER_SPOKE`,
+//! `server_end`): the client payload that starts a new turn is marked `mark::TURN`, so that
+//! an agent that starts reading in the middle of a connection resumes at a request's
+//! start, never in the middle of one.
 
 use core::ffi::c_void;
 use core::ptr::addr_of_mut;
@@ -24,16 +31,16 @@ use core::ptr::addr_of_mut;
 use agent_common::{
     flow::{FAMILY_IPV4, PROTO_TCP},
     shadow::{
-        TAP_CONNECTIONS, TAP_CTX_CAP, TAP_INTERFACES, TAP_MAX_TAIL_CHUNKS, TAP_RECORD_BYTES,
-        TAP_SOURCE_PREFIXES, TAP_TAIL_CHUNK, TapConn, TapConnKey, TapCounters, TapPolicy,
-        TapRecord, TapSourceData, TapTail, conn_state, dir, record_kind, sampled,
+        TAP_CHUNK, TAP_CONNECTIONS, TAP_CTX_CAP, TAP_INTERFACES, TAP_MAX_TAIL_CHUNKS,
+        TAP_RECORD_BYTES, TAP_RECORD_VERSION, TAP_RING_BYTES, TAP_SOURCE_PREFIXES, TAP_TAIL_CHUNK,
+        TapConn, TapConnKey, TapCounters, TapPolicy, TapRecord, TapSourceData, TapTail, conn_state,
+        dir, mark, record_kind, sampled,
     },
 };
 use aya_ebpf::{
-    bindings::{BPF_F_CTXLEN_MASK, BPF_F_CURRENT_CPU},
-    helpers::{bpf_ktime_get_ns, bpf_perf_event_output, bpf_skb_load_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_skb_load_bytes},
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
 
@@ -57,11 +64,11 @@ static SHADOW_CONNS: LruHashMap<TapConnKey, TapConn> =
 #[map(name = "SHADOW_COUNTERS")]
 static SHADOW_COUNTERS: PerCpuArray<TapCounters> = PerCpuArray::with_max_entries(TAP_INTERFACES, 0);
 
-/// Copies of sampled packets, one perf buffer per CPU.
+/// Copies of sampled packets: one ring for every CPU (pinned with the tap's other maps).
 #[map(name = "SHADOW_COPIES")]
-static SHADOW_COPIES: PerfEventArray<TapRecord> = PerfEventArray::new(0);
+static SHADOW_COPIES: RingBuf = RingBuf::with_byte_size(TAP_RING_BYTES, 0);
 
-/// Scratch for tail records (a 4 KiB chunk does not fit on the stack).
+/// Scratch where a record is built (a chunk does not fit on the stack).
 #[map(name = "SHADOW_SCRATCH")]
 static SHADOW_SCRATCH: PerCpuArray<TapTail> = PerCpuArray::with_max_entries(1, 0);
 
@@ -112,8 +119,34 @@ pub fn tap(ctx: &TcContext, into_node: bool) -> Result<(), ()> {
     } else {
         dir::TO_CLIENT
     };
-    copy(ctx, policy.slot, &key, conn.opened_ns, &pkt, d, now);
+    copy(ctx, policy.slot, &key, conn, &pkt, d, now);
     Ok(())
+}
+
+/// Follows whose turn it is on the connection; returns the record's `mark` bits.
+#[inline(always)]
+fn turn(conn: &mut TapConn, to_server: bool, payload_len: u32, seq: u32, ack: u32) -> u8 {
+    if payload_len == 0 {
+        return 0;
+    }
+    if to_server {
+        let s = conn.state;
+        // The server's payload so far is acknowledged whole (not pipelined behind it).
+        let acked = (ack.wrapping_sub(conn.server_end) as i32) >= 0;
+        let start =
+            s & conn_state::CLIENT_SPOKE == 0 || (s & conn_state::SERVER_SPOKE != 0 && acked);
+        conn.state = (s | conn_state::CLIENT_SPOKE) & !conn_state::SERVER_SPOKE;
+        if start { mark::TURN } else { 0 }
+    } else {
+        let end = seq.wrapping_add(payload_len);
+        if conn.state & conn_state::SERVER_SPOKE == 0
+            || (end.wrapping_sub(conn.server_end) as i32) > 0
+        {
+            conn.server_end = end;
+        }
+        conn.state |= conn_state::SERVER_SPOKE;
+        0
+    }
 }
 
 #[inline(always)]
@@ -173,7 +206,8 @@ fn decide(policy: &TapPolicy, key: &TapConnKey, now: u64) {
     let fresh = TapConn {
         opened_ns: now,
         state: if take { conn_state::SAMPLED } else { 0 },
-        _pad: [0; 7],
+        _pad: [0; 3],
+        server_end: 0,
     };
     let _ = SHADOW_CONNS.insert(key, &fresh, 0);
     if let Some(c) = counters(policy.slot) {
@@ -213,13 +247,13 @@ fn source_ok(policy: &TapPolicy, key: &TapConnKey) -> bool {
 }
 
 /// Posts the packet: one `FRAME` record (header + the frame's first bytes), then `TAIL`
-/// records for what a perf record cannot hold.
+/// records for the payload one record cannot hold.
 #[inline(always)]
 fn copy(
     ctx: &TcContext,
     slot: u32,
     key: &TapConnKey,
-    opened_ns: u64,
+    conn: &mut TapConn,
     pkt: &Packet,
     d: u8,
     now: u64,
@@ -243,6 +277,13 @@ fn copy(
     let tcp_ack = u32::from_be_bytes([sa[4], sa[5], sa[6], sa[7]]);
     let syn = pkt.tcp_flags & TCP_SYN != 0;
     let data_seq = tcp_seq.wrapping_add(syn as u32);
+    let marks = turn(
+        conn,
+        d == dir::TO_SERVER,
+        pkt.payload_len,
+        data_seq,
+        tcp_ack,
+    );
     let skb_len = ctx.len();
     // The payload that ends inside the frame (padding after the IP packet is not payload).
     let payload_end = pkt.payload_off + pkt.payload_len;
@@ -257,7 +298,7 @@ fn copy(
         pkt.payload_len
     };
     let split = first_len < pkt.payload_len;
-    // The header is built in the per-CPU scratch, not on the stack: the program's frame
+    // The record is built in the per-CPU scratch, not on the stack: the program's frame
     // (with the parsed packet and the connection key) stays within the 512-byte limit
     // together with `copy_tail`'s.
     let Some(scratch) = SHADOW_SCRATCH.get_ptr_mut(0) else {
@@ -267,7 +308,7 @@ fn copy(
     // SAFETY: the per-CPU scratch value is ours for the program run.
     let hdr = unsafe { &mut (*scratch).hdr };
     *hdr = TapRecord {
-        opened_ns,
+        opened_ns: conn.opened_ns,
         ktime_ns: now,
         key: *key,
         seq: data_seq,
@@ -282,21 +323,26 @@ fn copy(
             pkt.tcp_flags
         },
         kind: record_kind::FRAME,
-        _pad: [0; 5],
+        version: TAP_RECORD_VERSION,
+        mark: marks,
+        _pad: [0; 3],
     };
-    let flags = BPF_F_CURRENT_CPU as u64 | (((frame_len as u64) << 32) & BPF_F_CTXLEN_MASK as u64);
-    // SAFETY: the map is a perf event array; `hdr` is a map value of the size given.
-    let rc = unsafe {
-        bpf_perf_event_output(
-            ctx.skb.skb as *mut c_void,
-            &SHADOW_COPIES as *const _ as *mut c_void,
-            flags,
-            (hdr as *mut TapRecord).cast(),
-            TAP_RECORD_BYTES as u64,
-        )
+    // Masked into 1..=TAP_CHUNK so that the verifier sees a non-zero, bounded length.
+    let n = ((frame_len.wrapping_sub(1)) & (TAP_CHUNK as u32 - 1)) + 1;
+    // SAFETY: the per-CPU scratch value is ours for the program run; `n` bytes fit in it.
+    let ok = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            0,
+            addr_of_mut!((*scratch).data).cast(),
+            n,
+        ) == 0
     };
-    if rc != 0 {
+    if !ok {
         c.lost += 1;
+        return;
+    }
+    if !output(c, scratch, n) {
         return;
     }
     c.copies += 1;
@@ -305,6 +351,29 @@ fn copy(
         return;
     }
     copy_tail(ctx, c, scratch, pkt, first_len);
+}
+
+/// Outputs the record in `scratch` (header and `n` bytes) to the ring; a full ring is
+/// counted. Returns whether it went out.
+#[inline(always)]
+fn output(c: &mut TapCounters, scratch: *mut TapTail, n: u32) -> bool {
+    // Masked again into 1..=TAP_CHUNK: the verifier checks the size against the value's.
+    let size = TAP_RECORD_BYTES as u64 + (((n - 1) & (TAP_CHUNK as u32 - 1)) + 1) as u64;
+    // SAFETY: the map is a ring buffer; `scratch` is a map value of at least `size` bytes.
+    let rc = unsafe {
+        bpf_ringbuf_output(
+            &SHADOW_COPIES as *const _ as *mut c_void,
+            scratch.cast(),
+            size,
+            0,
+        )
+    };
+    if rc != 0 {
+        c.lost += 1;
+        c.ring_full += 1;
+        return false;
+    }
+    true
 }
 
 /// `scratch` holds the frame record just posted: the tail records' header but for the
@@ -324,7 +393,7 @@ fn copy_tail(ctx: &TcContext, c: &mut TapCounters, scratch: *mut TapTail, pkt: &
         } else {
             rest
         };
-        // Masked into 1..=4096 so that the verifier sees a non-zero, bounded length.
+        // Masked into 1..=TAP_TAIL_CHUNK so that the verifier sees a non-zero, bounded length.
         let n = ((n - 1) & (TAP_TAIL_CHUNK as u32 - 1)) + 1;
         let last = done + n >= pkt.payload_len;
         // SAFETY: the per-CPU scratch value is ours for the program run.
@@ -334,6 +403,7 @@ fn copy_tail(ctx: &TcContext, c: &mut TapCounters, scratch: *mut TapTail, pkt: &
             t.hdr.frame_len = 0;
             t.hdr.data_off = 0;
             t.hdr.data_len = n;
+            t.hdr.mark = 0;
             t.hdr.seq = first_seq.wrapping_add(done);
             t.hdr.tcp_flags = if last {
                 pkt.tcp_flags & !TCP_SYN
@@ -350,18 +420,9 @@ fn copy_tail(ctx: &TcContext, c: &mut TapCounters, scratch: *mut TapTail, pkt: &
                 c.lost += 1;
                 return;
             }
-            let size = TAP_RECORD_BYTES as u64 + n as u64;
-            if bpf_perf_event_output(
-                ctx.skb.skb as *mut c_void,
-                &SHADOW_COPIES as *const _ as *mut c_void,
-                BPF_F_CURRENT_CPU as u64,
-                scratch.cast(),
-                size,
-            ) != 0
-            {
-                c.lost += 1;
-                return;
-            }
+        }
+        if !output(c, scratch, n) {
+            return;
         }
         c.copies += 1;
         c.copied_bytes += n as u64;

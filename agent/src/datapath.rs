@@ -503,6 +503,13 @@ impl Datapath {
             .ok_or_else(|| DatapathError::NoMap(name.to_owned()))
     }
 
+    /// A map to read under the datapath's lock.
+    pub fn map(&self, name: &str) -> Result<&Map, DatapathError> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| DatapathError::NoMap(name.to_owned()))
+    }
+
     /// A map for an update under the datapath's lock (`aya::maps::HashMap::try_from(map)`...).
     pub fn map_mut(&mut self, name: &str) -> Result<&mut Map, DatapathError> {
         self.ebpf

@@ -107,7 +107,8 @@ async fn main() -> anyhow::Result<()> {
     // The flow table and the records' baseline continue from a previous agent's pins, and
     // its links are taken over (datapath::pins).
     let pins = Pins::open(&pin_dir).context("the bpffs pin directory (--bpffs-dir)")?;
-    // So are steering's maps and links: the steered connections keep their side (steer).
+    // So are steering's maps and links: the steered connections keep their side (steer),
+    // and the shadow taps': sampling goes on between agents (shadow::tap).
     let mut datapath = Datapath::load_pinned(
         FLOW_OBJECT,
         pins.clone(),
@@ -118,6 +119,8 @@ async fn main() -> anyhow::Result<()> {
             steer::PROG_ORIGIN,
             steer::PROG_RETURN,
             steer::PROG_TUNNEL,
+            shadow::tap::PROG_TAP_IN,
+            shadow::tap::PROG_TAP_OUT,
         ],
     )
     .context("the flow object")?;
@@ -349,10 +352,18 @@ async fn main() -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = exporter_task.await;
     let _ = control_task.await;
-    // The taps go before the flow observer they are ordered after.
-    tokio::task::spawn_blocking(move || taps.shutdown())
-        .await
-        .ok();
+    // The taps go before the flow observer they are ordered after. Keeping the pins, they
+    // stay in the kernel and their copies wait in the pinned ring for the next agent.
+    let keep_pins = args.keep_pins_on_exit;
+    tokio::task::spawn_blocking(move || {
+        if keep_pins {
+            taps.shutdown_keeping_pins(SHUTDOWN_GRACE);
+        } else {
+            taps.shutdown();
+        }
+    })
+    .await
+    .ok();
     match attach_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = format!("{e:#}"), "interface watcher failed"),

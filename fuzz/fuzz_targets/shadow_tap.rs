@@ -1,4 +1,4 @@
-//! The shadow tap's user-space half on untrusted bytes: perf samples decoded
+//! The shadow tap's user-space half on untrusted bytes: ring buffer records decoded
 //! (`tap_record::parse`) and fed to the TCP reassembler, plus segments built from the
 //! input to reach reassembly's corners (reordering, overlaps, wraps, FIN/RST, bounds).
 //! The agent is a binary crate: its two modules are included by path (they depend on std
@@ -67,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
                 seq: base.wrapping_add(u32::from(u16::from_le_bytes([c[3], c[4]]))),
                 ack: 0,
                 flags: c[2],
+                turn: c[1] & 2 != 0,
                 data: Vec::new(),
             };
             let len = usize::from(u16::from_le_bytes([c[5], c[6]]) % 3000);

@@ -104,8 +104,24 @@ pub const STEER_MAPS: MapGroup = MapGroup {
     fresh_means: "connections steered before are reset, new ones are decided afresh",
 };
 
+/// The shadow taps: their policies and source prefixes, the sampled connections (with
+/// whose turn it is), the counters, and the ring the copies wait in. The agent reads its
+/// taps' slots and policy generations back from them at start (`crate::shadow::tap`), so
+/// sampling decisions and counters continue and the copies taken while no agent ran are
+/// streamed.
+pub const TAP_MAPS: MapGroup = MapGroup {
+    maps: &[
+        "SHADOW_POLICY",
+        "SHADOW_SOURCES",
+        "SHADOW_CONNS",
+        "SHADOW_COUNTERS",
+        "SHADOW_COPIES",
+    ],
+    fresh_means: "the taps' counters start at zero, connections sampled before are no longer copied, copies waiting in the ring are dropped",
+};
+
 /// The groups of maps whose contents are state.
-pub const PINNED_GROUPS: [MapGroup; 2] = [FLOW_MAPS, STEER_MAPS];
+pub const PINNED_GROUPS: [MapGroup; 3] = [FLOW_MAPS, STEER_MAPS, TAP_MAPS];
 
 /// `statfs(2)` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

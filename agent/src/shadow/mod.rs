@@ -35,8 +35,8 @@
 //!   drop a write out of the middle of a stream without breaking its sequence space.
 //!
 //! The kernel part stays small and constant-cost per packet: one hash lookup (policy),
-//! one LRU lookup (decision) and, for sampled connections only, one perf output of the
-//! frame (the helper appends the skb's bytes itself, `BPF_F_CTXLEN_MASK`). Production's
+//! one LRU lookup (decision) and, for sampled connections only, one ring buffer output of
+//! the frame (copied into a per-CPU scratch value first; GSO super-packets in chunks). Production's
 //! packets are never delayed, altered or dropped: both programs return `TC_ACT_UNSPEC`.
 
 pub mod reassembly;
@@ -64,6 +64,7 @@ pub struct ShadowTapMetrics {
     pub bytes_streamed: Counter,
     pub connections_lost: Counter,
     pub copies_lost: Counter,
+    pub ring_full: Counter,
     pub sinks_connected: Gauge,
     pub taps: Gauge,
 }
@@ -106,8 +107,14 @@ impl ShadowTapMetrics {
         register(
             r,
             "weft_agent_shadow_copies_lost_total",
-            "Packet copies the kernel could not hand to user space (perf buffer full).",
+            "Packet copies the kernel could not hand to user space (the ring was full, or a frame too long to copy whole).",
             m.copies_lost.clone(),
+        );
+        register(
+            r,
+            "weft_agent_shadow_ring_full_total",
+            "Of those, copies dropped because the taps' ring buffer was full (no agent read it for too long, e.g. across a restart, or it read too slowly).",
+            m.ring_full.clone(),
         );
         register(
             r,

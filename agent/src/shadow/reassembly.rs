@@ -1,10 +1,25 @@
 //! Per-connection, per-direction TCP reassembly of the tap's copies.
 //!
-//! Segments arrive in any order (a connection's packets are copied on whichever CPU
-//! handled them, and each CPU has its own perf buffer), retransmitted, overlapping, and
-//! with sequence numbers that wrap. Each direction delivers its bytes in order exactly
-//! once, from the sequence number after its SYN (the client's SYN, the server's SYN-ACK)
-//! to its FIN or RST.
+//! Segments arrive retransmitted, overlapping, with sequence numbers that wrap, and
+//! possibly out of order (the kernel's ring keeps the order records were made in, which
+//! is not always the order of the sequence numbers: a connection's packets are handled
+//! on several CPUs). Each direction delivers its bytes in order exactly once, from the
+//! sequence number after its SYN (the client's SYN, the server's SYN-ACK) to its FIN or
+//! RST.
+//!
+//! # Starting in the middle of a connection
+//! The ring's records are in the order they were made, so a connection's SYN comes before
+//! its other records; a connection whose first record here is not its SYN was begun by
+//! someone else: a previous agent, which read the ring up to there and died or stopped
+//! (or its SYN's copy was dropped from a full ring). Its bytes so far cannot be placed (a
+//! request cut in two must never be replayed), so the connection is *resumed*: nothing
+//! is reported for it until a client segment marked as the start of a turn
+//! ([`Segment::turn`]: the client's first payload after the server's answer, which it
+//! acknowledges whole, as the kernel follows it per connection). There the client's
+//! stream starts, and the server's at the acknowledgement number of that segment (the
+//! next byte the server sends): [`Event::Open`], then the bytes from that request on. A
+//! resumed connection that ends or idles out before a turn is dropped without a word
+//! (counted in [`Stats::unresumed`]).
 //!
 //! Everything is bounded: bytes held out of order per connection and in total,
 //! connections, how long a hole may stay open ([`Limits::hole_ns`]) and how long a
@@ -87,6 +102,12 @@ pub struct Stats {
     pub idle: u64,
     /// Not followed at all: too many connections.
     pub refused: u64,
+    /// Connections first seen in the middle and resumed at the start of a turn (these
+    /// count in `opened` too).
+    pub resumed: u64,
+    /// Connections first seen in the middle that ended or idled out before a turn
+    /// started (nothing reported for them).
+    pub unresumed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +142,8 @@ struct Conn {
     rst: bool,
     /// Given up: later segments are ignored until the connection ends or idles out.
     dead: bool,
+    /// First seen after its SYN: waiting for the start of a turn (no `Open` reported yet).
+    resuming: bool,
 }
 
 impl Conn {
@@ -195,14 +218,18 @@ impl Assembler {
             }
             let id = self.next_id;
             self.next_id += 1;
-            let (client, server) = endpoints(&key);
-            out.push(Event::Open {
-                conn: id,
-                client,
-                server,
-                at_ns: seg.ktime_ns,
-            });
-            self.stats.opened += 1;
+            // Its SYN was read by someone else (see the module doc): resumed at a turn.
+            let resuming = seg.flags & TCP_SYN == 0;
+            if !resuming {
+                let (client, server) = endpoints(&key);
+                out.push(Event::Open {
+                    conn: id,
+                    client,
+                    server,
+                    at_ns: seg.ktime_ns,
+                });
+                self.stats.opened += 1;
+            }
             self.conns.insert(
                 key,
                 Conn {
@@ -212,6 +239,7 @@ impl Assembler {
                     last_ns: seg.ktime_ns,
                     rst: false,
                     dead: false,
+                    resuming,
                 },
             );
         }
@@ -219,6 +247,33 @@ impl Assembler {
             return;
         };
         c.last_ns = c.last_ns.max(seg.ktime_ns);
+        if c.resuming {
+            if seg.flags & (TCP_FIN | TCP_RST) != 0 {
+                self.end(&key, out, false);
+                return;
+            }
+            let syn = seg.to_server && seg.flags & TCP_SYN != 0;
+            let turn = seg.to_server && seg.turn && !seg.data.is_empty();
+            if !syn && !turn {
+                return;
+            }
+            c.resuming = false;
+            if turn {
+                // The client's request starts here; the server's answer at the next byte
+                // the client expects from it.
+                c.streams[0].next_seq = Some(seg.seq);
+                c.streams[1].next_seq = Some(seg.ack);
+                self.stats.resumed += 1;
+            }
+            let (client, server) = endpoints(&key);
+            out.push(Event::Open {
+                conn: c.id,
+                client,
+                server,
+                at_ns: seg.ktime_ns,
+            });
+            self.stats.opened += 1;
+        }
         if c.dead {
             if seg.flags & (TCP_FIN | TCP_RST) != 0 {
                 self.end(&key, out, false);
@@ -416,10 +471,14 @@ impl Assembler {
         }
     }
 
-    /// Removes a connection, reporting its close.
+    /// Removes a connection, reporting its close (if its opening was reported).
     fn end(&mut self, key: &TapConnKey, out: &mut Vec<Event>, idle: bool) {
         if let Some(c) = self.conns.remove(key) {
             self.held = self.held.saturating_sub(c.held());
+            if c.resuming {
+                self.stats.unresumed += 1;
+                return;
+            }
             if !c.dead {
                 out.push(Event::Close { conn: c.id });
             }
@@ -523,7 +582,17 @@ mod tests {
             seq,
             ack: 0,
             flags,
+            turn: false,
             data: data.to_vec(),
+        }
+    }
+
+    /// A client segment that starts a turn (acknowledging the server up to `ack`).
+    fn turn(seq: u32, ack: u32, data: &[u8]) -> Segment {
+        Segment {
+            ack,
+            turn: true,
+            ..seg(true, seq, TCP_ACK, data)
         }
     }
 
@@ -601,16 +670,68 @@ mod tests {
     }
 
     #[test]
-    fn segments_before_the_syn_copy_wait_for_it() {
+    fn segments_before_the_syn_ack_copy_wait_for_it() {
         let (up, down, ev, _) = run(vec![
+            seg(true, 1, TCP_SYN, b""),
             seg(false, 51, TCP_ACK, b"hello"),
             seg(true, 1, TCP_ACK, b"req"),
-            seg(true, 1, TCP_SYN, b""),
             seg(false, 51, TCP_SYN | TCP_ACK, b""),
         ]);
         assert_eq!(up, b"req");
         assert_eq!(down, b"hello");
         assert_eq!(ev, ["open"]);
+    }
+
+    /// A restarted agent reads a connection from its middle: the rest of a request the
+    /// previous agent had begun streaming (and its answer) is never replayed; the
+    /// connection is opened at the next request, whose bytes and answer are whole.
+    #[test]
+    fn a_connection_begun_elsewhere_resumes_at_the_next_request() {
+        let (up, down, ev, a) = run(vec![
+            // The end of request 1 (its start went to the previous agent), its answer.
+            seg(true, 1000, TCP_ACK, b"rest of request 1"),
+            seg(false, 5000, TCP_ACK, b"answer 1"),
+            // Request 2 starts a turn: it acknowledges the answer whole.
+            turn(1017, 5008, b"GET /2 HTTP/1.1\r\n"),
+            seg(true, 1034, TCP_ACK, b"\r\n"),
+            seg(false, 5008, TCP_ACK, b"answer 2"),
+            turn(1036, 5016, b"GET /3\r\n\r\n"),
+            seg(false, 5016, TCP_ACK | TCP_FIN, b"answer 3"),
+            seg(true, 1046, TCP_ACK | TCP_FIN, b""),
+        ]);
+        assert_eq!(up, b"GET /2 HTTP/1.1\r\n\r\nGET /3\r\n\r\n");
+        assert_eq!(down, b"answer 2answer 3");
+        assert_eq!(ev, ["open", "close"]);
+        assert_eq!(a.stats().resumed, 1);
+        assert_eq!((a.stats().opened, a.stats().closed), (1, 1));
+        assert_eq!(a.connections(), 0);
+    }
+
+    #[test]
+    fn a_connection_begun_elsewhere_that_ends_before_a_turn_reports_nothing() {
+        let (up, down, ev, a) = run(vec![
+            seg(true, 1000, TCP_ACK, b"half a request"),
+            // Not a turn: the client has not seen the whole answer (pipelined).
+            Segment {
+                turn: false,
+                ..turn(1014, 4000, b"more")
+            },
+            seg(false, 5000, TCP_ACK | TCP_FIN, b"answer"),
+        ]);
+        assert!(up.is_empty() && down.is_empty() && ev.is_empty(), "{ev:?}");
+        assert_eq!(a.connections(), 0);
+        assert_eq!(a.stats().unresumed, 1);
+        assert_eq!((a.stats().opened, a.stats().closed), (0, 0));
+        // One that idles out: gone without a word too.
+        let mut a = Assembler::new(Limits {
+            idle_ns: 100,
+            ..Limits::default()
+        });
+        let mut out = Vec::new();
+        a.push(seg(true, 1000, TCP_ACK, b"half"), &mut out);
+        a.tick(1_000, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(a.connections(), 0);
     }
 
     #[test]

@@ -1,15 +1,29 @@
 //! The tap engine: every shadow tap of this host.
 //!
 //! ```text
-//! kernel: shadow_tap_in/out --perf buffer per CPU--> reader thread per CPU (parse)
+//! kernel: shadow_tap_in/out --one ring buffer (pinned)--> reader thread (parse)
 //!     --bounded queue--> assembler thread (reassembly per tap) --bounded queue per sink-->
 //!     sink task (TCP: ShadowHello, then ShadowFrames)
 //! ```
 //!
-//! The perf buffers, their readers and the assembler are shared by all taps (the kernel
-//! object has one perf event array); they start with the first tap. Records are routed to
-//! their tap by interface index. Every queue is bounded and never waited on: a record that
-//! does not fit is counted and its connection ends in a gap.
+//! The ring, its reader and the assembler are shared by all taps (the kernel object has
+//! one ring); they start with the first tap. Records are routed to their tap by interface
+//! index. The reader waits for the assembler when its queue is full (the records wait in
+//! the ring; the kernel never waits: a copy that does not fit in the ring is dropped and
+//! counted, `ring_full`); the sinks' queues are never waited on: a frame that does not fit
+//! is counted and its connection ends in a gap.
+//!
+//! # Across agent restarts
+//! The tap's maps are pinned as one unit (`datapath::pins::TAP_MAPS`) and its links are
+//! pinned, so the programs keep deciding, counting and copying into the ring while no
+//! agent runs. A new agent reads the pinned policies back ([`TapEngine::new`]): a tap on
+//! the same interface keeps its counter slot (the counters continue) and its connections'
+//! decisions, and its links are taken over with one `BPF_LINK_UPDATE`. The ring is read
+//! only once the first full reconcile has set the taps up again
+//! ([`TapEngine::finish_adoption`]), so the copies that waited are routed to their taps;
+//! a connection the previous agent had begun streaming is resumed at its next request
+//! (`reassembly`), never in the middle of one. Pinned policies no tap claims are then
+//! removed, with their decisions and counters, and their links' pins.
 //!
 //! Per tap: a counter slot in the kernel, the policy (one map value per interface; its
 //! source prefixes under a generation number, so a change is still one update of the
@@ -29,8 +43,7 @@ use agent_common::shadow::{
     TAP_INTERFACES, TapConn, TapConnKey, TapCounters, TapPolicy, TapSourceData,
 };
 use aya::maps::{
-    HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, PerfEventArray,
-    lpm_trie::Key, perf::PerfEvent,
+    HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, RingBuf, lpm_trie::Key,
 };
 use tokio::sync::mpsc;
 use weft_proto::v1::{ShadowFrame, ShadowHello};
@@ -48,10 +61,7 @@ pub const PROG_TAP_IN: &str = "shadow_tap_in";
 /// On TC ingress: what comes out of the node.
 pub const PROG_TAP_OUT: &str = "shadow_tap_out";
 
-/// Pages per CPU of the perf buffer (2 MiB with 4 KiB pages: about 30 full-size GSO
-/// packets, or thousands of small ones).
-const PERF_PAGES: usize = 512;
-/// Records between the readers and the assembler.
+/// Records between the reader and the assembler.
 const RECORD_QUEUE: usize = 16_384;
 const POLL_MS: i32 = 100;
 const TICK: Duration = Duration::from_millis(100);
@@ -67,7 +77,7 @@ pub enum TapError {
         what: &'static str,
         source: Box<aya::maps::MapError>,
     },
-    #[error("opening the perf buffers: {0}")]
+    #[error("the ring buffer and the CPUs: {0}")]
     Perf(String),
     #[error("no free tap slot: at most {TAP_INTERFACES} taps per host")]
     NoSlot,
@@ -84,17 +94,13 @@ fn map_err(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> TapError {
     }
 }
 
-/// Counters of the shared readers and assembler.
+/// Counters of the shared reader and assembler.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
-    /// Records the kernel reported lost in the perf buffers.
-    pub perf_lost: AtomicU64,
-    /// Records dropped because the assembler's queue was full.
-    pub queue_full: AtomicU64,
-    /// Samples that did not decode.
+    /// Records that did not decode (or of another agent version's layout).
     pub invalid: AtomicU64,
     pub records: AtomicU64,
-    /// `TAIL` records: frames longer than one perf record holds (GSO super-packets).
+    /// `TAIL` records: frames longer than one record holds (GSO super-packets).
     pub tails: AtomicU64,
 }
 
@@ -113,11 +119,16 @@ struct Pipeline {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     control: std_mpsc::SyncSender<Control>,
+    /// The ring and the assembler's queue until the reader starts
+    /// ([`TapEngine::finish_adoption`]).
+    unread: Option<(RingBuf<MapData>, std_mpsc::SyncSender<Segment>)>,
 }
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
+        // The queue's sender, if the reader never started: the assembler sees it closed.
+        self.unread = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -133,6 +144,7 @@ pub struct KernelCounts {
     pub copies: u64,
     pub copied_bytes: u64,
     pub lost: u64,
+    pub ring_full: u64,
 }
 
 struct Tap {
@@ -148,7 +160,7 @@ struct Tap {
     refresher: Option<tokio::task::JoinHandle<()>>,
     kernel: KernelCounts,
     /// What the Prometheus counters were last advanced to.
-    exported: [u64; 6],
+    exported: [u64; 7],
 }
 
 #[derive(Default)]
@@ -156,6 +168,11 @@ struct State {
     pipeline: Option<Pipeline>,
     taps: BTreeMap<String, Tap>,
     generation: u32,
+    /// Policies a previous agent left in the pinned map, by interface, that no tap has
+    /// claimed yet (their slots stay reserved).
+    adopted: HashMap<u32, TapPolicy>,
+    /// The first full reconcile is done: the ring is read as soon as there is a tap.
+    ready: bool,
 }
 
 /// Every shadow tap of this host (see the module doc).
@@ -179,6 +196,20 @@ impl TapEngine {
         signals: Option<mpsc::Sender<DriftSignal>>,
         metrics: Arc<ShadowTapMetrics>,
     ) -> Arc<Self> {
+        let adopted = adopt(&datapath);
+        if !adopted.is_empty() {
+            tracing::info!(
+                taps = adopted.len(),
+                "a previous agent's taps are pinned: their slots and decisions are kept for the taps that are still wanted"
+            );
+        }
+        let state = State {
+            generation: adopted.values().map(|p| p.generation).max().unwrap_or(0),
+            // Nothing to adopt: the ring is read as soon as there is a tap.
+            ready: adopted.is_empty(),
+            adopted,
+            ..Default::default()
+        };
         Arc::new(Self {
             datapath,
             runtime,
@@ -187,8 +218,59 @@ impl TapEngine {
             signals,
             metrics,
             pipeline_stats: Arc::default(),
-            state: Mutex::default(),
+            state: Mutex::new(state),
         })
+    }
+
+    /// After the first full reconcile: pinned policies that no tap claimed are removed
+    /// (with their source prefixes, decisions and counters) and so are the link pins no
+    /// tap holds; then the ring is read (the copies that waited in it are routed to the
+    /// taps set up again). Later calls do nothing.
+    pub fn finish_adoption(&self) {
+        let mut state = self.lock();
+        if state.ready {
+            return;
+        }
+        state.ready = true;
+        let stale: Vec<(u32, TapPolicy)> = state.adopted.drain().collect();
+        {
+            let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+            for (ifindex, policy) in &stale {
+                purge_interface(&mut dp, *ifindex);
+                tracing::info!(
+                    ifindex,
+                    slot = policy.slot,
+                    "removed a previous agent's tap that is no longer wanted"
+                );
+            }
+            match dp.remove_unheld_link_pins(&[PROG_TAP_IN, PROG_TAP_OUT]) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(links = n, "removed a previous agent's tap links"),
+                Err(e) => tracing::warn!(error = %e, "removing a previous agent's tap links"),
+            }
+        }
+        for (_, policy) in stale {
+            let _ = self.clear_counters(policy.slot);
+        }
+        self.start_reader(&mut state);
+    }
+
+    /// Starts the ring's reader if the pipeline is there and it has not started.
+    fn start_reader(&self, state: &mut State) {
+        let Some(p) = state.pipeline.as_mut() else {
+            return;
+        };
+        let Some((ring, tx)) = p.unread.take() else {
+            return;
+        };
+        let (stop, stats) = (p.stop.clone(), self.pipeline_stats.clone());
+        match std::thread::Builder::new()
+            .name("shadow-ring".into())
+            .spawn(move || read_ring(ring, tx, stop, stats))
+        {
+            Ok(t) => p.threads.push(t),
+            Err(e) => tracing::error!(error = %e, "starting the shadow ring reader"),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -208,8 +290,8 @@ impl TapEngine {
             .map(|t| (t.interface.clone(), t.ifindex))
     }
 
-    /// Loads the programs, opens the perf buffers and starts the readers and the
-    /// assembler (once).
+    /// Loads the programs, opens the ring and starts the assembler (once); the ring's
+    /// reader starts once the taps are set up ([`Self::start_reader`]).
     fn ensure_pipeline(&self, state: &mut State) -> Result<(), TapError> {
         if state.pipeline.is_some() {
             return Ok(());
@@ -219,9 +301,7 @@ impl TapEngine {
         dp.load_classifier(PROG_TAP_OUT)?;
         let map = dp.take_map("SHADOW_COPIES")?;
         drop(dp);
-        let mut perf = PerfEventArray::try_from(map).map_err(map_err("SHADOW_COPIES"))?;
-        let cpus =
-            aya::util::online_cpus().map_err(|(what, e)| TapError::Perf(format!("{what}: {e}")))?;
+        let ring = RingBuf::try_from(map).map_err(map_err("SHADOW_COPIES"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std_mpsc::sync_channel::<Segment>(RECORD_QUEUE);
         let (ctl_tx, ctl_rx) = std_mpsc::sync_channel::<Control>(256);
@@ -235,17 +315,6 @@ impl TapEngine {
             );
             Ok(())
         };
-        for cpu in cpus {
-            let buf = perf
-                .open(cpu, Some(PERF_PAGES))
-                .map_err(|e| TapError::Perf(format!("cpu {cpu}: {e}")))?;
-            let (tx, stop, stats) = (tx.clone(), stop.clone(), self.pipeline_stats.clone());
-            start(
-                format!("shadow-perf{cpu}"),
-                Box::new(move || read_cpu(buf, tx, stop, stats)),
-            )?;
-        }
-        drop(tx);
         let (stop2, limits) = (stop.clone(), self.limits);
         start(
             "shadow-assemble".into(),
@@ -255,6 +324,7 @@ impl TapEngine {
             stop,
             threads,
             control: ctl_tx,
+            unread: Some((ring, tx)),
         });
         Ok(())
     }
@@ -331,10 +401,30 @@ impl TapEngine {
             }
             None => {
                 let used: Vec<u32> = state.taps.values().map(|t| t.slot).collect();
-                let slot = (0..TAP_INTERFACES)
-                    .find(|s| !used.contains(s))
-                    .ok_or(TapError::NoSlot)?;
-                self.clear_counters(slot)?;
+                // A previous agent's tap on this interface: its slot, counters and
+                // source prefixes are taken over (the counters continue).
+                let adopted = state
+                    .adopted
+                    .remove(&ifindex)
+                    .filter(|p| p.slot < TAP_INTERFACES && !used.contains(&p.slot));
+                let reserved: Vec<u32> = state.adopted.values().map(|p| p.slot).collect();
+                let slot = match &adopted {
+                    Some(p) => p.slot,
+                    None => {
+                        let slot = (0..TAP_INTERFACES)
+                            .find(|s| !used.contains(s) && !reserved.contains(s))
+                            .ok_or(TapError::NoSlot)?;
+                        self.clear_counters(slot)?;
+                        slot
+                    }
+                };
+                let sources = match &adopted {
+                    Some(p) => self.pinned_sources(ifindex, p.generation),
+                    None => Vec::new(),
+                };
+                if adopted.is_some() {
+                    tracing::info!(tap = key, %interface, slot, "adopted the previous agent's tap: its counters and decisions continue");
+                }
                 let (sinks, sink_tasks, stats) = self.start_sinks(spec);
                 if let Some(p) = &state.pipeline {
                     let _ = p.control.send(Control::Add {
@@ -352,12 +442,12 @@ impl TapEngine {
                     spec: spec.clone(),
                     generation: 0,
                     active: now_active,
-                    sources: Vec::new(),
+                    sources,
                     stats,
                     sink_tasks,
                     refresher: None,
                     kernel: KernelCounts::default(),
-                    exported: [0; 6],
+                    exported: [0; 7],
                 };
                 self.write_policy(&mut t, generation)?;
                 t.refresher = Some(self.runtime.spawn(refresher(self.clone(), key.to_owned())));
@@ -366,7 +456,32 @@ impl TapEngine {
                 changes += 1;
             }
         }
+        if state.ready {
+            // The tap's `Add` is queued before the reader starts: its first records are
+            // routed to it.
+            self.start_reader(&mut state);
+        }
         Ok(changes)
+    }
+
+    /// The source prefixes of `ifindex` under `generation` in the pinned trie (a previous
+    /// agent's tap), so that the next policy change removes them.
+    fn pinned_sources(&self, ifindex: u32, generation: u32) -> Vec<(u32, TapSourceData)> {
+        let dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(trie) = dp
+            .map("SHADOW_SOURCES")
+            .ok()
+            .and_then(|m| LpmTrie::<&MapData, TapSourceData, u8>::try_from(m).ok())
+        else {
+            return Vec::new();
+        };
+        trie.keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.prefix_len(), k.data()))
+            .filter(|(_, d)| {
+                d.ifindex == ifindex.to_be_bytes() && d.generation == generation.to_be_bytes()
+            })
+            .collect()
     }
 
     fn start_sinks(
@@ -444,6 +559,7 @@ impl TapEngine {
             k.copies += c.copies;
             k.copied_bytes += c.copied_bytes;
             k.lost += c.lost;
+            k.ring_full += c.ring_full;
         }
         Ok(k)
     }
@@ -466,30 +582,7 @@ impl TapEngine {
             let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
             dp.detach(t.ifindex, Hook::Egress, PROG_TAP_IN);
             dp.detach(t.ifindex, Hook::Ingress, PROG_TAP_OUT);
-            if let Ok(m) = dp.map_mut("SHADOW_POLICY")
-                && let Ok(mut policies) = BpfHashMap::<&mut MapData, u32, TapPolicy>::try_from(m)
-            {
-                let _ = policies.remove(&t.ifindex);
-            }
-            if let Ok(m) = dp.map_mut("SHADOW_SOURCES")
-                && let Ok(mut trie) = LpmTrie::<&mut MapData, TapSourceData, u8>::try_from(m)
-            {
-                for (len, data) in t.sources.drain(..) {
-                    let _ = trie.remove(&Key::new(len, data));
-                }
-            }
-            if let Ok(m) = dp.map_mut("SHADOW_CONNS")
-                && let Ok(mut conns) = BpfHashMap::<&mut MapData, TapConnKey, TapConn>::try_from(m)
-            {
-                let mine: Vec<TapConnKey> = conns
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.ifindex == t.ifindex)
-                    .collect();
-                for k in mine {
-                    let _ = conns.remove(&k);
-                }
-            }
+            purge_interface(&mut dp, t.ifindex);
         }
         if let Some(p) = &state.pipeline {
             let _ = p.control.send(Control::Remove { ifindex: t.ifindex });
@@ -507,7 +600,7 @@ impl TapEngine {
         true
     }
 
-    /// Removes every tap and stops the readers and the assembler.
+    /// Removes every tap and stops the reader and the assembler.
     pub fn shutdown(&self) {
         let mut state = self.lock();
         let keys: Vec<String> = state.taps.keys().cloned().collect();
@@ -515,6 +608,33 @@ impl TapEngine {
             self.remove_locked(&mut state, &k);
         }
         state.pipeline = None;
+    }
+
+    /// At an exit that keeps the pins: the taps stay in the kernel (links, policies,
+    /// decisions, counters; the links are let go of with the datapath's other pinned
+    /// links), copies keep going into the ring for the next agent. Here the reader and the
+    /// assembler stop (what the assembler holds is closed to the sinks) and the sinks get
+    /// what is queued for them, within `grace`.
+    pub fn shutdown_keeping_pins(&self, grace: Duration) {
+        let mut state = self.lock();
+        let mut tasks = Vec::new();
+        for t in state.taps.values_mut() {
+            if let Some(r) = t.refresher.take() {
+                r.abort();
+            }
+            tasks.append(&mut t.sink_tasks);
+        }
+        // The assembler closes every connection to the sinks and drops their queues.
+        state.pipeline = None;
+        state.taps.clear();
+        drop(state);
+        let deadline = Instant::now() + grace;
+        while tasks.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for t in tasks {
+            t.abort();
+        }
     }
 
     /// Reads the kernel counters of `key`, flips the policy at the window's edges and
@@ -546,6 +666,7 @@ impl TapEngine {
             t.stats.bytes_streamed.load(Relaxed),
             t.stats.connections_lost.load(Relaxed),
             t.kernel.lost,
+            t.kernel.ring_full,
         ];
         let m = &self.metrics;
         for (i, c) in [
@@ -555,6 +676,7 @@ impl TapEngine {
             &m.bytes_streamed,
             &m.connections_lost,
             &m.copies_lost,
+            &m.ring_full,
         ]
         .into_iter()
         .enumerate()
@@ -614,6 +736,7 @@ fn measurements_of(t: &Tap) -> Vec<(String, f64)> {
         ("connections_lost", s.connections_lost.load(Relaxed)),
         ("sinks_connected", s.sinks_connected.load(Relaxed)),
         ("copies_lost", t.kernel.lost),
+        ("copies_ring_full", t.kernel.ring_full),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v as f64))
@@ -656,15 +779,15 @@ async fn refresher(engine: Arc<TapEngine>, key: String) {
     }
 }
 
-/// One CPU's perf buffer: decode every sample, hand it to the assembler without waiting.
-fn read_cpu(
-    mut buf: aya::maps::perf::PerfEventArrayBuffer<MapData>,
+/// The ring: decode every record in order and hand it to the assembler, waiting while
+/// its queue is full (the kernel's records wait in the ring meanwhile).
+fn read_ring(
+    mut ring: RingBuf<MapData>,
     tx: std_mpsc::SyncSender<Segment>,
     stop: Arc<AtomicBool>,
     stats: Arc<PipelineStats>,
 ) {
-    let fd = buf.as_raw_fd();
-    let mut joined = Vec::new();
+    let fd = ring.as_raw_fd();
     while !stop.load(Relaxed) {
         let mut pfd = libc::pollfd {
             fd,
@@ -673,35 +796,83 @@ fn read_cpu(
         };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
-        buf.for_each(|ev| match ev {
-            PerfEvent::Sample { head, tail } => {
-                let bytes = if tail.is_empty() {
-                    head
-                } else {
-                    joined.clear();
-                    joined.extend_from_slice(head);
-                    joined.extend_from_slice(tail);
-                    &joined[..]
-                };
-                stats.records.fetch_add(1, Relaxed);
-                if bytes.get(82) == Some(&agent_common::shadow::record_kind::TAIL) {
-                    stats.tails.fetch_add(1, Relaxed);
-                }
-                match tap_record::parse(bytes) {
-                    Ok(seg) => {
-                        if tx.try_send(seg).is_err() {
-                            stats.queue_full.fetch_add(1, Relaxed);
-                        }
-                    }
-                    Err(_) => {
-                        stats.invalid.fetch_add(1, Relaxed);
+        while let Some(item) = ring.next() {
+            stats.records.fetch_add(1, Relaxed);
+            if item.get(82) == Some(&agent_common::shadow::record_kind::TAIL) {
+                stats.tails.fetch_add(1, Relaxed);
+            }
+            let parsed = tap_record::parse(&item);
+            // Consumed: the ring's space is free again.
+            drop(item);
+            match parsed {
+                Ok(seg) => {
+                    if tx.send(seg).is_err() {
+                        return;
                     }
                 }
+                Err(_) => {
+                    stats.invalid.fetch_add(1, Relaxed);
+                }
             }
-            PerfEvent::Lost { count } => {
-                stats.perf_lost.fetch_add(count, Relaxed);
+            if stop.load(Relaxed) {
+                return;
             }
+        }
+    }
+}
+
+/// The policies a previous agent left in the pinned map, by interface.
+fn adopt(datapath: &SharedDatapath) -> HashMap<u32, TapPolicy> {
+    let dp = datapath.lock().unwrap_or_else(|p| p.into_inner());
+    if dp.pins().is_none() {
+        return HashMap::new();
+    }
+    let policies = dp
+        .map("SHADOW_POLICY")
+        .map_err(|e| e.to_string())
+        .and_then(|m| {
+            BpfHashMap::<&MapData, u32, TapPolicy>::try_from(m).map_err(|e| e.to_string())
         });
+    match policies {
+        Ok(p) => p.iter().filter_map(Result::ok).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the pinned tap policies: the taps start afresh");
+            HashMap::new()
+        }
+    }
+}
+
+/// Removes what the kernel holds for the tap of `ifindex`: its policy, its source
+/// prefixes (every generation) and its connections' decisions.
+fn purge_interface(dp: &mut crate::datapath::Datapath, ifindex: u32) {
+    if let Ok(m) = dp.map_mut("SHADOW_POLICY")
+        && let Ok(mut policies) = BpfHashMap::<&mut MapData, u32, TapPolicy>::try_from(m)
+    {
+        let _ = policies.remove(&ifindex);
+    }
+    if let Ok(m) = dp.map_mut("SHADOW_SOURCES")
+        && let Ok(mut trie) = LpmTrie::<&mut MapData, TapSourceData, u8>::try_from(m)
+    {
+        let mine: Vec<Key<TapSourceData>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().ifindex == ifindex.to_be_bytes())
+            .collect();
+        for k in mine {
+            let _ = trie.remove(&k);
+        }
+    }
+    if let Ok(m) = dp.map_mut("SHADOW_CONNS")
+        && let Ok(mut conns) = BpfHashMap::<&mut MapData, TapConnKey, TapConn>::try_from(m)
+    {
+        let mine: Vec<TapConnKey> = conns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.ifindex == ifindex)
+            .collect();
+        for k in mine {
+            let _ = conns.remove(&k);
+        }
     }
 }
 

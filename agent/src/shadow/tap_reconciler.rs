@@ -149,6 +149,11 @@ impl Reconciler for ShadowTapReconciler {
                     });
                 }
             }
+            if matches!(scope, Scope::All) {
+                // Every wanted tap has claimed what a previous agent left pinned: the rest
+                // goes, and the ring is read from now on.
+                self.engine.finish_adoption();
+            }
             out
         })
     }

@@ -1,12 +1,14 @@
-//! Decoding one perf sample of the shadow tap: a `TapRecord` header, then the frame's
-//! bytes (`FRAME`) or payload bytes (`TAIL`). Pure and total: bad input is an error,
+//! Decoding one ring buffer record of the shadow tap: a `TapRecord` header, then the
+//! frame's bytes (`FRAME`) or payload bytes (`TAIL`). Pure and total: bad input is an error,
 //! never a panic (fuzzed by `fuzz/fuzz_targets/shadow_tap.rs`). Depends on std and
 //! agent-common only, so that the fuzz crate can include it by path.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use agent_common::flow::{FAMILY_IPV4, FAMILY_IPV6};
-use agent_common::shadow::{TAP_RECORD_BYTES, TapConnKey, dir, record_kind};
+use agent_common::shadow::{
+    TAP_RECORD_BYTES, TAP_RECORD_VERSION, TapConnKey, dir, mark, record_kind,
+};
 
 /// One copied TCP segment (or part of one) of a sampled connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,8 @@ pub struct Segment {
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
+    /// The client's payload that starts a turn (`mark::TURN`): where a request starts.
+    pub turn: bool,
     pub data: Vec<u8>,
 }
 
@@ -34,6 +38,8 @@ pub const TCP_ACK: u8 = 0x10;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordError {
     Short(usize),
+    /// A record of another layout (left in the pinned ring by another agent version).
+    Version(u8),
     Kind(u8),
     Direction(u8),
     Family(u8),
@@ -49,6 +55,10 @@ impl std::fmt::Display for RecordError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Short(n) => write!(f, "record of {n} bytes is shorter than its header"),
+            Self::Version(v) => write!(
+                f,
+                "record of layout version {v}, this agent reads {TAP_RECORD_VERSION}"
+            ),
             Self::Kind(k) => write!(f, "unknown record kind {k}"),
             Self::Direction(d) => write!(f, "unknown direction {d}"),
             Self::Family(x) => write!(f, "unknown address family {x}"),
@@ -82,10 +92,13 @@ fn addr16(b: &[u8], off: usize) -> [u8; 16] {
     a
 }
 
-/// Decodes one sample (the perf record's raw bytes, which may end in alignment padding).
+/// Decodes one record (its raw bytes, which may end in alignment padding).
 pub fn parse(sample: &[u8]) -> Result<Segment, RecordError> {
     if sample.len() < TAP_RECORD_BYTES {
         return Err(RecordError::Short(sample.len()));
+    }
+    if sample[83] != TAP_RECORD_VERSION {
+        return Err(RecordError::Version(sample[83]));
     }
     // Offsets of `agent_common::shadow::TapRecord` (size asserted there).
     let key = TapConnKey {
@@ -134,6 +147,7 @@ pub fn parse(sample: &[u8]) -> Result<Segment, RecordError> {
         seq: u32_at(sample, 60),
         ack: u32_at(sample, 64),
         flags: sample[81],
+        turn: sample[84] & mark::TURN != 0,
         data,
     })
 }
@@ -212,14 +226,12 @@ pub fn encode(seg: &Segment, kind: u8) -> Vec<u8> {
     };
     b[81] = seg.flags;
     b[82] = kind;
+    b[83] = TAP_RECORD_VERSION;
+    b[84] = if seg.turn { mark::TURN } else { 0 };
     if kind == record_kind::FRAME {
         b.extend(std::iter::repeat_n(0u8, 54));
     }
     b.extend_from_slice(&seg.data);
-    // Perf pads samples to 8 bytes.
-    while b.len() % 8 != 4 {
-        b.push(0);
-    }
     b
 }
 
@@ -239,6 +251,7 @@ mod tests {
             seq: 1000,
             ack: 7,
             flags: TCP_ACK,
+            turn: true,
             data: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
         }
     }
@@ -257,6 +270,9 @@ mod tests {
     fn bad_records_are_errors() {
         let good = encode(&seg(), record_kind::FRAME);
         assert!(matches!(parse(&good[..40]), Err(RecordError::Short(40))));
+        let mut b = good.clone();
+        b[83] = 0;
+        assert_eq!(parse(&b), Err(RecordError::Version(0)));
         let mut b = good.clone();
         b[82] = 9;
         assert_eq!(parse(&b), Err(RecordError::Kind(9)));
