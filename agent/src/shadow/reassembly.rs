@@ -23,7 +23,9 @@
 //!
 //! Everything is bounded: bytes held out of order per connection and in total,
 //! connections, how long a hole may stay open ([`Limits::hole_ns`]) and how long a
-//! connection may stay idle. A hole that is not filled in time (a copy was lost), or a
+//! connection may stay idle. Those times run from when a segment was *read* (the clock
+//! of the last [`Assembler::tick`]) when that is later than when it was copied: records
+//! that waited in the ring while no agent ran are not given up for their age. A hole that is not filled in time (a copy was lost), or a
 //! bound that is hit, is a *gap*: the direction reports [`Event::Gap`] and the connection
 //! is given up (no more events for it), counted in [`Stats`].
 //!
@@ -159,6 +161,8 @@ pub struct Assembler {
     next_id: u64,
     held: usize,
     stats: Stats,
+    /// The latest `now` given to [`Self::tick`] (ktime).
+    clock: u64,
 }
 
 fn idx(to_server: bool) -> usize {
@@ -178,6 +182,7 @@ impl Assembler {
             next_id: 1,
             held: 0,
             stats: Stats::default(),
+            clock: 0,
         }
     }
 
@@ -236,7 +241,7 @@ impl Assembler {
                     id,
                     opened_ns: seg.opened_ns,
                     streams: Default::default(),
-                    last_ns: seg.ktime_ns,
+                    last_ns: seg.ktime_ns.max(self.clock),
                     rst: false,
                     dead: false,
                     resuming,
@@ -246,7 +251,9 @@ impl Assembler {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        c.last_ns = c.last_ns.max(seg.ktime_ns);
+        // When it was read, if later than when it was copied (it waited in the ring).
+        let seen = seg.ktime_ns.max(self.clock);
+        c.last_ns = c.last_ns.max(seen);
         if c.resuming {
             if seg.flags & (TCP_FIN | TCP_RST) != 0 {
                 self.end(&key, out, false);
@@ -282,7 +289,7 @@ impl Assembler {
         }
         let i = idx(seg.to_server);
         let before = c.held();
-        let r = Self::push_stream(&self.limits, c, i, seg, out);
+        let r = Self::push_stream(&self.limits, c, i, seg, seen, out);
         let after = c.held();
         self.held = (self.held + after).saturating_sub(before);
         match r {
@@ -301,6 +308,7 @@ impl Assembler {
         c: &mut Conn,
         i: usize,
         seg: Segment,
+        seen: u64,
         out: &mut Vec<Event>,
     ) -> Push {
         let id = c.id;
@@ -312,7 +320,9 @@ impl Assembler {
                 let early = std::mem::take(&mut s.early);
                 for (seq, data, flags, at) in early {
                     s.held = s.held.saturating_sub(data.len());
-                    if let Push::Gap = Self::place(limits, id, i, s, seq, data, flags, at, out) {
+                    if let Push::Gap =
+                        Self::place(limits, id, i, s, seq, data, flags, at, seen, out)
+                    {
                         return Push::Gap;
                     }
                 }
@@ -329,7 +339,7 @@ impl Assembler {
             // Before the SYN's copy (another CPU's buffer): held until it comes.
             s.held += seg.data.len();
             s.early.push((seg.seq, seg.data, seg.flags, seg.ktime_ns));
-            s.hole_since.get_or_insert(seg.ktime_ns);
+            s.hole_since.get_or_insert(seen);
             if s.held > limits.conn_bytes || s.early.len() > 4096 {
                 return Push::Gap;
             }
@@ -344,6 +354,7 @@ impl Assembler {
             seg.data,
             seg.flags,
             seg.ktime_ns,
+            seen,
             out,
         )
     }
@@ -359,6 +370,7 @@ impl Assembler {
         data: Vec<u8>,
         flags: u8,
         at: u64,
+        seen: u64,
         out: &mut Vec<Event>,
     ) -> Push {
         let Some(next) = s.next_seq else {
@@ -405,7 +417,7 @@ impl Assembler {
                     }
                     s.held += n;
                 }
-                s.hole_since.get_or_insert(at);
+                s.hole_since.get_or_insert(seen);
                 if s.held > limits.conn_bytes {
                     return Push::Gap;
                 }
@@ -526,6 +538,7 @@ impl Assembler {
 
     /// Gives up holes older than the bound and closes idle connections (`now`: ktime).
     pub fn tick(&mut self, now: u64, out: &mut Vec<Event>) {
+        self.clock = self.clock.max(now);
         let mut holes = Vec::new();
         let mut idle = Vec::new();
         for (k, c) in &self.conns {
@@ -761,6 +774,34 @@ mod tests {
         a.push(seg(true, 9, TCP_FIN, b""), &mut out);
         assert_eq!(a.connections(), 0);
         assert_eq!(a.held(), 0);
+    }
+
+    /// Records that waited in the ring while no agent ran are old when read: their holes
+    /// and idleness count from when they were read.
+    #[test]
+    fn records_that_waited_in_the_ring_are_not_given_up_for_their_age() {
+        let mut a = Assembler::new(Limits {
+            hole_ns: 100,
+            idle_ns: 1_000,
+            ..Limits::default()
+        });
+        let mut out = Vec::new();
+        // Read at 1,000,000; copied at 10 (`seg`'s ktime).
+        a.tick(1_000_000, &mut out);
+        a.push(seg(true, 1, TCP_SYN, b""), &mut out);
+        a.push(seg(true, 5, TCP_ACK, b"efgh"), &mut out);
+        a.tick(1_000_050, &mut out);
+        assert!(
+            !out.iter()
+                .any(|e| matches!(e, Event::Gap { .. } | Event::Close { .. })),
+            "{out:?}"
+        );
+        a.push(seg(true, 1, TCP_ACK, b"abcd"), &mut out);
+        assert_eq!(collect(&out).0, b"abcdefgh");
+        // A hole left open past the bound from its reading is a gap as ever.
+        a.push(seg(true, 20, TCP_ACK, b"x"), &mut out);
+        a.tick(1_000_200, &mut out);
+        assert!(matches!(out.last(), Some(Event::Gap { .. })), "{out:?}");
     }
 
     #[test]

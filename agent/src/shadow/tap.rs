@@ -907,12 +907,14 @@ fn assemble(
                     sinks,
                     stats,
                 } => {
-                    let fresh = TapOut {
+                    let mut fresh = TapOut {
                         asm: Assembler::new(limits),
                         sinks,
                         stats,
                         refused: 0,
                     };
+                    // Its clock: the records read from now on count their time from here.
+                    fresh.asm.tick(ktime_now(), events);
                     if let Some(mut old) = taps.insert(ifindex, fresh) {
                         old.asm.close_all(events);
                         emit(&mut old, events, offset);

@@ -16,6 +16,7 @@ mod restart;
 mod shadows;
 mod steer_restart;
 mod support;
+mod tap_restart;
 mod trust;
 mod weaves;
 
