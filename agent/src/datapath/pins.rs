@@ -8,7 +8,10 @@
 //! <dir>/maps/FLOWS            the flow table (cumulative counters per flow)
 //! <dir>/maps/FLOW_REPORTED    what the agent last exported of each flow (delta baseline)
 //! <dir>/maps/STEER_*          steering's policy entries, steered connections, counters
-//! <dir>/links/<ifindex>_<hook>_<program>   the tcx links of the flow observer and steering
+//! <dir>/maps/SHADOW_*         the shadow taps' policies, source prefixes, sampled
+//!                             connections, counters, and SHADOW_COPIES, the ring of copies
+//! <dir>/links/<ifindex>_<hook>_<program>   the tcx links of the flow observer, steering
+//!                             and the shadow taps
 //! ```
 //!
 //! - **Maps.** At start each pinned map is compared with this agent's definition of it
@@ -20,8 +23,15 @@
 //!   be exported twice, a baseline without its counters means nothing, so if either starts
 //!   fresh both do. Steering's maps are another unit ([`STEER_MAPS`]): its slots are read
 //!   back from them at start (`crate::steer`'s `adopt`), so a steered connection keeps its
-//!   slot and its side.
-//! - **Links.** The flow observer's tcx links are pinned. A restarted agent finds the link
+//!   slot and its side. The shadow taps' maps are a third unit ([`TAP_MAPS`]), the ring
+//!   their copies leave the kernel through included: a tap on the same interface keeps its
+//!   counter slot and source prefixes (`crate::shadow::tap`), its connections keep their
+//!   sampling decision, and the copies the programs made while no agent ran wait in the
+//!   ring (16 MiB; a full ring drops a copy, never a packet, and counts it in the tap's
+//!   `ring_full` counter, `weft_agent_shadow_ring_full_total`). Records carry a layout
+//!   version, so one an agent of another version left in a reused ring is not decoded.
+//! - **Links.** The tcx links of the flow observer, steering and the shadow taps are
+//!   pinned. A restarted agent finds the link
 //!   of an interface still attached (the previous agent's program still running in it,
 //!   counting into the pinned `FLOWS`) and swaps its own program in with one
 //!   `BPF_LINK_UPDATE` (`SchedClassifier::attach_to_link`): at every instant exactly one
@@ -30,15 +40,25 @@
 //!   went away while no agent ran cannot be updated: its pin is removed and the interface,
 //!   if it is there again, gets a new link. Pins of interfaces the new agent does not
 //!   observe are removed after its first full listing of the links; those of steering's
-//!   programs once steering's first full apply is done (each owner removes the unheld pins
-//!   of its own programs only: another's may still wait to be taken over).
-//! - **Not pinned:** ring buffers (flow-end events, payload samples: a flow that ended
-//!   while no agent ran is still found ended in `FLOWS`, its `END_REPORTED` bit set), the
-//!   L7 sessions in user space (request counts continue from the kernel's exact counter;
-//!   a parse in progress starts over), and the shadow taps: their copies leave the kernel
-//!   through per-CPU perf buffers owned by the agent process and are reassembled and
-//!   streamed to their sinks in user space, which cannot outlive the process; a new agent
-//!   sets the taps up again from the controller's desired state.
+//!   programs once steering's first full apply is done, those of the taps once the taps'
+//!   first full reconcile is done (each owner removes the unheld pins of its own programs
+//!   only: another's may still wait to be taken over).
+//! - **Shadow taps across a restart.** The new agent reads the ring only after its first
+//!   full reconcile has set the taps up again, so the copies that waited are routed to
+//!   their taps and streamed to the sinks (over new streams: a sink replays each over a
+//!   new connection into the shadow). What the previous agent had read from the ring but
+//!   not yet streamed is lost (a kill -9: at most the few milliseconds in the reader, the
+//!   assembler and the sink queues; a SIGTERM with `--keep-pins-on-exit` streams what is
+//!   queued within the grace period). A connection it had begun streaming is resumed by
+//!   the new agent at the client's next request (the kernel marks where a client's turn
+//!   starts, `TapRecord::mark`; `crate::shadow::reassembly`), never in the middle of one:
+//!   the request cut by the stop is the one that may miss the shadow, none is replayed
+//!   twice or in part.
+//! - **Not pinned:** the flow observer's ring buffers (flow-end events, payload samples: a
+//!   flow that ended while no agent ran is still found ended in `FLOWS`, its
+//!   `END_REPORTED` bit set), the L7 sessions in user space (request counts continue from
+//!   the kernel's exact counter; a parse in progress starts over), and the taps'
+//!   reassembly and sink streams in user space (see above).
 //!
 //! # Exporting each byte once across a restart
 //! Records are deltas: the agent reports what changed on a flow since its last record of

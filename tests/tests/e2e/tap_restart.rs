@@ -391,7 +391,7 @@ fn shadow_sampling_continues_across_agent_restarts() -> Result<()> {
     let (excused, unexcused): (Vec<(&String, f64)>, Vec<(&String, f64)>) =
         missing.into_iter().partition(|(_, at)| in_window(*at));
     phase(&format!(
-        "{} requests sent, {} reached the shadow once each, {} missed it while an agent was stopping",
+        "{} requests sent, {} reached the shadow once each, {} missed it while an agent was stopping {excused:?}",
         sent.len(),
         times.len(),
         excused.len()
