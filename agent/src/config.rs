@@ -141,12 +141,14 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub node_profiles: Option<PathBuf>,
     /// Directory on bpffs where the agent pins its flow table, the baseline of its flow
-    /// records and its flow observer's links, so that a restart or an upgrade continues
-    /// them without a gap (docs/operations.md, "Restarts and upgrades"). One per agent.
+    /// records, steering's and the shadow taps' maps (the taps' ring of copies included)
+    /// and the links of their programs, so that a restart or an upgrade continues them
+    /// without a gap (docs/operations.md, "Restarts and upgrades"). One per agent.
     /// Default: /sys/fs/bpf/weft/<host-id>.
     #[arg(long, value_name = "DIR")]
     pub bpffs_dir: Option<PathBuf>,
-    /// At exit, leave the flow observer attached and its maps pinned for the next agent
+    /// At exit, leave the flow observer, steering and the shadow taps attached and their
+    /// maps pinned for the next agent
     /// (restarts and upgrades: set in deploy/config/agent.toml). Without it the agent
     /// detaches its programs and removes its pins at exit. After a kill -9 the pins stay
     /// either way, and the next agent takes them over.

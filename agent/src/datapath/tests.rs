@@ -174,7 +174,10 @@ async fn a_restarted_datapath_swaps_its_programs_into_the_pinned_links_and_keeps
         }
         let p = second.pins().unwrap().clone();
         assert!(p.link_pins(&programs).unwrap().is_empty());
-        assert_eq!(p.remove_all().unwrap(), pins::Removed { links: 0, maps: 8 });
+        assert_eq!(
+            p.remove_all().unwrap(),
+            pins::Removed { links: 0, maps: 13 }
+        );
         assert!(!pins.0.exists());
     });
 }

@@ -388,7 +388,7 @@ fn shadow_sampling_continues_across_agent_restarts() -> Result<()> {
         .filter(|(id, _)| !times.contains_key(id.as_str()))
         .map(|(id, s)| (id, s.at))
         .collect();
-    let (excused, unexcused): (Vec<(&String, f64)>, Vec<(&String, f64)>) =
+    let (excused, unexcused): (Vec<_>, Vec<_>) =
         missing.into_iter().partition(|(_, at)| in_window(*at));
     phase(&format!(
         "{} requests sent, {} reached the shadow once each, {} missed it while an agent was stopping {excused:?}",
