@@ -176,17 +176,80 @@ pub fn run_migration_only() -> Result<()> {
     Ok(())
 }
 
+const FAILOVER_BEGIN: &str =
+    "<!-- migration-failover:begin (written by `cargo xtask bench migration-failover`) -->";
+const FAILOVER_END: &str = "<!-- migration-failover:end -->";
+
+/// `cargo xtask bench migration-failover`: the migration of 256 workloads with two
+/// controller replicas on a local etcd, the leader killed a quarter of the way through.
+/// Not part of the full `cargo xtask bench` (it needs etcd and a minute of its own).
+pub fn run_migration_failover() -> Result<()> {
+    sh::step("migration with the leader replica killed: release controller and agent");
+    sh::run_inherit(sh::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "weft-controller",
+        "-p",
+        "weft-agent",
+    ]))?;
+    ensure!(
+        weft_lab::is_root(),
+        "the migration benchmark needs root (namespace lab)"
+    );
+    ensure!(
+        weft_store::etcd_process::available(),
+        "etcd not found: run `cargo xtask setup`"
+    );
+    let dir = tempfile_dir("weft-bench-failover")?;
+    let etcd = weft_store::etcd_process::EtcdCluster::start(&dir, 1)
+        .map_err(|e| anyhow!("starting etcd: {e}"))?;
+    let url = etcd.url();
+    let mode = readdress_modes().into_iter().next().context("a mode")?;
+    let figures = bench_migration_with(&mode, Some(&url));
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
+    let figures = figures?;
+    let mut md = String::new();
+    let _ = writeln!(md, "{FAILOVER_BEGIN}");
+    let _ = writeln!(
+        md,
+        "## IP shard migration across a controller failover (release binaries)\n\n- **Date**: {}\n- **Machine**: {} CPUs, {}, Linux {}\n- **Command**: `cargo xtask bench migration-failover`\n",
+        first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        first_line(&mut Command::new("nproc")),
+        cpu_model(),
+        first_line(Command::new("uname").args(["-r"]))
+    );
+    figures.render(&mut md);
+    let _ = writeln!(md, "{FAILOVER_END}");
+    println!("{md}");
+    splice_between(&md, FAILOVER_BEGIN, FAILOVER_END)
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("making {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// Replaces the shards section of BENCHMARKS.md (or appends it).
 fn splice(section: &str) -> Result<()> {
+    splice_between(section, BEGIN, END)
+}
+
+/// Replaces the section between `begin` and `end` in BENCHMARKS.md (or appends it).
+fn splice_between(section: &str, begin: &str, end: &str) -> Result<()> {
     let path = sh::root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
+    let new = match (old.find(begin), old.find(end)) {
         (Some(b), Some(e)) if e > b => {
             format!(
                 "{}{}{}",
                 &old[..b],
                 section,
-                &old[e + END.len()..].trim_start_matches('\n')
+                &old[e + end.len()..].trim_start_matches('\n')
             )
         }
         _ => format!("{}\n{section}", old.trim_end()),
@@ -249,13 +312,35 @@ pub(crate) fn start_controller(
     data_dir: &Path,
     extra: &[&str],
 ) -> Result<Controller> {
+    start_controller_as(
+        dir,
+        grpc,
+        http,
+        data_dir,
+        extra,
+        "weft-controller-release",
+        "weft-controller listening",
+    )
+}
+
+/// [`start_controller`] with its log named `log` and ready once it prints `ready` (a
+/// follower replica prints "weft-controller following").
+pub(crate) fn start_controller_as(
+    dir: &Path,
+    grpc: &str,
+    http: &str,
+    data_dir: &Path,
+    extra: &[&str],
+    log: &str,
+    ready: &str,
+) -> Result<Controller> {
     let mut c = Command::new(release_binary("weft-controller")?);
     c.args(["--grpc-listen", grpc, "--http-listen", http]);
     c.arg("--data-dir").arg(data_dir);
     c.arg("--insecure");
     c.args(extra);
-    let mut child = Child::spawn(c, dir, "weft-controller-release")?;
-    child.wait_for_line(&["weft-controller listening"], Duration::from_secs(60))?;
+    let mut child = Child::spawn(c, dir, log)?;
+    child.wait_for_line(&[ready], Duration::from_secs(60))?;
     let token_file = data_dir.join("admin.token");
     let token = std::fs::read_to_string(&token_file)
         .with_context(|| format!("reading {}", token_file.display()))?
@@ -675,6 +760,74 @@ struct MigFigures {
     mode: String,
     /// Every run of this mode, in order (total, p99 window, max window); empty for one.
     runs: Vec<(Duration, Duration, Duration)>,
+    /// With two controller replicas: the leader's death during the migration.
+    failover: Option<FailoverFigures>,
+}
+
+/// The migration with two controller replicas on etcd, the leader killed (SIGKILL) once a
+/// quarter of the moves were done.
+struct FailoverFigures {
+    /// DELETE -> the kill.
+    killed_after: Duration,
+    moved_at_kill: u64,
+    moves: u64,
+    /// The kill -> the follower serving as the leader.
+    takeover: Duration,
+    /// Dependencies and packets in the topology both replicas answered alike at the end.
+    dependencies: usize,
+    requests: u64,
+}
+
+/// Waits (30 s at most) until `a` and `b` answer `GET /topology` with the same dependencies
+/// and counters twice in a row 1 s apart (the agent sends its last records within its
+/// 1 s drain interval); returns the number of dependencies and their packets.
+fn same_topology(a: &Controller, b: &Controller) -> Result<(usize, u64)> {
+    type Row = (String, String, String, u64, u64, u64, u64, u64, u64);
+    let rows = |c: &Controller| -> Result<Vec<Row>> {
+        let t = c.json("GET", "/topology?shape=weft", None)?;
+        let mut v: Vec<Row> = t["dependencies"]
+            .as_array()
+            .context("dependencies")?
+            .iter()
+            .map(|d| {
+                let n = |k: &str| d[k].as_u64().unwrap_or(0);
+                (
+                    d["source"].as_str().unwrap_or("").to_owned(),
+                    d["target"].as_str().unwrap_or("").to_owned(),
+                    d["transport"].as_str().unwrap_or("").to_owned(),
+                    n("port"),
+                    n("flows"),
+                    n("packets_sent"),
+                    n("packets_received"),
+                    n("bytes_sent"),
+                    n("bytes_received"),
+                )
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let mut last: Option<Vec<Row>> = None;
+    eventually(Duration::from_secs(30), Duration::from_secs(1), || {
+        let from_a = rows(a)?;
+        let from_b = rows(b)?;
+        ensure!(!from_a.is_empty(), "no dependencies in the topology");
+        if from_a != from_b {
+            let only_a = from_a.iter().filter(|r| !from_b.contains(r)).count();
+            let only_b = from_b.iter().filter(|r| !from_a.contains(r)).count();
+            last = None;
+            bail!(
+                "the replicas answer differently: {} and {} dependencies, {only_a} rows only in the first, {only_b} only in the second",
+                from_a.len(),
+                from_b.len()
+            );
+        }
+        let steady = last.as_ref() == Some(&from_a);
+        last = Some(from_a.clone());
+        ensure!(steady, "counters still moving");
+        let packets = from_a.iter().map(|r| r.5 + r.6).sum();
+        Ok((from_a.len(), packets))
+    })
 }
 
 /// Where each workload's window goes, from the prober's side: the old address's last
@@ -810,6 +963,18 @@ impl MigFigures {
             PROBE_EVERY.as_millis(),
             PROBE_EVERY.as_millis(),
         );
+        if let Some(f) = &self.failover {
+            let _ = writeln!(
+                md,
+                "**Two controller replicas on one etcd** (`--etcd`, lease 2 s, `--replica-name ctl-a` the leader, `ctl-b` a serving follower; the agent given both, `--controller a,b`). The leader was killed (SIGKILL) {} after the DELETE, with {} of {} moves done; the follower served as the leader **{}** after the kill and completed the migration the dead leader started (every workload at a distinct new address, the old shard empty). The killed replica was then started again (a follower now) and both replicas answered `GET /topology` alike: {} dependencies, {} packets, the same on both twice in a row.\n",
+                ms(f.killed_after),
+                f.moved_at_kill,
+                f.moves,
+                ms(f.takeover),
+                f.dependencies,
+                fmt_int(f.requests as f64),
+            );
+        }
         let mut r = self.readdress.clone();
         r.sort();
         let mut g = self.gaps.clone();
@@ -1304,6 +1469,12 @@ fn bench_migration_runs(mode: &str) -> Result<MigFigures> {
 }
 
 fn bench_migration(mode: &str) -> Result<MigFigures> {
+    bench_migration_with(mode, None)
+}
+
+/// One migration; with `failover` (an etcd URL) two controller replicas on that etcd, the
+/// leader killed a quarter of the way through ([`FailoverFigures`]).
+fn bench_migration_with(mode: &str, failover: Option<&str>) -> Result<MigFigures> {
     let limits = NeighbourLimits::raise()?;
     let t_lab = Instant::now();
     println!("    building the lab: hypervisor hv1, prober, {WORKLOADS} workloads");
@@ -1314,7 +1485,7 @@ fn bench_migration(mode: &str) -> Result<MigFigures> {
     let extra = build_extra(&lab, WORKLOADS)?;
     // Echo threads hold sockets in the namespaces: they stop (guard below) before the
     // namespaces go.
-    let result = migration_in(&lab, &extra, t_lab, mode).map(|mut m| {
+    let result = migration_in(&lab, &extra, t_lab, mode, failover).map(|mut m| {
         m.neighbour_limits = limits.describe();
         m
     });
@@ -1329,6 +1500,7 @@ fn migration_in(
     extra: &ExtraWorkloads,
     t_lab: Instant,
     mode: &str,
+    failover: Option<&str>,
 ) -> Result<MigFigures> {
     let hv = lab.hypervisor();
     for key in [
@@ -1377,13 +1549,43 @@ fn migration_in(
     if let Some(c) = &concurrency {
         flags.extend(["--migration-concurrency", c.as_str()]);
     }
-    let controller = start_controller(
-        lab.dir(),
-        &grpc,
-        &http,
-        &lab.dir().join("controller-data"),
-        &flags,
-    )?;
+    let data_dir = lab.dir().join("controller-data");
+    // Failover: two replicas on one etcd sharing the data directory (tokens), the first
+    // the leader, the second a serving follower; a lease of 2 s.
+    let replica = |name: &'static str| -> Vec<&str> {
+        let mut f = flags.clone();
+        if let Some(url) = failover {
+            f.extend([
+                "--etcd",
+                url,
+                "--etcd-lease-ttl",
+                "2s",
+                "--replica-name",
+                name,
+                "--topology-checkpoint-interval",
+                "1s",
+            ]);
+        }
+        f
+    };
+    let mut controller = start_controller(lab.dir(), &grpc, &http, &data_dir, &replica("ctl-a"))?;
+    let (grpc_b, http_b) = (
+        format!("{ip}:{}", free_port(&ip)?),
+        format!("127.0.0.1:{}", free_port("127.0.0.1")?),
+    );
+    let mut follower = match failover {
+        Some(_) => Some(start_controller_as(
+            lab.dir(),
+            &grpc_b,
+            &http_b,
+            &data_dir,
+            &replica("ctl-b"),
+            "weft-controller-b",
+            "weft-controller following",
+        )?),
+        None => None,
+    };
+    // The replica the bench talks to (the follower once it took over).
     let c = &controller;
 
     // The agent, release, managing the 256 workloads (the prober is left out).
@@ -1402,10 +1604,27 @@ fn migration_in(
     std::fs::write(&file, toml)?;
     let agent_bin = release_binary("weft-agent")?.to_string_lossy().into_owned();
     let file_s = file.to_string_lossy().into_owned();
-    let url = format!("http://{grpc}");
+    let url = match failover {
+        Some(_) => format!("http://{grpc},http://{grpc_b}"),
+        None => format!("http://{grpc}"),
+    };
     let prober_if = names::host_ifname("prober");
-    let cmd = hv.netns.command(&[
-        &agent_bin,
+    // As the lab starts its agents: nsenter (the host's mount namespace, where cgroups and
+    // bpffs are mounted; `ip netns exec` would remount /sys), its node directory, node
+    // cgroup, volume pool and pins in the lab's own places.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", hv.netns.name()))
+        .arg("--")
+        .current_dir("/");
+    cmd.arg(&agent_bin)
+        .arg("--node-dir")
+        .arg(lab.dir().join("nodes-hv1"))
+        .args(["--node-cgroup", lab.node_netns_prefix(&hv.name).as_str()])
+        .arg("--volume-pool")
+        .arg(lab.dir().join("volume-pool-hv1"))
+        .arg("--bpffs-dir")
+        .arg(lab.bpffs_dir().join(&hv.name));
+    cmd.args([
         "--host-id",
         &hv.name,
         "--controller",
@@ -1422,7 +1641,6 @@ fn migration_in(
         "--exclude",
         &prober_if,
     ]);
-    let mut cmd = cmd;
     cmd.arg("--state-file")
         .arg(lab.dir().join("agent-state-hv1.json"));
     // The agent's re-address mode: the specification's down-up by default,
@@ -1572,20 +1790,68 @@ fn migration_in(
         .as_str()
         .context("migration id")?
         .to_owned();
-    let done = eventually(Duration::from_secs(120), Duration::from_millis(20), || {
-        let m = c.json("GET", &format!("/migrations/{mid}"), None)?;
+    // Polled every 20 ms; with a follower, the leader is killed once a quarter of the
+    // moves are done and the follower (restarting itself as the leader) is polled after.
+    let mut failed_over: Option<FailoverFigures> = None;
+    let mut later_events = None;
+    let poll_until = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let current = match (&failed_over, &follower) {
+            (Some(_), Some(b)) => b,
+            _ => &controller,
+        };
+        let m = current
+            .json("GET", &format!("/migrations/{mid}"), None)
+            .with_context(|| logs(current, &agent))?;
         follow(&m);
+        if m["state"] == "Completed" {
+            break m;
+        }
         ensure!(
-            m["state"] == "Completed",
-            "migration {}: {} of {}",
-            m["state"],
-            m["moved"],
-            m["total"]
+            Instant::now() < poll_until,
+            "migration {mid} not completed within 120 s: {m}\n{}",
+            logs(current, &agent)
         );
-        Ok(m)
-    })
-    .with_context(|| logs(c, &agent))?;
+        let moved = m["moved"].as_u64().unwrap_or(0);
+        let moves = m["total"].as_u64().unwrap_or(WORKLOADS as u64);
+        if failed_over.is_none() && follower.is_some() && moved * 4 >= moves {
+            controller.child.kill_hard();
+            let killed = Instant::now();
+            let b = follower.as_mut().context("the follower")?;
+            b.child
+                .wait_for_line(&["weft-controller listening"], Duration::from_secs(30))
+                .context("the follower takes over")?;
+            let takeover = killed.elapsed();
+            println!(
+                "    leader killed with {moved} of {moves} moves done ({} after the DELETE); the follower serves as the leader {} later",
+                ms(killed.duration_since(started)),
+                ms(takeover)
+            );
+            later_events = Some(follow_allocations(
+                &b.http_addr,
+                stop.clone(),
+                learn.clone(),
+            )?);
+            failed_over = Some(FailoverFigures {
+                killed_after: killed.duration_since(started),
+                moved_at_kill: moved,
+                moves,
+                takeover,
+                dependencies: 0,
+                requests: 0,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    ensure!(
+        follower.is_none() || failed_over.is_some(),
+        "the migration completed before a quarter of its moves was seen: the leader was never killed"
+    );
     let total = started.elapsed();
+    let c = match (&failed_over, &follower) {
+        (Some(_), Some(b)) => b,
+        _ => &controller,
+    };
     follow(&done);
     println!("    migration completed in {}", ms(total));
     let new_of: Vec<Option<IpAddr>> = {
@@ -1624,6 +1890,9 @@ fn migration_in(
     stop.store(true, Ordering::Relaxed);
     let prober_stall = prober.join().map_err(|_| anyhow!("prober panicked"))??;
     let _ = events.join();
+    if let Some(e) = later_events {
+        let _ = e.join();
+    }
     for h in echoes {
         let _ = h.join();
     }
@@ -1700,6 +1969,35 @@ fn migration_in(
         old_shard["resource_count"] == 0,
         "the old shard still counts allocations: {old_shard}"
     );
+    let moved_to: HashSet<IpAddr> = new_of.iter().flatten().copied().collect();
+    ensure!(
+        moved_to.len() == WORKLOADS,
+        "{} distinct new addresses for {WORKLOADS} workloads: one missing or handed out twice",
+        moved_to.len()
+    );
+    let mut failed_over = failed_over;
+    let mut restarted = None;
+    if let Some(f) = failed_over.as_mut() {
+        // The killed replica comes back as a follower (the other holds the lease); once
+        // the agent's last records are in (the prober stopped), either replica must give
+        // the same topology, which merges what each replica holds.
+        let a = start_controller_as(
+            lab.dir(),
+            &grpc,
+            &http,
+            &data_dir,
+            &replica("ctl-a"),
+            "weft-controller-a2",
+            "weft-controller following",
+        )?;
+        let (dependencies, requests) = same_topology(c, &a)?;
+        println!(
+            "    both replicas answer the same topology: {dependencies} dependencies, {requests} packets"
+        );
+        f.dependencies = dependencies;
+        f.requests = requests;
+        restarted = Some(a);
+    }
     // WEFT_BENCH_KEEP_LOGS=DIR: the agent's and the controller's output kept there (the
     // lab's directory goes with the lab).
     if let Ok(dir) = std::env::var("WEFT_BENCH_KEEP_LOGS") {
@@ -1714,8 +2012,11 @@ fn migration_in(
         )?;
     }
     drop(agent);
+    drop(restarted);
+    drop(follower);
     drop(controller);
     Ok(MigFigures {
+        failover: failed_over,
         workloads: WORKLOADS,
         build_lab_s,
         total,

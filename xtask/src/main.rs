@@ -119,6 +119,9 @@ enum Cmd {
         /// 2,000 req/s, sync_volumes of 10 MiB in 1 GiB beside rsync (its section).
         /// `etcd`: allocations/s on etcd (one controller, a writer and a standby, a leader
         /// and a serving follower) beside the redb file and a Calico-style CAS allocator
+        /// (its section). `migration-failover` (not in the full run): the 256-workload
+        /// migration with two controller replicas on etcd, the leader killed a quarter of
+        /// the way through; takeover time, windows, and the same topology from both replicas
         /// (its section).
         only: Option<String>,
     },
@@ -194,9 +197,10 @@ fn main() -> ExitCode {
                 Some("tls") => bench_tls::run(no_build),
                 Some("shards") => bench_shards::run(),
                 Some("migration") => bench_shards::run_migration_only(),
+                Some("migration-failover") => bench_shards::run_migration_failover(),
                 Some("allocations") => bench_shards::run_allocations_only(),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench {other:?} (known: controller, flows, shards, migration, allocations, etcd, drift, spoof, tls, networks, shadows, weaves)"
+                    "unknown bench {other:?} (known: controller, flows, shards, migration, migration-failover, allocations, etcd, drift, spoof, tls, networks, shadows, weaves)"
                 )),
             })
         }
