@@ -1975,7 +1975,6 @@ fn migration_in(
         "{} distinct new addresses for {WORKLOADS} workloads: one missing or handed out twice",
         moved_to.len()
     );
-    let mut failed_over = failed_over;
     let mut restarted = None;
     if let Some(f) = failed_over.as_mut() {
         // The killed replica comes back as a follower (the other holds the lease); once
