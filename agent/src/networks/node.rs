@@ -880,7 +880,11 @@ impl Networks {
         steps.add("lo_up", t);
         let t = Instant::now();
         if !eth0.up || eth0.mtu != mtu {
-            links::set(&nh, eth0.index, names::NODE_IF, true, Some(mtu), None)
+            // A node without IPv6 addresses gets no IPv6 link-local address either (it has
+            // no use for one, and its duplicate address detection and MLD reports would be
+            // flooded to every port of the bridge).
+            let link_local = s.addresses.iter().any(|a| a.cidr.addr.is_ipv6());
+            links::set_up(&nh, eth0.index, names::NODE_IF, Some(mtu), link_local)
                 .await
                 .map_err(e)?;
             changes += 1;
@@ -1275,55 +1279,15 @@ impl Reconciler for NodeReconciler {
             .iter()
             .map(|(k, o)| (o.host_veth.as_str(), k.as_str()))
             .collect();
-        // Net effect per node: a later "link up" clears an earlier "link down".
-        let mut found: BTreeMap<String, Option<String>> = BTreeMap::new();
-        for e in events {
-            let key = match &e.netns {
-                Some(p) => by_netns.get(p.as_path()).copied(),
-                None => match &e.change {
-                    Change::LinkDel { name, .. } | Change::LinkNew { name, .. } => {
-                        by_veth.get(name.as_str()).copied()
-                    }
-                    _ => None,
-                },
-            };
-            let Some(key) = key else { continue };
-            let what = match &e.change {
-                Change::LinkDel { name, .. } => Some(format!("{name} deleted")),
-                Change::LinkNew {
-                    name, up: false, ..
-                } => Some(format!("{name} set down")),
-                Change::LinkNew { up: true, .. } => {
-                    if let Some(w) = found.get(key)
-                        && w.as_deref().is_some_and(|w| w.ends_with("set down"))
-                    {
-                        found.insert(key.to_owned(), None);
-                    }
-                    continue;
+        node_drift(events, |e| match &e.netns {
+            Some(p) => by_netns.get(p.as_path()).copied(),
+            None => match &e.change {
+                Change::LinkDel { name, .. } | Change::LinkNew { name, .. } => {
+                    by_veth.get(name.as_str()).copied()
                 }
-                Change::AddrDel { addr, prefix, .. } => {
-                    Some(format!("address {addr}/{prefix} removed"))
-                }
-                // One weft did not add (a node that keeps hand changes keeps it; others
-                // lose it); weft's own are found to need nothing.
-                Change::AddrNew { addr, prefix, .. } if !is_link_local(addr) => {
-                    Some(format!("address {addr}/{prefix} added"))
-                }
-                Change::RouteDel { dst, prefix: 0, .. } => {
-                    Some(format!("default route ({dst}/0) removed"))
-                }
-                Change::NetnsGone => Some("namespace removed".into()),
-                Change::Overrun => Some("host events lost".into()),
                 _ => None,
-            };
-            if let Some(w) = what {
-                found.insert(key.to_owned(), Some(w));
-            }
-        }
-        found
-            .into_iter()
-            .filter_map(|(key, what)| Some(Drift { key, what: what? }))
-            .collect()
+            },
+        })
     }
 
     fn namespaces(&self) -> Vec<PathBuf> {
@@ -1332,5 +1296,111 @@ impl Reconciler for NodeReconciler {
 
     fn managed(&self) -> Vec<String> {
         lock(&self.networks.nodes).keys().cloned().collect()
+    }
+}
+
+/// The drift items of node namespaces in `events`: one per node (`key_of` names the
+/// node an event belongs to), its last change. Net effect per node: a later "link up" of
+/// the same link clears its earlier "link down" (the host end's event when eth0 goes down,
+/// up with its carrier lost, must not clear eth0's).
+fn node_drift<'k>(
+    events: &[HostEvent],
+    key_of: impl Fn(&HostEvent) -> Option<&'k str>,
+) -> Vec<Drift> {
+    let mut found: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for e in events {
+        let Some(key) = key_of(e) else { continue };
+        let what = match &e.change {
+            Change::LinkDel { name, .. } => Some(format!("{name} deleted")),
+            Change::LinkNew {
+                name, up: false, ..
+            } => Some(format!("{name} set down")),
+            Change::LinkNew { name, up: true, .. } => {
+                if let Some(w) = found.get(key)
+                    && w.as_deref() == Some(format!("{name} set down").as_str())
+                {
+                    found.insert(key.to_owned(), None);
+                }
+                continue;
+            }
+            Change::AddrDel { addr, prefix, .. } => {
+                Some(format!("address {addr}/{prefix} removed"))
+            }
+            // One weft did not add (a node that keeps hand changes keeps it; others
+            // lose it); weft's own are found to need nothing.
+            Change::AddrNew { addr, prefix, .. } if !is_link_local(addr) => {
+                Some(format!("address {addr}/{prefix} added"))
+            }
+            Change::RouteDel { dst, prefix: 0, .. } => {
+                Some(format!("default route ({dst}/0) removed"))
+            }
+            Change::NetnsGone => Some("namespace removed".into()),
+            Change::Overrun => Some("host events lost".into()),
+            _ => None,
+        };
+        if let Some(w) = what {
+            found.insert(key.to_owned(), Some(w));
+        }
+    }
+    found
+        .into_iter()
+        .filter_map(|(key, what)| Some(Drift { key, what: what? }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(netns: Option<&str>, name: &str, up: bool) -> HostEvent {
+        HostEvent {
+            netns: netns.map(PathBuf::from),
+            at: Instant::now(),
+            change: Change::LinkNew {
+                ifindex: 2,
+                name: name.into(),
+                up,
+                kind: Some("veth".into()),
+            },
+        }
+    }
+
+    /// Events of node `net/b`: its namespace's, and its host end's (no namespace, by name).
+    fn key(e: &HostEvent) -> Option<&'static str> {
+        match (&e.netns, &e.change) {
+            (Some(p), _) if p == Path::new("/run/netns/b") => Some("net/b"),
+            (None, Change::LinkNew { name, .. }) if name == "wn-b" => Some("net/b"),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn eth0_set_down_is_drift_even_when_the_host_end_reports_its_carrier_lost_after_it() {
+        // `ip -n NODE link set eth0 down`: eth0's event, then the host end's (still
+        // administratively up, its carrier gone).
+        let events = [
+            link(Some("/run/netns/b"), "eth0", false),
+            link(None, "wn-b", true),
+        ];
+        let d = node_drift(&events, key);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].key, "net/b");
+        assert_eq!(d[0].what, "eth0 set down");
+    }
+
+    #[test]
+    fn eth0_set_down_then_up_again_is_no_drift() {
+        let events = [
+            link(Some("/run/netns/b"), "eth0", false),
+            link(None, "wn-b", true),
+            link(Some("/run/netns/b"), "eth0", true),
+        ];
+        assert!(node_drift(&events, key).is_empty());
+    }
+
+    #[test]
+    fn events_of_other_namespaces_are_not_this_nodes() {
+        let events = [link(Some("/run/netns/other"), "eth0", false)];
+        assert!(node_drift(&events, key).is_empty());
     }
 }
