@@ -9,5 +9,5 @@ BIN=${WEFT_AGENT_BIN:-$HERE/target/release/weft-agent}
 [ -x "$BIN" ] || { echo "build it first: cargo build --release -p weft-agent" >&2; exit 2; }
 args=()
 for i in "$@"; do args+=(--interfaces "$i"); done
-exec "$BIN" --host-id bench --controller http://127.0.0.1:9 --metrics-listen 127.0.0.1:0 \
+exec "$BIN" --host-id bench --controller http://127.0.0.1:9 --insecure --metrics-listen 127.0.0.1:0 \
   --log warn "${args[@]}"
