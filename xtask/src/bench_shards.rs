@@ -155,19 +155,7 @@ pub fn run_allocations_only() -> Result<()> {
 /// The migration benchmark alone (for working on it): figures printed, BENCHMARKS.md
 /// left as it is.
 pub fn run_migration_only() -> Result<()> {
-    sh::step("migration benchmark only: release controller and agent");
-    sh::run_inherit(sh::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "weft-controller",
-        "-p",
-        "weft-agent",
-    ]))?;
-    ensure!(
-        weft_lab::is_root(),
-        "the migration benchmark needs root (namespace lab)"
-    );
+    crate::bench_networks::release_binaries("migration", &["weft-controller", "weft-agent"])?;
     let mut md = String::new();
     for mode in readdress_modes() {
         bench_migration_runs(&mode)?.render(&mut md);
@@ -184,19 +172,10 @@ const FAILOVER_END: &str = "<!-- migration-failover:end -->";
 /// controller replicas on a local etcd, the leader killed a quarter of the way through.
 /// Not part of the full `cargo xtask bench` (it needs etcd and a minute of its own).
 pub fn run_migration_failover() -> Result<()> {
-    sh::step("migration with the leader replica killed: release controller and agent");
-    sh::run_inherit(sh::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "weft-controller",
-        "-p",
-        "weft-agent",
-    ]))?;
-    ensure!(
-        weft_lab::is_root(),
-        "the migration benchmark needs root (namespace lab)"
-    );
+    crate::bench_networks::release_binaries(
+        "migration-failover",
+        &["weft-controller", "weft-agent"],
+    )?;
     ensure!(
         weft_store::etcd_process::available(),
         "etcd not found: run `cargo xtask setup`"
