@@ -28,7 +28,9 @@ pub mod state {
     pub const FIN_OUT: u16 = 1 << 1;
     pub const FIN_IN: u16 = 1 << 2;
     pub const RST: u16 = 1 << 3;
-    /// A flow-end event was posted for this flow.
+    /// The flow ended (RST, or the ACK of the second FIN). The kernel posts its final
+    /// state to `FLOW_EVENTS` and deletes the entry; an entry that still has this bit is
+    /// one whose event did not fit in the ring (the agent's drain reports and deletes it).
     pub const END_REPORTED: u16 = 1 << 4;
     /// The first payload bytes of the direction were posted to `PAYLOADS`.
     pub const SAMPLED_OUT: u16 = 1 << 5;
@@ -39,6 +41,10 @@ pub mod state {
     /// The handshake was measured, or abandoned because a request turn started first (the
     /// turn took `mark_ns` over): no new handshake mark is taken.
     pub const HANDSHAKE_DONE: u16 = 1 << 8;
+    /// The second FIN (the one that made `FIN_OUT | FIN_IN`) went to the workload
+    /// (`DIR_IN`); unset: it came from the workload. The ACK that answers it, sent the other
+    /// way, ends the flow.
+    pub const LAST_FIN_IN: u16 = 1 << 9;
 }
 
 /// `FlowStats::turn`: who sent the last payload of a request/response exchange.
@@ -138,8 +144,9 @@ impl FlowStats {
     };
 }
 
-/// Posted to the flow-end ring buffer when a flow closes (RST, or FIN both ways): the
-/// flow's final state, so the agent has it even if the LRU map evicts the entry.
+/// Posted to the flow-end ring buffer when a flow closes (RST, or the ACK of the second FIN):
+/// the flow's final state. The kernel deletes the flow's entry once the event is posted, so
+/// a short connection costs the agent no map syscall: its last record is made from this.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FlowEvent {

@@ -61,7 +61,8 @@ const STATE_BITS: u16 = state::OPENED
     | state::SAMPLED_OUT
     | state::SAMPLED_IN
     | state::HANDSHAKE_MARK
-    | state::HANDSHAKE_DONE;
+    | state::HANDSHAKE_DONE
+    | state::LAST_FIN_IN;
 
 fn invalid(record: &'static str, field: &'static str, value: u64) -> DecodeError {
     DecodeError::Invalid {

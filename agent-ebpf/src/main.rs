@@ -31,7 +31,9 @@ use agent_common::{
     },
 };
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    bindings::{
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
+    },
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -222,7 +224,11 @@ fn track(s: &mut FlowStats, pkt: &Packet, dir: usize, now: u64) -> Act {
         act.first_of_direction = first;
         act.latency_ns = latency_ns;
     }
-    if is_tcp && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    // Once both FINs were seen, pure ACKs matter too (the last one ends the flow).
+    if is_tcp
+        && (pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0
+            || s.state & (state::FIN_OUT | state::FIN_IN) != 0)
+    {
         act.closed = track_close(s, dir, pkt.tcp_flags);
     }
     act
@@ -252,8 +258,11 @@ fn post(
             act.latency_ns,
         );
     }
-    if act.closed {
-        post_end(key, s);
+    // The entry goes with the event: the agent makes the flow's last record from the
+    // event alone. If the ring is full the entry stays, `END_REPORTED` set, for the
+    // agent's drain.
+    if act.closed && post_end(key, s) {
+        let _ = FLOWS.remove(key);
     }
 }
 
@@ -483,37 +492,64 @@ fn post_sample(
     // SAFETY: as above.
     unsafe { addr_of_mut!((*ev).captured).write(copied) };
     // No wakeup per sample (that would cost an interrupt per request): the agent reads
-    // this ring on a short timer.
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    // this ring on a short timer, and is woken only when a burst fills a quarter of it.
+    entry.submit(wakeup_flags(&PAYLOADS, PAYLOAD_RING_BYTES as u64 / 4));
 }
 
-/// Records FIN and RST; returns whether the flow closed on this packet (its end is to be
-/// posted, once).
+/// Submit flags for a ring the agent reads on a short timer: no wakeup per item (one per
+/// short connection would cost the agent a context switch each), except once `wake_at`
+/// bytes wait, so that a burst is read before the ring fills.
+#[inline(always)]
+fn wakeup_flags(ring: &RingBuf, wake_at: u64) -> u64 {
+    if ring.query(BPF_RB_AVAIL_DATA as u64) >= wake_at {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Records FIN and RST; returns whether the flow ended on this packet (its end is to be
+/// posted, once): on a RST, or on the ACK that answers the second FIN (sent the other way
+/// than that FIN), so that the final state includes the connection's last packet. In a
+/// simultaneous close the second of the two final ACKs finds no entry and is not counted.
 #[inline(always)]
 fn track_close(s: &mut FlowStats, dir: usize, flags: u8) -> bool {
+    const BOTH_FINS: u16 = state::FIN_OUT | state::FIN_IN;
+    if s.state & state::END_REPORTED != 0 {
+        return false;
+    }
     if flags & TCP_RST != 0 {
         s.resets = s.resets.wrapping_add(1);
-        s.state |= state::RST;
+        s.state |= state::RST | state::END_REPORTED;
+        return true;
     }
+    let had_both = s.state & BOTH_FINS == BOTH_FINS;
     if flags & TCP_FIN != 0 {
         s.state |= if dir == DIR_OUT {
             state::FIN_OUT
         } else {
             state::FIN_IN
         };
+        if !had_both && s.state & BOTH_FINS == BOTH_FINS && dir == DIR_IN {
+            s.state |= state::LAST_FIN_IN;
+        }
+        return false;
     }
-    let closed = s.state & state::RST != 0
-        || s.state & (state::FIN_OUT | state::FIN_IN) == (state::FIN_OUT | state::FIN_IN);
-    if closed && s.state & state::END_REPORTED == 0 {
+    let last_fin_dir = if s.state & state::LAST_FIN_IN != 0 {
+        DIR_IN
+    } else {
+        DIR_OUT
+    };
+    if had_both && flags & TCP_ACK != 0 && dir != last_fin_dir {
         s.state |= state::END_REPORTED;
         return true;
     }
     false
 }
 
-/// Posts a closed flow's final state to `FLOW_EVENTS`.
+/// Posts a closed flow's final state to `FLOW_EVENTS`; false when the ring is full.
 #[inline(always)]
-fn post_end(key: &FlowKey, s: &FlowStats) {
+fn post_end(key: &FlowKey, s: &FlowStats) -> bool {
     if let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) {
         // SAFETY: the reservation is exactly one FlowEvent, exclusively ours.
         unsafe {
@@ -522,10 +558,11 @@ fn post_end(key: &FlowKey, s: &FlowStats) {
             addr_of_mut!((*ev)._pad).write([0; 4]);
             core::ptr::copy_nonoverlapping(s as *const FlowStats, addr_of_mut!((*ev).stats), 1);
         }
-        entry.submit(0);
+        // The agent finalises a flow 250 ms after its end anyway: no wakeup per flow.
+        entry.submit(wakeup_flags(&FLOW_EVENTS, FLOW_EVENT_RING_BYTES as u64 / 4));
+        return true;
     }
-    // A full ring loses only the early notice: the agent's periodic drain still reads the
-    // entry from the map.
+    false
 }
 
 /// Atomic add: a flow's two directions can be handled on two CPUs at once.

@@ -23,9 +23,12 @@ use crate::{
     workloads::Registry,
 };
 
-/// A flow-end event is finalised this long after it arrives, so that the connection's
-/// last ACK is counted too.
-const END_SETTLE: Duration = Duration::from_millis(250);
+/// A flow whose FINs were both seen but whose last ACK never was (lost before the
+/// interface, or a simultaneous close's ACKs both pending) is ended by the drain once it
+/// has been quiet this long.
+const FIN_SETTLE_NS: u64 = 1_000_000_000;
+/// Invalid ring items are logged at most this often (each is counted in the metrics).
+const INVALID_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often the payload ring is read (the kernel posts samples without waking us): at
 /// 100,000 requests/s this is about 2 MB of the 4 MiB ring.
 const PAYLOAD_POLL: Duration = Duration::from_millis(50);
@@ -47,8 +50,9 @@ pub struct Collector {
     pub metrics: Arc<Metrics>,
     pub drain_interval: Duration,
     pub idle_timeout: Duration,
-    /// Flows whose end was announced: final state from the event, and when to finalise.
-    pub ending: HashMap<FlowKey, (FlowStats, Instant)>,
+    /// When an invalid ring item was last logged, and how many were dropped since.
+    pub invalid_logged_at: Option<Instant>,
+    pub invalid_since_log: u64,
 }
 
 fn monotonic_ns() -> u64 {
@@ -73,28 +77,30 @@ impl Collector {
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         let mut next_drain = Instant::now() + self.drain_interval;
         while !stop.load(Relaxed) {
-            let now = Instant::now();
-            let mut wake = next_drain;
-            if let Some(t) = self.ending.values().map(|(_, t)| *t).min() {
-                wake = wake.min(t);
-            }
-            // Short polls: payload samples are posted without wakeups, and a stop request
-            // is seen quickly.
-            let timeout = wake.saturating_duration_since(now).min(PAYLOAD_POLL);
+            // Short polls: samples and flow ends are posted without wakeups (the kernel
+            // wakes us only when a ring fills up), and a stop request is seen quickly.
+            let timeout = next_drain
+                .saturating_duration_since(Instant::now())
+                .min(PAYLOAD_POLL);
             self.wait_for_events(timeout);
-            self.read_payloads();
-            self.read_events();
-            self.finalise_ended(false);
+            self.collect();
             if Instant::now() >= next_drain {
                 self.drain();
                 next_drain = Instant::now() + self.drain_interval;
             }
         }
         // Last look before the agent exits: everything observed so far goes out.
-        self.read_payloads();
-        self.read_events();
-        self.finalise_ended(true);
+        self.collect();
         self.drain();
+    }
+
+    /// Reads what the rings hold and makes the last record of every flow that ended. The
+    /// flow-end events are read first: every payload sample of an ended flow was posted
+    /// before its end, so reading the samples next gives each ended flow all of its own.
+    fn collect(&mut self) {
+        let ended = self.read_events();
+        self.read_payloads();
+        self.finalise(ended);
     }
 
     fn wait_for_events(&self, timeout: Duration) {
@@ -134,65 +140,56 @@ impl Collector {
         }
     }
 
-    fn read_events(&mut self) {
-        let due = Instant::now() + END_SETTLE;
+    /// The final state of the flows that ended since the last read (the kernel deleted
+    /// their entries when it posted these).
+    fn read_events(&mut self) -> Vec<(FlowKey, FlowStats)> {
+        let mut ended = Vec::new();
         // The item borrows the ring: decode it (a copy) before anything else.
         while let Some(decoded) = self.events.next().map(|item| FlowEvent::from_bytes(&item)) {
             match decoded {
                 Ok(ev) => {
                     self.metrics.flow_events.inc();
-                    self.ending.insert(ev.key, (ev.stats, due));
+                    ended.push((ev.key, ev.stats));
                 }
                 Err(e) => self.invalid_item(&e),
             }
         }
+        ended
     }
 
     /// A ring-buffer item that is not a record (short, or a value the kernel program never
     /// writes: the two sides disagree on the layout): counted and dropped.
-    fn invalid_item(&self, e: &DecodeError) {
+    /// Logged at most once per `INVALID_LOG_EVERY` (a layout mismatch makes every item
+    /// invalid: one line per item would flood the log); the metric counts each.
+    fn invalid_item(&mut self, e: &DecodeError) {
         self.metrics.ring_items_invalid.inc();
-        warn!(error = %e, "ring buffer item dropped");
+        self.invalid_since_log += 1;
+        let now = Instant::now();
+        if self
+            .invalid_logged_at
+            .is_none_or(|t| now.duration_since(t) >= INVALID_LOG_EVERY)
+        {
+            warn!(error = %e, items = self.invalid_since_log, "ring buffer items dropped");
+            self.invalid_logged_at = Some(now);
+            self.invalid_since_log = 0;
+        }
     }
 
     fn context_offset() -> i128 {
         mono_to_unix_offset()
     }
 
-    /// Sends the last record of flows whose end event has settled and removes them from
-    /// the kernel map.
-    fn finalise_ended(&mut self, all: bool) {
-        let now = Instant::now();
-        let due: Vec<FlowKey> = self
-            .ending
-            .iter()
-            .filter(|(_, (_, t))| all || *t <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        if due.is_empty() {
+    /// Sends the last record of each ended flow, from its final state.
+    fn finalise(&mut self, ended: Vec<(FlowKey, FlowStats)>) {
+        if ended.is_empty() {
             return;
         }
         let names = self.registry.names();
         let offset = Self::context_offset();
-        let mut out = Vec::with_capacity(due.len());
-        for key in due {
-            let Some((ev_stats, _)) = self.ending.remove(&key) else {
-                continue;
-            };
-            let current = self.flows.get(&key, 0).ok();
-            let stats = match current {
-                // Same flow: the map has the latest counters (its last ACK included).
-                Some(s) if s.first_seen_ns == ev_stats.first_seen_ns => {
-                    let _ = self.flows.remove(&key);
-                    s
-                }
-                // Evicted, or the tuple was already reused by a new connection.
-                _ => ev_stats,
-            };
-            if let Some(r) = self.record(&names, offset, &key, &stats, true) {
-                out.push(r);
-            }
-        }
+        let out = ended
+            .iter()
+            .filter_map(|(key, stats)| self.record(&names, offset, key, stats, true))
+            .collect();
         self.queue.push(out);
     }
 
@@ -214,8 +211,14 @@ impl Collector {
             interface,
             mono_to_unix_offset_ns: offset,
         };
+        // FLOW_REPORTED holds a baseline of this key only if the tracker does (it was
+        // written with it, or read back from it): a short connection that started and ended
+        // between two drains costs no map write or delete there.
+        let had_baseline = self.tracker.knows(key);
         let mut record = self.tracker.update(key, stats, ended, &ctx)?;
-        self.keep_baseline(key, stats, ended);
+        if !ended || had_baseline {
+            self.keep_baseline(key, stats, ended);
+        }
         let unsampled = self.l7.fill(key, stats, &mut record);
         self.metrics.latency_unsampled_requests.inc_by(unsampled);
         Some(record)
@@ -251,14 +254,9 @@ impl Collector {
         let now_mono = monotonic_ns();
         let idle_ns = self.idle_timeout.as_nanos() as u64;
         let mut live = HashSet::new();
-        // The L7 table's flows are incarnations (key, first_seen_ns): those in the map, and
-        // those whose end event waits to settle (the map may hold a new connection on the
-        // same tuple by then, or nothing).
-        let mut live_l7: HashSet<(FlowKey, u64)> = self
-            .ending
-            .iter()
-            .map(|(k, (s, _))| (*k, s.first_seen_ns))
-            .collect();
+        // The L7 table's flows are incarnations (key, first_seen_ns): those in the map
+        // (ended flows were finalised just before, by `collect`).
+        let mut live_l7: HashSet<(FlowKey, u64)> = HashSet::new();
         let mut entries = Vec::new();
         for item in self.flows.iter() {
             match item {
@@ -274,15 +272,15 @@ impl Collector {
         for (key, stats) in &entries {
             live.insert(*key);
             live_l7.insert((*key, stats.first_seen_ns));
-            if self.ending.contains_key(key) {
-                continue;
-            }
             if learning.contains(&key.ifindex) {
                 self.registry.learn(key.ifindex, local_ip(key));
             }
-            let idle = now_mono.saturating_sub(stats.last_seen_ns) > idle_ns;
-            // END_REPORTED without a pending event: the ring buffer was full.
-            let ended = idle || stats.state & state::END_REPORTED != 0;
+            let quiet_ns = now_mono.saturating_sub(stats.last_seen_ns);
+            let fins = state::FIN_OUT | state::FIN_IN;
+            // END_REPORTED still in the map: its event did not fit in the ring.
+            let ended = quiet_ns > idle_ns
+                || stats.state & state::END_REPORTED != 0
+                || (stats.state & fins == fins && quiet_ns > FIN_SETTLE_NS);
             if let Some(r) = self.record(&names, offset, key, stats, ended) {
                 out.push(r);
             }

@@ -65,6 +65,11 @@ impl FlowTracker {
         }
     }
 
+    /// Whether a baseline of `key` (any incarnation) is kept.
+    pub fn knows(&self, key: &FlowKey) -> bool {
+        self.seen.contains_key(key)
+    }
+
     /// The record of what changed on `key` since the last call, or `None` when nothing did.
     /// With `ended`, the flow is forgotten after this record.
     pub fn update(

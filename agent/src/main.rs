@@ -185,7 +185,8 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         drain_interval: args.drain_interval(),
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
-        ending: Default::default(),
+        invalid_logged_at: None,
+        invalid_since_log: 0,
     };
     let collector_thread = {
         let stop = stop_collector.clone();

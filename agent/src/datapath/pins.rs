@@ -7,6 +7,7 @@
 //! ```text
 //! <dir>/maps/FLOWS            the flow table (cumulative counters per flow)
 //! <dir>/maps/FLOW_REPORTED    what the agent last exported of each flow (delta baseline)
+//! <dir>/maps/FLOW_EVENTS      the final state of flows that ended (their entries are gone)
 //! <dir>/maps/STEER_*          steering's policy entries, steered connections, counters
 //! <dir>/maps/SHADOW_*         the shadow taps' policies, source prefixes, sampled
 //!                             connections, counters, and SHADOW_COPIES, the ring of copies
@@ -18,8 +19,8 @@
 //!   (type, key and value size, capacity, flags: [`compat`]). A match is reused: the
 //!   programs are loaded against the pinned map, so every counter continues. A mismatch
 //!   (an upgrade that changed a layout) is logged saying what changed, the old pin is
-//!   removed and the map starts empty; the agent never fails on it. `FLOWS` and
-//!   `FLOW_REPORTED` are one unit ([`plan_group`]): counters without their baseline would
+//!   removed and the map starts empty; the agent never fails on it. `FLOWS`,
+//!   `FLOW_REPORTED` and `FLOW_EVENTS` are one unit ([`plan_group`]): counters without their baseline would
 //!   be exported twice, a baseline without its counters means nothing, so if either starts
 //!   fresh both do. Steering's maps are another unit ([`STEER_MAPS`]): its slots are read
 //!   back from them at start (`crate::steer`'s `adopt`), so a steered connection keeps its
@@ -54,11 +55,14 @@
 //!   starts, `TapRecord::mark`; `crate::shadow::reassembly`), never in the middle of one:
 //!   the request cut by the stop is the one that may miss the shadow, none is replayed
 //!   twice or in part.
-//! - **Not pinned:** the flow observer's ring buffers (flow-end events, payload samples: a
-//!   flow that ended while no agent ran is still found ended in `FLOWS`, its
-//!   `END_REPORTED` bit set), the L7 sessions in user space (request counts continue from
-//!   the kernel's exact counter; a parse in progress starts over), and the taps'
-//!   reassembly and sink streams in user space (see above).
+//! - **Flows that end while no agent runs.** The kernel deletes a flow's entry when it
+//!   posts the flow's final state to `FLOW_EVENTS`, so that ring is pinned with the flow
+//!   table: the next agent reads the ends that waited there (256 KiB, about 1,700 flows;
+//!   an end that does not fit leaves its entry in `FLOWS` with the `END_REPORTED` bit,
+//!   where the drain finds it).
+//! - **Not pinned:** the payload-sample ring, the L7 sessions in user space (request
+//!   counts continue from the kernel's exact counter; a parse in progress starts over),
+//!   and the taps' reassembly and sink streams in user space (see above).
 //!
 //! # Exporting each byte once across a restart
 //! Records are deltas: the agent reports what changed on a flow since its last record of
@@ -105,7 +109,7 @@ pub struct MapGroup {
 
 /// The flow table and the records' baseline.
 pub const FLOW_MAPS: MapGroup = MapGroup {
-    maps: &["FLOWS", "FLOW_REPORTED"],
+    maps: &["FLOWS", "FLOW_REPORTED", "FLOW_EVENTS"],
     fresh_means: "its flows are counted again from now",
 };
 

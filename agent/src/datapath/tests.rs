@@ -176,7 +176,7 @@ async fn a_restarted_datapath_swaps_its_programs_into_the_pinned_links_and_keeps
         assert!(p.link_pins(&programs).unwrap().is_empty());
         assert_eq!(
             p.remove_all().unwrap(),
-            pins::Removed { links: 0, maps: 13 }
+            pins::Removed { links: 0, maps: 14 }
         );
         assert!(!pins.0.exists());
     });
