@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use weft_proto::v1::FlowRecord;
 
 use crate::{
-    flows::{FlowTracker, RecordContext, local_ip},
+    flows::{FastHash, FlowTracker, RecordContext, local_ip},
     l7table::L7Table,
     metrics::Metrics,
     queue::RecordQueue,
@@ -253,10 +253,10 @@ impl Collector {
         let offset = Self::context_offset();
         let now_mono = monotonic_ns();
         let idle_ns = self.idle_timeout.as_nanos() as u64;
-        let mut live = HashSet::new();
+        let mut live = HashSet::with_hasher(FastHash::default());
         // The L7 table's flows are incarnations (key, first_seen_ns): those in the map
         // (ended flows were finalised just before, by `collect`).
-        let mut live_l7: HashSet<(FlowKey, u64)> = HashSet::new();
+        let mut live_l7: HashSet<(FlowKey, u64), FastHash> = HashSet::default();
         let mut entries = Vec::new();
         for item in self.flows.iter() {
             match item {

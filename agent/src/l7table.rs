@@ -11,7 +11,7 @@
 //! the two rings are read separately), so both incarnations are kept side by side until
 //! each one's last record.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, hash_map::Entry};
 use std::net::IpAddr;
 
 use agent_common::{
@@ -21,6 +21,8 @@ use agent_common::{
 };
 use weft_l7::{Call, Confidence, Detection, Protocol, Session, Transport, Turn};
 use weft_proto::v1::{DnsAnswer, FlowRecord, LatencyBucket, RequestGroup};
+
+use crate::flows::FastHash;
 
 /// Distinct (method, path, status) groups kept per flow between two records; beyond it,
 /// requests are counted in one group with an empty method and path.
@@ -45,11 +47,14 @@ struct FlowL7 {
     client_first: Vec<u8>,
     server_first: Vec<u8>,
     detection: Option<Detection>,
-    /// The outstanding request turn: its first bytes and when it was sampled.
-    pending: Option<(Vec<u8>, u64)>,
+    /// The outstanding request turn's first bytes (`pending_at` set) and when it was
+    /// sampled; the buffer is reused from turn to turn.
+    pending: Vec<u8>,
+    pending_at: Option<u64>,
     /// What the flow said before: handshakes, HTTP/2 streams and tables, WebSocket upgrade.
     session: Option<Session>,
-    groups: HashMap<(String, String, u32), Group>,
+    /// At most `MAX_GROUPS_PER_FLOW`: a short list, searched in order.
+    groups: Vec<((String, String, u32), Group)>,
     dns: Vec<(String, IpAddr, u32)>,
     /// Turn latencies from the `RESPONSE` samples (one per request/response turn the kernel
     /// counted, whatever the session makes of the turn's requests).
@@ -88,11 +93,25 @@ impl FlowL7 {
             (Some(r), true) => u32::from(r.status.unwrap_or(0)),
             _ => 0,
         };
-        let mut key = (method, path, status);
-        if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS_PER_FLOW {
-            key = (String::new(), String::new(), 0);
-        }
-        let g = self.groups.entry(key).or_default();
+        let key = (method, path, status);
+        let at = match self.groups.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let key = if self.groups.len() >= MAX_GROUPS_PER_FLOW {
+                    (String::new(), String::new(), 0)
+                } else {
+                    key
+                };
+                match self.groups.iter().position(|(k, _)| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        self.groups.push((key, Group::default()));
+                        self.groups.len() - 1
+                    }
+                }
+            }
+        };
+        let g = &mut self.groups[at].1;
         g.count += 1;
         g.errors += u64::from(error);
         // A sample's latency is whatever the ring said: saturate, never overflow.
@@ -162,7 +181,7 @@ impl Latencies {
 
 #[derive(Default)]
 pub struct L7Table {
-    flows: HashMap<FlowId, FlowL7>,
+    flows: HashMap<FlowId, FlowL7, FastHash>,
 }
 
 /// Which side sent a sample: REQUEST comes from the client, RESPONSE and FIRST (a server
@@ -193,10 +212,12 @@ impl L7Table {
     /// flow's own state: the old flow's stays until its last record.
     pub fn observe(&mut self, s: &PayloadSample) {
         let id = (s.key, s.flow_first_seen_ns);
-        if !self.flows.contains_key(&id) && self.flows.len() >= MAX_FLOWS {
-            return;
-        }
-        let f = self.flows.entry(id).or_default();
+        let full = self.flows.len() >= MAX_FLOWS;
+        let f = match self.flows.entry(id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if full => return,
+            Entry::Vacant(e) => e.insert(FlowL7::default()),
+        };
         let data = s.payload();
         let n = data.len();
         let (from_client, server_port) = sides(s);
@@ -242,7 +263,9 @@ impl L7Table {
 
         match s.kind {
             sample::REQUEST => {
-                f.pending = Some((data.to_vec(), s.ts_ns));
+                f.pending.clear();
+                f.pending.extend_from_slice(data);
+                f.pending_at = Some(s.ts_ns);
             }
             sample::RESPONSE => {
                 if protocol == Protocol::Dns && f.dns.len() < MAX_DNS_ANSWERS {
@@ -256,14 +279,14 @@ impl L7Table {
                 if f.session.as_ref().map(Session::protocol) != Some(protocol) {
                     f.session = Some(Session::new(protocol));
                 }
-                let (request, start_ns) = f
-                    .pending
-                    .take()
-                    .unwrap_or_else(|| (Vec::new(), s.ts_ns.saturating_sub(s.latency_ns)));
+                let (request, start_ns) = match f.pending_at.take() {
+                    Some(at) => (&f.pending[..], at),
+                    None => (&[][..], s.ts_ns.saturating_sub(s.latency_ns)),
+                };
                 let calls = f.session.as_mut().map_or_else(Vec::new, |session| {
                     // The kernel samples the first bytes of a turn: never the whole of it.
                     session.turn(&Turn {
-                        request: &request,
+                        request,
                         request_complete: false,
                         response: data,
                         response_complete: false,
@@ -314,7 +337,7 @@ impl L7Table {
         }
         record.request_groups = f
             .groups
-            .drain()
+            .drain(..)
             .map(|((method, path, status), g)| RequestGroup {
                 method,
                 path,
@@ -347,7 +370,7 @@ impl L7Table {
 
     /// Forgets flows that will have no further record: `live` holds each flow still in the
     /// kernel map or waiting for its last record, with its `first_seen_ns`.
-    pub fn retain_live(&mut self, live: &HashSet<FlowId>) {
+    pub fn retain_live<S: std::hash::BuildHasher>(&mut self, live: &HashSet<FlowId, S>) {
         self.flows.retain(|id, _| live.contains(id));
     }
 }
@@ -563,7 +586,7 @@ mod tests {
         exchange_of(&mut t, k, 7, 1_000_000);
         exchange_of(&mut t, k, 99, 1_000_000);
         exchange_of(&mut t, k, 5, 1_000_000);
-        t.retain_live(&[(k, 7), (k, 99)].into_iter().collect());
+        t.retain_live(&[(k, 7), (k, 99)].into_iter().collect::<HashSet<_>>());
         assert_eq!(t.len(), 2);
         let mut r = record(true);
         assert_eq!(t.fill(&k, &kernel(1, 1_000_000), &mut r), 0);
