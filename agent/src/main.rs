@@ -34,7 +34,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray, RingBuf};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     attach::{Attacher, PROG_EGRESS, PROG_INGRESS},
@@ -242,7 +242,13 @@ async fn main() -> anyhow::Result<()> {
             weft_noderun::Profiles::with_overrides(args.node_profiles.as_deref())
                 .context("the node profiles")?,
         );
-        Arc::new(weft_noderun::Supervisor::new(cfg).context("the node supervisor")?)
+        let supervisor = weft_noderun::Supervisor::new(cfg).context("the node supervisor")?;
+        if let Some(why) = supervisor.unavailable() {
+            // Observation, addresses, steering and taps do not need it: the agent runs,
+            // and each network-node resource reports this as its failure.
+            warn!(reason = why, "node processes cannot run on this host");
+        }
+        Arc::new(supervisor)
     };
     // The volume pool, made or mounted when a node first needs it (a node whose pool
     // cannot be made fails saying why).

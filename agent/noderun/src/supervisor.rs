@@ -170,7 +170,9 @@ struct Node {
 struct Inner {
     cfg: SupervisorConfig,
     profiles: Profiles,
-    hierarchies: Hierarchies,
+    /// The cgroup hierarchies nodes run in, or why there are none (a host without the cpu
+    /// and memory controllers mounted: the supervisor is made, every node fails saying so).
+    hierarchies: std::result::Result<Hierarchies, String>,
     nodes: Mutex<HashMap<String, Node>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<RunEvent>,
@@ -272,7 +274,10 @@ impl Supervisor {
         let cg_name = sanitize(&config.cgroup_root).ok_or_else(|| {
             Error::Cgroup(format!("bad cgroup root name {:?}", config.cgroup_root))
         })?;
-        let hierarchies = Hierarchies::detect(&cg_name, config.cgroup_parent == CgroupParent::Own)?;
+        // An agent that only observes must start on a host where nodes cannot run: the
+        // missing hierarchy fails each node (with this reason), not the supervisor.
+        let hierarchies = Hierarchies::detect(&cg_name, config.cgroup_parent == CgroupParent::Own)
+            .map_err(|e| e.to_string());
         // The root is made with the first node (an agent without nodes leaves no trace).
         let (events, _) = broadcast::channel(config.events_capacity.max(16));
         Ok(Supervisor {
@@ -287,9 +292,22 @@ impl Supervisor {
         })
     }
 
-    /// cgroup v1 or v2, as detected.
-    pub fn cgroup_version(&self) -> crate::CgroupVersion {
-        self.inner.hierarchies.version
+    /// cgroup v1 or v2, as detected; `None` when no usable hierarchy is mounted
+    /// ([`Supervisor::unavailable`] says why).
+    pub fn cgroup_version(&self) -> Option<crate::CgroupVersion> {
+        self.inner.hierarchies.as_ref().ok().map(|h| h.version)
+    }
+
+    /// Why no node can run on this host (no usable cgroup hierarchy), if so.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.inner.hierarchies.as_ref().err().map(String::as_str)
+    }
+
+    fn hierarchies(&self) -> Result<&Hierarchies> {
+        self.inner
+            .hierarchies
+            .as_ref()
+            .map_err(|why| Error::Cgroup(format!("nodes cannot run on this host: {why}")))
     }
 
     pub fn events(&self) -> broadcast::Receiver<RunEvent> {
@@ -321,7 +339,7 @@ impl Supervisor {
             .filter_map(|l| l.trim().parse().ok())
             .collect();
         Some(crate::cgroup::usage(
-            self.inner.hierarchies.version,
+            self.cgroup_version()?,
             &st.cgroup_paths,
             &pids,
         ))
@@ -721,7 +739,7 @@ impl Supervisor {
         }
 
         let rel = Path::new(network).join(node);
-        let cgroup = NodeCgroup::create(&self.inner.hierarchies, &rel)?;
+        let cgroup = NodeCgroup::create(self.hierarchies()?, &rel)?;
         // Processes already in the group were started by an earlier agent that ended
         // without stopping them (killed): they hold the node's ports and data, so they go
         // before the node starts again under this supervisor.

@@ -487,7 +487,10 @@ async fn cgroup_limits_are_written_and_the_process_is_in_the_group() {
             .trim()
             .to_string()
     };
-    match sup.cgroup_version() {
+    match sup
+        .cgroup_version()
+        .expect("a cgroup hierarchy on the test host")
+    {
         CgroupVersion::V1 => {
             let (cpu, mem) = (&st.cgroup_paths[0], &st.cgroup_paths[1]);
             assert_eq!(read(cpu, "cpu.cfs_quota_us"), "50000");
@@ -517,7 +520,7 @@ async fn cgroup_limits_are_written_and_the_process_is_in_the_group() {
     run.cpu_millis = 1500;
     let st2 = sup.ensure(&run).await.unwrap();
     assert_eq!(st2.pid, Some(pid));
-    if sup.cgroup_version() == CgroupVersion::V1 {
+    if sup.cgroup_version() == Some(CgroupVersion::V1) {
         assert_eq!(read(&st.cgroup_paths[0], "cpu.cfs_quota_us"), "150000");
     }
     sup.remove(&run.key).await.unwrap();
@@ -825,4 +828,52 @@ async fn many_nodes() {
         "{n} nodes (process + cgroup + limits): started in {up:?}, removed in {:?}",
         t1.elapsed()
     );
+}
+
+/// An agent that only observes must start on a host where no node can run (no cgroup
+/// hierarchy mounted): the supervisor is made, says why, and each node fails with that.
+/// The test runs itself again in a private mount namespace with every cgroup hierarchy
+/// unmounted (the host's mounts are not touched).
+#[tokio::test]
+async fn without_cgroup_hierarchies_the_supervisor_starts_and_each_node_fails_saying_why() {
+    const NAME: &str =
+        "without_cgroup_hierarchies_the_supervisor_starts_and_each_node_fails_saying_why";
+    if std::env::var_os("WEFT_NR_NO_CGROUPS").is_none() {
+        let script = r#"findmnt -rn -t cgroup,cgroup2 -o TARGET | sort -r |
+            while read -r m; do umount -l "$m" || exit 3; done
+            exec "$0" "$@""#;
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", script])
+            .arg(std::env::current_exe().expect("test binary"))
+            .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+            .env("WEFT_NR_NO_CGROUPS", "1")
+            .output()
+            .expect("unshare");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("1 passed"),
+            "the inner run ran the test: {text}"
+        );
+        return;
+    }
+    let lab = Lab::new();
+    let sup = Supervisor::new(lab.config()).expect("the supervisor is made without cgroups");
+    assert_eq!(sup.cgroup_version(), None);
+    let why = sup.unavailable().expect("it says why").to_owned();
+    assert!(why.contains("cgroup"), "{why}");
+    let err = sup
+        .ensure(&lab.run("web"))
+        .await
+        .expect_err("a node cannot run")
+        .to_string();
+    assert!(
+        err.contains("nodes cannot run on this host") && err.contains(&why),
+        "{err}"
+    );
+    assert!(sup.status(&lab.run("web").key).is_none());
 }
