@@ -186,10 +186,14 @@ impl Collector {
         }
         let names = self.registry.names();
         let offset = Self::context_offset();
-        let out = ended
-            .iter()
-            .filter_map(|(key, stats)| self.record(&names, offset, key, stats, true))
-            .collect();
+        // Sized up front: grown from empty, thousands of records per read were copied
+        // several times over (a fifth of the collector's time on short connections).
+        let mut out = Vec::with_capacity(ended.len());
+        for (key, stats) in &ended {
+            if let Some(r) = self.record(&names, offset, key, stats, true) {
+                out.push(r);
+            }
+        }
         self.queue.push(out);
     }
 
@@ -267,7 +271,7 @@ impl Collector {
                 }
             }
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(entries.len());
         let mut remove = Vec::new();
         for (key, stats) in &entries {
             live.insert(*key);
