@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# WEFT_ATTACH_CMD for shared/bench/flow-overhead/run.sh: runs weft-agent (release) in the
+# WEFT_ATTACH_CMD for bench/flow-reference/run.sh (the flow-overhead harness): runs weft-agent (release) in the
 # current (host) namespace, attached to the interfaces given as arguments, in the
 # foreground until SIGTERM. No controller is reachable: the agent keeps observing and
 # counts what it cannot send, as in production during an outage.
