@@ -7,9 +7,10 @@
 //! The state is kept per flow *incarnation*: a 5-tuple reused by a new connection is a new
 //! flow, told apart by the kernel's `first_seen_ns`, which every sample
 //! (`flow_first_seen_ns`) and every record's kernel state carry. The samples of a new
-//! connection can be read before the old one's last record (the end settles for a while;
-//! the two rings are read separately), so both incarnations are kept side by side until
-//! each one's last record.
+//! connection can be read before the old one's last record (the two rings are read
+//! separately: a reused tuple's new samples can arrive in the same read as the old
+//! connection's end), so both incarnations are kept side by side until each one's last
+//! record.
 
 use std::collections::{HashMap, HashSet, hash_map::Entry};
 use std::net::IpAddr;
@@ -546,7 +547,7 @@ mod tests {
         assert_eq!(t.fill(&k, &kernel(2, 2_000_000), &mut first), 0);
         assert_eq!(first.latency.iter().map(|b| b.count).sum::<u64>(), 2);
         exchange(&mut t, k, 1_000_000);
-        // The old connection has closed (its end event settles); a new one on the same
+        // The old connection has closed (its end not yet made a record); a new one on the same
         // tuple already made a request, and its samples are read first.
         exchange_of(&mut t, k, 99, 5_000_000);
         let mut last = record(true);
