@@ -20,9 +20,10 @@
 //!   programs are loaded against the pinned map, so every counter continues. A mismatch
 //!   (an upgrade that changed a layout) is logged saying what changed, the old pin is
 //!   removed and the map starts empty; the agent never fails on it. `FLOWS`,
-//!   `FLOW_REPORTED` and `FLOW_EVENTS` are one unit ([`plan_group`]): counters without their baseline would
-//!   be exported twice, a baseline without its counters means nothing, so if either starts
-//!   fresh both do. Steering's maps are another unit ([`STEER_MAPS`]): its slots are read
+//!   `FLOW_REPORTED` and `FLOW_EVENTS` are one unit ([`plan_group`]): counters without
+//!   their baseline would be exported twice, a baseline without its counters means
+//!   nothing, so if either starts fresh both do (an agent from before `FLOW_EVENTS` was
+//!   pinned leaves the other two: they are reused and the ring is made beside them). Steering's maps are another unit ([`STEER_MAPS`]): its slots are read
 //!   back from them at start (`crate::steer`'s `adopt`), so a steered connection keeps its
 //!   slot and its side. The shadow taps' maps are a third unit ([`TAP_MAPS`]), the ring
 //!   their copies leave the kernel through included: a tap on the same interface keeps its
@@ -103,6 +104,9 @@ use super::Hook;
 #[derive(Debug, Clone, Copy)]
 pub struct MapGroup {
     pub maps: &'static [&'static str],
+    /// Members an earlier agent may not have pinned and whose absence loses nothing (a
+    /// ring added in a later version): created beside the others, which are still reused.
+    pub added_later: &'static [&'static str],
     /// What starting the group fresh loses (for the log).
     pub fresh_means: &'static str,
 }
@@ -110,6 +114,8 @@ pub struct MapGroup {
 /// The flow table and the records' baseline.
 pub const FLOW_MAPS: MapGroup = MapGroup {
     maps: &["FLOWS", "FLOW_REPORTED", "FLOW_EVENTS"],
+    // Agents before the kernel deleted ended flows itself did not pin it.
+    added_later: &["FLOW_EVENTS"],
     fresh_means: "its flows are counted again from now",
 };
 
@@ -125,6 +131,7 @@ pub const STEER_MAPS: MapGroup = MapGroup {
         "STEER_CONNS",
         "STEER_STATS",
     ],
+    added_later: &[],
     fresh_means: "connections steered before are reset, new ones are decided afresh",
 };
 
@@ -141,6 +148,7 @@ pub const TAP_MAPS: MapGroup = MapGroup {
         "SHADOW_COUNTERS",
         "SHADOW_COPIES",
     ],
+    added_later: &[],
     fresh_means: "the taps' counters start at zero, connections sampled before are no longer copied, copies waiting in the ring are dropped",
 };
 
@@ -220,8 +228,12 @@ pub enum Plan {
 }
 
 /// Decides for a group of maps that only make sense together: `found` holds each map's
-/// name and, when it is pinned, whether the pin fits. All are reused or none is.
-pub fn plan_group<'a>(found: &[(&'a str, Option<Compat>)]) -> Vec<(&'a str, Plan)> {
+/// name and, when it is pinned, whether the pin fits. All are reused or none is, except
+/// that a member of `added_later` that is not pinned is created beside the others.
+pub fn plan_group<'a>(
+    found: &[(&'a str, Option<Compat>)],
+    added_later: &[&str],
+) -> Vec<(&'a str, Plan)> {
     let why_not = found.iter().find_map(|(name, c)| match c {
         Some(Compat::Fresh(why)) => Some(format!("{name}'s layout changed ({why})")),
         Some(Compat::Reuse) => None,
@@ -229,14 +241,12 @@ pub fn plan_group<'a>(found: &[(&'a str, Option<Compat>)]) -> Vec<(&'a str, Plan
     });
     let pinned = found.iter().filter(|(_, c)| c.is_some()).count();
     let why_not = why_not.or_else(|| {
-        (pinned > 0 && pinned < found.len()).then(|| {
-            let missing: Vec<&str> = found
-                .iter()
-                .filter(|(_, c)| c.is_none())
-                .map(|(n, _)| *n)
-                .collect();
-            format!("{} is not pinned", missing.join(", "))
-        })
+        let missing: Vec<&str> = found
+            .iter()
+            .filter(|(n, c)| c.is_none() && !added_later.contains(n))
+            .map(|(n, _)| *n)
+            .collect();
+        (pinned > 0 && !missing.is_empty()).then(|| format!("{} is not pinned", missing.join(", ")))
     });
     found
         .iter()
@@ -374,7 +384,7 @@ impl Pins {
             found.push((name, c));
         }
         let mut paths = Vec::new();
-        for (name, plan) in plan_group(&found) {
+        for (name, plan) in plan_group(&found, group.added_later) {
             let path = self.map_path(name);
             match plan {
                 Plan::Create => info!(map = name, pin = %path.display(), "map created and pinned"),
@@ -546,15 +556,18 @@ mod tests {
 
     #[test]
     fn a_group_is_reused_only_when_every_member_fits() {
-        let all = plan_group(&[
-            ("FLOWS", Some(Compat::Reuse)),
-            ("FLOW_REPORTED", Some(Compat::Reuse)),
-        ]);
+        let all = plan_group(
+            &[
+                ("FLOWS", Some(Compat::Reuse)),
+                ("FLOW_REPORTED", Some(Compat::Reuse)),
+            ],
+            &[],
+        );
         assert_eq!(
             all,
             vec![("FLOWS", Plan::Reuse), ("FLOW_REPORTED", Plan::Reuse)]
         );
-        let none = plan_group(&[("FLOWS", None), ("FLOW_REPORTED", None)]);
+        let none = plan_group(&[("FLOWS", None), ("FLOW_REPORTED", None)], &[]);
         assert_eq!(
             none,
             vec![("FLOWS", Plan::Create), ("FLOW_REPORTED", Plan::Create)]
@@ -564,13 +577,16 @@ mod tests {
     #[test]
     fn counters_never_outlive_their_baseline() {
         // The baseline's layout changed: the counters must not be reused without it.
-        let plan = plan_group(&[
-            ("FLOWS", Some(Compat::Reuse)),
-            (
-                "FLOW_REPORTED",
-                Some(Compat::Fresh("value size 96 -> 104".into())),
-            ),
-        ]);
+        let plan = plan_group(
+            &[
+                ("FLOWS", Some(Compat::Reuse)),
+                (
+                    "FLOW_REPORTED",
+                    Some(Compat::Fresh("value size 96 -> 104".into())),
+                ),
+            ],
+            &[],
+        );
         let why = "FLOW_REPORTED's layout changed (value size 96 -> 104)".to_owned();
         assert_eq!(
             plan,
@@ -580,13 +596,50 @@ mod tests {
             ]
         );
         // The baseline is missing (removed by hand): the counters start over too.
-        let plan = plan_group(&[("FLOWS", Some(Compat::Reuse)), ("FLOW_REPORTED", None)]);
+        let plan = plan_group(
+            &[("FLOWS", Some(Compat::Reuse)), ("FLOW_REPORTED", None)],
+            &["FLOW_EVENTS"],
+        );
         assert_eq!(
             plan,
             vec![
                 ("FLOWS", Plan::Fresh("FLOW_REPORTED is not pinned".into())),
                 ("FLOW_REPORTED", Plan::Create)
             ]
+        );
+    }
+
+    #[test]
+    fn a_member_added_later_is_created_beside_the_reused_ones() {
+        // An agent from before FLOW_EVENTS was pinned: its counters and baseline continue.
+        let found = [
+            ("FLOWS", Some(Compat::Reuse)),
+            ("FLOW_REPORTED", Some(Compat::Reuse)),
+            ("FLOW_EVENTS", None),
+        ];
+        assert_eq!(
+            plan_group(&found, FLOW_MAPS.added_later),
+            vec![
+                ("FLOWS", Plan::Reuse),
+                ("FLOW_REPORTED", Plan::Reuse),
+                ("FLOW_EVENTS", Plan::Create)
+            ]
+        );
+        // Not listed as added later, its absence starts the group over.
+        assert!(matches!(
+            &plan_group(&found, &[])[0].1,
+            Plan::Fresh(why) if why == "FLOW_EVENTS is not pinned"
+        ));
+        // Added later but pinned with another layout: the group starts over as usual.
+        let changed = [
+            ("FLOWS", Some(Compat::Reuse)),
+            ("FLOW_REPORTED", Some(Compat::Reuse)),
+            ("FLOW_EVENTS", Some(Compat::Fresh("capacity 1 -> 2".into()))),
+        ];
+        assert!(
+            plan_group(&changed, FLOW_MAPS.added_later)
+                .iter()
+                .all(|(_, p)| matches!(p, Plan::Fresh(_)))
         );
     }
 

@@ -148,7 +148,12 @@ async fn a_restarted_datapath_swaps_its_programs_into_the_pinned_links_and_keeps
         );
 
         // The second: same table, the links taken over (one program on each hook, its own).
+        // As after an upgrade from an agent that did not pin FLOW_EVENTS: the ring is made
+        // anew, the table and its baseline are still reused.
+        let events_pin = Pins::open(&pins.0).expect("bpffs").map_path("FLOW_EVENTS");
+        pins::remove_file(&events_pin).expect("FLOW_EVENTS was pinned");
         let mut second = start(&pins.0);
+        assert!(events_pin.exists(), "FLOW_EVENTS pinned again");
         let flows = BpfHashMap::<_, FlowKey, FlowStats>::try_from(second.map_mut("FLOWS").unwrap())
             .unwrap();
         assert_eq!(
