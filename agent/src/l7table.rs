@@ -94,24 +94,15 @@ impl FlowL7 {
             (Some(r), true) => u32::from(r.status.unwrap_or(0)),
             _ => 0,
         };
-        let key = (method, path, status);
-        let at = match self.groups.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                let key = if self.groups.len() >= MAX_GROUPS_PER_FLOW {
-                    (String::new(), String::new(), 0)
-                } else {
-                    key
-                };
-                match self.groups.iter().position(|(k, _)| *k == key) {
-                    Some(i) => i,
-                    None => {
-                        self.groups.push((key, Group::default()));
-                        self.groups.len() - 1
-                    }
-                }
-            }
-        };
+        let mut key = (method, path, status);
+        let position = |groups: &[(_, Group)], key: &_| groups.iter().position(|(k, _)| k == key);
+        if self.groups.len() >= MAX_GROUPS_PER_FLOW && position(&self.groups, &key).is_none() {
+            key = (String::new(), String::new(), 0);
+        }
+        let at = position(&self.groups, &key).unwrap_or_else(|| {
+            self.groups.push((key, Group::default()));
+            self.groups.len() - 1
+        });
         let g = &mut self.groups[at].1;
         g.count += 1;
         g.errors += u64::from(error);

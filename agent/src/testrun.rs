@@ -95,6 +95,11 @@ impl Loaded {
         }
         out
     }
+    /// The next flow-end event, if the program posted one.
+    fn end_event(&mut self) -> Option<FlowEvent> {
+        let item = self.events.next()?;
+        Some(FlowEvent::from_bytes(&item).expect("the program writes FlowEvents"))
+    }
 }
 
 fn eth(ethertype: u16) -> Vec<u8> {
@@ -293,16 +298,14 @@ fn closing_flow_posts_its_final_state_once() {
     l.out(&c2s(SYN, b""));
     l.inn(&s2c(SYN | ACK, b""));
     l.out(&c2s(ACK | FIN, b""));
-    assert!(l.events.next().is_none(), "one FIN is not the end");
+    assert!(l.end_event().is_none(), "one FIN is not the end");
     l.inn(&s2c(ACK | FIN, b""));
-    assert!(l.events.next().is_none(), "the last ACK is still to come");
+    assert!(l.end_event().is_none(), "the last ACK is still to come");
     // A retransmitted FIN the same way as the second one is not its answer.
     l.inn(&s2c(ACK | FIN, b""));
-    assert!(l.events.next().is_none(), "not answered yet");
+    assert!(l.end_event().is_none(), "not answered yet");
     l.out(&c2s(ACK, b""));
-    let item = l.events.next().expect("flow-end event");
-    let ev = FlowEvent::from_bytes(&item).expect("the program writes a FlowEvent");
-    drop(item);
+    let ev = l.end_event().expect("flow-end event");
     assert_eq!(ev.key.remote_port, 80);
     assert_eq!(
         ev.stats.packets,
@@ -310,7 +313,7 @@ fn closing_flow_posts_its_final_state_once() {
         "the last ACK is in the final state"
     );
     assert!(ev.stats.state & state::END_REPORTED != 0);
-    assert!(l.events.next().is_none(), "reported once");
+    assert!(l.end_event().is_none(), "reported once");
     assert!(
         l.entries().is_empty(),
         "the entry goes with the event: the agent needs no map syscall for it"
@@ -330,11 +333,9 @@ fn server_closing_first_ends_on_the_clients_last_ack_seen_inbound() {
     l.out(&c2s(ACK | FIN, b""));
     // An ACK the same way as the second FIN does not answer it.
     l.out(&c2s(ACK, b""));
-    assert!(l.events.next().is_none());
+    assert!(l.end_event().is_none());
     l.inn(&s2c(ACK, b""));
-    let item = l.events.next().expect("flow-end event");
-    let ev = FlowEvent::from_bytes(&item).expect("FlowEvent");
-    drop(item);
+    let ev = l.end_event().expect("flow-end event");
     assert_eq!(ev.stats.packets, [3, 3]);
     assert!(l.entries().is_empty());
 }
@@ -345,9 +346,7 @@ fn reset_counts_and_ends_the_flow() {
     let mut l = load();
     l.out(&c2s(SYN, b""));
     l.inn(&s2c(RST | ACK, b""));
-    let item = l.events.next().expect("flow-end event");
-    let ev = FlowEvent::from_bytes(&item).expect("FlowEvent");
-    drop(item);
+    let ev = l.end_event().expect("flow-end event");
     assert_eq!(ev.stats.resets, 1);
     assert_eq!(ev.stats.packets, [1, 1]);
     assert!(ev.stats.state & state::RST != 0);
@@ -440,12 +439,7 @@ fn tuple_reused_after_close_starts_a_new_flow() {
     let mut l = load();
     l.out(&c2s(SYN, b""));
     l.inn(&s2c(RST, b""));
-    let item = l.events.next().expect("flow-end event");
-    let first = FlowEvent::from_bytes(&item)
-        .expect("FlowEvent")
-        .stats
-        .first_seen_ns;
-    drop(item);
+    let first = l.end_event().expect("flow-end event").stats.first_seen_ns;
     l.out(&c2s(SYN, b""));
     let s = l.entries()[0].1;
     assert!(s.first_seen_ns > first);
