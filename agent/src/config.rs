@@ -132,6 +132,11 @@ pub struct Args {
     /// disk space); an existing file keeps its size.
     #[arg(long, default_value_t = 64 << 30)]
     pub volume_pool_bytes: u64,
+    /// Write the btrfs pool's dirty data back every this many ms (syncfs), so that a
+    /// snapshot (a weave from "now") finds at most about that much of the nodes' writes
+    /// still to write; 0 leaves it to the kernel (up to vm.dirty_expire_centisecs).
+    #[arg(long, default_value_t = 1000)]
+    pub volume_pool_flush_ms: u64,
     /// Name of the cgroup under which network nodes get theirs (`<name>/<network>/<node>`
     /// in every hierarchy).
     #[arg(long, default_value = "weft")]

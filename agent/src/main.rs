@@ -258,11 +258,16 @@ async fn main() -> anyhow::Result<()> {
     };
     // The volume pool, made or mounted when a node first needs it (a node whose pool
     // cannot be made fails saying why).
-    let volume_store = Arc::new(networks::cow::Store::lazy(networks::cow::PoolConfig {
-        dir: args.volume_pool.clone(),
-        bytes: args.volume_pool_bytes,
-        kind: args.volume_store,
-    }));
+    let volume_store = Arc::new(
+        networks::cow::Store::lazy(networks::cow::PoolConfig {
+            dir: args.volume_pool.clone(),
+            bytes: args.volume_pool_bytes,
+            kind: args.volume_store,
+        })
+        .with_flush(Some(std::time::Duration::from_millis(
+            args.volume_pool_flush_ms,
+        ))),
+    );
     let networks = networks::Networks::new(
         networks::NetworksConfig {
             netns_prefix: args.node_netns_prefix.clone(),

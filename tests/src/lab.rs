@@ -515,7 +515,7 @@ impl Drop for Lab {
         crate::mounts::detach_under(&self.dir);
         // Agents' pins (after the namespaces: their links are defunct by now).
         remove_pins(&self.bpffs_dir());
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("WEFT_LAB_KEEP").is_some() {
             eprintln!("lab logs kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -126,6 +126,8 @@ struct Plan {
     env: BTreeMap<String, String>,
     prepare: Vec<Prep>,
     ready: Option<(SocketAddr, Duration)>,
+    /// The profile's `before_snapshot`, rendered, and its timeout.
+    before_snapshot: Option<(Vec<String>, Duration)>,
     stop_signal: i32,
     cwd: PathBuf,
 }
@@ -322,6 +324,35 @@ impl Supervisor {
         self.inner.profiles.find(image).cloned()
     }
 
+    /// Runs node `key`'s `before_snapshot` hook (its profile's) if the node runs and has
+    /// one: as the node's user, inside its namespace and cgroup, bounded by the hook's
+    /// timeout (killed after it). `None`: nothing to run; else how long it took, or why
+    /// it failed (the caller snapshots anyway).
+    pub async fn before_snapshot(
+        &self,
+        key: &str,
+    ) -> Option<std::result::Result<Duration, String>> {
+        let shared = {
+            let nodes = self.inner.nodes.lock().ok()?;
+            nodes.get(key)?.shared.clone()
+        };
+        let (argv, timeout) = shared.plan.before_snapshot.clone()?;
+        if shared.snapshot().is_none_or(|s| !s.running || !s.ready) {
+            return None;
+        }
+        let t = Instant::now();
+        let r = run_hook(&shared, &argv, timeout).await;
+        let took = t.elapsed();
+        match &r {
+            Ok(()) => shared.log.note(&format!(
+                "before snapshot: {argv:?} done in {:.1} ms",
+                took.as_secs_f64() * 1e3
+            )),
+            Err(e) => shared.log.note(&format!("before snapshot: {e}")),
+        }
+        Some(r.map(|()| took))
+    }
+
     pub fn status(&self, key: &str) -> Option<RunStatus> {
         let nodes = self.inner.nodes.lock().ok()?;
         nodes.get(key)?.shared.snapshot()
@@ -471,7 +502,8 @@ impl Supervisor {
                 {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // A status read under a lock: cheap enough to follow the probe closely.
+                tokio::time::sleep(PROBE_FIRST_PAUSE).await;
             }
         }
         shared.snapshot().ok_or(Error::Gone {
@@ -676,6 +708,17 @@ impl Supervisor {
             notes.push("nothing to run: the node has neither image nor command".into());
             (Vec::new(), None)
         };
+        // Only for what a profile runs: a node's own command has no hook.
+        let before_snapshot = match profile {
+            Some(p) if run.command.is_empty() && !p.before_snapshot.is_empty() => Some((
+                p.before_snapshot
+                    .iter()
+                    .map(|a| in_profile("before_snapshot", a))
+                    .collect::<Result<Vec<_>>>()?,
+                p.before_snapshot_timeout,
+            )),
+            _ => None,
+        };
         let mut users: HashMap<String, Ids> = HashMap::new();
         let mut owner = |name: &Option<String>| -> Result<Option<Ids>> {
             let Some(n) = name else { return Ok(None) };
@@ -784,6 +827,7 @@ impl Supervisor {
             env: run.env.clone(),
             prepare,
             ready,
+            before_snapshot,
             stop_signal: profile.map_or(libc::SIGTERM, |p| p.stop_signal),
             cwd: node_dir.to_owned(),
         };
@@ -1027,6 +1071,11 @@ async fn stop_tree(shared: &Shared, child: &mut tokio::process::Child, pid: u32)
     });
 }
 
+/// The readiness probe's first pause between attempts; it doubles up to
+/// [`PROBE_MAX_PAUSE`].
+const PROBE_FIRST_PAUSE: Duration = Duration::from_millis(2);
+const PROBE_MAX_PAUSE: Duration = Duration::from_millis(50);
+
 /// TCP connects inside the node until one succeeds, the deadline passes or `cancel`.
 async fn probe(
     shared: Arc<Shared>,
@@ -1038,11 +1087,15 @@ async fn probe(
     let c = cancel.clone();
     let ok = crate::netns::run_in(&shared.plan.netns, move || {
         let deadline = Instant::now() + timeout;
+        // A refused connect inside the node's own namespace costs microseconds: probed
+        // often at first (most servers answer within tens of ms), then every 50 ms.
+        let mut pause = PROBE_FIRST_PAUSE;
         while Instant::now() < deadline && !c.load(Ordering::Relaxed) {
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
                 return Ok(true);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(PROBE_MAX_PAUSE);
         }
         Ok(false)
     })
@@ -1221,6 +1274,52 @@ async fn run_step(shared: &Arc<Shared>, step: &Prep) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Runs `argv` once as the node's user in its namespace and cgroup, its output to the
+/// node's log; killed (its process group) after `timeout`.
+async fn run_hook(
+    shared: &Shared,
+    argv: &[String],
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    let plan = &shared.plan;
+    let netns = open_netns(plan)?;
+    let procs = shared.cgroup.procs_files().map_err(|e| e.to_string())?;
+    let mut child = spawn::spawn(&SpawnSpec {
+        argv,
+        env: &plan.env,
+        cwd: &plan.cwd,
+        user: &plan.user,
+        netns: &netns,
+        cgroup_procs: &procs,
+    })
+    .map_err(|e| {
+        format!(
+            "spawning {:?}: {e}",
+            argv.first().map_or("", String::as_str)
+        )
+    })?;
+    if let Some(o) = child.stdout.take() {
+        shared.log.spawn_copier(o);
+    }
+    if let Some(e) = child.stderr.take() {
+        shared.log.spawn_copier(e);
+    }
+    let pid = child.id().unwrap_or(0) as i32;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(st)) if st.success() => Ok(()),
+        Ok(Ok(st)) => Err(format!("{:?} failed ({st})", argv[0])),
+        Ok(Err(e)) => Err(format!("waiting for {:?}: {e}", argv[0])),
+        Err(_) => {
+            if pid > 0 {
+                // SAFETY: kill(2) on the hook's own process group.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            let _ = child.wait().await;
+            Err(format!("{:?} did not finish within {timeout:?}", argv[0]))
+        }
+    }
 }
 
 /// What a node's image tag asks against what the host runs for it: profiles run the

@@ -16,7 +16,7 @@ use weft_lab::load::{self, Outcome, Plan};
 use weft_lab::weft::Controller;
 use weft_lab::{Lab, eventually, skip_unless_root};
 
-use crate::networks::{TwoHypervisors, address, exec, node_logs};
+use crate::networks::{TwoHypervisors, address, exec, node_logs, observed_lines};
 
 const ENV: &str = "\
 network: wvenv
@@ -373,6 +373,54 @@ fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<(
     ensure!(rows == "tea,coffee,prod-only", "after delete: {rows}");
     let (code, _) = controller.send("GET", "/weaves/wvold", None)?;
     ensure!(code == 404, "GET after delete: {code}");
+
+    // A weave from now: PostgreSQL's profile checkpoints right before the snapshot (its
+    // `before_snapshot` hook), nginx's has none; the weave has the row written just before.
+    psql(
+        &db_ns,
+        &db,
+        "insert into items values (5, 'just-before', 1)",
+    )?;
+    let (code, body) = controller.send(
+        "POST",
+        "/weaves",
+        Some(&json!({"environment": "wvenv", "id": "wvnow"})),
+    )?;
+    ensure!(
+        code == 201,
+        "create weave from now: {code} {body}\n{}",
+        logs()
+    );
+    wait_running(controller, "wvnow", &logs)?;
+    let status = controller.json("GET", "/networks/wvenv/status", None)?;
+    let hooked = |node: &str| {
+        observed_lines(&status, &format!("wvenv/{node}"))
+            .iter()
+            .any(|o| o.starts_with("before the snapshot: the profile's hook ran"))
+    };
+    ensure!(
+        hooked("db"),
+        "db: no before-snapshot hook reported: {status}"
+    );
+    ensure!(
+        !hooked("web"),
+        "web (nginx has no hook) reports one: {status}"
+    );
+    let now_rows = eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+        psql(
+            &ns(lab, "wvnow", "client"),
+            &db,
+            "select string_agg(name, ',' order by id) from items",
+        )
+    })
+    .with_context(logs)?;
+    ensure!(
+        now_rows == "tea,coffee,prod-only,just-before",
+        "weave from now: {now_rows}"
+    );
+    let (code, body) = controller.send("DELETE", "/weaves/wvnow", None)?;
+    ensure!(code == 200, "delete wvnow: {code} {body}");
+    phase("weave from now: checkpointed before its snapshot, has the last write");
     Ok(())
 }
 

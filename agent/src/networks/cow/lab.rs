@@ -484,3 +484,78 @@ fn a_lazy_store_makes_its_pool_only_when_a_node_needs_it() {
     assert!(btrfs::on_btrfs(&lab.pool_dir));
     assert!(store.has_node("prod", "db").unwrap());
 }
+
+/// Dirty pages of `f` in the page cache (cachestat(2), Linux 6.5+; `None` before).
+fn dirty_pages(f: &std::fs::File) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Cachestat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let range = Range { off: 0, len: 0 };
+    let mut st = Cachestat::default();
+    // SAFETY: both structs are the kernel's layout and live across the call.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            f.as_raw_fd(),
+            &range as *const Range,
+            &mut st as *mut Cachestat,
+            0u32,
+        )
+    };
+    (rc == 0).then_some(st.nr_dirty + st.nr_writeback)
+}
+
+#[test]
+fn the_flusher_writes_the_pool_back_so_a_snapshot_finds_nothing_dirty() {
+    crate::testns::require_root!();
+    let lab = Lab::new(StoreKind::Btrfs);
+    let store = lab.store();
+    store.prepare(&req(&lab, "prod", "db", asked(0))).unwrap();
+    let path = lab.node_root.join("prod/db/volumes/data/f");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &vec![7u8; 16 << 20]).unwrap();
+    let Some(dirty) = dirty_pages(&f) else {
+        eprintln!("skipped: no cachestat(2) on this kernel");
+        return;
+    };
+    // The kernel keeps it dirty for up to 30 s (vm.dirty_expire_centisecs).
+    assert!(dirty > 1000, "16 MiB just written: {dirty} dirty pages");
+    assert_eq!(
+        super::flusher::flush_once(&lab.node_root),
+        None,
+        "not btrfs: not written back"
+    );
+    let flusher =
+        super::flusher::Flusher::start(lab.pool_dir.clone(), Duration::from_millis(50)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while dirty_pages(&f).unwrap() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(dirty_pages(&f), Some(0), "written back by the flusher");
+    // Stopping does not wait out the interval.
+    let long =
+        super::flusher::Flusher::start(lab.pool_dir.clone(), Duration::from_secs(3600)).unwrap();
+    let t = std::time::Instant::now();
+    drop(long);
+    drop(flusher);
+    assert!(t.elapsed() < Duration::from_secs(60), "drop joined at once");
+}

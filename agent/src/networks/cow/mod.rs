@@ -58,9 +58,11 @@
 //!
 //! Modules: [`pool`] (mkfs, loop, mount), [`btrfs`] (ioctls), [`store`] (volumes,
 //! snapshots, clones, syncs, removal), [`retention`] (ids and what is kept), [`schedule`]
-//! (the per-node timer).
+//! (the per-node timer), [`flusher`] (the pool written back every second, so that a
+//! snapshot finds little dirty data to write first).
 
 pub mod btrfs;
+pub mod flusher;
 #[cfg(test)]
 pub(crate) mod lab;
 pub mod pool;

@@ -202,7 +202,6 @@ impl Pool {
     }
 
     /// The pool's root directory.
-    #[cfg(test)]
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -58,6 +58,9 @@ pub struct Store {
     pool: OnceLock<Pool>,
     opening: Mutex<()>,
     nodes: Mutex<HashMap<String, Arc<Mutex<NodeState>>>>,
+    /// Write-back interval of a btrfs pool (`None`: the kernel's own writeback only).
+    flush_every: Option<std::time::Duration>,
+    flusher: OnceLock<super::flusher::Flusher>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,6 +161,8 @@ impl Store {
             pool: OnceLock::from(pool),
             opening: Mutex::new(()),
             nodes: Mutex::new(HashMap::new()),
+            flush_every: None,
+            flusher: OnceLock::new(),
         }
     }
 
@@ -170,7 +175,16 @@ impl Store {
             pool: OnceLock::new(),
             opening: Mutex::new(()),
             nodes: Mutex::new(HashMap::new()),
+            flush_every: None,
+            flusher: OnceLock::new(),
         }
+    }
+
+    /// Writes a btrfs pool back every `every` once it is opened ([`super::flusher`]);
+    /// `None` or zero: not.
+    pub fn with_flush(mut self, every: Option<std::time::Duration>) -> Self {
+        self.flush_every = every.filter(|d| !d.is_zero());
+        self
     }
 
     /// The pool, opened (made, mounted) at the first call. Blocking.
@@ -188,6 +202,16 @@ impl Store {
             .ok_or_else(|| CowError::Pool("no pool configuration".into()))?;
         let pool = Pool::open(cfg)?;
         tracing::info!(pool = %pool.note, "volume pool opened");
+        if let (Some(every), Method::Btrfs) = (self.flush_every, pool.method()) {
+            match super::flusher::Flusher::start(pool.root().to_owned(), every) {
+                Ok(f) => {
+                    let _ = self.flusher.set(f);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "volume pool write-back thread not started; snapshots write back what is dirty themselves")
+                }
+            }
+        }
         Ok(self.pool.get_or_init(|| pool))
     }
 
@@ -319,6 +343,16 @@ impl Store {
                     .get(&s.volume)
                     .map_or(0, |d| d.generation)
         }))
+    }
+
+    /// Whether `req` asks for a snapshot not taken yet (a weave operation's).
+    pub fn snapshot_due(&self, req: &VolumeRequest) -> Result<bool, CowError> {
+        let Some(p) = req.ops.snapshots.as_ref().filter(|p| p.generation != 0) else {
+            return Ok(false);
+        };
+        let st = self.state(&req.network, &req.node)?;
+        let st = lock(&st);
+        Ok(p.generation != st.persisted.answered_generation)
     }
 
     /// Brings the node's pool volumes about: each volume a pool volume linked from the

@@ -338,7 +338,7 @@ impl Topology {
 
     /// An empty topology with this one's buckets and limits.
     pub fn empty_like(&self) -> Topology {
-        Self::with_config(self.buckets, self.limits.clone())
+        Self::with_config(self.buckets, self.limits)
     }
 
     pub fn limits(&self) -> &TopologyLimits {
