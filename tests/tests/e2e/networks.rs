@@ -340,7 +340,7 @@ connections:
 ";
 
 /// What the agent said it sees of resource `key` in a network status.
-pub(crate) fn observed_lines(status: &Value, key: &str) -> Vec<String> {
+fn observed_lines(status: &Value, key: &str) -> Vec<String> {
     status["hosts"]
         .as_array()
         .into_iter()
