@@ -22,6 +22,7 @@ mod cgroup;
 mod logfile;
 mod netns;
 pub mod profiles;
+pub mod readiness;
 pub mod replies;
 pub mod shape;
 mod spawn;

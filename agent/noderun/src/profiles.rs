@@ -71,6 +71,21 @@ pub enum Step {
 pub enum Ready {
     /// A TCP connect to `{port}` succeeds.
     Tcp,
+    /// PostgreSQL accepts sessions (not while it recovers): [`crate::readiness`].
+    Postgres,
+    /// Redis answers `PING` (not `-LOADING`).
+    Redis,
+}
+
+impl Ready {
+    /// The probe's name, as in a profile.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ready::Tcp => "tcp",
+            Ready::Postgres => "postgres",
+            Ready::Redis => "redis",
+        }
+    }
 }
 
 /// One profile.
@@ -284,7 +299,7 @@ impl Profiles {
                     .ok_or_else(|| invalid(format!("stop_signal {s:?} is not a signal")))?,
             };
             if rp.ready.is_some() && rp.port.is_none() {
-                return Err(invalid("`ready = \"tcp\"` needs a default `port`".into()));
+                return Err(invalid("a `ready` probe needs a default `port`".into()));
             }
             for (i, f) in rp.clone_remove.iter().enumerate() {
                 let p = Path::new(f);

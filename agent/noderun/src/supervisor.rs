@@ -125,7 +125,8 @@ struct Plan {
     user: Ids,
     env: BTreeMap<String, String>,
     prepare: Vec<Prep>,
-    ready: Option<(SocketAddr, Duration)>,
+    /// The readiness probe: its kind, where, and for how long.
+    ready: Option<(Ready, SocketAddr, Duration)>,
     /// The profile's `before_snapshot`, rendered, and its timeout.
     before_snapshot: Option<(Vec<String>, Duration)>,
     stop_signal: i32,
@@ -491,7 +492,7 @@ impl Supervisor {
                 },
             );
         }
-        if let (true, Some((_, timeout))) = (self.inner.cfg.wait_ready, shared.plan.ready) {
+        if let (true, Some((_, _, timeout))) = (self.inner.cfg.wait_ready, shared.plan.ready) {
             let deadline = Instant::now() + timeout;
             while Instant::now() < deadline {
                 // Ready, or it already died once: the caller learns now (the supervisor
@@ -691,7 +692,7 @@ impl Supervisor {
                 notes.push(note);
             }
             let ready = match (p.ready, port) {
-                (Some(Ready::Tcp), Some(port)) => {
+                (Some(kind), Some(port)) => {
                     let ip = run
                         .listen
                         .iter()
@@ -699,7 +700,7 @@ impl Supervisor {
                         .or(run.listen.first())
                         .copied()
                         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-                    Some((SocketAddr::new(ip, port), p.ready_timeout))
+                    Some((kind, SocketAddr::new(ip, port), p.ready_timeout))
                 }
                 _ => None,
             };
@@ -949,8 +950,15 @@ async fn supervise(
                     let _ = f.send(Ok(pid));
                 }
                 let cancel = Arc::new(AtomicBool::new(false));
-                if let Some((addr, timeout)) = shared.plan.ready {
-                    tokio::spawn(probe(shared.clone(), pid, addr, timeout, cancel.clone()));
+                if let Some((kind, addr, timeout)) = shared.plan.ready {
+                    tokio::spawn(probe(
+                        shared.clone(),
+                        pid,
+                        kind,
+                        addr,
+                        timeout,
+                        cancel.clone(),
+                    ));
                 }
                 tokio::select! {
                     r = child.wait() => {
@@ -1076,10 +1084,12 @@ async fn stop_tree(shared: &Shared, child: &mut tokio::process::Child, pid: u32)
 const PROBE_FIRST_PAUSE: Duration = Duration::from_millis(2);
 const PROBE_MAX_PAUSE: Duration = Duration::from_millis(50);
 
-/// TCP connects inside the node until one succeeds, the deadline passes or `cancel`.
+/// Probes (`kind`: a TCP connect, or the server's own protocol) inside the node until one
+/// succeeds, the deadline passes or `cancel`.
 async fn probe(
     shared: Arc<Shared>,
     pid: u32,
+    kind: Ready,
     addr: SocketAddr,
     timeout: Duration,
     cancel: Arc<AtomicBool>,
@@ -1091,7 +1101,7 @@ async fn probe(
         // often at first (most servers answer within tens of ms), then every 50 ms.
         let mut pause = PROBE_FIRST_PAUSE;
         while Instant::now() < deadline && !c.load(Ordering::Relaxed) {
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+            if crate::readiness::attempt(kind, addr) {
                 return Ok(true);
             }
             std::thread::sleep(pause);
@@ -1104,7 +1114,8 @@ async fn probe(
     if !ok || cancel.load(Ordering::Relaxed) {
         if !ok {
             shared.log.note(&format!(
-                "not ready: no TCP answer on {addr} within {timeout:?}"
+                "not ready: no {} answer on {addr} within {timeout:?}",
+                kind.name()
             ));
         }
         return;
@@ -1117,7 +1128,9 @@ async fn probe(
         }
     });
     if current {
-        shared.log.note(&format!("ready: {addr} answers"));
+        shared
+            .log
+            .note(&format!("ready: {addr} answers ({})", kind.name()));
         shared.emit(RunEvent::Ready {
             key: shared.plan.key.clone(),
             pid,
