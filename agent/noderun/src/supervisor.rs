@@ -1080,8 +1080,10 @@ async fn stop_tree(shared: &Shared, child: &mut tokio::process::Child, pid: u32)
 }
 
 /// The readiness probe's first pause between attempts; it doubles up to
-/// [`PROBE_MAX_PAUSE`].
+/// [`PROBE_EAGER_PAUSE`] for [`PROBE_EAGER_FOR`], then up to [`PROBE_MAX_PAUSE`].
 const PROBE_FIRST_PAUSE: Duration = Duration::from_millis(2);
+const PROBE_EAGER_PAUSE: Duration = Duration::from_millis(10);
+const PROBE_EAGER_FOR: Duration = Duration::from_secs(2);
 const PROBE_MAX_PAUSE: Duration = Duration::from_millis(50);
 
 /// Probes (`kind`: a TCP connect, or the server's own protocol) inside the node until one
@@ -1098,14 +1100,20 @@ async fn probe(
     let ok = crate::netns::run_in(&shared.plan.netns, move || {
         let deadline = Instant::now() + timeout;
         // A refused connect inside the node's own namespace costs microseconds: probed
-        // often at first (most servers answer within tens of ms), then every 50 ms.
+        // often while most servers come up (at most 10 ms apart for 2 s), then every 50 ms.
+        let started = Instant::now();
         let mut pause = PROBE_FIRST_PAUSE;
         while Instant::now() < deadline && !c.load(Ordering::Relaxed) {
             if crate::readiness::attempt(kind, addr) {
                 return Ok(true);
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(PROBE_MAX_PAUSE);
+            let cap = if started.elapsed() < PROBE_EAGER_FOR {
+                PROBE_EAGER_PAUSE
+            } else {
+                PROBE_MAX_PAUSE
+            };
+            pause = (pause * 2).min(cap);
         }
         Ok(false)
     })

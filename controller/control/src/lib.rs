@@ -573,6 +573,15 @@ impl ControlHub {
         self.host(host_id).observed.borrow().clone()
     }
 
+    /// One watcher of the reports of each of `hosts`, for [`next_report`]: taken before
+    /// publishing what the caller waits for, so that no report after it is missed.
+    pub fn report_watchers(&self, hosts: &[String]) -> Vec<watch::Receiver<HostObserved>> {
+        hosts
+            .iter()
+            .map(|h| self.host(h).observed.subscribe())
+            .collect()
+    }
+
     /// Waits until the host's agent has applied `kind/key` at `generation` or later, and
     /// returns its report. For a resource withdrawn by then: until the agent applied a host
     /// generation >= `generation` (one without it) and reported no error for it. Fails on
@@ -644,6 +653,20 @@ impl ControlHub {
                 timeout,
             }),
         }
+    }
+}
+
+/// Waits until one of `watchers` has a report it has not seen yet, or `timeout` (a poll's
+/// upper bound: the caller checks what it waits for after each return).
+pub async fn next_report(watchers: &mut [watch::Receiver<HostObserved>], timeout: Duration) {
+    if watchers.is_empty() {
+        tokio::time::sleep(timeout).await;
+        return;
+    }
+    let any = futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+    if let Ok((Err(_), _, _)) = tokio::time::timeout(timeout, any).await {
+        // A host gone (not while the hub lives): no spinning until the deadline.
+        tokio::time::sleep(timeout).await;
     }
 }
 

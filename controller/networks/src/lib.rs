@@ -1392,7 +1392,7 @@ impl NetworkManager {
         id: &str,
         timeout: std::time::Duration,
     ) -> Result<BTreeMap<String, weft_proto::v1::VolumeSnapshot>, NetworkError> {
-        let (rec, generation) = {
+        let (rec, generation, watchers) = {
             let _op = self.ops.lock().await;
             let mut rec = self
                 .get(id)
@@ -1408,10 +1408,19 @@ impl NetworkManager {
             rec.snapshot_generation += 1;
             self.persist(&rec)?;
             lock(&self.records).insert(id.to_owned(), rec.clone());
+            let hosts: Vec<String> = rec
+                .nodes_with_volumes()
+                .iter()
+                .filter_map(|n| rec.placement.get(n).cloned())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let watchers = self.hub.report_watchers(&hosts);
             self.publish(&rec, &[])?;
             let g = rec.snapshot_generation;
-            (rec, g)
+            (rec, g, watchers)
         };
+        let mut watchers = watchers;
         let nodes = rec.nodes_with_volumes();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -1440,7 +1449,7 @@ impl NetworkManager {
                     waiting.join(", ")
                 )));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            weft_control::next_report(&mut watchers, std::time::Duration::from_millis(20)).await;
         }
     }
 

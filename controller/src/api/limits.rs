@@ -500,6 +500,12 @@ impl Acceptor {
                     continue;
                 }
             };
+            // An answer goes out as soon as it is written: with Nagle, the second TLS
+            // record of a response (or a body after its headers) waited for the client's
+            // delayed ACK, 40 ms per request on a kept-alive connection (measured).
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "setting TCP_NODELAY failed");
+            }
             match self.limits.http_connections.clone().try_acquire_owned() {
                 Ok(permit) => return (stream, permit, addr),
                 Err(_) => {
