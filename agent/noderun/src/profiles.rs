@@ -109,7 +109,8 @@ pub struct Profile {
     /// `postmaster.pid`).
     pub clone_remove: Vec<String>,
     /// Run (as `user`, inside the node) right before a snapshot of the node's volumes is
-    /// taken for a weave: makes the server's on-disk state cheap to start from
+    /// taken for a weave, or a volume sync copies them: makes the server's on-disk state
+    /// cheap to start from
     /// (PostgreSQL's `CHECKPOINT`: a clone then replays almost no WAL). Empty: none. A
     /// failure or timeout is logged and the snapshot is taken anyway (crash-consistent,
     /// as without a hook).

@@ -326,12 +326,13 @@ impl Supervisor {
     }
 
     /// Runs node `key`'s `before_snapshot` hook (its profile's) if the node runs and has
-    /// one: as the node's user, inside its namespace and cgroup, bounded by the hook's
+    /// one (`purpose`, for its log: "a snapshot", "a sync to <node>"): as the node's user, inside its namespace and cgroup, bounded by the hook's
     /// timeout (killed after it). `None`: nothing to run; else how long it took, or why
     /// it failed (the caller snapshots anyway).
     pub async fn before_snapshot(
         &self,
         key: &str,
+        purpose: &str,
     ) -> Option<std::result::Result<Duration, String>> {
         let shared = {
             let nodes = self.inner.nodes.lock().ok()?;
@@ -346,10 +347,10 @@ impl Supervisor {
         let took = t.elapsed();
         match &r {
             Ok(()) => shared.log.note(&format!(
-                "before snapshot: {argv:?} done in {:.1} ms",
+                "before {purpose}: {argv:?} done in {:.1} ms",
                 took.as_secs_f64() * 1e3
             )),
-            Err(e) => shared.log.note(&format!("before snapshot: {e}")),
+            Err(e) => shared.log.note(&format!("before {purpose}: {e}")),
         }
         Some(r.map(|()| took))
     }

@@ -249,17 +249,35 @@ impl NodeReconciler {
                 .unwrap_or_default(),
         };
         let (st, rq) = (store.clone(), req.clone());
-        let (stop, snapshot_due) = tokio::task::spawn_blocking(move || {
-            Ok::<_, super::cow::CowError>((st.needs_stop(&rq)?, st.snapshot_due(&rq)?))
+        let (stop, snapshot_due, sync_sources) = tokio::task::spawn_blocking(move || {
+            Ok::<_, super::cow::CowError>((
+                st.needs_stop(&rq)?,
+                st.snapshot_due(&rq)?,
+                st.sync_sources_due(&rq)?,
+            ))
         })
         .await
         .map_err(|e| format!("volumes: {e}"))?
         .map_err(|e| format!("volumes: {e}"))?;
         let stopped = stop && running;
+        // A sync copies its source's live volume: the source's hook first, as for a
+        // snapshot (the node restarted on the copy then replays almost nothing).
+        for source in &sync_sources {
+            if let Some(Err(e)) = self
+                .supervisor
+                .before_snapshot(source, &format!("a sync to {key}"))
+                .await
+            {
+                tracing::warn!(key = %key, source = %source, error = %e, "before-snapshot hook of a sync's source failed; the copy is crash-consistent only");
+                observed.push(format!(
+                    "before the sync from {source}: {e}; the copy is crash-consistent only"
+                ));
+            }
+        }
         if snapshot_due && running && !stopped {
             // The profile's hook first (PostgreSQL: CHECKPOINT), so that a weave's clone
             // starts without replaying what the server had not written yet.
-            match self.supervisor.before_snapshot(&key).await {
+            match self.supervisor.before_snapshot(&key, "a snapshot").await {
                 None => {}
                 Some(Ok(took)) => {
                     observed.push(format!(

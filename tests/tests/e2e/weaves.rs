@@ -40,6 +40,27 @@ connections:
     port: 5432
 ";
 
+/// Node `node` of `wvenv`'s logs (what weft notes there included).
+fn node_log(lab: &Lab, node: &str) -> String {
+    let dir = lab.dir().join("nodes-hv1/wvenv").join(node).join("log");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect()
+}
+
+/// How often the node's `before_snapshot` hook (a CHECKPOINT) ran before `purpose` ("a
+/// snapshot", "a sync to"), by its log.
+fn checkpoint_hooks(lab: &Lab, node: &str, purpose: &str) -> usize {
+    let before = format!("before {purpose}");
+    node_log(lab, node)
+        .lines()
+        .filter(|l| l.contains(&before) && l.contains("CHECKPOINT") && l.contains("done in"))
+        .count()
+}
+
 fn now_unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -345,6 +366,13 @@ fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<(
         "weave after sync (through the routed port): {rows}"
     );
     ensure!(page(&old_client, &web)? == "v2", "weave's page after sync");
+    // The sync copied the environment's live PostgreSQL volume after its CHECKPOINT hook.
+    ensure!(
+        checkpoint_hooks(lab, "db", "a sync to wvold/db") == 1,
+        "db: no CHECKPOINT hook before the sync copied its volume:\n{}",
+        node_log(lab, "db")
+    );
+    let snapshot_hooks = checkpoint_hooks(lab, "db", "a snapshot");
 
     // Deleting the weave: its namespaces and volumes go, 5432 is the environment's again.
     let (code, body) = controller.send("DELETE", "/weaves/wvold", None)?;
@@ -392,30 +420,15 @@ fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<(
         logs()
     );
     wait_running(controller, "wvnow", &logs)?;
-    // The node's log says so (its report too, until the node's next apply).
-    let log_of = |node: &str| {
-        let dir = lab.dir().join("nodes-hv1/wvenv").join(node).join("log");
-        std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-            .collect::<String>()
-    };
-    let hooked = |node: &str| {
-        log_of(node).lines().any(|l| {
-            l.contains("before snapshot: [") && l.contains("CHECKPOINT") && l.contains("done in")
-        })
-    };
     ensure!(
-        hooked("db"),
-        "db: no before-snapshot hook in its log:\n{}",
-        log_of("db")
+        checkpoint_hooks(lab, "db", "a snapshot") > snapshot_hooks,
+        "db: no CHECKPOINT hook for this weave's snapshot:\n{}",
+        node_log(lab, "db")
     );
     ensure!(
-        !hooked("web"),
+        checkpoint_hooks(lab, "web", "") == 0,
         "web (nginx has no hook) ran one:\n{}",
-        log_of("web")
+        node_log(lab, "web")
     );
     let now_rows = eventually(Duration::from_secs(30), Duration::from_millis(200), || {
         psql(

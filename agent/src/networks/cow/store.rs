@@ -345,6 +345,32 @@ impl Store {
         }))
     }
 
+    /// The nodes (`<network>/<node>`) whose volumes a sync of `req` due now copies.
+    pub fn sync_sources_due(&self, req: &VolumeRequest) -> Result<Vec<String>, CowError> {
+        if req.ops.sync_from.is_empty() {
+            return Ok(Vec::new());
+        }
+        let st = self.state(&req.network, &req.node)?;
+        let st = lock(&st);
+        let mut out: Vec<String> = req
+            .ops
+            .sync_from
+            .iter()
+            .filter(|s| {
+                s.generation
+                    != st
+                        .persisted
+                        .syncs
+                        .get(&s.volume)
+                        .map_or(0, |d| d.generation)
+            })
+            .map(|s| format!("{}/{}", s.network, s.node))
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Whether `req` asks for a snapshot not taken yet (a weave operation's).
     pub fn snapshot_due(&self, req: &VolumeRequest) -> Result<bool, CowError> {
         let Some(p) = req.ops.snapshots.as_ref().filter(|p| p.generation != 0) else {
