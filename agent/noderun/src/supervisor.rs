@@ -325,10 +325,11 @@ impl Supervisor {
         self.inner.profiles.find(image).cloned()
     }
 
-    /// Runs node `key`'s `before_snapshot` hook (its profile's) if the node runs and has
-    /// one (`purpose`, for its log: "a snapshot", "a sync to <node>"): as the node's user, inside its namespace and cgroup, bounded by the hook's
-    /// timeout (killed after it). `None`: nothing to run; else how long it took, or why
-    /// it failed (the caller snapshots anyway).
+    /// Runs node `key`'s `before_snapshot` hook (its profile's) if the node runs, is ready
+    /// and has one: as the node's user, inside its namespace and cgroup, bounded by the
+    /// hook's timeout (killed after it). `purpose` is for its log ("a snapshot", "a sync
+    /// to <node>"). `None`: nothing to run; else how long it took, or why it failed (the
+    /// caller snapshots anyway).
     pub async fn before_snapshot(
         &self,
         key: &str,
