@@ -344,7 +344,9 @@ impl Supervisor {
             return None;
         }
         let t = Instant::now();
-        let r = run_hook(&shared, &argv, timeout).await;
+        let r = run_once(&shared, &argv, timeout)
+            .await
+            .map_err(|(OnceError::Failed(m) | OnceError::Other(m))| m);
         let took = t.elapsed();
         match &r {
             Ok(()) => shared.log.note(&format!(
@@ -1242,51 +1244,18 @@ async fn run_step(shared: &Arc<Shared>, step: &Prep) -> Result<(), String> {
             if creates.exists() {
                 return Ok(());
             }
-            let plan = &shared.plan;
-            let netns = open_netns(plan)?;
-            let procs = shared.cgroup.procs_files().map_err(|e| e.to_string())?;
             shared.log.note(&format!(
                 "running once (until {} exists): {argv:?}",
                 creates.display()
             ));
-            let mut child = spawn::spawn(&SpawnSpec {
-                argv,
-                env: &plan.env,
-                cwd: &plan.cwd,
-                user: &plan.user,
-                netns: &netns,
-                cgroup_procs: &procs,
-            })
-            .map_err(|e| {
-                format!(
-                    "spawning {:?}: {e}",
-                    argv.first().map_or("", String::as_str)
-                )
-            })?;
-            if let Some(o) = child.stdout.take() {
-                shared.log.spawn_copier(o);
-            }
-            if let Some(e) = child.stderr.take() {
-                shared.log.spawn_copier(e);
-            }
-            let pid = child.id().unwrap_or(0) as i32;
-            match tokio::time::timeout(*timeout, child.wait()).await {
-                Ok(Ok(st)) if st.success() => {}
-                Ok(Ok(st)) => {
-                    return Err(format!(
-                        "{:?} failed ({st}); its output is in {}",
-                        argv[0],
-                        shared.log.path().display()
-                    ));
-                }
-                Ok(Err(e)) => return Err(format!("waiting for {:?}: {e}", argv[0])),
-                Err(_) => {
-                    // SAFETY: kill(2) on the step's own process group.
-                    unsafe { libc::kill(-pid, libc::SIGKILL) };
-                    let _ = child.wait().await;
-                    return Err(format!("{:?} did not finish within {timeout:?}", argv[0]));
-                }
-            }
+            run_once(shared, argv, *timeout)
+                .await
+                .map_err(|e| match e {
+                    OnceError::Failed(m) => {
+                        format!("{m}; its output is in {}", shared.log.path().display())
+                    }
+                    OnceError::Other(m) => m,
+                })?;
             if !creates.exists() {
                 return Err(format!(
                     "{:?} succeeded but did not create {}",
@@ -1299,16 +1268,24 @@ async fn run_step(shared: &Arc<Shared>, step: &Prep) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a [`run_once`] did not succeed.
+enum OnceError {
+    /// It ran and exited unsuccessfully.
+    Failed(String),
+    /// It could not be run, waited for, or did not finish in time.
+    Other(String),
+}
+
 /// Runs `argv` once as the node's user in its namespace and cgroup, its output to the
-/// node's log; killed (its process group) after `timeout`.
-async fn run_hook(
-    shared: &Shared,
-    argv: &[String],
-    timeout: Duration,
-) -> std::result::Result<(), String> {
+/// node's log; killed (its process group) after `timeout`. A prepare step's `run_once`
+/// and a profile's `before_snapshot` hook.
+async fn run_once(shared: &Shared, argv: &[String], timeout: Duration) -> Result<(), OnceError> {
     let plan = &shared.plan;
-    let netns = open_netns(plan)?;
-    let procs = shared.cgroup.procs_files().map_err(|e| e.to_string())?;
+    let netns = open_netns(plan).map_err(OnceError::Other)?;
+    let procs = shared
+        .cgroup
+        .procs_files()
+        .map_err(|e| OnceError::Other(e.to_string()))?;
     let mut child = spawn::spawn(&SpawnSpec {
         argv,
         env: &plan.env,
@@ -1318,10 +1295,10 @@ async fn run_hook(
         cgroup_procs: &procs,
     })
     .map_err(|e| {
-        format!(
+        OnceError::Other(format!(
             "spawning {:?}: {e}",
             argv.first().map_or("", String::as_str)
-        )
+        ))
     })?;
     if let Some(o) = child.stdout.take() {
         shared.log.spawn_copier(o);
@@ -1332,15 +1309,18 @@ async fn run_hook(
     let pid = child.id().unwrap_or(0) as i32;
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(st)) if st.success() => Ok(()),
-        Ok(Ok(st)) => Err(format!("{:?} failed ({st})", argv[0])),
-        Ok(Err(e)) => Err(format!("waiting for {:?}: {e}", argv[0])),
+        Ok(Ok(st)) => Err(OnceError::Failed(format!("{:?} failed ({st})", argv[0]))),
+        Ok(Err(e)) => Err(OnceError::Other(format!("waiting for {:?}: {e}", argv[0]))),
         Err(_) => {
             if pid > 0 {
-                // SAFETY: kill(2) on the hook's own process group.
+                // SAFETY: kill(2) on the process group it leads.
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
             }
             let _ = child.wait().await;
-            Err(format!("{:?} did not finish within {timeout:?}", argv[0]))
+            Err(OnceError::Other(format!(
+                "{:?} did not finish within {timeout:?}",
+                argv[0]
+            )))
         }
     }
 }
