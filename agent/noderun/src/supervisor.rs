@@ -1163,10 +1163,17 @@ async fn start(shared: &Arc<Shared>) -> Result<tokio::process::Child, String> {
             .await
             .map_err(|e| format!("prepare step {}: {e}", i + 1))?;
     }
+    spawn_in_node(shared, &plan.argv)
+}
+
+/// Spawns `argv` as the node's user in its namespace and cgroup, its output copied to the
+/// node's log.
+fn spawn_in_node(shared: &Shared, argv: &[String]) -> Result<tokio::process::Child, String> {
+    let plan = &shared.plan;
     let netns = open_netns(plan)?;
     let procs = shared.cgroup.procs_files().map_err(|e| e.to_string())?;
     let mut child = spawn::spawn(&SpawnSpec {
-        argv: &plan.argv,
+        argv,
         env: &plan.env,
         cwd: &plan.cwd,
         user: &plan.user,
@@ -1176,7 +1183,7 @@ async fn start(shared: &Arc<Shared>) -> Result<tokio::process::Child, String> {
     .map_err(|e| {
         format!(
             "spawning {:?}: {e}",
-            plan.argv.first().map_or("", String::as_str)
+            argv.first().map_or("", String::as_str)
         )
     })?;
     if let Some(o) = child.stdout.take() {
@@ -1280,32 +1287,7 @@ enum OnceError {
 /// node's log; killed (its process group) after `timeout`. A prepare step's `run_once`
 /// and a profile's `before_snapshot` hook.
 async fn run_once(shared: &Shared, argv: &[String], timeout: Duration) -> Result<(), OnceError> {
-    let plan = &shared.plan;
-    let netns = open_netns(plan).map_err(OnceError::Other)?;
-    let procs = shared
-        .cgroup
-        .procs_files()
-        .map_err(|e| OnceError::Other(e.to_string()))?;
-    let mut child = spawn::spawn(&SpawnSpec {
-        argv,
-        env: &plan.env,
-        cwd: &plan.cwd,
-        user: &plan.user,
-        netns: &netns,
-        cgroup_procs: &procs,
-    })
-    .map_err(|e| {
-        OnceError::Other(format!(
-            "spawning {:?}: {e}",
-            argv.first().map_or("", String::as_str)
-        ))
-    })?;
-    if let Some(o) = child.stdout.take() {
-        shared.log.spawn_copier(o);
-    }
-    if let Some(e) = child.stderr.take() {
-        shared.log.spawn_copier(e);
-    }
+    let mut child = spawn_in_node(shared, argv).map_err(OnceError::Other)?;
     let pid = child.id().unwrap_or(0) as i32;
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(st)) if st.success() => Ok(()),

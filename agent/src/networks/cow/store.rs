@@ -63,6 +63,16 @@ pub struct Store {
     flusher: OnceLock<super::flusher::Flusher>,
 }
 
+/// Whether `s` asks for a sync of a generation the node has not done yet.
+fn sync_due(st: &NodeState, s: &crate::networks::spec::SyncFrom) -> bool {
+    s.generation
+        != st
+            .persisted
+            .syncs
+            .get(&s.volume)
+            .map_or(0, |d| d.generation)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -330,19 +340,7 @@ impl Store {
                 return Ok(true);
             }
         }
-        if req.ops.sync_from.is_empty() {
-            return Ok(false);
-        }
-        let st = self.state(&req.network, &req.node)?;
-        let st = lock(&st);
-        Ok(req.ops.sync_from.iter().any(|s| {
-            s.generation
-                != st
-                    .persisted
-                    .syncs
-                    .get(&s.volume)
-                    .map_or(0, |d| d.generation)
-        }))
+        Ok(!self.sync_sources_due(req)?.is_empty())
     }
 
     /// The nodes (`<network>/<node>`) whose volumes a sync of `req` due now copies.
@@ -356,14 +354,7 @@ impl Store {
             .ops
             .sync_from
             .iter()
-            .filter(|s| {
-                s.generation
-                    != st
-                        .persisted
-                        .syncs
-                        .get(&s.volume)
-                        .map_or(0, |d| d.generation)
-            })
+            .filter(|s| sync_due(&st, s))
             .map(|s| format!("{}/{}", s.network, s.node))
             .collect();
         out.sort();
@@ -493,12 +484,7 @@ impl Store {
         }
         // Syncs due: the source's volume now, swapped in with one rename.
         for s in &req.ops.sync_from {
-            let done = st
-                .persisted
-                .syncs
-                .get(&s.volume)
-                .map_or(0, |d| d.generation);
-            if s.generation == done {
+            if !sync_due(&st, s) {
                 continue;
             }
             let t = Instant::now();
