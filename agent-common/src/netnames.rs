@@ -35,6 +35,21 @@ pub fn host_veth(network: &str, node: &str) -> String {
     format!("wn{:012x}", fnv(&[network, node]) & 0xffff_ffff_ffff)
 }
 
+/// Host end of a request router's veth (steering's router for one origin node): `wr` +
+/// 12 hex digits of the steer's key.
+pub fn router_veth(steer: &str) -> String {
+    format!("wr{:012x}", fnv(&["router", steer]) & 0xffff_ffff_ffff)
+}
+
+/// A request router's network namespace name: `<prefix>-router-` + 12 hex digits of the
+/// steer's key.
+pub fn router_netns(prefix: &str, steer: &str) -> String {
+    format!(
+        "{prefix}-router-{:012x}",
+        fnv(&["router", steer]) & 0xffff_ffff_ffff
+    )
+}
+
 /// The node's own interface, inside its namespace.
 pub const NODE_IF: &str = "eth0";
 
@@ -70,7 +85,12 @@ mod tests {
 
     #[test]
     fn interface_names_fit_and_differ() {
-        for n in [bridge("prod"), vxlan("prod"), host_veth("prod", "web")] {
+        for n in [
+            bridge("prod"),
+            vxlan("prod"),
+            host_veth("prod", "web"),
+            router_veth("weave/prod/web"),
+        ] {
             assert!(n.len() <= 15, "{n}");
         }
         assert_ne!(bridge("prod"), bridge("prod2"));
@@ -78,6 +98,12 @@ mod tests {
         // The separator matters: ("ab", "c") is not ("a", "bc").
         assert_ne!(host_veth("ab", "c"), host_veth("a", "bc"));
         assert_eq!(bridge("prod"), bridge("prod"));
+        assert_ne!(router_veth("weave/prod/web"), router_veth("weave/prod/db"));
+        assert_ne!(
+            router_veth("weave/prod/web")[2..],
+            host_veth("weave", "prod/web")[2..]
+        );
+        assert!(router_netns("weft", "weave/prod/web").starts_with("weft-router-"));
     }
 
     #[test]

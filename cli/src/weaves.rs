@@ -34,13 +34,18 @@ pub enum WeaveCommand {
     },
     /// Remove its routes, its network and volumes; unpin its snapshots.
     Delete { id: String },
-    /// New connections to PORT of the environment's nodes go to the weave's copies.
+    /// New connections to PORT of the environment's nodes go to the weave's copies; with
+    /// --header NAME[=VALUE], only the HTTP/1.1 requests carrying that header do (the
+    /// others go to the environment).
     Route {
         id: String,
         port: u32,
         /// Only this node; default every node that declares the port.
         #[arg(long)]
         node: Option<String>,
+        /// Route by request: NAME (any value) or NAME=VALUE.
+        #[arg(long)]
+        header: Option<String>,
         /// Remove the route instead.
         #[arg(long)]
         remove: bool,
@@ -95,7 +100,18 @@ fn routes(w: &Value) -> String {
         .flatten()
         .map(|r| match r["port"].as_u64() {
             Some(0) => format!("{}:*", text(r, "node")),
-            _ => format!("{}:{}", text(r, "node"), r["port"]),
+            _ => match r["header"].as_str() {
+                Some(h) => format!(
+                    "{}:{}[{h}{}]",
+                    text(r, "node"),
+                    r["port"],
+                    r["header_value"]
+                        .as_str()
+                        .map(|v| format!("={v}"))
+                        .unwrap_or_default()
+                ),
+                None => format!("{}:{}", text(r, "node"), r["port"]),
+            },
         })
         .collect();
     if r.is_empty() {
@@ -149,11 +165,22 @@ fn event_line(e: &Value, as_json: bool) -> String {
         ),
         "weft.weave.ready" => format!("in {} s", text(d, "ready_seconds")),
         "weft.weave.routed" => format!(
-            "port {}{}{}",
+            "port {}{}{}{}",
             text(d, "port"),
             d["node"]
                 .as_str()
                 .map(|n| format!(" of {n}"))
+                .unwrap_or_default(),
+            d["header"]
+                .as_str()
+                .map(|h| format!(
+                    " by header {h}{}",
+                    d["header_value"]
+                        .as_str()
+                        .filter(|v| !v.is_empty())
+                        .map(|v| format!("={v}"))
+                        .unwrap_or_default()
+                ))
                 .unwrap_or_default(),
             if d["removed"] == true { " removed" } else { "" }
         ),
@@ -219,13 +246,35 @@ pub fn run(base: &str, command: &WeaveCommand) -> anyhow::Result<String> {
             id,
             port,
             node,
+            header,
             remove,
         } => {
+            let by_request = header.as_deref().map(|h| match h.split_once('=') {
+                Some((n, v)) => (n.trim(), v.trim()),
+                None => (h.trim(), ""),
+            });
+            if by_request.is_some_and(|(n, _)| n.is_empty()) {
+                bail!(
+                    "--header {:?}: say NAME or NAME=VALUE",
+                    header.as_deref().unwrap_or_default()
+                );
+            }
             let w = if *remove {
-                let q = node
-                    .as_ref()
-                    .map(|n| format!("?node={}", enc(n)))
-                    .unwrap_or_default();
+                let mut q: Vec<String> = Vec::new();
+                if let Some(n) = node {
+                    q.push(format!("node={}", enc(n)));
+                }
+                if let Some((n, v)) = by_request {
+                    q.push(format!("header={}", enc(n)));
+                    if !v.is_empty() {
+                        q.push(format!("header_value={}", enc(v)));
+                    }
+                }
+                let q = if q.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", q.join("&"))
+                };
                 call(
                     base,
                     "DELETE",
@@ -236,6 +285,12 @@ pub fn run(base: &str, command: &WeaveCommand) -> anyhow::Result<String> {
                 let mut body = json!({ "port": port });
                 if let Some(n) = node {
                     body["node"] = json!(n);
+                }
+                if let Some((n, v)) = by_request {
+                    body["header"] = json!(n);
+                    if !v.is_empty() {
+                        body["header_value"] = json!(v);
+                    }
                 }
                 call(
                     base,
@@ -296,7 +351,8 @@ mod tests {
             "id": "shop-w1", "environment": "shop", "environment_revision": 3,
             "state": "running", "error": "", "active": true, "ready_seconds": 1.5,
             "placement": {"db": "hv2", "web": "hv1"}, "snapshots": {"db": "s-1"},
-            "routes": [{"node": "web", "port": 80}, {"node": "db", "port": 0}],
+            "routes": [{"node": "web", "port": 80}, {"node": "db", "port": 0},
+                       {"node": "api", "port": 8080, "header": "x-branch", "header_value": "w1"}],
         });
         let s = show(&w);
         assert!(
@@ -307,9 +363,19 @@ mod tests {
             s.contains("db               on hv2, volumes from snapshot s-1"),
             "{s}"
         );
-        assert!(s.contains("routes web:80 db:*"), "{s}");
+        assert!(
+            s.contains("routes web:80 db:* api:8080[x-branch=w1]"),
+            "{s}"
+        );
         let e = json!({"type": "weft.weave.routed", "time": "t", "subject": "shop-w1",
                        "data": {"port": 80, "node": "web", "removed": false}});
         assert!(event_line(&e, false).contains("port 80 of web"));
+        let e = json!({"type": "weft.weave.routed", "time": "t", "subject": "shop-w1",
+                       "data": {"port": 80, "node": "web", "header": "x-branch", "header_value": "w1", "removed": false}});
+        assert!(
+            event_line(&e, false).contains("port 80 of web by header x-branch=w1"),
+            "{}",
+            event_line(&e, false)
+        );
     }
 }

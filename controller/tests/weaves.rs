@@ -22,7 +22,7 @@ use weft_control::fake::FakeAgent;
 use weft_control::{Spec, kinds};
 use weft_controller::AppState;
 use weft_networks::{CreateRequest as NetworkCreate, Role};
-use weft_proto::v1::{NetworkNode, Steer};
+use weft_proto::v1::{self as wire, NetworkNode, Steer};
 use weft_store::{MemoryStore, Store};
 use weft_weaves::WeaveError;
 
@@ -350,7 +350,7 @@ async fn routes_activation_and_deactivation_are_steer_specs() {
     let w = s.weaves.create("shop", None, None).await.unwrap();
     assert!(steer(&s, "hv1", "web").is_none());
 
-    let info = s.weaves.route(&w.id, 80, None, false).await.unwrap();
+    let info = s.weaves.route(&w.id, 80, None, None, false).await.unwrap();
     assert_eq!(info.routes.len(), 1);
     let st = steer(&s, "hv1", "web").unwrap();
     assert_eq!(st.owner, "weave/shop-w1");
@@ -367,15 +367,25 @@ async fn routes_activation_and_deactivation_are_steer_specs() {
     );
     assert!(steer(&s, "hv2", "db").is_none());
     s.weaves
-        .route(&w.id, 443, Some("web"), false)
+        .route(&w.id, 443, Some("web"), None, false)
         .await
         .unwrap();
     assert_eq!(steer(&s, "hv1", "web").unwrap().ports, [80, 443]);
     // A port no node declares: the error lists the nodes' ports.
-    let (f, m) = field(s.weaves.route(&w.id, 8080, None, false).await.unwrap_err());
+    let (f, m) = field(
+        s.weaves
+            .route(&w.id, 8080, None, None, false)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(f, "port");
     assert!(m.contains("web: 80, 443") && m.contains("db: 5432"), "{m}");
-    let (f, _) = field(s.weaves.route(&w.id, 0, None, false).await.unwrap_err());
+    let (f, _) = field(
+        s.weaves
+            .route(&w.id, 0, None, None, false)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(f, "port");
 
     // Activation: every node, every port, one spec per node; and a snapshot of the
@@ -411,7 +421,7 @@ async fn routes_activation_and_deactivation_are_steer_specs() {
     }
     // A second weave cannot take a node the first holds.
     let other = s.weaves.create("shop", None, None).await.unwrap();
-    match s.weaves.route(&other.id, 5432, None, false).await {
+    match s.weaves.route(&other.id, 5432, None, None, false).await {
         Err(WeaveError::Conflict(m)) => assert!(m.contains("shop-w1"), "{m}"),
         r => panic!("{r:?}"),
     }
@@ -437,17 +447,116 @@ async fn routes_activation_and_deactivation_are_steer_specs() {
         Err(WeaveError::Conflict(_))
     ));
     // A route again steers again; removing one takes its port off.
-    s.weaves.route(&w.id, 5432, None, false).await.unwrap();
+    s.weaves
+        .route(&w.id, 5432, None, None, false)
+        .await
+        .unwrap();
     assert_eq!(steer(&s, "hv1", "web").unwrap().share_ppm, 1_000_000);
     assert_eq!(steer(&s, "hv2", "db").unwrap().ports, [5432]);
-    s.weaves.route(&w.id, 80, None, true).await.unwrap();
+    s.weaves.route(&w.id, 80, None, None, true).await.unwrap();
     assert_eq!(steer(&s, "hv1", "web").unwrap().ports, [443]);
     assert!(matches!(
-        s.weaves.route(&w.id, 80, None, true).await,
+        s.weaves.route(&w.id, 80, None, None, true).await,
         Err(WeaveError::NotFound(_))
     ));
     s.weaves.deactivate(&w.id).await.unwrap();
     assert_eq!(steer(&s, "hv2", "db").unwrap().share_ppm, 0);
+}
+
+#[tokio::test]
+async fn routes_by_request_are_steer_request_rules() {
+    let (s, _a) = environment().await;
+    let w = s.weaves.create("shop", None, None).await.unwrap();
+    let m = |header: &str, value: &str| weft_weaves::RequestMatch {
+        header: header.into(),
+        value: value.into(),
+    };
+    let info = s
+        .weaves
+        .route(&w.id, 80, Some("web"), Some(&m("X-Branch", " w1 ")), false)
+        .await
+        .unwrap();
+    assert_eq!(info.routes.len(), 1);
+    assert_eq!(
+        (
+            info.routes[0].header.as_str(),
+            info.routes[0].header_value.as_str()
+        ),
+        ("x-branch", "w1")
+    );
+    let rule = |port: u32, header: &str, value: &str| wire::SteerRequestRule {
+        port,
+        header: header.into(),
+        value: value.into(),
+    };
+    let st = steer(&s, "hv1", "web").unwrap();
+    assert_eq!(
+        (st.ports.as_slice(), st.share_ppm),
+        ([80].as_slice(), 1_000_000)
+    );
+    assert_eq!(st.request_rules, [rule(80, "x-branch", "w1")]);
+    // A second header of the same port is an alternative; any value of it.
+    s.weaves
+        .route(&w.id, 80, Some("web"), Some(&m("x-canary", "")), false)
+        .await
+        .unwrap();
+    let st = steer(&s, "hv1", "web").unwrap();
+    assert_eq!(st.ports, [80]);
+    assert_eq!(
+        st.request_rules,
+        [rule(80, "x-branch", "w1"), rule(80, "x-canary", "")]
+    );
+    // A bad header name is refused naming the field; nothing changes.
+    let (f, msg) = field(
+        s.weaves
+            .route(&w.id, 80, Some("web"), Some(&m("x branch", "")), false)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(f, "header", "{msg}");
+    // Removing one header route leaves the other.
+    s.weaves
+        .route(&w.id, 80, Some("web"), Some(&m("X-Canary", "")), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        steer(&s, "hv1", "web").unwrap().request_rules,
+        [rule(80, "x-branch", "w1")]
+    );
+    // The whole port replaces its header routes; a header route is then a conflict.
+    s.weaves
+        .route(&w.id, 80, Some("web"), None, false)
+        .await
+        .unwrap();
+    let st = steer(&s, "hv1", "web").unwrap();
+    assert!(st.request_rules.is_empty(), "{st:?}");
+    assert_eq!(s.weaves.info(&w.id).unwrap().routes.len(), 1);
+    match s
+        .weaves
+        .route(&w.id, 80, Some("web"), Some(&m("x-branch", "w1")), false)
+        .await
+    {
+        Err(WeaveError::Conflict(msg)) => assert!(msg.contains("routed whole"), "{msg}"),
+        r => panic!("{r:?}"),
+    }
+    // Back by request, then active: an active weave takes every connection, no rules.
+    s.weaves
+        .route(&w.id, 80, Some("web"), None, true)
+        .await
+        .unwrap();
+    s.weaves
+        .route(&w.id, 80, Some("web"), Some(&m("x-branch", "w1")), false)
+        .await
+        .unwrap();
+    s.weaves.activate(&w.id).await.unwrap();
+    let st = steer(&s, "hv1", "web").unwrap();
+    assert!(st.ports.is_empty() && st.request_rules.is_empty(), "{st:?}");
+    s.weaves.deactivate(&w.id).await.unwrap();
+    let st = steer(&s, "hv1", "web").unwrap();
+    assert_eq!(
+        (st.ports.as_slice(), st.share_ppm, st.request_rules.len()),
+        ([80].as_slice(), 0, 1)
+    );
 }
 
 #[tokio::test]
@@ -496,12 +605,15 @@ async fn a_node_a_shadow_steers_is_not_routed_to_a_weave() {
         })
         .await
         .unwrap();
-    match s.weaves.route(&w.id, 80, None, false).await {
+    match s.weaves.route(&w.id, 80, None, None, false).await {
         Err(WeaveError::Conflict(m)) => assert!(m.contains("shadow/shop-shadow"), "{m}"),
         r => panic!("{r:?}"),
     }
     // Another node is free.
-    s.weaves.route(&w.id, 5432, None, false).await.unwrap();
+    s.weaves
+        .route(&w.id, 5432, None, None, false)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -603,7 +715,7 @@ async fn a_restarted_controller_publishes_weaves_again() {
         let a = agents(&s, true);
         create_shop(&s).await;
         let w = s.weaves.create("shop", None, None).await.unwrap();
-        s.weaves.route(&w.id, 80, None, false).await.unwrap();
+        s.weaves.route(&w.id, 80, None, None, false).await.unwrap();
         for h in a {
             h.abort();
         }

@@ -224,16 +224,28 @@ pub async fn add_node_veth(
     mtu: u32,
     bridge: u32,
 ) -> Result<(), LinkError> {
+    add_veth(h, host, netns_fd, mtu, Some(bridge)).await
+}
+
+/// [`add_node_veth`], the host end a port of `bridge` or of none.
+pub async fn add_veth(
+    h: &Handle,
+    host: &str,
+    netns_fd: std::os::fd::RawFd,
+    mtu: u32,
+    bridge: Option<u32>,
+) -> Result<(), LinkError> {
     // Not up here: the kernel opens the peer before the pair is linked, and a veth
     // without its peer refuses to open (ENOTCONN); the caller sets it up.
     let peer = LinkUnspec::new_with_name(super::names::NODE_IF)
         .mtu(mtu)
         .setns_by_fd(netns_fd)
         .build();
-    let mut msg = LinkVeth::new(host, super::names::NODE_IF)
-        .mtu(mtu)
-        .controller(bridge)
-        .build();
+    let mut b = LinkVeth::new(host, super::names::NODE_IF).mtu(mtu);
+    if let Some(bridge) = bridge {
+        b = b.controller(bridge);
+    }
+    let mut msg = b.build();
     for a in &mut msg.attributes {
         if let LinkAttribute::LinkInfo(infos) = a {
             for i in infos.iter_mut() {

@@ -383,6 +383,7 @@ fn same_host(share_ppm: u32, key: &str, failover: Option<SteerHealth>) -> Steer 
         target_node: "t".into(),
         target_host: String::new(),
         tunnel_id: 0,
+        request_rules: Vec::new(),
     }
 }
 

@@ -73,6 +73,7 @@
 
 mod adopt;
 pub mod health;
+pub mod router;
 pub mod tunnel;
 
 #[cfg(test)]
@@ -145,6 +146,8 @@ pub enum SteerError {
     },
     #[error("starting the health check: {0}")]
     Health(std::io::Error),
+    #[error(transparent)]
+    Router(#[from] router::RouterError),
 }
 
 fn spec_err(s: impl Into<String>) -> SteerError {
@@ -190,7 +193,14 @@ pub struct SteerSpec {
     /// `None`: this host.
     pub target_host: Option<Ipv4Addr>,
     pub tunnel_id: u32,
+    /// Ports routed by request and their rules; not empty: the steer's target is this
+    /// host's request router for the origin ([`router`]), which takes every port of
+    /// `ports` (those without rules it relays whole to the target).
+    pub request_rules: router::RouterRules,
 }
+
+/// Request rules per steer at most.
+const MAX_REQUEST_RULES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverSpec {
@@ -308,6 +318,37 @@ impl TryFrom<&weft_proto::v1::Steer> for SteerSpec {
         if target_host.is_none() && s.network == s.target_network && s.node == s.target_node {
             return Err(spec_err("the target is the origin itself"));
         }
+        if s.request_rules.len() > MAX_REQUEST_RULES {
+            return Err(spec_err(format!(
+                "{} request rules: at most {MAX_REQUEST_RULES} per steer",
+                s.request_rules.len()
+            )));
+        }
+        let mut request_rules = router::RouterRules::new();
+        for (i, r) in s.request_rules.iter().enumerate() {
+            let p = port(r.port, &format!("request_rules[{i}].port"))?;
+            if !ports.contains(&p) {
+                return Err(spec_err(format!(
+                    "request_rules[{i}]: port {p} is not one of the steered ports {ports:?}"
+                )));
+            }
+            let value = r.value.trim();
+            let rule =
+                weft_reqroute::HeaderRule::new(&r.header, (!value.is_empty()).then_some(value))
+                    .map_err(|e| spec_err(format!("request_rules[{i}]: {e}")))?;
+            request_rules.entry(p).or_default().push(rule);
+        }
+        if !request_rules.is_empty() {
+            if target_host.is_some() {
+                return Err(spec_err(
+                    "request rules need the target on the origin's host (the router reaches it in its namespace)",
+                ));
+            }
+            // Every steered port goes to the router; those without rules whole.
+            for p in &ports {
+                request_rules.entry(*p).or_default();
+            }
+        }
         Ok(Self {
             owner: s.owner.clone(),
             network: s.network.clone(),
@@ -321,6 +362,7 @@ impl TryFrom<&weft_proto::v1::Steer> for SteerSpec {
             target_node: s.target_node.clone(),
             target_host,
             tunnel_id,
+            request_rules,
         })
     }
 }
@@ -370,6 +412,8 @@ struct ActiveSteer {
     failover: Arc<Mutex<Failover>>,
     health: Option<HealthCheck>,
     observed: Vec<String>,
+    /// The request router that is the target (steers with request rules).
+    router: Option<Arc<router::Router>>,
 }
 
 struct ActiveTarget {
@@ -954,7 +998,43 @@ impl Steering {
     ) -> Result<ResourceReport, SteerError> {
         let mut changes = 0;
         let origin_if = self.interface(&spec.network, &spec.node).await?;
+        // A request router: the one this steer has when it serves the same nodes.
+        let router = if spec.request_rules.is_empty() {
+            None
+        } else {
+            let origin_netns = self.netns_of(&spec.network, &spec.node);
+            let target_netns = self.netns_of(&spec.target_network, &spec.target_node);
+            let kept = lock(&self.steers)
+                .get(key)
+                .and_then(|a| a.router.clone())
+                .filter(|r| r.serves(&origin_netns, &target_netns));
+            let r = match kept {
+                Some(r) => r,
+                None => {
+                    // Made when the target node exists (a clear error otherwise).
+                    self.interface(&spec.target_network, &spec.target_node)
+                        .await?;
+                    changes += 1;
+                    Arc::new(
+                        router::Router::make(
+                            key,
+                            &self.settings.netns_prefix,
+                            &self.host.handle,
+                            &origin_netns,
+                            &target_netns,
+                        )
+                        .await?,
+                    )
+                }
+            };
+            changes += r.set_rules(&spec.request_rules).await?;
+            Some(r)
+        };
         let (target_if, target_mac, remote) = match spec.target_host {
+            None if router.is_some() => {
+                let r = router.as_ref().expect("checked");
+                (r.host_if.clone(), r.mac, 0)
+            }
             None => {
                 let t = self
                     .interface(&spec.target_network, &spec.target_node)
@@ -1053,6 +1133,12 @@ impl Steering {
                     && p.spec.tunnel_id == spec.tunnel_id;
                 if !same_target {
                     self.remove_target_side_of(p.spec.target_host, p.spec.tunnel_id, &p.target_if);
+                    changes += 1;
+                }
+                if let Some(old) = p.router.take()
+                    && !router.as_ref().is_some_and(|r| Arc::ptr_eq(r, &old))
+                {
+                    old.remove(&self.host.handle).await;
                     changes += 1;
                 }
                 let health = p.health.take();
@@ -1171,6 +1257,9 @@ impl Steering {
             self.detach(origin_if.1, Hook::Egress, PROG_ORIGIN);
             self.remove_target_side_of(spec.target_host, spec.tunnel_id, &target_if);
             let _ = self.write_ports(steer_id, &[]);
+            if let Some(r) = &router {
+                r.remove(&self.host.handle).await;
+            }
             self.publish_gauges();
             return Err(e);
         }
@@ -1179,6 +1268,41 @@ impl Steering {
             "origin {}/{} ({} #{}) egress {PROG_ORIGIN} slot {steer_id}",
             spec.network, spec.node, origin_if.0, origin_if.1
         )];
+        if let Some(r) = &router {
+            observed.push(format!(
+                "request router {} ({} #{}, {}, {}) for {}/{}: {}",
+                r.netns.display(),
+                r.host_if.0,
+                r.host_if.1,
+                tunnel::mac_text(&r.mac),
+                r.addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                spec.target_network,
+                spec.target_node,
+                spec.request_rules
+                    .iter()
+                    .map(|(p, rules)| if rules.is_empty() {
+                        format!("port {p} whole")
+                    } else {
+                        format!(
+                            "port {p} by {}",
+                            rules
+                                .iter()
+                                .map(|r| match &r.value {
+                                    Some(v) => format!("{}: {v}", r.name),
+                                    None => format!("{} (any)", r.name),
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" or ")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         match spec.target_host {
             None => observed.push(format!(
                 "target {}/{} ({} #{}, {}) ingress {PROG_RETURN}",
@@ -1216,12 +1340,17 @@ impl Steering {
             failover: failover.clone(),
             health,
             observed: observed.clone(),
+            router: router.clone(),
         };
         lock(&self.steers).insert(key.to_owned(), active);
         self.publish_gauges();
         let measurements = {
             let f = lock(&failover);
-            self.measurements_of(steer_id, spec.failover.as_ref().map(|_| &*f))
+            let mut m = self.measurements_of(steer_id, spec.failover.as_ref().map(|_| &*f));
+            if let Some(r) = &router {
+                m.extend(r.measurements());
+            }
+            m
         };
         Ok(ResourceReport {
             key: key.to_owned(),
@@ -1303,14 +1432,43 @@ impl Steering {
         }
     }
 
+    /// Request router namespaces no steer uses (a previous agent's): removed (their
+    /// veths go with them).
+    fn sweep_routers(&self) {
+        let prefix = format!("{}-router-", self.settings.netns_prefix);
+        let used: BTreeSet<PathBuf> = lock(&self.steers)
+            .values()
+            .filter_map(|a| a.router.as_ref().map(|r| r.netns.clone()))
+            .collect();
+        let Ok(dir) = std::fs::read_dir(namespaces::NETNS_DIR) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let path = e.path();
+            if e.file_name().to_string_lossy().starts_with(&prefix) && !used.contains(&path) {
+                match namespaces::remove(&path) {
+                    Ok(()) => {
+                        tracing::info!(namespace = %path.display(), "removed a request router namespace no steer uses")
+                    }
+                    Err(e) => {
+                        tracing::warn!(namespace = %path.display(), error = %e, "removing an unused request router namespace")
+                    }
+                }
+            }
+        }
+    }
+
     async fn remove_steer(&self, key: &str) -> usize {
-        let Some(p) = lock(&self.steers).remove(key) else {
+        let Some(mut p) = lock(&self.steers).remove(key) else {
             return 0;
         };
         lock(&p.entry).live = false;
         self.remove_key::<u32, SteerOrigin>("STEER_ORIGINS", &p.origin_if.1);
         self.detach(p.origin_if.1, Hook::Egress, PROG_ORIGIN);
         self.remove_target_side_of(p.spec.target_host, p.spec.tunnel_id, &p.target_if);
+        if let Some(r) = p.router.take() {
+            r.remove(&self.host.handle).await;
+        }
         let _ = self.write_ports(p.steer_id, &[]);
         lock(&self.last_stats).remove(&p.steer_id);
         self.purge_conns(p.steer_id);
@@ -1349,10 +1507,15 @@ impl Steering {
         let steers = lock(&self.steers);
         let s = steers.get(key)?;
         let f = lock(&s.failover);
+        let mut measurements =
+            self.measurements_of(s.steer_id, s.spec.failover.as_ref().map(|_| &*f));
+        if let Some(r) = &s.router {
+            measurements.extend(r.measurements());
+        }
         Some(ResourceReport {
             key: key.to_owned(),
             observed: s.observed.clone(),
-            measurements: self.measurements_of(s.steer_id, s.spec.failover.as_ref().map(|_| &*f)),
+            measurements,
             ..Default::default()
         })
     }
@@ -1676,6 +1839,7 @@ impl Reconciler for SteerReconciler {
             }
             if matches!(scope, Scope::All) {
                 s.sweep_leftovers(adopt::Kind::Steer);
+                s.sweep_routers();
                 // A tunnel device left by an earlier run (or a failed apply) that nothing
                 // needs now goes.
                 s.drop_tunnel_if_unused().await;
@@ -1858,6 +2022,15 @@ mod tests {
             target_node: "web".into(),
             target_host: String::new(),
             tunnel_id: 0,
+            request_rules: Vec::new(),
+        }
+    }
+
+    fn rule(port: u32, header: &str, value: &str) -> weft_proto::v1::SteerRequestRule {
+        weft_proto::v1::SteerRequestRule {
+            port,
+            header: header.into(),
+            value: value.into(),
         }
     }
 
@@ -1877,6 +2050,23 @@ mod tests {
         let s = SteerSpec::try_from(&cross).unwrap();
         assert_eq!(s.target_host, Some(Ipv4Addr::new(198, 18, 82, 2)));
         assert_eq!(s.tunnel_id, 7);
+        assert!(s.request_rules.is_empty());
+
+        // Rules by request: the router takes every steered port, those without rules whole.
+        let by_request = weft_proto::v1::Steer {
+            request_rules: vec![rule(80, "X-Branch", " w1 "), rule(80, "x-canary", "")],
+            ..wire()
+        };
+        let s = SteerSpec::try_from(&by_request).unwrap();
+        assert_eq!(
+            s.request_rules.keys().copied().collect::<Vec<_>>(),
+            [80, 443]
+        );
+        let on_80 = &s.request_rules[&80];
+        assert_eq!(on_80.len(), 2);
+        assert_eq!(on_80[0].value.as_deref(), Some("w1"));
+        assert_eq!(on_80[1].value, None);
+        assert!(s.request_rules[&443].is_empty());
     }
 
     #[test]
@@ -1951,6 +2141,37 @@ mod tests {
                 "failover port",
             ),
         ];
+        let with_rules = |rules| weft_proto::v1::Steer {
+            request_rules: rules,
+            ..wire()
+        };
+        let mut cases = cases;
+        cases.extend([
+            (
+                with_rules(vec![rule(8080, "x-branch", "")]),
+                "request_rules[0]: port 8080 is not one of the steered ports",
+            ),
+            (
+                with_rules(vec![rule(80, "x branch", "")]),
+                "request_rules[0]",
+            ),
+            (
+                with_rules(vec![rule(80, "x-ok", ""), rule(0, "x", "")]),
+                "request_rules[1].port",
+            ),
+            (
+                weft_proto::v1::Steer {
+                    target_host: "198.18.82.2".into(),
+                    tunnel_id: 3,
+                    ..with_rules(vec![rule(80, "x-branch", "")])
+                },
+                "on the origin's host",
+            ),
+            (
+                with_rules((0..65).map(|_| rule(80, "x", "")).collect()),
+                "at most 64",
+            ),
+        ]);
         for (w, why) in cases {
             let e = SteerSpec::try_from(&w).unwrap_err().to_string();
             assert!(e.contains(why), "{why}: {e}");

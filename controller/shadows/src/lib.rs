@@ -636,6 +636,7 @@ impl ShadowManager {
                             String::new()
                         },
                         tunnel_id,
+                        request_rules: Vec::new(),
                     }),
                 );
                 if cross {

@@ -111,10 +111,19 @@ impl WeaveService for WeaveApi {
         let r = request.into_inner();
         let id = required("id", &r.id)?;
         let node = Some(r.node.as_str()).filter(|n| !n.trim().is_empty());
+        if r.header.is_empty() && !r.header_value.is_empty() {
+            return Err(Status::invalid_argument(
+                "header_value: a header value without a header: set header too",
+            ));
+        }
+        let by_request = (!r.header.is_empty()).then(|| weft_weaves::RequestMatch {
+            header: r.header.clone(),
+            value: r.header_value.clone(),
+        });
         let info = self
             .state
             .weaves
-            .route(id, r.target_port, node, r.remove)
+            .route(id, r.target_port, node, by_request.as_ref(), r.remove)
             .await
             .map_err(status)?;
         Ok(Response::new(info.to_wire()))

@@ -209,13 +209,40 @@ async fn remove(
     Ok(Json(view(&info)?))
 }
 
-/// `{"port": 80, "node": "web"}` (`node` left out: every node that declares the port).
+/// `{"port": 80, "node": "web"}` (`node` left out: every node that declares the port);
+/// with `"header": "x-branch", "header_value": "new"`, only the HTTP/1.1 requests that
+/// carry that header (`header_value` left out or empty: any value) go to the weave, the
+/// others to the environment.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RouteBody {
     port: u32,
     #[serde(default)]
     node: Option<String>,
+    /// Route by request: a request header (case-insensitive).
+    #[serde(default)]
+    header: Option<String>,
+    /// The header's value, exactly (after trimming); empty: any value.
+    #[serde(default)]
+    header_value: Option<String>,
+}
+
+/// The request match of a route's fields: `header_value` without `header` is refused.
+fn request_match(
+    header: Option<&str>,
+    value: Option<&str>,
+) -> Result<Option<weft_weaves::RequestMatch>, ApiError> {
+    match (header.filter(|h| !h.is_empty()), value) {
+        (Some(h), v) => Ok(Some(weft_weaves::RequestMatch {
+            header: h.to_owned(),
+            value: v.unwrap_or_default().to_owned(),
+        })),
+        (None, Some(v)) if !v.is_empty() => Err(ApiError::parameter(
+            "header_value",
+            "a header value without a header: set \"header\" too",
+        )),
+        (None, _) => Ok(None),
+    }
 }
 
 #[utoipa::path(
@@ -238,9 +265,10 @@ async fn add_route(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b: RouteBody = json_body(&body)?;
+    let by_request = request_match(b.header.as_deref(), b.header_value.as_deref())?;
     let info = state
         .weaves
-        .route(&id, b.port, b.node.as_deref(), false)
+        .route(&id, b.port, b.node.as_deref(), by_request.as_ref(), false)
         .await?;
     Ok(Json(view(&info)?))
 }
@@ -253,6 +281,8 @@ async fn add_route(
         ("weave_id" = String, Path, description = "The weave"),
         ("port" = u32, Path, description = "The routed port"),
         ("node" = Option<String>, Query, description = "Only this node's route"),
+        ("header" = Option<String>, Query, description = "Only the route by this request header"),
+        ("header_value" = Option<String>, Query, description = "... with this value"),
     ),
     responses(
         (status = 200, description = "The weave without the route", body = crate::api::openapi::schemas::Weave),
@@ -268,12 +298,19 @@ async fn remove_route(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let params = Params(params);
-    params.only(&["node"])?;
+    params.only(&["node", "header", "header_value"])?;
     let port: u32 = port
         .parse()
         .map_err(|_| ApiError::parameter("port", format!("{port:?} is not a port number")))?;
     let node = params.0.get("node").map(String::as_str);
-    let info = state.weaves.route(&id, port, node, true).await?;
+    let by_request = request_match(
+        params.0.get("header").map(String::as_str),
+        params.0.get("header_value").map(String::as_str),
+    )?;
+    let info = state
+        .weaves
+        .route(&id, port, node, by_request.as_ref(), true)
+        .await?;
     Ok(Json(view(&info)?))
 }
 

@@ -109,6 +109,38 @@ pub struct WeaveEvent {
     pub at_unix_ns: u64,
 }
 
+/// What a route by request matches: a request header (case-insensitive name) equal to
+/// `value` (after trimming; empty: any value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestMatch {
+    pub header: String,
+    pub value: String,
+}
+
+impl RequestMatch {
+    /// Checked by the agent's own rules (a header token, a printable value); the name
+    /// kept lower-case.
+    fn checked(&self) -> Result<Self, WeaveError> {
+        let value = self.value.trim();
+        weft_reqroute::HeaderRule::new(&self.header, (!value.is_empty()).then_some(value))
+            .map_err(|e| invalid("header", e))?;
+        Ok(Self {
+            header: self.header.to_ascii_lowercase(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for RequestMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{:?} (any value)", self.header)
+        } else {
+            write!(f, "{:?}: {:?}", self.header, self.value)
+        }
+    }
+}
+
 /// A weave and its state now (`WeaveInfo`, with the wire's field names).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WeaveInfo {
@@ -133,6 +165,11 @@ pub struct WeaveInfo {
 pub struct RouteView {
     pub node: String,
     pub port: u32,
+    /// Set: only requests with this header (and `header_value`; empty: any) are routed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub header: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub header_value: String,
 }
 
 impl WeaveInfo {
@@ -153,6 +190,8 @@ impl WeaveInfo {
                 .map(|r| wire::WeaveRoute {
                     node: r.node.clone(),
                     port: r.port,
+                    header: r.header.clone(),
+                    header_value: r.header_value.clone(),
                 })
                 .collect(),
             active: self.active,
@@ -364,6 +403,19 @@ impl WeaveManager {
                     continue;
                 };
                 let routed = w.ports_of(node);
+                // An active weave takes every connection: no request router in between.
+                let request_rules = if w.active {
+                    Vec::new()
+                } else {
+                    w.request_rules_of(node)
+                        .into_iter()
+                        .map(|(port, header, value)| wire::SteerRequestRule {
+                            port: u32::from(port),
+                            header,
+                            value,
+                        })
+                        .collect()
+                };
                 let (ports, share_ppm) = if w.active {
                     (Vec::new(), FULL_SHARE_PPM)
                 } else if w.paused || routed.is_empty() {
@@ -386,6 +438,7 @@ impl WeaveManager {
                         target_node: node.clone(),
                         target_host: String::new(),
                         tunnel_id: 0,
+                        request_rules,
                     }),
                 );
             }
@@ -807,13 +860,18 @@ impl WeaveManager {
     }
 
     /// New connections to `port` of the environment's node `node` (`None`: every node
-    /// that declares the port) go to the weave's copy; `remove`: that route goes (the
-    /// steer stays, steering nothing new on that port).
+    /// that declares the port) go to the weave's copy; with `by_request`, only the HTTP/1.1
+    /// requests carrying that header do (the others go to the environment). `remove`:
+    /// that route goes (the steer stays, steering nothing new on that port); without a
+    /// header it removes every route of the port. A route of the whole port replaces the
+    /// port's routes by request; a route by request where the whole port is routed is a
+    /// conflict.
     pub async fn route(
         &self,
         id: &str,
         port: u32,
         node: Option<&str>,
+        by_request: Option<&RequestMatch>,
         remove: bool,
     ) -> Result<WeaveInfo, WeaveError> {
         let port = u16::try_from(port)
@@ -821,17 +879,27 @@ impl WeaveManager {
             .filter(|p| *p > 0)
             .ok_or_else(|| invalid("port", format!("{port} is not a port (1..=65535)")))?;
         let node = node.map(str::trim).filter(|n| !n.is_empty());
+        let by_request = by_request.map(RequestMatch::checked).transpose()?;
         let _op = self.ops.lock().await;
         let mut w = self.get(id).ok_or_else(|| missing(id))?;
         let env = self.live_environment(&w)?;
         if remove {
             let before = w.routes.len();
-            w.routes
-                .retain(|r| !(r.port == port && node.is_none_or(|n| n == r.node)));
+            w.routes.retain(|r| {
+                !(r.port == port
+                    && node.is_none_or(|n| n == r.node)
+                    && by_request
+                        .as_ref()
+                        .is_none_or(|m| m.header == r.header && m.value == r.header_value))
+            });
             if w.routes.len() == before {
                 return Err(WeaveError::NotFound(format!(
-                    "weave {id:?} has no route of port {port}{}",
-                    node.map(|n| format!(" on node {n:?}")).unwrap_or_default()
+                    "weave {id:?} has no route of port {port}{}{}",
+                    node.map(|n| format!(" on node {n:?}")).unwrap_or_default(),
+                    by_request
+                        .as_ref()
+                        .map(|m| format!(" by header {m}"))
+                        .unwrap_or_default()
                 )));
             }
         } else {
@@ -895,19 +963,33 @@ impl WeaveManager {
             };
             for n in &nodes {
                 self.steerable(&env, &w, n)?;
+                if by_request.is_some() && w.routes.contains(&WeaveRoute::port(n, port)) {
+                    return Err(WeaveError::Conflict(format!(
+                        "port {port} of node {n:?} is routed whole to weave {id:?}: remove that route before routing it by request"
+                    )));
+                }
             }
             for n in nodes {
-                w.routes.insert(WeaveRoute {
-                    node: n.clone(),
-                    port,
-                });
+                match &by_request {
+                    Some(m) => {
+                        w.routes.insert(WeaveRoute {
+                            header: m.header.clone(),
+                            header_value: m.value.clone(),
+                            ..WeaveRoute::port(&n, port)
+                        });
+                    }
+                    None => {
+                        w.routes.retain(|r| !(r.node == n && r.port == port));
+                        w.routes.insert(WeaveRoute::port(&n, port));
+                    }
+                }
                 w.steered.insert(n);
             }
             w.paused = false;
         }
         self.persist(&w)?;
         self.publish_steers(&w.environment);
-        info!(weave = %id, port, ?node, remove, "weave route changed");
+        info!(weave = %id, port, ?node, header = ?by_request.as_ref().map(|m| m.to_string()), remove, "weave route changed");
         self.tell(
             "weft.weave.routed",
             &w,
@@ -916,6 +998,8 @@ impl WeaveManager {
                 "environment": w.environment,
                 "port": port,
                 "node": node,
+                "header": by_request.as_ref().map(|m| &m.header),
+                "header_value": by_request.as_ref().map(|m| &m.value),
                 "removed": remove,
                 "routes": w.routes,
             }),
@@ -1219,12 +1303,16 @@ impl WeaveManager {
             .map(|r| RouteView {
                 node: r.node.clone(),
                 port: u32::from(r.port),
+                header: r.header.clone(),
+                header_value: r.header_value.clone(),
             })
             .collect();
         if w.active {
             routes.extend(w.steered.iter().map(|n| RouteView {
                 node: n.clone(),
                 port: 0,
+                header: String::new(),
+                header_value: String::new(),
             }));
         }
         WeaveInfo {

@@ -2,8 +2,9 @@
 //! history (definitions by revision, volume snapshots every 2 s); a weave branched from a
 //! time before a schema change runs beside the environment in its own namespaces with
 //! copy-on-write clones of the volumes as they were then; new connections to a port are
-//! routed to the weave by the kernel; writes in one are not seen in the other until
-//! `sync_volumes`; deleting the weave removes what it made. And a weave activated and
+//! routed to the weave by the kernel; HTTP requests carrying a header are routed to it by
+//! the agent's request router, request by request on one connection; writes in one are
+//! not seen in the other until `sync_volumes`; deleting the weave removes what it made. And a weave activated and
 //! deactivated 100 times under load (a new connection per request): not one request fails.
 
 use std::net::SocketAddr;
@@ -311,6 +312,139 @@ fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<(
     .with_context(logs)?;
     ensure!(page(&client, &web)? == "v2", "port 80 must stay with prod");
     phase("5432 routed to the weave, 80 not");
+
+    // Routing by request: on port 80, requests with `X-Weft-Weave: wvold` go to the weave
+    // (its page is v1), every other one to the environment (v2), on one connection too.
+    let routers = || -> Result<Vec<String>> {
+        let prefix = format!("{}-router-", lab.node_netns_prefix("hv1"));
+        Ok(weft_lab::netns::list()?
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect())
+    };
+    ensure!(
+        routers()?.is_empty(),
+        "a request router before any route by request"
+    );
+    let (code, body) = controller.send(
+        "POST",
+        "/weaves/wvold/routes",
+        Some(
+            &json!({"port": 80, "node": "web", "header": "X-Weft-Weave", "header_value": "wvold"}),
+        ),
+    )?;
+    ensure!(code == 200, "route 80 by header: {code} {body}");
+    ensure!(
+        body.contains("\"header\":\"x-weft-weave\""),
+        "the route by header in the weave: {body}"
+    );
+    let url = format!("http://{web}/");
+    let with_header = |ns: &str| -> Result<String> {
+        Ok(exec(
+            ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                "-H",
+                "X-Weft-Weave: wvold",
+                &url,
+            ],
+        )?
+        .trim()
+        .to_owned())
+    };
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || {
+        let p = with_header(&client)?;
+        ensure!(
+            p == "v1",
+            "80 with the header not routed to the weave yet: {p:?}"
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+    ensure!(
+        page(&client, &web)? == "v2",
+        "80 without the header must stay with prod"
+    );
+    // Four requests on one connection (curl reuses it across --next; num_connects says
+    // whether a transfer opened one): weave, prod, weave (other case and spacing), prod
+    // (another value).
+    let one = exec(
+        &client,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-w",
+            " connects=%{num_connects}\n",
+            "-H",
+            "X-Weft-Weave: wvold",
+            &url,
+            "--next",
+            "-w",
+            " connects=%{num_connects}\n",
+            &url,
+            "--next",
+            "-w",
+            " connects=%{num_connects}\n",
+            "-H",
+            "x-weft-weave:   wvold ",
+            &url,
+            "--next",
+            "-w",
+            " connects=%{num_connects}\n",
+            "-H",
+            "X-Weft-Weave: other",
+            &url,
+        ],
+    )?;
+    let lines: Vec<&str> = one
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    ensure!(
+        lines
+            == [
+                "v1",
+                "connects=1",
+                "v2",
+                "connects=0",
+                "v1",
+                "connects=0",
+                "v2",
+                "connects=0"
+            ],
+        "four requests on one connection, routed one by one: {one:?}"
+    );
+    let made = routers()?;
+    ensure!(made.len() == 1, "one request router for web: {made:?}");
+    // Removing the route by header: port 80 is the environment's again.
+    let (code, body) = controller.send(
+        "DELETE",
+        "/weaves/wvold/routes/80?node=web&header=x-weft-weave&header_value=wvold",
+        None,
+    )?;
+    ensure!(code == 200, "remove the route by header: {code} {body}");
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || {
+        let p = with_header(&client)?;
+        ensure!(
+            p == "v2",
+            "80 with the header still routed to the weave: {p:?}"
+        );
+        // The steer of web goes back to the weave's node itself: the router goes.
+        ensure!(
+            routers()?.is_empty(),
+            "request router still there: {:?}",
+            routers()?
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+    phase("80 routed by header, request by request, then back to prod");
 
     // Writes in one are not seen in the other. In the weave, through the routed port:
     psql(&client, &db, "insert into items values (3, 'weave-only')")?;

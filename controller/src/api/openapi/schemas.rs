@@ -404,11 +404,14 @@ pub struct ShadowList {
     shadows: Vec<Shadow>,
 }
 
-/// A weave's route: port 0 is every port (the weave is active).
+/// A weave's route: port 0 is every port (the weave is active). With `header`, only the
+/// HTTP/1.1 requests carrying it (equal to `header_value`; absent: any value) are routed.
 #[derive(ToSchema)]
 pub struct WeaveRoute {
     node: String,
     port: u32,
+    header: Option<String>,
+    header_value: Option<String>,
 }
 
 /// A weave and its state now (the weave manager's `WeaveInfo`).

@@ -1,0 +1,518 @@
+//! Request routers: routing by a key from the request (an HTTP/1.1 header), which the
+//! kernel cannot do. A connection is placed at its SYN, before its first byte, so a steer
+//! whose spec has request rules does not steer to the target node but to this host's
+//! router for that origin, which terminates the connection and sends each request to the
+//! origin or the target by the rules of its port.
+//!
+//! ```text
+//!  C --Bp--> Vo egress [steer_origin] --(steered: every new connection to a routed port)-->
+//!      Vr (host end) --> R: namespace "<prefix>-router-<hash>", eth0 with the origin's
+//!                        addresses (NOARP: it answers for them only to steered frames)
+//!      router (a listener per routed port in R, tasks of the agent):
+//!        request matches a rule of its port --> socket made in T's namespace --> T (A:port)
+//!        any other request                  --> socket made in O's namespace --> O (A:port)
+//!  R's answers --> Vr ingress [steer_return] --> Vo ingress --Bp--> C (as O's)
+//! ```
+//!
+//! - Why a namespace of its own: the router answers as the origin (same address and
+//!   port, so the client sees nothing change), and that address is O's and T's already;
+//!   in R it is the router's. Steering's kernel path is the one every target uses: R is
+//!   simply the target's interface ([`super::Steering::ensure_steer`]).
+//! - Why sockets made in O's and T's namespaces: both have the same address; a socket
+//!   belongs to the namespace it was made in, so each side is reached at A:port locally,
+//!   without routes between namespaces ([`sockets`]).
+//! - Per request ([`proxy`]): HTTP/1.1 cut by `weft-reqroute` (bodies stream through),
+//!   answers returned in request order. A port whose rules are empty (routed whole) is
+//!   relayed whole to the target.
+//!
+//! # Limits
+//! - The servers see their connections come from their own address (A), not from the
+//!   client: the router connects from inside their namespaces. The flow observer on Vo
+//!   still sees the client's connection as it was.
+//! - HTTP/1.1 only: a connection whose first bytes are no HTTP/1 request (h2c with prior
+//!   knowledge, TLS, another protocol) goes whole to the origin. An upgrade (WebSocket,
+//!   h2c) or CONNECT pins the connection to the side its request went to.
+//! - The connections live in the agent: an agent restart closes the ones in flight (the
+//!   kernel keeps steering new ones to R; they are refused until the router listens
+//!   again). A rule change applies to the next request of every connection; a port
+//!   added or removed applies to new connections.
+//! - The target must be on this host.
+
+pub mod proxy;
+#[cfg(test)]
+mod proxy_tests;
+pub mod sockets;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::TryStreamExt as _;
+use rtnetlink::Handle;
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+use weft_reqroute::HeaderRule;
+
+use crate::networks::{links, names, namespaces};
+use crate::realize::Cidr;
+use sockets::SocketMaker;
+
+/// Client connections served at once per router; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 4096;
+const BACKLOG: u32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("request router {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("request router: {0}")]
+    Link(#[from] links::LinkError),
+    #[error("request router namespace: {0}")]
+    Namespace(#[from] namespaces::NamespaceError),
+    #[error("request router: {0}")]
+    Other(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RouterError {
+    let what = what.into();
+    move |source| RouterError::Io { what, source }
+}
+
+/// What a router does: its ports and their rules (empty: the whole port to the target).
+pub type RouterRules = BTreeMap<u16, Vec<HeaderRule>>;
+
+/// A port's rules, read by its connections at every request.
+pub type PortRules = RwLock<Arc<Vec<HeaderRule>>>;
+
+/// How a router reaches its two sides.
+enum Upstreams {
+    /// A socket made in the side's namespace, to the address the client asked for.
+    Namespaces([SocketMaker; 2]),
+    /// Tests: each side at an address of its own, in this namespace.
+    #[cfg(test)]
+    Fixed([SocketAddr; 2]),
+}
+
+/// A router's ports: their rules and the task accepting their connections.
+type Listeners = BTreeMap<u16, (Arc<PortRules>, JoinHandle<()>)>;
+
+/// What a router's connections share.
+pub struct RouterShared {
+    upstreams: Upstreams,
+    pub requests: [AtomicU64; 2],
+    pub connections: AtomicU64,
+    pub not_http: AtomicU64,
+    pub failed: AtomicU64,
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Set when the router goes: its connections end.
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl RouterShared {
+    /// A connection to `dst` inside the namespace of `side` ([`proxy::ORIGIN`] or
+    /// [`proxy::TARGET`]).
+    pub async fn connect(&self, side: usize, dst: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+        let made = match &self.upstreams {
+            Upstreams::Namespaces(m) => m[side].connect(dst, proxy::CONNECT_TIMEOUT).await,
+            #[cfg(test)]
+            Upstreams::Fixed(a) => {
+                let s = tokio::net::TcpStream::connect(a[side]).await?;
+                s.set_nodelay(true)?;
+                Ok(s)
+            }
+        };
+        made.map_err(|e| io::Error::new(e.kind(), format!("{} {dst}: {e}", proxy::SIDES[side])))
+    }
+
+    fn new(upstreams: Upstreams) -> Self {
+        Self {
+            upstreams,
+            requests: [AtomicU64::new(0), AtomicU64::new(0)],
+            connections: AtomicU64::new(0),
+            not_http: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            shutdown: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Tests: sides at fixed addresses.
+    #[cfg(test)]
+    pub fn fixed(origin: SocketAddr, target: SocketAddr) -> Self {
+        Self::new(Upstreams::Fixed([origin, target]))
+    }
+
+    pub fn count_request(&self, side: usize) {
+        self.requests[side].fetch_add(1, Relaxed);
+    }
+}
+
+/// One origin's router.
+pub struct Router {
+    pub key: String,
+    pub netns: PathBuf,
+    /// The host end of its veth: the steer's target interface.
+    pub host_if: (String, u32),
+    pub mac: [u8; 6],
+    pub addresses: Vec<Cidr>,
+    origin_netns: PathBuf,
+    target_netns: PathBuf,
+    shared: Arc<RouterShared>,
+    ports: Mutex<Listeners>,
+    /// Makes the listeners in R.
+    inside: SocketMaker,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Router {
+    /// Makes (or finds from a previous agent) the router of steer `key`: namespace, veth
+    /// (host end `names::router_veth(key)` in the namespace of `host`), the origin's
+    /// addresses on its eth0.
+    pub async fn make(
+        key: &str,
+        netns_prefix: &str,
+        host: &Handle,
+        origin_netns: &Path,
+        target_netns: &Path,
+    ) -> Result<Self, RouterError> {
+        let netns = namespaces::path_of(&names::router_netns(netns_prefix, key));
+        let veth = names::router_veth(key);
+        let addresses = node_addresses(origin_netns).await?;
+        if addresses.is_empty() {
+            return Err(RouterError::Other(format!(
+                "the origin ({}) has no address on {}",
+                origin_netns.display(),
+                names::NODE_IF
+            )));
+        }
+        if !namespaces::is_mounted(&netns) {
+            let path = netns.clone();
+            let made = tokio::task::spawn_blocking(move || -> Result<(), RouterError> {
+                namespaces::prepare_dir()?;
+                let home = namespaces::home().map_err(io_err("opening the agent's namespace"))?;
+                namespaces::create(&path, &home, None, || Ok(()))
+                    .map(|_| ())
+                    .map_err(|(e, _)| RouterError::Namespace(e))
+            })
+            .await
+            .map_err(|e| RouterError::Other(format!("making the namespace: {e}")))?;
+            made?;
+        }
+        let inner = crate::realize::netns::connect(Some(&netns))
+            .await
+            .map_err(|e| RouterError::Other(format!("netlink in {}: {e}", netns.display())))?;
+        let eth0 = links::by_name(&inner.handle, names::NODE_IF).await?;
+        let host_end = links::by_name(host, &veth).await?;
+        if eth0.is_none() || host_end.is_none() {
+            if let Some(h) = &host_end {
+                links::delete(host, h.index, &veth).await?;
+            }
+            let file = std::fs::File::open(&netns)
+                .map_err(io_err(format!("opening {}", netns.display())))?;
+            use std::os::fd::AsRawFd as _;
+            links::add_veth(host, &veth, file.as_raw_fd(), 1500, None).await?;
+        }
+        let host_end = links::by_name(host, &veth)
+            .await?
+            .ok_or_else(|| RouterError::Other(format!("{veth} is gone right after it was made")))?;
+        let eth0 = links::by_name(&inner.handle, names::NODE_IF)
+            .await?
+            .ok_or_else(|| {
+                RouterError::Other(format!("no {} in {}", names::NODE_IF, netns.display()))
+            })?;
+        let mac = configure_inside(&inner.handle, eth0.index, &addresses).await?;
+        let ns_maker =
+            |p: &Path| SocketMaker::start(p).map_err(io_err(format!("entering {}", p.display())));
+        let shared = Arc::new(RouterShared::new(Upstreams::Namespaces([
+            ns_maker(origin_netns)?,
+            ns_maker(target_netns)?,
+        ])));
+        info!(steer = key, namespace = %netns.display(), interface = %veth, "request router made");
+        Ok(Self {
+            key: key.to_owned(),
+            inside: ns_maker(&netns)?,
+            netns,
+            host_if: (veth, host_end.index),
+            mac,
+            addresses,
+            origin_netns: origin_netns.to_owned(),
+            target_netns: target_netns.to_owned(),
+            shared,
+            ports: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Whether this router serves that origin and target.
+    pub fn serves(&self, origin_netns: &Path, target_netns: &Path) -> bool {
+        self.origin_netns == origin_netns && self.target_netns == target_netns
+    }
+
+    /// Makes the ports and their rules `want`: listeners opened and closed, rules
+    /// replaced in place. Returns the changes made.
+    pub async fn set_rules(&self, want: &RouterRules) -> Result<usize, RouterError> {
+        let mut changes = 0;
+        let have: Vec<u16> = self.lock_ports().keys().copied().collect();
+        for port in have.iter().filter(|p| !want.contains_key(p)) {
+            if let Some((_, task)) = self.lock_ports().remove(port) {
+                task.abort();
+                changes += 1;
+            }
+        }
+        for (port, rules) in want {
+            let existing = self.lock_ports().get(port).map(|(r, _)| r.clone());
+            match existing {
+                Some(r) => {
+                    let mut cur = r.write().unwrap_or_else(|p| p.into_inner());
+                    if **cur != *rules {
+                        *cur = Arc::new(rules.clone());
+                        changes += 1;
+                    }
+                }
+                None => {
+                    let listener = self.listen(*port).await?;
+                    let port_rules = Arc::new(RwLock::new(Arc::new(rules.clone())));
+                    let task = tokio::spawn(accept_loop(
+                        listener,
+                        port_rules.clone(),
+                        self.shared.clone(),
+                        self.key.clone(),
+                    ));
+                    self.lock_ports().insert(*port, (port_rules, task));
+                    changes += 1;
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    fn lock_ports(&self) -> std::sync::MutexGuard<'_, Listeners> {
+        self.ports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A listener on every address of R (IPv4 and IPv6) at `port`.
+    async fn listen(&self, port: u16) -> Result<tokio::net::TcpListener, RouterError> {
+        let socket = self
+            .inside
+            .unconnected(true)
+            .await
+            .map_err(io_err(format!("making a socket for port {port}")))?;
+        let what = || format!("listening on port {port} in {}", self.netns.display());
+        socket.set_reuseaddr(true).map_err(io_err(what()))?;
+        socket
+            .bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+            .map_err(io_err(what()))?;
+        socket.listen(BACKLOG).map_err(io_err(what()))
+    }
+
+    /// Counters for the steer's report.
+    pub fn measurements(&self) -> Vec<(String, f64)> {
+        let s = &self.shared;
+        vec![
+            (
+                "router_connections".into(),
+                s.connections.load(Relaxed) as f64,
+            ),
+            (
+                "router_requests_origin".into(),
+                s.requests[proxy::ORIGIN].load(Relaxed) as f64,
+            ),
+            (
+                "router_requests_target".into(),
+                s.requests[proxy::TARGET].load(Relaxed) as f64,
+            ),
+            (
+                "router_connections_not_http".into(),
+                s.not_http.load(Relaxed) as f64,
+            ),
+            (
+                "router_connections_failed".into(),
+                s.failed.load(Relaxed) as f64,
+            ),
+        ]
+    }
+
+    /// Closes the listeners and ends the connections.
+    fn stop(&self) {
+        for (_, (_, task)) in std::mem::take(&mut *self.lock_ports()) {
+            task.abort();
+        }
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Removes the router: its listeners and connections, its veth and namespace.
+    pub async fn remove(&self, host: &Handle) {
+        self.stop();
+        let (veth, index) = self.host_if.clone();
+        let netns = self.netns.clone();
+        info!(steer = %self.key, namespace = %netns.display(), "request router removed");
+        if let Err(e) = links::delete(host, index, &veth).await {
+            debug!(interface = %veth, error = %e, "removing a request router's veth");
+        }
+        if let Err(e) = namespaces::remove(&netns) {
+            debug!(namespace = %netns.display(), error = %e, "removing a request router's namespace");
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    rules: Arc<PortRules>,
+    shared: Arc<RouterShared>,
+    key: String,
+) {
+    loop {
+        let Ok(slot) = shared.slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (client, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(steer = %key, error = %e, "request router: accept");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let dst = match client.local_addr() {
+            Ok(a) => SocketAddr::new(a.ip().to_canonical(), a.port()),
+            Err(_) => continue,
+        };
+        shared.connections.fetch_add(1, Relaxed);
+        let (rules, shared, key) = (rules.clone(), shared.clone(), key.clone());
+        let mut shutdown = shared.shutdown.subscribe();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let served = tokio::select! {
+                r = proxy::serve(client, dst, rules, shared.clone()) => r,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match served {
+                Ok(o) => {
+                    if o.not_http {
+                        shared.not_http.fetch_add(1, Relaxed);
+                    }
+                }
+                Err(e) => {
+                    shared.failed.fetch_add(1, Relaxed);
+                    debug!(steer = %key, client = %peer, %dst, error = %e, "request router: connection ended with an error");
+                }
+            }
+        });
+    }
+}
+
+/// The addresses of a node's eth0 (read inside its namespace).
+async fn node_addresses(netns: &Path) -> Result<Vec<Cidr>, RouterError> {
+    let conn = crate::realize::netns::connect(Some(netns))
+        .await
+        .map_err(|e| RouterError::Other(format!("netlink in {}: {e}", netns.display())))?;
+    let eth0 = links::by_name(&conn.handle, names::NODE_IF)
+        .await?
+        .ok_or_else(|| {
+            RouterError::Other(format!("no {} in {}", names::NODE_IF, netns.display()))
+        })?;
+    Ok(links::addresses(&conn.handle, eth0.index)
+        .await?
+        .into_iter()
+        .filter(|c| match c.addr {
+            IpAddr::V4(a) => !a.is_loopback(),
+            IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .collect())
+}
+
+/// Inside R: lo up; eth0 without ARP (its neighbours are its own MAC: the steer's return
+/// path addresses every answer to the client anyway), up, with `addresses` and a default
+/// route of each family through it. Returns eth0's MAC.
+async fn configure_inside(
+    h: &Handle,
+    eth0: u32,
+    addresses: &[Cidr],
+) -> Result<[u8; 6], RouterError> {
+    if let Some(lo) = links::by_name(h, "lo").await? {
+        links::set_up(h, lo.index, "lo", None, true).await?;
+    }
+    h.link()
+        .set(
+            rtnetlink::LinkUnspec::new_with_index(eth0)
+                .arp(false)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| {
+            RouterError::Other(format!("setting {} up without ARP: {e}", names::NODE_IF))
+        })?;
+    let have = links::addresses(h, eth0).await?;
+    for c in addresses {
+        if !have.contains(c) {
+            add_address_nodad(h, eth0, *c).await?;
+        }
+    }
+    for v6 in [false, true] {
+        if !addresses.iter().any(|c| c.addr.is_ipv6() == v6) {
+            continue;
+        }
+        let msg = if v6 {
+            rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+                .output_interface(eth0)
+                .scope(rtnetlink::packet_route::route::RouteScope::Link)
+                .build()
+        } else {
+            rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                .output_interface(eth0)
+                .scope(rtnetlink::packet_route::route::RouteScope::Link)
+                .build()
+        };
+        h.route().add(msg).replace().execute().await.map_err(|e| {
+            RouterError::Other(format!("the default route through {}: {e}", names::NODE_IF))
+        })?;
+    }
+    let link = h
+        .link()
+        .get()
+        .match_index(eth0)
+        .execute()
+        .try_next()
+        .await
+        .map_err(|e| RouterError::Other(format!("reading {}: {e}", names::NODE_IF)))?
+        .ok_or_else(|| RouterError::Other(format!("{} is gone", names::NODE_IF)))?;
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            rtnetlink::packet_route::link::LinkAttribute::Address(m) if m.len() == 6 => {
+                let mut out = [0u8; 6];
+                out.copy_from_slice(m);
+                Some(out)
+            }
+            _ => None,
+        })
+        .ok_or_else(|| RouterError::Other(format!("{} has no MAC address", names::NODE_IF)))
+}
+
+/// An address without duplicate address detection (IPv6: usable at once; R's address
+/// is the origin's on purpose).
+async fn add_address_nodad(h: &Handle, index: u32, c: Cidr) -> Result<(), RouterError> {
+    let mut req = h.address().add(index, c.addr, c.prefix);
+    if c.addr.is_ipv6() {
+        let m = req.message_mut();
+        m.header.flags |= rtnetlink::packet_route::address::AddressHeaderFlags::Nodad;
+    }
+    match req.execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::EEXIST => Ok(()),
+        Err(e) => Err(RouterError::Other(format!("adding address {c}: {e}"))),
+    }
+}

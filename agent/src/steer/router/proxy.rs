@@ -1,0 +1,310 @@
+//! One client connection of a request router.
+//!
+//! ```text
+//!  client --read--> requests: RequestCutter, a side per request (rules), write to that
+//!                   side's upstream; each request's expectation, in order --channel-->
+//!  responses: for each expectation, read that side's upstream through its
+//!             ResponseCutter up to the response's end, write to the client
+//! ```
+//!
+//! Responses go back in the order of the requests whichever side answers: a response
+//! from one side waits in its socket while an earlier one of the other side is not
+//! complete. Bodies stream through (nothing but an incomplete head is held). Upstream
+//! connections are made on first use, one per side, and made anew when the server
+//! closed the previous one. A request that asks to leave HTTP/1 (WebSocket, h2c, CONNECT)
+//! pins the connection to its side: from then on both directions are copied raw. A
+//! connection whose first bytes are not an HTTP/1 request goes whole to the origin.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use weft_reqroute::{ClientPiece, RequestCutter, ResponseCutter, ServerPiece};
+
+use super::{PortRules, RouterShared};
+
+/// The production node (index 0) and the branch's copy (index 1).
+pub const ORIGIN: usize = 0;
+pub const TARGET: usize = 1;
+pub const SIDES: [&str; 2] = ["origin", "target"];
+
+const READ_BUF: usize = 64 * 1024;
+/// Requests sent and not yet answered per connection; the client is not read further
+/// until one is answered.
+const PIPELINE: usize = 64;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the response half must do next.
+enum Next {
+    /// Read one response of `side`.
+    Response {
+        side: usize,
+        head_only: bool,
+        connect: bool,
+        /// That side's upstream was (re)connected for this request.
+        reader: Option<OwnedReadHalf>,
+    },
+    /// Copy `side` raw to the client until it ends (a connection that is not HTTP/1).
+    Raw {
+        side: usize,
+        reader: Option<OwnedReadHalf>,
+    },
+}
+
+/// How a connection ended, for the counters and the log.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub requests: [u64; 2],
+    /// Its first bytes were no HTTP/1 request: it went whole to the origin.
+    pub not_http: bool,
+}
+
+/// Upstream sides' state shared by both halves: the response half marks a side closed
+/// when its server ended the connection, the request half then connects anew.
+struct Closed([AtomicBool; 2]);
+
+/// Serves one client connection to `dst` (the address it was made to: the origin's
+/// address and port, which the target has too). `rules`: the port's, read at every
+/// request; empty: every request goes to the target (a port routed whole: a connection
+/// that starts so is relayed whole there).
+pub async fn serve(
+    client: TcpStream,
+    dst: SocketAddr,
+    rules: Arc<PortRules>,
+    shared: Arc<RouterShared>,
+) -> io::Result<Outcome> {
+    client.set_nodelay(true)?;
+    if current(&rules).is_empty() {
+        let mut up = shared.connect(TARGET, dst).await?;
+        let mut client = client;
+        tokio::io::copy_bidirectional(&mut client, &mut up).await?;
+        return Ok(Outcome {
+            requests: [0, 0],
+            not_http: false,
+        });
+    }
+    let (client_r, client_w) = client.into_split();
+    let (tx, rx) = mpsc::channel(PIPELINE);
+    let closed = Arc::new(Closed([AtomicBool::new(false), AtomicBool::new(false)]));
+    let requests = requests(client_r, dst, &rules, &shared, tx, &closed);
+    let responses = responses(client_w, rx, &closed);
+    let (req, resp) = tokio::join!(requests, responses);
+    resp?;
+    req
+}
+
+fn current(rules: &PortRules) -> Arc<Vec<weft_reqroute::HeaderRule>> {
+    rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The request half.
+async fn requests(
+    mut client: OwnedReadHalf,
+    dst: SocketAddr,
+    rules: &PortRules,
+    shared: &RouterShared,
+    tx: mpsc::Sender<Next>,
+    closed: &Closed,
+) -> io::Result<Outcome> {
+    let mut out = Outcome::default();
+    let mut cutter = RequestCutter::new(weft_reqroute::DEFAULT_MAX_HEAD);
+    let mut writers: [Option<OwnedWriteHalf>; 2] = [None, None];
+    let mut side = ORIGIN;
+    // What was read before the first request head was complete: sent to the origin as
+    // it is if the stream turns out not to be HTTP/1.
+    let mut before_first: Option<Vec<u8>> = Some(Vec::new());
+    let mut buf = vec![0u8; READ_BUF];
+    let mut pieces = Vec::new();
+    let mut tunnel_announced = false;
+    let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the response half ended");
+    loop {
+        let n = client.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let data = &buf[..n];
+        if let Some(b) = &mut before_first {
+            b.extend_from_slice(data);
+        }
+        pieces.clear();
+        if let Err(e) = cutter.feed(data, &mut pieces) {
+            let Some(first) = before_first.take() else {
+                // Mid-connection: what was answered stays answered; the rest is closed.
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+            };
+            // Not HTTP/1 from the start: the whole connection goes to the origin.
+            out.not_http = true;
+            let (reader, mut writer) = shared.connect(ORIGIN, dst).await?.into_split();
+            tx.send(Next::Raw {
+                side: ORIGIN,
+                reader: Some(reader),
+            })
+            .await
+            .map_err(|_| gone())?;
+            writer.write_all(&first).await?;
+            tokio::io::copy(&mut client, &mut writer).await?;
+            writer.shutdown().await?;
+            return Ok(out);
+        }
+        for p in pieces.drain(..) {
+            match p {
+                ClientPiece::Head(h) => {
+                    before_first = None;
+                    let rules = current(rules);
+                    side = if rules.is_empty() || rules.iter().any(|r| r.matches(&h)) {
+                        TARGET
+                    } else {
+                        ORIGIN
+                    };
+                    let mut reader = None;
+                    if writers[side].is_none() || closed.0[side].swap(false, Relaxed) {
+                        let (r, w) = shared.connect(side, dst).await?.into_split();
+                        writers[side] = Some(w);
+                        reader = Some(r);
+                    }
+                    let w = writers[side].as_mut().ok_or_else(gone)?;
+                    w.write_all(&h.bytes).await?;
+                    out.requests[side] += 1;
+                    shared.count_request(side);
+                    tx.send(Next::Response {
+                        side,
+                        head_only: h.head_only,
+                        connect: h.is_connect(),
+                        reader,
+                    })
+                    .await
+                    .map_err(|_| gone())?;
+                }
+                ClientPiece::Body(r) | ClientPiece::Tunnel(r) => {
+                    let w = writers[side].as_mut().ok_or_else(gone)?;
+                    w.write_all(&data[r]).await?;
+                }
+                ClientPiece::End => {}
+            }
+        }
+        if cutter.tunnelling() && !tunnel_announced {
+            // After an upgrade or CONNECT request the client's bytes are no HTTP/1 any
+            // more, whatever the answer: once that answer is through, the response half
+            // copies the side raw too (a 101 makes it do so at once).
+            tunnel_announced = true;
+            tx.send(Next::Raw { side, reader: None })
+                .await
+                .map_err(|_| gone())?;
+        }
+    }
+    // The client is done sending: so are the upstreams (their answers still come back).
+    for w in writers.iter_mut().flatten() {
+        let _ = w.shutdown().await;
+    }
+    Ok(out)
+}
+
+/// The response half.
+async fn responses(
+    mut client: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Next>,
+    closed: &Closed,
+) -> io::Result<()> {
+    let mut readers: [Option<OwnedReadHalf>; 2] = [None, None];
+    let mut cutters = [
+        ResponseCutter::new(weft_reqroute::DEFAULT_MAX_HEAD),
+        ResponseCutter::new(weft_reqroute::DEFAULT_MAX_HEAD),
+    ];
+    // Bytes read from a side after the end of the response that was wanted.
+    let mut leftover: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut buf = vec![0u8; READ_BUF];
+    let mut pieces = Vec::new();
+    while let Some(next) = rx.recv().await {
+        let (side, head_only, connect, reader) = match next {
+            Next::Raw { side, reader } => {
+                if let Some(r) = reader {
+                    readers[side] = Some(r);
+                }
+                let r = readers[side].as_mut().ok_or_else(no_upstream)?;
+                tokio::io::copy(r, &mut client).await?;
+                client.shutdown().await?;
+                return Ok(());
+            }
+            Next::Response {
+                side,
+                head_only,
+                connect,
+                reader,
+            } => (side, head_only, connect, reader),
+        };
+        if let Some(r) = reader {
+            // A new connection to that side: nothing of the old one is owed any more.
+            readers[side] = Some(r);
+            cutters[side] = ResponseCutter::new(weft_reqroute::DEFAULT_MAX_HEAD);
+            leftover[side].clear();
+        }
+        cutters[side].expect(head_only, connect);
+        loop {
+            let data: Vec<u8>;
+            let bytes: &[u8] = if leftover[side].is_empty() {
+                let r = readers[side].as_mut().ok_or_else(no_upstream)?;
+                let n = r.read(&mut buf).await?;
+                if n == 0 {
+                    closed.0[side].store(true, Relaxed);
+                    pieces.clear();
+                    cutters[side]
+                        .finish(&mut pieces)
+                        .map_err(|e| io::Error::new(io::ErrorKind::UnexpectedEof, e.to_string()))?;
+                    if !pieces.iter().any(|p| matches!(p, ServerPiece::End)) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("the {} closed before answering", SIDES[side]),
+                        ));
+                    }
+                    break;
+                }
+                &buf[..n]
+            } else {
+                data = std::mem::take(&mut leftover[side]);
+                &data
+            };
+            pieces.clear();
+            let used = cutters[side]
+                .feed(bytes, &mut pieces)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let mut done = false;
+            let mut tunnel = false;
+            for p in pieces.drain(..) {
+                match p {
+                    ServerPiece::Head(h) => client.write_all(&h).await?,
+                    ServerPiece::Body(r) => client.write_all(&bytes[r]).await?,
+                    ServerPiece::Tunnel(r) => {
+                        client.write_all(&bytes[r]).await?;
+                        tunnel = true;
+                    }
+                    ServerPiece::End => done = true,
+                }
+            }
+            if used < bytes.len() {
+                leftover[side] = bytes[used..].to_vec();
+            }
+            if tunnel || cutters[side].tunnelling() {
+                // Upgraded (101) or CONNECT: the connection is that side's from now on.
+                let r = readers[side].as_mut().ok_or_else(no_upstream)?;
+                tokio::io::copy(r, &mut client).await?;
+                client.shutdown().await?;
+                return Ok(());
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    client.shutdown().await?;
+    Ok(())
+}
+
+fn no_upstream() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "no upstream connection")
+}
