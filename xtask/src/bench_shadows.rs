@@ -148,7 +148,7 @@ http {{
 }
 
 /// oha from PATH or `target/tools/bin`, installed there from crates.io when missing.
-fn oha() -> Result<PathBuf> {
+pub(crate) fn oha() -> Result<PathBuf> {
     let tools = sh::root().join("target/tools");
     let local = tools.join("bin/oha");
     if local.is_file() {
@@ -181,16 +181,16 @@ fn oha() -> Result<PathBuf> {
 
 /// One oha run's figures.
 #[derive(Debug, Clone, Copy, Default)]
-struct Load {
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    ok_per_second: f64,
-    errors: u64,
+pub(crate) struct Load {
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) ok_per_second: f64,
+    pub(crate) errors: u64,
 }
 
 /// Runs oha in namespace `ns` against `url` at the fixed rate; `extra` flags appended.
-fn load(ns: &str, oha: &Path, url: &str, extra: &[&str]) -> Result<Load> {
+pub(crate) fn load(ns: &str, oha: &Path, url: &str, extra: &[&str]) -> Result<Load> {
     let oha = oha.display().to_string();
     let (secs, rate, conns) = (
         format!("{SECONDS}s"),
@@ -257,7 +257,7 @@ fn parse_oha(text: &str) -> Result<Load> {
 }
 
 /// Median (min–max) of `f` over `runs`.
-fn cell(runs: &[Load], f: impl Fn(&Load) -> f64) -> (f64, String) {
+pub(crate) fn cell(runs: &[Load], f: impl Fn(&Load) -> f64) -> (f64, String) {
     let mut v: Vec<f64> = runs.iter().map(f).collect();
     let m = median(&mut v);
     let (lo, hi) = (

@@ -13,6 +13,11 @@
 //!   as long a window before it.
 //! - **Activation.** 100 activations/deactivations under 2,000 req/s (new connection per
 //!   request): failed requests, p99 while switching beside p99 without switching.
+//! - **Routing by request.** The same nginx under `oha` at 2,000 req/s (50 keep-alive
+//!   connections, then a new connection per request): no route (the baseline), port 80
+//!   routed whole to the weave (the kernel), port 80 routed by a header (the agent's request
+//!   router) with requests without the header (production through the router) and with it
+//!   (the weave through the router). Latency percentiles and each beside the baseline.
 //! - **sync_volumes** of a 10 MiB delta in a 1 GiB volume (`POST /weaves/{id}/sync`),
 //!   beside `rsync -a --delete --inplace --no-whole-file` (delta transfer, as between hosts) of the same change into a copy (what a mirror's volume
 //!   replication does) and `cp -a` of the volume.
@@ -36,6 +41,7 @@ use crate::bench_networks::{
     bench_rounds, call, call_json, loadavg, median, post_network, release_binaries, splice_section,
     wait_synced,
 };
+use crate::bench_shadows::{self, Load};
 use crate::sh;
 
 const BEGIN: &str = "<!-- weaves:begin (written by `cargo xtask bench weaves`) -->";
@@ -361,8 +367,93 @@ struct Activation {
     switch_s: f64,
 }
 
-fn activation(c: &Controller, lab: &Lab) -> Result<Activation> {
-    sh::step("weaves: 100 activations under 2,000 req/s");
+/// One configuration of the routing measurement, keep-alive and new connections.
+struct RoutingCase {
+    label: &'static str,
+    keep_alive: Vec<Load>,
+    new_conn: Vec<Load>,
+}
+
+/// Routing by request beside no routing and routing by the kernel (see the module doc),
+/// on the activation environment's weave (`wbactw`) before its activations.
+fn routing(c: &Controller, client: &str, web: IpAddr, rounds: usize) -> Result<Vec<RoutingCase>> {
+    sh::step("weaves: routing by request under 2,000 req/s (oha)");
+    let oha = bench_shadows::oha()?;
+    let url = format!("http://{web}/");
+    let header = ["-H", "X-Weft-Weave: wbactw"];
+    let route = |body: Value| -> Result<()> {
+        call_json(
+            c,
+            "POST",
+            "/weaves/wbactw/routes",
+            Some(&body),
+            Duration::from_secs(60),
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    };
+    let unroute = |q: &str| -> Result<()> {
+        call(
+            c,
+            "DELETE",
+            &format!("/weaves/wbactw/routes/80{q}"),
+            None,
+            Duration::from_secs(60),
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    };
+    let mut cases: Vec<RoutingCase> = [
+        "no route (baseline)",
+        "80 routed whole (kernel)",
+        "80 by header, request without it (router -> production)",
+        "80 by header, request with it (router -> weave)",
+    ]
+    .into_iter()
+    .map(|label| RoutingCase {
+        label,
+        keep_alive: Vec::new(),
+        new_conn: Vec::new(),
+    })
+    .collect();
+    for _ in 0..rounds {
+        for (i, case) in cases.iter_mut().enumerate() {
+            match i {
+                1 => route(json!({"port": 80, "node": "web"}))?,
+                2 => route(
+                    json!({"port": 80, "node": "web", "header": "x-weft-weave", "header_value": "wbactw"}),
+                )?,
+                _ => {}
+            }
+            let extra: &[&str] = if i == 3 { &header } else { &[] };
+            // Each case goes where it says (the weave's page is "weave").
+            let mut curl = vec!["curl", "-sS", "--max-time", "3"];
+            curl.extend_from_slice(extra);
+            curl.push(&url);
+            let page = in_ns(client, &curl)?;
+            let to_weave = i == 1 || i == 3;
+            ensure!(
+                (page.trim() == "weave") == to_weave,
+                "{}: the page is {page:?}",
+                case.label
+            );
+            case.keep_alive
+                .push(bench_shadows::load(client, &oha, &url, extra)?);
+            let mut fresh = extra.to_vec();
+            fresh.push("--disable-keepalive");
+            case.new_conn
+                .push(bench_shadows::load(client, &oha, &url, &fresh)?);
+            match i {
+                1 => unroute("?node=web")?,
+                3 => unroute("?node=web&header=x-weft-weave&header_value=wbactw")?,
+                _ => {}
+            }
+        }
+    }
+    Ok(cases)
+}
+
+fn activation(c: &Controller, lab: &Lab, rounds: usize) -> Result<(Activation, Vec<RoutingCase>)> {
     let name = "wbact";
     let tdl = env_tdl(name, 0);
     let (net, _) = create_env(c, lab, name, &tdl, 4)?;
@@ -375,6 +466,15 @@ fn activation(c: &Controller, lab: &Lab) -> Result<Activation> {
         Some(&json!({"environment": name, "id": "wbactw"})),
         Duration::from_secs(300),
     )?;
+    // Told apart by their pages.
+    std::fs::write(
+        lab.dir()
+            .join("nodes-hv1/wbactw/web/volumes/data/www/index.html"),
+        "weave\n",
+    )
+    .context("the weave's page")?;
+    let routing = routing(c, &client, web, rounds)?;
+    sh::step("weaves: 100 activations under 2,000 req/s");
     let plan = Plan {
         netns: PathBuf::from(format!("/run/netns/{client}")),
         target: SocketAddr::new(web, 80),
@@ -429,7 +529,7 @@ fn activation(c: &Controller, lab: &Lab) -> Result<Activation> {
         Duration::from_secs(120),
     )?;
     delete_net(c, name)?;
-    Ok(result)
+    Ok((result, routing))
 }
 
 struct Sync {
@@ -583,7 +683,7 @@ pub fn run() -> Result<()> {
     };
     let three = branch_rounds(&c, &lab, 3 + 1, rounds).with_context(logs)?;
     let ten = branch_rounds(&c, &lab, 10, rounds).with_context(logs)?;
-    let act = activation(&c, &lab).with_context(logs)?;
+    let (act, routing) = activation(&c, &lab, rounds).with_context(logs)?;
     let sync = sync_rounds(&c, &lab, rounds).with_context(logs)?;
     let load_after = loadavg();
     let total = started.elapsed().as_secs_f64();
@@ -635,6 +735,31 @@ pub fn run() -> Result<()> {
         act.p99_switching_ms / act.p99_quiet_ms,
         act.switch_s * 1e3
     );
+    let _ = writeln!(
+        md,
+        "Routing by request (`oha` at 2,000 req/s for 10 s from the client node to nginx, 50 keep-alive connections, then a new connection per request; {rounds} rounds), ms, and p99 beside the baseline's:\n\n| | keep-alive p50 | p99 | p99.9 | p99 / baseline | errors | new connection p50 | p99 | p99 / baseline | errors |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let base_ka = bench_shadows::cell(&routing[0].keep_alive, |l| l.p99_ms).0;
+    let base_nc = bench_shadows::cell(&routing[0].new_conn, |l| l.p99_ms).0;
+    for r in &routing {
+        let ka = |f: fn(&Load) -> f64| bench_shadows::cell(&r.keep_alive, f);
+        let nc = |f: fn(&Load) -> f64| bench_shadows::cell(&r.new_conn, f);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | ×{:.2} | {} | {} | {} | ×{:.2} | {} |",
+            r.label,
+            ka(|l| l.p50_ms).1,
+            ka(|l| l.p99_ms).1,
+            ka(|l| l.p999_ms).1,
+            ka(|l| l.p99_ms).0 / base_ka,
+            r.keep_alive.iter().map(|l| l.errors).sum::<u64>(),
+            nc(|l| l.p50_ms).1,
+            nc(|l| l.p99_ms).1,
+            nc(|l| l.p99_ms).0 / base_nc,
+            r.new_conn.iter().map(|l| l.errors).sum::<u64>(),
+        );
+    }
+    let _ = writeln!(md);
     let _ = writeln!(
         md,
         "`sync_volumes` of a 10 MiB change in a 1 GiB volume (weave's method: {}), s:\n\n| weave `POST /weaves/{{id}}/sync` | `rsync -a --delete --inplace --no-whole-file` into a copy | `cp -a` of the volume | weave / rsync |\n|---|---|---|---|\n| {} | {} | {} | ×{:.2} |",

@@ -168,10 +168,8 @@ async fn requests(
                         writers[side] = Some(w);
                         reader = Some(r);
                     }
-                    let w = writers[side].as_mut().ok_or_else(gone)?;
-                    w.write_all(&h.bytes).await?;
-                    out.requests[side] += 1;
-                    shared.count_request(side);
+                    // Announced before it is sent: its answer can only come after, and
+                    // the response half takes it as solicited.
                     tx.send(Next::Response {
                         side,
                         head_only: h.head_only,
@@ -180,6 +178,10 @@ async fn requests(
                     })
                     .await
                     .map_err(|_| gone())?;
+                    let w = writers[side].as_mut().ok_or_else(gone)?;
+                    w.write_all(&h.bytes).await?;
+                    out.requests[side] += 1;
+                    shared.count_request(side);
                 }
                 ClientPiece::Body(r) | ClientPiece::Tunnel(r) => {
                     let w = writers[side].as_mut().ok_or_else(gone)?;
@@ -220,12 +222,41 @@ async fn responses(
     let mut leftover: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
     let mut buf = vec![0u8; READ_BUF];
     let mut pieces = Vec::new();
-    while let Some(next) = rx.recv().await {
+    loop {
+        // Between answers: the next request, or an upstream that speaks unasked (its
+        // server closing an idle connection: the next request to it connects anew; bytes
+        // with no request, such as a 408, go to the client as they are).
+        let next = tokio::select! {
+            biased;
+            n = rx.recv() => match n {
+                Some(n) => n,
+                None => break,
+            },
+            side = idle_event(&readers) => {
+                let r = readers[side].as_mut().ok_or_else(no_upstream)?;
+                match r.try_read(&mut buf) {
+                    Ok(0) => {
+                        closed.0[side].store(true, Relaxed);
+                        readers[side] = None;
+                    }
+                    Ok(n) => client.write_all(&buf[..n]).await?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        closed.0[side].store(true, Relaxed);
+                        readers[side] = None;
+                    }
+                }
+                continue;
+            }
+        };
         let (side, head_only, connect, reader) = match next {
             Next::Raw { side, reader } => {
                 if let Some(r) = reader {
                     readers[side] = Some(r);
                 }
+                client
+                    .write_all(&std::mem::take(&mut leftover[side]))
+                    .await?;
                 let r = readers[side].as_mut().ok_or_else(no_upstream)?;
                 tokio::io::copy(r, &mut client).await?;
                 client.shutdown().await?;
@@ -303,6 +334,25 @@ async fn responses(
     }
     client.shutdown().await?;
     Ok(())
+}
+
+/// Which upstream became readable (never, with none).
+async fn idle_event(readers: &[Option<OwnedReadHalf>; 2]) -> usize {
+    match (&readers[ORIGIN], &readers[TARGET]) {
+        (Some(a), Some(b)) => tokio::select! {
+            _ = a.readable() => ORIGIN,
+            _ = b.readable() => TARGET,
+        },
+        (Some(a), None) => {
+            let _ = a.readable().await;
+            ORIGIN
+        }
+        (None, Some(b)) => {
+            let _ = b.readable().await;
+            TARGET
+        }
+        (None, None) => std::future::pending().await,
+    }
 }
 
 fn no_upstream() -> io::Error {

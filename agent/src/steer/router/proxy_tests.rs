@@ -84,7 +84,7 @@ async fn serve_one(mut s: TcpStream, name: &'static str) {
                 b.len()
             )
         };
-        if s.write_all(answer.as_bytes()).await.is_err() {
+        if s.write_all(answer.as_bytes()).await.is_err() || path.ends_with("/close") {
             return;
         }
     }
@@ -322,4 +322,41 @@ async fn a_rule_change_applies_to_the_next_request_of_a_connection() {
     *rules.write().unwrap() = Arc::new(vec![HeaderRule::new("x-canary", None).unwrap()]);
     c.write_all(req).await.unwrap();
     assert_eq!(bodies(&mut c, 1).await, ["target GET /x 0 0"]);
+}
+
+#[tokio::test]
+async fn a_side_that_closed_an_idle_connection_is_connected_anew() {
+    let (addr, shared) = router(branch_rule()).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    // The origin closes after answering ".../close" (as a server whose keep-alive timed
+    // out); the client's connection stays, and its next request reaches the origin again.
+    c.write_all(b"GET /a/close HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(bodies(&mut c, 1).await, ["origin GET /a/close 0 0"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.write_all(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(bodies(&mut c, 1).await, ["origin GET /b 0 0"]);
+    assert_eq!(shared.requests[ORIGIN].load(Relaxed), 2);
+}
+
+#[tokio::test]
+async fn an_upgrade_keeps_the_connection_on_its_side_raw() {
+    // The target answers the upgrade request like any other (200: declined); from then on
+    // the client's bytes are no HTTP/1 to the router and go raw to the target, whose
+    // answers come back raw.
+    let (addr, shared) = router(branch_rule()).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nX-Branch: w1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(bodies(&mut c, 1).await, ["target GET /ws 0 0"]);
+    // No header, yet the target answers: the connection is the target's now.
+    c.write_all(b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(bodies(&mut c, 1).await, ["target GET /after 0 0"]);
+    assert_eq!(shared.requests[ORIGIN].load(Relaxed), 0);
 }
