@@ -1004,13 +1004,19 @@ impl Steering {
         } else {
             let origin_netns = self.netns_of(&spec.network, &spec.node);
             let target_netns = self.netns_of(&spec.target_network, &spec.target_node);
-            let kept = lock(&self.steers)
-                .get(key)
-                .and_then(|a| a.router.clone())
-                .filter(|r| r.serves(&origin_netns, &target_netns));
-            let r = match kept {
-                Some(r) => r,
-                None => {
+            let origin = router::origin_interface(&origin_netns).await?;
+            let existing = lock(&self.steers).get(key).and_then(|a| a.router.clone());
+            let r = match existing {
+                Some(r) if r.serves(&origin_netns, &target_netns, &origin) => r,
+                other => {
+                    // Its namespace and veth are named after the key: the old one goes
+                    // first (and is no longer the previous steer's).
+                    if let Some(old) = other {
+                        old.remove(&self.host.handle).await;
+                        if let Some(a) = lock(&self.steers).get_mut(key) {
+                            a.router = None;
+                        }
+                    }
                     // Made when the target node exists (a clear error otherwise).
                     self.interface(&spec.target_network, &spec.target_node)
                         .await?;
@@ -1022,6 +1028,7 @@ impl Steering {
                             &self.host.handle,
                             &origin_netns,
                             &target_netns,
+                            &origin,
                         )
                         .await?,
                     )

@@ -179,24 +179,18 @@ impl Drop for Router {
 impl Router {
     /// Makes (or finds from a previous agent) the router of steer `key`: namespace, veth
     /// (host end `names::router_veth(key)` in the namespace of `host`), the origin's
-    /// addresses on its eth0.
+    /// addresses on its eth0 (`origin`: its interface as [`origin_interface`] read it).
     pub async fn make(
         key: &str,
         netns_prefix: &str,
         host: &Handle,
         origin_netns: &Path,
         target_netns: &Path,
+        origin: &OriginInterface,
     ) -> Result<Self, RouterError> {
         let netns = namespaces::path_of(&names::router_netns(netns_prefix, key));
         let veth = names::router_veth(key);
-        let addresses = node_addresses(origin_netns).await?;
-        if addresses.is_empty() {
-            return Err(RouterError::Other(format!(
-                "the origin ({}) has no address on {}",
-                origin_netns.display(),
-                names::NODE_IF
-            )));
-        }
+        let addresses = origin.addresses.clone();
         if !namespaces::is_mounted(&netns) {
             let path = netns.clone();
             let made = tokio::task::spawn_blocking(move || -> Result<(), RouterError> {
@@ -222,7 +216,7 @@ impl Router {
             let file = std::fs::File::open(&netns)
                 .map_err(io_err(format!("opening {}", netns.display())))?;
             use std::os::fd::AsRawFd as _;
-            links::add_veth(host, &veth, file.as_raw_fd(), 1500, None).await?;
+            links::add_veth(host, &veth, file.as_raw_fd(), origin.mtu, None).await?;
         }
         let host_end = links::by_name(host, &veth)
             .await?
@@ -255,8 +249,15 @@ impl Router {
     }
 
     /// Whether this router serves that origin and target.
-    pub fn serves(&self, origin_netns: &Path, target_netns: &Path) -> bool {
-        self.origin_netns == origin_netns && self.target_netns == target_netns
+    pub fn serves(
+        &self,
+        origin_netns: &Path,
+        target_netns: &Path,
+        origin: &OriginInterface,
+    ) -> bool {
+        self.origin_netns == origin_netns
+            && self.target_netns == target_netns
+            && self.addresses == origin.addresses
     }
 
     /// Makes the ports and their rules `want`: listeners opened and closed, rules
@@ -412,8 +413,20 @@ async fn accept_loop(
     }
 }
 
-/// The addresses of a node's eth0 (read inside its namespace).
-async fn node_addresses(netns: &Path) -> Result<Vec<Cidr>, RouterError> {
+/// What a router copies of its origin's eth0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginInterface {
+    /// Its addresses (link-local ones left out), sorted.
+    pub addresses: Vec<Cidr>,
+    pub mtu: u32,
+}
+
+fn link_local(c: &Cidr) -> bool {
+    matches!(c.addr, IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+/// Reads the origin node's eth0 inside its namespace.
+pub async fn origin_interface(netns: &Path) -> Result<OriginInterface, RouterError> {
     let conn = crate::realize::netns::connect(Some(netns))
         .await
         .map_err(|e| RouterError::Other(format!("netlink in {}: {e}", netns.display())))?;
@@ -422,14 +435,22 @@ async fn node_addresses(netns: &Path) -> Result<Vec<Cidr>, RouterError> {
         .ok_or_else(|| {
             RouterError::Other(format!("no {} in {}", names::NODE_IF, netns.display()))
         })?;
-    Ok(links::addresses(&conn.handle, eth0.index)
+    let addresses: Vec<Cidr> = links::addresses(&conn.handle, eth0.index)
         .await?
         .into_iter()
-        .filter(|c| match c.addr {
-            IpAddr::V4(a) => !a.is_loopback(),
-            IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
-        })
-        .collect())
+        .filter(|c| !c.addr.is_loopback() && !link_local(c))
+        .collect();
+    if addresses.is_empty() {
+        return Err(RouterError::Other(format!(
+            "the origin ({}) has no address on {}",
+            netns.display(),
+            names::NODE_IF
+        )));
+    }
+    Ok(OriginInterface {
+        addresses,
+        mtu: eth0.mtu,
+    })
 }
 
 /// Inside R: lo up; eth0 without ARP (its neighbours are its own MAC: the steer's return
@@ -460,6 +481,13 @@ async fn configure_inside(
         if !have.contains(c) {
             add_address_nodad(h, eth0, *c).await?;
         }
+    }
+    // The origin's former addresses (a router found from before a re-addressing).
+    for c in have
+        .iter()
+        .filter(|c| !addresses.contains(c) && !link_local(c))
+    {
+        links::del_address(h, eth0, *c).await?;
     }
     for v6 in [false, true] {
         if !addresses.iter().any(|c| c.addr.is_ipv6() == v6) {

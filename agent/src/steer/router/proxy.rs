@@ -47,6 +47,9 @@ enum Next {
         side: usize,
         head_only: bool,
         connect: bool,
+        /// The request ends the connection (`Connection: close`, HTTP/1.0 without
+        /// keep-alive): after its answer the client's connection is closed.
+        last: bool,
         /// That side's upstream was (re)connected for this request.
         reader: Option<OwnedReadHalf>,
     },
@@ -174,6 +177,7 @@ async fn requests(
                         side,
                         head_only: h.head_only,
                         connect: h.is_connect(),
+                        last: ends_connection(&h.bytes),
                         reader,
                     })
                     .await
@@ -249,7 +253,7 @@ async fn responses(
                 continue;
             }
         };
-        let (side, head_only, connect, reader) = match next {
+        let (side, head_only, connect, mut last, reader) = match next {
             Next::Raw { side, reader } => {
                 if let Some(r) = reader {
                     readers[side] = Some(r);
@@ -266,8 +270,9 @@ async fn responses(
                 side,
                 head_only,
                 connect,
+                last,
                 reader,
-            } => (side, head_only, connect, reader),
+            } => (side, head_only, connect, last, reader),
         };
         if let Some(r) = reader {
             // A new connection to that side: nothing of the old one is owed any more.
@@ -308,7 +313,11 @@ async fn responses(
             let mut tunnel = false;
             for p in pieces.drain(..) {
                 match p {
-                    ServerPiece::Head(h) => client.write_all(&h).await?,
+                    ServerPiece::Head(h) => {
+                        // A final answer that ends the connection ends the client's too.
+                        last |= final_status(&h) && ends_connection(&h);
+                        client.write_all(&h).await?
+                    }
                     ServerPiece::Body(r) => client.write_all(&bytes[r]).await?,
                     ServerPiece::Tunnel(r) => {
                         client.write_all(&bytes[r]).await?;
@@ -331,9 +340,34 @@ async fn responses(
                 break;
             }
         }
+        if last {
+            // As the server would have: the client sees the connection end after it.
+            break;
+        }
     }
     client.shutdown().await?;
     Ok(())
+}
+
+/// Whether an HTTP/1 message head (request or response) ends its connection: a
+/// `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`.
+pub(super) fn ends_connection(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let http10 = first.starts_with("HTTP/1.0") || first.ends_with("HTTP/1.0");
+    let tokens: Vec<String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    tokens.iter().any(|t| t == "close") || (http10 && !tokens.iter().any(|t| t == "keep-alive"))
+}
+
+/// Whether a response head is a final answer (not an interim 1xx).
+pub(super) fn final_status(head: &[u8]) -> bool {
+    head.get(9).is_some_and(|c| *c != b'1')
 }
 
 /// Which upstream became readable (never, with none).

@@ -360,3 +360,52 @@ async fn an_upgrade_keeps_the_connection_on_its_side_raw() {
     assert_eq!(bodies(&mut c, 1).await, ["target GET /after 0 0"]);
     assert_eq!(shared.requests[ORIGIN].load(Relaxed), 0);
 }
+
+#[tokio::test]
+async fn a_request_that_ends_its_connection_ends_it_after_its_answer() {
+    // `Connection: close` (what a client sends when it makes a connection per request):
+    // after the answer the client sees the connection end, as it would from the server.
+    let (addr, _) = router(branch_rule()).await;
+    for header in ["", "X-Branch: w1\r\n"] {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(
+            format!("GET /c HTTP/1.1\r\nHost: h\r\n{header}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut all))
+            .await
+            .expect("the connection ends after the answer")
+            .unwrap();
+        let (body, used) = one_body(&all).expect("a whole answer");
+        assert_eq!(used, all.len());
+        let side = if header.is_empty() {
+            "origin"
+        } else {
+            "target"
+        };
+        assert_eq!(body, format!("{side} GET /c 0 0"));
+    }
+}
+
+#[test]
+fn which_heads_end_their_connection() {
+    use super::proxy::{ends_connection, final_status};
+    assert!(ends_connection(
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(ends_connection(
+        b"HTTP/1.1 200 OK\r\nconnection: Keep-Alive, CLOSE\r\n\r\n"
+    ));
+    assert!(ends_connection(b"GET / HTTP/1.0\r\nHost: h\r\n\r\n"));
+    assert!(!ends_connection(
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    ));
+    assert!(!ends_connection(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
+    assert!(!ends_connection(
+        b"HTTP/1.1 200 OK\r\nX-Connection: close\r\n\r\n"
+    ));
+    assert!(final_status(b"HTTP/1.1 200 OK\r\n\r\n"));
+    assert!(!final_status(b"HTTP/1.1 100 Continue\r\n\r\n"));
+}
