@@ -53,6 +53,8 @@ enum Next {
         /// That side's upstream was (re)connected for this request.
         reader: Option<OwnedReadHalf>,
     },
+    /// The request's side could not be reached: a 502 answer in its place, and the end.
+    Unreachable { side: usize, error: String },
     /// Copy `side` raw to the client until it ends (a connection that is not HTTP/1).
     Raw {
         side: usize,
@@ -167,7 +169,15 @@ async fn requests(
                     };
                     let mut reader = None;
                     if writers[side].is_none() || closed.0[side].swap(false, Relaxed) {
-                        let (r, w) = shared.connect(side, dst).await?.into_split();
+                        let (r, w) = match shared.connect(side, dst).await {
+                            Ok(s) => s.into_split(),
+                            Err(e) => {
+                                // Answered in its turn, then the connection ends.
+                                let error = e.to_string();
+                                let _ = tx.send(Next::Unreachable { side, error }).await;
+                                return Err(e);
+                            }
+                        };
                         writers[side] = Some(w);
                         reader = Some(r);
                     }
@@ -265,6 +275,18 @@ async fn responses(
                 tokio::io::copy(r, &mut client).await?;
                 client.shutdown().await?;
                 return Ok(());
+            }
+            Next::Unreachable { side, error } => {
+                let body = format!(
+                    "weft request router: the {} is unreachable: {error}\n",
+                    SIDES[side]
+                );
+                let answer = format!(
+                    "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                client.write_all(answer.as_bytes()).await?;
+                break;
             }
             Next::Response {
                 side,

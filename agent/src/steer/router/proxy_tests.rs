@@ -409,3 +409,37 @@ fn which_heads_end_their_connection() {
     assert!(final_status(b"HTTP/1.1 200 OK\r\n\r\n"));
     assert!(!final_status(b"HTTP/1.1 100 Continue\r\n\r\n"));
 }
+
+#[tokio::test]
+async fn an_unreachable_side_is_a_502_in_its_turn() {
+    // The target refuses (nothing listens there): the origin's answer before it comes
+    // first, then a 502 naming the target, then the end of the connection.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let shared = Arc::new(RouterShared::fixed(server("origin").await, nowhere));
+    let rules: Arc<PortRules> = Arc::new(RwLock::new(Arc::new(branch_rule())));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (c, _) = l.accept().await.unwrap();
+        let _ = proxy::serve(c, addr, rules, shared).await;
+    });
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(
+        b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\nX-Branch: w1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut all))
+        .await
+        .expect("the connection ends")
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    let (first, used) = one_body(&all).unwrap();
+    assert_eq!(first, "origin GET /1 0 0");
+    let rest = String::from_utf8_lossy(&all[used..]);
+    assert!(rest.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{text}");
+    assert!(rest.contains("the target is unreachable"), "{text}");
+}
