@@ -1018,7 +1018,9 @@ async fn weaves_over_grpc_need_a_token_and_answer_like_rest() {
         w.routes,
         [wire::WeaveRoute {
             node: "web".into(),
-            port: 80
+            port: 80,
+            header: String::new(),
+            header_value: String::new(),
         }]
     );
     let w = grpc

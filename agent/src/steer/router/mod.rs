@@ -304,16 +304,23 @@ impl Router {
 
     /// A listener on every address of R (IPv4 and IPv6) at `port`.
     async fn listen(&self, port: u16) -> Result<tokio::net::TcpListener, RouterError> {
-        let socket = self
-            .inside
-            .unconnected(true)
-            .await
-            .map_err(io_err(format!("making a socket for port {port}")))?;
         let what = || format!("listening on port {port} in {}", self.netns.display());
+        let v6_too = self.addresses.iter().any(|a| a.addr.is_ipv6());
+        // One dual-stack listener; an IPv4 one on a host without IPv6 (booted with
+        // ipv6.disable=1: no AF_INET6 sockets), unless the origin has IPv6 addresses.
+        let (socket, any) = match self.inside.unconnected(true).await {
+            Ok(s) => (s, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))),
+            Err(e) if v6_too => return Err(io_err(what())(e)),
+            Err(_) => (
+                self.inside
+                    .unconnected(false)
+                    .await
+                    .map_err(io_err(what()))?,
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+            ),
+        };
         socket.set_reuseaddr(true).map_err(io_err(what()))?;
-        socket
-            .bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
-            .map_err(io_err(what()))?;
+        socket.bind(any).map_err(io_err(what()))?;
         socket.listen(BACKLOG).map_err(io_err(what()))
     }
 
