@@ -41,11 +41,12 @@ pub fn router_veth(steer: &str) -> String {
     format!("wr{:012x}", fnv(&["router", steer]) & 0xffff_ffff_ffff)
 }
 
-/// A request router's network namespace name: `<prefix>-router-` + 12 hex digits of the
-/// steer's key.
+/// A request router's network namespace name: `<prefix>.router.` + 12 hex digits of the
+/// steer's key. The dots cannot occur in a node namespace's name (`<prefix>-<network>-
+/// <node>`: network names have none), so a network named `router` is never taken for one.
 pub fn router_netns(prefix: &str, steer: &str) -> String {
     format!(
-        "{prefix}-router-{:012x}",
+        "{prefix}.router.{:012x}",
         fnv(&["router", steer]) & 0xffff_ffff_ffff
     )
 }
@@ -103,7 +104,9 @@ mod tests {
             router_veth("weave/prod/web")[2..],
             host_veth("weave", "prod/web")[2..]
         );
-        assert!(router_netns("weft", "weave/prod/web").starts_with("weft-router-"));
+        assert!(router_netns("weft", "weave/prod/web").starts_with("weft.router."));
+        // Never a node's namespace, whatever the network and node are called.
+        assert!(!netns("weft", "router", "x").starts_with("weft.router."));
     }
 
     #[test]

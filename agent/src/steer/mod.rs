@@ -1442,7 +1442,7 @@ impl Steering {
     /// Request router namespaces no steer uses (a previous agent's): removed (their
     /// veths go with them).
     fn sweep_routers(&self) {
-        let prefix = format!("{}-router-", self.settings.netns_prefix);
+        let prefix = format!("{}.router.", self.settings.netns_prefix);
         let used: BTreeSet<PathBuf> = lock(&self.steers)
             .values()
             .filter_map(|a| a.router.as_ref().map(|r| r.netns.clone()))

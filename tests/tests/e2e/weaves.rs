@@ -316,7 +316,7 @@ fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<(
     // Routing by request: on port 80, requests with `X-Weft-Weave: wvold` go to the weave
     // (its page is v1), every other one to the environment (v2), on one connection too.
     let routers = || -> Result<Vec<String>> {
-        let prefix = format!("{}-router-", lab.node_netns_prefix("hv1"));
+        let prefix = format!("{}.router.", lab.node_netns_prefix("hv1"));
         Ok(weft_lab::netns::list()?
             .into_iter()
             .filter(|n| n.starts_with(&prefix))

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  C --Bp--> Vo egress [steer_origin] --(steered: every new connection to a routed port)-->
-//!      Vr (host end) --> R: namespace "<prefix>-router-<hash>", eth0 with the origin's
+//!      Vr (host end) --> R: namespace "<prefix>.router.<hash>", eth0 with the origin's
 //!                        addresses (NOARP: it answers for them only to steered frames)
 //!      router (a listener per routed port in R, tasks of the agent):
 //!        request matches a rule of its port --> socket made in T's namespace --> T (A:port)
