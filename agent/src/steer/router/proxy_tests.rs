@@ -97,19 +97,23 @@ async fn router(rules: Vec<HeaderRule>) -> (SocketAddr, Arc<RouterShared>) {
         server("target").await,
     ));
     let rules: Arc<PortRules> = Arc::new(RwLock::new(Arc::new(rules)));
+    (listen(rules, shared.clone()).await, shared)
+}
+
+/// Serves every connection to the address it returns with `rules` and `shared`.
+async fn listen(rules: Arc<PortRules>, shared: Arc<RouterShared>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let s = shared.clone();
     tokio::spawn(async move {
         loop {
             let Ok((c, _)) = l.accept().await else { return };
-            let (rules, s) = (rules.clone(), s.clone());
+            let (rules, s) = (rules.clone(), shared.clone());
             tokio::spawn(async move {
                 let _ = proxy::serve(c, addr, rules, s).await;
             });
         }
     });
-    (addr, shared)
+    addr
 }
 
 fn branch_rule() -> Vec<HeaderRule> {
@@ -308,13 +312,7 @@ async fn a_rule_change_applies_to_the_next_request_of_a_connection() {
         server("target").await,
     ));
     let rules: Arc<PortRules> = Arc::new(RwLock::new(Arc::new(branch_rule())));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (r2, s2) = (rules.clone(), shared.clone());
-    tokio::spawn(async move {
-        let (c, _) = l.accept().await.unwrap();
-        let _ = proxy::serve(c, addr, r2, s2).await;
-    });
+    let addr = listen(rules.clone(), shared).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let req = b"GET /x HTTP/1.1\r\nHost: h\r\nX-Canary: 1\r\n\r\n";
     c.write_all(req).await.unwrap();
@@ -419,12 +417,7 @@ async fn an_unreachable_side_is_a_502_in_its_turn() {
     drop(closed);
     let shared = Arc::new(RouterShared::fixed(server("origin").await, nowhere));
     let rules: Arc<PortRules> = Arc::new(RwLock::new(Arc::new(branch_rule())));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (c, _) = l.accept().await.unwrap();
-        let _ = proxy::serve(c, addr, rules, shared).await;
-    });
+    let addr = listen(rules, shared).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     c.write_all(
         b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\nX-Branch: w1\r\n\r\n",
