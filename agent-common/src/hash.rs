@@ -36,6 +36,39 @@ pub const fn finish(h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// murmur3_32 of `data` with `seed`: the hash of a user key taken from a request (an HTTP
+/// header's value), so that one value is always in or always out of a share, on every
+/// host and across restarts.
+pub const fn bytes(seed: u32, data: &[u8]) -> u32 {
+    let mut h = seed;
+    let mut i = 0;
+    while i + 4 <= data.len() {
+        let w = u32::from_le_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
+        h = mix(h, w);
+        i += 4;
+    }
+    let rest = data.len() - i;
+    if rest > 0 {
+        let mut k: u32 = 0;
+        let mut j = rest;
+        while j > 0 {
+            j -= 1;
+            k = (k << 8) | data[i + j] as u32;
+        }
+        k = k.wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15);
+        k = k.wrapping_mul(0x1b87_3593);
+        h ^= k;
+    }
+    finish(h ^ data.len() as u32)
+}
+
+/// Whether a key whose hash is `bytes(seed, value)` is in a share of `threshold`
+/// ([`threshold_of`]).
+pub const fn key_in_share(seed: u32, threshold: u64, value: &[u8]) -> bool {
+    (bytes(seed, value) as u64) < threshold
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +87,33 @@ mod tests {
         // 21 43 65 87 (one little-endian word) with seed 0.
         assert_eq!(finish(1), 0x514e_28b7);
         assert_eq!(finish(mix(0, 0x8765_4321) ^ 4), 0xf55b_516b);
+    }
+
+    #[test]
+    fn bytes_is_murmur3_32() {
+        // Published murmur3_32 vectors (seed, input, hash): every tail length is covered.
+        for (seed, input, want) in [
+            (0, &b""[..], 0),
+            (1, &b""[..], 0x514e_28b7),
+            (0, &b"test"[..], 0xba6b_d213),
+            (0x9747_b28c, &b"a"[..], 0x7fa0_9ea6),
+            (0x9747_b28c, &b"ab"[..], 0x7487_5592),
+            (0x9747_b28c, &b"abc"[..], 0xc84a_62dd),
+            (0x9747_b28c, &b"abcd"[..], 0xf047_8627),
+            (0, &b"The quick brown fox jumps over the lazy dog"[..], 0x2e4f_f723),
+        ] {
+            assert_eq!(bytes(seed, input), want, "{input:?} seed {seed:#x}");
+        }
+    }
+
+    #[test]
+    fn a_key_is_in_or_out_by_its_hash() {
+        let t = threshold_of(300_000);
+        let inside = (0..10_000)
+            .filter(|i| key_in_share(7, t, format!("user-{i}").as_bytes()))
+            .count();
+        // 30 % of 10,000 keys, within 4 standard deviations (sqrt(2100) ~ 46).
+        assert!((2_816..=3_184).contains(&inside), "{inside}");
+        assert!(!key_in_share(7, 0, b"x") && key_in_share(7, THRESHOLD_ALL, b"x"));
     }
 }

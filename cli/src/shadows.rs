@@ -14,10 +14,14 @@ pub struct PolicyArgs {
     /// Share of eligible connections sampled: "10%", "0.5%" or "100000ppm".
     #[arg(long, default_value = "10%")]
     share: String,
-    /// What the decision hashes: connection (each connection on its own) or source (a
-    /// client is always in or always out).
-    #[arg(long, default_value = "connection", value_parser = ["connection", "source"])]
+    /// What the decision hashes: connection (each connection on its own), source (a
+    /// client is always in or always out) or header (the value of request header
+    /// --header: a user or session is always in or always out; HTTP only).
+    #[arg(long, default_value = "connection", value_parser = ["connection", "source", "header"])]
     key: String,
+    /// The request header hashed with --key header (e.g. X-User).
+    #[arg(long)]
+    header: Option<String>,
     /// Server ports sampled (repeat, or comma-separated); none: every TCP port.
     #[arg(long = "port", value_delimiter = ',')]
     ports: Vec<u32>,
@@ -75,7 +79,7 @@ pub enum ShadowCommand {
         #[arg(long)]
         noise_baseline: bool,
         #[command(flatten)]
-        policy: PolicyArgs,
+        policy: Box<PolicyArgs>,
     },
     /// A shadow's state, counters and production-against-shadow analysis.
     Get {
@@ -88,7 +92,7 @@ pub enum ShadowCommand {
     Policy {
         id: String,
         #[command(flatten)]
-        policy: PolicyArgs,
+        policy: Box<PolicyArgs>,
     },
     /// Replay what the shadow's sinks recorded into the shadow at a multiple of its
     /// recorded rate (a load test with production's own requests).
@@ -179,9 +183,16 @@ impl PolicyArgs {
             Some(w) => window(w)?,
             None => (0, 0),
         };
+        let header = match (self.key.as_str(), &self.header) {
+            ("header", Some(h)) => h.clone(),
+            ("header", None) => bail!("--key header needs --header NAME (the header to hash)"),
+            (_, Some(_)) => bail!("--header is hashed only with --key header"),
+            (_, None) => String::new(),
+        };
         Ok(json!({
             "share_ppm": share_ppm(&self.share)?,
             "key": self.key,
+            "header": header,
             "ports": self.ports,
             "sources": self.sources,
             "read_only": self.read_only,
@@ -237,7 +248,10 @@ fn policy_text(p: &Value) -> String {
     format!(
         "{}% by {}, ports {}, sources {}{}{}{steering}",
         p["share_ppm"].as_f64().unwrap_or(0.0) / 10_000.0,
-        p["key"].as_str().unwrap_or("connection"),
+        match (p["key"].as_str(), p["header"].as_str()) {
+            (Some("header"), Some(h)) => format!("header {h}"),
+            (k, _) => k.unwrap_or("connection").to_owned(),
+        },
         list(&p["ports"]),
         list(&p["sources"]),
         if p["read_only"] == json!(true) {
@@ -295,13 +309,17 @@ fn show(s: &Value) -> String {
     }
     let c = &s["counters"];
     out.push_str(&format!(
-        "  connections: {} seen, {} sampled, {} lost; {} bytes streamed; requests: {} replayed, {} writes skipped\n",
+        "  connections: {} seen, {} sampled, {} lost; {} bytes streamed; requests: {} replayed, {} writes skipped{}\n",
         c["connections_seen"],
         c["connections_sampled"],
         c["connections_lost"],
         c["bytes_streamed"],
         c["requests_replayed"],
         c["requests_skipped_write"],
+        match c["requests_unsampled"].as_u64() {
+            Some(n) if n > 0 => format!(", {n} out of the header's share"),
+            _ => String::new(),
+        },
     ));
     if c["connections_diverted"].as_u64().unwrap_or(0) > 0
         || c["nodes_failed_over"].as_u64().unwrap_or(0) > 0
@@ -659,6 +677,26 @@ mod tests {
         assert_eq!(p["failover"]["failures"], 0);
         assert_eq!(p["failover"]["probe"], "GET /health HTTP/1.0\r\n\r\n");
         assert!(policy_text(&p).contains("divert 2.5%, failover on port 80"));
+        let header_policy = |args: &[&str]| {
+            let cli = crate::Cli::try_parse_from(
+                ["weft", "shadow", "policy", "s", "--key", "header"]
+                    .iter()
+                    .chain(args),
+            )
+            .unwrap();
+            let crate::Command::Shadow {
+                command: ShadowCommand::Policy { policy, .. },
+            } = cli.command
+            else {
+                panic!("not shadow policy");
+            };
+            policy.to_json()
+        };
+        let p = header_policy(&["--header", "X-User"]).unwrap();
+        assert_eq!((&p["key"], &p["header"]), (&json!("header"), &json!("X-User")));
+        assert!(policy_text(&p).contains("10% by header X-User"), "{}", policy_text(&p));
+        let e = header_policy(&[]).unwrap_err().to_string();
+        assert!(e.contains("--header NAME"), "{e}");
         assert!(
             crate::Cli::try_parse_from([
                 "weft",
@@ -683,7 +721,7 @@ mod tests {
             "--host is required"
         );
         assert!(
-            crate::Cli::try_parse_from(["weft", "shadow", "policy", "x", "--key", "header"])
+            crate::Cli::try_parse_from(["weft", "shadow", "policy", "x", "--key", "cookie"])
                 .is_err()
         );
         assert!(crate::Cli::try_parse_from(["weft", "shadow", "watch"]).is_ok());

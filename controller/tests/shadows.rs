@@ -387,6 +387,77 @@ async fn a_policy_change_republishes_the_taps_only_and_delete_withdraws_everythi
         let (g, k) = sink(&s, "hv3", &format!("shop-shadow/{n}")).unwrap();
         assert!(k.read_only);
         assert!(g > after[n].1);
+        assert!(k.sample.is_none());
+    }
+    // Sampling by a header: the taps get the policy, the sinks the header, share and
+    // seed they choose requests with; the header's name is kept lowercase.
+    let by_header = s
+        .shadows
+        .update_policy(
+            "shop-shadow",
+            ShadowPolicy {
+                share_ppm: 250_000,
+                key: "header".into(),
+                header: "X-User".into(),
+                seed: 9,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_header.policy.header, "x-user");
+    for n in &rec.nodes {
+        let (_, t) = tap(&s, &prod.placement[n], &format!("shop-shadow/{n}")).unwrap();
+        let p = t.policy.unwrap();
+        assert_eq!((p.key.as_str(), p.header.as_str()), ("header", "x-user"));
+        let (_, k) = sink(&s, "hv3", &format!("shop-shadow/{n}")).unwrap();
+        let want = weft_proto::v1::ShadowKeySample {
+            header: "x-user".into(),
+            share_ppm: 250_000,
+            seed: 9,
+        };
+        assert_eq!(k.sample, Some(want));
+    }
+    for (bad, field) in [
+        (
+            ShadowPolicy {
+                key: "header".into(),
+                ..Default::default()
+            },
+            "policy.header",
+        ),
+        (
+            ShadowPolicy {
+                key: "header".into(),
+                header: "X User".into(),
+                ..Default::default()
+            },
+            "policy.header",
+        ),
+        (
+            ShadowPolicy {
+                key: "source".into(),
+                header: "X-User".into(),
+                ..Default::default()
+            },
+            "policy.header",
+        ),
+        (
+            ShadowPolicy {
+                key: "header".into(),
+                header: "X-User".into(),
+                divert_ppm: 10_000,
+                ..Default::default()
+            },
+            "policy.divert_ppm",
+        ),
+    ] {
+        let e = s
+            .shadows
+            .update_policy("shop-shadow", bad)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(field), "{field}: {e}");
     }
     // A bad policy is refused, naming the field, and nothing changes.
     let e = s
@@ -409,7 +480,7 @@ async fn a_policy_change_republishes_the_taps_only_and_delete_withdraws_everythi
     ));
 
     // Delete: no tap, no sink anywhere, the networks gone; production untouched.
-    let _ = events.try_recv();
+    while events.try_recv().is_ok() {}
     s.shadows.delete("shop-shadow").await.unwrap();
     assert!(
         shadow_resources(&s).is_empty(),
@@ -569,7 +640,7 @@ async fn invalid_requests_are_refused_naming_the_field_and_leave_nothing() {
             "policy.key",
             CreateRequest {
                 policy: ShadowPolicy {
-                    key: "header".into(),
+                    key: "cookie".into(),
                     ..Default::default()
                 },
                 ..request("x")

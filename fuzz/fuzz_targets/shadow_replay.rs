@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_shadow::replay::{Replay, ReplayConfig};
+use weft_shadow::replay::{KeySample, Replay, ReplayConfig};
 use weft_shadow::{Limits, Stats};
 
 fuzz_target!(|data: &[u8]| {
@@ -17,6 +17,12 @@ fuzz_target!(|data: &[u8]| {
             max_message: 64 * 1024,
         },
         max_pending: 8,
+        // Bit 1: sampling by a header's value, half of the keys.
+        sample: data.first().is_some_and(|b| b & 2 == 2).then(|| KeySample {
+            header: "x-user".into(),
+            threshold: 1 << 31,
+            seed: 1,
+        }),
     });
     let mut client = Vec::new();
     let mut sent = Vec::new();

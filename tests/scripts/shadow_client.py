@@ -4,7 +4,8 @@
 requests (GET, and with --posts every third connection a POST with a body; with --big two
 connections POST 1 MiB), each with a unique X-Request-Id. Prints one line per request:
 `REQ <id> <method> <sha256 of the raw request> <length> <client port> <ok>`; exits 1 if any
-request failed. Every connection and read has a timeout."""
+request failed. With --users N, request r of connection c carries `X-User: u<(3c + r) % N>`
+(users spread over connections, several on one). Every connection and read has a timeout."""
 import hashlib
 import json
 import os
@@ -12,10 +13,11 @@ import socket
 import sys
 
 
-def request(method, path, rid, body=b""):
+def request(method, path, rid, body=b"", user=None):
+    extra = f"X-User: {user}\r\n" if user is not None else ""
     head = (
         f"{method} {path} HTTP/1.1\r\nHost: shadow-lab\r\nX-Request-Id: {rid}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
 
@@ -36,6 +38,7 @@ def read_response(f):
 def main():
     server, port, count, tag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     posts, big = "--posts" in sys.argv, "--big" in sys.argv
+    users = int(sys.argv[sys.argv.index("--users") + 1]) if "--users" in sys.argv else 0
     failed = 0
     for c in range(count):
         reqs = []
@@ -46,7 +49,8 @@ def main():
             elif posts and c % 3 == 2 and r == 1:
                 reqs.append((rid, "POST", request("POST", "/orders", rid, os.urandom(700 + c))))
             else:
-                reqs.append((rid, "GET", request("GET", f"/items?n={c}", rid)))
+                user = f"u{(3 * c + r) % users}" if users else None
+                reqs.append((rid, "GET", request("GET", f"/items?n={c}", rid, user=user)))
         try:
             s = socket.create_connection((server, port), timeout=5)
             s.settimeout(5)

@@ -137,12 +137,18 @@ pub(crate) struct Client {
 
 impl Client {
     /// Tries to take one unit: the preface, one frame, or one header block.
-    pub fn take(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<Request>, FrameError> {
+    pub fn take(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        key_header: Option<&str>,
+    ) -> Result<Option<Request>, FrameError> {
         let unit = |bytes: &[u8]| Request {
             bytes: bytes.to_vec(),
             endpoint: None,
             read_only: true,
             request_id: None,
+            key_value: None,
             expect: Expect::None,
             key: 0,
         };
@@ -176,6 +182,7 @@ impl Client {
                     r.read_only = matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");
                     r.request_id =
                         get(&headers, "x-request-id").map(|v| v.chars().take(128).collect());
+                    r.key_value = key_header.and_then(|k| get(&headers, k)).map(crate::key_value);
                     r.expect = Expect::H2Stream;
                     r.key = STREAM_KEY + u64::from(h.stream);
                 }

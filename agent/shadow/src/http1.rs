@@ -203,6 +203,7 @@ fn path_of(target: &str) -> &str {
 pub(crate) fn take_request(
     buf: &[u8],
     limits: &Limits,
+    key_header: Option<&str>,
 ) -> Result<Option<(Request, bool)>, FrameError> {
     // Empty lines before a request are allowed (RFC 9112 2.2); they go with it.
     let skip = buf
@@ -245,6 +246,7 @@ pub(crate) fn take_request(
         request_id: head
             .header("x-request-id")
             .map(|v| v.chars().take(128).collect()),
+        key_value: key_header.and_then(|k| head.header(k)).map(crate::key_value),
         expect: Expect::Http1 {
             head: method_u == "HEAD",
             upgrade_h2c,

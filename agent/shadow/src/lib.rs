@@ -57,6 +57,19 @@ pub enum FrameError {
     UnknownProtocol(String),
 }
 
+/// Longest key header value kept (longer ones are cut: the hash is over the first bytes).
+pub const MAX_KEY_VALUE: usize = 256;
+
+/// A header value as a request's `key_value`.
+pub(crate) fn key_value(v: &str) -> String {
+    let v = v.trim();
+    let mut end = v.len().min(MAX_KEY_VALUE);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end].to_owned()
+}
+
 /// Size limits of framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -116,6 +129,10 @@ pub struct Request {
     pub read_only: bool,
     /// `X-Request-Id`, when there is one.
     pub request_id: Option<String>,
+    /// The value of the framer's key header ([`ClientFramer::with_key_header`]) on a
+    /// request that has it (HTTP/1 and an h2 stream's opening header block); trimmed, at
+    /// most [`MAX_KEY_VALUE`] bytes.
+    pub key_value: Option<String>,
     pub expect: Expect,
     /// Pairs it with its response: the request's number on the connection (from 1), or
     /// [`h2::STREAM_KEY`] plus its stream id; 0 when `expect` is `None`.
@@ -210,6 +227,8 @@ pub struct ClientFramer {
     mode: ClientMode,
     protocol: Option<Protocol>,
     next_key: u64,
+    /// Lowercase; `None`: requests carry no `key_value`.
+    key_header: Option<String>,
 }
 
 impl ClientFramer {
@@ -220,7 +239,14 @@ impl ClientFramer {
             mode: ClientMode::Detecting,
             protocol: None,
             next_key: 1,
+            key_header: None,
         }
+    }
+
+    /// Requests carry the value of header `name` (any case) as their `key_value`.
+    pub fn with_key_header(mut self, name: &str) -> Self {
+        self.key_header = Some(name.to_ascii_lowercase());
+        self
     }
 
     /// The protocol, once recognised (h2c after an upgrade stays [`Protocol::Http1`]:
@@ -284,7 +310,7 @@ impl ClientFramer {
                         }
                         *upgrade_pending = false;
                     }
-                    match http1::take_request(rest, &self.limits)? {
+                    match http1::take_request(rest, &self.limits, self.key_header.as_deref())? {
                         Some((r, upgrade)) => {
                             *upgrade_pending = upgrade;
                             Some(r)
@@ -292,7 +318,7 @@ impl ClientFramer {
                         None => None,
                     }
                 }
-                ClientMode::H2(c) => c.take(rest, &self.limits)?,
+                ClientMode::H2(c) => c.take(rest, &self.limits, self.key_header.as_deref())?,
                 ClientMode::Redis => redis::take_request(rest, &self.limits)?,
                 ClientMode::Postgres(s) => postgres::take_request(rest, s, &self.limits)?,
             };

@@ -165,6 +165,7 @@ pub(crate) fn take_request(
             endpoint: Some(endpoint.to_owned()),
             read_only: true,
             request_id: None,
+            key_value: None,
             expect,
             key: 0,
         };
@@ -198,6 +199,7 @@ pub(crate) fn take_request(
         endpoint,
         read_only,
         request_id: None,
+        key_value: None,
         expect,
         key: 0,
     };
@@ -271,6 +273,7 @@ pub(crate) fn take_request(
                             )),
                             read_only: read_only && !parsed.is_empty(),
                             request_id: None,
+                            key_value: None,
                             expect: Expect::Postgres(PgExpect::UntilReady { startup: false }),
                             key: 0,
                         }));

@@ -233,6 +233,7 @@ pub(crate) fn take_request(buf: &[u8], limits: &Limits) -> Result<Option<Request
             endpoint: None,
             read_only: true,
             request_id: None,
+            key_value: None,
             expect: Expect::None,
             key: 0,
         }));
@@ -273,6 +274,7 @@ pub(crate) fn take_request(buf: &[u8], limits: &Limits) -> Result<Option<Request
         endpoint: Some(endpoint),
         read_only: is_read_command(&name),
         request_id: None,
+        key_value: None,
         expect: Expect::Redis,
         key: 0,
     }))

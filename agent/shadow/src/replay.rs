@@ -3,6 +3,14 @@
 //! to send, those skipped in read-only mode), production's and each target's answers
 //! framed and paired by request, and the pairs compared into [`Stats`].
 //!
+//! Sampling by a key from the request ([`KeySample`], an HTTP header's value): the tap
+//! copies every eligible connection and the replay sends only the requests whose key is in
+//! the share, so one key (a user, a session) is always in or always out, whichever
+//! connection carries it. HTTP/1 is decided request by request; any other protocol (h2c,
+//! whose streams share one HPACK state and cannot be cut out; Redis, PostgreSQL, which carry
+//! no header) is decided once for the whole connection by its first request, and nothing is
+//! sent before that decision.
+//!
 //! Latency on both sides runs from a request's last byte to its answer's last byte:
 //! production's from the tap's capture times, a target's from when the sink wrote the
 //! request ([`Replay::target_sent`]) to when it read the answer.
@@ -11,8 +19,27 @@ use std::collections::BTreeMap;
 
 use crate::{ClientFramer, Expect, FrameError, Limits, Protocol, Response, ServerFramer, Stats};
 
+/// Sampling by a key from the request: requests whose header `header` hashes (agent-common's
+/// murmur3 with `seed`) below `threshold` are in; requests without the header are out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySample {
+    pub header: String,
+    /// [`agent_common::hash::threshold_of`] of the share.
+    pub threshold: u64,
+    pub seed: u32,
+}
+
+impl KeySample {
+    /// Whether a request with this key value is in the share.
+    pub fn takes(&self, value: Option<&str>) -> bool {
+        value.is_some_and(|v| {
+            agent_common::hash::key_in_share(self.seed, self.threshold, v.as_bytes())
+        })
+    }
+}
+
 /// Settings of a replay.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ReplayConfig {
     /// Targets replayed to (1: the shadow; 2: the shadow and its noise baseline).
     pub targets: usize,
@@ -21,6 +48,9 @@ pub struct ReplayConfig {
     pub limits: Limits,
     /// Requests awaiting answers kept at most; the oldest is dropped beyond it.
     pub max_pending: usize,
+    /// Only requests whose key is in the share are sent; `None`: every request (the
+    /// connection was sampled as a whole in the kernel).
+    pub sample: Option<KeySample>,
 }
 
 impl Default for ReplayConfig {
@@ -30,6 +60,7 @@ impl Default for ReplayConfig {
             read_only: false,
             limits: Limits::default(),
             max_pending: 1024,
+            sample: None,
         }
     }
 }
@@ -62,6 +93,17 @@ pub struct ReplayCounters {
     pub requests_skipped_write: u64,
     /// Requests forgotten before all answers came (too many awaiting).
     pub pending_dropped: u64,
+    /// Requests not sent because their key is out of the share ([`KeySample`]).
+    pub requests_unsampled: u64,
+}
+
+/// Why nothing more goes to the targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// An h2c stream that writes, in read-only mode.
+    Write,
+    /// The connection's first request is out of the key's share.
+    Unsampled,
 }
 
 #[derive(Debug)]
@@ -100,16 +142,23 @@ pub struct Replay {
     h2_set: bool,
     targets: Vec<Target>,
     pending: BTreeMap<u64, Pending>,
-    /// No more bytes go to the targets (an h2c stream that writes, in read-only mode).
-    stopped: bool,
+    /// No more bytes go to the targets, and why.
+    stopped: Option<Stop>,
+    /// Sampling by key, connection-wide (not HTTP/1): the first request's decision.
+    decided: Option<bool>,
+    /// Units (h2 preface, settings) waiting for that decision.
+    held: Vec<Outgoing>,
     pub counters: ReplayCounters,
 }
 
 impl Replay {
     pub fn new(cfg: ReplayConfig) -> Self {
+        let mut client = ClientFramer::new(cfg.limits);
+        if let Some(s) = &cfg.sample {
+            client = client.with_key_header(&s.header);
+        }
         Self {
-            cfg,
-            client: ClientFramer::new(cfg.limits),
+            client,
             production: ServerFramer::new(cfg.limits),
             production_ok: true,
             early: Vec::new(),
@@ -122,8 +171,11 @@ impl Replay {
                 })
                 .collect(),
             pending: BTreeMap::new(),
-            stopped: false,
+            stopped: None,
+            decided: None,
+            held: Vec::new(),
             counters: ReplayCounters::default(),
+            cfg,
         }
     }
 
@@ -133,7 +185,7 @@ impl Replay {
 
     /// Whether target `t` still gets requests.
     pub fn alive(&self, t: usize) -> bool {
-        self.targets.get(t).is_some_and(|x| x.alive) && !self.stopped
+        self.targets.get(t).is_some_and(|x| x.alive) && self.stopped.is_none()
     }
 
     /// Requests awaiting answers.
@@ -158,17 +210,30 @@ impl Replay {
             if is_request && self.production_ok && self.production.expect(&r).is_err() {
                 self.production_ok = false;
             }
-            let skip = self.stopped || (self.cfg.read_only && !r.read_only);
+            let undecided = self.decided.is_none();
+            let unsampled = self.unsampled(&r);
+            if undecided && self.decided == Some(true) {
+                // The units held for the decision precede this request in the stream.
+                out.append(&mut self.held);
+            }
+            let skip = unsampled
+                || self.stopped.is_some()
+                || (self.cfg.read_only && !r.read_only);
             if skip {
                 if is_request {
-                    self.counters.requests_skipped_write += 1;
+                    if unsampled || self.stopped == Some(Stop::Unsampled) {
+                        self.counters.requests_unsampled += 1;
+                    } else {
+                        self.counters.requests_skipped_write += 1;
+                    }
                 }
-                if self.cfg.read_only
+                if self.stopped.is_none()
+                    && self.cfg.read_only
                     && !r.read_only
                     && self.client.protocol() == Some(Protocol::H2c)
                 {
                     // The stream's bytes cannot be cut out of an h2 connection.
-                    self.stopped = true;
+                    self.stopped = Some(Stop::Write);
                 }
             } else if is_request && self.targets.iter().any(|t| t.alive) {
                 self.counters.requests_replayed += 1;
@@ -204,15 +269,54 @@ impl Replay {
                 );
             }
             if !skip && !self.targets.iter().all(|t| !t.alive) {
-                out.push(Outgoing {
+                let o = Outgoing {
                     key: r.key,
                     bytes: r.bytes,
                     endpoint: r.endpoint,
                     request_id: r.request_id,
-                });
+                };
+                if self.cfg.sample.is_some() && self.decided.is_none() && !is_request {
+                    self.held.push(o);
+                } else {
+                    out.push(o);
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Whether request `r` is left out by sampling by key; decides a connection that is
+    /// not HTTP/1 at its first request (units held until then are released or dropped).
+    fn unsampled(&mut self, r: &crate::Request) -> bool {
+        let Some(s) = &self.cfg.sample else {
+            return false;
+        };
+        if self.stopped.is_some() {
+            return false;
+        }
+        match r.expect {
+            Expect::None => false,
+            Expect::Http1 { upgrade_h2c, .. } => {
+                let out = !s.takes(r.key_value.as_deref());
+                if out && upgrade_h2c {
+                    // The h2 frames after it cannot go without it.
+                    self.stopped = Some(Stop::Unsampled);
+                }
+                out
+            }
+            _ => match self.decided {
+                Some(_) => false,
+                None => {
+                    let takes = s.takes(r.key_value.as_deref());
+                    self.decided = Some(takes);
+                    if !takes {
+                        self.held.clear();
+                        self.stopped = Some(Stop::Unsampled);
+                    }
+                    !takes
+                }
+            },
+        }
     }
 
     /// Production's answer bytes captured at `at_ns`.

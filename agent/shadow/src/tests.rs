@@ -97,7 +97,7 @@ proptest! {
         let _ = c.push(&input);
         for e in [Expect::Http1 { head: false, upgrade_h2c: true }, Expect::Redis, Expect::Postgres(PgExpect::UntilReady { startup: true }), Expect::Postgres(PgExpect::Byte), Expect::H2Stream] {
             let mut s = ServerFramer::new(Limits::default());
-            let _ = s.expect(&Request { bytes: vec![], endpoint: None, read_only: true, request_id: None, expect: e, key: 1 });
+            let _ = s.expect(&Request { bytes: vec![], endpoint: None, read_only: true, request_id: None, key_value: None, expect: e, key: 1 });
             let _ = s.push(&data);
             let _ = s.finish();
             if let Ok(rs) = s.push(&data) {
@@ -115,6 +115,7 @@ fn respond(expect: &[Expect], stream: &[u8]) -> Vec<Response> {
             endpoint: None,
             read_only: true,
             request_id: None,
+            key_value: None,
             expect: *e,
             key: i as u64 + 1,
         })
@@ -174,6 +175,7 @@ fn an_interim_answer_before_its_request_is_complete_waits_for_it() {
         endpoint: None,
         read_only: false,
         request_id: None,
+        key_value: None,
         expect: Expect::Http1 {
             head: false,
             upgrade_h2c: false,
@@ -748,6 +750,144 @@ fn replay_of_h2c_stops_at_a_writing_stream_in_read_only_mode() {
         &mut stats,
     );
     assert_eq!(stats.endpoint("GET /a").unwrap().production_requests, 1);
+}
+
+fn key_sample(share_ppm: u32) -> crate::replay::KeySample {
+    crate::replay::KeySample {
+        header: "X-User".into(),
+        threshold: agent_common::hash::threshold_of(share_ppm),
+        seed: 11,
+    }
+}
+
+/// A user the sample takes (`true`) or leaves out (`false`).
+fn user(sample: &crate::replay::KeySample, inside: bool, skip: usize) -> String {
+    (0..)
+        .map(|i| format!("u{i}"))
+        .filter(|u| sample.takes(Some(u)) == inside)
+        .nth(skip)
+        .unwrap()
+}
+
+#[test]
+fn sampling_by_header_sends_only_the_requests_whose_key_is_in_the_share() {
+    let sample = key_sample(500_000);
+    let mut stats = Stats::default();
+    let mut r = Replay::new(ReplayConfig {
+        targets: 1,
+        sample: Some(sample.clone()),
+        ..Default::default()
+    });
+    // Ten users, several on one connection, one request without the header, the header's
+    // name in another case and its value with spaces around it.
+    let users: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+    let mut stream = Vec::new();
+    let mut want = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let name = if i % 2 == 0 { "X-User" } else { "x-USER" };
+        stream.extend(format!("GET /i/{i} HTTP/1.1\r\nX-Request-Id: q{i}\r\n{name}:  {u} \r\n\r\n").bytes());
+        if sample.takes(Some(u)) {
+            want.push(format!("q{i}"));
+        }
+    }
+    stream.extend(b"GET /anonymous HTTP/1.1\r\nX-Request-Id: qa\r\n\r\n");
+    assert!(!want.is_empty() && want.len() < users.len(), "{want:?}");
+    let out = r.client(&stream, 1_000).unwrap();
+    let sent: Vec<String> = out.iter().filter_map(|o| o.request_id.clone()).collect();
+    assert_eq!(sent, want);
+    assert_eq!(r.counters.requests_replayed, want.len() as u64);
+    assert_eq!(r.counters.requests_unsampled, 11 - want.len() as u64);
+    assert_eq!(r.counters.requests_skipped_write, 0);
+    // The same users on another connection: the same decisions (sticky).
+    let mut again = Replay::new(ReplayConfig {
+        targets: 1,
+        sample: Some(sample.clone()),
+        ..Default::default()
+    });
+    let out2 = again.client(&stream, 1_000).unwrap();
+    assert_eq!(out2.iter().filter_map(|o| o.request_id.clone()).collect::<Vec<_>>(), want);
+    // Answers pair with the requests sent, though production answered all eleven.
+    let ans = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    for o in &out {
+        r.target_sent(0, o.key, 2_000);
+    }
+    r.production(&ans.repeat(11), 3_000, &mut stats);
+    let answered = r.target_data(0, &ans.repeat(want.len()), 4_000, &mut stats);
+    assert_eq!(
+        answered.iter().filter_map(|a| a.request_id.clone()).collect::<Vec<_>>(),
+        want
+    );
+    assert_eq!(r.pending(), 0);
+    let shadowed: u64 = stats.report().iter().map(|e| e.compared).sum();
+    assert_eq!(shadowed, want.len() as u64);
+}
+
+#[test]
+fn sampling_by_header_decides_an_h2c_connection_at_its_first_stream() {
+    let sample = key_sample(500_000);
+    let (inside, outside) = (user(&sample, true, 0), user(&sample, false, 0));
+    let stream = |first: &str, second: &str| {
+        let mut s = h2::PREFACE.to_vec();
+        s.extend(h2_frame(4, 0, 0, &[]));
+        for (id, u) in [(1, first), (3, second)] {
+            s.extend(h2_frame(
+                1,
+                0x5,
+                id,
+                &hpack(&[(":method", "GET"), (":path", "/a"), ("x-user", u)]),
+            ));
+        }
+        s
+    };
+    // In by its first stream: everything goes, the preface first, whatever the second
+    // stream's key (streams of one h2 connection cannot be cut apart).
+    let mut r = Replay::new(ReplayConfig {
+        targets: 1,
+        sample: Some(sample.clone()),
+        ..Default::default()
+    });
+    let s = stream(&inside, &outside);
+    let mut sent = Vec::new();
+    for piece in s.chunks(7) {
+        sent.extend(r.client(piece, 1).unwrap().into_iter().flat_map(|o| o.bytes));
+    }
+    assert_eq!(sent, s);
+    assert_eq!((r.counters.requests_replayed, r.counters.requests_unsampled), (2, 0));
+    // Out by its first stream: nothing at all, not even the preface.
+    let mut r = Replay::new(ReplayConfig {
+        targets: 1,
+        sample: Some(sample),
+        ..Default::default()
+    });
+    let out = r.client(&stream(&outside, &inside), 1).unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!((r.counters.requests_replayed, r.counters.requests_unsampled), (0, 2));
+    assert!(!r.alive(0));
+}
+
+#[test]
+fn sampling_by_header_leaves_out_protocols_without_headers() {
+    let mut r = Replay::new(ReplayConfig {
+        targets: 1,
+        sample: Some(key_sample(1_000_000)),
+        ..Default::default()
+    });
+    let out = r
+        .client(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n", 1)
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(r.counters.requests_unsampled, 2);
+    // A whole share still takes every HTTP/1 request that has the header, and only those.
+    let mut r = Replay::new(ReplayConfig {
+        targets: 1,
+        sample: Some(key_sample(1_000_000)),
+        ..Default::default()
+    });
+    let out = r
+        .client(b"GET / HTTP/1.1\r\nX-User: a\r\n\r\nGET / HTTP/1.1\r\n\r\n", 1)
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(r.counters.requests_unsampled, 1);
 }
 
 /// A small deterministic generator (SplitMix64) for simulated traffic.

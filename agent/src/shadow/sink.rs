@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use weft_proto::v1::{ShadowEndpointStats, ShadowFrame, ShadowHello, ShadowReport, resource::Spec};
-use weft_shadow::replay::{ReplayConfig, ReplayCounters};
+use weft_shadow::replay::{KeySample, ReplayConfig, ReplayCounters};
 use weft_shadow::{Limits, Replay, Stats};
 
 use super::synthetic::{self, ConnectionRecorder, Load, Recording, SyntheticCounters};
@@ -93,6 +93,9 @@ pub struct SinkSpec {
     /// the shadow at that multiple of their rate (`synthetic`); a new `generation` starts
     /// a new run.
     pub synthetic: Option<Load>,
+    /// Sampling by a request header's value (policy key `header`): only requests whose
+    /// value is in the share are replayed.
+    pub sample: Option<KeySample>,
 }
 
 impl SinkSpec {
@@ -134,8 +137,25 @@ impl SinkSpec {
                 Some(l) => Load::from_wire(l)?,
                 None => None,
             },
+            sample: s.sample.as_ref().map(key_sample).transpose()?,
         })
     }
+}
+
+fn key_sample(k: &weft_proto::v1::ShadowKeySample) -> Result<KeySample, String> {
+    weft_reqroute::HeaderRule::new(&k.header, None)
+        .map_err(|e| format!("sample header {:?}: {e}", k.header))?;
+    if k.share_ppm > 1_000_000 {
+        return Err(format!(
+            "sample share_ppm {} is more than 1000000 (100 %)",
+            k.share_ppm
+        ));
+    }
+    Ok(KeySample {
+        header: k.header.to_ascii_lowercase(),
+        threshold: agent_common::hash::threshold_of(k.share_ppm),
+        seed: k.seed,
+    })
 }
 
 /// Counters of one sink (the report's measurements).
@@ -143,6 +163,8 @@ impl SinkSpec {
 pub struct SinkCounters {
     pub requests_replayed: AtomicU64,
     pub requests_skipped_write: AtomicU64,
+    /// Requests whose key was out of the share (sampling by header).
+    pub requests_unsampled: AtomicU64,
     pub connections_replayed: AtomicU64,
     pub connections_failed: AtomicU64,
     pub taps_connected: AtomicU64,
@@ -164,6 +186,7 @@ impl SinkCounters {
         [
             ("requests_replayed", &self.requests_replayed),
             ("requests_skipped_write", &self.requests_skipped_write),
+            ("requests_unsampled", &self.requests_unsampled),
             ("connections_replayed", &self.connections_replayed),
             ("connections_failed", &self.connections_failed),
             ("taps_connected", &self.taps_connected),
@@ -184,6 +207,8 @@ impl SinkCounters {
         self.requests_skipped_write
             .fetch_add(d.requests_skipped_write, Relaxed);
         self.requests_unpaired.fetch_add(d.pending_dropped, Relaxed);
+        self.requests_unsampled
+            .fetch_add(d.requests_unsampled, Relaxed);
     }
 }
 
@@ -196,6 +221,8 @@ pub struct SinkShared {
     /// The spec's `read_only`, changed in place (a policy change must not end the taps'
     /// streams): connections replayed from then on follow it.
     read_only: AtomicBool,
+    /// The spec's `sample`, changed in place like `read_only`.
+    sample: Mutex<Option<KeySample>>,
     target_netns: Vec<PathBuf>,
     limits: Limits,
     pub stats: Mutex<Stats>,
@@ -306,6 +333,7 @@ impl SinkShared {
             .version
             .wrapping_add(c.requests_replayed.load(Relaxed))
             .wrapping_add(c.requests_skipped_write.load(Relaxed) << 8)
+            .wrapping_add(c.requests_unsampled.load(Relaxed) << 12)
             .wrapping_add(c.connections_replayed.load(Relaxed) << 16)
             .wrapping_add(c.connections_failed.load(Relaxed) << 24)
             .wrapping_add(c.taps_connected.load(Relaxed) << 32)
@@ -487,6 +515,7 @@ impl SinkReconciler {
             recording: Recording::default(),
             synthetic: Arc::default(),
             read_only: AtomicBool::new(spec.read_only),
+            sample: Mutex::new(spec.sample.clone()),
             recent_ids: Mutex::new(vec![VecDeque::new(); spec.targets.len()]),
             spec,
             target_netns,
@@ -603,11 +632,13 @@ impl Reconciler for SinkReconciler {
                         continue;
                     }
                 };
-                // The same sink but for read-only: changed in place, its taps stay connected.
+                // The same sink but for read-only or sampling by header: changed in place,
+                // its taps stay connected.
                 let keep = sinks.get(&d.key).is_some_and(|s| {
                     SinkSpec {
                         read_only: spec.read_only,
                         synthetic: spec.synthetic,
+                        sample: spec.sample.clone(),
                         ..s.shared.spec.clone()
                     } == spec
                         && s.tasks.iter().all(|t| !t.is_finished())
@@ -615,10 +646,13 @@ impl Reconciler for SinkReconciler {
                 if keep {
                     if let Some(s) = sinks.get_mut(&d.key) {
                         let was = s.shared.read_only.swap(spec.read_only, Relaxed);
+                        let sample_was =
+                            std::mem::replace(&mut *lock(&s.shared.sample), spec.sample.clone());
                         let changes = usize::from(was != spec.read_only)
+                            + usize::from(sample_was != spec.sample)
                             + s.synthesize(&d.key, spec.synthetic);
                         if changes > 0 {
-                            info!(key = %d.key, read_only = spec.read_only, "shadow sink read-only mode changed");
+                            info!(key = %d.key, read_only = spec.read_only, sample = ?spec.sample, "shadow sink policy changed");
                         }
                         reports.push(self.report(&d.key, s, changes));
                     }
@@ -1095,6 +1129,7 @@ async fn replay_connection(
         targets: n,
         read_only: shared.read_only.load(Relaxed),
         limits: shared.limits,
+        sample: lock(&shared.sample).clone(),
         ..Default::default()
     });
     let (ev_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
@@ -1248,6 +1283,7 @@ async fn replay_connection(
             requests_replayed: c.requests_replayed - reported.requests_replayed,
             requests_skipped_write: c.requests_skipped_write - reported.requests_skipped_write,
             pending_dropped: c.pending_dropped - reported.pending_dropped,
+            requests_unsampled: c.requests_unsampled - reported.requests_unsampled,
         });
         reported = c;
         if (!frames_open || gapped) && replay.pending() == 0 {
@@ -1259,6 +1295,7 @@ async fn replay_connection(
         requests_replayed: c.requests_replayed - reported.requests_replayed,
         requests_skipped_write: c.requests_skipped_write - reported.requests_skipped_write,
         pending_dropped: c.pending_dropped - reported.pending_dropped,
+        requests_unsampled: c.requests_unsampled - reported.requests_unsampled,
     });
     shared
         .counters

@@ -24,6 +24,9 @@ pub struct TapSpec {
 /// A checked `ShadowPolicy`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySpec {
+    /// Of eligible connections, in the kernel. Sampling by a header (policy key `header`)
+    /// copies every eligible connection (1,000,000, or 0 for a share of 0): the sinks
+    /// choose the requests.
     pub share_ppm: u32,
     /// `key_kind::CONNECTION` or `key_kind::SOURCE`.
     pub key: u8,
@@ -46,21 +49,31 @@ impl TryFrom<&ShadowPolicy> for PolicySpec {
     type Error = String;
 
     fn try_from(p: &ShadowPolicy) -> Result<Self, String> {
-        let key = match p.key.as_str() {
-            "" | "connection" => key_kind::CONNECTION,
-            "source" => key_kind::SOURCE,
-            k => {
-                return Err(format!(
-                    "policy key {k:?} is neither \"connection\" nor \"source\""
-                ));
-            }
-        };
         if p.share_ppm > 1_000_000 {
             return Err(format!(
                 "share_ppm {} is more than 1000000 (100 %)",
                 p.share_ppm
             ));
         }
+        let (key, share_ppm) = match p.key.as_str() {
+            "" | "connection" => (key_kind::CONNECTION, p.share_ppm),
+            "source" => (key_kind::SOURCE, p.share_ppm),
+            "header" if weft_reqroute::HeaderRule::new(&p.header, None).is_ok() => (
+                key_kind::CONNECTION,
+                if p.share_ppm > 0 { 1_000_000 } else { 0 },
+            ),
+            "header" => {
+                return Err(format!(
+                    "policy key \"header\" with header {:?}: not a header name",
+                    p.header
+                ));
+            }
+            k => {
+                return Err(format!(
+                    "policy key {k:?} is not \"connection\", \"source\" or \"header\""
+                ));
+            }
+        };
         let ports = p
             .ports
             .iter()
@@ -101,7 +114,7 @@ impl TryFrom<&ShadowPolicy> for PolicySpec {
             _ => Some((a, b)),
         };
         Ok(Self {
-            share_ppm: p.share_ppm,
+            share_ppm,
             key,
             ports,
             sources,
@@ -354,6 +367,15 @@ mod tests {
                 ..Default::default()
             },
             ShadowPolicy {
+                key: "header".into(),
+                ..Default::default()
+            },
+            ShadowPolicy {
+                key: "header".into(),
+                header: "x user".into(),
+                ..Default::default()
+            },
+            ShadowPolicy {
                 ports: vec![0],
                 ..Default::default()
             },
@@ -378,6 +400,23 @@ mod tests {
         ] {
             assert!(PolicySpec::try_from(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_header_key_copies_every_eligible_connection() {
+        // The sinks choose requests by the header's value: the kernel copies all.
+        let p = |share_ppm| {
+            PolicySpec::try_from(&ShadowPolicy {
+                share_ppm,
+                key: "header".into(),
+                header: "X-User".into(),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        assert_eq!((p(100_000).share_ppm, p(100_000).key), (1_000_000, key_kind::CONNECTION));
+        assert_eq!(p(0).share_ppm, 0);
+        assert_eq!(kernel_policy(&p(1), 0, 0, true).threshold, threshold_of(1_000_000));
     }
 
     #[test]

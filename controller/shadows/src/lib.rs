@@ -214,6 +214,8 @@ pub struct ShadowCounters {
     pub connections_lost: u64,
     pub requests_replayed: u64,
     pub requests_skipped_write: u64,
+    /// Requests not replayed because their key was out of the share (key `header`).
+    pub requests_unsampled: u64,
     /// Connections the sinks replayed, and those whose replay failed. REST only.
     pub connections_replayed: u64,
     pub connections_failed: u64,
@@ -240,9 +242,10 @@ const TAP_COUNTERS: [&str; 5] = [
 /// The steers' (divert and failover).
 const STEER_COUNTERS: [&str; 2] = ["connections_steered", "failover_active"];
 /// The sinks'.
-const SINK_COUNTERS: [&str; 7] = [
+const SINK_COUNTERS: [&str; 8] = [
     "requests_replayed",
     "requests_skipped_write",
+    "requests_unsampled",
     "connections_replayed",
     "connections_failed",
     "synthetic_connections",
@@ -268,6 +271,7 @@ impl ShadowCounters {
             "connections_lost" => &mut self.connections_lost,
             "requests_replayed" => &mut self.requests_replayed,
             "requests_skipped_write" => &mut self.requests_skipped_write,
+            "requests_unsampled" => &mut self.requests_unsampled,
             "connections_steered" => &mut self.connections_diverted,
             "failover_active" => &mut self.nodes_failed_over,
             "synthetic_connections" => &mut self.synthetic_connections,
@@ -286,6 +290,7 @@ impl ShadowCounters {
             connections_lost: self.connections_lost,
             requests_replayed: self.requests_replayed,
             requests_skipped_write: self.requests_skipped_write,
+            requests_unsampled: self.requests_unsampled,
         }
     }
 }
@@ -605,6 +610,11 @@ impl ShadowManager {
                         .collect(),
                     read_only: rec.policy.read_only,
                     synthetic: rec.synthetic.as_ref().map(SyntheticRun::to_wire),
+                    sample: (rec.policy.key == "header").then(|| wire::ShadowKeySample {
+                        header: rec.policy.header.clone(),
+                        share_ppm: rec.policy.share_ppm,
+                        seed: rec.policy.seed,
+                    }),
                 }),
             );
             // Divert and failover: new connections really go to the shadow's copy of the
@@ -625,7 +635,13 @@ impl ShadowManager {
                         node: node.clone(),
                         ports: p.ports.clone(),
                         share_ppm: p.divert_ppm,
-                        key: p.key.clone(),
+                        // Key "header" never diverts (checked); failover takes every
+                        // connection whatever the key.
+                        key: if p.key == "header" {
+                            "connection".into()
+                        } else {
+                            p.key.clone()
+                        },
                         seed: p.seed,
                         failover: policy.failover.clone(),
                         target_network: rec.id.clone(),

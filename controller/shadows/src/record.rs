@@ -24,9 +24,14 @@ pub struct ShadowPolicy {
     /// Share of eligible connections sampled, in millionths.
     #[serde(default)]
     pub share_ppm: u32,
-    /// `connection` or `source` (empty: `connection`).
+    /// `connection`, `source` or `header` (empty: `connection`).
     #[serde(default)]
     pub key: String,
+    /// With key `header`: the request header whose value is hashed (lowercase once
+    /// checked). One value is always in or always out; the taps copy every eligible
+    /// connection and the sinks replay only the requests whose value is in the share.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub header: String,
     /// Server ports sampled; empty: every TCP port.
     #[serde(default)]
     pub ports: Vec<u32>,
@@ -118,13 +123,34 @@ impl ShadowPolicy {
         self.key = match self.key.trim() {
             "" | "connection" => "connection".into(),
             "source" => "source".into(),
+            "header" => "header".into(),
             other => {
                 return Err(invalid(
                     "policy.key",
-                    format!("{other:?} is not connection or source"),
+                    format!("{other:?} is not connection, source or header"),
                 ));
             }
         };
+        if self.key == "header" {
+            let rule = weft_reqroute::HeaderRule::new(self.header.trim(), None).map_err(|e| {
+                invalid(
+                    "policy.header",
+                    format!("{e}: key \"header\" needs the name of the request header to hash"),
+                )
+            })?;
+            self.header = rule.name.to_ascii_lowercase();
+            if self.divert_ppm > 0 {
+                return Err(invalid(
+                    "policy.divert_ppm",
+                    "divert places a new connection at its SYN, before any header: use key connection or source to divert",
+                ));
+            }
+        } else if !self.header.is_empty() {
+            return Err(invalid(
+                "policy.header",
+                format!("a header is hashed only with key \"header\" (key is {:?})", self.key),
+            ));
+        }
         for (i, p) in self.ports.iter().enumerate() {
             if !(1..=65535).contains(p) {
                 return Err(invalid(
@@ -204,6 +230,7 @@ impl ShadowPolicy {
         Self {
             share_ppm: p.share_ppm,
             key: p.key.clone(),
+            header: p.header.clone(),
             ports: p.ports.clone(),
             sources: p.sources.clone(),
             read_only: p.read_only,
@@ -225,6 +252,7 @@ impl ShadowPolicy {
         wire::ShadowPolicy {
             share_ppm: self.share_ppm,
             key: self.key.clone(),
+            header: self.header.clone(),
             ports: self.ports.clone(),
             sources: self.sources.clone(),
             read_only: self.read_only,
@@ -382,11 +410,27 @@ mod tests {
         );
         assert_eq!(
             field(ShadowPolicy {
-                key: "header".into(),
+                key: "cookie".into(),
                 ..Default::default()
             }),
             "policy.key"
         );
+        assert_eq!(
+            field(ShadowPolicy {
+                key: "header".into(),
+                header: "a b".into(),
+                ..Default::default()
+            }),
+            "policy.header"
+        );
+        let h = ShadowPolicy {
+            key: " header ".into(),
+            header: " X-Session ".into(),
+            ..Default::default()
+        }
+        .checked()
+        .unwrap();
+        assert_eq!((h.key.as_str(), h.header.as_str()), ("header", "x-session"));
         assert_eq!(
             field(ShadowPolicy {
                 ports: vec![80, 0],

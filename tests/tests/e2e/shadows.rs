@@ -11,6 +11,8 @@
 //! - synthetic load: what the sink recorded, replayed into the shadow at 4x, as sent;
 //! - read-only mode: not one POST reaches the shadow, and the skipped ones are counted;
 //! - key `source`: a client is always in or always out (sticky);
+//! - key `header`: a user (`X-User`) is always in or always out, request by request,
+//!   whichever connection carries it, and exactly the predicted requests arrive;
 //! - divert at 100 %: new connections are answered by the shadow, not production;
 //! - failover: production's api frozen, new connections go to the shadow until it thaws;
 //! - a stopped shadow (SIGSTOP) costs production nothing: every request still answered;
@@ -461,6 +463,73 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
             sent3.len()
         ));
     }
+
+    // Phase 3h: sticky by a header: every request of a user (X-User) in the share reaches
+    // the shadow and none of the others, though users share connections. The test
+    // predicts the decisions with agent-common's hash, as the sinks compute them.
+    const USERS: usize = 7;
+    let share = agent_common::hash::threshold_of(400_000);
+    let takes = |seed: u32, u: usize| {
+        agent_common::hash::key_in_share(seed, share, format!("u{u}").as_bytes())
+    };
+    let hseed = (1..1000u32)
+        .find(|&s| {
+            let n = (0..USERS).filter(|&u| takes(s, u)).count();
+            (2..=USERS - 2).contains(&n)
+        })
+        .context("no seed puts 2..=5 of 7 users in")?;
+    controller.json(
+        "PUT",
+        "/shadows/shsh/policy",
+        Some(&json!({"share_ppm": 400_000, "key": "header", "header": "X-User", "ports": [8080], "seed": hseed})),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let unsampled_before = counter(&shadow(controller)?, "requests_unsampled");
+    let sent_h = run_client(&ns("c1"), &client_script, &api, 24, "p3h", &["--users", "7"])?;
+    let want_h: BTreeSet<String> = sent_h
+        .keys()
+        .filter(|id| {
+            // p3h-<connection>-<request>: the client's user is (3c + r) % 7.
+            let mut parts = id.rsplit('-');
+            let r: usize = parts.next().and_then(|x| x.parse().ok()).unwrap_or(usize::MAX);
+            let c: usize = parts.next().and_then(|x| x.parse().ok()).unwrap_or(usize::MAX);
+            takes(hseed, (3 * c + r) % USERS)
+        })
+        .cloned()
+        .collect();
+    ensure!(
+        !want_h.is_empty() && want_h.len() < sent_h.len(),
+        "the seed must split the requests: {} of {}",
+        want_h.len(),
+        sent_h.len()
+    );
+    let got_h = settled(lab, "hv2", "shsh", "p3h")?;
+    let got_ids: BTreeSet<String> = got_h.keys().cloned().collect();
+    ensure!(
+        got_ids == want_h,
+        "by header (seed {hseed}): the shadow got {} requests, {} predicted; missing {:?}, unexpected {:?}",
+        got_ids.len(),
+        want_h.len(),
+        want_h.difference(&got_ids).collect::<Vec<_>>(),
+        got_ids.difference(&want_h).collect::<Vec<_>>()
+    );
+    for (id, g) in &got_h {
+        ensure!(sent_h[id].sha == g.sha, "request {id} changed on its way to the shadow");
+    }
+    let out_h = (sent_h.len() - want_h.len()) as u64;
+    let s = eventually(Duration::from_secs(20), Duration::from_millis(300), || {
+        let s = shadow(controller)?;
+        let n = counter(&s, "requests_unsampled") - unsampled_before;
+        ensure!(n == out_h, "requests_unsampled grew by {n}, {out_h} were out: {s}");
+        Ok(s)
+    })
+    .with_context(logs)?;
+    phase(&format!(
+        "phase 3h: by header: {} of {} requests in (7 users, seed {hseed}), {} counted out",
+        got_ids.len(),
+        sent_h.len(),
+        counter(&s, "requests_unsampled") - unsampled_before
+    ));
 
     // Divert: every new connection really goes to the shadow (no copies: nothing sampled).
     controller.json(

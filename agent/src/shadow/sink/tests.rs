@@ -301,6 +301,7 @@ fn desired(key: &str, port: u16, read_only: bool) -> DesiredResource {
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            sample: None,
             synthetic: None,
             shadow: "shop-shadow".into(),
             listen_port: port as u32,
@@ -770,6 +771,7 @@ async fn sink_replays_redis_reads_to_a_real_redis_and_keeps_its_writes_out() {
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            sample: None,
             synthetic: None,
             shadow: "cache-shadow".into(),
             listen_port: u32::from(free_port()),
@@ -870,6 +872,7 @@ async fn a_shadow_that_stops_reading_is_dropped_and_counted_not_buffered() {
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            sample: None,
             synthetic: None,
             shadow: "slow".into(),
             listen_port: u32::from(free_port()),
@@ -1049,6 +1052,7 @@ async fn sink_replays_h2c_to_nginx_per_stream_and_stops_at_a_write_in_read_only_
             key: key.into(),
             generation: 1,
             spec: Spec::ShadowSink(ShadowSink {
+                sample: None,
                 synthetic: None,
                 shadow: "web-shadow".into(),
                 listen_port: u32::from(free_port()),
@@ -1289,6 +1293,7 @@ async fn sink_replays_postgres_startup_and_queries_to_a_real_postgres_read_only(
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            sample: None,
             synthetic: None,
             shadow: "db-shadow".into(),
             listen_port: u32::from(free_port()),
@@ -1397,6 +1402,7 @@ async fn a_capture_gap_stops_the_replay_of_its_connection_only() {
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            sample: None,
             synthetic: None,
             shadow: "gap".into(),
             listen_port: u32::from(free_port()),
@@ -1464,6 +1470,7 @@ async fn a_capture_gap_stops_the_replay_of_its_connection_only() {
 fn the_sink_wide_budgets_are_given_back_when_frames_and_connections_go() {
     let shared = Arc::new(SinkShared {
         spec: SinkSpec {
+            sample: None,
             shadow: "s".into(),
             listen_port: 1,
             peers: vec![],
@@ -1472,6 +1479,7 @@ fn the_sink_wide_budgets_are_given_back_when_frames_and_connections_go() {
             synthetic: None,
         },
         read_only: std::sync::atomic::AtomicBool::new(false),
+        sample: Mutex::new(None),
         recording: Default::default(),
         synthetic: Default::default(),
         target_netns: vec![],
@@ -1708,6 +1716,7 @@ async fn the_real_tap_streams_to_the_real_sink_and_the_shadow_gets_production_re
         key: key.into(),
         generation: 1,
         spec: Spec::ShadowSink(ShadowSink {
+            sample: None,
             synthetic: None,
             shadow: "s1".into(),
             listen_port: u32::from(free_port()),
