@@ -12,6 +12,9 @@ Injected differences (what a new version in a shadow might do), per endpoint E:
   --inject-in S   inject only when this process's network namespace name (`ip netns
                   identify`) contains S: one command line for production and its mirrors,
                   the differences in the shadow alone.
+CPU work instead of waiting (for CPU limits):
+  --burn MS       every answer spins the CPU for MS ms (after the wait);
+  --heavier PCT   injected: the spinning takes PCT % longer (a version that needs more CPU).
 Keep-alive, Content-Length bodies, one thread per connection."""
 import json
 import os
@@ -34,6 +37,14 @@ def options(flag):
 
 
 FIELD, SLOW, ERRORS = options("--field"), options("--slow"), options("--errors")
+
+
+def number(flag):
+    args = sys.argv[2:]
+    return float(args[args.index(flag) + 1]) if flag in args[:-1] else 0.0
+
+
+BURN_MS, HEAVIER = number("--burn"), number("--heavier")
 
 
 def namespace_name():
@@ -60,7 +71,7 @@ def namespace_matches():
 
 
 if not namespace_matches():
-    FIELD, SLOW, ERRORS = {}, {}, {}
+    FIELD, SLOW, ERRORS, HEAVIER = {}, {}, {}, 0.0
 COUNTER = {}
 LOCK = threading.Lock()
 
@@ -80,6 +91,11 @@ def answer(path):
     e = path.split("?")[0].strip("/") or "e0"
     work = random.uniform(0.001, 0.003) * (1 + SLOW.get(e, 0) / 100)
     time.sleep(work)
+    if BURN_MS > 0:
+        # CPU time of this thread, so that time spent throttled does not count as work.
+        until = time.thread_time() + BURN_MS * (1 + HEAVIER / 100) / 1000
+        while time.thread_time() < until:
+            pass
     if every(e + "/err", ERRORS.get(e, 0)):
         return 500, {"error": "injected"}
     items = [{"id": i, "name": f"{e}-item-{i}"} for i in range(3)]

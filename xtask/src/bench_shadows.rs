@@ -456,7 +456,23 @@ pub fn run() -> Result<()> {
     let hv2_ns = lab.hypervisors()[1].netns.name().to_owned();
     let underlay_if = "ul0";
 
-    let names = ["a", "px0", "px10", "w10", "w10-stop", "w10-down"];
+    // Sampling by a header: every eligible connection is copied and streamed, and the sink
+    // frames every request. oha sends one X-User on every request, a user out of the
+    // share: production pays the copies, the shadow gets nothing.
+    let header_policy =
+        json!({"share_ppm": SHARE_PPM, "key": "header", "header": "X-User", "ports": [80]});
+    let user_out = (0..)
+        .map(|i| format!("u{i}"))
+        .find(|u| {
+            !agent_common::hash::key_in_share(
+                0,
+                agent_common::hash::threshold_of(SHARE_PPM as u32),
+                u.as_bytes(),
+            )
+        })
+        .unwrap_or_default();
+    let user_header = format!("X-User: {user_out}");
+    let names = ["a", "px0", "px10", "w10", "w10-stop", "w10-down", "h10"];
     let mut runs: Vec<Vec<Load>> = vec![Vec::new(); names.len()];
     let mut create_times = Vec::new();
     for round in 0..rounds {
@@ -486,6 +502,15 @@ pub fn run() -> Result<()> {
         let result = load(&client, &oha, &url(&web, 80), &[]);
         down("up")?;
         runs[5].push(result?);
+        call_json(
+            &c,
+            "PUT",
+            &format!("/shadows/{SHADOW}/policy"),
+            Some(&header_policy),
+            Duration::from_secs(10),
+        )?;
+        std::thread::sleep(Duration::from_secs(2));
+        runs[6].push(load(&client, &oha, &url(&web, 80), &["-H", &user_header])?);
         delete_shadow(&c)?;
     }
 
@@ -571,6 +596,7 @@ pub fn run() -> Result<()> {
         "oha -> nginx, weft shadow sampling 10 % of connections (on hv2)",
         "w10 with the shadow's nginx stopped (SIGSTOP)",
         "w10 with hv2's underlay link down",
+        "oha -> nginx, weft shadow sampling 10 % by header `X-User` (every connection copied; oha's one user is out of the share)",
     ];
     let mut medians = Vec::new();
     for (i, name) in names.iter().enumerate() {
@@ -591,10 +617,15 @@ pub fn run() -> Result<()> {
     let (nginx_p99, nginx_rps) = ratio(2, 1);
     let (stop_p99, _) = ratio(4, 0);
     let (down_p99, _) = ratio(5, 0);
+    let (header_p99, header_rps) = ratio(6, 0);
     let _ = writeln!(md);
     let _ = writeln!(
         md,
         "- **Production's p99 with 10 % sampling**: weft ×{weft_p99:.3} (w10/a; target ≤ ×1.03), nginx `mirror` ×{nginx_p99:.3} (px10/px0), same run. Throughput: weft ×{weft_rps:.3} (target ≥ ×0.98), nginx ×{nginx_rps:.3}."
+    );
+    let _ = writeln!(
+        md,
+        "- **Sampling by header** (h10/a): p99 ×{header_p99:.3}, throughput ×{header_rps:.3}: the taps copy every connection to port 80 and the sink frames every request, because a header is not known at the SYN."
     );
     let _ = writeln!(
         md,

@@ -919,3 +919,177 @@ connections:
 fn shadow_of(controller: &Controller, id: &str) -> Result<Value> {
     controller.json("GET", &format!("/shadows/{id}"), None)
 }
+
+/// The CPU limit of the cgroup of the processes in namespace `ns`: cgroup v2's `cpu.max`
+/// ("15000 100000"), or v1's quota and period in the same form.
+fn cpu_limit_in(ns: &str) -> Result<(Vec<String>, String)> {
+    let pids = weft_lab::cmd::run(std::process::Command::new("ip").args(["netns", "pids", ns]))?;
+    let pids: Vec<String> = pids.split_whitespace().map(str::to_owned).collect();
+    let pid = pids.first().with_context(|| format!("no process in {ns}"))?;
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    for line in cg.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let path = path.trim_start_matches('/');
+        if ctrls.is_empty() {
+            let max = std::fs::read_to_string(format!("/sys/fs/cgroup/{path}/cpu.max"))?;
+            return Ok((pids, max.trim().to_owned()));
+        }
+        if ctrls.split(',').any(|c| c == "cpu") {
+            let base = format!("/sys/fs/cgroup/{ctrls}/{path}");
+            let q = std::fs::read_to_string(format!("{base}/cpu.cfs_quota_us"))?;
+            let p = std::fs::read_to_string(format!("{base}/cpu.cfs_period_us"))?;
+            return Ok((pids, format!("{} {}", q.trim(), p.trim())));
+        }
+    }
+    bail!("no cpu cgroup for pid {pid}: {cg}")
+}
+
+/// Predictive scaling under real pressure: the shadow's copy of `api` needs four times
+/// production's CPU per request (injected in the shadow alone) under a 100m limit, so the
+/// kernel throttles it; the sink reports its cgroup's counters, the controller recommends
+/// 200m (x1.5, rounded up to 100 millis) with the throttling as evidence, and with `autoscale` applies it: production's
+/// definition changes, the shadow follows as its mirror, and both cgroups' `cpu.max` change
+/// in place (the same processes, not restarted).
+#[test]
+fn autoscale_raises_the_cpu_limit_of_a_throttled_shadow_and_of_production() -> Result<()> {
+    if skip_unless_root("autoscale_raises_the_cpu_limit") {
+        return Ok(());
+    }
+    let two = TwoHypervisors::start("shscpool")?;
+    let (lab, controller) = (&two.lab, &two.controller);
+    let logs = || two.logs();
+    let app = lab.dir().join("shadow_app.py");
+    let client = lab.dir().join("shadow_diff_client.py");
+    std::fs::write(&app, APP)?;
+    std::fs::write(&client, DIFF_CLIENT)?;
+    let tdl = format!(
+        "\
+network: shsc
+addressing:
+  shards: shscpool
+nodes:
+  c1:
+    type: vm
+  api:
+    command: python3 {} 8080 --burn 2 --heavier 300 --inject-in -shscs-api
+    ports: [8080]
+    cpu: 100m
+connections:
+  c1 -> api:
+    port: 8080
+",
+        app.display()
+    );
+    let production = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
+        controller.json(
+            "POST",
+            "/networks",
+            Some(&json!({"tdl": tdl, "file_name": "shsc.tdl", "hosts": ["hv1"]})),
+        )
+    })
+    .with_context(logs)?;
+    eventually(Duration::from_secs(60), Duration::from_millis(200), || {
+        let s = controller.json("GET", "/networks/shsc/status", None)?;
+        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    let api = address(&production, "api")?;
+    let c1 = format!("{}-shsc-c1", lab.node_netns_prefix("hv1"));
+    let prod_api = format!("{}-shsc-api", lab.node_netns_prefix("hv1"));
+    let shadow_api = format!("{}-shscs-api", lab.node_netns_prefix("hv2"));
+    let client = client.display().to_string();
+    let drive = |requests: usize, conns: usize| {
+        let (r, c) = (requests.to_string(), conns.to_string());
+        weft_lab::netns::command_in(
+            &c1,
+            &["timeout", "120", "python3", &client, &api, "8080", &r, &c],
+        )
+    };
+    eventually(Duration::from_secs(30), Duration::from_millis(300), || {
+        weft_lab::cmd::run(&mut drive(10, 1)).map(drop)
+    })
+    .with_context(logs)?;
+    controller
+        .json(
+            "POST",
+            "/shadows",
+            Some(&json!({
+                "id": "shscs", "production": "shsc", "nodes": ["api"], "hosts": ["hv2"],
+                "policy": {"share_ppm": 1_000_000, "key": "connection", "ports": [8080], "autoscale": true},
+            })),
+        )
+        .with_context(logs)?;
+    eventually(Duration::from_secs(90), Duration::from_millis(500), || {
+        let s = shadow_of(controller, "shscs")?;
+        ensure!(s["state"] == json!("sampling"), "not sampling yet: {s}");
+        Ok(())
+    })
+    .with_context(logs)?;
+    let (prod_pids, prod_before) = cpu_limit_in(&prod_api)?;
+    let (shadow_pids, shadow_before) =
+        eventually(Duration::from_secs(30), Duration::from_millis(300), || {
+            cpu_limit_in(&shadow_api)
+        })
+        .with_context(logs)?;
+    ensure!(
+        prod_before == "10000 100000" && shadow_before == "10000 100000",
+        "a 100m limit is a 10 ms quota per 100 ms: production {prod_before:?}, shadow {shadow_before:?}"
+    );
+    // Production runs at its own limit (2 ms of CPU per request: about 50 requests/s); the
+    // shadow gets the same requests and needs 8 ms for each.
+    let mut load = drive(3000, 30)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("client")?;
+    let applied = eventually(Duration::from_secs(90), Duration::from_secs(1), || {
+        let s = shadow_of(controller, "shscs")?;
+        let r = s["scaling"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["resource"] == json!("cpu") && r["node"] == json!("api"))
+            .cloned()
+            .with_context(|| format!("no CPU recommendation yet: {}", s["scaling"]))?;
+        ensure!(r["applied"] == json!(true), "not applied yet: {r}");
+        Ok(r)
+    });
+    let _ = load.kill();
+    let _ = load.wait();
+    let applied = applied.with_context(logs)?;
+    eprintln!("scaling: {applied}");
+    ensure!(
+        applied["current"] == json!(100) && applied["recommended"] == json!(200),
+        "100m raised by the step of 1.5 and rounded up to 100 millis is 200m: {applied}"
+    );
+    let throttled = applied["evidence"]["shadow_cpu_throttled_ratio"]
+        .as_f64()
+        .unwrap_or(0.0);
+    ensure!(
+        throttled >= 0.25,
+        "the evidence is the shadow's throttling: {applied}"
+    );
+    eventually(Duration::from_secs(30), Duration::from_millis(300), || {
+        let (p, prod) = cpu_limit_in(&prod_api)?;
+        let (s, shadow) = cpu_limit_in(&shadow_api)?;
+        ensure!(
+            prod == "20000 100000" && shadow == "20000 100000",
+            "cpu.max: production {prod:?}, shadow {shadow:?}"
+        );
+        ensure!(
+            p == prod_pids && s == shadow_pids,
+            "the limits change in place: production's pids {prod_pids:?} -> {p:?}, the shadow's {shadow_pids:?} -> {s:?}"
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+    let net = controller.json("GET", "/networks/shsc", None)?;
+    let tdl_now = net["tdl"].as_str().unwrap_or_default();
+    ensure!(
+        tdl_now.contains("cpu: 0.2") && !tdl_now.contains("cpu: 0.1"),
+        "production's definition has the new limit: {tdl_now}"
+    );
+    controller.json("DELETE", "/shadows/shscs", None)?;
+    Ok(())
+}
