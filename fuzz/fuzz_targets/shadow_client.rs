@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
         max_head: 4096,
         max_message: 64 * 1024,
     };
+    // Odd cuts also take a key header's value (sampling by header).
     let mut c = ClientFramer::new(limits);
+    if cut & 1 == 1 {
+        c = c.with_key_header("X-User");
+    }
     let step = usize::from(cut).max(1);
     let mut framed = Vec::new();
     let mut fed = 0usize;
@@ -24,6 +28,10 @@ fuzz_target!(|data: &[u8]| {
                 for r in rs {
                     assert!(!r.bytes.is_empty(), "an empty request: {r:?}");
                     assert_eq!(r.key == 0, matches!(r.expect, Expect::None), "{r:?}");
+                    if let Some(v) = &r.key_value {
+                        assert!(cut & 1 == 1, "a key value without a key header: {r:?}");
+                        assert!(v.len() <= weft_shadow::MAX_KEY_VALUE && v.trim() == v, "{v:?}");
+                    }
                     if let Some(e) = &r.endpoint {
                         assert!(e.len() <= 4096, "endpoint of {} bytes", e.len());
                     }

@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
             endpoint: None,
             read_only: true,
             request_id: None,
+            key_value: None,
             expect,
             key,
         };

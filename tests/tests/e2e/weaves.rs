@@ -723,3 +723,156 @@ fn a_weave_activated_100_times_under_load_fails_no_request() -> Result<()> {
     }
     Ok(())
 }
+
+/// A gRPC server (Debian's python3-grpcio, so /usr/bin/python3; generic handlers: no
+/// generated code) whose `Who` answers the
+/// name of the network namespace it runs in, and whose `Fail` raises.
+const GRPC_WHO_SERVER: &str = r#"
+import os, sys, grpc, concurrent.futures as f
+def namespace():
+    me = os.stat("/proc/self/ns/net")
+    for n in os.listdir("/run/netns"):
+        st = os.stat(os.path.join("/run/netns", n))
+        if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+            return n
+    return "?"
+NS = namespace().encode()
+def who(req, ctx): return NS
+def bad(req, ctx): raise RuntimeError("boom")
+h = grpc.method_handlers_generic_handler("demo.Who", {
+    "Who": grpc.unary_unary_rpc_method_handler(who),
+    "Fail": grpc.unary_unary_rpc_method_handler(bad)})
+s = grpc.server(f.ThreadPoolExecutor(8)); s.add_generic_rpc_handlers((h,))
+s.add_insecure_port("0.0.0.0:%s" % sys.argv[1]); s.start(); s.wait_for_termination()
+"#;
+
+/// Calls on ONE channel (one HTTP/2 connection): six `Who`s in turn (with the header, without,
+/// with it in another case, with another value...), eight at once, and a `Fail` with the
+/// header. Prints `who <label> <namespace>` per call and `fail <status code>`.
+const GRPC_WHO_CLIENT: &str = r#"
+import sys, grpc
+ch = grpc.insecure_channel("%s:%s" % (sys.argv[1], sys.argv[2]))
+who = ch.unary_unary("/demo.Who/Who"); fail = ch.unary_unary("/demo.Who/Fail")
+H = [("x-weft-weave", "wvg1")]
+for label, md in [("h1", H), ("n1", []), ("h2", [("x-weft-weave", " wvg1 ")]),
+                  ("o1", [("x-weft-weave", "other")]), ("h3", H), ("n2", [])]:
+    print("who %s %s" % (label, who(b"", metadata=md, timeout=5).decode()), flush=True)
+futs = [(("c%d" % i) + ("h" if i % 2 == 0 else "n"), who.future(b"", metadata=H if i % 2 == 0 else [], timeout=5)) for i in range(8)]
+for label, fu in futs:
+    print("who %s %s" % (label, fu.result().decode()), flush=True)
+try:
+    fail(b"", metadata=H, timeout=5); print("fail none")
+except grpc.RpcError as e:
+    print("fail %s" % e.code().name)
+ch.close()
+"#;
+
+/// gRPC routed by a header, call by call on one HTTP/2 connection: the request router
+/// serves the client's h2c connection and sends each stream to the environment's `api` or
+/// the weave's copy of it (its own HTTP/2 connection to each); answers and gRPC status
+/// come back on the client's streams.
+#[test]
+fn grpc_calls_on_one_connection_are_routed_call_by_call_by_header() -> Result<()> {
+    if skip_unless_root("grpc_calls_on_one_connection_are_routed_call_by_call_by_header") {
+        return Ok(());
+    }
+    let two = TwoHypervisors::start("wvgpool")?;
+    let (lab, controller) = (&two.lab, &two.controller);
+    let logs = || two.logs();
+    let (server, client_py) = (lab.dir().join("who_server.py"), lab.dir().join("who_client.py"));
+    std::fs::write(&server, GRPC_WHO_SERVER)?;
+    std::fs::write(&client_py, GRPC_WHO_CLIENT)?;
+    let tdl = format!(
+        "\
+network: wvgrpc
+addressing:
+  shards: wvgpool
+nodes:
+  client:
+    type: vm
+  api:
+    command: /usr/bin/python3 {} 50051
+    ports: [50051]
+connections:
+  client -> api:
+    port: 50051
+",
+        server.display()
+    );
+    let env = environment(controller, "wvgrpc", &tdl, &logs)?;
+    let api = address(&env, "api")?;
+    let client = ns(lab, "wvgrpc", "client");
+    let client_py = client_py.display().to_string();
+    let run = || -> Result<Vec<(String, String)>> {
+        let out = exec(
+            &client,
+            &["timeout", "60", "/usr/bin/python3", &client_py, &api, "50051"],
+        )?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                match (w.next(), w.next(), w.next()) {
+                    (Some("who"), Some(label), Some(ns)) => Some((label.to_owned(), ns.to_owned())),
+                    (Some("fail"), Some(code), None) => Some(("fail".to_owned(), code.to_owned())),
+                    _ => None,
+                }
+            })
+            .collect())
+    };
+    let env_ns = ns(lab, "wvgrpc", "api");
+    eventually(Duration::from_secs(30), Duration::from_millis(300), || {
+        let calls = run()?;
+        ensure!(
+            calls.len() == 15 && calls.iter().all(|(l, n)| l == "fail" || *n == env_ns),
+            "before the weave every call is the environment's: {calls:?}"
+        );
+        Ok(())
+    })
+    .with_context(logs)?;
+    let (code, body) = controller.send(
+        "POST",
+        "/weaves",
+        Some(&json!({"environment": "wvgrpc", "id": "wvg1"})),
+    )?;
+    ensure!(code == 201, "create weave: {code} {body}\n{}", logs());
+    wait_running(controller, "wvg1", &logs)?;
+    let (code, body) = controller.send(
+        "POST",
+        "/weaves/wvg1/routes",
+        Some(&json!({"port": 50051, "node": "api", "header": "X-Weft-Weave", "header_value": "wvg1"})),
+    )?;
+    ensure!(code == 200, "route 50051 by header: {code} {body}");
+    let weave_ns = ns(lab, "wvg1", "api");
+    let calls = eventually(Duration::from_secs(30), Duration::from_millis(300), || {
+        let calls = run()?;
+        ensure!(
+            calls.first().is_some_and(|(_, n)| *n == weave_ns),
+            "the first call (with the header) not routed to the weave yet: {calls:?}"
+        );
+        Ok(calls)
+    })
+    .with_context(logs)?;
+    let mut wrong = Vec::new();
+    for (label, got) in &calls {
+        let want = if label == "fail" {
+            "UNKNOWN"
+        } else if label.starts_with('h') || label.ends_with('h') {
+            weave_ns.as_str()
+        } else {
+            env_ns.as_str()
+        };
+        if got != want {
+            wrong.push(format!("{label}: {got}, not {want}"));
+        }
+    }
+    ensure!(
+        calls.len() == 15 && wrong.is_empty(),
+        "15 calls on one connection, each to its side: {wrong:?} in {calls:?}"
+    );
+    // Fail (an exception in the server) came back through the router as the call's status.
+    eprintln!("grpc by header: {calls:?}");
+    let (code, body) = controller.send("DELETE", "/weaves/wvg1", None)?;
+    ensure!(code == 200, "delete wvg1: {code} {body}");
+    Ok(())
+}

@@ -22,22 +22,28 @@
 //!   belongs to the namespace it was made in, so each side is reached at A:port locally,
 //!   without routes between namespaces ([`sockets`]).
 //! - Per request ([`proxy`]): HTTP/1.1 cut by `weft-reqroute` (bodies stream through),
-//!   answers returned in request order. A port whose rules are empty (routed whole) is
-//!   relayed whole to the target.
+//!   answers returned in request order. Per stream ([`h2proxy`]): a connection that
+//!   starts with HTTP/2's preface (h2c, gRPC) is served by an HTTP/2 server, and each
+//!   stream goes over the router's own HTTP/2 connection to its side. A port whose rules
+//!   are empty (routed whole) is relayed whole to the target.
 //!
 //! # Limits
 //! - The servers see their connections come from their own address (A), not from the
 //!   client: the router connects from inside their namespaces. The flow observer on Vo
 //!   still sees the client's connection as it was.
-//! - HTTP/1.1 only: a connection whose first bytes are no HTTP/1 request (h2c with prior
-//!   knowledge, TLS, another protocol) goes whole to the origin. An upgrade (WebSocket,
-//!   h2c) or CONNECT pins the connection to the side its request went to.
+//! - HTTP/1.1 and h2c only: a connection whose first bytes are neither (TLS, another
+//!   protocol) goes whole to the origin. An upgrade (WebSocket, h2c by `Upgrade`) or
+//!   CONNECT pins the connection to the side its request went to. HTTP/2 streams are
+//!   decoded and encoded anew (HPACK), so their bytes differ from the client's.
 //! - The connections live in the agent: an agent restart closes the ones in flight (the
 //!   kernel keeps steering new ones to R; they are refused until the router listens
 //!   again). A rule change applies to the next request of every connection; a port
 //!   added or removed applies to new connections.
 //! - The target must be on this host.
 
+pub mod h2proxy;
+#[cfg(test)]
+mod h2proxy_tests;
 pub mod proxy;
 #[cfg(test)]
 mod proxy_tests;
@@ -122,11 +128,9 @@ impl RouterShared {
         let made = match &self.upstreams {
             Upstreams::Namespaces(m) => m[side].connect(dst, proxy::CONNECT_TIMEOUT).await,
             #[cfg(test)]
-            Upstreams::Fixed(a) => {
-                let s = tokio::net::TcpStream::connect(a[side]).await?;
-                s.set_nodelay(true)?;
-                Ok(s)
-            }
+            Upstreams::Fixed(a) => tokio::net::TcpStream::connect(a[side])
+                .await
+                .and_then(|s| s.set_nodelay(true).map(|()| s)),
         };
         made.map_err(|e| io::Error::new(e.kind(), format!("{} {dst}: {e}", proxy::SIDES[side])))
     }

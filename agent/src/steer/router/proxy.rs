@@ -13,7 +13,9 @@
 //! connections are made on first use, one per side, and made anew when the server
 //! closed the previous one. A request that asks to leave HTTP/1 (WebSocket, h2c, CONNECT)
 //! pins the connection to its side: from then on both directions are copied raw. A
-//! connection whose first bytes are not an HTTP/1 request goes whole to the origin.
+//! connection that starts with HTTP/2's preface (h2c) is routed stream by stream
+//! ([`super::h2proxy`]); one whose first bytes are no HTTP request goes whole to the
+//! origin.
 
 use std::io;
 use std::net::SocketAddr;
@@ -94,6 +96,9 @@ pub async fn serve(
             not_http: false,
         });
     }
+    if super::h2proxy::starts_h2c(&client).await? {
+        return super::h2proxy::serve(client, dst, rules, shared).await;
+    }
     let (client_r, client_w) = client.into_split();
     let (tx, rx) = mpsc::channel(PIPELINE);
     let closed = Arc::new(Closed([AtomicBool::new(false), AtomicBool::new(false)]));
@@ -104,7 +109,7 @@ pub async fn serve(
     req
 }
 
-fn current(rules: &PortRules) -> Arc<Vec<weft_reqroute::HeaderRule>> {
+pub(super) fn current(rules: &PortRules) -> Arc<Vec<weft_reqroute::HeaderRule>> {
     rules.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
