@@ -100,7 +100,11 @@ mod tests {
             (0x9747_b28c, &b"ab"[..], 0x7487_5592),
             (0x9747_b28c, &b"abc"[..], 0xc84a_62dd),
             (0x9747_b28c, &b"abcd"[..], 0xf047_8627),
-            (0, &b"The quick brown fox jumps over the lazy dog"[..], 0x2e4f_f723),
+            (
+                0,
+                &b"The quick brown fox jumps over the lazy dog"[..],
+                0x2e4f_f723,
+            ),
         ] {
             assert_eq!(bytes(seed, input), want, "{input:?} seed {seed:#x}");
         }

@@ -693,8 +693,15 @@ mod tests {
             policy.to_json()
         };
         let p = header_policy(&["--header", "X-User"]).unwrap();
-        assert_eq!((&p["key"], &p["header"]), (&json!("header"), &json!("X-User")));
-        assert!(policy_text(&p).contains("10% by header X-User"), "{}", policy_text(&p));
+        assert_eq!(
+            (&p["key"], &p["header"]),
+            (&json!("header"), &json!("X-User"))
+        );
+        assert!(
+            policy_text(&p).contains("10% by header X-User"),
+            "{}",
+            policy_text(&p)
+        );
         let e = header_policy(&[]).unwrap_err().to_string();
         assert!(e.contains("--header NAME"), "{e}");
         assert!(

@@ -182,7 +182,9 @@ impl Client {
                     r.read_only = matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");
                     r.request_id =
                         get(&headers, "x-request-id").map(|v| v.chars().take(128).collect());
-                    r.key_value = key_header.and_then(|k| get(&headers, k)).map(crate::key_value);
+                    r.key_value = key_header
+                        .and_then(|k| get(&headers, k))
+                        .map(crate::key_value);
                     r.expect = Expect::H2Stream;
                     r.key = STREAM_KEY + u64::from(h.stream);
                 }

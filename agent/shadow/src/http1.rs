@@ -246,7 +246,9 @@ pub(crate) fn take_request(
         request_id: head
             .header("x-request-id")
             .map(|v| v.chars().take(128).collect()),
-        key_value: key_header.and_then(|k| head.header(k)).map(crate::key_value),
+        key_value: key_header
+            .and_then(|k| head.header(k))
+            .map(crate::key_value),
         expect: Expect::Http1 {
             head: method_u == "HEAD",
             upgrade_h2c,

@@ -216,9 +216,7 @@ impl Replay {
                 // The units held for the decision precede this request in the stream.
                 out.append(&mut self.held);
             }
-            let skip = unsampled
-                || self.stopped.is_some()
-                || (self.cfg.read_only && !r.read_only);
+            let skip = unsampled || self.stopped.is_some() || (self.cfg.read_only && !r.read_only);
             if skip {
                 if is_request {
                     if unsampled || self.stopped == Some(Stop::Unsampled) {

@@ -785,7 +785,9 @@ fn sampling_by_header_sends_only_the_requests_whose_key_is_in_the_share() {
     let mut want = Vec::new();
     for (i, u) in users.iter().enumerate() {
         let name = if i % 2 == 0 { "X-User" } else { "x-USER" };
-        stream.extend(format!("GET /i/{i} HTTP/1.1\r\nX-Request-Id: q{i}\r\n{name}:  {u} \r\n\r\n").bytes());
+        stream.extend(
+            format!("GET /i/{i} HTTP/1.1\r\nX-Request-Id: q{i}\r\n{name}:  {u} \r\n\r\n").bytes(),
+        );
         if sample.takes(Some(u)) {
             want.push(format!("q{i}"));
         }
@@ -805,7 +807,12 @@ fn sampling_by_header_sends_only_the_requests_whose_key_is_in_the_share() {
         ..Default::default()
     });
     let out2 = again.client(&stream, 1_000).unwrap();
-    assert_eq!(out2.iter().filter_map(|o| o.request_id.clone()).collect::<Vec<_>>(), want);
+    assert_eq!(
+        out2.iter()
+            .filter_map(|o| o.request_id.clone())
+            .collect::<Vec<_>>(),
+        want
+    );
     // Answers pair with the requests sent, though production answered all eleven.
     let ans = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     for o in &out {
@@ -814,7 +821,10 @@ fn sampling_by_header_sends_only_the_requests_whose_key_is_in_the_share() {
     r.production(&ans.repeat(11), 3_000, &mut stats);
     let answered = r.target_data(0, &ans.repeat(want.len()), 4_000, &mut stats);
     assert_eq!(
-        answered.iter().filter_map(|a| a.request_id.clone()).collect::<Vec<_>>(),
+        answered
+            .iter()
+            .filter_map(|a| a.request_id.clone())
+            .collect::<Vec<_>>(),
         want
     );
     assert_eq!(r.pending(), 0);
@@ -849,10 +859,18 @@ fn sampling_by_header_decides_an_h2c_connection_at_its_first_stream() {
     let s = stream(&inside, &outside);
     let mut sent = Vec::new();
     for piece in s.chunks(7) {
-        sent.extend(r.client(piece, 1).unwrap().into_iter().flat_map(|o| o.bytes));
+        sent.extend(
+            r.client(piece, 1)
+                .unwrap()
+                .into_iter()
+                .flat_map(|o| o.bytes),
+        );
     }
     assert_eq!(sent, s);
-    assert_eq!((r.counters.requests_replayed, r.counters.requests_unsampled), (2, 0));
+    assert_eq!(
+        (r.counters.requests_replayed, r.counters.requests_unsampled),
+        (2, 0)
+    );
     // Out by its first stream: nothing at all, not even the preface.
     let mut r = Replay::new(ReplayConfig {
         targets: 1,
@@ -861,7 +879,10 @@ fn sampling_by_header_decides_an_h2c_connection_at_its_first_stream() {
     });
     let out = r.client(&stream(&outside, &inside), 1).unwrap();
     assert!(out.is_empty(), "{out:?}");
-    assert_eq!((r.counters.requests_replayed, r.counters.requests_unsampled), (0, 2));
+    assert_eq!(
+        (r.counters.requests_replayed, r.counters.requests_unsampled),
+        (0, 2)
+    );
     assert!(!r.alive(0));
 }
 
@@ -884,7 +905,10 @@ fn sampling_by_header_leaves_out_protocols_without_headers() {
         ..Default::default()
     });
     let out = r
-        .client(b"GET / HTTP/1.1\r\nX-User: a\r\n\r\nGET / HTTP/1.1\r\n\r\n", 1)
+        .client(
+            b"GET / HTTP/1.1\r\nX-User: a\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            1,
+        )
         .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(r.counters.requests_unsampled, 1);

@@ -414,9 +414,15 @@ mod tests {
             })
             .unwrap()
         };
-        assert_eq!((p(100_000).share_ppm, p(100_000).key), (1_000_000, key_kind::CONNECTION));
+        assert_eq!(
+            (p(100_000).share_ppm, p(100_000).key),
+            (1_000_000, key_kind::CONNECTION)
+        );
         assert_eq!(p(0).share_ppm, 0);
-        assert_eq!(kernel_policy(&p(1), 0, 0, true).threshold, threshold_of(1_000_000));
+        assert_eq!(
+            kernel_policy(&p(1), 0, 0, true).threshold,
+            threshold_of(1_000_000)
+        );
     }
 
     #[test]

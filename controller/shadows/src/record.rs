@@ -148,7 +148,10 @@ impl ShadowPolicy {
         } else if !self.header.is_empty() {
             return Err(invalid(
                 "policy.header",
-                format!("a header is hashed only with key \"header\" (key is {:?})", self.key),
+                format!(
+                    "a header is hashed only with key \"header\" (key is {:?})",
+                    self.key
+                ),
             ));
         }
         for (i, p) in self.ports.iter().enumerate() {

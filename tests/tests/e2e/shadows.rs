@@ -485,14 +485,27 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
     )?;
     std::thread::sleep(Duration::from_secs(2));
     let unsampled_before = counter(&shadow(controller)?, "requests_unsampled");
-    let sent_h = run_client(&ns("c1"), &client_script, &api, 24, "p3h", &["--users", "7"])?;
+    let sent_h = run_client(
+        &ns("c1"),
+        &client_script,
+        &api,
+        24,
+        "p3h",
+        &["--users", "7"],
+    )?;
     let want_h: BTreeSet<String> = sent_h
         .keys()
         .filter(|id| {
             // p3h-<connection>-<request>: the client's user is (3c + r) % 7.
             let mut parts = id.rsplit('-');
-            let r: usize = parts.next().and_then(|x| x.parse().ok()).unwrap_or(usize::MAX);
-            let c: usize = parts.next().and_then(|x| x.parse().ok()).unwrap_or(usize::MAX);
+            let r: usize = parts
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(usize::MAX);
+            let c: usize = parts
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(usize::MAX);
             takes(hseed, (3 * c + r) % USERS)
         })
         .cloned()
@@ -514,13 +527,19 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
         got_ids.difference(&want_h).collect::<Vec<_>>()
     );
     for (id, g) in &got_h {
-        ensure!(sent_h[id].sha == g.sha, "request {id} changed on its way to the shadow");
+        ensure!(
+            sent_h[id].sha == g.sha,
+            "request {id} changed on its way to the shadow"
+        );
     }
     let out_h = (sent_h.len() - want_h.len()) as u64;
     let s = eventually(Duration::from_secs(20), Duration::from_millis(300), || {
         let s = shadow(controller)?;
         let n = counter(&s, "requests_unsampled") - unsampled_before;
-        ensure!(n == out_h, "requests_unsampled grew by {n}, {out_h} were out: {s}");
+        ensure!(
+            n == out_h,
+            "requests_unsampled grew by {n}, {out_h} were out: {s}"
+        );
         Ok(s)
     })
     .with_context(logs)?;
@@ -925,7 +944,9 @@ fn shadow_of(controller: &Controller, id: &str) -> Result<Value> {
 fn cpu_limit_in(ns: &str) -> Result<(Vec<String>, String)> {
     let pids = weft_lab::cmd::run(std::process::Command::new("ip").args(["netns", "pids", ns]))?;
     let pids: Vec<String> = pids.split_whitespace().map(str::to_owned).collect();
-    let pid = pids.first().with_context(|| format!("no process in {ns}"))?;
+    let pid = pids
+        .first()
+        .with_context(|| format!("no process in {ns}"))?;
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     for line in cg.lines() {
         let mut f = line.splitn(3, ':');

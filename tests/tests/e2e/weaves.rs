@@ -779,7 +779,10 @@ fn grpc_calls_on_one_connection_are_routed_call_by_call_by_header() -> Result<()
     let two = TwoHypervisors::start("wvgpool")?;
     let (lab, controller) = (&two.lab, &two.controller);
     let logs = || two.logs();
-    let (server, client_py) = (lab.dir().join("who_server.py"), lab.dir().join("who_client.py"));
+    let (server, client_py) = (
+        lab.dir().join("who_server.py"),
+        lab.dir().join("who_client.py"),
+    );
     std::fs::write(&server, GRPC_WHO_SERVER)?;
     std::fs::write(&client_py, GRPC_WHO_CLIENT)?;
     let tdl = format!(
@@ -806,7 +809,14 @@ connections:
     let run = || -> Result<Vec<(String, String)>> {
         let out = exec(
             &client,
-            &["timeout", "60", "/usr/bin/python3", &client_py, &api, "50051"],
+            &[
+                "timeout",
+                "60",
+                "/usr/bin/python3",
+                &client_py,
+                &api,
+                "50051",
+            ],
         )?;
         Ok(out
             .lines()

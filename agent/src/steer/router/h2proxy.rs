@@ -128,10 +128,7 @@ pub async fn serve(
     let sides = Arc::new(Sides {
         dst,
         shared: shared.clone(),
-        senders: [
-            tokio::sync::Mutex::new(None),
-            tokio::sync::Mutex::new(None),
-        ],
+        senders: [tokio::sync::Mutex::new(None), tokio::sync::Mutex::new(None)],
     });
     let counts = Arc::new([
         std::sync::atomic::AtomicU64::new(0),

@@ -18,7 +18,8 @@ use weft_reqroute::HeaderRule;
 use super::proxy::{self, ORIGIN, TARGET};
 use super::{PortRules, RouterShared};
 
-type Frames = StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+type Frames =
+    StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 /// An h2c server answering `"<name> <method> <path> <request body bytes>"` with the
 /// trailer `grpc-status` 0, or 13 for a path ending in `/fail`.
@@ -29,20 +30,29 @@ async fn h2_server(name: &'static str) -> SocketAddr {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    let (parts, body) = req.into_parts();
-                    let n = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-                    let text = format!("{name} {} {} {n}", parts.method, parts.uri.path());
-                    let mut trailers = hyper::HeaderMap::new();
-                    let status = if parts.uri.path().ends_with("/fail") { "13" } else { "0" };
-                    trailers.insert("grpc-status", status.parse().unwrap());
-                    let frames = vec![
-                        Ok(Frame::data(Bytes::from(text))),
-                        Ok(Frame::trailers(trailers)),
-                    ];
-                    let body: Frames = StreamBody::new(futures::stream::iter(frames));
-                    Ok::<_, Infallible>(Response::new(body))
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                        let (parts, body) = req.into_parts();
+                        let n = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
+                        let text = format!("{name} {} {} {n}", parts.method, parts.uri.path());
+                        let mut trailers = hyper::HeaderMap::new();
+                        let status = if parts.uri.path().ends_with("/fail") {
+                            "13"
+                        } else {
+                            "0"
+                        };
+                        trailers.insert("grpc-status", status.parse().unwrap());
+                        let frames = vec![
+                            Ok(Frame::data(Bytes::from(text))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        let body: Frames = StreamBody::new(futures::stream::iter(frames));
+                        Ok::<_, Infallible>(Response::new(body))
+                    });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), service)
                     .await;
@@ -53,7 +63,11 @@ async fn h2_server(name: &'static str) -> SocketAddr {
 }
 
 /// A router for one port on loopback between `origin` and `target`.
-async fn router(origin: SocketAddr, target: SocketAddr, rules: Vec<HeaderRule>) -> (SocketAddr, Arc<RouterShared>) {
+async fn router(
+    origin: SocketAddr,
+    target: SocketAddr,
+    rules: Vec<HeaderRule>,
+) -> (SocketAddr, Arc<RouterShared>) {
     let shared = Arc::new(RouterShared::fixed(origin, target));
     let rules: Arc<PortRules> = Arc::new(RwLock::new(Arc::new(rules)));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -74,9 +88,10 @@ async fn router(origin: SocketAddr, target: SocketAddr, rules: Vec<HeaderRule>) 
 /// One h2c client connection to `addr`.
 async fn client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     send
 }
@@ -96,14 +111,21 @@ async fn call(
     }
     let mut send = send.clone();
     send.ready().await.unwrap();
-    let resp = send.send_request(b.body(Full::new(Bytes::from_static(body))).unwrap()).await.unwrap();
+    let resp = send
+        .send_request(b.body(Full::new(Bytes::from_static(body))).unwrap())
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let collected = resp.into_body().collect().await.unwrap();
     let trailer = collected
         .trailers()
         .and_then(|t| t.get("grpc-status"))
         .map(|v| v.to_str().unwrap().to_owned());
-    (status, String::from_utf8_lossy(&collected.to_bytes()).into_owned(), trailer)
+    (
+        status,
+        String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        trailer,
+    )
 }
 
 #[tokio::test]
@@ -122,19 +144,36 @@ async fn h2c_streams_of_one_connection_go_each_to_its_side_with_their_trailers()
                 1 => Some(("X-Branch", "w2")),
                 _ => None,
             };
-            let path = if i == 6 { "/call/fail".to_owned() } else { format!("/call/{i}") };
-            (i, call(send, &path, header, if i == 9 { b"hello" } else { b"" }).await)
+            let path = if i == 6 {
+                "/call/fail".to_owned()
+            } else {
+                format!("/call/{i}")
+            };
+            (
+                i,
+                call(send, &path, header, if i == 9 { b"hello" } else { b"" }).await,
+            )
         }
     });
     for (i, (status, body, trailer)) in futures::future::join_all(calls).await {
         assert_eq!(status, 200, "stream {i}: {body}");
         let side = if i % 3 == 0 { "target" } else { "origin" };
-        assert!(body.starts_with(side), "stream {i} must reach the {side}: {body}");
+        assert!(
+            body.starts_with(side),
+            "stream {i} must reach the {side}: {body}"
+        );
         if i == 9 {
-            assert!(body.ends_with("POST /call/9 5"), "the request body goes along: {body}");
+            assert!(
+                body.ends_with("POST /call/9 5"),
+                "the request body goes along: {body}"
+            );
         }
         let want = if i == 6 { "13" } else { "0" };
-        assert_eq!(trailer.as_deref(), Some(want), "stream {i}: trailers come back");
+        assert_eq!(
+            trailer.as_deref(),
+            Some(want),
+            "stream {i}: trailers come back"
+        );
     }
     assert_eq!(shared.requests[TARGET].load(Relaxed), 4);
     assert_eq!(shared.requests[ORIGIN].load(Relaxed), 8);
@@ -147,7 +186,11 @@ async fn h2c_streams_of_one_connection_go_each_to_its_side_with_their_trailers()
 async fn an_h2c_stream_to_a_side_that_cannot_be_reached_is_a_502_and_the_others_go_on() {
     let origin = h2_server("origin").await;
     // A port nobody listens on.
-    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let rules = vec![HeaderRule::new("X-Branch", None).unwrap()];
     let (addr, _) = router(origin, gone, rules).await;
     let send = client(addr).await;
@@ -163,14 +206,25 @@ async fn an_h2c_stream_to_a_side_that_cannot_be_reached_is_a_502_and_the_others_
 async fn http1_still_goes_through_the_http1_half_next_to_h2c() {
     // The same router serves HTTP/1.1 on another connection: the preface decides.
     let (origin, target) = (h2_server("origin").await, h2_server("target").await);
-    let (addr, shared) = router(origin, target, vec![HeaderRule::new("X-Branch", None).unwrap()]).await;
+    let (addr, shared) = router(
+        origin,
+        target,
+        vec![HeaderRule::new("X-Branch", None).unwrap()],
+    )
+    .await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     // An h2-only server answers an HTTP/1 request with its own preface and GOAWAY (or
     // closes): either way not an h2 stream of the router's, and nothing was counted as one.
     let mut buf = vec![0u8; 1024];
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
     assert_eq!(shared.requests[TARGET].load(Relaxed), 0);
-    assert_eq!(shared.requests[ORIGIN].load(Relaxed), 1, "one HTTP/1 request, to the origin");
+    assert_eq!(
+        shared.requests[ORIGIN].load(Relaxed),
+        1,
+        "one HTTP/1 request, to the origin"
+    );
 }
