@@ -177,6 +177,7 @@ async fn h2c_streams_of_one_connection_go_each_to_its_side_with_their_trailers()
     }
     assert_eq!(shared.requests[TARGET].load(Relaxed), 4);
     assert_eq!(shared.requests[ORIGIN].load(Relaxed), 8);
+    assert_eq!(shared.h2c.load(Relaxed), 1, "one h2c connection");
     // A later stream on the same connection reuses the router's connection to its side.
     let (_, body, _) = call(&send, "/after", Some(("x-branch", "w1")), b"").await;
     assert!(body.starts_with("target"), "{body}");
@@ -222,6 +223,7 @@ async fn http1_still_goes_through_the_http1_half_next_to_h2c() {
     let mut buf = vec![0u8; 1024];
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
     assert_eq!(shared.requests[TARGET].load(Relaxed), 0);
+    assert_eq!(shared.h2c.load(Relaxed), 0, "HTTP/1 is not h2c");
     assert_eq!(
         shared.requests[ORIGIN].load(Relaxed),
         1,

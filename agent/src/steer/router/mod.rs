@@ -115,6 +115,8 @@ pub struct RouterShared {
     pub requests: [AtomicU64; 2],
     pub connections: AtomicU64,
     pub not_http: AtomicU64,
+    /// Connections served as h2c, stream by stream.
+    pub h2c: AtomicU64,
     pub failed: AtomicU64,
     slots: Arc<tokio::sync::Semaphore>,
     /// Set when the router goes: its connections end.
@@ -141,6 +143,7 @@ impl RouterShared {
             requests: [AtomicU64::new(0), AtomicU64::new(0)],
             connections: AtomicU64::new(0),
             not_http: AtomicU64::new(0),
+            h2c: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             shutdown: tokio::sync::watch::channel(false).0,
@@ -347,6 +350,10 @@ impl Router {
             (
                 "router_connections_not_http".into(),
                 s.not_http.load(Relaxed) as f64,
+            ),
+            (
+                "router_connections_h2c".into(),
+                s.h2c.load(Relaxed) as f64,
             ),
             (
                 "router_connections_failed".into(),
