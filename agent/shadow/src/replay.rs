@@ -146,8 +146,10 @@ pub struct Replay {
     stopped: Option<Stop>,
     /// Sampling by key, connection-wide (not HTTP/1): the first request's decision.
     decided: Option<bool>,
-    /// Units (h2 preface, settings) waiting for that decision.
+    /// Units (h2 preface, settings) waiting for that decision, at most
+    /// `limits.max_head` bytes: a connection with more before its first request is out.
     held: Vec<Outgoing>,
+    held_bytes: usize,
     pub counters: ReplayCounters,
 }
 
@@ -174,6 +176,7 @@ impl Replay {
             stopped: None,
             decided: None,
             held: Vec::new(),
+            held_bytes: 0,
             counters: ReplayCounters::default(),
             cfg,
         }
@@ -274,7 +277,14 @@ impl Replay {
                     request_id: r.request_id,
                 };
                 if self.cfg.sample.is_some() && self.decided.is_none() && !is_request {
+                    self.held_bytes += o.bytes.len();
                     self.held.push(o);
+                    if self.held_bytes > self.cfg.limits.max_head {
+                        // No request in sight to decide by: the connection is out.
+                        self.held = Vec::new();
+                        self.decided = Some(false);
+                        self.stopped = Some(Stop::Unsampled);
+                    }
                 } else {
                     out.push(o);
                 }

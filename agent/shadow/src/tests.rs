@@ -887,6 +887,36 @@ fn sampling_by_header_decides_an_h2c_connection_at_its_first_stream() {
 }
 
 #[test]
+fn sampling_by_header_holds_at_most_a_head_of_frames_before_the_first_stream() {
+    let mut r = Replay::new(ReplayConfig {
+        targets: 1,
+        sample: Some(key_sample(1_000_000)),
+        limits: Limits {
+            max_head: 1024,
+            ..Limits::default()
+        },
+        ..Default::default()
+    });
+    let mut s = h2::PREFACE.to_vec();
+    for _ in 0..200 {
+        s.extend(h2_frame(6, 0, 0, &[0; 8])); // PINGs, no stream opened
+    }
+    assert!(r.client(&s, 1).unwrap().is_empty());
+    assert!(
+        !r.alive(0),
+        "out once more than max_head bytes wait for a decision"
+    );
+    let later = h2_frame(
+        1,
+        0x5,
+        1,
+        &hpack(&[(":method", "GET"), (":path", "/a"), ("x-user", "u")]),
+    );
+    assert!(r.client(&later, 2).unwrap().is_empty());
+    assert_eq!(r.counters.requests_unsampled, 1);
+}
+
+#[test]
 fn sampling_by_header_leaves_out_protocols_without_headers() {
     let mut r = Replay::new(ReplayConfig {
         targets: 1,

@@ -125,7 +125,9 @@ pub async fn serve(
     rules: Arc<PortRules>,
     shared: Arc<RouterShared>,
 ) -> io::Result<Outcome> {
-    shared.h2c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .h2c
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let sides = Arc::new(Sides {
         dst,
         shared: shared.clone(),

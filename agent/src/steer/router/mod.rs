@@ -351,10 +351,7 @@ impl Router {
                 "router_connections_not_http".into(),
                 s.not_http.load(Relaxed) as f64,
             ),
-            (
-                "router_connections_h2c".into(),
-                s.h2c.load(Relaxed) as f64,
-            ),
+            ("router_connections_h2c".into(), s.h2c.load(Relaxed) as f64),
             (
                 "router_connections_failed".into(),
                 s.failed.load(Relaxed) as f64,
