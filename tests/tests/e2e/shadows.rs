@@ -236,12 +236,7 @@ fn a_shadow_gets_a_sampled_share_of_production_byte_identical_and_read_only() ->
             })),
         )
         .with_context(logs)?;
-    eventually(Duration::from_secs(90), Duration::from_millis(500), || {
-        let s = shadow(controller)?;
-        ensure!(s["state"] == json!("sampling"), "not sampling yet: {s}");
-        Ok(())
-    })
-    .with_context(logs)?;
+    wait_sampling(controller, "shsh", &logs)?;
     phase("shadow sampling");
 
     // Phase 1: 240 connections (GETs, POSTs, two 1 MiB POSTs), all answered by production.
@@ -815,12 +810,7 @@ connections:
             })),
         )
         .with_context(logs)?;
-    eventually(Duration::from_secs(90), Duration::from_millis(500), || {
-        let s = shadow_of(controller, "shd")?;
-        ensure!(s["state"] == json!("sampling"), "not sampling yet: {s}");
-        Ok(())
-    })
-    .with_context(logs)?;
+    wait_sampling(controller, "shd", &logs)?;
     std::thread::sleep(Duration::from_secs(2));
     for (hv, net) in [("hv1", "shdp"), ("hv2", "shd"), ("hv2", "shd-baseline")] {
         let out = node_output(lab, hv, net, "api");
@@ -939,6 +929,16 @@ fn shadow_of(controller: &Controller, id: &str) -> Result<Value> {
     controller.json("GET", &format!("/shadows/{id}"), None)
 }
 
+/// Waits until shadow `id` is `sampling`.
+fn wait_sampling(controller: &Controller, id: &str, logs: &dyn Fn() -> String) -> Result<()> {
+    eventually(Duration::from_secs(90), Duration::from_millis(500), || {
+        let s = shadow_of(controller, id)?;
+        ensure!(s["state"] == json!("sampling"), "not sampling yet: {s}");
+        Ok(())
+    })
+    .with_context(logs)
+}
+
 /// The CPU limit of the cgroup of the processes in namespace `ns`: cgroup v2's `cpu.max`
 /// ("15000 100000"), or v1's quota and period in the same form.
 fn cpu_limit_in(ns: &str) -> Result<(Vec<String>, String)> {
@@ -1002,20 +1002,7 @@ connections:
 ",
         app.display()
     );
-    let production = eventually(Duration::from_secs(20), Duration::from_millis(100), || {
-        controller.json(
-            "POST",
-            "/networks",
-            Some(&json!({"tdl": tdl, "file_name": "shsc.tdl", "hosts": ["hv1"]})),
-        )
-    })
-    .with_context(logs)?;
-    eventually(Duration::from_secs(60), Duration::from_millis(200), || {
-        let s = controller.json("GET", "/networks/shsc/status", None)?;
-        ensure!(s["in_sync"] == json!(true), "not in sync: {s}");
-        Ok(())
-    })
-    .with_context(logs)?;
+    let production = crate::weaves::environment(controller, "shsc", &tdl, &logs)?;
     let api = address(&production, "api")?;
     let c1 = format!("{}-shsc-c1", lab.node_netns_prefix("hv1"));
     let prod_api = format!("{}-shsc-api", lab.node_netns_prefix("hv1"));
@@ -1042,12 +1029,7 @@ connections:
             })),
         )
         .with_context(logs)?;
-    eventually(Duration::from_secs(90), Duration::from_millis(500), || {
-        let s = shadow_of(controller, "shscs")?;
-        ensure!(s["state"] == json!("sampling"), "not sampling yet: {s}");
-        Ok(())
-    })
-    .with_context(logs)?;
+    wait_sampling(controller, "shscs", &logs)?;
     let (prod_pids, prod_before) = cpu_limit_in(&prod_api)?;
     let (shadow_pids, shadow_before) =
         eventually(Duration::from_secs(30), Duration::from_millis(300), || {

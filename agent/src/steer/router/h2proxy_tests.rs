@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use weft_reqroute::HeaderRule;
 
-use super::proxy::{self, ORIGIN, TARGET};
+use super::proxy::{ORIGIN, TARGET};
 use super::{PortRules, RouterShared};
 
 type Frames =
@@ -70,19 +70,10 @@ async fn router(
 ) -> (SocketAddr, Arc<RouterShared>) {
     let shared = Arc::new(RouterShared::fixed(origin, target));
     let rules: Arc<PortRules> = Arc::new(RwLock::new(Arc::new(rules)));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let s = shared.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((c, _)) = l.accept().await else { return };
-            let (rules, s) = (rules.clone(), s.clone());
-            tokio::spawn(async move {
-                let _ = proxy::serve(c, addr, rules, s).await;
-            });
-        }
-    });
-    (addr, shared)
+    (
+        super::proxy_tests::listen(rules, shared.clone()).await,
+        shared,
+    )
 }
 
 /// One h2c client connection to `addr`.

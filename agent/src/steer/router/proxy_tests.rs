@@ -101,7 +101,7 @@ async fn router(rules: Vec<HeaderRule>) -> (SocketAddr, Arc<RouterShared>) {
 }
 
 /// Serves every connection to the address it returns with `rules` and `shared`.
-async fn listen(rules: Arc<PortRules>, shared: Arc<RouterShared>) -> SocketAddr {
+pub(super) async fn listen(rules: Arc<PortRules>, shared: Arc<RouterShared>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
