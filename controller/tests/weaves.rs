@@ -223,10 +223,12 @@ async fn a_weave_of_now_snapshots_clones_and_sits_on_the_environment_hosts() {
     );
     assert_ne!(net.vni, env.vni);
     assert_eq!(net.addresses["web"][0].cidr, env.addresses["web"][0].cidr);
-    // Clones of the snapshots, on the same host; pinned in the environment's specs.
+    // Clones of the snapshot of the generation asked for (taken while the weave is made),
+    // on the same host; pinned in the environment's specs.
     let cw = node_spec(&s, "hv1", "shop-w1", "web").clone.unwrap();
     assert_eq!(cw.source, "shop/web");
-    assert_eq!(cw.snapshot, info.snapshots["web"]);
+    assert_eq!((cw.snapshot.as_str(), cw.generation), ("", 1));
+    assert!(!info.snapshots["web"].is_empty());
     assert!(node_spec(&s, "hv1", "shop-w1", "tool").clone.is_none());
     assert!(node_spec(&s, "hv1", "shop-w1", "web").snapshots.is_none());
     let pinned = node_spec(&s, "hv2", "shop", "db").snapshots.unwrap();
@@ -734,8 +736,8 @@ async fn a_restarted_controller_publishes_weaves_again() {
         node_spec(&s, "hv1", "shop-w1", "web")
             .clone
             .unwrap()
-            .snapshot,
-        w.snapshots["web"]
+            .generation,
+        1
     );
     assert_eq!(
         node_spec(&s, "hv1", "shop", "web")

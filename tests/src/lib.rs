@@ -19,6 +19,7 @@ pub mod mounts;
 pub mod names;
 pub mod netns;
 pub mod nft;
+pub mod pgwire;
 pub mod process;
 pub mod rawframes;
 pub mod servers;

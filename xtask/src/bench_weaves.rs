@@ -5,12 +5,14 @@
 //!   `pgbench -i -s 5` database, Redis) and of 10 nodes (the same plus a client and six
 //!   more nginx). Timed: `POST /weaves` (from now) + `POST /weaves/{id}/routes` (5432) until
 //!   the client's first answer on the routed port comes from the weave's PostgreSQL (its
-//!   `pg_postmaster_start_time()` is after the call). Baseline in the same run: creating the
+//!   `pg_postmaster_start_time()` is after the call; asked every 2 ms on a new connection by
+//!   an in-process client, `weft_lab::pgwire`, not a `psql` process whose own start-up
+//!   would be timed too). Baseline in the same run: creating the
 //!   same environment cold (`POST /networks` until the same query answers).
 //! - **Production frozen.** During each weave creation, HTTP requests on new connections
 //!   at 500/s to production's nginx (its volume is snapshotted too) and `select 1` to its
-//!   PostgreSQL every 10 ms: the longest request during creation beside the longest over
-//!   as long a window before it.
+//!   PostgreSQL every 10 ms on a new connection (in-process): the longest request during
+//!   creation beside the longest over as long a window before it.
 //! - **Activation.** 100 activations/deactivations under 2,000 req/s (new connection per
 //!   request): failed requests, p99 while switching beside p99 without switching.
 //! - **Routing by request.** The same nginx under `oha` at 2,000 req/s (50 keep-alive
@@ -109,21 +111,26 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
     weft_lab::cmd::run(&mut c)
 }
 
-/// PostgreSQL's start time (unix ns) as answered at `db` from `ns`.
+/// The start time (unix ns) of the PostgreSQL at `db:5432`, asked from inside namespace
+/// `ns` on a new connection (in-process: a `psql` process would add its own start-up).
 fn postmaster_start(ns: &str, db: &str) -> Result<u64> {
-    let out = in_ns(
-        ns,
-        &[
-            "psql",
-            "-h",
-            db,
-            "-U",
-            "postgres",
-            "-tAc",
-            "select (extract(epoch from pg_postmaster_start_time()) * 1e9)::bigint",
-        ],
-    )?;
-    out.trim().parse().context("postmaster start time")
+    let mut c = pg_connect(ns, db)?;
+    let rows = c.query("select (extract(epoch from pg_postmaster_start_time()) * 1e9)::bigint")?;
+    rows.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .context("no postmaster start time")?
+        .trim()
+        .parse()
+        .context("postmaster start time")
+}
+
+fn pg_connect(ns: &str, db: &str) -> Result<weft_lab::pgwire::PgConn> {
+    let addr = SocketAddr::new(db.parse()?, 5432);
+    weft_lab::pgwire::connect_in(
+        Path::new(&format!("/run/netns/{ns}")),
+        addr,
+        Duration::from_secs(5),
+    )
 }
 
 /// `median (min–max)` of `v`.
@@ -208,11 +215,10 @@ fn pg_pinger(
             && t0.elapsed() < Duration::from_secs(600)
         {
             let s = Instant::now();
-            let ok = in_ns(
-                &ns,
-                &["psql", "-h", &db, "-U", "postgres", "-tAc", "select 1"],
-            )
-            .is_ok();
+            // A new connection each time (as a client without a pool), in-process.
+            let ok = pg_connect(&ns, &db)
+                .and_then(|mut c| c.query("select 1"))
+                .is_ok();
             out.push((s, s.elapsed(), ok));
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -313,7 +319,7 @@ fn branch_rounds(c: &Controller, lab: &Lab, size: usize, rounds: usize) -> Resul
                 call_at.elapsed() < Duration::from_secs(120),
                 "{weave}: no answer from the weave on 5432"
             );
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
         let first = call_at.elapsed();
         b.first_answer_s.push(first.as_secs_f64());

@@ -243,7 +243,16 @@ impl ControlDriver {
         let scope = if full { Scope::All } else { Scope::Changed };
         for rec in &self.reconcilers {
             let desired = by_kind.get(rec.kind()).map(Vec::as_slice).unwrap_or(&[]);
+            let started = Instant::now();
             let reports = rec.reconcile(desired, scope).await;
+            if !reports.is_empty() {
+                debug!(
+                    kind = rec.kind(),
+                    resources = reports.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "reconciled"
+                );
+            }
             self.count(&reports);
             for r in reports {
                 if let Some(e) = &r.error {

@@ -559,6 +559,7 @@ async fn snapshots_leave_a_node_running_clones_start_from_them_and_a_sync_restar
             n.clone = Some(weft_proto::v1::VolumeClone {
                 source: "cow/src".into(),
                 snapshot: id,
+                generation: 0,
             });
             if sync > 0 {
                 n.sync_from = vec![weft_proto::v1::VolumeSyncFrom {
@@ -611,6 +612,60 @@ async fn snapshots_leave_a_node_running_clones_start_from_them_and_a_sync_restar
     let fifth = nodes.reconcile(&[src(2), w(1)], Scope::All).await;
     ok(&fifth);
     assert_eq!(pid_of(by_key(&fifth, "cow/w")), pid_of(wr));
+
+    // A weave from "now": its node clones the snapshot of a generation the source's spec
+    // does not ask for yet, and takes it itself (production keeps running); the source's
+    // apply with that generation then finds it answered and takes none.
+    std::fs::write(src_vol.join("file"), "prod-v3").unwrap();
+    let w2_vol = root.join("cow/w2/volumes/data");
+    let w2 = volume_node("w2", "198.18.71.4/24", |n| {
+        n.clone = Some(weft_proto::v1::VolumeClone {
+            source: "cow/src".into(),
+            snapshot: String::new(),
+            generation: 3,
+        });
+    });
+    let sixth = nodes
+        .reconcile(&[src(2), w(1), w2.clone()], Scope::All)
+        .await;
+    ok(&sixth);
+    let w2r = by_key(&sixth, "cow/w2");
+    assert!(
+        w2r.observed
+            .iter()
+            .any(|o| o.contains("of cow/src taken") && o.contains("generation 3")),
+        "{:?}",
+        w2r.observed
+    );
+    assert_eq!(
+        std::fs::read_to_string(w2_vol.join("file")).unwrap(),
+        "prod-v3"
+    );
+    assert_eq!(pid_of(by_key(&sixth, "cow/src")), p1);
+    let seventh = nodes
+        .reconcile(&[src(3), w(1), w2.clone()], Scope::All)
+        .await;
+    ok(&seventh);
+    let sr = by_key(&seventh, "cow/src");
+    assert_eq!(
+        sr.snapshots.iter().filter(|s| s.generation == 3).count(),
+        1,
+        "one snapshot for generation 3: {:?}",
+        sr.snapshots
+    );
+    assert!(
+        !sr.measurements
+            .iter()
+            .any(|(n, _)| n == "volume_snapshot_seconds"),
+        "not taken twice: {:?}",
+        sr.observed
+    );
+    // The weave's node keeps its volume (no new snapshot, no clone) at the next apply.
+    std::fs::write(w2_vol.join("file"), "w2").unwrap();
+    ok(&nodes
+        .reconcile(&[src(3), w(1), w2.clone()], Scope::All)
+        .await);
+    assert_eq!(std::fs::read_to_string(w2_vol.join("file")).unwrap(), "w2");
 
     // Scheduled snapshots: each one asks the driver for a report of its node (REFRESH),
     // whose reconcile (that node only) carries it; the node keeps running.

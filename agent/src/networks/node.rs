@@ -87,6 +87,18 @@ pub struct NodeReconciler {
     cow: Option<Arc<super::cow::Store>>,
     /// Scheduled snapshots, per node.
     schedules: super::cow::schedule::Schedules,
+    /// Per source node: held while its snapshot of a generation is taken (its hook, then
+    /// the snapshot), so that its own apply and the weave clones asking for the same
+    /// generation run the hook once.
+    snapshot_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A weave node's clone source resolved before its volumes are made: the id of the
+/// source's snapshot of the generation asked for, and what taking it did.
+struct CloneSnapshot {
+    id: String,
+    observed: Vec<String>,
+    measurements: Vec<(String, f64)>,
 }
 
 /// Sockets opened inside a node's namespace by the thread that made it.
@@ -172,6 +184,7 @@ impl NodeReconciler {
             events: None,
             cow: None,
             schedules: Default::default(),
+            snapshot_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -225,6 +238,7 @@ impl NodeReconciler {
         running: bool,
         observed: &mut Vec<String>,
         measurements: &mut Vec<(String, f64)>,
+        resolved: Option<Result<CloneSnapshot, String>>,
     ) -> Result<bool, String> {
         let key = node_key(&s.network, &s.node);
         if !s.volume_ops.any() {
@@ -235,13 +249,26 @@ impl NodeReconciler {
             "the node asks for volume snapshots, a clone or syncs and this agent has no volume pool",
         )?;
         let volumes: Vec<String> = s.runtime.volumes.iter().map(|v| v.name.clone()).collect();
+        let mut ops = s.volume_ops.clone();
+        if let Some(c) = ops.clone.as_mut().filter(|c| c.snapshot.is_empty()) {
+            let resolved = match resolved {
+                Some(r) => Some(r),
+                None => self.resolve_clone(s).await,
+            };
+            if let Some(r) = resolved {
+                let r = r?;
+                c.snapshot = r.id;
+                observed.extend(r.observed);
+                measurements.extend(r.measurements);
+            }
+        }
         let req = super::cow::store::VolumeRequest {
             network: s.network.clone(),
             node: s.node.clone(),
             node_dir: self.node_root.join(&s.network).join(&s.node),
             node_root: self.node_root.clone(),
             volumes: volumes.clone(),
-            ops: s.volume_ops.clone(),
+            ops,
             clone_remove: self
                 .supervisor
                 .profile_of(&s.runtime.image)
@@ -260,6 +287,21 @@ impl NodeReconciler {
         .map_err(|e| format!("volumes: {e}"))?
         .map_err(|e| format!("volumes: {e}"))?;
         let stopped = stop && running;
+        // Its hook and snapshot once per generation, also when a weave's clone asks for it.
+        let snapshot_lock = snapshot_due.then(|| self.snapshot_lock(&key));
+        let _snapshot_held = match &snapshot_lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let snapshot_due = if snapshot_due {
+            let (st, rq) = (store.clone(), req.clone());
+            tokio::task::spawn_blocking(move || st.snapshot_due(&rq))
+                .await
+                .map_err(|e| format!("volumes: {e}"))?
+                .map_err(|e| format!("volumes: {e}"))?
+        } else {
+            false
+        };
         // A sync copies its source's live volume: the source's hook first, as for a
         // snapshot (the node restarted on the copy then replays almost nothing).
         for source in &sync_sources {
@@ -325,6 +367,106 @@ impl NodeReconciler {
         Ok(stopped)
     }
 
+    fn snapshot_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.snapshot_locks)
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// For a weave's node that clones by generation and has no volumes yet: the source's
+    /// snapshot of that generation, taken now (the source's before-snapshot hook first)
+    /// unless the source's own apply, or another clone, took it already. `None`: nothing
+    /// to resolve (no such clone, or its volumes exist and are kept).
+    async fn resolve_clone(&self, s: &NodeSpec) -> Option<Result<CloneSnapshot, String>> {
+        let c = s
+            .volume_ops
+            .clone
+            .as_ref()
+            .filter(|c| c.snapshot.is_empty() && c.generation > 0)?;
+        let store = self.cow.clone()?;
+        let volumes: Vec<String> = s.runtime.volumes.iter().map(|v| v.name.clone()).collect();
+        if volumes
+            .iter()
+            .all(|v| store.volume_path(&s.network, &s.node, v).exists())
+        {
+            return None;
+        }
+        let key = node_key(&s.network, &s.node);
+        let source = node_key(&c.network, &c.node);
+        let mut out = CloneSnapshot {
+            id: String::new(),
+            observed: Vec::new(),
+            measurements: Vec::new(),
+        };
+        let source_lock = self.snapshot_lock(&source);
+        let _held = source_lock.lock().await;
+        let (st, n, d, g) = (
+            store.clone(),
+            c.network.clone(),
+            c.node.clone(),
+            c.generation,
+        );
+        let taken =
+            match tokio::task::spawn_blocking(move || st.snapshot_of_generation(&n, &d, g)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return Some(Err(format!("clone: {e}"))),
+                Err(e) => return Some(Err(format!("volumes: {e}"))),
+            };
+        if let Some(m) = taken {
+            out.id = m.id;
+            return Some(Ok(out));
+        }
+        match self
+            .supervisor
+            .before_snapshot(&source, &format!("a clone for {key}"))
+            .await
+        {
+            None => {}
+            Some(Ok(took)) => {
+                out.observed.push(format!(
+                    "before the snapshot of {source}: its profile's hook ran in {:.1} ms",
+                    took.as_secs_f64() * 1e3
+                ));
+                out.measurements
+                    .push(("volume_snapshot_prepare_seconds".into(), took.as_secs_f64()));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(key = %key, source = %source, error = %e, "before-snapshot hook of a clone's source failed; the clone is crash-consistent only");
+                out.observed.push(format!(
+                    "before the snapshot of {source}: {e}; the clone is crash-consistent only"
+                ));
+            }
+        }
+        let (st, n, d, g) = (
+            store.clone(),
+            c.network.clone(),
+            c.node.clone(),
+            c.generation,
+        );
+        let taken =
+            tokio::task::spawn_blocking(move || st.snapshot_for_generation(&n, &d, &volumes, g))
+                .await;
+        let (m, fresh) = match taken {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Some(Err(format!("clone: {e}"))),
+            Err(e) => return Some(Err(format!("volumes: {e}"))),
+        };
+        if fresh {
+            out.observed.push(format!(
+                "snapshot {} of {source} taken ({}) for generation {} in {:.1} ms",
+                m.id,
+                m.method,
+                m.generation,
+                m.took_seconds * 1e3
+            ));
+            out.measurements
+                .push(("volume_snapshot_seconds".into(), m.took_seconds));
+        }
+        out.id = m.id;
+        Some(Ok(out))
+    }
+
     /// The node's egress limits, then what runs in it (started, restarted when its spec
     /// changed or its namespace was made again). Returns what is there, the writes and
     /// measurements.
@@ -332,6 +474,7 @@ impl NodeReconciler {
         &self,
         s: &NodeSpec,
         fresh_namespace: bool,
+        resolved: Option<Result<CloneSnapshot, String>>,
     ) -> Result<(Vec<String>, usize, Vec<(String, f64)>), String> {
         let key = node_key(&s.network, &s.node);
         let path = namespaces::path_of(&names::netns(
@@ -368,7 +511,13 @@ impl NodeReconciler {
         let r = &s.runtime;
         let mut measurements = Vec::new();
         let volumes = self
-            .ensure_pool_volumes(s, before.is_some(), &mut observed, &mut measurements)
+            .ensure_pool_volumes(
+                s,
+                before.is_some(),
+                &mut observed,
+                &mut measurements,
+                resolved,
+            )
             .await;
         if let Err(e) = volumes {
             // Processes stopped for a sync that failed are started again on the old
@@ -1132,61 +1281,67 @@ impl Reconciler for NodeReconciler {
                     } else {
                         s.clone()
                     };
-                    let mut opened = None;
-                    let mut r = match ns {
-                        Some(Err(e)) => Err(format!("making the namespace: {e}")),
-                        Some(Ok(c)) => {
-                            let Created {
-                                file,
-                                connection,
-                                inside,
-                            } = c;
-                            opened = Some(inside);
-                            let c = Created {
-                                file,
-                                connection,
-                                inside: (),
-                            };
-                            net.ensure_node(&eff, bridge, Ns::Fresh(Box::new(c)), steps)
-                                .await
-                        }
-                        None => net.ensure_node(&eff, bridge, Ns::Existing, steps).await,
-                    };
-                    let (fw_sockets, events_socket) = match opened {
-                        Some(o) => (Some(o.firewall), o.events),
-                        None => (None, None),
-                    };
-                    if let (Some(events), Some(socket)) = (&self.events, events_socket) {
-                        let path = namespaces::path_of(&names::netns(
-                            &net.config.netns_prefix,
-                            &s.network,
-                            &s.node,
-                        ));
-                        // Without it the watch opens its own socket (a thread in the
-                        // namespace): slower, not wrong.
-                        if let Err(e) = events.adopt(&path, socket) {
-                            tracing::debug!(key = %key, error = %e, "host-event socket not kept");
-                        }
-                    }
-                    if let Ok((observed, changes)) = &mut r {
-                        match self
-                            .ensure_firewall(&s, fw_sockets, steps, keep.then_some(&mut hand))
-                            .await
-                        {
-                            Ok(c) => {
-                                *changes += c;
-                                observed.push(format!(
-                                    "firewall: {} inbound rules, default drop",
-                                    hand.rules.as_ref().unwrap_or(&s.firewall).rules.len()
-                                ));
+                    // A clone of a snapshot taken now is resolved (the source's hook, the
+                    // snapshot) while the node's namespace, links and firewall are made.
+                    let made = async {
+                        let mut opened = None;
+                        let mut r = match ns {
+                            Some(Err(e)) => Err(format!("making the namespace: {e}")),
+                            Some(Ok(c)) => {
+                                let Created {
+                                    file,
+                                    connection,
+                                    inside,
+                                } = c;
+                                opened = Some(inside);
+                                let c = Created {
+                                    file,
+                                    connection,
+                                    inside: (),
+                                };
+                                net.ensure_node(&eff, bridge, Ns::Fresh(Box::new(c)), steps)
+                                    .await
                             }
-                            Err(e) => r = Err(e),
+                            None => net.ensure_node(&eff, bridge, Ns::Existing, steps).await,
+                        };
+                        let (fw_sockets, events_socket) = match opened {
+                            Some(o) => (Some(o.firewall), o.events),
+                            None => (None, None),
+                        };
+                        if let (Some(events), Some(socket)) = (&self.events, events_socket) {
+                            let path = namespaces::path_of(&names::netns(
+                                &net.config.netns_prefix,
+                                &s.network,
+                                &s.node,
+                            ));
+                            // Without it the watch opens its own socket (a thread in the
+                            // namespace): slower, not wrong.
+                            if let Err(e) = events.adopt(&path, socket) {
+                                tracing::debug!(key = %key, error = %e, "host-event socket not kept");
+                            }
                         }
-                    }
+                        if let Ok((observed, changes)) = &mut r {
+                            match self
+                                .ensure_firewall(&s, fw_sockets, steps, keep.then_some(&mut hand))
+                                .await
+                            {
+                                Ok(c) => {
+                                    *changes += c;
+                                    observed.push(format!(
+                                        "firewall: {} inbound rules, default drop",
+                                        hand.rules.as_ref().unwrap_or(&s.firewall).rules.len()
+                                    ));
+                                }
+                                Err(e) => r = Err(e),
+                            }
+                        }
+                        r
+                    };
+                    let (resolved, mut r) = futures::join!(self.resolve_clone(&s), made);
                     let mut measurements = Vec::new();
                     if let Ok((observed, changes)) = &mut r {
                         let t = Instant::now();
-                        match self.ensure_run(&s, fresh_namespace).await {
+                        match self.ensure_run(&s, fresh_namespace, resolved).await {
                             Ok((o, c, m)) => {
                                 *changes += c;
                                 observed.extend(o);
@@ -1250,6 +1405,7 @@ impl Reconciler for NodeReconciler {
                     self.relays.remove(&key);
                     self.volumes.remove(&key);
                     self.schedules.remove(&key);
+                    lock(&self.snapshot_locks).remove(&key);
                     if let (Some(store), Some((network, node))) = (&self.cow, key.split_once('/')) {
                         let (store, network, node) =
                             (store.clone(), network.to_owned(), node.to_owned());

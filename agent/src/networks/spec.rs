@@ -85,7 +85,9 @@ pub struct SnapshotPolicy {
 pub struct CloneFrom {
     pub network: String,
     pub node: String,
+    /// Empty: the snapshot answering `generation` (taken by the clone if need be).
     pub snapshot: String,
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,11 +155,20 @@ fn volume_ops(n: &NetworkNode, volumes: &[weft_noderun::Volume]) -> Result<Volum
             if (network.clone(), node.clone()) == this {
                 return Err(format!("clone.source {:?} is the node itself", c.source));
             }
-            snapshot_id("clone.snapshot", &c.snapshot)?;
+            if c.snapshot.is_empty() {
+                if c.generation == 0 {
+                    return Err(
+                        "clone: neither a snapshot id nor a snapshot generation (clone.snapshot, clone.generation)".into(),
+                    );
+                }
+            } else {
+                snapshot_id("clone.snapshot", &c.snapshot)?;
+            }
             Some(CloneFrom {
                 network,
                 node,
                 snapshot: c.snapshot.clone(),
+                generation: c.generation,
             })
         }
     };
@@ -648,6 +659,7 @@ mod tests {
             clone: Some(weft_proto::v1::VolumeClone {
                 source: "prod/db".into(),
                 snapshot: "s-1764990000123".into(),
+                generation: 0,
             }),
             sync_from: vec![weft_proto::v1::VolumeSyncFrom {
                 volume: "data".into(),
@@ -669,6 +681,14 @@ mod tests {
         let c = ops.clone.as_ref().unwrap();
         assert_eq!((c.network.as_str(), c.node.as_str()), ("prod", "db"));
         assert_eq!(ops.sync_from[0].volume, "data");
+        // A clone by generation: no id yet.
+        let mut by_generation = weave_node();
+        let c = by_generation.clone.as_mut().unwrap();
+        c.snapshot = String::new();
+        c.generation = 7;
+        let s = NodeSpec::from_wire(&by_generation, 1500).unwrap();
+        let c = s.volume_ops.clone.as_ref().unwrap();
+        assert_eq!((c.snapshot.as_str(), c.generation), ("", 7));
         assert!(
             !NodeSpec::from_wire(
                 &NetworkNode {
@@ -683,7 +703,11 @@ mod tests {
             .any()
         );
         type Edit = fn(&mut NetworkNode);
-        let cases: [(Edit, &str); 13] = [
+        let cases: [(Edit, &str); 14] = [
+            (
+                |n| n.clone.as_mut().unwrap().snapshot = String::new(),
+                "neither a snapshot id nor a snapshot generation",
+            ),
             (
                 |n| n.clone.as_mut().unwrap().source = "prod".into(),
                 "clone.source \"prod\" is not",

@@ -1385,6 +1385,63 @@ impl NetworkManager {
         Ok(rec.snapshot_generation)
     }
 
+    /// Takes the next snapshot generation of source `id` for a weave's clones, without
+    /// publishing it yet: the weave's nodes, published first, take that snapshot while
+    /// they are made ([`Self::publish_snapshot_generation`] then tells the source's nodes,
+    /// whose apply finds it answered). Returns the generation; 0 when the network has no
+    /// volumes.
+    pub async fn reserve_snapshot(&self, id: &str) -> Result<u64, NetworkError> {
+        let _op = self.ops.lock().await;
+        let mut rec = self
+            .get(id)
+            .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+        if rec.role != Role::Source {
+            return Err(NetworkError::Invalid(format!(
+                "network {id:?} is not a source network: only a source's volumes are snapshotted"
+            )));
+        }
+        if rec.nodes_with_volumes().is_empty() {
+            return Ok(0);
+        }
+        rec.snapshot_generation += 1;
+        self.persist(&rec)?;
+        lock(&self.records).insert(id.to_owned(), rec.clone());
+        Ok(rec.snapshot_generation)
+    }
+
+    /// Publishes source `id` as it is (after [`Self::reserve_snapshot`]).
+    pub async fn publish_snapshot_generation(&self, id: &str) -> Result<(), NetworkError> {
+        let _op = self.ops.lock().await;
+        let rec = self
+            .get(id)
+            .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+        self.publish(&rec, &[])?;
+        Ok(())
+    }
+
+    /// Waits (at most `timeout`) until every node with volumes of source `id` reported its
+    /// snapshot of `generation`. Returns node -> snapshot.
+    pub async fn wait_snapshot(
+        &self,
+        id: &str,
+        generation: u64,
+        timeout: std::time::Duration,
+    ) -> Result<BTreeMap<String, weft_proto::v1::VolumeSnapshot>, NetworkError> {
+        let rec = self
+            .get(id)
+            .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
+        let hosts: Vec<String> = rec
+            .nodes_with_volumes()
+            .iter()
+            .filter_map(|n| rec.placement.get(n).cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let watchers = self.hub.report_watchers(&hosts);
+        self.wait_reported_snapshot(&rec, generation, watchers, timeout)
+            .await
+    }
+
     /// Asks for a snapshot of every node with volumes of source `id` now and waits (at
     /// most `timeout`) until each node's agent reported it. Returns node -> snapshot.
     pub async fn snapshot_now(
@@ -1420,7 +1477,18 @@ impl NetworkManager {
             let g = rec.snapshot_generation;
             (rec, g, watchers)
         };
-        let mut watchers = watchers;
+        self.wait_reported_snapshot(&rec, generation, watchers, timeout)
+            .await
+    }
+
+    async fn wait_reported_snapshot(
+        &self,
+        rec: &NetworkRecord,
+        generation: u64,
+        mut watchers: Vec<tokio::sync::watch::Receiver<weft_control::HostObserved>>,
+        timeout: std::time::Duration,
+    ) -> Result<BTreeMap<String, weft_proto::v1::VolumeSnapshot>, NetworkError> {
+        let id = &rec.id;
         let nodes = rec.nodes_with_volumes();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -1428,7 +1496,7 @@ impl NetworkManager {
             let mut waiting = Vec::new();
             for node in &nodes {
                 let found = self
-                    .node_report(&rec, node)
+                    .node_report(rec, node)
                     .and_then(|o| o.snapshots.into_iter().find(|s| s.generation == generation));
                 match found {
                     Some(s) => {

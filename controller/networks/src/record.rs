@@ -27,7 +27,15 @@ pub enum Role {
 pub struct CloneFrom {
     /// `<network>/<node>`.
     pub source: String,
+    /// The snapshot's id; empty: the one answering `generation` (a weave from "now",
+    /// made while the snapshot is taken).
     pub snapshot: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A volume of a node replaced by another node's current state (`sync_volumes`).

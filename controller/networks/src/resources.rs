@@ -328,6 +328,7 @@ fn volumes(rec: &NetworkRecord, name: &str, policy: SnapshotPolicy, spec: &mut w
         spec.clone = Some(wire::VolumeClone {
             source: c.source.clone(),
             snapshot: c.snapshot.clone(),
+            generation: c.generation,
         });
     }
     spec.sync_from = rec

@@ -541,11 +541,16 @@ impl WeaveManager {
             None => self.fresh_id(environment),
         };
         let now = now_unix_ns();
-        let (from, snapshots) = match at {
+        // From "now": the snapshot is taken while the weave's nodes are made. Its
+        // generation is reserved here, the weave published with clones asking for it,
+        // then the environment: each clone takes it (or finds it taken) on its agent, so
+        // the branch's namespaces, links and servers without volumes are ready by the
+        // time the snapshot is.
+        let (from, snapshots, generation) = match at {
             None => {
-                let taken = self
+                let generation = self
                     .networks
-                    .snapshot_now(environment, self.wait())
+                    .reserve_snapshot(environment)
                     .await
                     .map_err(|e| from_network("environment", e))?;
                 // The snapshot of this operation: the next one (a route right after) within
@@ -565,9 +570,7 @@ impl WeaveManager {
                             env.revision
                         ))
                     })?;
-                let snapshots: BTreeMap<String, String> =
-                    taken.into_iter().map(|(n, s)| (n, s.id)).collect();
-                (from, snapshots)
+                (from, BTreeMap::new(), generation)
             }
             Some(t) => {
                 if t > now {
@@ -581,22 +584,41 @@ impl WeaveManager {
                     .at(environment, t)
                     .map_err(|e| from_network("at", e))?;
                 let snapshots = self.snapshots_at(environment, &from, t)?;
-                (from, snapshots)
+                (from, snapshots, 0)
             }
         };
         let placement = self.placement(&env, &from, &snapshots)?;
-        let clones: BTreeMap<String, CloneFrom> = snapshots
-            .iter()
-            .map(|(node, s)| {
-                (
-                    node.clone(),
-                    CloneFrom {
-                        source: node_key(environment, node),
-                        snapshot: s.clone(),
-                    },
-                )
-            })
-            .collect();
+        let clones: BTreeMap<String, CloneFrom> = if generation > 0 {
+            env.nodes_with_volumes()
+                .into_iter()
+                .filter(|n| from.record.network.nodes.contains_key(n))
+                .map(|node| {
+                    let source = node_key(environment, &node);
+                    (
+                        node,
+                        CloneFrom {
+                            source,
+                            snapshot: String::new(),
+                            generation,
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            snapshots
+                .iter()
+                .map(|(node, s)| {
+                    (
+                        node.clone(),
+                        CloneFrom {
+                            source: node_key(environment, node),
+                            snapshot: s.clone(),
+                            generation: 0,
+                        },
+                    )
+                })
+                .collect()
+        };
         let net = self
             .networks
             .weave(WeaveRequest {
@@ -608,6 +630,28 @@ impl WeaveManager {
             })
             .await
             .map_err(|e| from_network("id", e))?;
+        let snapshots = if generation > 0 {
+            let taken = async {
+                self.networks
+                    .publish_snapshot_generation(environment)
+                    .await?;
+                self.networks
+                    .wait_snapshot(environment, generation, self.wait())
+                    .await
+            }
+            .await;
+            match taken {
+                Ok(t) => t.into_iter().map(|(n, s)| (n, s.id)).collect(),
+                Err(e) => {
+                    if let Err(d) = self.networks.delete_weave(&id).await {
+                        warn!(weave = %id, error = %d, "weave network not removed after a failed create");
+                    }
+                    return Err(from_network("environment", e));
+                }
+            }
+        } else {
+            snapshots
+        };
         let rec = WeaveRecord {
             id: id.clone(),
             environment: environment.to_owned(),

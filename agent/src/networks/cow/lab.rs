@@ -151,6 +151,32 @@ fn snapshot_clone_sync(kind: StoreKind, want: Method) -> (f64, f64, f64) {
         let e = std::fs::write(&in_snap, "x").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     }
+    // By generation: the snapshot answering it, or one taken now (once); never one for a
+    // generation the node has moved past.
+    let vols = vec!["data".to_string()];
+    let (m, fresh) = store
+        .snapshot_for_generation("prod", "db", &vols, 1)
+        .unwrap();
+    assert_eq!((m.id.as_str(), fresh), (id.as_str(), false));
+    let (m5, fresh) = store
+        .snapshot_for_generation("prod", "db", &vols, 5)
+        .unwrap();
+    assert!(fresh);
+    assert_eq!(m5.generation, 5);
+    let again = store.prepare(&req(&lab, "prod", "db", asked(5))).unwrap();
+    assert!(again.measurements.is_empty(), "{:?}", again.measurements);
+    assert_eq!(
+        store
+            .snapshot_of_generation("prod", "db", 5)
+            .unwrap()
+            .map(|s| s.id),
+        Some(m5.id.clone())
+    );
+    let e = store
+        .snapshot_for_generation("prod", "db", &vols, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no snapshot of generation 4"), "{e}");
     // Production moves on.
     std::fs::write(prod.join("file"), "v2").unwrap();
 
@@ -161,6 +187,7 @@ fn snapshot_clone_sync(kind: StoreKind, want: Method) -> (f64, f64, f64) {
             network: "prod".into(),
             node: "db".into(),
             snapshot: id.clone(),
+            generation: 0,
         }),
         ..Default::default()
     };
@@ -431,6 +458,7 @@ fn volume_times_with_128_mib() {
                     network: "prod".into(),
                     node: "db".into(),
                     snapshot: id,
+                    generation: 0,
                 }),
                 ..Default::default()
             };

@@ -362,14 +362,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether `req` asks for a snapshot not taken yet (a weave operation's).
+    /// Whether `req` asks for a snapshot not taken yet (a weave operation's): a generation
+    /// above the last answered.
     pub fn snapshot_due(&self, req: &VolumeRequest) -> Result<bool, CowError> {
         let Some(p) = req.ops.snapshots.as_ref().filter(|p| p.generation != 0) else {
             return Ok(false);
         };
         let st = self.state(&req.network, &req.node)?;
         let st = lock(&st);
-        Ok(p.generation != st.persisted.answered_generation)
+        Ok(p.generation > st.persisted.answered_generation)
     }
 
     /// Brings the node's pool volumes about: each volume a pool volume linked from the
@@ -543,7 +544,9 @@ impl Store {
             out.measurements.push(("volume_sync_seconds".into(), took));
         }
         if let Some(p) = &req.ops.snapshots {
-            if p.generation != 0 && p.generation != st.persisted.answered_generation {
+            // Generations only grow: one at or below the last answered is answered (a
+            // weave's clone may take a generation before the source's spec asks for it).
+            if p.generation > st.persisted.answered_generation {
                 let m = self.take(&mut st, network, node, &req.volumes, p.generation)?;
                 out.observed.push(format!(
                     "snapshot {} taken ({}) for generation {} in {:.1} ms",
@@ -567,6 +570,51 @@ impl Store {
             ));
         }
         Ok(out)
+    }
+
+    /// The node's snapshot answering `generation` (a weave operation's), if taken.
+    pub fn snapshot_of_generation(
+        &self,
+        network: &str,
+        node: &str,
+        generation: u64,
+    ) -> Result<Option<SnapshotMeta>, CowError> {
+        let st = self.state(network, node)?;
+        let st = lock(&st);
+        Ok(st
+            .snapshots
+            .iter()
+            .find(|s| s.generation == generation)
+            .cloned())
+    }
+
+    /// The node's snapshot answering `generation`, taken now unless it was already (by the
+    /// node's own apply, or another clone of it: one snapshot per generation). A weave's
+    /// node clones it while the source's spec asking for it may still be on its way; the
+    /// source's apply then finds it answered. A generation the node has moved past without
+    /// keeping its snapshot is an error, never a new snapshot labelled with an old one.
+    pub fn snapshot_for_generation(
+        &self,
+        network: &str,
+        node: &str,
+        volumes: &[String],
+        generation: u64,
+    ) -> Result<(SnapshotMeta, bool), CowError> {
+        let st = self.state(network, node)?;
+        let mut st = lock(&st);
+        if let Some(s) = st.snapshots.iter().find(|s| s.generation == generation) {
+            return Ok((s.clone(), false));
+        }
+        if generation == 0 || st.persisted.answered_generation >= generation {
+            return Err(CowError::Missing(format!(
+                "node {network}/{node} has no snapshot of generation {generation} (it answered generation {} last)",
+                st.persisted.answered_generation
+            )));
+        }
+        Ok((
+            self.take(&mut st, network, node, volumes, generation)?,
+            true,
+        ))
     }
 
     /// Takes a snapshot of the node's volumes now (the schedule's), then removes what
