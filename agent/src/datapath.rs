@@ -163,6 +163,72 @@ pub struct Datapath {
     pinned_programs: Vec<String>,
 }
 
+/// One attach of [`Datapath::attach_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct AttachRequest<'a> {
+    pub interface: &'a str,
+    pub ifindex: u32,
+    pub hook: Hook,
+    pub program: &'a str,
+    pub order: Order<'a>,
+}
+
+/// Where a link goes, and where it is pinned (if it is).
+struct Target {
+    interface: String,
+    ifindex: u32,
+    hook: Hook,
+    program: String,
+    pin: Option<PathBuf>,
+}
+
+struct Planned {
+    at: Target,
+    order: LinkOrder,
+}
+
+/// Makes the tcx link of `classifier` at `at` (and pins it when `at` says so): the
+/// syscalls of an attach, without the datapath's bookkeeping.
+fn link(
+    classifier: &mut SchedClassifier,
+    at: &Target,
+    order: LinkOrder,
+) -> Result<Held, DatapathError> {
+    let attach_err = |e: ProgramError| DatapathError::Attach {
+        program: at.program.clone(),
+        hook: at.hook,
+        interface: at.interface.clone(),
+        source: Box::new(e),
+    };
+    let id = classifier
+        .attach_with_options(
+            &at.interface,
+            at.hook.attach_type(),
+            TcAttachOptions::TcxOrder(order),
+        )
+        .map_err(attach_err)?;
+    Ok(match &at.pin {
+        None => Held::Owned(id),
+        Some(path) => {
+            let pin_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::PinLink {
+                program: at.program.clone(),
+                hook: at.hook,
+                interface: at.interface.clone(),
+                path: path.clone(),
+                source: e,
+            };
+            let owned = classifier.take_link(id).map_err(attach_err)?;
+            let fd = FdLink::try_from(owned).map_err(|e| pin_err(Box::new(e)))?;
+            // On failure the link is dropped, so detached: nothing half-made stays.
+            let pinned = fd.pin(path).map_err(|e| pin_err(Box::new(e)))?;
+            Held::Pinned {
+                link: pinned.into(),
+                path: path.clone(),
+            }
+        }
+    })
+}
+
 impl Datapath {
     /// Loads an eBPF object (maps are created; programs are loaded with [`Self::load_classifier`]).
     pub fn load(object: &[u8]) -> Result<Self, DatapathError> {
@@ -254,8 +320,94 @@ impl Datapath {
         program: &str,
         order: Order<'_>,
     ) -> Result<(), DatapathError> {
-        if self.is_attached(ifindex, hook, program) {
+        let Some(planned) = self.plan(interface, ifindex, hook, program, order)? else {
             return Ok(());
+        };
+        let held = link(self.classifier(program)?, &planned.at, planned.order)?;
+        self.record(planned.at, held);
+        Ok(())
+    }
+
+    /// Attaches several programs at once, each as [`Self::attach`] would. The kernel's
+    /// tcx attach waits for an RCU grace period (about 10 ms here) before it returns; the
+    /// links of distinct programs are made in parallel threads (in the calling thread's
+    /// network namespace), so they cost one wait, not one each. Returns the first error;
+    /// the links made are kept (as separate attaches would have).
+    pub fn attach_all(&mut self, wanted: &[AttachRequest<'_>]) -> Result<(), DatapathError> {
+        let mut planned = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            if let Some(p) = self.plan(w.interface, w.ifindex, w.hook, w.program, w.order)? {
+                planned.push(p);
+            }
+        }
+        let mut names: Vec<String> = planned.iter().map(|p| p.at.program.clone()).collect();
+        names.sort_unstable();
+        names.dedup();
+        if planned.len() < 2 || names.len() < planned.len() {
+            // One link, or a program twice: one after the other.
+            for p in planned {
+                let held = link(self.classifier(&p.at.program)?, &p.at, p.order)?;
+                self.record(p.at, held);
+            }
+            return Ok(());
+        }
+        let mut classifiers: HashMap<&str, &mut SchedClassifier> = HashMap::new();
+        for (name, prog) in self.ebpf.programs_mut() {
+            if let Some(n) = names.iter().find(|n| n.as_str() == name) {
+                let c: &mut SchedClassifier =
+                    prog.try_into().map_err(|e| DatapathError::Program {
+                        name: name.to_owned(),
+                        source: Box::new(e),
+                    })?;
+                classifiers.insert(n, c);
+            }
+        }
+        let mut jobs = Vec::with_capacity(planned.len());
+        for p in planned {
+            let c = classifiers
+                .remove(p.at.program.as_str())
+                .ok_or_else(|| DatapathError::NoProgram(p.at.program.clone()))?;
+            jobs.push((c, p));
+        }
+        let made: Vec<(Target, Result<Held, DatapathError>)> = std::thread::scope(|s| {
+            let running: Vec<_> = jobs
+                .into_iter()
+                .map(|(c, p)| {
+                    s.spawn(move || {
+                        let r = link(c, &p.at, p.order);
+                        (p.at, r)
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|t| t.join().expect("an attach thread panicked"))
+                .collect()
+        });
+        let mut first_err = None;
+        for (at, r) in made {
+            match r {
+                Ok(held) => self.record(at, held),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// The checks and choices of an attach before its link is made: `None` when the
+    /// program is there already (or its pinned link was taken over, and recorded).
+    fn plan(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        hook: Hook,
+        program: &str,
+        order: Order<'_>,
+    ) -> Result<Option<Planned>, DatapathError> {
+        if self.is_attached(ifindex, hook, program) {
+            return Ok(None);
         }
         let anchor = |anchor: &str| -> Result<u32, DatapathError> {
             Err(DatapathError::NoAnchor {
@@ -302,7 +454,7 @@ impl Datapath {
                             path: path.clone(),
                         },
                     });
-                    return Ok(());
+                    return Ok(None);
                 }
                 Err(e) => {
                     // The interface went away while no agent ran (the link is defunct), or
@@ -313,47 +465,24 @@ impl Datapath {
                 }
             }
         }
-        let attach_err = |e: ProgramError| DatapathError::Attach {
-            program: program.to_owned(),
-            hook,
-            interface: interface.to_owned(),
-            source: Box::new(e),
-        };
-        let classifier = self.classifier(program)?;
-        let id = classifier
-            .attach_with_options(
-                interface,
-                hook.attach_type(),
-                TcAttachOptions::TcxOrder(link_order),
-            )
-            .map_err(attach_err)?;
-        let link = match pin {
-            None => Held::Owned(id),
-            Some(path) => {
-                let pin_err =
-                    |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::PinLink {
-                        program: program.to_owned(),
-                        hook,
-                        interface: interface.to_owned(),
-                        path: path.clone(),
-                        source: e,
-                    };
-                let owned = classifier.take_link(id).map_err(attach_err)?;
-                let fd = FdLink::try_from(owned).map_err(|e| pin_err(Box::new(e)))?;
-                // On failure the link is dropped, so detached: nothing half-made stays.
-                let pinned = fd.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
-                Held::Pinned {
-                    link: pinned.into(),
-                    path,
-                }
-            }
-        };
-        self.links.entry(ifindex).or_default().push(Attachment {
-            program: program.to_owned(),
-            hook,
+        Ok(Some(Planned {
+            at: Target {
+                interface: interface.to_owned(),
+                ifindex,
+                hook,
+                program: program.to_owned(),
+                pin,
+            },
+            order: link_order,
+        }))
+    }
+
+    fn record(&mut self, at: Target, link: Held) {
+        self.links.entry(at.ifindex).or_default().push(Attachment {
+            program: at.program,
+            hook: at.hook,
             link,
         });
-        Ok(())
     }
 
     /// Swaps `program` into the tcx link pinned at `path` (one `BPF_LINK_UPDATE`: the

@@ -83,6 +83,78 @@ async fn programs_share_a_hook_in_the_order_asked_for() {
     });
 }
 
+#[tokio::test]
+async fn attach_all_makes_links_of_distinct_programs_at_once_in_the_order_asked_for() {
+    require_root!();
+    let ns = TestNetns::new();
+    let h = ns.handle().await;
+    let a = ns.veth(&h, "dpa").await;
+    let b = ns.veth(&h, "dpb").await;
+    let mut dp = loaded();
+    in_ns(&ns.path, || {
+        dp.attach("dpa", a, Hook::Ingress, PROG_INGRESS, Order::First)
+            .unwrap();
+        // Two programs on two interfaces in one call (parallel links), one of them
+        // ordered after a program already there; one already attached is left alone.
+        dp.attach_all(&[
+            AttachRequest {
+                interface: "dpa",
+                ifindex: a,
+                hook: Hook::Ingress,
+                program: PROG_EGRESS,
+                order: Order::Before(PROG_INGRESS),
+            },
+            AttachRequest {
+                interface: "dpb",
+                ifindex: b,
+                hook: Hook::Egress,
+                program: PROG_INGRESS,
+                order: Order::Last,
+            },
+            AttachRequest {
+                interface: "dpa",
+                ifindex: a,
+                hook: Hook::Ingress,
+                program: PROG_INGRESS,
+                order: Order::Last,
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            names(&dp.query("dpa", Hook::Ingress).unwrap()),
+            vec![PROG_EGRESS, PROG_INGRESS]
+        );
+        assert_eq!(
+            names(&dp.query("dpb", Hook::Egress).unwrap()),
+            vec![PROG_INGRESS]
+        );
+        assert!(dp.is_attached(b, Hook::Egress, PROG_INGRESS));
+        // An anchor that is not there: an error naming it, and nothing of that request.
+        let err = dp
+            .attach_all(&[
+                AttachRequest {
+                    interface: "dpb",
+                    ifindex: b,
+                    hook: Hook::Ingress,
+                    program: PROG_EGRESS,
+                    order: Order::After("flow_missing"),
+                },
+                AttachRequest {
+                    interface: "dpb",
+                    ifindex: b,
+                    hook: Hook::Ingress,
+                    program: PROG_INGRESS,
+                    order: Order::Last,
+                },
+            ])
+            .unwrap_err();
+        assert!(matches!(err, DatapathError::NoAnchor { .. }), "{err}");
+        assert!(dp.query("dpb", Hook::Ingress).unwrap().is_empty());
+        assert_eq!(dp.detach_interface(a), 2);
+        assert_eq!(dp.detach_interface(b), 1);
+    });
+}
+
 #[test]
 fn maps_by_name() {
     require_root!();

@@ -838,6 +838,51 @@ impl Steering {
         Ok(1)
     }
 
+    /// [`Self::attach`] of several programs at once (their links made in parallel: each
+    /// tcx attach waits for an RCU grace period). Returns how many were attached.
+    fn attach_all(&self, wanted: &[(&(String, u32), Hook, &str)]) -> Result<usize, SteerError> {
+        let todo: Vec<(String, u32, Hook, String)> = {
+            let dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
+            wanted
+                .iter()
+                .filter(|(i, h, p)| !dp.is_attached(i.1, *h, p))
+                .map(|(i, h, p)| (i.0.clone(), i.1, *h, (*p).to_owned()))
+                .collect()
+        };
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        let n = todo.len();
+        let netns = self.settings.host_netns.clone();
+        let dp = self.datapath.clone();
+        in_host(netns.as_deref(), move || {
+            let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
+            // As in `attach`: right after the flow observer when it is there.
+            let requests: Vec<crate::datapath::AttachRequest<'_>> = todo
+                .iter()
+                .map(|(name, index, hook, program)| {
+                    let observer = match hook {
+                        Hook::Ingress => crate::attach::PROG_INGRESS,
+                        Hook::Egress => crate::attach::PROG_EGRESS,
+                    };
+                    crate::datapath::AttachRequest {
+                        interface: name,
+                        ifindex: *index,
+                        hook: *hook,
+                        program,
+                        order: if dp.is_attached(*index, *hook, observer) {
+                            Order::After(observer)
+                        } else {
+                            Order::Last
+                        },
+                    }
+                })
+                .collect();
+            dp.attach_all(&requests)
+        })??;
+        Ok(n)
+    }
+
     fn detach(&self, index: u32, hook: Hook, program: &str) {
         self.datapath
             .lock()
@@ -1169,11 +1214,14 @@ impl Steering {
         // everything (the safe side) and the next reconcile starts afresh.
         let applied: Result<(), SteerError> = async {
             // Programs first, maps after: a program without its map entry passes everything.
-            changes += self.attach(&origin_if, Hook::Egress, PROG_ORIGIN)?;
-            changes += match spec.target_host {
-                None => self.attach(&target_if, Hook::Ingress, PROG_RETURN)?,
-                Some(_) => self.attach(&target_if, Hook::Ingress, PROG_TUNNEL)?,
+            let back = match spec.target_host {
+                None => PROG_RETURN,
+                Some(_) => PROG_TUNNEL,
             };
+            changes += self.attach_all(&[
+                (&origin_if, Hook::Egress, PROG_ORIGIN),
+                (&target_if, Hook::Ingress, back),
+            ])?;
             self.write_ports(steer_id, &spec.ports)?;
             match spec.target_host {
                 None => self.with_map::<u32, SteerReturn, ()>("STEER_RETURNS", |m| {
