@@ -387,9 +387,9 @@ fn routing(c: &Controller, client: &str, web: IpAddr, rounds: usize) -> Result<V
     let oha = bench_shadows::oha()?;
     let url = format!("http://{web}/");
     let header = ["-H", "X-Weft-Weave: wbactw"];
-    // Each case measures routing in place: it starts SETTLE after its route change (with
-    // 0.5 s, some rounds' new connections had 0.6-4 s p99s: SYN retransmits in the
-    // seconds after a change of route, not explained yet; with 2.5 s none in 2 rounds).
+    // Each case measures routing in place: it starts SETTLE after its route change. (With
+    // 0.5 s, some rounds' new connections had 0.6-4 s p99s, SYN retransmits, not
+    // explained yet and intermittent: BENCHMARKS.md.)
     const SETTLE: Duration = Duration::from_millis(2500);
     let route = |body: Value| -> Result<()> {
         call_json(
