@@ -320,12 +320,13 @@ impl Datapath {
         program: &str,
         order: Order<'_>,
     ) -> Result<(), DatapathError> {
-        let Some(planned) = self.plan(interface, ifindex, hook, program, order)? else {
-            return Ok(());
-        };
-        let held = link(self.classifier(program)?, &planned.at, planned.order)?;
-        self.record(planned.at, held);
-        Ok(())
+        self.attach_all(&[AttachRequest {
+            interface,
+            ifindex,
+            hook,
+            program,
+            order,
+        }])
     }
 
     /// Attaches several programs at once, each as [`Self::attach`] would. The kernel's
@@ -336,7 +337,7 @@ impl Datapath {
     pub fn attach_all(&mut self, wanted: &[AttachRequest<'_>]) -> Result<(), DatapathError> {
         let mut planned = Vec::with_capacity(wanted.len());
         for w in wanted {
-            if let Some(p) = self.plan(w.interface, w.ifindex, w.hook, w.program, w.order)? {
+            if let Some(p) = self.plan(w)? {
                 planned.push(p);
             }
         }
@@ -398,14 +399,14 @@ impl Datapath {
 
     /// The checks and choices of an attach before its link is made: `None` when the
     /// program is there already (or its pinned link was taken over, and recorded).
-    fn plan(
-        &mut self,
-        interface: &str,
-        ifindex: u32,
-        hook: Hook,
-        program: &str,
-        order: Order<'_>,
-    ) -> Result<Option<Planned>, DatapathError> {
+    fn plan(&mut self, w: &AttachRequest<'_>) -> Result<Option<Planned>, DatapathError> {
+        let AttachRequest {
+            interface,
+            ifindex,
+            hook,
+            program,
+            order,
+        } = *w;
         if self.is_attached(ifindex, hook, program) {
             return Ok(None);
         }

@@ -115,9 +115,7 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
 /// `ns` on a new connection (in-process: a `psql` process would add its own start-up).
 fn postmaster_start(ns: &str, db: &str) -> Result<u64> {
     let mut c = pg_connect(ns, db)?;
-    let rows = c.query("select (extract(epoch from pg_postmaster_start_time()) * 1e9)::bigint")?;
-    rows.first()
-        .and_then(|r| r.first().cloned().flatten())
+    c.query("select (extract(epoch from pg_postmaster_start_time()) * 1e9)::bigint")?
         .context("no postmaster start time")?
         .trim()
         .parse()

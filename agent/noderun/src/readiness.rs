@@ -37,18 +37,7 @@ pub fn attempt(kind: Ready, addr: SocketAddr) -> bool {
 /// answer says: `R` authentication (ready), `E` an error (ready unless 57P03), anything
 /// else or nothing not ready.
 fn postgres(s: &mut TcpStream) -> std::io::Result<bool> {
-    let mut body = Vec::with_capacity(64);
-    body.extend_from_slice(&196_608u32.to_be_bytes()); // 3.0
-    for (k, v) in [("user", "postgres"), ("database", "postgres")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    s.write_all(&msg)?;
+    s.write_all(&crate::replies::pg_startup())?;
     let mut head = [0u8; 5];
     s.read_exact(&mut head)?;
     let ready = match head[0] {
@@ -66,7 +55,7 @@ fn postgres(s: &mut TcpStream) -> std::io::Result<bool> {
         _ => false,
     };
     // Terminate: the server logs no "incomplete startup packet" for it.
-    let _ = s.write_all(&[b'X', 0, 0, 0, 4]);
+    let _ = s.write_all(&crate::replies::PG_TERMINATE);
     Ok(ready)
 }
 

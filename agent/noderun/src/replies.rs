@@ -3,7 +3,8 @@
 //! `node_pg_reply`, `node_redis_info` and `node_rsync_stats` drive these functions).
 //!
 //! - PostgreSQL: backend messages of the simple query protocol ([`pg_header`],
-//!   [`pg_message`], [`pg_reply`]) and WAL positions as text ([`lsn`]);
+//!   [`pg_message`], [`pg_reply`]) and WAL positions as text ([`lsn`]); also the two
+//!   messages weft's clients send ([`pg_startup`], [`pg_query`]);
 //! - Redis: the bulk string answering `INFO` ([`redis_bulk`]) and one numeric field of
 //!   it ([`redis_info_field`]);
 //! - rsync: `Total transferred file size` of `--stats` ([`rsync_transferred_bytes`]).
@@ -38,6 +39,30 @@ pub enum PgMessage {
     /// Anything else (parameter status, row description, command complete, notices...).
     Other(u8),
 }
+
+/// The StartupMessage weft's clients send (protocol 3.0, user and database `postgres`:
+/// node profiles trust).
+pub fn pg_startup() -> Vec<u8> {
+    let params = b"user\0postgres\0database\0postgres\0\0";
+    let mut m = Vec::with_capacity(8 + params.len());
+    m.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
+    m.extend_from_slice(&196_608u32.to_be_bytes());
+    m.extend_from_slice(params);
+    m
+}
+
+/// A simple Query message of `sql`.
+pub fn pg_query(sql: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(6 + sql.len());
+    q.push(b'Q');
+    q.extend_from_slice(&((4 + sql.len() + 1) as u32).to_be_bytes());
+    q.extend_from_slice(sql.as_bytes());
+    q.push(0);
+    q
+}
+
+/// Terminate.
+pub const PG_TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
 /// The tag and body length of a backend message from its 5-byte header.
 pub fn pg_header(head: &[u8; 5]) -> Result<(u8, usize), ReplyError> {

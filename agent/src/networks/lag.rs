@@ -48,12 +48,7 @@ fn bad(what: impl std::fmt::Display) -> std::io::Error {
 /// One value of `sql` (first column of the first row) as text.
 fn pg_query(addr: SocketAddr, sql: &str) -> std::io::Result<String> {
     let mut s = connect(addr)?;
-    let params = b"user\0postgres\0database\0postgres\0\0";
-    let mut m = Vec::with_capacity(8 + params.len());
-    m.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
-    m.extend_from_slice(&196_608u32.to_be_bytes());
-    m.extend_from_slice(params);
-    s.write_all(&m)?;
+    s.write_all(&replies::pg_startup())?;
     let mut r = BufReader::new(s.try_clone()?);
     let mut read_msg = || -> std::io::Result<PgMessage> {
         let mut head = [0u8; 5];
@@ -74,11 +69,7 @@ fn pg_query(addr: SocketAddr, sql: &str) -> std::io::Result<String> {
             _ => {}
         }
     }
-    let mut q = vec![b'Q'];
-    q.extend_from_slice(&((4 + sql.len() + 1) as u32).to_be_bytes());
-    q.extend_from_slice(sql.as_bytes());
-    q.push(0);
-    s.write_all(&q)?;
+    s.write_all(&replies::pg_query(sql))?;
     let mut value = None;
     loop {
         match read_msg()? {
@@ -88,7 +79,7 @@ fn pg_query(addr: SocketAddr, sql: &str) -> std::io::Result<String> {
             _ => {}
         }
     }
-    let _ = s.write_all(&[b'X', 0, 0, 0, 4]);
+    let _ = s.write_all(&replies::PG_TERMINATE);
     value
         .flatten()
         .ok_or_else(|| bad(format!("no value for {sql}")))

@@ -101,6 +101,17 @@ struct CloneSnapshot {
     measurements: Vec<(String, f64)>,
 }
 
+/// A volume-store operation on a blocking thread; its error (or the thread's) as text.
+async fn on_store<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, super::cow::CowError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(format!("clone: {e}")),
+        Err(e) => Err(format!("volumes: {e}")),
+    }
+}
+
 /// Sockets opened inside a node's namespace by the thread that made it.
 struct NodeSockets {
     firewall: NamespaceSockets,
@@ -249,18 +260,13 @@ impl NodeReconciler {
             "the node asks for volume snapshots, a clone or syncs and this agent has no volume pool",
         )?;
         let volumes: Vec<String> = s.runtime.volumes.iter().map(|v| v.name.clone()).collect();
+        // A clone by generation, resolved by the caller ([`Self::resolve_clone`]).
         let mut ops = s.volume_ops.clone();
-        if let Some(c) = ops.clone.as_mut().filter(|c| c.snapshot.is_empty()) {
-            let resolved = match resolved {
-                Some(r) => Some(r),
-                None => self.resolve_clone(s).await,
-            };
-            if let Some(r) = resolved {
-                let r = r?;
-                c.snapshot = r.id;
-                observed.extend(r.observed);
-                measurements.extend(r.measurements);
-            }
+        if let (Some(c), Some(r)) = (ops.clone.as_mut(), resolved) {
+            let r = r?;
+            c.snapshot = r.id;
+            observed.extend(r.observed);
+            measurements.extend(r.measurements);
         }
         let req = super::cow::store::VolumeRequest {
             network: s.network.clone(),
@@ -275,6 +281,18 @@ impl NodeReconciler {
                 .map(|p| p.clone_remove)
                 .unwrap_or_default(),
         };
+        // A snapshot asked for is taken (hook and snapshot) under the node's snapshot lock:
+        // once per generation, also when a weave's clone asks for the same one.
+        let snapshot_lock = s
+            .volume_ops
+            .snapshots
+            .as_ref()
+            .is_some_and(|p| p.generation != 0)
+            .then(|| self.snapshot_lock(&key));
+        let _snapshot_held = match &snapshot_lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
         let (st, rq) = (store.clone(), req.clone());
         let (stop, snapshot_due, sync_sources) = tokio::task::spawn_blocking(move || {
             Ok::<_, super::cow::CowError>((
@@ -287,21 +305,6 @@ impl NodeReconciler {
         .map_err(|e| format!("volumes: {e}"))?
         .map_err(|e| format!("volumes: {e}"))?;
         let stopped = stop && running;
-        // Its hook and snapshot once per generation, also when a weave's clone asks for it.
-        let snapshot_lock = snapshot_due.then(|| self.snapshot_lock(&key));
-        let _snapshot_held = match &snapshot_lock {
-            Some(l) => Some(l.lock().await),
-            None => None,
-        };
-        let snapshot_due = if snapshot_due {
-            let (st, rq) = (store.clone(), req.clone());
-            tokio::task::spawn_blocking(move || st.snapshot_due(&rq))
-                .await
-                .map_err(|e| format!("volumes: {e}"))?
-                .map_err(|e| format!("volumes: {e}"))?
-        } else {
-            false
-        };
         // A sync copies its source's live volume: the source's hook first, as for a
         // snapshot (the node restarted on the copy then replays almost nothing).
         for source in &sync_sources {
@@ -319,23 +322,14 @@ impl NodeReconciler {
         if snapshot_due && running && !stopped {
             // The profile's hook first (PostgreSQL: CHECKPOINT), so that a weave's clone
             // starts without replaying what the server had not written yet.
-            match self.supervisor.before_snapshot(&key, "a snapshot").await {
-                None => {}
-                Some(Ok(took)) => {
-                    observed.push(format!(
-                        "before the snapshot: the profile's hook ran in {:.1} ms",
-                        took.as_secs_f64() * 1e3
-                    ));
-                    measurements
-                        .push(("volume_snapshot_prepare_seconds".into(), took.as_secs_f64()));
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(key = %key, error = %e, "before-snapshot hook failed; the snapshot is crash-consistent only");
-                    observed.push(format!(
-                        "before the snapshot: {e}; the snapshot is crash-consistent only"
-                    ));
-                }
-            }
+            self.snapshot_hook(
+                &key,
+                "a snapshot",
+                "before the snapshot",
+                observed,
+                measurements,
+            )
+            .await;
         }
         if stopped {
             self.supervisor
@@ -374,6 +368,35 @@ impl NodeReconciler {
             .clone()
     }
 
+    /// The source's `before_snapshot` hook (PostgreSQL: CHECKPOINT, so that a clone starts
+    /// without replaying what the server had not written yet), noted under `label`. A
+    /// failure is noted: the snapshot is then crash-consistent.
+    async fn snapshot_hook(
+        &self,
+        source: &str,
+        purpose: &str,
+        label: &str,
+        observed: &mut Vec<String>,
+        measurements: &mut Vec<(String, f64)>,
+    ) {
+        match self.supervisor.before_snapshot(source, purpose).await {
+            None => {}
+            Some(Ok(took)) => {
+                observed.push(format!(
+                    "{label}: the profile's hook ran in {:.1} ms",
+                    took.as_secs_f64() * 1e3
+                ));
+                measurements.push(("volume_snapshot_prepare_seconds".into(), took.as_secs_f64()));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(source = %source, purpose, error = %e, "before-snapshot hook failed; the snapshot is crash-consistent only");
+                observed.push(format!(
+                    "{label}: {e}; the snapshot is crash-consistent only"
+                ));
+            }
+        }
+    }
+
     /// For a weave's node that clones by generation and has no volumes yet: the source's
     /// snapshot of that generation, taken now (the source's before-snapshot hook first)
     /// unless the source's own apply, or another clone, took it already. `None`: nothing
@@ -392,7 +415,19 @@ impl NodeReconciler {
         {
             return None;
         }
-        let key = node_key(&s.network, &s.node);
+        Some(
+            self.clone_snapshot(&store, &node_key(&s.network, &s.node), c, volumes)
+                .await,
+        )
+    }
+
+    async fn clone_snapshot(
+        &self,
+        store: &Arc<super::cow::Store>,
+        key: &str,
+        c: &super::spec::CloneFrom,
+        volumes: Vec<String>,
+    ) -> Result<CloneSnapshot, String> {
         let source = node_key(&c.network, &c.node);
         let mut out = CloneSnapshot {
             id: String::new(),
@@ -407,64 +442,32 @@ impl NodeReconciler {
             c.node.clone(),
             c.generation,
         );
-        let taken =
-            match tokio::task::spawn_blocking(move || st.snapshot_of_generation(&n, &d, g)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => return Some(Err(format!("clone: {e}"))),
-                Err(e) => return Some(Err(format!("volumes: {e}"))),
-            };
-        if let Some(m) = taken {
+        if let Some(m) = on_store(move || st.snapshot_of_generation(&n, &d, g)).await? {
             out.id = m.id;
-            return Some(Ok(out));
+            return Ok(out);
         }
-        match self
-            .supervisor
-            .before_snapshot(&source, &format!("a clone for {key}"))
-            .await
-        {
-            None => {}
-            Some(Ok(took)) => {
-                out.observed.push(format!(
-                    "before the snapshot of {source}: its profile's hook ran in {:.1} ms",
-                    took.as_secs_f64() * 1e3
-                ));
-                out.measurements
-                    .push(("volume_snapshot_prepare_seconds".into(), took.as_secs_f64()));
-            }
-            Some(Err(e)) => {
-                tracing::warn!(key = %key, source = %source, error = %e, "before-snapshot hook of a clone's source failed; the clone is crash-consistent only");
-                out.observed.push(format!(
-                    "before the snapshot of {source}: {e}; the clone is crash-consistent only"
-                ));
-            }
-        }
+        self.snapshot_hook(
+            &source,
+            &format!("a clone for {key}"),
+            &format!("before the snapshot of {source}"),
+            &mut out.observed,
+            &mut out.measurements,
+        )
+        .await;
         let (st, n, d, g) = (
             store.clone(),
             c.network.clone(),
             c.node.clone(),
             c.generation,
         );
-        let taken =
-            tokio::task::spawn_blocking(move || st.snapshot_for_generation(&n, &d, &volumes, g))
-                .await;
-        let (m, fresh) = match taken {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Some(Err(format!("clone: {e}"))),
-            Err(e) => return Some(Err(format!("volumes: {e}"))),
-        };
+        let (m, fresh) = on_store(move || st.snapshot_for_generation(&n, &d, &volumes, g)).await?;
         if fresh {
-            out.observed.push(format!(
-                "snapshot {} of {source} taken ({}) for generation {} in {:.1} ms",
-                m.id,
-                m.method,
-                m.generation,
-                m.took_seconds * 1e3
-            ));
+            out.observed.push(m.taken_note(&format!(" of {source}")));
             out.measurements
                 .push(("volume_snapshot_seconds".into(), m.took_seconds));
         }
         out.id = m.id;
-        Some(Ok(out))
+        Ok(out)
     }
 
     /// The node's egress limits, then what runs in it (started, restarted when its spec

@@ -1367,20 +1367,46 @@ impl NetworkManager {
             .cloned()
     }
 
-    /// Asks for a snapshot of every node with volumes of source `id` and returns at once
-    /// (the agents take it and report it; [`Self::snapshots`] lists it then). Returns the
-    /// generation asked for; 0 when the network has no volumes.
-    pub async fn request_snapshot(&self, id: &str) -> Result<u64, NetworkError> {
-        let _op = self.ops.lock().await;
+    /// Source `id` with its snapshot generation grown by one (persisted, not published);
+    /// `None` when it has no volumes. Call with `ops` held.
+    fn next_snapshot_generation(&self, id: &str) -> Result<Option<NetworkRecord>, NetworkError> {
         let mut rec = self
             .get(id)
             .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
-        if rec.role != Role::Source || rec.nodes_with_volumes().is_empty() {
-            return Ok(0);
+        if rec.role != Role::Source {
+            return Err(NetworkError::Invalid(format!(
+                "network {id:?} is not a source network: only a source's volumes are snapshotted"
+            )));
+        }
+        if rec.nodes_with_volumes().is_empty() {
+            return Ok(None);
         }
         rec.snapshot_generation += 1;
         self.persist(&rec)?;
         lock(&self.records).insert(id.to_owned(), rec.clone());
+        Ok(Some(rec))
+    }
+
+    /// The hosts of `rec`'s nodes with volumes (where its snapshots are taken).
+    fn volume_hosts(rec: &NetworkRecord) -> Vec<String> {
+        rec.nodes_with_volumes()
+            .iter()
+            .filter_map(|n| rec.placement.get(n).cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Asks for a snapshot of every node with volumes of source `id` and returns at once
+    /// (the agents take it and report it; [`Self::snapshots`] lists it then). Returns the
+    /// generation asked for; 0 when the network has no volumes or is not a source.
+    pub async fn request_snapshot(&self, id: &str) -> Result<u64, NetworkError> {
+        let _op = self.ops.lock().await;
+        let rec = match self.next_snapshot_generation(id) {
+            Ok(Some(rec)) => rec,
+            Ok(None) | Err(NetworkError::Invalid(_)) => return Ok(0),
+            Err(e) => return Err(e),
+        };
         self.publish(&rec, &[])?;
         Ok(rec.snapshot_generation)
     }
@@ -1392,21 +1418,9 @@ impl NetworkManager {
     /// volumes.
     pub async fn reserve_snapshot(&self, id: &str) -> Result<u64, NetworkError> {
         let _op = self.ops.lock().await;
-        let mut rec = self
-            .get(id)
-            .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
-        if rec.role != Role::Source {
-            return Err(NetworkError::Invalid(format!(
-                "network {id:?} is not a source network: only a source's volumes are snapshotted"
-            )));
-        }
-        if rec.nodes_with_volumes().is_empty() {
-            return Ok(0);
-        }
-        rec.snapshot_generation += 1;
-        self.persist(&rec)?;
-        lock(&self.records).insert(id.to_owned(), rec.clone());
-        Ok(rec.snapshot_generation)
+        Ok(self
+            .next_snapshot_generation(id)?
+            .map_or(0, |rec| rec.snapshot_generation))
     }
 
     /// Publishes source `id` as it is (after [`Self::reserve_snapshot`]).
@@ -1430,14 +1444,7 @@ impl NetworkManager {
         let rec = self
             .get(id)
             .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
-        let hosts: Vec<String> = rec
-            .nodes_with_volumes()
-            .iter()
-            .filter_map(|n| rec.placement.get(n).cloned())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let watchers = self.hub.report_watchers(&hosts);
+        let watchers = self.hub.report_watchers(&Self::volume_hosts(&rec));
         self.wait_reported_snapshot(&rec, generation, watchers, timeout)
             .await
     }
@@ -1449,35 +1456,17 @@ impl NetworkManager {
         id: &str,
         timeout: std::time::Duration,
     ) -> Result<BTreeMap<String, weft_proto::v1::VolumeSnapshot>, NetworkError> {
-        let (rec, generation, watchers) = {
+        let (rec, watchers) = {
             let _op = self.ops.lock().await;
-            let mut rec = self
-                .get(id)
-                .ok_or_else(|| NetworkError::NotFound(format!("network {id:?} does not exist")))?;
-            if rec.role != Role::Source {
-                return Err(NetworkError::Invalid(format!(
-                    "network {id:?} is not a source network: only a source's volumes are snapshotted"
-                )));
-            }
-            if rec.nodes_with_volumes().is_empty() {
+            let Some(rec) = self.next_snapshot_generation(id)? else {
                 return Ok(BTreeMap::new());
-            }
-            rec.snapshot_generation += 1;
-            self.persist(&rec)?;
-            lock(&self.records).insert(id.to_owned(), rec.clone());
-            let hosts: Vec<String> = rec
-                .nodes_with_volumes()
-                .iter()
-                .filter_map(|n| rec.placement.get(n).cloned())
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let watchers = self.hub.report_watchers(&hosts);
+            };
+            // Watching before publishing: no report is missed.
+            let watchers = self.hub.report_watchers(&Self::volume_hosts(&rec));
             self.publish(&rec, &[])?;
-            let g = rec.snapshot_generation;
-            (rec, g, watchers)
+            (rec, watchers)
         };
-        self.wait_reported_snapshot(&rec, generation, watchers, timeout)
+        self.wait_reported_snapshot(&rec, rec.snapshot_generation, watchers, timeout)
             .await
     }
 

@@ -145,6 +145,17 @@ pub struct SnapshotMeta {
 }
 
 impl SnapshotMeta {
+    /// "snapshot <id><of> taken (<method>) for generation <g> in <ms> ms", for a report.
+    pub fn taken_note(&self, of: &str) -> String {
+        format!(
+            "snapshot {}{of} taken ({}) for generation {} in {:.1} ms",
+            self.id,
+            self.method,
+            self.generation,
+            self.took_seconds * 1e3
+        )
+    }
+
     pub fn to_wire(&self) -> weft_proto::v1::VolumeSnapshot {
         weft_proto::v1::VolumeSnapshot {
             id: self.id.clone(),

@@ -548,13 +548,7 @@ impl Store {
             // weave's clone may take a generation before the source's spec asks for it).
             if p.generation > st.persisted.answered_generation {
                 let m = self.take(&mut st, network, node, &req.volumes, p.generation)?;
-                out.observed.push(format!(
-                    "snapshot {} taken ({}) for generation {} in {:.1} ms",
-                    m.id,
-                    m.method,
-                    m.generation,
-                    m.took_seconds * 1e3
-                ));
+                out.observed.push(m.taken_note(""));
                 out.measurements
                     .push(("volume_snapshot_seconds".into(), m.took_seconds));
             }
