@@ -45,6 +45,11 @@ pub mod state {
     /// (`DIR_IN`); unset: it came from the workload. The ACK that answers it, sent the other
     /// way, ends the flow.
     pub const LAST_FIN_IN: u16 = 1 << 9;
+    /// The connection's payload is copied whole to `STREAM_CHUNKS` (see [`StreamChunk`]):
+    /// its client's first bytes opened HTTP/2 with prior knowledge (`PRI * HTTP/2.0`, gRPC
+    /// included) or AMQP (`AMQP`), whose requests cannot be counted from a turn's first
+    /// bytes. Set on the client's first payload of a connection whose SYN was seen.
+    pub const WHOLE: u16 = 1 << 10;
 }
 
 /// `FlowStats::turn`: who sent the last payload of a request/response exchange.
@@ -189,10 +194,88 @@ pub struct PayloadSample {
     pub payload_len: u32,
     /// 1 when this is the first payload seen in its direction.
     pub first_of_direction: u8,
-    pub _pad: [u8; 3],
+    /// 1 when the flow's payload is copied whole (`state::WHOLE`): user space counts its
+    /// requests from the whole stream, not from this sample.
+    pub whole: u8,
+    pub _pad: [u8; 2],
     pub data: [u8; PAYLOAD_SAMPLE_BYTES],
 }
 const _: () = assert!(core::mem::size_of::<PayloadSample>() == 208);
+
+/// Payload bytes of one side of a request/response turn copied at most, for a flow copied
+/// whole (`state::WHOLE`): the bytes `weft import pcap` keeps of a turn, so that the live
+/// counts and those of a capture come from the same bytes.
+pub const STREAM_TURN_BYTES: u32 = 16 * 1024;
+/// Data bytes per `STREAM_CHUNKS` record at most (a power of two).
+pub const STREAM_CHUNK_BYTES: usize = 4096;
+/// Records per packet at most: enough for a whole side of a turn.
+pub const STREAM_MAX_CHUNKS: u32 = STREAM_TURN_BYTES / STREAM_CHUNK_BYTES as u32;
+const _: () =
+    assert!(STREAM_MAX_CHUNKS as usize * STREAM_CHUNK_BYTES == STREAM_TURN_BYTES as usize);
+/// Size of the stream-copy ring buffer.
+pub const STREAM_RING_BYTES: u32 = 4 * 1024 * 1024;
+/// Connections copied whole that the kernel follows at once (`STREAM_FLOWS`, LRU).
+pub const STREAM_FLOW_ENTRIES: u32 = 16_384;
+
+/// `StreamChunk::flags` bits.
+pub mod chunk {
+    /// The chunk starts its direction's first payload: the stream starts here.
+    pub const START: u8 = 1 << 0;
+    /// Bytes of this side of the turn after this chunk may not be copied: the packet was
+    /// longer than what was left of [`STREAM_TURN_BYTES`](super::STREAM_TURN_BYTES), or the
+    /// side reached it. The side is not whole; its next bytes in the stream are not a gap.
+    pub const CUT: u8 = 1 << 1;
+    pub const ALL: u8 = START | CUT;
+}
+
+/// A piece of a packet of a flow copied whole (`state::WHOLE`), posted to `STREAM_CHUNKS`
+/// and followed there by `len` payload bytes: the packet's payload from `offset`. A packet
+/// gives one chunk per [`STREAM_CHUNK_BYTES`] copied, in order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamChunk {
+    pub key: FlowKey,
+    /// 1 when the client sent the packet.
+    pub from_client: u8,
+    /// `chunk::*` bits.
+    pub flags: u8,
+    /// `DIR_OUT` or `DIR_IN`.
+    pub dir: u8,
+    pub _pad: u8,
+    /// Identifies the flow generation, as `PayloadSample::flow_first_seen_ns`.
+    pub flow_first_seen_ns: u64,
+    pub ts_ns: u64,
+    /// TCP sequence number of the chunk's first byte.
+    pub seq: u32,
+    /// Payload length of the packet.
+    pub payload_len: u32,
+    /// Where the chunk's bytes start in the packet's payload.
+    pub offset: u32,
+    /// Bytes that follow the header.
+    pub len: u32,
+}
+const _: () = assert!(core::mem::size_of::<StreamChunk>() == 80);
+
+/// Where the kernel builds a `STREAM_CHUNKS` record (per-CPU: it does not fit the stack).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StreamScratch {
+    pub hdr: StreamChunk,
+    pub data: [u8; STREAM_CHUNK_BYTES],
+}
+
+/// What the kernel keeps of a flow copied whole (`STREAM_FLOWS`): which side spoke last
+/// and how many bytes of its turn were copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamState {
+    pub flow_first_seen_ns: u64,
+    pub copied: u32,
+    /// 0 before any payload, 1 the client, 2 the server.
+    pub side: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<StreamState>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -202,4 +285,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowEvent {}
     unsafe impl aya::Pod for super::PayloadSample {}
+    unsafe impl aya::Pod for super::StreamState {}
 }

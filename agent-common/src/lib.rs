@@ -27,4 +27,4 @@ pub mod netnames;
 #[cfg(feature = "std")]
 pub mod time;
 
-pub use flow::{FlowEvent, FlowKey, FlowStats, PayloadSample};
+pub use flow::{FlowEvent, FlowKey, FlowStats, PayloadSample, StreamChunk};

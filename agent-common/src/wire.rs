@@ -11,7 +11,7 @@ use core::fmt;
 
 use crate::flow::{
     FAMILY_IPV4, FAMILY_IPV6, FlowEvent, FlowKey, FlowStats, PAYLOAD_SAMPLE_BYTES, PROTO_TCP,
-    PROTO_UDP, PayloadSample, sample, state, turn,
+    PROTO_UDP, PayloadSample, STREAM_CHUNK_BYTES, StreamChunk, chunk, sample, state, turn,
 };
 
 /// Why bytes are not a record.
@@ -62,7 +62,8 @@ const STATE_BITS: u16 = state::OPENED
     | state::SAMPLED_IN
     | state::HANDSHAKE_MARK
     | state::HANDSHAKE_DONE
-    | state::LAST_FIN_IN;
+    | state::LAST_FIN_IN
+    | state::WHOLE;
 
 fn invalid(record: &'static str, field: &'static str, value: u64) -> DecodeError {
     DecodeError::Invalid {
@@ -341,6 +342,7 @@ impl PayloadSample {
             latency_ns: r.u64(),
             payload_len: r.u32(),
             first_of_direction: r.u8(),
+            whole: r.u8(),
             _pad: r.array(),
             data: r.array(),
         };
@@ -358,6 +360,9 @@ impl PayloadSample {
                 s.first_of_direction.into(),
             ));
         }
+        if s.whole > 1 {
+            return Err(invalid(R, "whole", s.whole.into()));
+        }
         if usize::from(s.captured) > PAYLOAD_SAMPLE_BYTES || u32::from(s.captured) > s.payload_len {
             return Err(invalid(R, "captured", s.captured.into()));
         }
@@ -373,9 +378,75 @@ impl PayloadSample {
             w.bytes(&v.to_ne_bytes());
         }
         w.bytes(&self.payload_len.to_ne_bytes());
-        w.bytes(&[self.first_of_direction]);
+        w.bytes(&[self.first_of_direction, self.whole]);
         w.bytes(&self._pad);
         w.bytes(&self.data);
+        w.done()
+    }
+}
+
+impl StreamChunk {
+    pub const SIZE: usize = core::mem::size_of::<StreamChunk>();
+
+    /// Decodes a `STREAM_CHUNKS` item: the chunk and its bytes. The kernel program copies
+    /// only TCP flows, writes `from_client` 0 or 1 and only `chunk::*` flags, and posts at
+    /// least one byte, at most [`STREAM_CHUNK_BYTES`], inside the packet's payload.
+    pub fn from_bytes(bytes: &[u8]) -> Result<(Self, &[u8]), DecodeError> {
+        const R: &str = "StreamChunk";
+        let mut r = Reader::take::<{ StreamChunk::SIZE }>(bytes, R)?;
+        let c = StreamChunk {
+            key: FlowKey::read(&mut r),
+            from_client: r.u8(),
+            flags: r.u8(),
+            dir: r.u8(),
+            _pad: r.u8(),
+            flow_first_seen_ns: r.u64(),
+            ts_ns: r.u64(),
+            seq: r.u32(),
+            payload_len: r.u32(),
+            offset: r.u32(),
+            len: r.u32(),
+        };
+        c.key.validate()?;
+        if c.key.proto != PROTO_TCP {
+            return Err(invalid(R, "key.proto", c.key.proto.into()));
+        }
+        if c.from_client > 1 {
+            return Err(invalid(R, "from_client", c.from_client.into()));
+        }
+        if c.flags & !chunk::ALL != 0 {
+            return Err(invalid(R, "flags", c.flags.into()));
+        }
+        if c.dir > 1 {
+            return Err(invalid(R, "dir", c.dir.into()));
+        }
+        if c.len == 0 || c.len as usize > STREAM_CHUNK_BYTES {
+            return Err(invalid(R, "len", c.len.into()));
+        }
+        if u64::from(c.offset) + u64::from(c.len) > u64::from(c.payload_len) {
+            return Err(invalid(R, "offset", c.offset.into()));
+        }
+        let data = bytes
+            .get(StreamChunk::SIZE..StreamChunk::SIZE + c.len as usize)
+            .ok_or(DecodeError::Short {
+                record: R,
+                need: StreamChunk::SIZE + c.len as usize,
+                got: bytes.len(),
+            })?;
+        Ok((c, data))
+    }
+
+    /// The header's bytes, as the kernel writes them (the data follows).
+    pub fn to_bytes(&self) -> [u8; StreamChunk::SIZE] {
+        let mut w = Writer::new();
+        self.key.write(&mut w);
+        w.bytes(&[self.from_client, self.flags, self.dir, self._pad]);
+        for v in [self.flow_first_seen_ns, self.ts_ns] {
+            w.bytes(&v.to_ne_bytes());
+        }
+        for v in [self.seq, self.payload_len, self.offset, self.len] {
+            w.bytes(&v.to_ne_bytes());
+        }
         w.done()
     }
 }

@@ -5,7 +5,9 @@
 //! Ethernet (with up to two 802.1Q/802.1ad tags), IPv4 or IPv6 and TCP or UDP, and keep
 //! per-flow state in the LRU map `FLOWS`. Closing flows are posted to `FLOW_EVENTS`.
 //!
-//! The shadow tap (`tap`) copies sampled connections for shadow environments.
+//! HTTP/2 and AMQP connections are also copied whole to `STREAM_CHUNKS` (`stream`), so that
+//! user space counts their requests exactly. The shadow tap (`tap`) copies sampled
+//! connections for shadow environments.
 //!
 //! Observation never drops or delays a packet: every path returns `TC_ACT_UNSPEC`, which
 //! lets the next program on the hook decide and otherwise passes the packet unchanged.
@@ -18,6 +20,7 @@
 
 mod parse;
 mod steer;
+mod stream;
 mod tap;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -141,6 +144,7 @@ fn observe(ctx: &TcContext, dir: usize) -> Result<(), ()> {
     let fresh = unsafe { &mut *zeroed_stats(slot.as_mut_ptr()) };
     new_flow(fresh, &pkt, dir, now, segs);
     let act = track(fresh, &pkt, dir, now);
+    decide_whole(ctx, fresh, &pkt, act);
     if FLOWS.insert(&key, &*fresh, flags).is_ok() {
         post(ctx, &key, fresh, &pkt, dir, now, act);
         return Ok(());
@@ -170,7 +174,22 @@ fn update(
     }
     s.last_seen_ns = now;
     let act = track(s, pkt, dir, now);
+    decide_whole(ctx, s, pkt, act);
     post(ctx, key, s, pkt, dir, now, act);
+}
+
+/// At the client's first payload on a connection whose opening was seen: marks the flow
+/// `WHOLE` when those bytes open HTTP/2 or AMQP (`stream`).
+#[inline(always)]
+fn decide_whole(ctx: &TcContext, s: &mut FlowStats, pkt: &Packet, act: Act) {
+    if act.first_of_direction
+        && act.from_client
+        && pkt.proto == PROTO_TCP
+        && s.state & state::OPENED != 0
+        && stream::opens_whole(ctx, pkt)
+    {
+        s.state |= state::WHOLE;
+    }
 }
 
 /// What a packet has to post once its flow's state is updated.
@@ -179,6 +198,8 @@ struct Act {
     /// A `sample::*` kind, or `NO_SAMPLE`.
     sample: u8,
     first_of_direction: bool,
+    /// The packet carries payload from the client.
+    from_client: bool,
     latency_ns: u64,
     /// The flow closed on this packet: post its final state.
     closed: bool,
@@ -194,6 +215,7 @@ fn track(s: &mut FlowStats, pkt: &Packet, dir: usize, now: u64) -> Act {
     let mut act = Act {
         sample: NO_SAMPLE,
         first_of_direction: false,
+        from_client: false,
         latency_ns: 0,
         closed: false,
     };
@@ -222,6 +244,7 @@ fn track(s: &mut FlowStats, pkt: &Packet, dir: usize, now: u64) -> Act {
             kind
         };
         act.first_of_direction = first;
+        act.from_client = from_client;
         act.latency_ns = latency_ns;
     }
     // Once both FINs were seen, pure ACKs matter too (the last one ends the flow).
@@ -245,6 +268,7 @@ fn post(
     now: u64,
     act: Act,
 ) {
+    let whole = s.state & state::WHOLE != 0;
     if act.sample != NO_SAMPLE {
         post_sample(
             ctx,
@@ -254,8 +278,21 @@ fn post(
             dir,
             act.sample,
             act.first_of_direction,
+            whole,
             now,
             act.latency_ns,
+        );
+    }
+    if whole && pkt.payload_len > 0 {
+        stream::copy(
+            ctx,
+            key,
+            s.first_seen_ns,
+            pkt,
+            dir as u8,
+            act.from_client,
+            act.first_of_direction,
+            now,
         );
     }
     // The entry goes with the event: the agent makes the flow's last record from the
@@ -437,6 +474,7 @@ fn post_sample(
     dir: usize,
     kind: u8,
     first: bool,
+    whole: bool,
     now: u64,
     latency_ns: u64,
 ) {
@@ -466,11 +504,11 @@ fn post_sample(
         addr_of_mut!((*ev).latency_ns).write(latency_ns);
         addr_of_mut!((*ev).payload_len).write(pkt.payload_len);
         addr_of_mut!((*ev).first_of_direction).write(first as u8);
-        // Byte by byte: a 3-byte array store would be a call to the byte-loop memset.
+        addr_of_mut!((*ev).whole).write(whole as u8);
+        // Byte by byte: an array store could be a call to the byte-loop memset.
         let pad = addr_of_mut!((*ev)._pad) as *mut u8;
         pad.write_volatile(0);
         pad.add(1).write_volatile(0);
-        pad.add(2).write_volatile(0);
     }
     let mut copied = 0u16;
     if n > 0 {
@@ -500,7 +538,7 @@ fn post_sample(
 /// short connection would cost the agent a context switch each), except once `wake_at`
 /// bytes wait, so that a burst is read before the ring fills.
 #[inline(always)]
-fn wakeup_flags(ring: &RingBuf, wake_at: u64) -> u64 {
+pub(crate) fn wakeup_flags(ring: &RingBuf, wake_at: u64) -> u64 {
     if ring.query(BPF_RB_AVAIL_DATA as u64) >= wake_at {
         BPF_RB_FORCE_WAKEUP as u64
     } else {

@@ -10,7 +10,9 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 
-use agent_common::{FlowEvent, FlowKey, FlowStats, PayloadSample, flow::state, wire::DecodeError};
+use agent_common::{
+    FlowEvent, FlowKey, FlowStats, PayloadSample, StreamChunk, flow::state, wire::DecodeError,
+};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use tracing::{debug, warn};
 use weft_proto::v1::FlowRecord;
@@ -40,6 +42,10 @@ pub struct Collector {
     pub payloads: RingBuf<MapData>,
     /// Samples the kernel could not post (ring full), per CPU.
     pub payloads_lost: PerCpuArray<MapData, u64>,
+    /// The payload of connections copied whole (HTTP/2, AMQP).
+    pub streams: RingBuf<MapData>,
+    /// Chunks the kernel could not post, per CPU.
+    pub streams_lost: PerCpuArray<MapData, u64>,
     pub tracker: FlowTracker,
     /// The tracker's baseline, kept in the kernel (`FLOW_REPORTED`, pinned) so that a
     /// restarted agent continues each flow's deltas (`datapath::pins`). `None`: not kept.
@@ -95,11 +101,13 @@ impl Collector {
     }
 
     /// Reads what the rings hold and makes the last record of every flow that ended. The
-    /// flow-end events are read first: every payload sample of an ended flow was posted
-    /// before its end, so reading the samples next gives each ended flow all of its own.
+    /// flow-end events are read first: every payload sample and chunk of an ended flow was
+    /// posted before its end, so reading those next gives each ended flow all of its own.
     fn collect(&mut self) {
         let ended = self.read_events();
         self.read_payloads();
+        self.read_streams();
+        self.l7.tick(monotonic_ns());
         self.finalise(ended);
     }
 
@@ -115,9 +123,20 @@ impl Collector {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: self.streams.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: two valid pollfds.
-        unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
+        // SAFETY: valid pollfds, as many as said.
+        unsafe {
+            libc::poll(
+                pfds.as_mut_ptr(),
+                pfds.len() as libc::nfds_t,
+                timeout.as_millis() as libc::c_int,
+            )
+        };
     }
 
     /// Reads payload samples; bounded per call so flow-end events are not starved.
@@ -136,6 +155,22 @@ impl Collector {
                     self.l7.observe(&s);
                 }
                 Err(e) => self.invalid_item(&e),
+            }
+        }
+    }
+
+    /// Reads the chunks of connections copied whole; bounded per call like the samples.
+    fn read_streams(&mut self) {
+        for _ in 0..100_000 {
+            let Some(item) = self.streams.next() else {
+                break;
+            };
+            match StreamChunk::from_bytes(&item) {
+                Ok((c, data)) => self.l7.observe_chunk(&c, data),
+                Err(e) => {
+                    drop(item);
+                    self.invalid_item(&e);
+                }
             }
         }
     }
@@ -256,6 +291,7 @@ impl Collector {
         let learning: HashSet<u32> = self.registry.learning().into_iter().collect();
         let offset = Self::context_offset();
         let now_mono = monotonic_ns();
+        self.l7.tick(now_mono);
         let idle_ns = self.idle_timeout.as_nanos() as u64;
         let mut live = HashSet::with_hasher(FastHash::default());
         // The L7 table's flows are incarnations (key, first_seen_ns): those in the map
@@ -308,6 +344,14 @@ impl Collector {
                 .payload_samples_lost
                 .set_total(lost.iter().sum());
         }
+        if let Ok(lost) = self.streams_lost.get(&0, 0) {
+            self.metrics.stream_chunks_lost.set_total(lost.iter().sum());
+        }
+        let counts = self.l7.stream_counts();
+        self.metrics.stream_chunks.set_total(counts.chunks);
+        self.metrics.streams_refused.set_total(counts.refused);
+        self.metrics.stream_holes.set_total(counts.holes);
+        self.metrics.streams_followed.set(self.l7.streams() as u64);
         self.metrics.flows_evicted_unreported.inc_by(evicted as u64);
         self.metrics
             .flow_map_entries

@@ -11,19 +11,27 @@
 //! separately: a reused tuple's new samples can arrive in the same read as the old
 //! connection's end), so both incarnations are kept side by side until each one's last
 //! record.
+//!
+//! HTTP/2 and AMQP connections are copied whole by the kernel (`state::WHOLE`, the
+//! `STREAM_CHUNKS` ring): their requests are counted from whole turns
+//! ([`StreamTurns`](crate::stream_turns::StreamTurns)), exactly as `weft import pcap` counts
+//! them in a capture, and their payload samples serve only the latency histogram. A stream
+//! that cannot be followed from its start (or past [`MAX_STREAMS`]) falls back to the
+//! samples.
 
 use std::collections::{HashMap, HashSet, hash_map::Entry};
 use std::net::IpAddr;
 
 use agent_common::{
-    FlowKey, FlowStats, PayloadSample,
-    flow::{DIR_OUT, PROTO_UDP, sample},
+    FlowKey, FlowStats, PayloadSample, StreamChunk,
+    flow::{DIR_OUT, PAYLOAD_SAMPLE_BYTES, PROTO_UDP, sample},
     latency,
 };
 use weft_l7::{Call, Confidence, Detection, Protocol, Session, Transport, Turn};
 use weft_proto::v1::{DnsAnswer, FlowRecord, LatencyBucket, RequestGroup};
 
 use crate::flows::FastHash;
+use crate::stream_turns::{StreamTurns, WholeTurn};
 
 /// Distinct (method, path, status) groups kept per flow between two records; beyond it,
 /// requests are counted in one group with an empty method and path.
@@ -32,6 +40,12 @@ const MAX_GROUPS_PER_FLOW: usize = 32;
 const MAX_FLOWS: usize = agent_common::flow::FLOW_TABLE_ENTRIES as usize;
 /// DNS answers kept per flow between two records.
 const MAX_DNS_ANSWERS: usize = 64;
+/// Flows copied whole followed at once (each holds up to two sides of a turn, 32 KiB);
+/// beyond it a stream's requests are counted from its samples.
+pub const MAX_STREAMS: usize = 2048;
+/// An answered turn of a flow copied whole is counted once nothing came for this long
+/// (and no packet of the flow is still to be read), rather than at the next request.
+const STREAM_QUIET_NS: u64 = 500_000_000;
 
 #[derive(Default)]
 struct Group {
@@ -60,9 +74,89 @@ struct FlowL7 {
     /// Turn latencies from the `RESPONSE` samples (one per request/response turn the kernel
     /// counted, whatever the session makes of the turn's requests).
     latency: Latencies,
+    /// The kernel copies the flow whole (a sample or a chunk said so).
+    whole: bool,
+    /// Its turns, while the stream is followed.
+    stream: Option<Box<StreamTurns>>,
+    /// The stream could not be followed: its requests come from the samples.
+    stream_refused: bool,
 }
 
 impl FlowL7 {
+    /// Whether the requests are counted from the whole stream, not from the samples.
+    fn counts_from_stream(&self) -> bool {
+        self.whole && !self.stream_refused
+    }
+
+    /// Takes the first payload bytes of a side for protocol detection (`data` is the start
+    /// of that side's first payload), and detects again when they are new.
+    fn saw_first(
+        &mut self,
+        from_client: bool,
+        data: &[u8],
+        transport: Transport,
+        server_port: u16,
+    ) {
+        let head = &data[..data.len().min(PAYLOAD_SAMPLE_BYTES)];
+        let mut redetect = false;
+        if from_client && self.client_first.is_empty() && !head.is_empty() {
+            self.client_first = head.to_vec();
+            redetect = true;
+        }
+        if !from_client && self.server_first.is_empty() && !head.is_empty() {
+            self.server_first = head.to_vec();
+            redetect = true;
+        }
+        let settled = self
+            .detection
+            .as_ref()
+            .is_some_and(|d| d.confidence == Confidence::Payload);
+        if redetect && !settled || self.detection.is_none() {
+            let d = weft_l7::detect(
+                transport,
+                server_port,
+                &self.client_first,
+                &self.server_first,
+            );
+            // Keep the names learned earlier if this look no longer sees them.
+            let (sni, alpn, host) = self
+                .detection
+                .as_ref()
+                .map(|o| (o.tls_sni.clone(), o.tls_alpn.clone(), o.http_host.clone()))
+                .unwrap_or_default();
+            self.detection = Some(Detection {
+                tls_sni: d.tls_sni.clone().or(sni),
+                tls_alpn: if d.tls_alpn.is_empty() {
+                    alpn
+                } else {
+                    d.tls_alpn.clone()
+                },
+                http_host: d.http_host.clone().or(host),
+                ..d
+            });
+        }
+    }
+
+    /// Counts the requests of whole turns of the stream.
+    fn count_turns(&mut self, turns: Vec<WholeTurn>) {
+        if turns.is_empty() {
+            return;
+        }
+        let protocol = self
+            .detection
+            .as_ref()
+            .map_or(Protocol::Tcp, |d| d.protocol);
+        let session = self.session.get_or_insert_with(|| Session::new(protocol));
+        let protocol = session.protocol();
+        let calls: Vec<Call> = turns
+            .iter()
+            .flat_map(|t| session.turn(&t.as_turn()))
+            .collect();
+        for call in calls {
+            self.add(protocol, call);
+        }
+    }
+
     /// Counts one request (or WebSocket message) in its (method, path, status) group.
     fn add(&mut self, protocol: Protocol, call: Call) {
         let error = call.error();
@@ -174,6 +268,23 @@ impl Latencies {
 #[derive(Default)]
 pub struct L7Table {
     flows: HashMap<FlowId, FlowL7, FastHash>,
+    /// Flows whose stream is followed (`FlowL7::stream` set).
+    streams: usize,
+    /// The kernel's clock at the collector's last read (`tick`).
+    now_ns: u64,
+    stream_counts: StreamCounts,
+}
+
+/// What became of the streams copied whole, since the agent started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StreamCounts {
+    /// Chunks taken in.
+    pub chunks: u64,
+    /// Streams not followed (not seen from their start, or past `MAX_STREAMS`): their
+    /// requests were counted from samples.
+    pub refused: u64,
+    /// Holes in a stream (copies lost): the turn's side was parsed up to the hole.
+    pub holes: u64,
 }
 
 /// Which side sent a sample: REQUEST comes from the client, RESPONSE and FIRST (a server
@@ -211,7 +322,6 @@ impl L7Table {
             Entry::Vacant(e) => e.insert(FlowL7::default()),
         };
         let data = s.payload();
-        let n = data.len();
         let (from_client, server_port) = sides(s);
         let transport = if s.key.proto == PROTO_UDP {
             Transport::Udp
@@ -219,38 +329,10 @@ impl L7Table {
             Transport::Tcp
         };
 
-        let mut redetect = false;
-        if from_client && f.client_first.is_empty() && n > 0 {
-            f.client_first = data.to_vec();
-            redetect = true;
+        if s.whole == 1 {
+            f.whole = true;
         }
-        if !from_client && f.server_first.is_empty() && n > 0 {
-            f.server_first = data.to_vec();
-            redetect = true;
-        }
-        let settled = f
-            .detection
-            .as_ref()
-            .is_some_and(|d| d.confidence == Confidence::Payload);
-        if redetect && !settled || f.detection.is_none() {
-            let d = weft_l7::detect(transport, server_port, &f.client_first, &f.server_first);
-            // Keep the names learned earlier if this look no longer sees them.
-            let (sni, alpn, host) = f
-                .detection
-                .as_ref()
-                .map(|o| (o.tls_sni.clone(), o.tls_alpn.clone(), o.http_host.clone()))
-                .unwrap_or_default();
-            f.detection = Some(Detection {
-                tls_sni: d.tls_sni.clone().or(sni),
-                tls_alpn: if d.tls_alpn.is_empty() {
-                    alpn
-                } else {
-                    d.tls_alpn.clone()
-                },
-                http_host: d.http_host.clone().or(host),
-                ..d
-            });
-        }
+        f.saw_first(from_client, data, transport, server_port);
         let protocol = f.detection.as_ref().map_or(Protocol::Tcp, |d| d.protocol);
 
         match s.kind {
@@ -268,26 +350,29 @@ impl L7Table {
                         }
                     }
                 }
-                if f.session.as_ref().map(Session::protocol) != Some(protocol) {
-                    f.session = Some(Session::new(protocol));
-                }
                 let (request, start_ns) = match f.pending_at.take() {
                     Some(at) => (&f.pending[..], at),
                     None => (&[][..], s.ts_ns.saturating_sub(s.latency_ns)),
                 };
-                let calls = f.session.as_mut().map_or_else(Vec::new, |session| {
-                    // The kernel samples the first bytes of a turn: never the whole of it.
-                    session.turn(&Turn {
-                        request,
-                        request_complete: false,
-                        response: data,
-                        response_complete: false,
-                        start_ns,
-                        latency_ns: s.latency_ns,
-                    })
-                });
-                for call in calls {
-                    f.add(protocol, call);
+                // A flow copied whole counts its requests from its stream.
+                if !f.counts_from_stream() {
+                    if f.session.as_ref().map(Session::protocol) != Some(protocol) {
+                        f.session = Some(Session::new(protocol));
+                    }
+                    let calls = f.session.as_mut().map_or_else(Vec::new, |session| {
+                        // The kernel samples the first bytes of a turn: never the whole of it.
+                        session.turn(&Turn {
+                            request,
+                            request_complete: false,
+                            response: data,
+                            response_complete: false,
+                            start_ns,
+                            latency_ns: s.latency_ns,
+                        })
+                    });
+                    for call in calls {
+                        f.add(protocol, call);
+                    }
                 }
                 f.latency
                     .add(latency::bucket_of(s.latency_ns), 1, s.latency_ns);
@@ -309,6 +394,16 @@ impl L7Table {
             return Latencies::default().take(cur, record);
         };
         let unsampled = f.latency.take(cur, record);
+        // The stream's last turn (the flow ended), or one answered a while ago.
+        if let Some(stream) = f.stream.as_mut() {
+            let mut turns = Vec::new();
+            if record.ended {
+                stream.finish(&mut turns);
+            } else {
+                stream.settle_if_quiet(self.now_ns, STREAM_QUIET_NS, cur.last_seen_ns, &mut turns);
+            }
+            f.count_turns(turns);
+        }
         // HTTP/2 streams answered since (and, at the flow's end, every open one).
         if let Some(session) = f.session.as_mut() {
             let protocol = session.protocol();
@@ -354,16 +449,87 @@ impl L7Table {
                 ttl_seconds: ttl,
             })
             .collect();
-        if record.ended {
-            self.flows.remove(&id);
+        if record.ended
+            && let Some(f) = self.flows.remove(&id)
+        {
+            self.streams -= usize::from(f.stream.is_some());
         }
         unsampled
+    }
+
+    /// Takes in one chunk of a flow copied whole and its bytes (`STREAM_CHUNKS`).
+    pub fn observe_chunk(&mut self, c: &StreamChunk, data: &[u8]) {
+        self.stream_counts.chunks += 1;
+        let id = (c.key, c.flow_first_seen_ns);
+        let full = self.flows.len() >= MAX_FLOWS;
+        let f = match self.flows.entry(id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if full => return,
+            Entry::Vacant(e) => e.insert(FlowL7::default()),
+        };
+        f.whole = true;
+        if f.stream_refused {
+            return;
+        }
+        let from_client = c.from_client == 1;
+        if c.offset == 0 {
+            let sender_is_local = usize::from(c.dir) == DIR_OUT;
+            let server_is_local = sender_is_local != from_client;
+            let server_port = if server_is_local {
+                c.key.local_port
+            } else {
+                c.key.remote_port
+            };
+            f.saw_first(from_client, data, Transport::Tcp, server_port);
+        }
+        if f.stream.is_none() {
+            match StreamTurns::start(c) {
+                Some(st) if self.streams < MAX_STREAMS => {
+                    f.stream = Some(Box::new(st));
+                    self.streams += 1;
+                }
+                _ => {
+                    f.stream_refused = true;
+                    self.stream_counts.refused += 1;
+                    return;
+                }
+            }
+        }
+        let Some(stream) = f.stream.as_mut() else {
+            return;
+        };
+        let holes = stream.stats().holes;
+        let mut turns = Vec::new();
+        stream.push(c, data, &mut turns);
+        self.stream_counts.holes += stream.stats().holes - holes;
+        f.count_turns(turns);
+    }
+
+    /// The kernel's clock (CLOCK_MONOTONIC) now: when a quiet stream's turn is counted.
+    pub fn tick(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
+    pub fn stream_counts(&self) -> StreamCounts {
+        self.stream_counts
+    }
+
+    /// Flows whose stream is followed now.
+    pub fn streams(&self) -> usize {
+        self.streams
     }
 
     /// Forgets flows that will have no further record: `live` holds each flow still in the
     /// kernel map or waiting for its last record, with its `first_seen_ns`.
     pub fn retain_live<S: std::hash::BuildHasher>(&mut self, live: &HashSet<FlowId, S>) {
-        self.flows.retain(|id, _| live.contains(id));
+        let streams = &mut self.streams;
+        self.flows.retain(|id, f| {
+            let keep = live.contains(id);
+            if !keep && f.stream.is_some() {
+                *streams -= 1;
+            }
+            keep
+        });
     }
 }
 
@@ -373,7 +539,7 @@ mod proptests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_common::flow::{DIR_IN, FAMILY_IPV4, PAYLOAD_SAMPLE_BYTES, PROTO_TCP};
+    use agent_common::flow::{DIR_IN, FAMILY_IPV4, PAYLOAD_SAMPLE_BYTES, PROTO_TCP, chunk};
 
     fn key(local_port: u16, remote_port: u16, proto: u8) -> FlowKey {
         FlowKey {
@@ -407,7 +573,8 @@ mod tests {
             latency_ns,
             payload_len: data.len() as u32,
             first_of_direction: first as u8,
-            _pad: [0; 3],
+            whole: 0,
+            _pad: [0; 2],
             data: buf,
         }
     }
@@ -900,5 +1067,136 @@ mod tests {
         assert_eq!(r.request_groups.len(), 1);
         assert_eq!(r.request_groups[0].count, 2);
         assert_eq!(r.request_groups[0].latency_sum_ns, u64::MAX);
+    }
+
+    fn h2_frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![0, 0, payload.len() as u8, kind, flags, 0, 0, 0, stream];
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// A chunk of flow `k` (generation 7, the local workload is the client), its bytes
+    /// following at `seq`.
+    fn chunk_of(k: FlowKey, from_client: bool, seq: u32, ts_ns: u64, data: &[u8]) -> StreamChunk {
+        StreamChunk {
+            key: k,
+            from_client: from_client as u8,
+            flags: 0,
+            dir: if from_client { DIR_OUT } else { DIR_IN } as u8,
+            _pad: 0,
+            flow_first_seen_ns: 7,
+            ts_ns,
+            seq,
+            payload_len: data.len() as u32,
+            offset: 0,
+            len: data.len() as u32,
+        }
+    }
+
+    fn groups(r: &FlowRecord) -> Vec<(&str, &str, u32, u64, u64)> {
+        r.request_groups
+            .iter()
+            .map(|g| {
+                (
+                    g.method.as_str(),
+                    g.path.as_str(),
+                    g.status,
+                    g.count,
+                    g.errors,
+                )
+            })
+            .collect()
+    }
+
+    /// An HTTP/2 turn whose first packet is a PING: the sample sees no HEADERS, the whole
+    /// stream sees both streams of the turn.
+    #[test]
+    fn a_flow_copied_whole_counts_the_streams_its_samples_cannot_see() {
+        let preface = {
+            let mut v = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            v.extend(h2_frame(4, 0, 0, &[]));
+            v
+        };
+        let ping = h2_frame(6, 0, 0, &[0; 8]);
+        let get_a = h2_frame(1, 5, 1, &[0x82, 0x86, 0x84]);
+        let get_b = h2_frame(1, 5, 3, &[0x82, 0x86, 0x85]);
+        let settings = h2_frame(4, 0, 0, &[]);
+        let mut answers = h2_frame(1, 5, 1, &[0x88]);
+        answers.extend(h2_frame(1, 5, 3, &[0x8e]));
+
+        let run = |whole: bool| {
+            let k = key(40000, 8080, PROTO_TCP);
+            let mut t = L7Table::default();
+            let mut sample_of = |kind, dir, data: &[u8], first| {
+                let mut s = sample(k, kind, dir, data, 5, first);
+                s.whole = whole as u8;
+                t.observe(&s);
+            };
+            sample_of(sample::REQUEST, DIR_OUT, &preface, true);
+            sample_of(sample::RESPONSE, DIR_IN, &settings, true);
+            sample_of(sample::REQUEST, DIR_OUT, &ping, false);
+            sample_of(sample::RESPONSE, DIR_IN, &answers, false);
+            if whole {
+                let (mut c, mut sv) = (1000u32, 5000u32);
+                let mut client = |t: &mut L7Table, ts, data: &[u8], start: bool| {
+                    let mut ch = chunk_of(k, true, c, ts, data);
+                    ch.flags = if start { chunk::START } else { 0 };
+                    t.observe_chunk(&ch, data);
+                    c += data.len() as u32;
+                };
+                client(&mut t, 10, &preface, true);
+                let mut ch = chunk_of(k, false, sv, 20, &settings);
+                ch.flags = chunk::START;
+                t.observe_chunk(&ch, &settings);
+                sv += settings.len() as u32;
+                client(&mut t, 30, &ping, false);
+                client(&mut t, 31, &get_a, false);
+                client(&mut t, 32, &get_b, false);
+                t.observe_chunk(&chunk_of(k, false, sv, 40, &answers), &answers);
+                assert_eq!(t.streams(), 1);
+            }
+            let mut r = record(true);
+            t.fill(&k, &at(7), &mut r);
+            assert_eq!(t.streams(), 0, "the ended flow is forgotten");
+            r
+        };
+        let sampled = run(false);
+        assert_eq!(requests(&sampled), 0, "{:?}", groups(&sampled));
+        let r = run(true);
+        assert_eq!(r.protocol, "http2");
+        assert_eq!(
+            groups(&r),
+            [("GET", "/", 200, 1, 0), ("GET", "/index.html", 500, 1, 1)]
+        );
+        // The latencies still come from the samples: one per turn the kernel counted.
+        assert_eq!(r.latency.iter().map(|b| b.count).sum::<u64>(), 2);
+    }
+
+    /// A stream whose start this agent did not see (it began before it ran) is counted from
+    /// its samples, as if it were not copied.
+    #[test]
+    fn a_stream_not_seen_from_its_start_falls_back_to_its_samples() {
+        let k = key(40000, 8080, PROTO_TCP);
+        let mut t = L7Table::default();
+        let mid = b"GET / HTTP/1.1\r\n\r\n";
+        t.observe_chunk(&chunk_of(k, true, 77, 1, mid), mid);
+        assert_eq!(t.stream_counts().refused, 1);
+        assert_eq!(t.streams(), 0);
+        let mut req = sample(k, sample::REQUEST, DIR_OUT, mid, 0, false);
+        req.whole = 1;
+        t.observe(&req);
+        let mut resp = sample(
+            k,
+            sample::RESPONSE,
+            DIR_IN,
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            5,
+            false,
+        );
+        resp.whole = 1;
+        t.observe(&resp);
+        let mut r = record(true);
+        t.fill(&k, &at(7), &mut r);
+        assert_eq!(groups(&r), [("GET", "/", 200, 1, 0)]);
     }
 }

@@ -21,6 +21,7 @@ mod queue;
 mod realize;
 mod shadow;
 mod steer;
+mod stream_turns;
 mod workloads;
 
 #[cfg(test)]
@@ -145,6 +146,10 @@ async fn main() -> anyhow::Result<()> {
     let payloads = RingBuf::try_from(datapath.take_map("PAYLOADS")?).context("PAYLOADS map")?;
     let payloads_lost =
         PerCpuArray::try_from(datapath.take_map("PAYLOADS_LOST")?).context("PAYLOADS_LOST map")?;
+    let streams =
+        RingBuf::try_from(datapath.take_map("STREAM_CHUNKS")?).context("STREAM_CHUNKS map")?;
+    let streams_lost =
+        PerCpuArray::try_from(datapath.take_map("STREAM_LOST")?).context("STREAM_LOST map")?;
     metrics
         .flow_map_capacity
         .set(agent_common::flow::FLOW_TABLE_ENTRIES as u64);
@@ -183,6 +188,8 @@ async fn main() -> anyhow::Result<()> {
         events,
         payloads,
         payloads_lost,
+        streams,
+        streams_lost,
         tracker: FlowTracker::with_baseline(baseline),
         reported: Some(reported),
         l7: Default::default(),

@@ -111,6 +111,11 @@ pub struct Metrics {
     pub attach_errors: Counter,
     pub payload_samples: Counter,
     pub payload_samples_lost: Counter,
+    pub stream_chunks: Counter,
+    pub stream_chunks_lost: Counter,
+    pub streams_followed: Gauge,
+    pub streams_refused: Counter,
+    pub stream_holes: Counter,
     pub latency_unsampled_requests: Counter,
     pub batch_splits: Counter,
     pub records_too_large: Counter,
@@ -269,6 +274,36 @@ impl Metrics {
             "weft_agent_payload_samples_lost_total",
             "Payload samples the kernel dropped because the ring buffer was full.",
             m.payload_samples_lost.clone(),
+        );
+        register(
+            r,
+            "weft_agent_stream_chunks_total",
+            "Chunks of connections copied whole (HTTP/2, gRPC, AMQP: their requests are counted from whole turns) read from the kernel.",
+            m.stream_chunks.clone(),
+        );
+        register(
+            r,
+            "weft_agent_stream_chunks_lost_total",
+            "Chunks of connections copied whole that the kernel dropped because the ring buffer was full (the turn is parsed up to the hole).",
+            m.stream_chunks_lost.clone(),
+        );
+        register(
+            r,
+            "weft_agent_streams_followed",
+            "Connections copied whole whose turns are being rebuilt now.",
+            m.streams_followed.clone(),
+        );
+        register(
+            r,
+            "weft_agent_streams_refused_total",
+            "Connections copied whole not followed (their start was not seen, or too many were followed at once): their requests were counted from payload samples.",
+            m.streams_refused.clone(),
+        );
+        register(
+            r,
+            "weft_agent_stream_holes_total",
+            "Holes in the sequence numbers of connections copied whole (copies lost).",
+            m.stream_holes.clone(),
         );
         register(
             r,

@@ -3,8 +3,11 @@
 //! maps are private to it.
 
 use agent_common::{
-    FlowEvent, FlowKey, FlowStats, PayloadSample,
-    flow::{DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, sample, state, turn},
+    FlowEvent, FlowKey, FlowStats, PayloadSample, StreamChunk,
+    flow::{
+        DIR_IN, DIR_OUT, FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, STREAM_TURN_BYTES, chunk,
+        sample, state, turn,
+    },
 };
 use aya::{
     Ebpf,
@@ -38,6 +41,7 @@ struct Loaded {
     flows: BpfHashMap<MapData, FlowKey, FlowStats>,
     events: RingBuf<MapData>,
     payloads: RingBuf<MapData>,
+    streams: RingBuf<MapData>,
 }
 
 fn load() -> Loaded {
@@ -45,6 +49,7 @@ fn load() -> Loaded {
     let flows = BpfHashMap::try_from(ebpf.take_map("FLOWS").unwrap()).unwrap();
     let events = RingBuf::try_from(ebpf.take_map("FLOW_EVENTS").unwrap()).unwrap();
     let payloads = RingBuf::try_from(ebpf.take_map("PAYLOADS").unwrap()).unwrap();
+    let streams = RingBuf::try_from(ebpf.take_map("STREAM_CHUNKS").unwrap()).unwrap();
     for name in [PROG_INGRESS, PROG_EGRESS] {
         let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().expect("verifier accepts the program");
@@ -54,6 +59,7 @@ fn load() -> Loaded {
         flows,
         events,
         payloads,
+        streams,
     }
 }
 
@@ -95,6 +101,14 @@ impl Loaded {
         }
         out
     }
+    fn chunks(&mut self) -> Vec<(StreamChunk, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(item) = self.streams.next() {
+            let (c, data) = StreamChunk::from_bytes(&item).expect("the program writes chunks");
+            out.push((c, data.to_vec()));
+        }
+        out
+    }
     /// The next flow-end event, if the program posted one.
     fn end_event(&mut self) -> Option<FlowEvent> {
         let item = self.events.next()?;
@@ -130,10 +144,15 @@ fn ipv6(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8]) -> Vec<u8> {
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    tcp_seq(sport, dport, 1, flags, payload)
+}
+
+fn tcp_seq(sport: u16, dport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut t = Vec::new();
     t.extend_from_slice(&sport.to_be_bytes());
     t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     t.extend_from_slice(payload);
     t
 }
@@ -505,6 +524,112 @@ fn server_that_speaks_first_posts_a_first_sample() {
     assert_eq!(s[0].kind, sample::FIRST);
     assert_eq!(s[0].first_of_direction, 1);
     assert_eq!(s[0].captured, 11);
+}
+
+/// HTTP/2 (prior knowledge) and AMQP connections are copied whole, a side of a turn up to
+/// `STREAM_TURN_BYTES`; other connections are not copied at all.
+#[test]
+fn http2_and_amqp_connections_are_copied_whole_and_others_not_at_all() {
+    root_only!();
+    let mut l = load();
+    let c = |seq: u32, flags: u8, payload: &[u8]| {
+        frame4(
+            CLIENT,
+            SERVER,
+            6,
+            tcp_seq(40000, 50051, seq, flags, payload),
+        )
+    };
+    let s = |seq: u32, flags: u8, payload: &[u8]| {
+        frame4(
+            SERVER,
+            CLIENT,
+            6,
+            tcp_seq(50051, 40000, seq, flags, payload),
+        )
+    };
+    l.out(&c(1000, SYN, b""));
+    l.inn(&s(5000, SYN | ACK, b""));
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS
+    l.out(&c(1001, ACK | PSH, &preface));
+    l.inn(&s(5001, ACK | PSH, &[0, 0, 0, 4, 1, 0, 0, 0, 0])); // SETTINGS ACK
+    // A client turn of five 3,500-byte packets: past the bound after four and a bit.
+    let mut seq = 1001 + preface.len() as u32;
+    let mut sent = Vec::new();
+    for i in 0..5u8 {
+        let p = vec![b'a' + i; 3500];
+        l.out(&c(seq, ACK | PSH, &p));
+        seq += 3500;
+        sent.extend_from_slice(&p);
+    }
+    l.out(&c(seq, ACK | PSH, b"not copied")); // the side's bound is reached
+    l.inn(&s(5010, ACK | PSH, b"answer")); // the server's turn: copied again
+
+    let e = l.entries();
+    assert_eq!(e.len(), 1);
+    assert_ne!(e[0].1.state & state::WHOLE, 0, "HTTP/2 is copied whole");
+    let samples = l.samples();
+    assert!(!samples.is_empty() && samples.iter().all(|x| x.whole == 1));
+
+    let chunks = l.chunks();
+    let summary: Vec<(u8, u8, u32, u32, u32)> = chunks
+        .iter()
+        .map(|(h, _)| (h.from_client, h.flags, h.seq, h.offset, h.len))
+        .collect();
+    let first = 1001 + preface.len() as u32;
+    let mut want = vec![
+        (1, chunk::START, 1001, 0, preface.len() as u32),
+        (0, chunk::START, 5001, 0, 9),
+    ];
+    let room = STREAM_TURN_BYTES;
+    for i in 0..5u32 {
+        let len = 3500.min(room - (i * 3500).min(room));
+        let flags = if i == 4 { chunk::CUT } else { 0 };
+        want.push((1, flags, first + i * 3500, 0, len));
+    }
+    want.push((0, 0, 5010, 0, 6));
+    assert_eq!(summary, want);
+    let client: Vec<u8> = chunks[2..7].iter().flat_map(|(_, d)| d.clone()).collect();
+    assert_eq!(client.len(), STREAM_TURN_BYTES as usize);
+    assert_eq!(&client[..], &sent[..client.len()], "the bytes as sent");
+    assert_eq!(&chunks[0].1[..], &preface[..]);
+    assert!(
+        chunks
+            .iter()
+            .all(|(h, _)| h.flow_first_seen_ns == e[0].1.first_seen_ns && h.payload_len >= h.len)
+    );
+    // The client is the local workload: its packets leave it.
+    assert!(
+        chunks
+            .iter()
+            .all(|(h, _)| usize::from(h.dir) == if h.from_client == 1 { DIR_OUT } else { DIR_IN })
+    );
+
+    // AMQP's protocol header also; HTTP/1.1 is not copied.
+    for (port, first, whole) in [
+        (5672u16, &b"AMQP\x00\x00\x09\x01"[..], true),
+        (8080, &b"GET / HTTP/1.1\r\n\r\n"[..], false),
+    ] {
+        let c = |flags: u8, payload: &[u8]| {
+            frame4(CLIENT, SERVER, 6, tcp_seq(40001, port, 7, flags, payload))
+        };
+        l.out(&c(SYN, b""));
+        l.inn(&frame4(SERVER, CLIENT, 6, tcp(port, 40001, SYN | ACK, b"")));
+        l.out(&c(ACK | PSH, first));
+        let got = l.chunks();
+        assert_eq!(got.len(), usize::from(whole), "port {port}: {got:?}");
+        let flow = l
+            .entries()
+            .into_iter()
+            .find(|(k, _)| k.remote_port == port)
+            .unwrap();
+        assert_eq!(flow.1.state & state::WHOLE != 0, whole, "port {port}");
+        let _ = l.samples();
+        let mut k = flow.0;
+        k._pad = [0; 2];
+        let _ = l.flows.remove(&k);
+    }
 }
 
 /// A program of the C reference (bench/flow-reference, the flow-overhead harness's

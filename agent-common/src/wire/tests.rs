@@ -108,7 +108,8 @@ fn sample_strategy() -> impl Strategy<Value = PayloadSample> {
                     latency_ns,
                     payload_len: (payload.len() as u32).saturating_add(extra % 100_000),
                     first_of_direction: first,
-                    _pad: [0; 3],
+                    whole: 0,
+                    _pad: [0; 2],
                     data,
                 }
             },
@@ -183,6 +184,12 @@ proptest! {
             prop_assert!(s.payload().len() as u64 <= u64::from(s.payload_len));
             prop_assert_eq!(&s.to_bytes()[..], &b[..PayloadSample::SIZE]);
         }
+        if let Ok((c, data)) = StreamChunk::from_bytes(&b) {
+            prop_assert_eq!(data.len(), c.len as usize);
+            prop_assert!(data.len() <= STREAM_CHUNK_BYTES);
+            prop_assert!(u64::from(c.offset) + u64::from(c.len) <= u64::from(c.payload_len));
+            prop_assert_eq!(&c.to_bytes()[..], &b[..StreamChunk::SIZE]);
+        }
     }
 
     /// Bytes that are a valid record with one byte changed: decoding either fails or gives
@@ -227,7 +234,8 @@ fn valid_sample() -> PayloadSample {
         latency_ns: 0,
         payload_len: 4,
         first_of_direction: 1,
-        _pad: [0; 3],
+        whole: 0,
+        _pad: [0; 2],
         data,
     }
 }
@@ -329,4 +337,68 @@ fn flow_events_must_be_closed_and_reported() {
         FlowEvent::from_bytes(&e.to_bytes()),
         Err(DecodeError::Invalid { field: "state", .. })
     ));
+}
+
+fn valid_chunk() -> (StreamChunk, Vec<u8>) {
+    let s = valid_sample();
+    let data = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let c = StreamChunk {
+        key: s.key,
+        from_client: 1,
+        flags: chunk::START,
+        dir: DIR_OUT as u8,
+        _pad: 0,
+        flow_first_seen_ns: 1,
+        ts_ns: 2,
+        seq: u32::MAX - 3,
+        payload_len: 100,
+        offset: 0,
+        len: data.len() as u32,
+    };
+    (c, data)
+}
+
+fn chunk_item(c: &StreamChunk, data: &[u8]) -> Vec<u8> {
+    let mut item = c.to_bytes().to_vec();
+    item.extend_from_slice(data);
+    item
+}
+
+#[test]
+fn a_stream_chunk_gives_back_its_header_and_exactly_its_bytes() {
+    let (c, data) = valid_chunk();
+    let mut item = chunk_item(&c, &data);
+    // Ring items are padded to 8 bytes: what follows the chunk's bytes is not its.
+    item.extend_from_slice(&[0xee; 7]);
+    let (back, bytes) = StreamChunk::from_bytes(&item).unwrap();
+    assert_eq!(back, c);
+    assert_eq!(bytes, &data[..]);
+}
+
+#[test]
+fn stream_chunks_the_kernel_never_writes_are_refused() {
+    let (c, data) = valid_chunk();
+    let field = |edit: &dyn Fn(&mut StreamChunk), data: &[u8]| {
+        let mut c = c;
+        edit(&mut c);
+        match StreamChunk::from_bytes(&chunk_item(&c, data)) {
+            Err(DecodeError::Invalid { field, .. }) => field,
+            Err(DecodeError::Short { .. }) => "short",
+            Ok(_) => "accepted",
+        }
+    };
+    assert_eq!(field(&|c| c.key.proto = PROTO_UDP, &data), "key.proto");
+    assert_eq!(field(&|c| c.from_client = 2, &data), "from_client");
+    assert_eq!(field(&|c| c.flags = 1 << 5, &data), "flags");
+    assert_eq!(field(&|c| c.dir = 2, &data), "dir");
+    assert_eq!(field(&|c| c.len = 0, &[]), "len");
+    assert_eq!(
+        field(&|c| c.len = STREAM_CHUNK_BYTES as u32 + 1, &data),
+        "len"
+    );
+    assert_eq!(field(&|c| c.offset = 90, &data), "offset");
+    assert_eq!(field(&|c| c.offset = u32::MAX, &data), "offset");
+    // The header promises more bytes than the item holds.
+    assert_eq!(field(&|c| c.len = 30, &data), "short");
+    assert_eq!(field(&|_| {}, &data), "accepted");
 }

@@ -64,7 +64,8 @@ fn item() -> impl Strategy<Value = Vec<u8>> {
                     latency_ns,
                     payload_len: u32::from(captured).saturating_add(extra % 3),
                     first_of_direction: first % 3,
-                    _pad: [0; 3],
+                    whole: 0,
+                    _pad: [0; 2],
                     data: buf,
                 }
                 .to_bytes()
