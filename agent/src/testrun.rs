@@ -768,6 +768,63 @@ fn bench_run_time_per_packet() {
         flows as usize + 2,
         "every SYN made a flow"
     );
+
+    // The cost of copying a connection whole: request/response turns of 100 B each way on
+    // an HTTP/2 connection (copied whole) and on an HTTP/1.1 one (samples only), one run
+    // per packet, the two connections interleaved; the rings are read as the agent would.
+    let conn = |port: u16, first: &[u8]| {
+        let c = move |seq: u32, flags: u8, p: &[u8]| {
+            frame4(CLIENT, SERVER, 6, tcp_seq(41_000, port, seq, flags, p))
+        };
+        let sv = move |seq: u32, flags: u8, p: &[u8]| {
+            frame4(SERVER, CLIENT, 6, tcp_seq(port, 41_000, seq, flags, p))
+        };
+        let setup = vec![
+            (true, c(1, SYN, b"")),
+            (false, sv(1, SYN | ACK, b"")),
+            (true, c(2, ACK | PSH, first)),
+            (false, sv(2, ACK | PSH, &[0, 0, 0, 4, 1, 0, 0, 0, 0])),
+        ];
+        let req = c(2 + first.len() as u32, ACK | PSH, &[b'q'; 100]);
+        let resp = sv(11, ACK | PSH, &[b'r'; 100]);
+        (setup, req, resp)
+    };
+    let turns = [
+        conn(50_051, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        conn(8_080, b"GET / HTTP/1.1\r\n\r\n"),
+    ];
+    for (setup, _, _) in &turns {
+        for (out, frame) in setup {
+            l.run(if *out { PROG_INGRESS } else { PROG_EGRESS }, frame);
+        }
+    }
+    let whole_state = |l: &Loaded, port: u16| {
+        l.entries()
+            .iter()
+            .find(|(k, _)| k.remote_port == port)
+            .map(|(_, s)| s.state & state::WHOLE != 0)
+    };
+    assert_eq!(whole_state(&l, 50_051), Some(true));
+    assert_eq!(whole_state(&l, 8_080), Some(false));
+    let mut turn_ns = [0.0f64; 2];
+    let mut chunks = 0usize;
+    for i in 0..flows {
+        for (t, (_, req, resp)) in turns.iter().enumerate() {
+            turn_ns[t] += ns_per_run(&mut l.ebpf, PROG_INGRESS, req, 1);
+            turn_ns[t] += ns_per_run(&mut l.ebpf, PROG_EGRESS, resp, 1);
+        }
+        if i % 1_000 == 999 {
+            chunks += l.chunks().len();
+            let _ = l.samples();
+        }
+    }
+    chunks += l.chunks().len();
+    assert_eq!(
+        chunks,
+        2 * flows as usize + 2,
+        "every payload of the HTTP/2 turns was copied"
+    );
+    let per_packet = 2.0 * f;
     let r = |key: &str, v: f64, what: &str| println!("RESULT {key} {v:.1} ns {what}");
     let rep = "repeat 1,000,000, median of 5 rounds interleaved with the C programs";
     r(
@@ -826,6 +883,18 @@ fn bench_run_time_per_packet() {
         "bpf_count_single_run_ns",
         one_n / f,
         "C bare counter: the same packet one run at a time (the timer overhead of a single run)",
+    );
+    r(
+        "bpf_whole_turn_ns",
+        turn_ns[0] / per_packet,
+        &format!(
+            "weft: a packet of an HTTP/2 connection copied whole (request/response turns of 100 B each way, {flows} turns, one run per packet)"
+        ),
+    );
+    r(
+        "bpf_sampled_turn_ns",
+        turn_ns[1] / per_packet,
+        "weft: the same turns on an HTTP/1.1 connection (payload samples only), interleaved with the HTTP/2 one",
     );
 
     let maps = map_memlock();

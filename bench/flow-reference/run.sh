@@ -16,6 +16,9 @@
 #        AFO_LOCK=/tmp/weft-bench.lock
 #        AFO_OUT=DIR                where results go (default: results/ beside this script)
 #        AFO_PIN=1                  pin clients to CPU 0, servers to CPU 1 (0: no pinning)
+#        AFO_WORKLOADS="tcp udp sockperf wrk h2"  subset of workloads (weft's addition: h2 is
+#                                   h2load -> nginx over h2c, 32 connections x 10 streams,
+#                                   the kind of connection weft copies whole)
 # Configurations: a none | b bare TC per-CPU counter | c reference C flow observer
 #                 (LRU 5-tuple) | d pmacctd (libpcap) | e softflowd (libpcap) | f weft
 set -euo pipefail
@@ -26,6 +29,7 @@ DUR=${2:-8}
 LOCK=${AFO_LOCK:-/tmp/weft-bench.lock}
 CONFIGS=${AFO_CONFIGS:-"a b c d e f"}
 DO_STATS=${AFO_STATS:-1}
+WORKLOADS=${AFO_WORKLOADS:-"tcp udp sockperf wrk"}
 WEFT_SETTLE_S=${WEFT_SETTLE_S:-15}
 WEFT_PROG_NAMES=${WEFT_PROG_NAMES:-flow_ingress flow_egress}
 # Pin clients to CPU 0 and servers to CPU 1 (AFO_PIN=0 to disable): removes the
@@ -42,7 +46,7 @@ die() { log "ERROR: $*"; exit 1; }
 need_pkgs=()
 chk() { command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2"); }
 chk ip iproute2; chk tc iproute2; chk bpftool bpftool; chk clang clang
-chk iperf3 iperf3; chk sockperf sockperf; chk wrk wrk; chk nginx nginx
+chk iperf3 iperf3; chk sockperf sockperf; chk wrk wrk; chk nginx nginx; chk h2load nghttp2-client
 chk pmacctd pmacct; chk softflowd softflowd; chk jq jq; chk python3 python3
 chk flock util-linux; chk ss iproute2
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -133,6 +137,11 @@ http {
     fastcgi_temp_path $TMP/nginx/fcgi; uwsgi_temp_path $TMP/nginx/uwsgi; scgi_temp_path $TMP/nginx/scgi;
     server {
         listen $SRV4:8080 backlog=4096;
+        location / { default_type text/plain; return 200 "ok\n"; }
+    }
+    server {
+        listen $SRV4:8081 http2 backlog=4096;
+        keepalive_requests 100000000;
         location / { default_type text/plain; return 200 "ok\n"; }
     }
 }
@@ -315,6 +324,12 @@ w_wrk() { local c=$1 r=$2 f=$OUT/wrk-$1-r$2.txt
 	rec "$r" "$c" wrk_errors "$(awk '/Socket errors:/ {gsub(/,/,""); s=$4+$6+$8+$10} END {print s+0}' "$f")"
 }
 
+w_h2() { local c=$1 r=$2 f=$OUT/h2load-$1-r$2.txt
+	ip netns exec "$NS_C" "${CPU_CLI[@]}" h2load -c32 -m10 -D "$DUR" "http://$SRV4:8081/" > "$f" 2>&1 || true
+	rec "$r" "$c" h2_rps "$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$f")"
+	rec "$r" "$c" h2_errors "$(sed -n 's/^requests: .* \([0-9]*\) errored.*/\1/p' "$f")"
+}
+
 LOCKED=0
 lock_acquire() { # hold the shared measurement lock (fd 9 of this shell; children get 9>&-)
 	log "waiting for $LOCK"
@@ -330,8 +345,17 @@ lock_release() {
 	LOCKED=0
 }
 set_stats() { echo "$1" > /proc/sys/kernel/bpf_stats_enabled; }
-run_all_workloads() { local c=$1 r=$2
-	w_tcp "$c" "$r"; w_udp "$c" "$r"; w_sockperf udp "$c" "$r"; w_sockperf tcp "$c" "$r"; w_wrk "$c" "$r"
+run_all_workloads() { local c=$1 r=$2 w
+	for w in $WORKLOADS; do
+		case $w in
+		tcp) w_tcp "$c" "$r" ;;
+		udp) w_udp "$c" "$r" ;;
+		sockperf) w_sockperf udp "$c" "$r"; w_sockperf tcp "$c" "$r" ;;
+		wrk) w_wrk "$c" "$r" ;;
+		h2) w_h2 "$c" "$r" ;;
+		*) die "unknown workload $w (AFO_WORKLOADS)" ;;
+		esac
+	done
 }
 
 prog_stats() { # prints "run_cnt run_time_ns" of config $1's programs
@@ -346,12 +370,14 @@ prog_stats() { # prints "run_cnt run_time_ns" of config $1's programs
 }
 stats_workloads() { # per-workload ns/run with kernel.bpf_stats_enabled=1 (separate pass)
 	local c=$1 r=$2 w b a n t
-	for w in tcp udp wrk; do
+	for w in $WORKLOADS; do
+		[ "$w" = sockperf ] && continue
 		b=$(prog_stats "$c")
 		case $w in
 		tcp) ip netns exec "$NS_C" "${CPU_CLI[@]}" iperf3 -c $SRV4 -p 5201 -t "$DUR" -J > "$OUT/stats-$c-tcp-r$r.json" 2>&1 || true ;;
 		udp) ip netns exec "$NS_C" "${CPU_CLI[@]}" iperf3 -c $SRV4 -p 5201 -u -b 0 -l 64 -t "$DUR" -J > "$OUT/stats-$c-udp-r$r.json" 2>&1 || true ;;
 		wrk) ip netns exec "$NS_C" "${CPU_CLI[@]}" wrk -t1 -c32 -d"${DUR}s" -H 'Connection: close' "http://$SRV4:8080/" > "$OUT/stats-$c-wrk-r$r.txt" 2>&1 || true ;;
+		h2) ip netns exec "$NS_C" "${CPU_CLI[@]}" h2load -c32 -m10 -D "$DUR" "http://$SRV4:8081/" > "$OUT/stats-$c-h2-r$r.txt" 2>&1 || true ;;
 		esac
 		a=$(prog_stats "$c")
 		n=$(( ${a% *} - ${b% *} )); t=$(( ${a#* } - ${b#* } ))

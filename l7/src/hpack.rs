@@ -5,15 +5,28 @@
 //! Appendix B. Decoding stops at the first truncated or invalid representation; a string
 //! literal cut by the end of the bytes is returned as a partial header.
 
-use std::sync::OnceLock;
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
 
-/// One decoded header field.
+/// One decoded header field. Name and value are shared with the table they come from: an
+/// indexed field costs no copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    pub name: String,
-    pub value: String,
+    pub name: Arc<str>,
+    pub value: Arc<str>,
     /// The value was cut by the end of the bytes.
     pub partial: bool,
+}
+
+/// The static table's entries, shared (`Arc`) so that an indexed field clones no string.
+fn static_table() -> &'static [(Arc<str>, Arc<str>)] {
+    static T: OnceLock<Vec<(Arc<str>, Arc<str>)>> = OnceLock::new();
+    T.get_or_init(|| {
+        STATIC
+            .iter()
+            .map(|(n, v)| (Arc::from(*n), Arc::from(*v)))
+            .collect()
+    })
 }
 
 const STATIC: [(&str, &str); 61] = [
@@ -142,9 +155,103 @@ fn canon() -> &'static Canon {
 
 /// Decodes a Huffman-coded string. `None` on invalid codes or an embedded EOS. Padding (up
 /// to 7 one-bits) is accepted; a string cut mid-way decodes what is complete.
+#[cfg(test)]
 pub(crate) fn huffman_decode(data: &[u8]) -> Option<Vec<u8>> {
-    let c = canon();
     let mut out = Vec::with_capacity(data.len() * 8 / 5 + 1);
+    huffman_decode_into(data, &mut out)?;
+    Some(out)
+}
+
+/// Huffman decoding four bits at a time: a state is an internal node of the code's tree
+/// (256 of them for 257 symbols), and each (state, nibble) says where the walk ends and the
+/// symbol it passed, if any (codes are at least 5 bits long: at most one per nibble).
+struct Fsm {
+    /// Per state and nibble: (next state, symbol, `EMIT`/`FAIL` flags).
+    steps: Vec<[(u8, u8, u8); 16]>,
+}
+
+const EMIT: u8 = 1;
+/// The walk met EOS (which a string never contains).
+const FAIL: u8 = 2;
+
+fn fsm() -> &'static Fsm {
+    static F: OnceLock<Fsm> = OnceLock::new();
+    F.get_or_init(|| {
+        // Children of each internal node: >= 0 another node, < 0 the leaf -(symbol + 1).
+        const UNSET: i32 = i32::MIN;
+        let mut nodes: Vec<[i32; 2]> = vec![[UNSET; 2]];
+        let c = canon();
+        for len in 1..31usize {
+            for k in 0..c.count[len] {
+                let code = c.first_code[len] + k;
+                let sym = c.symbols[(c.offset[len] + k) as usize];
+                let mut at = 0usize;
+                for bit in (0..len).rev() {
+                    let b = ((code >> bit) & 1) as usize;
+                    if bit == 0 {
+                        nodes[at][b] = -(i32::from(sym) + 1);
+                    } else {
+                        if nodes[at][b] == UNSET {
+                            nodes.push([UNSET; 2]);
+                            nodes[at][b] = (nodes.len() - 1) as i32;
+                        }
+                        at = nodes[at][b] as usize;
+                    }
+                }
+            }
+        }
+        assert!(nodes.len() <= 256, "a state fits in a byte");
+        let steps = (0..nodes.len())
+            .map(|state| {
+                let mut row = [(0u8, 0u8, 0u8); 16];
+                for (nibble, step) in row.iter_mut().enumerate() {
+                    let (mut at, mut sym, mut flags) = (state, 0u8, 0u8);
+                    for bit in (0..4).rev() {
+                        let child = nodes[at][(nibble >> bit) & 1];
+                        if child >= 0 {
+                            at = child as usize;
+                        } else if child == UNSET || child == -257 {
+                            flags |= FAIL;
+                            break;
+                        } else {
+                            sym = (-child - 1) as u8;
+                            flags |= EMIT;
+                            at = 0;
+                        }
+                    }
+                    *step = (at as u8, sym, flags);
+                }
+                row
+            })
+            .collect();
+        Fsm { steps }
+    })
+}
+
+/// Decodes a Huffman-coded string, appending to `out` (see `huffman_decode`).
+fn huffman_decode_into(data: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let steps = &fsm().steps;
+    let mut state = 0usize;
+    for &byte in data {
+        for nibble in [byte >> 4, byte & 0x0f] {
+            let (next, sym, flags) = steps.get(state)?[usize::from(nibble)];
+            if flags & FAIL != 0 {
+                return None;
+            }
+            if flags & EMIT != 0 {
+                out.push(sym);
+            }
+            state = usize::from(next);
+        }
+    }
+    Some(())
+}
+
+/// The bit-at-a-time canonical decoder the table is checked against (tests only).
+#[cfg(test)]
+fn huffman_decode_bits(data: &[u8]) -> Option<Vec<u8>> {
+    let c = canon();
+    let mut out = Vec::new();
     let (mut code, mut len) = (0u32, 0usize);
     for &byte in data {
         for bit in (0..8).rev() {
@@ -190,8 +297,9 @@ fn read_int(b: &[u8], prefix_bits: u32) -> Option<(u64, usize)> {
     None
 }
 
-/// A string literal: (text, consumed, complete).
-fn read_string(b: &[u8]) -> Option<(String, usize, bool)> {
+/// A string literal: (text, consumed, complete). `scratch` is where a Huffman string is
+/// decoded (kept by the decoder, so that no buffer is allocated per string).
+fn read_string(b: &[u8], scratch: &mut Vec<u8>) -> Option<(Arc<str>, usize, bool)> {
     let huff = *b.first()? & 0x80 != 0;
     let (len, n) = read_int(b, 7)?;
     let len = usize::try_from(len).ok()?;
@@ -200,55 +308,65 @@ fn read_string(b: &[u8]) -> Option<(String, usize, bool)> {
     let take = len.min(avail);
     let raw = b.get(n..n + take)?;
     let bytes = if huff {
-        huffman_decode(raw)?
+        scratch.clear();
+        huffman_decode_into(raw, scratch)?;
+        &scratch[..]
     } else {
-        raw.to_vec()
+        raw
     };
-    Some((
-        String::from_utf8_lossy(&bytes).into_owned(),
-        n + take,
-        complete,
-    ))
+    // Valid UTF-8 (almost every header) is checked by the fast validator and copied once.
+    let text: Arc<str> = match std::str::from_utf8(bytes) {
+        Ok(t) => Arc::from(t),
+        Err(_) => Arc::from(String::from_utf8_lossy(bytes)),
+    };
+    Some((text, n + take, complete))
 }
+
+/// The default table size (RFC 7541 4.2); an entry's size is name + value + 32.
+const TABLE_BYTES: usize = 4096;
 
 /// HPACK decoding state for one direction of a connection.
 #[derive(Default, Clone, Debug)]
 pub struct Decoder {
-    dynamic: Vec<(String, String)>,
+    /// Newest first.
+    dynamic: VecDeque<(Arc<str>, Arc<str>)>,
+    /// Size of `dynamic` by the RFC's accounting.
+    size: usize,
+    scratch: Vec<u8>,
 }
 
 impl Decoder {
-    fn entry(&self, index: u64) -> Option<(String, String)> {
+    fn entry(&self, index: u64) -> Option<(Arc<str>, Arc<str>)> {
         let i = usize::try_from(index).ok()?;
         if i == 0 {
             return None;
         }
-        if let Some((n, v)) = STATIC.get(i - 1) {
-            return Some(((*n).to_string(), (*v).to_string()));
+        if let Some((n, v)) = static_table().get(i - 1) {
+            return Some((n.clone(), v.clone()));
         }
         self.dynamic.get(i - 1 - STATIC.len()).cloned()
     }
 
-    fn insert(&mut self, name: &str, value: &str) {
-        self.dynamic
-            .insert(0, (name.to_string(), value.to_string()));
-        // Keep within the default 4096-byte table size (entry size = name + value + 32).
-        let mut size = 0usize;
-        let mut keep = 0usize;
-        for (n, v) in &self.dynamic {
-            size += n.len() + v.len() + 32;
-            if size > 4096 {
+    fn insert(&mut self, name: &Arc<str>, value: &Arc<str>) {
+        let size = name.len() + value.len() + 32;
+        // Evict the oldest until the new entry fits; one larger than the table empties it.
+        while self.size + size > TABLE_BYTES {
+            let Some((n, v)) = self.dynamic.pop_back() else {
                 break;
-            }
-            keep += 1;
+            };
+            self.size -= n.len() + v.len() + 32;
         }
-        self.dynamic.truncate(keep);
+        if size <= TABLE_BYTES {
+            self.dynamic.push_front((name.clone(), value.clone()));
+            self.size += size;
+        }
     }
 
     /// Forgets the dynamic table: entries can no longer be trusted (a header block was not
     /// seen), and fields that refer to them stop decoding rather than decode wrong.
     pub(crate) fn forget_dynamic(&mut self) {
         self.dynamic.clear();
+        self.size = 0;
     }
 
     /// As [`Decoder::decode`]; returns whether the whole block was decoded.
@@ -292,7 +410,7 @@ impl Decoder {
                     return i;
                 };
                 if size == 0 {
-                    self.dynamic.clear();
+                    self.forget_dynamic();
                 }
                 i += n;
             } else {
@@ -305,7 +423,8 @@ impl Decoder {
                     return i;
                 };
                 let name = if idx == 0 {
-                    let Some((name, used, complete)) = read_string(rest.get(n..).unwrap_or(&[]))
+                    let Some((name, used, complete)) =
+                        read_string(rest.get(n..).unwrap_or(&[]), &mut self.scratch)
                     else {
                         return i;
                     };
@@ -320,7 +439,8 @@ impl Decoder {
                         None => return i,
                     }
                 };
-                let Some((value, used, complete)) = read_string(rest.get(n..).unwrap_or(&[]))
+                let Some((value, used, complete)) =
+                    read_string(rest.get(n..).unwrap_or(&[]), &mut self.scratch)
                 else {
                     return i;
                 };
@@ -376,10 +496,7 @@ mod tests {
         let mut d = Decoder::default();
         let mut out = Vec::new();
         d.decode(&block, &mut out);
-        let pairs: Vec<(&str, &str)> = out
-            .iter()
-            .map(|h| (h.name.as_str(), h.value.as_str()))
-            .collect();
+        let pairs: Vec<(&str, &str)> = out.iter().map(|h| (&*h.name, &*h.value)).collect();
         assert_eq!(
             pairs,
             vec![
@@ -395,11 +512,61 @@ mod tests {
         ];
         let mut out2 = Vec::new();
         d.decode(&block2, &mut out2);
-        assert_eq!(out2[3].value, "www.example.com");
+        assert_eq!(&*out2[3].value, "www.example.com");
         assert_eq!(
-            (out2[4].name.as_str(), out2[4].value.as_str()),
+            (&*out2[4].name, &*out2[4].value),
             ("cache-control", "no-cache")
         );
+    }
+
+    /// The dynamic table keeps the newest entries within 4,096 bytes (name + value + 32
+    /// each): the oldest are evicted, and an entry larger than the table empties it.
+    #[test]
+    fn the_dynamic_table_evicts_the_oldest_beyond_its_size() {
+        // Literal with incremental indexing, new name "x-N", a 100-byte value: 135 bytes.
+        let literal = |i: u8| {
+            let mut b = vec![0x40, 3, b'x', b'-', b'0' + i, 100];
+            b.extend_from_slice(&[b'a' + i; 100]);
+            b
+        };
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        for i in 0..31 {
+            d.decode(&literal(i % 10), &mut out);
+        }
+        // 30 entries fit (4,050 bytes); the 31st evicted the first.
+        assert_eq!(d.dynamic.len(), 30);
+        assert_eq!(d.size, 30 * 135);
+        let indexed = |d: &mut Decoder, index: u8| {
+            let mut out = Vec::new();
+            d.decode(&[0x80 | index], &mut out);
+            out.first().map(|h| h.name.to_string())
+        };
+        assert_eq!(
+            indexed(&mut d, 62).as_deref(),
+            Some("x-0"),
+            "the newest (31st)"
+        );
+        assert_eq!(
+            indexed(&mut d, 91).as_deref(),
+            Some("x-1"),
+            "the oldest kept (2nd)"
+        );
+        assert_eq!(indexed(&mut d, 92), None, "the 1st was evicted");
+        // An entry larger than the table empties it and is not kept.
+        // Value length 4,200 as a 7-bit-prefix integer: 127, then 4,073 in 7-bit groups.
+        let rest = 4_200u32 - 127;
+        let mut big = vec![
+            0x40,
+            1,
+            b'y',
+            0x7f,
+            (rest & 0x7f) as u8 | 0x80,
+            (rest >> 7) as u8,
+        ];
+        big.extend(std::iter::repeat_n(b'z', 4_200));
+        d.decode(&big, &mut out);
+        assert_eq!((d.dynamic.len(), d.size), (0, 0));
     }
 
     #[test]
@@ -409,7 +576,7 @@ mod tests {
         let mut out = Vec::new();
         Decoder::default().decode(&block, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].value, "/ab");
+        assert_eq!(&*out[0].value, "/ab");
         assert!(out[0].partial);
     }
 }
@@ -469,6 +636,19 @@ mod huffman_props {
         #[test]
         fn huffman_round_trip(s in proptest::collection::vec(any::<u8>(), 0..64)) {
             prop_assert_eq!(huffman_decode(&huffman_encode(&s)).unwrap(), s);
+        }
+
+        /// The four-bits-at-a-time table decodes exactly as the bit-at-a-time canonical
+        /// decoder, valid input or not (EOS inside, any padding, cut anywhere).
+        #[test]
+        fn table_decoder_matches_the_bit_decoder(b in proptest::collection::vec(any::<u8>(), 0..64), eos in any::<bool>()) {
+            let mut b = b;
+            if eos {
+                b.extend_from_slice(&[0xff; 4]);
+            }
+            prop_assert_eq!(huffman_decode(&b), huffman_decode_bits(&b));
+            let enc = huffman_encode(&b);
+            prop_assert_eq!(huffman_decode(&enc), huffman_decode_bits(&enc));
         }
 
         #[test]

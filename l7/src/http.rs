@@ -343,7 +343,7 @@ pub(crate) fn h2_headers(b: &[u8]) -> Vec<Header> {
 }
 
 fn find_header<'a>(hs: &'a [Header], name: &str) -> Option<&'a Header> {
-    hs.iter().find(|h| h.name == name)
+    hs.iter().find(|h| &*h.name == name)
 }
 
 /// Whether a `:path` looks like a gRPC method: `/package.Service/Method`.
@@ -375,9 +375,9 @@ pub(crate) fn h2_is_grpc(b: &[u8]) -> bool {
         return true;
     }
     h2_headers(b).iter().any(|h| {
-        (h.name == "content-type" && h.value.starts_with("application/grpc"))
+        (&*h.name == "content-type" && h.value.starts_with("application/grpc"))
             || h.name.starts_with("grpc-")
-            || (h.name == ":path" && !h.partial && is_grpc_path(&h.value))
+            || (&*h.name == ":path" && !h.partial && is_grpc_path(&h.value))
     })
 }
 
@@ -399,7 +399,7 @@ pub(crate) fn parse_request_h2(b: &[u8]) -> Option<Request> {
     }
     let path = find_header(&hs, ":path").map(|h| label(h.value.as_bytes()));
     Some(Request {
-        method: method.value.clone(),
+        method: method.value.to_string(),
         path,
         operation: None,
     })

@@ -614,8 +614,8 @@ enum Ev {
 
 fn header<'a>(hs: &'a [Header], name: &str) -> Option<&'a str> {
     hs.iter()
-        .find(|h| h.name == name && !h.partial)
-        .map(|h| h.value.as_str())
+        .find(|h| &*h.name == name && !h.partial)
+        .map(|h| &*h.value)
 }
 
 impl H2 {
@@ -686,7 +686,7 @@ impl H2 {
                     {
                         s.method = Some(m.to_string());
                     }
-                    if let Some(p) = hs.iter().find(|h| h.name == ":path") {
+                    if let Some(p) = hs.iter().find(|h| &*h.name == ":path") {
                         s.path = Some(label(p.value.as_bytes()));
                     }
                 }

@@ -319,6 +319,20 @@ fn render_flows(f: &BTreeMap<String, Figure>, root: bool) -> String {
                 "bpf_count_single_run_ns",
                 "–",
             ),
+            (
+                "packet of a turn on a connection copied whole (HTTP/2), run once",
+                "bpf_whole_turn_ns",
+                "bpf_ref_single_run_data_ns",
+                "",
+                "–",
+            ),
+            (
+                "packet of a turn on a sampled connection (HTTP/1.1), run once",
+                "bpf_sampled_turn_ns",
+                "bpf_ref_single_run_data_ns",
+                "",
+                "–",
+            ),
         ] {
             let ns = |k: &str| get(k).map_or_else(|| "–".into(), |v| format!("{v:.0} ns"));
             let ratio = match (get(key), get(reference)) {
@@ -332,6 +346,15 @@ fn render_flows(f: &BTreeMap<String, Figure>, root: bool) -> String {
                 ns(reference),
                 ns(counter),
                 what(key)
+            );
+        }
+        if let (Some(whole), Some(sampled)) = (get("bpf_whole_turn_ns"), get("bpf_sampled_turn_ns"))
+            && sampled > 0.0
+        {
+            let _ = writeln!(
+                md,
+                "| copying a connection whole: HTTP/2 turn packet / HTTP/1.1 turn packet | **{:.2}** | – | – | – | – (the price of exact HTTP/2, gRPC and AMQP counts; other flows do not pay it) | the two rows above, measured interleaved |",
+                whole / sampled
             );
         }
         if let Some(bytes) = get("flow_entry_bytes") {

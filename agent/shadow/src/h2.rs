@@ -124,7 +124,7 @@ fn decode(d: &mut HpackDecoder, block: &[u8]) -> Result<Vec<HpackHeader>, FrameE
 }
 
 fn get<'a>(h: &'a [HpackHeader], name: &str) -> Option<&'a str> {
-    h.iter().find(|x| x.name == name).map(|x| x.value.as_str())
+    h.iter().find(|x| &*x.name == name).map(|x| &*x.value)
 }
 
 /// Client side of an h2c connection.
@@ -259,11 +259,11 @@ impl Server {
                                 for x in &headers {
                                     if !x.name.starts_with(':')
                                         && !matches!(
-                                            x.name.as_str(),
+                                            &*x.name,
                                             "date" | "content-length" | "grpc-status"
                                         )
                                     {
-                                        s.headers.push((x.name.clone(), x.value.clone()));
+                                        s.headers.push((x.name.to_string(), x.value.to_string()));
                                     }
                                 }
                             }
