@@ -174,7 +174,8 @@ pub mod sample {
 
 /// The first bytes of a payload at a turn of the conversation, for user space to detect
 /// the application protocol and read method, path, status or error. Posted at most twice
-/// per request (request start, response start), never per packet.
+/// per request (request start, response start), never per packet; not posted for a flow
+/// copied whole (`state::WHOLE`), whose chunks carry all of it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PayloadSample {
@@ -194,10 +195,7 @@ pub struct PayloadSample {
     pub payload_len: u32,
     /// 1 when this is the first payload seen in its direction.
     pub first_of_direction: u8,
-    /// 1 when the flow's payload is copied whole (`state::WHOLE`): user space counts its
-    /// requests from the whole stream, not from this sample.
-    pub whole: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
     pub data: [u8; PAYLOAD_SAMPLE_BYTES],
 }
 const _: () = assert!(core::mem::size_of::<PayloadSample>() == 208);

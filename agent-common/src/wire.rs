@@ -342,7 +342,6 @@ impl PayloadSample {
             latency_ns: r.u64(),
             payload_len: r.u32(),
             first_of_direction: r.u8(),
-            whole: r.u8(),
             _pad: r.array(),
             data: r.array(),
         };
@@ -360,9 +359,6 @@ impl PayloadSample {
                 s.first_of_direction.into(),
             ));
         }
-        if s.whole > 1 {
-            return Err(invalid(R, "whole", s.whole.into()));
-        }
         if usize::from(s.captured) > PAYLOAD_SAMPLE_BYTES || u32::from(s.captured) > s.payload_len {
             return Err(invalid(R, "captured", s.captured.into()));
         }
@@ -378,7 +374,7 @@ impl PayloadSample {
             w.bytes(&v.to_ne_bytes());
         }
         w.bytes(&self.payload_len.to_ne_bytes());
-        w.bytes(&[self.first_of_direction, self.whole]);
+        w.bytes(&[self.first_of_direction]);
         w.bytes(&self._pad);
         w.bytes(&self.data);
         w.done()

@@ -268,8 +268,9 @@ fn post(
     now: u64,
     act: Act,
 ) {
+    // A flow copied whole posts no samples: its chunks carry the same bytes and times.
     let whole = s.state & state::WHOLE != 0;
-    if act.sample != NO_SAMPLE {
+    if act.sample != NO_SAMPLE && !whole {
         post_sample(
             ctx,
             key,
@@ -278,7 +279,6 @@ fn post(
             dir,
             act.sample,
             act.first_of_direction,
-            whole,
             now,
             act.latency_ns,
         );
@@ -474,7 +474,6 @@ fn post_sample(
     dir: usize,
     kind: u8,
     first: bool,
-    whole: bool,
     now: u64,
     latency_ns: u64,
 ) {
@@ -504,11 +503,11 @@ fn post_sample(
         addr_of_mut!((*ev).latency_ns).write(latency_ns);
         addr_of_mut!((*ev).payload_len).write(pkt.payload_len);
         addr_of_mut!((*ev).first_of_direction).write(first as u8);
-        addr_of_mut!((*ev).whole).write(whole as u8);
-        // Byte by byte: an array store could be a call to the byte-loop memset.
+        // Byte by byte: a 3-byte array store would be a call to the byte-loop memset.
         let pad = addr_of_mut!((*ev)._pad) as *mut u8;
         pad.write_volatile(0);
         pad.add(1).write_volatile(0);
+        pad.add(2).write_volatile(0);
     }
     let mut copied = 0u16;
     if n > 0 {

@@ -349,7 +349,7 @@ impl Collector {
         }
         let counts = self.l7.stream_counts();
         self.metrics.stream_chunks.set_total(counts.chunks);
-        self.metrics.streams_refused.set_total(counts.refused);
+        self.metrics.streams_partial.set_total(counts.partial);
         self.metrics.stream_holes.set_total(counts.holes);
         self.metrics.streams_followed.set(self.l7.streams() as u64);
         self.metrics.flows_evicted_unreported.inc_by(evicted as u64);

@@ -13,11 +13,11 @@
 //! record.
 //!
 //! HTTP/2 and AMQP connections are copied whole by the kernel (`state::WHOLE`, the
-//! `STREAM_CHUNKS` ring): their requests are counted from whole turns
-//! ([`StreamTurns`](crate::stream_turns::StreamTurns)), exactly as `weft import pcap` counts
-//! them in a capture, and their payload samples serve only the latency histogram. A stream
-//! that cannot be followed from its start (or past [`MAX_STREAMS`]) falls back to the
-//! samples.
+//! `STREAM_CHUNKS` ring) and post no samples: their protocol, requests and latencies come
+//! from whole turns ([`StreamTurns`](crate::stream_turns::StreamTurns)), exactly as `weft
+//! import pcap` counts them in a capture. A stream that cannot be followed from its start
+//! (or past [`MAX_STREAMS`]) is followed by the first bytes of each side of its turns, as a
+//! sampled flow is.
 
 use std::collections::{HashMap, HashSet, hash_map::Entry};
 use std::net::IpAddr;
@@ -40,8 +40,8 @@ const MAX_GROUPS_PER_FLOW: usize = 32;
 const MAX_FLOWS: usize = agent_common::flow::FLOW_TABLE_ENTRIES as usize;
 /// DNS answers kept per flow between two records.
 const MAX_DNS_ANSWERS: usize = 64;
-/// Flows copied whole followed at once (each holds up to two sides of a turn, 32 KiB);
-/// beyond it a stream's requests are counted from its samples.
+/// Flows copied whole followed whole at once (each holds up to two sides of a turn, 32
+/// KiB); beyond it a stream is followed by the first bytes of its turns.
 pub const MAX_STREAMS: usize = 2048;
 /// An answered turn of a flow copied whole is counted once nothing came for this long
 /// (and no packet of the flow is still to be read), rather than at the next request.
@@ -74,20 +74,11 @@ struct FlowL7 {
     /// Turn latencies from the `RESPONSE` samples (one per request/response turn the kernel
     /// counted, whatever the session makes of the turn's requests).
     latency: Latencies,
-    /// The kernel copies the flow whole (a sample or a chunk said so).
-    whole: bool,
-    /// Its turns, while the stream is followed.
+    /// The turns of a flow the kernel copies whole.
     stream: Option<Box<StreamTurns>>,
-    /// The stream could not be followed: its requests come from the samples.
-    stream_refused: bool,
 }
 
 impl FlowL7 {
-    /// Whether the requests are counted from the whole stream, not from the samples.
-    fn counts_from_stream(&self) -> bool {
-        self.whole && !self.stream_refused
-    }
-
     /// Takes the first payload bytes of a side for protocol detection (`data` is the start
     /// of that side's first payload), and detects again when they are new.
     fn saw_first(
@@ -137,10 +128,15 @@ impl FlowL7 {
         }
     }
 
-    /// Counts the requests of whole turns of the stream.
+    /// Counts the requests of whole turns of the stream, and their latencies (a turn with
+    /// no request is the rest of an answer already counted).
     fn count_turns(&mut self, turns: Vec<WholeTurn>) {
         if turns.is_empty() {
             return;
+        }
+        for t in turns.iter().filter(|t| !t.request.is_empty()) {
+            self.latency
+                .add(latency::bucket_of(t.latency_ns), 1, t.latency_ns);
         }
         let protocol = self
             .detection
@@ -280,9 +276,9 @@ pub struct L7Table {
 pub struct StreamCounts {
     /// Chunks taken in.
     pub chunks: u64,
-    /// Streams not followed (not seen from their start, or past `MAX_STREAMS`): their
-    /// requests were counted from samples.
-    pub refused: u64,
+    /// Streams followed by the first bytes of their turns (not seen from their start, or
+    /// past `MAX_STREAMS`).
+    pub partial: u64,
     /// Holes in a stream (copies lost): the turn's side was parsed up to the hole.
     pub holes: u64,
 }
@@ -329,9 +325,6 @@ impl L7Table {
             Transport::Tcp
         };
 
-        if s.whole == 1 {
-            f.whole = true;
-        }
         f.saw_first(from_client, data, transport, server_port);
         let protocol = f.detection.as_ref().map_or(Protocol::Tcp, |d| d.protocol);
 
@@ -354,25 +347,22 @@ impl L7Table {
                     Some(at) => (&f.pending[..], at),
                     None => (&[][..], s.ts_ns.saturating_sub(s.latency_ns)),
                 };
-                // A flow copied whole counts its requests from its stream.
-                if !f.counts_from_stream() {
-                    if f.session.as_ref().map(Session::protocol) != Some(protocol) {
-                        f.session = Some(Session::new(protocol));
-                    }
-                    let calls = f.session.as_mut().map_or_else(Vec::new, |session| {
-                        // The kernel samples the first bytes of a turn: never the whole of it.
-                        session.turn(&Turn {
-                            request,
-                            request_complete: false,
-                            response: data,
-                            response_complete: false,
-                            start_ns,
-                            latency_ns: s.latency_ns,
-                        })
-                    });
-                    for call in calls {
-                        f.add(protocol, call);
-                    }
+                if f.session.as_ref().map(Session::protocol) != Some(protocol) {
+                    f.session = Some(Session::new(protocol));
+                }
+                let calls = f.session.as_mut().map_or_else(Vec::new, |session| {
+                    // The kernel samples the first bytes of a turn: never the whole of it.
+                    session.turn(&Turn {
+                        request,
+                        request_complete: false,
+                        response: data,
+                        response_complete: false,
+                        start_ns,
+                        latency_ns: s.latency_ns,
+                    })
+                });
+                for call in calls {
+                    f.add(protocol, call);
                 }
                 f.latency
                     .add(latency::bucket_of(s.latency_ns), 1, s.latency_ns);
@@ -393,8 +383,8 @@ impl L7Table {
             // last record carries its latencies, from the kernel's count and sum.
             return Latencies::default().take(cur, record);
         };
-        let unsampled = f.latency.take(cur, record);
-        // The stream's last turn (the flow ended), or one answered a while ago.
+        // The stream's last turn (the flow ended), or one answered a while ago: its latency
+        // goes in this record.
         if let Some(stream) = f.stream.as_mut() {
             let mut turns = Vec::new();
             if record.ended {
@@ -404,6 +394,7 @@ impl L7Table {
             }
             f.count_turns(turns);
         }
+        let unsampled = f.latency.take(cur, record);
         // HTTP/2 streams answered since (and, at the flow's end, every open one).
         if let Some(session) = f.session.as_mut() {
             let protocol = session.protocol();
@@ -452,7 +443,7 @@ impl L7Table {
         if record.ended
             && let Some(f) = self.flows.remove(&id)
         {
-            self.streams -= usize::from(f.stream.is_some());
+            self.streams -= usize::from(f.stream.as_ref().is_some_and(|s| s.is_whole()));
         }
         unsampled
     }
@@ -467,10 +458,6 @@ impl L7Table {
             Entry::Vacant(_) if full => return,
             Entry::Vacant(e) => e.insert(FlowL7::default()),
         };
-        f.whole = true;
-        if f.stream_refused {
-            return;
-        }
         let from_client = c.from_client == 1;
         if c.offset == 0 {
             let sender_is_local = usize::from(c.dir) == DIR_OUT;
@@ -482,21 +469,21 @@ impl L7Table {
             };
             f.saw_first(from_client, data, Transport::Tcp, server_port);
         }
-        if f.stream.is_none() {
-            match StreamTurns::start(c) {
-                Some(st) if self.streams < MAX_STREAMS => {
-                    f.stream = Some(Box::new(st));
-                    self.streams += 1;
-                }
-                _ => {
-                    f.stream_refused = true;
-                    self.stream_counts.refused += 1;
-                    return;
-                }
+        let stream = match f.stream.as_mut() {
+            Some(s) => s,
+            None => {
+                let st = match StreamTurns::start(c) {
+                    Some(st) if self.streams < MAX_STREAMS => {
+                        self.streams += 1;
+                        st
+                    }
+                    _ => {
+                        self.stream_counts.partial += 1;
+                        StreamTurns::heads()
+                    }
+                };
+                f.stream.insert(Box::new(st))
             }
-        }
-        let Some(stream) = f.stream.as_mut() else {
-            return;
         };
         let holes = stream.stats().holes;
         let mut turns = Vec::new();
@@ -525,7 +512,7 @@ impl L7Table {
         let streams = &mut self.streams;
         self.flows.retain(|id, f| {
             let keep = live.contains(id);
-            if !keep && f.stream.is_some() {
+            if !keep && f.stream.as_ref().is_some_and(|s| s.is_whole()) {
                 *streams -= 1;
             }
             keep
@@ -573,8 +560,7 @@ mod tests {
             latency_ns,
             payload_len: data.len() as u32,
             first_of_direction: first as u8,
-            whole: 0,
-            _pad: [0; 2],
+            _pad: [0; 3],
             data: buf,
         }
     }
@@ -1124,19 +1110,20 @@ mod tests {
         let mut answers = h2_frame(1, 5, 1, &[0x88]);
         answers.extend(h2_frame(1, 5, 3, &[0x8e]));
 
+        // Sampled: what the kernel posts of a flow not copied whole. Copied whole: chunks
+        // only (the kernel posts no samples of such a flow).
         let run = |whole: bool| {
             let k = key(40000, 8080, PROTO_TCP);
             let mut t = L7Table::default();
-            let mut sample_of = |kind, dir, data: &[u8], first| {
-                let mut s = sample(k, kind, dir, data, 5, first);
-                s.whole = whole as u8;
-                t.observe(&s);
-            };
-            sample_of(sample::REQUEST, DIR_OUT, &preface, true);
-            sample_of(sample::RESPONSE, DIR_IN, &settings, true);
-            sample_of(sample::REQUEST, DIR_OUT, &ping, false);
-            sample_of(sample::RESPONSE, DIR_IN, &answers, false);
-            if whole {
+            if !whole {
+                let mut sample_of = |kind, dir, data: &[u8], first| {
+                    t.observe(&sample(k, kind, dir, data, 5, first));
+                };
+                sample_of(sample::REQUEST, DIR_OUT, &preface, true);
+                sample_of(sample::RESPONSE, DIR_IN, &settings, true);
+                sample_of(sample::REQUEST, DIR_OUT, &ping, false);
+                sample_of(sample::RESPONSE, DIR_IN, &answers, false);
+            } else {
                 let (mut c, mut sv) = (1000u32, 5000u32);
                 let mut client = |t: &mut L7Table, ts, data: &[u8], start: bool| {
                     let mut ch = chunk_of(k, true, c, ts, data);
@@ -1168,35 +1155,27 @@ mod tests {
             groups(&r),
             [("GET", "/", 200, 1, 0), ("GET", "/index.html", 500, 1, 1)]
         );
-        // The latencies still come from the samples: one per turn the kernel counted.
+        // The latencies come from the turns: 10 ns each (chunk times 10 -> 20, 30 -> 40).
         assert_eq!(r.latency.iter().map(|b| b.count).sum::<u64>(), 2);
+        assert_eq!(r.latency_sum_ns, 20);
     }
 
     /// A stream whose start this agent did not see (it began before it ran) is counted from
-    /// its samples, as if it were not copied.
+    /// the first bytes of its turns, as a sampled flow is.
     #[test]
-    fn a_stream_not_seen_from_its_start_falls_back_to_its_samples() {
+    fn a_stream_not_seen_from_its_start_is_counted_from_the_heads_of_its_turns() {
         let k = key(40000, 8080, PROTO_TCP);
         let mut t = L7Table::default();
-        let mid = b"GET / HTTP/1.1\r\n\r\n";
-        t.observe_chunk(&chunk_of(k, true, 77, 1, mid), mid);
-        assert_eq!(t.stream_counts().refused, 1);
-        assert_eq!(t.streams(), 0);
-        let mut req = sample(k, sample::REQUEST, DIR_OUT, mid, 0, false);
-        req.whole = 1;
-        t.observe(&req);
-        let mut resp = sample(
-            k,
-            sample::RESPONSE,
-            DIR_IN,
-            b"HTTP/1.1 200 OK\r\n\r\n",
-            5,
-            false,
-        );
-        resp.whole = 1;
-        t.observe(&resp);
+        let mut get = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        get.extend_from_slice(&[b'x'; 500]); // longer than a head
+        t.observe_chunk(&chunk_of(k, true, 77, 1, &get), &get);
+        assert_eq!(t.stream_counts().partial, 1);
+        assert_eq!(t.streams(), 0, "not followed whole");
+        let ok = b"HTTP/1.1 200 OK\r\n\r\n";
+        t.observe_chunk(&chunk_of(k, false, 9, 6, ok), ok);
         let mut r = record(true);
         t.fill(&k, &at(7), &mut r);
         assert_eq!(groups(&r), [("GET", "/", 200, 1, 0)]);
+        assert_eq!(r.latency_sum_ns, 5);
     }
 }

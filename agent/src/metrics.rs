@@ -114,7 +114,7 @@ pub struct Metrics {
     pub stream_chunks: Counter,
     pub stream_chunks_lost: Counter,
     pub streams_followed: Gauge,
-    pub streams_refused: Counter,
+    pub streams_partial: Counter,
     pub stream_holes: Counter,
     pub latency_unsampled_requests: Counter,
     pub batch_splits: Counter,
@@ -295,9 +295,9 @@ impl Metrics {
         );
         register(
             r,
-            "weft_agent_streams_refused_total",
-            "Connections copied whole not followed (their start was not seen, or too many were followed at once): their requests were counted from payload samples.",
-            m.streams_refused.clone(),
+            "weft_agent_streams_partial_total",
+            "Connections copied whole followed by the first 128 bytes of each side of their turns only (their start was not seen, or 2,048 were followed whole already): their counts are those of a sampled flow.",
+            m.streams_partial.clone(),
         );
         register(
             r,

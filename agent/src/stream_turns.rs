@@ -13,21 +13,25 @@
 //! found. A side the kernel cut at its bound (`chunk::CUT`) is incomplete too, and its next
 //! bytes are no hole.
 //!
-//! A stream is followed only from its start: its first chunk must be the client's first
-//! payload ([`StreamTurns::start`]). A flow whose start was copied before this agent ran
-//! (a restarted agent, pinned flow map) cannot be parsed from the middle of an HPACK
-//! context and is left to the payload samples.
+//! A stream is followed whole only from its start: its first chunk must be the client's
+//! first payload ([`StreamTurns::start`]). A flow whose start was copied before this agent
+//! ran (a restarted agent, pinned flow map) cannot be parsed from the middle of an HPACK
+//! context: it is followed by the first [`HEAD_BYTES`] of each side of a turn
+//! ([`StreamTurns::heads`]), never complete, which is what a payload sample gives of other
+//! flows.
 //!
 //! Depends on std, agent-common and weft-l7 only, so that the fuzz crate can include it by
 //! path.
 
 use agent_common::{
     StreamChunk,
-    flow::{STREAM_TURN_BYTES, chunk},
+    flow::{PAYLOAD_SAMPLE_BYTES, STREAM_TURN_BYTES, chunk},
 };
 
 /// Bytes kept of each side of a turn (the kernel copies no more).
 pub const TURN_BYTES: usize = STREAM_TURN_BYTES as usize;
+/// Bytes kept of each side of a turn of a stream followed by its heads.
+pub const HEAD_BYTES: usize = PAYLOAD_SAMPLE_BYTES;
 
 /// One complete turn of a flow copied whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,18 +57,21 @@ impl WholeTurn {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Side {
     bytes: Vec<u8>,
     /// Every byte this side sent in the turn is in `bytes`.
     complete: bool,
+    /// Bytes kept at most.
+    cap: usize,
 }
 
 impl Side {
-    fn new() -> Self {
+    fn new(cap: usize) -> Self {
         Self {
             bytes: Vec::new(),
             complete: true,
+            cap,
         }
     }
 
@@ -76,7 +83,7 @@ impl Side {
         if !self.complete {
             return;
         }
-        let room = TURN_BYTES.saturating_sub(self.bytes.len());
+        let room = self.cap.saturating_sub(self.bytes.len());
         if data.len() > room {
             self.complete = false;
         }
@@ -94,13 +101,13 @@ struct Open {
 }
 
 impl Open {
-    fn into_turn(self) -> Option<WholeTurn> {
+    fn into_turn(self, heads: bool) -> Option<WholeTurn> {
         let answered = self.answered_ns?;
         Some(WholeTurn {
             request: self.request.bytes,
-            request_complete: self.request.complete,
+            request_complete: self.request.complete && !heads,
             response: self.response.bytes,
-            response_complete: self.response.complete,
+            response_complete: self.response.complete && !heads,
             start_ns: self.start_ns,
             latency_ns: answered.saturating_sub(self.start_ns),
         })
@@ -133,20 +140,41 @@ pub struct StreamTurns {
     /// The newest chunk's kernel time.
     last_ns: u64,
     stats: StreamStats,
+    /// Followed by the heads of its turns only (see [`StreamTurns::heads`]).
+    heads: bool,
 }
 
 impl StreamTurns {
     /// Follows a stream from `first`, its first chunk seen; `None` unless that is the
     /// start of the client's bytes (the stream cannot be followed from the middle).
     pub fn start(first: &StreamChunk) -> Option<Self> {
-        (first.from_client == 1 && first.flags & chunk::START != 0 && first.offset == 0).then(
-            || Self {
-                dirs: [Direction::default(); 2],
-                turn: None,
-                last_ns: 0,
-                stats: StreamStats::default(),
-            },
-        )
+        (first.from_client == 1 && first.flags & chunk::START != 0 && first.offset == 0)
+            .then(|| Self::new(false))
+    }
+
+    /// Follows a stream by the first [`HEAD_BYTES`] of each side of its turns, none of them
+    /// complete: for a stream whose start was not seen, or when too many are followed whole.
+    pub fn heads() -> Self {
+        Self::new(true)
+    }
+
+    fn new(heads: bool) -> Self {
+        Self {
+            dirs: [Direction::default(); 2],
+            turn: None,
+            last_ns: 0,
+            stats: StreamStats::default(),
+            heads,
+        }
+    }
+
+    /// Whether the stream is followed whole (not by its heads).
+    pub fn is_whole(&self) -> bool {
+        !self.heads
+    }
+
+    fn side(&self) -> Side {
+        Side::new(if self.heads { HEAD_BYTES } else { TURN_BYTES })
     }
 
     pub fn stats(&self) -> StreamStats {
@@ -203,8 +231,8 @@ impl StreamTurns {
                 self.turn = Some(Open {
                     start_ns: c.ts_ns,
                     answered_ns: None,
-                    request: Side::new(),
-                    response: Side::new(),
+                    request: self.side(),
+                    response: self.side(),
                 });
             }
             if let Some(t) = self.turn.as_mut() {
@@ -216,11 +244,12 @@ impl StreamTurns {
         } else {
             // Server bytes with no turn open: after a turn settled while quiet, or before
             // the client spoke again. A turn of its own, with no request.
+            let (request, response) = (self.side(), self.side());
             let t = self.turn.get_or_insert_with(|| Open {
                 start_ns: c.ts_ns,
                 answered_ns: Some(c.ts_ns),
-                request: Side::new(),
-                response: Side::new(),
+                request,
+                response,
             });
             t.answered_ns.get_or_insert(c.ts_ns);
             t.response.append(data, hole);
@@ -231,7 +260,7 @@ impl StreamTurns {
     }
 
     fn settle(&mut self, out: &mut Vec<WholeTurn>) {
-        if let Some(turn) = self.turn.take().and_then(Open::into_turn) {
+        if let Some(turn) = self.turn.take().and_then(|t| t.into_turn(self.heads)) {
             out.push(turn);
         }
     }

@@ -108,8 +108,7 @@ fn sample_strategy() -> impl Strategy<Value = PayloadSample> {
                     latency_ns,
                     payload_len: (payload.len() as u32).saturating_add(extra % 100_000),
                     first_of_direction: first,
-                    whole: 0,
-                    _pad: [0; 2],
+                    _pad: [0; 3],
                     data,
                 }
             },
@@ -234,8 +233,7 @@ fn valid_sample() -> PayloadSample {
         latency_ns: 0,
         payload_len: 4,
         first_of_direction: 1,
-        whole: 0,
-        _pad: [0; 2],
+        _pad: [0; 3],
         data,
     }
 }

@@ -64,8 +64,7 @@ fn item() -> impl Strategy<Value = Vec<u8>> {
                     latency_ns,
                     payload_len: u32::from(captured).saturating_add(extra % 3),
                     first_of_direction: first % 3,
-                    whole: 0,
-                    _pad: [0; 2],
+                    _pad: [0; 3],
                     data: buf,
                 }
                 .to_bytes()

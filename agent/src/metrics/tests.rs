@@ -48,7 +48,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("weft_agent_stream_chunks_total", "counter"),
     ("weft_agent_stream_chunks_lost_total", "counter"),
     ("weft_agent_streams_followed", "gauge"),
-    ("weft_agent_streams_refused_total", "counter"),
+    ("weft_agent_streams_partial_total", "counter"),
     ("weft_agent_stream_holes_total", "counter"),
     ("weft_agent_desired_generation", "gauge"),
     ("weft_agent_applied_generation", "gauge"),

@@ -202,3 +202,26 @@ fn an_answered_turn_is_handed_out_once_the_flow_is_quiet() {
     f.client(CLIENT_ISN + 4, 7_000, b"again");
     assert_eq!(f.out[1], turn(b"", b" more", 6_000, 0));
 }
+
+#[test]
+fn a_stream_followed_by_its_heads_keeps_the_first_bytes_of_each_side_never_complete() {
+    let mut s = StreamTurns::heads();
+    assert!(!s.is_whole());
+    let mut out = Vec::new();
+    let long = vec![b'a'; 300];
+    // Any chunk starts it, not only the client's first.
+    s.push(&chunk(true, 50, 1, &long), &long, &mut out);
+    s.push(&chunk(false, 9, 3, b"ok"), b"ok", &mut out);
+    s.finish(&mut out);
+    assert_eq!(
+        out,
+        [WholeTurn {
+            request: long[..HEAD_BYTES].to_vec(),
+            request_complete: false,
+            response: b"ok".to_vec(),
+            response_complete: false,
+            start_ns: 1,
+            latency_ns: 2,
+        }]
+    );
+}
