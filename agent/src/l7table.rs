@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use agent_common::{
     FlowKey, FlowStats, PayloadSample, StreamChunk,
-    flow::{DIR_OUT, PAYLOAD_SAMPLE_BYTES, PROTO_UDP, sample},
+    flow::{DIR_IN, DIR_OUT, PAYLOAD_SAMPLE_BYTES, PROTO_UDP, sample},
     latency,
 };
 use weft_l7::{Call, Confidence, Detection, Protocol, Session, Transport, Turn};
@@ -44,7 +44,7 @@ const MAX_DNS_ANSWERS: usize = 64;
 /// KiB); beyond it a stream is followed by the first bytes of its turns.
 pub const MAX_STREAMS: usize = 2048;
 /// An answered turn of a flow copied whole is counted once nothing came for this long
-/// (and no packet of the flow is still to be read), rather than at the next request.
+/// (and every payload byte the kernel counted was read), rather than at the next request.
 const STREAM_QUIET_NS: u64 = 500_000_000;
 
 #[derive(Default)]
@@ -71,8 +71,9 @@ struct FlowL7 {
     /// At most `MAX_GROUPS_PER_FLOW`: a short list, searched in order.
     groups: Vec<((String, String, u32), Group)>,
     dns: Vec<(String, IpAddr, u32)>,
-    /// Turn latencies from the `RESPONSE` samples (one per request/response turn the kernel
-    /// counted, whatever the session makes of the turn's requests).
+    /// Turn latencies from the `RESPONSE` samples, or from the turns of a flow copied whole
+    /// (one per request/response turn the kernel counted, whatever the session makes of the
+    /// turn's requests).
     latency: Latencies,
     /// The turns of a flow the kernel copies whole.
     stream: Option<Box<StreamTurns>>,
@@ -264,7 +265,7 @@ impl Latencies {
 #[derive(Default)]
 pub struct L7Table {
     flows: HashMap<FlowId, FlowL7, FastHash>,
-    /// Flows whose stream is followed (`FlowL7::stream` set).
+    /// Flows whose stream is followed whole.
     streams: usize,
     /// The kernel's clock at the collector's last read (`tick`).
     now_ns: u64,
@@ -390,7 +391,13 @@ impl L7Table {
             if record.ended {
                 stream.finish(&mut turns);
             } else {
-                stream.settle_if_quiet(self.now_ns, STREAM_QUIET_NS, cur.last_seen_ns, &mut turns);
+                let (client, server) = if cur.client_is_local == 1 {
+                    (DIR_OUT, DIR_IN)
+                } else {
+                    (DIR_IN, DIR_OUT)
+                };
+                let kernel_bytes = [cur.payload_bytes[client], cur.payload_bytes[server]];
+                stream.settle_if_quiet(self.now_ns, STREAM_QUIET_NS, kernel_bytes, &mut turns);
             }
             f.count_turns(turns);
         }
@@ -1177,5 +1184,38 @@ mod tests {
         t.fill(&k, &at(7), &mut r);
         assert_eq!(groups(&r), [("GET", "/", 200, 1, 0)]);
         assert_eq!(r.latency_sum_ns, 5);
+    }
+
+    /// A long-lived connection's answered turn is counted once it has been quiet and every
+    /// payload byte the kernel counted was read, not only at the next request.
+    #[test]
+    fn a_quiet_answered_turn_is_counted_before_the_next_request() {
+        // The local workload is the server here: the client's bytes come in.
+        let k = key(8080, 40000, PROTO_TCP);
+        let mut t = L7Table::default();
+        let mut c = |from_client: bool, seq: u32, ts: u64, data: &[u8], start: bool| {
+            let mut ch = chunk_of(k, from_client, seq, ts, data);
+            ch.dir = if from_client { DIR_IN } else { DIR_OUT } as u8;
+            ch.flags = if start { chunk::START } else { 0 };
+            t.observe_chunk(&ch, data);
+        };
+        let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        preface.extend(h2_frame(1, 5, 1, &[0x82, 0x86, 0x84]));
+        let answer = h2_frame(1, 5, 1, &[0x88]);
+        c(true, 1, 1_000, &preface, true);
+        c(false, 1, 2_000, &answer, true);
+        let kernel = |client: usize, server: usize| FlowStats {
+            client_is_local: 0,
+            payload_bytes: [server as u64, client as u64], // [DIR_OUT, DIR_IN]
+            ..at(7)
+        };
+        t.tick(2_000 + STREAM_QUIET_NS);
+        let mut r = record(false);
+        t.fill(&k, &kernel(preface.len(), answer.len() + 1), &mut r);
+        assert_eq!(requests(&r), 0, "the kernel counted a byte not read yet");
+        let mut r = record(false);
+        t.fill(&k, &kernel(preface.len(), answer.len()), &mut r);
+        assert_eq!(groups(&r), [("GET", "/", 200, 1, 0)]);
+        assert_eq!(r.latency_sum_ns, 1_000);
     }
 }

@@ -4,8 +4,9 @@
 //! them answer it (its latency); server bytes in a row belong to the same answer; each side
 //! of a turn keeps at most [`TURN_BYTES`]. A turn is complete, and handed out, when the
 //! client starts the next one, when the flow ends ([`StreamTurns::finish`]), or when it has
-//! been answered and the flow was quiet since ([`StreamTurns::settle_if_quiet`]); server
-//! bytes after that are a turn of their own with no request.
+//! been answered, nothing came for a while and every payload byte the kernel counted on the
+//! flow has been taken in ([`StreamTurns::settle_if_quiet`]); server bytes after that are a
+//! turn of their own with no request.
 //!
 //! Chunks are placed by their TCP sequence numbers: a retransmission's bytes already seen
 //! are dropped, and a hole (a copy lost to a full ring) makes the side of the turn
@@ -142,6 +143,9 @@ pub struct StreamTurns {
     stats: StreamStats,
     /// Followed by the heads of its turns only (see [`StreamTurns::heads`]).
     heads: bool,
+    /// Payload bytes of the packets taken in, per side (client, server), retransmissions
+    /// included: the kernel's count of the flow's payload, when all of it was taken in.
+    seen: [u64; 2],
 }
 
 impl StreamTurns {
@@ -165,6 +169,7 @@ impl StreamTurns {
             last_ns: 0,
             stats: StreamStats::default(),
             heads,
+            seen: [0; 2],
         }
     }
 
@@ -192,7 +197,11 @@ impl StreamTurns {
     /// Takes in one chunk and its bytes; a turn it completes goes to `out`.
     pub fn push(&mut self, c: &StreamChunk, data: &[u8], out: &mut Vec<WholeTurn>) {
         let from_client = c.from_client == 1;
-        let d = &mut self.dirs[usize::from(!from_client)];
+        let side = usize::from(!from_client);
+        if c.offset == 0 {
+            self.seen[side] += u64::from(c.payload_len);
+        }
+        let d = &mut self.dirs[side];
         let end = c.seq.wrapping_add(data.len() as u32);
         let mut data = data;
         let mut hole = false;
@@ -266,19 +275,19 @@ impl StreamTurns {
     }
 
     /// Hands out the open turn if it was answered, nothing came for `quiet_ns` (by
-    /// `now_ns`, the kernel's clock) and the flow's last packet (`flow_last_ns`) is one
-    /// already taken in: the answer is not being written any more.
+    /// `now_ns`, the kernel's clock) and every payload byte the kernel counted on the flow
+    /// (`kernel_bytes`: client's, server's) was taken in: the answer is not being written
+    /// any more, and no packet of it is still in the ring. A side the kernel cut at its
+    /// bound left packets uncopied, so such a turn waits for the next one.
     pub fn settle_if_quiet(
         &mut self,
         now_ns: u64,
         quiet_ns: u64,
-        flow_last_ns: u64,
+        kernel_bytes: [u64; 2],
         out: &mut Vec<WholeTurn>,
     ) {
         let answered = self.turn.as_ref().is_some_and(|t| t.answered_ns.is_some());
-        if answered
-            && now_ns.saturating_sub(self.last_ns) >= quiet_ns
-            && flow_last_ns <= self.last_ns
+        if answered && now_ns.saturating_sub(self.last_ns) >= quiet_ns && self.seen == kernel_bytes
         {
             self.settle(out);
         }
