@@ -253,13 +253,17 @@ impl StreamTurns {
         } else {
             // Server bytes with no turn open: after a turn settled while quiet, or before
             // the client spoke again. A turn of its own, with no request.
-            let (request, response) = (self.side(), self.side());
-            let t = self.turn.get_or_insert_with(|| Open {
-                start_ns: c.ts_ns,
-                answered_ns: Some(c.ts_ns),
-                request,
-                response,
-            });
+            if self.turn.is_none() {
+                self.turn = Some(Open {
+                    start_ns: c.ts_ns,
+                    answered_ns: Some(c.ts_ns),
+                    request: self.side(),
+                    response: self.side(),
+                });
+            }
+            let Some(t) = self.turn.as_mut() else {
+                return;
+            };
             t.answered_ns.get_or_insert(c.ts_ns);
             t.response.append(data, hole);
             if cut {
