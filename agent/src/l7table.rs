@@ -952,11 +952,7 @@ mod tests {
     #[test]
     fn http2_streams_in_one_turn_count_separately() {
         let k = key(40000, 8080, PROTO_TCP);
-        let frame = |kind: u8, flags: u8, stream: u8, payload: &[u8]| {
-            let mut v = vec![0, 0, payload.len() as u8, kind, flags, 0, 0, 0, stream];
-            v.extend_from_slice(payload);
-            v
-        };
+        let frame = h2_frame;
         let mut c = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         c.extend(frame(4, 0, 0, &[]));
         c.extend(frame(1, 5, 1, &[0x82, 0x86, 0x84]));
@@ -970,21 +966,8 @@ mod tests {
         let mut r = record(true);
         t.fill(&k, &at(7), &mut r);
         assert_eq!(r.protocol, "http2");
-        let got: Vec<_> = r
-            .request_groups
-            .iter()
-            .map(|g| {
-                (
-                    g.method.as_str(),
-                    g.path.as_str(),
-                    g.status,
-                    g.count,
-                    g.errors,
-                )
-            })
-            .collect();
         assert_eq!(
-            got,
+            groups(&r),
             [("GET", "/", 200, 1, 0), ("GET", "/index.html", 500, 1, 1)]
         );
     }

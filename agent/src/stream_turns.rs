@@ -221,19 +221,19 @@ impl StreamTurns {
         if hole {
             self.stats.holes += 1;
         }
-        d.cut = c.flags & chunk::CUT != 0;
+        let cut = c.flags & chunk::CUT != 0;
+        d.cut = cut;
         // Past a cut the packet's remaining bytes were not copied: the stream goes on
         // after the packet.
-        d.next = Some(if d.cut {
-            c.seq
-                .wrapping_sub(c.offset)
-                .wrapping_add(c.payload_len)
-                .max_wrapping(end)
+        d.next = Some(if cut {
+            later_seq(
+                c.seq.wrapping_sub(c.offset).wrapping_add(c.payload_len),
+                end,
+            )
         } else {
             end
         });
         self.last_ns = self.last_ns.max(c.ts_ns);
-        let cut = c.flags & chunk::CUT != 0;
         if from_client {
             if self.turn.as_ref().is_none_or(|t| t.answered_ns.is_some()) {
                 self.settle(out);
@@ -304,18 +304,8 @@ impl StreamTurns {
 }
 
 /// The later of two sequence numbers (modulo 2^32).
-trait MaxWrapping {
-    fn max_wrapping(self, other: Self) -> Self;
-}
-
-impl MaxWrapping for u32 {
-    fn max_wrapping(self, other: u32) -> u32 {
-        if (other.wrapping_sub(self) as i32) > 0 {
-            other
-        } else {
-            self
-        }
-    }
+fn later_seq(a: u32, b: u32) -> u32 {
+    if (b.wrapping_sub(a) as i32) > 0 { b } else { a }
 }
 
 // By path, so that the file is found also where the fuzz crate includes this one.
