@@ -190,7 +190,20 @@ pub(crate) struct Load {
 }
 
 /// Runs oha in namespace `ns` against `url` at the fixed rate; `extra` flags appended.
+///
+/// The namespace is set to reuse its TIME_WAIT ports (`tcp_tw_reuse=1`), as a load
+/// generator's host is. Without it, a run of new connections (about half of them closed by
+/// the client first, each then in TIME_WAIT for 60 s) leaves some 10,000 such ports to the
+/// next run, whose `connect()` then walks them: in the weaves benchmark that was most of a
+/// CPU in `__inet_hash_connect`, oha fell behind its schedule and its latency-corrected
+/// p99 of the second and third run in a row reached 0.5-7 s (not SYN retransmits: packet
+/// captures showed none).
 pub(crate) fn load(ns: &str, oha: &Path, url: &str, extra: &[&str]) -> Result<Load> {
+    weft_lab::cmd::run(&mut weft_lab::netns::command_in(
+        ns,
+        &["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"],
+    ))
+    .with_context(|| format!("tcp_tw_reuse in {ns}"))?;
     let oha = oha.display().to_string();
     let (secs, rate, conns) = (
         format!("{SECONDS}s"),

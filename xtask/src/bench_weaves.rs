@@ -25,7 +25,8 @@
 //!   replication does) and `cp -a` of the volume.
 //!
 //! `WEFT_BENCH_ROUNDS` (default 3). The figures go into BENCHMARKS.md between the `weaves`
-//! markers.
+//! markers. `WEFT_BENCH_WEAVES_ONLY=routing` runs the routing cases alone and prints each
+//! round's new-connection p99 (BENCHMARKS.md is left as it is).
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -385,10 +386,9 @@ fn routing(c: &Controller, client: &str, web: IpAddr, rounds: usize) -> Result<V
     let oha = bench_shadows::oha()?;
     let url = format!("http://{web}/");
     let header = ["-H", "X-Weft-Weave: wbactw"];
-    // Each case measures routing in place: it starts SETTLE after its route change. (With
-    // 0.5 s, some rounds' new connections had 0.6-4 s p99s, SYN retransmits, not
-    // explained yet and intermittent: BENCHMARKS.md.)
-    const SETTLE: Duration = Duration::from_millis(2500);
+    // Each case measures routing in place: it starts SETTLE after its route change (the
+    // page check below then shows the route is in place).
+    const SETTLE: Duration = Duration::from_millis(500);
     let route = |body: Value| -> Result<()> {
         call_json(
             c,
@@ -424,7 +424,7 @@ fn routing(c: &Controller, client: &str, web: IpAddr, rounds: usize) -> Result<V
         new_conn: Vec::new(),
     })
     .collect();
-    for _ in 0..rounds {
+    for round in 0..rounds {
         for (i, case) in cases.iter_mut().enumerate() {
             match i {
                 1 => route(json!({"port": 80, "node": "web"}))?,
@@ -449,8 +449,12 @@ fn routing(c: &Controller, client: &str, web: IpAddr, rounds: usize) -> Result<V
                 .push(bench_shadows::load(client, &oha, &url, extra)?);
             let mut fresh = extra.to_vec();
             fresh.push("--disable-keepalive");
-            case.new_conn
-                .push(bench_shadows::load(client, &oha, &url, &fresh)?);
+            let l = bench_shadows::load(client, &oha, &url, &fresh)?;
+            eprintln!(
+                "round {round} {}: new connections p99 {:.2} ms, errors {}",
+                case.label, l.p99_ms, l.errors
+            );
+            case.new_conn.push(l);
             match i {
                 1 => unroute("?node=web")?,
                 3 => unroute("?node=web&header=x-weft-weave&header_value=wbactw")?,
@@ -461,7 +465,17 @@ fn routing(c: &Controller, client: &str, web: IpAddr, rounds: usize) -> Result<V
     Ok(cases)
 }
 
-fn activation(c: &Controller, lab: &Lab, rounds: usize) -> Result<(Activation, Vec<RoutingCase>)> {
+/// `WEFT_BENCH_WEAVES_ONLY=routing`: the routing cases alone.
+fn routing_only() -> bool {
+    std::env::var("WEFT_BENCH_WEAVES_ONLY").as_deref() == Ok("routing")
+}
+
+/// The routing cases, then (unless [`routing_only`]) the activations.
+fn activation(
+    c: &Controller,
+    lab: &Lab,
+    rounds: usize,
+) -> Result<(Option<Activation>, Vec<RoutingCase>)> {
     let name = "wbact";
     let tdl = env_tdl(name, 0);
     let (net, _) = create_env(c, lab, name, &tdl, 4)?;
@@ -482,6 +496,17 @@ fn activation(c: &Controller, lab: &Lab, rounds: usize) -> Result<(Activation, V
     )
     .context("the weave's page")?;
     let routing = routing(c, &client, web, rounds)?;
+    if routing_only() {
+        call(
+            c,
+            "DELETE",
+            "/weaves/wbactw",
+            None,
+            Duration::from_secs(120),
+        )?;
+        delete_net(c, name)?;
+        return Ok((None, routing));
+    }
     sh::step("weaves: 100 activations under 2,000 req/s");
     let plan = Plan {
         netns: PathBuf::from(format!("/run/netns/{client}")),
@@ -537,7 +562,7 @@ fn activation(c: &Controller, lab: &Lab, rounds: usize) -> Result<(Activation, V
         Duration::from_secs(120),
     )?;
     delete_net(c, name)?;
-    Ok((result, routing))
+    Ok((Some(result), routing))
 }
 
 struct Sync {
@@ -689,9 +714,14 @@ pub fn run() -> Result<()> {
             agent.child.tail(60)
         )
     };
+    if routing_only() {
+        activation(&c, &lab, rounds).with_context(logs)?;
+        return Ok(());
+    }
     let three = branch_rounds(&c, &lab, 3 + 1, rounds).with_context(logs)?;
     let ten = branch_rounds(&c, &lab, 10, rounds).with_context(logs)?;
     let (act, routing) = activation(&c, &lab, rounds).with_context(logs)?;
+    let act = act.context("activations were not measured")?;
     let sync = sync_rounds(&c, &lab, rounds).with_context(logs)?;
     let load_after = loadavg();
     let total = started.elapsed().as_secs_f64();
