@@ -78,6 +78,17 @@ pub mod conn_state {
     pub const SERVER_SPOKE: u8 = 1 << 5;
 }
 
+/// `TapPolicy::active` values.
+pub mod tap_active {
+    /// Outside the time window: new connections are not eligible (they are still counted);
+    /// sampled connections are still copied.
+    pub const OFF: u8 = 0;
+    pub const ON: u8 = 1;
+    /// The tap's sinks take nothing (the agent's breaker): new connections are not
+    /// eligible, and a sampled connection's next packet ends its sampling (not copied).
+    pub const PAUSED: u8 = 2;
+}
+
 /// A connection to the production node, seen on its host-side interface. IPv4 addresses
 /// use the first four bytes of the 16; the rest are zero.
 #[repr(C)]
@@ -121,7 +132,7 @@ pub struct TapPolicy {
     pub generation: u32,
     /// Index into the counters array.
     pub slot: u32,
-    /// 0: nothing is eligible (outside the time window); connections are still counted.
+    /// `tap_active`: `ON`, or nothing is eligible (connections are still counted).
     pub active: u8,
     /// `key_kind`.
     pub key_kind: u8,

@@ -10,6 +10,8 @@
 //! is active and the server port and client source are in it; sampled when
 //! `decision_hash(seed, key) < threshold`. The decision stays in the LRU map `SHADOW_CONNS`;
 //! connections whose SYN was not seen are never sampled (they could not be replayed).
+//! While the agent pauses the tap (`tap_active::PAUSED`: its sinks take nothing) nothing
+//! is eligible and a sampled connection's next packet ends its sampling.
 //!
 //! For a sampled connection every packet with TCP payload, and every SYN, FIN and RST,
 //! goes to the ring buffer `SHADOW_COPIES` (`bpf_ringbuf_output`): a `TapRecord` header,
@@ -34,7 +36,7 @@ use agent_common::{
         TAP_CHUNK, TAP_CONNECTIONS, TAP_CTX_CAP, TAP_INTERFACES, TAP_MAX_TAIL_CHUNKS,
         TAP_RECORD_BYTES, TAP_RECORD_VERSION, TAP_RING_BYTES, TAP_SOURCE_PREFIXES, TAP_TAIL_CHUNK,
         TapConn, TapConnKey, TapCounters, TapPolicy, TapRecord, TapSourceData, TapTail, conn_state,
-        dir, mark, record_kind, sampled,
+        dir, mark, record_kind, sampled, tap_active,
     },
 };
 use aya_ebpf::{
@@ -109,6 +111,12 @@ pub fn tap(ctx: &TcContext, into_node: bool) -> Result<(), ()> {
         };
     }
     if conn.state & conn_state::SAMPLED == 0 {
+        return Ok(());
+    }
+    if policy.active == tap_active::PAUSED {
+        // Nothing reaches the sinks: the rest of this connection is not copied (its
+        // stream has a hole already).
+        conn.state &= !conn_state::SAMPLED;
         return Ok(());
     }
     if pkt.payload_len == 0 && flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
@@ -200,8 +208,9 @@ fn decide(policy: &TapPolicy, key: &TapConnKey, now: u64) {
             return;
         }
     }
-    let eligible =
-        policy.active != 0 && policy.port_allowed(key.server_port) && source_ok(policy, key);
+    let eligible = policy.active == tap_active::ON
+        && policy.port_allowed(key.server_port)
+        && source_ok(policy, key);
     let take = eligible && sampled(policy.seed, policy.threshold, policy.key_kind, key);
     let fresh = TapConn {
         opened_ns: now,

@@ -321,6 +321,11 @@ fn show(s: &Value) -> String {
             _ => String::new(),
         },
     ));
+    if let Some(n) = c["taps_paused"].as_u64().filter(|n| *n > 0) {
+        out.push_str(&format!(
+            "  {n} taps paused: their sinks take nothing (shadow stopped or unreachable); copying resumes by itself\n"
+        ));
+    }
     if c["connections_diverted"].as_u64().unwrap_or(0) > 0
         || c["nodes_failed_over"].as_u64().unwrap_or(0) > 0
     {

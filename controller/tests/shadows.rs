@@ -837,6 +837,7 @@ async fn status_sums_the_taps_and_sinks_reports_and_compares_latencies() {
         ("bytes_streamed", 4096.0),
         ("connections_lost", 1.0),
         ("sinks_connected", 1.0),
+        ("paused", 1.0),
     ]);
     a.sink_measurements = measurements(&[
         ("requests_replayed", 30.0),
@@ -876,6 +877,10 @@ async fn status_sums_the_taps_and_sinks_reports_and_compares_latencies() {
     assert_eq!(c.connections_sampled, 20);
     assert_eq!(c.bytes_streamed, 8192);
     assert_eq!(c.connections_lost, 2);
+    assert_eq!(
+        c.taps_paused, 2,
+        "both taps report their sinks take nothing"
+    );
     assert_eq!(c.requests_replayed, 60);
     assert_eq!(c.requests_skipped_write, 4);
     assert_eq!(info.analysis.len(), 1);

@@ -38,11 +38,15 @@
 //! one LRU lookup (decision) and, for sampled connections only, one ring buffer output of
 //! the frame (copied into a per-CPU scratch value first; GSO super-packets in chunks). Production's
 //! packets are never delayed, altered or dropped: both programs return `TC_ACT_UNSPEC`.
+//! And a shadow that takes nothing (its host down or unreachable) costs production no
+//! copies: the tap's breaker pauses copying in the kernel until the sinks take bytes again
+//! ([`tap_breaker`]).
 
 pub mod reassembly;
 pub mod sink;
 pub mod synthetic;
 pub mod tap;
+pub mod tap_breaker;
 pub mod tap_policy;
 pub mod tap_reconciler;
 pub mod tap_record;
@@ -67,6 +71,7 @@ pub struct ShadowTapMetrics {
     pub ring_full: Counter,
     pub sinks_connected: Gauge,
     pub taps: Gauge,
+    pub pauses: Counter,
 }
 
 impl ShadowTapMetrics {
@@ -127,6 +132,12 @@ impl ShadowTapMetrics {
             "weft_agent_shadow_taps",
             "Shadow taps on this host.",
             m.taps.clone(),
+        );
+        register(
+            r,
+            "weft_agent_shadow_tap_pauses_total",
+            "Times a tap stopped copying because its sinks took nothing (refused frames, no byte written); it resumes after 1 s, up to 30 s when it trips again at once.",
+            m.pauses.clone(),
         );
         m
     }

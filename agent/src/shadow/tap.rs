@@ -28,8 +28,9 @@
 //! Per tap: a counter slot in the kernel, the policy (one map value per interface; its
 //! source prefixes under a generation number, so a change is still one update of the
 //! policy value), its sinks and a refresher task that reads the kernel counters every
-//! second, flips the policy's `active` flag at the time window's edges, and signals the
-//! driver (`REFRESH`) every ~2 s while the counters change.
+//! second, flips the policy's `active` flag at the time window's edges and when its
+//! breaker pauses or resumes copying ([`super::tap_breaker`]: the sinks take nothing), and
+//! signals the driver (`REFRESH`) every ~2 s while the counters change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsRawFd as _;
@@ -40,7 +41,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use agent_common::shadow::{
-    TAP_INTERFACES, TapConn, TapConnKey, TapCounters, TapPolicy, TapSourceData,
+    TAP_INTERFACES, TapConn, TapConnKey, TapCounters, TapPolicy, TapSourceData, tap_active,
 };
 use aya::maps::{
     HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, RingBuf, lpm_trie::Key,
@@ -50,6 +51,7 @@ use weft_proto::v1::{ShadowFrame, ShadowHello};
 
 use super::ShadowTapMetrics;
 use super::reassembly::{Assembler, Event, Limits};
+use super::tap_breaker::{SinkBreaker, SinkTotals};
 use super::tap_policy::{TapSpec, kernel_policy, source_entries, window_active};
 use super::tap_record::{self, Segment};
 use super::tap_stream::{SinkTx, StreamStats, start_sink};
@@ -153,7 +155,10 @@ struct Tap {
     slot: u32,
     spec: TapSpec,
     generation: u32,
+    /// Inside the policy's time window.
     active: bool,
+    /// Pauses copying while the sinks take nothing.
+    breaker: SinkBreaker,
     sources: Vec<(u32, TapSourceData)>,
     stats: Arc<StreamStats>,
     sink_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -383,6 +388,7 @@ impl TapEngine {
                     }
                     t.sink_tasks = tasks;
                     t.stats = stats.clone();
+                    t.breaker = SinkBreaker::new(SinkTotals::default());
                     if let Some(ctl) = pipeline {
                         let _ = ctl.send(Control::Add {
                             ifindex,
@@ -442,6 +448,7 @@ impl TapEngine {
                     spec: spec.clone(),
                     generation: 0,
                     active: now_active,
+                    breaker: SinkBreaker::new(SinkTotals::default()),
                     sources,
                     stats,
                     sink_tasks,
@@ -510,7 +517,7 @@ impl TapEngine {
     /// prefixes go.
     fn write_policy(&self, t: &mut Tap, generation: u32) -> Result<(), TapError> {
         let sources = source_entries(&t.spec.policy, t.ifindex, generation);
-        let policy = kernel_policy(&t.spec.policy, t.slot, generation, t.active);
+        let policy = kernel_policy(&t.spec.policy, t.slot, generation, t.kernel_active());
         let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut trie: LpmTrie<&mut MapData, TapSourceData, u8> =
@@ -638,25 +645,38 @@ impl TapEngine {
     }
 
     /// Reads the kernel counters of `key`, flips the policy at the window's edges and
-    /// advances the Prometheus counters. Returns the tap's measurements.
+    /// when the breaker pauses or resumes copying, and advances the Prometheus counters.
+    /// Returns the tap's measurements.
     pub fn refresh(&self, key: &str) -> Option<Vec<(String, f64)>> {
         let mut state = self.lock();
-        let (slot, window, active) = {
-            let t = state.taps.get(key)?;
-            (t.slot, t.spec.policy.window, t.active)
-        };
+        let slot = state.taps.get(key)?.slot;
         let counts = self.read_counters(slot).ok();
-        let want = window_active(window, unix_secs());
         let t = state.taps.get_mut(key)?;
         if let Some(c) = counts {
             t.kernel = c;
         }
-        if want != active {
-            t.active = want;
-            let policy = kernel_policy(&t.spec.policy, t.slot, t.generation, want);
+        let before = t.kernel_active();
+        t.active = window_active(t.spec.policy.window, unix_secs());
+        let was_paused = t.breaker.paused();
+        let paused = t.breaker.observe(Instant::now(), t.stats.totals());
+        if paused != was_paused {
+            if paused {
+                tracing::warn!(
+                    tap = key,
+                    pauses = t.breaker.pauses,
+                    "shadow tap paused: its sinks take nothing (refused frames, no byte written)"
+                );
+                self.metrics.pauses.inc();
+            } else {
+                tracing::info!(tap = key, "shadow tap resumes copying");
+            }
+        }
+        let now_active = t.kernel_active();
+        if now_active != before {
+            let policy = kernel_policy(&t.spec.policy, t.slot, t.generation, now_active);
             let mut dp = self.datapath.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = insert_policy(&mut dp, t.ifindex, &policy) {
-                tracing::warn!(tap = key, error = %e, "flipping the shadow policy at its window edge");
+                tracing::warn!(tap = key, error = %e, "updating the shadow policy (time window, breaker)");
             }
         }
         let now = [
@@ -714,6 +734,19 @@ impl TapEngine {
     }
 }
 
+impl Tap {
+    /// The kernel policy's `active` value: the time window, then the breaker.
+    fn kernel_active(&self) -> u8 {
+        if !self.active {
+            tap_active::OFF
+        } else if self.breaker.paused() {
+            tap_active::PAUSED
+        } else {
+            tap_active::ON
+        }
+    }
+}
+
 fn insert_policy(
     dp: &mut crate::datapath::Datapath,
     ifindex: u32,
@@ -737,6 +770,9 @@ fn measurements_of(t: &Tap) -> Vec<(String, f64)> {
         ("sinks_connected", s.sinks_connected.load(Relaxed)),
         ("copies_lost", t.kernel.lost),
         ("copies_ring_full", t.kernel.ring_full),
+        ("frames_refused", s.frames_refused.load(Relaxed)),
+        ("paused", u64::from(t.breaker.paused())),
+        ("pauses", t.breaker.pauses),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v as f64))

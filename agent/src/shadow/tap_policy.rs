@@ -176,13 +176,14 @@ pub fn window_active(window: Option<(u32, u32)>, unix_secs: u64) -> bool {
 }
 
 /// The kernel's policy value for a tap.
-pub fn kernel_policy(p: &PolicySpec, slot: u32, generation: u32, active: bool) -> Box<TapPolicy> {
+/// `active`: a `tap_active` value.
+pub fn kernel_policy(p: &PolicySpec, slot: u32, generation: u32, active: u8) -> Box<TapPolicy> {
     let mut k = Box::new(TapPolicy::INACTIVE);
     k.threshold = threshold_of(p.share_ppm);
     k.seed = p.seed;
     k.generation = generation;
     k.slot = slot;
-    k.active = u8::from(active);
+    k.active = active;
     k.key_kind = p.key;
     k.all_ports = u8::from(p.ports.is_empty());
     k.all_sources = u8::from(p.sources.is_empty());
@@ -251,6 +252,8 @@ pub fn decide(p: &PolicySpec, active: bool, client: SocketAddr, server: SocketAd
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+
+    use agent_common::shadow::tap_active;
 
     use super::*;
 
@@ -344,7 +347,7 @@ mod tests {
             decide(&p, true, addr("[fd00::9]:1"), addr("[fd00::1]:80")),
             Decision::Sampled
         );
-        let k = kernel_policy(&p, 3, 7, true);
+        let k = kernel_policy(&p, 3, 7, tap_active::ON);
         assert!(k.port_allowed(80) && !k.port_allowed(81));
         assert_eq!((k.slot, k.generation, k.all_sources), (3, 7, 0));
         let e = source_entries(&p, 9, 7);
@@ -352,7 +355,7 @@ mod tests {
         assert_eq!(&e[0].1.addr[10..15], &[0xff, 0xff, 198, 18, 4]);
         assert_eq!(e[1].0, 64 + 64);
         p.sources.clear();
-        assert_eq!(kernel_policy(&p, 0, 0, true).all_sources, 1);
+        assert_eq!(kernel_policy(&p, 0, 0, tap_active::ON).all_sources, 1);
     }
 
     #[test]
@@ -420,7 +423,7 @@ mod tests {
         );
         assert_eq!(p(0).share_ppm, 0);
         assert_eq!(
-            kernel_policy(&p(1), 0, 0, true).threshold,
+            kernel_policy(&p(1), 0, 0, tap_active::ON).threshold,
             threshold_of(1_000_000)
         );
     }

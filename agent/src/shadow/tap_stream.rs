@@ -24,6 +24,8 @@ pub const SINK_QUEUE: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Unacknowledged data on a sink connection for this long fails it (`TCP_USER_TIMEOUT`).
+const USER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Ids of lost connections remembered for de-duplicated counting.
 const LOST_IDS: usize = 65_536;
 
@@ -37,10 +39,20 @@ pub struct StreamStats {
     pub sinks_connected: AtomicU64,
     /// Connections given to the sinks (opened).
     pub connections_streamed: AtomicU64,
+    /// Frames a sink did not take: its queue was full, or no sink was connected.
+    pub frames_refused: AtomicU64,
     lost_ids: Mutex<HashSet<u64>>,
 }
 
 impl StreamStats {
+    /// What the sinks did, for the tap's breaker.
+    pub fn totals(&self) -> super::tap_breaker::SinkTotals {
+        super::tap_breaker::SinkTotals {
+            streamed: self.bytes_streamed.load(Relaxed),
+            refused: self.frames_refused.load(Relaxed),
+        }
+    }
+
     /// Counts connection `id` as lost, once.
     pub fn lost(&self, id: u64) {
         let mut ids = self.lost_ids.lock().unwrap_or_else(|p| p.into_inner());
@@ -81,6 +93,7 @@ impl SinkTx {
             return;
         }
         if self.tx.try_send(frame.clone()).is_err() {
+            stats.frames_refused.fetch_add(1, Relaxed);
             stats.lost(id);
             if !frame.close {
                 self.dropped.insert(id);
@@ -153,6 +166,12 @@ async fn run_sink(
             }
         };
         let _ = stream.set_nodelay(true);
+        // A sink whose host vanished (a link down) acknowledges nothing: the connection
+        // fails after this long instead of TCP's ~15 minutes of retransmissions, and the
+        // tap's breaker sees frames refused.
+        if let Err(e) = set_user_timeout(&stream, USER_TIMEOUT) {
+            tracing::debug!(sink = %addr, error = %e, "shadow sink: TCP_USER_TIMEOUT");
+        }
         stats.sinks_connected.fetch_add(1, Relaxed);
         tracing::info!(sink = %addr, "shadow sink connected");
         let ended = serve(stream, &hello, &mut rx, &stats).await;
@@ -170,6 +189,26 @@ async fn run_sink(
     }
 }
 
+fn set_user_timeout(stream: &tokio::net::TcpStream, d: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let ms = libc::c_uint::try_from(d.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: a valid socket descriptor and a c_uint option value of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Waits `d` while dropping what is queued (no sink to take it); true when the tap went.
 async fn wait_or_closed(
     rx: &mut mpsc::Receiver<Arc<ShadowFrame>>,
@@ -181,7 +220,10 @@ async fn wait_or_closed(
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Err(_) => return false,
             Ok(None) => return true,
-            Ok(Some(f)) => stats.lost(f.connection),
+            Ok(Some(f)) => {
+                stats.frames_refused.fetch_add(1, Relaxed);
+                stats.lost(f.connection);
+            }
         }
     }
 }

@@ -822,3 +822,211 @@ async fn the_reconciler_reports_what_is_missing() {
     assert!(r.managed().is_empty());
     assert!(r.reconcile(&[], Scope::All).await.is_empty());
 }
+
+/// A measurement of `engine.refresh(key)`.
+fn measured(m: &[(String, f64)], k: &str) -> u64 {
+    m.iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| *v as u64)
+        .unwrap_or_else(|| panic!("no measurement {k} in {m:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tap_whose_sink_takes_nothing_stops_copying_until_the_sink_is_back() {
+    require_root!();
+    let started = Instant::now();
+    let host = TestNetns::new();
+    let node = TestNetns::new();
+    ip(&[
+        "-n", &host.name, "link", "add", "tp0", "type", "veth", "peer", "name", "eth0", "netns",
+        &node.name,
+    ]);
+    ip(&[
+        "-n",
+        &host.name,
+        "addr",
+        "add",
+        "198.18.79.1/24",
+        "dev",
+        "tp0",
+    ]);
+    ip(&["-n", &host.name, "link", "set", "tp0", "up"]);
+    ip(&[
+        "-n",
+        &node.name,
+        "addr",
+        "add",
+        "198.18.79.2/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &node.name, "link", "set", "eth0", "up"]);
+    ip(&["-n", &node.name, "link", "set", "lo", "up"]);
+    let ifindex = in_ns(&host.path, || {
+        let c = std::ffi::CString::new("tp0").unwrap();
+        // SAFETY: a NUL-terminated name.
+        unsafe { libc::if_nametoindex(c.as_ptr()) }
+    });
+    assert_ne!(ifindex, 0);
+    let mut dp = Datapath::load(FLOW_OBJECT).expect("flow object");
+    for p in [PROG_INGRESS, PROG_EGRESS] {
+        dp.load_classifier(p).expect("verifier");
+    }
+    let dp = dp.into_shared();
+    {
+        let dp2 = dp.clone();
+        in_ns(&host.path, move || {
+            let mut dp = dp2.lock().unwrap();
+            dp.attach("tp0", ifindex, Hook::Ingress, PROG_INGRESS, Order::First)
+                .unwrap();
+            dp.attach("tp0", ifindex, Hook::Egress, PROG_EGRESS, Order::First)
+                .unwrap();
+        });
+    }
+    let metrics = Arc::new(ShadowTapMetrics::default());
+    let engine = TapEngine::new(
+        dp.clone(),
+        tokio::runtime::Handle::current(),
+        "test-host",
+        None,
+        metrics.clone(),
+    );
+    let sink_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink_l.local_addr().unwrap();
+    let first = Arc::new(Mutex::new(SinkLog::default()));
+    let first_task = tokio::spawn(sink(sink_l, first.clone()));
+    let server = SocketAddr::from(([198, 18, 79, 2], 8080));
+    // Every connection sampled.
+    let spec = TapSpec::from_wire(
+        "s2/web",
+        &weft_proto::v1::ShadowTap {
+            shadow: "s2".into(),
+            network: "prod".into(),
+            node: "web".into(),
+            policy: Some(policy(1_000_000, "connection", vec![8080], vec![], 3)),
+            sinks: vec![sink_addr.to_string()],
+        },
+    )
+    .unwrap();
+    let e2 = engine.clone();
+    in_ns(&host.path, move || {
+        e2.apply("s2/web", "tp0", ifindex, &spec)
+    })
+    .expect("tap");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let servers = serve(node.path.clone(), vec![server], stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut port = 45_000u16;
+    let mut batch = |n: u16| {
+        let jobs: Vec<Job> = (0..n)
+            .map(|i| Job {
+                client: SocketAddr::from(([198, 18, 79, 1], port + i)),
+                server,
+                request: pattern(u64::from(port + i), 200),
+            })
+            .collect();
+        port += n;
+        let failures = run_clients(&host.path, jobs, 4);
+        assert!(failures.is_empty(), "production failed: {failures:?}");
+    };
+
+    // A sink that takes the copies.
+    batch(20);
+    assert!(
+        eventually(Duration::from_secs(10), || first
+            .lock()
+            .unwrap()
+            .conns
+            .len()
+            == 20)
+        .await,
+        "the sink got {} connections of 20",
+        first.lock().unwrap().conns.len()
+    );
+    let m = engine.refresh("s2/web").unwrap();
+    assert_eq!(measured(&m, "connections_sampled"), 20);
+    assert_eq!(measured(&m, "paused"), 0);
+
+    // The sink goes: within seconds the tap pauses.
+    first_task.abort();
+    let _ = first_task.await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut m = engine.refresh("s2/web").unwrap();
+    while measured(&m, "paused") == 0 && Instant::now() < deadline {
+        batch(10);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        m = engine.refresh("s2/web").unwrap();
+    }
+    assert_eq!(measured(&m, "paused"), 1, "the tap did not pause: {m:?}");
+    assert!(measured(&m, "frames_refused") > 0);
+    assert!(metrics.pauses.get() >= 1);
+    // While paused the kernel samples nothing: new connections are seen, not eligible.
+    // (A look that spans a resume is taken again; the backoff grows while the sink
+    // stays away.)
+    let mut checked = false;
+    while !checked && Instant::now() < deadline + Duration::from_secs(40) {
+        let before = engine.refresh("s2/web").unwrap();
+        if measured(&before, "paused") == 0 {
+            batch(5);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        batch(20);
+        let after = engine.refresh("s2/web").unwrap();
+        if measured(&after, "paused") == 1
+            && measured(&after, "pauses") == measured(&before, "pauses")
+        {
+            assert_eq!(
+                measured(&after, "connections_seen"),
+                measured(&before, "connections_seen") + 20
+            );
+            assert_eq!(
+                measured(&after, "connections_sampled"),
+                measured(&before, "connections_sampled"),
+                "sampled while paused"
+            );
+            assert_eq!(
+                measured(&after, "connections_eligible"),
+                measured(&before, "connections_eligible")
+            );
+            checked = true;
+        }
+    }
+    assert!(checked, "no paused window seen");
+
+    // A sink is back at the same address: copying resumes and its copies are whole.
+    let second = Arc::new(Mutex::new(SinkLog::default()));
+    let sink_l = tokio::net::TcpListener::bind(sink_addr).await.unwrap();
+    let second_task = tokio::spawn(sink(sink_l, second.clone()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let whole = || {
+        second
+            .lock()
+            .unwrap()
+            .conns
+            .values()
+            .filter(|c| c.closed && !c.gap && c.up.len() == 200)
+            .count()
+    };
+    while whole() < 5 && Instant::now() < deadline {
+        batch(5);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(whole() >= 5, "copies after the sink came back: {}", whole());
+    let m = engine.refresh("s2/web").unwrap();
+    assert_eq!(measured(&m, "sinks_connected"), 1);
+    eprintln!(
+        "breaker test: {} pauses, {} frames refused, {:?}",
+        measured(&m, "pauses"),
+        measured(&m, "frames_refused"),
+        started.elapsed()
+    );
+
+    engine.shutdown();
+    dp.lock().unwrap().detach_all();
+    stop.store(true, Relaxed);
+    for s in servers {
+        let _ = s.join();
+    }
+    second_task.abort();
+}

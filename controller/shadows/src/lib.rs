@@ -224,6 +224,9 @@ pub struct ShadowCounters {
     pub connections_diverted: u64,
     /// Production nodes whose traffic is failed over to the shadow now. REST only.
     pub nodes_failed_over: u64,
+    /// Taps not copying now because their sinks take nothing (the agent's breaker:
+    /// stopped or unreachable shadow side). REST only.
+    pub taps_paused: u64,
     /// Synthetic load: connections opened and requests sent into the shadow, runs done.
     /// REST only.
     pub synthetic_connections: u64,
@@ -232,12 +235,13 @@ pub struct ShadowCounters {
 }
 
 /// The taps' measurements summed into the counters.
-const TAP_COUNTERS: [&str; 5] = [
+const TAP_COUNTERS: [&str; 6] = [
     "connections_seen",
     "connections_eligible",
     "connections_sampled",
     "bytes_streamed",
     "connections_lost",
+    "paused",
 ];
 /// The steers' (divert and failover).
 const STEER_COUNTERS: [&str; 2] = ["connections_steered", "failover_active"];
@@ -274,6 +278,7 @@ impl ShadowCounters {
             "requests_unsampled" => &mut self.requests_unsampled,
             "connections_steered" => &mut self.connections_diverted,
             "failover_active" => &mut self.nodes_failed_over,
+            "paused" => &mut self.taps_paused,
             "synthetic_connections" => &mut self.synthetic_connections,
             "synthetic_requests" => &mut self.synthetic_requests,
             "synthetic_runs_finished" => &mut self.synthetic_runs_finished,
