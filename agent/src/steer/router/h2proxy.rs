@@ -178,6 +178,6 @@ pub async fn serve(
     served.map_err(|e| io::Error::other(format!("HTTP/2 client connection: {e}")))?;
     Ok(Outcome {
         requests: [load(ORIGIN), load(TARGET)],
-        not_http: false,
+        ..Outcome::default()
     })
 }

@@ -31,8 +31,9 @@
 //! - The servers see their connections come from their own address (A), not from the
 //!   client: the router connects from inside their namespaces. The flow observer on Vo
 //!   still sees the client's connection as it was.
-//! - HTTP/1.1 and h2c only: a connection whose first bytes are neither (TLS, another
-//!   protocol) goes whole to the origin. An upgrade (WebSocket, h2c by `Upgrade`) or
+//! - HTTP/1.1 and h2c by request; TLS (not terminated: the router has no keys) by
+//!   connection, whole, on its ClientHello's server name as a `host` rule ([`tls`]); a
+//!   connection whose first bytes are none of these goes whole to the origin. An upgrade (WebSocket, h2c by `Upgrade`) or
 //!   CONNECT pins the connection to the side its request went to. HTTP/2 streams are
 //!   decoded and encoded anew (HPACK), so their bytes differ from the client's.
 //! - The connections live in the agent: an agent restart closes the ones in flight (the
@@ -48,6 +49,9 @@ pub mod proxy;
 #[cfg(test)]
 mod proxy_tests;
 pub mod sockets;
+pub mod tls;
+#[cfg(test)]
+mod tls_tests;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -117,6 +121,8 @@ pub struct RouterShared {
     pub not_http: AtomicU64,
     /// Connections served as h2c, stream by stream.
     pub h2c: AtomicU64,
+    /// TLS connections relayed whole, per side (by their server name).
+    pub tls: [AtomicU64; 2],
     pub failed: AtomicU64,
     slots: Arc<tokio::sync::Semaphore>,
     /// Set when the router goes: its connections end.
@@ -144,6 +150,7 @@ impl RouterShared {
             connections: AtomicU64::new(0),
             not_http: AtomicU64::new(0),
             h2c: AtomicU64::new(0),
+            tls: [AtomicU64::new(0), AtomicU64::new(0)],
             failed: AtomicU64::new(0),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             shutdown: tokio::sync::watch::channel(false).0,
@@ -353,6 +360,14 @@ impl Router {
             ),
             ("router_connections_h2c".into(), s.h2c.load(Relaxed) as f64),
             (
+                "router_connections_tls_origin".into(),
+                s.tls[proxy::ORIGIN].load(Relaxed) as f64,
+            ),
+            (
+                "router_connections_tls_target".into(),
+                s.tls[proxy::TARGET].load(Relaxed) as f64,
+            ),
+            (
                 "router_connections_failed".into(),
                 s.failed.load(Relaxed) as f64,
             ),
@@ -417,6 +432,9 @@ async fn accept_loop(
                 Ok(o) => {
                     if o.not_http {
                         shared.not_http.fetch_add(1, Relaxed);
+                    }
+                    if let Some(side) = o.tls {
+                        shared.tls[side].fetch_add(1, Relaxed);
                     }
                 }
                 Err(e) => {

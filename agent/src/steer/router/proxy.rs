@@ -14,8 +14,9 @@
 //! closed the previous one. A request that asks to leave HTTP/1 (WebSocket, h2c, CONNECT)
 //! pins the connection to its side: from then on both directions are copied raw. A
 //! connection that starts with HTTP/2's preface (h2c) is routed stream by stream
-//! ([`super::h2proxy`]); one whose first bytes are no HTTP request goes whole to the
-//! origin.
+//! ([`super::h2proxy`]); one that starts with a TLS ClientHello goes whole to the side
+//! its server name says ([`super::tls`]); one whose first bytes are none of these goes
+//! whole to the origin.
 
 use std::io;
 use std::net::SocketAddr;
@@ -70,6 +71,8 @@ pub struct Outcome {
     pub requests: [u64; 2],
     /// Its first bytes were no HTTP/1 request: it went whole to the origin.
     pub not_http: bool,
+    /// It was TLS: it went whole to this side, by its server name.
+    pub tls: Option<usize>,
 }
 
 /// Upstream sides' state shared by both halves: the response half marks a side closed
@@ -91,9 +94,18 @@ pub async fn serve(
         let mut up = shared.connect(TARGET, dst).await?;
         let mut client = client;
         tokio::io::copy_bidirectional(&mut client, &mut up).await?;
+        return Ok(Outcome::default());
+    }
+    if let super::tls::Start::Tls { server_name } = super::tls::client_hello(&client).await? {
+        // Whole, by its server name (the ClientHello is still unread: both sides of the
+        // relay get the client's bytes as they are).
+        let side = super::tls::side_for(&current(&rules), server_name.as_deref());
+        let mut up = shared.connect(side, dst).await?;
+        let mut client = client;
+        tokio::io::copy_bidirectional(&mut client, &mut up).await?;
         return Ok(Outcome {
-            requests: [0, 0],
-            not_http: false,
+            tls: Some(side),
+            ..Outcome::default()
         });
     }
     if super::h2proxy::starts_h2c(&client).await? {
