@@ -415,10 +415,17 @@ pub fn run() -> Result<()> {
     let http = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
     let shard_pool = format!("198.19.{x}.128/25");
     let c = Controller::start_with(&lab, &grpc, &http, &["--shard-pool", &shard_pool])?;
-    let _agents = [
+    let agents = [
         Agent::start(&lab, 0, &c.grpc_url())?,
         Agent::start(&lab, 1, &c.grpc_url())?,
     ];
+    // Times the production host's taps paused (their sinks took nothing).
+    let pauses = || -> Result<f64> {
+        Ok(weft_lab::weft::sum_metric(
+            &agents[0].metrics(&lab)?,
+            "weft_agent_shadow_tap_pauses_total",
+        ))
+    };
     call_json(
         &c,
         "POST",
@@ -488,6 +495,8 @@ pub fn run() -> Result<()> {
     let names = ["a", "px0", "px10", "w10", "w10-stop", "w10-down", "h10"];
     let mut runs: Vec<Vec<Load>> = vec![Vec::new(); names.len()];
     let mut create_times = Vec::new();
+    // Rounds whose link-down run paused the tap.
+    let mut paused_down = 0;
     for round in 0..rounds {
         sh::step(&format!("shadows: round {} of {rounds}", round + 1));
         runs[0].push(load(&client, &oha, &url(&web, 80), &[])?);
@@ -511,9 +520,14 @@ pub fn run() -> Result<()> {
                 state,
             ]))
         };
+        let pauses_before = pauses()?;
         down("down")?;
         let result = load(&client, &oha, &url(&web, 80), &[]);
         down("up")?;
+        // Whether the taps' breaker took copying off while the shadow was unreachable.
+        if pauses()? > pauses_before {
+            paused_down += 1;
+        }
         runs[5].push(result?);
         call_json(
             &c,
@@ -642,7 +656,7 @@ pub fn run() -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "- **Shadow stopped / unreachable**: production p99 ×{stop_p99:.3} with the shadow's nginx SIGSTOPped, ×{down_p99:.3} with hv2's underlay down (errors in the table)."
+        "- **Shadow stopped / unreachable**: production p99 ×{stop_p99:.3} with the shadow's nginx SIGSTOPped, ×{down_p99:.3} with hv2's underlay down (errors in the table); the production host's tap paused (its sinks took nothing: `weft_agent_shadow_tap_pauses_total`) during {paused_down} of {rounds} link-down runs."
     );
     let _ = writeln!(
         md,
