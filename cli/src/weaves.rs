@@ -35,8 +35,9 @@ pub enum WeaveCommand {
     /// Remove its routes, its network and volumes; unpin its snapshots.
     Delete { id: String },
     /// New connections to PORT of the environment's nodes go to the weave's copies; with
-    /// --header NAME[=VALUE], only the HTTP/1.1 requests carrying that header do (the
-    /// others go to the environment).
+    /// --header NAME[=VALUE], only the HTTP/1.1 requests and h2c streams carrying that
+    /// header do (the others go to the environment); --header host=NAME also routes TLS
+    /// connections whose server name (SNI) is NAME, whole.
     Route {
         id: String,
         port: u32,
