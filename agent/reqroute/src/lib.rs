@@ -13,6 +13,8 @@
 //!   into a tunnel. It stops at each end, so a router can interleave two servers' answers in
 //!   the client's request order.
 //! - [`HeaderRule`]: a header name (and optionally an exact value) that selects requests.
+//! - [`tls`]: a TLS connection's first record (is it TLS, how long is its ClientHello
+//!   record) and the `host` rule on its server name, for routing it whole.
 //!
 //! The only bytes ever held are those of an incomplete message head, up to a limit
 //! (`max_head`, [`DEFAULT_MAX_HEAD`]); every other byte is passed on as a range of the
@@ -50,6 +52,7 @@ mod rule;
 mod server;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use client::{ClientPiece, RequestCutter, RequestHead};
 pub use rule::HeaderRule;
