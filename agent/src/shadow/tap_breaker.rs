@@ -9,8 +9,9 @@
 //!   becomes `tap_active::PAUSED`: no new connection is sampled and sampled ones stop
 //!   being copied) for a backoff, 1 s at first, doubled each time it trips again right
 //!   after a pause, up to 30 s;
-//! - after the backoff, copying resumes; bytes written, or a look with nothing refused,
-//!   reset the backoff.
+//! - after the backoff, or as soon as a sink (re)connects, copying resumes; bytes
+//!   written, a sink connecting, or a look with nothing refused reset the backoff (a tap
+//!   made before its sink listens is not held back for long once the sink is there).
 //!
 //! A slow sink that still takes some bytes is not a dead one: the frames it refuses cost
 //! their connections (gaps), not the tap. A sink connection whose peer vanished (a link
@@ -28,6 +29,8 @@ pub struct SinkTotals {
     pub streamed: u64,
     /// Frames refused (queue full, or dropped while no sink was connected).
     pub refused: u64,
+    /// Sink connections made (a sink that comes back ends a pause at once).
+    pub connects: u64,
 }
 
 #[derive(Debug)]
@@ -61,8 +64,16 @@ impl SinkBreaker {
     pub fn observe(&mut self, now: Instant, totals: SinkTotals) -> bool {
         let streamed = totals.streamed.saturating_sub(self.last.streamed);
         let refused = totals.refused.saturating_sub(self.last.refused);
+        let connected = totals.connects > self.last.connects;
         self.last = totals;
         if let Some(until) = self.paused_until {
+            if connected {
+                // A sink (re)connected: it can take copies now, not after the backoff.
+                self.paused_until = None;
+                self.probing = false;
+                self.backoff = BACKOFF_MIN;
+                return false;
+            }
             if now < until {
                 return true;
             }
@@ -98,7 +109,40 @@ mod tests {
     use super::*;
 
     fn t(streamed: u64, refused: u64) -> SinkTotals {
-        SinkTotals { streamed, refused }
+        SinkTotals {
+            streamed,
+            refused,
+            connects: 1,
+        }
+    }
+
+    #[test]
+    fn a_sink_that_connects_ends_a_pause_at_once() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut b = SinkBreaker::new(SinkTotals::default());
+        // No sink yet: frames dropped, paused, then longer and longer.
+        let dead = |refused| SinkTotals {
+            streamed: 0,
+            refused,
+            connects: 0,
+        };
+        assert!(b.observe(t0 + s, dead(10)));
+        assert!(!b.observe(t0 + 2 * s, dead(10)));
+        assert!(b.observe(t0 + 3 * s, dead(20)), "2 s");
+        assert!(!b.observe(t0 + 5 * s, dead(20)));
+        assert!(b.observe(t0 + 6 * s, dead(30)), "4 s");
+        assert!(b.observe(t0 + 7 * s, dead(30)));
+        // The sink is up: copying resumes at the next look, not at t0 + 10 s.
+        assert!(!b.observe(
+            t0 + 8 * s,
+            SinkTotals {
+                streamed: 0,
+                refused: 35,
+                connects: 1
+            }
+        ));
+        assert_eq!(b.backoff, BACKOFF_MIN);
     }
 
     #[test]

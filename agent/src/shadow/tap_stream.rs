@@ -41,6 +41,8 @@ pub struct StreamStats {
     pub connections_streamed: AtomicU64,
     /// Frames a sink did not take: its queue was full, or no sink was connected.
     pub frames_refused: AtomicU64,
+    /// Sink connections made.
+    pub sink_connects: AtomicU64,
     lost_ids: Mutex<HashSet<u64>>,
 }
 
@@ -50,6 +52,7 @@ impl StreamStats {
         super::tap_breaker::SinkTotals {
             streamed: self.bytes_streamed.load(Relaxed),
             refused: self.frames_refused.load(Relaxed),
+            connects: self.sink_connects.load(Relaxed),
         }
     }
 
@@ -173,6 +176,7 @@ async fn run_sink(
             tracing::debug!(sink = %addr, error = %e, "shadow sink: TCP_USER_TIMEOUT");
         }
         stats.sinks_connected.fetch_add(1, Relaxed);
+        stats.sink_connects.fetch_add(1, Relaxed);
         tracing::info!(sink = %addr, "shadow sink connected");
         let ended = serve(stream, &hello, &mut rx, &stats).await;
         stats.sinks_connected.fetch_sub(1, Relaxed);
