@@ -496,7 +496,7 @@ fn activation(
     )
     .context("the weave's page")?;
     let routing = routing(c, &client, web, rounds)?;
-    if routing_only() {
+    let remove = || -> Result<()> {
         call(
             c,
             "DELETE",
@@ -504,7 +504,10 @@ fn activation(
             None,
             Duration::from_secs(120),
         )?;
-        delete_net(c, name)?;
+        delete_net(c, name)
+    };
+    if routing_only() {
+        remove()?;
         return Ok((None, routing));
     }
     sh::step("weaves: 100 activations under 2,000 req/s");
@@ -554,14 +557,7 @@ fn activation(
         p99_quiet_ms: load::quantile(&window(quiet.0, quiet.1), 0.99).as_secs_f64() * 1e3,
         switch_s,
     };
-    call(
-        c,
-        "DELETE",
-        "/weaves/wbactw",
-        None,
-        Duration::from_secs(120),
-    )?;
-    delete_net(c, name)?;
+    remove()?;
     Ok((Some(result), routing))
 }
 

@@ -310,25 +310,73 @@ async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
-    require_root!();
-    let started = Instant::now();
+/// Two namespaces joined by a veth: the host's `tp0` (198.18.`net`.1/24) plays the
+/// production node's host-side interface, the node's `eth0` (198.18.`net`.2/24); the flow
+/// observer is attached to tp0, as the agent's is before any tap.
+struct TapLab {
+    host: TestNetns,
+    node: TestNetns,
+    ifindex: u32,
+    dp: crate::datapath::SharedDatapath,
+}
+
+fn tap_lab(net: u8) -> TapLab {
     let host = TestNetns::new();
     let node = TestNetns::new();
     ip(&[
         "-n", &host.name, "link", "add", "tp0", "type", "veth", "peer", "name", "eth0", "netns",
         &node.name,
     ]);
-    ip(&[
-        "-n",
-        &host.name,
-        "addr",
-        "add",
-        "198.18.77.1/24",
-        "dev",
-        "tp0",
-    ]);
+    for (ns, dev, h) in [(&host, "tp0", 1), (&node, "eth0", 2)] {
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("198.18.{net}.{h}/24"),
+            "dev",
+            dev,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", dev, "up"]);
+    }
+    ip(&["-n", &node.name, "link", "set", "lo", "up"]);
+    let ifindex = in_ns(&host.path, || {
+        let c = std::ffi::CString::new("tp0").unwrap();
+        // SAFETY: a NUL-terminated name.
+        unsafe { libc::if_nametoindex(c.as_ptr()) }
+    });
+    assert_ne!(ifindex, 0);
+    let mut dp = Datapath::load(FLOW_OBJECT).expect("flow object");
+    for p in [PROG_INGRESS, PROG_EGRESS] {
+        dp.load_classifier(p).expect("verifier");
+    }
+    let dp = dp.into_shared();
+    let dp2 = dp.clone();
+    in_ns(&host.path, move || {
+        let mut dp = dp2.lock().unwrap();
+        dp.attach("tp0", ifindex, Hook::Ingress, PROG_INGRESS, Order::First)
+            .unwrap();
+        dp.attach("tp0", ifindex, Hook::Egress, PROG_EGRESS, Order::First)
+            .unwrap();
+    });
+    TapLab {
+        host,
+        node,
+        ifindex,
+        dp,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
+    require_root!();
+    let started = Instant::now();
+    let TapLab {
+        host,
+        node,
+        ifindex,
+        dp,
+    } = tap_lab(77);
     let inside: Vec<Ipv4Addr> = (10..30).map(|h| Ipv4Addr::new(198, 18, 77, h)).collect();
     let outside: Vec<Ipv4Addr> = (130..135).map(|h| Ipv4Addr::new(198, 18, 77, h)).collect();
     for a in inside.iter().chain(&outside) {
@@ -342,33 +390,9 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
             "tp0",
         ]);
     }
-    ip(&["-n", &host.name, "link", "set", "tp0", "up"]);
-    ip(&[
-        "-n",
-        &node.name,
-        "addr",
-        "add",
-        "198.18.77.2/24",
-        "dev",
-        "eth0",
-    ]);
-    ip(&["-n", &node.name, "link", "set", "eth0", "up"]);
-    ip(&["-n", &node.name, "link", "set", "lo", "up"]);
     // BIG TCP (GSO packets past 64 KiB) where the kernel has it: frames longer than one
     // record holds are copied in tail records.
     let big_tcp = big_tcp(&host, "tp0").await && big_tcp(&node, "eth0").await;
-    let ifindex = in_ns(&host.path, || {
-        let c = std::ffi::CString::new("tp0").unwrap();
-        // SAFETY: a NUL-terminated name.
-        unsafe { libc::if_nametoindex(c.as_ptr()) }
-    });
-    assert_ne!(ifindex, 0);
-
-    let mut dp = Datapath::load(FLOW_OBJECT).expect("flow object");
-    for p in [PROG_INGRESS, PROG_EGRESS] {
-        dp.load_classifier(p).expect("verifier");
-    }
-    let dp = dp.into_shared();
     let metrics = Arc::new(ShadowTapMetrics::default());
     let engine = TapEngine::new(
         dp.clone(),
@@ -400,16 +424,6 @@ async fn sampled_connections_reach_the_sink_byte_identical_as_predicted() {
     };
     let spec1 = spec_of(policy(100_000, "connection", vec![8080], vec![], 7));
 
-    {
-        let dp2 = dp.clone();
-        in_ns(&host.path, move || {
-            let mut dp = dp2.lock().unwrap();
-            dp.attach("tp0", ifindex, Hook::Ingress, PROG_INGRESS, Order::First)
-                .unwrap();
-            dp.attach("tp0", ifindex, Hook::Egress, PROG_EGRESS, Order::First)
-                .unwrap();
-        });
-    }
     let e2 = engine.clone();
     let s1 = spec1.clone();
     let changes = in_ns(&host.path, move || e2.apply("s1/web", "tp0", ifindex, &s1)).expect("tap");
@@ -835,54 +849,12 @@ fn measured(m: &[(String, f64)], k: &str) -> u64 {
 async fn a_tap_whose_sink_takes_nothing_stops_copying_until_the_sink_is_back() {
     require_root!();
     let started = Instant::now();
-    let host = TestNetns::new();
-    let node = TestNetns::new();
-    ip(&[
-        "-n", &host.name, "link", "add", "tp0", "type", "veth", "peer", "name", "eth0", "netns",
-        &node.name,
-    ]);
-    ip(&[
-        "-n",
-        &host.name,
-        "addr",
-        "add",
-        "198.18.79.1/24",
-        "dev",
-        "tp0",
-    ]);
-    ip(&["-n", &host.name, "link", "set", "tp0", "up"]);
-    ip(&[
-        "-n",
-        &node.name,
-        "addr",
-        "add",
-        "198.18.79.2/24",
-        "dev",
-        "eth0",
-    ]);
-    ip(&["-n", &node.name, "link", "set", "eth0", "up"]);
-    ip(&["-n", &node.name, "link", "set", "lo", "up"]);
-    let ifindex = in_ns(&host.path, || {
-        let c = std::ffi::CString::new("tp0").unwrap();
-        // SAFETY: a NUL-terminated name.
-        unsafe { libc::if_nametoindex(c.as_ptr()) }
-    });
-    assert_ne!(ifindex, 0);
-    let mut dp = Datapath::load(FLOW_OBJECT).expect("flow object");
-    for p in [PROG_INGRESS, PROG_EGRESS] {
-        dp.load_classifier(p).expect("verifier");
-    }
-    let dp = dp.into_shared();
-    {
-        let dp2 = dp.clone();
-        in_ns(&host.path, move || {
-            let mut dp = dp2.lock().unwrap();
-            dp.attach("tp0", ifindex, Hook::Ingress, PROG_INGRESS, Order::First)
-                .unwrap();
-            dp.attach("tp0", ifindex, Hook::Egress, PROG_EGRESS, Order::First)
-                .unwrap();
-        });
-    }
+    let TapLab {
+        host,
+        node,
+        ifindex,
+        dp,
+    } = tap_lab(79);
     let metrics = Arc::new(ShadowTapMetrics::default());
     let engine = TapEngine::new(
         dp.clone(),

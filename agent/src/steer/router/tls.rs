@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use weft_reqroute::HeaderRule;
-use weft_reqroute::tls::{MAX_RECORD, RECORD_HEADER, TlsStart, server_name_matches, tls_start};
+use weft_reqroute::tls::{RECORD_HEADER, TlsStart, server_name_matches, tls_start};
 
 use super::proxy::{ORIGIN, TARGET};
 
@@ -32,29 +32,31 @@ pub enum Start {
 }
 
 /// Looks at (without reading) the start of `client`: a TLS handshake record, with the
-/// ClientHello's server name once the record is whole (or [`HELLO_WAIT`] passed).
+/// ClientHello's server name once the record is whole (or [`HELLO_WAIT`] passed). Only
+/// a record's header is looked at until it says TLS; then the record's own length.
 pub async fn client_hello(client: &TcpStream) -> io::Result<Start> {
     let deadline = tokio::time::Instant::now() + HELLO_WAIT;
-    let mut seen = vec![0u8; RECORD_HEADER + MAX_RECORD];
+    let mut head = [0u8; RECORD_HEADER];
+    let len = loop {
+        let n = client.peek(&mut head).await?;
+        let late = tokio::time::Instant::now() >= deadline;
+        match tls_start(&head[..n]) {
+            TlsStart::Record(len) => break len,
+            TlsStart::NeedMore if n > 0 && !late => {}
+            _ => return Ok(Start::NotTls),
+        }
+        // More of the header is on its way (peek returns at once while data waits).
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let mut seen = vec![0u8; len];
     loop {
         let n = client.peek(&mut seen).await?;
-        if n == 0 {
-            return Ok(Start::NotTls);
+        if n >= len || n == 0 || tokio::time::Instant::now() >= deadline {
+            // The SNI parser is weft-l7's (fuzzed by `l7_tls`).
+            let server_name =
+                weft_l7::parse_request(weft_l7::Protocol::Tls, &seen[..n]).and_then(|r| r.path);
+            return Ok(Start::Tls { server_name });
         }
-        let late = tokio::time::Instant::now() >= deadline;
-        match tls_start(&seen[..n]) {
-            TlsStart::NotTls => return Ok(Start::NotTls),
-            TlsStart::Record(len) if n >= len || late => {
-                // The SNI parser is weft-l7's (fuzzed by `l7_tls`).
-                let server_name =
-                    weft_l7::parse_request(weft_l7::Protocol::Tls, &seen[..n.min(len)])
-                        .and_then(|r| r.path);
-                return Ok(Start::Tls { server_name });
-            }
-            TlsStart::NeedMore if late => return Ok(Start::NotTls),
-            _ => {}
-        }
-        // More of the record is on its way (peek returns at once while data waits).
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
