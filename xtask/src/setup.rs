@@ -17,6 +17,7 @@ pub const PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "curl",
+    "openssl",
     "socat",
     "python3",
     // The venv that schemathesis (the OpenAPI check) is installed into.
