@@ -137,6 +137,10 @@ pub struct Args {
     /// still to write; 0 leaves it to the kernel (up to vm.dirty_expire_centisecs).
     #[arg(long, default_value_t = 1000)]
     pub volume_pool_flush_ms: u64,
+    /// Where request routers (processes the agent starts for steers with request rules,
+    /// which outlive it) keep their control sockets and logs.
+    #[arg(long, value_name = "DIR", default_value = crate::steer::router::process::DEFAULT_RUN_DIR)]
+    pub router_run_dir: PathBuf,
     /// Name of the cgroup under which network nodes get theirs (`<name>/<network>/<node>`
     /// in every hierarchy).
     #[arg(long, default_value = "weft")]

@@ -62,8 +62,18 @@ static FLOW_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// How long the agent keeps trying to hand its last records over at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+fn main() -> anyhow::Result<()> {
+    // `weft-agent request-router ...`: a request router, started by the agent itself
+    // (steer::router::process).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(steer::router::process::SUBCOMMAND) {
+        return steer::router::process::main(&argv[2..]);
+    }
+    agent()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn agent() -> anyhow::Result<()> {
     let args: Args = agent_common::config_file::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
@@ -75,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| pins::default_dir(&args.host_id));
     if args.cleanup {
+        stop_request_routers(&args.router_run_dir);
         return cleanup(&pin_dir);
     }
 
@@ -291,6 +302,11 @@ async fn main() -> anyhow::Result<()> {
         datapath.clone(),
         steer::SteerSettings {
             netns_prefix: args.node_netns_prefix.clone(),
+            // The running executable, even once an upgrade has replaced its file.
+            router_runtime: steer::router::RouterRuntime::Process {
+                exe: std::path::PathBuf::from("/proc/self/exe"),
+                run_dir: args.router_run_dir.clone(),
+            },
             ..Default::default()
         },
         Some(signal_tx.clone()),
@@ -346,6 +362,7 @@ async fn main() -> anyhow::Result<()> {
         signals: Some(drift_signals),
         metrics: control_metrics,
     };
+    let steering_at_exit = steering.clone();
     if let Some(steering) = steering {
         // After the nodes: the steered nodes' interfaces exist when steering starts.
         control.reconcilers.push(Arc::new(steer::SteerReconciler {
@@ -397,6 +414,12 @@ async fn main() -> anyhow::Result<()> {
     if args.keep_pins_on_exit {
         info!(dir = %pins.dir().display(), "pins kept for the next agent");
     } else {
+        // Nothing steers to the request routers once the pins are gone.
+        if let Some(s) = steering_at_exit {
+            tokio::task::spawn_blocking(move || s.stop_routers())
+                .await
+                .ok();
+        }
         match pins.remove_all() {
             Ok(r) => {
                 info!(dir = %pins.dir().display(), maps = r.maps, links = r.links, "pins removed")
@@ -419,6 +442,26 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `--cleanup`: removes an agent's pins (detaching the programs in its pinned links).
+/// `--cleanup`: stops every request router whose control socket is in `run_dir` (what a
+/// stop that kept the pins, or a crash, left serving).
+fn stop_request_routers(run_dir: &std::path::Path) {
+    let Ok(dir) = std::fs::read_dir(run_dir) else {
+        return;
+    };
+    let mut stopped = 0;
+    for e in dir.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "sock") {
+            steer::router::process::stop_blocking(&path);
+            stopped += 1;
+        }
+    }
+    println!(
+        "weft-agent cleanup: stopped {stopped} request routers found in {}",
+        run_dir.display()
+    );
+}
+
 fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
     let Some(pins) = Pins::existing(dir) else {
         println!("weft-agent cleanup: nothing pinned in {}", dir.display());

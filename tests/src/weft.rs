@@ -522,6 +522,10 @@ impl Agent {
         // Pins in the lab's own bpffs directory (removed with the lab): a restarted agent of
         // this hypervisor takes them over, and no other lab's agent ever sees them.
         cmd.arg("--bpffs-dir").arg(lab.bpffs_dir().join(&hv.name));
+        // Request routers' control sockets and logs in the lab directory (a router
+        // outlives a restarted agent, and its namespace's removal ends it).
+        cmd.arg("--router-run-dir")
+            .arg(lab.dir().join(format!("routers-{}", hv.name)));
         // Kept in the lab directory: a restarted agent of this hypervisor finds it again.
         let state = lab.dir().join(format!("agent-state-{}.json", hv.name));
         cmd.arg("--state-file").arg(&state);

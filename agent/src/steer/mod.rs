@@ -163,6 +163,9 @@ pub struct SteerSettings {
     pub host_netns: Option<PathBuf>,
     pub tunnel_device: String,
     pub tunnel_port: u16,
+    /// Where request routers serve: the agent's binary runs them as processes of their
+    /// own (their connections outlive the agent); its tests run them in process.
+    pub router_runtime: router::RouterRuntime,
 }
 
 impl Default for SteerSettings {
@@ -172,6 +175,7 @@ impl Default for SteerSettings {
             host_netns: None,
             tunnel_device: TUNNEL_DEVICE.into(),
             tunnel_port: TUNNEL_PORT,
+            router_runtime: router::RouterRuntime::InProcess,
         }
     }
 }
@@ -1066,6 +1070,20 @@ impl Steering {
                     self.interface(&spec.target_network, &spec.target_node)
                         .await?;
                     changes += 1;
+                    let signals = self.signals.clone();
+                    let gone_key = key.to_owned();
+                    let on_gone = Box::new(move || {
+                        if let Some(tx) = &signals {
+                            let _ = tx.try_send(DriftSignal {
+                                kind: STEER,
+                                drift: Drift {
+                                    key: gone_key.clone(),
+                                    what: "its request router process ended".into(),
+                                },
+                                at: Instant::now(),
+                            });
+                        }
+                    });
                     Arc::new(
                         router::Router::make(
                             key,
@@ -1074,6 +1092,8 @@ impl Steering {
                             &origin_netns,
                             &target_netns,
                             &origin,
+                            &self.settings.router_runtime,
+                            on_gone,
                         )
                         .await?,
                     )
@@ -1325,8 +1345,11 @@ impl Steering {
         )];
         if let Some(r) = &router {
             observed.push(format!(
-                "request router {} ({} #{}, {}, {}) for {}/{}: {}",
+                "request router {}{} ({} #{}, {}, {}) for {}/{}: {}",
                 r.netns.display(),
+                r.process()
+                    .map(|pid| format!(" process {pid}"))
+                    .unwrap_or_default(),
                 r.host_if.0,
                 r.host_if.1,
                 tunnel::mac_text(&r.mac),
@@ -1487,8 +1510,20 @@ impl Steering {
         }
     }
 
-    /// Request router namespaces no steer uses (a previous agent's): removed (their
-    /// veths go with them).
+    /// Stops every request router's process (the agent's exit without its pins kept:
+    /// nothing steers to them any more). Blocking.
+    pub fn stop_routers(&self) {
+        let routers: Vec<Arc<router::Router>> = lock(&self.steers)
+            .values()
+            .filter_map(|a| a.router.clone())
+            .collect();
+        for r in routers {
+            r.stop_now();
+        }
+    }
+
+    /// Request router namespaces no steer uses (a previous agent's): removed with their
+    /// processes (their veths go with them).
     fn sweep_routers(&self) {
         let prefix = format!("{}.router.", self.settings.netns_prefix);
         let used: BTreeSet<PathBuf> = lock(&self.steers)
@@ -1501,6 +1536,12 @@ impl Steering {
         for e in dir.flatten() {
             let path = e.path();
             if e.file_name().to_string_lossy().starts_with(&prefix) && !used.contains(&path) {
+                // Its process first (it holds the namespace and the veth while it runs).
+                if let router::RouterRuntime::Process { run_dir, .. } =
+                    &self.settings.router_runtime
+                {
+                    router::process::stop_blocking(&router::process::control_path(run_dir, &path));
+                }
                 match namespaces::remove(&path) {
                     Ok(()) => {
                         tracing::info!(namespace = %path.display(), "removed a request router namespace no steer uses")
@@ -1844,7 +1885,7 @@ impl Reconciler for SteerReconciler {
                 if !matches!(scope, Scope::All) {
                     let parts = lock(&s.steers)
                         .get(&r.key)
-                        .filter(|a| a.spec == spec)
+                        .filter(|a| a.spec == spec && a.router.as_ref().is_none_or(|r| r.alive()))
                         .map(|a| {
                             let back = if a.spec.target_host.is_none() {
                                 PROG_RETURN

@@ -80,6 +80,7 @@ fn web_server(lab: &weft_lab::Lab, ns: &str, body: &str) -> Result<Child> {
 const KEEPALIVE_CLIENT: &str = r#"
 import http.client, sys, time
 host, seconds, interval = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+headers = dict([sys.argv[4].split(": ", 1)]) if len(sys.argv) > 4 else {}
 c = http.client.HTTPConnection(host, 80, timeout=3)
 n = weave = other = errors = 0
 ports = set()
@@ -89,7 +90,7 @@ end = time.monotonic() + seconds
 while time.monotonic() < end:
     n += 1
     try:
-        c.request("GET", "/")
+        c.request("GET", "/", headers=headers)
         body = c.getresponse().read()
         ports.add(c.sock.getsockname()[1])
         if body == b"weave\n":
@@ -133,11 +134,51 @@ fn adopted_steering(agent: &Agent) -> bool {
             .any(|l| l.contains("took over the pinned link") && l.contains("steer_origin"))
 }
 
+/// How the weave gets its traffic in a run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Route {
+    /// Activated: every new connection to web:80 is the weave's (the kernel steers it).
+    Activate,
+    /// Port 80 routed by header: the kernel steers every new connection to the request
+    /// router (a process of its own), which sends requests with `X-Weft-Weave: strweave`
+    /// to the weave and the others to the environment.
+    ByHeader,
+}
+
+const HEADER: &str = "X-Weft-Weave: strweave";
+
 #[test]
 fn steered_connections_keep_their_side_across_agent_restarts() -> Result<()> {
     if skip_unless_root("steered_connections_keep_their_side_across_agent_restarts") {
         return Ok(());
     }
+    across_restarts(Route::Activate)
+}
+
+/// The same across restarts with the weave routed by header: the request router is a
+/// process of its own, which the agents leave serving and adopt, so the keep-alive
+/// connection through it (requests with the header: the weave's) stays one connection
+/// and no new connection (without the header: the environment's, through the router)
+/// fails while no agent runs.
+#[test]
+fn routed_connections_keep_going_through_the_request_router_across_agent_restarts() -> Result<()> {
+    if skip_unless_root(
+        "routed_connections_keep_going_through_the_request_router_across_agent_restarts",
+    ) {
+        return Ok(());
+    }
+    across_restarts(Route::ByHeader)
+}
+
+/// Whether `agent` adopted the request router its predecessor left serving.
+fn adopted_router(agent: &Agent) -> bool {
+    agent
+        .child
+        .output()
+        .contains("adopted the previous agent's request router")
+}
+
+fn across_restarts(route: Route) -> Result<()> {
     let keep = ["--keep-pins-on-exit"];
     let mut two = TwoHypervisors::start_all("strpool", &[], &keep, &[], &[])?;
     let url = two.controller.grpc_url();
@@ -151,8 +192,8 @@ fn steered_connections_keep_their_side_across_agent_restarts() -> Result<()> {
     })
     .with_context(|| two.logs())?;
 
-    // A weave of the environment, its page changed, activated: every new connection to
-    // web:80 from the environment's client is the weave's.
+    // A weave of the environment, its page changed, given web:80's traffic (all of it, or
+    // the requests with the header).
     let (code, body) = two.controller.send(
         "POST",
         "/weaves",
@@ -161,34 +202,68 @@ fn steered_connections_keep_their_side_across_agent_restarts() -> Result<()> {
     ensure!(code == 201, "create weave: {code} {body}\n{}", two.logs());
     wait_running(&two.controller, "strweave", &|| two.logs())?;
     let _weave = web_server(&two.lab, &ns(&two.lab, "strweave", "web"), "weave")?;
-    let (code, body) = two
-        .controller
-        .send("POST", "/weaves/strweave/activate", None)?;
-    ensure!(code == 200, "activate: {code} {body}");
+    let (code, body) = match route {
+        Route::Activate => two
+            .controller
+            .send("POST", "/weaves/strweave/activate", None)?,
+        Route::ByHeader => two.controller.send(
+            "POST",
+            "/weaves/strweave/routes",
+            Some(&json!({"port": 80, "node": "web", "header": "X-Weft-Weave", "header_value": "strweave"})),
+        )?,
+    };
+    ensure!(code == 200, "{route:?}: {code} {body}");
+    let with_header = || -> Result<String> {
+        Ok(crate::networks::exec(
+            &client,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                "-H",
+                HEADER,
+                &format!("http://{web}/"),
+            ],
+        )?
+        .trim()
+        .to_owned())
+    };
     eventually(Duration::from_secs(20), Duration::from_millis(200), || {
-        ensure!(
-            page(&client, &web.to_string())? == "weave",
-            "not routed yet"
-        );
+        match route {
+            Route::Activate => ensure!(
+                page(&client, &web.to_string())? == "weave",
+                "not routed yet"
+            ),
+            Route::ByHeader => {
+                ensure!(with_header()? == "weave", "not routed by header yet");
+                ensure!(
+                    page(&client, &web.to_string())? == "prod",
+                    "without the header: not the environment's"
+                );
+            }
+        }
         Ok(())
     })
     .with_context(|| two.logs())?;
 
-    // The traffic: one keep-alive connection (10 requests a second for 40 s) and new
-    // connections (100 a second) until stopped.
+    // The traffic: one keep-alive connection (10 requests a second for 40 s; with the
+    // header when routed by it) and new connections (100 a second) until stopped.
     let script = two.lab.dir().join("steer-keepalive-client.py");
     std::fs::write(&script, KEEPALIVE_CLIENT)?;
+    let mut args = vec![
+        "python3".to_string(),
+        script.to_string_lossy().into_owned(),
+        web.to_string(),
+        "40".into(),
+        "0.1".into(),
+    ];
+    if route == Route::ByHeader {
+        args.push(HEADER.into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut keepalive = Child::spawn(
-        netns::command_in(
-            &client,
-            &[
-                "python3",
-                &script.to_string_lossy(),
-                &web.to_string(),
-                "40",
-                "0.1",
-            ],
-        ),
+        netns::command_in(&client, &args),
         two.lab.dir(),
         "steer-keepalive-client",
     )?;
@@ -216,6 +291,7 @@ fn steered_connections_keep_their_side_across_agent_restarts() -> Result<()> {
     two.agents[0] = Agent::start_with(&two.lab, 0, &url, &keep)?;
     applied(&two.lab, &two.agents[0])?;
     let adopted_after_term = adopted_steering(&two.agents[0]);
+    let router_after_term = adopted_router(&two.agents[0]);
     std::thread::sleep(Duration::from_secs(3));
 
     // SIGKILL; one second without an agent; a new one.
@@ -228,11 +304,11 @@ fn steered_connections_keep_their_side_across_agent_restarts() -> Result<()> {
 
     // The keep-alive connection: every request answered by the weave, on one socket.
     let line = keepalive.wait_for_line(&["requests="], Duration::from_secs(60))?;
-    println!("keep-alive client: {line}");
+    println!("keep-alive client ({route:?}): {line}");
     let samples = running.finish()?;
     let (prod, weave, failed) = tally(&samples);
     println!(
-        "new connections: {} requests, {weave} answered by the weave, {prod} by the environment, {} failed",
+        "new connections ({route:?}): {} requests, {weave} answered by the weave, {prod} by the environment, {} failed",
         samples.len(),
         failed.len()
     );
@@ -245,9 +321,15 @@ fn steered_connections_keep_their_side_across_agent_restarts() -> Result<()> {
         field(&line, "sockets")? == 1 && field(&line, "weave")? >= 200,
         "the long-lived connection was not one connection answered by the weave: {line}"
     );
+    // New connections: the weave's when activated, the environment's (through the
+    // router) when routed by header; none failed.
+    let (want, wrong) = match route {
+        Route::Activate => (weave, prod),
+        Route::ByHeader => (prod, weave),
+    };
     ensure!(
-        failed.is_empty() && prod == 0,
-        "{} of {} new connections failed, {prod} were the environment's; the first failures: {:?}\n{}",
+        failed.is_empty() && wrong == 0,
+        "{} of {} new connections failed, {wrong} went to the wrong side; the first failures: {:?}\n{}",
         failed.len(),
         samples.len(),
         &failed[..failed.len().min(10)],
@@ -258,14 +340,22 @@ fn steered_connections_keep_their_side_across_agent_restarts() -> Result<()> {
     let after = restarted.duration_since(t0);
     let late = samples.iter().filter(|s| s.started > after).count();
     ensure!(
-        weave > 1000 && late > 100,
-        "too few requests: {weave} answered, {late} after the last restart"
+        want > 1000 && late > 100,
+        "too few requests: {want} answered by their side, {late} after the last restart"
     );
-    // Both new agents adopted the slots and took the links over (not made anew).
+    // Both new agents adopted the slots and took the links over (not made anew), and
+    // the request router, when there is one.
     ensure!(
         adopted_after_term && adopted_steering(&two.agents[0]),
         "steering was not adopted (after SIGTERM: {adopted_after_term}):\n{}",
         two.agents[0].child.tail(40)
     );
+    if route == Route::ByHeader {
+        ensure!(
+            router_after_term && adopted_router(&two.agents[0]),
+            "the request router was not adopted (after SIGTERM: {router_after_term}):\n{}",
+            two.agents[0].child.tail(40)
+        );
+    }
     Ok(())
 }

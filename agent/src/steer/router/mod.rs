@@ -8,7 +8,7 @@
 //!  C --Bp--> Vo egress [steer_origin] --(steered: every new connection to a routed port)-->
 //!      Vr (host end) --> R: namespace "<prefix>.router.<hash>", eth0 with the origin's
 //!                        addresses (NOARP: it answers for them only to steered frames)
-//!      router (a listener per routed port in R, tasks of the agent):
+//!      router (a listener per routed port in R, in the router's own process):
 //!        request matches a rule of its port --> socket made in T's namespace --> T (A:port)
 //!        any other request                  --> socket made in O's namespace --> O (A:port)
 //!  R's answers --> Vr ingress [steer_return] --> Vo ingress --Bp--> C (as O's)
@@ -36,18 +36,20 @@
 //!   connection whose first bytes are none of these goes whole to the origin. An upgrade (WebSocket, h2c by `Upgrade`) or
 //!   CONNECT pins the connection to the side its request went to. HTTP/2 streams are
 //!   decoded and encoded anew (HPACK), so their bytes differ from the client's.
-//! - The connections live in the agent: an agent restart closes the ones in flight (the
-//!   kernel keeps steering new ones to R; they are refused until the router listens
-//!   again). A rule change applies to the next request of every connection; a port
-//!   added or removed applies to new connections.
+//! - The connections live in the router's own process ([`process`]; in the agent's
+//!   tests, in the agent: [`RouterRuntime`]), which an agent restart leaves serving and
+//!   the next agent adopts. A rule change applies to the next request of every
+//!   connection; a port added or removed applies to new connections.
 //! - The target must be on this host.
 
 pub mod h2proxy;
 #[cfg(test)]
 mod h2proxy_tests;
+pub mod process;
 pub mod proxy;
 #[cfg(test)]
 mod proxy_tests;
+pub mod serving;
 pub mod sockets;
 pub mod tls;
 #[cfg(test)]
@@ -58,7 +60,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use futures::TryStreamExt as _;
 use rtnetlink::Handle;
@@ -168,6 +170,26 @@ impl RouterShared {
     }
 }
 
+/// Where a router serves its clients.
+#[derive(Debug, Clone)]
+pub enum RouterRuntime {
+    /// In a process of its own, which outlives the agent ([`process`]).
+    Process {
+        /// The agent's executable (`/proc/self/exe`).
+        exe: PathBuf,
+        /// Control sockets and logs.
+        run_dir: PathBuf,
+    },
+    /// Tasks of the agent: its connections end with the agent (the agent's own tests,
+    /// whose test binary cannot be the router).
+    InProcess,
+}
+
+enum Serves {
+    Process(process::RouterProcess),
+    InProcess(serving::Serving),
+}
+
 /// One origin's router.
 pub struct Router {
     pub key: String,
@@ -178,22 +200,16 @@ pub struct Router {
     pub addresses: Vec<Cidr>,
     origin_netns: PathBuf,
     target_netns: PathBuf,
-    shared: Arc<RouterShared>,
-    ports: Mutex<Listeners>,
-    /// Makes the listeners in R.
-    inside: SocketMaker,
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    serves: Serves,
 }
 
 impl Router {
     /// Makes (or finds from a previous agent) the router of steer `key`: namespace, veth
     /// (host end `names::router_veth(key)` in the namespace of `host`), the origin's
-    /// addresses on its eth0 (`origin`: its interface as [`origin_interface`] read it).
+    /// addresses on its eth0 (`origin`: its interface as [`origin_interface`] read it),
+    /// and what serves it (a router process that a previous agent left serving these
+    /// namespaces is adopted). `on_gone`: called if its process stops answering.
+    #[allow(clippy::too_many_arguments)]
     pub async fn make(
         key: &str,
         netns_prefix: &str,
@@ -201,6 +217,8 @@ impl Router {
         origin_netns: &Path,
         target_netns: &Path,
         origin: &OriginInterface,
+        runtime: &RouterRuntime,
+        on_gone: Box<dyn Fn() + Send + Sync>,
     ) -> Result<Self, RouterError> {
         let netns = namespaces::path_of(&names::router_netns(netns_prefix, key));
         let veth = names::router_veth(key);
@@ -241,28 +259,42 @@ impl Router {
                 RouterError::Other(format!("no {} in {}", names::NODE_IF, netns.display()))
             })?;
         let mac = configure_inside(&inner.handle, eth0.index, &addresses).await?;
-        let ns_maker =
-            |p: &Path| SocketMaker::start(p).map_err(io_err(format!("entering {}", p.display())));
-        let shared = Arc::new(RouterShared::new(Upstreams::Namespaces([
-            ns_maker(origin_netns)?,
-            ns_maker(target_netns)?,
-        ])));
+        let v6 = addresses.iter().any(|a| a.addr.is_ipv6());
+        let serves = match runtime {
+            RouterRuntime::Process { exe, run_dir } => {
+                let identity = process::Identity {
+                    key: key.to_owned(),
+                    netns: netns.clone(),
+                    origin: origin_netns.to_owned(),
+                    target: target_netns.to_owned(),
+                    v6,
+                };
+                Serves::Process(
+                    process::RouterProcess::find_or_start(exe, run_dir, &identity, on_gone).await?,
+                )
+            }
+            RouterRuntime::InProcess => Serves::InProcess(serving::Serving::start(
+                key,
+                &netns,
+                origin_netns,
+                target_netns,
+                v6,
+            )?),
+        };
         info!(steer = key, namespace = %netns.display(), interface = %veth, "request router made");
         Ok(Self {
             key: key.to_owned(),
-            inside: ns_maker(&netns)?,
             netns,
             host_if: (veth, host_end.index),
             mac,
             addresses,
             origin_netns: origin_netns.to_owned(),
             target_netns: target_netns.to_owned(),
-            shared,
-            ports: Mutex::new(BTreeMap::new()),
+            serves,
         })
     }
 
-    /// Whether this router serves that origin and target.
+    /// Whether this router serves that origin and target, and its process answers.
     pub fn serves(
         &self,
         origin_netns: &Path,
@@ -272,119 +304,58 @@ impl Router {
         self.origin_netns == origin_netns
             && self.target_netns == target_netns
             && self.addresses == origin.addresses
+            && self.alive()
+    }
+
+    /// Whether what serves it answers (its process, when it has one).
+    pub fn alive(&self) -> bool {
+        match &self.serves {
+            Serves::Process(p) => p.alive(),
+            Serves::InProcess(_) => true,
+        }
+    }
+
+    /// Its process's pid.
+    pub fn process(&self) -> Option<u32> {
+        match &self.serves {
+            Serves::Process(p) => Some(p.pid),
+            Serves::InProcess(_) => None,
+        }
     }
 
     /// Makes the ports and their rules `want`: listeners opened and closed, rules
     /// replaced in place. Returns the changes made.
     pub async fn set_rules(&self, want: &RouterRules) -> Result<usize, RouterError> {
-        let mut changes = 0;
-        let have: Vec<u16> = self.lock_ports().keys().copied().collect();
-        for port in have.iter().filter(|p| !want.contains_key(p)) {
-            if let Some((_, task)) = self.lock_ports().remove(port) {
-                task.abort();
-                changes += 1;
-            }
+        match &self.serves {
+            Serves::Process(p) => p.set_rules(want).await,
+            Serves::InProcess(s) => s.set_rules(want).await,
         }
-        for (port, rules) in want {
-            let existing = self.lock_ports().get(port).map(|(r, _)| r.clone());
-            match existing {
-                Some(r) => {
-                    let mut cur = r.write().unwrap_or_else(|p| p.into_inner());
-                    if **cur != *rules {
-                        *cur = Arc::new(rules.clone());
-                        changes += 1;
-                    }
-                }
-                None => {
-                    let listener = self.listen(*port).await?;
-                    let port_rules = Arc::new(RwLock::new(Arc::new(rules.clone())));
-                    let task = tokio::spawn(accept_loop(
-                        listener,
-                        port_rules.clone(),
-                        self.shared.clone(),
-                        self.key.clone(),
-                    ));
-                    self.lock_ports().insert(*port, (port_rules, task));
-                    changes += 1;
-                }
-            }
-        }
-        Ok(changes)
-    }
-
-    fn lock_ports(&self) -> std::sync::MutexGuard<'_, Listeners> {
-        self.ports.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A listener on every address of R (IPv4 and IPv6) at `port`.
-    async fn listen(&self, port: u16) -> Result<tokio::net::TcpListener, RouterError> {
-        let what = || format!("listening on port {port} in {}", self.netns.display());
-        let v6_too = self.addresses.iter().any(|a| a.addr.is_ipv6());
-        // One dual-stack listener; an IPv4 one on a host without IPv6 (booted with
-        // ipv6.disable=1: no AF_INET6 sockets), unless the origin has IPv6 addresses.
-        let (socket, any) = match self.inside.unconnected(true).await {
-            Ok(s) => (s, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))),
-            Err(e) if v6_too => return Err(io_err(what())(e)),
-            Err(_) => (
-                self.inside
-                    .unconnected(false)
-                    .await
-                    .map_err(io_err(what()))?,
-                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
-            ),
-        };
-        socket.set_reuseaddr(true).map_err(io_err(what()))?;
-        socket.bind(any).map_err(io_err(what()))?;
-        socket.listen(BACKLOG).map_err(io_err(what()))
     }
 
     /// Counters for the steer's report.
     pub fn measurements(&self) -> Vec<(String, f64)> {
-        let s = &self.shared;
-        vec![
-            (
-                "router_connections".into(),
-                s.connections.load(Relaxed) as f64,
-            ),
-            (
-                "router_requests_origin".into(),
-                s.requests[proxy::ORIGIN].load(Relaxed) as f64,
-            ),
-            (
-                "router_requests_target".into(),
-                s.requests[proxy::TARGET].load(Relaxed) as f64,
-            ),
-            (
-                "router_connections_not_http".into(),
-                s.not_http.load(Relaxed) as f64,
-            ),
-            ("router_connections_h2c".into(), s.h2c.load(Relaxed) as f64),
-            (
-                "router_connections_tls_origin".into(),
-                s.tls[proxy::ORIGIN].load(Relaxed) as f64,
-            ),
-            (
-                "router_connections_tls_target".into(),
-                s.tls[proxy::TARGET].load(Relaxed) as f64,
-            ),
-            (
-                "router_connections_failed".into(),
-                s.failed.load(Relaxed) as f64,
-            ),
-        ]
-    }
-
-    /// Closes the listeners and ends the connections.
-    fn stop(&self) {
-        for (_, (_, task)) in std::mem::take(&mut *self.lock_ports()) {
-            task.abort();
+        match &self.serves {
+            Serves::Process(p) => p.measurements(),
+            Serves::InProcess(s) => s.measurements(),
         }
-        self.shared.shutdown.send_replace(true);
     }
 
-    /// Removes the router: its listeners and connections, its veth and namespace.
+    /// Stops serving (a router process too), blocking: the agent's exit without its
+    /// pins kept.
+    pub fn stop_now(&self) {
+        match &self.serves {
+            Serves::Process(p) => p.stop_now(),
+            Serves::InProcess(s) => s.stop(),
+        }
+    }
+
+    /// Removes the router: its listeners and connections (its process), its veth and
+    /// namespace.
     pub async fn remove(&self, host: &Handle) {
-        self.stop();
+        match &self.serves {
+            Serves::Process(p) => p.stop().await,
+            Serves::InProcess(s) => s.stop(),
+        }
         let (veth, index) = self.host_if.clone();
         let netns = self.netns.clone();
         info!(steer = %self.key, namespace = %netns.display(), "request router removed");
