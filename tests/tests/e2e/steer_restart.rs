@@ -356,6 +356,42 @@ fn across_restarts(route: Route) -> Result<()> {
             "the request router was not adopted (after SIGTERM: {router_after_term}):\n{}",
             two.agents[0].child.tail(40)
         );
+        // A router process that dies is started again by the agent (as drift).
+        let prefix = format!("/run/netns/{}.router.", two.lab.node_netns_prefix("hv1"));
+        let router_pid = || -> Result<String> {
+            let out = std::process::Command::new("pgrep")
+                .args(["-f", &format!("request-router .*--netns {prefix}")])
+                .output()?;
+            let pids = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            ensure!(
+                !pids.is_empty() && !pids.contains('\n'),
+                "one router process: {pids:?}"
+            );
+            Ok(pids)
+        };
+        let old = router_pid()?;
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &old])
+            .status()?;
+        ensure!(killed.success(), "kill -KILL {old}");
+        eventually(Duration::from_secs(20), Duration::from_millis(200), || {
+            let now = router_pid()?;
+            ensure!(now != old, "still {old}");
+            ensure!(with_header()? == "weave", "not routed by header again");
+            ensure!(
+                page(&client, &web.to_string())? == "prod",
+                "without the header: not the environment's"
+            );
+            Ok(())
+        })
+        .with_context(|| two.agents[0].child.tail(40))?;
+        ensure!(
+            two.agents[0]
+                .child
+                .output()
+                .contains("the request router does not answer"),
+            "the agent did not log the router's end"
+        );
     }
     Ok(())
 }
