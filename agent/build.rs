@@ -9,7 +9,7 @@ fn main() -> anyhow::Result<()> {
     let workspace = manifest_dir
         .parent()
         .ok_or_else(|| anyhow!("agent has no parent dir"))?;
-    // `cargo xtask setup` builds bpf-linker into target/tools/bin (see shared/TOOLCHAIN.md).
+    // `cargo xtask setup` builds bpf-linker into target/tools/bin (README, "Two commands").
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));

@@ -45,7 +45,7 @@ pub mod state {
     /// (`DIR_IN`); unset: it came from the workload. The ACK that answers it, sent the other
     /// way, ends the flow.
     pub const LAST_FIN_IN: u16 = 1 << 9;
-    /// The connection's payload is copied whole to `STREAM_CHUNKS` (see [`StreamChunk`]):
+    /// The connection's payload is copied whole to `STREAM_CHUNKS` (see `StreamChunk`):
     /// its client's first bytes opened HTTP/2 with prior knowledge (`PRI * HTTP/2.0`, gRPC
     /// included) or AMQP (`AMQP`), whose requests cannot be counted from a turn's first
     /// bytes. Set on the client's first payload of a connection whose SYN was seen.

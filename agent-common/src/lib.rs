@@ -4,7 +4,7 @@
 //!
 //! With the `std` feature (user space only; the kernel crate builds without it) it also
 //! holds the vocabulary the agent and the controller share: IP prefixes and families
-//! ([`net`]) and shell-style globs ([`glob`]).
+//! (`net`) and shell-style globs (`glob`).
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
 pub mod flow;

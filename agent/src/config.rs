@@ -42,7 +42,7 @@ pub struct Args {
     /// Talk to an http:// controller in plain text, unauthenticated (a lab on one machine).
     #[arg(long)]
     pub insecure: bool,
-    /// TOML file listing the workloads on this host ([[workload]] name, interface, addresses).
+    /// TOML file listing the workloads on this host (`[[workload]]` name, interface, addresses).
     #[arg(long)]
     pub workloads: Option<PathBuf>,
     /// Glob (`*`, `?`) of the workload interfaces to attach to; only veth and tap/tun
@@ -153,7 +153,7 @@ pub struct Args {
     /// records, steering's and the shadow taps' maps (the taps' ring of copies included)
     /// and the links of their programs, so that a restart or an upgrade continues them
     /// without a gap (docs/operations.md, "Restarts and upgrades"). One per agent.
-    /// Default: /sys/fs/bpf/weft/<host-id>.
+    /// Default: `/sys/fs/bpf/weft/<host-id>`.
     #[arg(long, value_name = "DIR")]
     pub bpffs_dir: Option<PathBuf>,
     /// At exit, leave the flow observer, steering and the shadow taps attached and their

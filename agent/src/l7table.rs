@@ -14,7 +14,7 @@
 //!
 //! HTTP/2 and AMQP connections are copied whole by the kernel (`state::WHOLE`, the
 //! `STREAM_CHUNKS` ring) and post no samples: their protocol, requests and latencies come
-//! from whole turns ([`StreamTurns`](crate::stream_turns::StreamTurns)), exactly as `weft
+//! from whole turns ([`crate::stream_turns::StreamTurns`]), exactly as `weft
 //! import pcap` counts them in a capture. A stream that cannot be followed from its start
 //! (or past [`MAX_STREAMS`]) is followed by the first bytes of each side of its turns, as a
 //! sampled flow is.

@@ -21,7 +21,7 @@ pub enum CertsCommand {
         force: bool,
     },
     /// Make a certificate signed by DIR's CA: `controller` (DIR/controller.pem|key) or
-    /// `agent` (DIR/agent-<host-id>.pem|key).
+    /// `agent` (`DIR/agent-<host-id>.pem|key`).
     Issue {
         #[command(subcommand)]
         what: IssueWhat,

@@ -4,8 +4,8 @@
 //!
 //! - [`api`]: the gRPC agent service and the HTTP router; wire types become domain types
 //!   here ([`api::convert`]) and go no further.
-//! - [`control`]: desired state per host and the agents' control streams.
-//! - [`shards`]: IP shards of the networks and their migrations.
+//! - `control`: desired state per host and the agents' control streams.
+//! - `shards`: IP shards of the networks and their migrations.
 //! - [`export`]: a TDL of the registered workloads and the traffic seen between them.
 //! - [`events`]: events that fire by themselves (new dependencies at ingest, the
 //!   anomaly watch) and the one event log of `GET /events`.

@@ -13,8 +13,8 @@
 //!
 //! TCPCopy-style mirroring forwards the copied *packets* to the shadow and rewrites their
 //! sequence numbers (learning the shadow's ISN from its SYN-ACK, swallowing its replies).
-//! weft does not, because of what was measured on this machine
-//! (`shared/bench/shadow-mirror/README.md`):
+//! weft does not, because of what was measured on a 2-CPU lab machine (the shadow-mirror
+//! peer benchmark run beside weft when this was decided):
 //!
 //! - A shadow's TCP stack resets raw copies: with production's MAC and address given to
 //!   it (e2), the shadow answered 20,259 copied segments per run with 20,199 RSTs

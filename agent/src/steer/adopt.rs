@@ -38,7 +38,7 @@ pub struct Leftovers {
     swept: bool,
 }
 
-/// What [`Leftovers::sweep`] says to remove from the maps.
+/// What a sweep of the [`Leftovers`] (`Steering::sweep_leftovers`) says to remove from the maps.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Sweep {
     pub origins: Vec<u32>,

@@ -7,7 +7,7 @@
 //!   token ([`tokens`]) whose role ([`role`]) allows the request: 401 without a valid token,
 //!   403 with one whose role is too low; errors never say more than that.
 //!
-//! [`Auth::open`] (no token needed, agents unchecked) exists for in-process tests; the
+//! `Auth::open` (no token needed, agents unchecked) exists for in-process tests; the
 //! binary always requires tokens.
 
 pub mod grpc;

@@ -145,7 +145,7 @@ pub struct SnapshotMeta {
 }
 
 impl SnapshotMeta {
-    /// "snapshot <id><of> taken (<method>) for generation <g> in <ms> ms", for a report.
+    /// `"snapshot <id><of> taken (<method>) for generation <g> in <ms> ms"`, for a report.
     pub fn taken_note(&self, of: &str) -> String {
         format!(
             "snapshot {}{of} taken ({}) for generation {} in {:.1} ms",

@@ -99,7 +99,7 @@ pub fn mad(values: &[f64]) -> f64 {
     median(&deviations)
 }
 
-/// Least-squares line through (i, values[i]): (intercept, slope per step).
+/// Least-squares line through (`i`, `values[i]`): (intercept, slope per step).
 pub fn linear_fit(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
     if values.len() < 2 {
