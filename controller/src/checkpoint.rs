@@ -72,8 +72,10 @@ impl Checkpointer {
         registry: Arc<Registry>,
         store: Arc<dyn Store>,
     ) -> Result<(Self, Restored), StoreError> {
-        let mut restored = Restored::default();
-        restored.torn = store.get(TORN)?.is_some();
+        let mut restored = Restored {
+            torn: store.get(TORN)?.is_some(),
+            ..Default::default()
+        };
         if restored.torn {
             tracing::warn!(
                 "the last topology checkpoint was interrupted midway: counts may be off by what was merged in one checkpoint interval"
@@ -171,13 +173,13 @@ impl Checkpointer {
     }
 }
 
+/// A write (`Some`) or delete (`None`) of a key.
+type Op<'a> = (&'a str, Option<&'a [u8]>);
+
 /// Writes `ops` in one transaction when they fit in one; otherwise in several, with
 /// [`TORN`] present from the first to the last.
-fn write_atomically_if_possible(
-    store: &dyn Store,
-    ops: &[(&str, Option<&[u8]>)],
-) -> Result<(), StoreError> {
-    let mut chunks: Vec<&[(&str, Option<&[u8]>)]> = Vec::new();
+fn write_atomically_if_possible(store: &dyn Store, ops: &[Op<'_>]) -> Result<(), StoreError> {
+    let mut chunks: Vec<&[Op<'_>]> = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, (key, value)) in ops.iter().enumerate() {
         let size = key.len() + value.map_or(0, <[u8]>::len);
