@@ -549,7 +549,9 @@ async fn start(
         .try_clone()
         .map_err(io(format!("opening {}", log_path.display())))?;
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg(SUBCOMMAND)
+    // `ps` shows `weft-agent request-router ...`, not the path it was started from.
+    cmd.arg0("weft-agent")
+        .arg(SUBCOMMAND)
         .arg("--key")
         .arg(&identity.key)
         .arg("--netns")
