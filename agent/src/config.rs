@@ -401,6 +401,7 @@ mod tests {
             args.bpffs_dir.as_deref(),
             Some(Path::new("/sys/fs/bpf/weft/hv1"))
         );
+        assert_eq!(args.router_run_dir, Path::new("/run/weft/request-routers"));
     }
 
     #[test]
