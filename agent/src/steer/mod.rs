@@ -960,13 +960,18 @@ impl Steering {
     }
 
     fn signal(&self, kind: &'static str, key: &str) {
+        self.signal_what(kind, key, REFRESH);
+    }
+
+    /// A signal for `key` saying `what` ([`REFRESH`]: new counters; anything else: drift).
+    fn signal_what(&self, kind: &'static str, key: &str, what: &str) {
         if let Some(tx) = &self.signals {
             // A full channel: the periodic resync reports it.
             let _ = tx.try_send(DriftSignal {
                 kind,
                 drift: Drift {
                     key: key.to_owned(),
-                    what: REFRESH.into(),
+                    what: what.into(),
                 },
                 at: Instant::now(),
             });
@@ -1070,18 +1075,10 @@ impl Steering {
                     self.interface(&spec.target_network, &spec.target_node)
                         .await?;
                     changes += 1;
-                    let signals = self.signals.clone();
-                    let gone_key = key.to_owned();
+                    let (steering, gone_key) = (Arc::downgrade(self), key.to_owned());
                     let on_gone = Box::new(move || {
-                        if let Some(tx) = &signals {
-                            let _ = tx.try_send(DriftSignal {
-                                kind: STEER,
-                                drift: Drift {
-                                    key: gone_key.clone(),
-                                    what: "its request router process ended".into(),
-                                },
-                                at: Instant::now(),
-                            });
+                        if let Some(s) = steering.upgrade() {
+                            s.signal_what(STEER, &gone_key, "its request router process ended");
                         }
                     });
                     Arc::new(

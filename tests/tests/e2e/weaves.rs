@@ -732,8 +732,10 @@ fn a_weave_activated_100_times_under_load_fails_no_request() -> Result<()> {
 /// A gRPC server (Debian's python3-grpcio, so /usr/bin/python3; generic handlers: no
 /// generated code) whose `Who` answers the
 /// name of the network namespace it runs in, and whose `Fail` raises.
-const GRPC_WHO_SERVER: &str = r#"
-import os, sys, grpc, concurrent.futures as f
+/// Python: `namespace()`, the name (in /run/netns) of the network namespace the process
+/// runs in; the who-servers below start with it.
+const WHO_NAMESPACE: &str = r#"
+import os
 def namespace():
     me = os.stat("/proc/self/ns/net")
     for n in os.listdir("/run/netns"):
@@ -741,6 +743,10 @@ def namespace():
         if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
             return n
     return "?"
+"#;
+
+const GRPC_WHO_SERVER: &str = r#"
+import os, sys, grpc, concurrent.futures as f
 NS = namespace().encode()
 def who(req, ctx): return NS
 def bad(req, ctx): raise RuntimeError("boom")
@@ -788,7 +794,7 @@ fn grpc_calls_on_one_connection_are_routed_call_by_call_by_header() -> Result<()
         lab.dir().join("who_server.py"),
         lab.dir().join("who_client.py"),
     );
-    std::fs::write(&server, GRPC_WHO_SERVER)?;
+    std::fs::write(&server, format!("{WHO_NAMESPACE}{GRPC_WHO_SERVER}"))?;
     std::fs::write(&client_py, GRPC_WHO_CLIENT)?;
     let tdl = format!(
         "\
@@ -897,13 +903,6 @@ connections:
 const TLS_WHO_SERVER: &str = r#"
 import os, ssl, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-def namespace():
-    me = os.stat("/proc/self/ns/net")
-    for n in os.listdir("/run/netns"):
-        st = os.stat(os.path.join("/run/netns", n))
-        if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
-            return n
-    return "?"
 NS = (namespace() + "\n").encode()
 class Who(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -938,7 +937,7 @@ fn tls_connections_are_routed_whole_to_the_weave_by_server_name() -> Result<()> 
         lab.dir().join("tls_who.crt"),
         lab.dir().join("tls_who.key"),
     );
-    std::fs::write(&server, TLS_WHO_SERVER)?;
+    std::fs::write(&server, format!("{WHO_NAMESPACE}{TLS_WHO_SERVER}"))?;
     let made = std::process::Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
         .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])

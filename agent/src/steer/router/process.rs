@@ -17,7 +17,7 @@
 //!   (checked every second), so a router is never left serving nothing.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -207,6 +207,8 @@ async fn serve(identity: Identity, control: PathBuf) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&control);
     let listener = tokio::net::UnixListener::bind(&control)
         .with_context(|| format!("listening on {}", control.display()))?;
+    let inode = |p: &Path| std::fs::metadata(p).ok().map(|m| m.ino());
+    let bound = inode(&control);
     let hello = Hello {
         protocol: PROTOCOL,
         pid: std::process::id(),
@@ -244,16 +246,7 @@ async fn serve(identity: Identity, control: PathBuf) -> anyhow::Result<()> {
     };
     serving.stop();
     // Another router may have taken the socket's name since (a replacement): only ours goes.
-    let ours = std::fs::metadata(&control)
-        .ok()
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        == listener
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(Path::to_owned))
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-    if ours {
+    if bound.is_some() && inode(&control) == bound {
         let _ = std::fs::remove_file(&control);
     }
     info!(steer = %identity.key, reason = why, "request router stopped");
