@@ -26,7 +26,8 @@
 //!
 //! `WEFT_BENCH_ROUNDS` (default 3). The figures go into BENCHMARKS.md between the `weaves`
 //! markers. `WEFT_BENCH_WEAVES_ONLY=routing` runs the routing cases alone and prints each
-//! round's new-connection p99 (BENCHMARKS.md is left as it is).
+//! round's new-connection p99 (BENCHMARKS.md is left as it is); `=branch` the weave-to-first-
+//! answer rounds alone, printed (BENCHMARKS.md is left as it is).
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -470,6 +471,11 @@ fn routing_only() -> bool {
     std::env::var("WEFT_BENCH_WEAVES_ONLY").as_deref() == Ok("routing")
 }
 
+/// `WEFT_BENCH_WEAVES_ONLY=branch`: the weave-to-first-answer rounds alone, printed.
+fn branch_only() -> bool {
+    std::env::var("WEFT_BENCH_WEAVES_ONLY").as_deref() == Ok("branch")
+}
+
 /// The routing cases, then (unless [`routing_only`]) the activations.
 fn activation(
     c: &Controller,
@@ -716,6 +722,15 @@ pub fn run() -> Result<()> {
     }
     let three = branch_rounds(&c, &lab, 3 + 1, rounds).with_context(logs)?;
     let ten = branch_rounds(&c, &lab, 10, rounds).with_context(logs)?;
+    if branch_only() {
+        for (label, b) in [("3 services", &three), ("10 nodes", &ten)] {
+            println!(
+                "{label}: first answer {:?} s; POST /weaves answered {:?}; routes answered {:?}; ready {:?}",
+                b.first_answer_s, b.created_s, b.routed_s, b.ready_s
+            );
+        }
+        return Ok(());
+    }
     let (act, routing) = activation(&c, &lab, rounds).with_context(logs)?;
     let act = act.context("activations were not measured")?;
     let sync = sync_rounds(&c, &lab, rounds).with_context(logs)?;
