@@ -42,13 +42,14 @@ connections:
 ";
 
 /// An HTTP/1.1 server (keep-alive) on port 80 answering every GET with `argv[1]` and a
-/// newline; prints `ready` once listening.
+/// newline (`GET /client`: `argv[1]`, a space and the address its connection came from);
+/// prints `ready` once listening.
 const SERVER: &str = r#"
 import http.server, sys
-body = (sys.argv[1] + "\n").encode()
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        body = (sys.argv[1] + ("" if self.path != "/client" else " " + self.client_address[0]) + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -184,6 +185,7 @@ fn across_restarts(route: Route) -> Result<()> {
     let url = two.controller.grpc_url();
     let env = environment(&two.controller, "strenv", TDL, &|| two.logs())?;
     let web: std::net::IpAddr = address(&env, "web")?.parse()?;
+    let client_address = address(&env, "client")?;
     let client = ns(&two.lab, "strenv", "client");
     let _prod = web_server(&two.lab, &ns(&two.lab, "strenv", "web"), "prod")?;
     eventually(Duration::from_secs(30), Duration::from_millis(200), || {
@@ -246,6 +248,28 @@ fn across_restarts(route: Route) -> Result<()> {
         Ok(())
     })
     .with_context(|| two.logs())?;
+    // Both servers behind the request router see the client's address, not their own.
+    let servers_see_the_client = || -> Result<()> {
+        let who = |header: Option<&str>| -> Result<String> {
+            let url = format!("http://{web}/client");
+            let mut args = vec!["curl", "-sS", "--max-time", "3"];
+            if let Some(h) = header {
+                args.extend(["-H", h]);
+            }
+            args.push(&url);
+            Ok(crate::networks::exec(&client, &args)?.trim().to_owned())
+        };
+        let (weave_saw, prod_saw) = (who(Some(HEADER))?, who(None)?);
+        ensure!(
+            weave_saw == format!("weave {client_address}")
+                && prod_saw == format!("prod {client_address}"),
+            "the servers behind the router saw {weave_saw:?} and {prod_saw:?}, not the client {client_address}"
+        );
+        Ok(())
+    };
+    if route == Route::ByHeader {
+        servers_see_the_client().with_context(|| two.logs())?;
+    }
 
     // The traffic: one keep-alive connection (10 requests a second for 40 s; with the
     // header when routed by it) and new connections (100 a second) until stopped.
@@ -392,6 +416,8 @@ fn across_restarts(route: Route) -> Result<()> {
                 .contains("the request router does not answer"),
             "the agent did not log the router's end"
         );
+        // The router started again keeps the client's address too.
+        servers_see_the_client().with_context(|| two.agents[0].child.tail(40))?;
     }
     Ok(())
 }

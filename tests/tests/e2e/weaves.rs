@@ -899,18 +899,20 @@ connections:
 }
 
 /// An HTTPS server (Python's `ssl`, that is OpenSSL; HTTP/1.1 keep-alive) whose every
-/// answer is the name of the network namespace it runs in. `server.py PORT CERT KEY`.
+/// answer is the name of the network namespace it runs in and the address the connection
+/// came from. `server.py PORT CERT KEY`.
 const TLS_WHO_SERVER: &str = r#"
 import os, ssl, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-NS = (namespace() + "\n").encode()
+NS = namespace()
 class Who(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        body = ("%s %s\n" % (NS, self.client_address[0])).encode()
         self.send_response(200)
-        self.send_header("Content-Length", str(len(NS)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(NS)
+        self.wfile.write(body)
     def log_message(self, *a): pass
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[2], sys.argv[3])
@@ -923,7 +925,8 @@ s.serve_forever()
 /// weave, clients that verify its certificate (curl). The request router does not hold
 /// the keys: it routes each TLS connection whole by its ClientHello's server name, taken
 /// as the `host` header of a route, and both ends see each other's bytes unchanged (the
-/// handshake and the certificate check succeed on both sides).
+/// handshake and the certificate check succeed on both sides). Both servers see the
+/// client's own address on the connections the router made to them.
 #[test]
 fn tls_connections_are_routed_whole_to_the_weave_by_server_name() -> Result<()> {
     if skip_unless_root("tls_connections_are_routed_whole_to_the_weave_by_server_name") {
@@ -997,7 +1000,10 @@ connections:
         )?;
         Ok(out.lines().map(str::to_owned).collect())
     };
-    let env_ns = ns(lab, "wvtls", "api");
+    // Each answer: the server's namespace and the client's address as the server saw it
+    // (the client's own, also through the request router).
+    let client_address = address(&env, "client")?;
+    let env_ns = format!("{} {client_address}", ns(lab, "wvtls", "api"));
     let both_env = vec![env_ns.clone(), env_ns.clone()];
     eventually(Duration::from_secs(30), Duration::from_millis(300), || {
         for name in ["www.example", "beta.example"] {
@@ -1014,7 +1020,7 @@ connections:
     )?;
     ensure!(code == 201, "create weave: {code} {body}\n{}", logs());
     wait_running(controller, "wvt1", &logs)?;
-    let weave_ns = ns(lab, "wvt1", "api");
+    let weave_ns = format!("{} {client_address}", ns(lab, "wvt1", "api"));
     let (code, body) = controller.send(
         "POST",
         "/weaves/wvt1/routes",

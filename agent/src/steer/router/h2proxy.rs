@@ -21,7 +21,6 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::proxy::{ORIGIN, Outcome, SIDES, TARGET};
-use super::{PortRules, RouterShared};
+use super::{Ends, PortRules, RouterShared};
 
 /// The client connection preface of HTTP/2 (RFC 9113 3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -70,7 +69,7 @@ pub async fn starts_h2c(client: &TcpStream) -> io::Result<bool> {
 
 /// The router's HTTP/2 connection to each side, made on first use.
 struct Sides {
-    dst: SocketAddr,
+    ends: Ends,
     shared: Arc<RouterShared>,
     senders: [tokio::sync::Mutex<Option<SendRequest<Incoming>>>; 2],
 }
@@ -83,11 +82,13 @@ impl Sides {
         {
             return Ok(s.clone());
         }
-        let tcp = self.shared.connect(side, self.dst).await?;
+        let tcp = self.shared.connect(side, self.ends).await?;
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(tcp))
             .await
-            .map_err(|e| io::Error::other(format!("{} {}: HTTP/2: {e}", SIDES[side], self.dst)))?;
+            .map_err(|e| {
+                io::Error::other(format!("{} {}: HTTP/2: {e}", SIDES[side], self.ends.dst))
+            })?;
         tokio::spawn(async move {
             // Ends when the server closes or every sender is gone.
             let _ = conn.await;
@@ -118,18 +119,20 @@ fn bad_gateway(error: &io::Error) -> Response<Body> {
     r
 }
 
-/// Serves one h2c client connection to `dst`; `rules` are read at every stream.
+/// Serves one h2c client connection (`ends`: see [`super::proxy::serve`]); `rules` are
+/// read at every stream.
 pub async fn serve(
     client: TcpStream,
-    dst: SocketAddr,
+    ends: Ends,
     rules: Arc<PortRules>,
     shared: Arc<RouterShared>,
 ) -> io::Result<Outcome> {
     shared
         .h2c
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dst = ends.dst;
     let sides = Arc::new(Sides {
-        dst,
+        ends,
         shared: shared.clone(),
         senders: [tokio::sync::Mutex::new(None), tokio::sync::Mutex::new(None)],
     });

@@ -28,9 +28,10 @@
 //!   are empty (routed whole) is relayed whole to the target.
 //!
 //! # Limits
-//! - The servers see their connections come from their own address (A), not from the
-//!   client: the router connects from inside their namespaces. The flow observer on Vo
-//!   still sees the client's connection as it was.
+//! - The servers see the client's address: each connection to a side leaves from it
+//!   ([`transparent`]); where a side's namespace cannot be prepared for that, the router
+//!   connects from the server's own address (A) and says so in its log and counters.
+//!   The flow observer on Vo sees the client's connection as it was.
 //! - HTTP/1.1 and h2c by request; TLS (not terminated: the router has no keys) by
 //!   connection, whole, on its ClientHello's server name as a `host` rule ([`tls`]); a
 //!   connection whose first bytes are none of these goes whole to the origin. An upgrade (WebSocket, h2c by `Upgrade`) or
@@ -54,6 +55,7 @@ pub mod sockets;
 pub mod tls;
 #[cfg(test)]
 mod tls_tests;
+pub mod transparent;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -103,6 +105,14 @@ pub type RouterRules = BTreeMap<u16, Vec<HeaderRule>>;
 /// A port's rules, read by its connections at every request.
 pub type PortRules = RwLock<Arc<Vec<HeaderRule>>>;
 
+/// A client's connection as the router accepted it: who connected, and to what (the
+/// origin's address and port, which the target has too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ends {
+    pub client: SocketAddr,
+    pub dst: SocketAddr,
+}
+
 /// How a router reaches its two sides.
 enum Upstreams {
     /// A socket made in the side's namespace, to the address the client asked for.
@@ -132,17 +142,32 @@ pub struct RouterShared {
 }
 
 impl RouterShared {
-    /// A connection to `dst` inside the namespace of `side` ([`proxy::ORIGIN`] or
-    /// [`proxy::TARGET`]).
-    pub async fn connect(&self, side: usize, dst: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+    /// A connection to `ends.dst` inside the namespace of `side` ([`proxy::ORIGIN`] or
+    /// [`proxy::TARGET`]), from the client's address where the namespace allows it
+    /// ([`transparent`]).
+    pub async fn connect(&self, side: usize, ends: Ends) -> io::Result<tokio::net::TcpStream> {
+        let dst = ends.dst;
         let made = match &self.upstreams {
-            Upstreams::Namespaces(m) => m[side].connect(dst, proxy::CONNECT_TIMEOUT).await,
+            Upstreams::Namespaces(m) => {
+                m[side]
+                    .connect(Some(ends.client), dst, proxy::CONNECT_TIMEOUT)
+                    .await
+            }
             #[cfg(test)]
             Upstreams::Fixed(a) => tokio::net::TcpStream::connect(a[side])
                 .await
                 .and_then(|s| s.set_nodelay(true).map(|()| s)),
         };
         made.map_err(|e| io::Error::new(e.kind(), format!("{} {dst}: {e}", proxy::SIDES[side])))
+    }
+
+    /// Whether `side`'s server sees the client's address on the router's connections.
+    pub fn keeps_client_address(&self, side: usize) -> bool {
+        match &self.upstreams {
+            Upstreams::Namespaces(m) => m[side].transparent(),
+            #[cfg(test)]
+            Upstreams::Fixed(_) => false,
+        }
     }
 
     fn new(upstreams: Upstreams) -> Self {
@@ -356,6 +381,12 @@ impl Router {
             Serves::Process(p) => p.stop().await,
             Serves::InProcess(s) => s.stop(),
         }
+        // What the sides' namespaces were given for the client's address.
+        for side in [&self.origin_netns, &self.target_netns] {
+            if let Err(e) = transparent::undo(side).await {
+                debug!(namespace = %side.display(), error = %e, "undoing a request router's rules");
+            }
+        }
         let (veth, index) = self.host_if.clone();
         let netns = self.netns.clone();
         info!(steer = %self.key, namespace = %netns.display(), "request router removed");
@@ -390,13 +421,17 @@ async fn accept_loop(
             Ok(a) => SocketAddr::new(a.ip().to_canonical(), a.port()),
             Err(_) => continue,
         };
+        let ends = Ends {
+            client: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            dst,
+        };
         shared.connections.fetch_add(1, Relaxed);
         let (rules, shared, key) = (rules.clone(), shared.clone(), key.clone());
         let mut shutdown = shared.shutdown.subscribe();
         tokio::spawn(async move {
             let _slot = slot;
             let served = tokio::select! {
-                r = proxy::serve(client, dst, rules, shared.clone()) => r,
+                r = proxy::serve(client, ends, rules, shared.clone()) => r,
                 _ = shutdown.wait_for(|s| *s) => return,
             };
             match served {

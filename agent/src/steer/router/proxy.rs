@@ -19,7 +19,6 @@
 //! whole to the origin.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
@@ -30,7 +29,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use weft_reqroute::{ClientPiece, RequestCutter, ResponseCutter, ServerPiece};
 
-use super::{PortRules, RouterShared};
+use super::{Ends, PortRules, RouterShared};
 
 /// The production node (index 0) and the branch's copy (index 1).
 pub const ORIGIN: usize = 0;
@@ -79,19 +78,19 @@ pub struct Outcome {
 /// when its server ended the connection, the request half then connects anew.
 struct Closed([AtomicBool; 2]);
 
-/// Serves one client connection to `dst` (the address it was made to: the origin's
-/// address and port, which the target has too). `rules`: the port's, read at every
+/// Serves one client connection (`ends`: who made it, to the origin's address and port,
+/// which the target has too). `rules`: the port's, read at every
 /// request; empty: every request goes to the target (a port routed whole: a connection
 /// that starts so is relayed whole there).
 pub async fn serve(
     client: TcpStream,
-    dst: SocketAddr,
+    ends: Ends,
     rules: Arc<PortRules>,
     shared: Arc<RouterShared>,
 ) -> io::Result<Outcome> {
     client.set_nodelay(true)?;
     if current(&rules).is_empty() {
-        let mut up = shared.connect(TARGET, dst).await?;
+        let mut up = shared.connect(TARGET, ends).await?;
         let mut client = client;
         tokio::io::copy_bidirectional(&mut client, &mut up).await?;
         return Ok(Outcome::default());
@@ -100,7 +99,7 @@ pub async fn serve(
         // Whole, by its server name (the ClientHello is still unread: both sides of the
         // relay get the client's bytes as they are).
         let side = super::tls::side_for(&current(&rules), server_name.as_deref());
-        let mut up = shared.connect(side, dst).await?;
+        let mut up = shared.connect(side, ends).await?;
         let mut client = client;
         tokio::io::copy_bidirectional(&mut client, &mut up).await?;
         return Ok(Outcome {
@@ -109,12 +108,12 @@ pub async fn serve(
         });
     }
     if super::h2proxy::starts_h2c(&client).await? {
-        return super::h2proxy::serve(client, dst, rules, shared).await;
+        return super::h2proxy::serve(client, ends, rules, shared).await;
     }
     let (client_r, client_w) = client.into_split();
     let (tx, rx) = mpsc::channel(PIPELINE);
     let closed = Arc::new(Closed([AtomicBool::new(false), AtomicBool::new(false)]));
-    let requests = requests(client_r, dst, &rules, &shared, tx, &closed);
+    let requests = requests(client_r, ends, &rules, &shared, tx, &closed);
     let responses = responses(client_w, rx, &closed);
     let (req, resp) = tokio::join!(requests, responses);
     resp?;
@@ -128,7 +127,7 @@ pub(super) fn current(rules: &PortRules) -> Arc<Vec<weft_reqroute::HeaderRule>> 
 /// The request half.
 async fn requests(
     mut client: OwnedReadHalf,
-    dst: SocketAddr,
+    ends: Ends,
     rules: &PortRules,
     shared: &RouterShared,
     tx: mpsc::Sender<Next>,
@@ -162,7 +161,7 @@ async fn requests(
             };
             // Not HTTP/1 from the start: the whole connection goes to the origin.
             out.not_http = true;
-            let (reader, mut writer) = shared.connect(ORIGIN, dst).await?.into_split();
+            let (reader, mut writer) = shared.connect(ORIGIN, ends).await?.into_split();
             tx.send(Next::Raw {
                 side: ORIGIN,
                 reader: Some(reader),
@@ -186,7 +185,7 @@ async fn requests(
                     };
                     let mut reader = None;
                     if writers[side].is_none() || closed.0[side].swap(false, Relaxed) {
-                        let (r, w) = match shared.connect(side, dst).await {
+                        let (r, w) = match shared.connect(side, ends).await {
                             Ok(s) => s.into_split(),
                             Err(e) => {
                                 // Answered in its turn, then the connection ends.

@@ -109,7 +109,11 @@ pub(super) async fn listen(rules: Arc<PortRules>, shared: Arc<RouterShared>) -> 
             let Ok((c, _)) = l.accept().await else { return };
             let (rules, s) = (rules.clone(), shared.clone());
             tokio::spawn(async move {
-                let _ = proxy::serve(c, addr, rules, s).await;
+                let ends = super::Ends {
+                    client: c.peer_addr().unwrap(),
+                    dst: addr,
+                };
+                let _ = proxy::serve(c, ends, rules, s).await;
             });
         }
     });

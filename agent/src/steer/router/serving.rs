@@ -44,9 +44,13 @@ impl Serving {
     ) -> Result<Self, RouterError> {
         let maker =
             |p: &Path| SocketMaker::start(p).map_err(io_err(format!("entering {}", p.display())));
+        // The servers' sides keep the client's address on the router's connections.
+        let upstream = |p: &Path| {
+            SocketMaker::start_upstream(p).map_err(io_err(format!("entering {}", p.display())))
+        };
         let shared = Arc::new(RouterShared::new(Upstreams::Namespaces([
-            maker(origin_netns)?,
-            maker(target_netns)?,
+            upstream(origin_netns)?,
+            upstream(target_netns)?,
         ])));
         Ok(Self {
             key: key.to_owned(),
@@ -146,6 +150,15 @@ impl Serving {
                 n(&s.tls[proxy::TARGET]),
             ),
             ("router_connections_failed".into(), n(&s.failed)),
+            // 1: the side's server sees the client's address ([`super::transparent`]).
+            (
+                "router_client_address_origin".into(),
+                f64::from(u8::from(s.keeps_client_address(proxy::ORIGIN))),
+            ),
+            (
+                "router_client_address_target".into(),
+                f64::from(u8::from(s.keeps_client_address(proxy::TARGET))),
+            ),
         ]
     }
 

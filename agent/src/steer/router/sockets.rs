@@ -21,14 +21,30 @@ type Reply = oneshot::Sender<io::Result<std::net::TcpStream>>;
 /// Makes TCP sockets inside one namespace. The thread ends when this is dropped.
 pub struct SocketMaker {
     requests: std_mpsc::SyncSender<(bool, Reply)>,
+    /// Whether its connections leave from the client's address
+    /// ([`super::transparent`]): the namespace was prepared for it.
+    transparent: bool,
 }
 
 impl SocketMaker {
     /// Starts the maker's thread inside the namespace of `netns`.
     pub fn start(netns: &Path) -> io::Result<Self> {
+        Self::start_with(netns, false)
+    }
+
+    /// [`Self::start`] for a server's namespace whose connections keep the client's
+    /// address: the namespace is prepared first ([`super::transparent::prepare_here`]).
+    /// Where that fails the maker still serves, from the namespace's own address, and
+    /// says why in the log.
+    pub fn start_upstream(netns: &Path) -> io::Result<Self> {
+        Self::start_with(netns, true)
+    }
+
+    fn start_with(netns: &Path, transparent: bool) -> io::Result<Self> {
         let file = std::fs::File::open(netns)?;
         let (tx, rx) = std_mpsc::sync_channel::<(bool, Reply)>(QUEUE);
-        let (ready_tx, ready_rx) = std_mpsc::sync_channel::<io::Result<()>>(1);
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel::<io::Result<bool>>(1);
+        let label = netns.display().to_string();
         std::thread::Builder::new()
             .name("weft-router-ns".into())
             .spawn(move || {
@@ -39,15 +55,31 @@ impl SocketMaker {
                     return;
                 }
                 drop(file);
-                let _ = ready_tx.send(Ok(()));
+                let prepared = transparent
+                    && match super::transparent::prepare_here() {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(namespace = %label, error = %e, "request router: the servers here will see connections come from their own address, not the client's");
+                            false
+                        }
+                    };
+                let _ = ready_tx.send(Ok(prepared));
                 while let Ok((v6, reply)) = rx.recv() {
                     let _ = reply.send(new_socket(v6));
                 }
             })?;
-        ready_rx
+        let transparent = ready_rx
             .recv()
             .map_err(|_| io::Error::other("the namespace thread ended early"))??;
-        Ok(Self { requests: tx })
+        Ok(Self {
+            requests: tx,
+            transparent,
+        })
+    }
+
+    /// Whether connections made by [`Self::connect`] keep the client's address.
+    pub fn transparent(&self) -> bool {
+        self.transparent
     }
 
     /// A new TCP socket of the namespace (IPv6 ones take IPv4 too, as mapped addresses).
@@ -62,16 +94,38 @@ impl SocketMaker {
         Ok(TcpSocket::from_std_stream(std))
     }
 
-    /// Connects to `to` from inside the namespace (TCP_NODELAY on), within `timeout`.
-    pub async fn connect(&self, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-        let socket = self.unconnected(to.is_ipv6()).await?;
-        let stream = tokio::time::timeout(timeout, socket.connect(to))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {to}"))
-            })??;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+    /// Connects to `to` from inside the namespace (TCP_NODELAY on), within `timeout`;
+    /// from `client`'s address when the namespace was prepared for it (and `client` is of
+    /// `to`'s family), else from the namespace's own.
+    pub async fn connect(
+        &self,
+        client: Option<SocketAddr>,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        let from = client.filter(|c| self.transparent && c.is_ipv6() == to.is_ipv6());
+        let attempt = |from: Option<SocketAddr>| async move {
+            let socket = self.unconnected(to.is_ipv6()).await?;
+            if let Some(f) = from {
+                super::transparent::bind_as(&socket, f)?;
+            }
+            let stream = tokio::time::timeout(timeout, socket.connect(to))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {to}"))
+                })??;
+            stream.set_nodelay(true)?;
+            Ok::<_, io::Error>(stream)
+        };
+        match attempt(from).await {
+            // The client's port still in use here towards `to` (a connection of its
+            // that is closing): any port of the client's address.
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+                let any = from.filter(|f| f.port() != 0).ok_or(e)?;
+                attempt(Some(SocketAddr::new(any.ip(), 0))).await
+            }
+            r => r,
+        }
     }
 }
 
@@ -105,7 +159,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let maker = SocketMaker::start(Path::new("/proc/self/ns/net")).unwrap();
         let (out, accepted) = tokio::join!(
-            maker.connect(addr, Duration::from_secs(5)),
+            maker.connect(None, addr, Duration::from_secs(5)),
             listener.accept()
         );
         let out = out.unwrap();
@@ -115,9 +169,91 @@ mod tests {
         // Nothing listening: the error says so.
         drop(listener);
         let e = maker
-            .connect(addr, Duration::from_secs(5))
+            .connect(None, addr, Duration::from_secs(5))
             .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    }
+
+    /// A server in a namespace prepared for it sees the client's address and port, and
+    /// its answers reach the router's socket (not eth0): a whole request and answer; a
+    /// second connection from the same client port (the first one closing) still
+    /// connects; the namespace is as it was once undone.
+    #[tokio::test]
+    async fn a_prepared_namespace_shows_the_servers_the_clients_address() {
+        crate::testns::require_root!();
+        let ns = crate::testns::TestNetns::new();
+        crate::testns::in_ns(&ns.path, || {
+            crate::testns::ip(&["link", "set", "lo", "up"]);
+            crate::testns::ip(&["addr", "add", "198.18.231.1/32", "dev", "lo"]);
+        });
+        let server_addr: SocketAddr = "198.18.231.1:8080".parse().unwrap();
+        let client: SocketAddr = "198.19.231.7:41234".parse().unwrap();
+        let listener = {
+            let maker = SocketMaker::start(&ns.path).unwrap();
+            let s = maker.unconnected(false).await.unwrap();
+            s.set_reuseaddr(true).unwrap();
+            s.bind(server_addr).unwrap();
+            s.listen(16).unwrap()
+        };
+        let maker = SocketMaker::start_upstream(&ns.path).unwrap();
+        assert!(maker.transparent(), "the namespace was prepared");
+        for round in 0..2 {
+            let (out, accepted) = tokio::time::timeout(
+                Duration::from_secs(10),
+                futures::future::join(
+                    maker.connect(Some(client), server_addr, Duration::from_secs(5)),
+                    listener.accept(),
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no connection within 10 s"));
+            let mut out = out.unwrap();
+            let (mut served, peer) = accepted.unwrap();
+            assert_eq!(
+                peer.ip(),
+                client.ip(),
+                "round {round}: the server saw {peer}"
+            );
+            if round == 0 {
+                assert_eq!(peer.port(), client.port(), "the client's port");
+            }
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            out.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            served.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+            served.write_all(b"pong").await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), out.read_exact(&mut buf))
+                .await
+                .expect("the answer came back to the router's socket")
+                .unwrap();
+            assert_eq!(&buf, b"pong");
+            // The server closes first (as a server that ends the connection does).
+            drop(served);
+            let n = tokio::time::timeout(Duration::from_secs(5), out.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, 0);
+        }
+        let rules = crate::testns::in_ns(&ns.path, || {
+            std::process::Command::new("ip")
+                .args(["rule", "show"])
+                .output()
+                .unwrap()
+        });
+        let rules = String::from_utf8_lossy(&rules.stdout).to_string();
+        assert!(rules.contains("0x57460001"), "the fwmark rule: {rules}");
+        let removed = super::super::transparent::undo(&ns.path).await.unwrap();
+        assert!(removed >= 2, "a rule and a route removed: {removed}");
+        let rules = crate::testns::in_ns(&ns.path, || {
+            std::process::Command::new("ip")
+                .args(["rule", "show"])
+                .output()
+                .unwrap()
+        });
+        let rules = String::from_utf8_lossy(&rules.stdout).to_string();
+        assert!(!rules.contains("0x57460001"), "the rule is gone: {rules}");
     }
 }

@@ -1,0 +1,233 @@
+//! The client's address kept on the router's upstream connections, so the servers behind
+//! a request router see who connects to them (their logs, `pg_hba.conf`, per-client
+//! limits), not their own address.
+//!
+//! An upstream socket is made in the server's namespace (O's or T's, [`super::sockets`])
+//! and connects to the server's own address there, over `lo`. Here it also:
+//! - is bound to the client's address and port (`IP_TRANSPARENT`: an address that is not
+//!   the namespace's; the client's port when free there, else any);
+//! - carries [`MARK`] (`SO_MARK`), so its SYN does.
+//!
+//! And the side's namespace is prepared once per router ([`prepare_here`]):
+//! - `net.ipv4.tcp_fwmark_accept = 1`: a connection the server accepts takes its SYN's
+//!   mark (for IPv6 too). Packets that come in from outside carry no mark (it is
+//!   cleared when they cross into the namespace), so other connections keep mark 0;
+//! - `ip rule add fwmark MARK lookup TABLE` (IPv4 and IPv6) with `local default dev lo`
+//!   in TABLE: the server's answers to the client's address are delivered in the
+//!   namespace, to the router's socket, instead of going out of eth0 to the client.
+//!
+//! No conntrack, no nftables (the node's firewall is the agent's own ruleset and stays
+//! as it is: its `iif lo accept` takes these connections, as it took them before).
+//! Undone by [`undo`] when the router is removed.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
+use std::path::Path;
+
+use futures::TryStreamExt as _;
+use rtnetlink::packet_route::route::{RouteScope, RouteType};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use tokio::net::TcpSocket;
+
+/// The mark of a router's upstream packets (and, through `tcp_fwmark_accept`, of the
+/// servers' answers to them). "WF" and 1.
+pub const MARK: u32 = 0x5746_0001;
+/// The routing table holding `local default dev lo` for marked packets.
+pub const TABLE: u32 = 0x5746;
+/// The rule's priority: after the local table's (0), before main's (32766).
+pub const RULE_PRIORITY: u32 = 0x5746;
+
+const LOOPBACK_INDEX: u32 = 1;
+const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
+
+/// Prepares the calling thread's network namespace (see the module doc). Idempotent.
+pub fn prepare_here() -> io::Result<()> {
+    std::fs::write(FWMARK_ACCEPT, "1")
+        .map_err(|e| io::Error::new(e.kind(), format!("setting {FWMARK_ACCEPT}: {e}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async {
+        // The socket is made in this thread's namespace.
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        let task = tokio::spawn(conn);
+        let made = routes_and_rules(&handle).await;
+        task.abort();
+        made
+    })
+}
+
+async fn routes_and_rules(handle: &Handle) -> io::Result<()> {
+    let nl = |what: &str| {
+        let what = what.to_owned();
+        move |e: rtnetlink::Error| io::Error::other(format!("{what}: {e}"))
+    };
+    let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host)
+        .table_id(TABLE)
+        .output_interface(LOOPBACK_INDEX)
+        .build();
+    handle
+        .route()
+        .add(v4)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl("local default dev lo (IPv4)"))?;
+    let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host)
+        .table_id(TABLE)
+        .output_interface(LOOPBACK_INDEX)
+        .build();
+    // A namespace without IPv6 (disabled) has IPv4 only: that is enough for its clients.
+    if let Err(e) = handle.route().add(v6).replace().execute().await {
+        tracing::debug!(error = %e, "request router: no IPv6 local route for client addresses");
+    }
+    for v6 in [false, true] {
+        if rule_exists(handle, v6).await? {
+            continue;
+        }
+        let add = handle
+            .rule()
+            .add()
+            .fw_mark(MARK)
+            .table_id(TABLE)
+            .priority(RULE_PRIORITY)
+            .action(RuleAction::ToTable);
+        let added = if v6 {
+            add.v6().execute().await
+        } else {
+            add.v4().execute().await
+        };
+        match added {
+            Ok(()) => {}
+            Err(e) if v6 => {
+                tracing::debug!(error = %e, "request router: no IPv6 rule for client addresses")
+            }
+            Err(e) => return Err(nl("fwmark rule (IPv4)")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the namespace has this module's rule for IPv4 (`v6` false) or IPv6.
+async fn rule_exists(handle: &Handle, v6: bool) -> io::Result<bool> {
+    Ok(!ours(handle, v6).await?.is_empty())
+}
+
+/// This module's rules (by mark and priority) of one family.
+async fn ours(handle: &Handle, v6: bool) -> io::Result<Vec<RuleMessage>> {
+    let version = if v6 { IpVersion::V6 } else { IpVersion::V4 };
+    let rules: Vec<RuleMessage> = handle
+        .rule()
+        .get(version)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| io::Error::other(format!("listing rules: {e}")))?;
+    Ok(rules
+        .into_iter()
+        .filter(|r| {
+            r.attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == MARK))
+                && r.attributes
+                    .iter()
+                    .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == RULE_PRIORITY))
+        })
+        .collect())
+}
+
+/// Removes what [`prepare_here`] made in `netns` (its rules and its table's routes; the
+/// sysctl stays: without the mark it changes nothing). Gone already is fine.
+pub async fn undo(netns: &Path) -> io::Result<usize> {
+    if !crate::networks::namespaces::is_mounted(netns) {
+        return Ok(0);
+    }
+    let conn = crate::realize::netns::connect(Some(netns))
+        .await
+        .map_err(|e| io::Error::other(format!("netlink in {}: {e}", netns.display())))?;
+    let handle = &conn.handle;
+    let mut removed = 0;
+    for v6 in [false, true] {
+        for r in ours(handle, v6).await.unwrap_or_default() {
+            if handle.rule().del(r).execute().await.is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host)
+        .table_id(TABLE)
+        .output_interface(LOOPBACK_INDEX)
+        .build();
+    let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host)
+        .table_id(TABLE)
+        .output_interface(LOOPBACK_INDEX)
+        .build();
+    for route in [v4, v6] {
+        if handle.route().del(route).execute().await.is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn set_int(fd: i32, level: i32, option: i32, value: i32, name: &str) -> io::Result<()> {
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            option,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("{name}: {e}")))
+    }
+}
+
+/// Makes `socket` (not connected yet) leave from `client`: transparent, marked, bound to
+/// the client's address and port (or any port when that one is taken here).
+pub fn bind_as(socket: &TcpSocket, client: SocketAddr) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    if client.is_ipv6() {
+        set_int(
+            fd,
+            libc::SOL_IPV6,
+            libc::IPV6_TRANSPARENT,
+            1,
+            "IPV6_TRANSPARENT",
+        )?;
+    } else {
+        set_int(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1, "IP_TRANSPARENT")?;
+    }
+    set_int(fd, libc::SOL_SOCKET, libc::SO_MARK, MARK as i32, "SO_MARK")?;
+    socket.set_reuseaddr(true)?;
+    match socket.bind(client) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse && client.port() != 0 => {
+            socket.bind(SocketAddr::new(client.ip(), 0))
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("binding to {client}: {e}"),
+        )),
+    }
+}
