@@ -750,8 +750,10 @@ import os, sys, grpc, concurrent.futures as f
 NS = namespace().encode()
 def who(req, ctx): return NS
 def bad(req, ctx): raise RuntimeError("boom")
+def peer(req, ctx): return ctx.peer().encode()
 h = grpc.method_handlers_generic_handler("demo.Who", {
     "Who": grpc.unary_unary_rpc_method_handler(who),
+    "Peer": grpc.unary_unary_rpc_method_handler(peer),
     "Fail": grpc.unary_unary_rpc_method_handler(bad)})
 s = grpc.server(f.ThreadPoolExecutor(8)); s.add_generic_rpc_handlers((h,))
 s.add_insecure_port("0.0.0.0:%s" % sys.argv[1]); s.start(); s.wait_for_termination()
@@ -759,7 +761,8 @@ s.add_insecure_port("0.0.0.0:%s" % sys.argv[1]); s.start(); s.wait_for_terminati
 
 /// Calls on ONE channel (one HTTP/2 connection): six `Who`s in turn (with the header, without,
 /// with it in another case, with another value...), eight at once, and a `Fail` with the
-/// header. Prints `who <label> <namespace>` per call and `fail <status code>`.
+/// header. Prints `who <label> <namespace>` per call and `fail <status code>`, then
+/// `peer h|n <peer>`: the client's address as the server saw it, with and without the header.
 const GRPC_WHO_CLIENT: &str = r#"
 import sys, grpc
 ch = grpc.insecure_channel("%s:%s" % (sys.argv[1], sys.argv[2]))
@@ -775,6 +778,9 @@ try:
     fail(b"", metadata=H, timeout=5); print("fail none")
 except grpc.RpcError as e:
     print("fail %s" % e.code().name)
+peer = ch.unary_unary("/demo.Who/Peer")
+for label, md in [("h", H), ("n", [])]:
+    print("peer %s %s" % (label, peer(b"", metadata=md, timeout=5).decode()), flush=True)
 ch.close()
 "#;
 
@@ -817,7 +823,8 @@ connections:
     let api = address(&env, "api")?;
     let client = ns(lab, "wvgrpc", "client");
     let client_py = client_py.display().to_string();
-    let run = || -> Result<Vec<(String, String)>> {
+    // The calls `(label, namespace)`, and the peers the servers saw (`peer h|n ...`).
+    let run_all = || -> Result<(Vec<(String, String)>, Vec<String>)> {
         let out = exec(
             &client,
             &[
@@ -829,7 +836,7 @@ connections:
                 "50051",
             ],
         )?;
-        Ok(out
+        let calls = out
             .lines()
             .filter_map(|l| {
                 let mut w = l.split_whitespace();
@@ -839,8 +846,15 @@ connections:
                     _ => None,
                 }
             })
-            .collect())
+            .collect();
+        let peers = out
+            .lines()
+            .filter(|l| l.starts_with("peer "))
+            .map(str::to_owned)
+            .collect();
+        Ok((calls, peers))
     };
+    let run = || run_all().map(|(calls, _)| calls);
     let env_ns = ns(lab, "wvgrpc", "api");
     eventually(Duration::from_secs(30), Duration::from_millis(300), || {
         let calls = run()?;
@@ -865,15 +879,24 @@ connections:
     )?;
     ensure!(code == 200, "route 50051 by header: {code} {body}");
     let weave_ns = ns(lab, "wvg1", "api");
-    let calls = eventually(Duration::from_secs(30), Duration::from_millis(300), || {
-        let calls = run()?;
+    let (calls, peers) = eventually(Duration::from_secs(30), Duration::from_millis(300), || {
+        let (calls, peers) = run_all()?;
         ensure!(
             calls.first().is_some_and(|(_, n)| *n == weave_ns),
             "the first call (with the header) not routed to the weave yet: {calls:?}"
         );
-        Ok(calls)
+        Ok((calls, peers))
     })
     .with_context(logs)?;
+    // Both servers see the client's address on the router's HTTP/2 connections.
+    let client_address = address(&env, "client")?;
+    let want_peer = |label: &str| format!("peer {label} ipv4:{client_address}:");
+    ensure!(
+        peers.len() == 2
+            && peers[0].starts_with(&want_peer("h"))
+            && peers[1].starts_with(&want_peer("n")),
+        "the servers behind the router saw {peers:?}, not the client {client_address}"
+    );
     let mut wrong = Vec::new();
     for (label, got) in &calls {
         let want = if label == "fail" {

@@ -95,37 +95,26 @@ impl SocketMaker {
     }
 
     /// Connects to `to` from inside the namespace (TCP_NODELAY on), within `timeout`;
-    /// from `client`'s address when the namespace was prepared for it (and `client` is of
-    /// `to`'s family), else from the namespace's own.
+    /// from `client`'s address (a port the kernel picks: see [`super::transparent`]) when
+    /// the namespace was prepared for it and `client` is of `to`'s family, else from the
+    /// namespace's own.
     pub async fn connect(
         &self,
         client: Option<SocketAddr>,
         to: SocketAddr,
         timeout: Duration,
     ) -> io::Result<TcpStream> {
-        let from = client.filter(|c| self.transparent && c.is_ipv6() == to.is_ipv6());
-        let attempt = |from: Option<SocketAddr>| async move {
-            let socket = self.unconnected(to.is_ipv6()).await?;
-            if let Some(f) = from {
-                super::transparent::bind_as(&socket, f)?;
-            }
-            let stream = tokio::time::timeout(timeout, socket.connect(to))
-                .await
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {to}"))
-                })??;
-            stream.set_nodelay(true)?;
-            Ok::<_, io::Error>(stream)
-        };
-        match attempt(from).await {
-            // The client's port still in use here towards `to` (a connection of its
-            // that is closing): any port of the client's address.
-            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
-                let any = from.filter(|f| f.port() != 0).ok_or(e)?;
-                attempt(Some(SocketAddr::new(any.ip(), 0))).await
-            }
-            r => r,
+        let socket = self.unconnected(to.is_ipv6()).await?;
+        if let Some(c) = client.filter(|c| self.transparent && c.is_ipv6() == to.is_ipv6()) {
+            super::transparent::bind_as(&socket, c.ip())?;
         }
+        let stream = tokio::time::timeout(timeout, socket.connect(to))
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {to}"))
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
     }
 }
 
@@ -175,10 +164,9 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
     }
 
-    /// A server in a namespace prepared for it sees the client's address and port, and
-    /// its answers reach the router's socket (not eth0): a whole request and answer; a
-    /// second connection from the same client port (the first one closing) still
-    /// connects; the namespace is as it was once undone.
+    /// A server in a namespace prepared for it sees the client's address (IPv4 and IPv6),
+    /// and its answers reach the router's socket (not eth0): a whole request and answer,
+    /// twice (the server closing first); the namespace is as it was once undone.
     #[tokio::test]
     async fn a_prepared_namespace_shows_the_servers_the_clients_address() {
         crate::testns::require_root!();
@@ -186,56 +174,59 @@ mod tests {
         crate::testns::in_ns(&ns.path, || {
             crate::testns::ip(&["link", "set", "lo", "up"]);
             crate::testns::ip(&["addr", "add", "198.18.231.1/32", "dev", "lo"]);
+            crate::testns::ip(&["-6", "addr", "add", "fd00:231::1/128", "dev", "lo"]);
         });
-        let server_addr: SocketAddr = "198.18.231.1:8080".parse().unwrap();
-        let client: SocketAddr = "198.19.231.7:41234".parse().unwrap();
-        let listener = {
-            let maker = SocketMaker::start(&ns.path).unwrap();
-            let s = maker.unconnected(false).await.unwrap();
-            s.set_reuseaddr(true).unwrap();
-            s.bind(server_addr).unwrap();
-            s.listen(16).unwrap()
-        };
         let maker = SocketMaker::start_upstream(&ns.path).unwrap();
         assert!(maker.transparent(), "the namespace was prepared");
-        for round in 0..2 {
-            let (out, accepted) = tokio::time::timeout(
-                Duration::from_secs(10),
-                futures::future::join(
-                    maker.connect(Some(client), server_addr, Duration::from_secs(5)),
-                    listener.accept(),
-                ),
-            )
-            .await
-            .unwrap_or_else(|_| panic!("round {round}: no connection within 10 s"));
-            let mut out = out.unwrap();
-            let (mut served, peer) = accepted.unwrap();
-            assert_eq!(
-                peer.ip(),
-                client.ip(),
-                "round {round}: the server saw {peer}"
-            );
-            if round == 0 {
-                assert_eq!(peer.port(), client.port(), "the client's port");
+        for (server, client) in [
+            ("198.18.231.1:8080", "198.19.231.7:41234"),
+            ("[fd00:231::1]:8080", "[fd00:232::7]:41234"),
+        ] {
+            let server_addr: SocketAddr = server.parse().unwrap();
+            let client: SocketAddr = client.parse().unwrap();
+            let listener = {
+                let plain = SocketMaker::start(&ns.path).unwrap();
+                let s = plain.unconnected(server_addr.is_ipv6()).await.unwrap();
+                s.set_reuseaddr(true).unwrap();
+                s.bind(server_addr).unwrap();
+                s.listen(16).unwrap()
+            };
+            for round in 0..2 {
+                let (out, accepted) = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    futures::future::join(
+                        maker.connect(Some(client), server_addr, Duration::from_secs(5)),
+                        listener.accept(),
+                    ),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("{client} round {round}: no connection within 10 s"));
+                let mut out = out.unwrap();
+                let (mut served, peer) = accepted.unwrap();
+                assert_eq!(
+                    peer.ip(),
+                    client.ip(),
+                    "round {round}: the server saw {peer}"
+                );
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                out.write_all(b"ping").await.unwrap();
+                let mut buf = [0u8; 4];
+                served.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"ping");
+                served.write_all(b"pong").await.unwrap();
+                tokio::time::timeout(Duration::from_secs(5), out.read_exact(&mut buf))
+                    .await
+                    .expect("the answer came back to the router's socket")
+                    .unwrap();
+                assert_eq!(&buf, b"pong");
+                // The server closes first (as a server that ends the connection does).
+                drop(served);
+                let n = tokio::time::timeout(Duration::from_secs(5), out.read(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(n, 0);
             }
-            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-            out.write_all(b"ping").await.unwrap();
-            let mut buf = [0u8; 4];
-            served.read_exact(&mut buf).await.unwrap();
-            assert_eq!(&buf, b"ping");
-            served.write_all(b"pong").await.unwrap();
-            tokio::time::timeout(Duration::from_secs(5), out.read_exact(&mut buf))
-                .await
-                .expect("the answer came back to the router's socket")
-                .unwrap();
-            assert_eq!(&buf, b"pong");
-            // The server closes first (as a server that ends the connection does).
-            drop(served);
-            let n = tokio::time::timeout(Duration::from_secs(5), out.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(n, 0);
         }
         let rules = crate::testns::in_ns(&ns.path, || {
             std::process::Command::new("ip")

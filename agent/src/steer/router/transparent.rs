@@ -4,8 +4,9 @@
 //!
 //! An upstream socket is made in the server's namespace (O's or T's, [`super::sockets`])
 //! and connects to the server's own address there, over `lo`. Here it also:
-//! - is bound to the client's address and port (`IP_TRANSPARENT`: an address that is not
-//!   the namespace's; the client's port when free there, else any);
+//! - is bound to the client's address (`IP_TRANSPARENT`: an address that is not the
+//!   namespace's), its port chosen by `connect` as for any outgoing connection (so the
+//!   server sees the client's address, not its port);
 //! - carries [`MARK`] (`SO_MARK`), so its SYN does.
 //!
 //! And the side's namespace is prepared once per router ([`prepare_here`]):
@@ -21,7 +22,7 @@
 //! Undone by [`undo`] when the router is removed.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
@@ -203,9 +204,13 @@ fn set_int(fd: i32, level: i32, option: i32, value: i32, name: &str) -> io::Resu
     }
 }
 
-/// Makes `socket` (not connected yet) leave from `client`: transparent, marked, bound to
-/// the client's address and port (or any port when that one is taken here).
-pub fn bind_as(socket: &TcpSocket, client: SocketAddr) -> io::Result<()> {
+/// Makes `socket` (not connected yet) leave from the client's address `client`:
+/// transparent, marked, bound to that address with the port left to `connect`
+/// (`IP_BIND_ADDRESS_NO_PORT`: a port unique for the connection's four addresses, chosen
+/// as for any outgoing connection; binding the client's own port collided with this
+/// router's earlier connections in TIME_WAIT and cost about 1 ms at p99 in
+/// `cargo xtask bench weaves`, and a bind to port 0 searches the ports as slowly).
+pub fn bind_as(socket: &TcpSocket, client: IpAddr) -> io::Result<()> {
     let fd = socket.as_raw_fd();
     if client.is_ipv6() {
         set_int(
@@ -219,15 +224,14 @@ pub fn bind_as(socket: &TcpSocket, client: SocketAddr) -> io::Result<()> {
         set_int(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1, "IP_TRANSPARENT")?;
     }
     set_int(fd, libc::SOL_SOCKET, libc::SO_MARK, MARK as i32, "SO_MARK")?;
-    socket.set_reuseaddr(true)?;
-    match socket.bind(client) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse && client.port() != 0 => {
-            socket.bind(SocketAddr::new(client.ip(), 0))
-        }
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("binding to {client}: {e}"),
-        )),
-    }
+    set_int(
+        fd,
+        libc::SOL_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        1,
+        "IP_BIND_ADDRESS_NO_PORT",
+    )?;
+    socket
+        .bind(SocketAddr::new(client, 0))
+        .map_err(|e| io::Error::new(e.kind(), format!("binding to {client}: {e}")))
 }
