@@ -824,7 +824,8 @@ connections:
     let client = ns(lab, "wvgrpc", "client");
     let client_py = client_py.display().to_string();
     // The calls `(label, namespace)`, and the peers the servers saw (`peer h|n ...`).
-    let run_all = || -> Result<(Vec<(String, String)>, Vec<String>)> {
+    type Calls = Vec<(String, String)>;
+    let run_all = || -> Result<(Calls, Vec<String>)> {
         let out = exec(
             &client,
             &[
