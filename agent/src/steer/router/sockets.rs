@@ -105,8 +105,12 @@ impl SocketMaker {
         timeout: Duration,
     ) -> io::Result<TcpStream> {
         let socket = self.unconnected(to.is_ipv6()).await?;
-        if let Some(c) = client.filter(|c| self.transparent && c.is_ipv6() == to.is_ipv6()) {
-            super::transparent::bind_as(&socket, c.ip())?;
+        if let Some(c) = client.filter(|c| self.transparent && c.is_ipv6() == to.is_ipv6())
+            && let Err(e) = super::transparent::bind_as(&socket, c.ip())
+        {
+            // An address that cannot be bound here (an IPv6 link-local one has no scope
+            // in this namespace): this connection leaves from the namespace's own.
+            tracing::debug!(client = %c, error = %e, "request router: connecting from the server's own address");
         }
         let stream = tokio::time::timeout(timeout, socket.connect(to))
             .await
