@@ -180,6 +180,16 @@ mod tests {
             crate::testns::ip(&["addr", "add", "198.18.231.1/32", "dev", "lo"]);
             crate::testns::ip(&["-6", "addr", "add", "fd00:231::1/128", "dev", "lo"]);
         });
+        // `ip rule show` in the namespace.
+        let ip_rules = || {
+            let out = crate::testns::in_ns(&ns.path, || {
+                std::process::Command::new("ip")
+                    .args(["rule", "show"])
+                    .output()
+                    .unwrap()
+            });
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
         let maker = SocketMaker::start_upstream(&ns.path).unwrap();
         assert!(maker.transparent(), "the namespace was prepared");
         for (server, client) in [
@@ -232,23 +242,11 @@ mod tests {
                 assert_eq!(n, 0);
             }
         }
-        let rules = crate::testns::in_ns(&ns.path, || {
-            std::process::Command::new("ip")
-                .args(["rule", "show"])
-                .output()
-                .unwrap()
-        });
-        let rules = String::from_utf8_lossy(&rules.stdout).to_string();
+        let rules = ip_rules();
         assert!(rules.contains("0x57460001"), "the fwmark rule: {rules}");
         let removed = super::super::transparent::undo(&ns.path).await.unwrap();
         assert!(removed >= 2, "a rule and a route removed: {removed}");
-        let rules = crate::testns::in_ns(&ns.path, || {
-            std::process::Command::new("ip")
-                .args(["rule", "show"])
-                .output()
-                .unwrap()
-        });
-        let rules = String::from_utf8_lossy(&rules.stdout).to_string();
+        let rules = ip_rules();
         assert!(!rules.contains("0x57460001"), "the rule is gone: {rules}");
     }
 }

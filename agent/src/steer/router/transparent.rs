@@ -27,7 +27,7 @@ use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
 use futures::TryStreamExt as _;
-use rtnetlink::packet_route::route::{RouteScope, RouteType};
+use rtnetlink::packet_route::route::{RouteMessage, RouteScope, RouteType};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use tokio::net::TcpSocket;
@@ -60,38 +60,52 @@ pub fn prepare_here() -> io::Result<()> {
     })
 }
 
-async fn routes_and_rules(handle: &Handle) -> io::Result<()> {
-    let nl = |what: &str| {
-        let what = what.to_owned();
-        move |e: rtnetlink::Error| io::Error::other(format!("{what}: {e}"))
-    };
-    let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
+/// `local default dev lo table TABLE` (IPv4).
+fn local_default_v4() -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
         .kind(RouteType::Local)
         .scope(RouteScope::Host)
         .table_id(TABLE)
         .output_interface(LOOPBACK_INDEX)
-        .build();
-    handle
-        .route()
-        .add(v4)
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("local default dev lo (IPv4)"))?;
-    let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+        .build()
+}
+
+/// `local default dev lo table TABLE` (IPv6).
+fn local_default_v6() -> RouteMessage {
+    RouteMessageBuilder::<Ipv6Addr>::new()
         .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
         .kind(RouteType::Local)
         .scope(RouteScope::Host)
         .table_id(TABLE)
         .output_interface(LOOPBACK_INDEX)
-        .build();
+        .build()
+}
+
+async fn routes_and_rules(handle: &Handle) -> io::Result<()> {
+    let nl = |what: &str| {
+        let what = what.to_owned();
+        move |e: rtnetlink::Error| io::Error::other(format!("{what}: {e}"))
+    };
+    handle
+        .route()
+        .add(local_default_v4())
+        .replace()
+        .execute()
+        .await
+        .map_err(nl("local default dev lo (IPv4)"))?;
     // A namespace without IPv6 (disabled) has IPv4 only: that is enough for its clients.
-    if let Err(e) = handle.route().add(v6).replace().execute().await {
+    if let Err(e) = handle
+        .route()
+        .add(local_default_v6())
+        .replace()
+        .execute()
+        .await
+    {
         tracing::debug!(error = %e, "request router: no IPv6 local route for client addresses");
     }
     for v6 in [false, true] {
-        if rule_exists(handle, v6).await? {
+        if !ours(handle, v6).await?.is_empty() {
             continue;
         }
         let add = handle
@@ -115,11 +129,6 @@ async fn routes_and_rules(handle: &Handle) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether the namespace has this module's rule for IPv4 (`v6` false) or IPv6.
-async fn rule_exists(handle: &Handle, v6: bool) -> io::Result<bool> {
-    Ok(!ours(handle, v6).await?.is_empty())
 }
 
 /// This module's rules (by mark and priority) of one family.
@@ -163,21 +172,7 @@ pub async fn undo(netns: &Path) -> io::Result<usize> {
             }
         }
     }
-    let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-        .kind(RouteType::Local)
-        .scope(RouteScope::Host)
-        .table_id(TABLE)
-        .output_interface(LOOPBACK_INDEX)
-        .build();
-    let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
-        .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
-        .kind(RouteType::Local)
-        .scope(RouteScope::Host)
-        .table_id(TABLE)
-        .output_interface(LOOPBACK_INDEX)
-        .build();
-    for route in [v4, v6] {
+    for route in [local_default_v4(), local_default_v6()] {
         if handle.route().del(route).execute().await.is_ok() {
             removed += 1;
         }
