@@ -17,6 +17,7 @@ use crate::nl::{self, Msg};
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
 
+const NFT_META_MARK: u32 = 3;
 const NFT_META_IIF: u32 = 4;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
@@ -262,8 +263,13 @@ pub struct Atom {
 pub enum RuleKind {
     /// `ct state established,related accept`
     Established,
-    /// `iif lo accept`
+    /// `iif lo meta mark != ROUTED_MARK accept`: loopback, except the connections a
+    /// local relay makes from a client's address ([`crate::ROUTED_MARK`]), which the
+    /// user rules judge as the client's.
     Loopback,
+    /// `iif lo accept`: the loopback rule of agents before [`crate::ROUTED_MARK`]. Never
+    /// written; read back as a built-in rule to replace (not as a rule added by hand).
+    LegacyLoopback,
     /// `icmpv6 type 133-136 accept` (router and neighbour solicitation/advertisement)
     NeighbourDiscovery,
     User(Atom),
@@ -340,7 +346,8 @@ impl fmt::Display for RuleKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RuleKind::Established => f.write_str("ct state established,related accept"),
-            RuleKind::Loopback => f.write_str("iif lo accept"),
+            RuleKind::Loopback => write!(f, "iif lo meta mark != {:#x} accept", crate::ROUTED_MARK),
+            RuleKind::LegacyLoopback => f.write_str("iif lo accept"),
             RuleKind::NeighbourDiscovery => f.write_str("icmpv6 neighbour discovery accept"),
             RuleKind::User(a) => a.fmt(f),
         }
@@ -447,11 +454,27 @@ pub(crate) fn encode_kind(kind: &RuleKind) -> Vec<Expr> {
             });
             e.push(Expr::Verdict(nl::NF_ACCEPT));
         }
+        RuleKind::LegacyLoopback => {
+            e.extend(meta_eq(
+                NFT_META_IIF,
+                LOOPBACK_IFINDEX.to_ne_bytes().to_vec(),
+            ));
+            e.push(Expr::Verdict(nl::NF_ACCEPT));
+        }
         RuleKind::Loopback => {
             e.extend(meta_eq(
                 NFT_META_IIF,
                 LOOPBACK_IFINDEX.to_ne_bytes().to_vec(),
             ));
+            e.push(Expr::Meta {
+                key: NFT_META_MARK,
+                dreg: NFT_REG_1,
+            });
+            e.push(Expr::Cmp {
+                sreg: NFT_REG_1,
+                op: NFT_CMP_NEQ,
+                data: crate::ROUTED_MARK.to_ne_bytes().to_vec(),
+            });
             e.push(Expr::Verdict(nl::NF_ACCEPT));
         }
         RuleKind::NeighbourDiscovery => {
@@ -537,6 +560,9 @@ pub(crate) fn encode_kind(kind: &RuleKind) -> Vec<Expr> {
 pub(crate) fn decode_kind(exprs: &[Expr]) -> Option<RuleKind> {
     let kind = match exprs.first()? {
         Expr::Ct { .. } => RuleKind::Established,
+        Expr::Meta {
+            key: NFT_META_IIF, ..
+        } if exprs.len() == 3 => RuleKind::LegacyLoopback,
         Expr::Meta {
             key: NFT_META_IIF, ..
         } => RuleKind::Loopback,
@@ -698,12 +724,13 @@ mod tests {
         let mut kinds = vec![
             RuleKind::Established,
             RuleKind::Loopback,
+            RuleKind::LegacyLoopback,
             RuleKind::NeighbourDiscovery,
         ];
         for r in &rules {
             kinds.extend(expand(r).into_iter().map(RuleKind::User));
         }
-        assert_eq!(kinds.len(), 3 + 4 + 2 + 1 + 1 + 1 + 1);
+        assert_eq!(kinds.len(), 4 + 4 + 2 + 1 + 1 + 1 + 1);
         for k in kinds {
             let e = encode_kind(&k);
             // Through the wire format and back.
@@ -752,6 +779,13 @@ mod tests {
         let mut e = encode_kind(&RuleKind::Loopback);
         e.insert(2, Expr::Other("counter".into()));
         assert_eq!(decode_kind(&e), None);
+        // The loopback rule of agents before ROUTED_MARK (`iif lo accept`, which let the
+        // request router's connections past the node's rules): the loopback rule without
+        // its mark test, read as the legacy built-in (to replace), not as a loopback rule.
+        let mut e = encode_kind(&RuleKind::Loopback);
+        e.drain(2..4);
+        assert_eq!(e, encode_kind(&RuleKind::LegacyLoopback));
+        assert_eq!(decode_kind(&e), Some(RuleKind::LegacyLoopback));
         let mut e = encode_kind(&RuleKind::User(
             expand(&rule(&[], Protocol::Tcp, &["80"], Verdict::Accept))[0],
         ));

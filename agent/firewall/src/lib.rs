@@ -10,9 +10,9 @@
 //! table inet weft {
 //!     chain input {
 //!         type filter hook input priority 0; policy drop;
-//!         ct state established,related accept     # replies to the node's own traffic
-//!         iif "lo" accept
-//!         icmpv6 type 133-136 accept              # router/neighbour discovery: IPv6 works
+//!         ct state established,related accept      # replies to the node's own traffic
+//!         iif "lo" meta mark != 0x57460001 accept  # loopback (but see ROUTED_MARK)
+//!         icmpv6 type 133-136 accept               # router/neighbour discovery: IPv6 works
 //!         ...the ruleset's rules, in order (first match wins)...
 //!     }
 //! }
@@ -84,6 +84,14 @@ pub use firewall::{
 };
 pub use model::{InboundRule, ParseError, PortRange, Prefix, Protocol, Ruleset, Verdict};
 pub use watch::{Event, EventKind, Watcher};
+
+/// The mark (`SO_MARK`) of the connections a relay in the node's namespace makes on a
+/// client's behalf, from the client's address: the agent's request router
+/// (`IP_TRANSPARENT`). Such a connection arrives over `lo`, but the built-in loopback
+/// rule does not take it: the node's rules judge it by the client's address, as they
+/// would judge the client's own connection. Without this the router would let any
+/// client reach a routed port, whatever the node's rules say. "WF" and 1.
+pub const ROUTED_MARK: u32 = 0x5746_0001;
 
 /// Makes table `inet weft` in `netns` (a namespace file; `None`: the current namespace)
 /// exactly `ruleset`. Opens a socket for this one call: keep a [`NamespaceFirewall`] to

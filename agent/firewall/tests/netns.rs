@@ -198,7 +198,7 @@ fn nft_shows_what_we_built() {
         "chain input {",
         "type filter hook input priority filter; policy drop;",
         "ct state established,related accept comment \"weft built-in\"",
-        "iif \"lo\" accept comment \"weft built-in\"",
+        "iif \"lo\" meta mark != 0x57460001 accept comment \"weft built-in\"",
         "icmpv6 type 133-136 accept comment \"weft built-in\"",
         "ip saddr 198.18.0.1 tcp dport 8080 accept comment \"weft rule 1\"",
         "ip6 saddr fd00::/64 tcp dport 8080 accept comment \"weft rule 1\"",
@@ -224,6 +224,61 @@ fn nft_shows_what_we_built() {
     );
     // No other table.
     assert_eq!(lines.iter().filter(|l| l.starts_with("table ")).count(), 1);
+}
+
+/// A table an agent before `ROUTED_MARK` wrote (its loopback rule `iif "lo" accept`,
+/// which let the request router carry any client past the node's rules): the legacy rule
+/// reads as a built-in to replace, not as a change by hand, and one apply writes the
+/// current loopback rule in its place, keeping the user rules.
+#[test]
+fn a_table_of_an_older_agent_gets_the_current_loopback_rule() {
+    if !root() {
+        return;
+    }
+    let b = Netns::new();
+    let rs = Ruleset {
+        rules: vec![tcp(5432, &["198.18.0.5/32"])],
+    };
+    // The table as it is now, then its loopback rule as older agents wrote it.
+    apply(b.path(), &rs).unwrap();
+    let handle = read(b.path()).unwrap().input_rules().unwrap()[1].handle;
+    b.nft(&[
+        "replace",
+        "rule",
+        "inet",
+        "weft",
+        "input",
+        "handle",
+        &handle.to_string(),
+        "iif",
+        "lo",
+        "accept",
+        "comment",
+        "\"weft built-in\"",
+    ]);
+    let o = read(b.path()).unwrap();
+    let d = drift(&rs, &o);
+    assert!(
+        d.iter()
+            .any(|l| l.starts_with("built-in rule (iif lo accept) of an older agent")),
+        "{d:?}"
+    );
+    assert!(
+        d.iter().all(|l| l.starts_with("built-in")),
+        "only built-in rules differ: {d:?}"
+    );
+    let live = o.live_rules().expect("weft's shape");
+    assert!(live.foreign.is_empty(), "{:?}", live.foreign);
+    assert_eq!(live.ruleset, rs, "the user rules read back");
+    let r = apply(b.path(), &live.ruleset).unwrap();
+    assert!(r.changed);
+    assert_eq!(drift(&rs, &read(b.path()).unwrap()), Vec::<String>::new());
+    let out = b.nft(&["list", "ruleset"]);
+    assert!(
+        out.contains("iif \"lo\" meta mark != 0x57460001 accept")
+            && !out.contains("iif \"lo\" accept"),
+        "{out}"
+    );
 }
 
 /// Waits for a watcher event that needs a check (someone else changed table inet weft).

@@ -420,6 +420,41 @@ fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<(
             ],
         "four requests on one connection, routed one by one: {one:?}"
     );
+    // The node's firewall still decides who gets in: db, which the definition does not
+    // connect to web, reaches the router (port 80 is steered whatever the source) but
+    // neither web through it. The router's connection from db's address is dropped by
+    // web's rules (the environment's and the weave's alike): a 502 after its connect
+    // timeout, never a page.
+    let from_db = |header: Option<&str>| -> Result<String> {
+        let mut c = weft_lab::netns::command_in(&db_ns, &["timeout", "15"]);
+        c.args([
+            "curl",
+            "-sS",
+            "--max-time",
+            "12",
+            "-w",
+            " status=%{http_code}",
+        ]);
+        if let Some(h) = header {
+            c.args(["-H", h]);
+        }
+        c.arg(&url);
+        weft_lab::cmd::run(&mut c)
+    };
+    let (to_weave, to_env) = std::thread::scope(|s| {
+        let w = s.spawn(|| from_db(Some("X-Weft-Weave: wvold")));
+        let e = from_db(None);
+        (w.join(), e)
+    });
+    let to_weave = to_weave.map_err(|_| anyhow::anyhow!("curl thread panicked"))??;
+    let to_env = to_env?;
+    for (side, out) in [("target", &to_weave), ("origin", &to_env)] {
+        ensure!(
+            out.contains(&format!("the {side} is unreachable")) && out.ends_with("status=502"),
+            "db got past web's firewall through the router ({side}): {out:?}\n{}",
+            logs()
+        );
+    }
     let made = routers()?;
     ensure!(made.len() == 1, "one request router for web: {made:?}");
     // Removing the route by header: port 80 is the environment's again.

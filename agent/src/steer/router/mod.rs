@@ -31,6 +31,10 @@
 //! - The servers see the client's address: each connection to a side leaves from it
 //!   ([`transparent`]); where a side's namespace cannot be prepared for that, the router
 //!   connects from the server's own address (A) and says so in its log and counters.
+//! - The node's firewall judges each connection to a side by its source address, as it
+//!   would judge the client's own connection ([`weft_firewall::ROUTED_MARK`]): a client
+//!   the node's rules do not let in gets a 502 after the connect timeout (their drop),
+//!   not the server. A connection from A (above) is judged as the node's own.
 //!   The flow observer on Vo sees the client's connection as it was.
 //! - HTTP/1.1 and h2c by request; TLS (not terminated: the router has no keys) by
 //!   connection, whole, on its ClientHello's server name as a `host` rule ([`tls`]); a

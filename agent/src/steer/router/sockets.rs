@@ -24,6 +24,9 @@ pub struct SocketMaker {
     /// Whether its connections leave from the client's address
     /// ([`super::transparent`]): the namespace was prepared for it.
     transparent: bool,
+    /// A server's namespace ([`Self::start_upstream`]): every connection carries
+    /// [`super::transparent::MARK`], so the node's firewall judges it by its source.
+    upstream: bool,
 }
 
 impl SocketMaker {
@@ -35,12 +38,12 @@ impl SocketMaker {
     /// [`Self::start`] for a server's namespace whose connections keep the client's
     /// address: the namespace is prepared first ([`super::transparent::prepare_here`]).
     /// Where that fails the maker still serves, from the namespace's own address, and
-    /// says why in the log.
+    /// says why in the log. Its connections are marked either way ([`Self::connect`]).
     pub fn start_upstream(netns: &Path) -> io::Result<Self> {
         Self::start_with(netns, true)
     }
 
-    fn start_with(netns: &Path, transparent: bool) -> io::Result<Self> {
+    fn start_with(netns: &Path, upstream: bool) -> io::Result<Self> {
         let file = std::fs::File::open(netns)?;
         let (tx, rx) = std_mpsc::sync_channel::<(bool, Reply)>(QUEUE);
         let (ready_tx, ready_rx) = std_mpsc::sync_channel::<io::Result<bool>>(1);
@@ -55,7 +58,7 @@ impl SocketMaker {
                     return;
                 }
                 drop(file);
-                let prepared = transparent
+                let prepared = upstream
                     && match super::transparent::prepare_here() {
                         Ok(()) => true,
                         Err(e) => {
@@ -74,6 +77,7 @@ impl SocketMaker {
         Ok(Self {
             requests: tx,
             transparent,
+            upstream,
         })
     }
 
@@ -97,7 +101,9 @@ impl SocketMaker {
     /// Connects to `to` from inside the namespace (TCP_NODELAY on), within `timeout`;
     /// from `client`'s address (a port the kernel picks: see [`super::transparent`]) when
     /// the namespace was prepared for it and `client` is of `to`'s family, else from the
-    /// namespace's own.
+    /// namespace's own. In a server's namespace the connection is marked either way, so
+    /// the node's firewall judges it by that source address (a firewall that drops it
+    /// makes this time out).
     pub async fn connect(
         &self,
         client: Option<SocketAddr>,
@@ -105,6 +111,9 @@ impl SocketMaker {
         timeout: Duration,
     ) -> io::Result<TcpStream> {
         let socket = self.unconnected(to.is_ipv6()).await?;
+        if self.upstream {
+            super::transparent::mark(&socket)?;
+        }
         if let Some(c) = client.filter(|c| self.transparent && c.is_ipv6() == to.is_ipv6())
             && let Err(e) = super::transparent::bind_as(&socket, c.ip())
         {
@@ -248,5 +257,83 @@ mod tests {
         assert!(removed >= 2, "a rule and a route removed: {removed}");
         let rules = ip_rules();
         assert!(!rules.contains("0x57460001"), "the rule is gone: {rules}");
+    }
+
+    /// The node's firewall judges a routed connection by its client's address: one its
+    /// rules let in connects, one they do not gets no connection (their drop: the connect
+    /// times out), and one that leaves from the node's own address is judged as the
+    /// node's. The node's own local connections (not marked) are still loopback.
+    #[tokio::test]
+    async fn the_nodes_firewall_judges_a_routed_connection_by_its_client() {
+        use weft_firewall::{InboundRule, PortRange, Protocol, Ruleset, Verdict};
+        crate::testns::require_root!();
+        let ns = crate::testns::TestNetns::new();
+        crate::testns::in_ns(&ns.path, || {
+            crate::testns::ip(&["link", "set", "lo", "up"]);
+            crate::testns::ip(&["addr", "add", "198.18.233.1/32", "dev", "lo"]);
+            crate::testns::ip(&["-6", "addr", "add", "fd00:233::1/128", "dev", "lo"]);
+        });
+        let ruleset = Ruleset {
+            rules: vec![InboundRule {
+                sources: vec![
+                    "198.19.233.0/28".parse().unwrap(),
+                    "fd00:234::/64".parse().unwrap(),
+                ],
+                protocol: Protocol::Tcp,
+                ports: vec![PortRange::single(8080)],
+                verdict: Verdict::Accept,
+            }],
+        };
+        weft_firewall::apply(Some(&ns.path), &ruleset).unwrap();
+        let maker = SocketMaker::start_upstream(&ns.path).unwrap();
+        assert!(maker.transparent(), "the namespace was prepared");
+        let plain = SocketMaker::start(&ns.path).unwrap();
+        for (server, allowed, denied) in [
+            ("198.18.233.1:8080", "198.19.233.7:1", "198.19.240.9:1"),
+            ("[fd00:233::1]:8080", "[fd00:234::7]:1", "[fd00:235::9]:1"),
+        ] {
+            let server: SocketAddr = server.parse().unwrap();
+            let (allowed, denied): (SocketAddr, SocketAddr) =
+                (allowed.parse().unwrap(), denied.parse().unwrap());
+            let listener = {
+                let s = plain.unconnected(server.is_ipv6()).await.unwrap();
+                s.set_reuseaddr(true).unwrap();
+                s.bind(server).unwrap();
+                s.listen(16).unwrap()
+            };
+            let wait = Duration::from_secs(1);
+            // Let in: the server sees the client.
+            let (out, accepted) = tokio::join!(
+                maker.connect(Some(allowed), server, Duration::from_secs(5)),
+                listener.accept()
+            );
+            out.unwrap_or_else(|e| panic!("{allowed} -> {server}: {e}"));
+            assert_eq!(accepted.unwrap().1.ip(), allowed.ip());
+            // Not let in: the client's address, and the node's own (no client address).
+            let (from_denied, from_own) = tokio::join!(
+                maker.connect(Some(denied), server, wait),
+                maker.connect(None, server, wait)
+            );
+            for (who, r) in [(denied.to_string(), from_denied), ("own".into(), from_own)] {
+                let e = r.err().unwrap_or_else(|| {
+                    panic!("{who} -> {server}: connected, past the node's firewall")
+                });
+                assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{who}: {e}");
+            }
+            // The node's own local connection (not the router's): loopback, let in.
+            let (out, accepted) = tokio::join!(
+                plain.connect(None, server, Duration::from_secs(5)),
+                listener.accept()
+            );
+            out.unwrap_or_else(|e| panic!("local -> {server}: {e}"));
+            assert!(accepted.is_ok());
+            // Nothing of the refused ones was queued behind it.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), listener.accept())
+                    .await
+                    .is_err(),
+                "a refused connection reached the server"
+            );
+        }
     }
 }

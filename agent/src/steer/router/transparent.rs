@@ -17,8 +17,10 @@
 //!   in TABLE: the server's answers to the client's address are delivered in the
 //!   namespace, to the router's socket, instead of going out of eth0 to the client.
 //!
-//! No conntrack, no nftables (the node's firewall is the agent's own ruleset and stays
-//! as it is: its `iif lo accept` takes these connections, as it took them before).
+//! No NAT, no TPROXY rules. The node's firewall (the agent's own ruleset) judges these
+//! connections as the client's: its loopback rule leaves out packets with [`MARK`]
+//! ([`weft_firewall::ROUTED_MARK`]), so the node's rules see the client's address and
+//! a client they do not let in gets no connection through the router either.
 //! Undone by [`undo`] when the router is removed.
 
 use std::io;
@@ -33,8 +35,9 @@ use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use tokio::net::TcpSocket;
 
 /// The mark of a router's upstream packets (and, through `tcp_fwmark_accept`, of the
-/// servers' answers to them). "WF" and 1.
-pub const MARK: u32 = 0x5746_0001;
+/// servers' answers to them). "WF" and 1: the node firewall's own, so that its loopback
+/// rule leaves these connections to the node's rules.
+pub const MARK: u32 = weft_firewall::ROUTED_MARK;
 /// The routing table holding `local default dev lo` for marked packets.
 pub const TABLE: u32 = 0x5746;
 /// The rule's priority: after the local table's (0), before main's (32766).
@@ -199,8 +202,22 @@ fn set_int(fd: i32, level: i32, option: i32, value: i32, name: &str) -> io::Resu
     }
 }
 
-/// Makes `socket` (not connected yet) leave from the client's address `client`:
-/// transparent, marked, bound to that address with the port left to `connect`
+/// Gives `socket` [`MARK`]: the node's firewall judges its connection by its source
+/// address, not as loopback. Every upstream connection carries it, also those that leave
+/// from the server's own address (a client address that cannot be kept): the node's
+/// rules then judge them as the node's own, and by default do not let them in.
+pub fn mark(socket: &TcpSocket) -> io::Result<()> {
+    set_int(
+        socket.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_MARK,
+        MARK as i32,
+        "SO_MARK",
+    )
+}
+
+/// Makes `socket` (not connected yet, [`mark`]ed) leave from the client's address `client`:
+/// transparent, bound to that address with the port left to `connect`
 /// (`IP_BIND_ADDRESS_NO_PORT`: a port unique for the connection's four addresses, chosen
 /// as for any outgoing connection; binding the client's own port collided with this
 /// router's earlier connections in TIME_WAIT and cost about 1 ms at p99 in
@@ -218,7 +235,6 @@ pub fn bind_as(socket: &TcpSocket, client: IpAddr) -> io::Result<()> {
     } else {
         set_int(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1, "IP_TRANSPARENT")?;
     }
-    set_int(fd, libc::SOL_SOCKET, libc::SO_MARK, MARK as i32, "SO_MARK")?;
     set_int(
         fd,
         libc::SOL_IP,
