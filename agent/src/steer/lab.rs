@@ -1193,3 +1193,78 @@ async fn a_restarted_agent_adopts_the_pinned_steering_and_connections_keep_their
     drop(third);
     dp.lock().unwrap().detach_all();
 }
+
+/// `ip rule show` in namespace `netns`: whether the request router's fwmark rule is there.
+fn has_router_rule(netns: &Path) -> bool {
+    let out = in_ns(netns, || {
+        Command::new("ip")
+            .args(["rule", "show"])
+            .output()
+            .expect("ip rule show")
+    });
+    String::from_utf8_lossy(&out.stdout).contains(&format!("{:#x}", router::transparent::MARK))
+}
+
+/// Two request routers that connect into one namespace (t: the first's target, the
+/// second's origin, as a weave's node is when a weave is made of it): removing the first
+/// leaves t what the second's connections need; removing the second takes it away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_two_request_routers_connect_to_keeps_their_rule_until_both_are_gone() {
+    require_root!();
+    let hv = Hv::new().await;
+    hv.build(&[
+        ("p", &[("o", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
+        ("s", &[("t", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
+        ("w", &[("u", "198.18.80.10/24"), ("c", "198.18.80.20/24")]),
+    ])
+    .await;
+    let _servers = [
+        server(&hv.path("p", "o"), "origin"),
+        server(&hv.path("s", "t"), "target"),
+        server(&hv.path("w", "u"), "weave of the target"),
+    ];
+    let steering = hv.steering().await;
+    let rec = SteerReconciler {
+        steering: steering.clone(),
+    };
+    let by_header =
+        |network: &str, node: &str, target_network: &str, target_node: &str| DesiredResource {
+            key: format!("weave/{target_network}/{node}"),
+            generation: 1,
+            spec: Spec::Steer(Steer {
+                network: network.into(),
+                node: node.into(),
+                target_network: target_network.into(),
+                target_node: target_node.into(),
+                request_rules: vec![weft_proto::v1::SteerRequestRule {
+                    port: u32::from(PORT),
+                    header: "x-weft-weave".into(),
+                    value: target_network.into(),
+                }],
+                ..same_host(1_000_000, "connection", None)
+            }),
+        };
+    let first = by_header("p", "o", "s", "t");
+    let second = by_header("s", "t", "w", "u");
+    ok(&rec
+        .reconcile(&[first.clone(), second.clone()], Scope::All)
+        .await);
+    let (o, t, u) = (hv.path("p", "o"), hv.path("s", "t"), hv.path("w", "u"));
+    for ns in [&o, &t, &u] {
+        assert!(has_router_rule(ns), "{} was prepared", ns.display());
+    }
+    // The first router goes: o is nobody's side any more, t is still the second's.
+    ok(&rec
+        .reconcile(std::slice::from_ref(&second), Scope::All)
+        .await);
+    assert!(!has_router_rule(&o), "o's rule stayed");
+    assert!(has_router_rule(&t), "t's rule went with the first router");
+    assert!(has_router_rule(&u));
+    ok(&rec.reconcile(&[], Scope::All).await);
+    for ns in [&o, &t, &u] {
+        assert!(!has_router_rule(ns), "{} kept the rule", ns.display());
+    }
+    drop(rec);
+    drop(steering);
+    hv.datapath.lock().unwrap().detach_all();
+}

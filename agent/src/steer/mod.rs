@@ -1066,7 +1066,7 @@ impl Steering {
                     // Its namespace and veth are named after the key: the old one goes
                     // first (and is no longer the previous steer's).
                     if let Some(old) = other {
-                        old.remove(&self.host.handle).await;
+                        self.remove_router(&old).await;
                         if let Some(a) = lock(&self.steers).get_mut(key) {
                             a.router = None;
                         }
@@ -1207,7 +1207,7 @@ impl Steering {
                 if let Some(old) = p.router.take()
                     && !router.as_ref().is_some_and(|r| Arc::ptr_eq(r, &old))
                 {
-                    old.remove(&self.host.handle).await;
+                    self.remove_router(&old).await;
                     changes += 1;
                 }
                 let health = p.health.take();
@@ -1330,7 +1330,7 @@ impl Steering {
             self.remove_target_side_of(spec.target_host, spec.tunnel_id, &target_if);
             let _ = self.write_ports(steer_id, &[]);
             if let Some(r) = &router {
-                r.remove(&self.host.handle).await;
+                self.remove_router(r).await;
             }
             self.publish_gauges();
             return Err(e);
@@ -1507,6 +1507,18 @@ impl Steering {
         }
     }
 
+    /// Removes request router `r` ([`router::Router::remove`]); the sides it shares with
+    /// another router of a steer keep what the other's connections need.
+    async fn remove_router(&self, r: &Arc<router::Router>) {
+        let still_used: BTreeSet<PathBuf> = lock(&self.steers)
+            .values()
+            .filter_map(|a| a.router.as_ref())
+            .filter(|o| !Arc::ptr_eq(o, r))
+            .flat_map(|o| o.sides().map(Path::to_path_buf))
+            .collect();
+        r.remove(&self.host.handle, &still_used).await;
+    }
+
     /// Stops every request router's process (the agent's exit without its pins kept:
     /// nothing steers to them any more). Blocking.
     pub fn stop_routers(&self) {
@@ -1560,7 +1572,7 @@ impl Steering {
         self.detach(p.origin_if.1, Hook::Egress, PROG_ORIGIN);
         self.remove_target_side_of(p.spec.target_host, p.spec.tunnel_id, &p.target_if);
         if let Some(r) = p.router.take() {
-            r.remove(&self.host.handle).await;
+            self.remove_router(&r).await;
         }
         let _ = self.write_ports(p.steer_id, &[]);
         lock(&self.last_stats).remove(&p.steer_id);

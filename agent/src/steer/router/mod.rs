@@ -61,7 +61,7 @@ pub mod tls;
 mod tls_tests;
 pub mod transparent;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -378,15 +378,26 @@ impl Router {
         }
     }
 
+    /// The namespaces of the servers it connects to (the origin's and the target's).
+    pub fn sides(&self) -> [&Path; 2] {
+        [&self.origin_netns, &self.target_netns]
+    }
+
     /// Removes the router: its listeners and connections (its process), its veth and
-    /// namespace.
-    pub async fn remove(&self, host: &Handle) {
+    /// namespace, and what [`transparent`] gave the sides' namespaces, but for those in
+    /// `still_used` (sides of other routers, e.g. a weave's node that is one router's
+    /// target and another's origin: their connections need the same rule).
+    pub async fn remove(&self, host: &Handle, still_used: &BTreeSet<PathBuf>) {
         match &self.serves {
             Serves::Process(p) => p.stop().await,
             Serves::InProcess(s) => s.stop(),
         }
         // What the sides' namespaces were given for the client's address.
         for side in [&self.origin_netns, &self.target_netns] {
+            if still_used.contains(side) {
+                debug!(namespace = %side.display(), "another request router connects here: its rules stay");
+                continue;
+            }
             if let Err(e) = transparent::undo(side).await {
                 debug!(namespace = %side.display(), error = %e, "undoing a request router's rules");
             }
