@@ -85,7 +85,7 @@ async fn agent() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| pins::default_dir(&args.host_id));
     if args.cleanup {
-        stop_request_routers(&args.router_run_dir);
+        stop_request_routers(&args.router_run_dir).await;
         return cleanup(&pin_dir);
     }
 
@@ -444,16 +444,28 @@ async fn agent() -> anyhow::Result<()> {
 /// `--cleanup`: removes an agent's pins (detaching the programs in its pinned links).
 /// `--cleanup`: stops every request router whose control socket is in `run_dir` (what a
 /// stop that kept the pins, or a crash, left serving).
-fn stop_request_routers(run_dir: &std::path::Path) {
+/// What they gave the servers' namespaces (for the clients' addresses) is removed too.
+async fn stop_request_routers(run_dir: &std::path::Path) {
     let Ok(dir) = std::fs::read_dir(run_dir) else {
         return;
     };
     let mut stopped = 0;
+    let mut sides = std::collections::BTreeSet::new();
     for e in dir.flatten() {
         let path = e.path();
         if path.extension().is_some_and(|x| x == "sock") {
-            steer::router::process::stop_blocking(&path);
+            if let Some(served) = steer::router::process::stop_blocking(&path) {
+                sides.extend([served.origin, served.target]);
+            }
             stopped += 1;
+        }
+    }
+    for side in sides {
+        if let Err(e) = steer::router::transparent::undo(&side).await {
+            eprintln!(
+                "weft-agent cleanup: the request router's rules in {}: {e}",
+                side.display()
+            );
         }
     }
     println!(

@@ -1532,24 +1532,35 @@ impl Steering {
     }
 
     /// Request router namespaces no steer uses (a previous agent's): removed with their
-    /// processes (their veths go with them).
-    fn sweep_routers(&self) {
+    /// processes (their veths go with them), and what they gave the servers' namespaces
+    /// but for the sides of the routers that stay.
+    async fn sweep_routers(&self) {
         let prefix = format!("{}.router.", self.settings.netns_prefix);
-        let used: BTreeSet<PathBuf> = lock(&self.steers)
-            .values()
-            .filter_map(|a| a.router.as_ref().map(|r| r.netns.clone()))
-            .collect();
+        let (used, used_sides): (BTreeSet<PathBuf>, BTreeSet<PathBuf>) = {
+            let steers = lock(&self.steers);
+            let routers = steers.values().filter_map(|a| a.router.as_ref());
+            (
+                routers.clone().map(|r| r.netns.clone()).collect(),
+                routers
+                    .flat_map(|r| r.sides().map(Path::to_path_buf))
+                    .collect(),
+            )
+        };
         let Ok(dir) = std::fs::read_dir(namespaces::NETNS_DIR) else {
             return;
         };
+        let mut swept_sides = BTreeSet::new();
         for e in dir.flatten() {
             let path = e.path();
             if e.file_name().to_string_lossy().starts_with(&prefix) && !used.contains(&path) {
                 // Its process first (it holds the namespace and the veth while it runs).
                 if let router::RouterRuntime::Process { run_dir, .. } =
                     &self.settings.router_runtime
+                    && let Some(served) = router::process::stop_blocking(
+                        &router::process::control_path(run_dir, &path),
+                    )
                 {
-                    router::process::stop_blocking(&router::process::control_path(run_dir, &path));
+                    swept_sides.extend([served.origin, served.target]);
                 }
                 match namespaces::remove(&path) {
                     Ok(()) => {
@@ -1559,6 +1570,11 @@ impl Steering {
                         tracing::warn!(namespace = %path.display(), error = %e, "removing an unused request router namespace")
                     }
                 }
+            }
+        }
+        for side in swept_sides.difference(&used_sides) {
+            if let Err(e) = router::transparent::undo(side).await {
+                tracing::debug!(namespace = %side.display(), error = %e, "undoing a swept request router's rules");
             }
         }
     }
@@ -1944,7 +1960,7 @@ impl Reconciler for SteerReconciler {
             }
             if matches!(scope, Scope::All) {
                 s.sweep_leftovers(adopt::Kind::Steer);
-                s.sweep_routers();
+                s.sweep_routers().await;
                 // A tunnel device left by an earlier run (or a failed apply) that nothing
                 // needs now goes.
                 s.drop_tunnel_if_unused().await;

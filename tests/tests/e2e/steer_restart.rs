@@ -418,6 +418,54 @@ fn across_restarts(route: Route) -> Result<()> {
         );
         // The router started again keeps the client's address too.
         servers_see_the_client().with_context(|| two.agents[0].child.tail(40))?;
+
+        // The route removed while no agent runs: the next agent sweeps the router the
+        // last one left (its process and namespace) and what it gave the two servers'
+        // namespaces (the fwmark rule and its table's route).
+        let has_rule = |node_ns: &str| -> Result<bool> {
+            Ok(crate::networks::exec(node_ns, &["ip", "rule", "show"])?.contains("0x57460001"))
+        };
+        let sides = [
+            ns(&two.lab, "strenv", "web"),
+            ns(&two.lab, "strweave", "web"),
+        ];
+        for side in &sides {
+            ensure!(has_rule(side)?, "{side}: no fwmark rule while routed");
+        }
+        two.agents[0]
+            .child
+            .terminate(Duration::from_secs(15))
+            .context("SIGTERM")?;
+        let (code, body) = two.controller.send(
+            "DELETE",
+            "/weaves/strweave/routes/80?node=web&header=x-weft-weave&header_value=strweave",
+            None,
+        )?;
+        ensure!(code == 200, "remove the route by header: {code} {body}");
+        two.agents[0] = Agent::start_with(&two.lab, 0, &url, &keep)?;
+        eventually(Duration::from_secs(30), Duration::from_millis(200), || {
+            ensure!(
+                std::process::Command::new("pgrep")
+                    .args(["-f", &format!("request-router .*--netns {prefix}")])
+                    .output()?
+                    .stdout
+                    .is_empty(),
+                "the router process is still there"
+            );
+            for side in &sides {
+                ensure!(!has_rule(side)?, "{side}: the swept router's rule stayed");
+            }
+            Ok(())
+        })
+        .with_context(|| two.agents[0].child.tail(40))?;
+        ensure!(
+            two.agents[0]
+                .child
+                .output()
+                .contains("removed a request router namespace no steer uses"),
+            "the new agent did not sweep the router:\n{}",
+            two.agents[0].child.tail(40)
+        );
     }
     Ok(())
 }

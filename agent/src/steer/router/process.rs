@@ -360,10 +360,11 @@ fn is_router(pid: u32) -> bool {
 }
 
 /// Stops the router at `control`, if one answers there, and waits until its process has
-/// ended (killed after 3 s). Blocking.
-pub fn stop_blocking(control: &Path) {
+/// ended (killed after 3 s). Blocking. Returns what it served (the caller undoes what it
+/// gave its sides: [`super::transparent::undo`]).
+pub fn stop_blocking(control: &Path) -> Option<Identity> {
     let Ok(Reply { hello: Some(h), .. }) = call_blocking(control, &Request::Hello) else {
-        return;
+        return None;
     };
     let pid = h.pid;
     if let Err(e) = call_blocking(control, &Request::Stop) {
@@ -386,6 +387,7 @@ pub fn stop_blocking(control: &Path) {
         std::thread::sleep(Duration::from_millis(10));
     }
     info!(pid, control = %control.display(), "request router stopped");
+    Some(h.identity)
 }
 
 /// The agent's handle on a router process.
