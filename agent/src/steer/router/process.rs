@@ -35,9 +35,11 @@ use crate::networks::namespaces;
 
 /// The first argument that makes the agent's executable a request router.
 pub const SUBCOMMAND: &str = "request-router";
-/// Changes when requests or replies change: a router of another protocol is replaced,
-/// not adopted.
-pub const PROTOCOL: u32 = 1;
+/// Changes when requests or replies change, or what a router's connections are to the
+/// node's firewall: a router of another protocol is replaced, not adopted (its
+/// connections end). 2: every upstream connection carries `weft_firewall::ROUTED_MARK`
+/// (routers of 1 connected unmarked, past the node's firewall: not kept serving).
+pub const PROTOCOL: u32 = 2;
 /// Where routers keep their control sockets and logs, by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/weft/request-routers";
 /// A request or reply is at most this long.
