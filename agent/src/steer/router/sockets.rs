@@ -336,4 +336,58 @@ mod tests {
             );
         }
     }
+
+    /// The router's connections end router-first when their client goes (its FIN first),
+    /// so their ports wait in TIME_WAIT; a prepared namespace reuses them after a second
+    /// (`tcp_tw_reuse=1`), else one client address could open only as many routed
+    /// connections per minute as there are ephemeral ports (here a range of 50).
+    #[tokio::test]
+    async fn a_prepared_namespace_reuses_the_routers_time_wait_ports() {
+        use tokio::io::AsyncReadExt as _;
+        crate::testns::require_root!();
+        let ns = crate::testns::TestNetns::new();
+        crate::testns::in_ns(&ns.path, || {
+            crate::testns::ip(&["link", "set", "lo", "up"]);
+            crate::testns::ip(&["addr", "add", "198.18.234.1/32", "dev", "lo"]);
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40049")
+                .expect("ip_local_port_range");
+        });
+        let maker = SocketMaker::start_upstream(&ns.path).unwrap();
+        assert!(maker.transparent(), "the namespace was prepared");
+        let plain = SocketMaker::start(&ns.path).unwrap();
+        let server: SocketAddr = "198.18.234.1:8080".parse().unwrap();
+        let client: SocketAddr = "198.19.234.7:1".parse().unwrap();
+        let listener = {
+            let s = plain.unconnected(false).await.unwrap();
+            s.set_reuseaddr(true).unwrap();
+            s.bind(server).unwrap();
+            s.listen(64).unwrap()
+        };
+        // `n` connections, each closed by the router first, then by the server.
+        let round = |n: usize| {
+            let (maker, listener) = (&maker, &listener);
+            async move {
+                for i in 0..n {
+                    let (out, accepted) = tokio::join!(
+                        maker.connect(Some(client), server, Duration::from_secs(2)),
+                        tokio::time::timeout(Duration::from_secs(2), listener.accept())
+                    );
+                    let out = out.map_err(|e| format!("connection {i}: {e}"))?;
+                    drop(out);
+                    let (mut served, _) = accepted
+                        .map_err(|_| format!("connection {i}: not accepted"))?
+                        .map_err(|e| format!("connection {i}: {e}"))?;
+                    let mut b = [0u8; 1];
+                    let _ = served.read(&mut b).await;
+                }
+                Ok::<(), String>(())
+            }
+        };
+        round(50).await.unwrap();
+        // Every port of the range is in TIME_WAIT now; reusable a second on.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        round(50)
+            .await
+            .unwrap_or_else(|e| panic!("the router's ports in TIME_WAIT were not reused: {e}"));
+    }
 }

@@ -13,6 +13,11 @@
 //! - `net.ipv4.tcp_fwmark_accept = 1`: a connection the server accepts takes its SYN's
 //!   mark (for IPv6 too). Packets that come in from outside carry no mark (it is
 //!   cleared when they cross into the namespace), so other connections keep mark 0;
+//! - `net.ipv4.tcp_tw_reuse = 1` (IPv6 too): the router closes its connection first when
+//!   the client goes, so its port waits in TIME_WAIT; the default (2) reuses only
+//!   loopback addresses', and one client address could then open only as many routed
+//!   connections per minute as the namespace has ephemeral ports (28,232: about 470 a
+//!   second, e.g. from a NAT gateway or a load balancer). Reused a second on instead;
 //! - `ip rule add fwmark MARK lookup TABLE` (IPv4 and IPv6) with `local default dev lo`
 //!   in TABLE: the server's answers to the client's address are delivered in the
 //!   namespace, to the router's socket, instead of going out of eth0 to the client.
@@ -45,11 +50,14 @@ pub const RULE_PRIORITY: u32 = 0x5746;
 
 const LOOPBACK_INDEX: u32 = 1;
 const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
+const TW_REUSE: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
 
 /// Prepares the calling thread's network namespace (see the module doc). Idempotent.
 pub fn prepare_here() -> io::Result<()> {
-    std::fs::write(FWMARK_ACCEPT, "1")
-        .map_err(|e| io::Error::new(e.kind(), format!("setting {FWMARK_ACCEPT}: {e}")))?;
+    for (path, value) in [(FWMARK_ACCEPT, "1"), (TW_REUSE, "1")] {
+        std::fs::write(path, value)
+            .map_err(|e| io::Error::new(e.kind(), format!("setting {path}: {e}")))?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
@@ -158,7 +166,9 @@ async fn ours(handle: &Handle, v6: bool) -> io::Result<Vec<RuleMessage>> {
 }
 
 /// Removes what [`prepare_here`] made in `netns` (its rules and its table's routes; the
-/// sysctl stays: without the mark it changes nothing). Gone already is fine.
+/// sysctls stay: `tcp_fwmark_accept` changes nothing without the mark, and
+/// `tcp_tw_reuse = 1` only lets the namespace's own connections reuse TIME_WAIT ports a
+/// second on, as it did while routed). Gone already is fine.
 pub async fn undo(netns: &Path) -> io::Result<usize> {
     if !crate::networks::namespaces::is_mounted(netns) {
         return Ok(0);
