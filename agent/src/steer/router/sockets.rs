@@ -99,8 +99,9 @@ impl SocketMaker {
     }
 
     /// Connects to `to` from inside the namespace (TCP_NODELAY on), within `timeout`;
-    /// from `client`'s address (a port the kernel picks: see [`super::transparent`]) when
-    /// the namespace was prepared for it and `client` is of `to`'s family, else from the
+    /// from `client`'s address and port when the namespace was prepared for it and
+    /// `client` is of `to`'s family (its address with a port the kernel picks when that
+    /// four-tuple is still taken here: see [`super::transparent::bind_as`]), else from the
     /// namespace's own. In a server's namespace the connection is marked either way, so
     /// the node's firewall judges it by that source address (a firewall that drops it
     /// makes this time out).
@@ -110,24 +111,35 @@ impl SocketMaker {
         to: SocketAddr,
         timeout: Duration,
     ) -> io::Result<TcpStream> {
-        let socket = self.unconnected(to.is_ipv6()).await?;
-        if self.upstream {
-            super::transparent::mark(&socket)?;
+        let from = client.filter(|c| self.transparent && c.is_ipv6() == to.is_ipv6());
+        let attempt = |own_port: bool| async move {
+            let socket = self.unconnected(to.is_ipv6()).await?;
+            if self.upstream {
+                super::transparent::mark(&socket)?;
+            }
+            if let Some(c) = from
+                && let Err(e) = super::transparent::bind_as(&socket, c, own_port)
+            {
+                // An address that cannot be bound here (an IPv6 link-local one has no
+                // scope in this namespace): this connection leaves from the namespace's own.
+                tracing::debug!(client = %c, error = %e, "request router: connecting from the server's own address");
+            }
+            let stream = tokio::time::timeout(timeout, socket.connect(to))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {to}"))
+                })??;
+            stream.set_nodelay(true)?;
+            Ok::<_, io::Error>(stream)
+        };
+        match attempt(true).await {
+            // The client's port is still taken here towards `to` (the router's connection
+            // for the client's previous one, not reusable yet): any port of its address.
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable && from.is_some() => {
+                attempt(false).await
+            }
+            r => r,
         }
-        if let Some(c) = client.filter(|c| self.transparent && c.is_ipv6() == to.is_ipv6())
-            && let Err(e) = super::transparent::bind_as(&socket, c.ip())
-        {
-            // An address that cannot be bound here (an IPv6 link-local one has no scope
-            // in this namespace): this connection leaves from the namespace's own.
-            tracing::debug!(client = %c, error = %e, "request router: connecting from the server's own address");
-        }
-        let stream = tokio::time::timeout(timeout, socket.connect(to))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {to}"))
-            })??;
-        stream.set_nodelay(true)?;
-        Ok(stream)
     }
 }
 
@@ -177,7 +189,7 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
     }
 
-    /// A server in a namespace prepared for it sees the client's address (IPv4 and IPv6),
+    /// A server in a namespace prepared for it sees the client's address and port (IPv4 and IPv6),
     /// and its answers reach the router's socket (not eth0): a whole request and answer,
     /// twice (the server closing first); the namespace is as it was once undone.
     #[tokio::test]
@@ -226,11 +238,9 @@ mod tests {
                 .unwrap_or_else(|_| panic!("{client} round {round}: no connection within 10 s"));
                 let mut out = out.unwrap();
                 let (mut served, peer) = accepted.unwrap();
-                assert_eq!(
-                    peer.ip(),
-                    client.ip(),
-                    "round {round}: the server saw {peer}"
-                );
+                // Its address and port (the first connection, closed by the server, left
+                // its TIME_WAIT on the server's side: the second one takes it over).
+                assert_eq!(peer, client, "round {round}: the server saw {peer}");
                 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
                 out.write_all(b"ping").await.unwrap();
                 let mut buf = [0u8; 4];
@@ -389,5 +399,103 @@ mod tests {
         round(50)
             .await
             .unwrap_or_else(|e| panic!("the router's ports in TIME_WAIT were not reused: {e}"));
+    }
+
+    /// A connection the client made straight to the server before a route (still open
+    /// in the server's namespace) and the router's connection for the client's next one
+    /// do not collide: the router leaves from the client's own port, which the client's
+    /// kernel keeps apart from its open connections. (The server's namespace here has one
+    /// ephemeral port, the direct connection's: a port the kernel picked would be it, and
+    /// the router's SYN would land on that connection.)
+    #[tokio::test]
+    async fn a_routed_connection_does_not_collide_with_the_clients_direct_one() {
+        use std::io::{Read as _, Write as _};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        crate::testns::require_root!();
+        let (server_ns, client_ns) = (
+            crate::testns::TestNetns::new(),
+            crate::testns::TestNetns::new(),
+        );
+        crate::testns::in_ns(&server_ns.path, || {
+            crate::testns::ip(&["link", "set", "lo", "up"]);
+            crate::testns::ip(&[
+                "link",
+                "add",
+                "wrs",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "wrk",
+                "netns",
+                &client_ns.name,
+            ]);
+            crate::testns::ip(&["addr", "add", "198.18.235.1/24", "dev", "wrs"]);
+            crate::testns::ip(&["link", "set", "wrs", "up"]);
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40000")
+                .expect("ip_local_port_range");
+        });
+        crate::testns::in_ns(&client_ns.path, || {
+            crate::testns::ip(&["link", "set", "lo", "up"]);
+            crate::testns::ip(&["addr", "add", "198.18.235.7/24", "dev", "wrk"]);
+            crate::testns::ip(&["link", "set", "wrk", "up"]);
+        });
+        let maker = SocketMaker::start_upstream(&server_ns.path).unwrap();
+        assert!(maker.transparent(), "the namespace was prepared");
+        let plain = SocketMaker::start(&server_ns.path).unwrap();
+        let server: SocketAddr = "198.18.235.1:8080".parse().unwrap();
+        let listener = {
+            let s = plain.unconnected(false).await.unwrap();
+            s.set_reuseaddr(true).unwrap();
+            s.bind(server).unwrap();
+            s.listen(16).unwrap()
+        };
+        // The client's direct connection, from port 40000, made before the route.
+        let direct = crate::testns::in_ns(&client_ns.path, move || {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+            .unwrap();
+            s.bind(&"198.18.235.7:40000".parse::<SocketAddr>().unwrap().into())
+                .unwrap();
+            s.connect_timeout(&server.into(), Duration::from_secs(5))
+                .unwrap();
+            std::net::TcpStream::from(s)
+        });
+        let (mut direct_served, peer) =
+            tokio::time::timeout(Duration::from_secs(5), listener.accept())
+                .await
+                .expect("the direct connection")
+                .unwrap();
+        assert_eq!(peer, "198.18.235.7:40000".parse().unwrap());
+        // The client's next connection (port 40001), through the router.
+        let client: SocketAddr = "198.18.235.7:40001".parse().unwrap();
+        let (out, accepted) = tokio::join!(
+            maker.connect(Some(client), server, Duration::from_secs(3)),
+            tokio::time::timeout(Duration::from_secs(3), listener.accept())
+        );
+        let mut out = out.expect("the routed connection");
+        let (mut served, peer) = accepted.expect("accepted").unwrap();
+        assert_eq!(
+            peer, client,
+            "the server sees the client's address and port"
+        );
+        out.write_all(b"routed").await.unwrap();
+        let mut buf = [0u8; 6];
+        served.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"routed");
+        // The direct connection is untouched.
+        let mut direct = direct;
+        direct.write_all(b"direct").unwrap();
+        direct_served.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"direct");
+        direct_served.write_all(b"answer").await.unwrap();
+        direct
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        direct.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"answer");
     }
 }

@@ -4,9 +4,8 @@
 //!
 //! An upstream socket is made in the server's namespace (O's or T's, [`super::sockets`])
 //! and connects to the server's own address there, over `lo`. Here it also:
-//! - is bound to the client's address (`IP_TRANSPARENT`: an address that is not the
-//!   namespace's), its port chosen by `connect` as for any outgoing connection (so the
-//!   server sees the client's address, not its port);
+//! - is bound to the client's address and port (`IP_TRANSPARENT`: an address that is not
+//!   the namespace's; a port `connect` picks when the client's is still taken here);
 //! - carries [`MARK`] (`SO_MARK`), so its SYN does.
 //!
 //! And the side's namespace is prepared once per router ([`prepare_here`]):
@@ -29,7 +28,7 @@
 //! Undone by [`undo`] when the router is removed.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
@@ -226,13 +225,14 @@ pub fn mark(socket: &TcpSocket) -> io::Result<()> {
     )
 }
 
-/// Makes `socket` (not connected yet, [`mark`]ed) leave from the client's address `client`:
-/// transparent, bound to that address with the port left to `connect`
-/// (`IP_BIND_ADDRESS_NO_PORT`: a port unique for the connection's four addresses, chosen
-/// as for any outgoing connection; binding the client's own port collided with this
-/// router's earlier connections in TIME_WAIT and cost about 1 ms at p99 in
-/// `cargo xtask bench weaves`, and a bind to port 0 searches the ports as slowly).
-pub fn bind_as(socket: &TcpSocket, client: IpAddr) -> io::Result<()> {
+/// Makes `socket` (not connected yet, [`mark`]ed) leave from `client`: transparent, bound
+/// to the client's address and, with `own_port`, its port, so the server sees the
+/// client's address and port as they were. The client's port is also why a routed
+/// connection cannot collide with one the client made straight to the server before the
+/// route (still open here): the client's kernel never gives two of its connections to
+/// one server the same port. Without `own_port` (or when that port cannot be bound) the
+/// port is left to `connect` (`IP_BIND_ADDRESS_NO_PORT`: one unique for the four-tuple).
+pub fn bind_as(socket: &TcpSocket, client: SocketAddr, own_port: bool) -> io::Result<()> {
     let fd = socket.as_raw_fd();
     if client.is_ipv6() {
         set_int(
@@ -245,6 +245,14 @@ pub fn bind_as(socket: &TcpSocket, client: IpAddr) -> io::Result<()> {
     } else {
         set_int(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1, "IP_TRANSPARENT")?;
     }
+    if own_port && client.port() != 0 {
+        // The router's earlier connections from this port may still be in TIME_WAIT
+        // here: `connect` decides (reusing them a second on, `tcp_tw_reuse`).
+        socket.set_reuseaddr(true)?;
+        if socket.bind(client).is_ok() {
+            return Ok(());
+        }
+    }
     set_int(
         fd,
         libc::SOL_IP,
@@ -252,7 +260,8 @@ pub fn bind_as(socket: &TcpSocket, client: IpAddr) -> io::Result<()> {
         1,
         "IP_BIND_ADDRESS_NO_PORT",
     )?;
+    let ip = client.ip();
     socket
-        .bind(SocketAddr::new(client, 0))
-        .map_err(|e| io::Error::new(e.kind(), format!("binding to {client}: {e}")))
+        .bind(SocketAddr::new(ip, 0))
+        .map_err(|e| io::Error::new(e.kind(), format!("binding to {ip}: {e}")))
 }
