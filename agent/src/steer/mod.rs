@@ -504,6 +504,10 @@ pub struct Steering {
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// What a previous agent left in the pinned maps and no resource claimed yet.
     leftovers: Mutex<adopt::Leftovers>,
+    /// Servers' namespaces a removed, swept or replaced request router connected to:
+    /// what it gave them is undone at the end of the reconcile, where no router of a
+    /// steer connects to them ([`Self::undo_unused_sides`]).
+    sides_to_undo: Mutex<BTreeSet<PathBuf>>,
 }
 
 impl Drop for Steering {
@@ -691,6 +695,7 @@ impl Steering {
             last_stats: Mutex::new(HashMap::new()),
             poller: Mutex::new(None),
             leftovers: Mutex::new(leftovers),
+            sides_to_undo: Mutex::new(BTreeSet::new()),
         });
         let weak = Arc::downgrade(&s);
         // Ends when the steering is dropped (aborted in `Drop`, or sees it gone).
@@ -1081,7 +1086,7 @@ impl Steering {
                             s.signal_what(STEER, &gone_key, "its request router process ended");
                         }
                     });
-                    Arc::new(
+                    let made = Arc::new(
                         router::Router::make(
                             key,
                             &self.settings.netns_prefix,
@@ -1093,7 +1098,9 @@ impl Steering {
                             on_gone,
                         )
                         .await?,
-                    )
+                    );
+                    lock(&self.sides_to_undo).extend(made.replaced_sides());
+                    made
                 }
             };
             changes += r.set_rules(&spec.request_rules).await?;
@@ -1507,16 +1514,34 @@ impl Steering {
         }
     }
 
-    /// Removes request router `r` ([`router::Router::remove`]); the sides it shares with
-    /// another router of a steer keep what the other's connections need.
+    /// Removes request router `r` ([`router::Router::remove`]); what it gave its sides is
+    /// undone at the end of the reconcile ([`Self::undo_unused_sides`]).
     async fn remove_router(&self, r: &Arc<router::Router>) {
-        let still_used: BTreeSet<PathBuf> = lock(&self.steers)
+        r.remove(&self.host.handle).await;
+        lock(&self.sides_to_undo).extend(r.sides().map(Path::to_path_buf));
+    }
+
+    /// Undoes what request routers gave the namespaces in `sides_to_undo`
+    /// ([`router::transparent::undo`]), but for those a steer's router connects to.
+    /// Called at the end of a reconcile: a namespace can be one router's target and
+    /// another's origin (a weave's node, in a weave made of that weave), and while a
+    /// reconcile runs, routers it has not come to yet (adopted from a previous agent,
+    /// serving) are not in `steers`.
+    async fn undo_unused_sides(&self) {
+        let sides = std::mem::take(&mut *lock(&self.sides_to_undo));
+        if sides.is_empty() {
+            return;
+        }
+        let used: BTreeSet<PathBuf> = lock(&self.steers)
             .values()
             .filter_map(|a| a.router.as_ref())
-            .filter(|o| !Arc::ptr_eq(o, r))
-            .flat_map(|o| o.sides().map(Path::to_path_buf))
+            .flat_map(|r| r.sides().map(Path::to_path_buf))
             .collect();
-        r.remove(&self.host.handle, &still_used).await;
+        for side in sides.difference(&used) {
+            if let Err(e) = router::transparent::undo(side).await {
+                tracing::debug!(namespace = %side.display(), error = %e, "undoing a request router's rules");
+            }
+        }
     }
 
     /// Stops every request router's process (the agent's exit without its pins kept:
@@ -1532,20 +1557,14 @@ impl Steering {
     }
 
     /// Request router namespaces no steer uses (a previous agent's): removed with their
-    /// processes (their veths go with them), and what they gave the servers' namespaces
-    /// but for the sides of the routers that stay.
-    async fn sweep_routers(&self) {
+    /// processes (their veths go with them); what they gave the servers' namespaces is
+    /// undone at the end of the reconcile ([`Self::undo_unused_sides`]).
+    fn sweep_routers(&self) {
         let prefix = format!("{}.router.", self.settings.netns_prefix);
-        let (used, used_sides): (BTreeSet<PathBuf>, BTreeSet<PathBuf>) = {
-            let steers = lock(&self.steers);
-            let routers = steers.values().filter_map(|a| a.router.as_ref());
-            (
-                routers.clone().map(|r| r.netns.clone()).collect(),
-                routers
-                    .flat_map(|r| r.sides().map(Path::to_path_buf))
-                    .collect(),
-            )
-        };
+        let used: BTreeSet<PathBuf> = lock(&self.steers)
+            .values()
+            .filter_map(|a| a.router.as_ref().map(|r| r.netns.clone()))
+            .collect();
         let Ok(dir) = std::fs::read_dir(namespaces::NETNS_DIR) else {
             return;
         };
@@ -1572,11 +1591,7 @@ impl Steering {
                 }
             }
         }
-        for side in swept_sides.difference(&used_sides) {
-            if let Err(e) = router::transparent::undo(side).await {
-                tracing::debug!(namespace = %side.display(), error = %e, "undoing a swept request router's rules");
-            }
-        }
+        lock(&self.sides_to_undo).extend(swept_sides);
     }
 
     async fn remove_steer(&self, key: &str) -> usize {
@@ -1960,11 +1975,12 @@ impl Reconciler for SteerReconciler {
             }
             if matches!(scope, Scope::All) {
                 s.sweep_leftovers(adopt::Kind::Steer);
-                s.sweep_routers().await;
+                s.sweep_routers();
                 // A tunnel device left by an earlier run (or a failed apply) that nothing
                 // needs now goes.
                 s.drop_tunnel_if_unused().await;
             }
+            s.undo_unused_sides().await;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             out
         })

@@ -61,7 +61,7 @@ pub mod tls;
 mod tls_tests;
 pub mod transparent;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -383,24 +383,31 @@ impl Router {
         [&self.origin_netns, &self.target_netns]
     }
 
+    /// The sides of the router it replaced when it was made (a previous agent's that
+    /// served other namespaces), but for its own: what that one gave them is the
+    /// caller's to undo ([`transparent::undo`]) where no router connects.
+    pub fn replaced_sides(&self) -> Vec<PathBuf> {
+        let Serves::Process(p) = &self.serves else {
+            return Vec::new();
+        };
+        p.replaced()
+            .map(|old| {
+                [&old.origin, &old.target]
+                    .into_iter()
+                    .filter(|s| !self.sides().contains(&s.as_path()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Removes the router: its listeners and connections (its process), its veth and
-    /// namespace, and what [`transparent`] gave the sides' namespaces, but for those in
-    /// `still_used` (sides of other routers, e.g. a weave's node that is one router's
-    /// target and another's origin: their connections need the same rule).
-    pub async fn remove(&self, host: &Handle, still_used: &BTreeSet<PathBuf>) {
+    /// namespace. What [`transparent`] gave its sides is the caller's to undo, where no
+    /// other router connects ([`Self::sides`]).
+    pub async fn remove(&self, host: &Handle) {
         match &self.serves {
             Serves::Process(p) => p.stop().await,
             Serves::InProcess(s) => s.stop(),
-        }
-        // What the sides' namespaces were given for the client's address.
-        for side in [&self.origin_netns, &self.target_netns] {
-            if still_used.contains(side) {
-                debug!(namespace = %side.display(), "another request router connects here: its rules stay");
-                continue;
-            }
-            if let Err(e) = transparent::undo(side).await {
-                debug!(namespace = %side.display(), error = %e, "undoing a request router's rules");
-            }
         }
         let (veth, index) = self.host_if.clone();
         let netns = self.netns.clone();

@@ -399,6 +399,8 @@ pub struct RouterProcess {
     counters: Arc<Mutex<Vec<(String, f64)>>>,
     alive: Arc<AtomicBool>,
     refresher: JoinHandle<()>,
+    /// What the router stopped in its place served.
+    replaced: Option<Identity>,
 }
 
 impl Drop for RouterProcess {
@@ -423,6 +425,7 @@ impl RouterProcess {
             .await
             .ok()
             .and_then(|r| r.hello);
+        let mut replaced = None;
         let pid = match found {
             Some(h) if h.protocol == PROTOCOL && h.identity == *identity => {
                 info!(steer = %identity.key, pid = h.pid, "adopted the previous agent's request router: its connections continue");
@@ -432,7 +435,10 @@ impl RouterProcess {
                 if let Some(h) = other {
                     info!(steer = %identity.key, pid = h.pid, protocol = h.protocol, "a request router serving something else (or another protocol) is replaced");
                     let c = control.clone();
-                    let _ = tokio::task::spawn_blocking(move || stop_blocking(&c)).await;
+                    replaced = tokio::task::spawn_blocking(move || stop_blocking(&c))
+                        .await
+                        .ok()
+                        .flatten();
                 }
                 start(exe, run_dir, &control, identity).await?
             }
@@ -451,7 +457,14 @@ impl RouterProcess {
             counters,
             alive,
             refresher,
+            replaced,
         })
+    }
+
+    /// What the router this one replaced served (a previous agent's, for other
+    /// namespaces or of another protocol), if it did.
+    pub fn replaced(&self) -> Option<&Identity> {
+        self.replaced.as_ref()
     }
 
     /// Sends the ports and rules; the changes the router made.
