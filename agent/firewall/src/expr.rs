@@ -454,27 +454,23 @@ pub(crate) fn encode_kind(kind: &RuleKind) -> Vec<Expr> {
             });
             e.push(Expr::Verdict(nl::NF_ACCEPT));
         }
-        RuleKind::LegacyLoopback => {
+        RuleKind::Loopback | RuleKind::LegacyLoopback => {
             e.extend(meta_eq(
                 NFT_META_IIF,
                 LOOPBACK_IFINDEX.to_ne_bytes().to_vec(),
             ));
-            e.push(Expr::Verdict(nl::NF_ACCEPT));
-        }
-        RuleKind::Loopback => {
-            e.extend(meta_eq(
-                NFT_META_IIF,
-                LOOPBACK_IFINDEX.to_ne_bytes().to_vec(),
-            ));
-            e.push(Expr::Meta {
-                key: NFT_META_MARK,
-                dreg: NFT_REG_1,
-            });
-            e.push(Expr::Cmp {
-                sreg: NFT_REG_1,
-                op: NFT_CMP_NEQ,
-                data: crate::ROUTED_MARK.to_ne_bytes().to_vec(),
-            });
+            // The current rule leaves the request router's connections to the user rules.
+            if *kind == RuleKind::Loopback {
+                e.push(Expr::Meta {
+                    key: NFT_META_MARK,
+                    dreg: NFT_REG_1,
+                });
+                e.push(Expr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: NFT_CMP_NEQ,
+                    data: crate::ROUTED_MARK.to_ne_bytes().to_vec(),
+                });
+            }
             e.push(Expr::Verdict(nl::NF_ACCEPT));
         }
         RuleKind::NeighbourDiscovery => {

@@ -382,11 +382,15 @@ fn across_restarts(route: Route) -> Result<()> {
         );
         // A router process that dies is started again by the agent (as drift).
         let prefix = format!("/run/netns/{}.router.", two.lab.node_netns_prefix("hv1"));
-        let router_pid = || -> Result<String> {
+        // The pids of the router processes serving this lab's namespaces, one per line.
+        let router_pids = || -> Result<String> {
             let out = std::process::Command::new("pgrep")
                 .args(["-f", &format!("request-router .*--netns {prefix}")])
                 .output()?;
-            let pids = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let router_pid = || -> Result<String> {
+            let pids = router_pids()?;
             ensure!(
                 !pids.is_empty() && !pids.contains('\n'),
                 "one router process: {pids:?}"
@@ -444,14 +448,8 @@ fn across_restarts(route: Route) -> Result<()> {
         ensure!(code == 200, "remove the route by header: {code} {body}");
         two.agents[0] = Agent::start_with(&two.lab, 0, &url, &keep)?;
         eventually(Duration::from_secs(30), Duration::from_millis(200), || {
-            ensure!(
-                std::process::Command::new("pgrep")
-                    .args(["-f", &format!("request-router .*--netns {prefix}")])
-                    .output()?
-                    .stdout
-                    .is_empty(),
-                "the router process is still there"
-            );
+            let left = router_pids()?;
+            ensure!(left.is_empty(), "the router process is still there: {left}");
             for side in &sides {
                 ensure!(!has_rule(side)?, "{side}: the swept router's rule stayed");
             }
