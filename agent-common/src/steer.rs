@@ -36,6 +36,65 @@ pub mod role {
     pub const TARGET: u8 = 3;
 }
 
+/// `Underlay::family`.
+pub mod family {
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
+/// A host's underlay address as `bpf_tunnel_key` holds it: the tunnel's far end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Underlay {
+    /// [`family::IPV4`]: `addr[0]` in host byte order (`remote_ipv4`), the rest 0;
+    /// [`family::IPV6`]: the 16 bytes in network order (`remote_ipv6`).
+    pub addr: [u32; 4],
+    /// [`family`]; 0: none.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Underlay>() == 20);
+
+#[cfg(any(feature = "std", test))]
+impl From<std::net::IpAddr> for Underlay {
+    fn from(ip: std::net::IpAddr) -> Self {
+        match ip {
+            std::net::IpAddr::V4(a) => Self {
+                addr: [u32::from(a), 0, 0, 0],
+                family: family::IPV4,
+                _pad: [0; 3],
+            },
+            std::net::IpAddr::V6(a) => {
+                let o = a.octets();
+                let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                Self {
+                    addr: [w(0), w(4), w(8), w(12)],
+                    family: family::IPV6,
+                    _pad: [0; 3],
+                }
+            }
+        }
+    }
+}
+
+#[cfg(any(feature = "std", test))]
+impl Underlay {
+    /// The address, `None` for an unknown family.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self.family {
+            family::IPV4 => Some(std::net::Ipv4Addr::from(self.addr[0]).into()),
+            family::IPV6 => {
+                let mut o = [0u8; 16];
+                for (i, w) in self.addr.iter().enumerate() {
+                    o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+                }
+                Some(std::net::Ipv6Addr::from(o).into())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// How new connections into one origin interface are steered (key: the interface's index).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -49,8 +108,8 @@ pub struct SteerOrigin {
     pub target_ifindex: u32,
     /// 0: the target is on this host.
     pub tunnel_id: u32,
-    /// The target host's underlay IPv4 address, host byte order (as `bpf_tunnel_key` has it).
-    pub tunnel_remote: u32,
+    /// The target host's underlay address.
+    pub tunnel_remote: Underlay,
     /// [`key`].
     pub key: u8,
     /// 1 while the origin fails its health check: every new connection is steered.
@@ -65,7 +124,7 @@ pub struct SteerOrigin {
     pub origin_mac: [u8; 6],
     pub _pad2: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<SteerOrigin>() == 48);
+const _: () = assert!(core::mem::size_of::<SteerOrigin>() == 64);
 
 /// A steered server port of a steer.
 #[repr(C)]
@@ -94,11 +153,11 @@ const _: () = assert!(core::mem::size_of::<SteerReturn>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SteerTunnelKey {
-    /// The other host's underlay IPv4 address, host byte order.
-    pub remote: u32,
+    /// The other host's underlay address (the outer source of what arrives).
+    pub remote: Underlay,
     pub tunnel_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<SteerTunnelKey>() == 8);
+const _: () = assert!(core::mem::size_of::<SteerTunnelKey>() == 24);
 
 /// What a packet from the tunnel is.
 #[repr(C)]
@@ -142,13 +201,13 @@ pub struct SteerConn {
     /// The client's initial sequence number: a retransmitted SYN keeps the decision, a
     /// new connection reusing the 5-tuple is decided afresh.
     pub isn: u32,
-    /// Target's host: the origin host (underlay IPv4, host byte order) and tunnel id.
-    pub remote: u32,
+    /// Target's host: the tunnel id and the origin host's underlay address.
     pub tunnel_id: u32,
+    pub remote: Underlay,
     /// When the connection was recorded (CLOCK_MONOTONIC ns).
     pub created_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SteerConn>() == 32);
+const _: () = assert!(core::mem::size_of::<SteerConn>() == 48);
 
 /// Counters of one steer slot (per CPU; the agent sums them).
 #[repr(C)]
@@ -207,6 +266,7 @@ pub fn decision_hash(k: &SteerConnKey, key_kind: u8, seed: u32) -> u32 {
 
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::Underlay {}
     unsafe impl aya::Pod for super::SteerOrigin {}
     unsafe impl aya::Pod for super::SteerPortKey {}
     unsafe impl aya::Pod for super::SteerReturn {}
@@ -220,6 +280,32 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_underlay_address_is_kept_as_the_tunnel_key_holds_it() {
+        use std::net::IpAddr;
+        let v4: IpAddr = "198.18.82.1".parse().unwrap();
+        let u = Underlay::from(v4);
+        // remote_ipv4: host byte order.
+        assert_eq!(u.addr, [0xc612_5201, 0, 0, 0]);
+        assert_eq!(u.family, family::IPV4);
+        assert_eq!(u.ip(), Some(v4));
+        let v6: IpAddr = "fd00:82::2".parse().unwrap();
+        let u = Underlay::from(v6);
+        // remote_ipv6: the bytes in network order.
+        let bytes: Vec<u8> = u.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(bytes[..4], [0xfd, 0x00, 0x00, 0x82]);
+        assert_eq!(bytes[15], 2);
+        assert_eq!(u.family, family::IPV6);
+        assert_eq!(u.ip(), Some(v6));
+        // Same bits, other family: another key.
+        let same_bits = Underlay {
+            family: family::IPV6,
+            ..Underlay::from(v4)
+        };
+        assert_ne!(same_bits, Underlay::from(v4));
+        assert_eq!(Underlay::default().ip(), None);
+    }
 
     #[test]
     fn threshold_scales_share_to_the_hash_range() {

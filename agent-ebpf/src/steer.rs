@@ -23,11 +23,11 @@
 
 use agent_common::steer::{
     MAX_STEERS, STEER_CONN_ENTRIES, STEER_PORT_ENTRIES, SteerConn, SteerConnKey, SteerOrigin,
-    SteerPortKey, SteerReturn, SteerStats, SteerTunnel, SteerTunnelKey, THRESHOLD_ALL,
-    decision_hash, role,
+    SteerPortKey, SteerReturn, SteerStats, SteerTunnel, SteerTunnelKey, THRESHOLD_ALL, Underlay,
+    decision_hash, family, role,
 };
 use aya_ebpf::{
-    bindings::{BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_tunnel_key},
+    bindings::{BPF_F_INGRESS, BPF_F_TUNINFO_IPV6, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_tunnel_key},
     helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     macros::{classifier, map},
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -205,11 +205,17 @@ fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: Option<&[u8; 6]>) -> Result<(),
 }
 
 #[inline(always)]
-fn tunnel_to(ctx: &TcContext, remote: u32, tunnel_id: u32) -> Result<(), ()> {
+fn tunnel_to(ctx: &TcContext, remote: &Underlay, tunnel_id: u32) -> Result<(), ()> {
     // SAFETY: an all-zero bpf_tunnel_key is valid (plain integers and unions of them).
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = tunnel_id;
-    key.__bindgen_anon_1.remote_ipv4 = remote;
+    let flags = if remote.family == family::IPV6 {
+        key.__bindgen_anon_1.remote_ipv6 = remote.addr;
+        BPF_F_TUNINFO_IPV6 as u64
+    } else {
+        key.__bindgen_anon_1.remote_ipv4 = remote.addr[0];
+        0
+    };
     key.tunnel_ttl = TUNNEL_TTL;
     // SAFETY: the key lives on the stack for the call; its size is the struct's.
     let rc = unsafe {
@@ -217,10 +223,46 @@ fn tunnel_to(ctx: &TcContext, remote: u32, tunnel_id: u32) -> Result<(), ()> {
             ctx.skb.skb,
             &mut key,
             core::mem::size_of::<bpf_tunnel_key>() as u32,
-            0,
+            flags,
         )
     };
     if rc == 0 { Ok(()) } else { Err(()) }
+}
+
+/// The outer source and VNI of a packet from the tunnel device. The helper fails when
+/// the flag does not match the outer header's family: IPv4 is asked first, then IPv6.
+#[inline(always)]
+fn tunnel_from(ctx: &TcContext) -> Result<SteerTunnelKey, ()> {
+    // SAFETY: zeroed is a valid bpf_tunnel_key; the helper fills at most its size.
+    let mut tk: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    let size = core::mem::size_of::<bpf_tunnel_key>() as u32;
+    // SAFETY: the key lives on the stack for the call; its size is the struct's.
+    if unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, &mut tk, size, 0) } == 0 {
+        return Ok(SteerTunnelKey {
+            remote: Underlay {
+                // SAFETY: without BPF_F_TUNINFO_IPV6 the helper wrote the IPv4 member.
+                addr: [unsafe { tk.__bindgen_anon_1.remote_ipv4 }, 0, 0, 0],
+                family: family::IPV4,
+                _pad: [0; 3],
+            },
+            tunnel_id: tk.tunnel_id,
+        });
+    }
+    // SAFETY: as above.
+    let rc =
+        unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, &mut tk, size, BPF_F_TUNINFO_IPV6 as u64) };
+    if rc != 0 {
+        return Err(());
+    }
+    Ok(SteerTunnelKey {
+        remote: Underlay {
+            // SAFETY: with BPF_F_TUNINFO_IPV6 the helper wrote the IPv6 member.
+            addr: unsafe { tk.__bindgen_anon_1.remote_ipv6 },
+            family: family::IPV6,
+            _pad: [0; 3],
+        },
+        tunnel_id: tk.tunnel_id,
+    })
 }
 
 #[inline(always)]
@@ -287,7 +329,11 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
                 client_mac: p.eth_src,
                 origin_mac: p.eth_dst,
                 isn: p.seq,
-                remote: 0,
+                remote: Underlay {
+                    addr: [0; 4],
+                    family: 0,
+                    _pad: [0; 3],
+                },
                 tunnel_id: 0,
                 created_ns: unsafe { bpf_ktime_get_ns() },
             };
@@ -300,7 +346,7 @@ fn try_origin(ctx: &TcContext) -> Result<i32, ()> {
     if cfg.tunnel_id == 0 {
         set_macs(ctx, &cfg.target_mac, None)?;
     } else {
-        tunnel_to(ctx, cfg.tunnel_remote, cfg.tunnel_id)?;
+        tunnel_to(ctx, &cfg.tunnel_remote, cfg.tunnel_id)?;
     }
     Ok(redirect(cfg.target_ifindex, 0))
 }
@@ -331,7 +377,7 @@ fn try_return(ctx: &TcContext) -> Result<i32, ()> {
         set_macs(ctx, &conn.client_mac, Some(&conn.origin_mac))?;
         Ok(redirect(r.ifindex, BPF_F_INGRESS as u64))
     } else {
-        tunnel_to(ctx, conn.remote, conn.tunnel_id)?;
+        tunnel_to(ctx, &conn.remote, conn.tunnel_id)?;
         Ok(redirect(r.ifindex, 0))
     }
 }
@@ -344,25 +390,8 @@ pub fn steer_tunnel(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_tunnel(ctx: &TcContext) -> Result<i32, ()> {
-    // SAFETY: zeroed is a valid bpf_tunnel_key; the helper fills at most its size.
-    let mut tk: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    let rc = unsafe {
-        bpf_skb_get_tunnel_key(
-            ctx.skb.skb,
-            &mut tk,
-            core::mem::size_of::<bpf_tunnel_key>() as u32,
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(());
-    }
-    let tkey = SteerTunnelKey {
-        // SAFETY: without BPF_F_TUNINFO_IPV6 the helper wrote the IPv4 member.
-        remote: unsafe { tk.__bindgen_anon_1.remote_ipv4 },
-        tunnel_id: tk.tunnel_id,
-    };
-    let t = match unsafe { STEER_TUNNELS.get(tkey) } {
+    let tkey = tunnel_from(ctx)?;
+    let t = match unsafe { STEER_TUNNELS.get(&tkey) } {
         Some(t) => *t,
         None => return Err(()),
     };

@@ -8,7 +8,9 @@ use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressMessage, AddressScope,
+};
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags,
     LinkInfo, LinkMessage,
@@ -416,8 +418,18 @@ pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<Cidr>, LinkError> {
     Ok(out)
 }
 
+/// Adds `c` to interface `index`. IPv6 without duplicate address detection: a node's
+/// addresses come from its network's shards, one node each (a mirror's copy has the same
+/// address on a segment of its own), and detection would only keep the address
+/// tentative, unusable, for a second or more after the node is reported ready.
 pub async fn add_address(h: &Handle, index: u32, c: Cidr) -> Result<(), LinkError> {
-    match h.address().add(index, c.addr, c.prefix).execute().await {
+    let mut req = h.address().add(index, c.addr, c.prefix);
+    if c.addr.is_ipv6() {
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    match req.execute().await {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == libc::EEXIST => Ok(()),
         Err(e) => Err(nl(format!("adding address {c}"))(e)),

@@ -148,7 +148,7 @@ mod tests {
 
     fn tunnel_key(id: u32) -> SteerTunnelKey {
         SteerTunnelKey {
-            remote: 0x0a00_0002,
+            remote: agent_common::steer::Underlay::from(std::net::IpAddr::from([10, 0, 0, 2])),
             tunnel_id: id,
         }
     }

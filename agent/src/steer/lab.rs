@@ -251,17 +251,22 @@ impl Hv {
                     spec: Spec::NetworkNode(NetworkNode {
                         network: (*net).into(),
                         node: (*node).into(),
-                        // The IPv4 address, and fd00:80::<its last byte>/64.
-                        addresses: [(*cidr).to_owned(), v6_of(cidr)]
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, cidr)| AddressAssignment {
-                                cidr,
-                                gateway: String::new(),
-                                shard_id: "s".into(),
-                                allocation_seq: i as u64 + 1,
-                            })
-                            .collect(),
+                        // The IPv4 address, and fd00:80::<its last byte>/64; an IPv6
+                        // address alone: an IPv6-only node.
+                        addresses: if cidr.contains(':') {
+                            vec![(*cidr).to_owned()]
+                        } else {
+                            vec![(*cidr).to_owned(), v6_of(cidr)]
+                        }
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, cidr)| AddressAssignment {
+                            cidr,
+                            gateway: String::new(),
+                            shard_id: "s".into(),
+                            allocation_seq: i as u64 + 1,
+                        })
+                        .collect(),
                         firewall: vec![FirewallRule {
                             sources: vec!["198.18.0.0/15".into(), "fd00::/8".into()],
                             protocol: "tcp".into(),
@@ -819,9 +824,10 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
     assert_eq!(count(&r, "origin"), 5, "{r:?}");
 }
 
-/// Two "hypervisors" joined by a veth underlay (MTU 1600: VXLAN needs 50 more bytes).
-async fn underlay(a: &Hv, b: &Hv) -> (Ipv4Addr, Ipv4Addr) {
-    let (ua, ub) = (Ipv4Addr::new(198, 18, 82, 1), Ipv4Addr::new(198, 18, 82, 2));
+/// Two "hypervisors" joined by a veth underlay (MTU 1600: VXLAN needs 50 more bytes on
+/// IPv4, 70 on IPv6) with addresses `ua` and `ub` (IPv6 without duplicate address
+/// detection: usable at once).
+async fn underlay_with(a: &Hv, b: &Hv, ua: IpAddr, ub: IpAddr, prefix: u8) -> (IpAddr, IpAddr) {
     let ha = TestNetns::handle_of(&a.ns.path).await;
     let hb = TestNetns::handle_of(&b.ns.path).await;
     ha.link()
@@ -842,11 +848,12 @@ async fn underlay(a: &Hv, b: &Hv) -> (Ipv4Addr, Ipv4Addr) {
         .expect("moving the underlay's end");
     for (h, name, ip) in [(&ha, "ul0", ua), (&hb, "ul1", ub)] {
         let i = crate::testns::index_of(h, name).await;
-        h.address()
-            .add(i, std::net::IpAddr::V4(ip), 24)
-            .execute()
-            .await
-            .expect("underlay address");
+        let mut req = h.address().add(i, ip, prefix);
+        if ip.is_ipv6() {
+            req.message_mut().header.flags |=
+                rtnetlink::packet_route::address::AddressHeaderFlags::Nodad;
+        }
+        req.execute().await.expect("underlay address");
         h.link()
             .set(
                 rtnetlink::LinkUnspec::new_with_index(i)
@@ -859,6 +866,18 @@ async fn underlay(a: &Hv, b: &Hv) -> (Ipv4Addr, Ipv4Addr) {
             .expect("underlay up");
     }
     (ua, ub)
+}
+
+/// [`underlay_with`] on IPv4 (198.18.82.1 and .2).
+async fn underlay(a: &Hv, b: &Hv) -> (IpAddr, IpAddr) {
+    underlay_with(
+        a,
+        b,
+        IpAddr::from([198, 18, 82, 1]),
+        IpAddr::from([198, 18, 82, 2]),
+        24,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1049,6 +1068,142 @@ async fn cross_host_steering_goes_through_the_tunnel_and_back() {
     }
     let r = connections(&c, addr, 5, 2);
     assert_eq!(count(&r, "origin"), 5, "{r:?}");
+}
+
+/// The tunnel over an IPv6 underlay (no IPv4 between the hosts), with IPv6-only nodes:
+/// connections cross both ways, a large answer is segmented on the underlay, and the
+/// health check of an origin without IPv4 fails over through the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_host_steering_works_over_an_ipv6_underlay() {
+    require_root!();
+    let (h1, h2) = (Hv::new().await, Hv::new().await);
+    let (u1, u2) = underlay_with(
+        &h1,
+        &h2,
+        "fd00:82::1".parse().unwrap(),
+        "fd00:82::2".parse().unwrap(),
+        64,
+    )
+    .await;
+    h1.build(&[("p", &[("o", "fd00:80::10/64"), ("c", "fd00:80::20/64")])])
+        .await;
+    h2.build(&[("s", &[("t", "fd00:80::10/64"), ("c", "fd00:80::20/64")])])
+        .await;
+    let (o, c) = (h1.path("p", "o"), h1.path("p", "c"));
+    let origin = server(&o, "origin");
+    let _target = server(&h2.path("s", "t"), "target");
+    let addr = SocketAddr::from(("fd00:80::10".parse::<IpAddr>().unwrap(), PORT));
+
+    let (s1, s2) = (h1.steering().await, h2.steering().await);
+    let origin_rec = SteerReconciler {
+        steering: s1.clone(),
+    };
+    let target_rec = SteerTargetReconciler {
+        steering: s2.clone(),
+    };
+    let target = vec![DesiredResource {
+        key: KEY.into(),
+        generation: 1,
+        spec: Spec::SteerTarget(SteerTarget {
+            owner: "shadow/lab".into(),
+            network: "s".into(),
+            node: "t".into(),
+            origin_host: u1.to_string(),
+            tunnel_id: 4243,
+        }),
+    }];
+    let rep = target_rec.reconcile(&target, Scope::All).await;
+    ok(&rep);
+    assert!(
+        rep[0]
+            .observed
+            .iter()
+            .any(|l| l.contains("from fd00:82::1")),
+        "{rep:?}"
+    );
+    let cross = |share_ppm: u32| Steer {
+        target_host: u2.to_string(),
+        tunnel_id: 4243,
+        ..same_host(share_ppm, "connection", None)
+    };
+
+    // The nodes' IPv6 addresses are usable as soon as they are made (no duplicate
+    // address detection keeping them tentative).
+    let r = connections(&c, addr, 3, 1);
+    assert_eq!(count(&r, "origin"), 3, "{r:?}");
+    ok(&origin_rec
+        .reconcile(&steer(cross(1_000_000)), Scope::All)
+        .await);
+    let r = connections(&c, addr, 20, 3);
+    assert_eq!(count(&r, "target"), 20, "{r:?}");
+    ok(&origin_rec.reconcile(&steer(cross(0)), Scope::All).await);
+    let r = connections(&c, addr, 20, 3);
+    assert_eq!(count(&r, "origin"), 20, "{r:?}");
+    ok(&origin_rec
+        .reconcile(&steer(cross(500_000)), Scope::All)
+        .await);
+    let r = connections(&c, addr, 100, 2);
+    assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+    let (to_o, to_t) = (count(&r, "origin"), count(&r, "target"));
+    assert!((25..=75).contains(&to_t), "origin {to_o} target {to_t}");
+
+    // A large answer from the target (segmentation on the IPv6 underlay).
+    ok(&origin_rec
+        .reconcile(&steer(cross(1_000_000)), Scope::All)
+        .await);
+    let big = in_ns(&c, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut msg = vec![b'x'; 200_000];
+        msg.push(b'\n');
+        s.write_all(&msg).unwrap();
+        let mut r = BufReader::new(s);
+        let mut out = String::new();
+        r.read_line(&mut out).unwrap();
+        out.trim().to_owned()
+    });
+    assert_eq!(big, "target");
+
+    // Failover: the origin has no IPv4 address, its health check goes to its IPv6 one.
+    let failover = Steer {
+        failover: Some(SteerHealth {
+            port: u32::from(PORT),
+            interval_ms: 100,
+            failures: 3,
+            probe: b"ping\n".to_vec(),
+        }),
+        ..cross(0)
+    };
+    ok(&origin_rec
+        .reconcile(&steer(failover.clone()), Scope::All)
+        .await);
+    let active = || {
+        lock(&s1.steers)
+            .get(KEY)
+            .is_some_and(|s| lock(&s.failover).active)
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!active(), "the IPv6-only origin answers its health check");
+    let r = connections(&c, addr, 10, 2);
+    assert_eq!(count(&r, "origin"), 10, "{r:?}");
+    origin.signal(libc::SIGSTOP);
+    assert!(eventually(Duration::from_secs(3), active).await, "failover");
+    let r = connections(&c, addr, 20, 2);
+    assert_eq!(count(&r, "target"), 20, "{r:?}");
+    origin.signal(libc::SIGCONT);
+    assert!(eventually(Duration::from_secs(3), || !active()).await);
+
+    let rep = target_rec.reconcile(&target, Scope::All).await;
+    assert!(
+        measurement(&rep[0], "connections_received") >= (20 + 1 + 20 + to_t) as f64,
+        "{rep:?}"
+    );
+    ok(&origin_rec.reconcile(&[], Scope::All).await);
+    ok(&target_rec.reconcile(&[], Scope::All).await);
+    for hv in [&h1, &h2] {
+        let h = TestNetns::handle_of(&hv.ns.path).await;
+        assert!(links::by_name(&h, TUNNEL_DEVICE).await.unwrap().is_none());
+    }
 }
 
 /// The pinned datapath of an agent on `pins` (as `main` loads it).

@@ -55,10 +55,15 @@
 //!   without the client's copy, T's network needs a neighbour entry for C (or a route via a
 //!   gateway that answers).
 //! - IPv4 and IPv6 connections are steered by the same code (16-byte addresses; IPv6
-//!   without extension headers); both are tested on one host, IPv4 across hosts. The
-//!   tunnel's underlay and the health check are IPv4 only. Untagged Ethernet, TCP only:
+//!   without extension headers); both are tested on one host and across hosts. The
+//!   tunnel's underlay is IPv4 or IPv6 (`target_host`/`origin_host`; the outer header's
+//!   family is the address's, and the tunnel program asks the kernel for an IPv4 key
+//!   first, then an IPv6 one); tested across hosts with IPv6-only nodes on an IPv6-only
+//!   underlay. The health check connects to the origin's first IPv4 address, or its
+//!   first global IPv6 address when it has no IPv4. Untagged Ethernet, TCP only:
 //!   ICMP errors about a steered connection (e.g. "fragmentation needed" from the target's
-//!   side) are not carried back, so the underlay must carry the nodes' MTU + 50 bytes.
+//!   side) are not carried back, so the underlay must carry the nodes' MTU + 50 bytes
+//!   (IPv4 underlay) or + 70 bytes (IPv6).
 //! - A tunnel packet is known by its outer source address and VNI: `origin_host` (and
 //!   `target_host`) must be the address the other host sends from towards this one.
 //! - One steer per origin interface and per target interface on a host.
@@ -82,14 +87,14 @@ mod lab;
 mod testrun;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_common::steer::{
     self as common, MAX_STEERS, SteerConn, SteerConnKey, SteerOrigin, SteerPortKey, SteerReturn,
-    SteerStats, SteerTunnel, SteerTunnelKey, role,
+    SteerStats, SteerTunnel, SteerTunnelKey, Underlay, role,
 };
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use futures::future::BoxFuture;
@@ -195,7 +200,7 @@ pub struct SteerSpec {
     pub target_network: String,
     pub target_node: String,
     /// `None`: this host.
-    pub target_host: Option<Ipv4Addr>,
+    pub target_host: Option<IpAddr>,
     pub tunnel_id: u32,
     /// Ports routed by request and their rules; not empty: the steer's target is this
     /// host's request router for the origin ([`router`]), which takes every port of
@@ -220,7 +225,7 @@ pub struct TargetSpec {
     pub owner: String,
     pub network: String,
     pub node: String,
-    pub origin_host: Ipv4Addr,
+    pub origin_host: IpAddr,
     pub tunnel_id: u32,
 }
 
@@ -233,12 +238,19 @@ fn port(p: u32, what: &str) -> Result<u16, SteerError> {
     }
 }
 
-fn underlay(s: &str, what: &str) -> Result<Ipv4Addr, SteerError> {
-    s.parse::<Ipv4Addr>().map_err(|_| {
-        spec_err(format!(
-            "{what} {s:?} is not an IPv4 address (the tunnel's underlay is IPv4 only)"
-        ))
-    })
+/// A host's underlay address, IPv4 or IPv6 (an IPv4-mapped IPv6 address is its IPv4
+/// address: that is what the tunnel's outer header carries).
+fn underlay(s: &str, what: &str) -> Result<IpAddr, SteerError> {
+    let ip = s
+        .parse::<IpAddr>()
+        .map_err(|_| spec_err(format!("{what} {s:?} is not an IP address")))?
+        .to_canonical();
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        return Err(spec_err(format!(
+            "{what} {s:?} is not a host's unicast address"
+        )));
+    }
+    Ok(ip)
 }
 
 fn tunnel_id(id: u32) -> Result<u32, SteerError> {
@@ -1109,7 +1121,7 @@ impl Steering {
         let (target_if, target_mac, remote) = match spec.target_host {
             None if router.is_some() => {
                 let r = router.as_ref().expect("checked");
-                (r.host_if.clone(), r.mac, 0)
+                (r.host_if.clone(), r.mac, Underlay::default())
             }
             None => {
                 let t = self
@@ -1118,7 +1130,7 @@ impl Steering {
                 let nif =
                     tunnel::node_interface(&self.netns_of(&spec.target_network, &spec.target_node))
                         .await?;
-                (t, nif.mac, 0)
+                (t, nif.mac, Underlay::default())
             }
             Some(host) => {
                 let (index, c) = self.tunnel().await?;
@@ -1126,7 +1138,7 @@ impl Steering {
                 (
                     (self.settings.tunnel_device.clone(), index),
                     [0; 6],
-                    u32::from(host),
+                    Underlay::from(host),
                 )
             }
         };
@@ -1165,9 +1177,9 @@ impl Steering {
         let health_spec = match &spec.failover {
             None => None,
             Some(f) => {
-                let origin = origin_nif.ipv4.ok_or_else(|| {
+                let origin = origin_nif.check_address().ok_or_else(|| {
                     SteerError::Conflict(format!(
-                        "node {}/{} has no IPv4 address to check",
+                        "node {}/{} has no global address to check",
                         spec.network, spec.node
                     ))
                 })?;
@@ -1495,7 +1507,7 @@ impl Steering {
     /// Removes what a steer put on its target side (return entry or tunnel entry).
     fn remove_target_side_of(
         &self,
-        target_host: Option<Ipv4Addr>,
+        target_host: Option<IpAddr>,
         tunnel_id: u32,
         target_if: &(String, u32),
     ) {
@@ -1507,7 +1519,7 @@ impl Steering {
             Some(h) => self.remove_key::<SteerTunnelKey, SteerTunnel>(
                 "STEER_TUNNELS",
                 &SteerTunnelKey {
-                    remote: u32::from(h),
+                    remote: Underlay::from(h),
                     tunnel_id,
                 },
             ),
@@ -1670,7 +1682,7 @@ impl Steering {
         let nif = tunnel::node_interface(&self.netns_of(&spec.network, &spec.node)).await?;
         let (tunnel_index, c) = self.tunnel().await?;
         changes += c;
-        let remote = u32::from(spec.origin_host);
+        let remote = Underlay::from(spec.origin_host);
         {
             let targets = lock(&self.targets);
             for (k, t) in targets.iter().filter(|(k, _)| k.as_str() != key) {
@@ -1716,7 +1728,7 @@ impl Steering {
                     self.remove_key::<SteerTunnelKey, SteerTunnel>(
                         "STEER_TUNNELS",
                         &SteerTunnelKey {
-                            remote: u32::from(p.spec.origin_host),
+                            remote: Underlay::from(p.spec.origin_host),
                             tunnel_id: p.spec.tunnel_id,
                         },
                     );
@@ -1821,7 +1833,7 @@ impl Steering {
         self.remove_key::<SteerTunnelKey, SteerTunnel>(
             "STEER_TUNNELS",
             &SteerTunnelKey {
-                remote: u32::from(t.spec.origin_host),
+                remote: Underlay::from(t.spec.origin_host),
                 tunnel_id: t.spec.tunnel_id,
             },
         );
@@ -2185,7 +2197,7 @@ mod tests {
             ..wire()
         };
         let s = SteerSpec::try_from(&cross).unwrap();
-        assert_eq!(s.target_host, Some(Ipv4Addr::new(198, 18, 82, 2)));
+        assert_eq!(s.target_host, Some(IpAddr::from([198, 18, 82, 2])));
         assert_eq!(s.tunnel_id, 7);
         assert!(s.request_rules.is_empty());
 
@@ -2240,11 +2252,19 @@ mod tests {
             ),
             (
                 weft_proto::v1::Steer {
-                    target_host: "fd00::2".into(),
+                    target_host: "fd00::2/64".into(),
                     tunnel_id: 3,
                     ..wire()
                 },
-                "IPv4",
+                "not an IP address",
+            ),
+            (
+                weft_proto::v1::Steer {
+                    target_host: "ff02::1".into(),
+                    tunnel_id: 3,
+                    ..wire()
+                },
+                "unicast",
             ),
             (
                 weft_proto::v1::Steer {
@@ -2316,7 +2336,7 @@ mod tests {
     }
 
     #[test]
-    fn a_target_spec_needs_an_ipv4_origin_and_a_tunnel_id() {
+    fn a_target_spec_needs_an_origin_host_and_a_tunnel_id() {
         let w = weft_proto::v1::SteerTarget {
             owner: "shadow/s1".into(),
             network: "s1-prod".into(),
@@ -2325,6 +2345,23 @@ mod tests {
             tunnel_id: 12,
         };
         assert!(TargetSpec::try_from(&w).is_ok());
+        let v6 = weft_proto::v1::SteerTarget {
+            origin_host: "fd00:82::1".into(),
+            ..w.clone()
+        };
+        assert_eq!(
+            TargetSpec::try_from(&v6).unwrap().origin_host,
+            "fd00:82::1".parse::<IpAddr>().unwrap()
+        );
+        // An IPv4-mapped address is the IPv4 address the tunnel's outer header carries.
+        let mapped = weft_proto::v1::SteerTarget {
+            origin_host: "::ffff:198.18.82.1".into(),
+            ..w.clone()
+        };
+        assert_eq!(
+            TargetSpec::try_from(&mapped).unwrap().origin_host,
+            IpAddr::from([198, 18, 82, 1])
+        );
         for (bad, why) in [
             (
                 weft_proto::v1::SteerTarget {
@@ -2338,7 +2375,14 @@ mod tests {
                     origin_host: "host-a".into(),
                     ..w.clone()
                 },
-                "IPv4",
+                "origin_host \"host-a\" is not an IP address",
+            ),
+            (
+                weft_proto::v1::SteerTarget {
+                    origin_host: "0.0.0.0".into(),
+                    ..w.clone()
+                },
+                "unicast",
             ),
         ] {
             let e = TargetSpec::try_from(&bad).unwrap_err().to_string();

@@ -1,8 +1,8 @@
 //! Netlink for steering: the host's tunnel device (one metadata-mode VXLAN device, made
 //! and kept by the agent), and what the programs need to know of a node (its interface's
-//! MAC and IPv4 address, read inside its namespace).
+//! MAC and addresses, read inside its namespace).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use futures::TryStreamExt as _;
@@ -141,11 +141,20 @@ pub async fn remove_tunnel(h: &Handle, name: &str) -> Result<bool, NetError> {
     }
 }
 
-/// What steering needs of a node: its interface's MAC and first IPv4 address.
+/// What steering needs of a node: its interface's MAC and first global IPv4 and IPv6
+/// addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeIf {
     pub mac: [u8; 6],
     pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl NodeIf {
+    /// The address a health check of the node connects to: IPv4 when it has one.
+    pub fn check_address(&self) -> Option<std::net::IpAddr> {
+        self.ipv4.map(Into::into).or(self.ipv6.map(Into::into))
+    }
 }
 
 /// Reads the node's interface inside its namespace `netns`.
@@ -179,14 +188,17 @@ pub async fn node_interface(netns: &Path) -> Result<NodeIf, NetError> {
             _ => None,
         })
         .ok_or_else(|| ns_err(format!("{} has no MAC address", names::NODE_IF)))?;
-    let ipv4 = links::addresses(h, msg.header.index)
-        .await?
-        .into_iter()
-        .find_map(|c| match c.addr {
-            std::net::IpAddr::V4(a) => Some(a),
-            std::net::IpAddr::V6(_) => None,
-        });
-    Ok(NodeIf { mac, ipv4 })
+    // Universe scope only: no link-local address.
+    let addrs = links::addresses(h, msg.header.index).await?;
+    let ipv4 = addrs.iter().find_map(|c| match c.addr {
+        std::net::IpAddr::V4(a) => Some(a),
+        std::net::IpAddr::V6(_) => None,
+    });
+    let ipv6 = addrs.iter().find_map(|c| match c.addr {
+        std::net::IpAddr::V6(a) => Some(a),
+        std::net::IpAddr::V4(_) => None,
+    });
+    Ok(NodeIf { mac, ipv4, ipv6 })
 }
 
 pub fn mac_text(m: &[u8; 6]) -> String {
