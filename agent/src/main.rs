@@ -416,9 +416,7 @@ async fn agent() -> anyhow::Result<()> {
     } else {
         // Nothing steers to the request routers once the pins are gone.
         if let Some(s) = steering_at_exit {
-            tokio::task::spawn_blocking(move || s.stop_routers())
-                .await
-                .ok();
+            s.stop_routers().await;
         }
         match pins.remove_all() {
             Ok(r) => {
@@ -441,7 +439,6 @@ async fn agent() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--cleanup`: removes an agent's pins (detaching the programs in its pinned links).
 /// `--cleanup`: stops every request router whose control socket is in `run_dir` (what a
 /// stop that kept the pins, or a crash, left serving).
 /// What they gave the servers' namespaces (for the clients' addresses) is removed too.
@@ -474,6 +471,7 @@ async fn stop_request_routers(run_dir: &std::path::Path) {
     );
 }
 
+/// `--cleanup`: removes an agent's pins (detaching the programs in its pinned links).
 fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
     let Some(pins) = Pins::existing(dir) else {
         println!("weft-agent cleanup: nothing pinned in {}", dir.display());

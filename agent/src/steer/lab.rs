@@ -1419,6 +1419,22 @@ async fn a_namespace_two_request_routers_connect_to_keeps_their_rule_until_both_
     for ns in [&o, &t, &u] {
         assert!(!has_router_rule(ns), "{} kept the rule", ns.display());
     }
+    // The agent's exit without its pins kept: the routers stop and take their rules
+    // with them (no later agent would).
+    ok(&rec
+        .reconcile(&[first.clone(), second.clone()], Scope::All)
+        .await);
+    for ns in [&o, &t, &u] {
+        assert!(has_router_rule(ns), "{} was prepared again", ns.display());
+    }
+    steering.stop_routers().await;
+    for ns in [&o, &t, &u] {
+        assert!(
+            !has_router_rule(ns),
+            "{} kept the rule after the exit",
+            ns.display()
+        );
+    }
     drop(rec);
     drop(steering);
     hv.datapath.lock().unwrap().detach_all();

@@ -1556,15 +1556,34 @@ impl Steering {
         }
     }
 
-    /// Stops every request router's process (the agent's exit without its pins kept:
-    /// nothing steers to them any more). Blocking.
-    pub fn stop_routers(&self) {
+    /// Stops every request router (the agent's exit without its pins kept: nothing
+    /// steers to them any more) and undoes what they gave the servers' namespaces
+    /// ([`router::transparent::undo`]): no agent comes to do it later.
+    pub async fn stop_routers(&self) {
         let routers: Vec<Arc<router::Router>> = lock(&self.steers)
             .values()
             .filter_map(|a| a.router.clone())
             .collect();
-        for r in routers {
-            r.stop_now();
+        if routers.is_empty() {
+            return;
+        }
+        let sides: BTreeSet<PathBuf> = routers
+            .iter()
+            .flat_map(|r| r.sides().map(Path::to_path_buf))
+            .chain(std::mem::take(&mut *lock(&self.sides_to_undo)))
+            .collect();
+        let stopping = tokio::task::spawn_blocking(move || {
+            for r in routers {
+                r.stop_now();
+            }
+        });
+        if let Err(e) = stopping.await {
+            tracing::warn!(error = %e, "stopping the request routers");
+        }
+        for side in &sides {
+            if let Err(e) = router::transparent::undo(side).await {
+                tracing::warn!(namespace = %side.display(), error = %e, "undoing a request router's rules");
+            }
         }
     }
 
