@@ -28,6 +28,11 @@ const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
 const NFT_RANGE_EQ: u32 = 0;
 
+const NFTA_REJECT_TYPE: u16 = 1;
+const NFTA_REJECT_ICMP_CODE: u16 = 2;
+/// `reject with tcp reset`.
+const NFT_REJECT_TCP_RST: u32 = 1;
+
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
@@ -81,6 +86,9 @@ pub(crate) enum Expr {
     },
     /// `immediate` into the verdict register.
     Verdict(u32),
+    /// `reject` of type `NFTA_REJECT_TYPE` (only [`NFT_REJECT_TCP_RST`] is written: no
+    /// ICMP code).
+    Reject(u32),
     /// Anything else: its name and the attributes we did not decode.
     Other(String),
 }
@@ -96,6 +104,7 @@ impl Expr {
             Expr::Bitwise { .. } => "bitwise",
             Expr::Range { .. } => "range",
             Expr::Verdict(_) => "immediate",
+            Expr::Reject(_) => "reject",
             Expr::Other(n) => n.as_str(),
         };
         m.str(nl::NFTA_EXPR_NAME, name);
@@ -140,6 +149,9 @@ impl Expr {
                 m.begin(2).begin(NFTA_DATA_VERDICT);
                 m.be32(NFTA_VERDICT_CODE, *code);
                 m.end().end();
+            }
+            Expr::Reject(kind) => {
+                m.be32(NFTA_REJECT_TYPE, *kind);
             }
             Expr::Other(_) => {}
         }
@@ -214,6 +226,11 @@ impl Expr {
                     _ => other(),
                 }
             }
+            // The kernel dumps an ICMP code only for the ICMP types.
+            "reject" => match (u(NFTA_REJECT_TYPE), nl::find(&data, NFTA_REJECT_ICMP_CODE)) {
+                (Some(kind), None) => Expr::Reject(kind),
+                _ => other(),
+            },
             _ => other(),
         };
         Ok(e)
@@ -273,6 +290,11 @@ pub enum RuleKind {
     /// `icmpv6 type 133-136 accept` (router and neighbour solicitation/advertisement)
     NeighbourDiscovery,
     User(Atom),
+    /// `meta mark ROUTED_MARK meta l4proto tcp reject with tcp reset`, after the user
+    /// rules: a relay's connection the rules do not accept is refused at once (the relay
+    /// answers its client then) instead of timing out. Everything else no rule accepts
+    /// is still dropped by the chain's policy.
+    RoutedReject,
 }
 
 impl Atom {
@@ -350,6 +372,11 @@ impl fmt::Display for RuleKind {
             RuleKind::LegacyLoopback => f.write_str("iif lo accept"),
             RuleKind::NeighbourDiscovery => f.write_str("icmpv6 neighbour discovery accept"),
             RuleKind::User(a) => a.fmt(f),
+            RuleKind::RoutedReject => write!(
+                f,
+                "meta mark {:#x} tcp reject with tcp reset",
+                crate::ROUTED_MARK
+            ),
         }
     }
 }
@@ -490,6 +517,14 @@ pub(crate) fn encode_kind(kind: &RuleKind) -> Vec<Expr> {
             });
             e.push(Expr::Verdict(nl::NF_ACCEPT));
         }
+        RuleKind::RoutedReject => {
+            e.extend(meta_eq(
+                NFT_META_MARK,
+                crate::ROUTED_MARK.to_ne_bytes().to_vec(),
+            ));
+            e.extend(meta_eq(NFT_META_L4PROTO, vec![IPPROTO_TCP]));
+            e.push(Expr::Reject(NFT_REJECT_TCP_RST));
+        }
         RuleKind::User(a) => {
             if let Some(f) = a.family {
                 let p = match f {
@@ -562,6 +597,9 @@ pub(crate) fn decode_kind(exprs: &[Expr]) -> Option<RuleKind> {
         Expr::Meta {
             key: NFT_META_IIF, ..
         } => RuleKind::Loopback,
+        Expr::Meta {
+            key: NFT_META_MARK, ..
+        } => RuleKind::RoutedReject,
         _ => {
             let nd = RuleKind::NeighbourDiscovery;
             if encode_kind(&nd) == exprs {
@@ -669,6 +707,8 @@ pub(crate) fn describe(exprs: &[Expr]) -> String {
             Expr::Verdict(nl::NF_ACCEPT) => "accept".to_owned(),
             Expr::Verdict(nl::NF_DROP) => "drop".to_owned(),
             Expr::Verdict(c) => format!("verdict {}", *c as i32),
+            Expr::Reject(NFT_REJECT_TCP_RST) => "reject with tcp reset".to_owned(),
+            Expr::Reject(t) => format!("reject type {t}"),
             Expr::Other(n) => n.clone(),
         })
         .collect();
@@ -722,11 +762,12 @@ mod tests {
             RuleKind::Loopback,
             RuleKind::LegacyLoopback,
             RuleKind::NeighbourDiscovery,
+            RuleKind::RoutedReject,
         ];
         for r in &rules {
             kinds.extend(expand(r).into_iter().map(RuleKind::User));
         }
-        assert_eq!(kinds.len(), 4 + 4 + 2 + 1 + 1 + 1 + 1);
+        assert_eq!(kinds.len(), 5 + 4 + 2 + 1 + 1 + 1 + 1);
         for k in kinds {
             let e = encode_kind(&k);
             // Through the wire format and back.

@@ -190,6 +190,12 @@ pub(crate) fn wanted(ruleset: &Ruleset) -> Vec<Wanted> {
             });
         }
     }
+    let last = RuleKind::RoutedReject;
+    out.push(Wanted {
+        kind: last,
+        name: format!("built-in rule ({last})"),
+        comment: "weft built-in".into(),
+    });
     out
 }
 

@@ -14,13 +14,15 @@
 //!         iif "lo" meta mark != 0x57460001 accept  # loopback (but see ROUTED_MARK)
 //!         icmpv6 type 133-136 accept               # router/neighbour discovery: IPv6 works
 //!         ...the ruleset's rules, in order (first match wins)...
+//!         meta mark 0x57460001 meta l4proto tcp reject with tcp reset  # see ROUTED_MARK
 //!     }
 //! }
 //! ```
 //!
 //! The built-in rules come first so that no user `drop` rule can cut the replies to the
 //! node's outbound connections, loopback, or IPv6 neighbour discovery; everything no rule
-//! accepts is dropped by the chain's policy. Outbound and forwarded traffic are not
+//! accepts is dropped by the chain's policy, but for a relay's routed connection, which
+//! the last rule refuses with a reset so that the relay answers its client at once. Outbound and forwarded traffic are not
 //! touched (there are no output or forward chains). An [`InboundRule`] with several
 //! sources and ports becomes one kernel rule per (source, port range) pair, in order;
 //! `Icmp` without a source becomes an ICMP rule for IPv4 and an ICMPv6 rule for IPv6.
@@ -90,7 +92,11 @@ pub use watch::{Event, EventKind, Watcher};
 /// (`IP_TRANSPARENT`). Such a connection arrives over `lo`, but the built-in loopback
 /// rule does not take it: the node's rules judge it by the client's address, as they
 /// would judge the client's own connection. Without this the router would let any
-/// client reach a routed port, whatever the node's rules say. "WF" and 1.
+/// client reach a routed port, whatever the node's rules say. One the rules do not
+/// accept is refused with a TCP reset (the last built-in rule), not dropped: the router
+/// then fails its client at once instead of after its connect timeout (the namespace
+/// needs `net.ipv4.fwmark_reflect=1` and `net.ipv6.fwmark_reflect=1` for the reset to
+/// carry the mark, and so reach the router over `lo`). "WF" and 1.
 pub const ROUTED_MARK: u32 = 0x5746_0001;
 
 /// Makes table `inet weft` in `netns` (a namespace file; `None`: the current namespace)

@@ -205,6 +205,7 @@ fn nft_shows_what_we_built() {
         "ip saddr 198.18.0.0/15 udp dport 5000-5010 drop comment \"weft rule 2\"",
         "meta l4proto icmp accept comment \"weft rule 3\"",
         "meta l4proto ipv6-icmp accept comment \"weft rule 3\"",
+        "meta mark 0x57460001 meta l4proto tcp reject with tcp reset comment \"weft built-in\"",
     ];
     // In this order, and nothing else in the chain.
     let mut at = 0;
@@ -220,7 +221,7 @@ fn nft_shows_what_we_built() {
             .iter()
             .filter(|l| l.contains("comment \"weft"))
             .count(),
-        8
+        9
     );
     // No other table.
     assert_eq!(lines.iter().filter(|l| l.starts_with("table ")).count(), 1);
@@ -229,9 +230,10 @@ fn nft_shows_what_we_built() {
 /// A table an agent before `ROUTED_MARK` wrote (its loopback rule `iif "lo" accept`,
 /// which let the request router carry any client past the node's rules): the legacy rule
 /// reads as a built-in to replace, not as a change by hand, and one apply writes the
-/// current loopback rule in its place, keeping the user rules.
+/// current loopback rule in its place and the routed reject it lacked, keeping the user
+/// rules.
 #[test]
-fn a_table_of_an_older_agent_gets_the_current_loopback_rule() {
+fn a_table_of_an_older_agent_gets_the_current_built_in_rules() {
     if !root() {
         return;
     }
@@ -239,9 +241,21 @@ fn a_table_of_an_older_agent_gets_the_current_loopback_rule() {
     let rs = Ruleset {
         rules: vec![tcp(5432, &["198.18.0.5/32"])],
     };
-    // The table as it is now, then its loopback rule as older agents wrote it.
+    // The table as it is now, then its loopback rule as older agents wrote it, and
+    // without the routed reject at the end (older agents had none).
     apply(b.path(), &rs).unwrap();
-    let handle = read(b.path()).unwrap().input_rules().unwrap()[1].handle;
+    let rules = read(b.path()).unwrap().input_rules().unwrap().to_vec();
+    let handle = rules[1].handle;
+    let reject = rules.last().unwrap().handle;
+    b.nft(&[
+        "delete",
+        "rule",
+        "inet",
+        "weft",
+        "input",
+        "handle",
+        &reject.to_string(),
+    ]);
     b.nft(&[
         "replace",
         "rule",
@@ -264,6 +278,12 @@ fn a_table_of_an_older_agent_gets_the_current_loopback_rule() {
         "{d:?}"
     );
     assert!(
+        d.contains(
+            &"built-in rule (meta mark 0x57460001 tcp reject with tcp reset) missing".to_owned()
+        ),
+        "{d:?}"
+    );
+    assert!(
         d.iter().all(|l| l.starts_with("built-in")),
         "only built-in rules differ: {d:?}"
     );
@@ -276,7 +296,8 @@ fn a_table_of_an_older_agent_gets_the_current_loopback_rule() {
     let out = b.nft(&["list", "ruleset"]);
     assert!(
         out.contains("iif \"lo\" meta mark != 0x57460001 accept")
-            && !out.contains("iif \"lo\" accept"),
+            && !out.contains("iif \"lo\" accept")
+            && out.contains("meta mark 0x57460001 meta l4proto tcp reject with tcp reset"),
         "{out}"
     );
 }
@@ -323,8 +344,8 @@ fn drift_is_seen_named_and_repaired() {
     assert!(r.changed);
     assert_eq!(
         r.messages,
-        2 + 2 + 3 + 3,
-        "begin, table, chain, 5 rules, end"
+        2 + 2 + 3 + 3 + 1,
+        "begin, end, table, chain, 3 built-in rules, 3 user rules, the routed reject"
     );
     // Our own apply's events are all marked own.
     std::thread::sleep(Duration::from_millis(20));

@@ -422,9 +422,10 @@ fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<(
     );
     // The node's firewall still decides who gets in: db, which the definition does not
     // connect to web, reaches the router (port 80 is steered whatever the source) but
-    // neither web through it. The router's connection from db's address is dropped by
-    // web's rules (the environment's and the weave's alike): a 502 after its connect
-    // timeout, never a page.
+    // neither web through it. The router's connection from db's address is refused by
+    // web's rules (the environment's and the weave's alike; their last built-in rule
+    // resets a routed connection no rule lets in): a 502 at once, saying so, never a
+    // page (nor a wait for the router's connect timeout).
     let from_db = |header: Option<&str>| -> Result<String> {
         let mut c = weft_lab::netns::command_in(&db_ns, &["timeout", "15"]);
         c.args([
@@ -450,7 +451,9 @@ fn a_weave_from_before_a_schema_change_runs_beside_the_environment() -> Result<(
     let to_env = to_env?;
     for (side, out) in [("target", &to_weave), ("origin", &to_env)] {
         ensure!(
-            out.contains(&format!("the {side} is unreachable")) && out.ends_with("status=502"),
+            out.contains(&format!("the {side} is unreachable"))
+                && out.contains("refused")
+                && out.ends_with("status=502"),
             "db got past web's firewall through the router ({side}): {out:?}\n{}",
             logs()
         );

@@ -270,12 +270,14 @@ mod tests {
     }
 
     /// The node's firewall judges a routed connection by its client's address: one its
-    /// rules let in connects, one they do not gets no connection (their drop: the connect
-    /// times out), and one that leaves from the node's own address is judged as the
-    /// node's. The node's own local connections (not marked) are still loopback.
+    /// rules let in connects, one they do not is refused at once (the firewall's reset
+    /// for marked connections, carried back over `lo` by `fwmark_reflect`: no wait for a
+    /// connect timeout), and one that leaves from the node's own address is judged as the
+    /// node's. A port the rules let in with nothing listening is refused at once too.
+    /// The node's own local connections (not marked) are still loopback.
     #[tokio::test]
     async fn the_nodes_firewall_judges_a_routed_connection_by_its_client() {
-        use weft_firewall::{InboundRule, PortRange, Protocol, Ruleset, Verdict};
+        use weft_firewall::{InboundRule, Protocol, Ruleset, Verdict};
         crate::testns::require_root!();
         let ns = crate::testns::TestNetns::new();
         crate::testns::in_ns(&ns.path, || {
@@ -290,7 +292,7 @@ mod tests {
                     "fd00:234::/64".parse().unwrap(),
                 ],
                 protocol: Protocol::Tcp,
-                ports: vec![PortRange::single(8080)],
+                ports: vec!["8080-8081".parse().unwrap()],
                 verdict: Verdict::Accept,
             }],
         };
@@ -311,7 +313,8 @@ mod tests {
                 s.bind(server).unwrap();
                 s.listen(16).unwrap()
             };
-            let wait = Duration::from_secs(1);
+            // Refusals come at once: a timeout of this length would be the old drop.
+            let wait = Duration::from_secs(3);
             // Let in: the server sees the client.
             let (out, accepted) = tokio::join!(
                 maker.connect(Some(allowed), server, Duration::from_secs(5)),
@@ -320,15 +323,21 @@ mod tests {
             out.unwrap_or_else(|e| panic!("{allowed} -> {server}: {e}"));
             assert_eq!(accepted.unwrap().1.ip(), allowed.ip());
             // Not let in: the client's address, and the node's own (no client address).
-            let (from_denied, from_own) = tokio::join!(
+            let closed = SocketAddr::new(server.ip(), 8081);
+            let (from_denied, from_own, to_closed) = tokio::join!(
                 maker.connect(Some(denied), server, wait),
-                maker.connect(None, server, wait)
+                maker.connect(None, server, wait),
+                maker.connect(Some(allowed), closed, wait)
             );
-            for (who, r) in [(denied.to_string(), from_denied), ("own".into(), from_own)] {
+            for (who, r) in [
+                (denied.to_string(), from_denied),
+                ("own".into(), from_own),
+                (format!("{allowed} to the closed port"), to_closed),
+            ] {
                 let e = r.err().unwrap_or_else(|| {
                     panic!("{who} -> {server}: connected, past the node's firewall")
                 });
-                assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{who}: {e}");
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{who}: {e}");
             }
             // The node's own local connection (not the router's): loopback, let in.
             let (out, accepted) = tokio::join!(

@@ -17,6 +17,12 @@
 //!   loopback addresses', and one client address could then open only as many routed
 //!   connections per minute as the namespace has ephemeral ports (28,232: about 470 a
 //!   second, e.g. from a NAT gateway or a load balancer). Reused a second on instead;
+//! - `net.ipv4.fwmark_reflect = 1` and `net.ipv6.fwmark_reflect = 1`: what the kernel
+//!   sends in reply to a marked packet (the reset of a closed port, the node firewall's
+//!   reset of a client its rules do not let in) carries the mark too, so it reaches the
+//!   router over `lo` and its `connect` fails at once; without them the reset went out
+//!   of eth0 towards the client's address and the router waited for its connect
+//!   timeout (5 s). Packets without the mark are answered as before;
 //! - `ip rule add fwmark MARK lookup TABLE` (IPv4 and IPv6) with `local default dev lo`
 //!   in TABLE: the server's answers to the client's address are delivered in the
 //!   namespace, to the router's socket, instead of going out of eth0 to the client.
@@ -50,12 +56,18 @@ pub const RULE_PRIORITY: u32 = 0x5746;
 const LOOPBACK_INDEX: u32 = 1;
 const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
 const TW_REUSE: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
+const FWMARK_REFLECT: &str = "/proc/sys/net/ipv4/fwmark_reflect";
+const FWMARK_REFLECT_V6: &str = "/proc/sys/net/ipv6/fwmark_reflect";
 
 /// Prepares the calling thread's network namespace (see the module doc). Idempotent.
 pub fn prepare_here() -> io::Result<()> {
-    for (path, value) in [(FWMARK_ACCEPT, "1"), (TW_REUSE, "1")] {
+    for (path, value) in [(FWMARK_ACCEPT, "1"), (TW_REUSE, "1"), (FWMARK_REFLECT, "1")] {
         std::fs::write(path, value)
             .map_err(|e| io::Error::new(e.kind(), format!("setting {path}: {e}")))?;
+    }
+    // A kernel without IPv6 has no such file: its clients are IPv4 only.
+    if let Err(e) = std::fs::write(FWMARK_REFLECT_V6, "1") {
+        tracing::debug!(error = %e, "request router: {FWMARK_REFLECT_V6} not set");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -165,7 +177,8 @@ async fn ours(handle: &Handle, v6: bool) -> io::Result<Vec<RuleMessage>> {
 }
 
 /// Removes what [`prepare_here`] made in `netns` (its rules and its table's routes; the
-/// sysctls stay: `tcp_fwmark_accept` changes nothing without the mark, and
+/// sysctls stay: `tcp_fwmark_accept` and `fwmark_reflect` change nothing without the
+/// mark, and
 /// `tcp_tw_reuse = 1` only lets the namespace's own connections reuse TIME_WAIT ports a
 /// second on, as it did while routed). Gone already is fine.
 pub async fn undo(netns: &Path) -> io::Result<usize> {
