@@ -320,12 +320,13 @@ impl Atom {
             _ if self.dport.is_some() => return None,
             _ => Vec::new(),
         };
-        Some(InboundRule {
+        let rule = InboundRule {
             sources,
             protocol,
             ports,
             verdict: self.verdict,
-        })
+        };
+        rule.validate().is_ok().then_some(rule)
     }
 }
 
@@ -667,9 +668,11 @@ fn parse_atom(exprs: &[Expr]) -> Option<Atom> {
         let port = |d: &[u8]| Some(u16::from_be_bytes(d.try_into().ok()?));
         dport = Some(match at(i) {
             Some(Expr::Cmp { data, .. }) => PortRange::single(port(data)?),
-            Some(Expr::Range { from, to, .. }) => PortRange {
-                start: port(from)?,
-                end: port(to)?,
+            // A reversed range (possible over raw netlink, not from nft) is no rule of
+            // the model: foreign.
+            Some(Expr::Range { from, to, .. }) => match (port(from)?, port(to)?) {
+                (start, end) if start <= end => PortRange { start, end },
+                _ => return None,
             },
             _ => return None,
         });
@@ -779,6 +782,39 @@ mod tests {
             assert_eq!(back, e, "{k}");
             assert_eq!(decode_kind(&back), Some(k), "{k}");
         }
+    }
+
+    /// Found by the `nft_rule_dump` fuzz target: a port range written reversed over raw
+    /// netlink (nft refuses it) read back as a user rule the model cannot write, which
+    /// the agent would then keep as a hand change and fail to apply on every reconcile.
+    #[test]
+    fn a_reversed_port_range_is_a_foreign_rule() {
+        let a = Atom {
+            family: Some(Family::Ipv6),
+            source: Some("fd00::/64".parse().unwrap()),
+            l4: Some(IPPROTO_TCP),
+            dport: Some(PortRange {
+                start: 9000,
+                end: 9100,
+            }),
+            verdict: Verdict::Accept,
+        };
+        let mut e = encode_kind(&RuleKind::User(a));
+        assert_eq!(decode_kind(&e), Some(RuleKind::User(a)));
+        for x in &mut e {
+            if let Expr::Range { from, to, .. } = x {
+                std::mem::swap(from, to);
+            }
+        }
+        assert_eq!(decode_kind(&e), None, "reversed: foreign");
+        let reversed = Atom {
+            dport: Some(PortRange {
+                start: 9100,
+                end: 9000,
+            }),
+            ..a
+        };
+        assert_eq!(reversed.to_rule(), None);
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub use error::{Error, Result};
 pub use expr::{Atom, Family, RuleKind, same_rules};
 pub use firewall::{
     ApplyReport, BaseChain, CHAIN, LiveRules, NamespaceFirewall, NamespaceSockets, Observed,
-    ObservedChain, ObservedRule, ObservedTable, TABLE, drift,
+    ObservedChain, ObservedRule, ObservedTable, TABLE, decode_rule, drift,
 };
 pub use model::{InboundRule, ParseError, PortRange, Prefix, Protocol, Ruleset, Verdict};
 pub use watch::{Event, EventKind, Watcher};
