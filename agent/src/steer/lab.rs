@@ -1360,6 +1360,114 @@ fn has_router_rule(netns: &Path) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(&format!("{:#x}", router::transparent::MARK))
 }
 
+/// SYNs the calling thread's namespace has retransmitted (`TcpExt: TCPSynRetrans`).
+fn retransmitted_syns() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("netstat");
+    let mut ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (ext.next().expect("names"), ext.next().expect("values"));
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "TCPSynRetrans")
+        .expect("TCPSynRetrans");
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Connections opened one after another from namespace `c` to `addr` (a line each way)
+/// until `stop`: how many, those that failed, the slowest, and the SYNs retransmitted.
+type Churn = (usize, Vec<(std::io::ErrorKind, String)>, Duration, u64);
+
+fn churn(c: PathBuf, addr: SocketAddr, stop: Arc<std::sync::atomic::AtomicBool>) -> Churn {
+    in_ns(&c, move || {
+        let before = retransmitted_syns();
+        let mut slowest = Duration::ZERO;
+        let mut failed = Vec::new();
+        let mut opened = 0;
+        let started = Instant::now();
+        while !stop.load(Relaxed) && opened < 5_000 && started.elapsed() < Duration::from_secs(10) {
+            // One line each way: the server has taken each connection before the next is
+            // opened (its accept queue never overflows).
+            let t = Instant::now();
+            match Conn::open(addr, Duration::from_secs(3)).and_then(|mut c| c.talk()) {
+                Ok(_) => opened += 1,
+                Err(e) => failed.push((e.kind(), e.to_string())),
+            }
+            slowest = slowest.max(t.elapsed());
+        }
+        (opened, failed, slowest, retransmitted_syns() - before)
+    })
+}
+
+/// A route by header changed to the whole port, then removed, each while a client opens
+/// connection after connection: the new target is in place before the request router
+/// goes, so new connections never meet a router that is gone (their SYNs were lost and
+/// retried a second later); and the router stops while its side is still there, so a
+/// connection it had in flight is ended at once instead of hanging without an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_by_header_made_whole_or_removed_loses_no_new_connection() {
+    require_root!();
+    let (hv, _origin, _target) = mirror().await;
+    let steering = hv.steering().await;
+    let rec = SteerReconciler {
+        steering: steering.clone(),
+    };
+    let by_header = steer(Steer {
+        request_rules: vec![weft_proto::v1::SteerRequestRule {
+            port: u32::from(PORT),
+            header: "x-weft-weave".into(),
+            value: "s".into(),
+        }],
+        ..same_host(1_000_000, "connection", None)
+    });
+    let c = hv.path("p", "c");
+    let addr = SocketAddr::from((A, PORT));
+    let whole = steer(same_host(1_000_000, "connection", None));
+    for (to, then) in [(whole.as_slice(), "target"), (&[][..], "origin")] {
+        ok(&rec.reconcile(&by_header, Scope::All).await);
+        assert!(lock(&steering.steers).get(KEY).unwrap().router.is_some());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client = {
+            let (c, stop) = (c.clone(), stop.clone());
+            std::thread::spawn(move || churn(c, addr, stop))
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ok(&rec.reconcile(to, Scope::All).await);
+        assert!(
+            lock(&steering.steers)
+                .get(KEY)
+                .is_none_or(|s| s.router.is_none())
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Relaxed);
+        let (opened, failed, slowest, syns) = client.join().unwrap();
+        eprintln!(
+            "header -> {then}: {opened} connections, slowest {slowest:?}, {syns} SYNs retransmitted, ended: {failed:?}"
+        );
+        assert_eq!(syns, 0, "SYNs lost while the route changed (to the {then})");
+        assert!(opened > 100, "{opened}");
+        // At most the connection or two the router had in flight, ended by it (a reset
+        // or an end of stream: never a wait for an answer that does not come).
+        assert!(failed.len() <= 2, "{failed:?}");
+        for (kind, e) in &failed {
+            assert!(
+                matches!(
+                    kind,
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ),
+                "{e}"
+            );
+        }
+        assert!(
+            slowest < Duration::from_secs(1),
+            "a connection waited {slowest:?}"
+        );
+        let r = connections(&c, addr, 10, 2);
+        assert_eq!(count(&r, then), 10, "{r:?}");
+    }
+    drop(rec);
+    drop(steering);
+    hv.datapath.lock().unwrap().detach_all();
+}
+
 /// Two request routers that connect into one namespace (t: the first's target, the
 /// second's origin, as a weave's node is when a weave is made of it): removing the first
 /// leaves t what the second's connections need; removing the second takes it away.

@@ -1209,6 +1209,10 @@ impl Steering {
         // continues (the health check starts from it).
         let adopted = adopted.filter(|o| o.steer_id == steer_id);
         // What the previous version had that this one does not.
+        // The previous target's side and router go once the new target is in place
+        // (make before break): until then new connections still reach the old one.
+        let mut retired_target = None;
+        let mut retired_router = None;
         let (failover, entry, mut health) = match previous {
             Some(mut p) => {
                 if p.origin_if.1 != origin_if.1 {
@@ -1220,13 +1224,14 @@ impl Steering {
                     && p.target_if.1 == target_if.1
                     && p.spec.tunnel_id == spec.tunnel_id;
                 if !same_target {
-                    self.remove_target_side_of(p.spec.target_host, p.spec.tunnel_id, &p.target_if);
+                    retired_target =
+                        Some((p.spec.target_host, p.spec.tunnel_id, p.target_if.clone()));
                     changes += 1;
                 }
                 if let Some(old) = p.router.take()
                     && !router.as_ref().is_some_and(|r| Arc::ptr_eq(r, &old))
                 {
-                    self.remove_router(&old).await;
+                    retired_router = Some(old);
                     changes += 1;
                 }
                 let health = p.health.take();
@@ -1342,15 +1347,23 @@ impl Steering {
             Ok(())
         }
         .await;
+        // The router first: what it sends as it stops (its connections' ends) still
+        // finds its way back to the clients through its side.
+        if let Some(old) = retired_router {
+            self.remove_router(&old).await;
+        }
+        if let Some((host, tunnel_id, target_if)) = retired_target {
+            self.remove_target_side_of(host, tunnel_id, &target_if);
+        }
         if let Err(e) = applied {
             lock(&entry).live = false;
             self.remove_key::<u32, SteerOrigin>("STEER_ORIGINS", &origin_if.1);
             self.detach(origin_if.1, Hook::Egress, PROG_ORIGIN);
-            self.remove_target_side_of(spec.target_host, spec.tunnel_id, &target_if);
-            let _ = self.write_ports(steer_id, &[]);
             if let Some(r) = &router {
                 self.remove_router(r).await;
             }
+            self.remove_target_side_of(spec.target_host, spec.tunnel_id, &target_if);
+            let _ = self.write_ports(steer_id, &[]);
             self.publish_gauges();
             return Err(e);
         }
@@ -1632,10 +1645,12 @@ impl Steering {
         lock(&p.entry).live = false;
         self.remove_key::<u32, SteerOrigin>("STEER_ORIGINS", &p.origin_if.1);
         self.detach(p.origin_if.1, Hook::Egress, PROG_ORIGIN);
-        self.remove_target_side_of(p.spec.target_host, p.spec.tunnel_id, &p.target_if);
+        // The router before its side: the ends of its connections, sent as it stops,
+        // still go back to their clients.
         if let Some(r) = p.router.take() {
             self.remove_router(&r).await;
         }
+        self.remove_target_side_of(p.spec.target_host, p.spec.tunnel_id, &p.target_if);
         let _ = self.write_ports(p.steer_id, &[]);
         lock(&self.last_stats).remove(&p.steer_id);
         self.purge_conns(p.steer_id);
