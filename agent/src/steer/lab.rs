@@ -1443,7 +1443,7 @@ async fn a_route_by_header_made_whole_or_removed_loses_no_new_connection() {
             "header -> {then}: {opened} connections, slowest {slowest:?}, {syns} SYNs retransmitted, ended: {failed:?}"
         );
         assert_eq!(syns, 0, "SYNs lost while the route changed (to the {then})");
-        assert!(opened > 100, "{opened}");
+        assert!(opened > 20, "{opened}");
         // At most the connection or two the router had in flight, ended by it (a reset
         // or an end of stream: never a wait for an answer that does not come).
         assert!(failed.len() <= 2, "{failed:?}");

@@ -407,7 +407,7 @@ impl Router {
     pub async fn remove(&self, host: &Handle) {
         match &self.serves {
             Serves::Process(p) => p.stop().await,
-            Serves::InProcess(s) => s.stop(),
+            Serves::InProcess(s) => s.stop_and_wait(std::time::Duration::from_secs(1)).await,
         }
         let (veth, index) = self.host_if.clone();
         let netns = self.netns.clone();

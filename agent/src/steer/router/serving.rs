@@ -162,11 +162,26 @@ impl Serving {
         ]
     }
 
-    /// Closes the listeners and ends the connections.
+    /// Closes the listeners and ends the connections (their tasks end at their next
+    /// turn on the runtime).
     pub fn stop(&self) {
         for (_, (_, task)) in std::mem::take(&mut *self.lock_ports()) {
             task.abort();
         }
         self.shared.shutdown.send_replace(true);
+    }
+
+    /// [`Self::stop`], then waits (at most `bound`) until every listener's and
+    /// connection's task has ended, each closing its socket: the caller may take the
+    /// router's interface away after it, and the connections' ends still reach their
+    /// clients (a router process gets that from its exit).
+    pub async fn stop_and_wait(&self, bound: std::time::Duration) {
+        self.stop();
+        let end = std::time::Instant::now() + bound;
+        while self.shared.slots.available_permits() < super::MAX_CONNECTIONS
+            && std::time::Instant::now() < end
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 }
