@@ -438,7 +438,8 @@ pub(crate) fn expand(rule: &InboundRule) -> Vec<Atom> {
     out
 }
 
-fn meta_eq(key: u32, value: Vec<u8>) -> [Expr; 2] {
+/// `meta KEY OP VALUE`: the meta key loaded into register 1 and compared.
+fn meta_cmp(key: u32, op: u32, value: Vec<u8>) -> [Expr; 2] {
     [
         Expr::Meta {
             key,
@@ -446,10 +447,14 @@ fn meta_eq(key: u32, value: Vec<u8>) -> [Expr; 2] {
         },
         Expr::Cmp {
             sreg: NFT_REG_1,
-            op: NFT_CMP_EQ,
+            op,
             data: value,
         },
     ]
+}
+
+fn meta_eq(key: u32, value: Vec<u8>) -> [Expr; 2] {
+    meta_cmp(key, NFT_CMP_EQ, value)
 }
 
 fn verdict_code(v: Verdict) -> u32 {
@@ -489,15 +494,11 @@ pub(crate) fn encode_kind(kind: &RuleKind) -> Vec<Expr> {
             ));
             // The current rule leaves the request router's connections to the user rules.
             if *kind == RuleKind::Loopback {
-                e.push(Expr::Meta {
-                    key: NFT_META_MARK,
-                    dreg: NFT_REG_1,
-                });
-                e.push(Expr::Cmp {
-                    sreg: NFT_REG_1,
-                    op: NFT_CMP_NEQ,
-                    data: crate::ROUTED_MARK.to_ne_bytes().to_vec(),
-                });
+                e.extend(meta_cmp(
+                    NFT_META_MARK,
+                    NFT_CMP_NEQ,
+                    crate::ROUTED_MARK.to_ne_bytes().to_vec(),
+                ));
             }
             e.push(Expr::Verdict(nl::NF_ACCEPT));
         }

@@ -404,6 +404,55 @@ async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// The failover check of the lab's tests: the origin's port every 100 ms, 3 failures
+/// switch, and an answer to a line needed (a frozen server completes handshakes).
+fn health_check() -> SteerHealth {
+    SteerHealth {
+        port: u32::from(PORT),
+        interval_ms: 100,
+        failures: 3,
+        probe: b"ping\n".to_vec(),
+    }
+}
+
+/// Whether `steering`'s steer [`KEY`] is failed over now.
+fn failed_over(steering: &Steering) -> bool {
+    lock(&steering.steers)
+        .get(KEY)
+        .is_some_and(|s| lock(&s.failover).active)
+}
+
+/// The `steer-target` of the cross-host tests: s/t, reached from `origin_host`.
+fn cross_target(origin_host: IpAddr, tunnel_id: u32) -> Vec<DesiredResource> {
+    vec![DesiredResource {
+        key: KEY.into(),
+        generation: 1,
+        spec: Spec::SteerTarget(SteerTarget {
+            owner: "shadow/lab".into(),
+            network: "s".into(),
+            node: "t".into(),
+            origin_host: origin_host.to_string(),
+            tunnel_id,
+        }),
+    }]
+}
+
+/// One 200 KB line sent from namespace `c` to `addr` on a new connection: who answered
+/// (a large exchange is segmented on the way, the underlay's too).
+fn big_exchange(c: &Path, addr: SocketAddr) -> String {
+    in_ns(c, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut msg = vec![b'x'; 200_000];
+        msg.push(b'\n');
+        s.write_all(&msg).unwrap();
+        let mut r = BufReader::new(s);
+        let mut out = String::new();
+        r.read_line(&mut out).unwrap();
+        out.trim().to_owned()
+    })
+}
+
 const A: Ipv4Addr = Ipv4Addr::new(198, 18, 80, 10);
 
 /// One host, origin network p (origin o and client c) and target network s, a mirror
@@ -705,12 +754,7 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
     assert!(late_now.iter().all(|a| a == "target"), "{late_now:?}");
 
     // Failover: share 0, the origin checked every 100 ms (3 failures switch).
-    let health = SteerHealth {
-        port: u32::from(PORT),
-        interval_ms: 100,
-        failures: 3,
-        probe: b"ping\n".to_vec(),
-    };
+    let health = health_check();
     ok(&rec
         .reconcile(
             &steer(same_host(0, "connection", Some(health.clone()))),
@@ -718,11 +762,7 @@ async fn same_host_share_is_kept_per_connection_and_failover_moves_new_connectio
         )
         .await);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let active = || {
-        lock(&steering.steers)
-            .get(KEY)
-            .is_some_and(|s| lock(&s.failover).active)
-    };
+    let active = || failed_over(&steering);
     assert!(!active(), "the healthy origin is not failed over");
     // Four clients, each opening a connection every 10 ms with a 500 ms budget.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -901,17 +941,7 @@ async fn cross_host_steering_goes_through_the_tunnel_and_back() {
     let target_rec = SteerTargetReconciler {
         steering: s2.clone(),
     };
-    let target = vec![DesiredResource {
-        key: KEY.into(),
-        generation: 1,
-        spec: Spec::SteerTarget(SteerTarget {
-            owner: "shadow/lab".into(),
-            network: "s".into(),
-            node: "t".into(),
-            origin_host: u1.to_string(),
-            tunnel_id: 4242,
-        }),
-    }];
+    let target = cross_target(u1, 4242);
     let rep = target_rec.reconcile(&target, Scope::All).await;
     ok(&rep);
     assert_eq!(measurement(&rep[0], "tunnel_ready"), 1.0, "{rep:?}");
@@ -967,18 +997,7 @@ async fn cross_host_steering_goes_through_the_tunnel_and_back() {
         .await);
 
     // A large answer crosses the tunnel too (segmentation on the underlay).
-    let big = in_ns(&c, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let line = vec![b'x'; 200_000];
-        let mut msg = line.clone();
-        msg.push(b'\n');
-        s.write_all(&msg).unwrap();
-        let mut r = BufReader::new(s);
-        let mut out = String::new();
-        r.read_line(&mut out).unwrap();
-        out.trim().to_owned()
-    });
+    let big = big_exchange(&c, addr);
     assert!(big == "origin" || big == "target", "{big}");
 
     // The tunnel device set down behind weft's back is drift, repaired.
@@ -1021,22 +1040,13 @@ async fn cross_host_steering_goes_through_the_tunnel_and_back() {
     // Failover through the tunnel: share 0, the origin frozen, every new connection to
     // the target on the other host.
     let failover = Steer {
-        failover: Some(SteerHealth {
-            port: u32::from(PORT),
-            interval_ms: 100,
-            failures: 3,
-            probe: b"ping\n".to_vec(),
-        }),
+        failover: Some(health_check()),
         ..cross(0)
     };
     ok(&origin_rec
         .reconcile(&steer(failover.clone()), Scope::All)
         .await);
-    let active = || {
-        lock(&s1.steers)
-            .get(KEY)
-            .is_some_and(|s| lock(&s.failover).active)
-    };
+    let active = || failed_over(&s1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!active());
     let r = connections(&c, addr, 10, 2);
@@ -1101,17 +1111,7 @@ async fn cross_host_steering_works_over_an_ipv6_underlay() {
     let target_rec = SteerTargetReconciler {
         steering: s2.clone(),
     };
-    let target = vec![DesiredResource {
-        key: KEY.into(),
-        generation: 1,
-        spec: Spec::SteerTarget(SteerTarget {
-            owner: "shadow/lab".into(),
-            network: "s".into(),
-            node: "t".into(),
-            origin_host: u1.to_string(),
-            tunnel_id: 4243,
-        }),
-    }];
+    let target = cross_target(u1, 4243);
     let rep = target_rec.reconcile(&target, Scope::All).await;
     ok(&rep);
     assert!(
@@ -1151,37 +1151,18 @@ async fn cross_host_steering_works_over_an_ipv6_underlay() {
     ok(&origin_rec
         .reconcile(&steer(cross(1_000_000)), Scope::All)
         .await);
-    let big = in_ns(&c, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut msg = vec![b'x'; 200_000];
-        msg.push(b'\n');
-        s.write_all(&msg).unwrap();
-        let mut r = BufReader::new(s);
-        let mut out = String::new();
-        r.read_line(&mut out).unwrap();
-        out.trim().to_owned()
-    });
+    let big = big_exchange(&c, addr);
     assert_eq!(big, "target");
 
     // Failover: the origin has no IPv4 address, its health check goes to its IPv6 one.
     let failover = Steer {
-        failover: Some(SteerHealth {
-            port: u32::from(PORT),
-            interval_ms: 100,
-            failures: 3,
-            probe: b"ping\n".to_vec(),
-        }),
+        failover: Some(health_check()),
         ..cross(0)
     };
     ok(&origin_rec
         .reconcile(&steer(failover.clone()), Scope::All)
         .await);
-    let active = || {
-        lock(&s1.steers)
-            .get(KEY)
-            .is_some_and(|s| lock(&s.failover).active)
-    };
+    let active = || failed_over(&s1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!active(), "the IPv6-only origin answers its health check");
     let r = connections(&c, addr, 10, 2);

@@ -1562,11 +1562,7 @@ impl Steering {
             .filter_map(|a| a.router.as_ref())
             .flat_map(|r| r.sides().map(Path::to_path_buf))
             .collect();
-        for side in sides.difference(&used) {
-            if let Err(e) = router::transparent::undo(side).await {
-                tracing::debug!(namespace = %side.display(), error = %e, "undoing a request router's rules");
-            }
-        }
+        undo_sides(sides.difference(&used)).await;
     }
 
     /// Stops every request router (the agent's exit without its pins kept: nothing
@@ -1593,11 +1589,7 @@ impl Steering {
         if let Err(e) = stopping.await {
             tracing::warn!(error = %e, "stopping the request routers");
         }
-        for side in &sides {
-            if let Err(e) = router::transparent::undo(side).await {
-                tracing::warn!(namespace = %side.display(), error = %e, "undoing a request router's rules");
-            }
-        }
+        undo_sides(&sides).await;
     }
 
     /// Request router namespaces no steer uses (a previous agent's): removed with their
@@ -1880,6 +1872,16 @@ impl Steering {
 }
 
 /// Link names of this host a steer or target depends on, with their keys.
+/// [`router::transparent::undo`] in each namespace of `sides`; a failure is logged (the
+/// namespace may be gone, or going).
+async fn undo_sides(sides: impl IntoIterator<Item = &PathBuf>) {
+    for side in sides {
+        if let Err(e) = router::transparent::undo(side).await {
+            tracing::warn!(namespace = %side.display(), error = %e, "undoing a request router's rules");
+        }
+    }
+}
+
 fn drift_of(events: &[HostEvent], deps: &[(String, Vec<(String, u32)>)]) -> Vec<Drift> {
     let mut out: Vec<Drift> = Vec::new();
     for e in events.iter().filter(|e| e.netns.is_none()) {
